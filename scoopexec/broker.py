@@ -1,0 +1,899 @@
+"""The broker: one class, one poll loop.
+
+::
+
+   submitters (clients, and workers running tasks that submit)
+        |  SUBMIT (batches)                     ^  RESULTS / STARTED / OUTPUT
+        v                                       |
+   +--------------------------- Broker ---------------------------+
+   | tasks: broker id -> Task (owner, owner's id, frames, attempt) |
+   | queue: deque of broker ids waiting for a worker               |
+   | workers: routing id -> credit, assigned ids, set-ups seen      |
+   +---------------------------------------------------------------+
+        |  SETUP, TASKS (up to the worker's credit)      ^  RESULT + CREDIT
+        v                                                |
+   workers (hub greenlet + one greenlet per running task)
+
+The broker never unpickles: it reads the fixed headers of protocol.py and
+moves payload frames (zmq.Frame, received without copying) from submitter to
+worker and back.  It keeps each task's frames until the result arrives, so
+that the task can be sent again when its worker is lost, and it forgets a task
+the moment its result is handed on: a second result for the same id (a late
+answer from a worker given up for lost) finds nothing and is dropped.
+
+Inside a client (the default) the broker runs in a thread and that client is
+an in-process peer: its submissions arrive through a deque plus a wake-up
+pipe, and its results are delivered by direct calls that resolve the futures,
+so that no extra socket hop or thread hand-off lies on the round trip.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from . import protocol as P
+from .errors import ProtocolError
+
+log = logging.getLogger("scoopexec.broker")
+
+LOCAL = b""  # the peer key of the in-process client
+SEND_HWM = 100_000
+
+
+class LocalClient(Protocol):
+    """What an in-process client offers the broker (see executor._LocalLink)."""
+
+    outbox: collections.deque[tuple[int, list[Any]]]
+    wake_fd: int
+
+    def setup_frames(self) -> list[bytes]: ...
+    def started(self, tid: int) -> bool: ...
+    def deliver(self, tid: int, status: int, frames: Sequence[Any]) -> None: ...
+    def output(self, stream: int, text: bytes) -> None: ...
+    def log_record(self, record: bytes) -> None: ...
+    def broken(self, kind: str, message: str) -> None: ...
+    def drain_wake(self) -> None: ...
+
+
+class ProcessWatcher(Protocol):
+    """Local worker processes the broker should watch and replace (launch.LocalWorkers)."""
+
+    def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
+    def mark_hello(self, tag: str) -> None: ...
+    def replace(self, tag: str) -> bool: ...
+    def describe_exit(self, tag: str, returncode: int) -> str: ...
+
+
+class Task:
+    __slots__ = (
+        "btid",
+        "owner",
+        "tid",
+        "parent",
+        "origin",
+        "setup",
+        "frames",
+        "attempts",
+        "worker",
+        "submitted",
+        "losses",
+    )
+
+    def __init__(
+        self,
+        btid: int,
+        owner: bytes,
+        tid: int,
+        parent: int,
+        origin: bytes | None,
+        setup: int,
+        frames: list[Any],
+    ) -> None:
+        self.btid = btid
+        self.owner = owner
+        self.tid = tid
+        self.parent = parent
+        self.origin = origin
+        self.setup = setup
+        self.frames = frames
+        self.attempts = 0
+        self.worker: bytes | None = None
+        self.submitted = time.time()
+        self.losses: list[str] = []
+
+
+class Peer:
+    __slots__ = ("key", "role", "info", "fd", "joined", "backlog")
+
+    def __init__(self, key: bytes, role: str, info: dict[str, Any], fd: int) -> None:
+        self.key = key
+        self.role = role
+        self.info = info
+        self.fd = fd
+        self.joined = time.time()
+        self.backlog: collections.deque[list[Any]] = collections.deque()
+
+
+class WorkerPeer(Peer):
+    __slots__ = ("credit", "assigned", "setups", "done", "last_seen", "tag", "name", "busy_since")
+
+    def __init__(self, key: bytes, info: dict[str, Any], fd: int) -> None:
+        super().__init__(key, P.WORKER, info, fd)
+        self.credit = 0
+        self.assigned: set[int] = set()
+        self.setups: set[int] = set()
+        self.done = 0
+        self.last_seen = time.time()
+        self.tag = str(info.get("tag") or "")
+        self.name = str(info.get("name") or key.hex())
+
+
+class ClientPeer(Peer):
+    __slots__ = ("setup", "setup_frames", "broken")
+
+    def __init__(self, key: bytes, info: dict[str, Any], fd: int, setup: int, frames: list[Any]):
+        super().__init__(key, P.CLIENT, info, fd)
+        self.setup = setup
+        self.setup_frames = frames
+        self.broken = False
+
+
+class Broker:
+    """Routes tasks from submitters to workers and results back.
+
+    ``bind`` is a ZeroMQ endpoint (``ipc://...`` or ``tcp://127.0.0.1:0``).
+    ``local`` is the in-process client, if any; ``watcher`` the local worker
+    processes to watch for exits and replace.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        context: zmq.Context[Any] | None = None,
+        local: LocalClient | None = None,
+        watcher: ProcessWatcher | None = None,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        max_retries: int = 3,
+        max_message_size: int = -1,
+        pool_id: str | None = None,
+    ) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.pool_id = pool_id or secrets.token_hex(8)
+        self.local = local
+        self.watcher = watcher
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_retries = max_retries
+        self.host = socket.gethostname()
+
+        r = self.router = self.ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.SNDHWM, SEND_HWM)
+        r.setsockopt(zmq.RCVHWM, SEND_HWM)
+        r.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+        r.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+        r.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+        if max_message_size > 0:
+            r.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        r.bind(bind)
+        self.endpoint: str = r.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+        self.tasks: dict[int, Task] = {}
+        self.queue: collections.deque[int] = collections.deque()
+        self.by_owner: dict[tuple[bytes, int], int] = {}  # remote owners only (for CANCEL)
+        self.workers: dict[bytes, WorkerPeer] = {}
+        self.clients: dict[bytes, ClientPeer] = {}
+        self.observers: set[bytes] = set()
+        self.fds: dict[int, bytes] = {}
+        self.ready: collections.deque[WorkerPeer] = collections.deque()
+        self._next_btid = 1
+        self._next_setup = 1
+        self.setups: dict[int, ClientPeer] = {}
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.completed = 0
+        self._rate = 0.0
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self._stopping = False
+        self._stop_fd_r, self._stop_fd_w = os.pipe()
+        os.set_blocking(self._stop_fd_r, False)
+        self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
+        self._backlogged: set[bytes] = set()
+        self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
+
+        if local is not None:
+            self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serve until stop() is called.  Runs in a thread or as a process's main loop."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self._stop_fd_r, zmq.POLLIN)
+        if self.local is not None:
+            poller.register(self.local.wake_fd, zmq.POLLIN)
+        next_tick = time.monotonic()
+        try:
+            while not self._stopping:
+                timeout = 50 if self._backlogged else max(0, int((next_tick - time.monotonic()) * 1000))
+                events = poller.poll(timeout)
+                for sock, _ in events:
+                    if sock is self.router:
+                        self._drain_router()
+                    elif sock is self.monitor:
+                        self._drain_monitor()
+                if self.local is not None:
+                    self.local.drain_wake()
+                    self._drain_local()
+                self._dispatch()
+                self._flush()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 0.05
+                    self._tick()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask the loop to end (thread-safe)."""
+        self._stopping = True
+        try:
+            os.write(self._stop_fd_w, b"x")
+        except OSError:
+            pass
+
+    def _close(self) -> None:
+        for w in list(self.workers.values()):
+            self._send(w.key, [P.header(P.STOP)])
+        self.monitor.close(linger=0)
+        try:
+            self.router.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.router.close(linger=200)
+        os.close(self._stop_fd_r)
+        os.close(self._stop_fd_w)
+
+    # --------------------------------------------------------------- receive
+    def _drain_router(self) -> None:
+        r = self.router
+        for _ in range(2000):
+            try:
+                ident = r.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = []
+            more = ident.more
+            while more:
+                f = r.recv(copy=False)
+                frames.append(f)
+                more = f.more
+            key = ident.bytes
+            if not frames:
+                self.dropped["empty"] += 1
+                continue
+            try:
+                self._handle(key, ident, frames)
+            except P.VersionMismatch as exc:
+                self.dropped["version"] += 1
+                self._send(key, [P.header(P.ERROR), str(exc).encode()])
+            except ProtocolError as exc:
+                self.dropped["malformed"] += 1
+                log.debug("dropped a malformed message from %r: %s", key, exc)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                self.dropped["malformed"] += 1
+                log.debug("dropped a message from %r: %r", key, exc)
+
+    def _handle(self, key: bytes, ident: zmq.Frame, frames: list[zmq.Frame]) -> None:
+        head = frames[0].bytes
+        mtype, count, arg = P.unpack_header(head)
+        w = self.workers.get(key)
+        if mtype == P.RESULT:
+            if w is None:
+                return self._unknown(key)
+            self._on_results(w, head, count, frames, arg)
+        elif mtype == P.SUBMIT:
+            owner = self.clients.get(key) or w
+            if owner is None:
+                return self._unknown(key)
+            self._on_submit(key, owner, head, count, frames)
+        elif mtype == P.CREDIT:
+            if w is None:
+                return self._unknown(key)
+            self._grant(w, arg)
+        elif mtype == P.CANCEL:
+            if key not in self.clients and w is None:
+                return self._unknown(key)
+            self._on_cancel(key, [e[0] for e in P.entries(mtype, head)])
+        elif mtype == P.OUTPUT or mtype == P.LOG:
+            if w is None:
+                return self._unknown(key)
+            self._on_output(mtype, head, count, frames)
+        elif mtype == P.HELLO:
+            if len(frames) < 2:
+                raise ProtocolError("HELLO without its JSON frame")
+            info = P.load_json(frames[1].bytes)
+            if not isinstance(info, dict):
+                raise ProtocolError("HELLO's JSON is not an object")
+            fd = self._srcfd(ident)
+            self._on_hello(key, info, fd, frames[2:])
+        elif mtype == P.SETUP_DONE:
+            if w is None:
+                return self._unknown(key)
+            self._on_setup_done(w, arg, bool(count), frames)
+        elif mtype == P.BYE:
+            self._on_bye(key)
+        elif mtype == P.STATUS:
+            self._send(key, [P.header(P.STATUS_REPLY), P.dump_json(self.status())])
+        else:
+            raise ProtocolError(f"unexpected {P.TYPE_NAMES.get(mtype, mtype)} from a peer")
+
+    def _unknown(self, key: bytes) -> None:
+        self.dropped["unknown peer"] += 1
+        self._send(key, [P.header(P.ERROR), b"unknown peer: send HELLO first"])
+
+    @staticmethod
+    def _srcfd(ident: zmq.Frame) -> int:
+        try:
+            return int(ident.get(zmq.SRCFD))
+        except (zmq.ZMQError, AttributeError, TypeError):
+            return -1
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                msg = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = parse_monitor_message(msg)
+            except Exception:
+                continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                key = self.fds.pop(int(event["value"]), None)
+                if key is not None:
+                    self._probe(key, "its connection closed")
+
+    def _probe(self, key: bytes, why: str) -> None:
+        """A peer's connection closed: is the routing id still reachable?"""
+        try:
+            self.router.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+            self.router.send(P.header(P.PING))
+        except zmq.Again:
+            return  # alive (a newer connection exists), just busy
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._peer_gone(key, why)
+
+    # ------------------------------------------------------------- handlers
+    def _on_hello(self, key: bytes, info: dict[str, Any], fd: int, extra: list[zmq.Frame]) -> None:
+        role = info.get("role")
+        if fd >= 0:
+            self.fds[fd] = key
+        if role == P.WORKER:
+            old = self.workers.get(key)
+            if old is not None:
+                held = set(int(x) for x in info.get("held", ()))
+                self._resync(old, held)
+                old.fd = fd
+                old.info.update(info)
+                self._welcome(key, {"resumed": True})
+                return
+            w = WorkerPeer(key, info, fd)
+            self.workers[key] = w
+            if w.tag and self.watcher is not None:
+                self.watcher.mark_hello(w.tag)
+            log.debug("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
+            self._welcome(key, {})
+        elif role == P.CLIENT:
+            if key in self.clients:
+                self._welcome(key, {"setup": self.clients[key].setup})
+                return
+            c = self._add_client(key, info, fd, extra)
+            self._welcome(key, {"setup": c.setup})
+        elif role == P.OBSERVER:
+            self.observers.add(key)
+            self._welcome(key, {})
+        else:
+            raise ProtocolError(f"HELLO with unknown role {role!r}")
+
+    def _welcome(self, key: bytes, extra: dict[str, Any]) -> None:
+        body = {
+            "pool": self.pool_id,
+            "id": key.hex(),
+            "version": P.VERSION,
+            "heartbeat": self.heartbeat,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "host": self.host,
+            **extra,
+        }
+        self._send(key, [P.header(P.WELCOME), P.dump_json(body)])
+
+    def _add_client(self, key: bytes, info: dict[str, Any], fd: int, frames: list[Any]) -> ClientPeer:
+        sid = self._next_setup
+        self._next_setup += 1
+        c = ClientPeer(key, info, fd, sid, list(frames))
+        self.clients[key] = c
+        self.setups[sid] = c
+        return c
+
+    def _on_submit(
+        self, key: bytes, owner: Peer, head: bytes, count: int, frames: list[zmq.Frame]
+    ) -> None:
+        ents = list(P.entries(P.SUBMIT, head))
+        P.check_frames([e[2] for e in ents], len(frames) - 1)
+        pos = 1
+        is_worker = owner.role == P.WORKER
+        for tid, parent, n in ents:
+            if n < 2:
+                raise ProtocolError("a task needs at least a function and an arguments frame")
+            body = frames[pos : pos + n]
+            pos += n
+            if is_worker:
+                ptask = self.tasks.get(parent)
+                if ptask is not None:
+                    origin, setup = ptask.origin, ptask.setup
+                else:
+                    origin, setup = None, 0
+            else:
+                c = owner  # type: ignore[assignment]
+                origin, setup = key, c.setup  # type: ignore[attr-defined]
+            self._new_task(key, tid, parent, origin, setup, body)
+
+    def _drain_local(self) -> None:
+        local = self.local
+        assert local is not None
+        outbox = local.outbox
+        if outbox:
+            setup = self.clients[LOCAL].setup
+            new = self._new_task
+            while outbox:
+                tid, body = outbox.popleft()
+                new(LOCAL, tid, 0, LOCAL, setup, body)
+
+    def _new_task(
+        self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
+    ) -> None:
+        c = self.clients.get(origin) if origin is not None else None
+        if c is not None and c.broken:
+            self._deliver_direct(owner, tid, P.CANCELLED, [])
+            return
+        btid = self._next_btid
+        self._next_btid = btid + 1
+        self.tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body)
+        if owner != LOCAL:
+            self.by_owner[(owner, tid)] = btid
+        self.queue.append(btid)
+
+    def _on_cancel(self, owner: bytes, tids: list[int]) -> None:
+        """The owner no longer wants these tasks: forget them wherever they are."""
+        by_worker: dict[bytes, list[tuple[int]]] = {}
+        for tid in tids:
+            btid = self.by_owner.pop((owner, tid), None)
+            if btid is None:
+                continue
+            task = self.tasks.pop(btid, None)
+            if task is None:
+                continue
+            if task.worker is not None:
+                w = self.workers.get(task.worker)
+                if w is not None:
+                    w.assigned.discard(btid)
+                    by_worker.setdefault(w.key, []).append((btid,))
+        for wkey, ids in by_worker.items():
+            self._send(wkey, [P.pack(P.CANCEL, ids)])
+
+    def _grant(self, w: WorkerPeer, credit: int) -> None:
+        w.last_seen = time.time()
+        if credit <= 0:
+            return
+        if w.credit <= 0:
+            self.ready.append(w)
+        w.credit += credit
+
+    def _on_results(
+        self, w: WorkerPeer, head: bytes, count: int, frames: list[zmq.Frame], credit: int
+    ) -> None:
+        ents = list(P.entries(P.RESULT, head))
+        P.check_frames([e[2] for e in ents], len(frames) - 1)
+        pos = 1
+        tasks = self.tasks
+        local = self.local
+        for btid, status, n, _t0, _trun in ents:
+            body = frames[pos : pos + n]
+            pos += n
+            task = tasks.pop(btid, None)
+            w.assigned.discard(btid)
+            if task is None:
+                self.dropped["stale result"] += 1
+                continue
+            w.done += 1
+            if task.worker is not None and task.worker != w.key:
+                # A late answer from a worker we gave up on: first result wins;
+                # the worker now holding the task may drop it.
+                other = self.workers.get(task.worker)
+                if other is not None:
+                    other.assigned.discard(btid)
+                    self._send(other.key, [P.pack(P.CANCEL, [(btid,)])])
+            if task.owner == LOCAL:
+                assert local is not None
+                local.deliver(task.tid, status, body)
+            else:
+                self.by_owner.pop((task.owner, task.tid), None)
+                self._queue_result(task.owner, (task.tid, status, n), body)
+        self.completed += len(ents)
+        self._grant(w, credit)
+
+    def _queue_result(self, owner: bytes, entry: tuple[int, int, int], body: list[Any]) -> None:
+        out = self._out.get(owner)
+        if out is None:
+            out = self._out[owner] = []
+        out.append((entry, body))
+
+    def _deliver_direct(self, owner: bytes, tid: int, status: int, body: list[Any]) -> None:
+        if owner == LOCAL:
+            if self.local is not None:
+                self.local.deliver(tid, status, body)
+        else:
+            self.by_owner.pop((owner, tid), None)
+            self._queue_result(owner, (tid, status, len(body)), body)
+
+    def _on_output(self, mtype: int, head: bytes, count: int, frames: list[zmq.Frame]) -> None:
+        ents = list(P.entries(mtype, head))
+        if len(ents) != len(frames) - 1:
+            raise ProtocolError("OUTPUT/LOG needs one frame per entry")
+        routes: dict[bytes | None, list[tuple[tuple[Any, ...], zmq.Frame]]] = {}
+        for ent, frame in zip(ents, frames[1:]):
+            task = self.tasks.get(ent[0]) if ent[0] else None
+            origin = task.origin if task is not None else self._default_origin()
+            routes.setdefault(origin, []).append((ent, frame))
+        for origin, items in routes.items():
+            if origin == LOCAL and self.local is not None:
+                for ent, frame in items:
+                    if mtype == P.OUTPUT:
+                        self.local.output(ent[1], frame.bytes)
+                    else:
+                        self.local.log_record(frame.bytes)
+            elif origin is not None and origin in self.clients:
+                head2 = P.pack(mtype, [ent for ent, _ in items])
+                self._send(origin, [head2, *[f for _, f in items]])
+            else:
+                for ent, frame in items:
+                    if mtype == P.OUTPUT:
+                        stream = sys.stderr if ent[1] == 2 else sys.stdout
+                        stream.write(frame.bytes.decode("utf-8", "replace"))
+                        stream.flush()
+
+    def _default_origin(self) -> bytes | None:
+        if self.local is not None:
+            return LOCAL
+        if len(self.clients) == 1:
+            return next(iter(self.clients))
+        return None
+
+    def _on_setup_done(self, w: WorkerPeer, sid: int, ok: bool, frames: list[zmq.Frame]) -> None:
+        if ok:
+            return
+        c = self.setups.get(sid)
+        text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else "set-up failed"
+        if c is None or c.broken:
+            return
+        self._break_client(c, "initializer", text)
+
+    def _break_client(self, c: ClientPeer, kind: str, message: str) -> None:
+        c.broken = True
+        if c.key == LOCAL and self.local is not None:
+            self.local.broken(kind, message)
+        else:
+            self._send(c.key, [P.header(P.BROKEN), P.dump_json({"kind": kind, "message": message})])
+        # Its queued tasks will never run: drop them (the client fails its futures itself).
+        for btid in [b for b, t in self.tasks.items() if t.origin == c.key]:
+            task = self.tasks.pop(btid)
+            if task.worker is not None:
+                ww = self.workers.get(task.worker)
+                if ww is not None:
+                    ww.assigned.discard(btid)
+                    self._send(ww.key, [P.pack(P.CANCEL, [(btid,)])])
+            if task.owner != c.key:
+                self._deliver_direct(task.owner, task.tid, P.CANCELLED, [])
+
+    def _on_bye(self, key: bytes) -> None:
+        if key in self.workers:
+            w = self.workers.pop(key)
+            self._forget_fd(key)
+            for btid in list(w.assigned):
+                task = self.tasks.get(btid)
+                if task is not None and task.worker == key:
+                    task.worker = None
+                    self.queue.appendleft(btid)
+            self._drop_owned_by(key)
+        elif key in self.clients:
+            c = self.clients.pop(key)
+            self._forget_fd(key)
+            self._client_gone(c)
+        self.observers.discard(key)
+
+    def _forget_fd(self, key: bytes) -> None:
+        for fd, k in list(self.fds.items()):
+            if k == key:
+                del self.fds[fd]
+
+    # ------------------------------------------------------------- dispatch
+    def _dispatch(self) -> None:
+        queue = self.queue
+        ready = self.ready
+        tasks = self.tasks
+        local = self.local
+        while queue and ready:
+            share = max(1, math.ceil(len(queue) / len(ready)))
+            for _ in range(len(ready)):
+                if not queue:
+                    break
+                w = ready.popleft()
+                if w.key not in self.workers or w.credit <= 0:
+                    continue
+                batch: list[Task] = []
+                want = min(w.credit, share)
+                started: dict[bytes, list[tuple[int]]] = {}
+                while want and queue:
+                    btid = queue.popleft()
+                    task = tasks.get(btid)
+                    if task is None or task.worker is not None:
+                        continue
+                    if task.owner == LOCAL:
+                        assert local is not None
+                        if task.attempts == 0 and not local.started(task.tid):
+                            del tasks[btid]  # cancelled while queued
+                            continue
+                    elif task.attempts == 0 and task.owner in self.clients:
+                        started.setdefault(task.owner, []).append((task.tid,))
+                    batch.append(task)
+                    want -= 1
+                if batch:
+                    self._send_tasks(w, batch)
+                    w.credit -= len(batch)
+                for owner, ids in started.items():
+                    self._send(owner, [P.pack(P.STARTED, ids)])
+                if w.credit > 0:
+                    ready.append(w)
+
+    def _send_tasks(self, w: WorkerPeer, batch: list[Task]) -> None:
+        for sid in {t.setup for t in batch if t.setup and t.setup not in w.setups}:
+            c = self.setups.get(sid)
+            if c is not None:
+                self._send(w.key, [P.header(P.SETUP, 0, sid), *c.setup_frames])
+            w.setups.add(sid)
+        head = P.pack(P.TASKS, [(t.btid, t.setup, len(t.frames), t.attempts) for t in batch])
+        frames: list[Any] = [head]
+        key = w.key
+        for t in batch:
+            t.worker = key
+            w.assigned.add(t.btid)
+            frames.extend(t.frames)
+        self._send(key, frames)
+
+    # ----------------------------------------------------------------- send
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, {}
+            for owner, items in out.items():
+                head = P.pack(P.RESULTS, [e for e, _ in items])
+                frames: list[Any] = [head]
+                for _, body in items:
+                    frames.extend(body)
+                self._send(owner, frames)
+        if self._backlogged:
+            for key in list(self._backlogged):
+                self._retry_backlog(key)
+
+    def _send(self, key: bytes, frames: Sequence[Any]) -> bool:
+        """Send one message; keep it for later if the peer is slow, drop it if gone."""
+        peer = self.workers.get(key) or self.clients.get(key)
+        if peer is not None and peer.backlog:
+            peer.backlog.append(list(frames))
+            return True
+        return self._send_now(key, frames, peer)
+
+    def _send_now(self, key: bytes, frames: Sequence[Any], peer: Peer | None) -> bool:
+        r = self.router
+        try:
+            r.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+        except zmq.Again:
+            if peer is not None:
+                peer.backlog.append(list(frames))
+                self._backlogged.add(key)
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                if peer is not None:
+                    self._peer_gone(key, "it is no longer connected")
+                return False
+            raise
+        last = len(frames) - 1
+        for i, f in enumerate(frames):
+            r.send(f, zmq.SNDMORE if i < last else 0, copy=False)
+        return True
+
+    def _retry_backlog(self, key: bytes) -> None:
+        peer = self.workers.get(key) or self.clients.get(key)
+        if peer is None:
+            self._backlogged.discard(key)
+            return
+        while peer.backlog:
+            frames = peer.backlog.popleft()
+            if not self._send_now(key, frames, None):
+                peer.backlog.appendleft(frames)
+                return
+        self._backlogged.discard(key)
+
+    # ------------------------------------------------------ losing peers
+    def _peer_gone(self, key: bytes, why: str) -> None:
+        w = self.workers.get(key)
+        if w is not None:
+            self._lose_worker(w, why)
+            return
+        c = self.clients.pop(key, None)
+        if c is not None:
+            log.info("client %s left (%s)", key.hex(), why)
+            self._forget_fd(key)
+            self._client_gone(c)
+        self.observers.discard(key)
+
+    def _client_gone(self, c: ClientPeer) -> None:
+        c.broken = True
+        self._break_client_tasks(c.key)
+
+    def _break_client_tasks(self, key: bytes) -> None:
+        by_worker: dict[bytes, list[tuple[int]]] = {}
+        for btid in [b for b, t in self.tasks.items() if t.origin == key or t.owner == key]:
+            task = self.tasks.pop(btid)
+            self.by_owner.pop((task.owner, task.tid), None)
+            if task.worker is not None:
+                w = self.workers.get(task.worker)
+                if w is not None:
+                    w.assigned.discard(btid)
+                    by_worker.setdefault(w.key, []).append((btid,))
+        for wkey, ids in by_worker.items():
+            self._send(wkey, [P.pack(P.CANCEL, ids)])
+
+    def _lose_worker(self, w: WorkerPeer, why: str, exit_info: str = "") -> None:
+        if self.workers.pop(w.key, None) is None:
+            return
+        self._forget_fd(w.key)
+        host = w.info.get("host", "?")
+        pid = w.info.get("pid", "?")
+        if not exit_info and w.tag and self.watcher is not None:
+            exit_info = self._local_exit_info(w.tag)
+        where = f"worker {w.name} (pid {pid} on {host})"
+        reason = exit_info or why
+        self._recent_losses.append(f"{where}: {reason}")
+        if w.assigned:
+            log.warning("%s was lost with %d task(s): %s", where, len(w.assigned), reason)
+        for btid in sorted(w.assigned):
+            task = self.tasks.get(btid)
+            if task is None or task.worker != w.key:
+                continue
+            task.worker = None
+            task.attempts += 1
+            task.losses.append(f"{where}: {reason}")
+            if task.attempts > self.max_retries:
+                del self.tasks[btid]
+                message = (
+                    f"task {btid} was lost {task.attempts} times with its worker, more than "
+                    f"max_retries={self.max_retries} allows; last: {where}: {reason}"
+                )
+                body = [P.dump_json({"type": "WorkerLostError", "message": message, "kind": "lost"}), b""]
+                self._deliver_direct(task.owner, task.tid, P.LOST, body)
+            else:
+                self.queue.appendleft(btid)
+        w.assigned.clear()
+        self._drop_owned_by(w.key)
+
+    def _local_exit_info(self, tag: str) -> str:
+        assert self.watcher is not None
+        for _ in range(20):
+            for t, _pid, rc in self.watcher.reap():
+                if t == tag:
+                    return self.watcher.describe_exit(tag, rc)
+                self._local_exited(t, rc)
+            time.sleep(0.005)
+        return ""
+
+    def _drop_owned_by(self, key: bytes) -> None:
+        """Tasks submitted by a lost worker have nobody to report to."""
+        self._break_client_tasks(key)
+
+    def _resync(self, w: WorkerPeer, held: set[int]) -> None:
+        for btid in list(w.assigned):
+            if btid not in held:
+                w.assigned.discard(btid)
+                task = self.tasks.get(btid)
+                if task is not None and task.worker == w.key:
+                    task.worker = None
+                    self.queue.appendleft(btid)
+
+    def _local_exited(self, tag: str, rc: int) -> None:
+        assert self.watcher is not None
+        for w in list(self.workers.values()):
+            if w.tag == tag:
+                self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
+                break
+        else:
+            self._recent_losses.append(self.watcher.describe_exit(tag, rc))
+        if not self._stopping and not self.watcher.replace(tag) and not self.workers:
+            text = "; ".join(self._recent_losses) or "worker processes keep exiting"
+            for c in list(self.clients.values()):
+                if not c.broken:
+                    self._break_client(c, "broken", f"no worker could be started: {text}")
+
+    def _tick(self) -> None:
+        if self.watcher is not None:
+            for tag, _pid, rc in self.watcher.reap():
+                self._local_exited(tag, rc)
+        now = time.monotonic()
+        if now - self._rate_t >= 1.0:
+            n = self.completed - self._rate_n
+            self._rate = n / (now - self._rate_t)
+            self._rate_t, self._rate_n = now, self.completed
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "pool": self.pool_id,
+            "endpoint": self.endpoint,
+            "host": self.host,
+            "queued": len(self.queue),
+            "tasks": len(self.tasks),
+            "completed": self.completed,
+            "tasks_per_second": round(self._rate, 1),
+            "clients": len(self.clients),
+            "dropped": dict(self.dropped),
+            "workers": [
+                {
+                    "id": w.key.hex(),
+                    "name": w.name,
+                    "host": w.info.get("host"),
+                    "pid": w.info.get("pid"),
+                    "busy": len(w.assigned),
+                    "state": "busy" if w.assigned else "idle",
+                    "done": w.done,
+                    "credit": w.credit,
+                    "last_seen": round(now - w.last_seen, 3),
+                }
+                for w in self.workers.values()
+            ],
+        }
+
+
+def serve(
+    bind: str,
+    *,
+    on_ready: Callable[[Broker], None] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Run a standalone broker in this process until interrupted."""
+    b = Broker(bind, **kwargs)
+    if on_ready is not None:
+        on_ready(b)
+    try:
+        b.run()
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,80 @@
+"""Every exception scoopexec raises, rooted at concurrent.futures' own where one fits."""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+__all__ = [
+    "BrokenScoopExecutor",
+    "BrokerLostError",
+    "InitializerError",
+    "ProtocolError",
+    "RemoteError",
+    "SerializationError",
+    "WorkerLostError",
+    "remote_traceback",
+]
+
+
+class BrokenScoopExecutor(BrokenExecutor):
+    """The pool can no longer run this client's tasks (see the message for why)."""
+
+
+class InitializerError(BrokenScoopExecutor):
+    """The initializer, or the import of the client's main module, failed on a worker."""
+
+
+class BrokerLostError(BrokenScoopExecutor):
+    """The connection to the broker was lost; pending futures cannot complete."""
+
+
+class WorkerLostError(BrokenExecutor):
+    """A task's worker died or stopped answering more times than ``max_retries`` allows."""
+
+
+class SerializationError(Exception):
+    """A function, its arguments, its result or its exception could not be (un)pickled.
+
+    The original pickling error, when there is one, is chained as ``__cause__``.
+    """
+
+
+class RemoteError(Exception):
+    """A task raised an exception that could not be sent back as itself.
+
+    ``type_name`` is the qualified name of the original exception's type and
+    ``traceback`` the remote traceback as text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class ProtocolError(Exception):
+    """A message did not follow the scoopexec wire format."""
+
+
+def _remote_traceback_type() -> type[Exception]:
+    # Re-use the standard library's class so code (and tests) written for
+    # ProcessPoolExecutor recognise the cause; it only carries the text.
+    try:
+        from concurrent.futures.process import _RemoteTraceback
+    except ImportError:  # pragma: no cover - every supported CPython has it
+
+        class _RemoteTraceback(Exception):  # type: ignore[no-redef]
+            def __init__(self, tb: str) -> None:
+                self.tb = tb
+
+            def __str__(self) -> str:
+                return self.tb
+
+    return _RemoteTraceback
+
+
+def remote_traceback(text: str, where: str = "") -> Exception:
+    """An exception whose str() is a remote traceback, for use as ``__cause__``."""
+    head = f"\n\"\"\"\n{where}\n" if where else '\n"""\n'
+    return _remote_traceback_type()(f"{head}{text}\"\"\"")

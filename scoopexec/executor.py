@@ -1,0 +1,797 @@
+"""ScoopExecutor: a concurrent.futures.Executor over a ZeroMQ broker and greenlet workers.
+
+::
+
+  user threads                    broker thread (embedded default)            worker processes
+  submit() --pickle--> outbox --wake--> Broker loop --TASKS (batched)--> hub greenlet, runners
+  Future <--set_result-- deliver() <--------------------- RESULT (batched) --+
+                                      (set_running_or_notify_cancel when a task is
+                                       handed to a worker; cancelled ones are dropped)
+
+By default (no ``broker=``) the executor runs the broker in a thread of this
+process and starts ``max_workers`` local worker processes; the client is an
+in-process peer of that broker, so a round trip costs two socket hops and two
+thread hand-offs, like ProcessPoolExecutor's.  With ``broker="tcp://..."`` the
+executor is a remote client of a standalone broker (``python -m scoopexec
+broker``) through a DEALER socket served by one I/O thread.
+
+The client keeps only the futures: a task's function and arguments are
+pickled at submit() and their bytes live in the broker until the result
+arrives; a future leaves the client's table the moment it is resolved.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import concurrent.futures._base as cfb
+import itertools
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from . import mainmodule
+from . import protocol as P
+from . import serialize
+from .broker import Broker
+from .errors import BrokenScoopExecutor, BrokerLostError, InitializerError, SerializationError
+from .launch import LocalWorkers
+from .mapping import MapMixin
+
+log = logging.getLogger("scoopexec")
+
+_global_shutdown = False
+_live_links: set[_Link] = set()
+_live_lock = threading.Lock()
+_active: list[Any] = []  # executors entered with `with`, innermost last
+_by_pool: weakref.WeakValueDictionary[str, ScoopExecutor] = weakref.WeakValueDictionary()
+
+
+def _python_exit() -> None:
+    """At interpreter exit: refuse new work, let pending futures finish, stop every pool."""
+    global _global_shutdown
+    _global_shutdown = True
+    with _live_lock:
+        links = list(_live_links)
+    for link in links:
+        link.close(wait=True)
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_python_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_python_exit)
+
+
+def _default_workers() -> int:
+    if hasattr(os, "process_cpu_count"):
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover
+        n = os.cpu_count()
+    return n or 1
+
+
+class ScoopFuture(cf.Future):  # type: ignore[type-arg]
+    """The future of a task submitted from a client.  A concurrent.futures.Future."""
+
+    _link: _Link | None = None
+    _tid = 0
+
+    def cancel(self) -> bool:
+        with self._condition:
+            ok = super().cancel()
+            if ok and self._state == cfb.CANCELLED:
+                # Tell waiters (wait(), as_completed()) now rather than when the
+                # broker reaches this task in its queue.
+                self.set_running_or_notify_cancel()
+        if ok and self._link is not None:
+            self._link.cancelled(self._tid)
+            self._link = None
+        return ok
+
+
+class _Link:
+    """The client's side: the futures table and the outbox towards a broker."""
+
+    remote = False
+
+    def __init__(self) -> None:
+        self.futures: dict[int, ScoopFuture] = {}
+        self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._tids = itertools.count(1)
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self.broken_kind = ""
+        self.broken_msg = ""
+        self.stop_when_idle = False
+        self.pool_id = ""
+        self.thread: threading.Thread | None = None
+        self.closed = threading.Event()
+        self.workers: LocalWorkers | None = None
+
+    # --- called from user threads
+    def submit(self, frames: list[Any]) -> ScoopFuture:
+        tid = next(self._tids)
+        fut = ScoopFuture()
+        fut._link = self
+        fut._tid = tid
+        self.futures[tid] = fut
+        self.outbox.append((tid, frames))
+        if not self._woken:
+            self._wake()
+        return fut
+
+    def _wake(self) -> None:
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain_wake(self) -> None:
+        if self._woken:
+            self._woken = False
+            try:
+                while os.read(self.wake_fd, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def cancelled(self, tid: int) -> None:
+        self.futures.pop(tid, None)
+        self._check_idle()
+
+    # --- called from the I/O (broker) thread
+    def started(self, tid: int) -> bool:
+        fut = self.futures.get(tid)
+        if fut is None:
+            return False
+        with fut._condition:
+            if fut._state != cfb.PENDING:
+                self.futures.pop(tid, None)
+                return False
+            return fut.set_running_or_notify_cancel()
+
+    def deliver(self, tid: int, status: int, frames: Sequence[Any]) -> None:
+        fut = self.futures.pop(tid, None)
+        if fut is None:
+            return
+        fut._link = None
+        ok, value = serialize.decode_outcome(status, frames)
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except cf.InvalidStateError:
+            pass
+        if self.stop_when_idle and not self.futures:
+            self.request_stop()
+
+    def output(self, stream: int, text: bytes) -> None:
+        out = sys.stderr if stream == 2 else sys.stdout
+        if out is None:
+            return
+        try:
+            out.write(text.decode("utf-8", "replace"))
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def log_record(self, data: bytes) -> None:
+        try:
+            d = json.loads(data)
+            record = logging.makeLogRecord(
+                {k: v for k, v in d.items() if k not in ("msg", "exc_text")}
+            )
+            record.msg = d.get("msg", "")
+            record.args = None
+            record.exc_text = d.get("exc_text") or None
+            logging.getLogger(record.name).handle(record)
+        except Exception:  # pragma: no cover - a bad record must not stop the pool
+            log.debug("could not re-emit a worker's log record", exc_info=True)
+
+    def broken(self, kind: str, message: str) -> None:
+        if self.broken_msg:
+            return
+        if kind == "initializer":
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
+            text = f"A worker's initializer failed; the pool is not usable any more.\n{message}"
+            exc_type: type[BrokenScoopExecutor] = InitializerError
+        elif kind == "broker":
+            text, exc_type = message, BrokerLostError
+        else:
+            text, exc_type = message, BrokenScoopExecutor
+        self.broken_kind = kind
+        self.broken_msg = text
+        self.fail_all(exc_type, text)
+        self.stop_when_idle = True
+        self.request_stop()
+
+    def fail_all(self, exc_type: type[Exception], text: str) -> None:
+        while self.futures:
+            try:
+                tid, fut = self.futures.popitem()
+            except KeyError:
+                break
+            fut._link = None
+            try:
+                fut.set_exception(exc_type(text))
+            except cf.InvalidStateError:
+                pass
+
+    def setup_frames(self) -> list[bytes]:
+        return self._setup
+
+    # --- life cycle
+    def request_stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _check_idle(self) -> None:
+        if self.stop_when_idle and not self.futures:
+            self.request_stop()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop once every future is resolved; with wait, block until everything is down."""
+        self.stop_when_idle = True
+        self._check_idle()
+        if wait and self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def _finished(self) -> None:
+        self.fail_all(BrokenScoopExecutor, "the pool was shut down before this task completed")
+        for fd in (self.wake_fd, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        with _live_lock:
+            _live_links.discard(self)
+        self.closed.set()
+
+
+class _LocalLink(_Link):
+    """An embedded broker in a thread of this process, and local worker processes."""
+
+    def __init__(
+        self,
+        n: int,
+        setup: list[bytes],
+        *,
+        bind: str | None,
+        heartbeat: float,
+        heartbeat_timeout: float,
+        max_retries: int,
+        python: str | None,
+        env: Mapping[str, str] | None,
+        max_message_size: int,
+    ) -> None:
+        super().__init__()
+        self._setup = setup
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self._ipc_dir: str | None = None
+        if bind is None:
+            self._ipc_dir = tempfile.mkdtemp(prefix="scoopexec-")  # mode 0700
+            bind = f"ipc://{self._ipc_dir}/broker"
+            if len(bind) > 100:  # too long for a unix socket path
+                bind = "tcp://127.0.0.1:0"
+        _check_local_endpoint(bind)
+        try:
+            self.broker = Broker(
+                bind,
+                context=self.ctx,
+                local=self,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+                max_retries=max_retries,
+                max_message_size=max_message_size,
+            )
+            self.pool_id = self.broker.pool_id
+            self.endpoint = self.broker.endpoint
+            self.workers = LocalWorkers(
+                self.endpoint,
+                n,
+                python=python,
+                env=env,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+            )
+        except BaseException:
+            self._cleanup_dir()
+            raise
+        self.broker.watcher = self.workers
+        with _live_lock:
+            _live_links.add(self)
+        self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
+        self.thread.start()
+
+    def request_stop(self) -> None:
+        self.broker.stop()
+
+    def _run(self) -> None:
+        try:
+            self.broker.run()
+        except BaseException:  # pragma: no cover - a bug in the loop must not hang the client
+            log.exception("the scoopexec broker thread failed")
+            self.broken_msg = self.broken_msg or "the broker thread failed (see the log)"
+        finally:
+            if self.workers is not None:
+                self.workers.stop()
+            self.ctx.term()
+            self._cleanup_dir()
+            self._finished()
+
+    def _cleanup_dir(self) -> None:
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
+
+
+class _RemoteLink(_Link):
+    """A client of a standalone broker, through one DEALER socket and one I/O thread."""
+
+    remote = True
+
+    def __init__(
+        self,
+        endpoint: str,
+        setup: list[bytes],
+        *,
+        heartbeat: float,
+        heartbeat_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        super().__init__()
+        _check_local_endpoint(endpoint)
+        self._setup = setup
+        self.endpoint = endpoint
+        self.heartbeat_timeout = heartbeat_timeout
+        self.cancels: collections.deque[int] = collections.deque()
+        self._stop = False
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        s = self.sock = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, b"C" + os.urandom(11))
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        s.connect(endpoint)
+        try:
+            self._handshake(connect_timeout)
+        except BaseException:
+            self.monitor.close(linger=0)
+            s.close(linger=0)
+            self.ctx.term()
+            raise
+        with _live_lock:
+            _live_links.add(self)
+        self.thread = threading.Thread(target=self._run, name="scoopexec-client", daemon=True)
+        self.thread.start()
+
+    def _handshake(self, timeout: float) -> None:
+        hello = {"role": P.CLIENT, "pid": os.getpid(), "host": _hostname()}
+        self._send([P.header(P.HELLO), P.dump_json(hello), *self._setup])
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise BrokerLostError(
+                    f"no scoopexec broker answered at {self.endpoint} within {timeout:g} s "
+                    "(is `python -m scoopexec broker --bind ...` running there?)"
+                )
+            frames = self.sock.recv_multipart(copy=False)
+            mtype, _, _ = P.unpack_header(frames[0].bytes)
+            if mtype == P.WELCOME:
+                self.pool_id = P.load_json(frames[1].bytes).get("pool", "")
+                return
+            if mtype == P.ERROR:
+                raise BrokenScoopExecutor(
+                    f"the broker at {self.endpoint} refused this client: "
+                    + frames[1].bytes.decode("utf-8", "replace")
+                )
+
+    def cancelled(self, tid: int) -> None:
+        if self.futures.pop(tid, None) is not None:
+            self.cancels.append(tid)
+            self._wake()
+        self._check_idle()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self._wake()
+
+    def _send(self, frames: list[Any]) -> None:
+        last = len(frames) - 1
+        for i, f in enumerate(frames):
+            big = not isinstance(f, bytes) or len(f) > 65536
+            self.sock.send(f, zmq.SNDMORE if i < last else 0, copy=not big)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_fd, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        lost_at: float | None = None
+        try:
+            while not self._stop:
+                timeout = 1000
+                if lost_at is not None:
+                    left = lost_at + self.heartbeat_timeout - time.monotonic()
+                    if left <= 0:
+                        self.broken("broker", f"lost the connection to the broker at {self.endpoint}")
+                        break
+                    timeout = int(left * 1000) + 1
+                events = dict(poller.poll(timeout))
+                self.drain_wake()
+                self._send_pending()
+                if self.sock in events:
+                    self._receive()
+                if self.monitor in events:
+                    from zmq.utils.monitor import recv_monitor_message
+
+                    while self.monitor.poll(0):
+                        ev = recv_monitor_message(self.monitor)
+                        if ev["event"] == zmq.EVENT_DISCONNECTED:
+                            lost_at = time.monotonic()
+                        elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                            lost_at = None
+        except BaseException:  # pragma: no cover
+            log.exception("the scoopexec client thread failed")
+        finally:
+            try:
+                self._send_pending()
+                self._send([P.header(P.BYE)])
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.sock.close(linger=500)
+            if self.workers is not None:
+                self.workers.stop()
+            self.ctx.term()
+            self._finished()
+
+    def _send_pending(self) -> None:
+        outbox = self.outbox
+        while outbox:
+            items = []
+            while outbox and len(items) < 256:
+                items.append(outbox.popleft())
+            frames: list[Any] = [P.pack(P.SUBMIT, [(tid, 0, len(body)) for tid, body in items])]
+            for _, body in items:
+                frames.extend(body)
+            self._send(frames)
+        if self.cancels:
+            ids = []
+            while self.cancels:
+                ids.append((self.cancels.popleft(),))
+            self._send([P.pack(P.CANCEL, ids)])
+
+    def _receive(self) -> None:
+        s = self.sock
+        for _ in range(1000):
+            try:
+                first = s.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = [first]
+            while frames[-1].more:
+                frames.append(s.recv(copy=False))
+            head = frames[0].bytes
+            try:
+                mtype, count, arg = P.unpack_header(head)
+            except Exception as exc:
+                log.error("bad message from the broker: %s", exc)
+                continue
+            if mtype == P.RESULTS:
+                pos = 1
+                for tid, status, n in P.entries(mtype, head):
+                    self.deliver(tid, status, frames[pos : pos + n])
+                    pos += n
+            elif mtype == P.STARTED:
+                for (tid,) in P.entries(mtype, head):
+                    self.started(tid)
+            elif mtype == P.OUTPUT:
+                for (_, stream), f in zip(P.entries(mtype, head), frames[1:]):
+                    self.output(stream, f.bytes)
+            elif mtype == P.LOG:
+                for f in frames[1:]:
+                    self.log_record(f.bytes)
+            elif mtype == P.BROKEN:
+                info = P.load_json(frames[1].bytes)
+                self.broken(str(info.get("kind", "")), str(info.get("message", "")))
+            elif mtype == P.ERROR:
+                text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
+                if text.startswith("unknown peer"):
+                    self.broken("broker", f"the broker at {self.endpoint} no longer knows this client")
+                else:
+                    log.error("broker at %s: %s", self.endpoint, text)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _check_local_endpoint(endpoint: str) -> None:
+    """This release binds and connects only on this machine (ipc or loopback TCP)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return
+    if endpoint.startswith("tcp://"):
+        hostport = endpoint[len("tcp://") :]
+        host = hostport.rsplit(":", 1)[0].strip("[]")
+        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+            return
+        raise ValueError(
+            f"endpoint {endpoint!r} is not on this machine; scoopexec only uses ipc:// or "
+            "loopback TCP (127.0.0.1, ::1) unless the connection is secured"
+        )
+    raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")
+
+
+def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
+    plain = {
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "cwd": os.getcwd(),
+        "main": mainmodule.describe(),
+    }
+    init = b""
+    if initializer is not None:
+        if not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        try:
+            init = bytes(serialize.dumps((initializer, tuple(initargs)))[0])
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot send the initializer to workers: {type(exc).__name__}: {exc}"
+            ) from exc
+    return [P.dump_json(plain), init]
+
+
+class ScoopExecutor(MapMixin, cf.Executor):
+    """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
+
+    With no ``broker`` argument it starts a broker inside this process and
+    ``max_workers`` worker processes on this machine (default: one per
+    available CPU), and stops them all at ``shutdown()``, at the end of a
+    ``with`` block, or at interpreter exit.  With ``broker="tcp://host:port"``
+    it connects to a standalone broker (``python -m scoopexec broker``).
+
+    Tasks may submit tasks themselves (through this executor, captured in the
+    task, or ``scoopexec.submit``) and wait on them: waiting parks only that
+    task, so nested maps never deadlock.
+
+    Arguments:
+        max_workers: local worker processes to start (must be > 0).
+        initializer, initargs: called as ``initializer(*initargs)`` in every
+            worker before its first task of this executor; if it raises, the
+            executor is broken (``InitializerError``).
+        broker: endpoint of a standalone broker to use instead of an embedded one.
+        bind: endpoint for the embedded broker (default: a private ipc socket).
+        heartbeat, heartbeat_timeout: seconds between liveness checks, and of
+            silence after which a peer counts as lost.
+        max_retries: times a task is sent again after its worker was lost.
+        max_message_size: bytes; larger messages are refused (-1: no limit).
+        python, env: interpreter and extra environment for local workers.
+        connect_timeout: seconds to wait for a standalone broker to answer.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        broker: str | None = None,
+        bind: str | None = None,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        max_retries: int = 3,
+        max_message_size: int = -1,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if max_workers is not None:
+            if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+                raise TypeError("max_workers must be an integer or None")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
+            raise ValueError("need 0 < heartbeat < heartbeat_timeout")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be an integer >= 0")
+        if _global_shutdown:
+            raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
+        _refuse_during_worker_bootstrap()
+        mainmodule.alias_in_client()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        setup = _setup_blob(initializer, tuple(initargs))
+        self._link: _Link
+        if broker is None:
+            self._max_workers = max_workers or _default_workers()
+            self._link = _LocalLink(
+                self._max_workers,
+                setup,
+                bind=bind,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+                max_retries=max_retries,
+                python=python,
+                env=env,
+                max_message_size=max_message_size,
+            )
+        else:
+            if bind is not None:
+                raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")
+            self._max_workers = max_workers or 0
+            self._link = _RemoteLink(
+                broker,
+                setup,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+                connect_timeout=connect_timeout,
+            )
+            if max_workers:
+                self._link.workers = LocalWorkers(
+                    broker,
+                    max_workers,
+                    python=python,
+                    env=env,
+                    heartbeat=heartbeat,
+                    heartbeat_timeout=heartbeat_timeout,
+                    replace=False,
+                )
+        self._pool_id = self._link.pool_id
+        _by_pool[self._pool_id] = self
+        link = self._link
+        self._finalizer = weakref.finalize(self, link.close, False)
+
+    # --------------------------------------------------------------- public
+    @property
+    def _broken(self) -> str | bool:
+        return self._link.broken_msg or False
+
+    @property
+    def pool_id(self) -> str:
+        """Identifies the pool (its broker); executor handles in tasks refer to it."""
+        return self._pool_id
+
+    @property
+    def endpoint(self) -> str:
+        """The broker's endpoint, where more workers may connect."""
+        return getattr(self._link, "endpoint", "")
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the local worker processes this executor started."""
+        w = self._link.workers
+        return w.pids if w is not None else []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        try:
+            frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
+            error: Exception | None = None
+        except SerializationError as exc:
+            frames, error = None, exc
+        return self._submit_frames(frames, error)
+
+    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
+        return serialize._dumps_fn_checked(fn)
+
+    def _submit_encoded(self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
+        try:
+            frames: list[Any] | None = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            error: Exception | None = None
+        except SerializationError as exc:
+            frames, error = None, exc
+        return self._submit_frames(frames, error)
+
+    def _submit_frames(self, frames: list[Any] | None, error: Exception | None) -> cf.Future[Any]:
+        with self._shutdown_lock:
+            link = self._link
+            if link.broken_msg:
+                exc_type = InitializerError if link.broken_kind == "initializer" else BrokenScoopExecutor
+                raise exc_type(link.broken_msg)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if frames is None:
+                fut = ScoopFuture()
+                fut.set_exception(error)  # type: ignore[arg-type]
+                return fut
+            return link.submit(frames)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; the pool stops once pending futures are done.
+
+        With ``cancel_futures=True`` futures not yet handed to a worker are
+        cancelled first.  With ``wait=True`` this returns when every worker
+        process and thread of the pool is gone.  Calling it again is harmless.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for fut in list(self._link.futures.values()):
+                fut.cancel()
+        self._link.close(wait=wait)
+
+    def __enter__(self) -> ScoopExecutor:
+        _active.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            _active.remove(self)
+        except ValueError:
+            pass
+        self.shutdown(wait=True)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside a task, an executor captured from the client is a handle to
+        # the same pool: its submit() goes through the worker running the task.
+        return (_pool_handle, (self._pool_id,))
+
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else "shut down" if self._shutdown else "running"
+        return f"<ScoopExecutor pool={self._pool_id} workers={self._max_workers} {state}>"
+
+
+def _pool_handle(pool_id: str) -> Any:
+    from .worker import current_worker
+
+    w = current_worker()
+    if w is not None:
+        from .api import WorkerExecutor
+
+        if w.pool_id and pool_id != w.pool_id:
+            raise RuntimeError(
+                f"this task received an executor of pool {pool_id}, but runs in pool {w.pool_id}; "
+                "a task can only submit to the pool it runs in"
+            )
+        return WorkerExecutor(w)
+    ex = _by_pool.get(pool_id)
+    if ex is None:
+        raise RuntimeError(f"the scoopexec pool {pool_id} is not reachable from this process")
+    return ex
+
+
+def _refuse_during_worker_bootstrap() -> None:
+    from .worker import current_worker
+
+    w = current_worker()
+    if w is not None and w.importing_main:
+        raise RuntimeError(
+            "a ScoopExecutor was started while a worker was importing the main module: the script "
+            "creates the pool at top level. Put that code under `if __name__ == \"__main__\":` so "
+            "that workers, which import the script, do not run it"
+        )
+
+
+def active_executor() -> ScoopExecutor | None:
+    """The innermost executor entered with ``with`` in this process, if any."""
+    return _active[-1] if _active else None
+
+

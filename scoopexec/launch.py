@@ -1,0 +1,228 @@
+"""Starting, watching and stopping worker processes on this machine.
+
+Workers are fresh interpreters started by command (``python -m scoopexec
+worker --connect ...``), never forks of a client that holds sockets and
+threads.  Each gets a pipe as stdin and exits when it reads EOF, so workers
+never outlive the process that started them, whatever way it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
+
+
+def worker_command(
+    connect: str,
+    *,
+    python: str | None = None,
+    tag: str = "",
+    heartbeat: float = 1.0,
+    heartbeat_timeout: float = 5.0,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "scoopexec",
+        "worker",
+        "--connect",
+        connect,
+        "--watch-stdin",
+        "--heartbeat",
+        repr(heartbeat),
+        "--heartbeat-timeout",
+        repr(heartbeat_timeout),
+    ]
+    if tag:
+        cmd += ["--tag", tag]
+    return cmd + list(extra)
+
+
+def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a local worker: ours, with this scoopexec importable."""
+    out = dict(os.environ)
+    if env:
+        out.update(env)
+    path = out.get("PYTHONPATH", "")
+    parts = [p for p in path.split(os.pathsep) if p]
+    if _PKG_PARENT not in parts:
+        out["PYTHONPATH"] = os.pathsep.join([_PKG_PARENT, *parts])
+    return out
+
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on that host) or a kill -9",
+    signal.SIGSEGV: " - a segmentation fault in native code (a C extension, ctypes)",
+    signal.SIGBUS: " - a bus error in native code, or a truncated memory-mapped file",
+    signal.SIGABRT: " - native code aborted (a failed assertion or a corrupted heap)",
+    signal.SIGTERM: " - something asked it to terminate",
+}
+
+
+def describe_returncode(rc: int) -> str:
+    """Words for a process's exit status, with the likely cause of a fatal signal."""
+    if rc < 0:
+        try:
+            sig: signal.Signals | int = signal.Signals(-rc)
+            name = signal.Signals(-rc).name
+        except ValueError:
+            sig, name = -rc, f"signal {-rc}"
+        return f"was killed by signal {-rc} ({name}){_SIGNAL_HINTS.get(sig, '')}"  # type: ignore[call-overload]
+    if rc == 3:
+        return "exited with code 3 (it lost its broker)"
+    return f"exited with code {rc}"
+
+
+class LocalWorkers:
+    """N worker processes on this machine, replaced when they die."""
+
+    def __init__(
+        self,
+        connect: str,
+        n: int,
+        *,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        replace: bool = True,
+    ) -> None:
+        self.connect = connect
+        self.python = python
+        self.env = worker_env(env)
+        self.cwd = cwd
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.replace_dead = replace
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: dict[str, float] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.start_failures = 0
+        self.exits: dict[str, int] = {}
+        self.hello: set[str] = set()
+        for _ in range(n):
+            self._spawn()
+
+    def _spawn(self) -> str:
+        with self._lock:
+            self._count += 1
+            tag = f"L{os.getpid()}.{self._count}"
+            cmd = worker_command(
+                self.connect,
+                python=self.python,
+                tag=tag,
+                heartbeat=self.heartbeat,
+                heartbeat_timeout=self.heartbeat_timeout,
+            )
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+            self.procs[tag] = proc
+            self.started[tag] = time.monotonic()
+            return tag
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
+
+    def reap(self) -> list[tuple[str, int, int]]:
+        out = []
+        with self._lock:
+            for tag, proc in list(self.procs.items()):
+                rc = proc.poll()
+                if rc is not None:
+                    del self.procs[tag]
+                    self.exits[tag] = rc
+                    if proc.stdin is not None:
+                        try:
+                            proc.stdin.close()
+                        except OSError:
+                            pass
+                    out.append((tag, proc.pid, rc))
+        return out
+
+    def mark_hello(self, tag: str) -> None:
+        self.hello.add(tag)
+        self.start_failures = 0
+
+    def replace(self, tag: str) -> bool:
+        """Start a replacement for the worker ``tag`` that exited; False if we should not."""
+        if self._stopping or not self.replace_dead:
+            return False
+        if tag not in self.hello:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                return False
+        self._spawn()
+        return True
+
+    def describe_exit(self, tag: str, returncode: int) -> str:
+        return f"worker process {tag} {describe_returncode(returncode)}"
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close every worker's stdin (they exit on EOF), then make sure they are gone."""
+        self._stopping = True
+        with self._lock:
+            procs = list(self.procs.items())
+        for _, proc in procs:
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for _, proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+        with self._lock:
+            self.procs.clear()
+
+
+def run_worker_group(args: Any) -> int:
+    """``python -m scoopexec worker -n N``: run N workers, as children of this process."""
+    if args.workers < 1:
+        raise SystemExit("scoopexec worker: -n must be at least 1")
+    group = LocalWorkers(
+        args.connect,
+        args.workers,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        replace=False,
+    )
+    try:
+        while group.procs:
+            group.reap()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        group.stop()
+    return 0

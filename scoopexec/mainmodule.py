@@ -1,0 +1,86 @@
+"""The client's ``__main__`` on workers, the way multiprocessing's spawn does it.
+
+``describe()`` runs in the client and says how to find its main module;
+``run()`` runs in a worker and executes that module under the name
+``__mp_main__`` (so code under ``if __name__ == "__main__":`` does not run),
+then makes it ``sys.modules["__main__"]`` too.  Classes a script creates at
+top level -- DEAP's ``creator.create``, dataclasses -- then exist on workers,
+and pickles that refer to them by name resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import types
+from typing import Any
+
+MAIN_ALIAS = "__mp_main__"
+
+
+def describe() -> dict[str, Any]:
+    """How a worker can re-create this process's main module ({} when it cannot)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return {}
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name:
+        if name == "__main__" or name.endswith(".__main__"):
+            return {}  # `python -m pkg`: running the package's __main__ again is not wanted
+        return {"name": name}
+    path = getattr(main, "__file__", None)
+    if not path:
+        return {}  # interactive session, `python -c`: nothing to import
+    path = os.path.normpath(os.path.abspath(path))
+    base = os.path.splitext(os.path.basename(path))[0]
+    if base in ("ipython", "ipykernel_launcher") or not os.path.isfile(path):
+        return {}
+    return {"path": path}
+
+
+def alias_in_client() -> None:
+    """Let pickles made on workers that name ``__mp_main__`` resolve in the client."""
+    main = sys.modules.get("__main__")
+    if main is not None:
+        sys.modules.setdefault(MAIN_ALIAS, main)
+
+
+def run(info: dict[str, Any]) -> bool:
+    """Execute the client's main module here; False when there was nothing to do."""
+    current = sys.modules.get(MAIN_ALIAS)
+    name = info.get("name")
+    path = info.get("path")
+    if name:
+        if current is not None and getattr(current, "__scoopexec_main__", None) == name:
+            return False
+        module = types.ModuleType(MAIN_ALIAS)
+        sys.modules[MAIN_ALIAS] = module
+        try:
+            content = runpy.run_module(name, run_name=MAIN_ALIAS, alter_sys=False)
+        except BaseException:
+            sys.modules.pop(MAIN_ALIAS, None)
+            raise
+        module.__dict__.update(content)
+        module.__scoopexec_main__ = name  # type: ignore[attr-defined]
+    elif path:
+        if current is not None and getattr(current, "__scoopexec_main__", None) == path:
+            return False
+        module = types.ModuleType(MAIN_ALIAS)
+        module.__file__ = path
+        module.__scoopexec_main__ = path  # type: ignore[attr-defined]
+        module.__builtins__ = __builtins__  # type: ignore[attr-defined]
+        sys.modules[MAIN_ALIAS] = module
+        try:
+            with open(path, "rb") as fh:
+                source = fh.read()
+            code = compile(source, path, "exec")
+            exec(code, module.__dict__)
+        except BaseException:
+            sys.modules.pop(MAIN_ALIAS, None)
+            raise
+    else:
+        return False
+    sys.modules["__main__"] = module
+    return True

@@ -1,0 +1,227 @@
+"""Executor.map for every scoopexec executor: ordered or not, chunked, buffered.
+
+The ordered path follows the standard library's (Python 3.14) contract:
+every item is submitted at once unless ``buffersize`` bounds how many are in
+flight, results come back lazily in order, an error surfaces at its own item,
+``TimeoutError`` comes after the items that finished in time, and leaving the
+iterator early cancels what has not started.  Chunks (``chunksize`` > 1)
+report each item's outcome separately, so an error in a chunk still surfaces
+at its item and the items before it are kept.
+
+Waiting goes through ``Future.result`` and ``concurrent.futures.wait``, which
+park a task's greenlet when map is called inside a task on a worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import functools
+import itertools
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .errors import remote_traceback
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for args in chunk:
+        try:
+            out.append((True, fn(*args)))
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller's item
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            out.append((False, (exc, tb)))
+    return out
+
+
+class _Completions:
+    """Futures in the order they complete, waitable from a thread or a task."""
+
+    def __init__(self) -> None:
+        self.done: collections.deque[cf.Future[Any]] = collections.deque()
+        self.signal: cf.Future[None] | None = None
+
+    def add(self, fut: cf.Future[Any]) -> None:
+        fut.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: cf.Future[Any]) -> None:
+        self.done.append(fut)
+        s = self.signal
+        if s is not None:
+            try:
+                s.set_result(None)
+            except cf.InvalidStateError:
+                pass
+
+    def get(self, timeout: float | None) -> cf.Future[Any]:
+        if not self.done:
+            s = self.signal = cf.Future()
+            if not self.done:  # re-check after publishing the signal
+                cf.wait([s], timeout)
+            self.signal = None
+            if not self.done:
+                raise cf.TimeoutError()
+        return self.done.popleft()
+
+
+class MapMixin:
+    """map() for executors that offer ``_submit_encoded(fn_frame, args, kwargs)``."""
+
+    def _encode_fn(self, fn: Callable[..., Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _submit_encoded(self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        unordered: bool = False,
+    ) -> Iterator[Any]:
+        """Like the built-in map, run on the pool; results come back lazily.
+
+        ``chunksize`` items travel per task; ``buffersize`` bounds how many
+        tasks are in flight (the iterables are then read lazily);
+        ``unordered=True`` yields results in the order they complete.
+        """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+            raise TypeError("chunksize must be an integer")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        zipped: Iterator[tuple[Any, ...]] = zip(*iterables)
+        if chunksize > 1:
+            call_fn: Callable[..., Any] = functools.partial(_run_chunk, fn)
+            source: Iterator[tuple[Any, ...]] = (
+                (list(c),) for c in _batched(zipped, chunksize)
+            )
+        else:
+            call_fn, source = fn, zipped
+        try:
+            fn_frame = self._encode_fn(call_fn)
+        except Exception as exc:
+            fn_frame, encode_error = None, exc
+        else:
+            encode_error = None
+        executor_ref = weakref.ref(self)
+
+        def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
+            ex = executor_ref()
+            if ex is None:
+                raise RuntimeError("the executor was garbage-collected during map()")
+            if encode_error is not None:
+                f: cf.Future[Any] = cf.Future()
+                f.set_exception(encode_error)
+                return f
+            return ex._submit_encoded(fn_frame, args, {})
+
+        if buffersize:
+            fs: collections.deque[cf.Future[Any]] = collections.deque(
+                submit(args) for args in itertools.islice(source, buffersize)
+            )
+        else:
+            fs = collections.deque(submit(args) for args in source)
+        del self  # the iterator must not keep the executor alive
+
+        if unordered:
+            gen = _unordered(fs, source if buffersize else None, submit, end_time)
+        else:
+            gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
+        if chunksize > 1:
+            return _unchunk(gen)
+        return gen
+
+
+def _ordered(
+    fs: collections.deque[cf.Future[Any]],
+    refill: Iterator[tuple[Any, ...]] | None,
+    submit: Callable[[tuple[Any, ...]], cf.Future[Any]],
+    end_time: float | None,
+    executor_ref: weakref.ref[Any],
+) -> Iterator[Any]:
+    try:
+        fs.reverse()
+        while fs:
+            if refill is not None and executor_ref() is not None:
+                args = next(refill, None)
+                if args is not None:
+                    fs.appendleft(submit(args))
+            # No local name for the future: a suspended generator must not
+            # keep the result alive once it has been handed out.
+            if end_time is None:
+                yield _result_or_cancel(fs.pop())
+            else:
+                yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+    finally:
+        for fut in fs:
+            fut.cancel()
+
+
+def _unordered(
+    fs: collections.deque[cf.Future[Any]],
+    refill: Iterator[tuple[Any, ...]] | None,
+    submit: Callable[[tuple[Any, ...]], cf.Future[Any]],
+    end_time: float | None,
+) -> Iterator[Any]:
+    comp = _Completions()
+    pending = set(fs)
+    for f in fs:
+        comp.add(f)
+    fs.clear()
+    try:
+        while pending:
+            timeout = None if end_time is None else max(0.0, end_time - time.monotonic())
+            box = [comp.get(timeout)]
+            pending.discard(box[0])
+            if refill is not None:
+                args = next(refill, None)
+                if args is not None:
+                    nf = submit(args)
+                    pending.add(nf)
+                    comp.add(nf)
+                    del nf
+            yield box.pop().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+def _unchunk(gen: Iterator[list[tuple[bool, Any]]]) -> Iterator[Any]:
+    for chunk in gen:
+        for ok, value in chunk:
+            if not ok:
+                exc, tb = value
+                exc.__cause__ = remote_traceback(tb)
+                raise exc
+            yield value
+        del chunk
+
+
+def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # break the reference cycle through the traceback
+
+
+def _batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:
+    while True:
+        chunk = tuple(itertools.islice(it, n))
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,231 @@
+"""Turning calls, results and exceptions into frames, and back.
+
+Objects are pickled with protocol 5.  Buffers of at least ``OOB_MIN`` bytes
+(NumPy arrays, bytes, memoryviews, anything exposing ``PickleBuffer``) leave
+the pickle as separate frames, which ZeroMQ sends without copying and which
+the receiver hands straight back to ``pickle.loads`` (the resulting arrays
+are writable and share the received frame's memory).
+
+The standard C pickler is tried first because it is several times faster
+than cloudpickle on plain data; cloudpickle takes over whenever the object
+refers to ``__main__`` (whose top-level names might not exist on a worker)
+or holds something the standard pickler cannot handle (lambdas, closures,
+interactively defined classes).
+"""
+
+from __future__ import annotations
+
+import pickle
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from . import protocol
+from .errors import RemoteError, SerializationError, remote_traceback
+
+PROTOCOL = 5
+OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
+
+Frames = list[Any]  # bytes, pickle.PickleBuffer or zmq.Frame
+
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+_fn_cache: dict[Any, bytes] = {}
+_loaded_fns: dict[bytes, Any] = {}
+_CACHE_MAX = 2048
+
+
+def _by_value_modules() -> bool:
+    registry = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    return bool(registry)
+
+
+def dumps(obj: Any) -> Frames:
+    """Pickle ``obj``; return [pickle, *out-of-band buffers]."""
+    bufs: list[pickle.PickleBuffer] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes >= OOB_MIN:
+            bufs.append(buf)
+            return False
+        return True  # small: stays inside the pickle
+
+    try:
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+    except Exception:
+        pass
+    else:
+        if b"__main__" not in data and not _by_value_modules():
+            return [data, *bufs]
+    bufs.clear()
+    data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+    return [data, *bufs]
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    """Inverse of dumps: frames[0] is the pickle, the rest its buffers."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a callable; module-level functions are cached (they pickle by name)."""
+    cacheable = type(fn) in _CACHEABLE
+    if cacheable:
+        cached = _fn_cache.get(fn)
+        if cached is not None:
+            return cached
+        try:
+            data = pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            pass
+        else:
+            if b"__main__" not in data and not _by_value_modules():
+                if len(_fn_cache) >= _CACHE_MAX:
+                    _fn_cache.clear()
+                _fn_cache[fn] = data
+                return data
+    return cloudpickle.dumps(fn, PROTOCOL)
+
+
+def loads_function(data: bytes | memoryview) -> Any:
+    """Unpickle a callable, re-using the object for identical bytes."""
+    key = bytes(data)
+    fn = _loaded_fns.get(key)
+    if fn is None:
+        fn = pickle.loads(key)
+        if len(_loaded_fns) >= _CACHE_MAX:
+            _loaded_fns.clear()
+        _loaded_fns[key] = fn
+    return fn
+
+
+def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
+    """Frames of one task: [function, arguments, *buffers].  Raises SerializationError."""
+    return [_dumps_fn_checked(fn), *_dumps_args_checked(args, kwargs)]
+
+
+def _dumps_fn_checked(fn: Callable[..., Any]) -> bytes:
+    try:
+        return dumps_function(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot send the function {_describe(fn)} to a worker: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _dumps_args_checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
+    try:
+        return dumps((args, kwargs or None))
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot send the arguments to a worker: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def decode_call(frames: Sequence[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    fn = loads_function(frames[0])
+    args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
+    return fn, args, kwargs or {}
+
+
+def _describe(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    mod = getattr(fn, "__module__", None)
+    if name:
+        return f"{mod}.{name}" if mod else str(name)
+    return repr(fn)[:200]
+
+
+def encode_result(value: Any) -> tuple[int, Frames]:
+    try:
+        return protocol.OK, dumps(value)
+    except Exception as exc:
+        import traceback
+
+        return protocol.FAILED, failure_frames(
+            "result",
+            f"the task's result of type {_qualname(type(value))} cannot be pickled: "
+            f"{type(exc).__name__}: {exc}",
+            traceback.format_exc(),
+        )
+
+
+def encode_exception(exc: BaseException, tb_text: str) -> tuple[int, Frames]:
+    meta = protocol.dump_json({"type": _qualname(type(exc)), "message": _safe_str(exc)})
+    try:
+        data = dumps(exc)
+    except Exception:
+        return protocol.FAILED, [meta, tb_text.encode("utf-8", "replace")]
+    return protocol.RAISED, [*data[:1], tb_text.encode("utf-8", "replace"), meta, *data[1:]]
+
+
+def failure_frames(kind: str, message: str, tb_text: str = "") -> Frames:
+    meta = protocol.dump_json({"type": kind, "message": message, "kind": kind})
+    return [meta, tb_text.encode("utf-8", "replace")]
+
+
+def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) for a result message's frames."""
+    if status == protocol.OK:
+        try:
+            return True, loads(frames)
+        except Exception as exc:
+            err = SerializationError(
+                f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"
+            )
+            err.__cause__ = exc
+            return False, err
+    if status == protocol.RAISED:
+        tb = bytes(frames[1]).decode("utf-8", "replace")
+        try:
+            exc = pickle.loads(frames[0], buffers=frames[3:])
+            if not isinstance(exc, BaseException):
+                raise TypeError(f"unpickled a {type(exc).__name__}, not an exception")
+        except Exception as load_error:
+            meta = protocol.load_json(frames[2])
+            exc = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb)
+            exc.__context__ = load_error
+        exc.__cause__ = remote_traceback(tb)
+        return False, exc
+    if status == protocol.CANCELLED:
+        from concurrent.futures import CancelledError
+
+        return False, CancelledError("the task was dropped by the broker")
+    meta = protocol.load_json(frames[0]) if frames else {}
+    tb = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
+    exc = _failure_exception(status, meta)
+    if tb:
+        exc.__cause__ = remote_traceback(tb)
+    return False, exc
+
+
+def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
+    from . import errors
+
+    message = str(meta.get("message", "task failed"))
+    kind = meta.get("kind")
+    if status == protocol.LOST:
+        return errors.WorkerLostError(message)
+    if kind in ("result", "call"):
+        return errors.SerializationError(message)
+    if kind == "initializer":
+        return errors.InitializerError(message)
+    if kind == "broken":
+        return errors.BrokenScoopExecutor(message)
+    if kind == "exception" or kind is None:
+        return RemoteError(str(meta.get("type", "?")), message)
+    return RemoteError(str(kind), message)
+
+
+def _qualname(tp: type) -> str:
+    mod = getattr(tp, "__module__", "")
+    name = getattr(tp, "__qualname__", tp.__name__)
+    return name if mod in ("builtins", None, "") else f"{mod}.{name}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)[:4000]
+    except Exception:
+        return f"<str() of {type(exc).__name__} failed>"

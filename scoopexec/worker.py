@@ -1,0 +1,879 @@
+"""The worker process: a hub greenlet and one greenlet per running task.
+
+::
+
+    broker --TASKS--> hub: queue of tasks ----start----> runner greenlet: fn(*args)
+                       ^                                      |  submit() -> SUBMIT (batched)
+                       |                                      |  future.result() parks:
+                       +------- resume when the result -------+  switch back to the hub
+                                arrives (RESULTS)
+
+The hub is the main greenlet of the main thread.  It receives messages,
+starts queued tasks on runner greenlets (re-used, since a fresh greenlet
+costs an mmap), resumes parked ones whose futures completed, and flushes
+results, nested submissions, output and credit in batches.  A task that
+waits on a future parks only its own greenlet, so a worker keeps running
+other tasks -- its own children included -- and nested maps never deadlock,
+even on a single worker.
+
+Flow control is by credit: the worker asks for as many tasks as it wants
+queued in hand (fewer when tasks are long, up to 64 when they are tiny), and
+asks again whenever it starts one.  Parked tasks hold no credit, so a worker
+whose every task waits still receives work.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import concurrent.futures._base as cfb
+import heapq
+import io
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import greenlet
+import zmq
+
+from . import mainmodule
+from . import protocol as P
+from . import serialize
+from .errors import InitializerError, ProtocolError, SerializationError
+
+log = logging.getLogger("scoopexec.worker")
+
+_current: Worker | None = None  # the worker of this process, when it is one
+
+
+def current_worker() -> Worker | None:
+    return _current
+
+
+class _Task:
+    __slots__ = ("btid", "setup", "attempt", "frames", "started")
+
+    def __init__(self, btid: int, setup: int, attempt: int, frames: list[Any]) -> None:
+        self.btid = btid
+        self.setup = setup
+        self.attempt = attempt
+        self.frames = frames
+        self.started = 0.0
+
+
+class _Runner(greenlet.greenlet):  # type: ignore[misc]
+    task: _Task | None = None
+
+
+class _Waiter:
+    """A parked greenlet and what wakes it."""
+
+    __slots__ = ("g", "active", "scheduled", "done")
+
+    def __init__(self, g: greenlet.greenlet) -> None:
+        self.g = g
+        self.active = True
+        self.scheduled = False
+        self.done: collections.deque[cf.Future[Any]] = collections.deque()
+
+
+class WorkerFuture(cf.Future):  # type: ignore[type-arg]
+    """A future made inside a task: waiting on it parks the task, not the worker."""
+
+    def __init__(self, worker: Worker, tid: int) -> None:
+        super().__init__()
+        self._worker = worker
+        self._tid = tid
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+        return super().result(timeout=0 if not self.done() else None)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+        return super().exception(timeout=0 if not self.done() else None)
+
+    def cancel(self) -> bool:
+        with self._condition:
+            ok = super().cancel()
+            if ok and self._state == cfb.CANCELLED:
+                self.set_running_or_notify_cancel()
+        if ok:
+            self._worker.cancelled(self._tid)
+        return ok
+
+
+class _ForwardStream(io.TextIOBase):
+    """sys.stdout / sys.stderr of a worker: complete lines go to the task's client."""
+
+    def __init__(self, worker: Worker, stream: int, fd: int) -> None:
+        super().__init__()
+        self._worker = worker
+        self._stream = stream
+        self._fd = fd
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not s:
+            return 0
+        with self._lock:
+            self._parts.append(s)
+            if "\n" in s:
+                text = "".join(self._parts)
+                cut = text.rindex("\n") + 1
+                self._parts = [text[cut:]] if cut < len(text) else []
+                self._worker.output(self._stream, text[:cut])
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._parts:
+                text = "".join(self._parts)
+                self._parts = []
+                self._worker.output(self._stream, text)
+
+
+class _ForwardLogs(logging.Handler):
+    """Send this worker's log records to the client whose task is running."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc_text = record.exc_text
+            if record.exc_info and not exc_text:
+                exc_text = "".join(traceback.format_exception(*record.exc_info))
+            data = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": record.getMessage(),
+                "exc_text": exc_text,
+                "pathname": record.pathname,
+                "filename": record.filename,
+                "module": record.module,
+                "lineno": record.lineno,
+                "funcName": record.funcName,
+                "created": record.created,
+                "process": record.process,
+                "threadName": record.threadName,
+                "host": self._worker.host,
+                "worker": self._worker.name,
+            }
+            self._worker.log_record(json.dumps(data, default=str).encode())
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+class Worker:
+    """Connects to a broker and runs tasks until told to stop or the broker goes away."""
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        tag: str = "",
+        name: str = "",
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        watch_stdin: bool = False,
+        forward_output: bool = True,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.ctx = context or zmq.Context()
+        self.connect_to = connect
+        self.tag = tag
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.name = name or f"{self.host}:{self.pid}"
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ident = b"W" + os.urandom(11)
+        s = self.sock = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, self.ident)
+        s.setsockopt(zmq.LINGER, 2000)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+        self._monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        s.connect(connect)
+
+        self.hub = greenlet.getcurrent()
+        self.thread_id = threading.get_ident()
+        self.queue: collections.deque[_Task] = collections.deque()
+        self.ready: collections.deque[tuple[greenlet.greenlet, Any]] = collections.deque()
+        self.idle_runners: list[_Runner] = []
+        self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
+        self.current: _Task | None = None
+        self.futures: dict[int, WorkerFuture] = {}
+        self._tids = itertools.count(1)
+        self._timers: list[tuple[float, int, _Waiter]] = []
+        self._timer_seq = itertools.count()
+        self.results: list[tuple[tuple[Any, ...], list[Any]]] = []
+        self.submits: list[tuple[tuple[int, int, int], list[Any]]] = []
+        self.outputs: list[tuple[tuple[int, int], bytes]] = []
+        self.logs: list[tuple[tuple[int], bytes]] = []
+        self.cancels: list[int] = []
+        self._foreign: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self.granted = 0  # credits the broker holds for us
+        self.avg = 0.0  # smoothed task duration (s)
+        self._last_flush = 0.0
+        self.setups: dict[int, str | None] = {}  # set-up id -> None (ok) or error text
+        self.stopping = False
+        self.welcomed = False
+        self.pool_id = ""
+        self.tasks_done = 0
+        self._forward_output = forward_output
+        self._watch_stdin = watch_stdin
+        self._reconnected = False
+        self.importing_main = False
+
+    # ------------------------------------------------------------ lifecycle
+    def serve(self) -> None:
+        global _current
+        _current = self
+        _install_patches()
+        self._start_watchdogs()
+        if self._forward_output:
+            sys.stdout = _ForwardStream(self, 1, 1)
+            sys.stderr = _ForwardStream(self, 2, 2)
+            root = logging.getLogger()
+            root.addHandler(_ForwardLogs(self))
+        self._send([P.header(P.HELLO), P.dump_json(self._hello())])
+        try:
+            self._loop()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            self._flush(force=True)
+            _current = None
+            self.sock.close(linger=2000)
+
+    def _hello(self, held: Iterable[int] = ()) -> dict[str, Any]:
+        return {
+            "role": P.WORKER,
+            "pid": self.pid,
+            "host": self.host,
+            "tag": self.tag,
+            "name": self.name,
+            "python": sys.version.split()[0],
+            "held": list(held),
+        }
+
+    def _start_watchdogs(self) -> None:
+        if self._watch_stdin:
+            # Our parent (the client, or ssh) holds the other end of stdin:
+            # EOF means it is gone and nobody wants our results any more.
+            fd = os.dup(0)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
+        threading.Thread(
+            target=self._watch_broker, args=(self._monitor,), name="scoopexec-monitor", daemon=True
+        ).start()
+
+    def _watch_broker(self, mon: zmq.Socket[Any]) -> None:
+        """Exit when the broker stays unreachable for longer than the heartbeat timeout."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        lost_at: float | None = None
+        connected_once = False
+        while True:
+            timeout = None
+            if lost_at is not None:
+                timeout = max(0.0, lost_at + self.heartbeat_timeout - time.monotonic())
+            try:
+                if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
+                    os._exit(3)  # the broker is gone: nothing can be delivered
+                event = recv_monitor_message(mon)
+            except zmq.ZMQError:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                lost_at = time.monotonic()
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if connected_once and lost_at is not None:
+                    self._reconnected = True
+                    self._wake()
+                connected_once = True
+                lost_at = None
+            elif event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                return
+
+    # ----------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while not self.stopping:
+            self._receive()
+            if self.ready or self.queue:
+                self._run_some()
+            self._flush()
+            if self.stopping:
+                break
+            if not (self.ready or self.queue):
+                timeout = -1
+                if self._timers:
+                    timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+                if not poller.poll(timeout):
+                    pass
+            self._fire_timers()
+            if self._woken:
+                self._woken = False
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while self._foreign:
+                self._foreign.popleft()()
+            if self._reconnected:
+                self._reconnected = False
+                held = list(self.active) + [t.btid for t in self.queue]
+                self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
+
+    def _receive(self) -> None:
+        s = self.sock
+        for _ in range(1000):
+            try:
+                first = s.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = [first]
+            more = first.more
+            while more:
+                f = s.recv(copy=False)
+                frames.append(f)
+                more = f.more
+            try:
+                self._handle(frames)
+            except ProtocolError as exc:
+                log.error("bad message from the broker: %s", exc)
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        head = frames[0].bytes
+        mtype, count, arg = P.unpack_header(head)
+        if mtype == P.TASKS:
+            pos = 1
+            q = self.queue
+            for btid, setup, n, attempt in P.entries(mtype, head):
+                q.append(_Task(btid, setup, attempt, frames[pos : pos + n]))
+                pos += n
+            self.granted = max(0, self.granted - count)
+        elif mtype == P.RESULTS:
+            pos = 1
+            futures = self.futures
+            for tid, status, n in P.entries(mtype, head):
+                body = frames[pos : pos + n]
+                pos += n
+                fut = futures.pop(tid, None)
+                if fut is None or fut.done():
+                    continue
+                ok, value = serialize.decode_outcome(status, body)
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        elif mtype == P.SETUP:
+            self._apply_setup(arg, frames[1:])
+        elif mtype == P.CANCEL:
+            self._cancel([e[0] for e in P.entries(mtype, head)])
+        elif mtype == P.WELCOME:
+            info = P.load_json(frames[1].bytes)
+            self.pool_id = info.get("pool", "")
+            if not self.welcomed or info.get("resumed") is None:
+                self.granted = 0
+            self.welcomed = True
+        elif mtype == P.STOP:
+            self.stopping = True
+        elif mtype == P.ERROR:
+            text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
+            if text.startswith("unknown peer"):
+                # The broker forgot us (it thought we were lost): join again.
+                held = list(self.active) + [t.btid for t in self.queue]
+                self.granted = 0
+                self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
+            else:
+                log.error("broker: %s", text)
+                if "protocol version" in text:
+                    self.stopping = True
+        # PING, STATUS_REPLY: nothing to do
+
+    # ---------------------------------------------------------------- tasks
+    def _run_some(self) -> None:
+        hub = self.hub
+        clock = time.perf_counter
+        deadline = clock() + 0.002
+        ready, queue = self.ready, self.queue
+        while ready or queue:
+            if ready:
+                g, value = ready.popleft()
+                if g.dead:
+                    continue
+                self.current = g.task
+                t0 = clock()
+                g.switch(value)
+            else:
+                task = queue.popleft()
+                if self.avg > 0.001:
+                    self._flush()  # long tasks: ask for the next one before starting this one
+                r = self.idle_runners.pop() if self.idle_runners else _Runner(self._runner_main, parent=hub)
+                r.task = task
+                self.active[task.btid] = r
+                self.current = task
+                t0 = clock()
+                r.switch(task)
+            # How long the hub was away: a task's run until it finished or parked.
+            now = clock()
+            dt = now - t0
+            self.avg = dt if self.avg == 0.0 else 0.8 * self.avg + 0.2 * dt
+            self.current = None
+            if now > deadline:
+                break
+
+    def _runner_main(self, task: _Task) -> None:
+        me = greenlet.getcurrent()
+        while True:
+            self._execute(task)
+            me.task = None
+            self.idle_runners.append(me)
+            task = self.hub.switch()
+
+    def _execute(self, task: _Task) -> None:
+        task.started = time.time()
+        t0 = time.perf_counter()
+        err = self.setups.get(task.setup)
+        if err is not None:
+            status, frames = protocol_failure("initializer", err)
+        else:
+            try:
+                fn, args, kwargs = serialize.decode_call(task.frames)
+            except BaseException as exc:
+                status, frames = protocol_failure(
+                    "call",
+                    f"the task could not be unpickled on worker {self.name}: "
+                    f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+            else:
+                task.frames = []
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:
+                    status, frames = serialize.encode_exception(exc, self._format_tb(exc))
+                else:
+                    status, frames = serialize.encode_result(value)
+                    del value
+                del fn, args, kwargs
+        dt = time.perf_counter() - t0
+        self.active.pop(task.btid, None)
+        self.results.append(((task.btid, status, len(frames), task.started, dt), frames))
+        self.tasks_done += 1
+
+    def _format_tb(self, exc: BaseException) -> str:
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is Worker._execute.__code__:
+            tb = tb.tb_next  # our own frame (the call into the task) is noise
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
+
+    def _cancel(self, btids: list[int]) -> None:
+        gone = set(btids)
+        if self.queue:
+            self.queue = collections.deque(t for t in self.queue if t.btid not in gone)
+        for btid in btids:
+            r = self.active.get(btid)
+            if r is not None and r is not greenlet.getcurrent() and not r.dead:
+                # A parked task nobody wants any more: unwind it.
+                self.ready.append((r, _Cancelled()))
+
+    # ------------------------------------------------------------ submitting
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkerFuture:
+        tid = next(self._tids)
+        fut = WorkerFuture(self, tid)
+        try:
+            frames = serialize.encode_call(fn, args, kwargs)
+        except SerializationError as exc:
+            fut.set_exception(exc)
+            return fut
+        return self._submit_frames(fut, tid, frames)
+
+    def submit_encoded(self, fn_frame: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkerFuture:
+        tid = next(self._tids)
+        fut = WorkerFuture(self, tid)
+        try:
+            frames = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+        except SerializationError as exc:
+            fut.set_exception(exc)
+            return fut
+        return self._submit_frames(fut, tid, frames)
+
+    def _submit_frames(self, fut: WorkerFuture, tid: int, frames: list[Any]) -> WorkerFuture:
+        if threading.get_ident() != self.thread_id:
+            parent = 0
+            self.futures[tid] = fut
+            self._foreign.append(lambda: self.submits.append(((tid, parent, len(frames)), frames)))
+            self._wake()
+            return fut
+        self.futures[tid] = fut
+        parent = self.current.btid if self.current is not None else 0
+        self.submits.append(((tid, parent, len(frames)), frames))
+        now = time.monotonic()
+        if len(self.submits) >= 64 or now - self._last_flush > 0.0002:
+            self._flush()
+        return fut
+
+    def cancelled(self, tid: int) -> None:
+        if self.futures.pop(tid, None) is not None:
+            if threading.get_ident() == self.thread_id:
+                self.cancels.append(tid)
+            else:
+                self._foreign.append(lambda: self.cancels.append(tid))
+                self._wake()
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    # --------------------------------------------------------------- waiting
+    def in_task(self) -> bool:
+        return (
+            threading.get_ident() == self.thread_id and greenlet.getcurrent() is not self.hub
+        )
+
+    def wait_until(
+        self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str
+    ) -> None:
+        """Park the calling task until ``return_when`` holds for ``fs`` or time runs out."""
+        fs = list(fs)
+        if not self.in_task():
+            if threading.get_ident() == self.thread_id:
+                raise RuntimeError(
+                    "cannot wait for a future in a done-callback on a scoopexec worker"
+                )
+            cfb.wait(fs, timeout, return_when)  # another thread: block it, the hub will resolve
+            return
+        if _condition_met(fs, return_when):
+            return
+        waiter = _Waiter(greenlet.getcurrent())
+        self._watch(waiter, fs)
+        if timeout is not None:
+            self._add_timer(waiter, timeout)
+        try:
+            while not _condition_met(fs, return_when):
+                if self._park(waiter) is _TIMEOUT:
+                    break
+        finally:
+            waiter.active = False
+
+    def _watch(self, waiter: _Waiter, fs: Iterable[cf.Future[Any]]) -> None:
+        def wake(f: cf.Future[Any]) -> None:
+            if waiter.active:
+                waiter.done.append(f)
+                if not waiter.scheduled:
+                    waiter.scheduled = True
+                    self.ready.append((waiter.g, None))
+
+        for f in fs:
+            f.add_done_callback(wake)
+
+    def _add_timer(self, waiter: _Waiter, timeout: float) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + max(0.0, timeout), next(self._timer_seq), waiter))
+
+    def _park(self, waiter: _Waiter) -> Any:
+        waiter.scheduled = False
+        value = self.hub.switch()
+        if isinstance(value, _Cancelled):
+            raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
+        return value
+
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, waiter = heapq.heappop(timers)
+            if waiter.active and not waiter.scheduled:
+                waiter.scheduled = True
+                self.ready.append((waiter.g, _TIMEOUT))
+
+    def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
+        """as_completed() for a task: parks between futures."""
+        fs = set(fs)
+        end = None if timeout is None else time.monotonic() + timeout
+        finished = [f for f in fs if f._state in _DONE_STATES]
+        pending = fs - set(finished)
+        yield from finished
+        if not pending:
+            return
+        waiter = _Waiter(greenlet.getcurrent())
+        self._watch(waiter, pending)
+        if end is not None:
+            self._add_timer(waiter, end - time.monotonic())
+        try:
+            while pending:
+                while waiter.done:
+                    f = waiter.done.popleft()
+                    if f in pending:
+                        pending.discard(f)
+                        yield f
+                if not pending:
+                    return
+                if self._park(waiter) is _TIMEOUT or (end is not None and time.monotonic() >= end):
+                    if waiter.done:
+                        continue
+                    raise cf.TimeoutError(f"{len(pending)} (of {len(fs)}) futures unfinished")
+        finally:
+            waiter.active = False
+
+    # ----------------------------------------------------- output and logs
+    def output(self, stream: int, text: str) -> None:
+        btid = self.current.btid if self.current is not None else 0
+        self.outputs.append(((btid, stream), text.encode("utf-8", "replace")))
+        if threading.get_ident() != self.thread_id:
+            self._wake()
+
+    def log_record(self, data: bytes) -> None:
+        btid = self.current.btid if self.current is not None else 0
+        self.logs.append(((btid,), data))
+        if threading.get_ident() != self.thread_id:
+            self._wake()
+
+    # ---------------------------------------------------------------- set-up
+    def _apply_setup(self, sid: int, frames: list[zmq.Frame]) -> None:
+        if sid in self.setups:
+            return
+        try:
+            plain = P.load_json(frames[0].bytes) if frames else {}
+            for entry in reversed(plain.get("sys_path", [])):
+                if entry not in sys.path:
+                    sys.path.insert(0, entry)
+            cwd = plain.get("cwd")
+            if cwd and os.path.isdir(cwd):
+                os.chdir(cwd)
+            main = plain.get("main") or {}
+            self.importing_main = True
+            try:
+                mainmodule.run(main)
+            except BaseException as exc:
+                raise InitializerError(
+                    f"importing the main module {main.get('path') or main.get('name')} on worker "
+                    f"{self.name} failed: {type(exc).__name__}: {exc} (guard the script's own code "
+                    "with `if __name__ == \"__main__\":`)"
+                ) from exc
+            finally:
+                self.importing_main = False
+            if len(frames) > 1 and len(frames[1]) > 0:
+                init, initargs = serialize.loads([frames[1]])
+                if init is not None:
+                    init(*initargs)
+        except BaseException as exc:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            text = f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
+            self.setups[sid] = text
+            self._send([P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace")])
+        else:
+            self.setups[sid] = None
+            self._send([P.header(P.SETUP_DONE, 1, sid)])
+
+    # ------------------------------------------------------------------ send
+    def _target(self) -> int:
+        """Tasks to hold queued (not started): enough to cover a round trip to the broker.
+
+        None while run times are unknown or long, so that a task never waits
+        behind a slow one here while another worker is idle.
+        """
+        avg = self.avg
+        if avg <= 0.0 or avg >= 0.02:
+            return 0
+        return max(1, min(64, int(0.001 / avg) + 1))
+
+    def _flush(self, force: bool = False) -> None:
+        self._last_flush = time.monotonic()
+        if self.outputs:
+            items, self.outputs = self.outputs, []
+            self._send([P.pack(P.OUTPUT, [e for e, _ in items]), *[b for _, b in items]])
+        if self.logs:
+            items2, self.logs = self.logs, []
+            self._send([P.pack(P.LOG, [e for e, _ in items2]), *[b for _, b in items2]])
+        if self.cancels:
+            ids, self.cancels = self.cancels, []
+            self._send([P.pack(P.CANCEL, [(t,) for t in ids])])
+        if self.submits:
+            subs, self.submits = self.submits, []
+            frames: list[Any] = [P.pack(P.SUBMIT, [e for e, _ in subs])]
+            for _, body in subs:
+                frames.extend(body)
+            self._send(frames)
+        credit = 0
+        if self.welcomed and not self.stopping:
+            credit = self._target() - len(self.queue) - self.granted
+            if credit <= 0:
+                # Idle (nothing queued, nothing promised): always ask for one.
+                credit = 1 if not self.queue and not self.granted and not self.ready else 0
+            self.granted += credit
+        if self.results:
+            res, self.results = self.results, []
+            frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
+            for _, body in res:
+                frames.extend(body)
+            self._send(frames)
+        elif credit:
+            self._send([P.header(P.CREDIT, 0, credit)])
+
+    def _send(self, frames: list[Any]) -> None:
+        s = self.sock
+        last = len(frames) - 1
+        for i, f in enumerate(frames):
+            big = not isinstance(f, bytes) or len(f) > 65536
+            s.send(f, zmq.SNDMORE if i < last else 0, copy=not big)
+
+
+class _Cancelled:
+    pass
+
+
+_TIMEOUT = object()
+_DONE_STATES = (cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
+
+
+def _condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
+    done = [f for f in fs if f._state in _DONE_STATES]
+    if return_when == cf.ALL_COMPLETED:
+        return len(done) == len(fs)
+    if return_when == cf.FIRST_COMPLETED:
+        return bool(done) or not fs
+    if return_when == cf.FIRST_EXCEPTION:
+        if len(done) == len(fs):
+            return True
+        return any(not f.cancelled() and f.exception(0) is not None for f in done)
+    raise ValueError(f"Invalid return condition: {return_when!r}")
+
+
+def protocol_failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:
+    return P.FAILED, serialize.failure_frames(kind, message, tb)
+
+
+def _watch_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+
+
+# ---------------------------------------------------------------- patches
+_orig_wait = cfb.wait
+_orig_as_completed = cfb.as_completed
+
+
+def wait(
+    fs: Iterable[cf.Future[Any]], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED
+) -> cf._base.DoneAndNotDoneFutures[Any]:
+    """concurrent.futures.wait that parks a task instead of blocking its worker."""
+    w = _current
+    if w is None or not w.in_task():
+        return _orig_wait(fs, timeout, return_when)
+    fs = set(fs)
+    w.wait_until(fs, timeout, return_when)
+    done = {f for f in fs if f._state in _DONE_STATES}
+    return cfb.DoneAndNotDoneFutures(done, fs - done)
+
+
+def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> Iterator[cf.Future[Any]]:
+    """concurrent.futures.as_completed that parks a task instead of blocking its worker."""
+    w = _current
+    if w is None or not w.in_task():
+        return _orig_as_completed(fs, timeout)
+    return w.iter_completed(fs, timeout)
+
+
+_patched = False
+
+
+def _install_patches() -> None:
+    """Make the standard library's wait()/as_completed() task-aware in this process."""
+    global _patched
+    if _patched:
+        return
+    _patched = True
+    cfb.wait = wait  # type: ignore[assignment]
+    cfb.as_completed = as_completed  # type: ignore[assignment]
+    cf.wait = wait  # type: ignore[assignment]
+    cf.as_completed = as_completed  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m scoopexec worker")
+    ap.add_argument("--connect", required=True, help="the broker's endpoint")
+    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--name", default="")
+    ap.add_argument("--heartbeat", type=float, default=1.0)
+    ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
+    ap.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    ap.add_argument("--no-forward-output", action="store_true")
+    ap.add_argument("-n", "--workers", type=int, default=1, help="worker processes to run")
+    args = ap.parse_args(argv)
+    if args.workers != 1:
+        from .launch import run_worker_group
+
+        return run_worker_group(args)
+    signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    Worker(
+        args.connect,
+        tag=args.tag,
+        name=args.name,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        watch_stdin=args.watch_stdin,
+        forward_output=not args.no_forward_output,
+    ).serve()
+    return 0

@@ -1,0 +1,86 @@
+"""Shared fixtures: real pools, and a check that no test leaves a process behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from scoopexec import ScoopExecutor  # noqa: E402
+
+
+def _children() -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = {
+            pid: p
+            for pid, p in _children().items()
+            if pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        }
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for p in left.values():
+        try:
+            p.kill()  # only processes this test started, by pid
+        except psutil.Error:
+            pass
+    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left.values()]}"
+
+
+@pytest.fixture
+def executor():
+    ex = ScoopExecutor(max_workers=2)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def one_worker():
+    ex = ScoopExecutor(max_workers=1)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True)
+
+
+def run_script(code: str, *args: str, timeout: float = 60, cwd: str | None = None, env=None):
+    """Run `code` as a script file in a fresh interpreter; return CompletedProcess."""
+    import subprocess
+    import tempfile
+    import textwrap
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "script.py")
+        with open(path, "w") as fh:
+            fh.write(textwrap.dedent(code))
+        e = dict(os.environ)
+        e["PYTHONPATH"] = os.pathsep.join([ROOT, e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if env:
+            e.update(env)
+        return subprocess.run(
+            [sys.executable, path, *args],
+            capture_output=True,
+            timeout=timeout,
+            cwd=cwd or d,
+            env=e,
+        )

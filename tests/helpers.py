@@ -1,0 +1,76 @@
+"""Module-level functions for tests: workers import them by name."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import scoopexec
+
+
+def mul(x, y):
+    return x * y
+
+
+def capture(*args, **kwargs):
+    return args, kwargs
+
+
+def sleep_and_return(t, value=None):
+    time.sleep(t)
+    return value
+
+
+def sleep_and_print(t, msg):
+    time.sleep(t)
+    print(msg)
+    sys.stdout.flush()
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def raise_value_error(msg="boom"):
+    raise ValueError(msg)  # the line tests look for
+
+
+class MyObject:
+    def my_method(self):
+        pass
+
+
+def make_dummy_object(_):
+    return MyObject()
+
+
+def fib(n):
+    if n < 2:
+        return n
+    a = scoopexec.submit(fib, n - 1)
+    b = scoopexec.submit(fib, n - 2)
+    return a.result() + b.result()
+
+
+def chain(n):
+    if n == 0:
+        return 0
+    return scoopexec.submit(chain, n - 1).result() + 1
+
+
+INIT_STATUS = "uninitialized"
+
+
+def init(x):
+    global INIT_STATUS
+    INIT_STATUS = x
+
+
+def get_init_status():
+    return INIT_STATUS
+
+
+def init_fail():
+    time.sleep(0.1)
+    raise ValueError("error in initializer")
