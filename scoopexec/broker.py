@@ -30,6 +30,7 @@ so that no extra socket hop or thread hand-off lies on the round trip.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import os
@@ -65,6 +66,7 @@ class LocalClient(Protocol):
     def log_record(self, record: bytes) -> None: ...
     def broken(self, kind: str, message: str) -> None: ...
     def drain_wake(self) -> None: ...
+    def dispatched(self) -> None: ...
 
 
 class ProcessWatcher(Protocol):
@@ -72,6 +74,7 @@ class ProcessWatcher(Protocol):
 
     def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
     def mark_hello(self, tag: str) -> None: ...
+    def starting(self) -> int: ...
     def replace(self, tag: str) -> bool: ...
     def describe_exit(self, tag: str, returncode: int) -> str: ...
 
@@ -89,6 +92,7 @@ class Task:
         "worker",
         "submitted",
         "losses",
+        "marked",
     )
 
     def __init__(
@@ -112,6 +116,7 @@ class Task:
         self.worker: bytes | None = None
         self.submitted = time.time()
         self.losses: list[str] = []
+        self.marked = False  # its owner was told it is running
 
 
 class Peer:
@@ -244,6 +249,8 @@ class Broker:
                     self._drain_local()
                 self._dispatch()
                 self._flush()
+                if self.local is not None:
+                    self.local.dispatched()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + 0.05
@@ -262,6 +269,12 @@ class Broker:
     def _close(self) -> None:
         for w in list(self.workers.values()):
             self._send(w.key, [P.header(P.STOP)])
+        self.close()
+
+    def close(self) -> None:
+        """Release the sockets (run() does this when it ends)."""
+        if self.router.closed:
+            return
         self.monitor.close(linger=0)
         try:
             self.router.disable_monitor()
@@ -636,7 +649,45 @@ class Broker:
                 del self.fds[fd]
 
     # ------------------------------------------------------------- dispatch
+    def _mark_running(self) -> None:
+        """Tell owners that the tasks next in line are running.
+
+        Like ProcessPoolExecutor's call queue: as many tasks as there are idle
+        or still-starting workers count as running (and can no longer be
+        cancelled) even before a worker has them, so that a pool that is still
+        starting up behaves like one that has started.
+        """
+        free = sum(1 for w in self.workers.values() if not w.assigned)
+        if self.watcher is not None:
+            free += self.watcher.starting()
+        if free <= 0:
+            return
+        started: dict[bytes, list[tuple[int]]] = {}
+        local = self.local
+        for btid in list(itertools.islice(self.queue, 0, free + 16)):
+            if free <= 0:
+                break
+            task = self.tasks.get(btid)
+            if task is None or task.worker is not None:
+                continue
+            free -= 1
+            if task.marked or task.attempts:
+                continue
+            if task.owner == LOCAL:
+                assert local is not None
+                if not local.started(task.tid):
+                    del self.tasks[btid]
+                    free += 1
+                    continue
+            elif task.owner in self.clients:
+                started.setdefault(task.owner, []).append((task.tid,))
+            task.marked = True
+        for owner, ids in started.items():
+            self._send(owner, [P.pack(P.STARTED, ids)])
+
     def _dispatch(self) -> None:
+        if self.queue:
+            self._mark_running()
         queue = self.queue
         ready = self.ready
         tasks = self.tasks
@@ -657,13 +708,16 @@ class Broker:
                     task = tasks.get(btid)
                     if task is None or task.worker is not None:
                         continue
-                    if task.owner == LOCAL:
+                    if task.marked or task.attempts:
+                        pass
+                    elif task.owner == LOCAL:
                         assert local is not None
-                        if task.attempts == 0 and not local.started(task.tid):
+                        if not local.started(task.tid):
                             del tasks[btid]  # cancelled while queued
                             continue
-                    elif task.attempts == 0 and task.owner in self.clients:
+                    elif task.owner in self.clients:
                         started.setdefault(task.owner, []).append((task.tid,))
+                    task.marked = True
                     batch.append(task)
                     want -= 1
                 if batch:

@@ -124,6 +124,7 @@ class _Link:
         self.thread: threading.Thread | None = None
         self.closed = threading.Event()
         self.workers: LocalWorkers | None = None
+        self._syncs: list[threading.Event] = []
 
     # --- called from user threads
     def submit(self, frames: list[Any]) -> ScoopFuture:
@@ -157,7 +158,20 @@ class _Link:
         self.futures.pop(tid, None)
         self._check_idle()
 
+    def sync(self, timeout: float = 1.0) -> None:
+        """Wait until the I/O thread has taken in everything submitted so far."""
+        if self.thread is None or not self.thread.is_alive() or self.thread is threading.current_thread():
+            return
+        ev = threading.Event()
+        self._syncs.append(ev)
+        self._wake()
+        ev.wait(timeout)
+
     # --- called from the I/O (broker) thread
+    def dispatched(self) -> None:
+        while self._syncs:
+            self._syncs.pop().set()
+
     def started(self, tid: int) -> bool:
         fut = self.futures.get(tid)
         if fut is None:
@@ -254,13 +268,16 @@ class _Link:
         if wait and self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
 
-    def _finished(self) -> None:
-        self.fail_all(BrokenScoopExecutor, "the pool was shut down before this task completed")
+    def _close_pipes(self) -> None:
         for fd in (self.wake_fd, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _finished(self) -> None:
+        self.fail_all(BrokenScoopExecutor, "the pool was shut down before this task completed")
+        self._close_pipes()
         with _live_lock:
             _live_links.discard(self)
         self.closed.set()
@@ -282,6 +299,8 @@ class _LocalLink(_Link):
         env: Mapping[str, str] | None,
         max_message_size: int,
     ) -> None:
+        if bind is not None:
+            _check_local_endpoint(bind)
         super().__init__()
         self._setup = setup
         self.ctx: zmq.Context[Any] = zmq.Context()
@@ -291,7 +310,6 @@ class _LocalLink(_Link):
             bind = f"ipc://{self._ipc_dir}/broker"
             if len(bind) > 100:  # too long for a unix socket path
                 bind = "tcp://127.0.0.1:0"
-        _check_local_endpoint(bind)
         try:
             self.broker = Broker(
                 bind,
@@ -314,6 +332,10 @@ class _LocalLink(_Link):
             )
         except BaseException:
             self._cleanup_dir()
+            if getattr(self, "broker", None) is not None:
+                self.broker.close()
+            self.ctx.term()
+            self._close_pipes()
             raise
         self.broker.watcher = self.workers
         with _live_lock:
@@ -357,8 +379,8 @@ class _RemoteLink(_Link):
         heartbeat_timeout: float,
         connect_timeout: float,
     ) -> None:
-        super().__init__()
         _check_local_endpoint(endpoint)
+        super().__init__()
         self._setup = setup
         self.endpoint = endpoint
         self.heartbeat_timeout = heartbeat_timeout
@@ -381,6 +403,7 @@ class _RemoteLink(_Link):
             self.monitor.close(linger=0)
             s.close(linger=0)
             self.ctx.term()
+            self._close_pipes()
             raise
         with _live_lock:
             _live_links.add(self)
@@ -443,6 +466,7 @@ class _RemoteLink(_Link):
                 events = dict(poller.poll(timeout))
                 self.drain_wake()
                 self._send_pending()
+                self.dispatched()
                 if self.sock in events:
                     self._receive()
                 if self.monitor in events:
@@ -734,6 +758,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
+            # Let the broker take in what was submitted (tasks about to go to
+            # idle workers count as running), then cancel everything else.
+            self._link.sync()
             for fut in list(self._link.futures.values()):
                 fut.cancel()
         self._link.close(wait=wait)

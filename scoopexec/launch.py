@@ -164,6 +164,10 @@ class LocalWorkers:
         self.hello.add(tag)
         self.start_failures = 0
 
+    def starting(self) -> int:
+        """Worker processes started that have not said HELLO yet."""
+        return sum(1 for tag in self.procs if tag not in self.hello)
+
     def replace(self, tag: str) -> bool:
         """Start a replacement for the worker ``tag`` that exited; False if we should not."""
         if self._stopping or not self.replace_dead:

@@ -90,7 +90,7 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 def loads_function(data: bytes | memoryview) -> Any:
     """Unpickle a callable, re-using the object for identical bytes."""
-    key = bytes(data)
+    key = data if type(data) is bytes else bytes(data)
     fn = _loaded_fns.get(key)
     if fn is None:
         fn = pickle.loads(key)
@@ -123,8 +123,8 @@ def _dumps_args_checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames
         ) from exc
 
 
-def decode_call(frames: Sequence[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    fn = loads_function(frames[0])
+def decode_call(frames: Sequence[Any], fn_bytes: bytes | None = None) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    fn = loads_function(fn_bytes if fn_bytes else frames[0])
     args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
     return fn, args, kwargs or {}
 

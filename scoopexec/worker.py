@@ -60,7 +60,7 @@ def current_worker() -> Worker | None:
 
 
 class _Task:
-    __slots__ = ("btid", "setup", "attempt", "frames", "started")
+    __slots__ = ("btid", "setup", "attempt", "frames", "started", "fkey")
 
     def __init__(self, btid: int, setup: int, attempt: int, frames: list[Any]) -> None:
         self.btid = btid
@@ -68,6 +68,7 @@ class _Task:
         self.attempt = attempt
         self.frames = frames
         self.started = 0.0
+        self.fkey = b""  # the function's pickle: key of its run-time estimate
 
 
 class _Runner(greenlet.greenlet):  # type: ignore[misc]
@@ -254,7 +255,8 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._woken = False
         self.granted = 0  # credits the broker holds for us
-        self.avg = 0.0  # smoothed task duration (s)
+        self.avg = 0.0  # smoothed duration of a task's run between switches (s)
+        self.fn_avg: dict[bytes, float] = {}  # the same, per function
         self._last_flush = 0.0
         self.setups: dict[int, str | None] = {}  # set-up id -> None (ok) or error text
         self.stopping = False
@@ -265,6 +267,7 @@ class Worker:
         self._watch_stdin = watch_stdin
         self._reconnected = False
         self.importing_main = False
+        self._streams: list[_ForwardStream] = []
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -273,8 +276,8 @@ class Worker:
         _install_patches()
         self._start_watchdogs()
         if self._forward_output:
-            sys.stdout = _ForwardStream(self, 1, 1)
-            sys.stderr = _ForwardStream(self, 2, 2)
+            self._streams = [_ForwardStream(self, 1, 1), _ForwardStream(self, 2, 2)]
+            sys.stdout, sys.stderr = self._streams
             root = logging.getLogger()
             root.addHandler(_ForwardLogs(self))
         self._send([P.header(P.HELLO), P.dump_json(self._hello())])
@@ -447,7 +450,9 @@ class Worker:
         clock = time.perf_counter
         deadline = clock() + 0.002
         ready, queue = self.ready, self.queue
+        fn_avg = self.fn_avg
         while ready or queue:
+            fkey = None
             if ready:
                 g, value = ready.popleft()
                 if g.dead:
@@ -457,8 +462,12 @@ class Worker:
                 g.switch(value)
             else:
                 task = queue.popleft()
-                if self.avg > 0.001:
-                    self._flush()  # long tasks: ask for the next one before starting this one
+                fkey = task.fkey = task.frames[0].bytes if task.frames else b""
+                est = fn_avg.get(fkey)
+                if (self.results and (est is None or est > 0.0001)) or self.avg > 0.001:
+                    # This task may run long: finished results (and, for long
+                    # tasks, the request for more work) must not wait behind it.
+                    self._flush()
                 r = self.idle_runners.pop() if self.idle_runners else _Runner(self._runner_main, parent=hub)
                 r.task = task
                 self.active[task.btid] = r
@@ -469,6 +478,11 @@ class Worker:
             now = clock()
             dt = now - t0
             self.avg = dt if self.avg == 0.0 else 0.8 * self.avg + 0.2 * dt
+            if fkey is not None:
+                old = fn_avg.get(fkey)
+                if old is None and len(fn_avg) >= 4096:
+                    fn_avg.clear()
+                fn_avg[fkey] = dt if old is None else 0.8 * old + 0.2 * dt
             self.current = None
             if now > deadline:
                 break
@@ -489,7 +503,7 @@ class Worker:
             status, frames = protocol_failure("initializer", err)
         else:
             try:
-                fn, args, kwargs = serialize.decode_call(task.frames)
+                fn, args, kwargs = serialize.decode_call(task.frames, task.fkey)
             except BaseException as exc:
                 status, frames = protocol_failure(
                     "call",
@@ -508,6 +522,9 @@ class Worker:
                     del value
                 del fn, args, kwargs
         dt = time.perf_counter() - t0
+        for stream in self._streams:
+            if stream._parts:  # a partial last line belongs to this task
+                stream.flush()
         self.active.pop(task.btid, None)
         self.results.append(((task.btid, status, len(frames), task.started, dt), frames))
         self.tasks_done += 1

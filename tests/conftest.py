@@ -63,13 +63,14 @@ def one_worker():
         ex.shutdown(wait=True)
 
 
-def run_script(code: str, *args: str, timeout: float = 60, cwd: str | None = None, env=None):
+def run_script(code: str, *args: str, timeout: float = 60, cwd: str | None = None, env=None, script_dir=None):
     """Run `code` as a script file in a fresh interpreter; return CompletedProcess."""
     import subprocess
     import tempfile
     import textwrap
 
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = str(script_dir) if script_dir is not None else tmp
         path = os.path.join(d, "script.py")
         with open(path, "w") as fh:
             fh.write(textwrap.dedent(code))

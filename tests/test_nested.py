@@ -1,0 +1,135 @@
+"""Tasks that submit tasks and wait on them: parked greenlets, never a deadlock."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import pytest
+
+import scoopexec
+from scoopexec import ScoopExecutor
+from tests import helpers
+
+
+def test_chain_1000_deep_on_one_worker(one_worker):
+    assert one_worker.submit(helpers.chain, 1000).result(timeout=100) == 1000
+
+
+def test_fibonacci_20_on_two_workers(executor):
+    assert executor.submit(helpers.fib, 20).result(timeout=100) == 6765
+
+
+def _through_captured_executor(ex, n):
+    return sum(ex.map(abs, range(-n, 0))) + ex.submit(abs, -1000).result()
+
+
+def test_captured_executor_is_a_handle_to_the_same_pool(executor):
+    assert executor.submit(_through_captured_executor, executor, 10).result() == 1055
+
+
+def _module_level_map(n):
+    return list(scoopexec.map(abs, range(-n, 0)))
+
+
+def test_module_level_map_inside_task(one_worker):
+    assert one_worker.submit(_module_level_map, 5).result() == [5, 4, 3, 2, 1]
+
+
+def _stdlib_wait_inside(n, how):
+    fs = [scoopexec.submit(abs, -i) for i in range(n)]
+    if how == "wait":
+        done, not_done = cf.wait(fs, timeout=60)
+        assert not not_done
+        return sum(f.result() for f in done)
+    if how == "as_completed":
+        return sum(f.result() for f in cf.as_completed(fs, timeout=60))
+    if how == "scoop_wait":
+        done, _ = scoopexec.wait(fs)
+        return sum(f.result() for f in done)
+    if how == "scoop_as_completed":
+        return sum(f.result() for f in scoopexec.as_completed(fs))
+    if how == "exception":
+        return sum(0 if f.exception() is None else 1 for f in fs) + sum(f.result() for f in fs)
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["wait", "as_completed", "scoop_wait", "scoop_as_completed", "exception"])
+def test_waiting_inside_a_task_parks_it(one_worker, how):
+    # One worker: if waiting blocked the worker, the children could never run.
+    assert one_worker.submit(_stdlib_wait_inside, 50, how).result(timeout=60) == sum(range(50))
+
+
+def _first_completed_inside():
+    slow = scoopexec.submit(time.sleep, 2)
+    fast = scoopexec.submit(abs, -1)
+    done, not_done = cf.wait([slow, fast], return_when=cf.FIRST_COMPLETED, timeout=30)
+    return fast in done and slow in not_done
+
+
+def test_first_completed_inside_task(executor):
+    assert executor.submit(_first_completed_inside).result(timeout=60)
+
+
+def _timeout_inside():
+    fut = scoopexec.submit(time.sleep, 3)
+    t = time.monotonic()
+    try:
+        fut.result(timeout=0.3)
+    except cf.TimeoutError:
+        waited = time.monotonic() - t
+        return 0.25 < waited < 2.5
+    return False
+
+
+def test_result_timeout_inside_task(executor):
+    assert executor.submit(_timeout_inside).result(timeout=60)
+
+
+def _nested_error():
+    try:
+        scoopexec.submit(helpers.raise_value_error, "inner").result()
+    except ValueError as exc:
+        return f"caught {exc}"
+    return "no error"
+
+
+def test_exception_of_a_child_reaches_the_parent(executor):
+    assert executor.submit(_nested_error).result() == "caught inner"
+
+
+def _island(n):
+    return sum(scoopexec.map(helpers.fib, [5] * n))
+
+
+def test_nested_maps_fan_out_twice(executor):
+    # A map of tasks that each map again (DEAP's island model does this).
+    assert list(executor.map(_island, [3, 4, 5])) == [15, 20, 25]
+
+
+def _submit_from_thread():
+    import threading
+
+    out = []
+
+    def run():
+        out.append(scoopexec.submit(abs, -7).result(timeout=30))
+
+    t = threading.Thread(target=run)
+    t.start()
+    # The hub (the task's own thread) sends the thread's submission while this
+    # task is parked; a task that blocked in join() right away would hold it.
+    while t.is_alive():
+        scoopexec.submit(time.sleep, 0.05).result()
+    t.join()
+    return out
+
+
+def test_submit_from_a_thread_inside_a_task(one_worker):
+    assert one_worker.submit(_submit_from_thread).result(timeout=60) == [7]
+
+
+def test_module_level_submit_in_client_uses_active_executor():
+    with ScoopExecutor(max_workers=1) as ex:
+        fut = scoopexec.submit(helpers.getpid)
+        assert fut.result() in ex.worker_pids

@@ -1,0 +1,58 @@
+"""`pip install .` gives a working library: build the wheel, install it in a fresh venv, use it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
+    dist = tmp_path / "dist"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), ROOT],
+        capture_output=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    (wheel,) = dist.glob("scoopexec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "scoopexec/py.typed" in names
+    assert "scoopexec/integrations/__init__.py" in names
+    assert not any(n.startswith("tests/") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run(
+        [py, "-m", "pip", "install", "-q", str(wheel)], capture_output=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+
+    script = tmp_path / "use_it.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import scoopexec, scoopexec.integrations
+            from scoopexec import ScoopExecutor
+            assert "site-packages" in scoopexec.__file__, scoopexec.__file__
+            def square(x):
+                return x * x
+            if __name__ == "__main__":
+                with ScoopExecutor(2) as ex:
+                    print(sum(ex.map(square, range(100))), ex.submit(lambda: 7).result())
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([py, str(script)], capture_output=True, timeout=120, cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == [str(sum(x * x for x in range(100))), "7"]

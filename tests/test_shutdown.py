@@ -1,0 +1,213 @@
+"""shutdown(), context managers and interpreter exit (modelled on CPython's tests)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from scoopexec import ScoopExecutor
+from tests.conftest import run_script
+from tests.helpers import sleep_and_return
+
+
+def test_run_after_shutdown(executor):
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(pow, 2, 5)
+
+
+def test_shutdown_is_idempotent(executor):
+    executor.shutdown()
+    executor.shutdown()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def test_shutdown_waits_for_pending_work():
+    ex = ScoopExecutor(max_workers=2)
+    fs = [ex.submit(time.sleep, 0.1) for _ in range(20)]
+    ex.shutdown()
+    for f in fs:
+        assert f.done()
+        f.result()
+
+
+def test_shutdown_stops_workers_and_threads():
+    before = threading.active_count()
+    ex = ScoopExecutor(max_workers=2)
+    pids = ex.worker_pids
+    assert list(ex.map(abs, range(-5, 5))) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    ex.shutdown(wait=True)
+    assert threading.active_count() == before
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_context_manager_shutdown():
+    with ScoopExecutor(max_workers=2) as ex:
+        pids = ex.worker_pids
+        assert list(ex.map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
+    with pytest.raises(RuntimeError):
+        ex.submit(abs, 1)
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_cancel_futures():
+    ex = ScoopExecutor(max_workers=2)
+    fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
+    ex.shutdown(cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    assert len(cancelled) > 20
+    others = [f for f in fs if not f.cancelled()]
+    for f in others:
+        assert f.done()
+        assert f.exception() is None
+    assert others
+
+
+def test_shutdown_no_wait_still_completes_work():
+    ex = ScoopExecutor(max_workers=2)
+    res = ex.map(abs, range(-5, 5))
+    ex.shutdown(wait=False)
+    assert list(res) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    ex._link.thread.join(timeout=30)
+    assert not ex._link.thread.is_alive()
+
+
+def test_hang_after_cancel_then_shutdown():
+    ex = ScoopExecutor(max_workers=1)
+    ex.submit(int).result()
+    old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(RuntimeError("timed out")))
+    try:
+        signal.alarm(10)
+        ex.submit(int).cancel()
+        ex.shutdown(wait=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_garbage_collected_executor_stops_its_pool():
+    import gc
+
+    ex = ScoopExecutor(max_workers=1)
+    link = ex._link
+    assert ex.submit(abs, -2).result() == 2
+    del ex
+    gc.collect()
+    assert link.closed.wait(30)
+
+
+def test_interpreter_exit_waits_for_pending_work():
+    r = run_script(
+        """
+        from scoopexec import ScoopExecutor
+        from tests.helpers import sleep_and_print
+        if __name__ == "__main__":
+            t = ScoopExecutor(2)
+            t.submit(sleep_and_print, 1.0, "apple")
+        """
+    )
+    assert r.stderr == b"", r.stderr.decode()
+    assert r.stdout.strip() == b"apple"
+    assert r.returncode == 0
+
+
+def test_interpreter_exit_after_shutdown_without_wait():
+    r = run_script(
+        """
+        from scoopexec import ScoopExecutor
+        from tests.helpers import sleep_and_print
+        if __name__ == "__main__":
+            t = ScoopExecutor(max_workers=2)
+            t.submit(sleep_and_print, 1.0, "apple")
+            t.shutdown(wait=False)
+        """
+    )
+    assert r.stderr == b"", r.stderr.decode()
+    assert r.stdout.strip() == b"apple"
+
+
+def test_submit_after_interpreter_shutdown():
+    r = run_script(
+        """
+        import atexit
+        @atexit.register
+        def run_last():
+            try:
+                t.submit(id, None)
+            except RuntimeError:
+                print("runtime-error")
+                raise
+        from scoopexec import ScoopExecutor
+        if __name__ == "__main__":
+            t = ScoopExecutor(2)
+            t.submit(id, 42).result()
+        """
+    )
+    assert "RuntimeError: cannot schedule new futures" in r.stderr.decode()
+    assert r.stdout.strip() == b"runtime-error"
+
+
+def test_exit_without_shutdown_leaves_no_worker():
+    r = run_script(
+        """
+        import os, sys
+        from scoopexec import ScoopExecutor
+        if __name__ == "__main__":
+            ex = ScoopExecutor(2)
+            print(*ex.worker_pids)
+            ex.submit(abs, 1).result()
+            os._exit(0)  # no atexit, no shutdown: workers must notice and leave
+        """
+    )
+    pids = [int(p) for p in r.stdout.split()]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_sigkill_of_client_leaves_no_worker():
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import time, sys\n"
+        "from scoopexec import ScoopExecutor\n"
+        "ex = ScoopExecutor(2)\n"
+        "print(*ex.worker_pids, flush=True)\n"
+        "ex.submit(time.sleep, 60)\n"
+        "time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2
+    time.sleep(0.5)
+    p.kill()
+    p.wait()
+    p.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids
+    ):
+        time.sleep(0.05)
+    alive = [x for x in pids if psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE]
+    assert not alive
+
+
+def test_pending_futures_fail_if_pool_stops_under_them():
+    ex = ScoopExecutor(max_workers=1)
+    f = ex.submit(sleep_and_return, 0.2, 1)
+    ex.shutdown(wait=True)
+    assert f.result() == 1
+    assert isinstance(f, cf.Future)

@@ -1,0 +1,175 @@
+"""A standalone broker (python -m scoopexec broker), workers that join it, remote clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scoopexec import BrokerLostError, ScoopExecutor
+from tests import helpers
+from tests.conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+@pytest.fixture
+def broker():
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
+        stdout=subprocess.PIPE,
+        env=_env(),
+    )
+    line = p.stdout.readline().decode()
+    assert "listening on" in line, line
+    try:
+        yield addr, p
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(10)
+        p.stdout.close()
+
+
+def _start_workers(addr, n=1):
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "worker", "--connect", addr, "-n", str(n)],
+        env=_env(),
+    )
+
+
+def test_remote_client_with_workers_joining(broker):
+    addr, _ = broker
+    workers = _start_workers(addr, 2)
+    try:
+        with ScoopExecutor(broker=addr) as ex:
+            assert ex.submit(pow, 2, 10).result(timeout=60) == 1024
+            assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+            assert ex.submit(helpers.fib, 10).result(timeout=60) == 55
+            pids = {ex.submit(helpers.getpid).result() for _ in range(20)}
+            assert 1 <= len(pids) <= 2
+    finally:
+        workers.terminate()
+        workers.wait(10)
+
+
+def test_tasks_wait_for_a_worker_to_join(broker):
+    addr, _ = broker
+    with ScoopExecutor(broker=addr) as ex:
+        fut = ex.submit(abs, -5)
+        time.sleep(0.5)
+        assert not fut.done()  # no worker yet: queued, not failed
+        workers = _start_workers(addr, 1)
+        try:
+            assert fut.result(timeout=60) == 5
+        finally:
+            ex.shutdown()
+            workers.terminate()
+            workers.wait(10)
+
+
+def test_remote_client_with_its_own_local_workers(broker):
+    addr, _ = broker
+    with ScoopExecutor(2, broker=addr) as ex:
+        assert sorted(ex.map(abs, range(-4, 0))) == [1, 2, 3, 4]
+        assert len(ex.worker_pids) == 2
+
+
+def test_two_clients_share_a_pool(broker):
+    addr, _ = broker
+    workers = _start_workers(addr, 2)
+    try:
+        with ScoopExecutor(broker=addr) as a, ScoopExecutor(broker=addr) as b:
+            fa = [a.submit(helpers.mul, i, 2) for i in range(50)]
+            fb = [b.submit(helpers.mul, i, 3) for i in range(50)]
+            assert [f.result(timeout=60) for f in fa] == [2 * i for i in range(50)]
+            assert [f.result(timeout=60) for f in fb] == [3 * i for i in range(50)]
+    finally:
+        workers.terminate()
+        workers.wait(10)
+
+
+def test_remote_exceptions_and_cancel(broker):
+    addr, _ = broker
+    with ScoopExecutor(1, broker=addr) as ex:
+        with pytest.raises(ValueError, match="far away"):
+            ex.submit(helpers.raise_value_error, "far away").result(timeout=60)
+        blocker = ex.submit(time.sleep, 1)
+        queued = [ex.submit(abs, -i) for i in range(10)]
+        n = sum(f.cancel() for f in queued)
+        assert n >= 1
+        blocker.result(timeout=60)
+        for f in queued:
+            assert f.cancelled() or f.result(timeout=60) >= 0
+
+
+def test_no_broker_there_fails_fast():
+    t = time.monotonic()
+    with pytest.raises(BrokerLostError, match="no scoopexec broker answered"):
+        ScoopExecutor(broker=f"tcp://127.0.0.1:{_free_port()}", connect_timeout=1)
+    assert time.monotonic() - t < 10
+
+
+def test_broker_death_fails_pending_futures(broker):
+    addr, proc = broker
+    workers = _start_workers(addr, 1)
+    try:
+        ex = ScoopExecutor(broker=addr, heartbeat=0.2, heartbeat_timeout=1.0)
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        fut = ex.submit(time.sleep, 30)
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        with pytest.raises(BrokerLostError):
+            fut.result(timeout=30)
+        ex.shutdown()
+        # the workers notice too and exit by themselves
+        workers.wait(30)
+    finally:
+        if workers.poll() is None:
+            workers.kill()
+            workers.wait()
+
+
+def test_non_local_endpoints_are_refused():
+    with pytest.raises(ValueError, match="not on this machine"):
+        ScoopExecutor(broker="tcp://10.1.2.3:5555")
+    with pytest.raises(ValueError, match="not on this machine"):
+        ScoopExecutor(1, bind="tcp://0.0.0.0:0")
+    r = subprocess.run(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", "tcp://0.0.0.0:5999"],
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert r.returncode != 0 and b"not on this machine" in r.stderr
+
+
+def test_embedded_broker_on_loopback_tcp_accepts_extra_workers():
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        assert ex.endpoint.startswith("tcp://127.0.0.1:")
+        extra = _start_workers(ex.endpoint, 1)
+        try:
+            pids = set()
+            deadline = time.monotonic() + 30
+            while len(pids) < 2 and time.monotonic() < deadline:
+                pids |= set(ex.map(helpers.sleep_and_return, [0.05] * 8, [None] * 8)) - {None}
+                pids |= {f.result() for f in [ex.submit(helpers.getpid) for _ in range(8)]}
+            assert len(pids) == 2
+        finally:
+            ex.shutdown()
+            extra.terminate()
+            extra.wait(10)

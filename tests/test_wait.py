@@ -1,0 +1,141 @@
+"""concurrent.futures.wait / as_completed on ScoopExecutor futures (modelled on CPython's tests)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+
+import pytest
+
+from tests.helpers import mul
+
+
+def make_future(state=PENDING, exception=None, result=None):
+    f = cf.Future()
+    f._state = state
+    f._exception = exception
+    f._result = result
+    return f
+
+
+CANCELLED_FUTURE = make_future(state=CANCELLED)
+CANCELLED_AND_NOTIFIED_FUTURE = make_future(state=CANCELLED_AND_NOTIFIED)
+EXCEPTION_FUTURE = make_future(state=FINISHED, exception=OSError())
+SUCCESSFUL_FUTURE = make_future(state=FINISHED, result=42)
+
+
+def test_first_completed(executor):
+    f1 = executor.submit(mul, 21, 2)
+    f2 = executor.submit(time.sleep, 1.5)
+    done, not_done = cf.wait([CANCELLED_FUTURE, f1, f2], return_when=cf.FIRST_COMPLETED)
+    assert done == {f1}
+    assert not_done == {CANCELLED_FUTURE, f2}
+
+
+def test_first_completed_some_already_completed(executor):
+    f1 = executor.submit(time.sleep, 1.5)
+    done, not_done = cf.wait(
+        [CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE, f1], return_when=cf.FIRST_COMPLETED
+    )
+    assert done == {CANCELLED_AND_NOTIFIED_FUTURE, SUCCESSFUL_FUTURE}
+    assert not_done == {f1}
+
+
+def test_first_exception(executor):
+    f1 = executor.submit(mul, 2, 21)
+    f2 = executor.submit(divmod, 1, 0)
+    f3 = executor.submit(time.sleep, 3)
+    done, not_done = cf.wait([f1, f2, f3], return_when=cf.FIRST_EXCEPTION)
+    assert {f1, f2} <= done | {f1}  # f1 may or may not have finished first
+    assert f2 in done
+    assert f3 in not_done
+
+
+def test_first_exception_some_already_complete(executor):
+    f1 = executor.submit(divmod, 21, 0)
+    f2 = executor.submit(time.sleep, 1.5)
+    done, not_done = cf.wait(
+        [SUCCESSFUL_FUTURE, CANCELLED_FUTURE, CANCELLED_AND_NOTIFIED_FUTURE, f1, f2],
+        return_when=cf.FIRST_EXCEPTION,
+    )
+    assert done == {SUCCESSFUL_FUTURE, CANCELLED_AND_NOTIFIED_FUTURE, f1}
+    assert not_done == {CANCELLED_FUTURE, f2}
+
+
+def test_first_exception_one_already_failed(executor):
+    f1 = executor.submit(time.sleep, 2)
+    done, not_done = cf.wait([EXCEPTION_FUTURE, f1], return_when=cf.FIRST_EXCEPTION)
+    assert done == {EXCEPTION_FUTURE}
+    assert not_done == {f1}
+
+
+def test_all_completed(executor):
+    f1 = executor.submit(divmod, 2, 0)
+    f2 = executor.submit(mul, 2, 21)
+    done, not_done = cf.wait(
+        [SUCCESSFUL_FUTURE, CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, f1, f2],
+        return_when=cf.ALL_COMPLETED,
+    )
+    assert done == {SUCCESSFUL_FUTURE, CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, f1, f2}
+    assert not_done == set()
+
+
+def test_timeout(executor):
+    short = executor.submit(time.sleep, 0.1)
+    long = executor.submit(time.sleep, 3)
+    done, not_done = cf.wait(
+        [CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, SUCCESSFUL_FUTURE, short, long],
+        timeout=1.5,
+        return_when=cf.ALL_COMPLETED,
+    )
+    assert done == {CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, SUCCESSFUL_FUTURE, short}
+    assert not_done == {long}
+
+
+def test_as_completed_no_timeout(executor):
+    f1 = executor.submit(pow, 2, 3)
+    fs = {CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, SUCCESSFUL_FUTURE, f1}
+    assert set(cf.as_completed(fs)) == fs
+
+
+def test_as_completed_timeout(executor):
+    slow = executor.submit(time.sleep, 3)
+    completed = set()
+    with pytest.raises(cf.TimeoutError):
+        for f in cf.as_completed([CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, SUCCESSFUL_FUTURE, slow], timeout=0.5):
+            completed.add(f)
+    assert completed == {CANCELLED_AND_NOTIFIED_FUTURE, EXCEPTION_FUTURE, SUCCESSFUL_FUTURE}
+
+
+def test_as_completed_duplicates(executor):
+    f = executor.submit(pow, 2, 2)
+    assert len(list(cf.as_completed([f, f]))) == 1
+
+
+def test_as_completed_many(executor):
+    fs = [executor.submit(abs, -i) for i in range(500)]
+    assert sorted(f.result() for f in cf.as_completed(fs, timeout=60)) == list(range(500))
+
+
+def test_callbacks_run(executor):
+    seen = []
+    fut = executor.submit(mul, 3, 4)
+    fut.add_done_callback(lambda f: seen.append(f.result()))
+    fut.result()
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [12]
+
+
+def test_cancelled_future_is_notified_to_waiters():
+    from scoopexec import ScoopExecutor
+
+    with ScoopExecutor(max_workers=1) as ex:
+        blocker = ex.submit(time.sleep, 1.0)
+        queued = ex.submit(abs, -1)
+        if queued.cancel():
+            done, _ = cf.wait([queued], timeout=0.5)
+            assert done == {queued}
+        blocker.result()
