@@ -10,7 +10,7 @@ Tasks may submit and wait on tasks of their own (``scoopexec.submit``,
 
 from __future__ import annotations
 
-from .api import as_completed, current_executor, map, submit, wait
+from .api import as_completed, current_executor, map, shared, submit, wait
 from .errors import (
     BrokenScoopExecutor,
     BrokerLostError,
@@ -38,6 +38,7 @@ __all__ = [
     "as_completed",
     "current_executor",
     "map",
+    "shared",
     "submit",
     "wait",
 ]

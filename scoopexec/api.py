@@ -105,6 +105,17 @@ def map(
     )
 
 
+def shared(name: str) -> Any:
+    """A value shared with ``ScoopExecutor.share(name, value)``: in a task, or in the client."""
+    w = current_worker()
+    if w is not None and w.current is not None:
+        return w.shared(name)
+    ex = current_executor(start_default=False)
+    if ex is None or not hasattr(ex, "shared"):
+        raise KeyError(name)
+    return ex.shared(name)
+
+
 def wait(
     fs: Iterable[cf.Future[Any]], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED
 ) -> cf._base.DoneAndNotDoneFutures[Any]:
@@ -124,6 +135,7 @@ __all__ = [
     "current_executor",
     "default_executor",
     "map",
+    "shared",
     "submit",
     "wait",
 ]

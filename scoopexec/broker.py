@@ -57,6 +57,7 @@ class LocalClient(Protocol):
     """What an in-process client offers the broker (see executor._LocalLink)."""
 
     outbox: collections.deque[tuple[int, list[Any]]]
+    shares: collections.deque[list[Any]]
     wake_fd: int
 
     def setup_frames(self) -> list[bytes]: ...
@@ -146,13 +147,14 @@ class WorkerPeer(Peer):
 
 
 class ClientPeer(Peer):
-    __slots__ = ("setup", "setup_frames", "broken")
+    __slots__ = ("setup", "setup_frames", "broken", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int, setup: int, frames: list[Any]):
         super().__init__(key, P.CLIENT, info, fd)
         self.setup = setup
         self.setup_frames = frames
         self.broken = False
+        self.shares: list[list[Any]] = []  # values shared with every worker, in order
 
 
 class Broker:
@@ -275,11 +277,13 @@ class Broker:
         """Release the sockets (run() does this when it ends)."""
         if self.router.closed:
             return
-        self.monitor.close(linger=0)
+        # Stop the monitor while its socket can still take the MONITOR_STOPPED
+        # event: disabling it after closing that socket can block forever.
         try:
             self.router.disable_monitor()
         except zmq.ZMQError:
             pass
+        self.monitor.close(linger=0)
         self.router.close(linger=200)
         os.close(self._stop_fd_r)
         os.close(self._stop_fd_w)
@@ -351,6 +355,13 @@ class Broker:
             if w is None:
                 return self._unknown(key)
             self._on_setup_done(w, arg, bool(count), frames)
+        elif mtype == P.SHARE:
+            c = self.clients.get(key)
+            if c is None:
+                return self._unknown(key)
+            if len(frames) < 3:
+                raise ProtocolError("SHARE needs a name frame and a value frame")
+            self._share(c, frames[1:])
         elif mtype == P.BYE:
             self._on_bye(key)
         elif mtype == P.STATUS:
@@ -470,9 +481,18 @@ class Broker:
                 origin, setup = key, c.setup  # type: ignore[attr-defined]
             self._new_task(key, tid, parent, origin, setup, body)
 
+    def _share(self, c: ClientPeer, frames: list[Any]) -> None:
+        """A value every worker of this client must have before its later tasks."""
+        c.shares.append(frames)
+        for w in self.workers.values():
+            if c.setup in w.setups:
+                self._send(w.key, [P.header(P.SHARE, 0, c.setup), *frames])
+
     def _drain_local(self) -> None:
         local = self.local
         assert local is not None
+        while local.shares:
+            self._share(self.clients[LOCAL], local.shares.popleft())
         outbox = local.outbox
         if outbox:
             setup = self.clients[LOCAL].setup
@@ -733,6 +753,8 @@ class Broker:
             c = self.setups.get(sid)
             if c is not None:
                 self._send(w.key, [P.header(P.SETUP, 0, sid), *c.setup_frames])
+                for frames in c.shares:
+                    self._send(w.key, [P.header(P.SHARE, 0, sid), *frames])
             w.setups.add(sid)
         head = P.pack(P.TASKS, [(t.btid, t.setup, len(t.frames), t.attempts) for t in batch])
         frames: list[Any] = [head]

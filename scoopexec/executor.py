@@ -112,6 +112,7 @@ class _Link:
     def __init__(self) -> None:
         self.futures: dict[int, ScoopFuture] = {}
         self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self.shares: collections.deque[list[Any]] = collections.deque()
         self._tids = itertools.count(1)
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
@@ -137,6 +138,10 @@ class _Link:
         if not self._woken:
             self._wake()
         return fut
+
+    def share(self, frames: list[Any]) -> None:
+        self.shares.append(frames)
+        self._wake()
 
     def _wake(self) -> None:
         self._woken = True
@@ -400,6 +405,10 @@ class _RemoteLink(_Link):
         try:
             self._handshake(connect_timeout)
         except BaseException:
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
             self.monitor.close(linger=0)
             s.close(linger=0)
             self.ctx.term()
@@ -486,6 +495,10 @@ class _RemoteLink(_Link):
                 self._send([P.header(P.BYE)])
             except zmq.ZMQError:
                 pass
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
             self.monitor.close(linger=0)
             self.sock.close(linger=500)
             if self.workers is not None:
@@ -494,6 +507,8 @@ class _RemoteLink(_Link):
             self._finished()
 
     def _send_pending(self) -> None:
+        while self.shares:
+            self._send([P.header(P.SHARE), *self.shares.popleft()])
         outbox = self.outbox
         while outbox:
             items = []
@@ -650,6 +665,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
         mainmodule.alias_in_client()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._shared: dict[str, Any] = {}
         setup = _setup_blob(initializer, tuple(initargs))
         self._link: _Link
         if broker is None:
@@ -747,6 +763,28 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 fut.set_exception(error)  # type: ignore[arg-type]
                 return fut
             return link.submit(frames)
+
+    def share(self, name: str, value: Any) -> None:
+        """Make ``value`` available to every task of this executor, on every worker.
+
+        Workers that join later receive it too, and tasks submitted after this
+        call are guaranteed to see it (``scoopexec.shared(name)`` in a task).
+        """
+        if not isinstance(name, str):
+            raise TypeError("a shared value's name must be a string")
+        try:
+            frames = [name.encode(), *serialize.dumps(value)]
+        except Exception as exc:
+            raise SerializationError(f"cannot share {name!r}: {type(exc).__name__}: {exc}") from exc
+        with self._shutdown_lock:
+            if self._shutdown or self._link.broken_msg:
+                raise RuntimeError("cannot share values after shutdown")
+            self._shared[name] = value
+            self._link.share(frames)
+
+    def shared(self, name: str) -> Any:
+        """The value shared under ``name`` by this executor (KeyError if none)."""
+        return self._shared[name]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; the pool stops once pending futures are done.

@@ -55,12 +55,13 @@ STATUS_REPLY = 17  # broker -> asker; frame 1: JSON
 LOG = 18  # worker -> broker -> client; LOG_ENTRY per record, one JSON frame each
 BROKEN = 19  # broker -> client; frame 1: JSON {"kind": ..., "message": ...}
 PING = 20  # broker -> peer: is this routing id still connected?  Ignored by peers.
+SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); frames: name, value pickle
 
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", SUBMIT: "SUBMIT", TASKS: "TASKS", RESULT: "RESULT",
     RESULTS: "RESULTS", CANCEL: "CANCEL", CREDIT: "CREDIT", STARTED: "STARTED", SETUP: "SETUP",
     SETUP_DONE: "SETUP_DONE", OUTPUT: "OUTPUT", STOP: "STOP", BYE: "BYE", ERROR: "ERROR",
-    STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING",
+    STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING", SHARE: "SHARE",
 }  # fmt: skip
 
 # Entry layouts.

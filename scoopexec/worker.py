@@ -268,6 +268,7 @@ class Worker:
         self._reconnected = False
         self.importing_main = False
         self._streams: list[_ForwardStream] = []
+        self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -423,6 +424,9 @@ class Worker:
             self._apply_setup(arg, frames[1:])
         elif mtype == P.CANCEL:
             self._cancel([e[0] for e in P.entries(mtype, head)])
+        elif mtype == P.SHARE:
+            if len(frames) >= 3:
+                self.shares.setdefault(arg, {})[frames[1].bytes.decode()] = frames[2:]
         elif mtype == P.WELCOME:
             info = P.load_json(frames[1].bytes)
             self.pool_id = info.get("pool", "")
@@ -687,6 +691,17 @@ class Worker:
                     raise cf.TimeoutError(f"{len(pending)} (of {len(fs)}) futures unfinished")
         finally:
             waiter.active = False
+
+    def shared(self, name: str) -> Any:
+        """A value the running task's client shared with ScoopExecutor.share(); KeyError if none."""
+        task = self.current
+        if task is None:
+            raise RuntimeError("shared values are only available inside a task")
+        table = self.shares.get(task.setup, {})
+        value = table[name]
+        if isinstance(value, list):  # still frames: unpickle once, on first use
+            value = table[name] = (serialize.loads(value),)
+        return value[0]
 
     # ----------------------------------------------------- output and logs
     def output(self, stream: int, text: str) -> None:

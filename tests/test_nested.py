@@ -133,3 +133,53 @@ def test_module_level_submit_in_client_uses_active_executor():
     with ScoopExecutor(max_workers=1) as ex:
         fut = scoopexec.submit(helpers.getpid)
         assert fut.result() in ex.worker_pids
+
+
+def _read_shared(name):
+    return scoopexec.shared(name)
+
+
+def test_shared_values_reach_every_worker_in_order():
+    with ScoopExecutor(max_workers=2) as ex:
+        ex.share("table", {"a": 1})
+        assert {ex.submit(_read_shared, "table").result()["a"] for _ in range(10)} == {1}
+        ex.share("later", [1, 2, 3])
+        assert ex.submit(_read_shared, "later").result() == [1, 2, 3]
+        assert ex.shared("later") == [1, 2, 3]
+        with pytest.raises(KeyError):
+            ex.submit(_read_shared, "missing").result()
+
+
+def test_shared_values_reach_workers_that_join_later():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        ex.share("k", 42)
+        assert ex.submit(_read_shared, "k").result() == 42
+        import os
+
+        late = subprocess.Popen(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", ex.endpoint],
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        try:
+            seen = set()
+            deadline = time.monotonic() + 30
+            while len(seen) < 2 and time.monotonic() < deadline:
+                fs = [ex.submit(_pid_and_shared, "k") for _ in range(6)]
+                seen |= {f.result()[0] for f in fs if f.result()[1] == 42}
+            assert len(seen) == 2
+        finally:
+            ex.shutdown()
+            late.terminate()
+            late.wait(10)
+
+
+def _pid_and_shared(name):
+    import os
+
+    time.sleep(0.02)
+    return os.getpid(), scoopexec.shared(name)
