@@ -1,25 +1,34 @@
-"""The command line: ``python -m scoopexec {worker,broker} ...``."""
+"""The command line: ``python -m scoopexec SUBCOMMAND ...``.
+
+Subcommands are looked up in SUBCOMMANDS (module, function); each function
+takes the remaining arguments and returns an exit status.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (module, function, one-line help)
+    "worker": ("scoopexec.worker", "main", "run worker processes that connect to a broker"),
+    "broker": ("scoopexec.cli", "broker_main", "run a standalone broker"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m scoopexec SUBCOMMAND [options]", ""]
+    for name, (_, _, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "worker":
-        from .worker import main as worker_main
-
-        return worker_main(argv[1:])
-    if argv and argv[0] == "broker":
-        from .cli import broker_main
-
-        return broker_main(argv[1:])
-    print(
-        "usage: python -m scoopexec worker --connect ADDR [-n N]\n"
-        "       python -m scoopexec broker --bind ADDR",
-        file=sys.stderr,
-    )
+    if argv and argv[0] in SUBCOMMANDS:
+        module, func, _ = SUBCOMMANDS[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    print(usage(), file=sys.stderr)
     return 2
 
 
