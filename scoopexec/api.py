@@ -37,7 +37,9 @@ class WorkerExecutor(MapMixin, cf.Executor):
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize._dumps_fn_checked(fn)
 
-    def _submit_encoded(self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
+    def _submit_encoded(
+        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+    ) -> cf.Future[Any]:
         return self._worker.submit_encoded(fn_frame, args, kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -76,6 +76,7 @@ class ProcessWatcher(Protocol):
     def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
     def mark_hello(self, tag: str) -> None: ...
     def starting(self) -> int: ...
+    def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
     def describe_exit(self, tag: str, returncode: int) -> str: ...
 
@@ -94,6 +95,7 @@ class Task:
         "submitted",
         "losses",
         "marked",
+        "prev",
     )
 
     def __init__(
@@ -118,6 +120,7 @@ class Task:
         self.submitted = time.time()
         self.losses: list[str] = []
         self.marked = False  # its owner was told it is running
+        self.prev: tuple[bytes, ...] = ()  # workers it was lost with (their late result is accepted)
 
 
 class Peer:
@@ -196,7 +199,9 @@ class Broker:
         r.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
         r.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
         if max_message_size > 0:
-            r.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+            # Peers check sizes themselves and fail the one task; this is the
+            # hard guard against a peer that does not (it gets disconnected).
+            r.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
         r.bind(bind)
         self.endpoint: str = r.getsockopt_string(zmq.LAST_ENDPOINT)
         self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -223,6 +228,9 @@ class Broker:
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
+        self._poller: zmq.Poller | None = None
+        self._next_tick = time.monotonic()
+        self.max_message_size = max_message_size
 
         if local is not None:
             self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
@@ -230,35 +238,43 @@ class Broker:
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         """Serve until stop() is called.  Runs in a thread or as a process's main loop."""
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
-        poller.register(self._stop_fd_r, zmq.POLLIN)
-        if self.local is not None:
-            poller.register(self.local.wake_fd, zmq.POLLIN)
-        next_tick = time.monotonic()
         try:
             while not self._stopping:
-                timeout = 50 if self._backlogged else max(0, int((next_tick - time.monotonic()) * 1000))
-                events = poller.poll(timeout)
-                for sock, _ in events:
-                    if sock is self.router:
-                        self._drain_router()
-                    elif sock is self.monitor:
-                        self._drain_monitor()
-                if self.local is not None:
-                    self.local.drain_wake()
-                    self._drain_local()
-                self._dispatch()
-                self._flush()
-                if self.local is not None:
-                    self.local.dispatched()
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + 0.05
-                    self._tick()
+                self.step()
         finally:
             self._close()
+
+    def step(self, timeout: float | None = None) -> None:
+        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        if self._poller is None:
+            poller = self._poller = zmq.Poller()
+            poller.register(self.router, zmq.POLLIN)
+            poller.register(self.monitor, zmq.POLLIN)
+            poller.register(self._stop_fd_r, zmq.POLLIN)
+            if self.local is not None:
+                poller.register(self.local.wake_fd, zmq.POLLIN)
+        if timeout is not None:
+            ms = int(timeout * 1000)
+        elif self._backlogged:
+            ms = 50
+        else:
+            ms = max(0, int((self._next_tick - time.monotonic()) * 1000))
+        for sock, _ in self._poller.poll(ms):
+            if sock is self.router:
+                self._drain_router()
+            elif sock is self.monitor:
+                self._drain_monitor()
+        if self.local is not None:
+            self.local.drain_wake()
+            self._drain_local()
+        self._dispatch()
+        self._flush()
+        if self.local is not None:
+            self.local.dispatched()
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + 0.05
+            self._tick()
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -335,6 +351,10 @@ class Broker:
             if w is None:
                 return self._unknown(key)
             self._grant(w, arg)
+        elif mtype == P.RETURN:
+            if w is None:
+                return self._unknown(key)
+            self._on_return(w, [e[0] for e in P.entries(mtype, head)])
         elif mtype == P.CANCEL:
             if key not in self.clients and w is None:
                 return self._unknown(key)
@@ -445,6 +465,7 @@ class Broker:
             "version": P.VERSION,
             "heartbeat": self.heartbeat,
             "heartbeat_timeout": self.heartbeat_timeout,
+            "max_message_size": self.max_message_size,
             "host": self.host,
             **extra,
         }
@@ -533,6 +554,16 @@ class Broker:
         for wkey, ids in by_worker.items():
             self._send(wkey, [P.pack(P.CANCEL, ids)])
 
+    def _on_return(self, w: WorkerPeer, btids: list[int]) -> None:
+        """A worker is starting a task that may run long: it hands back what it has not started."""
+        w.credit = 0
+        for btid in reversed(btids):
+            task = self.tasks.get(btid)
+            if task is not None and task.worker == w.key:
+                task.worker = None
+                w.assigned.discard(btid)
+                self.queue.appendleft(btid)
+
     def _grant(self, w: WorkerPeer, credit: int) -> None:
         w.last_seen = time.time()
         if credit <= 0:
@@ -552,11 +583,15 @@ class Broker:
         for btid, status, n, _t0, _trun in ents:
             body = frames[pos : pos + n]
             pos += n
-            task = tasks.pop(btid, None)
+            task = tasks.get(btid)
             w.assigned.discard(btid)
             if task is None:
                 self.dropped["stale result"] += 1
                 continue
+            if task.worker != w.key and w.key not in task.prev:
+                self.dropped["result from a worker that did not have the task"] += 1
+                continue
+            del tasks[btid]
             w.done += 1
             if task.worker is not None and task.worker != w.key:
                 # A late answer from a worker we gave up on: first result wins;
@@ -857,6 +892,11 @@ class Broker:
         pid = w.info.get("pid", "?")
         if not exit_info and w.tag and self.watcher is not None:
             exit_info = self._local_exit_info(w.tag)
+            if not exit_info:
+                # Alive but unreachable (stopped, stuck in native code): it is
+                # ours, so end it; its tasks run elsewhere and it is replaced.
+                self.watcher.kill(w.tag)
+                exit_info = f"it stopped answering heartbeats for {self.heartbeat_timeout:g} s and was killed"
         where = f"worker {w.name} (pid {pid} on {host})"
         reason = exit_info or why
         self._recent_losses.append(f"{where}: {reason}")
@@ -868,6 +908,7 @@ class Broker:
                 continue
             task.worker = None
             task.attempts += 1
+            task.prev += (w.key,)
             task.losses.append(f"{where}: {reason}")
             if task.attempts > self.max_retries:
                 del self.tasks[btid]
@@ -883,10 +924,12 @@ class Broker:
         self._drop_owned_by(w.key)
 
     def _local_exit_info(self, tag: str) -> str:
+        """Wait briefly for a local worker's exit status; replace it once it has exited."""
         assert self.watcher is not None
         for _ in range(20):
             for t, _pid, rc in self.watcher.reap():
                 if t == tag:
+                    self._replace_local(t)
                     return self.watcher.describe_exit(tag, rc)
                 self._local_exited(t, rc)
             time.sleep(0.005)
@@ -913,11 +956,17 @@ class Broker:
                 break
         else:
             self._recent_losses.append(self.watcher.describe_exit(tag, rc))
-        if not self._stopping and not self.watcher.replace(tag) and not self.workers:
-            text = "; ".join(self._recent_losses) or "worker processes keep exiting"
-            for c in list(self.clients.values()):
-                if not c.broken:
-                    self._break_client(c, "broken", f"no worker could be started: {text}")
+        self._replace_local(tag)
+
+    def _replace_local(self, tag: str) -> None:
+        """Start a new local worker for one that exited, unless they keep dying at start-up."""
+        assert self.watcher is not None
+        if self._stopping or self.watcher.replace(tag) or self.workers or self.watcher.starting():
+            return
+        text = "; ".join(self._recent_losses) or "worker processes keep exiting"
+        for c in list(self.clients.values()):
+            if not c.broken:
+                self._break_client(c, "broken", f"no worker could be started: {text}")
 
     def _tick(self) -> None:
         if self.watcher is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "BrokenScoopExecutor",
     "BrokerLostError",
     "InitializerError",
+    "MessageTooLargeError",
     "ProtocolError",
     "RemoteError",
     "SerializationError",
@@ -32,11 +34,17 @@ class WorkerLostError(BrokenExecutor):
     """A task's worker died or stopped answering more times than ``max_retries`` allows."""
 
 
-class SerializationError(Exception):
+class SerializationError(pickle.PicklingError):
     """A function, its arguments, its result or its exception could not be (un)pickled.
 
-    The original pickling error, when there is one, is chained as ``__cause__``.
+    The original error is chained as ``__cause__``.  A subclass of
+    ``pickle.PicklingError``, so code written for ProcessPoolExecutor that
+    catches that still works.
     """
+
+
+class MessageTooLargeError(SerializationError):
+    """A task or result is larger than the pool's ``max_message_size``."""
 
 
 class RemoteError(Exception):

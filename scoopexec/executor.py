@@ -44,7 +44,13 @@ from . import mainmodule
 from . import protocol as P
 from . import serialize
 from .broker import Broker
-from .errors import BrokenScoopExecutor, BrokerLostError, InitializerError, SerializationError
+from .errors import (
+    BrokenScoopExecutor,
+    BrokerLostError,
+    InitializerError,
+    MessageTooLargeError,
+    SerializationError,
+)
 from .launch import LocalWorkers
 from .mapping import MapMixin
 
@@ -58,13 +64,27 @@ _by_pool: weakref.WeakValueDictionary[str, ScoopExecutor] = weakref.WeakValueDic
 
 
 def _python_exit() -> None:
-    """At interpreter exit: refuse new work, let pending futures finish, stop every pool."""
+    """At interpreter exit: refuse new work, let pending futures finish, stop every pool.
+
+    When the program is ending because of Ctrl-C (an uncaught KeyboardInterrupt),
+    or a second Ctrl-C arrives while waiting, pending work is abandoned instead.
+    """
     global _global_shutdown
     _global_shutdown = True
     with _live_lock:
         links = list(_live_links)
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = isinstance(last, KeyboardInterrupt)
     for link in links:
-        link.close(wait=True)
+        try:
+            if interrupted:
+                link.abort("the program was interrupted (KeyboardInterrupt)")
+            else:
+                link.close(wait=True)
+        except KeyboardInterrupt:
+            for other in links:
+                other.abort("the program was interrupted (KeyboardInterrupt)")
+            raise
 
 
 if hasattr(threading, "_register_atexit"):
@@ -90,6 +110,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
 
     _link: _Link | None = None
     _tid = 0
+    _what = ""  # the task's function, for error messages
 
     def cancel(self) -> bool:
         with self._condition:
@@ -126,13 +147,15 @@ class _Link:
         self.closed = threading.Event()
         self.workers: LocalWorkers | None = None
         self._syncs: list[threading.Event] = []
+        self.unmatched = 0
 
     # --- called from user threads
-    def submit(self, frames: list[Any]) -> ScoopFuture:
+    def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
         tid = next(self._tids)
         fut = ScoopFuture()
         fut._link = self
         fut._tid = tid
+        fut._what = what
         self.futures[tid] = fut
         self.outbox.append((tid, frames))
         if not self._woken:
@@ -190,9 +213,12 @@ class _Link:
     def deliver(self, tid: int, status: int, frames: Sequence[Any]) -> None:
         fut = self.futures.pop(tid, None)
         if fut is None:
+            self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
             return
         fut._link = None
         ok, value = serialize.decode_outcome(status, frames)
+        if not ok and status == P.LOST and fut._what:
+            value.args = (f"{fut._what}(): {value.args[0] if value.args else ''}",)
         try:
             if ok:
                 fut.set_result(value)
@@ -265,6 +291,16 @@ class _Link:
     def _check_idle(self) -> None:
         if self.stop_when_idle and not self.futures:
             self.request_stop()
+
+    def abort(self, reason: str, timeout: float = 10.0) -> None:
+        """Stop now: cancel what has not started, fail what has, stop the workers."""
+        for fut in list(self.futures.values()):
+            fut.cancel()
+        self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
+        self.stop_when_idle = True
+        self.request_stop()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def close(self, wait: bool = True) -> None:
         """Stop once every future is resolved; with wait, block until everything is down."""
@@ -666,6 +702,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._shared: dict[str, Any] = {}
+        self._max_message_size = max_message_size
         setup = _setup_blob(initializer, tuple(initargs))
         self._link: _Link
         if broker is None:
@@ -735,20 +772,32 @@ class ScoopExecutor(MapMixin, cf.Executor):
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error)
+        return self._submit_frames(frames, error, serialize._describe(fn))
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize._dumps_fn_checked(fn)
 
-    def _submit_encoded(self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
+    def _submit_encoded(
+        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+    ) -> cf.Future[Any]:
         try:
             frames: list[Any] | None = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error)
+        return self._submit_frames(frames, error, what)
 
-    def _submit_frames(self, frames: list[Any] | None, error: Exception | None) -> cf.Future[Any]:
+    def _submit_frames(
+        self, frames: list[Any] | None, error: Exception | None, what: str = ""
+    ) -> cf.Future[Any]:
+        if frames is not None and self._max_message_size > 0:
+            big = serialize.oversized(frames, self._max_message_size)
+            if big:
+                frames, error = None, MessageTooLargeError(
+                    f"the task needs a {big}-byte message, more than this executor's "
+                    f"max_message_size={self._max_message_size}; send less data (share it once with "
+                    "ex.share(), or pass a file path) or raise the limit"
+                )
         with self._shutdown_lock:
             link = self._link
             if link.broken_msg:
@@ -762,7 +811,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 fut = ScoopFuture()
                 fut.set_exception(error)  # type: ignore[arg-type]
                 return fut
-            return link.submit(frames)
+            return link.submit(frames, what)
 
     def share(self, name: str, value: Any) -> None:
         """Make ``value`` available to every task of this executor, on every worker.
@@ -807,12 +856,29 @@ class ScoopExecutor(MapMixin, cf.Executor):
         _active.append(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             _active.remove(self)
         except ValueError:
             pass
-        self.shutdown(wait=True)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.abort("interrupted (KeyboardInterrupt)")
+            return
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self.abort("interrupted (KeyboardInterrupt) while waiting for pending tasks")
+            raise
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Stop at once: cancel pending futures, fail running ones, stop every worker.
+
+        What Ctrl-C in a ``with ScoopExecutor()`` block does; ``shutdown()``
+        afterwards is harmless.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._link.abort(reason)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Inside a task, an executor captured from the client is a handle to

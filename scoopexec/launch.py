@@ -182,6 +182,13 @@ class LocalWorkers:
     def describe_exit(self, tag: str, returncode: int) -> str:
         return f"worker process {tag} {describe_returncode(returncode)}"
 
+    def kill(self, tag: str) -> None:
+        """SIGKILL one worker (a hung one); reap() reports it and replace() starts another."""
+        with self._lock:
+            proc = self.procs.get(tag)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def stop(self, timeout: float = 2.0) -> None:
         """Close every worker's stdin (they exit on EOF), then make sure they are gone."""
         self._stopping = True

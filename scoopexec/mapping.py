@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
+from .serialize import _describe
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
@@ -74,7 +75,9 @@ class MapMixin:
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _submit_encoded(self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:  # pragma: no cover
+    def _submit_encoded(
+        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+    ) -> cf.Future[Any]:  # pragma: no cover
         raise NotImplementedError
 
     def map(  # type: ignore[override]
@@ -116,6 +119,7 @@ class MapMixin:
         else:
             encode_error = None
         executor_ref = weakref.ref(self)
+        what = _describe(fn)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             ex = executor_ref()
@@ -125,7 +129,7 @@ class MapMixin:
                 f: cf.Future[Any] = cf.Future()
                 f.set_exception(encode_error)
                 return f
-            return ex._submit_encoded(fn_frame, args, {})
+            return ex._submit_encoded(fn_frame, args, {}, what)
 
         if buffersize:
             fs: collections.deque[cf.Future[Any]] = collections.deque(

@@ -56,12 +56,13 @@ LOG = 18  # worker -> broker -> client; LOG_ENTRY per record, one JSON frame eac
 BROKEN = 19  # broker -> client; frame 1: JSON {"kind": ..., "message": ...}
 PING = 20  # broker -> peer: is this routing id still connected?  Ignored by peers.
 SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); frames: name, value pickle
+RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0
 
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", SUBMIT: "SUBMIT", TASKS: "TASKS", RESULT: "RESULT",
     RESULTS: "RESULTS", CANCEL: "CANCEL", CREDIT: "CREDIT", STARTED: "STARTED", SETUP: "SETUP",
     SETUP_DONE: "SETUP_DONE", OUTPUT: "OUTPUT", STOP: "STOP", BYE: "BYE", ERROR: "ERROR",
-    STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING", SHARE: "SHARE",
+    STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING", SHARE: "SHARE", RETURN: "RETURN",
 }  # fmt: skip
 
 # Entry layouts.
@@ -80,6 +81,7 @@ ENTRY_OF = {
     RESULTS: RESULTS_ENTRY,
     CANCEL: ID_ENTRY,
     STARTED: ID_ENTRY,
+    RETURN: ID_ENTRY,
     OUTPUT: OUTPUT_ENTRY,
     LOG: LOG_ENTRY,
 }

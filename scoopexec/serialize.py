@@ -149,15 +149,31 @@ def encode_result(value: Any) -> tuple[int, Frames]:
             f"{type(exc).__name__}: {exc}",
             traceback.format_exc(),
         )
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt while pickling
+        import traceback
+
+        return encode_exception(exc, traceback.format_exc())
 
 
 def encode_exception(exc: BaseException, tb_text: str) -> tuple[int, Frames]:
     meta = protocol.dump_json({"type": _qualname(type(exc)), "message": _safe_str(exc)})
     try:
         data = dumps(exc)
-    except Exception:
+    except BaseException:
         return protocol.FAILED, [meta, tb_text.encode("utf-8", "replace")]
     return protocol.RAISED, [*data[:1], tb_text.encode("utf-8", "replace"), meta, *data[1:]]
+
+
+def frame_size(frame: Any) -> int:
+    return len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+
+
+def oversized(frames: Frames, limit: int) -> int:
+    """The size of the largest frame if it exceeds ``limit`` (> 0), else 0."""
+    if limit <= 0:
+        return 0
+    biggest = max(frame_size(f) for f in frames)
+    return biggest if biggest > limit else 0
 
 
 def failure_frames(kind: str, message: str, tb_text: str = "") -> Frames:
@@ -170,7 +186,7 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
     if status == protocol.OK:
         try:
             return True, loads(frames)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
             err = SerializationError(
                 f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"
             )
@@ -182,7 +198,7 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
             exc = pickle.loads(frames[0], buffers=frames[3:])
             if not isinstance(exc, BaseException):
                 raise TypeError(f"unpickled a {type(exc).__name__}, not an exception")
-        except Exception as load_error:
+        except BaseException as load_error:
             meta = protocol.load_json(frames[2])
             exc = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb)
             exc.__context__ = load_error
@@ -207,6 +223,8 @@ def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
     kind = meta.get("kind")
     if status == protocol.LOST:
         return errors.WorkerLostError(message)
+    if kind == "size":
+        return errors.MessageTooLargeError(message)
     if kind in ("result", "call"):
         return errors.SerializationError(message)
     if kind == "initializer":

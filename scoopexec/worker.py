@@ -268,6 +268,7 @@ class Worker:
         self._reconnected = False
         self.importing_main = False
         self._streams: list[_ForwardStream] = []
+        self.max_message_size = -1
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
 
     # ------------------------------------------------------------ lifecycle
@@ -430,6 +431,7 @@ class Worker:
         elif mtype == P.WELCOME:
             info = P.load_json(frames[1].bytes)
             self.pool_id = info.get("pool", "")
+            self.max_message_size = int(info.get("max_message_size", -1) or -1)
             if not self.welcomed or info.get("resumed") is None:
                 self.granted = 0
             self.welcomed = True
@@ -468,9 +470,14 @@ class Worker:
                 task = queue.popleft()
                 fkey = task.fkey = task.frames[0].bytes if task.frames else b""
                 est = fn_avg.get(fkey)
-                if (self.results and (est is None or est > 0.0001)) or self.avg > 0.001:
-                    # This task may run long: finished results (and, for long
-                    # tasks, the request for more work) must not wait behind it.
+                maybe_long = est is None or est > 0.0001
+                if maybe_long and (queue or self.granted):
+                    # Nothing may wait here behind a task that might run long
+                    # while another worker is idle: hand back the unstarted ones.
+                    self._give_back()
+                if (self.results and maybe_long) or self.avg > 0.001:
+                    # Finished results (and, for long tasks, the request for
+                    # more work) must not wait behind it either.
                     self._flush()
                 r = self.idle_runners.pop() if self.idle_runners else _Runner(self._runner_main, parent=hub)
                 r.task = task
@@ -490,6 +497,12 @@ class Worker:
             self.current = None
             if now > deadline:
                 break
+
+    def _give_back(self) -> None:
+        back = [(t.btid,) for t in self.queue]
+        self.queue.clear()
+        self.granted = 0
+        self._send([P.pack(P.RETURN, back)])
 
     def _runner_main(self, task: _Task) -> None:
         me = greenlet.getcurrent()
@@ -523,6 +536,14 @@ class Worker:
                     status, frames = serialize.encode_exception(exc, self._format_tb(exc))
                 else:
                     status, frames = serialize.encode_result(value)
+                    big = serialize.oversized(frames, self.max_message_size)
+                    if big:
+                        status, frames = protocol_failure(
+                            "size",
+                            f"the result of {type(value).__name__} needs a {big}-byte message, more "
+                            f"than the pool's max_message_size={self.max_message_size}; return less "
+                            "data (write it to a file and return the path) or raise the limit",
+                        )
                     del value
                 del fn, args, kwargs
         dt = time.perf_counter() - t0
@@ -556,6 +577,7 @@ class Worker:
         fut = WorkerFuture(self, tid)
         try:
             frames = serialize.encode_call(fn, args, kwargs)
+            _check_size(frames, self.max_message_size)
         except SerializationError as exc:
             fut.set_exception(exc)
             return fut
@@ -566,6 +588,7 @@ class Worker:
         fut = WorkerFuture(self, tid)
         try:
             frames = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            _check_size(frames, self.max_message_size)
         except SerializationError as exc:
             fut.set_exception(exc)
             return fut
@@ -825,6 +848,16 @@ def _condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
             return True
         return any(not f.cancelled() and f.exception(0) is not None for f in done)
     raise ValueError(f"Invalid return condition: {return_when!r}")
+
+
+def _check_size(frames: list[Any], limit: int) -> None:
+    big = serialize.oversized(frames, limit)
+    if big:
+        from .errors import MessageTooLargeError
+
+        raise MessageTooLargeError(
+            f"the task needs a {big}-byte message, more than the pool's max_message_size={limit}"
+        )
 
 
 def protocol_failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:

@@ -1,0 +1,321 @@
+"""Faults: crashing, exiting, hanging and starving workers; bad tasks; Ctrl-C; dying clients."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from scoopexec import (
+    MessageTooLargeError,
+    RemoteError,
+    ScoopExecutor,
+    SerializationError,
+    WorkerLostError,
+)
+from tests import faulty
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def pool():
+    ex = ScoopExecutor(2, max_retries=1, heartbeat=0.2, heartbeat_timeout=1.0)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    # The module-scoped pool outlives single tests; its own teardown checks it stops.
+    yield
+
+
+# Crash table, after CPython's test_deadlock and loky's crash cases: what happens when a task or
+# its result crashes / exits / raises while being pickled, unpickled or run.  Only the one future
+# fails; the pool keeps working (checked after every row).
+CRASH_TABLE = [
+    ("error at task pickle (client)", id, (faulty.ErrorAtPickle(),), pickle.PicklingError),
+    ("error at task unpickle (worker)", id, (faulty.ErrorAtUnpickle(),), SerializationError),
+    ("exit at task unpickle (worker)", id, (faulty.ExitAtUnpickle(),), SerializationError),
+    ("crash at task unpickle (worker)", id, (faulty.CrashAtUnpickle(),), WorkerLostError),
+    ("error during execution", faulty.raise_error, (RuntimeError,), RuntimeError),
+    ("exit during execution", faulty.exit_one, (), SystemExit),
+    ("os._exit during execution", faulty.hard_exit, (), WorkerLostError),
+    ("crash during execution", faulty.crash, (), WorkerLostError),
+    ("error at result pickle (worker)", faulty.return_instance, (faulty.ErrorAtPickle,), pickle.PicklingError),
+    ("exit at result pickle (worker)", faulty.return_instance, (faulty.ExitAtPickle,), SystemExit),
+    ("crash at result pickle (worker)", faulty.return_instance, (faulty.CrashAtPickle,), WorkerLostError),
+    ("error at result unpickle (client)", faulty.return_instance, (faulty.ErrorAtUnpickle,), SerializationError),
+    ("exit at result unpickle (client)", faulty.return_instance, (faulty.ExitAtUnpickle,), SerializationError),
+    ("exception that cannot be unpickled", faulty.raise_unloadable, (), RemoteError),
+    ("exception that cannot be pickled", faulty.raise_unpicklable, (), RemoteError),
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case,fn,args,expected", CRASH_TABLE, ids=[c[0] for c in CRASH_TABLE])
+def test_crash_table(pool, case, fn, args, expected):
+    fut = pool.submit(fn, *args)
+    with pytest.raises(expected) as info:
+        fut.result(timeout=120)
+    if expected is WorkerLostError:
+        text = str(info.value)
+        assert "max_retries=1" in text and "pid" in text, text
+    assert pool.submit(abs, -3).result(timeout=120) == 3, f"pool unusable after: {case}"
+
+
+def test_lost_worker_error_names_task_host_worker_and_cause():
+    with ScoopExecutor(1, max_retries=2) as ex:
+        first = set(ex.worker_pids)
+        with pytest.raises(WorkerLostError) as info:
+            ex.submit(faulty.crash).result(timeout=120)
+        text = str(info.value)
+        assert "crash()" in text  # the task
+        assert "signal 11 (SIGSEGV)" in text and "segmentation fault" in text  # the cause
+        assert "lost 3 times" in text and "max_retries=2" in text
+        assert "pid" in text and " on " in text  # the worker and its host
+        assert ex.submit(abs, -1).result(timeout=60) == 1  # replaced, still usable
+        assert set(ex.worker_pids).isdisjoint(first)
+
+
+def test_sigkill_during_task_retries_elsewhere():
+    with ScoopExecutor(2) as ex:
+        fut = ex.submit(faulty.pid_after, 2.0)
+        deadline = time.monotonic() + 30
+        while not fut.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        victims = ex.worker_pids
+        # Kill the worker that runs it: the one that is busy.
+        busy = [p for p in victims if psutil.Process(p).cpu_percent(0.2) >= 0 and _holds_task(ex, p)]
+        os.kill((busy or victims)[0], signal.SIGKILL)
+        pid = fut.result(timeout=60)
+        assert pid != (busy or victims)[0]
+        assert ex.submit(abs, -2).result(timeout=30) == 2
+        deadline = time.monotonic() + 30
+        while len(ex.worker_pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ex.worker_pids) == 2  # the dead one was replaced
+
+
+def _holds_task(ex, pid):
+    st = ex._link.broker.status()  # read-only peek from the test
+    return any(w["pid"] == pid and w["busy"] for w in st["workers"])
+
+
+def test_hung_worker_is_replaced_and_its_task_rerun():
+    with ScoopExecutor(2, heartbeat=0.2, heartbeat_timeout=1.0) as ex:
+        for _ in range(4):
+            ex.submit(abs, 1).result()
+        fut = ex.submit(faulty.pid_after, 1.5)
+        deadline = time.monotonic() + 30
+        while not any(_holds_task(ex, p) for p in ex.worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (stopped,) = [p for p in ex.worker_pids if _holds_task(ex, p)]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            assert fut.result(timeout=60) != stopped
+        finally:
+            if psutil.pid_exists(stopped):
+                try:
+                    os.kill(stopped, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(stopped) and psutil.Process(stopped).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the hung local worker was not ended"
+            time.sleep(0.05)
+
+
+def test_late_result_of_a_resumed_worker_is_discarded():
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0", heartbeat=0.2, heartbeat_timeout=1.0) as ex:
+        ex.submit(abs, 1).result()
+        own = set(ex.worker_pids)
+        extra = subprocess.Popen(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", ex.endpoint,
+             "--heartbeat", "0.2", "--heartbeat-timeout", "30"],
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        try:
+            # Occupy the local worker so the next task goes to the extra one.
+            blocker = ex.submit(time.sleep, 1.0)
+            deadline = time.monotonic() + 30
+            fut = None
+            while time.monotonic() < deadline:
+                st = ex._link.broker.status()
+                if any(w["pid"] == extra.pid for w in st["workers"]):
+                    fut = ex.submit(faulty.pid_after, 1.5)
+                    break
+                time.sleep(0.05)
+            assert fut is not None, "the extra worker never joined"
+            while not any(w["pid"] == extra.pid and w["busy"] for w in ex._link.broker.status()["workers"]):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            os.kill(extra.pid, signal.SIGSTOP)
+            assert fut.result(timeout=60) in own  # re-run on the local worker
+            blocker.result()
+            os.kill(extra.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while ex._link.broker.dropped["stale result"] + ex._link.broker.dropped["unknown peer"] == 0:
+                assert time.monotonic() < deadline, ex._link.broker.dropped
+                time.sleep(0.05)
+            assert ex._link.unmatched == 0  # nothing reached the client twice
+        finally:
+            if extra.poll() is None:
+                os.kill(extra.pid, signal.SIGCONT)
+                extra.terminate()
+            extra.wait(10)
+
+
+def test_task_holding_the_gil_is_not_mistaken_for_a_hang():
+    with ScoopExecutor(1, heartbeat=0.2, heartbeat_timeout=1.0) as ex:
+        pid = ex.worker_pids[0]
+        assert ex.submit(faulty.hold_the_gil, 3).result(timeout=60) == pid
+        assert ex.worker_pids == [pid]
+        assert not ex._link.broker._recent_losses
+
+
+def test_memory_error_under_an_address_space_limit_fails_only_that_task():
+    with ScoopExecutor(1, initializer=faulty.limit_address_space, initargs=(1024,)) as ex:
+        with pytest.raises(MemoryError):
+            ex.submit(faulty.allocate, 4096).result(timeout=60)
+        assert ex.submit(faulty.allocate, 8).result(timeout=60) == 8 * 1024 * 1024
+
+
+def _memory_cgroup_parent():
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, ctrl, path = line.strip().split(":", 2)
+                if ctrl == "memory":
+                    base = "/sys/fs/cgroup/memory" + path
+                    return base if os.access(base, os.W_OK) else None
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.timeout(180)
+def test_out_of_memory_kill_is_reported_as_such():
+    parent = _memory_cgroup_parent()
+    if os.geteuid() != 0 or parent is None:
+        pytest.skip("needs root and a writable cgroup-v1 memory controller to trigger a real OOM kill")
+    group = os.path.join(parent, f"scoopexec-oom-{os.getpid()}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as fh:
+            fh.write(str(200 * 1024 * 1024))
+        with ScoopExecutor(1, max_retries=0) as ex:
+            ex.submit(abs, 1).result(timeout=60)
+            with open(os.path.join(group, "cgroup.procs"), "w") as fh:
+                fh.write(str(ex.worker_pids[0]))
+            with pytest.raises(WorkerLostError) as info:
+                ex.submit(faulty.allocate, 1024).result(timeout=120)
+            text = str(info.value)
+            assert "SIGKILL" in text and "out-of-memory" in text, text
+            assert ex.submit(abs, -5).result(timeout=60) == 5  # replacement, outside the group
+    finally:
+        for _ in range(50):
+            try:
+                os.rmdir(group)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_max_message_size_fails_only_the_oversized_task():
+    with ScoopExecutor(1, max_message_size=1_000_000) as ex:
+        with pytest.raises(MessageTooLargeError, match="max_message_size"):
+            ex.submit(len, b"x" * 2_000_000).result(timeout=30)
+        with pytest.raises(MessageTooLargeError, match="max_message_size"):
+            ex.submit(bytes, 2_000_000).result(timeout=30)  # a 2 MB result
+        assert ex.submit(len, b"x" * 1000).result(timeout=30) == 1000
+        assert isinstance(MessageTooLargeError("x"), SerializationError)
+
+
+def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
+    code = (
+        "import time\n"
+        "from scoopexec import ScoopExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    with ScoopExecutor(2) as ex:\n"
+        "        print(*ex.worker_pids, flush=True)\n"
+        "        list(ex.map(time.sleep, [30] * 6))\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    pids = [int(x) for x in p.stdout.readline().split()]
+    time.sleep(1.0)
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    took = time.monotonic() - t
+    assert p.returncode != 0 and b"KeyboardInterrupt" in err
+    assert took < 20
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids):
+        assert time.monotonic() < deadline, "workers outlived the interrupted client"
+        time.sleep(0.05)
+
+
+def test_dead_client_tasks_are_dropped_by_a_standalone_broker():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr,
+         "--heartbeat", "0.2", "--heartbeat-timeout", "1.0"],
+        stdout=subprocess.PIPE, env=env,
+    )
+    broker.stdout.readline()
+    workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+    client = None
+    try:
+        code = (
+            "import time, sys\n"
+            "from scoopexec import ScoopExecutor\n"
+            f"ex = ScoopExecutor(broker={addr!r})\n"
+            "fs = [ex.submit(time.sleep, 0.5) for _ in range(40)]\n"
+            "print('submitted', flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+        assert client.stdout.readline().strip() == b"submitted"
+        time.sleep(0.3)
+        client.kill()
+        client.wait()
+        client.stdout.close()
+        from scoopexec.cli import query_status
+
+        deadline = time.monotonic() + 30
+        while True:
+            st = query_status(addr, timeout=5)
+            if st["tasks"] == 0:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.2)
+        assert st["clients"] == 0
+    finally:
+        for p in (client, workers, broker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        broker.stdout.close()
