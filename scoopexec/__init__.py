@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from .api import as_completed, current_executor, map, shared, submit, wait
 from .errors import (
+    AuthenticationError,
     BrokenScoopExecutor,
     BrokerLostError,
     InitializerError,
+    LaunchError,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -25,9 +27,11 @@ from .executor import ScoopExecutor, ScoopFuture
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "BrokenScoopExecutor",
     "BrokerLostError",
     "InitializerError",
+    "LaunchError",
     "ProtocolError",
     "RemoteError",
     "ScoopExecutor",

@@ -25,11 +25,17 @@ Inside a client (the default) the broker runs in a thread and that client is
 an in-process peer: its submissions arrive through a deque plus a wake-up
 pipe, and its results are delivered by direct calls that resolve the futures,
 so that no extra socket hop or thread hand-off lies on the round trip.
+
+One ROUTER socket may listen on several endpoints: a private ipc socket for
+the workers started on this machine, and TCP endpoints secured with CURVE for
+other hosts (security.py).  The ZAP handler that checks CURVE peers' keys is
+one more socket in the same poll loop.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import itertools
 import logging
 import math
@@ -46,6 +52,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
+from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 log = logging.getLogger("scoopexec.broker")
 
@@ -75,6 +82,7 @@ class ProcessWatcher(Protocol):
 
     def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
     def mark_hello(self, tag: str) -> None: ...
+    def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
     def replace(self, tag: str) -> bool: ...
     def describe_exit(self, tag: str, returncode: int) -> str: ...
@@ -177,6 +185,7 @@ class Broker:
         max_retries: int = 3,
         max_message_size: int = -1,
         pool_id: str | None = None,
+        curve: KeyPair | None = None,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.pool_id = pool_id or secrets.token_hex(8)
@@ -197,9 +206,12 @@ class Broker:
         r.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
         if max_message_size > 0:
             r.setsockopt(zmq.MAXMSGSIZE, max_message_size)
-        r.bind(bind)
-        self.endpoint: str = r.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.curve = curve
+        self.auth: Authenticator | None = None
+        self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
+        self.endpoint: str = self.add_endpoint(bind, secure=curve is not None and bind.startswith("tcp://"))
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | MONITOR_EVENTS)
+        self._calls: collections.deque[tuple[Callable[[], Any], cf.Future[Any]]] = collections.deque()
 
         self.tasks: dict[int, Task] = {}
         self.queue: collections.deque[int] = collections.deque()
@@ -227,6 +239,65 @@ class Broker:
         if local is not None:
             self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
 
+    # ------------------------------------------------------------- endpoints
+    def add_endpoint(self, endpoint: str, *, secure: bool) -> str:
+        """Listen on one more endpoint; return it as bound (the port filled in).
+
+        ``secure`` endpoints use CURVE, and only peers whose public key was
+        given to :meth:`allow` get in.  Call it before :meth:`run` or, once the
+        loop runs, through :meth:`call_soon`.
+        """
+        r = self.router
+        if secure:
+            if self.curve is None:
+                self.curve = KeyPair.new()
+            if self.auth is None:
+                self.auth = Authenticator(self.ctx)  # before the listener exists
+            r.setsockopt(zmq.CURVE_SERVER, 1)
+            r.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+        elif not is_loopback(endpoint):
+            raise ValueError(f"refusing to listen on {endpoint!r} without CURVE security")
+        else:
+            r.setsockopt(zmq.CURVE_SERVER, 0)
+        try:
+            r.bind(endpoint)
+        finally:
+            r.setsockopt(zmq.CURVE_SERVER, 0)  # later listeners choose again
+        bound = str(r.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.endpoints.append((bound, secure))
+        return bound
+
+    def allow(self, public: bytes) -> None:
+        """Accept CURVE peers with this public key (thread-safe)."""
+        if self.auth is None:
+            raise RuntimeError("this broker has no secured endpoint")
+        self.auth.allow(public)
+
+    def revoke(self, public: bytes) -> None:
+        """Refuse new connections with this public key (thread-safe)."""
+        if self.auth is not None:
+            self.auth.revoke(public)
+
+    def call_soon(self, fn: Callable[[], Any]) -> cf.Future[Any]:
+        """Run ``fn`` in the broker's loop (sockets are not thread-safe); thread-safe."""
+        fut: cf.Future[Any] = cf.Future()
+        self._calls.append((fn, fut))
+        try:
+            os.write(self._stop_fd_w, b"c")
+        except OSError:
+            pass
+        return fut
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         """Serve until stop() is called.  Runs in a thread or as a process's main loop."""
@@ -237,8 +308,14 @@ class Broker:
         if self.local is not None:
             poller.register(self.local.wake_fd, zmq.POLLIN)
         next_tick = time.monotonic()
+        auth = None
         try:
             while not self._stopping:
+                if self.auth is not auth:
+                    auth = self.auth
+                    assert auth is not None
+                    poller.register(auth.socket, zmq.POLLIN)
+                    auth.handle()
                 timeout = 50 if self._backlogged else max(0, int((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout)
                 for sock, _ in events:
@@ -246,6 +323,12 @@ class Broker:
                         self._drain_router()
                     elif sock is self.monitor:
                         self._drain_monitor()
+                    elif auth is not None and sock is auth.socket:
+                        auth.handle()
+                    elif sock == self._stop_fd_r:
+                        self._drain_stop_pipe()
+                if self._calls:
+                    self._run_calls()
                 if self.local is not None:
                     self.local.drain_wake()
                     self._drain_local()
@@ -259,6 +342,13 @@ class Broker:
                     self._tick()
         finally:
             self._close()
+
+    def _drain_stop_pipe(self) -> None:
+        try:
+            while os.read(self._stop_fd_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -285,6 +375,12 @@ class Broker:
             pass
         self.monitor.close(linger=0)
         self.router.close(linger=200)
+        if self.auth is not None:
+            self.auth.close()
+        while self._calls:
+            _, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("the broker stopped"))
         os.close(self._stop_fd_r)
         os.close(self._stop_fd_w)
 
@@ -390,7 +486,9 @@ class Broker:
                 event = parse_monitor_message(msg)
             except Exception:
                 continue
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] & MONITOR_EVENTS:
+                self.dropped["failed handshake"] += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 key = self.fds.pop(int(event["value"]), None)
                 if key is not None:
                     self._probe(key, "its connection closed")
@@ -855,7 +953,7 @@ class Broker:
         self._forget_fd(w.key)
         host = w.info.get("host", "?")
         pid = w.info.get("pid", "?")
-        if not exit_info and w.tag and self.watcher is not None:
+        if not exit_info and w.tag and self.watcher is not None and self.watcher.owns_process(w.tag):
             exit_info = self._local_exit_info(w.tag)
         where = f"worker {w.name} (pid {pid} on {host})"
         reason = exit_info or why
@@ -907,17 +1005,19 @@ class Broker:
 
     def _local_exited(self, tag: str, rc: int) -> None:
         assert self.watcher is not None
-        for w in list(self.workers.values()):
-            if w.tag == tag:
-                self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
-                break
-        else:
+        # A tag names one local worker process, or a group of workers started
+        # together on another host (their tags are "GROUP.N").
+        lost = [w for w in self.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        for w in lost:
+            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
+        if not lost:
             self._recent_losses.append(self.watcher.describe_exit(tag, rc))
         if not self._stopping and not self.watcher.replace(tag) and not self.workers:
-            text = "; ".join(self._recent_losses) or "worker processes keep exiting"
+            why = "; ".join(self._recent_losses) or "worker processes keep exiting"
+            text = f"no worker is left, and none could be started or replaced: {why}"
             for c in list(self.clients.values()):
                 if not c.broken:
-                    self._break_client(c, "broken", f"no worker could be started: {text}")
+                    self._break_client(c, "broken", text)
 
     def _tick(self) -> None:
         if self.watcher is not None:
@@ -942,6 +1042,8 @@ class Broker:
             "tasks_per_second": round(self._rate, 1),
             "clients": len(self.clients),
             "dropped": dict(self.dropped),
+            "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.endpoints],
+            "refused_keys": self.auth.refused if self.auth is not None else 0,
             "workers": [
                 {
                     "id": w.key.hex(),
