@@ -332,15 +332,19 @@ class HandshakeWatch:
                 f"the broker at {self.endpoint} refused this key (status {value}): it is not among "
                 "the keys that broker accepts; use the key file it wrote when it last started"
             )
-        if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-            self.failures += 1
-            if self.failures < self.REPEATS:
-                return None
-            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not self.secure:
+        mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and mismatch:
+            # Certain at once (and libzmq may not try again): one side uses CURVE, the other not.
+            if not self.secure:
                 return (
                     f"the broker at {self.endpoint} requires CURVE security: give its key file "
                     "(key=... or --key FILE)"
                 )
+            return f"the broker at {self.endpoint} does not use CURVE security: connect without a key"
+        if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            self.failures += 1
+            if self.failures < self.REPEATS:
+                return None
             if self.secure:
                 return (
                     f"the CURVE handshake with the broker at {self.endpoint} failed "
