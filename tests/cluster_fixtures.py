@@ -343,8 +343,11 @@ class SlurmCluster:
         finally:
             log.close()
 
-    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=60, **kw)
+    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120,
+            **kw) -> subprocess.CompletedProcess:  # fmt: skip
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=env or self.env, timeout=timeout, check=False, **kw
+        )
 
     def _all_idle(self) -> bool:
         for p in self.procs:
@@ -353,13 +356,14 @@ class SlurmCluster:
         out = self.run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.split()
         return len(out) == len(self.nodes) and all(s == "idle" for s in out)
 
-    def sbatch(self, script: str, *args: str, timeout: float = 120) -> tuple[int, str]:
+    def sbatch(self, script: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 120) -> tuple[int, str]:  # fmt: skip
         """Run a batch job to its end; return (exit code, its output)."""
         path = os.path.join(self.root, f"job-{next(_jobs)}.sh")
         out = path + ".out"
         with open(path, "w") as fh:
             fh.write(script)
-        r = self.run(["sbatch", "--parsable", "-o", out, *args, path])
+        r = self.run(["sbatch", "--parsable", "-o", out, *args, path], env=env)
         assert r.returncode == 0, r.stderr
         job = r.stdout.strip().split(";")[0]
         try:
