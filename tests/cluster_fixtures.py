@@ -195,7 +195,8 @@ class SSHServer:
         path = os.path.join(self.dir, name)
         key = " ".join(pub.split()[:2])
         with open(path, "w") as fh:
-            fh.write(f"[{self.address}]:{self.port} {key}\n")
+            name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+            fh.write(f"{name} {key}\n")
         return path
 
     def ssh_config(self, aliases: Sequence[str], *, name: str = "ssh_config", known_hosts: str | None = None,
