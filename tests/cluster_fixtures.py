@@ -338,8 +338,14 @@ class SlurmCluster:
         log = open(os.path.join(self.root, "log", f"{name}.stdout"), "wb")
         try:
             self.procs.append(
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=getattr(self, "env", None))  # fmt: skip
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=getattr(self, "env", None),
+                )
             )
         finally:
             log.close()
@@ -415,7 +421,7 @@ _ns_count = itertools.count(1)
 
 
 def _used_subnets() -> set[int]:
-    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
     used = set()
     for word in out.split():
         if word.startswith("198.18."):
@@ -433,7 +439,8 @@ class Namespace:
         self.veth = f"sxv{tag}"
         self.peer = f"sxp{tag}"
         used = _used_subnets()
-        k = next(i for i in itertools.chain(range(100 + os.getpid() % 100, 250), range(1, 250)) if i not in used)
+        start = 100 + os.getpid() % 100
+        k = next(i for i in itertools.chain(range(start, 250), range(1, 250)) if i not in used)
         self.host_ip = f"198.18.{k}.1"  # our side
         self.ip = f"198.18.{k}.2"  # the namespace's address
         self.created = False
@@ -453,7 +460,7 @@ class Namespace:
 
     @staticmethod
     def _ip(*args: str) -> None:
-        r = subprocess.run(["ip", *args], capture_output=True, text=True)
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
         if r.returncode != 0:
             if "Operation not permitted" in r.stderr or "Permission denied" in r.stderr:
                 pytest.skip(f"network namespaces are not allowed here: {r.stderr.strip()}")
@@ -466,7 +473,8 @@ class Namespace:
     def cut(self) -> None:
         """Drop every packet in and out of the namespace (its link stays up)."""
         for chain in ("INPUT", "OUTPUT"):
-            subprocess.run([*self.prefix, "iptables", "-A", chain, "-j", "DROP"], check=True, capture_output=True)
+            cmd = [*self.prefix, "iptables", "-A", chain, "-j", "DROP"]
+            subprocess.run(cmd, check=True, capture_output=True)
 
     def processes(self) -> list[psutil.Process]:
         """Processes that run inside this namespace."""
@@ -485,10 +493,11 @@ class Namespace:
 
     def delete(self) -> None:
         if self.created:
-            subprocess.run([*self.prefix, "iptables", "-F"], capture_output=True)
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+            subprocess.run([*self.prefix, "iptables", "-F"], capture_output=True, check=False)
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
             self.created = False
-        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)  # gVisor keeps it
+        # gVisor keeps the veth when its namespace goes
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)
 
 
 def python_in(ns: Namespace | None = None) -> list[str]:

@@ -40,7 +40,8 @@ def _env(cluster):
 
 
 def _parse(out: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:1].isupper() and " " in line}
+    lines = [line.split() for line in out.splitlines() if line[:1].isupper() and " " in line]
+    return {words[0]: words[1:] for words in lines}
 
 
 def test_sbatch_job_spreads_tasks_over_the_allocation(slurm, tmp_path):  # noqa: F811

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -64,7 +63,8 @@ def test_wrong_host_key_is_refused(sshd, tmp_path):  # noqa: F811
     other = keygen(str(tmp_path / "other_host_key"), "not-the-server")
     known = sshd.write_known_hosts("known_hosts_wrong", other)
     config = sshd.ssh_config(["node1"], name="ssh_config_wrong", known_hosts=known)
-    with pytest.raises(LaunchError, match=r"node1[\s\S]*(HOST IDENTIFICATION HAS CHANGED|Host key verification failed)"):
+    refused = r"node1[\s\S]*(HOST IDENTIFICATION HAS CHANGED|Host key verification failed)"
+    with pytest.raises(LaunchError, match=refused):
         ScoopExecutor(hosts=["node1:1"], ssh=["ssh", "-F", config])
 
 
