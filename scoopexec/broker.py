@@ -235,6 +235,7 @@ class Broker:
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
+        self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
 
         if local is not None:
             self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
@@ -493,8 +494,14 @@ class Broker:
                 if key is not None:
                     self._probe(key, "its connection closed")
 
-    def _probe(self, key: bytes, why: str) -> None:
-        """A peer's connection closed: is the routing id still reachable?"""
+    def _probe(self, key: bytes, why: str, until: float | None = None) -> None:
+        """A peer's connection closed: is the routing id still reachable?
+
+        The ROUTER learns that a connection's pipe is gone a little after the
+        monitor reports it, so a probe that gets through is tried again on
+        the next ticks (until a new HELLO, or heartbeat_timeout): a remote
+        worker has no process here whose exit would tell.
+        """
         try:
             self.router.send(key, zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(P.header(P.PING))
@@ -502,7 +509,21 @@ class Broker:
             return  # alive (a newer connection exists), just busy
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
+                self._suspects.pop(key, None)
                 self._peer_gone(key, why)
+            return
+        if until is None:
+            until = time.monotonic() + self.heartbeat_timeout
+        self._suspects[key] = (until, why)
+
+    def _reprobe(self) -> None:
+        now = time.monotonic()
+        registered = set(self.fds.values())
+        for key, (until, why) in list(self._suspects.items()):
+            del self._suspects[key]
+            if now > until or key in registered or (key not in self.workers and key not in self.clients):
+                continue  # reconnected (it said HELLO again), still answering, or already gone
+            self._probe(key, why, until)
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, info: dict[str, Any], fd: int, extra: list[zmq.Frame]) -> None:
@@ -1020,6 +1041,8 @@ class Broker:
                     self._break_client(c, "broken", text)
 
     def _tick(self) -> None:
+        if self._suspects:
+            self._reprobe()
         if self.watcher is not None:
             for tag, _pid, rc in self.watcher.reap():
                 self._local_exited(tag, rc)

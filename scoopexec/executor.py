@@ -318,7 +318,7 @@ class _Link:
                 n=h.slots,
                 heartbeat=o["heartbeat"],
                 heartbeat_timeout=o["heartbeat_timeout"],
-                connect_timeout=o["launch_timeout"],
+                connect_timeout=o["launch_timeout"] * 0.75,  # says why before we give up
             )
             argv = ssh_command(
                 h,
@@ -346,7 +346,7 @@ class _Link:
                 tag=tag,
                 heartbeat=o["heartbeat"],
                 heartbeat_timeout=o["heartbeat_timeout"],
-                connect_timeout=o["launch_timeout"],
+                connect_timeout=o["launch_timeout"] * 0.75,
                 group=False,
             )
             argv = srun_command(srun, args, python=o["python"], cwd=o["cwd"])
@@ -1025,7 +1025,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
         hosts were stopped.  Their running tasks go to other workers; with none left, tasks wait
         for workers to be added.
         """
-        names = {h.name for h in parse_hosts(hosts)} if not isinstance(hosts, str) or hosts else set()
+        names = {h.name for h in parse_hosts(hosts)}
         launchers = self._link.workers
         if launchers is None:
             return 0

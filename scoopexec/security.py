@@ -352,5 +352,8 @@ class HandshakeWatch:
                     "(was the broker restarted? it makes new keys each time), or no scoopexec "
                     "CURVE broker listens there"
                 )
-            return f"the handshake with the broker at {self.endpoint} failed {self.failures} times"
+            return (
+                f"the handshake with the broker at {self.endpoint} failed {self.failures} times: that "
+                "broker most likely requires CURVE security: give its key file (key=... or --key FILE)"
+            )
         return None

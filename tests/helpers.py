@@ -94,3 +94,10 @@ def slow_where(seconds):
 
     time.sleep(seconds)
     return where_am_i()
+
+
+def crash_worker(code=1):
+    """End the worker process running this task at once."""
+    import os
+
+    os._exit(code)

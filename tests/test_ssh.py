@@ -198,3 +198,22 @@ def test_bad_host_specs_name_the_problem(tmp_path):
         ScoopExecutor(hosts=["a"], hostfile=str(bad))
     with pytest.raises(ValueError, match="offer 3 slots"):
         ScoopExecutor(5, hosts=["a:2", "b:1"])
+
+
+def test_host_without_count_runs_one_worker_per_cpu_and_crashed_workers_are_replaced(sshd):  # noqa: F811
+    from scoopexec import WorkerLostError
+    from scoopexec.executor import _default_workers
+
+    with _pool(sshd, ["node1"], max_retries=1) as ex:
+        deadline = time.monotonic() + 60
+        while len(ex._link.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ex._link.broker.status()["workers"]) == _default_workers()
+        with pytest.raises(WorkerLostError):
+            ex.submit(helpers.crash_worker).result(timeout=120)
+        # the remote worker group started replacements: the pool is whole again
+        deadline = time.monotonic() + 60
+        while len(ex._link.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ex._link.broker.status()["workers"]) == _default_workers()
+        assert all(r[1] for r in ex.map(helpers.slow_where, [0.01] * 8))
