@@ -81,3 +81,61 @@ def test_outside_an_allocation_auto_means_local(monkeypatch):
     with ScoopExecutor(2, hosts="auto") as ex:
         assert len(ex.worker_pids) == 2
         assert ex.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_killing_the_client_in_an_allocation_leaves_no_worker(slurm, tmp_path):  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    prog = tmp_path / "client.py"
+    prog.write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            from scoopexec import ScoopExecutor
+            from tests import helpers
+            if __name__ == "__main__":
+                ex = ScoopExecutor(hosts="auto")
+                pids = set()
+                while len(pids) < 3:
+                    pids |= {r[0] for r in ex.map(helpers.slow_where, [0.05] * 12)}
+                print(os.getpid(), *sorted(pids), flush=True)
+                ex.submit(time.sleep, 600)
+                time.sleep(600)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        ["salloc", "-N3", "-n3", sys.executable, str(prog)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=_env(slurm),
+        cwd=str(tmp_path),
+    )
+    try:
+        client, *workers = (int(p) for p in proc.stdout.readline().split())
+        assert len(workers) == 3
+        os.kill(client, signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 60
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in workers if _running(p)]
+        time.sleep(0.2)
+    assert not alive, f"workers left behind: {alive}"
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
