@@ -319,6 +319,7 @@ class _Link:
                 heartbeat=o["heartbeat"],
                 heartbeat_timeout=o["heartbeat_timeout"],
                 connect_timeout=o["launch_timeout"] * 0.75,  # says why before we give up
+                keep_cwd=o["keep_cwd"],
             )
             argv = ssh_command(
                 h,
@@ -348,6 +349,7 @@ class _Link:
                 heartbeat_timeout=o["heartbeat_timeout"],
                 connect_timeout=o["launch_timeout"] * 0.75,
                 group=False,
+                keep_cwd=o["keep_cwd"],
             )
             argv = srun_command(srun, args, python=o["python"], cwd=o["cwd"])
             env = dict(os.environ, PYTHONPATH=remote_pythonpath(), **o["env"])
@@ -416,6 +418,7 @@ class _LocalLink(_Link):
         python: str | None,
         env: Mapping[str, str] | None,
         max_message_size: int,
+        cwd: str | None = None,
     ) -> None:
         if bind is not None:
             check_endpoint(bind, secure=True, what="bind endpoint")
@@ -450,6 +453,8 @@ class _LocalLink(_Link):
                     n,
                     python=python,
                     env=env,
+                    cwd=cwd,
+                    extra=["--keep-cwd"] if cwd is not None else (),
                     heartbeat=heartbeat,
                     heartbeat_timeout=heartbeat_timeout,
                 )
@@ -648,6 +653,8 @@ class _RemoteLink(_Link):
                 0,
                 python=self.launch_options.get("python"),
                 env=self.launch_options.get("env"),
+                cwd=self.launch_options["cwd"] if self.launch_options.get("keep_cwd") else None,
+                extra=["--keep-cwd"] if self.launch_options.get("keep_cwd") else (),
                 heartbeat=self.launch_options.get("heartbeat", 1.0),
                 heartbeat_timeout=self.launch_options.get("heartbeat_timeout", 5.0),
                 replace=False,
@@ -918,6 +925,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
             "python": python or sys.executable,
             "env": env,
             "cwd": os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
+            "keep_cwd": cwd is not None,
             "ssh": list(ssh) if ssh is not None else ["ssh"],
             "heartbeat": heartbeat,
             "heartbeat_timeout": heartbeat_timeout,
@@ -944,6 +952,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 python=python,
                 env=env,
                 max_message_size=max_message_size,
+                cwd=launch_options["cwd"] if cwd is not None else None,
             )
         else:
             if bind is not None:

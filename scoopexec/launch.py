@@ -266,6 +266,8 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         extra += ["--connect-timeout", repr(args.connect_timeout)]
     if args.no_forward_output:
         extra.append("--no-forward-output")
+    if args.keep_cwd:
+        extra.append("--keep-cwd")
     stop = threading.Event()
     if args.watch_stdin:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

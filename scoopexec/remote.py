@@ -91,6 +91,7 @@ def worker_args(
     connect_timeout: float,
     n: int | None = None,
     group: bool = True,
+    keep_cwd: bool = False,
 ) -> list[str]:
     """``scoopexec worker`` arguments for a launched worker (or group of workers)."""
     args = ["-m", "scoopexec", "worker"]
@@ -98,6 +99,8 @@ def worker_args(
     args += ["--key-stdin", "--watch-stdin", "--ready", "--tag", tag]
     args += ["--heartbeat", repr(heartbeat), "--heartbeat-timeout", repr(heartbeat_timeout)]
     args += ["--connect-timeout", repr(connect_timeout)]
+    if keep_cwd:
+        args.append("--keep-cwd")
     if group:
         args += ["-n", str(n) if n is not None else "auto"]
     return args

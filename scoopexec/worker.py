@@ -222,6 +222,7 @@ class Worker:
         curve: Credentials | None = None,
         ready: bool = False,
         connect_timeout: float = 0.0,
+        keep_cwd: bool = False,
     ) -> None:
         self.ctx = context or zmq.Context()
         self.connect_to = connect
@@ -245,6 +246,7 @@ class Worker:
             curve.apply(s)
         self._handshakes = HandshakeWatch(connect, curve is not None)
         self._ready = ready
+        self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
         self._connect_timeout = connect_timeout
         self._monitor = s.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
@@ -761,7 +763,7 @@ class Worker:
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
             cwd = plain.get("cwd")
-            if cwd and os.path.isdir(cwd):
+            if cwd and os.path.isdir(cwd) and not self.keep_cwd:
                 os.chdir(cwd)
             main = plain.get("main") or {}
             self.importing_main = True
@@ -957,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
     ap.add_argument(
         "--connect-timeout",
         type=float,
@@ -1018,5 +1021,6 @@ def main(argv: list[str] | None = None) -> int:
         curve=creds,
         ready=args.ready,
         connect_timeout=args.connect_timeout,
+        keep_cwd=args.keep_cwd,
     ).serve()
     return 0

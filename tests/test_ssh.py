@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -217,3 +218,20 @@ def test_host_without_count_runs_one_worker_per_cpu_and_crashed_workers_are_repl
             time.sleep(0.05)
         assert len(ex._link.broker.status()["workers"]) == _default_workers()
         assert all(r[1] for r in ex.map(helpers.slow_where, [0.01] * 8))
+
+
+def test_remote_command_line_is_quoted(sshd, tmp_path):  # noqa: F811
+    odd = tmp_path / "dir with 'quotes' $HOME; and spaces"
+    odd.mkdir()
+    value = "a b; echo pwned $(id) `id` \"x\" 'y' \\ end"
+    with _pool(sshd, ["node1:1"], cwd=str(odd), env={"SCOOPEXEC_TEST_MARK": value}) as ex:
+        _pid, ssh_conn, cwd, mark, _node = ex.submit(helpers.where_am_i).result(timeout=60)
+        assert ssh_conn and mark == value
+        assert cwd == str(odd), "cwd= is where remote tasks run"
+
+
+def test_cwd_applies_to_local_workers_too(tmp_path):
+    with ScoopExecutor(1, cwd=str(tmp_path)) as ex:
+        assert ex.submit(helpers.where_am_i).result(timeout=60)[2] == str(tmp_path)
+    with ScoopExecutor(1) as ex:
+        assert ex.submit(helpers.where_am_i).result(timeout=60)[2] == os.getcwd()
