@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from .api import as_completed, current_executor, map, shared, submit, wait
 from .errors import (
+    AuthenticationError,
     BrokenScoopExecutor,
     BrokerLostError,
     InitializerError,
     MessageTooLargeError,
+    LaunchError,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -26,10 +28,12 @@ from .executor import ScoopExecutor, ScoopFuture
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "BrokenScoopExecutor",
     "BrokerLostError",
     "InitializerError",
     "MessageTooLargeError",
+    "LaunchError",
     "ProtocolError",
     "RemoteError",
     "ScoopExecutor",

@@ -25,11 +25,17 @@ Inside a client (the default) the broker runs in a thread and that client is
 an in-process peer: its submissions arrive through a deque plus a wake-up
 pipe, and its results are delivered by direct calls that resolve the futures,
 so that no extra socket hop or thread hand-off lies on the round trip.
+
+One ROUTER socket may listen on several endpoints: a private ipc socket for
+the workers started on this machine, and TCP endpoints secured with CURVE for
+other hosts (security.py).  The ZAP handler that checks CURVE peers' keys is
+one more socket in the same poll loop.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import itertools
 import logging
 import math
@@ -46,6 +52,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
+from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 log = logging.getLogger("scoopexec.broker")
 
@@ -75,6 +82,7 @@ class ProcessWatcher(Protocol):
 
     def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
     def mark_hello(self, tag: str) -> None: ...
+    def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
@@ -180,6 +188,7 @@ class Broker:
         max_retries: int = 3,
         max_message_size: int = -1,
         pool_id: str | None = None,
+        curve: KeyPair | None = None,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.pool_id = pool_id or secrets.token_hex(8)
@@ -202,9 +211,12 @@ class Broker:
             # Peers check sizes themselves and fail the one task; this is the
             # hard guard against a peer that does not (it gets disconnected).
             r.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
-        r.bind(bind)
-        self.endpoint: str = r.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.curve = curve
+        self.auth: Authenticator | None = None
+        self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
+        self.endpoint: str = self.add_endpoint(bind, secure=curve is not None and bind.startswith("tcp://"))
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | MONITOR_EVENTS)
+        self._calls: collections.deque[tuple[Callable[[], Any], cf.Future[Any]]] = collections.deque()
 
         self.tasks: dict[int, Task] = {}
         self.queue: collections.deque[int] = collections.deque()
@@ -229,11 +241,72 @@ class Broker:
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self._poller: zmq.Poller | None = None
+        self._poll_auth: Authenticator | None = None
         self._next_tick = time.monotonic()
         self.max_message_size = max_message_size
+        self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
 
         if local is not None:
             self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
+
+    # ------------------------------------------------------------- endpoints
+    def add_endpoint(self, endpoint: str, *, secure: bool) -> str:
+        """Listen on one more endpoint; return it as bound (the port filled in).
+
+        ``secure`` endpoints use CURVE, and only peers whose public key was
+        given to :meth:`allow` get in.  Call it before :meth:`run` or, once the
+        loop runs, through :meth:`call_soon`.
+        """
+        r = self.router
+        if secure:
+            if self.curve is None:
+                self.curve = KeyPair.new()
+            if self.auth is None:
+                self.auth = Authenticator(self.ctx)  # before the listener exists
+            r.setsockopt(zmq.CURVE_SERVER, 1)
+            r.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+        elif not is_loopback(endpoint):
+            raise ValueError(f"refusing to listen on {endpoint!r} without CURVE security")
+        else:
+            r.setsockopt(zmq.CURVE_SERVER, 0)
+        try:
+            r.bind(endpoint)
+        finally:
+            r.setsockopt(zmq.CURVE_SERVER, 0)  # later listeners choose again
+        bound = str(r.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.endpoints.append((bound, secure))
+        return bound
+
+    def allow(self, public: bytes) -> None:
+        """Accept CURVE peers with this public key (thread-safe)."""
+        if self.auth is None:
+            raise RuntimeError("this broker has no secured endpoint")
+        self.auth.allow(public)
+
+    def revoke(self, public: bytes) -> None:
+        """Refuse new connections with this public key (thread-safe)."""
+        if self.auth is not None:
+            self.auth.revoke(public)
+
+    def call_soon(self, fn: Callable[[], Any]) -> cf.Future[Any]:
+        """Run ``fn`` in the broker's loop (sockets are not thread-safe); thread-safe."""
+        fut: cf.Future[Any] = cf.Future()
+        self._calls.append((fn, fut))
+        try:
+            os.write(self._stop_fd_w, b"c")
+        except OSError:
+            pass
+        return fut
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -246,24 +319,37 @@ class Broker:
 
     def step(self, timeout: float | None = None) -> None:
         """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
-        if self._poller is None:
+        poller = self._poller
+        if poller is None:
             poller = self._poller = zmq.Poller()
             poller.register(self.router, zmq.POLLIN)
             poller.register(self.monitor, zmq.POLLIN)
             poller.register(self._stop_fd_r, zmq.POLLIN)
             if self.local is not None:
                 poller.register(self.local.wake_fd, zmq.POLLIN)
+        auth = self.auth
+        if auth is not self._poll_auth:
+            self._poll_auth = auth
+            assert auth is not None
+            poller.register(auth.socket, zmq.POLLIN)
+            auth.handle()
         if timeout is not None:
             ms = int(timeout * 1000)
         elif self._backlogged:
             ms = 50
         else:
             ms = max(0, int((self._next_tick - time.monotonic()) * 1000))
-        for sock, _ in self._poller.poll(ms):
+        for sock, _ in poller.poll(ms):
             if sock is self.router:
                 self._drain_router()
             elif sock is self.monitor:
                 self._drain_monitor()
+            elif auth is not None and sock is auth.socket:
+                auth.handle()
+            elif sock == self._stop_fd_r:
+                self._drain_stop_pipe()
+        if self._calls:
+            self._run_calls()
         if self.local is not None:
             self.local.drain_wake()
             self._drain_local()
@@ -275,6 +361,13 @@ class Broker:
         if now >= self._next_tick:
             self._next_tick = now + 0.05
             self._tick()
+
+    def _drain_stop_pipe(self) -> None:
+        try:
+            while os.read(self._stop_fd_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -301,6 +394,12 @@ class Broker:
             pass
         self.monitor.close(linger=0)
         self.router.close(linger=200)
+        if self.auth is not None:
+            self.auth.close()
+        while self._calls:
+            _, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("the broker stopped"))
         os.close(self._stop_fd_r)
         os.close(self._stop_fd_w)
 
@@ -410,13 +509,21 @@ class Broker:
                 event = parse_monitor_message(msg)
             except Exception:
                 continue
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] & MONITOR_EVENTS:
+                self.dropped["failed handshake"] += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 key = self.fds.pop(int(event["value"]), None)
                 if key is not None:
                     self._probe(key, "its connection closed")
 
-    def _probe(self, key: bytes, why: str) -> None:
-        """A peer's connection closed: is the routing id still reachable?"""
+    def _probe(self, key: bytes, why: str, until: float | None = None) -> None:
+        """A peer's connection closed: is the routing id still reachable?
+
+        The ROUTER learns that a connection's pipe is gone a little after the
+        monitor reports it, so a probe that gets through is tried again on
+        the next ticks (until a new HELLO, or heartbeat_timeout): a remote
+        worker has no process here whose exit would tell.
+        """
         try:
             self.router.send(key, zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(P.header(P.PING))
@@ -424,7 +531,21 @@ class Broker:
             return  # alive (a newer connection exists), just busy
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
+                self._suspects.pop(key, None)
                 self._peer_gone(key, why)
+            return
+        if until is None:
+            until = time.monotonic() + self.heartbeat_timeout
+        self._suspects[key] = (until, why)
+
+    def _reprobe(self) -> None:
+        now = time.monotonic()
+        registered = set(self.fds.values())
+        for key, (until, why) in list(self._suspects.items()):
+            del self._suspects[key]
+            if now > until or key in registered or (key not in self.workers and key not in self.clients):
+                continue  # reconnected (it said HELLO again), still answering, or already gone
+            self._probe(key, why, until)
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, info: dict[str, Any], fd: int, extra: list[zmq.Frame]) -> None:
@@ -890,7 +1011,7 @@ class Broker:
         self._forget_fd(w.key)
         host = w.info.get("host", "?")
         pid = w.info.get("pid", "?")
-        if not exit_info and w.tag and self.watcher is not None:
+        if not exit_info and w.tag and self.watcher is not None and self.watcher.owns_process(w.tag):
             exit_info = self._local_exit_info(w.tag)
             if not exit_info:
                 # Alive but unreachable (stopped, stuck in native code): it is
@@ -950,25 +1071,29 @@ class Broker:
 
     def _local_exited(self, tag: str, rc: int) -> None:
         assert self.watcher is not None
-        for w in list(self.workers.values()):
-            if w.tag == tag:
-                self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
-                break
-        else:
+        # A tag names one local worker process, or a group of workers started
+        # together on another host (their tags are "GROUP.N").
+        lost = [w for w in self.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        for w in lost:
+            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
+        if not lost:
             self._recent_losses.append(self.watcher.describe_exit(tag, rc))
         self._replace_local(tag)
 
     def _replace_local(self, tag: str) -> None:
-        """Start a new local worker for one that exited, unless they keep dying at start-up."""
+        """Start a new worker for one that exited, unless they keep dying at start-up."""
         assert self.watcher is not None
         if self._stopping or self.watcher.replace(tag) or self.workers or self.watcher.starting():
             return
-        text = "; ".join(self._recent_losses) or "worker processes keep exiting"
+        why = "; ".join(self._recent_losses) or "worker processes keep exiting"
+        text = f"no worker is left, and none could be started or replaced: {why}"
         for c in list(self.clients.values()):
             if not c.broken:
-                self._break_client(c, "broken", f"no worker could be started: {text}")
+                self._break_client(c, "broken", text)
 
     def _tick(self) -> None:
+        if self._suspects:
+            self._reprobe()
         if self.watcher is not None:
             for tag, _pid, rc in self.watcher.reap():
                 self._local_exited(tag, rc)
@@ -991,6 +1116,8 @@ class Broker:
             "tasks_per_second": round(self._rate, 1),
             "clients": len(self.clients),
             "dropped": dict(self.dropped),
+            "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.endpoints],
+            "refused_keys": self.auth.refused if self.auth is not None else 0,
             "workers": [
                 {
                     "id": w.key.hex(),

@@ -10,26 +10,43 @@ from typing import Any
 
 
 def broker_main(argv: list[str]) -> int:
+    """``python -m scoopexec broker``: a long-lived pool that clients and workers join."""
     from .broker import Broker
-    from .executor import _check_local_endpoint
+    from .security import Credentials, KeyPair, check_endpoint, write_key_file
 
     ap = argparse.ArgumentParser(prog="python -m scoopexec broker")
     ap.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to listen on")
+    ap.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="secure the endpoint with CURVE and write the key that clients and workers need to FILE "
+        "(mode 0600; new keys at every start); required unless the endpoint is loopback or ipc",
+    )
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
     ap.add_argument("--max-retries", type=int, default=3)
     args = ap.parse_args(argv)
+    secure = args.key_file is not None
     try:
-        _check_local_endpoint(args.bind)
+        check_endpoint(args.bind, secure=secure, what="bind endpoint")
     except ValueError as exc:
-        ap.error(str(exc))
+        ap.error(f"{exc}; for this command: --key-file FILE")
+    if secure and args.bind.startswith("ipc://"):
+        ap.error("--key-file secures TCP endpoints; an ipc:// endpoint is protected by file permissions")
+    server = KeyPair.new() if secure else None
     b = Broker(
         args.bind,
         heartbeat=args.heartbeat,
         heartbeat_timeout=args.heartbeat_timeout,
         max_retries=args.max_retries,
+        curve=server,
     )
-    print(f"scoopexec broker {b.pool_id} listening on {b.endpoint}", flush=True)
+    if server is not None:
+        peer = KeyPair.new()
+        b.allow(peer.public)
+        write_key_file(args.key_file, Credentials.for_pair(server.public, peer))
+    security = f", CURVE key in {args.key_file}" if secure else ""
+    print(f"scoopexec broker {b.pool_id} listening on {b.endpoint}{security}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: b.stop())
     try:
         b.run()

@@ -6,10 +6,12 @@ import pickle
 from concurrent.futures import BrokenExecutor
 
 __all__ = [
+    "AuthenticationError",
     "BrokenScoopExecutor",
     "BrokerLostError",
     "InitializerError",
     "MessageTooLargeError",
+    "LaunchError",
     "ProtocolError",
     "RemoteError",
     "SerializationError",
@@ -28,6 +30,36 @@ class InitializerError(BrokenScoopExecutor):
 
 class BrokerLostError(BrokenScoopExecutor):
     """The connection to the broker was lost; pending futures cannot complete."""
+
+
+class AuthenticationError(BrokerLostError):
+    """The broker and this client could not authenticate each other (CURVE keys)."""
+
+
+class LaunchError(BrokenScoopExecutor):
+    """Workers could not be started on a host; names the host and gives ssh's (or srun's) words.
+
+    ``host`` is the host (or hosts), ``reason`` what went wrong, ``detail``
+    the launcher's own messages.
+    """
+
+    def __init__(self, host: str, reason: str, detail: str = "", hint: str = "") -> None:
+        text = f"could not start workers on {host}: {reason}"
+        if detail:
+            text += "\n" + "\n".join("    " + line for line in detail.splitlines())
+        if hint:
+            text += f"\n({hint})"
+        super().__init__(text)
+        self.host = host
+        self.reason = reason
+        self.detail = detail
+
+    @classmethod
+    def several(cls, errors: list[LaunchError]) -> LaunchError:
+        hosts = ", ".join(e.host for e in errors)
+        exc = cls(hosts, f"{len(errors)} hosts failed")
+        exc.args = (f"could not start workers on {len(errors)} hosts:\n" + "\n".join(str(e) for e in errors),)
+        return exc
 
 
 class WorkerLostError(BrokenExecutor):

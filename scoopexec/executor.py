@@ -18,6 +18,11 @@ broker``) through a DEALER socket served by one I/O thread.
 The client keeps only the futures: a task's function and arguments are
 pickled at submit() and their bytes live in the broker until the result
 arrives; a future leaves the client's table the moment it is resolved.
+
+With ``hosts=`` / ``hostfile=`` (or ``hosts="auto"`` inside a batch job) the
+embedded broker also listens on a TCP endpoint secured with CURVE and starts
+workers on the other hosts over ssh, or with srun (remote.py); local workers
+keep the private ipc socket.  Host specs are parsed in hosts.py.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
+import functools
 import itertools
 import json
 import logging
@@ -40,19 +46,42 @@ from typing import Any
 
 import zmq
 
-from . import mainmodule
+from . import mainmodule, serialize
 from . import protocol as P
-from . import serialize
 from .broker import Broker
 from .errors import (
+    AuthenticationError,
     BrokenScoopExecutor,
     BrokerLostError,
     InitializerError,
     MessageTooLargeError,
     SerializationError,
 )
+from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
 from .launch import LocalWorkers
 from .mapping import MapMixin
+from .remote import (
+    Launchers,
+    RemoteGroup,
+    check_env,
+    launch_all,
+    remote_pythonpath,
+    slurm_address,
+    srun_command,
+    ssh_command,
+    worker_args,
+)
+from .security import (
+    MONITOR_EVENTS,
+    Credentials,
+    HandshakeWatch,
+    KeyPair,
+    check_endpoint,
+    endpoint_host,
+    is_loopback,
+    read_key_file,
+    write_key_file,
+)
 
 log = logging.getLogger("scoopexec")
 
@@ -145,7 +174,8 @@ class _Link:
         self.pool_id = ""
         self.thread: threading.Thread | None = None
         self.closed = threading.Event()
-        self.workers: LocalWorkers | None = None
+        self.workers: Launchers | None = None
+        self.launch_options: dict[str, Any] = {}
         self._syncs: list[threading.Event] = []
         self.unmatched = 0
 
@@ -284,6 +314,86 @@ class _Link:
     def setup_frames(self) -> list[bytes]:
         return self._setup
 
+    # --- workers on other hosts
+    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
+        """(endpoint, or port to connect back to, keys) for workers launched elsewhere."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def _start_local(self, n: int) -> None:
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def add_hosts(self, hosts: list[Host], srun: int = 0) -> list[RemoteGroup]:
+        """Start workers on ``hosts`` (ssh; local ones here) and ``srun`` workers; wait for them."""
+        assert self.workers is not None
+        o = self.launch_options
+        makers: list[Callable[[], RemoteGroup]] = []
+        for h in hosts:
+            if h.local:
+                continue
+            connect, back, keys = self._remote_target("ssh")
+            tag = self.workers.next_tag("S")
+            args = worker_args(
+                connect=connect,
+                connect_back=back,
+                tag=tag,
+                n=h.slots,
+                heartbeat=o["heartbeat"],
+                heartbeat_timeout=o["heartbeat_timeout"],
+                connect_timeout=o["launch_timeout"] * 0.75,  # says why before we give up
+                keep_cwd=o["keep_cwd"],
+            )
+            argv = ssh_command(
+                h,
+                ssh=o["ssh"],
+                python=o["python"],
+                cwd=o["cwd"],
+                env=o["env"],
+                args=args,
+                connect_timeout=o["connect_timeout"],
+            )
+            hint = (
+                "check that `ssh -o BatchMode=yes HOST true` works from here without a prompt, that "
+                f"{o['python']} and {o['cwd']} exist there (or pass python= / cwd=), and that the host "
+                "key is in known_hosts"
+            )
+            makers.append(
+                functools.partial(RemoteGroup, tag, h.name, "ssh", argv, keys=keys, expected=None, hint=hint)
+            )
+        if srun:
+            connect, _, keys = self._remote_target("srun")
+            tag = self.workers.next_tag("R")
+            args = worker_args(
+                connect=connect,
+                connect_back=None,
+                tag=tag,
+                heartbeat=o["heartbeat"],
+                heartbeat_timeout=o["heartbeat_timeout"],
+                connect_timeout=o["launch_timeout"] * 0.75,
+                group=False,
+                keep_cwd=o["keep_cwd"],
+            )
+            argv = srun_command(srun, args, python=o["python"], cwd=o["cwd"])
+            env = dict(os.environ, PYTHONPATH=remote_pythonpath(), **o["env"])
+            makers.append(
+                lambda: RemoteGroup(
+                    tag,
+                    "the SLURM allocation",
+                    "srun",
+                    argv,
+                    keys=keys,
+                    expected=srun,
+                    env=env,
+                    hint="srun runs inside the allocation; is there room for another job step?",
+                )
+            )
+        groups = launch_all(makers, o["launch_timeout"]) if makers else []
+        for g in groups:
+            self.workers.add(g)
+        n_local = sum(h.slots or _default_workers() for h in hosts if h.local)
+        if n_local:
+            self._start_local(n_local)
+        return groups
+
     # --- life cycle
     def request_stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -339,21 +449,21 @@ class _LocalLink(_Link):
         python: str | None,
         env: Mapping[str, str] | None,
         max_message_size: int,
+        cwd: str | None = None,
     ) -> None:
         if bind is not None:
-            _check_local_endpoint(bind)
+            check_endpoint(bind, secure=True, what="bind endpoint")
         super().__init__()
         self._setup = setup
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self._ipc_dir: str | None = None
-        if bind is None:
-            self._ipc_dir = tempfile.mkdtemp(prefix="scoopexec-")  # mode 0700
-            bind = f"ipc://{self._ipc_dir}/broker"
-            if len(bind) > 100:  # too long for a unix socket path
-                bind = "tcp://127.0.0.1:0"
+        self._ipc_dir: str | None = tempfile.mkdtemp(prefix="scoopexec-")  # mode 0700
+        private = f"ipc://{self._ipc_dir}/broker"
+        if len(private) > 100:  # too long for a unix socket path
+            private = "tcp://127.0.0.1:0"
+        self._secure: str | None = None  # a CURVE endpoint, once there is one
         try:
             self.broker = Broker(
-                bind,
+                private,
                 context=self.ctx,
                 local=self,
                 heartbeat=heartbeat,
@@ -362,14 +472,23 @@ class _LocalLink(_Link):
                 max_message_size=max_message_size,
             )
             self.pool_id = self.broker.pool_id
-            self.endpoint = self.broker.endpoint
-            self.workers = LocalWorkers(
-                self.endpoint,
-                n,
-                python=python,
-                env=env,
-                heartbeat=heartbeat,
-                heartbeat_timeout=heartbeat_timeout,
+            self.endpoint = self.private = self.broker.endpoint
+            if bind is not None:
+                secure = not is_loopback(bind)
+                self.endpoint = self.broker.add_endpoint(bind, secure=secure)
+                if secure:
+                    self._secure = self.endpoint
+            self.workers = Launchers(
+                LocalWorkers(
+                    self.private,
+                    n,
+                    python=python,
+                    env=env,
+                    cwd=cwd,
+                    extra=["--keep-cwd"] if cwd is not None else (),
+                    heartbeat=heartbeat,
+                    heartbeat_timeout=heartbeat_timeout,
+                )
             )
         except BaseException:
             self._cleanup_dir()
@@ -386,6 +505,39 @@ class _LocalLink(_Link):
 
     def request_stop(self) -> None:
         self.broker.stop()
+
+    def _in_loop(self, fn: Callable[[], Any]) -> Any:
+        if self.thread is None:
+            return fn()
+        return self.broker.call_soon(fn).result(timeout=60)
+
+    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
+        if self._secure is None:
+            self._secure = self._in_loop(lambda: self.broker.add_endpoint("tcp://0.0.0.0:0", secure=True))
+        assert self.broker.curve is not None
+        pair = KeyPair.new()
+        self.broker.allow(pair.public)
+        keys = Credentials.for_pair(self.broker.curve.public, pair)
+        host = endpoint_host(self._secure) or ""
+        port = int(self._secure.rsplit(":", 1)[1])
+        if host not in ("0.0.0.0", "*", "::", ""):
+            return self._secure, None, keys
+        if kind == "ssh":
+            return None, port, keys
+        return f"tcp://{slurm_address()}:{port}", None, keys
+
+    def _start_local(self, n: int) -> None:
+        assert self.workers is not None and self.workers.local is not None
+        self.workers.local.add(n)
+
+    def join_keys(self) -> Credentials:
+        """A new key pair this pool accepts, for a peer started by hand."""
+        if self._secure is None:
+            raise RuntimeError(
+                "this pool listens on no network endpoint: create it with "
+                "bind='tcp://0.0.0.0:PORT' (or an address of this host) to let workers join by hand"
+            )
+        return self._remote_target("key")[2]
 
     def _run(self) -> None:
         try:
@@ -419,9 +571,12 @@ class _RemoteLink(_Link):
         heartbeat: float,
         heartbeat_timeout: float,
         connect_timeout: float,
+        keys: Credentials | None = None,
     ) -> None:
-        _check_local_endpoint(endpoint)
+        check_endpoint(endpoint, secure=keys is not None, what="broker endpoint")
         super().__init__()
+        self.keys = keys
+        self._handshakes = HandshakeWatch(endpoint, keys is not None)
         self._setup = setup
         self.endpoint = endpoint
         self.heartbeat_timeout = heartbeat_timeout
@@ -436,7 +591,13 @@ class _RemoteLink(_Link):
         s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
         s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        if ":" in (endpoint_host(endpoint) or ""):
+            s.setsockopt(zmq.IPV6, 1)
+        if keys is not None:
+            keys.apply(s)
+        self.monitor = s.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
+        )
         s.connect(endpoint)
         try:
             self._handshake(connect_timeout)
@@ -459,13 +620,21 @@ class _RemoteLink(_Link):
         hello = {"role": P.CLIENT, "pid": os.getpid(), "host": _hostname()}
         self._send([P.header(P.HELLO), P.dump_json(hello), *self._setup])
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+            events = dict(poller.poll(int(left * 1000) + 1)) if left > 0 else {}
+            if self.monitor in events:
+                self._check_monitor(raise_errors=True)
+            if left <= 0 or not events:
                 raise BrokerLostError(
                     f"no scoopexec broker answered at {self.endpoint} within {timeout:g} s "
                     "(is `python -m scoopexec broker --bind ...` running there?)"
                 )
+            if self.sock not in events:
+                continue
             frames = self.sock.recv_multipart(copy=False)
             mtype, _, _ = P.unpack_header(frames[0].bytes)
             if mtype == P.WELCOME:
@@ -476,6 +645,53 @@ class _RemoteLink(_Link):
                     f"the broker at {self.endpoint} refused this client: "
                     + frames[1].bytes.decode("utf-8", "replace")
                 )
+
+    def _check_monitor(self, raise_errors: bool = False) -> float | None:
+        """Read monitor events; return the time the connection was lost (None: it is up)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        lost: float | None = self._lost_at
+        while self.monitor.poll(0):
+            ev = recv_monitor_message(self.monitor)
+            problem = self._handshakes.event(ev["event"], ev["value"])
+            if problem is not None:
+                if raise_errors:
+                    raise AuthenticationError(problem)
+                self.broken("broker", problem)
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                lost = lost or time.monotonic()
+            elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                lost = None
+        self._lost_at = lost
+        return lost
+
+    _lost_at: float | None = None
+
+    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
+        if self.keys is None or is_loopback(self.endpoint):
+            raise ValueError(
+                f"workers on other hosts cannot reach the broker at {self.endpoint}: start it with "
+                "`python -m scoopexec broker --bind tcp://0.0.0.0:PORT --key-file FILE` and give "
+                "key=FILE and broker='tcp://THIS-HOST:PORT'"
+            )
+        return self.endpoint, None, self.keys
+
+    def _start_local(self, n: int) -> None:
+        assert self.workers is not None
+        if self.workers.local is None:
+            self.workers.local = LocalWorkers(
+                self.endpoint,
+                0,
+                python=self.launch_options.get("python"),
+                env=self.launch_options.get("env"),
+                cwd=self.launch_options["cwd"] if self.launch_options.get("keep_cwd") else None,
+                extra=["--keep-cwd"] if self.launch_options.get("keep_cwd") else (),
+                heartbeat=self.launch_options.get("heartbeat", 1.0),
+                heartbeat_timeout=self.launch_options.get("heartbeat_timeout", 5.0),
+                replace=False,
+                keys=self.keys,
+            )
+        self.workers.local.add(n)
 
     def cancelled(self, tid: int) -> None:
         if self.futures.pop(tid, None) is not None:
@@ -515,14 +731,7 @@ class _RemoteLink(_Link):
                 if self.sock in events:
                     self._receive()
                 if self.monitor in events:
-                    from zmq.utils.monitor import recv_monitor_message
-
-                    while self.monitor.poll(0):
-                        ev = recv_monitor_message(self.monitor)
-                        if ev["event"] == zmq.EVENT_DISCONNECTED:
-                            lost_at = time.monotonic()
-                        elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                            lost_at = None
+                    lost_at = self._check_monitor()
         except BaseException:  # pragma: no cover
             log.exception("the scoopexec client thread failed")
         finally:
@@ -607,20 +816,40 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _check_local_endpoint(endpoint: str) -> None:
-    """This release binds and connects only on this machine (ipc or loopback TCP)."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return
-    if endpoint.startswith("tcp://"):
-        hostport = endpoint[len("tcp://") :]
-        host = hostport.rsplit(":", 1)[0].strip("[]")
-        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
-            return
-        raise ValueError(
-            f"endpoint {endpoint!r} is not on this machine; scoopexec only uses ipc:// or "
-            "loopback TCP (127.0.0.1, ::1) unless the connection is secured"
-        )
-    raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")
+def _check_local_endpoint(endpoint: str, *, secure: bool = False) -> None:
+    """ipc and loopback TCP always; any other TCP endpoint only with CURVE (``secure``)."""
+    check_endpoint(endpoint, secure=secure)
+
+
+def _plan_hosts(
+    max_workers: int | None,
+    hosts: str | Sequence[str] | Mapping[str, int] | None,
+    hostfile: str | os.PathLike[str] | None,
+) -> tuple[int, list[Host], int]:
+    """(local workers, hosts to start over ssh or here, srun workers) for a new pool."""
+    if hosts is not None and hostfile is not None:
+        raise ValueError("give hosts= or hostfile=, not both")
+    if hostfile is not None:
+        listed = read_hostfile(hostfile)
+    elif isinstance(hosts, str) and hosts.strip().lower() == "auto":
+        alloc = detect_allocation()
+        if alloc is None:
+            return max_workers or _default_workers(), [], 0
+        if alloc.kind == "slurm":
+            total = alloc.slots
+            if max_workers is not None and max_workers > total:
+                raise ValueError(
+                    f"{max_workers} workers asked for, but the SLURM allocation has {total} tasks "
+                    f"({', '.join(str(h) for h in alloc.hosts)})"
+                )
+            return 0, [], max_workers or total
+        listed = alloc.hosts
+    elif hosts is not None:
+        listed = parse_hosts(hosts)
+    else:
+        return max_workers or _default_workers(), [], 0
+    placed = distribute(listed, max_workers)
+    return 0, placed, 0
 
 
 def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
@@ -666,8 +895,22 @@ class ScoopExecutor(MapMixin, cf.Executor):
             silence after which a peer counts as lost.
         max_retries: times a task is sent again after its worker was lost.
         max_message_size: bytes; larger messages are refused (-1: no limit).
-        python, env: interpreter and extra environment for local workers.
-        connect_timeout: seconds to wait for a standalone broker to answer.
+        python, env: interpreter and extra environment variables for workers
+            (local and remote; default: this interpreter, no extra variables).
+        connect_timeout: seconds to wait for a standalone broker to answer,
+            and for ssh to connect to a host.
+        hosts: where to run workers: ``["node1", "node2:8", "alice@node3:4"]``,
+            ``{"node1": 8}``, ``"node[01-04]:8"``, or ``"auto"`` (the SLURM,
+            PBS or SGE allocation this runs in; local workers outside one).
+            Other hosts are reached with the system ``ssh`` (inside SLURM,
+            with ``srun``); a host without a count runs one worker per CPU;
+            ``max_workers`` caps the total, dealt to the hosts in turn.
+        hostfile: a file of ``hostname [workers]`` lines, instead of hosts.
+        cwd: working directory of remote workers (default: the current one).
+        ssh: the ssh command and options to use, e.g. ``["ssh", "-F", "cfg"]``.
+        key: the key file of a standalone broker that is not on loopback
+            (``python -m scoopexec broker --key-file FILE`` writes it).
+        launch_timeout: seconds to wait for launched workers to connect.
     """
 
     def __init__(
@@ -685,6 +928,12 @@ class ScoopExecutor(MapMixin, cf.Executor):
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         connect_timeout: float = 10.0,
+        hosts: str | Sequence[str] | Mapping[str, int] | None = None,
+        hostfile: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        ssh: Sequence[str] | None = None,
+        key: str | os.PathLike[str] | Credentials | None = None,
+        launch_timeout: float = 60.0,
     ) -> None:
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
@@ -698,6 +947,22 @@ class ScoopExecutor(MapMixin, cf.Executor):
         if _global_shutdown:
             raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
         _refuse_during_worker_bootstrap()
+        env = check_env(env)
+        n_local, remote_hosts, n_srun = _plan_hosts(max_workers, hosts, hostfile)
+        keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
+        if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
+            raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
+        launch_options = {
+            "python": python or sys.executable,
+            "env": env,
+            "cwd": os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
+            "keep_cwd": cwd is not None,
+            "ssh": list(ssh) if ssh is not None else ["ssh"],
+            "heartbeat": heartbeat,
+            "heartbeat_timeout": heartbeat_timeout,
+            "connect_timeout": connect_timeout,
+            "launch_timeout": launch_timeout,
+        }
         mainmodule.alias_in_client()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -706,9 +971,11 @@ class ScoopExecutor(MapMixin, cf.Executor):
         setup = _setup_blob(initializer, tuple(initargs))
         self._link: _Link
         if broker is None:
-            self._max_workers = max_workers or _default_workers()
+            if key is not None:
+                raise ValueError("key= is for a standalone broker (broker=...)")
+            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             self._link = _LocalLink(
-                self._max_workers,
+                n_local,
                 setup,
                 bind=bind,
                 heartbeat=heartbeat,
@@ -717,6 +984,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 python=python,
                 env=env,
                 max_message_size=max_message_size,
+                cwd=launch_options["cwd"] if cwd is not None else None,
             )
         else:
             if bind is not None:
@@ -728,17 +996,22 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 heartbeat=heartbeat,
                 heartbeat_timeout=heartbeat_timeout,
                 connect_timeout=connect_timeout,
+                keys=keys,
             )
-            if max_workers:
-                self._link.workers = LocalWorkers(
-                    broker,
-                    max_workers,
-                    python=python,
-                    env=env,
-                    heartbeat=heartbeat,
-                    heartbeat_timeout=heartbeat_timeout,
-                    replace=False,
-                )
+            self._link.workers = Launchers(None)
+            self._link.launch_options = launch_options
+            if hosts is None and hostfile is None:
+                n_local = max_workers or 0
+            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            if n_local:
+                self._link._start_local(n_local)
+        self._link.launch_options = launch_options
+        if remote_hosts or n_srun:
+            try:
+                self._link.add_hosts(remote_hosts, n_srun)
+            except BaseException:
+                self._link.close(wait=True)
+                raise
         self._pool_id = self._link.pool_id
         _by_pool[self._pool_id] = self
         link = self._link
@@ -758,6 +1031,67 @@ class ScoopExecutor(MapMixin, cf.Executor):
     def endpoint(self) -> str:
         """The broker's endpoint, where more workers may connect."""
         return getattr(self._link, "endpoint", "")
+
+    def add_workers(
+        self,
+        n: int | None = None,
+        *,
+        hosts: str | Sequence[str] | Mapping[str, int] | None = None,
+        hostfile: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Grow the running pool: ``n`` more local workers, or workers on ``hosts``.
+
+        Returns once the new workers are connected; the broker gives them work
+        at once.  Raises LaunchError (nothing added) if a host cannot be used.
+        """
+        if (n is None) == (hosts is None and hostfile is None):
+            raise ValueError("give either a number of local workers or hosts= / hostfile=")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError("the number of workers to add must be an integer >= 1")
+        with self._shutdown_lock:
+            if self._shutdown or self._link.broken_msg:
+                raise RuntimeError("cannot add workers to a pool that was shut down or is broken")
+        if n is not None:
+            self._link._start_local(n)
+            self._max_workers += n
+            return
+        _, placed, n_srun = _plan_hosts(None, hosts, hostfile)
+        if not placed and not n_srun:
+            placed = [Host("localhost", _default_workers())]  # "auto" outside an allocation
+        self._link.add_hosts(placed, n_srun)
+        self._max_workers += n_srun + sum(h.slots or 0 for h in placed)
+
+    def remove_workers(self, hosts: str | Sequence[str]) -> int:
+        """Stop the workers this executor started on ``hosts`` (names as given); return how many
+        hosts were stopped.  Their running tasks go to other workers; with none left, tasks wait
+        for workers to be added.
+        """
+        names = {h.name for h in parse_hosts(hosts)}
+        launchers = self._link.workers
+        if launchers is None:
+            return 0
+        stopped = 0
+        for g in list(launchers.groups.values()):
+            if g.host in names and not g.retired:
+                g.retired = True
+                if isinstance(self._link, _LocalLink):
+                    self._link.broker.revoke(g.keys.public)
+                g.stop()
+                launchers.discard(g)
+                stopped += 1
+        return stopped
+
+    def write_key_file(self, path: str | os.PathLike[str]) -> str:
+        """Write a key file (0600) that lets a worker join this pool by hand.
+
+        ``python -m scoopexec worker --connect ENDPOINT --key FILE`` on another
+        host, with ENDPOINT this pool's ``bind`` address.  Each call makes a new
+        key pair that the pool accepts.
+        """
+        link = self._link
+        if not isinstance(link, _LocalLink):
+            raise RuntimeError("a client of a standalone broker joins with that broker's key file")
+        return write_key_file(path, link.join_keys())
 
     @property
     def worker_pids(self) -> list[int]:

@@ -3,7 +3,13 @@
 Workers are fresh interpreters started by command (``python -m scoopexec
 worker --connect ...``), never forks of a client that holds sockets and
 threads.  Each gets a pipe as stdin and exits when it reads EOF, so workers
-never outlive the process that started them, whatever way it ends.
+never outlive the process that started them, whatever way it ends.  When the
+broker needs CURVE keys, they are the first thing written on that pipe.
+
+``python -m scoopexec worker -n N`` runs N workers under one supervising
+process (:func:`run_worker_group`): that is what runs on the far side of an
+ssh session (remote.py).  It hands its keys to each worker, replaces workers
+that crash, and stops them all when its own stdin closes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .security import Credentials, encode_frame
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +89,10 @@ def describe_returncode(rc: int) -> str:
         return f"was killed by signal {-rc} ({name}){_SIGNAL_HINTS.get(sig, '')}"  # type: ignore[call-overload]
     if rc == 3:
         return "exited with code 3 (it lost its broker)"
+    if rc == 4:
+        return "exited with code 4 (the broker refused its keys, or it has the wrong broker key)"
+    if rc == 5:
+        return "exited with code 5 (no broker answered at the address it was given)"
     return f"exited with code {rc}"
 
 
@@ -98,8 +110,14 @@ class LocalWorkers:
         heartbeat: float = 1.0,
         heartbeat_timeout: float = 5.0,
         replace: bool = True,
+        keys: Credentials | None = None,
+        tag_prefix: str = "",
+        extra: Sequence[str] = (),
     ) -> None:
         self.connect = connect
+        self.keys = keys
+        self.tag_prefix = tag_prefix or f"L{os.getpid()}"
+        self.extra = list(extra) + (["--key-stdin"] if keys is not None else [])
         self.python = python
         self.env = worker_env(env)
         self.cwd = cwd
@@ -120,13 +138,14 @@ class LocalWorkers:
     def _spawn(self) -> str:
         with self._lock:
             self._count += 1
-            tag = f"L{os.getpid()}.{self._count}"
+            tag = f"{self.tag_prefix}.{self._count}"
             cmd = worker_command(
                 self.connect,
                 python=self.python,
                 tag=tag,
                 heartbeat=self.heartbeat,
                 heartbeat_timeout=self.heartbeat_timeout,
+                extra=self.extra,
             )
             proc = subprocess.Popen(
                 cmd,
@@ -136,6 +155,12 @@ class LocalWorkers:
                 start_new_session=True,
                 close_fds=True,
             )
+            if self.keys is not None and proc.stdin is not None:
+                try:
+                    proc.stdin.write(encode_frame(self.keys))
+                    proc.stdin.flush()
+                except OSError:
+                    pass  # it died at once: reap() will tell
             self.procs[tag] = proc
             self.started[tag] = time.monotonic()
             return tag
@@ -159,6 +184,15 @@ class LocalWorkers:
                             pass
                     out.append((tag, proc.pid, rc))
         return out
+
+    def owns_process(self, tag: str) -> bool:
+        """Whether ``tag`` is (or was) one of these processes."""
+        return tag in self.procs or tag in self.exits
+
+    def add(self, n: int) -> None:
+        """Start ``n`` more workers."""
+        for _ in range(n):
+            self._spawn()
 
     def mark_hello(self, tag: str) -> None:
         self.hello.add(tag)
@@ -217,23 +251,78 @@ class LocalWorkers:
             self.procs.clear()
 
 
-def run_worker_group(args: Any) -> int:
-    """``python -m scoopexec worker -n N``: run N workers, as children of this process."""
-    if args.workers < 1:
-        raise SystemExit("scoopexec worker: -n must be at least 1")
+# Exit codes after which a worker is not replaced: starting another would fail alike.
+_NO_RETRY = {3: "it lost its broker", 4: "the broker refused its keys", 5: "no broker answered"}
+
+
+def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) -> int:
+    """``python -m scoopexec worker -n N``: N workers as children of this process.
+
+    Workers that crash are replaced (unless they keep dying before reaching
+    the broker); workers that lost the broker or were refused are not.  With
+    ``--watch-stdin`` the group stops when its stdin closes (its ssh session or
+    launcher is gone); with ``--ready`` it first prints how many workers to
+    expect, and each worker prints a line once connected.
+    """
+    import socket
+
+    extra: list[str] = []
+    if args.ready:
+        extra.append("--ready")
+    if args.connect_timeout:
+        extra += ["--connect-timeout", repr(args.connect_timeout)]
+    if args.no_forward_output:
+        extra.append("--no-forward-output")
+    if args.keep_cwd:
+        extra.append("--keep-cwd")
+    stop = threading.Event()
+    if args.watch_stdin:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def watch() -> None:
+            try:
+                while os.read(0, 4096):
+                    pass
+            except OSError:
+                pass
+            stop.set()
+
+        threading.Thread(target=watch, name="scoopexec-stdin", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.ready:
+        os.write(1, b"SCOOPEXEC-GROUP %d\n" % n)
+    host = socket.gethostname()
     group = LocalWorkers(
-        args.connect,
-        args.workers,
+        connect,
+        n,
         heartbeat=args.heartbeat,
         heartbeat_timeout=args.heartbeat_timeout,
-        replace=False,
+        replace=True,
+        keys=keys,
+        tag_prefix=args.tag or f"G{os.getpid()}",
+        extra=extra,
     )
+    codes: list[int] = []
     try:
-        while group.procs:
-            group.reap()
-            time.sleep(0.2)
+        while group.procs and not stop.is_set():
+            for tag, pid, rc in group.reap():
+                why = _NO_RETRY.get(rc)
+                if why is None and group.replace(tag):
+                    what = "replaced"
+                else:
+                    codes.append(rc)
+                    what = "not replaced" + (f": {why}" if why else " (it keeps failing)")
+                print(
+                    f"scoopexec worker group on {host}: worker {tag} (pid {pid}) "
+                    f"{describe_returncode(rc)}; {what}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            stop.wait(0.2)
     except KeyboardInterrupt:
         pass
     finally:
         group.stop()
-    return 0
+    if stop.is_set() or not codes:
+        return 0
+    return codes[-1] if all(c in _NO_RETRY for c in codes) else 1

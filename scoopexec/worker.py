@@ -49,6 +49,12 @@ from . import mainmodule
 from . import protocol as P
 from . import serialize
 from .errors import InitializerError, ProtocolError, SerializationError
+from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, endpoint_host
+
+READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
+EXIT_LOST = 3  # the broker went away
+EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
+EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 
 log = logging.getLogger("scoopexec.worker")
 
@@ -213,6 +219,10 @@ class Worker:
         watch_stdin: bool = False,
         forward_output: bool = True,
         context: zmq.Context[Any] | None = None,
+        curve: Credentials | None = None,
+        ready: bool = False,
+        connect_timeout: float = 0.0,
+        keep_cwd: bool = False,
     ) -> None:
         self.ctx = context or zmq.Context()
         self.connect_to = connect
@@ -230,7 +240,17 @@ class Worker:
         s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
         s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-        self._monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        if ":" in (endpoint_host(connect) or ""):
+            s.setsockopt(zmq.IPV6, 1)
+        if curve is not None:
+            curve.apply(s)
+        self._handshakes = HandshakeWatch(connect, curve is not None)
+        self._ready = ready
+        self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
+        self._connect_timeout = connect_timeout
+        self._monitor = s.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
+        )
         s.connect(connect)
 
         self.hub = greenlet.getcurrent()
@@ -325,16 +345,33 @@ class Worker:
 
         lost_at: float | None = None
         connected_once = False
+        first_by = time.monotonic() + self._connect_timeout if self._connect_timeout > 0 else None
         while True:
             timeout = None
             if lost_at is not None:
                 timeout = max(0.0, lost_at + self.heartbeat_timeout - time.monotonic())
+            elif first_by is not None and not connected_once:
+                timeout = max(0.0, first_by - time.monotonic())
             try:
                 if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
-                    os._exit(3)  # the broker is gone: nothing can be delivered
+                    if lost_at is not None:
+                        os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+                    _die(
+                        EXIT_UNREACHABLE,
+                        f"no scoopexec broker answered at {self.connect_to} within "
+                        f"{self._connect_timeout:g} s (is that address reachable from {self.host}?)",
+                    )
                 event = recv_monitor_message(mon)
             except zmq.ZMQError:
                 return
+            problem = self._handshakes.event(event["event"], event["value"])
+            if problem is not None:
+                _die(EXIT_AUTH, problem)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not connected_once and self._ready:
+                try:
+                    os.write(1, READY_MARK + b" " + (self.tag or self.name).encode() + b"\n")
+                except OSError:
+                    pass
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 lost_at = time.monotonic()
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -749,7 +786,7 @@ class Worker:
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
             cwd = plain.get("cwd")
-            if cwd and os.path.isdir(cwd):
+            if cwd and os.path.isdir(cwd) and not self.keep_cwd:
                 os.chdir(cwd)
             main = plain.get("main") or {}
             self.importing_main = True
@@ -864,6 +901,15 @@ def protocol_failure(kind: str, message: str, tb: str = "") -> tuple[int, list[A
     return P.FAILED, serialize.failure_frames(kind, message, tb)
 
 
+def _die(code: int, message: str) -> None:
+    """Say why on the real stderr (sys.stderr goes to the client) and exit at once."""
+    try:
+        os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+    os._exit(code)
+
+
 def _watch_fd(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -914,31 +960,100 @@ def _install_patches() -> None:
     cf.as_completed = as_completed  # type: ignore[assignment]
 
 
+def _connect_back(port: int) -> str:
+    """The broker's endpoint when it is the far end of the ssh session we run in."""
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if len(conn) < 4:
+        raise ValueError("--connect-back needs SSH_CONNECTION: it is for workers started through ssh")
+    addr = conn[0]
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[len("::ffff:") :]  # an IPv4 client seen by an IPv6 server
+    if addr == "::1":
+        addr = "127.0.0.1"
+    return f"tcp://[{addr}]:{port}" if ":" in addr else f"tcp://{addr}:{port}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
     import argparse
 
+    from .security import check_endpoint, read_frame, read_key_file
+
     ap = argparse.ArgumentParser(prog="python -m scoopexec worker")
-    ap.add_argument("--connect", required=True, help="the broker's endpoint")
+    ap.add_argument("--connect", metavar="ADDR", help="the broker's endpoint")
+    ap.add_argument(
+        "--connect-back",
+        type=int,
+        metavar="PORT",
+        help="connect to PORT on the host this ssh session comes from (launchers use it)",
+    )
+    ap.add_argument(
+        "--key", metavar="FILE", help="the pool's key file (0600), needed for a broker on another host"
+    )
+    ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
+    ap.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="give up when no broker answered within S seconds (default: keep trying)",
+    )
     ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="")
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
     ap.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     ap.add_argument("--no-forward-output", action="store_true")
-    ap.add_argument("-n", "--workers", type=int, default=1, help="worker processes to run")
+    ap.add_argument(
+        "-n",
+        "--workers",
+        default=None,
+        metavar="N",
+        help="run N worker processes under one supervisor (N or 'auto': one per CPU)",
+    )
     args = ap.parse_args(argv)
-    if args.workers != 1:
+    if (args.connect is None) == (args.connect_back is None):
+        ap.error("give the broker's endpoint: --connect ADDR")
+    if args.key and args.key_stdin:
+        ap.error("--key and --key-stdin exclude each other")
+    try:
+        connect = args.connect or _connect_back(args.connect_back)
+        creds = None
+        if args.key:
+            creds = read_key_file(args.key)
+        elif args.key_stdin:
+            creds = read_frame(0)
+        check_endpoint(connect, secure=creds is not None, what="broker endpoint")
+    except ValueError as exc:
+        ap.error(str(exc))
+    n = None
+    if args.workers is not None:
+        if args.workers == "auto":
+            from .executor import _default_workers
+
+            n = _default_workers()
+        elif args.workers.isdigit() and int(args.workers) >= 1:
+            n = int(args.workers)
+        else:
+            ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
+    if n is not None and (n != 1 or args.ready):
         from .launch import run_worker_group
 
-        return run_worker_group(args)
+        return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     Worker(
-        args.connect,
+        connect,
         tag=args.tag,
         name=args.name,
         heartbeat=args.heartbeat,
         heartbeat_timeout=args.heartbeat_timeout,
         watch_stdin=args.watch_stdin,
         forward_output=not args.no_forward_output,
+        curve=creds,
+        ready=args.ready,
+        connect_timeout=args.connect_timeout,
+        keep_cwd=args.keep_cwd,
     ).serve()
     return 0

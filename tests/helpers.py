@@ -74,3 +74,30 @@ def get_init_status():
 def init_fail():
     time.sleep(0.1)
     raise ValueError("error in initializer")
+
+
+def where_am_i(_=None):
+    """(pid, SSH_CONNECTION, cwd, SCOOPEXEC_TEST_MARK, SLURMD_NODENAME) of the worker running this."""
+    import os
+
+    return (
+        os.getpid(),
+        os.environ.get("SSH_CONNECTION", ""),
+        os.getcwd(),
+        os.environ.get("SCOOPEXEC_TEST_MARK", ""),
+        os.environ.get("SLURMD_NODENAME", ""),
+    )
+
+
+def slow_where(seconds):
+    import time
+
+    time.sleep(seconds)
+    return where_am_i()
+
+
+def crash_worker(code=1):
+    """End the worker process running this task at once."""
+    import os
+
+    os._exit(code)

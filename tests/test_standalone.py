@@ -144,18 +144,16 @@ def test_broker_death_fails_pending_futures(broker):
             workers.wait()
 
 
-def test_non_local_endpoints_are_refused():
-    with pytest.raises(ValueError, match="not on this machine"):
+def test_non_local_endpoints_need_security():
+    with pytest.raises(ValueError, match="not on this machine.*CURVE"):
         ScoopExecutor(broker="tcp://10.1.2.3:5555")
-    with pytest.raises(ValueError, match="not on this machine"):
-        ScoopExecutor(1, bind="tcp://0.0.0.0:0")
     r = subprocess.run(
         [sys.executable, "-m", "scoopexec", "broker", "--bind", "tcp://0.0.0.0:5999"],
         capture_output=True,
         env=_env(),
         timeout=30,
     )
-    assert r.returncode != 0 and b"not on this machine" in r.stderr
+    assert r.returncode != 0 and b"not on this machine" in r.stderr and b"--key-file" in r.stderr
 
 
 def test_embedded_broker_on_loopback_tcp_accepts_extra_workers():

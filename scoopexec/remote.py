@@ -1,0 +1,512 @@
+"""Workers on other hosts: started over OpenSSH, or by ``srun`` inside a SLURM allocation.
+
+::
+
+  client (embedded broker)                          host "node2" (sshd, no scoopexec daemon)
+  ROUTER tcp://0.0.0.0:P (CURVE) ◄───────────────── worker ┐
+  ssh -o BatchMode=yes node2 'cd DIR && exec env   worker ├─ python -m scoopexec worker -n N
+      PYTHONPATH=.. PYTHON -m scoopexec worker      worker ┘  --connect-back P --key-stdin
+      --connect-back P --key-stdin -n N ...'                  --watch-stdin --ready
+  stdin  ── key header, then nothing until EOF ──►  (EOF: the group stops its workers)
+  stdout ◄─ SCOOPEXEC-GROUP N, SCOOPEXEC-READY tag ─ (one line per connected worker)
+  stderr ◄─ ssh's and the workers' messages ───────
+
+Nothing is installed or left running on the remote host: one ssh session per
+host runs a worker group that lives exactly as long as that session.  Its
+standard input carries the CURVE keys (never argv or the environment), then
+stays open; when the client, ssh or the connection goes away the group reads
+EOF and stops its workers; if the broker goes silent, the workers' heartbeats
+end them.  ``--connect-back`` makes a worker connect to the address its ssh
+session came from (``SSH_CONNECTION``), which is this machine's address as
+the remote host sees it.
+
+The remote command line is a shell string on the far side: each piece of it is
+quoted with shlex.quote.  Host keys are checked as ssh always does
+(``BatchMode=yes`` turns any prompt into an error): scoopexec never turns
+checking off.
+
+Inside a SLURM allocation the workers are one ``srun`` job step, one task per
+worker, ``--input=all`` giving every task the key header on its stdin.  Slurm
+ends the step's tasks when srun goes away.
+
+A launch waits until every worker has connected to the broker, so that an
+unreachable host, a refused key or a missing Python fails the executor's
+construction with ssh's own message instead of leaving tasks waiting forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import selectors
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import LaunchError
+from .hosts import Host
+from .launch import _PKG_PARENT, LocalWorkers, describe_returncode
+from .security import Credentials, encode_frame
+from .worker import READY_MARK
+
+log = logging.getLogger("scoopexec.remote")
+
+GROUP_MARK = b"SCOOPEXEC-GROUP"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def remote_pythonpath() -> str:
+    """PYTHONPATH for workers elsewhere: where this scoopexec lives, then ours."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if _PKG_PARENT not in parts:
+        parts.insert(0, _PKG_PARENT)
+    return os.pathsep.join(parts)
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (env or {}).items():
+        if not isinstance(k, str) or not _ENV_NAME.match(k):
+            raise ValueError(f"env: {k!r} is not a valid environment variable name")
+        if not isinstance(v, str):
+            raise TypeError(f"env[{k!r}] must be a string, not {type(v).__name__}")
+        out[k] = v
+    return out
+
+
+def worker_args(
+    *,
+    connect: str | None,
+    connect_back: int | None,
+    tag: str,
+    heartbeat: float,
+    heartbeat_timeout: float,
+    connect_timeout: float,
+    n: int | None = None,
+    group: bool = True,
+    keep_cwd: bool = False,
+) -> list[str]:
+    """``scoopexec worker`` arguments for a launched worker (or group of workers)."""
+    args = ["-m", "scoopexec", "worker"]
+    args += ["--connect", connect] if connect is not None else ["--connect-back", str(connect_back)]
+    args += ["--key-stdin", "--watch-stdin", "--ready", "--tag", tag]
+    args += ["--heartbeat", repr(heartbeat), "--heartbeat-timeout", repr(heartbeat_timeout)]
+    args += ["--connect-timeout", repr(connect_timeout)]
+    if keep_cwd:
+        args.append("--keep-cwd")
+    if group:
+        args += ["-n", str(n) if n is not None else "auto"]
+    return args
+
+
+def ssh_command(
+    host: Host,
+    *,
+    ssh: Sequence[str],
+    python: str,
+    cwd: str,
+    env: Mapping[str, str],
+    args: Sequence[str],
+    connect_timeout: float,
+) -> list[str]:
+    """The argv that runs a worker group on ``host`` through the system ssh client.
+
+    Options of ``ssh`` (the caller's) come first, and ssh keeps the first
+    value it sees for an option: a user may loosen what we set here, we never
+    loosen what the user set.
+    """
+    assigns = [f"{k}={shlex.quote(v)}" for k, v in {"PYTHONPATH": remote_pythonpath(), **env}.items()]
+    remote = " ".join(
+        ["cd", shlex.quote(cwd), "&&", "exec", "env", *assigns, shlex.quote(python)]
+        + [shlex.quote(a) for a in args]
+    )
+    return [
+        *ssh,
+        "-o", "BatchMode=yes",  # never prompt (passwords, unknown host keys): fail instead
+        "-o", f"ConnectTimeout={max(1, round(connect_timeout))}",
+        "-o", "ServerAliveInterval=5",  # notice a dead connection; the remote side sees EOF
+        "-o", "ServerAliveCountMax=3",
+        "-T", "-x", "-a",  # no terminal, no X11 or agent forwarding to worker hosts
+        "-e", "none",
+        "--",
+        host.target,
+        remote,
+    ]  # fmt: skip
+
+
+class RemoteGroup:
+    """The workers one launcher process (an ssh session, an srun step) started.
+
+    Its worker tags are ``TAG`` (srun tasks) or ``TAG.N`` (a worker group).
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        host: str,
+        kind: str,
+        argv: list[str],
+        *,
+        keys: Credentials,
+        expected: int | None,
+        env: Mapping[str, str] | None = None,
+        hint: str = "",
+    ) -> None:
+        self.tag = tag
+        self.host = host
+        self.kind = kind
+        self.argv = argv
+        self.keys = keys
+        self.expected = expected
+        self.hint = hint
+        self.ready = 0
+        self.hello = 0
+        self.launched = False  # every expected worker connected once
+        self.retired = False  # stopped on purpose: its end is not a loss
+        self.reaped = False
+        self.tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._held: list[str] = []  # stderr lines held back until the launch is decided
+        self._cond = threading.Condition()
+        self._eof = False
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(encode_frame(keys))
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it is already gone: the relay thread sees EOF and wait_ready() reports it
+        self._relay = threading.Thread(
+            target=self._relay_output, name=f"scoopexec-{kind}-{host}", daemon=True
+        )
+        self._relay.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # ------------------------------------------------------------- output
+    def _relay_output(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out_fd, err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        pending = {out_fd: b"", err_fd: b""}
+        sel = selectors.DefaultSelector()
+        for fd in pending:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        try:
+            while pending:
+                for key, _ in sel.select():
+                    fd = key.fd
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    lines = (pending[fd] + chunk).split(b"\n")
+                    if not chunk:
+                        sel.unregister(fd)
+                        del pending[fd]
+                        if lines[-1]:
+                            self._line(fd == out_fd, lines[-1])
+                        continue
+                    pending[fd] = lines.pop()
+                    for line in lines:
+                        self._line(fd == out_fd, line)
+        finally:
+            sel.close()
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _line(self, is_stdout: bool, line: bytes) -> None:
+        if is_stdout and line.startswith(GROUP_MARK):
+            with self._cond:
+                try:
+                    self.expected = int(line.split()[1])
+                except (IndexError, ValueError):
+                    pass
+                self._cond.notify_all()
+            return
+        if is_stdout and line.startswith(READY_MARK):
+            with self._cond:
+                self.ready += 1
+                self._cond.notify_all()
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if not is_stdout:
+            self.tail.append(text)
+        with self._cond:
+            if not self.launched:
+                self._held.append(text)
+                return
+        _echo(f"[{self.host}] {text}", is_stdout)
+
+    # ------------------------------------------------------------- launch
+    def wait_ready(self, deadline: float) -> None:
+        """Block until every worker connected; raise LaunchError if that cannot happen."""
+        with self._cond:
+            while True:
+                if self.expected is not None and self.ready >= self.expected:
+                    break
+                if self._eof or self.proc.poll() is not None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.2))
+            done = self.expected is not None and self.ready >= self.expected
+            if done:
+                self.launched = True
+                held, self._held = self._held, []
+        if done:
+            for text in held:
+                _echo(f"[{self.host}] {text}", False)
+            return
+        # Give ssh a moment to finish its message and exit.
+        try:
+            rc = self.proc.wait(2.0 if self._eof else 0.0)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self._relay.join(1.0)
+        if rc is None:
+            got = f"{self.ready} of {self.expected}" if self.expected is not None else "none"
+            why = f"its workers did not all connect in time ({got} did)"
+        else:
+            why = describe_returncode(rc)
+            if self.kind == "ssh" and rc == 255:
+                why = "ssh failed (exit status 255)"
+        message = "\n".join(self._held or list(self.tail)).strip()
+        raise LaunchError(self.host, why, message, self.hint)
+
+    # ------------------------------------------------------------- end
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def close_stdin(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """EOF on its stdin (its workers stop), then make sure the local process is gone."""
+        self.close_stdin()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+        self._relay.join(2.0)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def describe_exit(self, rc: int) -> str:
+        last = " | ".join(list(self.tail)[-3:])
+        what = f"the {self.kind} session for host {self.host} ended ({describe_returncode(rc)})"
+        return f"{what}: {last}" if last else what
+
+
+def _echo(text: str, is_stdout: bool) -> None:
+    out = sys.stdout if is_stdout else sys.stderr
+    if out is None:
+        return
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Launchers:
+    """Every source of workers of one pool, seen by the broker as one ProcessWatcher.
+
+    Local worker processes are watched and replaced as before; a remote group
+    that ends is reported once (its workers are lost together) and not
+    restarted.
+    """
+
+    def __init__(self, local: LocalWorkers | None) -> None:
+        self.local = local
+        self.groups: dict[str, RemoteGroup] = {}
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def next_tag(self, prefix: str) -> str:
+        with self._lock:
+            self._count += 1
+            return f"{prefix}{os.getpid()}-{self._count}"
+
+    def add(self, group: RemoteGroup) -> None:
+        with self._lock:
+            self.groups[group.tag] = group
+
+    def discard(self, group: RemoteGroup) -> None:
+        with self._lock:
+            self.groups.pop(group.tag, None)
+
+    def _group_of(self, tag: str) -> RemoteGroup | None:
+        return self.groups.get(tag.split(".", 1)[0])
+
+    def _is_local(self, tag: str) -> bool:
+        return self.local is not None and tag.startswith(self.local.tag_prefix + ".")
+
+    # --- ProcessWatcher
+    def reap(self) -> list[tuple[str, int, int]]:
+        out = self.local.reap() if self.local is not None else []
+        with self._lock:
+            groups = list(self.groups.values())
+        for g in groups:
+            if g.reaped:
+                continue
+            rc = g.poll()
+            if rc is not None:
+                g.reaped = True
+                if not g.retired:
+                    out.append((g.tag, g.pid, rc))
+        return out
+
+    def owns_process(self, tag: str) -> bool:
+        return self._is_local(tag)
+
+    def mark_hello(self, tag: str) -> None:
+        if self._is_local(tag):
+            assert self.local is not None
+            self.local.mark_hello(tag)
+            return
+        g = self._group_of(tag)
+        if g is not None:
+            g.hello += 1
+
+    def starting(self) -> int:
+        n = self.local.starting() if self.local is not None else 0
+        with self._lock:
+            for g in self.groups.values():
+                if g.expected is not None and not g.reaped:
+                    n += max(0, g.expected - g.hello)
+        return n
+
+    def kill(self, tag: str) -> None:
+        """End a hung local worker (remote ones end with their ssh session or the broker)."""
+        if self.local is not None and self._is_local(tag):
+            self.local.kill(tag)
+
+    def replace(self, tag: str) -> bool:
+        if self._is_local(tag):
+            assert self.local is not None
+            return self.local.replace(tag)
+        return False
+
+    def describe_exit(self, tag: str, returncode: int) -> str:
+        g = self._group_of(tag)
+        if g is not None:
+            return g.describe_exit(returncode)
+        if self.local is not None:
+            return self.local.describe_exit(tag, returncode)
+        return f"worker {tag} {describe_returncode(returncode)}"
+
+    # --- life cycle
+    @property
+    def pids(self) -> list[int]:
+        return self.local.pids if self.local is not None else []
+
+    def stop(self) -> None:
+        with self._lock:
+            groups = list(self.groups.values())
+        for g in groups:
+            g.retired = True
+            g.close_stdin()
+        if self.local is not None:
+            self.local.stop()
+        for g in groups:
+            g.stop()
+
+
+def launch_all(groups: Sequence[Callable[[], RemoteGroup]], timeout: float) -> list[RemoteGroup]:
+    """Start every group, wait until all are ready; on any failure stop them all and raise."""
+    started: list[RemoteGroup] = []
+    try:
+        for make in groups:
+            started.append(make())
+        deadline = time.monotonic() + timeout
+        errors: list[LaunchError] = []
+        for g in started:
+            try:
+                g.wait_ready(deadline)
+            except LaunchError as exc:
+                errors.append(exc)
+        if errors:
+            if len(errors) == 1:
+                raise errors[0]
+            raise LaunchError.several(errors)
+    except BaseException:
+        for g in started:
+            g.retired = True
+            g.close_stdin()
+        for g in started:
+            g.stop(timeout=2.0)
+        raise
+    return started
+
+
+# ------------------------------------------------------------ addresses
+def slurm_address(run: Callable[..., Any] = subprocess.run) -> str:
+    """This node's address as the other nodes of a SLURM allocation reach it.
+
+    The node's NodeAddr (what slurmctld itself uses to reach it) when we run
+    on a node of the allocation; else the address of our host name.
+    """
+    node = os.environ.get("SLURMD_NODENAME")
+    if node:
+        try:
+            r = run(
+                ["scontrol", "show", "node", "-o", node],
+                capture_output=True,
+                text=True,
+                timeout=15,
+            )
+            m = re.search(r"\bNodeAddr=(\S+)", r.stdout or "")
+            if m:
+                return socket.gethostbyname(m.group(1))
+        except (OSError, subprocess.SubprocessError, socket.gaierror):
+            pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except socket.gaierror:
+        return "127.0.0.1"
+
+
+def srun_command(n: int, args: Sequence[str], *, python: str, cwd: str) -> list[str]:
+    """One job step of ``n`` tasks, each a worker, sharing the allocation's CPUs."""
+    return [
+        "srun",
+        f"--ntasks={n}",
+        "--kill-on-bad-exit=0",  # one crashed worker does not end the others
+        "--input=all",  # every task reads the key header from our pipe
+        "--overlap",  # share CPUs with the step the client may run in
+        "--job-name=scoopexec-workers",
+        f"--chdir={cwd}",
+        python,
+        *args,
+    ]
