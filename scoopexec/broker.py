@@ -868,14 +868,21 @@ class Broker:
         ready = self.ready
         tasks = self.tasks
         local = self.local
+        workers = self.workers
         while queue and ready:
             share = max(1, math.ceil(len(queue) / len(ready)))
+            sent = 0
             for _ in range(len(ready)):
                 if not queue:
                     break
                 w = ready.popleft()
-                if w.key not in self.workers or w.credit <= 0:
+                if w.key not in workers or w.credit <= 0:
                     continue
+                # A task's parent may be parked on this worker: if the child ran
+                # here and took long, the parent could not even notice its other
+                # children finishing. Prefer another worker when one is ready.
+                others = any(o is not w and o.credit > 0 and o.key in workers for o in ready)
+                skipped: list[int] = []
                 batch: list[Task] = []
                 want = min(w.credit, share)
                 started: dict[bytes, list[tuple[int]]] = {}
@@ -884,6 +891,11 @@ class Broker:
                     task = tasks.get(btid)
                     if task is None or task.worker is not None:
                         continue
+                    if others and task.parent:
+                        parent = tasks.get(task.parent)
+                        if parent is not None and parent.worker == w.key:
+                            skipped.append(btid)
+                            continue
                     if task.marked or task.attempts:
                         pass
                     elif task.owner == LOCAL:
@@ -896,13 +908,18 @@ class Broker:
                     task.marked = True
                     batch.append(task)
                     want -= 1
+                if skipped:
+                    queue.extendleft(reversed(skipped))
                 if batch:
                     self._send_tasks(w, batch)
                     w.credit -= len(batch)
+                    sent += len(batch)
                 for owner, ids in started.items():
                     self._send(owner, [P.pack(P.STARTED, ids)])
                 if w.credit > 0:
                     ready.append(w)
+            if not sent:
+                break  # every ready worker passed on what is queued: wait for input
 
     def _send_tasks(self, w: WorkerPeer, batch: list[Task]) -> None:
         for sid in {t.setup for t in batch if t.setup and t.setup not in w.setups}:

@@ -101,3 +101,8 @@ def crash_worker(code=1):
     import os
 
     os._exit(code)
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
