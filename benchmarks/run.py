@@ -274,8 +274,9 @@ def run(
         if row.target == "ratio" and a and b:
             ratio = a / b if row.higher else b / a
         met = _met(row, vals.get("scoopexec"), ratio)
-        if row.key == "array" and met and vals.get("Ray") and vals.get("scoopexec"):
-            met = vals["scoopexec"] > vals["Ray"]  # the issue: "i.e. above Ray"
+        ray = vals.get("Ray")
+        if row.key == "array" and met and ray is not None and a is not None:
+            met = a > ray  # the issue: "i.e. above Ray"
         notes = {n: NA[(n, row.key)] for n in names if vals.get(n) is None and (n, row.key) in NA}
         table.append(
             {
