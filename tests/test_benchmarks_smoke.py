@@ -1,0 +1,63 @@
+"""The benchmark entry point runs and writes a well-formed table and JSON (tiny sizes, no timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+CONTENDERS = ["scoopexec", "ProcessPoolExecutor"]
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_writes_markdown_and_json(tmp_path):
+    out_json = tmp_path / "bench.json"
+    out_md = tmp_path / "bench.md"
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--rounds", "1", "--only", ",".join(CONTENDERS),
+         "--json", str(out_json), "--markdown", str(out_md), "--timeout", "240"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    result = json.loads(out_json.read_text())
+    assert result["contenders"] == CONTENDERS
+    assert result["errors"] == [], result["errors"]
+    assert result["meta"]["rounds"] == 1 and result["meta"]["python"]
+    keys = [row["key"] for row in result["rows"]]
+    for key in ("submit", "map1", "mapchunk", "rtt", "array", "cpu", "broker_cpu", "start", "shutdown",
+                "nested", "routing", "wide", "memory"):  # fmt: skip
+        assert key in keys
+    by_key = {row["key"]: row for row in result["rows"]}
+    for row in result["rows"]:
+        assert row["target"] and row["met"] in (True, False, None)
+        value = row["values"]["scoopexec"]
+        assert isinstance(value, (int, float)) and value >= 0, (row["key"], value)
+    for key in ("submit", "map1", "mapchunk", "rtt", "array", "cpu", "start", "shutdown", "wide"):
+        assert by_key[key]["values"]["ProcessPoolExecutor"] > 0, key
+    for key in ("submit", "map1", "mapchunk", "rtt", "array"):
+        assert by_key[key]["ratio_vs_ppe"] > 0 and by_key[key]["met"] is not None, key
+    assert by_key["nested"]["values"]["ProcessPoolExecutor"] is None
+    assert by_key["nested"]["notes"]["ProcessPoolExecutor"] == "impossible"
+    assert result["raw"]["scoopexec"]["submit"] and len(result["raw"]["scoopexec"]["submit"]) == 1
+
+    table = out_md.read_text()
+    assert table == r.stdout
+    lines = table.splitlines()
+    assert lines[0].startswith("| measure | scoopexec | ProcessPoolExecutor |")
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| measure")]
+    assert len(body) == len(result["rows"])
+    assert all(line.count("|") == lines[0].count("|") for line in body)
+
+
+def test_unknown_contender_is_a_clear_error():
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "nosuchpool"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "unknown contender(s) nosuchpool" in r.stderr
