@@ -338,7 +338,8 @@ class Broker:
         elif self._backlogged:
             ms = 50
         else:
-            ms = max(0, int((self._next_tick - time.monotonic()) * 1000))
+            # Round up: rounding down spins through the last millisecond before a tick.
+            ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
         for sock, _ in poller.poll(ms):
             if sock is self.router:
                 self._drain_router()
@@ -406,11 +407,12 @@ class Broker:
     # --------------------------------------------------------------- receive
     def _drain_router(self) -> None:
         r = self.router
+        events, pollin = zmq.EVENTS, zmq.POLLIN
         for _ in range(2000):
-            try:
-                ident = r.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # Asking for EVENTS is cheaper than a recv that raises zmq.Again.
+            if not r.getsockopt(events) & pollin:
                 return
+            ident = r.recv(copy=False)
             frames = []
             more = ident.more
             while more:
@@ -862,8 +864,11 @@ class Broker:
             self._send(owner, [P.pack(P.STARTED, ids)])
 
     def _dispatch(self) -> None:
-        if self.queue:
+        self._dispatch_ready()
+        if self.queue and self.watcher is not None and self.watcher.starting():
             self._mark_running()
+
+    def _dispatch_ready(self) -> None:
         queue = self.queue
         ready = self.ready
         tasks = self.tasks

@@ -28,15 +28,43 @@ from .errors import remote_traceback
 from .serialize import _describe
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
-    out: list[tuple[bool, Any]] = []
-    for args in chunk:
-        try:
-            out.append((True, fn(*args)))
-        except Exception as exc:  # noqa: BLE001 - handed back to the caller's item
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            out.append((False, (exc, tb)))
+class ChunkError:
+    """What a chunk returns when one of its items raised: the results before it, and the error."""
+
+    __slots__ = ("done", "exc", "tb")
+
+    def __init__(self, done: list[Any], exc: BaseException, tb: str) -> None:
+        self.done = done
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkError, (self.done, self.exc, self.tb))
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any] | ChunkError:
+    out: list[Any] = []
+    try:
+        for args in chunk:
+            out.append(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller's item
+        return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return out
+
+
+def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
+    """A chunk of a single-iterable map: items, not 1-tuples."""
+    try:
+        return [fn(x) for x in chunk]
+    except Exception:  # noqa: BLE001 - find the failing item, keep the ones before it
+        out: list[Any] = []
+        for x in chunk:
+            try:
+                out.append(fn(x))
+            except Exception as exc:  # noqa: BLE001
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                return ChunkError(out, exc, tb)
+        return out
 
 
 class _Completions:
@@ -106,10 +134,14 @@ class MapMixin:
         end_time = None if timeout is None else timeout + time.monotonic()
         zipped: Iterator[tuple[Any, ...]] = zip(*iterables)
         if chunksize > 1:
-            call_fn: Callable[..., Any] = functools.partial(_run_chunk, fn)
-            source: Iterator[tuple[Any, ...]] = (
-                (list(c),) for c in _batched(zipped, chunksize)
-            )
+            if len(iterables) == 1:
+                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
+                source: Iterator[tuple[Any, ...]] = (
+                    (list(c),) for c in _batched(iter(iterables[0]), chunksize)
+                )
+            else:
+                call_fn = functools.partial(_run_chunk, fn)
+                source = ((list(c),) for c in _batched(zipped, chunksize))
         else:
             call_fn, source = fn, zipped
         try:
@@ -202,14 +234,14 @@ def _unordered(
             f.cancel()
 
 
-def _unchunk(gen: Iterator[list[tuple[bool, Any]]]) -> Iterator[Any]:
+def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
     for chunk in gen:
-        for ok, value in chunk:
-            if not ok:
-                exc, tb = value
-                exc.__cause__ = remote_traceback(tb)
-                raise exc
-            yield value
+        if type(chunk) is ChunkError:
+            yield from chunk.done
+            exc = chunk.exc
+            exc.__cause__ = remote_traceback(chunk.tb)
+            raise exc
+        yield from chunk  # type: ignore[misc]
         del chunk
 
 

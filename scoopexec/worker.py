@@ -418,11 +418,11 @@ class Worker:
 
     def _receive(self) -> None:
         s = self.sock
+        events, pollin = zmq.EVENTS, zmq.POLLIN
         for _ in range(1000):
-            try:
-                first = s.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not s.getsockopt(events) & pollin:  # cheaper than a recv raising zmq.Again
                 return
+            first = s.recv(copy=False)
             frames = [first]
             more = first.more
             while more:
