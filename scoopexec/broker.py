@@ -502,11 +502,9 @@ class Broker:
             return -1
 
     def _drain_monitor(self) -> None:
-        while True:
-            try:
-                msg = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        mon = self.monitor
+        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            msg = mon.recv_multipart()
             try:
                 event = parse_monitor_message(msg)
             except Exception:
