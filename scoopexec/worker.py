@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -59,6 +60,8 @@ EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 log = logging.getLogger("scoopexec.worker")
 
 _current: Worker | None = None  # the worker of this process, when it is one
+
+FLUSH_AFTER = 0.002  # s a task may run before its worker's waiting results and output go out
 
 
 def current_worker() -> Worker | None:
@@ -264,11 +267,19 @@ class Worker:
         self._tids = itertools.count(1)
         self._timers: list[tuple[float, int, _Waiter]] = []
         self._timer_seq = itertools.count()
-        self.results: list[tuple[tuple[Any, ...], list[Any]]] = []
-        self.submits: list[tuple[tuple[int, int, int], list[Any]]] = []
-        self.outputs: list[tuple[tuple[int, int], bytes]] = []
-        self.logs: list[tuple[tuple[int], bytes]] = []
-        self.cancels: list[int] = []
+        # Outgoing, drained by _flush.  Deques: appends from task code need no lock.
+        self.results: collections.deque[tuple[tuple[Any, ...], list[Any]]] = collections.deque()
+        self.submits: collections.deque[tuple[tuple[int, int, int], list[Any]]] = collections.deque()
+        self.outputs: collections.deque[tuple[tuple[int, int], bytes]] = collections.deque()
+        self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
+        self.cancels: collections.deque[int] = collections.deque()
+        # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
+        # except while a task runs, when the flusher thread may take it (see _flusher).
+        self.lock = threading.RLock()
+        self._armed = threading.Event()
+        self._inbox: collections.deque[list[Any]] = collections.deque()
+        self._slice = 0
+        self._in_task = False
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -303,6 +314,7 @@ class Worker:
             root = logging.getLogger()
             root.addHandler(_ForwardLogs(self))
         self._send([P.header(P.HELLO), P.dump_json(self._hello())])
+        threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
         try:
             self._loop()
         finally:
@@ -311,7 +323,8 @@ class Worker:
                     stream.flush()
                 except Exception:
                     pass
-            self._flush(force=True)
+            with self.lock:
+                self._flush(force=True)
             _current = None
             self.sock.close(linger=2000)
 
@@ -385,38 +398,57 @@ class Worker:
 
     # ----------------------------------------------------------------- loop
     def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        while not self.stopping:
-            self._receive()
-            if self.ready or self.queue:
-                self._run_some()
-            self._flush()
-            if self.stopping:
-                break
-            if not (self.ready or self.queue):
-                timeout = -1
-                if self._timers:
-                    timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-                if not poller.poll(timeout):
-                    pass
-            self._fire_timers()
-            if self._woken:
-                self._woken = False
-                try:
-                    while os.read(self._wake_r, 4096):
+        fds = select.poll()
+        fds.register(self.sock.getsockopt(zmq.FD), select.POLLIN)
+        fds.register(self._wake_r, select.POLLIN)
+        lock = self.lock
+        lock.acquire()
+        try:
+            while not self.stopping:
+                self._receive()
+                if self.ready or self.queue:
+                    self._run_some()
+                self._flush()
+                if self.stopping:
+                    break
+                if not (self.ready or self.queue or self._foreign) and not (
+                    self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                ):
+                    # The socket's FD only signals changes, so EVENTS was checked
+                    # (above, holding the lock) before sleeping on it.
+                    timeout = -1
+                    if self._timers:
+                        timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+                    lock.release()
+                    try:
+                        fds.poll(timeout)
+                    finally:
+                        lock.acquire()
+                self._fire_timers()
+                if self._woken:
+                    self._woken = False
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
                         pass
-                except BlockingIOError:
-                    pass
-            while self._foreign:
-                self._foreign.popleft()()
-            if self._reconnected:
-                self._reconnected = False
-                held = list(self.active) + [t.btid for t in self.queue]
-                self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
+                while self._foreign:
+                    self._foreign.popleft()()
+                if self._reconnected:
+                    self._reconnected = False
+                    held = list(self.active) + [t.btid for t in self.queue]
+                    self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
+        finally:
+            self._armed.set()  # let the flusher see `stopping` and end
+            lock.release()
 
     def _receive(self) -> None:
+        inbox = self._inbox
+        while inbox:  # what the flusher read while a task ran, in order
+            try:
+                self._handle(inbox.popleft())
+            except ProtocolError as exc:
+                log.error("bad message from the broker: %s", exc)
         s = self.sock
         events, pollin = zmq.EVENTS, zmq.POLLIN
         for _ in range(1000):
@@ -502,7 +534,7 @@ class Worker:
                     continue
                 self.current = g.task
                 t0 = clock()
-                g.switch(value)
+                self._switch(g, value)
             else:
                 task = queue.popleft()
                 fkey = task.fkey = task.frames[0].bytes if task.frames else b""
@@ -521,7 +553,7 @@ class Worker:
                 self.active[task.btid] = r
                 self.current = task
                 t0 = clock()
-                r.switch(task)
+                self._switch(r, task)
             # How long the hub was away: a task's run until it finished or parked.
             now = clock()
             dt = now - t0
@@ -534,6 +566,71 @@ class Worker:
             self.current = None
             if now > deadline:
                 break
+
+    def _switch(self, g: greenlet.greenlet, value: Any) -> None:
+        """Run a task's greenlet until it finishes or parks, without holding `lock`."""
+        self._slice += 1
+        self._in_task = True
+        self._armed.set()  # if this slice runs long, the flusher keeps the worker responsive
+        lock = self.lock
+        lock.release()
+        try:
+            g.switch(value)
+        finally:
+            lock.acquire()
+            self._in_task = False
+
+    def _flusher(self) -> None:
+        """While one task runs for more than FLUSH_AFTER, keep its worker responsive.
+
+        Finished results, output and log lines go out; tasks queued here, or
+        arriving now, are handed back to the broker so that an idle worker can
+        take them; results of sub-tasks are delivered.  The hub releases `lock`
+        while a task runs, and this thread takes it only then, so the socket is
+        never used by two threads at once.
+        """
+        armed, lock = self._armed, self.lock
+        while not self.stopping:
+            armed.wait()
+            armed.clear()
+            seen = self._slice
+            delay = FLUSH_AFTER
+            time.sleep(delay)
+            while self._in_task and self._slice == seen and not self.stopping:
+                with lock:
+                    if not (self._in_task and self._slice == seen and self.welcomed):
+                        break
+                    try:
+                        self._relieve()
+                    except Exception:  # pragma: no cover - must not end this thread
+                        log.exception("the worker's flusher failed")
+                delay = min(delay * 2, 0.05)
+                time.sleep(delay)
+
+    def _relieve(self) -> None:
+        """Hold `lock`, with a long task running: see _flusher."""
+        s = self.sock
+        back = [(t.btid,) for t in self.queue]
+        while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = [s.recv(copy=False)]
+            while frames[-1].more:
+                frames.append(s.recv(copy=False))
+            head = frames[0].bytes
+            try:
+                mtype, count, _ = P.unpack_header(head)
+            except ProtocolError:
+                continue
+            if mtype == P.TASKS:
+                back.extend((btid,) for btid, _, _, _ in P.entries(mtype, head))
+            elif mtype == P.RESULTS:
+                self._handle(frames)  # sub-task results: a task polling done() sees them
+            else:
+                self._inbox.append(frames)  # for the hub, in order, when the task ends
+        if back or self.granted:
+            self.queue.clear()
+            self.granted = 0
+            self._send([P.pack(P.RETURN, back)])
+        self._flush(credit=False)
 
     def _give_back(self) -> None:
         back = [(t.btid,) for t in self.queue]
@@ -643,7 +740,8 @@ class Worker:
         self.submits.append(((tid, parent, len(frames)), frames))
         now = time.monotonic()
         if len(self.submits) >= 64 or now - self._last_flush > 0.0002:
-            self._flush()
+            with self.lock:
+                self._flush()
         return fut
 
     def cancelled(self, tid: int) -> None:
@@ -767,13 +865,17 @@ class Worker:
     def output(self, stream: int, text: str) -> None:
         btid = self.current.btid if self.current is not None else 0
         self.outputs.append(((btid, stream), text.encode("utf-8", "replace")))
-        if threading.get_ident() != self.thread_id:
+        if self._in_task:
+            self._armed.set()  # a long task's prints must not wait for its end
+        elif threading.get_ident() != self.thread_id:
             self._wake()
 
     def log_record(self, data: bytes) -> None:
         btid = self.current.btid if self.current is not None else 0
         self.logs.append(((btid,), data))
-        if threading.get_ident() != self.thread_id:
+        if self._in_task:
+            self._armed.set()
+        elif threading.get_ident() != self.thread_id:
             self._wake()
 
     # ---------------------------------------------------------------- set-up
@@ -825,38 +927,38 @@ class Worker:
             return 0
         return max(1, min(64, int(0.001 / avg) + 1))
 
-    def _flush(self, force: bool = False) -> None:
+    def _flush(self, force: bool = False, credit: bool = True) -> None:
+        """Send what is waiting: output, logs, cancels, submissions, results (+ credit).  Hold `lock`."""
         self._last_flush = time.monotonic()
         if self.outputs:
-            items, self.outputs = self.outputs, []
+            items = _drain(self.outputs)
             self._send([P.pack(P.OUTPUT, [e for e, _ in items]), *[b for _, b in items]])
         if self.logs:
-            items2, self.logs = self.logs, []
+            items2 = _drain(self.logs)
             self._send([P.pack(P.LOG, [e for e, _ in items2]), *[b for _, b in items2]])
         if self.cancels:
-            ids, self.cancels = self.cancels, []
-            self._send([P.pack(P.CANCEL, [(t,) for t in ids])])
+            self._send([P.pack(P.CANCEL, [(t,) for t in _drain(self.cancels)])])
         if self.submits:
-            subs, self.submits = self.submits, []
+            subs = _drain(self.submits)
             frames: list[Any] = [P.pack(P.SUBMIT, [e for e, _ in subs])]
             for _, body in subs:
                 frames.extend(body)
             self._send(frames)
-        credit = 0
-        if self.welcomed and not self.stopping:
-            credit = self._target() - len(self.queue) - self.granted
-            if credit <= 0:
+        more = 0
+        if credit and self.welcomed and not self.stopping:
+            more = self._target() - len(self.queue) - self.granted
+            if more <= 0:
                 # Idle (nothing queued, nothing promised): always ask for one.
-                credit = 1 if not self.queue and not self.granted and not self.ready else 0
-            self.granted += credit
+                more = 1 if not self.queue and not self.granted and not self.ready else 0
+            self.granted += more
         if self.results:
-            res, self.results = self.results, []
-            frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
+            res = _drain(self.results)
+            frames = [P.pack(P.RESULT, [e for e, _ in res], arg=more)]
             for _, body in res:
                 frames.extend(body)
             self._send(frames)
-        elif credit:
-            self._send([P.header(P.CREDIT, 0, credit)])
+        elif more:
+            self._send([P.header(P.CREDIT, 0, more)])
 
     def _send(self, frames: list[Any]) -> None:
         s = self.sock
@@ -885,6 +987,14 @@ def _condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
             return True
         return any(not f.cancelled() and f.exception(0) is not None for f in done)
     raise ValueError(f"Invalid return condition: {return_when!r}")
+
+
+def _drain(dq: collections.deque[Any]) -> list[Any]:
+    out = []
+    pop = dq.popleft
+    while dq:
+        out.append(pop())
+    return out
 
 
 def _check_size(frames: list[Any], limit: int) -> None:

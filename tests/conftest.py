@@ -29,11 +29,7 @@ def no_process_left_behind():
     yield
     deadline = time.monotonic() + 10
     while True:
-        left = {
-            pid: p
-            for pid, p in _children().items()
-            if pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        }
+        left = {pid: p for pid, p in _children().items() if pid not in before and _alive(p)}
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -42,7 +38,21 @@ def no_process_left_behind():
             p.kill()  # only processes this test started, by pid
         except psutil.Error:
             pass
-    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left.values()]}"
+    assert not left, f"processes left behind: {[(p.pid, _cmdline(p)) for p in left.values()]}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmdline(p: psutil.Process) -> list[str] | str:
+    try:
+        return p.cmdline()
+    except psutil.Error as exc:
+        return repr(exc)
 
 
 @pytest.fixture

@@ -106,3 +106,17 @@ def crash_worker(code=1):
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def wait_for_file(path=None, value=None):
+    """Returns at once without a path; with one, waits until the test creates that file."""
+    if path is not None:
+        while not os.path.exists(path):
+            time.sleep(0.01)
+    return value
+
+
+def print_then_wait(path):
+    print("started", flush=True)
+    wait_for_file(path)
+    return "done"

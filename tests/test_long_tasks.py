@@ -1,0 +1,69 @@
+"""A task that runs long must not hold back what its worker already has: results, output, queued tasks.
+
+These tests are about order, not speed: each long task waits for a file that the test creates only
+after it has seen what must not be held back; if it were held back, the test would time out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from scoopexec import ScoopExecutor
+from tests.helpers import print_then_wait, wait_for_file
+
+
+def _warm(ex, n=50):
+    # The function is now known to be fast on every worker: no prediction helps any more.
+    assert list(ex.map(wait_for_file, [None] * n, range(n))) == list(range(n))
+
+
+@pytest.mark.timeout(60)
+def test_earlier_result_is_not_held_behind_a_long_call_of_the_same_function(tmp_path, one_worker):
+    _warm(one_worker)
+    gate = tmp_path / "gate"
+    fast = one_worker.submit(wait_for_file, None, "fast")
+    slow = one_worker.submit(wait_for_file, str(gate), "slow")
+    assert fast.result(timeout=30) == "fast"
+    assert not slow.done()
+    gate.touch()
+    assert slow.result(timeout=30) == "slow"
+
+
+@pytest.mark.timeout(60)
+def test_map_timeout_after_items_that_finished_with_a_warm_function(one_worker, tmp_path):
+    _warm(one_worker)
+    gate = tmp_path / "gate"
+    it = one_worker.map(wait_for_file, [None, None, str(gate)], [1, 2, 3], timeout=5)
+    assert next(it) == 1
+    assert next(it) == 2
+    gate.touch()
+    assert next(it) == 3
+
+
+@pytest.mark.timeout(60)
+def test_prints_of_a_long_task_arrive_while_it_runs(one_worker, tmp_path, capsys):
+    gate = tmp_path / "gate"
+    fut = one_worker.submit(print_then_wait, str(gate))
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "started" not in seen:
+        assert time.monotonic() < deadline, "the task's print was held back until it ends"
+        time.sleep(0.02)
+        seen += capsys.readouterr().out
+    gate.touch()
+    assert fut.result(timeout=30) == "done"
+
+
+@pytest.mark.timeout(90)
+def test_tasks_queued_behind_a_long_one_are_handed_to_an_idle_worker(tmp_path):
+    gate = tmp_path / "gate"
+    with ScoopExecutor(2) as ex:
+        _warm(ex, 200)
+        slow = ex.submit(wait_for_file, str(gate), "slow")
+        quick = [ex.submit(wait_for_file, None, i) for i in range(40)]
+        assert [f.result(timeout=30) for f in quick] == list(range(40))
+        assert not slow.done()
+        gate.touch()
+        assert slow.result(timeout=30) == "slow"
