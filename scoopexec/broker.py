@@ -1067,10 +1067,11 @@ class Broker:
             if task.attempts > self.max_retries:
                 del self.tasks[btid]
                 message = (
-                    f"task {btid} ({_task_name(task)}) was lost with its worker {task.attempts} time(s), "
-                    f"more than max_retries={self.max_retries} allows; last: {where}: {reason}. "
-                    "A task that keeps taking its worker down is the likely cause (memory use, a crash "
-                    "in native code); if the losses are unrelated to it, raise max_retries"
+                    f"task {btid} was lost {task.attempts} time{'s' if task.attempts != 1 else ''} with "
+                    f"its worker, more than max_retries={self.max_retries} allows; last: {where}: "
+                    f"{reason}. A task that keeps "
+                    "taking its worker down is the likely cause (memory use, a crash in native code); "
+                    "if the losses are unrelated to it, raise max_retries"
                 )
                 body = [P.dump_json({"type": "WorkerLostError", "message": message, "kind": "lost"}), b""]
                 self._deliver_direct(task.owner, task.tid, P.LOST, body)
@@ -1187,17 +1188,6 @@ class Broker:
                 for w in self.workers.values()
             ],
         }
-
-
-def _task_name(task: Task) -> str:
-    """The task's function name, read from its pickle without unpickling it (trace.function_name)."""
-    from .trace import function_name
-
-    try:
-        fn = task.frames[0]
-        return function_name(fn if isinstance(fn, bytes) else bytes(fn))
-    except Exception:
-        return "task"
 
 
 def serve(

@@ -165,33 +165,40 @@ def _duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def query(endpoint: str, timeout: float = 5.0) -> PoolStatus:
+def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | None = None) -> PoolStatus:
     """Ask the broker at ``endpoint`` for its status.
 
-    Raises TimeoutError when nothing answers within ``timeout`` seconds and
+    ``key`` is the pool's key file, needed for a broker that is not on
+    loopback (``python -m scoopexec broker --key-file FILE`` writes it).
+    Raises ValueError for an endpoint that needs a key and has none,
+    TimeoutError when nothing answers within ``timeout`` seconds, and
     ProtocolError when something that is not a compatible scoopexec broker does.
     """
     import zmq
 
     from . import protocol as P
     from .errors import ProtocolError
-    from .executor import _check_local_endpoint
+    from .security import check_endpoint, read_key_file
 
-    _check_local_endpoint(endpoint)
+    creds = read_key_file(key) if key is not None else None
+    check_endpoint(endpoint, secure=creds is not None, what="broker endpoint")
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if creds is not None:
+            creds.apply(s)
         s.connect(endpoint)
         s.send(P.header(P.STATUS))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not s.poll(int(left * 1000) + 1):
-                raise TimeoutError(
-                    f"no scoopexec broker answered at {endpoint} within {timeout:g} s; is one running "
-                    f"there (python -m scoopexec broker --bind {endpoint})?"
+                hint = (
+                    "is this the pool's key file?" if creds is not None
+                    else f"is one running there (python -m scoopexec broker --bind {endpoint})?"
                 )
+                raise TimeoutError(f"no scoopexec broker answered at {endpoint} within {timeout:g} s; {hint}")
             frames = s.recv_multipart()
             mtype, _, _ = P.unpack_header(frames[0])
             if mtype == P.STATUS_REPLY and len(frames) > 1:
@@ -218,6 +225,7 @@ def status_main(argv: list[str]) -> int:
         "its queue and its throughput.",
     )
     ap.add_argument("address", help="the broker's endpoint, e.g. tcp://127.0.0.1:5555")
+    ap.add_argument("--key", metavar="FILE", help="the pool's key file, for a broker not on loopback")
     ap.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     ap.add_argument(
@@ -232,9 +240,12 @@ def status_main(argv: list[str]) -> int:
     try:
         while True:
             try:
-                st = query(args.address, args.timeout)
+                st = query(args.address, args.timeout, args.key)
             except ValueError as exc:
                 ap.error(str(exc))
+            except OSError as exc:  # the key file
+                print(f"scoopexec status: {exc}", file=sys.stderr)
+                return 1
             except (TimeoutError, ProtocolError) as exc:
                 print(f"scoopexec status: {exc}", file=sys.stderr)
                 return 1

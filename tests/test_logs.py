@@ -45,7 +45,8 @@ def test_quiet_by_default_verbose_and_quieter_on_request():
     verbose = run_script(POOL, "1")
     assert verbose.returncode == 0, verbose.stderr.decode()
     err = verbose.stderr.decode()
-    assert re.search(r"INFO scoopexec: pool \w+: embedded broker at ipc://\S+, 2 local worker", err), err
+    started = r"INFO scoopexec: pool \w+: embedded broker at ipc://\S+, 2 worker\(s\) started"
+    assert re.search(started, err), err
     assert err.count("INFO scoopexec.broker: worker") >= 2 and "joined" in err
     assert re.search(r"INFO scoopexec: pool \w+ stopped after \d+ task", err), err
     assert "DEBUG" not in err

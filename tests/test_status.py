@@ -170,3 +170,26 @@ def test_status_of_an_embedded_broker_from_another_process():
         assert r.returncode == 0, r.stderr.decode()
         data = json.loads(r.stdout)
         assert data["pool"] == ex.pool_id and [w["pid"] for w in data["workers"]] == ex.worker_pids
+
+
+def test_status_of_a_curve_secured_broker_needs_its_key(tmp_path):
+    key = tmp_path / "pool.key"
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr, "--key-file", str(key)],
+        stdout=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    try:
+        assert "CURVE" in broker.stdout.readline().decode()
+        r = _cli("status", addr, "--key", key, "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        data = json.loads(r.stdout)
+        assert data["workers"] == [] and data["endpoints"][0]["curve"] is True
+        r = _cli("status", addr, "--timeout", "1")  # no key: the handshake never completes
+        assert r.returncode == 1 and "no scoopexec broker answered" in r.stderr.decode()
+        r = _cli("status", addr, "--key", tmp_path / "missing.key")
+        assert r.returncode == 2 and "cannot read key file" in r.stderr.decode()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        broker.stdout.close()

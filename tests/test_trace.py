@@ -321,6 +321,7 @@ def test_function_names_are_read_from_pickles_without_unpickling():
 
 def _record(rec, w, btid, start, run, *, parent=0, submitted=None, skew=0.0, status=0):
     task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"])
+    task.worker = w.key  # as the broker sets it when it dispatches
     task.submitted = submitted if submitted is not None else start - 0.001
     rec.on_dispatch(w, [task])
     rec.batches[-1] = (start - 0.0005, [btid])
@@ -373,9 +374,14 @@ def test_recording_stops_at_its_limit(tmp_path):
     w = WorkerPeer(b"W", {"host": "h", "pid": 1, "name": "h:1"}, -1)
     for i in range(1, 6):
         _record(rec, w, i, 100.0 + i, 0.5)
-    tasks = {i: Task(i, b"", i, 0, b"", 1, [b"f", b"a"]) for i in (6, 7)}
-    rec.on_results(w, [(6, 0, 0, 106.0, 0.5), (99, 0, 0, 0.0, 0.0), (7, 0, 0, 107.0, 0.5)], [b"h"], tasks)
-    assert len(rec.records) == 3 and rec.dropped == 4  # 99 is unknown (stale): neither kept nor counted
+    tasks = {i: Task(i, b"", i, 0, b"", 1, [b"f", b"a"]) for i in (6, 7, 8)}
+    for t in tasks.values():
+        t.worker = w.key
+    tasks[8].worker = b"another worker"  # a result from a worker that never had task 8: dropped
+    ents = [(6, 0, 0, 106.0, 0.5), (99, 0, 0, 0.0, 0.0), (7, 0, 0, 107.0, 0.5), (8, 0, 0, 108.0, 0.5)]
+    rec.on_results(w, ents, [b"h"], tasks)
+    # 99 is unknown (stale) and 8 forged: neither kept nor counted, as the broker drops them
+    assert len(rec.records) == 3 and rec.dropped == 4
     s = summarize(load(rec.write()))
     assert s.tasks == 3 and s.not_recorded == 4
     assert "4 later tasks were not recorded" in format_summary(s)
