@@ -149,9 +149,10 @@ class MapMixin:
         if chunksize > 1:
             if len(iterables) == 1:
                 call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
-                source: Iterator[tuple[Any, ...]] = (
-                    (list(c),) for c in _batched(iter(iterables[0]), chunksize)
-                )
+                items: Iterator[Any] = iter(iterables[0])
+                if tracker is not None:
+                    items = _tally(items, tracker)
+                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in _batched(items, chunksize))
             else:
                 call_fn = functools.partial(_run_chunk, fn)
                 source = ((list(c),) for c in _batched(zipped, chunksize))
@@ -281,7 +282,7 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return None
 
 
-def _tally(items: Iterator[tuple[Any, ...]], tracker: Any) -> Iterator[tuple[Any, ...]]:
+def _tally(items: Iterator[Any], tracker: Any) -> Iterator[Any]:
     """Pass the items through; once they are exhausted, the progress bar knows its total."""
     count = 0
     for item in items:

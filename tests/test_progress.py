@@ -195,3 +195,24 @@ if __name__ == "__main__":
     for generation in range(3):
         expected += ["gen: 10/10", f"generation {generation} done"]
     assert [line.split(" (")[0] for line in lines] == expected
+
+
+def test_a_chunked_map_over_a_generator_learns_its_total():
+    r = run_script(
+        NO_TQDM
+        + """
+from scoopexec import ScoopExecutor
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    with ScoopExecutor(2) as ex:
+        gen = (x for x in range(47))
+        assert list(ex.map(square, gen, chunksize=5, progress="chunks")) == [x * x for x in range(47)]
+        pairs = ((x, 1) for x in range(13))
+        assert list(ex.map(pow, *zip(*pairs), chunksize=4, progress="pairs")) == list(range(13))
+"""
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert [line.split(" (")[0] for line in r.stderr.decode().splitlines()] == ["chunks: 47/47", "pairs: 13/13"]
