@@ -215,4 +215,5 @@ if __name__ == "__main__":
 """
     )
     assert r.returncode == 0, r.stderr.decode()
-    assert [line.split(" (")[0] for line in r.stderr.decode().splitlines()] == ["chunks: 47/47", "pairs: 13/13"]
+    lines = r.stderr.decode().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["chunks: 47/47", "pairs: 13/13"]
