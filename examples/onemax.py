@@ -1,12 +1,16 @@
 """OneMax with DEAP, distributed over local worker processes by scoopexec.
 
     python examples/onemax.py [--workers N] [--generations G] [--population P] [--cost SECONDS]
+                              [--trace run.json] [--no-progress]
 
 The only change from DEAP's serial example is the line that registers the
 map: ``toolbox.register("map", ex.map)``.  Each evaluation burns ``--cost``
 seconds of CPU to stand in for a real simulation, so that the speed-up over
-a serial run is visible.  Prints per-generation progress and, at the end, the
-measured speed-up against the serial time of the same evaluations.
+a serial run is visible.  Prints a progress bar for each generation's
+evaluations and DEAP's per-generation statistics, and at the end the
+measured speed-up against the serial time of the same evaluations.  With
+``--trace run.json`` it records the timeline of every evaluation
+(``python -m scoopexec report run.json --png timeline.png`` draws it).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=200)
     ap.add_argument("--cost", type=float, default=0.002, help="CPU seconds per evaluation")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--trace", metavar="FILE", help="record the timeline of every evaluation to FILE")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar for each generation")
     args = ap.parse_args()
 
     random.seed(args.seed)
@@ -66,7 +72,7 @@ def main() -> None:
     stats.register("avg", lambda vals: sum(v[0] for v in vals) / len(vals))
 
     t0 = time.perf_counter()
-    with ScoopExecutor(max_workers=args.workers) as ex:
+    with ScoopExecutor(max_workers=args.workers, trace=args.trace, progress=not args.no_progress) as ex:
         toolbox.register("map", ex.map)  # <- the one line that distributes the run
         started = time.perf_counter() - t0
         pop = toolbox.population(n=args.population)
@@ -84,6 +90,8 @@ def main() -> None:
     print(f"{evaluations} evaluations on {workers} workers in {run:.2f} s (pool start {started:.2f} s)")
     if args.cost:
         print(f"serial CPU time of the evaluations: {serial:.2f} s -> speed-up {serial / run:.2f}x")
+    if args.trace:
+        print(f"timeline: {args.trace} (python -m scoopexec report {args.trace} --png timeline.png)")
 
 
 if __name__ == "__main__":

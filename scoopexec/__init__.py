@@ -6,6 +6,11 @@
 
 Tasks may submit and wait on tasks of their own (``scoopexec.submit``,
 ``scoopexec.map``); waiting parks the task, never the worker.
+
+Seeing what a pool does: ``ScoopExecutor(trace="run.json")`` records a
+timeline (``python -m scoopexec report run.json``), ``ex.status()`` returns
+a PoolStatus, ``ex.map(..., progress=True)`` draws a progress bar, and
+``configure_logging(verbosity)`` sets how much the ``scoopexec`` logger says.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .errors import (
     WorkerLostError,
 )
 from .executor import ScoopExecutor, ScoopFuture
+from .logs import configure_logging
+from .status import PoolStatus, WorkerStatus
 
 __version__ = "0.1.0"
 
@@ -32,16 +39,19 @@ __all__ = [
     "BrokenScoopExecutor",
     "BrokerLostError",
     "InitializerError",
-    "MessageTooLargeError",
     "LaunchError",
+    "MessageTooLargeError",
+    "PoolStatus",
     "ProtocolError",
     "RemoteError",
     "ScoopExecutor",
     "ScoopFuture",
     "SerializationError",
     "WorkerLostError",
+    "WorkerStatus",
     "__version__",
     "as_completed",
+    "configure_logging",
     "current_executor",
     "map",
     "shared",

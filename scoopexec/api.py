@@ -47,6 +47,7 @@ class WorkerExecutor(MapMixin, cf.Executor):
 
     @property
     def pool_id(self) -> str:
+        """The pool this task runs in (ScoopExecutor.pool_id of the client that created it)."""
         return self._worker.pool_id
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -98,12 +99,14 @@ def map(
     chunksize: int = 1,
     buffersize: int | None = None,
     unordered: bool = False,
+    progress: bool | str | None = None,
 ) -> Iterator[Any]:
-    """Executor.map on the current pool."""
+    """Executor.map on the current pool (``progress=True`` draws a progress bar)."""
     ex = current_executor()
     assert ex is not None
     return ex.map(  # type: ignore[call-arg]
-        fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered
+        fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered,
+        progress=progress,
     )
 
 

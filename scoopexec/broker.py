@@ -45,7 +45,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -53,6 +53,9 @@ from zmq.utils.monitor import parse_monitor_message
 from . import protocol as P
 from .errors import ProtocolError
 from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
+
+if TYPE_CHECKING:
+    from .trace import TraceRecorder
 
 log = logging.getLogger("scoopexec.broker")
 
@@ -245,6 +248,8 @@ class Broker:
         self._next_tick = time.monotonic()
         self.max_message_size = max_message_size
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
+        self.started = time.time()
+        self.trace: TraceRecorder | None = None  # set by the owner to record a timeline (trace.py)
 
         if local is not None:
             self._add_client(LOCAL, {"role": P.CLIENT, "local": True}, -1, local.setup_frames())
@@ -439,6 +444,8 @@ class Broker:
         head = frames[0].bytes
         mtype, count, arg = P.unpack_header(head)
         w = self.workers.get(key)
+        if w is not None:
+            w.last_seen = time.time()
         if mtype == P.RESULT:
             if w is None:
                 return self._unknown(key)
@@ -565,7 +572,7 @@ class Broker:
             self.workers[key] = w
             if w.tag and self.watcher is not None:
                 self.watcher.mark_hello(w.tag)
-            log.debug("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
+            log.info("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
             self._welcome(key, {})
         elif role == P.CLIENT:
             if key in self.clients:
@@ -701,6 +708,8 @@ class Broker:
         pos = 1
         tasks = self.tasks
         local = self.local
+        if self.trace is not None:
+            self.trace.on_results(w, ents, frames, tasks)
         for btid, status, n, _t0, _trun in ents:
             body = frames[pos : pos + n]
             pos += n
@@ -932,6 +941,8 @@ class Broker:
                 for frames in c.shares:
                     self._send(w.key, [P.header(P.SHARE, 0, sid), *frames])
             w.setups.add(sid)
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch)
         head = P.pack(P.TASKS, [(t.btid, t.setup, len(t.frames), t.attempts) for t in batch])
         frames: list[Any] = [head]
         key = w.key
@@ -1051,11 +1062,16 @@ class Broker:
             task.attempts += 1
             task.prev += (w.key,)
             task.losses.append(f"{where}: {reason}")
+            if self.trace is not None:
+                self.trace.on_lost(task, w, f"{where}: {reason}", task.attempts > self.max_retries)
             if task.attempts > self.max_retries:
                 del self.tasks[btid]
                 message = (
-                    f"task {btid} was lost {task.attempts} times with its worker, more than "
-                    f"max_retries={self.max_retries} allows; last: {where}: {reason}"
+                    f"task {btid} was lost {task.attempts} time{'s' if task.attempts != 1 else ''} with "
+                    f"its worker, more than max_retries={self.max_retries} allows; last: {where}: "
+                    f"{reason}. A task that keeps "
+                    "taking its worker down is the likely cause (memory use, a crash in native code); "
+                    "if the losses are unrelated to it, raise max_retries"
                 )
                 body = [P.dump_json({"type": "WorkerLostError", "message": message, "kind": "lost"}), b""]
                 self._deliver_direct(task.owner, task.tid, P.LOST, body)
@@ -1106,7 +1122,11 @@ class Broker:
         if self._stopping or self.watcher.replace(tag) or self.workers or self.watcher.starting():
             return
         why = "; ".join(self._recent_losses) or "worker processes keep exiting"
-        text = f"no worker is left, and none could be started or replaced: {why}"
+        text = (
+            f"no worker is left, and none could be started or replaced: {why}. Run `python -m "
+            f"scoopexec worker --connect {self.endpoint}` by hand to see why (the same Python, with "
+            "scoopexec importable)"
+        )
         for c in list(self.clients.values()):
             if not c.broken:
                 self._break_client(c, "broken", text)
@@ -1125,19 +1145,32 @@ class Broker:
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
+        """The pool at this moment, as JSON-ready data (see status.PoolStatus for the fields).
+
+        Only call it in the broker's thread (or when the loop is not running):
+        STATUS messages and ScoopExecutor.status() arrange that.
+        """
         now = time.time()
+        rate = self._rate
+        if now - self.started < 1.0 and self.completed:  # no full one-second window yet
+            rate = self.completed / max(now - self.started, 1e-3)
         return {
             "pool": self.pool_id,
             "endpoint": self.endpoint,
             "host": self.host,
+            "pid": os.getpid(),
+            "protocol": P.VERSION,
+            "uptime": round(now - self.started, 3),
             "queued": len(self.queue),
+            "assigned": sum(len(w.assigned) for w in self.workers.values()),
             "tasks": len(self.tasks),
             "completed": self.completed,
-            "tasks_per_second": round(self._rate, 1),
+            "tasks_per_second": round(rate, 1),
             "clients": len(self.clients),
             "dropped": dict(self.dropped),
             "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.endpoints],
             "refused_keys": self.auth.refused if self.auth is not None else 0,
+            "trace": self.trace.path if self.trace is not None else None,
             "workers": [
                 {
                     "id": w.key.hex(),
@@ -1149,6 +1182,8 @@ class Broker:
                     "done": w.done,
                     "credit": w.credit,
                     "last_seen": round(now - w.last_seen, 3),
+                    "joined": round(now - w.joined, 3),
+                    "python": w.info.get("python"),
                 }
                 for w in self.workers.values()
             ],

@@ -1,4 +1,4 @@
-"""Command-line entry points other than the worker's."""
+"""Command-line entry points other than the worker's, and options shared by command lines."""
 
 from __future__ import annotations
 
@@ -9,9 +9,40 @@ import time
 from typing import Any
 
 
+def add_observe_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--trace FILE``, ``--progress``, ``-v`` and ``-q``: what a command line running a pool offers."""
+    from .logs import add_verbosity_options
+
+    parser.add_argument(
+        "--trace", metavar="FILE",
+        help="record every task and write the timeline to FILE when the pool stops "
+        "(open it in ui.perfetto.dev, or: python -m scoopexec report FILE)",
+    )  # fmt: skip
+    parser.add_argument("--progress", action="store_true", help="draw a progress bar for every map")
+    add_verbosity_options(parser)
+
+
+def apply_observe_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Set up logging from -v/-q; return the ScoopExecutor arguments for --trace and --progress.
+
+    ``ScoopExecutor(max_workers=n, **apply_observe_options(args))``; a bad
+    --trace path raises ValueError (the parser's ``error()`` is the place
+    to report it).
+    """
+    from .logs import configure_logging
+    from .trace import check_trace_path
+
+    configure_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    trace = getattr(args, "trace", None)
+    if trace:
+        check_trace_path(trace)
+    return {"trace": trace or None, "progress": bool(getattr(args, "progress", False))}
+
+
 def broker_main(argv: list[str]) -> int:
     """``python -m scoopexec broker``: a long-lived pool that clients and workers join."""
     from .broker import Broker
+    from .logs import add_verbosity_options, configure_logging
     from .security import Credentials, KeyPair, check_endpoint, write_key_file
 
     ap = argparse.ArgumentParser(prog="python -m scoopexec broker")
@@ -25,12 +56,27 @@ def broker_main(argv: list[str]) -> int:
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
     ap.add_argument("--max-retries", type=int, default=3)
+    ap.add_argument(
+        "--trace", metavar="FILE",
+        help="record every task and write the timeline to FILE when the broker stops "
+        "(see python -m scoopexec report)",
+    )  # fmt: skip
+    add_verbosity_options(ap)
     args = ap.parse_args(argv)
+    configure_logging(args.verbose - args.quiet)
     secure = args.key_file is not None
     try:
         check_endpoint(args.bind, secure=secure, what="bind endpoint")
     except ValueError as exc:
         ap.error(f"{exc}; for this command: --key-file FILE")
+    recorder = None
+    if args.trace:
+        from .trace import TraceRecorder
+
+        try:
+            recorder = TraceRecorder(args.trace)
+        except ValueError as exc:
+            ap.error(str(exc))
     if secure and args.bind.startswith("ipc://"):
         ap.error("--key-file secures TCP endpoints; an ipc:// endpoint is protected by file permissions")
     server = KeyPair.new() if secure else None
@@ -45,6 +91,9 @@ def broker_main(argv: list[str]) -> int:
         peer = KeyPair.new()
         b.allow(peer.public)
         write_key_file(args.key_file, Credentials.for_pair(server.public, peer))
+    b.trace = recorder
+    if recorder is not None:
+        recorder.meta.update(argv=["python -m scoopexec broker", *argv])
     security = f", CURVE key in {args.key_file}" if secure else ""
     print(f"scoopexec broker {b.pool_id} listening on {b.endpoint}{security}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: b.stop())
@@ -52,6 +101,14 @@ def broker_main(argv: list[str]) -> int:
         b.run()
     except KeyboardInterrupt:
         pass
+    if recorder is not None:
+        try:
+            path = recorder.write()
+        except OSError as exc:
+            where = recorder.path
+            print(f"scoopexec broker: could not write the timeline to {where}: {exc}", file=sys.stderr)
+            return 1
+        print(f"timeline of {len(recorder.records)} task(s) written to {path}", flush=True)
     return 0
 
 

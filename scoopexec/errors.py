@@ -56,6 +56,7 @@ class LaunchError(BrokenScoopExecutor):
 
     @classmethod
     def several(cls, errors: list[LaunchError]) -> LaunchError:
+        """One error for several hosts that failed, quoting each one's."""
         hosts = ", ".join(e.host for e in errors)
         exc = cls(hosts, f"{len(errors)} hosts failed")
         exc.args = (f"could not start workers on {len(errors)} hosts:\n" + "\n".join(str(e) for e in errors),)

@@ -32,7 +32,6 @@ import concurrent.futures as cf
 import concurrent.futures._base as cfb
 import functools
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -42,11 +41,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import mainmodule, serialize
+from . import logs, mainmodule, serialize
 from . import protocol as P
 from .broker import Broker
 from .errors import (
@@ -82,6 +81,10 @@ from .security import (
     read_key_file,
     write_key_file,
 )
+
+if TYPE_CHECKING:
+    from .status import PoolStatus
+    from .trace import TraceRecorder
 
 log = logging.getLogger("scoopexec")
 
@@ -142,6 +145,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     _what = ""  # the task's function, for error messages
 
     def cancel(self) -> bool:
+        """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
         with self._condition:
             ok = super().cancel()
             if ok and self._state == cfb.CANCELLED:
@@ -152,6 +156,24 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
             self._link.cancelled(self._tid)
             self._link = None
         return ok
+
+
+def _status_timeout(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"the broker did not answer a status request within {timeout:g} s; it may be "
+        "overloaded (try a longer timeout) or unreachable"
+    )
+
+
+class _StatusRequest:
+    """A status snapshot asked for by a user thread, answered by the I/O thread."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: dict[str, Any] = {}
+        self.error = ""
 
 
 class _Link:
@@ -178,6 +200,7 @@ class _Link:
         self.launch_options: dict[str, Any] = {}
         self._syncs: list[threading.Event] = []
         self.unmatched = 0
+        self.status_requests: collections.deque[_StatusRequest] = collections.deque()
 
     # --- called from user threads
     def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
@@ -225,6 +248,28 @@ class _Link:
         self._wake()
         ev.wait(timeout)
 
+    def status(self, timeout: float) -> dict[str, Any]:
+        """The broker's status snapshot (Broker.status()), computed in the broker's thread."""
+        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+            raise RuntimeError("this pool is shut down; it has no status any more")
+        return self._status(timeout)
+
+    def _status(self, timeout: float) -> dict[str, Any]:
+        """Ask the broker with a STATUS message sent by the I/O thread (a remote link)."""
+        if self.thread is threading.current_thread():
+            raise RuntimeError(
+                "the status of a standalone broker cannot be asked for from this client's I/O thread "
+                "(a done-callback): ask from another thread"
+            )
+        req = _StatusRequest()
+        self.status_requests.append(req)
+        self._wake()
+        if not req.event.wait(timeout):
+            raise _status_timeout(timeout)
+        if req.error:
+            raise RuntimeError(req.error)
+        return req.value
+
     # --- called from the I/O (broker) thread
     def dispatched(self) -> None:
         while self._syncs:
@@ -271,14 +316,7 @@ class _Link:
 
     def log_record(self, data: bytes) -> None:
         try:
-            d = json.loads(data)
-            record = logging.makeLogRecord(
-                {k: v for k, v in d.items() if k not in ("msg", "exc_text")}
-            )
-            record.msg = d.get("msg", "")
-            record.args = None
-            record.exc_text = d.get("exc_text") or None
-            logging.getLogger(record.name).handle(record)
+            logs.handle_remote_record(data)
         except Exception:  # pragma: no cover - a bad record must not stop the pool
             log.debug("could not re-emit a worker's log record", exc_info=True)
 
@@ -287,7 +325,10 @@ class _Link:
             return
         if kind == "initializer":
             logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
-            text = f"A worker's initializer failed; the pool is not usable any more.\n{message}"
+            text = (
+                "A worker's initializer failed, so this pool cannot run tasks any more: fix the "
+                f"initializer (its traceback follows) and start a new executor.\n{message}"
+            )
             exc_type: type[BrokenScoopExecutor] = InitializerError
         elif kind == "broker":
             text, exc_type = message, BrokerLostError
@@ -427,7 +468,15 @@ class _Link:
                 pass
 
     def _finished(self) -> None:
-        self.fail_all(BrokenScoopExecutor, "the pool was shut down before this task completed")
+        self.fail_all(
+            BrokenScoopExecutor,
+            "the pool was shut down before this task completed (wait for the futures you need, "
+            "or shut down with wait=True, before the executor goes away)",
+        )
+        while self.status_requests:
+            req = self.status_requests.popleft()
+            req.error = "the pool shut down before its broker answered"
+            req.event.set()
         self._close_pipes()
         with _live_lock:
             _live_links.discard(self)
@@ -450,6 +499,7 @@ class _LocalLink(_Link):
         env: Mapping[str, str] | None,
         max_message_size: int,
         cwd: str | None = None,
+        trace: TraceRecorder | None = None,
     ) -> None:
         if bind is not None:
             check_endpoint(bind, secure=True, what="bind endpoint")
@@ -498,6 +548,7 @@ class _LocalLink(_Link):
             self._close_pipes()
             raise
         self.broker.watcher = self.workers
+        self.broker.trace = self.trace = trace
         with _live_lock:
             _live_links.add(self)
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
@@ -539,6 +590,19 @@ class _LocalLink(_Link):
             )
         return self._remote_target("key")[2]
 
+    def _status(self, timeout: float) -> dict[str, Any]:
+        if self.thread is threading.current_thread():
+            return self.broker.status()  # e.g. from a done-callback: we are the broker's thread
+        fut = self.broker.call_soon(self.broker.status)
+        try:
+            result: dict[str, Any] = fut.result(timeout)
+        except cf.TimeoutError:
+            fut.cancel()
+            raise _status_timeout(timeout) from None
+        except cf.CancelledError:
+            raise RuntimeError("this pool shut down before its broker answered") from None
+        return result
+
     def _run(self) -> None:
         try:
             self.broker.run()
@@ -550,7 +614,19 @@ class _LocalLink(_Link):
                 self.workers.stop()
             self.ctx.term()
             self._cleanup_dir()
+            self._write_trace()
+            log.info("pool %s stopped after %d task(s)", self.pool_id, self.broker.completed)
             self._finished()
+
+    def _write_trace(self) -> None:
+        if self.trace is None:
+            return
+        try:
+            path = self.trace.write()
+        except Exception as exc:
+            log.error("could not write the timeline to %s: %s: %s", self.trace.path, type(exc).__name__, exc)
+        else:
+            log.info("timeline of %d task(s) written to %s", len(self.trace.records), path)
 
     def _cleanup_dir(self) -> None:
         if self._ipc_dir is not None:
@@ -581,6 +657,7 @@ class _RemoteLink(_Link):
         self.endpoint = endpoint
         self.heartbeat_timeout = heartbeat_timeout
         self.cancels: collections.deque[int] = collections.deque()
+        self._status_waiting: collections.deque[_StatusRequest] = collections.deque()
         self._stop = False
         self.ctx: zmq.Context[Any] = zmq.Context()
         s = self.sock = self.ctx.socket(zmq.DEALER)
@@ -721,7 +798,13 @@ class _RemoteLink(_Link):
                 if lost_at is not None:
                     left = lost_at + self.heartbeat_timeout - time.monotonic()
                     if left <= 0:
-                        self.broken("broker", f"lost the connection to the broker at {self.endpoint}")
+                        self.broken(
+                            "broker",
+                            f"lost the connection to the broker at {self.endpoint}: no answer for "
+                            f"{self.heartbeat_timeout:g} s. The broker process has exited or cannot be "
+                            "reached; pending tasks are lost. Check the broker (its log, its host), then "
+                            "start a new executor",
+                        )
                         break
                     timeout = int(left * 1000) + 1
                 events = dict(poller.poll(timeout))
@@ -749,9 +832,13 @@ class _RemoteLink(_Link):
             if self.workers is not None:
                 self.workers.stop()
             self.ctx.term()
+            self.status_requests.extend(self._status_waiting)
             self._finished()
 
     def _send_pending(self) -> None:
+        while self.status_requests:
+            self._status_waiting.append(self.status_requests.popleft())
+            self._send([P.header(P.STATUS)])
         while self.shares:
             self._send([P.header(P.SHARE), *self.shares.popleft()])
         outbox = self.outbox
@@ -799,13 +886,26 @@ class _RemoteLink(_Link):
             elif mtype == P.LOG:
                 for f in frames[1:]:
                     self.log_record(f.bytes)
+            elif mtype == P.STATUS_REPLY:
+                if self._status_waiting:
+                    req = self._status_waiting.popleft()
+                    value = P.load_json(frames[1].bytes) if len(frames) > 1 else None
+                    if isinstance(value, dict):
+                        req.value = value
+                    else:
+                        req.error = f"the broker at {self.endpoint} sent a malformed status"
+                    req.event.set()
             elif mtype == P.BROKEN:
                 info = P.load_json(frames[1].bytes)
                 self.broken(str(info.get("kind", "")), str(info.get("message", "")))
             elif mtype == P.ERROR:
                 text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
                 if text.startswith("unknown peer"):
-                    self.broken("broker", f"the broker at {self.endpoint} no longer knows this client")
+                    self.broken(
+                        "broker",
+                        f"the broker at {self.endpoint} no longer knows this client (it was restarted, "
+                        "or gave this client up after a long silence); start a new executor",
+                    )
                 else:
                     log.error("broker at %s: %s", self.endpoint, text)
 
@@ -857,6 +957,7 @@ def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "cwd": os.getcwd(),
         "main": mainmodule.describe(),
+        "log_levels": logs.levels(),
     }
     init = b""
     if initializer is not None:
@@ -911,6 +1012,14 @@ class ScoopExecutor(MapMixin, cf.Executor):
         key: the key file of a standalone broker that is not on loopback
             (``python -m scoopexec broker --key-file FILE`` writes it).
         launch_timeout: seconds to wait for launched workers to connect.
+        trace: a file name: record every task (submit, start, end, worker,
+            host, parent task, bytes in and out, retries) and write them there
+            as a Chrome trace-event timeline when the pool stops; open it in
+            https://ui.perfetto.dev or summarise it with
+            ``python -m scoopexec report FILE``.  Embedded broker only (start
+            a standalone broker with ``--trace FILE`` instead).
+        progress: the default of ``map(..., progress=)``: True draws a
+            progress bar on stderr for every map.
     """
 
     def __init__(
@@ -934,6 +1043,8 @@ class ScoopExecutor(MapMixin, cf.Executor):
         ssh: Sequence[str] | None = None,
         key: str | os.PathLike[str] | Credentials | None = None,
         launch_timeout: float = 60.0,
+        trace: str | os.PathLike[str] | None = None,
+        progress: bool = False,
     ) -> None:
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
@@ -941,7 +1052,10 @@ class ScoopExecutor(MapMixin, cf.Executor):
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
         if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
-            raise ValueError("need 0 < heartbeat < heartbeat_timeout")
+            raise ValueError(
+                f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "
+                f"heartbeat_timeout={heartbeat_timeout!r}"
+            )
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be an integer >= 0")
         if _global_shutdown:
@@ -963,17 +1077,30 @@ class ScoopExecutor(MapMixin, cf.Executor):
             "connect_timeout": connect_timeout,
             "launch_timeout": launch_timeout,
         }
+        recorder: TraceRecorder | None = None
+        if trace is not None:
+            if broker is not None:
+                raise ValueError(
+                    "trace= records in the embedded broker; with broker=..., start the standalone "
+                    "broker with `python -m scoopexec broker --bind ADDR --trace FILE` instead"
+                )
+            from .trace import TraceRecorder
+
+            recorder = TraceRecorder(trace)
         mainmodule.alias_in_client()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._shared: dict[str, Any] = {}
         self._max_message_size = max_message_size
+        self._progress = progress
         setup = _setup_blob(initializer, tuple(initargs))
         self._link: _Link
         if broker is None:
             if key is not None:
                 raise ValueError("key= is for a standalone broker (broker=...)")
             self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            if recorder is not None:
+                recorder.meta.update(argv=list(sys.argv))
             self._link = _LocalLink(
                 n_local,
                 setup,
@@ -985,6 +1112,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 env=env,
                 max_message_size=max_message_size,
                 cwd=launch_options["cwd"] if cwd is not None else None,
+                trace=recorder,
             )
         else:
             if bind is not None:
@@ -1012,6 +1140,12 @@ class ScoopExecutor(MapMixin, cf.Executor):
             except BaseException:
                 self._link.close(wait=True)
                 raise
+        log.info(
+            "pool %s: %s at %s, %d worker(s) started%s",
+            self._link.pool_id, "embedded broker" if broker is None else "client of the broker",
+            self._link.endpoint, self._max_workers,
+            f", recording a timeline to {recorder.path}" if recorder is not None else "",
+        )  # fmt: skip
         self._pool_id = self._link.pool_id
         _by_pool[self._pool_id] = self
         link = self._link
@@ -1092,6 +1226,28 @@ class ScoopExecutor(MapMixin, cf.Executor):
         if not isinstance(link, _LocalLink):
             raise RuntimeError("a client of a standalone broker joins with that broker's key file")
         return write_key_file(path, link.join_keys())
+
+    @property
+    def trace_path(self) -> str | None:
+        """Where the timeline is written when the pool stops (``trace=``), or None."""
+        rec = getattr(self._link, "trace", None)
+        return rec.path if rec is not None else None
+
+    def status(self, timeout: float = 5.0) -> PoolStatus:
+        """What the pool is doing now: its workers, its queue and its throughput.
+
+        Returns a PoolStatus: per worker its host, pid, busy or idle, tasks
+        assigned and done, and seconds since it was last heard from; the
+        tasks queued and assigned to workers, tasks completed and completions
+        per second.  ``print()`` it
+        for a table.  The embedded broker computes it in its own thread; a
+        standalone broker is asked over the connection.  Raises TimeoutError
+        if no answer comes within ``timeout`` seconds, RuntimeError after
+        shutdown.
+        """
+        from .status import PoolStatus
+
+        return PoolStatus.from_dict(self._link.status(timeout))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -1239,7 +1395,10 @@ def _pool_handle(pool_id: str) -> Any:
         return WorkerExecutor(w)
     ex = _by_pool.get(pool_id)
     if ex is None:
-        raise RuntimeError(f"the scoopexec pool {pool_id} is not reachable from this process")
+        raise RuntimeError(
+            f"the scoopexec pool {pool_id} is not reachable from this process: an executor only "
+            "travels to the tasks of its own pool; pass data, not the executor, anywhere else"
+        )
     return ex
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from .security import Credentials, encode_frame
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_HOST = socket.gethostname()
 MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
 
 
@@ -69,8 +71,8 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-_SIGNAL_HINTS = {
-    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on that host) or a kill -9",
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on {host}) or a kill -9",
     signal.SIGSEGV: " - a segmentation fault in native code (a C extension, ctypes)",
     signal.SIGBUS: " - a bus error in native code, or a truncated memory-mapped file",
     signal.SIGABRT: " - native code aborted (a failed assertion or a corrupted heap)",
@@ -78,15 +80,16 @@ _SIGNAL_HINTS = {
 }
 
 
-def describe_returncode(rc: int) -> str:
-    """Words for a process's exit status, with the likely cause of a fatal signal."""
+def describe_returncode(rc: int, host: str = "that host") -> str:
+    """Words for a process's exit status, with the likely cause of a fatal signal (on ``host``)."""
     if rc < 0:
         try:
             sig: signal.Signals | int = signal.Signals(-rc)
             name = signal.Signals(-rc).name
         except ValueError:
             sig, name = -rc, f"signal {-rc}"
-        return f"was killed by signal {-rc} ({name}){_SIGNAL_HINTS.get(sig, '')}"  # type: ignore[call-overload]
+        hint = _SIGNAL_HINTS.get(int(sig), "").format(host=host)
+        return f"was killed by signal {-rc} ({name}){hint}"
     if rc == 3:
         return "exited with code 3 (it lost its broker)"
     if rc == 4:
@@ -216,7 +219,7 @@ class LocalWorkers:
         return True
 
     def describe_exit(self, tag: str, returncode: int) -> str:
-        return f"worker process {tag} {describe_returncode(returncode)}"
+        return f"worker process {tag} {describe_returncode(returncode, _HOST)}"
 
     def kill(self, tag: str) -> None:
         """SIGKILL one worker (a hung one); reap() reports it and replace() starts another."""

@@ -116,12 +116,16 @@ class MapMixin:
         chunksize: int = 1,
         buffersize: int | None = None,
         unordered: bool = False,
+        progress: bool | str | None = None,
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
         ``chunksize`` items travel per task; ``buffersize`` bounds how many
         tasks are in flight (the iterables are then read lazily);
         ``unordered=True`` yields results in the order they complete.
+        ``progress=True`` (or a label) draws a bar on stderr counting finished
+        items, with the total and the rate (tqdm if installed, else a plain
+        line); None takes the executor's default (``ScoopExecutor(progress=)``).
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
@@ -133,12 +137,22 @@ class MapMixin:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         zipped: Iterator[tuple[Any, ...]] = zip(*iterables)
+        if progress is None:
+            progress = getattr(self, "_progress", False)
+        tracker = None
+        if progress:
+            from .progress import MapProgress
+
+            label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
+            tracker = MapProgress(_known_length(iterables), label)
+            zipped = _tally(zipped, tracker)
         if chunksize > 1:
             if len(iterables) == 1:
                 call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
-                source: Iterator[tuple[Any, ...]] = (
-                    (list(c),) for c in _batched(iter(iterables[0]), chunksize)
-                )
+                items: Iterator[Any] = iter(iterables[0])
+                if tracker is not None:
+                    items = _tally(items, tracker)
+                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in _batched(items, chunksize))
             else:
                 call_fn = functools.partial(_run_chunk, fn)
                 source = ((list(c),) for c in _batched(zipped, chunksize))
@@ -160,8 +174,11 @@ class MapMixin:
             if encode_error is not None:
                 f: cf.Future[Any] = cf.Future()
                 f.set_exception(encode_error)
-                return f
-            return ex._submit_encoded(fn_frame, args, {}, what)
+            else:
+                f = ex._submit_encoded(fn_frame, args, {}, what)
+            if tracker is not None:
+                f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+            return f
 
         if buffersize:
             fs: collections.deque[cf.Future[Any]] = collections.deque(
@@ -176,7 +193,9 @@ class MapMixin:
         else:
             gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
         if chunksize > 1:
-            return _unchunk(gen)
+            gen = _unchunk(gen)
+        if tracker is not None:
+            return _with_progress(gen, tracker)
         return gen
 
 
@@ -253,6 +272,62 @@ def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
             fut.cancel()
     finally:
         del fut  # break the reference cycle through the traceback
+
+
+def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items zip(*iterables) will give, if every iterable knows its length."""
+    try:
+        return min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _tally(items: Iterator[Any], tracker: Any) -> Iterator[Any]:
+    """Pass the items through; once they are exhausted, the progress bar knows its total."""
+    count = 0
+    for item in items:
+        count += 1
+        yield item
+    tracker.set_total(count)
+
+
+class _Advance:
+    """A done-callback: ``n`` more items of a map are finished."""
+
+    __slots__ = ("n", "tracker")
+
+    def __init__(self, tracker: Any, n: int) -> None:
+        self.tracker = tracker
+        self.n = n
+
+    def __call__(self, _fut: cf.Future[Any]) -> None:
+        self.tracker.task_done(self.n)
+
+
+def _with_progress(gen: Iterator[Any], tracker: Any) -> Iterator[Any]:
+    """Yield the map's results; complete the bar as the last one is handed out.
+
+    Completed *before* the last result is yielded, so that the bar's final
+    line comes before whatever the consumer prints next, even when the
+    consumer never asks past the last item (``zip(population, results)``).
+    """
+    complete = False
+    taken = 0
+    try:
+        for item in gen:
+            taken += 1
+            if tracker.total is not None and taken >= tracker.total:
+                tracker.finish()
+            yield item
+        complete = True
+    finally:
+        if complete:
+            tracker.finish()
+        else:
+            # Stopped early: show the count reached before closing the map
+            # cancels the rest (cancelled futures run their callbacks too).
+            tracker.close()
+            gen.close()  # type: ignore[attr-defined]
 
 
 def _batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:

@@ -110,7 +110,8 @@ def _dumps_fn_checked(fn: Callable[..., Any]) -> bytes:
         return dumps_function(fn)
     except Exception as exc:
         raise SerializationError(
-            f"cannot send the function {_describe(fn)} to a worker: {type(exc).__name__}: {exc}"
+            f"cannot send the function {_describe(fn)} to a worker: {type(exc).__name__}: {exc} "
+            "(a function defined at the top level of a module always travels)"
         ) from exc
 
 
@@ -119,7 +120,9 @@ def _dumps_args_checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames
         return dumps((args, kwargs or None))
     except Exception as exc:
         raise SerializationError(
-            f"cannot send the arguments to a worker: {type(exc).__name__}: {exc}"
+            f"cannot send the arguments to a worker: {type(exc).__name__}: {exc} (arguments must "
+            "pickle; open files, locks, sockets, generators and database connections cannot travel "
+            "to another process: pass what is needed to recreate them instead)"
         ) from exc
 
 
@@ -137,7 +140,8 @@ def _describe(fn: Any) -> str:
     return repr(fn)[:200]
 
 
-def encode_result(value: Any) -> tuple[int, Frames]:
+def encode_result(value: Any, where: str = "") -> tuple[int, Frames]:
+    """OK and the result's frames, or FAILED saying why it cannot be sent (``where``: on which worker)."""
     try:
         return protocol.OK, dumps(value)
     except Exception as exc:
@@ -145,8 +149,8 @@ def encode_result(value: Any) -> tuple[int, Frames]:
 
         return protocol.FAILED, failure_frames(
             "result",
-            f"the task's result of type {_qualname(type(value))} cannot be pickled: "
-            f"{type(exc).__name__}: {exc}",
+            f"the task's result of type {_qualname(type(value))} cannot be pickled{where}: "
+            f"{type(exc).__name__}: {exc} (return plain data the client can rebuild it from)",
             traceback.format_exc(),
         )
     except BaseException as exc:  # SystemExit, KeyboardInterrupt while pickling
@@ -188,7 +192,8 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
             return True, loads(frames)
         except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
             err = SerializationError(
-                f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"
+                f"the task's result could not be unpickled here: {type(exc).__name__}: {exc} "
+                "(the module defining its type must be importable in this process too)"
             )
             err.__cause__ = exc
             return False, err
@@ -207,7 +212,9 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
     if status == protocol.CANCELLED:
         from concurrent.futures import CancelledError
 
-        return False, CancelledError("the task was dropped by the broker")
+        return False, CancelledError(
+            "the broker dropped this task: the task or client that submitted it had gone away"
+        )
     meta = protocol.load_json(frames[0]) if frames else {}
     tb = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
     exc = _failure_exception(status, meta)

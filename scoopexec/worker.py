@@ -46,7 +46,7 @@ from typing import Any
 import greenlet
 import zmq
 
-from . import mainmodule
+from . import logs, mainmodule
 from . import protocol as P
 from . import serialize
 from .errors import InitializerError, ProtocolError, SerializationError
@@ -658,8 +658,9 @@ class Worker:
             except BaseException as exc:
                 status, frames = protocol_failure(
                     "call",
-                    f"the task could not be unpickled on worker {self.name}: "
-                    f"{type(exc).__name__}: {exc}",
+                    f"the task could not be unpickled on worker {self.name} (pid {self.pid} on "
+                    f"{self.host}): {type(exc).__name__}: {exc} (the module that defines it must be "
+                    "importable there: workers get the client's sys.path and working directory)",
                     traceback.format_exc(),
                 )
             else:
@@ -669,7 +670,9 @@ class Worker:
                 except BaseException as exc:
                     status, frames = serialize.encode_exception(exc, self._format_tb(exc))
                 else:
-                    status, frames = serialize.encode_result(value)
+                    status, frames = serialize.encode_result(
+                        value, f" on worker {self.name} (pid {self.pid} on {self.host})"
+                    )
                     big = serialize.oversized(frames, self.max_message_size)
                     if big:
                         status, frames = protocol_failure(
@@ -774,7 +777,8 @@ class Worker:
         if not self.in_task():
             if threading.get_ident() == self.thread_id:
                 raise RuntimeError(
-                    "cannot wait for a future in a done-callback on a scoopexec worker"
+                    "cannot wait for a future in a done-callback on a scoopexec worker (callbacks run "
+                    "in the worker's hub, which must not block): wait in the task itself instead"
                 )
             cfb.wait(fs, timeout, return_when)  # another thread: block it, the hub will resolve
             return
@@ -884,6 +888,7 @@ class Worker:
             return
         try:
             plain = P.load_json(frames[0].bytes) if frames else {}
+            logs.apply_levels(plain.get("log_levels"))  # log what the client wants to see
             for entry in reversed(plain.get("sys_path", [])):
                 if entry not in sys.path:
                     sys.path.insert(0, entry)

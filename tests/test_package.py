@@ -56,3 +56,39 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     r = subprocess.run([py, str(script)], capture_output=True, timeout=120, cwd=str(tmp_path), env=env)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == [str(sum(x * x for x in range(100))), "7"]
+
+
+def test_public_api_is_documented_and_listed():
+    """Every public name (and its public methods) has a docstring and appears in __all__."""
+    import importlib
+    import inspect
+
+    import scoopexec
+
+    modules = [scoopexec] + [
+        importlib.import_module(f"scoopexec.{m}") for m in ("status", "report", "trace", "logs", "progress")
+    ]
+    missing = []
+    for mod in modules:
+        assert mod.__doc__, mod.__name__
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{mod.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_"):
+                        continue
+                    target = member.fget if isinstance(member, property) else member
+                    if isinstance(target, (classmethod, staticmethod)):
+                        target = target.__func__
+                    if inspect.isfunction(target) and not target.__doc__:
+                        missing.append(f"{mod.__name__}.{name}.{attr}")
+    assert not missing, f"public names without a docstring: {missing}"
+    public = {
+        n for n in dir(scoopexec)
+        if not n.startswith("_") and not inspect.ismodule(getattr(scoopexec, n)) and n != "annotations"
+    }  # fmt: skip
+    assert public <= set(scoopexec.__all__), public - set(scoopexec.__all__)

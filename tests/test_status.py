@@ -1,0 +1,195 @@
+"""Live status: ex.status() (embedded and remote) and `python -m scoopexec status ADDR`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.status import PoolStatus, query
+from tests import helpers
+from tests.conftest import ROOT
+from tests.test_standalone import _free_port, _start_workers
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def _cli(*args):
+    """Run `python -m scoopexec ARGS` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "scoopexec", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, env=_env(), timeout=60, check=False)
+
+
+def _until(predicate, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_embedded_pool_status_shows_workers_queue_and_rate():
+    with ScoopExecutor(1) as ex:
+        assert sum(ex.map(helpers.mul, range(50), range(50))) == sum(i * i for i in range(50))
+        blocker = ex.submit(helpers.sleep_and_return, 5, "done")
+        queued = [ex.submit(abs, -i) for i in range(5)]
+
+        def busy_with_six():
+            # Tasks wait in the broker's queue or, prefetched, on the worker (which
+            # asks for several at a time once it has seen that tasks are short).
+            st = ex.status()
+            return st if st.busy == 1 and st.queued + st.assigned == 6 else None
+
+        st = _until(busy_with_six, "one busy worker and six tasks in the pool")
+        assert isinstance(st, PoolStatus)
+        (w,) = st.workers
+        assert w.state == "busy" and w.assigned == st.assigned >= 1
+        assert w.pid in ex.worker_pids and w.host == socket.gethostname()
+        assert w.done >= 50 and 0 <= w.last_seen < 60 and w.joined >= w.last_seen
+        assert st.completed >= 50 and st.clients == 1
+        assert st.tasks_per_second >= 0 and st.uptime > 0
+        assert st.pool == ex.pool_id and st.endpoint == ex.endpoint and st.trace is None
+        text = str(st)
+        assert f"{st.queued} queued" in text and f"{st.assigned} on workers" in text
+        assert str(w.pid) in text and "busy" in text
+        assert blocker.result(timeout=60) == "done"
+        assert [f.result(timeout=60) for f in queued] == [0, 1, 2, 3, 4]
+        st = _until(lambda: (s := ex.status()).busy == 0 and s, "the worker to become idle")
+        assert st.queued == 0 and st.workers[0].state == "idle" and st.workers[0].done >= 51
+        json.dumps(st.as_dict())  # plain data
+
+
+def test_rate_is_measured_while_tasks_complete():
+    with ScoopExecutor(2) as ex:
+        fs = [ex.submit(helpers.sleep_and_return, 0.01) for _ in range(300)]
+        rates = []
+        while not all(f.done() for f in fs):
+            rates.append(ex.status().tasks_per_second)
+            time.sleep(0.1)
+        assert max(rates, default=0) > 0
+        assert ex.status().completed >= 300
+
+
+def _status_from_callback(ex, box, fut):
+    box.append(ex.status(timeout=10))
+
+
+def test_status_from_a_done_callback_in_the_broker_thread():
+    with ScoopExecutor(1) as ex:
+        box: list = []
+        fut = ex.submit(abs, -1)
+        fut.add_done_callback(lambda f: _status_from_callback(ex, box, f))
+        assert fut.result(timeout=60) == 1
+        _until(lambda: box, "the callback")
+        assert len(box[0].workers) == 1
+
+
+def test_status_after_shutdown_says_so():
+    ex = ScoopExecutor(1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.status()
+
+
+@pytest.fixture
+def standalone():
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr], stdout=subprocess.PIPE, env=_env()
+    )
+    workers = None
+    try:
+        assert "listening on" in broker.stdout.readline().decode()
+        workers = _start_workers(addr, 2)
+        yield addr, workers
+    finally:
+        if workers is not None:
+            workers.terminate()
+            workers.wait(10)
+        broker.terminate()
+        broker.wait(10)
+        broker.stdout.close()
+
+
+def test_remote_client_status_and_the_status_command(standalone):
+    addr, _ = standalone
+    with ScoopExecutor(broker=addr) as ex:
+        st = _until(lambda: s if len((s := ex.status()).workers) == 2 else None, "two workers to join")
+        pids = {w.pid for w in st.workers}
+        assert len(pids) == 2 and all(w.host == socket.gethostname() for w in st.workers)
+        assert sorted(ex.map(abs, range(-40, 0))) == list(range(1, 41))
+        st = ex.status()
+        assert st.completed >= 40 and sum(w.done for w in st.workers) >= 40 and st.clients == 1
+
+        r = _cli("status", addr)
+        assert r.returncode == 0, r.stderr.decode()
+        out = r.stdout.decode()
+        assert f"at {addr}" in out and "2 workers" in out and "1 client" in out
+        assert "WORKER" in out and "LAST HEARD" in out
+        for pid in pids:
+            assert str(pid) in out
+
+        r = _cli("status", addr, "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        data = json.loads(r.stdout)
+        assert {w["pid"] for w in data["workers"]} == pids and data["completed"] >= 40
+        assert data["pool"] == ex.pool_id
+
+    # The status client does not join the pool: asking twice changes nothing.
+    assert query(addr).clients == 0
+    assert query(addr).clients == 0
+
+
+def test_status_command_against_nothing_fails_fast_with_advice():
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    t = time.monotonic()
+    r = _cli("status", addr, "--timeout", "1")
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert f"no scoopexec broker answered at {addr} within 1 s" in err and "python -m scoopexec broker" in err
+    assert time.monotonic() - t < 30
+    r = _cli("status", "tcp://10.9.8.7:5555")
+    assert r.returncode == 2 and "not on this machine" in r.stderr.decode()
+
+
+def test_status_of_an_embedded_broker_from_another_process():
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        ex.submit(abs, 1).result(timeout=60)
+        r = _cli("status", ex.endpoint, "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        data = json.loads(r.stdout)
+        assert data["pool"] == ex.pool_id and [w["pid"] for w in data["workers"]] == ex.worker_pids
+
+
+def test_status_of_a_curve_secured_broker_needs_its_key(tmp_path):
+    key = tmp_path / "pool.key"
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr, "--key-file", str(key)],
+        stdout=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    try:
+        assert "CURVE" in broker.stdout.readline().decode()
+        r = _cli("status", addr, "--key", key, "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        data = json.loads(r.stdout)
+        assert data["workers"] == [] and data["endpoints"][0]["curve"] is True
+        r = _cli("status", addr, "--timeout", "1")  # no key: the handshake never completes
+        assert r.returncode == 1 and "no scoopexec broker answered" in r.stderr.decode()
+        r = _cli("status", addr, "--key", tmp_path / "missing.key")
+        assert r.returncode == 2 and "cannot read key file" in r.stderr.decode()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        broker.stdout.close()

@@ -1,0 +1,408 @@
+"""The timeline: ScoopExecutor(trace=...), the broker's --trace, and `python -m scoopexec report`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.broker import Task, WorkerPeer
+from scoopexec.report import format_summary, load, percentile, render_png, summarize
+from scoopexec.trace import TraceRecorder, function_name
+from tests import helpers
+from tests.conftest import ROOT
+
+TASK_ARGS = {"task", "parent", "worker", "host", "submitted_us", "dispatched_us", "finished_us",
+             "bytes_in", "bytes_out", "retries", "status"}  # fmt: skip
+SLACK_US = 3000  # clocks read in different processes on one machine
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def _cli(*args):
+    """Run `python -m scoopexec ARGS` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "scoopexec", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, env=_env(), timeout=60, check=False)
+
+
+def _events(path):
+    with open(path) as fh:
+        doc = json.load(fh)
+    return doc, doc["traceEvents"]
+
+
+def _check_nesting(slices):
+    """Slices on one row must nest or follow each other: what Chrome's viewers require."""
+    rows = {}
+    for ev in slices:
+        rows.setdefault((ev["pid"], ev["tid"]), []).append((ev["ts"], ev["ts"] + ev["dur"]))
+    for spans in rows.values():
+        spans.sort(key=lambda s: (s[0], -s[1]))
+        open_ends = []
+        for s, e in spans:
+            while open_ends and open_ends[-1] <= s:
+                open_ends.pop()
+            assert not open_ends or e <= open_ends[-1], f"slice {s}-{e} overlaps its row without nesting"
+            open_ends.append(e)
+
+
+def _raise_in_task():
+    raise ValueError("recorded failure")
+
+
+def test_a_real_run_with_nested_tasks_gives_a_valid_chrome_trace(tmp_path):
+    path = tmp_path / "run.json"
+    with ScoopExecutor(2, trace=path) as ex:
+        assert ex.trace_path == str(path)
+        assert ex.submit(helpers.fib, 7).result(timeout=60) == 13  # 41 tasks, 6 levels of parents
+        assert list(ex.map(helpers.mul, range(30), range(30))) == [i * i for i in range(30)]
+        assert ex.submit(len, b"x" * 200_000).result(timeout=60) == 200_000
+        assert len(ex.submit(bytes, 300_000).result(timeout=60)) == 300_000
+        with pytest.raises(ValueError, match="recorded failure"):
+            ex.submit(_raise_in_task).result(timeout=60)
+        pids = set(ex.worker_pids)
+        assert not path.exists()  # written when the pool stops
+    doc, events = _events(path)
+    assert doc["displayTimeUnit"] == "ms"
+    meta = doc["scoopexec"]
+    assert meta["tasks"] == 41 + 30 + 3 and meta["tasks_not_recorded"] == 0
+
+    for ev in events:
+        assert {"ph", "pid", "tid", "name"} <= set(ev), ev
+    tasks = [e for e in events if e["ph"] == "X"]
+    assert len(tasks) == 74
+    for ev in tasks:
+        assert ev["cat"] == "task" and ev["dur"] >= 0 and ev["ts"] >= 0
+        assert TASK_ARGS <= set(ev["args"]), ev
+        a = ev["args"]
+        assert a["retries"] == 0
+        assert a["bytes_in"] > 0
+        # submitted <= started, ended <= result received (one machine: one clock)
+        assert a["submitted_us"] <= ev["ts"] + SLACK_US
+        assert ev["ts"] + ev["dur"] <= a["finished_us"] + SLACK_US
+
+    # One process row per worker, named after it, with its host and OS pid.
+    names = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    rows = {w["pid"]: w for w in meta["workers"]}
+    assert {e["pid"] for e in tasks} <= set(rows)
+    assert {w["os_pid"] for w in rows.values()} <= pids
+    for pid, w in rows.items():
+        assert names[pid] == f"worker {w['name']}"
+        assert w["host"] and w["clock_offset_us"] == 0.0
+    _check_nesting(tasks)
+
+    by_name: dict[str, list] = {}
+    for ev in tasks:
+        by_name.setdefault(ev["name"], []).append(ev)
+    assert len(by_name["fib"]) == 41 and len(by_name["mul"]) == 30
+    assert by_name["_raise_in_task"][0]["args"]["status"] == "raised"
+    assert by_name["len"][0]["args"]["bytes_in"] >= 200_000
+    assert by_name["bytes"][0]["args"]["bytes_out"] >= 300_000
+    assert all(e["args"]["status"] == "ok" for e in by_name["fib"] + by_name["mul"])
+
+    # Nesting: every fib but the root has a fib parent, linked by a flow arrow.
+    by_id = {e["args"]["task"]: e for e in tasks}
+    roots = [e for e in by_name["fib"] if e["args"]["parent"] == 0]
+    assert len(roots) == 1
+    flows = {(e["ph"], e["id"]): e for e in events if e.get("cat") == "nested"}
+    for ev in by_name["fib"]:
+        if ev is roots[0]:
+            continue
+        parent = by_id[ev["args"]["parent"]]
+        assert parent["name"] == "fib"
+        # a parent runs (waiting) for as long as its children do
+        assert parent["ts"] <= ev["ts"] + SLACK_US
+        assert ev["ts"] + ev["dur"] <= parent["ts"] + parent["dur"] + SLACK_US
+        start, finish = flows[("s", ev["args"]["task"])], flows[("f", ev["args"]["task"])]
+        assert (start["pid"], start["tid"]) == (parent["pid"], parent["tid"])
+        assert parent["ts"] <= start["ts"] <= parent["ts"] + parent["dur"]
+        assert (finish["pid"], finish["tid"], finish["ts"]) == (ev["pid"], ev["tid"], ev["ts"])
+        assert finish["bp"] == "e"
+    assert all(e["args"]["parent"] == 0 for e in by_name["mul"])
+
+    counters = [e for e in events if e["ph"] == "C"]
+    assert counters and counters[-1]["args"] == {"waiting": 0, "running": 0}
+    assert max(c["args"]["running"] for c in counters) >= 1
+
+
+def _die_once(marker):
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second try"
+
+
+@pytest.mark.timeout(120)
+def test_retries_and_lost_attempts_are_recorded(tmp_path):
+    path = tmp_path / "run.json"
+    # Two workers: the retry runs on the survivor, whether or not a replacement starts.
+    with ScoopExecutor(2, trace=path, max_retries=2) as ex:
+        assert ex.submit(_die_once, str(tmp_path / "marker")).result(timeout=90) == "second try"
+    doc, events = _events(path)
+    (task,) = [e for e in events if e["ph"] == "X"]
+    assert task["name"] == "_die_once" and task["args"]["retries"] == 1
+    (lost,) = [e for e in events if e.get("cat") == "lost"]
+    assert lost["args"]["task"] == task["args"]["task"]
+    assert "signal 9" in lost["args"]["reason"] and not lost["args"]["given_up"]
+    assert doc["scoopexec"]["lost_attempts"] == 1
+    s = summarize(load(str(path)))
+    assert (s.retries, s.tasks_retried, s.lost_attempts) == (1, 1, 1)
+
+
+def test_report_numbers_agree_with_the_file(tmp_path):
+    path = tmp_path / "run.json"
+    with ScoopExecutor(2, trace=path) as ex:
+        list(ex.map(helpers.sleep_and_return, [0.02] * 30))
+        ex.submit(helpers.fib, 5).result(timeout=60)
+    trace = load(str(path))
+    s = summarize(trace)
+    _, events = _events(path)
+    xs = [e for e in events if e["ph"] == "X"]
+    durs = sorted(e["dur"] / 1e6 for e in xs)
+
+    assert s.tasks == len(xs) == 30 + 15
+    assert sum(w.tasks for w in s.workers) == s.tasks and len(s.workers) == 2 and s.hosts == 1
+    assert s.run_median == pytest.approx(percentile(durs, 50))
+    assert s.run_p99 == pytest.approx(percentile(durs, 99)) and s.run_p99 >= s.run_median
+    assert s.run_total == pytest.approx(sum(durs))
+    assert percentile(durs, 50) <= statistics.median(durs) * 1.5 + 1e-3
+    assert sorted(e["dur"] for e in xs if e["name"] == "sleep_and_return")[0] >= 19_000  # slept 20 ms
+    first = min(e["args"]["submitted_us"] for e in xs) / 1e6
+    last = max(max(e["args"]["finished_us"], e["ts"] + e["dur"]) for e in xs) / 1e6
+    assert s.span == pytest.approx(last - first)
+    for w in s.workers:
+        assert 0 < w.busy <= s.span + 1e-6 and 0 < w.busy_pct <= 100.0 + 1e-6
+        assert w.busy_pct == pytest.approx(100 * w.busy / s.span)
+    # Slept 30 x 20 ms over two workers: each was busy at least part of that.
+    assert sum(w.busy for w in s.workers) >= 0.6
+    assert 0 <= s.overhead_total <= s.span * 2
+    assert s.overhead_per_task == pytest.approx(s.overhead_total / s.tasks)
+    assert s.wait_median >= 0 and s.wait_p99 >= s.wait_median
+    assert s.bytes_in == sum(e["args"]["bytes_in"] for e in xs)
+    assert s.bytes_out == sum(e["args"]["bytes_out"] for e in xs)
+    assert s.nested == 14 and s.max_depth == 4
+    assert {f[0]: f[1] for f in s.functions} == {"sleep_and_return": 30, "fib": 15}
+    assert not s.failed
+
+    text = format_summary(s, str(path))
+    assert "45 tasks on 2 workers (1 host)" in text
+    for w in s.workers:
+        assert w.name in text
+    r = _cli("report", str(path))
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    assert "45 tasks on 2 workers" in out and "median" in out and "p99" in out and "BUSY %" in out
+    assert "overhead" in out and "per task" in out
+    r = _cli("report", "--json", str(path))
+    assert r.returncode == 0, r.stderr.decode()
+    data = json.loads(r.stdout)
+    assert data["tasks"] == 45 and data["run_median"] == pytest.approx(s.run_median)
+    assert [w["busy_pct"] for w in data["workers"]] == pytest.approx([w.busy_pct for w in s.workers])
+
+
+def test_report_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "run.json"
+    with ScoopExecutor(2, trace=path) as ex:
+        ex.submit(helpers.fib, 6).result(timeout=60)
+        list(ex.map(helpers.sleep_and_return, [0.01] * 10))
+    png = tmp_path / "timeline.png"
+    render_png(load(str(path)), str(png))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_report_without_matplotlib_says_what_to_install(tmp_path):
+    path = tmp_path / "run.json"
+    with ScoopExecutor(1, trace=path) as ex:
+        ex.submit(abs, -1).result(timeout=60)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from scoopexec.__main__ import main\n"
+        f"sys.exit(main(['report', {str(path)!r}, '--png', {str(tmp_path / 'x.png')!r}]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=_env(), timeout=60, check=False)
+    assert r.returncode == 2
+    assert "1 task on 1 worker" in r.stdout.decode()
+    assert "pip install 'scoopexec[plot]'" in r.stderr.decode()
+
+
+def test_report_refuses_files_that_are_not_timelines(tmp_path):
+    cases = {
+        "missing.json": None,
+        "text.json": "not json at all",
+        "other.json": json.dumps({"hello": 1}),
+        "empty.json": json.dumps({"traceEvents": [{"ph": "X", "name": "x", "ts": 0, "dur": 1}]}),
+    }
+    for name, content in cases.items():
+        p = tmp_path / name
+        if content is not None:
+            p.write_text(content)
+        r = _cli("report", str(p))
+        assert r.returncode == 1, (name, r.stdout, r.stderr)
+        err = r.stderr.decode()
+        assert err.startswith("scoopexec report: ") and str(p) in err and "Traceback" not in err
+
+
+def test_bad_trace_arguments_fail_before_any_process_starts(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ScoopExecutor(1, trace=tmp_path / "no" / "such" / "dir" / "run.json")
+    with pytest.raises(ValueError, match="is a directory"):
+        ScoopExecutor(1, trace=tmp_path)
+    with pytest.raises(ValueError, match="--trace FILE"):
+        ScoopExecutor(broker="tcp://127.0.0.1:1", trace=tmp_path / "run.json")
+
+
+def test_standalone_broker_writes_its_trace_when_stopped(tmp_path):
+    from tests.test_standalone import _free_port, _start_workers
+
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    path = tmp_path / "broker.json"
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr, "--trace", str(path)],
+        stdout=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    workers = None
+    try:
+        assert "listening on" in broker.stdout.readline().decode()
+        workers = _start_workers(addr, 2)
+        with ScoopExecutor(broker=addr) as ex:
+            assert sum(ex.map(abs, range(-25, 0))) == sum(range(1, 26))
+            assert ex.submit(helpers.fib, 4).result(timeout=60) == 3
+    finally:
+        if workers is not None:
+            workers.terminate()
+            workers.wait(10)
+        broker.terminate()
+        out = broker.communicate(timeout=30)[0].decode()
+    assert broker.returncode == 0
+    assert f"written to {path}" in out
+    s = summarize(load(str(path)))
+    assert s.tasks == 25 + 9 and s.nested == 8
+    assert {f[0] for f in s.functions} == {"abs", "fib"}
+    assert all(t.status == "ok" for t in load(str(path)).tasks)
+
+
+# ------------------------------------------------------------ pure functions
+def test_function_names_are_read_from_pickles_without_unpickling():
+    import functools
+
+    from scoopexec import serialize
+    from scoopexec.mapping import _run_chunk
+
+    def local(x):
+        return x
+
+    cases = {
+        helpers.mul: "mul",
+        pow: "pow",
+        local: "test_function_names_are_read_from_pickles_without_unpickling.<locals>.local",
+        functools.partial(_run_chunk, helpers.mul): "mul",
+        functools.partial(helpers.capture, 1): "capture",
+        helpers.MyObject: "MyObject",
+    }
+    for fn, name in cases.items():
+        assert function_name(serialize.dumps_function(fn)) == name
+    lam = function_name(serialize.dumps_function(lambda: 1))
+    assert lam == "test_function_names_are_read_from_pickles_without_unpickling.<locals>.<lambda>"
+    assert function_name(b"") == "task"
+    assert function_name(b"\x80\x05garbage") == "task"
+
+
+def _record(rec, w, btid, start, run, *, parent=0, submitted=None, skew=0.0, status=0):
+    task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"])
+    task.worker = w.key  # as the broker sets it when it dispatches
+    task.submitted = submitted if submitted is not None else start - 0.001
+    rec.on_dispatch(w, [task])
+    rec.batches[-1] = (start - 0.0005, [btid])
+    kept = len(rec.records)
+    rec.on_results(w, [(btid, status, 1, start + skew, run)], [b"header", b"result"], {btid: task})
+    if len(rec.records) > kept:  # the broker receives the result a little after the end
+        old = rec.records[-1]
+        rec.records[-1] = (*old[:7], start + run + 0.0005, *old[8:])  # 7: when received
+
+
+def test_clock_skew_of_a_worker_is_estimated_and_removed(tmp_path):
+    rec = TraceRecorder(tmp_path / "t.json")
+    a = WorkerPeer(b"A", {"host": "node1", "pid": 1, "name": "node1:1"}, -1)
+    b = WorkerPeer(b"B", {"host": "node2", "pid": 2, "name": "node2:2"}, -1)
+    t0 = 1_000_000.0
+    for i in range(20):
+        _record(rec, a, 2 * i + 1, t0 + i * 0.01, 0.005)
+        _record(rec, b, 2 * i + 2, t0 + i * 0.01, 0.005, skew=7.5)  # node2's clock is 7.5 s ahead
+    doc = rec.document()
+    offsets = {w["host"]: w["clock_offset_us"] for w in doc["scoopexec"]["workers"]}
+    assert offsets["node1"] == 0.0
+    assert offsets["node2"] == pytest.approx(-7.5e6, abs=1000)
+    for ev in doc["traceEvents"]:
+        if ev["ph"] == "X":
+            a_ = ev["args"]
+            assert a_["dispatched_us"] - 1 <= ev["ts"] and ev["ts"] + ev["dur"] <= a_["finished_us"] + 1
+
+
+def test_overlapping_tasks_get_lanes_where_they_nest_or_follow(tmp_path):
+    rec = TraceRecorder(tmp_path / "t.json")
+    w = WorkerPeer(b"W", {"host": "h", "pid": 1, "name": "h:1"}, -1)
+    t0 = 5000.0
+    _record(rec, w, 1, t0, 1.0)  # a parent waiting for its children
+    _record(rec, w, 2, t0 + 0.1, 0.2, parent=1)  # nests in 1
+    _record(rec, w, 3, t0 + 0.2, 0.5, parent=1)  # overlaps 2 without nesting: another lane
+    _record(rec, w, 4, t0 + 0.5, 0.1, parent=1)  # after 2, inside 1 and inside 3
+    _record(rec, w, 5, t0 + 2.0, 0.1)  # later on
+    doc = rec.document()
+    xs = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    _check_nesting(xs)
+    lane = {e["args"]["task"]: e["tid"] for e in xs}
+    assert lane[1] == lane[2] == lane[5] == 0 and lane[3] == 1
+    assert doc["scoopexec"]["workers"][0]["lanes"] == 2
+    written, _ = _events(rec.write())
+    assert written["traceEvents"] == json.loads(json.dumps(doc["traceEvents"]))
+
+
+def test_recording_stops_at_its_limit(tmp_path):
+    rec = TraceRecorder(tmp_path / "t.json", limit=3)
+    w = WorkerPeer(b"W", {"host": "h", "pid": 1, "name": "h:1"}, -1)
+    for i in range(1, 6):
+        _record(rec, w, i, 100.0 + i, 0.5)
+    tasks = {i: Task(i, b"", i, 0, b"", 1, [b"f", b"a"]) for i in (6, 7, 8)}
+    for t in tasks.values():
+        t.worker = w.key
+    tasks[8].worker = b"another worker"  # a result from a worker that never had task 8: dropped
+    ents = [(6, 0, 0, 106.0, 0.5), (99, 0, 0, 0.0, 0.0), (7, 0, 0, 107.0, 0.5), (8, 0, 0, 108.0, 0.5)]
+    rec.on_results(w, ents, [b"h"], tasks)
+    # 99 is unknown (stale) and 8 forged: neither kept nor counted, as the broker drops them
+    assert len(rec.records) == 3 and rec.dropped == 4
+    s = summarize(load(rec.write()))
+    assert s.tasks == 3 and s.not_recorded == 4
+    assert "4 later tasks were not recorded" in format_summary(s)
+
+
+def test_broker_records_nothing_unless_asked():
+    from scoopexec.broker import Broker
+
+    b = Broker("tcp://127.0.0.1:0")
+    try:
+        assert b.trace is None
+    finally:
+        b.close()
+
+
+def test_timing_fields_survive_a_slow_consumer(tmp_path):
+    """Results consumed late still carry the worker's own start and run times."""
+    path = tmp_path / "run.json"
+    with ScoopExecutor(1, trace=path) as ex:
+        fut = ex.submit(helpers.sleep_and_return, 0.05, 1)
+        time.sleep(0.5)
+        assert fut.result(timeout=60) == 1
+    (ev,) = [e for e in _events(path)[1] if e["ph"] == "X"]
+    assert 50_000 <= ev["dur"] < 450_000
