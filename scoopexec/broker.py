@@ -94,19 +94,19 @@ class ProcessWatcher(Protocol):
 
 class Task:
     __slots__ = (
-        "btid",
-        "owner",
-        "tid",
-        "parent",
-        "origin",
-        "setup",
-        "frames",
         "attempts",
-        "worker",
-        "submitted",
+        "btid",
+        "frames",
         "losses",
         "marked",
+        "origin",
+        "owner",
+        "parent",
         "prev",
+        "setup",
+        "submitted",
+        "tid",
+        "worker",
     )
 
     def __init__(
@@ -135,7 +135,7 @@ class Task:
 
 
 class Peer:
-    __slots__ = ("key", "role", "info", "fd", "joined", "backlog")
+    __slots__ = ("backlog", "fd", "info", "joined", "key", "role")
 
     def __init__(self, key: bytes, role: str, info: dict[str, Any], fd: int) -> None:
         self.key = key
@@ -147,7 +147,7 @@ class Peer:
 
 
 class WorkerPeer(Peer):
-    __slots__ = ("credit", "assigned", "setups", "done", "last_seen", "tag", "name", "busy_since")
+    __slots__ = ("assigned", "busy_since", "credit", "done", "last_seen", "name", "setups", "tag")
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int) -> None:
         super().__init__(key, P.WORKER, info, fd)
@@ -161,7 +161,7 @@ class WorkerPeer(Peer):
 
 
 class ClientPeer(Peer):
-    __slots__ = ("setup", "setup_frames", "broken", "shares")
+    __slots__ = ("broken", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int, setup: int, frames: list[Any]):
         super().__init__(key, P.CLIENT, info, fd)
@@ -467,7 +467,7 @@ class Broker:
             if key not in self.clients and w is None:
                 return self._unknown(key)
             self._on_cancel(key, [e[0] for e in P.entries(mtype, head)])
-        elif mtype == P.OUTPUT or mtype == P.LOG:
+        elif mtype in (P.OUTPUT, P.LOG):
             if w is None:
                 return self._unknown(key)
             self._on_output(mtype, head, count, frames)
@@ -758,7 +758,7 @@ class Broker:
         if len(ents) != len(frames) - 1:
             raise ProtocolError("OUTPUT/LOG needs one frame per entry")
         routes: dict[bytes | None, list[tuple[tuple[Any, ...], zmq.Frame]]] = {}
-        for ent, frame in zip(ents, frames[1:]):
+        for ent, frame in zip(ents, frames[1:], strict=True):
             task = self.tasks.get(ent[0]) if ent[0] else None
             origin = task.origin if task is not None else self._default_origin()
             routes.setdefault(origin, []).append((ent, frame))
@@ -938,8 +938,8 @@ class Broker:
             c = self.setups.get(sid)
             if c is not None:
                 self._send(w.key, [P.header(P.SETUP, 0, sid), *c.setup_frames])
-                for frames in c.shares:
-                    self._send(w.key, [P.header(P.SHARE, 0, sid), *frames])
+                for shared in c.shares:
+                    self._send(w.key, [P.header(P.SHARE, 0, sid), *shared])
             w.setups.add(sid)
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)
@@ -1025,7 +1025,7 @@ class Broker:
 
     def _break_client_tasks(self, key: bytes) -> None:
         by_worker: dict[bytes, list[tuple[int]]] = {}
-        for btid in [b for b, t in self.tasks.items() if t.origin == key or t.owner == key]:
+        for btid in [b for b, t in self.tasks.items() if key in (t.origin, t.owner)]:
             task = self.tasks.pop(btid)
             self.by_owner.pop((task.owner, task.tid), None)
             if task.worker is not None:

@@ -47,7 +47,7 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     try:
         for args in chunk:
             out.append(fn(*args))
-    except Exception as exc:  # noqa: BLE001 - handed back to the caller's item
+    except Exception as exc:
         return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return out
 
@@ -56,12 +56,12 @@ def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | Chunk
     """A chunk of a single-iterable map: items, not 1-tuples."""
     try:
         return [fn(x) for x in chunk]
-    except Exception:  # noqa: BLE001 - find the failing item, keep the ones before it
+    except Exception:
         out: list[Any] = []
         for x in chunk:
             try:
                 out.append(fn(x))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 return ChunkError(out, exc, tb)
         return out
@@ -136,7 +136,7 @@ class MapMixin:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        zipped: Iterator[tuple[Any, ...]] = zip(*iterables)
+        zipped: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)  # stop at the shortest
         if progress is None:
             progress = getattr(self, "_progress", False)
         tracker = None
@@ -158,12 +158,11 @@ class MapMixin:
                 source = ((list(c),) for c in _batched(zipped, chunksize))
         else:
             call_fn, source = fn, zipped
+        encode_error: Exception | None = None
         try:
             fn_frame = self._encode_fn(call_fn)
         except Exception as exc:
             fn_frame, encode_error = None, exc
-        else:
-            encode_error = None
         executor_ref = weakref.ref(self)
         what = _describe(fn)
 

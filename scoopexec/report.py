@@ -437,7 +437,7 @@ def render_png(trace: Trace, path: str, *, title: str = "", width: float = 12.0)
     nrows = max(1, len(rows))
 
     names = [f[0] for f in s.functions]
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     color = {n: palette[i % 10] for i, n in enumerate(names[:10])}
     other = (0.6, 0.6, 0.6)
 

@@ -85,7 +85,8 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
                     _fn_cache.clear()
                 _fn_cache[fn] = data
                 return data
-    return cloudpickle.dumps(fn, PROTOCOL)
+    data = cloudpickle.dumps(fn, PROTOCOL)
+    return bytes(data)
 
 
 def loads_function(data: bytes | memoryview) -> Any:
@@ -126,7 +127,9 @@ def _dumps_args_checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames
         ) from exc
 
 
-def decode_call(frames: Sequence[Any], fn_bytes: bytes | None = None) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def decode_call(
+    frames: Sequence[Any], fn_bytes: bytes | None = None
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     fn = loads_function(fn_bytes if fn_bytes else frames[0])
     args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
     return fn, args, kwargs or {}
@@ -199,16 +202,18 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
             return False, err
     if status == protocol.RAISED:
         tb = bytes(frames[1]).decode("utf-8", "replace")
+        raised: BaseException
         try:
-            exc = pickle.loads(frames[0], buffers=frames[3:])
-            if not isinstance(exc, BaseException):
-                raise TypeError(f"unpickled a {type(exc).__name__}, not an exception")
+            loaded = pickle.loads(frames[0], buffers=frames[3:])
+            if not isinstance(loaded, BaseException):
+                raise TypeError(f"unpickled a {type(loaded).__name__}, not an exception")
+            raised = loaded
         except BaseException as load_error:
             meta = protocol.load_json(frames[2])
-            exc = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb)
-            exc.__context__ = load_error
-        exc.__cause__ = remote_traceback(tb)
-        return False, exc
+            raised = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb)
+            raised.__context__ = load_error
+        raised.__cause__ = remote_traceback(tb)
+        return False, raised
     if status == protocol.CANCELLED:
         from concurrent.futures import CancelledError
 
@@ -217,10 +222,10 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
         )
     meta = protocol.load_json(frames[0]) if frames else {}
     tb = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
-    exc = _failure_exception(status, meta)
+    failure = _failure_exception(status, meta)
     if tb:
-        exc.__cause__ = remote_traceback(tb)
-    return False, exc
+        failure.__cause__ = remote_traceback(tb)
+    return False, failure
 
 
 def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
