@@ -22,9 +22,8 @@ one is unpickled, so that after the first results came back a client's
 ``creator.Individual`` was no longer the class its toolbox and population
 refer to (and the stale class cannot be pickled again by value).
 ``register()``, run as soon as ``deap.creator`` is imported in a process that
-imported scoopexec (workers included), makes unpickling reuse the existing
-class when its definition is the same; a different definition is created as
-DEAP does.
+imported scoopexec (workers included), makes DEAP re-use the existing class
+when the definition is the same (a different one is created as DEAP does).
 An argument that cannot be pickled -- typically a toolbox sent whole, holding
 an open file or a process pool -- fails with ``SerializationError`` naming the
 attribute, e.g. ``toolbox.log (an _io.TextIOWrapper)``.
@@ -32,7 +31,6 @@ attribute, e.g. ``toolbox.log (an _io.TextIOWrapper)``.
 
 from __future__ import annotations
 
-import copyreg
 import functools
 import types
 from collections.abc import Callable, Iterable
@@ -135,31 +133,32 @@ def _find_unpicklable(
 
 
 # ----------------------------------------------------------- creator classes
-def _creator_class(name: str, base: type, dct: dict[str, Any]) -> type:
-    """Unpickle a class made by ``creator.create``: the existing one if it is the same definition."""
-    from deap import creator
-
-    existing = getattr(creator, name, None)
-    args = getattr(existing, "reduce_args", None)
-    if isinstance(existing, creator.MetaCreator) and args is not None and args[1] is base:
-        try:
-            same = bool(args[2] == dct)
-        except Exception:  # e.g. NumPy arrays among the attributes: no plain equality
-            same = False
-        if same:
-            return existing  # type: ignore[no-any-return]
-    made: type = creator.meta_create(name, base, dct)
-    return made
-
-
-def _reduce_creator_class(cls: Any) -> tuple[Any, ...]:
-    return (_creator_class, cls.reduce_args)
-
-
 def register() -> None:
-    """Pickle ``creator.create`` classes so that unpickling re-uses identical classes (see above)."""
+    """Make ``deap.creator.meta_create`` re-use an existing class with the same definition.
+
+    DEAP (>= 1.4) pickles a creator class as ``meta_create(name, base, attrs)``;
+    the replacement keeps that name, so pickles -- checkpoints included --
+    stay loadable where scoopexec is not installed.
+    """
     from deap import creator
 
-    meta = getattr(creator, "MetaCreator", None)
-    if meta is not None and hasattr(creator, "meta_create"):  # DEAP >= 1.4 pickles classes by value
-        copyreg.pickle(meta, _reduce_creator_class)
+    original = getattr(creator, "meta_create", None)
+    if original is None or getattr(original, "__scoopexec__", False):
+        return  # DEAP < 1.4 pickles classes by reference: nothing to do
+
+    def meta_create(name: str, base: type, dct: dict[str, Any]) -> Any:
+        existing = getattr(creator, name, None)
+        args = getattr(existing, "reduce_args", None)
+        if isinstance(existing, creator.MetaCreator) and args is not None and args[1] is base:
+            try:
+                same = bool(args[2] == dct)
+            except Exception:  # e.g. NumPy arrays among the attributes: no plain equality
+                same = False
+            if same:
+                return existing
+        return original(name, base, dct)
+
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(meta_create, attr, getattr(original, attr))
+    meta_create.__scoopexec__ = True  # type: ignore[attr-defined]
+    creator.meta_create = meta_create

@@ -194,3 +194,26 @@ def test_creator_class_pickles_reuse_an_identical_class(onemax_classes):
     copy = pickle.loads(pickle.dumps(ind))
     assert type(copy) is onemax_classes and copy.fitness.values == (2.0,)
     assert creator.TIndividual is onemax_classes  # not re-bound by unpickling
+
+
+def test_pickles_stay_loadable_without_scoopexec(tmp_path, onemax_classes):
+    """A checkpoint written by a scoopexec program loads where scoopexec is not installed."""
+    import subprocess
+    import sys
+
+    ind = onemax_classes([1, 1, 0])
+    ind.fitness.values = (2.0,)
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps([ind]))
+    assert b"scoopexec" not in path.read_bytes()
+    code = (
+        "import pickle, sys; pop = pickle.load(open(sys.argv[1], 'rb'));"
+        "assert 'scoopexec' not in sys.modules; print(type(pop[0]).__name__, pop[0].fitness.values)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, check=False, timeout=60, env=env,
+        cwd=str(tmp_path),
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "TIndividual (2.0,)"
