@@ -32,6 +32,7 @@ attribute, e.g. ``toolbox.log (an _io.TextIOWrapper)``.
 from __future__ import annotations
 
 import functools
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -162,3 +163,7 @@ def register() -> None:
         setattr(meta_create, attr, getattr(original, attr))
     meta_create.__scoopexec__ = True  # type: ignore[attr-defined]
     creator.meta_create = meta_create
+
+
+if "deap.creator" in sys.modules:
+    register()  # else the import hook calls it when DEAP's creator is imported

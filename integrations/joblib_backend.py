@@ -231,7 +231,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         own = self._own
         if own is not None:
             self._own = self._workers = None
-            own.terminate()
+            own.abort("joblib aborted the Parallel call")
             if ensure_ready and self.parallel is not None:
                 self.configure(
                     n_jobs=self.parallel.n_jobs, parallel=self.parallel, **self.parallel._backend_kwargs
@@ -254,7 +254,9 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         ex = self._workers
         if ex is None:
             raise RuntimeError("the 'scoop' joblib backend was used before configure() or after terminate()")
-        fut = ex.submit(func)
+        # The batch travels as an argument: workers cache unpickled *functions* by
+        # their bytes, and two identical batches must not share one object.
+        fut = ex.submit(_run_batch, func)
         with self._lock:
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
@@ -307,6 +309,10 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         finally:
             if g is not None:
                 _retrieving.pop(g, None)
+
+
+def _run_batch(batch: Callable[[], Any]) -> Any:
+    return batch()
 
 
 class _CallbackThread:
@@ -409,3 +415,6 @@ def register() -> None:
     _jp.register_parallel_backend("scoop", ScoopBackend)
     if current_worker() is not None:
         install_task_support()
+
+
+register()  # importing this module is registering (the import hook may be what imports it)

@@ -40,6 +40,9 @@ _SOURCE_INTEGRATIONS = os.path.join(os.path.dirname(_HERE), "integrations")
 
 def _run_hook(trigger: str) -> None:
     target = HOOKS[trigger]
+    mod = sys.modules.get(target)
+    if mod is not None and getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        return  # the integration itself is importing the library: it registers when it is done
     try:
         importlib.import_module(target).register()
     except Exception:  # pragma: no cover - never break the user's own import

@@ -174,3 +174,22 @@ def start_then_get_const(marker, name, timeout):
 def pid_and_const_slowly(name):
     time.sleep(0.02)
     return pid_and_const(name)
+
+
+def count_uses_of_my_backend():
+    """How many tasks used this task's nested backend object (1 unless tasks share it)."""
+    backend = get_active_backend()[0]
+    backend.uses = getattr(backend, "uses", 0) + 1
+    Parallel(n_jobs=2)(delayed(slow_square)(1, 0.01) for _ in range(4))
+    return backend.uses
+
+
+def start_a_grandchild(path):
+    """Start a process that would outlive this worker; return its pid."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(path, "w") as fh:
+        fh.write(str(proc.pid))
+    return proc.pid

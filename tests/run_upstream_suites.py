@@ -136,9 +136,9 @@ def run_joblib(work: str, sitecustomize: bool) -> int:
 
 
 def run_deap(work: str) -> int:
-    import deap
+    from importlib.metadata import version as installed_version
 
-    version = deap.__version__ if hasattr(deap, "__version__") else "1.4.4"
+    version = installed_version("deap")
     dl = os.path.join(work, "download")
     r = subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", f"deap=={version}", "--no-binary", ":all:",

@@ -244,6 +244,14 @@ def test_batches_dispatched_from_callbacks_in_a_task_keep_its_client():
     assert out == [[5] * 20] * 3
 
 
+def test_identical_batches_do_not_share_objects_on_a_worker():
+    with ScoopExecutor(1):
+        out = Parallel(n_jobs=2, backend="scoop", batch_size=1)(
+            delayed(h.count_uses_of_my_backend)() for _ in range(6)
+        )
+    assert out == [1] * 6
+
+
 def test_parallel_config_state_is_per_task_on_a_worker():
     with ScoopExecutor(1):
         out = Parallel(n_jobs=2, backend="scoop", batch_size=1)(

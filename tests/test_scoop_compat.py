@@ -141,6 +141,24 @@ def test_a_failing_script_abandons_running_tasks_at_once(tmp_path):
     assert not _alive(int(p) for p in r.stdout.decode().split()[1:])
 
 
+@pytest.mark.parametrize("ending", ["pass", "raise SystemExit(4)"])
+def test_processes_started_by_tasks_are_stopped_too(tmp_path, ending):
+    marker = tmp_path / "grandchild.pid"
+    r = launch(
+        tmp_path,
+        f"""
+        from scoop import futures
+        from tests.compat_helpers import start_a_grandchild
+
+        if __name__ == "__main__":
+            futures.submit(start_a_grandchild, {str(marker)!r}).result()
+            {ending}
+        """,
+    )
+    assert r.returncode in (0, 4), r.stderr.decode()
+    assert not _alive([int(marker.read_text())]), "a process started by a task outlived the pool"
+
+
 def test_a_finished_script_lets_running_tasks_finish(tmp_path):
     r = launch(
         tmp_path,
