@@ -19,7 +19,7 @@ nothing of joblib is imported here).  ``scoopexec.futures`` and
 
 from __future__ import annotations
 
-from typing import Any
+import typing as _typing
 
 from . import _hooks, shared
 from .api import as_completed, current_executor, map, submit, wait
@@ -70,7 +70,7 @@ __all__ = [
 _hooks.install()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # Imported on first use: the core never imports the integrations by itself.
     import importlib
 

@@ -20,7 +20,21 @@ from tests.conftest import ROOT, run_script
 
 
 def _live_children():
-    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture
+def new_children():
+    """Children started during the test (other tests' session fixtures, e.g. an sshd, excluded)."""
+    before = _live_children()
+    return lambda: _live_children() - before
 
 
 def _run(code, timeout=90):
@@ -64,11 +78,11 @@ def test_registered_when_joblib_was_imported_first():
 
 
 # ------------------------------------------------------------------------ pools
-def test_parallel_config_starts_a_pool_and_stops_it_after_the_call():
+def test_parallel_config_starts_a_pool_and_stops_it_after_the_call(new_children):
     with parallel_config(backend="scoop", n_jobs=2):
         pids = Parallel()(delayed(h.getpid)() for _ in range(20))
         assert os.getpid() not in pids
-        assert not _live_children(), "the backend's pool outlived the Parallel call"
+        assert not new_children(), "the backend's pool outlived the Parallel call"
         assert Parallel()(delayed(h.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
@@ -77,7 +91,7 @@ def test_parallel_backend_old_spelling():
         assert Parallel()(delayed(h.square)(i) for i in range(6)) == [i * i for i in range(6)]
 
 
-def test_managed_parallel_keeps_its_pool_until_the_block_ends():
+def test_managed_parallel_keeps_its_pool_until_the_block_ends(new_children):
     with Parallel(n_jobs=2, backend="scoop") as p:
         ex = p._backend._workers
         assert isinstance(ex, ScoopExecutor)
@@ -85,7 +99,7 @@ def test_managed_parallel_keeps_its_pool_until_the_block_ends():
         assert p(delayed(h.getpid)() for _ in range(8))
         assert p._backend._workers is ex
     assert p._backend._workers is None
-    assert not _live_children()
+    assert not new_children()
 
 
 def test_active_executor_is_used_and_left_running():
@@ -168,23 +182,23 @@ def test_generator_unordered_yields_completed_results_first(tmp_path):
         assert list(gen) == ["slow"]
 
 
-def test_timeout_raises_and_stops_the_backend_pool(tmp_path):
+def test_timeout_raises_and_stops_the_backend_pool(tmp_path, new_children):
     import multiprocessing
 
     with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises
         Parallel(n_jobs=2, backend="scoop", timeout=0.5, batch_size=1)(
             delayed(h.mark_and_sleep)(str(tmp_path), i, 30) for i in range(4)
         )
-    assert not _live_children()
+    assert not new_children()
     assert not list(tmp_path.glob("end-*")), "tasks ran to completion after the timeout"
 
 
-def test_abort_stops_running_batches_of_its_own_pool(tmp_path):
+def test_abort_stops_running_batches_of_its_own_pool(tmp_path, new_children):
     with pytest.raises(ValueError, match="item 0 fails"):
         Parallel(n_jobs=2, backend="scoop", batch_size=1)(
             delayed(h.fail_at_zero)(str(tmp_path), i, 30) for i in range(6)
         )
-    assert not _live_children()
+    assert not new_children()
     assert not list(tmp_path.glob("end-*")), "running batches were not stopped"
 
 

@@ -264,6 +264,26 @@ def test_splitting_the_command_line():
     )
 
 
+@pytest.mark.parametrize("options", [("--hosts", "localhost", "-n", "2"), ("--hostfile", "HOSTFILE")])
+def test_host_options_reach_the_executor(tmp_path, options):
+    (tmp_path / "hosts.txt").write_text("# this machine, twice\nlocalhost 2\n")
+    options = tuple(str(tmp_path / "hosts.txt") if o == "HOSTFILE" else o for o in options)
+    r = launch(
+        tmp_path,
+        """
+        from scoop import futures
+        if __name__ == "__main__":
+            print(len(worker_pids()), sum(futures.map(abs, range(-5, 0))))
+        """,
+        launcher=options,
+        pids=True,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["2", "15"]
+    r = launch(tmp_path, "print('never')", launcher=("--hostfile", str(tmp_path / "missing.txt")))
+    assert r.returncode == 2 and "missing.txt" in r.stderr.decode()
+
+
 def test_host_options_are_passed_only_when_given():
     ap = _launcher_parser()
     assert _executor_kwargs(ap.parse_args([])) == {}
