@@ -132,6 +132,11 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             ex = active_executor()
         if ex is not None and not isinstance(ex, WorkerExecutor):
             n = getattr(ex, "_max_workers", 0) or len(getattr(ex, "worker_pids", ()))
+            if not n and isinstance(ex, ScoopExecutor):
+                try:  # a client of a standalone broker: the workers it has now
+                    n = len(ex.status(timeout=5.0).workers)
+                except (RuntimeError, TimeoutError):
+                    n = 0
             if n:
                 return int(n)
         return self._pool_size or _default_workers()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import joblib
 import psutil
@@ -342,3 +343,37 @@ def test_callbacks_do_not_run_on_the_broker_thread():
         backend.retrieve_result_callback = spy
         assert p(delayed(h.square)(i) for i in range(10)) == [i * i for i in range(10)]
     assert names and set(names) == {"scoopexec-joblib"}
+
+
+def test_n_jobs_minus_one_on_a_standalone_broker_counts_its_workers():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", f"tcp://127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, env=env,
+    )
+    try:
+        assert b"listening" in broker.stdout.readline()
+        with ScoopExecutor(broker=f"tcp://127.0.0.1:{port}") as ex:
+            workers = subprocess.Popen(
+                [sys.executable, "-m", "scoopexec", "worker", "--connect", ex.endpoint, "-n", "3"],
+                env=env,
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while len(ex.status().workers) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with parallel_config(backend="scoop"):
+                    assert Parallel(n_jobs=-1)._effective_n_jobs() == 3
+                    assert Parallel()(delayed(h.square)(i) for i in range(6)) == [0, 1, 4, 9, 16, 25]
+            finally:
+                workers.terminate()
+                workers.wait(30)
+    finally:
+        broker.terminate()
+        broker.wait(30)
+        broker.stdout.close()
