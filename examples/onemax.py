@@ -4,7 +4,9 @@
                               [--trace run.json] [--no-progress]
 
 The only change from DEAP's serial example is the line that registers the
-map: ``toolbox.register("map", ex.map)``.  Each evaluation burns ``--cost``
+map: ``toolbox.register("map", scoop_map)``.  scoop_map runs on the pool of
+the ``with ScoopExecutor(...)`` block (here only to choose ``--workers``;
+without one it starts a pool with a worker per CPU).  Each evaluation burns ``--cost``
 seconds of CPU to stand in for a real simulation, so that the speed-up over
 a serial run is visible.  Prints a progress bar for each generation's
 evaluations and DEAP's per-generation statistics, and at the end the
@@ -21,7 +23,7 @@ import time
 
 from deap import algorithms, base, creator, tools
 
-from scoopexec import ScoopExecutor
+from scoopexec import ScoopExecutor, scoop_map
 
 N_BITS = 100
 
@@ -51,6 +53,7 @@ def make_toolbox(cost: float) -> base.Toolbox:
     tb.register("mate", tools.cxTwoPoint)
     tb.register("mutate", tools.mutFlipBit, indpb=0.05)
     tb.register("select", tools.selTournament, tournsize=3)
+    tb.register("map", scoop_map)  # <- the one line that distributes the run
     return tb
 
 
@@ -73,7 +76,6 @@ def main() -> None:
 
     t0 = time.perf_counter()
     with ScoopExecutor(max_workers=args.workers, trace=args.trace, progress=not args.no_progress) as ex:
-        toolbox.register("map", ex.map)  # <- the one line that distributes the run
         started = time.perf_counter() - t0
         pop = toolbox.population(n=args.population)
         hof = tools.HallOfFame(1)

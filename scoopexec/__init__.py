@@ -11,18 +11,25 @@ Seeing what a pool does: ``ScoopExecutor(trace="run.json")`` records a
 timeline (``python -m scoopexec report run.json``), ``ex.status()`` returns
 a PoolStatus, ``ex.map(..., progress=True)`` draws a progress bar, and
 ``configure_logging(verbosity)`` sets how much the ``scoopexec`` logger says.
+
+``import scoopexec`` also registers the joblib backend ``"scoop"`` (lazily:
+nothing of joblib is imported here).  ``scoopexec.futures`` and
+``scoopexec.shared`` are SCOOP's API; ``scoop_map`` is DEAP's map.
 """
 
 from __future__ import annotations
 
-from .api import as_completed, current_executor, map, shared, submit, wait
+import typing as _typing
+
+from . import _hooks, shared
+from .api import as_completed, current_executor, map, submit, wait
 from .errors import (
     AuthenticationError,
     BrokenScoopExecutor,
     BrokerLostError,
     InitializerError,
-    MessageTooLargeError,
     LaunchError,
+    MessageTooLargeError,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -53,8 +60,22 @@ __all__ = [
     "as_completed",
     "configure_logging",
     "current_executor",
+    "futures",
     "map",
     "shared",
     "submit",
     "wait",
 ]
+
+_hooks.install()
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # Imported on first use: the core never imports the integrations by itself.
+    import importlib
+
+    if name == "scoop_map":
+        return importlib.import_module("scoopexec.integrations.deap").scoop_map
+    if name == "futures":
+        return importlib.import_module("scoopexec.futures")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

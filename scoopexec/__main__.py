@@ -1,7 +1,9 @@
-"""The command line: ``python -m scoopexec SUBCOMMAND ...``.
+"""The command line: ``python -m scoopexec SUBCOMMAND ...`` or ``python -m scoopexec script.py``.
 
 Subcommands are looked up in SUBCOMMANDS (module, function); each function
-takes the remaining arguments and returns an exit status.
+takes the remaining arguments and returns an exit status.  Anything else is
+the program launcher (``scoopexec.cli.launch_main``): ``python -m scoopexec
+[-n N] script.py [args]`` runs a program, SCOOP-style, with a pool active.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: python -m scoopexec SUBCOMMAND [options]", ""]
+    lines = [
+        "usage: python -m scoopexec [-n N] [--hosts HOST ...] [--hostfile FILE] script.py [args ...]",
+        "       python -m scoopexec SUBCOMMAND [options]",
+        "",
+        "  script.py  run a program with a pool active (SCOOP-style; see --help)",
+    ]
     for name, (_, _, text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {text}")
     return "\n".join(lines)
@@ -30,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         module, func, _ = SUBCOMMANDS[argv[0]]
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    if argv:
+        from .cli import launch_main
+
+        return launch_main(argv)
     print(usage(), file=sys.stderr)
     return 2
 

@@ -29,10 +29,14 @@ class WorkerExecutor(MapMixin, cf.Executor):
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
+        # The task this handle was made in: its sub-tasks belong to that task's
+        # client even when submitted later from a done-callback or a thread.
+        task = worker.current if worker.in_task() else None
+        self._parent = task.btid if task is not None else None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Submit a sub-task to the pool this task runs in."""
-        return self._worker.submit(fn, args, kwargs)
+        return self._worker.submit(fn, args, kwargs, self._parent)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize._dumps_fn_checked(fn)
@@ -40,7 +44,7 @@ class WorkerExecutor(MapMixin, cf.Executor):
     def _submit_encoded(
         self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
     ) -> cf.Future[Any]:
-        return self._worker.submit_encoded(fn_frame, args, kwargs)
+        return self._worker.submit_encoded(fn_frame, args, kwargs, self._parent)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A task cannot shut its own pool down; this does nothing."""

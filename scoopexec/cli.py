@@ -1,11 +1,25 @@
-"""Command-line entry points other than the worker's, and options shared by command lines."""
+"""Command-line entry points other than the worker's, options shared by command lines, and the launcher.
+
+``python -m scoopexec [-n N] [--hosts H ...] [--hostfile F] script.py [args]``
+(``launch_main``) runs a program the way SCOOP's ``python -m scoop`` does, with
+a pool active for all of it: the script runs as ``__main__`` in this process;
+``scoopexec.futures``, ``scoopexec.map``, ``scoop_map`` and joblib's ``"scoop"``
+backend use the pool; ``from scoop import futures, shared`` resolves to
+scoopexec's SCOOP-compatible API, here and on the workers.  The exit status
+is the script's (1 on an uncaught exception, unlike SCOOP), and every process
+the launcher started is stopped when the script ends: tasks not started are
+cancelled, running ones finish -- or, when the script failed, are abandoned.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
+import traceback
+import types
 from typing import Any
 
 
@@ -143,6 +157,153 @@ def query_status(endpoint: str, timeout: float = 5.0) -> dict[str, Any]:
     finally:
         s.close(linger=0)
         ctx.term()
+
+
+_VALUE_OPTIONS = ("-n", "--workers", "--hostfile", "--broker", "--trace")
+_LIST_OPTIONS = ("--hosts", "--host")
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(launcher options, [script, *its args]): the script is the first non-option word."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return argv[:i], argv[i + 1 :]
+        if not tok.startswith("-") or tok == "-":
+            return argv[:i], argv[i:]
+        i += 1
+        if tok in _VALUE_OPTIONS:
+            i += 1
+        elif tok in _LIST_OPTIONS:
+            # Host names never end in .py: `--hosts a b prog.py` needs no `--`.
+            while i < len(argv) and not argv[i].startswith("-") and not _looks_like_script(argv[i]):
+                i += 1
+    return argv, []
+
+
+def _looks_like_script(word: str) -> bool:
+    return word.endswith((".py", ".pyw")) or os.path.sep in word or os.path.isfile(word)
+
+
+def _launcher_parser() -> argparse.ArgumentParser:
+    from .__main__ import SUBCOMMANDS
+
+    epilog = "other commands:\n" + "\n".join(
+        f"  python -m scoopexec {name:<8} {text}" for name, (_, _, text) in SUBCOMMANDS.items()
+    )
+    ap = argparse.ArgumentParser(
+        prog="python -m scoopexec",
+        usage="%(prog)s [-n N] [--hosts HOST [HOST ...]] [--hostfile FILE] script.py [args ...]",
+        description="Run a Python program with a scoopexec pool active (SCOOP's `python -m scoop`).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("-n", "--workers", type=int, default=None, metavar="N",
+                    help="worker processes (default: one per CPU)")
+    ap.add_argument("--hosts", "--host", nargs="+", default=None, metavar="HOST",
+                    help="run workers on these hosts (passed to ScoopExecutor as hosts=)")
+    ap.add_argument("--hostfile", default=None, metavar="FILE",
+                    help="read the hosts from FILE (passed to ScoopExecutor as hostfile=)")
+    ap.add_argument("--broker", default=None, metavar="ENDPOINT",
+                    help="use the pool of a standalone broker (`python -m scoopexec broker`)")
+    add_observe_options(ap)
+    return ap
+
+
+def _exit_status(code: Any) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """ScoopExecutor's arguments: only the options given (hosts= and hostfile= included)."""
+    kwargs: dict[str, Any] = {}
+    if args.workers is not None:
+        kwargs["max_workers"] = args.workers
+    if args.hosts:
+        kwargs["hosts"] = args.hosts
+    if args.hostfile:
+        kwargs["hostfile"] = args.hostfile
+    if args.broker:
+        kwargs["broker"] = args.broker
+    return kwargs
+
+
+def launch_main(argv: list[str]) -> int:
+    """``python -m scoopexec [options] script.py [args]``: run the script on a pool; its exit status."""
+    from . import scoop_compat
+    from .executor import ScoopExecutor, _active
+
+    options, rest = _split(list(argv))
+    ap = _launcher_parser()
+    args = ap.parse_args(options)
+    if not rest:
+        ap.error("no script to run")
+    script, script_args = rest[0], rest[1:]
+    path = os.path.abspath(script)
+    if not os.path.isfile(path):
+        ap.error(f"can't open file {script!r}: no such file")
+    if args.workers is not None and args.workers < 1:
+        ap.error("-n must be at least 1")
+    kwargs = _executor_kwargs(args)
+    try:
+        kwargs.update(apply_observe_options(args))
+    except ValueError as exc:
+        ap.error(str(exc))
+
+    # Become `python script.py`: its own __main__ module, argv and sys.path[0].
+    # The pool is made after, so that workers import this script as __mp_main__.
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    main.__spec__ = None
+    saved = sys.modules.get("__main__"), sys.argv, list(sys.path)
+    sys.modules["__main__"] = main
+    sys.argv = [script, *script_args]
+    sys.path[0:1] = [os.path.dirname(path)]
+    scoop_compat.install(origin=True)
+    try:
+        try:
+            ex = ScoopExecutor(**kwargs)
+        except (TypeError, ValueError, OSError) as exc:
+            print(f"python -m scoopexec: cannot start the pool: {exc}", file=sys.stderr)
+            return 2
+        _active.append(ex)  # what `with ex:` does, without the wait at the end
+        status = 0
+        try:
+            with open(path, "rb") as fh:
+                code = compile(fh.read(), path, "exec")
+            exec(code, main.__dict__)
+        except SystemExit as exc:
+            status = _exit_status(exc.code)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            status = 130
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            try:
+                _active.remove(ex)
+            except ValueError:
+                pass
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            if status == 0:
+                ex.shutdown(wait=True, cancel_futures=True)
+            else:
+                ex.abort(f"the program {script} ended with status {status}")
+        return status
+    finally:
+        sys.modules["__main__"], sys.argv, sys.path[:] = saved  # type: ignore[assignment]
 
 
 if __name__ == "__main__":  # pragma: no cover

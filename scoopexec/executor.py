@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import logs, mainmodule, serialize
+from . import logs, mainmodule, scoop_compat, serialize
 from . import protocol as P
 from .broker import Broker
 from .errors import (
@@ -953,12 +953,19 @@ def _plan_hosts(
 
 
 def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
-    plain = {
+    plain: dict[str, Any] = {
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "cwd": os.getcwd(),
         "main": mainmodule.describe(),
         "log_levels": logs.levels(),
     }
+    if scoop_compat.active():
+        plain["scoop_compat"] = True  # workers provide `scoop.futures` too (python -m scoopexec)
+    mp_process = sys.modules.get("multiprocessing.process")
+    if mp_process is not None:
+        # As multiprocessing's children do, workers take the client's authkey, so
+        # that Manager proxies (dicts, queues, locks) passed to tasks connect.
+        plain["mp_authkey"] = bytes(mp_process.current_process().authkey).hex()
     init = b""
     if initializer is not None:
         if not callable(initializer):

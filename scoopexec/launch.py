@@ -186,6 +186,8 @@ class LocalWorkers:
                         except OSError:
                             pass
                     out.append((tag, proc.pid, rc))
+        for _, pid, _ in out:
+            _end_group(pid, signal.SIGTERM)  # what the dead worker's tasks left running
         return out
 
     def owns_process(self, tag: str) -> bool:
@@ -252,8 +254,26 @@ class LocalWorkers:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:  # pragma: no cover
                     pass
+        # Processes the tasks started (a loky pool in a task, say) outlive a worker
+        # that exits at once; each worker leads its own session, so they are its group.
+        groups = [proc.pid for _, proc in procs if _end_group(proc.pid, signal.SIGTERM)]
+        deadline = time.monotonic() + 1.0
+        while groups and time.monotonic() < deadline:
+            time.sleep(0.02)
+            groups = [g for g in groups if _end_group(g, 0)]
+        for g in groups:
+            _end_group(g, signal.SIGKILL)
         with self._lock:
             self.procs.clear()
+
+
+def _end_group(pgid: int, sig: int) -> bool:
+    """Signal the process group of an exited worker; False when it has no process left."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 # Exit codes after which a worker is not replaced: starting another would fail alike.

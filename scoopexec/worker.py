@@ -709,7 +709,11 @@ class Worker:
                 self.ready.append((r, _Cancelled()))
 
     # ------------------------------------------------------------ submitting
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkerFuture:
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
+    ) -> WorkerFuture:
+        """Submit a sub-task.  ``parent``: the broker id of the task it belongs to
+        (default: the running task), which decides its client's set-up and shares."""
         tid = next(self._tids)
         fut = WorkerFuture(self, tid)
         try:
@@ -718,9 +722,11 @@ class Worker:
         except SerializationError as exc:
             fut.set_exception(exc)
             return fut
-        return self._submit_frames(fut, tid, frames)
+        return self._submit_frames(fut, tid, frames, parent)
 
-    def submit_encoded(self, fn_frame: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkerFuture:
+    def submit_encoded(
+        self, fn_frame: bytes, args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
+    ) -> WorkerFuture:
         tid = next(self._tids)
         fut = WorkerFuture(self, tid)
         try:
@@ -729,17 +735,20 @@ class Worker:
         except SerializationError as exc:
             fut.set_exception(exc)
             return fut
-        return self._submit_frames(fut, tid, frames)
+        return self._submit_frames(fut, tid, frames, parent)
 
-    def _submit_frames(self, fut: WorkerFuture, tid: int, frames: list[Any]) -> WorkerFuture:
+    def _submit_frames(
+        self, fut: WorkerFuture, tid: int, frames: list[Any], parent: int | None = None
+    ) -> WorkerFuture:
         if threading.get_ident() != self.thread_id:
-            parent = 0
+            owner = parent or 0
             self.futures[tid] = fut
-            self._foreign.append(lambda: self.submits.append(((tid, parent, len(frames)), frames)))
+            self._foreign.append(lambda: self.submits.append(((tid, owner, len(frames)), frames)))
             self._wake()
             return fut
         self.futures[tid] = fut
-        parent = self.current.btid if self.current is not None else 0
+        if parent is None:
+            parent = self.current.btid if self.current is not None else 0
         self.submits.append(((tid, parent, len(frames)), frames))
         now = time.monotonic()
         if len(self.submits) >= 64 or now - self._last_flush > 0.0002:
@@ -895,6 +904,14 @@ class Worker:
             cwd = plain.get("cwd")
             if cwd and os.path.isdir(cwd) and not self.keep_cwd:
                 os.chdir(cwd)
+            if plain.get("mp_authkey"):
+                import multiprocessing
+
+                multiprocessing.current_process().authkey = bytes.fromhex(plain["mp_authkey"])
+            if plain.get("scoop_compat"):
+                from . import scoop_compat
+
+                scoop_compat.install(origin=False)  # before the main import: it may `from scoop import ...`
             main = plain.get("main") or {}
             self.importing_main = True
             try:

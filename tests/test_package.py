@@ -92,3 +92,91 @@ def test_public_api_is_documented_and_listed():
         if not n.startswith("_") and not inspect.ismodule(getattr(scoopexec, n)) and n != "annotations"
     }  # fmt: skip
     assert public <= set(scoopexec.__all__), public - set(scoopexec.__all__)
+
+
+def test_integrations_work_from_an_installed_wheel(tmp_path):
+    """scoopexec.integrations (joblib, DEAP) and the launcher, imported from site-packages."""
+    import deap
+    import joblib
+
+    dist = tmp_path / "dist"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), ROOT],
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    (wheel,) = dist.glob("scoopexec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"scoopexec/integrations/deap.py", "scoopexec/integrations/joblib_backend.py"} <= set(names)
+    assert not any(n.startswith("integrations/") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run(
+        [py, "-m", "pip", "install", "-q", str(wheel)], capture_output=True, check=False, timeout=300
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    # joblib and DEAP (with NumPy) come from this test's environment, after the venv's own packages.
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()
+    extra = {os.path.dirname(os.path.dirname(m.__file__)) for m in (joblib, deap)}
+    with open(os.path.join(site, "zz_test_deps.pth"), "w") as fh:
+        fh.write("\n".join(sorted(extra)) + "\n")
+
+    (tmp_path / "use_integrations.py").write_text(
+        textwrap.dedent(
+            """
+            import joblib
+            import scoopexec.integrations.deap as integration
+            from deap import base, creator
+            from scoopexec import ScoopExecutor, scoop_map
+            assert integration.__file__.startswith(__import__("sysconfig").get_paths()["purelib"])
+
+            creator.create("FitnessMax", base.Fitness, weights=(1.0,))
+            creator.create("Individual", list, fitness=creator.FitnessMax)
+
+            def ones(ind):
+                return (sum(ind),)
+
+            def square(x):
+                return x * x
+
+            if __name__ == "__main__":
+                with ScoopExecutor(2):
+                    print(scoop_map(ones, [creator.Individual([1, 1]), creator.Individual([0, 1])]))
+                with joblib.parallel_config(backend="scoop", n_jobs=2):
+                    print(joblib.Parallel()(joblib.delayed(square)(i) for i in range(4)))
+            """
+        )
+    )
+    (tmp_path / "scoop_program.py").write_text(
+        textwrap.dedent(
+            """
+            from scoop import futures, shared
+
+            def scaled(x):
+                return x * shared.getConst("k")
+
+            if __name__ == "__main__":
+                shared.setConst(k=10)
+                print(list(futures.map(scaled, range(4))))
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [py, "use_integrations.py"], capture_output=True, check=False, timeout=180, cwd=str(tmp_path), env=env
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().splitlines() == ["[(2,), (1,)]", "[0, 1, 4, 9]"]
+    r = subprocess.run(
+        [py, "-m", "scoopexec", "-n", "2", "scoop_program.py"],
+        capture_output=True, check=False, timeout=180, cwd=str(tmp_path), env=env,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "[0, 10, 20, 30]"

@@ -1,0 +1,78 @@
+"""``from scoop import futures, shared`` for programs written for SCOOP.
+
+Under ``python -m scoopexec script.py`` (and on the workers of the pool that
+launcher starts) the names ``scoop``, ``scoop.futures`` and ``scoop.shared``
+resolve to a small package whose ``futures`` and ``shared`` are
+:mod:`scoopexec.futures` and :mod:`scoopexec.shared`.  Nothing is installed
+anywhere else, so a real ``scoop`` package is never shadowed outside the
+launcher.
+
+The executor puts ``"scoop_compat": true`` in the set-up blob of a pool
+started while the alias is active; a worker installs the alias before it
+imports the client's main module, which may itself ``from scoop import
+futures``.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+import types
+from collections.abc import Sequence
+
+_active = False
+
+PROVIDED = ("scoop", "scoop.futures", "scoop.shared")
+
+
+def active() -> bool:
+    """True once ``install()`` ran in this process."""
+    return _active
+
+
+class _Unavailable(importlib.abc.MetaPathFinder):
+    """Explains, instead of a bare ModuleNotFoundError, that only part of SCOOP is provided."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.startswith("scoop.") and fullname not in PROVIDED and _active:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}: under `python -m scoopexec`, `scoop` is scoopexec's "
+                "compatibility layer, which provides SCOOP's public API only (scoop.futures and "
+                "scoop.shared)",
+                name=fullname,
+            )
+        return None
+
+
+def install(origin: bool = True) -> None:
+    """Make ``import scoop`` (and its ``futures`` and ``shared``) resolve to scoopexec here.
+
+    ``origin``: True in the launcher's process, False on workers (SCOOP's
+    ``scoop.IS_ORIGIN``).  Calling it again only updates that flag.
+    """
+    global _active
+    from . import __version__, futures, shared
+
+    pkg = sys.modules.get("scoop")
+    if pkg is None or not getattr(pkg, "__scoopexec_compat__", False):
+        pkg = types.ModuleType("scoop", "scoopexec's SCOOP compatibility layer (see scoopexec.scoop_compat)")
+        pkg.__path__ = []  # a package; its two submodules are already in sys.modules
+        pkg.__package__ = "scoop"
+        pkg.__scoopexec_compat__ = True  # type: ignore[attr-defined]
+        pkg.__version__ = f"scoopexec-{__version__}"  # type: ignore[attr-defined]
+        pkg.futures = futures  # type: ignore[attr-defined]
+        pkg.shared = shared  # type: ignore[attr-defined]
+        pkg.IS_RUNNING = True  # type: ignore[attr-defined]
+        pkg.DEBUG = False  # type: ignore[attr-defined]
+        pkg.logger = logging.getLogger("scoop")  # type: ignore[attr-defined]
+        sys.modules["scoop"] = pkg
+        sys.modules["scoop.futures"] = futures
+        sys.modules["scoop.shared"] = shared
+        if not any(isinstance(f, _Unavailable) for f in sys.meta_path):
+            sys.meta_path.insert(0, _Unavailable())
+    pkg.IS_ORIGIN = origin  # type: ignore[attr-defined]
+    _active = True
