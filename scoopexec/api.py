@@ -27,6 +27,8 @@ _default_lock = threading.Lock()
 class WorkerExecutor(MapMixin, cf.Executor):
     """The pool a task runs in, seen from inside the task (what a captured executor becomes)."""
 
+    _map_keeps_executor = True  # a throw-away handle: map() must keep it alive
+
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
         # The task this handle was made in: its sub-tasks belong to that task's

@@ -100,6 +100,8 @@ class _Completions:
 class MapMixin:
     """map() for executors that offer ``_submit_encoded(fn_frame, args, kwargs)``."""
 
+    _map_keeps_executor = False
+
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -163,7 +165,9 @@ class MapMixin:
             fn_frame = self._encode_fn(call_fn)
         except Exception as exc:
             fn_frame, encode_error = None, exc
-        executor_ref = weakref.ref(self)
+        # A client's executor must not be kept alive by a forgotten iterator; a
+        # handle made inside a task (WorkerExecutor) is only alive through it.
+        executor_ref: Callable[[], Any] = (lambda ex=self: ex) if self._map_keeps_executor else weakref.ref(self)
         what = _describe(fn)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
@@ -203,7 +207,7 @@ def _ordered(
     refill: Iterator[tuple[Any, ...]] | None,
     submit: Callable[[tuple[Any, ...]], cf.Future[Any]],
     end_time: float | None,
-    executor_ref: weakref.ref[Any],
+    executor_ref: Callable[[], Any],
 ) -> Iterator[Any]:
     try:
         fs.reverse()

@@ -15,6 +15,7 @@ interactively defined classes).
 
 from __future__ import annotations
 
+import functools
 import pickle
 import types
 from collections.abc import Callable, Sequence
@@ -90,15 +91,34 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 
 def loads_function(data: bytes | memoryview) -> Any:
-    """Unpickle a callable, re-using the object for identical bytes."""
+    """Unpickle a callable, re-using the object for identical bytes when that is safe.
+
+    Functions, built-ins and classes are re-used (a map's chunks send the same
+    bytes again and again); other callables -- objects with state, partials
+    binding arguments -- are unpickled afresh for every task, as each task
+    would see them with any other executor.
+    """
     key = data if type(data) is bytes else bytes(data)
     fn = _loaded_fns.get(key)
     if fn is None:
         fn = pickle.loads(key)
-        if len(_loaded_fns) >= _CACHE_MAX:
-            _loaded_fns.clear()
-        _loaded_fns[key] = fn
+        if _reusable(fn):
+            if len(_loaded_fns) >= _CACHE_MAX:
+                _loaded_fns.clear()
+            _loaded_fns[key] = fn
     return fn
+
+
+_REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType, type)
+
+
+def _reusable(fn: Any) -> bool:
+    if type(fn) in _REUSABLE:
+        return True
+    # map()'s chunk runners: a partial of our own function around the user's.
+    if type(fn) is functools.partial and not fn.keywords and len(fn.args) == 1:
+        return getattr(fn.func, "__module__", "") == "scoopexec.mapping" and type(fn.args[0]) in _REUSABLE
+    return False
 
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:

@@ -120,3 +120,14 @@ def print_then_wait(path):
     print("started", flush=True)
     wait_for_file(path)
     return "done"
+
+
+class Tally:
+    """A stateful callable: each task that receives it must get its own copy."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.calls

@@ -188,3 +188,18 @@ def _pid_and_shared(name):
 
     time.sleep(0.02)
     return os.getpid(), scoopexec.shared(name)
+
+
+def _buffered_map_inside(n):
+    return list(scoopexec.map(abs, range(-n, 0), buffersize=3))
+
+
+def test_buffered_map_inside_a_task(one_worker):
+    # The handle a task maps on exists only through the map's iterator.
+    assert one_worker.submit(_buffered_map_inside, 20).result(timeout=60) == list(range(20, 0, -1))
+
+
+def test_stateful_callables_are_not_shared_between_tasks(one_worker):
+    tally = helpers.Tally()
+    # Every task gets a fresh copy, as with any other executor (only plain functions are re-used).
+    assert [one_worker.submit(tally, i).result() for i in range(5)] == [1] * 5
