@@ -343,7 +343,7 @@ class _Link:
     def fail_all(self, exc_type: type[Exception], text: str) -> None:
         while self.futures:
             try:
-                tid, fut = self.futures.popitem()
+                _, fut = self.futures.popitem()
             except KeyError:
                 break
             fut._link = None
@@ -351,6 +351,8 @@ class _Link:
                 fut.set_exception(exc_type(text))
             except cf.InvalidStateError:
                 pass
+
+    _setup: list[bytes] = []
 
     def setup_frames(self) -> list[bytes]:
         return self._setup
@@ -843,7 +845,7 @@ class _RemoteLink(_Link):
             self._send([P.header(P.SHARE), *self.shares.popleft()])
         outbox = self.outbox
         while outbox:
-            items = []
+            items: list[tuple[int, list[Any]]] = []
             while outbox and len(items) < 256:
                 items.append(outbox.popleft())
             frames: list[Any] = [P.pack(P.SUBMIT, [(tid, 0, len(body)) for tid, body in items])]
@@ -868,7 +870,7 @@ class _RemoteLink(_Link):
                 frames.append(s.recv(copy=False))
             head = frames[0].bytes
             try:
-                mtype, count, arg = P.unpack_header(head)
+                mtype, _, _ = P.unpack_header(head)
             except Exception as exc:
                 log.error("bad message from the broker: %s", exc)
                 continue
@@ -881,7 +883,7 @@ class _RemoteLink(_Link):
                 for (tid,) in P.entries(mtype, head):
                     self.started(tid)
             elif mtype == P.OUTPUT:
-                for (_, stream), f in zip(P.entries(mtype, head), frames[1:]):
+                for (_, stream), f in zip(P.entries(mtype, head), frames[1:], strict=False):
                     self.output(stream, f.bytes)
             elif mtype == P.LOG:
                 for f in frames[1:]:
@@ -1118,7 +1120,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 python=python,
                 env=env,
                 max_message_size=max_message_size,
-                cwd=launch_options["cwd"] if cwd is not None else None,
+                cwd=str(launch_options["cwd"]) if cwd is not None else None,
                 trace=recorder,
             )
         else:

@@ -167,7 +167,7 @@ class MapMixin:
             fn_frame, encode_error = None, exc
         # A client's executor must not be kept alive by a forgotten iterator; a
         # handle made inside a task (WorkerExecutor) is only alive through it.
-        executor_ref: Callable[[], Any] = (lambda ex=self: ex) if self._map_keeps_executor else weakref.ref(self)
+        executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
         what = _describe(fn)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
@@ -265,6 +265,13 @@ def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
             raise exc
         yield from chunk  # type: ignore[misc]
         del chunk
+
+
+def _strong(obj: Any) -> Callable[[], Any]:
+    def ref() -> Any:
+        return obj
+
+    return ref
 
 
 def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:

@@ -46,9 +46,8 @@ from typing import Any
 import greenlet
 import zmq
 
-from . import logs, mainmodule
+from . import logs, mainmodule, serialize
 from . import protocol as P
-from . import serialize
 from .errors import InitializerError, ProtocolError, SerializationError
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, endpoint_host
 
@@ -69,7 +68,7 @@ def current_worker() -> Worker | None:
 
 
 class _Task:
-    __slots__ = ("btid", "setup", "attempt", "frames", "started", "fkey")
+    __slots__ = ("attempt", "btid", "fkey", "frames", "setup", "started")
 
     def __init__(self, btid: int, setup: int, attempt: int, frames: list[Any]) -> None:
         self.btid = btid
@@ -87,7 +86,7 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
 class _Waiter:
     """A parked greenlet and what wakes it."""
 
-    __slots__ = ("g", "active", "scheduled", "done")
+    __slots__ = ("active", "done", "g", "scheduled")
 
     def __init__(self, g: greenlet.greenlet) -> None:
         self.g = g
@@ -399,7 +398,7 @@ class Worker:
     # ----------------------------------------------------------------- loop
     def _loop(self) -> None:
         fds = select.poll()
-        fds.register(self.sock.getsockopt(zmq.FD), select.POLLIN)
+        fds.register(_int_opt(self.sock, zmq.FD), select.POLLIN)
         fds.register(self._wake_r, select.POLLIN)
         lock = self.lock
         lock.acquire()
@@ -412,7 +411,7 @@ class Worker:
                 if self.stopping:
                     break
                 if not (self.ready or self.queue or self._foreign) and not (
-                    self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                    _int_opt(self.sock, zmq.EVENTS) & zmq.POLLIN
                 ):
                     # The socket's FD only signals changes, so EVENTS was checked
                     # (above, holding the lock) before sleeping on it.
@@ -452,7 +451,7 @@ class Worker:
         s = self.sock
         events, pollin = zmq.EVENTS, zmq.POLLIN
         for _ in range(1000):
-            if not s.getsockopt(events) & pollin:  # cheaper than a recv raising zmq.Again
+            if not _int_opt(s, events) & pollin:  # cheaper than a recv raising zmq.Again
                 return
             first = s.recv(copy=False)
             frames = [first]
@@ -611,13 +610,13 @@ class Worker:
         """Hold `lock`, with a long task running: see _flusher."""
         s = self.sock
         back = [(t.btid,) for t in self.queue]
-        while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while _int_opt(s, zmq.EVENTS) & zmq.POLLIN:
             frames = [s.recv(copy=False)]
             while frames[-1].more:
                 frames.append(s.recv(copy=False))
             head = frames[0].bytes
             try:
-                mtype, count, _ = P.unpack_header(head)
+                mtype, _, _ = P.unpack_header(head)
             except ProtocolError:
                 continue
             if mtype == P.TASKS:
@@ -1009,6 +1008,10 @@ def _condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
             return True
         return any(not f.cancelled() and f.exception(0) is not None for f in done)
     raise ValueError(f"Invalid return condition: {return_when!r}")
+
+
+def _int_opt(sock: zmq.Socket[Any], option: int) -> int:
+    return sock.getsockopt(option)  # type: ignore[return-value]  # FD and EVENTS are ints
 
 
 def _drain(dq: collections.deque[Any]) -> list[Any]:
