@@ -61,6 +61,7 @@ log = logging.getLogger("scoopexec.broker")
 
 LOCAL = b""  # the peer key of the in-process client
 SEND_HWM = 100_000
+RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
 
 
 class LocalClient(Protocol):
@@ -147,7 +148,9 @@ class Peer:
 
 
 class WorkerPeer(Peer):
-    __slots__ = ("assigned", "busy_since", "credit", "done", "last_seen", "name", "setups", "tag")
+    __slots__ = (
+        "assigned", "busy_since", "credit", "done", "last_seen", "name", "recalled", "setups", "tag",
+    )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int) -> None:
         super().__init__(key, P.WORKER, info, fd)
@@ -156,6 +159,7 @@ class WorkerPeer(Peer):
         self.setups: set[int] = set()
         self.done = 0
         self.last_seen = time.time()
+        self.recalled = 0.0  # monotonic time of the last RECALL sent to it
         self.tag = str(info.get("tag") or "")
         self.name = str(info.get("name") or key.hex())
 
@@ -246,6 +250,7 @@ class Broker:
         self._poller: zmq.Poller | None = None
         self._poll_auth: Authenticator | None = None
         self._next_tick = time.monotonic()
+        self._next_recall = 0.0
         self.max_message_size = max_message_size
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
         self.started = time.time()
@@ -872,8 +877,34 @@ class Broker:
 
     def _dispatch(self) -> None:
         self._dispatch_ready()
-        if self.queue and self.watcher is not None and self.watcher.starting():
-            self._mark_running()
+        if self.queue:
+            if self.watcher is not None and self.watcher.starting():
+                self._mark_running()
+        elif self.ready:
+            self._recall()
+
+    def _recall(self) -> None:
+        """Nothing is queued and a worker is idle: ask workers that may hold unstarted tasks for them.
+
+        A worker keeps a task or two in hand while it runs one, so that it need
+        not wait for the broker when that one ends.  When another worker has
+        nothing to do, those tasks are better run there: RECALL asks for them.
+        A worker hands them back (RETURN) only while a task of its own has run
+        for more than a slice (its flusher thread answers); otherwise it is
+        about to start them anyway and ignores the message.
+        """
+        now = time.monotonic()
+        if now < self._next_recall:
+            return
+        self._next_recall = now + RECALL_EVERY
+        workers = self.workers
+        if not any(w.credit > 0 and not w.assigned and w.key in workers for w in self.ready):
+            return
+        for w in workers.values():
+            # One task assigned is the one it runs (or a parked one): nothing to give.
+            if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
+                w.recalled = now
+                self._send(w.key, [P.header(P.RECALL)])
 
     def _dispatch_ready(self) -> None:
         queue = self.queue

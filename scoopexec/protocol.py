@@ -57,13 +57,14 @@ BROKEN = 19  # broker -> client; frame 1: JSON {"kind": ..., "message": ...}
 PING = 20  # broker -> peer: is this routing id still connected?  Ignored by peers.
 SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); frames: name, value pickle
 RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0
+RECALL = 23  # broker -> worker: a worker is idle; one running a long task RETURNs what it has not started
 
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", SUBMIT: "SUBMIT", TASKS: "TASKS", RESULT: "RESULT",
     RESULTS: "RESULTS", CANCEL: "CANCEL", CREDIT: "CREDIT", STARTED: "STARTED", SETUP: "SETUP",
     SETUP_DONE: "SETUP_DONE", OUTPUT: "OUTPUT", STOP: "STOP", BYE: "BYE", ERROR: "ERROR",
     STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING",
-    SHARE: "SHARE", RETURN: "RETURN",
+    SHARE: "SHARE", RETURN: "RETURN", RECALL: "RECALL",
 }  # fmt: skip
 
 # Entry layouts.

@@ -278,6 +278,7 @@ class Worker:
         self._armed = threading.Event()
         self._inbox: collections.deque[list[Any]] = collections.deque()
         self._slice = 0
+        self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
         self._in_task = False
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -410,7 +411,7 @@ class Worker:
                 self._flush()
                 if self.stopping:
                     break
-                if not (self.ready or self.queue or self._foreign) and not (
+                if not (self.ready or self.queue or self._foreign or self._inbox) and not (
                     _int_opt(self.sock, zmq.EVENTS) & zmq.POLLIN
                 ):
                     # The socket's FD only signals changes, so EVENTS was checked
@@ -516,7 +517,7 @@ class Worker:
                 log.error("broker: %s", text)
                 if "protocol version" in text:
                     self.stopping = True
-        # PING, STATUS_REPLY: nothing to do
+        # PING, STATUS_REPLY: nothing to do; RECALL: the queued tasks start now anyway
 
     # ---------------------------------------------------------------- tasks
     def _run_some(self) -> None:
@@ -607,28 +608,45 @@ class Worker:
                 time.sleep(delay)
 
     def _relieve(self) -> None:
-        """Hold `lock`, with a long task running: see _flusher."""
+        """Hold `lock`, with a long task running: see _flusher.
+
+        Tasks queued here, or arriving now, stay (the worker starts them as soon
+        as this one ends, without a round trip to the broker) unless the broker
+        sends RECALL: another worker is idle, so they are handed back to it.
+        """
         s = self.sock
-        back = [(t.btid,) for t in self.queue]
+        inbox = self._inbox
+        recalled = self._recalled == self._slice
         while _int_opt(s, zmq.EVENTS) & zmq.POLLIN:
             frames = [s.recv(copy=False)]
             while frames[-1].more:
                 frames.append(s.recv(copy=False))
-            head = frames[0].bytes
             try:
-                mtype, _, _ = P.unpack_header(head)
+                mtype, _, _ = P.unpack_header(frames[0].bytes)
             except ProtocolError:
                 continue
-            if mtype == P.TASKS:
-                back.extend((btid,) for btid, _, _, _ in P.entries(mtype, head))
-            elif mtype == P.RESULTS:
+            if mtype == P.RESULTS:
                 self._handle(frames)  # sub-task results: a task polling done() sees them
+            elif mtype == P.RECALL:
+                recalled = True
             else:
-                self._inbox.append(frames)  # for the hub, in order, when the task ends
-        if back or self.granted:
-            self.queue.clear()
-            self.granted = 0
-            self._send([P.pack(P.RETURN, back)])
+                inbox.append(frames)  # for the hub, in order, when the task ends
+        if recalled:
+            self._recalled = self._slice
+            back = [(t.btid,) for t in self.queue]
+            kept: collections.deque[list[Any]] = collections.deque()
+            for frames in inbox:
+                head = frames[0].bytes
+                if P.unpack_header(head)[0] == P.TASKS:
+                    back.extend((btid,) for btid, _, _, _ in P.entries(P.TASKS, head))
+                else:
+                    kept.append(frames)
+            if back or self.granted:
+                inbox.clear()
+                inbox.extend(kept)
+                self.queue.clear()
+                self.granted = 0
+                self._send([P.pack(P.RETURN, back)])
         self._flush(credit=False)
 
     def _give_back(self) -> None:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from scoopexec import ScoopExecutor
-from tests.helpers import print_then_wait, wait_for_file
+from tests.helpers import print_then_wait, sleep_and_return, wait_for_file
 
 
 def _warm(ex, n=50):
@@ -67,3 +67,39 @@ def test_tasks_queued_behind_a_long_one_are_handed_to_an_idle_worker(tmp_path):
         assert not slow.done()
         gate.touch()
         assert slow.result(timeout=30) == "slow"
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_arrives_while_a_long_one_runs_starts_when_it_ends(one_worker, tmp_path):
+    # The worker's flusher reads what the broker sends during a long task and keeps it for later;
+    # the worker must then run it without waiting for yet another message.
+    # Tasks of ~10 ms: the worker now asks for its next task before it starts one.
+    assert list(one_worker.map(sleep_and_return, [0.01] * 5, range(5))) == list(range(5))
+    gate = tmp_path / "gate"
+    slow = one_worker.submit(wait_for_file, str(gate), "slow")
+    time.sleep(0.3)  # the slow task is running: what follows arrives during it
+    quick = one_worker.submit(wait_for_file, None, "quick")
+    time.sleep(0.3)
+    gate.touch()
+    assert slow.result(timeout=30) == "slow"
+    assert quick.result(timeout=30) == "quick"
+
+
+@pytest.mark.timeout(60)
+def test_tasks_held_behind_a_long_one_go_to_a_worker_that_becomes_idle(tmp_path):
+    # Both workers busy: each keeps the next task in hand.  When one becomes idle, the broker
+    # asks the other for the task it holds, which must not wait for the long one to end.
+    gate, short_gate = tmp_path / "gate", tmp_path / "short"
+    with ScoopExecutor(2) as ex:
+        assert list(ex.map(sleep_and_return, [0.01] * 20, range(20))) == list(range(20))
+        slow = ex.submit(wait_for_file, str(gate), "slow")
+        short = ex.submit(wait_for_file, str(short_gate), "short")
+        time.sleep(0.3)
+        held = [ex.submit(wait_for_file, None, i) for i in range(2)]
+        time.sleep(0.3)
+        short_gate.touch()  # one worker is free now; the held tasks must reach it
+        assert [f.result(timeout=30) for f in held] == [0, 1]
+        assert not slow.done()
+        gate.touch()
+        assert slow.result(timeout=30) == "slow"
+        assert short.result(timeout=30) == "short"
