@@ -17,7 +17,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import traceback
 import types
 from typing import Any
@@ -124,39 +123,6 @@ def broker_main(argv: list[str]) -> int:
             return 1
         print(f"timeline of {len(recorder.records)} task(s) written to {path}", flush=True)
     return 0
-
-
-def query_status(endpoint: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Ask a broker for its status (what ``python -m scoopexec status ADDR`` prints)."""
-    import os
-
-    import zmq
-
-    from . import protocol as P
-
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.ROUTING_ID, b"O" + os.urandom(11))
-    try:
-        s.connect(endpoint)
-        s.send_multipart([P.header(P.HELLO), P.dump_json({"role": P.OBSERVER})])
-        s.send_multipart([P.header(P.STATUS)])
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000) + 1):
-                raise TimeoutError(f"no scoopexec broker answered at {endpoint} within {timeout:g} s")
-            frames = s.recv_multipart()
-            mtype, _, _ = P.unpack_header(frames[0])
-            if mtype == P.STATUS_REPLY and len(frames) > 1:
-                result: dict[str, Any] = P.load_json(frames[1])
-                return result
-            if mtype == P.ERROR:
-                raise RuntimeError(frames[1].decode("utf-8", "replace"))
-    finally:
-        s.close(linger=0)
-        ctx.term()
 
 
 _VALUE_OPTIONS = ("-n", "--workers", "--hostfile", "--broker", "--trace")

@@ -303,16 +303,16 @@ def test_dead_client_tasks_are_dropped_by_a_standalone_broker():
         client.kill()
         client.wait()
         client.stdout.close()
-        from scoopexec.cli import query_status
+        from scoopexec.status import query
 
         deadline = time.monotonic() + 30
         while True:
-            st = query_status(addr, timeout=5)
-            if st["tasks"] == 0:
+            st = query(addr, timeout=5)
+            if st.raw["tasks"] == 0:
                 break
             assert time.monotonic() < deadline, st
             time.sleep(0.2)
-        assert st["clients"] == 0
+        assert st.clients == 0
     finally:
         for p in (client, workers, broker):
             if p is not None and p.poll() is None:
