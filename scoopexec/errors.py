@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "AuthenticationError",
     "BrokenScoopExecutor",
     "BrokerLostError",
+    "DeserializationError",
     "InitializerError",
     "LaunchError",
     "MessageTooLargeError",
@@ -63,8 +65,13 @@ class LaunchError(BrokenScoopExecutor):
         return exc
 
 
-class WorkerLostError(BrokenExecutor):
-    """A task's worker died or stopped answering more times than ``max_retries`` allows."""
+class WorkerLostError(BrokenProcessPool):
+    """A task's worker died or stopped answering more times than ``max_retries`` allows.
+
+    A ``BrokenProcessPool`` (and so a ``BrokenExecutor``), the type
+    ProcessPoolExecutor raises when a worker dies, so code written for it
+    still catches it; but here only this future fails and the pool goes on.
+    """
 
 
 class SerializationError(pickle.PicklingError):
@@ -73,6 +80,15 @@ class SerializationError(pickle.PicklingError):
     The original error is chained as ``__cause__``.  A subclass of
     ``pickle.PicklingError``, so code written for ProcessPoolExecutor that
     catches that still works.
+    """
+
+
+class DeserializationError(SerializationError, BrokenProcessPool):
+    """A task could not be unpickled on its worker, or its result in the client.
+
+    ProcessPoolExecutor breaks its whole pool on these faults and raises
+    ``BrokenProcessPool``; here only this future fails, with an error that is
+    both a ``SerializationError`` and a ``BrokenProcessPool``.
     """
 
 

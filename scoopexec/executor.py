@@ -981,6 +981,24 @@ def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...
     return [P.dump_json(plain), init]
 
 
+def _check_mp_context(ctx: Any) -> None:
+    if ctx is None:
+        return
+    get = getattr(ctx, "get_start_method", None)
+    if not callable(get):
+        raise TypeError(
+            f"mp_context must be a multiprocessing context, e.g. multiprocessing.get_context('spawn'), "
+            f"not {type(ctx).__name__}"
+        )
+    method = get()
+    if method not in ("spawn", "forkserver"):
+        raise ValueError(
+            f"mp_context with the {method!r} start method cannot be honoured: scoopexec workers are "
+            "fresh interpreters (as with 'spawn') and inherit nothing from this process; pass "
+            "multiprocessing.get_context('spawn') or leave mp_context out"
+        )
+
+
 class ScoopExecutor(MapMixin, cf.Executor):
     """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
 
@@ -994,8 +1012,15 @@ class ScoopExecutor(MapMixin, cf.Executor):
     task, or ``scoopexec.submit``) and wait on them: waiting parks only that
     task, so nested maps never deadlock.
 
+    The first four arguments are ProcessPoolExecutor's, in its order, so that
+    ``ProcessPoolExecutor(...)`` can be replaced by ``ScoopExecutor(...)``.
+
     Arguments:
         max_workers: local worker processes to start (must be > 0).
+        mp_context: accepted for compatibility with ProcessPoolExecutor.  Workers
+            are always fresh interpreters started by command, which is what the
+            'spawn' and 'forkserver' start methods give; a 'fork' context is
+            refused (ValueError), since what a fork inherits cannot be.
         initializer, initargs: called as ``initializer(*initargs)`` in every
             worker before its first task of this executor; if it raises, the
             executor is broken (``InitializerError``).
@@ -1034,9 +1059,10 @@ class ScoopExecutor(MapMixin, cf.Executor):
     def __init__(
         self,
         max_workers: int | None = None,
-        *,
+        mp_context: Any = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Iterable[Any] = (),
+        *,
         broker: str | None = None,
         bind: str | None = None,
         heartbeat: float = 1.0,
@@ -1060,6 +1086,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 raise TypeError("max_workers must be an integer or None")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
+        _check_mp_context(mp_context)
         if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
             raise ValueError(
                 f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "

@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from . import protocol
-from .errors import RemoteError, SerializationError, remote_traceback
+from .errors import DeserializationError, RemoteError, SerializationError, remote_traceback
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -214,7 +214,7 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
         try:
             return True, loads(frames)
         except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
-            err = SerializationError(
+            err = DeserializationError(
                 f"the task's result could not be unpickled here: {type(exc).__name__}: {exc} "
                 "(the module defining its type must be importable in this process too)"
             )
@@ -257,7 +257,9 @@ def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
         return errors.WorkerLostError(message)
     if kind == "size":
         return errors.MessageTooLargeError(message)
-    if kind in ("result", "call"):
+    if kind == "call":
+        return errors.DeserializationError(message)
+    if kind == "result":
         return errors.SerializationError(message)
     if kind == "initializer":
         return errors.InitializerError(message)

@@ -319,3 +319,28 @@ def test_dead_client_tasks_are_dropped_by_a_standalone_broker():
                 p.terminate()
                 p.wait(10)
         broker.stdout.close()
+
+
+# The faults for which ProcessPoolExecutor raises BrokenProcessPool (CPython's test_deadlock): the
+# error here is a BrokenProcessPool too, so code written for it still catches it, though only the
+# one future failed.
+BREAKS_A_PROCESS_POOL = [
+    "error at task unpickle (worker)",
+    "exit at task unpickle (worker)",
+    "crash at task unpickle (worker)",
+    "crash during execution",
+    "crash at result pickle (worker)",
+    "error at result unpickle (client)",
+    "exit at result unpickle (client)",
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("case", BREAKS_A_PROCESS_POOL)
+def test_faults_that_break_a_process_pool_raise_broken_process_pool(pool, case):
+    from concurrent.futures.process import BrokenProcessPool
+
+    _, fn, args, _ = next(row for row in CRASH_TABLE if row[0] == case)
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(fn, *args).result(timeout=120)
+    assert pool.submit(abs, -3).result(timeout=120) == 3

@@ -55,3 +55,20 @@ def test_initializer_must_be_callable_and_picklable():
 def test_lambda_initializer():
     with ScoopExecutor(max_workers=1, initializer=lambda: helpers.init("from lambda")) as ex:
         assert ex.submit(helpers.get_init_status).result() == "from lambda"
+
+
+def test_process_pool_executor_arguments_in_its_order():
+    # ScoopExecutor(max_workers, mp_context, initializer, initargs), as ProcessPoolExecutor.
+    import multiprocessing
+
+    with ScoopExecutor(1, multiprocessing.get_context("spawn"), helpers.init, ("positional",)) as ex:
+        assert ex.submit(helpers.get_init_status).result(timeout=60) == "positional"
+
+
+def test_mp_context_that_cannot_be_honoured_is_refused():
+    import multiprocessing
+
+    with pytest.raises(ValueError, match="'fork' start method cannot be honoured"):
+        ScoopExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
+        ScoopExecutor(1, mp_context="spawn")
