@@ -1,6 +1,6 @@
 """Run joblib's and DEAP's own test-suites on scoopexec, with the smallest possible change.
 
-    python tests/run_upstream_suites.py [joblib] [deap] [--sitecustomize] [--keep DIR]
+    python tests/run_upstream_suites.py [joblib] [deap] [cpython] [--sitecustomize] [--keep DIR]
 
 Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes).
 
@@ -12,6 +12,12 @@ Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes).
   scoopexec, so the name "scoop" is unknown there (joblib has no plug-in
   discovery); ``--sitecustomize`` puts a ``sitecustomize.py`` doing ``import
   scoopexec`` on those children's path to show they pass once it is imported.
+* **CPython** (Python 3.12+, whose ``test.test_concurrent_futures`` is a
+  package): its generic executor test classes (ExecutorTest, WaitTests,
+  AsCompletedTests, ExecutorShutdownTest, the initializer mixins and
+  ExecutorDeadlockTest) with ScoopExecutor as the executor type, given a
+  'spawn' context as ProcessPoolExecutor's tests are.  Needs the interpreter's
+  ``test`` package (some distributions ship it separately).
 * **DEAP**: the ``tests/`` of DEAP's source distribution for the installed
   version (fetched with ``pip download --no-binary``), with a ``conftest.py``
   that registers ``scoop_map`` as every ``Toolbox``'s default ``map`` and fails
@@ -166,14 +172,63 @@ def run_deap(work: str) -> int:
     return status
 
 
+CPYTHON_SUITE = """# Upstream's generic concurrent.futures tests, with ScoopExecutor as the executor.
+import multiprocessing
+
+from test.test_concurrent_futures.executor import ExecutorTest
+from test.test_concurrent_futures.test_as_completed import AsCompletedTests
+from test.test_concurrent_futures.test_deadlock import ExecutorDeadlockTest
+from test.test_concurrent_futures.test_init import FailingInitializerMixin, InitializerMixin
+from test.test_concurrent_futures.test_shutdown import ExecutorShutdownTest
+from test.test_concurrent_futures.test_wait import WaitTests
+from test.test_concurrent_futures.util import ExecutorMixin, create_executor_tests, setup_module
+
+from scoopexec import ScoopExecutor
+
+
+class ScoopSpawnMixin(ExecutorMixin):
+    executor_type = ScoopExecutor
+    ctx = "spawn"
+
+    def get_context(self):
+        return multiprocessing.get_context("spawn")
+
+
+for tests in (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
+              FailingInitializerMixin, ExecutorDeadlockTest):
+    create_executor_tests(globals(), tests, executor_mixins=(ScoopSpawnMixin,))
+"""
+
+
+def run_cpython(work: str) -> int:
+    try:
+        import test.test_concurrent_futures.util  # noqa: F401
+    except ImportError:
+        print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures package "
+              "(Python 3.12+ with its test package is needed)", file=sys.stderr)
+        return 2
+    suite = os.path.join(work, "cpython-suite")
+    os.makedirs(suite)
+    with open(os.path.join(suite, "test_cpython_concurrent_futures.py"), "w") as fh:
+        fh.write(CPYTHON_SUITE)
+    with open(os.path.join(suite, "pytest.ini"), "w") as fh:
+        fh.write(PYTEST_INI)
+    junit = os.path.join(work, "cpython.xml")
+    status = _pytest(suite, junit, _env([]))
+    results = _outcomes(junit)
+    counts = {kind: sum(1 for v in results.values() if v == kind) for kind in ("passed", "failed", "skipped")}
+    print(f"\nCPython {sys.version.split()[0]} concurrent.futures tests on ScoopExecutor: {counts}")
+    return status
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suites", nargs="*", metavar="{joblib,deap}", help="default: both")
+    ap.add_argument("suites", nargs="*", metavar="{joblib,deap,cpython}", help="default: all three")
     ap.add_argument("--sitecustomize", action="store_true", help="import scoopexec in every child too")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     args = ap.parse_args()
-    suites = args.suites or ["joblib", "deap"]
-    unknown = set(suites) - {"joblib", "deap"}
+    suites = args.suites or ["joblib", "deap", "cpython"]
+    unknown = set(suites) - {"joblib", "deap", "cpython"}
     if unknown:
         ap.error(f"unknown suite(s): {sorted(unknown)}")
     work = args.keep or tempfile.mkdtemp(prefix="scoopexec-upstream-")
@@ -184,6 +239,8 @@ def main() -> int:
             status |= run_joblib(work, args.sitecustomize)
         if "deap" in suites:
             status |= run_deap(work)
+        if "cpython" in suites:
+            status |= run_cpython(work)
         return status
     finally:
         if not args.keep:
