@@ -85,6 +85,15 @@ def _env(extra_path: list[str]) -> dict[str, str]:
     return env
 
 
+def _write_suite(suite: str, files: dict[str, str]) -> str:
+    """Write ``files`` (name -> text) and the shared pytest.ini into ``suite``; return it."""
+    os.makedirs(suite, exist_ok=True)
+    for name, text in {**files, "pytest.ini": PYTEST_INI}.items():
+        with open(os.path.join(suite, name), "w") as fh:
+            fh.write(text)
+    return suite
+
+
 def _pytest(where: str, junit: str, env: dict[str, str]) -> int:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={junit}", "."]
     print("$", " ".join(cmd), f"(in {where})", flush=True)
@@ -116,12 +125,7 @@ def run_joblib(work: str, sitecustomize: bool) -> int:
         return 2
     text = text.replace(old, 'PROCESS_BACKENDS = ["multiprocessing", "loky", "scoop"]')
     text = text.replace("\nimport joblib\n", "\nimport joblib\nimport scoopexec  # registers \"scoop\"\n", 1)
-    suite = os.path.join(work, "joblib-suite")
-    os.makedirs(suite)
-    with open(os.path.join(suite, "test_parallel.py"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(suite, "pytest.ini"), "w") as fh:
-        fh.write(PYTEST_INI)
+    suite = _write_suite(os.path.join(work, "joblib-suite"), {"test_parallel.py": text})
     extra = []
     if sitecustomize:
         site = os.path.join(work, "site")
@@ -163,10 +167,7 @@ def run_deap(work: str) -> int:
     (tests,) = glob.glob(os.path.join(dl, "deap-*", "tests"))
     suite = os.path.join(work, "deap-suite")
     shutil.copytree(tests, suite)
-    with open(os.path.join(suite, "conftest.py"), "w") as fh:
-        fh.write(DEAP_CONFTEST)
-    with open(os.path.join(suite, "pytest.ini"), "w") as fh:
-        fh.write(PYTEST_INI)
+    _write_suite(suite, {"conftest.py": DEAP_CONFTEST})
     status = _pytest(suite, os.path.join(work, "deap.xml"), _env([]))
     print(f"\nDEAP {version}: pytest exit status {status}")
     return status
@@ -207,12 +208,8 @@ def run_cpython(work: str) -> int:
         print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures package "
               "(Python 3.12+ with its test package is needed)", file=sys.stderr)
         return 2
-    suite = os.path.join(work, "cpython-suite")
-    os.makedirs(suite)
-    with open(os.path.join(suite, "test_cpython_concurrent_futures.py"), "w") as fh:
-        fh.write(CPYTHON_SUITE)
-    with open(os.path.join(suite, "pytest.ini"), "w") as fh:
-        fh.write(PYTEST_INI)
+    files = {"test_cpython_concurrent_futures.py": CPYTHON_SUITE}
+    suite = _write_suite(os.path.join(work, "cpython-suite"), files)
     junit = os.path.join(work, "cpython.xml")
     status = _pytest(suite, junit, _env([]))
     results = _outcomes(junit)
