@@ -370,6 +370,12 @@ class _Link:
         assert self.workers is not None
         o = self.launch_options
         makers: list[Callable[[], RemoteGroup]] = []
+        common = {
+            "heartbeat": o["heartbeat"],
+            "heartbeat_timeout": o["heartbeat_timeout"],
+            "connect_timeout": o["launch_timeout"] * 0.75,  # says why before we give up
+            "keep_cwd": o["keep_cwd"],
+        }
         for h in hosts:
             if h.local:
                 continue
@@ -380,10 +386,7 @@ class _Link:
                 connect_back=back,
                 tag=tag,
                 n=h.slots,
-                heartbeat=o["heartbeat"],
-                heartbeat_timeout=o["heartbeat_timeout"],
-                connect_timeout=o["launch_timeout"] * 0.75,  # says why before we give up
-                keep_cwd=o["keep_cwd"],
+                **common,
             )
             argv = ssh_command(
                 h,
@@ -409,11 +412,8 @@ class _Link:
                 connect=connect,
                 connect_back=None,
                 tag=tag,
-                heartbeat=o["heartbeat"],
-                heartbeat_timeout=o["heartbeat_timeout"],
-                connect_timeout=o["launch_timeout"] * 0.75,
                 group=False,
-                keep_cwd=o["keep_cwd"],
+                **common,
             )
             argv = srun_command(srun, args, python=o["python"], cwd=o["cwd"])
             env = dict(os.environ, PYTHONPATH=remote_pythonpath(), **o["env"])

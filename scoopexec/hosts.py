@@ -342,12 +342,16 @@ def _slurm(env: Mapping[str, str]) -> Allocation:
     return Allocation("slurm", [h for h in hosts if h.slots])
 
 
-def _pbs(path: str) -> Allocation:
+def _read_lines(path: str, what: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+            return fh.read().splitlines()
     except OSError as exc:
-        raise ValueError(f"cannot read PBS_NODEFILE {path!r}: {exc.strerror or exc}") from exc
+        raise ValueError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from exc
+
+
+def _pbs(path: str) -> Allocation:
+    lines = _read_lines(path, "PBS_NODEFILE")
     hosts = []
     for no, line in enumerate(lines, 1):
         name = line.split("#", 1)[0].strip()
@@ -359,11 +363,7 @@ def _pbs(path: str) -> Allocation:
 
 
 def _sge(path: str) -> Allocation:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read PE_HOSTFILE {path!r}: {exc.strerror or exc}") from exc
+    lines = _read_lines(path, "PE_HOSTFILE")
     hosts = []
     for no, line in enumerate(lines, 1):
         words = line.split()
