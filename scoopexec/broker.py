@@ -41,8 +41,10 @@ import logging
 import math
 import os
 import secrets
+import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +54,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
+from .link import POOL, PUSH_WAIT, Link
 from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ log = logging.getLogger("scoopexec.broker")
 
 LOCAL = b""  # the peer key of the in-process client
 SEND_HWM = 100_000
+POLLIN = int(zmq.POLLIN)  # a plain int: cheaper than the enum
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
 
 
@@ -247,12 +251,25 @@ class Broker:
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
-        self._poller: zmq.Poller | None = None
+        self._poller: select.poll | None = None
+        self._router_fd = self._monitor_fd = -1
+        self._zmq_dirty = True  # the ZeroMQ sockets were used since their EVENTS were last read
+        # Held by the loop except while it waits in poll: the in-process client's
+        # thread may then dispatch its own submissions itself (dispatch_local_now).
+        self.lock = threading.Lock()
+        self._wake_needed = 0  # counts sends that the sleeping loop must be told about
         self._poll_auth: Authenticator | None = None
         self._next_tick = time.monotonic()
         self._next_recall = 0.0
         self.max_message_size = max_message_size
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
+        # Local workers on socketpairs (link.py): key -> link, fd -> key.
+        self.links: dict[bytes, Link] = {}
+        self._link_fds: dict[int, bytes] = {}
+        self._new_links: collections.deque[tuple[bytes, Link]] = collections.deque()
+        self._dead_links: list[bytes] = []
+        self._stopped: dict[bytes, float] = {}  # link workers seen stopped (SIGSTOP), since when
+        self._next_state_check = 0.0
         self.started = time.time()
         self.trace: TraceRecorder | None = None  # set by the owner to record a timeline (trace.py)
 
@@ -281,11 +298,89 @@ class Broker:
             r.setsockopt(zmq.CURVE_SERVER, 0)
         try:
             r.bind(endpoint)
+            self._zmq_dirty = True
         finally:
             r.setsockopt(zmq.CURVE_SERVER, 0)  # later listeners choose again
         bound = str(r.getsockopt_string(zmq.LAST_ENDPOINT))
         self.endpoints.append((bound, secure))
         return bound
+
+    def add_link(self, sock: socket.socket) -> bytes:
+        """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
+        key = b"W" + os.urandom(11)
+        self._new_links.append((key, Link(sock)))
+        try:
+            os.write(self._stop_fd_w, b"l")  # wake the loop to register it
+        except OSError:
+            pass
+        return key
+
+    def _register_links(self, poller: select.poll) -> None:
+        while self._new_links:
+            key, link = self._new_links.popleft()
+            self.links[key] = link
+            self._link_fds[link.fd] = key
+            poller.register(link.fd, select.POLLIN)
+
+    def _on_link(self, key: bytes, events: int) -> None:
+        link = self.links.get(key)
+        if link is None:
+            return
+        if events & select.POLLOUT:
+            try:
+                done = link.flush(PUSH_WAIT)
+            except OSError:
+                done, link.eof = True, True
+            if done and self._poller is not None:
+                self._poller.modify(link.fd, select.POLLIN)
+        if events & (select.POLLIN | select.POLLERR | select.POLLHUP) or link.eof:
+            try:
+                msgs = link.receive(2000)
+            except ProtocolError as exc:
+                msgs, link.eof = [], True
+                self.dropped["malformed"] += 1
+                log.warning("closed the link to a local worker: %s", exc)
+            for frames in msgs:
+                self._take(key, None, frames)
+            if link.eof:
+                self._close_link(key, "its connection closed")
+
+    def _close_link(self, key: bytes, why: str) -> None:
+        link = self.links.pop(key, None)
+        if link is None:
+            return
+        self._link_fds.pop(link.fd, None)
+        self._stopped.pop(key, None)
+        if self._poller is not None:
+            try:
+                self._poller.unregister(link.fd)
+            except KeyError:
+                pass
+        link.close()
+        self._peer_gone(key, why)
+
+    def _check_stopped(self, now: float) -> None:
+        """Local workers on links have no ZeroMQ heartbeat: look at their process state.
+
+        A process stopped (SIGSTOP, a debugger) for heartbeat_timeout is lost, as
+        an unanswered heartbeat would make it.  A task holding the GIL is not.
+        """
+        for key in list(self.links):
+            w = self.workers.get(key)
+            pid = w.info.get("pid") if w is not None else None
+            if not isinstance(pid, int):
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    state = f.read().rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"T", b"t"):
+                self._stopped.pop(key, None)
+                continue
+            since = self._stopped.setdefault(key, now)
+            if now - since >= self.heartbeat_timeout:
+                self._close_link(key, f"its process was stopped for {now - since:.1f} s")
 
     def allow(self, public: bytes) -> None:
         """Accept CURVE peers with this public key (thread-safe)."""
@@ -329,20 +424,34 @@ class Broker:
 
     def step(self, timeout: float | None = None) -> None:
         """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        lock = self.lock
+        with lock:
+            poller, ms, take_router, take_monitor, take_auth = self._before_poll(timeout)
+        ready = poller.poll(ms)
+        with lock:
+            self._after_poll(ready, take_router, take_monitor, take_auth)
+
+    def _before_poll(self, timeout: float | None) -> tuple[select.poll, int, bool, bool, bool]:
         poller = self._poller
         if poller is None:
-            poller = self._poller = zmq.Poller()
-            poller.register(self.router, zmq.POLLIN)
-            poller.register(self.monitor, zmq.POLLIN)
-            poller.register(self._stop_fd_r, zmq.POLLIN)
+            # select.poll over the ZeroMQ sockets' FDs, not zmq.Poller: zmq_poll asks each
+            # socket for its EVENTS around every wait (syscalls each), which only matter here
+            # after something happened on that socket (see `_zmq_dirty`).
+            poller = self._poller = select.poll()
+            self._router_fd = int(self.router.getsockopt(zmq.FD))
+            self._monitor_fd = int(self.monitor.getsockopt(zmq.FD))
+            poller.register(self._router_fd, select.POLLIN)
+            poller.register(self._monitor_fd, select.POLLIN)
+            poller.register(self._stop_fd_r, select.POLLIN)
             if self.local is not None:
-                poller.register(self.local.wake_fd, zmq.POLLIN)
+                poller.register(self.local.wake_fd, select.POLLIN)
+            self._zmq_dirty = True
+        if self._new_links:
+            self._register_links(poller)
         auth = self.auth
-        if auth is not self._poll_auth:
+        if auth is not None and auth is not self._poll_auth:
             self._poll_auth = auth
-            assert auth is not None
-            poller.register(auth.socket, zmq.POLLIN)
-            auth.handle()
+            poller.register(int(auth.socket.getsockopt(zmq.FD)), select.POLLIN)
         if timeout is not None:
             ms = int(timeout * 1000)
         elif self._backlogged:
@@ -350,15 +459,45 @@ class Broker:
         else:
             # Round up: rounding down spins through the last millisecond before a tick.
             ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
-        for sock, _ in poller.poll(ms):
-            if sock is self.router:
-                self._drain_router()
-            elif sock is self.monitor:
-                self._drain_monitor()
-            elif auth is not None and sock is auth.socket:
-                auth.handle()
-            elif sock == self._stop_fd_r:
+        # A ZeroMQ socket's FD signals only changes: input that was already there when
+        # we last used the socket must be asked for (EVENTS) before sleeping.
+        take_router = take_monitor = take_auth = False
+        if self._zmq_dirty:
+            self._zmq_dirty = False
+            take_router = bool(self.router.getsockopt(zmq.EVENTS) & POLLIN)
+            take_monitor = bool(self.monitor.getsockopt(zmq.EVENTS) & POLLIN)
+        if auth is not None:
+            take_auth = bool(auth.socket.getsockopt(zmq.EVENTS) & POLLIN)
+        if take_router or take_monitor or take_auth:
+            ms = 0
+        return poller, ms, take_router, take_monitor, take_auth
+
+    def _after_poll(
+        self, ready: list[tuple[int, int]], take_router: bool, take_monitor: bool, take_auth: bool
+    ) -> None:
+        auth = self.auth
+        auth_fd = int(auth.socket.getsockopt(zmq.FD)) if auth is not None else -2
+        for fd, events in ready:
+            if fd == self._router_fd:
+                take_router = True
+            elif fd == self._monitor_fd:
+                take_monitor = True
+            elif fd == auth_fd:
+                take_auth = True
+            elif fd == self._stop_fd_r:
                 self._drain_stop_pipe()
+                if self._new_links and self._poller is not None:
+                    self._register_links(self._poller)
+            else:
+                key = self._link_fds.get(fd)
+                if key is not None:
+                    self._on_link(key, events)
+        if take_router:
+            self._drain_router()
+        if take_monitor:
+            self._drain_monitor()
+        if take_auth and auth is not None:
+            auth.handle()
         if self._calls:
             self._run_calls()
         if self.local is not None:
@@ -366,12 +505,36 @@ class Broker:
             self._drain_local()
         self._dispatch()
         self._flush()
+        while self._dead_links:
+            self._close_link(self._dead_links.pop(), "its connection closed")
         if self.local is not None:
             self.local.dispatched()
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + 0.05
             self._tick()
+
+    def dispatch_local_now(self) -> bool:
+        """Dispatch the in-process client's new tasks from its own thread, if the loop sleeps.
+
+        Saves the round trip's first thread hand-off (wake the loop, which then
+        sends).  Holding `lock` while the loop waits in poll is safe for every
+        socket: the loop uses none of them then.  False means nothing was done,
+        or something was that the loop must be woken for.
+        """
+        lock = self.lock
+        if not lock.acquire(False):
+            return False
+        try:
+            if self._stopping or self.router.closed or self.local is None:
+                return False
+            before = self._wake_needed
+            self._drain_local()
+            self._dispatch()
+            self.local.dispatched()
+            return self._wake_needed == before and not self._dead_links and not self._backlogged
+        finally:
+            lock.release()
 
     def _drain_stop_pipe(self) -> None:
         try:
@@ -391,6 +554,9 @@ class Broker:
     def _close(self) -> None:
         for w in list(self.workers.values()):
             self._send(w.key, [P.header(P.STOP)])
+        for link in self.links.values():
+            link.close(drain=0.5)
+        self.links.clear()
         self.close()
 
     def close(self) -> None:
@@ -417,10 +583,12 @@ class Broker:
     # --------------------------------------------------------------- receive
     def _drain_router(self) -> None:
         r = self.router
-        events, pollin = zmq.EVENTS, zmq.POLLIN
+        events, pollin = zmq.EVENTS, POLLIN
+        self._zmq_dirty = True  # unless the loop below ends on EVENTS saying there is no more
         for _ in range(2000):
             # Asking for EVENTS is cheaper than a recv that raises zmq.Again.
             if not r.getsockopt(events) & pollin:
+                self._zmq_dirty = False
                 return
             ident = r.recv(copy=False)
             frames = []
@@ -433,19 +601,23 @@ class Broker:
             if not frames:
                 self.dropped["empty"] += 1
                 continue
-            try:
-                self._handle(key, ident, frames)
-            except P.VersionMismatch as exc:
-                self.dropped["version"] += 1
-                self._send(key, [P.header(P.ERROR), str(exc).encode()])
-            except ProtocolError as exc:
-                self.dropped["malformed"] += 1
-                log.debug("dropped a malformed message from %r: %s", key, exc)
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                self.dropped["malformed"] += 1
-                log.debug("dropped a message from %r: %r", key, exc)
+            self._take(key, ident, frames)
 
-    def _handle(self, key: bytes, ident: zmq.Frame, frames: list[zmq.Frame]) -> None:
+    def _take(self, key: bytes, ident: zmq.Frame | None, frames: list[Any]) -> None:
+        """Handle one message; a bad one is dropped, counted, and answered where that helps."""
+        try:
+            self._handle(key, ident, frames)
+        except P.VersionMismatch as exc:
+            self.dropped["version"] += 1
+            self._send(key, [P.header(P.ERROR), str(exc).encode()])
+        except ProtocolError as exc:
+            self.dropped["malformed"] += 1
+            log.debug("dropped a malformed message from %r: %s", key, exc)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            self.dropped["malformed"] += 1
+            log.debug("dropped a message from %r: %r", key, exc)
+
+    def _handle(self, key: bytes, ident: zmq.Frame | None, frames: list[Any]) -> None:
         head = frames[0].bytes
         mtype, count, arg = P.unpack_header(head)
         w = self.workers.get(key)
@@ -482,7 +654,7 @@ class Broker:
             info = P.load_json(frames[1].bytes)
             if not isinstance(info, dict):
                 raise ProtocolError("HELLO's JSON is not an object")
-            fd = self._srcfd(ident)
+            fd = self._srcfd(ident) if ident is not None else -1
             self._on_hello(key, info, fd, frames[2:])
         elif mtype == P.SETUP_DONE:
             if w is None:
@@ -536,6 +708,8 @@ class Broker:
         the next ticks (until a new HELLO, or heartbeat_timeout): a remote
         worker has no process here whose exit would tell.
         """
+        self._zmq_dirty = True
+        self._wake_needed += 1
         try:
             self.router.send(key, zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(P.header(P.PING))
@@ -924,7 +1098,7 @@ class Broker:
                 # A task's parent may be parked on this worker: if the child ran
                 # here and took long, the parent could not even notice its other
                 # children finishing. Prefer another worker when one is ready.
-                others = any(o is not w and o.credit > 0 and o.key in workers for o in ready)
+                others: bool | None = None  # another worker ready? (asked when it matters)
                 skipped: list[int] = []
                 batch: list[Task] = []
                 want = min(w.credit, share)
@@ -934,9 +1108,11 @@ class Broker:
                     task = tasks.get(btid)
                     if task is None or task.worker is not None:
                         continue
-                    if others and task.parent:
+                    if task.parent:
                         parent = tasks.get(task.parent)
-                        if parent is not None and parent.worker == w.key:
+                        if others is None:
+                            others = any(o is not w and o.credit > 0 and o.key in workers for o in ready)
+                        if others and parent is not None and parent.worker == w.key:
                             skipped.append(btid)
                             continue
                     if task.marked or task.attempts:
@@ -1006,7 +1182,20 @@ class Broker:
         return self._send_now(key, frames, peer)
 
     def _send_now(self, key: bytes, frames: Sequence[Any], peer: Peer | None) -> bool:
+        link = self.links.get(key)
+        if link is not None:
+            try:
+                if not link.send(frames) and self._poller is not None:
+                    self._poller.modify(link.fd, select.POLLIN | select.POLLOUT)
+                    self._wake_needed += 1
+            except OSError:
+                link.eof = True
+                self._dead_links.append(key)
+                return False
+            return True
         r = self.router
+        self._zmq_dirty = True  # sending can take in the commands that signal input
+        self._wake_needed += 1
         try:
             r.send(key, zmq.SNDMORE | zmq.NOBLOCK)
         except zmq.Again:
@@ -1079,7 +1268,12 @@ class Broker:
                 # Alive but unreachable (stopped, stuck in native code): it is
                 # ours, so end it; its tasks run elsewhere and it is replaced.
                 self.watcher.kill(w.tag)
-                exit_info = f"it stopped answering heartbeats for {self.heartbeat_timeout:g} s and was killed"
+                if "stopped" in why:  # seen in its process state (a link, see _check_stopped)
+                    exit_info = f"{why} (SIGSTOP or a debugger) and was killed"
+                else:
+                    exit_info = (
+                        f"it stopped answering heartbeats for {self.heartbeat_timeout:g} s and was killed"
+                    )
         where = f"worker {w.name} (pid {pid} on {host})"
         reason = exit_info or why
         self._recent_losses.append(f"{where}: {reason}")
@@ -1163,8 +1357,14 @@ class Broker:
                 self._break_client(c, "broken", text)
 
     def _tick(self) -> None:
+        POOL.expire()
         if self._suspects:
             self._reprobe()
+        if self.links:
+            now = time.monotonic()
+            if now >= self._next_state_check:
+                self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+                self._check_stopped(now)
         if self.watcher is not None:
             for tag, _pid, rc in self.watcher.reap():
                 self._local_exited(tag, rc)

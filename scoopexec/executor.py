@@ -137,6 +137,15 @@ def _default_workers() -> int:
     return n or 1
 
 
+
+def _local_links() -> bool:
+    """Whether local workers get socketpair links (link.py) rather than the ipc endpoint.
+
+    On Linux only, where the broker can see a worker's process state in /proc;
+    SCOOPEXEC_LOCAL_TRANSPORT=zmq chooses the ipc endpoint (for comparisons).
+    """
+    return sys.platform.startswith("linux") and os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "") != "zmq"
+
 class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     """The future of a task submitted from a client.  A concurrent.futures.Future."""
 
@@ -211,9 +220,13 @@ class _Link:
         fut._what = what
         self.futures[tid] = fut
         self.outbox.append((tid, frames))
+        self._kick()
+        return fut
+
+    def _kick(self) -> None:
+        """Have the I/O thread take in the outbox."""
         if not self._woken:
             self._wake()
-        return fut
 
     def share(self, frames: list[Any]) -> None:
         self.shares.append(frames)
@@ -540,6 +553,7 @@ class _LocalLink(_Link):
                     extra=["--keep-cwd"] if cwd is not None else (),
                     heartbeat=heartbeat,
                     heartbeat_timeout=heartbeat_timeout,
+                    link=self.broker.add_link if _local_links() else None,
                 )
             )
         except BaseException:
@@ -555,6 +569,12 @@ class _LocalLink(_Link):
             _live_links.add(self)
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
         self.thread.start()
+
+    def _kick(self) -> None:
+        # Dispatch from this thread while the broker's loop sleeps in poll: the task
+        # reaches a worker without first waking the broker thread (a thread hand-off).
+        if not self._woken and not self.broker.dispatch_local_now():
+            self._wake()
 
     def request_stop(self) -> None:
         self.broker.stop()

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .security import Credentials, encode_frame
@@ -116,8 +116,12 @@ class LocalWorkers:
         keys: Credentials | None = None,
         tag_prefix: str = "",
         extra: Sequence[str] = (),
+        link: Callable[[socket.socket], object] | None = None,
     ) -> None:
         self.connect = connect
+        # With `link` (the embedded broker's add_link), each worker gets one end of a
+        # socketpair instead of connecting to `connect` through ZeroMQ (link.py).
+        self.link = link
         self.keys = keys
         self.tag_prefix = tag_prefix or f"L{os.getpid()}"
         self.extra = list(extra) + (["--key-stdin"] if keys is not None else [])
@@ -150,14 +154,28 @@ class LocalWorkers:
                 heartbeat_timeout=self.heartbeat_timeout,
                 extra=self.extra,
             )
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-                close_fds=True,
-            )
+            ours = theirs = None
+            if self.link is not None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                cmd += ["--link-fd", str(theirs.fileno())]
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    env=self.env,
+                    cwd=self.cwd,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(theirs.fileno(),) if theirs is not None else (),
+                )
+            except BaseException:
+                if ours is not None and theirs is not None:
+                    ours.close()
+                    theirs.close()
+                raise
+            if ours is not None and theirs is not None and self.link is not None:
+                theirs.close()
+                self.link(ours)
             if self.keys is not None and proc.stdin is not None:
                 try:
                     proc.stdin.write(encode_frame(self.keys))

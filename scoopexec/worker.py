@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import greenlet
 import zmq
@@ -49,6 +49,7 @@ import zmq
 from . import logs, mainmodule, serialize
 from . import protocol as P
 from .errors import InitializerError, ProtocolError, SerializationError
+from .link import POOL, Link
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, endpoint_host
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
@@ -214,6 +215,7 @@ class Worker:
         self,
         connect: str,
         *,
+        link: socket.socket | None = None,
         tag: str = "",
         name: str = "",
         heartbeat: float = 1.0,
@@ -226,7 +228,7 @@ class Worker:
         connect_timeout: float = 0.0,
         keep_cwd: bool = False,
     ) -> None:
-        self.ctx = context or zmq.Context()
+        self.ctx: zmq.Context[Any] | None = None  # a worker on a local link needs none (no I/O thread)
         self.connect_to = connect
         self.tag = tag
         self.host = socket.gethostname()
@@ -234,26 +236,34 @@ class Worker:
         self.name = name or f"{self.host}:{self.pid}"
         self.heartbeat_timeout = heartbeat_timeout
         self.ident = b"W" + os.urandom(11)
-        s = self.sock = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.ROUTING_ID, self.ident)
-        s.setsockopt(zmq.LINGER, 2000)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
-        s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-        if ":" in (endpoint_host(connect) or ""):
-            s.setsockopt(zmq.IPV6, 1)
-        if curve is not None:
-            curve.apply(s)
-        self._handshakes = HandshakeWatch(connect, curve is not None)
         self._ready = ready
         self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
         self._connect_timeout = connect_timeout
-        self._monitor = s.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
-        )
-        s.connect(connect)
+        self._monitor: zmq.Socket[Any] | None = None
+        self.chan: _ZmqChannel | _LinkChannel
+        if link is not None:
+            # One end of a socketpair from the embedded broker that started us (link.py).
+            self.chan = _LinkChannel(Link(link, blocking_send=True))
+        else:
+            self.ctx = context or zmq.Context()
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.ROUTING_ID, self.ident)
+            s.setsockopt(zmq.LINGER, 2000)
+            s.setsockopt(zmq.SNDHWM, 100_000)
+            s.setsockopt(zmq.RCVHWM, 100_000)
+            s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+            s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+            if ":" in (endpoint_host(connect) or ""):
+                s.setsockopt(zmq.IPV6, 1)
+            if curve is not None:
+                curve.apply(s)
+            self._handshakes = HandshakeWatch(connect, curve is not None)
+            self._monitor = s.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
+            )
+            s.connect(connect)
+            self.chan = _ZmqChannel(s)
 
         self.hub = greenlet.getcurrent()
         self.thread_id = threading.get_ident()
@@ -326,7 +336,7 @@ class Worker:
             with self.lock:
                 self._flush(force=True)
             _current = None
-            self.sock.close(linger=2000)
+            self.chan.close()
 
     def _hello(self, held: Iterable[int] = ()) -> dict[str, Any]:
         return {
@@ -348,9 +358,10 @@ class Worker:
             os.dup2(devnull, 0)
             os.close(devnull)
             threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
-        threading.Thread(
-            target=self._watch_broker, args=(self._monitor,), name="scoopexec-monitor", daemon=True
-        ).start()
+        if self._monitor is not None:
+            threading.Thread(
+                target=self._watch_broker, args=(self._monitor,), name="scoopexec-monitor", daemon=True
+            ).start()
 
     def _watch_broker(self, mon: zmq.Socket[Any]) -> None:
         """Exit when the broker stays unreachable for longer than the heartbeat timeout."""
@@ -399,7 +410,7 @@ class Worker:
     # ----------------------------------------------------------------- loop
     def _loop(self) -> None:
         fds = select.poll()
-        fds.register(_int_opt(self.sock, zmq.FD), select.POLLIN)
+        fds.register(self.chan.fd, select.POLLIN)
         fds.register(self._wake_r, select.POLLIN)
         lock = self.lock
         lock.acquire()
@@ -411,14 +422,18 @@ class Worker:
                 self._flush()
                 if self.stopping:
                     break
-                if not (self.ready or self.queue or self._foreign or self._inbox) and not (
-                    _int_opt(self.sock, zmq.EVENTS) & zmq.POLLIN
-                ):
-                    # The socket's FD only signals changes, so EVENTS was checked
+                idle = not (self.ready or self.queue or self._foreign or self._inbox)
+                if idle and not self.chan.readable():
+                    # A ZeroMQ socket's FD only signals changes, so EVENTS was checked
                     # (above, holding the lock) before sleeping on it.
                     timeout = -1
                     if self._timers:
                         timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+                    if len(POOL):  # large receive buffers kept for reuse: let go of old ones
+                        POOL.expire()
+                        if len(POOL):
+                            wait = int(POOL.idle_seconds * 1000) + 1
+                            timeout = wait if timeout < 0 else min(timeout, wait)
                     lock.release()
                     try:
                         fds.poll(timeout)
@@ -449,18 +464,7 @@ class Worker:
                 self._handle(inbox.popleft())
             except ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
-        s = self.sock
-        events, pollin = zmq.EVENTS, zmq.POLLIN
-        for _ in range(1000):
-            if not _int_opt(s, events) & pollin:  # cheaper than a recv raising zmq.Again
-                return
-            first = s.recv(copy=False)
-            frames = [first]
-            more = first.more
-            while more:
-                f = s.recv(copy=False)
-                frames.append(f)
-                more = f.more
+        for frames in self.chan.receive(1000):
             try:
                 self._handle(frames)
             except ProtocolError as exc:
@@ -614,13 +618,9 @@ class Worker:
         as this one ends, without a round trip to the broker) unless the broker
         sends RECALL: another worker is idle, so they are handed back to it.
         """
-        s = self.sock
         inbox = self._inbox
         recalled = self._recalled == self._slice
-        while _int_opt(s, zmq.EVENTS) & zmq.POLLIN:
-            frames = [s.recv(copy=False)]
-            while frames[-1].more:
-                frames.append(s.recv(copy=False))
+        for frames in self.chan.receive(100_000):
             try:
                 mtype, _, _ = P.unpack_header(frames[0].bytes)
             except ProtocolError:
@@ -1000,11 +1000,74 @@ class Worker:
             self._send([P.header(P.CREDIT, 0, more)])
 
     def _send(self, frames: list[Any]) -> None:
+        self.chan.send(frames)
+
+
+class _ZmqChannel:
+    """The worker's DEALER socket to a broker, by ZeroMQ."""
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self.sock = sock
+        self.fd = _int_opt(sock, zmq.FD)
+
+    def readable(self) -> bool:
+        return bool(_int_opt(self.sock, zmq.EVENTS) & zmq.POLLIN)
+
+    def receive(self, limit: int) -> list[list[Any]]:
+        s = self.sock
+        events, pollin = zmq.EVENTS, zmq.POLLIN
+        out: list[list[Any]] = []
+        while len(out) < limit:
+            if not _int_opt(s, events) & pollin:  # cheaper than a recv raising zmq.Again
+                break
+            first = s.recv(copy=False)
+            frames = [first]
+            more = first.more
+            while more:
+                f = s.recv(copy=False)
+                frames.append(f)
+                more = f.more
+            out.append(frames)
+        return out
+
+    def send(self, frames: list[Any]) -> None:
         s = self.sock
         last = len(frames) - 1
         for i, f in enumerate(frames):
             big = not isinstance(f, bytes) or len(f) > 65536
             s.send(f, zmq.SNDMORE if i < last else 0, copy=not big)
+
+    def close(self) -> None:
+        self.sock.close(linger=2000)
+
+
+class _LinkChannel:
+    """The worker's end of a local link (link.py); the broker closing it means it is gone."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.fd = link.fd
+
+    def readable(self) -> bool:
+        return False  # receive() takes everything; the socket's fd is level-triggered
+
+    def receive(self, limit: int) -> list[list[Any]]:
+        try:
+            msgs = self.link.receive(limit)
+        except ProtocolError as exc:
+            _die(EXIT_LOST, f"the local link to the broker is corrupt: {exc}")
+        if self.link.eof and not msgs:
+            os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+        return msgs
+
+    def send(self, frames: list[Any]) -> None:
+        try:
+            self.link.send(frames)
+        except OSError:
+            os._exit(EXIT_LOST)
+
+    def close(self) -> None:
+        self.link.close(drain=2.0)
 
 
 class _Cancelled:
@@ -1054,7 +1117,7 @@ def protocol_failure(kind: str, message: str, tb: str = "") -> tuple[int, list[A
     return P.FAILED, serialize.failure_frames(kind, message, tb)
 
 
-def _die(code: int, message: str) -> None:
+def _die(code: int, message: str) -> NoReturn:
     """Say why on the real stderr (sys.stderr goes to the client) and exit at once."""
     try:
         os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
@@ -1145,6 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--link-fd", type=int, default=None, help=argparse.SUPPRESS)  # launch.LocalWorkers
     ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
     ap.add_argument(
         "--connect-timeout",
@@ -1196,8 +1260,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    link = None
+    if args.link_fd is not None:
+        try:
+            link = socket.socket(fileno=args.link_fd)
+        except OSError as exc:
+            ap.error(f"--link-fd {args.link_fd}: {exc}")
     Worker(
         connect,
+        link=link,
         tag=args.tag,
         name=args.name,
         heartbeat=args.heartbeat,

@@ -1,0 +1,392 @@
+"""Messages over a connected AF_UNIX stream socket: the embedded broker and its local workers.
+
+ZeroMQ moves every message through an I/O thread on each side.  Between two
+processes of one machine that is four extra thread wake-ups per round trip,
+most of the gap to ProcessPoolExecutor's pipes (benchmarks/README.md, "Where
+the time goes").  So the workers a ScoopExecutor starts on its own machine get
+one end of a socketpair instead of an ipc endpoint, and the broker thread
+polls the other end next to its ROUTER socket.  Nothing else changes: the same
+protocol.py messages travel, frame for frame.
+
+One message on the wire::
+
+    u32 number of frames n | n x u64 frame lengths | the frames' bytes
+
+Small frames are read in batches and cut out as bytes (``Frame``); a frame of
+BIG bytes or more is read straight into a buffer of its own (``BigFrame``),
+taken from a small per-process pool of buffers that nothing references any
+more, so that repeated large arrays do not pay for fresh pages each time.
+
+Liveness needs no heartbeat messages here: end of file on the socket is the
+process exiting (or closing it), and the broker watches a local worker's
+process state for a worker that stopped (SIGSTOP) or hangs in the kernel,
+which is what ZeroMQ's heartbeats detected on the ipc link.
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any
+
+from .errors import ProtocolError
+
+COUNT = struct.Struct("<I")
+_LENGTHS: dict[int, struct.Struct] = {}
+BIG = 1 << 20  # frames this large get a buffer of their own, filled in place
+READ_SIZE = 1 << 18
+MAX_FRAMES = 1 << 20
+IOV_MAX = 512  # buffers handed to one sendmsg call (the kernel allows 1024)
+PUSH_WAIT = 0.002  # s a non-blocking sender waits for room while its peer keeps reading
+POOL_BUFFERS = 4  # large receive buffers a process keeps for reuse ...
+POOL_IDLE_BYTES = 256 << 20  # ... holding at most this much memory while unused ...
+POOL_IDLE_SECONDS = 10.0  # ... and for at most this long
+
+
+class Frame(bytes):
+    """A received frame; ``.bytes`` reads it like a zmq.Frame."""
+
+    __slots__ = ()
+
+    @property
+    def bytes(self) -> bytes:
+        return self
+
+
+class BigFrame(mmap.mmap):
+    """A large received frame in an anonymous mapping of exactly its size (writable)."""
+
+    @property
+    def bytes(self) -> bytes:
+        return self[:]
+
+
+if hasattr(mmap, "MAP_POPULATE"):  # fault every page in with one call, not one fault each
+    _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+else:  # pragma: no cover - not Linux
+    _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+
+
+class BufferPool:
+    """Large receive buffers, reused once nothing but the pool refers to them.
+
+    A received array lives in its BigFrame; when the task (or the caller) drops
+    the array, the frame's reference count falls back to the pool's own, and
+    the next frame of the same size is read into it: no fresh pages to fault
+    in, which costs more than the copy itself (~40 ms for 64 MiB here).  The
+    pool holds at most `keep` buffers, at most `idle_bytes` of them unused, and
+    none unused for longer than `idle_seconds` (see expire()).
+    """
+
+    def __init__(
+        self,
+        keep: int = POOL_BUFFERS,
+        idle_bytes: int = POOL_IDLE_BYTES,
+        idle_seconds: float = POOL_IDLE_SECONDS,
+    ) -> None:
+        self.keep = keep
+        self.idle_bytes = idle_bytes
+        self.idle_seconds = idle_seconds
+        self._entries: list[list[Any]] = []  # [buffer, last handed out], oldest first
+        self._lock = threading.Lock()
+        self.reused = 0
+        self.allocated = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, size: int) -> BigFrame:
+        with self._lock:
+            now = time.monotonic()
+            for i, entry in enumerate(self._entries):
+                buf = entry[0]
+                # Unused: referred to only by its entry, `buf` and getrefcount's argument.
+                if len(buf) == size and sys.getrefcount(buf) <= 3:
+                    del self._entries[i]
+                    entry[1] = now
+                    self._entries.append(entry)
+                    self.reused += 1
+                    return buf  # type: ignore[no-any-return]
+                del buf
+            buf = BigFrame(-1, size, flags=_FLAGS)
+            self.allocated += 1
+            self._entries.append([buf, now])
+            self._trim(now)
+            return buf
+
+    def expire(self) -> None:
+        """Let go of buffers unused for longer than idle_seconds (cheap when there are none)."""
+        if self._entries:
+            with self._lock:
+                self._trim(time.monotonic())
+
+    def _trim(self, now: float) -> None:
+        entries = self._entries
+        del entries[: max(0, len(entries) - self.keep)]
+        idle = 0
+        for i in range(len(entries) - 1, -1, -1):
+            buf, used = entries[i]
+            if sys.getrefcount(buf) <= 3:  # the entry, `buf`, the argument
+                idle += len(buf)
+                if idle > self.idle_bytes or now - used > self.idle_seconds:
+                    del entries[i]
+            del buf
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+POOL = BufferPool()
+
+
+def _lengths(n: int) -> struct.Struct:
+    st = _LENGTHS.get(n)
+    if st is None:
+        st = struct.Struct(f"<{n}Q")
+        if n <= 64:
+            _LENGTHS[n] = st
+    return st
+
+
+def _view(f: Any) -> memoryview:
+    m = memoryview(f)
+    if m.ndim != 1 or m.format not in ("B", "b", "c"):
+        m = m.cast("B")
+    return m
+
+
+class Link:
+    """One end of a socketpair carrying framed messages; non-blocking.
+
+    The broker owns one per local worker and sends without ever waiting:
+    what the socket cannot take now waits in `pending` until it is writable
+    (`wants_write`).  A worker owns the other end and, having nothing else to
+    do meanwhile, waits for room when it sends (`blocking_send`).
+    """
+
+    def __init__(self, sock: socket.socket, *, blocking_send: bool = False, pool: BufferPool = POOL) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.blocking_send = blocking_send
+        self.pool = pool
+        self.eof = False
+        self.closed = False
+        self._buf = bytearray()  # the start of a message whose rest has not arrived
+        # Reads land here: a fresh bytes object per recv of READ_SIZE would cost an
+        # mmap, an mremap and an munmap each time (it is above malloc's mmap threshold).
+        self._rbuf = bytearray(READ_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._lens: tuple[int, ...] | None = None
+        self._next = 0  # index in _lens of the frame being read
+        self._frames: list[Any] = []
+        self._big: BigFrame | None = None
+        self._big_view: memoryview | None = None
+        self._big_fill = 0
+        self._out: collections.deque[memoryview] = collections.deque()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --------------------------------------------------------------- receive
+    def receive(self, limit: int = 1000) -> list[list[Any]]:
+        """Read what the socket holds now and return the complete messages (sets `eof`)."""
+        msgs: list[list[Any]] = []
+        sock = self.sock
+        while len(msgs) < limit and not self.eof:
+            big = self._big_view
+            if big is not None:
+                try:
+                    n = sock.recv_into(big[self._big_fill :])
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    n = 0
+                if n == 0:
+                    self.eof = True
+                    break
+                self.bytes_in += n
+                self._big_fill += n
+                if self._big_fill == len(big):
+                    big.release()
+                    self._big_view = None
+                    self._frames.append(self._big)
+                    self._big = None
+                    self._parse(memoryview(b""), msgs)
+                continue
+            try:
+                n = sock.recv_into(self._rbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                n = 0
+            if not n:
+                self.eof = True
+                break
+            self.bytes_in += n
+            self._parse(self._rview[:n], msgs)
+            if n < READ_SIZE and self._big is None:
+                break  # the socket had no more: save a recv that would only say so
+        return msgs
+
+    def _parse(self, data: memoryview, msgs: list[list[Any]]) -> None:
+        """Cut messages from what is buffered plus `data` (a view of the read buffer)."""
+        if self._buf:
+            self._buf += data
+            with memoryview(self._buf) as mv:
+                pos = self._cut(mv, msgs)
+            del self._buf[:pos]
+        else:
+            pos = self._cut(data, msgs)
+            if pos < len(data):
+                self._buf += data[pos:]
+
+    def _cut(self, mv: memoryview, msgs: list[list[Any]]) -> int:
+        """Take messages from `mv`; return how many bytes were used."""
+        pos, end = 0, len(mv)
+        while True:
+            lens = self._lens
+            if lens is None:
+                if end - pos < 4:
+                    return pos
+                (n,) = COUNT.unpack_from(mv, pos)
+                if not 0 < n <= MAX_FRAMES:
+                    raise ProtocolError(f"a message of {n} frames on a local link")
+                need = 4 + 8 * n
+                if end - pos < need:
+                    return pos
+                lens = self._lens = _lengths(n).unpack_from(mv, pos + 4)
+                self._next = 0
+                pos += need
+            frames = self._frames
+            i, count = self._next, len(lens)
+            while i < count:
+                ln = lens[i]
+                if ln >= BIG:
+                    buf = self.pool.get(ln)
+                    have = min(end - pos, ln)
+                    buf[:have] = mv[pos : pos + have]
+                    pos += have
+                    i += 1
+                    if have < ln:  # the rest is read straight into it (receive)
+                        self._big, self._big_view, self._big_fill = buf, memoryview(buf), have
+                        self._next = i
+                        return pos
+                    frames.append(buf)
+                    continue
+                if end - pos < ln:
+                    break
+                frames.append(Frame(mv[pos : pos + ln]))
+                pos += ln
+                i += 1
+            self._next = i
+            if i < count:
+                return pos
+            msgs.append(frames)
+            self._frames = []
+            self._lens = None
+
+    # ------------------------------------------------------------------ send
+    def send(self, frames: Sequence[Any]) -> bool:
+        """Send one message; False when part of it waits for the socket (see `wants_write`)."""
+        if self.closed:
+            raise BrokenPipeError("the link is closed")
+        sizes = [len(f) if isinstance(f, bytes) else _view(f).nbytes for f in frames]
+        head = COUNT.pack(len(frames)) + _lengths(len(frames)).pack(*sizes)
+        if not self._out and len(frames) < IOV_MAX:
+            total = len(head) + sum(sizes)
+            try:
+                sent = self.sock.sendmsg([head, *frames])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            self.bytes_out += sent
+            if sent == total:
+                return True
+            views = [memoryview(head), *(_view(f) for f in frames)]
+            self._queue(views, sent)
+        else:
+            self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
+        if self.blocking_send:
+            self._wait_sent()
+            return True
+        return self.flush(PUSH_WAIT)
+
+    def _queue(self, views: list[memoryview], skip: int) -> None:
+        out = self._out
+        for v in views:
+            n = v.nbytes
+            if skip >= n:
+                skip -= n
+                continue
+            out.append(v[skip:] if skip else v)
+            skip = 0
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._out)
+
+    def flush(self, wait: float = 0.0) -> bool:
+        """Send what waits, as far as the socket takes it; True when nothing is left.
+
+        With `wait`, a full socket is given up to that many seconds to make room
+        (again after every bit of progress): a peer that is reading takes a large
+        message in one go instead of one socket buffer per turn of the caller's loop.
+        """
+        out = self._out
+        poller = None
+        while out:
+            try:
+                sent = self.sock.sendmsg(list(islice(out, IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
+                if wait <= 0:
+                    return False
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(self.fd, select.POLLOUT)
+                if not poller.poll(max(1, int(wait * 1000))):
+                    return False
+                continue
+            self.bytes_out += sent
+            while sent:
+                v = out[0]
+                if sent >= v.nbytes:
+                    sent -= v.nbytes
+                    out.popleft()
+                else:
+                    out[0] = v[sent:]
+                    sent = 0
+        return True
+
+    def _wait_sent(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while not self.flush():
+            poller.poll()
+
+    def close(self, drain: float = 0.0) -> None:
+        """Close; with `drain`, first give what waits that many seconds to leave."""
+        if self.closed:
+            return
+        if drain > 0 and self._out and not self.eof:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLOUT)
+            end = time.monotonic() + drain
+            try:
+                while not self.flush() and time.monotonic() < end:
+                    poller.poll(max(1, int((end - time.monotonic()) * 1000)))
+            except OSError:
+                pass
+        self.closed = True
+        self._out.clear()
+        if self._big_view is not None:
+            self._big_view.release()
+            self._big_view = None
+        self.sock.close()

@@ -1,0 +1,285 @@
+"""The local link (link.py): framed messages over a real socketpair, and the pools that use it.
+
+Local workers of an embedded broker talk to it over a socketpair rather than ZeroMQ; these tests
+check the framing under partial reads and writes, the reuse of large receive buffers, and the
+behaviour a user sees: crashes, a stopped worker, many threads submitting at once, large arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scoopexec import ScoopExecutor, WorkerLostError, link
+from scoopexec.errors import ProtocolError
+from tests import faulty
+from tests.helpers import sleep_and_return
+
+
+def _pair(**kw):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return link.Link(a, **kw), link.Link(b, **kw)
+
+
+def _pump(sender: link.Link, receiver: link.Link, messages, want: int, timeout: float = 30.0):
+    """Send `messages` without blocking while reading on the other side; return what arrived."""
+    got: list[list[bytes]] = []
+    pending = list(messages)
+    deadline = time.monotonic() + timeout
+    while len(got) < want:
+        assert time.monotonic() < deadline, f"only {len(got)} of {want} messages arrived"
+        if pending:
+            sender.send(pending.pop(0))
+        else:
+            sender.flush()
+        for msg in receiver.receive(10):
+            got.append([bytes(f) for f in msg])
+        assert not receiver.eof
+    return got
+
+
+frame = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([0, 1, link.BIG - 1, link.BIG, link.BIG + 4097, 3 * link.BIG]).map(
+        lambda n: bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+    ),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(frame, min_size=1, max_size=6), min_size=1, max_size=8))
+@pytest.mark.timeout(120)
+def test_messages_arrive_whole_and_in_order_through_partial_reads_and_writes(messages):
+    a, b = _pair()
+    try:
+        assert _pump(a, b, messages, len(messages)) == messages
+        assert not a.wants_write
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_more_frames_than_one_sendmsg_takes():
+    a, b = _pair()
+    try:
+        msg = [i.to_bytes(4, "little") * (i % 5) for i in range(3 * link.IOV_MAX + 7)]
+        assert _pump(a, b, [msg, [b"after"]], 2) == [msg, [b"after"]]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_sender_waits_for_a_slow_reader():
+    a, b = _pair(blocking_send=True)
+    big = os.urandom(8 << 20)
+    got: list[list[bytes]] = []
+
+    def read_slowly():
+        while not got:
+            time.sleep(0.01)
+            got.extend([bytes(f) for f in m] for m in b.receive(1))
+
+    t = threading.Thread(target=read_slowly)
+    t.start()
+    try:
+        a.send([b"head", big])  # returns only when all of it is in the socket
+        t.join(30)
+        assert got == [[b"head", big]]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_end_of_file_and_garbage_are_reported():
+    a, b = _pair()
+    a.send([b"last words"])
+    a.close()
+    assert [bytes(f) for f in b.receive()[0]] == [b"last words"]
+    assert b.receive() == [] and b.eof  # seen on the next read: the fd stays readable
+    b.close()
+
+    raw, other = socket.socketpair()
+    lk = link.Link(other)
+    raw.sendall((0).to_bytes(4, "little"))  # a message of no frames
+    with pytest.raises(ProtocolError):
+        lk.receive()
+    raw.close()
+    lk.close()
+
+
+@pytest.mark.timeout(30)
+def test_large_frames_reuse_a_buffer_once_nothing_refers_to_it():
+    pool = link.BufferPool(keep=4, idle_bytes=1 << 30, idle_seconds=60)
+    a, b = _pair(pool=pool)
+    try:
+        data = os.urandom(2 * link.BIG)
+        (first,) = _pump_raw(a, b, [b"h", data])[1:]
+        assert bytes(first) == data and isinstance(first, link.BigFrame)
+        (second,) = _pump_raw(a, b, [b"h", data])[1:]
+        assert second is not first  # `first` is still held here
+        first_id = id(first)
+        del first
+        (third,) = _pump_raw(a, b, [b"h", data[::-1]])[1:]
+        assert id(third) == first_id and bytes(third) == data[::-1]
+        assert (pool.reused, pool.allocated) == (1, 2)
+        del second, third
+        pool.idle_seconds = 0.0
+        time.sleep(0.01)
+        pool.expire()
+        assert len(pool) == 0  # unused buffers are let go of
+    finally:
+        a.close()
+        b.close()
+
+
+def _pump_raw(a, b, frames):
+    a.send(frames)
+    deadline = time.monotonic() + 30
+    while True:
+        msgs = b.receive(1)
+        if msgs:
+            return msgs[0]
+        a.flush()
+        assert time.monotonic() < deadline
+
+
+# ------------------------------------------------------------------ pools over links
+
+
+@pytest.mark.timeout(60)
+def test_local_workers_use_links_and_need_no_ipc_connection():
+    with ScoopExecutor(2) as ex:
+        assert ex.submit(abs, -3).result() == 3
+        broker = ex._link.broker
+        _wait_for_workers(ex, 2)
+        assert len(broker.links) == 2
+        assert set(broker.links) == set(broker.workers)
+
+
+@pytest.mark.timeout(60)
+def test_the_zeromq_ipc_transport_can_still_be_chosen(monkeypatch):
+    monkeypatch.setenv("SCOOPEXEC_LOCAL_TRANSPORT", "zmq")
+    with ScoopExecutor(2) as ex:
+        assert sorted(ex.map(abs, range(-50, 0))) == list(range(1, 51))
+        _wait_for_workers(ex, 2)
+        assert not ex._link.broker.links
+
+
+def _wait_for_workers(ex, n):
+    deadline = time.monotonic() + 30
+    while len(ex._link.broker.workers) < n:
+        assert time.monotonic() < deadline, "the workers did not all say HELLO"
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(90)
+def test_many_threads_submitting_at_once_lose_nothing():
+    # Threads race the broker's loop for its lock (a submitting thread dispatches
+    # itself while the loop sleeps); done-callbacks submit from the loop's thread.
+    with ScoopExecutor(2) as ex:
+        results: dict[int, list[int]] = {}
+        chained: list = []
+        lock = threading.Lock()
+
+        def chain(f):
+            with lock:
+                chained.append(ex.submit(abs, -f.result()))
+
+        def work(k: int) -> None:
+            out = []
+            for i in range(400):
+                fut = ex.submit(abs, -(k * 1000 + i))
+                if i % 50 == 0:
+                    fut.add_done_callback(chain)
+                out.append(fut.result(timeout=60))
+            results[k] = out
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(80)
+        assert all(results[k] == [k * 1000 + i for i in range(400)] for k in range(8))
+        deadline = time.monotonic() + 30
+        while len(chained) < 64:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert sorted(f.result(timeout=30) for f in chained) == sorted(
+            k * 1000 + i for k in range(8) for i in range(0, 400, 50)
+        )
+
+
+@pytest.mark.timeout(120)
+def test_large_arrays_travel_both_ways_and_arrive_writable():
+    np = pytest.importorskip("numpy")
+    with ScoopExecutor(2) as ex:
+        for n in (1, 1 << 17, 3 << 20):  # 8 bytes to 24 MiB: in-band, small and large frames
+            a = np.arange(n, dtype=np.float64)
+            out = list(ex.map(np.negative, [a, a * 2, a * 3]))
+            for k, b in enumerate(out, 1):
+                assert b.shape == a.shape and np.array_equal(b, -k * a)
+                b += 1  # received arrays are writable, as with ProcessPoolExecutor
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_during_a_task_over_a_link_is_replaced():
+    with ScoopExecutor(1) as ex:
+        pid = ex.worker_pids[0]
+        fut = ex.submit(faulty.pid_after, 5.0)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        assert fut.result(timeout=30) != pid  # re-run on its replacement
+        assert ex.submit(abs, -1).result() == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_local_worker_is_seen_in_its_process_state():
+    with ScoopExecutor(1, heartbeat=0.2, heartbeat_timeout=1.0, max_retries=0) as ex:
+        pid = ex.worker_pids[0]
+        fut = ex.submit(sleep_and_return, 5.0, "never")
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(WorkerLostError, match=r"stopped for [\d.]+ s \(SIGSTOP"):
+                fut.result(timeout=30)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert ex.submit(abs, -2).result(timeout=30) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
+@pytest.mark.timeout(60)
+def test_worker_exits_when_its_link_closes():
+    import subprocess
+
+    a, b = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "worker", "--connect", "ipc:///nonexistent", "--link-fd",
+         str(b.fileno())],
+        pass_fds=(b.fileno(),),
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    b.close()
+    lk = link.Link(a)
+    deadline = time.monotonic() + 30
+    hello = []
+    while not hello:
+        assert time.monotonic() < deadline, "no HELLO over the link"
+        hello = lk.receive(1)
+        time.sleep(0.01)
+    lk.close()
+    assert proc.wait(30) == 3  # EXIT_LOST: its broker is gone
