@@ -26,10 +26,14 @@ an in-process peer: its submissions arrive through a deque plus a wake-up
 pipe, and its results are delivered by direct calls that resolve the futures,
 so that no extra socket hop or thread hand-off lies on the round trip.
 
-One ROUTER socket may listen on several endpoints: a private ipc socket for
-the workers started on this machine, and TCP endpoints secured with CURVE for
-other hosts (security.py).  The ZAP handler that checks CURVE peers' keys is
-one more socket in the same poll loop.
+One ROUTER socket may listen on several endpoints: a private ipc socket (for
+standalone workers of this machine, and status queries), and TCP endpoints
+secured with CURVE for other hosts (security.py).  The ZAP handler that checks
+CURVE peers' keys is one more socket in the same poll loop.  The workers that
+an embedded broker starts itself are not on the ROUTER: each has one end of a
+socketpair (link.py), polled in the same loop, and the submitting thread may
+dispatch its own task while the loop sleeps (dispatch_local_now), so that a
+round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer.
 """
 
 from __future__ import annotations

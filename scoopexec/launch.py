@@ -100,7 +100,11 @@ def describe_returncode(rc: int, host: str = "that host") -> str:
 
 
 class LocalWorkers:
-    """N worker processes on this machine, replaced when they die."""
+    """N worker processes on this machine, replaced when they die.
+
+    With ``link`` (an embedded broker's ``add_link``) each worker is handed one
+    end of a socketpair (``--link-fd``) and never connects to ``connect``.
+    """
 
     def __init__(
         self,

@@ -271,7 +271,10 @@ class Link:
             while i < count:
                 ln = lens[i]
                 if ln >= BIG:
-                    buf = self.pool.get(ln)
+                    try:
+                        buf = self.pool.get(ln)
+                    except (OSError, ValueError, OverflowError, MemoryError) as exc:
+                        raise ProtocolError(f"a frame of {ln} bytes cannot be received here: {exc}") from exc
                     have = min(end - pos, ln)
                     buf[:have] = mv[pos : pos + have]
                     pos += have

@@ -117,6 +117,14 @@ def test_end_of_file_and_garbage_are_reported():
     raw.close()
     lk.close()
 
+    raw, other = socket.socketpair()
+    lk = link.Link(other)
+    raw.sendall((1).to_bytes(4, "little") + (1 << 62).to_bytes(8, "little"))  # an impossible length
+    with pytest.raises(ProtocolError, match="cannot be received"):
+        lk.receive()
+    raw.close()
+    lk.close()
+
 
 @pytest.mark.timeout(30)
 def test_large_frames_reuse_a_buffer_once_nothing_refers_to_it():
