@@ -1264,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.link_fd is not None:
         try:
             link = socket.socket(fileno=args.link_fd)
+            link.set_inheritable(False)  # programs that tasks start must not keep it open
         except OSError as exc:
             ap.error(f"--link-fd {args.link_fd}: {exc}")
     Worker(
