@@ -76,6 +76,7 @@ from .security import (
     HandshakeWatch,
     KeyPair,
     check_endpoint,
+    dealer,
     endpoint_host,
     is_loopback,
     read_key_file,
@@ -682,18 +683,15 @@ class _RemoteLink(_Link):
         self._status_waiting: collections.deque[_StatusRequest] = collections.deque()
         self._stop = False
         self.ctx: zmq.Context[Any] = zmq.Context()
-        s = self.sock = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.ROUTING_ID, b"C" + os.urandom(11))
-        s.setsockopt(zmq.LINGER, 1000)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
-        s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-        if ":" in (endpoint_host(endpoint) or ""):
-            s.setsockopt(zmq.IPV6, 1)
-        if keys is not None:
-            keys.apply(s)
+        s = self.sock = dealer(
+            self.ctx,
+            b"C" + os.urandom(11),
+            endpoint,
+            linger=1000,
+            heartbeat=heartbeat,
+            heartbeat_timeout=heartbeat_timeout,
+            keys=keys,
+        )
         self.monitor = s.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
         )

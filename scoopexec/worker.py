@@ -50,7 +50,7 @@ from . import logs, mainmodule, serialize
 from . import protocol as P
 from .errors import InitializerError, ProtocolError, SerializationError
 from .link import POOL, Link
-from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, endpoint_host
+from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
 EXIT_LOST = 3  # the broker went away
@@ -246,18 +246,15 @@ class Worker:
             self.chan = _LinkChannel(Link(link, blocking_send=True))
         else:
             self.ctx = context or zmq.Context()
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.ROUTING_ID, self.ident)
-            s.setsockopt(zmq.LINGER, 2000)
-            s.setsockopt(zmq.SNDHWM, 100_000)
-            s.setsockopt(zmq.RCVHWM, 100_000)
-            s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
-            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
-            s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-            if ":" in (endpoint_host(connect) or ""):
-                s.setsockopt(zmq.IPV6, 1)
-            if curve is not None:
-                curve.apply(s)
+            s = dealer(
+                self.ctx,
+                self.ident,
+                connect,
+                linger=2000,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+                keys=curve,
+            )
             self._handshakes = HandshakeWatch(connect, curve is not None)
             self._monitor = s.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
