@@ -40,6 +40,8 @@ from typing import Any
 from .errors import ProtocolError
 
 COUNT = struct.Struct("<I")
+# A peer gone is an EPIPE error, never SIGPIPE (a program may have restored its default action).
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _LENGTHS: dict[int, struct.Struct] = {}
 BIG = 1 << 20  # frames this large get a buffer of their own, filled in place
 READ_SIZE = 1 << 18
@@ -307,7 +309,7 @@ class Link:
         if not self._out and len(frames) < IOV_MAX:
             total = len(head) + sum(sizes)
             try:
-                sent = self.sock.sendmsg([head, *frames])
+                sent = self.sock.sendmsg([head, *frames], (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             self.bytes_out += sent
@@ -347,7 +349,7 @@ class Link:
         poller = None
         while out:
             try:
-                sent = self.sock.sendmsg(list(islice(out, IOV_MAX)))
+                sent = self.sock.sendmsg(list(islice(out, IOV_MAX)), (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 if wait <= 0:
                     return False

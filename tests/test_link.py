@@ -281,3 +281,25 @@ def test_worker_exits_when_its_link_closes():
         time.sleep(0.01)
     lk.close()
     assert proc.wait(30) == 3  # EXIT_LOST: its broker is gone
+
+
+@pytest.mark.timeout(60)
+def test_sending_to_a_closed_peer_raises_even_where_sigpipe_would_kill():
+    import subprocess
+
+    code = (
+        "import signal, socket\n"
+        "from scoopexec import link\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # what some command-line programs do\n"
+        "a, b = socket.socketpair()\n"
+        "lk = link.Link(a)\n"
+        "b.close()\n"
+        "try:\n"
+        "    lk.send([b'x' * 100])\n"
+        "except BrokenPipeError:\n"
+        "    print('raised')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, PYTHONPATH=root), check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "raised", (out.returncode, out.stderr)
