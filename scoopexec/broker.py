@@ -1101,8 +1101,9 @@ class Broker:
                     continue
                 # A task's parent may be parked on this worker: if the child ran
                 # here and took long, the parent could not even notice its other
-                # children finishing. Prefer another worker when one is ready.
-                others: bool | None = None  # another worker ready? (asked when it matters)
+                # children finishing. Prefer another worker when one is idle (one
+                # that runs a task already would only queue the child behind it).
+                others: bool | None = None  # another worker idle? (asked when it matters)
                 skipped: list[int] = []
                 batch: list[Task] = []
                 want = min(w.credit, share)
@@ -1115,7 +1116,10 @@ class Broker:
                     if task.parent:
                         parent = tasks.get(task.parent)
                         if others is None:
-                            others = any(o is not w and o.credit > 0 and o.key in workers for o in ready)
+                            others = any(
+                                o is not w and o.credit > 0 and not o.assigned and o.key in workers
+                                for o in ready
+                            )
                         if others and parent is not None and parent.worker == w.key:
                             skipped.append(btid)
                             continue

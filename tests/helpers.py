@@ -116,6 +116,14 @@ def wait_for_file(path=None, value=None):
     return value
 
 
+def touch_then_wait(started, gate):
+    """Creates `started`, then waits until the test creates `gate` (a task that runs until told)."""
+    open(started, "w").close()
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    return started
+
+
 def print_then_wait(path):
     print("started", flush=True)
     wait_for_file(path)

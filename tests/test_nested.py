@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import time
 
 import pytest
@@ -74,6 +75,26 @@ def test_first_completed_inside_task(executor):
     while len({f.result() for f in [executor.submit(helpers.pid_after, 0.05) for _ in range(4)]}) < 2:
         assert time.monotonic() < deadline
     assert executor.submit(_first_completed_inside).result(timeout=60)
+
+
+def _second_child_while_the_first_runs(gate):
+    # The first child holds the other worker (which asked for more work as it started it);
+    # the second must not queue behind it there: this worker, where the parent parks, is free.
+    slow = scoopexec.submit(helpers.touch_then_wait, gate + ".started", gate)
+    while not os.path.exists(gate + ".started"):
+        time.sleep(0.005)
+    time.sleep(0.05)  # the other worker's request for more work reaches the broker
+    fast = scoopexec.submit(abs, -1)
+    done, _ = cf.wait([slow, fast], return_when=cf.FIRST_COMPLETED, timeout=20)
+    open(gate, "w").close()
+    return fast in done and slow not in done
+
+
+def test_a_child_is_not_queued_behind_a_busy_worker_while_its_parents_worker_is_free(executor, tmp_path):
+    deadline = time.monotonic() + 30
+    while len({f.result() for f in [executor.submit(helpers.pid_after, 0.05) for _ in range(4)]}) < 2:
+        assert time.monotonic() < deadline
+    assert executor.submit(_second_child_while_the_first_runs, str(tmp_path / "gate")).result(timeout=60)
 
 
 def _timeout_inside():
