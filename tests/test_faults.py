@@ -240,6 +240,10 @@ def test_max_message_size_fails_only_the_oversized_task():
         assert isinstance(MessageTooLargeError("x"), SerializationError)
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     code = (
         "import time\n"
@@ -252,6 +256,9 @@ def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     p = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=ROOT),
+        # A shell starts background jobs with SIGINT ignored, and an ignored SIGINT is
+        # inherited: give the program the Ctrl-C of an interactive terminal.
+        preexec_fn=_default_sigint,
     )
     pids = [int(x) for x in p.stdout.readline().split()]
     time.sleep(1.0)
@@ -262,7 +269,7 @@ def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     finally:
         if p.poll() is None:
             p.kill()
-            p.wait()
+            p.communicate()  # reap it and close its pipes
     took = time.monotonic() - t
     assert p.returncode != 0 and b"KeyboardInterrupt" in err
     assert took < 20
