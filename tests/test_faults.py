@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import pickle
 import signal
@@ -240,13 +239,12 @@ def test_max_message_size_fails_only_the_oversized_task():
         assert isinstance(MessageTooLargeError("x"), SerializationError)
 
 
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     code = (
-        "import time\n"
+        "import signal, time\n"
+        # A shell starts background jobs with SIGINT ignored, and that is inherited:
+        # give the program the Ctrl-C of an interactive terminal.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from scoopexec import ScoopExecutor\n"
         "if __name__ == '__main__':\n"
         "    with ScoopExecutor(2) as ex:\n"
@@ -256,9 +254,6 @@ def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     p = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=ROOT),
-        # A shell starts background jobs with SIGINT ignored, and an ignored SIGINT is
-        # inherited: give the program the Ctrl-C of an interactive terminal.
-        preexec_fn=_default_sigint,
     )
     pids = [int(x) for x in p.stdout.readline().split()]
     time.sleep(1.0)

@@ -41,7 +41,6 @@ def test_lambdas_and_closures_use_cloudpickle():
 
 
 def test_main_references_are_pickled_by_value():
-    import types
 
     cls = type("Local", (), {"__module__": "__main__"})
     frames = S.dumps(cls)
