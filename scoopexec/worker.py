@@ -36,6 +36,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -354,7 +355,8 @@ class Worker:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-            threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
+            args = (fd, os.getppid(), _private_socket(self.connect_to))
+            threading.Thread(target=_watch_fd, args=args, name="scoopexec-stdin", daemon=True).start()
         if self._monitor is not None:
             threading.Thread(
                 target=self._watch_broker, args=(self._monitor,), name="scoopexec-monitor", daemon=True
@@ -1123,13 +1125,36 @@ def _die(code: int, message: str) -> NoReturn:
     os._exit(code)
 
 
-def _watch_fd(fd: int) -> None:
+def _watch_fd(fd: int, parent: int = 0, litter: str | None = None) -> None:
     try:
         while os.read(fd, 4096):
             pass
     except OSError:
         pass
+    if litter is not None and os.getppid() != parent:
+        _remove_private_socket(litter)
     os._exit(0)
+
+
+def _private_socket(endpoint: str) -> str | None:
+    """The ipc socket of an embedded broker (in its private scoopexec-* directory), if that is ours."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://") :]
+    if not os.path.basename(os.path.dirname(path)).startswith("scoopexec-"):
+        return None
+    return path
+
+
+def _remove_private_socket(path: str) -> None:
+    """Our client died without cleaning up (SIGKILL): remove its ipc socket and private directory."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+            os.unlink(path)
+        os.rmdir(os.path.dirname(path))  # only if empty: anything else there is not ours to judge
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------- patches

@@ -184,14 +184,15 @@ def test_sigkill_of_client_leaves_no_worker():
         "import time, sys\n"
         "from scoopexec import ScoopExecutor\n"
         "ex = ScoopExecutor(2)\n"
-        "print(*ex.worker_pids, flush=True)\n"
+        "print(ex._link._ipc_dir, *ex.worker_pids, flush=True)\n"
         "ex.submit(time.sleep, 60)\n"
         "time.sleep(60)\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
-    pids = [int(x) for x in p.stdout.readline().split()]
-    assert len(pids) == 2
+    ipc_dir, *rest = p.stdout.readline().split()
+    pids = [int(x) for x in rest]
+    assert len(pids) == 2 and os.path.isdir(ipc_dir)
     time.sleep(0.5)
     p.kill()
     p.wait()
@@ -203,6 +204,7 @@ def test_sigkill_of_client_leaves_no_worker():
         time.sleep(0.05)
     alive = [x for x in pids if psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE]
     assert not alive
+    assert not os.path.exists(ipc_dir), "the killed client's private ipc directory was left in /tmp"
 
 
 def test_pending_futures_fail_if_pool_stops_under_them():
