@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated contenders: " + ",".join(CONTENDERS))
     ap.add_argument("--skip", help="comma-separated contenders to leave out")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the children")
-    ap.add_argument("--timeout", type=float, help="seconds per child process (default 1800, quick 300)")
+    ap.add_argument("--timeout", type=float, help="seconds per child process (default 600, quick 300)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", help=argparse.SUPPRESS)
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to run", file=sys.stderr)
         return 2
     size = QUICK if args.quick else FULL
-    timeout = args.timeout or (300.0 if args.quick else 1800.0)
+    timeout = args.timeout or (300.0 if args.quick else 600.0)
     result = run(names, args.rounds, size, python=args.python, skipped=skipped, timeout=timeout)
     text = markdown(result)
     print(text)
