@@ -558,6 +558,8 @@ class Broker:
     def _close(self) -> None:
         for w in list(self.workers.values()):
             self._send(w.key, [P.header(P.STOP)])
+        for key in [k for k in self.links if k not in self.workers]:
+            self._send(key, [P.header(P.STOP)])  # still starting: it reads this first
         for link in self.links.values():
             link.close(drain=0.5)
         self.links.clear()

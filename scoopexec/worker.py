@@ -355,8 +355,10 @@ class Worker:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-            args = (fd, os.getppid(), _private_socket(self.connect_to))
-            threading.Thread(target=_watch_fd, args=args, name="scoopexec-stdin", daemon=True).start()
+            global _litter
+            litter = _private_socket(self.connect_to)
+            _litter = (os.getppid(), litter) if litter is not None else None
+            threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
         if self._monitor is not None:
             threading.Thread(
                 target=self._watch_broker, args=(self._monitor,), name="scoopexec-monitor", daemon=True
@@ -508,7 +510,8 @@ class Worker:
                 self.granted = 0
             self.welcomed = True
         elif mtype == P.STOP:
-            self.stopping = True
+            global _stopped
+            _stopped = self.stopping = True
         elif mtype == P.ERROR:
             text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else ""
             if text.startswith("unknown peer"):
@@ -1056,14 +1059,16 @@ class _LinkChannel:
         except ProtocolError as exc:
             _die(EXIT_LOST, f"the local link to the broker is corrupt: {exc}")
         if self.link.eof and not msgs:
-            os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+            _client_gone(EXIT_LOST)  # the broker is gone: nothing can be delivered
         return msgs
 
     def send(self, frames: list[Any]) -> None:
         try:
             self.link.send(frames)
         except OSError:
-            os._exit(EXIT_LOST)
+            # The broker closed its end; what it sent before (a STOP, say) is still
+            # to be read: receive() ends this worker, one way or the other.
+            pass
 
     def close(self) -> None:
         self.link.close(drain=2.0)
@@ -1125,15 +1130,46 @@ def _die(code: int, message: str) -> NoReturn:
     os._exit(code)
 
 
-def _watch_fd(fd: int, parent: int = 0, litter: str | None = None) -> None:
+def _watch_fd(fd: int) -> None:
     try:
         while os.read(fd, 4096):
             pass
     except OSError:
         pass
-    if litter is not None and os.getppid() != parent:
-        _remove_private_socket(litter)
-    os._exit(0)
+    _client_gone(0)
+
+
+# (the client's pid, its private ipc socket): set by a worker its client started (--watch-stdin)
+_litter: tuple[int, str] | None = None
+_stopped = False  # the broker told this worker to STOP (a normal end)
+
+
+def _client_gone(code: int) -> NoReturn:
+    """Our client closed our stdin or link: exit now, tidying up after it if it was killed.
+
+    A client killed by SIGKILL cannot remove its private ipc directory; its
+    worker can, once the client has died (its files, our stdin and link among
+    them, are closed a moment before it becomes a zombie and we are re-parented).
+    A worker told to STOP exits at once: its client is alive and cleans up.
+    """
+    if _litter is not None and not _stopped:
+        parent, path = _litter
+        deadline = time.monotonic() + 0.1
+        while not _dead(parent) and time.monotonic() < deadline and not _stopped:
+            time.sleep(0.002)
+        if _dead(parent):
+            _remove_private_socket(path)
+    os._exit(code)
+
+
+def _dead(parent: int) -> bool:
+    if os.getppid() != parent:
+        return True
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _private_socket(endpoint: str) -> str | None:
