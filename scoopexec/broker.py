@@ -58,7 +58,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
-from .link import POOL, PUSH_WAIT, Link
+from .link import POOL, PUSH_WAIT, Link, process_state
 from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:
@@ -374,10 +374,8 @@ class Broker:
             pid = w.info.get("pid") if w is not None else None
             if not isinstance(pid, int):
                 continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    state = f.read().rpartition(b")")[2].split()[0]
-            except (OSError, IndexError):
+            state = process_state(pid)
+            if state is None:
                 continue
             if state not in (b"T", b"t"):
                 self._stopped.pop(key, None)

@@ -159,6 +159,15 @@ def _lengths(n: int) -> struct.Struct:
     return st
 
 
+def process_state(pid: int) -> bytes | None:
+    """The state letter of a process in /proc/PID/stat (b"R", b"S", b"T", b"Z", ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _view(f: Any) -> memoryview:
     m = memoryview(f)
     if m.ndim != 1 or m.format not in ("B", "b", "c"):
@@ -195,8 +204,6 @@ class Link:
         self._big_view: memoryview | None = None
         self._big_fill = 0
         self._out: collections.deque[memoryview] = collections.deque()
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     # --------------------------------------------------------------- receive
     def receive(self, limit: int = 1000) -> list[list[Any]]:
@@ -215,7 +222,6 @@ class Link:
                 if n == 0:
                     self.eof = True
                     break
-                self.bytes_in += n
                 self._big_fill += n
                 if self._big_fill == len(big):
                     big.release()
@@ -233,7 +239,6 @@ class Link:
             if not n:
                 self.eof = True
                 break
-            self.bytes_in += n
             self._parse(self._rview[:n], msgs)
             if n < READ_SIZE and self._big is None:
                 break  # the socket had no more: save a recv that would only say so
@@ -312,7 +317,6 @@ class Link:
                 sent = self.sock.sendmsg([head, *frames], (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            self.bytes_out += sent
             if sent == total:
                 return True
             views = [memoryview(head), *(_view(f) for f in frames)]
@@ -320,7 +324,8 @@ class Link:
         else:
             self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
         if self.blocking_send:
-            self._wait_sent()
+            while not self.flush(1.0):
+                pass
             return True
         return self.flush(PUSH_WAIT)
 
@@ -359,7 +364,6 @@ class Link:
                 if not poller.poll(max(1, int(wait * 1000))):
                     return False
                 continue
-            self.bytes_out += sent
             while sent:
                 v = out[0]
                 if sent >= v.nbytes:
@@ -370,23 +374,13 @@ class Link:
                     sent = 0
         return True
 
-    def _wait_sent(self) -> None:
-        poller = select.poll()
-        poller.register(self.fd, select.POLLOUT)
-        while not self.flush():
-            poller.poll()
-
     def close(self, drain: float = 0.0) -> None:
         """Close; with `drain`, first give what waits that many seconds to leave."""
         if self.closed:
             return
         if drain > 0 and self._out and not self.eof:
-            poller = select.poll()
-            poller.register(self.fd, select.POLLOUT)
-            end = time.monotonic() + drain
             try:
-                while not self.flush() and time.monotonic() < end:
-                    poller.poll(max(1, int((end - time.monotonic()) * 1000)))
+                self.flush(drain)  # gives up after `drain` s without progress
             except OSError:
                 pass
         self.closed = True

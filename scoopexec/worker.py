@@ -50,7 +50,7 @@ import zmq
 from . import logs, mainmodule, serialize
 from . import protocol as P
 from .errors import InitializerError, ProtocolError, SerializationError
-from .link import POOL, Link
+from .link import POOL, Link, process_state
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
@@ -1163,13 +1163,7 @@ def _client_gone(code: int) -> NoReturn:
 
 
 def _dead(parent: int) -> bool:
-    if os.getppid() != parent:
-        return True
-    try:
-        with open(f"/proc/{parent}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
+    return os.getppid() != parent or process_state(parent) in (None, b"Z", b"X")
 
 
 def _private_socket(endpoint: str) -> str | None:

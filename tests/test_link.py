@@ -303,3 +303,16 @@ def test_sending_to_a_closed_peer_raises_even_where_sigpipe_would_kill():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          env=dict(os.environ, PYTHONPATH=root), check=False)
     assert out.returncode == 0 and out.stdout.strip() == "raised", (out.returncode, out.stderr)
+
+
+def _link_fd_inheritable():
+    from scoopexec import worker
+
+    return os.get_inheritable(worker.current_worker().chan.fd)
+
+
+@pytest.mark.timeout(60)
+def test_programs_a_task_starts_do_not_inherit_the_link():
+    # A long-lived grandchild holding the link open would hide its worker's death.
+    with ScoopExecutor(1) as ex:
+        assert ex.submit(_link_fd_inheritable).result(timeout=30) is False
