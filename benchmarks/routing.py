@@ -43,7 +43,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scoopexec import protocol as P  # noqa: E402
+from scoopexec.wire import protocol as P  # noqa: E402
 
 
 def _dealer(ctx: zmq.Context[Any], ident: bytes, endpoint: str) -> zmq.Socket[Any]:

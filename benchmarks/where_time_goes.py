@@ -238,8 +238,9 @@ def _rec(name: str, key: Any = None) -> None:
 
 def _install_worker_shims(_: Any = None) -> int:
     """Runs as a task inside a worker: timestamp the worker's side of each task."""
-    from scoopexec import protocol as P
-    from scoopexec import serialize, worker
+    from scoopexec import worker
+    from scoopexec.wire import protocol as P
+    from scoopexec.wire import serialize
 
     if getattr(worker, "_hops_installed", False):
         time.sleep(0.3)
@@ -294,9 +295,10 @@ def _on_every_worker(ex: Any, fn: Callable[[Any], Any], workers: int) -> list[An
 
 
 def hops(n: int) -> None:
-    from scoopexec import executor, serialize
-    from scoopexec import protocol as P
+    from scoopexec import executor
     from scoopexec.broker import Broker
+    from scoopexec.wire import protocol as P
+    from scoopexec.wire import serialize
 
     with executor.ScoopExecutor(2) as ex:
         for i in range(100):

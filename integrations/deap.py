@@ -85,7 +85,7 @@ def _label(func: Any) -> str:
 
 
 def _picklable(obj: Any) -> Exception | None:
-    from scoopexec import serialize
+    from scoopexec.wire import serialize
 
     try:
         serialize.dumps(obj)

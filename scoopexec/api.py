@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import serialize
 from .errors import SerializationError
 from .mapping import MapMixin
+from .wire import serialize
 from .worker import Worker, current_worker
 from .worker import as_completed as _task_as_completed
 from .worker import wait as _task_wait
@@ -41,7 +41,7 @@ class WorkerExecutor(MapMixin, cf.Executor):
         return self._worker.submit(fn, args, kwargs, self._parent)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize._dumps_fn_checked(fn)
+        return serialize.encode_function(fn)
 
     def _submit_encoded(
         self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""

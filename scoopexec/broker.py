@@ -56,10 +56,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import protocol as P
 from .errors import ProtocolError
-from .link import POOL, PUSH_WAIT, Link, process_state
-from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
+from .wire import protocol as P
+from .wire.framing import POOL, PUSH_WAIT, Link, process_state
+from .wire.security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:
     from .trace import TraceRecorder

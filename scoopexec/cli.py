@@ -56,7 +56,7 @@ def broker_main(argv: list[str]) -> int:
     """``python -m scoopexec broker``: a long-lived pool that clients and workers join."""
     from .broker import Broker
     from .logs import add_verbosity_options, configure_logging
-    from .security import Credentials, KeyPair, check_endpoint, write_key_file
+    from .wire.security import Credentials, KeyPair, check_endpoint, write_key_file
 
     ap = argparse.ArgumentParser(prog="python -m scoopexec broker")
     ap.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to listen on")

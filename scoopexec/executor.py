@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import logs, mainmodule, scoop_compat, serialize
-from . import protocol as P
+from . import logs, mainmodule, scoop_compat
 from .broker import Broker
 from .errors import (
     AuthenticationError,
@@ -70,13 +69,15 @@ from .remote import (
     ssh_command,
     worker_args,
 )
-from .security import (
+from .wire import protocol as P
+from .wire import serialize
+from .wire.framing import dealer
+from .wire.security import (
     MONITOR_EVENTS,
     Credentials,
     HandshakeWatch,
     KeyPair,
     check_endpoint,
-    dealer,
     endpoint_host,
     is_loopback,
     read_key_file,
@@ -1316,16 +1317,16 @@ class ScoopExecutor(MapMixin, cf.Executor):
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error, serialize._describe(fn))
+        return self._submit_frames(frames, error, serialize.describe(fn))
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize._dumps_fn_checked(fn)
+        return serialize.encode_function(fn)
 
     def _submit_encoded(
         self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
     ) -> cf.Future[Any]:
         try:
-            frames: list[Any] | None = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            frames: list[Any] | None = [fn_frame, *serialize.encode_args(args, kwargs)]
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
-from .serialize import _describe
+from .wire.serialize import describe
 
 
 class ChunkError:
@@ -168,7 +168,7 @@ class MapMixin:
         # A client's executor must not be kept alive by a forgotten iterator; a
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
-        what = _describe(fn)
+        what = describe(fn)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             ex = executor_ref()

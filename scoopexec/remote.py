@@ -53,7 +53,7 @@ from typing import Any
 from .errors import LaunchError
 from .hosts import Host
 from .launch import _PKG_PARENT, LocalWorkers, describe_returncode
-from .security import Credentials, encode_frame
+from .wire.security import Credentials, encode_frame
 from .worker import READY_MARK
 
 log = logging.getLogger("scoopexec.remote")

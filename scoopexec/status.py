@@ -176,9 +176,9 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
     """
     import zmq
 
-    from . import protocol as P
     from .errors import ProtocolError
-    from .security import check_endpoint, read_key_file
+    from .wire import protocol as P
+    from .wire.security import check_endpoint, read_key_file
 
     creds = read_key_file(key) if key is not None else None
     check_endpoint(endpoint, secure=creds is not None, what="broker endpoint")

@@ -47,11 +47,12 @@ from typing import Any, NoReturn
 import greenlet
 import zmq
 
-from . import logs, mainmodule, serialize
-from . import protocol as P
+from . import logs, mainmodule
 from .errors import InitializerError, ProtocolError, SerializationError
-from .link import POOL, Link, process_state
-from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
+from .wire import protocol as P
+from .wire import serialize
+from .wire.framing import POOL, Link, dealer, process_state
+from .wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
 EXIT_LOST = 3  # the broker went away
@@ -749,7 +750,7 @@ class Worker:
         tid = next(self._tids)
         fut = WorkerFuture(self, tid)
         try:
-            frames = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            frames = [fn_frame, *serialize.encode_args(args, kwargs)]
             _check_size(frames, self.max_message_size)
         except SerializationError as exc:
             fut.set_exception(exc)
@@ -1245,7 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
     import argparse
 
-    from .security import check_endpoint, read_frame, read_key_file
+    from .wire.security import check_endpoint, read_frame, read_key_file
 
     ap = argparse.ArgumentParser(prog="python -m scoopexec worker")
     ap.add_argument("--connect", metavar="ADDR", help="the broker's endpoint")

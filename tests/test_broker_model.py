@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from scoopexec import protocol as P
 from scoopexec.broker import Broker
+from scoopexec.wire import protocol as P
 
 MAX_RETRIES = 2
 _ids = itertools.count()

@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 from scoopexec import AuthenticationError, ScoopExecutor
-from scoopexec import protocol as P
-from scoopexec.security import (
+from scoopexec.wire import protocol as P
+from scoopexec.wire.security import (
     Credentials,
     KeyPair,
     check_endpoint,

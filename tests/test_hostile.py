@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoopexec import ScoopExecutor
-from scoopexec import protocol as P
+from scoopexec.wire import protocol as P
 
 
 def _peer(ctx, endpoint, hello_role=None):

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoopexec import ScoopExecutor, WorkerLostError, link
+from scoopexec import ScoopExecutor, WorkerLostError
 from scoopexec.errors import ProtocolError
+from scoopexec.wire import framing as link
 from tests import faulty
 from tests.helpers import sleep_and_return
 
@@ -289,7 +290,7 @@ def test_sending_to_a_closed_peer_raises_even_where_sigpipe_would_kill():
 
     code = (
         "import signal, socket\n"
-        "from scoopexec import link\n"
+        "from scoopexec.wire import framing as link\n"
         "signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # what some command-line programs do\n"
         "a, b = socket.socketpair()\n"
         "lk = link.Link(a)\n"
@@ -316,3 +317,26 @@ def test_programs_a_task_starts_do_not_inherit_the_link():
     # A long-lived grandchild holding the link open would hide its worker's death.
     with ScoopExecutor(1) as ex:
         assert ex.submit(_link_fd_inheritable).result(timeout=30) is False
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_wake_pipe_wakes_once_per_drain_and_leaves_nothing_behind():
+    pipe = link.WakePipe()
+    try:
+        assert not _readable(pipe.fd)
+        pipe.wake()
+        pipe.wake()  # pending: no second write
+        assert _readable(pipe.fd) and pipe.pending
+        assert os.read(pipe.fd, 10) == b"x"  # one byte for both
+        os.write(pipe._w, b"x")  # a wake() whose byte lands after the loop looked (the race)
+        pipe.drain()
+        assert not _readable(pipe.fd) and not pipe.pending  # drained, so poll cannot spin on it
+        pipe.wake()
+        assert _readable(pipe.fd)  # after a drain, the next wake() writes again
+    finally:
+        pipe.close()

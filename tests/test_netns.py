@@ -92,7 +92,7 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
         rogue = subprocess.run(
             [*python_in(b), "-c", textwrap.dedent(f"""
                 import json, zmq
-                from scoopexec import protocol as P
+                from scoopexec.wire import protocol as P
                 s = zmq.Context().socket(zmq.DEALER)
                 s.connect("tcp://{b.host_ip}:{port}")
                 hello = {{"role": "worker", "pid": 1, "host": "rogue", "tag": "", "name": "r", "held": []}}

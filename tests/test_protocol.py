@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoopexec import ProtocolError
-from scoopexec import protocol as P
+from scoopexec.wire import protocol as P
 
 
 def test_round_trip_of_every_batch_layout():
@@ -58,3 +58,66 @@ def test_json_control_frames():
     assert P.load_json(P.dump_json({"a": [1, 2]})) == {"a": [1, 2]}
     with pytest.raises(ProtocolError):
         P.load_json(b"\xff{")
+
+
+# ------------------------------------------------------------ decode: shapes per kind
+WELL_FORMED = [
+    [P.header(P.HELLO), P.dump_json({"role": "worker"})],
+    [P.header(P.HELLO), P.dump_json({"role": "client"}), b"{}", b""],  # a client's set-up frames
+    [P.pack(P.SUBMIT, [(1, 0, 2), (2, 5, 3)]), b"f", b"a", b"f", b"a", b"buf"],
+    [P.pack(P.TASKS, [(1, 1, 2, 0)]), b"f", b"a"],
+    [P.pack(P.RESULT, [(1, 0, 1, 0.0, 0.0)], arg=2), b"r"],
+    [P.pack(P.RESULTS, [(1, 1, 2)]), b"e", b"tb"],
+    [P.pack(P.CANCEL, [(4,), (5,)])],
+    [P.header(P.CREDIT, 0, 3)],
+    [P.header(P.SETUP, 0, 1), b"{}", b""],
+    [P.header(P.SETUP_DONE, 1, 1)],
+    [P.header(P.SETUP_DONE, 0, 1), b"it failed"],
+    [P.pack(P.OUTPUT, [(1, 1), (0, 2)]), b"out", b"err"],
+    [P.pack(P.LOG, [(0,)]), b"{}"],
+    [P.header(P.STATUS_REPLY), P.dump_json({"pool": "x"})],
+    [P.header(P.SHARE), b"name", b"value"],
+    [P.header(P.ERROR), b"words"],
+    [P.header(P.STOP)],
+]
+
+
+@pytest.mark.parametrize("frames", WELL_FORMED, ids=lambda f: P.TYPE_NAMES[P.unpack_header(f[0])[0]])
+def test_decode_accepts_the_shape_of_each_kind(frames):
+    msg = P.decode(frames)
+    kind, count, arg = P.unpack_header(frames[0])
+    assert (msg.kind, msg.count, msg.arg) == (kind, count, arg)
+    assert len(msg.entries) == (count if kind in P.ENTRY_OF else 0)
+    if P.SHAPES[kind].frames == P.COUNTED:
+        assert [len(body) for _, body in msg.parts()] == [e[2] for e in msg.entries]
+    if P.SHAPES[kind].frames == P.JSON:
+        assert isinstance(msg.info, dict)
+
+
+@pytest.mark.parametrize(
+    "frames, words",
+    [
+        ([], "empty"),
+        ([P.header(P.HELLO)], "JSON frame"),
+        ([P.header(P.HELLO), b"[1, 2]"], "not an object"),
+        ([P.header(P.HELLO), b"\xff"], "malformed JSON"),
+        ([P.pack(P.SUBMIT, [(1, 0, 1)]), b"f"], "at least 2"),
+        ([P.pack(P.SUBMIT, [(1, 0, 2)]), b"f"], "announce 2 payload frames"),
+        ([P.pack(P.RESULT, [(1, 0, 1, 0.0, 0.0)]), b"r", b"extra"], "announce 1 payload frames"),
+        ([P.header(P.CREDIT, 0, 1), b"junk"], "carries no frames"),
+        ([P.pack(P.CANCEL, [(1,)]), b"junk"], "carries no frames"),
+        ([P.pack(P.OUTPUT, [(1, 1), (1, 1)]), b"one"], "one frame per entry"),
+        ([P.header(P.SHARE), b"name"], "name frame and a value"),
+        ([P.header(P.ERROR), b"a", b"b"], "at most one text frame"),
+        ([P.header(P.BROKEN), b"1"], "not an object"),
+    ],
+)
+def test_decode_refuses_a_wrong_shape_naming_it(frames, words):
+    with pytest.raises(ProtocolError, match=words):
+        P.decode(frames)
+
+
+def test_every_kind_has_a_shape_and_the_broker_knows_its_senders():
+    assert set(P.SHAPES) == set(P.TYPE_NAMES)
+    assert set(P.SENDERS) <= set(P.TYPE_NAMES)
+    assert P.SENDERS[P.RESULT] == {P.WORKER} and P.SENDERS[P.SHARE] == {P.CLIENT}

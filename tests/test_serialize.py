@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from scoopexec import RemoteError, SerializationError
-from scoopexec import protocol as P
-from scoopexec import serialize as S
+from scoopexec.wire import protocol as P
+from scoopexec.wire import serialize as S
 
 
 def test_small_data_stays_in_band():

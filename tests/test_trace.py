@@ -297,8 +297,8 @@ def test_standalone_broker_writes_its_trace_when_stopped(tmp_path):
 def test_function_names_are_read_from_pickles_without_unpickling():
     import functools
 
-    from scoopexec import serialize
     from scoopexec.mapping import _run_chunk
+    from scoopexec.wire import serialize
 
     def local(x):
         return x

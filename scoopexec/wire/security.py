@@ -129,36 +129,6 @@ class Credentials:
 
 
 # --------------------------------------------------------------- endpoints
-def dealer(
-    ctx: zmq.Context[Any],
-    ident: bytes,
-    endpoint: str,
-    *,
-    linger: int,
-    heartbeat: float,
-    heartbeat_timeout: float,
-    keys: Credentials | None,
-) -> zmq.Socket[Any]:
-    """A DEALER for a client or worker of the broker at ``endpoint`` (not yet connected).
-
-    Routing id, deep queues, ZMTP heartbeats, IPv6 when the address is one, and
-    CURVE with ``keys``.
-    """
-    s: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.ROUTING_ID, ident)
-    s.setsockopt(zmq.LINGER, linger)
-    s.setsockopt(zmq.SNDHWM, 100_000)
-    s.setsockopt(zmq.RCVHWM, 100_000)
-    s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
-    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
-    s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-    if ":" in (endpoint_host(endpoint) or ""):
-        s.setsockopt(zmq.IPV6, 1)
-    if keys is not None:
-        keys.apply(s)
-    return s
-
-
 def endpoint_host(endpoint: str) -> str | None:
     """The host part of a tcp:// endpoint (None for other transports)."""
     if not endpoint.startswith("tcp://"):

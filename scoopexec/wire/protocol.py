@@ -16,6 +16,11 @@ LOG) travels as JSON in frame 1; it is never pickled.  Payloads (functions,
 arguments, results, exceptions, set-up blobs) are pickles made and read only
 by clients and workers.
 
+Every kind has a shape (SHAPES: its entry layout and what its payload frames must be) and a
+set of roles that may send it to the broker (SENDERS).  :func:`decode` checks a received
+message against its kind's shape and returns a :class:`Message`; each role (broker, worker,
+client) routes the messages it accepts through one table ``{kind: handler}``.
+
 Any change to a struct or a meaning below bumps VERSION.
 """
 
@@ -24,9 +29,9 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 MAGIC = b"SX"
 VERSION = 1
@@ -103,6 +108,39 @@ OBSERVER = "observer"
 # Upper bound on entries in one message; a peer sending more is misbehaving.
 MAX_ENTRIES = 1 << 20
 
+# What the payload frames (after frame 0) of a kind must be.
+NONE = "none"  # no payload frames
+COUNTED = "counted"  # field 2 of each entry says how many frames are the entry's
+ONE_EACH = "one each"  # one frame per entry
+JSON = "json"  # frame 1 is a JSON object (Message.info); more frames may follow (HELLO's set-up)
+TEXT = "text"  # an optional UTF-8 frame 1 (Message.text)
+NAMED = "named"  # a name frame and at least one value frame
+ANY = "any"  # whatever the kind's owner sends (SETUP's blob)
+
+
+class Shape(NamedTuple):
+    frames: str
+    min_frames: int = 0  # COUNTED: frames each entry needs at least
+
+
+SHAPES: dict[int, Shape] = {
+    HELLO: Shape(JSON), WELCOME: Shape(JSON), SUBMIT: Shape(COUNTED, 2), TASKS: Shape(COUNTED),
+    RESULT: Shape(COUNTED), RESULTS: Shape(COUNTED), CANCEL: Shape(NONE), CREDIT: Shape(NONE),
+    STARTED: Shape(NONE), SETUP: Shape(ANY), SETUP_DONE: Shape(TEXT), OUTPUT: Shape(ONE_EACH),
+    STOP: Shape(NONE), BYE: Shape(NONE), ERROR: Shape(TEXT), STATUS: Shape(NONE),
+    STATUS_REPLY: Shape(JSON), LOG: Shape(ONE_EACH), BROKEN: Shape(JSON), PING: Shape(NONE),
+    SHARE: Shape(NAMED), RETURN: Shape(NONE), RECALL: Shape(NONE),
+}  # fmt: skip
+
+# Who may send each kind to the broker (None: any peer, even one that has not said HELLO).
+SENDERS: dict[int, frozenset[str] | None] = {
+    HELLO: None, BYE: None, STATUS: None,
+    SUBMIT: frozenset({CLIENT, WORKER}), CANCEL: frozenset({CLIENT, WORKER}),
+    RESULT: frozenset({WORKER}), CREDIT: frozenset({WORKER}), RETURN: frozenset({WORKER}),
+    OUTPUT: frozenset({WORKER}), LOG: frozenset({WORKER}), SETUP_DONE: frozenset({WORKER}),
+    SHARE: frozenset({CLIENT}),
+}  # fmt: skip
+
 
 def header(mtype: int, count: int = 0, arg: int = 0) -> bytes:
     return HEADER.pack(MAGIC, VERSION, mtype, count, arg)
@@ -169,3 +207,89 @@ def load_json(buf: bytes | memoryview) -> Any:
         return json.loads(bytes(buf))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON control frame: {exc}") from None
+
+
+class Message:
+    """A received message whose shape was checked (see :func:`decode`).
+
+    ``frames`` is the whole message, ``frames[0]`` its header; ``entries`` the header's
+    entries; ``info`` the JSON object of a JSON kind; ``text`` the text frame of a TEXT kind.
+    """
+
+    __slots__ = ("arg", "count", "entries", "frames", "info", "kind", "text")
+
+    def __init__(
+        self, kind: int, count: int, arg: int, entries: list[tuple[Any, ...]], frames: Sequence[Any]
+    ) -> None:
+        self.kind = kind
+        self.count = count
+        self.arg = arg
+        self.entries = entries
+        self.frames = frames
+        self.info: dict[str, Any] = {}
+        self.text = ""
+
+    @property
+    def name(self) -> str:
+        return TYPE_NAMES[self.kind]
+
+    def parts(self) -> Iterator[tuple[tuple[Any, ...], Sequence[Any]]]:
+        """(entry, its frames) for each entry of a COUNTED kind."""
+        frames = self.frames
+        pos = 1
+        for ent in self.entries:
+            n = ent[2]
+            yield ent, frames[pos : pos + n]
+            pos += n
+
+    def each(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """(entry, its frame) for each entry of a ONE_EACH kind."""
+        return zip(self.entries, self.frames[1:], strict=True)
+
+
+def as_bytes(frame: Any) -> bytes:
+    """A frame's bytes: bytes (and link frames) as they are, a zmq.Frame's content."""
+    return frame if isinstance(frame, bytes) else frame.bytes  # type: ignore[no-any-return]
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Check a received message against its kind's shape; ProtocolError (or VersionMismatch) if wrong."""
+    if not frames:
+        raise ProtocolError("an empty message")
+    head = as_bytes(frames[0])
+    kind, count, arg = unpack_header(head)
+    shape = SHAPES[kind]
+    st = ENTRY_OF.get(kind)
+    ents = list(st.iter_unpack(memoryview(head)[HEADER_SIZE:])) if st is not None and count else []
+    msg = Message(kind, count, arg, ents, frames)
+    payload = len(frames) - 1
+    rule = shape.frames
+    if rule == COUNTED:
+        if any(e[2] < shape.min_frames for e in ents):
+            raise ProtocolError(
+                f"{TYPE_NAMES[kind]}: an entry needs at least {shape.min_frames} frames "
+                "(a task needs a function and an arguments frame)"
+            )
+        check_frames([e[2] for e in ents], payload)
+    elif rule == NONE:
+        if payload:
+            raise ProtocolError(f"{TYPE_NAMES[kind]} carries no frames, this one has {payload}")
+    elif rule == ONE_EACH:
+        if payload != count:
+            raise ProtocolError(f"{TYPE_NAMES[kind]} needs one frame per entry ({count}), has {payload}")
+    elif rule == JSON:
+        if not payload:
+            raise ProtocolError(f"{TYPE_NAMES[kind]} without its JSON frame")
+        info = load_json(as_bytes(frames[1]))
+        if not isinstance(info, dict):
+            raise ProtocolError(f"{TYPE_NAMES[kind]}'s JSON is not an object")
+        msg.info = info
+    elif rule == TEXT:
+        if payload > 1:
+            raise ProtocolError(f"{TYPE_NAMES[kind]} carries at most one text frame, has {payload}")
+        if payload:
+            msg.text = as_bytes(frames[1]).decode("utf-8", "replace")
+    elif rule == NAMED and payload < 2:
+        raise ProtocolError(f"{TYPE_NAMES[kind]} needs a name frame and a value frame")
+    return msg
+

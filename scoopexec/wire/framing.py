@@ -1,4 +1,17 @@
-"""Messages over a connected AF_UNIX stream socket: the embedded broker and its local workers.
+"""How messages travel: over a socketpair (Link), over a ZeroMQ socket, and how a loop is woken.
+
+Every message is a list of frames (protocol.py says what they hold); this module moves such
+lists and opens no listening socket itself:
+
+* :class:`Link`: messages over a connected AF_UNIX stream socket, for the workers an embedded
+  broker starts on its own machine;
+* :func:`zmq_send` / :func:`zmq_receive`: one multipart message out, the waiting messages in,
+  on a ZeroMQ socket (the broker's ROUTER, a client's or a worker's DEALER, made by
+  :func:`dealer`);
+* :class:`WakePipe`: the self-pipe through which other threads wake a loop sleeping in poll.
+
+Local links
+-----------
 
 ZeroMQ moves every message through an I/O thread on each side.  Between two
 processes of one machine that is four extra thread wake-ups per round trip,
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import mmap
+import os
 import select
 import socket
 import struct
@@ -37,7 +51,10 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from .errors import ProtocolError
+import zmq
+
+from ..errors import ProtocolError
+from .security import Credentials, endpoint_host
 
 COUNT = struct.Struct("<I")
 # A peer gone is an EPIPE error, never SIGPIPE (a program may have restored its default action).
@@ -389,3 +406,114 @@ class Link:
             self._big_view.release()
             self._big_view = None
         self.sock.close()
+
+
+# ------------------------------------------------------------------ ZeroMQ
+COPY_BELOW = 65536  # frames smaller than this are copied by zmq_send (cheaper than tracking them)
+SNDMORE = int(zmq.SNDMORE)
+_EVENTS = zmq.EVENTS
+_POLLIN = int(zmq.POLLIN)
+
+
+def zmq_send(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
+    """Send one multipart message; large frames and buffers go without a copy."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        big = not isinstance(f, bytes) or len(f) >= COPY_BELOW
+        sock.send(f, SNDMORE if i < last else 0, copy=not big)
+
+
+def zmq_receive(sock: zmq.Socket[Any], limit: int) -> list[list[Any]]:
+    """The messages waiting on ``sock`` (at most ``limit``), frames as zmq.Frame (no copy).
+
+    Fewer than ``limit`` means the socket had no more: its EVENTS said so, which is
+    cheaper than a recv that raises zmq.Again.
+    """
+    out: list[list[Any]] = []
+    while len(out) < limit:
+        if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+            break
+        first = sock.recv(copy=False)
+        frames = [first]
+        more = first.more
+        while more:
+            f = sock.recv(copy=False)
+            frames.append(f)
+            more = f.more
+        out.append(frames)
+    return out
+
+
+def dealer(
+    ctx: zmq.Context[Any],
+    ident: bytes,
+    endpoint: str,
+    *,
+    linger: int,
+    heartbeat: float,
+    heartbeat_timeout: float,
+    keys: Credentials | None,
+) -> zmq.Socket[Any]:
+    """A DEALER for a client or worker of the broker at ``endpoint`` (not yet connected).
+
+    Routing id, deep queues, ZMTP heartbeats, IPv6 when the address is one, and
+    CURVE with ``keys``.
+    """
+    s: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.ROUTING_ID, ident)
+    s.setsockopt(zmq.LINGER, linger)
+    s.setsockopt(zmq.SNDHWM, 100_000)
+    s.setsockopt(zmq.RCVHWM, 100_000)
+    s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+    s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+    if ":" in (endpoint_host(endpoint) or ""):
+        s.setsockopt(zmq.IPV6, 1)
+    if keys is not None:
+        keys.apply(s)
+    return s
+
+
+# ------------------------------------------------------------------ waking
+class WakePipe:
+    """A self-pipe: any thread may wake() a loop that polls ``fd``; the loop then drain()s it.
+
+    wake() writes only when no wake-up is pending, so a busy producer costs a flag
+    test, not a system call, per item.  drain() reads the pipe empty *before* it
+    clears the flag: a wake() that saw the flag still set had queued its work before
+    the loop looks at its queues (which it does after drain()), and one that comes
+    later writes again.  A byte is therefore never left behind with the flag clear
+    (the loop would find the pipe readable on every poll and spin), nor is work left
+    waiting with nobody woken.
+    """
+
+    __slots__ = ("_w", "fd", "pending")
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self.pending = False
+
+    def wake(self) -> None:
+        if not self.pending:
+            self.pending = True
+            try:
+                os.write(self._w, b"x")
+            except OSError:  # full (then it is readable anyway) or closed at shutdown
+                pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except OSError:  # BlockingIOError: empty, as wanted
+            pass
+        self.pending = False
+
+    def close(self) -> None:
+        for fd in (self.fd, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

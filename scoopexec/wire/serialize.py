@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import functools
 import pickle
+import traceback
 import types
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 import cloudpickle
 
+from .. import errors
+from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
 from . import protocol
-from .errors import DeserializationError, RemoteError, SerializationError, remote_traceback
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -123,20 +126,22 @@ def _reusable(fn: Any) -> bool:
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
     """Frames of one task: [function, arguments, *buffers].  Raises SerializationError."""
-    return [_dumps_fn_checked(fn), *_dumps_args_checked(args, kwargs)]
+    return [encode_function(fn), *encode_args(args, kwargs)]
 
 
-def _dumps_fn_checked(fn: Callable[..., Any]) -> bytes:
+def encode_function(fn: Callable[..., Any]) -> bytes:
+    """The function frame of a task; SerializationError naming the function if it cannot travel."""
     try:
         return dumps_function(fn)
     except Exception as exc:
         raise SerializationError(
-            f"cannot send the function {_describe(fn)} to a worker: {type(exc).__name__}: {exc} "
+            f"cannot send the function {describe(fn)} to a worker: {type(exc).__name__}: {exc} "
             "(a function defined at the top level of a module always travels)"
         ) from exc
 
 
-def _dumps_args_checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
+    """The arguments frames of a task; SerializationError saying what cannot travel."""
     try:
         return dumps((args, kwargs or None))
     except Exception as exc:
@@ -155,7 +160,8 @@ def decode_call(
     return fn, args, kwargs or {}
 
 
-def _describe(fn: Any) -> str:
+def describe(fn: Any) -> str:
+    """``module.qualname`` of a callable, for messages."""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     mod = getattr(fn, "__module__", None)
     if name:
@@ -168,8 +174,6 @@ def encode_result(value: Any, where: str = "") -> tuple[int, Frames]:
     try:
         return protocol.OK, dumps(value)
     except Exception as exc:
-        import traceback
-
         return protocol.FAILED, failure_frames(
             "result",
             f"the task's result of type {_qualname(type(value))} cannot be pickled{where}: "
@@ -177,8 +181,6 @@ def encode_result(value: Any, where: str = "") -> tuple[int, Frames]:
             traceback.format_exc(),
         )
     except BaseException as exc:  # SystemExit, KeyboardInterrupt while pickling
-        import traceback
-
         return encode_exception(exc, traceback.format_exc())
 
 
@@ -235,8 +237,6 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
         raised.__cause__ = remote_traceback(tb)
         return False, raised
     if status == protocol.CANCELLED:
-        from concurrent.futures import CancelledError
-
         return False, CancelledError(
             "the broker dropped this task: the task or client that submitted it had gone away"
         )
@@ -249,8 +249,6 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
 
 
 def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
-    from . import errors
-
     message = str(meta.get("message", "task failed"))
     kind = meta.get("kind")
     if status == protocol.LOST:
