@@ -61,7 +61,8 @@ from joblib._parallel_backends import (
 )
 
 from scoopexec.api import WorkerExecutor
-from scoopexec.executor import ScoopExecutor, _default_workers, active_executor
+from scoopexec.deploy.local import default_worker_count
+from scoopexec.executor import ScoopExecutor, active_executor
 from scoopexec.worker import Worker, current_worker
 
 __all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register"]
@@ -139,7 +140,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
                     n = 0
             if n:
                 return int(n)
-        return self._pool_size or _default_workers()
+        return self._pool_size or default_worker_count()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """``n_jobs``, with ``None`` as -1 and negative values counted from the pool's size."""

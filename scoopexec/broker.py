@@ -56,9 +56,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from .deploy.local import process_state
 from .errors import ProtocolError
 from .wire import protocol as P
-from .wire.framing import POOL, PUSH_WAIT, Link, process_state
+from .wire.framing import POOL, PUSH_WAIT, Link
 from .wire.security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:

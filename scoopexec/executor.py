@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
-import functools
 import itertools
 import logging
 import os
@@ -47,6 +46,11 @@ import zmq
 
 from . import logs, mainmodule, scoop_compat
 from .broker import Broker
+from .deploy.contract import LaunchOptions, check_env
+from .deploy.groups import Launchers, RemoteGroup, Target
+from .deploy.hosts import Host, parse_hosts, plan_hosts
+from .deploy.local import LocalWorkers, default_worker_count, use_socketpairs
+from .deploy.slurm import slurm_address
 from .errors import (
     AuthenticationError,
     BrokenScoopExecutor,
@@ -55,20 +59,7 @@ from .errors import (
     MessageTooLargeError,
     SerializationError,
 )
-from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
-from .launch import LocalWorkers
 from .mapping import MapMixin
-from .remote import (
-    Launchers,
-    RemoteGroup,
-    check_env,
-    launch_all,
-    remote_pythonpath,
-    slurm_address,
-    srun_command,
-    ssh_command,
-    worker_args,
-)
 from .wire import protocol as P
 from .wire import serialize
 from .wire.framing import dealer
@@ -128,25 +119,6 @@ else:  # pragma: no cover
 
     atexit.register(_python_exit)
 
-
-def _default_workers() -> int:
-    if hasattr(os, "process_cpu_count"):
-        n = os.process_cpu_count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover
-        n = os.cpu_count()
-    return n or 1
-
-
-
-def _local_links() -> bool:
-    """Whether local workers get socketpair links (link.py) rather than the ipc endpoint.
-
-    On Linux only, where the broker can see a worker's process state in /proc;
-    SCOOPEXEC_LOCAL_TRANSPORT=zmq chooses the ipc endpoint (for comparisons).
-    """
-    return sys.platform.startswith("linux") and os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "") != "zmq"
 
 class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     """The future of a task submitted from a client.  A concurrent.futures.Future."""
@@ -208,7 +180,7 @@ class _Link:
         self.thread: threading.Thread | None = None
         self.closed = threading.Event()
         self.workers: Launchers | None = None
-        self.launch_options: dict[str, Any] = {}
+        self.launch_options = LaunchOptions(sys.executable)
         self._syncs: list[threading.Event] = []
         self.unmatched = 0
         self.status_requests: collections.deque[_StatusRequest] = collections.deque()
@@ -373,8 +345,8 @@ class _Link:
         return self._setup
 
     # --- workers on other hosts
-    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
-        """(endpoint, or port to connect back to, keys) for workers launched elsewhere."""
+    def _remote_target(self, kind: str) -> Target:
+        """Where workers launched elsewhere (``kind``: "ssh" or "srun") connect, with which keys."""
         raise NotImplementedError  # pragma: no cover - overridden
 
     def _start_local(self, n: int) -> None:
@@ -383,71 +355,8 @@ class _Link:
     def add_hosts(self, hosts: list[Host], srun: int = 0) -> list[RemoteGroup]:
         """Start workers on ``hosts`` (ssh; local ones here) and ``srun`` workers; wait for them."""
         assert self.workers is not None
-        o = self.launch_options
-        makers: list[Callable[[], RemoteGroup]] = []
-        common = {
-            "heartbeat": o["heartbeat"],
-            "heartbeat_timeout": o["heartbeat_timeout"],
-            "connect_timeout": o["launch_timeout"] * 0.75,  # says why before we give up
-            "keep_cwd": o["keep_cwd"],
-        }
-        for h in hosts:
-            if h.local:
-                continue
-            connect, back, keys = self._remote_target("ssh")
-            tag = self.workers.next_tag("S")
-            args = worker_args(
-                connect=connect,
-                connect_back=back,
-                tag=tag,
-                n=h.slots,
-                **common,
-            )
-            argv = ssh_command(
-                h,
-                ssh=o["ssh"],
-                python=o["python"],
-                cwd=o["cwd"],
-                env=o["env"],
-                args=args,
-                connect_timeout=o["connect_timeout"],
-            )
-            hint = (
-                "check that `ssh -o BatchMode=yes HOST true` works from here without a prompt, that "
-                f"{o['python']} and {o['cwd']} exist there (or pass python= / cwd=), and that the host "
-                "key is in known_hosts"
-            )
-            makers.append(
-                functools.partial(RemoteGroup, tag, h.name, "ssh", argv, keys=keys, expected=None, hint=hint)
-            )
-        if srun:
-            connect, _, keys = self._remote_target("srun")
-            tag = self.workers.next_tag("R")
-            args = worker_args(
-                connect=connect,
-                connect_back=None,
-                tag=tag,
-                group=False,
-                **common,
-            )
-            argv = srun_command(srun, args, python=o["python"], cwd=o["cwd"])
-            env = dict(os.environ, PYTHONPATH=remote_pythonpath(), **o["env"])
-            makers.append(
-                lambda: RemoteGroup(
-                    tag,
-                    "the SLURM allocation",
-                    "srun",
-                    argv,
-                    keys=keys,
-                    expected=srun,
-                    env=env,
-                    hint="srun runs inside the allocation; is there room for another job step?",
-                )
-            )
-        groups = launch_all(makers, o["launch_timeout"]) if makers else []
-        for g in groups:
-            self.workers.add(g)
-        n_local = sum(h.slots or _default_workers() for h in hosts if h.local)
+        groups = self.workers.start_remote(hosts, srun, self._remote_target, self.launch_options)
+        n_local = sum(h.slots or default_worker_count() for h in hosts if h.local)
         if n_local:
             self._start_local(n_local)
         return groups
@@ -552,10 +461,10 @@ class _LocalLink(_Link):
                     python=python,
                     env=env,
                     cwd=cwd,
-                    extra=["--keep-cwd"] if cwd is not None else (),
+                    flags={"keep_cwd": cwd is not None},
                     heartbeat=heartbeat,
                     heartbeat_timeout=heartbeat_timeout,
-                    link=self.broker.add_link if _local_links() else None,
+                    link=self.broker.add_link if use_socketpairs() else None,
                 )
             )
         except BaseException:
@@ -586,7 +495,7 @@ class _LocalLink(_Link):
             return fn()
         return self.broker.call_soon(fn).result(timeout=60)
 
-    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
+    def _remote_target(self, kind: str) -> Target:
         if self._secure is None:
             self._secure = self._in_loop(lambda: self.broker.add_endpoint("tcp://0.0.0.0:0", secure=True))
         assert self.broker.curve is not None
@@ -596,10 +505,10 @@ class _LocalLink(_Link):
         host = endpoint_host(self._secure) or ""
         port = int(self._secure.rsplit(":", 1)[1])
         if host not in ("0.0.0.0", "*", "::", ""):
-            return self._secure, None, keys
+            return Target(self._secure, None, keys)
         if kind == "ssh":
-            return None, port, keys
-        return f"tcp://{slurm_address()}:{port}", None, keys
+            return Target(None, port, keys)
+        return Target(f"tcp://{slurm_address()}:{port}", None, keys)
 
     def _start_local(self, n: int) -> None:
         assert self.workers is not None and self.workers.local is not None
@@ -612,7 +521,7 @@ class _LocalLink(_Link):
                 "this pool listens on no network endpoint: create it with "
                 "bind='tcp://0.0.0.0:PORT' (or an address of this host) to let workers join by hand"
             )
-        return self._remote_target("key")[2]
+        return self._remote_target("key").keys
 
     def _status(self, timeout: float) -> dict[str, Any]:
         if self.thread is threading.current_thread():
@@ -765,27 +674,28 @@ class _RemoteLink(_Link):
 
     _lost_at: float | None = None
 
-    def _remote_target(self, kind: str) -> tuple[str | None, int | None, Credentials]:
+    def _remote_target(self, kind: str) -> Target:
         if self.keys is None or is_loopback(self.endpoint):
             raise ValueError(
                 f"workers on other hosts cannot reach the broker at {self.endpoint}: start it with "
                 "`python -m scoopexec broker --bind tcp://0.0.0.0:PORT --key-file FILE` and give "
                 "key=FILE and broker='tcp://THIS-HOST:PORT'"
             )
-        return self.endpoint, None, self.keys
+        return Target(self.endpoint, None, self.keys)
 
     def _start_local(self, n: int) -> None:
         assert self.workers is not None
         if self.workers.local is None:
+            o = self.launch_options
             self.workers.local = LocalWorkers(
                 self.endpoint,
                 0,
-                python=self.launch_options.get("python"),
-                env=self.launch_options.get("env"),
-                cwd=self.launch_options["cwd"] if self.launch_options.get("keep_cwd") else None,
-                extra=["--keep-cwd"] if self.launch_options.get("keep_cwd") else (),
-                heartbeat=self.launch_options.get("heartbeat", 1.0),
-                heartbeat_timeout=self.launch_options.get("heartbeat_timeout", 5.0),
+                python=o.python,
+                env=o.env,
+                cwd=o.cwd if o.keep_cwd else None,
+                flags={"keep_cwd": o.keep_cwd},
+                heartbeat=o.heartbeat,
+                heartbeat_timeout=o.heartbeat_timeout,
                 replace=False,
                 keys=self.keys,
             )
@@ -942,37 +852,6 @@ def _check_local_endpoint(endpoint: str, *, secure: bool = False) -> None:
     check_endpoint(endpoint, secure=secure)
 
 
-def _plan_hosts(
-    max_workers: int | None,
-    hosts: str | Sequence[str] | Mapping[str, int] | None,
-    hostfile: str | os.PathLike[str] | None,
-) -> tuple[int, list[Host], int]:
-    """(local workers, hosts to start over ssh or here, srun workers) for a new pool."""
-    if hosts is not None and hostfile is not None:
-        raise ValueError("give hosts= or hostfile=, not both")
-    if hostfile is not None:
-        listed = read_hostfile(hostfile)
-    elif isinstance(hosts, str) and hosts.strip().lower() == "auto":
-        alloc = detect_allocation()
-        if alloc is None:
-            return max_workers or _default_workers(), [], 0
-        if alloc.kind == "slurm":
-            total = alloc.slots
-            if max_workers is not None and max_workers > total:
-                raise ValueError(
-                    f"{max_workers} workers asked for, but the SLURM allocation has {total} tasks "
-                    f"({', '.join(str(h) for h in alloc.hosts)})"
-                )
-            return 0, [], max_workers or total
-        listed = alloc.hosts
-    elif hosts is not None:
-        listed = parse_hosts(hosts)
-    else:
-        return max_workers or _default_workers(), [], 0
-    placed = distribute(listed, max_workers)
-    return 0, placed, 0
-
-
 def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
     plain: dict[str, Any] = {
         "sys_path": [p for p in sys.path if isinstance(p, str)],
@@ -1117,21 +996,21 @@ class ScoopExecutor(MapMixin, cf.Executor):
             raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
         _refuse_during_worker_bootstrap()
         env = check_env(env)
-        n_local, remote_hosts, n_srun = _plan_hosts(max_workers, hosts, hostfile)
+        n_local, remote_hosts, n_srun = plan_hosts(max_workers, hosts, hostfile)
         keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
         if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
             raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
-        launch_options = {
-            "python": python or sys.executable,
-            "env": env,
-            "cwd": os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
-            "keep_cwd": cwd is not None,
-            "ssh": list(ssh) if ssh is not None else ["ssh"],
-            "heartbeat": heartbeat,
-            "heartbeat_timeout": heartbeat_timeout,
-            "connect_timeout": connect_timeout,
-            "launch_timeout": launch_timeout,
-        }
+        launch_options = LaunchOptions(
+            python=python or sys.executable,
+            env=env,
+            cwd=os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
+            keep_cwd=cwd is not None,
+            ssh=tuple(ssh) if ssh is not None else ("ssh",),
+            heartbeat=heartbeat,
+            heartbeat_timeout=heartbeat_timeout,
+            connect_timeout=connect_timeout,
+            launch_timeout=launch_timeout,
+        )
         recorder: TraceRecorder | None = None
         if trace is not None:
             if broker is not None:
@@ -1166,7 +1045,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 python=python,
                 env=env,
                 max_message_size=max_message_size,
-                cwd=str(launch_options["cwd"]) if cwd is not None else None,
+                cwd=launch_options.cwd if cwd is not None else None,
                 trace=recorder,
             )
         else:
@@ -1244,9 +1123,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
             self._link._start_local(n)
             self._max_workers += n
             return
-        _, placed, n_srun = _plan_hosts(None, hosts, hostfile)
+        _, placed, n_srun = plan_hosts(None, hosts, hostfile)
         if not placed and not n_srun:
-            placed = [Host("localhost", _default_workers())]  # "auto" outside an allocation
+            placed = [Host("localhost", default_worker_count())]  # "auto" outside an allocation
         self._link.add_hosts(placed, n_srun)
         self._max_workers += n_srun + sum(h.slots or 0 for h in placed)
 

@@ -48,16 +48,20 @@ import greenlet
 import zmq
 
 from . import logs, mainmodule
+from .deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK, parser
+from .deploy.local import default_worker_count, process_state, run_worker_group
 from .errors import InitializerError, ProtocolError, SerializationError
 from .wire import protocol as P
 from .wire import serialize
-from .wire.framing import POOL, Link, dealer, process_state
-from .wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
-
-READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
-EXIT_LOST = 3  # the broker went away
-EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
-EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
+from .wire.framing import POOL, Link, dealer
+from .wire.security import (
+    MONITOR_EVENTS,
+    Credentials,
+    HandshakeWatch,
+    check_endpoint,
+    read_frame,
+    read_key_file,
+)
 
 log = logging.getLogger("scoopexec.worker")
 
@@ -1244,45 +1248,7 @@ def _connect_back(port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
-    import argparse
-
-    from .wire.security import check_endpoint, read_frame, read_key_file
-
-    ap = argparse.ArgumentParser(prog="python -m scoopexec worker")
-    ap.add_argument("--connect", metavar="ADDR", help="the broker's endpoint")
-    ap.add_argument(
-        "--connect-back",
-        type=int,
-        metavar="PORT",
-        help="connect to PORT on the host this ssh session comes from (launchers use it)",
-    )
-    ap.add_argument(
-        "--key", metavar="FILE", help="the pool's key file (0600), needed for a broker on another host"
-    )
-    ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--link-fd", type=int, default=None, help=argparse.SUPPRESS)  # launch.LocalWorkers
-    ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
-    ap.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="give up when no broker answered within S seconds (default: keep trying)",
-    )
-    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--name", default="")
-    ap.add_argument("--heartbeat", type=float, default=1.0)
-    ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
-    ap.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
-    ap.add_argument("--no-forward-output", action="store_true")
-    ap.add_argument(
-        "-n",
-        "--workers",
-        default=None,
-        metavar="N",
-        help="run N worker processes under one supervisor (N or 'auto': one per CPU)",
-    )
+    ap = parser()
     args = ap.parse_args(argv)
     if (args.connect is None) == (args.connect_back is None):
         ap.error("give the broker's endpoint: --connect ADDR")
@@ -1301,16 +1267,12 @@ def main(argv: list[str] | None = None) -> int:
     n = None
     if args.workers is not None:
         if args.workers == "auto":
-            from .executor import _default_workers
-
-            n = _default_workers()
+            n = default_worker_count()
         elif args.workers.isdigit() and int(args.workers) >= 1:
             n = int(args.workers)
         else:
             ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
     if n is not None and (n != 1 or args.ready):
-        from .launch import run_worker_group
-
         return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     link = None

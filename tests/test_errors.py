@@ -17,7 +17,7 @@ from scoopexec import (
     SerializationError,
     WorkerLostError,
 )
-from scoopexec.launch import describe_returncode
+from scoopexec.deploy.contract import describe_returncode
 
 
 def _kill_my_worker():

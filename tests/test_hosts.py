@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoopexec import ScoopExecutor
-from scoopexec.hosts import (
+from scoopexec.deploy.hosts import (
     Host,
     detect_allocation,
     distribute,

@@ -176,15 +176,6 @@ def _lengths(n: int) -> struct.Struct:
     return st
 
 
-def process_state(pid: int) -> bytes | None:
-    """The state letter of a process in /proc/PID/stat (b"R", b"S", b"T", b"Z", ...); None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def _view(f: Any) -> memoryview:
     m = memoryview(f)
     if m.ndim != 1 or m.format not in ("B", "b", "c"):

@@ -30,6 +30,8 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from .local import default_worker_count
+
 __all__ = [
     "Allocation",
     "Host",
@@ -38,6 +40,7 @@ __all__ = [
     "expand_ranges",
     "is_this_machine",
     "parse_hosts",
+    "plan_hosts",
     "read_hostfile",
     "tasks_per_node",
 ]
@@ -414,3 +417,34 @@ def distribute(hosts: Sequence[Host], n: int | None) -> list[Host]:
                 given[i] += 1
                 left -= 1
     return [replace(h, slots=g) for h, g in zip(hosts, given, strict=True) if g]
+
+
+def plan_hosts(
+    max_workers: int | None,
+    hosts: str | Sequence[str] | Mapping[str, int] | None,
+    hostfile: str | os.PathLike[str] | None,
+) -> tuple[int, list[Host], int]:
+    """(local workers, hosts to start over ssh or here, srun workers) for a pool of ``max_workers``."""
+    if hosts is not None and hostfile is not None:
+        raise ValueError("give hosts= or hostfile=, not both")
+    if hostfile is not None:
+        listed = read_hostfile(hostfile)
+    elif isinstance(hosts, str) and hosts.strip().lower() == "auto":
+        alloc = detect_allocation()
+        if alloc is None:
+            return max_workers or default_worker_count(), [], 0
+        if alloc.kind == "slurm":
+            total = alloc.slots
+            if max_workers is not None and max_workers > total:
+                raise ValueError(
+                    f"{max_workers} workers asked for, but the SLURM allocation has {total} tasks "
+                    f"({', '.join(str(h) for h in alloc.hosts)})"
+                )
+            return 0, [], max_workers or total
+        listed = alloc.hosts
+    elif hosts is not None:
+        listed = parse_hosts(hosts)
+    else:
+        return max_workers or default_worker_count(), [], 0
+    placed = distribute(listed, max_workers)
+    return 0, placed, 0

@@ -1,144 +1,42 @@
-"""Workers on other hosts: started over OpenSSH, or by ``srun`` inside a SLURM allocation.
-
-::
-
-  client (embedded broker)                          host "node2" (sshd, no scoopexec daemon)
-  ROUTER tcp://0.0.0.0:P (CURVE) ◄───────────────── worker ┐
-  ssh -o BatchMode=yes node2 'cd DIR && exec env   worker ├─ python -m scoopexec worker -n N
-      PYTHONPATH=.. PYTHON -m scoopexec worker      worker ┘  --connect-back P --key-stdin
-      --connect-back P --key-stdin -n N ...'                  --watch-stdin --ready
-  stdin  ── key header, then nothing until EOF ──►  (EOF: the group stops its workers)
-  stdout ◄─ SCOOPEXEC-GROUP N, SCOOPEXEC-READY tag ─ (one line per connected worker)
-  stderr ◄─ ssh's and the workers' messages ───────
-
-Nothing is installed or left running on the remote host: one ssh session per
-host runs a worker group that lives exactly as long as that session.  Its
-standard input carries the CURVE keys (never argv or the environment), then
-stays open; when the client, ssh or the connection goes away the group reads
-EOF and stops its workers; if the broker goes silent, the workers' heartbeats
-end them.  ``--connect-back`` makes a worker connect to the address its ssh
-session came from (``SSH_CONNECTION``), which is this machine's address as
-the remote host sees it.
-
-The remote command line is a shell string on the far side: each piece of it is
-quoted with shlex.quote.  Host keys are checked as ssh always does
-(``BatchMode=yes`` turns any prompt into an error): scoopexec never turns
-checking off.
-
-Inside a SLURM allocation the workers are one ``srun`` job step, one task per
-worker, ``--input=all`` giving every task the key header on its stdin.  Slurm
-ends the step's tasks when srun goes away.
+"""Workers started elsewhere, by a launcher process: an ssh session per host, or an srun step.
 
 A launch waits until every worker has connected to the broker, so that an
 unreachable host, a refused key or a missing Python fails the executor's
 construction with ssh's own message instead of leaving tasks waiting forever.
+Each launcher process is a :class:`RemoteGroup`; :class:`Launchers` is every
+source of workers of one pool (local ones included), which the broker watches
+as one ProcessWatcher.  How the commands look: ssh.py, slurm.py, contract.py.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import functools
 import os
-import re
 import selectors
-import shlex
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import NamedTuple
 
-from .errors import LaunchError
+from ..errors import LaunchError
+from ..wire.security import Credentials, encode_frame
+from . import slurm, ssh
+from .contract import GROUP_MARK, READY_MARK, LaunchOptions, describe_returncode, worker_argv
 from .hosts import Host
-from .launch import _PKG_PARENT, LocalWorkers, describe_returncode
-from .wire.security import Credentials, encode_frame
-from .worker import READY_MARK
+from .local import LocalWorkers
 
-log = logging.getLogger("scoopexec.remote")
-
-GROUP_MARK = b"SCOOPEXEC-GROUP"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+__all__ = ["Launchers", "RemoteGroup", "Target", "launch_all"]
 
 
-def remote_pythonpath() -> str:
-    """PYTHONPATH for workers elsewhere: where this scoopexec lives, then ours."""
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if _PKG_PARENT not in parts:
-        parts.insert(0, _PKG_PARENT)
-    return os.pathsep.join(parts)
+class Target(NamedTuple):
+    """Where launched workers connect: an endpoint, or a port to connect back to through ssh."""
 
-
-def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in (env or {}).items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k):
-            raise ValueError(f"env: {k!r} is not a valid environment variable name")
-        if not isinstance(v, str):
-            raise TypeError(f"env[{k!r}] must be a string, not {type(v).__name__}")
-        out[k] = v
-    return out
-
-
-def worker_args(
-    *,
-    connect: str | None,
-    connect_back: int | None,
-    tag: str,
-    heartbeat: float,
-    heartbeat_timeout: float,
-    connect_timeout: float,
-    n: int | None = None,
-    group: bool = True,
-    keep_cwd: bool = False,
-) -> list[str]:
-    """``scoopexec worker`` arguments for a launched worker (or group of workers)."""
-    args = ["-m", "scoopexec", "worker"]
-    args += ["--connect", connect] if connect is not None else ["--connect-back", str(connect_back)]
-    args += ["--key-stdin", "--watch-stdin", "--ready", "--tag", tag]
-    args += ["--heartbeat", repr(heartbeat), "--heartbeat-timeout", repr(heartbeat_timeout)]
-    args += ["--connect-timeout", repr(connect_timeout)]
-    if keep_cwd:
-        args.append("--keep-cwd")
-    if group:
-        args += ["-n", str(n) if n is not None else "auto"]
-    return args
-
-
-def ssh_command(
-    host: Host,
-    *,
-    ssh: Sequence[str],
-    python: str,
-    cwd: str,
-    env: Mapping[str, str],
-    args: Sequence[str],
-    connect_timeout: float,
-) -> list[str]:
-    """The argv that runs a worker group on ``host`` through the system ssh client.
-
-    Options of ``ssh`` (the caller's) come first, and ssh keeps the first
-    value it sees for an option: a user may loosen what we set here, we never
-    loosen what the user set.
-    """
-    assigns = [f"{k}={shlex.quote(v)}" for k, v in {"PYTHONPATH": remote_pythonpath(), **env}.items()]
-    remote = " ".join(
-        ["cd", shlex.quote(cwd), "&&", "exec", "env", *assigns, shlex.quote(python)]
-        + [shlex.quote(a) for a in args]
-    )
-    return [
-        *ssh,
-        "-o", "BatchMode=yes",  # never prompt (passwords, unknown host keys): fail instead
-        "-o", f"ConnectTimeout={max(1, round(connect_timeout))}",
-        "-o", "ServerAliveInterval=5",  # notice a dead connection; the remote side sees EOF
-        "-o", "ServerAliveCountMax=3",
-        "-T", "-x", "-a",  # no terminal, no X11 or agent forwarding to worker hosts
-        "-e", "none",
-        "--",
-        host.target,
-        remote,
-    ]  # fmt: skip
+    connect: str | None
+    connect_back: int | None
+    keys: Credentials
 
 
 class RemoteGroup:
@@ -442,6 +340,64 @@ class Launchers:
         for g in groups:
             g.stop()
 
+    def start_remote(
+        self, hosts: Sequence[Host], srun: int, target: Callable[[str], Target], options: LaunchOptions
+    ) -> list[RemoteGroup]:
+        """Start worker groups on the hosts that are not this one (ssh) and ``srun`` workers;
+        return once all are connected (LaunchError, and none started, if one cannot be)."""
+        makers: list[Callable[[], RemoteGroup]] = []
+        common = {
+            "key_stdin": True,
+            "watch_stdin": True,
+            "ready": True,
+            "heartbeat": options.heartbeat,
+            "heartbeat_timeout": options.heartbeat_timeout,
+            "connect_timeout": options.launch_timeout * 0.75,  # says why before we give up
+            "keep_cwd": options.keep_cwd,
+        }
+        for h in hosts:
+            if h.local:
+                continue
+            where = target("ssh")
+            tag = self.next_tag("S")
+            args = worker_argv(
+                connect=where.connect,
+                connect_back=where.connect_back,
+                tag=tag,
+                workers=str(h.slots) if h.slots is not None else "auto",
+                **common,
+            )
+            argv = ssh.ssh_command(
+                h,
+                ssh=options.ssh,
+                python=options.python,
+                cwd=options.cwd,
+                env=options.env,
+                args=args,
+                connect_timeout=options.connect_timeout,
+            )
+            makers.append(
+                functools.partial(
+                    RemoteGroup, tag, h.name, "ssh", argv, keys=where.keys, expected=None,
+                    hint=ssh.hint(options.python, options.cwd),
+                )
+            )  # fmt: skip
+        if srun:
+            where = target("srun")
+            tag = self.next_tag("R")
+            args = worker_argv(connect=where.connect, tag=tag, **common)
+            makers.append(
+                functools.partial(
+                    RemoteGroup, tag, "the SLURM allocation", "srun",
+                    slurm.srun_command(srun, args, python=options.python, cwd=options.cwd),
+                    keys=where.keys, expected=srun, env=slurm.srun_env(options.env), hint=slurm.HINT,
+                )
+            )  # fmt: skip
+        groups = launch_all(makers, options.launch_timeout) if makers else []
+        for g in groups:
+            self.add(g)
+        return groups
+
 
 def launch_all(groups: Sequence[Callable[[], RemoteGroup]], timeout: float) -> list[RemoteGroup]:
     """Start every group, wait until all are ready; on any failure stop them all and raise."""
@@ -468,45 +424,3 @@ def launch_all(groups: Sequence[Callable[[], RemoteGroup]], timeout: float) -> l
             g.stop(timeout=2.0)
         raise
     return started
-
-
-# ------------------------------------------------------------ addresses
-def slurm_address(run: Callable[..., Any] = subprocess.run) -> str:
-    """This node's address as the other nodes of a SLURM allocation reach it.
-
-    The node's NodeAddr (what slurmctld itself uses to reach it) when we run
-    on a node of the allocation; else the address of our host name.
-    """
-    node = os.environ.get("SLURMD_NODENAME")
-    if node:
-        try:
-            r = run(
-                ["scontrol", "show", "node", "-o", node],
-                capture_output=True,
-                text=True,
-                timeout=15,
-            )
-            m = re.search(r"\bNodeAddr=(\S+)", r.stdout or "")
-            if m:
-                return socket.gethostbyname(m.group(1))
-        except (OSError, subprocess.SubprocessError, socket.gaierror):
-            pass
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except socket.gaierror:
-        return "127.0.0.1"
-
-
-def srun_command(n: int, args: Sequence[str], *, python: str, cwd: str) -> list[str]:
-    """One job step of ``n`` tasks, each a worker, sharing the allocation's CPUs."""
-    return [
-        "srun",
-        f"--ntasks={n}",
-        "--kill-on-bad-exit=0",  # one crashed worker does not end the others
-        "--input=all",  # every task reads the key header from our pipe
-        "--overlap",  # share CPUs with the step the client may run in
-        "--job-name=scoopexec-workers",
-        f"--chdir={cwd}",
-        python,
-        *args,
-    ]

@@ -1,15 +1,18 @@
 """Starting, watching and stopping worker processes on this machine.
 
 Workers are fresh interpreters started by command (``python -m scoopexec
-worker --connect ...``), never forks of a client that holds sockets and
+worker --connect ...``, contract.py), never forks of a client that holds sockets and
 threads.  Each gets a pipe as stdin and exits when it reads EOF, so workers
 never outlive the process that started them, whatever way it ends.  When the
 broker needs CURVE keys, they are the first thing written on that pipe.
 
 ``python -m scoopexec worker -n N`` runs N workers under one supervising
 process (:func:`run_worker_group`): that is what runs on the far side of an
-ssh session (remote.py).  It hands its keys to each worker, replaces workers
+ssh session (ssh.py).  It hands its keys to each worker, replaces workers
 that crash, and stops them all when its own stdin closes.
+
+Also here, for whoever watches processes of this machine: :func:`process_state`
+(a process's state letter in /proc) and :func:`default_worker_count`.
 """
 
 from __future__ import annotations
@@ -21,42 +24,65 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .wire.security import Credentials, encode_frame
+from ..wire.security import Credentials, encode_frame
+from .contract import EXIT_MEANINGS, GROUP_MARK, describe_returncode, worker_argv
 
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+__all__ = [
+    "PACKAGE_ROOT",
+    "LocalWorkers",
+    "default_worker_count",
+    "process_state",
+    "remote_pythonpath",
+    "run_worker_group",
+    "use_socketpairs",
+    "worker_env",
+]
+
+# The directory holding this scoopexec package: workers get it on their PYTHONPATH.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _HOST = socket.gethostname()
 MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
 
 
-def worker_command(
-    connect: str,
-    *,
-    python: str | None = None,
-    tag: str = "",
-    heartbeat: float = 1.0,
-    heartbeat_timeout: float = 5.0,
-    extra: Sequence[str] = (),
-) -> list[str]:
-    cmd = [
-        python or sys.executable,
-        "-m",
-        "scoopexec",
-        "worker",
-        "--connect",
-        connect,
-        "--watch-stdin",
-        "--heartbeat",
-        repr(heartbeat),
-        "--heartbeat-timeout",
-        repr(heartbeat_timeout),
-    ]
-    if tag:
-        cmd += ["--tag", tag]
-    return cmd + list(extra)
+def default_worker_count() -> int:
+    """Workers a pool starts on this machine by default: one per CPU this process may use."""
+    if hasattr(os, "process_cpu_count"):
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover
+        n = os.cpu_count()
+    return n or 1
+
+
+def use_socketpairs() -> bool:
+    """Whether local workers get a socketpair link (wire/framing.py) rather than the ipc endpoint.
+
+    On Linux only, where the broker can see a worker's process state in /proc;
+    SCOOPEXEC_LOCAL_TRANSPORT=zmq chooses the ipc endpoint (for comparisons).
+    """
+    return sys.platform.startswith("linux") and os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "") != "zmq"
+
+
+def process_state(pid: int) -> bytes | None:
+    """The state letter of a process in /proc/PID/stat (b"R", b"S", b"T", b"Z", ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def remote_pythonpath() -> str:
+    """PYTHONPATH for workers elsewhere (ssh, srun): where this scoopexec lives, then ours."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PACKAGE_ROOT not in parts:
+        parts.insert(0, PACKAGE_ROOT)
+    return os.pathsep.join(parts)
 
 
 def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -66,37 +92,9 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
         out.update(env)
     path = out.get("PYTHONPATH", "")
     parts = [p for p in path.split(os.pathsep) if p]
-    if _PKG_PARENT not in parts:
-        out["PYTHONPATH"] = os.pathsep.join([_PKG_PARENT, *parts])
+    if PACKAGE_ROOT not in parts:
+        out["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])
     return out
-
-
-_SIGNAL_HINTS: dict[int, str] = {
-    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on {host}) or a kill -9",
-    signal.SIGSEGV: " - a segmentation fault in native code (a C extension, ctypes)",
-    signal.SIGBUS: " - a bus error in native code, or a truncated memory-mapped file",
-    signal.SIGABRT: " - native code aborted (a failed assertion or a corrupted heap)",
-    signal.SIGTERM: " - something asked it to terminate",
-}
-
-
-def describe_returncode(rc: int, host: str = "that host") -> str:
-    """Words for a process's exit status, with the likely cause of a fatal signal (on ``host``)."""
-    if rc < 0:
-        try:
-            sig: signal.Signals | int = signal.Signals(-rc)
-            name = signal.Signals(-rc).name
-        except ValueError:
-            sig, name = -rc, f"signal {-rc}"
-        hint = _SIGNAL_HINTS.get(int(sig), "").format(host=host)
-        return f"was killed by signal {-rc} ({name}){hint}"
-    if rc == 3:
-        return "exited with code 3 (it lost its broker)"
-    if rc == 4:
-        return "exited with code 4 (the broker refused its keys, or it has the wrong broker key)"
-    if rc == 5:
-        return "exited with code 5 (no broker answered at the address it was given)"
-    return f"exited with code {rc}"
 
 
 class LocalWorkers:
@@ -119,7 +117,7 @@ class LocalWorkers:
         replace: bool = True,
         keys: Credentials | None = None,
         tag_prefix: str = "",
-        extra: Sequence[str] = (),
+        flags: Mapping[str, Any] | None = None,
         link: Callable[[socket.socket], object] | None = None,
     ) -> None:
         self.connect = connect
@@ -128,7 +126,8 @@ class LocalWorkers:
         self.link = link
         self.keys = keys
         self.tag_prefix = tag_prefix or f"L{os.getpid()}"
-        self.extra = list(extra) + (["--key-stdin"] if keys is not None else [])
+        # Worker flags (contract.OPTIONS) besides those every local worker gets.
+        self.flags = dict(flags or {}, key_stdin=keys is not None)
         self.python = python
         self.env = worker_env(env)
         self.cwd = cwd
@@ -150,18 +149,21 @@ class LocalWorkers:
         with self._lock:
             self._count += 1
             tag = f"{self.tag_prefix}.{self._count}"
-            cmd = worker_command(
-                self.connect,
-                python=self.python,
-                tag=tag,
-                heartbeat=self.heartbeat,
-                heartbeat_timeout=self.heartbeat_timeout,
-                extra=self.extra,
-            )
             ours = theirs = None
             if self.link is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                cmd += ["--link-fd", str(theirs.fileno())]
+            cmd = [
+                self.python or sys.executable,
+                *worker_argv(
+                    connect=self.connect,
+                    watch_stdin=True,
+                    heartbeat=self.heartbeat,
+                    heartbeat_timeout=self.heartbeat_timeout,
+                    tag=tag,
+                    link_fd=theirs.fileno() if theirs is not None else None,
+                    **self.flags,
+                ),
+            ]
             try:
                 proc = subprocess.Popen(
                     cmd,
@@ -298,10 +300,6 @@ def _end_group(pgid: int, sig: int) -> bool:
     return True
 
 
-# Exit codes after which a worker is not replaced: starting another would fail alike.
-_NO_RETRY = {3: "it lost its broker", 4: "the broker refused its keys", 5: "no broker answered"}
-
-
 def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) -> int:
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
@@ -311,17 +309,12 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
     launcher is gone); with ``--ready`` it first prints how many workers to
     expect, and each worker prints a line once connected.
     """
-    import socket
-
-    extra: list[str] = []
-    if args.ready:
-        extra.append("--ready")
-    if args.connect_timeout:
-        extra += ["--connect-timeout", repr(args.connect_timeout)]
-    if args.no_forward_output:
-        extra.append("--no-forward-output")
-    if args.keep_cwd:
-        extra.append("--keep-cwd")
+    flags = {
+        "ready": args.ready,
+        "connect_timeout": args.connect_timeout or None,
+        "no_forward_output": args.no_forward_output,
+        "keep_cwd": args.keep_cwd,
+    }
     stop = threading.Event()
     if args.watch_stdin:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -337,7 +330,7 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         threading.Thread(target=watch, name="scoopexec-stdin", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.ready:
-        os.write(1, b"SCOOPEXEC-GROUP %d\n" % n)
+        os.write(1, GROUP_MARK + b" %d\n" % n)
     host = socket.gethostname()
     group = LocalWorkers(
         connect,
@@ -347,13 +340,13 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         replace=True,
         keys=keys,
         tag_prefix=args.tag or f"G{os.getpid()}",
-        extra=extra,
+        flags=flags,
     )
     codes: list[int] = []
     try:
         while group.procs and not stop.is_set():
             for tag, pid, rc in group.reap():
-                why = _NO_RETRY.get(rc)
+                why = EXIT_MEANINGS.get(rc)
                 if why is None and group.replace(tag):
                     what = "replaced"
                 else:
@@ -372,4 +365,4 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         group.stop()
     if stop.is_set() or not codes:
         return 0
-    return codes[-1] if all(c in _NO_RETRY for c in codes) else 1
+    return codes[-1] if all(c in EXIT_MEANINGS for c in codes) else 1

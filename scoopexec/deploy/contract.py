@@ -1,0 +1,187 @@
+"""The worker's command line, defined once: its flags, what it prints, its exit codes.
+
+``python -m scoopexec worker`` is how every worker starts, whoever starts it: a
+ScoopExecutor on its own machine (local.py), an ssh session (ssh.py), an srun job
+step (slurm.py), or a user by hand.  Launchers build the command with
+:func:`worker_argv`, the worker reads it with :func:`parser`; both come from the one
+table :data:`OPTIONS`, so a launcher cannot pass a flag the worker does not know.
+
+What a worker tells its launcher:
+
+* with ``--ready``, a line ``SCOOPEXEC-READY <tag>`` on stdout once connected
+  (:data:`READY_MARK`); a group (``-n N``) first prints ``SCOOPEXEC-GROUP <N>``
+  (:data:`GROUP_MARK`);
+* its exit code: 0 when stopped (STOP, or its stdin closed), :data:`EXIT_LOST`,
+  :data:`EXIT_AUTH` or :data:`EXIT_UNREACHABLE` (see :data:`EXIT_MEANINGS`), after
+  which starting it again would fail alike; anything else is a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_LOST",
+    "EXIT_MEANINGS",
+    "EXIT_UNREACHABLE",
+    "GROUP_MARK",
+    "OPTIONS",
+    "READY_MARK",
+    "LaunchOptions",
+    "Option",
+    "check_env",
+    "describe_returncode",
+    "parser",
+    "worker_argv",
+]
+
+READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected (--ready), then the worker's tag
+GROUP_MARK = b"SCOOPEXEC-GROUP"  # printed first by a group (-n N, --ready), then N
+
+EXIT_LOST = 3  # the broker went away
+EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
+EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
+
+# Exit codes after which a worker is not started again: another would fail alike.
+EXIT_MEANINGS = {
+    EXIT_LOST: "it lost its broker",
+    EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",
+    EXIT_UNREACHABLE: "no broker answered at the address it was given",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag of the worker's command line."""
+
+    dest: str
+    flags: tuple[str, ...]
+    kind: type  # bool: a switch
+    default: Any = None
+    help: str | None = None  # None: no help text; argparse.SUPPRESS: hidden (for launchers only)
+    metavar: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("connect", ("--connect",), str, None, "the broker's endpoint", "ADDR"),
+    Option(
+        "connect_back", ("--connect-back",), int, None,
+        "connect to PORT on the host this ssh session comes from (launchers use it)", "PORT",
+    ),
+    Option(
+        "key", ("--key",), str, None,
+        "the pool's key file (0600), needed for a broker on another host", "FILE",
+    ),
+    Option("key_stdin", ("--key-stdin",), bool, False, argparse.SUPPRESS),
+    Option("ready", ("--ready",), bool, False, argparse.SUPPRESS),
+    Option("link_fd", ("--link-fd",), int, None, argparse.SUPPRESS),  # one end of a socketpair (local.py)
+    Option("keep_cwd", ("--keep-cwd",), bool, False, "stay in the working directory started in"),
+    Option(
+        "connect_timeout", ("--connect-timeout",), float, 0.0,
+        "give up when no broker answered within S seconds (default: keep trying)", "S",
+    ),
+    Option("tag", ("--tag",), str, "", argparse.SUPPRESS),
+    Option("name", ("--name",), str, ""),
+    Option("heartbeat", ("--heartbeat",), float, 1.0),
+    Option("heartbeat_timeout", ("--heartbeat-timeout",), float, 5.0),
+    Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
+    Option("no_forward_output", ("--no-forward-output",), bool, False),
+    Option(
+        "workers", ("-n", "--workers"), str, None,
+        "run N worker processes under one supervisor (N or 'auto': one per CPU)", "N",
+    ),
+)  # fmt: skip
+_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m scoopexec worker``."""
+    ap = argparse.ArgumentParser(prog="python -m scoopexec worker")
+    for o in OPTIONS:
+        if o.kind is bool:
+            ap.add_argument(*o.flags, dest=o.dest, action="store_true", help=o.help)
+        else:
+            ap.add_argument(
+                *o.flags, dest=o.dest, type=o.kind, default=o.default, help=o.help, metavar=o.metavar
+            )
+    return ap
+
+
+def worker_argv(**values: Any) -> list[str]:
+    """``-m scoopexec worker`` and the flags for ``values`` (OPTIONS' names), for a launcher.
+
+    A switch is given when true; other options when not None.  The interpreter
+    comes first, from the caller (it differs between here and a remote host).
+    """
+    argv = ["-m", "scoopexec", "worker"]
+    for dest, value in values.items():
+        o = _BY_DEST.get(dest)
+        if o is None:
+            raise TypeError(f"the worker command line has no option {dest!r}")
+        if o.kind is bool:
+            if value:
+                argv.append(o.flags[0])
+        elif value is not None:
+            argv += [o.flags[0], repr(value) if o.kind is float else str(value)]
+    return argv
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How to start workers anywhere: interpreter, environment, directory, liveness, patience."""
+
+    python: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "."
+    keep_cwd: bool = False  # cwd= was given: workers stay there rather than following the client
+    ssh: tuple[str, ...] = ("ssh",)
+    heartbeat: float = 1.0
+    heartbeat_timeout: float = 5.0
+    connect_timeout: float = 10.0  # for ssh to connect to a host
+    launch_timeout: float = 60.0  # for launched workers to connect to the broker
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env=`` for workers, checked: names a shell accepts, string values."""
+    out: dict[str, str] = {}
+    for k, v in (env or {}).items():
+        if not isinstance(k, str) or not _ENV_NAME.match(k):
+            raise ValueError(f"env: {k!r} is not a valid environment variable name")
+        if not isinstance(v, str):
+            raise TypeError(f"env[{k!r}] must be a string, not {type(v).__name__}")
+        out[k] = v
+    return out
+
+
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on {host}) or a kill -9",
+    signal.SIGSEGV: " - a segmentation fault in native code (a C extension, ctypes)",
+    signal.SIGBUS: " - a bus error in native code, or a truncated memory-mapped file",
+    signal.SIGABRT: " - native code aborted (a failed assertion or a corrupted heap)",
+    signal.SIGTERM: " - something asked it to terminate",
+}
+
+
+def describe_returncode(rc: int, host: str = "that host") -> str:
+    """Words for a worker's exit status, with the likely cause of a fatal signal (on ``host``)."""
+    if rc < 0:
+        try:
+            sig: signal.Signals | int = signal.Signals(-rc)
+            name = signal.Signals(-rc).name
+        except ValueError:
+            sig, name = -rc, f"signal {-rc}"
+        hint = _SIGNAL_HINTS.get(int(sig), "").format(host=host)
+        return f"was killed by signal {-rc} ({name}){hint}"
+    meaning = EXIT_MEANINGS.get(rc)
+    if meaning is not None:
+        return f"exited with code {rc} ({meaning})"
+    return f"exited with code {rc}"
