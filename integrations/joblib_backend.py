@@ -63,7 +63,7 @@ from joblib._parallel_backends import (
 from scoopexec.api import WorkerExecutor
 from scoopexec.deploy.local import default_worker_count
 from scoopexec.executor import ScoopExecutor, active_executor
-from scoopexec.worker import Worker, current_worker
+from scoopexec.worker.worker import Worker, current_worker
 
 __all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register"]
 

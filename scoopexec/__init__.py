@@ -23,6 +23,7 @@ import typing as _typing
 
 from . import _hooks, shared
 from .api import as_completed, current_executor, map, submit, wait
+from .client.future import ScoopFuture
 from .errors import (
     AuthenticationError,
     BrokenScoopExecutor,
@@ -36,7 +37,7 @@ from .errors import (
     SerializationError,
     WorkerLostError,
 )
-from .executor import ScoopExecutor, ScoopFuture
+from .executor import ScoopExecutor
 from .logs import configure_logging
 from .status import PoolStatus, WorkerStatus
 

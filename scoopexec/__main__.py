@@ -13,7 +13,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, function, one-line help)
-    "worker": ("scoopexec.worker", "main", "run worker processes that connect to a broker"),
+    "worker": ("scoopexec.worker.main", "main", "run worker processes that connect to a broker"),
     "broker": ("scoopexec.cli", "broker_main", "run a standalone broker"),
     "status": ("scoopexec.status", "status_main", "show a broker's workers, queue and throughput"),
     "report": ("scoopexec.report", "report_main", "summarise (and draw) a timeline recorded with --trace"),

@@ -16,9 +16,9 @@ from typing import Any
 from .errors import SerializationError
 from .mapping import MapMixin
 from .wire import serialize
-from .worker import Worker, current_worker
-from .worker import as_completed as _task_as_completed
-from .worker import wait as _task_wait
+from .worker.worker import Worker, current_worker
+from .worker.worker import as_completed as _task_as_completed
+from .worker.worker import wait as _task_wait
 
 _default: Any = None
 _default_lock = threading.Lock()

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import logs, mainmodule, scoop_compat
+from . import logs, mainmodule
 from .broker import Broker
+from .client.future import ScoopFuture
 from .deploy.contract import LaunchOptions, check_env
 from .deploy.groups import Launchers, RemoteGroup, Target
 from .deploy.hosts import Host, parse_hosts, plan_hosts
@@ -74,6 +75,7 @@ from .wire.security import (
     read_key_file,
     write_key_file,
 )
+from .worker import setup as worker_setup
 
 if TYPE_CHECKING:
     from .status import PoolStatus
@@ -118,27 +120,6 @@ else:  # pragma: no cover
     import atexit
 
     atexit.register(_python_exit)
-
-
-class ScoopFuture(cf.Future):  # type: ignore[type-arg]
-    """The future of a task submitted from a client.  A concurrent.futures.Future."""
-
-    _link: _Link | None = None
-    _tid = 0
-    _what = ""  # the task's function, for error messages
-
-    def cancel(self) -> bool:
-        """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
-        with self._condition:
-            ok = super().cancel()
-            if ok and self._state == cfb.CANCELLED:
-                # Tell waiters (wait(), as_completed()) now rather than when the
-                # broker reaches this task in its queue.
-                self.set_running_or_notify_cancel()
-        if ok and self._link is not None:
-            self._link.cancelled(self._tid)
-            self._link = None
-        return ok
 
 
 def _status_timeout(timeout: float) -> TimeoutError:
@@ -188,10 +169,7 @@ class _Link:
     # --- called from user threads
     def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
         tid = next(self._tids)
-        fut = ScoopFuture()
-        fut._link = self
-        fut._tid = tid
-        fut._what = what
+        fut = ScoopFuture(self, tid, what)
         self.futures[tid] = fut
         self.outbox.append((tid, frames))
         self._kick()
@@ -277,10 +255,7 @@ class _Link:
         if fut is None:
             self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
             return
-        fut._link = None
         ok, value = serialize.decode_outcome(status, frames)
-        if not ok and status == P.LOST and fut._what:
-            value.args = (f"{fut._what}(): {value.args[0] if value.args else ''}",)
         try:
             if ok:
                 fut.set_result(value)
@@ -333,7 +308,6 @@ class _Link:
                 _, fut = self.futures.popitem()
             except KeyError:
                 break
-            fut._link = None
             try:
                 fut.set_exception(exc_type(text))
             except cf.InvalidStateError:
@@ -852,33 +826,6 @@ def _check_local_endpoint(endpoint: str, *, secure: bool = False) -> None:
     check_endpoint(endpoint, secure=secure)
 
 
-def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
-    plain: dict[str, Any] = {
-        "sys_path": [p for p in sys.path if isinstance(p, str)],
-        "cwd": os.getcwd(),
-        "main": mainmodule.describe(),
-        "log_levels": logs.levels(),
-    }
-    if scoop_compat.active():
-        plain["scoop_compat"] = True  # workers provide `scoop.futures` too (python -m scoopexec)
-    mp_process = sys.modules.get("multiprocessing.process")
-    if mp_process is not None:
-        # As multiprocessing's children do, workers take the client's authkey, so
-        # that Manager proxies (dicts, queues, locks) passed to tasks connect.
-        plain["mp_authkey"] = bytes(mp_process.current_process().authkey).hex()
-    init = b""
-    if initializer is not None:
-        if not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        try:
-            init = bytes(serialize.dumps((initializer, tuple(initargs)))[0])
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot send the initializer to workers: {type(exc).__name__}: {exc}"
-            ) from exc
-    return [P.dump_json(plain), init]
-
-
 def _check_mp_context(ctx: Any) -> None:
     if ctx is None:
         return
@@ -1027,7 +974,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
         self._shared: dict[str, Any] = {}
         self._max_message_size = max_message_size
         self._progress = progress
-        setup = _setup_blob(initializer, tuple(initargs))
+        setup = worker_setup.encode(initializer, tuple(initargs))
         self._link: _Link
         if broker is None:
             if key is not None:
@@ -1315,7 +1262,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
 
 
 def _pool_handle(pool_id: str) -> Any:
-    from .worker import current_worker
+    from .worker.worker import current_worker
 
     w = current_worker()
     if w is not None:
@@ -1337,7 +1284,7 @@ def _pool_handle(pool_id: str) -> Any:
 
 
 def _refuse_during_worker_bootstrap() -> None:
-    from .worker import current_worker
+    from .worker.worker import current_worker
 
     w = current_worker()
     if w is not None and w.importing_main:

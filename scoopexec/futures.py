@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import api
-from .worker import current_worker
+from .worker.worker import current_worker
 
 __all__ = [
     "ALL_COMPLETED",

@@ -23,7 +23,7 @@ import types
 from typing import Any
 
 from . import api
-from .worker import current_worker
+from .worker.worker import current_worker
 
 __all__ = ["getConst", "setConst"]
 

@@ -307,9 +307,9 @@ def test_sending_to_a_closed_peer_raises_even_where_sigpipe_would_kill():
 
 
 def _link_fd_inheritable():
-    from scoopexec import worker
+    from scoopexec.worker.worker import current_worker
 
-    return os.get_inheritable(worker.current_worker().chan.fd)
+    return os.get_inheritable(current_worker().chan.fd)
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,306 @@
+"""A worker's ways in and out: its channel to the broker, its outbox, and forwarded output.
+
+* :class:`ZmqChannel` (a DEALER, for workers anywhere) and :class:`LinkChannel` (one end
+  of a socketpair, for the local workers of an embedded broker) offer the same four
+  calls: ``receive``, ``send``, ``readable``, ``close``.
+* :class:`Outbox`: what the worker sends, batched per turn of its loop: output, log
+  records, cancels, sub-task submissions, then results carrying the credit it asks for.
+* :class:`ForwardStream` and :class:`ForwardLogs`: a task's ``print()`` and log records
+  go to the client whose task is running, a complete line at a time.
+
+Appending to the outbox needs no lock (deques); flushing it does (the worker's lock,
+which the hub holds except while a task runs: worker.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK
+from ..errors import ProtocolError
+from ..wire import protocol as P
+from ..wire.framing import Link, dealer, zmq_receive, zmq_send
+from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
+from .lifeline import client_gone, die
+
+__all__ = ["ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "ZmqChannel"]
+
+
+class ZmqChannel:
+    """The worker's DEALER socket to a broker, by ZeroMQ, and the monitor that watches it."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        ident: bytes,
+        connect: str,
+        *,
+        heartbeat: float,
+        heartbeat_timeout: float,
+        curve: Credentials | None,
+    ) -> None:
+        self.connect_to = connect
+        self.heartbeat_timeout = heartbeat_timeout
+        s = self.sock = dealer(
+            ctx,
+            ident,
+            connect,
+            linger=2000,
+            heartbeat=heartbeat,
+            heartbeat_timeout=heartbeat_timeout,
+            keys=curve,
+        )
+        self._handshakes = HandshakeWatch(connect, curve is not None)
+        self.monitor = s.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
+        )
+        s.connect(connect)
+        self.fd = int(s.getsockopt(zmq.FD))  # type: ignore[call-overload]
+
+    def readable(self) -> bool:
+        """Input waits already (a ZeroMQ FD signals only changes: ask before sleeping on it)."""
+        return bool(int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)  # type: ignore[call-overload]
+
+    def receive(self, limit: int) -> list[list[Any]]:
+        return zmq_receive(self.sock, limit)
+
+    def send(self, frames: list[Any]) -> None:
+        zmq_send(self.sock, frames)
+
+    def close(self) -> None:
+        self.sock.close(linger=2000)
+
+    def watch(
+        self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
+    ) -> None:
+        """Exit when the broker stays unreachable for longer than the heartbeat timeout (a thread).
+
+        ``ready``: print READY_MARK and this label once connected (launchers wait for it).
+        """
+        mon = self.monitor
+        lost_at: float | None = None
+        connected_once = False
+        first_by = time.monotonic() + connect_timeout if connect_timeout > 0 else None
+        while True:
+            timeout = None
+            if lost_at is not None:
+                timeout = max(0.0, lost_at + self.heartbeat_timeout - time.monotonic())
+            elif first_by is not None and not connected_once:
+                timeout = max(0.0, first_by - time.monotonic())
+            try:
+                if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
+                    if lost_at is not None:
+                        os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+                    die(
+                        EXIT_UNREACHABLE,
+                        f"no scoopexec broker answered at {self.connect_to} within "
+                        f"{connect_timeout:g} s (is that address reachable from {host}?)",
+                    )
+                event = recv_monitor_message(mon)
+            except zmq.ZMQError:
+                return
+            problem = self._handshakes.event(event["event"], event["value"])
+            if problem is not None:
+                die(EXIT_AUTH, problem)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not connected_once and ready is not None:
+                try:
+                    os.write(1, READY_MARK + b" " + ready + b"\n")
+                except OSError:
+                    pass
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                lost_at = time.monotonic()
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if connected_once and lost_at is not None:
+                    on_reconnect()
+                connected_once = True
+                lost_at = None
+            elif event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                return
+
+
+class LinkChannel:
+    """The worker's end of a local link (wire/framing.py); the broker closing it means it is gone."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.fd = link.fd
+
+    def readable(self) -> bool:
+        return False  # receive() takes everything; the socket's fd is level-triggered
+
+    def receive(self, limit: int) -> list[list[Any]]:
+        try:
+            msgs = self.link.receive(limit)
+        except ProtocolError as exc:
+            die(EXIT_LOST, f"the local link to the broker is corrupt: {exc}")
+        if self.link.eof and not msgs:
+            client_gone(EXIT_LOST)  # the broker is gone: nothing can be delivered
+        return msgs
+
+    def send(self, frames: list[Any]) -> None:
+        try:
+            self.link.send(frames)
+        except OSError:
+            # The broker closed its end; what it sent before (a STOP, say) is still
+            # to be read: receive() ends this worker, one way or the other.
+            pass
+
+    def close(self) -> None:
+        self.link.close(drain=2.0)
+
+
+def _drain(dq: collections.deque[Any]) -> list[Any]:
+    out = []
+    pop = dq.popleft
+    while dq:
+        out.append(pop())
+    return out
+
+
+class Outbox:
+    """What a worker sends, batched: see the module docstring.  flush() needs the worker's lock."""
+
+    def __init__(self, send: Callable[[list[Any]], None]) -> None:
+        self._send = send
+        self.results: collections.deque[tuple[tuple[Any, ...], list[Any]]] = collections.deque()
+        self.submits: collections.deque[tuple[tuple[int, int, int], list[Any]]] = collections.deque()
+        self.outputs: collections.deque[tuple[tuple[int, int], bytes]] = collections.deque()
+        self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
+        self.cancels: collections.deque[int] = collections.deque()
+        self.last_flush = 0.0
+
+    def flush(self, credit: int) -> None:
+        """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""
+        send = self._send
+        self.last_flush = time.monotonic()
+        if self.outputs:
+            items = _drain(self.outputs)
+            send([P.pack(P.OUTPUT, [e for e, _ in items]), *[b for _, b in items]])
+        if self.logs:
+            items2 = _drain(self.logs)
+            send([P.pack(P.LOG, [e for e, _ in items2]), *[b for _, b in items2]])
+        if self.cancels:
+            send([P.pack(P.CANCEL, [(t,) for t in _drain(self.cancels)])])
+        if self.submits:
+            subs = _drain(self.submits)
+            frames: list[Any] = [P.pack(P.SUBMIT, [e for e, _ in subs])]
+            for _, body in subs:
+                frames.extend(body)
+            send(frames)
+        if self.results:
+            res = _drain(self.results)
+            frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
+            for _, body in res:
+                frames.extend(body)
+            send(frames)
+        elif credit:
+            send([P.header(P.CREDIT, 0, credit)])
+
+
+class _Sink(Protocol):
+    host: str
+    name: str
+
+    def output(self, stream: int, text: str) -> None: ...
+    def log_record(self, data: bytes) -> None: ...
+
+
+class ForwardStream(io.TextIOBase):
+    """sys.stdout / sys.stderr of a worker: complete lines go to the task's client."""
+
+    def __init__(self, worker: _Sink, stream: int, fd: int) -> None:
+        super().__init__()
+        self._worker = worker
+        self._stream = stream
+        self._fd = fd
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def partial(self) -> bool:
+        """Part of a line waits for its end."""
+        return bool(self._parts)
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not s:
+            return 0
+        with self._lock:
+            self._parts.append(s)
+            if "\n" in s:
+                text = "".join(self._parts)
+                cut = text.rindex("\n") + 1
+                self._parts = [text[cut:]] if cut < len(text) else []
+                self._worker.output(self._stream, text[:cut])
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._parts:
+                text = "".join(self._parts)
+                self._parts = []
+                self._worker.output(self._stream, text)
+
+
+class ForwardLogs(logging.Handler):
+    """Send this worker's log records to the client whose task is running."""
+
+    def __init__(self, worker: _Sink) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc_text = record.exc_text
+            if record.exc_info and not exc_text:
+                exc_text = "".join(traceback.format_exception(*record.exc_info))
+            data = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": record.getMessage(),
+                "exc_text": exc_text,
+                "pathname": record.pathname,
+                "filename": record.filename,
+                "module": record.module,
+                "lineno": record.lineno,
+                "funcName": record.funcName,
+                "created": record.created,
+                "process": record.process,
+                "threadName": record.threadName,
+                "host": self._worker.host,
+                "worker": self._worker.name,
+            }
+            self._worker.log_record(json.dumps(data, default=str).encode())
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)

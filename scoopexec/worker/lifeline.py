@@ -1,0 +1,107 @@
+"""How a worker process ends when what it serves is gone: its client, its broker, its link.
+
+* Started by a client (``--watch-stdin``), a worker holds a pipe from it as stdin:
+  end of file means the client is gone and nobody wants the results any more.
+* On a local link, end of file on the link means the broker is gone.
+* On ZeroMQ, the socket monitor (channels.ZmqChannel.watch) sees the broker stay
+  away for longer than the heartbeat timeout, refuse our keys, or never answer.
+
+Each ends the process at once with the exit code of contract.py, saying why on the
+real stderr (sys.stderr goes to the client).  A client killed by SIGKILL cannot
+remove its private ipc directory; the workers it started do it once it has died.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from typing import NoReturn
+
+from ..deploy.local import process_state
+
+__all__ = ["client_gone", "die", "mark_stopped", "watch_stdin"]
+
+# (the client's pid, its private ipc socket): set by a worker its client started (--watch-stdin)
+_litter: tuple[int, str] | None = None
+_stopped = False  # the broker told this worker to STOP (a normal end)
+
+
+def mark_stopped() -> None:
+    """The broker told this worker to STOP: its client is alive and cleans up after itself."""
+    global _stopped
+    _stopped = True
+
+
+def die(code: int, message: str) -> NoReturn:
+    """Say why on the real stderr (sys.stderr goes to the client) and exit at once."""
+    try:
+        os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def client_gone(code: int) -> NoReturn:
+    """Our client closed our stdin or link: exit now, tidying up after it if it was killed.
+
+    A client killed by SIGKILL cannot remove its private ipc directory; its
+    worker can, once the client has died (its files, our stdin and link among
+    them, are closed a moment before it becomes a zombie and we are re-parented).
+    A worker told to STOP exits at once: its client is alive and cleans up.
+    """
+    if _litter is not None and not _stopped:
+        parent, path = _litter
+        deadline = time.monotonic() + 0.1
+        while not _dead(parent) and time.monotonic() < deadline and not _stopped:
+            time.sleep(0.002)
+        if _dead(parent):
+            _remove_private_socket(path)
+    os._exit(code)
+
+
+def watch_stdin(connect_to: str) -> None:
+    """Exit when stdin reaches its end (our parent, the client or ssh, holds its other end)."""
+    global _litter
+    fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    litter = _private_socket(connect_to)
+    _litter = (os.getppid(), litter) if litter is not None else None
+    threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
+
+
+def _watch_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+    client_gone(0)
+
+
+def _dead(parent: int) -> bool:
+    return os.getppid() != parent or process_state(parent) in (None, b"Z", b"X")
+
+
+def _private_socket(endpoint: str) -> str | None:
+    """The ipc socket of an embedded broker (in its private scoopexec-* directory), if that is ours."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://") :]
+    if not os.path.basename(os.path.dirname(path)).startswith("scoopexec-"):
+        return None
+    return path
+
+
+def _remove_private_socket(path: str) -> None:
+    """Our client died without cleaning up (SIGKILL): remove its ipc socket and private directory."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+            os.unlink(path)
+        os.rmdir(os.path.dirname(path))  # only if empty: anything else there is not ours to judge
+    except OSError:
+        pass

@@ -1,0 +1,84 @@
+"""``python -m scoopexec worker``: join a broker, alone or as a group of N processes.
+
+The command line is deploy/contract.py's; a group (``-n N``) is deploy/local.py's
+run_worker_group, which starts N of these.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from ..deploy.contract import parser
+from ..deploy.local import default_worker_count, run_worker_group
+from ..wire.security import check_endpoint, read_frame, read_key_file
+from .worker import Worker
+
+__all__ = ["main"]
+
+
+def _connect_back(port: int) -> str:
+    """The broker's endpoint when it is the far end of the ssh session we run in."""
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if len(conn) < 4:
+        raise ValueError("--connect-back needs SSH_CONNECTION: it is for workers started through ssh")
+    addr = conn[0]
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[len("::ffff:") :]  # an IPv4 client seen by an IPv6 server
+    if addr == "::1":
+        addr = "127.0.0.1"
+    return f"tcp://[{addr}]:{port}" if ":" in addr else f"tcp://{addr}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
+    ap = parser()
+    args = ap.parse_args(argv)
+    if (args.connect is None) == (args.connect_back is None):
+        ap.error("give the broker's endpoint: --connect ADDR")
+    if args.key and args.key_stdin:
+        ap.error("--key and --key-stdin exclude each other")
+    try:
+        connect = args.connect or _connect_back(args.connect_back)
+        creds = None
+        if args.key:
+            creds = read_key_file(args.key)
+        elif args.key_stdin:
+            creds = read_frame(0)
+        check_endpoint(connect, secure=creds is not None, what="broker endpoint")
+    except ValueError as exc:
+        ap.error(str(exc))
+    n = None
+    if args.workers is not None:
+        if args.workers == "auto":
+            n = default_worker_count()
+        elif args.workers.isdigit() and int(args.workers) >= 1:
+            n = int(args.workers)
+        else:
+            ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
+    if n is not None and (n != 1 or args.ready):
+        return run_worker_group(args, connect, creds, n)
+    signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    link = None
+    if args.link_fd is not None:
+        try:
+            link = socket.socket(fileno=args.link_fd)
+            link.set_inheritable(False)  # programs that tasks start must not keep it open
+        except OSError as exc:
+            ap.error(f"--link-fd {args.link_fd}: {exc}")
+    Worker(
+        connect,
+        link=link,
+        tag=args.tag,
+        name=args.name,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        watch_stdin=args.watch_stdin,
+        forward_output=not args.no_forward_output,
+        curve=creds,
+        ready=args.ready,
+        connect_timeout=args.connect_timeout,
+        keep_cwd=args.keep_cwd,
+    ).serve()
+    return 0

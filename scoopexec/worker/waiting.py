@@ -1,0 +1,195 @@
+"""Waiting inside a task: the task's greenlet parks, its worker runs other work meanwhile.
+
+::
+
+    task greenlet                         hub (the worker's main greenlet)
+    future.result() / wait() / as_completed()
+      Waits.wait_until(fs) ---- park ---->  runs other tasks, receives results
+                                            a future completes: its callback
+      <---------- resume (or timeout) ----  puts the waiter on the ready queue
+
+A future made inside a task (:class:`WorkerFuture`) parks when waited on; so does a
+plain concurrent.futures.Future passed to :func:`concurrent.futures.wait`, which the
+worker patches (worker.py) to come here.  Waiting outside a task -- another thread of
+the worker -- blocks that thread as usual; waiting in the hub itself (a done-callback)
+is refused, since the hub must never block.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import concurrent.futures._base as cfb
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import greenlet
+
+from ..client.future import ScoopFuture
+
+__all__ = ["DONE_STATES", "Cancelled", "Waits", "WorkerFuture", "condition_met"]
+
+TIMEOUT = object()  # what a waiter is resumed with when its time is up
+DONE_STATES = (cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
+
+
+class Cancelled:
+    """What a parked task is resumed with when the broker cancelled it: it unwinds."""
+
+
+class _Parker(Protocol):
+    def cancelled(self, tid: int) -> None: ...
+    def wait_until(self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str) -> None: ...
+
+
+class WorkerFuture(ScoopFuture):
+    """A future made inside a task: waiting on it parks the task, not the worker."""
+
+    def __init__(self, worker: _Parker, tid: int) -> None:
+        super().__init__(worker, tid)
+        self._worker = worker
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+        return super().result(timeout=0 if not self.done() else None)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+        return super().exception(timeout=0 if not self.done() else None)
+
+
+def condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
+    done = [f for f in fs if f._state in DONE_STATES]
+    if return_when == cf.ALL_COMPLETED:
+        return len(done) == len(fs)
+    if return_when == cf.FIRST_COMPLETED:
+        return bool(done) or not fs
+    if return_when == cf.FIRST_EXCEPTION:
+        if len(done) == len(fs):
+            return True
+        return any(not f.cancelled() and f.exception(0) is not None for f in done)
+    raise ValueError(f"Invalid return condition: {return_when!r}")
+
+
+class _Waiter:
+    """A parked greenlet and what wakes it."""
+
+    __slots__ = ("active", "done", "g", "scheduled")
+
+    def __init__(self, g: greenlet.greenlet) -> None:
+        self.g = g
+        self.active = True
+        self.scheduled = False
+        self.done: collections.deque[cf.Future[Any]] = collections.deque()
+
+
+class Waits:
+    """The parked tasks of one worker: what wakes them (futures, timers) and how they resume.
+
+    ``ready`` is the hub's queue of greenlets to resume, as (greenlet, value).
+    """
+
+    def __init__(self, hub: greenlet.greenlet, ready: collections.deque[tuple[greenlet.greenlet, Any]]):
+        self.hub = hub
+        self.ready = ready
+        self.thread_id = threading.get_ident()
+        self.timers: list[tuple[float, int, _Waiter]] = []
+        self._timer_seq = itertools.count()
+
+    def in_task(self) -> bool:
+        """True in a task's greenlet (in the worker's main thread, not in its hub)."""
+        return threading.get_ident() == self.thread_id and greenlet.getcurrent() is not self.hub
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer fires (monotonic), if any."""
+        return self.timers[0][0] if self.timers else None
+
+    def wait_until(self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str) -> None:
+        """Park the calling task until ``return_when`` holds for ``fs`` or time runs out."""
+        fs = list(fs)
+        if not self.in_task():
+            if threading.get_ident() == self.thread_id:
+                raise RuntimeError(
+                    "cannot wait for a future in a done-callback on a scoopexec worker (callbacks run "
+                    "in the worker's hub, which must not block): wait in the task itself instead"
+                )
+            cfb.wait(fs, timeout, return_when)  # another thread: block it, the hub will resolve
+            return
+        if condition_met(fs, return_when):
+            return
+        waiter = _Waiter(greenlet.getcurrent())
+        self._watch(waiter, fs)
+        if timeout is not None:
+            self._add_timer(waiter, timeout)
+        try:
+            while not condition_met(fs, return_when):
+                if self._park(waiter) is TIMEOUT:
+                    break
+        finally:
+            waiter.active = False
+
+    def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
+        """as_completed() for a task: parks between futures."""
+        fs = set(fs)
+        end = None if timeout is None else time.monotonic() + timeout
+        finished = [f for f in fs if f._state in DONE_STATES]
+        pending = fs - set(finished)
+        yield from finished
+        if not pending:
+            return
+        waiter = _Waiter(greenlet.getcurrent())
+        self._watch(waiter, pending)
+        if end is not None:
+            self._add_timer(waiter, end - time.monotonic())
+        try:
+            while pending:
+                while waiter.done:
+                    f = waiter.done.popleft()
+                    if f in pending:
+                        pending.discard(f)
+                        yield f
+                if not pending:
+                    return
+                if self._park(waiter) is TIMEOUT or (end is not None and time.monotonic() >= end):
+                    if waiter.done:
+                        continue
+                    raise cf.TimeoutError(f"{len(pending)} (of {len(fs)}) futures unfinished")
+        finally:
+            waiter.active = False
+
+    def fire_timers(self) -> None:
+        """Resume the waiters whose time is up (the hub calls this every turn)."""
+        timers = self.timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, waiter = heapq.heappop(timers)
+            if waiter.active and not waiter.scheduled:
+                waiter.scheduled = True
+                self.ready.append((waiter.g, TIMEOUT))
+
+    def _watch(self, waiter: _Waiter, fs: Iterable[cf.Future[Any]]) -> None:
+        def wake(f: cf.Future[Any]) -> None:
+            if waiter.active:
+                waiter.done.append(f)
+                if not waiter.scheduled:
+                    waiter.scheduled = True
+                    self.ready.append((waiter.g, None))
+
+        for f in fs:
+            f.add_done_callback(wake)
+
+    def _add_timer(self, waiter: _Waiter, timeout: float) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + max(0.0, timeout), next(self._timer_seq), waiter))
+
+    def _park(self, waiter: _Waiter) -> Any:
+        waiter.scheduled = False
+        value = self.hub.switch()
+        if isinstance(value, Cancelled):
+            raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
+        return value

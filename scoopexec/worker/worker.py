@@ -1,0 +1,728 @@
+"""The worker process: a hub greenlet and one greenlet per running task.
+
+::
+
+    broker --TASKS--> hub: queue of tasks ----start----> runner greenlet: fn(*args)
+                       ^                                      |  submit() -> SUBMIT (batched)
+                       |                                      |  future.result() parks:
+                       +------- resume when the result -------+  switch back to the hub
+                                arrives (RESULTS)
+
+The hub is the main greenlet of the main thread.  It receives messages (one table,
+``{kind: handler}``), starts queued tasks on runner greenlets (re-used, since a fresh
+greenlet costs an mmap), resumes parked ones whose futures completed (waiting.py), and
+flushes results, nested submissions, output and credit in batches (channels.Outbox).
+A task that waits on a future parks only its own greenlet, so a worker keeps running
+other tasks -- its own children included -- and nested maps never deadlock, even on a
+single worker.
+
+Flow control is by credit: the worker asks for as many tasks as it wants
+queued in hand (fewer when tasks are long, up to 64 when they are tiny), and
+asks again whenever it starts one.  Parked tasks hold no credit, so a worker
+whose every task waits still receives work.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import concurrent.futures._base as cfb
+import itertools
+import logging
+import os
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import greenlet
+import zmq
+
+from ..errors import MessageTooLargeError, ProtocolError, SerializationError
+from ..wire import protocol as P
+from ..wire import serialize
+from ..wire.framing import POOL, Link, WakePipe
+from ..wire.security import Credentials
+from . import lifeline, setup
+from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
+from .waiting import DONE_STATES, Cancelled, Waits, WorkerFuture
+
+__all__ = ["Worker", "WorkerFuture", "as_completed", "current_worker", "wait"]
+
+log = logging.getLogger("scoopexec.worker")
+
+_current: Worker | None = None  # the worker of this process, when it is one
+
+FLUSH_AFTER = 0.002  # s a task may run before its worker's waiting results and output go out
+
+
+def current_worker() -> Worker | None:
+    """The worker of this process, when it is one (None in a client)."""
+    return _current
+
+
+class _Task:
+    __slots__ = ("attempt", "btid", "fkey", "frames", "setup", "started")
+
+    def __init__(self, btid: int, setup: int, attempt: int, frames: list[Any]) -> None:
+        self.btid = btid
+        self.setup = setup
+        self.attempt = attempt
+        self.frames = frames
+        self.started = 0.0
+        self.fkey = b""  # the function's pickle: key of its run-time estimate
+
+
+class _Runner(greenlet.greenlet):  # type: ignore[misc]
+    task: _Task | None = None
+
+
+def _failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:
+    return P.FAILED, serialize.failure_frames(kind, message, tb)
+
+
+def _check_size(frames: list[Any], limit: int) -> None:
+    big = serialize.oversized(frames, limit)
+    if big:
+        raise MessageTooLargeError(
+            f"the task needs a {big}-byte message, more than the pool's max_message_size={limit}"
+        )
+
+
+class Worker:
+    """Connects to a broker and runs tasks until told to stop or the broker goes away."""
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        link: socket.socket | None = None,
+        tag: str = "",
+        name: str = "",
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        watch_stdin: bool = False,
+        forward_output: bool = True,
+        context: zmq.Context[Any] | None = None,
+        curve: Credentials | None = None,
+        ready: bool = False,
+        connect_timeout: float = 0.0,
+        keep_cwd: bool = False,
+    ) -> None:
+        self.ctx: zmq.Context[Any] | None = None  # a worker on a local link needs none (no I/O thread)
+        self.connect_to = connect
+        self.tag = tag
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.name = name or f"{self.host}:{self.pid}"
+        self.ident = b"W" + os.urandom(11)
+        self._ready = ready
+        self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
+        self._connect_timeout = connect_timeout
+        self.chan: ZmqChannel | LinkChannel
+        if link is not None:
+            # One end of a socketpair from the embedded broker that started us (wire/framing.py).
+            self.chan = LinkChannel(Link(link, blocking_send=True))
+        else:
+            self.ctx = context or zmq.Context()
+            self.chan = ZmqChannel(
+                self.ctx, self.ident, connect,
+                heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
+            )  # fmt: skip
+
+        self.hub = greenlet.getcurrent()
+        self.thread_id = threading.get_ident()
+        self.queue: collections.deque[_Task] = collections.deque()
+        self.ready: collections.deque[tuple[greenlet.greenlet, Any]] = collections.deque()
+        self.waits = Waits(self.hub, self.ready)
+        self.idle_runners: list[_Runner] = []
+        self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
+        self.current: _Task | None = None
+        self.futures: dict[int, WorkerFuture] = {}
+        self._tids = itertools.count(1)
+        self.outbox = Outbox(self._send)
+        # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
+        # except while a task runs, when the flusher thread may take it (see _flusher).
+        self.lock = threading.RLock()
+        self._armed = threading.Event()
+        self._inbox: collections.deque[P.Message] = collections.deque()
+        self._slice = 0
+        self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
+        self._in_task = False
+        self._foreign: collections.deque[Callable[[], None]] = collections.deque()
+        self._wakeup = WakePipe()
+        self.granted = 0  # credits the broker holds for us
+        self.avg = 0.0  # smoothed duration of a task's run between switches (s)
+        self.fn_avg: dict[bytes, float] = {}  # the same, per function
+        self.setups: dict[int, str | None] = {}  # set-up id -> None (ok) or error text
+        self.stopping = False
+        self.welcomed = False
+        self.pool_id = ""
+        self._forward_output = forward_output
+        self._watch_stdin = watch_stdin
+        self._reconnected = False
+        self.importing_main = False
+        self._streams: list[ForwardStream] = []
+        self.max_message_size = -1
+        self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
+        # What the hub does with each message from the broker.
+        self.handlers: dict[int, Callable[[P.Message], None]] = {
+            P.TASKS: self._on_tasks,
+            P.RESULTS: self._on_results,
+            P.SETUP: self._on_setup,
+            P.CANCEL: self._on_cancel,
+            P.SHARE: self._on_share,
+            P.WELCOME: self._on_welcome,
+            P.STOP: self._on_stop,
+            P.ERROR: self._on_error,
+            P.PING: _ignore,  # the broker checking that we are connected
+            P.RECALL: _ignore,  # the hub starts its queued tasks now anyway
+            P.STATUS_REPLY: _ignore,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+    def serve(self) -> None:
+        """Run until the broker says STOP (or goes away, which ends the process)."""
+        global _current
+        _current = self
+        _install_patches()
+        if self._watch_stdin:
+            lifeline.watch_stdin(self.connect_to)
+        if isinstance(self.chan, ZmqChannel):
+            ready = (self.tag or self.name).encode() if self._ready else None
+            threading.Thread(
+                target=self.chan.watch, args=(self._connect_timeout, self.host, ready, self._on_reconnect),
+                name="scoopexec-monitor", daemon=True,
+            ).start()  # fmt: skip
+        if self._forward_output:
+            self._streams = [ForwardStream(self, 1, 1), ForwardStream(self, 2, 2)]
+            sys.stdout, sys.stderr = self._streams
+            logging.getLogger().addHandler(ForwardLogs(self))
+        self._send([P.header(P.HELLO), P.dump_json(self._hello())])
+        threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
+        try:
+            self._loop()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            with self.lock:
+                self._flush()
+            _current = None
+            self.chan.close()
+
+    def _hello(self, held: Iterable[int] = ()) -> dict[str, Any]:
+        return {
+            "role": P.WORKER,
+            "pid": self.pid,
+            "host": self.host,
+            "tag": self.tag,
+            "name": self.name,
+            "python": sys.version.split()[0],
+            "held": list(held),
+        }
+
+    def _on_reconnect(self) -> None:
+        """The connection to the broker came back (monitor thread): say HELLO again."""
+        self._reconnected = True
+        self._wake()
+
+    def _hello_again(self) -> None:
+        held = list(self.active) + [t.btid for t in self.queue]
+        self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
+
+    # ----------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        fds = select.poll()
+        fds.register(self.chan.fd, select.POLLIN)
+        fds.register(self._wakeup.fd, select.POLLIN)
+        waits, lock = self.waits, self.lock
+        lock.acquire()
+        try:
+            while not self.stopping:
+                self._receive()
+                if self.ready or self.queue:
+                    self._run_some()
+                self._flush()
+                if self.stopping:
+                    break
+                idle = not (self.ready or self.queue or self._foreign or self._inbox)
+                if idle and not self.chan.readable():
+                    # A ZeroMQ socket's FD only signals changes, so EVENTS was checked
+                    # (above, holding the lock) before sleeping on it.
+                    timeout = -1
+                    first = waits.next_timer()
+                    if first is not None:
+                        timeout = max(0, int((first - time.monotonic()) * 1000) + 1)
+                    if len(POOL):  # large receive buffers kept for reuse: let go of old ones
+                        POOL.expire()
+                        if len(POOL):
+                            wait = int(POOL.idle_seconds * 1000) + 1
+                            timeout = wait if timeout < 0 else min(timeout, wait)
+                    lock.release()
+                    try:
+                        fds.poll(timeout)
+                    finally:
+                        lock.acquire()
+                    self._wakeup.drain()
+                waits.fire_timers()
+                while self._foreign:
+                    self._foreign.popleft()()
+                if self._reconnected:
+                    self._reconnected = False
+                    self._hello_again()
+        finally:
+            self._armed.set()  # let the flusher see `stopping` and end
+            lock.release()
+
+    def _receive(self) -> None:
+        inbox = self._inbox
+        while inbox:  # what the flusher read while a task ran, in order
+            self._handle(inbox.popleft())
+        for frames in self.chan.receive(1000):
+            try:
+                msg = P.decode(frames)
+            except ProtocolError as exc:
+                log.error("bad message from the broker: %s", exc)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: P.Message) -> None:
+        handler = self.handlers.get(msg.kind)
+        if handler is None:
+            log.error("bad message from the broker: unexpected %s", msg.name)
+            return
+        handler(msg)
+
+    # ------------------------------------------------------------- handlers
+    def _on_tasks(self, msg: P.Message) -> None:
+        q = self.queue
+        for (btid, sid, _, attempt), body in msg.parts():
+            q.append(_Task(btid, sid, attempt, list(body)))
+        self.granted = max(0, self.granted - msg.count)
+
+    def _on_results(self, msg: P.Message) -> None:
+        futures = self.futures
+        for (tid, status, _), body in msg.parts():
+            fut = futures.pop(tid, None)
+            if fut is None or fut.done():
+                continue
+            ok, value = serialize.decode_outcome(status, body)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _on_setup(self, msg: P.Message) -> None:
+        sid = msg.arg
+        if sid in self.setups:
+            return
+        error = self.setups[sid] = setup.apply(self, msg.frames[1:])
+        if error is None:
+            self._send([P.header(P.SETUP_DONE, 1, sid)])
+        else:
+            self._send([P.header(P.SETUP_DONE, 0, sid), error.encode("utf-8", "replace")])
+
+    def _on_cancel(self, msg: P.Message) -> None:
+        gone = {e[0] for e in msg.entries}
+        if self.queue:
+            self.queue = collections.deque(t for t in self.queue if t.btid not in gone)
+        for btid in gone:
+            r = self.active.get(btid)
+            if r is not None and r is not greenlet.getcurrent() and not r.dead:
+                # A parked task nobody wants any more: unwind it.
+                self.ready.append((r, Cancelled()))
+
+    def _on_share(self, msg: P.Message) -> None:
+        frames = msg.frames
+        self.shares.setdefault(msg.arg, {})[P.as_bytes(frames[1]).decode()] = list(frames[2:])
+
+    def _on_welcome(self, msg: P.Message) -> None:
+        info = msg.info
+        self.pool_id = info.get("pool", "")
+        self.max_message_size = int(info.get("max_message_size", -1) or -1)
+        if not self.welcomed or info.get("resumed") is None:
+            self.granted = 0
+        self.welcomed = True
+
+    def _on_stop(self, msg: P.Message) -> None:
+        lifeline.mark_stopped()
+        self.stopping = True
+
+    def _on_error(self, msg: P.Message) -> None:
+        if msg.text.startswith("unknown peer"):
+            # The broker forgot us (it thought we were lost): join again.
+            self.granted = 0
+            self._hello_again()
+        else:
+            log.error("broker: %s", msg.text)
+            if "protocol version" in msg.text:
+                self.stopping = True
+
+    # ---------------------------------------------------------------- tasks
+    def _run_some(self) -> None:
+        hub = self.hub
+        clock = time.perf_counter
+        deadline = clock() + 0.002
+        ready, queue = self.ready, self.queue
+        fn_avg = self.fn_avg
+        while ready or queue:
+            fkey = None
+            if ready:
+                g, value = ready.popleft()
+                if g.dead:
+                    continue
+                self.current = g.task
+                t0 = clock()
+                self._switch(g, value)
+            else:
+                task = queue.popleft()
+                fkey = task.fkey = P.as_bytes(task.frames[0]) if task.frames else b""
+                est = fn_avg.get(fkey)
+                maybe_long = est is None or est > 0.0001
+                if maybe_long and (queue or self.granted):
+                    # Nothing may wait here behind a task that might run long
+                    # while another worker is idle: hand back the unstarted ones.
+                    self._give_back()
+                if (self.outbox.results and maybe_long) or self.avg > 0.001:
+                    # Finished results (and, for long tasks, the request for
+                    # more work) must not wait behind it either.
+                    self._flush()
+                r = self.idle_runners.pop() if self.idle_runners else _Runner(self._runner_main, parent=hub)
+                r.task = task
+                self.active[task.btid] = r
+                self.current = task
+                t0 = clock()
+                self._switch(r, task)
+            # How long the hub was away: a task's run until it finished or parked.
+            now = clock()
+            dt = now - t0
+            self.avg = dt if self.avg == 0.0 else 0.8 * self.avg + 0.2 * dt
+            if fkey is not None:
+                old = fn_avg.get(fkey)
+                if old is None and len(fn_avg) >= 4096:
+                    fn_avg.clear()
+                fn_avg[fkey] = dt if old is None else 0.8 * old + 0.2 * dt
+            self.current = None
+            if now > deadline:
+                break
+
+    def _switch(self, g: greenlet.greenlet, value: Any) -> None:
+        """Run a task's greenlet until it finishes or parks, without holding `lock`."""
+        self._slice += 1
+        self._in_task = True
+        self._armed.set()  # if this slice runs long, the flusher keeps the worker responsive
+        lock = self.lock
+        lock.release()
+        try:
+            g.switch(value)
+        finally:
+            lock.acquire()
+            self._in_task = False
+
+    def _flusher(self) -> None:
+        """While one task runs for more than FLUSH_AFTER, keep its worker responsive.
+
+        Finished results, output and log lines go out; tasks queued here, or
+        arriving now, are handed back to the broker so that an idle worker can
+        take them; results of sub-tasks are delivered.  The hub releases `lock`
+        while a task runs, and this thread takes it only then, so the socket is
+        never used by two threads at once.
+        """
+        armed, lock = self._armed, self.lock
+        while not self.stopping:
+            armed.wait()
+            armed.clear()
+            seen = self._slice
+            delay = FLUSH_AFTER
+            time.sleep(delay)
+            while self._in_task and self._slice == seen and not self.stopping:
+                with lock:
+                    if not (self._in_task and self._slice == seen and self.welcomed):
+                        break
+                    try:
+                        self._relieve()
+                    except Exception:  # pragma: no cover - must not end this thread
+                        log.exception("the worker's flusher failed")
+                delay = min(delay * 2, 0.05)
+                time.sleep(delay)
+
+    def _relieve(self) -> None:
+        """Hold `lock`, with a long task running: see _flusher.
+
+        Tasks queued here, or arriving now, stay (the worker starts them as soon
+        as this one ends, without a round trip to the broker) unless the broker
+        sends RECALL: another worker is idle, so they are handed back to it.
+        """
+        inbox = self._inbox
+        recalled = self._recalled == self._slice
+        for frames in self.chan.receive(100_000):
+            try:
+                msg = P.decode(frames)
+            except ProtocolError:
+                continue
+            if msg.kind == P.RESULTS:
+                self._on_results(msg)  # sub-task results: a task polling done() sees them
+            elif msg.kind == P.RECALL:
+                recalled = True
+            else:
+                inbox.append(msg)  # for the hub, in order, when the task ends
+        if recalled:
+            self._recalled = self._slice
+            back = [(t.btid,) for t in self.queue]
+            kept: collections.deque[P.Message] = collections.deque()
+            for m in inbox:
+                if m.kind == P.TASKS:
+                    back.extend((e[0],) for e in m.entries)
+                else:
+                    kept.append(m)
+            if back or self.granted:
+                inbox.clear()
+                inbox.extend(kept)
+                self.queue.clear()
+                self.granted = 0
+                self._send([P.pack(P.RETURN, back)])
+        self._flush(credit=False)
+
+    def _give_back(self) -> None:
+        back = [(t.btid,) for t in self.queue]
+        self.queue.clear()
+        self.granted = 0
+        self._send([P.pack(P.RETURN, back)])
+
+    def _runner_main(self, task: _Task) -> None:
+        me = greenlet.getcurrent()
+        while True:
+            self._execute(task)
+            me.task = None
+            self.idle_runners.append(me)
+            task = self.hub.switch()
+
+    def _execute(self, task: _Task) -> None:
+        task.started = time.time()
+        t0 = time.perf_counter()
+        where = f"worker {self.name} (pid {self.pid} on {self.host})"
+        err = self.setups.get(task.setup)
+        if err is not None:
+            status, frames = _failure("initializer", err)
+        else:
+            try:
+                fn, args, kwargs = serialize.decode_call(task.frames, task.fkey)
+            except BaseException as exc:
+                status, frames = _failure(
+                    "call",
+                    f"the task could not be unpickled on {where}: {type(exc).__name__}: {exc} (the "
+                    "module that defines it must be importable there: workers get the client's "
+                    "sys.path and working directory)",
+                    traceback.format_exc(),
+                )
+            else:
+                task.frames = []
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:
+                    status, frames = serialize.encode_exception(exc, self._format_tb(exc))
+                else:
+                    status, frames = serialize.encode_result(value, f" on {where}")
+                    big = serialize.oversized(frames, self.max_message_size)
+                    if big:
+                        status, frames = _failure(
+                            "size",
+                            f"the result of {type(value).__name__} needs a {big}-byte message, more "
+                            f"than the pool's max_message_size={self.max_message_size}; return less "
+                            "data (write it to a file and return the path) or raise the limit",
+                        )
+                    del value
+                del fn, args, kwargs
+        dt = time.perf_counter() - t0
+        for stream in self._streams:
+            if stream.partial:  # a partial last line belongs to this task
+                stream.flush()
+        self.active.pop(task.btid, None)
+        self.outbox.results.append(((task.btid, status, len(frames), task.started, dt), frames))
+
+    def _format_tb(self, exc: BaseException) -> str:
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is Worker._execute.__code__:
+            tb = tb.tb_next  # our own frame (the call into the task) is noise
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
+
+    # ------------------------------------------------------------ submitting
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
+    ) -> WorkerFuture:
+        """Submit a sub-task.  ``parent``: the broker id of the task it belongs to
+        (default: the running task), which decides its client's set-up and shares."""
+        try:
+            fn_frame: bytes | None = serialize.encode_function(fn)
+            error: SerializationError | None = None
+        except SerializationError as exc:
+            fn_frame, error = None, exc
+        return self.submit_encoded(fn_frame, args, kwargs, parent, error)
+
+    def submit_encoded(
+        self,
+        fn_frame: bytes | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent: int | None = None,
+        error: SerializationError | None = None,
+    ) -> WorkerFuture:
+        """Submit a sub-task whose function is already a frame (map() encodes it once)."""
+        tid = next(self._tids)
+        fut = WorkerFuture(self, tid)
+        try:
+            if error is not None:
+                raise error
+            frames = [fn_frame, *serialize.encode_args(args, kwargs)]
+            _check_size(frames, self.max_message_size)
+        except SerializationError as exc:
+            fut.set_exception(exc)
+            return fut
+        self.futures[tid] = fut
+        if threading.get_ident() != self.thread_id:
+            owner = parent or 0
+            self._foreign.append(lambda: self.outbox.submits.append(((tid, owner, len(frames)), frames)))
+            self._wake()
+            return fut
+        if parent is None:
+            parent = self.current.btid if self.current is not None else 0
+        submits = self.outbox.submits
+        submits.append(((tid, parent, len(frames)), frames))
+        if len(submits) >= 64 or time.monotonic() - self.outbox.last_flush > 0.0002:
+            with self.lock:
+                self._flush()
+        return fut
+
+    def cancelled(self, tid: int) -> None:
+        """A sub-task's future was cancelled: tell the broker (from the hub's thread)."""
+        if self.futures.pop(tid, None) is not None:
+            if threading.get_ident() == self.thread_id:
+                self.outbox.cancels.append(tid)
+            else:
+                self._foreign.append(lambda: self.outbox.cancels.append(tid))
+                self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.wake()
+
+    # --------------------------------------------------------------- waiting
+    def in_task(self) -> bool:
+        """True when called from a task's greenlet on this worker."""
+        return self.waits.in_task()
+
+    def wait_until(self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str) -> None:
+        """Park the calling task until ``return_when`` holds for ``fs`` or time runs out."""
+        self.waits.wait_until(fs, timeout, return_when)
+
+    def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
+        """as_completed() for a task: parks between futures."""
+        return self.waits.iter_completed(fs, timeout)
+
+    def shared(self, name: str) -> Any:
+        """A value the running task's client shared with ScoopExecutor.share(); KeyError if none."""
+        task = self.current
+        if task is None:
+            raise RuntimeError("shared values are only available inside a task")
+        table = self.shares.get(task.setup, {})
+        value = table[name]
+        if isinstance(value, list):  # still frames: unpickle once, on first use
+            value = table[name] = (serialize.loads(value),)
+        return value[0]
+
+    # ----------------------------------------------------- output and logs
+    def output(self, stream: int, text: str) -> None:
+        """A line a task printed: for its client (ForwardStream)."""
+        btid = self.current.btid if self.current is not None else 0
+        self.outbox.outputs.append(((btid, stream), text.encode("utf-8", "replace")))
+        self._nudge()
+
+    def log_record(self, data: bytes) -> None:
+        """A log record a task made: for its client (ForwardLogs)."""
+        btid = self.current.btid if self.current is not None else 0
+        self.outbox.logs.append(((btid,), data))
+        self._nudge()
+
+    def _nudge(self) -> None:
+        if self._in_task:
+            self._armed.set()  # a long task's prints must not wait for its end
+        elif threading.get_ident() != self.thread_id:
+            self._wake()
+
+    # ------------------------------------------------------------------ send
+    def _target(self) -> int:
+        """Tasks to hold queued (not started): enough to cover a round trip to the broker.
+
+        None while run times are unknown or long, so that a task never waits
+        behind a slow one here while another worker is idle.
+        """
+        avg = self.avg
+        if avg <= 0.0 or avg >= 0.02:
+            return 0
+        return max(1, min(64, int(0.001 / avg) + 1))
+
+    def _flush(self, credit: bool = True) -> None:
+        """Send what is waiting, asking for more tasks (``credit``) when they are wanted.  Hold `lock`."""
+        more = 0
+        if credit and self.welcomed and not self.stopping:
+            more = self._target() - len(self.queue) - self.granted
+            if more <= 0:
+                # Idle (nothing queued, nothing promised): always ask for one.
+                more = 1 if not self.queue and not self.granted and not self.ready else 0
+            self.granted += more
+        self.outbox.flush(more)
+
+    def _send(self, frames: list[Any]) -> None:
+        self.chan.send(frames)
+
+
+def _ignore(msg: P.Message) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- patches
+_orig_wait = cfb.wait
+_orig_as_completed = cfb.as_completed
+
+
+def wait(
+    fs: Iterable[cf.Future[Any]], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED
+) -> cf._base.DoneAndNotDoneFutures[Any]:
+    """concurrent.futures.wait that parks a task instead of blocking its worker."""
+    w = _current
+    if w is None or not w.in_task():
+        return _orig_wait(fs, timeout, return_when)
+    fs = set(fs)
+    w.wait_until(fs, timeout, return_when)
+    done = {f for f in fs if f._state in DONE_STATES}
+    return cfb.DoneAndNotDoneFutures(done, fs - done)
+
+
+def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> Iterator[cf.Future[Any]]:
+    """concurrent.futures.as_completed that parks a task instead of blocking its worker."""
+    w = _current
+    if w is None or not w.in_task():
+        return _orig_as_completed(fs, timeout)
+    return w.iter_completed(fs, timeout)
+
+
+_patched = False
+
+
+def _install_patches() -> None:
+    """Make the standard library's wait()/as_completed() task-aware in this process."""
+    global _patched
+    if _patched:
+        return
+    _patched = True
+    cfb.wait = wait  # type: ignore[assignment]
+    cfb.as_completed = as_completed  # type: ignore[assignment]
+    cf.wait = wait  # type: ignore[assignment]
+    cf.as_completed = as_completed  # type: ignore[assignment]
