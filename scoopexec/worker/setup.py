@@ -26,7 +26,8 @@ from ..errors import InitializerError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
 
-__all__ = ["apply", "encode"]
+SETUP_DONE_OK = 1
+__all__ = ["Setups", "apply", "encode"]
 
 
 def encode(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
@@ -102,3 +103,37 @@ def apply(worker: _Worker, frames: Sequence[Any]) -> str | None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}"
     return None
+
+
+class Setups:
+    """The pools a worker serves, by set-up id: whether their set-up worked, their shared values."""
+
+    def __init__(self, worker: _Worker, send: Callable[[list[Any]], None]) -> None:
+        self._worker = worker
+        self._send = send
+        self.errors: dict[int, str | None] = {}  # set-up id -> None (applied) or why it failed
+        self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then (value,)
+
+    def on_setup(self, msg: P.Message) -> None:
+        """SETUP: apply it once, answer SETUP_DONE."""
+        sid = msg.arg
+        if sid in self.errors:
+            return
+        error = self.errors[sid] = apply(self._worker, msg.frames[1:])
+        if error is None:
+            self._send([P.header(P.SETUP_DONE, SETUP_DONE_OK, sid)])
+        else:
+            self._send([P.header(P.SETUP_DONE, 0, sid), error.encode("utf-8", "replace")])
+
+    def on_share(self, msg: P.Message) -> None:
+        """SHARE: a value for the tasks of one pool, unpickled on first use."""
+        frames = msg.frames
+        self.shares.setdefault(msg.arg, {})[P.as_bytes(frames[1]).decode()] = list(frames[2:])
+
+    def shared(self, sid: int, name: str) -> Any:
+        """The value pool ``sid`` shared under ``name``; KeyError if none."""
+        table = self.shares.get(sid, {})
+        value = table[name]
+        if isinstance(value, list):  # still frames: unpickle once, on first use
+            value = table[name] = (serialize.loads(value),)
+        return value[0]

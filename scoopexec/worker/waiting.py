@@ -24,12 +24,12 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import greenlet
 
-from ..client.future import ScoopFuture
+from ..client.future import Holder, ScoopFuture
 
 __all__ = ["DONE_STATES", "Cancelled", "Waits", "WorkerFuture", "condition_met"]
 
@@ -41,26 +41,27 @@ class Cancelled:
     """What a parked task is resumed with when the broker cancelled it: it unwinds."""
 
 
-class _Parker(Protocol):
-    def cancelled(self, tid: int) -> None: ...
-    def wait_until(self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str) -> None: ...
+WaitUntil = Callable[[Iterable[cf.Future[Any]], "float | None", str], None]
 
 
 class WorkerFuture(ScoopFuture):
-    """A future made inside a task: waiting on it parks the task, not the worker."""
+    """A future made inside a task: waiting on it parks the task, not the worker.
 
-    def __init__(self, worker: _Parker, tid: int) -> None:
-        super().__init__(worker, tid)
-        self._worker = worker
+    ``holder`` is told when it is cancelled; ``wait_until`` is the worker's (Waits.wait_until).
+    """
+
+    def __init__(self, holder: Holder, tid: int, wait_until: WaitUntil) -> None:
+        super().__init__(holder, tid)
+        self._wait_until = wait_until
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
-            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+            self._wait_until([self], timeout, cf.FIRST_COMPLETED)
         return super().result(timeout=0 if not self.done() else None)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
-            self._worker.wait_until([self], timeout, cf.FIRST_COMPLETED)
+            self._wait_until([self], timeout, cf.FIRST_COMPLETED)
         return super().exception(timeout=0 if not self.done() else None)
 
 

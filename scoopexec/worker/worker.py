@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
-import itertools
 import logging
 import os
 import select
@@ -42,13 +41,15 @@ from typing import Any
 import greenlet
 import zmq
 
-from ..errors import MessageTooLargeError, ProtocolError, SerializationError
+from ..errors import ProtocolError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.framing import POOL, Link, WakePipe
 from ..wire.security import Credentials
-from . import lifeline, setup
+from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
+from .setup import Setups
+from .subtasks import SubTasks
 from .waiting import DONE_STATES, Cancelled, Waits, WorkerFuture
 
 __all__ = ["Worker", "WorkerFuture", "as_completed", "current_worker", "wait"]
@@ -83,14 +84,6 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
 
 def _failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:
     return P.FAILED, serialize.failure_frames(kind, message, tb)
-
-
-def _check_size(frames: list[Any], limit: int) -> None:
-    big = serialize.oversized(frames, limit)
-    if big:
-        raise MessageTooLargeError(
-            f"the task needs a {big}-byte message, more than the pool's max_message_size={limit}"
-        )
 
 
 class Worker:
@@ -142,9 +135,9 @@ class Worker:
         self.idle_runners: list[_Runner] = []
         self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
         self.current: _Task | None = None
-        self.futures: dict[int, WorkerFuture] = {}
-        self._tids = itertools.count(1)
         self.outbox = Outbox(self._send)
+        self.subtasks = SubTasks(self)
+        self.setups = Setups(self, self._send)
         # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
         # except while a task runs, when the flusher thread may take it (see _flusher).
         self.lock = threading.RLock()
@@ -158,7 +151,6 @@ class Worker:
         self.granted = 0  # credits the broker holds for us
         self.avg = 0.0  # smoothed duration of a task's run between switches (s)
         self.fn_avg: dict[bytes, float] = {}  # the same, per function
-        self.setups: dict[int, str | None] = {}  # set-up id -> None (ok) or error text
         self.stopping = False
         self.welcomed = False
         self.pool_id = ""
@@ -168,14 +160,13 @@ class Worker:
         self.importing_main = False
         self._streams: list[ForwardStream] = []
         self.max_message_size = -1
-        self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
         # What the hub does with each message from the broker.
         self.handlers: dict[int, Callable[[P.Message], None]] = {
             P.TASKS: self._on_tasks,
-            P.RESULTS: self._on_results,
-            P.SETUP: self._on_setup,
+            P.RESULTS: self.subtasks.on_results,
+            P.SETUP: self.setups.on_setup,
             P.CANCEL: self._on_cancel,
-            P.SHARE: self._on_share,
+            P.SHARE: self.setups.on_share,
             P.WELCOME: self._on_welcome,
             P.STOP: self._on_stop,
             P.ERROR: self._on_error,
@@ -307,28 +298,6 @@ class Worker:
             q.append(_Task(btid, sid, attempt, list(body)))
         self.granted = max(0, self.granted - msg.count)
 
-    def _on_results(self, msg: P.Message) -> None:
-        futures = self.futures
-        for (tid, status, _), body in msg.parts():
-            fut = futures.pop(tid, None)
-            if fut is None or fut.done():
-                continue
-            ok, value = serialize.decode_outcome(status, body)
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-    def _on_setup(self, msg: P.Message) -> None:
-        sid = msg.arg
-        if sid in self.setups:
-            return
-        error = self.setups[sid] = setup.apply(self, msg.frames[1:])
-        if error is None:
-            self._send([P.header(P.SETUP_DONE, 1, sid)])
-        else:
-            self._send([P.header(P.SETUP_DONE, 0, sid), error.encode("utf-8", "replace")])
-
     def _on_cancel(self, msg: P.Message) -> None:
         gone = {e[0] for e in msg.entries}
         if self.queue:
@@ -338,10 +307,6 @@ class Worker:
             if r is not None and r is not greenlet.getcurrent() and not r.dead:
                 # A parked task nobody wants any more: unwind it.
                 self.ready.append((r, Cancelled()))
-
-    def _on_share(self, msg: P.Message) -> None:
-        frames = msg.frames
-        self.shares.setdefault(msg.arg, {})[P.as_bytes(frames[1]).decode()] = list(frames[2:])
 
     def _on_welcome(self, msg: P.Message) -> None:
         info = msg.info
@@ -468,7 +433,7 @@ class Worker:
             except ProtocolError:
                 continue
             if msg.kind == P.RESULTS:
-                self._on_results(msg)  # sub-task results: a task polling done() sees them
+                self.subtasks.on_results(msg)  # sub-task results: a task polling done() sees them
             elif msg.kind == P.RECALL:
                 recalled = True
             else:
@@ -507,39 +472,7 @@ class Worker:
     def _execute(self, task: _Task) -> None:
         task.started = time.time()
         t0 = time.perf_counter()
-        where = f"worker {self.name} (pid {self.pid} on {self.host})"
-        err = self.setups.get(task.setup)
-        if err is not None:
-            status, frames = _failure("initializer", err)
-        else:
-            try:
-                fn, args, kwargs = serialize.decode_call(task.frames, task.fkey)
-            except BaseException as exc:
-                status, frames = _failure(
-                    "call",
-                    f"the task could not be unpickled on {where}: {type(exc).__name__}: {exc} (the "
-                    "module that defines it must be importable there: workers get the client's "
-                    "sys.path and working directory)",
-                    traceback.format_exc(),
-                )
-            else:
-                task.frames = []
-                try:
-                    value = fn(*args, **kwargs)
-                except BaseException as exc:
-                    status, frames = serialize.encode_exception(exc, self._format_tb(exc))
-                else:
-                    status, frames = serialize.encode_result(value, f" on {where}")
-                    big = serialize.oversized(frames, self.max_message_size)
-                    if big:
-                        status, frames = _failure(
-                            "size",
-                            f"the result of {type(value).__name__} needs a {big}-byte message, more "
-                            f"than the pool's max_message_size={self.max_message_size}; return less "
-                            "data (write it to a file and return the path) or raise the limit",
-                        )
-                    del value
-                del fn, args, kwargs
+        status, frames = _call(task, self.setups.errors.get(task.setup), self.name, self.max_message_size)
         dt = time.perf_counter() - t0
         for stream in self._streams:
             if stream.partial:  # a partial last line belongs to this task
@@ -547,25 +480,12 @@ class Worker:
         self.active.pop(task.btid, None)
         self.outbox.results.append(((task.btid, status, len(frames), task.started, dt), frames))
 
-    def _format_tb(self, exc: BaseException) -> str:
-        tb = exc.__traceback__
-        if tb is not None and tb.tb_frame.f_code is Worker._execute.__code__:
-            tb = tb.tb_next  # our own frame (the call into the task) is noise
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
-
     # ------------------------------------------------------------ submitting
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
     ) -> WorkerFuture:
-        """Submit a sub-task.  ``parent``: the broker id of the task it belongs to
-        (default: the running task), which decides its client's set-up and shares."""
-        try:
-            fn_frame: bytes | None = serialize.encode_function(fn)
-            error: SerializationError | None = None
-        except SerializationError as exc:
-            fn_frame, error = None, exc
-        return self.submit_encoded(fn_frame, args, kwargs, parent, error)
+        """Submit a sub-task (see SubTasks.submit)."""
+        return self.subtasks.submit(fn, args, kwargs, parent)
 
     def submit_encoded(
         self,
@@ -575,40 +495,21 @@ class Worker:
         parent: int | None = None,
         error: SerializationError | None = None,
     ) -> WorkerFuture:
-        """Submit a sub-task whose function is already a frame (map() encodes it once)."""
-        tid = next(self._tids)
-        fut = WorkerFuture(self, tid)
-        try:
-            if error is not None:
-                raise error
-            frames = [fn_frame, *serialize.encode_args(args, kwargs)]
-            _check_size(frames, self.max_message_size)
-        except SerializationError as exc:
-            fut.set_exception(exc)
-            return fut
-        self.futures[tid] = fut
-        if threading.get_ident() != self.thread_id:
-            owner = parent or 0
-            self._foreign.append(lambda: self.outbox.submits.append(((tid, owner, len(frames)), frames)))
-            self._wake()
-            return fut
-        if parent is None:
-            parent = self.current.btid if self.current is not None else 0
-        submits = self.outbox.submits
-        submits.append(((tid, parent, len(frames)), frames))
-        if len(submits) >= 64 or time.monotonic() - self.outbox.last_flush > 0.0002:
-            with self.lock:
-                self._flush()
-        return fut
+        """Submit a sub-task whose function is already a frame (see SubTasks.submit_encoded)."""
+        return self.subtasks.submit_encoded(fn_frame, args, kwargs, parent, error)
 
-    def cancelled(self, tid: int) -> None:
-        """A sub-task's future was cancelled: tell the broker (from the hub's thread)."""
-        if self.futures.pop(tid, None) is not None:
-            if threading.get_ident() == self.thread_id:
-                self.outbox.cancels.append(tid)
-            else:
-                self._foreign.append(lambda: self.outbox.cancels.append(tid))
-                self._wake()
+    def current_task(self) -> int:
+        """The broker id of the running task (0 outside one)."""
+        return self.current.btid if self.current is not None else 0
+
+    def later(self, fn: Callable[[], None]) -> None:
+        """Have the hub call ``fn`` (from another thread: the hub alone orders the outbox)."""
+        self._foreign.append(fn)
+        self._wake()
+
+    def flush(self) -> None:
+        """Send what waits now (hold `lock`)."""
+        self._flush()
 
     def _wake(self) -> None:
         self._wakeup.wake()
@@ -622,20 +523,12 @@ class Worker:
         """Park the calling task until ``return_when`` holds for ``fs`` or time runs out."""
         self.waits.wait_until(fs, timeout, return_when)
 
-    def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
-        """as_completed() for a task: parks between futures."""
-        return self.waits.iter_completed(fs, timeout)
-
     def shared(self, name: str) -> Any:
         """A value the running task's client shared with ScoopExecutor.share(); KeyError if none."""
         task = self.current
         if task is None:
             raise RuntimeError("shared values are only available inside a task")
-        table = self.shares.get(task.setup, {})
-        value = table[name]
-        if isinstance(value, list):  # still frames: unpickle once, on first use
-            value = table[name] = (serialize.loads(value),)
-        return value[0]
+        return self.setups.shared(task.setup, name)
 
     # ----------------------------------------------------- output and logs
     def output(self, stream: int, text: str) -> None:
@@ -683,6 +576,43 @@ class Worker:
         self.chan.send(frames)
 
 
+def _call(task: _Task, setup_error: str | None, name: str, max_size: int) -> tuple[int, list[Any]]:
+    """Run one task: its status and frames (the result, or what went wrong)."""
+    where = f"worker {name} (pid {os.getpid()} on {socket.gethostname()})"
+    if setup_error is not None:
+        return _failure("initializer", setup_error)
+    try:
+        fn, args, kwargs = serialize.decode_call(task.frames, task.fkey)
+    except BaseException as exc:
+        return _failure(
+            "call",
+            f"the task could not be unpickled on {where}: {type(exc).__name__}: {exc} (the "
+            "module that defines it must be importable there: workers get the client's "
+            "sys.path and working directory)",
+            traceback.format_exc(),
+        )
+    task.frames = []
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is _call.__code__:
+            tb = tb.tb_next  # our own frame (the call into the task) is noise
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return serialize.encode_exception(exc, f"On {where}:\n{text}")
+    del fn, args, kwargs
+    status, frames = serialize.encode_result(value, f" on {where}")
+    big = serialize.oversized(frames, max_size)
+    if big:
+        return _failure(
+            "size",
+            f"the result of {type(value).__name__} needs a {big}-byte message, more "
+            f"than the pool's max_message_size={max_size}; return less "
+            "data (write it to a file and return the path) or raise the limit",
+        )
+    return status, frames
+
+
 def _ignore(msg: P.Message) -> None:
     pass
 
@@ -710,7 +640,7 @@ def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> 
     w = _current
     if w is None or not w.in_task():
         return _orig_as_completed(fs, timeout)
-    return w.iter_completed(fs, timeout)
+    return w.waits.iter_completed(fs, timeout)
 
 
 _patched = False
