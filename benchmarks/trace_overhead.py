@@ -65,7 +65,7 @@ def timed(fn: Callable[[ScoopExecutor, int], None], ex: ScoopExecutor, n: int) -
 def toggled(pairs: int, block: int, workers: int, path: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     with ScoopExecutor(workers, trace=path) as ex:
-        broker = ex._link.broker  # type: ignore[attr-defined]
+        broker = ex._session.broker  # type: ignore[attr-defined]
         recorder = broker.trace
         for _ in range(500):
             ex.submit(noop).result()  # warm up

@@ -296,7 +296,7 @@ def _on_every_worker(ex: Any, fn: Callable[[Any], Any], workers: int) -> list[An
 
 def hops(n: int) -> None:
     from scoopexec import executor
-    from scoopexec.broker import Broker
+    from scoopexec.broker.loop import Broker
     from scoopexec.wire import protocol as P
     from scoopexec.wire import serialize
 

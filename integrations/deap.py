@@ -39,6 +39,7 @@ from typing import Any
 
 from scoopexec import futures
 from scoopexec.errors import SerializationError
+from scoopexec.wire import serialize
 
 __all__ = ["register", "scoop_map"]
 
@@ -85,8 +86,6 @@ def _label(func: Any) -> str:
 
 
 def _picklable(obj: Any) -> Exception | None:
-    from scoopexec.wire import serialize
-
     try:
         serialize.dumps(obj)
     except Exception as exc:

@@ -60,9 +60,9 @@ from joblib._parallel_backends import (
     SequentialBackend,
 )
 
-from scoopexec.api import WorkerExecutor
+from scoopexec import ScoopExecutor
+from scoopexec.api import WorkerExecutor, active_executor
 from scoopexec.deploy.local import default_worker_count
-from scoopexec.executor import ScoopExecutor, active_executor
 from scoopexec.worker.worker import Worker, current_worker
 
 __all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register"]

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import typing as _typing
 
-from . import _hooks, shared
+from . import _hooks, futures, shared
+from ._version import __version__
 from .api import as_completed, current_executor, map, submit, wait
+from .client.executor import ScoopExecutor
 from .client.future import ScoopFuture
 from .errors import (
     AuthenticationError,
@@ -37,11 +39,8 @@ from .errors import (
     SerializationError,
     WorkerLostError,
 )
-from .executor import ScoopExecutor
 from .logs import configure_logging
 from .status import PoolStatus, WorkerStatus
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
@@ -74,11 +73,9 @@ _hooks.install()
 
 
 def __getattr__(name: str) -> _typing.Any:
-    # Imported on first use: the core never imports the integrations by itself.
-    import importlib
-
     if name == "scoop_map":
-        return importlib.import_module("scoopexec.integrations.deap").scoop_map
-    if name == "futures":
-        return importlib.import_module("scoopexec.futures")
+        # lazy: the core never imports the integrations (nor DEAP) by itself
+        from .integrations.deap import scoop_map  # type: ignore[import-not-found,unused-ignore]
+
+        return scoop_map
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

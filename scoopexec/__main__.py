@@ -1,15 +1,17 @@
 """The command line: ``python -m scoopexec SUBCOMMAND ...`` or ``python -m scoopexec script.py``.
 
-Subcommands are looked up in SUBCOMMANDS (module, function); each function
-takes the remaining arguments and returns an exit status.  Anything else is
-the program launcher (``scoopexec.cli.launch_main``): ``python -m scoopexec
-[-n N] script.py [args]`` runs a program, SCOOP-style, with a pool active.
+Subcommands are looked up in SUBCOMMANDS (module, function); each function takes the
+remaining arguments and returns an exit status.  Anything else is the program launcher
+(``scoopexec.cli.launch_main``): ``python -m scoopexec [-n N] script.py [args]`` runs a
+program, SCOOP-style, with a pool active.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+__all__ = ["SUBCOMMANDS", "console_main", "main", "usage"]
 
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, function, one-line help)
@@ -18,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("scoopexec.status", "status_main", "show a broker's workers, queue and throughput"),
     "report": ("scoopexec.report", "report_main", "summarise (and draw) a timeline recorded with --trace"),
 }
+LAUNCHER = ("scoopexec.cli", "launch_main")
 
 
 def usage() -> str:
@@ -33,19 +36,23 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m scoopexec ...``: a subcommand, else the program launcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in SUBCOMMANDS:
         module, func, _ = SUBCOMMANDS[argv[0]]
-        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
-    if argv:
-        from .cli import launch_main
-
-        return launch_main(argv)
-    print(usage(), file=sys.stderr)
-    return 2
+        argv = argv[1:]
+    else:
+        module, func = LAUNCHER
+    # lazy: each worker process starts here; it loads the worker's command line, not the
+    # launcher's, the report's or the status client's
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
 def console_main() -> None:
+    """The ``scoopexec`` console script."""
     sys.exit(main())
 
 

@@ -44,6 +44,7 @@ def _run_hook(trigger: str) -> None:
     if mod is not None and getattr(getattr(mod, "__spec__", None), "_initializing", False):
         return  # the integration itself is importing the library: it registers when it is done
     try:
+        # lazy: the integration (and the library it adapts) load only once that library is imported
         importlib.import_module(target).register()
     except Exception:  # pragma: no cover - never break the user's own import
         log.warning("scoopexec: %s.register() failed after importing %s", target, trigger, exc_info=True)

@@ -13,56 +13,19 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import pools
+from .client.executor import ScoopExecutor
 from .errors import SerializationError
-from .mapping import MapMixin
-from .wire import serialize
-from .worker.worker import Worker, current_worker
+from .worker.pool import WorkerExecutor
 from .worker.worker import as_completed as _task_as_completed
+from .worker.worker import current_worker
 from .worker.worker import wait as _task_wait
 
-_default: Any = None
+# The default pool: started on first use when no pool is current, stopped at exit (and by
+# futures.shutdown()).  This module owns it: default_executor(), default_pool(),
+# shutdown_default().
+_default: ScoopExecutor | None = None
 _default_lock = threading.Lock()
-
-
-class WorkerExecutor(MapMixin, cf.Executor):
-    """The pool a task runs in, seen from inside the task (what a captured executor becomes)."""
-
-    _map_keeps_executor = True  # a throw-away handle: map() must keep it alive
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-        # The task this handle was made in: its sub-tasks belong to that task's
-        # client even when submitted later from a done-callback or a thread.
-        task = worker.current if worker.in_task() else None
-        self._parent = task.btid if task is not None else None
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Submit a sub-task to the pool this task runs in."""
-        return self._worker.submit(fn, args, kwargs, self._parent)
-
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn)
-
-    def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
-    ) -> cf.Future[Any]:
-        return self._worker.submit_encoded(fn_frame, args, kwargs, self._parent)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """A task cannot shut its own pool down; this does nothing."""
-
-    @property
-    def pool_id(self) -> str:
-        """The pool this task runs in (ScoopExecutor.pool_id of the client that created it)."""
-        return self._worker.pool_id
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        from .executor import _pool_handle
-
-        return (_pool_handle, (self._worker.pool_id,))
-
-    def __repr__(self) -> str:
-        return f"<WorkerExecutor pool={self._worker.pool_id} worker={self._worker.name}>"
 
 
 def current_executor(start_default: bool = True) -> cf.Executor | None:
@@ -70,8 +33,6 @@ def current_executor(start_default: bool = True) -> cf.Executor | None:
     w = current_worker()
     if w is not None:
         return WorkerExecutor(w)
-    from .executor import active_executor
-
     ex = active_executor()
     if ex is not None:
         return ex
@@ -80,15 +41,41 @@ def current_executor(start_default: bool = True) -> cf.Executor | None:
     return default_executor()
 
 
-def default_executor() -> cf.Executor:
+def active_executor() -> ScoopExecutor | None:
+    """The innermost executor entered with ``with`` in this process (or the launcher's pool), if any."""
+    ex: ScoopExecutor | None = pools.innermost()
+    return ex
+
+
+def default_executor() -> ScoopExecutor:
     """A local pool with one worker per CPU, started on first use and stopped at exit."""
     global _default
-    from .executor import ScoopExecutor
-
     with _default_lock:
-        if _default is None or _default._shutdown or _default._broken:
+        if _default is None or _default.closed:
             _default = ScoopExecutor()
-        return _default  # type: ignore[no-any-return]
+        return _default
+
+
+def default_pool() -> ScoopExecutor | None:
+    """The default pool if it was started and still takes work, else None (nothing is started)."""
+    ex = _default
+    return ex if ex is not None and not ex.closed else None
+
+
+def client_pool(start: bool) -> ScoopExecutor | None:
+    """In a client: the current pool, else the default one (started first if ``start``)."""
+    ex = active_executor() or default_pool()
+    if ex is None and start:
+        ex = default_executor()
+    return ex
+
+
+def shutdown_default(wait: bool = True) -> None:
+    """Stop the default pool, if it is the one in use (no ``with`` pool is current); it starts
+    again on next use."""
+    ex = _default
+    if ex is not None and active_executor() is None:
+        ex.shutdown(wait=wait)
 
 
 def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
@@ -142,11 +129,15 @@ def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> 
 __all__ = [
     "SerializationError",
     "WorkerExecutor",
+    "active_executor",
     "as_completed",
+    "client_pool",
     "current_executor",
     "default_executor",
+    "default_pool",
     "map",
     "shared",
+    "shutdown_default",
     "submit",
     "wait",
 ]

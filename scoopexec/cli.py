@@ -21,11 +21,17 @@ import traceback
 import types
 from typing import Any
 
+from . import pools, scoop_compat
+from .__main__ import SUBCOMMANDS
+from .broker.loop import Broker
+from .client.executor import ScoopExecutor
+from .logs import add_verbosity_options, configure_logging
+from .trace import TraceRecorder, check_trace_path
+from .wire.security import Credentials, KeyPair, check_endpoint, write_key_file
+
 
 def add_observe_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--trace FILE``, ``--progress``, ``-v`` and ``-q``: what a command line running a pool offers."""
-    from .logs import add_verbosity_options
-
     parser.add_argument(
         "--trace", metavar="FILE",
         help="record every task and write the timeline to FILE when the pool stops "
@@ -42,9 +48,6 @@ def apply_observe_options(args: argparse.Namespace) -> dict[str, Any]:
     --trace path raises ValueError (the parser's ``error()`` is the place
     to report it).
     """
-    from .logs import configure_logging
-    from .trace import check_trace_path
-
     configure_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     trace = getattr(args, "trace", None)
     if trace:
@@ -54,10 +57,6 @@ def apply_observe_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def broker_main(argv: list[str]) -> int:
     """``python -m scoopexec broker``: a long-lived pool that clients and workers join."""
-    from .broker import Broker
-    from .logs import add_verbosity_options, configure_logging
-    from .wire.security import Credentials, KeyPair, check_endpoint, write_key_file
-
     ap = argparse.ArgumentParser(prog="python -m scoopexec broker")
     ap.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to listen on")
     ap.add_argument(
@@ -84,8 +83,6 @@ def broker_main(argv: list[str]) -> int:
         ap.error(f"{exc}; for this command: --key-file FILE")
     recorder = None
     if args.trace:
-        from .trace import TraceRecorder
-
         try:
             recorder = TraceRecorder(args.trace)
         except ValueError as exc:
@@ -102,7 +99,7 @@ def broker_main(argv: list[str]) -> int:
     )
     if server is not None:
         peer = KeyPair.new()
-        b.allow(peer.public)
+        b.router.allow(peer.public)
         write_key_file(args.key_file, Credentials.for_pair(server.public, peer))
     b.trace = recorder
     if recorder is not None:
@@ -153,8 +150,6 @@ def _looks_like_script(word: str) -> bool:
 
 
 def _launcher_parser() -> argparse.ArgumentParser:
-    from .__main__ import SUBCOMMANDS
-
     epilog = "other commands:\n" + "\n".join(
         f"  python -m scoopexec {name:<8} {text}" for name, (_, _, text) in SUBCOMMANDS.items()
     )
@@ -202,8 +197,6 @@ def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def launch_main(argv: list[str]) -> int:
     """``python -m scoopexec [options] script.py [args]``: run the script on a pool; its exit status."""
-    from . import scoop_compat
-    from .executor import ScoopExecutor, _active
 
     options, rest = _split(list(argv))
     ap = _launcher_parser()
@@ -239,7 +232,7 @@ def launch_main(argv: list[str]) -> int:
         except (TypeError, ValueError, OSError) as exc:
             print(f"python -m scoopexec: cannot start the pool: {exc}", file=sys.stderr)
             return 2
-        _active.append(ex)  # what `with ex:` does, without the wait at the end
+        pools.enter(ex)  # what `with ex:` does, without the wait at the end
         status = 0
         try:
             with open(path, "rb") as fh:
@@ -254,10 +247,7 @@ def launch_main(argv: list[str]) -> int:
             traceback.print_exc()
             status = 1
         finally:
-            try:
-                _active.remove(ex)
-            except ValueError:
-                pass
+            pools.leave(ex)
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()

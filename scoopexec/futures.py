@@ -231,8 +231,4 @@ def shutdown(wait: bool = True) -> None:
         pending = [f for f in _submitted if not f.done()]
     if wait and pending:
         cf.wait(pending)
-    from .executor import active_executor
-
-    default = api._default
-    if default is not None and active_executor() is None:
-        default.shutdown(wait=wait)
+    api.shutdown_default(wait=wait)

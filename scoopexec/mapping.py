@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
+from .progress import MapProgress
 from .wire.serialize import describe
 
 
@@ -143,8 +144,6 @@ class MapMixin:
             progress = getattr(self, "_progress", False)
         tracker = None
         if progress:
-            from .progress import MapProgress
-
             label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)

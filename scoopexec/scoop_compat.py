@@ -22,6 +22,8 @@ import sys
 import types
 from collections.abc import Sequence
 
+from ._version import __version__
+
 _active = False
 
 PROVIDED = ("scoop", "scoop.futures", "scoop.shared")
@@ -55,7 +57,8 @@ def install(origin: bool = True) -> None:
     ``scoop.IS_ORIGIN``).  Calling it again only updates that flag.
     """
     global _active
-    from . import __version__, futures, shared
+    # lazy: futures and shared sit above the executor, whose set-up blob asks active()
+    from . import futures, shared
 
     pkg = sys.modules.get("scoop")
     if pkg is None or not getattr(pkg, "__scoopexec_compat__", False):

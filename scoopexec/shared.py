@@ -30,19 +30,6 @@ __all__ = ["getConst", "setConst"]
 _lock = threading.Lock()
 
 
-def _client_executor(start: bool) -> Any:
-    from .executor import active_executor
-
-    ex: Any = active_executor()
-    if ex is None:
-        default = api._default
-        if default is not None and not default._shutdown and not default._broken:
-            ex = default
-        elif start:
-            ex = api.default_executor()
-    return ex
-
-
 def setConst(**kwargs: Any) -> None:
     """Share ``name=value`` pairs with every task of the pool, once each.
 
@@ -57,7 +44,8 @@ def setConst(**kwargs: Any) -> None:
             "set the constants before submitting the tasks that read them"
         )
     with _lock:
-        ex = _client_executor(start=True)
+        ex = api.client_pool(start=True)
+        assert ex is not None
         for name in kwargs:
             try:
                 ex.shared(name)
@@ -90,7 +78,7 @@ def getConst(name: str, timeout: float = 0.1) -> Any:
             if in_task:
                 assert w is not None
                 return w.shared(name)
-            ex = _client_executor(start=False)
+            ex = api.client_pool(start=False)
             if ex is not None and hasattr(ex, "shared"):
                 return ex.shared(name)
         except KeyError:

@@ -24,6 +24,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import zmq
+
+from .errors import ProtocolError
+from .logs import add_verbosity_options, configure_logging
+from .wire import protocol as P
+from .wire.security import check_endpoint, read_key_file
+
 __all__ = ["PoolStatus", "WorkerStatus", "query", "status_main"]
 
 
@@ -174,12 +181,6 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
     TimeoutError when nothing answers within ``timeout`` seconds, and
     ProtocolError when something that is not a compatible scoopexec broker does.
     """
-    import zmq
-
-    from .errors import ProtocolError
-    from .wire import protocol as P
-    from .wire.security import check_endpoint, read_key_file
-
     creds = read_key_file(key) if key is not None else None
     check_endpoint(endpoint, secure=creds is not None, what="broker endpoint")
     ctx: zmq.Context[Any] = zmq.Context()
@@ -216,9 +217,6 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
 
 def status_main(argv: list[str]) -> int:
     """``python -m scoopexec status ADDR``: print a standalone broker's status."""
-    from .errors import ProtocolError
-    from .logs import add_verbosity_options, configure_logging
-
     ap = argparse.ArgumentParser(
         prog="python -m scoopexec status",
         description="Show a broker's workers (host, pid, busy or idle, tasks done, last heard from), "

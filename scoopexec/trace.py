@@ -56,6 +56,8 @@ from collections.abc import Iterable, Sequence
 from time import time as _time
 from typing import Any, Protocol
 
+from ._version import __version__
+
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
 FORMAT_VERSION = 1
@@ -317,8 +319,6 @@ class TraceRecorder:
         for t, waiting, running in _counters(recs, offsets):
             events.append({"name": "tasks", "cat": "pool", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,
                            "args": {"waiting": waiting, "running": running}})  # fmt: skip
-
-        from . import __version__
 
         workers = [
             {

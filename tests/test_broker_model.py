@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from scoopexec.broker import Broker
+from scoopexec.broker.loop import Broker
 from scoopexec.wire import protocol as P
 
 MAX_RETRIES = 2
@@ -154,7 +154,7 @@ class BrokerModel(RuleBasedStateMachine):
     def worker_dies(self, w: FakePeer) -> None:
         w.sock.close(linger=0)
         self.peers.remove(w)
-        self.broker._peer_gone(w.key, "killed by the test")
+        self.broker.supervisor.peer_gone(w.key, "killed by the test")
         self.pump()
 
     @rule(c=consumes(clients))
@@ -169,18 +169,18 @@ class BrokerModel(RuleBasedStateMachine):
     @invariant()
     def each_task_in_exactly_one_place(self) -> None:
         b = self.broker
-        queued = set(b.queue)
-        for btid, task in b.tasks.items():
+        queued = set(b.ledger.queue)
+        for btid, task in b.ledger.tasks.items():
             if task.worker is None:
                 assert btid in queued, f"task {btid} is neither queued nor assigned"
             else:
-                w = b.workers.get(task.worker)
+                w = b.ledger.workers.get(task.worker)
                 assert w is not None, f"task {btid} assigned to a worker that is gone"
                 assert btid in w.assigned
             assert task.attempts <= MAX_RETRIES
-        for key, w in b.workers.items():
+        for key, w in b.ledger.workers.items():
             for btid in w.assigned:
-                assert btid in b.tasks and b.tasks[btid].worker == key
+                assert btid in b.ledger.tasks and b.ledger.tasks[btid].worker == key
 
     @invariant()
     def nothing_delivered_twice_nothing_lost(self) -> None:
@@ -188,7 +188,7 @@ class BrokerModel(RuleBasedStateMachine):
             if not c.submitted:
                 continue
             assert all(n == 1 for n in c.received.values()), c.received
-            pending = {t.tid for t in self.broker.tasks.values() if t.owner == c.key}
+            pending = {t.tid for t in self.broker.ledger.tasks.values() if t.owner == c.key}
             assert c.submitted == set(c.received) | pending
             assert not (set(c.received) & pending)
 

@@ -188,7 +188,7 @@ def test_embedded_pool_on_all_interfaces_is_secured(tmp_path):
     with ScoopExecutor(1, bind="tcp://0.0.0.0:0") as ex:
         port = ex.endpoint.rsplit(":", 1)[1]
         addr = f"tcp://127.0.0.1:{port}"
-        status = ex._link.broker.status()
+        status = ex._session.broker.status()
         assert {"endpoint": ex.endpoint, "curve": True} in status["endpoints"]
         key = ex.write_key_file(tmp_path / "join.key")
         plain = _worker(addr, "--connect-timeout", "30")

@@ -92,7 +92,7 @@ def test_initializer_failure_says_where_and_what_to_do():
 def test_tasks_left_at_shutdown_say_why():
     ex = ScoopExecutor(1)
     fut = ex.submit(__import__("time").sleep, 30)
-    ex._link.request_stop()  # the pool goes away under the future
+    ex._session.request_stop()  # the pool goes away under the future
     ex.shutdown(wait=True)
     with pytest.raises(BrokenScoopExecutor, match=r"shut down before this task completed .*wait=True"):
         fut.result(timeout=60)

@@ -105,7 +105,7 @@ def test_sigkill_during_task_retries_elsewhere():
 
 
 def _holds_task(ex, pid):
-    st = ex._link.broker.status()  # read-only peek from the test
+    st = ex._session.broker.status()  # read-only peek from the test
     return any(w["pid"] == pid and w["busy"] for w in st["workers"])
 
 
@@ -148,13 +148,13 @@ def test_late_result_of_a_resumed_worker_is_discarded():
             deadline = time.monotonic() + 30
             fut = None
             while time.monotonic() < deadline:
-                st = ex._link.broker.status()
+                st = ex._session.broker.status()
                 if any(w["pid"] == extra.pid for w in st["workers"]):
                     fut = ex.submit(faulty.pid_after, 1.5)
                     break
                 time.sleep(0.05)
             assert fut is not None, "the extra worker never joined"
-            while not any(w["pid"] == extra.pid and w["busy"] for w in ex._link.broker.status()["workers"]):
+            while not any(w["pid"] == extra.pid and w["busy"] for w in ex._session.broker.status()["workers"]):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             os.kill(extra.pid, signal.SIGSTOP)
@@ -162,10 +162,10 @@ def test_late_result_of_a_resumed_worker_is_discarded():
             blocker.result()
             os.kill(extra.pid, signal.SIGCONT)
             deadline = time.monotonic() + 20
-            while ex._link.broker.dropped["stale result"] + ex._link.broker.dropped["unknown peer"] == 0:
-                assert time.monotonic() < deadline, ex._link.broker.dropped
+            while ex._session.broker.ledger.dropped["stale result"] + ex._session.broker.ledger.dropped["unknown peer"] == 0:
+                assert time.monotonic() < deadline, ex._session.broker.ledger.dropped
                 time.sleep(0.05)
-            assert ex._link.unmatched == 0  # nothing reached the client twice
+            assert ex._session.unmatched == 0  # nothing reached the client twice
         finally:
             if extra.poll() is None:
                 os.kill(extra.pid, signal.SIGCONT)
@@ -178,7 +178,7 @@ def test_task_holding_the_gil_is_not_mistaken_for_a_hang():
         pid = ex.worker_pids[0]
         assert ex.submit(faulty.hold_the_gil, 3).result(timeout=60) == pid
         assert ex.worker_pids == [pid]
-        assert not ex._link.broker._recent_losses
+        assert not ex._session.broker.ledger.recent_losses
 
 
 def test_memory_error_under_an_address_space_limit_fails_only_that_task():

@@ -27,7 +27,7 @@ def _peer(ctx, endpoint, hello_role=None):
 
 def _alive(ex):
     assert ex.submit(abs, -7).result(timeout=60) == 7
-    assert ex._link.thread.is_alive()
+    assert ex._session.thread.is_alive()
 
 
 def test_wrong_protocol_version_gets_a_clear_error():
@@ -44,7 +44,7 @@ def test_wrong_protocol_version_gets_a_clear_error():
         finally:
             ctx.term()
         _alive(ex)
-        assert ex._link.broker.dropped["version"] == 1
+        assert ex._session.broker.ledger.dropped["version"] == 1
 
 
 def test_named_malformed_messages_are_dropped_and_counted():
@@ -73,7 +73,7 @@ def test_named_malformed_messages_are_dropped_and_counted():
                 s.send_multipart(frames)
             time.sleep(0.5)
             _alive(ex)
-            dropped = ex._link.broker.dropped
+            dropped = ex._session.broker.ledger.dropped
             assert sum(dropped.values()) >= len(cases) - 2, dict(dropped)
             s.close()
         finally:
@@ -95,8 +95,8 @@ def test_replayed_and_forged_results_from_a_worker_are_ignored():
         finally:
             ctx.term()
         assert [ex.submit(abs, -i).result(timeout=60) for i in range(5)] == list(range(5))
-        assert ex._link.unmatched == 0
-        d = ex._link.broker.dropped
+        assert ex._session.unmatched == 0
+        d = ex._session.broker.ledger.dropped
         assert d["stale result"] + d["result from a worker that did not have the task"] >= 4
 
 
@@ -145,7 +145,7 @@ def test_fuzzed_frames_never_crash_the_broker():
             # Fuzz peers that said HELLO as workers may have taken tasks: once they are
             # gone, a normal client still completes its work.
             assert [ex.submit(abs, -i).result(timeout=60) for i in range(20)] == list(range(20))
-            assert sum(ex._link.broker.dropped.values()) > 0
+            assert sum(ex._session.broker.ledger.dropped.values()) > 0
         finally:
             for s in sockets:
                 s.close()

@@ -166,11 +166,11 @@ def test_pbs_and_sge_allocations_start_workers_over_ssh(sshd, tmp_path, monkeypa
     with ScoopExecutor(hosts="auto", ssh=["ssh", "-F", config]) as ex:
         results = list(ex.map(helpers.slow_where, [0.05] * 20))
         assert all(r[1] for r in results), "started over ssh"
-        assert len(ex._link.broker.status()["workers"]) == 3
+        assert len(ex._session.broker.status()["workers"]) == 3
     monkeypatch.delenv("PE_HOSTFILE")
     pbs = tmp_path / "nodefile"
     pbs.write_text("node1\nnode2\n")
     monkeypatch.setenv("PBS_NODEFILE", str(pbs))
     with ScoopExecutor(hosts="auto", ssh=["ssh", "-F", config]) as ex:
         assert all(r[1] for r in ex.map(helpers.slow_where, [0.05] * 8))
-        assert len(ex._link.broker.status()["workers"]) == 2
+        assert len(ex._session.broker.status()["workers"]) == 2

@@ -74,18 +74,22 @@ def _own(name: str) -> bool:
 
 
 def _targets(mods: dict[str, Module], mod: Module, node: ast.Import | ast.ImportFrom) -> list[str]:
-    """The package's own modules an import statement loads."""
+    """The package's own modules an import statement needs to have run.
+
+    ``from pkg import sub`` (a submodule) needs ``pkg.sub``, not the rest of ``pkg``'s
+    ``__init__``: Python puts a package in sys.modules before running it, and a submodule's
+    import needs no more.  ``from pkg import name`` (anything else) reads ``pkg``'s namespace,
+    so it needs ``pkg`` itself.
+    """
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if _own(a.name)]
     base = _resolve(mod, node)
     if not _own(base):
         return []
-    out = [base]
-    for a in node.names:
-        sub = f"{base}.{a.name}"
-        if sub in mods:
-            out.append(sub)
-    return out
+    subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+    if len(subs) < len(node.names) or not mods.get(base, mod).is_package:
+        return [base, *subs]
+    return subs
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -107,18 +111,40 @@ def _walk(node: ast.AST, in_function: bool = False) -> Iterator[tuple[ast.AST, b
         yield from _walk(child, inner)
 
 
+def _dynamic_import(node: ast.AST) -> str | None:
+    """``importlib.import_module(x)`` / ``import_module(x)``: what it imports (``?`` if not a constant)."""
+    if not isinstance(node, ast.Call):
+        return None
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    if name not in ("import_module", "__import__"):
+        return None
+    arg = node.args[0] if node.args else None
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "?"
+
+
 def lazy_imports(mods: dict[str, Module]) -> list[tuple[str, int, str, bool]]:
-    """(module, line, imported, has a 'lazy:' comment) for own imports inside functions."""
+    """(module, line, imported, has a 'lazy:' comment) for imports of the package's own modules
+    inside functions, and for every dynamic import (importlib) inside a function.  The comment
+    may be on the line or up to three lines above."""
     out = []
     for mod in mods.values():
         for node, in_function in _walk(mod.tree):
-            if not in_function or not isinstance(node, (ast.Import, ast.ImportFrom)):
+            if not in_function:
                 continue
-            targets = _targets(mods, mod, node)
-            if not targets:
-                continue
-            near = " ".join(mod.lines[max(0, node.lineno - 2) : node.lineno])
-            out.append((mod.name, node.lineno, targets[-1], "lazy:" in near))
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets = _targets(mods, mod, node)
+                if not targets:
+                    continue
+                what = targets[-1]
+            else:
+                dynamic = _dynamic_import(node)
+                if dynamic is None or not (dynamic == "?" or _own(dynamic)):
+                    continue
+                what = f"importlib: {dynamic}"
+            line = node.lineno  # type: ignore[attr-defined]
+            near = " ".join(mod.lines[max(0, line - 4) : line])
+            out.append((mod.name, line, what, "lazy:" in near))
     return out
 
 
@@ -266,11 +292,13 @@ def test_the_checks_see_what_they_look_for() -> None:
     mods = {
         "scoopexec": fake("scoopexec", "", True),
         "scoopexec.a": fake("scoopexec.a", "from . import b\nx = b._hidden\n"),
-        "scoopexec.b": fake("scoopexec.b", "from .a import x\ndef f():\n    from . import a\n"),
+        "scoopexec.b": fake(
+            "scoopexec.b", "from .a import x\ndef f():\n    from . import a\n    importlib.import_module(x)\n"
+        ),
         "scoopexec.c": fake("scoopexec.c", "class C:\n" + "    x = 1\n" * 600),
     }
     assert cycles(import_graph(mods)) == [["scoopexec.a", "scoopexec.b"]]
-    assert lazy_imports(mods) == [("scoopexec.b", 3, "scoopexec.a", False)]
+    assert lazy_imports(mods) == [("scoopexec.b", 3, "scoopexec.a", False), ("scoopexec.b", 4, "importlib: ?", False)]
     assert private_reaches(mods) == [("scoopexec.a", 2, "scoopexec.b._hidden")]
     assert class_sizes(mods)[0] == (601, "scoopexec.c.C")
 

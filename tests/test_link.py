@@ -160,10 +160,10 @@ def _pump_raw(a, b, frames):
 def test_local_workers_use_links_and_need_no_ipc_connection():
     with ScoopExecutor(2) as ex:
         assert ex.submit(abs, -3).result() == 3
-        broker = ex._link.broker
+        broker = ex._session.broker
         _wait_for_workers(ex, 2)
-        assert len(broker.links) == 2
-        assert set(broker.links) == set(broker.workers)
+        assert len(broker.links.links) == 2
+        assert set(broker.links.links) == set(broker.ledger.workers)
 
 
 @pytest.mark.timeout(60)
@@ -172,12 +172,12 @@ def test_the_zeromq_ipc_transport_can_still_be_chosen(monkeypatch):
     with ScoopExecutor(2) as ex:
         assert sorted(ex.map(abs, range(-50, 0))) == list(range(1, 51))
         _wait_for_workers(ex, 2)
-        assert not ex._link.broker.links
+        assert not ex._session.broker.links.links
 
 
 def _wait_for_workers(ex, n):
     deadline = time.monotonic() + 30
-    while len(ex._link.broker.workers) < n:
+    while len(ex._session.broker.ledger.workers) < n:
         assert time.monotonic() < deadline, "the workers did not all say HELLO"
         time.sleep(0.02)
 

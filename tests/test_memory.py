@@ -19,14 +19,14 @@ def test_buffered_map_keeps_client_and_broker_memory_flat():
     warm, total = 20_000, 200_000
     peak_tasks = 0
     with ScoopExecutor(2) as ex:
-        broker = ex._link.broker
+        broker = ex._session.broker
         results = ex.map(abs, itertools.count(), chunksize=8, buffersize=256)
         for i, r in enumerate(itertools.islice(results, total)):
             assert r == i
             if i == warm:
                 rss_warm = me.memory_info().rss
             if i % 997 == 0:
-                peak_tasks = max(peak_tasks, len(broker.tasks))
+                peak_tasks = max(peak_tasks, len(broker.ledger.tasks))
         rss_end = me.memory_info().rss
         del results
         # 256 chunks in flight at most, whatever the length of the input.

@@ -76,7 +76,7 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
         # ...and connected back to the broker through the veth link (CURVE endpoint)
         clients = {r[1].split()[0] for r in results}
         assert clients == {a.host_ip, b.host_ip}, clients
-        status = ex._link.broker.status()
+        status = ex._session.broker.status()
         secure = [e for e in status["endpoints"] if e["curve"]]
         assert secure and secure[0]["endpoint"].startswith("tcp://0.0.0.0:")
         port = secure[0]["endpoint"].rsplit(":", 1)[1]
@@ -103,7 +103,7 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
             capture_output=True, text=True, env=env_with_root(), timeout=60, check=False,
         )  # fmt: skip
         assert rogue.stdout.strip() == "NOTHING", rogue.stdout + rogue.stderr
-        assert ex._link.broker.status()["dropped"].get("failed handshake", 0) >= 1
+        assert ex._session.broker.status()["dropped"].get("failed handshake", 0) >= 1
 
         # Cut hostB while it runs tasks: they are noticed lost and finish on hostA.
         futs = [ex.submit(helpers.slow_where, 0.5) for _ in range(16)]
@@ -130,8 +130,8 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
 
 def _on(ex, host: str) -> list:
     """The broker's workers that were started on ``host``."""
-    tags = [g.tag for g in ex._link.workers.groups.values() if g.host == host]
+    tags = [g.tag for g in ex._session.workers.groups.values() if g.host == host]
     return [
-        w for w in list(ex._link.broker.workers.values())
+        w for w in list(ex._session.broker.ledger.workers.values())
         if any(w.tag == t or w.tag.startswith(t + ".") for t in tags)
     ]  # fmt: skip

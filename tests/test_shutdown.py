@@ -75,8 +75,8 @@ def test_shutdown_no_wait_still_completes_work():
     res = ex.map(abs, range(-5, 5))
     ex.shutdown(wait=False)
     assert list(res) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
-    ex._link.thread.join(timeout=30)
-    assert not ex._link.thread.is_alive()
+    ex._session.thread.join(timeout=30)
+    assert not ex._session.thread.is_alive()
 
 
 def test_hang_after_cancel_then_shutdown():
@@ -96,7 +96,7 @@ def test_garbage_collected_executor_stops_its_pool():
     import gc
 
     ex = ScoopExecutor(max_workers=1)
-    link = ex._link
+    link = ex._session
     assert ex.submit(abs, -2).result() == 2
     del ex
     gc.collect()
@@ -184,7 +184,7 @@ def test_sigkill_of_client_leaves_no_worker():
         "import time, sys\n"
         "from scoopexec import ScoopExecutor\n"
         "ex = ScoopExecutor(2)\n"
-        "print(ex._link._ipc_dir, *ex.worker_pids, flush=True)\n"
+        "print(ex._session._ipc_dir, *ex.worker_pids, flush=True)\n"
         "ex.submit(time.sleep, 60)\n"
         "time.sleep(60)\n"
     )

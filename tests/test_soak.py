@@ -43,7 +43,7 @@ def test_200k_tasks_with_workers_killed_every_second():
             stop.set()
             t.join()
         assert out == [3 * i for i in range(n)]
-        assert ex._link.unmatched == 0  # no result reached the client twice
+        assert ex._session.unmatched == 0  # no result reached the client twice
         print(f"\n{n} tasks in {took:.1f} s with {len(kills)} workers killed")
         assert kills, "the soak must actually kill workers"
         assert ex.submit(abs, -1).result(timeout=60) == 1

@@ -40,7 +40,7 @@ def test_pool_over_ssh_runs_tasks(sshd, tmp_path, monkeypatch):  # noqa: F811
         assert ex.submit(helpers.fib, 12).result(timeout=60) == 144  # nested tasks on remote workers
         with pytest.raises(ValueError, match="remote boom"):
             ex.submit(helpers.raise_value_error, "remote boom").result(timeout=60)
-        status = ex._link.broker.status()
+        status = ex._session.broker.status()
         assert len(status["workers"]) == 3
         assert any(e["curve"] and e["endpoint"].startswith("tcp://") for e in status["endpoints"])
     # the ssh sessions ended with the pool
@@ -57,7 +57,7 @@ def test_hostfile_over_ssh(sshd, tmp_path):  # noqa: F811
     with ScoopExecutor(hostfile=str(hostfile), ssh=["ssh", "-F", config]) as ex:
         assert ex._max_workers == 3
         assert sorted(ex.map(abs, range(-10, 0))) == list(range(1, 11))
-        assert len(ex._link.broker.status()["workers"]) == 3
+        assert len(ex._session.broker.status()["workers"]) == 3
 
 
 def test_wrong_host_key_is_refused(sshd, tmp_path):  # noqa: F811
@@ -179,7 +179,7 @@ def test_zero_worker_pool_queues_until_a_worker_joins(sshd):  # noqa: F811
     with ScoopExecutor(hosts=["node1:1"], ssh=["ssh", "-F", config]) as ex:
         ex.remove_workers(["node1"])
         deadline = time.monotonic() + 30
-        while ex._link.broker.status()["workers"] and time.monotonic() < deadline:
+        while ex._session.broker.status()["workers"] and time.monotonic() < deadline:
             time.sleep(0.05)
         fut = ex.submit(helpers.where_am_i)
         time.sleep(1.0)
@@ -207,16 +207,16 @@ def test_host_without_count_runs_one_worker_per_cpu_and_crashed_workers_are_repl
 
     with _pool(sshd, ["node1"], max_retries=1) as ex:
         deadline = time.monotonic() + 60
-        while len(ex._link.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
+        while len(ex._session.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(ex._link.broker.status()["workers"]) == _default_workers()
+        assert len(ex._session.broker.status()["workers"]) == _default_workers()
         with pytest.raises(WorkerLostError):
             ex.submit(helpers.crash_worker).result(timeout=120)
         # the remote worker group started replacements: the pool is whole again
         deadline = time.monotonic() + 60
-        while len(ex._link.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
+        while len(ex._session.broker.status()["workers"]) < _default_workers() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(ex._link.broker.status()["workers"]) == _default_workers()
+        assert len(ex._session.broker.status()["workers"]) == _default_workers()
         assert all(r[1] for r in ex.map(helpers.slow_where, [0.01] * 8))
 
 

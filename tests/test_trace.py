@@ -13,7 +13,7 @@ import time
 import pytest
 
 from scoopexec import ScoopExecutor
-from scoopexec.broker import Task, WorkerPeer
+from scoopexec.broker.ledger import Task, WorkerState
 from scoopexec.report import format_summary, load, percentile, render_png, summarize
 from scoopexec.trace import TraceRecorder, function_name
 from tests import helpers
@@ -334,8 +334,8 @@ def _record(rec, w, btid, start, run, *, parent=0, submitted=None, skew=0.0, sta
 
 def test_clock_skew_of_a_worker_is_estimated_and_removed(tmp_path):
     rec = TraceRecorder(tmp_path / "t.json")
-    a = WorkerPeer(b"A", {"host": "node1", "pid": 1, "name": "node1:1"}, -1)
-    b = WorkerPeer(b"B", {"host": "node2", "pid": 2, "name": "node2:2"}, -1)
+    a = WorkerState(b"A", {"host": "node1", "pid": 1, "name": "node1:1"})
+    b = WorkerState(b"B", {"host": "node2", "pid": 2, "name": "node2:2"})
     t0 = 1_000_000.0
     for i in range(20):
         _record(rec, a, 2 * i + 1, t0 + i * 0.01, 0.005)
@@ -352,7 +352,7 @@ def test_clock_skew_of_a_worker_is_estimated_and_removed(tmp_path):
 
 def test_overlapping_tasks_get_lanes_where_they_nest_or_follow(tmp_path):
     rec = TraceRecorder(tmp_path / "t.json")
-    w = WorkerPeer(b"W", {"host": "h", "pid": 1, "name": "h:1"}, -1)
+    w = WorkerState(b"W", {"host": "h", "pid": 1, "name": "h:1"})
     t0 = 5000.0
     _record(rec, w, 1, t0, 1.0)  # a parent waiting for its children
     _record(rec, w, 2, t0 + 0.1, 0.2, parent=1)  # nests in 1
@@ -371,7 +371,7 @@ def test_overlapping_tasks_get_lanes_where_they_nest_or_follow(tmp_path):
 
 def test_recording_stops_at_its_limit(tmp_path):
     rec = TraceRecorder(tmp_path / "t.json", limit=3)
-    w = WorkerPeer(b"W", {"host": "h", "pid": 1, "name": "h:1"}, -1)
+    w = WorkerState(b"W", {"host": "h", "pid": 1, "name": "h:1"})
     for i in range(1, 6):
         _record(rec, w, i, 100.0 + i, 0.5)
     tasks = {i: Task(i, b"", i, 0, b"", 1, [b"f", b"a"]) for i in (6, 7, 8)}
@@ -388,7 +388,7 @@ def test_recording_stops_at_its_limit(tmp_path):
 
 
 def test_broker_records_nothing_unless_asked():
-    from scoopexec.broker import Broker
+    from scoopexec.broker.loop import Broker
 
     b = Broker("tcp://127.0.0.1:0")
     try:

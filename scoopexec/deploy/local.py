@@ -100,7 +100,7 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 class LocalWorkers:
     """N worker processes on this machine, replaced when they die.
 
-    With ``link`` (an embedded broker's ``add_link``) each worker is handed one
+    With ``link`` (an embedded broker's ``links.add``) each worker is handed one
     end of a socketpair (``--link-fd``) and never connects to ``connect``.
     """
 
@@ -121,7 +121,7 @@ class LocalWorkers:
         link: Callable[[socket.socket], object] | None = None,
     ) -> None:
         self.connect = connect
-        # With `link` (the embedded broker's add_link), each worker gets one end of a
+        # With `link` (the embedded broker's links.add), each worker gets one end of a
         # socketpair instead of connecting to `connect` through ZeroMQ (link.py).
         self.link = link
         self.keys = keys

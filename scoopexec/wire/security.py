@@ -31,10 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.utils.z85
 
 __all__ = [
-    "Authenticator",
     "Credentials",
     "HandshakeWatch",
     "KeyPair",
@@ -47,7 +45,6 @@ __all__ = [
 
 KEY_FORMAT = "scoopexec-key-1"
 FRAME_MAGIC = b"SCOOPEXEC-KEYS"
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -244,66 +241,6 @@ def read_frame(fd: int, timeout: float = 60.0) -> Credentials:
     if magic != FRAME_MAGIC or not size.isdigit() or int(size) > 65536:
         raise ValueError("standard input does not start with a scoopexec key header")
     return Credentials.from_json(read(int(size)), "the key header on standard input")
-
-
-# --------------------------------------------------------- broker side: ZAP
-class Authenticator:
-    """A ZAP handler for one context: accepts CURVE peers whose public key it knows.
-
-    The broker polls :attr:`socket` in its own loop and calls :meth:`handle`;
-    no extra thread.  Bind it before any CURVE listener of the context exists,
-    so that no handshake can happen without it.
-    """
-
-    def __init__(self, ctx: zmq.Context[Any]) -> None:
-        self.allowed: set[bytes] = set()
-        self.refused = 0
-        self.refused_from: dict[str, int] = {}
-        self.socket = ctx.socket(zmq.REP)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(ZAP_ENDPOINT)
-
-    def allow(self, public: bytes) -> None:
-        self.allowed.add(public)
-
-    def revoke(self, public: bytes) -> None:
-        self.allowed.discard(public)
-
-    def handle(self) -> None:
-        """Answer every pending ZAP request."""
-        s = self.socket
-        while True:
-            try:
-                req = s.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(req) < 6:  # libzmq never sends these; a REP socket must answer anyway
-                s.send_multipart([req[0] if req else b"1.0", req[1] if len(req) > 1 else b"",
-                                  b"400", b"malformed", b"", b""])
-                continue
-            version, request_id, _domain, address, _identity, mechanism = req[:6]
-            ok = False
-            user = b""
-            if mechanism == b"CURVE" and len(req) >= 7 and len(req[6]) == 32:
-                user = zmq.utils.z85.encode(req[6])
-                ok = user in self.allowed
-            if not ok:
-                self.refused += 1
-                where = address.decode("utf-8", "replace") or "?"
-                self.refused_from[where] = self.refused_from.get(where, 0) + 1
-            s.send_multipart(
-                [
-                    version,
-                    request_id,
-                    b"200" if ok else b"400",
-                    b"OK" if ok else b"unknown key",
-                    user if ok else b"",
-                    b"",
-                ]
-            )
-
-    def close(self) -> None:
-        self.socket.close(linger=0)
 
 
 # ------------------------------------------------ client side: handshakes

@@ -1,0 +1,387 @@
+"""The broker's books: every task in flight, its attempts, the workers and the clients.
+
+Plain objects, no sockets: the loop (loop.py) turns messages into calls here and sends
+what the calls return; scheduling.py decides who gets which task from what is here.
+tests/test_ledger.py exercises it alone.
+
+Every task the broker holds is in exactly one place: queued (its broker id in
+``queue``, ``task.worker`` None) or assigned (``task.worker`` is a live worker's key,
+and the id is in that worker's ``assigned``).  A task leaves the books when its result
+comes (:meth:`Ledger.finish`), when its owner cancels it or goes away
+(:meth:`Ledger.cancel`, :meth:`Ledger.forget_peer`, :meth:`Ledger.break_client`: one
+way out, :meth:`Ledger._forget`, which says which workers hold what must be cancelled),
+or when it was lost with its workers more than ``max_retries`` times
+(:meth:`Ledger.lose_worker`).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["LOCAL", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
+
+LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
+CLIENT = "client"
+WORKER = "worker"
+
+# Worker key -> broker ids to cancel there (the payload of one CANCEL message each).
+Cancels = dict[bytes, list[tuple[int]]]
+
+
+class Task:
+    __slots__ = (
+        "attempts",
+        "btid",
+        "frames",
+        "losses",
+        "marked",
+        "origin",
+        "owner",
+        "parent",
+        "prev",
+        "setup",
+        "submitted",
+        "tid",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        btid: int,
+        owner: bytes,
+        tid: int,
+        parent: int,
+        origin: bytes | None,
+        setup: int,
+        frames: list[Any],
+    ) -> None:
+        self.btid = btid  # the broker's id
+        self.owner = owner  # who submitted it (a client, or a worker for a sub-task) and gets the result
+        self.tid = tid  # the owner's id for it
+        self.parent = parent  # the broker id of the task that submitted it (0: none)
+        self.origin = origin  # the client it ultimately serves (whose set-up it needs); None: unknown
+        self.setup = setup
+        self.frames = frames
+        self.attempts = 0
+        self.worker: bytes | None = None
+        self.submitted = time.time()
+        self.losses: list[str] = []
+        self.marked = False  # its owner was told it is running
+        self.prev: tuple[bytes, ...] = ()  # workers it was lost with (their late result is accepted)
+
+
+class Peer:
+    __slots__ = ("info", "joined", "key", "role")
+
+    def __init__(self, key: bytes, role: str, info: dict[str, Any]) -> None:
+        self.key = key
+        self.role = role
+        self.info = info
+        self.joined = time.time()
+
+
+class WorkerState(Peer):
+    __slots__ = ("assigned", "credit", "done", "last_seen", "name", "recalled", "setups", "tag")
+
+    def __init__(self, key: bytes, info: dict[str, Any]) -> None:
+        super().__init__(key, WORKER, info)
+        self.credit = 0
+        self.assigned: set[int] = set()
+        self.setups: set[int] = set()
+        self.done = 0
+        self.last_seen = time.time()
+        self.recalled = 0.0  # monotonic time of the last RECALL sent to it
+        self.tag = str(info.get("tag") or "")
+        self.name = str(info.get("name") or key.hex())
+
+    @property
+    def where(self) -> str:
+        """``worker NAME (pid P on HOST)``, for messages."""
+        return f"worker {self.name} (pid {self.info.get('pid', '?')} on {self.info.get('host', '?')})"
+
+
+class ClientState(Peer):
+    __slots__ = ("broken", "setup", "setup_frames", "shares")
+
+    def __init__(self, key: bytes, info: dict[str, Any], setup: int, frames: list[Any]) -> None:
+        super().__init__(key, CLIENT, info)
+        self.setup = setup
+        self.setup_frames = frames
+        self.broken = False
+        self.shares: list[list[Any]] = []  # values shared with every worker, in order
+
+
+class Ledger:
+    """Tasks, workers and clients of one broker (see the module docstring)."""
+
+    def __init__(self, max_retries: int = 3) -> None:
+        self.max_retries = max_retries
+        self.tasks: dict[int, Task] = {}
+        self.queue: collections.deque[int] = collections.deque()
+        self.by_owner: dict[tuple[bytes, int], int] = {}  # (owner, owner's id) -> broker id, for CANCEL
+        self.workers: dict[bytes, WorkerState] = {}
+        self.clients: dict[bytes, ClientState] = {}
+        self.observers: set[bytes] = set()
+        self.setups: dict[int, ClientState] = {}
+        self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
+        self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
+        self.completed = 0
+        self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
+        self.next_recall = 0.0  # scheduling.recall's pace
+        self._rate = 0.0  # completions per second over the last second or so
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self._next_btid = 1
+        self._next_setup = 1
+
+    # ------------------------------------------------------------------ peers
+    def peer(self, key: bytes) -> WorkerState | ClientState | None:
+        return self.workers.get(key) or self.clients.get(key)
+
+    def add_client(self, key: bytes, info: dict[str, Any], setup_frames: list[Any]) -> ClientState:
+        sid = self._next_setup
+        self._next_setup += 1
+        c = ClientState(key, info, sid, list(setup_frames))
+        self.clients[key] = c
+        self.setups[sid] = c
+        return c
+
+    def add_worker(self, key: bytes, info: dict[str, Any]) -> WorkerState:
+        w = WorkerState(key, info)
+        self.workers[key] = w
+        return w
+
+    # ------------------------------------------------------------- tasks in
+    def new_task(
+        self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
+    ) -> bool:
+        """Queue a task; False (nothing queued) when the client it serves is broken."""
+        c = self.clients.get(origin) if origin is not None else None
+        if c is not None and c.broken:
+            return False
+        btid = self._next_btid
+        self._next_btid = btid + 1
+        self.tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body)
+        if owner != LOCAL:
+            self.by_owner[(owner, tid)] = btid
+        self.queue.append(btid)
+        return True
+
+    def served_by(self, parent: int) -> tuple[bytes | None, int]:
+        """(origin, set-up) of a sub-task: its parent's (None, 0 if the parent is gone)."""
+        ptask = self.tasks.get(parent)
+        return (ptask.origin, ptask.setup) if ptask is not None else (None, 0)
+
+    def grant(self, w: WorkerState, credit: int) -> None:
+        """The worker wants ``credit`` more tasks."""
+        w.last_seen = time.time()
+        if credit <= 0:
+            return
+        if w.credit <= 0:
+            self.ready.append(w)
+        w.credit += credit
+
+    def assign(self, w: WorkerState, batch: Iterable[Task]) -> None:
+        key = w.key
+        for t in batch:
+            t.worker = key
+            w.assigned.add(t.btid)
+
+    def take_back(self, w: WorkerState, btids: list[int]) -> None:
+        """RETURN: the worker hands back tasks it has not started; its credit drops to 0."""
+        w.credit = 0
+        for btid in reversed(btids):
+            task = self.tasks.get(btid)
+            if task is not None and task.worker == w.key:
+                task.worker = None
+                w.assigned.discard(btid)
+                self.queue.appendleft(btid)
+
+    def resync(self, w: WorkerState, held: set[int]) -> None:
+        """A worker that said HELLO again holds only ``held``: queue again what it lost."""
+        for btid in list(w.assigned):
+            if btid not in held:
+                w.assigned.discard(btid)
+                task = self.tasks.get(btid)
+                if task is not None and task.worker == w.key:
+                    task.worker = None
+                    self.queue.appendleft(btid)
+
+    # ------------------------------------------------------------ tasks out
+    def finish(self, w: WorkerState, btid: int) -> tuple[Task | None, bytes | None]:
+        """A result from ``w``: (the task, to deliver; or None to drop the result) and the key of
+        another worker that holds the task too (a late answer won) and must cancel it."""
+        task = self.tasks.get(btid)
+        w.assigned.discard(btid)
+        if task is None:
+            self.dropped["stale result"] += 1
+            return None, None
+        if task.worker != w.key and w.key not in task.prev:
+            self.dropped["result from a worker that did not have the task"] += 1
+            return None, None
+        del self.tasks[btid]
+        self.by_owner.pop((task.owner, task.tid), None)
+        w.done += 1
+        other = None
+        if task.worker is not None and task.worker != w.key:
+            # A late answer from a worker we gave up on: first result wins;
+            # the worker now holding the task may drop it.
+            o = self.workers.get(task.worker)
+            if o is not None:
+                o.assigned.discard(btid)
+                other = o.key
+        return task, other
+
+    def _forget(self, btid: int, cancels: Cancels) -> Task:
+        """Drop a task wherever it is; its worker, if any, goes into ``cancels``."""
+        task = self.tasks.pop(btid)
+        self.by_owner.pop((task.owner, task.tid), None)
+        if task.worker is not None:
+            w = self.workers.get(task.worker)
+            if w is not None:
+                w.assigned.discard(btid)
+                cancels.setdefault(w.key, []).append((btid,))
+        return task
+
+    def cancel(self, owner: bytes, tids: Iterable[int]) -> Cancels:
+        """CANCEL from an owner: forget those of its tasks that are still here."""
+        cancels: Cancels = {}
+        for tid in tids:
+            btid = self.by_owner.get((owner, tid))
+            if btid is not None and btid in self.tasks:
+                self._forget(btid, cancels)
+            else:
+                self.by_owner.pop((owner, tid), None)
+        return cancels
+
+    def forget_peer(self, key: bytes) -> Cancels:
+        """A client or worker is gone: the tasks it submitted, or that serve it, have nobody to report to."""
+        cancels: Cancels = {}
+        for btid in [b for b, t in self.tasks.items() if key in (t.origin, t.owner)]:
+            self._forget(btid, cancels)
+        return cancels
+
+    def break_client(self, c: ClientState) -> tuple[Cancels, list[Task]]:
+        """The client's pool is broken: drop the tasks that serve it; return the cancels and the
+        dropped tasks whose owner is someone else (a worker's sub-tasks: it is told CANCELLED)."""
+        c.broken = True
+        cancels: Cancels = {}
+        orphans = []
+        for btid in [b for b, t in self.tasks.items() if t.origin == c.key]:
+            task = self._forget(btid, cancels)
+            if task.owner != c.key:
+                orphans.append(task)
+        return cancels, orphans
+
+    def remove_client(self, key: bytes) -> tuple[ClientState | None, Cancels]:
+        """The client left or was lost: (it, the cancels for its tasks)."""
+        c = self.clients.pop(key, None)
+        if c is None:
+            return None, {}
+        c.broken = True
+        return c, self.forget_peer(key)
+
+    def leave(self, w: WorkerState) -> Cancels:
+        """BYE from a worker: what it held is queued again (no attempt spent); its sub-tasks go."""
+        self.workers.pop(w.key, None)
+        for btid in list(w.assigned):
+            task = self.tasks.get(btid)
+            if task is not None and task.worker == w.key:
+                task.worker = None
+                self.queue.appendleft(btid)
+        return self.forget_peer(w.key)
+
+    def lose_worker(self, w: WorkerState, reason: str) -> tuple[list[tuple[Task, bool]], Cancels]:
+        """The worker is lost: each task it held is queued again, or given up when it has been lost
+        more than max_retries times.  Returns (task, given up) for each, and the cancels for the
+        sub-tasks it had submitted."""
+        self.workers.pop(w.key, None)
+        lost = f"{w.where}: {reason}"
+        self.recent_losses.append(lost)
+        out = []
+        for btid in sorted(w.assigned):
+            task = self.tasks.get(btid)
+            if task is None or task.worker != w.key:
+                continue
+            task.worker = None
+            task.attempts += 1
+            task.prev += (w.key,)
+            task.losses.append(lost)
+            given_up = task.attempts > self.max_retries
+            if given_up:
+                del self.tasks[btid]
+                self.by_owner.pop((task.owner, task.tid), None)
+            else:
+                self.queue.appendleft(btid)
+            out.append((task, given_up))
+        w.assigned.clear()
+        return out, self.forget_peer(w.key)
+
+    # ------------------------------------------------------------- routing
+    def new_setups(self, w: WorkerState, batch: Iterable[Task]) -> list[ClientState]:
+        """The clients whose set-up ``w`` must get before ``batch`` (noted as sent)."""
+        out = []
+        for sid in {t.setup for t in batch if t.setup and t.setup not in w.setups}:
+            c = self.setups.get(sid)
+            if c is not None:
+                out.append(c)
+            w.setups.add(sid)
+        return out
+
+    def route_output(
+        self, items: Iterable[tuple[tuple[Any, ...], Any]]
+    ) -> dict[bytes | None, list[tuple[tuple[Any, ...], Any]]]:
+        """OUTPUT / LOG entries (broker id of the task, ...) by the client they are for (None: none)."""
+        routes: dict[bytes | None, list[tuple[tuple[Any, ...], Any]]] = {}
+        default: bytes | None = LOCAL if LOCAL in self.clients else None
+        if default is None and len(self.clients) == 1:
+            default = next(iter(self.clients))
+        for ent, frame in items:
+            task = self.tasks.get(ent[0]) if ent[0] else None
+            origin = task.origin if task is not None else default
+            routes.setdefault(origin, []).append((ent, frame))
+        return routes
+
+    # ---------------------------------------------------------------- status
+    def measure_rate(self, now: float) -> None:
+        """On a tick (monotonic ``now``): the completion rate over the last second or more."""
+        if now - self._rate_t >= 1.0:
+            self._rate = (self.completed - self._rate_n) / (now - self._rate_t)
+            self._rate_t, self._rate_n = now, self.completed
+
+    def rate(self, uptime: float) -> float:
+        """Completions per second (since the start when no full second has passed yet)."""
+        if uptime < 1.0 and self.completed:
+            return self.completed / max(uptime, 1e-3)
+        return self._rate
+
+    def snapshot(self) -> dict[str, Any]:
+        """The books' part of the broker's status (status.PoolStatus names the fields)."""
+        now = time.time()
+        return {
+            "queued": len(self.queue),
+            "assigned": sum(len(w.assigned) for w in self.workers.values()),
+            "tasks": len(self.tasks),
+            "completed": self.completed,
+            "clients": len(self.clients),
+            "dropped": dict(self.dropped),
+            "workers": [
+                {
+                    "id": w.key.hex(),
+                    "name": w.name,
+                    "host": w.info.get("host"),
+                    "pid": w.info.get("pid"),
+                    "busy": len(w.assigned),
+                    "state": "busy" if w.assigned else "idle",
+                    "done": w.done,
+                    "credit": w.credit,
+                    "last_seen": round(now - w.last_seen, 3),
+                    "joined": round(now - w.joined, 3),
+                    "python": w.info.get("python"),
+                }
+                for w in self.workers.values()
+            ],
+        }

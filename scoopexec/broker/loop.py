@@ -1,0 +1,569 @@
+"""The broker: one poll loop, and a table {message kind: handler}.
+
+::
+
+   submitters (clients, and workers running tasks that submit)
+        |  SUBMIT (batches)                     ^  RESULTS / STARTED / OUTPUT
+        v                                       |
+   ports.py: RouterPort, LinkPort, InProcessPort --> Broker._take --> handlers[kind]
+                                                                        |
+   ledger.py: tasks, queue, workers, clients  <---- plain calls --------+
+   scheduling.py: dispatch / mark_running / recall  ---> TASKS, STARTED, RECALL
+        |  SETUP, TASKS (up to the worker's credit)      ^  RESULT + CREDIT
+        v                                                |
+   workers (hub greenlet + one greenlet per running task)
+
+Each turn: poll every port's file descriptors; take the messages in (each checked
+by protocol.decode, its sender's role by protocol.SENDERS, then routed by the table);
+dispatch; send the batched results; every 50 ms, a tick (liveness, exits of local
+workers, the completion rate).
+
+The broker never unpickles: it reads the fixed headers of protocol.py and
+moves payload frames (zmq.Frame, received without copying) from submitter to
+worker and back.  It keeps each task's frames until the result arrives, so
+that the task can be sent again when its worker is lost, and it forgets a task
+the moment its result is handed on: a second result for the same id (a late
+answer from a worker given up for lost) finds nothing and is dropped.
+
+Inside a client (the default) the broker runs in a thread and that client is
+an in-process peer (ports.InProcessPort): its submissions arrive through a deque
+plus a wake-up pipe, and the messages for it are handed to its own table by the
+broker's thread once the broker's lock is released.  The submitting thread may
+dispatch its own task while the loop sleeps (dispatch_local_now), so that a
+round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+import math
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from ..errors import ProtocolError
+from ..wire import protocol as P
+from ..wire.framing import POOL, WakePipe
+from ..wire.security import KeyPair
+from . import scheduling
+from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
+from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
+from .supervision import ProcessWatcher, Supervisor
+
+if TYPE_CHECKING:
+    from ..trace import TraceRecorder
+
+__all__ = ["LOCAL", "Broker", "LocalClient", "ProcessWatcher"]
+
+log = logging.getLogger("scoopexec.broker")
+
+TICK = 0.05  # s between ticks (liveness, exits, rate)
+
+
+Handler = Callable[[bytes, Any, P.Message], None]
+
+
+class Broker:
+    """Routes tasks from submitters to workers and results back.
+
+    ``bind`` is a ZeroMQ endpoint (``ipc://...`` or ``tcp://127.0.0.1:0``).
+    ``local`` is the in-process client, if any; ``watcher`` the local worker
+    processes to watch for exits and replace.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        context: zmq.Context[Any] | None = None,
+        local: LocalClient | None = None,
+        watcher: ProcessWatcher | None = None,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        max_retries: int = 3,
+        max_message_size: int = -1,
+        pool_id: str | None = None,
+        curve: KeyPair | None = None,
+    ) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.pool_id = pool_id or secrets.token_hex(8)
+        self.watcher = watcher
+        self.supervisor = Supervisor(self)
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_retries = max_retries
+        self.max_message_size = max_message_size
+        self.host = socket.gethostname()
+        self.ledger = Ledger(max_retries)
+        self.poll = Poll()
+        self.wakeup = WakePipe()  # stop(), call_soon() and new links wake the loop
+        self.poll.watch(self.wakeup.fd, self._on_wakeup)
+        self.router = RouterPort(
+            self.ctx, heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout,
+            max_message_size=max_message_size, curve=curve,
+            on_message=self._take, on_gone=self.supervisor.peer_gone, dropped=self.ledger.dropped,
+        )  # fmt: skip
+        self.endpoint: str = self.router.add_endpoint(bind, secure=curve is not None and bind.startswith("tcp://"))
+        self.router.watch(self.poll)
+        gone = self.supervisor.peer_gone
+        dropped = self.ledger.dropped
+        self.links = LinkPort(self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout)
+        self.local: InProcessPort | None = None
+        if local is not None:
+            self.local = InProcessPort(local)
+            self.ledger.add_client(LOCAL, {"role": P.CLIENT, "local": True}, local.setup_frames())
+            self.poll.watch(local.wake.fd, self._on_local_wake)
+        self._calls: collections.deque[tuple[Callable[[], Any], cf.Future[Any]]] = collections.deque()
+        self._out: dict[bytes, list[tuple[tuple[int, int, int], Sequence[Any]]]] = {}  # RESULTS to send
+        self._started: dict[bytes, list[tuple[int]]] = {}  # STARTED to send, per owner
+        self._stopping = False
+        # Held by the loop except while it waits in poll: the in-process client's
+        # thread may then dispatch its own submissions itself (dispatch_local_now).
+        self.lock = threading.Lock()
+        self._wake_needed = 0  # counts sends that the sleeping loop must be told about
+        self._next_tick = time.monotonic()
+        self._next_state_check = 0.0
+        self.started = time.time()
+        self.trace: TraceRecorder | None = None  # set by the owner to record a timeline (trace.py)
+        # What the broker does with each message, once protocol.SENDERS admitted its sender.
+        self.handlers: dict[int, Handler] = {
+            P.HELLO: self._on_hello,
+            P.SUBMIT: self._on_submit,
+            P.RESULT: self._on_result,
+            P.CREDIT: self._on_credit,
+            P.RETURN: self._on_return,
+            P.CANCEL: self._on_cancel,
+            P.OUTPUT: self._on_output,
+            P.LOG: self._on_output,
+            P.SETUP_DONE: self._on_setup_done,
+            P.SHARE: self._on_share,
+            P.BYE: self._on_bye,
+            P.STATUS: self._on_status,
+        }
+
+    # ------------------------------------------------------------- endpoints
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: the loop ends after this turn."""
+        return self._stopping
+
+    def call_soon(self, fn: Callable[[], Any]) -> cf.Future[Any]:
+        """Run ``fn`` in the broker's loop (sockets are not thread-safe); thread-safe."""
+        fut: cf.Future[Any] = cf.Future()
+        self._calls.append((fn, fut))
+        self.wakeup.wake()
+        return fut
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serve until stop() is called.  Runs in a thread or as a process's main loop."""
+        try:
+            while not self._stopping:
+                self.step()
+        finally:
+            self._close()
+
+    def step(self, timeout: float | None = None) -> None:
+        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        lock = self.lock
+        with lock:
+            ms = self._before_poll(timeout)
+        ready = self.poll.poll.poll(ms)
+        with lock:
+            self._after_poll(ready)
+        local = self.local
+        if local is not None and local.pending:
+            local.deliver()  # outside the lock: futures' callbacks run here
+
+    def _before_poll(self, timeout: float | None) -> int:
+        self.links.register_new()
+        if timeout is not None:
+            ms = int(timeout * 1000)
+        elif self.router.backlogged:
+            ms = 50
+        else:
+            # Round up: rounding down spins through the last millisecond before a tick.
+            ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
+        return 0 if self.router.input_waiting() else ms
+
+    def _after_poll(self, ready: list[tuple[int, int]]) -> None:
+        handlers = self.poll.handlers
+        for fd, events in ready:
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(events)
+        self.router.take()
+        if self._calls:
+            self._run_calls()
+        if self.local is not None:
+            self._take_local()
+        self._dispatch()
+        self._flush()
+        self.links.close_dead()
+        if self.local is not None:
+            self.local.client.dispatched()
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            self._tick(now)
+
+    def _on_wakeup(self, events: int) -> None:
+        self.wakeup.drain()
+        self.links.register_new()
+
+    def _on_local_wake(self, events: int) -> None:
+        assert self.local is not None
+        self.local.client.wake.drain()  # what it queued is taken in every turn (_take_local)
+
+    def dispatch_local_now(self) -> bool:
+        """Dispatch the in-process client's new tasks from its own thread, if the loop sleeps.
+
+        Saves the round trip's first thread hand-off (wake the loop, which then
+        sends).  Holding `lock` while the loop waits in poll is safe for every
+        socket: the loop uses none of them then.  False means nothing was done,
+        or something was that the loop must be woken for.
+        """
+        lock = self.lock
+        if not lock.acquire(False):
+            return False
+        try:
+            local = self.local
+            if self._stopping or self.router.sock.closed or local is None:
+                return False
+            before = self._wake_needed
+            self._take_local()
+            self._dispatch()
+            local.client.dispatched()
+            return (
+                self._wake_needed == before and not self.links.dead and not self.router.backlogged
+                and not self._out and not local.pending
+            )  # fmt: skip
+        finally:
+            lock.release()
+
+    def stop(self) -> None:
+        """Ask the loop to end (thread-safe)."""
+        self._stopping = True
+        self.wakeup.wake()
+
+    def _close(self) -> None:
+        for w in list(self.ledger.workers.values()):
+            self.send(w.key, [P.header(P.STOP)])
+        for key in [k for k in self.links.links if k not in self.ledger.workers]:
+            self.send(key, [P.header(P.STOP)])  # still starting: it reads this first
+        self.links.close_all(drain=0.5)
+        self.close()
+
+    def close(self) -> None:
+        """Release the sockets (run() does this when it ends)."""
+        if self.router.sock.closed:
+            return
+        self.router.close()
+        while self._calls:
+            _, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("the broker stopped"))
+        self.wakeup.close()
+
+    # --------------------------------------------------------------- receive
+    def _take(self, key: bytes, frames: list[Any], ident: zmq.Frame | None) -> None:
+        """Handle one message; a bad one is dropped, counted, and answered where that helps."""
+        ledger = self.ledger
+        try:
+            msg = P.decode(frames)
+            handler = self.handlers.get(msg.kind)
+            if handler is None:
+                raise ProtocolError(f"unexpected {msg.name} from a peer")
+            peer: Peer | None = ledger.workers.get(key)
+            if peer is not None:
+                peer.last_seen = time.time()  # type: ignore[attr-defined]
+            else:
+                peer = ledger.clients.get(key)
+            senders = P.SENDERS.get(msg.kind)
+            if senders is not None and (peer is None or peer.role not in senders):
+                ledger.dropped["unknown peer"] += 1
+                self.send(key, [P.header(P.ERROR), b"unknown peer: send HELLO first"])
+                return
+            if ident is not None and msg.kind == P.HELLO:
+                self.router.remember(ident, key)  # that connection closing is this peer's
+            handler(key, peer, msg)
+        except P.VersionMismatch as exc:
+            ledger.dropped["version"] += 1
+            self.send(key, [P.header(P.ERROR), str(exc).encode()])
+        except ProtocolError as exc:
+            ledger.dropped["malformed"] += 1
+            log.debug("dropped a malformed message from %r: %s", key, exc)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            ledger.dropped["malformed"] += 1
+            log.debug("dropped a message from %r: %r", key, exc)
+
+    def _take_local(self) -> None:
+        assert self.local is not None
+        client = self.local.client
+        inbox = client.inbox
+        while inbox:
+            self._take(LOCAL, inbox.popleft(), None)
+        outbox = client.outbox
+        if outbox:
+            setup = self.ledger.clients[LOCAL].setup
+            new = self._new_task
+            while outbox:
+                tid, body = outbox.popleft()
+                new(LOCAL, tid, 0, LOCAL, setup, body)
+
+    # ------------------------------------------------------------- handlers
+    def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
+        info, ledger = msg.info, self.ledger
+        role = info.get("role")
+        if role == P.WORKER:
+            old = ledger.workers.get(key)
+            if old is not None:
+                ledger.resync(old, {int(x) for x in info.get("held", ())})
+                old.info.update(info)
+                self._welcome(key, {"resumed": True})
+                return
+            w = ledger.add_worker(key, info)
+            if w.tag and self.watcher is not None:
+                self.watcher.mark_hello(w.tag)
+            log.info("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
+            self._welcome(key, {})
+        elif role == P.CLIENT:
+            c = ledger.clients.get(key) or ledger.add_client(key, info, list(msg.frames[2:]))
+            self._welcome(key, {"setup": c.setup})
+        elif role == P.OBSERVER:
+            ledger.observers.add(key)
+            self._welcome(key, {})
+        else:
+            raise ProtocolError(f"HELLO with unknown role {role!r}")
+
+    def _welcome(self, key: bytes, extra: dict[str, Any]) -> None:
+        body = {
+            "pool": self.pool_id,
+            "id": key.hex(),
+            "version": P.VERSION,
+            "heartbeat": self.heartbeat,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "max_message_size": self.max_message_size,
+            "host": self.host,
+            **extra,
+        }
+        self.send(key, [P.header(P.WELCOME), P.dump_json(body)])
+
+    def _on_submit(self, key: bytes, peer: ClientState | WorkerState, msg: P.Message) -> None:
+        new, served_by = self._new_task, self.ledger.served_by
+        if isinstance(peer, ClientState):
+            for (tid, parent, _), body in msg.parts():
+                new(key, tid, parent, key, peer.setup, body)
+        else:
+            for (tid, parent, _), body in msg.parts():
+                origin, setup = served_by(parent)  # a sub-task serves its parent's client
+                new(key, tid, parent, origin, setup, body)
+
+    def _new_task(
+        self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: Sequence[Any]
+    ) -> None:
+        if not self.ledger.new_task(owner, tid, parent, origin, setup, body):  # type: ignore[arg-type]
+            self.result(owner, tid, P.CANCELLED, [])  # its client is broken
+
+    def _on_share(self, key: bytes, c: ClientState, msg: P.Message) -> None:
+        """A value every worker of this client must have before its later tasks."""
+        frames = list(msg.frames[1:])
+        c.shares.append(frames)
+        for w in self.ledger.workers.values():
+            if c.setup in w.setups:
+                self.send(w.key, [P.header(P.SHARE, 0, c.setup), *frames])
+
+    def _on_cancel(self, key: bytes, peer: Peer, msg: P.Message) -> None:
+        """The owner no longer wants these tasks: forget them wherever they are."""
+        self.cancel_on_workers(self.ledger.cancel(key, [e[0] for e in msg.entries]))
+
+    def _on_return(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        """A worker is starting a task that may run long: it hands back what it has not started."""
+        self.ledger.take_back(w, [e[0] for e in msg.entries])
+
+    def _on_credit(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        self.ledger.grant(w, msg.arg)
+
+    def _on_result(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        ledger = self.ledger
+        if self.trace is not None:
+            self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
+        finish, result = ledger.finish, self.result
+        for (btid, status, _, _, _), body in msg.parts():
+            task, other = finish(w, btid)
+            if task is None:
+                continue
+            if other is not None:
+                self.send(other, [P.pack(P.CANCEL, [(btid,)])])
+            result(task.owner, task.tid, status, body)
+        ledger.completed += msg.count
+        ledger.grant(w, msg.arg)
+
+    def _on_output(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        """OUTPUT / LOG: to the client whose task printed or logged (the broker's own stdout if none)."""
+        ledger = self.ledger
+        routes = ledger.route_output(msg.each())
+        for origin, items in routes.items():
+            if origin is not None and origin in ledger.clients:
+                self.send(origin, [P.pack(msg.kind, [ent for ent, _ in items]), *[f for _, f in items]])
+            elif msg.kind == P.OUTPUT:
+                for ent, frame in items:
+                    stream = sys.stderr if ent[1] == 2 else sys.stdout
+                    stream.write(P.as_bytes(frame).decode("utf-8", "replace"))
+                    stream.flush()
+
+    def _on_setup_done(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        if msg.count:
+            return  # applied
+        c = self.ledger.setups.get(msg.arg)
+        if c is not None and not c.broken:
+            self.break_client(c, "initializer", msg.text or "set-up failed")
+
+    def break_client(self, c: ClientState, kind: str, message: str) -> None:
+        """The client's pool cannot run its tasks any more: say why, drop what serves it."""
+        cancels, orphans = self.ledger.break_client(c)
+        self.send(c.key, [P.header(P.BROKEN), P.dump_json({"kind": kind, "message": message})])
+        self.cancel_on_workers(cancels)
+        for task in orphans:  # a worker's sub-task: its parked parent is told
+            self.result(task.owner, task.tid, P.CANCELLED, [])
+
+    def _on_bye(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
+        ledger = self.ledger
+        if isinstance(peer, WorkerState):
+            self.router.forget(key)
+            self.cancel_on_workers(ledger.leave(peer))
+        elif isinstance(peer, ClientState):
+            self.router.forget(key)
+            self.cancel_on_workers(ledger.remove_client(key)[1])
+        ledger.observers.discard(key)
+
+    def _on_status(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
+        self.send(key, [P.header(P.STATUS_REPLY), P.dump_json(self.status())])
+
+    # ------------------------------------------------------------- dispatch
+    def _dispatch(self) -> None:
+        ledger = self.ledger
+        for w, batch in scheduling.dispatch(ledger, self._claim):
+            self._send_tasks(w, batch)
+        if ledger.queue:
+            starting = self.watcher.starting() if self.watcher is not None else 0
+            if starting:
+                scheduling.mark_running(ledger, starting, self._claim)
+        elif ledger.ready:
+            for w in scheduling.recall(ledger, time.monotonic()):
+                self.send(w.key, [P.header(P.RECALL)])
+        if self._started:
+            started, self._started = self._started, {}
+            for owner, ids in started.items():
+                self.send(owner, [P.pack(P.STARTED, ids)])
+
+    def _claim(self, task: Task) -> bool:
+        """The owner learns the task runs (STARTED); an in-process client is asked at once."""
+        owner = task.owner
+        if owner == LOCAL:
+            assert self.local is not None
+            return self.local.claim(task.tid)
+        if owner in self.ledger.clients:
+            self._started.setdefault(owner, []).append((task.tid,))
+        return True
+
+    def _send_tasks(self, w: WorkerState, batch: list[Task]) -> None:
+        for c in self.ledger.new_setups(w, batch):  # before its first task there: SETUP, SHAREs
+            self.send(w.key, [P.header(P.SETUP, 0, c.setup), *c.setup_frames])
+            for shared in c.shares:
+                self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch)
+        frames: list[Any] = [P.pack(P.TASKS, [(t.btid, t.setup, len(t.frames), t.attempts) for t in batch])]
+        for t in batch:
+            frames.extend(t.frames)
+        self.send(w.key, frames)
+
+    # ----------------------------------------------------------------- send
+    def send(self, key: bytes, frames: Sequence[Any]) -> None:
+        """Send a message to a peer, through its port."""
+        if key in self.links.links:
+            needs_loop = self.links.send(key, frames)
+        elif key == LOCAL and self.local is not None:
+            needs_loop = self.local.send(key, frames)
+        else:
+            needs_loop = self.router.send(key, frames)
+        if needs_loop:
+            self._wake_needed += 1
+
+    def result(self, owner: bytes, tid: int, status: int, body: Sequence[Any]) -> None:
+        """A result for ``owner``: sent in its RESULTS batch at the end of this turn."""
+        self._out.setdefault(owner, []).append(((tid, status, len(body)), body))
+
+    def cancel_on_workers(self, cancels: dict[bytes, list[tuple[int]]]) -> None:
+        """CANCEL, to each worker, the tasks the ledger dropped that it holds."""
+        for wkey, ids in cancels.items():
+            self.send(wkey, [P.pack(P.CANCEL, ids)])
+
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, {}
+            for owner, items in out.items():
+                frames: list[Any] = [P.pack(P.RESULTS, [e for e, _ in items])]
+                for _, body in items:
+                    frames.extend(body)
+                self.send(owner, frames)
+        if self.router.backlogged:
+            self.router.retry_backlog(self._known)
+
+    def _known(self, key: bytes) -> bool:
+        ledger = self.ledger
+        return key in ledger.workers or key in ledger.clients or key in ledger.observers
+
+    def _tick(self, now: float) -> None:
+        POOL.expire()
+        self.router.reprobe(self._known)
+        if self.links.links and now >= self._next_state_check:
+            self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+            workers = self.ledger.workers
+            self.links.check_stopped(now, lambda k: workers[k].info.get("pid") if k in workers else None)
+        self.supervisor.reap()
+        self.ledger.measure_rate(now)
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """The pool at this moment, as JSON-ready data (see status.PoolStatus for the fields).
+
+        Only call it in the broker's thread (or when the loop is not running):
+        STATUS messages and ScoopExecutor.status() arrange that.
+        """
+        now = time.time()
+        auth = self.router.auth
+        return {
+            "pool": self.pool_id,
+            "endpoint": self.endpoint,
+            "host": self.host,
+            "pid": os.getpid(),
+            "protocol": P.VERSION,
+            "uptime": round(now - self.started, 3),
+            "tasks_per_second": round(self.ledger.rate(now - self.started), 1),
+            "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.router.endpoints],
+            "refused_keys": auth.refused if auth is not None else 0,
+            "trace": self.trace.path if self.trace is not None else None,
+            **self.ledger.snapshot(),
+        }
+

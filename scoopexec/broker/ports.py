@@ -1,0 +1,543 @@
+"""The broker's transports, behind one small interface: a port delivers and takes messages.
+
+::
+
+    RouterPort     one ROUTER socket on ipc/tcp endpoints (CURVE on non-loopback TCP, its
+                   ZAP handler in the same poll): remote clients, standalone and remote
+                   workers, status queries
+    LinkPort       a socketpair per local worker of an embedded broker (wire/framing.Link)
+    InProcessPort  the ScoopExecutor that embeds the broker: no socket, calls
+
+Every port hands what it receives to the loop as ``on_message(key, frames, ident)``
+(``ident`` is the ROUTER's routing frame, None elsewhere) and tells it of a peer that
+went away with ``on_gone(key, why)``; the loop sends with ``port.send(key, frames)``,
+which returns True when the port needs the loop's attention for that message (it waits
+in a queue, or a ZeroMQ socket was used and its edge-triggered FD must be looked at).
+Each port watches its file descriptors through the loop's :class:`Poll`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import zmq
+import zmq.utils.z85
+from zmq.utils.monitor import parse_monitor_message
+
+from ..deploy.local import process_state
+from ..errors import ProtocolError
+from ..wire import protocol as P
+from ..wire.framing import PUSH_WAIT, Link, WakePipe, zmq_receive, zmq_send
+from ..wire.security import MONITOR_EVENTS, KeyPair, is_loopback
+
+__all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
+
+log = logging.getLogger("scoopexec.broker")
+
+SEND_HWM = 100_000
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+POLLIN = select.POLLIN
+
+OnMessage = Callable[[bytes, list[Any], "zmq.Frame | None"], None]
+OnGone = Callable[[bytes, str], None]
+
+
+class Poll:
+    """One select.poll over every file descriptor the broker watches, each with its handler."""
+
+    def __init__(self) -> None:
+        self.poll = select.poll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+
+    def watch(self, fd: int, handler: Callable[[int], None], events: int = POLLIN) -> None:
+        self.poll.register(fd, events)
+        self.handlers[fd] = handler
+
+    def modify(self, fd: int, events: int) -> None:
+        self.poll.modify(fd, events)
+
+    def forget(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        try:
+            self.poll.unregister(fd)
+        except KeyError:
+            pass
+
+
+# --------------------------------------------------------------------- ROUTER
+class Authenticator:
+    """A ZAP handler for one context: accepts CURVE peers whose public key it knows.
+
+    The broker polls :attr:`socket` in its own loop and calls :meth:`handle`;
+    no extra thread.  Bind it before any CURVE listener of the context exists,
+    so that no handshake can happen without it.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.allowed: set[bytes] = set()
+        self.refused = 0
+        self.refused_from: dict[str, int] = {}
+        self.socket = ctx.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(ZAP_ENDPOINT)
+
+    def allow(self, public: bytes) -> None:
+        self.allowed.add(public)
+
+    def revoke(self, public: bytes) -> None:
+        self.allowed.discard(public)
+
+    def handle(self) -> None:
+        """Answer every pending ZAP request."""
+        s = self.socket
+        while True:
+            try:
+                req = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(req) < 6:  # libzmq never sends these; a REP socket must answer anyway
+                s.send_multipart([req[0] if req else b"1.0", req[1] if len(req) > 1 else b"",
+                                  b"400", b"malformed", b"", b""])
+                continue
+            version, request_id, _domain, address, _identity, mechanism = req[:6]
+            ok = False
+            user = b""
+            if mechanism == b"CURVE" and len(req) >= 7 and len(req[6]) == 32:
+                user = zmq.utils.z85.encode(req[6])
+                ok = user in self.allowed
+            if not ok:
+                self.refused += 1
+                where = address.decode("utf-8", "replace") or "?"
+                self.refused_from[where] = self.refused_from.get(where, 0) + 1
+            s.send_multipart(
+                [
+                    version,
+                    request_id,
+                    b"200" if ok else b"400",
+                    b"OK" if ok else b"unknown key",
+                    user if ok else b"",
+                    b"",
+                ]
+            )
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class RouterPort:
+    """The ROUTER socket and what goes with it: endpoints, CURVE keys, the disconnect monitor.
+
+    A peer whose connection closes (the monitor says so) is probed with a PING: the
+    ROUTER learns that a connection's pipe is gone a little after the monitor reports
+    it, so a probe that gets through is tried again on the next ticks (until a new
+    HELLO, or heartbeat_timeout): a remote worker has no process here whose exit would
+    tell.  A message the socket cannot take now waits in the peer's backlog.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        *,
+        heartbeat: float,
+        heartbeat_timeout: float,
+        max_message_size: int,
+        curve: KeyPair | None,
+        on_message: OnMessage,
+        on_gone: OnGone,
+        dropped: collections.Counter[str],
+    ) -> None:
+        self.ctx = ctx
+        self.heartbeat_timeout = heartbeat_timeout
+        self.on_message = on_message
+        self.on_gone = on_gone
+        self.dropped = dropped
+        r = self.sock = ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.SNDHWM, SEND_HWM)
+        r.setsockopt(zmq.RCVHWM, SEND_HWM)
+        r.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+        r.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
+        r.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
+        if max_message_size > 0:
+            # Peers check sizes themselves and fail the one task; this is the
+            # hard guard against a peer that does not (it gets disconnected).
+            r.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
+        self.curve = curve
+        self.auth: Authenticator | None = None
+        self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | MONITOR_EVENTS)
+        self.fds: dict[int, bytes] = {}  # a connection's fd (SRCFD of its HELLO) -> its peer
+        self.backlog: dict[bytes, collections.deque[list[Any]]] = {}
+        self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
+        self._poll: Poll | None = None
+        self._polled_auth: Authenticator | None = None
+        self._dirty = True  # the sockets were used since their EVENTS were last read
+        self._take_router = self._take_monitor = self._take_auth = False
+
+    # ------------------------------------------------------------- endpoints
+    def add_endpoint(self, endpoint: str, *, secure: bool) -> str:
+        """Listen on one more endpoint (CURVE when ``secure``); return it as bound."""
+        r = self.sock
+        if secure:
+            if self.curve is None:
+                self.curve = KeyPair.new()
+            if self.auth is None:
+                self.auth = Authenticator(self.ctx)  # before the listener exists
+                if self._poll is not None:
+                    self._watch_auth()
+            r.setsockopt(zmq.CURVE_SERVER, 1)
+            r.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+        elif not is_loopback(endpoint):
+            raise ValueError(f"refusing to listen on {endpoint!r} without CURVE security")
+        else:
+            r.setsockopt(zmq.CURVE_SERVER, 0)
+        try:
+            r.bind(endpoint)
+            self._dirty = True
+        finally:
+            r.setsockopt(zmq.CURVE_SERVER, 0)  # later listeners choose again
+        bound = str(r.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.endpoints.append((bound, secure))
+        return bound
+
+    def allow(self, public: bytes) -> None:
+        if self.auth is None:
+            raise RuntimeError("this broker has no secured endpoint")
+        self.auth.allow(public)
+
+    def revoke(self, public: bytes) -> None:
+        if self.auth is not None:
+            self.auth.revoke(public)
+
+    # --------------------------------------------------------------- polling
+    def watch(self, poll: Poll) -> None:
+        """Register the sockets' FDs (select.poll, not zmq.Poller: zmq_poll asks every socket
+        for its EVENTS around every wait, which matter only after the socket was used)."""
+        self._poll = poll
+        poll.watch(int(self.sock.getsockopt(zmq.FD)), self._flag_router)  # type: ignore[call-overload]
+        poll.watch(int(self.monitor.getsockopt(zmq.FD)), self._flag_monitor)  # type: ignore[call-overload]
+        if self.auth is not None:
+            self._watch_auth()
+
+    def _watch_auth(self) -> None:
+        assert self._poll is not None and self.auth is not None
+        if self._polled_auth is not self.auth:
+            self._polled_auth = self.auth
+            self._poll.watch(int(self.auth.socket.getsockopt(zmq.FD)), self._flag_auth)  # type: ignore[call-overload]
+
+    def _flag_router(self, events: int) -> None:
+        self._take_router = True
+
+    def _flag_monitor(self, events: int) -> None:
+        self._take_monitor = True
+
+    def _flag_auth(self, events: int) -> None:
+        self._take_auth = True
+
+    def input_waiting(self) -> bool:
+        """Whether input waits already: a ZeroMQ FD signals only changes, so input that was
+        there when the socket was last used must be asked for (EVENTS) before sleeping."""
+        if self._dirty:
+            self._dirty = False
+            self._take_router = bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
+            self._take_monitor = bool(self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
+        if self.auth is not None:
+            self._take_auth = bool(self.auth.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
+        return self._take_router or self._take_monitor or self._take_auth
+
+    def take(self) -> None:
+        """After a poll: read what the sockets flagged hold."""
+        if self._take_router:
+            self._take_router = False
+            self._receive()
+        if self._take_monitor:
+            self._take_monitor = False
+            self._drain_monitor()
+        if self._take_auth and self.auth is not None:
+            self._take_auth = False
+            self.auth.handle()
+
+    def _receive(self, limit: int = 2000) -> None:
+        msgs = zmq_receive(self.sock, limit)
+        # Fewer than the limit: EVENTS said there is no more; else look again before sleeping.
+        self._dirty = len(msgs) >= limit
+        on_message = self.on_message
+        for frames in msgs:
+            ident = frames[0]
+            if len(frames) < 2:
+                self.dropped["empty"] += 1
+                continue
+            on_message(ident.bytes, frames[1:], ident)
+
+    def remember(self, ident: zmq.Frame, key: bytes) -> None:
+        """A peer said HELLO on this connection: its closing is that peer's (see the monitor)."""
+        try:
+            fd = int(ident.get(zmq.SRCFD))
+        except (zmq.ZMQError, AttributeError, TypeError):
+            return
+        if fd >= 0:
+            self.fds[fd] = key
+
+    def forget(self, key: bytes) -> None:
+        for fd, k in list(self.fds.items()):
+            if k == key:
+                del self.fds[fd]
+        self.backlog.pop(key, None)
+
+    def _drain_monitor(self) -> None:
+        mon = self.monitor
+        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+            msg = mon.recv_multipart()
+            try:
+                event = parse_monitor_message(msg)
+            except Exception:
+                continue
+            if event["event"] & MONITOR_EVENTS:
+                self.dropped["failed handshake"] += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                key = self.fds.pop(int(event["value"]), None)
+                if key is not None:
+                    self._probe(key, "its connection closed")
+
+    def _probe(self, key: bytes, why: str, until: float | None = None) -> None:
+        """A peer's connection closed: is the routing id still reachable?"""
+        self._dirty = True
+        try:
+            self.sock.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+            self.sock.send(P.header(P.PING))
+        except zmq.Again:
+            return  # alive (a newer connection exists), just busy
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._suspects.pop(key, None)
+                self.on_gone(key, why)
+            return
+        if until is None:
+            until = time.monotonic() + self.heartbeat_timeout
+        self._suspects[key] = (until, why)
+
+    def reprobe(self, known: Callable[[bytes], bool]) -> None:
+        """On a tick: probe again the peers whose connection closed (``known``: still a peer)."""
+        if not self._suspects:
+            return
+        now = time.monotonic()
+        registered = set(self.fds.values())
+        for key, (until, why) in list(self._suspects.items()):
+            del self._suspects[key]
+            if now > until or key in registered or not known(key):
+                continue  # reconnected (it said HELLO again), still answering, or already gone
+            self._probe(key, why, until)
+
+    # --------------------------------------------------------------- sending
+    @property
+    def backlogged(self) -> bool:
+        return bool(self.backlog)
+
+    def send(self, key: bytes, frames: Sequence[Any]) -> bool:
+        """Send one message; keep it for later if the peer is slow, drop it if gone."""
+        waiting = self.backlog.get(key)
+        if waiting is not None:
+            waiting.append(list(frames))
+            return True
+        self._send_now(key, frames, True)
+        return True
+
+    def _send_now(self, key: bytes, frames: Sequence[Any], keep: bool) -> bool:
+        r = self.sock
+        self._dirty = True  # sending can take in the commands that signal input
+        try:
+            r.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+        except zmq.Again:
+            if keep:
+                self.backlog.setdefault(key, collections.deque()).append(list(frames))
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.backlog.pop(key, None)
+                self.on_gone(key, "it is no longer connected")
+                return False
+            raise
+        zmq_send(r, frames)
+        return True
+
+    def retry_backlog(self, known: Callable[[bytes], bool]) -> None:
+        for key in list(self.backlog):
+            waiting = self.backlog[key]
+            if not known(key):
+                del self.backlog[key]
+                continue
+            while waiting:
+                frames = waiting.popleft()
+                if not self._send_now(key, frames, False):
+                    if key in self.backlog:
+                        waiting.appendleft(frames)
+                    break
+            else:
+                self.backlog.pop(key, None)
+
+    def close(self) -> None:
+        if self.sock.closed:
+            return
+        # Stop the monitor while its socket can still take the MONITOR_STOPPED
+        # event: disabling it after closing that socket can block forever.
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)
+        self.sock.close(linger=200)
+        if self.auth is not None:
+            self.auth.close()
+
+
+# ---------------------------------------------------------------------- links
+class LinkPort:
+    """The local workers of an embedded broker, each on one end of a socketpair.
+
+    Liveness needs no heartbeat here: end of file is the process gone, and a
+    process stopped (SIGSTOP, a debugger) for heartbeat_timeout is lost, as an
+    unanswered heartbeat would make it.  A task holding the GIL is not.
+    """
+
+    def __init__(self, poll: Poll, wake: WakePipe, on_message: OnMessage, on_gone: OnGone,
+                 dropped: collections.Counter[str], heartbeat_timeout: float) -> None:  # fmt: skip
+        self.poll = poll
+        self.wake = wake
+        self.on_message = on_message
+        self.on_gone = on_gone
+        self.dropped = dropped
+        self.heartbeat_timeout = heartbeat_timeout
+        self.links: dict[bytes, Link] = {}
+        self._new: collections.deque[tuple[bytes, Link]] = collections.deque()
+        self.dead: list[bytes] = []  # links found broken while sending: closed after the turn
+        self._stopped: dict[bytes, float] = {}  # workers seen stopped (SIGSTOP), since when
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.links
+
+    def add(self, sock: socket.socket) -> bytes:
+        """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
+        key = b"W" + os.urandom(11)
+        self._new.append((key, Link(sock)))
+        self.wake.wake()  # the loop registers it (register_new)
+        return key
+
+    def register_new(self) -> None:
+        while self._new:
+            key, link = self._new.popleft()
+            self.links[key] = link
+            self.poll.watch(link.fd, lambda events, key=key: self._on_ready(key, events))  # type: ignore[misc]
+
+    def _on_ready(self, key: bytes, events: int) -> None:
+        link = self.links.get(key)
+        if link is None:
+            return
+        if events & select.POLLOUT:
+            try:
+                done = link.flush(PUSH_WAIT)
+            except OSError:
+                done, link.eof = True, True
+            if done:
+                self.poll.modify(link.fd, POLLIN)
+        if events & (POLLIN | select.POLLERR | select.POLLHUP) or link.eof:
+            try:
+                msgs = link.receive(2000)
+            except ProtocolError as exc:
+                msgs, link.eof = [], True
+                self.dropped["malformed"] += 1
+                log.warning("closed the link to a local worker: %s", exc)
+            for frames in msgs:
+                self.on_message(key, frames, None)
+            if link.eof:
+                self.close_link(key, "its connection closed")
+
+    def send(self, key: bytes, frames: Sequence[Any]) -> bool:
+        link = self.links[key]
+        try:
+            if not link.send(frames):
+                self.poll.modify(link.fd, POLLIN | select.POLLOUT)
+                return True
+        except OSError:
+            link.eof = True
+            self.dead.append(key)
+        return False
+
+    def close_dead(self) -> None:
+        while self.dead:
+            self.close_link(self.dead.pop(), "its connection closed")
+
+    def close_link(self, key: bytes, why: str) -> None:
+        link = self.links.pop(key, None)
+        if link is None:
+            return
+        self._stopped.pop(key, None)
+        self.poll.forget(link.fd)
+        link.close()
+        self.on_gone(key, why)
+
+    def check_stopped(self, now: float, pid_of: Callable[[bytes], Any]) -> None:
+        """Close the links of workers whose process has been stopped for heartbeat_timeout."""
+        for key in list(self.links):
+            pid = pid_of(key)
+            if not isinstance(pid, int):
+                continue
+            state = process_state(pid)
+            if state is None:
+                continue
+            if state not in (b"T", b"t"):
+                self._stopped.pop(key, None)
+                continue
+            since = self._stopped.setdefault(key, now)
+            if now - since >= self.heartbeat_timeout:
+                self.close_link(key, f"its process was stopped for {now - since:.1f} s")
+
+    def close_all(self, drain: float) -> None:
+        for link in self.links.values():
+            link.close(drain=drain)
+        self.links.clear()
+
+
+# ------------------------------------------------------------------ in process
+class LocalClient(Protocol):
+    """What the in-process client offers (client/embedded.py): its queues and its message table."""
+
+    outbox: collections.deque[tuple[int, list[Any]]]  # submissions: (its task id, the task's frames)
+    inbox: collections.deque[list[Any]]  # other messages for the broker (SHARE)
+    wake: WakePipe  # written when either gains something
+
+    def setup_frames(self) -> list[bytes]: ...
+    def started(self, tid: int) -> bool: ...  # False: the future was cancelled, drop the task
+    def handle(self, frames: list[Any]) -> None: ...  # a message from the broker
+    def dispatched(self) -> None: ...  # what was submitted so far was taken in
+
+
+class InProcessPort:
+    """The client that embeds the broker, as a port: its submissions come from a queue, and the
+    messages for it are handed to its table (``client.handle``) by the loop's thread once the
+    broker's lock is released, so that no future's callback runs under that lock."""
+
+    def __init__(self, client: LocalClient) -> None:
+        self.client = client
+        self.pending: collections.deque[list[Any]] = collections.deque()
+
+    def send(self, key: bytes, frames: Sequence[Any]) -> bool:
+        self.pending.append(list(frames))
+        return True
+
+    def deliver(self) -> None:
+        """Hand the messages for the client over (not holding the broker's lock)."""
+        pending, handle = self.pending, self.client.handle
+        while pending:
+            handle(pending.popleft())
+
+    def claim(self, tid: int) -> bool:
+        return self.client.started(tid)
+

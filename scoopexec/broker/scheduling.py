@@ -1,0 +1,122 @@
+"""Who gets which task: functions of the ledger, no sockets.
+
+* :func:`dispatch` hands queued tasks to workers with credit, as evenly as the queue
+  allows (no worker takes more than its share of what is queued while others wait), and
+  keeps a sub-task off its parent's worker while another worker is idle: the parent
+  may be parked there, and a child queued behind it would hold it up.
+* :func:`mark_running` tells owners which queued tasks count as running before any
+  worker has them (as many as idle and starting workers), as ProcessPoolExecutor's call
+  queue does, so that a pool still starting behaves like one that has started.
+* :func:`recall` picks the workers to ask for their unstarted tasks back (RECALL) when
+  nothing is queued and a worker is idle: a worker keeps a task or two in hand while it
+  runs one, and those are better run on the idle one.
+
+``claim(task)`` is asked once per task before its owner first learns it is running:
+False means the owner no longer wants it (an in-process client cancelled the future),
+and the task is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+from .ledger import Ledger, Task, WorkerState
+
+__all__ = ["RECALL_EVERY", "dispatch", "mark_running", "recall"]
+
+RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
+
+Claim = Callable[[Task], bool]
+
+
+def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]]]:
+    """Assign queued tasks to ready workers; return the batches to send, in order."""
+    queue, ready, tasks, workers = ledger.queue, ledger.ready, ledger.tasks, ledger.workers
+    out: list[tuple[WorkerState, list[Task]]] = []
+    while queue and ready:
+        share = max(1, math.ceil(len(queue) / len(ready)))
+        sent = 0
+        for _ in range(len(ready)):
+            if not queue:
+                break
+            w = ready.popleft()
+            if w.key not in workers or w.credit <= 0:
+                continue
+            others: bool | None = None  # another worker idle? (asked when it matters)
+            skipped: list[int] = []
+            batch: list[Task] = []
+            want = min(w.credit, share)
+            while want and queue:
+                btid = queue.popleft()
+                task = tasks.get(btid)
+                if task is None or task.worker is not None:
+                    continue
+                if task.parent:
+                    parent = tasks.get(task.parent)
+                    if others is None:
+                        others = any(
+                            o is not w and o.credit > 0 and not o.assigned and o.key in workers for o in ready
+                        )
+                    if others and parent is not None and parent.worker == w.key:
+                        skipped.append(btid)
+                        continue
+                if not (task.marked or task.attempts):
+                    if not claim(task):
+                        del tasks[btid]  # cancelled while queued
+                        continue
+                    task.marked = True
+                batch.append(task)
+                want -= 1
+            if skipped:
+                queue.extendleft(reversed(skipped))
+            if batch:
+                ledger.assign(w, batch)
+                w.credit -= len(batch)
+                sent += len(batch)
+                out.append((w, batch))
+            if w.credit > 0:
+                ready.append(w)
+        if not sent:
+            break  # every ready worker passed on what is queued: wait for input
+    return out
+
+
+def mark_running(ledger: Ledger, starting: int, claim: Claim) -> None:
+    """Claim as many of the next queued tasks as there are idle workers plus ``starting`` ones."""
+    free = sum(1 for w in ledger.workers.values() if not w.assigned) + starting
+    if free <= 0:
+        return
+    tasks = ledger.tasks
+    for btid in list(itertools.islice(ledger.queue, 0, free + 16)):
+        if free <= 0:
+            break
+        task = tasks.get(btid)
+        if task is None or task.worker is not None:
+            continue
+        free -= 1
+        if task.marked or task.attempts:
+            continue
+        if not claim(task):
+            del tasks[btid]
+            free += 1
+            continue
+        task.marked = True
+
+
+def recall(ledger: Ledger, now: float) -> list[WorkerState]:
+    """The workers to send RECALL to now (see the module docstring); at most every RECALL_EVERY s."""
+    if now < ledger.next_recall:
+        return []
+    ledger.next_recall = now + RECALL_EVERY
+    workers = ledger.workers
+    if not any(w.credit > 0 and not w.assigned and w.key in workers for w in ledger.ready):
+        return []
+    out = []
+    for w in workers.values():
+        # One task assigned is the one it runs (or a parked one): nothing to give.
+        if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
+            w.recalled = now
+            out.append(w)
+    return out

@@ -1,0 +1,164 @@
+"""Peers that go away, and local worker processes that exit: the broker's supervision.
+
+* A client gone (its connection closed, or it said BYE): the tasks that serve it are
+  dropped and cancelled on their workers.
+* A worker lost (its connection or process gone, or stopped for heartbeat_timeout): each
+  task it held is queued again, or given up (LOST) when lost more than max_retries times,
+  with the likely cause in words -- the exit status of a local process, which is waited
+  for briefly; a local worker that is alive but unreachable is killed.
+* A local worker process that exited is replaced, unless workers keep dying before they
+  say HELLO; with no worker left and none to come, every client's pool is broken with the
+  reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..wire import protocol as P
+from .ledger import ClientState, Ledger, Task, WorkerState
+
+if TYPE_CHECKING:
+    from ..trace import TraceRecorder
+    from .ports import RouterPort
+
+__all__ = ["ProcessWatcher", "Supervisor"]
+
+log = logging.getLogger("scoopexec.broker")
+
+
+class ProcessWatcher(Protocol):
+    """Local worker processes the broker should watch and replace (deploy/groups.Launchers)."""
+
+    def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
+    def mark_hello(self, tag: str) -> None: ...
+    def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
+    def starting(self) -> int: ...
+    def kill(self, tag: str) -> None: ...
+    def replace(self, tag: str) -> bool: ...
+    def describe_exit(self, tag: str, returncode: int) -> str: ...
+
+
+class _Broker(Protocol):
+    ledger: Ledger
+    router: RouterPort
+    watcher: ProcessWatcher | None
+    trace: TraceRecorder | None
+    heartbeat_timeout: float
+    max_retries: int
+    endpoint: str
+
+    @property
+    def stopping(self) -> bool: ...
+    def result(self, owner: bytes, tid: int, status: int, body: Sequence[Any]) -> None: ...
+    def cancel_on_workers(self, cancels: dict[bytes, list[tuple[int]]]) -> None: ...
+    def break_client(self, c: ClientState, kind: str, message: str) -> None: ...
+
+
+class Supervisor:
+    """The broker's handling of peers that go away (see the module docstring)."""
+
+    def __init__(self, broker: _Broker) -> None:
+        self.b = broker
+
+    def reap(self) -> None:
+        """On a tick: handle the local worker processes that exited."""
+        watcher = self.b.watcher
+        if watcher is not None:
+            for tag, _pid, rc in watcher.reap():
+                self.exited(tag, rc)
+
+    def peer_gone(self, key: bytes, why: str) -> None:
+        ledger = self.b.ledger
+        w = ledger.workers.get(key)
+        if w is not None:
+            self.lose_worker(w, why)
+            return
+        if key in ledger.clients:
+            log.info("client %s left (%s)", key.hex(), why)
+            self.b.router.forget(key)
+            self.b.cancel_on_workers(ledger.remove_client(key)[1])
+        ledger.observers.discard(key)
+
+    def lose_worker(self, w: WorkerState, why: str, exit_info: str = "") -> None:
+        ledger = self.b.ledger
+        if ledger.workers.pop(w.key, None) is None:
+            return  # lost already
+        self.b.router.forget(w.key)
+        watcher = self.b.watcher
+        if not exit_info and w.tag and watcher is not None and watcher.owns_process(w.tag):
+            exit_info = self._exit_info(w.tag)
+            if not exit_info:
+                # Alive but unreachable (stopped, stuck in native code): it is
+                # ours, so end it; its tasks run elsewhere and it is replaced.
+                watcher.kill(w.tag)
+                if "stopped" in why:  # seen in its process state (a link, see LinkPort.check_stopped)
+                    exit_info = f"{why} (SIGSTOP or a debugger) and was killed"
+                else:
+                    exit_info = (
+                        f"it stopped answering heartbeats for {self.b.heartbeat_timeout:g} s and was killed"
+                    )
+        reason = exit_info or why
+        if w.assigned:
+            log.warning("%s was lost with %d task(s): %s", w.where, len(w.assigned), reason)
+        lost, cancels = ledger.lose_worker(w, reason)
+        for task, given_up in lost:
+            if self.b.trace is not None:
+                self.b.trace.on_lost(task, w, f"{w.where}: {reason}", given_up)
+            if given_up:
+                self.b.result(task.owner, task.tid, P.LOST, _lost_frames(task, w, reason, self.b.max_retries))
+        self.b.cancel_on_workers(cancels)
+
+    def _exit_info(self, tag: str) -> str:
+        """Wait briefly for a local worker's exit status; replace it once it has exited."""
+        assert self.b.watcher is not None
+        for _ in range(20):
+            for t, _pid, rc in self.b.watcher.reap():
+                if t == tag:
+                    self._replace(t)
+                    return self.b.watcher.describe_exit(tag, rc)
+                self.exited(t, rc)
+            time.sleep(0.005)
+        return ""
+
+    def exited(self, tag: str, rc: int) -> None:
+        assert self.b.watcher is not None
+        # A tag names one local worker process, or a group of workers started
+        # together on another host (their tags are "GROUP.N").
+        lost = [w for w in self.b.ledger.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        for w in lost:
+            self.lose_worker(w, "its process exited", self.b.watcher.describe_exit(tag, rc))
+        if not lost:
+            self.b.ledger.recent_losses.append(self.b.watcher.describe_exit(tag, rc))
+        self._replace(tag)
+
+    def _replace(self, tag: str) -> None:
+        """Start a new worker for one that exited, unless they keep dying at start-up."""
+        watcher, ledger = self.b.watcher, self.b.ledger
+        assert watcher is not None
+        if self.b.stopping or watcher.replace(tag) or ledger.workers or watcher.starting():
+            return
+        why = "; ".join(ledger.recent_losses) or "worker processes keep exiting"
+        text = (
+            f"no worker is left, and none could be started or replaced: {why}. Run `python -m "
+            f"scoopexec worker --connect {self.b.endpoint}` by hand to see why (the same Python, with "
+            "scoopexec importable)"
+        )
+        for c in list(ledger.clients.values()):
+            if not c.broken:
+                self.b.break_client(c, "broken", text)
+
+
+def _lost_frames(task: Task, w: WorkerState, reason: str, max_retries: int) -> list[Any]:
+    """The frames of a LOST result: why the task was given up, as JSON (nothing to unpickle)."""
+    n = task.attempts
+    message = (
+        f"task {task.btid} was lost {n} time{'s' if n != 1 else ''} with its worker, more than "
+        f"max_retries={max_retries} allows; last: {w.where}: {reason}. A task that keeps "
+        "taking its worker down is the likely cause (memory use, a crash in native code); "
+        "if the losses are unrelated to it, raise max_retries"
+    )
+    return [P.dump_json({"type": "WorkerLostError", "message": message, "kind": "lost"}), b""]

@@ -1,0 +1,206 @@
+"""``ScoopExecutor()`` with no broker: a private broker in a thread of this process, and local workers.
+
+::
+
+  user threads                    broker thread (broker/loop.py)             worker processes
+  submit() --pickle--> outbox --wake--> Broker loop --TASKS (batched)--> hub greenlet, runners
+  Future <--set_result-- handle() <------------------- RESULT (batched) --+
+                                      (set_running_or_notify_cancel when a task is
+                                       handed to a worker; cancelled ones are dropped)
+
+The client is the broker's in-process peer (broker/ports.InProcessPort), so a round
+trip costs two socket hops and two thread hand-offs, like ProcessPoolExecutor's; the
+submitting thread even dispatches its own task when the broker's loop sleeps.  The
+local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
+the broker also listens on a private ipc socket (for standalone workers and status
+queries) and, with ``bind=`` or workers on other hosts, on a TCP endpoint secured
+with CURVE.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .. import pools
+from ..broker.loop import Broker
+from ..deploy.contract import LaunchOptions
+from ..deploy.groups import Launchers, Target
+from ..deploy.local import LocalWorkers, use_socketpairs
+from ..deploy.slurm import slurm_address
+from ..wire.security import Credentials, KeyPair, check_endpoint, endpoint_host, is_loopback
+from .session import Session, status_timeout
+
+if TYPE_CHECKING:
+    from ..trace import TraceRecorder
+
+__all__ = ["EmbeddedSession"]
+
+log = logging.getLogger("scoopexec")
+
+
+class EmbeddedSession(Session):
+    """An embedded broker in a thread of this process, and local worker processes."""
+
+    def __init__(
+        self,
+        n: int,
+        setup: list[bytes],
+        options: LaunchOptions,
+        *,
+        bind: str | None,
+        max_retries: int,
+        max_message_size: int,
+        trace: TraceRecorder | None = None,
+    ) -> None:
+        if bind is not None:
+            check_endpoint(bind, secure=True, what="bind endpoint")
+        super().__init__(setup)
+        self.launch_options = options
+        self.trace = trace
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self._ipc_dir: str | None = tempfile.mkdtemp(prefix="scoopexec-")  # mode 0700
+        private = f"ipc://{self._ipc_dir}/broker"
+        if len(private) > 100:  # too long for a unix socket path
+            private = "tcp://127.0.0.1:0"
+        self._secure: str | None = None  # a CURVE endpoint, once there is one
+        try:
+            self.broker = Broker(
+                private,
+                context=self.ctx,
+                local=self,
+                heartbeat=options.heartbeat,
+                heartbeat_timeout=options.heartbeat_timeout,
+                max_retries=max_retries,
+                max_message_size=max_message_size,
+            )
+            self.pool_id = self.broker.pool_id
+            self.endpoint = self.private = self.broker.endpoint
+            if bind is not None:
+                secure = not is_loopback(bind)
+                self.endpoint = self.broker.router.add_endpoint(bind, secure=secure)
+                if secure:
+                    self._secure = self.endpoint
+            self.workers = Launchers(
+                LocalWorkers(
+                    self.private,
+                    n,
+                    python=options.python,
+                    env=options.env,
+                    cwd=options.cwd if options.keep_cwd else None,
+                    flags={"keep_cwd": options.keep_cwd},
+                    heartbeat=options.heartbeat,
+                    heartbeat_timeout=options.heartbeat_timeout,
+                    link=self.broker.links.add if use_socketpairs() else None,
+                )
+            )
+        except BaseException:
+            self._cleanup_dir()
+            if getattr(self, "broker", None) is not None:
+                self.broker.close()
+            self.ctx.term()
+            self.wake.close()
+            raise
+        self.broker.watcher = self.workers
+        self.broker.trace = trace
+        pools.track(self)
+        self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
+        self.thread.start()
+
+    def _kick(self) -> None:
+        # Dispatch from this thread while the broker's loop sleeps in poll: the task
+        # reaches a worker without first waking the broker thread (a thread hand-off).
+        if not self.wake.pending and not self.broker.dispatch_local_now():
+            self.wake.wake()
+
+    def request_stop(self) -> None:
+        self.broker.stop()
+
+    def _in_loop(self, fn: Callable[[], Any]) -> Any:
+        if self.thread is None:
+            return fn()
+        return self.broker.call_soon(fn).result(timeout=60)
+
+    def _remote_target(self, kind: str) -> Target:
+        if self._secure is None:
+            router = self.broker.router
+            self._secure = self._in_loop(lambda: router.add_endpoint("tcp://0.0.0.0:0", secure=True))
+        curve = self.broker.router.curve
+        assert curve is not None
+        pair = KeyPair.new()
+        self.broker.router.allow(pair.public)
+        keys = Credentials.for_pair(curve.public, pair)
+        host = endpoint_host(self._secure) or ""
+        port = int(self._secure.rsplit(":", 1)[1])
+        if host not in ("0.0.0.0", "*", "::", ""):
+            return Target(self._secure, None, keys)
+        if kind == "ssh":
+            return Target(None, port, keys)
+        return Target(f"tcp://{slurm_address()}:{port}", None, keys)
+
+    def start_local(self, n: int) -> None:
+        assert self.workers is not None and self.workers.local is not None
+        self.workers.local.add(n)
+
+    def revoke(self, public: bytes) -> None:
+        """Refuse new connections with this key (a group of workers removed on purpose)."""
+        self.broker.router.revoke(public)
+
+    def join_keys(self) -> Credentials:
+        """A new key pair this pool accepts, for a peer started by hand."""
+        if self._secure is None:
+            raise RuntimeError(
+                "this pool listens on no network endpoint: create it with "
+                "bind='tcp://0.0.0.0:PORT' (or an address of this host) to let workers join by hand"
+            )
+        return self._remote_target("key").keys
+
+    def _status(self, timeout: float) -> dict[str, Any]:
+        if self.thread is threading.current_thread():
+            return self.broker.status()  # e.g. from a done-callback: we are the broker's thread
+        fut = self.broker.call_soon(self.broker.status)
+        try:
+            result: dict[str, Any] = fut.result(timeout)
+        except cf.TimeoutError:
+            fut.cancel()
+            raise status_timeout(timeout) from None
+        except cf.CancelledError:
+            raise RuntimeError("this pool shut down before its broker answered") from None
+        return result
+
+    def _run(self) -> None:
+        try:
+            self.broker.run()
+        except BaseException:  # pragma: no cover - a bug in the loop must not hang the client
+            log.exception("the scoopexec broker thread failed")
+            self.broken_msg = self.broken_msg or "the broker thread failed (see the log)"
+        finally:
+            if self.workers is not None:
+                self.workers.stop()
+            self.ctx.term()
+            self._cleanup_dir()
+            self._write_trace()
+            log.info("pool %s stopped after %d task(s)", self.pool_id, self.broker.ledger.completed)
+            self._finished()
+
+    def _write_trace(self) -> None:
+        if self.trace is None:
+            return
+        try:
+            path = self.trace.write()
+        except Exception as exc:
+            log.error("could not write the timeline to %s: %s: %s", self.trace.path, type(exc).__name__, exc)
+        else:
+            log.info("timeline of %d task(s) written to %s", len(self.trace.records), path)
+
+    def _cleanup_dir(self) -> None:
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None

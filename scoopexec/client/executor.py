@@ -1,0 +1,484 @@
+"""ScoopExecutor: the concurrent.futures contract, and nothing else.
+
+What a call does is elsewhere: the conversation with a broker is a session
+(session.py; embedded.py starts a private broker and local workers, remote.py joins
+a standalone one), hosts are placed and workers started by deploy/, the process's
+pools are tracked in pools.py, and map() comes from mapping.py.  Here: the
+arguments, their checks, and the Executor methods -- submit, map, shutdown (safe to
+call twice), the ``with`` block -- plus the pool's own extras (share, status,
+add_workers, remove_workers, write_key_file, abort).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .. import mainmodule, pools
+from ..deploy.contract import LaunchOptions, check_env
+from ..deploy.groups import Launchers
+from ..deploy.hosts import Host, parse_hosts, plan_hosts
+from ..deploy.local import default_worker_count
+from ..errors import BrokenScoopExecutor, InitializerError, MessageTooLargeError, SerializationError
+from ..mapping import MapMixin
+from ..status import PoolStatus
+from ..trace import TraceRecorder
+from ..wire import serialize
+from ..wire.security import Credentials, read_key_file, write_key_file
+from ..worker import setup as worker_setup
+from ..worker.pool import pool_handle
+from ..worker.worker import current_worker
+from .embedded import EmbeddedSession
+from .future import ScoopFuture
+from .remote import RemoteSession
+from .session import Session
+
+__all__ = ["ScoopExecutor"]
+
+log = logging.getLogger("scoopexec")
+
+
+def _check_mp_context(ctx: Any) -> None:
+    if ctx is None:
+        return
+    get = getattr(ctx, "get_start_method", None)
+    if not callable(get):
+        raise TypeError(
+            f"mp_context must be a multiprocessing context, e.g. multiprocessing.get_context('spawn'), "
+            f"not {type(ctx).__name__}"
+        )
+    method = get()
+    if method not in ("spawn", "forkserver"):
+        raise ValueError(
+            f"mp_context with the {method!r} start method cannot be honoured: scoopexec workers are "
+            "fresh interpreters (as with 'spawn') and inherit nothing from this process; pass "
+            "multiprocessing.get_context('spawn') or leave mp_context out"
+        )
+
+
+def _refuse_during_worker_bootstrap() -> None:
+    w = current_worker()
+    if w is not None and w.importing_main:
+        raise RuntimeError(
+            "a ScoopExecutor was started while a worker was importing the main module: the script "
+            "creates the pool at top level. Put that code under `if __name__ == \"__main__\":` so "
+            "that workers, which import the script, do not run it"
+        )
+
+
+
+class ScoopExecutor(MapMixin, cf.Executor):
+    """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
+
+    With no ``broker`` argument it starts a broker inside this process and
+    ``max_workers`` worker processes on this machine (default: one per
+    available CPU), and stops them all at ``shutdown()``, at the end of a
+    ``with`` block, or at interpreter exit.  With ``broker="tcp://host:port"``
+    it connects to a standalone broker (``python -m scoopexec broker``).
+
+    Tasks may submit tasks themselves (through this executor, captured in the
+    task, or ``scoopexec.submit``) and wait on them: waiting parks only that
+    task, so nested maps never deadlock.
+
+    The first four arguments are ProcessPoolExecutor's, in its order, so that
+    ``ProcessPoolExecutor(...)`` can be replaced by ``ScoopExecutor(...)``.
+
+    Arguments:
+        max_workers: local worker processes to start (must be > 0).
+        mp_context: accepted for compatibility with ProcessPoolExecutor.  Workers
+            are always fresh interpreters started by command, which is what the
+            'spawn' and 'forkserver' start methods give; a 'fork' context is
+            refused (ValueError), since what a fork inherits cannot be.
+        initializer, initargs: called as ``initializer(*initargs)`` in every
+            worker before its first task of this executor; if it raises, the
+            executor is broken (``InitializerError``).
+        broker: endpoint of a standalone broker to use instead of an embedded one.
+        bind: endpoint for the embedded broker (default: a private ipc socket).
+        heartbeat, heartbeat_timeout: seconds between liveness checks, and of
+            silence after which a peer counts as lost.
+        max_retries: times a task is sent again after its worker was lost.
+        max_message_size: bytes; larger messages are refused (-1: no limit).
+        python, env: interpreter and extra environment variables for workers
+            (local and remote; default: this interpreter, no extra variables).
+        connect_timeout: seconds to wait for a standalone broker to answer,
+            and for ssh to connect to a host.
+        hosts: where to run workers: ``["node1", "node2:8", "alice@node3:4"]``,
+            ``{"node1": 8}``, ``"node[01-04]:8"``, or ``"auto"`` (the SLURM,
+            PBS or SGE allocation this runs in; local workers outside one).
+            Other hosts are reached with the system ``ssh`` (inside SLURM,
+            with ``srun``); a host without a count runs one worker per CPU;
+            ``max_workers`` caps the total, dealt to the hosts in turn.
+        hostfile: a file of ``hostname [workers]`` lines, instead of hosts.
+        cwd: working directory of remote workers (default: the current one).
+        ssh: the ssh command and options to use, e.g. ``["ssh", "-F", "cfg"]``.
+        key: the key file of a standalone broker that is not on loopback
+            (``python -m scoopexec broker --key-file FILE`` writes it).
+        launch_timeout: seconds to wait for launched workers to connect.
+        trace: a file name: record every task (submit, start, end, worker,
+            host, parent task, bytes in and out, retries) and write them there
+            as a Chrome trace-event timeline when the pool stops; open it in
+            https://ui.perfetto.dev or summarise it with
+            ``python -m scoopexec report FILE``.  Embedded broker only (start
+            a standalone broker with ``--trace FILE`` instead).
+        progress: the default of ``map(..., progress=)``: True draws a
+            progress bar on stderr for every map.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        broker: str | None = None,
+        bind: str | None = None,
+        heartbeat: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        max_retries: int = 3,
+        max_message_size: int = -1,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        connect_timeout: float = 10.0,
+        hosts: str | Sequence[str] | Mapping[str, int] | None = None,
+        hostfile: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        ssh: Sequence[str] | None = None,
+        key: str | os.PathLike[str] | Credentials | None = None,
+        launch_timeout: float = 60.0,
+        trace: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> None:
+        if max_workers is not None:
+            if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+                raise TypeError("max_workers must be an integer or None")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        _check_mp_context(mp_context)
+        if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
+            raise ValueError(
+                f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "
+                f"heartbeat_timeout={heartbeat_timeout!r}"
+            )
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be an integer >= 0")
+        if pools.shutting_down():
+            raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
+        _refuse_during_worker_bootstrap()
+        env = check_env(env)
+        n_local, remote_hosts, n_srun = plan_hosts(max_workers, hosts, hostfile)
+        keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
+        if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
+            raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
+        launch_options = LaunchOptions(
+            python=python or sys.executable,
+            env=env,
+            cwd=os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
+            keep_cwd=cwd is not None,
+            ssh=tuple(ssh) if ssh is not None else ("ssh",),
+            heartbeat=heartbeat,
+            heartbeat_timeout=heartbeat_timeout,
+            connect_timeout=connect_timeout,
+            launch_timeout=launch_timeout,
+        )
+        recorder: TraceRecorder | None = None
+        if trace is not None:
+            if broker is not None:
+                raise ValueError(
+                    "trace= records in the embedded broker; with broker=..., start the standalone "
+                    "broker with `python -m scoopexec broker --bind ADDR --trace FILE` instead"
+                )
+            recorder = TraceRecorder(trace)
+        mainmodule.alias_in_client()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._shared: dict[str, Any] = {}
+        self._max_message_size = max_message_size
+        self._progress = progress
+        setup = worker_setup.encode(initializer, tuple(initargs))
+        self._session: Session
+        if broker is None:
+            if key is not None:
+                raise ValueError("key= is for a standalone broker (broker=...)")
+            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            if recorder is not None:
+                recorder.meta.update(argv=list(sys.argv))
+            self._session = EmbeddedSession(
+                n_local,
+                setup,
+                launch_options,
+                bind=bind,
+                max_retries=max_retries,
+                max_message_size=max_message_size,
+                trace=recorder,
+            )
+        else:
+            if bind is not None:
+                raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")
+            self._max_workers = max_workers or 0
+            self._session = RemoteSession(
+                broker,
+                setup,
+                heartbeat=heartbeat,
+                heartbeat_timeout=heartbeat_timeout,
+                connect_timeout=connect_timeout,
+                keys=keys,
+            )
+            self._session.workers = Launchers(None)
+            self._session.launch_options = launch_options
+            if hosts is None and hostfile is None:
+                n_local = max_workers or 0
+            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            if n_local:
+                self._session.start_local(n_local)
+        if remote_hosts or n_srun:
+            try:
+                self._session.add_hosts(remote_hosts, n_srun)
+            except BaseException:
+                self._session.close(wait=True)
+                raise
+        log.info(
+            "pool %s: %s at %s, %d worker(s) started%s",
+            self._session.pool_id, "embedded broker" if broker is None else "client of the broker",
+            self._session.endpoint, self._max_workers,
+            f", recording a timeline to {recorder.path}" if recorder is not None else "",
+        )  # fmt: skip
+        self._pool_id = self._session.pool_id
+        pools.register(self._pool_id, self)
+        session = self._session
+        self._finalizer = weakref.finalize(self, session.close, False)
+
+    # --------------------------------------------------------------- public
+    @property
+    def _broken(self) -> str | bool:
+        # ProcessPoolExecutor's name for it (CPython's own tests look at it).
+        return self._session.broken_msg or False
+
+    @property
+    def closed(self) -> bool:
+        """True once this pool takes no more work: after shutdown() or abort(), or once broken."""
+        return self._shutdown or bool(self._session.broken_msg)
+
+    @property
+    def pool_id(self) -> str:
+        """Identifies the pool (its broker); executor handles in tasks refer to it."""
+        return self._pool_id
+
+    @property
+    def endpoint(self) -> str:
+        """The broker's endpoint, where more workers may connect."""
+        return getattr(self._session, "endpoint", "")
+
+    def add_workers(
+        self,
+        n: int | None = None,
+        *,
+        hosts: str | Sequence[str] | Mapping[str, int] | None = None,
+        hostfile: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Grow the running pool: ``n`` more local workers, or workers on ``hosts``.
+
+        Returns once the new workers are connected; the broker gives them work
+        at once.  Raises LaunchError (nothing added) if a host cannot be used.
+        """
+        if (n is None) == (hosts is None and hostfile is None):
+            raise ValueError("give either a number of local workers or hosts= / hostfile=")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError("the number of workers to add must be an integer >= 1")
+        with self._shutdown_lock:
+            if self._shutdown or self._session.broken_msg:
+                raise RuntimeError("cannot add workers to a pool that was shut down or is broken")
+        if n is not None:
+            self._session.start_local(n)
+            self._max_workers += n
+            return
+        _, placed, n_srun = plan_hosts(None, hosts, hostfile)
+        if not placed and not n_srun:
+            placed = [Host("localhost", default_worker_count())]  # "auto" outside an allocation
+        self._session.add_hosts(placed, n_srun)
+        self._max_workers += n_srun + sum(h.slots or 0 for h in placed)
+
+    def remove_workers(self, hosts: str | Sequence[str]) -> int:
+        """Stop the workers this executor started on ``hosts`` (names as given); return how many
+        hosts were stopped.  Their running tasks go to other workers; with none left, tasks wait
+        for workers to be added.
+        """
+        names = {h.name for h in parse_hosts(hosts)}
+        launchers = self._session.workers
+        if launchers is None:
+            return 0
+        stopped = 0
+        for g in list(launchers.groups.values()):
+            if g.host in names and not g.retired:
+                g.retired = True
+                if isinstance(self._session, EmbeddedSession):
+                    self._session.revoke(g.keys.public)
+                g.stop()
+                launchers.discard(g)
+                stopped += 1
+        return stopped
+
+    def write_key_file(self, path: str | os.PathLike[str]) -> str:
+        """Write a key file (0600) that lets a worker join this pool by hand.
+
+        ``python -m scoopexec worker --connect ENDPOINT --key FILE`` on another
+        host, with ENDPOINT this pool's ``bind`` address.  Each call makes a new
+        key pair that the pool accepts.
+        """
+        link = self._session
+        if not isinstance(link, EmbeddedSession):
+            raise RuntimeError("a client of a standalone broker joins with that broker's key file")
+        return write_key_file(path, link.join_keys())
+
+    @property
+    def trace_path(self) -> str | None:
+        """Where the timeline is written when the pool stops (``trace=``), or None."""
+        rec = getattr(self._session, "trace", None)
+        return rec.path if rec is not None else None
+
+    def status(self, timeout: float = 5.0) -> PoolStatus:
+        """What the pool is doing now: its workers, its queue and its throughput.
+
+        Returns a PoolStatus: per worker its host, pid, busy or idle, tasks
+        assigned and done, and seconds since it was last heard from; the
+        tasks queued and assigned to workers, tasks completed and completions
+        per second.  ``print()`` it
+        for a table.  The embedded broker computes it in its own thread; a
+        standalone broker is asked over the connection.  Raises TimeoutError
+        if no answer comes within ``timeout`` seconds, RuntimeError after
+        shutdown.
+        """
+        return PoolStatus.from_dict(self._session.status(timeout))
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the local worker processes this executor started."""
+        w = self._session.workers
+        return w.pids if w is not None else []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        try:
+            frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
+            error: Exception | None = None
+        except SerializationError as exc:
+            frames, error = None, exc
+        return self._submit_frames(frames, error, serialize.describe(fn))
+
+    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
+        return serialize.encode_function(fn)
+
+    def _submit_encoded(
+        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+    ) -> cf.Future[Any]:
+        try:
+            frames: list[Any] | None = [fn_frame, *serialize.encode_args(args, kwargs)]
+            error: Exception | None = None
+        except SerializationError as exc:
+            frames, error = None, exc
+        return self._submit_frames(frames, error, what)
+
+    def _submit_frames(
+        self, frames: list[Any] | None, error: Exception | None, what: str = ""
+    ) -> cf.Future[Any]:
+        if frames is not None and self._max_message_size > 0:
+            big = serialize.oversized(frames, self._max_message_size)
+            if big:
+                frames, error = None, MessageTooLargeError(
+                    f"the task needs a {big}-byte message, more than this executor's "
+                    f"max_message_size={self._max_message_size}; send less data (share it once with "
+                    "ex.share(), or pass a file path) or raise the limit"
+                )
+        with self._shutdown_lock:
+            link = self._session
+            if link.broken_msg:
+                exc_type = InitializerError if link.broken_kind == "initializer" else BrokenScoopExecutor
+                raise exc_type(link.broken_msg)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if pools.shutting_down():
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if frames is None:
+                fut = ScoopFuture()
+                fut.set_exception(error)  # type: ignore[arg-type]
+                return fut
+            return link.submit(frames, what)
+
+    def share(self, name: str, value: Any) -> None:
+        """Make ``value`` available to every task of this executor, on every worker.
+
+        Workers that join later receive it too, and tasks submitted after this
+        call are guaranteed to see it (``scoopexec.shared(name)`` in a task).
+        """
+        if not isinstance(name, str):
+            raise TypeError("a shared value's name must be a string")
+        try:
+            frames = [name.encode(), *serialize.dumps(value)]
+        except Exception as exc:
+            raise SerializationError(f"cannot share {name!r}: {type(exc).__name__}: {exc}") from exc
+        with self._shutdown_lock:
+            if self._shutdown or self._session.broken_msg:
+                raise RuntimeError("cannot share values after shutdown")
+            self._shared[name] = value
+            self._session.share(frames)
+
+    def shared(self, name: str) -> Any:
+        """The value shared under ``name`` by this executor (KeyError if none)."""
+        return self._shared[name]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; the pool stops once pending futures are done.
+
+        With ``cancel_futures=True`` futures not yet handed to a worker are
+        cancelled first.  With ``wait=True`` this returns when every worker
+        process and thread of the pool is gone.  Calling it again is harmless.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            # Let the broker take in what was submitted (tasks about to go to
+            # idle workers count as running), then cancel everything else.
+            self._session.sync()
+            for fut in list(self._session.futures.values()):
+                fut.cancel()
+        self._session.close(wait=wait)
+
+    def __enter__(self) -> ScoopExecutor:
+        pools.enter(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        pools.leave(self)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.abort("interrupted (KeyboardInterrupt)")
+            return
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self.abort("interrupted (KeyboardInterrupt) while waiting for pending tasks")
+            raise
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Stop at once: cancel pending futures, fail running ones, stop every worker.
+
+        What Ctrl-C in a ``with ScoopExecutor()`` block does; ``shutdown()``
+        afterwards is harmless.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._session.abort(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside a task, an executor captured from the client is a handle to
+        # the same pool: its submit() goes through the worker running the task.
+        return (pool_handle, (self._pool_id,))
+
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else "shut down" if self._shutdown else "running"
+        return f"<ScoopExecutor pool={self._pool_id} workers={self._max_workers} {state}>"

@@ -1,0 +1,354 @@
+"""One client's conversation with its broker: the futures table, the outbox, the client's table.
+
+::
+
+  user threads                           the session's thread (the broker's, when embedded)
+  submit() --pickle--> outbox --wake-->  broker takes the tasks in, sends them to workers
+  Future <--set_result-- handlers[RESULTS] <----- RESULTS (batched) from the broker
+          <--set_running-- started(tid) / handlers[STARTED]
+  cancel() --> cancelled(tid) --> (a remote session sends CANCEL)
+
+A session keeps only the futures: a task's function and arguments are pickled at
+submit() and their bytes live in the broker until the result arrives; a future leaves
+the table the moment it is resolved.  Every message the broker sends a client goes
+through one table, ``handlers`` ({kind: handler}), whether it came over a socket
+(RemoteSession, remote.py) or was handed over in the process (EmbeddedSession,
+embedded.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import logs, pools
+from ..deploy.contract import LaunchOptions
+from ..deploy.groups import Launchers, RemoteGroup, Target
+from ..deploy.hosts import Host
+from ..deploy.local import default_worker_count
+from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
+from ..wire import protocol as P
+from ..wire import serialize
+from ..wire.framing import WakePipe
+from .future import ScoopFuture
+
+__all__ = ["Session", "StatusRequest", "status_timeout"]
+
+log = logging.getLogger("scoopexec")
+
+
+def status_timeout(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"the broker did not answer a status request within {timeout:g} s; it may be "
+        "overloaded (try a longer timeout) or unreachable"
+    )
+
+
+class StatusRequest:
+    """A status snapshot asked for by a user thread, answered by the session's thread."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: dict[str, Any] = {}
+        self.error = ""
+
+
+class Session:
+    """The client's side of a pool (see the module docstring); subclasses connect it to a broker."""
+
+    endpoint = ""
+
+    def __init__(self, setup: list[bytes]) -> None:
+        self._setup = setup
+        self.futures: dict[int, ScoopFuture] = {}
+        self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()  # submissions
+        self.inbox: collections.deque[list[Any]] = collections.deque()  # other messages for the broker
+        self.cancels: collections.deque[int] = collections.deque()  # for a broker that must be told
+        self.wake = WakePipe()
+        self._tids = itertools.count(1)
+        self.broken_kind = ""
+        self.broken_msg = ""
+        self.stop_when_idle = False
+        self.pool_id = ""
+        self.thread: threading.Thread | None = None
+        self.closed = threading.Event()
+        self.workers: Launchers | None = None
+        self.launch_options = LaunchOptions(sys.executable)
+        self._syncs: list[threading.Event] = []
+        self.unmatched = 0
+        self.status_requests: collections.deque[StatusRequest] = collections.deque()
+        self.status_waiting: collections.deque[StatusRequest] = collections.deque()  # sent, not answered
+        # What the client does with each message from its broker.
+        self.handlers: dict[int, Callable[[P.Message], None]] = {
+            P.RESULTS: self._on_results,
+            P.STARTED: self._on_started,
+            P.OUTPUT: self._on_output,
+            P.LOG: self._on_log,
+            P.BROKEN: self._on_broken,
+            P.ERROR: self._on_error,
+            P.STATUS_REPLY: self._on_status_reply,
+            P.PING: _ignore,
+        }
+
+    # ------------------------------------------------- called from user threads
+    def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
+        tid = next(self._tids)
+        fut = ScoopFuture(self, tid, what)
+        self.futures[tid] = fut
+        self.outbox.append((tid, frames))
+        self._kick()
+        return fut
+
+    def _kick(self) -> None:
+        """Have the session's thread take in the outbox."""
+        self.wake.wake()
+
+    def share(self, frames: list[Any]) -> None:
+        self.inbox.append([P.header(P.SHARE), *frames])
+        self.wake.wake()
+
+    def cancelled(self, tid: int) -> None:
+        """A future was cancelled before its task started (ScoopFuture.cancel)."""
+        if self.futures.pop(tid, None) is not None and self.tells_cancels:
+            self.cancels.append(tid)
+            self.wake.wake()
+        self._check_idle()
+
+    tells_cancels = False  # a remote broker must be told; an embedded one asks (started())
+
+    def sync(self, timeout: float = 1.0) -> None:
+        """Wait until the session's thread has taken in everything submitted so far."""
+        if self.thread is None or not self.thread.is_alive() or self.thread is threading.current_thread():
+            return
+        ev = threading.Event()
+        self._syncs.append(ev)
+        self.wake.wake()
+        ev.wait(timeout)
+
+    def status(self, timeout: float) -> dict[str, Any]:
+        """The broker's status snapshot (Broker.status())."""
+        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+            raise RuntimeError("this pool is shut down; it has no status any more")
+        return self._status(timeout)
+
+    def _status(self, timeout: float) -> dict[str, Any]:
+        """Ask the broker with a STATUS message sent by the session's thread."""
+        if self.thread is threading.current_thread():
+            raise RuntimeError(
+                "the status of a standalone broker cannot be asked for from this client's I/O thread "
+                "(a done-callback): ask from another thread"
+            )
+        req = StatusRequest()
+        self.status_requests.append(req)
+        self.wake.wake()
+        if not req.event.wait(timeout):
+            raise status_timeout(timeout)
+        if req.error:
+            raise RuntimeError(req.error)
+        return req.value
+
+    # --------------------------------------------- called from the session's thread
+    def setup_frames(self) -> list[bytes]:
+        return self._setup
+
+    def dispatched(self) -> None:
+        while self._syncs:
+            self._syncs.pop().set()
+
+    def started(self, tid: int) -> bool:
+        """The task is about to run: its future is running now, or False if it was cancelled."""
+        fut = self.futures.get(tid)
+        if fut is None:
+            return False
+        try:
+            ok = fut.set_running_or_notify_cancel()
+        except RuntimeError:  # cancelled and notified already (ScoopFuture.cancel does both)
+            ok = False
+        if not ok:
+            self.futures.pop(tid, None)
+        return ok
+
+    def handle(self, frames: list[Any]) -> None:
+        """A message from the broker: checked, then routed through ``handlers``."""
+        try:
+            msg = P.decode(frames)
+            handler = self.handlers.get(msg.kind)
+            if handler is None:
+                raise ProtocolError(f"unexpected {msg.name}")
+        except ProtocolError as exc:
+            log.error("bad message from the broker: %s", exc)
+            if self.status_waiting and _kind_of(frames) == P.STATUS_REPLY:
+                req = self.status_waiting.popleft()
+                req.error = f"the broker at {self.endpoint} sent a malformed status: {exc}"
+                req.event.set()
+            return
+        handler(msg)
+
+    def _on_results(self, msg: P.Message) -> None:
+        futures = self.futures
+        for (tid, status, _), body in msg.parts():
+            fut = futures.pop(tid, None)
+            if fut is None:
+                self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
+                continue
+            ok, value = serialize.decode_outcome(status, body)
+            try:
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            except cf.InvalidStateError:
+                pass
+        if self.stop_when_idle and not futures:
+            self.request_stop()
+
+    def _on_started(self, msg: P.Message) -> None:
+        for (tid,) in msg.entries:
+            self.started(tid)
+
+    def _on_output(self, msg: P.Message) -> None:
+        for (_, stream), frame in msg.each():
+            out = sys.stderr if stream == 2 else sys.stdout
+            if out is None:
+                continue
+            try:
+                out.write(P.as_bytes(frame).decode("utf-8", "replace"))
+                out.flush()
+            except (OSError, ValueError):
+                pass
+
+    def _on_log(self, msg: P.Message) -> None:
+        for _, frame in msg.each():
+            try:
+                logs.handle_remote_record(P.as_bytes(frame))
+            except Exception:  # pragma: no cover - a bad record must not stop the pool
+                log.debug("could not re-emit a worker's log record", exc_info=True)
+
+    def _on_broken(self, msg: P.Message) -> None:
+        self.broken(str(msg.info.get("kind", "")), str(msg.info.get("message", "")))
+
+    def _on_error(self, msg: P.Message) -> None:
+        if msg.text.startswith("unknown peer"):
+            self.broken(
+                "broker",
+                f"the broker at {self.endpoint} no longer knows this client (it was restarted, "
+                "or gave this client up after a long silence); start a new executor",
+            )
+        else:
+            log.error("broker at %s: %s", self.endpoint, msg.text)
+
+    def _on_status_reply(self, msg: P.Message) -> None:
+        if self.status_waiting:
+            req = self.status_waiting.popleft()
+            req.value = msg.info
+            req.event.set()
+
+    def broken(self, kind: str, message: str) -> None:
+        """The pool cannot run this client's tasks any more: fail them all, and stop."""
+        if self.broken_msg:
+            return
+        if kind == "initializer":
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
+            text = (
+                "A worker's initializer failed, so this pool cannot run tasks any more: fix the "
+                f"initializer (its traceback follows) and start a new executor.\n{message}"
+            )
+            exc_type: type[BrokenScoopExecutor] = InitializerError
+        elif kind == "broker":
+            text, exc_type = message, BrokerLostError
+        else:
+            text, exc_type = message, BrokenScoopExecutor
+        self.broken_kind = kind
+        self.broken_msg = text
+        self.fail_all(exc_type, text)
+        self.stop_when_idle = True
+        self.request_stop()
+
+    def fail_all(self, exc_type: type[Exception], text: str) -> None:
+        while self.futures:
+            try:
+                _, fut = self.futures.popitem()
+            except KeyError:
+                break
+            try:
+                fut.set_exception(exc_type(text))
+            except cf.InvalidStateError:
+                pass
+
+    # ------------------------------------------------------ workers elsewhere
+    def _remote_target(self, kind: str) -> Target:
+        """Where workers launched elsewhere (``kind``: "ssh" or "srun") connect, with which keys."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def start_local(self, n: int) -> None:
+        """Start ``n`` more worker processes on this machine."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def add_hosts(self, hosts: Sequence[Host], srun: int = 0) -> list[RemoteGroup]:
+        """Start workers on ``hosts`` (ssh; local ones here) and ``srun`` workers; wait for them."""
+        assert self.workers is not None
+        groups = self.workers.start_remote(hosts, srun, self._remote_target, self.launch_options)
+        n_local = sum(h.slots or default_worker_count() for h in hosts if h.local)
+        if n_local:
+            self.start_local(n_local)
+        return groups
+
+    # --------------------------------------------------------------- life cycle
+    def request_stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _check_idle(self) -> None:
+        if self.stop_when_idle and not self.futures:
+            self.request_stop()
+
+    def abort(self, reason: str, timeout: float = 10.0) -> None:
+        """Stop now: cancel what has not started, fail what has, stop the workers."""
+        for fut in list(self.futures.values()):
+            fut.cancel()
+        self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
+        self.stop_when_idle = True
+        self.request_stop()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop once every future is resolved; with wait, block until everything is down."""
+        self.stop_when_idle = True
+        self._check_idle()
+        if wait and self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def _finished(self) -> None:
+        """The session's thread ends: nothing pending may be left waiting."""
+        self.fail_all(
+            BrokenScoopExecutor,
+            "the pool was shut down before this task completed (wait for the futures you need, "
+            "or shut down with wait=True, before the executor goes away)",
+        )
+        for req in (*self.status_requests, *self.status_waiting):
+            req.error = "the pool shut down before its broker answered"
+            req.event.set()
+        self.status_requests.clear()
+        self.status_waiting.clear()
+        self.wake.close()
+        pools.untrack(self)
+        self.closed.set()
+
+
+def _ignore(msg: P.Message) -> None:
+    pass
+
+
+def _kind_of(frames: list[Any]) -> int | None:
+    try:
+        return P.unpack_header(P.as_bytes(frames[0]))[0]
+    except (ProtocolError, IndexError, AttributeError):
+        return None

@@ -1,0 +1,115 @@
+"""The pools of this process, in one place: which is current, which exist, stopping them at exit.
+
+Several modules need to know about the process's pools: the executor registers itself,
+the module-level API (api.py) and SCOOP's (futures.py, shared.py) look for "the pool you
+are in", the launcher (cli.py) makes its pool current, executor handles pickled into
+tasks find their pool again, and interpreter exit stops them all.  They share that state
+through these functions, and nothing else holds it:
+
+* :func:`enter`, :func:`leave`, :func:`innermost`: executors made current by ``with``
+  (and the launcher's pool), innermost last;
+* :func:`register`, :func:`find`: executors by pool id, while they exist;
+* :func:`track`, :func:`untrack`, :func:`shutting_down`: the live sessions (a client's
+  connection to its broker and the threads behind it), which interpreter exit stops --
+  letting pending work finish, or abandoning it after Ctrl-C.
+
+The default pool (started on first use when no pool is current) belongs to api.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["enter", "find", "innermost", "leave", "register", "shutting_down", "track", "untrack"]
+
+
+class _Live(Protocol):
+    def close(self, wait: bool = True) -> None: ...
+    def abort(self, reason: str, timeout: float = 10.0) -> None: ...
+
+
+_entered: list[Any] = []  # executors entered with `with`, innermost last
+_by_id: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_live: set[_Live] = set()
+_live_lock = threading.Lock()
+_shutting_down = False
+
+
+def enter(executor: Any) -> None:
+    """``executor`` is the current pool (``with executor:``) until :func:`leave`."""
+    _entered.append(executor)
+
+
+def leave(executor: Any) -> None:
+    """The ``with`` block of ``executor`` ended (harmless if it was not entered)."""
+    try:
+        _entered.remove(executor)
+    except ValueError:
+        pass
+
+
+def innermost() -> Any:
+    """The innermost executor entered with ``with`` in this process, or None."""
+    return _entered[-1] if _entered else None
+
+
+def register(pool_id: str, executor: Any) -> None:
+    """Make ``executor`` findable by its pool id while it exists."""
+    _by_id[pool_id] = executor
+
+
+def find(pool_id: str) -> Any:
+    """The executor of pool ``pool_id`` in this process, or None."""
+    return _by_id.get(pool_id)
+
+
+def track(session: _Live) -> None:
+    """A live session: stopped at interpreter exit unless :func:`untrack`-ed before."""
+    with _live_lock:
+        _live.add(session)
+
+
+def untrack(session: _Live) -> None:
+    with _live_lock:
+        _live.discard(session)
+
+
+def shutting_down() -> bool:
+    """Interpreter exit has begun: no new pool, no new work."""
+    return _shutting_down
+
+
+def _at_exit() -> None:
+    """At interpreter exit: refuse new work, let pending futures finish, stop every pool.
+
+    When the program is ending because of Ctrl-C (an uncaught KeyboardInterrupt),
+    or a second Ctrl-C arrives while waiting, pending work is abandoned instead.
+    """
+    global _shutting_down
+    _shutting_down = True
+    with _live_lock:
+        live = list(_live)
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = isinstance(last, KeyboardInterrupt)
+    for session in live:
+        try:
+            if interrupted:
+                session.abort("the program was interrupted (KeyboardInterrupt)")
+            else:
+                session.close(wait=True)
+        except KeyboardInterrupt:
+            for other in live:
+                other.abort("the program was interrupted (KeyboardInterrupt)")
+            raise
+
+
+# Before threading's own shutdown joins non-daemon threads (as concurrent.futures does).
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_at_exit)
