@@ -44,9 +44,15 @@ class WorkerExecutor(MapMixin, cf.Executor):
         return serialize._dumps_fn_checked(fn)
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:
-        return self._worker.submit_encoded(fn_frame, args, kwargs, self._parent)
+        return self._worker.submit_encoded(fn_frame, args, kwargs, self._parent, what, item, chunk)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A task cannot shut its own pool down; this does nothing."""

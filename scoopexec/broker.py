@@ -976,7 +976,8 @@ class Broker:
         text = frames[1].bytes.decode("utf-8", "replace") if len(frames) > 1 else "set-up failed"
         if c is None or c.broken:
             return
-        self._break_client(c, "initializer", text)
+        main = len(frames) > 2 and frames[2].bytes == b"main"  # importing the client's script failed
+        self._break_client(c, "main" if main else "initializer", text)
 
     def _break_client(self, c: ClientPeer, kind: str, message: str) -> None:
         c.broken = True

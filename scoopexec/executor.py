@@ -305,7 +305,7 @@ class _Link:
             self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
             return
         fut._link = None
-        ok, value = serialize.decode_outcome(status, frames)
+        ok, value = serialize.decode_outcome(status, frames, fut._what)
         if not ok and status == P.LOST and fut._what:
             value.args = (f"{fut._what}(): {value.args[0] if value.args else ''}",)
         try:
@@ -337,13 +337,16 @@ class _Link:
     def broken(self, kind: str, message: str) -> None:
         if self.broken_msg:
             return
-        if kind == "initializer":
+        exc_type: type[BrokenScoopExecutor]
+        if kind == "main":  # the worker's message is complete and short: say it once
+            text, exc_type = message, InitializerError
+        elif kind == "initializer":
             logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
             text = (
                 "A worker's initializer failed, so this pool cannot run tasks any more: fix the "
                 f"initializer (its traceback follows) and start a new executor.\n{message}"
             )
-            exc_type: type[BrokenScoopExecutor] = InitializerError
+            exc_type = InitializerError
         elif kind == "broker":
             text, exc_type = message, BrokerLostError
         else:
@@ -1316,16 +1319,25 @@ class ScoopExecutor(MapMixin, cf.Executor):
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error, serialize._describe(fn))
+        return self._submit_frames(frames, error, serialize.describe(fn))
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize._dumps_fn_checked(fn)
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:
         try:
-            frames: list[Any] | None = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            frames: list[Any] | None = [
+                fn_frame,
+                *serialize._dumps_args_checked(args, kwargs, None, item, chunk, what),
+            ]
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
@@ -1345,7 +1357,8 @@ class ScoopExecutor(MapMixin, cf.Executor):
         with self._shutdown_lock:
             link = self._link
             if link.broken_msg:
-                exc_type = InitializerError if link.broken_kind == "initializer" else BrokenScoopExecutor
+                broke_at_setup = link.broken_kind in ("initializer", "main")
+                exc_type = InitializerError if broke_at_setup else BrokenScoopExecutor
                 raise exc_type(link.broken_msg)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -1461,11 +1474,7 @@ def _refuse_during_worker_bootstrap() -> None:
 
     w = current_worker()
     if w is not None and w.importing_main:
-        raise RuntimeError(
-            "a ScoopExecutor was started while a worker was importing the main module: the script "
-            "creates the pool at top level. Put that code under `if __name__ == \"__main__\":` so "
-            "that workers, which import the script, do not run it"
-        )
+        raise mainmodule.guard_error("starts a pool (a ScoopExecutor)")
 
 
 def active_executor() -> ScoopExecutor | None:

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import api
+from . import api, mainmodule
 from .worker import current_worker
 
 __all__ = [
@@ -64,11 +64,7 @@ _submitted_lock = threading.Lock()
 def _pool() -> cf.Executor:
     w = current_worker()
     if w is not None and w.importing_main:
-        raise RuntimeError(
-            "scoop.futures was used while a worker was importing the main module: the script "
-            "submits work at top level. Put that code under `if __name__ == \"__main__\":` so "
-            "that workers, which import the script, do not run it"
-        )
+        raise mainmodule.guard_error("submits work (scoop.futures)")
     ex = api.current_executor()
     assert ex is not None
     return ex

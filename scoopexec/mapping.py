@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
-from .serialize import _describe
+from .serialize import describe as _describe
 
 
 class ChunkError:
@@ -106,8 +106,16 @@ class MapMixin:
         raise NotImplementedError
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:  # pragma: no cover
+        """Submit a task whose function is pickled already; ``item``, ``chunk``: which items of
+        a map ``args`` hold (for error messages)."""
         raise NotImplementedError
 
     def map(  # type: ignore[override]
@@ -169,16 +177,21 @@ class MapMixin:
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
         what = _describe(fn)
+        next_item = 0  # index of the first item of the next task (for error messages)
+        chunked = chunksize > 1
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
+            nonlocal next_item
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
+            item = next_item
+            next_item += len(args[0]) if chunked else 1
             if encode_error is not None:
                 f: cf.Future[Any] = cf.Future()
                 f.set_exception(encode_error)
             else:
-                f = ex._submit_encoded(fn_frame, args, {}, what)
+                f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
             return f

@@ -45,7 +45,8 @@ CANCEL = 7  # owner -> broker (owner ids), broker -> worker (broker ids); ID_ENT
 CREDIT = 8  # worker -> broker; arg = credits granted, no entries
 STARTED = 9  # broker -> remote owner; ID_ENTRY per task now running
 SETUP = 10  # broker -> worker; arg = set-up id; frames: the client's set-up blob
-SETUP_DONE = 11  # worker -> broker; arg = set-up id; count = 1 ok, 0 failed; frame 1: error text
+SETUP_DONE = 11  # worker -> broker; arg = set-up id; count = 1 ok, 0 failed; frame 1: error text;
+#                  frame 2 (optional): b"main" when importing the client's main module failed
 OUTPUT = 12  # worker -> broker -> client; OUTPUT_ENTRY per chunk, one UTF-8 frame each
 STOP = 13  # broker -> worker: finish and exit
 BYE = 14  # peer -> broker: leaving on purpose

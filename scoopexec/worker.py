@@ -49,7 +49,7 @@ import zmq
 
 from . import logs, mainmodule, serialize
 from . import protocol as P
-from .errors import InitializerError, ProtocolError, SerializationError
+from .errors import ProtocolError, SerializationError
 from .link import POOL, Link, process_state
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
 
@@ -680,7 +680,7 @@ class Worker:
                     f"the task could not be unpickled on worker {self.name} (pid {self.pid} on "
                     f"{self.host}): {type(exc).__name__}: {exc} (the module that defines it must be "
                     "importable there: workers get the client's sys.path and working directory)",
-                    traceback.format_exc(),
+                    serialize.user_traceback(exc),
                 )
             else:
                 task.frames = []
@@ -689,9 +689,8 @@ class Worker:
                 except BaseException as exc:
                     status, frames = serialize.encode_exception(exc, self._format_tb(exc))
                 else:
-                    status, frames = serialize.encode_result(
-                        value, f" on worker {self.name} (pid {self.pid} on {self.host})"
-                    )
+                    where = f" on worker {self.name} (pid {self.pid} on {self.host})"
+                    status, frames = serialize.encode_result(value, where, serialize.describe(fn))
                     big = serialize.oversized(frames, self.max_message_size)
                     if big:
                         status, frames = protocol_failure(
@@ -744,12 +743,19 @@ class Worker:
         return self._submit_frames(fut, tid, frames, parent)
 
     def submit_encoded(
-        self, fn_frame: bytes, args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
+        self,
+        fn_frame: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent: int | None = None,
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> WorkerFuture:
         tid = next(self._tids)
         fut = WorkerFuture(self, tid)
         try:
-            frames = [fn_frame, *serialize._dumps_args_checked(args, kwargs)]
+            frames = [fn_frame, *serialize._dumps_args_checked(args, kwargs, None, item, chunk, what)]
             _check_size(frames, self.max_message_size)
         except SerializationError as exc:
             fut.set_exception(exc)
@@ -936,11 +942,12 @@ class Worker:
             try:
                 mainmodule.run(main)
             except BaseException as exc:
-                raise InitializerError(
-                    f"importing the main module {main.get('path') or main.get('name')} on worker "
-                    f"{self.name} failed: {type(exc).__name__}: {exc} (guard the script's own code "
-                    "with `if __name__ == \"__main__\":`)"
-                ) from exc
+                # One short message, marked "main" for the client (no initializer wording).
+                where = f"worker {self.name} (pid {self.pid} on {self.host})"
+                text = mainmodule.import_failure(exc, main, where)
+                self.setups[sid] = text
+                self._send([P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace"), b"main"])
+                return
             finally:
                 self.importing_main = False
             if len(frames) > 1 and len(frames[1]) > 0:
