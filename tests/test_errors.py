@@ -141,8 +141,12 @@ def test_an_unpicklable_function_names_itself_where_it_was_defined_and_what_it_r
     ), text
     assert "it refers to self.lock (a _thread.lock), which cannot be pickled" in text
     lock = threading.Lock()
+
+    def is_locked():  # a closure: travels by value, with the lock it captured
+        return lock.locked()
+
     with pytest.raises(SerializationError, match=r"it refers to the variable lock \(a _thread\.lock\)"):
-        one_worker.submit(lambda: lock.locked()).result(timeout=60)
+        one_worker.submit(is_locked).result(timeout=60)
 
 
 def _raise_two_arg(x):
