@@ -283,7 +283,7 @@ def _function_error(fn: Any, exc: Exception) -> Exception:
     if found is not None and found[0]:
         where, part, error = found
         if isinstance(part, cf.Future):
-            return _future_error(f"the function's {where.lstrip('.')}", describe(user_fn))
+            return _future_error(f"{where} of the function {describe(user_fn)}", "")
         return SerializationError(
             f"{head}: it refers to {where.lstrip('.')} ({_a(part)}), which cannot be pickled: "
             f"{type(error).__name__}: {error} ({_FN_ADVICE})"
@@ -299,18 +299,16 @@ def _arguments_error(
     of = f" of {what}()" if what else ""
     if item >= 0:
         of = f" of map({what}, ...)" if what else " of the map"
-    for label, detail, root, value in _labelled_arguments(fn, args, kwargs, item, chunk):
+    for name, detail, root, value in _labelled_arguments(fn, args, kwargs, item, chunk):
         found = _find_quietly(value, root, _data_children)
         if found is None:
             continue
         where, part, error = found
+        label = f"{name} ({detail})" if detail else name
         if isinstance(part, cf.Future):
-            label += f" ({detail})" if detail else ""
             return _future_error(label if where == root else f"{label}, at {where},", of)
-        if where == root:
-            label += f" ({detail}, {_a(part)})" if detail else f" ({_a(part)})"
-        elif detail:
-            label += f" ({detail})"
+        if where == root:  # the argument itself: say its type with it
+            label = f"{name} ({detail}, {_a(part)})" if detail else f"{name} ({_a(part)})"
         head = f"cannot send {label}{of} to a worker{_submitted_at()}"
         if where == root:
             return SerializationError(f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})")
@@ -464,8 +462,8 @@ def _function_children(fn: Any, path: str) -> list[tuple[str, Any]]:
             if name in fn.__globals__:
                 out.append((f"{prefix}global {name}", fn.__globals__[name]))
         return out
-    if not isinstance(fn, type):
-        return _data_children(fn, path or "the callable")
+    if not isinstance(fn, type):  # a callable object
+        return _data_children(fn, path or "self")
     return []
 
 
@@ -528,9 +526,11 @@ def describe(fn: Any) -> str:
     """'module.qualname' of a callable, for messages."""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     mod = getattr(fn, "__module__", None)
-    if name:
-        return f"{mod}.{name}" if mod and mod != "builtins" else str(name)
-    return repr(fn)[:200]
+    if isinstance(name, str):
+        return f"{mod}.{name}" if mod and mod != "builtins" else name
+    if isinstance(fn, functools.partial):
+        return f"partial({describe(fn.func)})"
+    return f"{_qualname(type(fn))} object"  # a callable object (its repr may be huge, or fail)
 
 
 def encode_result(value: Any, where: str = "", what: str = "") -> tuple[int, Frames]:

@@ -129,6 +129,9 @@ class _Holder:
     def method(self, x):
         return x
 
+    def __call__(self, x):
+        return x
+
 
 def test_an_unpicklable_function_names_itself_where_it_was_defined_and_what_it_refers_to(one_worker):
     with pytest.raises(SerializationError) as info:
@@ -147,6 +150,11 @@ def test_an_unpicklable_function_names_itself_where_it_was_defined_and_what_it_r
 
     with pytest.raises(SerializationError, match=r"it refers to the variable lock \(a _thread\.lock\)"):
         one_worker.submit(is_locked).result(timeout=60)
+    with pytest.raises(SerializationError, match=rf"^cannot send the function {ME}\._Holder object to a worker, "
+                       r"submitted at .*: it refers to self\.lock \(a _thread\.lock\)"):
+        one_worker.submit(_Holder(), 1).result(timeout=60)
+    with pytest.raises(TypeError, match=r"^self of the function .*Future\.result is a Future"):
+        one_worker.submit(one_worker.submit(abs, 1).result)
 
 
 def _raise_two_arg(x):
