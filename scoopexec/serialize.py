@@ -533,16 +533,16 @@ def describe(fn: Any) -> str:
     return f"{_qualname(type(fn))} object"  # a callable object (its repr may be huge, or fail)
 
 
-def encode_result(value: Any, where: str = "", what: str = "") -> tuple[int, Frames]:
+def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Frames]:
     """OK and the result's frames, or FAILED saying why it cannot be sent.
 
-    ``where``: on which worker; ``what``: the task's function.
+    ``where``: on which worker; ``fn``: the task's function.
     """
     try:
         return protocol.OK, dumps(value)
     except Exception as exc:
         tb_text = user_traceback(exc)  # a __reduce__ of the user's that raised, if any
-        of = f" of {what}()" if what else ""
+        of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
         text = f"the result{of} ({_a(value)}) cannot be pickled{where}: "
         found = _find_quietly(value, "result", _data_children)
         if found is not None and found[0] != "result":

@@ -690,7 +690,7 @@ class Worker:
                     status, frames = serialize.encode_exception(exc, self._format_tb(exc))
                 else:
                     where = f" on worker {self.name} (pid {self.pid} on {self.host})"
-                    status, frames = serialize.encode_result(value, where, serialize.describe(fn))
+                    status, frames = serialize.encode_result(value, where, fn)
                     big = serialize.oversized(frames, self.max_message_size)
                     if big:
                         status, frames = protocol_failure(
