@@ -22,6 +22,7 @@ from __future__ import annotations
 import typing as _typing
 
 from . import _hooks, shared
+from .aio import amap
 from .api import as_completed, current_executor, map, submit, wait
 from .errors import (
     AuthenticationError,
@@ -59,6 +60,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerStatus",
     "__version__",
+    "amap",
     "as_completed",
     "configure_logging",
     "current_executor",

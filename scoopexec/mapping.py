@@ -21,7 +21,7 @@ import itertools
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
@@ -200,6 +200,25 @@ class MapMixin:
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        ordered: bool = False,
+    ) -> AsyncIterator[Any]:
+        """map() for asyncio: ``async for r in ex.amap(fn, xs)`` yields results as they complete.
+
+        ``ordered=True`` yields them in the order of the items instead; see
+        ``scoopexec.amap``.  Waiting never blocks the event loop.
+        """
+        from .aio import amap
+
+        return amap(
+            fn, *iterables, executor=self, chunksize=chunksize, buffersize=buffersize, ordered=ordered  # type: ignore[arg-type]
+        )
 
 
 def _ordered(
