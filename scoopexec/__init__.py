@@ -39,6 +39,7 @@ from .errors import (
 )
 from .executor import ScoopExecutor, ScoopFuture
 from .logs import configure_logging
+from .pool import Pool
 from .status import PoolStatus, WorkerStatus
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "InitializerError",
     "LaunchError",
     "MessageTooLargeError",
+    "Pool",
     "PoolStatus",
     "ProtocolError",
     "RemoteError",

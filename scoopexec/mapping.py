@@ -52,6 +52,11 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     return out
 
 
+def _starcall(fn: Callable[..., Any], args: Iterable[Any]) -> Any:
+    """One item of a starmap: the item is the argument list."""
+    return fn(*args)
+
+
 def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
     """A chunk of a single-iterable map: items, not 1-tuples."""
     try:
@@ -200,6 +205,18 @@ class MapMixin:
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
+
+    def starmap(
+        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], /, **options: Any
+    ) -> Iterator[Any]:
+        """map() where each item is the argument list: ``fn(*item)``, as itertools.starmap.
+
+        Takes map()'s keyword arguments (timeout, chunksize, buffersize,
+        unordered, progress).
+        """
+        if options.get("progress") is True:
+            options["progress"] = getattr(fn, "__name__", "starmap")
+        return self.map(functools.partial(_starcall, fn), iterable, **options)
 
     def amap(
         self,
