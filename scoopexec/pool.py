@@ -18,9 +18,8 @@ How it works: every call becomes futures of the executor (one per chunk of
 items; one per ``apply``).  Their completions go to one thread of the Pool,
 which updates the results and runs ``callback`` / ``error_callback`` there, in
 the order results arrive -- as multiprocessing's result-handler thread does, so
-a slow callback delays only other callbacks, never the pool.  ``imap`` over
-an iterator without a length reads it on a thread of its own, so the call
-returns at once.
+a slow callback delays only other callbacks, never the pool.  ``imap`` reads
+its input and submits on a thread of its own, so the call returns at once.
 
 Where it differs from multiprocessing, on purpose:
 
@@ -141,12 +140,23 @@ class _Jobs:
             job._abandon(BrokenScoopExecutor(exc_text))
 
 
-def _handle(inbox: queue.SimpleQueue[Any]) -> None:
+_WHEN_IDLE = object()  # to the handler thread: end once no result is pending (the Pool was dropped)
+
+
+def _handle(inbox: queue.SimpleQueue[Any], jobs: _Jobs) -> None:
     """The Pool's handler thread: apply completions to results, run callbacks, in arrival order."""
+    when_idle = False
     while True:
+        if when_idle:
+            with jobs.lock:
+                if not jobs.jobs:
+                    return
         item = inbox.get()
         if item is None:
             return
+        if item is _WHEN_IDLE:
+            when_idle = True
+            continue
         fn, args = item
         try:
             fn(*args)
@@ -435,7 +445,7 @@ class Pool:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._feeders: set[threading.Thread] = set()
         self._handler = threading.Thread(
-            target=_handle, args=(self._inbox,), name="scoopexec-pool-results", daemon=True
+            target=_handle, args=(self._inbox, self._jobs), name="scoopexec-pool-results", daemon=True
         )
         self._handler.start()
 
@@ -555,18 +565,17 @@ class Pool:
         self._check_running()
         _check_chunksize(chunksize)
         it = IMapIterator(self._jobs, ordered)
-        if hasattr(iterable, "__len__"):
-            self._feed(it, func, iterable, chunksize)
-        else:  # maybe long or endless: read it on a thread, as multiprocessing does
-            t = threading.Thread(
-                target=self._feed,
-                args=(it, func, iterable, chunksize),
-                name="scoopexec-pool-feeder",
-                daemon=True,
-            )
-            with self._jobs.lock:
-                self._feeders.add(t)
-            t.start()
+        # Read the input and submit on a thread, as multiprocessing does: the first results can be
+        # taken while a long input is still being sent, and an endless one does not block the call.
+        t = threading.Thread(
+            target=self._feed,
+            args=(it, func, iterable, chunksize),
+            name="scoopexec-pool-feeder",
+            daemon=True,
+        )
+        with self._jobs.lock:
+            self._feeders.add(t)
+        t.start()
         return it
 
     def _feed(
@@ -670,7 +679,9 @@ class Pool:
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
         if getattr(self, "_state", None) == RUN and hasattr(self, "_inbox"):
             _warn(f"unclosed running scoopexec.Pool {self!r}", ResourceWarning, source=self)
-            self._inbox.put(None)  # the executor's own finalizer stops its workers
+            # Results already asked for still arrive (the executor, dropped too, stops once its
+            # futures are done); then the handler thread ends.
+            self._inbox.put(_WHEN_IDLE)
 
 
 def _arrived(

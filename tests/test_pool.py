@@ -423,6 +423,13 @@ def test_an_unclosed_running_pool_warns_when_collected():
     ex.shutdown(wait=True)
 
 
+def test_results_of_a_dropped_pool_still_arrive():
+    with pytest.warns(ResourceWarning, match="unclosed running scoopexec.Pool"):
+        result = Pool(1).map_async(sqr, range(5), 1)
+        gc.collect()
+    assert result.get(timeout=60) == [x * x for x in range(5)]
+
+
 def test_async_result_is_generic():
     assert AsyncResult[int].__origin__ is AsyncResult
 
