@@ -22,12 +22,14 @@ for`` early (or cancelling the consumer) cancels what has not started.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import itertools
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["amap"]
 
@@ -105,6 +107,8 @@ async def amap(
         executor = current_executor()
         assert executor is not None
     ex = executor
+    import asyncio  # here: `import scoopexec` (in every worker too) need not import asyncio
+
     loop = asyncio.get_running_loop()
     arrived: asyncio.Queue[tuple[int, cf.Future[Any]]] = asyncio.Queue()
 
