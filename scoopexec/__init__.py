@@ -22,6 +22,7 @@ from __future__ import annotations
 import typing as _typing
 
 from . import _hooks, shared
+from .aio import amap
 from .api import as_completed, current_executor, map, submit, wait
 from .errors import (
     AuthenticationError,
@@ -38,6 +39,7 @@ from .errors import (
 )
 from .executor import ScoopExecutor, ScoopFuture
 from .logs import configure_logging
+from .pool import Pool
 from .status import PoolStatus, WorkerStatus
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "InitializerError",
     "LaunchError",
     "MessageTooLargeError",
+    "Pool",
     "PoolStatus",
     "ProtocolError",
     "RemoteError",
@@ -59,6 +62,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerStatus",
     "__version__",
+    "amap",
     "as_completed",
     "configure_logging",
     "current_executor",

@@ -21,7 +21,7 @@ import itertools
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
@@ -50,6 +50,11 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     except Exception as exc:
         return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return out
+
+
+def _starcall(fn: Callable[..., Any], args: Iterable[Any]) -> Any:
+    """One item of a starmap: the item is the argument list."""
+    return fn(*args)
 
 
 def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
@@ -213,6 +218,37 @@ class MapMixin:
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
+
+    def starmap(
+        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], /, **options: Any
+    ) -> Iterator[Any]:
+        """map() where each item is the argument list: ``fn(*item)``, as itertools.starmap.
+
+        Takes map()'s keyword arguments (timeout, chunksize, buffersize,
+        unordered, progress).
+        """
+        if options.get("progress") is True:
+            options["progress"] = getattr(fn, "__name__", "starmap")
+        return self.map(functools.partial(_starcall, fn), iterable, **options)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        ordered: bool = False,
+    ) -> AsyncIterator[Any]:
+        """map() for asyncio: ``async for r in ex.amap(fn, xs)`` yields results as they complete.
+
+        ``ordered=True`` yields them in the order of the items instead; see
+        ``scoopexec.amap``.  Waiting never blocks the event loop.
+        """
+        from .aio import amap
+
+        return amap(
+            fn, *iterables, executor=self, chunksize=chunksize, buffersize=buffersize, ordered=ordered  # type: ignore[arg-type]
+        )
 
 
 def _ordered(

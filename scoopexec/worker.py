@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import select
+import selectors
 import signal
 import socket
 import stat
@@ -41,7 +42,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import greenlet
@@ -273,6 +274,7 @@ class Worker:
         self.futures: dict[int, WorkerFuture] = {}
         self._tids = itertools.count(1)
         self._timers: list[tuple[float, int, _Waiter]] = []
+        self._fd_waits: dict[_Waiter, list[tuple[int, int]]] = {}  # tasks parked in wait_fds
         self._timer_seq = itertools.count()
         # Outgoing, drained by _flush.  Deques: appends from task code need no lock.
         self.results: collections.deque[tuple[tuple[Any, ...], list[Any]]] = collections.deque()
@@ -437,9 +439,14 @@ class Worker:
                             timeout = wait if timeout < 0 else min(timeout, wait)
                     lock.release()
                     try:
-                        fds.poll(timeout)
+                        if self._fd_waits:
+                            self._poll_fd_waits(timeout)
+                        else:
+                            fds.poll(timeout)
                     finally:
                         lock.acquire()
+                elif self._fd_waits:
+                    self._poll_fd_waits(0)
                 self._fire_timers()
                 if self._woken:
                     self._woken = False
@@ -850,6 +857,40 @@ class Worker:
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
         return value
 
+    def wait_fds(self, fds: Iterable[tuple[int, int]], timeout: float | None) -> None:
+        """Park the calling task until one of ``fds`` (fd, poll event mask) is ready or ``timeout`` passes.
+
+        What an event loop run by a task waits with (_TaskSelector): the hub
+        polls these descriptors with its own, and runs other tasks meanwhile.
+        """
+        waiter = _Waiter(greenlet.getcurrent())
+        self._fd_waits[waiter] = list(fds)
+        if timeout is not None:
+            self._add_timer(waiter, timeout)
+        try:
+            self._park(waiter)
+        finally:
+            waiter.active = False
+            del self._fd_waits[waiter]
+
+    def _poll_fd_waits(self, timeout: int) -> None:
+        """Poll the hub's descriptors and those of parked tasks (wait_fds); wake the tasks whose are ready."""
+        masks: dict[int, int] = {self.chan.fd: select.POLLIN, self._wake_r: select.POLLIN}
+        owners: dict[int, list[_Waiter]] = {}
+        for waiter, fds in self._fd_waits.items():
+            if waiter.active and not waiter.scheduled:
+                for fd, mask in fds:
+                    masks[fd] = masks.get(fd, 0) | mask
+                    owners.setdefault(fd, []).append(waiter)
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        for fd, _ in poller.poll(timeout):
+            for waiter in owners.get(fd, ()):
+                if waiter.active and not waiter.scheduled:
+                    waiter.scheduled = True
+                    self.ready.append((waiter.g, None))
+
     def _fire_timers(self) -> None:
         timers = self._timers
         now = time.monotonic()
@@ -1220,11 +1261,71 @@ def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> 
     return w.iter_completed(fs, timeout)
 
 
+_RealSelector = selectors.DefaultSelector
+_POLL_MASKS = {selectors.EVENT_READ: select.POLLIN, selectors.EVENT_WRITE: select.POLLOUT}
+
+
+class _TaskSelector(selectors.BaseSelector):
+    """selectors.DefaultSelector on a worker: select() in a task parks the task, not the worker.
+
+    An event loop a task runs (``asyncio.run(...)`` in a task) waits in its
+    selector's select(); on a worker that would block the hub, and with it
+    every other task -- the sub-tasks the loop awaits included.  Here the
+    task parks instead, and the hub polls the loop's descriptors with its
+    own: the loop wakes when one is ready (a future it awaits completes, which
+    writes to its self-pipe) or its timeout passes.  While parked, the task's
+    loop is not the thread's running loop, so other tasks may run loops of
+    their own.  Outside a task (the hub, other threads) it is the real selector.
+    """
+
+    def __init__(self) -> None:
+        self._sel = _RealSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._sel.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._sel.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._sel.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        w = _current
+        if w is None or (timeout is not None and timeout <= 0) or not w.in_task():
+            return self._sel.select(timeout)
+        ready = self._sel.select(0)
+        if ready:
+            return ready
+        fds = [
+            (key.fd, sum(m for ev, m in _POLL_MASKS.items() if key.events & ev))
+            for key in self._sel.get_map().values()
+        ]
+        import asyncio
+
+        loop = asyncio._get_running_loop()
+        hooks = sys.get_asyncgen_hooks()
+        asyncio._set_running_loop(None)
+        sys.set_asyncgen_hooks(None, None)
+        try:
+            w.wait_fds(fds, timeout)
+        finally:
+            asyncio._set_running_loop(loop)
+            sys.set_asyncgen_hooks(*hooks)
+        return self._sel.select(0)
+
+    def close(self) -> None:
+        self._sel.close()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._sel.get_map()
+
+
 _patched = False
 
 
 def _install_patches() -> None:
-    """Make the standard library's wait()/as_completed() task-aware in this process."""
+    """Make the standard library's wait()/as_completed() and event loops' selectors task-aware here."""
     global _patched
     if _patched:
         return
@@ -1233,6 +1334,7 @@ def _install_patches() -> None:
     cfb.as_completed = as_completed  # type: ignore[assignment]
     cf.wait = wait  # type: ignore[assignment]
     cf.as_completed = as_completed  # type: ignore[assignment]
+    selectors.DefaultSelector = _TaskSelector  # type: ignore[misc,assignment]
 
 
 def _connect_back(port: int) -> str:
