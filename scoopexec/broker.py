@@ -58,7 +58,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
-from .link import POOL, PUSH_WAIT, Link, process_state
+from .link import POOL, PUSH_WAIT, Link, WakePipe, process_state
 from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:
@@ -250,13 +250,13 @@ class Broker:
         self._rate_t = time.monotonic()
         self._rate_n = 0
         self._stopping = False
-        self._stop_fd_r, self._stop_fd_w = os.pipe()
-        os.set_blocking(self._stop_fd_r, False)
+        self._wakeup = WakePipe()  # stop(), call_soon() and add_link() from other threads
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self._poller: select.poll | None = None
         self._router_fd = self._monitor_fd = -1
+        self._local_wake_fd = -3  # the in-process client's WakePipe, once polled
         self._zmq_dirty = True  # the ZeroMQ sockets were used since their EVENTS were last read
         # Held by the loop except while it waits in poll: the in-process client's
         # thread may then dispatch its own submissions itself (dispatch_local_now).
@@ -313,10 +313,7 @@ class Broker:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
         self._new_links.append((key, Link(sock)))
-        try:
-            os.write(self._stop_fd_w, b"l")  # wake the loop to register it
-        except OSError:
-            pass
+        self._wakeup.wake()  # the loop registers it
         return key
 
     def _register_links(self, poller: select.poll) -> None:
@@ -399,10 +396,7 @@ class Broker:
         """Run ``fn`` in the broker's loop (sockets are not thread-safe); thread-safe."""
         fut: cf.Future[Any] = cf.Future()
         self._calls.append((fn, fut))
-        try:
-            os.write(self._stop_fd_w, b"c")
-        except OSError:
-            pass
+        self._wakeup.wake()
         return fut
 
     def _run_calls(self) -> None:
@@ -444,9 +438,10 @@ class Broker:
             self._monitor_fd = int(self.monitor.getsockopt(zmq.FD))
             poller.register(self._router_fd, select.POLLIN)
             poller.register(self._monitor_fd, select.POLLIN)
-            poller.register(self._stop_fd_r, select.POLLIN)
+            poller.register(self._wakeup.fd, select.POLLIN)
             if self.local is not None:
-                poller.register(self.local.wake_fd, select.POLLIN)
+                self._local_wake_fd = self.local.wake_fd
+                poller.register(self._local_wake_fd, select.POLLIN)
             self._zmq_dirty = True
         if self._new_links:
             self._register_links(poller)
@@ -479,6 +474,7 @@ class Broker:
     ) -> None:
         auth = self.auth
         auth_fd = int(auth.socket.getsockopt(zmq.FD)) if auth is not None else -2
+        local = self.local
         for fd, events in ready:
             if fd == self._router_fd:
                 take_router = True
@@ -486,8 +482,10 @@ class Broker:
                 take_monitor = True
             elif fd == auth_fd:
                 take_auth = True
-            elif fd == self._stop_fd_r:
-                self._drain_stop_pipe()
+            elif fd == self._local_wake_fd and local is not None:
+                local.drain_wake()  # before _drain_local() looks at the outbox
+            elif fd == self._wakeup.fd:
+                self._wakeup.drain()
                 if self._new_links and self._poller is not None:
                     self._register_links(self._poller)
             else:
@@ -502,15 +500,14 @@ class Broker:
             auth.handle()
         if self._calls:
             self._run_calls()
-        if self.local is not None:
-            self.local.drain_wake()
+        if local is not None:
             self._drain_local()
         self._dispatch()
         self._flush()
         while self._dead_links:
             self._close_link(self._dead_links.pop(), "its connection closed")
-        if self.local is not None:
-            self.local.dispatched()
+        if local is not None:
+            local.dispatched()
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + 0.05
@@ -538,20 +535,10 @@ class Broker:
         finally:
             lock.release()
 
-    def _drain_stop_pipe(self) -> None:
-        try:
-            while os.read(self._stop_fd_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
         self._stopping = True
-        try:
-            os.write(self._stop_fd_w, b"x")
-        except OSError:
-            pass
+        self._wakeup.wake()
 
     def _close(self) -> None:
         for w in list(self.workers.values()):
@@ -581,8 +568,7 @@ class Broker:
             _, fut = self._calls.popleft()
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("the broker stopped"))
-        os.close(self._stop_fd_r)
-        os.close(self._stop_fd_w)
+        self._wakeup.close()
 
     # --------------------------------------------------------------- receive
     def _drain_router(self) -> None:

@@ -58,6 +58,7 @@ from .errors import (
 )
 from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
 from .launch import LocalWorkers
+from .link import WakePipe
 from .mapping import MapMixin
 from .remote import (
     Launchers,
@@ -196,10 +197,9 @@ class _Link:
         self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self.shares: collections.deque[list[Any]] = collections.deque()
         self._tids = itertools.count(1)
-        self.wake_fd, self._wake_w = os.pipe()
-        os.set_blocking(self.wake_fd, False)
-        os.set_blocking(self._wake_w, False)
-        self._woken = False
+        self._wakeup = WakePipe()
+        self.wake_fd = self._wakeup.fd
+        self.drain_wake = self._wakeup.drain  # the I/O thread, when poll says wake_fd is readable
         self.broken_kind = ""
         self.broken_msg = ""
         self.stop_when_idle = False
@@ -226,28 +226,14 @@ class _Link:
 
     def _kick(self) -> None:
         """Have the I/O thread take in the outbox."""
-        if not self._woken:
-            self._wake()
+        self._wakeup.wake()
 
     def share(self, frames: list[Any]) -> None:
         self.shares.append(frames)
         self._wake()
 
     def _wake(self) -> None:
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    def drain_wake(self) -> None:
-        if self._woken:
-            self._woken = False
-            try:
-                while os.read(self.wake_fd, 4096):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
+        self._wakeup.wake()
 
     def cancelled(self, tid: int) -> None:
         self.futures.pop(tid, None)
@@ -477,11 +463,7 @@ class _Link:
             self.thread.join()
 
     def _close_pipes(self) -> None:
-        for fd in (self.wake_fd, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wakeup.close()
 
     def _finished(self) -> None:
         self.fail_all(
@@ -574,8 +556,9 @@ class _LocalLink(_Link):
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task
         # reaches a worker without first waking the broker thread (a thread hand-off).
-        if not self._woken and not self.broker.dispatch_local_now():
-            self._wake()
+        wakeup = self._wakeup
+        if not wakeup.pending and not self.broker.dispatch_local_now():
+            wakeup.wake()
 
     def request_stop(self) -> None:
         self.broker.stop()
@@ -812,6 +795,7 @@ class _RemoteLink(_Link):
         poller.register(self.wake_fd, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         lost_at: float | None = None
+        wake_fd = self.wake_fd
         try:
             while not self._stop:
                 timeout = 1000
@@ -828,7 +812,8 @@ class _RemoteLink(_Link):
                         break
                     timeout = int(left * 1000) + 1
                 events = dict(poller.poll(timeout))
-                self.drain_wake()
+                if wake_fd in events:
+                    self.drain_wake()  # before looking at what it was woken for
                 self._send_pending()
                 self.dispatched()
                 if self.sock in events:
