@@ -157,17 +157,21 @@ class Peer:
 
 class WorkerPeer(Peer):
     __slots__ = (
-        "assigned", "busy_since", "credit", "done", "last_seen", "name", "recalled", "setups", "tag",
+        "assigned", "busy_since", "credit", "done", "in_ready", "last_seen", "name", "recall_mark",
+        "recalled", "sent", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int) -> None:
         super().__init__(key, P.WORKER, info, fd)
         self.credit = 0
+        self.in_ready = False  # in Broker.ready (once: a second entry would jump the queue)
         self.assigned: set[int] = set()
         self.setups: set[int] = set()
         self.done = 0
+        self.sent = 0  # tasks sent to it (a new one may wait there unstarted)
         self.last_seen = time.time()
         self.recalled = 0.0  # monotonic time of the last RECALL sent to it
+        self.recall_mark = (-1, -1)  # (sent, done) when that RECALL went out
         self.tag = str(info.get("tag") or "")
         self.name = str(info.get("name") or key.hex())
 
@@ -865,7 +869,8 @@ class Broker:
         w.last_seen = time.time()
         if credit <= 0:
             return
-        if w.credit <= 0:
+        if not w.in_ready:
+            w.in_ready = True
             self.ready.append(w)
         w.credit += credit
 
@@ -1054,8 +1059,14 @@ class Broker:
         not wait for the broker when that one ends.  When another worker has
         nothing to do, those tasks are better run there: RECALL asks for them.
         A worker hands them back (RETURN) only while a task of its own has run
-        for more than a slice (its flusher thread answers); otherwise it is
-        about to start them anyway and ignores the message.
+        for more than a slice (its flusher thread answers), or once the task it
+        starts next does; otherwise it is about to start them anyway.
+
+        A worker is asked once: not again until it was sent a task or sent a
+        result since.  Asking again with nothing changed cannot help (a worker
+        whose tasks have all started, e.g. parked parents, has nothing to give,
+        and one that is stuck does not read), and it did cost a message every
+        20 ms per such worker for as long as another worker stayed idle.
         """
         now = time.monotonic()
         if now < self._next_recall:
@@ -1067,7 +1078,10 @@ class Broker:
         for w in workers.values():
             # One task assigned is the one it runs (or a parked one): nothing to give.
             if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
-                w.recalled = now
+                mark = (w.sent, w.done)
+                if mark == w.recall_mark:
+                    continue  # asked already, and nothing moved there since
+                w.recalled, w.recall_mark = now, mark
                 self._send(w.key, [P.header(P.RECALL)])
 
     def _dispatch_ready(self) -> None:
@@ -1079,10 +1093,12 @@ class Broker:
         while queue and ready:
             share = max(1, math.ceil(len(queue) / len(ready)))
             sent = 0
+            back: list[WorkerPeer] = []
             for _ in range(len(ready)):
                 if not queue:
                     break
                 w = ready.popleft()
+                w.in_ready = False
                 if w.key not in workers or w.credit <= 0:
                     continue
                 # A task's parent may be parked on this worker: if the child ran
@@ -1104,7 +1120,7 @@ class Broker:
                         if others is None:
                             others = any(
                                 o is not w and o.credit > 0 and not o.assigned and o.key in workers
-                                for o in ready
+                                for o in itertools.chain(ready, back)
                             )
                         if others and parent is not None and parent.worker == w.key:
                             skipped.append(btid)
@@ -1130,7 +1146,11 @@ class Broker:
                 for owner, ids in started.items():
                     self._send(owner, [P.pack(P.STARTED, ids)])
                 if w.credit > 0:
-                    ready.append(w)
+                    w.in_ready = True
+                    back.append(w)
+            # Those that still have credit go back to the front, in turn: the next single task
+            # goes to the worker that just ran one (warm; a round trip is faster there).
+            ready.extendleft(reversed(back))
             if not sent:
                 break  # every ready worker passed on what is queued: wait for input
 
@@ -1151,6 +1171,7 @@ class Broker:
             t.worker = key
             w.assigned.add(t.btid)
             frames.extend(t.frames)
+        w.sent += len(batch)
         self._send(key, frames)
 
     # ----------------------------------------------------------------- send
