@@ -77,6 +77,7 @@ class LocalClient(Protocol):
 
     outbox: collections.deque[tuple[int, list[Any]]]
     shares: collections.deque[list[Any]]
+    outcomes: collections.deque[Any]  # what resolve() will hand to user code, outside `lock`
     wake_fd: int
 
     def setup_frames(self) -> list[bytes]: ...
@@ -87,6 +88,7 @@ class LocalClient(Protocol):
     def broken(self, kind: str, message: str) -> None: ...
     def drain_wake(self) -> None: ...
     def dispatched(self) -> None: ...
+    def resolve(self) -> None: ...  # set futures' results, run output/log handlers: no lock held
 
 
 class ProcessWatcher(Protocol):
@@ -177,13 +179,14 @@ class WorkerPeer(Peer):
 
 
 class ClientPeer(Peer):
-    __slots__ = ("broken", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int, setup: int, frames: list[Any]):
         super().__init__(key, P.CLIENT, info, fd)
         self.setup = setup
         self.setup_frames = frames
         self.broken = False
+        self.closing = False  # leaving after an error: what no worker has started is dropped
         self.shares: list[list[Any]] = []  # values shared with every worker, in order
 
 
@@ -255,6 +258,7 @@ class Broker:
         self._rate_n = 0
         self._stopping = False
         self._wakeup = WakePipe()  # stop(), call_soon() and add_link() from other threads
+        self.turns = 0  # turns of the loop: an owner waiting on it can tell a stuck thread
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
@@ -269,6 +273,7 @@ class Broker:
         self._poll_auth: Authenticator | None = None
         self._next_tick = time.monotonic()
         self._next_recall = 0.0
+        self._closing = False  # some client is leaving after an error (drop_unstarted)
         self.max_message_size = max_message_size
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
         # Local workers on socketpairs (link.py): key -> link, fd -> key.
@@ -423,13 +428,27 @@ class Broker:
             self._close()
 
     def step(self, timeout: float | None = None) -> None:
-        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send.
+
+        The in-process client's futures are resolved (and its output written)
+        with `lock` released, as soon as the input is taken in: their
+        done-callbacks are user code, which may submit, ask for status or shut
+        the pool down.
+        """
         lock = self.lock
+        local = self.local
+        self.turns += 1
         with lock:
             poller, ms, take_router, take_monitor, take_auth = self._before_poll(timeout)
         ready = poller.poll(ms)
         with lock:
-            self._after_poll(ready, take_router, take_monitor, take_auth)
+            self._take_input(ready, take_router, take_monitor, take_auth)
+        if local is not None and local.outcomes:
+            local.resolve()
+        with lock:
+            self._after_input()
+        if local is not None and local.outcomes:
+            local.resolve()
 
     def _before_poll(self, timeout: float | None) -> tuple[select.poll, int, bool, bool, bool]:
         poller = self._poller
@@ -473,7 +492,7 @@ class Broker:
             ms = 0
         return poller, ms, take_router, take_monitor, take_auth
 
-    def _after_poll(
+    def _take_input(
         self, ready: list[tuple[int, int]], take_router: bool, take_monitor: bool, take_auth: bool
     ) -> None:
         auth = self.auth
@@ -502,6 +521,9 @@ class Broker:
             self._drain_monitor()
         if take_auth and auth is not None:
             auth.handle()
+
+    def _after_input(self) -> None:
+        local = self.local
         if self._calls:
             self._run_calls()
         if local is not None:
@@ -535,7 +557,13 @@ class Broker:
             self._drain_local()
             self._dispatch()
             self.local.dispatched()
-            return self._wake_needed == before and not self._dead_links and not self._backlogged
+            # Outcomes (a task found cancelled or lost) are the loop's to resolve, outside `lock`.
+            return (
+                self._wake_needed == before
+                and not self._dead_links
+                and not self._backlogged
+                and not self.local.outcomes
+            )
         finally:
             lock.release()
 
@@ -827,7 +855,7 @@ class Broker:
         self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
     ) -> None:
         c = self.clients.get(origin) if origin is not None else None
-        if c is not None and c.broken:
+        if c is not None and (c.broken or c.closing):
             self._deliver_direct(owner, tid, P.CANCELLED, [])
             return
         btid = self._next_btid
@@ -1044,12 +1072,43 @@ class Broker:
         for owner, ids in started.items():
             self._send(owner, [P.pack(P.STARTED, ids)])
 
+    def drop_unstarted(self, key: bytes = LOCAL) -> None:
+        """A client leaves after an error: drop its tasks that no worker holds, now and later.
+
+        Each is answered CANCELLED (to the client, or to the worker whose task
+        submitted it).  Workers are asked (RECALL) for what they hold unstarted;
+        what they hand back is dropped too, as are new sub-tasks.  Tasks that
+        have started run on.  Only in the loop's thread.
+        """
+        c = self.clients.get(key)
+        if c is None or c.closing:
+            return
+        c.closing = self._closing = True
+        self._drop_closing()
+
+    def _drop_closing(self) -> None:
+        tasks, clients = self.tasks, self.clients
+        kept: collections.deque[int] = collections.deque()
+        for btid in self.queue:
+            task = tasks.get(btid)
+            if task is None:
+                continue
+            c = clients.get(task.origin) if task.origin is not None else None
+            if c is not None and c.closing and task.worker is None:
+                del tasks[btid]
+                self._deliver_direct(task.owner, task.tid, P.CANCELLED, [])
+            else:
+                kept.append(btid)
+        self.queue = kept
+
     def _dispatch(self) -> None:
+        if self._closing:
+            self._drop_closing()
         self._dispatch_ready()
         if self.queue:
             if self.watcher is not None and self.watcher.starting():
                 self._mark_running()
-        elif self.ready:
+        elif self.ready or self._closing:
             self._recall()
 
     def _recall(self) -> None:
@@ -1073,8 +1132,10 @@ class Broker:
             return
         self._next_recall = now + RECALL_EVERY
         workers = self.workers
-        if not any(w.credit > 0 and not w.assigned and w.key in workers for w in self.ready):
-            return
+        if not self._closing and not any(
+            w.credit > 0 and not w.assigned and w.key in workers for w in self.ready
+        ):
+            return  # (a client leaving after an error wants back what has not started, to drop it)
         for w in workers.values():
             # One task assigned is the one it runs (or a parked one): nothing to give.
             if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
