@@ -58,7 +58,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .errors import ProtocolError
-from .link import POOL, PUSH_WAIT, Link, process_state
+from .link import POOL, PUSH_WAIT, Link, WakePipe, process_state
 from .security import MONITOR_EVENTS, Authenticator, KeyPair, is_loopback
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class LocalClient(Protocol):
 
     outbox: collections.deque[tuple[int, list[Any]]]
     shares: collections.deque[list[Any]]
+    outcomes: collections.deque[Any]  # what resolve() will hand to user code, outside `lock`
     wake_fd: int
 
     def setup_frames(self) -> list[bytes]: ...
@@ -87,6 +88,7 @@ class LocalClient(Protocol):
     def broken(self, kind: str, message: str) -> None: ...
     def drain_wake(self) -> None: ...
     def dispatched(self) -> None: ...
+    def resolve(self) -> None: ...  # set futures' results, run output/log handlers: no lock held
 
 
 class ProcessWatcher(Protocol):
@@ -157,29 +159,34 @@ class Peer:
 
 class WorkerPeer(Peer):
     __slots__ = (
-        "assigned", "busy_since", "credit", "done", "last_seen", "name", "recalled", "setups", "tag",
+        "assigned", "busy_since", "credit", "done", "in_ready", "last_seen", "name", "recall_mark",
+        "recalled", "sent", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int) -> None:
         super().__init__(key, P.WORKER, info, fd)
         self.credit = 0
+        self.in_ready = False  # in Broker.ready (once: a second entry would jump the queue)
         self.assigned: set[int] = set()
         self.setups: set[int] = set()
         self.done = 0
+        self.sent = 0  # tasks sent to it (a new one may wait there unstarted)
         self.last_seen = time.time()
         self.recalled = 0.0  # monotonic time of the last RECALL sent to it
+        self.recall_mark = (-1, -1)  # (sent, done) when that RECALL went out
         self.tag = str(info.get("tag") or "")
         self.name = str(info.get("name") or key.hex())
 
 
 class ClientPeer(Peer):
-    __slots__ = ("broken", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], fd: int, setup: int, frames: list[Any]):
         super().__init__(key, P.CLIENT, info, fd)
         self.setup = setup
         self.setup_frames = frames
         self.broken = False
+        self.closing = False  # leaving after an error: what no worker has started is dropped
         self.shares: list[list[Any]] = []  # values shared with every worker, in order
 
 
@@ -250,13 +257,14 @@ class Broker:
         self._rate_t = time.monotonic()
         self._rate_n = 0
         self._stopping = False
-        self._stop_fd_r, self._stop_fd_w = os.pipe()
-        os.set_blocking(self._stop_fd_r, False)
+        self._wakeup = WakePipe()  # stop(), call_soon() and add_link() from other threads
+        self.turns = 0  # turns of the loop: an owner waiting on it can tell a stuck thread
         self._out: dict[bytes, list[tuple[tuple[Any, ...], list[Any]]]] = {}
         self._backlogged: set[bytes] = set()
         self._recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self._poller: select.poll | None = None
         self._router_fd = self._monitor_fd = -1
+        self._local_wake_fd = -3  # the in-process client's WakePipe, once polled
         self._zmq_dirty = True  # the ZeroMQ sockets were used since their EVENTS were last read
         # Held by the loop except while it waits in poll: the in-process client's
         # thread may then dispatch its own submissions itself (dispatch_local_now).
@@ -265,6 +273,7 @@ class Broker:
         self._poll_auth: Authenticator | None = None
         self._next_tick = time.monotonic()
         self._next_recall = 0.0
+        self._closing = False  # some client is leaving after an error (drop_unstarted)
         self.max_message_size = max_message_size
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
         # Local workers on socketpairs (link.py): key -> link, fd -> key.
@@ -313,10 +322,7 @@ class Broker:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
         self._new_links.append((key, Link(sock)))
-        try:
-            os.write(self._stop_fd_w, b"l")  # wake the loop to register it
-        except OSError:
-            pass
+        self._wakeup.wake()  # the loop registers it
         return key
 
     def _register_links(self, poller: select.poll) -> None:
@@ -399,10 +405,7 @@ class Broker:
         """Run ``fn`` in the broker's loop (sockets are not thread-safe); thread-safe."""
         fut: cf.Future[Any] = cf.Future()
         self._calls.append((fn, fut))
-        try:
-            os.write(self._stop_fd_w, b"c")
-        except OSError:
-            pass
+        self._wakeup.wake()
         return fut
 
     def _run_calls(self) -> None:
@@ -425,13 +428,27 @@ class Broker:
             self._close()
 
     def step(self, timeout: float | None = None) -> None:
-        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send.
+
+        The in-process client's futures are resolved (and its output written)
+        with `lock` released, as soon as the input is taken in: their
+        done-callbacks are user code, which may submit, ask for status or shut
+        the pool down.
+        """
         lock = self.lock
+        local = self.local
+        self.turns += 1
         with lock:
             poller, ms, take_router, take_monitor, take_auth = self._before_poll(timeout)
         ready = poller.poll(ms)
         with lock:
-            self._after_poll(ready, take_router, take_monitor, take_auth)
+            self._take_input(ready, take_router, take_monitor, take_auth)
+        if local is not None and local.outcomes:
+            local.resolve()
+        with lock:
+            self._after_input()
+        if local is not None and local.outcomes:
+            local.resolve()
 
     def _before_poll(self, timeout: float | None) -> tuple[select.poll, int, bool, bool, bool]:
         poller = self._poller
@@ -444,9 +461,10 @@ class Broker:
             self._monitor_fd = int(self.monitor.getsockopt(zmq.FD))
             poller.register(self._router_fd, select.POLLIN)
             poller.register(self._monitor_fd, select.POLLIN)
-            poller.register(self._stop_fd_r, select.POLLIN)
+            poller.register(self._wakeup.fd, select.POLLIN)
             if self.local is not None:
-                poller.register(self.local.wake_fd, select.POLLIN)
+                self._local_wake_fd = self.local.wake_fd
+                poller.register(self._local_wake_fd, select.POLLIN)
             self._zmq_dirty = True
         if self._new_links:
             self._register_links(poller)
@@ -474,11 +492,12 @@ class Broker:
             ms = 0
         return poller, ms, take_router, take_monitor, take_auth
 
-    def _after_poll(
+    def _take_input(
         self, ready: list[tuple[int, int]], take_router: bool, take_monitor: bool, take_auth: bool
     ) -> None:
         auth = self.auth
         auth_fd = int(auth.socket.getsockopt(zmq.FD)) if auth is not None else -2
+        local = self.local
         for fd, events in ready:
             if fd == self._router_fd:
                 take_router = True
@@ -486,8 +505,10 @@ class Broker:
                 take_monitor = True
             elif fd == auth_fd:
                 take_auth = True
-            elif fd == self._stop_fd_r:
-                self._drain_stop_pipe()
+            elif fd == self._local_wake_fd and local is not None:
+                local.drain_wake()  # before _drain_local() looks at the outbox
+            elif fd == self._wakeup.fd:
+                self._wakeup.drain()
                 if self._new_links and self._poller is not None:
                     self._register_links(self._poller)
             else:
@@ -500,17 +521,19 @@ class Broker:
             self._drain_monitor()
         if take_auth and auth is not None:
             auth.handle()
+
+    def _after_input(self) -> None:
+        local = self.local
         if self._calls:
             self._run_calls()
-        if self.local is not None:
-            self.local.drain_wake()
+        if local is not None:
             self._drain_local()
         self._dispatch()
         self._flush()
         while self._dead_links:
             self._close_link(self._dead_links.pop(), "its connection closed")
-        if self.local is not None:
-            self.local.dispatched()
+        if local is not None:
+            local.dispatched()
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + 0.05
@@ -534,24 +557,20 @@ class Broker:
             self._drain_local()
             self._dispatch()
             self.local.dispatched()
-            return self._wake_needed == before and not self._dead_links and not self._backlogged
+            # Outcomes (a task found cancelled or lost) are the loop's to resolve, outside `lock`.
+            return (
+                self._wake_needed == before
+                and not self._dead_links
+                and not self._backlogged
+                and not self.local.outcomes
+            )
         finally:
             lock.release()
-
-    def _drain_stop_pipe(self) -> None:
-        try:
-            while os.read(self._stop_fd_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
         self._stopping = True
-        try:
-            os.write(self._stop_fd_w, b"x")
-        except OSError:
-            pass
+        self._wakeup.wake()
 
     def _close(self) -> None:
         for w in list(self.workers.values()):
@@ -581,8 +600,7 @@ class Broker:
             _, fut = self._calls.popleft()
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("the broker stopped"))
-        os.close(self._stop_fd_r)
-        os.close(self._stop_fd_w)
+        self._wakeup.close()
 
     # --------------------------------------------------------------- receive
     def _drain_router(self) -> None:
@@ -837,7 +855,7 @@ class Broker:
         self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
     ) -> None:
         c = self.clients.get(origin) if origin is not None else None
-        if c is not None and c.broken:
+        if c is not None and (c.broken or c.closing):
             self._deliver_direct(owner, tid, P.CANCELLED, [])
             return
         btid = self._next_btid
@@ -879,7 +897,8 @@ class Broker:
         w.last_seen = time.time()
         if credit <= 0:
             return
-        if w.credit <= 0:
+        if not w.in_ready:
+            w.in_ready = True
             self.ready.append(w)
         w.credit += credit
 
@@ -1054,12 +1073,43 @@ class Broker:
         for owner, ids in started.items():
             self._send(owner, [P.pack(P.STARTED, ids)])
 
+    def drop_unstarted(self, key: bytes = LOCAL) -> None:
+        """A client leaves after an error: drop its tasks that no worker holds, now and later.
+
+        Each is answered CANCELLED (to the client, or to the worker whose task
+        submitted it).  Workers are asked (RECALL) for what they hold unstarted;
+        what they hand back is dropped too, as are new sub-tasks.  Tasks that
+        have started run on.  Only in the loop's thread.
+        """
+        c = self.clients.get(key)
+        if c is None or c.closing:
+            return
+        c.closing = self._closing = True
+        self._drop_closing()
+
+    def _drop_closing(self) -> None:
+        tasks, clients = self.tasks, self.clients
+        kept: collections.deque[int] = collections.deque()
+        for btid in self.queue:
+            task = tasks.get(btid)
+            if task is None:
+                continue
+            c = clients.get(task.origin) if task.origin is not None else None
+            if c is not None and c.closing and task.worker is None:
+                del tasks[btid]
+                self._deliver_direct(task.owner, task.tid, P.CANCELLED, [])
+            else:
+                kept.append(btid)
+        self.queue = kept
+
     def _dispatch(self) -> None:
+        if self._closing:
+            self._drop_closing()
         self._dispatch_ready()
         if self.queue:
             if self.watcher is not None and self.watcher.starting():
                 self._mark_running()
-        elif self.ready:
+        elif self.ready or self._closing:
             self._recall()
 
     def _recall(self) -> None:
@@ -1069,20 +1119,31 @@ class Broker:
         not wait for the broker when that one ends.  When another worker has
         nothing to do, those tasks are better run there: RECALL asks for them.
         A worker hands them back (RETURN) only while a task of its own has run
-        for more than a slice (its flusher thread answers); otherwise it is
-        about to start them anyway and ignores the message.
+        for more than a slice (its flusher thread answers), or once the task it
+        starts next does; otherwise it is about to start them anyway.
+
+        A worker is asked once: not again until it was sent a task or sent a
+        result since.  Asking again with nothing changed cannot help (a worker
+        whose tasks have all started, e.g. parked parents, has nothing to give,
+        and one that is stuck does not read), and it did cost a message every
+        20 ms per such worker for as long as another worker stayed idle.
         """
         now = time.monotonic()
         if now < self._next_recall:
             return
         self._next_recall = now + RECALL_EVERY
         workers = self.workers
-        if not any(w.credit > 0 and not w.assigned and w.key in workers for w in self.ready):
-            return
+        if not self._closing and not any(
+            w.credit > 0 and not w.assigned and w.key in workers for w in self.ready
+        ):
+            return  # (a client leaving after an error wants back what has not started, to drop it)
         for w in workers.values():
             # One task assigned is the one it runs (or a parked one): nothing to give.
             if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
-                w.recalled = now
+                mark = (w.sent, w.done)
+                if mark == w.recall_mark:
+                    continue  # asked already, and nothing moved there since
+                w.recalled, w.recall_mark = now, mark
                 self._send(w.key, [P.header(P.RECALL)])
 
     def _dispatch_ready(self) -> None:
@@ -1094,10 +1155,12 @@ class Broker:
         while queue and ready:
             share = max(1, math.ceil(len(queue) / len(ready)))
             sent = 0
+            back: list[WorkerPeer] = []
             for _ in range(len(ready)):
                 if not queue:
                     break
                 w = ready.popleft()
+                w.in_ready = False
                 if w.key not in workers or w.credit <= 0:
                     continue
                 # A task's parent may be parked on this worker: if the child ran
@@ -1119,7 +1182,7 @@ class Broker:
                         if others is None:
                             others = any(
                                 o is not w and o.credit > 0 and not o.assigned and o.key in workers
-                                for o in ready
+                                for o in itertools.chain(ready, back)
                             )
                         if others and parent is not None and parent.worker == w.key:
                             skipped.append(btid)
@@ -1145,7 +1208,11 @@ class Broker:
                 for owner, ids in started.items():
                     self._send(owner, [P.pack(P.STARTED, ids)])
                 if w.credit > 0:
-                    ready.append(w)
+                    w.in_ready = True
+                    back.append(w)
+            # Those that still have credit go back to the front, in turn: the next single task
+            # goes to the worker that just ran one (warm; a round trip is faster there).
+            ready.extendleft(reversed(back))
             if not sent:
                 break  # every ready worker passed on what is queued: wait for input
 
@@ -1166,6 +1233,7 @@ class Broker:
             t.worker = key
             w.assigned.add(t.btid)
             frames.extend(t.frames)
+        w.sent += len(batch)
         self._send(key, frames)
 
     # ----------------------------------------------------------------- send

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ from .errors import (
 )
 from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
 from .launch import LocalWorkers
+from .link import WakePipe
 from .mapping import MapMixin
 from .remote import (
     Launchers,
@@ -111,9 +113,11 @@ def _python_exit() -> None:
     for link in links:
         try:
             if interrupted:
-                link.abort("the program was interrupted (KeyboardInterrupt)")
+                why = link.abort("the program was interrupted (KeyboardInterrupt)")
             else:
-                link.close(wait=True)
+                why = link.close(wait=True)
+            if why:
+                log.error("%s", why)
         except KeyboardInterrupt:
             for other in links:
                 other.abort("the program was interrupted (KeyboardInterrupt)")
@@ -153,19 +157,22 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     _link: _Link | None = None
     _tid = 0
     _what = ""  # the task's function, for error messages
+    _started = 0.0  # time.monotonic() when it was handed to a worker
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
+        if not super().cancel():  # runs the done-callbacks, outside every lock
+            return False
         with self._condition:
-            ok = super().cancel()
-            if ok and self._state == cfb.CANCELLED:
+            if self._state == cfb.CANCELLED:
                 # Tell waiters (wait(), as_completed()) now rather than when the
                 # broker reaches this task in its queue.
                 self.set_running_or_notify_cancel()
-        if ok and self._link is not None:
-            self._link.cancelled(self._tid)
+        link = self._link
+        if link is not None:
             self._link = None
-        return ok
+            link.cancelled(self._tid)
+        return True
 
 
 def _status_timeout(timeout: float) -> TimeoutError:
@@ -196,10 +203,13 @@ class _Link:
         self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self.shares: collections.deque[list[Any]] = collections.deque()
         self._tids = itertools.count(1)
-        self.wake_fd, self._wake_w = os.pipe()
-        os.set_blocking(self.wake_fd, False)
-        os.set_blocking(self._wake_w, False)
-        self._woken = False
+        self._wakeup = WakePipe()
+        self.wake_fd = self._wakeup.fd
+        self.drain_wake = self._wakeup.drain  # the I/O thread, when poll says wake_fd is readable
+        # Results and output for user code, queued by the I/O thread (or the broker's
+        # loop, holding its lock) and handed over by resolve(), which holds no lock:
+        # (future, status, frames), (future, None, exception) or (None, function, args).
+        self.outcomes: collections.deque[tuple[Any, Any, Any]] = collections.deque()
         self.broken_kind = ""
         self.broken_msg = ""
         self.stop_when_idle = False
@@ -226,28 +236,14 @@ class _Link:
 
     def _kick(self) -> None:
         """Have the I/O thread take in the outbox."""
-        if not self._woken:
-            self._wake()
+        self._wakeup.wake()
 
     def share(self, frames: list[Any]) -> None:
         self.shares.append(frames)
         self._wake()
 
     def _wake(self) -> None:
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    def drain_wake(self) -> None:
-        if self._woken:
-            self._woken = False
-            try:
-                while os.read(self.wake_fd, 4096):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
+        self._wakeup.wake()
 
     def cancelled(self, tid: int) -> None:
         self.futures.pop(tid, None)
@@ -293,32 +289,65 @@ class _Link:
         fut = self.futures.get(tid)
         if fut is None:
             return False
-        with fut._condition:
+        with fut._condition:  # set_running_or_notify_cancel runs no callback
             if fut._state != cfb.PENDING:
                 self.futures.pop(tid, None)
                 return False
+            fut._started = time.monotonic()
             return fut.set_running_or_notify_cancel()
 
     def deliver(self, tid: int, status: int, frames: Sequence[Any]) -> None:
+        """A task's result: resolved by resolve(), when no lock is held."""
         fut = self.futures.pop(tid, None)
         if fut is None:
             self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
             return
         fut._link = None
-        ok, value = serialize.decode_outcome(status, frames, fut._what)
-        if not ok and status == P.LOST and fut._what:
-            value.args = (f"{fut._what}(): {value.args[0] if value.args else ''}",)
-        try:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        except cf.InvalidStateError:
-            pass
+        self.outcomes.append((fut, status, frames))
         if self.stop_when_idle and not self.futures:
             self.request_stop()
 
+    def resolve(self) -> None:
+        """Hand queued results, output and log records over to user code.
+
+        Called with no scoopexec lock held (by the I/O thread after each turn,
+        or by a thread that failed futures itself), since unpickling a result,
+        a future's done-callbacks, sys.stdout and logging handlers are user code.
+        """
+        outcomes = self.outcomes
+        while outcomes:
+            try:
+                fut, status, arg = outcomes.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            if fut is None:
+                try:
+                    status(*arg)
+                except Exception:  # pragma: no cover - must not stop the I/O thread
+                    log.exception("scoopexec could not hand over a worker's output")
+                continue
+            if status is None:
+                ok, value = False, arg
+            elif status == P.CANCELLED and not self.remote:
+                self.dropped += 1
+                _cancel_dropped(fut)
+                continue
+            else:
+                ok, value = serialize.decode_outcome(status, arg, fut._what)
+                if not ok and status == P.LOST and fut._what:
+                    value.args = (f"{fut._what}(): {value.args[0] if value.args else ''}",)
+            try:
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            except cf.InvalidStateError:
+                pass
+
     def output(self, stream: int, text: bytes) -> None:
+        self.outcomes.append((None, self._write_output, (stream, text)))
+
+    def _write_output(self, stream: int, text: bytes) -> None:
         out = sys.stderr if stream == 2 else sys.stdout
         if out is None:
             return
@@ -329,6 +358,9 @@ class _Link:
             pass
 
     def log_record(self, data: bytes) -> None:
+        self.outcomes.append((None, self._log_record, (data,)))
+
+    def _log_record(self, data: bytes) -> None:
         try:
             logs.handle_remote_record(data)
         except Exception:  # pragma: no cover - a bad record must not stop the pool
@@ -341,7 +373,13 @@ class _Link:
         if kind == "main":  # the worker's message is complete and short: say it once
             text, exc_type = message, InitializerError
         elif kind == "initializer":
-            logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
+            self.outcomes.append(
+                (
+                    None,
+                    logging.getLogger("concurrent.futures").critical,
+                    ("Exception in initializer:\n%s", message),
+                )
+            )
             text = (
                 "A worker's initializer failed, so this pool cannot run tasks any more: fix the "
                 f"initializer (its traceback follows) and start a new executor.\n{message}"
@@ -358,16 +396,14 @@ class _Link:
         self.request_stop()
 
     def fail_all(self, exc_type: type[Exception], text: str) -> None:
+        """Fail every pending future (queued for resolve())."""
         while self.futures:
             try:
                 _, fut = self.futures.popitem()
             except KeyError:
                 break
             fut._link = None
-            try:
-                fut.set_exception(exc_type(text))
-            except cf.InvalidStateError:
-                pass
+            self.outcomes.append((fut, None, exc_type(text)))
 
     _setup: list[bytes] = []
 
@@ -462,36 +498,116 @@ class _Link:
         if self.stop_when_idle and not self.futures:
             self.request_stop()
 
-    def abort(self, reason: str, timeout: float = 10.0) -> None:
-        """Stop now: cancel what has not started, fail what has, stop the workers."""
-        for fut in list(self.futures.values()):
-            fut.cancel()
+    # Seconds the I/O thread may go without a turn of its loop (or, once stopping, without
+    # ending) while someone waits for it, before the waiter says so and stops waiting.
+    stuck_after = 30.0
+
+    def turns(self) -> int:  # pragma: no cover - overridden
+        """How many turns the I/O thread's loop has made (it turns at least once a second)."""
+        raise NotImplementedError
+
+    def cancel_queued(self) -> int:
+        """Cancel every future not handed to a worker yet; return how many."""
+        return sum(1 for fut in list(self.futures.values()) if fut.cancel())
+
+    dropped = 0  # futures cancelled because the broker dropped their tasks (drop_unstarted)
+
+    def drop_unstarted(self) -> None:
+        """Have the broker drop the tasks it holds for no worker, even those counted as running
+        (a worker handed them back); they are cancelled.  The embedded broker only."""
+
+    def running(self) -> list[ScoopFuture]:
+        """The futures whose tasks a worker has (or is about to have), longest-running first."""
+        futs = [f for f in list(self.futures.values()) if f._state == cfb.RUNNING]
+        futs.sort(key=lambda f: f._started)
+        return futs
+
+    def abort(self, reason: str, timeout: float = 10.0) -> str:
+        """Stop now: cancel what has not started, fail what has, stop the workers.
+
+        Returns "" once the pool is down, else why it is not (see join()).
+        """
+        self.cancel_queued()
         self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
+        self.resolve()
         self.stop_when_idle = True
         self.request_stop()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        return self.join(limit=timeout)
 
-    def close(self, wait: bool = True) -> None:
-        """Stop once every future is resolved; with wait, block until everything is down."""
+    def close(self, wait: bool = True) -> str:
+        """Stop once every future is resolved; with wait, block until everything is down.
+
+        Returns "" when it did not wait or everything is down, else why not (see join()).
+        """
         self.stop_when_idle = True
         self._check_idle()
-        if wait and self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
+        return self.join() if wait else ""
+
+    def join(self, limit: float | None = None, report: Callable[[float], None] | None = None) -> str:
+        """Wait for the I/O thread to end; "" when it has, else why it has not.
+
+        Waits in slices, so Ctrl-C gets through, and calls ``report(seconds
+        waited)`` after each.  Gives up when ``limit`` seconds have passed, or
+        when the thread has not turned its loop for ``stuck_after`` seconds
+        (stuck in a done-callback, say): then the pool is abandoned, its
+        pending futures failed and its worker processes stopped, and the
+        answer says where the thread is stuck.
+        """
+        t = self.thread
+        if t is None or t is threading.current_thread() or self.abandoned:
+            return ""  # (abandoned: said once already)
+        start = last = time.monotonic()
+        turns = self.turns()
+        while True:
+            t.join(0.25)
+            if not t.is_alive():
+                if self.closed.is_set():
+                    return ""
+                why = f"the pool's {t.name} thread ended without stopping the pool (see the log)"
+                self._abandon(why)
+                return why
+            now = time.monotonic()
+            n = self.turns()
+            if n != turns:
+                turns, last = n, now
+            elif now - last >= self.stuck_after:
+                why = (
+                    f"the pool's {t.name} thread has not come back to its loop for {now - last:.0f} s; "
+                    f"it is in {_where(t)}. A done-callback that blocks (on another future of this "
+                    "pool, say) holds up every result: the pool is abandoned and its workers stopped"
+                )
+                self._abandon(why)
+                return why
+            if limit is not None and now - start >= limit:
+                why = f"the pool's {t.name} thread did not stop within {limit:g} s; it is in {_where(t)}"
+                self._abandon(why)
+                return why
+            if report is not None:
+                report(now - start)
+
+    abandoned = False
+
+    def _abandon(self, why: str) -> None:
+        """The I/O thread cannot be relied on: fail what is pending and stop the workers from here."""
+        self.abandoned = True
+        self.stop_when_idle = True
+        self.fail_all(BrokenScoopExecutor, why)
+        self.resolve()
+        if self.workers is not None:
+            self.workers.stop()
+        self.request_stop()
 
     def _close_pipes(self) -> None:
-        for fd in (self.wake_fd, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wakeup.close()
 
     def _finished(self) -> None:
+        self.resolve()
         self.fail_all(
             BrokenScoopExecutor,
             "the pool was shut down before this task completed (wait for the futures you need, "
             "or shut down with wait=True, before the executor goes away)",
         )
+        self.resolve()
         while self.status_requests:
             req = self.status_requests.popleft()
             req.error = "the pool shut down before its broker answered"
@@ -577,11 +693,28 @@ class _LocalLink(_Link):
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task
         # reaches a worker without first waking the broker thread (a thread hand-off).
-        if not self._woken and not self.broker.dispatch_local_now():
-            self._wake()
+        wakeup = self._wakeup
+        if not wakeup.pending and not self.broker.dispatch_local_now():
+            wakeup.wake()
 
     def request_stop(self) -> None:
         self.broker.stop()
+
+    def turns(self) -> int:
+        return self.broker.turns
+
+    def drop_unstarted(self) -> None:
+        broker = self.broker
+        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+            return  # the loop has ended: nothing is queued any more
+        if self.thread is threading.current_thread():  # a done-callback: outside the loop's turn
+            with broker.lock:
+                broker.drop_unstarted()
+            return
+        try:
+            broker.call_soon(broker.drop_unstarted).result(timeout=5)
+        except (cf.TimeoutError, cf.CancelledError, RuntimeError):
+            pass  # a stuck or stopped loop: only the futures not yet handed over are cancelled
 
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
         if self.thread is None:
@@ -803,6 +936,11 @@ class _RemoteLink(_Link):
         self._stop = True
         self._wake()
 
+    def turns(self) -> int:
+        return self._turns
+
+    _turns = 0
+
     def _send(self, frames: list[Any]) -> None:
         last = len(frames) - 1
         for i, f in enumerate(frames):
@@ -815,8 +953,10 @@ class _RemoteLink(_Link):
         poller.register(self.wake_fd, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         lost_at: float | None = None
+        wake_fd = self.wake_fd
         try:
             while not self._stop:
+                self._turns += 1
                 timeout = 1000
                 if lost_at is not None:
                     left = lost_at + self.heartbeat_timeout - time.monotonic()
@@ -831,13 +971,16 @@ class _RemoteLink(_Link):
                         break
                     timeout = int(left * 1000) + 1
                 events = dict(poller.poll(timeout))
-                self.drain_wake()
+                if wake_fd in events:
+                    self.drain_wake()  # before looking at what it was woken for
                 self._send_pending()
                 self.dispatched()
                 if self.sock in events:
                     self._receive()
                 if self.monitor in events:
                     lost_at = self._check_monitor()
+                if self.outcomes:
+                    self.resolve()
         except BaseException:  # pragma: no cover
             log.exception("the scoopexec client thread failed")
         finally:
@@ -931,6 +1074,27 @@ class _RemoteLink(_Link):
                     )
                 else:
                     log.error("broker at %s: %s", self.endpoint, text)
+
+
+def _cancel_dropped(fut: ScoopFuture) -> None:
+    """The broker dropped this task before any worker started it: cancel its future.
+
+    It may count as running (handed to a worker, which gave it back unstarted);
+    it never ran, so it is put back to pending and cancelled like any other.
+    """
+    with fut._condition:
+        if fut._state == cfb.RUNNING:
+            fut._state = cfb.PENDING
+    fut.cancel()
+
+
+def _where(t: threading.Thread) -> str:
+    """Where a thread is now: its innermost frames, innermost first."""
+    frame = sys._current_frames().get(t.ident) if t.ident is not None else None
+    if frame is None:
+        return "an unknown place"
+    stack = traceback.extract_stack(frame)[-4:]
+    return " <- ".join(f"{f.name}() at {os.path.basename(f.filename)}:{f.lineno}" for f in reversed(stack))
 
 
 def _hostname() -> str:
@@ -1397,7 +1561,11 @@ class ScoopExecutor(MapMixin, cf.Executor):
 
         With ``cancel_futures=True`` futures not yet handed to a worker are
         cancelled first.  With ``wait=True`` this returns when every worker
-        process and thread of the pool is gone.  Calling it again is harmless.
+        process and thread of the pool is gone (Ctrl-C interrupts the wait).
+        Calling it again, or from a done-callback, is harmless.  Raises
+        BrokenScoopExecutor instead of waiting for ever if the pool's I/O
+        thread is stuck (in a done-callback that blocks, say): the message
+        says where, and the pool's workers are stopped.
         """
         with self._shutdown_lock:
             self._shutdown = True
@@ -1405,15 +1573,20 @@ class ScoopExecutor(MapMixin, cf.Executor):
             # Let the broker take in what was submitted (tasks about to go to
             # idle workers count as running), then cancel everything else.
             self._link.sync()
-            for fut in list(self._link.futures.values()):
-                fut.cancel()
-        self._link.close(wait=wait)
+            self._link.cancel_queued()
+        why = self._link.close(wait=wait)
+        if why:
+            raise BrokenScoopExecutor(why)
 
     def __enter__(self) -> ScoopExecutor:
         _active.append(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Without an exception: shutdown(wait=True), as any Executor.  With one: cancel
+        the tasks that have not started, wait only for the running ones, and say which
+        (Ctrl-C, or a KeyboardInterrupt as the exception, abandons them at once).
+        """
         try:
             _active.remove(self)
         except ValueError:
@@ -1422,20 +1595,65 @@ class ScoopExecutor(MapMixin, cf.Executor):
             self.abort("interrupted (KeyboardInterrupt)")
             return
         try:
-            self.shutdown(wait=True)
+            if exc_type is None:
+                self.shutdown(wait=True)
+            else:
+                self._leave_after(exc_type)
         except KeyboardInterrupt:
             self.abort("interrupted (KeyboardInterrupt) while waiting for pending tasks")
             raise
+
+    # Leaving `with` because of an exception, with tasks running: say so after this many
+    # seconds, and again every REPORT_EVERY seconds.
+    REPORT_AFTER = 1.0
+    REPORT_EVERY = 10.0
+
+    def _leave_after(self, exc_type: type[BaseException]) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        link = self._link
+        cancelled = link.cancel_queued()
+        link.drop_unstarted()
+        link.close(wait=False)
+        due = [self.REPORT_AFTER]
+
+        def report(waited: float) -> None:
+            if waited < due[0]:
+                return
+            due[0] = waited + self.REPORT_EVERY
+            running = link.running()
+            if not running:
+                return
+            now = time.monotonic()
+            shown = ", ".join(
+                f"{(f._what or 'a task').rsplit('.', 1)[-1]}() running for {now - f._started:.1f} s"
+                for f in running[:5]
+            )
+            if len(running) > 5:
+                shown += f" and {len(running) - 5} more"
+            log.warning(
+                "leaving the `with ScoopExecutor()` block because of %s: cancelled %d task(s) that "
+                "had not started; waiting for %d running task(s) to finish: %s. Ctrl-C stops "
+                "waiting and abandons them",
+                exc_type.__name__, cancelled + link.dropped, len(running), shown,
+            )  # fmt: skip
+
+        why = link.join(report=report)
+        if why:
+            log.error("%s", why)  # the exception leaving `with` is the user's: do not replace it
 
     def abort(self, reason: str = "aborted") -> None:
         """Stop at once: cancel pending futures, fail running ones, stop every worker.
 
         What Ctrl-C in a ``with ScoopExecutor()`` block does; ``shutdown()``
-        afterwards is harmless.
+        afterwards is harmless.  Waits at most 10 s for the pool's thread, and
+        says so (a log error) if it did not stop.
         """
         with self._shutdown_lock:
             self._shutdown = True
-        self._link.abort(reason)
+        why = self._link.abort(reason)
+        if why:
+            log.error("%s", why)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Inside a task, an executor captured from the client is a handle to

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import mmap
+import os
 import select
 import socket
 import struct
@@ -157,6 +158,64 @@ def _lengths(n: int) -> struct.Struct:
         if n <= 64:
             _LENGTHS[n] = st
     return st
+
+
+class WakePipe:
+    """A self-pipe that wakes one poll loop; any thread may call wake().
+
+    The loop polls ``fd`` and, each time poll reports it readable, calls
+    drain() *before* it looks at what it was woken for.  wake() writes a byte
+    only when none is pending (``pending``), which saves the syscall on busy
+    paths.  The order is what makes it safe under any interleaving:
+
+    - drain() empties the pipe and only then clears ``pending``: a wake()
+      that runs between the two sees ``pending`` still set and writes
+      nothing, but what it queued before calling wake() is seen, because the
+      loop looks after drain() returns;
+    - a wake() after drain() writes a byte, so poll returns again;
+    - the loop drains whenever the pipe is readable, whatever ``pending``
+      says, so a byte written by a wake() whose flag drain() already cleared
+      is read on the next turn instead of leaving poll readable for ever
+      (the 100 %-CPU spin of issue 18: the old code read the pipe only while
+      the flag was set).
+    """
+
+    __slots__ = ("_w", "fd", "pending")
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self.pending = False
+
+    def wake(self) -> None:
+        """Make the loop's poll return (thread-safe, cheap when a wake is already pending)."""
+        if not self.pending:
+            self.pending = True
+            try:
+                os.write(self._w, b"x")
+            except OSError:  # full: it is readable anyway; closed: nobody polls any more
+                pass
+
+    def drain(self) -> None:
+        """Empty the pipe, then allow the next wake() to write (the loop's thread only)."""
+        try:
+            while len(os.read(self.fd, 4096)) == 4096:
+                pass
+        except OSError:  # empty (BlockingIOError), or closed
+            pass
+        self.pending = False
+
+    def close(self) -> None:
+        """Close both ends; later wake() calls do nothing."""
+        self.pending = True  # first: a late wake() must not write to a reused fd
+        fds, self.fd, self._w = (self.fd, self._w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def process_state(pid: int) -> bytes | None:

@@ -516,6 +516,11 @@ class Worker:
             if not self.welcomed or info.get("resumed") is None:
                 self.granted = 0
             self.welcomed = True
+        elif mtype == P.RECALL:
+            # Between tasks: the next one starts now, but if it runs long, what is queued
+            # behind it goes back (the broker asks once, not again until something moves).
+            if self.queue:
+                self._recalled = self._slice + 1
         elif mtype == P.STOP:
             global _stopped
             _stopped = self.stopping = True
@@ -530,7 +535,7 @@ class Worker:
                 log.error("broker: %s", text)
                 if "protocol version" in text:
                     self.stopping = True
-        # PING, STATUS_REPLY: nothing to do; RECALL: the queued tasks start now anyway
+        # PING, STATUS_REPLY: nothing to do
 
     # ---------------------------------------------------------------- tasks
     def _run_some(self) -> None:
