@@ -149,6 +149,8 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _looks_like_script(word: str) -> bool:
+    if word.lower().startswith("ssh://"):
+        return False  # a host spec (hosts.py), slashes and all
     return word.endswith((".py", ".pyw")) or os.path.sep in word or os.path.isfile(word)
 
 

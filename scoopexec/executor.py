@@ -56,7 +56,15 @@ from .errors import (
     MessageTooLargeError,
     SerializationError,
 )
-from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
+from .hosts import (
+    Host,
+    detect_allocation,
+    distribute,
+    local_cpu_count,
+    note_local_hosts,
+    parse_hosts,
+    read_hostfile,
+)
 from .launch import LocalWorkers
 from .mapping import MapMixin
 from .remote import (
@@ -129,13 +137,7 @@ else:  # pragma: no cover
 
 
 def _default_workers() -> int:
-    if hasattr(os, "process_cpu_count"):
-        n = os.process_cpu_count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover
-        n = os.cpu_count()
-    return n or 1
+    return local_cpu_count()
 
 
 
@@ -969,6 +971,7 @@ def _plan_hosts(
     else:
         return max_workers or _default_workers(), [], 0
     placed = distribute(listed, max_workers)
+    note_local_hosts(placed)
     return 0, placed, 0
 
 
@@ -1219,6 +1222,16 @@ class ScoopExecutor(MapMixin, cf.Executor):
     def endpoint(self) -> str:
         """The broker's endpoint, where more workers may connect."""
         return getattr(self._link, "endpoint", "")
+
+    @property
+    def max_workers(self) -> int:
+        """The workers this pool was started with plus those added since (its size once all joined)."""
+        return self._max_workers
+
+    @property
+    def broken(self) -> str | None:
+        """Why this pool can run no more tasks (its initializer failed, its broker was lost ...), or None."""
+        return self._link.broken_msg or None
 
     def add_workers(
         self,
