@@ -22,8 +22,8 @@ from scoopexec.hosts import (
     tasks_per_node,
 )
 from tests import helpers
-from tests.conftest import ROOT
 from tests.cluster_fixtures import sshd  # noqa: F401
+from tests.conftest import ROOT
 
 
 def names(hosts):
