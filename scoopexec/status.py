@@ -273,7 +273,4 @@ def status_main(argv: list[str]) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 130 if not args.watch else 0
-    except BrokenPipeError:  # `... status ADDR | head`
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    # `... status ADDR | head`: the BrokenPipeError is handled where every command's is (__main__)
