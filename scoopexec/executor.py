@@ -1120,6 +1120,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         _refuse_during_worker_bootstrap()
         env = check_env(env)
         n_local, remote_hosts, n_srun = _plan_hosts(max_workers, hosts, hostfile)
+        if scoop_compat.active():  # under python -m scoopexec: SCOOP's scoop.SIZE, for the workers
+            size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            env = {**scoop_compat.worker_env(size), **env}
         keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
         if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
             raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
