@@ -32,10 +32,10 @@ The backend implements joblib's callback API: results are handed to joblib
 on a thread of the backend (never the broker's), batches are auto-sized,
 ``return_as="generator"`` / ``"generator_unordered"`` and ``timeout`` work,
 and ``abort_everything`` (after an error or a timeout) cancels every batch
-not started -- and, when batches of the call are running on a pool the
-backend started itself (and no other call is using it), stops that pool's
-workers at once, as loky does, so running batches do not run to completion;
-the next call starts a fresh pool.
+not started -- and, on a pool the backend started itself (unless another
+call is using it), stops the workers at once, as loky does, so running
+batches do not run to completion; the call, or the next one, starts a new
+pool.
 
 On workers, two things make joblib cooperate with task greenlets (installed
 when joblib is first imported in a worker): ``parallel_config`` state is kept
@@ -376,12 +376,13 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         with self._lock:
             futs = list(self._futures)
             self._futures.clear()
-        running = [fut for fut in futs if not fut.cancel() and not fut.done()]
+        for fut in futs:
+            fut.cancel()
         own = self._own
         if own is not None:
-            if self._own_shared and not (running and _shared.sole_user(self)):
-                # Nothing of ours runs (keep the pool), or another call uses it (its batches are
-                # not ours to stop): the running ones finish and their results are dropped.
+            if self._own_shared and not _shared.sole_user(self):
+                # Another call runs on the pool too: its batches are not ours to stop. Ours that
+                # are running finish, and their results are dropped.
                 return
             self._own = self._workers = None
             if self._own_shared:

@@ -134,15 +134,22 @@ def test_n_jobs_changes_grow_or_replace_the_shared_pool(new_children):
     assert new_children() == set(shared_pool().worker_pids)
 
 
-def test_a_broken_shared_pool_is_replaced(tmp_path):
+def test_a_broken_shared_pool_is_replaced(tmp_path, new_children):
     flag = str(tmp_path / "failed-once")
     with parallel_config(backend="scoop", n_jobs=2, initializer=h.init_fails_once, initargs=(flag,)):
-        with pytest.raises(InitializerError):
-            Parallel()(delayed(h.square)(i) for i in range(4))
-        broken = shared_pool()
-        assert broken is not None and broken.broken
+        assert Parallel()([]) == []  # starts the shared pool; its initializer has not run yet
+        pool = shared_pool()
+        with pytest.raises(InitializerError):  # the pool breaks between two Parallel calls
+            pool.submit(h.square, 2).result(timeout=60)
+        assert pool.broken
         assert Parallel()(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
-        assert shared_pool() is not broken and not shared_pool().broken
+        assert shared_pool() is not pool and not shared_pool().broken
+        assert new_children() == set(shared_pool().worker_pids)  # the broken one was stopped
+        flag_again = str(tmp_path / "fails-in-a-call")
+    with parallel_config(backend="scoop", n_jobs=2, initializer=h.init_fails_once, initargs=(flag_again,)):
+        with pytest.raises(InitializerError):  # during a call: aborted, and replaced by the next
+            Parallel()(delayed(h.square)(i) for i in range(4))
+        assert Parallel()(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
 
 
 def test_a_call_needing_another_pool_while_the_shared_one_is_busy_gets_its_own(tmp_path, new_children):
