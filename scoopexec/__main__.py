@@ -4,6 +4,12 @@ Subcommands are looked up in SUBCOMMANDS (module, function); each function
 takes the remaining arguments and returns an exit status.  Anything else is
 the program launcher (``scoopexec.cli.launch_main``): ``python -m scoopexec
 [-n N] script.py [args]`` runs a program, SCOOP-style, with a pool active.
+``--version`` prints the version.
+
+Every command ends quietly when the reader of its output goes away
+(``python -m scoopexec report --json run.json | head -1``): no traceback,
+exit status 141 (128 + SIGPIPE, what a shell shows for a program that
+SIGPIPE ended).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ def usage() -> str:
         "usage: python -m scoopexec [-n N] [--hosts HOST ...] [--hostfile FILE] script.py [args ...]",
         "       python -m scoopexec SUBCOMMAND [options]",
         "",
+        "       python -m scoopexec --version",
+        "",
         "  script.py  run a program with a pool active (SCOOP-style; see --help)",
     ]
     for name, (_, _, text) in SUBCOMMANDS.items():
@@ -33,10 +41,29 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import EXIT_BROKEN_PIPE, silence_stdout, stdout_is_broken
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not in the flush at exit
+        return status
+    except BrokenPipeError:
+        if not stdout_is_broken():
+            raise  # a pipe of ours, not the output: a real error
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         module, func, _ = SUBCOMMANDS[argv[0]]
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    if argv == ["--version"]:
+        from .cli import version_text
+
+        print(version_text())
+        return 0
     if argv:
         from .cli import launch_main
 

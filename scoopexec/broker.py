@@ -1475,6 +1475,7 @@ class Broker:
             "completed": self.completed,
             "tasks_per_second": round(rate, 1),
             "clients": len(self.clients),
+            "starting": self.watcher.starting() if self.watcher is not None else 0,
             "dropped": dict(self.dropped),
             "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.endpoints],
             "refused_keys": self.auth.refused if self.auth is not None else 0,

@@ -15,11 +15,42 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import traceback
 import types
 from typing import Any
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""The exit status when the reader of our output went away (``... | head``): 141, as a shell
+reports for a program that SIGPIPE ended."""
+
+
+def stdout_is_broken() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone away."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: no way to ask; assume it is
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device, so that what is still buffered (and the
+    interpreter's flush at exit) raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (AttributeError, ValueError, OSError):
+        pass
 
 
 def add_observe_options(parser: argparse.ArgumentParser) -> None:
@@ -149,6 +180,8 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _looks_like_script(word: str) -> bool:
+    if word.lower().startswith("ssh://"):
+        return False  # a host spec (hosts.py), slashes and all
     return word.endswith((".py", ".pyw")) or os.path.sep in word or os.path.isfile(word)
 
 
@@ -174,7 +207,15 @@ def _launcher_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broker", default=None, metavar="ENDPOINT",
                     help="use the pool of a standalone broker (`python -m scoopexec broker`)")
     add_observe_options(ap)
+    ap.add_argument("--version", action="version", version=version_text())
     return ap
+
+
+def version_text() -> str:
+    """What ``python -m scoopexec --version`` prints."""
+    from . import __version__
+
+    return f"scoopexec {__version__}"
 
 
 def _exit_status(code: Any) -> int:
@@ -250,6 +291,13 @@ def launch_main(argv: list[str]) -> int:
         except KeyboardInterrupt:
             traceback.print_exc()
             status = 130
+        except BrokenPipeError:
+            if not stdout_is_broken():
+                traceback.print_exc()
+                status = 1
+            else:  # `python -m scoopexec prog.py | head`: the reader has all it wanted
+                silence_stdout()
+                status = EXIT_BROKEN_PIPE
         except BaseException:
             traceback.print_exc()
             status = 1

@@ -57,7 +57,15 @@ from .errors import (
     MessageTooLargeError,
     SerializationError,
 )
-from .hosts import Host, detect_allocation, distribute, parse_hosts, read_hostfile
+from .hosts import (
+    Host,
+    detect_allocation,
+    distribute,
+    local_cpu_count,
+    note_local_hosts,
+    parse_hosts,
+    read_hostfile,
+)
 from .launch import LocalWorkers
 from .link import WakePipe
 from .mapping import MapMixin
@@ -133,13 +141,7 @@ else:  # pragma: no cover
 
 
 def _default_workers() -> int:
-    if hasattr(os, "process_cpu_count"):
-        n = os.process_cpu_count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover
-        n = os.cpu_count()
-    return n or 1
+    return local_cpu_count()
 
 
 
@@ -1136,6 +1138,7 @@ def _plan_hosts(
     else:
         return max_workers or _default_workers(), [], 0
     placed = distribute(listed, max_workers)
+    note_local_hosts(placed)
     return 0, placed, 0
 
 
@@ -1284,6 +1287,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         _refuse_during_worker_bootstrap()
         env = check_env(env)
         n_local, remote_hosts, n_srun = _plan_hosts(max_workers, hosts, hostfile)
+        if scoop_compat.active():  # under python -m scoopexec: SCOOP's scoop.SIZE, for the workers
+            size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            env = {**scoop_compat.worker_env(size), **env}
         keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
         if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
             raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
@@ -1386,6 +1392,16 @@ class ScoopExecutor(MapMixin, cf.Executor):
     def endpoint(self) -> str:
         """The broker's endpoint, where more workers may connect."""
         return getattr(self._link, "endpoint", "")
+
+    @property
+    def max_workers(self) -> int:
+        """The workers this pool was started with plus those added since (its size once all joined)."""
+        return self._max_workers
+
+    @property
+    def broken(self) -> str | None:
+        """Why this pool can run no more tasks (its initializer failed, its broker was lost ...), or None."""
+        return self._link.broken_msg or None
 
     def add_workers(
         self,
