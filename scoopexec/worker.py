@@ -83,17 +83,19 @@ class _Task:
 
 class _Runner(greenlet.greenlet):  # type: ignore[misc]
     task: _Task | None = None
+    waiter: _Waiter | None = None  # what it is parked on, while it is
 
 
 class _Waiter:
     """A parked greenlet and what wakes it."""
 
-    __slots__ = ("active", "done", "g", "scheduled")
+    __slots__ = ("active", "cancelled", "done", "g", "scheduled")
 
     def __init__(self, g: greenlet.greenlet) -> None:
         self.g = g
         self.active = True
-        self.scheduled = False
+        self.scheduled = False  # (g, ...) is in the hub's ready queue: at most one entry
+        self.cancelled = False
         self.done: collections.deque[cf.Future[Any]] = collections.deque()
 
 
@@ -116,11 +118,11 @@ class WorkerFuture(cf.Future):  # type: ignore[type-arg]
         return super().exception(timeout=0 if not self.done() else None)
 
     def cancel(self) -> bool:
-        with self._condition:
-            ok = super().cancel()
-            if ok and self._state == cfb.CANCELLED:
-                self.set_running_or_notify_cancel()
+        ok = super().cancel()  # runs the done-callbacks, holding no lock
         if ok:
+            with self._condition:
+                if self._state == cfb.CANCELLED:
+                    self.set_running_or_notify_cancel()  # wakes cf.wait() callers in other threads
             self._worker.cancelled(self._tid)
         return ok
 
@@ -280,6 +282,10 @@ class Worker:
         self.outputs: collections.deque[tuple[tuple[int, int], bytes]] = collections.deque()
         self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()
+        # Sub-task outcomes taken off the socket under `lock`, to be set on their futures
+        # once it is released: setting one runs its done-callbacks, user and library code
+        # (joblib's takes its Parallel's lock, which a task may hold while it submits).
+        self._deliveries: list[tuple[WorkerFuture, int, list[Any]]] = []
         # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
         # except while a task runs, when the flusher thread may take it (see _flusher).
         self.lock = threading.RLock()
@@ -418,6 +424,8 @@ class Worker:
         try:
             while not self.stopping:
                 self._receive()
+                if self._deliveries:
+                    self._deliver_unlocked()
                 if self.ready or self.queue:
                     self._run_some()
                 self._flush()
@@ -437,12 +445,16 @@ class Worker:
                             timeout = wait if timeout < 0 else min(timeout, wait)
                     lock.release()
                     try:
-                        fds.poll(timeout)
+                        woke = fds.poll(timeout)
                     finally:
                         lock.acquire()
+                    if woke and not self._woken and any(fd == self._wake_r for fd, _ in woke):
+                        # A byte written after the flag was last cleared: read it, or
+                        # every later poll returns at once (the hub would spin).
+                        self._woken = True
                 self._fire_timers()
                 if self._woken:
-                    self._woken = False
+                    self._woken = False  # before reading: a later wake writes a new byte
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
@@ -471,6 +483,38 @@ class Worker:
             except ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
 
+    def _deliver_unlocked(self) -> None:
+        """The hub's deliveries (see _deliver), with `lock` released while they run."""
+        batch, self._deliveries = self._deliveries, []
+        lock = self.lock
+        lock.release()
+        try:
+            self._deliver(batch)
+        finally:
+            lock.acquire()
+
+    def _deliver(self, batch: list[tuple[WorkerFuture, int, list[Any]]]) -> None:
+        """Set sub-task outcomes on their futures.  Hold no scoopexec lock.
+
+        Unpickling a result and the futures' done-callbacks run code of the
+        user's and of libraries (joblib's callback takes its Parallel's lock,
+        which a task holds while it submits): with `lock` held, such code would
+        wait for a task that waits for `lock`.  The hub delivers what it
+        received; the flusher thread what it took while a task ran (that task
+        may be polling done()).
+        """
+        for fut, status, body in batch:
+            if fut.done():  # cancelled meanwhile
+                continue
+            ok, value = serialize.decode_outcome(status, body)
+            try:
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            except cf.InvalidStateError:
+                pass  # cancelled between the look and the set
+
     def _handle(self, frames: list[zmq.Frame]) -> None:
         head = frames[0].bytes
         mtype, count, arg = P.unpack_header(head)
@@ -488,13 +532,8 @@ class Worker:
                 body = frames[pos : pos + n]
                 pos += n
                 fut = futures.pop(tid, None)
-                if fut is None or fut.done():
-                    continue
-                ok, value = serialize.decode_outcome(status, body)
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                if fut is not None:
+                    self._deliveries.append((fut, status, body))
         elif mtype == P.SETUP:
             self._apply_setup(arg, frames[1:])
         elif mtype == P.CANCEL:
@@ -591,9 +630,9 @@ class Worker:
 
         Finished results, output and log lines go out; tasks queued here, or
         arriving now, are handed back to the broker so that an idle worker can
-        take them; results of sub-tasks are delivered.  The hub releases `lock`
-        while a task runs, and this thread takes it only then, so the socket is
-        never used by two threads at once.
+        take them; results of sub-tasks are delivered (after releasing `lock`).
+        The hub releases `lock` while a task runs, and this thread takes it only
+        then, so the socket is never used by two threads at once.
         """
         armed, lock = self._armed, self.lock
         while not self.stopping:
@@ -610,6 +649,9 @@ class Worker:
                         self._relieve()
                     except Exception:  # pragma: no cover - must not end this thread
                         log.exception("the worker's flusher failed")
+                    batch, self._deliveries = self._deliveries, []
+                if batch:
+                    self._deliver(batch)  # a task polling done() sees them; see _deliver
                 delay = min(delay * 2, 0.05)
                 time.sleep(delay)
 
@@ -628,7 +670,7 @@ class Worker:
             except ProtocolError:
                 continue
             if mtype == P.RESULTS:
-                self._handle(frames)  # sub-task results: a task polling done() sees them
+                self._handle(frames)  # sub-task results, for _flusher to deliver
             elif mtype == P.RECALL:
                 recalled = True
             else:
@@ -723,9 +765,14 @@ class Worker:
             self.queue = collections.deque(t for t in self.queue if t.btid not in gone)
         for btid in btids:
             r = self.active.get(btid)
-            if r is not None and r is not greenlet.getcurrent() and not r.dead:
-                # A parked task nobody wants any more: unwind it.
-                self.ready.append((r, _Cancelled()))
+            w = r.waiter if r is not None else None
+            if w is not None and w.active:
+                # A parked task nobody wants any more: unwind it.  Through its
+                # waiter, so that it is resumed once, and never after it moved on.
+                w.cancelled = True
+                if not w.scheduled:
+                    w.scheduled = True
+                    self.ready.append((w.g, None))
 
     # ------------------------------------------------------------ submitting
     def submit(
@@ -825,7 +872,12 @@ class Worker:
 
     def _watch(self, waiter: _Waiter, fs: Iterable[cf.Future[Any]]) -> None:
         def wake(f: cf.Future[Any]) -> None:
-            if waiter.active:
+            if threading.get_ident() != self.thread_id:
+                # Completed in another thread (the flusher, a user's): the hub's
+                # queues and the waiter's flags are the hub's to change.
+                self._foreign.append(lambda: wake(f))
+                self._wake()
+            elif waiter.active:
                 waiter.done.append(f)
                 if not waiter.scheduled:
                     waiter.scheduled = True
@@ -839,8 +891,16 @@ class Worker:
 
     def _park(self, waiter: _Waiter) -> Any:
         waiter.scheduled = False
-        value = self.hub.switch()
-        if isinstance(value, _Cancelled):
+        g = waiter.g
+        if isinstance(g, _Runner):
+            g.waiter = waiter
+        try:
+            value = self.hub.switch()
+        finally:
+            if isinstance(g, _Runner):
+                g.waiter = None
+        if waiter.cancelled:
+            waiter.active = False
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
         return value
 
@@ -912,8 +972,28 @@ class Worker:
 
     # ---------------------------------------------------------------- set-up
     def _apply_setup(self, sid: int, frames: list[zmq.Frame]) -> None:
+        """Apply a client's set-up: its sys.path, directory, main module, initializer.
+
+        The main module and the initializer are the user's code: they run with
+        `lock` released (the hub holds it here; nothing else takes it while no
+        task runs, so this costs nothing).
+        """
         if sid in self.setups:
             return
+        lock = self.lock
+        lock.release()
+        try:
+            error = self._run_setup(sid, frames)
+        finally:
+            lock.acquire()
+        self.setups[sid] = error
+        if error is not None:
+            self._send([P.header(P.SETUP_DONE, 0, sid), error.encode("utf-8", "replace")])
+        else:
+            self._send([P.header(P.SETUP_DONE, 1, sid)])
+
+    def _run_setup(self, sid: int, frames: list[zmq.Frame]) -> str | None:
+        """The work of _apply_setup; the error's text, or None."""
         try:
             plain = P.load_json(frames[0].bytes) if frames else {}
             logs.apply_levels(plain.get("log_levels"))  # log what the client wants to see
@@ -949,12 +1029,8 @@ class Worker:
                     init(*initargs)
         except BaseException as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            text = f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
-            self.setups[sid] = text
-            self._send([P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace")])
-        else:
-            self.setups[sid] = None
-            self._send([P.header(P.SETUP_DONE, 1, sid)])
+            return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
+        return None
 
     # ------------------------------------------------------------------ send
     def _target(self) -> int:
@@ -1072,10 +1148,6 @@ class _LinkChannel:
 
     def close(self) -> None:
         self.link.close(drain=2.0)
-
-
-class _Cancelled:
-    pass
 
 
 _TIMEOUT = object()

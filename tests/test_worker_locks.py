@@ -1,0 +1,84 @@
+"""A worker runs no user or library callback while it holds a lock of its own.
+
+The flusher thread of a worker (worker.py) takes sub-task results off the socket while a long task
+runs.  It used to set them on their futures holding the worker's lock, so a done-callback that
+needed a lock the task held -- joblib's, which takes ``Parallel._lock``, held by the task while it
+submits -- waited for the task, and the task waited for the worker's lock to submit: a deadlock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+import scoopexec
+from scoopexec import ScoopExecutor
+from tests.conftest import run_script
+
+
+def _callbacks_need_the_lock_the_task_submits_under(rounds: int) -> tuple[int, int]:
+    """Submit sub-tasks holding a lock that their done-callbacks take; spin so the flusher runs."""
+    lock = threading.Lock()
+    seen: list[int] = []
+
+    def note(f: cf.Future[int]) -> None:
+        with lock:
+            seen.append(f.result())
+
+    futs = []
+    for _ in range(rounds):
+        with lock:
+            end = time.perf_counter() + 0.004  # > FLUSH_AFTER: the flusher takes results meanwhile
+            while time.perf_counter() < end:
+                f = scoopexec.submit(abs, -1)
+                f.add_done_callback(note)
+                futs.append(f)
+                time.sleep(0.0003)  # lets the other worker's results arrive between submissions
+    total = sum(f.result() for f in futs)
+    deadline = time.monotonic() + 10
+    while len(seen) < len(futs) and time.monotonic() < deadline:  # callbacks of the last ones
+        time.sleep(0.01)
+    return total, len(seen)
+
+
+@pytest.mark.timeout(120)
+def test_a_done_callback_that_takes_a_lock_the_submitting_task_holds_does_not_deadlock():
+    with ScoopExecutor(2) as ex:
+        for _ in range(3):
+            total, seen = ex.submit(_callbacks_need_the_lock_the_task_submits_under, 30).result(timeout=60)
+            assert total == seen and total > 30
+
+
+NESTED_PARALLEL_LOOP = """
+import sys, time
+from joblib import Parallel, delayed, parallel_config
+from scoopexec import ScoopExecutor
+from tests import compat_helpers as h
+
+if __name__ == "__main__":
+    rounds = int(sys.argv[1])
+    with ScoopExecutor(2) as ex:
+        with parallel_config(backend="scoop"):
+            for r in range(rounds):
+                out = Parallel(n_jobs=2)(delayed(h.inner_pids)(4) for _ in range(6))
+                assert len(out) == 6 and all(len(pids) == 4 for _, _, _, pids in out), out
+    print("rounds done", rounds)
+"""
+
+
+@pytest.mark.timeout(200)
+def test_nested_parallel_inside_tasks_for_hundreds_of_rounds_does_not_hang():
+    # Before the fix this hung within about a hundred rounds (the deadlock above, with
+    # joblib's completion callback); the script is killed at the timeout.
+    r = run_script(NESTED_PARALLEL_LOOP, "200", timeout=150, cwd=str(_root()))
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert b"rounds done 200" in r.stdout
+
+
+def _root():
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parent.parent
