@@ -315,6 +315,8 @@ class Worker:
         self._streams: list[_ForwardStream] = []
         self.max_message_size = -1
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
+        self.argvs: dict[int, list[str]] = {}  # set-up id -> its client's sys.argv
+        self._argv_of = -1  # the set-up whose argv sys.argv is
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -577,7 +579,9 @@ class Worker:
                 g, value = ready.popleft()
                 if g.dead:
                     continue
-                self.current = g.task
+                t = self.current = g.task
+                if t is not None and t.setup != self._argv_of:
+                    self._use_argv(t.setup)
                 t0 = clock()
                 self._switch(g, value)
             else:
@@ -597,6 +601,8 @@ class Worker:
                 r.task = task
                 self.active[task.btid] = r
                 self.current = task
+                if task.setup != self._argv_of:
+                    self._use_argv(task.setup)
                 t0 = clock()
                 self._switch(r, task)
             # How long the hub was away: a task's run until it finished or parked.
@@ -972,7 +978,7 @@ class Worker:
 
     # ---------------------------------------------------------------- set-up
     def _apply_setup(self, sid: int, frames: list[zmq.Frame]) -> None:
-        """Apply a client's set-up: its sys.path, directory, main module, initializer.
+        """Apply a client's set-up: its sys.path, directory, argv, main module, initializer.
 
         The main module and the initializer are the user's code: they run with
         `lock` released (the hub holds it here; nothing else takes it while no
@@ -996,6 +1002,12 @@ class Worker:
         """The work of _apply_setup; the error's text, or None."""
         try:
             plain = P.load_json(frames[0].bytes) if frames else {}
+            argv = plain.get("argv")
+            if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+                # Tasks see the client's sys.argv, as in ProcessPoolExecutor's
+                # spawned workers, not this worker's own command line.
+                self.argvs[sid] = argv
+                self._use_argv(sid)
             logs.apply_levels(plain.get("log_levels"))  # log what the client wants to see
             for entry in reversed(plain.get("sys_path", [])):
                 if entry not in sys.path:
@@ -1031,6 +1043,13 @@ class Worker:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
         return None
+
+    def _use_argv(self, sid: int) -> None:
+        """sys.argv of the client whose set-up ``sid`` is (a worker may serve several)."""
+        self._argv_of = sid
+        argv = self.argvs.get(sid)
+        if argv is not None:
+            sys.argv = list(argv)
 
     # ------------------------------------------------------------------ send
     def _target(self) -> int:
