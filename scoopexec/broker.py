@@ -98,6 +98,7 @@ class ProcessWatcher(Protocol):
     def starting(self) -> int: ...
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
+    def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
 
 
@@ -1264,14 +1265,19 @@ class Broker:
         for wkey, ids in by_worker.items():
             self._send(wkey, [P.pack(P.CANCEL, ids)])
 
-    def _lose_worker(self, w: WorkerPeer, why: str, exit_info: str = "") -> None:
+    def _lose_worker(self, w: WorkerPeer, why: str, exit_info: str = "", task_rc: int | None = None) -> None:
+        """Forget a worker and requeue (or fail) its tasks.
+
+        ``task_rc``: the exit status of its process, which ended not for a
+        reason of its own (contract.py): what it was running most likely ended it.
+        """
         if self.workers.pop(w.key, None) is None:
             return
         self._forget_fd(w.key)
         host = w.info.get("host", "?")
         pid = w.info.get("pid", "?")
         if not exit_info and w.tag and self.watcher is not None and self.watcher.owns_process(w.tag):
-            exit_info = self._local_exit_info(w.tag)
+            exit_info, task_rc = self._local_exit_info(w.tag)
             if not exit_info:
                 # Alive but unreachable (stopped, stuck in native code): it is
                 # ours, so end it; its tasks run elsewhere and it is replaced.
@@ -1284,9 +1290,14 @@ class Broker:
                     )
         where = f"worker {w.name} (pid {pid} on {host})"
         reason = exit_info or why
-        self._recent_losses.append(f"{where}: {reason}")
+        held = len(w.assigned)
+        by_task = task_rc is not None and bool(exit_info) and held > 0
+        if by_task:
+            self._recent_losses.append(f"{where}: {reason} while running a task")
+        else:
+            self._recent_losses.append(f"{where}: {reason}")
         if w.assigned:
-            log.warning("%s was lost with %d task(s): %s", where, len(w.assigned), reason)
+            log.warning("%s was lost with %d task(s): %s", where, held, reason)
         for btid in sorted(w.assigned):
             task = self.tasks.get(btid)
             if task is None or task.worker != w.key:
@@ -1294,15 +1305,16 @@ class Broker:
             task.worker = None
             task.attempts += 1
             task.prev += (w.key,)
-            task.losses.append(f"{where}: {reason}")
+            ended = _ended_by_task(held, task_rc) if by_task and task_rc is not None else ""
+            task.losses.append(f"{where}: {reason}{ended}")
             if self.trace is not None:
                 self.trace.on_lost(task, w, f"{where}: {reason}", task.attempts > self.max_retries)
             if task.attempts > self.max_retries:
                 del self.tasks[btid]
                 message = (
                     f"task {btid} was lost {task.attempts} time{'s' if task.attempts != 1 else ''} with "
-                    f"its worker, more than max_retries={self.max_retries} allows; last: {where}: "
-                    f"{reason}. A task that keeps "
+                    f"its worker, more than max_retries={self.max_retries} allows; last: "
+                    f"{task.losses[-1]}. A task that keeps "
                     "taking its worker down is the likely cause (memory use, a crash in native code); "
                     "if the losses are unrelated to it, raise max_retries"
                 )
@@ -1313,17 +1325,21 @@ class Broker:
         w.assigned.clear()
         self._drop_owned_by(w.key)
 
-    def _local_exit_info(self, tag: str) -> str:
-        """Wait briefly for a local worker's exit status; replace it once it has exited."""
+    def _local_exit_info(self, tag: str) -> tuple[str, int | None]:
+        """Wait briefly for a local worker's exit status; replace it once it has exited.
+
+        Its description ("" if it has not exited) and, if it did not end for a
+        reason of its own, its exit status (see _lose_worker).
+        """
         assert self.watcher is not None
         for _ in range(20):
             for t, _pid, rc in self.watcher.reap():
                 if t == tag:
                     self._replace_local(t)
-                    return self.watcher.describe_exit(tag, rc)
+                    return self.watcher.describe_exit(tag, rc), None if self.watcher.own_exit(tag) else rc
                 self._local_exited(t, rc)
             time.sleep(0.005)
-        return ""
+        return "", None
 
     def _drop_owned_by(self, key: bytes) -> None:
         """Tasks submitted by a lost worker have nobody to report to."""
@@ -1343,8 +1359,9 @@ class Broker:
         # A tag names one local worker process, or a group of workers started
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        task_rc = None if self.watcher.own_exit(tag) else rc
         for w in lost:
-            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
+            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc), task_rc)
         if not lost:
             self._recent_losses.append(self.watcher.describe_exit(tag, rc))
         self._replace_local(tag)
@@ -1427,6 +1444,17 @@ class Broker:
                 for w in self.workers.values()
             ],
         }
+
+
+def _ended_by_task(held: int, rc: int) -> str:
+    """For a task lost with a worker whose process ended, not for a reason of its own."""
+    which = "this task" if held == 1 else f"this task or one of the {held - 1} other(s) it held"
+    if rc < 0:
+        return f" while running {which}"
+    return (
+        f" while running {which}: a task ended the process (os._exit({rc}), or exit() in native "
+        "code); a worker's own exits are announced, and this one was not"
+    )
 
 
 def serve(

@@ -47,16 +47,14 @@ from typing import Any, NoReturn
 import greenlet
 import zmq
 
-from . import logs, mainmodule, serialize
+from . import contract, logs, mainmodule, serialize
 from . import protocol as P
+from .contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE
 from .errors import InitializerError, ProtocolError, SerializationError
 from .link import POOL, Link, process_state
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
-EXIT_LOST = 3  # the broker went away
-EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
-EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 
 log = logging.getLogger("scoopexec.worker")
 
@@ -387,8 +385,8 @@ class Worker:
                 timeout = max(0.0, first_by - time.monotonic())
             try:
                 if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
-                    if lost_at is not None:
-                        os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+                    if lost_at is not None:  # the broker is gone: nothing can be delivered
+                        _end(EXIT_LOST, f"no answer from the broker for {self.heartbeat_timeout:g} s")
                     _die(
                         EXIT_UNREACHABLE,
                         f"no scoopexec broker answered at {self.connect_to} within "
@@ -549,6 +547,8 @@ class Worker:
             self.max_message_size = int(info.get("max_message_size", -1) or -1)
             if not self.welcomed or info.get("resumed") is None:
                 self.granted = 0
+            if not self.welcomed and _exit_fd is not None:
+                contract.write_welcomed(_exit_fd)  # whoever started us: we reached a broker
             self.welcomed = True
         elif mtype == P.STOP:
             global _stopped
@@ -1218,6 +1218,16 @@ def _die(code: int, message: str) -> NoReturn:
         os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
+    _end(code, message)
+
+
+_exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit note (contract.py)
+
+
+def _end(code: int, message: str) -> NoReturn:
+    """Exit at once with ``code``; one of our own codes is announced first (contract.py)."""
+    if _exit_fd is not None and code in contract.REASONS:
+        contract.write_note(_exit_fd, code, message)
     os._exit(code)
 
 
@@ -1250,7 +1260,7 @@ def _client_gone(code: int) -> NoReturn:
             time.sleep(0.002)
         if _dead(parent):
             _remove_private_socket(path)
-    os._exit(code)
+    _end(code, "its broker closed the connection")
 
 
 def _dead(parent: int) -> bool:
@@ -1352,6 +1362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--link-fd", type=int, default=None, help=argparse.SUPPRESS)  # launch.LocalWorkers
+    ap.add_argument("--exit-fd", type=int, default=None, help=argparse.SUPPRESS)  # contract.py
     ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
     ap.add_argument(
         "--connect-timeout",
@@ -1403,6 +1414,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    if args.exit_fd is not None:
+        global _exit_fd
+        try:
+            os.set_inheritable(args.exit_fd, False)  # programs that tasks start must not write on it
+        except OSError as exc:
+            ap.error(f"--exit-fd {args.exit_fd}: {exc}")
+        _exit_fd = args.exit_fd
     link = None
     if args.link_fd is not None:
         try:
