@@ -96,6 +96,7 @@ class ProcessWatcher(Protocol):
     def mark_hello(self, tag: str) -> None: ...
     def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
+    def check_starting(self, stopped_limit: float) -> list[str]: ...  # kills the stuck; says why
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
     def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (contract.py)
@@ -1385,11 +1386,15 @@ class Broker:
         POOL.expire()
         if self._suspects:
             self._reprobe()
-        if self.links:
-            now = time.monotonic()
-            if now >= self._next_state_check:
-                self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+        now = time.monotonic()
+        if now >= self._next_state_check and (self.links or self.watcher is not None):
+            self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+            if self.links:
                 self._check_stopped(now)
+            if self.watcher is not None and not self._stopping:
+                # Workers still starting have said nothing yet: look at their processes.
+                for why in self.watcher.check_starting(self.heartbeat_timeout):
+                    log.warning("%s", why)
         if self.watcher is not None:
             for tag, _pid, rc in self.watcher.reap():
                 self._local_exited(tag, rc)

@@ -26,6 +26,10 @@ EXIT_LOST = 3  # the broker went away
 EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
 EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 
+START_TIMEOUT = 60.0
+"""s a starting worker may go without using any CPU before it said HELLO: then it is stuck
+(a sitecustomize, a .pth file or an import waiting on something) and its starter kills it."""
+
 REASONS: dict[int, str] = {
     EXIT_LOST: "it lost its broker",
     EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import contract
 from .contract import describe_returncode
+from .link import process_stat
 from .security import Credentials, encode_frame
 
 __all__ = ["LocalWorkers", "describe_returncode", "run_worker_group", "worker_command", "worker_env"]
@@ -121,6 +122,10 @@ class LocalWorkers:
         self.hello: set[str] = set()
         self._note_fds: dict[str, int] = {}  # tag -> the read end of its exit-note pipe
         self.notes: dict[str, str] = {}  # tag -> why it exited, in its own words (contract.py)
+        self.start_timeout = contract.START_TIMEOUT
+        self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
+        self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
+        self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
         for _ in range(n):
             self._spawn()
 
@@ -189,6 +194,8 @@ class LocalWorkers:
                 if rc is not None:
                     del self.procs[tag]
                     self.exits[tag] = rc
+                    self._progress.pop(tag, None)
+                    self._stopped_since.pop(tag, None)
                     fd = self._note_fds.pop(tag, None)
                     if fd is not None:
                         welcomed, note = contract.read_notes(fd)
@@ -226,6 +233,53 @@ class LocalWorkers:
             return 0  # the common case, without a scan
         return sum(1 for tag in self.procs if tag not in self.hello)
 
+    def check_starting(self, stopped_limit: float) -> list[str]:
+        """Kill the starting workers (no HELLO yet) that cannot start; say why, for each.
+
+        One stopped (SIGSTOP, a debugger) for ``stopped_limit`` s, as a worker
+        that said HELLO would be lost for it, or one that used no CPU for
+        ``start_timeout`` s (contract.START_TIMEOUT), would otherwise keep its
+        place in the pool forever while tasks wait for it.  A worker that is
+        slow to start because the machine is busy still gets CPU time: it is
+        left alone.  The broker reaps, reports and replaces what is killed.
+        """
+        if not self.starting():
+            return []
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for tag, proc in self.procs.items():
+                if tag in self.hello or tag in self.killed:
+                    continue
+                stat = process_stat(proc.pid)
+                if stat is None:
+                    continue  # exited (reap() tells), or no /proc here
+                state, cpu = stat
+                seen = self._progress.get(tag)
+                if seen is None or seen[0] != cpu:
+                    seen = self._progress[tag] = (cpu, now)
+                why = ""
+                if state in (b"T", b"t"):
+                    since = self._stopped_since.setdefault(tag, now)
+                    if now - since >= stopped_limit:
+                        why = (
+                            f"was stopped for {now - since:.1f} s before it said hello to the broker "
+                            "(SIGSTOP or a debugger) and was killed"
+                        )
+                else:
+                    self._stopped_since.pop(tag, None)
+                    if now - seen[1] >= self.start_timeout:
+                        why = (
+                            f"did not say hello to the broker, and used no CPU for {now - seen[1]:.0f} s, "
+                            f"{now - self.started[tag]:.0f} s after it started: it was killed (stuck at "
+                            "start-up: a sitecustomize or .pth file, or an import, waiting on something?)"
+                        )
+                if why:
+                    self.killed[tag] = why
+                    proc.kill()
+                    out.append(f"worker process {tag} (pid {proc.pid}) {why}")
+        return out
+
     def replace(self, tag: str) -> bool:
         """Start a replacement for the worker ``tag`` that exited; False if we should not."""
         if self._stopping or not self.replace_dead:
@@ -238,10 +292,13 @@ class LocalWorkers:
         return True
 
     def own_exit(self, tag: str) -> bool:
-        """Whether the worker ``tag`` ended for a reason of its own, not by its task's hand."""
-        return tag in self.notes
+        """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
+        return tag in self.notes or tag in self.killed
 
     def describe_exit(self, tag: str, returncode: int) -> str:
+        killed = self.killed.get(tag)
+        if killed is not None:
+            return f"worker process {tag} {killed}"
         note = self.notes.get(tag)
         if note is not None:
             return f"worker process {tag} {describe_returncode(returncode, _HOST, own=True)}: {note}"

@@ -415,6 +415,10 @@ class Launchers:
                     n += max(0, g.expected - g.hello)
         return n
 
+    def check_starting(self, stopped_limit: float) -> list[str]:
+        """Local workers that cannot start are killed (see LocalWorkers.check_starting)."""
+        return self.local.check_starting(stopped_limit) if self.local is not None else []
+
     def kill(self, tag: str) -> None:
         """End a hung local worker (remote ones end with their ssh session or the broker)."""
         if self.local is not None and self._is_local(tag):
