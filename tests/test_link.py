@@ -317,8 +317,8 @@ def test_workers_stuck_at_start_up_are_killed_and_the_pool_says_why(slow_start):
             fut.result(timeout=60)
     text = str(info.value)
     assert "no worker is left" in text, text
-    assert re.search(r"did not say hello to the broker, and used no CPU for \d+ s, \d+ s after it started: it "
-                     r"was killed \(stuck at start-up", text), text
+    assert re.search(r"did not say hello to the broker, and used no CPU for \d+ s, \d+ s after it "
+                     r"started: it was killed \(stuck at start-up", text), text
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
