@@ -85,7 +85,12 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
 
 
 class _Waiter:
-    """A parked greenlet and what wakes it."""
+    """A task's greenlet, parked or about to park, and what wakes it.
+
+    It may be woken before it parks (a future it watches completes meanwhile,
+    in this thread) or after it stopped waiting: the hub resumes it only while
+    it is parked on this waiter (see Worker._run_some).
+    """
 
     __slots__ = ("active", "cancelled", "done", "g", "scheduled")
 
@@ -266,7 +271,9 @@ class Worker:
         self.hub = greenlet.getcurrent()
         self.thread_id = threading.get_ident()
         self.queue: collections.deque[_Task] = collections.deque()
-        self.ready: collections.deque[tuple[greenlet.greenlet, Any]] = collections.deque()
+        # Parked tasks to resume: (what it waits on, the value its park returns).  An entry
+        # is stale, and skipped, unless its task is still parked on that very waiter.
+        self.ready: collections.deque[tuple[_Waiter, Any]] = collections.deque()
         self.idle_runners: list[_Runner] = []
         self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
         self.current: _Task | None = None
@@ -331,6 +338,15 @@ class Worker:
         threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
         try:
             self._loop()
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # sys.stderr goes to the client, through the channel this ends: say it here.
+                text = f"scoopexec worker (pid {self.pid}): internal error:\n{traceback.format_exc()}"
+                try:
+                    os.write(2, text.encode("utf-8", "replace"))
+                except OSError:
+                    pass
+            raise
         finally:
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -576,9 +592,10 @@ class Worker:
         while ready or queue:
             fkey = None
             if ready:
-                g, value = ready.popleft()
-                if g.dead:
-                    continue
+                waiter, value = ready.popleft()
+                g = waiter.g
+                if g.dead or g.waiter is not waiter:
+                    continue  # it finished, or moved on, since this was queued
                 t = self.current = g.task
                 if t is not None and t.setup != self._argv_of:
                     self._use_argv(t.setup)
@@ -778,7 +795,7 @@ class Worker:
                 w.cancelled = True
                 if not w.scheduled:
                     w.scheduled = True
-                    self.ready.append((w.g, None))
+                    self.ready.append((w, None))
 
     # ------------------------------------------------------------ submitting
     def submit(
@@ -887,7 +904,7 @@ class Worker:
                 waiter.done.append(f)
                 if not waiter.scheduled:
                     waiter.scheduled = True
-                    self.ready.append((waiter.g, None))
+                    self.ready.append((waiter, None))
 
         for f in fs:
             f.add_done_callback(wake)
@@ -898,13 +915,15 @@ class Worker:
     def _park(self, waiter: _Waiter) -> Any:
         waiter.scheduled = False
         g = waiter.g
-        if isinstance(g, _Runner):
-            g.waiter = waiter
+        if not isinstance(g, _Runner):
+            raise RuntimeError(
+                "a task can wait for futures only in its own greenlet, not in a greenlet it started"
+            )
+        g.waiter = waiter
         try:
             value = self.hub.switch()
         finally:
-            if isinstance(g, _Runner):
-                g.waiter = None
+            g.waiter = None
         if waiter.cancelled:
             waiter.active = False
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
@@ -917,7 +936,7 @@ class Worker:
             _, _, waiter = heapq.heappop(timers)
             if waiter.active and not waiter.scheduled:
                 waiter.scheduled = True
-                self.ready.append((waiter.g, _TIMEOUT))
+                self.ready.append((waiter, _TIMEOUT))
 
     def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
         """as_completed() for a task: parks between futures."""

@@ -254,3 +254,23 @@ def test_cancelling_parked_sub_tasks_leaves_every_worker_running():
         for _ in range(80):
             assert ex.submit(_cancel_children_while_they_park, 6).result(timeout=60) == 6
         assert set(ex.worker_pids) == pids, "workers were lost and replaced"
+
+
+def _completes_a_future_it_waits_on():
+    done, mine = cf.Future(), cf.Future()
+    done.set_result(1)
+    got = []
+    for f in cf.as_completed([done, mine], timeout=60):
+        if f is done:
+            mine.set_result(2)  # done before as_completed watches it: it wakes the task at once
+        got.append(f.result())
+    return sorted(got)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_completes_a_future_it_waits_on_leaves_its_worker_running(one_worker):
+    # The wake-up queued while the task ran outlived it and resumed its idle runner: the worker died.
+    pids = one_worker.worker_pids
+    for _ in range(10):
+        assert one_worker.submit(_completes_a_future_it_waits_on).result(timeout=60) == [1, 2]
+    assert one_worker.worker_pids == pids, "the worker was lost and replaced"

@@ -49,7 +49,7 @@ def test_a_done_callback_that_takes_a_lock_the_submitting_task_holds_does_not_de
     with ScoopExecutor(2) as ex:
         for _ in range(3):
             total, seen = ex.submit(_callbacks_need_the_lock_the_task_submits_under, 30).result(timeout=60)
-            assert total == seen and total > 30
+            assert total == seen and total >= 30  # one submission a round, at least
 
 
 NESTED_PARALLEL_LOOP = """
