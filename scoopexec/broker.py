@@ -70,6 +70,7 @@ LOCAL = b""  # the peer key of the in-process client
 SEND_HWM = 100_000
 POLLIN = int(zmq.POLLIN)  # a plain int: cheaper than the enum
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
+LINK_CLOSED = "its connection closed"  # why a local worker on a link is lost when it closes it
 
 
 class LocalClient(Protocol):
@@ -349,7 +350,7 @@ class Broker:
             for frames in msgs:
                 self._take(key, None, frames)
             if link.eof:
-                self._close_link(key, "its connection closed")
+                self._close_link(key, LINK_CLOSED)
 
     def _close_link(self, key: bytes, why: str) -> None:
         link = self.links.pop(key, None)
@@ -510,7 +511,7 @@ class Broker:
         self._dispatch()
         self._flush()
         while self._dead_links:
-            self._close_link(self._dead_links.pop(), "its connection closed")
+            self._close_link(self._dead_links.pop(), LINK_CLOSED)
         if self.local is not None:
             self.local.dispatched()
         now = time.monotonic()
@@ -1285,6 +1286,8 @@ class Broker:
                 self.watcher.kill(w.tag)
                 if "stopped" in why:  # seen in its process state (a link, see _check_stopped)
                     exit_info = f"{why} (SIGSTOP or a debugger) and was killed"
+                elif why == LINK_CLOSED:  # no heartbeat is involved: say what was seen
+                    exit_info = f"{why}, but its process had not exited 0.1 s later and was killed"
                 else:
                     exit_info = (
                         f"it stopped answering heartbeats for {self.heartbeat_timeout:g} s and was killed"

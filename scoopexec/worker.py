@@ -665,14 +665,17 @@ class Worker:
             delay = FLUSH_AFTER
             time.sleep(delay)
             while self._in_task and self._slice == seen and not self.stopping:
+                failed = None
                 with lock:
                     if not (self._in_task and self._slice == seen and self.welcomed):
                         break
                     try:
                         self._relieve()
-                    except Exception:  # pragma: no cover - must not end this thread
-                        log.exception("the worker's flusher failed")
+                    except Exception as exc:  # pragma: no cover - must not end this thread
+                        failed = exc
                     batch, self._deliveries = self._deliveries, []
+                if failed is not None:  # pragma: no cover - logging handlers are others' code
+                    log.error("the worker's flusher failed", exc_info=failed)
                 if batch:
                     self._deliver(batch)  # a task polling done() sees them; see _deliver
                 delay = min(delay * 2, 0.05)

@@ -378,3 +378,22 @@ def test_programs_a_task_starts_do_not_inherit_the_link():
     # A long-lived grandchild holding the link open would hide its worker's death.
     with ScoopExecutor(1) as ex:
         assert ex.submit(_link_fd_inheritable).result(timeout=30) is False
+
+
+def _close_my_link_and_linger():
+    from scoopexec import worker
+
+    os.close(worker.current_worker().chan.fd)  # the broker reads EOF; this process lives on
+    time.sleep(20)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
+@pytest.mark.timeout(60)
+def test_a_worker_that_closes_its_link_without_exiting_is_described_as_such():
+    with ScoopExecutor(1, max_retries=0) as ex:
+        with pytest.raises(WorkerLostError) as info:
+            ex.submit(_close_my_link_and_linger).result(timeout=30)
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+    text = str(info.value)
+    assert "its connection closed, but its process had not exited 0.1 s later and was killed" in text, text
+    assert "heartbeat" not in text, text
