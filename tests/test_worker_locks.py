@@ -82,3 +82,25 @@ def _root():
     import pathlib
 
     return pathlib.Path(__file__).resolve().parent.parent
+
+
+def _cancel_with_a_callback_that_asks_another_thread():
+    """A done-callback of a cancelled sub-task that needs another thread to look at the future."""
+    f = scoopexec.submit(time.sleep, 1.0)
+    blocked = []
+
+    def ask_elsewhere(fut):
+        t = threading.Thread(target=fut.cancelled)  # takes the future's own lock
+        t.start()
+        t.join(5.0)
+        blocked.append(t.is_alive())
+
+    f.add_done_callback(ask_elsewhere)
+    assert f.cancel()
+    return blocked
+
+
+@pytest.mark.timeout(60)
+def test_cancel_runs_done_callbacks_without_holding_the_futures_lock():
+    with ScoopExecutor(2) as ex:
+        assert ex.submit(_cancel_with_a_callback_that_asks_another_thread).result(timeout=30) == [False]
