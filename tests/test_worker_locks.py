@@ -104,3 +104,42 @@ def _cancel_with_a_callback_that_asks_another_thread():
 def test_cancel_runs_done_callbacks_without_holding_the_futures_lock():
     with ScoopExecutor(2) as ex:
         assert ex.submit(_cancel_with_a_callback_that_asks_another_thread).result(timeout=30) == [False]
+
+
+def _leave_a_late_wake_byte():
+    """Interleave another thread's wake-up with the hub the unlucky way, deterministically.
+
+    Worker._wake sets the flag, then writes a byte.  Here the flag is set (with work queued
+    for the hub, so that it looks at the flag and clears it), and the byte comes 0.3 s later,
+    when the hub sleeps in poll again.
+    """
+    import os as _os
+
+    from scoopexec import worker as _worker
+
+    w = _worker.current_worker()
+
+    def late():
+        w._woken = True
+        w._foreign.append(lambda: None)
+        time.sleep(0.3)
+        _os.write(w._wake_w, b"x")
+
+    threading.Thread(target=late, daemon=True).start()
+    time.sleep(0.05)
+    return _os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_a_wake_byte_written_after_the_flag_was_cleared_is_read():
+    import psutil
+
+    with ScoopExecutor(1) as ex:
+        pid = ex.submit(_leave_a_late_wake_byte).result(timeout=30)
+        time.sleep(0.5)  # the byte is written; a hub that does not read it spins in poll()
+        p = psutil.Process(pid)
+        before = sum(p.cpu_times()[:2])
+        time.sleep(2.0)
+        used = sum(p.cpu_times()[:2]) - before
+        assert used < 0.2, f"the idle worker used {used:.2f} s of CPU in 2 s"
+        assert ex.submit(abs, -1).result(timeout=30) == 1
