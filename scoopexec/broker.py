@@ -70,6 +70,7 @@ LOCAL = b""  # the peer key of the in-process client
 SEND_HWM = 100_000
 POLLIN = int(zmq.POLLIN)  # a plain int: cheaper than the enum
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
+LINK_CLOSED = "its connection closed"  # why a local worker on a link is lost when it closes it
 
 
 class LocalClient(Protocol):
@@ -98,8 +99,10 @@ class ProcessWatcher(Protocol):
     def mark_hello(self, tag: str) -> None: ...
     def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
+    def check_starting(self, stopped_limit: float) -> list[str]: ...  # kills the stuck; says why
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
+    def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
 
 
@@ -353,7 +356,7 @@ class Broker:
             for frames in msgs:
                 self._take(key, None, frames)
             if link.eof:
-                self._close_link(key, "its connection closed")
+                self._close_link(key, LINK_CLOSED)
 
     def _close_link(self, key: bytes, why: str) -> None:
         link = self.links.pop(key, None)
@@ -531,7 +534,7 @@ class Broker:
         self._dispatch()
         self._flush()
         while self._dead_links:
-            self._close_link(self._dead_links.pop(), "its connection closed")
+            self._close_link(self._dead_links.pop(), LINK_CLOSED)
         if local is not None:
             local.dispatched()
         now = time.monotonic()
@@ -1333,29 +1336,41 @@ class Broker:
         for wkey, ids in by_worker.items():
             self._send(wkey, [P.pack(P.CANCEL, ids)])
 
-    def _lose_worker(self, w: WorkerPeer, why: str, exit_info: str = "") -> None:
+    def _lose_worker(self, w: WorkerPeer, why: str, exit_info: str = "", task_rc: int | None = None) -> None:
+        """Forget a worker and requeue (or fail) its tasks.
+
+        ``task_rc``: the exit status of its process, which ended not for a
+        reason of its own (contract.py): what it was running most likely ended it.
+        """
         if self.workers.pop(w.key, None) is None:
             return
         self._forget_fd(w.key)
         host = w.info.get("host", "?")
         pid = w.info.get("pid", "?")
         if not exit_info and w.tag and self.watcher is not None and self.watcher.owns_process(w.tag):
-            exit_info = self._local_exit_info(w.tag)
+            exit_info, task_rc = self._local_exit_info(w.tag)
             if not exit_info:
                 # Alive but unreachable (stopped, stuck in native code): it is
                 # ours, so end it; its tasks run elsewhere and it is replaced.
                 self.watcher.kill(w.tag)
                 if "stopped" in why:  # seen in its process state (a link, see _check_stopped)
                     exit_info = f"{why} (SIGSTOP or a debugger) and was killed"
+                elif why == LINK_CLOSED:  # no heartbeat is involved: say what was seen
+                    exit_info = f"{why}, but its process had not exited 0.1 s later and was killed"
                 else:
                     exit_info = (
                         f"it stopped answering heartbeats for {self.heartbeat_timeout:g} s and was killed"
                     )
         where = f"worker {w.name} (pid {pid} on {host})"
         reason = exit_info or why
-        self._recent_losses.append(f"{where}: {reason}")
+        held = len(w.assigned)
+        by_task = task_rc is not None and bool(exit_info) and held > 0
+        if by_task:
+            self._recent_losses.append(f"{where}: {reason} while running a task")
+        else:
+            self._recent_losses.append(f"{where}: {reason}")
         if w.assigned:
-            log.warning("%s was lost with %d task(s): %s", where, len(w.assigned), reason)
+            log.warning("%s was lost with %d task(s): %s", where, held, reason)
         for btid in sorted(w.assigned):
             task = self.tasks.get(btid)
             if task is None or task.worker != w.key:
@@ -1363,15 +1378,16 @@ class Broker:
             task.worker = None
             task.attempts += 1
             task.prev += (w.key,)
-            task.losses.append(f"{where}: {reason}")
+            ended = _ended_by_task(held, task_rc) if by_task and task_rc is not None else ""
+            task.losses.append(f"{where}: {reason}{ended}")
             if self.trace is not None:
                 self.trace.on_lost(task, w, f"{where}: {reason}", task.attempts > self.max_retries)
             if task.attempts > self.max_retries:
                 del self.tasks[btid]
                 message = (
                     f"task {btid} was lost {task.attempts} time{'s' if task.attempts != 1 else ''} with "
-                    f"its worker, more than max_retries={self.max_retries} allows; last: {where}: "
-                    f"{reason}. A task that keeps "
+                    f"its worker, more than max_retries={self.max_retries} allows; last: "
+                    f"{task.losses[-1]}. A task that keeps "
                     "taking its worker down is the likely cause (memory use, a crash in native code); "
                     "if the losses are unrelated to it, raise max_retries"
                 )
@@ -1382,17 +1398,21 @@ class Broker:
         w.assigned.clear()
         self._drop_owned_by(w.key)
 
-    def _local_exit_info(self, tag: str) -> str:
-        """Wait briefly for a local worker's exit status; replace it once it has exited."""
+    def _local_exit_info(self, tag: str) -> tuple[str, int | None]:
+        """Wait briefly for a local worker's exit status; replace it once it has exited.
+
+        Its description ("" if it has not exited) and, if it did not end for a
+        reason of its own, its exit status (see _lose_worker).
+        """
         assert self.watcher is not None
         for _ in range(20):
             for t, _pid, rc in self.watcher.reap():
                 if t == tag:
                     self._replace_local(t)
-                    return self.watcher.describe_exit(tag, rc)
+                    return self.watcher.describe_exit(tag, rc), None if self.watcher.own_exit(tag) else rc
                 self._local_exited(t, rc)
             time.sleep(0.005)
-        return ""
+        return "", None
 
     def _drop_owned_by(self, key: bytes) -> None:
         """Tasks submitted by a lost worker have nobody to report to."""
@@ -1412,8 +1432,9 @@ class Broker:
         # A tag names one local worker process, or a group of workers started
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        task_rc = None if self.watcher.own_exit(tag) else rc
         for w in lost:
-            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc))
+            self._lose_worker(w, "its process exited", self.watcher.describe_exit(tag, rc), task_rc)
         if not lost:
             self._recent_losses.append(self.watcher.describe_exit(tag, rc))
         self._replace_local(tag)
@@ -1437,11 +1458,15 @@ class Broker:
         POOL.expire()
         if self._suspects:
             self._reprobe()
-        if self.links:
-            now = time.monotonic()
-            if now >= self._next_state_check:
-                self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+        now = time.monotonic()
+        if now >= self._next_state_check and (self.links or self.watcher is not None):
+            self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
+            if self.links:
                 self._check_stopped(now)
+            if self.watcher is not None and not self._stopping:
+                # Workers still starting have said nothing yet: look at their processes.
+                for why in self.watcher.check_starting(self.heartbeat_timeout):
+                    log.warning("%s", why)
         if self.watcher is not None:
             for tag, _pid, rc in self.watcher.reap():
                 self._local_exited(tag, rc)
@@ -1497,6 +1522,17 @@ class Broker:
                 for w in self.workers.values()
             ],
         }
+
+
+def _ended_by_task(held: int, rc: int) -> str:
+    """For a task lost with a worker whose process ended, not for a reason of its own."""
+    which = "this task" if held == 1 else f"this task or one of the {held - 1} other(s) it held"
+    if rc < 0:
+        return f" while running {which}"
+    return (
+        f" while running {which}: a task ended the process (os._exit({rc}), or exit() in native "
+        "code); a worker's own exits are announced, and this one was not"
+    )
 
 
 def serve(

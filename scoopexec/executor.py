@@ -1146,6 +1146,7 @@ def _setup_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...
     plain: dict[str, Any] = {
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "cwd": os.getcwd(),
+        "argv": [str(a) for a in getattr(sys, "argv", [])],  # tasks see it, as with ProcessPoolExecutor
         "main": mainmodule.describe(),
         "log_levels": logs.levels(),
     }

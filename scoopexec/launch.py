@@ -24,7 +24,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import contract
+from .contract import describe_returncode
+from .link import process_stat
 from .security import Credentials, encode_frame
+
+__all__ = ["LocalWorkers", "describe_returncode", "run_worker_group", "worker_command", "worker_env"]
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,34 +76,6 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-_SIGNAL_HINTS: dict[int, str] = {
-    signal.SIGKILL: " - often the out-of-memory killer (see `dmesg` on {host}) or a kill -9",
-    signal.SIGSEGV: " - a segmentation fault in native code (a C extension, ctypes)",
-    signal.SIGBUS: " - a bus error in native code, or a truncated memory-mapped file",
-    signal.SIGABRT: " - native code aborted (a failed assertion or a corrupted heap)",
-    signal.SIGTERM: " - something asked it to terminate",
-}
-
-
-def describe_returncode(rc: int, host: str = "that host") -> str:
-    """Words for a process's exit status, with the likely cause of a fatal signal (on ``host``)."""
-    if rc < 0:
-        try:
-            sig: signal.Signals | int = signal.Signals(-rc)
-            name = signal.Signals(-rc).name
-        except ValueError:
-            sig, name = -rc, f"signal {-rc}"
-        hint = _SIGNAL_HINTS.get(int(sig), "").format(host=host)
-        return f"was killed by signal {-rc} ({name}){hint}"
-    if rc == 3:
-        return "exited with code 3 (it lost its broker)"
-    if rc == 4:
-        return "exited with code 4 (the broker refused its keys, or it has the wrong broker key)"
-    if rc == 5:
-        return "exited with code 5 (no broker answered at the address it was given)"
-    return f"exited with code {rc}"
-
-
 class LocalWorkers:
     """N worker processes on this machine, replaced when they die.
 
@@ -143,6 +120,12 @@ class LocalWorkers:
         self.start_failures = 0
         self.exits: dict[str, int] = {}
         self.hello: set[str] = set()
+        self._note_fds: dict[str, int] = {}  # tag -> the read end of its exit-note pipe
+        self.notes: dict[str, str] = {}  # tag -> why it exited, in its own words (contract.py)
+        self.start_timeout = contract.START_TIMEOUT
+        self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
+        self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
+        self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
         for _ in range(n):
             self._spawn()
 
@@ -159,9 +142,14 @@ class LocalWorkers:
                 extra=self.extra,
             )
             ours = theirs = None
+            note_r, note_w = os.pipe()  # its exit note, if it ends for a reason of its own
+            os.set_blocking(note_r, False)
+            cmd += ["--exit-fd", str(note_w)]
+            passed = [note_w]
             if self.link is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 cmd += ["--link-fd", str(theirs.fileno())]
+                passed.append(theirs.fileno())
             try:
                 proc = subprocess.Popen(
                     cmd,
@@ -170,13 +158,17 @@ class LocalWorkers:
                     cwd=self.cwd,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(theirs.fileno(),) if theirs is not None else (),
+                    pass_fds=passed,
                 )
             except BaseException:
+                os.close(note_r)
+                os.close(note_w)
                 if ours is not None and theirs is not None:
                     ours.close()
                     theirs.close()
                 raise
+            os.close(note_w)
+            self._note_fds[tag] = note_r
             if ours is not None and theirs is not None and self.link is not None:
                 theirs.close()
                 self.link(ours)
@@ -202,6 +194,16 @@ class LocalWorkers:
                 if rc is not None:
                     del self.procs[tag]
                     self.exits[tag] = rc
+                    self._progress.pop(tag, None)
+                    self._stopped_since.pop(tag, None)
+                    fd = self._note_fds.pop(tag, None)
+                    if fd is not None:
+                        welcomed, note = contract.read_notes(fd)
+                        os.close(fd)
+                        if welcomed:
+                            self.mark_hello(tag)  # it reached its broker: not a failed start
+                        if note is not None and note[0] == rc and rc in contract.REASONS:
+                            self.notes[tag] = note[1]
                     if proc.stdin is not None:
                         try:
                             proc.stdin.close()
@@ -231,6 +233,53 @@ class LocalWorkers:
             return 0  # the common case, without a scan
         return sum(1 for tag in self.procs if tag not in self.hello)
 
+    def check_starting(self, stopped_limit: float) -> list[str]:
+        """Kill the starting workers (no HELLO yet) that cannot start; say why, for each.
+
+        One stopped (SIGSTOP, a debugger) for ``stopped_limit`` s, as a worker
+        that said HELLO would be lost for it, or one that used no CPU for
+        ``start_timeout`` s (contract.START_TIMEOUT), would otherwise keep its
+        place in the pool forever while tasks wait for it.  A worker that is
+        slow to start because the machine is busy still gets CPU time: it is
+        left alone.  The broker reaps, reports and replaces what is killed.
+        """
+        if not self.starting():
+            return []
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for tag, proc in self.procs.items():
+                if tag in self.hello or tag in self.killed:
+                    continue
+                stat = process_stat(proc.pid)
+                if stat is None:
+                    continue  # exited (reap() tells), or no /proc here
+                state, cpu = stat
+                seen = self._progress.get(tag)
+                if seen is None or seen[0] != cpu:
+                    seen = self._progress[tag] = (cpu, now)
+                why = ""
+                if state in (b"T", b"t"):
+                    since = self._stopped_since.setdefault(tag, now)
+                    if now - since >= stopped_limit:
+                        why = (
+                            f"was stopped for {now - since:.1f} s before it said hello to the broker "
+                            "(SIGSTOP or a debugger) and was killed"
+                        )
+                else:
+                    self._stopped_since.pop(tag, None)
+                    if now - seen[1] >= self.start_timeout:
+                        why = (
+                            f"did not say hello to the broker, and used no CPU for {now - seen[1]:.0f} s, "
+                            f"{now - self.started[tag]:.0f} s after it started: it was killed (stuck at "
+                            "start-up: a sitecustomize or .pth file, or an import, waiting on something?)"
+                        )
+                if why:
+                    self.killed[tag] = why
+                    proc.kill()
+                    out.append(f"worker process {tag} (pid {proc.pid}) {why}")
+        return out
+
     def replace(self, tag: str) -> bool:
         """Start a replacement for the worker ``tag`` that exited; False if we should not."""
         if self._stopping or not self.replace_dead:
@@ -242,7 +291,17 @@ class LocalWorkers:
         self._spawn()
         return True
 
+    def own_exit(self, tag: str) -> bool:
+        """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
+        return tag in self.notes or tag in self.killed
+
     def describe_exit(self, tag: str, returncode: int) -> str:
+        killed = self.killed.get(tag)
+        if killed is not None:
+            return f"worker process {tag} {killed}"
+        note = self.notes.get(tag)
+        if note is not None:
+            return f"worker process {tag} {describe_returncode(returncode, _HOST, own=True)}: {note}"
         return f"worker process {tag} {describe_returncode(returncode, _HOST)}"
 
     def kill(self, tag: str) -> None:
@@ -287,6 +346,9 @@ class LocalWorkers:
             _end_group(g, signal.SIGKILL)
         with self._lock:
             self.procs.clear()
+            fds, self._note_fds = list(self._note_fds.values()), {}
+        for fd in fds:
+            os.close(fd)
 
 
 def _end_group(pgid: int, sig: int) -> bool:
@@ -298,15 +360,12 @@ def _end_group(pgid: int, sig: int) -> bool:
     return True
 
 
-# Exit codes after which a worker is not replaced: starting another would fail alike.
-_NO_RETRY = {3: "it lost its broker", 4: "the broker refused its keys", 5: "no broker answered"}
-
-
 def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) -> int:
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
     Workers that crash are replaced (unless they keep dying before reaching
-    the broker); workers that lost the broker or were refused are not.  With
+    the broker); workers that lost the broker or were refused are not (they
+    say so in an exit note: a task's exit code is never taken for that).  With
     ``--watch-stdin`` the group stops when its stdin closes (its ssh session or
     launcher is gone); with ``--ready`` it first prints how many workers to
     expect, and each worker prints a line once connected.
@@ -350,18 +409,20 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         extra=extra,
     )
     codes: list[int] = []
+    own: list[bool] = []
     try:
         while group.procs and not stop.is_set():
             for tag, pid, rc in group.reap():
-                why = _NO_RETRY.get(rc)
-                if why is None and group.replace(tag):
+                mine = group.own_exit(tag)
+                if not mine and group.replace(tag):
                     what = "replaced"
                 else:
                     codes.append(rc)
-                    what = "not replaced" + (f": {why}" if why else " (it keeps failing)")
+                    own.append(mine)
+                    what = "not replaced" + (f": {contract.REASONS[rc]}" if mine else " (it keeps failing)")
                 print(
                     f"scoopexec worker group on {host}: worker {tag} (pid {pid}) "
-                    f"{describe_returncode(rc)}; {what}",
+                    f"{describe_returncode(rc, own=mine)}; {what}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -372,4 +433,5 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         group.stop()
     if stop.is_set() or not codes:
         return 0
-    return codes[-1] if all(c in _NO_RETRY for c in codes) else 1
+    # The group's status is its own verdict: a worker's code only when every one said why.
+    return codes[-1] if all(own) else 1

@@ -220,10 +220,20 @@ class WakePipe:
 
 def process_state(pid: int) -> bytes | None:
     """The state letter of a process in /proc/PID/stat (b"R", b"S", b"T", b"Z", ...); None if gone."""
+    stat = process_stat(pid)
+    return stat[0] if stat is not None else None
+
+
+def process_stat(pid: int) -> tuple[bytes, int] | None:
+    """A process's state letter and the CPU time it used (clock ticks) from /proc/PID/stat.
+
+    None if it is gone (or there is no /proc).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
+            fields = f.read().rpartition(b")")[2].split()  # from field 3, the state
+        return fields[0], int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
         return None
 
 

@@ -48,16 +48,14 @@ from typing import Any, NoReturn
 import greenlet
 import zmq
 
-from . import logs, mainmodule, serialize
+from . import contract, logs, mainmodule, serialize
 from . import protocol as P
+from .contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE
 from .errors import ProtocolError, SerializationError
 from .link import POOL, Link, process_state
 from .security import MONITOR_EVENTS, Credentials, HandshakeWatch, dealer
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected, for launchers (--ready)
-EXIT_LOST = 3  # the broker went away
-EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
-EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 
 log = logging.getLogger("scoopexec.worker")
 
@@ -84,17 +82,24 @@ class _Task:
 
 class _Runner(greenlet.greenlet):  # type: ignore[misc]
     task: _Task | None = None
+    waiter: _Waiter | None = None  # what it is parked on, while it is
 
 
 class _Waiter:
-    """A parked greenlet and what wakes it."""
+    """A task's greenlet, parked or about to park, and what wakes it.
 
-    __slots__ = ("active", "done", "g", "scheduled")
+    It may be woken before it parks (a future it watches completes meanwhile,
+    in this thread) or after it stopped waiting: the hub resumes it only while
+    it is parked on this waiter (see Worker._run_some).
+    """
+
+    __slots__ = ("active", "cancelled", "done", "g", "scheduled")
 
     def __init__(self, g: greenlet.greenlet) -> None:
         self.g = g
         self.active = True
-        self.scheduled = False
+        self.scheduled = False  # (g, ...) is in the hub's ready queue: at most one entry
+        self.cancelled = False
         self.done: collections.deque[cf.Future[Any]] = collections.deque()
 
 
@@ -117,11 +122,11 @@ class WorkerFuture(cf.Future):  # type: ignore[type-arg]
         return super().exception(timeout=0 if not self.done() else None)
 
     def cancel(self) -> bool:
-        with self._condition:
-            ok = super().cancel()
-            if ok and self._state == cfb.CANCELLED:
-                self.set_running_or_notify_cancel()
+        ok = super().cancel()  # runs the done-callbacks, holding no lock
         if ok:
+            with self._condition:
+                if self._state == cfb.CANCELLED:
+                    self.set_running_or_notify_cancel()  # wakes cf.wait() callers in other threads
             self._worker.cancelled(self._tid)
         return ok
 
@@ -267,7 +272,9 @@ class Worker:
         self.hub = greenlet.getcurrent()
         self.thread_id = threading.get_ident()
         self.queue: collections.deque[_Task] = collections.deque()
-        self.ready: collections.deque[tuple[greenlet.greenlet, Any]] = collections.deque()
+        # Parked tasks to resume: (what it waits on, the value its park returns).  An entry
+        # is stale, and skipped, unless its task is still parked on that very waiter.
+        self.ready: collections.deque[tuple[_Waiter, Any]] = collections.deque()
         self.idle_runners: list[_Runner] = []
         self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
         self.current: _Task | None = None
@@ -282,6 +289,10 @@ class Worker:
         self.outputs: collections.deque[tuple[tuple[int, int], bytes]] = collections.deque()
         self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()
+        # Sub-task outcomes taken off the socket under `lock`, to be set on their futures
+        # once it is released: setting one runs its done-callbacks, user and library code
+        # (joblib's takes its Parallel's lock, which a task may hold while it submits).
+        self._deliveries: list[tuple[WorkerFuture, int, list[Any]]] = []
         # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
         # except while a task runs, when the flusher thread may take it (see _flusher).
         self.lock = threading.RLock()
@@ -311,6 +322,8 @@ class Worker:
         self._streams: list[_ForwardStream] = []
         self.max_message_size = -1
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then value
+        self.argvs: dict[int, list[str]] = {}  # set-up id -> its client's sys.argv
+        self._argv_of = -1  # the set-up whose argv sys.argv is
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -327,6 +340,15 @@ class Worker:
         threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
         try:
             self._loop()
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # sys.stderr goes to the client, through the channel this ends: say it here.
+                text = f"scoopexec worker (pid {self.pid}): internal error:\n{traceback.format_exc()}"
+                try:
+                    os.write(2, text.encode("utf-8", "replace"))
+                except OSError:
+                    pass
+            raise
         finally:
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -381,8 +403,8 @@ class Worker:
                 timeout = max(0.0, first_by - time.monotonic())
             try:
                 if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
-                    if lost_at is not None:
-                        os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+                    if lost_at is not None:  # the broker is gone: nothing can be delivered
+                        _end(EXIT_LOST, f"no answer from the broker for {self.heartbeat_timeout:g} s")
                     _die(
                         EXIT_UNREACHABLE,
                         f"no scoopexec broker answered at {self.connect_to} within "
@@ -420,6 +442,8 @@ class Worker:
         try:
             while not self.stopping:
                 self._receive()
+                if self._deliveries:
+                    self._deliver_unlocked()
                 if self.ready or self.queue:
                     self._run_some()
                 self._flush()
@@ -440,16 +464,22 @@ class Worker:
                     lock.release()
                     try:
                         if self._fd_waits:
-                            self._poll_fd_waits(timeout)
+                            woke = self._poll_fd_waits(timeout)
                         else:
-                            fds.poll(timeout)
+                            woke = fds.poll(timeout)
                     finally:
                         lock.acquire()
+                    if woke and not self._woken and any(fd == self._wake_r for fd, _ in woke):
+                        # A byte written after the flag was last cleared: read it, or
+                        # every later poll returns at once (the hub would spin).
+                        self._woken = True
                 elif self._fd_waits:
-                    self._poll_fd_waits(0)
+                    woke = self._poll_fd_waits(0)
+                    if woke and not self._woken and any(fd == self._wake_r for fd, _ in woke):
+                        self._woken = True
                 self._fire_timers()
                 if self._woken:
-                    self._woken = False
+                    self._woken = False  # before reading: a later wake writes a new byte
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
@@ -478,6 +508,38 @@ class Worker:
             except ProtocolError as exc:
                 log.error("bad message from the broker: %s", exc)
 
+    def _deliver_unlocked(self) -> None:
+        """The hub's deliveries (see _deliver), with `lock` released while they run."""
+        batch, self._deliveries = self._deliveries, []
+        lock = self.lock
+        lock.release()
+        try:
+            self._deliver(batch)
+        finally:
+            lock.acquire()
+
+    def _deliver(self, batch: list[tuple[WorkerFuture, int, list[Any]]]) -> None:
+        """Set sub-task outcomes on their futures.  Hold no scoopexec lock.
+
+        Unpickling a result and the futures' done-callbacks run code of the
+        user's and of libraries (joblib's callback takes its Parallel's lock,
+        which a task holds while it submits): with `lock` held, such code would
+        wait for a task that waits for `lock`.  The hub delivers what it
+        received; the flusher thread what it took while a task ran (that task
+        may be polling done()).
+        """
+        for fut, status, body in batch:
+            if fut.done():  # cancelled meanwhile
+                continue
+            ok, value = serialize.decode_outcome(status, body)
+            try:
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            except cf.InvalidStateError:
+                pass  # cancelled between the look and the set
+
     def _handle(self, frames: list[zmq.Frame]) -> None:
         head = frames[0].bytes
         mtype, count, arg = P.unpack_header(head)
@@ -495,13 +557,8 @@ class Worker:
                 body = frames[pos : pos + n]
                 pos += n
                 fut = futures.pop(tid, None)
-                if fut is None or fut.done():
-                    continue
-                ok, value = serialize.decode_outcome(status, body)
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                if fut is not None:
+                    self._deliveries.append((fut, status, body))
         elif mtype == P.SETUP:
             self._apply_setup(arg, frames[1:])
         elif mtype == P.CANCEL:
@@ -515,6 +572,8 @@ class Worker:
             self.max_message_size = int(info.get("max_message_size", -1) or -1)
             if not self.welcomed or info.get("resumed") is None:
                 self.granted = 0
+            if not self.welcomed and _exit_fd is not None:
+                contract.write_welcomed(_exit_fd)  # whoever started us: we reached a broker
             self.welcomed = True
         elif mtype == P.RECALL:
             # Between tasks: the next one starts now, but if it runs long, what is queued
@@ -547,10 +606,13 @@ class Worker:
         while ready or queue:
             fkey = None
             if ready:
-                g, value = ready.popleft()
-                if g.dead:
-                    continue
-                self.current = g.task
+                waiter, value = ready.popleft()
+                g = waiter.g
+                if g.dead or g.waiter is not waiter:
+                    continue  # it finished, or moved on, since this was queued
+                t = self.current = g.task
+                if t is not None and t.setup != self._argv_of:
+                    self._use_argv(t.setup)
                 t0 = clock()
                 self._switch(g, value)
             else:
@@ -570,6 +632,8 @@ class Worker:
                 r.task = task
                 self.active[task.btid] = r
                 self.current = task
+                if task.setup != self._argv_of:
+                    self._use_argv(task.setup)
                 t0 = clock()
                 self._switch(r, task)
             # How long the hub was away: a task's run until it finished or parked.
@@ -603,9 +667,9 @@ class Worker:
 
         Finished results, output and log lines go out; tasks queued here, or
         arriving now, are handed back to the broker so that an idle worker can
-        take them; results of sub-tasks are delivered.  The hub releases `lock`
-        while a task runs, and this thread takes it only then, so the socket is
-        never used by two threads at once.
+        take them; results of sub-tasks are delivered (after releasing `lock`).
+        The hub releases `lock` while a task runs, and this thread takes it only
+        then, so the socket is never used by two threads at once.
         """
         armed, lock = self._armed, self.lock
         while not self.stopping:
@@ -615,13 +679,19 @@ class Worker:
             delay = FLUSH_AFTER
             time.sleep(delay)
             while self._in_task and self._slice == seen and not self.stopping:
+                failed = None
                 with lock:
                     if not (self._in_task and self._slice == seen and self.welcomed):
                         break
                     try:
                         self._relieve()
-                    except Exception:  # pragma: no cover - must not end this thread
-                        log.exception("the worker's flusher failed")
+                    except Exception as exc:  # pragma: no cover - must not end this thread
+                        failed = exc
+                    batch, self._deliveries = self._deliveries, []
+                if failed is not None:  # pragma: no cover - logging handlers are others' code
+                    log.error("the worker's flusher failed", exc_info=failed)
+                if batch:
+                    self._deliver(batch)  # a task polling done() sees them; see _deliver
                 delay = min(delay * 2, 0.05)
                 time.sleep(delay)
 
@@ -640,7 +710,7 @@ class Worker:
             except ProtocolError:
                 continue
             if mtype == P.RESULTS:
-                self._handle(frames)  # sub-task results: a task polling done() sees them
+                self._handle(frames)  # sub-task results, for _flusher to deliver
             elif mtype == P.RECALL:
                 recalled = True
             else:
@@ -734,9 +804,14 @@ class Worker:
             self.queue = collections.deque(t for t in self.queue if t.btid not in gone)
         for btid in btids:
             r = self.active.get(btid)
-            if r is not None and r is not greenlet.getcurrent() and not r.dead:
-                # A parked task nobody wants any more: unwind it.
-                self.ready.append((r, _Cancelled()))
+            w = r.waiter if r is not None else None
+            if w is not None and w.active:
+                # A parked task nobody wants any more: unwind it.  Through its
+                # waiter, so that it is resumed once, and never after it moved on.
+                w.cancelled = True
+                if not w.scheduled:
+                    w.scheduled = True
+                    self.ready.append((w, None))
 
     # ------------------------------------------------------------ submitting
     def submit(
@@ -843,11 +918,16 @@ class Worker:
 
     def _watch(self, waiter: _Waiter, fs: Iterable[cf.Future[Any]]) -> None:
         def wake(f: cf.Future[Any]) -> None:
-            if waiter.active:
+            if threading.get_ident() != self.thread_id:
+                # Completed in another thread (the flusher, a user's): the hub's
+                # queues and the waiter's flags are the hub's to change.
+                self._foreign.append(lambda: wake(f))
+                self._wake()
+            elif waiter.active:
                 waiter.done.append(f)
                 if not waiter.scheduled:
                     waiter.scheduled = True
-                    self.ready.append((waiter.g, None))
+                    self.ready.append((waiter, None))
 
         for f in fs:
             f.add_done_callback(wake)
@@ -857,8 +937,18 @@ class Worker:
 
     def _park(self, waiter: _Waiter) -> Any:
         waiter.scheduled = False
-        value = self.hub.switch()
-        if isinstance(value, _Cancelled):
+        g = waiter.g
+        if not isinstance(g, _Runner):
+            raise RuntimeError(
+                "a task can wait for futures only in its own greenlet, not in a greenlet it started"
+            )
+        g.waiter = waiter
+        try:
+            value = self.hub.switch()
+        finally:
+            g.waiter = None
+        if waiter.cancelled:
+            waiter.active = False
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
         return value
 
@@ -878,7 +968,7 @@ class Worker:
             waiter.active = False
             del self._fd_waits[waiter]
 
-    def _poll_fd_waits(self, timeout: int) -> None:
+    def _poll_fd_waits(self, timeout: int) -> list[tuple[int, int]]:
         """Poll the hub's descriptors and those of parked tasks (wait_fds); wake the tasks whose are ready."""
         masks: dict[int, int] = {self.chan.fd: select.POLLIN, self._wake_r: select.POLLIN}
         owners: dict[int, list[_Waiter]] = {}
@@ -890,11 +980,13 @@ class Worker:
         poller = select.poll()
         for fd, mask in masks.items():
             poller.register(fd, mask)
-        for fd, _ in poller.poll(timeout):
+        events = poller.poll(timeout)
+        for fd, _ in events:
             for waiter in owners.get(fd, ()):
                 if waiter.active and not waiter.scheduled:
                     waiter.scheduled = True
                     self.ready.append((waiter.g, None))
+        return events
 
     def _fire_timers(self) -> None:
         timers = self._timers
@@ -903,7 +995,7 @@ class Worker:
             _, _, waiter = heapq.heappop(timers)
             if waiter.active and not waiter.scheduled:
                 waiter.scheduled = True
-                self.ready.append((waiter.g, _TIMEOUT))
+                self.ready.append((waiter, _TIMEOUT))
 
     def iter_completed(self, fs: Iterable[cf.Future[Any]], timeout: float | None) -> Iterator[cf.Future[Any]]:
         """as_completed() for a task: parks between futures."""
@@ -964,10 +1056,43 @@ class Worker:
 
     # ---------------------------------------------------------------- set-up
     def _apply_setup(self, sid: int, frames: list[zmq.Frame]) -> None:
+        """Apply a client's set-up: its sys.path, directory, argv, main module, initializer.
+
+        The main module and the initializer are the user's code: they run with
+        `lock` released (the hub holds it here; nothing else takes it while no
+        task runs, so this costs nothing).
+        """
         if sid in self.setups:
             return
+        lock = self.lock
+        lock.release()
+        try:
+            error = self._run_setup(sid, frames)
+        finally:
+            lock.acquire()
+        if error is None:
+            self.setups[sid] = None
+            self._send([P.header(P.SETUP_DONE, 1, sid)])
+            return
+        text, kind = error
+        self.setups[sid] = text
+        done = [P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace")]
+        self._send([*done, kind] if kind else done)
+
+    def _run_setup(self, sid: int, frames: list[zmq.Frame]) -> tuple[str, bytes] | None:
+        """The work of _apply_setup: None, or the error's text and its kind for SETUP_DONE.
+
+        The kind is b"main" when importing the client's main module failed (the client
+        then says it once, with no initializer wording), b"" otherwise.
+        """
         try:
             plain = P.load_json(frames[0].bytes) if frames else {}
+            argv = plain.get("argv")
+            if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+                # Tasks see the client's sys.argv, as in ProcessPoolExecutor's
+                # spawned workers, not this worker's own command line.
+                self.argvs[sid] = argv
+                self._use_argv(sid)
             logs.apply_levels(plain.get("log_levels"))  # log what the client wants to see
             for entry in reversed(plain.get("sys_path", [])):
                 if entry not in sys.path:
@@ -990,10 +1115,7 @@ class Worker:
             except BaseException as exc:
                 # One short message, marked "main" for the client (no initializer wording).
                 where = f"worker {self.name} (pid {self.pid} on {self.host})"
-                text = mainmodule.import_failure(exc, main, where)
-                self.setups[sid] = text
-                self._send([P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace"), b"main"])
-                return
+                return mainmodule.import_failure(exc, main, where), b"main"
             finally:
                 self.importing_main = False
             if len(frames) > 1 and len(frames[1]) > 0:
@@ -1002,12 +1124,15 @@ class Worker:
                     init(*initargs)
         except BaseException as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            text = f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}"
-            self.setups[sid] = text
-            self._send([P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace")])
-        else:
-            self.setups[sid] = None
-            self._send([P.header(P.SETUP_DONE, 1, sid)])
+            return f"On worker {self.name} (pid {self.pid} on {self.host}):\n{text}", b""
+        return None
+
+    def _use_argv(self, sid: int) -> None:
+        """sys.argv of the client whose set-up ``sid`` is (a worker may serve several)."""
+        self._argv_of = sid
+        argv = self.argvs.get(sid)
+        if argv is not None:
+            sys.argv = list(argv)
 
     # ------------------------------------------------------------------ send
     def _target(self) -> int:
@@ -1127,10 +1252,6 @@ class _LinkChannel:
         self.link.close(drain=2.0)
 
 
-class _Cancelled:
-    pass
-
-
 _TIMEOUT = object()
 _DONE_STATES = (cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
 
@@ -1180,6 +1301,16 @@ def _die(code: int, message: str) -> NoReturn:
         os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
+    _end(code, message)
+
+
+_exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit note (contract.py)
+
+
+def _end(code: int, message: str) -> NoReturn:
+    """Exit at once with ``code``; one of our own codes is announced first (contract.py)."""
+    if _exit_fd is not None and code in contract.REASONS:
+        contract.write_note(_exit_fd, code, message)
     os._exit(code)
 
 
@@ -1212,7 +1343,7 @@ def _client_gone(code: int) -> NoReturn:
             time.sleep(0.002)
         if _dead(parent):
             _remove_private_socket(path)
-    os._exit(code)
+    _end(code, "its broker closed the connection")
 
 
 def _dead(parent: int) -> bool:
@@ -1375,6 +1506,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-stdin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--link-fd", type=int, default=None, help=argparse.SUPPRESS)  # launch.LocalWorkers
+    ap.add_argument("--exit-fd", type=int, default=None, help=argparse.SUPPRESS)  # contract.py
     ap.add_argument("--keep-cwd", action="store_true", help="stay in the working directory started in")
     ap.add_argument(
         "--connect-timeout",
@@ -1426,6 +1558,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    if args.exit_fd is not None:
+        global _exit_fd
+        try:
+            os.set_inheritable(args.exit_fd, False)  # programs that tasks start must not write on it
+        except OSError as exc:
+            ap.error(f"--exit-fd {args.exit_fd}: {exc}")
+        _exit_fd = args.exit_fd
     link = None
     if args.link_fd is not None:
         try:
