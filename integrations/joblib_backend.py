@@ -14,9 +14,14 @@ Which pool a ``Parallel`` call runs on, first match wins:
    nothing falls back to sequential or to threads);
 3. the executor of the innermost ``with ScoopExecutor(...)`` block (or the
    ``python -m scoopexec`` launcher's pool);
-4. otherwise a pool this backend starts with ``n_jobs`` workers (``-1``: one
-   per CPU) and shuts down when joblib terminates the backend -- at the end
-   of each ``Parallel`` call, or of a ``with Parallel(...)`` block.  Extra
+4. otherwise the backend's shared pool: started with ``n_jobs`` workers
+   (``-1``: one per CPU) by the first call that needs it and kept for the
+   calls after it, as loky's reusable executor is, then stopped at
+   interpreter exit (or by :func:`shutdown_shared_pool`).  A call that asks
+   for more workers grows it; one that asks for fewer, or for other
+   arguments, gets a new pool in its place; a broken pool (its initializer
+   failed, ...) is replaced.  While another call is running on it, a call
+   that needs a different pool gets a private one for its duration.  Extra
    keyword arguments (``hosts=``, ``initializer=``, ``env=`` ...) go to that
    ``ScoopExecutor``; worker environments limit BLAS/OpenMP threads the way
    joblib's loky backend does (``inner_max_num_threads``).
@@ -27,8 +32,10 @@ The backend implements joblib's callback API: results are handed to joblib
 on a thread of the backend (never the broker's), batches are auto-sized,
 ``return_as="generator"`` / ``"generator_unordered"`` and ``timeout`` work,
 and ``abort_everything`` (after an error or a timeout) cancels every batch
-not started -- and, for a pool the backend started itself, stops the
-workers at once, as loky does, so running batches do not run to completion.
+not started -- and, on a pool the backend started itself (unless another
+call is using it), stops the workers at once, as loky does, so running
+batches do not run to completion; the call, or the next one, starts a new
+pool.
 
 On workers, two things make joblib cooperate with task greenlets (installed
 when joblib is first imported in a worker): ``parallel_config`` state is kept
@@ -44,10 +51,12 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import queue
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -62,10 +71,10 @@ from joblib._parallel_backends import (
 
 from scoopexec import ScoopExecutor
 from scoopexec.api import WorkerExecutor, active_executor
-from scoopexec.deploy.local import default_worker_count
+from scoopexec.deploy.hosts import local_cpu_count
 from scoopexec.worker.worker import Worker, current_worker
 
-__all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register"]
+__all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register", "shared_pool", "shutdown_shared_pool"]
 
 log = logging.getLogger("scoopexec.joblib")
 
@@ -76,6 +85,136 @@ MAX_NESTING_LEVEL = 16
 _JOBLIB_KWARGS = frozenset(
     {"max_nbytes", "temp_folder", "mmap_mode", "verbose", "context", "prefer", "require"}
 )
+# ScoopExecutor arguments that put workers elsewhere than on this machine.
+_ELSEWHERE = ("hosts", "hostfile", "broker")
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # values whose == is not a bool (arrays in initargs ...): not the same
+        return False
+
+
+class _SharedPool:
+    """The pool ``Parallel`` calls share when they are given none (module docstring, case 4).
+
+    ``lease()`` hands a call the pool, starting, growing or replacing it as the
+    call needs; ``release()`` gives it back at the end of the call.  The
+    calls holding it are tracked weakly (a backend that is dropped without
+    ``terminate()`` does not hold it forever).  Only this class starts or
+    stops the shared pool.  Starting (or growing) happens under its lock, as
+    in loky, so that two calls never start two pools; nothing else waits on
+    that lock, and a retired pool is stopped after it is released.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ex: ScoopExecutor | None = None
+        self._args: dict[str, Any] = {}  # the ScoopExecutor arguments it was started with
+        self._size: int | None = 0  # None: every slot of the hosts it was given
+        self._pid = 0
+        self._users: weakref.WeakSet[ScoopBackend] = weakref.WeakSet()
+
+    def current(self) -> ScoopExecutor | None:
+        with self._lock:
+            return self._ex if self._pid == os.getpid() else None
+
+    def lease(
+        self, user: ScoopBackend, n: int | None, args: dict[str, Any]
+    ) -> tuple[ScoopExecutor, bool]:
+        """(executor, shared) for a call wanting ``n`` workers started with ``args``.
+
+        ``shared`` False: a private pool for this call (the shared one is busy
+        with another call and is not what this one needs); the caller stops it.
+        """
+        retired: list[ScoopExecutor] = []
+        try:
+            with self._lock:
+                if self._pid != os.getpid():  # inherited through fork: not ours to use or stop
+                    self._ex, self._users = None, weakref.WeakSet()
+                ex = self._ex
+                if ex is not None and ex.broken:
+                    retired.append(ex)
+                    ex = self._ex = None
+                    self._users = weakref.WeakSet()
+                if ex is not None:
+                    same = _same(self._args, args)
+                    if same and n == self._size:
+                        self._users.add(user)
+                        return ex, True
+                    if any(u is not user for u in self._users):
+                        return _start_pool(n, args), False
+                    if same and n is not None and self._size is not None and n > self._size and not any(
+                        k in args for k in _ELSEWHERE
+                    ):
+                        ex.add_workers(n - self._size)
+                        self._size = n
+                        self._users.add(user)
+                        return ex, True
+                    retired.append(ex)
+                    self._ex = None
+                ex = _start_pool(n, args)
+                self._ex, self._args, self._size, self._pid = ex, dict(args), n, os.getpid()
+                self._users = weakref.WeakSet([user])
+                return ex, True
+        finally:
+            for old in retired:  # idle (no call holds it) or broken: nothing of a caller's is lost
+                if old.broken:
+                    log.info("the joblib backend's pool was broken (%s); started a new one", old.broken)
+                old.shutdown(wait=True, cancel_futures=True)
+
+    def release(self, user: ScoopBackend) -> None:
+        with self._lock:
+            self._users.discard(user)
+
+    def sole_user(self, user: ScoopBackend) -> bool:
+        with self._lock:
+            return all(u is user for u in self._users)
+
+    def discard(self, ex: ScoopExecutor) -> None:
+        """Forget ``ex`` (about to be aborted): the next call starts a new pool."""
+        with self._lock:
+            if self._ex is ex:
+                self._ex = None
+                self._users = weakref.WeakSet()
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            ex, self._ex = self._ex, None
+            self._users = weakref.WeakSet()
+            mine = self._pid == os.getpid()
+        if ex is not None and mine:
+            ex.shutdown(wait=wait, cancel_futures=True)
+
+
+_shared = _SharedPool()
+
+
+def shared_pool() -> ScoopExecutor | None:
+    """The pool ``Parallel`` calls share when given no executor, if it is running."""
+    return _shared.current()
+
+
+def shutdown_shared_pool(wait: bool = True) -> None:
+    """Stop the shared pool now (the next ``Parallel`` call that needs it starts a new one).
+
+    Interpreter exit stops it anyway; this is for a program (or a test) that
+    wants its processes gone earlier.  Calls still running on it lose their
+    batches not yet started.
+    """
+    _shared.shutdown(wait)
+
+
+def _start_pool(n: int | None, args: dict[str, Any]) -> ScoopExecutor:
+    kwargs = dict(args)
+    try:
+        return ScoopExecutor(n, **kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"the 'scoop' joblib backend passes {sorted(kwargs)} on to ScoopExecutor, which "
+            f"refused them: {exc}"
+        ) from exc
 
 
 class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -106,7 +245,8 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
     def _reset_runtime(self) -> None:
         self.parallel: Any = None
         self._workers: cf.Executor | None = None  # the executor of the current call (joblib's tests look)
-        self._own: ScoopExecutor | None = None  # a pool this backend started
+        self._own: ScoopExecutor | None = None  # a pool this backend started (shared or private)
+        self._own_shared = False  # _own is the shared pool (else a private one, stopped at terminate)
         self._futures: set[cf.Future[Any]] = set()
         self._lock = threading.Lock()
         self._callbacks: _CallbackThread | None = None
@@ -132,15 +272,18 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         if ex is None and current_worker() is None:
             ex = active_executor()
         if ex is not None and not isinstance(ex, WorkerExecutor):
-            n = getattr(ex, "_max_workers", 0) or len(getattr(ex, "worker_pids", ()))
-            if not n and isinstance(ex, ScoopExecutor):
-                try:  # a client of a standalone broker: the workers it has now
-                    n = len(ex.status(timeout=5.0).workers)
-                except (RuntimeError, TimeoutError):
-                    n = 0
+            if isinstance(ex, ScoopExecutor):
+                n = ex.max_workers
+                if not n:
+                    try:  # a client of a standalone broker: the workers it has now
+                        n = len(ex.status(timeout=5.0).workers)
+                    except (RuntimeError, TimeoutError):
+                        n = 0
+            else:  # another library's executor: ProcessPoolExecutor's and loky's attribute
+                n = getattr(ex, "_max_workers", 0)
             if n:
                 return int(n)
-        return self._pool_size or default_worker_count()
+        return self._pool_size or local_cpu_count()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """``n_jobs``, with ``None`` as -1 and negative values counted from the pool's size."""
@@ -193,42 +336,43 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             n = self.effective_n_jobs(n_jobs)
             if n == 1:
                 raise FallbackToBackend(SequentialBackend(nesting_level=level))
-            if self._own is None:
-                self._own = self._start_pool(n, n_jobs, extra)
+            if self._own is None:  # (else this backend is mid-call: keep its pool)
+                self._own, self._own_shared = _shared.lease(self, *self._pool_arguments(n, n_jobs, extra))
             self._workers = self._own
             n = self.effective_n_jobs(n_jobs)
         if w is None and self._callbacks is None:
             self._callbacks = _CallbackThread()
         return n
 
-    def _start_pool(self, n: int, n_jobs: int, extra: dict[str, Any]) -> ScoopExecutor:
+    def _pool_arguments(
+        self, n: int, n_jobs: int, extra: dict[str, Any]
+    ) -> tuple[int | None, dict[str, Any]]:
+        """(workers, other ScoopExecutor arguments) of the pool a call without an executor needs."""
         kwargs = dict(extra)
-        elsewhere = any(k in kwargs for k in ("hosts", "hostfile", "broker"))
+        elsewhere = any(k in kwargs for k in _ELSEWHERE)
         max_workers = kwargs.pop("max_workers", None) or (n if n_jobs > 0 or not elsewhere else None)
         env = dict(self._prepare_worker_env(n_jobs=max(n, 1)))
         env.update(kwargs.pop("env", None) or {})
-        try:
-            return ScoopExecutor(max_workers, env=env, **kwargs)
-        except TypeError as exc:
-            raise TypeError(
-                f"the 'scoop' joblib backend passes {sorted(kwargs)} on to ScoopExecutor, which "
-                f"refused them: {exc}"
-            ) from exc
+        kwargs["env"] = env
+        return max_workers, kwargs
 
     def terminate(self) -> None:
-        """End of a Parallel call (or of a ``with Parallel()`` block): stop a pool we started."""
+        """End of a Parallel call (or of a ``with Parallel()`` block): give back or stop our pool."""
         own, self._own, self._workers = self._own, None, None
         with self._lock:
             self._futures.clear()
         if own is not None:
-            own.shutdown(wait=True, cancel_futures=True)
+            if self._own_shared:
+                _shared.release(self)
+            else:
+                own.shutdown(wait=True, cancel_futures=True)
         cbt, self._callbacks = self._callbacks, None
         if cbt is not None:
             cbt.stop()
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel every batch not started; stop a pool we started (then start a new one if asked)."""
+        """Cancel every batch not started; stop running ones on a pool we started (see the docstring)."""
         with self._lock:
             futs = list(self._futures)
             self._futures.clear()
@@ -236,7 +380,13 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             fut.cancel()
         own = self._own
         if own is not None:
+            if self._own_shared and not _shared.sole_user(self):
+                # Another call runs on the pool too: its batches are not ours to stop. Ours that
+                # are running finish, and their results are dropped.
+                return
             self._own = self._workers = None
+            if self._own_shared:
+                _shared.discard(own)
             own.abort("joblib aborted the Parallel call")
             if ensure_ready and self.parallel is not None:
                 self.configure(

@@ -23,6 +23,7 @@ import typing as _typing
 
 from . import _hooks, futures, shared
 from ._version import __version__
+from .aio import amap
 from .api import as_completed, current_executor, map, submit, wait
 from .client.executor import ScoopExecutor
 from .client.future import ScoopFuture
@@ -40,6 +41,7 @@ from .errors import (
     WorkerLostError,
 )
 from .logs import configure_logging
+from .pool import Pool
 from .status import PoolStatus, WorkerStatus
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "InitializerError",
     "LaunchError",
     "MessageTooLargeError",
+    "Pool",
     "PoolStatus",
     "ProtocolError",
     "RemoteError",
@@ -59,6 +62,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerStatus",
     "__version__",
+    "amap",
     "as_completed",
     "configure_logging",
     "current_executor",

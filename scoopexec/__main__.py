@@ -3,15 +3,34 @@
 Subcommands are looked up in SUBCOMMANDS (module, function); each function takes the
 remaining arguments and returns an exit status.  Anything else is the program launcher
 (``scoopexec.cli.launch_main``): ``python -m scoopexec [-n N] script.py [args]`` runs a
-program, SCOOP-style, with a pool active.
+program, SCOOP-style, with a pool active.  ``--version`` prints the version.
+
+Every command ends quietly when the reader of its output goes away
+(``python -m scoopexec report --json run.json | head -1``): no traceback,
+exit status 141 (128 + SIGPIPE, what a shell shows for a program that
+SIGPIPE ended).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import select
+import signal
 import sys
 
-__all__ = ["SUBCOMMANDS", "console_main", "main", "usage"]
+from ._version import __version__
+
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "SUBCOMMANDS",
+    "console_main",
+    "main",
+    "silence_stdout",
+    "stdout_is_broken",
+    "usage",
+    "version_text",
+]
 
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, function, one-line help)
@@ -22,11 +41,48 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 LAUNCHER = ("scoopexec.cli", "launch_main")
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""The exit status when the reader of our output went away (``... | head``): 141, as a shell
+reports for a program that SIGPIPE ended."""
+
+
+def stdout_is_broken() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone away."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: no way to ask; assume it is
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device, so that what is still buffered (and the
+    interpreter's flush at exit) raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+def version_text() -> str:
+    """What ``python -m scoopexec --version`` prints."""
+    return f"scoopexec {__version__}"
+
 
 def usage() -> str:
     lines = [
         "usage: python -m scoopexec [-n N] [--hosts HOST ...] [--hostfile FILE] script.py [args ...]",
         "       python -m scoopexec SUBCOMMAND [options]",
+        "",
+        "       python -m scoopexec --version",
         "",
         "  script.py  run a program with a pool active (SCOOP-style; see --help)",
     ]
@@ -38,9 +94,24 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec ...``: a subcommand, else the program launcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not in the flush at exit
+        return status
+    except BrokenPipeError:
+        if not stdout_is_broken():
+            raise  # a pipe of ours, not the output: a real error
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str]) -> int:
     if not argv:
         print(usage(), file=sys.stderr)
         return 2
+    if argv == ["--version"]:
+        print(version_text())
+        return 0
     if argv[0] in SUBCOMMANDS:
         module, func, _ = SUBCOMMANDS[argv[0]]
         argv = argv[1:]

@@ -22,7 +22,7 @@ import types
 from typing import Any
 
 from . import pools, scoop_compat
-from .__main__ import SUBCOMMANDS
+from .__main__ import EXIT_BROKEN_PIPE, SUBCOMMANDS, silence_stdout, stdout_is_broken, version_text
 from .broker.loop import Broker
 from .client.executor import ScoopExecutor
 from .logs import add_verbosity_options, configure_logging
@@ -146,6 +146,8 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _looks_like_script(word: str) -> bool:
+    if word.lower().startswith("ssh://"):
+        return False  # a host spec (deploy/hosts.py), slashes and all
     return word.endswith((".py", ".pyw")) or os.path.sep in word or os.path.isfile(word)
 
 
@@ -169,6 +171,7 @@ def _launcher_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broker", default=None, metavar="ENDPOINT",
                     help="use the pool of a standalone broker (`python -m scoopexec broker`)")
     add_observe_options(ap)
+    ap.add_argument("--version", action="version", version=version_text())
     return ap
 
 
@@ -243,6 +246,13 @@ def launch_main(argv: list[str]) -> int:
         except KeyboardInterrupt:
             traceback.print_exc()
             status = 130
+        except BrokenPipeError:
+            if not stdout_is_broken():
+                traceback.print_exc()
+                status = 1
+            else:  # `python -m scoopexec prog.py | head`: the reader has all it wanted
+                silence_stdout()
+                status = EXIT_BROKEN_PIPE
         except BaseException:
             traceback.print_exc()
             status = 1

@@ -13,6 +13,7 @@ __all__ = [
     "DeserializationError",
     "InitializerError",
     "LaunchError",
+    "MainGuardError",
     "MessageTooLargeError",
     "ProtocolError",
     "RemoteError",
@@ -28,6 +29,13 @@ class BrokenScoopExecutor(BrokenExecutor):
 
 class InitializerError(BrokenScoopExecutor):
     """The initializer, or the import of the client's main module, failed on a worker."""
+
+
+class MainGuardError(RuntimeError):
+    """Work was started while a worker imported the client's main script (no ``__main__`` guard).
+
+    Raised on the worker; the client sees an InitializerError with its message.
+    """
 
 
 class BrokerLostError(BrokenScoopExecutor):
@@ -99,15 +107,18 @@ class MessageTooLargeError(SerializationError):
 class RemoteError(Exception):
     """A task raised an exception that could not be sent back as itself.
 
-    ``type_name`` is the qualified name of the original exception's type and
-    ``traceback`` the remote traceback as text.
+    ``type_name`` is the qualified name of the original exception's type,
+    ``traceback`` the remote traceback as text and ``note`` why it could not
+    arrive as itself.
     """
 
-    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
-        super().__init__(f"{type_name}: {message}" if message else type_name)
+    def __init__(self, type_name: str, message: str = "", traceback: str = "", note: str = "") -> None:
+        text = f"{type_name}: {message}" if message else type_name
+        super().__init__(f"{text} ({note})" if note else text)
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+        self.note = note
 
 
 class ProtocolError(Exception):

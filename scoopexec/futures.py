@@ -15,7 +15,10 @@ Differences from SCOOP, all deliberate:
 * ``mapScan`` returns the running reduction ``[r0, op(r0, r1), ...]``, and
   ``mapReduce`` and ``mapScan`` fold in order in the caller, so the reduction
   need not be associative or commutative;
-* unknown keyword arguments are errors, not silently ignored;
+* keyword arguments ``map``, ``map_as_completed``, ``mapReduce`` and
+  ``mapScan`` do not know (``parallelLevel=2`` in SCOOP's own examples) are
+  ignored, as SCOOP ignores them, but not silently: a ``UserWarning`` names
+  them;
 * ``shutdown()`` waits for what was submitted through this module and stops
   the default pool if that is the one in use (it restarts on next use); it
   never stops the launcher's pool or a ``with`` block's executor.
@@ -26,11 +29,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import api
+from . import api, mainmodule
 from .worker.worker import current_worker
 
 __all__ = [
@@ -64,14 +68,22 @@ _submitted_lock = threading.Lock()
 def _pool() -> cf.Executor:
     w = current_worker()
     if w is not None and w.importing_main:
-        raise RuntimeError(
-            "scoop.futures was used while a worker was importing the main module: the script "
-            "submits work at top level. Put that code under `if __name__ == \"__main__\":` so "
-            "that workers, which import the script, do not run it"
-        )
+        raise mainmodule.guard_error("submits work (scoop.futures)")
     ex = api.current_executor()
     assert ex is not None
     return ex
+
+
+def _ignore(function: str, kwargs: dict[str, Any]) -> None:
+    """SCOOP's ``**kwargs``: accepted and unused.  Say so, once per call site."""
+    if kwargs:
+        names = ", ".join(sorted(kwargs))
+        warnings.warn(
+            f"futures.{function}() ignores the keyword argument{'s' if len(kwargs) > 1 else ''} "
+            f"{names}, as SCOOP does",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _keep_alive(owner: Any, it: Iterator[Any]) -> Iterator[Any]:
@@ -111,6 +123,7 @@ def map(  # SCOOP's name
     timeout: float | None = None,
     chunksize: int = 1,
     buffersize: int | None = None,
+    **ignored: Any,
 ) -> Iterator[Any]:
     """Like the built-in ``map``, each call a task on the pool; results in order, lazily.
 
@@ -118,8 +131,10 @@ def map(  # SCOOP's name
     iterator yields each result when it and those before it are done.  A
     call's exception is raised at its item.  ``timeout`` (seconds, from this
     call) raises ``TimeoutError`` at the first result not ready in time.
-    ``chunksize`` items travel per task.
+    ``chunksize`` items travel per task.  Other keyword arguments are
+    ignored, as in SCOOP (with a warning).
     """
+    _ignore("map", ignored)
     return _map(func, iterables, timeout, chunksize, buffersize, unordered=False)
 
 
@@ -129,8 +144,10 @@ def map_as_completed(
     timeout: float | None = None,
     chunksize: int = 1,
     buffersize: int | None = None,
+    **ignored: Any,
 ) -> Iterator[Any]:
     """Like :func:`map`, but results come in the order the calls complete."""
+    _ignore("map_as_completed", ignored)
     return _map(func, iterables, timeout, chunksize, buffersize, unordered=True)
 
 
@@ -189,12 +206,14 @@ def mapReduce(
     *iterables: Iterable[Any],
     timeout: float | None = None,
     chunksize: int = 1,
+    **ignored: Any,
 ) -> Any:
     """``functools.reduce(reductionOp, map(mapFunc, *iterables))``, the map on the pool.
 
     The results are folded in order as they arrive, in the calling process
     (or task).  ``TypeError`` if the iterables are empty.
     """
+    _ignore("mapReduce", ignored)
     sentinel = object()
     result = sentinel
     for result in _folded(mapFunc, reductionOp, iterables, timeout, chunksize):  # noqa: B007
@@ -210,11 +229,13 @@ def mapScan(
     *iterables: Iterable[Any],
     timeout: float | None = None,
     chunksize: int = 1,
+    **ignored: Any,
 ) -> list[Any]:
     """Every intermediate value of :func:`mapReduce`: ``[r0, op(r0, r1), op(op(r0, r1), r2), ...]``.
 
     (``itertools.accumulate`` of the mapped results; ``[]`` for empty iterables.)
     """
+    _ignore("mapScan", ignored)
     return list(_folded(mapFunc, reductionOp, iterables, timeout, chunksize))
 
 

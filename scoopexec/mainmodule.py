@@ -6,15 +6,24 @@
 then makes it ``sys.modules["__main__"]`` too.  Classes a script creates at
 top level -- DEAP's ``creator.create``, dataclasses -- then exist on workers,
 and pickles that refer to them by name resolve.
+
+A script that starts a pool at top level, without the
+``if __name__ == "__main__":`` guard, would start one on every worker: the
+worker refuses (``guard_error()``), and ``import_failure()`` turns that, or
+any other failure of the import, into one short message for the client.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
 import runpy
 import sys
 import types
 from typing import Any
+
+from .errors import MainGuardError
+from .wire.serialize import user_traceback
 
 MAIN_ALIAS = "__mp_main__"
 
@@ -84,3 +93,45 @@ def run(info: dict[str, Any]) -> bool:
         return False
     sys.modules["__main__"] = module
     return True
+
+
+def guard_error(what: str) -> MainGuardError:
+    """The error for ``what`` (e.g. "starts a ScoopExecutor") done while a worker imports the script.
+
+    Names the line of the script's top level that led to it: where the
+    ``if __name__ == "__main__":`` guard belongs.
+    """
+    where = "the main module"
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == MAIN_ALIAS:
+            filename, lineno = frame.f_code.co_filename, frame.f_lineno
+            where = f"{filename}, line {lineno}"
+            line = linecache.getline(filename, lineno).strip()
+            if line:
+                where += f" (`{line}`)"
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+    return MainGuardError(
+        f"{where} {what} when the script is imported. Workers import the script to find its "
+        "functions (as multiprocessing's spawn does), so that code must not run then: put it "
+        'under `if __name__ == "__main__":`'
+    )
+
+
+def import_failure(exc: BaseException, info: dict[str, Any], worker: str) -> str:
+    """The message for the client when importing its main module on ``worker`` raised ``exc``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:  # the guard error, even if wrapped
+        if isinstance(cur, MainGuardError):
+            return str(cur)
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    what = info.get("path") or info.get("name") or "the main module"
+    detail = user_traceback(exc) or f"{type(exc).__name__}: {exc}\n"
+    return (
+        f"importing {what} on {worker} failed. Workers import the script to find its functions "
+        "(as multiprocessing's spawn does): code that must run only in the client belongs under "
+        f'`if __name__ == "__main__":`.\n{detail}'
+    )

@@ -21,7 +21,7 @@ import itertools
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
@@ -51,6 +51,11 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     except Exception as exc:
         return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return out
+
+
+def _starcall(fn: Callable[..., Any], args: Iterable[Any]) -> Any:
+    """One item of a starmap: the item is the argument list."""
+    return fn(*args)
 
 
 def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
@@ -107,8 +112,16 @@ class MapMixin:
         raise NotImplementedError
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:  # pragma: no cover
+        """Submit a task whose function is pickled already; ``item``, ``chunk``: which items of
+        a map ``args`` hold (for error messages)."""
         raise NotImplementedError
 
     def map(  # type: ignore[override]
@@ -153,10 +166,10 @@ class MapMixin:
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
                     items = _tally(items, tracker)
-                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in _batched(items, chunksize))
+                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in batched(items, chunksize))
             else:
                 call_fn = functools.partial(_run_chunk, fn)
-                source = ((list(c),) for c in _batched(zipped, chunksize))
+                source = ((list(c),) for c in batched(zipped, chunksize))
         else:
             call_fn, source = fn, zipped
         encode_error: Exception | None = None
@@ -168,16 +181,21 @@ class MapMixin:
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
         what = describe(fn)
+        next_item = 0  # index of the first item of the next task (for error messages)
+        chunked = chunksize > 1
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
+            nonlocal next_item
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
+            item = next_item
+            next_item += len(args[0]) if chunked else 1
             if encode_error is not None:
                 f: cf.Future[Any] = cf.Future()
                 f.set_exception(encode_error)
             else:
-                f = ex._submit_encoded(fn_frame, args, {}, what)
+                f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
             return f
@@ -199,6 +217,35 @@ class MapMixin:
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
+
+    def starmap(
+        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], /, **options: Any
+    ) -> Iterator[Any]:
+        """map() where each item is the argument list: ``fn(*item)``, as itertools.starmap.
+
+        Takes map()'s keyword arguments (timeout, chunksize, buffersize,
+        unordered, progress).
+        """
+        if options.get("progress") is True:
+            options["progress"] = getattr(fn, "__name__", "starmap")
+        return self.map(functools.partial(_starcall, fn), iterable, **options)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        ordered: bool = False,
+    ) -> AsyncIterator[Any]:
+        """map() for asyncio: ``async for r in ex.amap(fn, xs)`` yields results as they complete.
+
+        ``ordered=True`` yields them in the order of the items instead; see
+        ``scoopexec.amap``.  Waiting never blocks the event loop.
+        """
+        return amap_on(
+            self, fn, *iterables, chunksize=chunksize, buffersize=buffersize, ordered=ordered  # type: ignore[arg-type]
+        )
 
 
 def _ordered(
@@ -339,9 +386,107 @@ def _with_progress(gen: Iterator[Any], tracker: Any) -> Iterator[Any]:
             gen.close()  # type: ignore[attr-defined]
 
 
-def _batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:
+def batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:
+    """Tuples of ``n`` items of ``it`` (the last may be shorter): itertools.batched before 3.12."""
     while True:
         chunk = tuple(itertools.islice(it, n))
         if not chunk:
             return
         yield chunk
+
+def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize: int | None) -> None:
+    """amap()'s arguments, checked as map() checks its own."""
+    if not iterables:
+        raise TypeError("amap() needs at least one iterable")
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError("chunksize must be an integer")
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    if buffersize is not None and (not isinstance(buffersize, int) or isinstance(buffersize, bool)):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+async def amap_on(
+    ex: cf.Executor,
+    fn: Callable[..., Any],
+    *iterables: Iterable[Any],
+    chunksize: int = 1,
+    buffersize: int | None = None,
+    ordered: bool = False,
+) -> AsyncIterator[Any]:
+    """The async map of ``ex`` (ScoopExecutor.amap, scoopexec.amap; see aio.py)."""
+    check_amap(iterables, chunksize, buffersize)
+    import asyncio  # here: `import scoopexec` (in every worker too) need not import asyncio
+
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[int, cf.Future[Any]]] = asyncio.Queue()
+
+    def arrive(index: int) -> Callable[[cf.Future[Any]], None]:
+        def callback(fut: cf.Future[Any]) -> None:  # in the thread that completed the future
+            try:
+                loop.call_soon_threadsafe(arrived.put_nowait, (index, fut))
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+        return callback
+
+    items = zip(*iterables, strict=False)  # stop at the shortest, as map() does
+    chunks = (list(c) for c in batched(items, chunksize))
+    source: Iterator[tuple[int, list[tuple[Any, ...]]]] = enumerate(chunks)
+    pending: dict[int, cf.Future[Any]] = {}
+
+    def submit_next() -> bool:
+        item = next(source, None)
+        if item is None:
+            return False
+        index, chunk = item
+        if chunksize == 1:
+            fut = ex.submit(fn, *chunk[0])
+        else:
+            fut = ex.submit(_run_chunk, fn, chunk)
+        pending[index] = fut
+        fut.add_done_callback(arrive(index))
+        return True
+
+    try:
+        if buffersize is None:
+            while submit_next():
+                pass
+        else:
+            for _ in range(buffersize):
+                if not submit_next():
+                    break
+        held: dict[int, cf.Future[Any]] = {}  # ordered: completed ahead of their turn
+        turn = 0
+        while pending or held:
+            if ordered and turn in held:
+                fut = held.pop(turn)
+                turn += 1
+            else:
+                index, fut = await arrived.get()
+                del pending[index]
+                if ordered and index != turn:
+                    held[index] = fut
+                    continue
+                turn += 1
+            if buffersize is not None:
+                submit_next()
+            value = fut.result()  # done: raises the task's error at its item
+            del fut
+            if chunksize == 1:
+                yield value
+                continue
+            if type(value) is ChunkError:
+                for v in value.done:
+                    yield v
+                exc = value.exc
+                exc.__cause__ = remote_traceback(value.tb)
+                raise exc
+            for v in value:
+                yield v
+            del value
+    finally:
+        for fut in pending.values():
+            fut.cancel()

@@ -18,6 +18,7 @@ The default pool (started on first use when no pool is current) belongs to api.p
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import weakref
@@ -27,9 +28,11 @@ __all__ = ["enter", "find", "innermost", "leave", "register", "shutting_down", "
 
 
 class _Live(Protocol):
-    def close(self, wait: bool = True) -> None: ...
-    def abort(self, reason: str, timeout: float = 10.0) -> None: ...
+    def close(self, wait: bool = True) -> str: ...
+    def abort(self, reason: str, timeout: float = 10.0) -> str: ...
 
+
+log = logging.getLogger("scoopexec")
 
 _entered: list[Any] = []  # executors entered with `with`, innermost last
 _by_id: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -97,9 +100,11 @@ def _at_exit() -> None:
     for session in live:
         try:
             if interrupted:
-                session.abort("the program was interrupted (KeyboardInterrupt)")
+                why = session.abort("the program was interrupted (KeyboardInterrupt)")
             else:
-                session.close(wait=True)
+                why = session.close(wait=True)
+            if why:
+                log.error("%s", why)
         except KeyboardInterrupt:
             for other in live:
                 other.abort("the program was interrupted (KeyboardInterrupt)")

@@ -11,6 +11,18 @@ The executor puts ``"scoop_compat": true`` in the set-up blob of a pool
 started while the alias is active; a worker installs the alias before it
 imports the client's main module, which may itself ``from scoop import
 futures``.
+
+SCOOP's module-level constants, with SCOOP's meanings:
+
+* ``scoop.IS_ORIGIN``: True in the launcher's process, False on workers;
+* ``scoop.IS_RUNNING``: True;
+* ``scoop.worker``: this process's identity in the pool, as bytes
+  (``b"host:pid"``; SCOOP's were ``b"address:port"``): the worker's name on
+  a worker, the launcher's own in the launcher;
+* ``scoop.SIZE``: the number of workers of the launcher's pool (SCOOP's
+  ``-n``), as planned when it started.  The executor hands it to the
+  workers in their environment (``SIZE_VARIABLE``); a host listed without a
+  worker count adds nothing to it.
 """
 
 from __future__ import annotations
@@ -18,15 +30,51 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import logging
+import os
+import socket
 import sys
 import types
 from collections.abc import Sequence
 
+from . import pools
 from ._version import __version__
 
 _active = False
+_origin = True
 
 PROVIDED = ("scoop", "scoop.futures", "scoop.shared")
+
+SIZE_VARIABLE = "SCOOPEXEC_SCOOP_SIZE"
+"""The environment variable that gives workers of a launcher's pool ``scoop.SIZE``."""
+
+
+def worker_env(size: int) -> dict[str, str]:
+    """What the executor adds to the environment of the workers of a pool started under the launcher."""
+    return {SIZE_VARIABLE: str(size)}
+
+
+_name = b""  # scoop.worker: set by install()
+
+
+def _size() -> int:
+    if _origin:
+        ex = pools.innermost()  # the launcher's pool
+        if ex is not None and ex.max_workers:
+            return int(ex.max_workers)
+    try:
+        return int(os.environ.get(SIZE_VARIABLE, ""))
+    except ValueError:
+        return 0
+
+
+def _constant(name: str) -> object:
+    """``scoop.worker`` and ``scoop.SIZE``, worked out when they are read."""
+    if name == "worker":
+        return _name
+    if name == "SIZE":
+        return _size()
+    raise AttributeError(f"module 'scoop' has no attribute {name!r} (under `python -m scoopexec`, "
+                         "`scoop` is scoopexec's compatibility layer: see scoopexec.scoop_compat)")
 
 
 def active() -> bool:
@@ -50,13 +98,16 @@ class _Unavailable(importlib.abc.MetaPathFinder):
         return None
 
 
-def install(origin: bool = True) -> None:
+def install(origin: bool = True, name: str = "") -> None:
     """Make ``import scoop`` (and its ``futures`` and ``shared``) resolve to scoopexec here.
 
     ``origin``: True in the launcher's process, False on workers (SCOOP's
-    ``scoop.IS_ORIGIN``).  Calling it again only updates that flag.
+    ``scoop.IS_ORIGIN``); ``name``: this worker's (``scoop.worker``; default
+    ``host:pid``).  Calling it again only updates those.
     """
-    global _active
+    global _active, _origin, _name
+    _origin = origin
+    _name = (name or f"{socket.gethostname()}:{os.getpid()}").encode()
     # lazy: futures and shared sit above the executor, whose set-up blob asks active()
     from . import futures, shared
 
@@ -72,6 +123,7 @@ def install(origin: bool = True) -> None:
         pkg.IS_RUNNING = True  # type: ignore[attr-defined]
         pkg.DEBUG = False  # type: ignore[attr-defined]
         pkg.logger = logging.getLogger("scoop")  # type: ignore[attr-defined]
+        pkg.__getattr__ = _constant  # type: ignore[method-assign]  # PEP 562: scoop.worker, scoop.SIZE
         sys.modules["scoop"] = pkg
         sys.modules["scoop.futures"] = futures
         sys.modules["scoop.shared"] = shared

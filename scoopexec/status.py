@@ -82,7 +82,10 @@ class PoolStatus:
     ``queued`` tasks wait in the broker; ``assigned`` have been handed to a
     worker (see WorkerStatus);
     ``completed`` results have come back since the broker started;
-    ``tasks_per_second`` is the completion rate over the last second or so.
+    ``tasks_per_second`` is the completion rate over the last second or so;
+    ``starting`` counts worker processes the pool has started that have not
+    connected yet (the broker knows those it, or its embedded client,
+    launched; workers started by hand are not seen before they connect).
     ``str()`` gives the table ``python -m scoopexec status`` prints.
     """
 
@@ -98,6 +101,7 @@ class PoolStatus:
     uptime: float = 0.0
     broker_pid: int | None = None
     trace: str | None = None
+    starting: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -118,6 +122,7 @@ class PoolStatus:
             uptime=float(d.get("uptime") or 0.0),
             broker_pid=d.get("pid") if isinstance(d.get("pid"), int) else None,
             trace=d.get("trace"),
+            starting=int(d.get("starting") or 0),
             raw=dict(d),
         )
 
@@ -140,7 +145,8 @@ class PoolStatus:
             f"pool {self.pool} at {self.endpoint} ({where}), up {_duration(self.uptime)}",
             f"tasks: {self.queued:,} queued, {self.assigned:,} on workers, {self.completed:,} done, "
             f"{self.tasks_per_second:,.1f}/s; {self.clients} client{'s' if self.clients != 1 else ''}; "
-            f"{len(self.workers)} worker{'s' if len(self.workers) != 1 else ''} ({self.busy} busy)",
+            f"{len(self.workers)} worker{'s' if len(self.workers) != 1 else ''} ({self.busy} busy)"
+            + (f", {self.starting} starting" if self.starting else ""),
         ]
         if self.trace:
             lines.append(f"recording a timeline to {self.trace}")
@@ -156,6 +162,11 @@ class PoolStatus:
             for r in rows:
                 cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
                 lines.append("  ".join(cells).rstrip())
+        elif self.starting:
+            lines.append(
+                f"no workers connected yet: {self.starting} worker{'s are' if self.starting != 1 else ' is'} "
+                "starting"
+            )
         else:
             lines.append("no workers connected (start some: python -m scoopexec worker --connect ADDR -n N)")
         return "\n".join(lines)
@@ -260,7 +271,4 @@ def status_main(argv: list[str]) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 130 if not args.watch else 0
-    except BrokenPipeError:  # `... status ADDR | head`
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    # `... status ADDR | head`: the BrokenPipeError is handled where every command's is (__main__)

@@ -193,3 +193,18 @@ def start_a_grandchild(path):
     with open(path, "w") as fh:
         fh.write(str(proc.pid))
     return proc.pid
+
+
+def init_fails_once(path):
+    """An initializer that fails in the first worker to run it (and succeeds ever after)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("the first initializer fails on purpose")
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()

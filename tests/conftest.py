@@ -27,6 +27,9 @@ def _children() -> dict[int, psutil.Process]:
 def no_process_left_behind():
     before = set(_children())
     yield
+    joblib_backend = sys.modules.get("scoopexec.integrations.joblib_backend")
+    if joblib_backend is not None:  # the joblib backend's shared pool lives until exit: end it here
+        joblib_backend.shutdown_shared_pool()
     deadline = time.monotonic() + 10
     while True:
         left = {pid: p for pid, p in _children().items() if pid not in before and _alive(p)}

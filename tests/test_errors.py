@@ -6,18 +6,24 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
+import types
 
 import pytest
 
 from scoopexec import (
     BrokenScoopExecutor,
     InitializerError,
+    RemoteError,
     ScoopExecutor,
     SerializationError,
     WorkerLostError,
 )
 from scoopexec.deploy.contract import describe_returncode
+
+M = __name__  # this module, as workers and messages name it
+ME = re.escape(M)
 
 
 def _kill_my_worker():
@@ -46,7 +52,8 @@ def test_exit_descriptions():
         "or a kill -9"
     )
     assert "segmentation fault in native code" in describe_returncode(-11)
-    assert describe_returncode(3) == "exited with code 3 (it lost its broker)"
+    assert describe_returncode(3) == "exited with code 3"  # maybe a task's os._exit(3)
+    assert describe_returncode(3, own=True) == "exited with code 3 (it lost its broker)"
     assert describe_returncode(1) == "exited with code 1"
 
 
@@ -54,8 +61,152 @@ def test_unpicklable_arguments_say_what_cannot_travel(one_worker):
     with pytest.raises(SerializationError) as info:
         one_worker.submit(abs, threading.Lock()).result(timeout=60)
     text = str(info.value)
-    assert text.startswith("cannot send the arguments to a worker: TypeError:")
-    assert "lock" in text and "pass what is needed to recreate them instead" in text
+    assert text.startswith("cannot send argument 'x' (position 0, a _thread.lock) of abs() to a worker")
+    assert "TypeError: cannot pickle '_thread.lock' object" in text
+    assert "pass what is needed to recreate them instead" in text
+
+
+def _simulate(params, seed=0, *rest, **options):
+    return params
+
+
+def _line() -> int:
+    return sys._getframe(1).f_lineno
+
+
+def test_an_unpicklable_argument_is_named_with_its_part_its_type_and_the_submitting_line(one_worker):
+    here = os.path.abspath(__file__)
+    lock = threading.Lock()
+    cases = [  # (args, kwargs, what the message must name)
+        (({"k": [1, lock]},), {}, f"argument 'params' (position 0) of {M}._simulate() to a "
+         "worker, submitted at {site}: its part params['k'][1] (a _thread.lock) cannot be pickled"),
+        ((1, 2, 3, lock), {}, f"argument 3 (a _thread.lock) of {M}._simulate()"),
+        ((1,), {"seed": 2, "log": lock}, f"keyword argument 'log' (a _thread.lock) of {M}._simulate()"),
+    ]
+    for args, kwargs, expected in cases:
+        fut, line = one_worker.submit(_simulate, *args, **kwargs), _line()
+        with pytest.raises(SerializationError) as info:
+            fut.result(timeout=60)
+        assert expected.replace("{site}", f"{here}:{line}") in str(info.value)
+        assert f"submitted at {here}:{line}:" in str(info.value)
+        assert isinstance(info.value.__cause__, TypeError)  # pickle's own error, chained
+    # An object's attribute, a few levels down.
+    holder = types.SimpleNamespace(name="x", inner=types.SimpleNamespace(lock=lock))
+    with pytest.raises(SerializationError, match=r"its part params\.inner\.lock \(a _thread\.lock\)"):
+        one_worker.submit(_simulate, holder).result(timeout=60)
+
+
+def test_a_map_names_the_item_that_cannot_travel(one_worker):
+    here = os.path.abspath(__file__)
+    items = [[1], [2], [3], [threading.Lock()], [5]]
+    for chunksize in (1, 2):
+        with pytest.raises(SerializationError) as info:
+            it, line = one_worker.map(len, items, chunksize=chunksize), _line()
+            list(it)
+        text = str(info.value)
+        assert f"cannot send item 3 of map(len, ...) to a worker, submitted at {here}:{line}: " in text, text
+        assert "its part items[3][0] (a _thread.lock) cannot be pickled" in text
+
+
+def test_a_future_passed_as_an_argument_is_refused_at_once_naming_the_argument(one_worker):
+    first = one_worker.submit(abs, -1)
+    with pytest.raises(TypeError) as info:
+        one_worker.submit(_simulate, first)  # raised by submit() itself, not later by result()
+    text = str(info.value)
+    assert text.startswith(f"argument 'params' (position 0) of {M}._simulate() is a Future")
+    assert "`fut.result()`" in text and "submit one task that submits the first step" in text
+    assert info.value.__cause__ is None
+    with pytest.raises(TypeError, match=r"keyword argument 'seed', at seed\[1\], of .* is a Future"):
+        one_worker.submit(_simulate, 1, seed=[0, first])
+    with pytest.raises(TypeError, match=rf"^item 1 of map\({ME}\._simulate, \.\.\.\) is a Future"):
+        list(one_worker.map(_simulate, [0, first]))
+    assert first.result(timeout=60) == 1  # the pool is fine
+
+
+class _Holder:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def method(self, x):
+        return x
+
+    def __call__(self, x):
+        return x
+
+
+def test_an_unpicklable_function_names_itself_where_it_was_defined_and_what_it_refers_to(one_worker):
+    with pytest.raises(SerializationError) as info:
+        one_worker.submit(_Holder().method, 1).result(timeout=60)
+    text = str(info.value)
+    defined = _Holder.method.__code__.co_firstlineno
+    assert text.startswith(
+        f"cannot send the function {M}._Holder.method (defined at {os.path.abspath(__file__)}:"
+        f"{defined}) to a worker, submitted at "
+    ), text
+    assert "it refers to self.lock (a _thread.lock), which cannot be pickled" in text
+    lock = threading.Lock()
+
+    def is_locked():  # a closure: travels by value, with the lock it captured
+        return lock.locked()
+
+    with pytest.raises(SerializationError, match=r"it refers to the variable lock \(a _thread\.lock\)"):
+        one_worker.submit(is_locked).result(timeout=60)
+    with pytest.raises(SerializationError, match=rf"^cannot send the function {ME}\._Holder object to a worker, "
+                       r"submitted at .*: it refers to self\.lock \(a _thread\.lock\)"):
+        one_worker.submit(_Holder(), 1).result(timeout=60)
+    with pytest.raises(TypeError, match=r"^self of the function .*Future\.result is a Future"):
+        one_worker.submit(one_worker.submit(abs, 1).result)
+
+
+def _raise_two_arg(x):
+    raise TwoArgError(x, "why")
+
+
+class TwoArgError(Exception):
+    def __init__(self, code, reason):
+        super().__init__(f"{code}: {reason}")  # args no longer match __init__: cannot be rebuilt
+
+
+def test_an_exception_that_cannot_be_rebuilt_names_the_task_and_says_why(one_worker):
+    with pytest.raises(RemoteError) as info:
+        one_worker.submit(_raise_two_arg, 7).result(timeout=60)
+    text = str(info.value)
+    assert text.startswith(f"{M}.TwoArgError: 7: why (raised by {M}._raise_two_arg(); ")
+    assert "missing 1 required positional argument: 'reason'" in text
+    assert "pass every argument of __init__ on to super().__init__(), or define __reduce__" in text
+
+
+def _raise_unpicklable():
+    exc = ValueError("has a lock")
+    exc.lock = threading.Lock()
+    raise exc
+
+
+def test_an_exception_that_cannot_be_pickled_names_the_task_and_why(one_worker):
+    with pytest.raises(RemoteError) as info:
+        one_worker.submit(_raise_unpicklable).result(timeout=60)
+    text = str(info.value)
+    assert text.startswith(f"ValueError: has a lock (raised by {M}._raise_unpicklable(); it "
+                           "could not be pickled on the worker"), text
+    assert "TypeError: cannot pickle '_thread.lock' object" in text
+
+
+def test_a_function_whose_module_workers_cannot_import_is_named_with_where_it_is_here(one_worker, tmp_path):
+    (tmp_path / "added_late.py").write_text("def late(x):\n    return x\n")
+    sys.path.insert(0, str(tmp_path))  # after the pool started: its workers do not have it
+    try:
+        import added_late
+
+        with pytest.raises(SerializationError) as info:
+            one_worker.submit(added_late.late, 1).result(timeout=60)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("added_late", None)
+    text = str(info.value)
+    assert text.startswith("added_late.late(): the task could not be unpickled on worker"), text
+    assert "No module named 'added_late'" in text
+    assert f"here it is {tmp_path / 'added_late.py'}: put its folder on sys.path" in text
+    assert "worker.py" not in str(info.value.__cause__)  # scoopexec's own frames are noise
 
 
 class _Unpicklable:
@@ -67,13 +218,42 @@ def _return_unpicklable():
     return _Unpicklable()
 
 
-def test_unpicklable_result_names_its_type_and_worker(one_worker):
+def _return_unpicklable_inside():
+    return {"ok": 1, "bad": [_Unpicklable()]}
+
+
+def test_unpicklable_result_names_the_task_its_type_and_worker(one_worker):
     with pytest.raises(SerializationError) as info:
         one_worker.submit(_return_unpicklable).result(timeout=60)
     text = str(info.value)
     pid = one_worker.worker_pids[0]
-    assert f"_Unpicklable cannot be pickled on worker {socket.gethostname()}:{pid} (pid {pid} on " in text
+    assert text.startswith(
+        f"the result of {M}._return_unpicklable() (a {M}._Unpicklable) cannot "
+        f"be pickled on worker {socket.gethostname()}:{pid} (pid {pid} on "
+    ), text
     assert "TypeError: this object refuses to be pickled (return plain data" in text
+    assert "serialize.py" not in str(info.value.__cause__)  # the user's __reduce__, not our frames
+    assert "in __reduce__" in str(info.value.__cause__)
+    with pytest.raises(SerializationError, match=r"\(a dict\) cannot be pickled on worker .*: its part "
+                       rf"result\['bad'\]\[0\] \(a {ME}\._Unpicklable\) fails: TypeError"):
+        one_worker.submit(_return_unpicklable_inside).result(timeout=60)
+
+
+def _submit_from_a_task():
+    import scoopexec
+
+    fut, line = scoopexec.submit(_simulate, 1, log=threading.Lock()), _line()
+    try:
+        fut.result()
+    except SerializationError as exc:
+        return str(exc), line
+    return "no error", line
+
+
+def test_a_sub_task_submitted_with_an_unpicklable_argument_names_it_and_the_line(one_worker):
+    text, line = one_worker.submit(_submit_from_a_task).result(timeout=60)
+    assert text.startswith(f"cannot send keyword argument 'log' (a _thread.lock) of {M}._simulate() "
+                           f"to a worker, submitted at {os.path.abspath(__file__)}:{line}: "), text
 
 
 def _bad_init():

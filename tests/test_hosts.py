@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+
 import pytest
 
 from scoopexec import ScoopExecutor
@@ -10,12 +15,15 @@ from scoopexec.deploy.hosts import (
     detect_allocation,
     distribute,
     expand_ranges,
+    note_local_hosts,
+    parse_hostfile_lines,
     parse_hosts,
     read_hostfile,
     tasks_per_node,
 )
 from tests import helpers
 from tests.cluster_fixtures import sshd  # noqa: F401
+from tests.conftest import ROOT
 
 
 def names(hosts):
@@ -150,10 +158,68 @@ def test_local_names_start_here():
     assert not Host("node1").local
 
 
-def test_localhost_in_hosts_means_local_workers():
-    with ScoopExecutor(hosts=["localhost:2"]) as ex:
-        assert len(ex.worker_pids) == 2
-        assert ex.submit(abs, -1).result(timeout=60) == 1
+def test_localhost_in_hosts_means_local_workers(caplog):
+    with caplog.at_level(logging.INFO, logger="scoopexec"):
+        with ScoopExecutor(hosts=["localhost:2"]) as ex:
+            assert len(ex.worker_pids) == 2
+            assert ex.submit(abs, -1).result(timeout=60) == 1
+    said = [r for r in caplog.records if r.name == "scoopexec.hosts"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    text = said[0].getMessage()
+    assert "'localhost:2'" in text and "2 workers start here as local processes, without ssh" in text
+    assert "ssh://localhost" in text
+
+
+def test_the_local_host_note_is_a_warning_only_when_every_host_is_this_machine(caplog):
+    with caplog.at_level(logging.INFO, logger="scoopexec"):
+        note_local_hosts(parse_hosts(["127.0.0.1:1", "node1:2"]))
+        note_local_hosts(parse_hosts(["node1:2", "ssh://localhost:2"]))  # nothing here is local
+    said = [r for r in caplog.records if r.name == "scoopexec.hosts"]
+    assert [(r.levelno, "'127.0.0.1:1'" in r.getMessage()) for r in said] == [(logging.INFO, True)]
+
+
+def test_python_dash_m_scoopexec_says_localhost_runs_local_processes(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("print('ran')\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "scoopexec", "--hosts", "127.0.0.1:1", str(prog)],
+        capture_output=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT), check=False,
+    )
+    assert r.returncode == 0 and r.stdout == b"ran\n", r.stderr.decode()
+    assert b"'127.0.0.1:1': this machine, so 1 worker starts here as local processes, without ssh" in r.stderr
+
+
+def test_ssh_prefix_forces_ssh():
+    h = parse_hosts(["ssh://localhost:2"])[0]
+    assert (h.name, h.slots, h.user, h.ssh, h.local, str(h)) == ("localhost", 2, None, True, False, "ssh://localhost:2")
+    assert parse_hosts("SSH://alice@127.0.0.1")[0].target == "alice@127.0.0.1"
+    assert names(parse_hosts(["localhost:1", "ssh://localhost:2", "localhost:3"])) == [
+        "localhost:4", "ssh://localhost:2"
+    ]  # fmt: skip
+    assert names(parse_hostfile_lines(["ssh://node[1-2] 2"], "f")) == ["ssh://node1:2", "ssh://node2:2"]
+    with pytest.raises(ValueError, match="only prefix a host spec takes is 'ssh://'"):
+        parse_hosts(["tcp://node1"])
+    with pytest.raises(ValueError, match="bad host name"):
+        parse_hosts(["ssh://"])
+
+
+def test_the_launcher_takes_ssh_hosts_for_host_specs_not_scripts():
+    from scoopexec.cli import _split
+
+    assert _split(["--hosts", "ssh://127.0.0.1:2", "node2", "prog.py", "-x"]) == (
+        ["--hosts", "ssh://127.0.0.1:2", "node2"], ["prog.py", "-x"]
+    )  # fmt: skip
+
+
+def test_ssh_prefix_starts_workers_on_this_machine_through_its_sshd(sshd, caplog):  # noqa: F811
+    config = sshd.ssh_config(["127.0.0.1", "localhost"], name="ssh_config_loopback")
+    with caplog.at_level(logging.INFO, logger="scoopexec"):
+        with ScoopExecutor(hosts=["ssh://127.0.0.1:2"], ssh=["ssh", "-F", config]) as ex:
+            results = list(ex.map(helpers.slow_where, [0.05] * 20))
+            assert not ex.worker_pids  # none started here directly
+    assert all(r[1] for r in results), "every task ran in an ssh session"
+    assert 1 <= len({r[0] for r in results}) <= 2
+    assert not [r for r in caplog.records if r.name == "scoopexec.hosts"]
 
 
 def test_pbs_and_sge_allocations_start_workers_over_ssh(sshd, tmp_path, monkeypatch):  # noqa: F811

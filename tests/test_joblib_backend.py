@@ -14,8 +14,9 @@ import joblib
 import psutil
 import pytest
 from joblib import Parallel, delayed, parallel_backend, parallel_config
+from scoopexec.integrations.joblib_backend import shared_pool, shutdown_shared_pool
 
-from scoopexec import ScoopExecutor
+from scoopexec import InitializerError, ScoopExecutor
 from tests import compat_helpers as h
 from tests.conftest import ROOT, run_script
 
@@ -79,12 +80,107 @@ def test_registered_when_joblib_was_imported_first():
 
 
 # ------------------------------------------------------------------------ pools
-def test_parallel_config_starts_a_pool_and_stops_it_after_the_call(new_children):
+def test_parallel_calls_share_one_pool_until_it_is_shut_down(new_children):
     with parallel_config(backend="scoop", n_jobs=2):
         pids = Parallel()(delayed(h.getpid)() for _ in range(20))
         assert os.getpid() not in pids
-        assert not new_children(), "the backend's pool outlived the Parallel call"
+        workers = new_children()
+        assert len(workers) == 2, "the backend's pool did not outlive the Parallel call"
         assert Parallel()(delayed(h.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+        assert set(Parallel()(delayed(h.getpid)() for _ in range(20))) <= workers
+    assert new_children() == workers == set(shared_pool().worker_pids)  # no second pool either
+    shutdown_shared_pool()
+    assert shared_pool() is None and not new_children()
+    assert Parallel(n_jobs=2, backend="scoop")(delayed(h.square)(i) for i in range(3)) == [0, 1, 4]
+
+
+def test_the_shared_pool_stops_at_interpreter_exit():
+    r = _run(
+        """
+        import os, joblib, scoopexec
+        from scoopexec.integrations.joblib_backend import shared_pool
+        for _ in range(2):
+            pids = joblib.Parallel(n_jobs=2, backend="scoop")(joblib.delayed(os.getpid)() for _ in range(8))
+        print(*shared_pool().worker_pids)
+        """
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr.decode() == ""
+    pids = [int(p) for p in r.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if psutil.pid_exists(p)], "workers outlived the interpreter"
+
+
+def test_n_jobs_changes_grow_or_replace_the_shared_pool(new_children):
+    with parallel_config(backend="scoop", n_jobs=2, inner_max_num_threads=1):
+        assert Parallel()(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
+    pool = shared_pool()
+    assert pool.max_workers == 2
+    with parallel_backend("scoop", n_jobs=3, inner_max_num_threads=1):  # more: the pool grows
+        pids = set(Parallel(batch_size=1)(delayed(h.pid_after)(0.2) for _ in range(12)))
+    assert shared_pool() is pool and pool.max_workers == 3 and len(pool.worker_pids) == 3
+    assert pids <= set(pool.worker_pids)
+    with parallel_config(backend="scoop", n_jobs=2, inner_max_num_threads=1):  # fewer: a new pool
+        pids = set(Parallel()(delayed(h.getpid)() for _ in range(10)))
+    smaller = shared_pool()
+    assert smaller is not pool and smaller.max_workers == 2 and pids <= set(smaller.worker_pids)
+    assert new_children() == set(smaller.worker_pids), "the old pool was not stopped"
+    with parallel_config(backend="scoop", n_jobs=2, initializer=h.init, initargs=("other",)):
+        assert set(Parallel()(delayed(h.get_init_status)() for _ in range(4))) == {"other"}
+    assert shared_pool() is not smaller  # other ScoopExecutor arguments: another pool
+    assert new_children() == set(shared_pool().worker_pids)
+
+
+def test_a_broken_shared_pool_is_replaced(tmp_path, new_children):
+    flag = str(tmp_path / "failed-once")
+    with parallel_config(backend="scoop", n_jobs=2, initializer=h.init_fails_once, initargs=(flag,)):
+        assert Parallel()([]) == []  # starts the shared pool; its initializer has not run yet
+        pool = shared_pool()
+        with pytest.raises(InitializerError):  # the pool breaks between two Parallel calls
+            pool.submit(h.square, 2).result(timeout=60)
+        assert pool.broken
+        assert Parallel()(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
+        assert shared_pool() is not pool and not shared_pool().broken
+        assert new_children() == set(shared_pool().worker_pids)  # the broken one was stopped
+        flag_again = str(tmp_path / "fails-in-a-call")
+    with parallel_config(backend="scoop", n_jobs=2, initializer=h.init_fails_once, initargs=(flag_again,)):
+        with pytest.raises(InitializerError):  # during a call: aborted, and replaced by the next
+            Parallel()(delayed(h.square)(i) for i in range(4))
+        assert Parallel()(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_a_call_needing_another_pool_while_the_shared_one_is_busy_gets_its_own(tmp_path, new_children):
+    gate = str(tmp_path / "gate")
+    first = Parallel(n_jobs=2, backend="scoop", return_as="generator", batch_size=1)(
+        delayed(h.wait_for_file)(gate, i) for i in range(4)
+    )
+    pool = shared_pool()
+    pids = set(Parallel(n_jobs=3, backend="scoop")(delayed(h.getpid)() for _ in range(12)))
+    assert shared_pool() is pool and not pids & set(pool.worker_pids)
+    assert new_children() == set(pool.worker_pids), "the private pool outlived its call"
+    open(gate, "w").close()
+    assert list(first) == [0, 1, 2, 3]
+    same = set(Parallel(n_jobs=2, backend="scoop")(delayed(h.getpid)() for _ in range(2)))
+    assert shared_pool() is pool and same <= set(pool.worker_pids)
+
+
+def test_closing_a_generator_does_not_stop_another_calls_batches(tmp_path):
+    gate = str(tmp_path / "gate")
+    first = Parallel(n_jobs=2, backend="scoop", return_as="generator", batch_size=1)(
+        delayed(h.slow_square)(i, 0.5) for i in range(8)
+    )
+    assert next(first) == 0
+    second = Parallel(n_jobs=2, backend="scoop", return_as="generator", batch_size=1)(
+        delayed(h.wait_for_file)(gate, i) for i in range(3)
+    )
+    with pytest.warns(UserWarning, match="still being processed"):  # joblib's
+        first.close()  # aborts the first call: its running batches are left to finish
+    open(gate, "w").close()
+    assert list(second) == [0, 1, 2]
+    assert Parallel(n_jobs=2, backend="scoop")(delayed(h.square)(i) for i in range(3)) == [0, 1, 4]
 
 
 def test_parallel_backend_old_spelling():
@@ -100,6 +196,8 @@ def test_managed_parallel_keeps_its_pool_until_the_block_ends(new_children):
         assert p(delayed(h.getpid)() for _ in range(8))
         assert p._backend._workers is ex
     assert p._backend._workers is None
+    assert new_children() == set(ex.worker_pids)  # the shared pool, for the calls to come
+    shutdown_shared_pool()
     assert not new_children()
 
 
@@ -201,6 +299,7 @@ def test_abort_stops_running_batches_of_its_own_pool(tmp_path, new_children):
         )
     assert not new_children()
     assert not list(tmp_path.glob("end-*")), "running batches were not stopped"
+    assert Parallel(n_jobs=2, backend="scoop")(delayed(h.square)(i) for i in range(3)) == [0, 1, 4]
 
 
 def test_abort_cancels_batches_not_started_on_a_shared_pool(tmp_path):
@@ -216,10 +315,11 @@ def test_abort_cancels_batches_not_started_on_a_shared_pool(tmp_path):
 
 def test_abort_with_a_managed_backend_leaves_a_working_pool():
     with Parallel(n_jobs=2, backend="scoop") as p:
-        first = p._backend._workers
         with pytest.raises(ValueError):
             p(delayed(h.fail_soon)(0.01) for _ in range(4))
-        assert p._backend._workers is not None and p._backend._workers is not first
+        # Aborted and replaced if batches were still running, else kept: working either way.
+        ex = p._backend._workers
+        assert ex is not None and not ex.broken
         assert p(delayed(h.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
@@ -239,6 +339,15 @@ def test_nested_parallel_runs_on_the_same_pool_through_nested_futures():
     for pid, backend_name, level, pids in out:
         assert pid in workers
         assert backend_name == "ScoopBackend" and level == 1
+        assert set(pids) <= workers
+
+
+def test_nested_parallel_on_the_shared_pool_stays_on_it():
+    with parallel_config(backend="scoop", n_jobs=2):
+        out = Parallel()(delayed(h.inner_pids)(4) for _ in range(6))
+    workers = set(shared_pool().worker_pids)
+    for pid, backend_name, level, pids in out:
+        assert pid in workers and backend_name == "ScoopBackend" and level == 1
         assert set(pids) <= workers
 
 

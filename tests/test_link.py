@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoopexec import ScoopExecutor, WorkerLostError
+from scoopexec import BrokenScoopExecutor, ScoopExecutor, WorkerLostError
 from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing as link
 from tests import faulty
@@ -242,12 +244,22 @@ def test_a_worker_killed_during_a_task_over_a_link_is_replaced():
         assert ex.submit(abs, -1).result() == 1
 
 
-@pytest.mark.timeout(60)
+def _wait_until_running_a_task(ex, pid, timeout=60.0):
+    """Until the worker `pid` said HELLO and holds a task (it may still be starting on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(w.pid == pid and w.assigned for w in ex.status(timeout=30).workers):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"worker {pid} never took the task")
+
+
+@pytest.mark.timeout(90)
 def test_a_stopped_local_worker_is_seen_in_its_process_state():
     with ScoopExecutor(1, heartbeat=0.2, heartbeat_timeout=1.0, max_retries=0) as ex:
         pid = ex.worker_pids[0]
         fut = ex.submit(sleep_and_return, 5.0, "never")
-        time.sleep(0.3)
+        _wait_until_running_a_task(ex, pid)  # stopped after HELLO: its task is lost with it
         os.kill(pid, signal.SIGSTOP)
         try:
             with pytest.raises(WorkerLostError, match=r"stopped for [\d.]+ s \(SIGSTOP"):
@@ -258,6 +270,56 @@ def test_a_stopped_local_worker_is_seen_in_its_process_state():
             except ProcessLookupError:
                 pass
         assert ex.submit(abs, -2).result(timeout=30) == 2
+
+
+SLOW_START = """
+import os, time
+if os.environ.get("SCOOPEXEC_TEST_START_SLEEP"):
+    time.sleep(float(os.environ["SCOOPEXEC_TEST_START_SLEEP"]))  # before the worker can say HELLO
+"""
+
+
+@pytest.fixture
+def slow_start(tmp_path):
+    """env= for workers that sleep in a sitecustomize before they start (and so before HELLO)."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_START)
+    return lambda seconds: {"PYTHONPATH": str(tmp_path), "SCOOPEXEC_TEST_START_SLEEP": str(seconds)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(90)
+def test_a_worker_stopped_before_it_said_hello_is_killed_and_replaced(slow_start, caplog):
+    # It sleeps 3 s at start, so the SIGSTOP surely comes before its HELLO.
+    caplog.set_level("WARNING", logger="scoopexec.broker")
+    with ScoopExecutor(1, heartbeat=0.2, heartbeat_timeout=1.0, env=slow_start(3)) as ex:
+        pid = ex.worker_pids[0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            fut = ex.submit(os.getpid)
+            assert fut.result(timeout=60) != pid  # run by its replacement, not waited on forever
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    said = [r.getMessage() for r in caplog.records if r.name == "scoopexec.broker"]
+    assert any(
+        re.fullmatch(rf"worker process \S+ \(pid {pid}\) was stopped for [\d.]+ s before it said hello to "
+                     r"the broker \(SIGSTOP or a debugger\) and was killed", m) for m in said
+    ), said
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(90)
+def test_workers_stuck_at_start_up_are_killed_and_the_pool_says_why(slow_start):
+    with ScoopExecutor(1, env=slow_start(120)) as ex:  # (killed long before)
+        ex._session.workers.local.start_timeout = 1.0  # (60 s by default) of no CPU used without HELLO
+        fut = ex.submit(abs, -1)
+        with pytest.raises(BrokenScoopExecutor) as info:
+            fut.result(timeout=60)
+    text = str(info.value)
+    assert "no worker is left" in text, text
+    assert re.search(r"did not say hello to the broker, and used no CPU for \d+ s, \d+ s after it "
+                     r"started: it was killed \(stuck at start-up", text), text
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
@@ -319,24 +381,20 @@ def test_programs_a_task_starts_do_not_inherit_the_link():
         assert ex.submit(_link_fd_inheritable).result(timeout=30) is False
 
 
-def _readable(fd: int) -> bool:
-    import select
+def _close_my_link_and_linger():
+    from scoopexec.worker.worker import current_worker
 
-    return bool(select.select([fd], [], [], 0)[0])
+    os.close(current_worker().chan.fd)  # the broker reads EOF; this process lives on
+    time.sleep(20)
 
 
-def test_wake_pipe_wakes_once_per_drain_and_leaves_nothing_behind():
-    pipe = link.WakePipe()
-    try:
-        assert not _readable(pipe.fd)
-        pipe.wake()
-        pipe.wake()  # pending: no second write
-        assert _readable(pipe.fd) and pipe.pending
-        assert os.read(pipe.fd, 10) == b"x"  # one byte for both
-        os.write(pipe._w, b"x")  # a wake() whose byte lands after the loop looked (the race)
-        pipe.drain()
-        assert not _readable(pipe.fd) and not pipe.pending  # drained, so poll cannot spin on it
-        pipe.wake()
-        assert _readable(pipe.fd)  # after a drain, the next wake() writes again
-    finally:
-        pipe.close()
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
+@pytest.mark.timeout(60)
+def test_a_worker_that_closes_its_link_without_exiting_is_described_as_such():
+    with ScoopExecutor(1, max_retries=0) as ex:
+        with pytest.raises(WorkerLostError) as info:
+            ex.submit(_close_my_link_and_linger).result(timeout=30)
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+    text = str(info.value)
+    assert "its connection closed, but its process had not exited 0.1 s later and was killed" in text, text
+    assert "heartbeat" not in text, text

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from tests.conftest import run_script
 
 
@@ -54,6 +58,147 @@ def test_unguarded_pool_creation_is_refused_on_workers():
     )
     out = r.stdout.decode()
     assert "error:" in out and "__main__" in out, (out, r.stderr.decode())
+
+
+def test_a_missing_main_guard_is_one_short_error_naming_the_script_line_and_the_fix(tmp_path):
+    r = run_script(
+        """
+        from scoopexec import ScoopExecutor
+
+        def double(x):
+            return 2 * x
+
+        with ScoopExecutor(2) as ex:
+            print(list(ex.map(double, range(4))))
+        """,
+        script_dir=tmp_path,
+        timeout=90,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1 and r.stdout == b"", err
+    last = err.strip().splitlines()[-1]
+    script = tmp_path / "script.py"
+    assert last == (
+        f"scoopexec.errors.InitializerError: {script}, line 7 (`with ScoopExecutor(2) as ex:`) starts a "
+        "pool (a ScoopExecutor) when the script is imported. Workers import the script to find its "
+        "functions (as multiprocessing's spawn does), so that code must not run then: put it under "
+        '`if __name__ == "__main__":`'
+    ), err
+    assert err.count("starts a pool") == 1, err  # said once: no "Exception in initializer" log too
+    assert "initializer" not in err.replace("InitializerError", ""), err
+    assert len(err.splitlines()) <= 20, err  # the client's own traceback and that one line
+
+
+def test_a_script_that_fails_on_import_in_workers_shows_its_own_frames(tmp_path):
+    r = run_script(
+        """
+        from scoopexec import ScoopExecutor
+
+        def load():
+            raise FileNotFoundError("data.csv")
+
+        if __name__ != "__main__":
+            load()   # what a script does at top level when it reads its input there
+
+        if __name__ == "__main__":
+            with ScoopExecutor(1) as ex:
+                print(ex.submit(abs, -1).result(timeout=60))
+        """,
+        script_dir=tmp_path,
+        timeout=90,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    script = tmp_path / "script.py"
+    assert f"InitializerError: importing {script} on worker " in err, err
+    assert f'File "{script}", line 8, in <module>\n    load()' in err, err
+    assert f'File "{script}", line 5, in load\n    raise FileNotFoundError("data.csv")' in err, err
+    assert "FileNotFoundError: data.csv" in err
+    assert "mainmodule.py" not in err and "worker.py" not in err, err  # how it was reached: noise
+    assert "Exception in initializer" not in err, err
+
+
+def test_remote_tracebacks_show_the_file_lines_and_source_of_functions_defined_in_the_script(tmp_path):
+    r = run_script(
+        """
+        from scoopexec import ScoopExecutor
+
+        def inner(x):
+            y = x + 1
+            raise ValueError(f"bad {y}")
+
+        def outer(x):
+            return inner(x)
+
+        if __name__ == "__main__":
+            with ScoopExecutor(1) as ex:
+                try:
+                    ex.submit(outer, 1).result(timeout=60)
+                except ValueError as exc:
+                    print(exc.__cause__)
+                ex.submit(outer, 1)
+        """,
+        script_dir=tmp_path,
+    )
+    out = r.stdout.decode()
+    script = tmp_path / "script.py"
+    assert f'File "{script}", line 9, in outer\n    return inner(x)\n' in out, out
+    assert f'File "{script}", line 6, in inner\n    raise ValueError(f"bad {{y}}")\n' in out, out
+    assert "<dynamic-code>" not in out
+
+
+_CELL_1 = '''
+import traceback
+
+def inner(x):
+    y = x + 1
+    raise ValueError(f"bad {y}")
+
+def outer(x):
+    return inner(x)
+
+def caught(x):
+    try:
+        outer(x)
+    except ValueError:
+        return traceback.format_exc()
+'''
+
+_CELL_2 = '''
+from scoopexec import ScoopExecutor
+with ScoopExecutor(1) as ex:
+    try:
+        ex.submit(outer, 1).result(timeout=60)
+    except ValueError as exc:
+        print(exc.__cause__)
+    print("formatted on the worker:")
+    print(ex.submit(caught, 1).result(timeout=60))
+'''
+
+_NOTEBOOK = f"""
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+
+if __name__ == "__main__":
+    shell = InteractiveShell.instance()
+    for cell in [{_CELL_1!r}, {_CELL_2!r}]:
+        if not shell.run_cell(cell).success:
+            sys.exit(1)
+"""
+
+
+def test_remote_tracebacks_show_the_source_of_functions_defined_in_a_notebook_cell(tmp_path):
+    pytest.importorskip("IPython")
+    r = run_script(_NOTEBOOK, script_dir=tmp_path)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr.decode())
+    # A cell's source exists only in the client's memory (IPython's linecache entries).
+    cell = re.search(r'File "(<ipython-input-1-\w+>)", line 8, in outer\n    return inner\(x\)\n', out)
+    assert cell, out
+    frame = f'File "{cell.group(1)}", line 5, in inner\n    raise ValueError(f"bad {{y}}")\n'
+    remote, _, on_worker = out.partition("formatted on the worker:")
+    assert frame in remote, out  # the remote traceback of the exception
+    assert frame in on_worker, out  # and a traceback formatted by the task itself, on the worker
 
 
 def test_script_imports_its_sibling_modules_on_workers(tmp_path):

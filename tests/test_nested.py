@@ -224,3 +224,53 @@ def test_stateful_callables_are_not_shared_between_tasks(one_worker):
     tally = helpers.Tally()
     # Every task gets a fresh copy, as with any other executor (only plain functions are re-used).
     assert [one_worker.submit(tally, i).result() for i in range(5)] == [1] * 5
+
+
+def _pause(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def _parks_on_its_own_sub_task(i):
+    return scoopexec.submit(_pause, 0.02, i).result() * 10
+
+
+def _cancel_children_while_they_park(n):
+    kids = [scoopexec.submit(_parks_on_its_own_sub_task, i) for i in range(n)]
+    cf.wait(kids, timeout=0.01)  # parks a moment: some children start, and park
+    for f in kids[::2]:
+        f.cancel()  # the broker cancels those running on a worker: they unwind there
+    kept = [(i, f.result(timeout=60)) for i, f in enumerate(kids) if not f.cancelled()]
+    assert all(v == i * 10 for i, v in kept), kept
+    return len(kept) + sum(f.cancelled() for f in kids)
+
+
+@pytest.mark.timeout(120)
+def test_cancelling_parked_sub_tasks_leaves_every_worker_running():
+    # A cancelled parked task could be resumed twice (its wake-up and its cancel, queued
+    # together): the second resume hit a runner that had moved on, and its worker died.
+    with ScoopExecutor(3) as ex:
+        pids = set(ex.worker_pids)
+        for _ in range(80):
+            assert ex.submit(_cancel_children_while_they_park, 6).result(timeout=60) == 6
+        assert set(ex.worker_pids) == pids, "workers were lost and replaced"
+
+
+def _completes_a_future_it_waits_on():
+    done, mine = cf.Future(), cf.Future()
+    done.set_result(1)
+    got = []
+    for f in cf.as_completed([done, mine], timeout=60):
+        if f is done:
+            mine.set_result(2)  # done before as_completed watches it: it wakes the task at once
+        got.append(f.result())
+    return sorted(got)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_completes_a_future_it_waits_on_leaves_its_worker_running(one_worker):
+    # The wake-up queued while the task ran outlived it and resumed its idle runner: the worker died.
+    pids = one_worker.worker_pids
+    for _ in range(10):
+        assert one_worker.submit(_completes_a_future_it_waits_on).result(timeout=60) == [1, 2]
+    assert one_worker.worker_pids == pids, "the worker was lost and replaced"

@@ -73,6 +73,7 @@ WELL_FORMED = [
     [P.header(P.SETUP, 0, 1), b"{}", b""],
     [P.header(P.SETUP_DONE, 1, 1)],
     [P.header(P.SETUP_DONE, 0, 1), b"it failed"],
+    [P.header(P.SETUP_DONE, 0, 1), b"it failed", b"main"],
     [P.pack(P.OUTPUT, [(1, 1), (0, 2)]), b"out", b"err"],
     [P.pack(P.LOG, [(0,)]), b"{}"],
     [P.header(P.STATUS_REPLY), P.dump_json({"pool": "x"})],
@@ -108,7 +109,8 @@ def test_decode_accepts_the_shape_of_each_kind(frames):
         ([P.pack(P.CANCEL, [(1,)]), b"junk"], "carries no frames"),
         ([P.pack(P.OUTPUT, [(1, 1), (1, 1)]), b"one"], "one frame per entry"),
         ([P.header(P.SHARE), b"name"], "name frame and a value"),
-        ([P.header(P.ERROR), b"a", b"b"], "at most one text frame"),
+        ([P.header(P.ERROR), b"a", b"b"], "at most 1 frame"),
+        ([P.header(P.SETUP_DONE, 0, 1), b"a", b"main", b"c"], "at most 2 frame"),
         ([P.header(P.BROKEN), b"1"], "not an object"),
     ],
 )

@@ -300,8 +300,47 @@ def test_futures_map_is_ordered_and_lazy(executor):
         assert next(it) == 0  # a generator: results come as they are ready
         assert list(it) == [1, 4, 9, 16, 25]
         assert list(futures.map(pow, [2, 3], [5, 2])) == [32, 9]
+
+
+def test_keywords_scoop_ignores_are_ignored_with_a_warning(executor):
+    with executor:
+        with pytest.warns(UserWarning, match=r"map\(\) ignores the keyword argument parallelLevel, as SCOOP"):
+            assert list(futures.map(h.square, range(3), parallelLevel=2)) == [0, 1, 4]
+        with pytest.warns(UserWarning, match="map_as_completed.*arguments a, b,"):
+            assert sorted(futures.map_as_completed(h.square, range(3), b=1, a=2)) == [0, 1, 4]
+        with pytest.warns(UserWarning, match="mapReduce"):
+            assert futures.mapReduce(h.square, operator.add, range(4), x=1) == 14
+        with pytest.warns(UserWarning, match="mapScan"):
+            assert futures.mapScan(h.square, operator.add, range(3), x=1) == [0, 1, 5]
         with pytest.raises(TypeError):
-            futures.map(h.square, range(3), not_an_option=1)
+            futures.map(h.square, range(3), timeout="soon")  # known keywords are still checked
+
+
+def test_scoop_worker_and_size_under_the_launcher(tmp_path):
+    r = launch(
+        tmp_path,
+        """
+        import os, socket
+        import scoop
+        from scoop import futures, SIZE  # at import, on the workers too
+
+        def who(_):
+            import time
+            time.sleep(0.05)
+            return scoop.worker, scoop.SIZE, os.getpid(), scoop.IS_ORIGIN
+
+        if __name__ == "__main__":
+            assert SIZE == scoop.SIZE == 3, SIZE
+            assert scoop.worker == f"{socket.gethostname()}:{os.getpid()}".encode(), scoop.worker
+            for ident, size, pid, origin in futures.map(who, range(12)):
+                assert isinstance(ident, bytes) and ident.endswith(b":%d" % pid), (ident, pid)
+                assert size == 3 and origin is False
+            print("ok", len({r[0] for r in futures.map(who, range(12))}) >= 1)
+        """,
+        launcher=("-n", "3"),
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["ok", "True"]
 
 
 def test_map_as_completed_yields_in_completion_order(executor, tmp_path):

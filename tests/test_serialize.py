@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import linecache
 import pickle
 import threading
+import traceback
+from typing import Any
 
 import pytest
 
@@ -108,3 +111,69 @@ def test_result_that_cannot_be_pickled():
     assert status == P.FAILED
     ok, exc = S.decode_outcome(status, frames)
     assert isinstance(exc, SerializationError) and "lock" in str(exc)
+
+
+def _define(source: str, filename: str, name: str, in_memory: bool) -> Any:
+    """Compile ``source`` as file ``filename`` (as IPython does a cell) and return its ``name``."""
+    if in_memory:  # IPython's way: an entry with no mtime, which linecache.checkcache keeps
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+    namespace: dict[str, Any] = {"__name__": "not_an_importable_module"}  # so it travels by value
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
+
+
+_CELL = '''\
+import math
+
+def first(x):
+    # the first function of the cell
+    return math.sqrt(x) / 0
+
+def second(x):
+    return first(x) + 1
+'''
+
+
+def test_code_sent_by_value_keeps_its_file_name_and_lines():
+    fn = _define(_CELL, "/nonexistent/analysis.py", "second", in_memory=False)
+    copy = S.loads(S.dumps(fn))
+    assert copy.__code__.co_filename == "/nonexistent/analysis.py"  # cloudpickle alone: <dynamic-code>
+    assert copy.__code__.co_firstlineno == 7
+    with pytest.raises(ZeroDivisionError) as info:
+        copy(4.0)
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(info.value.__traceback__)[1:]]
+    assert frames == [("/nonexistent/analysis.py", 8), ("/nonexistent/analysis.py", 5)]
+
+
+def test_source_that_exists_only_in_memory_travels_with_the_function_into_linecache():
+    name = "<ipython-input-7-test-serialize>"
+    fn = _define(_CELL, name, "first", in_memory=True)
+    data = S.dumps(fn)
+    del linecache.cache[name]  # as on a worker, which never saw the cell
+    copy = S.loads(data)
+    assert linecache.getline(name, 5) == "    return math.sqrt(x) / 0\n"
+    assert linecache.getline(name, 3) == "def first(x):\n"
+    linecache.checkcache(name)  # what traceback does first: the entry must survive it
+    with pytest.raises(ZeroDivisionError) as info:
+        copy(4.0)
+    assert "    return math.sqrt(x) / 0\n" in "".join(traceback.format_tb(info.value.__traceback__))
+    # A second function of the same cell adds its lines; the first one's stay.
+    S.loads(S.dumps(_define(_CELL, name, "second", in_memory=True)))
+    assert linecache.getline(name, 8) == "    return first(x) + 1\n"
+    assert linecache.getline(name, 5) == "    return math.sqrt(x) / 0\n"
+    del linecache.cache[name]
+
+
+def test_source_on_disk_and_huge_source_do_not_travel(tmp_path):
+    path = tmp_path / "on_disk.py"
+    path.write_text(_CELL)
+    fn = _define(_CELL, str(path), "first", in_memory=False)
+    assert b"the first function of the cell" not in S.dumps(fn)[0]  # a worker reads the file itself
+    name = "<ipython-input-8-huge>"
+    huge = "def big():\n" + "".join(f"    x{i} = {i}  # {'-' * 60}\n" for i in range(2000)) + "    return 1\n"
+    assert len(huge) > S.SOURCE_MAX
+    data = S.dumps(_define(huge, name, "big", in_memory=True))
+    assert len(data[0]) < S.SOURCE_MAX  # bounded: the lines stayed behind
+    del linecache.cache[name]
+    assert S.loads(data)() == 1 and not linecache.getlines(name)

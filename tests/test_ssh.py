@@ -203,7 +203,7 @@ def test_bad_host_specs_name_the_problem(tmp_path):
 
 def test_host_without_count_runs_one_worker_per_cpu_and_crashed_workers_are_replaced(sshd):  # noqa: F811
     from scoopexec import WorkerLostError
-    from scoopexec.deploy.local import default_worker_count as _default_workers
+    from scoopexec.deploy.hosts import local_cpu_count as _default_workers
 
     with _pool(sshd, ["node1"], max_retries=1) as ex:
         deadline = time.monotonic() + 60

@@ -193,3 +193,37 @@ def test_status_of_a_curve_secured_broker_needs_its_key(tmp_path):
         broker.terminate()
         broker.wait(10)
         broker.stdout.close()
+
+
+def test_status_says_workers_are_starting_until_they_join(tmp_path):
+    gate = tmp_path / "gate"
+    python = tmp_path / "slow-python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f"i=0; while [ ! -e '{gate}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f"exec '{sys.executable}' \"$@\"\n"
+    )
+    python.chmod(0o755)
+    with ScoopExecutor(2, python=str(python), bind="tcp://127.0.0.1:0") as ex:
+        st = ex.status()
+        assert st.workers == [] and st.starting == 2
+        assert "no workers connected yet: 2 workers are starting" in str(st)
+        assert "start some" not in str(st)
+        r = _cli("status", ex.endpoint)
+        assert r.returncode == 0, r.stderr.decode()
+        assert "no workers connected yet: 2 workers are starting" in r.stdout.decode()
+        r = _cli("status", ex.endpoint, "--json")
+        assert json.loads(r.stdout)["starting"] == 2
+        gate.touch()
+        st = _until(lambda: s if len((s := ex.status()).workers) == 2 else None, "two workers to join")
+        assert st.starting == 0 and "starting" not in str(st)
+        assert ex.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_status_counts_workers_still_starting_next_to_those_connected():
+    st = PoolStatus.from_dict(
+        {"pool": "p", "endpoint": "e", "host": "h", "starting": 1,
+         "workers": [{"name": "h:1", "host": "h", "pid": 1, "busy": 0, "done": 0, "last_seen": 0.1}]}
+    )  # fmt: skip
+    assert "1 worker (0 busy), 1 starting" in str(st)
+    assert "no workers connected" not in str(st)

@@ -84,16 +84,22 @@ class Peer:
 
 
 class WorkerState(Peer):
-    __slots__ = ("assigned", "credit", "done", "last_seen", "name", "recalled", "setups", "tag")
+    __slots__ = (
+        "assigned", "credit", "done", "in_ready", "last_seen", "name", "recall_mark", "recalled", "sent",
+        "setups", "tag",
+    )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any]) -> None:
         super().__init__(key, WORKER, info)
         self.credit = 0
+        self.in_ready = False  # in Ledger.ready (once: a second entry would jump the queue)
         self.assigned: set[int] = set()
         self.setups: set[int] = set()
         self.done = 0
+        self.sent = 0  # tasks sent to it (a new one may wait there unstarted)
         self.last_seen = time.time()
         self.recalled = 0.0  # monotonic time of the last RECALL sent to it
+        self.recall_mark = (-1, -1)  # (sent, done) when that RECALL went out
         self.tag = str(info.get("tag") or "")
         self.name = str(info.get("name") or key.hex())
 
@@ -104,13 +110,14 @@ class WorkerState(Peer):
 
 
 class ClientState(Peer):
-    __slots__ = ("broken", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], setup: int, frames: list[Any]) -> None:
         super().__init__(key, CLIENT, info)
         self.setup = setup
         self.setup_frames = frames
         self.broken = False
+        self.closing = False  # leaving after an error: what no worker has started is dropped
         self.shares: list[list[Any]] = []  # values shared with every worker, in order
 
 
@@ -131,6 +138,7 @@ class Ledger:
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
+        self.closing = False  # some client is leaving after an error (drop_unstarted)
         self._rate = 0.0  # completions per second over the last second or so
         self._rate_t = time.monotonic()
         self._rate_n = 0
@@ -158,9 +166,9 @@ class Ledger:
     def new_task(
         self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
     ) -> bool:
-        """Queue a task; False (nothing queued) when the client it serves is broken."""
+        """Queue a task; False (nothing queued) when the client it serves is broken or leaving."""
         c = self.clients.get(origin) if origin is not None else None
-        if c is not None and c.broken:
+        if c is not None and (c.broken or c.closing):
             return False
         btid = self._next_btid
         self._next_btid = btid + 1
@@ -180,15 +188,19 @@ class Ledger:
         w.last_seen = time.time()
         if credit <= 0:
             return
-        if w.credit <= 0:
+        if not w.in_ready:
+            w.in_ready = True
             self.ready.append(w)
         w.credit += credit
 
     def assign(self, w: WorkerState, batch: Iterable[Task]) -> None:
         key = w.key
+        n = 0
         for t in batch:
             t.worker = key
             w.assigned.add(t.btid)
+            n += 1
+        w.sent += n
 
     def take_back(self, w: WorkerState, btids: list[int]) -> None:
         """RETURN: the worker hands back tasks it has not started; its credit drops to 0."""
@@ -276,6 +288,33 @@ class Ledger:
                 orphans.append(task)
         return cancels, orphans
 
+    def drop_unstarted(self, c: ClientState) -> list[Task]:
+        """The client leaves after an error: drop its tasks no worker holds, now and later
+        (drop_closing, at every dispatch).  Returns the dropped tasks (they are answered CANCELLED)."""
+        if c.closing:
+            return []
+        c.closing = self.closing = True
+        return self.drop_closing()
+
+    def drop_closing(self) -> list[Task]:
+        """Drop the queued tasks of clients leaving after an error; return them."""
+        tasks, clients = self.tasks, self.clients
+        kept: collections.deque[int] = collections.deque()
+        dropped = []
+        for btid in self.queue:
+            task = tasks.get(btid)
+            if task is None:
+                continue
+            c = clients.get(task.origin) if task.origin is not None else None
+            if c is not None and c.closing and task.worker is None:
+                del tasks[btid]
+                self.by_owner.pop((task.owner, task.tid), None)
+                dropped.append(task)
+            else:
+                kept.append(btid)
+        self.queue = kept
+        return dropped
+
     def remove_client(self, key: bytes) -> tuple[ClientState | None, Cancels]:
         """The client left or was lost: (it, the cancels for its tasks)."""
         c = self.clients.pop(key, None)
@@ -294,13 +333,19 @@ class Ledger:
                 self.queue.appendleft(btid)
         return self.forget_peer(w.key)
 
-    def lose_worker(self, w: WorkerState, reason: str) -> tuple[list[tuple[Task, bool]], Cancels]:
+    def lose_worker(
+        self, w: WorkerState, reason: str, task_rc: int | None = None
+    ) -> tuple[list[tuple[Task, bool]], Cancels]:
         """The worker is lost: each task it held is queued again, or given up when it has been lost
         more than max_retries times.  Returns (task, given up) for each, and the cancels for the
-        sub-tasks it had submitted."""
+        sub-tasks it had submitted.  ``task_rc``: the exit status of its process, which ended not
+        for a reason of its own (deploy/contract.py): what it was running most likely ended it."""
         self.workers.pop(w.key, None)
         lost = f"{w.where}: {reason}"
-        self.recent_losses.append(lost)
+        held = len(w.assigned)
+        by_task = task_rc is not None and held > 0
+        self.recent_losses.append(f"{lost} while running a task" if by_task else lost)
+        ended = _ended_by_task(held, task_rc) if by_task and task_rc is not None else ""
         out = []
         for btid in sorted(w.assigned):
             task = self.tasks.get(btid)
@@ -309,7 +354,7 @@ class Ledger:
             task.worker = None
             task.attempts += 1
             task.prev += (w.key,)
-            task.losses.append(lost)
+            task.losses.append(lost + ended)
             given_up = task.attempts > self.max_retries
             if given_up:
                 del self.tasks[btid]
@@ -385,3 +430,14 @@ class Ledger:
                 for w in self.workers.values()
             ],
         }
+
+
+def _ended_by_task(held: int, rc: int) -> str:
+    """For a task lost with a worker whose process ended, not for a reason of its own."""
+    which = "this task" if held == 1 else f"this task or one of the {held - 1} other(s) it held"
+    if rc < 0:
+        return f" while running {which}"
+    return (
+        f" while running {which}: a task ended the process (os._exit({rc}), or exit() in native "
+        "code); a worker's own exits are announced, and this one was not"
+    )

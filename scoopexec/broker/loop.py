@@ -126,6 +126,7 @@ class Broker:
         self._out: dict[bytes, list[tuple[tuple[int, int, int], Sequence[Any]]]] = {}  # RESULTS to send
         self._started: dict[bytes, list[tuple[int]]] = {}  # STARTED to send, per owner
         self._stopping = False
+        self.turns = 0  # turns of the loop: an owner waiting on it can tell a stuck thread
         # Held by the loop except while it waits in poll: the in-process client's
         # thread may then dispatch its own submissions itself (dispatch_local_now).
         self.lock = threading.Lock()
@@ -183,16 +184,27 @@ class Broker:
             self._close()
 
     def step(self, timeout: float | None = None) -> None:
-        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send."""
+        """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send.
+
+        The in-process client's messages are handed over (its futures resolved, its output
+        written) with `lock` released, as soon as the input is taken in and again at the end
+        of the turn: their done-callbacks are user code, which may submit, ask for status or
+        shut the pool down.
+        """
         lock = self.lock
+        local = self.local
+        self.turns += 1
         with lock:
             ms = self._before_poll(timeout)
         ready = self.poll.poll.poll(ms)
         with lock:
-            self._after_poll(ready)
-        local = self.local
+            self._take_input(ready)
         if local is not None and local.pending:
-            local.deliver()  # outside the lock: futures' callbacks run here
+            local.deliver()
+        with lock:
+            self._after_input()
+        if local is not None and local.pending:
+            local.deliver()
 
     def _before_poll(self, timeout: float | None) -> int:
         self.links.register_new()
@@ -205,13 +217,18 @@ class Broker:
             ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
         return 0 if self.router.input_waiting() else ms
 
-    def _after_poll(self, ready: list[tuple[int, int]]) -> None:
+    def _take_input(self, ready: list[tuple[int, int]]) -> None:
         handlers = self.poll.handlers
         for fd, events in ready:
             handler = handlers.get(fd)
             if handler is not None:
                 handler(events)
         self.router.take()
+        out = self._out.pop(LOCAL, None)
+        if out is not None:  # its results go over at once, not after this turn's dispatch
+            self._send_results(LOCAL, out)
+
+    def _after_input(self) -> None:
         if self._calls:
             self._run_calls()
         if self.local is not None:
@@ -318,17 +335,7 @@ class Broker:
 
     def _take_local(self) -> None:
         assert self.local is not None
-        client = self.local.client
-        inbox = client.inbox
-        while inbox:
-            self._take(LOCAL, inbox.popleft(), None)
-        outbox = client.outbox
-        if outbox:
-            setup = self.ledger.clients[LOCAL].setup
-            new = self._new_task
-            while outbox:
-                tid, body = outbox.popleft()
-                new(LOCAL, tid, 0, LOCAL, setup, body)
+        self.local.take(self._take, self._new_task, self.ledger.clients[LOCAL].setup)
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
@@ -356,17 +363,7 @@ class Broker:
             raise ProtocolError(f"HELLO with unknown role {role!r}")
 
     def _welcome(self, key: bytes, extra: dict[str, Any]) -> None:
-        body = {
-            "pool": self.pool_id,
-            "id": key.hex(),
-            "version": P.VERSION,
-            "heartbeat": self.heartbeat,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "max_message_size": self.max_message_size,
-            "host": self.host,
-            **extra,
-        }
-        self.send(key, [P.header(P.WELCOME), P.dump_json(body)])
+        self.send(key, [P.header(P.WELCOME), P.dump_json(_welcome(self, key, extra))])
 
     def _on_submit(self, key: bytes, peer: ClientState | WorkerState, msg: P.Message) -> None:
         new, served_by = self._new_task, self.ledger.served_by
@@ -382,7 +379,7 @@ class Broker:
         self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: Sequence[Any]
     ) -> None:
         if not self.ledger.new_task(owner, tid, parent, origin, setup, body):  # type: ignore[arg-type]
-            self.result(owner, tid, P.CANCELLED, [])  # its client is broken
+            self.result(owner, tid, P.CANCELLED, [])  # its client is broken, or leaving
 
     def _on_share(self, key: bytes, c: ClientState, msg: P.Message) -> None:
         """A value every worker of this client must have before its later tasks."""
@@ -436,7 +433,8 @@ class Broker:
             return  # applied
         c = self.ledger.setups.get(msg.arg)
         if c is not None and not c.broken:
-            self.break_client(c, "initializer", msg.text or "set-up failed")
+            main = len(msg.frames) > 2 and P.as_bytes(msg.frames[2]) == b"main"  # importing its script
+            self.break_client(c, "main" if main else "initializer", msg.text or "set-up failed")
 
     def break_client(self, c: ClientState, kind: str, message: str) -> None:
         """The client's pool cannot run its tasks any more: say why, drop what serves it."""
@@ -460,15 +458,26 @@ class Broker:
         self.send(key, [P.header(P.STATUS_REPLY), P.dump_json(self.status())])
 
     # ------------------------------------------------------------- dispatch
+    def drop_unstarted(self, key: bytes = LOCAL) -> None:
+        """A client leaves after an error: drop its tasks that no worker holds, now and later
+        (answered CANCELLED; see Ledger.drop_unstarted).  Only in the loop's thread."""
+        c = self.ledger.clients.get(key)
+        if c is not None:
+            for task in self.ledger.drop_unstarted(c):
+                self.result(task.owner, task.tid, P.CANCELLED, [])
+
     def _dispatch(self) -> None:
         ledger = self.ledger
+        if ledger.closing:
+            for task in ledger.drop_closing():
+                self.result(task.owner, task.tid, P.CANCELLED, [])
         for w, batch in scheduling.dispatch(ledger, self._claim):
             self._send_tasks(w, batch)
         if ledger.queue:
             starting = self.watcher.starting() if self.watcher is not None else 0
             if starting:
                 scheduling.mark_running(ledger, starting, self._claim)
-        elif ledger.ready:
+        elif ledger.ready or ledger.closing:
             for w in scheduling.recall(ledger, time.monotonic()):
                 self.send(w.key, [P.header(P.RECALL)])
         if self._started:
@@ -523,12 +532,15 @@ class Broker:
         if self._out:
             out, self._out = self._out, {}
             for owner, items in out.items():
-                frames: list[Any] = [P.pack(P.RESULTS, [e for e, _ in items])]
-                for _, body in items:
-                    frames.extend(body)
-                self.send(owner, frames)
+                self._send_results(owner, items)
         if self.router.backlogged:
             self.router.retry_backlog(self._known)
+
+    def _send_results(self, owner: bytes, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
+        frames: list[Any] = [P.pack(P.RESULTS, [e for e, _ in items])]
+        for _, body in items:
+            frames.extend(body)
+        self.send(owner, frames)
 
     def _known(self, key: bytes) -> bool:
         ledger = self.ledger
@@ -537,10 +549,14 @@ class Broker:
     def _tick(self, now: float) -> None:
         POOL.expire()
         self.router.reprobe(self._known)
-        if self.links.links and now >= self._next_state_check:
+        if now >= self._next_state_check and (self.links.links or self.watcher is not None):
             self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
             workers = self.ledger.workers
             self.links.check_stopped(now, lambda k: workers[k].info.get("pid") if k in workers else None)
+            if self.watcher is not None and not self._stopping:
+                # Workers still starting have said nothing yet: look at their processes.
+                for why in self.watcher.check_starting(self.heartbeat_timeout):
+                    log.warning("%s", why)
         self.supervisor.reap()
         self.ledger.measure_rate(now)
 
@@ -551,19 +567,37 @@ class Broker:
         Only call it in the broker's thread (or when the loop is not running):
         STATUS messages and ScoopExecutor.status() arrange that.
         """
-        now = time.time()
-        auth = self.router.auth
-        return {
-            "pool": self.pool_id,
-            "endpoint": self.endpoint,
-            "host": self.host,
-            "pid": os.getpid(),
-            "protocol": P.VERSION,
-            "uptime": round(now - self.started, 3),
-            "tasks_per_second": round(self.ledger.rate(now - self.started), 1),
-            "endpoints": [{"endpoint": e, "curve": sec} for e, sec in self.router.endpoints],
-            "refused_keys": auth.refused if auth is not None else 0,
-            "trace": self.trace.path if self.trace is not None else None,
-            **self.ledger.snapshot(),
-        }
+        return _status(self)
 
+
+def _welcome(b: Broker, key: bytes, extra: dict[str, Any]) -> dict[str, Any]:
+    """WELCOME's JSON: the pool, the peer's id, the settings a peer follows."""
+    return {
+        "pool": b.pool_id,
+        "id": key.hex(),
+        "version": P.VERSION,
+        "heartbeat": b.heartbeat,
+        "heartbeat_timeout": b.heartbeat_timeout,
+        "max_message_size": b.max_message_size,
+        "host": b.host,
+        **extra,
+    }
+
+
+def _status(b: Broker) -> dict[str, Any]:
+    now = time.time()
+    auth = b.router.auth
+    return {
+        "pool": b.pool_id,
+        "endpoint": b.endpoint,
+        "host": b.host,
+        "pid": os.getpid(),
+        "protocol": P.VERSION,
+        "uptime": round(now - b.started, 3),
+        "tasks_per_second": round(b.ledger.rate(now - b.started), 1),
+        "endpoints": [{"endpoint": e, "curve": sec} for e, sec in b.router.endpoints],
+        "refused_keys": auth.refused if auth is not None else 0,
+        "trace": b.trace.path if b.trace is not None else None,
+        "starting": b.watcher.starting() if b.watcher is not None else 0,
+        **b.ledger.snapshot(),
+    }

@@ -36,10 +36,13 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, KeyPair, is_loopback
+from .ledger import LOCAL
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
 
 log = logging.getLogger("scoopexec.broker")
+
+LINK_CLOSED = "its connection closed"  # why a local worker on a link is lost when it closes it
 
 SEND_HWM = 100_000
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -457,7 +460,7 @@ class LinkPort:
             for frames in msgs:
                 self.on_message(key, frames, None)
             if link.eof:
-                self.close_link(key, "its connection closed")
+                self.close_link(key, LINK_CLOSED)
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         link = self.links[key]
@@ -472,7 +475,7 @@ class LinkPort:
 
     def close_dead(self) -> None:
         while self.dead:
-            self.close_link(self.dead.pop(), "its connection closed")
+            self.close_link(self.dead.pop(), LINK_CLOSED)
 
     def close_link(self, key: bytes, why: str) -> None:
         link = self.links.pop(key, None)
@@ -540,4 +543,16 @@ class InProcessPort:
 
     def claim(self, tid: int) -> bool:
         return self.client.started(tid)
+
+    def take(self, on_message: OnMessage, new_task: Callable[..., None], setup: int) -> None:
+        """What the client queued: its messages (``on_message``), then its submissions, each
+        straight to ``new_task`` (no SUBMIT message is made for what is already in hand)."""
+        client = self.client
+        inbox = client.inbox
+        while inbox:
+            on_message(LOCAL, inbox.popleft(), None)
+        outbox = client.outbox
+        while outbox:
+            tid, body = outbox.popleft()
+            new_task(LOCAL, tid, 0, LOCAL, setup, body)
 

@@ -8,8 +8,16 @@
   worker has them (as many as idle and starting workers), as ProcessPoolExecutor's call
   queue does, so that a pool still starting behaves like one that has started.
 * :func:`recall` picks the workers to ask for their unstarted tasks back (RECALL) when
-  nothing is queued and a worker is idle: a worker keeps a task or two in hand while it
-  runs one, and those are better run on the idle one.
+  nothing is queued and a worker is idle (or a client leaving after an error wants them
+  back, to drop them): a worker keeps a task or two in hand while it runs one, and those
+  are better run on the idle one.  A worker is asked once: not again until it was sent a
+  task or sent a result since.  Asking again with nothing changed cannot help (a worker
+  whose tasks have all started, e.g. parked parents, has nothing to give, and one that is
+  stuck does not read), and it cost a message every 20 ms per such worker for as long as
+  another worker stayed idle.
+* Workers with credit wait in ``ledger.ready`` once each; those that still have credit
+  after their turn go back to the front, in turn: the next single task goes to the worker
+  that just ran one (warm; a round trip is faster there).
 
 ``claim(task)`` is asked once per task before its owner first learns it is running:
 False means the owner no longer wants it (an in-process client cancelled the future),
@@ -38,10 +46,12 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
     while queue and ready:
         share = max(1, math.ceil(len(queue) / len(ready)))
         sent = 0
+        back: list[WorkerState] = []
         for _ in range(len(ready)):
             if not queue:
                 break
             w = ready.popleft()
+            w.in_ready = False
             if w.key not in workers or w.credit <= 0:
                 continue
             others: bool | None = None  # another worker idle? (asked when it matters)
@@ -57,7 +67,8 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                     parent = tasks.get(task.parent)
                     if others is None:
                         others = any(
-                            o is not w and o.credit > 0 and not o.assigned and o.key in workers for o in ready
+                            o is not w and o.credit > 0 and not o.assigned and o.key in workers
+                            for o in itertools.chain(ready, back)
                         )
                     if others and parent is not None and parent.worker == w.key:
                         skipped.append(btid)
@@ -77,7 +88,9 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                 sent += len(batch)
                 out.append((w, batch))
             if w.credit > 0:
-                ready.append(w)
+                w.in_ready = True
+                back.append(w)
+        ready.extendleft(reversed(back))
         if not sent:
             break  # every ready worker passed on what is queued: wait for input
     return out
@@ -111,12 +124,17 @@ def recall(ledger: Ledger, now: float) -> list[WorkerState]:
         return []
     ledger.next_recall = now + RECALL_EVERY
     workers = ledger.workers
-    if not any(w.credit > 0 and not w.assigned and w.key in workers for w in ledger.ready):
+    if not ledger.closing and not any(
+        w.credit > 0 and not w.assigned and w.key in workers for w in ledger.ready
+    ):
         return []
     out = []
     for w in workers.values():
         # One task assigned is the one it runs (or a parked one): nothing to give.
         if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
-            w.recalled = now
+            mark = (w.sent, w.done)
+            if mark == w.recall_mark:
+                continue  # asked already, and nothing moved there since
+            w.recalled, w.recall_mark = now, mark
             out.append(w)
     return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire import protocol as P
 from .ledger import ClientState, Ledger, Task, WorkerState
+from .ports import LINK_CLOSED
 
 if TYPE_CHECKING:
     from ..trace import TraceRecorder
@@ -37,8 +38,10 @@ class ProcessWatcher(Protocol):
     def mark_hello(self, tag: str) -> None: ...
     def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
+    def check_starting(self, stopped_limit: float) -> list[str]: ...  # kills the stuck; says why
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
+    def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (deploy/contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
 
 
@@ -83,20 +86,27 @@ class Supervisor:
             self.b.cancel_on_workers(ledger.remove_client(key)[1])
         ledger.observers.discard(key)
 
-    def lose_worker(self, w: WorkerState, why: str, exit_info: str = "") -> None:
+    def lose_worker(self, w: WorkerState, why: str, exit_info: str = "", task_rc: int | None = None) -> None:
+        """Forget a worker and requeue (or fail) its tasks.
+
+        ``task_rc``: the exit status of its process, which ended not for a
+        reason of its own (deploy/contract.py): what it was running most likely ended it.
+        """
         ledger = self.b.ledger
         if ledger.workers.pop(w.key, None) is None:
             return  # lost already
         self.b.router.forget(w.key)
         watcher = self.b.watcher
         if not exit_info and w.tag and watcher is not None and watcher.owns_process(w.tag):
-            exit_info = self._exit_info(w.tag)
+            exit_info, task_rc = self._exit_info(w.tag)
             if not exit_info:
                 # Alive but unreachable (stopped, stuck in native code): it is
                 # ours, so end it; its tasks run elsewhere and it is replaced.
                 watcher.kill(w.tag)
                 if "stopped" in why:  # seen in its process state (a link, see LinkPort.check_stopped)
                     exit_info = f"{why} (SIGSTOP or a debugger) and was killed"
+                elif why == LINK_CLOSED:  # no heartbeat is involved: say what was seen
+                    exit_info = f"{why}, but its process had not exited 0.1 s later and was killed"
                 else:
                     exit_info = (
                         f"it stopped answering heartbeats for {self.b.heartbeat_timeout:g} s and was killed"
@@ -104,33 +114,39 @@ class Supervisor:
         reason = exit_info or why
         if w.assigned:
             log.warning("%s was lost with %d task(s): %s", w.where, len(w.assigned), reason)
-        lost, cancels = ledger.lose_worker(w, reason)
+        lost, cancels = ledger.lose_worker(w, reason, task_rc if exit_info else None)
         for task, given_up in lost:
             if self.b.trace is not None:
                 self.b.trace.on_lost(task, w, f"{w.where}: {reason}", given_up)
             if given_up:
-                self.b.result(task.owner, task.tid, P.LOST, _lost_frames(task, w, reason, self.b.max_retries))
+                self.b.result(task.owner, task.tid, P.LOST, _lost_frames(task, self.b.max_retries))
         self.b.cancel_on_workers(cancels)
 
-    def _exit_info(self, tag: str) -> str:
-        """Wait briefly for a local worker's exit status; replace it once it has exited."""
-        assert self.b.watcher is not None
+    def _exit_info(self, tag: str) -> tuple[str, int | None]:
+        """Wait briefly for a local worker's exit status; replace it once it has exited.
+
+        Its description ("" if it has not exited) and, if it did not end for a
+        reason of its own, its exit status (see lose_worker).
+        """
+        watcher = self.b.watcher
+        assert watcher is not None
         for _ in range(20):
-            for t, _pid, rc in self.b.watcher.reap():
+            for t, _pid, rc in watcher.reap():
                 if t == tag:
                     self._replace(t)
-                    return self.b.watcher.describe_exit(tag, rc)
+                    return watcher.describe_exit(tag, rc), None if watcher.own_exit(tag) else rc
                 self.exited(t, rc)
             time.sleep(0.005)
-        return ""
+        return "", None
 
     def exited(self, tag: str, rc: int) -> None:
         assert self.b.watcher is not None
         # A tag names one local worker process, or a group of workers started
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.b.ledger.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
+        task_rc = None if self.b.watcher.own_exit(tag) else rc
         for w in lost:
-            self.lose_worker(w, "its process exited", self.b.watcher.describe_exit(tag, rc))
+            self.lose_worker(w, "its process exited", self.b.watcher.describe_exit(tag, rc), task_rc)
         if not lost:
             self.b.ledger.recent_losses.append(self.b.watcher.describe_exit(tag, rc))
         self._replace(tag)
@@ -152,12 +168,12 @@ class Supervisor:
                 self.b.break_client(c, "broken", text)
 
 
-def _lost_frames(task: Task, w: WorkerState, reason: str, max_retries: int) -> list[Any]:
+def _lost_frames(task: Task, max_retries: int) -> list[Any]:
     """The frames of a LOST result: why the task was given up, as JSON (nothing to unpickle)."""
     n = task.attempts
     message = (
         f"task {task.btid} was lost {n} time{'s' if n != 1 else ''} with its worker, more than "
-        f"max_retries={max_retries} allows; last: {w.where}: {reason}. A task that keeps "
+        f"max_retries={max_retries} allows; last: {task.losses[-1]}. A task that keeps "
         "taking its worker down is the likely cause (memory use, a crash in native code); "
         "if the losses are unrelated to it, raise max_retries"
     )

@@ -49,6 +49,8 @@ log = logging.getLogger("scoopexec")
 class EmbeddedSession(Session):
     """An embedded broker in a thread of this process, and local worker processes."""
 
+    cancels_dropped = True
+
     def __init__(
         self,
         n: int,
@@ -122,6 +124,22 @@ class EmbeddedSession(Session):
 
     def request_stop(self) -> None:
         self.broker.stop()
+
+    def turns(self) -> int:
+        return self.broker.turns
+
+    def drop_unstarted(self) -> None:
+        broker = self.broker
+        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+            return  # the loop has ended: nothing is queued any more
+        if self.thread is threading.current_thread():  # a done-callback: outside the loop's turn
+            with broker.lock:
+                broker.drop_unstarted()
+            return
+        try:
+            broker.call_soon(broker.drop_unstarted).result(timeout=5)
+        except (cf.TimeoutError, cf.CancelledError, RuntimeError):
+            pass  # a stuck or stopped loop: only the futures not yet handed over are cancelled
 
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
         if self.thread is None:

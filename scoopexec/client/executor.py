@@ -20,11 +20,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .. import mainmodule, pools
+from .. import mainmodule, pools, scoop_compat
 from ..deploy.contract import LaunchOptions, check_env
 from ..deploy.groups import Launchers
-from ..deploy.hosts import Host, parse_hosts, plan_hosts
-from ..deploy.local import default_worker_count
+from ..deploy.hosts import Host, local_cpu_count, parse_hosts, plan_hosts
 from ..errors import BrokenScoopExecutor, InitializerError, MessageTooLargeError, SerializationError
 from ..mapping import MapMixin
 from ..status import PoolStatus
@@ -35,7 +34,7 @@ from ..worker import setup as worker_setup
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
 from .embedded import EmbeddedSession
-from .future import ScoopFuture
+from .future import ScoopFuture, describe_running
 from .remote import RemoteSession
 from .session import Session
 
@@ -65,12 +64,7 @@ def _check_mp_context(ctx: Any) -> None:
 def _refuse_during_worker_bootstrap() -> None:
     w = current_worker()
     if w is not None and w.importing_main:
-        raise RuntimeError(
-            "a ScoopExecutor was started while a worker was importing the main module: the script "
-            "creates the pool at top level. Put that code under `if __name__ == \"__main__\":` so "
-            "that workers, which import the script, do not run it"
-        )
-
+        raise mainmodule.guard_error("starts a pool (a ScoopExecutor)")
 
 
 class ScoopExecutor(MapMixin, cf.Executor):
@@ -173,6 +167,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         _refuse_during_worker_bootstrap()
         env = check_env(env)
         n_local, remote_hosts, n_srun = plan_hosts(max_workers, hosts, hostfile)
+        if scoop_compat.active():  # under python -m scoopexec: SCOOP's scoop.SIZE, for the workers
+            size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+            env = {**scoop_compat.worker_env(size), **env}
         keys = key if isinstance(key, Credentials) or key is None else read_key_file(key)
         if isinstance(ssh, str) or (ssh is not None and not all(isinstance(a, str) for a in ssh)):
             raise TypeError("ssh= is a list of strings, e.g. ['ssh', '-F', 'ssh_config']")
@@ -266,6 +263,16 @@ class ScoopExecutor(MapMixin, cf.Executor):
         return self._shutdown or bool(self._session.broken_msg)
 
     @property
+    def broken(self) -> str | None:
+        """Why this pool can run no more tasks (its initializer failed, its broker was lost ...), or None."""
+        return self._session.broken_msg or None
+
+    @property
+    def max_workers(self) -> int:
+        """The workers this pool was started with plus those added since (its size once all joined)."""
+        return self._max_workers
+
+    @property
     def pool_id(self) -> str:
         """Identifies the pool (its broker); executor handles in tasks refer to it."""
         return self._pool_id
@@ -300,7 +307,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
             return
         _, placed, n_srun = plan_hosts(None, hosts, hostfile)
         if not placed and not n_srun:
-            placed = [Host("localhost", default_worker_count())]  # "auto" outside an allocation
+            placed = [Host("localhost", local_cpu_count())]  # "auto" outside an allocation
         self._session.add_hosts(placed, n_srun)
         self._max_workers += n_srun + sum(h.slots or 0 for h in placed)
 
@@ -375,10 +382,17 @@ class ScoopExecutor(MapMixin, cf.Executor):
         return serialize.encode_function(fn)
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:
         try:
-            frames: list[Any] | None = [fn_frame, *serialize.encode_args(args, kwargs)]
+            args_frames = serialize.encode_args(args, kwargs, None, item, chunk, what)
+            frames: list[Any] | None = [fn_frame, *args_frames]
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
@@ -398,7 +412,8 @@ class ScoopExecutor(MapMixin, cf.Executor):
         with self._shutdown_lock:
             link = self._session
             if link.broken_msg:
-                exc_type = InitializerError if link.broken_kind == "initializer" else BrokenScoopExecutor
+                broke_at_setup = link.broken_kind in ("initializer", "main")
+                exc_type = InitializerError if broke_at_setup else BrokenScoopExecutor
                 raise exc_type(link.broken_msg)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -437,7 +452,11 @@ class ScoopExecutor(MapMixin, cf.Executor):
 
         With ``cancel_futures=True`` futures not yet handed to a worker are
         cancelled first.  With ``wait=True`` this returns when every worker
-        process and thread of the pool is gone.  Calling it again is harmless.
+        process and thread of the pool is gone (Ctrl-C interrupts the wait).
+        Calling it again, or from a done-callback, is harmless.  Raises
+        BrokenScoopExecutor instead of waiting for ever if the pool's I/O
+        thread is stuck (in a done-callback that blocks, say): the message
+        says where, and the pool's workers are stopped.
         """
         with self._shutdown_lock:
             self._shutdown = True
@@ -445,34 +464,78 @@ class ScoopExecutor(MapMixin, cf.Executor):
             # Let the broker take in what was submitted (tasks about to go to
             # idle workers count as running), then cancel everything else.
             self._session.sync()
-            for fut in list(self._session.futures.values()):
-                fut.cancel()
-        self._session.close(wait=wait)
+            self._session.cancel_queued()
+        why = self._session.close(wait=wait)
+        if why:
+            raise BrokenScoopExecutor(why)
 
     def __enter__(self) -> ScoopExecutor:
         pools.enter(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Without an exception: shutdown(wait=True), as any Executor.  With one: cancel
+        the tasks that have not started, wait only for the running ones, and say which
+        (Ctrl-C, or a KeyboardInterrupt as the exception, abandons them at once).
+        """
         pools.leave(self)
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.abort("interrupted (KeyboardInterrupt)")
             return
         try:
-            self.shutdown(wait=True)
+            if exc_type is None:
+                self.shutdown(wait=True)
+            else:
+                self._leave_after(exc_type)
         except KeyboardInterrupt:
             self.abort("interrupted (KeyboardInterrupt) while waiting for pending tasks")
             raise
+
+    # Leaving `with` because of an exception, with tasks running: say so after this many
+    # seconds, and again every REPORT_EVERY seconds.
+    REPORT_AFTER = 1.0
+    REPORT_EVERY = 10.0
+
+    def _leave_after(self, exc_type: type[BaseException]) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        link = self._session
+        cancelled = link.cancel_queued()
+        link.drop_unstarted()
+        link.close(wait=False)
+        due = [self.REPORT_AFTER]
+
+        def report(waited: float) -> None:
+            if waited < due[0]:
+                return
+            due[0] = waited + self.REPORT_EVERY
+            running = link.running()
+            if not running:
+                return
+            shown = describe_running(running)
+            log.warning(
+                "leaving the `with ScoopExecutor()` block because of %s: cancelled %d task(s) that "
+                "had not started; waiting for %d running task(s) to finish: %s. Ctrl-C stops "
+                "waiting and abandons them",
+                exc_type.__name__, cancelled + link.dropped, len(running), shown,
+            )  # fmt: skip
+
+        why = link.join(report=report)
+        if why:
+            log.error("%s", why)  # the exception leaving `with` is the user's: do not replace it
 
     def abort(self, reason: str = "aborted") -> None:
         """Stop at once: cancel pending futures, fail running ones, stop every worker.
 
         What Ctrl-C in a ``with ScoopExecutor()`` block does; ``shutdown()``
-        afterwards is harmless.
+        afterwards is harmless.  Waits at most 10 s for the pool's thread, and
+        says so (a log error) if it did not stop.
         """
         with self._shutdown_lock:
             self._shutdown = True
-        self._session.abort(reason)
+        why = self._session.abort(reason)
+        if why:
+            log.error("%s", why)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Inside a task, an executor captured from the client is a handle to

@@ -3,18 +3,22 @@
 Clients (client/session.py) and workers submitting sub-tasks (worker/waiting.py) make
 them.  Cancelling one that has not started tells its holder, which drops the task (a
 remote holder sends CANCEL).  A task lost with its workers too often fails with a
-WorkerLostError that names the task's function.
+WorkerLostError that names the task's function.  The module's functions read what the
+futures know about their tasks: which are running, and for how long.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
+import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..errors import WorkerLostError
+from ..wire import serialize
 
-__all__ = ["Holder", "ScoopFuture"]
+__all__ = ["Holder", "ScoopFuture", "cancel_dropped", "describe_running", "running", "settle"]
 
 
 class Holder(Protocol):
@@ -31,19 +35,28 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._holder = holder
         self._tid = tid
         self._what = what  # the task's function, for error messages
+        self._started = 0.0  # time.monotonic() when it was handed to a worker
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
+        if not super().cancel():  # runs the done-callbacks, outside every lock
+            return False
         with self._condition:
-            ok = super().cancel()
-            if ok and self._state == cfb.CANCELLED:
+            if self._state == cfb.CANCELLED:
                 # Tell waiters (wait(), as_completed()) now rather than when the
                 # broker reaches this task in its queue.
                 self.set_running_or_notify_cancel()
         holder = self._holder
-        if ok and holder is not None:
+        if holder is not None:
             self._holder = None
             holder.cancelled(self._tid)
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As Future's; a task that starts running is timed from now (see describe_running)."""
+        ok = super().set_running_or_notify_cancel()
+        if ok:
+            self._started = time.monotonic()
         return ok
 
     def set_exception(self, exception: BaseException | None) -> None:
@@ -57,3 +70,48 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         """As Future.set_result."""
         self._holder = None
         super().set_result(result)
+
+
+def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
+    """Resolve ``fut`` with a result message's outcome (unpickled here: call it holding no lock)."""
+    if fut.done():  # cancelled meanwhile
+        return
+    ok, value = serialize.decode_outcome(status, frames, fut._what)
+    try:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except cf.InvalidStateError:
+        pass  # cancelled between the look and the set
+
+
+def cancel_dropped(fut: ScoopFuture) -> None:
+    """The broker dropped this task before any worker started it: cancel its future.
+
+    It may count as running (handed to a worker, which gave it back unstarted);
+    it never ran, so it is put back to pending and cancelled like any other.
+    """
+    with fut._condition:
+        if fut._state == cfb.RUNNING:
+            fut._state = cfb.PENDING
+    fut.cancel()
+
+
+def running(futures: Iterable[ScoopFuture]) -> list[ScoopFuture]:
+    """The futures whose tasks a worker has (or is about to have), longest-running first."""
+    futs = [f for f in futures if f._state == cfb.RUNNING]
+    futs.sort(key=lambda f: f._started)
+    return futs
+
+
+def describe_running(futures: list[ScoopFuture], shown: int = 5) -> str:
+    """``f() running for 1.2 s, ...`` for the first ``shown`` of ``futures`` (see running())."""
+    now = time.monotonic()
+    text = ", ".join(
+        f"{(f._what or 'a task').rsplit('.', 1)[-1]}() running for {now - f._started:.1f} s"
+        for f in futures[:shown]
+    )
+    if len(futures) > shown:
+        text += f" and {len(futures) - shown} more"
+    return text

@@ -162,6 +162,11 @@ class RemoteSession(Session):
         self._stop = True
         self.wake.wake()
 
+    _turns = 0
+
+    def turns(self) -> int:
+        return self._turns
+
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
@@ -170,6 +175,7 @@ class RemoteSession(Session):
         lost_at: float | None = None
         try:
             while not self._stop:
+                self._turns += 1
                 timeout = 1000
                 if lost_at is not None:
                     left = lost_at + self.heartbeat_timeout - time.monotonic()

@@ -22,21 +22,22 @@ import collections
 import concurrent.futures as cf
 import itertools
 import logging
+import os
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import logs, pools
 from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, RemoteGroup, Target
-from ..deploy.hosts import Host
-from ..deploy.local import default_worker_count
+from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
-from ..wire import serialize
 from ..wire.framing import WakePipe
-from .future import ScoopFuture
+from .future import ScoopFuture, cancel_dropped, running, settle
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -192,21 +193,19 @@ class Session:
             return
         handler(msg)
 
+    cancels_dropped = False  # CANCELLED from an embedded broker: it dropped the task, never ran it
+
     def _on_results(self, msg: P.Message) -> None:
         futures = self.futures
         for (tid, status, _), body in msg.parts():
             fut = futures.pop(tid, None)
             if fut is None:
                 self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
-                continue
-            ok, value = serialize.decode_outcome(status, body)
-            try:
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            except cf.InvalidStateError:
-                pass
+            elif status == P.CANCELLED and self.cancels_dropped:
+                self.dropped += 1
+                cancel_dropped(fut)
+            else:
+                settle(fut, status, body)
         if self.stop_when_idle and not futures:
             self.request_stop()
 
@@ -255,13 +254,16 @@ class Session:
         """The pool cannot run this client's tasks any more: fail them all, and stop."""
         if self.broken_msg:
             return
-        if kind == "initializer":
+        exc_type: type[BrokenScoopExecutor]
+        if kind == "main":  # the worker's message is complete and short: say it once
+            text, exc_type = message, InitializerError
+        elif kind == "initializer":
             logging.getLogger("concurrent.futures").critical("Exception in initializer:\n%s", message)
             text = (
                 "A worker's initializer failed, so this pool cannot run tasks any more: fix the "
                 f"initializer (its traceback follows) and start a new executor.\n{message}"
             )
-            exc_type: type[BrokenScoopExecutor] = InitializerError
+            exc_type = InitializerError
         elif kind == "broker":
             text, exc_type = message, BrokerLostError
         else:
@@ -296,7 +298,7 @@ class Session:
         """Start workers on ``hosts`` (ssh; local ones here) and ``srun`` workers; wait for them."""
         assert self.workers is not None
         groups = self.workers.start_remote(hosts, srun, self._remote_target, self.launch_options)
-        n_local = sum(h.slots or default_worker_count() for h in hosts if h.local)
+        n_local = sum(h.slots or local_cpu_count() for h in hosts if h.local)
         if n_local:
             self.start_local(n_local)
         return groups
@@ -309,22 +311,98 @@ class Session:
         if self.stop_when_idle and not self.futures:
             self.request_stop()
 
-    def abort(self, reason: str, timeout: float = 10.0) -> None:
-        """Stop now: cancel what has not started, fail what has, stop the workers."""
-        for fut in list(self.futures.values()):
-            fut.cancel()
+    # Seconds the session's thread may go without a turn of its loop (or, once stopping, without
+    # ending) while someone waits for it, before the waiter says so and stops waiting.
+    stuck_after = 30.0
+    abandoned = False
+    dropped = 0  # futures cancelled because the broker dropped their tasks (drop_unstarted)
+
+    def turns(self) -> int:  # pragma: no cover - overridden
+        """How many turns the session thread's loop has made (it turns at least once a second)."""
+        raise NotImplementedError
+
+    def cancel_queued(self) -> int:
+        """Cancel every future not handed to a worker yet; return how many."""
+        return sum(1 for fut in list(self.futures.values()) if fut.cancel())
+
+    def drop_unstarted(self) -> None:
+        """Have the broker drop the tasks it holds for no worker, even those counted as running
+        (a worker handed them back); they are cancelled.  The embedded broker only."""
+
+    def running(self) -> list[ScoopFuture]:
+        """The futures whose tasks a worker has (or is about to have), longest-running first."""
+        return running(list(self.futures.values()))
+
+    def abort(self, reason: str, timeout: float = 10.0) -> str:
+        """Stop now: cancel what has not started, fail what has, stop the workers.
+
+        Returns "" once the pool is down, else why it is not (see join()).
+        """
+        self.cancel_queued()
         self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
         self.stop_when_idle = True
         self.request_stop()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        return self.join(limit=timeout)
 
-    def close(self, wait: bool = True) -> None:
-        """Stop once every future is resolved; with wait, block until everything is down."""
+    def close(self, wait: bool = True) -> str:
+        """Stop once every future is resolved; with wait, block until everything is down.
+
+        Returns "" when it did not wait or everything is down, else why not (see join()).
+        """
         self.stop_when_idle = True
         self._check_idle()
-        if wait and self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
+        return self.join() if wait else ""
+
+    def join(self, limit: float | None = None, report: Callable[[float], None] | None = None) -> str:
+        """Wait for the session's thread to end; "" when it has, else why it has not.
+
+        Waits in slices, so Ctrl-C gets through, and calls ``report(seconds
+        waited)`` after each.  Gives up when ``limit`` seconds have passed, or
+        when the thread has not turned its loop for ``stuck_after`` seconds
+        (stuck in a done-callback, say): then the pool is abandoned, its
+        pending futures failed and its worker processes stopped, and the
+        answer says where the thread is stuck.
+        """
+        t = self.thread
+        if t is None or t is threading.current_thread() or self.abandoned:
+            return ""  # (abandoned: said once already)
+        start = last = time.monotonic()
+        turns = self.turns()
+        while True:
+            t.join(0.25)
+            if not t.is_alive():
+                if self.closed.is_set():
+                    return ""
+                why = f"the pool's {t.name} thread ended without stopping the pool (see the log)"
+                self._abandon(why)
+                return why
+            now = time.monotonic()
+            n = self.turns()
+            if n != turns:
+                turns, last = n, now
+            elif now - last >= self.stuck_after:
+                why = (
+                    f"the pool's {t.name} thread has not come back to its loop for {now - last:.0f} s; "
+                    f"it is in {_where(t)}. A done-callback that blocks (on another future of this "
+                    "pool, say) holds up every result: the pool is abandoned and its workers stopped"
+                )
+                self._abandon(why)
+                return why
+            if limit is not None and now - start >= limit:
+                why = f"the pool's {t.name} thread did not stop within {limit:g} s; it is in {_where(t)}"
+                self._abandon(why)
+                return why
+            if report is not None:
+                report(now - start)
+
+    def _abandon(self, why: str) -> None:
+        """The session's thread cannot be relied on: fail what is pending and stop the workers from here."""
+        self.abandoned = True
+        self.stop_when_idle = True
+        self.fail_all(BrokenScoopExecutor, why)
+        if self.workers is not None:
+            self.workers.stop()
+        self.request_stop()
 
     def _finished(self) -> None:
         """The session's thread ends: nothing pending may be left waiting."""
@@ -345,6 +423,15 @@ class Session:
 
 def _ignore(msg: P.Message) -> None:
     pass
+
+
+def _where(t: threading.Thread) -> str:
+    """Where a thread is now: its innermost frames, innermost first."""
+    frame = sys._current_frames().get(t.ident) if t.ident is not None else None
+    if frame is None:
+        return "an unknown place"
+    stack = traceback.extract_stack(frame)[-4:]
+    return " <- ".join(f"{f.name}() at {os.path.basename(f.filename)}:{f.lineno}" for f in reversed(stack))
 
 
 def _kind_of(frames: list[Any]) -> int | None:

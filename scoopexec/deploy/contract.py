@@ -1,4 +1,4 @@
-"""The worker's command line, defined once: its flags, what it prints, its exit codes.
+"""The worker's command line, defined once: its flags, what it prints, how it exits.
 
 ``python -m scoopexec worker`` is how every worker starts, whoever starts it: a
 ScoopExecutor on its own machine (local.py), an ssh session (ssh.py), an srun job
@@ -11,14 +11,30 @@ What a worker tells its launcher:
 * with ``--ready``, a line ``SCOOPEXEC-READY <tag>`` on stdout once connected
   (:data:`READY_MARK`); a group (``-n N``) first prints ``SCOOPEXEC-GROUP <N>``
   (:data:`GROUP_MARK`);
-* its exit code: 0 when stopped (STOP, or its stdin closed), :data:`EXIT_LOST`,
-  :data:`EXIT_AUTH` or :data:`EXIT_UNREACHABLE` (see :data:`EXIT_MEANINGS`), after
-  which starting it again would fail alike; anything else is a crash.
+* how it ended.  A worker exits with one of its own codes (:data:`EXIT_LOST`,
+  :data:`EXIT_AUTH`, :data:`EXIT_UNREACHABLE`; :data:`REASONS`) only for a reason of
+  its own, after which starting it again would fail alike.  A task can end the process
+  too -- ``os._exit(5)``, ``exit()`` called by native code -- with any code, these
+  included, so a code alone proves nothing.  A worker started with ``--exit-fd N``
+  therefore writes on that pipe, once the broker welcomed it and just before it exits
+  for a reason of its own::
+
+      b"welcomed\n"
+      b"<code> <one line of text>\n"      (its exit note)
+
+  and whoever started it (local.LocalWorkers: the embedded broker's local workers, and
+  the ``python -m scoopexec worker -n N`` group on a remote host) reads them after the
+  exit (:func:`read_notes`).  An exit without a note is what it looks like: the process
+  ended, most likely by its task's hand.  A worker that was welcomed reached its
+  broker: its end is not a failure to start.  A worker group's own exit status (what
+  its ssh session reports) is the group's verdict, never a task's: the group returns
+  one of these codes only when each of its workers left a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 from collections.abc import Mapping
@@ -28,17 +44,21 @@ from typing import Any
 __all__ = [
     "EXIT_AUTH",
     "EXIT_LOST",
-    "EXIT_MEANINGS",
     "EXIT_UNREACHABLE",
     "GROUP_MARK",
     "OPTIONS",
     "READY_MARK",
+    "REASONS",
+    "START_TIMEOUT",
     "LaunchOptions",
     "Option",
     "check_env",
     "describe_returncode",
     "parser",
+    "read_notes",
     "worker_argv",
+    "write_note",
+    "write_welcomed",
 ]
 
 READY_MARK = b"SCOOPEXEC-READY"  # printed on stdout once connected (--ready), then the worker's tag
@@ -48,12 +68,16 @@ EXIT_LOST = 3  # the broker went away
 EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
 EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 
-# Exit codes after which a worker is not started again: another would fail alike.
-EXIT_MEANINGS = {
+REASONS: dict[int, str] = {
     EXIT_LOST: "it lost its broker",
     EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",
     EXIT_UNREACHABLE: "no broker answered at the address it was given",
 }
+"""Why a worker exits with each of its own codes (and is not started again: the next would fail alike)."""
+
+START_TIMEOUT = 60.0
+"""s a starting worker may go without using any CPU before it said HELLO: then it is stuck
+(a sitecustomize, a .pth file or an import waiting on something) and its starter kills it."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("key_stdin", ("--key-stdin",), bool, False, argparse.SUPPRESS),
     Option("ready", ("--ready",), bool, False, argparse.SUPPRESS),
     Option("link_fd", ("--link-fd",), int, None, argparse.SUPPRESS),  # one end of a socketpair (local.py)
+    Option("exit_fd", ("--exit-fd",), int, None, argparse.SUPPRESS),  # its exit notes (read_notes)
     Option("keep_cwd", ("--keep-cwd",), bool, False, "stay in the working directory started in"),
     Option(
         "connect_timeout", ("--connect-timeout",), float, 0.0,
@@ -171,8 +196,12 @@ _SIGNAL_HINTS: dict[int, str] = {
 }
 
 
-def describe_returncode(rc: int, host: str = "that host") -> str:
-    """Words for a worker's exit status, with the likely cause of a fatal signal (on ``host``)."""
+def describe_returncode(rc: int, host: str = "that host", *, own: bool = False) -> str:
+    """Words for a process's exit status, with the likely cause of a fatal signal (on ``host``).
+
+    ``own``: the exit code is scoopexec's verdict (a worker's exit note said so, or it is a
+    worker group's status), so one of the codes above is explained; otherwise it is just a code.
+    """
     if rc < 0:
         try:
             sig: signal.Signals | int = signal.Signals(-rc)
@@ -181,7 +210,46 @@ def describe_returncode(rc: int, host: str = "that host") -> str:
             sig, name = -rc, f"signal {-rc}"
         hint = _SIGNAL_HINTS.get(int(sig), "").format(host=host)
         return f"was killed by signal {-rc} ({name}){hint}"
-    meaning = EXIT_MEANINGS.get(rc)
-    if meaning is not None:
-        return f"exited with code {rc} ({meaning})"
+    if own and rc in REASONS:
+        return f"exited with code {rc} ({REASONS[rc]})"
     return f"exited with code {rc}"
+
+
+WELCOMED = b"welcomed\n"
+
+
+def write_welcomed(fd: int) -> None:
+    """Say on ``fd`` that the broker welcomed this worker (once, from the worker)."""
+    try:
+        os.write(fd, WELCOMED)
+    except OSError:
+        pass
+
+
+def write_note(fd: int, code: int, message: str) -> None:
+    """Leave an exit note on ``fd`` (a worker, just before it exits for a reason of its own)."""
+    line = f"{code} {' '.join(message.split())}"[:2000] + "\n"
+    try:
+        os.write(fd, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def read_notes(fd: int) -> tuple[bool, tuple[int, str] | None]:
+    """What an exited worker left on the non-blocking pipe ``fd``: (welcomed, its exit note)."""
+    try:
+        data = os.read(fd, 8192)
+    except OSError:  # nothing written (BlockingIOError), or the pipe is gone
+        return False, None
+    welcomed = False
+    note = None
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line == WELCOMED.decode().strip():
+            welcomed = True
+            continue
+        code, _, text = line.partition(" ")
+        try:
+            note = int(code), text.strip()
+        except ValueError:
+            pass
+    return welcomed, note

@@ -184,11 +184,17 @@ class RemoteGroup:
             got = f"{self.ready} of {self.expected}" if self.expected is not None else "none"
             why = f"its workers did not all connect in time ({got} did)"
         else:
-            why = describe_returncode(rc)
+            why = describe_returncode(rc, own=self._group_status)
             if self.kind == "ssh" and rc == 255:
                 why = "ssh failed (exit status 255)"
         message = "\n".join(self._held or list(self.tail)).strip()
         raise LaunchError(self.host, why, message, self.hint)
+
+    @property
+    def _group_status(self) -> bool:
+        """Its exit status is a worker group's verdict (contract.py): ssh runs a group; an srun
+        step's status is its tasks' (workers', whose code a task may have chosen)."""
+        return self.kind == "ssh"
 
     # ------------------------------------------------------------- end
     def poll(self) -> int | None:
@@ -222,7 +228,8 @@ class RemoteGroup:
 
     def describe_exit(self, rc: int) -> str:
         last = " | ".join(list(self.tail)[-3:])
-        what = f"the {self.kind} session for host {self.host} ended ({describe_returncode(rc)})"
+        how = describe_returncode(rc, own=self._group_status)
+        what = f"the {self.kind} session for host {self.host} ended ({how})"
         return f"{what}: {last}" if last else what
 
 
@@ -305,6 +312,10 @@ class Launchers:
                     n += max(0, g.expected - g.hello)
         return n
 
+    def check_starting(self, stopped_limit: float) -> list[str]:
+        """Local workers that cannot start are killed (see LocalWorkers.check_starting)."""
+        return self.local.check_starting(stopped_limit) if self.local is not None else []
+
     def kill(self, tag: str) -> None:
         """End a hung local worker (remote ones end with their ssh session or the broker)."""
         if self.local is not None and self._is_local(tag):
@@ -315,6 +326,13 @@ class Launchers:
             assert self.local is not None
             return self.local.replace(tag)
         return False
+
+    def own_exit(self, tag: str) -> bool:
+        """Whether ``tag`` ended for a reason of its own (a group's end always is: no task runs in it)."""
+        if self._is_local(tag):
+            assert self.local is not None
+            return self.local.own_exit(tag)
+        return self._group_of(tag) is not None
 
     def describe_exit(self, tag: str, returncode: int) -> str:
         g = self._group_of(tag)

@@ -11,6 +11,15 @@ came from, so that an error can name the offending line::
                                                          node1 8        (or node1:8, node1 slots=8)
                                                          alice@node2    # one worker per CPU there
     hosts="auto"                                     the batch allocation we run in, if any
+    hosts=["ssh://localhost:2"]                      through ssh even though it is this machine
+
+A host that names this machine (``localhost``, a loopback address, our own
+host name) without a user gets local worker processes, started without ssh,
+and the log says so when the pool starts.  ``ssh://`` in front of a spec (the
+rest is as usual: ``ssh://[user@]name[:workers]``, the number after ``:``
+still a worker count, the ssh port coming from the ssh configuration) starts
+its workers through ssh wherever it is, e.g. to try the ssh path against
+this machine's own sshd.
 
 A name may hold SLURM-style bracket ranges (``node[01-04,07]``, several groups
 multiply out).  A host without a count gets one worker per CPU of that host,
@@ -24,13 +33,12 @@ SGE's ``PE_HOSTFILE`` (``host slots queue processors`` lines).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-
-from .local import default_worker_count
 
 __all__ = [
     "Allocation",
@@ -39,6 +47,8 @@ __all__ = [
     "distribute",
     "expand_ranges",
     "is_this_machine",
+    "local_cpu_count",
+    "note_local_hosts",
     "parse_hosts",
     "plan_hosts",
     "read_hostfile",
@@ -52,6 +62,9 @@ MAX_EXPANSION = 100_000  # hosts one range expression may produce
 # an option or a metacharacter.
 _NAME = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.\-]*|\[[0-9A-Fa-f:.]+\])$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+SSH_PREFIX = "ssh://"
+
+log = logging.getLogger("scoopexec.hosts")
 
 
 @dataclass(frozen=True)
@@ -59,13 +72,16 @@ class Host:
     """One machine of a pool.
 
     ``slots`` is the number of workers to run there (None: one per CPU of that
-    host); ``where`` tells where the spec came from, for error messages.
+    host); ``where`` tells where the spec came from, for error messages;
+    ``ssh`` (the spec began with ``ssh://``) starts them through ssh even when
+    the host is this machine.
     """
 
     name: str
     slots: int | None = None
     user: str | None = None
     where: str = ""
+    ssh: bool = False
 
     @property
     def target(self) -> str:
@@ -76,10 +92,12 @@ class Host:
     @property
     def local(self) -> bool:
         """True when workers for this host start here, without ssh."""
-        return self.user is None and is_this_machine(self.name)
+        return not self.ssh and self.user is None and is_this_machine(self.name)
 
     def __str__(self) -> str:
         base = f"{self.user}@{self.name}" if self.user else self.name
+        if self.ssh:
+            base = SSH_PREFIX + base
         return base if self.slots is None else f"{base}:{self.slots}"
 
 
@@ -93,6 +111,38 @@ class Allocation:
     @property
     def slots(self) -> int:
         return sum(h.slots or 0 for h in self.hosts)
+
+
+def local_cpu_count() -> int:
+    """The CPUs this process may run on: the workers a host without a count gets here."""
+    if hasattr(os, "process_cpu_count"):
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover
+        n = os.cpu_count()
+    return n or 1
+
+
+def note_local_hosts(hosts: Sequence[Host]) -> None:
+    """Log that the hosts naming this machine get local processes, started without ssh.
+
+    A warning when every host is this machine (the "cluster" is this machine
+    alone, which a user trying hosts=["localhost"] may not expect), otherwise
+    an info line; both tell how to go through ssh instead.
+    """
+    local = [h for h in hosts if h.local]
+    if not local:
+        return
+    n = sum(h.slots or local_cpu_count() for h in local)
+    names = ", ".join(repr(str(h)) for h in local)
+    log.log(
+        logging.WARNING if len(local) == len(hosts) else logging.INFO,
+        "host%s %s: this machine, so %d worker%s start%s here as local processes, without ssh "
+        "(write %r to start them through ssh)",
+        "s" if len(local) > 1 else "", names, n, "s" if n != 1 else "", "" if n != 1 else "s",
+        SSH_PREFIX + local[0].name,
+    )  # fmt: skip
 
 
 def is_this_machine(name: str) -> bool:
@@ -192,12 +242,20 @@ def _count_separator(text: str) -> int:
 
 
 def _parse_spec(spec: str, where: str, slots: int | None = None) -> list[Host]:
-    """``[user@]name[:slots]`` (name may hold ranges; IPv6 in brackets) -> hosts."""
+    """``[ssh://][user@]name[:slots]`` (name may hold ranges; IPv6 in brackets) -> hosts."""
     spec = spec.strip()
     if not spec:
         raise ValueError(f"{where}: empty host name")
     user = None
     rest = spec
+    ssh = rest[: len(SSH_PREFIX)].lower() == SSH_PREFIX
+    if ssh:
+        rest = rest[len(SSH_PREFIX) :]
+    elif "://" in rest:
+        raise ValueError(
+            f"{where}: {spec!r}: the only prefix a host spec takes is {SSH_PREFIX!r} (start the "
+            "workers through ssh even on this machine)"
+        )
     if "@" in rest:
         user, rest = rest.split("@", 1)
         if not _USER.match(user):
@@ -220,15 +278,15 @@ def _parse_spec(spec: str, where: str, slots: int | None = None) -> list[Host]:
                 f"{where}: bad host name {n!r} in {spec!r} "
                 "(letters, digits, '.', '-', '_'; not starting with '-')"
             )
-        out.append(Host(n, slots, user, where))
+        out.append(Host(n, slots, user, where, ssh))
     return out
 
 
 def _merge(hosts: Iterable[Host]) -> list[Host]:
-    """One entry per (user, name), counts added up, first position kept."""
-    merged: dict[tuple[str | None, str], Host] = {}
+    """One entry per (ssh or not, user, name), counts added up, first position kept."""
+    merged: dict[tuple[bool, str | None, str], Host] = {}
     for h in hosts:
-        key = (h.user, h.name)
+        key = (h.ssh, h.user, h.name)
         old = merged.get(key)
         if old is None:
             merged[key] = h
@@ -432,7 +490,7 @@ def plan_hosts(
     elif isinstance(hosts, str) and hosts.strip().lower() == "auto":
         alloc = detect_allocation()
         if alloc is None:
-            return max_workers or default_worker_count(), [], 0
+            return max_workers or local_cpu_count(), [], 0
         if alloc.kind == "slurm":
             total = alloc.slots
             if max_workers is not None and max_workers > total:
@@ -445,6 +503,7 @@ def plan_hosts(
     elif hosts is not None:
         listed = parse_hosts(hosts)
     else:
-        return max_workers or default_worker_count(), [], 0
+        return max_workers or local_cpu_count(), [], 0
     placed = distribute(listed, max_workers)
+    note_local_hosts(placed)
     return 0, placed, 0

@@ -11,8 +11,8 @@ process (:func:`run_worker_group`): that is what runs on the far side of an
 ssh session (ssh.py).  It hands its keys to each worker, replaces workers
 that crash, and stops them all when its own stdin closes.
 
-Also here, for whoever watches processes of this machine: :func:`process_state`
-(a process's state letter in /proc) and :func:`default_worker_count`.
+Also here, for whoever watches processes of this machine: :func:`process_state` and
+:func:`process_stat` (a process's state letter, and CPU time, in /proc).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..wire.security import Credentials, encode_frame
-from .contract import EXIT_MEANINGS, GROUP_MARK, describe_returncode, worker_argv
+from . import contract
+from .contract import GROUP_MARK, describe_returncode, worker_argv
 
 __all__ = [
     "PACKAGE_ROOT",
     "LocalWorkers",
-    "default_worker_count",
+    "process_stat",
     "process_state",
     "remote_pythonpath",
     "run_worker_group",
@@ -48,17 +49,6 @@ _HOST = socket.gethostname()
 MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
 
 
-def default_worker_count() -> int:
-    """Workers a pool starts on this machine by default: one per CPU this process may use."""
-    if hasattr(os, "process_cpu_count"):
-        n = os.process_cpu_count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover
-        n = os.cpu_count()
-    return n or 1
-
-
 def use_socketpairs() -> bool:
     """Whether local workers get a socketpair link (wire/framing.py) rather than the ipc endpoint.
 
@@ -70,10 +60,20 @@ def use_socketpairs() -> bool:
 
 def process_state(pid: int) -> bytes | None:
     """The state letter of a process in /proc/PID/stat (b"R", b"S", b"T", b"Z", ...); None if gone."""
+    stat = process_stat(pid)
+    return stat[0] if stat is not None else None
+
+
+def process_stat(pid: int) -> tuple[bytes, int] | None:
+    """A process's state letter and the CPU time it used (clock ticks) from /proc/PID/stat.
+
+    None if it is gone (or there is no /proc).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
+            fields = f.read().rpartition(b")")[2].split()  # from field 3, the state
+        return fields[0], int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -142,6 +142,12 @@ class LocalWorkers:
         self.start_failures = 0
         self.exits: dict[str, int] = {}
         self.hello: set[str] = set()
+        self._note_fds: dict[str, int] = {}  # tag -> the read end of its exit-note pipe
+        self.notes: dict[str, str] = {}  # tag -> why it exited, in its own words (contract.py)
+        self.start_timeout = contract.START_TIMEOUT
+        self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
+        self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
+        self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
         for _ in range(n):
             self._spawn()
 
@@ -150,8 +156,12 @@ class LocalWorkers:
             self._count += 1
             tag = f"{self.tag_prefix}.{self._count}"
             ours = theirs = None
+            note_r, note_w = os.pipe()  # its exit note, if it ends for a reason of its own
+            os.set_blocking(note_r, False)
+            passed = [note_w]
             if self.link is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                passed.append(theirs.fileno())
             cmd = [
                 self.python or sys.executable,
                 *worker_argv(
@@ -161,6 +171,7 @@ class LocalWorkers:
                     heartbeat_timeout=self.heartbeat_timeout,
                     tag=tag,
                     link_fd=theirs.fileno() if theirs is not None else None,
+                    exit_fd=note_w,
                     **self.flags,
                 ),
             ]
@@ -172,13 +183,17 @@ class LocalWorkers:
                     cwd=self.cwd,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(theirs.fileno(),) if theirs is not None else (),
+                    pass_fds=passed,
                 )
             except BaseException:
+                os.close(note_r)
+                os.close(note_w)
                 if ours is not None and theirs is not None:
                     ours.close()
                     theirs.close()
                 raise
+            os.close(note_w)
+            self._note_fds[tag] = note_r
             if ours is not None and theirs is not None and self.link is not None:
                 theirs.close()
                 self.link(ours)
@@ -204,6 +219,16 @@ class LocalWorkers:
                 if rc is not None:
                     del self.procs[tag]
                     self.exits[tag] = rc
+                    self._progress.pop(tag, None)
+                    self._stopped_since.pop(tag, None)
+                    fd = self._note_fds.pop(tag, None)
+                    if fd is not None:
+                        welcomed, note = contract.read_notes(fd)
+                        os.close(fd)
+                        if welcomed:
+                            self.mark_hello(tag)  # it reached its broker: not a failed start
+                        if note is not None and note[0] == rc and rc in contract.REASONS:
+                            self.notes[tag] = note[1]
                     if proc.stdin is not None:
                         try:
                             proc.stdin.close()
@@ -233,6 +258,53 @@ class LocalWorkers:
             return 0  # the common case, without a scan
         return sum(1 for tag in self.procs if tag not in self.hello)
 
+    def check_starting(self, stopped_limit: float) -> list[str]:
+        """Kill the starting workers (no HELLO yet) that cannot start; say why, for each.
+
+        One stopped (SIGSTOP, a debugger) for ``stopped_limit`` s, as a worker
+        that said HELLO would be lost for it, or one that used no CPU for
+        ``start_timeout`` s (contract.START_TIMEOUT), would otherwise keep its
+        place in the pool forever while tasks wait for it.  A worker that is
+        slow to start because the machine is busy still gets CPU time: it is
+        left alone.  The broker reaps, reports and replaces what is killed.
+        """
+        if not self.starting():
+            return []
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for tag, proc in self.procs.items():
+                if tag in self.hello or tag in self.killed:
+                    continue
+                stat = process_stat(proc.pid)
+                if stat is None:
+                    continue  # exited (reap() tells), or no /proc here
+                state, cpu = stat
+                seen = self._progress.get(tag)
+                if seen is None or seen[0] != cpu:
+                    seen = self._progress[tag] = (cpu, now)
+                why = ""
+                if state in (b"T", b"t"):
+                    since = self._stopped_since.setdefault(tag, now)
+                    if now - since >= stopped_limit:
+                        why = (
+                            f"was stopped for {now - since:.1f} s before it said hello to the broker "
+                            "(SIGSTOP or a debugger) and was killed"
+                        )
+                else:
+                    self._stopped_since.pop(tag, None)
+                    if now - seen[1] >= self.start_timeout:
+                        why = (
+                            f"did not say hello to the broker, and used no CPU for {now - seen[1]:.0f} s, "
+                            f"{now - self.started[tag]:.0f} s after it started: it was killed (stuck at "
+                            "start-up: a sitecustomize or .pth file, or an import, waiting on something?)"
+                        )
+                if why:
+                    self.killed[tag] = why
+                    proc.kill()
+                    out.append(f"worker process {tag} (pid {proc.pid}) {why}")
+        return out
+
     def replace(self, tag: str) -> bool:
         """Start a replacement for the worker ``tag`` that exited; False if we should not."""
         if self._stopping or not self.replace_dead:
@@ -244,7 +316,17 @@ class LocalWorkers:
         self._spawn()
         return True
 
+    def own_exit(self, tag: str) -> bool:
+        """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
+        return tag in self.notes or tag in self.killed
+
     def describe_exit(self, tag: str, returncode: int) -> str:
+        killed = self.killed.get(tag)
+        if killed is not None:
+            return f"worker process {tag} {killed}"
+        note = self.notes.get(tag)
+        if note is not None:
+            return f"worker process {tag} {describe_returncode(returncode, _HOST, own=True)}: {note}"
         return f"worker process {tag} {describe_returncode(returncode, _HOST)}"
 
     def kill(self, tag: str) -> None:
@@ -289,6 +371,9 @@ class LocalWorkers:
             _end_group(g, signal.SIGKILL)
         with self._lock:
             self.procs.clear()
+            fds, self._note_fds = list(self._note_fds.values()), {}
+        for fd in fds:
+            os.close(fd)
 
 
 def _end_group(pgid: int, sig: int) -> bool:
@@ -304,7 +389,8 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
     Workers that crash are replaced (unless they keep dying before reaching
-    the broker); workers that lost the broker or were refused are not.  With
+    the broker); workers that lost the broker or were refused are not (they
+    say so in an exit note: a task's exit code is never taken for that).  With
     ``--watch-stdin`` the group stops when its stdin closes (its ssh session or
     launcher is gone); with ``--ready`` it first prints how many workers to
     expect, and each worker prints a line once connected.
@@ -343,18 +429,20 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         flags=flags,
     )
     codes: list[int] = []
+    own: list[bool] = []
     try:
         while group.procs and not stop.is_set():
             for tag, pid, rc in group.reap():
-                why = EXIT_MEANINGS.get(rc)
-                if why is None and group.replace(tag):
+                mine = group.own_exit(tag)
+                if not mine and group.replace(tag):
                     what = "replaced"
                 else:
                     codes.append(rc)
-                    what = "not replaced" + (f": {why}" if why else " (it keeps failing)")
+                    own.append(mine)
+                    what = "not replaced" + (f": {contract.REASONS[rc]}" if mine else " (it keeps failing)")
                 print(
                     f"scoopexec worker group on {host}: worker {tag} (pid {pid}) "
-                    f"{describe_returncode(rc)}; {what}",
+                    f"{describe_returncode(rc, own=mine)}; {what}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -365,4 +453,5 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         group.stop()
     if stop.is_set() or not codes:
         return 0
-    return codes[-1] if all(c in EXIT_MEANINGS for c in codes) else 1
+    # The group's status is its own verdict: a worker's code only when every one said why.
+    return codes[-1] if all(own) else 1

@@ -467,15 +467,23 @@ def dealer(
 
 # ------------------------------------------------------------------ waking
 class WakePipe:
-    """A self-pipe: any thread may wake() a loop that polls ``fd``; the loop then drain()s it.
+    """A self-pipe that wakes one poll loop; any thread may call wake().
 
-    wake() writes only when no wake-up is pending, so a busy producer costs a flag
-    test, not a system call, per item.  drain() reads the pipe empty *before* it
-    clears the flag: a wake() that saw the flag still set had queued its work before
-    the loop looks at its queues (which it does after drain()), and one that comes
-    later writes again.  A byte is therefore never left behind with the flag clear
-    (the loop would find the pipe readable on every poll and spin), nor is work left
-    waiting with nobody woken.
+    The loop polls ``fd`` and, each time poll reports it readable, calls
+    drain() *before* it looks at what it was woken for.  wake() writes a byte
+    only when none is pending (``pending``), which saves the syscall on busy
+    paths.  The order is what makes it safe under any interleaving:
+
+    - drain() empties the pipe and only then clears ``pending``: a wake()
+      that runs between the two sees ``pending`` still set and writes
+      nothing, but what it queued before calling wake() is seen, because the
+      loop looks after drain() returns;
+    - a wake() after drain() writes a byte, so poll returns again;
+    - the loop drains whenever the pipe is readable, whatever ``pending``
+      says, so a byte written by a wake() whose flag drain() already cleared
+      is read on the next turn instead of leaving poll readable for ever
+      (the 100 %-CPU spin of issue 18: the old code read the pipe only while
+      the flag was set).
     """
 
     __slots__ = ("_w", "fd", "pending")
@@ -487,24 +495,30 @@ class WakePipe:
         self.pending = False
 
     def wake(self) -> None:
+        """Make the loop's poll return (thread-safe, cheap when a wake is already pending)."""
         if not self.pending:
             self.pending = True
             try:
                 os.write(self._w, b"x")
-            except OSError:  # full (then it is readable anyway) or closed at shutdown
+            except OSError:  # full: it is readable anyway; closed: nobody polls any more
                 pass
 
     def drain(self) -> None:
+        """Empty the pipe, then allow the next wake() to write (the loop's thread only)."""
         try:
-            while os.read(self.fd, 4096):
+            while len(os.read(self.fd, 4096)) == 4096:
                 pass
-        except OSError:  # BlockingIOError: empty, as wanted
+        except OSError:  # empty (BlockingIOError), or closed
             pass
         self.pending = False
 
     def close(self) -> None:
-        for fd in (self.fd, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Close both ends; later wake() calls do nothing."""
+        self.pending = True  # first: a late wake() must not write to a reused fd
+        fds, self.fd, self._w = (self.fd, self._w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

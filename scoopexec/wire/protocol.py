@@ -50,7 +50,8 @@ CANCEL = 7  # owner -> broker (owner ids), broker -> worker (broker ids); ID_ENT
 CREDIT = 8  # worker -> broker; arg = credits granted, no entries
 STARTED = 9  # broker -> remote owner; ID_ENTRY per task now running
 SETUP = 10  # broker -> worker; arg = set-up id; frames: the client's set-up blob
-SETUP_DONE = 11  # worker -> broker; arg = set-up id; count = 1 ok, 0 failed; frame 1: error text
+SETUP_DONE = 11  # worker -> broker; arg = set-up id; count = 1 ok, 0 failed; frame 1: error text;
+#                  frame 2 (optional): b"main" when importing the client's main module failed
 OUTPUT = 12  # worker -> broker -> client; OUTPUT_ENTRY per chunk, one UTF-8 frame each
 STOP = 13  # broker -> worker: finish and exit
 BYE = 14  # peer -> broker: leaving on purpose
@@ -113,7 +114,7 @@ NONE = "none"  # no payload frames
 COUNTED = "counted"  # field 2 of each entry says how many frames are the entry's
 ONE_EACH = "one each"  # one frame per entry
 JSON = "json"  # frame 1 is a JSON object (Message.info); more frames may follow (HELLO's set-up)
-TEXT = "text"  # an optional UTF-8 frame 1 (Message.text)
+TEXT = "text"  # an optional UTF-8 frame 1 (Message.text); up to Shape.max_frames frames in all
 NAMED = "named"  # a name frame and at least one value frame
 ANY = "any"  # whatever the kind's owner sends (SETUP's blob)
 
@@ -121,12 +122,13 @@ ANY = "any"  # whatever the kind's owner sends (SETUP's blob)
 class Shape(NamedTuple):
     frames: str
     min_frames: int = 0  # COUNTED: frames each entry needs at least
+    max_frames: int = 1  # TEXT: payload frames at most (the text, then the kind's own)
 
 
 SHAPES: dict[int, Shape] = {
     HELLO: Shape(JSON), WELCOME: Shape(JSON), SUBMIT: Shape(COUNTED, 2), TASKS: Shape(COUNTED),
     RESULT: Shape(COUNTED), RESULTS: Shape(COUNTED), CANCEL: Shape(NONE), CREDIT: Shape(NONE),
-    STARTED: Shape(NONE), SETUP: Shape(ANY), SETUP_DONE: Shape(TEXT), OUTPUT: Shape(ONE_EACH),
+    STARTED: Shape(NONE), SETUP: Shape(ANY), SETUP_DONE: Shape(TEXT, 0, 2), OUTPUT: Shape(ONE_EACH),
     STOP: Shape(NONE), BYE: Shape(NONE), ERROR: Shape(TEXT), STATUS: Shape(NONE),
     STATUS_REPLY: Shape(JSON), LOG: Shape(ONE_EACH), BROKEN: Shape(JSON), PING: Shape(NONE),
     SHARE: Shape(NAMED), RETURN: Shape(NONE), RECALL: Shape(NONE),
@@ -285,8 +287,10 @@ def decode(frames: Sequence[Any]) -> Message:
             raise ProtocolError(f"{TYPE_NAMES[kind]}'s JSON is not an object")
         msg.info = info
     elif rule == TEXT:
-        if payload > 1:
-            raise ProtocolError(f"{TYPE_NAMES[kind]} carries at most one text frame, has {payload}")
+        if payload > shape.max_frames:
+            raise ProtocolError(
+                f"{TYPE_NAMES[kind]} carries at most {shape.max_frames} frame(s), has {payload}"
+            )
         if payload:
             msg.text = as_bytes(frames[1]).decode("utf-8", "replace")
     elif rule == NAMED and payload < 2:

@@ -11,15 +11,33 @@ than cloudpickle on plain data; cloudpickle takes over whenever the object
 refers to ``__main__`` (whose top-level names might not exist on a worker)
 or holds something the standard pickler cannot handle (lambdas, closures,
 interactively defined classes).
+
+Code that cloudpickle sends by value keeps its file name and line numbers
+(cloudpickle 3.1 would rename it ``<dynamic-code>``), so that tracebacks on
+workers point at the user's file; when that file exists only in this
+process's memory (a notebook cell, an IPython session), the function's own
+lines travel with it and enter the worker's ``linecache``.
+
+When something cannot be pickled, the error names it: the function, which
+argument (position or keyword, or which item of a map), the part of it that
+failed and its type, and the line of the user's code that submitted it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
+import inspect
+import io
+import linecache
+import os
 import pickle
+import re
+import sys
 import traceback
 import types
-from collections.abc import Callable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -38,6 +56,92 @@ _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 _fn_cache: dict[Any, bytes] = {}
 _loaded_fns: dict[bytes, Any] = {}
 _CACHE_MAX = 2048
+
+
+# ------------------------------------------------- code by value, with its source
+SOURCE_MAX = 64 * 1024  # characters of in-memory source that may travel with one function
+_cloud_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a code object, with the real file name (and maybe source)."""
+    rv = _cloud_code_reduce(code)
+    ctor, args = rv[0], rv[1]
+    name = code.co_filename
+    if name not in args:  # cloudpickle replaced it (3.1: "<dynamic-code>"): put it back
+        for i, arg in enumerate(args):
+            if type(arg) is str and arg == "<dynamic-code>":
+                args = (*args[:i], name, *args[i + 1 :])
+                break
+    source = _memory_source(code)
+    if source is None:
+        return (ctor, args)
+    return (_code_with_source, (ctor, args, *source))
+
+
+def _memory_source(code: types.CodeType) -> tuple[int, list[str]] | None:
+    """(first line, lines) of ``code`` when its file exists only in memory here, else None.
+
+    Source that is a file is read by the worker as for any module; a notebook
+    cell or an interactive session lives in this process's ``linecache`` only.
+    """
+    name = code.co_filename
+    if not name or os.path.isfile(name):
+        return None
+    lines = linecache.getlines(name)
+    if not lines:
+        return None
+    first = code.co_firstlineno
+    span = lines[first - 1 : _last_line(code)]
+    if not span or sum(len(line) for line in span) > SOURCE_MAX:
+        return None
+    return first, span
+
+
+def _last_line(code: types.CodeType) -> int:
+    last = code.co_firstlineno
+    for _, _, line in code.co_lines():
+        if line is not None and line > last:
+            last = line
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            last = max(last, _last_line(const))
+    return last
+
+
+def _code_with_source(ctor: Any, args: tuple[Any, ...], first: int, lines: list[str]) -> Any:
+    """Rebuild a code object (on a worker) and let ``linecache`` show its source lines."""
+    code = ctor(*args)
+    remember_source(code.co_filename, first, lines)
+    return code
+
+
+def remember_source(filename: str, first: int, lines: list[str]) -> None:
+    """Enter ``lines`` (starting at line ``first``) into linecache for ``filename``.
+
+    The entry has no modification time, so ``linecache.checkcache`` keeps it
+    (as IPython does for its cells); lines of other functions of the same
+    file, received earlier, stay.
+    """
+    entry = linecache.cache.get(filename)
+    known = list(entry[2]) if entry is not None and len(entry) == 4 and entry[1] is None else []
+    end = first - 1 + len(lines)
+    if len(known) < end:
+        known.extend(["\n"] * (end - len(known)))
+    known[first - 1 : end] = lines
+    linecache.cache[filename] = (sum(len(line) for line in known), None, known, filename)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code)."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
+def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    with io.BytesIO() as fh:
+        _Pickler(fh, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+        return fh.getvalue()
 
 
 def _by_value_modules() -> bool:
@@ -63,7 +167,7 @@ def dumps(obj: Any) -> Frames:
         if b"__main__" not in data and not _by_value_modules():
             return [data, *bufs]
     bufs.clear()
-    data = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+    data = _cloud_dumps(obj, keep)
     return [data, *bufs]
 
 
@@ -89,8 +193,7 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
                     _fn_cache.clear()
                 _fn_cache[fn] = data
                 return data
-    data = cloudpickle.dumps(fn, PROTOCOL)
-    return bytes(data)
+    return _cloud_dumps(fn)
 
 
 def loads_function(data: bytes | memoryview) -> Any:
@@ -125,31 +228,295 @@ def _reusable(fn: Any) -> bool:
 
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
-    """Frames of one task: [function, arguments, *buffers].  Raises SerializationError."""
-    return [encode_function(fn), *encode_args(args, kwargs)]
+    """Frames of one task: [function, arguments, *buffers].
+
+    Raises SerializationError naming what cannot be pickled, or TypeError for
+    a future passed as an argument.
+    """
+    return [encode_function(fn), *encode_args(args, kwargs, fn)]
 
 
 def encode_function(fn: Callable[..., Any]) -> bytes:
-    """The function frame of a task; SerializationError naming the function if it cannot travel."""
+    """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel."""
     try:
         return dumps_function(fn)
     except Exception as exc:
-        raise SerializationError(
-            f"cannot send the function {describe(fn)} to a worker: {type(exc).__name__}: {exc} "
-            "(a function defined at the top level of a module always travels)"
-        ) from exc
+        err = _function_error(fn, exc)
+        cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
+    raise err from cause
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
-    """The arguments frames of a task; SerializationError saying what cannot travel."""
+def encode_args(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fn: Any = None,
+    item: int = -1,
+    chunk: bool = False,
+    what: str = "",
+) -> Frames:
+    """Pickle a task's arguments.
+
+    For the error message: ``fn`` or ``what`` name the function; ``item`` >= 0
+    says they are a map's items from that index on (``chunk``: args[0] is a
+    list of them).
+    """
     try:
         return dumps((args, kwargs or None))
     except Exception as exc:
-        raise SerializationError(
-            f"cannot send the arguments to a worker: {type(exc).__name__}: {exc} (arguments must "
-            "pickle; open files, locks, sockets, generators and database connections cannot travel "
-            "to another process: pass what is needed to recreate them instead)"
-        ) from exc
+        err = _arguments_error(fn, args, kwargs, exc, item, chunk, what)
+        cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
+    raise err from cause
+
+
+# ------------------------------------------------------- what cannot be pickled
+_ARG_ADVICE = (
+    "arguments must pickle; open files, locks, sockets, generators and database connections cannot "
+    "travel to another process: pass what is needed to recreate them instead"
+)
+_FN_ADVICE = (
+    "a function defined at the top level of a module travels by name; a lambda, closure, method or "
+    "callable object travels with everything it refers to, which must pickle too"
+)
+_SEARCH_BUDGET = 2000  # pickling attempts while looking for the part that fails
+_INTERNAL_MODULES = ("scoopexec", "concurrent.futures", "joblib", "loky", "deap", "functools", "threading")
+
+
+def _function_error(fn: Any, exc: Exception) -> Exception:
+    user_fn = _user_function(fn)
+    head = f"cannot send the function {describe(user_fn)}{_defined_at(user_fn)} to a worker{_submitted_at()}"
+    found = _find_quietly(fn, "", _function_children)
+    if found is not None and found[0]:
+        where, part, error = found
+        if isinstance(part, cf.Future):
+            return _future_error(f"{where} of the function {describe(user_fn)}", "")
+        return SerializationError(
+            f"{head}: it refers to {where.lstrip('.')} ({_a(part)}), which cannot be pickled: "
+            f"{type(error).__name__}: {error} ({_FN_ADVICE})"
+        )
+    return SerializationError(f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})")
+
+
+def _arguments_error(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception, item: int, chunk: bool, what: str
+) -> Exception:
+    if fn is not None:
+        what = describe(_user_function(fn))
+    of = f" of {what}()" if what else ""
+    if item >= 0:
+        of = f" of map({what}, ...)" if what else " of the map"
+    for name, detail, root, value in _labelled_arguments(fn, args, kwargs, item, chunk):
+        found = _find_quietly(value, root, _data_children)
+        if found is None:
+            continue
+        where, part, error = found
+        label = f"{name} ({detail})" if detail else name
+        if isinstance(part, cf.Future):
+            return _future_error(label if where == root else f"{label}, at {where},", of)
+        if where == root:  # the argument itself: say its type with it
+            label = f"{name} ({detail}, {_a(part)})" if detail else f"{name} ({_a(part)})"
+        head = f"cannot send {label}{of} to a worker{_submitted_at()}"
+        if where == root:
+            return SerializationError(f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})")
+        return SerializationError(
+            f"{head}: its part {where} ({_a(part)}) cannot be pickled: {type(error).__name__}: {error} "
+            f"({_ARG_ADVICE})"
+        )
+    return SerializationError(
+        f"cannot send the arguments{of} to a worker{_submitted_at()}: {type(exc).__name__}: {exc} "
+        f"({_ARG_ADVICE})"
+    )
+
+
+def _future_error(label: str, of: str) -> TypeError:
+    return TypeError(
+        f"{label}{of} is a Future: a future cannot travel to a worker. Pass its value "
+        "(`fut.result()`), or submit one task that submits the first step itself and waits on it "
+        "(inside a task, `.result()` parks only that task)"
+    )
+
+
+def _labelled_arguments(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], item: int, chunk: bool
+) -> Iterator[tuple[str, str, str, Any]]:
+    """(label and detail for the message, root of a path into it, value) for each argument."""
+    if item >= 0:  # a map's items; with several iterables each is a tuple (path items[n][k])
+        if chunk:
+            values = list(args[0]) if args else []
+        else:
+            values = [args if len(args) > 1 else args[0]] if args else []
+        for j, value in enumerate(values):
+            yield f"item {item + j}", "", f"items[{item + j}]", value
+        return
+    names = _parameter_names(fn, len(args))
+    for i, value in enumerate(args):
+        name = names[i] if i < len(names) else None
+        if name:
+            yield f"argument {name!r}", f"position {i}", name, value
+        else:
+            yield f"argument {i}", "", f"args[{i}]", value
+    for key, value in kwargs.items():
+        yield f"keyword argument {key!r}", "", key, value
+
+
+def _parameter_names(fn: Any, n: int) -> list[str | None]:
+    try:
+        params = list(inspect.signature(_user_function(fn)).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    names: list[str | None] = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names.extend([None] * (n - len(names)))
+            break
+    return names
+
+
+def _find_quietly(
+    obj: Any, root: str, children: Callable[[Any, str], list[tuple[str, Any]]]
+) -> tuple[str, Any, BaseException] | None:
+    """find_unpicklable, but a failure while searching only means "not found"."""
+    try:
+        return find_unpicklable(obj, root, children)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a __reduce__ that exits or raises oddly on a second try
+        return None
+
+
+def find_unpicklable(
+    obj: Any,
+    path: str,
+    children: Callable[[Any, str], list[tuple[str, Any]]] | None = None,
+) -> tuple[str, Any, BaseException] | None:
+    """The innermost part of ``obj`` that cannot be pickled, as (path, part, error); None if none.
+
+    ``path`` names ``obj``; parts are named by appending ``[i]``, ``['key']``
+    or ``.attr``.  A future is reported at once (it never pickles).
+    """
+    budget = [_SEARCH_BUDGET]
+    return _search(obj, path, children or _data_children, set(), budget, 0)
+
+
+def _search(
+    obj: Any,
+    path: str,
+    children: Callable[[Any, str], list[tuple[str, Any]]],
+    seen: set[int],
+    budget: list[int],
+    depth: int,
+) -> tuple[str, Any, BaseException] | None:
+    if isinstance(obj, cf.Future):
+        return path, obj, TypeError("a Future cannot be pickled")
+    if id(obj) in seen or budget[0] <= 0:
+        return None
+    seen.add(id(obj))
+    budget[0] -= 1
+    try:
+        dumps(obj)
+    except Exception as exc:
+        error: BaseException = exc
+    else:
+        return None
+    if depth < 12:
+        for child_path, child in children(obj, path):
+            found = _search(child, child_path, _data_children, seen, budget, depth + 1)
+            if found is not None:
+                return found
+    return path, obj, error
+
+
+def _data_children(obj: Any, path: str) -> list[tuple[str, Any]]:
+    if isinstance(obj, (str, bytes, bytearray, int, float, complex, types.ModuleType, type)):
+        return []
+    if isinstance(obj, (types.FunctionType, types.MethodType, functools.partial)):
+        return _function_children(obj, path)
+    if isinstance(obj, (list, tuple)):
+        return [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        return [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+    if isinstance(obj, (set, frozenset)):
+        return [(f"{path} item", v) for v in obj]
+    state = getattr(obj, "__dict__", None)
+    if isinstance(state, dict):
+        return [(f"{path}.{k}", v) for k, v in state.items()]
+    return []
+
+
+def _function_children(fn: Any, path: str) -> list[tuple[str, Any]]:
+    """What pickling a callable by value also pickles: its object, closure, globals, bound arguments."""
+    if isinstance(fn, functools.partial):
+        out = [(f"{path}.func", fn.func)]
+        out += [(f"{path}.args[{i}]", a) for i, a in enumerate(fn.args)]
+        out += [(f"{path}.keywords[{k!r}]", v) for k, v in fn.keywords.items()]
+        return out
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, types.ModuleType):
+        return [(f"{path}.__self__" if path else "self", owner)]
+    if isinstance(fn, types.FunctionType):
+        out = []
+        code = fn.__code__
+        prefix = f"{path} " if path else "the "
+        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+            try:
+                out.append((f"{prefix}variable {name}", cell.cell_contents))
+            except ValueError:  # an empty cell
+                pass
+        for name in _global_names(code):
+            if name in fn.__globals__:
+                out.append((f"{prefix}global {name}", fn.__globals__[name]))
+        return out
+    if not isinstance(fn, type):  # a callable object
+        return _data_children(fn, path or "self")
+    return []
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+_MAPPING = "scoopexec.mapping"
+
+
+def _user_function(fn: Any) -> Any:
+    """The user's function inside map()'s chunk runners."""
+    if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") == _MAPPING:
+        return fn.args[0]
+    return fn
+
+
+def _defined_at(fn: Any) -> str:
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return ""
+    return f" (defined at {code.co_filename}:{code.co_firstlineno})"
+
+
+def _submitted_at() -> str:
+    """", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not isinstance(module, str) or not any(
+            module == m or module.startswith(m + ".") for m in _INTERNAL_MODULES
+        ):
+            return f", submitted at {frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
+def _a(obj: Any) -> str:
+    """'a _thread.lock', 'an io.TextIOWrapper': the type of ``obj`` with an article."""
+    tp = type(obj)
+    if isinstance(obj, cf.Future):
+        name = "concurrent.futures.Future"
+    else:
+        name = _qualname(tp)
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def decode_call(
@@ -161,35 +528,48 @@ def decode_call(
 
 
 def describe(fn: Any) -> str:
-    """``module.qualname`` of a callable, for messages."""
+    """'module.qualname' of a callable, for messages."""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     mod = getattr(fn, "__module__", None)
-    if name:
-        return f"{mod}.{name}" if mod else str(name)
-    return repr(fn)[:200]
+    if isinstance(name, str):
+        return f"{mod}.{name}" if mod and mod != "builtins" else name
+    if isinstance(fn, functools.partial):
+        return f"partial({describe(fn.func)})"
+    return f"{_qualname(type(fn))} object"  # a callable object (its repr may be huge, or fail)
 
 
-def encode_result(value: Any, where: str = "") -> tuple[int, Frames]:
-    """OK and the result's frames, or FAILED saying why it cannot be sent (``where``: on which worker)."""
+def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Frames]:
+    """OK and the result's frames, or FAILED saying why it cannot be sent.
+
+    ``where``: on which worker; ``fn``: the task's function.
+    """
     try:
         return protocol.OK, dumps(value)
     except Exception as exc:
+        tb_text = user_traceback(exc)  # a __reduce__ of the user's that raised, if any
+        of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
+        text = f"the result{of} ({_a(value)}) cannot be pickled{where}: "
+        found = _find_quietly(value, "result", _data_children)
+        if found is not None and found[0] != "result":
+            text += f"its part {found[0]} ({_a(found[1])}) fails: "
+            exc = found[2]  # type: ignore[assignment]
         return protocol.FAILED, failure_frames(
             "result",
-            f"the task's result of type {_qualname(type(value))} cannot be pickled{where}: "
-            f"{type(exc).__name__}: {exc} (return plain data the client can rebuild it from)",
-            traceback.format_exc(),
+            f"{text}{type(exc).__name__}: {exc} (return plain data the client can rebuild it from)",
+            tb_text,
         )
     except BaseException as exc:  # SystemExit, KeyboardInterrupt while pickling
         return encode_exception(exc, traceback.format_exc())
 
 
 def encode_exception(exc: BaseException, tb_text: str) -> tuple[int, Frames]:
-    meta = protocol.dump_json({"type": _qualname(type(exc)), "message": _safe_str(exc)})
+    fields = {"type": _qualname(type(exc)), "message": _safe_str(exc)}
     try:
         data = dumps(exc)
-    except BaseException:
-        return protocol.FAILED, [meta, tb_text.encode("utf-8", "replace")]
+    except BaseException as error:
+        fields["why"] = f"{type(error).__name__}: {_safe_str(error)}"
+        return protocol.FAILED, [protocol.dump_json(fields), tb_text.encode("utf-8", "replace")]
+    meta = protocol.dump_json(fields)
     return protocol.RAISED, [*data[:1], tb_text.encode("utf-8", "replace"), meta, *data[1:]]
 
 
@@ -210,14 +590,18 @@ def failure_frames(kind: str, message: str, tb_text: str = "") -> Frames:
     return [meta, tb_text.encode("utf-8", "replace")]
 
 
-def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
-    """(True, value) or (False, exception) for a result message's frames."""
+def decode_outcome(status: int, frames: Sequence[Any], what: str = "") -> tuple[bool, Any]:
+    """(True, value) or (False, exception) for a result message's frames.
+
+    ``what``: the task's function, named in the messages of failures.
+    """
+    of = f" of {what}()" if what else ""
     if status == protocol.OK:
         try:
             return True, loads(frames)
         except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
             err = DeserializationError(
-                f"the task's result could not be unpickled here: {type(exc).__name__}: {exc} "
+                f"the result{of} could not be unpickled here: {type(exc).__name__}: {exc} "
                 "(the module defining its type must be importable in this process too)"
             )
             err.__cause__ = exc
@@ -232,7 +616,13 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
             raised = loaded
         except BaseException as load_error:
             meta = protocol.load_json(frames[2])
-            raised = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb)
+            by = f" by {what}()" if what else " by the task"
+            note = (
+                f"raised{by}; it could not be rebuilt here, so it arrives as a "
+                f"RemoteError: {type(load_error).__name__}: {_safe_str(load_error)}. "
+                + _rebuild_advice(load_error)
+            )
+            raised = RemoteError(meta.get("type", "?"), meta.get("message", ""), tb, note=note)
             raised.__context__ = load_error
         raised.__cause__ = remote_traceback(tb)
         return False, raised
@@ -242,13 +632,22 @@ def decode_outcome(status: int, frames: Sequence[Any]) -> tuple[bool, Any]:
         )
     meta = protocol.load_json(frames[0]) if frames else {}
     tb = bytes(frames[1]).decode("utf-8", "replace") if len(frames) > 1 else ""
-    failure = _failure_exception(status, meta)
+    failure = _failure_exception(status, meta, what)
     if tb:
         failure.__cause__ = remote_traceback(tb)
     return False, failure
 
 
-def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
+def _rebuild_advice(error: BaseException) -> str:
+    if isinstance(error, (ImportError, AttributeError)):
+        return "The module defining the exception's class must be importable in this process too"
+    return (
+        "An exception is rebuilt by calling its class with its args: pass every argument of "
+        "__init__ on to super().__init__(), or define __reduce__"
+    )
+
+
+def _failure_exception(status: int, meta: dict[str, Any], what: str = "") -> BaseException:
     message = str(meta.get("message", "task failed"))
     kind = meta.get("kind")
     if status == protocol.LOST:
@@ -256,6 +655,8 @@ def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
     if kind == "size":
         return errors.MessageTooLargeError(message)
     if kind == "call":
+        if what:
+            message = f"{what}(): {message}{_missing_module_hint(message)}"
         return errors.DeserializationError(message)
     if kind == "result":
         return errors.SerializationError(message)
@@ -264,8 +665,57 @@ def _failure_exception(status: int, meta: dict[str, Any]) -> BaseException:
     if kind == "broken":
         return errors.BrokenScoopExecutor(message)
     if kind == "exception" or kind is None:
-        return RemoteError(str(meta.get("type", "?")), message)
+        why = meta.get("why")
+        note = ""
+        if why:
+            by = f" by {what}()" if what else " by the task"
+            note = (
+                f"raised{by}; it could not be pickled on the worker, so it arrives as a "
+                f"RemoteError: {why}"
+            )
+        return RemoteError(str(meta.get("type", "?")), message, note=note)
     return RemoteError(str(kind), message)
+
+
+_CLOUDPICKLE_DIR = os.path.dirname(os.path.abspath(cloudpickle.__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # scoopexec/, every folder in it
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc`` formatted from the first frame of the user's code on ("" if there is none).
+
+    Leading frames of scoopexec itself, cloudpickle, pickle, copyreg and runpy
+    (how the code was reached) say nothing to the user and are left out.
+    """
+    tb = exc.__traceback__
+    while tb is not None and _internal_file(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _internal_file(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    if os.path.dirname(path) == _CLOUDPICKLE_DIR or path.startswith(_PACKAGE_DIR + os.sep):
+        return True
+    stdlib = path.startswith(sys.base_prefix)
+    return stdlib and os.path.basename(path) in ("pickle.py", "copyreg.py", "runpy.py")
+
+
+def _missing_module_hint(message: str) -> str:
+    """For 'No module named X' on a worker: where X is in this process."""
+    m = re.search(r"No module named '([\w.]+)'", message)
+    if not m:
+        return ""
+    module = sys.modules.get(m.group(1))
+    path = getattr(module, "__file__", None)
+    if not path:
+        return ""
+    return (
+        f"; here it is {path}: put its folder on sys.path before the executor starts, or in "
+        "PYTHONPATH, so that workers find it too"
+    )
 
 
 def _qualname(tp: type) -> str:

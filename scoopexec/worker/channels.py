@@ -33,7 +33,7 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import Link, dealer, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
-from .lifeline import client_gone, die
+from .lifeline import client_gone, die, end
 
 __all__ = ["ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "ZmqChannel"]
 
@@ -101,8 +101,8 @@ class ZmqChannel:
                 timeout = max(0.0, first_by - time.monotonic())
             try:
                 if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
-                    if lost_at is not None:
-                        os._exit(EXIT_LOST)  # the broker is gone: nothing can be delivered
+                    if lost_at is not None:  # the broker is gone: nothing can be delivered
+                        end(EXIT_LOST, f"no answer from the broker for {self.heartbeat_timeout:g} s")
                     die(
                         EXIT_UNREACHABLE,
                         f"no scoopexec broker answered at {self.connect_to} within "

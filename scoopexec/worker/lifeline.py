@@ -6,8 +6,9 @@
 * On ZeroMQ, the socket monitor (channels.ZmqChannel.watch) sees the broker stay
   away for longer than the heartbeat timeout, refuse our keys, or never answer.
 
-Each ends the process at once with the exit code of contract.py, saying why on the
-real stderr (sys.stderr goes to the client).  A client killed by SIGKILL cannot
+Each ends the process at once with the exit code of deploy/contract.py, saying why on
+the real stderr (sys.stderr goes to the client), and -- one of the worker's own codes --
+in an exit note on ``--exit-fd`` for whoever started it.  A client killed by SIGKILL cannot
 remove its private ipc directory; the workers it started do it once it has died.
 """
 
@@ -19,13 +20,28 @@ import threading
 import time
 from typing import NoReturn
 
+from ..deploy import contract
 from ..deploy.local import process_state
 
-__all__ = ["client_gone", "die", "mark_stopped", "watch_stdin"]
+__all__ = ["client_gone", "die", "end", "mark_stopped", "say", "set_exit_fd", "watch_stdin", "welcomed"]
 
 # (the client's pid, its private ipc socket): set by a worker its client started (--watch-stdin)
 _litter: tuple[int, str] | None = None
 _stopped = False  # the broker told this worker to STOP (a normal end)
+_exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit notes (deploy/contract.py)
+
+
+def set_exit_fd(fd: int) -> None:
+    """Leave exit notes on ``fd`` (``--exit-fd``); programs that tasks start do not inherit it."""
+    global _exit_fd
+    os.set_inheritable(fd, False)
+    _exit_fd = fd
+
+
+def welcomed() -> None:
+    """The broker welcomed this worker (the first time): tell whoever started it."""
+    if _exit_fd is not None:
+        contract.write_welcomed(_exit_fd)
 
 
 def mark_stopped() -> None:
@@ -34,12 +50,24 @@ def mark_stopped() -> None:
     _stopped = True
 
 
-def die(code: int, message: str) -> NoReturn:
-    """Say why on the real stderr (sys.stderr goes to the client) and exit at once."""
+def say(message: str) -> None:
+    """Say something on the real stderr (sys.stderr goes to the client, through the broker)."""
     try:
         os.write(2, f"scoopexec worker (pid {os.getpid()}): {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
+
+
+def die(code: int, message: str) -> NoReturn:
+    """Say why on the real stderr and exit at once."""
+    say(message)
+    end(code, message)
+
+
+def end(code: int, message: str) -> NoReturn:
+    """Exit at once with ``code``; one of the worker's own codes is announced first (contract.py)."""
+    if _exit_fd is not None and code in contract.REASONS:
+        contract.write_note(_exit_fd, code, message)
     os._exit(code)
 
 
@@ -58,7 +86,7 @@ def client_gone(code: int) -> NoReturn:
             time.sleep(0.002)
         if _dead(parent):
             _remove_private_socket(path)
-    os._exit(code)
+    end(code, "its broker closed the connection")
 
 
 def watch_stdin(connect_to: str) -> None:

@@ -11,8 +11,10 @@ import signal
 import socket
 
 from ..deploy.contract import parser
-from ..deploy.local import default_worker_count, run_worker_group
+from ..deploy.hosts import local_cpu_count
+from ..deploy.local import run_worker_group
 from ..wire.security import check_endpoint, read_frame, read_key_file
+from . import lifeline
 from .worker import Worker
 
 __all__ = ["main"]
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     n = None
     if args.workers is not None:
         if args.workers == "auto":
-            n = default_worker_count()
+            n = local_cpu_count()
         elif args.workers.isdigit() and int(args.workers) >= 1:
             n = int(args.workers)
         else:
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if n is not None and (n != 1 or args.ready):
         return run_worker_group(args, connect, creds, n)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
+    if args.exit_fd is not None:
+        try:
+            lifeline.set_exit_fd(args.exit_fd)  # programs that tasks start must not write on it
+        except OSError as exc:
+            ap.error(f"--exit-fd {args.exit_fd}: {exc}")
     link = None
     if args.link_fd is not None:
         try:

@@ -34,15 +34,22 @@ class WorkerExecutor(MapMixin, cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Submit a sub-task to the pool this task runs in."""
-        return self._worker.submit(fn, args, kwargs, self._parent)
+        return self._worker.subtasks.submit(fn, args, kwargs, self._parent)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize.encode_function(fn)
 
     def _submit_encoded(
-        self, fn_frame: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str = ""
+        self,
+        fn_frame: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> cf.Future[Any]:
-        return self._worker.submit_encoded(fn_frame, args, kwargs, self._parent)
+        subtasks = self._worker.subtasks
+        return subtasks.submit_encoded(fn_frame, args, kwargs, self._parent, what, item, chunk)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """A task cannot shut its own pool down; this does nothing."""

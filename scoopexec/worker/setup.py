@@ -5,24 +5,29 @@ pool; the broker keeps it and sends it (SETUP) to every worker before that pool'
 task there; the worker applies it (:func:`apply`) and answers SETUP_DONE.  The blob is two
 frames: JSON (nothing to unpickle) and the pickled initializer (empty when none)::
 
-    {"sys_path": [...], "cwd": "...", "main": {"path" | "name": ...},   mainmodule.py
+    {"sys_path": [...], "cwd": "...", "argv": [...], "main": {"path" | "name": ...},
      "log_levels": {...}, "scoop_compat": true, "mp_authkey": "hex"}    (the last two optional)
 
-A worker applies it in that order: log levels, sys.path, working directory (unless it
-was started in one of its own, ``--keep-cwd``), multiprocessing's authkey, the
-``scoop`` alias, the client's main module (as ``__mp_main__``), then the initializer.
+A worker applies it in that order: the client's sys.argv (which tasks of that client
+see, as in ProcessPoolExecutor's spawned workers), log levels, sys.path, working
+directory (unless it was started in one of its own, ``--keep-cwd``), multiprocessing's
+authkey, the ``scoop`` alias, the client's main module (as ``__mp_main__``), then the
+initializer.  The main module and the initializer are the user's code: they run with
+the worker's lock released.  When importing the main module fails, SETUP_DONE carries
+``b"main"`` after the message: the client then says it once, with no initializer wording.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .. import logs, mainmodule, scoop_compat
-from ..errors import InitializerError, SerializationError
+from ..errors import SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
 
@@ -35,6 +40,7 @@ def encode(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
     plain: dict[str, Any] = {
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "cwd": os.getcwd(),
+        "argv": [str(a) for a in getattr(sys, "argv", [])],  # tasks see it, as with ProcessPoolExecutor
         "main": mainmodule.describe(),
         "log_levels": logs.levels(),
     }
@@ -66,10 +72,19 @@ class _Worker(Protocol):
     importing_main: bool
 
 
-def apply(worker: _Worker, frames: Sequence[Any]) -> str | None:
-    """Apply a pool's set-up blob in this worker: None when done, else the error as text."""
+def apply(
+    worker: _Worker, frames: Sequence[Any], argv_out: list[list[str]] | None = None
+) -> tuple[str, bytes] | None:
+    """Apply a pool's set-up blob in this worker: None when done, else the error's text and its
+    kind for SETUP_DONE (b"main": importing the client's main module failed; b"" otherwise).
+    The client's sys.argv, if the blob has it, is appended to ``argv_out``."""
     try:
         plain = P.load_json(P.as_bytes(frames[0])) if frames else {}
+        argv = plain.get("argv")
+        if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+            if argv_out is not None:
+                argv_out.append(argv)
+            sys.argv = list(argv)  # the initializer and the main module see it too
         logs.apply_levels(plain.get("log_levels"))  # log what the client wants to see
         for entry in reversed(plain.get("sys_path", [])):
             if entry not in sys.path:
@@ -82,17 +97,16 @@ def apply(worker: _Worker, frames: Sequence[Any]) -> str | None:
 
             multiprocessing.current_process().authkey = bytes.fromhex(plain["mp_authkey"])
         if plain.get("scoop_compat"):
-            scoop_compat.install(origin=False)  # before the main import: it may `from scoop import ...`
+            # before the main import: it may `from scoop import ...`
+            scoop_compat.install(origin=False, name=worker.name)
         main = plain.get("main") or {}
         worker.importing_main = True
         try:
             mainmodule.run(main)
         except BaseException as exc:
-            raise InitializerError(
-                f"importing the main module {main.get('path') or main.get('name')} on worker "
-                f"{worker.name} failed: {type(exc).__name__}: {exc} (guard the script's own code "
-                "with `if __name__ == \"__main__\":`)"
-            ) from exc
+            # One short message, marked "main" for the client (no initializer wording).
+            where = f"worker {worker.name} (pid {worker.pid} on {worker.host})"
+            return mainmodule.import_failure(exc, main, where), b"main"
         finally:
             worker.importing_main = False
         if len(frames) > 1 and len(frames[1]) > 0:
@@ -101,29 +115,53 @@ def apply(worker: _Worker, frames: Sequence[Any]) -> str | None:
                 init(*initargs)
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}"
+        return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}", b""
     return None
 
 
 class Setups:
-    """The pools a worker serves, by set-up id: whether their set-up worked, their shared values."""
+    """The pools a worker serves, by set-up id: whether their set-up worked, their shared values,
+    their clients' sys.argv.  ``lock``: the worker's, held by the hub, released while user code runs."""
 
-    def __init__(self, worker: _Worker, send: Callable[[list[Any]], None]) -> None:
+    def __init__(self, worker: _Worker, send: Callable[[list[Any]], None], lock: threading.RLock) -> None:
         self._worker = worker
         self._send = send
+        self._lock = lock
         self.errors: dict[int, str | None] = {}  # set-up id -> None (applied) or why it failed
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then (value,)
+        self.argvs: dict[int, list[str]] = {}  # set-up id -> its client's sys.argv
+        self.argv_of = -1  # the set-up whose argv sys.argv is
 
     def on_setup(self, msg: P.Message) -> None:
-        """SETUP: apply it once, answer SETUP_DONE."""
+        """SETUP: apply it once (holding no lock: the main module and initializer are user code),
+        answer SETUP_DONE."""
         sid = msg.arg
         if sid in self.errors:
             return
-        error = self.errors[sid] = apply(self._worker, msg.frames[1:])
+        argv: list[list[str]] = []
+        self._lock.release()
+        try:
+            error = apply(self._worker, msg.frames[1:], argv)
+        finally:
+            self._lock.acquire()
+        if argv:
+            self.argvs[sid] = argv[0]
+            self.argv_of = sid
         if error is None:
+            self.errors[sid] = None
             self._send([P.header(P.SETUP_DONE, SETUP_DONE_OK, sid)])
-        else:
-            self._send([P.header(P.SETUP_DONE, 0, sid), error.encode("utf-8", "replace")])
+            return
+        text, kind = error
+        self.errors[sid] = text
+        done = [P.header(P.SETUP_DONE, 0, sid), text.encode("utf-8", "replace")]
+        self._send([*done, kind] if kind else done)
+
+    def use_argv(self, sid: int) -> None:
+        """sys.argv of the client whose set-up ``sid`` is (a worker may serve several)."""
+        self.argv_of = sid
+        argv = self.argvs.get(sid)
+        if argv is not None:
+            sys.argv = list(argv)
 
     def on_share(self, msg: P.Message) -> None:
         """SHARE: a value for the tasks of one pool, unpickled on first use."""

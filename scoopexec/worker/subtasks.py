@@ -4,6 +4,11 @@ A task calls ``scoopexec.submit`` (or ``map``, or ``submit`` on a captured execu
 the sub-task's frames join the outbox's SUBMIT batch, its future (a WorkerFuture, which
 parks the task when waited on) waits here for the RESULTS.  Submissions from other
 threads of the worker are handed to the hub, which alone touches the outbox's order.
+
+The outcomes are taken off the socket under the worker's lock and set on their futures
+once it is released (:meth:`SubTasks.deliver`): setting one runs its done-callbacks,
+user and library code (joblib's takes its Parallel's lock, which a task may hold while
+it submits), and unpickling a result is user code too.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ..client.future import settle
 from ..errors import MessageTooLargeError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
@@ -45,6 +51,8 @@ class SubTasks:
         self._hub = hub
         self.futures: dict[int, WorkerFuture] = {}
         self._tids = itertools.count(1)
+        # Outcomes taken off the socket under the worker's lock, to be set once it is released.
+        self.deliveries: list[tuple[WorkerFuture, int, Sequence[Any]]] = []
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
@@ -52,36 +60,47 @@ class SubTasks:
         """Submit a sub-task.  ``parent``: the broker id of the task it belongs to
         (default: the running task), which decides its client's set-up and shares."""
         try:
-            fn_frame: bytes | None = serialize.encode_function(fn)
+            frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
             error: SerializationError | None = None
         except SerializationError as exc:
-            fn_frame, error = None, exc
-        return self.submit_encoded(fn_frame, args, kwargs, parent, error)
+            frames, error = None, exc
+        return self._submit(frames, error, parent)
 
     def submit_encoded(
         self,
-        fn_frame: bytes | None,
+        fn_frame: bytes,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent: int | None = None,
-        error: SerializationError | None = None,
+        what: str = "",
+        item: int = -1,
+        chunk: bool = False,
     ) -> WorkerFuture:
-        """Submit a sub-task whose function is already a frame (map() encodes it once)."""
+        """Submit a sub-task whose function is already a frame (map() encodes it once; ``what``,
+        ``item``, ``chunk``: which function and items, for error messages)."""
+        try:
+            args_frames = serialize.encode_args(args, kwargs, None, item, chunk, what)
+            frames: list[Any] | None = [fn_frame, *args_frames]
+            error: SerializationError | None = None
+        except SerializationError as exc:
+            frames, error = None, exc
+        return self._submit(frames, error, parent)
+
+    def _submit(
+        self, frames: list[Any] | None, error: SerializationError | None, parent: int | None
+    ) -> WorkerFuture:
         hub = self._hub
         tid = next(self._tids)
         fut = WorkerFuture(self, tid, hub.wait_until)
-        try:
-            if error is not None:
-                raise error
-            frames = [fn_frame, *serialize.encode_args(args, kwargs)]
+        if frames is not None:
             big = serialize.oversized(frames, hub.max_message_size)
             if big:
-                raise MessageTooLargeError(
+                error = MessageTooLargeError(
                     f"the task needs a {big}-byte message, more than the pool's "
                     f"max_message_size={hub.max_message_size}"
                 )
-        except SerializationError as exc:
-            fut.set_exception(exc)
+        if frames is None or error is not None:
+            fut.set_exception(error)
             return fut
         self.futures[tid] = fut
         submits = hub.outbox.submits
@@ -107,14 +126,20 @@ class SubTasks:
                 self._hub.later(lambda: cancels.append(tid))
 
     def on_results(self, msg: P.Message) -> None:
-        """RESULTS: resolve the sub-tasks' futures."""
-        futures = self.futures
+        """RESULTS: the sub-tasks' outcomes, for deliver() (holding the worker's lock here)."""
+        futures, deliveries = self.futures, self.deliveries
         for (tid, status, _), body in msg.parts():
             fut = futures.pop(tid, None)
-            if fut is None or fut.done():
-                continue
-            ok, value = serialize.decode_outcome(status, body)
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            if fut is not None:
+                deliveries.append((fut, status, body))
+
+    def take(self) -> list[tuple[WorkerFuture, int, Sequence[Any]]]:
+        """The outcomes received so far (hold the worker's lock); deliver them once it is released."""
+        batch, self.deliveries = self.deliveries, []
+        return batch
+
+    @staticmethod
+    def deliver(batch: list[tuple[WorkerFuture, int, Sequence[Any]]]) -> None:
+        """Set sub-task outcomes on their futures.  Hold no scoopexec lock (see the module docstring)."""
+        for fut, status, body in batch:
+            settle(fut, status, body)

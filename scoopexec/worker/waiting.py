@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import concurrent.futures._base as cfb
 import heapq
 import itertools
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,14 +32,17 @@ import greenlet
 
 from ..client.future import Holder, ScoopFuture
 
-__all__ = ["DONE_STATES", "Cancelled", "Waits", "WorkerFuture", "condition_met"]
+__all__ = ["DONE_STATES", "Runner", "Waits", "WorkerFuture", "condition_met"]
 
 TIMEOUT = object()  # what a waiter is resumed with when its time is up
 DONE_STATES = (cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
 
 
-class Cancelled:
-    """What a parked task is resumed with when the broker cancelled it: it unwinds."""
+class Runner(greenlet.greenlet):  # type: ignore[misc]
+    """The greenlet a task runs on (re-used for the next task when it ends)."""
+
+    task: Any = None  # the task it runs (worker._Task)
+    waiter: _Waiter | None = None  # what it is parked on, while it is
 
 
 WaitUntil = Callable[[Iterable[cf.Future[Any]], "float | None", str], None]
@@ -79,29 +83,42 @@ def condition_met(fs: list[cf.Future[Any]], return_when: str) -> bool:
 
 
 class _Waiter:
-    """A parked greenlet and what wakes it."""
+    """A task's greenlet, parked or about to park, and what wakes it.
 
-    __slots__ = ("active", "done", "g", "scheduled")
+    It may be woken before it parks (a future it watches completes meanwhile,
+    in this thread) or after it stopped waiting: the hub resumes it only while
+    it is parked on this waiter (see Worker._run_some).
+    """
+
+    __slots__ = ("active", "cancelled", "done", "g", "scheduled")
 
     def __init__(self, g: greenlet.greenlet) -> None:
         self.g = g
         self.active = True
-        self.scheduled = False
+        self.scheduled = False  # (self, ...) is in the hub's ready queue: at most one entry
+        self.cancelled = False
         self.done: collections.deque[cf.Future[Any]] = collections.deque()
 
 
-class Waits:
-    """The parked tasks of one worker: what wakes them (futures, timers) and how they resume.
+Ready = collections.deque[tuple[_Waiter, Any]]
 
-    ``ready`` is the hub's queue of greenlets to resume, as (greenlet, value).
+
+class Waits:
+    """The parked tasks of one worker: what wakes them (futures, timers, fds) and how they resume.
+
+    ``ready`` is the hub's queue of parked tasks to resume, as (waiter, value): an
+    entry is stale, and skipped, unless its task is still parked on that very
+    waiter.  ``later(fn)`` has the hub call ``fn`` (from another thread).
     """
 
-    def __init__(self, hub: greenlet.greenlet, ready: collections.deque[tuple[greenlet.greenlet, Any]]):
+    def __init__(self, hub: greenlet.greenlet, ready: Ready, later: Callable[[Callable[[], None]], None]):
         self.hub = hub
         self.ready = ready
+        self.later = later
         self.thread_id = threading.get_ident()
         self.timers: list[tuple[float, int, _Waiter]] = []
         self._timer_seq = itertools.count()
+        self.fd_waits: dict[_Waiter, list[tuple[int, int]]] = {}  # tasks parked in wait_fds
 
     def in_task(self) -> bool:
         """True in a task's greenlet (in the worker's main thread, not in its hub)."""
@@ -172,15 +189,66 @@ class Waits:
             _, _, waiter = heapq.heappop(timers)
             if waiter.active and not waiter.scheduled:
                 waiter.scheduled = True
-                self.ready.append((waiter.g, TIMEOUT))
+                self.ready.append((waiter, TIMEOUT))
+
+    def cancel(self, r: Runner) -> None:
+        """The broker cancelled the task ``r`` runs: if it is parked, it unwinds (CancelledError)."""
+        w = r.waiter
+        if w is not None and w.active:
+            # Through its waiter, so that it is resumed once, and never after it moved on.
+            w.cancelled = True
+            if not w.scheduled:
+                w.scheduled = True
+                self.ready.append((w, None))
+
+    def wait_fds(self, fds: Iterable[tuple[int, int]], timeout: float | None) -> None:
+        """Park the calling task until one of ``fds`` (fd, poll event mask) is ready or ``timeout`` passes.
+
+        What an event loop run by a task waits with (worker._TaskSelector): the
+        hub polls these descriptors with its own, and runs other tasks meanwhile.
+        """
+        waiter = _Waiter(greenlet.getcurrent())
+        self.fd_waits[waiter] = list(fds)
+        if timeout is not None:
+            self._add_timer(waiter, timeout)
+        try:
+            self._park(waiter)
+        finally:
+            waiter.active = False
+            del self.fd_waits[waiter]
+
+    def poll(self, masks: dict[int, int], timeout: int) -> list[tuple[int, int]]:
+        """Poll ``masks`` (the hub's descriptors) and those of parked tasks (wait_fds); wake the
+        tasks whose are ready; return the events."""
+        masks = dict(masks)
+        owners: dict[int, list[_Waiter]] = {}
+        for waiter, fds in self.fd_waits.items():
+            if waiter.active and not waiter.scheduled:
+                for fd, mask in fds:
+                    masks[fd] = masks.get(fd, 0) | mask
+                    owners.setdefault(fd, []).append(waiter)
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        events = poller.poll(timeout)
+        for fd, _ in events:
+            for waiter in owners.get(fd, ()):
+                if waiter.active and not waiter.scheduled:
+                    waiter.scheduled = True
+                    self.ready.append((waiter, None))
+        return events
 
     def _watch(self, waiter: _Waiter, fs: Iterable[cf.Future[Any]]) -> None:
         def wake(f: cf.Future[Any]) -> None:
-            if waiter.active:
+            if threading.get_ident() != self.thread_id:
+                # Completed in another thread (the flusher, a user's): the hub's
+                # queues and the waiter's flags are the hub's to change.
+                self.later(lambda: wake(f))
+            elif waiter.active:
                 waiter.done.append(f)
                 if not waiter.scheduled:
                     waiter.scheduled = True
-                    self.ready.append((waiter.g, None))
+                    self.ready.append((waiter, None))
 
         for f in fs:
             f.add_done_callback(wake)
@@ -190,7 +258,17 @@ class Waits:
 
     def _park(self, waiter: _Waiter) -> Any:
         waiter.scheduled = False
-        value = self.hub.switch()
-        if isinstance(value, Cancelled):
+        g = waiter.g
+        if not isinstance(g, Runner):
+            raise RuntimeError(
+                "a task can wait for futures only in its own greenlet, not in a greenlet it started"
+            )
+        g.waiter = waiter
+        try:
+            value = self.hub.switch()
+        finally:
+            g.waiter = None
+        if waiter.cancelled:
+            waiter.active = False
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
         return value

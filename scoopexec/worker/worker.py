@@ -30,18 +30,19 @@ import concurrent.futures._base as cfb
 import logging
 import os
 import select
+import selectors
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import greenlet
 import zmq
 
-from ..errors import ProtocolError, SerializationError
+from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.framing import POOL, Link, WakePipe
@@ -50,7 +51,7 @@ from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
 from .setup import Setups
 from .subtasks import SubTasks
-from .waiting import DONE_STATES, Cancelled, Waits, WorkerFuture
+from .waiting import DONE_STATES, Runner, Waits, WorkerFuture
 
 __all__ = ["Worker", "WorkerFuture", "as_completed", "current_worker", "wait"]
 
@@ -76,10 +77,6 @@ class _Task:
         self.frames = frames
         self.started = 0.0
         self.fkey = b""  # the function's pickle: key of its run-time estimate
-
-
-class _Runner(greenlet.greenlet):  # type: ignore[misc]
-    task: _Task | None = None
 
 
 def _failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:
@@ -130,17 +127,19 @@ class Worker:
         self.hub = greenlet.getcurrent()
         self.thread_id = threading.get_ident()
         self.queue: collections.deque[_Task] = collections.deque()
-        self.ready: collections.deque[tuple[greenlet.greenlet, Any]] = collections.deque()
-        self.waits = Waits(self.hub, self.ready)
-        self.idle_runners: list[_Runner] = []
-        self.active: dict[int, _Runner] = {}  # broker id -> runner holding that task
+        # Parked tasks to resume: (what it waits on, the value its park returns).  An entry
+        # is stale, and skipped, unless its task is still parked on that very waiter.
+        self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.waits = Waits(self.hub, self.ready, self.later)
+        self.idle_runners: list[Runner] = []
+        self.active: dict[int, Runner] = {}  # broker id -> runner holding that task
         self.current: _Task | None = None
         self.outbox = Outbox(self._send)
         self.subtasks = SubTasks(self)
-        self.setups = Setups(self, self._send)
         # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
         # except while a task runs, when the flusher thread may take it (see _flusher).
         self.lock = threading.RLock()
+        self.setups = Setups(self, self._send, self.lock)
         self._armed = threading.Event()
         self._inbox: collections.deque[P.Message] = collections.deque()
         self._slice = 0
@@ -171,7 +170,7 @@ class Worker:
             P.STOP: self._on_stop,
             P.ERROR: self._on_error,
             P.PING: _ignore,  # the broker checking that we are connected
-            P.RECALL: _ignore,  # the hub starts its queued tasks now anyway
+            P.RECALL: self._on_recall,
             P.STATUS_REPLY: _ignore,
         }
 
@@ -197,6 +196,10 @@ class Worker:
         threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
         try:
             self._loop()
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                lifeline.say(f"internal error:\n{traceback.format_exc()}")  # not to the client
+            raise
         finally:
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -230,14 +233,22 @@ class Worker:
 
     # ----------------------------------------------------------------- loop
     def _loop(self) -> None:
+        masks = {self.chan.fd: select.POLLIN, self._wakeup.fd: select.POLLIN}
         fds = select.poll()
-        fds.register(self.chan.fd, select.POLLIN)
-        fds.register(self._wakeup.fd, select.POLLIN)
-        waits, lock = self.waits, self.lock
+        for fd, mask in masks.items():
+            fds.register(fd, mask)
+        waits, lock, subtasks = self.waits, self.lock, self.subtasks
         lock.acquire()
         try:
             while not self.stopping:
                 self._receive()
+                if subtasks.deliveries:
+                    batch = subtasks.take()
+                    lock.release()  # their callbacks are user code: see subtasks.py
+                    try:
+                        subtasks.deliver(batch)
+                    finally:
+                        lock.acquire()
                 if self.ready or self.queue:
                     self._run_some()
                 self._flush()
@@ -258,10 +269,15 @@ class Worker:
                             timeout = wait if timeout < 0 else min(timeout, wait)
                     lock.release()
                     try:
-                        fds.poll(timeout)
+                        if waits.fd_waits:
+                            waits.poll(masks, timeout)
+                        else:
+                            fds.poll(timeout)
                     finally:
                         lock.acquire()
-                    self._wakeup.drain()
+                    self._wakeup.drain()  # before looking at what it was woken for
+                elif waits.fd_waits:
+                    waits.poll(masks, 0)
                 waits.fire_timers()
                 while self._foreign:
                     self._foreign.popleft()()
@@ -304,9 +320,14 @@ class Worker:
             self.queue = collections.deque(t for t in self.queue if t.btid not in gone)
         for btid in gone:
             r = self.active.get(btid)
-            if r is not None and r is not greenlet.getcurrent() and not r.dead:
-                # A parked task nobody wants any more: unwind it.
-                self.ready.append((r, Cancelled()))
+            if r is not None:
+                self.waits.cancel(r)  # a parked task nobody wants any more: it unwinds
+
+    def _on_recall(self, msg: P.Message) -> None:
+        # Between tasks: the next one starts now, but if it runs long, what is queued
+        # behind it goes back (the broker asks once, not again until something moves).
+        if self.queue:
+            self._recalled = self._slice + 1
 
     def _on_welcome(self, msg: P.Message) -> None:
         info = msg.info
@@ -314,6 +335,8 @@ class Worker:
         self.max_message_size = int(info.get("max_message_size", -1) or -1)
         if not self.welcomed or info.get("resumed") is None:
             self.granted = 0
+        if not self.welcomed:
+            lifeline.welcomed()  # whoever started us: we reached a broker
         self.welcomed = True
 
     def _on_stop(self, msg: P.Message) -> None:
@@ -336,14 +359,17 @@ class Worker:
         clock = time.perf_counter
         deadline = clock() + 0.002
         ready, queue = self.ready, self.queue
-        fn_avg = self.fn_avg
+        fn_avg, setups = self.fn_avg, self.setups
         while ready or queue:
             fkey = None
             if ready:
-                g, value = ready.popleft()
-                if g.dead:
-                    continue
-                self.current = g.task
+                waiter, value = ready.popleft()
+                g = waiter.g
+                if g.dead or g.waiter is not waiter:
+                    continue  # it finished, or moved on, since this was queued
+                t = self.current = g.task
+                if t is not None and t.setup != setups.argv_of:
+                    setups.use_argv(t.setup)
                 t0 = clock()
                 self._switch(g, value)
             else:
@@ -359,10 +385,12 @@ class Worker:
                     # Finished results (and, for long tasks, the request for
                     # more work) must not wait behind it either.
                     self._flush()
-                r = self.idle_runners.pop() if self.idle_runners else _Runner(self._runner_main, parent=hub)
+                r = self.idle_runners.pop() if self.idle_runners else Runner(self._runner_main, parent=hub)
                 r.task = task
                 self.active[task.btid] = r
                 self.current = task
+                if task.setup != setups.argv_of:
+                    setups.use_argv(task.setup)
                 t0 = clock()
                 self._switch(r, task)
             # How long the hub was away: a task's run until it finished or parked.
@@ -396,9 +424,9 @@ class Worker:
 
         Finished results, output and log lines go out; tasks queued here, or
         arriving now, are handed back to the broker so that an idle worker can
-        take them; results of sub-tasks are delivered.  The hub releases `lock`
-        while a task runs, and this thread takes it only then, so the socket is
-        never used by two threads at once.
+        take them; results of sub-tasks are delivered (after releasing `lock`).
+        The hub releases `lock` while a task runs, and this thread takes it only
+        then, so the socket is never used by two threads at once.
         """
         armed, lock = self._armed, self.lock
         while not self.stopping:
@@ -408,13 +436,19 @@ class Worker:
             delay = FLUSH_AFTER
             time.sleep(delay)
             while self._in_task and self._slice == seen and not self.stopping:
+                failed = None
                 with lock:
                     if not (self._in_task and self._slice == seen and self.welcomed):
                         break
                     try:
                         self._relieve()
-                    except Exception:  # pragma: no cover - must not end this thread
-                        log.exception("the worker's flusher failed")
+                    except Exception as exc:  # pragma: no cover - must not end this thread
+                        failed = exc
+                    batch = self.subtasks.take()
+                if failed is not None:  # pragma: no cover - logging handlers are others' code
+                    log.error("the worker's flusher failed", exc_info=failed)
+                if batch:
+                    self.subtasks.deliver(batch)  # a task polling done() sees them; see subtasks.py
                 delay = min(delay * 2, 0.05)
                 time.sleep(delay)
 
@@ -433,7 +467,7 @@ class Worker:
             except ProtocolError:
                 continue
             if msg.kind == P.RESULTS:
-                self.subtasks.on_results(msg)  # sub-task results: a task polling done() sees them
+                self.subtasks.on_results(msg)  # sub-task results, for _flusher to deliver
             elif msg.kind == P.RECALL:
                 recalled = True
             else:
@@ -481,23 +515,6 @@ class Worker:
         self.outbox.results.append(((task.btid, status, len(frames), task.started, dt), frames))
 
     # ------------------------------------------------------------ submitting
-    def submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
-    ) -> WorkerFuture:
-        """Submit a sub-task (see SubTasks.submit)."""
-        return self.subtasks.submit(fn, args, kwargs, parent)
-
-    def submit_encoded(
-        self,
-        fn_frame: bytes | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        parent: int | None = None,
-        error: SerializationError | None = None,
-    ) -> WorkerFuture:
-        """Submit a sub-task whose function is already a frame (see SubTasks.submit_encoded)."""
-        return self.subtasks.submit_encoded(fn_frame, args, kwargs, parent, error)
-
     def current_task(self) -> int:
         """The broker id of the running task (0 outside one)."""
         return self.current.btid if self.current is not None else 0
@@ -550,22 +567,11 @@ class Worker:
             self._wake()
 
     # ------------------------------------------------------------------ send
-    def _target(self) -> int:
-        """Tasks to hold queued (not started): enough to cover a round trip to the broker.
-
-        None while run times are unknown or long, so that a task never waits
-        behind a slow one here while another worker is idle.
-        """
-        avg = self.avg
-        if avg <= 0.0 or avg >= 0.02:
-            return 0
-        return max(1, min(64, int(0.001 / avg) + 1))
-
     def _flush(self, credit: bool = True) -> None:
         """Send what is waiting, asking for more tasks (``credit``) when they are wanted.  Hold `lock`."""
         more = 0
         if credit and self.welcomed and not self.stopping:
-            more = self._target() - len(self.queue) - self.granted
+            more = _prefetch(self.avg) - len(self.queue) - self.granted
             if more <= 0:
                 # Idle (nothing queued, nothing promised): always ask for one.
                 more = 1 if not self.queue and not self.granted and not self.ready else 0
@@ -589,7 +595,7 @@ def _call(task: _Task, setup_error: str | None, name: str, max_size: int) -> tup
             f"the task could not be unpickled on {where}: {type(exc).__name__}: {exc} (the "
             "module that defines it must be importable there: workers get the client's "
             "sys.path and working directory)",
-            traceback.format_exc(),
+            serialize.user_traceback(exc),
         )
     task.frames = []
     try:
@@ -600,8 +606,9 @@ def _call(task: _Task, setup_error: str | None, name: str, max_size: int) -> tup
             tb = tb.tb_next  # our own frame (the call into the task) is noise
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         return serialize.encode_exception(exc, f"On {where}:\n{text}")
-    del fn, args, kwargs
-    status, frames = serialize.encode_result(value, f" on {where}")
+    del args, kwargs
+    status, frames = serialize.encode_result(value, f" on {where}", fn)
+    del fn
     big = serialize.oversized(frames, max_size)
     if big:
         return _failure(
@@ -615,6 +622,16 @@ def _call(task: _Task, setup_error: str | None, name: str, max_size: int) -> tup
 
 def _ignore(msg: P.Message) -> None:
     pass
+
+
+def _prefetch(avg: float) -> int:
+    """Tasks to hold queued (not started), for tasks of ``avg`` s: enough to cover a round trip
+    to the broker.  None while run times are unknown or long, so that a task never waits
+    behind a slow one here while another worker is idle.
+    """
+    if avg <= 0.0 or avg >= 0.02:
+        return 0
+    return max(1, min(64, int(0.001 / avg) + 1))
 
 
 # ---------------------------------------------------------------- patches
@@ -643,11 +660,71 @@ def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> 
     return w.waits.iter_completed(fs, timeout)
 
 
+_RealSelector = selectors.DefaultSelector
+_POLL_MASKS = {selectors.EVENT_READ: select.POLLIN, selectors.EVENT_WRITE: select.POLLOUT}
+
+
+class _TaskSelector(selectors.BaseSelector):
+    """selectors.DefaultSelector on a worker: select() in a task parks the task, not the worker.
+
+    An event loop a task runs (``asyncio.run(...)`` in a task) waits in its
+    selector's select(); on a worker that would block the hub, and with it
+    every other task -- the sub-tasks the loop awaits included.  Here the
+    task parks instead, and the hub polls the loop's descriptors with its
+    own: the loop wakes when one is ready (a future it awaits completes, which
+    writes to its self-pipe) or its timeout passes.  While parked, the task's
+    loop is not the thread's running loop, so other tasks may run loops of
+    their own.  Outside a task (the hub, other threads) it is the real selector.
+    """
+
+    def __init__(self) -> None:
+        self._sel = _RealSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._sel.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._sel.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._sel.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        w = _current
+        if w is None or (timeout is not None and timeout <= 0) or not w.in_task():
+            return self._sel.select(timeout)
+        ready = self._sel.select(0)
+        if ready:
+            return ready
+        fds = [
+            (key.fd, sum(m for ev, m in _POLL_MASKS.items() if key.events & ev))
+            for key in self._sel.get_map().values()
+        ]
+        import asyncio
+
+        loop = asyncio._get_running_loop()
+        hooks = sys.get_asyncgen_hooks()
+        asyncio._set_running_loop(None)
+        sys.set_asyncgen_hooks(None, None)
+        try:
+            w.waits.wait_fds(fds, timeout)
+        finally:
+            asyncio._set_running_loop(loop)
+            sys.set_asyncgen_hooks(*hooks)
+        return self._sel.select(0)
+
+    def close(self) -> None:
+        self._sel.close()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._sel.get_map()
+
+
 _patched = False
 
 
 def _install_patches() -> None:
-    """Make the standard library's wait()/as_completed() task-aware in this process."""
+    """Make the standard library's wait()/as_completed() and event loops' selectors task-aware here."""
     global _patched
     if _patched:
         return
@@ -656,3 +733,4 @@ def _install_patches() -> None:
     cfb.as_completed = as_completed  # type: ignore[assignment]
     cf.wait = wait  # type: ignore[assignment]
     cf.as_completed = as_completed  # type: ignore[assignment]
+    selectors.DefaultSelector = _TaskSelector  # type: ignore[misc,assignment]

@@ -1,0 +1,270 @@
+"""The broker's books and its scheduling, alone: plain objects, no sockets, no threads (broker/ledger.py,
+broker/scheduling.py).  The loop around them is tested through real sockets elsewhere
+(test_broker_model.py, test_broker_scheduling.py, test_hostile.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scoopexec.broker import scheduling
+from scoopexec.broker.ledger import LOCAL, Ledger, Task, WorkerState
+
+C = b"client"
+BODY = [b"fn", b"args"]
+
+
+def books(max_retries: int = 1) -> Ledger:
+    ledger = Ledger(max_retries)
+    ledger.add_client(C, {"role": "client"}, [b"{}", b""])
+    return ledger
+
+
+def worker(ledger: Ledger, name: str, credit: int = 0) -> WorkerState:
+    w = ledger.add_worker(name.encode(), {"name": name, "pid": 1, "host": "h"})
+    ledger.grant(w, credit)
+    return w
+
+
+def submit(ledger: Ledger, *tids: int, owner: bytes = C, parent: int = 0) -> None:
+    setup = ledger.clients[C].setup
+    for tid in tids:
+        assert ledger.new_task(owner, tid, parent, C, setup, list(BODY))
+
+
+def everyone(task: Task) -> bool:
+    return True
+
+
+def check(ledger: Ledger) -> None:
+    """Each task in exactly one place: queued, or assigned to one live worker."""
+    queued = [b for b in ledger.queue if b in ledger.tasks and ledger.tasks[b].worker is None]
+    for btid, task in ledger.tasks.items():
+        if task.worker is None:
+            assert btid in queued
+        else:
+            assert btid in ledger.workers[task.worker].assigned
+    for key, w in ledger.workers.items():
+        for btid in w.assigned:
+            assert ledger.tasks[btid].worker == key
+
+
+# ------------------------------------------------------------------ dispatch
+def test_queued_tasks_are_shared_out_evenly_among_ready_workers():
+    ledger = books()
+    a, b = worker(ledger, "a", 8), worker(ledger, "b", 8)
+    submit(ledger, 1, 2, 3, 4)
+    batches = scheduling.dispatch(ledger, everyone)
+    assert [(w.name, len(batch)) for w, batch in batches] == [("a", 2), ("b", 2)]
+    assert (a.credit, b.credit, len(a.assigned), len(b.assigned)) == (6, 6, 2, 2)
+    assert not ledger.queue
+    check(ledger)
+
+
+def test_a_worker_waits_in_line_once_however_often_it_asks():
+    ledger = books()
+    a = worker(ledger, "a", 1)
+    ledger.grant(a, 1)
+    ledger.take_back(a, [])  # RETURN: its credit back to 0 ...
+    ledger.grant(a, 1)  # ... and asking again
+    assert list(ledger.ready).count(a) == 1
+
+
+def test_a_task_its_owner_no_longer_wants_is_dropped_at_dispatch():
+    ledger = books()
+    worker(ledger, "a", 4)
+    submit(ledger, 1, 2)
+    batches = scheduling.dispatch(ledger, lambda t: t.tid != 1)
+    assert [t.tid for t in batches[0][1]] == [2]
+    assert [t.tid for t in ledger.tasks.values()] == [2]
+    check(ledger)
+
+
+def test_a_sub_task_stays_off_its_parents_worker_while_another_is_idle():
+    ledger = books()
+    a = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((_, (parent,)),) = scheduling.dispatch(ledger, everyone)
+    ledger.grant(a, 1)  # the parent waits on its children: its worker asks for more
+    b = worker(ledger, "b", 1)
+    assert ledger.new_task(a.key, 7, parent.btid, C, 1, list(BODY))
+    (batch,) = scheduling.dispatch(ledger, everyone)
+    assert batch[0] is b, "the child went to the worker where its parent is parked"
+    check(ledger)
+
+
+# ------------------------------------------------------------------ results
+def test_a_result_is_delivered_once_and_stale_or_foreign_ones_are_counted():
+    ledger = books()
+    a, b = worker(ledger, "a", 1), worker(ledger, "b", 1)
+    submit(ledger, 1)
+    ((w, (task,)),) = scheduling.dispatch(ledger, everyone)
+    other = b if w is a else a
+    assert ledger.finish(other, task.btid) == (None, None)
+    assert ledger.dropped["result from a worker that did not have the task"] == 1
+    assert ledger.finish(w, task.btid) == (task, None)
+    assert ledger.finish(w, task.btid) == (None, None)
+    assert ledger.dropped["stale result"] == 1
+    assert not ledger.tasks and not w.assigned
+
+
+def test_a_late_result_from_a_lost_worker_wins_and_the_new_holder_cancels():
+    ledger = books(max_retries=3)
+    a = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((_, (task,)),) = scheduling.dispatch(ledger, everyone)
+    lost, _ = ledger.lose_worker(a, "its connection closed")
+    assert lost == [(task, False)] and task.attempts == 1
+    b = worker(ledger, "b", 1)
+    scheduling.dispatch(ledger, everyone)
+    assert task.worker == b.key
+    assert ledger.finish(a, task.btid) == (task, b.key)  # the late answer is accepted ...
+    assert not b.assigned  # ... and the worker now holding it is told to drop it
+    check(ledger)
+
+
+# --------------------------------------------------------------- losses
+def test_a_lost_workers_tasks_are_queued_again_then_given_up():
+    ledger = books(max_retries=1)
+    submit(ledger, 1)
+    for attempt, name in enumerate(("a", "b")):
+        w = worker(ledger, name, 1)
+        scheduling.dispatch(ledger, everyone)
+        ((task, given_up),), _ = ledger.lose_worker(w, "killed by the test")
+        assert given_up is (attempt == 1)
+    assert not ledger.tasks and task.attempts == 2
+    assert task.losses == ["worker a (pid 1 on h): killed by the test", "worker b (pid 1 on h): killed by the test"]
+
+
+def test_a_loss_a_task_caused_says_so():
+    ledger = books(max_retries=0)
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    scheduling.dispatch(ledger, everyone)
+    ((task, _),), _ = ledger.lose_worker(w, "its process exited", task_rc=5)
+    assert "a task ended the process (os._exit(5)" in task.losses[-1]
+    assert ledger.recent_losses[-1].endswith("while running a task")
+
+
+def test_the_sub_tasks_of_a_lost_worker_are_cancelled_where_they_run():
+    ledger = books()
+    a, b = worker(ledger, "a", 1), worker(ledger, "b", 1)
+    submit(ledger, 1)
+    scheduling.dispatch(ledger, everyone)
+    parent = ledger.tasks[next(iter(ledger.tasks))]
+    holder = a if parent.worker == a.key else b
+    other = b if holder is a else a
+    assert ledger.new_task(holder.key, 9, parent.btid, C, 1, list(BODY))
+    scheduling.dispatch(ledger, everyone)
+    (child,) = [t for t in ledger.tasks.values() if t.tid == 9]
+    assert child.worker == other.key
+    _, cancels = ledger.lose_worker(holder, "gone")
+    assert cancels == {other.key: [(child.btid,)]}
+    assert child.btid not in ledger.tasks
+    check(ledger)
+
+
+def test_given_back_and_resynced_tasks_go_to_the_front_of_the_queue():
+    ledger = books()
+    w = worker(ledger, "a", 3)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    submit(ledger, 4)
+    held = sorted(w.assigned)
+    ledger.take_back(w, held[1:])
+    assert w.credit == 0 and list(ledger.queue)[:2] == held[1:]
+    ledger.resync(w, set())  # it said HELLO again holding nothing
+    assert list(ledger.queue)[0] == held[0] and not w.assigned
+    check(ledger)
+
+
+# -------------------------------------------------------- owners going away
+def test_cancel_forgets_the_task_wherever_it_is():
+    ledger = books()
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1, 2)
+    scheduling.dispatch(ledger, everyone)
+    assert ledger.cancel(C, [1, 2, 99]) == {w.key: [(1,)]}
+    assert not ledger.tasks and not ledger.by_owner and not w.assigned
+    assert not [b for b in ledger.queue if b in ledger.tasks]
+
+
+def test_a_broken_client_loses_its_tasks_and_refuses_new_ones():
+    ledger = books()
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1, 2)
+    scheduling.dispatch(ledger, everyone)
+    assert ledger.new_task(w.key, 5, 1, C, 1, list(BODY))  # a sub-task a worker submitted for it
+    c = ledger.clients[C]
+    cancels, orphans = ledger.break_client(c)
+    assert cancels == {w.key: [(1,)]}
+    assert [t.tid for t in orphans] == [5]  # its owner, the worker, is told
+    assert not ledger.tasks and not ledger.by_owner
+    assert not ledger.new_task(C, 3, 0, C, 1, list(BODY))
+
+
+def test_a_client_leaving_after_an_error_has_what_is_not_started_dropped():
+    ledger = books()
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    dropped = ledger.drop_unstarted(ledger.clients[C])
+    assert sorted(t.tid for t in dropped) == [2, 3]
+    assert [t.tid for t in ledger.tasks.values()] == [1]  # started: it runs on
+    assert ledger.drop_unstarted(ledger.clients[C]) == []  # once
+    ledger.take_back(w, list(w.assigned))  # handed back unstarted: dropped at the next dispatch
+    assert [t.tid for t in ledger.drop_closing()] == [1]
+    assert not ledger.new_task(C, 4, 0, C, 1, list(BODY))
+
+
+# ------------------------------------------------------------------ recall
+def test_recall_asks_a_busy_worker_once_until_something_moves_there():
+    ledger = books()
+    busy = worker(ledger, "busy", 3)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    worker(ledger, "idle", 1)
+    now = 100.0
+    assert scheduling.recall(ledger, now) == [busy]
+    for step in range(1, 10):
+        assert scheduling.recall(ledger, now + step) == [], "asked again with nothing new"
+    ledger.finish(busy, min(busy.assigned))  # a result: something moved there
+    assert len(busy.assigned) == 2
+    assert scheduling.recall(ledger, now + 20) == [busy]  # so it is asked once more ...
+    assert scheduling.recall(ledger, now + 30) == []  # ... and only once
+
+
+def test_recall_is_not_sent_when_nobody_is_idle():
+    ledger = books()
+    worker(ledger, "busy", 3)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    assert scheduling.recall(ledger, 100.0) == []
+
+
+def test_mark_running_claims_as_many_as_idle_and_starting_workers():
+    ledger = books()
+    worker(ledger, "idle", 0)
+    submit(ledger, 1, 2, 3, 4)
+    claimed: list[int] = []
+    scheduling.mark_running(ledger, 2, lambda t: claimed.append(t.tid) is None)
+    assert claimed == [1, 2, 3]
+    assert [t.marked for t in ledger.tasks.values()] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("owner", [C, LOCAL])
+def test_owners_ids_are_kept_only_for_owners_that_send_cancel(owner):
+    ledger = books()
+    if owner == LOCAL:
+        ledger.add_client(LOCAL, {"role": "client", "local": True}, [])
+    ledger.new_task(owner, 1, 0, owner, 1, list(BODY))
+    assert (owner == C) == ((owner, 1) in ledger.by_owner)
+
+
+def test_the_snapshot_counts_what_the_status_table_shows():
+    ledger = books()
+    worker(ledger, "a", 1)
+    submit(ledger, 1, 2)
+    scheduling.dispatch(ledger, everyone)
+    snap = ledger.snapshot()
+    assert (snap["queued"], snap["assigned"], snap["tasks"], snap["clients"]) == (1, 1, 2, 1)
+    assert snap["workers"][0]["state"] == "busy" and snap["workers"][0]["busy"] == 1
