@@ -238,9 +238,9 @@ def _rec(name: str, key: Any = None) -> None:
 
 def _install_worker_shims(_: Any = None) -> int:
     """Runs as a task inside a worker: timestamp the worker's side of each task."""
-    from scoopexec import worker
     from scoopexec.wire import protocol as P
     from scoopexec.wire import serialize
+    from scoopexec.worker import worker
 
     if getattr(worker, "_hops_installed", False):
         time.sleep(0.3)
@@ -251,11 +251,10 @@ def _install_worker_shims(_: Any = None) -> int:
         w = worker.current_worker()
         return w.current.btid if w is not None and w.current is not None else 0
 
-    def received(self: Any, frames: list[Any]) -> None:
-        head = frames[0].bytes
-        if P.unpack_header(head)[0] == P.TASKS:
+    def received(self: Any, msg: Any) -> None:
+        if msg.kind == P.TASKS:
             t = _ns()
-            for e in P.entries(P.TASKS, head):
+            for e in msg.entries:
                 _events.append(("W0 worker received TASKS", e[0], t))
 
     def sent(_out: Any, self: Any, frames: list[Any]) -> None:
@@ -266,7 +265,7 @@ def _install_worker_shims(_: Any = None) -> int:
                 _events.append(("W6 worker sent RESULT", e[0], t))
 
     _shim(worker.Worker, "_handle", received, None)
-    _shim(worker.Worker, "_send", None, sent)
+    _shim(type(worker.current_worker().chan), "send", None, sent)  # the channel the outbox sends on
     _shim(serialize, "decode_call", lambda *a: _rec("W1 task starts: unpickle", btid()), None)
     _shim(serialize, "encode_result", lambda *a: _rec("W3 fn returned: pickle result", btid()), None)
     # decode_call's end is the call of fn; encode_result's end is the hand-back to the hub
@@ -295,12 +294,13 @@ def _on_every_worker(ex: Any, fn: Callable[[Any], Any], workers: int) -> list[An
 
 
 def hops(n: int) -> None:
-    from scoopexec import executor
     from scoopexec.broker.loop import Broker
+    from scoopexec.client.executor import ScoopExecutor
+    from scoopexec.client.session import Session
     from scoopexec.wire import protocol as P
     from scoopexec.wire import serialize
 
-    with executor.ScoopExecutor(2) as ex:
+    with ScoopExecutor(2) as ex:
         for i in range(100):
             ex.submit(noop, i).result()
         _on_every_worker(ex, _install_worker_shims, 2)
@@ -309,10 +309,10 @@ def hops(n: int) -> None:
         def on_main(name: str) -> Callable[..., None]:
             return lambda *a: _rec(name) if threading.get_ident() == main else None
 
-        _shim(executor.ScoopExecutor, "submit", on_main("C0 submit() called"), None)
+        _shim(ScoopExecutor, "submit", on_main("C0 submit() called"), None)
         _shim(serialize, "encode_call", None, lambda *a: on_main("C1 pickled")())
         _shim(
-            executor._Link,
+            Session,
             "submit",
             None,
             lambda fut, *a: _rec("C2 future made, queued, broker woken", fut._tid),
@@ -320,9 +320,9 @@ def hops(n: int) -> None:
 
         def took(self: Any) -> None:
             local = self.local
-            if local is not None and local.outbox:
+            if local is not None and local.client.outbox:
                 t = _ns()
-                for tid, _body in list(local.outbox):
+                for tid, _body in list(local.client.outbox):
                     _events.append(("B1 broker takes the task", tid, t))
 
         def tasks_sent(_out: Any, self: Any, w: Any, batch: list[Any]) -> None:
@@ -330,17 +330,29 @@ def hops(n: int) -> None:
             for task in batch:
                 _events.append(("B2 broker sent TASKS", (task.btid, task.tid), t))
 
-        def results_in(self: Any, w: Any, head: bytes, *a: Any) -> None:
+        def results_in(self: Any, key: bytes, w: Any, msg: Any) -> None:
             t = _ns()
-            for e in P.entries(P.RESULT, head):
+            for e in msg.entries:
                 _events.append(("B7 broker received RESULT", e[0], t))
 
-        _shim(Broker, "_drain_local", took, None)
+        def delivering(self: Any, msg: Any) -> None:
+            for e in msg.entries:
+                _rec("B8 deliver: unpickle", e[0])
+
+        def delivered(_out: Any, self: Any, msg: Any) -> None:
+            for e in msg.entries:
+                _rec("B10 set_result done", e[0])
+
+        _shim(Broker, "_take_local", took, None)
         _shim(Broker, "_send_tasks", None, tasks_sent)
-        _shim(Broker, "_on_results", results_in, None)
-        _shim(executor._Link, "deliver", lambda self, tid, *a: _rec("B8 deliver: unpickle", tid), None)
+        _shim(Broker, "_on_result", results_in, None)
+        _shim(Session, "_on_results", delivering, None)
         _shim(serialize, "decode_outcome", None, lambda *a: _rec("B9 unpickled: set_result"))
-        _shim(executor._Link, "deliver", None, lambda _o, self, tid, *a: _rec("B10 set_result done", tid))
+        _shim(Session, "_on_results", None, delivered)
+        # The tables of message handlers were filled when the pool started: point them at the shims.
+        session = ex._session  # type: ignore[attr-defined]
+        session.handlers[P.RESULTS] = session._on_results
+        session.broker.handlers[P.RESULT] = session.broker._on_result
         time.sleep(0.2)
         _events.clear()
         for i in range(n):

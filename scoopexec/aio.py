@@ -11,7 +11,7 @@ A scoopexec future is a ``concurrent.futures.Future`` completed by another
 thread (the client's I/O thread, or a worker's hub), so ``wrap_future`` and
 ``run_in_executor`` work from any event loop in any thread.  Inside a task on
 a worker, an event loop the task runs (``asyncio.run(...)``) waits by parking
-the task, not the worker (worker.py's task-aware selector): sub-tasks it
+the task, not the worker (worker/worker.py's task-aware selector): sub-tasks it
 awaits run on the same worker if need be, and several tasks of one worker
 may each run a loop of their own.
 

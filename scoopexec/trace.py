@@ -3,8 +3,8 @@
 ::
 
     Broker._send_tasks ---- on_dispatch(w, batch) ---> (now, [broker ids]) per batch
-    Broker._on_results ---- on_results(w, ...) ------> one tuple per finished task
-    Broker._lose_worker --- on_lost(task, ...) ------> one tuple per lost attempt
+    Broker._on_result ----- on_results(w, ...) ------> one tuple per finished task
+    Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
                                                         |
     when the pool stops:  write() -> clock offsets, lanes, parent links --> run.json
 
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 MAX_TASKS = 2_000_000  # tasks kept in one trace; later ones are counted, not recorded
 _COUNTER_POINTS = 4000  # at most this many samples of the waiting/running counters
 
-# Status codes of protocol.py, by name (kept here so this module imports nothing heavy).
+# Status codes of wire/protocol.py, by name (kept here so this module imports nothing heavy).
 _STATUS_NAMES = {0: "ok", 1: "raised", 2: "failed", 3: "lost", 4: "cancelled"}
 
 

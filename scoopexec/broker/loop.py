@@ -18,7 +18,7 @@ by protocol.decode, its sender's role by protocol.SENDERS, then routed by the ta
 dispatch; send the batched results; every 50 ms, a tick (liveness, exits of local
 workers, the completion rate).
 
-The broker never unpickles: it reads the fixed headers of protocol.py and
+The broker never unpickles: it reads the fixed headers of wire/protocol.py and
 moves payload frames (zmq.Frame, received without copying) from submitter to
 worker and back.  It keeps each task's frames until the result arrives, so
 that the task can be sent again when its worker is lost, and it forgets a task

@@ -122,7 +122,7 @@ class LocalWorkers:
     ) -> None:
         self.connect = connect
         # With `link` (the embedded broker's links.add), each worker gets one end of a
-        # socketpair instead of connecting to `connect` through ZeroMQ (link.py).
+        # socketpair instead of connecting to `connect` through ZeroMQ (wire/framing.py).
         self.link = link
         self.keys = keys
         self.tag_prefix = tag_prefix or f"L{os.getpid()}"
