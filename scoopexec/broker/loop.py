@@ -210,7 +210,7 @@ class Broker:
         self.links.register_new()
         if timeout is not None:
             ms = int(timeout * 1000)
-        elif self.router.backlogged:
+        elif self.router.backlog:
             ms = 50
         else:
             # Round up: rounding down spins through the last millisecond before a tick.
@@ -271,7 +271,7 @@ class Broker:
             self._dispatch()
             local.client.dispatched()
             return (
-                self._wake_needed == before and not self.links.dead and not self.router.backlogged
+                self._wake_needed == before and not self.links.dead and not self.router.backlog
                 and not self._out and not local.pending
             )  # fmt: skip
         finally:
@@ -533,10 +533,13 @@ class Broker:
             out, self._out = self._out, {}
             for owner, items in out.items():
                 self._send_results(owner, items)
-        if self.router.backlogged:
+        if self.router.backlog:
             self.router.retry_backlog(self._known)
 
     def _send_results(self, owner: bytes, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
+        if owner == LOCAL and self.local is not None:
+            self.local.results(items)  # the message as its table takes it: see InProcessPort.results
+            return
         frames: list[Any] = [P.pack(P.RESULTS, [e for e, _ in items])]
         for _, body in items:
             frames.extend(body)

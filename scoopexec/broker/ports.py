@@ -19,6 +19,7 @@ Each port watches its file descriptors through the loop's :class:`Poll`.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import select
@@ -340,10 +341,6 @@ class RouterPort:
             self._probe(key, why, until)
 
     # --------------------------------------------------------------- sending
-    @property
-    def backlogged(self) -> bool:
-        return bool(self.backlog)
-
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         """Send one message; keep it for later if the peer is slow, drop it if gone."""
         waiting = self.backlog.get(key)
@@ -437,7 +434,7 @@ class LinkPort:
         while self._new:
             key, link = self._new.popleft()
             self.links[key] = link
-            self.poll.watch(link.fd, lambda events, key=key: self._on_ready(key, events))  # type: ignore[misc]
+            self.poll.watch(link.fd, functools.partial(self._on_ready, key))
 
     def _on_ready(self, key: bytes, events: int) -> None:
         link = self.links.get(key)
@@ -519,6 +516,7 @@ class LocalClient(Protocol):
     def setup_frames(self) -> list[bytes]: ...
     def started(self, tid: int) -> bool: ...  # False: the future was cancelled, drop the task
     def handle(self, frames: list[Any]) -> None: ...  # a message from the broker
+    def dispatch(self, msg: P.Message) -> None: ...  # the same, decoded already
     def dispatched(self) -> None: ...  # what was submitted so far was taken in
 
 
@@ -529,17 +527,29 @@ class InProcessPort:
 
     def __init__(self, client: LocalClient) -> None:
         self.client = client
-        self.pending: collections.deque[list[Any]] = collections.deque()
+        self.pending: collections.deque[list[Any] | P.Message] = collections.deque()
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append(list(frames))
         return True
 
+    def results(self, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
+        """RESULTS for the client, as the message its table would get from decoding the frames
+        (the one message on every round trip: no header to pack here and parse there)."""
+        frames: list[Any] = [b""]
+        for _, body in items:
+            frames.extend(body)
+        self.pending.append(P.Message(P.RESULTS, len(items), 0, [e for e, _ in items], frames))
+
     def deliver(self) -> None:
         """Hand the messages for the client over (not holding the broker's lock)."""
-        pending, handle = self.pending, self.client.handle
+        pending, client = self.pending, self.client
         while pending:
-            handle(pending.popleft())
+            msg = pending.popleft()
+            if isinstance(msg, P.Message):
+                client.dispatch(msg)
+            else:
+                client.handle(msg)
 
     def claim(self, tid: int) -> bool:
         return self.client.started(tid)

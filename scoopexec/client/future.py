@@ -30,12 +30,13 @@ class Holder(Protocol):
 class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     """The future of a task submitted from a client.  A concurrent.futures.Future."""
 
+    _started = 0.0  # time.monotonic() when it was handed to a worker
+
     def __init__(self, holder: Holder | None = None, tid: int = 0, what: str = "") -> None:
-        super().__init__()
+        cf.Future.__init__(self)
         self._holder = holder
         self._tid = tid
         self._what = what  # the task's function, for error messages
-        self._started = 0.0  # time.monotonic() when it was handed to a worker
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
@@ -66,16 +67,10 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._holder = None
         super().set_exception(exception)
 
-    def set_result(self, result: Any) -> None:
-        """As Future.set_result."""
-        self._holder = None
-        super().set_result(result)
 
 
 def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
     """Resolve ``fut`` with a result message's outcome (unpickled here: call it holding no lock)."""
-    if fut.done():  # cancelled meanwhile
-        return
     ok, value = serialize.decode_outcome(status, frames, fut._what)
     try:
         if ok:

@@ -181,15 +181,20 @@ class Session:
         """A message from the broker: checked, then routed through ``handlers``."""
         try:
             msg = P.decode(frames)
-            handler = self.handlers.get(msg.kind)
-            if handler is None:
-                raise ProtocolError(f"unexpected {msg.name}")
         except ProtocolError as exc:
             log.error("bad message from the broker: %s", exc)
             if self.status_waiting and _kind_of(frames) == P.STATUS_REPLY:
                 req = self.status_waiting.popleft()
                 req.error = f"the broker at {self.endpoint} sent a malformed status: {exc}"
                 req.event.set()
+            return
+        self.dispatch(msg)
+
+    def dispatch(self, msg: P.Message) -> None:
+        """A message (decoded) through ``handlers``."""
+        handler = self.handlers.get(msg.kind)
+        if handler is None:
+            log.error("bad message from the broker: unexpected %s", msg.name)
             return
         handler(msg)
 

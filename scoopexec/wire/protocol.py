@@ -27,6 +27,7 @@ Any change to a struct or a meaning below bumps VERSION.
 from __future__ import annotations
 
 import json
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -254,46 +255,71 @@ def as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes  # type: ignore[no-any-return]
 
 
+_COUNT = operator.itemgetter(2)  # an entry's number of frames (SUBMIT, TASKS, RESULT, RESULTS)
+_NO_ENTRIES: list[tuple[Any, ...]] = []  # shared, never changed: messages without entries
+
+
 def decode(frames: Sequence[Any]) -> Message:
-    """Check a received message against its kind's shape; ProtocolError (or VersionMismatch) if wrong."""
+    """Check a received message against its kind's shape; ProtocolError (or VersionMismatch) if wrong.
+
+    On every message's path: unpack_header's checks are made inline, and the common shapes
+    (COUNTED, NONE) are tested first.
+    """
     if not frames:
         raise ProtocolError("an empty message")
-    head = as_bytes(frames[0])
-    kind, count, arg = unpack_header(head)
-    shape = SHAPES[kind]
+    head = frames[0]
+    if not isinstance(head, bytes):
+        head = head.bytes
+    if len(head) < HEADER_SIZE:
+        raise ProtocolError(f"header of {len(head)} bytes is shorter than {HEADER_SIZE}")
+    magic, version, kind, count, arg = HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ProtocolError("not a scoopexec message (bad magic)")
+    if version != VERSION:
+        raise VersionMismatch(version)
+    shape = SHAPES.get(kind)
+    if shape is None:
+        raise ProtocolError(f"unknown message type {kind}")
+    if count > MAX_ENTRIES:
+        raise ProtocolError(f"{count} entries exceeds the limit of {MAX_ENTRIES}")
     st = ENTRY_OF.get(kind)
-    ents = list(st.iter_unpack(memoryview(head)[HEADER_SIZE:])) if st is not None and count else []
+    want = HEADER_SIZE + (count * st.size if st is not None else 0)
+    if len(head) != want:
+        raise ProtocolError(
+            f"{TYPE_NAMES[kind]} header is {len(head)} bytes, expected {want} for {count} entries"
+        )
+    ents = list(st.iter_unpack(memoryview(head)[HEADER_SIZE:])) if st is not None and count else _NO_ENTRIES
     msg = Message(kind, count, arg, ents, frames)
     payload = len(frames) - 1
     rule = shape.frames
-    if rule == COUNTED:
-        if any(e[2] < shape.min_frames for e in ents):
+    if rule is COUNTED:
+        if sum(map(_COUNT, ents)) != payload:
+            check_frames([e[2] for e in ents], payload)  # raises, saying how many
+        if shape.min_frames and any(e[2] < shape.min_frames for e in ents):
             raise ProtocolError(
                 f"{TYPE_NAMES[kind]}: an entry needs at least {shape.min_frames} frames "
                 "(a task needs a function and an arguments frame)"
             )
-        check_frames([e[2] for e in ents], payload)
-    elif rule == NONE:
+    elif rule is NONE:
         if payload:
             raise ProtocolError(f"{TYPE_NAMES[kind]} carries no frames, this one has {payload}")
-    elif rule == ONE_EACH:
+    elif rule is ONE_EACH:
         if payload != count:
             raise ProtocolError(f"{TYPE_NAMES[kind]} needs one frame per entry ({count}), has {payload}")
-    elif rule == JSON:
+    elif rule is JSON:
         if not payload:
             raise ProtocolError(f"{TYPE_NAMES[kind]} without its JSON frame")
         info = load_json(as_bytes(frames[1]))
         if not isinstance(info, dict):
             raise ProtocolError(f"{TYPE_NAMES[kind]}'s JSON is not an object")
         msg.info = info
-    elif rule == TEXT:
+    elif rule is TEXT:
         if payload > shape.max_frames:
             raise ProtocolError(
                 f"{TYPE_NAMES[kind]} carries at most {shape.max_frames} frame(s), has {payload}"
             )
         if payload:
             msg.text = as_bytes(frames[1]).decode("utf-8", "replace")
-    elif rule == NAMED and payload < 2:
+    elif rule is NAMED and payload < 2:
         raise ProtocolError(f"{TYPE_NAMES[kind]} needs a name frame and a value frame")
     return msg
-

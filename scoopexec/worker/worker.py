@@ -109,6 +109,7 @@ class Worker:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.name = name or f"{self.host}:{self.pid}"
+        self.where = f"worker {self.name} (pid {self.pid} on {self.host})"  # for messages
         self.ident = b"W" + os.urandom(11)
         self._ready = ready
         self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
@@ -238,6 +239,7 @@ class Worker:
         for fd, mask in masks.items():
             fds.register(fd, mask)
         waits, lock, subtasks = self.waits, self.lock, self.subtasks
+        wake_fd = self._wakeup.fd
         lock.acquire()
         try:
             while not self.stopping:
@@ -269,13 +271,11 @@ class Worker:
                             timeout = wait if timeout < 0 else min(timeout, wait)
                     lock.release()
                     try:
-                        if waits.fd_waits:
-                            waits.poll(masks, timeout)
-                        else:
-                            fds.poll(timeout)
+                        woke = waits.poll(masks, timeout) if waits.fd_waits else fds.poll(timeout)
                     finally:
                         lock.acquire()
-                    self._wakeup.drain()  # before looking at what it was woken for
+                    if any(fd == wake_fd for fd, _ in woke):
+                        self._wakeup.drain()  # before looking at what it was woken for
                 elif waits.fd_waits:
                     waits.poll(masks, 0)
                 waits.fire_timers()
@@ -311,7 +311,7 @@ class Worker:
     def _on_tasks(self, msg: P.Message) -> None:
         q = self.queue
         for (btid, sid, _, attempt), body in msg.parts():
-            q.append(_Task(btid, sid, attempt, list(body)))
+            q.append(_Task(btid, sid, attempt, body))  # type: ignore[arg-type]  # a list slice
         self.granted = max(0, self.granted - msg.count)
 
     def _on_cancel(self, msg: P.Message) -> None:
@@ -506,7 +506,7 @@ class Worker:
     def _execute(self, task: _Task) -> None:
         task.started = time.time()
         t0 = time.perf_counter()
-        status, frames = _call(task, self.setups.errors.get(task.setup), self.name, self.max_message_size)
+        status, frames = _call(task, self.setups.errors.get(task.setup), self.where, self.max_message_size)
         dt = time.perf_counter() - t0
         for stream in self._streams:
             if stream.partial:  # a partial last line belongs to this task
@@ -582,9 +582,9 @@ class Worker:
         self.chan.send(frames)
 
 
-def _call(task: _Task, setup_error: str | None, name: str, max_size: int) -> tuple[int, list[Any]]:
-    """Run one task: its status and frames (the result, or what went wrong)."""
-    where = f"worker {name} (pid {os.getpid()} on {socket.gethostname()})"
+def _call(task: _Task, setup_error: str | None, where: str, max_size: int) -> tuple[int, list[Any]]:
+    """Run one task on ``where`` (``worker NAME (pid P on HOST)``): its status and frames (the
+    result, or what went wrong)."""
     if setup_error is not None:
         return _failure("initializer", setup_error)
     try:
