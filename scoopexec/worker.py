@@ -985,7 +985,7 @@ class Worker:
             for waiter in owners.get(fd, ()):
                 if waiter.active and not waiter.scheduled:
                     waiter.scheduled = True
-                    self.ready.append((waiter.g, None))
+                    self.ready.append((waiter, None))
         return events
 
     def _fire_timers(self) -> None:
