@@ -32,6 +32,11 @@ def getpid(_=None):
     return os.getpid()
 
 
+def sleep_and_raise(t, msg="failed after sleeping"):
+    time.sleep(t)
+    raise ValueError(msg)
+
+
 def raise_value_error(msg="boom"):
     raise ValueError(msg)  # the line tests look for
 
