@@ -129,6 +129,21 @@ def touch_then_wait(started, gate):
     return started
 
 
+def rendezvous(directory, name, n, limit=20.0):
+    """Arrive at a meeting of ``n`` tasks and wait (blocking, like real work) until all have arrived.
+
+    Only tasks that run at the same time can all arrive: on too few workers,
+    the first to arrive raises TimeoutError after ``limit`` seconds.
+    """
+    open(os.path.join(directory, f"arrived-{name}"), "w").close()
+    end = time.monotonic() + limit
+    while sum(1 for f in os.listdir(directory) if f.startswith("arrived-")) < n:
+        if time.monotonic() > end:
+            raise TimeoutError(f"task {name!r} met only some of the {n} tasks in {limit:g} s")
+        time.sleep(0.01)
+    return name
+
+
 def print_then_wait(path):
     print("started", flush=True)
     wait_for_file(path)
