@@ -23,17 +23,13 @@ from tests import faulty
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pool():
+    # One pool per test, so that the check that no process is left behind
+    # (conftest.py) holds for each: the replacements of crashed workers included.
     ex = ScoopExecutor(2, max_retries=1, heartbeat=0.2, heartbeat_timeout=1.0)
     yield ex
     ex.shutdown(wait=True)
-
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind():
-    # The module-scoped pool outlives single tests; its own teardown checks it stops.
-    yield
 
 
 # Crash table, after CPython's test_deadlock and loky's crash cases: what happens when a task or
