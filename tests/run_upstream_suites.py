@@ -110,9 +110,8 @@ def _pytest(where: str, junit: str, env: dict[str, str], *extra: str) -> int:
 
 
 def test_id(classname: str, name: str) -> str:
-    """A test's id as the expected-failure list writes it: ``Class::test[params]``, one line."""
-    cls = classname.rsplit(".", 1)[-1]
-    return f"{cls}::{name}".replace("\n", "\\n")
+    """A test's id as the expected-failure list writes it: ``module::Class::test[params]``, one line."""
+    return f"{classname.replace('.', '::')}::{name}".replace("\n", "\\n")
 
 
 def _outcomes(junit: str) -> dict[str, str]:
