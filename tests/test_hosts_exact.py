@@ -50,6 +50,7 @@ def test_our_own_host_names_are_this_machine():
     assert is_this_machine(here.split(".")[0])
     assert is_this_machine(socket.getfqdn()) and is_this_machine(socket.getfqdn().upper())
     assert not is_this_machine("node-that-is-not-here") and not is_this_machine("128.0.0.1")
+    assert not is_this_machine("Xlocalhost")  # only brackets are stripped
 
 
 def test_a_local_spec_has_no_user():
@@ -78,6 +79,10 @@ def test_range_size_limits_are_exact():
 
 def test_a_range_may_start_a_name():
     assert names(parse_hosts(["[1-2]n"])) == ["1n", "2n"]
+    # a colon inside brackets is a range (and a bad one), not an IPv6 address unless it is all of it
+    assert refused(parse_hosts, ["a[1:2]"]) == (
+        "hosts[0] 'a[1:2]': bad range '1:2' in 'a[1:2]' (expected N or N-M)"
+    )
 
 
 # ------------------------------------------------------------ specs
@@ -127,6 +132,10 @@ def test_hostfile_details(tmp_path):
     assert refused(read_hostfile, f) == (
         f"{f} line 2: bad worker count 'four' in 'node1 four' (expected a positive integer)"
     )
+    f.write_text("node1 slots=2=3\n")
+    assert refused(read_hostfile, f) == (
+        f"{f} line 1: bad worker count '2=3' in 'node1 slots=2=3' (expected a positive integer)"
+    )
     f.write_text("node1:2 4\n")
     assert refused(read_hostfile, f) == f"{f} line 1: 'node1:2' gives a worker count twice"
     f.write_bytes(b"node\xff\n")
@@ -162,7 +171,7 @@ def test_slurm_fallbacks_and_messages():
 
 def test_pbs_details(tmp_path):
     f = tmp_path / "nodefile"
-    f.write_text("n1#slot\n\nn1\n")
+    f.write_text("n1#slot#2\n\nn1\n")
     alloc = detect_allocation({"PBS_NODEFILE": str(f)})
     assert alloc is not None and names(alloc.hosts) == ["n1:2"]
     f.write_text("n1\nbad;name\n")
