@@ -174,3 +174,17 @@ def test_error_texts_name_the_function_or_its_repr():
     assert protocol.load_json(frames[0])["message"].startswith(
         "the task's result of type _thread.lock cannot be pickled on worker w1: TypeError: "
     )
+
+
+def test_traceback_text_that_is_not_unicode_still_travels():
+    bad = "line \ud800 end"  # a lone surrogate, as a traceback of undecodable bytes can hold
+    assert S.failure_frames("k", "m", bad)[1] == b"line ? end"
+    status, frames = S.encode_exception(ValueError("v"), bad)
+    assert status == protocol.RAISED and frames[1] == b"line ? end"
+
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    status, frames = S.encode_exception(Unpicklable("u"), bad)
+    assert status == protocol.FAILED and frames[1] == b"line ? end"
