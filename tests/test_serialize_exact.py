@@ -188,3 +188,26 @@ def test_traceback_text_that_is_not_unicode_still_travels():
 
     status, frames = S.encode_exception(Unpicklable("u"), bad)
     assert status == protocol.FAILED and frames[1] == b"line ? end"
+
+
+def test_large_buffers_in_calls_and_exceptions_travel_out_of_band_and_back():
+    blob = bytearray(b"y" * S.OOB_MIN)
+    frames = S.encode_call(abs, (pickle.PickleBuffer(blob), 2), {"k": 3})
+    assert len(frames) == 3  # function, arguments, the buffer
+    _, args, kwargs = S.decode_call(frames)
+    assert bytes(args[0]) == bytes(blob) and args[1:] == (2,) and kwargs == {"k": 3}
+
+    status, frames = S.encode_exception(ValueError(pickle.PickleBuffer(blob), "x"), "tb")
+    assert status == protocol.RAISED and len(frames) == 4  # pickle, traceback, meta, the buffer
+    ok, exc = S.decode_outcome(status, frames)
+    assert not ok and type(exc) is ValueError
+    assert bytes(exc.args[0]) == bytes(blob) and exc.args[1] == "x"
+
+
+def test_an_exception_that_cannot_be_loaded_keeps_its_type_name_and_message():
+    meta = protocol.dump_json({"type": "pkg.Oops", "message": "it broke"})
+    ok, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", meta])
+    assert isinstance(exc, errors.RemoteError) and str(exc) == "pkg.Oops: it broke"
+    assert exc.type_name == "pkg.Oops" and exc.message == "it broke" and exc.traceback == "tb"
+    _, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", protocol.dump_json({})])
+    assert str(exc) == "?" and exc.message == ""
