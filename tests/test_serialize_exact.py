@@ -98,7 +98,11 @@ def test_other_failures_are_remote_errors_named_after_their_type():
     ok, exc = S.decode_outcome(protocol.FAILED, [protocol.dump_json({"kind": "odd", "message": "m"})])
     assert isinstance(exc, errors.RemoteError) and "odd" in str(exc) and "m" in str(exc)
     ok, exc = S.decode_outcome(protocol.FAILED, [])
-    assert isinstance(exc, errors.RemoteError) and "task failed" in str(exc)
+    assert isinstance(exc, errors.RemoteError) and str(exc) == "?: task failed"
+
+
+def test_a_result_decodes_as_ok():
+    assert S.decode_outcome(protocol.OK, S.dumps([1, "two"])) == (True, [1, "two"])
 
 
 def test_a_cancelled_outcome_says_why():
