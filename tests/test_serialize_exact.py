@@ -211,6 +211,7 @@ def test_large_buffers_in_calls_and_exceptions_travel_out_of_band_and_back():
 def test_an_exception_that_cannot_be_loaded_keeps_its_type_name_and_message():
     meta = protocol.dump_json({"type": "pkg.Oops", "message": "it broke"})
     ok, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", meta])
+    assert not ok
     assert isinstance(exc, errors.RemoteError) and str(exc) == "pkg.Oops: it broke"
     assert exc.type_name == "pkg.Oops" and exc.message == "it broke" and exc.traceback == "tb"
     _, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", protocol.dump_json({})])
