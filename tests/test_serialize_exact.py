@@ -123,7 +123,7 @@ def test_a_raised_non_exception_becomes_a_remote_error():
 def test_an_unloadable_result_says_what_to_do():
     ok, exc = S.decode_outcome(protocol.OK, [b"not a pickle"])
     assert not ok and isinstance(exc, errors.DeserializationError) and exc.__cause__ is not None
-    assert str(exc).startswith("the task's result could not be unpickled here: UnpicklingError: ")
+    assert str(exc).startswith("the result could not be unpickled here: UnpicklingError: ")
     assert str(exc).endswith("(the module defining its type must be importable in this process too)")
 
 
@@ -154,9 +154,13 @@ def test_error_texts_name_the_function_or_its_repr():
         S.encode_call(holds_a_lock, (), {})
     assert str(info.value).startswith(
         f"cannot send the function {__name__}.test_error_texts_name_the_function_or_its_repr.<locals>."
-        "holds_a_lock to a worker: TypeError: "
+        "holds_a_lock (defined at "
     )
-    assert str(info.value).endswith("(a function defined at the top level of a module always travels)")
+    assert "(a _thread.lock), which cannot be pickled: TypeError: " in str(info.value)
+    assert str(info.value).endswith(
+        "(a function defined at the top level of a module travels by name; a lambda, closure, method "
+        "or callable object travels with everything it refers to, which must pickle too)"
+    )
 
     class Holder:
         def __init__(self):
@@ -168,15 +172,16 @@ def test_error_texts_name_the_function_or_its_repr():
         def __repr__(self):
             return "<holder>"
 
-    with pytest.raises(errors.SerializationError, match=r"^cannot send the function <holder> to a worker: "):
+    # a callable object is named by its type, not its repr (which may be huge)
+    with pytest.raises(errors.SerializationError, match=r"^cannot send the function \S+Holder object to a worker"):
         S.encode_call(Holder(), (), {})
     with pytest.raises(errors.SerializationError) as info:
         S.encode_call(abs, (lock,), {})
-    assert str(info.value).startswith("cannot send the arguments to a worker: TypeError: ")
+    assert str(info.value).startswith("cannot send argument 'x' (position 0, a _thread.lock) of abs() to a worker")
     status, frames = S.encode_result(lock, " on worker w1")
     assert status == protocol.FAILED
     assert protocol.load_json(frames[0])["message"].startswith(
-        "the task's result of type _thread.lock cannot be pickled on worker w1: TypeError: "
+        "the result (a _thread.lock) cannot be pickled on worker w1: TypeError: "
     )
 
 
@@ -212,7 +217,8 @@ def test_an_exception_that_cannot_be_loaded_keeps_its_type_name_and_message():
     meta = protocol.dump_json({"type": "pkg.Oops", "message": "it broke"})
     ok, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", meta])
     assert not ok
-    assert isinstance(exc, errors.RemoteError) and str(exc) == "pkg.Oops: it broke"
+    assert isinstance(exc, errors.RemoteError) and str(exc).startswith("pkg.Oops: it broke (raised by the task; ")
+    assert "could not be rebuilt here" in str(exc)
     assert exc.type_name == "pkg.Oops" and exc.message == "it broke" and exc.traceback == "tb"
     _, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", protocol.dump_json({})])
-    assert str(exc) == "?" and exc.message == ""
+    assert str(exc).startswith("? (raised by the task; ") and exc.message == ""
