@@ -32,6 +32,11 @@ def getpid(_=None):
     return os.getpid()
 
 
+def sleep_and_raise(t, msg="failed after sleeping"):
+    time.sleep(t)
+    raise ValueError(msg)
+
+
 def raise_value_error(msg="boom"):
     raise ValueError(msg)  # the line tests look for
 
@@ -122,6 +127,21 @@ def touch_then_wait(started, gate):
     while not os.path.exists(gate):
         time.sleep(0.01)
     return started
+
+
+def rendezvous(directory, name, n, limit=20.0):
+    """Arrive at a meeting of ``n`` tasks and wait (blocking, like real work) until all have arrived.
+
+    Only tasks that run at the same time can all arrive: on too few workers,
+    the first to arrive raises TimeoutError after ``limit`` seconds.
+    """
+    open(os.path.join(directory, f"arrived-{name}"), "w").close()
+    end = time.monotonic() + limit
+    while sum(1 for f in os.listdir(directory) if f.startswith("arrived-")) < n:
+        if time.monotonic() > end:
+            raise TimeoutError(f"task {name!r} met only some of the {n} tasks in {limit:g} s")
+        time.sleep(0.01)
+    return name
 
 
 def print_then_wait(path):

@@ -1,35 +1,43 @@
-"""Run joblib's and DEAP's own test-suites on scoopexec, with the smallest possible change.
+"""Run joblib's, DEAP's and CPython's own test-suites on scoopexec, with the smallest possible change.
 
-    python tests/run_upstream_suites.py [joblib] [deap] [cpython] [--sitecustomize] [--keep DIR]
+    python tests/run_upstream_suites.py [joblib] [deap] [cpython] [--check] [--all-joblib]
+                                        [--sitecustomize] [--keep DIR]
 
-Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes).
+Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
+``.ci/run`` runs it with ``--check``.
 
 * **joblib**: ``joblib/test/test_parallel.py`` of the installed joblib, with
   two lines changed: ``import scoopexec`` (which registers the backend) and
   ``"scoop"`` added to ``PROCESS_BACKENDS``.  Every test parametrized over the
   process backends (or over all registered backends) then also runs on
-  ``"scoop"``.  Some tests start ``python -c ...`` children that never import
-  scoopexec, so the name "scoop" is unknown there (joblib has no plug-in
-  discovery); ``--sitecustomize`` puts a ``sitecustomize.py`` doing ``import
-  scoopexec`` on those children's path to show they pass once it is imported.
-* **CPython** (Python 3.12+, whose ``test.test_concurrent_futures`` is a
-  package): its generic executor test classes (ExecutorTest, WaitTests,
-  AsCompletedTests, ExecutorShutdownTest, the initializer mixins and
-  ExecutorDeadlockTest) with ScoopExecutor as the executor type, given a
-  'spawn' context as ProcessPoolExecutor's tests are.  Needs the interpreter's
-  ``test`` package (some distributions ship it separately).
+  ``"scoop"``; only those (``-k scoop``) run unless ``--all-joblib`` is given.
+  Some tests start ``python -c ...`` children that never import scoopexec, so
+  the name "scoop" is unknown there (joblib has no plug-in discovery);
+  ``--sitecustomize`` puts a ``sitecustomize.py`` doing ``import scoopexec`` on
+  those children's path to show they pass once it is imported.
+* **CPython**: the generic executor test classes of the running interpreter's
+  own ``test.test_concurrent_futures`` (a module in 3.11, a package from 3.12:
+  ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, the
+  initializer mixins and ExecutorDeadlockTest) with ScoopExecutor as the
+  executor type, given a 'spawn' context as ProcessPoolExecutor's tests are.
+  Needs the interpreter's ``test`` package (Debian: libpython3.X-testsuite).
 * **DEAP**: the ``tests/`` of DEAP's source distribution for the installed
   version (fetched with ``pip download --no-binary``), with a ``conftest.py``
   that registers ``scoop_map`` as every ``Toolbox``'s default ``map`` and fails
   the run if scoop_map was never called.
 
-Prints pytest's summary for each suite and, for joblib, the outcome of the
-tests whose id names ``scoop``.
+``--check`` compares each suite's outcome with tests/upstream_expected.txt: a
+section ``[suite version]`` per suite, the version it was measured with (joblib
+and DEAP as pinned in .ci/constraints.txt, CPython's major.minor), and in it
+each test that fails on scoopexec with why.  A test that fails and is not
+listed, a listed one that does not fail (the list must stay true), or another
+installed version is a problem, and the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import os
 import re
@@ -41,6 +49,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPECTED = os.path.join(ROOT, "tests", "upstream_expected.txt")
 
 PYTEST_INI = """[pytest]
 markers =
@@ -94,35 +103,105 @@ def _write_suite(suite: str, files: dict[str, str]) -> str:
     return suite
 
 
-def _pytest(where: str, junit: str, env: dict[str, str]) -> int:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={junit}", "."]
+def _pytest(where: str, junit: str, env: dict[str, str], *extra: str) -> int:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={junit}",
+           *extra, "."]  # fmt: skip
     print("$", " ".join(cmd), f"(in {where})", flush=True)
     return subprocess.call(cmd, cwd=where, env=env)
 
 
+def test_id(classname: str, name: str) -> str:
+    """A test's id as the expected-failure list writes it: ``module::Class::test[params]``, one line."""
+    return f"{classname.replace('.', '::')}::{name}".replace("\n", "\\n")
+
+
 def _outcomes(junit: str) -> dict[str, str]:
+    """test id -> "passed", "failed" or "skipped" (an error counts as failed)."""
     out = {}
+    if not os.path.exists(junit):
+        return out
     for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "")
+        key = test_id(case.get("classname", ""), case.get("name", ""))
         kinds = {child.tag for child in case}
         if "failure" in kinds or "error" in kinds:
-            out[name] = "failed"
+            out[key] = "failed"
         elif "skipped" in kinds:
-            out[name] = "skipped"
+            out[key] = "skipped"
         else:
-            out[name] = "passed"
+            out[key] = "passed"
     return out
 
 
-def run_joblib(work: str, sitecustomize: bool) -> int:
+class Run:
+    """One suite's run: which version, pytest's exit status, the outcome of each test that counts."""
+
+    def __init__(self, suite: str, version: str, status: int, outcomes: dict[str, str]) -> None:
+        self.suite, self.version, self.status, self.outcomes = suite, version, status, outcomes
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(1 for v in self.outcomes.values() if v == k) for k in ("passed", "failed", "skipped")}
+
+
+def read_expected(path: str = EXPECTED) -> dict[str, tuple[str, dict[str, str]]]:
+    """suite -> (version, {test id: why it fails}) from the expected-failure list."""
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    section: dict[str, str] | None = None
+    with open(path, encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            m = re.fullmatch(r"\[(\w+) ([\w.]+)\]", line)
+            if m:
+                section = {}
+                out[m.group(1)] = (m.group(2), section)
+                continue
+            test, sep, why = line.partition(" -- ")
+            if section is None or not sep or not why.strip():
+                raise ValueError(f"{path}:{n}: expected '[suite version]' or 'TEST-ID -- why it fails'")
+            section[test.strip()] = why.strip()
+    return out
+
+
+def check(run: Run, expected: dict[str, tuple[str, dict[str, str]]]) -> list[str]:
+    """What is wrong with ``run`` against the expected-failure list (nothing: [])."""
+    where = os.path.relpath(EXPECTED, ROOT)
+    if run.suite not in expected:
+        return [f"{run.suite}: no [{run.suite} VERSION] section in {where}"]
+    version, failing = expected[run.suite]
+    if version != run.version:
+        return [f"{run.suite}: {where} was measured with {version}, this is {run.version}: "
+                "install the pinned version (.ci/constraints.txt) or measure the list again"]  # fmt: skip
+    # Entries whose reason starts with "flaky:" are glob patterns for upstream tests that judge
+    # unseeded random runs against thresholds: they may fail or pass, on any executor.
+    flaky = [pat for pat, why in failing.items() if why.lower().startswith("flaky:")]
+    failing = {t: why for t, why in failing.items() if t not in flaky}
+    problems = []
+    if run.status not in (0, 1):
+        problems.append(f"{run.suite}: pytest exited with {run.status} (not a test outcome: see its output)")
+    if not run.outcomes:
+        problems.append(f"{run.suite}: no test ran")
+    for test, outcome in sorted(run.outcomes.items()):
+        if outcome == "failed" and test not in failing and not any(fnmatch.fnmatchcase(test, p) for p in flaky):
+            problems.append(f"{run.suite}: NEW FAILURE {test}")
+    for test, why in sorted(failing.items()):
+        outcome = run.outcomes.get(test, "not run")
+        if outcome != "failed":
+            problems.append(f"{run.suite}: listed as failing ({why}) but {outcome.upper()}: {test}; "
+                            f"remove it from {where} if that is for good")  # fmt: skip
+    return problems
+
+
+def run_joblib(work: str, sitecustomize: bool, everything: bool = False) -> Run:
     import joblib
 
     src = os.path.join(os.path.dirname(joblib.__file__), "test", "test_parallel.py")
-    text = open(src).read()
+    with open(src) as fh:
+        text = fh.read()
     old = 'PROCESS_BACKENDS = ["multiprocessing", "loky"]'
     if old not in text or "\nimport joblib\n" not in text:
         print(f"joblib {joblib.__version__}: test_parallel.py lacks the lines to patch", file=sys.stderr)
-        return 2
+        return Run("joblib", joblib.__version__, 2, {})
     text = text.replace(old, 'PROCESS_BACKENDS = ["multiprocessing", "loky", "scoop"]')
     text = text.replace("\nimport joblib\n", "\nimport joblib\nimport scoopexec  # registers \"scoop\"\n", 1)
     suite = _write_suite(os.path.join(work, "joblib-suite"), {"test_parallel.py": text})
@@ -134,18 +213,18 @@ def run_joblib(work: str, sitecustomize: bool) -> int:
             fh.write("import scoopexec\n")
         extra.append(site)
     junit = os.path.join(work, "joblib.xml")
-    status = _pytest(suite, junit, _env(extra))
+    status = _pytest(suite, junit, _env(extra), *([] if everything else ["-k", "scoop"]))
     results = _outcomes(junit)
     mine = {k: v for k, v in results.items() if re.search(r"scoop", k)}
-    counts = {kind: sum(1 for v in mine.values() if v == kind) for kind in ("passed", "failed", "skipped")}
-    print(f"\njoblib {joblib.__version__}: {len(results)} tests; those naming 'scoop': {counts}")
+    run = Run("joblib", joblib.__version__, status, mine)
+    print(f"\njoblib {joblib.__version__}: {len(results)} tests ran; those naming 'scoop': {run.counts()}")
     for name, outcome in sorted(mine.items()):
         if outcome == "failed":
-            print("  failed:", name.replace("\n", "\\n")[:150])
-    return status
+            print("  failed:", name[:150])
+    return run
 
 
-def run_deap(work: str) -> int:
+def run_deap(work: str) -> Run:
     from importlib.metadata import version as installed_version
 
     version = installed_version("deap")
@@ -158,7 +237,7 @@ def run_deap(work: str) -> int:
     archives = glob.glob(os.path.join(dl, "deap-*.tar.gz"))
     if r.returncode != 0 or not archives:
         print(f"could not download DEAP {version}'s source distribution", file=sys.stderr)
-        return 2
+        return Run("deap", version, 2, {})
     with tarfile.open(archives[0]) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dl, filter="data")
@@ -168,21 +247,30 @@ def run_deap(work: str) -> int:
     suite = os.path.join(work, "deap-suite")
     shutil.copytree(tests, suite)
     _write_suite(suite, {"conftest.py": DEAP_CONFTEST})
-    status = _pytest(suite, os.path.join(work, "deap.xml"), _env([]))
-    print(f"\nDEAP {version}: pytest exit status {status}")
-    return status
+    junit = os.path.join(work, "deap.xml")
+    status = _pytest(suite, junit, _env([]))
+    run = Run("deap", version, status, _outcomes(junit))
+    print(f"\nDEAP {version}: pytest exit status {status}; {run.counts()}")
+    return run
 
 
 CPYTHON_SUITE = """# Upstream's generic concurrent.futures tests, with ScoopExecutor as the executor.
 import multiprocessing
 
-from test.test_concurrent_futures.executor import ExecutorTest
-from test.test_concurrent_futures.test_as_completed import AsCompletedTests
-from test.test_concurrent_futures.test_deadlock import ExecutorDeadlockTest
-from test.test_concurrent_futures.test_init import FailingInitializerMixin, InitializerMixin
-from test.test_concurrent_futures.test_shutdown import ExecutorShutdownTest
-from test.test_concurrent_futures.test_wait import WaitTests
-from test.test_concurrent_futures.util import ExecutorMixin, create_executor_tests, setup_module
+try:  # Python 3.12+: a package of modules
+    from test.test_concurrent_futures.executor import ExecutorTest
+    from test.test_concurrent_futures.test_as_completed import AsCompletedTests
+    from test.test_concurrent_futures.test_deadlock import ExecutorDeadlockTest
+    from test.test_concurrent_futures.test_init import FailingInitializerMixin, InitializerMixin
+    from test.test_concurrent_futures.test_shutdown import ExecutorShutdownTest
+    from test.test_concurrent_futures.test_wait import WaitTests
+    from test.test_concurrent_futures.util import BaseTestCase, ExecutorMixin
+    from test.test_concurrent_futures.util import setup_module as setUpModule
+except ImportError:  # Python 3.11: one module
+    from test.test_concurrent_futures import (
+        AsCompletedTests, BaseTestCase, ExecutorDeadlockTest, ExecutorMixin, ExecutorShutdownTest,
+        ExecutorTest, FailingInitializerMixin, InitializerMixin, WaitTests, setUpModule,
+    )
 
 from scoopexec import ScoopExecutor
 
@@ -195,32 +283,38 @@ class ScoopSpawnMixin(ExecutorMixin):
         return multiprocessing.get_context("spawn")
 
 
+# What upstream's create_executor_tests() does, here (3.11's puts the classes in its own module).
 for tests in (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
               FailingInitializerMixin, ExecutorDeadlockTest):
-    create_executor_tests(globals(), tests, executor_mixins=(ScoopSpawnMixin,))
+    name = "Scoop" + tests.__name__.removesuffix("Mixin").removesuffix("Tests").removesuffix("Test") + "Test"
+    globals()[name] = type(name, (tests, ScoopSpawnMixin, BaseTestCase), {})
 """
 
 
-def run_cpython(work: str) -> int:
+def run_cpython(work: str) -> Run:
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     try:
-        import test.test_concurrent_futures.util  # noqa: F401
+        import test.test_concurrent_futures  # noqa: F401
     except ImportError:
-        print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures package "
-              "(Python 3.12+ with its test package is needed)", file=sys.stderr)
-        return 2
+        print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures (the interpreter's own "
+              f"test package; Debian: apt-get install libpython{version}-testsuite)", file=sys.stderr)
+        return Run("cpython", version, 2, {})
     files = {"test_cpython_concurrent_futures.py": CPYTHON_SUITE}
     suite = _write_suite(os.path.join(work, "cpython-suite"), files)
     junit = os.path.join(work, "cpython.xml")
     status = _pytest(suite, junit, _env([]))
-    results = _outcomes(junit)
-    counts = {kind: sum(1 for v in results.values() if v == kind) for kind in ("passed", "failed", "skipped")}
-    print(f"\nCPython {sys.version.split()[0]} concurrent.futures tests on ScoopExecutor: {counts}")
-    return status
+    run = Run("cpython", version, status, _outcomes(junit))
+    print(f"\nCPython {sys.version.split()[0]} concurrent.futures tests on ScoopExecutor: {run.counts()}")
+    return run
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suites", nargs="*", metavar="{joblib,deap,cpython}", help="default: all three")
+    ap.add_argument("--check", action="store_true",
+                    help=f"compare with {os.path.relpath(EXPECTED, ROOT)}; exit 1 on any difference")
+    ap.add_argument("--all-joblib", action="store_true",
+                    help="run all of joblib's test_parallel.py, not only the tests on 'scoop'")
     ap.add_argument("--sitecustomize", action="store_true", help="import scoopexec in every child too")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     args = ap.parse_args()
@@ -228,17 +322,28 @@ def main() -> int:
     unknown = set(suites) - {"joblib", "deap", "cpython"}
     if unknown:
         ap.error(f"unknown suite(s): {sorted(unknown)}")
+    expected = read_expected() if args.check else {}
     work = args.keep or tempfile.mkdtemp(prefix="scoopexec-upstream-")
     os.makedirs(work, exist_ok=True)
     try:
-        status = 0
+        runs = []
         if "joblib" in suites:
-            status |= run_joblib(work, args.sitecustomize)
+            runs.append(run_joblib(work, args.sitecustomize, args.all_joblib))
         if "deap" in suites:
-            status |= run_deap(work)
+            runs.append(run_deap(work))
         if "cpython" in suites:
-            status |= run_cpython(work)
-        return status
+            runs.append(run_cpython(work))
+        if not args.check:
+            return max(r.status for r in runs)
+        problems = [p for r in runs for p in check(r, expected)]
+        print()
+        for r in runs:
+            listed = len(expected.get(r.suite, ("", {}))[1])
+            print(f"{r.suite} {r.version}: {r.counts()}, {listed} expected to fail")
+        for p in problems:
+            print("PROBLEM:", p)
+        print("upstream suites:", "as expected" if not problems else f"{len(problems)} problem(s)")
+        return 1 if problems else 0
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

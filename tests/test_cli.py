@@ -94,8 +94,13 @@ def test_version():
 def test_every_command_ends_quietly_when_its_reader_is_gone(args, trace_file):
     r = _into_a_finished_head(_scoopexec(*(trace_file if a == "TRACE" else a for a in args)))
     assert _quiet(r) == ""
-    # argparse's --help drops what it cannot write and exits 0 itself
-    assert r.returncode == (0 if args[-1] == "--help" else EXIT_BROKEN_PIPE)
+    if args[-1] == "--help":
+        # argparse's --help drops what it cannot write and exits 0 itself on some 3.11 patch
+        # releases (pyenv's 3.11.7); on others (Debian's 3.11.2) the write error reaches our
+        # handler: either way, quiet and no traceback.
+        assert r.returncode in (0, EXIT_BROKEN_PIPE)
+    else:
+        assert r.returncode == EXIT_BROKEN_PIPE
 
 
 def test_status_and_broker_end_quietly_when_their_reader_is_gone():

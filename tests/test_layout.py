@@ -222,7 +222,8 @@ def private_reaches(mods: dict[str, Module]) -> list[tuple[str, int, str]]:
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if _own(a.name):
-                        aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                        top = a.name.split(".")[0]
+                        aliases[a.asname or top] = a.name if a.asname else top
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(mod, node)
                 if not _own(base):
@@ -298,7 +299,10 @@ def test_the_checks_see_what_they_look_for() -> None:
         "scoopexec.c": fake("scoopexec.c", "class C:\n" + "    x = 1\n" * 600),
     }
     assert cycles(import_graph(mods)) == [["scoopexec.a", "scoopexec.b"]]
-    assert lazy_imports(mods) == [("scoopexec.b", 3, "scoopexec.a", False), ("scoopexec.b", 4, "importlib: ?", False)]
+    assert lazy_imports(mods) == [
+        ("scoopexec.b", 3, "scoopexec.a", False),
+        ("scoopexec.b", 4, "importlib: ?", False),
+    ]
     assert private_reaches(mods) == [("scoopexec.a", 2, "scoopexec.b._hidden")]
     assert class_sizes(mods)[0] == (601, "scoopexec.c.C")
 

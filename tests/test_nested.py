@@ -109,6 +109,12 @@ def _timeout_inside():
 
 
 def test_result_timeout_inside_task(executor):
+    # The sub-task (a 3 s sleep that does not yield) must go to the other worker: with the
+    # second worker still starting, it runs on its parent's, and no timer fires until it ends.
+    deadline = time.monotonic() + 60
+    while len(executor.status().workers) < 2:
+        assert time.monotonic() < deadline, "the second worker never connected"
+        time.sleep(0.05)
     assert executor.submit(_timeout_inside).result(timeout=60)
 
 

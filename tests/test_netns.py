@@ -80,13 +80,11 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
         secure = [e for e in status["endpoints"] if e["curve"]]
         assert secure and secure[0]["endpoint"].startswith("tcp://0.0.0.0:")
         port = secure[0]["endpoint"].rsplit(":", 1)[1]
-        for w in _workers_in(a)[:1]:
-            try:
-                remote = {c.raddr for c in w.net_connections() if c.raddr}
-            except (psutil.Error, NotImplementedError):  # pragma: no cover - /proc/net missing
-                remote = set()
-            if remote:
-                assert (a.host_ip, int(port)) in remote
+        # (and they are processes in hostA's namespace: what the checks after the cut rely on)
+        in_a = _workers_in(a)
+        assert in_a, "no scoopexec worker process found in hostA's namespace"
+        peers = _tcp_peers(a, {w.pid for w in in_a})
+        assert (a.host_ip, int(port)) in peers, peers
 
         # A peer on hostB's network without the pool's keys gets nothing.
         rogue = subprocess.run(
@@ -126,6 +124,26 @@ def test_tasks_cross_a_real_interface_with_curve_and_a_cut_host_is_noticed(two_h
         while _workers_in(b) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _workers_in(b), "workers left on the cut host"
+
+
+def _tcp_peers(ns: Namespace, pids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of the established TCP peers of ``pids``, as seen inside ``ns``.
+
+    Read with ss in the namespace: psutil matches sockets against this (the
+    host's) namespace's /proc/net tables, where another namespace's sockets
+    never appear.
+    """
+    out = subprocess.run(
+        [*ns.prefix, "ss", "-tnpH", "state", "established"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    peers = set()
+    for line in out.splitlines():
+        fields = line.split()  # Recv-Q Send-Q Local:Port Peer:Port users:(("python",pid=N,fd=M))
+        if len(fields) >= 5 and any(f"pid={p}," in fields[4] for p in pids):
+            host, _, port = fields[3].rpartition(":")
+            peers.add((host.strip("[]"), int(port)))
+    return peers
 
 
 def _on(ex, host: str) -> list:

@@ -123,3 +123,48 @@ def test_every_kind_has_a_shape_and_the_broker_knows_its_senders():
     assert set(P.SHAPES) == set(P.TYPE_NAMES)
     assert set(P.SENDERS) <= set(P.TYPE_NAMES)
     assert P.SENDERS[P.RESULT] == {P.WORKER} and P.SENDERS[P.SHARE] == {P.CLIENT}
+
+
+@pytest.mark.parametrize(
+    "blob, says",
+    [
+        (b"SX", "header of 2 bytes is shorter than 12"),
+        (b"XX" + bytes(10), "not a scoopexec message (bad magic)"),
+        (P.HEADER.pack(P.MAGIC, P.VERSION, 99, 0, 0), "unknown message type 99"),
+        (
+            P.HEADER.pack(P.MAGIC, P.VERSION, P.SUBMIT, P.MAX_ENTRIES + 1, 0),
+            f"{P.MAX_ENTRIES + 1} entries exceeds the limit of {P.MAX_ENTRIES}",
+        ),
+        (P.header(P.SUBMIT, 1), "SUBMIT header is 12 bytes, expected 32 for 1 entries"),
+    ],
+)
+def test_a_refused_header_says_what_is_wrong(blob, says):
+    # the broker logs these texts for the message it dropped
+    with pytest.raises(ProtocolError) as info:
+        P.unpack_header(blob)
+    assert str(info.value) == says
+
+
+def test_a_version_mismatch_names_both_versions_and_the_fix():
+    with pytest.raises(P.VersionMismatch) as info:
+        P.unpack_header(P.HEADER.pack(P.MAGIC, P.VERSION + 1, P.HELLO, 0, 0))
+    assert info.value.version == P.VERSION + 1
+    assert str(info.value) == (
+        f"peer speaks scoopexec protocol version {P.VERSION + 1}, this side speaks {P.VERSION}; "
+        "install the same scoopexec version on every host"
+    )
+
+
+def test_a_frame_count_mismatch_says_both_counts():
+    with pytest.raises(ProtocolError, match=r"^entries announce 5 payload frames, message has 4$"):
+        P.check_frames([2, 3], 4)
+
+
+def test_defaults_are_zero_and_json_is_compact():
+    # what peers of the same version read: a header with count 0 and arg 0 unless given
+    assert P.header(P.STOP) == P.HEADER.pack(P.MAGIC, P.VERSION, P.STOP, 0, 0)
+    assert P.pack(P.CANCEL, [(5,)]) == P.HEADER.pack(P.MAGIC, P.VERSION, P.CANCEL, 1, 0) + P.ID_ENTRY.pack(5)
+    assert P.pack(P.STOP) == P.header(P.STOP)
+    assert P.dump_json({"a": [1, 2], "b": None}) == b'{"a":[1,2],"b":null}'
+    with pytest.raises(ProtocolError, match=r"^malformed JSON control frame: "):
+        P.load_json(b"{")

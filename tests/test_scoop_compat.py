@@ -155,7 +155,8 @@ def test_processes_started_by_tasks_are_stopped_too(tmp_path, ending):
             {ending}
         """,
     )
-    assert r.returncode in (0, 4), r.stderr.decode()
+    # the script's own exit status, whichever way it ended
+    assert r.returncode == (4 if "SystemExit" in ending else 0), r.stderr.decode()
     assert not _alive([int(marker.read_text())]), "a process started by a task outlived the pool"
 
 

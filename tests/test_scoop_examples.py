@@ -67,13 +67,6 @@ LEFT_OUT = {
     "image_resize.py": "Python 2 only (PIL 1's `import Image`, namedtuple(verbose=))",
     "tree/dtm-tree.py": "needs deap.dtm, removed from DEAP in 1.0",
 }
-NEEDS_WORKER_ARGV = {
-    # Reads sys.argv at module level, so workers (which import the script) must see the
-    # program's argv, not their own command line: issue 18, item 2.
-    "tree/scoop_tree.py",
-}
-
-
 def _cache_dir() -> str:
     base = os.environ.get("SCOOPEXEC_TEST_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "scoopexec-tests"
@@ -134,19 +127,7 @@ def test_every_example_is_run_or_left_out_for_a_reason(examples):
     assert found == {name for name, _ in EXAMPLES} | set(LEFT_OUT) | modules
 
 
-@pytest.mark.parametrize(
-    "name, args",
-    [
-        pytest.param(
-            name, args,
-            marks=[pytest.mark.xfail(
-                reason="needs workers to see the program's sys.argv (issue 18, item 2)", strict=False
-            )] if name in NEEDS_WORKER_ARGV else [],
-        )
-        for name, args in EXAMPLES
-    ],
-    ids=[name for name, _ in EXAMPLES],
-)  # fmt: skip
+@pytest.mark.parametrize("name, args", EXAMPLES, ids=[name for name, _ in EXAMPLES])
 def test_scoop_example_runs_unchanged(examples, name, args):
     script = examples / name
     env = dict(os.environ, PYTHONPATH=ROOT)

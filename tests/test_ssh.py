@@ -57,7 +57,11 @@ def test_hostfile_over_ssh(sshd, tmp_path):  # noqa: F811
     with ScoopExecutor(hostfile=str(hostfile), ssh=["ssh", "-F", config]) as ex:
         assert ex._max_workers == 3
         assert sorted(ex.map(abs, range(-10, 0))) == list(range(1, 11))
-        assert len(ex._session.broker.status()["workers"]) == 3
+        # the map may be done before the last worker's ssh session connects: wait for it
+        deadline = time.monotonic() + 60
+        while len(ex.status().workers) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ex.status().workers) == 3
 
 
 def test_wrong_host_key_is_refused(sshd, tmp_path):  # noqa: F811

@@ -1,0 +1,225 @@
+"""serialize.py at its edges: which callables are re-used, buffer sizes, failure decoding, error texts.
+
+Written against the survivors of a mutation run (tox -e mutation): each test
+fails for some change of serialize.py that test_serialize.py lets through.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import threading
+from concurrent.futures import CancelledError
+
+import pytest
+
+from scoopexec import errors
+from scoopexec.mapping import _run_chunk, _run_chunk1
+from scoopexec.wire import protocol
+from scoopexec.wire import serialize as S
+from tests import helpers
+
+
+def test_module_functions_are_pickled_once_and_unpickled_once():
+    assert S.dumps_function(helpers.mul) is S.dumps_function(helpers.mul)  # cached bytes
+    data = S.dumps_function(helpers.mul)
+    assert S.loads_function(data) is S.loads_function(bytearray(data)) is helpers.mul
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [abs, helpers.mul, helpers.MyObject, functools.partial(_run_chunk, helpers.mul),
+     functools.partial(_run_chunk1, abs)],
+)  # fmt: skip
+def test_functions_classes_and_chunk_runners_are_reused(fn):
+    data = S.dumps_function(fn)
+    assert S.loads_function(data) is S.loads_function(data)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        helpers.Tally(),  # an object with state: each task gets its own copy
+        functools.partial(helpers.mul, 3),  # a partial binding the user's argument
+        functools.partial(_run_chunk, helpers.mul, chunk=[]),  # keywords bound
+        functools.partial(_run_chunk, helpers.mul, []),  # two arguments bound
+        functools.partial(_run_chunk, helpers.Tally()),  # a chunk runner around a stateful object
+    ],
+)
+def test_other_callables_are_unpickled_for_every_task(fn):
+    data = S.dumps_function(fn)
+    assert S.loads_function(data) is not S.loads_function(data)
+
+
+def test_buffers_from_oob_min_bytes_travel_out_of_band():
+    assert len(S.dumps(pickle.PickleBuffer(bytearray(S.OOB_MIN)))) == 2
+    assert len(S.dumps(pickle.PickleBuffer(bytearray(S.OOB_MIN - 1)))) == 1
+    big = pickle.PickleBuffer(bytearray(b"x" * S.OOB_MIN))
+    frames = S.dumps((lambda: None, big))  # a lambda: cloudpickle's path; the buffer still leaves
+    assert len(frames) == 2 and bytes(S.loads(frames)[1]) == b"x" * S.OOB_MIN
+
+
+def test_decode_call_uses_the_cached_function_bytes():
+    frames = S.encode_call(helpers.mul, (6,), {"y": 7})
+    fn, args, kwargs = S.decode_call(frames, fn_bytes=S.dumps_function(helpers.mul))
+    assert fn is helpers.mul and args == (6,) and kwargs == {"y": 7}
+    fn, args, kwargs = S.decode_call(S.encode_call(abs, (-1,), {}))
+    assert (fn, args, kwargs) == (abs, (-1,), {})
+
+
+def test_oversized():
+    assert S.oversized([b"ab", memoryview(b"abcd")], 3) == 4
+    assert S.oversized([b"ab", memoryview(b"abcd")], 4) == 0
+    assert S.oversized([b"x" * 100], 0) == 0  # no limit
+    assert S.frame_size(memoryview(bytearray(10))) == 10 and S.frame_size(b"abc") == 3
+
+
+@pytest.mark.parametrize(
+    "status, kind, expected",
+    [
+        (protocol.LOST, "size", errors.WorkerLostError),
+        (protocol.FAILED, "size", errors.MessageTooLargeError),
+        (protocol.FAILED, "call", errors.DeserializationError),
+        (protocol.FAILED, "result", errors.SerializationError),
+        (protocol.FAILED, "initializer", errors.InitializerError),
+        (protocol.FAILED, "broken", errors.BrokenScoopExecutor),
+    ],
+)
+def test_failures_become_the_documented_exceptions(status, kind, expected):
+    frames = S.failure_frames(kind, "what happened", "Traceback: here")
+    ok, exc = S.decode_outcome(status, frames)
+    assert not ok and type(exc) is expected and str(exc) == "what happened"
+    assert "Traceback: here" in str(exc.__cause__)
+
+
+def test_other_failures_are_remote_errors_named_after_their_type():
+    ok, exc = S.decode_outcome(protocol.FAILED, [protocol.dump_json({"type": "KeyError", "message": "k"})])
+    assert not ok and isinstance(exc, errors.RemoteError) and exc.__cause__ is None
+    assert "KeyError" in str(exc) and "k" in str(exc)
+    ok, exc = S.decode_outcome(protocol.FAILED, [protocol.dump_json({"kind": "odd", "message": "m"})])
+    assert isinstance(exc, errors.RemoteError) and "odd" in str(exc) and "m" in str(exc)
+    ok, exc = S.decode_outcome(protocol.FAILED, [])
+    assert isinstance(exc, errors.RemoteError) and str(exc) == "?: task failed"
+
+
+def test_a_result_decodes_as_ok():
+    assert S.decode_outcome(protocol.OK, S.dumps([1, "two"])) == (True, [1, "two"])
+
+
+def test_a_cancelled_outcome_says_why():
+    ok, exc = S.decode_outcome(protocol.CANCELLED, [])
+    assert not ok and type(exc) is CancelledError
+    assert str(exc) == "the broker dropped this task: the task or client that submitted it had gone away"
+
+
+def test_a_raised_non_exception_becomes_a_remote_error():
+    meta = protocol.dump_json({"type": "ValueError", "message": "boom"})
+    ok, exc = S.decode_outcome(protocol.RAISED, [pickle.dumps(42), b"Traceback: there", meta])
+    assert not ok and isinstance(exc, errors.RemoteError)
+    assert isinstance(exc.__context__, TypeError)
+    assert str(exc.__context__) == "unpickled a int, not an exception"
+    assert "Traceback: there" in str(exc.__cause__)
+
+
+def test_an_unloadable_result_says_what_to_do():
+    ok, exc = S.decode_outcome(protocol.OK, [b"not a pickle"])
+    assert not ok and isinstance(exc, errors.DeserializationError) and exc.__cause__ is not None
+    assert str(exc).startswith("the result could not be unpickled here: UnpicklingError: ")
+    assert str(exc).endswith("(the module defining its type must be importable in this process too)")
+
+
+def test_encoded_exceptions_carry_their_qualified_type_and_message():
+    status, frames = S.encode_exception(errors.RemoteError("T", "m"), "tb")
+    assert status == protocol.RAISED
+    meta = protocol.load_json(frames[2])
+    assert meta["type"] == "scoopexec.errors.RemoteError" and "m" in meta["message"]
+    status, frames = S.encode_exception(KeyError("k"), "tb")
+    assert protocol.load_json(frames[2])["type"] == "KeyError"
+
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    status, frames = S.encode_exception(Unpicklable("u"), "tb text")
+    assert status == protocol.FAILED and frames[1] == b"tb text"
+    assert protocol.load_json(frames[0])["type"].endswith("Unpicklable")
+
+
+def test_error_texts_name_the_function_or_its_repr():
+    lock = threading.Lock()
+
+    def holds_a_lock():
+        return lock
+
+    with pytest.raises(errors.SerializationError) as info:
+        S.encode_call(holds_a_lock, (), {})
+    assert str(info.value).startswith(
+        f"cannot send the function {__name__}.test_error_texts_name_the_function_or_its_repr.<locals>."
+        "holds_a_lock (defined at "
+    )
+    assert "(a _thread.lock), which cannot be pickled: TypeError: " in str(info.value)
+    assert str(info.value).endswith(
+        "(a function defined at the top level of a module travels by name; a lambda, closure, method "
+        "or callable object travels with everything it refers to, which must pickle too)"
+    )
+
+    class Holder:
+        def __init__(self):
+            self.lock = lock
+
+        def __call__(self):
+            return None
+
+        def __repr__(self):
+            return "<holder>"
+
+    # a callable object is named by its type, not its repr (which may be huge)
+    with pytest.raises(errors.SerializationError, match=r"^cannot send the function \S+Holder object to a worker"):
+        S.encode_call(Holder(), (), {})
+    with pytest.raises(errors.SerializationError) as info:
+        S.encode_call(abs, (lock,), {})
+    assert str(info.value).startswith("cannot send argument 'x' (position 0, a _thread.lock) of abs() to a worker")
+    status, frames = S.encode_result(lock, " on worker w1")
+    assert status == protocol.FAILED
+    assert protocol.load_json(frames[0])["message"].startswith(
+        "the result (a _thread.lock) cannot be pickled on worker w1: TypeError: "
+    )
+
+
+def test_traceback_text_that_is_not_unicode_still_travels():
+    bad = "line \ud800 end"  # a lone surrogate, as a traceback of undecodable bytes can hold
+    assert S.failure_frames("k", "m", bad)[1] == b"line ? end"
+    status, frames = S.encode_exception(ValueError("v"), bad)
+    assert status == protocol.RAISED and frames[1] == b"line ? end"
+
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    status, frames = S.encode_exception(Unpicklable("u"), bad)
+    assert status == protocol.FAILED and frames[1] == b"line ? end"
+
+
+def test_large_buffers_in_calls_and_exceptions_travel_out_of_band_and_back():
+    blob = bytearray(b"y" * S.OOB_MIN)
+    frames = S.encode_call(abs, (pickle.PickleBuffer(blob), 2), {"k": 3})
+    assert len(frames) == 3  # function, arguments, the buffer
+    _, args, kwargs = S.decode_call(frames)
+    assert bytes(args[0]) == bytes(blob) and args[1:] == (2,) and kwargs == {"k": 3}
+
+    status, frames = S.encode_exception(ValueError(pickle.PickleBuffer(blob), "x"), "tb")
+    assert status == protocol.RAISED and len(frames) == 4  # pickle, traceback, meta, the buffer
+    ok, exc = S.decode_outcome(status, frames)
+    assert not ok and type(exc) is ValueError
+    assert bytes(exc.args[0]) == bytes(blob) and exc.args[1] == "x"
+
+
+def test_an_exception_that_cannot_be_loaded_keeps_its_type_name_and_message():
+    meta = protocol.dump_json({"type": "pkg.Oops", "message": "it broke"})
+    ok, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", meta])
+    assert not ok
+    assert isinstance(exc, errors.RemoteError) and str(exc).startswith("pkg.Oops: it broke (raised by the task; ")
+    assert "could not be rebuilt here" in str(exc)
+    assert exc.type_name == "pkg.Oops" and exc.message == "it broke" and exc.traceback == "tb"
+    _, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", protocol.dump_json({})])
+    assert str(exc).startswith("? (raised by the task; ") and exc.message == ""
