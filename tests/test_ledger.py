@@ -26,9 +26,23 @@ def worker(ledger: Ledger, name: str, credit: int = 0) -> WorkerState:
 
 
 def submit(ledger: Ledger, *tids: int, owner: bytes = C, parent: int = 0) -> None:
-    setup = ledger.clients[C].setup
-    for tid in tids:
-        assert ledger.new_task(owner, tid, parent, C, setup, list(BODY))
+    """A SUBMIT of ``tids`` from ``owner``: the client C, or a worker (sub-tasks of ``parent``)."""
+    client = ledger.clients.get(owner)
+    assert ledger.submit(owner, [((tid, parent, 2), list(BODY)) for tid in tids], client) == []
+
+
+def refused(ledger: Ledger, tid: int, owner: bytes = C, parent: int = 0) -> bool:
+    """Whether a SUBMIT of the one task ``tid`` is refused (nothing queued)."""
+    before = len(ledger.tasks)
+    out = ledger.submit(owner, [((tid, parent, 2), list(BODY))], ledger.clients.get(owner))
+    assert (out == [tid]) == (len(ledger.tasks) == before)
+    return out == [tid]
+
+
+def finish(ledger: Ledger, w: WorkerState, btid: int) -> tuple[Task | None, bytes | None]:
+    """A RESULT of one task from ``w``: (the task delivered or None, the worker told to cancel it or None)."""
+    done, others = ledger.finish(w, [((btid, 0, 1, 0.0, 0.0), [b"result"])])
+    return (done[0][0] if done else None), (others[0][0] if others else None)
 
 
 def everyone(task: Task) -> bool:
@@ -86,7 +100,7 @@ def test_a_sub_task_stays_off_its_parents_worker_while_another_is_idle():
     ((_, (parent,)),) = scheduling.dispatch(ledger, everyone)
     ledger.grant(a, 1)  # the parent waits on its children: its worker asks for more
     b = worker(ledger, "b", 1)
-    assert ledger.new_task(a.key, 7, parent.btid, C, 1, list(BODY))
+    submit(ledger, 7, owner=a.key, parent=parent.btid)
     (batch,) = scheduling.dispatch(ledger, everyone)
     assert batch[0] is b, "the child went to the worker where its parent is parked"
     check(ledger)
@@ -99,12 +113,25 @@ def test_a_result_is_delivered_once_and_stale_or_foreign_ones_are_counted():
     submit(ledger, 1)
     ((w, (task,)),) = scheduling.dispatch(ledger, everyone)
     other = b if w is a else a
-    assert ledger.finish(other, task.btid) == (None, None)
+    assert finish(ledger, other, task.btid) == (None, None)
     assert ledger.dropped["result from a worker that did not have the task"] == 1
-    assert ledger.finish(w, task.btid) == (task, None)
-    assert ledger.finish(w, task.btid) == (None, None)
+    assert finish(ledger, w, task.btid) == (task, None)
+    assert finish(ledger, w, task.btid) == (None, None)
     assert ledger.dropped["stale result"] == 1
     assert not ledger.tasks and not w.assigned
+
+
+def test_one_result_message_delivers_each_task_with_its_status_and_frames():
+    ledger = books()
+    w = worker(ledger, "a", 3)
+    submit(ledger, 1, 2, 3)
+    ((_, batch),) = scheduling.dispatch(ledger, everyone)
+    a, b, c = (t.btid for t in batch)
+    done, others = ledger.finish(w, [((a, 0, 1), [b"ra"]), ((99, 0, 1), [b"x"]), ((c, 1, 2), [b"e", b"tb"])])
+    assert [(t.tid, status, body) for t, status, body in done] == [(1, 0, [b"ra"]), (3, 1, [b"e", b"tb"])]
+    assert others == [] and ledger.dropped["stale result"] == 1
+    assert w.done == 2 and w.assigned == {b} and list(ledger.tasks) == [b]
+    check(ledger)
 
 
 def test_a_late_result_from_a_lost_worker_wins_and_the_new_holder_cancels():
@@ -117,7 +144,7 @@ def test_a_late_result_from_a_lost_worker_wins_and_the_new_holder_cancels():
     b = worker(ledger, "b", 1)
     scheduling.dispatch(ledger, everyone)
     assert task.worker == b.key
-    assert ledger.finish(a, task.btid) == (task, b.key)  # the late answer is accepted ...
+    assert finish(ledger, a, task.btid) == (task, b.key)  # the late answer is accepted ...
     assert not b.assigned  # ... and the worker now holding it is told to drop it
     check(ledger)
 
@@ -132,7 +159,10 @@ def test_a_lost_workers_tasks_are_queued_again_then_given_up():
         ((task, given_up),), _ = ledger.lose_worker(w, "killed by the test")
         assert given_up is (attempt == 1)
     assert not ledger.tasks and task.attempts == 2
-    assert task.losses == ["worker a (pid 1 on h): killed by the test", "worker b (pid 1 on h): killed by the test"]
+    assert task.losses == [
+        "worker a (pid 1 on h): killed by the test",
+        "worker b (pid 1 on h): killed by the test",
+    ]
 
 
 def test_a_loss_a_task_caused_says_so():
@@ -153,7 +183,7 @@ def test_the_sub_tasks_of_a_lost_worker_are_cancelled_where_they_run():
     parent = ledger.tasks[next(iter(ledger.tasks))]
     holder = a if parent.worker == a.key else b
     other = b if holder is a else a
-    assert ledger.new_task(holder.key, 9, parent.btid, C, 1, list(BODY))
+    submit(ledger, 9, owner=holder.key, parent=parent.btid)
     scheduling.dispatch(ledger, everyone)
     (child,) = [t for t in ledger.tasks.values() if t.tid == 9]
     assert child.worker == other.key
@@ -173,7 +203,7 @@ def test_given_back_and_resynced_tasks_go_to_the_front_of_the_queue():
     ledger.take_back(w, held[1:])
     assert w.credit == 0 and list(ledger.queue)[:2] == held[1:]
     ledger.resync(w, set())  # it said HELLO again holding nothing
-    assert list(ledger.queue)[0] == held[0] and not w.assigned
+    assert next(iter(ledger.queue)) == held[0] and not w.assigned
     check(ledger)
 
 
@@ -193,13 +223,14 @@ def test_a_broken_client_loses_its_tasks_and_refuses_new_ones():
     w = worker(ledger, "a", 1)
     submit(ledger, 1, 2)
     scheduling.dispatch(ledger, everyone)
-    assert ledger.new_task(w.key, 5, 1, C, 1, list(BODY))  # a sub-task a worker submitted for it
+    submit(ledger, 5, owner=w.key, parent=1)  # a sub-task a worker submitted for it
     c = ledger.clients[C]
     cancels, orphans = ledger.break_client(c)
     assert cancels == {w.key: [(1,)]}
     assert [t.tid for t in orphans] == [5]  # its owner, the worker, is told
     assert not ledger.tasks and not ledger.by_owner
-    assert not ledger.new_task(C, 3, 0, C, 1, list(BODY))
+    assert refused(ledger, 3)
+    assert not refused(ledger, 6, owner=w.key, parent=1)  # its parent is gone: it serves no client
 
 
 def test_a_client_leaving_after_an_error_has_what_is_not_started_dropped():
@@ -211,9 +242,11 @@ def test_a_client_leaving_after_an_error_has_what_is_not_started_dropped():
     assert sorted(t.tid for t in dropped) == [2, 3]
     assert [t.tid for t in ledger.tasks.values()] == [1]  # started: it runs on
     assert ledger.drop_unstarted(ledger.clients[C]) == []  # once
+    (parent,) = ledger.tasks
+    assert refused(ledger, 8, owner=w.key, parent=parent), "a sub-task for a client that is leaving"
     ledger.take_back(w, list(w.assigned))  # handed back unstarted: dropped at the next dispatch
     assert [t.tid for t in ledger.drop_closing()] == [1]
-    assert not ledger.new_task(C, 4, 0, C, 1, list(BODY))
+    assert refused(ledger, 4)
 
 
 # ------------------------------------------------------------------ recall
@@ -227,7 +260,7 @@ def test_recall_asks_a_busy_worker_once_until_something_moves_there():
     assert scheduling.recall(ledger, now) == [busy]
     for step in range(1, 10):
         assert scheduling.recall(ledger, now + step) == [], "asked again with nothing new"
-    ledger.finish(busy, min(busy.assigned))  # a result: something moved there
+    finish(ledger, busy, min(busy.assigned))  # a result: something moved there
     assert len(busy.assigned) == 2
     assert scheduling.recall(ledger, now + 20) == [busy]  # so it is asked once more ...
     assert scheduling.recall(ledger, now + 30) == []  # ... and only once
@@ -256,7 +289,7 @@ def test_owners_ids_are_kept_only_for_owners_that_send_cancel(owner):
     ledger = books()
     if owner == LOCAL:
         ledger.add_client(LOCAL, {"role": "client", "local": True}, [])
-    ledger.new_task(owner, 1, 0, owner, 1, list(BODY))
+    ledger.submit(owner, [((1, 0, 2), list(BODY))], ledger.clients[owner])
     assert (owner == C) == ((owner, 1) in ledger.by_owner)
 
 

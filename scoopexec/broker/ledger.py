@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["LOCAL", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
@@ -163,25 +163,44 @@ class Ledger:
         return w
 
     # ------------------------------------------------------------- tasks in
-    def new_task(
-        self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: list[Any]
-    ) -> bool:
-        """Queue a task; False (nothing queued) when the client it serves is broken or leaving."""
-        c = self.clients.get(origin) if origin is not None else None
-        if c is not None and (c.broken or c.closing):
-            return False
-        btid = self._next_btid
-        self._next_btid = btid + 1
-        self.tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body)
-        if owner != LOCAL:
-            self.by_owner[(owner, tid)] = btid
-        self.queue.append(btid)
-        return True
+    def submit(
+        self, owner: bytes, parts: Iterable[tuple[tuple[Any, ...], list[Any]]], client: ClientState | None
+    ) -> list[int]:
+        """Queue the tasks of one SUBMIT from ``owner``, each given as ((tid, parent, ...), frames).
 
-    def served_by(self, parent: int) -> tuple[bytes | None, int]:
-        """(origin, set-up) of a sub-task: its parent's (None, 0 if the parent is gone)."""
-        ptask = self.tasks.get(parent)
-        return (ptask.origin, ptask.setup) if ptask is not None else (None, 0)
+        ``client``: the submitting client itself (its tasks serve it, with its set-up), or None
+        when a worker submits sub-tasks (each serves its parent's client, with that set-up; none
+        when the parent is gone).  Returns the ids of the tasks refused, nothing queued: those
+        that serve a client that is broken or leaving.
+        """
+        if client is not None and (client.broken or client.closing):
+            return [ent[0] for ent, _ in parts]
+        tasks, queue, by_owner, clients = self.tasks, self.queue, self.by_owner, self.clients
+        keyed = owner != LOCAL  # the in-process client cancels by future, not by id
+        refused: list[int] = []
+        btid = self._next_btid
+        for ent, body in parts:
+            tid, parent = ent[0], ent[1]
+            if client is not None:
+                origin: bytes | None = owner
+                setup = client.setup
+            else:
+                ptask = tasks.get(parent)
+                if ptask is None:
+                    origin, setup = None, 0
+                else:
+                    origin, setup = ptask.origin, ptask.setup
+                    c = clients.get(origin) if origin is not None else None
+                    if c is not None and (c.broken or c.closing):
+                        refused.append(tid)
+                        continue
+            tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body)
+            if keyed:
+                by_owner[(owner, tid)] = btid
+            queue.append(btid)
+            btid += 1
+        self._next_btid = btid
+        return refused
 
     def grant(self, w: WorkerState, credit: int) -> None:
         """The worker wants ``credit`` more tasks."""
@@ -223,29 +242,41 @@ class Ledger:
                     self.queue.appendleft(btid)
 
     # ------------------------------------------------------------ tasks out
-    def finish(self, w: WorkerState, btid: int) -> tuple[Task | None, bytes | None]:
-        """A result from ``w``: (the task, to deliver; or None to drop the result) and the key of
-        another worker that holds the task too (a late answer won) and must cancel it."""
-        task = self.tasks.get(btid)
-        w.assigned.discard(btid)
-        if task is None:
-            self.dropped["stale result"] += 1
-            return None, None
-        if task.worker != w.key and w.key not in task.prev:
-            self.dropped["result from a worker that did not have the task"] += 1
-            return None, None
-        del self.tasks[btid]
-        self.by_owner.pop((task.owner, task.tid), None)
-        w.done += 1
-        other = None
-        if task.worker is not None and task.worker != w.key:
-            # A late answer from a worker we gave up on: first result wins;
-            # the worker now holding the task may drop it.
-            o = self.workers.get(task.worker)
-            if o is not None:
-                o.assigned.discard(btid)
-                other = o.key
-        return task, other
+    def finish(
+        self, w: WorkerState, results: Iterable[tuple[tuple[Any, ...], Sequence[Any]]]
+    ) -> tuple[list[tuple[Task, int, Sequence[Any]]], list[tuple[bytes, int]]]:
+        """A RESULT from ``w``, each result given as ((btid, status, ...), frames).
+
+        Returns the results to deliver, as (task, status, frames) (the others are dropped and
+        counted: stale, or from a worker that did not have the task), and (worker, btid) for each
+        task that another worker holds too (a late answer won): that worker must cancel it.
+        """
+        tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
+        done: list[tuple[Task, int, Sequence[Any]]] = []
+        others: list[tuple[bytes, int]] = []
+        for ent, body in results:
+            btid = ent[0]
+            task = tasks.get(btid)
+            assigned.discard(btid)
+            if task is None:
+                self.dropped["stale result"] += 1
+                continue
+            holder = task.worker
+            if holder != key and key not in task.prev:
+                self.dropped["result from a worker that did not have the task"] += 1
+                continue
+            del tasks[btid]
+            by_owner.pop((task.owner, task.tid), None)
+            if holder is not None and holder != key:
+                # A late answer from a worker we gave up on: first result wins;
+                # the worker now holding the task may drop it.
+                o = workers.get(holder)
+                if o is not None:
+                    o.assigned.discard(btid)
+                    others.append((o.key, btid))
+            done.append((task, ent[1], body))
+        w.done += len(done)
+        return done, others
 
     def _forget(self, btid: int, cancels: Cancels) -> Task:
         """Drop a task wherever it is; its worker, if any, goes into ``cancels``."""

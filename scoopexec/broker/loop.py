@@ -207,7 +207,8 @@ class Broker:
             local.deliver()
 
     def _before_poll(self, timeout: float | None) -> int:
-        self.links.register_new()
+        if self.links.new:
+            self.links.register_new()
         if timeout is not None:
             ms = int(timeout * 1000)
         elif self.router.backlog:
@@ -226,16 +227,18 @@ class Broker:
         self.router.take()
         out = self._out.pop(LOCAL, None)
         if out is not None:  # its results go over at once, not after this turn's dispatch
-            self._send_results(LOCAL, out)
+            self.local.results(out)  # type: ignore[union-attr]  # (only the local client is LOCAL)
 
     def _after_input(self) -> None:
         if self._calls:
             self._run_calls()
-        if self.local is not None:
+        local = self.local
+        if local is not None and (local.outbox or local.inbox):
             self._take_local()
         self._dispatch()
         self._flush()
-        self.links.close_dead()
+        if self.links.dead:
+            self.links.close_dead()
         if self.local is not None:
             self.local.client.dispatched()
         now = time.monotonic()
@@ -335,7 +338,8 @@ class Broker:
 
     def _take_local(self) -> None:
         assert self.local is not None
-        self.local.take(self._take, self._new_task, self.ledger.clients[LOCAL].setup)
+        for tid in self.local.take(self._take, self.ledger):
+            self.result(LOCAL, tid, P.CANCELLED, [])  # its client is leaving
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
@@ -366,20 +370,9 @@ class Broker:
         self.send(key, [P.header(P.WELCOME), P.dump_json(_welcome(self, key, extra))])
 
     def _on_submit(self, key: bytes, peer: ClientState | WorkerState, msg: P.Message) -> None:
-        new, served_by = self._new_task, self.ledger.served_by
-        if isinstance(peer, ClientState):
-            for (tid, parent, _), body in msg.parts():
-                new(key, tid, parent, key, peer.setup, body)
-        else:
-            for (tid, parent, _), body in msg.parts():
-                origin, setup = served_by(parent)  # a sub-task serves its parent's client
-                new(key, tid, parent, origin, setup, body)
-
-    def _new_task(
-        self, owner: bytes, tid: int, parent: int, origin: bytes | None, setup: int, body: Sequence[Any]
-    ) -> None:
-        if not self.ledger.new_task(owner, tid, parent, origin, setup, body):  # type: ignore[arg-type]
-            self.result(owner, tid, P.CANCELLED, [])  # its client is broken, or leaving
+        client = peer if isinstance(peer, ClientState) else None  # a worker's: sub-tasks
+        for tid in self.ledger.submit(key, msg.parts(), client):  # type: ignore[arg-type]
+            self.result(key, tid, P.CANCELLED, [])  # its client is broken, or leaving
 
     def _on_share(self, key: bytes, c: ClientState, msg: P.Message) -> None:
         """A value every worker of this client must have before its later tasks."""
@@ -404,14 +397,15 @@ class Broker:
         ledger = self.ledger
         if self.trace is not None:
             self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
-        finish, result = ledger.finish, self.result
-        for (btid, status, _, _, _), body in msg.parts():
-            task, other = finish(w, btid)
-            if task is None:
-                continue
-            if other is not None:
-                self.send(other, [P.pack(P.CANCEL, [(btid,)])])
-            result(task.owner, task.tid, status, body)
+        done, others = ledger.finish(w, msg.parts())
+        for other, btid in others:
+            self.send(other, [P.pack(P.CANCEL, [(btid,)])])
+        out = self._out
+        for task, status, body in done:  # self.result, inline: once per task
+            items = out.get(task.owner)
+            if items is None:
+                items = out[task.owner] = []
+            items.append(((task.tid, status, len(body)), body))
         ledger.completed += msg.count
         ledger.grant(w, msg.arg)
 

@@ -25,7 +25,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import zmq
@@ -35,9 +35,9 @@ from zmq.utils.monitor import parse_monitor_message
 from ..deploy.local import process_state
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import PUSH_WAIT, Link, WakePipe, zmq_receive, zmq_send
+from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, KeyPair, is_loopback
-from .ledger import LOCAL
+from .ledger import LOCAL, Ledger
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
 
@@ -46,6 +46,7 @@ log = logging.getLogger("scoopexec.broker")
 LINK_CLOSED = "its connection closed"  # why a local worker on a link is lost when it closes it
 
 SEND_HWM = 100_000
+_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)  # a routing id, first frame of a message that must not block
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 POLLIN = select.POLLIN
 
@@ -251,10 +252,10 @@ class RouterPort:
         there when the socket was last used must be asked for (EVENTS) before sleeping."""
         if self._dirty:
             self._dirty = False
-            self._take_router = bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
-            self._take_monitor = bool(self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
+            self._take_router = bool(self.sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN)  # type: ignore[operator]
+            self._take_monitor = bool(self.monitor.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN)  # type: ignore[operator]
         if self.auth is not None:
-            self._take_auth = bool(self.auth.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator]
+            self._take_auth = bool(self.auth.socket.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN)  # type: ignore[operator]
         return self._take_router or self._take_monitor or self._take_auth
 
     def take(self) -> None:
@@ -298,7 +299,7 @@ class RouterPort:
 
     def _drain_monitor(self) -> None:
         mon = self.monitor
-        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+        while mon.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:  # type: ignore[operator]
             msg = mon.recv_multipart()
             try:
                 event = parse_monitor_message(msg)
@@ -315,7 +316,7 @@ class RouterPort:
         """A peer's connection closed: is the routing id still reachable?"""
         self._dirty = True
         try:
-            self.sock.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+            self.sock.send(key, _MORE_NOW)
             self.sock.send(P.header(P.PING))
         except zmq.Again:
             return  # alive (a newer connection exists), just busy
@@ -354,7 +355,7 @@ class RouterPort:
         r = self.sock
         self._dirty = True  # sending can take in the commands that signal input
         try:
-            r.send(key, zmq.SNDMORE | zmq.NOBLOCK)
+            r.send(key, _MORE_NOW)
         except zmq.Again:
             if keep:
                 self.backlog.setdefault(key, collections.deque()).append(list(frames))
@@ -416,7 +417,7 @@ class LinkPort:
         self.dropped = dropped
         self.heartbeat_timeout = heartbeat_timeout
         self.links: dict[bytes, Link] = {}
-        self._new: collections.deque[tuple[bytes, Link]] = collections.deque()
+        self.new: collections.deque[tuple[bytes, Link]] = collections.deque()  # added, not yet watched
         self.dead: list[bytes] = []  # links found broken while sending: closed after the turn
         self._stopped: dict[bytes, float] = {}  # workers seen stopped (SIGSTOP), since when
 
@@ -426,13 +427,13 @@ class LinkPort:
     def add(self, sock: socket.socket) -> bytes:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
-        self._new.append((key, Link(sock)))
+        self.new.append((key, Link(sock)))
         self.wake.wake()  # the loop registers it (register_new)
         return key
 
     def register_new(self) -> None:
-        while self._new:
-            key, link = self._new.popleft()
+        while self.new:
+            key, link = self.new.popleft()
             self.links[key] = link
             self.poll.watch(link.fd, functools.partial(self._on_ready, key))
 
@@ -507,7 +508,7 @@ class LinkPort:
 
 # ------------------------------------------------------------------ in process
 class LocalClient(Protocol):
-    """What the in-process client offers (client/embedded.py): its queues and its message table."""
+    """What the in-process client offers (client/session.py): its queues and its message table."""
 
     outbox: collections.deque[tuple[int, list[Any]]]  # submissions: (its task id, the task's frames)
     inbox: collections.deque[list[Any]]  # other messages for the broker (SHARE)
@@ -516,7 +517,7 @@ class LocalClient(Protocol):
     def setup_frames(self) -> list[bytes]: ...
     def started(self, tid: int) -> bool: ...  # False: the future was cancelled, drop the task
     def handle(self, frames: list[Any]) -> None: ...  # a message from the broker
-    def dispatch(self, msg: P.Message) -> None: ...  # the same, decoded already
+    def results(self, items: Iterable[tuple[tuple[int, int, int], Sequence[Any]]]) -> None: ...  # RESULTS'
     def dispatched(self) -> None: ...  # what was submitted so far was taken in
 
 
@@ -527,42 +528,38 @@ class InProcessPort:
 
     def __init__(self, client: LocalClient) -> None:
         self.client = client
-        self.pending: collections.deque[list[Any] | P.Message] = collections.deque()
+        self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
+        self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
+        self.claim = client.started  # asked once per task before it first goes to a worker
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
-        self.pending.append(list(frames))
+        self.pending.append((self.client.handle, list(frames)))
         return True
 
     def results(self, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
-        """RESULTS for the client, as the message its table would get from decoding the frames
-        (the one message on every round trip: no header to pack here and parse there)."""
-        frames: list[Any] = [b""]
-        for _, body in items:
-            frames.extend(body)
-        self.pending.append(P.Message(P.RESULTS, len(items), 0, [e for e, _ in items], frames))
+        """RESULTS for the client: its entries and frames as the message's parts would be (the
+        one message on every round trip: no header to pack here and parse there)."""
+        self.pending.append((self.client.results, items))
 
     def deliver(self) -> None:
         """Hand the messages for the client over (not holding the broker's lock)."""
-        pending, client = self.pending, self.client
+        pending = self.pending
         while pending:
-            msg = pending.popleft()
-            if isinstance(msg, P.Message):
-                client.dispatch(msg)
-            else:
-                client.handle(msg)
+            take, what = pending.popleft()
+            take(what)
 
-    def claim(self, tid: int) -> bool:
-        return self.client.started(tid)
-
-    def take(self, on_message: OnMessage, new_task: Callable[..., None], setup: int) -> None:
-        """What the client queued: its messages (``on_message``), then its submissions, each
-        straight to ``new_task`` (no SUBMIT message is made for what is already in hand)."""
-        client = self.client
-        inbox = client.inbox
+    def take(self, on_message: OnMessage, ledger: Ledger) -> list[int]:
+        """What the client queued: its messages (``on_message``), then its submissions, straight
+        into the ledger (no SUBMIT message is made for what is already in hand).  Returns the
+        ids of the tasks the ledger refused (see Ledger.submit)."""
+        inbox = self.inbox
         while inbox:
             on_message(LOCAL, inbox.popleft(), None)
-        outbox = client.outbox
-        while outbox:
+        outbox = self.outbox
+        if not outbox:
+            return []
+        parts = []  # as SUBMIT's parts are: ((tid, parent), frames)
+        while outbox:  # popleft: the client's threads append meanwhile
             tid, body = outbox.popleft()
-            new_task(LOCAL, tid, 0, LOCAL, setup, body)
-
+            parts.append(((tid, 0), body))
+        return ledger.submit(LOCAL, parts, ledger.clients[LOCAL])

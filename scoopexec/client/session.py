@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .. import logs, pools
@@ -201,8 +201,13 @@ class Session:
     cancels_dropped = False  # CANCELLED from an embedded broker: it dropped the task, never ran it
 
     def _on_results(self, msg: P.Message) -> None:
+        self.results(msg.parts())
+
+    def results(self, items: Iterable[tuple[tuple[Any, ...], Sequence[Any]]]) -> None:
+        """RESULTS: each ((tid, status, ...), frames); from the message, or straight from an
+        embedded broker (broker/ports.py, InProcessPort.results)."""
         futures = self.futures
-        for (tid, status, _), body in msg.parts():
+        for (tid, status, _), body in items:
             fut = futures.pop(tid, None)
             if fut is None:
                 self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)

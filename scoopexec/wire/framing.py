@@ -400,18 +400,24 @@ class Link:
 
 
 # ------------------------------------------------------------------ ZeroMQ
-COPY_BELOW = 65536  # frames smaller than this are copied by zmq_send (cheaper than tracking them)
+COPY_BELOW = 65536  # bytes shorter than this are copied by zmq_send (cheaper than tracking them)
 SNDMORE = int(zmq.SNDMORE)
-_EVENTS = zmq.EVENTS
-_POLLIN = int(zmq.POLLIN)
+ZMQ_EVENTS = int(zmq.EVENTS)  # as plain ints: flag arithmetic on pyzmq's enums costs a call each time
+ZMQ_POLLIN = int(zmq.POLLIN)
 
 
 def zmq_send(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
-    """Send one multipart message; large frames and buffers go without a copy."""
-    last = len(frames) - 1
-    for i, f in enumerate(frames):
-        big = not isinstance(f, bytes) or len(f) >= COPY_BELOW
-        sock.send(f, SNDMORE if i < last else 0, copy=not big)
+    """Send one multipart message; large frames and buffers go without a copy.
+
+    Small bytes are copied (the cheapest way to send them); everything else goes with
+    ``copy=False``, where pyzmq still copies what is below the socket's ``copy_threshold``
+    (64 KiB) and hands zmq.Frames and large buffers over as they are.
+    """
+    send = sock.send
+    for f in frames[:-1]:
+        send(f, SNDMORE, copy=f.__class__ is bytes and len(f) < COPY_BELOW)
+    f = frames[-1]
+    send(f, 0, copy=f.__class__ is bytes and len(f) < COPY_BELOW)
 
 
 def zmq_receive(sock: zmq.Socket[Any], limit: int) -> list[list[Any]]:
@@ -422,7 +428,7 @@ def zmq_receive(sock: zmq.Socket[Any], limit: int) -> list[list[Any]]:
     """
     out: list[list[Any]] = []
     while len(out) < limit:
-        if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+        if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:  # type: ignore[operator]
             break
         first = sock.recv(copy=False)
         frames = [first]

@@ -295,7 +295,7 @@ def decode(frames: Sequence[Any]) -> Message:
     if rule is COUNTED:
         if sum(map(_COUNT, ents)) != payload:
             check_frames([e[2] for e in ents], payload)  # raises, saying how many
-        if shape.min_frames and any(e[2] < shape.min_frames for e in ents):
+        if shape.min_frames and count and min(map(_COUNT, ents)) < shape.min_frames:
             raise ProtocolError(
                 f"{TYPE_NAMES[kind]}: an entry needs at least {shape.min_frames} frames "
                 "(a task needs a function and an arguments frame)"

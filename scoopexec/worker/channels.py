@@ -31,7 +31,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import Link, dealer, zmq_receive, zmq_send
+from ..wire.framing import ZMQ_EVENTS, ZMQ_POLLIN, Link, dealer, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
 from .lifeline import client_gone, die, end
 
@@ -71,7 +71,7 @@ class ZmqChannel:
 
     def readable(self) -> bool:
         """Input waits already (a ZeroMQ FD signals only changes: ask before sleeping on it)."""
-        return bool(int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)  # type: ignore[call-overload]
+        return bool(self.sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN)  # type: ignore[operator]
 
     def receive(self, limit: int) -> list[list[Any]]:
         return zmq_receive(self.sock, limit)
@@ -225,7 +225,7 @@ class ForwardStream(io.TextIOBase):
         self._worker = worker
         self._stream = stream
         self._fd = fd
-        self._parts: list[str] = []
+        self.parts: list[str] = []  # the text of a line not yet ended (write() ends it)
         self._lock = threading.Lock()
 
     @property
@@ -245,30 +245,25 @@ class ForwardStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._fd
 
-    @property
-    def partial(self) -> bool:
-        """Part of a line waits for its end."""
-        return bool(self._parts)
-
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if not s:
             return 0
         with self._lock:
-            self._parts.append(s)
+            self.parts.append(s)
             if "\n" in s:
-                text = "".join(self._parts)
+                text = "".join(self.parts)
                 cut = text.rindex("\n") + 1
-                self._parts = [text[cut:]] if cut < len(text) else []
+                self.parts = [text[cut:]] if cut < len(text) else []
                 self._worker.output(self._stream, text[:cut])
         return len(s)
 
     def flush(self) -> None:
         with self._lock:
-            if self._parts:
-                text = "".join(self._parts)
-                self._parts = []
+            if self.parts:
+                text = "".join(self.parts)
+                self.parts = []
                 self._worker.output(self._stream, text)
 
 

@@ -116,17 +116,13 @@ class Waits:
         self.ready = ready
         self.later = later
         self.thread_id = threading.get_ident()
-        self.timers: list[tuple[float, int, _Waiter]] = []
+        self.timers: list[tuple[float, int, _Waiter]] = []  # a heap: (when, seq, waiter), earliest first
         self._timer_seq = itertools.count()
         self.fd_waits: dict[_Waiter, list[tuple[int, int]]] = {}  # tasks parked in wait_fds
 
     def in_task(self) -> bool:
         """True in a task's greenlet (in the worker's main thread, not in its hub)."""
         return threading.get_ident() == self.thread_id and greenlet.getcurrent() is not self.hub
-
-    def next_timer(self) -> float | None:
-        """When the earliest timer fires (monotonic), if any."""
-        return self.timers[0][0] if self.timers else None
 
     def wait_until(self, fs: Iterable[cf.Future[Any]], timeout: float | None, return_when: str) -> None:
         """Park the calling task until ``return_when`` holds for ``fs`` or time runs out."""

@@ -261,9 +261,8 @@ class Worker:
                     # A ZeroMQ socket's FD only signals changes, so EVENTS was checked
                     # (above, holding the lock) before sleeping on it.
                     timeout = -1
-                    first = waits.next_timer()
-                    if first is not None:
-                        timeout = max(0, int((first - time.monotonic()) * 1000) + 1)
+                    if waits.timers:  # the earliest first (a heap)
+                        timeout = max(0, int((waits.timers[0][0] - time.monotonic()) * 1000) + 1)
                     if len(POOL):  # large receive buffers kept for reuse: let go of old ones
                         POOL.expire()
                         if len(POOL):
@@ -278,7 +277,8 @@ class Worker:
                         self._wakeup.drain()  # before looking at what it was woken for
                 elif waits.fd_waits:
                     waits.poll(masks, 0)
-                waits.fire_timers()
+                if waits.timers:
+                    waits.fire_timers()
                 while self._foreign:
                     self._foreign.popleft()()
                 if self._reconnected:
@@ -374,7 +374,8 @@ class Worker:
                 self._switch(g, value)
             else:
                 task = queue.popleft()
-                fkey = task.fkey = P.as_bytes(task.frames[0]) if task.frames else b""
+                f = task.frames[0] if task.frames else b""
+                fkey = task.fkey = f if f.__class__ is bytes else P.as_bytes(f)
                 est = fn_avg.get(fkey)
                 maybe_long = est is None or est > 0.0001
                 if maybe_long and (queue or self.granted):
@@ -509,7 +510,7 @@ class Worker:
         status, frames = _call(task, self.setups.errors.get(task.setup), self.where, self.max_message_size)
         dt = time.perf_counter() - t0
         for stream in self._streams:
-            if stream.partial:  # a partial last line belongs to this task
+            if stream.parts:  # a partial last line belongs to this task
                 stream.flush()
         self.active.pop(task.btid, None)
         self.outbox.results.append(((task.btid, status, len(frames), task.started, dt), frames))
