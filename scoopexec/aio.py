@@ -24,40 +24,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
-import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from .mapping import ChunkError, run_chunk
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = ["amap"]
-
-
-class _ChunkFailed:
-    """What a chunk returns when one of its items raised: the results before it, and the error."""
-
-    __slots__ = ("done", "exc", "tb")
-
-    def __init__(self, done: list[Any], exc: BaseException, tb: str) -> None:
-        self.done = done
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_ChunkFailed, (self.done, self.exc, self.tb))
-
-
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any] | _ChunkFailed:
-    """Run on a worker: ``fn(*args)`` for each argument tuple of the chunk, in order."""
-    out: list[Any] = []
-    for args in chunk:
-        try:
-            out.append(fn(*args))
-        except Exception as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return _ChunkFailed(out, exc, tb)
-    return out
 
 
 def _remote_cause(text: str) -> BaseException:
@@ -133,7 +108,7 @@ async def amap(
         if chunksize == 1:
             fut = ex.submit(fn, *chunk[0])
         else:
-            fut = ex.submit(_run_chunk, fn, chunk)
+            fut = ex.submit(run_chunk, fn, chunk)
         pending[index] = fut
         fut.add_done_callback(arrive(index))
         return True
@@ -166,7 +141,7 @@ async def amap(
             if chunksize == 1:
                 yield value
                 continue
-            if type(value) is _ChunkFailed:
+            if type(value) is ChunkError:
                 for v in value.done:
                     yield v
                 exc = value.exc
