@@ -210,6 +210,8 @@ def load_json(buf: bytes | memoryview) -> Any:
         return json.loads(bytes(buf))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON control frame: {exc}") from None
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        raise ProtocolError("malformed JSON control frame: nested too deeply") from None
 
 
 class Message:
