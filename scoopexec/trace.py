@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickletools
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -506,6 +505,8 @@ def function_name(data: bytes) -> str:
         refs: list[tuple[str, str]] = []
         qualname = ""
         want_qualname = False
+        import pickletools  # stdlib, lazy: 0.45 MB a process that never names a traced task does not need
+
         for op, arg, _ in pickletools.genops(data):
             name = op.name
             value: Any = None
