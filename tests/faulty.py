@@ -120,3 +120,11 @@ def limit_address_space(mb):
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def wait_for_file(path, timeout=60.0):
+    """Block until `path` exists (or `timeout`): a worker kept busy until the test says so."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.path.exists(path)

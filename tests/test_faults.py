@@ -131,7 +131,7 @@ def test_hung_worker_is_replaced_and_its_task_rerun():
             time.sleep(0.05)
 
 
-def test_late_result_of_a_resumed_worker_is_discarded():
+def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
     with ScoopExecutor(1, bind="tcp://127.0.0.1:0", heartbeat=0.2, heartbeat_timeout=1.0) as ex:
         ex.submit(abs, 1).result()
         own = set(ex.worker_pids)
@@ -141,8 +141,11 @@ def test_late_result_of_a_resumed_worker_is_discarded():
             env=dict(os.environ, PYTHONPATH=ROOT),
         )
         try:
-            # Occupy the local worker so the next task goes to the extra one.
-            blocker = ex.submit(time.sleep, 1.0)
+            # Occupy the local worker until the extra one is stopped, so the next task goes to the
+            # extra one (a fixed sleep ran out before the extra worker joined on a loaded machine,
+            # and the task then ran locally: the extra worker never became busy).
+            release = tmp_path / "release"
+            blocker = ex.submit(faulty.wait_for_file, str(release))
             deadline = time.monotonic() + 30
             fut = None
             while time.monotonic() < deadline:
@@ -156,8 +159,9 @@ def test_late_result_of_a_resumed_worker_is_discarded():
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             os.kill(extra.pid, signal.SIGSTOP)
+            release.touch()
+            assert blocker.result(timeout=60) is True
             assert fut.result(timeout=60) in own  # re-run on the local worker
-            blocker.result()
             os.kill(extra.pid, signal.SIGCONT)
             deadline = time.monotonic() + 20
             while ex._session.broker.ledger.dropped["stale result"] + ex._session.broker.ledger.dropped["unknown peer"] == 0:
