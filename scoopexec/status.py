@@ -29,7 +29,7 @@ import zmq
 from .errors import ProtocolError
 from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
-from .wire.security import check_endpoint, read_key_file
+from .wire.security import read_key_file, resolve_credentials
 
 __all__ = ["PoolStatus", "WorkerStatus", "query", "status_main"]
 
@@ -193,7 +193,7 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
     ProtocolError when something that is not a compatible scoopexec broker does.
     """
     creds = read_key_file(key) if key is not None else None
-    check_endpoint(endpoint, secure=creds is not None, what="broker endpoint")
+    creds = resolve_credentials(endpoint, creds, "broker endpoint")
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         s = ctx.socket(zmq.DEALER)

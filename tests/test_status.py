@@ -13,6 +13,7 @@ import pytest
 
 from scoopexec import ScoopExecutor
 from scoopexec.status import PoolStatus, query
+from scoopexec.wire.security import Credentials, KeyPair, write_key_file
 from tests import helpers
 from tests.conftest import ROOT
 from tests.test_standalone import _free_port, _start_workers
@@ -151,13 +152,16 @@ def test_remote_client_status_and_the_status_command(standalone):
     assert query(addr).clients == 0
 
 
-def test_status_command_against_nothing_fails_fast_with_advice():
+def test_status_command_against_nothing_fails_fast_with_advice(tmp_path):
     addr = f"tcp://127.0.0.1:{_free_port()}"
     t = time.monotonic()
-    r = _cli("status", addr, "--timeout", "1")
+    r = _cli("status", addr, "--timeout", "1")  # no broker of this user ever there: no key
+    assert r.returncode == 2 and "no key for it" in r.stderr.decode()
+    stale = write_key_file(tmp_path / "stale.key", Credentials.for_pair(KeyPair.new().public, KeyPair.new()))
+    r = _cli("status", addr, "--timeout", "1", "--key", stale)
     assert r.returncode == 1
     err = r.stderr.decode()
-    assert f"no scoopexec broker answered at {addr} within 1 s" in err and "python -m scoopexec broker" in err
+    assert f"no scoopexec broker answered at {addr} within 1 s" in err and "key file" in err
     assert time.monotonic() - t < 30
     r = _cli("status", "tcp://10.9.8.7:5555")
     assert r.returncode == 2 and "not on this machine" in r.stderr.decode()
@@ -185,8 +189,12 @@ def test_status_of_a_curve_secured_broker_needs_its_key(tmp_path):
         assert r.returncode == 0, r.stderr.decode()
         data = json.loads(r.stdout)
         assert data["workers"] == [] and data["endpoints"][0]["curve"] is True
-        r = _cli("status", addr, "--timeout", "1")  # no key: the handshake never completes
-        assert r.returncode == 1 and "no scoopexec broker answered" in r.stderr.decode()
+        other = tmp_path / "other-user"  # as another user: the broker's key for its user is out of reach
+        other.mkdir(mode=0o700)
+        cmd = [sys.executable, "-m", "scoopexec", "status", addr, "--timeout", "1"]
+        env = dict(_env(), SCOOPEXEC_RUNTIME_DIR=str(other))
+        r = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
+        assert r.returncode == 2 and "no key for it" in r.stderr.decode()
         r = _cli("status", addr, "--key", tmp_path / "missing.key")
         assert r.returncode == 2 and "cannot read key file" in r.stderr.decode()
     finally:

@@ -25,7 +25,7 @@ from ..deploy.local import LocalWorkers
 from ..errors import AuthenticationError, BrokenScoopExecutor, BrokerLostError
 from ..wire import protocol as P
 from ..wire.framing import dealer, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, check_endpoint, is_loopback
+from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, is_loopback, resolve_credentials
 from .session import Session
 
 __all__ = ["RemoteSession"]
@@ -50,7 +50,7 @@ class RemoteSession(Session):
         connect_timeout: float,
         keys: Credentials | None = None,
     ) -> None:
-        check_endpoint(endpoint, secure=keys is not None, what="broker endpoint")
+        keys = resolve_credentials(endpoint, keys, "broker endpoint")
         super().__init__(setup)
         self.keys = keys
         self._handshakes = HandshakeWatch(endpoint, keys is not None)

@@ -13,7 +13,7 @@ import socket
 from ..deploy.contract import parser
 from ..deploy.hosts import local_cpu_count
 from ..deploy.local import run_worker_group
-from ..wire.security import check_endpoint, read_frame, read_key_file
+from ..wire.security import read_frame, read_key_file, resolve_credentials
 from . import lifeline
 from .worker import Worker
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             creds = read_key_file(args.key)
         elif args.key_stdin:
             creds = read_frame(0)
-        check_endpoint(connect, secure=creds is not None, what="broker endpoint")
+        creds = resolve_credentials(connect, creds, "broker endpoint")
     except ValueError as exc:
         ap.error(str(exc))
     n = None
