@@ -42,6 +42,7 @@ from ..wire.security import (
     KeyPair,
     check_endpoint,
     endpoint_host,
+    is_loopback,
     private_socket_dir,
     publish_local_key,
 )
@@ -165,10 +166,11 @@ class EmbeddedSession(Session):
         return self.broker.call_soon(fn).result(timeout=60)
 
     def _remote_target(self, kind: str) -> Target:
-        if self._secure is None:
+        if self._secure is None or is_loopback(self._secure):  # other hosts cannot reach loopback
             router = self.broker.router
             self._secure = self._in_loop(lambda: router.add_endpoint("tcp://0.0.0.0:0", secure=True))
         keys = self._new_keys()
+        assert self._secure is not None
         host = endpoint_host(self._secure) or ""
         port = int(self._secure.rsplit(":", 1)[1])
         if host not in ("0.0.0.0", "*", "::", ""):
@@ -200,7 +202,7 @@ class EmbeddedSession(Session):
                 "this pool listens on no network endpoint: create it with "
                 "bind='tcp://0.0.0.0:PORT' (or an address of this host) to let workers join by hand"
             )
-        return self._remote_target("key").keys
+        return self._new_keys()
 
     def _status(self, timeout: float) -> dict[str, Any]:
         if self.thread is threading.current_thread():

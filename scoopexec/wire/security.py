@@ -41,6 +41,7 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "publish_local_key",
     "read_frame",
     "read_key_file",
+    "read_launch_frame",
     "resolve_credentials",
     "runtime_dir",
     "valid_public_key",
@@ -462,14 +464,24 @@ def read_key_file(path: str | os.PathLike[str]) -> Credentials:
 
 
 # ------------------------------------------------------- keys through stdin
-def encode_frame(creds: Credentials) -> bytes:
-    """The header a launcher writes first on a remote worker's standard input."""
+def encode_frame(creds: Credentials, env: Mapping[str, str] | None = None) -> bytes:
+    """The header a launcher writes first on a remote worker's standard input: its keys, and the
+    environment variables its workers get (``env=``: kept off every command line)."""
     body = creds.to_json()
+    if env:
+        d = json.loads(body)
+        d["env"] = dict(env)
+        body = json.dumps(d).encode()
     return FRAME_MAGIC + b" %d\n" % len(body) + body
 
 
 def read_frame(fd: int, timeout: float = 60.0) -> Credentials:
     """Read the key header from ``fd`` (a worker's stdin) without reading past it."""
+    return read_launch_frame(fd, timeout)[0]
+
+
+def read_launch_frame(fd: int, timeout: float = 60.0) -> tuple[Credentials, dict[str, str]]:
+    """Read the header from ``fd`` without reading past it: the keys, and the workers' environment."""
     deadline = time.monotonic() + timeout
 
     def read(n: int) -> bytes:
@@ -490,9 +502,14 @@ def read_frame(fd: int, timeout: float = 60.0) -> Credentials:
         if len(line) > 64:
             raise ValueError("standard input does not start with a scoopexec key header")
     magic, _, size = line.strip().partition(b" ")
-    if magic != FRAME_MAGIC or not size.isdigit() or int(size) > 65536:
+    if magic != FRAME_MAGIC or not size.isdigit() or int(size) > 1 << 20:
         raise ValueError("standard input does not start with a scoopexec key header")
-    return Credentials.from_json(read(int(size)), "the key header on standard input")
+    body = read(int(size))
+    creds = Credentials.from_json(body, "the key header on standard input")
+    env = json.loads(body).get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("the key header on standard input has a malformed environment")
+    return creds, env
 
 
 # ------------------------------------------------ client side: handshakes
