@@ -31,7 +31,7 @@ from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
 from .wire.security import read_key_file, resolve_credentials
 
-__all__ = ["PoolStatus", "WorkerStatus", "query", "status_main"]
+__all__ = ["PoolStatus", "WorkerStatus", "printable", "query", "status_main"]
 
 
 @dataclass(frozen=True)
@@ -138,23 +138,27 @@ class PoolStatus:
         return d
 
     def __str__(self) -> str:
-        where = f"broker on {self.host}"
+        # Names come from peers (a worker's HELLO): what a terminal would act on is shown escaped.
+        host = printable(self.host)
+        where = f"broker on {host}"
         if self.broker_pid:
-            where = f"broker pid {self.broker_pid} on {self.host}"
+            where = f"broker pid {self.broker_pid} on {host}"
         lines = [
-            f"pool {self.pool} at {self.endpoint} ({where}), up {_duration(self.uptime)}",
+            f"pool {printable(self.pool)} at {printable(self.endpoint)} ({where}), "
+            f"up {_duration(self.uptime)}",
             f"tasks: {self.queued:,} queued, {self.assigned:,} on workers, {self.completed:,} done, "
             f"{self.tasks_per_second:,.1f}/s; {self.clients} client{'s' if self.clients != 1 else ''}; "
             f"{len(self.workers)} worker{'s' if len(self.workers) != 1 else ''} ({self.busy} busy)"
             + (f", {self.starting} starting" if self.starting else ""),
         ]
         if self.trace:
-            lines.append(f"recording a timeline to {self.trace}")
+            lines.append(f"recording a timeline to {printable(self.trace)}")
         if self.workers:
             rows = [("WORKER", "HOST", "PID", "STATE", "ASSIGNED", "DONE", "LAST HEARD", "UP")]
             for w in sorted(self.workers, key=lambda w: (w.host, w.name)):
                 rows.append(
-                    (w.name, w.host, str(w.pid or "?"), w.state, str(w.assigned), str(w.done),
+                    (printable(w.name), printable(w.host), str(w.pid or "?"), printable(w.state),
+                     str(w.assigned), str(w.done),
                      f"{w.last_seen:.1f} s ago", _duration(w.joined))
                 )  # fmt: skip
             widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -170,6 +174,14 @@ class PoolStatus:
         else:
             lines.append("no workers connected (start some: python -m scoopexec worker --connect ADDR -n N)")
         return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not simply print (escape sequences, other
+    control characters, bidirectional overrides) written as a Python escape, e.g. ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _duration(seconds: float) -> str:
@@ -256,7 +268,7 @@ def status_main(argv: list[str]) -> int:
                 print(f"scoopexec status: {exc}", file=sys.stderr)
                 return 1
             except (TimeoutError, ProtocolError) as exc:
-                print(f"scoopexec status: {exc}", file=sys.stderr)
+                print(f"scoopexec status: {printable(str(exc))}", file=sys.stderr)  # may quote the broker
                 return 1
             if args.json:
                 print(json.dumps(st.raw, indent=1, sort_keys=True), flush=True)

@@ -235,3 +235,33 @@ def test_status_counts_workers_still_starting_next_to_those_connected():
     )  # fmt: skip
     assert "1 worker (0 busy), 1 starting" in str(st)
     assert "no workers connected" not in str(st)
+
+
+def test_escape_sequences_in_names_are_shown_escaped():
+    evil = "\x1b]0;owned\x07\x1b[2J\u202eevil"
+    st = PoolStatus.from_dict(
+        {"pool": "p\x1b[31m", "endpoint": "tcp://x", "host": evil, "queued": 0, "completed": 0, "clients": 0,
+         "workers": [{"name": evil, "host": evil, "pid": 1, "state": "idle\x1b[0m", "busy": 0, "done": 0}]}
+    )  # fmt: skip
+    text = str(st)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in text and "p\\x1b[31m" in text
+
+
+def test_the_status_command_escapes_a_worker_named_with_escape_sequences():
+    name = "\x1b]0;title\x07\x1b[31mred"
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        w = subprocess.Popen(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", ex.endpoint, "--name", name],
+            env=_env(),
+        )
+        try:
+            _until(lambda: len(ex.status().workers) == 2, "the named worker to join")
+            r = _cli("status", ex.endpoint)
+            assert r.returncode == 0, r.stderr.decode()
+            out = r.stdout.decode()
+            assert "\x1b" not in out and "\x07" not in out
+            assert "\\x1b]0;title\\x07\\x1b[31mred" in out
+        finally:
+            w.terminate()
+            w.wait(10)
