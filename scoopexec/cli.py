@@ -189,14 +189,16 @@ def keygen_main(argv: list[str]) -> int:
     if server and (len(server) != 40 or not valid_public_key(server)):
         ap.error(f"--server {args.server!r} is not a CURVE public key (40 Z85 characters)")
     try:
-        if os.path.exists(args.file):
+        path = os.path.expanduser(args.file)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        if os.path.exists(path):
             if not server:
                 ap.error(f"{args.file} exists; give --server KEY to set its broker key, or another FILE")
-            old = read_key_file(args.file)
+            old = read_key_file(path)
             creds = Credentials(server, old.public, old.secret)
         else:
             creds = Credentials.for_pair(server, KeyPair.new())
-        write_key_file(args.file, creds)
+        write_key_file(path, creds)
     except (OSError, ValueError) as exc:
         print(f"scoopexec keygen: {exc}", file=sys.stderr)
         return 1

@@ -232,11 +232,13 @@ def parse_authorized_keys(data: bytes, source: str) -> dict[bytes, str]:
     out: dict[bytes, str] = {}
     for n, raw in enumerate(data.splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith(b"#"):
+        if not line:
             continue
         key, *rest = line.split(None, 1)
         name = rest[0] if rest else b""
-        if len(key) != 40 or not _is_z85_key(key):
+        if not valid_public_key(key):
+            if line.startswith(b"#"):  # a comment (no key starts with '#': it would exceed 32 bits)
+                continue
             raise ValueError(
                 f"{source}, line {n}: not a CURVE public key (40 Z85 characters, then an optional "
                 "name); `python -m scoopexec keygen FILE` makes a key pair and prints its public key"
@@ -419,7 +421,7 @@ def resolve_credentials(endpoint: str, creds: Credentials | None, what: str) -> 
 # --------------------------------------------------------------- key files
 def write_key_file(path: str | os.PathLike[str], creds: Credentials) -> str:
     """Write ``creds`` to ``path`` with mode 0600 (atomically); return the path."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".scoopexec-key-", dir=directory)
     try:
@@ -439,7 +441,7 @@ def write_key_file(path: str | os.PathLike[str], creds: Credentials) -> str:
 
 def read_key_file(path: str | os.PathLike[str]) -> Credentials:
     """Read a key file; refuse one that others could read or that someone else owns."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
