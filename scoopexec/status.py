@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from .errors import ProtocolError
+from .errors import AuthenticationError, ProtocolError
 from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
-from .wire.security import read_key_file, resolve_credentials
+from .wire.security import MONITOR_EVENTS, HandshakeWatch, read_key_file, resolve_credentials
 
 __all__ = ["PoolStatus", "WorkerStatus", "printable", "query", "status_main"]
 
@@ -201,23 +202,39 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
     ``key`` is the pool's key file, needed for a broker that is not on
     loopback (``python -m scoopexec broker --key-file FILE`` writes it).
     Raises ValueError for an endpoint that needs a key and has none,
-    TimeoutError when nothing answers within ``timeout`` seconds, and
-    ProtocolError when something that is not a compatible scoopexec broker does.
+    TimeoutError when nothing answers within ``timeout`` seconds,
+    AuthenticationError when what listens there cannot prove the broker's key
+    (or refuses ours), and ProtocolError when something that is not a
+    compatible scoopexec broker answers.
     """
     creds = read_key_file(key) if key is not None else None
     creds = resolve_credentials(endpoint, creds, "broker endpoint")
     ctx: zmq.Context[Any] = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
     try:
-        s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         if creds is not None:
             creds.apply(s)
+        # A broker that cannot prove its key (a process that took the port) fails the handshake.
+        monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS)
+        watch = HandshakeWatch(endpoint, creds is not None)
         s.connect(endpoint)
         s.send(P.header(P.STATUS))
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000) + 1):
+            ready = dict(poller.poll(int(left * 1000) + 1)) if left > 0 else {}
+            while monitor in ready and monitor.poll(0):
+                ev = recv_monitor_message(monitor)
+                problem = watch.event(ev["event"], ev["value"])
+                if problem is not None:
+                    raise AuthenticationError(problem)
+            if monitor in ready and s not in ready:
+                continue
+            if s not in ready:
                 hint = (
                     "is this the pool's key file?" if creds is not None
                     else f"is one running there (python -m scoopexec broker --bind {endpoint})?"
@@ -235,6 +252,10 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
                 raise ProtocolError(f"the broker at {endpoint} answered: {text}")
             # anything else (a PING): keep waiting
     finally:
+        try:
+            s.disable_monitor()  # before closing, or closing the monitor may block
+        except zmq.ZMQError:
+            pass
         ctx.destroy(linger=0)
 
 
@@ -267,7 +288,7 @@ def status_main(argv: list[str]) -> int:
             except OSError as exc:  # the key file
                 print(f"scoopexec status: {exc}", file=sys.stderr)
                 return 1
-            except (TimeoutError, ProtocolError) as exc:
+            except (TimeoutError, ProtocolError, AuthenticationError) as exc:
                 print(f"scoopexec status: {printable(str(exc))}", file=sys.stderr)  # may quote the broker
                 return 1
             if args.json:

@@ -180,6 +180,11 @@ def test_a_squatter_on_the_port_gets_nothing_and_the_client_fails_fast(runtime, 
             ScoopExecutor(broker=addr, connect_timeout=60)
         assert time.monotonic() - t < 30, "fails on the handshake, not on the 60 s timeout"
         assert addr in str(err.value) and words in str(err.value)
+        r = subprocess.run(
+            [sys.executable, "-m", "scoopexec", "status", addr, "--timeout", "60"],
+            capture_output=True, env=_env(), timeout=90, check=False,
+        )  # fmt: skip
+        assert r.returncode == 1 and addr in r.stderr.decode() and words in r.stderr.decode(), r.stderr
         w = _worker(addr)
         try:
             assert w.wait(60) == 4
