@@ -105,9 +105,7 @@ class EmbeddedSession(Session):
                 self.endpoint = self.broker.router.add_endpoint(bind, secure=secure)
                 if secure:
                     self._secure = self.endpoint
-                    path = publish_local_key(self.endpoint, self._new_keys())
-                    if path is not None:
-                        self._published.append(path)
+                    self._publish()
             self.workers = Launchers(
                 LocalWorkers(
                     self.private,
@@ -178,6 +176,17 @@ class EmbeddedSession(Session):
         if kind == "ssh":
             return Target(None, port, keys)
         return Target(f"tcp://{slurm_address()}:{port}", None, keys)
+
+    def _publish(self) -> None:
+        """Write this pool's key for this user's hand-started workers of a loopback or wildcard
+        bind= endpoint; without a usable runtime directory, say so (write_key_file still works)."""
+        try:
+            path = publish_local_key(self.endpoint, self._new_keys())
+        except (OSError, ValueError) as exc:
+            log.warning("no key for workers started by hand at %s: %s", self.endpoint, exc)
+            return
+        if path is not None:
+            self._published.append(path)
 
     def _new_keys(self) -> Credentials:
         """A new key pair this broker accepts, with its public key to pin."""
