@@ -199,8 +199,8 @@ def _duration(seconds: float) -> str:
 def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | None = None) -> PoolStatus:
     """Ask the broker at ``endpoint`` for its status.
 
-    ``key`` is the pool's key file, needed for a broker that is not on
-    loopback (``python -m scoopexec broker --key-file FILE`` writes it).
+    ``key`` is the pool's key file; without it, a broker on loopback is reached
+    with the key it wrote for this user (wire/security.resolve_credentials).
     Raises ValueError for an endpoint that needs a key and has none,
     TimeoutError when nothing answers within ``timeout`` seconds,
     AuthenticationError when what listens there cannot prove the broker's key
@@ -267,7 +267,10 @@ def status_main(argv: list[str]) -> int:
         "its queue and its throughput.",
     )
     ap.add_argument("address", help="the broker's endpoint, e.g. tcp://127.0.0.1:5555")
-    ap.add_argument("--key", metavar="FILE", help="the pool's key file, for a broker not on loopback")
+    ap.add_argument(
+        "--key", metavar="FILE",
+        help="the pool's key file (default on this machine: the key its broker wrote for this user)",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     ap.add_argument(

@@ -2,7 +2,7 @@
 
 ::
 
-    RouterPort     one ROUTER socket on ipc/tcp endpoints (CURVE on non-loopback TCP, its
+    RouterPort     one ROUTER socket on ipc/tcp endpoints (CURVE on every TCP one, its
                    ZAP handler in the same poll): remote clients, standalone and remote
                    workers, status queries
     LinkPort       a socketpair per local worker of an embedded broker (wire/framing.Link)

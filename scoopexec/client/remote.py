@@ -1,9 +1,10 @@
 """``ScoopExecutor(broker="tcp://...")``: a client of a standalone broker (``python -m scoopexec broker``).
 
-One DEALER socket (CURVE with a key file off loopback) served by one I/O thread: it
-sends what the user threads queued (SUBMIT batches, SHARE, CANCEL, STATUS) and routes
-what arrives through the session's table.  The connection is watched by the socket
-monitor: a refused key or a broker gone for longer than the heartbeat timeout breaks
+One DEALER socket (CURVE: a key file, or on loopback the key the broker wrote for
+this user) served by one I/O thread: it sends what the user threads queued (SUBMIT
+batches, SHARE, CANCEL, STATUS) and routes what arrives through the session's table.
+The connection is watched by the socket monitor: a refused key, a broker that cannot
+prove its pinned key, or a broker gone for longer than the heartbeat timeout breaks
 the executor with the reason.
 """
 
