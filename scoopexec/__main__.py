@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("scoopexec.worker.main", "main", "run worker processes that connect to a broker"),
     "broker": ("scoopexec.cli", "broker_main", "run a standalone broker"),
     "status": ("scoopexec.status", "status_main", "show a broker's workers, queue and throughput"),
+    "keygen": ("scoopexec.cli", "keygen_main", "make a CURVE key pair for a broker, client or worker"),
     "report": ("scoopexec.report", "report_main", "summarise (and draw) a timeline recorded with --trace"),
 }
 LAUNCHER = ("scoopexec.cli", "launch_main")

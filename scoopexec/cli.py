@@ -14,8 +14,10 @@ cancelled, running ones finish -- or, when the script failed, are abandoned.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import signal
+import socket
 import sys
 import traceback
 import types
@@ -27,7 +29,17 @@ from .broker.loop import Broker
 from .client.executor import ScoopExecutor
 from .logs import add_verbosity_options, configure_logging
 from .trace import TraceRecorder, check_trace_path
-from .wire.security import Credentials, KeyPair, check_endpoint, write_key_file
+from .wire.security import (
+    AuthorizedKeys,
+    Credentials,
+    KeyPair,
+    check_endpoint,
+    is_loopback,
+    publish_local_key,
+    read_key_file,
+    valid_public_key,
+    write_key_file,
+)
 
 
 def add_observe_options(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +69,32 @@ def apply_observe_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def broker_main(argv: list[str]) -> int:
     """``python -m scoopexec broker``: a long-lived pool that clients and workers join."""
-    ap = argparse.ArgumentParser(prog="python -m scoopexec broker")
+    ap = argparse.ArgumentParser(
+        prog="python -m scoopexec broker",
+        epilog="Every TCP endpoint is encrypted and authenticated with CURVE, loopback included. "
+        "On a port of this machine the broker writes a key for this user's own clients and workers "
+        "where they find it. For other users or hosts: --authorized-keys (one public key per user, "
+        "made with `python -m scoopexec keygen`) and --server-key; see docs/security.md.",
+    )
     ap.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to listen on")
     ap.add_argument(
         "--key-file",
         metavar="FILE",
-        help="secure the endpoint with CURVE and write the key that clients and workers need to FILE "
-        "(mode 0600; new keys at every start); required unless the endpoint is loopback or ipc",
+        help="write a key that clients and workers may use to FILE (mode 0600; new keys at every "
+        "start): everyone given FILE shares that one key; prefer --authorized-keys for a broker "
+        "that several users share",
+    )
+    ap.add_argument(
+        "--authorized-keys",
+        metavar="FILE",
+        help="accept the clients and workers whose public key is a line of FILE (a key, then an "
+        "optional name; # comments); read again when it changes",
+    )
+    ap.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="the broker's own key pair (made with `python -m scoopexec keygen FILE`), so that its "
+        "public key, which clients pin, stays the same across restarts (default: a new one each start)",
     )
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
@@ -76,20 +107,34 @@ def broker_main(argv: list[str]) -> int:
     add_verbosity_options(ap)
     args = ap.parse_args(argv)
     configure_logging(args.verbose - args.quiet)
-    secure = args.key_file is not None
+    tcp = args.bind.startswith("tcp://")
+    given = args.key_file is not None or args.authorized_keys is not None
     try:
-        check_endpoint(args.bind, secure=secure, what="bind endpoint")
+        check_endpoint(args.bind, secure=given or (tcp and is_loopback(args.bind)), what="bind endpoint")
     except ValueError as exc:
-        ap.error(f"{exc}; for this command: --key-file FILE")
+        ap.error(f"{exc}; for this command: --authorized-keys FILE or --key-file FILE")
+    if not tcp and (given or args.server_key):
+        ap.error(
+            "--key-file, --authorized-keys and --server-key secure TCP endpoints; an ipc:// endpoint is "
+            "protected by file permissions"
+        )
     recorder = None
     if args.trace:
         try:
             recorder = TraceRecorder(args.trace)
         except ValueError as exc:
             ap.error(str(exc))
-    if secure and args.bind.startswith("ipc://"):
-        ap.error("--key-file secures TCP endpoints; an ipc:// endpoint is protected by file permissions")
-    server = KeyPair.new() if secure else None
+    server = None
+    authorized = None
+    try:
+        if args.server_key:
+            server = read_key_file(args.server_key).pair()
+        elif tcp:
+            server = KeyPair.new()
+        if args.authorized_keys:
+            authorized = AuthorizedKeys(args.authorized_keys)
+    except ValueError as exc:
+        ap.error(str(exc))
     b = Broker(
         args.bind,
         heartbeat=args.heartbeat,
@@ -97,14 +142,81 @@ def broker_main(argv: list[str]) -> int:
         max_retries=args.max_retries,
         curve=server,
     )
+    published = None
     if server is not None:
-        peer = KeyPair.new()
-        b.router.allow(peer.public)
-        write_key_file(args.key_file, Credentials.for_pair(server.public, peer))
+        if authorized is not None:
+            b.router.authorize(authorized)
+        if args.key_file is not None:
+            write_key_file(args.key_file, _new_keys(b, server))
+        try:
+            published = publish_local_key(b.endpoint, _new_keys(b, server))
+        except (OSError, ValueError) as exc:
+            print(f"scoopexec broker: no key for this user's local clients: {exc}", file=sys.stderr)
+    security = ""
+    if server is not None:
+        security = f", CURVE server key {server.public.decode()}"
+        if args.key_file:
+            security += f", client key in {args.key_file}"
+        if authorized is not None:
+            security += f", {len(authorized.keys)} authorized key(s) from {args.authorized_keys}"
+    try:
+        return _serve(b, recorder, security, argv)
+    finally:
+        if published is not None:
+            try:
+                os.unlink(published)
+            except OSError:
+                pass
+
+
+def keygen_main(argv: list[str]) -> int:
+    """``python -m scoopexec keygen FILE``: a CURVE key pair in a 0600 file; prints its public key."""
+    ap = argparse.ArgumentParser(
+        prog="python -m scoopexec keygen",
+        description="Make a CURVE key pair and write it to FILE (mode 0600). Prints the public key "
+        "as a line for a broker's --authorized-keys file. A client or worker key file also needs the "
+        "broker's public key (--server), which the broker prints when it starts.",
+    )
+    ap.add_argument("file", metavar="FILE")
+    ap.add_argument(
+        "--server", metavar="KEY",
+        help="the public key of the broker this key is for (40 characters); with an existing FILE, "
+        "only that is changed",
+    )  # fmt: skip
+    ap.add_argument("--name", default=None, help="the name after the key (default: USER@HOST)")
+    args = ap.parse_args(argv)
+    server = (args.server or "").strip().encode()
+    if server and (len(server) != 40 or not valid_public_key(server)):
+        ap.error(f"--server {args.server!r} is not a CURVE public key (40 Z85 characters)")
+    try:
+        path = os.path.expanduser(args.file)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            if not server:
+                ap.error(f"{args.file} exists; give --server KEY to set its broker key, or another FILE")
+            old = read_key_file(path)
+            creds = Credentials(server, old.public, old.secret)
+        else:
+            creds = Credentials.for_pair(server, KeyPair.new())
+        write_key_file(path, creds)
+    except (OSError, ValueError) as exc:
+        print(f"scoopexec keygen: {exc}", file=sys.stderr)
+        return 1
+    name = args.name if args.name is not None else f"{getpass.getuser()}@{socket.gethostname()}"
+    print(f"{creds.public.decode()} {name}".rstrip(), flush=True)
+    return 0
+
+
+def _new_keys(b: Broker, server: KeyPair) -> Credentials:
+    pair = KeyPair.new()
+    b.router.allow(pair.public)
+    return Credentials.for_pair(server.public, pair)
+
+
+def _serve(b: Broker, recorder: TraceRecorder | None, security: str, argv: list[str]) -> int:
     b.trace = recorder
     if recorder is not None:
         recorder.meta.update(argv=["python -m scoopexec broker", *argv])
-    security = f", CURVE key in {args.key_file}" if secure else ""
     print(f"scoopexec broker {b.pool_id} listening on {b.endpoint}{security}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: b.stop())
     try:

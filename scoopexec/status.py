@@ -25,13 +25,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from .errors import ProtocolError
+from .errors import AuthenticationError, ProtocolError
 from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
-from .wire.security import check_endpoint, read_key_file
+from .wire.security import MONITOR_EVENTS, HandshakeWatch, read_key_file, resolve_credentials
 
-__all__ = ["PoolStatus", "WorkerStatus", "query", "status_main"]
+__all__ = ["PoolStatus", "WorkerStatus", "printable", "query", "status_main"]
 
 
 @dataclass(frozen=True)
@@ -138,23 +139,27 @@ class PoolStatus:
         return d
 
     def __str__(self) -> str:
-        where = f"broker on {self.host}"
+        # Names come from peers (a worker's HELLO): what a terminal would act on is shown escaped.
+        host = printable(self.host)
+        where = f"broker on {host}"
         if self.broker_pid:
-            where = f"broker pid {self.broker_pid} on {self.host}"
+            where = f"broker pid {self.broker_pid} on {host}"
         lines = [
-            f"pool {self.pool} at {self.endpoint} ({where}), up {_duration(self.uptime)}",
+            f"pool {printable(self.pool)} at {printable(self.endpoint)} ({where}), "
+            f"up {_duration(self.uptime)}",
             f"tasks: {self.queued:,} queued, {self.assigned:,} on workers, {self.completed:,} done, "
             f"{self.tasks_per_second:,.1f}/s; {self.clients} client{'s' if self.clients != 1 else ''}; "
             f"{len(self.workers)} worker{'s' if len(self.workers) != 1 else ''} ({self.busy} busy)"
             + (f", {self.starting} starting" if self.starting else ""),
         ]
         if self.trace:
-            lines.append(f"recording a timeline to {self.trace}")
+            lines.append(f"recording a timeline to {printable(self.trace)}")
         if self.workers:
             rows = [("WORKER", "HOST", "PID", "STATE", "ASSIGNED", "DONE", "LAST HEARD", "UP")]
             for w in sorted(self.workers, key=lambda w: (w.host, w.name)):
                 rows.append(
-                    (w.name, w.host, str(w.pid or "?"), w.state, str(w.assigned), str(w.done),
+                    (printable(w.name), printable(w.host), str(w.pid or "?"), printable(w.state),
+                     str(w.assigned), str(w.done),
                      f"{w.last_seen:.1f} s ago", _duration(w.joined))
                 )  # fmt: skip
             widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -172,6 +177,14 @@ class PoolStatus:
         return "\n".join(lines)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not simply print (escape sequences, other
+    control characters, bidirectional overrides) written as a Python escape, e.g. ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     if s < 60:
@@ -186,26 +199,42 @@ def _duration(seconds: float) -> str:
 def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | None = None) -> PoolStatus:
     """Ask the broker at ``endpoint`` for its status.
 
-    ``key`` is the pool's key file, needed for a broker that is not on
-    loopback (``python -m scoopexec broker --key-file FILE`` writes it).
+    ``key`` is the pool's key file; without it, a broker on loopback is reached
+    with the key it wrote for this user (wire/security.resolve_credentials).
     Raises ValueError for an endpoint that needs a key and has none,
-    TimeoutError when nothing answers within ``timeout`` seconds, and
-    ProtocolError when something that is not a compatible scoopexec broker does.
+    TimeoutError when nothing answers within ``timeout`` seconds,
+    AuthenticationError when what listens there cannot prove the broker's key
+    (or refuses ours), and ProtocolError when something that is not a
+    compatible scoopexec broker answers.
     """
     creds = read_key_file(key) if key is not None else None
-    check_endpoint(endpoint, secure=creds is not None, what="broker endpoint")
+    creds = resolve_credentials(endpoint, creds, "broker endpoint")
     ctx: zmq.Context[Any] = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
     try:
-        s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         if creds is not None:
             creds.apply(s)
+        # A broker that cannot prove its key (a process that took the port) fails the handshake.
+        monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS)
+        watch = HandshakeWatch(endpoint, creds is not None)
         s.connect(endpoint)
         s.send(P.header(P.STATUS))
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000) + 1):
+            ready = dict(poller.poll(int(left * 1000) + 1)) if left > 0 else {}
+            while monitor in ready and monitor.poll(0):
+                ev = recv_monitor_message(monitor)
+                problem = watch.event(ev["event"], ev["value"])
+                if problem is not None:
+                    raise AuthenticationError(problem)
+            if monitor in ready and s not in ready:
+                continue
+            if s not in ready:
                 hint = (
                     "is this the pool's key file?" if creds is not None
                     else f"is one running there (python -m scoopexec broker --bind {endpoint})?"
@@ -223,6 +252,10 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
                 raise ProtocolError(f"the broker at {endpoint} answered: {text}")
             # anything else (a PING): keep waiting
     finally:
+        try:
+            s.disable_monitor()  # before closing, or closing the monitor may block
+        except zmq.ZMQError:
+            pass
         ctx.destroy(linger=0)
 
 
@@ -234,7 +267,10 @@ def status_main(argv: list[str]) -> int:
         "its queue and its throughput.",
     )
     ap.add_argument("address", help="the broker's endpoint, e.g. tcp://127.0.0.1:5555")
-    ap.add_argument("--key", metavar="FILE", help="the pool's key file, for a broker not on loopback")
+    ap.add_argument(
+        "--key", metavar="FILE",
+        help="the pool's key file (default on this machine: the key its broker wrote for this user)",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     ap.add_argument(
@@ -255,8 +291,8 @@ def status_main(argv: list[str]) -> int:
             except OSError as exc:  # the key file
                 print(f"scoopexec status: {exc}", file=sys.stderr)
                 return 1
-            except (TimeoutError, ProtocolError) as exc:
-                print(f"scoopexec status: {exc}", file=sys.stderr)
+            except (TimeoutError, ProtocolError, AuthenticationError) as exc:
+                print(f"scoopexec status: {printable(str(exc))}", file=sys.stderr)  # may quote the broker
                 return 1
             if args.json:
                 print(json.dumps(st.raw, indent=1, sort_keys=True), flush=True)

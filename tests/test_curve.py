@@ -104,7 +104,11 @@ def test_non_loopback_needs_security():
     with pytest.raises(ValueError, match="CURVE"):
         check_endpoint("tcp://198.18.0.1:5555", secure=False)
     check_endpoint("tcp://198.18.0.1:5555", secure=True)
-    check_endpoint("tcp://127.0.0.1:5555", secure=False)
+    with pytest.raises(ValueError, match="loopback included"):  # issue 14: all TCP is CURVE
+        check_endpoint("tcp://127.0.0.1:5555", secure=False)
+    check_endpoint("tcp://127.0.0.1:5555", secure=True)
+    with pytest.raises(ValueError, match="abstract unix socket"):  # no file permissions
+        check_endpoint("ipc://@scoopexec-test", secure=False)
     with pytest.raises(ValueError, match="unsupported"):
         check_endpoint("udp://x:1", secure=True)
 
@@ -145,9 +149,13 @@ def test_unknown_client_key_is_refused(secured_broker, tmp_path):
         ScoopExecutor(broker=addr, key=stranger, connect_timeout=60)
 
 
-def test_client_without_key_is_told_to_use_one(secured_broker):
+def test_client_without_key_is_told_to_use_one(secured_broker, tmp_path, monkeypatch):
     addr, _ = secured_broker
-    with pytest.raises(AuthenticationError, match="requires CURVE"):
+    # As another user: the key the broker wrote for its own user is out of reach.
+    other = tmp_path / "other-user"
+    other.mkdir(mode=0o700)
+    monkeypatch.setenv("SCOOPEXEC_RUNTIME_DIR", str(other))
+    with pytest.raises(ValueError, match=r"loopback included.*no key for it"):
         ScoopExecutor(broker=addr, connect_timeout=60)
 
 
@@ -191,7 +199,13 @@ def test_embedded_pool_on_all_interfaces_is_secured(tmp_path):
         status = ex._session.broker.status()
         assert {"endpoint": ex.endpoint, "curve": True} in status["endpoints"]
         key = ex.write_key_file(tmp_path / "join.key")
-        plain = _worker(addr, "--connect-timeout", "30")
+        foreign = tmp_path / "other-user"  # as another user: no access to this user's keys
+        foreign.mkdir(mode=0o700)
+        plain = subprocess.Popen(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", addr, "--connect-timeout", "30"],
+            env=dict(env_with_root(), SCOOPEXEC_RUNTIME_DIR=str(foreign)),
+            stderr=subprocess.PIPE,
+        )
         joined = _worker(addr, "--key", key)
         try:
             pids = set()
@@ -201,8 +215,8 @@ def test_embedded_pool_on_all_interfaces_is_secured(tmp_path):
                 pids |= {f.result() for f in [ex.submit(helpers.getpid) for _ in range(8)]}
             assert joined.pid in pids, "a worker with the key joins and gets tasks"
             assert plain.pid not in pids
-            assert plain.wait(60) == 4, "a worker without a key is refused and says so"
-            assert b"requires CURVE" in plain.stderr.read()
+            assert plain.wait(60) == 2, "a worker without a key does not start, and says why"
+            assert b"loopback included" in plain.stderr.read()
         finally:
             _stop(plain)
             _stop(joined)

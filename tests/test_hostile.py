@@ -13,12 +13,17 @@ from hypothesis import strategies as st
 
 from scoopexec import ScoopExecutor
 from scoopexec.wire import protocol as P
+from scoopexec.wire.security import resolve_credentials
 
 
 def _peer(ctx, endpoint, hello_role=None):
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.ROUTING_ID, b"F" + os.urandom(7))
+    # A key holder (all TCP is CURVE): the key the pool wrote for this user's own peers.
+    keys = resolve_credentials(endpoint, None, "test endpoint")
+    if keys is not None:
+        keys.apply(s)
     s.connect(endpoint)
     if hello_role is not None:
         s.send_multipart([P.header(P.HELLO), P.dump_json({"role": hello_role})])

@@ -139,3 +139,36 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+ENV_PROGRAM = """
+import sys
+from scoopexec import ScoopExecutor
+
+
+def use_module(_):
+    import h14b_srun_env_mod
+
+    return h14b_srun_env_mod.VALUE
+
+
+if __name__ == "__main__":
+    with ScoopExecutor(hosts="auto", env={"PYTHONPATH": sys.argv[1]}) as ex:
+        print("VALUES", *sorted(set(ex.map(use_module, range(8)))), flush=True)
+"""
+
+
+def test_env_pythonpath_under_srun_is_merged(slurm, tmp_path):  # noqa: F811
+    """env={"PYTHONPATH": ...} once raised TypeError (two PYTHONPATH arguments) when srun started workers."""
+    import sys
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "h14b_srun_env_mod.py").write_text("VALUE = 'from-the-env-path'\n")
+    prog = tmp_path / "envprog.py"
+    prog.write_text(textwrap.dedent(ENV_PROGRAM))
+    r = slurm.run(
+        ["salloc", "-N2", "-n2", sys.executable, str(prog), str(mods)], env=_env(slurm), cwd=str(tmp_path)
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _parse(r.stdout)["VALUES"] == ["from-the-env-path"], r.stdout

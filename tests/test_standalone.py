@@ -11,6 +11,7 @@ import time
 import pytest
 
 from scoopexec import BrokerLostError, ScoopExecutor
+from scoopexec.wire.security import Credentials, KeyPair, write_key_file
 from tests import helpers
 from tests.conftest import ROOT
 
@@ -116,10 +117,15 @@ def test_remote_exceptions_and_cancel(broker):
             assert f.cancelled() or f.result(timeout=60) >= 0
 
 
-def test_no_broker_there_fails_fast():
+def test_no_broker_there_fails_fast(tmp_path):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
     t = time.monotonic()
+    with pytest.raises(ValueError, match="no key for it"):  # no broker of ours was ever there
+        ScoopExecutor(broker=addr, connect_timeout=1)
+    keys = Credentials.for_pair(KeyPair.new().public, KeyPair.new())
+    key = write_key_file(tmp_path / "stale.key", keys)  # a broker that has gone
     with pytest.raises(BrokerLostError, match="no scoopexec broker answered"):
-        ScoopExecutor(broker=f"tcp://127.0.0.1:{_free_port()}", connect_timeout=1)
+        ScoopExecutor(broker=addr, key=key, connect_timeout=1)
     assert time.monotonic() - t < 10
 
 

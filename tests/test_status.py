@@ -13,6 +13,7 @@ import pytest
 
 from scoopexec import ScoopExecutor
 from scoopexec.status import PoolStatus, query
+from scoopexec.wire.security import Credentials, KeyPair, write_key_file
 from tests import helpers
 from tests.conftest import ROOT
 from tests.test_standalone import _free_port, _start_workers
@@ -151,13 +152,16 @@ def test_remote_client_status_and_the_status_command(standalone):
     assert query(addr).clients == 0
 
 
-def test_status_command_against_nothing_fails_fast_with_advice():
+def test_status_command_against_nothing_fails_fast_with_advice(tmp_path):
     addr = f"tcp://127.0.0.1:{_free_port()}"
     t = time.monotonic()
-    r = _cli("status", addr, "--timeout", "1")
+    r = _cli("status", addr, "--timeout", "1")  # no broker of this user ever there: no key
+    assert r.returncode == 2 and "no key for it" in r.stderr.decode()
+    stale = write_key_file(tmp_path / "stale.key", Credentials.for_pair(KeyPair.new().public, KeyPair.new()))
+    r = _cli("status", addr, "--timeout", "1", "--key", stale)
     assert r.returncode == 1
     err = r.stderr.decode()
-    assert f"no scoopexec broker answered at {addr} within 1 s" in err and "python -m scoopexec broker" in err
+    assert f"no scoopexec broker answered at {addr} within 1 s" in err and "key file" in err
     assert time.monotonic() - t < 30
     r = _cli("status", "tcp://10.9.8.7:5555")
     assert r.returncode == 2 and "not on this machine" in r.stderr.decode()
@@ -185,8 +189,12 @@ def test_status_of_a_curve_secured_broker_needs_its_key(tmp_path):
         assert r.returncode == 0, r.stderr.decode()
         data = json.loads(r.stdout)
         assert data["workers"] == [] and data["endpoints"][0]["curve"] is True
-        r = _cli("status", addr, "--timeout", "1")  # no key: the handshake never completes
-        assert r.returncode == 1 and "no scoopexec broker answered" in r.stderr.decode()
+        other = tmp_path / "other-user"  # as another user: the broker's key for its user is out of reach
+        other.mkdir(mode=0o700)
+        cmd = [sys.executable, "-m", "scoopexec", "status", addr, "--timeout", "1"]
+        env = dict(_env(), SCOOPEXEC_RUNTIME_DIR=str(other))
+        r = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
+        assert r.returncode == 2 and "no key for it" in r.stderr.decode()
         r = _cli("status", addr, "--key", tmp_path / "missing.key")
         assert r.returncode == 2 and "cannot read key file" in r.stderr.decode()
     finally:
@@ -227,3 +235,33 @@ def test_status_counts_workers_still_starting_next_to_those_connected():
     )  # fmt: skip
     assert "1 worker (0 busy), 1 starting" in str(st)
     assert "no workers connected" not in str(st)
+
+
+def test_escape_sequences_in_names_are_shown_escaped():
+    evil = "\x1b]0;owned\x07\x1b[2J\u202eevil"
+    st = PoolStatus.from_dict(
+        {"pool": "p\x1b[31m", "endpoint": "tcp://x", "host": evil, "queued": 0, "completed": 0, "clients": 0,
+         "workers": [{"name": evil, "host": evil, "pid": 1, "state": "idle\x1b[0m", "busy": 0, "done": 0}]}
+    )  # fmt: skip
+    text = str(st)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in text and "p\\x1b[31m" in text
+
+
+def test_the_status_command_escapes_a_worker_named_with_escape_sequences():
+    name = "\x1b]0;title\x07\x1b[31mred"
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        w = subprocess.Popen(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", ex.endpoint, "--name", name],
+            env=_env(),
+        )
+        try:
+            _until(lambda: len(ex.status().workers) == 2, "the named worker to join")
+            r = _cli("status", ex.endpoint)
+            assert r.returncode == 0, r.stderr.decode()
+            out = r.stdout.decode()
+            assert "\x1b" not in out and "\x07" not in out
+            assert "\\x1b]0;title\\x07\\x1b[31mred" in out
+        finally:
+            w.terminate()
+            w.wait(10)

@@ -112,7 +112,7 @@ class Broker:
             max_message_size=max_message_size, curve=curve,
             on_message=self._take, on_gone=self.supervisor.peer_gone, dropped=self.ledger.dropped,
         )  # fmt: skip
-        self.endpoint: str = self.router.add_endpoint(bind, secure=curve is not None and bind.startswith("tcp://"))
+        self.endpoint: str = self.router.add_endpoint(bind, secure=bind.startswith("tcp://"))  # TCP: CURVE
         self.router.watch(self.poll)
         gone = self.supervisor.peer_gone
         dropped = self.ledger.dropped

@@ -2,7 +2,7 @@
 
 ::
 
-    RouterPort     one ROUTER socket on ipc/tcp endpoints (CURVE on non-loopback TCP, its
+    RouterPort     one ROUTER socket on ipc/tcp endpoints (CURVE on every TCP one, its
                    ZAP handler in the same poll): remote clients, standalone and remote
                    workers, status queries
     LinkPort       a socketpair per local worker of an embedded broker (wire/framing.Link)
@@ -36,7 +36,7 @@ from ..deploy.local import process_state
 from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, KeyPair, is_loopback
+from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
 from .ledger import LOCAL, Ledger
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -87,6 +87,7 @@ class Authenticator:
 
     def __init__(self, ctx: zmq.Context[Any]) -> None:
         self.allowed: set[bytes] = set()
+        self.authorized: AuthorizedKeys | None = None  # an authorized-keys file (standalone brokers)
         self.refused = 0
         self.refused_from: dict[str, int] = {}
         self.socket = ctx.socket(zmq.REP)
@@ -116,7 +117,7 @@ class Authenticator:
             user = b""
             if mechanism == b"CURVE" and len(req) >= 7 and len(req[6]) == 32:
                 user = zmq.utils.z85.encode(req[6])
-                ok = user in self.allowed
+                ok = user in self.allowed or (self.authorized is not None and user in self.authorized)
             if not ok:
                 self.refused += 1
                 where = address.decode("utf-8", "replace") or "?"
@@ -200,12 +201,12 @@ class RouterPort:
                     self._watch_auth()
             r.setsockopt(zmq.CURVE_SERVER, 1)
             r.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
-        elif not is_loopback(endpoint):
+        elif not endpoint.startswith(("ipc://", "inproc://")):
             raise ValueError(f"refusing to listen on {endpoint!r} without CURVE security")
         else:
             r.setsockopt(zmq.CURVE_SERVER, 0)
         try:
-            r.bind(endpoint)
+            bind_private(r, endpoint)
             self._dirty = True
         finally:
             r.setsockopt(zmq.CURVE_SERVER, 0)  # later listeners choose again
@@ -217,6 +218,12 @@ class RouterPort:
         if self.auth is None:
             raise RuntimeError("this broker has no secured endpoint")
         self.auth.allow(public)
+
+    def authorize(self, keys: AuthorizedKeys) -> None:
+        """Also accept the public keys of an authorized-keys file (read again when it changes)."""
+        if self.auth is None:
+            raise RuntimeError("this broker has no secured endpoint")
+        self.auth.authorized = keys
 
     def revoke(self, public: bytes) -> None:
         if self.auth is not None:
@@ -397,6 +404,34 @@ class RouterPort:
         self.sock.close(linger=200)
         if self.auth is not None:
             self.auth.close()
+
+
+def bind_private(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """Bind ``sock``; an ipc socket is made reachable by this user only, whatever the umask.
+
+    Its directory is created with mode 0700 when missing; in a directory that
+    others may enter, the socket file itself is created 0600 (umask 077 while
+    binding, then chmod).  Abstract sockets (``ipc://@name``) have no
+    permissions and are refused by check_endpoint.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        sock.bind(endpoint)
+        return
+    path = endpoint[len("ipc://") :]
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        os.mkdir(parent, 0o700)
+        os.chmod(parent, 0o700)
+    st = os.stat(parent)
+    if st.st_uid == os.getuid() and not st.st_mode & 0o077:
+        sock.bind(endpoint)  # a private directory: nobody else reaches the socket
+        return
+    old = os.umask(0o077)
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
 
 
 # ---------------------------------------------------------------------- links

@@ -12,17 +12,19 @@ The client is the broker's in-process peer (broker/ports.InProcessPort), so a ro
 trip costs two socket hops and two thread hand-offs, like ProcessPoolExecutor's; the
 submitting thread even dispatches its own task when the broker's loop sleeps.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
-the broker also listens on a private ipc socket (for standalone workers and status
-queries) and, with ``bind=`` or workers on other hosts, on a TCP endpoint secured
-with CURVE.
+the broker also listens on a private ipc socket in a 0700 directory (for standalone
+workers and status queries; on loopback TCP with CURVE when no socket path short
+enough can be had) and, with ``bind=`` or workers on other hosts, on a TCP endpoint
+secured with CURVE (loopback included: its key is written for this user's
+hand-started workers, see wire/security.publish_local_key).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,15 @@ from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, Target
 from ..deploy.local import LocalWorkers, use_socketpairs
 from ..deploy.slurm import slurm_address
-from ..wire.security import Credentials, KeyPair, check_endpoint, endpoint_host, is_loopback
+from ..wire.security import (
+    Credentials,
+    KeyPair,
+    check_endpoint,
+    endpoint_host,
+    is_loopback,
+    private_socket_dir,
+    publish_local_key,
+)
 from .session import Session, status_timeout
 
 if TYPE_CHECKING:
@@ -68,11 +78,13 @@ class EmbeddedSession(Session):
         self.launch_options = options
         self.trace = trace
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self._ipc_dir: str | None = tempfile.mkdtemp(prefix="scoopexec-")  # mode 0700
-        private = f"ipc://{self._ipc_dir}/broker"
-        if len(private) > 100:  # too long for a unix socket path
-            private = "tcp://127.0.0.1:0"
+        # A private ipc socket in a 0700 directory (in $TMPDIR, or this user's runtime directory
+        # when $TMPDIR is too long for a socket path); else loopback TCP, with CURVE like all TCP.
+        place = private_socket_dir()
+        self._ipc_dir: str | None = place[0] if place is not None else None
+        private = place[1] if place is not None else "tcp://127.0.0.1:0"
         self._secure: str | None = None  # a CURVE endpoint, once there is one
+        self._published: list[str] = []  # key files written for this user's hand-started peers
         try:
             self.broker = Broker(
                 private,
@@ -85,11 +97,15 @@ class EmbeddedSession(Session):
             )
             self.pool_id = self.broker.pool_id
             self.endpoint = self.private = self.broker.endpoint
+            local_keys = None
+            if self.private.startswith("tcp://"):
+                local_keys = self._new_keys()
             if bind is not None:
-                secure = not is_loopback(bind)
+                secure = bind.startswith("tcp://")
                 self.endpoint = self.broker.router.add_endpoint(bind, secure=secure)
                 if secure:
                     self._secure = self.endpoint
+                    self._publish()
             self.workers = Launchers(
                 LocalWorkers(
                     self.private,
@@ -101,6 +117,7 @@ class EmbeddedSession(Session):
                     heartbeat=options.heartbeat,
                     heartbeat_timeout=options.heartbeat_timeout,
                     link=self.broker.links.add if use_socketpairs() else None,
+                    keys=local_keys,
                 )
             )
         except BaseException:
@@ -147,14 +164,11 @@ class EmbeddedSession(Session):
         return self.broker.call_soon(fn).result(timeout=60)
 
     def _remote_target(self, kind: str) -> Target:
-        if self._secure is None:
+        if self._secure is None or is_loopback(self._secure):  # other hosts cannot reach loopback
             router = self.broker.router
             self._secure = self._in_loop(lambda: router.add_endpoint("tcp://0.0.0.0:0", secure=True))
-        curve = self.broker.router.curve
-        assert curve is not None
-        pair = KeyPair.new()
-        self.broker.router.allow(pair.public)
-        keys = Credentials.for_pair(curve.public, pair)
+        keys = self._new_keys()
+        assert self._secure is not None
         host = endpoint_host(self._secure) or ""
         port = int(self._secure.rsplit(":", 1)[1])
         if host not in ("0.0.0.0", "*", "::", ""):
@@ -162,6 +176,25 @@ class EmbeddedSession(Session):
         if kind == "ssh":
             return Target(None, port, keys)
         return Target(f"tcp://{slurm_address()}:{port}", None, keys)
+
+    def _publish(self) -> None:
+        """Write this pool's key for this user's hand-started workers of a loopback or wildcard
+        bind= endpoint; without a usable runtime directory, say so (write_key_file still works)."""
+        try:
+            path = publish_local_key(self.endpoint, self._new_keys())
+        except (OSError, ValueError) as exc:
+            log.warning("no key for workers started by hand at %s: %s", self.endpoint, exc)
+            return
+        if path is not None:
+            self._published.append(path)
+
+    def _new_keys(self) -> Credentials:
+        """A new key pair this broker accepts, with its public key to pin."""
+        curve = self.broker.router.curve
+        assert curve is not None
+        pair = KeyPair.new()
+        self.broker.router.allow(pair.public)
+        return Credentials.for_pair(curve.public, pair)
 
     def start_local(self, n: int) -> None:
         assert self.workers is not None and self.workers.local is not None
@@ -178,7 +211,7 @@ class EmbeddedSession(Session):
                 "this pool listens on no network endpoint: create it with "
                 "bind='tcp://0.0.0.0:PORT' (or an address of this host) to let workers join by hand"
             )
-        return self._remote_target("key").keys
+        return self._new_keys()
 
     def _status(self, timeout: float) -> dict[str, Any]:
         if self.thread is threading.current_thread():
@@ -219,6 +252,11 @@ class EmbeddedSession(Session):
             log.info("timeline of %d task(s) written to %s", len(self.trace.records), path)
 
     def _cleanup_dir(self) -> None:
+        while self._published:
+            try:
+                os.unlink(self._published.pop())
+            except OSError:
+                pass
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self._ipc_dir = None

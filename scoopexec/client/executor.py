@@ -111,8 +111,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         hostfile: a file of ``hostname [workers]`` lines, instead of hosts.
         cwd: working directory of remote workers (default: the current one).
         ssh: the ssh command and options to use, e.g. ``["ssh", "-F", "cfg"]``.
-        key: the key file of a standalone broker that is not on loopback
-            (``python -m scoopexec broker --key-file FILE`` writes it).
+        key: the key file of a standalone broker (``python -m scoopexec broker --key-file FILE``
+            writes one; ``python -m scoopexec keygen`` makes one for --authorized-keys); not
+            needed for a broker this user runs on this machine (docs/security.md).
         launch_timeout: seconds to wait for launched workers to connect.
         trace: a file name: record every task (submit, start, end, worker,
             host, parent task, bytes in and out, retries) and write them there

@@ -1,9 +1,10 @@
 """``ScoopExecutor(broker="tcp://...")``: a client of a standalone broker (``python -m scoopexec broker``).
 
-One DEALER socket (CURVE with a key file off loopback) served by one I/O thread: it
-sends what the user threads queued (SUBMIT batches, SHARE, CANCEL, STATUS) and routes
-what arrives through the session's table.  The connection is watched by the socket
-monitor: a refused key or a broker gone for longer than the heartbeat timeout breaks
+One DEALER socket (CURVE: a key file, or on loopback the key the broker wrote for
+this user) served by one I/O thread: it sends what the user threads queued (SUBMIT
+batches, SHARE, CANCEL, STATUS) and routes what arrives through the session's table.
+The connection is watched by the socket monitor: a refused key, a broker that cannot
+prove its pinned key, or a broker gone for longer than the heartbeat timeout breaks
 the executor with the reason.
 """
 
@@ -25,7 +26,7 @@ from ..deploy.local import LocalWorkers
 from ..errors import AuthenticationError, BrokenScoopExecutor, BrokerLostError
 from ..wire import protocol as P
 from ..wire.framing import dealer, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, check_endpoint, is_loopback
+from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, is_loopback, resolve_credentials
 from .session import Session
 
 __all__ = ["RemoteSession"]
@@ -50,7 +51,7 @@ class RemoteSession(Session):
         connect_timeout: float,
         keys: Credentials | None = None,
     ) -> None:
-        check_endpoint(endpoint, secure=keys is not None, what="broker endpoint")
+        keys = resolve_credentials(endpoint, keys, "broker endpoint")
         super().__init__(setup)
         self.keys = keys
         self._handshakes = HandshakeWatch(endpoint, keys is not None)

@@ -56,7 +56,12 @@ class RemoteGroup:
         expected: int | None,
         env: Mapping[str, str] | None = None,
         hint: str = "",
+        preamble: bytes = b"",
+        worker_env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the launcher process's environment (srun passes it on); ``preamble``: what its
+        stdin carries before the key header (ssh: the command, ssh.remote_script); ``worker_env``:
+        the variables for the workers, sent in the key header (never on a command line)."""
         self.tag = tag
         self.host = host
         self.kind = kind
@@ -84,7 +89,7 @@ class RemoteGroup:
         )
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(encode_frame(keys))
+            self.proc.stdin.write(preamble + encode_frame(keys, worker_env))
             self.proc.stdin.flush()
         except OSError:
             pass  # it is already gone: the relay thread sees EOF and wait_ready() reports it
@@ -385,19 +390,12 @@ class Launchers:
                 workers=str(h.slots) if h.slots is not None else "auto",
                 **common,
             )
-            argv = ssh.ssh_command(
-                h,
-                ssh=options.ssh,
-                python=options.python,
-                cwd=options.cwd,
-                env=options.env,
-                args=args,
-                connect_timeout=options.connect_timeout,
-            )
+            argv = ssh.ssh_command(h, ssh=options.ssh, connect_timeout=options.connect_timeout)
+            script = ssh.remote_script(python=options.python, cwd=options.cwd, args=args)
             makers.append(
                 functools.partial(
                     RemoteGroup, tag, h.name, "ssh", argv, keys=where.keys, expected=None,
-                    hint=ssh.hint(options.python, options.cwd),
+                    hint=ssh.hint(options.python, options.cwd), preamble=script, worker_env=options.env,
                 )
             )  # fmt: skip
         if srun:

@@ -385,7 +385,9 @@ def _end_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) -> int:
+def run_worker_group(
+    args: Any, connect: str, keys: Credentials | None, n: int, env: Mapping[str, str] | None = None
+) -> int:
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
     Workers that crash are replaced (unless they keep dying before reaching
@@ -393,7 +395,8 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
     say so in an exit note: a task's exit code is never taken for that).  With
     ``--watch-stdin`` the group stops when its stdin closes (its ssh session or
     launcher is gone); with ``--ready`` it first prints how many workers to
-    expect, and each worker prints a line once connected.
+    expect, and each worker prints a line once connected.  ``env``: variables for the workers
+    (a launcher's ``env=``, received with the keys).
     """
     flags = {
         "ready": args.ready,
@@ -421,6 +424,7 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
     group = LocalWorkers(
         connect,
         n,
+        env=env,
         heartbeat=args.heartbeat,
         heartbeat_timeout=args.heartbeat_timeout,
         replace=True,

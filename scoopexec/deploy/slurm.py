@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .local import remote_pythonpath
+from .local import worker_env
 
 __all__ = ["HINT", "slurm_address", "srun_command", "srun_env"]
 
@@ -63,5 +63,6 @@ def srun_command(n: int, args: Sequence[str], *, python: str, cwd: str) -> list[
 
 
 def srun_env(env: Mapping[str, str]) -> dict[str, str]:
-    """srun's environment (which its tasks inherit): ours, this scoopexec importable, ``env``."""
-    return dict(os.environ, PYTHONPATH=remote_pythonpath(), **env)
+    """srun's environment (which its tasks inherit): ours updated with ``env``, with this
+    scoopexec importable (first on PYTHONPATH, the user's own PYTHONPATH of ``env`` kept)."""
+    return worker_env(env)

@@ -10,10 +10,10 @@ import os
 import signal
 import socket
 
-from ..deploy.contract import parser
+from ..deploy.contract import check_env, parser
 from ..deploy.hosts import local_cpu_count
 from ..deploy.local import run_worker_group
-from ..wire.security import check_endpoint, read_frame, read_key_file
+from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
 from . import lifeline
 from .worker import Worker
 
@@ -44,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connect = args.connect or _connect_back(args.connect_back)
         creds = None
+        env: dict[str, str] = {}  # env= of a launcher (ssh), sent with the keys: for the workers
         if args.key:
             creds = read_key_file(args.key)
         elif args.key_stdin:
-            creds = read_frame(0)
-        check_endpoint(connect, secure=creds is not None, what="broker endpoint")
+            creds, env = read_launch_frame(0)
+            check_env(env)
+        creds = resolve_credentials(connect, creds, "broker endpoint")
     except ValueError as exc:
         ap.error(str(exc))
     n = None
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
     if n is not None and (n != 1 or args.ready):
-        return run_worker_group(args, connect, creds, n)
+        return run_worker_group(args, connect, creds, n, env)
+    os.environ.update(env)  # one worker without a group: its own environment (and its tasks')
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     if args.exit_fd is not None:
         try:
