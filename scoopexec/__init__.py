@@ -38,6 +38,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     SerializationError,
+    TaskTimeoutError,
     WorkerLostError,
 )
 from .logs import configure_logging
@@ -59,6 +60,7 @@ __all__ = [
     "ScoopExecutor",
     "ScoopFuture",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStatus",
     "__version__",

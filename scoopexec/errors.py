@@ -18,6 +18,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "remote_traceback",
 ]
@@ -79,6 +80,15 @@ class WorkerLostError(BrokenProcessPool):
     A ``BrokenProcessPool`` (and so a ``BrokenExecutor``), the type
     ProcessPoolExecutor raises when a worker dies, so code written for it
     still catches it; but here only this future fails and the pool goes on.
+    """
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its ``task_timeout`` and was stopped.
+
+    The task got KeyboardInterrupt first; one that did not stop within a short
+    grace had its worker process killed (and replaced).  A subclass of the
+    builtin ``TimeoutError``.  It is not retried.
     """
 
 

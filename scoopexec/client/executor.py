@@ -31,6 +31,7 @@ from ..trace import TraceRecorder
 from ..wire import serialize
 from ..wire.security import Credentials, read_key_file, write_key_file
 from ..worker import setup as worker_setup
+from ..worker.limits import TimeLimit, check_timeout
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
 from .embedded import EmbeddedSession
@@ -122,6 +123,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
             a standalone broker with ``--trace FILE`` instead).
         progress: the default of ``map(..., progress=)``: True draws a
             progress bar on stderr for every map.
+        task_timeout: seconds a task may run: then it gets KeyboardInterrupt and its
+            future fails with TaskTimeoutError (not retried); one that does not stop
+            within a second has its worker process ended and replaced.
     """
 
     def __init__(
@@ -148,7 +152,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         launch_timeout: float = 60.0,
         trace: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        task_timeout: float | None = None,
     ) -> None:
+        self._task_timeout = check_timeout(task_timeout)
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError("max_workers must be an integer or None")
@@ -371,12 +377,15 @@ class ScoopExecutor(MapMixin, cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        what = serialize.describe(fn)
+        if self._task_timeout is not None:
+            fn = TimeLimit(fn, self._task_timeout)
         try:
             frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error, serialize.describe(fn))
+        return self._submit_frames(frames, error, what)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize.encode_function(fn)

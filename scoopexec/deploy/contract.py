@@ -44,6 +44,7 @@ from typing import Any
 __all__ = [
     "EXIT_AUTH",
     "EXIT_LOST",
+    "EXIT_RECYCLED",
     "EXIT_UNREACHABLE",
     "GROUP_MARK",
     "OPTIONS",
@@ -67,13 +68,16 @@ GROUP_MARK = b"SCOOPEXEC-GROUP"  # printed first by a group (-n N, --ready), the
 EXIT_LOST = 3  # the broker went away
 EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
 EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
+EXIT_RECYCLED = 6  # it stopped itself to be replaced (a task would not stop: worker/limits.py)
 
 REASONS: dict[int, str] = {
     EXIT_LOST: "it lost its broker",
     EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",
     EXIT_UNREACHABLE: "no broker answered at the address it was given",
+    EXIT_RECYCLED: "it stopped itself to be replaced, see its note",
 }
-"""Why a worker exits with each of its own codes (and is not started again: the next would fail alike)."""
+"""Why a worker exits with each of its own codes (and is not started again: the next would fail alike,
+except after :data:`EXIT_RECYCLED`, whose very point is a fresh process)."""
 
 START_TIMEOUT = 60.0
 """s a starting worker may go without using any CPU before it said HELLO: then it is stuck

@@ -434,7 +434,7 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         while group.procs and not stop.is_set():
             for tag, pid, rc in group.reap():
                 mine = group.own_exit(tag)
-                if not mine and group.replace(tag):
+                if (not mine or rc == contract.EXIT_RECYCLED) and group.replace(tag):
                     what = "replaced"
                 else:
                     codes.append(rc)
