@@ -40,6 +40,7 @@ from .errors import (
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    WorkerMemoryError,
 )
 from .logs import configure_logging
 from .pool import Pool
@@ -62,6 +63,7 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "WorkerMemoryError",
     "WorkerStatus",
     "__version__",
     "amap",

@@ -20,6 +20,7 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "WorkerMemoryError",
     "remote_traceback",
 ]
 
@@ -90,6 +91,11 @@ class TaskTimeoutError(TimeoutError):
     grace had its worker process killed (and replaced).  A subclass of the
     builtin ``TimeoutError``.  It is not retried.
     """
+
+
+class WorkerMemoryError(MemoryError):
+    """A task took its worker process past ``worker_memory_limit``: the process was ended
+    (and replaced) and this task, the one running then, fails.  It is not retried."""
 
 
 class SerializationError(pickle.PicklingError):

@@ -7,6 +7,7 @@ worker process ended and replaced; what else that worker held runs elsewhere.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import os
 import time
 
@@ -117,3 +118,186 @@ def test_scoop_map_on_timeout():
         assert out[0] > 0 and out[1] == -1
         with pytest.raises(TaskTimeoutError):
             scoop_map(sleeper, [0, 30], task_timeout=0.5)
+
+
+# ------------------------------------------------------------------ ex.cancel()
+def noted(seconds: float, path: str) -> int:
+    """Says it started (PATH.started); says it was interrupted (PATH) if it was."""
+    with open(path + ".started", "w") as f:
+        f.write(str(os.getpid()))
+    return interrupted_note(seconds, path)
+
+
+def parent_of_noted(paths: list[str]) -> list[int]:
+    fs = [scoopexec.submit(noted, 30, p) for p in paths]
+    return [f.result() for f in fs]
+
+
+def _wait_for(path: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+    time.sleep(0.05)  # written
+    with open(path) as f:
+        return f.read()
+
+
+def test_cancel_pending_is_fut_cancel():
+    with ScoopExecutor(1) as ex:
+        busy = ex.submit(sleeper, 1.0)
+        queued = ex.submit(sleeper, 0)
+        assert ex.cancel(queued) is True and queued.cancelled()
+        assert busy.result(timeout=60) > 0
+        assert ex.cancel(busy) is False  # done: nothing to cancel
+
+
+def test_cancel_running_interrupts_the_task(tmp_path):
+    note = str(tmp_path / "n")
+    with ScoopExecutor(1) as ex:
+        fut = ex.submit(noted, 30, note)
+        pid = int(_wait_for(note + ".started"))
+        assert not fut.cancel()  # the stdlib's cancel() cannot stop it
+        assert ex.cancel(fut) is True
+        assert fut.cancelled()
+        assert int(_wait_for(note, 20)) == pid  # KeyboardInterrupt inside the task
+        assert ex.submit(sleeper, 0).result(timeout=60) == pid  # its worker lives on
+
+
+def test_cancel_force_ends_the_process_which_is_replaced(tmp_path):
+    note = str(tmp_path / "n")
+    with ScoopExecutor(1) as ex:
+        other = ex.submit(parked, 2.0)  # parked on the same worker: runs again elsewhere
+        fut = ex.submit(noted, 30, note)
+        pid = int(_wait_for(note + ".started"))
+        assert ex.cancel(fut, force=True) is True and fut.cancelled()
+        new = other.result(timeout=60)
+        assert new != pid and ex.worker_pids == [new]
+        assert not os.path.exists(note)  # ended, not interrupted
+
+
+def test_cancel_reaches_nested_children(tmp_path):
+    paths = [str(tmp_path / f"c{i}") for i in range(2)]
+    with ScoopExecutor(3) as ex:
+        parent = ex.submit(parent_of_noted, paths)
+        for p in paths:
+            _wait_for(p + ".started")
+        assert ex.cancel(parent) is True
+        for p in paths:
+            _wait_for(p, 20)  # each child got KeyboardInterrupt
+
+
+# --------------------------------------------- terminate_workers / kill_workers
+@pytest.mark.parametrize("method,sig", [("terminate_workers", 15), ("kill_workers", 9)])
+def test_terminate_and_kill_workers_break_the_pool(method, sig):
+    import psutil
+
+    ex = ScoopExecutor(2)
+    try:
+        running = [ex.submit(stubborn, 30) for _ in range(2)]
+        queued = [ex.submit(sleeper, 0) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not all(f.running() for f in running):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # started there
+        procs = [psutil.Process(p) for p in ex.worker_pids]
+        getattr(ex, method)()
+        gone, alive = psutil.wait_procs(procs, timeout=10)
+        assert not alive
+        if sig == 9:
+            assert all(p.returncode == -9 for p in gone)
+        for f in running:
+            with pytest.raises(cf.BrokenExecutor, match=method):
+                f.result(timeout=30)
+        for f in queued:
+            assert f.cancelled() or isinstance(f.exception(timeout=30), cf.BrokenExecutor)
+        with pytest.raises((RuntimeError, cf.BrokenExecutor)):
+            ex.submit(sleeper, 0)
+        assert ex.broken and method in ex.broken
+    finally:
+        ex.shutdown(wait=True)
+
+
+# ------------------------------------------------------------- recycling workers
+def grow(step_mib: int, steps: int, pause: float) -> int:
+    """Allocates ``steps`` chunks of ``step_mib`` MiB (touched), pausing between them; keeps none."""
+    hold = []
+    for _ in range(steps):
+        hold.append(bytearray(b"\x01") * (step_mib << 20))
+        time.sleep(pause)
+    return os.getpid()
+
+
+_LEAK: list[bytearray] = []
+
+
+def leak(mib: int) -> int:
+    """Keeps ``mib`` MiB more in this worker process for good (what a leaking task does)."""
+    _LEAK.append(bytearray(b"\x01") * (mib << 20))
+    return os.getpid()
+
+
+def test_max_tasks_per_child_replaces_the_worker_after_n_tasks():
+    with ScoopExecutor(1, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(sleeper, 0).result(timeout=60) for _ in range(6)]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+        deadline = time.monotonic() + 30
+        while len(ex.worker_pids) != 1:  # the last one is being replaced
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_recycling_options_are_checked():
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        ScoopExecutor(1, max_tasks_per_child=0)
+    with pytest.raises(ValueError, match=r"worker_memory_limit='2 gigs' is not a size.*GiB"):
+        ScoopExecutor(1, worker_memory_limit="2 gigs")
+    with pytest.raises(ValueError, match="worker_max_lifetime"):
+        ScoopExecutor(1, worker_max_lifetime=-1)
+
+
+def test_memory_limit_during_a_task_fails_that_task_not_the_others():
+    from scoopexec import WorkerMemoryError
+
+    with ScoopExecutor(1, worker_memory_limit="300MiB", max_retries=1) as ex:
+        old = ex.submit(sleeper, 0).result(timeout=60)
+        other = ex.submit(parked, 2.0)  # on the same worker: runs again on the next
+        time.sleep(0.3)
+        hog = ex.submit(grow, 50, 12, 0.1)  # up to 600 MiB, 50 MiB at a time
+        with pytest.raises(WorkerMemoryError, match=r"worker_memory_limit=314572800 bytes \(300 MiB\)"):
+            hog.result(timeout=60)
+        assert other.result(timeout=60) != old
+        assert ex.submit(grow, 50, 2, 0).result(timeout=60) != old  # a fresh process, and it works
+
+
+def test_memory_limit_after_tasks_recycles_the_worker():
+    from scoopexec import WorkerMemoryError
+
+    with ScoopExecutor(1, worker_memory_limit="250MiB") as ex:
+        outcomes = []
+        for _ in range(12):  # 40 MiB more each: well past the limit in all
+            fut = ex.submit(leak, 40)
+            try:
+                outcomes.append(fut.result(timeout=60))
+            except WorkerMemoryError as exc:  # if it was seen during the task that crossed the limit
+                assert "worker_memory_limit" in str(exc)
+                outcomes.append(None)
+        pids = [p for p in outcomes if p is not None]
+        assert len(set(pids)) >= 2  # recycled (a fresh process starts with nothing leaked)
+        assert outcomes.count(None) <= 2
+
+
+def test_max_lifetime_retires_idle_workers_not_running_tasks():
+    with ScoopExecutor(2, worker_max_lifetime=1.0) as ex:
+        first = set(ex.worker_pids)
+        # A task longer than the lifetime is never cut short.
+        assert ex.submit(sleeper, 2.5).result(timeout=60) in first
+        deadline = time.monotonic() + 30
+        while set(ex.worker_pids) & first:
+            assert time.monotonic() < deadline, "idle workers did not retire"
+            time.sleep(0.1)
+        assert ex.submit(sleeper, 0).result(timeout=60) not in first
+        while len(ex.worker_pids) != 2:  # replaced (and they retire in turn: about every second)
+            assert time.monotonic() < deadline, ex.worker_pids
+            time.sleep(0.02)

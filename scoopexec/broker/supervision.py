@@ -57,6 +57,7 @@ class _Broker(Protocol):
     @property
     def stopping(self) -> bool: ...
     def result(self, owner: bytes, tid: int, status: int, body: Sequence[Any]) -> None: ...
+    def send(self, key: bytes, frames: Sequence[Any]) -> None: ...
     def cancel_on_workers(self, cancels: dict[bytes, list[tuple[int]]]) -> None: ...
     def break_client(self, c: ClientState, kind: str, message: str) -> None: ...
 
@@ -138,6 +139,17 @@ class Supervisor:
                 self.exited(t, rc)
             time.sleep(0.005)
         return "", None
+
+    def stop_tasks(self, owner: bytes, tids: list[int], how: int) -> None:
+        """ex.cancel() of running tasks (``how``: 1 interrupt them, 2 end their worker processes):
+        they and every task they submitted are forgotten, their workers told (CANCEL with
+        ``how``; the descendants are interrupted), the descendants' owners told CANCELLED."""
+        top, below, orphans = self.b.ledger.cancel_tree(owner, tids)
+        for cancels, arg in ((top, how), (below, 1)):
+            for wkey, ids in cancels.items():
+                self.b.send(wkey, [P.pack(P.CANCEL, ids, arg)])
+        for task in orphans:
+            self.b.result(task.owner, task.tid, P.CANCELLED, [])
 
     def exited(self, tag: str, rc: int) -> None:
         assert self.b.watcher is not None

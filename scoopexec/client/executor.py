@@ -31,9 +31,10 @@ from ..trace import TraceRecorder
 from ..wire import serialize
 from ..wire.security import Credentials, read_key_file, write_key_file
 from ..worker import setup as worker_setup
-from ..worker.limits import TimeLimit, check_timeout
+from ..worker.limits import TimeLimit, check_timeout, recycle_flags
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
+from .control import Control
 from .embedded import EmbeddedSession
 from .future import ScoopFuture, describe_running
 from .remote import RemoteSession
@@ -68,7 +69,7 @@ def _refuse_during_worker_bootstrap() -> None:
         raise mainmodule.guard_error("starts a pool (a ScoopExecutor)")
 
 
-class ScoopExecutor(MapMixin, cf.Executor):
+class ScoopExecutor(Control, MapMixin, cf.Executor):
     """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
 
     With no ``broker`` argument it starts a broker inside this process and
@@ -126,6 +127,10 @@ class ScoopExecutor(MapMixin, cf.Executor):
         task_timeout: seconds a task may run: then it gets KeyboardInterrupt and its
             future fails with TaskTimeoutError (not retried); one that does not stop
             within a second has its worker process ended and replaced.
+        max_tasks_per_child, worker_memory_limit, worker_max_lifetime: when a worker process
+            is replaced by a fresh one: after N tasks (ProcessPoolExecutor's meaning); once a
+            task left it past a memory limit (bytes, or "2GiB"; a task that takes it past the
+            limit while running fails with WorkerMemoryError); idle after about S seconds.
     """
 
     def __init__(
@@ -153,6 +158,9 @@ class ScoopExecutor(MapMixin, cf.Executor):
         trace: str | os.PathLike[str] | None = None,
         progress: bool = False,
         task_timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
+        worker_memory_limit: int | str | None = None,
+        worker_max_lifetime: float | None = None,
     ) -> None:
         self._task_timeout = check_timeout(task_timeout)
         if max_workers is not None:
@@ -189,6 +197,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
             heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout,
             launch_timeout=launch_timeout,
+            recycle=recycle_flags(max_tasks_per_child, worker_memory_limit, worker_max_lifetime),
         )
         recorder: TraceRecorder | None = None
         if trace is not None:

@@ -122,6 +122,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
     Option("no_forward_output", ("--no-forward-output",), bool, False),
     Option(
+        "max_tasks", ("--max-tasks",), int, None,
+        "exit after N tasks, to be replaced (max_tasks_per_child)", "N",
+    ),
+    Option(
+        "memory_limit", ("--memory-limit",), str, None,
+        "bytes (or '2GiB'): past it after a task, exit to be replaced; past it during one, that task "
+        "fails with WorkerMemoryError", "SIZE",
+    ),
+    Option("max_lifetime", ("--max-lifetime",), float, None, "retire when idle after about S seconds", "S"),
+    Option(
         "workers", ("-n", "--workers"), str, None,
         "run N worker processes under one supervisor (N or 'auto': one per CPU)", "N",
     ),
@@ -174,6 +184,7 @@ class LaunchOptions:
     heartbeat_timeout: float = 5.0
     connect_timeout: float = 10.0  # for ssh to connect to a host
     launch_timeout: float = 60.0  # for launched workers to connect to the broker
+    recycle: dict[str, Any] = field(default_factory=dict)  # max_tasks, memory_limit, max_lifetime (OPTIONS)
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,7 +14,7 @@ from ..deploy.contract import parser
 from ..deploy.hosts import local_cpu_count
 from ..deploy.local import run_worker_group
 from ..wire.security import check_endpoint, read_frame, read_key_file
-from . import lifeline
+from . import lifeline, limits
 from .worker import Worker
 
 __all__ = ["main"]
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             link.set_inheritable(False)  # programs that tasks start must not keep it open
         except OSError as exc:
             ap.error(f"--link-fd {args.link_fd}: {exc}")
-    Worker(
+    worker = Worker(
         connect,
         link=link,
         tag=args.tag,
@@ -87,5 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         ready=args.ready,
         connect_timeout=args.connect_timeout,
         keep_cwd=args.keep_cwd,
-    ).serve()
+    )
+    try:
+        limits.install(worker, args.max_tasks, args.memory_limit, args.max_lifetime)
+    except ValueError as exc:
+        ap.error(str(exc))
+    worker.serve()
     return 0
