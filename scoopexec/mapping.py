@@ -170,7 +170,7 @@ class MapMixin:
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)
         item_fn: Callable[..., Any] = fn if limit is None else TimeLimit(fn, limit)
-        if on_timeout is not RAISE:
+        if on_timeout is not RAISE and chunksize > 1:
             item_fn = OnTimeout(item_fn, on_timeout)  # an item of a chunk: the others go on
         if chunksize > 1:
             if len(iterables) == 1:
@@ -211,7 +211,7 @@ class MapMixin:
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
             if on_timeout is not RAISE:
-                # Its worker was ended (the call would not stop): each of its items yields on_timeout.
+                # A task that timed out (of a chunk: its worker was ended) yields on_timeout per item.
                 f = _Substitute(f, [on_timeout] * len(args[0]) if chunked else on_timeout)
             return f
 

@@ -135,6 +135,7 @@ class Ledger:
         self.setups: dict[int, ClientState] = {}
         self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
         self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
+        self.stopped: collections.Counter[str] = collections.Counter()  # tasks and workers stopped by a limit
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
@@ -460,6 +461,7 @@ class Ledger:
             "completed": self.completed,
             "clients": len(self.clients),
             "dropped": dict(self.dropped),
+            "stopped": dict(self.stopped),
             "workers": [
                 {
                     "id": w.key.hex(),

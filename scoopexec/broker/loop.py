@@ -399,6 +399,7 @@ class Broker:
         ledger = self.ledger
         if self.trace is not None:
             self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
+        self.supervisor.note_results(msg)
         done, others = ledger.finish(w, msg.parts())
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])

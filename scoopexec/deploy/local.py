@@ -385,7 +385,7 @@ def _end_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) -> int:
+def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int, announce: bool = True) -> int:
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
     Workers that crash are replaced (unless they keep dying before reaching
@@ -418,7 +418,7 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
 
         threading.Thread(target=watch, name="scoopexec-stdin", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if args.ready:
+    if args.ready and announce:  # (not announced: one worker that recycles, run as a group of 1)
         os.write(1, GROUP_MARK + b" %d\n" % n)
     host = socket.gethostname()
     group = LocalWorkers(

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
     if n is not None and (n != 1 or args.ready):
         return run_worker_group(args, connect, creds, n)
+    if (args.max_tasks or args.memory_limit or args.max_lifetime) and args.exit_fd is None:
+        # It recycles itself and nobody would start the next: a group of 1 does (unannounced).
+        return run_worker_group(args, connect, creds, 1, announce=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     if args.exit_fd is not None:
         try:
