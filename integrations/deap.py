@@ -37,11 +37,14 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import scoopexec
 from scoopexec import futures
 from scoopexec.errors import SerializationError
 from scoopexec.wire import serialize
 
 __all__ = ["register", "scoop_map"]
+
+_NOT_GIVEN: Any = object()
 
 
 def scoop_map(
@@ -49,19 +52,31 @@ def scoop_map(
     *iterables: Iterable[Any],
     chunksize: int = 1,
     timeout: float | None = None,
+    task_timeout: float | None = None,
+    on_timeout: Any = _NOT_GIVEN,
 ) -> list[Any]:
     """``list(map(func, *iterables))`` with every call a task on the current pool.
 
     Results come back in order.  ``chunksize`` calls travel per task (worth
     raising when each evaluation takes well under a millisecond);
     ``timeout`` (seconds) bounds the whole map.  A call's exception is raised
-    here with the remote traceback as its ``__cause__``.
+    here with the remote traceback as its ``__cause__``.  ``task_timeout``
+    (seconds) stops each call that runs longer; such an item is ``on_timeout``
+    (a worst fitness, say, so that the run goes on) or, without it, raises
+    ``TaskTimeoutError``.
     """
     if not iterables:
         raise TypeError("scoop_map() needs at least one iterable, like map()")
     seqs = [it if isinstance(it, (list, tuple)) else list(it) for it in iterables]
     try:
-        return list(futures.map(func, *seqs, chunksize=chunksize, timeout=timeout))
+        if task_timeout is None and on_timeout is _NOT_GIVEN:
+            return list(futures.map(func, *seqs, chunksize=chunksize, timeout=timeout))
+        limits: dict[str, Any] = {"task_timeout": task_timeout}
+        if on_timeout is not _NOT_GIVEN:
+            limits["on_timeout"] = on_timeout
+        ex = scoopexec.current_executor()
+        assert ex is not None
+        return list(ex.map(func, *seqs, chunksize=chunksize, timeout=timeout, **limits))
     except SerializationError as exc:
         culprit = _find_unpicklable(func, _label(func), set())
         if culprit is None:

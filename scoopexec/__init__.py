@@ -38,7 +38,9 @@ from .errors import (
     ProtocolError,
     RemoteError,
     SerializationError,
+    TaskTimeoutError,
     WorkerLostError,
+    WorkerMemoryError,
 )
 from .logs import configure_logging
 from .pool import Pool
@@ -59,7 +61,9 @@ __all__ = [
     "ScoopExecutor",
     "ScoopFuture",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
+    "WorkerMemoryError",
     "WorkerStatus",
     "__version__",
     "amap",

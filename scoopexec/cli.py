@@ -234,7 +234,10 @@ def _serve(b: Broker, recorder: TraceRecorder | None, security: str, argv: list[
     return 0
 
 
-_VALUE_OPTIONS = ("-n", "--workers", "--hostfile", "--broker", "--trace")
+_VALUE_OPTIONS = (
+    "-n", "--workers", "--hostfile", "--broker", "--trace",
+    "--task-timeout", "--max-tasks-per-child", "--worker-memory-limit", "--worker-max-lifetime",
+)  # fmt: skip
 _LIST_OPTIONS = ("--hosts", "--host")
 
 
@@ -282,6 +285,14 @@ def _launcher_parser() -> argparse.ArgumentParser:
                     help="read the hosts from FILE (passed to ScoopExecutor as hostfile=)")
     ap.add_argument("--broker", default=None, metavar="ENDPOINT",
                     help="use the pool of a standalone broker (`python -m scoopexec broker`)")
+    ap.add_argument("--task-timeout", type=float, default=None, metavar="S",
+                    help="stop a task after S seconds: TaskTimeoutError (ScoopExecutor(task_timeout=))")
+    ap.add_argument("--max-tasks-per-child", type=int, default=None, metavar="N",
+                    help="replace a worker process after N tasks")
+    ap.add_argument("--worker-memory-limit", default=None, metavar="SIZE",
+                    help="replace a worker process past SIZE bytes (or '2GiB', '500MB')")
+    ap.add_argument("--worker-max-lifetime", type=float, default=None, metavar="S",
+                    help="replace idle worker processes after about S seconds")
     add_observe_options(ap)
     ap.add_argument("--version", action="version", version=version_text())
     return ap
@@ -307,6 +318,9 @@ def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["hostfile"] = args.hostfile
     if args.broker:
         kwargs["broker"] = args.broker
+    for name in ("task_timeout", "max_tasks_per_child", "worker_memory_limit", "worker_max_lifetime"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     return kwargs
 
 

@@ -18,7 +18,9 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
+    "WorkerMemoryError",
     "remote_traceback",
 ]
 
@@ -80,6 +82,20 @@ class WorkerLostError(BrokenProcessPool):
     ProcessPoolExecutor raises when a worker dies, so code written for it
     still catches it; but here only this future fails and the pool goes on.
     """
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its ``task_timeout`` and was stopped.
+
+    The task got KeyboardInterrupt first; one that did not stop within a short
+    grace had its worker process killed (and replaced).  A subclass of the
+    builtin ``TimeoutError``.  It is not retried.
+    """
+
+
+class WorkerMemoryError(MemoryError):
+    """A task took its worker process past ``worker_memory_limit``: the process was ended
+    (and replaced) and this task, the one running then, fails.  It is not retried."""
 
 
 class SerializationError(pickle.PicklingError):

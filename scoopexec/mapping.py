@@ -24,9 +24,12 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from .errors import remote_traceback
+from .errors import TaskTimeoutError, remote_traceback
 from .progress import MapProgress
 from .wire.serialize import describe
+from .worker.limits import OnTimeout, TimeLimit, check_timeout
+
+RAISE: Any = object()  # map(on_timeout=) not given: an item that timed out raises TaskTimeoutError
 
 
 class ChunkError:
@@ -133,6 +136,8 @@ class MapMixin:
         buffersize: int | None = None,
         unordered: bool = False,
         progress: bool | str | None = None,
+        task_timeout: float | None = None,
+        on_timeout: Any = RAISE,
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
@@ -142,7 +147,11 @@ class MapMixin:
         ``progress=True`` (or a label) draws a bar on stderr counting finished
         items, with the total and the rate (tqdm if installed, else a plain
         line); None takes the executor's default (``ScoopExecutor(progress=)``).
+        ``task_timeout`` (seconds; default: the executor's) stops each call that runs
+        longer (TaskTimeoutError); an item whose call timed out yields ``on_timeout``
+        if given (e.g. a worst fitness), else raises TaskTimeoutError when reached.
         """
+        limit = check_timeout(task_timeout) or getattr(self, "_task_timeout", None)
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
@@ -160,18 +169,21 @@ class MapMixin:
             label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)
+        item_fn: Callable[..., Any] = fn if limit is None else TimeLimit(fn, limit)
+        if on_timeout is not RAISE and chunksize > 1:
+            item_fn = OnTimeout(item_fn, on_timeout)  # an item of a chunk: the others go on
         if chunksize > 1:
             if len(iterables) == 1:
-                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
+                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, item_fn)
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
                     items = _tally(items, tracker)
                 source: Iterator[tuple[Any, ...]] = ((list(c),) for c in batched(items, chunksize))
             else:
-                call_fn = functools.partial(_run_chunk, fn)
+                call_fn = functools.partial(_run_chunk, item_fn)
                 source = ((list(c),) for c in batched(zipped, chunksize))
         else:
-            call_fn, source = fn, zipped
+            call_fn, source = item_fn, zipped
         encode_error: Exception | None = None
         try:
             fn_frame = self._encode_fn(call_fn)
@@ -198,6 +210,9 @@ class MapMixin:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+            if on_timeout is not RAISE:
+                # A task that timed out (of a chunk: its worker was ended) yields on_timeout per item.
+                f = _Substitute(f, [on_timeout] * len(args[0]) if chunked else on_timeout)
             return f
 
         if buffersize:
@@ -313,6 +328,43 @@ def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
         del chunk
 
 
+class _Substitute(cf.Future):  # type: ignore[type-arg]
+    """A map's future whose TaskTimeoutError reads as ``value`` (``on_timeout``).
+
+    cancel() cancels the task's own future."""
+
+    def __init__(self, inner: cf.Future[Any], value: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self._value = value
+        inner.add_done_callback(self._settle)
+
+    def _settle(self, inner: cf.Future[Any]) -> None:
+        if inner.cancelled():
+            super().cancel()
+            self.set_running_or_notify_cancel()
+            return
+        exc = inner.exception()
+        if not self.set_running_or_notify_cancel():
+            return
+        if isinstance(exc, TaskTimeoutError):
+            self.set_result(self._value)
+        elif exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(inner.result())
+
+    def result(self, timeout: float | None = None) -> Any:
+        # Waits through the task's own future: in a task on a worker, that parks the task.
+        try:
+            return self.inner.result(timeout)
+        except TaskTimeoutError:
+            return self._value
+
+    def cancel(self) -> bool:
+        return self.inner.cancel()
+
+
 def _strong(obj: Any) -> Callable[[], Any]:
     def ref() -> Any:
         return obj
@@ -393,6 +445,7 @@ def batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:
         if not chunk:
             return
         yield chunk
+
 
 def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize: int | None) -> None:
     """amap()'s arguments, checked as map() checks its own."""

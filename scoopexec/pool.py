@@ -34,9 +34,8 @@ Where it differs from multiprocessing, on purpose:
   pickled likewise, where multiprocessing raises ``MaybeEncodingError``.
 * ``imap`` with ``chunksize > 1`` after a failed chunk goes on with the next
   chunks (multiprocessing's chunked ``imap`` stops there).
-* ``maxtasksperchild`` is passed to the executor's ``max_tasks_per_child``
-  when the executor has it; this version's has not, so it is accepted and
-  ignored with a ``RuntimeWarning`` (workers are not replaced).
+* ``maxtasksperchild`` is the executor's ``max_tasks_per_child``: a worker
+  process is replaced by a fresh one after that many tasks.
 
 The Pool is meant for the client.  Inside a task, use ``scoopexec.map`` /
 ``scoopexec.submit``, whose waiting parks the task instead of the worker.
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import inspect
 import itertools
 import logging
 import multiprocessing
@@ -409,16 +407,7 @@ class Pool:
             self._processes = _count_workers(executor)
         else:
             if maxtasksperchild is not None:
-                if "max_tasks_per_child" in inspect.signature(ScoopExecutor).parameters:
-                    executor_options["max_tasks_per_child"] = maxtasksperchild
-                else:
-                    warnings.warn(
-                        f"scoopexec.Pool(maxtasksperchild={maxtasksperchild}): this ScoopExecutor cannot "
-                        "replace workers yet; the argument is accepted and ignored (workers run every task "
-                        "until the Pool stops)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+                executor_options["max_tasks_per_child"] = maxtasksperchild
             self._executor = ScoopExecutor(
                 processes, context, initializer, tuple(initargs), **executor_options
             )

@@ -87,6 +87,11 @@ class PoolStatus:
     ``starting`` counts worker processes the pool has started that have not
     connected yet (the broker knows those it, or its embedded client,
     launched; workers started by hand are not seen before they connect).
+    ``stopped`` counts what a limit stopped since the broker started: tasks "timed
+    out" (task_timeout), "over memory limit" (worker_memory_limit), "cancelled while
+    running" (ex.cancel()), and "workers recycled" (local ones the broker saw exit to be
+    replaced: max_tasks_per_child, worker_memory_limit, worker_max_lifetime, a task that
+    would not stop).
     ``str()`` gives the table ``python -m scoopexec status`` prints.
     """
 
@@ -103,6 +108,7 @@ class PoolStatus:
     broker_pid: int | None = None
     trace: str | None = None
     starting: int = 0
+    stopped: dict[str, int] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -124,6 +130,7 @@ class PoolStatus:
             broker_pid=d.get("pid") if isinstance(d.get("pid"), int) else None,
             trace=d.get("trace"),
             starting=int(d.get("starting") or 0),
+            stopped={str(k): int(v) for k, v in (d.get("stopped") or {}).items() if isinstance(v, int)},
             raw=dict(d),
         )
 
@@ -152,6 +159,8 @@ class PoolStatus:
             f"{len(self.workers)} worker{'s' if len(self.workers) != 1 else ''} ({self.busy} busy)"
             + (f", {self.starting} starting" if self.starting else ""),
         ]
+        if self.stopped:
+            lines.append("stopped: " + ", ".join(f"{n:,} {what}" for what, n in sorted(self.stopped.items())))
         if self.trace:
             lines.append(f"recording a timeline to {printable(self.trace)}")
         if self.workers:

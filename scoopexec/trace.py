@@ -64,7 +64,25 @@ MAX_TASKS = 2_000_000  # tasks kept in one trace; later ones are counted, not re
 _COUNTER_POINTS = 4000  # at most this many samples of the waiting/running counters
 
 # Status codes of wire/protocol.py, by name (kept here so this module imports nothing heavy).
-_STATUS_NAMES = {0: "ok", 1: "raised", 2: "failed", 3: "lost", 4: "cancelled"}
+# 5 and 6 are the trace's own: a raised TaskTimeoutError, WorkerMemoryError (a limit stopped the task).
+_STATUS_NAMES = {
+    0: "ok", 1: "raised", 2: "failed", 3: "lost", 4: "cancelled", 5: "timed out", 6: "over memory limit",
+}  # fmt: skip
+_LIMIT_STATUS = {"timed out": 5, "over memory limit": 6}
+_LIMIT_KINDS = {
+    "scoopexec.errors.TaskTimeoutError": "timed out",
+    "scoopexec.errors.WorkerMemoryError": "over memory limit",
+}
+
+
+def limit_kind(meta: Any) -> str:
+    """"timed out", "over memory limit" (a limit stopped the task: worker/limits.py) or "" for the
+    JSON frame of a raised error (wire/serialize.encode_exception); the broker counts them too."""
+    try:
+        info = json.loads(bytes(meta))
+        return _LIMIT_KINDS.get(str(info.get("type")), "") if isinstance(info, dict) else ""
+    except Exception:  # a worker's bytes: whatever they are, they are not one of ours
+        return ""
 
 
 class _TaskLike(Protocol):
@@ -169,8 +187,11 @@ class TraceRecorder:
             name = names.get(fn)
             if name is None:
                 name = self._name_of(fn)
+            code = status
+            if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
+                code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
             append((btid, task.parent, task.origin, name, task.submitted,
-                    start, run, now, key, nin, nout, task.attempts, status))  # fmt: skip
+                    start, run, now, key, nin, nout, task.attempts, code))  # fmt: skip
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import gc
-import inspect
 import itertools
 import logging
 import multiprocessing
@@ -468,16 +467,14 @@ def test_maxtasksperchild_is_checked(value):
         Pool(3, maxtasksperchild=value)
 
 
-def test_maxtasksperchild_is_accepted_and_close_join_completes():
-    if "max_tasks_per_child" in inspect.signature(ScoopExecutor).parameters:
-        p = Pool(3, maxtasksperchild=1)  # handed to the executor, which replaces workers
-    else:
-        with pytest.warns(RuntimeWarning, match="accepted and ignored"):
-            p = Pool(3, maxtasksperchild=1)
+def test_maxtasksperchild_replaces_workers_and_close_join_completes():
+    p = Pool(2, maxtasksperchild=1)  # the executor's max_tasks_per_child: no warning
     results = [p.apply_async(sqr, (i, 0.3)) for i in range(6)]
+    pids = [p.apply_async(helpers.getpid) for _ in range(4)]
     p.close()
     p.join()
     assert [r.get(0) for r in results] == [i * i for i in range(6)]
+    assert len({r.get(0) for r in pids}) == 4  # each worker process ran one task
 
 
 def test_an_unclosed_pool_in_a_script_does_not_block_exit():

@@ -135,6 +135,7 @@ class Ledger:
         self.setups: dict[int, ClientState] = {}
         self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
         self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
+        self.stopped: collections.Counter[str] = collections.Counter()  # tasks and workers stopped by a limit
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
@@ -300,6 +301,22 @@ class Ledger:
                 self.by_owner.pop((owner, tid), None)
         return cancels
 
+    def cancel_tree(self, owner: bytes, tids: Iterable[int]) -> tuple[Cancels, Cancels, list[Task]]:
+        """ex.cancel() of running tasks: forget ``owner``'s tasks ``tids`` and every task they
+        submitted, at any depth.  Returns the cancels of the tasks, those of their descendants,
+        and the descendants (whose owners, the workers running their parents, are told)."""
+        wanted = set(tids)
+        top: Cancels = {}
+        gone = {b for b, t in self.tasks.items() if t.owner == owner and t.tid in wanted}
+        for btid in gone:
+            self._forget(btid, top)
+        below: Cancels = {}
+        kids: list[Task] = []
+        while gone:
+            gone = {b for b, t in self.tasks.items() if t.parent in gone}
+            kids.extend(self._forget(btid, below) for btid in gone)
+        return top, below, kids
+
     def forget_peer(self, key: bytes) -> Cancels:
         """A client or worker is gone: the tasks it submitted, or that serve it, have nobody to report to."""
         cancels: Cancels = {}
@@ -444,6 +461,7 @@ class Ledger:
             "completed": self.completed,
             "clients": len(self.clients),
             "dropped": dict(self.dropped),
+            "stopped": dict(self.stopped),
             "workers": [
                 {
                     "id": w.key.hex(),

@@ -383,7 +383,9 @@ class Broker:
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *frames])
 
     def _on_cancel(self, key: bytes, peer: Peer, msg: P.Message) -> None:
-        """The owner no longer wants these tasks: forget them wherever they are."""
+        """The owner no longer wants these tasks: forget them wherever they are (arg: stop them running)."""
+        if msg.arg:  # ex.cancel() of running tasks, and what they submitted
+            return self.supervisor.stop_tasks(key, [e[0] for e in msg.entries], msg.arg)
         self.cancel_on_workers(self.ledger.cancel(key, [e[0] for e in msg.entries]))
 
     def _on_return(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
@@ -397,6 +399,7 @@ class Broker:
         ledger = self.ledger
         if self.trace is not None:
             self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
+        self.supervisor.note_results(msg)
         done, others = ledger.finish(w, msg.parts())
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])

@@ -495,6 +495,19 @@ class LinkPort:
             if link.eof:
                 self.close_link(key, LINK_CLOSED)
 
+    def read_now(self, key: bytes) -> None:
+        """Take in what a local worker wrote before its process ended, when the exit is seen
+        first (a worker that stops itself sends its last result just before: worker/limits.py)."""
+        link = self.links.get(key)
+        if link is None:
+            return
+        try:
+            msgs = link.receive(2000)
+        except ProtocolError:
+            return  # its end of file, or this, closes it on the next turn
+        for frames in msgs:
+            self.on_message(key, frames, None)
+
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         link = self.links[key]
         try:

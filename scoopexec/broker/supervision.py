@@ -18,13 +18,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..deploy.contract import EXIT_RECYCLED
+from ..trace import limit_kind
 from ..wire import protocol as P
 from .ledger import ClientState, Ledger, Task, WorkerState
 from .ports import LINK_CLOSED
 
 if TYPE_CHECKING:
     from ..trace import TraceRecorder
-    from .ports import RouterPort
+    from .ports import LinkPort, RouterPort
 
 __all__ = ["ProcessWatcher", "Supervisor"]
 
@@ -48,6 +50,7 @@ class ProcessWatcher(Protocol):
 class _Broker(Protocol):
     ledger: Ledger
     router: RouterPort
+    links: LinkPort
     watcher: ProcessWatcher | None
     trace: TraceRecorder | None
     heartbeat_timeout: float
@@ -57,6 +60,7 @@ class _Broker(Protocol):
     @property
     def stopping(self) -> bool: ...
     def result(self, owner: bytes, tid: int, status: int, body: Sequence[Any]) -> None: ...
+    def send(self, key: bytes, frames: Sequence[Any]) -> None: ...
     def cancel_on_workers(self, cancels: dict[bytes, list[tuple[int]]]) -> None: ...
     def break_client(self, c: ClientState, kind: str, message: str) -> None: ...
 
@@ -133,11 +137,35 @@ class Supervisor:
         for _ in range(20):
             for t, _pid, rc in watcher.reap():
                 if t == tag:
+                    self._count_exit(t, rc)
                     self._replace(t)
                     return watcher.describe_exit(tag, rc), None if watcher.own_exit(tag) else rc
                 self.exited(t, rc)
             time.sleep(0.005)
         return "", None
+
+    def stop_tasks(self, owner: bytes, tids: list[int], how: int) -> None:
+        """ex.cancel() of running tasks (``how``: 1 interrupt them, 2 end their worker processes):
+        they and every task they submitted are forgotten, their workers told (CANCEL with
+        ``how``; the descendants are interrupted), the descendants' owners told CANCELLED."""
+        top, below, orphans = self.b.ledger.cancel_tree(owner, tids)
+        self.b.ledger.stopped["cancelled while running"] += sum(map(len, top.values()))
+        for cancels, arg in ((top, how), (below, 1)):
+            for wkey, ids in cancels.items():
+                self.b.send(wkey, [P.pack(P.CANCEL, ids, arg)])
+        for task in orphans:
+            self.b.result(task.owner, task.tid, P.CANCELLED, [])
+
+    def note_results(self, msg: P.Message) -> None:
+        """Count the tasks of a RESULT that a limit stopped (task_timeout, worker_memory_limit): the
+        type its worker named in a raised error's JSON (nothing is unpickled)."""
+        pos = 1
+        for ent in msg.entries:
+            if ent[1] == P.RAISED and ent[2] >= 3:
+                kind = limit_kind(msg.frames[pos + 2])
+                if kind:
+                    self.b.ledger.stopped[kind] += 1
+            pos += ent[2]
 
     def exited(self, tag: str, rc: int) -> None:
         assert self.b.watcher is not None
@@ -145,11 +173,19 @@ class Supervisor:
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.b.ledger.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
         task_rc = None if self.b.watcher.own_exit(tag) else rc
+        self._count_exit(tag, rc)
         for w in lost:
+            self.b.links.read_now(w.key)  # its last words first: a result it sent before it went
             self.lose_worker(w, "its process exited", self.b.watcher.describe_exit(tag, rc), task_rc)
         if not lost:
             self.b.ledger.recent_losses.append(self.b.watcher.describe_exit(tag, rc))
         self._replace(tag)
+
+    def _count_exit(self, tag: str, rc: int) -> None:
+        """A local worker that ended itself to be replaced (worker/limits.py) is counted, for status."""
+        assert self.b.watcher is not None
+        if rc == EXIT_RECYCLED and self.b.watcher.own_exit(tag):
+            self.b.ledger.stopped["workers recycled"] += 1
 
     def _replace(self, tag: str) -> None:
         """Start a new worker for one that exited, unless they keep dying at start-up."""

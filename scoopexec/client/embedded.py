@@ -113,7 +113,7 @@ class EmbeddedSession(Session):
                     python=options.python,
                     env=options.env,
                     cwd=options.cwd if options.keep_cwd else None,
-                    flags={"keep_cwd": options.keep_cwd},
+                    flags={"keep_cwd": options.keep_cwd, **options.recycle},
                     heartbeat=options.heartbeat,
                     heartbeat_timeout=options.heartbeat_timeout,
                     link=self.broker.links.add if use_socketpairs() else None,

@@ -31,8 +31,10 @@ from ..trace import TraceRecorder
 from ..wire import serialize
 from ..wire.security import Credentials, read_key_file, write_key_file
 from ..worker import setup as worker_setup
+from ..worker.limits import TimeLimit, check_timeout, recycle_flags
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
+from .control import Control
 from .embedded import EmbeddedSession
 from .future import ScoopFuture, describe_running
 from .remote import RemoteSession
@@ -67,7 +69,7 @@ def _refuse_during_worker_bootstrap() -> None:
         raise mainmodule.guard_error("starts a pool (a ScoopExecutor)")
 
 
-class ScoopExecutor(MapMixin, cf.Executor):
+class ScoopExecutor(Control, MapMixin, cf.Executor):
     """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
 
     With no ``broker`` argument it starts a broker inside this process and
@@ -123,6 +125,13 @@ class ScoopExecutor(MapMixin, cf.Executor):
             a standalone broker with ``--trace FILE`` instead).
         progress: the default of ``map(..., progress=)``: True draws a
             progress bar on stderr for every map.
+        task_timeout: seconds a task may run: then it gets KeyboardInterrupt and its
+            future fails with TaskTimeoutError (not retried); one that does not stop
+            within a second has its worker process ended and replaced.
+        max_tasks_per_child, worker_memory_limit, worker_max_lifetime: when a worker process
+            is replaced by a fresh one: after N tasks (ProcessPoolExecutor's meaning); once a
+            task left it past a memory limit (bytes, or "2GiB"; a task that takes it past the
+            limit while running fails with WorkerMemoryError); idle after about S seconds.
     """
 
     def __init__(
@@ -149,7 +158,12 @@ class ScoopExecutor(MapMixin, cf.Executor):
         launch_timeout: float = 60.0,
         trace: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        task_timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
+        worker_memory_limit: int | str | None = None,
+        worker_max_lifetime: float | None = None,
     ) -> None:
+        self._task_timeout = check_timeout(task_timeout)
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError("max_workers must be an integer or None")
@@ -184,6 +198,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
             heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout,
             launch_timeout=launch_timeout,
+            recycle=recycle_flags(max_tasks_per_child, worker_memory_limit, worker_max_lifetime),
         )
         recorder: TraceRecorder | None = None
         if trace is not None:
@@ -372,12 +387,15 @@ class ScoopExecutor(MapMixin, cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        what = serialize.describe(fn)
+        if self._task_timeout is not None:
+            fn = TimeLimit(fn, self._task_timeout)
         try:
             frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc
-        return self._submit_frames(frames, error, serialize.describe(fn))
+        return self._submit_frames(frames, error, what)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
         return serialize.encode_function(fn)

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from ..errors import WorkerLostError
 from ..wire import serialize
 
-__all__ = ["Holder", "ScoopFuture", "cancel_dropped", "describe_running", "running", "settle"]
+__all__ = [
+    "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
+]  # fmt: skip
 
 
 class Holder(Protocol):
@@ -37,6 +39,11 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._holder = holder
         self._tid = tid
         self._what = what  # the task's function, for error messages
+
+    @property
+    def tid(self) -> int:
+        """Its task's id for its holder (a session)."""
+        return self._tid
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
@@ -91,6 +98,17 @@ def cancel_dropped(fut: ScoopFuture) -> None:
         if fut._state == cfb.RUNNING:
             fut._state = cfb.PENDING
     fut.cancel()
+
+
+def cancel_running(fut: ScoopFuture) -> bool:
+    """ex.cancel() of a task that may be running: the future ends cancelled (True) unless it is
+    done.  Its holder is not told: the caller stops the task (Session.stop_task)."""
+    with fut._condition:
+        if fut._state not in (cfb.PENDING, cfb.RUNNING):
+            return False
+        fut._state = cfb.PENDING
+        fut._holder = None
+    return fut.cancel()
 
 
 def running(futures: Iterable[ScoopFuture]) -> list[ScoopFuture]:

@@ -151,7 +151,7 @@ class RemoteSession(Session):
                 python=o.python,
                 env=o.env,
                 cwd=o.cwd if o.keep_cwd else None,
-                flags={"keep_cwd": o.keep_cwd},
+                flags={"keep_cwd": o.keep_cwd, **o.recycle},
                 heartbeat=o.heartbeat,
                 heartbeat_timeout=o.heartbeat_timeout,
                 replace=False,

@@ -37,7 +37,7 @@ from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
-from .future import ScoopFuture, cancel_dropped, running, settle
+from .future import ScoopFuture, cancel_dropped, cancel_running, running, settle
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -124,6 +124,18 @@ class Session:
         self._check_idle()
 
     tells_cancels = False  # a remote broker must be told; an embedded one asks (started())
+
+    def stop_task(self, fut: ScoopFuture, force: bool) -> bool:
+        """ex.cancel() of a running task: its future ends cancelled, and the broker stops the task
+        and every task it submitted (CANCEL with arg 1: interrupt; 2: end the worker process)."""
+        tid = fut.tid
+        if self.futures.get(tid) is not fut or not cancel_running(fut):
+            return False
+        self.futures.pop(tid, None)
+        self.inbox.append([P.pack(P.CANCEL, [(tid,)], arg=2 if force else 1)])
+        self.wake.wake()
+        self._check_idle()
+        return True
 
     def sync(self, timeout: float = 1.0) -> None:
         """Wait until the session's thread has taken in everything submitted so far."""

@@ -44,6 +44,7 @@ from typing import Any
 __all__ = [
     "EXIT_AUTH",
     "EXIT_LOST",
+    "EXIT_RECYCLED",
     "EXIT_UNREACHABLE",
     "GROUP_MARK",
     "OPTIONS",
@@ -67,13 +68,16 @@ GROUP_MARK = b"SCOOPEXEC-GROUP"  # printed first by a group (-n N, --ready), the
 EXIT_LOST = 3  # the broker went away
 EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
 EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
+EXIT_RECYCLED = 6  # it stopped itself to be replaced (a task would not stop: worker/limits.py)
 
 REASONS: dict[int, str] = {
     EXIT_LOST: "it lost its broker",
     EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",
     EXIT_UNREACHABLE: "no broker answered at the address it was given",
+    EXIT_RECYCLED: "it stopped itself to be replaced, see its note",
 }
-"""Why a worker exits with each of its own codes (and is not started again: the next would fail alike)."""
+"""Why a worker exits with each of its own codes (and is not started again: the next would fail alike,
+except after :data:`EXIT_RECYCLED`, whose very point is a fresh process)."""
 
 START_TIMEOUT = 60.0
 """s a starting worker may go without using any CPU before it said HELLO: then it is stuck
@@ -117,6 +121,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat_timeout", ("--heartbeat-timeout",), float, 5.0),
     Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
     Option("no_forward_output", ("--no-forward-output",), bool, False),
+    Option(
+        "max_tasks", ("--max-tasks",), int, None,
+        "exit after N tasks, to be replaced (max_tasks_per_child)", "N",
+    ),
+    Option(
+        "memory_limit", ("--memory-limit",), str, None,
+        "bytes (or '2GiB'): past it after a task, exit to be replaced; past it during one, that task "
+        "fails with WorkerMemoryError", "SIZE",
+    ),
+    Option("max_lifetime", ("--max-lifetime",), float, None, "retire when idle after about S seconds", "S"),
     Option(
         "workers", ("-n", "--workers"), str, None,
         "run N worker processes under one supervisor (N or 'auto': one per CPU)", "N",
@@ -170,6 +184,7 @@ class LaunchOptions:
     heartbeat_timeout: float = 5.0
     connect_timeout: float = 10.0  # for ssh to connect to a host
     launch_timeout: float = 60.0  # for launched workers to connect to the broker
+    recycle: dict[str, Any] = field(default_factory=dict)  # max_tasks, memory_limit, max_lifetime (OPTIONS)
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

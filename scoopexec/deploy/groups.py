@@ -352,6 +352,12 @@ class Launchers:
     def pids(self) -> list[int]:
         return self.local.pids if self.local is not None else []
 
+    def processes(self) -> list[int]:
+        """The local worker processes and those of the sessions (ssh, srun) running remote ones."""
+        with self._lock:
+            groups = list(self.groups.values())
+        return self.pids + [g.proc.pid for g in groups if g.proc.poll() is None]
+
     def stop(self) -> None:
         with self._lock:
             groups = list(self.groups.values())
@@ -377,6 +383,7 @@ class Launchers:
             "heartbeat_timeout": options.heartbeat_timeout,
             "connect_timeout": options.launch_timeout * 0.75,  # says why before we give up
             "keep_cwd": options.keep_cwd,
+            **options.recycle,
         }
         for h in hosts:
             if h.local:

@@ -386,7 +386,12 @@ def _end_group(pgid: int, sig: int) -> bool:
 
 
 def run_worker_group(
-    args: Any, connect: str, keys: Credentials | None, n: int, env: Mapping[str, str] | None = None
+    args: Any,
+    connect: str,
+    keys: Credentials | None,
+    n: int,
+    env: Mapping[str, str] | None = None,
+    announce: bool = True,
 ) -> int:
     """``python -m scoopexec worker -n N``: N workers as children of this process.
 
@@ -403,6 +408,9 @@ def run_worker_group(
         "connect_timeout": args.connect_timeout or None,
         "no_forward_output": args.no_forward_output,
         "keep_cwd": args.keep_cwd,
+        "max_tasks": args.max_tasks,
+        "memory_limit": args.memory_limit,
+        "max_lifetime": args.max_lifetime,
     }
     stop = threading.Event()
     if args.watch_stdin:
@@ -418,7 +426,7 @@ def run_worker_group(
 
         threading.Thread(target=watch, name="scoopexec-stdin", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if args.ready:
+    if args.ready and announce:  # (not announced: one worker that recycles, run as a group of 1)
         os.write(1, GROUP_MARK + b" %d\n" % n)
     host = socket.gethostname()
     group = LocalWorkers(
@@ -438,7 +446,7 @@ def run_worker_group(
         while group.procs and not stop.is_set():
             for tag, pid, rc in group.reap():
                 mine = group.own_exit(tag)
-                if not mine and group.replace(tag):
+                if (not mine or rc == contract.EXIT_RECYCLED) and group.replace(tag):
                     what = "replaced"
                 else:
                     codes.append(rc)

@@ -479,13 +479,16 @@ def _global_names(code: types.CodeType) -> Iterator[str]:
             yield from _global_names(const)
 
 
+_LIMITS = "scoopexec.worker.limits"
 _MAPPING = "scoopexec.mapping"
 
 
 def _user_function(fn: Any) -> Any:
-    """The user's function inside map()'s chunk runners."""
+    """The user's function inside map()'s chunk runners and task limits (worker/limits.py)."""
     if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") == _MAPPING:
-        return fn.args[0]
+        fn = fn.args[0]
+    while type(fn).__module__ == _LIMITS:
+        fn = fn.fn
     return fn
 
 

@@ -14,7 +14,7 @@ from ..deploy.contract import check_env, parser
 from ..deploy.hosts import local_cpu_count
 from ..deploy.local import run_worker_group
 from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
-from . import lifeline
+from . import lifeline, limits
 from .worker import Worker
 
 __all__ = ["main"]
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
     if n is not None and (n != 1 or args.ready):
         return run_worker_group(args, connect, creds, n, env)
+    if (args.max_tasks or args.memory_limit or args.max_lifetime) and args.exit_fd is None:
+        # It recycles itself and nobody would start the next: a group of 1 does (unannounced).
+        return run_worker_group(args, connect, creds, 1, env, announce=False)
     os.environ.update(env)  # one worker without a group: its own environment (and its tasks')
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     if args.exit_fd is not None:
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             link.set_inheritable(False)  # programs that tasks start must not keep it open
         except OSError as exc:
             ap.error(f"--link-fd {args.link_fd}: {exc}")
-    Worker(
+    worker = Worker(
         connect,
         link=link,
         tag=args.tag,
@@ -90,5 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         ready=args.ready,
         connect_timeout=args.connect_timeout,
         keep_cwd=args.keep_cwd,
-    ).serve()
+    )
+    try:
+        limits.install(worker, args.max_tasks, args.memory_limit, args.max_lifetime)
+    except ValueError as exc:
+        ap.error(str(exc))
+    worker.serve()
     return 0

@@ -96,7 +96,7 @@ class _Waiter:
         self.g = g
         self.active = True
         self.scheduled = False  # (self, ...) is in the hub's ready queue: at most one entry
-        self.cancelled = False
+        self.cancelled: type[BaseException] | None = None  # raised in the task when it resumes
         self.done: collections.deque[cf.Future[Any]] = collections.deque()
 
 
@@ -187,15 +187,18 @@ class Waits:
                 waiter.scheduled = True
                 self.ready.append((waiter, TIMEOUT))
 
-    def cancel(self, r: Runner) -> None:
-        """The broker cancelled the task ``r`` runs: if it is parked, it unwinds (CancelledError)."""
+    def cancel(self, r: Runner, exc: type[BaseException] = cf.CancelledError) -> bool:
+        """The broker cancelled the task ``r`` runs: if it is parked, it unwinds (CancelledError,
+        or ``exc``: KeyboardInterrupt for worker/limits.py).  True if it was parked."""
         w = r.waiter
-        if w is not None and w.active:
-            # Through its waiter, so that it is resumed once, and never after it moved on.
-            w.cancelled = True
-            if not w.scheduled:
-                w.scheduled = True
-                self.ready.append((w, None))
+        if w is None or not w.active:
+            return False
+        # Through its waiter, so that it is resumed once, and never after it moved on.
+        w.cancelled = exc
+        if not w.scheduled:
+            w.scheduled = True
+            self.ready.append((w, None))
+        return True
 
     def wait_fds(self, fds: Iterable[tuple[int, int]], timeout: float | None) -> None:
         """Park the calling task until one of ``fds`` (fd, poll event mask) is ready or ``timeout`` passes.
@@ -264,7 +267,9 @@ class Waits:
             value = self.hub.switch()
         finally:
             g.waiter = None
-        if waiter.cancelled:
+        if waiter.cancelled is not None:
             waiter.active = False
+            if waiter.cancelled is not cf.CancelledError:
+                raise waiter.cancelled()
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
         return value

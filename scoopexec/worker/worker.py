@@ -160,6 +160,8 @@ class Worker:
         self.importing_main = False
         self._streams: list[ForwardStream] = []
         self.max_message_size = -1
+        self.urgent: Callable[[P.Message], None] = _ignore  # one read while a task runs (limits.py)
+        self.after_task: Callable[[], None] = _nothing  # in a task's greenlet, its result queued (limits.py)
         # What the hub does with each message from the broker.
         self.handlers: dict[int, Callable[[P.Message], None]] = {
             P.TASKS: self._on_tasks,
@@ -214,14 +216,9 @@ class Worker:
 
     def _hello(self, held: Iterable[int] = ()) -> dict[str, Any]:
         return {
-            "role": P.WORKER,
-            "pid": self.pid,
-            "host": self.host,
-            "tag": self.tag,
-            "name": self.name,
-            "python": sys.version.split()[0],
-            "held": list(held),
-        }
+            "role": P.WORKER, "pid": self.pid, "host": self.host, "tag": self.tag, "name": self.name,
+            "python": sys.version.split()[0], "held": list(held),
+        }  # fmt: skip
 
     def _on_reconnect(self) -> None:
         """The connection to the broker came back (monitor thread): say HELLO again."""
@@ -473,6 +470,7 @@ class Worker:
                 recalled = True
             else:
                 inbox.append(msg)  # for the hub, in order, when the task ends
+                self.urgent(msg)
         if recalled:
             self._recalled = self._slice
             back = [(t.btid,) for t in self.queue]
@@ -514,6 +512,7 @@ class Worker:
                 stream.flush()
         self.active.pop(task.btid, None)
         self.outbox.results.append(((task.btid, status, len(frames), task.started, dt), frames))
+        self.after_task()
 
     # ------------------------------------------------------------ submitting
     def current_task(self) -> int:
@@ -622,6 +621,10 @@ def _call(task: _Task, setup_error: str | None, where: str, max_size: int) -> tu
 
 
 def _ignore(msg: P.Message) -> None:
+    pass
+
+
+def _nothing() -> None:
     pass
 
 

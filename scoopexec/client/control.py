@@ -1,0 +1,69 @@
+"""What a pool's owner may do to its running work: stop one task, or every worker at once.
+
+``ScoopExecutor.cancel(fut, force=False)`` goes further than ``fut.cancel()``, which
+only cancels what has not started: a running task gets KeyboardInterrupt (or, with
+``force``, its worker process ends and is replaced), and the tasks it submitted are
+cancelled too.  ``terminate_workers()`` and ``kill_workers()`` are Python 3.14's
+ProcessPoolExecutor methods, on every Python: ``shutdown(wait=False, cancel_futures=True)``,
+then SIGTERM or SIGKILL to every worker process this executor started; the pool is
+broken afterwards (running futures fail with BrokenScoopExecutor, submit() raises).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import threading
+from typing import Any
+
+from .future import ScoopFuture
+from .session import Session
+
+__all__ = ["Control"]
+
+
+class Control:
+    """The methods above, for ScoopExecutor (which has the session and the shutdown flag)."""
+
+    _session: Session
+    _shutdown: bool
+    _shutdown_lock: threading.Lock
+
+    def cancel(self, fut: cf.Future[Any], force: bool = False) -> bool:
+        """Cancel ``fut``, a future of this executor, even if its task is running.
+
+        Pending: as ``fut.cancel()``.  Running: the task gets KeyboardInterrupt
+        on its worker and the future ends cancelled at once; ``force=True``
+        ends its worker process instead (replaced; its other tasks run again
+        elsewhere).  Tasks it submitted are cancelled too.  Returns True if
+        the future is cancelled, False if it was done already.
+        """
+        if fut.cancel():
+            return True
+        if not isinstance(fut, ScoopFuture) or fut.done():
+            return fut.cancelled()
+        return self._session.stop_task(fut, force) or fut.cancelled()
+
+    def terminate_workers(self) -> None:
+        """End every worker process this executor started with SIGTERM; the pool is then broken."""
+        self._end_workers(signal.SIGTERM, "terminate_workers()")
+
+    def kill_workers(self) -> None:
+        """End every worker process this executor started with SIGKILL; the pool is then broken."""
+        self._end_workers(signal.SIGKILL, "kill_workers()")
+
+    def _end_workers(self, sig: int, what: str) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        session = self._session
+        pids = session.workers.processes() if session.workers is not None else []
+        session.cancel_queued()
+        # Broken first: the broker stops and replaces none, and what runs fails now.
+        session.broken("broken", f"the pool's workers were ended by {what}")
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        session.close(wait=False)
