@@ -32,6 +32,7 @@ attribute, e.g. ``toolbox.log (an _io.TextIOWrapper)``.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -49,19 +50,27 @@ def scoop_map(
     *iterables: Iterable[Any],
     chunksize: int = 1,
     timeout: float | None = None,
+    seed: int | tuple[int, ...] | None = None,
+    journal: str | os.PathLike[str] | None = None,
 ) -> list[Any]:
     """``list(map(func, *iterables))`` with every call a task on the current pool.
 
     Results come back in order.  ``chunksize`` calls travel per task (worth
     raising when each evaluation takes well under a millisecond);
     ``timeout`` (seconds) bounds the whole map.  A call's exception is raised
-    here with the remote traceback as its ``__cause__``.
+    here with the remote traceback as its ``__cause__``.  ``seed=S`` makes each
+    call's random draws depend only on S and its position (``random``, numpy,
+    ``scoopexec.task_rng()``); ``journal=PATH`` records the results so that a
+    run restarted after a crash computes only what is missing.  In a GA, pass
+    the generation too: ``functools.partial(scoop_map, seed=(S, gen),
+    journal=PATH)`` (see docs/long-runs.md).
     """
     if not iterables:
         raise TypeError("scoop_map() needs at least one iterable, like map()")
     seqs = [it if isinstance(it, (list, tuple)) else list(it) for it in iterables]
     try:
-        return list(futures.map(func, *seqs, chunksize=chunksize, timeout=timeout))
+        results = futures.map(func, *seqs, chunksize=chunksize, timeout=timeout, seed=seed, journal=journal)
+        return list(results)
     except SerializationError as exc:
         culprit = _find_unpicklable(func, _label(func), set())
         if culprit is None:

@@ -33,6 +33,7 @@ from .errors import (
     BrokerLostError,
     DeserializationError,
     InitializerError,
+    JournalError,
     LaunchError,
     MessageTooLargeError,
     ProtocolError,
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .logs import configure_logging
 from .pool import Pool
+from .seeding import task_rng
 from .status import PoolStatus, WorkerStatus
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "BrokerLostError",
     "DeserializationError",
     "InitializerError",
+    "JournalError",
     "LaunchError",
     "MessageTooLargeError",
     "Pool",
@@ -70,6 +73,7 @@ __all__ = [
     "map",
     "shared",
     "submit",
+    "task_rng",
     "wait",
 ]
 

@@ -18,6 +18,7 @@ import collections
 import concurrent.futures as cf
 import functools
 import itertools
+import os
 import time
 import traceback
 import weakref
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
+from .journal import MapPlan
 from .progress import MapProgress
 from .wire.serialize import describe
 
@@ -133,6 +135,8 @@ class MapMixin:
         buffersize: int | None = None,
         unordered: bool = False,
         progress: bool | str | None = None,
+        seed: int | tuple[int, ...] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
@@ -142,6 +146,13 @@ class MapMixin:
         ``progress=True`` (or a label) draws a bar on stderr counting finished
         items, with the total and the rate (tqdm if installed, else a plain
         line); None takes the executor's default (``ScoopExecutor(progress=)``).
+
+        ``seed=S`` (an int >= 0, or a tuple of them) seeds ``random``, numpy's global
+        generator when numpy is imported, and ``scoopexec.task_rng()`` for each item
+        from S and the item's index, so results do not depend on the workers
+        (seeding.py).  ``journal=PATH`` records each result in PATH as it arrives; the
+        same map run again returns the recorded results and runs only the other items
+        (journal.py).
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
@@ -160,8 +171,37 @@ class MapMixin:
             label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)
+        plan = None
+        if seed is not None or journal is not None:
+            done_one = functools.partial(tracker.task_done, 1) if tracker is not None else None
+            plan = MapPlan(fn, seed, journal, done_one, _chunk_values if chunksize > 1 else None)
+            zipped = plan.items(zipped)
+        try:
+            return self._map_planned(
+                fn, iterables, zipped, tracker, plan, end_time, chunksize, buffersize, unordered
+            )
+        except BaseException:
+            if plan is not None:
+                plan.close()
+            raise
+
+    def _map_planned(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        zipped: Iterator[tuple[Any, ...]],
+        tracker: MapProgress | None,
+        plan: MapPlan | None,
+        end_time: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        unordered: bool,
+    ) -> Iterator[Any]:
+        user_fn = fn
+        if plan is not None:
+            fn = plan.call_fn
         if chunksize > 1:
-            if len(iterables) == 1:
+            if len(iterables) == 1 and plan is None:
                 call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
@@ -180,7 +220,7 @@ class MapMixin:
         # A client's executor must not be kept alive by a forgotten iterator; a
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
-        what = describe(fn)
+        what = describe(user_fn)
         next_item = 0  # index of the first item of the next task (for error messages)
         chunked = chunksize > 1
 
@@ -198,6 +238,8 @@ class MapMixin:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+            if plan is not None:
+                plan.watch(f, len(args[0]) if chunked else 1)
             return f
 
         if buffersize:
@@ -214,6 +256,8 @@ class MapMixin:
             gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
         if chunksize > 1:
             gen = _unchunk(gen)
+        if plan is not None:
+            gen = plan.merge(gen, unordered)
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
@@ -311,6 +355,11 @@ def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
             raise exc
         yield from chunk  # type: ignore[misc]
         del chunk
+
+
+def _chunk_values(result: list[Any] | ChunkError) -> list[Any]:
+    """The results of a chunk's items that succeeded."""
+    return result.done if isinstance(result, ChunkError) else result
 
 
 def _strong(obj: Any) -> Callable[[], Any]:

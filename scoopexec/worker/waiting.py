@@ -30,6 +30,7 @@ from typing import Any
 
 import greenlet
 
+from .. import seeding
 from ..client.future import Holder, ScoopFuture
 
 __all__ = ["DONE_STATES", "Runner", "Waits", "WorkerFuture", "condition_met"]
@@ -260,10 +261,12 @@ class Waits:
                 "a task can wait for futures only in its own greenlet, not in a greenlet it started"
             )
         g.waiter = waiter
+        seeded = seeding.suspend()  # other tasks may draw from `random` while this one is parked
         try:
             value = self.hub.switch()
         finally:
             g.waiter = None
+            seeding.resume(seeded)
         if waiter.cancelled:
             waiter.active = False
             raise cf.CancelledError("the broker cancelled this task (its result is no longer wanted)")
