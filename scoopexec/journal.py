@@ -428,12 +428,12 @@ class MapPlan:
                 f"it cannot be pickled: {type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
-        with self._settle_lock:
+        with self._settle_lock:  # held while appending: once settled, a record is in the file
             if key in self._settled:
                 return
             self._settled[key] = error
-        if error is None:
-            self.journal.append(key, payload)
+            if error is None:
+                self.journal.append(key, payload)
 
     def merge(self, gen: Iterator[Any], unordered: bool) -> Iterator[Any]:
         """The map's results: recorded ones read back, the others from ``gen``."""
