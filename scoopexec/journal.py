@@ -30,19 +30,26 @@ the middle do not check out raises ``JournalError`` naming the file, the record
 number and its byte offset: nothing is recomputed or returned silently.  One map at
 a time may use a journal file (an ``flock``); a second one gets ``JournalError``.
 
-Opening reads the whole file once (a million small records take a second or two)
-and keeps an index (key -> offset) in memory; results are read back when their turn
-comes.  An item that raised is not recorded: it runs again next time.
+Opening walks the records and keeps an index (key -> offset) in memory; results are
+read back when their turn comes.  When a map ends, that index is saved beside the
+journal (``PATH.idx``, a cache): the next open checks the journal's bytes it covers
+against their CRC in one pass and walks only the records appended since, so a journal
+of a million records opens in well under a second; without a usable PATH.idx (or if
+those bytes changed) the whole journal is walked and checked.  An item that raised is
+not recorded: it runs again next time.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures as cf
+import contextlib
 import fcntl
 import hashlib
 import io
 import logging
+import mmap
 import os
 import pickle
 import struct
@@ -70,6 +77,8 @@ _HEAD = struct.Struct("<8sI")  # magic, version; then crc32 of these 12 bytes
 HEADER_SIZE = _HEAD.size + 4
 _REC = struct.Struct("<QI16sI")  # payload length, payload crc32, key, crc32 of the 28 bytes before
 RECORD_HEADER = _REC.size
+_IDX = struct.Struct("<8sQIQQ")  # the index file's fixed part (see Journal._load_index_file)
+IDX_MAGIC = b"SCXJIDX1"
 FSYNC_EVERY = 1.0  # seconds: the most results a machine crash may cost
 KEY_SIZE = 16
 
@@ -85,6 +94,8 @@ class Journal:
         self._closed = False
         self._last_sync = time.monotonic()
         self._dirty = False
+        self._crc = 0  # crc32 of the journal's bytes up to self.end
+        self._indexed = 0  # bytes of the journal that PATH.idx covers
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -106,23 +117,39 @@ class Journal:
 
     # ------------------------------------------------------------- reading
     def _load(self) -> None:
-        with open(self.fd, "rb", buffering=0, closefd=False) as fh:
-            data = fh.read()
+        size = os.fstat(self.fd).st_size
         head = _HEAD.pack(MAGIC, VERSION)
         head += struct.pack("<I", zlib.crc32(head))
-        if len(data) < HEADER_SIZE and head.startswith(data):
+        if size < HEADER_SIZE and head.startswith(os.pread(self.fd, size, 0)):
             # New, or killed while its header was being written: (re)write the header.
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
             _write_all(self.fd, [head])
             os.fsync(self.fd)
             self.end = HEADER_SIZE
+            self._crc = zlib.crc32(head)
             return
-        self._check_header(data)
-        mv = memoryview(data)
-        off, n, index = HEADER_SIZE, 0, self.index
+        self._check_header(os.pread(self.fd, HEADER_SIZE, 0))
+        with mmap.mmap(self.fd, size, access=mmap.ACCESS_READ) as mm:
+            mv = memoryview(mm)
+            try:
+                off = self._load_index_file(mv)
+                self._walk(mv, off)
+            finally:
+                mv.release()
+        if self.end < size:
+            log.warning(
+                "journal %s: ignored an incomplete last record at byte %d (%d bytes; the run that "
+                "wrote it was interrupted) and cut the file there", self.path, self.end, size - self.end,
+            )  # fmt: skip
+            os.ftruncate(self.fd, self.end)
+            os.fsync(self.fd)
+
+    def _walk(self, mv: memoryview, off: int) -> None:
+        """Check and index the records from ``off`` on; ``self.end``: after the last whole one."""
+        n, index, size = self.records, self.index, len(mv)
         unpack, crc32 = _REC.unpack_from, zlib.crc32
-        size = len(data)
+        first = off
         while off < size:
             if size - off < RECORD_HEADER:
                 break  # torn: the last record's header was cut short
@@ -144,13 +171,57 @@ class Journal:
             n += 1
         self.records = n
         self.end = off
-        if off < size:
-            log.warning(
-                "journal %s: ignored an incomplete last record at byte %d (%d bytes; the run that "
-                "wrote it was interrupted) and cut the file there", self.path, off, size - off,
-            )  # fmt: skip
-            os.ftruncate(self.fd, off)
-            os.fsync(self.fd)
+        self._crc = zlib.crc32(mv[first:off], self._crc)
+
+    # The index file PATH.idx caches the index of the records a map found or wrote, so that
+    # the next open need not walk them: it is used only if the journal's bytes it covers
+    # still have the CRC it recorded (else the journal is walked from the start, as if
+    # there were none).  Layout: magic, covered bytes, their crc32, records, entries,
+    # keys (entries x 16 bytes), offsets (entries x u64), crc32 of all that.
+    def _load_index_file(self, mv: memoryview) -> int:
+        """Load PATH.idx if it matches the journal; return the offset to walk on from."""
+        self.records, self._crc, self._indexed = 0, 0, 0
+        try:
+            with open(self.path + ".idx", "rb") as fh:
+                idx = fh.read()
+        except OSError:
+            idx = b""
+        fixed = _IDX.size
+        if len(idx) >= fixed + 4 and zlib.crc32(idx[:-4]) == struct.unpack_from("<I", idx, len(idx) - 4)[0]:
+            magic, covered, crc, records, entries = _IDX.unpack_from(idx)
+            if (
+                magic == IDX_MAGIC
+                and len(idx) == fixed + entries * (KEY_SIZE + 8) + 4
+                and HEADER_SIZE <= covered <= len(mv)
+                and zlib.crc32(mv[:covered]) == crc
+            ):
+                keys_end = fixed + entries * KEY_SIZE
+                keys = [idx[i : i + KEY_SIZE] for i in range(fixed, keys_end, KEY_SIZE)]
+                offsets = array.array("Q")
+                offsets.frombytes(idx[keys_end : keys_end + entries * 8])
+                self.index = dict(zip(keys, offsets.tolist(), strict=True))
+                self.records, self._crc, self._indexed = records, crc, covered
+                return int(covered)
+        self._crc = zlib.crc32(mv[:HEADER_SIZE])
+        return HEADER_SIZE
+
+    def _save_index_file(self) -> None:
+        """Write PATH.idx for what the journal holds now (best effort: it is only a cache)."""
+        if self._indexed == self.end:
+            return
+        keys = b"".join(self.index)
+        offsets = array.array("Q", self.index.values()).tobytes()
+        body = _IDX.pack(IDX_MAGIC, self.end, self._crc, self.records, len(self.index)) + keys + offsets
+        tmp = f"{self.path}.idx.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(body)
+                fh.write(struct.pack("<I", zlib.crc32(body)))
+            os.replace(tmp, self.path + ".idx")
+        except OSError as exc:
+            log.debug("journal %s: could not write its index file: %s", self.path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _check_header(self, data: bytes) -> None:
         if len(data) < HEADER_SIZE:
@@ -206,6 +277,7 @@ class Journal:
                 return
             os.lseek(self.fd, self.end, os.SEEK_SET)
             _write_all(self.fd, [head, payload])
+            self._crc = zlib.crc32(payload, zlib.crc32(head, self._crc))
             self.index[key] = self.end
             self.end += len(head) + len(payload)
             self.records += 1
@@ -224,6 +296,7 @@ class Journal:
             try:
                 if self._dirty:
                     os.fsync(self.fd)
+                self._save_index_file()
             finally:
                 self._finalizer()
 

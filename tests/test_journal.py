@@ -355,3 +355,38 @@ def test_scoop_map_takes_journal_and_seed(tmp_path, pool):
     assert scoop_map(jh.draw, range(6), seed=7) == first  # the same values, computed
     assert scoop_map(jh.draw, range(6), seed=8) != first
     assert list(scoopexec.futures.map(jh.draw, range(6), seed=7)) == first
+
+
+# ------------------------------------------------------------------ the index file
+def test_the_index_file_is_used_only_while_it_matches_the_journal(tmp_path, caplog):
+    path, idx = tmp_path / "j", tmp_path / "j.idx"
+    _write(path, [(KEY_A, 1), (KEY_B, 2)])
+    assert idx.exists()
+    j = J.Journal(path)
+    try:
+        assert j._indexed == os.path.getsize(path) and j.records == 2 and j.get(KEY_B) == 2
+        j.append(KEY_C, J._result_bytes(3))
+    finally:
+        j.close()
+    # records appended after the index was written are walked on top of it
+    stale = idx.read_bytes()
+    _write(path, [(b"D" * 16, 4)])
+    idx.write_bytes(stale)  # an index that covers only the first three records
+    j = J.Journal(path)
+    try:
+        assert j.records == 4 and {j.get(k) for k in (KEY_A, KEY_B, KEY_C, b"D" * 16)} == {1, 2, 3, 4}
+    finally:
+        j.close()
+    # a damaged index, or one of another journal, is ignored: the journal is walked
+    data = bytearray(idx.read_bytes())
+    data[40] ^= 1
+    idx.write_bytes(bytes(data))
+    assert dict(J.entries(path)) == {KEY_A: 1, KEY_B: 2, KEY_C: 3, b"D" * 16: 4}
+    other = tmp_path / "other"
+    _write(other, [(KEY_A, "other")])
+    idx.write_bytes((tmp_path / "other.idx").read_bytes())
+    assert dict(J.entries(path)) == {KEY_A: 1, KEY_B: 2, KEY_C: 3, b"D" * 16: 4}
+    # and a journal cut back below what the index covers is walked too
+    first_two = _boundaries(path)[2]
+    path.write_bytes(path.read_bytes()[:first_two])
+    assert dict(J.entries(path)) == {KEY_A: 1, KEY_B: 2}
