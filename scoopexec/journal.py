@@ -446,7 +446,8 @@ class MapPlan:
         self._unchunk = unchunk  # a chunk task's result -> the results of its items that succeeded
         # In source order: for a recorded item, its key and _RECORDED; for a computed one, its key.
         self.order: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._pending_keys: collections.deque[bytes] = collections.deque()  # computed, not yet submitted
+        # The computed items not yet submitted: (key or b"", index in the map).
+        self._pending: collections.deque[tuple[bytes, int]] = collections.deque()
         self._settled: dict[bytes, BaseException | None] = {}
         self._settle_lock = threading.Lock()
         self.recorded = 0
@@ -455,9 +456,13 @@ class MapPlan:
     def items(self, zipped: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
         journal = self.journal
         for index, args in enumerate(zipped):
+            key = b""
             if journal is not None:
                 seed_part = self._seed_head + b"/" + str(index).encode() if self.entropy is not None else b""
-                key = item_key(self.fn_id, seed_part, args)
+                try:
+                    key = item_key(self.fn_id, seed_part, args)
+                except Exception:
+                    key = b""  # cannot be pickled: sending it fails, and names the culprit
                 if key in journal:
                     self.order.append((key, _RECORDED))
                     self.recorded += 1
@@ -465,16 +470,19 @@ class MapPlan:
                         self._done_one()
                     continue
                 self.order.append((key, None))
-                self._pending_keys.append(key)
+            self._pending.append((key, index))
             self.computed += 1
             yield (index, *args) if self.entropy is not None else args
 
+    def next_index(self) -> int:
+        """The index in the map of the next item to be submitted (for error messages)."""
+        return self._pending[0][1] if self._pending else -1
+
     def watch(self, fut: cf.Future[Any], n: int) -> None:
         """The task just submitted holds the next ``n`` computed items."""
-        if self.journal is None:
-            return
-        keys = [self._pending_keys.popleft() for _ in range(n)]
-        fut.add_done_callback(lambda f: self._on_done(f, keys))
+        keys = [self._pending.popleft()[0] for _ in range(n)]
+        if self.journal is not None:
+            fut.add_done_callback(lambda f: self._on_done(f, keys))
 
     def _on_done(self, fut: cf.Future[Any], keys: list[bytes]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -489,7 +497,7 @@ class MapPlan:
     def _record(self, key: bytes, value: Any) -> None:
         """Append ``value`` unless it was already (from the done-callback or the consumer)."""
         assert self.journal is not None
-        if key in self._settled:
+        if not key or key in self._settled:
             return
         error: BaseException | None = None
         payload = b""

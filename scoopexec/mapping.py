@@ -229,7 +229,7 @@ class MapMixin:
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
-            item = next_item
+            item = next_item if plan is None else plan.next_index()
             next_item += len(args[0]) if chunked else 1
             if encode_error is not None:
                 f: cf.Future[Any] = cf.Future()

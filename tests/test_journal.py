@@ -390,3 +390,17 @@ def test_the_index_file_is_used_only_while_it_matches_the_journal(tmp_path, capl
     first_two = _boundaries(path)[2]
     path.write_bytes(path.read_bytes()[:first_two])
     assert dict(J.entries(path)) == {KEY_A: 1, KEY_B: 2}
+
+
+def test_an_item_that_cannot_be_pickled_fails_as_without_a_journal(tmp_path, pool):
+    import threading
+
+    from scoopexec import SerializationError
+    from tests import journal_helpers as jh
+
+    path, d = tmp_path / "j", tmp_path / "r"
+    d.mkdir()
+    list(pool.map(jh.counted, [0, 1], [str(d)] * 2, journal=path))
+    items = [0, 1, threading.Lock()]
+    with pytest.raises(SerializationError, match=r"cannot send item 2 of map\(.*counted.*a _thread\.lock"):
+        list(pool.map(jh.counted, items, [str(d)] * 3, journal=path))
