@@ -217,6 +217,11 @@ class MapMixin:
             fn_frame = self._encode_fn(call_fn)
         except Exception as exc:
             fn_frame, encode_error = None, exc
+            if plan is not None:  # name the user's function, not the seeding wrapper
+                try:
+                    self._encode_fn(user_fn)
+                except Exception as user_exc:
+                    encode_error = user_exc
         # A client's executor must not be kept alive by a forgotten iterator; a
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)

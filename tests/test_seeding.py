@@ -95,3 +95,14 @@ def test_task_rng_outside_a_seeded_map():
     rng.random()
     assert random.getstate() == state  # its own generator, not the random module's
     assert np.random.random() is not None
+
+
+def test_a_function_that_cannot_be_sent_is_named_as_without_a_seed(executor):
+    import threading
+
+    from scoopexec import SerializationError
+
+    lock = threading.Lock()
+    for options in ({"seed": 1}, {"seed": 1, "chunksize": 2}):
+        with pytest.raises(SerializationError, match=r"cannot send the function .*<lambda> \(defined at "):
+            list(executor.map(lambda x, held=lock: held, [1, 2], **options))
