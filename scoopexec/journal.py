@@ -514,7 +514,12 @@ class MapPlan:
                 return
             self._settled[key] = error
             if error is None:
-                self.journal.append(key, payload)
+                try:
+                    self.journal.append(key, payload)
+                except OSError as exc:  # a full disk, say: the map must not go on as if recorded
+                    failed = JournalError(f"cannot write to the journal {self.journal.path}: {exc}")
+                    failed.__cause__ = exc
+                    self._settled[key] = failed
 
     def merge(self, gen: Iterator[Any], unordered: bool) -> Iterator[Any]:
         """The map's results: recorded ones read back, the others from ``gen``."""

@@ -404,3 +404,32 @@ def test_an_item_that_cannot_be_pickled_fails_as_without_a_journal(tmp_path, poo
     items = [0, 1, threading.Lock()]
     with pytest.raises(SerializationError, match=r"cannot send item 2 of map\(.*counted.*a _thread\.lock"):
         list(pool.map(jh.counted, items, [str(d)] * 3, journal=path))
+
+
+def test_a_journal_that_cannot_be_written_fails_the_map_at_that_item(tmp_path):
+    # A real write failure: the client may not grow files past 40 kB (RLIMIT_FSIZE, EFBIG).
+    code = f"""
+        import resource, signal
+        from scoopexec import ScoopExecutor, JournalError
+
+        def big(x):
+            return bytes(10_000)
+
+        if __name__ == "__main__":
+            with ScoopExecutor(max_workers=1) as ex:
+                ex.submit(abs, 1).result()  # the worker is up before the limit
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+                got = 0
+                try:
+                    for _ in ex.map(big, range(10), journal={str(tmp_path / "j")!r}):
+                        got += 1
+                except JournalError as exc:
+                    print("after", got, "results:", exc)
+    """
+    r = run_script(code, timeout=120)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert "cannot write to the journal" in out and str(tmp_path / "j") in out, out
+    assert "File too large" in out, out
+    assert 1 <= int(out.split()[1]) < 10, out
