@@ -509,17 +509,16 @@ class MapPlan:
                 f"it cannot be pickled: {type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
-        with self._settle_lock:  # held while appending: once settled, a record is in the file
+        with self._settle_lock:  # held while appending: a key is settled once its record is written
             if key in self._settled:
                 return
-            self._settled[key] = error
             if error is None:
                 try:
                     self.journal.append(key, payload)
                 except OSError as exc:  # a full disk, say: the map must not go on as if recorded
-                    failed = JournalError(f"cannot write to the journal {self.journal.path}: {exc}")
-                    failed.__cause__ = exc
-                    self._settled[key] = failed
+                    error = JournalError(f"cannot write to the journal {self.journal.path}: {exc}")
+                    error.__cause__ = exc
+            self._settled[key] = error
 
     def merge(self, gen: Iterator[Any], unordered: bool) -> Iterator[Any]:
         """The map's results: recorded ones read back, the others from ``gen``."""
