@@ -450,6 +450,8 @@ class MapPlan:
         self._pending: collections.deque[tuple[bytes, int]] = collections.deque()
         self._settled: dict[bytes, BaseException | None] = {}
         self._settle_lock = threading.Lock()
+        self._callbacks = threading.Condition()  # counts the done-callbacks still to run
+        self._outstanding = 0
         self.recorded = 0
         self.computed = 0
 
@@ -482,17 +484,24 @@ class MapPlan:
         """The task just submitted holds the next ``n`` computed items."""
         keys = [self._pending.popleft()[0] for _ in range(n)]
         if self.journal is not None:
+            with self._callbacks:
+                self._outstanding += 1
             fut.add_done_callback(lambda f: self._on_done(f, keys))
 
     def _on_done(self, fut: cf.Future[Any], keys: list[bytes]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        value = fut.result()
-        if self._unchunk is not None:
-            for key, v in zip(keys, self._unchunk(value), strict=False):
-                self._record(key, v)
-        else:
-            self._record(keys[0], value)
+        try:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            value = fut.result()
+            if self._unchunk is not None:
+                for key, v in zip(keys, self._unchunk(value), strict=False):
+                    self._record(key, v)
+            else:
+                self._record(keys[0], value)
+        finally:
+            with self._callbacks:
+                self._outstanding -= 1
+                self._callbacks.notify_all()
 
     def _record(self, key: bytes, value: Any) -> None:
         """Append ``value`` unless it was already (from the done-callback or the consumer)."""
@@ -571,6 +580,8 @@ class MapPlan:
             yield value
             yield from self._recorded_ready()
         yield from self._recorded_ready()
+        with self._callbacks:  # the last results' callbacks may still be recording them
+            self._callbacks.wait_for(lambda: self._outstanding == 0, timeout=60)
         self._raise_unrecordable()
 
     def _recorded_ready(self) -> Iterator[Any]:

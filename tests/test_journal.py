@@ -433,3 +433,10 @@ def test_a_journal_that_cannot_be_written_fails_the_map_at_that_item(tmp_path):
     assert "cannot write to the journal" in out and str(tmp_path / "j") in out, out
     assert "File too large" in out, out
     assert 1 <= int(out.split()[1]) < 10, out
+
+
+def test_an_unordered_map_raises_for_a_result_it_could_not_record(tmp_path, pool):
+    with pytest.raises(JournalError, match="OnlyPicklesOnAWorker"):
+        list(pool.map(make_unrecordable, range(4), journal=tmp_path / "j", unordered=True))
+    with pytest.raises(JournalError, match="OnlyPicklesOnAWorker"):
+        list(pool.map(make_unrecordable, [2], journal=tmp_path / "j2", unordered=True))  # the last one
