@@ -297,12 +297,15 @@ def test_an_item_that_raised_is_not_recorded_and_runs_again(tmp_path, pool):
     assert [next(it) for _ in range(3)] == [0, 1, 4]
     with pytest.raises(ValueError, match="three"):
         next(it)
-    assert _runs(d) == [0, 1, 2, 3, 4, 5]
-    assert len(list(J.entries(path))) == 5  # all but item 3 (the chunk [2, 3] kept item 2)
+    # Recorded: what arrived before the map stopped at item 3 -- items 0 to 2 at least (the
+    # chunk [2, 3] kept item 2), maybe 4 and 5; never 3.
+    recorded = {int(v**0.5) for _, v in J.entries(path)}
+    assert {0, 1, 2} <= recorded <= {0, 1, 2, 4, 5}
     before = os.listdir(d)
     with pytest.raises(ValueError, match="three"):
         list(pool.map(jh.counted_fails_on_3, range(6), [str(d)] * 6, journal=path, chunksize=2))
-    assert _runs(d, before) == [3]
+    ran = _runs(d, before)  # 4 and 5, if not recorded, may or may not have started by now
+    assert 3 in ran and set(ran) <= {3, 4, 5} - recorded, (ran, recorded)
 
 
 class OnlyPicklesOnAWorker:
