@@ -32,6 +32,7 @@ attribute, e.g. ``toolbox.log (an _io.TextIOWrapper)``.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -54,6 +55,8 @@ def scoop_map(
     timeout: float | None = None,
     task_timeout: float | None = None,
     on_timeout: Any = _NOT_GIVEN,
+    seed: int | tuple[int, ...] | None = None,
+    journal: str | os.PathLike[str] | None = None,
 ) -> list[Any]:
     """``list(map(func, *iterables))`` with every call a task on the current pool.
 
@@ -63,20 +66,26 @@ def scoop_map(
     here with the remote traceback as its ``__cause__``.  ``task_timeout``
     (seconds) stops each call that runs longer; such an item is ``on_timeout``
     (a worst fitness, say, so that the run goes on) or, without it, raises
-    ``TaskTimeoutError``.
+    ``TaskTimeoutError``.  ``seed=S`` makes each
+    call's random draws depend only on S and its position (``random``, numpy,
+    ``scoopexec.task_rng()``); ``journal=PATH`` records the results so that a
+    run restarted after a crash computes only what is missing.  In a GA, pass
+    the generation too: ``functools.partial(scoop_map, seed=(S, gen),
+    journal=PATH)`` (see docs/long-runs.md).
     """
     if not iterables:
         raise TypeError("scoop_map() needs at least one iterable, like map()")
     seqs = [it if isinstance(it, (list, tuple)) else list(it) for it in iterables]
     try:
+        opts: dict[str, Any] = {"chunksize": chunksize, "timeout": timeout, "seed": seed, "journal": journal}
         if task_timeout is None and on_timeout is _NOT_GIVEN:
-            return list(futures.map(func, *seqs, chunksize=chunksize, timeout=timeout))
-        limits: dict[str, Any] = {"task_timeout": task_timeout}
+            return list(futures.map(func, *seqs, **opts))
+        opts["task_timeout"] = task_timeout
         if on_timeout is not _NOT_GIVEN:
-            limits["on_timeout"] = on_timeout
+            opts["on_timeout"] = on_timeout
         ex = scoopexec.current_executor()
         assert ex is not None
-        return list(ex.map(func, *seqs, chunksize=chunksize, timeout=timeout, **limits))
+        return list(ex.map(func, *seqs, **opts))
     except SerializationError as exc:
         culprit = _find_unpicklable(func, _label(func), set())
         if culprit is None:

@@ -33,6 +33,7 @@ from .errors import (
     BrokerLostError,
     DeserializationError,
     InitializerError,
+    JournalError,
     LaunchError,
     MessageTooLargeError,
     ProtocolError,
@@ -44,6 +45,7 @@ from .errors import (
 )
 from .logs import configure_logging
 from .pool import Pool
+from .seeding import task_rng
 from .status import PoolStatus, WorkerStatus
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "BrokerLostError",
     "DeserializationError",
     "InitializerError",
+    "JournalError",
     "LaunchError",
     "MessageTooLargeError",
     "Pool",
@@ -74,6 +77,7 @@ __all__ = [
     "map",
     "shared",
     "submit",
+    "task_rng",
     "wait",
 ]
 

@@ -9,6 +9,7 @@ parks the task instead of blocking the worker.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -93,13 +94,16 @@ def map(
     buffersize: int | None = None,
     unordered: bool = False,
     progress: bool | str | None = None,
+    seed: int | tuple[int, ...] | None = None,
+    journal: str | os.PathLike[str] | None = None,
 ) -> Iterator[Any]:
-    """Executor.map on the current pool (``progress=True`` draws a progress bar)."""
+    """Executor.map on the current pool (``progress=True`` draws a progress bar; ``seed=`` and
+    ``journal=`` as ScoopExecutor.map)."""
     ex = current_executor()
     assert ex is not None
     return ex.map(  # type: ignore[call-arg]
         fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered,
-        progress=progress,
+        progress=progress, seed=seed, journal=journal,
     )
 
 

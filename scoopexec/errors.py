@@ -12,6 +12,7 @@ __all__ = [
     "BrokerLostError",
     "DeserializationError",
     "InitializerError",
+    "JournalError",
     "LaunchError",
     "MainGuardError",
     "MessageTooLargeError",
@@ -139,6 +140,11 @@ class RemoteError(Exception):
 
 class ProtocolError(Exception):
     """A message did not follow the scoopexec wire format."""
+
+
+class JournalError(Exception):
+    """A map's journal (``journal=``) cannot be used: unreadable, damaged, in use, or a result
+    that cannot be recorded.  The message names the file (and the record and byte offset)."""
 
 
 def _remote_traceback_type() -> type[Exception]:

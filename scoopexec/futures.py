@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import os
 import threading
 import warnings
 import weakref
@@ -105,12 +106,14 @@ def _map(
     buffersize: int | None,
     *,
     unordered: bool,
+    **extra: Any,
 ) -> Iterator[Any]:
     if not callable(func):
         raise TypeError(f"{func!r} is not callable")
     ex = _pool()
     it: Iterator[Any] = ex.map(  # type: ignore[call-arg]
-        func, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered
+        func, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered,
+        **extra,
     )
     if isinstance(ex, api.WorkerExecutor):
         return _keep_alive(ex, it)
@@ -123,6 +126,8 @@ def map(  # SCOOP's name
     timeout: float | None = None,
     chunksize: int = 1,
     buffersize: int | None = None,
+    seed: int | tuple[int, ...] | None = None,
+    journal: str | os.PathLike[str] | None = None,
     **ignored: Any,
 ) -> Iterator[Any]:
     """Like the built-in ``map``, each call a task on the pool; results in order, lazily.
@@ -131,11 +136,13 @@ def map(  # SCOOP's name
     iterator yields each result when it and those before it are done.  A
     call's exception is raised at its item.  ``timeout`` (seconds, from this
     call) raises ``TimeoutError`` at the first result not ready in time.
-    ``chunksize`` items travel per task.  Other keyword arguments are
+    ``chunksize`` items travel per task.  ``seed`` and ``journal``: see
+    ``ScoopExecutor.map`` (scoopexec's, not SCOOP's).  Other keyword arguments are
     ignored, as in SCOOP (with a warning).
     """
     _ignore("map", ignored)
-    return _map(func, iterables, timeout, chunksize, buffersize, unordered=False)
+    extra = {k: v for k, v in (("seed", seed), ("journal", journal)) if v is not None}
+    return _map(func, iterables, timeout, chunksize, buffersize, unordered=False, **extra)
 
 
 def map_as_completed(

@@ -18,6 +18,7 @@ import collections
 import concurrent.futures as cf
 import functools
 import itertools
+import os
 import time
 import traceback
 import weakref
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import TaskTimeoutError, remote_traceback
+from .journal import MapPlan
 from .progress import MapProgress
 from .wire.serialize import describe
 from .worker.limits import OnTimeout, TimeLimit, check_timeout
@@ -138,6 +140,8 @@ class MapMixin:
         progress: bool | str | None = None,
         task_timeout: float | None = None,
         on_timeout: Any = RAISE,
+        seed: int | tuple[int, ...] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
@@ -150,6 +154,15 @@ class MapMixin:
         ``task_timeout`` (seconds; default: the executor's) stops each call that runs
         longer (TaskTimeoutError); an item whose call timed out yields ``on_timeout``
         if given (e.g. a worst fitness), else raises TaskTimeoutError when reached.
+        With ``journal=``, an item that timed out is not recorded (it runs again on a resume)
+        unless it was in a chunk with ``on_timeout`` given: then its ``on_timeout`` value is.
+
+        ``seed=S`` (an int >= 0, or a tuple of them) seeds ``random``, numpy's global
+        generator when numpy is imported, and ``scoopexec.task_rng()`` for each item
+        from S and the item's index, so results do not depend on the workers
+        (seeding.py).  ``journal=PATH`` records each result in PATH as it arrives; the
+        same map run again returns the recorded results and runs only the other items
+        (journal.py).
         """
         limit = check_timeout(task_timeout) or getattr(self, "_task_timeout", None)
         if buffersize is not None and not isinstance(buffersize, int):
@@ -169,30 +182,68 @@ class MapMixin:
             label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)
-        item_fn: Callable[..., Any] = fn if limit is None else TimeLimit(fn, limit)
+        plan = None
+        if seed is not None or journal is not None:
+            done_one = functools.partial(tracker.task_done, 1) if tracker is not None else None
+            plan = MapPlan(fn, seed, journal, done_one, _chunk_values if chunksize > 1 else None)
+            zipped = plan.items(zipped)
+        try:
+            return self._map_planned(
+                fn, iterables, zipped, tracker, plan, end_time, chunksize, buffersize, unordered,
+                limit, on_timeout,
+            )
+        except BaseException:
+            if plan is not None:
+                plan.close()
+            raise
+
+    def _map_planned(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        zipped: Iterator[tuple[Any, ...]],
+        tracker: MapProgress | None,
+        plan: MapPlan | None,
+        end_time: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        unordered: bool,
+        limit: float | None,
+        on_timeout: Any,
+    ) -> Iterator[Any]:
+        user_fn = fn
+        if plan is not None:
+            fn = plan.call_fn
+        if limit is not None:
+            fn = TimeLimit(fn, limit)
         if on_timeout is not RAISE and chunksize > 1:
-            item_fn = OnTimeout(item_fn, on_timeout)  # an item of a chunk: the others go on
+            fn = OnTimeout(fn, on_timeout)  # an item of a chunk: the others go on
         if chunksize > 1:
-            if len(iterables) == 1:
-                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, item_fn)
+            if len(iterables) == 1 and plan is None:
+                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
                     items = _tally(items, tracker)
                 source: Iterator[tuple[Any, ...]] = ((list(c),) for c in batched(items, chunksize))
             else:
-                call_fn = functools.partial(_run_chunk, item_fn)
+                call_fn = functools.partial(_run_chunk, fn)
                 source = ((list(c),) for c in batched(zipped, chunksize))
         else:
-            call_fn, source = item_fn, zipped
+            call_fn, source = fn, zipped
         encode_error: Exception | None = None
         try:
             fn_frame = self._encode_fn(call_fn)
         except Exception as exc:
             fn_frame, encode_error = None, exc
+            if plan is not None:  # name the user's function, not the seeding wrapper
+                try:
+                    self._encode_fn(user_fn)
+                except Exception as user_exc:
+                    encode_error = user_exc
         # A client's executor must not be kept alive by a forgotten iterator; a
         # handle made inside a task (WorkerExecutor) is only alive through it.
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
-        what = describe(fn)
+        what = describe(user_fn)
         next_item = 0  # index of the first item of the next task (for error messages)
         chunked = chunksize > 1
 
@@ -201,7 +252,7 @@ class MapMixin:
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
-            item = next_item
+            item = next_item if plan is None else plan.next_index()
             next_item += len(args[0]) if chunked else 1
             if encode_error is not None:
                 f: cf.Future[Any] = cf.Future()
@@ -210,6 +261,8 @@ class MapMixin:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+            if plan is not None:
+                plan.watch(f, len(args[0]) if chunked else 1)
             if on_timeout is not RAISE:
                 # A task that timed out (of a chunk: its worker was ended) yields on_timeout per item.
                 f = _Substitute(f, [on_timeout] * len(args[0]) if chunked else on_timeout)
@@ -229,6 +282,8 @@ class MapMixin:
             gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
         if chunksize > 1:
             gen = _unchunk(gen)
+        if plan is not None:
+            gen = plan.merge(gen, unordered)
         if tracker is not None:
             return _with_progress(gen, tracker)
         return gen
@@ -365,6 +420,11 @@ class _Substitute(cf.Future):  # type: ignore[type-arg]
         return self.inner.cancel()
 
 
+def _chunk_values(result: list[Any] | ChunkError) -> list[Any]:
+    """The results of a chunk's items that succeeded."""
+    return result.done if isinstance(result, ChunkError) else result
+
+
 def _strong(obj: Any) -> Callable[[], Any]:
     def ref() -> Any:
         return obj
@@ -445,7 +505,6 @@ def batched(it: Iterator[Any], n: int) -> Iterator[tuple[Any, ...]]:
         if not chunk:
             return
         yield chunk
-
 
 def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize: int | None) -> None:
     """amap()'s arguments, checked as map() checks its own."""

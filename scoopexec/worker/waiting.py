@@ -30,6 +30,7 @@ from typing import Any
 
 import greenlet
 
+from .. import seeding
 from ..client.future import Holder, ScoopFuture
 
 __all__ = ["DONE_STATES", "Runner", "Waits", "WorkerFuture", "condition_met"]
@@ -263,10 +264,12 @@ class Waits:
                 "a task can wait for futures only in its own greenlet, not in a greenlet it started"
             )
         g.waiter = waiter
+        seeded = seeding.suspend()  # other tasks may draw from `random` while this one is parked
         try:
             value = self.hub.switch()
         finally:
             g.waiter = None
+            seeding.resume(seeded)
         if waiter.cancelled is not None:
             waiter.active = False
             if waiter.cancelled is not cf.CancelledError:

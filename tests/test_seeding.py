@@ -1,0 +1,108 @@
+"""Reproducible randomness: map(..., seed=S) gives each item streams of its own, whatever runs it."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import scoopexec
+from scoopexec import ScoopExecutor
+from scoopexec.seeding import SeededCall, SeedSequence, task_rng
+from tests import journal_helpers as jh
+
+
+def _expected(fn, seed, items):
+    """What a seeded map must return: each item's call made here, in any order."""
+    entropy = seed if isinstance(seed, tuple) else (seed,)
+    out = {i: SeededCall(fn, entropy)(i, *args) for i, args in reversed(list(enumerate(items)))}
+    return [out[i] for i in range(len(items))]
+
+
+def test_the_derivation_is_pinned():
+    # Changing these numbers changes every seeded result (and every seeded journal key).
+    assert SeedSequence(1234).spawn_child(7).generate_state(4) == SeedSequence(1234, (7,)).generate_state(4)
+    words = SeedSequence(1234, (7,)).generate_state(4)
+    assert all(0 <= w < 2**32 for w in words)
+    assert words == SeedSequence((1234,), [7]).generate_state(4)
+    assert SeedSequence(1234, (7,)).generate_state(12)[:4] == words  # a prefix of a longer state
+    assert words != SeedSequence(1234, (8,)).generate_state(4)
+    assert words != SeedSequence(1235, (7,)).generate_state(4)
+    assert SeedSequence((1, 2)).generate_state(2) != SeedSequence((2, 1)).generate_state(2)
+    assert SeedSequence((1, 2)).generate_state(2) != SeedSequence(1, (2,)).generate_state(2)
+    assert words == [3187010868, 4265439064, 1998244681, 2114627446]
+
+
+def test_bad_seeds_are_refused(executor):
+    for bad, err in (
+        (-1, ValueError),
+        (True, TypeError),
+        (1.5, TypeError),
+        ((), TypeError),
+        ((1, -2), ValueError),
+    ):
+        with pytest.raises(err, match="seed"):
+            executor.map(abs, [1], seed=bad)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_results_are_the_same_for_any_number_of_workers(workers):
+    items = [(x,) for x in range(24)]
+    expected = _expected(jh.draw, 99, items)
+    with ScoopExecutor(max_workers=workers) as ex:
+        assert list(ex.map(jh.draw, range(24), seed=99)) == expected
+        assert list(ex.map(jh.draw, range(24), seed=99, chunksize=5)) == expected
+        assert list(ex.map(jh.draw, range(24), seed=99, buffersize=2)) == expected
+        assert sorted(ex.map(jh.draw, range(24), seed=99, unordered=True)) == sorted(expected)
+        other = list(ex.map(jh.draw, range(24), seed=100))
+        assert all(a[1:] != b[1:] for a, b in zip(other, expected, strict=True))
+        tupled = list(ex.map(jh.draw, range(24), seed=(99, 1)))
+        assert tupled == _expected(jh.draw, (99, 1), items) and tupled != expected
+        assert len({r[1:] for r in expected}) == 24  # items differ from each other
+
+
+def test_the_same_after_a_worker_died_and_its_item_ran_again(tmp_path):
+    expected = _expected(jh.draw, 5, [(x,) for x in range(10)])
+    with ScoopExecutor(max_workers=2) as ex:
+        got = list(ex.map(jh.draw_or_die, range(10), [str(tmp_path)] * 10, seed=5))
+    assert (tmp_path / "died").exists()  # item 5's first attempt killed its worker
+    assert got == expected
+
+
+def test_a_task_that_parks_keeps_its_own_random_streams():
+    # One worker: the outer tasks park in their nested maps, the worker runs the other outer
+    # tasks and the nested ones meanwhile, all drawing from `random` and numpy's generator.
+    expected = _expected(jh.draw_around_nothing, 3, [(x,) for x in range(6)])
+    with ScoopExecutor(max_workers=1) as ex:
+        assert list(ex.map(jh.draw_around_a_nested_map, range(6), seed=3)) == expected
+    with ScoopExecutor(max_workers=3) as ex:
+        assert list(ex.map(jh.draw_around_a_nested_map, range(6), seed=3)) == expected
+
+
+def test_a_journal_resume_gives_the_same_values(tmp_path, executor):
+    path = tmp_path / "j"
+    fresh = list(executor.map(jh.draw, range(12), seed=11))
+    assert list(executor.map(jh.draw, range(5), seed=11, journal=path)) == fresh[:5]
+    assert list(executor.map(jh.draw, range(12), seed=11, journal=path, chunksize=3)) == fresh
+
+
+def test_task_rng_outside_a_seeded_map():
+    rng = task_rng()
+    assert isinstance(rng, random.Random) and task_rng() is rng and scoopexec.task_rng is task_rng
+    assert rng is not getattr(random, "_inst", None)
+    state = random.getstate()
+    rng.random()
+    assert random.getstate() == state  # its own generator, not the random module's
+    assert np.random.random() is not None
+
+
+def test_a_function_that_cannot_be_sent_is_named_as_without_a_seed(executor):
+    import threading
+
+    from scoopexec import SerializationError
+
+    lock = threading.Lock()
+    for options in ({"seed": 1}, {"seed": 1, "chunksize": 2}):
+        with pytest.raises(SerializationError, match=r"cannot send the function .*<lambda> \(defined at "):
+            list(executor.map(lambda x, held=lock: held, [1, 2], **options))
