@@ -452,6 +452,9 @@ class MapPlan:
         self._settle_lock = threading.Lock()
         self._callbacks = threading.Condition()  # counts the done-callbacks still to run
         self._outstanding = 0
+        # False when the map's results may be stand-ins (map(on_timeout=)): only the tasks'
+        # own results, seen by the done-callbacks, are recorded then.
+        self.record_yielded = True
         self.recorded = 0
         self.computed = 0
 
@@ -566,7 +569,8 @@ class MapPlan:
             raise JournalError("internal: a map gave more results than it had items")
 
     def _checked(self, key: bytes, value: Any) -> Any:
-        self._record(key, value)  # a no-op if the done-callback did it
+        if self.record_yielded:
+            self._record(key, value)  # a no-op if the done-callback did it
         error = self._settled.get(key)
         if error is not None:
             raise error

@@ -187,6 +187,7 @@ class MapMixin:
             done_one = functools.partial(tracker.task_done, 1) if tracker is not None else None
             plan = MapPlan(fn, seed, journal, done_one, _chunk_values if chunksize > 1 else None)
             zipped = plan.items(zipped)
+            plan.record_yielded = on_timeout is RAISE  # an on_timeout stand-in is not a result
         try:
             return self._map_planned(
                 fn, iterables, zipped, tracker, plan, end_time, chunksize, buffersize, unordered,

@@ -123,6 +123,28 @@ def test_scoop_map_on_timeout():
             scoop_map(sleeper, [0, 30], task_timeout=0.5)
 
 
+def slow_on_one(x: int, d: str) -> int:
+    """x * x, leaving a file in d each time it runs; item 1 runs past any short time limit."""
+    with open(os.path.join(d, f"{x}-{time.monotonic_ns()}"), "w"):
+        pass
+    if x == 1:
+        time.sleep(30)
+    return x * x
+
+
+def test_journal_and_seed_with_timeouts(tmp_path):
+    """A timed-out item reads as on_timeout, is not journaled, and runs again on a resume."""
+    journal, marks = tmp_path / "run.journal", tmp_path / "marks"
+    marks.mkdir()
+    d = [str(marks)] * 3
+    with ScoopExecutor(2) as ex:
+        opts = {"task_timeout": 0.5, "on_timeout": -1, "journal": journal, "seed": 7}
+        assert list(ex.map(slow_on_one, [0, 1, 2], d, **opts)) == [0, -1, 4]
+        assert list(ex.map(slow_on_one, [0, 1, 2], d, **opts)) == [0, -1, 4]
+    runs = sorted(name.split("-")[0] for name in os.listdir(marks))
+    assert runs == ["0", "1", "1", "2"]
+
+
 # ------------------------------------------------------------------ ex.cancel()
 def noted(seconds: float, path: str) -> int:
     """Says it started (PATH.started); says it was interrupted (PATH) if it was."""
