@@ -86,6 +86,9 @@ class PoolStatus:
     ``starting`` counts worker processes the pool has started that have not
     connected yet (the broker knows those it, or its embedded client,
     launched; workers started by hand are not seen before they connect).
+    ``jobs`` lists the batch jobs of a pool that submits its own (``SlurmJobs``):
+    each a dict with ``id``, ``state`` (pending, running, ``draining (why)``),
+    ``workers`` connected from it, ``busy`` (tasks they hold) and ``time_left`` (s).
     ``str()`` gives the table ``python -m scoopexec status`` prints.
     """
 
@@ -102,6 +105,7 @@ class PoolStatus:
     broker_pid: int | None = None
     trace: str | None = None
     starting: int = 0
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -123,6 +127,7 @@ class PoolStatus:
             broker_pid=d.get("pid") if isinstance(d.get("pid"), int) else None,
             trace=d.get("trace"),
             starting=int(d.get("starting") or 0),
+            jobs=[j for j in d.get("jobs") or () if isinstance(j, dict)],
             raw=dict(d),
         )
 
@@ -150,6 +155,8 @@ class PoolStatus:
         ]
         if self.trace:
             lines.append(f"recording a timeline to {self.trace}")
+        if self.jobs:
+            lines.append(_jobs_line(self.jobs))
         if self.workers:
             rows = [("WORKER", "HOST", "PID", "STATE", "ASSIGNED", "DONE", "LAST HEARD", "UP")]
             for w in sorted(self.workers, key=lambda w: (w.host, w.name)):
@@ -170,6 +177,23 @@ class PoolStatus:
         else:
             lines.append("no workers connected (start some: python -m scoopexec worker --connect ADDR -n N)")
         return "\n".join(lines)
+
+
+def _jobs_line(jobs: list[dict[str, Any]]) -> str:
+    """``jobs: 1 pending, 2 running (1 draining): 123_0 running 4 workers, 5 min left; ...``."""
+    states = [str(j.get("state", "?")) for j in jobs]
+    draining = sum(1 for s in states if s.startswith("draining"))
+    each = []
+    for j in jobs:
+        left = j.get("time_left")
+        each.append(
+            f"{j.get('id')} {j.get('state')} {j.get('workers', 0)} worker(s)"
+            + (f", {_duration(float(left))} left" if isinstance(left, (int, float)) else "")
+        )
+    return (
+        f"{jobs[0].get('scheduler', 'batch')} jobs: {states.count('pending')} pending, "
+        f"{len(jobs) - states.count('pending') - draining} running, {draining} draining: " + "; ".join(each)
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -163,6 +163,10 @@ class EmbeddedSession(Session):
             return Target(None, port, keys)
         return Target(f"tcp://{slurm_address()}:{port}", None, keys)
 
+    def worker_target(self, kind: str) -> Target:
+        """Where workers a scheduler starts connect (CURVE over TCP), with a new key pair for them."""
+        return self._remote_target(kind)
+
     def start_local(self, n: int) -> None:
         assert self.workers is not None and self.workers.local is not None
         self.workers.local.add(n)
