@@ -52,6 +52,11 @@ def first_run_hangs(path: str, marker: str) -> str:
     return "never"
 
 
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 # ------------------------------------------------------------------- helpers
 @pytest.fixture
 def outside_allocation(slurm, monkeypatch):  # noqa: F811
@@ -143,6 +148,41 @@ def test_launcher_options_become_slurm_jobs():
     assert kwargs["hosts"] == SlurmJobs(max_jobs=3, walltime="02:00:00")
     with pytest.raises(ValueError, match="walltime must look like"):
         cli._executor_kwargs(cli._launcher_parser().parse_args(["--slurm-jobs=3", "--slurm-walltime=2"]))
+
+
+def test_a_drained_worker_hands_back_what_it_has_not_started_and_gets_no_more():
+    """DRAIN (broker/jobs.sync) on a worker running a long task with short ones queued behind
+    it: the long one finishes there, the short ones run on another worker, once each."""
+    from scoopexec import ScoopExecutor
+    from scoopexec.broker import jobs as broker_jobs
+
+    with ScoopExecutor(1) as ex:
+        broker = ex._session.broker
+        workers = broker.ledger.workers
+        first = ex.submit(pid_after, 0).result(timeout=60)
+        long = ex.submit(pid_after, 4.0)
+        time.sleep(0.5)  # the long task runs; the worker asks for more while it does (as a worker
+        w = next(iter(workers.values()))  # with prefetch does), and short ones wait there
+        broker.call_soon(lambda: broker.ledger.grant(w, 20)).result(5)
+        short = [ex.submit(pid_after, 0.0001) for _ in range(40)]
+        time.sleep(0.5)
+        held = broker.call_soon(lambda: [len(w.assigned) for w in workers.values()]).result(5)
+        assert held[0] > 1, held  # (else this test would not test the hand-back)
+        tag = broker.call_soon(lambda: next(iter(broker.ledger.workers.values())).tag).result(5)
+        prefix, _, job = tag.rpartition(".")
+        broker.call_soon(lambda: broker_jobs.sync(broker, prefix + ".", {job})).result(5)
+
+        def holds_one():  # what it had not started is back in the broker while the long one runs
+            return broker.call_soon(lambda: [len(w.assigned) for w in workers.values()]).result(5) == [1]
+
+        _wait("the queued tasks to come back", holds_one, 1.5, interval=0.05)
+        assert not long.done()
+        assert long.result(timeout=60) == first  # the running task finished where it ran
+        time.sleep(0.5)
+        assert not any(f.done() for f in short), "a short task ran on the drained worker"
+        ex.add_workers(1)  # they wait for another worker
+        assert first not in {f.result(timeout=60) for f in short}
+        assert ex.status().completed == 1 + 1 + 40  # each ran once
 
 
 # ------------------------------------------------------------ on the cluster

@@ -158,6 +158,7 @@ class JobPool:
         self._stop = threading.Event()
         self._next_poll = 0.0
         self._broken = False
+        self._queued = 0  # tasks queued in the broker at the last look
         base = workdir or os.path.join(os.path.expanduser("~"), ".scoopexec", "jobs")
         os.makedirs(base, mode=0o700, exist_ok=True)
         self.workdir = tempfile.mkdtemp(prefix=f"{host.pool_id}-", dir=base)  # 0700
@@ -219,9 +220,13 @@ class JobPool:
     def _step(self, now: float) -> None:
         if now >= self._next_poll and self.jobs:
             self._poll(now)
-        drain = frozenset(j.id for j in self.jobs.values() if j.draining)
+        with self._lock:  # judged on the last look at the broker; drained in this one
+            for j in self.jobs.values():
+                self._judge(j, now, self._queued)
+            drain = frozenset(j.id for j in self.jobs.values() if j.draining)
         broker = self.host.broker
         view = self._in_broker(lambda: broker_jobs.sync(broker, TAG_PREFIX, drain))
+        self._queued = view.queued
         to_cancel: list[str] = []
         with self._lock:
             for j in self.jobs.values():
@@ -232,7 +237,6 @@ class JobPool:
                     self.failures = 0
                     self.per_job = self.per_job or len(loads)
                     self._mark(j, "workers joined")
-                self._judge(j, now, view.queued)
                 if j.id in drain:
                     j.synced = True
                 if j.draining and not j.cancelled and (j.state == "pending" or (j.synced and not j.busy)):
