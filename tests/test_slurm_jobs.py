@@ -288,3 +288,29 @@ def test_a_job_near_its_walltime_drains_and_what_it_cannot_finish_runs_again(out
     assert ends == [-1, *range(200)], "a task was lost or completed twice"
     later = {job for _, _, job, _ in rows} - set(drained)
     assert later, "no job took over from the drained ones"
+
+
+def test_without_sbatch_the_pool_does_not_start(monkeypatch, tmp_path):
+    from scoopexec import LaunchError, ScoopExecutor, SlurmJobs
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LaunchError, match="sbatch is not on PATH"):
+        ScoopExecutor(hosts=SlurmJobs(max_jobs=1, workdir=str(tmp_path / "jobs")))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"spec": {"partition": "nosuchpartition"}}, "invalid partition"),
+        ({"python": "/bin/false"}, "ended before any worker joined"),
+    ],
+)
+def test_jobs_that_cannot_run_workers_break_the_pool(outside_allocation, tmp_path, kwargs, words):
+    from scoopexec import BrokenScoopExecutor, ScoopExecutor, SlurmJobs
+
+    spec = SlurmJobs(max_jobs=1, poll_interval=0.3, workdir=str(tmp_path / "jobs"), **kwargs.pop("spec", {}))
+    with ScoopExecutor(hosts=spec, **kwargs) as ex:
+        with pytest.raises(BrokenScoopExecutor, match=words):
+            ex.submit(abs, -1).result(timeout=120)
+        pool = ex.pool_id
+    assert _ours(outside_allocation, pool) == []

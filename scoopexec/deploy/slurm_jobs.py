@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import LaunchError
 from .elastic import JOB_TAG, JobPool, JobState, PoolHost
 
 __all__ = ["SlurmJobs", "SlurmProvider", "parse_duration", "parse_walltime"]
@@ -134,6 +136,8 @@ class SlurmJobs:
         """Start the job pool of ``host`` (an embedded pool's session); return max_workers."""
         if not hasattr(host, "worker_target"):
             raise ValueError("hosts=SlurmJobs(...) needs the pool's own broker: not with broker=")
+        if shutil.which("sbatch") is None:
+            raise LaunchError("SLURM jobs", "sbatch is not on PATH", hint="submit from a SLURM login node")
         session: PoolHost = host
         pool = JobPool(
             SlurmProvider(self, f"scoopexec-{session.pool_id}"),
