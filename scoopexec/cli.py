@@ -123,7 +123,7 @@ def broker_main(argv: list[str]) -> int:
     return 0
 
 
-_VALUE_OPTIONS = ("-n", "--workers", "--hostfile", "--broker", "--trace")
+_VALUE_OPTIONS = ("-n", "--workers", "--hostfile", "--broker", "--trace", "--slurm-jobs", "--slurm-walltime")
 _LIST_OPTIONS = ("--hosts", "--host")
 
 

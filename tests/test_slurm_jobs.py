@@ -314,3 +314,40 @@ def test_jobs_that_cannot_run_workers_break_the_pool(outside_allocation, tmp_pat
             ex.submit(abs, -1).result(timeout=120)
         pool = ex.pool_id
     assert _ours(outside_allocation, pool) == []
+
+
+LAUNCHED = """
+import time
+import scoopexec
+
+if __name__ == "__main__":
+    ex = scoopexec.current_executor()
+    print("SUM", sum(scoopexec.map(abs, range(-20, 0))), flush=True)
+    print("POOL", ex.pool_id, flush=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the pool looks at its jobs twice a second
+        jobs = ex.status().jobs
+        if any(j["workers"] for j in jobs):
+            break
+        time.sleep(0.2)
+    print("JOBS", *sorted(f"{j['state']}:{j['workers']}" for j in jobs), flush=True)
+"""
+
+
+def test_the_launcher_runs_a_program_on_slurm_jobs(outside_allocation, tmp_path):
+    import subprocess
+    import sys
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(LAUNCHED)
+    env = dict(os.environ, HOME=str(tmp_path))  # the jobs' directory goes under ~/.scoopexec
+    r = subprocess.run(
+        [sys.executable, "-m", "scoopexec", "--slurm-jobs", "2", "--slurm-walltime", "00:05:00", str(prog)],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=180, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    words = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines() if line.strip()}
+    assert words["SUM"] == ["210"], r.stdout
+    assert any(w.startswith("running:") and int(w[8:]) >= 1 for w in words["JOBS"]), r.stdout
+    assert _ours(outside_allocation, words["POOL"][0]) == []
+    assert os.listdir(tmp_path / ".scoopexec" / "jobs") == []  # its key and logs went with it

@@ -159,6 +159,7 @@ class JobPool:
         self._next_poll = 0.0
         self._broken = False
         self._queued = 0  # tasks queued in the broker at the last look
+        self._submitted = False  # sbatch was run at least once
         base = workdir or os.path.join(os.path.expanduser("~"), ".scoopexec", "jobs")
         os.makedirs(base, mode=0o700, exist_ok=True)
         self.workdir = tempfile.mkdtemp(prefix=f"{host.pool_id}-", dir=base)  # 0700
@@ -234,9 +235,11 @@ class JobPool:
                 j.workers, j.busy = len(loads), sum(loads)
                 if loads and not j.joined:
                     j.joined = True
+                    if j.state == "pending":  # it runs: squeue would say so at its next look
+                        j.state, self._next_poll = "running", 0.0  # (which also tells its time left)
                     self.failures = 0
                     self.per_job = self.per_job or len(loads)
-                    self._mark(j, "workers joined")
+                    self._mark(j, f"{len(loads)} worker(s) joined")
                 if j.id in drain:
                     j.synced = True
                 if j.draining and not j.cancelled and (j.state == "pending" or (j.synced and not j.busy)):
@@ -326,6 +329,7 @@ class JobPool:
         self._in_broker(lambda: broker_jobs.break_pool(broker, message))
 
     def _submit(self, count: int) -> None:
+        self._submitted = True
         try:
             ids = self.provider.submit(count, self.argv, self.env, self.host.launch_options.cwd, self.workdir)
         except OSError as exc:
@@ -355,27 +359,37 @@ class JobPool:
 
     # ------------------------------------------------------------------- stop
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel every job of the pool and wait (up to ``timeout`` s) until none is listed."""
+        """Cancel every job of the pool and wait (up to ``timeout`` s) until the scheduler lists none.
+
+        The jobs are those the scheduler lists for this pool (JobProvider.poll), known here or
+        not: one whose submission was under way when the pool stopped is cancelled too.
+        """
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
-            ids = list(self.jobs)
+            cancelled = set(self.jobs)
         try:
-            while ids:
-                self._cancel(ids)
+            if cancelled:
+                self._cancel(sorted(cancelled))
+            while self._submitted:
                 try:
                     listed = self.provider.poll()
-                except OSError:
-                    listed = {}
-                ids = [i for i in ids if i in listed]
-                if not ids or time.monotonic() > deadline:
+                except OSError as exc:
+                    log.warning("could not ask %s whether the pool's jobs ended: %s", self.provider.kind, exc)
                     break
+                if not listed:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("%s job(s) %s were still listed %g s after being cancelled",
+                                self.provider.kind, " ".join(listed), timeout)  # fmt: skip
+                    break
+                more = sorted(set(listed) - cancelled)
+                if more:
+                    self._cancel(more)
+                    cancelled.update(more)
                 time.sleep(0.5)
-            if ids:
-                log.warning("%s job(s) %s were still listed %g s after being cancelled",
-                            self.provider.kind, " ".join(ids), timeout)  # fmt: skip
         finally:
             with self._lock:
                 self.jobs.clear()
