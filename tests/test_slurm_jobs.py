@@ -133,11 +133,13 @@ def test_good_arguments_are_kept():
     ]  # fmt: skip
 
 
-def test_not_with_a_standalone_broker():
+def test_not_with_a_standalone_broker_or_max_workers():
     from scoopexec import ScoopExecutor, SlurmJobs
 
     with pytest.raises(ValueError, match="not with broker="):
         ScoopExecutor(hosts=SlurmJobs(max_jobs=1), broker="tcp://127.0.0.1:1", connect_timeout=1)
+    with pytest.raises(ValueError, match="not max_workers"):
+        ScoopExecutor(4, hosts=SlurmJobs(max_jobs=1))
 
 
 def test_launcher_options_become_slurm_jobs():

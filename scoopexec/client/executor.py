@@ -168,7 +168,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
             raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
         _refuse_during_worker_bootstrap()
         env = check_env(env)
-        jobs = SlurmJobs.given(hosts, broker)  # workers in batch jobs, submitted as work comes
+        jobs = SlurmJobs.given(hosts, broker, max_workers)  # workers in batch jobs, submitted as work comes
         n_local, remote_hosts, n_srun = (
             plan_hosts(max_workers, hosts, hostfile) if not isinstance(hosts, SlurmJobs) else (0, [], 0)
         )

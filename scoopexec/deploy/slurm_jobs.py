@@ -119,12 +119,15 @@ class SlurmJobs:
         object.__setattr__(self, "sbatch_args", tuple(args))
 
     @staticmethod
-    def given(hosts: object, broker: str | None) -> SlurmJobs | None:
-        """``hosts`` if it is a SlurmJobs (ValueError with a standalone ``broker``), else None."""
+    def given(hosts: object, broker: str | None, max_workers: int | None = None) -> SlurmJobs | None:
+        """``hosts`` if it is a SlurmJobs, else None; ValueError with a standalone ``broker`` or
+        ``max_workers`` (the jobs' size is max_jobs x cores_per_job)."""
         if not isinstance(hosts, SlurmJobs):
             return None
         if broker is not None:
             raise ValueError("hosts=SlurmJobs(...) needs the pool's own broker: not with broker=")
+        if max_workers is not None:
+            raise ValueError("hosts=SlurmJobs(...) is sized by max_jobs and cores_per_job: not max_workers")
         return hosts
 
     @property
