@@ -149,6 +149,7 @@ class JobPool:
         self.host = host
         self.max_jobs = max_jobs
         self.per_job = workers_per_job
+        self._sized = workers_per_job is not None
         self.idle_timeout = idle_timeout
         self.drain_margin = drain_margin
         self.poll_interval = poll_interval
@@ -238,8 +239,9 @@ class JobPool:
                     if j.state == "pending":  # it runs: squeue would say so at its next look
                         j.state, self._next_poll = "running", 0.0  # (which also tells its time left)
                     self.failures = 0
-                    self.per_job = self.per_job or len(loads)
                     self._mark(j, f"{len(loads)} worker(s) joined")
+                if not self._sized:  # learnt: workers per job (those of a group join one by one)
+                    self.per_job = max(self.per_job or 0, len(loads)) or None
                 if j.id in drain:
                     j.synced = True
                 if j.draining and not j.cancelled and (j.state == "pending" or (j.synced and not j.busy)):
