@@ -27,6 +27,7 @@ from .aio import amap
 from .api import as_completed, current_executor, map, submit, wait
 from .client.executor import ScoopExecutor
 from .client.future import ScoopFuture
+from .deploy.slurm_jobs import SlurmJobs
 from .errors import (
     AuthenticationError,
     BrokenScoopExecutor,
@@ -64,6 +65,7 @@ __all__ = [
     "ScoopExecutor",
     "ScoopFuture",
     "SerializationError",
+    "SlurmJobs",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerMemoryError",

@@ -27,6 +27,7 @@ from . import pools, scoop_compat
 from .__main__ import EXIT_BROKEN_PIPE, SUBCOMMANDS, silence_stdout, stdout_is_broken, version_text
 from .broker.loop import Broker
 from .client.executor import ScoopExecutor
+from .deploy.slurm_jobs import SlurmJobs
 from .logs import add_verbosity_options, configure_logging
 from .trace import TraceRecorder, check_trace_path
 from .wire.security import (
@@ -235,7 +236,7 @@ def _serve(b: Broker, recorder: TraceRecorder | None, security: str, argv: list[
 
 
 _VALUE_OPTIONS = (
-    "-n", "--workers", "--hostfile", "--broker", "--trace",
+    "-n", "--workers", "--hostfile", "--broker", "--trace", "--slurm-jobs", "--slurm-walltime",
     "--task-timeout", "--max-tasks-per-child", "--worker-memory-limit", "--worker-max-lifetime",
 )  # fmt: skip
 _LIST_OPTIONS = ("--hosts", "--host")
@@ -293,6 +294,11 @@ def _launcher_parser() -> argparse.ArgumentParser:
                     help="replace a worker process past SIZE bytes (or '2GiB', '500MB')")
     ap.add_argument("--worker-max-lifetime", type=float, default=None, metavar="S",
                     help="replace idle worker processes after about S seconds")
+    ap.add_argument("--slurm-jobs", type=int, default=None, metavar="N",
+                    help="run workers in up to N SLURM jobs that the pool submits as work comes "
+                         "(from a login node; hosts=SlurmJobs(max_jobs=N))")
+    ap.add_argument("--slurm-walltime", default=None, metavar="HH:MM:SS",
+                    help="the time limit of each of those jobs")
     add_observe_options(ap)
     ap.add_argument("--version", action="version", version=version_text())
     return ap
@@ -321,6 +327,10 @@ def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("task_timeout", "max_tasks_per_child", "worker_memory_limit", "worker_max_lifetime"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
+    if args.slurm_jobs is not None or args.slurm_walltime is not None:
+        if args.hosts or args.hostfile:
+            raise ValueError("--slurm-jobs cannot be combined with --hosts or --hostfile")
+        kwargs["hosts"] = SlurmJobs(max_jobs=args.slurm_jobs or 1, walltime=args.slurm_walltime)
     return kwargs
 
 
@@ -338,8 +348,8 @@ def launch_main(argv: list[str]) -> int:
         ap.error(f"can't open file {script!r}: no such file")
     if args.workers is not None and args.workers < 1:
         ap.error("-n must be at least 1")
-    kwargs = _executor_kwargs(args)
     try:
+        kwargs = _executor_kwargs(args)
         kwargs.update(apply_observe_options(args))
     except ValueError as exc:
         ap.error(str(exc))

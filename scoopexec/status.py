@@ -92,6 +92,9 @@ class PoolStatus:
     running" (ex.cancel()), and "workers recycled" (local ones the broker saw exit to be
     replaced: max_tasks_per_child, worker_memory_limit, worker_max_lifetime, a task that
     would not stop).
+    ``jobs`` lists the batch jobs of a pool that submits its own (``SlurmJobs``):
+    each a dict with ``id``, ``state`` (pending, running, ``draining (why)``),
+    ``workers`` connected from it, ``busy`` (tasks they hold) and ``time_left`` (s).
     ``str()`` gives the table ``python -m scoopexec status`` prints.
     """
 
@@ -109,6 +112,7 @@ class PoolStatus:
     trace: str | None = None
     starting: int = 0
     stopped: dict[str, int] = field(default_factory=dict)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -131,6 +135,7 @@ class PoolStatus:
             trace=d.get("trace"),
             starting=int(d.get("starting") or 0),
             stopped={str(k): int(v) for k, v in (d.get("stopped") or {}).items() if isinstance(v, int)},
+            jobs=[j for j in d.get("jobs") or () if isinstance(j, dict)],
             raw=dict(d),
         )
 
@@ -163,6 +168,8 @@ class PoolStatus:
             lines.append("stopped: " + ", ".join(f"{n:,} {what}" for what, n in sorted(self.stopped.items())))
         if self.trace:
             lines.append(f"recording a timeline to {printable(self.trace)}")
+        if self.jobs:
+            lines.append(_jobs_line(self.jobs))
         if self.workers:
             rows = [("WORKER", "HOST", "PID", "STATE", "ASSIGNED", "DONE", "LAST HEARD", "UP")]
             for w in sorted(self.workers, key=lambda w: (w.host, w.name)):
@@ -192,6 +199,23 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _jobs_line(jobs: list[dict[str, Any]]) -> str:
+    """``jobs: 1 pending, 2 running (1 draining): 123_0 running 4 workers, 5 min left; ...``."""
+    states = [str(j.get("state", "?")) for j in jobs]
+    draining = sum(1 for s in states if s.startswith("draining"))
+    each = []
+    for j in jobs:
+        left = j.get("time_left")
+        each.append(
+            f"{j.get('id')} {j.get('state')} {j.get('workers', 0)} worker(s)"
+            + (f", {_duration(float(left))} left" if isinstance(left, (int, float)) else "")
+        )
+    return printable(  # from the broker: escaped like every name a peer sends
+        f"{jobs[0].get('scheduler', 'batch')} jobs: {states.count('pending')} pending, "
+        f"{len(jobs) - states.count('pending') - draining} running, {draining} draining: " + "; ".join(each)
+    )
 
 
 def _duration(seconds: float) -> str:

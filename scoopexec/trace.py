@@ -136,6 +136,8 @@ class TraceRecorder:
         self.dropped = 0
         self.created = time.time()
         self.meta: dict[str, Any] = {}
+        self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
+        self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
         self._names: dict[bytes, str] = {}
 
     # ------------------------------------------------------------ recording
@@ -199,6 +201,22 @@ class TraceRecorder:
             self._remember(w)
         self.lost.append((time.time(), w.key, task.btid, reason, given_up))
 
+    def on_job(self, scheduler: str, job: str, what: str) -> None:
+        """A batch job of the pool was submitted, started, drains, ended (deploy/elastic.py)."""
+        self.job_events.append((time.time(), scheduler, job, what))
+
+    def on_jobs(self, scheduler: str, jobs: Sequence[dict[str, Any]]) -> None:
+        """The pool's batch jobs now (JobPool.status()): counted when the counts change."""
+        counts = {"pending": 0, "running": 0, "draining": 0, "workers": 0}
+        for j in jobs:
+            state = str(j.get("state", ""))
+            key = "draining" if state.startswith("draining") else state
+            if key in counts:
+                counts[key] += 1
+            counts["workers"] += int(j.get("workers") or 0)
+        if not self.job_counts or self.job_counts[-1][1] != counts:
+            self.job_counts.append((time.time(), counts))
+
     def _remember(self, w: _WorkerLike) -> None:
         self.workers[w.key] = (str(w.name), str(w.info.get("host") or "?"), w.info.get("pid"))
 
@@ -248,6 +266,8 @@ class TraceRecorder:
         origin = min((r[4] for r in recs), default=self.created)
         if self.lost:
             origin = min(origin, *(x[0] for x in self.lost))
+        if self.job_events:
+            origin = min(origin, *(x[0] for x in self.job_events))
         offsets = _clock_offsets(recs)
 
         def us(t: float) -> float:
@@ -335,6 +355,13 @@ class TraceRecorder:
                  "s": "p", "ts": us(t), "pid": pid_of.get(key, 0), "tid": 0,
                  "args": {"task": btid, "reason": reason, "given_up": given_up}}
             )  # fmt: skip
+
+        for t, scheduler, job, what in self.job_events:
+            events.append({"name": f"{scheduler} job {job}: {what}", "cat": "jobs", "ph": "i", "s": "p",
+                           "ts": us(t), "pid": 0, "tid": 0, "args": {"job": job, "event": what}})  # fmt: skip
+        for t, counts in self.job_counts:
+            events.append({"name": "jobs", "cat": "jobs", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,
+                           "args": counts})  # fmt: skip
 
         for t, waiting, running in _counters(recs, offsets):
             events.append({"name": "tasks", "cat": "pool", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,

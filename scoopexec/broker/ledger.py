@@ -85,8 +85,8 @@ class Peer:
 
 class WorkerState(Peer):
     __slots__ = (
-        "assigned", "credit", "done", "in_ready", "last_seen", "name", "recall_mark", "recalled", "sent",
-        "setups", "tag",
+        "assigned", "credit", "done", "draining", "in_ready", "last_seen", "name", "recall_mark", "recalled",
+        "sent", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any]) -> None:
@@ -101,6 +101,7 @@ class WorkerState(Peer):
         self.recalled = 0.0  # monotonic time of the last RECALL sent to it
         self.recall_mark = (-1, -1)  # (sent, done) when that RECALL went out
         self.tag = str(info.get("tag") or "")
+        self.draining = False  # its batch job ends soon: it gets no task any more (Ledger.drain)
         self.name = str(info.get("name") or key.hex())
 
     @property
@@ -206,7 +207,7 @@ class Ledger:
     def grant(self, w: WorkerState, credit: int) -> None:
         """The worker wants ``credit`` more tasks."""
         w.last_seen = time.time()
-        if credit <= 0:
+        if credit <= 0 or w.draining:
             return
         if not w.in_ready:
             w.in_ready = True
@@ -221,6 +222,12 @@ class Ledger:
             w.assigned.add(t.btid)
             n += 1
         w.sent += n
+
+    def drain(self, w: WorkerState) -> None:
+        """The worker's batch job ends soon: no task goes to it any more (it RETURNs what it has
+        not started; what it runs finishes there, or is queued again if the job ends first)."""
+        w.draining = True
+        w.credit = 0
 
     def take_back(self, w: WorkerState, btids: list[int]) -> None:
         """RETURN: the worker hands back tasks it has not started; its credit drops to 0."""

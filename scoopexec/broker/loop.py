@@ -599,5 +599,6 @@ def _status(b: Broker) -> dict[str, Any]:
         "refused_keys": auth.refused if auth is not None else 0,
         "trace": b.trace.path if b.trace is not None else None,
         "starting": b.watcher.starting() if b.watcher is not None else 0,
+        "jobs": b.watcher.jobs() if b.watcher is not None else [],
         **b.ledger.snapshot(),
     }

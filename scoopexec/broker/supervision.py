@@ -45,6 +45,7 @@ class ProcessWatcher(Protocol):
     def replace(self, tag: str) -> bool: ...
     def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (deploy/contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
+    def jobs(self) -> list[dict[str, Any]]: ...  # batch jobs that bring workers (deploy/elastic.py)
 
 
 class _Broker(Protocol):

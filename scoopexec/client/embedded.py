@@ -196,6 +196,10 @@ class EmbeddedSession(Session):
         self.broker.router.allow(pair.public)
         return Credentials.for_pair(curve.public, pair)
 
+    def worker_target(self, kind: str) -> Target:
+        """Where workers a scheduler starts connect (CURVE over TCP), with a new key pair for them."""
+        return self._remote_target(kind)
+
     def start_local(self, n: int) -> None:
         assert self.workers is not None and self.workers.local is not None
         self.workers.local.add(n)

@@ -24,6 +24,7 @@ from .. import mainmodule, pools, scoop_compat
 from ..deploy.contract import LaunchOptions, check_env
 from ..deploy.groups import Launchers
 from ..deploy.hosts import Host, local_cpu_count, parse_hosts, plan_hosts
+from ..deploy.slurm_jobs import SlurmJobs
 from ..errors import BrokenScoopExecutor, InitializerError, MessageTooLargeError, SerializationError
 from ..mapping import MapMixin
 from ..status import PoolStatus
@@ -109,7 +110,8 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             PBS or SGE allocation this runs in; local workers outside one).
             Other hosts are reached with the system ``ssh`` (inside SLURM,
             with ``srun``); a host without a count runs one worker per CPU;
-            ``max_workers`` caps the total, dealt to the hosts in turn.
+            ``max_workers`` caps the total, dealt to the hosts in turn; or
+            ``SlurmJobs(...)``: SLURM jobs submitted as work comes (slurm_jobs.py).
         hostfile: a file of ``hostname [workers]`` lines, instead of hosts.
         cwd: working directory of remote workers (default: the current one).
         ssh: the ssh command and options to use, e.g. ``["ssh", "-F", "cfg"]``.
@@ -150,7 +152,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         connect_timeout: float = 10.0,
-        hosts: str | Sequence[str] | Mapping[str, int] | None = None,
+        hosts: str | Sequence[str] | Mapping[str, int] | SlurmJobs | None = None,
         hostfile: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         ssh: Sequence[str] | None = None,
@@ -181,7 +183,10 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
         _refuse_during_worker_bootstrap()
         env = check_env(env)
-        n_local, remote_hosts, n_srun = plan_hosts(max_workers, hosts, hostfile)
+        jobs = SlurmJobs.given(hosts, broker, max_workers)  # workers in batch jobs, submitted as work comes
+        n_local, remote_hosts, n_srun = (
+            plan_hosts(max_workers, hosts, hostfile) if not isinstance(hosts, SlurmJobs) else (0, [], 0)
+        )
         if scoop_compat.active():  # under python -m scoopexec: SCOOP's scoop.SIZE, for the workers
             size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             env = {**scoop_compat.worker_env(size), **env}
@@ -250,9 +255,10 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             if n_local:
                 self._session.start_local(n_local)
-        if remote_hosts or n_srun:
+        if remote_hosts or n_srun or jobs is not None:
             try:
                 self._session.add_hosts(remote_hosts, n_srun)
+                self._max_workers += jobs.start(self._session) if jobs is not None else 0
             except BaseException:
                 self._session.close(wait=True)
                 raise

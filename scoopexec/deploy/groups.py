@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import LaunchError
 from ..wire.security import Credentials, encode_frame
@@ -27,6 +27,9 @@ from . import slurm, ssh
 from .contract import GROUP_MARK, READY_MARK, LaunchOptions, describe_returncode, worker_argv
 from .hosts import Host
 from .local import LocalWorkers
+
+if TYPE_CHECKING:
+    from .elastic import JobPool
 
 __all__ = ["Launchers", "RemoteGroup", "Target", "launch_all"]
 
@@ -260,6 +263,7 @@ class Launchers:
     def __init__(self, local: LocalWorkers | None) -> None:
         self.local = local
         self.groups: dict[str, RemoteGroup] = {}
+        self.job_pools: list[JobPool] = []  # batch jobs submitted as work comes (elastic.py)
         self._lock = threading.Lock()
         self._count = 0
 
@@ -271,6 +275,16 @@ class Launchers:
     def add(self, group: RemoteGroup) -> None:
         with self._lock:
             self.groups[group.tag] = group
+
+    def add_jobs(self, pool: JobPool) -> None:
+        with self._lock:
+            self.job_pools.append(pool)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The batch jobs of the pool's job pools, for its status."""
+        with self._lock:
+            pools = list(self.job_pools)
+        return [j for p in pools for j in p.status()]
 
     def discard(self, group: RemoteGroup) -> None:
         with self._lock:
@@ -368,6 +382,8 @@ class Launchers:
             self.local.stop()
         for g in groups:
             g.stop()
+        for pool in self.job_pools:
+            pool.stop()  # cancels its jobs, waits until the scheduler lists none
 
     def start_remote(
         self, hosts: Sequence[Host], srun: int, target: Callable[[str], Target], options: LaunchOptions

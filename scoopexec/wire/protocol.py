@@ -65,13 +65,14 @@ PING = 20  # broker -> peer: is this routing id still connected?  Ignored by pee
 SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); frames: name, value pickle
 RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0
 RECALL = 23  # broker -> worker: a worker is idle; one running a long task RETURNs what it has not started
+DRAIN = 24  # broker -> worker: its batch job ends soon; RETURN every task not started (no more come)
 
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", SUBMIT: "SUBMIT", TASKS: "TASKS", RESULT: "RESULT",
     RESULTS: "RESULTS", CANCEL: "CANCEL", CREDIT: "CREDIT", STARTED: "STARTED", SETUP: "SETUP",
     SETUP_DONE: "SETUP_DONE", OUTPUT: "OUTPUT", STOP: "STOP", BYE: "BYE", ERROR: "ERROR",
     STATUS: "STATUS", STATUS_REPLY: "STATUS_REPLY", LOG: "LOG", BROKEN: "BROKEN", PING: "PING",
-    SHARE: "SHARE", RETURN: "RETURN", RECALL: "RECALL",
+    SHARE: "SHARE", RETURN: "RETURN", RECALL: "RECALL", DRAIN: "DRAIN",
 }  # fmt: skip
 
 # Entry layouts.
@@ -132,7 +133,7 @@ SHAPES: dict[int, Shape] = {
     STARTED: Shape(NONE), SETUP: Shape(ANY), SETUP_DONE: Shape(TEXT, 0, 2), OUTPUT: Shape(ONE_EACH),
     STOP: Shape(NONE), BYE: Shape(NONE), ERROR: Shape(TEXT), STATUS: Shape(NONE),
     STATUS_REPLY: Shape(JSON), LOG: Shape(ONE_EACH), BROKEN: Shape(JSON), PING: Shape(NONE),
-    SHARE: Shape(NAMED), RETURN: Shape(NONE), RECALL: Shape(NONE),
+    SHARE: Shape(NAMED), RETURN: Shape(NONE), RECALL: Shape(NONE), DRAIN: Shape(NONE),
 }  # fmt: skip
 
 # Who may send each kind to the broker (None: any peer, even one that has not said HELLO).

@@ -174,6 +174,7 @@ class Worker:
             P.ERROR: self._on_error,
             P.PING: _ignore,  # the broker checking that we are connected
             P.RECALL: self._on_recall,
+            P.DRAIN: lambda msg: self._give_back(),  # its job ends soon: the broker sends no more
             P.STATUS_REPLY: _ignore,
         }
 
@@ -466,7 +467,7 @@ class Worker:
                 continue
             if msg.kind == P.RESULTS:
                 self.subtasks.on_results(msg)  # sub-task results, for _flusher to deliver
-            elif msg.kind == P.RECALL:
+            elif msg.kind in (P.RECALL, P.DRAIN):
                 recalled = True
             else:
                 inbox.append(msg)  # for the hub, in order, when the task ends
