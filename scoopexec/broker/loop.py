@@ -54,8 +54,10 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import POOL, WakePipe
 from ..wire.security import KeyPair
+from ..wire.validate import check_hello
 from . import scheduling
 from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
+from .limits import Guard, write_nowait
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
 from .supervision import ProcessWatcher, Supervisor
 
@@ -116,6 +118,7 @@ class Broker:
         self.router.watch(self.poll)
         gone = self.supervisor.peer_gone
         dropped = self.ledger.dropped
+        self.guard = Guard(self.ledger.dropped, self.send, self.ledger.peer)
         self.links = LinkPort(self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout)
         self.local: InProcessPort | None = None
         if local is not None:
@@ -326,15 +329,8 @@ class Broker:
             if ident is not None and msg.kind == P.HELLO:
                 self.router.remember(ident, key)  # that connection closing is this peer's
             handler(key, peer, msg)
-        except P.VersionMismatch as exc:
-            ledger.dropped["version"] += 1
-            self.send(key, [P.header(P.ERROR), str(exc).encode()])
-        except ProtocolError as exc:
-            ledger.dropped["malformed"] += 1
-            log.debug("dropped a malformed message from %r: %s", key, exc)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            ledger.dropped["malformed"] += 1
-            log.debug("dropped a message from %r: %r", key, exc)
+        except Exception as exc:  # anything a message made happen: drop it, the loop goes on
+            self.guard.refuse(key, ident, exc)
 
     def _take_local(self) -> None:
         assert self.local is not None
@@ -343,12 +339,12 @@ class Broker:
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
-        info, ledger = msg.info, self.ledger
-        role = info.get("role")
+        info, ledger = check_hello(msg.info), self.ledger
+        role, held = info["role"], info.pop("held", set())
         if role == P.WORKER:
             old = ledger.workers.get(key)
             if old is not None:
-                ledger.resync(old, {int(x) for x in info.get("held", ())})
+                ledger.resync(old, held)
                 old.info.update(info)
                 self._welcome(key, {"resumed": True})
                 return
@@ -360,11 +356,9 @@ class Broker:
         elif role == P.CLIENT:
             c = ledger.clients.get(key) or ledger.add_client(key, info, list(msg.frames[2:]))
             self._welcome(key, {"setup": c.setup})
-        elif role == P.OBSERVER:
+        else:  # an observer (check_hello knows no other role)
             ledger.observers.add(key)
             self._welcome(key, {})
-        else:
-            raise ProtocolError(f"HELLO with unknown role {role!r}")
 
     def _welcome(self, key: bytes, extra: dict[str, Any]) -> None:
         self.send(key, [P.header(P.WELCOME), P.dump_json(_welcome(self, key, extra))])
@@ -418,15 +412,14 @@ class Broker:
                 self.send(origin, [P.pack(msg.kind, [ent for ent, _ in items]), *[f for _, f in items]])
             elif msg.kind == P.OUTPUT:
                 for ent, frame in items:
-                    stream = sys.stderr if ent[1] == 2 else sys.stdout
-                    stream.write(P.as_bytes(frame).decode("utf-8", "replace"))
-                    stream.flush()
+                    if not write_nowait(sys.stderr if ent[1] == 2 else sys.stdout, P.as_bytes(frame)):
+                        ledger.dropped["output nobody reads"] += 1
 
     def _on_setup_done(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         if msg.count:
             return  # applied
         c = self.ledger.setups.get(msg.arg)
-        if c is not None and not c.broken:
+        if c is not None and not c.broken and msg.arg in w.setups:  # (only a set-up it was sent)
             main = len(msg.frames) > 2 and P.as_bytes(msg.frames[2]) == b"main"  # importing its script
             self.break_client(c, "main" if main else "initializer", msg.text or "set-up failed")
 
