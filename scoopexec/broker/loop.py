@@ -54,7 +54,7 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import POOL, WakePipe
 from ..wire.security import KeyPair
-from ..wire.validate import check_hello
+from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
 from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
 from .limits import Guard, write_nowait
@@ -92,7 +92,7 @@ class Broker:
         heartbeat: float = 1.0,
         heartbeat_timeout: float = 5.0,
         max_retries: int = 3,
-        max_message_size: int = -1,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         pool_id: str | None = None,
         curve: KeyPair | None = None,
     ) -> None:
@@ -118,8 +118,10 @@ class Broker:
         self.router.watch(self.poll)
         gone = self.supervisor.peer_gone
         dropped = self.ledger.dropped
-        self.guard = Guard(self.ledger.dropped, self.send, self.ledger.peer)
-        self.links = LinkPort(self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout)
+        self.guard = Guard(dropped, self.send, self.ledger.peer)
+        self.links = LinkPort(
+            self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout, max_message_size
+        )
         self.local: InProcessPort | None = None
         if local is not None:
             self.local = InProcessPort(local)

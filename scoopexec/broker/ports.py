@@ -37,6 +37,7 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, KeyPair, is_loopback
+from ..wire.validate import frame_limit
 from .ledger import LOCAL, Ledger
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -174,7 +175,7 @@ class RouterPort:
         if max_message_size > 0:
             # Peers check sizes themselves and fail the one task; this is the
             # hard guard against a peer that does not (it gets disconnected).
-            r.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
+            r.setsockopt(zmq.MAXMSGSIZE, frame_limit(max_message_size))
         self.curve = curve
         self.auth: Authenticator | None = None
         self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
@@ -409,7 +410,9 @@ class LinkPort:
     """
 
     def __init__(self, poll: Poll, wake: WakePipe, on_message: OnMessage, on_gone: OnGone,
-                 dropped: collections.Counter[str], heartbeat_timeout: float) -> None:  # fmt: skip
+                 dropped: collections.Counter[str], heartbeat_timeout: float, max_message_size: int = -1,
+                 ) -> None:  # fmt: skip
+        self.max_frame = frame_limit(max_message_size)  # a link announcing a longer frame is closed
         self.poll = poll
         self.wake = wake
         self.on_message = on_message
@@ -427,7 +430,7 @@ class LinkPort:
     def add(self, sock: socket.socket) -> bytes:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
-        self.new.append((key, Link(sock)))
+        self.new.append((key, Link(sock, max_frame=self.max_frame)))
         self.wake.wake()  # the loop registers it (register_new)
         return key
 

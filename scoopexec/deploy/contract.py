@@ -41,6 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE
+
 __all__ = [
     "EXIT_AUTH",
     "EXIT_LOST",
@@ -115,6 +117,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", ("--name",), str, ""),
     Option("heartbeat", ("--heartbeat",), float, 1.0),
     Option("heartbeat_timeout", ("--heartbeat-timeout",), float, 5.0),
+    Option(
+        "max_message_size", ("--max-message-size",), int, DEFAULT_MAX_MESSAGE_SIZE,
+        "refuse frames from the broker above BYTES (plus 1 MiB); -1: no limit", "BYTES",
+    ),
     Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
     Option("no_forward_output", ("--no-forward-output",), bool, False),
     Option(

@@ -400,6 +400,7 @@ def run_worker_group(args: Any, connect: str, keys: Credentials | None, n: int) 
         "connect_timeout": args.connect_timeout or None,
         "no_forward_output": args.no_forward_output,
         "keep_cwd": args.keep_cwd,
+        "max_message_size": args.max_message_size,
     }
     stop = threading.Event()
     if args.watch_stdin:

@@ -19,9 +19,11 @@ from typing import Any
 
 from ..errors import ProtocolError
 from . import protocol as P
+from .framing import HEADROOM
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HEADROOM",
     "MAX_FIELD",
     "MAX_ID",
     "check_hello",
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30  # bytes in one frame (1 GiB): max_message_size's default
-HEADROOM = 1 << 20  # what a socket accepts beyond max_message_size: headers, entries, JSON
 MAX_FIELD = 4096  # characters in one string field of a HELLO (a host, a name, a tag)
 MAX_ID = (1 << 64) - 1  # task ids are u64 on the wire
 _ROLES = frozenset({P.CLIENT, P.WORKER, P.OBSERVER})
