@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -15,6 +17,7 @@ from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing
 from scoopexec.wire import protocol as P
 from scoopexec.wire.validate import DEFAULT_MAX_MESSAGE_SIZE, frame_limit
+from tests.conftest import ROOT
 
 
 def test_a_bogus_length_header_on_a_link_is_an_error_not_an_allocation():
@@ -87,3 +90,87 @@ def test_client_and_worker_sockets_have_the_limit():
         with ScoopExecutor(broker=ex.endpoint, max_message_size=123_456) as client:
             assert client._session.sock.getsockopt(zmq.MAXMSGSIZE) == frame_limit(123_456)
             assert client.submit(abs, -2).result(timeout=60) == 2
+
+
+_CLIENT = """
+import sys, time
+from scoopexec import ScoopExecutor
+from tests.helpers import wait_for_file
+if __name__ == "__main__":
+    ex = ScoopExecutor(broker=sys.argv[1], initializer=len, initargs=("x" * 100_000,))
+    ex.share("big", b"v" * 1_000_000)
+    ex.share("big", b"w" * 1_000_000)
+    futs = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(50)]
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _broker_status(addr):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    try:
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(addr)
+        s.send_multipart([P.header(P.STATUS)])
+        assert s.poll(30_000), "the broker does not answer"
+        return P.decode(s.recv_multipart()).info
+    finally:
+        s.close(linger=0)
+        ctx.term()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
+    """A client of a standalone broker shares a value twice (the second replaces the first),
+    has tasks queued, and is SIGKILLed: the broker's status shows its set-up, shared values
+    and tasks gone.  Before, the set-up stayed (Ledger.setups) and sharing again appended."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
+                              stdout=subprocess.PIPE, env=env)  # fmt: skip
+    workers = client = None
+    try:
+        assert b"listening on" in broker.stdout.readline()
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        script = tmp_path / "client.py"
+        script.write_text(_CLIENT)
+        gate = tmp_path / "gate"
+        argv = [sys.executable, str(script), addr, str(gate)]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+        assert client.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 30
+        while True:
+            st = _broker_status(addr)
+            if st["tasks"] == 50 and st["shared"] == 1:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert st["clients"] == 1 and st["setups"] == 1
+        client.kill()
+        client.wait(10)
+        while True:
+            st = _broker_status(addr)
+            if st["clients"] == 0:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert (st["setups"], st["shared"], st["tasks"], st["queued"]) == (0, 0, 0, 0), st
+        gate.touch()  # the task its worker was running ends
+        # The pool serves the next client as before.
+        with ScoopExecutor(broker=addr) as ex:
+            assert ex.submit(abs, -4).result(timeout=60) == 4
+    finally:
+        for p in (client, workers, broker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for p in (client, broker):
+            if p is not None:
+                p.stdout.close()

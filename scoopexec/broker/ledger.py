@@ -118,7 +118,7 @@ class ClientState(Peer):
         self.setup_frames = frames
         self.broken = False
         self.closing = False  # leaving after an error: what no worker has started is dropped
-        self.shares: list[list[Any]] = []  # values shared with every worker, in order
+        self.shares: dict[bytes, list[Any]] = {}  # name -> value shared with every worker, in order
 
 
 class Ledger:
@@ -352,7 +352,13 @@ class Ledger:
         if c is None:
             return None, {}
         c.broken = True
-        return c, self.forget_peer(key)
+        # What it sent to serve its tasks goes with it: no task of it is left to need them.
+        self.setups.pop(c.setup, None)
+        c.setup_frames, c.shares = [], {}
+        cancels = self.forget_peer(key)
+        tasks = self.tasks
+        self.queue = collections.deque(b for b in self.queue if b in tasks)  # not only skipped later
+        return c, cancels
 
     def leave(self, w: WorkerState) -> Cancels:
         """BYE from a worker: what it held is queued again (no attempt spent); its sub-tasks go."""
@@ -443,6 +449,8 @@ class Ledger:
             "tasks": len(self.tasks),
             "completed": self.completed,
             "clients": len(self.clients),
+            "setups": len(self.setups),  # clients' set-ups held (each client's, until it leaves)
+            "shared": sum(len(c.shares) for c in self.clients.values()),  # values shared, held
             "dropped": dict(self.dropped),
             "workers": [
                 {

@@ -373,7 +373,7 @@ class Broker:
     def _on_share(self, key: bytes, c: ClientState, msg: P.Message) -> None:
         """A value every worker of this client must have before its later tasks."""
         frames = list(msg.frames[1:])
-        c.shares.append(frames)
+        c.shares[P.as_bytes(frames[0])] = frames  # sharing a name again replaces its value
         for w in self.ledger.workers.values():
             if c.setup in w.setups:
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *frames])
@@ -487,7 +487,7 @@ class Broker:
     def _send_tasks(self, w: WorkerState, batch: list[Task]) -> None:
         for c in self.ledger.new_setups(w, batch):  # before its first task there: SETUP, SHAREs
             self.send(w.key, [P.header(P.SETUP, 0, c.setup), *c.setup_frames])
-            for shared in c.shares:
+            for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)
