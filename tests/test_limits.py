@@ -174,3 +174,45 @@ def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
         for p in (client, broker):
             if p is not None:
                 p.stdout.close()
+
+
+_EMFILE = """
+import os, resource, signal, sys, time
+from scoopexec import ScoopExecutor
+if __name__ == "__main__":
+    with ScoopExecutor(2) as ex:
+        assert [ex.submit(abs, -i).result(timeout=60) for i in range(4)] == [0, 1, 2, 3]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # From here this process can open no more files: a new worker cannot be started.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+        victim = ex.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not ex.status().raw["faults"].get("worker start failed"):
+            assert time.monotonic() < deadline, ex.status().raw
+            time.sleep(0.05)
+        print("refused", flush=True)
+        assert [ex.submit(abs, -i).result(timeout=60) for i in range(10)] == list(range(10))
+        print("served", flush=True)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        while len(ex.worker_pids) < 2 or victim in ex.worker_pids:
+            assert time.monotonic() < deadline, ex.status().raw
+            time.sleep(0.05)
+        print("replaced", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_out_of_file_descriptors_while_replacing_a_worker_is_survived(tmp_path):
+    """A local worker dies while its pool's process can open no more files (a real
+    RLIMIT_NOFILE): the broker logs it, counts it in the status, serves with the worker it
+    has, and starts the replacement once it can.  Before, the EMFILE from starting the
+    replacement ended the broker's thread."""
+    script = tmp_path / "emfile.py"
+    script.write_text(_EMFILE)
+    r = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, timeout=100,
+                       env=dict(os.environ, PYTHONPATH=ROOT))  # fmt: skip
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out.split() == ["refused", "served", "replaced"], (out, err[-3000:])
+    assert r.returncode == 0, err[-3000:]
+    assert "could not start a worker to replace" in err and "Too many open files" in err

@@ -135,6 +135,7 @@ class Ledger:
         self.setups: dict[int, ClientState] = {}
         self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
         self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
+        self.faults: collections.Counter[str] = collections.Counter()  # what failed and was survived
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
@@ -452,6 +453,7 @@ class Ledger:
             "setups": len(self.setups),  # clients' set-ups held (each client's, until it leaves)
             "shared": sum(len(c.shares) for c in self.clients.values()),  # values shared, held
             "dropped": dict(self.dropped),
+            "faults": dict(self.faults),
             "workers": [
                 {
                     "id": w.key.hex(),

@@ -179,7 +179,8 @@ class RouterPort:
         self.curve = curve
         self.auth: Authenticator | None = None
         self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | MONITOR_EVENTS)
+        # (EVENT_ACCEPT_FAILED: out of file descriptors, say; ZeroMQ goes on, the status counts it)
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | MONITOR_EVENTS)
         self.fds: dict[int, bytes] = {}  # a connection's fd (SRCFD of its HELLO) -> its peer
         self.backlog: dict[bytes, collections.deque[list[Any]]] = {}
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
@@ -308,6 +309,8 @@ class RouterPort:
                 continue
             if event["event"] & MONITOR_EVENTS:
                 self.dropped["failed handshake"] += 1
+            elif event["event"] == zmq.EVENT_ACCEPT_FAILED:
+                self.dropped["accept failed"] += 1
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 key = self.fds.pop(int(event["value"]), None)
                 if key is not None:
