@@ -216,3 +216,139 @@ def test_out_of_file_descriptors_while_replacing_a_worker_is_survived(tmp_path):
     assert out.split() == ["refused", "served", "replaced"], (out, err[-3000:])
     assert r.returncode == 0, err[-3000:]
     assert "could not start a worker to replace" in err and "Too many open files" in err
+
+
+def _start_broker(*options):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr, *options],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert b"listening on" in p.stdout.readline()
+    return addr, p
+
+
+def _stop(*procs):
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(10)
+        for f in (p.stdout, p.stderr) if p is not None else ():
+            if f is not None:
+                f.close()
+
+
+def _closed_within(sock, seconds):
+    """Whether the broker closes this raw TCP connection within ``seconds``."""
+    sock.settimeout(0.2)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+def _raw(addr):
+    host, port = addr[len("tcp://") :].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+@pytest.mark.timeout(120)
+def test_a_connection_that_never_says_hello_is_closed():
+    """--handshake-timeout: a peer that connects and says nothing is cut; one that said HELLO
+    stays.  Before, the half-open connection stayed for ever (a descriptor each)."""
+    addr, broker = _start_broker("--handshake-timeout", "1")
+    workers = silent = None
+    try:
+        silent = _raw(addr)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        with ScoopExecutor(broker=addr) as ex:
+            assert _closed_within(silent, 15)
+            assert ex.submit(abs, -1).result(timeout=60) == 1  # its connection is alive, so is the worker's
+            time.sleep(1.5)
+            assert ex.submit(abs, -2).result(timeout=60) == 2
+        assert _broker_status(addr)["dropped"].get("handshake timeout", 0) >= 1
+    finally:
+        if silent is not None:
+            silent.close()
+        _stop(workers, broker)
+
+
+@pytest.mark.timeout(120)
+def test_connections_beyond_the_cap_are_closed_and_others_served():
+    addr, broker = _start_broker("--max-connections", "3", "--handshake-timeout", "0")
+    socks = []
+    try:
+        socks = [_raw(addr) for _ in range(6)]
+        closed = [_closed_within(s, 3) for s in socks]
+        assert sum(closed) >= 3, closed
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
+        st = _broker_status(addr)  # a connection of its own: there is room again
+        assert st["dropped"].get("too many connections", 0) >= 3
+    finally:
+        for s in socks:
+            s.close()
+        _stop(broker)
+
+
+_GREEDY = """
+import sys
+from scoopexec import ScoopExecutor
+from tests.helpers import wait_for_file
+if __name__ == "__main__":
+    with ScoopExecutor(broker=sys.argv[1]) as ex:
+        held = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(10)]
+        print("held", flush=True)
+        sys.stdin.readline()  # the test has seen them in the broker
+        more = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(5)]
+        for f in more:
+            try:
+                f.result(timeout=60)
+                print("accepted", flush=True)
+            except Exception as exc:
+                print("refused", type(exc).__name__, "max_queued=10" in str(exc), flush=True)
+        print("done", sum(f.result(timeout=60) is None for f in held), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_client_over_its_queue_cap_gets_an_error_and_others_are_served(tmp_path):
+    addr, broker = _start_broker("--max-queued", "10")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    workers = greedy = None
+    try:
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        script, gate = tmp_path / "greedy.py", tmp_path / "gate"
+        script.write_text(_GREEDY)
+        greedy = subprocess.Popen([sys.executable, str(script), addr, str(gate)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert greedy.stdout.readline() == b"held\n"
+        deadline = time.monotonic() + 30
+        while _broker_status(addr)["tasks"] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        greedy.stdin.write(b"go\n")
+        greedy.stdin.flush()
+        with ScoopExecutor(broker=addr) as other:  # another client's tasks are taken
+            f = other.submit(abs, -6)
+            lines = [greedy.stdout.readline().decode().split() for _ in range(5)]
+            assert lines == [["refused", "RemoteError", "True"]] * 5, lines
+            gate.touch()
+            assert f.result(timeout=60) == 6
+        assert greedy.stdout.readline() == b"done 10\n"
+        assert greedy.wait(30) == 0
+    finally:
+        if greedy is not None and greedy.poll() is None:
+            greedy.kill()
+            greedy.wait(10)
+        if greedy is not None:
+            greedy.stdin.close()
+            greedy.stdout.close()
+        _stop(workers, broker)

@@ -110,7 +110,7 @@ class WorkerState(Peer):
 
 
 class ClientState(Peer):
-    __slots__ = ("broken", "closing", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "held", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], setup: int, frames: list[Any]) -> None:
         super().__init__(key, CLIENT, info)
@@ -119,6 +119,7 @@ class ClientState(Peer):
         self.broken = False
         self.closing = False  # leaving after an error: what no worker has started is dropped
         self.shares: dict[bytes, list[Any]] = {}  # name -> value shared with every worker, in order
+        self.held = 0  # tasks it submitted that the broker holds (a remote client's: see limits.py)
 
 
 class Ledger:
@@ -200,6 +201,8 @@ class Ledger:
                 by_owner[(owner, tid)] = btid
             queue.append(btid)
             btid += 1
+        if client is not None:
+            client.held += btid - self._next_btid
         self._next_btid = btid
         return refused
 
@@ -253,6 +256,7 @@ class Ledger:
         task that another worker holds too (a late answer won): that worker must cancel it.
         """
         tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
+        clients = self.clients
         done: list[tuple[Task, int, Sequence[Any]]] = []
         others: list[tuple[bytes, int]] = []
         for ent, body in results:
@@ -268,6 +272,9 @@ class Ledger:
                 continue
             del tasks[btid]
             by_owner.pop((task.owner, task.tid), None)
+            c = clients.get(task.owner)
+            if c is not None:
+                c.held -= 1
             if holder is not None and holder != key:
                 # A late answer from a worker we gave up on: first result wins;
                 # the worker now holding the task may drop it.
@@ -283,12 +290,19 @@ class Ledger:
         """Drop a task wherever it is; its worker, if any, goes into ``cancels``."""
         task = self.tasks.pop(btid)
         self.by_owner.pop((task.owner, task.tid), None)
+        self._release(task)
         if task.worker is not None:
             w = self.workers.get(task.worker)
             if w is not None:
                 w.assigned.discard(btid)
                 cancels.setdefault(w.key, []).append((btid,))
         return task
+
+    def _release(self, task: Task) -> None:
+        """A task leaves the books: its owner, if a client, holds one fewer."""
+        c = self.clients.get(task.owner)
+        if c is not None:
+            c.held -= 1
 
     def cancel(self, owner: bytes, tids: Iterable[int]) -> Cancels:
         """CANCEL from an owner: forget those of its tasks that are still here."""
@@ -341,6 +355,7 @@ class Ledger:
             if c is not None and c.closing and task.worker is None:
                 del tasks[btid]
                 self.by_owner.pop((task.owner, task.tid), None)
+                self._release(task)
                 dropped.append(task)
             else:
                 kept.append(btid)
@@ -397,6 +412,7 @@ class Ledger:
             if given_up:
                 del self.tasks[btid]
                 self.by_owner.pop((task.owner, task.tid), None)
+                self._release(task)
             else:
                 self.queue.appendleft(btid)
             out.append((task, given_up))

@@ -57,7 +57,7 @@ from ..wire.security import KeyPair
 from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
 from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
-from .limits import Guard, write_nowait
+from .limits import Guard, Limits, write_nowait
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
 from .supervision import ProcessWatcher, Supervisor
 
@@ -95,8 +95,10 @@ class Broker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         pool_id: str | None = None,
         curve: KeyPair | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
+        self.limits = limits or Limits()
         self.pool_id = pool_id or secrets.token_hex(8)
         self.watcher = watcher
         self.supervisor = Supervisor(self)
@@ -113,6 +115,7 @@ class Broker:
             self.ctx, heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout,
             max_message_size=max_message_size, curve=curve,
             on_message=self._take, on_gone=self.supervisor.peer_gone, dropped=self.ledger.dropped,
+            limits=self.limits,
         )  # fmt: skip
         self.endpoint: str = self.router.add_endpoint(bind, secure=curve is not None and bind.startswith("tcp://"))
         self.router.watch(self.poll)
@@ -367,6 +370,11 @@ class Broker:
 
     def _on_submit(self, key: bytes, peer: ClientState | WorkerState, msg: P.Message) -> None:
         client = peer if isinstance(peer, ClientState) else None  # a worker's: sub-tasks
+        refused = self.limits.refuse_tasks(client, msg.count) if client is not None else None
+        if refused is not None:  # over its max_queued: those tasks fail, with the reason
+            for ent in msg.entries:
+                self.result(key, ent[0], P.FAILED, refused)
+            return
         for tid in self.ledger.submit(key, msg.parts(), client):  # type: ignore[arg-type]
             self.result(key, tid, P.CANCELLED, [])  # its client is broken, or leaving
 

@@ -123,9 +123,8 @@ class Worker:
         else:
             self.ctx = context or zmq.Context()
             self.chan = ZmqChannel(
-                self.ctx, self.ident, connect,
+                self.ctx, self.ident, connect, max_message_size=max_message_size,
                 heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
-                max_message_size=max_message_size,
             )  # fmt: skip
 
         self.hub = greenlet.getcurrent()
