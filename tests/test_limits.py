@@ -352,3 +352,43 @@ def test_a_client_over_its_queue_cap_gets_an_error_and_others_are_served(tmp_pat
             greedy.stdin.close()
             greedy.stdout.close()
         _stop(workers, broker)
+
+
+@pytest.mark.timeout(120)
+def test_out_of_file_descriptors_while_accepting_is_survived():
+    """A standalone broker with few descriptors (a real RLIMIT_NOFILE) and a crowd of
+    connections: the accepts ZeroMQ cannot make are counted, and once the crowd is gone the
+    broker answers as before."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "from scoopexec.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = [sys.executable, "-c", code, "broker", "--bind", addr, "--max-connections", "0"]
+    broker = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    crowd = []
+    try:
+        assert b"listening on" in broker.stdout.readline()
+        for _ in range(100):
+            crowd.append(_raw(addr))
+        time.sleep(1.0)
+        assert broker.poll() is None
+        for s in crowd:
+            s.close()
+        crowd.clear()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                st = _broker_status(addr)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline
+        assert st["dropped"].get("accept failed", 0) > 0, st["dropped"]
+        assert broker.poll() is None
+    finally:
+        for s in crowd:
+            s.close()
+        _stop(broker)

@@ -234,7 +234,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 def _default_connections() -> int:
     """Half the descriptors this process may open: connections alone cannot exhaust them."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return max(64, soft // 2) if soft != resource.RLIM_INFINITY else 100_000
+    return max(1, soft // 2) if soft != resource.RLIM_INFINITY else 100_000
 
 
 def add_limit_options(ap: argparse.ArgumentParser) -> None:
