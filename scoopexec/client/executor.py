@@ -226,7 +226,7 @@ class ScoopExecutor(MapMixin, cf.Executor):
                 heartbeat=heartbeat,
                 heartbeat_timeout=heartbeat_timeout,
                 connect_timeout=connect_timeout,
-                keys=keys, max_message_size=max_message_size,
+                keys=keys,
             )
             self._session.workers = Launchers(None)
             self._session.launch_options = launch_options

@@ -49,7 +49,6 @@ class RemoteSession(Session):
         heartbeat_timeout: float,
         connect_timeout: float,
         keys: Credentials | None = None,
-        max_message_size: int = -1,
     ) -> None:
         check_endpoint(endpoint, secure=keys is not None, what="broker endpoint")
         super().__init__(setup)
@@ -68,7 +67,6 @@ class RemoteSession(Session):
             heartbeat=heartbeat,
             heartbeat_timeout=heartbeat_timeout,
             keys=keys,
-            max_message_size=max_message_size,
         )
         self.monitor = s.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS

@@ -41,8 +41,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE
-
 __all__ = [
     "EXIT_AUTH",
     "EXIT_LOST",
@@ -118,8 +116,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat", ("--heartbeat",), float, 1.0),
     Option("heartbeat_timeout", ("--heartbeat-timeout",), float, 5.0),
     Option(
-        "max_message_size", ("--max-message-size",), int, DEFAULT_MAX_MESSAGE_SIZE,
-        "refuse frames from the broker above BYTES (plus 1 MiB); -1: no limit", "BYTES",
+        "max_message_size", ("--max-message-size",), int, -1,
+        "refuse frames from the broker above BYTES (plus 1 MiB); the pool's own max_message_size "
+        "(an embedded pool passes it to its local workers; default: no limit)", "BYTES",
     ),
     Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
     Option("no_forward_output", ("--no-forward-output",), bool, False),
