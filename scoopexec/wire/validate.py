@@ -27,7 +27,6 @@ __all__ = [
     "MAX_FIELD",
     "MAX_ID",
     "check_hello",
-    "effective_limit",
     "frame_limit",
 ]
 
@@ -36,13 +35,6 @@ MAX_FIELD = 4096  # characters in one string field of a HELLO (a host, a name, a
 MAX_ID = (1 << 64) - 1  # task ids are u64 on the wire
 _ROLES = frozenset({P.CLIENT, P.WORKER, P.OBSERVER})
 _STRINGS = ("host", "name", "tag", "python")  # HELLO fields that must be strings when present
-
-
-def effective_limit(max_message_size: int | None) -> int:
-    """The limit in force: ``None`` means the default, 0 or less means none (-1)."""
-    if max_message_size is None:
-        return DEFAULT_MAX_MESSAGE_SIZE
-    return max_message_size if max_message_size > 0 else -1
 
 
 def frame_limit(max_message_size: int) -> int:
