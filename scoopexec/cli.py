@@ -25,6 +25,7 @@ from typing import Any
 
 from . import pools, scoop_compat
 from .__main__ import EXIT_BROKEN_PIPE, SUBCOMMANDS, silence_stdout, stdout_is_broken, version_text
+from .broker.limits import add_limit_options, limits_of
 from .broker.loop import Broker
 from .client.executor import ScoopExecutor
 from .deploy.slurm_jobs import SlurmJobs
@@ -100,6 +101,7 @@ def broker_main(argv: list[str]) -> int:
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--heartbeat-timeout", type=float, default=5.0)
     ap.add_argument("--max-retries", type=int, default=3)
+    add_limit_options(ap)
     ap.add_argument(
         "--trace", metavar="FILE",
         help="record every task and write the timeline to FILE when the broker stops "
@@ -142,6 +144,8 @@ def broker_main(argv: list[str]) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         max_retries=args.max_retries,
         curve=server,
+        max_message_size=args.max_message_size,
+        limits=limits_of(args),
     )
     published = None
     if server is not None:

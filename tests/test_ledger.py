@@ -301,3 +301,23 @@ def test_the_snapshot_counts_what_the_status_table_shows():
     snap = ledger.snapshot()
     assert (snap["queued"], snap["assigned"], snap["tasks"], snap["clients"]) == (1, 1, 2, 1)
     assert snap["workers"][0]["state"] == "busy" and snap["workers"][0]["busy"] == 1
+
+
+def test_a_clients_held_count_follows_its_tasks_through_every_way_out():
+    """ClientState.held (the per-client queue cap, broker/limits.py) is exact: it goes up with
+    each task submitted and down by every way a task leaves the books."""
+    ledger = books(max_retries=0)
+    c = ledger.clients[C]
+    w = worker(ledger, "w", credit=100)
+    submit(ledger, 1, 2, 3, 4, 5, 6)
+    assert c.held == 6
+    assert len(scheduling.dispatch(ledger, lambda t: True)) == 1  # all six to w
+    done, _ = ledger.finish(w, [((ledger.by_owner[(C, 1)], 0, 0, 0.0, 0.0), [])])  # a result
+    assert len(done) == 1 and c.held == 5
+    ledger.cancel(C, [2])  # cancelled by its owner
+    assert c.held == 4
+    lost, _ = ledger.lose_worker(w, "gone")  # given up with its worker (max_retries=0)
+    assert all(given_up for _, given_up in lost) and c.held == 4 - len(lost)
+    submit(ledger, 7)
+    ledger.drop_unstarted(c)  # its client leaves after an error
+    assert c.held == 0 and not ledger.tasks

@@ -111,7 +111,7 @@ class WorkerState(Peer):
 
 
 class ClientState(Peer):
-    __slots__ = ("broken", "closing", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "held", "setup", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], setup: int, frames: list[Any]) -> None:
         super().__init__(key, CLIENT, info)
@@ -119,7 +119,8 @@ class ClientState(Peer):
         self.setup_frames = frames
         self.broken = False
         self.closing = False  # leaving after an error: what no worker has started is dropped
-        self.shares: list[list[Any]] = []  # values shared with every worker, in order
+        self.shares: dict[bytes, list[Any]] = {}  # name -> value shared with every worker, in order
+        self.held = 0  # tasks it submitted that the broker holds (a remote client's: see limits.py)
 
 
 class Ledger:
@@ -137,6 +138,7 @@ class Ledger:
         self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
         self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
         self.stopped: collections.Counter[str] = collections.Counter()  # tasks and workers stopped by a limit
+        self.faults: collections.Counter[str] = collections.Counter()  # what failed and was survived
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
@@ -201,6 +203,8 @@ class Ledger:
                 by_owner[(owner, tid)] = btid
             queue.append(btid)
             btid += 1
+        if client is not None:
+            client.held += btid - self._next_btid
         self._next_btid = btid
         return refused
 
@@ -260,6 +264,7 @@ class Ledger:
         task that another worker holds too (a late answer won): that worker must cancel it.
         """
         tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
+        clients = self.clients
         done: list[tuple[Task, int, Sequence[Any]]] = []
         others: list[tuple[bytes, int]] = []
         for ent, body in results:
@@ -275,6 +280,9 @@ class Ledger:
                 continue
             del tasks[btid]
             by_owner.pop((task.owner, task.tid), None)
+            c = clients.get(task.owner)
+            if c is not None:
+                c.held -= 1
             if holder is not None and holder != key:
                 # A late answer from a worker we gave up on: first result wins;
                 # the worker now holding the task may drop it.
@@ -290,12 +298,19 @@ class Ledger:
         """Drop a task wherever it is; its worker, if any, goes into ``cancels``."""
         task = self.tasks.pop(btid)
         self.by_owner.pop((task.owner, task.tid), None)
+        self._release(task)
         if task.worker is not None:
             w = self.workers.get(task.worker)
             if w is not None:
                 w.assigned.discard(btid)
                 cancels.setdefault(w.key, []).append((btid,))
         return task
+
+    def _release(self, task: Task) -> None:
+        """A task leaves the books: its owner, if a client, holds one fewer."""
+        c = self.clients.get(task.owner)
+        if c is not None:
+            c.held -= 1
 
     def cancel(self, owner: bytes, tids: Iterable[int]) -> Cancels:
         """CANCEL from an owner: forget those of its tasks that are still here."""
@@ -364,6 +379,7 @@ class Ledger:
             if c is not None and c.closing and task.worker is None:
                 del tasks[btid]
                 self.by_owner.pop((task.owner, task.tid), None)
+                self._release(task)
                 dropped.append(task)
             else:
                 kept.append(btid)
@@ -376,7 +392,13 @@ class Ledger:
         if c is None:
             return None, {}
         c.broken = True
-        return c, self.forget_peer(key)
+        # What it sent to serve its tasks goes with it: no task of it is left to need them.
+        self.setups.pop(c.setup, None)
+        c.setup_frames, c.shares = [], {}
+        cancels = self.forget_peer(key)
+        tasks = self.tasks
+        self.queue = collections.deque(b for b in self.queue if b in tasks)  # not only skipped later
+        return c, cancels
 
     def leave(self, w: WorkerState) -> Cancels:
         """BYE from a worker: what it held is queued again (no attempt spent); its sub-tasks go."""
@@ -414,6 +436,7 @@ class Ledger:
             if given_up:
                 del self.tasks[btid]
                 self.by_owner.pop((task.owner, task.tid), None)
+                self._release(task)
             else:
                 self.queue.appendleft(btid)
             out.append((task, given_up))
@@ -467,8 +490,11 @@ class Ledger:
             "tasks": len(self.tasks),
             "completed": self.completed,
             "clients": len(self.clients),
+            "setups": len(self.setups),  # clients' set-ups held (each client's, until it leaves)
+            "shared": sum(len(c.shares) for c in self.clients.values()),  # values shared, held
             "dropped": dict(self.dropped),
             "stopped": dict(self.stopped),
+            "faults": dict(self.faults),
             "workers": [
                 {
                     "id": w.key.hex(),

@@ -54,8 +54,10 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import POOL, WakePipe
 from ..wire.security import KeyPair
+from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
 from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
+from .limits import Guard, Limits, write_nowait
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
 from .supervision import ProcessWatcher, Supervisor
 
@@ -90,11 +92,13 @@ class Broker:
         heartbeat: float = 1.0,
         heartbeat_timeout: float = 5.0,
         max_retries: int = 3,
-        max_message_size: int = -1,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         pool_id: str | None = None,
         curve: KeyPair | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.ctx = context or zmq.Context.instance()
+        self.limits = limits or Limits()
         self.pool_id = pool_id or secrets.token_hex(8)
         self.watcher = watcher
         self.supervisor = Supervisor(self)
@@ -111,12 +115,16 @@ class Broker:
             self.ctx, heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout,
             max_message_size=max_message_size, curve=curve,
             on_message=self._take, on_gone=self.supervisor.peer_gone, dropped=self.ledger.dropped,
+            limits=self.limits,
         )  # fmt: skip
         self.endpoint: str = self.router.add_endpoint(bind, secure=bind.startswith("tcp://"))  # TCP: CURVE
         self.router.watch(self.poll)
         gone = self.supervisor.peer_gone
         dropped = self.ledger.dropped
-        self.links = LinkPort(self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout)
+        self.guard = Guard(dropped, self.send, self.ledger.peer)
+        self.links = LinkPort(
+            self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout, max_message_size
+        )
         self.local: InProcessPort | None = None
         if local is not None:
             self.local = InProcessPort(local)
@@ -326,15 +334,8 @@ class Broker:
             if ident is not None and msg.kind == P.HELLO:
                 self.router.remember(ident, key)  # that connection closing is this peer's
             handler(key, peer, msg)
-        except P.VersionMismatch as exc:
-            ledger.dropped["version"] += 1
-            self.send(key, [P.header(P.ERROR), str(exc).encode()])
-        except ProtocolError as exc:
-            ledger.dropped["malformed"] += 1
-            log.debug("dropped a malformed message from %r: %s", key, exc)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            ledger.dropped["malformed"] += 1
-            log.debug("dropped a message from %r: %r", key, exc)
+        except Exception as exc:  # anything a message made happen: drop it, the loop goes on
+            self.guard.refuse(key, ident, exc)
 
     def _take_local(self) -> None:
         assert self.local is not None
@@ -343,12 +344,12 @@ class Broker:
 
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
-        info, ledger = msg.info, self.ledger
-        role = info.get("role")
+        info, ledger = check_hello(msg.info), self.ledger
+        role, held = info["role"], info.pop("held", set())
         if role == P.WORKER:
             old = ledger.workers.get(key)
             if old is not None:
-                ledger.resync(old, {int(x) for x in info.get("held", ())})
+                ledger.resync(old, held)
                 old.info.update(info)
                 self._welcome(key, {"resumed": True})
                 return
@@ -360,24 +361,27 @@ class Broker:
         elif role == P.CLIENT:
             c = ledger.clients.get(key) or ledger.add_client(key, info, list(msg.frames[2:]))
             self._welcome(key, {"setup": c.setup})
-        elif role == P.OBSERVER:
+        else:  # an observer (check_hello knows no other role)
             ledger.observers.add(key)
             self._welcome(key, {})
-        else:
-            raise ProtocolError(f"HELLO with unknown role {role!r}")
 
     def _welcome(self, key: bytes, extra: dict[str, Any]) -> None:
         self.send(key, [P.header(P.WELCOME), P.dump_json(_welcome(self, key, extra))])
 
     def _on_submit(self, key: bytes, peer: ClientState | WorkerState, msg: P.Message) -> None:
         client = peer if isinstance(peer, ClientState) else None  # a worker's: sub-tasks
+        refused = self.limits.refuse_tasks(client, msg.count) if client is not None else None
+        if refused is not None:  # over its max_queued: those tasks fail, with the reason
+            for ent in msg.entries:
+                self.result(key, ent[0], P.FAILED, refused)
+            return
         for tid in self.ledger.submit(key, msg.parts(), client):  # type: ignore[arg-type]
             self.result(key, tid, P.CANCELLED, [])  # its client is broken, or leaving
 
     def _on_share(self, key: bytes, c: ClientState, msg: P.Message) -> None:
         """A value every worker of this client must have before its later tasks."""
         frames = list(msg.frames[1:])
-        c.shares.append(frames)
+        c.shares[P.as_bytes(frames[0])] = frames  # sharing a name again replaces its value
         for w in self.ledger.workers.values():
             if c.setup in w.setups:
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *frames])
@@ -421,15 +425,14 @@ class Broker:
                 self.send(origin, [P.pack(msg.kind, [ent for ent, _ in items]), *[f for _, f in items]])
             elif msg.kind == P.OUTPUT:
                 for ent, frame in items:
-                    stream = sys.stderr if ent[1] == 2 else sys.stdout
-                    stream.write(P.as_bytes(frame).decode("utf-8", "replace"))
-                    stream.flush()
+                    if not write_nowait(sys.stderr if ent[1] == 2 else sys.stdout, P.as_bytes(frame)):
+                        ledger.dropped["output nobody reads"] += 1
 
     def _on_setup_done(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         if msg.count:
             return  # applied
         c = self.ledger.setups.get(msg.arg)
-        if c is not None and not c.broken:
+        if c is not None and not c.broken and msg.arg in w.setups:  # (only a set-up it was sent)
             main = len(msg.frames) > 2 and P.as_bytes(msg.frames[2]) == b"main"  # importing its script
             self.break_client(c, "main" if main else "initializer", msg.text or "set-up failed")
 
@@ -495,7 +498,7 @@ class Broker:
     def _send_tasks(self, w: WorkerState, batch: list[Task]) -> None:
         for c in self.ledger.new_setups(w, batch):  # before its first task there: SETUP, SHAREs
             self.send(w.key, [P.header(P.SETUP, 0, c.setup), *c.setup_frames])
-            for shared in c.shares:
+            for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)

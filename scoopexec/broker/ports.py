@@ -37,7 +37,9 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
+from ..wire.validate import frame_limit
 from .ledger import LOCAL, Ledger
+from .limits import Connections, Limits
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
 
@@ -158,8 +160,13 @@ class RouterPort:
         on_message: OnMessage,
         on_gone: OnGone,
         dropped: collections.Counter[str],
+        limits: Limits | None = None,
     ) -> None:
         self.ctx = ctx
+        # Connections are followed (ACCEPTED, CLOSED) only when a limit needs them.
+        watched = limits is not None and (limits.max_connections > 0 or limits.handshake_timeout > 0)
+        self.conns = Connections(limits, dropped) if limits is not None and watched else None
+        track = zmq.EVENT_ACCEPTED | zmq.EVENT_CLOSED if self.conns is not None else 0
         self.heartbeat_timeout = heartbeat_timeout
         self.on_message = on_message
         self.on_gone = on_gone
@@ -175,11 +182,14 @@ class RouterPort:
         if max_message_size > 0:
             # Peers check sizes themselves and fail the one task; this is the
             # hard guard against a peer that does not (it gets disconnected).
-            r.setsockopt(zmq.MAXMSGSIZE, max_message_size + (1 << 20))
+            r.setsockopt(zmq.MAXMSGSIZE, frame_limit(max_message_size))
         self.curve = curve
         self.auth: Authenticator | None = None
         self.endpoints: list[tuple[str, bool]] = []  # (endpoint, secured with CURVE)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED | MONITOR_EVENTS)
+        # (EVENT_ACCEPT_FAILED: out of file descriptors, say; ZeroMQ goes on, the status counts it)
+        self.monitor = r.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | MONITOR_EVENTS | track
+        )
         self.fds: dict[int, bytes] = {}  # a connection's fd (SRCFD of its HELLO) -> its peer
         self.backlog: dict[bytes, collections.deque[list[Any]]] = {}
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
@@ -297,6 +307,8 @@ class RouterPort:
             return
         if fd >= 0:
             self.fds[fd] = key
+            if self.conns is not None:
+                self.conns.hello(fd)
 
     def forget(self, key: bytes) -> None:
         for fd, k in list(self.fds.items()):
@@ -314,9 +326,15 @@ class RouterPort:
                 continue
             if event["event"] & MONITOR_EVENTS:
                 self.dropped["failed handshake"] += 1
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event["event"] == zmq.EVENT_ACCEPT_FAILED:
+                self.dropped["accept failed"] += 1
+            elif event["event"] == zmq.EVENT_ACCEPTED and self.conns is not None:
+                self.conns.accepted(int(event["value"]))
+            elif event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                if self.conns is not None:
+                    self.conns.closed(int(event["value"]))
                 key = self.fds.pop(int(event["value"]), None)
-                if key is not None:
+                if key is not None and event["event"] == zmq.EVENT_DISCONNECTED:
                     self._probe(key, "its connection closed")
 
     def _probe(self, key: bytes, why: str, until: float | None = None) -> None:
@@ -337,7 +355,10 @@ class RouterPort:
         self._suspects[key] = (until, why)
 
     def reprobe(self, known: Callable[[bytes], bool]) -> None:
-        """On a tick: probe again the peers whose connection closed (``known``: still a peer)."""
+        """On a tick: probe again the peers whose connection closed (``known``: still a peer);
+        cut the connections that said no HELLO in time."""
+        if self.conns is not None:
+            self.conns.expire(time.monotonic())
         if not self._suspects:
             return
         now = time.monotonic()
@@ -444,7 +465,9 @@ class LinkPort:
     """
 
     def __init__(self, poll: Poll, wake: WakePipe, on_message: OnMessage, on_gone: OnGone,
-                 dropped: collections.Counter[str], heartbeat_timeout: float) -> None:  # fmt: skip
+                 dropped: collections.Counter[str], heartbeat_timeout: float, max_message_size: int = -1,
+                 ) -> None:  # fmt: skip
+        self.max_frame = frame_limit(max_message_size)  # a link announcing a longer frame is closed
         self.poll = poll
         self.wake = wake
         self.on_message = on_message
@@ -462,7 +485,7 @@ class LinkPort:
     def add(self, sock: socket.socket) -> bytes:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
-        self.new.append((key, Link(sock)))
+        self.new.append((key, Link(sock, max_frame=self.max_frame)))
         self.wake.wake()  # the loop registers it (register_new)
         return key
 

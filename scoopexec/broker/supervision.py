@@ -32,6 +32,8 @@ __all__ = ["ProcessWatcher", "Supervisor"]
 
 log = logging.getLogger("scoopexec.broker")
 
+RETRY_START = 1.0  # s before starting again a worker that could not be started
+
 
 class ProcessWatcher(Protocol):
     """Local worker processes the broker should watch and replace (deploy/groups.Launchers)."""
@@ -71,13 +73,35 @@ class Supervisor:
 
     def __init__(self, broker: _Broker) -> None:
         self.b = broker
+        self.retry: list[str] = []  # workers whose replacement could not be started
+        self.retry_at = 0.0
 
     def reap(self) -> None:
-        """On a tick: handle the local worker processes that exited."""
+        """On a tick: handle the local worker processes that exited; try again to start the
+        replacements that could not be started (out of file descriptors, of memory)."""
         watcher = self.b.watcher
         if watcher is not None:
             for tag, _pid, rc in watcher.reap():
                 self.exited(tag, rc)
+            if self.retry and time.monotonic() >= self.retry_at and not self.b.stopping:
+                tags, self.retry = self.retry, []
+                for tag in tags:
+                    self._start(watcher, tag)
+
+    def _start(self, watcher: ProcessWatcher, tag: str) -> bool:
+        """watcher.replace(tag), surviving what the system refuses (EMFILE, ENOMEM, EAGAIN):
+        logged, counted in the status ('faults'), tried again a second later."""
+        try:
+            return watcher.replace(tag)
+        except OSError as exc:
+            ledger = self.b.ledger
+            ledger.faults["worker start failed"] += 1
+            why = f"could not start a worker to replace {tag}: {exc}"
+            ledger.recent_losses.append(why)
+            log.warning("%s; trying again in %g s", why, RETRY_START)
+            self.retry.append(tag)
+            self.retry_at = time.monotonic() + RETRY_START
+            return False
 
     def peer_gone(self, key: bytes, why: str) -> None:
         ledger = self.b.ledger
@@ -192,7 +216,7 @@ class Supervisor:
         """Start a new worker for one that exited, unless they keep dying at start-up."""
         watcher, ledger = self.b.watcher, self.b.ledger
         assert watcher is not None
-        if self.b.stopping or watcher.replace(tag) or ledger.workers or watcher.starting():
+        if self.b.stopping or self._start(watcher, tag) or ledger.workers or watcher.starting():
             return
         why = "; ".join(ledger.recent_losses) or "worker processes keep exiting"
         text = (

@@ -113,7 +113,9 @@ class EmbeddedSession(Session):
                     python=options.python,
                     env=options.env,
                     cwd=options.cwd if options.keep_cwd else None,
-                    flags={"keep_cwd": options.keep_cwd, **options.recycle},
+                    flags={
+                        "keep_cwd": options.keep_cwd, "max_message_size": max_message_size, **options.recycle
+                    },
                     heartbeat=options.heartbeat,
                     heartbeat_timeout=options.heartbeat_timeout,
                     link=self.broker.links.add if use_socketpairs() else None,

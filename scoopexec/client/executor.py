@@ -31,6 +31,7 @@ from ..status import PoolStatus
 from ..trace import TraceRecorder
 from ..wire import serialize
 from ..wire.security import Credentials, read_key_file, write_key_file
+from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE
 from ..worker import setup as worker_setup
 from ..worker.limits import TimeLimit, check_timeout, recycle_flags
 from ..worker.pool import pool_handle
@@ -100,7 +101,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         heartbeat, heartbeat_timeout: seconds between liveness checks, and of
             silence after which a peer counts as lost.
         max_retries: times a task is sent again after its worker was lost.
-        max_message_size: bytes; larger messages are refused (-1: no limit).
+        max_message_size: bytes in one frame of a message (default 1 GiB); larger are refused (-1: no limit).
         python, env: interpreter and extra environment variables for workers
             (local and remote; default: this interpreter, no extra variables).
         connect_timeout: seconds to wait for a standalone broker to answer,
@@ -148,7 +149,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         heartbeat: float = 1.0,
         heartbeat_timeout: float = 5.0,
         max_retries: int = 3,
-        max_message_size: int = -1,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         connect_timeout: float = 10.0,

@@ -119,6 +119,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", ("--name",), str, ""),
     Option("heartbeat", ("--heartbeat",), float, 1.0),
     Option("heartbeat_timeout", ("--heartbeat-timeout",), float, 5.0),
+    Option(
+        "max_message_size", ("--max-message-size",), int, -1,
+        "refuse frames from the broker above BYTES (plus 1 MiB); the pool's own max_message_size "
+        "(an embedded pool passes it to its local workers; default: no limit)", "BYTES",
+    ),
     Option("watch_stdin", ("--watch-stdin",), bool, False, "exit when stdin closes"),
     Option("no_forward_output", ("--no-forward-output",), bool, False),
     Option(

@@ -411,6 +411,7 @@ def run_worker_group(
         "max_tasks": args.max_tasks,
         "memory_limit": args.memory_limit,
         "max_lifetime": args.max_lifetime,
+        "max_message_size": args.max_message_size,
     }
     stop = threading.Event()
     if args.watch_stdin:

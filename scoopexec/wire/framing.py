@@ -63,6 +63,7 @@ _LENGTHS: dict[int, struct.Struct] = {}
 BIG = 1 << 20  # frames this large get a buffer of their own, filled in place
 READ_SIZE = 1 << 18
 MAX_FRAMES = 1 << 20
+HEADROOM = 1 << 20  # what a receiver takes beyond max_message_size in one frame (see validate.py)
 IOV_MAX = 512  # buffers handed to one sendmsg call (the kernel allows 1024)
 PUSH_WAIT = 0.002  # s a non-blocking sender waits for room while its peer keeps reading
 POOL_BUFFERS = 4  # large receive buffers a process keeps for reuse ...
@@ -192,8 +193,12 @@ class Link:
     do meanwhile, waits for room when it sends (`blocking_send`).
     """
 
-    def __init__(self, sock: socket.socket, *, blocking_send: bool = False, pool: BufferPool = POOL) -> None:
+    def __init__(
+        self, sock: socket.socket, *, blocking_send: bool = False, pool: BufferPool = POOL,
+        max_frame: int = -1,
+    ) -> None:  # fmt: skip
         sock.setblocking(False)
+        self.max_frame = max_frame  # a longer frame announced is an error, not an allocation (-1: none)
         self.sock = sock
         self.fd = sock.fileno()
         self.blocking_send = blocking_send
@@ -286,6 +291,8 @@ class Link:
             while i < count:
                 ln = lens[i]
                 if ln >= BIG:
+                    if 0 < self.max_frame < ln:
+                        raise ProtocolError(f"a frame of {ln} bytes, more than the limit of {self.max_frame}")
                     try:
                         buf = self.pool.get(ln)
                     except (OSError, ValueError, OverflowError, MemoryError) as exc:
@@ -450,11 +457,13 @@ def dealer(
     heartbeat: float,
     heartbeat_timeout: float,
     keys: Credentials | None,
+    max_message_size: int = -1,
 ) -> zmq.Socket[Any]:
     """A DEALER for a client or worker of the broker at ``endpoint`` (not yet connected).
 
     Routing id, deep queues, ZMTP heartbeats, IPv6 when the address is one, and
-    CURVE with ``keys``.
+    CURVE with ``keys``; frames above ``max_message_size`` (plus headroom) are refused
+    (wire/validate.frame_limit).
     """
     s: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.ROUTING_ID, ident)
@@ -466,6 +475,8 @@ def dealer(
     s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
     if ":" in (endpoint_host(endpoint) or ""):
         s.setsockopt(zmq.IPV6, 1)
+    if max_message_size > 0:
+        s.setsockopt(zmq.MAXMSGSIZE, max_message_size + HEADROOM)
     if keys is not None:
         keys.apply(s)
     return s

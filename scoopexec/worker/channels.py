@@ -50,6 +50,7 @@ class ZmqChannel:
         heartbeat: float,
         heartbeat_timeout: float,
         curve: Credentials | None,
+        max_message_size: int = -1,
     ) -> None:
         self.connect_to = connect
         self.heartbeat_timeout = heartbeat_timeout
@@ -61,6 +62,7 @@ class ZmqChannel:
             heartbeat=heartbeat,
             heartbeat_timeout=heartbeat_timeout,
             keys=curve,
+            max_message_size=max_message_size,
         )
         self._handshakes = HandshakeWatch(connect, curve is not None)
         self.monitor = s.get_monitor_socket(
@@ -180,6 +182,24 @@ class Outbox:
         self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()
         self.last_flush = 0.0
+
+    def output(self, entry: tuple[int, int], data: bytes, limit: int) -> None:
+        """A chunk a task printed, cut in frames of at most ``limit`` bytes (max_message_size:
+        a larger frame would cost the worker its connection, its tasks with it)."""
+        if 0 < limit < len(data):
+            # One extend of a list: the flusher thread takes all the pieces or none of them.
+            self.outputs.extend([(entry, data[i : i + limit]) for i in range(0, len(data), limit)])
+        else:
+            self.outputs.append((entry, data))
+
+    def log(self, entry: tuple[int], data: bytes, limit: int) -> None:
+        """A log record (JSON); one larger than ``limit`` is replaced by a record saying so."""
+        if 0 < limit < len(data):
+            data = json.dumps({
+                "name": "scoopexec.worker", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"a log record of {len(data)} bytes was dropped: more than max_message_size={limit}",
+            }).encode()  # fmt: skip
+        self.logs.append((entry, data))
 
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""

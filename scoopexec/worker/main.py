@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name,
         heartbeat=args.heartbeat,
         heartbeat_timeout=args.heartbeat_timeout,
+        max_message_size=args.max_message_size,
         watch_stdin=args.watch_stdin,
         forward_output=not args.no_forward_output,
         curve=creds,

@@ -47,6 +47,7 @@ from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.framing import POOL, Link, WakePipe
 from ..wire.security import Credentials
+from ..wire.validate import frame_limit
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
 from .setup import Setups
@@ -102,6 +103,7 @@ class Worker:
         ready: bool = False,
         connect_timeout: float = 0.0,
         keep_cwd: bool = False,
+        max_message_size: int = -1,  # the guard on what it receives, before the broker says its own
     ) -> None:
         self.ctx: zmq.Context[Any] | None = None  # a worker on a local link needs none (no I/O thread)
         self.connect_to = connect
@@ -117,11 +119,11 @@ class Worker:
         self.chan: ZmqChannel | LinkChannel
         if link is not None:
             # One end of a socketpair from the embedded broker that started us (wire/framing.py).
-            self.chan = LinkChannel(Link(link, blocking_send=True))
+            self.chan = LinkChannel(Link(link, blocking_send=True, max_frame=frame_limit(max_message_size)))
         else:
             self.ctx = context or zmq.Context()
             self.chan = ZmqChannel(
-                self.ctx, self.ident, connect,
+                self.ctx, self.ident, connect, max_message_size=max_message_size,
                 heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
             )  # fmt: skip
 
@@ -552,13 +554,13 @@ class Worker:
     def output(self, stream: int, text: str) -> None:
         """A line a task printed: for its client (ForwardStream)."""
         btid = self.current.btid if self.current is not None else 0
-        self.outbox.outputs.append(((btid, stream), text.encode("utf-8", "replace")))
+        self.outbox.output((btid, stream), text.encode("utf-8", "replace"), self.max_message_size)
         self._nudge()
 
     def log_record(self, data: bytes) -> None:
         """A log record a task made: for its client (ForwardLogs)."""
         btid = self.current.btid if self.current is not None else 0
-        self.outbox.logs.append(((btid,), data))
+        self.outbox.log((btid,), data, self.max_message_size)
         self._nudge()
 
     def _nudge(self) -> None:

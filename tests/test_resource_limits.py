@@ -1,0 +1,401 @@
+"""Bounded resources: the message-size limit on every socket and link, and what a broker holds."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from scoopexec import ScoopExecutor
+from scoopexec.errors import ProtocolError
+from scoopexec.wire import framing
+from scoopexec.wire import protocol as P
+from scoopexec.wire.validate import DEFAULT_MAX_MESSAGE_SIZE, frame_limit
+from tests.conftest import ROOT
+
+
+def test_a_bogus_length_header_on_a_link_is_an_error_not_an_allocation():
+    """A local link announcing a frame above its limit is refused at once: before, a 64 MiB
+    buffer was taken for it and the link waited for bytes that never come."""
+    pool = framing.BufferPool()
+    a, b = socket.socketpair()
+    try:
+        link = framing.Link(b, pool=pool, max_frame=1 << 20)
+        a.sendall(framing.COUNT.pack(1) + struct.pack("<Q", 64 << 20) + b"x" * 100)
+        time.sleep(0.05)
+        with pytest.raises(ProtocolError, match="more than the limit"):
+            link.receive()
+        assert len(pool) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_default_limit_has_room_for_the_benchmarks_arrays():
+    assert DEFAULT_MAX_MESSAGE_SIZE >= (64 << 20) + (1 << 20)
+    assert frame_limit(DEFAULT_MAX_MESSAGE_SIZE) > DEFAULT_MAX_MESSAGE_SIZE
+    assert frame_limit(-1) == -1
+
+
+def _print_big(n):
+    sys.stdout.write("y" * n + "\n")
+    return n
+
+
+def test_task_output_larger_than_the_limit_is_cut_into_frames(capsys):
+    """A task printing more than max_message_size in one line: the output arrives whole, cut
+    in frames; before, the one frame was over the link's limit and cost the worker."""
+    with ScoopExecutor(1, max_message_size=1_000_000) as ex:
+        assert ex.submit(_print_big, 3_500_000).result(timeout=60) == 3_500_000
+    out, _ = capsys.readouterr()
+    assert out.count("y") == 3_500_000
+
+
+def test_a_frame_over_the_limit_disconnects_only_its_sender():
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0", max_message_size=1_000_000) as ex:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        try:
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ex.endpoint)
+            s.send_multipart([P.header(P.HELLO), b'{"role": "client"}', b"z" * (3 << 20)])
+            # The connection is dropped with the HELLO unread; the DEALER connects again.
+            s.send_multipart([P.header(P.STATUS)])
+            assert s.poll(30_000)
+            assert P.decode(s.recv_multipart()).kind == P.STATUS_REPLY
+            assert ex.status().clients == 1  # the in-process client only: that HELLO never came
+        finally:
+            s.close(linger=0)
+            ctx.term()
+        assert ex.submit(abs, -5).result(timeout=60) == 5
+
+
+def _big_result(n):
+    return b"r" * n
+
+
+def test_a_worker_socket_takes_the_limit_and_a_client_gets_results_the_pool_allows():
+    """dealer() sets the limit on a worker's socket (--max-message-size; an embedded pool
+    passes its own to its local workers).  A client's socket has none of its own: what it
+    receives is bounded by its pool's limit, which may be larger than its own
+    max_message_size (that one bounds what it sends), and a guard there would drop the
+    connection and hang its futures."""
+    ctx = zmq.Context()
+    try:
+        s = framing.dealer(ctx, b"x", "tcp://127.0.0.1:1", linger=0, heartbeat=1.0, heartbeat_timeout=5.0,
+                           keys=None, max_message_size=5000)  # fmt: skip
+        assert s.getsockopt(zmq.MAXMSGSIZE) == frame_limit(5000)
+        s.close()
+    finally:
+        ctx.term()
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        with ScoopExecutor(broker=ex.endpoint, max_message_size=1_000_000) as client:
+            assert len(client.submit(_big_result, 3_000_000).result(timeout=60)) == 3_000_000
+
+
+_CLIENT = """
+import sys, time
+from scoopexec import ScoopExecutor
+from tests.helpers import wait_for_file
+if __name__ == "__main__":
+    ex = ScoopExecutor(broker=sys.argv[1], initializer=len, initargs=("x" * 100_000,))
+    ex.share("big", b"v" * 1_000_000)
+    ex.share("big", b"w" * 1_000_000)
+    futs = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(50)]
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _broker_status(addr):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    try:
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(addr)
+        s.send_multipart([P.header(P.STATUS)])
+        assert s.poll(30_000), "the broker does not answer"
+        return P.decode(s.recv_multipart()).info
+    finally:
+        s.close(linger=0)
+        ctx.term()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
+    """A client of a standalone broker shares a value twice (the second replaces the first),
+    has tasks queued, and is SIGKILLed: the broker's status shows its set-up, shared values
+    and tasks gone.  Before, the set-up stayed (Ledger.setups) and sharing again appended."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
+                              stdout=subprocess.PIPE, env=env)  # fmt: skip
+    workers = client = None
+    try:
+        assert b"listening on" in broker.stdout.readline()
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        script = tmp_path / "client.py"
+        script.write_text(_CLIENT)
+        gate = tmp_path / "gate"
+        argv = [sys.executable, str(script), addr, str(gate)]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+        assert client.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 30
+        while True:
+            st = _broker_status(addr)
+            if st["tasks"] == 50 and st["shared"] == 1:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert st["clients"] == 1 and st["setups"] == 1
+        client.kill()
+        client.wait(10)
+        while True:
+            st = _broker_status(addr)
+            if st["clients"] == 0:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert (st["setups"], st["shared"], st["tasks"], st["queued"]) == (0, 0, 0, 0), st
+        gate.touch()  # the task its worker was running ends
+        # The pool serves the next client as before.
+        with ScoopExecutor(broker=addr) as ex:
+            assert ex.submit(abs, -4).result(timeout=60) == 4
+    finally:
+        for p in (client, workers, broker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for p in (client, broker):
+            if p is not None:
+                p.stdout.close()
+
+
+_EMFILE = """
+import os, resource, signal, sys, time
+from scoopexec import ScoopExecutor
+if __name__ == "__main__":
+    with ScoopExecutor(2) as ex:
+        assert [ex.submit(abs, -i).result(timeout=60) for i in range(4)] == [0, 1, 2, 3]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # From here this process can open no more files: a new worker cannot be started.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+        victim = ex.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not ex.status().raw["faults"].get("worker start failed"):
+            assert time.monotonic() < deadline, ex.status().raw
+            time.sleep(0.05)
+        print("refused", flush=True)
+        assert [ex.submit(abs, -i).result(timeout=60) for i in range(10)] == list(range(10))
+        print("served", flush=True)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        while len(ex.worker_pids) < 2 or victim in ex.worker_pids:
+            assert time.monotonic() < deadline, ex.status().raw
+            time.sleep(0.05)
+        print("replaced", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_out_of_file_descriptors_while_replacing_a_worker_is_survived(tmp_path):
+    """A local worker dies while its pool's process can open no more files (a real
+    RLIMIT_NOFILE): the broker logs it, counts it in the status, serves with the worker it
+    has, and starts the replacement once it can.  Before, the EMFILE from starting the
+    replacement ended the broker's thread."""
+    script = tmp_path / "emfile.py"
+    script.write_text(_EMFILE)
+    r = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, timeout=100,
+                       env=dict(os.environ, PYTHONPATH=ROOT))  # fmt: skip
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out.split() == ["refused", "served", "replaced"], (out, err[-3000:])
+    assert r.returncode == 0, err[-3000:]
+    assert "could not start a worker to replace" in err and "Too many open files" in err
+
+
+def _start_broker(*options):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr, *options],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert b"listening on" in p.stdout.readline()
+    return addr, p
+
+
+def _stop(*procs):
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(10)
+        for f in (p.stdout, p.stderr) if p is not None else ():
+            if f is not None:
+                f.close()
+
+
+def _closed_within(sock, seconds):
+    """Whether the broker closes this raw TCP connection within ``seconds``."""
+    sock.settimeout(0.2)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+def _raw(addr):
+    host, port = addr[len("tcp://") :].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+@pytest.mark.timeout(120)
+def test_a_connection_that_never_says_hello_is_closed():
+    """--handshake-timeout: a peer that connects and says nothing is cut; one that said HELLO
+    stays.  Before, the half-open connection stayed for ever (a descriptor each)."""
+    addr, broker = _start_broker("--handshake-timeout", "1")
+    workers = silent = None
+    try:
+        silent = _raw(addr)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        with ScoopExecutor(broker=addr) as ex:
+            assert _closed_within(silent, 15)
+            assert ex.submit(abs, -1).result(timeout=60) == 1  # its connection is alive, so is the worker's
+            time.sleep(1.5)
+            assert ex.submit(abs, -2).result(timeout=60) == 2
+        assert _broker_status(addr)["dropped"].get("handshake timeout", 0) >= 1
+    finally:
+        if silent is not None:
+            silent.close()
+        _stop(workers, broker)
+
+
+@pytest.mark.timeout(120)
+def test_connections_beyond_the_cap_are_closed_and_others_served():
+    addr, broker = _start_broker("--max-connections", "3", "--handshake-timeout", "0")
+    socks = []
+    try:
+        socks = [_raw(addr) for _ in range(6)]
+        closed = [_closed_within(s, 3) for s in socks]
+        assert sum(closed) >= 3, closed
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
+        st = _broker_status(addr)  # a connection of its own: there is room again
+        assert st["dropped"].get("too many connections", 0) >= 3
+    finally:
+        for s in socks:
+            s.close()
+        _stop(broker)
+
+
+_GREEDY = """
+import sys
+from scoopexec import ScoopExecutor
+from tests.helpers import wait_for_file
+if __name__ == "__main__":
+    with ScoopExecutor(broker=sys.argv[1]) as ex:
+        held = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(10)]
+        print("held", flush=True)
+        sys.stdin.readline()  # the test has seen them in the broker
+        more = [ex.submit(wait_for_file, sys.argv[2]) for _ in range(5)]
+        for f in more:
+            try:
+                f.result(timeout=60)
+                print("accepted", flush=True)
+            except Exception as exc:
+                print("refused", type(exc).__name__, "max_queued=10" in str(exc), flush=True)
+        print("done", sum(f.result(timeout=60) is None for f in held), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_client_over_its_queue_cap_gets_an_error_and_others_are_served(tmp_path):
+    addr, broker = _start_broker("--max-queued", "10")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    workers = greedy = None
+    try:
+        workers = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr], env=env)
+        script, gate = tmp_path / "greedy.py", tmp_path / "gate"
+        script.write_text(_GREEDY)
+        greedy = subprocess.Popen([sys.executable, str(script), addr, str(gate)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert greedy.stdout.readline() == b"held\n"
+        deadline = time.monotonic() + 30
+        while _broker_status(addr)["tasks"] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        greedy.stdin.write(b"go\n")
+        greedy.stdin.flush()
+        with ScoopExecutor(broker=addr) as other:  # another client's tasks are taken
+            f = other.submit(abs, -6)
+            lines = [greedy.stdout.readline().decode().split() for _ in range(5)]
+            assert lines == [["refused", "RemoteError", "True"]] * 5, lines
+            gate.touch()
+            assert f.result(timeout=60) == 6
+        assert greedy.stdout.readline() == b"done 10\n"
+        assert greedy.wait(30) == 0
+    finally:
+        if greedy is not None and greedy.poll() is None:
+            greedy.kill()
+            greedy.wait(10)
+        if greedy is not None:
+            greedy.stdin.close()
+            greedy.stdout.close()
+        _stop(workers, broker)
+
+
+@pytest.mark.timeout(120)
+def test_out_of_file_descriptors_while_accepting_is_survived():
+    """A standalone broker with few descriptors (a real RLIMIT_NOFILE) and a crowd of
+    connections: the accepts ZeroMQ cannot make are counted, and once the crowd is gone the
+    broker answers as before."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "from scoopexec.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = [sys.executable, "-c", code, "broker", "--bind", addr, "--max-connections", "0"]
+    broker = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    crowd = []
+    try:
+        assert b"listening on" in broker.stdout.readline()
+        for _ in range(100):
+            crowd.append(_raw(addr))
+        time.sleep(1.0)
+        assert broker.poll() is None
+        for s in crowd:
+            s.close()
+        crowd.clear()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                st = _broker_status(addr)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline
+        assert st["dropped"].get("accept failed", 0) > 0, st["dropped"]
+        assert broker.poll() is None
+    finally:
+        for s in crowd:
+            s.close()
+        _stop(broker)
