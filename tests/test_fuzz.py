@@ -31,10 +31,20 @@ import zmq
 from scoopexec import ScoopExecutor
 from scoopexec.wire import protocol as P
 from scoopexec.wire.framing import COUNT
+from scoopexec.wire.security import resolve_credentials
 from tests.conftest import ROOT
 
 FUZZ_SECONDS = 3.0  # per socket
 MIN_MESSAGES = 2000
+
+
+def _keyed(sock: zmq.Socket, endpoint: str) -> None:
+    """Make ``sock`` a key holder of the pool at ``endpoint`` (every TCP endpoint is CURVE):
+    the key the pool wrote for this user's own peers.  A peer without it never gets past the
+    handshake, so what it sends would never reach the code under test."""
+    keys = resolve_credentials(endpoint, None, "test peer")
+    assert keys is not None, f"no key for {endpoint}"
+    keys.apply(sock)
 
 
 def _json(obj: object) -> bytes:
@@ -158,6 +168,7 @@ def _fuzz_router(endpoint: str, seed: int) -> int:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.ROUTING_ID, b"FZ%d" % i + os.urandom(6))
+            _keyed(s, endpoint)
             s.connect(endpoint)
             socks.append(s)
         stream = _messages(rng)
@@ -183,6 +194,7 @@ def _status(endpoint: str) -> dict:
     s = ctx.socket(zmq.DEALER)
     try:
         s.setsockopt(zmq.LINGER, 0)
+        _keyed(s, endpoint)
         s.connect(endpoint)
         s.send_multipart([P.header(P.STATUS)])
         assert s.poll(30_000), "the broker does not answer STATUS"
@@ -317,6 +329,7 @@ def test_a_bad_hello_from_a_known_worker_is_dropped(hello):
         try:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTING_ID, b"FZ" + os.urandom(6))
+            _keyed(s, ex.endpoint)
             s.connect(ex.endpoint)
             s.send_multipart([P.header(P.HELLO), _json({"role": "worker", "pid": 1, "host": "h"})])
             assert s.poll(10_000) and P.decode(s.recv_multipart()).kind == P.WELCOME

@@ -16,8 +16,18 @@ from scoopexec import ScoopExecutor
 from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing
 from scoopexec.wire import protocol as P
+from scoopexec.wire.security import resolve_credentials
 from scoopexec.wire.validate import DEFAULT_MAX_MESSAGE_SIZE, frame_limit
 from tests.conftest import ROOT
+
+
+def _keyed(sock: zmq.Socket, endpoint: str) -> None:
+    """Make ``sock`` a key holder of the pool at ``endpoint`` (every TCP endpoint is CURVE):
+    the key the pool wrote for this user's own peers.  A peer without it never gets past the
+    handshake, so what it sends would never reach the code under test."""
+    keys = resolve_credentials(endpoint, None, "test peer")
+    assert keys is not None, f"no key for {endpoint}"
+    keys.apply(sock)
 
 
 def test_a_bogus_length_header_on_a_link_is_an_error_not_an_allocation():
@@ -63,6 +73,7 @@ def test_a_frame_over_the_limit_disconnects_only_its_sender():
         s = ctx.socket(zmq.DEALER)
         try:
             s.setsockopt(zmq.LINGER, 0)
+            _keyed(s, ex.endpoint)
             s.connect(ex.endpoint)
             s.send_multipart([P.header(P.HELLO), b'{"role": "client"}', b"z" * (3 << 20)])
             # The connection is dropped with the HELLO unread; the DEALER connects again.
@@ -118,6 +129,7 @@ def _broker_status(addr):
     s = ctx.socket(zmq.DEALER)
     try:
         s.setsockopt(zmq.LINGER, 0)
+        _keyed(s, addr)
         s.connect(addr)
         s.send_multipart([P.header(P.STATUS)])
         assert s.poll(30_000), "the broker does not answer"
