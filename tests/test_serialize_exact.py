@@ -20,7 +20,6 @@ from scoopexec.wire import protocol
 from scoopexec.wire import serialize as S
 from tests import helpers
 
-
 # abs()'s parameter is named 'x' up to Python 3.14 and 'number' from 3.15: the message names it
 # as the running interpreter does.
 ABS_PARAMETER = next(iter(inspect.signature(abs).parameters))
