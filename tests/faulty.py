@@ -120,3 +120,12 @@ def limit_address_space(mb):
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def wait_for_file(path, timeout):
+    """Hold a worker until `path` exists (the test creates it), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not created within {timeout} s")
+        time.sleep(0.01)

@@ -131,7 +131,8 @@ def test_hung_worker_is_replaced_and_its_task_rerun():
             time.sleep(0.05)
 
 
-def test_late_result_of_a_resumed_worker_is_discarded():
+def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
+    release = tmp_path / "release"
     with ScoopExecutor(1, bind="tcp://127.0.0.1:0", heartbeat=0.2, heartbeat_timeout=1.0) as ex:
         ex.submit(abs, 1).result()
         own = set(ex.worker_pids)
@@ -141,8 +142,9 @@ def test_late_result_of_a_resumed_worker_is_discarded():
             env=dict(os.environ, PYTHONPATH=ROOT),
         )
         try:
-            # Occupy the local worker so the next task goes to the extra one.
-            blocker = ex.submit(time.sleep, 1.0)
+            # Occupy the local worker until the extra one runs the next task (a fixed sleep of the
+            # local worker ended first when the extra worker took over a second to start).
+            blocker = ex.submit(faulty.wait_for_file, str(release), 60)
             deadline = time.monotonic() + 30
             fut = None
             while time.monotonic() < deadline:
@@ -155,6 +157,7 @@ def test_late_result_of_a_resumed_worker_is_discarded():
             while not any(w["pid"] == extra.pid and w["busy"] for w in ex._session.broker.status()["workers"]):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
+            release.touch()
             os.kill(extra.pid, signal.SIGSTOP)
             assert fut.result(timeout=60) in own  # re-run on the local worker
             blocker.result()
@@ -165,6 +168,7 @@ def test_late_result_of_a_resumed_worker_is_discarded():
                 time.sleep(0.05)
             assert ex._session.unmatched == 0  # nothing reached the client twice
         finally:
+            release.touch()
             if extra.poll() is None:
                 os.kill(extra.pid, signal.SIGCONT)
                 extra.terminate()
