@@ -101,15 +101,17 @@ in_chroot() {
   ' sid-python "$ROOT" "$PROJECT" "$@"
 }
 
-ensure_python() {  # ensure_python X.Y: the interpreter and its venv module, from sid
+ensure_python() {  # ensure_python X.Y: the interpreter, its venv module and its own test package
   local v=$1
-  [ -x "$ROOT/usr/bin/python$v" ] && [ -e "$ROOT/usr/lib/python$v/ensurepip/__init__.py" ] && return 0
+  [ -x "$ROOT/usr/bin/python$v" ] && [ -e "$ROOT/usr/lib/python$v/ensurepip/__init__.py" ] \
+    && [ -d "$ROOT/usr/lib/python$v/test/test_concurrent_futures" ] && return 0
   note "installing python$v in the chroot"
+  # libpython3.X-testsuite: CPython's own concurrent.futures tests (tests/run_upstream_suites.py)
   VENV_PATH=/usr/sbin:/usr/bin:/sbin:/bin in_chroot "
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-cache show python$v python$v-venv >/dev/null 2>&1 || exit 3
-    apt-get install -y -qq --no-install-recommends python$v python$v-venv >/dev/null
+    apt-get install -y -qq --no-install-recommends python$v python$v-venv libpython$v-testsuite >/dev/null
   " || return 1
 }
 
