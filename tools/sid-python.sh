@@ -115,21 +115,31 @@ ensure_python() {  # ensure_python X.Y: the interpreter, its venv module and its
   " || return 1
 }
 
-ensure_venv() {  # ensure_venv X.Y: /venvs/pyX.Y with the project installed, current with pyproject
-  local v=$1 stamp want
+# One venv per checkout and Python (the editable install points at the checkout):
+# /venvs/<hash of the checkout's path>-pyX.Y.  Venvs of checkouts that no longer exist (CI's clones)
+# are removed as new ones are made.
+venv_of() { echo "/venvs/$(printf %s "$PROJECT" | sha256sum | cut -c1-12)-py$1"; }
+
+ensure_venv() {  # ensure_venv X.Y: the venv with the project installed, current with pyproject
+  local v=$1 venv stamp want d
+  venv=$(venv_of "$v")
   want=$( (echo "$INSTALL"; cat "$PROJECT/pyproject.toml" "$PROJECT/.ci/constraints.txt" \
     "$PROJECT/.ci/core-tests.txt") | sha256sum | cut -c1-16)
-  stamp="$ROOT/venvs/py$v/.scoopexec-stamp"
+  stamp="$ROOT$venv/.scoopexec-stamp"
   [ -e "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  for d in "$ROOT"/venvs/*/; do
+    [ -e "$d.scoopexec-project" ] && [ ! -d "$(cat "$d.scoopexec-project")" ] && rm -rf "$d"
+  done
   note "making the venv for Python $v: pip install $INSTALL"
   VENV_PATH=/usr/sbin:/usr/bin:/sbin:/bin in_chroot "
-    rm -rf /venvs/py$v
-    python$v -m venv /venvs/py$v
+    rm -rf $venv
+    python$v -m venv $venv
     cd '$PROJECT'
-    /venvs/py$v/bin/python -m pip install -q -U pip
+    $venv/bin/python -m pip install -q -U pip
     set -f  # INSTALL's words as given: no globbing of .[test]
-    /venvs/py$v/bin/python -m pip install -q -c .ci/constraints.txt $INSTALL
+    $venv/bin/python -m pip install -q -c .ci/constraints.txt $INSTALL
   " || die "could not make the venv for Python $v in the chroot"
+  echo "$PROJECT" >"$ROOT$venv/.scoopexec-project"
   echo "$want" >"$stamp"
 }
 
@@ -158,8 +168,9 @@ case "$cmd" in
     flock -u 9
     exec 9>&-
     # CMD's words are passed through as "$@" of the inner shell, quoted as given
-    VENV_PATH=/venvs/py$v/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      in_chroot "cd '$PROJECT'; export VIRTUAL_ENV=/venvs/py$v HOME=/root; exec \"\$@\"" sid-run "$@"
+    venv=$(venv_of "$v")
+    VENV_PATH=$venv/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      in_chroot "cd '$PROJECT'; export VIRTUAL_ENV=$venv HOME=/root; exec \"\$@\"" sid-run "$@"
     ;;
   remove)
     rm -rf "$ROOT" "$ROOT.new" "$ROOT.lock"
