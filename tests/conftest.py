@@ -23,9 +23,24 @@ def pytest_configure(config):
 
 def _children() -> dict[int, psutil.Process]:
     try:
-        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+        children = {p.pid: p for p in psutil.Process().children(recursive=True)}
     except psutil.Error:
         return {}
+    for pid in _multiprocessing_helpers():
+        children.pop(pid, None)
+    return children
+
+
+def _multiprocessing_helpers() -> list[int]:
+    """multiprocessing's own resource tracker, which lives until the interpreter exits.
+
+    From Python 3.14 (forkserver the default start method on Linux) the first multiprocessing
+    lock of the process starts it (tqdm makes one for its bars): a helper of the standard library,
+    not a process that a test left behind.
+    """
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    pid = getattr(getattr(tracker, "_resource_tracker", None), "_pid", None)
+    return [pid] if isinstance(pid, int) else []
 
 
 @pytest.fixture(autouse=True)

@@ -122,9 +122,10 @@ def pid_after(seconds):
     return os.getpid()
 
 
-def wait_for_file(path, timeout=60.0):
-    """Block until `path` exists (or `timeout`): a worker kept busy until the test says so."""
+def wait_for_file(path, timeout):
+    """Hold a worker until `path` exists (the test creates it), at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return os.path.exists(path)
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not created within {timeout} s")
+        time.sleep(0.01)

@@ -28,7 +28,8 @@ Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
 
 ``--check`` compares each suite's outcome with tests/upstream_expected.txt: a
 section ``[suite version]`` per suite, the version it was measured with (joblib
-and DEAP as pinned in .ci/constraints.txt, CPython's major.minor), and in it
+and DEAP as pinned in .ci/constraints.txt, CPython's major.minor, one section
+for each Python that CI runs CPython's tests on), and in it
 each test that fails on scoopexec with why.  A test that fails and is not
 listed, a listed one that does not fail (the list must stay true), or another
 installed version is a problem, and the exit status is then 1.
@@ -154,7 +155,8 @@ def read_expected(path: str = EXPECTED) -> dict[str, tuple[str, dict[str, str]]]
             m = re.fullmatch(r"\[(\w+) ([\w.]+)\]", line)
             if m:
                 section = {}
-                out[m.group(1)] = (m.group(2), section)
+                # "cpython" is the last section of that suite; "cpython 3.14" that version's own
+                out[m.group(1)] = out[f"{m.group(1)} {m.group(2)}"] = (m.group(2), section)
                 continue
             test, sep, why = line.partition(" -- ")
             if section is None or not sep or not why.strip():
@@ -168,7 +170,7 @@ def check(run: Run, expected: dict[str, tuple[str, dict[str, str]]]) -> list[str
     where = os.path.relpath(EXPECTED, ROOT)
     if run.suite not in expected:
         return [f"{run.suite}: no [{run.suite} VERSION] section in {where}"]
-    version, failing = expected[run.suite]
+    version, failing = expected.get(f"{run.suite} {run.version}", expected[run.suite])
     if version != run.version:
         return [f"{run.suite}: {where} was measured with {version}, this is {run.version}: "
                 "install the pinned version (.ci/constraints.txt) or measure the list again"]  # fmt: skip
@@ -281,6 +283,9 @@ class ScoopSpawnMixin(ExecutorMixin):
 
     def get_context(self):
         return multiprocessing.get_context("spawn")
+
+    def create_event(self):  # 3.13+: WaitTests ask for an event that workers can set
+        return self.manager.Event()
 
 
 # What upstream's create_executor_tests() does, here (3.11's puts the classes in its own module).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -24,6 +25,11 @@ from scoopexec.deploy.contract import describe_returncode
 
 M = __name__  # this module, as workers and messages name it
 ME = re.escape(M)
+
+
+# abs()'s parameter is named 'x' up to Python 3.14 and 'number' from 3.15: the message names it
+# as the running interpreter does.
+ABS_PARAMETER = next(iter(inspect.signature(abs).parameters))
 
 
 def _kill_my_worker():
@@ -61,7 +67,9 @@ def test_unpicklable_arguments_say_what_cannot_travel(one_worker):
     with pytest.raises(SerializationError) as info:
         one_worker.submit(abs, threading.Lock()).result(timeout=60)
     text = str(info.value)
-    assert text.startswith("cannot send argument 'x' (position 0, a _thread.lock) of abs() to a worker")
+    assert text.startswith(
+        f"cannot send argument '{ABS_PARAMETER}' (position 0, a _thread.lock) of abs() to a worker"
+    )
     assert "TypeError: cannot pickle '_thread.lock' object" in text
     assert "pass what is needed to recreate them instead" in text
 

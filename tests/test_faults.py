@@ -132,6 +132,7 @@ def test_hung_worker_is_replaced_and_its_task_rerun():
 
 
 def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
+    release = tmp_path / "release"
     with ScoopExecutor(1, bind="tcp://127.0.0.1:0", heartbeat=0.2, heartbeat_timeout=1.0) as ex:
         ex.submit(abs, 1).result()
         own = set(ex.worker_pids)
@@ -141,11 +142,9 @@ def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
             env=dict(os.environ, PYTHONPATH=ROOT),
         )
         try:
-            # Occupy the local worker until the extra one is stopped, so the next task goes to the
-            # extra one (a fixed sleep ran out before the extra worker joined on a loaded machine,
-            # and the task then ran locally: the extra worker never became busy).
-            release = tmp_path / "release"
-            blocker = ex.submit(faulty.wait_for_file, str(release))
+            # Occupy the local worker until the extra one runs the next task (a fixed sleep of the
+            # local worker ended first when the extra worker took over a second to start).
+            blocker = ex.submit(faulty.wait_for_file, str(release), 60)
             deadline = time.monotonic() + 30
             fut = None
             while time.monotonic() < deadline:
@@ -158,10 +157,10 @@ def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
             while not any(w["pid"] == extra.pid and w["busy"] for w in ex._session.broker.status()["workers"]):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-            os.kill(extra.pid, signal.SIGSTOP)
             release.touch()
-            assert blocker.result(timeout=60) is True
+            os.kill(extra.pid, signal.SIGSTOP)
             assert fut.result(timeout=60) in own  # re-run on the local worker
+            blocker.result()
             os.kill(extra.pid, signal.SIGCONT)
             deadline = time.monotonic() + 20
             while ex._session.broker.ledger.dropped["stale result"] + ex._session.broker.ledger.dropped["unknown peer"] == 0:
@@ -169,6 +168,7 @@ def test_late_result_of_a_resumed_worker_is_discarded(tmp_path):
                 time.sleep(0.05)
             assert ex._session.unmatched == 0  # nothing reached the client twice
         finally:
+            release.touch()
             if extra.poll() is None:
                 os.kill(extra.pid, signal.SIGCONT)
                 extra.terminate()

@@ -149,4 +149,16 @@ def test_deeply_nested_json_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="nested too deeply"):
         P.load_json(b"[" * 100_000)
     with pytest.raises(ProtocolError, match="nested too deeply"):
-        P.load_json(b"[" * 50_000 + b"]" * 50_000)
+        P.load_json(b"[" * 50_000 + b"]" * 50_000)  # valid JSON, which 3.14's json.loads parses
+
+
+def test_json_nesting_bound_is_the_same_on_every_python():
+    deepest = P.MAX_JSON_DEPTH
+    assert P.load_json(b"[" * deepest + b"]" * deepest) is not None
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        P.load_json(b"{" * (deepest + 1))
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        P.load_json(b'{"a":' * (deepest + 1) + b"1" + b"}" * (deepest + 1))
+    # brackets inside strings (escaped quotes included) are text, not nesting
+    text = '\\"' + "[{" * deepest
+    assert P.load_json(P.dump_json({"s": text, "t": [text]})) == {"s": text, "t": [text]}

@@ -7,6 +7,7 @@ fails for some change of serialize.py that test_serialize.py lets through.
 from __future__ import annotations
 
 import functools
+import inspect
 import pickle
 import threading
 from concurrent.futures import CancelledError
@@ -18,6 +19,10 @@ from scoopexec.mapping import _run_chunk, _run_chunk1
 from scoopexec.wire import protocol
 from scoopexec.wire import serialize as S
 from tests import helpers
+
+# abs()'s parameter is named 'x' up to Python 3.14 and 'number' from 3.15: the message names it
+# as the running interpreter does.
+ABS_PARAMETER = next(iter(inspect.signature(abs).parameters))
 
 
 def test_module_functions_are_pickled_once_and_unpickled_once():
@@ -178,7 +183,9 @@ def test_error_texts_name_the_function_or_its_repr():
         S.encode_call(Holder(), (), {})
     with pytest.raises(errors.SerializationError) as info:
         S.encode_call(abs, (lock,), {})
-    assert str(info.value).startswith("cannot send argument 'x' (position 0, a _thread.lock) of abs() to a worker")
+    assert str(info.value).startswith(
+        f"cannot send argument '{ABS_PARAMETER}' (position 0, a _thread.lock) of abs() to a worker"
+    )
     status, frames = S.encode_result(lock, " on worker w1")
     assert status == protocol.FAILED
     assert protocol.load_json(frames[0])["message"].startswith(

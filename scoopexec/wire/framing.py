@@ -95,6 +95,18 @@ else:  # pragma: no cover - not Linux
     _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
+def _references(entry: list[Any]) -> int:
+    """How many references the buffer of a pool entry ([buffer, last handed out]) has."""
+    return sys.getrefcount(entry[0])
+
+
+# What _references() counts for a buffer that only its entry refers to, measured with the same
+# function instead of assumed: a local name passed to getrefcount() is counted on 3.11-3.13 and
+# not from 3.14 (borrowed), so the former fixed bound read a buffer that a caller still held as
+# unused on 3.14, and the next frame overwrote the caller's data.
+_UNUSED = _references([object(), 0.0])
+
+
 class BufferPool:
     """Large receive buffers, reused once nothing but the pool refers to them.
 
@@ -127,15 +139,13 @@ class BufferPool:
         with self._lock:
             now = time.monotonic()
             for i, entry in enumerate(self._entries):
-                buf = entry[0]
-                # Unused: referred to only by its entry, `buf` and getrefcount's argument.
-                if len(buf) == size and sys.getrefcount(buf) <= 3:
+                # No local name may hold the buffer while its references are counted.
+                if len(entry[0]) == size and _references(entry) <= _UNUSED:
                     del self._entries[i]
                     entry[1] = now
                     self._entries.append(entry)
                     self.reused += 1
-                    return buf  # type: ignore[no-any-return]
-                del buf
+                    return entry[0]  # type: ignore[no-any-return]
             buf = BigFrame(-1, size, flags=_FLAGS)
             self.allocated += 1
             self._entries.append([buf, now])
@@ -153,12 +163,10 @@ class BufferPool:
         del entries[: max(0, len(entries) - self.keep)]
         idle = 0
         for i in range(len(entries) - 1, -1, -1):
-            buf, used = entries[i]
-            if sys.getrefcount(buf) <= 3:  # the entry, `buf`, the argument
-                idle += len(buf)
-                if idle > self.idle_bytes or now - used > self.idle_seconds:
+            if _references(entries[i]) <= _UNUSED:
+                idle += len(entries[i][0])
+                if idle > self.idle_bytes or now - entries[i][1] > self.idle_seconds:
                     del entries[i]
-            del buf
 
     def clear(self) -> None:
         with self._lock:

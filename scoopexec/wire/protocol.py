@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -206,9 +207,34 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+# Control frames nest a few levels; deeper JSON is refused whatever the interpreter would parse
+# (up to 3.13 json.loads raised RecursionError past about 1,000 levels; 3.14 parses as deep as
+# its C stack allows, and a value that deep breaks repr() and anything else that recurses).
+MAX_JSON_DEPTH = 200
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings skipped whole, brackets
+
+
+def _too_deep(data: bytes) -> bool:
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:  # the usual case: no scan
+        return False
+    depth = 0
+    for m in _JSON_NESTING.finditer(data):
+        c = m.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
 def load_json(buf: bytes | memoryview) -> Any:
+    data = bytes(buf)
+    if _too_deep(data):
+        raise ProtocolError("malformed JSON control frame: nested too deeply")
     try:
-        return json.loads(bytes(buf))
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON control frame: {exc}") from None
     except RecursionError:  # nesting deeper than the interpreter's recursion limit
