@@ -301,3 +301,35 @@ def test_the_snapshot_counts_what_the_status_table_shows():
     snap = ledger.snapshot()
     assert (snap["queued"], snap["assigned"], snap["tasks"], snap["clients"]) == (1, 1, 2, 1)
     assert snap["workers"][0]["state"] == "busy" and snap["workers"][0]["busy"] == 1
+
+
+# ------------------------------------------- found by test_ledger_properties.py
+def test_a_worker_back_under_the_same_id_gets_its_tasks_on_its_new_books():
+    # Lost with credit left, it stayed in line; back (HELLO, same id), a new WorkerState holds
+    # that id.  Dispatch used to hand tasks to the old one (the id matched): the new one's books
+    # did not hold them, and when it was lost they were in no queue and held by nobody.
+    ledger = books(max_retries=3)
+    old = worker(ledger, "a", 2)
+    ledger.lose_worker(old, "its connection closed")
+    new = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((w, (task,)),) = scheduling.dispatch(ledger, everyone)
+    assert w is new and new.assigned == {task.btid} and not old.assigned
+    check(ledger)
+    ((lost, given_up),), _ = ledger.lose_worker(new, "killed by the test")
+    assert lost is task and not given_up and list(ledger.queue) == [task.btid]
+
+
+def test_a_lost_workers_own_sub_tasks_are_dropped_not_reported_to_it():
+    # A worker ran a task and its sub-task: lost, it is owed no LOST for the sub-task (it is gone).
+    ledger = books(max_retries=0)
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((_, (parent,)),) = scheduling.dispatch(ledger, everyone)
+    submit(ledger, 9, owner=w.key, parent=parent.btid)
+    ledger.grant(w, 1)
+    scheduling.dispatch(ledger, everyone)
+    assert len(w.assigned) == 2
+    lost, cancels = ledger.lose_worker(w, "killed by the test")
+    assert [(t.tid, given_up) for t, given_up in lost] == [(1, True)]
+    assert not ledger.tasks and cancels == {}
