@@ -24,6 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+from . import autochunk
 from .errors import remote_traceback
 from .progress import MapProgress
 from .wire.serialize import describe
@@ -129,14 +130,17 @@ class MapMixin:
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | str = 1,
         buffersize: int | None = None,
         unordered: bool = False,
         progress: bool | str | None = None,
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
-        ``chunksize`` items travel per task; ``buffersize`` bounds how many
+        ``chunksize`` items travel per task; ``chunksize="auto"`` sizes the
+        chunks from the measured cost of the first items (about 5 ms of work
+        each: see scoopexec/autochunk.py; unordered maps then go one item per
+        task); ``buffersize`` bounds how many
         tasks are in flight (the iterables are then read lazily);
         ``unordered=True`` yields results in the order they complete.
         ``progress=True`` (or a label) draws a bar on stderr counting finished
@@ -147,8 +151,11 @@ class MapMixin:
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
-        if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-            raise TypeError("chunksize must be an integer")
+        auto = chunksize == autochunk.AUTO and not unordered
+        if chunksize == autochunk.AUTO:
+            chunksize = 1
+        elif not isinstance(chunksize, int) or isinstance(chunksize, bool):
+            raise TypeError('chunksize must be an integer or "auto"')
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -160,13 +167,16 @@ class MapMixin:
             label = progress if isinstance(progress, str) else getattr(fn, "__name__", "map")
             tracker = MapProgress(_known_length(iterables), label)
             zipped = _tally(zipped, tracker)
-        if chunksize > 1:
+        if auto:
+            call_fn: Callable[..., Any] = functools.partial(autochunk.run_timed, fn)
+            source: Iterator[tuple[Any, ...]] = zipped
+        elif chunksize > 1:
             if len(iterables) == 1:
-                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
+                call_fn = functools.partial(_run_chunk1, fn)
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
                     items = _tally(items, tracker)
-                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in batched(items, chunksize))
+                source = ((list(c),) for c in batched(items, chunksize))
             else:
                 call_fn = functools.partial(_run_chunk, fn)
                 source = ((list(c),) for c in batched(zipped, chunksize))
@@ -182,7 +192,7 @@ class MapMixin:
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
         what = describe(fn)
         next_item = 0  # index of the first item of the next task (for error messages)
-        chunked = chunksize > 1
+        chunked = auto or chunksize > 1
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             nonlocal next_item
@@ -197,9 +207,17 @@ class MapMixin:
             else:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
-                f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+                f.add_done_callback(_Advance(tracker, len(args[0]) if chunked else 1))
             return f
 
+        if auto:
+            gen = autochunk.ordered(
+                fn, source, submit, workers=getattr(self, "_max_workers", None),
+                total=_known_length(iterables), end_time=end_time, buffersize=buffersize,
+                alive=lambda: executor_ref() is not None,
+            )  # fmt: skip
+            del self
+            return _with_progress(gen, tracker) if tracker is not None else gen
         if buffersize:
             fs: collections.deque[cf.Future[Any]] = collections.deque(
                 submit(args) for args in itertools.islice(source, buffersize)
@@ -212,7 +230,7 @@ class MapMixin:
             gen = _unordered(fs, source if buffersize else None, submit, end_time)
         else:
             gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
-        if chunksize > 1:
+        if chunked:
             gen = _unchunk(gen)
         if tracker is not None:
             return _with_progress(gen, tracker)
