@@ -333,3 +333,58 @@ def test_a_lost_workers_own_sub_tasks_are_dropped_not_reported_to_it():
     lost, cancels = ledger.lose_worker(w, "killed by the test")
     assert [(t.tid, given_up) for t, given_up in lost] == [(1, True)]
     assert not ledger.tasks and cancels == {}
+
+
+# ------------------------------------------ exact texts and fields (mutation survivors)
+def test_the_snapshot_gives_every_field_of_each_worker(monkeypatch):
+    import scoopexec.broker.ledger as ledger_module
+
+    ledger = books()
+    monkeypatch.setattr(ledger_module.time, "time", lambda: 1000.0)
+    busy = ledger.add_worker(b"\x01\x02", {"name": "busy", "pid": 7, "host": "h1", "python": "3.11.7"})
+    idle = worker(ledger, "idle", 2)
+    busy.joined, busy.last_seen, busy.done = 990.12345, 999.5, 4
+    idle.joined = idle.last_seen = 1000.0
+    ledger.grant(busy, 1)
+    busy.last_seen = 999.5
+    submit(ledger, 1)
+    ((holder, _),) = scheduling.dispatch(ledger, everyone)
+    assert holder is idle  # first in line
+    ledger.completed = 12
+    ledger.dropped["stale result"] += 2
+    snap = ledger.snapshot()
+    assert {k: v for k, v in snap.items() if k != "workers"} == {
+        "queued": 0, "assigned": 1, "tasks": 1, "completed": 12, "clients": 1, "dropped": {"stale result": 2},
+    }  # fmt: skip
+    assert snap["workers"] == [
+        {"id": "0102", "name": "busy", "host": "h1", "pid": 7, "busy": 0, "state": "idle", "done": 4,
+         "credit": 1, "last_seen": 0.5, "joined": 9.877, "python": "3.11.7"},
+        {"id": "69646c65", "name": "idle", "host": "h", "pid": 1, "busy": 1, "state": "busy", "done": 0,
+         "credit": 1, "last_seen": 0.0, "joined": 0.0, "python": None},
+    ]  # fmt: skip
+
+
+def test_a_loss_caused_by_a_task_names_how_many_it_might_be():
+    ledger = books(max_retries=0)
+    for rc, n, text in [
+        (-9, 1, "worker a (pid 1 on h): gone while running this task"),
+        (0, 1, "worker a (pid 1 on h): gone while running this task: a task ended the process (os._exit(0), "
+               "or exit() in native code); a worker's own exits are announced, and this one was not"),
+        (3, 3, "worker a (pid 1 on h): gone while running this task or one of the 2 other(s) it held: a "
+               "task ended the process (os._exit(3), or exit() in native code); a worker's own exits are "
+               "announced, and this one was not"),
+    ]:  # fmt: skip
+        w = worker(ledger, "a", n)
+        first = max(ledger.tasks, default=0) + 1
+        submit(ledger, *range(first, first + n))
+        scheduling.dispatch(ledger, everyone)
+        lost, _ = ledger.lose_worker(w, "gone", task_rc=rc)
+        assert [t.losses[-1] for t, _ in lost] == [text] * n
+
+
+def test_a_client_that_left_is_marked_broken_and_leaving_twice_is_harmless():
+    ledger = books()
+    c, cancels = ledger.remove_client(C)
+    assert c is not None and c.broken and cancels == {}
+    assert ledger.setups[c.setup].broken  # a late SETUP_DONE failure for it breaks nothing more
+    assert ledger.remove_client(C) == (None, {})

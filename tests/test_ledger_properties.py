@@ -416,6 +416,8 @@ class Books(RuleBasedStateMachine):
                 assert btid in queued, f"task {btid} neither queued nor held"
             else:
                 assert task.worker in self.workers, f"task {btid} held by a worker that is gone"
+        keyed = {(t.owner, t.tid): b for b, t in ledger.tasks.items() if t.owner != LOCAL}
+        assert ledger.by_owner == keyed, "the ids kept for CANCEL are not those of the tasks held"
         assert set(ledger.workers) == set(self.workers)
         for key, w in self.workers.items():
             assert ledger.workers[key] is w
