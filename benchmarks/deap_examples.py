@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cost", type=float, default=0.0, help="seconds of busy work added per evaluation")
     ap.add_argument("--only", default=",".join(EXAMPLES))
+    ap.add_argument("--modes", default=",".join(MODES), help="builtin (always run), auto, chunksize=1")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--child", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -97,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{e} not found under --examples {args.examples} (a DEAP checkout's examples folder)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    times: dict[str, dict[str, list[float]]] = {e: {m: [] for m in MODES} for e in examples}
+    modes_run = ("builtin", *[m for m in MODES[1:] if m in args.modes.split(",")])
+    times: dict[str, dict[str, list[float]]] = {e: {m: [] for m in modes_run} for e in examples}
     for r in range(args.rounds):
         for e in examples:
-            modes = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
+            modes = modes_run[r % len(modes_run) :] + modes_run[: r % len(modes_run)]
             for mode in modes:
                 cmd = [sys.executable, "-m", "benchmarks.deap_examples", "--child",
                        os.path.join(args.examples, e), mode, "--workers", str(args.workers),
@@ -108,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
                 times[e][mode].append(float(out.stdout.strip().splitlines()[-1]))
             row = times[e]
-            ratios = " ".join(f"{m} {row[m][-1] / row['builtin'][-1]:.2f}x" for m in MODES[1:])
+            ratios = " ".join(f"{m} {row[m][-1] / row['builtin'][-1]:.2f}x" for m in modes_run[1:])
             print(f"round {r + 1} {e}: builtin {row['builtin'][-1]:.2f} s; {ratios}", flush=True)
     summary: dict[str, Any] = {}
     for e in examples:
         row = times[e]
         med = {m: statistics.median(a / b for a, b in zip(row[m], row["builtin"], strict=True))
-               for m in MODES[1:]}  # fmt: skip
+               for m in modes_run[1:]}  # fmt: skip
         summary[e] = {"seconds": row, "median_ratio_to_builtin": med}
         print(f"{e} ({args.workers} workers, +{args.cost * 1000:g} ms per evaluation): builtin median "
               f"{statistics.median(row['builtin']):.2f} s; time / builtin's, median of {args.rounds} rounds: "
