@@ -102,7 +102,7 @@ def _map(
     func: Callable[..., Any],
     iterables: tuple[Iterable[Any], ...],
     timeout: float | None,
-    chunksize: int,
+    chunksize: int | str,
     buffersize: int | None,
     *,
     unordered: bool,
@@ -112,7 +112,7 @@ def _map(
         raise TypeError(f"{func!r} is not callable")
     ex = _pool()
     it: Iterator[Any] = ex.map(  # type: ignore[call-arg]
-        func, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered,
+        func, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize, unordered=unordered,  # type: ignore[arg-type]
         **extra,
     )
     if isinstance(ex, api.WorkerExecutor):
@@ -124,7 +124,7 @@ def map(  # SCOOP's name
     func: Callable[..., Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
-    chunksize: int = 1,
+    chunksize: int | str = 1,
     buffersize: int | None = None,
     seed: int | tuple[int, ...] | None = None,
     journal: str | os.PathLike[str] | None = None,

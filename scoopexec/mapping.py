@@ -25,6 +25,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+from . import autochunk
 from .errors import TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
@@ -134,7 +135,7 @@ class MapMixin:
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | str = 1,
         buffersize: int | None = None,
         unordered: bool = False,
         progress: bool | str | None = None,
@@ -145,7 +146,10 @@ class MapMixin:
     ) -> Iterator[Any]:
         """Like the built-in map, run on the pool; results come back lazily.
 
-        ``chunksize`` items travel per task; ``buffersize`` bounds how many
+        ``chunksize`` items travel per task; ``chunksize="auto"`` sizes the
+        chunks from the measured cost of the first items (about 5 ms of work
+        each: see scoopexec/autochunk.py; unordered maps then go one item per
+        task); ``buffersize`` bounds how many
         tasks are in flight (the iterables are then read lazily);
         ``unordered=True`` yields results in the order they complete.
         ``progress=True`` (or a label) draws a bar on stderr counting finished
@@ -169,8 +173,11 @@ class MapMixin:
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
-        if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-            raise TypeError("chunksize must be an integer")
+        auto = chunksize == autochunk.AUTO and not unordered
+        if chunksize == autochunk.AUTO:
+            chunksize = 1
+        elif not isinstance(chunksize, int) or isinstance(chunksize, bool):
+            raise TypeError('chunksize must be an integer or "auto"')
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -185,13 +192,14 @@ class MapMixin:
         plan = None
         if seed is not None or journal is not None:
             done_one = functools.partial(tracker.task_done, 1) if tracker is not None else None
-            plan = MapPlan(fn, seed, journal, done_one, _chunk_values if chunksize > 1 else None)
+            unchunk = _timed_values if auto else _chunk_values if chunksize > 1 else None
+            plan = MapPlan(fn, seed, journal, done_one, unchunk)
             zipped = plan.items(zipped)
             plan.record_yielded = on_timeout is RAISE  # an on_timeout stand-in is not a result
         try:
             return self._map_planned(
                 fn, iterables, zipped, tracker, plan, end_time, chunksize, buffersize, unordered,
-                limit, on_timeout,
+                limit, on_timeout, auto,
             )
         except BaseException:
             if plan is not None:
@@ -211,21 +219,25 @@ class MapMixin:
         unordered: bool,
         limit: float | None,
         on_timeout: Any,
+        auto: bool = False,
     ) -> Iterator[Any]:
         user_fn = fn
         if plan is not None:
             fn = plan.call_fn
         if limit is not None:
             fn = TimeLimit(fn, limit)
-        if on_timeout is not RAISE and chunksize > 1:
+        if on_timeout is not RAISE and (auto or chunksize > 1):
             fn = OnTimeout(fn, on_timeout)  # an item of a chunk: the others go on
-        if chunksize > 1:
+        if auto:
+            call_fn: Callable[..., Any] = functools.partial(autochunk.run_timed, fn)
+            source: Iterator[tuple[Any, ...]] = zipped
+        elif chunksize > 1:
             if len(iterables) == 1 and plan is None:
-                call_fn: Callable[..., Any] = functools.partial(_run_chunk1, fn)
+                call_fn = functools.partial(_run_chunk1, fn)
                 items: Iterator[Any] = iter(iterables[0])
                 if tracker is not None:
                     items = _tally(items, tracker)
-                source: Iterator[tuple[Any, ...]] = ((list(c),) for c in batched(items, chunksize))
+                source = ((list(c),) for c in batched(items, chunksize))
             else:
                 call_fn = functools.partial(_run_chunk, fn)
                 source = ((list(c),) for c in batched(zipped, chunksize))
@@ -246,7 +258,7 @@ class MapMixin:
         executor_ref: Callable[[], Any] = _strong(self) if self._map_keeps_executor else weakref.ref(self)
         what = describe(user_fn)
         next_item = 0  # index of the first item of the next task (for error messages)
-        chunked = chunksize > 1
+        chunked = auto or chunksize > 1
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             nonlocal next_item
@@ -261,13 +273,25 @@ class MapMixin:
             else:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
             if tracker is not None:
-                f.add_done_callback(_Advance(tracker, len(args[0]) if chunksize > 1 else 1))
+                f.add_done_callback(_Advance(tracker, len(args[0]) if chunked else 1))
             if plan is not None:
                 plan.watch(f, len(args[0]) if chunked else 1)
             if on_timeout is not RAISE:
                 # A task that timed out (of a chunk: its worker was ended) yields on_timeout per item.
-                f = _Substitute(f, [on_timeout] * len(args[0]) if chunked else on_timeout)
+                stand_in = [on_timeout] * len(args[0]) if chunked else on_timeout
+                f = _Substitute(f, (0.0, stand_in, None) if auto else stand_in)
             return f
+
+        if auto:
+            gen = autochunk.ordered(
+                user_fn, source, submit, workers=getattr(self, "_max_workers", None),
+                total=_known_length(iterables), end_time=end_time, buffersize=buffersize,
+                alive=lambda: executor_ref() is not None,
+            )  # fmt: skip
+            del self
+            if plan is not None:
+                gen = plan.merge(gen, unordered)
+            return _with_progress(gen, tracker) if tracker is not None else gen
 
         if buffersize:
             fs: collections.deque[cf.Future[Any]] = collections.deque(
@@ -281,7 +305,7 @@ class MapMixin:
             gen = _unordered(fs, source if buffersize else None, submit, end_time)
         else:
             gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
-        if chunksize > 1:
+        if chunked:
             gen = _unchunk(gen)
         if plan is not None:
             gen = plan.merge(gen, unordered)
@@ -419,6 +443,11 @@ class _Substitute(cf.Future):  # type: ignore[type-arg]
 
     def cancel(self) -> bool:
         return self.inner.cancel()
+
+
+def _timed_values(result: autochunk.Timed) -> list[Any]:
+    """The results of an automatically sized chunk's items that succeeded."""
+    return result[1]
 
 
 def _chunk_values(result: list[Any] | ChunkError) -> list[Any]:

@@ -321,3 +321,221 @@ def test_a_clients_held_count_follows_its_tasks_through_every_way_out():
     submit(ledger, 7)
     ledger.drop_unstarted(c)  # its client leaves after an error
     assert c.held == 0 and not ledger.tasks
+
+
+# ------------------------------------------- found by test_ledger_properties.py
+def test_a_worker_back_under_the_same_id_gets_its_tasks_on_its_new_books():
+    # Lost with credit left, it stayed in line; back (HELLO, same id), a new WorkerState holds
+    # that id.  Dispatch used to hand tasks to the old one (the id matched): the new one's books
+    # did not hold them, and when it was lost they were in no queue and held by nobody.
+    ledger = books(max_retries=3)
+    old = worker(ledger, "a", 2)
+    ledger.lose_worker(old, "its connection closed")
+    new = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((w, (task,)),) = scheduling.dispatch(ledger, everyone)
+    assert w is new and new.assigned == {task.btid} and not old.assigned
+    check(ledger)
+    ((lost, given_up),), _ = ledger.lose_worker(new, "killed by the test")
+    assert lost is task and not given_up and list(ledger.queue) == [task.btid]
+
+
+def test_a_lost_workers_own_sub_tasks_are_dropped_not_reported_to_it():
+    # A worker ran a task and its sub-task: lost, it is owed no LOST for the sub-task (it is gone).
+    ledger = books(max_retries=0)
+    w = worker(ledger, "a", 1)
+    submit(ledger, 1)
+    ((_, (parent,)),) = scheduling.dispatch(ledger, everyone)
+    submit(ledger, 9, owner=w.key, parent=parent.btid)
+    ledger.grant(w, 1)
+    scheduling.dispatch(ledger, everyone)
+    assert len(w.assigned) == 2
+    lost, cancels = ledger.lose_worker(w, "killed by the test")
+    assert [(t.tid, given_up) for t, given_up in lost] == [(1, True)]
+    assert not ledger.tasks and cancels == {}
+
+
+# ------------------------------------------ exact texts and fields (mutation survivors)
+def test_the_snapshot_gives_every_field_of_each_worker(monkeypatch):
+    import scoopexec.broker.ledger as ledger_module
+
+    ledger = books()
+    monkeypatch.setattr(ledger_module.time, "time", lambda: 1000.0)
+    busy = ledger.add_worker(b"\x01\x02", {"name": "busy", "pid": 7, "host": "h1", "python": "3.11.7"})
+    idle = worker(ledger, "idle", 2)
+    busy.joined, busy.last_seen, busy.done = 990.12345, 999.5, 4
+    idle.joined = idle.last_seen = 1000.0
+    ledger.grant(busy, 1)
+    busy.last_seen = 999.5
+    submit(ledger, 1)
+    ((holder, _),) = scheduling.dispatch(ledger, everyone)
+    assert holder is idle  # first in line
+    ledger.completed = 12
+    ledger.dropped["stale result"] += 2
+    snap = ledger.snapshot()
+    assert {k: v for k, v in snap.items() if k != "workers"} == {
+        "queued": 0, "assigned": 1, "tasks": 1, "completed": 12, "clients": 1, "dropped": {"stale result": 2},
+    }  # fmt: skip
+    assert snap["workers"] == [
+        {"id": "0102", "name": "busy", "host": "h1", "pid": 7, "busy": 0, "state": "idle", "done": 4,
+         "credit": 1, "last_seen": 0.5, "joined": 9.877, "python": "3.11.7"},
+        {"id": "69646c65", "name": "idle", "host": "h", "pid": 1, "busy": 1, "state": "busy", "done": 0,
+         "credit": 1, "last_seen": 0.0, "joined": 0.0, "python": None},
+    ]  # fmt: skip
+
+
+def test_a_loss_caused_by_a_task_names_how_many_it_might_be():
+    ledger = books(max_retries=0)
+    for rc, n, text in [
+        (-9, 1, "worker a (pid 1 on h): gone while running this task"),
+        (0, 1, "worker a (pid 1 on h): gone while running this task: a task ended the process (os._exit(0), "
+               "or exit() in native code); a worker's own exits are announced, and this one was not"),
+        (3, 3, "worker a (pid 1 on h): gone while running this task or one of the 2 other(s) it held: a "
+               "task ended the process (os._exit(3), or exit() in native code); a worker's own exits are "
+               "announced, and this one was not"),
+    ]:  # fmt: skip
+        w = worker(ledger, "a", n)
+        first = max(ledger.tasks, default=0) + 1
+        submit(ledger, *range(first, first + n))
+        scheduling.dispatch(ledger, everyone)
+        lost, _ = ledger.lose_worker(w, "gone", task_rc=rc)
+        assert [t.losses[-1] for t, _ in lost] == [text] * n
+
+
+def test_a_client_that_left_is_marked_broken_and_leaving_twice_is_harmless():
+    ledger = books()
+    c, cancels = ledger.remove_client(C)
+    assert c is not None and c.broken and cancels == {}
+    assert ledger.setups[c.setup].broken  # a late SETUP_DONE failure for it breaks nothing more
+    assert ledger.remove_client(C) == (None, {})
+
+
+# ------------------------------------------- scheduling's choices, exactly (mutation survivors)
+def test_one_task_each_when_there_are_as_many_workers_as_tasks():
+    ledger = books()
+    a, b = worker(ledger, "a", 4), worker(ledger, "b", 4)
+    submit(ledger, 1, 2)
+    batches = scheduling.dispatch(ledger, everyone)
+    assert [(w.name, len(batch)) for w, batch in batches] == [("a", 1), ("b", 1)]
+    assert list(ledger.ready) == [a, b]  # credit left: still in line
+    ledger.take_back(a, [])  # RETURN: no credit, yet still in the deque
+    submit(ledger, 3, 4, 5, 6, 7)
+    assert [(w.name, len(batch)) for w, batch in scheduling.dispatch(ledger, everyone)] == [("b", 3)]
+    assert not ledger.ready and not a.in_ready and not b.in_ready  # no credit: out of line
+
+
+def test_a_cancelled_task_left_in_the_queue_does_not_hold_up_the_rest():
+    ledger = books()
+    worker(ledger, "a", 3)
+    submit(ledger, 1, 2, 3, 4)
+    ledger.cancel(C, [1])  # its id stays in the queue until dispatch meets it
+    ((_, batch),) = scheduling.dispatch(ledger, everyone)
+    assert [t.tid for t in batch] == [2, 3, 4]
+
+
+def test_a_worker_passes_over_a_child_of_its_parked_task_but_takes_the_next_one():
+    ledger = books()
+    a, b = worker(ledger, "a", 1), worker(ledger, "b", 0)
+    submit(ledger, 1)
+    ((_, (parent,)),) = scheduling.dispatch(ledger, everyone)
+    ledger.grant(a, 2)
+    ledger.grant(b, 1)
+    submit(ledger, 7, owner=a.key, parent=parent.btid)
+    submit(ledger, 2)
+    batches = scheduling.dispatch(ledger, everyone)
+    assert [(w.name, [t.tid for t in batch]) for w, batch in batches] == [("a", [2]), ("b", [7])]
+
+
+def test_a_child_goes_to_its_parents_worker_when_no_other_is_idle():
+    ledger = books()
+    a, b = worker(ledger, "a", 1), worker(ledger, "b", 1)
+    submit(ledger, 1, 2)
+    scheduling.dispatch(ledger, everyone)
+    parent = next(t for t in ledger.tasks.values() if t.worker == a.key)
+    ledger.grant(a, 1)
+    ledger.grant(b, 1)
+    assert list(ledger.ready) == [a, b] and b.assigned  # b has credit, but is busy: not idle
+    submit(ledger, 7, owner=a.key, parent=parent.btid)
+    batches = scheduling.dispatch(ledger, everyone)
+    assert [(w.name, [t.tid for t in batch]) for w, batch in batches] == [("a", [7])]
+
+
+def test_mark_running_skips_what_is_marked_gone_or_refused():
+    ledger = books()
+    worker(ledger, "idle", 0)
+    submit(ledger, 1, 2, 3, 4, 5, 6)
+    ledger.cancel(C, [1])  # a stale id at the front of the queue
+    ledger.tasks[2].marked = True  # told already: counts as running, not asked again
+    claimed: list[int] = []
+
+    def claim(t: Task) -> bool:
+        claimed.append(t.tid)
+        return t.tid != 3  # its future was cancelled: the task is dropped and frees its place
+
+    scheduling.mark_running(ledger, 1, claim)  # 1 idle + 1 starting: 2 places
+    assert claimed == [3, 4]  # 2 took one place, 3 was refused, 4 took the other
+    assert 3 not in ledger.tasks and [t.tid for t in ledger.tasks.values() if t.marked] == [2, 4]
+    scheduling.mark_running(ledger, 0, claim)  # 1 place (the idle worker): 2 holds it
+    assert claimed == [3, 4]
+    ledger.add_worker(b"busy", {}).assigned.add(99)  # a worker that is not idle adds no place
+    scheduling.mark_running(ledger, 0, claim)
+    assert claimed == [3, 4]
+
+
+def test_recall_is_paced_and_a_worker_is_asked_at_most_every_fourth_pace():
+    ledger = books()
+    busy = worker(ledger, "busy", 4)
+    submit(ledger, 1, 2, 3, 4)
+    scheduling.dispatch(ledger, everyone)
+    worker(ledger, "idle", 1)
+    every = scheduling.RECALL_EVERY
+    assert scheduling.recall(ledger, 100.0) == [busy]
+    finish(ledger, busy, min(busy.assigned))  # something moved there: it may be asked again ...
+    assert scheduling.recall(ledger, 100.0 + every / 2) == []  # ... not before the next look,
+    assert scheduling.recall(ledger, 100.0 + every * 2) == []  # nor within 4 paces of the last ask,
+    assert scheduling.recall(ledger, 100.0 + every * 4.5) == [busy]  # but then.
+    t = ledger.next_recall
+    finish(ledger, busy, min(busy.assigned))
+    assert scheduling.recall(ledger, t) == []  # at the next look exactly: within 4 paces
+    assert scheduling.recall(ledger, t + every * 5) == [busy]
+
+
+def test_recall_needs_an_idle_worker_with_credit_and_asks_each_busy_one():
+    ledger = books()
+    a, b = worker(ledger, "a", 3), worker(ledger, "b", 3)
+    submit(ledger, 1, 2, 3, 4, 5, 6)
+    scheduling.dispatch(ledger, everyone)
+    ledger.grant(a, 1)  # busy, with credit: not idle
+    assert scheduling.recall(ledger, 100.0) == []
+    idle = worker(ledger, "idle", 1)
+    ledger.take_back(idle, [])  # it handed back and has no credit: not idle either
+    assert scheduling.recall(ledger, 101.0) == []
+    ledger.grant(idle, 1)
+    assert scheduling.recall(ledger, 102.0) == [a, b]
+    finish(ledger, b, min(b.assigned))
+    assert scheduling.recall(ledger, 103.0) == [b]  # a: asked, nothing moved; b: asked again
+
+
+def test_recall_looks_at_most_once_a_pace():
+    ledger = books()
+    a = worker(ledger, "a", 2)
+    submit(ledger, 1, 2)
+    scheduling.dispatch(ledger, everyone)
+    worker(ledger, "idle", 1)
+    assert scheduling.recall(ledger, 100.0) == [a]
+    b = worker(ledger, "b", 3)  # busy now too, never asked
+    submit(ledger, 3, 4, 5)
+    scheduling.dispatch(ledger, lambda t: True)
+    assert b.assigned == {4, 5}  # (3 went to the idle one)
+    worker(ledger, "idle2", 1)
+    assert scheduling.recall(ledger, 100.0 + scheduling.RECALL_EVERY / 2) == []  # not yet
+    assert scheduling.recall(ledger, ledger.next_recall) == [b]  # the next look, exactly
+
+
+def test_mark_running_with_one_idle_worker_claims_one_task():
+    ledger = books()
+    worker(ledger, "idle", 0)
+    submit(ledger, 1, 2)
+    claimed: list[int] = []
+    scheduling.mark_running(ledger, 0, lambda t: claimed.append(t.tid) is None)
+    assert claimed == [1]

@@ -426,8 +426,8 @@ class Ledger:
         out = []
         for btid in sorted(w.assigned):
             task = self.tasks.get(btid)
-            if task is None or task.worker != w.key:
-                continue
+            if task is None or task.worker != w.key or task.owner == w.key:
+                continue  # (its own sub-task: nobody to report to; forget_peer drops it)
             task.worker = None
             task.attempts += 1
             task.prev += (w.key,)

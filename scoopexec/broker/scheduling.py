@@ -52,7 +52,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                 break
             w = ready.popleft()
             w.in_ready = False
-            if w.key not in workers or w.credit <= 0:
+            if workers.get(w.key) is not w or w.credit <= 0:  # gone (a new one may have its key)
                 continue
             others: bool | None = None  # another worker idle? (asked when it matters)
             skipped: list[int] = []
@@ -67,7 +67,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                     parent = tasks.get(task.parent)
                     if others is None:
                         others = any(
-                            o is not w and o.credit > 0 and not o.assigned and o.key in workers
+                            o is not w and o.credit > 0 and not o.assigned and workers.get(o.key) is o
                             for o in itertools.chain(ready, back)
                         )
                     if others and parent is not None and parent.worker == w.key:
@@ -125,7 +125,7 @@ def recall(ledger: Ledger, now: float) -> list[WorkerState]:
     ledger.next_recall = now + RECALL_EVERY
     workers = ledger.workers
     if not ledger.closing and not any(
-        w.credit > 0 and not w.assigned and w.key in workers for w in ledger.ready
+        w.credit > 0 and not w.assigned and workers.get(w.key) is w for w in ledger.ready
     ):
         return []
     out = []

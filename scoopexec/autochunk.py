@@ -1,0 +1,191 @@
+"""``map(..., chunksize="auto")``: chunks sized from the measured cost of the items.
+
+A task costs the pool a round trip and some bookkeeping whatever it computes; for items that
+take microseconds (a DEAP evaluation of a small individual) that cost dominates, and one task
+per item runs several times slower than the built-in map.  Chunks fix that, but the right size
+depends on what an item costs, which the caller rarely knows.  Here:
+
+* every chunk is timed where it runs (:func:`run_timed`), so each result says what its items
+  cost there, waiting for the pool excluded;
+* chunks hold about ``TARGET`` seconds of work at the cost measured, and, when the number of
+  items is known, no more than each worker's share of them, so that every worker gets some;
+  the last chunks end within about ``TARGET`` of each other;
+* the first time a function is mapped, its first items go singly, ``PROBES`` per worker (the
+  workers start at once), the rest once the first result has come, in chunks growing at most
+  twofold from one to the next (an early estimate may be off);
+* the cost measured is remembered for that function (while it lives), so that the next map of
+  it -- DEAP maps the same ``toolbox.evaluate`` every generation -- sends all its chunks at
+  once, sized from the start;
+* results come back in order; an error surfaces at its own item, after the items before it.
+
+With ``buffersize``, at most that many tasks are in flight and the rest are read lazily, each
+new chunk sized with what has been measured by then.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import math
+import os
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import remote_traceback
+
+__all__ = ["AUTO", "PROBES", "TARGET", "Sizer", "known_cost", "ordered", "remember_cost", "run_timed"]
+
+AUTO = "auto"
+TARGET = 0.005  # s of work per chunk: a task's own cost (~0.1 ms) is then a few per cent of it
+PROBES = 2  # items sent singly per worker before anything is measured
+
+
+Timed = tuple[float, list[Any], "tuple[BaseException, str] | None"]
+
+
+def run_timed(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> Timed:
+    """Run a chunk where it was sent: (seconds it took, the results, None), or, when an item
+    raised, (seconds, the results before it, (its exception, the traceback's text))."""
+    out: list[Any] = []
+    start = time.perf_counter()
+    try:
+        for args in chunk:
+            out.append(fn(*args))
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return time.perf_counter() - start, out, (exc, tb)
+    return time.perf_counter() - start, out, None
+
+
+class Sizer:
+    """How many items the next chunk holds, from the cost measured so far (or ``prior``: seconds
+    per item measured by an earlier map of the same function)."""
+
+    def __init__(self, workers: int, total: int | None, prior: float | None = None, target: float = TARGET):
+        self.workers = max(1, workers)
+        self.cap = max(1, math.ceil(total / self.workers)) if total is not None else None
+        self.prior = prior
+        self.target = target
+        self.seconds = 0.0
+        self.items = 0
+        self.last = 1
+
+    def observe(self, seconds: float, items: int) -> None:
+        if items > 0:
+            self.seconds += max(seconds, 0.0)
+            self.items += items
+
+    @property
+    def cost(self) -> float | None:
+        """Seconds per item, on average so far (the prior until something is measured)."""
+        return self.seconds / self.items if self.items else self.prior
+
+    def next(self) -> int:
+        """The size of the next chunk."""
+        cost = self.cost
+        if cost is None:
+            return 1
+        size = max(1, int(self.target / cost) if cost > 0 else 1 << 30)
+        if self.items:  # (from a prior: sized at once)
+            size = min(size, 2 * self.last)
+        if self.cap is not None:
+            size = min(size, self.cap)
+        self.last = max(self.last, size)
+        return size
+
+
+_costs: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def known_cost(fn: Any) -> float | None:
+    """Seconds per item an earlier map of ``fn`` measured (None: none, or ``fn`` cannot be
+    remembered without keeping it alive: a bound method is a new object at every access)."""
+    try:
+        return _costs.get(fn)
+    except TypeError:
+        return None
+
+
+def remember_cost(fn: Any, cost: float | None) -> None:
+    if cost is not None:
+        try:
+            _costs[fn] = cost
+        except TypeError:
+            pass
+
+
+def ordered(
+    fn: Any,
+    items: Iterator[tuple[Any, ...]],
+    submit: Callable[[tuple[Any, ...]], cf.Future[Any]],
+    *,
+    workers: int | None,
+    total: int | None,
+    end_time: float | None,
+    buffersize: int | None,
+    alive: Callable[[], bool] = lambda: True,
+) -> Iterator[Any]:
+    """Submit ``items`` (argument tuples for ``fn``) in chunks sized as the module docstring
+    says; yield the results in order.  ``submit((chunk,))`` sends one chunk to run with
+    run_timed; ``alive()``: the executor can still take tasks (no refill once it is gone)."""
+    prior = known_cost(fn)
+    sizer = Sizer(workers or os.cpu_count() or 1, total, prior)
+    fs: collections.deque[cf.Future[Any]] = collections.deque()
+    limit = buffersize or (1 << 62)
+
+    def send(n: int) -> bool:
+        chunk = list(itertools.islice(items, n))
+        if not chunk:
+            return False
+        fs.append(submit((chunk,)))
+        return True
+
+    if prior is None:
+        for _ in range(min(PROBES * sizer.workers, limit)):
+            if not send(1):
+                break
+    else:
+        while len(fs) < limit and send(sizer.next()):
+            pass
+    return _results(fn, fs, sizer, send, limit, end_time, alive)
+
+
+def _results(
+    fn: Any,
+    fs: collections.deque[cf.Future[Any]],
+    sizer: Sizer,
+    send: Callable[[int], bool],
+    limit: int,
+    end_time: float | None,
+    alive: Callable[[], bool],
+) -> Iterator[Any]:
+    more = True
+    try:
+        while fs:
+            fut = fs.popleft()
+            try:
+                value = fut.result(None if end_time is None else end_time - time.monotonic())
+            finally:
+                fut.cancel()
+                del fut
+            seconds, out, error = value
+            del value
+            if error is not None:
+                yield from out
+                exc, tb = error
+                exc.__cause__ = remote_traceback(tb)
+                raise exc
+            sizer.observe(seconds, len(out))
+            while more and len(fs) < limit and alive():
+                more = send(sizer.next())
+            yield from out
+            del out
+    finally:
+        for f in fs:
+            f.cancel()
+        if sizer.items:
+            remember_cost(fn, sizer.cost)
