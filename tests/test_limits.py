@@ -458,6 +458,12 @@ def logged(path: str, i: int, size: int) -> tuple[int, bytes]:
     return os.getpid(), b"x" * size
 
 
+def logged_stubborn(path: str, seconds: float) -> int:
+    with open(path, "a") as f:
+        f.write("stubborn\n")
+    return stubborn(seconds)
+
+
 def test_a_worker_recycled_over_zeromq_delivers_its_last_result_before_it_exits(tmp_path):
     """A worker that retires (--max-tasks) sends its last result and BYE, then exits at once:
     ZeroMQ's I/O thread went with it before sending them (a large result almost always), so the
@@ -495,6 +501,12 @@ def test_a_worker_recycled_over_zeromq_delivers_its_last_result_before_it_exits(
             assert len({pid for pid, _ in out}) >= 6  # 2 tasks per worker
             with open(runs) as f:
                 assert sorted(int(x) for x in f.read().split()) == list(range(12))  # none lost, none twice
+            os.remove(runs)
+            # A task that will not stop: its error is sent, then its process ends (the same wait).
+            late = list(ex.map(logged_stubborn, [runs], [30], task_timeout=0.5, on_timeout="late"))
+            assert late == ["late"]
+            with open(runs) as f:
+                assert f.read().split() == ["stubborn"]  # not run again elsewhere
     finally:
         if group is not None:
             group.send_signal(signal.SIGTERM)
