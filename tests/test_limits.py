@@ -449,3 +449,68 @@ def test_limits_through_a_standalone_broker_and_a_worker_group(tmp_path):
         broker.terminate()
         broker.wait(10)
         broker.stdout.close()
+
+
+def logged(path: str, i: int, size: int) -> tuple[int, bytes]:
+    """Notes each run of item ``i`` (a line in ``path``); returns ``size`` bytes."""
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return os.getpid(), b"x" * size
+
+
+def logged_stubborn(path: str, seconds: float) -> int:
+    with open(path, "a") as f:
+        f.write("stubborn\n")
+    return stubborn(seconds)
+
+
+def test_a_worker_recycled_over_zeromq_delivers_its_last_result_before_it_exits(tmp_path):
+    """A worker that retires (--max-tasks) sends its last result and BYE, then exits at once:
+    ZeroMQ's I/O thread went with it before sending them (a large result almost always), so the
+    broker saw a lost worker and ran that task again on the next one ([A, B, C, D] below, each
+    task of the second per worker run twice).  Each task runs once; what the worker held queued
+    when it said BYE runs elsewhere, once."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_standalone import _free_port
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
+                              stdout=subprocess.PIPE, env=env)  # fmt: skip
+    group = None
+    runs = str(tmp_path / "runs")
+    try:
+        assert "listening on" in broker.stdout.readline().decode()
+        group = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr, "-n", "1",
+                                  "--max-tasks", "2"], env=env)  # fmt: skip
+        with ScoopExecutor(broker=addr) as ex:
+            size = 4_000_000
+            got = [ex.submit(logged, runs, i, size).result(timeout=60) for i in range(4)]
+            pids = [pid for pid, _ in got]
+            assert all(len(blob) == size for _, blob in got)
+            assert pids[0] == pids[1] != pids[2] == pids[3], pids
+            with open(runs) as f:
+                assert f.read().split() == ["0", "1", "2", "3"]  # each ran once
+            os.remove(runs)
+            # Many at once: a retiring worker holds prefetched ones, queued again on its BYE.
+            out = list(ex.map(logged, [runs] * 12, range(12), [0] * 12, timeout=120))
+            assert len({pid for pid, _ in out}) >= 6  # 2 tasks per worker
+            with open(runs) as f:
+                assert sorted(int(x) for x in f.read().split()) == list(range(12))  # none lost, none twice
+            os.remove(runs)
+            # A task that will not stop: its error is sent, then its process ends (the same wait).
+            late = list(ex.map(logged_stubborn, [runs], [30], task_timeout=0.5, on_timeout="late"))
+            assert late == ["late"]
+            with open(runs) as f:
+                assert f.read().split() == ["stubborn"]  # not run again elsewhere
+    finally:
+        if group is not None:
+            group.send_signal(signal.SIGTERM)
+            group.wait(20)
+        broker.terminate()
+        broker.wait(10)
+        broker.stdout.close()

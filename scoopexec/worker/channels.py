@@ -81,8 +81,23 @@ class ZmqChannel:
     def send(self, frames: list[Any]) -> None:
         zmq_send(self.sock, frames)
 
-    def close(self) -> None:
-        self.sock.close(linger=2000)
+    def close(self, drain: float = 0.0) -> None:
+        """Close the socket.  ``drain``: this process ends next (os._exit), and ZeroMQ's I/O
+        thread with it, which would drop what it has not sent yet (a last result, a BYE: the
+        broker would run that task again elsewhere); so first wait, at most ``drain`` seconds,
+        until what was sent is out (the context's term(), once the monitor is closed too)."""
+        if drain <= 0:
+            self.sock.close(linger=2000)
+            return
+        try:
+            self.sock.disable_monitor()  # watch() sees MONITOR_STOPPED and closes its socket
+        except zmq.ZMQError:
+            pass
+        ctx = self.sock.context
+        self.sock.close(linger=int(drain * 1000))
+        ending = threading.Thread(target=ctx.term, name="scoopexec-drain", daemon=True)
+        ending.start()
+        ending.join(drain + 1.0)  # bounded even if a socket stayed open
 
     def watch(
         self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
@@ -91,6 +106,14 @@ class ZmqChannel:
 
         ``ready``: print READY_MARK and this label once connected (launchers wait for it).
         """
+        try:
+            self._watch(connect_timeout, host, ready, on_reconnect)
+        finally:
+            self.monitor.close(linger=0)  # its thread owns it; close(drain=) waits for it
+
+    def _watch(
+        self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
+    ) -> None:
         mon = self.monitor
         lost_at: float | None = None
         connected_once = False
@@ -159,8 +182,8 @@ class LinkChannel:
             # to be read: receive() ends this worker, one way or the other.
             pass
 
-    def close(self) -> None:
-        self.link.close(drain=2.0)
+    def close(self, drain: float = 2.0) -> None:
+        self.link.close(drain=max(drain, 2.0))
 
 
 def _drain(dq: collections.deque[Any]) -> list[Any]:

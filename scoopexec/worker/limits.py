@@ -53,6 +53,7 @@ __all__ = [
 
 GRACE = 1.0  # s a task has to stop after its KeyboardInterrupt before its process is ended
 POKE_EVERY = 0.05  # s between SIGINTs while the interrupted task has not been reached yet
+DRAIN = 5.0  # s at most that a worker ending itself waits for its last messages to leave
 
 
 def check_timeout(value: Any, name: str = "task_timeout") -> float | None:
@@ -245,7 +246,7 @@ class Watchdog:
         if w.lock.acquire(timeout=5.0):  # a task runs: the hub let go of it (see Worker._switch)
             w.outbox.results.append(((btid, status, len(frames), started, time.time() - started), frames))
             w.outbox.flush(0)
-            w.chan.close()  # lingers until the result is out
+            w.chan.close(drain=DRAIN)  # the result must be out before the process ends
         lifeline.say(str(exc))
         lifeline.end(EXIT_RECYCLED, note)
 
@@ -372,9 +373,9 @@ class Recycler:
         if w.active:
             return  # the end of the last one retires it (after_task)
         with w.lock:
-            w.flush()
+            w.outbox.flush(0)  # its last results, asking for no more tasks
             w.chan.send([P.header(P.BYE)])
-            w.chan.close()
+            w.chan.close(drain=DRAIN)  # else they may be lost, and that task run again elsewhere
         lifeline.end(EXIT_RECYCLED, f"recycled: {self.why}")
 
 
