@@ -31,20 +31,12 @@ import zmq
 from scoopexec import ScoopExecutor
 from scoopexec.wire import protocol as P
 from scoopexec.wire.framing import COUNT
-from scoopexec.wire.security import resolve_credentials
 from tests.conftest import ROOT
+from tests.peers import broker_status, free_port, keyed
 
 FUZZ_SECONDS = 3.0  # per socket
 MIN_MESSAGES = 2000
 
-
-def _keyed(sock: zmq.Socket, endpoint: str) -> None:
-    """Make ``sock`` a key holder of the pool at ``endpoint`` (every TCP endpoint is CURVE):
-    the key the pool wrote for this user's own peers.  A peer without it never gets past the
-    handshake, so what it sends would never reach the code under test."""
-    keys = resolve_credentials(endpoint, None, "test peer")
-    assert keys is not None, f"no key for {endpoint}"
-    keys.apply(sock)
 
 
 def _json(obj: object) -> bytes:
@@ -168,7 +160,7 @@ def _fuzz_router(endpoint: str, seed: int) -> int:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.ROUTING_ID, b"FZ%d" % i + os.urandom(6))
-            _keyed(s, endpoint)
+            keyed(s, endpoint)
             s.connect(endpoint)
             socks.append(s)
         stream = _messages(rng)
@@ -189,30 +181,11 @@ def _fuzz_router(endpoint: str, seed: int) -> int:
     return sent
 
 
-def _status(endpoint: str) -> dict:
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    try:
-        s.setsockopt(zmq.LINGER, 0)
-        _keyed(s, endpoint)
-        s.connect(endpoint)
-        s.send_multipart([P.header(P.STATUS)])
-        assert s.poll(30_000), "the broker does not answer STATUS"
-        return json.loads(s.recv_multipart()[1])
-    finally:
-        s.close(linger=0)
-        ctx.term()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(180)
 def test_fuzzed_messages_on_a_standalone_broker():
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
     broker = subprocess.Popen(
         [sys.executable, "-m", "scoopexec", "broker", "--bind", addr, "--heartbeat", "0.2",
@@ -225,7 +198,7 @@ def test_fuzzed_messages_on_a_standalone_broker():
         sent = _fuzz_router(addr, 1)
         assert sent >= MIN_MESSAGES
         assert broker.poll() is None, broker.stderr.read().decode()[-3000:]
-        st = _status(addr)
+        st = broker_status(addr)
         assert sum(st["dropped"].values()) > 100, st["dropped"]
         # A worker and a client that play by the rules: their tasks complete.
         workers = subprocess.Popen(
@@ -329,7 +302,7 @@ def test_a_bad_hello_from_a_known_worker_is_dropped(hello):
         try:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTING_ID, b"FZ" + os.urandom(6))
-            _keyed(s, ex.endpoint)
+            keyed(s, ex.endpoint)
             s.connect(ex.endpoint)
             s.send_multipart([P.header(P.HELLO), _json({"role": "worker", "pid": 1, "host": "h"})])
             assert s.poll(10_000) and P.decode(s.recv_multipart()).kind == P.WELCOME

@@ -16,18 +16,9 @@ from scoopexec import ScoopExecutor
 from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing
 from scoopexec.wire import protocol as P
-from scoopexec.wire.security import resolve_credentials
 from scoopexec.wire.validate import DEFAULT_MAX_MESSAGE_SIZE, frame_limit
 from tests.conftest import ROOT
-
-
-def _keyed(sock: zmq.Socket, endpoint: str) -> None:
-    """Make ``sock`` a key holder of the pool at ``endpoint`` (every TCP endpoint is CURVE):
-    the key the pool wrote for this user's own peers.  A peer without it never gets past the
-    handshake, so what it sends would never reach the code under test."""
-    keys = resolve_credentials(endpoint, None, "test peer")
-    assert keys is not None, f"no key for {endpoint}"
-    keys.apply(sock)
+from tests.peers import broker_status, free_port, keyed
 
 
 def test_a_bogus_length_header_on_a_link_is_an_error_not_an_allocation():
@@ -73,7 +64,7 @@ def test_a_frame_over_the_limit_disconnects_only_its_sender():
         s = ctx.socket(zmq.DEALER)
         try:
             s.setsockopt(zmq.LINGER, 0)
-            _keyed(s, ex.endpoint)
+            keyed(s, ex.endpoint)
             s.connect(ex.endpoint)
             s.send_multipart([P.header(P.HELLO), b'{"role": "client"}', b"z" * (3 << 20)])
             # The connection is dropped with the HELLO unread; the DEALER connects again.
@@ -124,25 +115,6 @@ if __name__ == "__main__":
 """
 
 
-def _broker_status(addr):
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    try:
-        s.setsockopt(zmq.LINGER, 0)
-        _keyed(s, addr)
-        s.connect(addr)
-        s.send_multipart([P.header(P.STATUS)])
-        assert s.poll(30_000), "the broker does not answer"
-        return P.decode(s.recv_multipart()).info
-    finally:
-        s.close(linger=0)
-        ctx.term()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(120)
@@ -150,7 +122,7 @@ def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
     """A client of a standalone broker shares a value twice (the second replaces the first),
     has tasks queued, and is SIGKILLed: the broker's status shows its set-up, shared values
     and tasks gone.  Before, the set-up stayed (Ledger.setups) and sharing again appended."""
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
     broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
                               stdout=subprocess.PIPE, env=env)  # fmt: skip
@@ -166,7 +138,7 @@ def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
         assert client.stdout.readline() == b"ready\n"
         deadline = time.monotonic() + 30
         while True:
-            st = _broker_status(addr)
+            st = broker_status(addr)
             if st["tasks"] == 50 and st["shared"] == 1:
                 break
             assert time.monotonic() < deadline, st
@@ -175,7 +147,7 @@ def test_a_killed_clients_setup_shared_values_and_tasks_are_freed(tmp_path):
         client.kill()
         client.wait(10)
         while True:
-            st = _broker_status(addr)
+            st = broker_status(addr)
             if st["clients"] == 0:
                 break
             assert time.monotonic() < deadline, st
@@ -238,7 +210,7 @@ def test_out_of_file_descriptors_while_replacing_a_worker_is_survived(tmp_path):
 
 
 def _start_broker(*options):
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr, *options],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
@@ -291,7 +263,7 @@ def test_a_connection_that_never_says_hello_is_closed():
             assert ex.submit(abs, -1).result(timeout=60) == 1  # its connection is alive, so is the worker's
             time.sleep(1.5)
             assert ex.submit(abs, -2).result(timeout=60) == 2
-        assert _broker_status(addr)["dropped"].get("handshake timeout", 0) >= 1
+        assert broker_status(addr)["dropped"].get("handshake timeout", 0) >= 1
     finally:
         if silent is not None:
             silent.close()
@@ -309,7 +281,7 @@ def test_connections_beyond_the_cap_are_closed_and_others_served():
         for s in socks:
             s.close()
         time.sleep(0.5)
-        st = _broker_status(addr)  # a connection of its own: there is room again
+        st = broker_status(addr)  # a connection of its own: there is room again
         assert st["dropped"].get("too many connections", 0) >= 3
     finally:
         for s in socks:
@@ -350,7 +322,7 @@ def test_a_client_over_its_queue_cap_gets_an_error_and_others_are_served(tmp_pat
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         assert greedy.stdout.readline() == b"held\n"
         deadline = time.monotonic() + 30
-        while _broker_status(addr)["tasks"] < 10:
+        while broker_status(addr)["tasks"] < 10:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         greedy.stdin.write(b"go\n")
@@ -378,7 +350,7 @@ def test_out_of_file_descriptors_while_accepting_is_survived():
     """A standalone broker with few descriptors (a real RLIMIT_NOFILE) and a crowd of
     connections: the accepts ZeroMQ cannot make are counted, and once the crowd is gone the
     broker answers as before."""
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
     code = (
         "import resource, sys\n"
@@ -401,7 +373,7 @@ def test_out_of_file_descriptors_while_accepting_is_survived():
         deadline = time.monotonic() + 30
         while True:
             try:
-                st = _broker_status(addr)
+                st = broker_status(addr)
                 break
             except AssertionError:
                 assert time.monotonic() < deadline
