@@ -567,6 +567,12 @@ class MapPlan:
             yield self._checked(key, value)
         if next(gen, _END) is not _END:
             raise JournalError("internal: a map gave more results than it had items")
+        if not self.record_yielded:
+            # Only the done-callbacks record here (map(on_timeout=)), and a future wakes its
+            # waiter before it runs them: the last results may not be written yet.
+            with self._callbacks:
+                self._callbacks.wait_for(lambda: self._outstanding == 0, timeout=60)
+            self._raise_unrecordable()
 
     def _checked(self, key: bytes, value: Any) -> Any:
         if self.record_yielded:

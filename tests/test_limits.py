@@ -145,6 +145,26 @@ def test_journal_and_seed_with_timeouts(tmp_path):
     assert runs == ["0", "1", "1", "2"]
 
 
+def test_a_seeded_maps_timeout_names_the_users_function():
+    with ScoopExecutor(1) as ex:
+        with pytest.raises(TaskTimeoutError, match=r"sleeper\(\)"):
+            list(ex.map(sleeper, [30], task_timeout=0.5, seed=1))
+
+
+def test_journal_with_on_timeout_records_every_result_of_an_ordered_map(tmp_path):
+    """With on_timeout, only the done-callbacks record, and a future wakes its waiter before it
+    runs them: the ordered map must wait for the last ones before it closes the journal."""
+    from scoopexec.journal import entries
+
+    journal = tmp_path / "j"
+    with ScoopExecutor(2) as ex:
+        for _ in range(3):
+            journal.unlink(missing_ok=True)
+            out = list(ex.map(abs, range(-40, 0), task_timeout=5, on_timeout=None, journal=journal))
+            assert out == list(range(40, 0, -1))
+            assert len(list(entries(journal))) == 40
+
+
 # ------------------------------------------------------------------ ex.cancel()
 def noted(seconds: float, path: str) -> int:
     """Says it started (PATH.started); says it was interrupted (PATH) if it was."""

@@ -479,15 +479,16 @@ def _global_names(code: types.CodeType) -> Iterator[str]:
             yield from _global_names(const)
 
 
-_LIMITS = "scoopexec.worker.limits"
-_MAPPING = "scoopexec.mapping"
+_WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hold the user's as .fn
+_RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk")  # chunk runners: partial(runner, fn)
 
 
 def _user_function(fn: Any) -> Any:
-    """The user's function inside map()'s chunk runners and task limits (worker/limits.py)."""
-    if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") == _MAPPING:
+    """The user's function inside map()'s chunk runners, task limits (worker/limits.py) and a
+    seeded map's call (seeding.SeededCall)."""
+    if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
         fn = fn.args[0]
-    while type(fn).__module__ == _LIMITS:
+    while type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
         fn = fn.fn
     return fn
 
@@ -528,6 +529,11 @@ def decode_call(
     fn = loads_function(fn_bytes if fn_bytes else frames[0])
     args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
     return fn, args, kwargs or {}
+
+
+def describe_user(fn: Any) -> str:
+    """describe() of the user's function inside map()'s wrappers (chunk runners, limits, seeding)."""
+    return describe(_user_function(fn))
 
 
 def describe(fn: Any) -> str:

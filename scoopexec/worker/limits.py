@@ -167,7 +167,8 @@ class Watchdog:
             self.cond.notify()
 
     def arm(self, seconds: float, fn: Callable[..., Any]) -> _Limit:
-        lim = _Limit(seconds, greenlet.getcurrent(), self.w.current_task(), serialize.describe(fn) + "()")
+        what = serialize.describe_user(fn) + "()"
+        lim = _Limit(seconds, greenlet.getcurrent(), self.w.current_task(), what)
         with self.cond:
             self.limits.add(lim)
             self.cond.notify()
