@@ -63,6 +63,8 @@ TAG_PREFIX = "J"  # worker tags are J<job id>.<n>
 MAX_FAILURES = 3  # jobs in a row that end before a worker joins (or submissions that fail)
 
 
+RECANCEL = 5.0  # s between cancels of a job the scheduler still lists at shut-down
+
 class JobState(NamedTuple):
     """A job as the scheduler lists it."""
 
@@ -371,7 +373,7 @@ class JobPool:
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
-            cancelled = set(self.jobs)
+            cancelled = dict.fromkeys(self.jobs, time.monotonic())  # job -> when scancel was last sent
         try:
             if cancelled:
                 self._cancel(sorted(cancelled))
@@ -387,10 +389,13 @@ class JobPool:
                     log.warning("%s job(s) %s were still listed %g s after being cancelled",
                                 self.provider.kind, " ".join(listed), timeout)  # fmt: skip
                     break
-                more = sorted(set(listed) - cancelled)
+                # New ones, and again every few seconds the ones still listed: a cancel that
+                # failed once (the controller busy, say) must not leave a job running.
+                now = time.monotonic()
+                more = sorted(j for j in listed if now - cancelled.get(j, -RECANCEL) >= RECANCEL)
                 if more:
                     self._cancel(more)
-                    cancelled.update(more)
+                    cancelled.update(dict.fromkeys(more, now))
                 time.sleep(0.5)
         finally:
             with self._lock:

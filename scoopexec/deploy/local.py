@@ -209,7 +209,7 @@ class LocalWorkers:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs.values()]
+        return [p.pid for p in list(self.procs.values())]  # a copy: reap() deletes from another thread
 
     def reap(self) -> list[tuple[str, int, int]]:
         out = []
