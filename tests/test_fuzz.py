@@ -290,8 +290,12 @@ def test_fuzzed_messages_on_a_local_link():
         b'{"role": "worker", "name": {"a": 1}}',
         b'{"role": "worker", "held": ' + _deep(100_000) + b"}",
         b'{"role": ["worker"]}',
+        json.dumps({"role": "worker", **{f"f{i}": i for i in range(40)}}).encode(),  # each HELLO kept
     ],
-    ids=["inf", "negative", "not-a-list", "nested", "pid-inf", "name-object", "deep", "role-list"],
+    ids=[
+        "inf", "negative", "not-a-list", "nested", "pid-inf", "name-object", "deep", "role-list",
+        "many-fields",
+    ],
 )
 def test_a_bad_hello_from_a_known_worker_is_dropped(hello):
     """A worker that said HELLO says it again (as after a reconnection) with values the broker

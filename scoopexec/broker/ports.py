@@ -56,6 +56,8 @@ OnMessage = Callable[[bytes, list[Any], "zmq.Frame | None"], None]
 OnGone = Callable[[bytes, str], None]
 
 
+MAX_REFUSED_FROM = 1000  # addresses whose refused handshakes are counted one by one
+
 class Poll:
     """One select.poll over every file descriptor the broker watches, each with its handler."""
 
@@ -123,7 +125,10 @@ class Authenticator:
             if not ok:
                 self.refused += 1
                 where = address.decode("utf-8", "replace") or "?"
-                self.refused_from[where] = self.refused_from.get(where, 0) + 1
+                if where in self.refused_from or len(self.refused_from) < MAX_REFUSED_FROM:
+                    self.refused_from[where] = self.refused_from.get(where, 0) + 1
+                else:  # bounded: many addresses (IPv6) must not grow it; the total still counts
+                    self.refused_from["(other addresses)"] = self.refused_from.get("(other addresses)", 0) + 1
             s.send_multipart(
                 [
                     version,

@@ -65,6 +65,9 @@ def _scalar(key: str, value: Any) -> Any:
     raise ProtocolError(f"HELLO field {key!r}: a {type(value).__name__} where a number or string belongs")
 
 
+MAX_HELLO_FIELDS = 32  # a HELLO has fewer than 12 today: room for new ones, not for a flood
+
+
 def check_hello(info: dict[str, Any]) -> dict[str, Any]:
     """A HELLO's JSON, checked: the role, the worker's ``held`` task ids (a list of u64),
     ``pid`` (an int), string fields no longer than MAX_FIELD; other fields must be small
@@ -72,6 +75,8 @@ def check_hello(info: dict[str, Any]) -> dict[str, Any]:
     role = info.get("role")
     if not isinstance(role, str) or role not in _ROLES:
         raise ProtocolError(f"HELLO with unknown role {str(role)[:40]!r}")
+    if len(info) > MAX_HELLO_FIELDS:  # a peer saying HELLO again must not grow what is kept of it
+        raise ProtocolError(f"HELLO with {len(info)} fields (at most {MAX_HELLO_FIELDS})")
     out: dict[str, Any] = {}
     for key, value in info.items():
         if not isinstance(key, str) or len(key) > 64:
