@@ -361,7 +361,7 @@ def _meta(python: str, rounds: int) -> dict[str, Any]:
 _VERSIONS = """
 import json, importlib.metadata as m
 out = {}
-for d in ("scoopexec", "pyzmq", "loky", "distributed", "ray", "scoop", "numpy"):
+for d in ("scoopexec", "pyzmq", "loky", "distributed", "ray", "scoop", "numpy", "deap"):
     try:
         out[d] = m.version(d)
     except Exception:
