@@ -1,6 +1,6 @@
 """One command for the published figures: the GA, the scaling curves, a JSON, a PNG and a table.
 
-    python -m benchmarks.publish --rounds 3                 # ~13-15 min on 2 quiet cores
+    python -m benchmarks.publish --rounds 3                 # ~10-12 min on 2 quiet cores
     python -m benchmarks.publish --rounds 3 --with-table    # + the main table (~17 min more)
     python -m benchmarks.publish --quick --rounds 1         # tiny sizes, a smoke test (~1 min)
 
@@ -24,10 +24,12 @@ Writes:
   rounds, a fragment the README includes.
 
 Expected duration of the default (``--rounds 3``, no ``--with-table``) on 2 quiet cores:
-GA ~5-7 min (per round: serial ~45 s, each pool 20-30 s, Ray's and dask's start-up),
-local curves ~3-4 min (64-worker pools start in a few seconds each), hosts ~1-2 min:
-about 10-13 min.  ``--rounds``, ``--generations`` (e.g. ``0.1=20,1=10,10=5``) and
-``--counts`` enlarge it; every figure is a median over rounds with its spread.
+the GA ~7 min (a round: serial ~25 s, ProcessPoolExecutor, loky and scoopexec ~15 s each,
+Ray ~20 s and dask and SCOOP ~30 s each, start-ups included), the local curves ~2 min (a
+round: ~20 s per contender, most of it starting 127 workers), the 3 hosts ~1.5 min (one
+round took 22 s here for the 6 configurations): about 10-12 min.  ``--rounds``,
+``--generations`` (e.g. ``0.1=20,1=10,10=5``) and ``--counts`` enlarge it; every figure
+is a median over rounds with its spread.
 """
 
 from __future__ import annotations
