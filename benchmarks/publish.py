@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set((args.ga_only or "").split(",")) - set(ga.GA_CONTENDERS) - {""}
     if unknown:
         ap.error(f"--ga-only: unknown {', '.join(sorted(unknown))}; known: {', '.join(ga.GA_CONTENDERS)}")
+    # SIGTERM ends the run like Ctrl-C: the children's process groups and the namespaces go too.
+    signal.signal(signal.SIGTERM, scaling.raise_exit)
     result = publish(args)
     text = markdown(result)
     print(text)

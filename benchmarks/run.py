@@ -165,16 +165,19 @@ def _run_child(cmd: list[str], timeout: float, log_path: str) -> tuple[int | Non
             start_new_session=True,
         )
         try:
-            rc: int | None = p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
-        t_exit = time.time()
-        # Whatever the child left behind in its process group (a peer's daemons) goes too.
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        p.wait()
+            try:
+                rc: int | None = p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                rc = None
+            t_exit = time.time()
+        finally:
+            # Whatever the child left behind in its process group (a peer's daemons) goes too;
+            # also when this process is interrupted (Ctrl-C, or SIGTERM made an exception).
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            p.wait()
     return rc, t_exit
 
 

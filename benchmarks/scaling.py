@@ -340,7 +340,7 @@ def run_netns(rounds: int, size: dict[str, Any], *, python: str, tmp: str, timeo
     errors: list[str] = []
     configs = [(t, k) for k in size["per_host"] for t in TRANSPORTS]
     hosts = Hosts()
-    previous = signal.signal(signal.SIGTERM, _raise_exit)  # so that `finally` removes the hosts
+    previous = signal.signal(signal.SIGTERM, raise_exit)  # so that `finally` removes the hosts
     try:
         with open(os.path.join(tmp, "cluster.log"), "ab") as log:
             for r in range(rounds):
@@ -381,7 +381,7 @@ def run_netns(rounds: int, size: dict[str, Any], *, python: str, tmp: str, timeo
     return {"raw": raw, "errors": errors}
 
 
-def _raise_exit(signum: int, frame: Any) -> None:
+def raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
