@@ -9,7 +9,7 @@ garbage-collector hooks or leftovers from touching another's figures.
 
 Parts:
   main     start + first result, shutdown, submit, map (chunksize 1 and
-           large), round trip, 64 MiB array, CPU efficiency and the
+           large), round trip, 64 MiB arrays (first and steady), CPU efficiency and the
            coordinator's CPU meanwhile, nested sub-tasks; then the pool of
            64 idle-waiting workers (for executors)
   memory   map over many items with ``buffersize``: peak RSS of this process
@@ -80,20 +80,37 @@ def round_trip_us(pool: Pool, size: Sizes) -> float:
     return float(statistics.median(times)) * 1e6
 
 
-def array_mb_s(pool: Pool, size: Sizes) -> float:
-    """A float64 array to a worker and back (echo); MB/s counts both directions, best of 3."""
+ARRAY_ECHOES = 6  # the first, two more (the other worker's first may be among them), then 3 steady
+
+
+def array_mb_s(pool: Pool, size: Sizes) -> dict[str, Any]:
+    """Float64 arrays to a worker and back (echo); MB/s counts both directions.
+
+    Each echo sends a new array (made before its timer starts), as a program
+    sending successive data would.  "array_first" is the pool's first large
+    transfer (fresh receive buffers, nothing re-used; the workers have imported
+    numpy already, through small arrays); "array" is the steady state: the
+    median of the last 3 of 6 echoes.  Every echo's MB/s is kept in the extra.
+    """
     import numpy as np
 
-    a = np.ones(size["array_mib"] * 1024 * 1024 // 8)
-    best = []
-    for _ in range(3):
+    n = size["array_mib"] * 1024 * 1024 // 8
+    pool.gather([pool.submit(echo, np.ones(8)) for _ in range(8)])  # numpy imported on the workers
+    rates = []
+    for i in range(ARRAY_ECHOES):
+        a = np.full(n, float(i + 1))
         t = time.perf_counter()
         out = pool.submit(echo, a).result()
-        best.append(time.perf_counter() - t)
-        if out.shape != a.shape or out[-1] != 1.0:
+        dt = time.perf_counter() - t
+        if out.shape != a.shape or out[-1] != i + 1:
             raise AssertionError("the array came back wrong")
-        del out
-    return 2 * a.nbytes / min(best) / 1e6
+        rates.append(2 * a.nbytes / dt / 1e6)
+        del out, a
+    return {
+        "array_first": rates[0],
+        "array": float(statistics.median(rates[-3:])),
+        "array_echoes_mb_s": rates,
+    }
 
 
 def cpu_efficiency(pool: Pool, size: Sizes, worker_pids: set[int]) -> tuple[float, float]:
@@ -162,10 +179,14 @@ def run_main(name: str, size: Sizes) -> dict[str, Any]:
             ("map1", map1_rate),
             ("mapchunk", map_chunked_rate),
             ("rtt", round_trip_us),
-            ("array", array_mb_s),
         ]:
             values[key] = attempt(key, functools.partial(fn, pool, size))
             gc.collect()
+        arrays = attempt("array", lambda: array_mb_s(pool, size))
+        if arrays is not None:
+            values["array_first"], values["array"] = arrays["array_first"], arrays["array"]
+            extra["array_echoes_mb_s"] = arrays["array_echoes_mb_s"]
+        gc.collect()
         both = attempt("cpu", lambda: cpu_efficiency(pool, size, workers))
         if both is not None:
             values["cpu"], values["broker_cpu"] = both

@@ -29,21 +29,27 @@ def test_quick_run_writes_markdown_and_json(tmp_path):
     assert result["errors"] == [], result["errors"]
     assert result["meta"]["rounds"] == 1 and result["meta"]["python"]
     keys = [row["key"] for row in result["rows"]]
-    for key in ("submit", "map1", "mapchunk", "rtt", "array", "cpu", "broker_cpu", "start", "shutdown",
-                "nested", "routing", "wide", "memory"):  # fmt: skip
+    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "broker_cpu", "start",
+                "shutdown", "nested", "routing", "wide", "memory"):  # fmt: skip
         assert key in keys
     by_key = {row["key"]: row for row in result["rows"]}
     for row in result["rows"]:
         assert row["target"] and row["met"] in (True, False, None)
         value = row["values"]["scoopexec"]
         assert isinstance(value, (int, float)) and value >= 0, (row["key"], value)
-    for key in ("submit", "map1", "mapchunk", "rtt", "array", "cpu", "start", "shutdown", "wide"):
+    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "start", "shutdown",
+                "wide"):  # fmt: skip
         assert by_key[key]["values"]["ProcessPoolExecutor"] > 0, key
     for key in ("submit", "map1", "mapchunk", "rtt", "array"):
         assert by_key[key]["ratio_vs_ppe"] > 0 and by_key[key]["met"] is not None, key
     assert by_key["nested"]["values"]["ProcessPoolExecutor"] is None
     assert by_key["nested"]["notes"]["ProcessPoolExecutor"] == "impossible"
     assert result["raw"]["scoopexec"]["submit"] and len(result["raw"]["scoopexec"]["submit"]) == 1
+    # the first large transfer is reported beside the steady state, never hidden in a best-of
+    assert by_key["array_first"]["target"] == "reported" and by_key["array_first"]["met"] is None
+    for name in CONTENDERS:
+        (echoes,) = result["extra"][name]["array_echoes_mb_s"]
+        assert len(echoes) == 6 and echoes[0] == result["raw"][name]["array_first"][0]
 
     table = out_md.read_text()
     assert table == r.stdout
