@@ -136,8 +136,8 @@ def remember_source(filename: str, first: int, lines: list[str]) -> None:
 # ------------------------------------------------------------------ NumPy scalars
 # NumPy 2 reduces each scalar to ``scalar(dtype, raw bytes)``, which costs ~3 us a value to
 # pickle: a map chunk of 300 DEAP individuals built from an array's rows (lists of 30
-# numpy.float64) took ~27 ms, several times what evaluating them takes.  Here, only in pickles
-# this module makes (the user's own pickles are left alone):
+# numpy.float64) took ~27 ms, several times what evaluating them takes.  Here, in the pickles of
+# a map's chunks and their results (dumps(compact=True); the user's own pickles are left alone):
 # * a scalar with an exact Python counterpart travels as its type called on that value
 #   (``numpy.float64(1.5)``): the same type and bits arrive, ~7x faster, in fewer bytes;
 # * a list subclass reduced the default way (a DEAP individual) whose items are all scalars of
@@ -255,8 +255,13 @@ def _by_value_modules() -> bool:
     return bool(registry)
 
 
-def dumps(obj: Any) -> Frames:
-    """Pickle ``obj``; return [pickle, *out-of-band buffers]."""
+def dumps(obj: Any, compact: bool = False) -> Frames:
+    """Pickle ``obj``; return [pickle, *out-of-band buffers].
+
+    ``compact``: NumPy scalars travel compactly (see _Dispatch); for a map's chunks and their
+    results, where many items travel together: the pickler it takes costs ~0.6 us more than
+    ``pickle.dumps``, more than a small task's whole pickle, so single tasks go without.
+    """
     bufs: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -266,7 +271,7 @@ def dumps(obj: Any) -> Frames:
         return True  # small: stays inside the pickle
 
     try:
-        if _numpy_scalars():
+        if compact and _numpy_scalars():
             with io.BytesIO() as fh:
                 _ScalarPickler(fh, PROTOCOL, buffer_callback=keep).dump(obj)
                 data = fh.getvalue()
@@ -372,7 +377,7 @@ def encode_args(
     list of them).
     """
     try:
-        return dumps((args, kwargs or None))
+        return dumps((args, kwargs or None), chunk)
     except Exception as exc:
         err = _arguments_error(fn, args, kwargs, exc, item, chunk, what)
         cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
@@ -594,6 +599,11 @@ _WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hol
 _RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk")  # chunk runners: partial(runner, fn)
 
 
+def _is_runner(fn: Any) -> bool:
+    """``fn`` runs a chunk of a map (its result holds the chunk's results)."""
+    return type(fn) is functools.partial and getattr(fn.func, "__module__", "") in _RUNNERS
+
+
 def _user_function(fn: Any) -> Any:
     """The user's function inside map()'s chunk runners, task limits (worker/limits.py) and a
     seeded map's call (seeding.SeededCall)."""
@@ -664,7 +674,7 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
     ``where``: on which worker; ``fn``: the task's function.
     """
     try:
-        return protocol.OK, dumps(value)
+        return protocol.OK, dumps(value, _is_runner(fn))
     except Exception as exc:
         tb_text = user_traceback(exc)  # a __reduce__ of the user's that raised, if any
         of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
