@@ -165,13 +165,15 @@ _LIST_REDUCTION = (object.__reduce_ex__, object.__reduce__)
 
 
 def _reduce_list(obj: list[Any]) -> Any:
-    """A list subclass instance, its scalars packed when they are all of one exact type."""
-    n = len(obj)
-    tp = type(obj[0]) if n >= PACK_MIN else None
+    """A list subclass instance, its scalars packed when they are all of one exact type (its
+    items as its own ``__iter__`` gives them, as the default reduction takes them)."""
+    items = list(obj)
+    n = len(items)
+    tp = type(items[0]) if n >= PACK_MIN else None
     dtype = _packable.get(tp)  # type: ignore[arg-type]
-    if dtype is not None and list(map(type, obj)) == [tp] * n:
+    if dtype is not None and list(map(type, items)) == [tp] * n:
         np = sys.modules["numpy"]
-        raw = np.fromiter(obj, dtype, n).tobytes()
+        raw = np.fromiter(items, dtype, n).tobytes()
         return rebuild_scalar_list, (type(obj), tp, raw), obj.__getstate__()
     return obj.__reduce_ex__(PROTOCOL)
 
