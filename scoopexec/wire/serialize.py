@@ -676,7 +676,7 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
     ``where``: on which worker; ``fn``: the task's function.
     """
     try:
-        return protocol.OK, dumps(value, _is_runner(fn))
+        return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
     except Exception as exc:
         tb_text = user_traceback(exc)  # a __reduce__ of the user's that raised, if any
         of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
