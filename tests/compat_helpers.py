@@ -102,6 +102,10 @@ def ones(individual):
     return (sum(individual),)
 
 
+def typed_sum(individual):
+    return (sum(individual), type(individual).__name__, type(individual[0]).__name__)
+
+
 def island(args):
     """DEAP's island model in one task: an eaSimple run whose toolbox.map fans out again."""
     import random

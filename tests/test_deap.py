@@ -89,6 +89,18 @@ def test_results_keep_the_clients_creator_classes(executor, onemax_classes):
         assert type(again[0]) is onemax_classes
 
 
+def test_individuals_of_numpy_floats_come_back_with_their_values_and_types(executor, onemax_classes):
+    """Individuals made from an array's rows (as DEAP's cma module makes them) travel packed
+    (serialize.PACK_MIN): each evaluation sees a TIndividual of numpy.float64, as the built-in map
+    does, and the fitness values are the same objects' values."""
+    np = pytest.importorskip("numpy")
+    pop = [onemax_classes(row) for row in np.random.default_rng(3).standard_normal((50, 30))]
+    with executor:
+        got = scoop_map(h.typed_sum, pop)
+    assert got == list(map(h.typed_sum, pop))
+    assert {r[1:] for r in got} == {("TIndividual", "float64")}
+
+
 def test_island_model_nested_maps_on_one_worker(one_worker, onemax_classes):
     tb = _toolbox(onemax_classes)
     tb.register("map", scoop_map)  # inside each island task, map fans out again
