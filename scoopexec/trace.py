@@ -89,11 +89,16 @@ class _TaskLike(Protocol):
     btid: int
     parent: int
     origin: bytes | None
-    frames: list[Any]
     submitted: float
     attempts: int
     worker: bytes | None
-    prev: tuple[bytes, ...]
+
+    @property
+    def frames(self) -> list[Any]: ...
+    @property
+    def prev(self) -> tuple[bytes, ...]: ...
+    def nbytes(self) -> int: ...
+    def function_frame(self) -> Any: ...
 
 
 class _WorkerLike(Protocol):
@@ -177,13 +182,12 @@ class TraceRecorder:
                 self.dropped += 1
                 continue
             room -= 1
-            tf = task.frames
             try:
-                nin = len(tf[0]) + len(tf[1]) if len(tf) == 2 else sum(map(len, tf))
+                nin = task.nbytes()
                 nout = len(frames[first]) if n == 1 else sum(map(len, frames[first:pos]))
             except TypeError:  # a pickle.PickleBuffer has no len()
-                nin, nout = _nbytes(tf), _nbytes(frames[first:pos])
-            fn = tf[0]
+                nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
+            fn = task.function_frame()
             if type(fn) is not bytes:
                 fn = fn.bytes  # zmq.Frame
             name = names.get(fn)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from ..wire import serialize
 
 __all__ = [
     "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
+    "start",
 ]  # fmt: skip
 
 
@@ -29,16 +32,52 @@ class Holder(Protocol):
     def cancelled(self, tid: int) -> None: ...
 
 
+class _MadeOnUse:
+    """Future's condition and lists, made when first read (see ScoopFuture).
+
+    A non-data descriptor: the first read of any of the three makes all three and stores
+    them in the instance's ``__dict__`` with ``setdefault`` (atomic: two threads reading
+    at once both get the object stored first); from then on the instance's own attributes
+    answer and this is never called again for it.
+    """
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, fut: Any, owner: type | None = None) -> Any:
+        if fut is None:
+            return self
+        d = fut.__dict__
+        d.setdefault("_condition", threading.Condition())
+        d.setdefault("_waiters", [])
+        d.setdefault("_done_callbacks", [])
+        return d[self.name]
+
+
 class ScoopFuture(cf.Future):  # type: ignore[type-arg]
-    """The future of a task submitted from a client.  A concurrent.futures.Future."""
+    """The future of a task submitted from a client.  A concurrent.futures.Future.
+
+    A million of them may wait in a queue, so a pending future is small: Future's
+    Condition (an RLock, a deque and bound methods: 1.3 kB) and its lists of waiters
+    and callbacks are made the first time anything reads them (a state change, a
+    waiter, a callback, ``done()``...), not at creation (``_MadeOnUse``).
+    """
 
     _started = 0.0  # time.monotonic() when it was handed to a worker
+    _condition = _MadeOnUse()
+    _waiters = _MadeOnUse()
+    _done_callbacks = _MadeOnUse()
 
     def __init__(self, holder: Holder | None = None, tid: int = 0, what: str = "") -> None:
-        cf.Future.__init__(self)
+        # Future.__init__, less what _MadeOnUse makes when it is needed.
+        self._state = cfb.PENDING
+        self._result = None
+        self._exception = None
         self._holder = holder
         self._tid = tid
-        self._what = what  # the task's function, for error messages
+        self._what = sys.intern(what)  # the task's function, for error messages (one string for all)
 
     @property
     def tid(self) -> int:
@@ -86,6 +125,23 @@ def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
             fut.set_exception(value)
     except cf.InvalidStateError:
         pass  # cancelled between the look and the set
+
+
+_STARTABLE = (cfb.PENDING, cfb.CANCELLED)
+
+
+def start(fut: ScoopFuture) -> bool:
+    """Its task is about to run: the future is running now, or False if it was cancelled.
+
+    Future.set_running_or_notify_cancel logs an error (and raises) for a future in any other
+    state than pending or cancelled: cancelled and notified already, as cancel() does at once
+    (a cancel between a look-up in the futures table and this call is not an error), or
+    failed by fail_all meanwhile.
+    """
+    with fut._condition:
+        if fut._state not in _STARTABLE:
+            return False
+        return fut.set_running_or_notify_cancel()
 
 
 def cancel_dropped(fut: ScoopFuture) -> None:
