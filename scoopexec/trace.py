@@ -56,6 +56,7 @@ from time import time as _time
 from typing import Any, Protocol
 
 from ._version import __version__
+from .broker.ledger import MANY
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -97,7 +98,8 @@ class _TaskLike(Protocol):
     def frames(self) -> list[Any]: ...
     @property
     def prev(self) -> tuple[bytes, ...]: ...
-    def nbytes(self) -> int: ...
+    first: Any
+    rest: Any
     def function_frame(self) -> Any: ...
 
 
@@ -182,12 +184,17 @@ class TraceRecorder:
                 self.dropped += 1
                 continue
             room -= 1
+            fn, rest = task.first, task.rest  # (Task.frames, without making a list)
             try:
-                nin = task.nbytes()
+                if rest is MANY:
+                    nin = sum(map(len, fn))
+                    fn = fn[0]
+                else:
+                    nin = len(fn) + len(rest)
                 nout = len(frames[first]) if n == 1 else sum(map(len, frames[first:pos]))
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
-            fn = task.function_frame()
+                fn = task.function_frame()
             if type(fn) is not bytes:
                 fn = fn.bytes  # zmq.Frame
             name = names.get(fn)

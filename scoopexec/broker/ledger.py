@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["LOCAL", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
+__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
 
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
@@ -38,7 +38,7 @@ CLOCK_GRAIN = 5e-5  # s: tasks taken in this close together share one ``submitte
 Cancels = dict[bytes, list[tuple[int]]]
 
 
-_MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
+MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
 
 
 class Task:
@@ -82,7 +82,7 @@ class Task:
         if len(frames) == 2:  # its frames: function and arguments, or all of them in `first`
             self.first, self.rest = frames
         else:
-            self.first, self.rest = frames, _MANY
+            self.first, self.rest = frames, MANY
         self.attempts = 0
         self.worker: bytes | None = None
         self.submitted = submitted or time.time()  # (shared by tasks taken in together: Ledger._clock)
@@ -93,28 +93,21 @@ class Task:
     def frames(self) -> list[Any]:
         """The task's frames, as submitted (a new list: see add_frames)."""
         rest = self.rest
-        return self.first if rest is _MANY else [self.first, rest]  # type: ignore[no-any-return]
+        return self.first if rest is MANY else [self.first, rest]  # type: ignore[no-any-return]
 
     def add_frames(self, out: list[Any]) -> int:
         """Append the task's frames to ``out``; return how many."""
         rest = self.rest
-        if rest is _MANY:
+        if rest is MANY:
             out.extend(self.first)
             return len(self.first)
         out.append(self.first)
         out.append(rest)
         return 2
 
-    def nbytes(self) -> int:
-        """Bytes in the task's frames (TypeError for a pickle.PickleBuffer, which has no len())."""
-        rest = self.rest
-        if rest is _MANY:
-            return sum(map(len, self.first))
-        return len(self.first) + len(rest)
-
     def function_frame(self) -> Any:
         """The frame of the pickled function (every task's first)."""
-        return self.first if self.rest is not _MANY else self.first[0]
+        return self.first if self.rest is not MANY else self.first[0]
 
     @property
     def prev(self) -> tuple[bytes, ...]:
@@ -208,15 +201,6 @@ class Ledger:
         self._next_setup = 1
         self._now = 0.0
 
-    def _clock(self) -> float:
-        """time.time() for a task's ``submitted``; one float object for all the tasks taken in
-        within CLOCK_GRAIN s (a float is 24 bytes, a million queued tasks would hold a million)."""
-        now = time.time()
-        if now - self._now < CLOCK_GRAIN:
-            return self._now
-        self._now = now
-        return now
-
     # ------------------------------------------------------------------ peers
     def peer(self, key: bytes) -> WorkerState | ClientState | None:
         return self.workers.get(key) or self.clients.get(key)
@@ -252,7 +236,11 @@ class Ledger:
         compact = owner != LOCAL and len(queue) >= COMPACT_QUEUED  # (LOCAL's frames are bytes, its list)
         refused: list[int] = []
         btid = self._next_btid
-        now = self._clock()
+        now = time.time()  # a task's ``submitted``: one float object for all the tasks taken in
+        if now - self._now < CLOCK_GRAIN:  # within CLOCK_GRAIN s (a million queued would hold a million)
+            now = self._now
+        else:
+            self._now = now
         for ent, body in parts:
             tid, parent = ent[0], ent[1]
             if client is not None:
