@@ -1,6 +1,7 @@
 """What recording a timeline costs: tiny-task throughput with and without ``trace=``.
 
     python benchmarks/trace_overhead.py [--pairs 60] [--block 2000] [--pools 5] [--workers 2]
+    python benchmarks/trace_overhead.py --instructions     # valgrind's count, which load does not move
 
 Two measurements, because on a shared machine wall-clock throughput varies
 from one second to the next by more than tracing costs:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,14 +122,65 @@ def fresh_pools(rounds: int, n: int, workers: int, path: str) -> tuple[dict[str,
     return medians, statistics.median(stops), os.path.getsize(path)
 
 
+def client(mode: str, n: int, path: str) -> None:
+    """What ``--instructions`` counts: a pool (mode "off": not traced; "on": traced; "rec": traced,
+    the file not written), n no-op tasks submitted then waited for."""
+    with ScoopExecutor(2, trace=path if mode != "off" else None) as ex:
+        for i in range(50):
+            ex.submit(noop, i).result()
+        for f in [ex.submit(noop, i) for i in range(n)]:
+            f.result()
+        if mode == "rec":
+            ex._session.trace = None  # type: ignore[attr-defined]  # (what the pool writes at its end)
+
+
+def instructions(small: int, large: int) -> dict[str, float]:
+    """Instructions per task of the client process (submitting thread and broker thread), counted
+    by valgrind with and without trace=, as benchmarks/instructions.py counts them: (count at
+    ``large`` tasks - count at ``small``) / (large - small), so that start-up and the writing of
+    the file at shut-down cancel out."""
+    out: dict[str, float] = {}
+    for mode in ("off", "rec", "on"):
+        counts = []
+        for n in (large, small):
+            with tempfile.TemporaryDirectory() as tmp:
+                cg = os.path.join(tmp, "cg.out")
+                subprocess.run(
+                    ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q", f"--cachegrind-out-file={cg}",
+                     sys.executable, os.path.abspath(__file__), "client", mode, str(n),
+                     os.path.join(tmp, "run.json")],
+                    check=True, stdout=subprocess.DEVNULL, cwd=ROOT,
+                )  # fmt: skip
+                with open(cg) as f:
+                    counts.append(next(int(line.split()[1]) for line in f if line.startswith("summary:")))
+        out[mode] = (counts[0] - counts[1]) / (large - small)
+        print(f"instructions: {mode} done", file=sys.stderr, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["client"]:
+        client(argv[1], int(argv[2]), argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=60, help="off/on block pairs per workload (toggled)")
     ap.add_argument("--block", type=int, default=2000, help="tasks per block (toggled)")
     ap.add_argument("--pools", type=int, default=5, help="rounds of fresh pools (0: skip)")
     ap.add_argument("--tasks", type=int, default=20000, help="tasks per workload (fresh pools)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--instructions", action="store_true",
+                    help="only count instructions per task with valgrind (needs valgrind; minutes)")
     args = ap.parse_args(argv)
+    if args.instructions:
+        got = instructions(1000, 5000)
+        off = got["off"]
+        print(f"Client process (ScoopExecutor(2), 4,000 no-op tasks submitted then waited for), "
+              f"instructions per task counted by valgrind: trace off {off:,.0f}; recording "
+              f"{got['rec']:,.0f} ({got['rec'] / off:.3f}x); recording and writing the file "
+              f"{got['on']:,.0f} ({got['on'] / off:.3f}x)")  # fmt: skip
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "run.json")
         tog = toggled(args.pairs, args.block, args.workers, path)

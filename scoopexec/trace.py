@@ -56,6 +56,7 @@ from time import time as _time
 from typing import Any, Protocol
 
 from ._version import __version__
+from .broker.ledger import MANY
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -89,11 +90,17 @@ class _TaskLike(Protocol):
     btid: int
     parent: int
     origin: bytes | None
-    frames: list[Any]
     submitted: float
     attempts: int
     worker: bytes | None
-    prev: tuple[bytes, ...]
+
+    @property
+    def frames(self) -> list[Any]: ...
+    @property
+    def prev(self) -> tuple[bytes, ...]: ...
+    first: Any
+    rest: Any
+    def function_frame(self) -> Any: ...
 
 
 class _WorkerLike(Protocol):
@@ -177,13 +184,17 @@ class TraceRecorder:
                 self.dropped += 1
                 continue
             room -= 1
-            tf = task.frames
+            fn, rest = task.first, task.rest  # (Task.frames, without making a list)
             try:
-                nin = len(tf[0]) + len(tf[1]) if len(tf) == 2 else sum(map(len, tf))
+                if rest is MANY:
+                    nin = sum(map(len, fn))
+                    fn = fn[0]
+                else:
+                    nin = len(fn) + len(rest)
                 nout = len(frames[first]) if n == 1 else sum(map(len, frames[first:pos]))
             except TypeError:  # a pickle.PickleBuffer has no len()
-                nin, nout = _nbytes(tf), _nbytes(frames[first:pos])
-            fn = tf[0]
+                nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
+                fn = task.function_frame()
             if type(fn) is not bytes:
                 fn = fn.bytes  # zmq.Frame
             name = names.get(fn)

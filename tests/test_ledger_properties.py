@@ -416,8 +416,9 @@ class Books(RuleBasedStateMachine):
                 assert btid in queued, f"task {btid} neither queued nor held"
             else:
                 assert task.worker in self.workers, f"task {btid} held by a worker that is gone"
-        keyed = {(t.owner, t.tid): b for b, t in ledger.tasks.items() if t.owner != LOCAL}
-        assert ledger.by_owner == keyed, "the ids kept for CANCEL are not those of the tasks held"
+        for owner, ids in ledger.by_owner.items():  # an owner indexed for CANCEL: all its tasks, exactly
+            held = {t.tid: b for b, t in ledger.tasks.items() if t.owner == owner}
+            assert ids == held, f"the ids kept for CANCEL of {owner!r} are not those of its tasks held"
         assert set(ledger.workers) == set(self.workers)
         for key, w in self.workers.items():
             assert ledger.workers[key] is w

@@ -21,27 +21,41 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["LOCAL", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
+__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
 
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
 WORKER = "worker"
 
+# Queues at least this long keep their new tasks' frames compactly (_compact): a copy of each
+# small frame costs the broker's loop about as much as a task's other bookkeeping, worth it
+# only when many tasks wait.
+COMPACT_QUEUED = 10_000
+COMPACT_BELOW = 4096  # frames shorter than this are kept as bytes
+CLOCK_GRAIN = 5e-5  # s: tasks taken in this close together share one ``submitted`` float
+
 # Worker key -> broker ids to cancel there (the payload of one CANCEL message each).
 Cancels = dict[bytes, list[tuple[int]]]
 
 
+MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
+
+
 class Task:
+    """A task in the broker's books.  A million may be queued, so it is small: slots, no
+    list of its frames when it has the usual two (the function's and the arguments'), and
+    one tuple for what little is known of lost attempts."""
+
     __slots__ = (
         "attempts",
         "btid",
-        "frames",
-        "losses",
+        "first",
+        "lost",
         "marked",
         "origin",
         "owner",
         "parent",
-        "prev",
+        "rest",
         "setup",
         "submitted",
         "tid",
@@ -57,6 +71,7 @@ class Task:
         origin: bytes | None,
         setup: int,
         frames: list[Any],
+        submitted: float = 0.0,
     ) -> None:
         self.btid = btid  # the broker's id
         self.owner = owner  # who submitted it (a client, or a worker for a sub-task) and gets the result
@@ -64,13 +79,45 @@ class Task:
         self.parent = parent  # the broker id of the task that submitted it (0: none)
         self.origin = origin  # the client it ultimately serves (whose set-up it needs); None: unknown
         self.setup = setup
-        self.frames = frames
+        if len(frames) == 2:  # its frames: function and arguments, or all of them in `first`
+            self.first, self.rest = frames
+        else:
+            self.first, self.rest = frames, MANY
         self.attempts = 0
         self.worker: bytes | None = None
-        self.submitted = time.time()
-        self.losses: list[str] = []
+        self.submitted = submitted or time.time()  # (shared by tasks taken in together: Ledger._clock)
         self.marked = False  # its owner was told it is running
-        self.prev: tuple[bytes, ...] = ()  # workers it was lost with (their late result is accepted)
+        self.lost: tuple[tuple[bytes, str], ...] = ()  # (worker, why) for each attempt lost with its worker
+
+    @property
+    def frames(self) -> list[Any]:
+        """The task's frames, as submitted (a new list: see add_frames)."""
+        rest = self.rest
+        return self.first if rest is MANY else [self.first, rest]  # type: ignore[no-any-return]
+
+    def add_frames(self, out: list[Any]) -> int:
+        """Append the task's frames to ``out``; return how many."""
+        rest = self.rest
+        if rest is MANY:
+            out.extend(self.first)
+            return len(self.first)
+        out.append(self.first)
+        out.append(rest)
+        return 2
+
+    def function_frame(self) -> Any:
+        """The frame of the pickled function (every task's first)."""
+        return self.first if self.rest is not MANY else self.first[0]
+
+    @property
+    def prev(self) -> tuple[bytes, ...]:
+        """The workers it was lost with (their late result is accepted)."""
+        return tuple(k for k, _ in self.lost)
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        """Why each attempt was lost."""
+        return tuple(why for _, why in self.lost)
 
 
 class Peer:
@@ -130,7 +177,11 @@ class Ledger:
         self.max_retries = max_retries
         self.tasks: dict[int, Task] = {}
         self.queue: collections.deque[int] = collections.deque()
-        self.by_owner: dict[tuple[bytes, int], int] = {}  # (owner, owner's id) -> broker id, for CANCEL
+        # owner -> {owner's id: broker id} of its tasks held, for CANCEL: made by an owner's first
+        # CANCEL, kept up to date while it has tasks here, dropped when it has none (most owners
+        # never cancel by id, and a million queued tasks would cost 50 MB of index)
+        self.by_owner: dict[bytes, dict[int, int]] = {}
+        self._fns: dict[bytes, bytes] = {}  # a queued task's function frame, kept once (_compact)
         self.workers: dict[bytes, WorkerState] = {}
         self.clients: dict[bytes, ClientState] = {}
         self.observers: set[bytes] = set()
@@ -148,6 +199,7 @@ class Ledger:
         self._rate_n = 0
         self._next_btid = 1
         self._next_setup = 1
+        self._now = 0.0
 
     # ------------------------------------------------------------------ peers
     def peer(self, key: bytes) -> WorkerState | ClientState | None:
@@ -179,10 +231,16 @@ class Ledger:
         """
         if client is not None and (client.broken or client.closing):
             return [ent[0] for ent, _ in parts]
-        tasks, queue, by_owner, clients = self.tasks, self.queue, self.by_owner, self.clients
-        keyed = owner != LOCAL  # the in-process client cancels by future, not by id
+        tasks, queue, clients = self.tasks, self.queue, self.clients
+        ids = self.by_owner.get(owner)
+        compact = owner != LOCAL and len(queue) >= COMPACT_QUEUED  # (LOCAL's frames are bytes, its list)
         refused: list[int] = []
         btid = self._next_btid
+        now = time.time()  # a task's ``submitted``: one float object for all the tasks taken in
+        if now - self._now < CLOCK_GRAIN:  # within CLOCK_GRAIN s (a million queued would hold a million)
+            now = self._now
+        else:
+            self._now = now
         for ent, body in parts:
             tid, parent = ent[0], ent[1]
             if client is not None:
@@ -198,9 +256,11 @@ class Ledger:
                     if c is not None and (c.broken or c.closing):
                         refused.append(tid)
                         continue
-            tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body)
-            if keyed:
-                by_owner[(owner, tid)] = btid
+            if compact:
+                _compact(body, self._fns)
+            tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body, now)
+            if ids is not None:
+                ids[tid] = btid
             queue.append(btid)
             btid += 1
         if client is not None:
@@ -279,7 +339,8 @@ class Ledger:
                 self.dropped["result from a worker that did not have the task"] += 1
                 continue
             del tasks[btid]
-            by_owner.pop((task.owner, task.tid), None)
+            if by_owner:
+                self._unkey(task)
             c = clients.get(task.owner)
             if c is not None:
                 c.held -= 1
@@ -297,7 +358,7 @@ class Ledger:
     def _forget(self, btid: int, cancels: Cancels) -> Task:
         """Drop a task wherever it is; its worker, if any, goes into ``cancels``."""
         task = self.tasks.pop(btid)
-        self.by_owner.pop((task.owner, task.tid), None)
+        self._unkey(task)
         self._release(task)
         if task.worker is not None:
             w = self.workers.get(task.worker)
@@ -305,6 +366,26 @@ class Ledger:
                 w.assigned.discard(btid)
                 cancels.setdefault(w.key, []).append((btid,))
         return task
+
+    def keyed(self) -> dict[tuple[bytes, int], int]:
+        """``by_owner`` flattened: (owner, owner's id) -> broker id, for the owners indexed."""
+        return {(o, tid): b for o, ids in self.by_owner.items() for tid, b in ids.items()}
+
+    def _ids(self, owner: bytes) -> dict[int, int]:
+        """The index of ``owner``'s tasks for CANCEL, made now if it has none (one look at every task)."""
+        ids = self.by_owner.get(owner)
+        if ids is None:
+            ids = {t.tid: b for b, t in self.tasks.items() if t.owner == owner}
+            if ids:
+                self.by_owner[owner] = ids
+        return ids
+
+    def _unkey(self, task: Task) -> None:
+        ids = self.by_owner.get(task.owner)
+        if ids is not None:
+            ids.pop(task.tid, None)
+            if not ids:
+                del self.by_owner[task.owner]
 
     def _release(self, task: Task) -> None:
         """A task leaves the books: its owner, if a client, holds one fewer."""
@@ -315,12 +396,11 @@ class Ledger:
     def cancel(self, owner: bytes, tids: Iterable[int]) -> Cancels:
         """CANCEL from an owner: forget those of its tasks that are still here."""
         cancels: Cancels = {}
+        ids = self._ids(owner)
         for tid in tids:
-            btid = self.by_owner.get((owner, tid))
+            btid = ids.get(tid)
             if btid is not None and btid in self.tasks:
                 self._forget(btid, cancels)
-            else:
-                self.by_owner.pop((owner, tid), None)
         return cancels
 
     def cancel_tree(self, owner: bytes, tids: Iterable[int]) -> tuple[Cancels, Cancels, list[Task]]:
@@ -344,6 +424,7 @@ class Ledger:
         cancels: Cancels = {}
         for btid in [b for b, t in self.tasks.items() if key in (t.origin, t.owner)]:
             self._forget(btid, cancels)
+        self.by_owner.pop(key, None)
         return cancels
 
     def break_client(self, c: ClientState) -> tuple[Cancels, list[Task]]:
@@ -378,7 +459,7 @@ class Ledger:
             c = clients.get(task.origin) if task.origin is not None else None
             if c is not None and c.closing and task.worker is None:
                 del tasks[btid]
-                self.by_owner.pop((task.owner, task.tid), None)
+                self._unkey(task)
                 self._release(task)
                 dropped.append(task)
             else:
@@ -430,12 +511,11 @@ class Ledger:
                 continue  # (its own sub-task: nobody to report to; forget_peer drops it)
             task.worker = None
             task.attempts += 1
-            task.prev += (w.key,)
-            task.losses.append(lost + ended)
+            task.lost += ((w.key, lost + ended),)
             given_up = task.attempts > self.max_retries
             if given_up:
                 del self.tasks[btid]
-                self.by_owner.pop((task.owner, task.tid), None)
+                self._unkey(task)
                 self._release(task)
             else:
                 self.queue.appendleft(btid)
@@ -512,6 +592,22 @@ class Ledger:
                 for w in self.workers.values()
             ],
         }
+
+
+def _compact(body: list[Any], fns: dict[bytes, bytes]) -> list[Any]:
+    """A queued task's frames (a list of its own, changed in place) as they are best kept:
+    small frames as bytes (a zmq.Frame costs some 200 bytes more than its content), the
+    function's frame once for all the tasks that send the same bytes (a map's tasks do)."""
+    for i, f in enumerate(body):
+        if f.__class__ is not bytes:
+            if len(f) >= COMPACT_BELOW:
+                continue
+            body[i] = bytes(f)
+        if i == 0:  # the function
+            if len(fns) >= 1024:
+                fns.clear()
+            body[0] = fns.setdefault(body[0], body[0])
+    return body
 
 
 def _ended_by_task(held: int, rc: int) -> str:

@@ -502,9 +502,8 @@ class Broker:
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)
-        frames: list[Any] = [P.pack(P.TASKS, [(t.btid, t.setup, len(t.frames), t.attempts) for t in batch])]
-        for t in batch:
-            frames.extend(t.frames)
+        frames: list[Any] = [b""]
+        frames[0] = P.pack(P.TASKS, [(t.btid, t.setup, t.add_frames(frames), t.attempts) for t in batch])
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send

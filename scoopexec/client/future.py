@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from ..wire import serialize
 
 __all__ = [
     "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
+    "start",
 ]  # fmt: skip
 
 
@@ -29,16 +32,61 @@ class Holder(Protocol):
     def cancelled(self, tid: int) -> None: ...
 
 
+_MAKING = threading.Lock()  # held while a future's condition and lists are made (_MadeOnUse)
+
+
+class _MadeOnUse:
+    """Future's condition and lists, made when first read (see ScoopFuture).
+
+    A non-data descriptor: the first read of any of the three makes all three, under a
+    lock (two threads reading at once get the same objects), and stores them as the
+    instance's own attributes, which answer every later read: this runs once per future.
+    (Stored by plain assignment, not through ``__dict__``, which would turn the instance's
+    inline attribute values into a dict and slow every later attribute read.)
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, fut: Any, owner: type | None = None) -> Any:
+        if fut is None:
+            return self
+        with _MAKING:
+            made = fut._made
+            if made is None:
+                made = (threading.Condition(), [], [])
+                fut._condition, fut._waiters, fut._done_callbacks = made
+                fut._made = True
+            else:  # made meanwhile by another thread: its attributes answer now
+                return getattr(fut, ("_condition", "_waiters", "_done_callbacks")[self.index])
+        return made[self.index]
+
+
 class ScoopFuture(cf.Future):  # type: ignore[type-arg]
-    """The future of a task submitted from a client.  A concurrent.futures.Future."""
+    """The future of a task submitted from a client.  A concurrent.futures.Future.
+
+    A million of them may wait in a queue, so a pending future is small: Future's
+    Condition (an RLock, a deque and bound methods: 1.3 kB) and its lists of waiters
+    and callbacks are made the first time anything reads them (a state change, a
+    waiter, a callback, ``done()``...), not at creation (``_MadeOnUse``).
+    """
 
     _started = 0.0  # time.monotonic() when it was handed to a worker
+    _condition = _MadeOnUse(0)
+    _waiters = _MadeOnUse(1)
+    _done_callbacks = _MadeOnUse(2)
 
     def __init__(self, holder: Holder | None = None, tid: int = 0, what: str = "") -> None:
-        cf.Future.__init__(self)
+        # Future.__init__, less what _MadeOnUse makes when it is needed.
+        self._state = cfb.PENDING
+        self._result = None
+        self._exception = None
+        self._made: bool | None = None  # True once _MadeOnUse made the condition and lists
         self._holder = holder
         self._tid = tid
-        self._what = what  # the task's function, for error messages
+        self._what = sys.intern(what)  # the task's function, for error messages (one string for all)
 
     @property
     def tid(self) -> int:
@@ -86,6 +134,27 @@ def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
             fut.set_exception(value)
     except cf.InvalidStateError:
         pass  # cancelled between the look and the set
+
+
+def start(fut: ScoopFuture) -> bool:
+    """Its task is about to run: the future is running now, or False if it was cancelled.
+
+    Future.set_running_or_notify_cancel, in one hold of the future's lock, less its error
+    (logged, then raised) for a future in another state than pending or cancelled: cancelled
+    and notified already, as cancel() does at once (a cancel between a look-up in the futures
+    table and this call is not an error), or failed by fail_all meanwhile.
+    """
+    with fut._condition:
+        state = fut._state
+        if state == cfb.PENDING:
+            fut._state = cfb.RUNNING
+            fut._started = time.monotonic()
+            return True
+        if state == cfb.CANCELLED:
+            fut._state = cfb.CANCELLED_AND_NOTIFIED
+            for waiter in fut._waiters:
+                waiter.add_cancelled(fut)
+        return False
 
 
 def cancel_dropped(fut: ScoopFuture) -> None:

@@ -37,7 +37,7 @@ from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
-from .future import ScoopFuture, cancel_dropped, cancel_running, running, settle
+from .future import ScoopFuture, cancel_dropped, cancel_running, running, settle, start
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -181,10 +181,7 @@ class Session:
         fut = self.futures.get(tid)
         if fut is None:
             return False
-        try:
-            ok = fut.set_running_or_notify_cancel()
-        except RuntimeError:  # cancelled and notified already (ScoopFuture.cancel does both)
-            ok = False
+        ok = start(fut)  # (False: cancelled, maybe by another thread since the look-up)
         if not ok:
             self.futures.pop(tid, None)
         return ok

@@ -351,7 +351,12 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     Raises SerializationError naming what cannot be pickled, or TypeError for
     a future passed as an argument.
     """
-    return [encode_function(fn), *encode_args(args, kwargs, fn)]
+    fn_frame = encode_function(fn)
+    frames = encode_args(args, kwargs, fn)
+    if len(frames) == 1:  # the usual task: a list of exactly two (no spare room: it may wait queued)
+        return [fn_frame, frames[0]]
+    frames.insert(0, fn_frame)
+    return frames
 
 
 def encode_function(fn: Callable[..., Any]) -> bytes:
