@@ -252,9 +252,12 @@ def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool
         return fh.getvalue()
 
 
+# cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place)
+_BY_VALUE: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+
+
 def _by_value_modules() -> bool:
-    registry = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    return bool(registry)
+    return bool(_BY_VALUE)
 
 
 def dumps(obj: Any, compact: bool = False) -> Frames:
@@ -282,8 +285,8 @@ def dumps(obj: Any, compact: bool = False) -> Frames:
     except Exception:
         pass
     else:
-        if b"__main__" not in data and not _by_value_modules():
-            return [data, *bufs]
+        if not _BY_VALUE and b"__main__" not in data:  # (on every task and result: no calls)
+            return [data, *bufs] if bufs else [data]
     bufs.clear()
     data = _cloud_dumps(obj, keep)
     return [data, *bufs]
@@ -734,11 +737,11 @@ def decode_outcome(status: int, frames: Sequence[Any], what: str = "") -> tuple[
 
     ``what``: the task's function, named in the messages of failures.
     """
-    of = f" of {what}()" if what else ""
     if status == protocol.OK:
         try:
-            return True, loads(frames)
+            return True, pickle.loads(frames[0], buffers=frames[1:])  # loads(), inline: every result
         except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
+            of = f" of {what}()" if what else ""
             err = DeserializationError(
                 f"the result{of} could not be unpickled here: {type(exc).__name__}: {exc} "
                 "(the module defining its type must be importable in this process too)"

@@ -411,7 +411,8 @@ class Worker:
         """Run a task's greenlet until it finishes or parks, without holding `lock`."""
         self._slice += 1
         self._in_task = True
-        self._armed.set()  # if this slice runs long, the flusher keeps the worker responsive
+        if not self._armed.is_set():  # if this slice runs long, the flusher keeps the worker responsive
+            self._armed.set()  # (set() alone takes the Event's lock and notifies, even when set)
         lock = self.lock
         lock.release()
         try:
