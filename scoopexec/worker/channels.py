@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from ..deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK
 from ..errors import ProtocolError
@@ -114,6 +113,10 @@ class ZmqChannel:
     def _watch(
         self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
     ) -> None:
+        # Here, not at the top: zmq.utils.monitor imports asyncio (a sixth of a worker's start-up),
+        # and workers started beside their broker (a socketpair) never watch a ZeroMQ socket.
+        from zmq.utils.monitor import recv_monitor_message
+
         mon = self.monitor
         lost_at: float | None = None
         connected_once = False
