@@ -227,6 +227,10 @@ class Outbox:
             }).encode()  # fmt: skip
         self.logs.append((entry, data))
 
+    def waiting(self) -> bool:
+        """Something besides results waits to be sent (results go with the end of a task)."""
+        return bool(self.outputs or self.logs or self.submits or self.cancels)
+
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""
         send = self._send
