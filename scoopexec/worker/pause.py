@@ -47,6 +47,15 @@ class Alarm(threading.Event):
         if self.sleeping:  # one write per wake-up at most (WakePipe.wake), none on busy paths
             self.pipe.wake()
 
+    def ended(self) -> None:
+        """The slice ended (the hub's thread): a flusher asleep in poll() stops watching it.
+
+        Else it would sleep on the channel until QUIET_WAIT, waking for every message the
+        idle hub reads anyway, and for the next task's: two wake-ups where one does.
+        """
+        if self.sleeping:
+            self.pipe.wake()
+
     def pause(self, fd: int, mark: int, unread: bool, waiting: Callable[[], bool], delay: float) -> float:
         """Wait for work while a task runs; return the next ``delay`` for a busy pause.
 

@@ -420,6 +420,7 @@ class Worker:
         finally:
             lock.acquire()
             self._in_task = False
+            self._armed.ended()
 
     def _flusher(self) -> None:
         """While one task runs for more than FLUSH_AFTER, keep its worker responsive.
