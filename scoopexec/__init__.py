@@ -112,7 +112,8 @@ def __getattr__(name: str) -> _typing.Any:
     # lazy: the public names load on first use (see _WHERE); the integrations (and DEAP) only then
     mod = _importlib.import_module(where or f".{name}", __name__)
     value = mod if not where else getattr(mod, name)
-    globals()[name] = value
+    if name in __all__:  # (scoop_map stays out of dir(): it is DEAP's, not part of the API listed)
+        globals()[name] = value
     return value
 
 
