@@ -19,35 +19,56 @@ nothing of joblib is imported here).  ``scoopexec.futures`` and
 
 from __future__ import annotations
 
+import importlib as _importlib
 import typing as _typing
 
-from . import _hooks, futures, shared
+from . import _hooks
 from ._version import __version__
-from .aio import amap
-from .api import as_completed, current_executor, map, submit, wait
-from .client.executor import ScoopExecutor
-from .client.future import ScoopFuture
-from .deploy.slurm_jobs import SlurmJobs
-from .errors import (
-    AuthenticationError,
-    BrokenScoopExecutor,
-    BrokerLostError,
-    DeserializationError,
-    InitializerError,
-    JournalError,
-    LaunchError,
-    MessageTooLargeError,
-    ProtocolError,
-    RemoteError,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerLostError,
-    WorkerMemoryError,
-)
-from .logs import configure_logging
-from .pool import Pool
-from .seeding import task_rng
-from .status import PoolStatus, WorkerStatus
+
+if _typing.TYPE_CHECKING:
+    from . import futures, shared
+    from .aio import amap
+    from .api import as_completed, current_executor, map, submit, wait
+    from .client.executor import ScoopExecutor
+    from .client.future import ScoopFuture
+    from .deploy.slurm_jobs import SlurmJobs
+    from .errors import (
+        AuthenticationError,
+        BrokenScoopExecutor,
+        BrokerLostError,
+        DeserializationError,
+        InitializerError,
+        JournalError,
+        LaunchError,
+        MessageTooLargeError,
+        ProtocolError,
+        RemoteError,
+        SerializationError,
+        TaskTimeoutError,
+        WorkerLostError,
+        WorkerMemoryError,
+    )
+    from .logs import configure_logging
+    from .pool import Pool
+    from .seeding import task_rng
+    from .status import PoolStatus, WorkerStatus
+
+# Each public name and the module that defines it, imported on first use (PEP 562): a
+# worker process imports this package too (``python -m scoopexec worker``), and the
+# client's side (executor, mapping, deploy, journal...) doubled its start-up time.
+_WHERE = {
+    "futures": "", "shared": "", "amap": ".aio", "as_completed": ".api", "current_executor": ".api",
+    "map": ".api", "submit": ".api", "wait": ".api", "ScoopExecutor": ".client.executor",
+    "ScoopFuture": ".client.future", "SlurmJobs": ".deploy.slurm_jobs", "configure_logging": ".logs",
+    "Pool": ".pool", "task_rng": ".seeding", "PoolStatus": ".status", "WorkerStatus": ".status",
+    "scoop_map": ".integrations.deap",
+}  # fmt: skip
+_ERRORS = (
+    "AuthenticationError", "BrokenScoopExecutor", "BrokerLostError", "DeserializationError",
+    "InitializerError", "JournalError", "LaunchError", "MessageTooLargeError", "ProtocolError",
+    "RemoteError", "SerializationError", "TaskTimeoutError", "WorkerLostError", "WorkerMemoryError",
+)  # fmt: skip
+_WHERE.update(dict.fromkeys(_ERRORS, ".errors"))
 
 __all__ = [
     "AuthenticationError",
@@ -83,13 +104,21 @@ __all__ = [
     "wait",
 ]
 
-_hooks.install()
-
 
 def __getattr__(name: str) -> _typing.Any:
-    if name == "scoop_map":
-        # lazy: the core never imports the integrations (nor DEAP) by itself
-        from .integrations.deap import scoop_map  # type: ignore[import-not-found,unused-ignore]
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # lazy: the public names load on first use (see _WHERE); the integrations (and DEAP) only then
+    mod = _importlib.import_module(where or f".{name}", __name__)
+    value = mod if not where else getattr(mod, name)
+    if name in __all__:  # (scoop_map stays out of dir(): it is DEAP's, not part of the API listed)
+        globals()[name] = value
+    return value
 
-        return scoop_map
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+_hooks.install()  # last: it may import an integration at once, which imports names from here

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import scoopexec
@@ -159,3 +160,36 @@ class Tally:
     def __call__(self, x):
         self.calls += 1
         return self.calls
+
+
+def loaded_modules(_=None):
+    """The names of the modules loaded in this process (a worker's, in a task)."""
+    return sorted(sys.modules)
+
+
+def other_threads_wakeups(seconds):
+    """Burn ``seconds`` of CPU in this thread; return how often each other thread of this
+    process went to sleep meanwhile (voluntary context switches, from /proc), by name."""
+    me = threading.get_native_id()
+
+    def switches():
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) != me:
+                try:
+                    with open(f"/proc/self/task/{tid}/status") as f:
+                        text = f.read()
+                    with open(f"/proc/self/task/{tid}/comm") as f:
+                        name = f.read().strip()
+                except OSError:
+                    continue  # it ended
+                count = int(text.split("voluntary_ctxt_switches:")[1].split()[0])
+                out[f"{tid}:{name}"] = count
+        return out
+
+    before = switches()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    after = switches()
+    return {k: v - before.get(k, 0) for k, v in after.items()}

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from ..deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK
 from ..errors import ProtocolError
@@ -114,6 +113,10 @@ class ZmqChannel:
     def _watch(
         self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
     ) -> None:
+        # Here, not at the top: zmq.utils.monitor imports asyncio (a sixth of a worker's start-up),
+        # and workers started beside their broker (a socketpair) never watch a ZeroMQ socket.
+        from zmq.utils.monitor import recv_monitor_message
+
         mon = self.monitor
         lost_at: float | None = None
         connected_once = False
@@ -223,6 +226,10 @@ class Outbox:
                 "msg": f"a log record of {len(data)} bytes was dropped: more than max_message_size={limit}",
             }).encode()  # fmt: skip
         self.logs.append((entry, data))
+
+    def waiting(self) -> bool:
+        """Something besides results waits to be sent (results go with the end of a task)."""
+        return bool(self.outputs or self.logs or self.submits or self.cancels)
 
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""

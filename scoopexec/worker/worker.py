@@ -50,6 +50,7 @@ from ..wire.security import Credentials
 from ..wire.validate import frame_limit
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
+from .pause import Alarm
 from .setup import Setups
 from .subtasks import SubTasks
 from .waiting import DONE_STATES, Runner, Waits, WorkerFuture
@@ -143,7 +144,7 @@ class Worker:
         # except while a task runs, when the flusher thread may take it (see _flusher).
         self.lock = threading.RLock()
         self.setups = Setups(self, self._send, self.lock)
-        self._armed = threading.Event()
+        self._armed = Alarm()
         self._inbox: collections.deque[P.Message] = collections.deque()
         self._slice = 0
         self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
@@ -420,6 +421,7 @@ class Worker:
         finally:
             lock.acquire()
             self._in_task = False
+            self._armed.ended()
 
     def _flusher(self) -> None:
         """While one task runs for more than FLUSH_AFTER, keep its worker responsive.
@@ -438,7 +440,7 @@ class Worker:
             delay = FLUSH_AFTER
             time.sleep(delay)
             while self._in_task and self._slice == seen and not self.stopping:
-                failed = None
+                failed, mark = None, armed.count
                 with lock:
                     if not (self._in_task and self._slice == seen and self.welcomed):
                         break
@@ -446,13 +448,12 @@ class Worker:
                         self._relieve()
                     except Exception as exc:  # pragma: no cover - must not end this thread
                         failed = exc
-                    batch = self.subtasks.take()
+                    batch, unread = self.subtasks.take(), self.chan.readable()
                 if failed is not None:  # pragma: no cover - logging handlers are others' code
                     log.error("the worker's flusher failed", exc_info=failed)
                 if batch:
                     self.subtasks.deliver(batch)  # a task polling done() sees them; see subtasks.py
-                delay = min(delay * 2, 0.05)
-                time.sleep(delay)
+                delay = armed.pause(self.chan.fd, mark, unread, self.outbox.waiting, delay)  # see pause.py
 
     def _relieve(self) -> None:
         """Hold `lock`, with a long task running: see _flusher.

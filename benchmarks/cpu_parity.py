@@ -1,0 +1,92 @@
+"""CPU-bound parity with ProcessPoolExecutor, batch by batch, with the hand-out traced.
+
+    python -m benchmarks.cpu_parity --rounds 5 [--tasks 16 --seconds 0.25 --workers 2]
+
+Each round builds a fresh pool of each contender (order alternating from round to
+round), maps ``burn`` over ``tasks`` items of ``seconds`` CPU twice ("first batch": the
+pool just made, its workers maybe still starting; "second batch": the same pool again)
+and records the wall time of each batch.  Each task reports its process and when it
+started and ended, so the hand-out can be read: how many tasks each worker ran, and
+the idle time of each worker between its tasks (a worker idle while tasks waited
+elsewhere is what this is about).  Printed: per round the ratio scoopexec / PPE of each
+batch's wall time (1.0 = parity, lower is better) and the split of tasks per worker;
+at the end the medians of the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import statistics
+import time
+from collections import Counter
+from typing import Any
+
+
+def burn_where(seconds: float) -> tuple[int, float, float]:
+    """Burn ``seconds`` of CPU; say which process ran it, and when (time.time())."""
+    t0 = time.time()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return os.getpid(), t0, time.time()
+
+
+def _make(name: str, workers: int) -> Any:
+    if name == "scoopexec":
+        from scoopexec import ScoopExecutor
+
+        return ScoopExecutor(max_workers=workers)
+    return cf.ProcessPoolExecutor(max_workers=workers)
+
+
+def batch(ex: Any, n: int, seconds: float) -> dict[str, Any]:
+    t = time.time()
+    out = list(ex.map(burn_where, [seconds] * n))
+    wall = time.time() - t
+    per = Counter(p for p, _, _ in out)
+    # Per worker: time between the batch's start and its first task, and gaps between tasks.
+    gaps = {}
+    for p in per:
+        runs = sorted((a, b) for q, a, b in out if q == p)
+        idle = runs[0][0] - t + sum(max(0.0, runs[i + 1][0] - runs[i][1]) for i in range(len(runs) - 1))
+        gaps[p] = round(idle * 1000, 1)
+    return {"wall": wall, "split": sorted(per.values(), reverse=True), "idle_ms": sorted(gaps.values())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tasks", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=0.25)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    ratios: dict[str, list[float]] = {"first": [], "second": []}
+    for r in range(a.rounds):
+        names = ["scoopexec", "PPE"] if r % 2 == 0 else ["PPE", "scoopexec"]
+        res: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            ex = _make(name, a.workers)
+            try:
+                res[name] = [batch(ex, a.tasks, a.seconds), batch(ex, a.tasks, a.seconds)]
+            finally:
+                ex.shutdown()
+        for i, key in enumerate(["first", "second"]):
+            ratios[key].append(res["scoopexec"][i]["wall"] / res["PPE"][i]["wall"])
+        print(
+            f"round {r}: first {ratios['first'][-1]:.3f} second {ratios['second'][-1]:.3f}  "
+            + "  ".join(
+                f"{n}: " + " | ".join(f"{b['wall']:.3f}s {b['split']} idle {b['idle_ms']}" for b in res[n])
+                for n in ("scoopexec", "PPE")
+            ),
+            flush=True,
+        )
+    print(
+        f"median scoopexec/PPE wall: first batch {statistics.median(ratios['first']):.3f}, "
+        f"second batch {statistics.median(ratios['second']):.3f} ({a.rounds} rounds)"
+    )
+
+
+if __name__ == "__main__":
+    main()

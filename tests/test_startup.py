@@ -1,0 +1,69 @@
+"""What a worker loads before its first task: its own side of the package, not the client's.
+
+A pool's start to its first result is, nearly all of it, the workers' interpreters starting
+and importing (issue 17 measured 0.30-0.40 s of 0.31-0.42 s between ``Popen`` and the
+worker's ``main()``; the rest, HELLO to RESULT, was about 10 ms).  Every worker runs
+``python -m scoopexec worker``, which imports the package first: when ``scoopexec/__init__``
+imported the client (executor, mapping, deploy, journal, status...) and the worker's
+channels imported ``zmq.utils.monitor`` (which imports asyncio), a worker paid about 140 ms
+of CPU where about 90 ms is its own.  These tests pin the footprint down as behaviour (which
+modules are loaded), not as a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from scoopexec import ScoopExecutor
+from tests.helpers import loaded_modules
+
+# The client's side, and what only the client needs: none of it is a worker's business.
+CLIENT_ONLY = [
+    "scoopexec.client.executor",
+    "scoopexec.mapping",
+    "scoopexec.journal",
+    "scoopexec.deploy.groups",
+    "scoopexec.deploy.slurm_jobs",
+    "scoopexec.status",
+    "scoopexec.broker.loop",
+    "asyncio",
+]
+
+
+def test_importing_the_worker_loads_nothing_of_the_client() -> None:
+    code = "import json, sys, scoopexec.worker.main; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "scoopexec.worker.worker" in loaded  # (the check sees what it looks for)
+    assert [m for m in CLIENT_ONLY if m in loaded] == []
+
+
+def test_a_running_worker_has_loaded_nothing_of_the_client() -> None:
+    with ScoopExecutor(max_workers=1) as ex:
+        loaded = set(ex.submit(loaded_modules).result(timeout=60))
+    assert "scoopexec.worker.worker" in loaded
+    assert [m for m in CLIENT_ONLY if m in loaded] == []
+
+
+def test_the_public_names_still_load_on_first_use() -> None:
+    code = (
+        "import sys, scoopexec; assert 'scoopexec.client.executor' not in sys.modules; "
+        "from scoopexec import ScoopExecutor, TaskTimeoutError, futures, map; "
+        "assert ScoopExecutor.__module__ == 'scoopexec.client.executor'; "
+        "assert scoopexec.futures is futures and callable(scoopexec.shared); "
+        "assert set(scoopexec.__all__) <= set(dir(scoopexec)); "
+        "from scoopexec import *; "
+        "print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    code = "import scoopexec; scoopexec.no_such_name"
+    bad = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "has no attribute 'no_such_name'" in bad.stderr
