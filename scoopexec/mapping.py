@@ -65,18 +65,17 @@ def _starcall(fn: Callable[..., Any], args: Iterable[Any]) -> Any:
 
 
 def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
-    """A chunk of a single-iterable map: items, not 1-tuples."""
+    """A chunk of a single-iterable map: items, not 1-tuples.  Each item runs once: an item that
+    raises ends the chunk, with the results before it (running the chunk again to find the item
+    would repeat its items' side effects, and a timed-out item's time limit)."""
+    out: list[Any] = []
+    append = out.append
     try:
-        return [fn(x) for x in chunk]
-    except Exception:
-        out: list[Any] = []
         for x in chunk:
-            try:
-                out.append(fn(x))
-            except Exception as exc:
-                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                return ChunkError(out, exc, tb)
-        return out
+            append(fn(x))
+    except Exception as exc:
+        return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return out
 
 
 class _Completions:
