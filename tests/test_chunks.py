@@ -47,3 +47,67 @@ def test_a_timed_out_item_in_a_chunk_without_on_timeout_runs_its_limit_once(tmp_
         with pytest.raises(TaskTimeoutError, match="noted"):
             next(it)
     assert runs(d) == ["0", "1"]
+
+
+def stubborn_on(x: int, d: str, bad: int = 1) -> tuple[int, int]:
+    """(x, pid), leaving a file in ``d`` per run; item ``bad`` swallows its KeyboardInterrupt for 30 s
+    (only ending its process stops it)."""
+    with open(os.path.join(d, f"{x}-{time.monotonic_ns()}"), "w"):
+        pass
+    if x == bad:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.02)
+            except KeyboardInterrupt:
+                pass
+    return x, os.getpid()
+
+
+@pytest.mark.parametrize("chunksize", [4, "auto"])
+def test_a_chunk_whose_worker_was_ended_keeps_the_items_that_finished(tmp_path, chunksize):
+    from scoopexec import autochunk
+
+    d = str(tmp_path)
+    fn = functools.partial(stubborn_on, d=d)
+    autochunk.remember_cost(fn, 1e-6)  # "auto": one chunk of the 4 items at once, as a later generation's
+    with ScoopExecutor(1) as ex:
+        first = ex.submit(os.getpid).result(timeout=60)
+        out = list(ex.map(fn, range(4), chunksize=chunksize, task_timeout=0.5, on_timeout="late"))
+        assert out[1] == "late"  # only the item that timed out
+        assert out[0] == (0, first)  # finished before its worker was ended: kept, not run again
+        assert [o[0] for o in out[2:]] == [2, 3]
+        assert all(o[1] != first for o in out[2:])  # run on the replacement
+    assert runs(d) == ["0", "1", "2", "3"]  # each item ran once
+
+
+def test_a_chunk_whose_worker_was_ended_without_on_timeout_raises_at_that_item(tmp_path):
+    d = str(tmp_path)
+    with ScoopExecutor(1) as ex:
+        it = ex.map(functools.partial(stubborn_on, d=d), range(4), chunksize=4, task_timeout=0.5)
+        assert next(it)[0] == 0
+        with pytest.raises(TaskTimeoutError, match=r"stubborn_on.*ended"):
+            next(it)
+    assert runs(d) == ["0", "1"]
+
+
+def stubborn_first(x: int) -> int:
+    if x == 0:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.02)
+            except KeyboardInterrupt:
+                pass
+    return x
+
+
+def test_automatic_chunk_sizes_count_a_chunk_whose_worker_was_ended_as_long():
+    from scoopexec import autochunk
+
+    with ScoopExecutor(1) as ex:
+        assert list(ex.map(stubborn_first, range(4), chunksize="auto", task_timeout=0.5, on_timeout=-1)) == [
+            -1, 1, 2, 3,
+        ]  # fmt: skip
+    cost = autochunk.known_cost(stubborn_first)
+    assert cost is not None and cost >= 0.5 / 4, cost  # not free: at least its time limit
