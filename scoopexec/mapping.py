@@ -26,9 +26,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from . import autochunk
-from .errors import TaskTimeoutError, remote_traceback
+from .errors import SerializationError, TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
+from .wire import serialize
 from .wire.serialize import describe
 from .worker import chunks
 from .worker.limits import OnTimeout, TimeLimit, check_timeout
@@ -270,6 +271,7 @@ class MapMixin:
         what = describe(user_fn)
         next_item = 0  # index of the first item of the next task (for error messages)
         chunked = auto or chunksize > 1
+        seeded = plan is not None and plan.entropy is not None  # items travel as (index, *args)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             nonlocal next_item
@@ -283,6 +285,8 @@ class MapMixin:
                 f.set_exception(encode_error)
             else:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
+                if seeded and f.done() and not f.cancelled():
+                    f = _unseeded_error(f, args, what, item, chunked)
                 if chunked and on_timeout is not RAISE:  # its items after one that ended its worker
                     f = _Continued(f, functools.partial(resend, args[0], item), auto)
             if tracker is not None:
@@ -464,6 +468,26 @@ class _Substitute(cf.Future):  # type: ignore[type-arg]
 
     def cancel(self) -> bool:
         return self.inner.cancel()
+
+
+def _unseeded_error(
+    f: cf.Future[Any], args: tuple[Any, ...], what: str, item: int, chunked: bool
+) -> cf.Future[Any]:
+    """A seeded map's task that could not be sent: its error as the same map unseeded names it
+    (the items travel as ``(index, *args)``: the parts' paths were one off)."""
+    if not isinstance(f.exception(), SerializationError):
+        return f
+    if chunked:
+        plain: tuple[Any, ...] = ([a[1] if len(a) == 2 else a[1:] for a in args[0]],)
+    else:
+        plain = args[1:]
+    try:
+        serialize.encode_args(plain, {}, None, item, chunked, what)
+    except SerializationError as exc:
+        g: cf.Future[Any] = cf.Future()
+        g.set_exception(exc)
+        return g
+    return f
 
 
 class _Continued(cf.Future):  # type: ignore[type-arg]
