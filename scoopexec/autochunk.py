@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import remote_traceback
+from .worker import chunks
 
 __all__ = ["AUTO", "PROBES", "TARGET", "Sizer", "known_cost", "ordered", "remember_cost", "run_timed"]
 
@@ -52,13 +53,20 @@ def run_timed(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> Timed:
     raised, (seconds, the results before it, (its exception, the traceback's text))."""
     out: list[Any] = []
     start = time.perf_counter()
+    token = chunks.start(fn, out, len(chunk), _timed_shape)  # what a worker ended meanwhile sends
     try:
         for args in chunk:
             out.append(fn(*args))
     except Exception as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return time.perf_counter() - start, out, (exc, tb)
+    finally:
+        chunks.end(token)
     return time.perf_counter() - start, out, None
+
+
+def _timed_shape(done: list[Any], error: tuple[BaseException, str] | None, seconds: float) -> Timed:
+    return seconds, done, error
 
 
 class Sizer:

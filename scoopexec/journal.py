@@ -387,10 +387,28 @@ def _callables(fn: Any) -> Iterator[Any]:
         fn = getattr(fn, "func", None) or getattr(fn, "__func__", None)
 
 
+class _SetsSorted(pickle._Pickler):  # the Python pickler: it asks reducer_override about every object
+    """Pickles for hashing, with the elements of every set and frozenset in one order (that of
+    their own such pickles), not the hash order, which changes with PYTHONHASHSEED."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in (set, frozenset):
+            return (type(obj), (sorted(obj, key=_sets_sorted_dumps),))
+        return NotImplemented
+
+
+def _sets_sorted_dumps(obj: Any) -> bytes:
+    with io.BytesIO() as fh:
+        _SetsSorted(fh, 5).dump(obj)
+        return fh.getvalue()
+
+
 def item_key(fn_id: bytes, seed_part: bytes, args: tuple[Any, ...]) -> bytes:
     """The key of one item's record."""
     try:
         data = pickle.dumps(args, 5)  # the C pickler: fast, and deterministic for plain data
+        if b"\x8f" in data or b"\x91" in data:  # EMPTY_SET, FROZENSET (or bytes that look so): sets
+            data = _sets_sorted_dumps(args)
     except Exception:
         data = _key_dumps(args)
     h = hashlib.blake2b(fn_id, digest_size=KEY_SIZE, person=b"scoopexec-item1")

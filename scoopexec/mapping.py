@@ -26,10 +26,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from . import autochunk
-from .errors import TaskTimeoutError, remote_traceback
+from .errors import SerializationError, TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
+from .wire import serialize
 from .wire.serialize import describe
+from .worker import chunks
 from .worker.limits import OnTimeout, TimeLimit, check_timeout
 
 RAISE: Any = object()  # map(on_timeout=) not given: an item that timed out raises TaskTimeoutError
@@ -49,13 +51,21 @@ class ChunkError:
         return (ChunkError, (self.done, self.exc, self.tb))
 
 
+def _chunk_shape(done: list[Any], error: tuple[BaseException, str] | None, seconds: float) -> Any:
+    """A chunk runner's result (see chunks.Progress)."""
+    return done if error is None else ChunkError(done, error[0], error[1])
+
+
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any] | ChunkError:
     out: list[Any] = []
+    token = chunks.start(fn, out, len(chunk), _chunk_shape)  # what a worker ended meanwhile sends
     try:
         for args in chunk:
             out.append(fn(*args))
     except Exception as exc:
         return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    finally:
+        chunks.end(token)
     return out
 
 
@@ -65,18 +75,20 @@ def _starcall(fn: Callable[..., Any], args: Iterable[Any]) -> Any:
 
 
 def _run_chunk1(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any] | ChunkError:
-    """A chunk of a single-iterable map: items, not 1-tuples."""
+    """A chunk of a single-iterable map: items, not 1-tuples.  Each item runs once: an item that
+    raises ends the chunk, with the results before it (running the chunk again to find the item
+    would repeat its items' side effects, and a timed-out item's time limit)."""
+    out: list[Any] = []
+    append = out.append
+    token = chunks.start(fn, out, len(chunk), _chunk_shape)  # what a worker ended meanwhile sends
     try:
-        return [fn(x) for x in chunk]
-    except Exception:
-        out: list[Any] = []
         for x in chunk:
-            try:
-                out.append(fn(x))
-            except Exception as exc:
-                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                return ChunkError(out, exc, tb)
-        return out
+            append(fn(x))
+    except Exception as exc:
+        return ChunkError(out, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    finally:
+        chunks.end(token)
+    return out
 
 
 class _Completions:
@@ -259,6 +271,7 @@ class MapMixin:
         what = describe(user_fn)
         next_item = 0  # index of the first item of the next task (for error messages)
         chunked = auto or chunksize > 1
+        seeded = plan is not None and plan.entropy is not None  # items travel as (index, *args)
 
         def submit(args: tuple[Any, ...]) -> cf.Future[Any]:
             nonlocal next_item
@@ -272,6 +285,10 @@ class MapMixin:
                 f.set_exception(encode_error)
             else:
                 f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
+                if seeded and f.done() and not f.cancelled():
+                    f = _unseeded_error(f, args, what, item, chunked)
+                if chunked and on_timeout is not RAISE:  # its items after one that ended its worker
+                    f = _Continued(f, functools.partial(resend, args[0], item), auto)
             if tracker is not None:
                 f.add_done_callback(_Advance(tracker, len(args[0]) if chunked else 1))
             if plan is not None:
@@ -279,7 +296,15 @@ class MapMixin:
             if on_timeout is not RAISE:
                 # A task that timed out (of a chunk: its worker was ended) yields on_timeout per item.
                 stand_in = [on_timeout] * len(args[0]) if chunked else on_timeout
-                f = _Substitute(f, (0.0, stand_in, None) if auto else stand_in)
+                # (as long as its time limit, for the chunk sizes: not free)
+                f = _Substitute(f, (limit or 0.0, stand_in, None) if auto else stand_in)
+            return f
+
+        def resend(chunk: list[Any], item: int, start: int) -> cf.Future[Any]:
+            ex = executor_ref()
+            if ex is None:
+                raise RuntimeError("the executor was garbage-collected during map()")
+            f: cf.Future[Any] = ex._submit_encoded(fn_frame, (chunk[start:],), {}, what, item + start, True)
             return f
 
         if auto:
@@ -440,6 +465,100 @@ class _Substitute(cf.Future):  # type: ignore[type-arg]
             return self.inner.result(timeout)
         except TaskTimeoutError:
             return self._value
+
+    def cancel(self) -> bool:
+        return self.inner.cancel()
+
+
+def _unseeded_error(
+    f: cf.Future[Any], args: tuple[Any, ...], what: str, item: int, chunked: bool
+) -> cf.Future[Any]:
+    """A seeded map's task that could not be sent: its error as the same map unseeded names it
+    (the items travel as ``(index, *args)``: the parts' paths were one off)."""
+    if not isinstance(f.exception(), SerializationError):
+        return f
+    if chunked:
+        plain: tuple[Any, ...] = ([a[1] if len(a) == 2 else a[1:] for a in args[0]],)
+    else:
+        plain = args[1:]
+    try:
+        serialize.encode_args(plain, {}, None, item, chunked, what)
+    except SerializationError as exc:
+        g: cf.Future[Any] = cf.Future()
+        g.set_exception(exc)
+        return g
+    return f
+
+
+class _Continued(cf.Future):  # type: ignore[type-arg]
+    """A chunk's future, complete once all its items are: when its worker was ended during one
+    of them (the result is a chunks.Cut), the items after that one are sent again as a new task
+    (``resend(start)``) and the two results joined.  ``timed``: run by autochunk.run_timed.
+
+    cancel() cancels the task running the chunk's items now."""
+
+    def __init__(self, inner: cf.Future[Any], resend: Callable[[int], cf.Future[Any]], timed: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self._resend = resend
+        self._timed = timed
+        self._head: tuple[list[Any], float] | None = None  # the items' results so far, seconds
+        self._start = 0  # the index in the chunk of the first item ``inner`` runs
+        inner.add_done_callback(self._settle)
+
+    def _parts(self, value: Any) -> tuple[list[Any], tuple[BaseException, str] | None, float]:
+        if self._timed:
+            return value[1], value[2], value[0]
+        if type(value) is ChunkError:
+            return value.done, (value.exc, value.tb), 0.0
+        return value, None, 0.0
+
+    def _settle(self, inner: cf.Future[Any]) -> None:
+        if inner.cancelled():
+            super().cancel()
+            self.set_running_or_notify_cancel()
+            return
+        exc = inner.exception()
+        if exc is None:
+            value = inner.result()
+            if type(value) is chunks.Cut:
+                done, _, seconds = self._parts(value.value)
+                head = self._head or ([], 0.0)
+                self._head = (head[0] + done, head[1] + seconds)
+                self._start += value.rest
+                try:
+                    self.inner = nxt = self._resend(self._start)
+                except BaseException as error:  # a shut-down executor, say
+                    exc = error
+                else:
+                    del value, inner
+                    nxt.add_done_callback(self._settle)
+                    return
+            elif self._head is None:
+                self._finish(value)
+                return
+            else:
+                tail = self._parts(value)
+        if exc is not None:
+            if self._head is None:
+                if self.set_running_or_notify_cancel():
+                    self.set_exception(exc)
+                return
+            tail = ([], (exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))), 0.0)
+        assert self._head is not None
+        done, seconds = self._head[0] + tail[0], self._head[1] + tail[2]
+        if self._timed:
+            self._finish((seconds, done, tail[1]))
+        else:
+            self._finish(done if tail[1] is None else ChunkError(done, *tail[1]))
+
+    def _finish(self, value: Any) -> None:
+        if self.set_running_or_notify_cancel():
+            self.set_result(value)
+
+    def result(self, timeout: float | None = None) -> Any:
+        cf.wait([self], timeout)  # in a task on a worker, this parks the task
+        return super().result(0)
 
     def cancel(self) -> bool:
         return self.inner.cancel()

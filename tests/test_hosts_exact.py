@@ -38,10 +38,15 @@ def refused(fn, *args, exc=ValueError):
 @pytest.mark.parametrize(
     "name",
     ["localhost", "LOCALHOST", "localhost.localdomain", "::1", "[::1]", "0:0:0:0:0:0:0:1", "127.0.0.1",
-     "127.3.4.5"],
+     "127.3.4.5", "127.1", "[0:0:0:0:0:0:0:1]"],
 )  # fmt: skip
 def test_loopback_names_are_this_machine(name):
     assert is_this_machine(name)
+
+
+@pytest.mark.parametrize("name", ["127.example.org", "127.0.0.1.example.org", "127-0-0-1", "127.", "127"])
+def test_a_name_that_starts_like_a_loopback_address_is_not_this_machine(name):
+    assert not is_this_machine(name)  # such a host is reached through ssh
 
 
 def test_our_own_host_names_are_this_machine():

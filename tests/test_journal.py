@@ -443,3 +443,38 @@ def test_an_unordered_map_raises_for_a_result_it_could_not_record(tmp_path, pool
         list(pool.map(make_unrecordable, range(4), journal=tmp_path / "j", unordered=True))
     with pytest.raises(JournalError, match="OnlyPicklesOnAWorker"):
         list(pool.map(make_unrecordable, [2], journal=tmp_path / "j2", unordered=True))  # the last one
+
+
+RESUME_WITH_SETS = """
+import os, sys
+from scoopexec import ScoopExecutor
+
+def tagged(item, d=sys.argv[2]):
+    with open(os.path.join(d, str(os.getpid()) + "-" + str(id(item)) + "-" + str(len(os.listdir(d)))), "w"):
+        pass
+    n, tags = item
+    return n, sorted(tags)
+
+if __name__ == "__main__":
+    items = [(n, {"alpha", "beta", "gamma", "delta", str(n)}) for n in range(6)]
+    items.append((6, frozenset({("x", frozenset({"p", "q", "r"})), ("y", 1)})))
+    with ScoopExecutor(1) as ex:
+        out = list(ex.map(tagged, items, journal=sys.argv[1]))
+    print(out[0], len(os.listdir(sys.argv[2])))
+"""
+
+
+def test_a_map_over_items_with_sets_resumes_under_another_hash_seed(tmp_path):
+    journal_path, runs = str(tmp_path / "j"), tmp_path / "runs"
+    runs.mkdir()
+    def run(hashseed: str):  # the same script file: its functions' identity is that of this one
+        env = {"PYTHONHASHSEED": hashseed}
+        return run_script(RESUME_WITH_SETS, journal_path, str(runs), env=env, timeout=99, script_dir=tmp_path)
+
+    first = run("1")
+    assert first.returncode == 0, first.stderr.decode()
+    assert first.stdout.decode().split()[-1] == "7"  # every item ran
+    second = run("2")
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().split()[-1] == "7"  # none ran again: every record was found
+    assert second.stdout.decode().split(")")[0] == first.stdout.decode().split(")")[0]

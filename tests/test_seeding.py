@@ -106,3 +106,33 @@ def test_a_function_that_cannot_be_sent_is_named_as_without_a_seed(executor):
     for options in ({"seed": 1}, {"seed": 1, "chunksize": 2}):
         with pytest.raises(SerializationError, match=r"cannot send the function .*<lambda> \(defined at "):
             list(executor.map(lambda x, held=lock: held, [1, 2], **options))
+
+
+def _two(a, b):
+    return a
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_an_item_that_cannot_be_sent_is_named_as_without_a_seed(executor, chunksize):
+    import re
+    import threading
+
+    from scoopexec import SerializationError
+
+    def message(fn, *iterables, **options):
+        with pytest.raises(SerializationError) as info:
+            list(executor.map(fn, *iterables, chunksize=chunksize, **options))
+        return re.sub(r"submitted at [^:]+:\d+", "submitted at X", str(info.value))
+
+    lock = threading.Lock()
+    two = message(_two, [1, 2, 3], [1, 2, lock], seed=1)
+    assert two == message(_two, [1, 2, 3], [1, 2, lock])
+    assert two.startswith(
+        f"cannot send item 2 of map({__name__}._two, ...) to a worker, submitted at X: its part "
+        "items[2][1] (a _thread.lock) cannot be pickled: TypeError: cannot pickle '_thread.lock' object"
+    )
+    one = message(abs, [1, 2, lock], seed=1)
+    assert one == message(abs, [1, 2, lock])
+    assert one.startswith(
+        "cannot send item 2 (a _thread.lock) of map(abs, ...) to a worker, submitted at X: TypeError: "
+    )

@@ -177,3 +177,29 @@ def test_embedded_broker_on_loopback_tcp_accepts_extra_workers():
             ex.shutdown()
             extra.terminate()
             extra.wait(10)
+
+
+def kills_its_worker(x: int) -> int:
+    os.kill(os.getpid(), 9)
+    return x
+
+
+def test_a_clients_max_retries_travels_to_a_standalone_broker(broker):
+    from scoopexec import WorkerLostError
+    from scoopexec.errors import ProtocolError
+    from scoopexec.wire.validate import check_hello
+
+    addr, _ = broker  # started with its own default, max_retries=3
+    group = _start_workers(addr, 3)  # the task kills two (a group does not replace them), one is left
+    try:
+        with ScoopExecutor(broker=addr, max_retries=1) as ex:
+            with pytest.raises(WorkerLostError, match=r"lost 2 times.*max_retries=1 allows"):
+                ex.submit(kills_its_worker, 1).result(timeout=60)
+            assert ex.submit(abs, -3).result(timeout=60) == 3
+    finally:
+        group.terminate()
+        group.wait(20)
+    assert check_hello({"role": "client", "max_retries": 0})["max_retries"] == 0
+    for bad in (-1, 1001, True, 2.0, "3"):
+        with pytest.raises(ProtocolError, match="max_retries"):
+            check_hello({"role": "client", "max_retries": bad})

@@ -512,7 +512,7 @@ class Ledger:
             task.worker = None
             task.attempts += 1
             task.lost += ((w.key, lost + ended),)
-            given_up = task.attempts > self.max_retries
+            given_up = task.attempts > self.retries_for(task)
             if given_up:
                 del self.tasks[btid]
                 self._unkey(task)
@@ -522,6 +522,13 @@ class Ledger:
             out.append((task, given_up))
         w.assigned.clear()
         return out, self.forget_peer(w.key)
+
+    def retries_for(self, task: Task) -> int:
+        """How many times ``task`` may be sent again after losing its worker: its client's
+        max_retries (a HELLO field, checked by wire/validate.py), else the broker's."""
+        client = self.setups.get(task.setup)
+        limit = client.info.get("max_retries") if client is not None else None
+        return limit if isinstance(limit, int) else self.max_retries
 
     # ------------------------------------------------------------- routing
     def new_setups(self, w: WorkerState, batch: Iterable[Task]) -> list[ClientState]:

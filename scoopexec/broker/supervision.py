@@ -148,7 +148,8 @@ class Supervisor:
             if self.b.trace is not None:
                 self.b.trace.on_lost(task, w, f"{w.where}: {reason}", given_up)
             if given_up:
-                self.b.result(task.owner, task.tid, P.LOST, _lost_frames(task, self.b.max_retries))
+                limit = self.b.ledger.retries_for(task)  # its client's max_retries
+                self.b.result(task.owner, task.tid, P.LOST, _lost_frames(task, limit))
         self.b.cancel_on_workers(cancels)
 
     def _exit_info(self, tag: str) -> tuple[str, int | None]:

@@ -57,11 +57,13 @@ class Control:
         with self._shutdown_lock:
             self._shutdown = True
         session = self._session
-        pids = session.workers.processes() if session.workers is not None else []
+        workers = session.workers
+        if workers is not None:
+            workers.stop_starting()  # no replacement from now on, so that none is missed below
         session.cancel_queued()
         # Broken first: the broker stops and replaces none, and what runs fails now.
         session.broken("broken", f"the pool's workers were ended by {what}")
-        for pid in pids:
+        for pid in workers.processes() if workers is not None else []:  # every one that exists
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:

@@ -247,7 +247,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
                 heartbeat=heartbeat,
                 heartbeat_timeout=heartbeat_timeout,
                 connect_timeout=connect_timeout,
-                keys=keys,
+                keys=keys, max_retries=max_retries,
             )
             self._session.workers = Launchers(None)
             self._session.launch_options = launch_options

@@ -50,10 +50,12 @@ class RemoteSession(Session):
         heartbeat_timeout: float,
         connect_timeout: float,
         keys: Credentials | None = None,
+        max_retries: int | None = None,
     ) -> None:
         keys = resolve_credentials(endpoint, keys, "broker endpoint")
         super().__init__(setup)
         self.keys = keys
+        self.max_retries = max_retries  # travels in the HELLO: the broker applies it to our tasks
         self._handshakes = HandshakeWatch(endpoint, keys is not None)
         self.endpoint = endpoint
         self.heartbeat_timeout = heartbeat_timeout
@@ -90,7 +92,9 @@ class RemoteSession(Session):
         self.thread.start()
 
     def _handshake(self, timeout: float) -> None:
-        hello = {"role": P.CLIENT, "pid": os.getpid(), "host": socket.gethostname()}
+        hello: dict[str, Any] = {"role": P.CLIENT, "pid": os.getpid(), "host": socket.gethostname()}
+        if self.max_retries is not None:
+            hello["max_retries"] = self.max_retries
         zmq_send(self.sock, [P.header(P.HELLO), P.dump_json(hello), *self._setup])
         deadline = time.monotonic() + timeout
         poller = zmq.Poller()

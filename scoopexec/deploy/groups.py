@@ -366,6 +366,11 @@ class Launchers:
     def pids(self) -> list[int]:
         return self.local.pids if self.local is not None else []
 
+    def stop_starting(self) -> None:
+        """Start no more local workers, nor replacements (before ending them all: kill_workers())."""
+        if self.local is not None:
+            self.local.stop_starting()
+
     def processes(self) -> list[int]:
         """The local worker processes and those of the sessions (ssh, srun) running remote ones."""
         with self._lock:

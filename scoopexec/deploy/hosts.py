@@ -33,6 +33,7 @@ SGE's ``PE_HOSTFILE`` (``host slots queue processors`` lines).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -148,10 +149,25 @@ def note_local_hosts(hosts: Sequence[Host]) -> None:
 def is_this_machine(name: str) -> bool:
     """Whether ``name`` is this machine: localhost, a loopback address, our host name."""
     bare = name.strip("[]").lower()
-    if bare in ("localhost", "localhost.localdomain", "::1", "0:0:0:0:0:0:0:1") or bare.startswith("127."):
+    if bare in ("localhost", "localhost.localdomain") or _is_loopback_address(bare):
         return True
     here = socket.gethostname().lower()
     return bare == here or bare == here.split(".")[0] or bare == socket.getfqdn().lower()
+
+
+def _is_loopback_address(text: str) -> bool:
+    """A literal loopback address (127.0.0.0/8, ::1; also IPv4's short forms such as 127.1, which
+    ssh accepts too), never a host name that merely starts with "127."."""
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+){1,3}", text):
+        return False
+    try:
+        return socket.inet_aton(text)[0] == 127
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------ ranges

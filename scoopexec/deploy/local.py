@@ -153,6 +153,8 @@ class LocalWorkers:
 
     def _spawn(self) -> str:
         with self._lock:
+            if self._stopping:
+                return ""  # none after stop_starting(): what kill_workers() signals is every process
             self._count += 1
             tag = f"{self.tag_prefix}.{self._count}"
             ours = theirs = None
@@ -313,8 +315,7 @@ class LocalWorkers:
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 return False
-        self._spawn()
-        return True
+        return bool(self._spawn())
 
     def own_exit(self, tag: str) -> bool:
         """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
@@ -335,6 +336,11 @@ class LocalWorkers:
             proc = self.procs.get(tag)
         if proc is not None and proc.poll() is None:
             proc.kill()
+
+    def stop_starting(self) -> None:
+        """Start no more workers (no replacement either); once this returns, ``pids`` is all of them."""
+        with self._lock:  # a start under way finishes first: it is in ``procs`` then
+            self._stopping = True
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close every worker's stdin (they exit on EOF), then make sure they are gone."""

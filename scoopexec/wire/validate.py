@@ -65,6 +65,7 @@ def _scalar(key: str, value: Any) -> Any:
     raise ProtocolError(f"HELLO field {key!r}: a {type(value).__name__} where a number or string belongs")
 
 
+MAX_RETRIES = 1000  # a client's max_retries, at most (each retry is a worker lost)
 MAX_HELLO_FIELDS = 32  # a HELLO has fewer than 12 today: room for new ones, not for a flood
 
 
@@ -88,6 +89,11 @@ def check_hello(info: dict[str, Any]) -> dict[str, Any]:
                 not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32
             ):
                 raise ProtocolError(f"HELLO field 'pid': {str(value)[:40]!r} is not a process id")
+            out[key] = value
+        elif key == "max_retries":  # a client's: it applies to its tasks (broker/ledger.py)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRIES:
+                what = str(value)[:40]
+                raise ProtocolError(f"HELLO field 'max_retries': {what!r} is not an int in 0..{MAX_RETRIES}")
             out[key] = value
         elif key in _STRINGS:
             if value is not None and not isinstance(value, str):

@@ -15,7 +15,9 @@ remove its private ipc directory; the workers it started do it once it has died.
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import struct
 import threading
 import time
 from typing import NoReturn
@@ -23,12 +25,32 @@ from typing import NoReturn
 from ..deploy import contract
 from ..deploy.local import process_state
 
-__all__ = ["client_gone", "die", "end", "mark_stopped", "say", "set_exit_fd", "watch_stdin", "welcomed"]
+__all__ = [
+    "client_gone", "die", "end", "mark_stopped", "note_client", "say", "set_exit_fd", "watch_stdin",
+    "welcomed",
+]  # fmt: skip
 
 # (the client's pid, its private ipc socket): set by a worker its client started (--watch-stdin)
 _litter: tuple[int, str] | None = None
 _stopped = False  # the broker told this worker to STOP (a normal end)
 _exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit notes (deploy/contract.py)
+_client = 0  # the pid of the process that made our link (note_client), 0: not known
+
+
+def note_client(link: socket.socket | None) -> None:
+    """Remember who made our local link (the client; its credentials stay with the socket): a
+    client killed while we were still starting has re-parented us already, so our parent then
+    is not it, and its ipc directory would be left behind."""
+    global _client
+    if link is None or not hasattr(socket, "SO_PEERCRED"):
+        return
+    try:
+        creds = link.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+    except (OSError, struct.error):
+        return
+    if pid > 0 and pid != os.getpid():
+        _client = pid
 
 
 def set_exit_fd(fd: int) -> None:
@@ -97,7 +119,7 @@ def watch_stdin(connect_to: str) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     litter = _private_socket(connect_to)
-    _litter = (os.getppid(), litter) if litter is not None else None
+    _litter = (_client or os.getppid(), litter) if litter is not None else None
     threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
 
 

@@ -43,7 +43,7 @@ from ..deploy.contract import EXIT_RECYCLED
 from ..errors import TaskTimeoutError, WorkerMemoryError
 from ..wire import protocol as P
 from ..wire import serialize
-from . import lifeline
+from . import chunks, lifeline
 from .worker import Worker, current_worker
 
 __all__ = [
@@ -237,12 +237,21 @@ class Watchdog:
         """The task did not stop: send its TaskTimeoutError, and end this process to be replaced."""
         exc = lim.error(killed=True)
         note = f"a task ran past its task_timeout and would not stop: {exc}"
-        self.fail_and_end(lim.btid, lim.started, exc, note)
+        chunk = chunks.progress(lim.g)
+        if chunk is None:
+            self.fail_and_end(lim.btid, lim.started, exc, note)
+        else:  # an item of a chunk: the chunk's result, with the items that finished (chunks.py)
+            stand_in = chunk.fn.value if isinstance(chunk.fn, OnTimeout) else chunks.RAISE
+            result = serialize.encode_result(chunk.cut(exc, stand_in))
+            self.fail_and_end(lim.btid, lim.started, exc, note, result)
 
-    def fail_and_end(self, btid: int, started: float, exc: BaseException, note: str) -> None:
-        """Send ``exc`` as the result of task ``btid`` (running: not retried), and end this process
-        to be replaced (the broker requeues the other tasks it held).  From the watchdog's thread."""
-        status, frames = serialize.encode_exception(exc, "")
+    def fail_and_end(
+        self, btid: int, started: float, exc: BaseException, note: str, result: tuple[int, Any] | None = None
+    ) -> None:
+        """Send ``exc`` (or the encoded ``result``) as the result of task ``btid`` (running: not
+        retried), and end this process to be replaced (the broker requeues the other tasks it
+        held).  From the watchdog's thread."""
+        status, frames = result if result is not None else serialize.encode_exception(exc, "")
         w = self.w
         if w.lock.acquire(timeout=5.0):  # a task runs: the hub let go of it (see Worker._switch)
             w.outbox.results.append(((btid, status, len(frames), started, time.time() - started), frames))

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             link.set_inheritable(False)  # programs that tasks start must not keep it open
         except OSError as exc:
             ap.error(f"--link-fd {args.link_fd}: {exc}")
+        lifeline.note_client(link)
     worker = Worker(
         connect,
         link=link,
