@@ -46,12 +46,14 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
 
@@ -254,12 +256,11 @@ class TraceRecorder:
     def write(self, path: str | None = None) -> str:
         """Write the timeline (atomically: a reader never sees half a file); return its path."""
         target = path or self.path
-        doc = self.document()
         directory = os.path.dirname(os.path.abspath(target))
         fd, tmp = tempfile.mkstemp(prefix=".scoopexec-trace-", suffix=".json", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                _dump(doc, fh)
+                self._write_to(fh)
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, target)
         except BaseException:
@@ -271,7 +272,22 @@ class TraceRecorder:
         return target
 
     def document(self) -> dict[str, Any]:
-        """The whole trace as a JSON-ready dict (what write() saves)."""
+        """The whole trace as a dict: what write() saves, read back."""
+        buf = io.StringIO()
+        self._write_to(buf)
+        doc: dict[str, Any] = json.loads(buf.getvalue())
+        return doc
+
+    def _write_to(self, fh: Any) -> None:
+        """Write the file's text to ``fh``: one event per line (diff-able, greppable), streamed.
+
+        The events that come per task (its slice, flow arrows, counter samples)
+        are written straight from the records with f-strings, without a dict
+        per event: numbers as json writes them (``repr``), and every string that
+        can hold anything (function, worker, host names) through json's own
+        string encoder, once per distinct string.  The few other events go
+        through json's encoder.
+        """
         # Each task's (last) dispatch time goes in at index 5 (see _resolve).
         recs = self._resolve()
         origin = min((r[4] for r in recs), default=self.created)
@@ -290,62 +306,75 @@ class TraceRecorder:
                 self.workers[r[9]] = (r[9].hex(), "?", None)
         order = sorted(self.workers, key=lambda k: (self.workers[k][1], self.workers[k][0]))
         pid_of = {k: i + 1 for i, k in enumerate(order)}
+        off_of = {k: offsets.get(k, 0.0) for k in order}
 
         # Each task's interval on its worker's clock, corrected to the broker's.
         spans: dict[bytes, list[tuple[float, float, int]]] = {k: [] for k in order}
         for i, r in enumerate(recs):
-            off = offsets.get(r[9], 0.0)
-            s = r[6] + off
+            s = r[6] + off_of[r[9]]
             spans[r[9]].append((s, s + r[7], i))
-        lane_of: dict[int, int] = {}
+        lane_of = [0] * len(recs)
         lanes: dict[bytes, int] = {}
         for key, items in spans.items():
             lanes[key] = _assign_lanes(items, lane_of)
 
-        events: list[dict[str, Any]] = []
-        events.append(_meta("process_name", 0, 0, name="pool"))
-        events.append(_meta("process_sort_index", 0, 0, sort_index=0))
-        events.append(_meta("thread_name", 0, 0, name="tasks waiting / running"))
+        encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # reused: 3x faster
+        text = json.encoder.encode_basestring_ascii  # a str as encode() writes it: quoted, escaped
+        out = _Lines(fh)
+        add = out.add
+        add(encode(_meta("process_name", 0, 0, name="pool")))
+        add(encode(_meta("process_sort_index", 0, 0, sort_index=0)))
+        add(encode(_meta("thread_name", 0, 0, name="tasks waiting / running")))
         for key in order:
             wname, host, wpid = self.workers[key]
             pid = pid_of[key]
-            events.append(_meta("process_name", pid, 0, name=f"worker {wname}"))
-            events.append(_meta("process_sort_index", pid, 0, sort_index=pid))
-            events.append(_meta("process_labels", pid, 0, labels=f"host {host}, pid {wpid}"))
+            add(encode(_meta("process_name", pid, 0, name=f"worker {wname}")))
+            add(encode(_meta("process_sort_index", pid, 0, sort_index=pid)))
+            add(encode(_meta("process_labels", pid, 0, labels=f"host {host}, pid {wpid}")))
             for lane in range(max(1, lanes.get(key, 1))):
                 label = "tasks" if lane == 0 else f"tasks (overlap {lane + 1})"
-                events.append(_meta("thread_name", pid, lane, name=label))
+                add(encode(_meta("thread_name", pid, lane, name=label)))
 
+        # One complete event ("X") per task, its fields in the order they always had.  Times are
+        # counted in whole ns (wait_ms in whole us) and written by _thousandths: repr(k / 1000), cheaply.
+        th = _thousandths
+        per_worker = {k: (off_of[k], f'"pid":{p},', f'"worker":{text(self.workers[k][0])},'
+                          f'"host":{text(self.workers[k][1])},') for k, p in pid_of.items()}  # fmt: skip
+        names: dict[str, str] = {}
+        statuses = {c: text(label) for c, label in _STATUS_NAMES.items()}
+        clients: dict[bytes | None, str] = {b"": '"local"', None: '"?"'}
+        linked = {r[1] for r in recs if r[1]}  # tasks that submitted others: their arrows start there
         where: dict[int, tuple[int, int, float, float]] = {}  # btid -> pid, lane, start, end
+        lines = out.pending
+        line = lines.append
         for i, r in enumerate(recs):
-            btid, parent, origin_key, name, sub, disp, start, run, done, key = r[:10]
-            off = offsets.get(key, 0.0)
+            btid, parent, origin_key, name, sub, disp, start, run, done, key, nin, nout, retries, code = r
+            off, pid_field, who = per_worker[key]
             s = start + off
-            pid, lane = pid_of[key], lane_of[i]
-            where[btid] = (pid, lane, s, s + run)
-            wname, host, _ = self.workers[key]
-            args: dict[str, Any] = {
-                "task": btid,
-                "parent": parent,
-                "worker": wname,
-                "host": host,
-                "submitted_us": us(sub),
-                "dispatched_us": us(disp),
-                "finished_us": us(done),
-                "wait_ms": int((s - sub) * 1e6) / 1000,
-                "bytes_in": r[10],
-                "bytes_out": r[11],
-                "retries": r[12],
-                "status": _STATUS_NAMES.get(r[13], str(r[13])),
-                "client": "local" if origin_key == b"" else origin_key.hex() if origin_key else "?",
-            }
+            lane = lane_of[i]
+            if parent or btid in linked:
+                where[btid] = (pid_of[key], lane, s, s + run)
+            quoted = names.get(name)
+            if quoted is None:
+                quoted = names[name] = text(name)
+            status = statuses.get(code)
+            if status is None:
+                status = text(str(code))
+            client = clients.get(origin_key)
+            if client is None:
+                client = clients[origin_key] = f'"{origin_key.hex()}"' if origin_key else '"?"'
             # Both ends truncated to the ns, the same way: a slice nested before stays nested.
             t_ns = int((s - origin) * 1e9)
             end_ns = int((s + run - origin) * 1e9)
-            events.append(
-                {"name": name, "cat": "task", "ph": "X", "ts": t_ns / 1000, "dur": (end_ns - t_ns) / 1000,
-                 "pid": pid, "tid": lane, "args": args}
-            )  # fmt: skip
+            line(f'{{"name":{quoted},"cat":"task","ph":"X","ts":{th(t_ns)},"dur":{th(end_ns - t_ns)},'
+                 f'{pid_field}"tid":{lane},"args":{{"task":{btid},"parent":{parent},{who}'
+                 f'"submitted_us":{th(int((sub - origin) * 1e9))},'
+                 f'"dispatched_us":{th(int((disp - origin) * 1e9))},'
+                 f'"finished_us":{th(int((done - origin) * 1e9))},"wait_ms":{th(int((s - sub) * 1e6))},'
+                 f'"bytes_in":{nin},"bytes_out":{nout},"retries":{retries},"status":{status},'
+                 f'"client":{client}}}}}')  # fmt: skip
+            if len(lines) >= out.BLOCK:
+                out.flush()
 
         # Parent -> child arrows, from inside the parent at the child's submission.
         for r in recs:
@@ -355,28 +384,29 @@ class TraceRecorder:
             ppid, plane, ps, pe = where[parent]
             cpid, clane, cs, _ = where[btid]
             t = min(max(r[4], ps), pe)
-            events.append({"name": "submit", "cat": "nested", "ph": "s", "id": btid,
-                           "ts": us(t), "pid": ppid, "tid": plane})  # fmt: skip
-            events.append({"name": "submit", "cat": "nested", "ph": "f", "bp": "e", "id": btid,
-                           "ts": us(cs), "pid": cpid, "tid": clane})  # fmt: skip
+            add(f'{{"name":"submit","cat":"nested","ph":"s","id":{btid},"ts":{th(int((t - origin) * 1e9))},'
+                f'"pid":{ppid},"tid":{plane}}}')  # fmt: skip
+            add(f'{{"name":"submit","cat":"nested","ph":"f","bp":"e","id":{btid},'
+                f'"ts":{th(int((cs - origin) * 1e9))},"pid":{cpid},"tid":{clane}}}')  # fmt: skip
 
         for t, key, btid, reason, given_up in self.lost:
-            events.append(
+            add(encode(
                 {"name": "task lost" + (" (given up)" if given_up else ""), "cat": "lost", "ph": "i",
                  "s": "p", "ts": us(t), "pid": pid_of.get(key, 0), "tid": 0,
                  "args": {"task": btid, "reason": reason, "given_up": given_up}}
-            )  # fmt: skip
+            ))  # fmt: skip
 
         for t, scheduler, job, what in self.job_events:
-            events.append({"name": f"{scheduler} job {job}: {what}", "cat": "jobs", "ph": "i", "s": "p",
-                           "ts": us(t), "pid": 0, "tid": 0, "args": {"job": job, "event": what}})  # fmt: skip
+            add(encode({"name": f"{scheduler} job {job}: {what}", "cat": "jobs", "ph": "i", "s": "p",
+                        "ts": us(t), "pid": 0, "tid": 0, "args": {"job": job, "event": what}}))  # fmt: skip
         for t, counts in self.job_counts:
-            events.append({"name": "jobs", "cat": "jobs", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,
-                           "args": counts})  # fmt: skip
+            add(encode({"name": "jobs", "cat": "jobs", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,
+                        "args": counts}))  # fmt: skip
 
         for t, waiting, running in _counters(recs, offsets):
-            events.append({"name": "tasks", "cat": "pool", "ph": "C", "ts": us(t), "pid": 0, "tid": 0,
-                           "args": {"waiting": waiting, "running": running}})  # fmt: skip
+            add(f'{{"name":"tasks","cat":"pool","ph":"C","ts":{th(int((t - origin) * 1e9))},"pid":0,"tid":0,'
+                f'"args":{{"waiting":{waiting},"running":{running}}}}}')  # fmt: skip
+        out.close()
 
         workers = [
             {
@@ -389,8 +419,7 @@ class TraceRecorder:
             }
             for k in order
         ]
-        return {
-            "traceEvents": events,
+        rest = {
             "displayTimeUnit": "ms",
             "otherData": {
                 "tool": f"scoopexec {__version__}",
@@ -408,6 +437,8 @@ class TraceRecorder:
                 **self.meta,
             },
         }
+        fh.write(json.dumps(rest, indent=1)[1:].lstrip("\n"))
+        fh.write("\n")
 
 
 # ------------------------------------------------------------------ helpers
@@ -434,19 +465,54 @@ def _meta(kind: str, pid: int, tid: int, **args: Any) -> dict[str, Any]:
     return {"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": args}
 
 
-def _dump(doc: dict[str, Any], fh: Any) -> None:
-    """JSON with one event per line: diff-able, greppable, and streamed rather than built whole."""
-    fh.write('{"traceEvents": [\n')
-    events = doc["traceEvents"]
-    encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # reused: 3x faster
-    last = len(events) - 1
-    for i, ev in enumerate(events):
-        fh.write(encode(ev))
-        fh.write(",\n" if i < last else "\n")
-    fh.write("],\n")
-    rest = {k: v for k, v in doc.items() if k != "traceEvents"}
-    fh.write(json.dumps(rest, indent=1)[1:].lstrip("\n"))
-    fh.write("\n")
+class _Lines:
+    """Writes the ``traceEvents`` array of the file: ``add()`` one event's JSON text at a time,
+    ``close()`` after the last; written out in blocks of lines, never the whole file in memory."""
+
+    BLOCK = 4096
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.pending: list[str] = []
+        self.sep = ""  # before the next block: nothing before the first event
+        fh.write('{"traceEvents": [\n')
+
+    def add(self, event: str) -> None:
+        pending = self.pending
+        pending.append(event)
+        if len(pending) >= self.BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.fh.write(self.sep + ",\n".join(self.pending))
+            self.sep = ",\n"
+            self.pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.fh.write("\n],\n")
+
+
+_THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
+_EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are
+
+
+def _thousandths(k: int) -> str:
+    """``repr(k / 1000)``, the JSON number json writes for it, without the float's costly repr.
+
+    A decimal of at most 15 significant digits survives the round trip
+    through a float, so the shortest text that reads back as ``k / 1000`` (what
+    ``repr`` writes) is that decimal itself, in plain notation at these
+    magnitudes (repr switches to an exponent from 1e16 and below 1e-4).
+    """
+    if 0 <= k < _EXACT:
+        q, n = divmod(k, 1000)
+        return f"{q}{_THOUSANDTHS[n]}"
+    if -_EXACT < k < 0:
+        q, n = divmod(-k, 1000)
+        return f"-{q}{_THOUSANDTHS[n]}"
+    return repr(k / 1000)
 
 
 def _clock_offsets(recs: Sequence[tuple[Any, ...]]) -> dict[bytes, float]:
@@ -478,7 +544,7 @@ def _clock_offsets(recs: Sequence[tuple[Any, ...]]) -> dict[bytes, float]:
     return out
 
 
-def _assign_lanes(items: list[tuple[float, float, int]], lane_of: dict[int, int]) -> int:
+def _assign_lanes(items: list[tuple[float, float, int]], lane_of: list[int]) -> int:
     """Put each interval on a lane where it nests inside, or follows, what is there.
 
     Chrome's viewers draw slices on one row as a stack, which only works when
@@ -514,29 +580,36 @@ def _counters(
     if not recs:
         return []
     changes: list[tuple[float, int, int]] = []
+    add = changes.append
     for r in recs:
         s = r[6] + offsets.get(r[9], 0.0)
-        changes.append((r[4], 1, 0))
-        changes.append((s, -1, 1))
-        changes.append((s + r[7], 0, -1))
-    changes.sort(key=lambda c: c[0])
+        add((r[4], 1, 0))
+        add((s, -1, 1))
+        add((s + r[7], 0, -1))
+    changes.sort(key=itemgetter(0))
     t_end = changes[-1][0]
     step = (t_end - changes[0][0]) / _COUNTER_POINTS
     out: list[tuple[float, int, int]] = []
     waiting = running = 0
-    bucket: list[Any] = []  # [start, max waiting, max running]
-    for i, (t, dw, dr) in enumerate(changes):
+    then: list[float | None] = [c[0] for c in changes]  # the time of the next change
+    then.append(None)
+    del then[0]
+    start: float | None = None  # the open sample: when it starts, the largest values in it
+    top_w = top_r = 0
+    for (t, dw, dr), t_next in zip(changes, then, strict=True):
         waiting += dw
         running += dr
-        if i + 1 < len(changes) and changes[i + 1][0] == t:
+        if t_next == t:
             continue  # apply every change of one instant first
-        if not bucket or t - bucket[0] >= step:
-            if bucket:
-                out.append((bucket[0], bucket[1], bucket[2]))
-            bucket = [t, waiting, running]
+        if start is None or t - start >= step:
+            if start is not None:
+                out.append((start, top_w, top_r))
+            start, top_w, top_r = t, waiting, running
         else:
-            bucket[1], bucket[2] = max(bucket[1], waiting), max(bucket[2], running)
-    out.append((bucket[0], bucket[1], bucket[2]))
+            top_w = max(top_w, waiting)
+            top_r = max(top_r, running)
+    assert start is not None
+    out.append((start, top_w, top_r))
     if out[-1][0] != t_end or out[-1][1:] != (waiting, running):
         out.append((t_end, waiting, running))
     return out

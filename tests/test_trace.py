@@ -406,3 +406,59 @@ def test_timing_fields_survive_a_slow_consumer(tmp_path):
         assert fut.result(timeout=60) == 1
     (ev,) = [e for e in _events(path)[1] if e["ph"] == "X"]
     assert 50_000 <= ev["dur"] < 450_000
+
+
+ODD_NAMES = ['say "hi"', "two\nlines", "back\\slash", "tab\tand\x00nul\x1f", "caf\u00e9 \u2603 \U0001f600",
+             "</script>", "\u2028sep", "\ud800lone surrogate"]  # fmt: skip
+
+
+def _pickled_global(module, name):
+    """A pickle naming module.name (protocol 4's STACK_GLOBAL), as a task's function frame does."""
+    def short(s):
+        data = s.encode("utf-8", "surrogatepass")
+        return b"\x8c" + bytes([len(data)]) + data
+
+    return b"\x80\x04" + short(module) + short(name) + b"\x93."
+
+
+def test_odd_function_and_worker_names_survive_the_file(tmp_path):
+    """Function, worker and host names are arbitrary text written into the file's JSON by hand
+    (trace.py: no dict per event): quotes, backslashes, newlines, control characters and non-ASCII
+    must come back from json.load and the report as they were recorded.  Writing them with a bare
+    f'"{name}"' template makes the file invalid JSON (the first name's quote ends the string)."""
+    rec = TraceRecorder(tmp_path / "t.json")
+    odd_worker = WorkerState(b"W", {"host": 'h"ost\n\u00e9', "pid": 7, "name": "w\\ork\ter \u2603"})
+    t0 = 2000.0
+    for i, name in enumerate(ODD_NAMES, 1):
+        assert function_name(_pickled_global("mod", name)) == name
+        task = Task(i, b"", i, 0, b"", 1, [_pickled_global("mod", name), b"args"])
+        task.worker = odd_worker.key
+        task.submitted = t0 + i - 0.001
+        rec.on_dispatch(odd_worker, [task])
+        rec.on_results(odd_worker, [(i, 0, 1, t0 + i, 0.25)], [b"header", b"result"], {i: task})
+    path = rec.write()
+    doc, events = _events(path)
+    xs = sorted((e for e in events if e["ph"] == "X"), key=lambda e: e["args"]["task"])
+    assert [e["name"] for e in xs] == ODD_NAMES
+    assert {(e["args"]["worker"], e["args"]["host"]) for e in xs} == {("w\\ork\ter \u2603", 'h"ost\n\u00e9')}
+    assert [e["dur"] for e in xs] == [pytest.approx(250_000.0, abs=1)] * len(ODD_NAMES)
+    assert doc["scoopexec"]["workers"][0]["name"] == "w\\ork\ter \u2603"
+    assert sorted(t.name for t in load(path).tasks) == sorted(ODD_NAMES)
+    assert rec.document()["traceEvents"] == events
+
+
+def test_times_are_written_as_json_writes_the_float():
+    """trace._thousandths writes k / 1000 (times in ns or us since the first submission) without
+    the float's repr, which costs more; the text must be exactly what repr (so json) writes,
+    negative times (a worker's clock slightly behind) and traces longer than 11 days included."""
+    import random
+
+    from scoopexec.trace import _thousandths
+
+    rnd = random.Random(17)
+    ks = [0, 1, 5, 10, 50, 100, 999, 1000, 1001, 1010, 1100, 123_456, 10**15 - 1, 10**15, 10**15 + 1,
+          2**53 + 1, 10**19, 10**22 + 7]  # fmt: skip
+    ks += [rnd.randrange(10**d) for d in range(1, 19) for _ in range(300)]
+    ks += [-k for k in ks]
+    bad = [(k, _thousandths(k), repr(k / 1000)) for k in ks if _thousandths(k) != repr(k / 1000)]
+    assert not bad
