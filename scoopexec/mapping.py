@@ -433,6 +433,16 @@ def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
         del chunk
 
 
+def _cancel_with(outer: cf.Future[Any], inner: cf.Future[Any]) -> bool:
+    """A map's stand-in future follows its task's cancellation: if ``inner`` was cancelled,
+    cancel ``outer`` too (cf.Future's own cancel: the stand-ins' cancel() cancels the task)."""
+    if not inner.cancelled():
+        return False
+    cf.Future.cancel(outer)
+    outer.set_running_or_notify_cancel()
+    return True
+
+
 class _Substitute(cf.Future):  # type: ignore[type-arg]
     """A map's future whose TaskTimeoutError reads as ``value`` (``on_timeout``).
 
@@ -445,9 +455,7 @@ class _Substitute(cf.Future):  # type: ignore[type-arg]
         inner.add_done_callback(self._settle)
 
     def _settle(self, inner: cf.Future[Any]) -> None:
-        if inner.cancelled():
-            super().cancel()
-            self.set_running_or_notify_cancel()
+        if _cancel_with(self, inner):
             return
         exc = inner.exception()
         if not self.set_running_or_notify_cancel():
@@ -514,9 +522,7 @@ class _Continued(cf.Future):  # type: ignore[type-arg]
         return value, None, 0.0
 
     def _settle(self, inner: cf.Future[Any]) -> None:
-        if inner.cancelled():
-            super().cancel()
-            self.set_running_or_notify_cancel()
+        if _cancel_with(self, inner):
             return
         exc = inner.exception()
         if exc is None:

@@ -49,18 +49,23 @@ def test_a_timed_out_item_in_a_chunk_without_on_timeout_runs_its_limit_once(tmp_
     assert runs(d) == ["0", "1"]
 
 
+def ignore_interrupts(seconds: float) -> None:
+    """Sleep ``seconds``, swallowing every KeyboardInterrupt: only ending the process stops it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.02)
+        except KeyboardInterrupt:
+            pass
+
+
 def stubborn_on(x: int, d: str, bad: int = 1) -> tuple[int, int]:
     """(x, pid), leaving a file in ``d`` per run; item ``bad`` swallows its KeyboardInterrupt for 30 s
     (only ending its process stops it)."""
     with open(os.path.join(d, f"{x}-{time.monotonic_ns()}"), "w"):
         pass
     if x == bad:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                time.sleep(0.02)
-            except KeyboardInterrupt:
-                pass
+        ignore_interrupts(30)
     return x, os.getpid()
 
 
@@ -93,12 +98,7 @@ def test_a_chunk_whose_worker_was_ended_without_on_timeout_raises_at_that_item(t
 
 def stubborn_first(x: int) -> int:
     if x == 0:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                time.sleep(0.02)
-            except KeyboardInterrupt:
-                pass
+        ignore_interrupts(30)
     return x
 
 
