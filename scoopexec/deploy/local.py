@@ -1,8 +1,9 @@
 """Starting, watching and stopping worker processes on this machine.
 
-Workers are fresh interpreters started by command (``python -m scoopexec
-worker --connect ...``, contract.py), never forks of a client that holds sockets and
-threads.  Each gets a pipe as stdin and exits when it reads EOF, so workers
+Workers run ``python -m scoopexec worker --connect ...`` (contract.py), never forks of a
+client that holds sockets and threads: an embedded pool's workers (``link``) are forked
+from a template process that imported the worker once (forkstart.py); others are fresh
+interpreters started by command.  Each gets a pipe as stdin and exits when it reads EOF, so workers
 never outlive the process that started them, whatever way it ends.  When the
 broker needs CURVE keys, they are the first thing written on that pipe.
 
@@ -30,6 +31,7 @@ from typing import Any
 from ..wire.security import Credentials, encode_frame
 from . import contract
 from .contract import GROUP_MARK, describe_returncode, worker_argv
+from .forkstart import ForkedProcess, Template, use_template
 
 __all__ = [
     "PACKAGE_ROOT",
@@ -134,7 +136,10 @@ class LocalWorkers:
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout
         self.replace_dead = replace
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes] | ForkedProcess] = {}
+        # Embedded workers are forked from a template (forkstart.py), started with the first.
+        self.template: Template | None = None
+        self._fork = link is not None and use_template()
         self.started: dict[str, float] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -178,15 +183,7 @@ class LocalWorkers:
                 ),
             ]
             try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.PIPE,
-                    env=self.env,
-                    cwd=self.cwd,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=passed,
-                )
+                proc = self._start(cmd, passed)
             except BaseException:
                 os.close(note_r)
                 os.close(note_w)
@@ -208,6 +205,33 @@ class LocalWorkers:
             self.procs[tag] = proc
             self.started[tag] = time.monotonic()
             return tag
+
+    def _start(self, cmd: list[str], passed: list[int]) -> subprocess.Popen[bytes] | ForkedProcess:
+        """Fork the worker from the template, or start it by command (no template, or it failed)."""
+        if self._fork:
+            try:
+                if self.template is None:
+                    self.template = Template(cmd[0], self.env, self.cwd)
+                r, w = os.pipe()
+                stdin = os.fdopen(w, "wb")
+                try:
+                    return self.template.fork(cmd[1:], [r, *passed], stdin)
+                except BaseException:
+                    stdin.close()
+                    raise
+                finally:
+                    os.close(r)
+            except OSError:
+                self._fork = False  # the template is gone: this worker and the next start by command
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=passed,
+        )
 
     @property
     def pids(self) -> list[int]:
@@ -278,7 +302,8 @@ class LocalWorkers:
             for tag, proc in self.procs.items():
                 if tag in self.hello or tag in self.killed:
                     continue
-                stat = process_stat(proc.pid)
+                # (a forked worker the template has not made yet: the template's progress)
+                stat = process_stat(proc.watch_pid() if isinstance(proc, ForkedProcess) else proc.pid)
                 if stat is None:
                     continue  # exited (reap() tells), or no /proc here
                 state, cpu = stat
@@ -380,10 +405,14 @@ class LocalWorkers:
             fds, self._note_fds = list(self._note_fds.values()), {}
         for fd in fds:
             os.close(fd)
+        if self.template is not None:  # after its workers: it would end them less gently
+            self.template.stop()
 
 
 def _end_group(pgid: int, sig: int) -> bool:
     """Signal the process group of an exited worker; False when it has no process left."""
+    if pgid <= 1:
+        return False  # no pid known (0 would be our own group)
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

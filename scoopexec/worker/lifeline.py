@@ -35,6 +35,7 @@ _litter: tuple[int, str] | None = None
 _stopped = False  # the broker told this worker to STOP (a normal end)
 _exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit notes (deploy/contract.py)
 _client = 0  # the pid of the process that made our link (note_client), 0: not known
+_parent = 0  # our parent when we started watching stdin (the client, or the template that forked us)
 
 
 def note_client(link: socket.socket | None) -> None:
@@ -113,11 +114,12 @@ def client_gone(code: int) -> NoReturn:
 
 def watch_stdin(connect_to: str) -> None:
     """Exit when stdin reaches its end (our parent, the client or ssh, holds its other end)."""
-    global _litter
+    global _litter, _parent
     fd = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    _parent = os.getppid()
     litter = _private_socket(connect_to)
     _litter = (_client or os.getppid(), litter) if litter is not None else None
     threading.Thread(target=_watch_fd, args=(fd,), name="scoopexec-stdin", daemon=True).start()
@@ -132,8 +134,10 @@ def _watch_fd(fd: int) -> None:
     client_gone(0)
 
 
-def _dead(parent: int) -> bool:
-    return os.getppid() != parent or process_state(parent) in (None, b"Z", b"X")
+def _dead(client: int) -> bool:
+    # Re-parented tells when the client is our parent; a worker forked from a template
+    # (deploy/forkstart.py) has the template for parent, and only the client's state tells.
+    return (client == _parent and os.getppid() != client) or process_state(client) in (None, b"Z", b"X")
 
 
 def _private_socket(endpoint: str) -> str | None:

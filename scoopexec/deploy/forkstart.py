@@ -1,0 +1,428 @@
+"""Local workers forked from a template process that imported the worker once.
+
+A worker started by command (``python -m scoopexec worker``) is a fresh interpreter
+that spends its first ~80 ms of CPU starting and importing before it can run a task
+(issue 17 measured 83 ms a worker against 1 ms for ProcessPoolExecutor's forked
+workers, and two such starts on two busy cores delayed a pool's first batch by
+0.15-0.25 s).  An embedded pool's local workers therefore come from a *template*:
+
+::
+
+  client (LocalWorkers)                      template (one per pool)         worker
+  Template() --Popen: python -c serve()-->   imports scoopexec.worker.main
+  fork(argv, [stdin, note, link]) --SEQPACKET + SCM_RIGHTS-->  os.fork() --> setsid, fds in place,
+            <-- {"seq", "pid"} ---------------------------                  worker main(argv)
+            <-- {"seq", "rc"} (its exit status, reaped on SIGCHLD)
+  kill(seq) --------------------------------------------->  SIGKILL, if not reaped yet
+
+The template is a fresh interpreter itself, started like a worker (same interpreter,
+environment and directory), never a fork of the client (whose threads may hold locks),
+and it starts no thread, so forking it is safe.  N workers then cost one interpreter's
+start-up and N forks.  Each worker gets what a spawned one gets: its own session, the
+stdin pipe whose end of file stops it, its exit-note pipe and its socketpair link (the
+client made them all and sends them over), and the same command line.  It leaves
+through the interpreter's normal exit (atexit, non-daemon threads), as a spawned one.
+
+The template lives as long as its pool's workers: LocalWorkers.stop() ends the workers
+first, then closes the template's stdin, on which it exits; if the client dies, the
+template sees its stdin end too and kills the workers still there after a grace period
+(they normally exit on their own stdin first).  Remote workers (ssh, srun, a worker
+group) are still started by command; ``SCOOPEXEC_WORKER_START=spawn`` starts local
+ones by command too.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+__all__ = ["ForkedProcess", "Template", "serve", "use_template"]
+
+START_ENV = "SCOOPEXEC_WORKER_START"  # "spawn": every local worker is a fresh interpreter
+GRACE = 2.0  # s the template's workers get to exit on their own once the client is gone
+_MAX_FDS = 4
+_FD_FLAGS = ("--exit-fd", "--link-fd")  # the flags whose values are received descriptors
+
+
+def use_template() -> bool:
+    """Whether local workers are forked from a template (Linux, unless SCOOPEXEC_WORKER_START=spawn)."""
+    linux = hasattr(os, "fork") and sys.platform.startswith("linux")
+    return linux and os.environ.get(START_ENV, "") != "spawn"
+
+
+# ---------------------------------------------------------------- client side
+class Template:
+    """The template process of one pool (client side): fork requests and exit statuses."""
+
+    def __init__(self, python: str, env: dict[str, str], cwd: str | None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = (
+            "import sys, scoopexec.worker.main as m; from scoopexec.deploy.forkstart import serve; "
+            f"sys.exit(serve({theirs.fileno()}, m.main))"
+        )
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-c", code],
+                stdin=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=[theirs.fileno()],
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet
+        self._by_seq: dict[int, ForkedProcess] = {}
+        self.gone = False  # the template exited (or its socket broke): no more news from it
+
+    def fork(self, argv: list[str], fds: list[int], stdin: IO[bytes]) -> ForkedProcess:
+        """Ask for a worker running ``argv`` (after ``-m scoopexec worker``'s ``-m`` part) with
+        ``fds`` = [its stdin, then the descriptors named by --exit-fd and --link-fd, in that
+        order]; OSError if the template cannot be asked (then start it by command)."""
+        with self._lock:
+            if self.gone:
+                raise OSError("the worker template has exited")
+            self._seq += 1
+            # The client's numbers of the descriptors after stdin, as argv names them (--exit-fd N...).
+            msg = json.dumps({"seq": self._seq, "argv": argv, "names": [str(fd) for fd in fds[1:]]}).encode()
+            try:
+                self.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            except OSError:
+                self.gone = True
+                raise
+            proc = ForkedProcess(self, self._seq, argv, stdin)
+            self._waiting.append(proc)
+            self._by_seq[self._seq] = proc
+            return proc
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Read what the template said (pids, exit statuses), waiting up to ``timeout`` s for it."""
+        with self._lock:
+            if self.gone:
+                return
+            if timeout > 0 and not _readable(self.sock, timeout):
+                return
+            while True:
+                try:
+                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self._lost()
+                    return
+                self._news(json.loads(data))
+
+    def _news(self, msg: dict[str, Any]) -> None:
+        proc = self._by_seq.get(int(msg.get("seq", 0)))
+        if proc is None:
+            return
+        if "pid" in msg:
+            if self._waiting and self._waiting[0] is proc:
+                self._waiting.popleft()
+            proc.known_pid = int(msg["pid"])
+        if "rc" in msg:
+            if proc in self._waiting:  # it could not be forked
+                self._waiting.remove(proc)
+            proc.returncode = int(msg["rc"])
+            del self._by_seq[proc.seq]
+
+    def _lost(self) -> None:
+        """The template is gone: what it had not forked never will be; the forked run on alone."""
+        self.gone = True
+        for proc in self._waiting:
+            proc.returncode = 1
+            self._by_seq.pop(proc.seq, None)
+        self._waiting.clear()
+
+    def kill(self, proc: ForkedProcess) -> None:
+        with self._lock:
+            gone = self.gone
+            if not gone and proc.known_pid is None:
+                # Not forked yet, so the template is stuck (this is how a start that makes no
+                # progress is ended): end it, and with it every fork it owes.
+                self.proc.kill()
+                return
+            if not gone:
+                try:
+                    self.sock.send(json.dumps({"seq": proc.seq, "kill": True}).encode())
+                    return
+                except OSError:
+                    self.gone = True
+        if proc.known_pid is not None and proc.returncode is None:
+            try:  # no template to ask: it was re-parented, signal it directly
+                os.kill(proc.known_pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the template (after its workers): close its stdin, then make sure it is gone."""
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        with self._lock:
+            self.gone = True
+            self.sock.close()
+
+
+class ForkedProcess:
+    """A worker forked by a :class:`Template`, seen as much like a ``subprocess.Popen`` as
+    LocalWorkers needs: ``pid``, ``stdin``, ``poll()``, ``wait()``, ``kill()``, ``returncode``."""
+
+    def __init__(self, template: Template, seq: int, argv: list[str], stdin: IO[bytes]) -> None:
+        self.template = template
+        self.seq = seq
+        self.args = argv
+        self.stdin: IO[bytes] | None = stdin
+        self.known_pid: int | None = None  # once the template said it
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """Its pid, waiting for the template to say it if need be; 0 if it never will."""
+        deadline = time.monotonic() + 60
+        while self.known_pid is None and self.returncode is None and not self.template.gone:
+            if time.monotonic() > deadline:
+                break
+            self.template.pump(0.05)
+        return self.known_pid or 0
+
+    def watch_pid(self) -> int:
+        """The process to watch while it starts: it, or the template that still owes it."""
+        return self.known_pid if self.known_pid is not None else self.template.proc.pid
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.template.pump()
+            if self.returncode is None and self.template.gone:
+                self._orphaned()
+        return self.returncode
+
+    def _orphaned(self) -> None:
+        """The template died: nobody reaps this worker for us; when it is gone, its status is lost."""
+        pid = self.known_pid
+        if pid is None or _exited(pid):
+            self.returncode = 1
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            if self.template.gone:
+                time.sleep(left)
+            else:
+                self.template.pump(left)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self.template.kill(self)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"Z", b"X")
+
+
+# ---------------------------------------------------------------- template side
+def serve(control_fd: int, worker_main: Callable[[list[str]], int]) -> int:
+    """The template's loop: fork a worker per request until stdin closes.
+
+    Returns the template's exit status, or -- in a forked worker -- the worker's, once
+    ``worker_main`` returned, so that the worker leaves through the interpreter's normal exit.
+    """
+    if threading.active_count() != 1:  # importing the worker started a thread: forking is unsafe
+        return 2
+    sock = socket.socket(fileno=control_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children: dict[int, int] = {}  # pid -> seq
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(0, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    child: tuple[list[str], list[str], list[int]] | None = None
+    running = True
+    while running and child is None:
+        for key, _ in sel.select(1.0):
+            if key.fd == wake_r:
+                try:
+                    os.read(wake_r, 512)
+                except OSError:
+                    pass
+            elif key.fd == 0:
+                try:
+                    running = bool(os.read(0, 4096))
+                except OSError:
+                    running = False
+            else:
+                got = _request(sock, children)
+                if got is None:
+                    running = False
+                elif not isinstance(got, bool):
+                    child = got
+                    break
+        if child is None:
+            _reap(sock, children)
+    if child is not None:  # we are a new worker: drop the template's things, run the worker
+        sel.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for fd in (wake_r, wake_w):
+            os.close(fd)
+        sock.close()
+        return _become_worker(*child, worker_main)
+    _end_children(sock, children)
+    return 0
+
+
+def _request(
+    sock: socket.socket, children: dict[int, int]
+) -> tuple[list[str], list[str], list[int]] | bool | None:
+    """One message from the client: True when handled here, (argv, fds) in a newly forked
+    worker, None when the client is gone."""
+    try:
+        data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(_MAX_FDS * 4))
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return None
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+            fds.extend(got)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    msg = json.loads(data)
+    seq = int(msg["seq"])
+    if msg.get("kill"):
+        for pid, s in children.items():
+            if s == seq:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # not reaped yet (_reap runs in this thread): still ours
+                except OSError:
+                    pass
+        return True
+    argv = [str(a) for a in msg["argv"]]
+    names = [str(n) for n in msg.get("names", [])]
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        _tell(sock, {"seq": seq, "rc": 1})
+        return True
+    if pid == 0:
+        return argv, names, fds
+    for fd in fds:
+        os.close(fd)
+    children[pid] = seq
+    _tell(sock, {"seq": seq, "pid": pid})
+    return True
+
+
+def _become_worker(
+    argv: list[str], names: list[str], fds: list[int], worker_main: Callable[[list[str]], int]
+) -> int:
+    """In the forked child: the session, stdin and descriptors a spawned worker would have, then run.
+
+    ``fds``: stdin, then the descriptors the client calls ``names`` in ``argv`` (--exit-fd N).
+    """
+    os.setsid()
+    stdin, rest = fds[0], fds[1:]
+    os.dup2(stdin, 0)
+    os.close(stdin)
+    out = list(argv)
+    for flag in _FD_FLAGS:  # the client named its own descriptors; ours have other numbers
+        if flag in out:
+            i = out.index(flag) + 1
+            out[i] = str(rest[names.index(out[i])])
+    if out[:3] == ["-m", "scoopexec", "worker"]:
+        out = out[3:]
+    return worker_main(out)
+
+
+def _tell(sock: socket.socket, msg: dict[str, Any]) -> None:
+    try:
+        sock.send(json.dumps(msg).encode())
+    except OSError:
+        pass  # the client is gone: stdin tells the loop
+
+
+def _reap(sock: socket.socket, children: dict[int, int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if pid == 0:
+            return
+        seq = children.pop(pid, None)
+        if seq is not None:
+            _tell(sock, {"seq": seq, "rc": os.waitstatus_to_exitcode(status)})
+
+
+def _end_children(sock: socket.socket, children: dict[int, int]) -> None:
+    """The client is gone (or done): the workers exit on their own stdin; end those that do not."""
+    deadline = time.monotonic() + GRACE
+    while children and time.monotonic() < deadline:
+        _reap(sock, children)
+        time.sleep(0.01)
+    for pid in list(children):
+        try:
+            os.killpg(pid, signal.SIGKILL)  # each leads its own session (setsid): its group
+        except OSError:
+            pass
+    deadline = time.monotonic() + 5
+    while children and time.monotonic() < deadline:
+        _reap(sock, children)
+        time.sleep(0.01)
