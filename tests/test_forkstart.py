@@ -34,12 +34,6 @@ def exit_with(code: int) -> None:
     os._exit(code)
 
 
-def note_at_exit(path: str) -> None:
-    import atexit
-
-    atexit.register(lambda: open(os.path.join(path, str(os.getpid())), "w").close())
-
-
 def _gone(pids: list[int], within: float = 10.0) -> list[int]:
     """The processes of ``pids`` still alive (zombies count as gone) after up to ``within`` s."""
     deadline = time.monotonic() + within
@@ -92,15 +86,6 @@ def test_a_forked_worker_reports_its_exit_code_and_is_replaced() -> None:
             ex.submit(exit_with, 7).result(timeout=60)
         pid, ppid, _ = ex.submit(parent_and_random).result(timeout=60)
         assert pid not in before and ppid != os.getpid()  # the replacement is forked too
-
-
-def test_a_forked_worker_leaves_through_the_normal_exit(tmp_path) -> None:
-    # atexit handlers (an initializer's, a library's) run as in a spawned worker: the worker
-    # returns out of the template's loop instead of calling os._exit() there.
-    with ScoopExecutor(max_workers=2, initializer=note_at_exit, initargs=(str(tmp_path),)) as ex:
-        pids = sorted(_both_workers(ex))
-    assert _gone(pids) == []
-    assert sorted(int(n) for n in os.listdir(tmp_path)) == pids
 
 
 def test_a_killed_template_leaves_a_working_pool_and_no_process() -> None:

@@ -20,8 +20,8 @@ environment and directory), never a fork of the client (whose threads may hold l
 and it starts no thread, so forking it is safe.  N workers then cost one interpreter's
 start-up and N forks.  Each worker gets what a spawned one gets: its own session, the
 stdin pipe whose end of file stops it, its exit-note pipe and its socketpair link (the
-client made them all and sends them over), and the same command line.  It leaves
-through the interpreter's normal exit (atexit, non-daemon threads), as a spawned one.
+client made them all and sends them over), and the same command line.  Once the worker's
+main() returns, it leaves the template's loop and exits the way a spawned one does.
 
 The template lives as long as its pool's workers: LocalWorkers.stop() ends the workers
 first, then closes the template's stdin, on which it exits; if the client dies, the
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import array
 import collections
+import gc
 import json
 import os
 import selectors
@@ -272,6 +273,10 @@ def serve(control_fd: int, worker_main: Callable[[list[str]], int]) -> int:
     """
     if threading.active_count() != 1:  # importing the worker started a thread: forking is unsafe
         return 2
+    # What the template imported is shared with every worker until written to; the collector
+    # would write to it all (its bookkeeping is in each object): leave those objects out of it.
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
