@@ -27,20 +27,28 @@ def nap_where(seconds: float) -> tuple[int, float, float]:
     return os.getpid(), t0, time.time()
 
 
-def _cost(pids: set[int]) -> tuple[int, float]:
-    """Wake-ups (voluntary context switches of every thread) and CPU seconds of ``pids`` and us."""
-    switches, ticks = 0, 0
+def _cost(pids: set[int]) -> dict[str, tuple[int, float]]:
+    """Wake-ups (voluntary context switches) and CPU seconds (schedstat, ns-exact) of, apart:
+    the workers' main threads (hub and tasks), the workers' other threads (a scoopexec worker's
+    flusher, stdin and watchdog threads), and this process (client, and scoopexec's broker)."""
+    out = {"worker_main": [0, 0.0], "worker_threads": [0, 0.0], "client": [0, 0.0]}
     for pid in [*pids, os.getpid()]:
         try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            role = "client" if pid == os.getpid() else "worker_main" if int(tid) == pid else "worker_threads"
+            try:
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    switches += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError):
-            pass
-    return switches, ticks / os.sysconf("SC_CLK_TCK")
+                    switches = int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    ns = int(f.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+            out[role][0] += switches
+            out[role][1] += ns / 1e9
+    return {k: (int(v[0]), float(v[1])) for k, v in out.items()}
 
 
 def _make(name: str, workers: int) -> Any:
@@ -83,8 +91,10 @@ def one(name: str, w: int, n: int, dur: float) -> dict[str, float]:
         "gap_ms_median": 1000 * statistics.median(gaps) if gaps else 0.0,
         "gap_ms_p90": 1000 * sorted(gaps)[int(0.9 * len(gaps))] if gaps else 0.0,
         "tail_ms": 1000 * (t + wall - last_end),
-        "wakeups_per_task": (c1[0] - c0[0]) / n,
-        "cpu_ms_per_task": 1000 * (c1[1] - c0[1]) / n,
+        "wakeups_per_task": sum(c1[k][0] - c0[k][0] for k in c1) / n,
+        "cpu_ms_per_task": 1000 * sum(c1[k][1] - c0[k][1] for k in c1) / n,
+        **{f"wakeups_{k}": (c1[k][0] - c0[k][0]) / n for k in c1},
+        **{f"cpu_ms_{k}": 1000 * (c1[k][1] - c0[k][1]) / n for k in c1},
     }
 
 
@@ -102,7 +112,9 @@ def main() -> None:
         res = {}
         for name in names if r % 2 == 0 else names[::-1]:
             res[name] = one(name, a.workers, a.tasks, a.ms / 1000)
-            figures = " ".join(f"{k} {v:.1f}" for k, v in res[name].items())
+            figures = " ".join(
+                f"{k} {v:.1f}" if k in ("util", "used") else f"{k} {v:.3g}" for k, v in res[name].items()
+            )
             print(f"round {r} {name:10s} {figures}", flush=True)
         if len(res) == 2:
             ratios.append(res["scoopexec"]["util"] / res["PPE"]["util"])
