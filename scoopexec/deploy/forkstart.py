@@ -116,10 +116,16 @@ class Template:
 
     def pump(self, timeout: float = 0.0) -> None:
         """Read what the template said (pids, exit statuses), waiting up to ``timeout`` s for it."""
+        if self.gone:
+            return
+        if timeout > 0:
+            try:  # (outside the lock: another thread's poll() need not wait for this one)
+                if not _readable(self.sock, timeout):
+                    return
+            except (OSError, ValueError):  # closed by stop() meanwhile
+                return
         with self._lock:
             if self.gone:
-                return
-            if timeout > 0 and not _readable(self.sock, timeout):
                 return
             while True:
                 try:
