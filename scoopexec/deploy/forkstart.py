@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ForkedProcess", "Template", "serve", "use_template"]
+__all__ = ["ForkedProcess", "Template", "await_pids", "serve", "use_template"]
 
 START_ENV = "SCOOPEXEC_WORKER_START"  # "spawn": every local worker is a fresh interpreter
 GRACE = 2.0  # s the template's workers get to exit on their own once the client is gone
@@ -253,6 +253,17 @@ class ForkedProcess:
     def kill(self) -> None:
         if self.returncode is None:
             self.template.kill(self)
+
+
+def await_pids(procs: list[ForkedProcess], timeout: float) -> None:
+    """Wait until the template forked each of ``procs`` (or failed to), ``timeout`` s at most."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while proc.known_pid is None and proc.returncode is None and not proc.template.gone:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            proc.template.pump(min(0.05, left))
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..wire.security import Credentials, encode_frame
-from . import contract
+from . import contract, forkstart
 from .contract import GROUP_MARK, describe_returncode, worker_argv
 from .forkstart import ForkedProcess, Template, use_template
 
@@ -49,6 +49,7 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 _HOST = socket.gethostname()
 MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
+FORK_WAIT = 10.0  # s to wait, at most, for a new template to fork the first workers (it imports first)
 
 
 def use_socketpairs() -> bool:
@@ -153,8 +154,7 @@ class LocalWorkers:
         self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
         self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
         self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
-        for _ in range(n):
-            self._spawn()
+        self.add(n)
 
     def _spawn(self) -> str:
         with self._lock:
@@ -270,9 +270,11 @@ class LocalWorkers:
         return tag in self.procs or tag in self.exits
 
     def add(self, n: int) -> None:
-        """Start ``n`` more workers."""
-        for _ in range(n):
-            self._spawn()
+        """Start ``n`` more workers: once this returns, they are processes (``pids``), forked ones too."""
+        tags = [self._spawn() for _ in range(n)]
+        forked = [p for p in map(self.procs.get, tags) if isinstance(p, ForkedProcess)]
+        if forked:
+            forkstart.await_pids(forked, FORK_WAIT)
 
     def mark_hello(self, tag: str) -> None:
         self.hello.add(tag)
