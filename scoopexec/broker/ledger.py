@@ -568,6 +568,10 @@ class Ledger:
             return self.completed / max(uptime, 1e-3)
         return self._rate
 
+    def known(self, key: bytes) -> bool:
+        """A worker, client or observer of this broker."""
+        return key in self.workers or key in self.clients or key in self.observers
+
     def snapshot(self) -> dict[str, Any]:
         """The books' part of the broker's status (status.PoolStatus names the fields)."""
         now = time.time()

@@ -204,7 +204,7 @@ class Broker:
         self.turns += 1
         with lock:
             ms = self._before_poll(timeout)
-        ready = self.poll.poll.poll(ms)
+        ready = self.poll.wait(ms)
         with lock:
             self._take_input(ready)
         if local is not None and local.pending:
@@ -288,6 +288,11 @@ class Broker:
         finally:
             lock.release()
 
+    def take_turn(self, ready: list[tuple[int, int]]) -> None:
+        """A turn on ``ready`` without the poll, by a thread waiting on a result (leader.py); hold `lock`."""
+        self._take_input(ready)
+        self._after_input()
+
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
         self._stopping = True
@@ -311,6 +316,7 @@ class Broker:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("the broker stopped"))
         self.wakeup.close()
+        self.poll.close()
 
     # --------------------------------------------------------------- receive
     def _take(self, key: bytes, frames: list[Any], ident: zmq.Frame | None) -> None:
@@ -490,7 +496,7 @@ class Broker:
         owner = task.owner
         if owner == LOCAL:
             assert self.local is not None
-            return self.local.claim(task.tid)
+            return self.local.claim(task)
         if owner in self.ledger.clients:
             self._started.setdefault(owner, []).append((task.tid,))
         return True
@@ -533,7 +539,7 @@ class Broker:
             for owner, items in out.items():
                 self._send_results(owner, items)
         if self.router.backlog:
-            self.router.retry_backlog(self._known)
+            self.router.retry_backlog(self.ledger.known)
 
     def _send_results(self, owner: bytes, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
         if owner == LOCAL and self.local is not None:
@@ -544,13 +550,9 @@ class Broker:
             frames.extend(body)
         self.send(owner, frames)
 
-    def _known(self, key: bytes) -> bool:
-        ledger = self.ledger
-        return key in ledger.workers or key in ledger.clients or key in ledger.observers
-
     def _tick(self, now: float) -> None:
         POOL.expire()
-        self.router.reprobe(self._known)
+        self.router.reprobe(self.ledger.known)
         if now >= self._next_state_check and (self.links.links or self.watcher is not None):
             self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
             workers = self.ledger.workers

@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
-from .ledger import LOCAL, Ledger
+from .ledger import LOCAL, Ledger, Task
 from .limits import Connections, Limits
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -59,28 +60,86 @@ OnGone = Callable[[bytes, str], None]
 MAX_REFUSED_FROM = 1000  # addresses whose refused handshakes are counted one by one
 
 class Poll:
-    """One select.poll over every file descriptor the broker watches, each with its handler."""
+    """One wait over every file descriptor the broker watches, each with its handler.
+
+    An epoll where there is one (Linux): a change (``modify``, ``pause``) applies to a wait
+    in progress, so a thread waiting on a result can take the link of the worker that runs
+    its task out of the loop's set and read that link itself (leader.py); else a
+    select.poll, whose waits see changes only from the next one (and nothing is paused).
+    """
 
     def __init__(self) -> None:
-        self.poll = select.poll()
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._poll = select.poll() if self._epoll is None else None
         self.handlers: dict[int, Callable[[int], None]] = {}
+        self.events: dict[int, int] = {}  # what each descriptor is watched for
+        self.paused: dict[int, int] = {}  # out of the wait for now: descriptor -> the thread reading it
 
     def watch(self, fd: int, handler: Callable[[int], None], events: int = POLLIN) -> None:
-        self.poll.register(fd, events)
         self.handlers[fd] = handler
+        self.events[fd] = events
+        self.paused.pop(fd, None)
+        if self._epoll is None:
+            assert self._poll is not None
+            self._poll.register(fd, events)
+            return
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:
+            self._epoll.modify(fd, events)
 
     def modify(self, fd: int, events: int) -> None:
-        self.poll.modify(fd, events)
+        self.events[fd] = events
+        if fd in self.paused:
+            return  # applied by resume()
+        if self._epoll is not None:
+            self._epoll.modify(fd, events)
+        else:
+            assert self._poll is not None
+            self._poll.modify(fd, events)
 
     def forget(self, fd: int) -> None:
         self.handlers.pop(fd, None)
+        self.events.pop(fd, None)
+        self.paused.pop(fd, None)
         try:
-            self.poll.unregister(fd)
-        except KeyError:
+            if self._epoll is not None:
+                self._epoll.unregister(fd)
+            elif self._poll is not None:
+                self._poll.unregister(fd)
+        except (KeyError, OSError, ValueError):
             pass
 
+    def wait(self, ms: int) -> list[tuple[int, int]]:
+        """Wait at most ``ms`` milliseconds; the ready descriptors and their events."""
+        if self._epoll is not None:
+            return self._epoll.poll(ms / 1000)
+        assert self._poll is not None
+        return self._poll.poll(ms)
 
-# --------------------------------------------------------------------- ROUTER
+    def pause(self, fd: int) -> bool:
+        """Leave ``fd`` out of every wait, one in progress included, until resume(): this thread
+        reads it meanwhile.  False if that cannot be done (no epoll, not watched, paused already)."""
+        if self._epoll is None or fd not in self.events or fd in self.paused:
+            return False
+        self._epoll.modify(fd, 0)
+        self.paused[fd] = threading.get_ident()
+        return True
+
+    def resume(self, fd: int) -> None:
+        if self.paused.pop(fd, None) is not None and self._epoll is not None and fd in self.events:
+            self._epoll.modify(fd, self.events[fd])
+
+    def read_elsewhere(self, fd: int) -> bool:
+        """Another thread paused ``fd`` to read it: a readiness seen before the pause is stale here."""
+        reader = self.paused.get(fd)
+        return reader is not None and reader != threading.get_ident()
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+
 class Authenticator:
     """A ZAP handler for one context: accepts CURVE peers whose public key it knows.
 
@@ -502,7 +561,7 @@ class LinkPort:
 
     def _on_ready(self, key: bytes, events: int) -> None:
         link = self.links.get(key)
-        if link is None:
+        if link is None or (self.poll.paused and self.poll.read_elsewhere(link.fd)):
             return
         if events & select.POLLOUT:
             try:
@@ -606,7 +665,13 @@ class InProcessPort:
         self.client = client
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
-        self.claim = client.started  # asked once per task before it first goes to a worker
+        self.started = client.started
+        self.last_claimed: Task | None = None  # the task last claimed: leader.py looks for its worker
+
+    def claim(self, task: Task) -> bool:
+        """Asked once per task before it first goes to a worker: False if its future was cancelled."""
+        self.last_claimed = task
+        return self.started(task.tid)
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append((self.client.handle, list(frames)))

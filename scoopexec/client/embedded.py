@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .. import pools
+from ..broker.leader import Leader
 from ..broker.loop import Broker
 from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, Target
@@ -46,6 +47,7 @@ from ..wire.security import (
     private_socket_dir,
     publish_local_key,
 )
+from .future import ScoopFuture
 from .session import Session, status_timeout
 
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ class EmbeddedSession(Session):
             raise
         self.broker.watcher = self.workers
         self.broker.trace = trace
+        self.leader = Leader(self.broker)
         pools.track(self)
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
         self.thread.start()
@@ -140,6 +143,13 @@ class EmbeddedSession(Session):
         # reaches a worker without first waking the broker thread (a thread hand-off).
         if not self.wake.pending and not self.broker.dispatch_local_now():
             self.wake.wake()
+
+    def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
+        # A thread waiting on a result reads it itself while the broker's loop sleeps
+        # (broker/leader.py): not the broker's own thread, whose loop resolves it anyway.
+        if threading.current_thread() is self.thread:
+            return timeout
+        return self.leader.wait(fut, fut.tid, timeout)
 
     def request_stop(self) -> None:
         self.broker.stop()

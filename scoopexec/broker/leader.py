@@ -1,0 +1,112 @@
+"""A thread waiting on a result of the embedded broker reads that result itself.
+
+Without it, a result crosses two threads of the client: the worker's RESULT wakes the
+broker's thread (asleep in its poll), which resolves the future and wakes the waiting
+thread (a Condition), which then waits for the GIL until the broker's thread is back in
+its poll.  A short task's round trip spends a good part of its time in those two
+wake-ups and that GIL hand-over (issue 17).
+
+So ``future.result()`` first tries to lead (ScoopFuture.result -> Session.lead -> here):
+when its task is on a local worker's link, the waiting thread takes that link out of the
+loop's poll set (ports.Poll.pause: an epoll, whose changes apply to a wait in progress,
+so only one thread wakes for the link) and waits on it itself, holding no lock.  What
+the link brings goes through the loop's own turn (Broker.take_turn, under the broker's
+lock, as dispatch_local_now does for submissions); the results for this client are then
+handed over by this thread, outside the lock, as the loop's thread would
+(InProcessPort.deliver).  The loop goes on meanwhile with everything else (other
+workers, submissions, ticks), and ignores a readiness of the paused link that it saw
+before the pause (LinkPort: the leader reads it).
+
+The waiting thread waits on its future as any thread does, and the loop's thread
+resolves it, when the task is not on a local link (queued, remote worker, or not the
+client's latest: another thread's), when another thread leads on that link already, and
+after LEAD_FOR: a task that runs longer costs its waiting thread one extra wake-up.  A
+future completed otherwise meanwhile (cancelled, pool broken) is seen at the latest then.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import time
+from typing import TYPE_CHECKING, Any
+
+from .ledger import LOCAL
+
+if TYPE_CHECKING:
+    from .loop import Broker
+
+__all__ = ["LEAD_FOR", "Leader"]
+
+LEAD_FOR = 0.01  # s a waiting thread reads for itself, at most, before leaving it to the loop
+
+
+class Leader:
+    """Lets threads waiting on the embedded broker's results read them (see the module docstring)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._polls: dict[int, Any] = {}  # a link's descriptor -> a poll over it
+
+    def wait(self, fut: Any, tid: int, timeout: float | None) -> float | None:
+        """Read for ``fut`` (the future of the client's task ``tid``) while that helps; return
+        what is left of ``timeout`` (None: no limit) for the caller's own wait."""
+        start = time.monotonic()
+        limit = LEAD_FOR if timeout is None else min(timeout, LEAD_FOR)
+        while not fut.done():
+            left = limit - (time.monotonic() - start)
+            if left <= 0 or not self._read(tid, left):
+                break
+        if timeout is None:
+            return None
+        return max(0.0, timeout - (time.monotonic() - start))
+
+    def _read(self, tid: int, left: float) -> bool:
+        """Wait on the link of the worker that holds ``tid``, at most ``left`` s, and take in what
+        it brings; False if this thread cannot (the caller then waits on its future)."""
+        b = self.broker
+        lock = b.lock
+        if not lock.acquire(False):
+            return False  # the loop is at work: it will see the result
+        try:
+            fd = None if b.stopping else self._link_fd(tid)
+            if fd is None or not b.poll.pause(fd):
+                return False
+        finally:
+            lock.release()
+        ready: list[tuple[int, int]] = []
+        try:
+            ready = self._poll_of(fd).poll(max(1, math.ceil(left * 1000)))
+        finally:
+            with lock:
+                try:
+                    if ready:
+                        b.take_turn(ready)
+                finally:
+                    b.poll.resume(fd)
+                router = b.router
+                if router.backlog or b.links.dead or router.input_waiting():
+                    b.wakeup.wake()  # what the loop's poll would not see: its own turn must run
+        local = b.local
+        if local is not None and local.pending:
+            local.deliver()  # (outside the lock: done-callbacks are user code)
+        return True
+
+    def _link_fd(self, tid: int) -> int | None:
+        """The descriptor of the local link to the worker holding this client's task, if known:
+        the client's latest task to go to a worker (a round trip's), else None."""
+        b = self.broker
+        task = b.local.last_claimed if b.local is not None else None
+        if task is None or task.tid != tid or task.owner != LOCAL or task.worker is None:
+            return None
+        link = b.links.links.get(task.worker)
+        return link.fd if link is not None else None
+
+    def _poll_of(self, fd: int) -> Any:
+        p = self._polls.get(fd)
+        if p is None:
+            if len(self._polls) > 4096:  # links come and go: keep this bounded
+                self._polls.clear()
+            p = self._polls[fd] = select.poll()
+            p.register(fd, select.POLLIN)
+        return p
