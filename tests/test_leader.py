@@ -49,7 +49,8 @@ def test_sequential_round_trips_do_not_wake_the_broker_thread():
         turns = session.turns()
         for i in range(n):
             assert ex.submit(_noop, i).result() == i
-        assert session.turns() - turns < n / 4
+        woke = session.turns() - turns
+        assert woke < n / 2, f"the broker thread took {woke} turns for {n} round trips"
 
 
 def test_result_timeout_counts_the_time_spent_leading(monkeypatch):

@@ -49,14 +49,12 @@ class Leader:
         self._polls: dict[int, Any] = {}  # a link's descriptor -> a poll over it
 
     def wait(self, fut: Any, tid: int, timeout: float | None) -> float | None:
-        """Read for ``fut`` (the future of the client's task ``tid``) while that helps; return
-        what is left of ``timeout`` (None: no limit) for the caller's own wait."""
+        """Read for ``fut`` (the future of the client's task ``tid``, not done) while that helps;
+        return what is left of ``timeout`` (None: no limit) for the caller's own wait."""
         start = time.monotonic()
-        limit = LEAD_FOR if timeout is None else min(timeout, LEAD_FOR)
-        while not fut.done():
+        limit = left = LEAD_FOR if timeout is None else min(timeout, LEAD_FOR)
+        while left > 0 and self._read(tid, left) and not fut.done():
             left = limit - (time.monotonic() - start)
-            if left <= 0 or not self._read(tid, left):
-                break
         if timeout is None:
             return None
         return max(0.0, timeout - (time.monotonic() - start))
@@ -66,14 +64,25 @@ class Leader:
         it brings; False if this thread cannot (the caller then waits on its future)."""
         b = self.broker
         lock = b.lock
-        if not lock.acquire(False):
-            return False  # the loop is at work: it will see the result
+        if not lock.acquire(True, left):  # the loop holds it for a turn at most
+            return False
+        fd = None
         try:
-            fd = None if b.stopping else self._link_fd(tid)
-            if fd is None or not b.poll.pause(fd):
-                return False
+            if not b.stopping:
+                fd = self._link_fd(tid)
+                if fd is None and b.local is not None and b.local.outbox:
+                    # Its submitter found the loop at work: dispatch it here, as the loop would.
+                    b.take_turn([])
+                    fd = self._link_fd(tid)
+                if fd is not None and not b.poll.pause(fd):
+                    fd = None  # another thread reads that link
+            if fd is None:
+                self._after_turn()
         finally:
             lock.release()
+        if fd is None:
+            self._deliver()
+            return False
         ready: list[tuple[int, int]] = []
         try:
             ready = self._poll_of(fd).poll(max(1, math.ceil(left * 1000)))
@@ -84,13 +93,22 @@ class Leader:
                         b.take_turn(ready)
                 finally:
                     b.poll.resume(fd)
-                router = b.router
-                if router.backlog or b.links.dead or router.input_waiting():
-                    b.wakeup.wake()  # what the loop's poll would not see: its own turn must run
-        local = b.local
-        if local is not None and local.pending:
-            local.deliver()  # (outside the lock: done-callbacks are user code)
+                self._after_turn()
+        self._deliver()
         return True
+
+    def _after_turn(self) -> None:
+        """After a turn taken here (hold the lock): wake the loop for what its poll would not see."""
+        b = self.broker
+        router = b.router
+        if router.backlog or b.links.dead or router.input_waiting():
+            b.wakeup.wake()
+
+    def _deliver(self) -> None:
+        """Hand this client what the turn brought for it (outside the lock: callbacks are user code)."""
+        local = self.broker.local
+        if local is not None and local.pending:
+            local.deliver()
 
     def _link_fd(self, tid: int) -> int | None:
         """The descriptor of the local link to the worker holding this client's task, if known:
