@@ -84,8 +84,9 @@ class Leader:
             self._deliver()
             return False
         ready: list[tuple[int, int]] = []
+        p = self._polls.get(fd) or self._poll_of(fd)
         try:
-            ready = self._poll_of(fd).poll(max(1, math.ceil(left * 1000)))
+            ready = p.poll(max(1, math.ceil(left * 1000)))
         finally:
             with lock:
                 try:
@@ -93,8 +94,12 @@ class Leader:
                         b.take_turn(ready)
                 finally:
                     b.poll.resume(fd)
-                self._after_turn()
-        self._deliver()
+                router = b.router
+                if router.backlog or b.links.dead or router.input_waiting():
+                    b.wakeup.wake()  # (as _after_turn, inline: this is every round trip's path)
+        local = b.local
+        if local is not None and local.pending:
+            local.deliver()  # (outside the lock: done-callbacks are user code)
         return True
 
     def _after_turn(self) -> None:

@@ -137,6 +137,7 @@ class EmbeddedSession(Session):
         pools.track(self)
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
         self.thread.start()
+        self.loop_ident = self.thread.ident
 
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task
@@ -147,7 +148,7 @@ class EmbeddedSession(Session):
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
         # A thread waiting on a result reads it itself while the broker's loop sleeps
         # (broker/leader.py): not the broker's own thread, whose loop resolves it anyway.
-        if threading.current_thread() is self.thread:
+        if threading.get_ident() == self.loop_ident:
             return timeout
         return self.leader.wait(fut, fut.tid, timeout)
 
