@@ -119,8 +119,11 @@ class Leader:
         """The descriptor of the local link to the worker holding this client's task, if known:
         the client's latest task to go to a worker (a round trip's), else None."""
         b = self.broker
-        task = b.local.last_claimed if b.local is not None else None
-        if task is None or task.tid != tid or task.owner != LOCAL or task.worker is None:
+        if b.local is None:
+            return None
+        claimed, btid = b.local.last_claimed
+        task = b.ledger.tasks.get(btid) if claimed == tid else None
+        if task is None or task.owner != LOCAL or task.worker is None:
             return None
         link = b.links.links.get(task.worker)
         return link.fd if link is not None else None

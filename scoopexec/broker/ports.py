@@ -666,11 +666,13 @@ class InProcessPort:
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         self.started = client.started
-        self.last_claimed: Task | None = None  # the task last claimed: leader.py looks for its worker
+        # (client's id, broker's id) of the task claimed last: leader.py looks for its worker.
+        # Ids, not the Task: that would keep its payload alive after its result.
+        self.last_claimed = (0, 0)
 
     def claim(self, task: Task) -> bool:
         """Asked once per task before it first goes to a worker: False if its future was cancelled."""
-        self.last_claimed = task
+        self.last_claimed = (task.tid, task.btid)
         return self.started(task.tid)
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
