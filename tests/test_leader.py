@@ -112,3 +112,22 @@ def test_a_cancellation_while_leading_ends_the_wait(monkeypatch):
         with pytest.raises(cf.CancelledError):
             f.result(timeout=20)
         assert time.monotonic() - t < 5.0
+
+
+def test_an_abort_while_leading_fails_the_wait_cleanly(monkeypatch):
+    # The loop closes its links and its epoll (without the broker's lock) while this thread
+    # waits on one of them: the wait ends with the pool's own error, not a socket's.
+    from scoopexec.errors import BrokenScoopExecutor
+
+    monkeypatch.setattr(leader, "LEAD_FOR", 60.0)
+    ex = ScoopExecutor(1)
+    ex.submit(_noop, 0).result()
+    f = ex.submit(_nap, 30)
+    while not f.running():
+        time.sleep(0.01)
+    threading.Timer(0.3, lambda: ex.abort("test")).start()
+    t = time.monotonic()
+    with pytest.raises(BrokenScoopExecutor):
+        f.result(timeout=20)
+    assert time.monotonic() - t < 15
+    ex.shutdown()

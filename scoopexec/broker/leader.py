@@ -68,14 +68,15 @@ class Leader:
             return False
         fd = None
         try:
-            if not b.stopping:
+            if b.stopping:
+                return False  # the loop is closing the sockets (without the lock): touch none
+            fd = self._link_fd(tid)
+            if fd is None and b.local is not None and b.local.outbox:
+                # Its submitter found the loop at work: dispatch it here, as the loop would.
+                b.take_turn([])
                 fd = self._link_fd(tid)
-                if fd is None and b.local is not None and b.local.outbox:
-                    # Its submitter found the loop at work: dispatch it here, as the loop would.
-                    b.take_turn([])
-                    fd = self._link_fd(tid)
-                if fd is not None and not b.poll.pause(fd):
-                    fd = None  # another thread reads that link
+            if fd is not None and not b.poll.pause(fd):
+                fd = None  # another thread reads that link
             if fd is None:
                 self._after_turn()
         finally:
@@ -90,13 +91,14 @@ class Leader:
         finally:
             with lock:
                 try:
-                    if ready:
+                    if ready and not b.stopping:
                         b.take_turn(ready)
                 finally:
                     b.poll.resume(fd)
-                router = b.router
-                if router.backlog or b.links.dead or router.input_waiting():
-                    b.wakeup.wake()  # (as _after_turn, inline: this is every round trip's path)
+                if not b.stopping:
+                    router = b.router
+                    if router.backlog or b.links.dead or router.input_waiting():
+                        b.wakeup.wake()  # (as _after_turn, inline: this is every round trip's path)
         local = b.local
         if local is not None and local.pending:
             local.deliver()  # (outside the lock: done-callbacks are user code)

@@ -122,13 +122,19 @@ class Poll:
         reads it meanwhile.  False if that cannot be done (no epoll, not watched, paused already)."""
         if self._epoll is None or fd not in self.events or fd in self.paused:
             return False
-        self._epoll.modify(fd, 0)
+        try:
+            self._epoll.modify(fd, 0)
+        except (OSError, ValueError):  # closed meanwhile (the loop ending): nothing to read
+            return False
         self.paused[fd] = threading.get_ident()
         return True
 
     def resume(self, fd: int) -> None:
         if self.paused.pop(fd, None) is not None and self._epoll is not None and fd in self.events:
-            self._epoll.modify(fd, self.events[fd])
+            try:
+                self._epoll.modify(fd, self.events[fd])
+            except (OSError, ValueError):
+                pass  # the descriptor or the epoll closed meanwhile (the loop ending)
 
     def read_elsewhere(self, fd: int) -> bool:
         """Another thread paused ``fd`` to read it: a readiness seen before the pause is stale here."""
