@@ -90,12 +90,13 @@ class Leader:
             ready = p.poll(max(1, math.ceil(left * 1000)))
         finally:
             with lock:
+                stopping = b.stopping
                 try:
-                    if ready and not b.stopping:
+                    if ready and not stopping:
                         b.take_turn(ready)
                 finally:
                     b.poll.resume(fd)
-                if not b.stopping:
+                if not stopping:
                     router = b.router
                     if router.backlog or b.links.dead or router.input_waiting():
                         b.wakeup.wake()  # (as _after_turn, inline: this is every round trip's path)
@@ -119,13 +120,11 @@ class Leader:
 
     def _link_fd(self, tid: int) -> int | None:
         """The descriptor of the local link to the worker holding this client's task, if known:
-        the client's latest task to go to a worker (a round trip's), else None."""
+        the latest task handed to a worker (a round trip's), else None."""
         b = self.broker
-        if b.local is None:
-            return None
-        claimed, btid = b.local.last_claimed
-        task = b.ledger.tasks.get(btid) if claimed == tid else None
-        if task is None or task.owner != LOCAL or task.worker is None:
+        owner, last, btid = b.ledger.last_assigned
+        task = b.ledger.tasks.get(btid) if last == tid and owner == LOCAL else None
+        if task is None or task.worker is None:
             return None
         link = b.links.links.get(task.worker)
         return link.fd if link is not None else None

@@ -496,7 +496,7 @@ class Broker:
         owner = task.owner
         if owner == LOCAL:
             assert self.local is not None
-            return self.local.claim(task)
+            return self.local.claim(task.tid)
         if owner in self.ledger.clients:
             self._started.setdefault(owner, []).append((task.tid,))
         return True

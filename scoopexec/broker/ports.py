@@ -39,7 +39,7 @@ from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
-from .ledger import LOCAL, Ledger, Task
+from .ledger import LOCAL, Ledger
 from .limits import Connections, Limits
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -671,15 +671,7 @@ class InProcessPort:
         self.client = client
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
-        self.started = client.started
-        # (client's id, broker's id) of the task claimed last: leader.py looks for its worker.
-        # Ids, not the Task: that would keep its payload alive after its result.
-        self.last_claimed = (0, 0)
-
-    def claim(self, task: Task) -> bool:
-        """Asked once per task before it first goes to a worker: False if its future was cancelled."""
-        self.last_claimed = (task.tid, task.btid)
-        return self.started(task.tid)
+        self.claim = client.started  # asked once per task before it first goes to a worker
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append((self.client.handle, list(frames)))
