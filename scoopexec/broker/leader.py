@@ -51,6 +51,10 @@ class Leader:
     def wait(self, fut: Any, tid: int, timeout: float | None) -> float | None:
         """Read for ``fut`` (the future of the client's task ``tid``, not done) while that helps;
         return what is left of ``timeout`` (None: no limit) for the caller's own wait."""
+        b = self.broker
+        owner, last, _ = b.ledger.last_assigned  # (read without the lock: one tuple, a hint)
+        if (last != tid or owner != LOCAL) and not (b.local is not None and b.local.outbox):
+            return timeout  # not the latest task handed to a worker (a map's, another thread's)
         start = time.monotonic()
         limit = left = LEAD_FOR if timeout is None else min(timeout, LEAD_FOR)
         while left > 0 and self._read(tid, left) and not fut.done():
