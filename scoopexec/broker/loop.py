@@ -30,7 +30,9 @@ an in-process peer (ports.InProcessPort): its submissions arrive through a deque
 plus a wake-up pipe, and the messages for it are handed to its own table by the
 broker's thread once the broker's lock is released.  The submitting thread may
 dispatch its own task while the loop sleeps (dispatch_local_now), so that a
-round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer.
+round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer; and the
+thread that then waits on the result may read it from the worker's link itself
+(leader.py, take_turn), one more hand-off fewer.
 """
 
 from __future__ import annotations

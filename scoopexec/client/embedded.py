@@ -9,8 +9,10 @@
                                        handed to a worker; cancelled ones are dropped)
 
 The client is the broker's in-process peer (broker/ports.InProcessPort), so a round
-trip costs two socket hops and two thread hand-offs, like ProcessPoolExecutor's; the
-submitting thread even dispatches its own task when the broker's loop sleeps.  The
+trip costs two socket hops; the submitting thread dispatches its own task when the
+broker's loop sleeps, and the thread waiting in ``result()`` reads the result from the
+worker's link itself (broker/leader.py), so that a short round trip wakes no other
+thread of this process.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
 the broker also listens on a private ipc socket in a 0700 directory (for standalone
 workers and status queries; on loopback TCP with CURVE when no socket path short
@@ -146,8 +148,8 @@ class EmbeddedSession(Session):
             self.wake.wake()
 
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
-        # A thread waiting on a result reads it itself while the broker's loop sleeps
-        # (broker/leader.py): not the broker's own thread, whose loop resolves it anyway.
+        # A thread waiting on a result reads it from its worker's link itself (broker/leader.py);
+        # not the broker's own thread (a done-callback), whose loop resolves it anyway.
         if threading.get_ident() == self.loop_ident:
             return timeout
         return self.leader.wait(fut, fut.tid, timeout)
