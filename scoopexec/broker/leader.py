@@ -106,7 +106,9 @@ class Leader:
                         b.wakeup.wake()  # (as _after_turn, inline: this is every round trip's path)
         local = b.local
         if local is not None and local.pending:
-            local.deliver()  # (outside the lock: done-callbacks are user code)
+            # (outside the lock: done-callbacks are user code)  Another thread handing
+            # messages over has this one's result too: wait on the future, not the link.
+            return local.deliver()
         return True
 
     def _after_turn(self) -> None:

@@ -672,6 +672,7 @@ class InProcessPort:
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         self.claim = client.started  # asked once per task before it first goes to a worker
+        self._delivering = threading.Lock()  # held by the thread handing messages over (deliver)
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append((self.client.handle, list(frames)))
@@ -682,12 +683,27 @@ class InProcessPort:
         one message on every round trip: no header to pack here and parse there)."""
         self.pending.append((self.client.results, items))
 
-    def deliver(self) -> None:
-        """Hand the messages for the client over (not holding the broker's lock)."""
+    def deliver(self) -> bool:
+        """Hand the messages for the client over, in order (not holding the broker's lock).
+
+        The loop's thread and a thread reading its own result (leader.py) both deliver: one
+        at a time, else one could print a task's output after another delivered its result.
+        The guard is only ever tried, never waited on (a thread that finds it taken returns
+        False: the other delivers what is queued, this one's included), so no thread blocks
+        while another runs a done-callback.
+        """
         pending = self.pending
+        guard = self._delivering
         while pending:
-            take, what = pending.popleft()
-            take(what)
+            if not guard.acquire(False):
+                return False
+            try:
+                while pending:
+                    take, what = pending.popleft()
+                    take(what)
+            finally:
+                guard.release()
+        return True  # (looked again after letting go: what came meanwhile is handed over too)
 
     def take(self, on_message: OnMessage, ledger: Ledger) -> list[int]:
         """What the client queued: its messages (``on_message``), then its submissions, straight
