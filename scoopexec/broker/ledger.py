@@ -185,6 +185,9 @@ class Ledger:
         self.workers: dict[bytes, WorkerState] = {}
         self.clients: dict[bytes, ClientState] = {}
         self.observers: set[bytes] = set()
+        # (owner, owner's id, broker's id) of the task last handed to a worker: broker/leader.py
+        # finds a round trip's worker by it (ids, not the Task, whose payload it would keep alive).
+        self.last_assigned: tuple[bytes, int, int] = (b"", 0, 0)
         self.setups: dict[int, ClientState] = {}
         self.ready: collections.deque[WorkerState] = collections.deque()  # workers with credit
         self.dropped: collections.Counter[str] = collections.Counter()  # messages refused, by reason
@@ -281,11 +284,14 @@ class Ledger:
     def assign(self, w: WorkerState, batch: Iterable[Task]) -> None:
         key = w.key
         n = 0
+        t = None
         for t in batch:
             t.worker = key
             w.assigned.add(t.btid)
             n += 1
         w.sent += n
+        if t is not None:
+            self.last_assigned = (t.owner, t.tid, t.btid)
 
     def drain(self, w: WorkerState) -> None:
         """The worker's batch job ends soon: no task goes to it any more (it RETURNs what it has
@@ -567,6 +573,10 @@ class Ledger:
         if uptime < 1.0 and self.completed:
             return self.completed / max(uptime, 1e-3)
         return self._rate
+
+    def known(self, key: bytes) -> bool:
+        """A worker, client or observer of this broker."""
+        return key in self.workers or key in self.clients or key in self.observers
 
     def snapshot(self) -> dict[str, Any]:
         """The books' part of the broker's status (status.PoolStatus names the fields)."""

@@ -30,7 +30,9 @@ an in-process peer (ports.InProcessPort): its submissions arrive through a deque
 plus a wake-up pipe, and the messages for it are handed to its own table by the
 broker's thread once the broker's lock is released.  The submitting thread may
 dispatch its own task while the loop sleeps (dispatch_local_now), so that a
-round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer.
+round trip crosses no ZeroMQ I/O thread and one thread hand-off fewer; and the
+thread that then waits on the result may read it from the worker's link itself
+(leader.py, take_turn), one more hand-off fewer.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ class Broker:
         self.turns += 1
         with lock:
             ms = self._before_poll(timeout)
-        ready = self.poll.poll.poll(ms)
+        ready = self.poll.wait(ms)
         with lock:
             self._take_input(ready)
         if local is not None and local.pending:
@@ -288,6 +290,11 @@ class Broker:
         finally:
             lock.release()
 
+    def take_turn(self, ready: list[tuple[int, int]]) -> None:
+        """A turn on ``ready`` without the poll, by a thread waiting on a result (leader.py); hold `lock`."""
+        self._take_input(ready)
+        self._after_input()
+
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
         self._stopping = True
@@ -311,6 +318,7 @@ class Broker:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("the broker stopped"))
         self.wakeup.close()
+        self.poll.close()
 
     # --------------------------------------------------------------- receive
     def _take(self, key: bytes, frames: list[Any], ident: zmq.Frame | None) -> None:
@@ -533,7 +541,7 @@ class Broker:
             for owner, items in out.items():
                 self._send_results(owner, items)
         if self.router.backlog:
-            self.router.retry_backlog(self._known)
+            self.router.retry_backlog(self.ledger.known)
 
     def _send_results(self, owner: bytes, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
         if owner == LOCAL and self.local is not None:
@@ -544,13 +552,9 @@ class Broker:
             frames.extend(body)
         self.send(owner, frames)
 
-    def _known(self, key: bytes) -> bool:
-        ledger = self.ledger
-        return key in ledger.workers or key in ledger.clients or key in ledger.observers
-
     def _tick(self, now: float) -> None:
         POOL.expire()
-        self.router.reprobe(self._known)
+        self.router.reprobe(self.ledger.known)
         if now >= self._next_state_check and (self.links.links or self.watcher is not None):
             self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
             workers = self.ledger.workers

@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -59,28 +60,92 @@ OnGone = Callable[[bytes, str], None]
 MAX_REFUSED_FROM = 1000  # addresses whose refused handshakes are counted one by one
 
 class Poll:
-    """One select.poll over every file descriptor the broker watches, each with its handler."""
+    """One wait over every file descriptor the broker watches, each with its handler.
+
+    An epoll where there is one (Linux): a change (``modify``, ``pause``) applies to a wait
+    in progress, so a thread waiting on a result can take the link of the worker that runs
+    its task out of the loop's set and read that link itself (leader.py); else a
+    select.poll, whose waits see changes only from the next one (and nothing is paused).
+    """
 
     def __init__(self) -> None:
-        self.poll = select.poll()
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._poll = select.poll() if self._epoll is None else None
         self.handlers: dict[int, Callable[[int], None]] = {}
+        self.events: dict[int, int] = {}  # what each descriptor is watched for
+        self.paused: dict[int, int] = {}  # out of the wait for now: descriptor -> the thread reading it
 
     def watch(self, fd: int, handler: Callable[[int], None], events: int = POLLIN) -> None:
-        self.poll.register(fd, events)
         self.handlers[fd] = handler
+        self.events[fd] = events
+        self.paused.pop(fd, None)
+        if self._epoll is None:
+            assert self._poll is not None
+            self._poll.register(fd, events)
+            return
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:
+            self._epoll.modify(fd, events)
 
     def modify(self, fd: int, events: int) -> None:
-        self.poll.modify(fd, events)
+        self.events[fd] = events
+        if fd in self.paused:
+            return  # applied by resume()
+        if self._epoll is not None:
+            self._epoll.modify(fd, events)
+        else:
+            assert self._poll is not None
+            self._poll.modify(fd, events)
 
     def forget(self, fd: int) -> None:
         self.handlers.pop(fd, None)
+        self.events.pop(fd, None)
+        self.paused.pop(fd, None)
         try:
-            self.poll.unregister(fd)
-        except KeyError:
+            if self._epoll is not None:
+                self._epoll.unregister(fd)
+            elif self._poll is not None:
+                self._poll.unregister(fd)
+        except (KeyError, OSError, ValueError):
             pass
 
+    def wait(self, ms: int) -> list[tuple[int, int]]:
+        """Wait at most ``ms`` milliseconds; the ready descriptors and their events."""
+        if self._epoll is not None:
+            return self._epoll.poll(ms / 1000)
+        assert self._poll is not None
+        return self._poll.poll(ms)
 
-# --------------------------------------------------------------------- ROUTER
+    def pause(self, fd: int) -> bool:
+        """Leave ``fd`` out of every wait, one in progress included, until resume(): this thread
+        reads it meanwhile.  False if that cannot be done (no epoll, not watched, paused already)."""
+        if self._epoll is None or fd not in self.events or fd in self.paused:
+            return False
+        try:
+            self._epoll.modify(fd, 0)
+        except (OSError, ValueError):  # closed meanwhile (the loop ending): nothing to read
+            return False
+        self.paused[fd] = threading.get_ident()
+        return True
+
+    def resume(self, fd: int) -> None:
+        if self.paused.pop(fd, None) is not None and self._epoll is not None and fd in self.events:
+            try:
+                self._epoll.modify(fd, self.events[fd])
+            except (OSError, ValueError):
+                pass  # the descriptor or the epoll closed meanwhile (the loop ending)
+
+    def read_elsewhere(self, fd: int) -> bool:
+        """Another thread paused ``fd`` to read it: a readiness seen before the pause is stale here."""
+        reader = self.paused.get(fd)
+        return reader is not None and reader != threading.get_ident()
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+
 class Authenticator:
     """A ZAP handler for one context: accepts CURVE peers whose public key it knows.
 
@@ -502,7 +567,7 @@ class LinkPort:
 
     def _on_ready(self, key: bytes, events: int) -> None:
         link = self.links.get(key)
-        if link is None:
+        if link is None or (self.poll.paused and self.poll.read_elsewhere(link.fd)):
             return
         if events & select.POLLOUT:
             try:
@@ -607,6 +672,7 @@ class InProcessPort:
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         self.claim = client.started  # asked once per task before it first goes to a worker
+        self._delivering = threading.Lock()  # held by the thread handing messages over (deliver)
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append((self.client.handle, list(frames)))
@@ -617,12 +683,27 @@ class InProcessPort:
         one message on every round trip: no header to pack here and parse there)."""
         self.pending.append((self.client.results, items))
 
-    def deliver(self) -> None:
-        """Hand the messages for the client over (not holding the broker's lock)."""
+    def deliver(self) -> bool:
+        """Hand the messages for the client over, in order (not holding the broker's lock).
+
+        The loop's thread and a thread reading its own result (leader.py) both deliver: one
+        at a time, else one could print a task's output after another delivered its result.
+        The guard is only ever tried, never waited on (a thread that finds it taken returns
+        False: the other delivers what is queued, this one's included), so no thread blocks
+        while another runs a done-callback.
+        """
         pending = self.pending
+        guard = self._delivering
         while pending:
-            take, what = pending.popleft()
-            take(what)
+            if not guard.acquire(False):
+                return False
+            try:
+                while pending:
+                    take, what = pending.popleft()
+                    take(what)
+            finally:
+                guard.release()
+        return True  # (looked again after letting go: what came meanwhile is handed over too)
 
     def take(self, on_message: OnMessage, ledger: Ledger) -> list[int]:
         """What the client queued: its messages (``on_message``), then its submissions, straight

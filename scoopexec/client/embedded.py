@@ -9,8 +9,10 @@
                                        handed to a worker; cancelled ones are dropped)
 
 The client is the broker's in-process peer (broker/ports.InProcessPort), so a round
-trip costs two socket hops and two thread hand-offs, like ProcessPoolExecutor's; the
-submitting thread even dispatches its own task when the broker's loop sleeps.  The
+trip costs two socket hops; the submitting thread dispatches its own task when the
+broker's loop sleeps, and the thread waiting in ``result()`` reads the result from the
+worker's link itself (broker/leader.py), so that a short round trip wakes no other
+thread of this process.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
 the broker also listens on a private ipc socket in a 0700 directory (for standalone
 workers and status queries; on loopback TCP with CURVE when no socket path short
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .. import pools
+from ..broker.leader import Leader
 from ..broker.loop import Broker
 from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, Target
@@ -46,6 +49,7 @@ from ..wire.security import (
     private_socket_dir,
     publish_local_key,
 )
+from .future import ScoopFuture
 from .session import Session, status_timeout
 
 if TYPE_CHECKING:
@@ -131,15 +135,24 @@ class EmbeddedSession(Session):
             raise
         self.broker.watcher = self.workers
         self.broker.trace = trace
+        self.leader = Leader(self.broker)
         pools.track(self)
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
         self.thread.start()
+        self.loop_ident = self.thread.ident
 
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task
         # reaches a worker without first waking the broker thread (a thread hand-off).
         if not self.wake.pending and not self.broker.dispatch_local_now():
             self.wake.wake()
+
+    def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
+        # A thread waiting on a result reads it from its worker's link itself (broker/leader.py);
+        # not the broker's own thread (a done-callback), whose loop resolves it anyway.
+        if threading.get_ident() == self.loop_ident:
+            return timeout
+        return self.leader.wait(fut, fut.tid, timeout)
 
     def request_stop(self) -> None:
         self.broker.stop()

@@ -30,7 +30,10 @@ class Holder(Protocol):
     """Who holds a task until its result comes: told when its future is cancelled."""
 
     def cancelled(self, tid: int) -> None: ...
+    def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None: ...  # see ScoopFuture.result
 
+
+_WAITING = (cfb.PENDING, cfb.RUNNING)
 
 _MAKING = threading.Lock()  # held while a future's condition and lists are made (_MadeOnUse)
 
@@ -107,6 +110,14 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
             self._holder = None
             holder.cancelled(self._tid)
         return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As Future.result; a short task's result may first be read by this very thread (its
+        holder's ``lead``: broker/leader.py), which saves two thread hand-offs."""
+        holder = self._holder
+        if holder is not None and self._state in _WAITING:
+            timeout = holder.lead(self, timeout)
+        return super().result(timeout)
 
     def set_running_or_notify_cancel(self) -> bool:
         """As Future's; a task that starts running is timed from now (see describe_running)."""

@@ -123,6 +123,11 @@ class Session:
             self.wake.wake()
         self._check_idle()
 
+    def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
+        """``fut.result()`` is about to wait: read its result in this thread if that helps
+        (EmbeddedSession); returns what is left of ``timeout``."""
+        return timeout
+
     tells_cancels = False  # a remote broker must be told; an embedded one asks (started())
 
     def stop_task(self, fut: ScoopFuture, force: bool) -> bool:

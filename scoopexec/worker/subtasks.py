@@ -116,6 +116,10 @@ class SubTasks:
                 hub.flush()
         return fut
 
+    def lead(self, fut: Any, timeout: float | None) -> float | None:
+        """A task waits by parking (WorkerFuture.result): nothing to read here first."""
+        return timeout
+
     def cancelled(self, tid: int) -> None:
         """A sub-task's future was cancelled: tell the broker (from the hub's thread)."""
         if self.futures.pop(tid, None) is not None:

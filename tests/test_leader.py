@@ -1,0 +1,133 @@
+"""A thread waiting in result() reads its task's result itself (broker/leader.py).
+
+What the round trip no longer does, as behaviour: the embedded broker's thread is not woken
+for each result of a sequential ``submit().result()``.  And what leading must keep: result()'s
+timeout, results for many threads at once, a worker lost while its result is awaited, a
+cancellation seen while leading.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+import time
+
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.broker import leader
+
+
+def _noop(x):
+    return x
+
+
+def _nap(s):
+    time.sleep(s)
+    return s
+
+
+def _die_once(path):
+    """Ends its worker process the first time (the task is then run again elsewhere)."""
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("x")
+        os._exit(3)
+    return "second"
+
+
+def test_sequential_round_trips_do_not_wake_the_broker_thread():
+    # Before leader.py: one loop turn (at least) per result, the broker thread woken by the
+    # worker's RESULT and handing it to the waiting thread.  Now the waiting thread reads it;
+    # the loop turns only for its 50 ms ticks and the odd result that came before a wait.
+    n = 400
+    with ScoopExecutor(2) as ex:
+        for i in range(50):
+            ex.submit(_noop, i).result()
+        session = ex._session
+        turns = session.turns()
+        for i in range(n):
+            assert ex.submit(_noop, i).result() == i
+        woke = session.turns() - turns
+        assert woke < n / 2, f"the broker thread took {woke} turns for {n} round trips"
+
+
+def test_result_timeout_counts_the_time_spent_leading(monkeypatch):
+    # The thread leads for up to LEAD_FOR, then waits on its future for what is left of
+    # the timeout, not for the whole timeout again.
+    monkeypatch.setattr(leader, "LEAD_FOR", 0.3)
+    with ScoopExecutor(1) as ex:
+        ex.submit(_noop, 0).result()
+        f = ex.submit(_nap, 3)
+        t = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            f.result(timeout=0.4)
+        waited = time.monotonic() - t
+        assert 0.35 < waited < 0.65, waited
+        ex.cancel(f, force=True)
+
+
+def test_many_threads_wait_on_round_trips_at_once():
+    with ScoopExecutor(2) as ex:
+        errors: list[BaseException] = []
+
+        def run(k: int) -> None:
+            try:
+                for i in range(150):
+                    assert ex.submit(_noop, (k, i)).result(timeout=30) == (k, i)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+
+
+def test_a_worker_lost_while_its_result_is_awaited(tmp_path, monkeypatch):
+    # The waiting thread sees the link close (the worker died), the task goes to the other
+    # worker, and the thread follows it there.
+    monkeypatch.setattr(leader, "LEAD_FOR", 5.0)
+    with ScoopExecutor(2) as ex:
+        for i in range(20):
+            ex.submit(_noop, i).result()
+        t = time.monotonic()
+        assert ex.submit(_die_once, str(tmp_path / "died")).result(timeout=30) == "second"
+        assert time.monotonic() - t < 5.0  # followed to the other worker, not waited out
+
+
+def test_a_cancellation_while_leading_ends_the_wait(monkeypatch):
+    monkeypatch.setattr(leader, "LEAD_FOR", 5.0)
+    with ScoopExecutor(1) as ex:
+        ex.submit(_noop, 0).result()
+        f = ex.submit(_nap, 30)
+        while not f.running():
+            time.sleep(0.01)
+        threading.Timer(0.2, lambda: ex.cancel(f)).start()
+        t = time.monotonic()
+        with pytest.raises(cf.CancelledError):
+            f.result(timeout=20)
+        assert time.monotonic() - t < 5.0
+
+
+def test_an_abort_while_leading_fails_the_wait_cleanly(monkeypatch):
+    # The loop closes its links and its epoll (without the broker's lock) while this thread
+    # waits on one of them: the wait ends with the pool's own error, not a socket's.
+    from scoopexec.errors import BrokenScoopExecutor
+
+    monkeypatch.setattr(leader, "LEAD_FOR", 60.0)
+    ex = ScoopExecutor(1)
+    ex.submit(_noop, 0).result()
+    f = ex.submit(_nap, 30)
+    while not f.running():
+        time.sleep(0.01)
+    threading.Timer(0.3, lambda: ex.abort("test")).start()
+    t = time.monotonic()
+    with pytest.raises(BrokenScoopExecutor):
+        f.result(timeout=20)
+    assert time.monotonic() - t < 15
+    ex.shutdown()
