@@ -90,11 +90,16 @@ def limit_kind(meta: Any) -> str:
 
 class _TaskLike(Protocol):
     btid: int
-    parent: int
-    origin: bytes | None
-    submitted: float
-    attempts: int
     worker: bytes | None
+
+    @property
+    def parent(self) -> int: ...
+    @property
+    def origin(self) -> bytes | None: ...
+    @property
+    def submitted(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
 
     @property
     def frames(self) -> list[Any]: ...

@@ -320,9 +320,9 @@ def test_function_names_are_read_from_pickles_without_unpickling():
 
 
 def _record(rec, w, btid, start, run, *, parent=0, submitted=None, skew=0.0, status=0):
-    task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"])
+    when = submitted if submitted is not None else start - 0.001
+    task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"], when)
     task.worker = w.key  # as the broker sets it when it dispatches
-    task.submitted = submitted if submitted is not None else start - 0.001
     rec.on_dispatch(w, [task])
     rec.batches[-1] = (start - 0.0005, [btid])
     kept = len(rec.records)
@@ -431,9 +431,8 @@ def test_odd_function_and_worker_names_survive_the_file(tmp_path):
     t0 = 2000.0
     for i, name in enumerate(ODD_NAMES, 1):
         assert function_name(_pickled_global("mod", name)) == name
-        task = Task(i, b"", i, 0, b"", 1, [_pickled_global("mod", name), b"args"])
+        task = Task(i, b"", i, 0, b"", 1, [_pickled_global("mod", name), b"args"], t0 + i - 0.001)
         task.worker = odd_worker.key
-        task.submitted = t0 + i - 0.001
         rec.on_dispatch(odd_worker, [task])
         rec.on_results(odd_worker, [(i, 0, 1, t0 + i, 0.25)], [b"header", b"result"], {i: task})
     path = rec.write()

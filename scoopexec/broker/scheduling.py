@@ -73,7 +73,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                     if others and parent is not None and parent.worker == w.key:
                         skipped.append(btid)
                         continue
-                if not (task.marked or task.attempts):
+                if not task.marked:  # (a task lost with a worker was marked before it went there)
                     if not claim(task):
                         del tasks[btid]  # cancelled while queued
                         continue
@@ -109,7 +109,7 @@ def mark_running(ledger: Ledger, starting: int, claim: Claim) -> None:
         if task is None or task.worker is not None:
             continue
         free -= 1
-        if task.marked or task.attempts:
+        if task.marked:
             continue
         if not claim(task):
             del tasks[btid]
