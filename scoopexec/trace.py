@@ -340,9 +340,10 @@ class TraceRecorder:
                 label = "tasks" if lane == 0 else f"tasks (overlap {lane + 1})"
                 add(encode(_meta("thread_name", pid, lane, name=label)))
 
-        # One complete event ("X") per task, its fields in the order they always had.  Times are
-        # counted in whole ns (wait_ms in whole us) and written by _thousandths: repr(k / 1000), cheaply.
-        th = _thousandths
+        # One complete event ("X") per task, its fields in the order they always had, written by
+        # one %-format per task (C does the numbers).  ts and dur are whole ns counted from the
+        # origin, both ends truncated the same way (a slice nested before stays nested), written
+        # as us with 3 decimals: the exact decimal of k / 1000, which reads back as that float.
         per_worker = {k: (off_of[k], f'"pid":{p},', f'"worker":{text(self.workers[k][0])},'
                           f'"host":{text(self.workers[k][1])},') for k, p in pid_of.items()}  # fmt: skip
         names: dict[str, str] = {}
@@ -352,6 +353,7 @@ class TraceRecorder:
         where: dict[int, tuple[int, int, float, float]] = {}  # btid -> pid, lane, start, end
         lines = out.pending
         line = lines.append
+        template = _TASK_EVENT
         for i, r in enumerate(recs):
             btid, parent, origin_key, name, sub, disp, start, run, done, key, nin, nout, retries, code = r
             off, pid_field, who = per_worker[key]
@@ -368,19 +370,15 @@ class TraceRecorder:
             client = clients.get(origin_key)
             if client is None:
                 client = clients[origin_key] = f'"{origin_key.hex()}"' if origin_key else '"?"'
-            # Both ends truncated to the ns, the same way: a slice nested before stays nested.
             t_ns = int((s - origin) * 1e9)
-            end_ns = int((s + run - origin) * 1e9)
-            line(f'{{"name":{quoted},"cat":"task","ph":"X","ts":{th(t_ns)},"dur":{th(end_ns - t_ns)},'
-                 f'{pid_field}"tid":{lane},"args":{{"task":{btid},"parent":{parent},{who}'
-                 f'"submitted_us":{th(int((sub - origin) * 1e9))},'
-                 f'"dispatched_us":{th(int((disp - origin) * 1e9))},'
-                 f'"finished_us":{th(int((done - origin) * 1e9))},"wait_ms":{th(int((s - sub) * 1e6))},'
-                 f'"bytes_in":{nin},"bytes_out":{nout},"retries":{retries},"status":{status},'
-                 f'"client":{client}}}}}')  # fmt: skip
+            dur = (int((s + run - origin) * 1e9) - t_ns) / 1000
+            line(template % (quoted, t_ns / 1000, dur, pid_field, lane, btid, parent, who,
+                             (sub - origin) * 1e6, (disp - origin) * 1e6, (done - origin) * 1e6,
+                             (s - sub) * 1e3, nin, nout, retries, status, client))  # fmt: skip
             if len(lines) >= out.BLOCK:
                 out.flush()
 
+        th = _thousandths
         # Parent -> child arrows, from inside the parent at the child's submission.
         for r in recs:
             btid, parent = r[0], r[1]
@@ -499,6 +497,11 @@ class _Lines:
         self.fh.write("\n],\n")
 
 
+_TASK_EVENT = (
+    '{"name":%s,"cat":"task","ph":"X","ts":%.3f,"dur":%.3f,%s"tid":%d,"args":{"task":%d,"parent":%d,%s'
+    '"submitted_us":%.3f,"dispatched_us":%.3f,"finished_us":%.3f,"wait_ms":%.3f,'
+    '"bytes_in":%d,"bytes_out":%d,"retries":%d,"status":%s,"client":%s}}'
+)  # one task's complete event (TraceRecorder._write_to)
 _THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
 _EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are
 
@@ -610,9 +613,11 @@ def _counters(
             if start is not None:
                 out.append((start, top_w, top_r))
             start, top_w, top_r = t, waiting, running
-        else:
-            top_w = max(top_w, waiting)
-            top_r = max(top_r, running)
+        else:  # (comparisons, not max(): a call per change costs more than the rest of the loop)
+            if waiting > top_w:  # noqa: PLR1730
+                top_w = waiting
+            if running > top_r:  # noqa: PLR1730
+                top_r = running
     assert start is not None
     out.append((start, top_w, top_r))
     if out[-1][0] != t_end or out[-1][1:] != (waiting, running):

@@ -147,6 +147,19 @@ class Task:
         out.append(rest)
         return 2
 
+    def entry(self, out: list[Any]) -> tuple[int, int, int, int]:
+        """Append the task's frames to ``out``; return its entry in a TASKS message:
+        (broker id, set-up, number of frames, attempts lost)."""
+        rest, lost = self.rest, self.lost
+        if rest is MANY:
+            out.extend(self.first)
+            n = len(self.first)
+        else:
+            out.append(self.first)
+            out.append(rest)
+            n = 2
+        return self.btid, self.src.setup, n, len(lost) if lost else 0
+
     def function_frame(self) -> Any:
         """The frame of the pickled function (every task's first)."""
         return self.first if self.rest is not MANY else self.first[0]
@@ -311,7 +324,7 @@ class Ledger:
                     continue
             if compact:
                 _compact(body, self._fns)
-            tasks[btid] = Task(btid, owner, tid, 0, None, 0, body, src=src)
+            tasks[btid] = Task(btid, owner, tid, 0, None, 0, body, 0.0, src)
             if ids is not None:
                 ids[tid] = btid
             queue.append(btid)
@@ -586,7 +599,7 @@ class Ledger:
     def new_setups(self, w: WorkerState, batch: Iterable[Task]) -> list[ClientState]:
         """The clients whose set-up ``w`` must get before ``batch`` (noted as sent)."""
         out = []
-        for sid in {t.setup for t in batch if t.setup and t.setup not in w.setups}:
+        for sid in {t.src.setup for t in batch if t.src.setup not in w.setups} - {0}:
             c = self.setups.get(sid)
             if c is not None:
                 out.append(c)
