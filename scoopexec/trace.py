@@ -88,9 +88,23 @@ def limit_kind(meta: Any) -> str:
         return ""
 
 
+class _SourceLike(Protocol):
+    @property
+    def parent(self) -> int: ...
+    @property
+    def origin(self) -> bytes | None: ...
+    @property
+    def submitted(self) -> float: ...
+
+
 class _TaskLike(Protocol):
     btid: int
     worker: bytes | None
+
+    @property
+    def src(self) -> _SourceLike: ...
+    @property
+    def lost(self) -> tuple[tuple[bytes, str], ...] | None: ...
 
     @property
     def parent(self) -> int: ...
@@ -210,8 +224,9 @@ class TraceRecorder:
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
-            append((btid, task.parent, task.origin, name, task.submitted,
-                    start, run, now, key, nin, nout, task.attempts, code))  # fmt: skip
+            src, lost = task.src, task.lost  # (Task.parent, origin, submitted, attempts: no property calls)
+            append((btid, src.parent, src.origin, name, src.submitted,
+                    start, run, now, key, nin, nout, len(lost) if lost else 0, code))  # fmt: skip
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
