@@ -33,6 +33,9 @@ WORKER = "worker"
 COMPACT_QUEUED = 10_000
 COMPACT_BELOW = 4096  # frames shorter than this are kept as bytes
 CLOCK_GRAIN = 5e-5  # s: a client's tasks taken in this close together share one Source
+# ... and 1 ms behind a queue of COMPACT_QUEUED or more (tasks taken in one at a time, an embedded
+# client's, would cost a Source each 50 us; each waits for 10,000 others, far longer than 1 ms)
+QUEUED_GRAIN = 1e-3
 
 # Worker key -> broker ids to cancel there (the payload of one CANCEL message each).
 Cancels = dict[bytes, list[tuple[int]]]
@@ -297,7 +300,8 @@ class Ledger:
             # The last client Source serves again within CLOCK_GRAIN s: tasks taken in one at a
             # time (an embedded client's) would otherwise cost one each.
             shared, setup = self._src, client.setup
-            if now - shared.submitted >= CLOCK_GRAIN or shared.origin != owner or shared.setup != setup:
+            grain = CLOCK_GRAIN if len(queue) < COMPACT_QUEUED else QUEUED_GRAIN
+            if now - shared.submitted >= grain or shared.origin != owner or shared.setup != setup:
                 shared = self._src = Source(0, owner, setup, now)
             now = shared.submitted
         subs: dict[int, Source | None] = {}
