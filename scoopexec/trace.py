@@ -46,13 +46,16 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
+import array
 import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
@@ -157,22 +160,50 @@ class TraceRecorder:
     def __init__(self, path: str | os.PathLike[str], *, limit: int = MAX_TASKS) -> None:
         self.path = check_trace_path(path)
         self.limit = limit
-        self.records: list[tuple[Any, ...]] = []
+        # One fixed-size binary record per task (_RECORD), strings and keys as indexes into
+        # _values: about 100 bytes a task with its dispatch, against 220 as tuples of objects.
+        self._buf = bytearray()
+        self._values: list[Any] = []  # clients' keys, function names, workers' keys, each once
+        self._index: dict[Any, int] = {}  # value -> its index in _values
+        self._sent_ids: array.array[int] = array.array("q")  # broker ids dispatched, in order
+        self._sent_at: array.array[float] = array.array("d")  # when each was
         self.lost: list[tuple[float, bytes, int, str, bool]] = []
-        self.batches: list[tuple[float, list[int]]] = []  # (when, broker ids) per batch dispatched
         self.workers: dict[bytes, tuple[str, str, Any]] = {}  # key -> (name, host, pid)
         self.dropped = 0
         self.created = time.time()
         self.meta: dict[str, Any] = {}
         self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
         self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
-        self._names: dict[bytes, str] = {}
+        self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
+
+    @property
+    def recorded(self) -> int:
+        """How many tasks are recorded."""
+        return len(self._buf) // _RECORD.size
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        """The records, decoded: (broker id, parent, client key, name, submitted, started, run
+        time, result received, worker key, bytes in, bytes out, retries, status) per task."""
+        v = self._values
+        return [(b, p, v[o], v[n], sub, st, run, now, v[k], nin, nout, a, c)
+                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
+                ]  # fmt: skip
+
+    def _intern(self, value: Any) -> int:
+        i = self._index.get(value)
+        if i is None:
+            i = self._index[value] = len(self._values)
+            self._values.append(value)
+        return i
 
     # ------------------------------------------------------------ recording
     def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
-        if len(self.records) < self.limit:
-            self.batches.append((_time(), [t.btid for t in batch]))
+        if len(self._buf) < self.limit * _RECORD.size:
+            n = len(self._sent_ids)
+            self._sent_ids.extend([t.btid for t in batch])
+            self._sent_at.extend(repeat(_time(), len(self._sent_ids) - n))
         if w.key not in self.workers:
             self._remember(w)
 
@@ -189,12 +220,16 @@ class TraceRecorder:
         microsecond a task); everything else happens in write().
         """
         now = _time()
-        records = self.records
-        room = self.limit - len(records)
-        append = records.append
+        buf = self._buf
+        room = self.limit - len(buf) // _RECORD.size
+        pack = _RECORD.pack
         names = self._names
-        key = w.key
+        index = self._index
+        kidx = self._intern(w.key)
+        last_origin: Any = _NOTHING
+        oidx = 0
         pos = 1
+        key = w.key
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
@@ -218,15 +253,21 @@ class TraceRecorder:
                 fn = task.function_frame()
             if type(fn) is not bytes:
                 fn = fn.bytes  # zmq.Frame
-            name = names.get(fn)
-            if name is None:
-                name = self._name_of(fn)
+            nidx = names.get(fn)
+            if nidx is None:
+                nidx = self._name_of(fn)
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
             src, lost = task.src, task.lost  # (Task.parent, origin, submitted, attempts: no property calls)
-            append((btid, src.parent, src.origin, name, src.submitted,
-                    start, run, now, key, nin, nout, len(lost) if lost else 0, code))  # fmt: skip
+            origin = src.origin
+            if origin is not last_origin:
+                last_origin = origin
+                oidx = index.get(origin, -1)
+                if oidx < 0:
+                    oidx = self._intern(origin)
+            buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
+                        len(lost) if lost else 0, code)  # fmt: skip
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
@@ -253,11 +294,12 @@ class TraceRecorder:
     def _remember(self, w: _WorkerLike) -> None:
         self.workers[w.key] = (str(w.name), str(w.info.get("host") or "?"), w.info.get("pid"))
 
-    def _name_of(self, data: bytes) -> str:
+    def _name_of(self, data: bytes) -> int:
+        """The index in _values of the name of the function pickled in ``data``."""
         if len(self._names) >= 4096:
             self._names.clear()
-        name = self._names[data] = function_name(data)
-        return name
+        i = self._names[data] = self._intern(function_name(data))
+        return i
 
     # -------------------------------------------------------------- writing
     def _resolve(self) -> list[tuple[Any, ...]]:
@@ -267,10 +309,7 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
-        when: dict[int, float] = {}
-        for t, ids in self.batches:  # in order: a retried task's last dispatch wins
-            for b in ids:
-                when[b] = t
+        when = dict(zip(self._sent_ids, self._sent_at, strict=True))  # (a retried task's last dispatch wins)
         return [(*r[:5], min(when.get(r[0], r[7]), r[7]), *r[5:]) for r in self.records]
 
     def write(self, path: str | None = None) -> str:
@@ -517,6 +556,11 @@ _TASK_EVENT = (
     '"submitted_us":%.3f,"dispatched_us":%.3f,"finished_us":%.3f,"wait_ms":%.3f,'
     '"bytes_in":%d,"bytes_out":%d,"retries":%d,"status":%s,"client":%s}}'
 )  # one task's complete event (TraceRecorder._write_to)
+# A task's record (TraceRecorder.on_results): broker id, parent, client (index in _values), name
+# (index), submitted, started (worker's clock), run time, result received, worker (index), bytes
+# in, bytes out, attempts lost, status.  Every value is the broker's own or struct-decoded.
+_RECORD = struct.Struct("<qqIIddddIqqIB")
+_NOTHING = object()
 _THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
 _EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are
 
