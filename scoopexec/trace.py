@@ -310,7 +310,10 @@ class TraceRecorder:
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
         when = dict(zip(self._sent_ids, self._sent_at, strict=True))  # (a retried task's last dispatch wins)
-        return [(*r[:5], min(when.get(r[0], r[7]), r[7]), *r[5:]) for r in self.records]
+        v = self._values
+        return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
+                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
+                ]  # fmt: skip
 
     def write(self, path: str | None = None) -> str:
         """Write the timeline (atomically: a reader never sees half a file); return its path."""
