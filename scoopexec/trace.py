@@ -55,7 +55,6 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from itertools import repeat
 from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
@@ -201,9 +200,11 @@ class TraceRecorder:
     def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
         if len(self._buf) < self.limit * _RECORD.size:
-            n = len(self._sent_ids)
-            self._sent_ids.extend([t.btid for t in batch])
-            self._sent_at.extend(repeat(_time(), len(self._sent_ids) - n))
+            now = _time()
+            ids, at = self._sent_ids.append, self._sent_at.append
+            for t in batch:
+                ids(t.btid)
+                at(now)
         if w.key not in self.workers:
             self._remember(w)
 
@@ -225,11 +226,13 @@ class TraceRecorder:
         pack = _RECORD.pack
         names = self._names
         index = self._index
-        kidx = self._intern(w.key)
+        key = w.key
+        kidx = index.get(key)
+        if kidx is None:
+            kidx = self._intern(key)
         last_origin: Any = _NOTHING
         oidx = 0
         pos = 1
-        key = w.key
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
