@@ -2,8 +2,8 @@
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> (now, [broker ids]) per batch
-    Broker._on_result ----- on_results(w, ...) ------> one tuple per finished task
+    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: two array slots per task
+    Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
     Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
                                                         |
     when the pool stops:  write() -> clock offsets, lanes, parent links --> run.json
@@ -13,11 +13,14 @@ submitted (``Task.submitted``), when it was handed to a worker, which worker,
 its parent task (``Task.parent``, the broker id of the task that submitted
 it), how many times it was lost with a worker, and the size of its frames;
 a worker's RESULT entry adds when the task started (wall clock, epoch) and
-how long it ran.  The recorder keeps one small tuple per task and does all
-the arranging when the file is written, so that the broker thread pays
-about half a microsecond per task while recording (one call per message of
-results), and nothing but one attribute test per message when it is not
-(``Broker.trace is None``).
+how long it ran.  The recorder keeps one fixed-size binary record per task
+(struct; function names, clients and workers as indexes into one table),
+about 100 bytes with its dispatch time, so at most ``MAX_TASKS`` of them
+(about 220 MB) however long the run; later tasks are counted, not recorded.
+It does all the arranging when the file is written, so that the broker
+thread pays about a microsecond per task while recording (one call per
+message of results), and nothing but one attribute test per message when it
+is not (``Broker.trace is None``).
 
 The file is the Chrome trace-event format (JSON object form), which
 https://ui.perfetto.dev and chrome://tracing open directly:
