@@ -235,7 +235,7 @@ def _serve(b: Broker, recorder: TraceRecorder | None, security: str, argv: list[
             where = recorder.path
             print(f"scoopexec broker: could not write the timeline to {where}: {exc}", file=sys.stderr)
             return 1
-        print(f"timeline of {len(recorder.records)} task(s) written to {path}", flush=True)
+        print(f"timeline of {recorder.recorded} task(s) written to {path}", flush=True)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> (now, [broker ids]) per batch
-    Broker._on_result ----- on_results(w, ...) ------> one tuple per finished task
+    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: two array slots per task
+    Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
     Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
                                                         |
     when the pool stops:  write() -> clock offsets, lanes, parent links --> run.json
@@ -13,11 +13,14 @@ submitted (``Task.submitted``), when it was handed to a worker, which worker,
 its parent task (``Task.parent``, the broker id of the task that submitted
 it), how many times it was lost with a worker, and the size of its frames;
 a worker's RESULT entry adds when the task started (wall clock, epoch) and
-how long it ran.  The recorder keeps one small tuple per task and does all
-the arranging when the file is written, so that the broker thread pays
-about half a microsecond per task while recording (one call per message of
-results), and nothing but one attribute test per message when it is not
-(``Broker.trace is None``).
+how long it ran.  The recorder keeps one fixed-size binary record per task
+(struct; function names, clients and workers as indexes into one table),
+about 100 bytes with its dispatch time, so at most ``MAX_TASKS`` of them
+(about 220 MB) however long the run; later tasks are counted, not recorded.
+It does all the arranging when the file is written, so that the broker
+thread pays about a microsecond per task while recording (one call per
+message of results), and nothing but one attribute test per message when it
+is not (``Broker.trace is None``).
 
 The file is the Chrome trace-event format (JSON object form), which
 https://ui.perfetto.dev and chrome://tracing open directly:
@@ -46,10 +49,12 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
+import array
 import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -88,13 +93,32 @@ def limit_kind(meta: Any) -> str:
         return ""
 
 
+class _SourceLike(Protocol):
+    @property
+    def parent(self) -> int: ...
+    @property
+    def origin(self) -> bytes | None: ...
+    @property
+    def submitted(self) -> float: ...
+
+
 class _TaskLike(Protocol):
     btid: int
-    parent: int
-    origin: bytes | None
-    submitted: float
-    attempts: int
     worker: bytes | None
+
+    @property
+    def src(self) -> _SourceLike: ...
+    @property
+    def lost(self) -> tuple[tuple[bytes, str], ...] | None: ...
+
+    @property
+    def parent(self) -> int: ...
+    @property
+    def origin(self) -> bytes | None: ...
+    @property
+    def submitted(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
 
     @property
     def frames(self) -> list[Any]: ...
@@ -138,22 +162,52 @@ class TraceRecorder:
     def __init__(self, path: str | os.PathLike[str], *, limit: int = MAX_TASKS) -> None:
         self.path = check_trace_path(path)
         self.limit = limit
-        self.records: list[tuple[Any, ...]] = []
+        # One fixed-size binary record per task (_RECORD), strings and keys as indexes into
+        # _values: about 100 bytes a task with its dispatch, against 220 as tuples of objects.
+        self._buf = bytearray()
+        self._values: list[Any] = []  # clients' keys, function names, workers' keys, each once
+        self._index: dict[Any, int] = {}  # value -> its index in _values
+        self._sent_ids: array.array[int] = array.array("q")  # broker ids dispatched, in order
+        self._sent_at: array.array[float] = array.array("d")  # when each was
         self.lost: list[tuple[float, bytes, int, str, bool]] = []
-        self.batches: list[tuple[float, list[int]]] = []  # (when, broker ids) per batch dispatched
         self.workers: dict[bytes, tuple[str, str, Any]] = {}  # key -> (name, host, pid)
         self.dropped = 0
         self.created = time.time()
         self.meta: dict[str, Any] = {}
         self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
         self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
-        self._names: dict[bytes, str] = {}
+        self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
+
+    @property
+    def recorded(self) -> int:
+        """How many tasks are recorded."""
+        return len(self._buf) // _RECORD.size
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        """The records, decoded: (broker id, parent, client key, name, submitted, started, run
+        time, result received, worker key, bytes in, bytes out, retries, status) per task."""
+        v = self._values
+        return [(b, p, v[o], v[n], sub, st, run, now, v[k], nin, nout, a, c)
+                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
+                ]  # fmt: skip
+
+    def _intern(self, value: Any) -> int:
+        i = self._index.get(value)
+        if i is None:
+            i = self._index[value] = len(self._values)
+            self._values.append(value)
+        return i
 
     # ------------------------------------------------------------ recording
     def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
-        if len(self.records) < self.limit:
-            self.batches.append((_time(), [t.btid for t in batch]))
+        if len(self._buf) < self.limit * _RECORD.size:
+            now = _time()
+            ids, at = self._sent_ids.append, self._sent_at.append
+            for t in batch:
+                ids(t.btid)
+                at(now)
         if w.key not in self.workers:
             self._remember(w)
 
@@ -170,11 +224,17 @@ class TraceRecorder:
         microsecond a task); everything else happens in write().
         """
         now = _time()
-        records = self.records
-        room = self.limit - len(records)
-        append = records.append
+        buf = self._buf
+        room = self.limit - len(buf) // _RECORD.size
+        pack = _RECORD.pack
         names = self._names
+        index = self._index
         key = w.key
+        kidx = index.get(key)
+        if kidx is None:
+            kidx = self._intern(key)
+        last_origin: Any = _NOTHING
+        oidx = 0
         pos = 1
         for btid, status, n, start, run in entries:
             first = pos
@@ -199,14 +259,21 @@ class TraceRecorder:
                 fn = task.function_frame()
             if type(fn) is not bytes:
                 fn = fn.bytes  # zmq.Frame
-            name = names.get(fn)
-            if name is None:
-                name = self._name_of(fn)
+            nidx = names.get(fn)
+            if nidx is None:
+                nidx = self._name_of(fn)
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
-            append((btid, task.parent, task.origin, name, task.submitted,
-                    start, run, now, key, nin, nout, task.attempts, code))  # fmt: skip
+            src, lost = task.src, task.lost  # (Task.parent, origin, submitted, attempts: no property calls)
+            origin = src.origin
+            if origin is not last_origin:
+                last_origin = origin
+                oidx = index.get(origin, -1)
+                if oidx < 0:
+                    oidx = self._intern(origin)
+            buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
+                        len(lost) if lost else 0, code)  # fmt: skip
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
@@ -233,11 +300,12 @@ class TraceRecorder:
     def _remember(self, w: _WorkerLike) -> None:
         self.workers[w.key] = (str(w.name), str(w.info.get("host") or "?"), w.info.get("pid"))
 
-    def _name_of(self, data: bytes) -> str:
+    def _name_of(self, data: bytes) -> int:
+        """The index in _values of the name of the function pickled in ``data``."""
         if len(self._names) >= 4096:
             self._names.clear()
-        name = self._names[data] = function_name(data)
-        return name
+        i = self._names[data] = self._intern(function_name(data))
+        return i
 
     # -------------------------------------------------------------- writing
     def _resolve(self) -> list[tuple[Any, ...]]:
@@ -247,11 +315,11 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
-        when: dict[int, float] = {}
-        for t, ids in self.batches:  # in order: a retried task's last dispatch wins
-            for b in ids:
-                when[b] = t
-        return [(*r[:5], min(when.get(r[0], r[7]), r[7]), *r[5:]) for r in self.records]
+        when = dict(zip(self._sent_ids, self._sent_at, strict=True))  # (a retried task's last dispatch wins)
+        v = self._values
+        return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
+                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
+                ]  # fmt: skip
 
     def write(self, path: str | None = None) -> str:
         """Write the timeline (atomically: a reader never sees half a file); return its path."""
@@ -335,9 +403,10 @@ class TraceRecorder:
                 label = "tasks" if lane == 0 else f"tasks (overlap {lane + 1})"
                 add(encode(_meta("thread_name", pid, lane, name=label)))
 
-        # One complete event ("X") per task, its fields in the order they always had.  Times are
-        # counted in whole ns (wait_ms in whole us) and written by _thousandths: repr(k / 1000), cheaply.
-        th = _thousandths
+        # One complete event ("X") per task, its fields in the order they always had, written by
+        # one %-format per task (C does the numbers).  ts and dur are whole ns counted from the
+        # origin, both ends truncated the same way (a slice nested before stays nested), written
+        # as us with 3 decimals: the exact decimal of k / 1000, which reads back as that float.
         per_worker = {k: (off_of[k], f'"pid":{p},', f'"worker":{text(self.workers[k][0])},'
                           f'"host":{text(self.workers[k][1])},') for k, p in pid_of.items()}  # fmt: skip
         names: dict[str, str] = {}
@@ -347,6 +416,7 @@ class TraceRecorder:
         where: dict[int, tuple[int, int, float, float]] = {}  # btid -> pid, lane, start, end
         lines = out.pending
         line = lines.append
+        template = _TASK_EVENT
         for i, r in enumerate(recs):
             btid, parent, origin_key, name, sub, disp, start, run, done, key, nin, nout, retries, code = r
             off, pid_field, who = per_worker[key]
@@ -363,19 +433,15 @@ class TraceRecorder:
             client = clients.get(origin_key)
             if client is None:
                 client = clients[origin_key] = f'"{origin_key.hex()}"' if origin_key else '"?"'
-            # Both ends truncated to the ns, the same way: a slice nested before stays nested.
             t_ns = int((s - origin) * 1e9)
-            end_ns = int((s + run - origin) * 1e9)
-            line(f'{{"name":{quoted},"cat":"task","ph":"X","ts":{th(t_ns)},"dur":{th(end_ns - t_ns)},'
-                 f'{pid_field}"tid":{lane},"args":{{"task":{btid},"parent":{parent},{who}'
-                 f'"submitted_us":{th(int((sub - origin) * 1e9))},'
-                 f'"dispatched_us":{th(int((disp - origin) * 1e9))},'
-                 f'"finished_us":{th(int((done - origin) * 1e9))},"wait_ms":{th(int((s - sub) * 1e6))},'
-                 f'"bytes_in":{nin},"bytes_out":{nout},"retries":{retries},"status":{status},'
-                 f'"client":{client}}}}}')  # fmt: skip
+            dur = (int((s + run - origin) * 1e9) - t_ns) / 1000
+            line(template % (quoted, t_ns / 1000, dur, pid_field, lane, btid, parent, who,
+                             (sub - origin) * 1e6, (disp - origin) * 1e6, (done - origin) * 1e6,
+                             (s - sub) * 1e3, nin, nout, retries, status, client))  # fmt: skip
             if len(lines) >= out.BLOCK:
                 out.flush()
 
+        th = _thousandths
         # Parent -> child arrows, from inside the parent at the child's submission.
         for r in recs:
             btid, parent = r[0], r[1]
@@ -494,6 +560,16 @@ class _Lines:
         self.fh.write("\n],\n")
 
 
+_TASK_EVENT = (
+    '{"name":%s,"cat":"task","ph":"X","ts":%.3f,"dur":%.3f,%s"tid":%d,"args":{"task":%d,"parent":%d,%s'
+    '"submitted_us":%.3f,"dispatched_us":%.3f,"finished_us":%.3f,"wait_ms":%.3f,'
+    '"bytes_in":%d,"bytes_out":%d,"retries":%d,"status":%s,"client":%s}}'
+)  # one task's complete event (TraceRecorder._write_to)
+# A task's record (TraceRecorder.on_results): broker id, parent, client (index in _values), name
+# (index), submitted, started (worker's clock), run time, result received, worker (index), bytes
+# in, bytes out, attempts lost, status.  Every value is the broker's own or struct-decoded.
+_RECORD = struct.Struct("<qqIIddddIqqIB")
+_NOTHING = object()
 _THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
 _EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are
 
@@ -605,9 +681,11 @@ def _counters(
             if start is not None:
                 out.append((start, top_w, top_r))
             start, top_w, top_r = t, waiting, running
-        else:
-            top_w = max(top_w, waiting)
-            top_r = max(top_r, running)
+        else:  # (comparisons, not max(): a call per change costs more than the rest of the loop)
+            if waiting > top_w:  # noqa: PLR1730
+                top_w = waiting
+            if running > top_r:  # noqa: PLR1730
+                top_r = running
     assert start is not None
     out.append((start, top_w, top_r))
     if out[-1][0] != t_end or out[-1][1:] != (waiting, running):

@@ -105,10 +105,13 @@ def _wait_queued(broker, n, limit=60.0):
         time.sleep(0.02)
 
 
-def test_a_task_queued_from_a_socket_costs_the_broker_under_300_bytes():
+def test_a_task_queued_from_a_socket_costs_the_broker_under_250_bytes():
     # A standalone broker's view: SUBMITs of 1,000 tasks as received (zmq.Frames), behind a
     # queue already 10,000 long.  A zmq.Frame object alone is about 200 bytes; each task's
-    # (owner, id) tuple for CANCEL another 64, its list of frames 72.
+    # (owner, id) tuple for CANCEL another 64, its list of frames 72.  Under 250 with margin
+    # below issue 17's 300: a Task of 13 slots (144 bytes with its parent, client, set-up and
+    # submit time, marked and attempts each its own) made it 262; eight slots and one Source
+    # shared by the tasks of a SUBMIT, 222.
     ledger = Ledger()
     client = ledger.add_client(b"C", {"role": "client"}, [])
     fn = pickle.dumps(abs, 5)
@@ -131,7 +134,7 @@ def test_a_task_queued_from_a_socket_costs_the_broker_under_300_bytes():
     finally:
         tracemalloc.stop()
     assert len(ledger.queue) == 10_000 + QUEUED
-    assert per_task < PER_TASK, f"a queued task costs the broker {per_task:.0f} bytes beyond its payload"
+    assert per_task < 250, f"a queued task costs the broker {per_task:.0f} bytes beyond its payload"
     # Kept compactly, and as sent.
     t1, t2 = ledger.tasks[len(ledger.tasks)], ledger.tasks[len(ledger.tasks) - 1]
     assert t1.frames[0] is t2.frames[0] and t1.frames[0] == fn  # the function's bytes, once

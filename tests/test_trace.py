@@ -13,6 +13,7 @@ import time
 import pytest
 
 from scoopexec import ScoopExecutor
+from scoopexec import trace as trace_mod
 from scoopexec.broker.ledger import Task, WorkerState
 from scoopexec.report import format_summary, load, percentile, render_png, summarize
 from scoopexec.trace import TraceRecorder, function_name
@@ -320,16 +321,16 @@ def test_function_names_are_read_from_pickles_without_unpickling():
 
 
 def _record(rec, w, btid, start, run, *, parent=0, submitted=None, skew=0.0, status=0):
-    task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"])
+    when = submitted if submitted is not None else start - 0.001
+    task = Task(btid, b"", btid, parent, b"", 1, [b"\x80\x05fn", b"args"], when)
     task.worker = w.key  # as the broker sets it when it dispatches
-    task.submitted = submitted if submitted is not None else start - 0.001
-    rec.on_dispatch(w, [task])
-    rec.batches[-1] = (start - 0.0005, [btid])
-    kept = len(rec.records)
-    rec.on_results(w, [(btid, status, 1, start + skew, run)], [b"header", b"result"], {btid: task})
-    if len(rec.records) > kept:  # the broker receives the result a little after the end
-        old = rec.records[-1]
-        rec.records[-1] = (*old[:7], start + run + 0.0005, *old[8:])  # 7: when received
+    # The recorder reads the broker's clock (trace._time): dispatched a little before the start,
+    # and the result received a little after the end.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace_mod, "_time", lambda: start - 0.0005)
+        rec.on_dispatch(w, [task])
+        mp.setattr(trace_mod, "_time", lambda: start + run + 0.0005)
+        rec.on_results(w, [(btid, status, 1, start + skew, run)], [b"header", b"result"], {btid: task})
 
 
 def test_clock_skew_of_a_worker_is_estimated_and_removed(tmp_path):
@@ -381,7 +382,7 @@ def test_recording_stops_at_its_limit(tmp_path):
     ents = [(6, 0, 0, 106.0, 0.5), (99, 0, 0, 0.0, 0.0), (7, 0, 0, 107.0, 0.5), (8, 0, 0, 108.0, 0.5)]
     rec.on_results(w, ents, [b"h"], tasks)
     # 99 is unknown (stale) and 8 forged: neither kept nor counted, as the broker drops them
-    assert len(rec.records) == 3 and rec.dropped == 4
+    assert rec.recorded == len(rec.records) == 3 and rec.dropped == 4
     s = summarize(load(rec.write()))
     assert s.tasks == 3 and s.not_recorded == 4
     assert "4 later tasks were not recorded" in format_summary(s)
@@ -431,9 +432,8 @@ def test_odd_function_and_worker_names_survive_the_file(tmp_path):
     t0 = 2000.0
     for i, name in enumerate(ODD_NAMES, 1):
         assert function_name(_pickled_global("mod", name)) == name
-        task = Task(i, b"", i, 0, b"", 1, [_pickled_global("mod", name), b"args"])
+        task = Task(i, b"", i, 0, b"", 1, [_pickled_global("mod", name), b"args"], t0 + i - 0.001)
         task.worker = odd_worker.key
-        task.submitted = t0 + i - 0.001
         rec.on_dispatch(odd_worker, [task])
         rec.on_results(odd_worker, [(i, 0, 1, t0 + i, 0.25)], [b"header", b"result"], {i: task})
     path = rec.write()
@@ -462,3 +462,38 @@ def test_times_are_written_as_json_writes_the_float():
     ks += [-k for k in ks]
     bad = [(k, _thousandths(k), repr(k / 1000)) for k in ks if _thousandths(k) != repr(k / 1000)]
     assert not bad
+
+
+def test_a_recorded_task_costs_the_recorder_under_150_bytes(tmp_path):
+    # Issue 17: memory while tracing stays bounded (MAX_TASKS records at most) and small per task.
+    # Each task dispatched alone and its result in a message of its own, as round trips go: as a
+    # tuple of 13 objects plus a (time, [id]) per dispatch, a task cost the recorder 360 bytes;
+    # as a fixed-size binary record plus two array slots, about 110.
+    import gc
+    import pickle
+    import tracemalloc
+
+    rec = TraceRecorder(tmp_path / "t.json")
+    w = WorkerState(b"W" * 12, {"host": "h", "pid": 1, "name": "h:1"})
+    fn = pickle.dumps(abs, 5)
+    n = 20_000
+    tasks = {}
+    for i in range(1000, 1000 + n):
+        tasks[i] = t = Task(i, b"", i, 0, b"", 1, [fn, b"x" * 20], 1.7e9)
+        t.worker, t.marked = w.key, True
+    results = [[(i, 0, 1, 1.7e9 + i / 1000, (i % 7) / 1000)] for i in tasks]  # as RESULT decodes them
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, entries in zip(tasks, results, strict=True):
+            rec.on_dispatch(w, [tasks[i]])
+            rec.on_results(w, entries, [b"h", b"r"], tasks)
+        del results
+        gc.collect()
+        per_task = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert rec.recorded == n
+    assert per_task < 150, f"a recorded task costs the recorder {per_task:.0f} bytes"
+    assert summarize(load(rec.write())).tasks == n

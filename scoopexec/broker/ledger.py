@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Task", "WorkerState"]
+__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState"]
 
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
@@ -32,7 +32,10 @@ WORKER = "worker"
 # only when many tasks wait.
 COMPACT_QUEUED = 10_000
 COMPACT_BELOW = 4096  # frames shorter than this are kept as bytes
-CLOCK_GRAIN = 5e-5  # s: tasks taken in this close together share one ``submitted`` float
+CLOCK_GRAIN = 5e-5  # s: a client's tasks taken in this close together share one Source
+# ... and 1 ms behind a queue of COMPACT_QUEUED or more (tasks taken in one at a time, an embedded
+# client's, would cost a Source each 50 us; each waits for 10,000 others, far longer than 1 ms)
+QUEUED_GRAIN = 1e-3
 
 # Worker key -> broker ids to cancel there (the payload of one CANCEL message each).
 Cancels = dict[bytes, list[tuple[int]]]
@@ -41,26 +44,28 @@ Cancels = dict[bytes, list[tuple[int]]]
 MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
 
 
-class Task:
-    """A task in the broker's books.  A million may be queued, so it is small: slots, no
-    list of its frames when it has the usual two (the function's and the arguments'), and
-    one tuple for what little is known of lost attempts."""
+class Source:
+    """What the tasks taken in together share: the parent that submitted them, the client they
+    serve and its set-up, when they came.  One object for a SUBMIT's tasks (per parent, for a
+    worker's sub-tasks), so that a queued task keeps one reference instead of four fields."""
 
-    __slots__ = (
-        "attempts",
-        "btid",
-        "first",
-        "lost",
-        "marked",
-        "origin",
-        "owner",
-        "parent",
-        "rest",
-        "setup",
-        "submitted",
-        "tid",
-        "worker",
-    )
+    __slots__ = ("origin", "parent", "setup", "submitted")
+
+    def __init__(self, parent: int, origin: bytes | None, setup: int, submitted: float) -> None:
+        self.parent = parent  # the broker id of the task that submitted them (0: none)
+        self.origin = origin  # the client they ultimately serve (whose set-up they need); None: unknown
+        self.setup = setup
+        self.submitted = submitted
+
+
+class Task:
+    """A task in the broker's books.  A million may be queued, so it is small: eight slots
+    (96 bytes), no list of its frames when it has the usual two (the function's and the
+    arguments'), what it shares with the tasks taken in with it in one :class:`Source`,
+    and one field, ``lost``, for whether its owner was told it runs and what is known of
+    its lost attempts."""
+
+    __slots__ = ("btid", "first", "lost", "owner", "rest", "src", "tid", "worker")
 
     def __init__(
         self,
@@ -72,22 +77,62 @@ class Task:
         setup: int,
         frames: list[Any],
         submitted: float = 0.0,
+        src: Source | None = None,
     ) -> None:
         self.btid = btid  # the broker's id
         self.owner = owner  # who submitted it (a client, or a worker for a sub-task) and gets the result
         self.tid = tid  # the owner's id for it
-        self.parent = parent  # the broker id of the task that submitted it (0: none)
-        self.origin = origin  # the client it ultimately serves (whose set-up it needs); None: unknown
-        self.setup = setup
+        # parent, origin, set-up and submit time (given, or shared: Ledger.submit)
+        self.src = src if src is not None else Source(parent, origin, setup, submitted or time.time())
         if len(frames) == 2:  # its frames: function and arguments, or all of them in `first`
             self.first, self.rest = frames
         else:
             self.first, self.rest = frames, MANY
-        self.attempts = 0
         self.worker: bytes | None = None
-        self.submitted = submitted or time.time()  # (shared by tasks taken in together: Ledger._clock)
-        self.marked = False  # its owner was told it is running
-        self.lost: tuple[tuple[bytes, str], ...] = ()  # (worker, why) for each attempt lost with its worker
+        # None until its owner is told it runs (marked); then a tuple of (worker, why) for each
+        # attempt lost with its worker: every task a worker holds was marked first (dispatch).
+        self.lost: tuple[tuple[bytes, str], ...] | None = None
+
+    @property
+    def parent(self) -> int:
+        """The broker id of the task that submitted it (0: none)."""
+        return self.src.parent
+
+    @property
+    def origin(self) -> bytes | None:
+        """The client it ultimately serves (whose set-up it needs); None: unknown."""
+        return self.src.origin
+
+    @property
+    def setup(self) -> int:
+        return self.src.setup
+
+    @property
+    def submitted(self) -> float:
+        """When the broker took it in (time.time(); shared by tasks taken in together)."""
+        return self.src.submitted
+
+    @property
+    def marked(self) -> bool:
+        """Its owner was told it is running (scheduling.dispatch, mark_running)."""
+        return self.lost is not None
+
+    @marked.setter
+    def marked(self, value: bool) -> None:
+        if not value:
+            raise ValueError("a task's owner cannot be untold that it runs")
+        if self.lost is None:
+            self.lost = ()
+
+    @property
+    def attempts(self) -> int:
+        """How many of its attempts were lost with their worker."""
+        lost = self.lost
+        return len(lost) if lost else 0
+
+    def lose(self, worker: bytes, why: str) -> None:
+        """An attempt was lost with ``worker``."""
+        self.lost = (*(self.lost or ()), (worker, why))
 
     @property
     def frames(self) -> list[Any]:
@@ -105,6 +150,19 @@ class Task:
         out.append(rest)
         return 2
 
+    def entry(self, out: list[Any]) -> tuple[int, int, int, int]:
+        """Append the task's frames to ``out``; return its entry in a TASKS message:
+        (broker id, set-up, number of frames, attempts lost)."""
+        rest, lost = self.rest, self.lost
+        if rest is MANY:
+            out.extend(self.first)
+            n = len(self.first)
+        else:
+            out.append(self.first)
+            out.append(rest)
+            n = 2
+        return self.btid, self.src.setup, n, len(lost) if lost else 0
+
     def function_frame(self) -> Any:
         """The frame of the pickled function (every task's first)."""
         return self.first if self.rest is not MANY else self.first[0]
@@ -112,12 +170,12 @@ class Task:
     @property
     def prev(self) -> tuple[bytes, ...]:
         """The workers it was lost with (their late result is accepted)."""
-        return tuple(k for k, _ in self.lost)
+        return tuple(k for k, _ in self.lost or ())
 
     @property
     def losses(self) -> tuple[str, ...]:
         """Why each attempt was lost."""
-        return tuple(why for _, why in self.lost)
+        return tuple(why for _, why in self.lost or ())
 
 
 class Peer:
@@ -202,7 +260,7 @@ class Ledger:
         self._rate_n = 0
         self._next_btid = 1
         self._next_setup = 1
-        self._now = 0.0
+        self._src = Source(0, None, 0, 0.0)  # the last client's tasks' (submit)
 
     # ------------------------------------------------------------------ peers
     def peer(self, key: bytes) -> WorkerState | ClientState | None:
@@ -239,29 +297,41 @@ class Ledger:
         compact = owner != LOCAL and len(queue) >= COMPACT_QUEUED  # (LOCAL's frames are bytes, its list)
         refused: list[int] = []
         btid = self._next_btid
-        now = time.time()  # a task's ``submitted``: one float object for all the tasks taken in
-        if now - self._now < CLOCK_GRAIN:  # within CLOCK_GRAIN s (a million queued would hold a million)
-            now = self._now
-        else:
-            self._now = now
+        now = time.time()  # a task's ``submitted``: one Source for all the tasks taken in
+        shared: Source | None = None  # what they share: one for a client's, one per parent for sub-tasks
+        if client is not None:
+            # The last client Source serves again within CLOCK_GRAIN s: tasks taken in one at a
+            # time (an embedded client's) would otherwise cost one each.
+            shared, setup = self._src, client.setup
+            grain = CLOCK_GRAIN if len(queue) < COMPACT_QUEUED else QUEUED_GRAIN
+            if now - shared.submitted >= grain or shared.origin != owner or shared.setup != setup:
+                shared = self._src = Source(0, owner, setup, now)
+            now = shared.submitted
+        subs: dict[int, Source | None] = {}
         for ent, body in parts:
             tid, parent = ent[0], ent[1]
-            if client is not None:
-                origin: bytes | None = owner
-                setup = client.setup
-            else:
-                ptask = tasks.get(parent)
-                if ptask is None:
-                    origin, setup = None, 0
+            src = shared
+            if parent or src is None:
+                if parent in subs:
+                    src = subs[parent]
+                elif client is not None:
+                    src = subs[parent] = Source(parent, owner, client.setup, now)
                 else:
-                    origin, setup = ptask.origin, ptask.setup
-                    c = clients.get(origin) if origin is not None else None
-                    if c is not None and (c.broken or c.closing):
-                        refused.append(tid)
-                        continue
+                    ptask = tasks.get(parent)
+                    if ptask is None:
+                        src = Source(parent, None, 0, now)
+                    else:
+                        origin = ptask.origin
+                        c = clients.get(origin) if origin is not None else None
+                        if c is None or not (c.broken or c.closing):
+                            src = Source(parent, origin, ptask.setup, now)
+                    subs[parent] = src
+                if src is None:  # it serves a client that is broken or leaving
+                    refused.append(tid)
+                    continue
             if compact:
                 _compact(body, self._fns)
-            tasks[btid] = Task(btid, owner, tid, parent, origin, setup, body, now)
+            tasks[btid] = Task(btid, owner, tid, 0, None, 0, body, 0.0, src)
             if ids is not None:
                 ids[tid] = btid
             queue.append(btid)
@@ -516,8 +586,7 @@ class Ledger:
             if task is None or task.worker != w.key or task.owner == w.key:
                 continue  # (its own sub-task: nobody to report to; forget_peer drops it)
             task.worker = None
-            task.attempts += 1
-            task.lost += ((w.key, lost + ended),)
+            task.lose(w.key, lost + ended)
             given_up = task.attempts > self.retries_for(task)
             if given_up:
                 del self.tasks[btid]
@@ -540,7 +609,7 @@ class Ledger:
     def new_setups(self, w: WorkerState, batch: Iterable[Task]) -> list[ClientState]:
         """The clients whose set-up ``w`` must get before ``batch`` (noted as sent)."""
         out = []
-        for sid in {t.setup for t in batch if t.setup and t.setup not in w.setups}:
+        for sid in {t.src.setup for t in batch if t.src.setup not in w.setups} - {0}:
             c = self.setups.get(sid)
             if c is not None:
                 out.append(c)

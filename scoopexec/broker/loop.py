@@ -511,7 +511,7 @@ class Broker:
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)
         frames: list[Any] = [b""]
-        frames[0] = P.pack(P.TASKS, [(t.btid, t.setup, t.add_frames(frames), t.attempts) for t in batch])
+        frames[0] = P.pack(P.TASKS, [t.entry(frames) for t in batch])
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send

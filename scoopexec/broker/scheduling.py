@@ -63,8 +63,8 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                 task = tasks.get(btid)
                 if task is None or task.worker is not None:
                     continue
-                if task.parent:
-                    parent = tasks.get(task.parent)
+                if task.src.parent:  # (Task.parent, without a property call per task)
+                    parent = tasks.get(task.src.parent)
                     if others is None:
                         others = any(
                             o is not w and o.credit > 0 and not o.assigned and workers.get(o.key) is o
@@ -73,7 +73,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                     if others and parent is not None and parent.worker == w.key:
                         skipped.append(btid)
                         continue
-                if not (task.marked or task.attempts):
+                if task.lost is None:  # not marked (a task lost with a worker was marked before)
                     if not claim(task):
                         del tasks[btid]  # cancelled while queued
                         continue
@@ -109,7 +109,7 @@ def mark_running(ledger: Ledger, starting: int, claim: Claim) -> None:
         if task is None or task.worker is not None:
             continue
         free -= 1
-        if task.marked or task.attempts:
+        if task.marked:
             continue
         if not claim(task):
             del tasks[btid]
