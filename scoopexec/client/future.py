@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
-import sys
+import pickle
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..errors import WorkerLostError
-from ..wire import serialize
+from ..wire import protocol, serialize
 
 __all__ = [
     "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
@@ -72,7 +72,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     and callbacks are made the first time a waiter, a callback or a blocking call
     needs them (``_MadeOnUse``), not at creation.  Until then nobody can be waiting,
     so the task's start and its result change the state under the module's lock alone
-    (``_quiet_start``, ``_quiet_finish``), and ``done()``, ``result()`` of a finished
+    (``start``, ``settle``), and ``done()``, ``result()`` of a finished
     future and the like read it without the condition: most futures never make one
     (nine objects fewer for the garbage collector per task, most of its time).
     """
@@ -90,7 +90,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._made: bool | None = None  # True once _MadeOnUse made the condition and lists
         self._holder = holder
         self._tid = tid
-        self._what = sys.intern(what)  # the task's function, for error messages (one string for all)
+        self._what = what  # the task's function, for error messages (serialize.describe(): interned)
 
     @property
     def tid(self) -> int:
@@ -154,34 +154,35 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
 _DONE = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
 _CANCELLED = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED)
 _UNDONE = (cfb.PENDING, cfb.RUNNING)
+_OK = protocol.OK
 
 
-def _quiet_start(fut: ScoopFuture) -> bool:
-    """Pending to running for a future with no condition yet (so no waiter, no callback), under
-    the module's lock, under which a condition is made: False if it has one (or another state)."""
-    with _MAKING:
-        if fut._made is None and fut._state == cfb.PENDING:
-            fut._state = cfb.RUNNING
-            return True
-    return False
-
-
-def _quiet_finish(fut: ScoopFuture, value: Any) -> bool:
-    """set_result for a future with no condition yet (see _quiet_start): nobody to notify."""
-    with _MAKING:
-        if fut._made is None and fut._state in _UNDONE:
-            fut._result = value
-            fut._state = cfb.FINISHED
-            return True
-    return False
+# The task's start and its result change the state of a future that has no condition yet (so
+# no waiter and no callback: nobody to notify) under _MAKING, under which a condition is made:
+# a waiter that comes at that moment makes it first, then the usual path below notifies it, or
+# sees the new state.  (_MAKING.acquire() and release(), not ``with``: its look-ups of
+# __enter__ and __exit__ cost twice the lock itself, on every task.)
 
 
 def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
     """Resolve ``fut`` with a result message's outcome (unpickled here: call it holding no lock)."""
-    ok, value = serialize.decode_outcome(status, frames, fut._what)
-    if ok and fut._made is None and _quiet_finish(fut, value):
-        fut._holder = None
-        return
+    if status == _OK and len(frames) == 1:  # the usual result: serialize.decode_outcome, inline
+        try:
+            value, ok = pickle.loads(frames[0]), True
+        except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
+            value, ok = serialize.unpickling_error(exc, fut._what), False
+    else:
+        ok, value = serialize.decode_outcome(status, frames, fut._what)
+    if ok and fut._made is None:
+        _MAKING.acquire()
+        try:
+            if fut._made is None and fut._state in _UNDONE:
+                fut._result = value
+                fut._state = cfb.FINISHED
+                fut._holder = None
+                return
+        finally:
+            _MAKING.release()
     try:
         if ok:
             fut.set_result(value)
@@ -199,9 +200,15 @@ def start(fut: ScoopFuture) -> bool:
     and notified already, as cancel() does at once (a cancel between a look-up in the futures
     table and this call is not an error), or failed by fail_all meanwhile.
     """
-    if fut._made is None and _quiet_start(fut):  # nobody to notify
-        fut._started = time.monotonic()
-        return True
+    if fut._made is None:  # no condition: see above
+        _MAKING.acquire()
+        try:
+            if fut._made is None and fut._state == cfb.PENDING:
+                fut._started = time.monotonic()
+                fut._state = cfb.RUNNING
+                return True
+        finally:
+            _MAKING.release()
     with fut._condition:
         state = fut._state
         if state == cfb.PENDING:
