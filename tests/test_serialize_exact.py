@@ -244,11 +244,14 @@ def test_a_large_buffer_after_small_ones_leaves_in_every_pickler():
 
 
 def test_plain_arguments_pickle_as_dumps_pickles_them():
-    # Plain arguments (int, float, str, bytes, bool, None) are pickled straight away
-    # (serialize._plain_args): the same bytes as dumps(), a str naming __main__ included.
+    # Plain arguments (int, float, str, bytes, bool, None) and results are pickled straight away
+    # (serialize._plain_args, encode_result): the same bytes as dumps(), a str naming __main__ included.
     args = (1, 2.5, "__main__", b"x", None, True)
     assert S.encode_call(abs, args, {}) == [S.dumps_function(abs), S.dumps((args, None))[0]]
     assert S.encode_args(args, {}) == S.dumps((args, None))
+    assert S.decode_call(S.encode_call(abs, args, {}))[1:] == (args, {})
+    for value in args:  # a worker's result: the same shortcut
+        assert S.encode_result(value) == (protocol.OK, S.dumps(value))
     main_cls = type("Local", (), {"__module__": "__main__"})
     frames = S.encode_call(abs, (1, main_cls), {})  # not plain: cloudpickle's path, by value
     assert S.decode_call(frames)[1][1].__name__ == "Local"

@@ -715,7 +715,10 @@ def decode_call(
     frames: Sequence[Any], fn_bytes: bytes | None = None
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     fn = loads_function(fn_bytes if fn_bytes else frames[0])
-    args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
+    if len(frames) == 2:  # the usual task: no buffers (no slice, no keyword to parse)
+        args, kwargs = pickle.loads(frames[1])
+    else:
+        args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
     return fn, args, kwargs or {}
 
 
@@ -756,6 +759,8 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
 
     ``where``: on which worker; ``fn``: the task's function.
     """
+    if value.__class__ in _PLAIN:  # (on every task: as dumps() would, less its look for __main__)
+        return protocol.OK, [pickle.dumps(value, PROTOCOL)]
     try:
         return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
     except Exception as exc:
