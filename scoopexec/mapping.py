@@ -23,6 +23,7 @@ import time
 import traceback
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures._base import FINISHED
 from typing import Any
 
 from . import autochunk
@@ -35,6 +36,7 @@ from .worker import chunks
 from .worker.limits import OnTimeout, TimeLimit, check_timeout
 
 RAISE: Any = object()  # map(on_timeout=) not given: an item that timed out raises TaskTimeoutError
+_NO_KWARGS: dict[str, Any] = {}  # a map's tasks' keyword arguments (read, never changed)
 
 
 class ChunkError:
@@ -318,18 +320,29 @@ class MapMixin:
                 gen = plan.merge(gen, unordered)
             return _with_progress(gen, tracker) if tracker is not None else gen
 
+        send: Callable[[tuple[Any, ...]], cf.Future[Any]] = submit
+        if plan is None and tracker is None and on_timeout is RAISE and not chunked and encode_error is None:
+
+            def send(args: tuple[Any, ...]) -> cf.Future[Any]:  # submit(), less what this map has not
+                nonlocal next_item
+                ex = executor_ref()
+                if ex is None:
+                    raise RuntimeError("the executor was garbage-collected during map()")
+                next_item += 1
+                return ex._submit_encoded(fn_frame, args, _NO_KWARGS, what, next_item - 1)  # type: ignore[no-any-return]
+
         if buffersize:
             fs: collections.deque[cf.Future[Any]] = collections.deque(
-                submit(args) for args in itertools.islice(source, buffersize)
+                map(send, itertools.islice(source, buffersize))
             )
         else:
-            fs = collections.deque(submit(args) for args in source)
+            fs = collections.deque(map(send, source))
         del self  # the iterator must not keep the executor alive
 
         if unordered:
-            gen = _unordered(fs, source if buffersize else None, submit, end_time)
+            gen = _unordered(fs, source if buffersize else None, send, end_time)
         else:
-            gen = _ordered(fs, source if buffersize else None, submit, end_time, executor_ref)
+            gen = _ordered(fs, source if buffersize else None, send, end_time, executor_ref)
         if chunked:
             gen = _unchunk(gen)
         if plan is not None:
@@ -589,6 +602,8 @@ def _strong(obj: Any) -> Callable[[], Any]:
 
 def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
     try:
+        if fut._state == FINISHED:  # (on every item: nothing to cancel, no time to wait)
+            return fut.result()
         try:
             return fut.result(timeout)
         finally:

@@ -230,3 +230,28 @@ def test_an_exception_that_cannot_be_loaded_keeps_its_type_name_and_message():
     assert exc.type_name == "pkg.Oops" and exc.message == "it broke" and exc.traceback == "tb"
     _, exc = S.decode_outcome(protocol.RAISED, [b"not a pickle", b"tb", protocol.dump_json({})])
     assert str(exc).startswith("? (raised by the task; ") and exc.message == ""
+
+
+def test_a_large_buffer_after_small_ones_leaves_in_every_pickler():
+    # dumps() first pickles with no closure to collect buffers, and again when one turns out
+    # large (serialize._OutOfBand): the small ones stay inside, the large one leaves, in both.
+    small, big = pickle.PickleBuffer(bytearray(b"s" * 10)), pickle.PickleBuffer(bytearray(b"z" * S.OOB_MIN))
+    for compact in (False, True):
+        frames = S.dumps([small, big, 3], compact)
+        assert len(frames) == 2 and len(frames[0]) < 200, compact
+        out = S.loads(frames)
+        assert (bytes(out[0]), bytes(out[1]), out[2]) == (b"s" * 10, b"z" * S.OOB_MIN, 3)
+
+
+def test_plain_arguments_pickle_as_dumps_pickles_them():
+    # Plain arguments (int, float, str, bytes, bool, None) and results are pickled straight away
+    # (serialize._plain_args, encode_result): the same bytes as dumps(), a str naming __main__ included.
+    args = (1, 2.5, "__main__", b"x", None, True)
+    assert S.encode_call(abs, args, {}) == [S.dumps_function(abs), S.dumps((args, None))[0]]
+    assert S.encode_args(args, {}) == S.dumps((args, None))
+    assert S.decode_call(S.encode_call(abs, args, {}))[1:] == (args, {})
+    for value in args:  # a worker's result: the same shortcut
+        assert S.encode_result(value) == (protocol.OK, S.dumps(value))
+    main_cls = type("Local", (), {"__module__": "__main__"})
+    frames = S.encode_call(abs, (1, main_cls), {})  # not plain: cloudpickle's path, by value
+    assert S.decode_call(frames)[1][1].__name__ == "Local"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 
@@ -148,3 +149,30 @@ def test_cancelled_future_is_notified_to_waiters(tmp_path):
         finally:
             gate.touch()
         assert blocker.result(timeout=60) is None
+
+
+def test_waiters_arriving_as_results_settle_are_all_woken(executor):
+    # A result settles a future that nobody waits on without making its condition (client/
+    # future.py, _quiet_finish); a waiter arriving at that moment makes one under the same lock,
+    # so it sees either the result or the notification: never neither (it would wait for ever).
+    # Three threads wait on futures while their results arrive: result() newest first, wait()
+    # on every third, as_completed() on every other.
+    for _ in range(4):
+        futs = [executor.submit(abs, -i) for i in range(400)]
+        out: dict[str, object] = {}
+
+        def by_result(futs=futs, out=out):
+            out["result"] = [f.result(timeout=60) for f in reversed(futs)]
+
+        def by_wait(futs=futs, out=out):
+            out["wait"] = len(cf.wait(futs[::3], timeout=60).done)
+
+        def by_completed(futs=futs, out=out):
+            out["as_completed"] = sum(1 for _ in cf.as_completed(futs[1::2], timeout=60))
+
+        threads = [threading.Thread(target=t) for t in (by_result, by_wait, by_completed)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert out == {"result": list(range(399, -1, -1)), "wait": 134, "as_completed": 200}

@@ -65,6 +65,16 @@ def _check_mp_context(ctx: Any) -> None:
         )
 
 
+def _refusal(link: Session, shut_down: bool) -> Exception:
+    """Why submit() takes no more work: the pool is broken, shut down, or the interpreter exits."""
+    if link.broken_msg:
+        exc_type = InitializerError if link.broken_kind in ("initializer", "main") else BrokenScoopExecutor
+        return exc_type(link.broken_msg)
+    if shut_down:
+        return RuntimeError("cannot schedule new futures after shutdown")
+    return RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
 def _refuse_during_worker_bootstrap() -> None:
     w = current_worker()
     if w is not None and w.importing_main:
@@ -427,29 +437,27 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
     def _submit_frames(
         self, frames: list[Any] | None, error: Exception | None, what: str = ""
     ) -> cf.Future[Any]:
-        if frames is not None and self._max_message_size > 0:
-            big = serialize.oversized(frames, self._max_message_size)
-            if big:
+        limit = self._max_message_size  # (two frames: the function's bytes, the arguments' pickle)
+        if frames is not None and limit > 0 and (len(frames) != 2 or len(frames[0]) + len(frames[1]) > limit):
+            if big := serialize.oversized(frames, limit):
                 frames, error = None, MessageTooLargeError(
                     f"the task needs a {big}-byte message, more than this executor's "
                     f"max_message_size={self._max_message_size}; send less data (share it once with "
                     "ex.share(), or pass a file path) or raise the limit"
                 )
-        with self._shutdown_lock:
+        lock = self._shutdown_lock
+        lock.acquire()  # (not `with`: on every submit, where its look-ups cost as much as the lock)
+        try:
             link = self._session
-            if link.broken_msg:
-                broke_at_setup = link.broken_kind in ("initializer", "main")
-                exc_type = InitializerError if broke_at_setup else BrokenScoopExecutor
-                raise exc_type(link.broken_msg)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if pools.shutting_down():
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if link.broken_msg or self._shutdown or pools.shutting_down():
+                raise _refusal(link, self._shutdown)
             if frames is None:
                 fut = ScoopFuture()
                 fut.set_exception(error)  # type: ignore[arg-type]
                 return fut
             return link.submit(frames, what)
+        finally:
+            lock.release()
 
     def share(self, name: str, value: Any) -> None:
         """Make ``value`` available to every task of this executor, on every worker.

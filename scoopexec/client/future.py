@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
-import sys
+import pickle
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..errors import WorkerLostError
-from ..wire import serialize
+from ..wire import protocol, serialize
 
 __all__ = [
     "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
@@ -72,8 +72,12 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
 
     A million of them may wait in a queue, so a pending future is small: Future's
     Condition (an RLock, a deque and bound methods: 1.3 kB) and its lists of waiters
-    and callbacks are made the first time anything reads them (a state change, a
-    waiter, a callback, ``done()``...), not at creation (``_MadeOnUse``).
+    and callbacks are made the first time a waiter, a callback or a blocking call
+    needs them (``_MadeOnUse``), not at creation.  Until then nobody can be waiting,
+    so the task's start and its result change the state under the module's lock alone
+    (``start``, ``settle``), and ``done()``, ``result()`` of a finished
+    future and the like read it without the condition: most futures never make one
+    (nine objects fewer for the garbage collector per task, most of its time).
     """
 
     _started = 0.0  # time.monotonic() when it was handed to a worker
@@ -89,15 +93,39 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._made: bool | None = None  # True once _MadeOnUse made the condition and lists
         self._holder = holder
         self._tid = tid
-        self._what = sys.intern(what)  # the task's function, for error messages (one string for all)
+        self._what = what  # the task's function, for error messages (serialize.describe(): interned)
 
     @property
     def tid(self) -> int:
         """Its task's id for its holder (a session)."""
         return self._tid
 
+    # Reading one attribute needs no lock: Future's own take its condition only to read
+    # ``_state``, which would make one for every future (_MadeOnUse).
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:
+        return self._state == cfb.RUNNING
+
+    def result(self, timeout: float | None = None) -> Any:
+        # Finished is final: a result set is read as it is (Future's path for the rest).
+        if self._state == cfb.FINISHED and self._exception is None:
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == cfb.FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
+        if self._state == cfb.FINISHED:  # (map() cancels every future it has read)
+            return False
         if not super().cancel():  # runs the done-callbacks, outside every lock
             return False
         with self._condition:
@@ -134,10 +162,38 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         super().set_exception(exception)
 
 
+_DONE = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
+_CANCELLED = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED)
+_UNDONE = (cfb.PENDING, cfb.RUNNING)
+_OK = protocol.OK
+
+
+# The task's start and its result change the state of a future that has no condition yet (so
+# no waiter and no callback: nobody to notify) under _MAKING, under which a condition is made:
+# a waiter that comes at that moment makes it first, then the usual path below notifies it, or
+# sees the new state.  (_MAKING.acquire() and release(), not ``with``: its look-ups of
+# __enter__ and __exit__ cost twice the lock itself, on every task.)
+
 
 def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
     """Resolve ``fut`` with a result message's outcome (unpickled here: call it holding no lock)."""
-    ok, value = serialize.decode_outcome(status, frames, fut._what)
+    if status == _OK and len(frames) == 1:  # the usual result: serialize.decode_outcome, inline
+        try:
+            value, ok = pickle.loads(frames[0]), True
+        except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
+            value, ok = serialize.unpickling_error(exc, fut._what), False
+    else:
+        ok, value = serialize.decode_outcome(status, frames, fut._what)
+    if ok and fut._made is None:
+        _MAKING.acquire()
+        try:
+            if fut._made is None and fut._state in _UNDONE:
+                fut._result = value
+                fut._state = cfb.FINISHED
+                fut._holder = None
+                return
+        finally:
+            _MAKING.release()
     try:
         if ok:
             fut.set_result(value)
@@ -155,6 +211,15 @@ def start(fut: ScoopFuture) -> bool:
     and notified already, as cancel() does at once (a cancel between a look-up in the futures
     table and this call is not an error), or failed by fail_all meanwhile.
     """
+    if fut._made is None:  # no condition: see above
+        _MAKING.acquire()
+        try:
+            if fut._made is None and fut._state == cfb.PENDING:
+                fut._started = time.monotonic()
+                fut._state = cfb.RUNNING
+                return True
+        finally:
+            _MAKING.release()
     with fut._condition:
         state = fut._state
         if state == cfb.PENDING:

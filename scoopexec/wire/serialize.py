@@ -260,6 +260,16 @@ def _by_value_modules() -> bool:
     return bool(_BY_VALUE)
 
 
+class _OutOfBand(Exception):
+    """A buffer large enough to travel as its own frame: dumps() pickles again, collecting them."""
+
+
+def _in_band(buf: pickle.PickleBuffer) -> bool:
+    if buf.raw().nbytes >= OOB_MIN:
+        raise _OutOfBand
+    return True  # small: stays inside the pickle
+
+
 def dumps(obj: Any, compact: bool = False) -> Frames:
     """Pickle ``obj``; return [pickle, *out-of-band buffers].
 
@@ -267,6 +277,27 @@ def dumps(obj: Any, compact: bool = False) -> Frames:
     results, where many items travel together: the pickler it takes costs ~0.6 us more than
     ``pickle.dumps``, more than a small task's whole pickle, so single tasks go without.
     """
+    # On every task and result: no closure to collect buffers until one turns out large, and
+    # find(), not ``in`` (bytes.__contains__ first tries the needle as an int: an exception).
+    try:
+        if compact and _numpy_scalars():
+            with io.BytesIO() as fh:
+                _ScalarPickler(fh, PROTOCOL, buffer_callback=_in_band).dump(obj)
+                data = fh.getvalue()
+        else:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=_in_band)
+    except _OutOfBand:
+        return _dumps_out_of_band(obj, compact)
+    except Exception:
+        pass
+    else:
+        if not _BY_VALUE and data.find(b"__main__") < 0:
+            return [data]
+    return _dumps_out_of_band(obj, compact, cloud=True)
+
+
+def _dumps_out_of_band(obj: Any, compact: bool, cloud: bool = False) -> Frames:
+    """dumps() of what holds a large buffer (it travels as its own frame), or needs cloudpickle."""
     bufs: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -275,19 +306,20 @@ def dumps(obj: Any, compact: bool = False) -> Frames:
             return False
         return True  # small: stays inside the pickle
 
-    try:
-        if compact and _numpy_scalars():
-            with io.BytesIO() as fh:
-                _ScalarPickler(fh, PROTOCOL, buffer_callback=keep).dump(obj)
-                data = fh.getvalue()
+    if not cloud:
+        try:
+            if compact and _numpy_scalars():
+                with io.BytesIO() as fh:
+                    _ScalarPickler(fh, PROTOCOL, buffer_callback=keep).dump(obj)
+                    data = fh.getvalue()
+            else:
+                data = pickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+        except Exception:
+            pass
         else:
-            data = pickle.dumps(obj, PROTOCOL, buffer_callback=keep)
-    except Exception:
-        pass
-    else:
-        if not _BY_VALUE and b"__main__" not in data:  # (on every task and result: no calls)
-            return [data, *bufs] if bufs else [data]
-    bufs.clear()
+            if not _BY_VALUE and data.find(b"__main__") < 0:
+                return [data, *bufs]
+        bufs.clear()
     data = _cloud_dumps(obj, keep)
     return [data, *bufs]
 
@@ -355,6 +387,10 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     a future passed as an argument.
     """
     fn_frame = encode_function(fn)
+    if not kwargs:
+        plain = _plain_args(args)
+        if plain is not None:
+            return [fn_frame, plain]
     frames = encode_args(args, kwargs, fn)
     if len(frames) == 1:  # the usual task: a list of exactly two (no spare room: it may wait queued)
         return [fn_frame, frames[0]]
@@ -364,6 +400,10 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 def encode_function(fn: Callable[..., Any]) -> bytes:
     """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel."""
+    if fn.__class__ in _CACHEABLE:  # (dumps_function's cache, looked at here: on every task)
+        data = _fn_cache.get(fn)
+        if data is not None:
+            return data
     try:
         return dumps_function(fn)
     except Exception as exc:
@@ -386,12 +426,29 @@ def encode_args(
     says they are a map's items from that index on (``chunk``: args[0] is a
     list of them).
     """
+    if not kwargs and not chunk:
+        plain = _plain_args(args)
+        if plain is not None:
+            return [plain]
     try:
         return dumps((args, kwargs or None), chunk)
     except Exception as exc:
         err = _arguments_error(fn, args, kwargs, exc, item, chunk, what)
         cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
     raise err from cause
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain_args(args: tuple[Any, ...]) -> bytes | None:
+    """The pickle of ``(args, None)`` (dumps' output) when every argument is a plain int, float,
+    str, bytes, bool or None: no buffer to send apart, no reference to __main__ to look for
+    (a str holding "__main__" is no reference).  None otherwise."""
+    for a in args:
+        if a.__class__ not in _PLAIN:
+            return None
+    return pickle.dumps((args, None), PROTOCOL)
 
 
 # ------------------------------------------------------- what cannot be pickled
@@ -658,7 +715,10 @@ def decode_call(
     frames: Sequence[Any], fn_bytes: bytes | None = None
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     fn = loads_function(fn_bytes if fn_bytes else frames[0])
-    args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
+    if len(frames) == 2:  # the usual task: no buffers (no slice, no keyword to parse)
+        args, kwargs = pickle.loads(frames[1])
+    else:
+        args, kwargs = pickle.loads(frames[1], buffers=frames[2:])
     return fn, args, kwargs or {}
 
 
@@ -667,15 +727,31 @@ def describe_user(fn: Any) -> str:
     return describe(_user_function(fn))
 
 
+_names: dict[Any, str] = {}  # describe() of functions and classes (as _fn_cache)
+
+
 def describe(fn: Any) -> str:
-    """'module.qualname' of a callable, for messages."""
+    """'module.qualname' of a callable, for messages (interned: a million futures of one
+    function hold one string)."""
+    cacheable = fn.__class__ in _CACHEABLE
+    if cacheable:  # (on every submit)
+        text = _names.get(fn)
+        if text is not None:
+            return text
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     mod = getattr(fn, "__module__", None)
     if isinstance(name, str):
-        return f"{mod}.{name}" if mod and mod != "builtins" else name
-    if isinstance(fn, functools.partial):
-        return f"partial({describe(fn.func)})"
-    return f"{_qualname(type(fn))} object"  # a callable object (its repr may be huge, or fail)
+        text = f"{mod}.{name}" if mod and mod != "builtins" else name
+    elif isinstance(fn, functools.partial):
+        text = f"partial({describe(fn.func)})"
+    else:
+        text = f"{_qualname(type(fn))} object"  # a callable object (its repr may be huge, or fail)
+    text = sys.intern(text)
+    if cacheable:
+        if len(_names) >= _CACHE_MAX:
+            _names.clear()
+        _names[fn] = text
+    return text
 
 
 def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Frames]:
@@ -683,6 +759,8 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
 
     ``where``: on which worker; ``fn``: the task's function.
     """
+    if value.__class__ in _PLAIN:  # (on every task: as dumps() would, less its look for __main__)
+        return protocol.OK, [pickle.dumps(value, PROTOCOL)]
     try:
         return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
     except Exception as exc:
@@ -738,16 +816,12 @@ def decode_outcome(status: int, frames: Sequence[Any], what: str = "") -> tuple[
     ``what``: the task's function, named in the messages of failures.
     """
     if status == protocol.OK:
-        try:
-            return True, pickle.loads(frames[0], buffers=frames[1:])  # loads(), inline: every result
+        try:  # loads(), inline: every result (client/future.settle has its own copy of this)
+            if len(frames) == 1:
+                return True, pickle.loads(frames[0])
+            return True, pickle.loads(frames[0], buffers=frames[1:])
         except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
-            of = f" of {what}()" if what else ""
-            err = DeserializationError(
-                f"the result{of} could not be unpickled here: {type(exc).__name__}: {exc} "
-                "(the module defining its type must be importable in this process too)"
-            )
-            err.__cause__ = exc
-            return False, err
+            return False, unpickling_error(exc, what)
     if status == protocol.RAISED:
         tb = bytes(frames[1]).decode("utf-8", "replace")
         raised: BaseException
@@ -778,6 +852,17 @@ def decode_outcome(status: int, frames: Sequence[Any], what: str = "") -> tuple[
     if tb:
         failure.__cause__ = remote_traceback(tb)
     return False, failure
+
+
+def unpickling_error(exc: BaseException, what: str = "") -> DeserializationError:
+    """The error of a result that cannot be unpickled here (``exc``: why; ``what``: the task's function)."""
+    of = f" of {what}()" if what else ""
+    err = DeserializationError(
+        f"the result{of} could not be unpickled here: {type(exc).__name__}: {exc} "
+        "(the module defining its type must be importable in this process too)"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def _rebuild_advice(error: BaseException) -> str:
