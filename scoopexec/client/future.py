@@ -33,7 +33,6 @@ class Holder(Protocol):
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None: ...  # see ScoopFuture.result
 
 
-_WAITING = (cfb.PENDING, cfb.RUNNING)
 
 _MAKING = threading.Lock()  # held while a future's condition and lists are made (_MadeOnUse)
 
@@ -111,12 +110,6 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     def running(self) -> bool:
         return self._state == cfb.RUNNING
 
-    def result(self, timeout: float | None = None) -> Any:
-        # Finished is final: a result set is read as it is (Future's path for the rest).
-        if self._state == cfb.FINISHED and self._exception is None:
-            return self._result
-        return super().result(timeout)
-
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == cfb.FINISHED:
             return self._exception
@@ -142,8 +135,11 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     def result(self, timeout: float | None = None) -> Any:
         """As Future.result; a short task's result may first be read by this very thread (its
         holder's ``lead``: broker/leader.py), which saves two thread hand-offs."""
+        # Finished is final: a result set is read as it is (Future's path for the rest).
+        if self._state == cfb.FINISHED and self._exception is None:
+            return self._result
         holder = self._holder
-        if holder is not None and self._state in _WAITING:
+        if holder is not None and self._state in _UNDONE:
             timeout = holder.lead(self, timeout)
         return super().result(timeout)
 
