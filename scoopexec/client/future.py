@@ -33,7 +33,6 @@ class Holder(Protocol):
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None: ...  # see ScoopFuture.result
 
 
-
 _MAKING = threading.Lock()  # held while a future's condition and lists are made (_MadeOnUse)
 
 
