@@ -14,7 +14,9 @@ depends on what an item costs, which the caller rarely knows.  Here:
   self-scheduling), never more than ``LONGEST`` seconds of work nor each worker's share of
   the items.  Sizes thus shrink towards the end of the map: few tasks (600 evaluations of
   10 ms make about 35 tasks on 2 workers, not 600) and the last chunks, small, let the
-  workers finish within about ``TARGET`` of each other;
+  workers finish within about ``TARGET`` of each other.  What remains once chunks are down
+  to ``TARGET`` goes in whole rounds of equal chunks, one per worker (600 items of 25 us on
+  2 workers: 4 chunks of 150, not 3 of 200 that leave one worker half of the map alone);
 * the first time a function is mapped, its first items go singly, ``PROBES`` per worker (the
   workers start at once), the rest once the first result has come, in chunks growing at most
   twofold from one to the next (an early estimate may be off);
@@ -87,6 +89,7 @@ class Sizer:
         self.workers = max(1, workers)
         self.cap = max(1, math.ceil(total / self.workers)) if total is not None else None
         self.unsent = total  # items not yet given to a chunk (None: unknown)
+        self.even: int | None = None  # the size of the last chunks, once the end is reached
         self.prior = prior
         self.target = target
         self.seconds = 0.0
@@ -116,11 +119,17 @@ class Sizer:
         return size
 
     def _sized(self, cost: float) -> int:
-        size = max(1, int(self.target / cost) if cost > 0 else 1 << 30)  # the least worth a task
+        least = max(1, int(self.target / cost) if cost > 0 else 1 << 30)  # the least worth a task
+        size = least
         if self.unsent is not None:  # guided: a share of what remains, shrinking to the least
             guided = math.ceil(self.unsent / (SPREAD * self.workers))
             longest = max(1, int(LONGEST / cost) if cost > 0 else 1 << 30)
-            size = max(size, min(guided, longest))
+            size = max(least, min(guided, longest))
+            if size == least:  # the end: what remains in whole rounds of one equal chunk per worker
+                if self.even is None:
+                    rounds = math.ceil(math.ceil(self.unsent / least) / self.workers)
+                    self.even = max(1, math.ceil(self.unsent / (rounds * self.workers)))
+                size = self.even
         if self.items:  # (from a prior: sized at once)
             size = min(size, 2 * self.last)
         if self.cap is not None:
