@@ -127,7 +127,7 @@ class Sizer:
             size = max(least, min(guided, longest))
             if size == least:  # the end: what remains in whole rounds of one equal chunk per worker
                 if self.even is None:
-                    rounds = math.ceil(math.ceil(self.unsent / least) / self.workers)
+                    rounds = max(1, math.ceil(math.ceil(self.unsent / least) / self.workers))
                     self.even = max(1, math.ceil(self.unsent / (rounds * self.workers)))
                 size = self.even
         if self.items:  # (from a prior: sized at once)

@@ -84,6 +84,7 @@ def test_the_end_of_a_map_goes_in_whole_rounds_of_one_chunk_per_worker():
     # DEAP's es/cma_minfct: 600 evaluations of ~25 us on 2 workers. Chunks of the target
     # (200 items) made 3 tasks: one worker ran two while the other waited.
     assert _plan(Sizer(2, total=600, prior=0.000_025, target=0.005)) == [150, 150, 150, 150]
+    assert Sizer(2, total=0, prior=0.000_025).next() >= 1  # nothing to send (an empty map): no error
     tail = _plan(Sizer(3, total=600, prior=0.000_1, target=0.005))[-6:]
     assert tail == [48] * 6, tail  # the last 288 items: two rounds of 3 equal chunks
 
