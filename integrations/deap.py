@@ -61,9 +61,10 @@ def scoop_map(
     """``list(map(func, *iterables))`` with the calls run as tasks on the current pool.
 
     Results come back in order.  ``chunksize`` calls travel per task; by
-    default ("auto") the first calls go singly and later tasks carry about
-    5 ms of calls each at the cost measured (scoopexec/autochunk.py), so that
-    cheap evaluations are not swamped by the cost of a task;
+    default ("auto") the first calls go singly and later tasks carry a share
+    of what remains, shrinking to about 5 ms of calls at the cost measured
+    (scoopexec/autochunk.py), so that cheap evaluations are not swamped by the
+    cost of a task and the workers finish together;
     ``timeout`` (seconds) bounds the whole map.  A call's exception is raised
     here with the remote traceback as its ``__cause__``.  ``task_timeout``
     (seconds) stops each call that runs longer; such an item is ``on_timeout``

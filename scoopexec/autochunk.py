@@ -7,9 +7,16 @@ depends on what an item costs, which the caller rarely knows.  Here:
 
 * every chunk is timed where it runs (:func:`run_timed`), so each result says what its items
   cost there, waiting for the pool excluded;
-* chunks hold about ``TARGET`` seconds of work at the cost measured, and, when the number of
-  items is known, no more than each worker's share of them, so that every worker gets some;
-  the last chunks end within about ``TARGET`` of each other;
+* a chunk holds at least ``TARGET`` seconds of work at the cost measured (at least one item),
+  so that a task's own cost stays a few per cent of it;
+* when the number of items is known, chunks are larger while much remains: a chunk holds
+  what remains unsent divided by ``SPREAD`` times the number of workers (guided
+  self-scheduling), never more than ``LONGEST`` seconds of work nor each worker's share of
+  the items.  Sizes thus shrink towards the end of the map: few tasks (600 evaluations of
+  10 ms make about 35 tasks on 2 workers, not 600) and the last chunks, small, let the
+  workers finish within about ``TARGET`` of each other.  What remains once chunks are down
+  to ``TARGET`` goes in whole rounds of equal chunks, one per worker (600 items of 25 us on
+  2 workers: 4 chunks of 150, not 3 of 200 that leave one worker half of the map alone);
 * the first time a function is mapped, its first items go singly, ``PROBES`` per worker (the
   workers start at once), the rest once the first result has come, in chunks growing at most
   twofold from one to the next (an early estimate may be off);
@@ -38,11 +45,16 @@ from typing import Any
 from .errors import remote_traceback
 from .worker import chunks
 
-__all__ = ["AUTO", "PROBES", "TARGET", "Sizer", "known_cost", "ordered", "remember_cost", "run_timed"]
+__all__ = [
+    "AUTO", "LONGEST", "PROBES", "SPREAD", "TARGET", "Sizer",
+    "known_cost", "ordered", "remember_cost", "run_timed",
+]  # fmt: skip
 
 AUTO = "auto"
 TARGET = 0.005  # s of work per chunk: a task's own cost (~0.1 ms) is then a few per cent of it
 PROBES = 2  # items sent singly per worker before anything is measured
+SPREAD = 2  # a chunk holds at most what remains unsent / (SPREAD x workers)
+LONGEST = 0.25  # s of work at most per chunk (progress, timeouts, a lost worker's work)
 
 
 Timed = tuple[float, list[Any], "tuple[BaseException, str] | None"]
@@ -76,6 +88,8 @@ class Sizer:
     def __init__(self, workers: int, total: int | None, prior: float | None = None, target: float = TARGET):
         self.workers = max(1, workers)
         self.cap = max(1, math.ceil(total / self.workers)) if total is not None else None
+        self.unsent = total  # items not yet given to a chunk (None: unknown)
+        self.even: int | None = None  # the size of the last chunks, once the end is reached
         self.prior = prior
         self.target = target
         self.seconds = 0.0
@@ -96,13 +110,30 @@ class Sizer:
         """The size of the next chunk."""
         cost = self.cost
         if cost is None:
-            return 1
-        size = max(1, int(self.target / cost) if cost > 0 else 1 << 30)
+            size = 1
+        else:
+            size = self._sized(cost)
+            self.last = max(self.last, size)
+        if self.unsent is not None:
+            self.unsent = max(0, self.unsent - size)
+        return size
+
+    def _sized(self, cost: float) -> int:
+        least = max(1, int(self.target / cost) if cost > 0 else 1 << 30)  # the least worth a task
+        size = least
+        if self.unsent is not None:  # guided: a share of what remains, shrinking to the least
+            guided = math.ceil(self.unsent / (SPREAD * self.workers))
+            longest = max(1, int(LONGEST / cost) if cost > 0 else 1 << 30)
+            size = max(least, min(guided, longest))
+            if size == least:  # the end: what remains in whole rounds of one equal chunk per worker
+                if self.even is None:
+                    rounds = max(1, math.ceil(math.ceil(self.unsent / least) / self.workers))
+                    self.even = max(1, math.ceil(self.unsent / (rounds * self.workers)))
+                size = self.even
         if self.items:  # (from a prior: sized at once)
             size = min(size, 2 * self.last)
         if self.cap is not None:
             size = min(size, self.cap)
-        self.last = max(self.last, size)
         return size
 
 

@@ -161,9 +161,9 @@ class MapMixin:
         """Like the built-in map, run on the pool; results come back lazily.
 
         ``chunksize`` items travel per task; ``chunksize="auto"`` sizes the
-        chunks from the measured cost of the first items (about 5 ms of work
-        each: see scoopexec/autochunk.py; unordered maps then go one item per
-        task); ``buffersize`` bounds how many
+        chunks from the measured cost of the first items (a share of what
+        remains, at least about 5 ms of work each: see scoopexec/autochunk.py;
+        unordered maps then go one item per task); ``buffersize`` bounds how many
         tasks are in flight (the iterables are then read lazily);
         ``unordered=True`` yields results in the order they complete.
         ``progress=True`` (or a label) draws a bar on stderr counting finished

@@ -56,6 +56,44 @@ def test_a_cost_known_from_an_earlier_map_sizes_the_first_chunk():
     assert Sizer(2, total=None, prior=0.000_1, target=0.005).next() == 50
 
 
+def _plan(sizer):
+    sizes = []
+    while sizer.unsent:
+        sizes.append(sizer.next())
+    return sizes
+
+
+def test_a_known_count_goes_in_few_chunks_that_shrink_to_the_target():
+    # 600 items of 10 ms on 2 workers: a chunk per item was 600 tasks a DEAP generation.
+    sizes = _plan(Sizer(2, total=600, prior=0.010, target=0.005))
+    assert sum(sizes) == 600
+    assert len(sizes) <= 40, sizes
+    assert sizes == sorted(sizes, reverse=True), "larger first, smaller last"
+    assert max(sizes) == int(autochunk.LONGEST / 0.010), "no chunk beyond LONGEST of work"
+    assert sizes[-3:] == [1, 1, 1], "the last chunks hold what the target allows: the workers end together"
+
+
+def test_cheap_items_start_with_a_share_of_the_items_and_end_at_the_target():
+    sizes = _plan(Sizer(2, total=600, prior=0.000_1, target=0.005))
+    assert sizes[0] == 600 // (autochunk.SPREAD * 2)  # what remains / (SPREAD x workers)
+    assert 40 <= min(sizes) <= 50, sizes  # about 5 ms of work at the end (equal rounds: 4 x 48)
+    assert sum(sizes) >= 600
+
+
+def test_the_end_of_a_map_goes_in_whole_rounds_of_one_chunk_per_worker():
+    # DEAP's es/cma_minfct: 600 evaluations of ~25 us on 2 workers. Chunks of the target
+    # (200 items) made 3 tasks: one worker ran two while the other waited.
+    assert _plan(Sizer(2, total=600, prior=0.000_025, target=0.005)) == [150, 150, 150, 150]
+    assert Sizer(2, total=0, prior=0.000_025).next() >= 1  # nothing to send (an empty map): no error
+    tail = _plan(Sizer(3, total=600, prior=0.000_1, target=0.005))[-6:]
+    assert tail == [48] * 6, tail  # the last 288 items: two rounds of 3 equal chunks
+
+
+def test_an_unknown_count_keeps_chunks_at_the_target():
+    s = Sizer(2, total=None, prior=0.010, target=0.005)
+    assert [s.next() for _ in range(3)] == [1, 1, 1]
+
+
 def test_the_cost_is_remembered_per_function_while_it_lives():
     def f(x):
         return x
@@ -88,6 +126,24 @@ def test_results_in_order_first_map_and_next(executor):
         x**2 for x in range(50)
     ]
     assert list(executor.map(inc, [], chunksize="auto")) == []
+
+
+def test_a_map_of_known_cost_and_length_is_sent_in_few_tasks(executor):
+    fn = functools.partial(inc)
+    autochunk.remember_cost(fn, 0.010)  # as the previous generation measured
+    call = functools.partial(autochunk.run_timed, fn)
+    sizes = []
+
+    def submit(args):
+        sizes.append(len(args[0]))
+        return executor.submit(call, *args)
+
+    with executor:
+        items = iter([(x,) for x in range(600)])
+        got = list(autochunk.ordered(fn, items, submit, workers=2, total=600, end_time=None, buffersize=None))
+    assert got == list(range(1, 601))
+    assert sum(sizes) == 600 and len(sizes) <= 40, sizes
+    assert sizes[-1] == 1
 
 
 @pytest.mark.parametrize("bad", [0, 3, 777, 1999])
