@@ -19,6 +19,7 @@ The default pool (started on first use when no pool is current) belongs to api.p
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import weakref
@@ -30,6 +31,7 @@ __all__ = ["enter", "find", "innermost", "leave", "register", "shutting_down", "
 class _Live(Protocol):
     def close(self, wait: bool = True) -> str: ...
     def abort(self, reason: str, timeout: float = 10.0) -> str: ...
+    def forked(self, parent: int) -> None: ...
 
 
 log = logging.getLogger("scoopexec")
@@ -110,6 +112,22 @@ def _at_exit() -> None:
                 other.abort("the program was interrupted (KeyboardInterrupt)")
             raise
 
+
+def _after_fork_in_child() -> None:
+    """A fork of this process (multiprocessing's default start on Linux before 3.14, os.fork())
+    has copies of the pools' objects but none of their threads: each pool belongs to the parent.
+    The child must not stop them at its exit (that stopped the parent's workers and failed its
+    futures), and its calls on them get a clear error instead of a hang."""
+    global _live_lock
+    _live_lock = threading.Lock()  # (another thread of the parent may have held it at the fork)
+    live, parent = list(_live), os.getppid()
+    _live.clear()
+    for session in live:
+        session.forked(parent)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Before threading's own shutdown joins non-daemon threads (as concurrent.futures does).
 if hasattr(threading, "_register_atexit"):

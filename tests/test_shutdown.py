@@ -213,3 +213,42 @@ def test_pending_futures_fail_if_pool_stops_under_them():
     ex.shutdown(wait=True)
     assert f.result() == 1
     assert isinstance(f, cf.Future)
+
+
+def test_a_forked_child_leaves_its_parents_pool_alone_and_cannot_use_it():
+    # A child forked while a pool is alive (multiprocessing's "fork", os.fork()) ran the
+    # pool's at-exit stop when it ended: the parent's workers were stopped and its next map
+    # hung.  The child gets a clear error instead, and the parent's pool goes on.
+    r = run_script(
+        """
+        import multiprocessing as mp, sys
+        from scoopexec import ScoopExecutor, BrokenScoopExecutor
+
+        def child(ex, q):
+            try:
+                ex.submit(abs, -1)
+                q.put("no error")
+            except BrokenScoopExecutor as exc:
+                q.put(str(exc))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("fork")
+            with ScoopExecutor(2) as ex:
+                assert list(ex.map(abs, [-1, -2])) == [1, 2]
+                q = ctx.Queue()
+                for _ in range(2):
+                    p = ctx.Process(target=child, args=(ex, q))
+                    p.start()
+                    p.join(30)
+                    assert p.exitcode == 0, p.exitcode
+                    print("child:", q.get(timeout=5))
+                print("parent:", list(ex.map(abs, range(-3, 0))))
+        """,
+        timeout=90,
+    )
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert out.count("child: this pool belongs to process") == 2, out
+    assert "a forked child process cannot use it" in out
+    assert "parent: [3, 2, 1]" in out
+    assert "ended without stopping the pool" not in err, err

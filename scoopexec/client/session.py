@@ -77,6 +77,7 @@ class Session:
         self._tids = itertools.count(1)
         self.broken_kind = ""
         self.broken_msg = ""
+        self.inherited = False  # this process is a fork of the pool's (forked())
         self.stop_when_idle = False
         self.pool_id = ""
         self.thread: threading.Thread | None = None
@@ -357,11 +358,24 @@ class Session:
         """The futures whose tasks a worker has (or is about to have), longest-running first."""
         return running(list(self.futures.values()))
 
+    def forked(self, parent: int) -> None:
+        """This process is a fork of the pool's (see pools._after_fork_in_child): refuse work
+        here, and leave the pool's threads, sockets and workers to the parent."""
+        self.inherited = True
+        self.broken_kind = "forked"
+        self.broken_msg = (
+            f"this pool belongs to process {parent}; a forked child process cannot use it "
+            "(create a ScoopExecutor in the child, or start the child with the 'spawn' or "
+            "'forkserver' method)"
+        )
+
     def abort(self, reason: str, timeout: float = 10.0) -> str:
         """Stop now: cancel what has not started, fail what has, stop the workers.
 
         Returns "" once the pool is down, else why it is not (see join()).
         """
+        if self.inherited:
+            return ""
         self.cancel_queued()
         self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
         self.stop_when_idle = True
@@ -373,6 +387,8 @@ class Session:
 
         Returns "" when it did not wait or everything is down, else why not (see join()).
         """
+        if self.inherited:
+            return ""  # the parent's pool (forked)
         self.stop_when_idle = True
         self._check_idle()
         return self.join() if wait else ""
@@ -388,7 +404,7 @@ class Session:
         answer says where the thread is stuck.
         """
         t = self.thread
-        if t is None or t is threading.current_thread() or self.abandoned:
+        if t is None or t is threading.current_thread() or self.abandoned or self.inherited:
             return ""  # (abandoned: said once already)
         start = last = time.monotonic()
         turns = self.turns()
