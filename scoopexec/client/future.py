@@ -101,15 +101,19 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     # Reading one attribute needs no lock: Future's own take its condition only to read
     # ``_state``, which would make one for every future (_MadeOnUse).
     def done(self) -> bool:
+        """True if the future finished (with a result or an error) or was cancelled."""
         return self._state in _DONE
 
     def cancelled(self) -> bool:
+        """True if the future was cancelled."""
         return self._state in _CANCELLED
 
     def running(self) -> bool:
+        """True while a worker runs its task."""
         return self._state == cfb.RUNNING
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As Future.exception: the task's error, or None; waits at most ``timeout`` s."""
         if self._state == cfb.FINISHED:
             return self._exception
         return super().exception(timeout)
