@@ -270,6 +270,16 @@ def _in_band(buf: pickle.PickleBuffer) -> bool:
     return True  # small: stays inside the pickle
 
 
+def _pickled(obj: Any, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+    """The standard library's pickle of ``obj`` (NumPy scalars compact if asked and loaded),
+    each buffer handed to ``buffers`` (True: it stays inside the pickle)."""
+    if compact and _numpy_scalars():
+        with io.BytesIO() as fh:
+            _ScalarPickler(fh, PROTOCOL, buffer_callback=buffers).dump(obj)
+            return fh.getvalue()
+    return pickle.dumps(obj, PROTOCOL, buffer_callback=buffers)
+
+
 def dumps(obj: Any, compact: bool = False) -> Frames:
     """Pickle ``obj``; return [pickle, *out-of-band buffers].
 
@@ -280,12 +290,7 @@ def dumps(obj: Any, compact: bool = False) -> Frames:
     # On every task and result: no closure to collect buffers until one turns out large, and
     # find(), not ``in`` (bytes.__contains__ first tries the needle as an int: an exception).
     try:
-        if compact and _numpy_scalars():
-            with io.BytesIO() as fh:
-                _ScalarPickler(fh, PROTOCOL, buffer_callback=_in_band).dump(obj)
-                data = fh.getvalue()
-        else:
-            data = pickle.dumps(obj, PROTOCOL, buffer_callback=_in_band)
+        data = _pickled(obj, compact, _in_band)
     except _OutOfBand:
         return _dumps_out_of_band(obj, compact)
     except Exception:
@@ -308,12 +313,7 @@ def _dumps_out_of_band(obj: Any, compact: bool, cloud: bool = False) -> Frames:
 
     if not cloud:
         try:
-            if compact and _numpy_scalars():
-                with io.BytesIO() as fh:
-                    _ScalarPickler(fh, PROTOCOL, buffer_callback=keep).dump(obj)
-                    data = fh.getvalue()
-            else:
-                data = pickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+            data = _pickled(obj, compact, keep)
         except Exception:
             pass
         else:
