@@ -193,3 +193,13 @@ def other_threads_wakeups(seconds):
         pass
     after = switches()
     return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def ignore_interrupts(seconds):
+    """Sleep ``seconds``, swallowing every KeyboardInterrupt: only ending the process stops it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.02)
+        except KeyboardInterrupt:
+            pass

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from scoopexec import ScoopExecutor, TaskTimeoutError
+from tests.helpers import ignore_interrupts
 
 
 def runs(d: str) -> list[str]:
@@ -47,16 +48,6 @@ def test_a_timed_out_item_in_a_chunk_without_on_timeout_runs_its_limit_once(tmp_
         with pytest.raises(TaskTimeoutError, match="noted"):
             next(it)
     assert runs(d) == ["0", "1"]
-
-
-def ignore_interrupts(seconds: float) -> None:
-    """Sleep ``seconds``, swallowing every KeyboardInterrupt: only ending the process stops it."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            time.sleep(0.02)
-        except KeyboardInterrupt:
-            pass
 
 
 def stubborn_on(x: int, d: str, bad: int = 1) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import pytest
 import scoopexec
 import scoopexec.errors
 from scoopexec import ScoopExecutor, TaskTimeoutError
+from tests.helpers import ignore_interrupts
 
 
 def sleeper(seconds: float) -> int:
@@ -37,12 +38,7 @@ def interrupted_note(seconds: float, path: str) -> int:
 
 def stubborn(seconds: float) -> int:
     """Swallows KeyboardInterrupt and keeps going: only ending its process stops it."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            time.sleep(0.02)
-        except KeyboardInterrupt:
-            pass
+    ignore_interrupts(seconds)
     return os.getpid()
 
 
