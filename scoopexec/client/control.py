@@ -61,11 +61,15 @@ class Control:
         if workers is not None:
             workers.stop_starting()  # no replacement from now on, so that none is missed below
         session.cancel_queued()
-        # Broken first: the broker stops and replaces none, and what runs fails now.
-        session.broken("broken", f"the pool's workers were ended by {what}")
+        # Broken first, so that what runs fails with this reason and not as a lost worker; but
+        # not stopped yet: a stopping session closes the workers' links, and a worker that exits
+        # on that before its signal arrives would be an exit of its own (status 0), not an end.
+        session.broken("broken", f"the pool's workers were ended by {what}", stop=False)
         for pid in workers.processes() if workers is not None else []:  # every one that exists
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+        session.stop_when_idle = True
+        session.request_stop()
         session.close(wait=False)

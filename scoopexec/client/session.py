@@ -275,8 +275,9 @@ class Session:
             req.value = msg.info
             req.event.set()
 
-    def broken(self, kind: str, message: str) -> None:
-        """The pool cannot run this client's tasks any more: fail them all, and stop."""
+    def broken(self, kind: str, message: str, stop: bool = True) -> None:
+        """The pool cannot run this client's tasks any more: fail them all, and stop (unless
+        ``stop`` is False: the caller stops it, with ``stop_when_idle`` and ``request_stop()``)."""
         if self.broken_msg:
             return
         exc_type: type[BrokenScoopExecutor]
@@ -296,8 +297,9 @@ class Session:
         self.broken_kind = kind
         self.broken_msg = text
         self.fail_all(exc_type, text)
-        self.stop_when_idle = True
-        self.request_stop()
+        if stop:
+            self.stop_when_idle = True
+            self.request_stop()
 
     def fail_all(self, exc_type: type[Exception], text: str) -> None:
         while self.futures:
