@@ -47,8 +47,9 @@ def finish(ledger: Ledger, w: WorkerState, btid: int) -> tuple[Task | None, byte
     return (done[0][0] if done else None), (others[0][0] if others else None)
 
 
-def everyone(task: Task) -> bool:
-    return True
+def everyone(tasks: list[Task]) -> list[Task]:
+    """scheduling's claim: every owner still wants its tasks."""
+    return []
 
 
 def check(ledger: Ledger) -> None:
@@ -89,7 +90,7 @@ def test_a_task_its_owner_no_longer_wants_is_dropped_at_dispatch():
     ledger = books()
     worker(ledger, "a", 4)
     submit(ledger, 1, 2)
-    batches = scheduling.dispatch(ledger, lambda t: t.tid != 1)
+    batches = scheduling.dispatch(ledger, lambda ts: [t for t in ts if t.tid == 1])
     assert [t.tid for t in batches[0][1]] == [2]
     assert [t.tid for t in ledger.tasks.values()] == [2]
     check(ledger)
@@ -281,7 +282,7 @@ def test_mark_running_claims_as_many_as_idle_and_starting_workers():
     worker(ledger, "idle", 0)
     submit(ledger, 1, 2, 3, 4)
     claimed: list[int] = []
-    scheduling.mark_running(ledger, 2, lambda t: claimed.append(t.tid) is None)
+    scheduling.mark_running(ledger, 2, lambda ts: claimed.extend(t.tid for t in ts) or [])
     assert claimed == [1, 2, 3]
     assert [t.marked for t in ledger.tasks.values()] == [True, True, True, False]
 
@@ -322,7 +323,7 @@ def test_a_clients_held_count_follows_its_tasks_through_every_way_out():
     w = worker(ledger, "w", credit=100)
     submit(ledger, 1, 2, 3, 4, 5, 6)
     assert c.held == 6
-    assert len(scheduling.dispatch(ledger, lambda t: True)) == 1  # all six to w
+    assert len(scheduling.dispatch(ledger, everyone)) == 1  # all six to w
     done, _ = ledger.finish(w, [((_btid(ledger, 1), 0, 0, 0.0, 0.0), [])])  # a result
     assert len(done) == 1 and c.held == 5
     ledger.cancel(C, [2])  # cancelled by its owner
@@ -480,9 +481,9 @@ def test_mark_running_skips_what_is_marked_gone_or_refused():
     ledger.tasks[2].marked = True  # told already: counts as running, not asked again
     claimed: list[int] = []
 
-    def claim(t: Task) -> bool:
-        claimed.append(t.tid)
-        return t.tid != 3  # its future was cancelled: the task is dropped and frees its place
+    def claim(ts: list[Task]) -> list[Task]:
+        claimed.extend(t.tid for t in ts)
+        return [t for t in ts if t.tid == 3]  # its future was cancelled: the task is dropped and frees its place
 
     scheduling.mark_running(ledger, 1, claim)  # 1 idle + 1 starting: 2 places
     assert claimed == [3, 4]  # 2 took one place, 3 was refused, 4 took the other
@@ -537,7 +538,7 @@ def test_recall_looks_at_most_once_a_pace():
     assert scheduling.recall(ledger, 100.0) == [a]
     b = worker(ledger, "b", 3)  # busy now too, never asked
     submit(ledger, 3, 4, 5)
-    scheduling.dispatch(ledger, lambda t: True)
+    scheduling.dispatch(ledger, everyone)
     assert b.assigned == {4, 5}  # (3 went to the idle one)
     worker(ledger, "idle2", 1)
     assert scheduling.recall(ledger, 100.0 + scheduling.RECALL_EVERY / 2) == []  # not yet
@@ -549,5 +550,5 @@ def test_mark_running_with_one_idle_worker_claims_one_task():
     worker(ledger, "idle", 0)
     submit(ledger, 1, 2)
     claimed: list[int] = []
-    scheduling.mark_running(ledger, 0, lambda t: claimed.append(t.tid) is None)
+    scheduling.mark_running(ledger, 0, lambda ts: claimed.extend(t.tid for t in ts) or [])
     assert claimed == [1]

@@ -86,16 +86,19 @@ class Books(RuleBasedStateMachine):
         assert before is None, f"task {tid} of {owner!r}: {outcome} after {before}"
         self.fate[key] = outcome
 
-    def claim(self, task: Task) -> bool:
+    def claim(self, tasks: list[Task]) -> list[Task]:
         """scheduling's claim: the in-process client answers; a remote owner is told STARTED."""
-        self.claims[task.btid] = self.claims.get(task.btid, 0) + 1
-        assert self.claims[task.btid] == 1, f"task {task.btid} claimed twice"
-        m = self.alive[task.btid]
-        if m.owner == LOCAL and m.tid in self.local_cancelled:
-            del self.alive[task.btid]  # its future was cancelled: the task is dropped
-            return False
-        m.claimed = True
-        return True
+        unwanted = []
+        for task in tasks:
+            self.claims[task.btid] = self.claims.get(task.btid, 0) + 1
+            assert self.claims[task.btid] == 1, f"task {task.btid} claimed twice"
+            m = self.alive[task.btid]
+            if m.owner == LOCAL and m.tid in self.local_cancelled:
+                del self.alive[task.btid]  # its future was cancelled: the task is dropped
+                unwanted.append(task)
+            else:
+                m.claimed = True
+        return unwanted
 
     def forgotten(self, cancels: dict[bytes, list[tuple[int]]], gone: list[int]) -> None:
         """The ledger dropped ``gone``: CANCEL goes to exactly the live workers holding them."""

@@ -341,6 +341,36 @@ class Ledger:
         self._next_btid = btid
         return refused
 
+    def submit_local(
+        self, outbox: collections.deque[tuple[int, list[Any]]], client: ClientState
+    ) -> list[int]:
+        """Queue what the in-process client (key LOCAL) queued: (its id, frames) pairs, taken from
+        ``outbox`` until it is empty (its threads may append meanwhile).  submit() for tasks that
+        have no parent, less the SUBMIT entries: one loop, no tuple per task.  Returns the ids
+        refused (all of them when the client is broken or leaving)."""
+        if client.broken or client.closing:
+            refused = []
+            while outbox:
+                refused.append(outbox.popleft()[0])
+            return refused
+        tasks, queue, ids = self.tasks, self.queue, self.by_owner.get(LOCAL)
+        src, setup, now = self._src, client.setup, time.time()
+        grain = CLOCK_GRAIN if len(queue) < COMPACT_QUEUED else QUEUED_GRAIN
+        if now - src.submitted >= grain or src.origin != LOCAL or src.setup != setup:
+            src = self._src = Source(0, LOCAL, setup, now)
+        first = btid = self._next_btid
+        pop = outbox.popleft
+        while outbox:
+            tid, body = pop()
+            tasks[btid] = Task(btid, LOCAL, tid, 0, None, 0, body, 0.0, src)
+            if ids is not None:
+                ids[tid] = btid
+            queue.append(btid)
+            btid += 1
+        client.held += btid - first
+        self._next_btid = btid
+        return []
+
     def grant(self, w: WorkerState, credit: int) -> None:
         """The worker wants ``credit`` more tasks."""
         w.last_seen = time.time()

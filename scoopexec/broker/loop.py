@@ -47,7 +47,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -133,7 +133,7 @@ class Broker:
             self.ledger.add_client(LOCAL, {"role": P.CLIENT, "local": True}, local.setup_frames())
             self.poll.watch(local.wake.fd, self._on_local_wake)
         self._calls: collections.deque[tuple[Callable[[], Any], cf.Future[Any]]] = collections.deque()
-        self._out: dict[bytes, list[tuple[tuple[int, int, int], Sequence[Any]]]] = {}  # RESULTS to send
+        self._out: dict[bytes, list[tuple[int, int, Sequence[Any]]]] = {}  # RESULTS: (tid, status, frames)
         self._started: dict[bytes, list[tuple[int]]] = {}  # STARTED to send, per owner
         self._stopping = False
         self.turns = 0  # turns of the loop: an owner waiting on it can tell a stuck thread
@@ -420,7 +420,7 @@ class Broker:
             items = out.get(task.owner)
             if items is None:
                 items = out[task.owner] = []
-            items.append(((task.tid, status, len(body)), body))
+            items.append((task.tid, status, body))
         ledger.completed += msg.count
         ledger.grant(w, msg.arg)
 
@@ -493,15 +493,16 @@ class Broker:
             for owner, ids in started.items():
                 self.send(owner, [P.pack(P.STARTED, ids)])
 
-    def _claim(self, task: Task) -> bool:
-        """The owner learns the task runs (STARTED); an in-process client is asked at once."""
-        owner = task.owner
-        if owner == LOCAL:
-            assert self.local is not None
-            return self.local.claim(task.tid)
-        if owner in self.ledger.clients:
-            self._started.setdefault(owner, []).append((task.tid,))
-        return True
+    def _claim(self, tasks: list[Task]) -> Collection[Task]:
+        """The owners learn the tasks run (STARTED); an in-process client is asked at once
+        (InProcessPort.claim).  Returns the tasks it no longer wants (scheduling.Claim)."""
+        unwanted: Collection[Task] = ()
+        if self.local is not None:
+            tasks, unwanted = self.local.claim(tasks)
+        for task in tasks:
+            if task.owner in self.ledger.clients:
+                self._started.setdefault(task.owner, []).append((task.tid,))
+        return unwanted
 
     def _send_tasks(self, w: WorkerState, batch: list[Task]) -> None:
         for c in self.ledger.new_setups(w, batch):  # before its first task there: SETUP, SHAREs
@@ -528,7 +529,7 @@ class Broker:
 
     def result(self, owner: bytes, tid: int, status: int, body: Sequence[Any]) -> None:
         """A result for ``owner``: sent in its RESULTS batch at the end of this turn."""
-        self._out.setdefault(owner, []).append(((tid, status, len(body)), body))
+        self._out.setdefault(owner, []).append((tid, status, body))
 
     def cancel_on_workers(self, cancels: dict[bytes, list[tuple[int]]]) -> None:
         """CANCEL, to each worker, the tasks the ledger dropped that it holds."""
@@ -543,12 +544,12 @@ class Broker:
         if self.router.backlog:
             self.router.retry_backlog(self.ledger.known)
 
-    def _send_results(self, owner: bytes, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
+    def _send_results(self, owner: bytes, items: list[tuple[int, int, Sequence[Any]]]) -> None:
         if owner == LOCAL and self.local is not None:
-            self.local.results(items)  # the message as its table takes it: see InProcessPort.results
+            self.local.results(items)  # no message: see InProcessPort.results
             return
-        frames: list[Any] = [P.pack(P.RESULTS, [e for e, _ in items])]
-        for _, body in items:
+        frames: list[Any] = [P.pack(P.RESULTS, [(tid, status, len(body)) for tid, status, body in items])]
+        for _, _, body in items:
             frames.extend(body)
         self.send(owner, frames)
 

@@ -26,7 +26,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import zmq
@@ -39,7 +39,7 @@ from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
-from .ledger import LOCAL, Ledger
+from .ledger import LOCAL, Ledger, Task
 from .limits import Connections, Limits
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -656,9 +656,9 @@ class LocalClient(Protocol):
     wake: WakePipe  # written when either gains something
 
     def setup_frames(self) -> list[bytes]: ...
-    def started(self, tid: int) -> bool: ...  # False: the future was cancelled, drop the task
+    def started_all(self, tids: list[int]) -> Collection[int]: ...  # those cancelled: drop their tasks
     def handle(self, frames: list[Any]) -> None: ...  # a message from the broker
-    def results(self, items: Iterable[tuple[tuple[int, int, int], Sequence[Any]]]) -> None: ...  # RESULTS'
+    def results(self, items: Iterable[tuple[int, int, Sequence[Any]]]) -> None: ...  # (tid, status, frames)
     def dispatched(self) -> None: ...  # what was submitted so far was taken in
 
 
@@ -671,16 +671,23 @@ class InProcessPort:
         self.client = client
         self.outbox, self.inbox = client.outbox, client.inbox  # what it queued for the broker
         self.pending: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
-        self.claim = client.started  # asked once per task before it first goes to a worker
         self._delivering = threading.Lock()  # held by the thread handing messages over (deliver)
+
+    def claim(self, tasks: list[Task]) -> tuple[list[Task], Collection[Task]]:
+        """Tasks about to go to a worker: the client marks its own running, all in one call.
+        Returns the others, and those of its own it no longer wants (cancelled: dropped)."""
+        mine = [t.tid for t in tasks if t.owner == LOCAL]
+        others = [t for t in tasks if t.owner != LOCAL] if len(mine) < len(tasks) else []
+        gone = self.client.started_all(mine) if mine else ()
+        return others, [t for t in tasks if t.owner == LOCAL and t.tid in gone] if gone else ()
 
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
         self.pending.append((self.client.handle, list(frames)))
         return True
 
-    def results(self, items: list[tuple[tuple[int, int, int], Sequence[Any]]]) -> None:
-        """RESULTS for the client: its entries and frames as the message's parts would be (the
-        one message on every round trip: no header to pack here and parse there)."""
+    def results(self, items: list[tuple[int, int, Sequence[Any]]]) -> None:
+        """RESULTS for the client, as (its task id, status, frames) for each (the one message on
+        every round trip: no header to pack here and parse there)."""
         self.pending.append((self.client.results, items))
 
     def deliver(self) -> bool:
@@ -712,11 +719,6 @@ class InProcessPort:
         inbox = self.inbox
         while inbox:
             on_message(LOCAL, inbox.popleft(), None)
-        outbox = self.outbox
-        if not outbox:
+        if not self.outbox:
             return []
-        parts = []  # as SUBMIT's parts are: ((tid, parent), frames)
-        while outbox:  # popleft: the client's threads append meanwhile
-            tid, body = outbox.popleft()
-            parts.append(((tid, 0), body))
-        return ledger.submit(LOCAL, parts, ledger.clients[LOCAL])
+        return ledger.submit_local(self.outbox, ledger.clients[LOCAL])

@@ -19,16 +19,17 @@
   after their turn go back to the front, in turn: the next single task goes to the worker
   that just ran one (warm; a round trip is faster there).
 
-``claim(task)`` is asked once per task before its owner first learns it is running:
-False means the owner no longer wants it (an in-process client cancelled the future),
-and the task is dropped.
+``claim(tasks)`` is asked once per task, a batch at a time (the tasks about to go to one
+worker), before their owners first learn they are running: it returns those of them their
+owner no longer wants (an in-process client cancelled the future), which are dropped.  One
+call per batch, not per task: an embedded client's futures are all marked running in one go.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .ledger import Ledger, Task, WorkerState
 
@@ -36,7 +37,7 @@ __all__ = ["RECALL_EVERY", "dispatch", "mark_running", "recall"]
 
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
 
-Claim = Callable[[Task], bool]
+Claim = Callable[[list[Task]], Collection[Task]]  # the tasks given, those not wanted
 
 
 def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]]]:
@@ -45,7 +46,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
     out: list[tuple[WorkerState, list[Task]]] = []
     while queue and ready:
         share = max(1, math.ceil(len(queue) / len(ready)))
-        sent = 0
+        moved = 0  # tasks taken off the queue this round: sent, or dropped as unwanted
         back: list[WorkerState] = []
         for _ in range(len(ready)):
             if not queue:
@@ -57,6 +58,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
             others: bool | None = None  # another worker idle? (asked when it matters)
             skipped: list[int] = []
             batch: list[Task] = []
+            fresh: list[Task] = []  # not marked yet: their owners are asked (claim) first
             want = min(w.credit, share)
             while want and queue:
                 btid = queue.popleft()
@@ -74,24 +76,23 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                         skipped.append(btid)
                         continue
                 if task.lost is None:  # not marked (a task lost with a worker was marked before)
-                    if not claim(task):
-                        del tasks[btid]  # cancelled while queued
-                        continue
-                    task.marked = True
+                    fresh.append(task)
                 batch.append(task)
                 want -= 1
             if skipped:
                 queue.extendleft(reversed(skipped))
+            moved += len(batch)
+            if fresh and _mark(tasks, fresh, claim):  # some were cancelled while queued: dropped
+                batch = [t for t in batch if t.btid in tasks]
             if batch:
                 ledger.assign(w, batch)
                 w.credit -= len(batch)
-                sent += len(batch)
                 out.append((w, batch))
             if w.credit > 0:
                 w.in_ready = True
                 back.append(w)
         ready.extendleft(reversed(back))
-        if not sent:
+        if not moved:
             break  # every ready worker passed on what is queued: wait for input
     return out
 
@@ -102,20 +103,32 @@ def mark_running(ledger: Ledger, starting: int, claim: Claim) -> None:
     if free <= 0:
         return
     tasks = ledger.tasks
+    fresh: list[Task] = []
     for btid in list(itertools.islice(ledger.queue, 0, free + 16)):
-        if free <= 0:
-            break
         task = tasks.get(btid)
         if task is None or task.worker is not None:
             continue
         free -= 1
-        if task.marked:
-            continue
-        if not claim(task):
-            del tasks[btid]
-            free += 1
-            continue
-        task.marked = True
+        if task.lost is None:  # not marked
+            fresh.append(task)
+        if not free:
+            free = _mark(tasks, fresh, claim)  # each dropped task frees its place for the next
+            if not free:
+                return
+            fresh = []
+    if fresh:
+        _mark(tasks, fresh, claim)
+
+
+def _mark(tasks: dict[int, Task], fresh: list[Task], claim: Claim) -> int:
+    """Ask the owners of ``fresh`` (claim): those still wanted are marked, the others dropped;
+    returns how many were dropped."""
+    unwanted = claim(fresh)
+    for task in fresh:
+        task.lost = ()  # marked (Task.marked, without a property call per task)
+    for task in unwanted:
+        del tasks[task.btid]
+    return len(unwanted)
 
 
 def recall(ledger: Ledger, now: float) -> list[WorkerState]:

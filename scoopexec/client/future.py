@@ -14,7 +14,7 @@ import concurrent.futures._base as cfb
 import pickle
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ..errors import WorkerLostError
@@ -22,7 +22,7 @@ from ..wire import protocol, serialize
 
 __all__ = [
     "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
-    "start",
+    "settle_all", "start", "start_all",
 ]  # fmt: skip
 
 
@@ -165,6 +165,8 @@ _DONE = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
 _CANCELLED = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED)
 _UNDONE = (cfb.PENDING, cfb.RUNNING)
 _OK = protocol.OK
+_PENDING, _RUNNING, _FINISHED = cfb.PENDING, cfb.RUNNING, cfb.FINISHED
+_CANCELLED_STATUS = protocol.CANCELLED
 
 
 # The task's start and its result change the state of a future that has no condition yet (so
@@ -202,6 +204,73 @@ def settle(fut: ScoopFuture, status: int, frames: Any) -> None:
         pass  # cancelled between the look and the set
 
 
+def settle_all(
+    futures: dict[int, ScoopFuture], items: Iterable[tuple[int, int, Sequence[Any]]], cancels_dropped: bool
+) -> tuple[int, int]:
+    """Resolve the futures of a batch of results, each (task id, status, frames), taking them
+    out of ``futures`` (call it holding no lock: results are unpickled here).
+
+    settle() for each, except that the usual result (one frame, OK, for a future without a
+    condition: nobody waits on it yet) is unpickled first and its future set finished with
+    the next ones of its kind, in one hold of the module's lock; a result of another kind
+    first finishes those before it, so futures still finish in the order of their results.
+    With ``cancels_dropped`` (an embedded broker), CANCELLED means the broker dropped the
+    task without running it: the future is cancelled.  Returns (results whose future was
+    not there, futures cancelled so).
+    """
+    unmatched = dropped = 0
+    pop = futures.pop
+    ready: list[ScoopFuture] = []  # their result is in _result, their state not yet finished
+    for tid, status, frames in items:
+        fut = pop(tid, None)
+        if fut is None:
+            unmatched += 1  # cancelled, or a bug: a duplicate
+            continue
+        if status == _OK and len(frames) == 1 and fut._made is None:
+            try:
+                value = pickle.loads(frames[0])
+            except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
+                fut.set_exception(serialize.unpickling_error(exc, fut._what))
+                continue
+            # Only read once the state says FINISHED (then set under _MAKING, or by set_result).
+            fut._result = value
+            ready.append(fut)
+            continue
+        if ready:
+            _finish(ready)
+            ready = []
+        if status == _CANCELLED_STATUS and cancels_dropped:
+            dropped += 1
+            cancel_dropped(fut)
+        else:
+            settle(fut, status, frames)
+    if ready:
+        _finish(ready)
+    return unmatched, dropped
+
+
+def _finish(ready: list[ScoopFuture]) -> None:
+    """Set finished futures whose result is in ``_result`` already (settle_all)."""
+    late = None
+    _MAKING.acquire()
+    try:
+        for fut in ready:
+            if fut._made is None and fut._state in _UNDONE:
+                fut._state = _FINISHED
+                fut._holder = None
+            else:
+                late = late or []
+                late.append(fut)
+    finally:
+        _MAKING.release()
+    if late:  # a condition made meanwhile (a waiter came): the usual path notifies it
+        for fut in late:
+            try:
+                fut.set_result(fut._result)
+            except cf.InvalidStateError:
+                pass  # cancelled meanwhile
+
+
 def start(fut: ScoopFuture) -> bool:
     """Its task is about to run: the future is running now, or False if it was cancelled.
 
@@ -230,6 +299,38 @@ def start(fut: ScoopFuture) -> bool:
             for waiter in fut._waiters:
                 waiter.add_cancelled(fut)
         return False
+
+
+def start_all(futures: dict[int, ScoopFuture], tids: Iterable[int]) -> list[int]:
+    """The tasks ``tids`` are about to run: their futures (in ``futures``) are running now.
+
+    start() for each, in one hold of the module's lock and with one clock reading for those
+    without a condition (most: nobody waits on a future whose task has not started yet).
+    Returns the ids whose future is gone or was cancelled (then taken out of ``futures``):
+    their tasks are dropped.
+    """
+    gone: list[int] = []
+    others: list[tuple[int, ScoopFuture]] = []  # with a condition: start() notifies
+    now = time.monotonic()
+    get = futures.get
+    _MAKING.acquire()
+    try:
+        for tid in tids:
+            fut = get(tid)
+            if fut is None:
+                gone.append(tid)
+            elif fut._made is None and fut._state == _PENDING:
+                fut._started = now
+                fut._state = _RUNNING
+            else:
+                others.append((tid, fut))
+    finally:
+        _MAKING.release()
+    for tid, fut in others:
+        if not start(fut):
+            futures.pop(tid, None)
+            gone.append(tid)
+    return gone
 
 
 def cancel_dropped(fut: ScoopFuture) -> None:

@@ -37,7 +37,7 @@ from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
-from .future import ScoopFuture, cancel_dropped, cancel_running, running, settle, start
+from .future import ScoopFuture, cancel_running, running, settle_all, start, start_all
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -192,6 +192,11 @@ class Session:
             self.futures.pop(tid, None)
         return ok
 
+    def started_all(self, tids: list[int]) -> list[int]:
+        """The tasks are about to run (an embedded broker asks, a batch at a time): their futures
+        are running now; returns the ids of those cancelled, whose tasks are dropped."""
+        return start_all(self.futures, tids)
+
     def handle(self, frames: list[Any]) -> None:
         """A message from the broker: checked, then routed through ``handlers``."""
         try:
@@ -216,22 +221,18 @@ class Session:
     cancels_dropped = False  # CANCELLED from an embedded broker: it dropped the task, never ran it
 
     def _on_results(self, msg: P.Message) -> None:
-        self.results(msg.parts())
+        self.results([(ent[0], ent[1], body) for ent, body in msg.parts()])
 
-    def results(self, items: Iterable[tuple[tuple[Any, ...], Sequence[Any]]]) -> None:
-        """RESULTS: each ((tid, status, ...), frames); from the message, or straight from an
-        embedded broker (broker/ports.py, InProcessPort.results)."""
-        futures = self.futures
-        for (tid, status, _), body in items:
-            fut = futures.pop(tid, None)
-            if fut is None:
-                self.unmatched += 1  # a result nobody waits for (cancelled, or a bug: a duplicate)
-            elif status == P.CANCELLED and self.cancels_dropped:
-                self.dropped += 1
-                cancel_dropped(fut)
-            else:
-                settle(fut, status, body)
-        if self.stop_when_idle and not futures:
+    def results(self, items: Iterable[tuple[int, int, Sequence[Any]]]) -> None:
+        """RESULTS: (task id, status, frames) for each; from the message, or straight from an
+        embedded broker (broker/ports.py, InProcessPort.results).  A result nobody waits for
+        (cancelled, or a bug: a duplicate) is counted in ``unmatched``."""
+        unmatched, dropped = settle_all(self.futures, items, self.cancels_dropped)
+        if unmatched:
+            self.unmatched += unmatched
+        if dropped:
+            self.dropped += dropped
+        if self.stop_when_idle and not self.futures:
             self.request_stop()
 
     def _on_started(self, msg: P.Message) -> None:
