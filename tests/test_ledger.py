@@ -483,7 +483,7 @@ def test_mark_running_skips_what_is_marked_gone_or_refused():
 
     def claim(ts: list[Task]) -> list[Task]:
         claimed.extend(t.tid for t in ts)
-        return [t for t in ts if t.tid == 3]  # its future was cancelled: the task is dropped and frees its place
+        return [t for t in ts if t.tid == 3]  # its future was cancelled: dropped, it frees its place
 
     scheduling.mark_running(ledger, 1, claim)  # 1 idle + 1 starting: 2 places
     assert claimed == [3, 4]  # 2 took one place, 3 was refused, 4 took the other
@@ -552,3 +552,56 @@ def test_mark_running_with_one_idle_worker_claims_one_task():
     claimed: list[int] = []
     scheduling.mark_running(ledger, 0, lambda ts: claimed.extend(t.tid for t in ts) or [])
     assert claimed == [1]
+
+
+# ------------------------------------------------------- the in-process client
+def test_an_in_process_clients_queue_is_taken_in_whole_as_its_submissions_would_be():
+    import collections
+
+    from scoopexec.broker.ledger import LOCAL, MANY
+
+    ledger = books()
+    local = ledger.add_client(LOCAL, {"role": "client", "local": True}, [b"{}", b""])
+    outbox = collections.deque([(1, list(BODY)), (2, [b"fn", b"args", b"buffer"])])
+    assert ledger.submit_local(outbox, local) == [] and not outbox
+    one, two = (ledger.tasks[b] for b in ledger.queue)
+    assert (one.owner, one.tid, one.frames, one.setup, one.parent, one.worker, one.marked) == (
+        LOCAL, 1, BODY, local.setup, 0, None, False,
+    )  # fmt: skip
+    assert (two.tid, two.rest, two.frames) == (2, MANY, [b"fn", b"args", b"buffer"])
+    assert one.src is two.src and local.held == 2  # taken in together: one Source
+    ledger.cancel(LOCAL, [])  # an index of its tasks by id (made by a first CANCEL) ...
+    outbox.append((3, list(BODY)))
+    ledger.submit_local(outbox, local)
+    assert ledger.cancel(LOCAL, [3]) == {} and [t.tid for t in ledger.tasks.values()] == [1, 2]  # ... kept
+    local.closing = True  # leaving after an error: what it queues now is refused, all of it
+    outbox.extend([(4, list(BODY)), (5, list(BODY))])
+    assert ledger.submit_local(outbox, local) == [4, 5] and not outbox and len(ledger.tasks) == 2
+
+
+def test_a_batchs_entries_laid_flat_are_each_tasks_entry():
+    from scoopexec.broker.ledger import task_entries
+
+    ledger = books()
+    submit(ledger, 1)
+    assert ledger.submit(C, [((2, 0, 3), [b"fn", b"args", b"buf"])], ledger.clients[C]) == []
+    batch = list(ledger.tasks.values())
+    batch[0].lose(b"w", "lost")  # attempts lost: their count travels
+    batch[0].lose(b"v", "lost")
+    batch[1].lose(b"w", "lost")
+    frames: list[object] = []
+    flat = task_entries(batch, frames)
+    one_by_one: list[object] = []
+    assert flat == [v for t in batch for v in t.entry(one_by_one)] and frames == one_by_one
+    assert frames == [*BODY, b"fn", b"args", b"buf"] and flat[2::4] == [2, 3] and flat[3::4] == [2, 1]
+
+
+def test_a_worker_gets_each_clients_set_up_once_before_its_tasks():
+    ledger = books()
+    other = ledger.add_client(b"other", {"role": "client"}, [b"{}", b""])
+    w = worker(ledger, "a", 8)
+    submit(ledger, 1, 2)
+    assert ledger.submit(b"other", [((1, 0, 2), list(BODY))], other) == []
+    batch = list(ledger.tasks.values())
+    assert ledger.new_setups(w, batch) == [ledger.clients[C], other]
+    assert ledger.new_setups(w, batch) == []  # sent already

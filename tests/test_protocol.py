@@ -168,3 +168,15 @@ def test_defaults_are_zero_and_json_is_compact():
     assert P.dump_json({"a": [1, 2], "b": None}) == b'{"a":[1,2],"b":null}'
     with pytest.raises(ProtocolError, match=r"^malformed JSON control frame: "):
         P.load_json(b"{")
+
+
+@pytest.mark.parametrize("mtype", [P.TASKS, P.RESULTS, P.SUBMIT, P.CANCEL])
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_entries_packed_flat_are_the_bytes_packed_one_by_one(mtype, count):
+    # The broker packs a TASKS header from its entries laid one after the other (pack_flat): one
+    # struct call per message.  A wrong field order or a lost byte order shows here.
+    width = len(P.ENTRY_OF[mtype].format.lstrip("<"))
+    ents = [tuple(7 * i + j + 1 for j in range(width)) for i in range(count)]  # (fit in a byte)
+    flat = [v for e in ents for v in e]
+    assert P.pack_flat(mtype, count, flat, arg=5) == P.pack(mtype, ents, arg=5)
+    assert list(P.entries(mtype, P.pack_flat(mtype, count, flat))) == ents

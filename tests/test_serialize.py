@@ -125,6 +125,24 @@ def test_call_encoding_round_trip():
     assert fn(*args, **kwargs) == {"a": 1}
 
 
+def test_a_named_call_is_the_call_and_its_name_first_and_again():
+    # submit() takes the function's name and its frames in one call (encode_named), from one
+    # cache once the function was sent: the same bytes as describe() and encode_call().
+    for fn, args, kwargs in [
+        (divmod, (7, 2), {}),
+        (divmod, (9, 4), {}),  # (cached now)
+        (sorted, ([3, 1],), {"reverse": True}),
+        (sorted, ([2, 5],), {}),  # not plain arguments: pickled as usual
+        (sorted, ("ba",), {}),
+        (lambda x: x, (1,), {}),  # pickled by value: not cached
+    ]:
+        assert S.encode_named(fn, args, kwargs) == (S.describe(fn), S.encode_call(fn, args, kwargs))
+    fn, args, kwargs = S.decode_call(S.encode_named(divmod, (7, 2), {})[1])
+    assert fn(*args, **kwargs) == (3, 1)
+    with pytest.raises(SerializationError, match="arguments"):
+        S.encode_named(divmod, (threading.Lock(),), {})
+
+
 def test_unpicklable_arguments_raise_serialization_error():
     with pytest.raises(SerializationError, match="arguments") as info:
         S.encode_call(abs, (threading.Lock(),), {})

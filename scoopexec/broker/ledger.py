@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState"]
+__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState", "task_entries"]
 
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
@@ -42,6 +42,7 @@ Cancels = dict[bytes, list[tuple[int]]]
 
 
 MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
+_new = object.__new__
 
 
 class Source:
@@ -176,6 +177,23 @@ class Task:
     def losses(self) -> tuple[str, ...]:
         """Why each attempt was lost."""
         return tuple(why for _, why in self.lost or ())
+
+
+def task_entries(batch: Iterable[Task], out: list[Any]) -> list[int]:
+    """Task.entry for each task of ``batch``, flat: append their frames to ``out`` and return
+    their TASKS entries one after the other (protocol.pack_flat takes them so: one call to pack
+    them all, not one per task)."""
+    flat: list[int] = []
+    for t in batch:
+        rest, lost = t.rest, t.lost
+        if rest is MANY:
+            out.extend(t.first)
+            flat += (t.btid, t.src.setup, len(t.first), len(lost) if lost else 0)
+        else:
+            out.append(t.first)
+            out.append(rest)
+            flat += (t.btid, t.src.setup, 2, len(lost) if lost else 0)
+    return flat
 
 
 class Peer:
@@ -362,7 +380,18 @@ class Ledger:
         pop = outbox.popleft
         while outbox:
             tid, body = pop()
-            tasks[btid] = Task(btid, LOCAL, tid, 0, None, 0, body, 0.0, src)
+            # Task(btid, LOCAL, tid, 0, None, 0, body, 0.0, src), inline: a class call with
+            # __init__ costs some 40 % more than making the object and setting its slots here.
+            task = tasks[btid] = _new(Task)
+            task.btid = btid
+            task.owner = LOCAL
+            task.tid = tid
+            task.src = src
+            task.worker = task.lost = None
+            if len(body) == 2:
+                task.first, task.rest = body
+            else:
+                task.first, task.rest = body, MANY
             if ids is not None:
                 ids[tid] = btid
             queue.append(btid)
@@ -639,11 +668,17 @@ class Ledger:
     def new_setups(self, w: WorkerState, batch: Iterable[Task]) -> list[ClientState]:
         """The clients whose set-up ``w`` must get before ``batch`` (noted as sent)."""
         out = []
-        for sid in {t.src.setup for t in batch if t.src.setup not in w.setups} - {0}:
-            c = self.setups.get(sid)
-            if c is not None:
-                out.append(c)
-            w.setups.add(sid)
+        setups, last = w.setups, None
+        for t in batch:
+            src = t.src
+            if src is last:  # (tasks taken in together share one: look once)
+                continue
+            last, sid = src, src.setup
+            if sid and sid not in setups:
+                c = self.setups.get(sid)
+                if c is not None:
+                    out.append(c)
+                setups.add(sid)
         return out
 
     def route_output(

@@ -58,7 +58,7 @@ from ..wire.framing import POOL, WakePipe
 from ..wire.security import KeyPair
 from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
-from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState
+from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState, task_entries
 from .limits import Guard, Limits, write_nowait
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
 from .supervision import ProcessWatcher, Supervisor
@@ -512,7 +512,7 @@ class Broker:
         if self.trace is not None:
             self.trace.on_dispatch(w, batch)
         frames: list[Any] = [b""]
-        frames[0] = P.pack(P.TASKS, [t.entry(frames) for t in batch])
+        frames[0] = P.pack_flat(P.TASKS, len(batch), task_entries(batch, frames))
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send

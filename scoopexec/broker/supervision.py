@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .ports import LinkPort, RouterPort
 
 __all__ = ["ProcessWatcher", "Supervisor"]
+
+_STATUS = operator.itemgetter(1)  # a RESULT entry's status
 
 log = logging.getLogger("scoopexec.broker")
 
@@ -185,6 +188,8 @@ class Supervisor:
     def note_results(self, msg: P.Message) -> None:
         """Count the tasks of a RESULT that a limit stopped (task_timeout, worker_memory_limit): the
         type its worker named in a raised error's JSON (nothing is unpickled)."""
+        if P.RAISED not in map(_STATUS, msg.entries):  # (the usual RESULT: looked at in C)
+            return
         pos = 1
         for ent in msg.entries:
             if ent[1] == P.RAISED and ent[2] >= 3:

@@ -404,14 +404,15 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
-        what = serialize.describe(fn)
-        if self._task_timeout is not None:
-            fn = TimeLimit(fn, self._task_timeout)
+        what, error, frames = "", None, None
         try:
-            frames: list[Any] | None = serialize.encode_call(fn, args, kwargs)
-            error: Exception | None = None
+            if self._task_timeout is None:
+                what, frames = serialize.encode_named(fn, args, kwargs)
+            else:
+                what = serialize.describe(fn)
+                frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs)
         except SerializationError as exc:
-            frames, error = None, exc
+            error = exc
         return self._submit_frames(frames, error, what)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:

@@ -161,6 +161,20 @@ def pack(mtype: int, entries: Sequence[tuple[Any, ...]] = (), arg: int = 0) -> b
     )
 
 
+_FLAT: dict[tuple[int, int], struct.Struct] = {}  # (kind, count) -> the struct of count entries
+
+
+def pack_flat(mtype: int, count: int, values: Sequence[Any], arg: int = 0) -> bytes:
+    """pack() of ``count`` entries given one after the other in ``values`` (a flat sequence):
+    the same bytes, packed in one call instead of one per entry."""
+    st = _FLAT.get((mtype, count))
+    if st is None:
+        if len(_FLAT) >= 1024:
+            _FLAT.clear()
+        st = _FLAT[mtype, count] = struct.Struct("<" + ENTRY_OF[mtype].format.lstrip("<") * count)
+    return HEADER.pack(MAGIC, VERSION, mtype, count, arg) + st.pack(*values)
+
+
 def unpack_header(buf: bytes | memoryview) -> tuple[int, int, int]:
     """Return (type, count, arg), or raise ProtocolError for anything malformed."""
     if len(buf) < HEADER_SIZE:

@@ -398,6 +398,28 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     return frames
 
 
+_named: dict[Any, tuple[str, bytes]] = {}  # fn -> (describe(fn), its frame), for encode_named
+
+
+def encode_named(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Frames]:
+    """(describe(fn), encode_call(fn, args, kwargs)): what a submit() needs, in one call and,
+    for a function already sent with plain arguments, one look-up (on every submit)."""
+    named = _named.get(fn) if fn.__class__ in _CACHEABLE else None
+    if named is not None:
+        if not kwargs:
+            plain = _plain_args(args)
+            if plain is not None:
+                return named[0], [named[1], plain]
+        return named[0], encode_call(fn, args, kwargs)
+    what, frames = describe(fn), encode_call(fn, args, kwargs)
+    data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
+    if data is not None:  # (cached by dumps_function: it pickles by name)
+        if len(_named) >= _CACHE_MAX:
+            _named.clear()
+        _named[fn] = (what, data)
+    return what, frames
+
+
 def encode_function(fn: Callable[..., Any]) -> bytes:
     """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel."""
     if fn.__class__ in _CACHEABLE:  # (dumps_function's cache, looked at here: on every task)
