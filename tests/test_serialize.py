@@ -143,6 +143,16 @@ def test_a_named_call_is_the_call_and_its_name_first_and_again():
         S.encode_named(divmod, (threading.Lock(),), {})
 
 
+def test_a_maps_task_is_its_function_frame_and_its_arguments_frames():
+    fn_frame = S.encode_function(divmod)
+    cases = [((7, 2), {}, False), (([1, 2],), {}, True), ((7,), {"b": 2}, False), (([3],), {}, False)]
+    for args, kwargs, chunk in cases:
+        want = [fn_frame, *S.encode_args(args, kwargs, None, 0, chunk, "divmod")]
+        assert S.encode_task(fn_frame, args, kwargs, 0, chunk, "divmod") == want
+    with pytest.raises(SerializationError, match="item 4"):
+        S.encode_task(fn_frame, (threading.Lock(),), {}, 4, False, "divmod")
+
+
 def test_unpicklable_arguments_raise_serialization_error():
     with pytest.raises(SerializationError, match="arguments") as info:
         S.encode_call(abs, (threading.Lock(),), {})

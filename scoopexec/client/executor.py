@@ -428,8 +428,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         chunk: bool = False,
     ) -> cf.Future[Any]:
         try:
-            args_frames = serialize.encode_args(args, kwargs, None, item, chunk, what)
-            frames: list[Any] | None = [fn_frame, *args_frames]
+            frames: list[Any] | None = serialize.encode_task(fn_frame, args, kwargs, item, chunk, what)
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc

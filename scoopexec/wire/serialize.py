@@ -460,6 +460,23 @@ def encode_args(
     raise err from cause
 
 
+def encode_task(
+    fn_frame: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    item: int = -1,
+    chunk: bool = False,
+    what: str = "",
+) -> Frames:
+    """``[fn_frame, *encode_args(args, kwargs, ...)]``: the frames of a task whose function is
+    pickled already (a map's), in one call (on every item of a map)."""
+    if not kwargs and not chunk:
+        plain = _plain_args(args)
+        if plain is not None:
+            return [fn_frame, plain]
+    return [fn_frame, *encode_args(args, kwargs, None, item, chunk, what)]
+
+
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
