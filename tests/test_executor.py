@@ -256,6 +256,31 @@ def test_cancel_pending_future():
         blocker.result()
 
 
+def test_a_task_cancelled_while_queued_never_runs(tmp_path):
+    # Before handing tasks to a worker the embedded broker asks the client, a batch at a time
+    # (Session.started_all), which it still wants: a future cancelled meanwhile has its task
+    # dropped, never run, and every other task runs once.
+    gate, opened = tmp_path / "gate", tmp_path / "open"
+    opened.touch()
+    with ScoopExecutor(max_workers=1) as ex:
+        blocker = ex.submit(helpers.wait_for_file, str(gate))
+        deadline = time.monotonic() + 60
+        while not blocker.running():
+            assert time.monotonic() < deadline, "the blocking task never started"
+            time.sleep(0.01)
+        futs = [ex.submit(helpers.touch_then_wait, str(tmp_path / f"ran{i}"), str(opened)) for i in range(40)]
+        cancelled = {i for i, f in enumerate(futs[::2]) if f.cancel()}  # every other one, if still queued
+        cancelled = {2 * i for i in cancelled}
+        assert cancelled, "tasks queued behind a busy worker should be cancellable"
+        gate.touch()
+        assert blocker.result(timeout=60) is None
+        for i, f in enumerate(futs):
+            if i not in cancelled:
+                f.result(timeout=60)
+    ran = sorted(int(p.name[3:]) for p in tmp_path.glob("ran*"))
+    assert ran == [i for i in range(40) if i not in cancelled]
+
+
 def test_threads_submitting_concurrently(executor):
     results = {}
 

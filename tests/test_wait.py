@@ -176,3 +176,41 @@ def test_waiters_arriving_as_results_settle_are_all_woken(executor):
         for t in threads:
             t.join(90)
         assert out == {"result": list(range(399, -1, -1)), "wait": 134, "as_completed": 200}
+
+
+def test_a_waiter_arriving_while_a_batch_of_results_settles_is_notified():
+    # settle_all unpickles a batch's usual results first and finishes their futures together
+    # under the module's lock; a waiter that arrives in between (made the future's condition)
+    # must still be notified (its callback run).
+    import pickle
+
+    from scoopexec.client.future import ScoopFuture, settle_all
+    from scoopexec.wire import protocol as P
+
+    futs = {tid: ScoopFuture(None, tid, "f") for tid in (1, 2, 3)}
+    table = dict(futs)
+    seen: list[tuple[int, object]] = []
+
+    def items():
+        yield 1, P.OK, [pickle.dumps("one")]
+        # A waiter comes for future 1, whose result is in hand but not yet set.
+        futs[1].add_done_callback(lambda f: seen.append((1, f.result())))
+        assert not futs[1].done()
+        yield 2, P.OK, [pickle.dumps("two")]
+        yield 4, P.OK, [pickle.dumps("nobody's")]  # a result nobody waits for
+        yield 3, *raised()
+
+    assert settle_all(table, items(), cancels_dropped=True) == (1, 0)
+    assert seen == [(1, "one")] and not table
+    assert [futs[1].result(0), futs[2].result(0)] == ["one", "two"]
+    assert isinstance(futs[3].exception(0), ValueError)
+
+
+def raised() -> tuple[int, list[object]]:
+    """A result message's status and frames for a task that raised ValueError."""
+    from scoopexec.wire import serialize
+
+    try:
+        raise ValueError("three")
+    except ValueError as exc:
+        return serialize.encode_exception(exc, "tb")
