@@ -137,6 +137,21 @@ def test_one_result_message_delivers_each_task_with_its_status_and_frames():
     check(ledger)
 
 
+def test_results_go_straight_into_the_brokers_batches_by_owner():
+    ledger = books()
+    w = worker(ledger, "a", 4)
+    submit(ledger, 1, 2)
+    submit(ledger, 9, owner=w.key, parent=1)  # a sub-task: its owner is the worker
+    ((_, batch),) = scheduling.dispatch(ledger, everyone)
+    a, b, c = (t.btid for t in batch)
+    out: dict[bytes, list[tuple[int, int, object]]] = {C: [(5, 0, [b"earlier"])]}
+    done, others = ledger.finish(w, [((c, 0, 1), [b"rc"]), ((a, 1, 1), [b"ra"]), ((99, 0, 1), [b"x"])], out)
+    assert done == [] and others == [] and ledger.dropped["stale result"] == 1
+    assert out == {C: [(5, 0, [b"earlier"]), (1, 1, [b"ra"])], w.key: [(9, 0, [b"rc"])]}
+    assert w.done == 2 and list(ledger.tasks) == [b]
+    check(ledger)
+
+
 def test_a_late_result_from_a_lost_worker_wins_and_the_new_holder_cancels():
     ledger = books(max_retries=3)
     a = worker(ledger, "a", 1)
@@ -558,12 +573,12 @@ def test_mark_running_with_one_idle_worker_claims_one_task():
 def test_an_in_process_clients_queue_is_taken_in_whole_as_its_submissions_would_be():
     import collections
 
-    from scoopexec.broker.ledger import LOCAL, MANY
+    from scoopexec.broker.ledger import LOCAL, MANY, submit_local
 
     ledger = books()
     local = ledger.add_client(LOCAL, {"role": "client", "local": True}, [b"{}", b""])
     outbox = collections.deque([(1, list(BODY)), (2, [b"fn", b"args", b"buffer"])])
-    assert ledger.submit_local(outbox, local) == [] and not outbox
+    assert submit_local(ledger, outbox, local) == [] and not outbox
     one, two = (ledger.tasks[b] for b in ledger.queue)
     assert (one.owner, one.tid, one.frames, one.setup, one.parent, one.worker, one.marked) == (
         LOCAL, 1, BODY, local.setup, 0, None, False,
@@ -572,11 +587,11 @@ def test_an_in_process_clients_queue_is_taken_in_whole_as_its_submissions_would_
     assert one.src is two.src and local.held == 2  # taken in together: one Source
     ledger.cancel(LOCAL, [])  # an index of its tasks by id (made by a first CANCEL) ...
     outbox.append((3, list(BODY)))
-    ledger.submit_local(outbox, local)
+    submit_local(ledger, outbox, local)
     assert ledger.cancel(LOCAL, [3]) == {} and [t.tid for t in ledger.tasks.values()] == [1, 2]  # ... kept
     local.closing = True  # leaving after an error: what it queues now is refused, all of it
     outbox.extend([(4, list(BODY)), (5, list(BODY))])
-    assert ledger.submit_local(outbox, local) == [4, 5] and not outbox and len(ledger.tasks) == 2
+    assert submit_local(ledger, outbox, local) == [4, 5] and not outbox and len(ledger.tasks) == 2
 
 
 def test_a_batchs_entries_laid_flat_are_each_tasks_entry():

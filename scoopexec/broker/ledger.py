@@ -21,7 +21,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState", "task_entries"]
+__all__ = [
+    "LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState", "submit_local",
+    "task_entries",
+]  # fmt: skip
 
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
@@ -359,47 +362,6 @@ class Ledger:
         self._next_btid = btid
         return refused
 
-    def submit_local(
-        self, outbox: collections.deque[tuple[int, list[Any]]], client: ClientState
-    ) -> list[int]:
-        """Queue what the in-process client (key LOCAL) queued: (its id, frames) pairs, taken from
-        ``outbox`` until it is empty (its threads may append meanwhile).  submit() for tasks that
-        have no parent, less the SUBMIT entries: one loop, no tuple per task.  Returns the ids
-        refused (all of them when the client is broken or leaving)."""
-        if client.broken or client.closing:
-            refused = []
-            while outbox:
-                refused.append(outbox.popleft()[0])
-            return refused
-        tasks, queue, ids = self.tasks, self.queue, self.by_owner.get(LOCAL)
-        src, setup, now = self._src, client.setup, time.time()
-        grain = CLOCK_GRAIN if len(queue) < COMPACT_QUEUED else QUEUED_GRAIN
-        if now - src.submitted >= grain or src.origin != LOCAL or src.setup != setup:
-            src = self._src = Source(0, LOCAL, setup, now)
-        first = btid = self._next_btid
-        pop = outbox.popleft
-        while outbox:
-            tid, body = pop()
-            # Task(btid, LOCAL, tid, 0, None, 0, body, 0.0, src), inline: a class call with
-            # __init__ costs some 40 % more than making the object and setting its slots here.
-            task = tasks[btid] = _new(Task)
-            task.btid = btid
-            task.owner = LOCAL
-            task.tid = tid
-            task.src = src
-            task.worker = task.lost = None
-            if len(body) == 2:
-                task.first, task.rest = body
-            else:
-                task.first, task.rest = body, MANY
-            if ids is not None:
-                ids[tid] = btid
-            queue.append(btid)
-            btid += 1
-        client.held += btid - first
-        self._next_btid = btid
-        return []
-
     def grant(self, w: WorkerState, credit: int) -> None:
         """The worker wants ``credit`` more tasks."""
         w.last_seen = time.time()
@@ -450,18 +412,24 @@ class Ledger:
 
     # ------------------------------------------------------------ tasks out
     def finish(
-        self, w: WorkerState, results: Iterable[tuple[tuple[Any, ...], Sequence[Any]]]
+        self,
+        w: WorkerState,
+        results: Iterable[tuple[tuple[Any, ...], Sequence[Any]]],
+        out: dict[bytes, list[tuple[int, int, Sequence[Any]]]] | None = None,
     ) -> tuple[list[tuple[Task, int, Sequence[Any]]], list[tuple[bytes, int]]]:
         """A RESULT from ``w``, each result given as ((btid, status, ...), frames).
 
         Returns the results to deliver, as (task, status, frames) (the others are dropped and
         counted: stale, or from a worker that did not have the task), and (worker, btid) for each
         task that another worker holds too (a late answer won): that worker must cancel it.
+        With ``out``, the results to deliver go there instead, as the broker batches them: under
+        their owner's key, (the owner's id, status, frames) each; the list returned is empty.
         """
         tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
         clients = self.clients
         done: list[tuple[Task, int, Sequence[Any]]] = []
         others: list[tuple[bytes, int]] = []
+        n = 0
         for ent, body in results:
             btid = ent[0]
             task = tasks.get(btid)
@@ -486,8 +454,15 @@ class Ledger:
                 if o is not None:
                     o.assigned.discard(btid)
                     others.append((o.key, btid))
-            done.append((task, ent[1], body))
-        w.done += len(done)
+            if out is None:
+                done.append((task, ent[1], body))
+            else:
+                owned = out.get(task.owner)
+                if owned is None:
+                    owned = out[task.owner] = []
+                owned.append((task.tid, ent[1], body))
+            n += 1
+        w.done += n
         return done, others
 
     def _forget(self, btid: int, cancels: Cancels) -> Task:
@@ -743,6 +718,48 @@ class Ledger:
                 for w in self.workers.values()
             ],
         }
+
+
+def submit_local(
+    ledger: Ledger, outbox: collections.deque[tuple[int, list[Any]]], client: ClientState
+) -> list[int]:
+    """Queue in ``ledger`` what the in-process client (key LOCAL) queued: (its id, frames)
+    pairs, taken from ``outbox`` until it is empty (its threads may append meanwhile).
+    Ledger.submit for tasks that have no parent, less the SUBMIT entries: one loop, no tuple
+    per task.  Returns the ids refused (all of them when the client is broken or leaving)."""
+    if client.broken or client.closing:
+        refused = []
+        while outbox:
+            refused.append(outbox.popleft()[0])
+        return refused
+    tasks, queue, ids = ledger.tasks, ledger.queue, ledger.by_owner.get(LOCAL)
+    src, setup, now = ledger._src, client.setup, time.time()
+    grain = CLOCK_GRAIN if len(queue) < COMPACT_QUEUED else QUEUED_GRAIN
+    if now - src.submitted >= grain or src.origin != LOCAL or src.setup != setup:
+        src = ledger._src = Source(0, LOCAL, setup, now)
+    first = btid = ledger._next_btid
+    pop = outbox.popleft
+    while outbox:
+        tid, body = pop()
+        # Task(btid, LOCAL, tid, 0, None, 0, body, 0.0, src), inline: a class call with
+        # __init__ costs some 40 % more than making the object and setting its slots here.
+        task = tasks[btid] = _new(Task)
+        task.btid = btid
+        task.owner = LOCAL
+        task.tid = tid
+        task.src = src
+        task.worker = task.lost = None
+        if len(body) == 2:
+            task.first, task.rest = body
+        else:
+            task.first, task.rest = body, MANY
+        if ids is not None:
+            ids[tid] = btid
+        queue.append(btid)
+        btid += 1
+    client.held += btid - first
+    ledger._next_btid = btid
+    return []
 
 
 def _compact(body: list[Any], fns: dict[bytes, bytes]) -> list[Any]:

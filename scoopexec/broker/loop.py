@@ -412,15 +412,9 @@ class Broker:
         if self.trace is not None:
             self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
         self.supervisor.note_results(msg)
-        done, others = ledger.finish(w, msg.parts())
+        _, others = ledger.finish(w, msg.parts(), self._out)  # (the results: into this turn's batches)
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])
-        out = self._out
-        for task, status, body in done:  # self.result, inline: once per task
-            items = out.get(task.owner)
-            if items is None:
-                items = out[task.owner] = []
-            items.append((task.tid, status, body))
         ledger.completed += msg.count
         ledger.grant(w, msg.arg)
 

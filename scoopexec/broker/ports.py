@@ -39,7 +39,7 @@ from ..wire import protocol as P
 from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
 from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
-from .ledger import LOCAL, Ledger, Task
+from .ledger import LOCAL, Ledger, Task, submit_local
 from .limits import Connections, Limits
 
 __all__ = ["Authenticator", "InProcessPort", "LinkPort", "LocalClient", "Poll", "RouterPort"]
@@ -721,4 +721,4 @@ class InProcessPort:
             on_message(LOCAL, inbox.popleft(), None)
         if not self.outbox:
             return []
-        return ledger.submit_local(self.outbox, ledger.clients[LOCAL])
+        return submit_local(ledger, self.outbox, ledger.clients[LOCAL])
