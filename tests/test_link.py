@@ -384,8 +384,14 @@ def test_programs_a_task_starts_do_not_inherit_the_link():
 def _close_my_link_and_linger():
     from scoopexec.worker.worker import current_worker
 
-    os.close(current_worker().chan.fd)  # the broker reads EOF; this process lives on
+    # The link's socket is replaced under the worker by one end of a fresh socketpair: the
+    # broker reads EOF, this process lives on, and its own threads (which a closed descriptor
+    # would make exit at their next heartbeat or flush, a race with the broker's 0.1 s wait)
+    # still find a socket that takes what they write.
+    keep, other = socket.socketpair()
+    os.dup2(other.fileno(), current_worker().chan.fd)
     time.sleep(20)
+    keep.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="links are used on Linux")
