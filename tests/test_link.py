@@ -404,3 +404,20 @@ def test_a_worker_that_closes_its_link_without_exiting_is_described_as_such():
     text = str(info.value)
     assert "its connection closed, but its process had not exited 0.1 s later and was killed" in text, text
     assert "heartbeat" not in text, text
+
+
+def test_a_link_added_after_the_broker_loop_ended_is_closed():
+    # A worker started while the pool shuts down (a replacement) hands its link to a broker
+    # whose loop has ended: nobody would register or close it, and its socket would leak.
+    ex = ScoopExecutor(1)
+    assert ex.submit(abs, -1).result(timeout=30) == 1
+    links = ex._session.broker.links
+    ex.shutdown(wait=True)
+    ours, theirs = socket.socketpair()
+    try:
+        links.add(ours)
+        assert ours.fileno() == -1  # closed at once
+        assert not links.new and not links.links
+    finally:
+        ours.close()
+        theirs.close()

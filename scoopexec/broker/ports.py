@@ -546,6 +546,7 @@ class LinkPort:
         self.heartbeat_timeout = heartbeat_timeout
         self.links: dict[bytes, Link] = {}
         self.new: collections.deque[tuple[bytes, Link]] = collections.deque()  # added, not yet watched
+        self.closed = False  # close_all() ran: what add() gets now is closed at once
         self.dead: list[bytes] = []  # links found broken while sending: closed after the turn
         self._stopped: dict[bytes, float] = {}  # workers seen stopped (SIGSTOP), since when
 
@@ -556,8 +557,19 @@ class LinkPort:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
         self.new.append((key, Link(sock, max_frame=self.max_frame)))
-        self.wake.wake()  # the loop registers it (register_new)
+        if self.closed:  # the loop has ended: nobody registers or closes it (checked after the append)
+            self._close_new()
+        else:
+            self.wake.wake()  # the loop registers it (register_new)
         return key
+
+    def _close_new(self) -> None:
+        while True:
+            try:
+                _, link = self.new.popleft()
+            except IndexError:
+                return
+            link.close()
 
     def register_new(self) -> None:
         while self.new:
@@ -642,6 +654,8 @@ class LinkPort:
                 self.close_link(key, f"its process was stopped for {now - since:.1f} s")
 
     def close_all(self, drain: float) -> None:
+        self.closed = True  # before the queue is emptied: see add()
+        self._close_new()  # added after the loop's last turn (a replacement being started)
         for link in self.links.values():
             link.close(drain=drain)
         self.links.clear()
