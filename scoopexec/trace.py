@@ -54,7 +54,6 @@ import io
 import json
 import math
 import os
-import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -62,8 +61,10 @@ from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
 
+from . import tracefile
 from ._version import __version__
 from .broker.ledger import MANY
+from .tracefile import TASK_RECORD as _RECORD
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -314,14 +315,46 @@ class TraceRecorder:
                 for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
                 ]  # fmt: skip
 
-    def write(self, path: str | None = None) -> str:
-        """Write the timeline (atomically: a reader never sees half a file); return its path."""
+    def raw(self) -> tracefile.RawTrace:
+        """What the recorder holds, as the binary file stores it (no copy of the records)."""
+        return tracefile.RawTrace(
+            self._buf, self._sent_ids, self._sent_at, self._values, self.workers, self.lost,
+            self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
+        )  # fmt: skip
+
+    @classmethod
+    def from_raw(cls, raw: tracefile.RawTrace, path: str = "") -> TraceRecorder:
+        """A recorder holding what ``raw`` (a binary file, read back) holds; ``write()`` needs a path
+        if ``path`` (not checked here: a file is read from anywhere) is empty."""
+        rec = cls.__new__(cls)
+        rec.path, rec.limit = path, raw.limit
+        rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
+        rec._buf = bytearray(raw.records)
+        rec._sent_ids, rec._sent_at = raw.sent_ids, raw.sent_at
+        rec._values = list(raw.values)
+        rec.workers, rec.lost, rec.meta = dict(raw.workers), list(raw.lost), dict(raw.meta)
+        rec.job_events, rec.job_counts = list(raw.job_events), list(raw.job_counts)
+        rec.dropped, rec.created = raw.dropped, raw.created
+        return rec
+
+    def write(self, path: str | None = None, *, binary: bool | None = None) -> str:
+        """Write the timeline (atomically: a reader never sees half a file); return its path.
+
+        ``binary`` (default: the file's name does not end in ``.json``) writes
+        the compact file of tracefile.py, which costs a fraction of the JSON.
+        """
         target = path or self.path
+        if binary is None:
+            binary = tracefile.is_binary(target)
         directory = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(prefix=".scoopexec-trace-", suffix=".json", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".scoopexec-trace-", suffix=".tmp", dir=directory)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                self._write_to(fh)
+            if binary:
+                with os.fdopen(fd, "wb") as bfh:
+                    tracefile.write(bfh, self.raw())
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    self._write_to(fh)
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, target)
         except BaseException:
@@ -331,6 +364,10 @@ class TraceRecorder:
                 pass
             raise
         return target
+
+    def write_json(self, fh: Any) -> None:
+        """Write the Chrome trace-event JSON to the text file ``fh`` (what a ``.json`` trace holds)."""
+        self._write_to(fh)
 
     def document(self) -> dict[str, Any]:
         """The whole trace as a dict: what write() saves, read back."""
@@ -558,10 +595,6 @@ _TASK_EVENT = (
     '"submitted_us":%.3f,"dispatched_us":%.3f,"finished_us":%.3f,"wait_ms":%.3f,'
     '"bytes_in":%d,"bytes_out":%d,"retries":%d,"status":%s,"client":%s}}'
 )  # one task's complete event (TraceRecorder._write_to)
-# A task's record (TraceRecorder.on_results): broker id, parent, client (index in _values), name
-# (index), submitted, started (worker's clock), run time, result received, worker (index), bytes
-# in, bytes out, attempts lost, status.  Every value is the broker's own or struct-decoded.
-_RECORD = struct.Struct("<qqIIddddIqqIB")
 _NOTHING = object()
 _THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
 _EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are
