@@ -49,7 +49,6 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
-import array
 import io
 import json
 import math
@@ -64,6 +63,7 @@ from typing import Any, Protocol
 from . import tracefile
 from ._version import __version__
 from .broker.ledger import MANY
+from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
@@ -161,8 +161,7 @@ class TraceRecorder:
         self._buf = bytearray()
         self._values: list[Any] = []  # clients' keys, function names, workers' keys, each once
         self._index: dict[Any, int] = {}  # value -> its index in _values
-        self._sent_ids: array.array[int] = array.array("q")  # broker ids dispatched, in order
-        self._sent_at: array.array[float] = array.array("d")  # when each was
+        self._sent = bytearray()  # (broker id, when) per dispatch, in order (tracefile.DISPATCH)
         self.lost: list[tuple[float, bytes, int, str, bool]] = []
         self.workers: dict[bytes, tuple[str, str, Any]] = {}  # key -> (name, host, pid)
         self.dropped = 0
@@ -198,10 +197,10 @@ class TraceRecorder:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
         if len(self._buf) < self.limit * _RECORD.size:
             now = _time()
-            ids, at = self._sent_ids.append, self._sent_at.append
+            sent = self._sent
+            pack = _DISPATCH.pack  # (one pack a task: two array appends cost twice as much)
             for t in batch:
-                ids(t.btid)
-                at(now)
+                sent += pack(t.btid, now)
         if w.key not in self.workers:
             self._remember(w)
 
@@ -309,7 +308,7 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
-        when = dict(zip(self._sent_ids, self._sent_at, strict=True))  # (a retried task's last dispatch wins)
+        when = dict(_DISPATCH.iter_unpack(self._sent))  # (a retried task's last dispatch wins)
         v = self._values
         return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
                 for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
@@ -318,7 +317,7 @@ class TraceRecorder:
     def raw(self) -> tracefile.RawTrace:
         """What the recorder holds, as the binary file stores it (no copy of the records)."""
         return tracefile.RawTrace(
-            self._buf, self._sent_ids, self._sent_at, self._values, self.workers, self.lost,
+            self._buf, self._sent, self._values, self.workers, self.lost,
             self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
         )  # fmt: skip
 
@@ -330,7 +329,7 @@ class TraceRecorder:
         rec.path, rec.limit = path, raw.limit
         rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
         rec._buf = bytearray(raw.records)
-        rec._sent_ids, rec._sent_at = raw.sent_ids, raw.sent_at
+        rec._sent = bytearray(raw.sent)
         rec._values = list(raw.values)
         rec.workers, rec.lost, rec.meta = dict(raw.workers), list(raw.lost), dict(raw.meta)
         rec.job_events, rec.job_counts = list(raw.job_events), list(raw.job_counts)

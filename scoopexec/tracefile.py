@@ -16,8 +16,8 @@ run.trace run.json``, or ``report``, which reads both)::
     24      8     D: dispatches (broker id, time)
     32      8     J: bytes of the JSON part
     40      R * record size   the records, as TraceRecorder.on_results packed them
-    ...     D * 8             the broker ids of the dispatches, int64
-    ...     D * 8             their times, float64 (seconds since the epoch)
+    ...     D * 16            the dispatches (DISPATCH): broker id, int64, and time,
+                              float64 (seconds since the epoch)
     ...     J                 UTF-8 JSON: the table the records index into (clients'
                               keys, function names, workers' keys), the workers,
                               lost attempts, batch-job events, metadata
@@ -30,14 +30,16 @@ wrong, so that a truncated or damaged file never gives a wrong timeline.
 
 from __future__ import annotations
 
-import array
 import json
 import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-__all__ = ["FILE_VERSION", "MAGIC", "TASK_RECORD", "RawTrace", "TraceError", "is_binary", "read", "write"]
+__all__ = [
+    "DISPATCH", "FILE_VERSION", "MAGIC", "TASK_RECORD", "RawTrace", "TraceError", "is_binary", "parse",
+    "read",
+    "write",
+]  # fmt: skip
 
 MAGIC = b"SCXTRACE"
 FILE_VERSION = 1
@@ -46,8 +48,8 @@ _HEADER = struct.Struct("<8sHHIQQQ")
 # table), function name (index), submitted, started (worker's clock), run time, result received,
 # worker (index), bytes in, bytes out, attempts lost, status.
 TASK_RECORD = struct.Struct("<qqIIddddIqqIB")
+DISPATCH = struct.Struct("<qd")  # a task handed to a worker: its broker id, when (TraceRecorder.on_dispatch)
 _CLIENT, _NAME, _WORKER = 2, 3, 8  # fields of TASK_RECORD that index the value table
-_NATIVE_LITTLE = sys.byteorder == "little"
 _FAR = 1e12  # seconds: every time in a file is between 0 and this (the year 33658)
 
 
@@ -60,8 +62,7 @@ class RawTrace:
     """What a TraceRecorder holds, as its file stores it."""
 
     records: bytes | bytearray = b""  # TASK_RECORD after TASK_RECORD
-    sent_ids: array.array[int] = field(default_factory=lambda: array.array("q"))
-    sent_at: array.array[float] = field(default_factory=lambda: array.array("d"))
+    sent: bytes | bytearray = b""  # DISPATCH after DISPATCH
     values: list[Any] = field(default_factory=list)  # bytes (keys), str (names) or None
     workers: dict[bytes, tuple[str, str, Any]] = field(default_factory=dict)  # key -> name, host, pid
     lost: list[tuple[float, bytes, int, str, bool]] = field(default_factory=list)
@@ -99,15 +100,10 @@ def write(fh: BinaryIO, raw: RawTrace) -> None:
     }
     tail = json.dumps(rest, separators=(",", ":"), default=str).encode("ascii")
     n = len(raw.records) // TASK_RECORD.size
-    ids, at = raw.sent_ids, raw.sent_at
-    if not _NATIVE_LITTLE:  # pragma: no cover - big-endian machines
-        ids, at = array.array("q", ids), array.array("d", at)
-        ids.byteswap()
-        at.byteswap()
-    fh.write(_HEADER.pack(MAGIC, FILE_VERSION, TASK_RECORD.size, 0, n, len(ids), len(tail)))
+    d = len(raw.sent) // DISPATCH.size
+    fh.write(_HEADER.pack(MAGIC, FILE_VERSION, TASK_RECORD.size, 0, n, d, len(tail)))
     fh.write(raw.records)
-    fh.write(ids)
-    fh.write(at)
+    fh.write(raw.sent)
     fh.write(tail)
 
 
@@ -159,24 +155,17 @@ def parse(data: bytes, path: str = "<bytes>") -> RawTrace:
     pos = _HEADER.size
     records = bytes(view[pos : pos + n * rsize])
     pos += n * rsize
-    ids: array.array[int] = array.array("q")
-    ids.frombytes(view[pos : pos + 8 * d])  # (array("q", a memoryview) would take it byte by byte)
-    pos += 8 * d
-    at: array.array[float] = array.array("d")
-    at.frombytes(view[pos : pos + 8 * d])
-    pos += 8 * d
-    if not _NATIVE_LITTLE:  # pragma: no cover - big-endian machines
-        ids.byteswap()
-        at.byteswap()
+    sent = bytes(view[pos : pos + 16 * d])
+    pos += 16 * d
     try:
         rest = json.loads(bytes(view[pos:]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TraceError(f"{path}: its JSON part is damaged ({type(exc).__name__}: {exc})") from None
     raw = _unpack_rest(rest, path)
-    raw.records, raw.sent_ids, raw.sent_at = records, ids, at
+    raw.records, raw.sent = records, sent
     _check_records(raw, path)
     far = _FAR
-    if not all(0 <= t < far for t in at):
+    if not all(0 <= t < far for _, t in DISPATCH.iter_unpack(sent)):
         raise TraceError(f"{path}: a dispatch time is not a number of seconds it could be")
     return raw
 
@@ -263,7 +252,7 @@ def _unpack_rest(rest: Any, path: str) -> RawTrace:
         raise TraceError(f"{path}: the {what!r} part of its JSON is damaged ({exc or 'missing'})") from None
     if dropped < 0 or limit < 0:
         raise TraceError(f"{path}: negative counts in its JSON part")
-    return RawTrace(b"", array.array("q"), array.array("d"), values, workers, lost, jobs, counts, meta,
+    return RawTrace(b"", b"", values, workers, lost, jobs, counts, meta,
                     dropped, created, limit)  # fmt: skip
 
 
