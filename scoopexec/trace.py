@@ -227,13 +227,14 @@ class TraceRecorder:
         if kidx is None:
             kidx = self._intern(key)
         last_origin: Any = _NOTHING
-        oidx = 0
+        last_fn: Any = _NOTHING
+        oidx = nidx = 0
         pos = 1
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
             task = tasks.get(btid)
-            if task is None or (task.worker != key and key not in task.prev):
+            if task is None or (task.worker is not key and task.worker != key and key not in task.prev):
                 continue  # stale, or from a worker that never had the task: the broker drops it too
             if room <= 0:
                 self.dropped += 1
@@ -250,11 +251,13 @@ class TraceRecorder:
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
                 fn = task.function_frame()
-            if type(fn) is not bytes:
-                fn = fn.bytes  # zmq.Frame
-            nidx = names.get(fn)
-            if nidx is None:
-                nidx = self._name_of(fn)
+            if fn is not last_fn:  # (a message's tasks mostly share one frame: no hash of it per task)
+                last_fn = fn
+                if type(fn) is not bytes:
+                    fn = fn.bytes  # zmq.Frame
+                nidx = names.get(fn)
+                if nidx is None:
+                    nidx = self._name_of(fn)
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)

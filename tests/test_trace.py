@@ -679,3 +679,22 @@ def test_fuzzed_binary_files_are_read_or_refused_never_crash(data):
         return
     doc = TraceRecorder.from_raw(raw).document()
     assert isinstance(doc["traceEvents"], list)
+
+
+def test_one_message_of_results_for_several_functions_names_each_task_right(tmp_path):
+    """on_results names a task's function once per run of tasks sharing its frame (the usual
+    message): a message mixing functions, and a task of more than two frames, keep their names."""
+    rec = TraceRecorder(tmp_path / "t.trace")
+    w = WorkerState(b"W", {"host": "h", "pid": 1, "name": "h:1"})
+    fa, fb = _pickled_global("mod", "alpha"), _pickled_global("mod", "beta")
+    frames_of = {1: [fa, b"a"], 2: [fa, b"a"], 3: [fb, b"b"], 4: [fa, b"a"], 5: [fb, b"x", b"y"],
+                 6: [fa, b"a"]}  # fmt: skip
+    tasks = {}
+    for i, frames in frames_of.items():
+        tasks[i] = t = Task(i, b"", i, 0, b"", 1, frames, 100.0 + i)
+        t.worker = w.key
+    rec.on_dispatch(w, list(tasks.values()))
+    rec.on_results(w, [(i, 0, 1, 101.0 + i, 0.5) for i in tasks], [b"h"] + [b"r"] * len(tasks), tasks)
+    names = {r[0]: r[3] for r in rec.records}
+    assert names == {1: "alpha", 2: "alpha", 3: "beta", 4: "alpha", 5: "beta", 6: "alpha"}
+    assert {r[0]: r[9] for r in rec.records}[5] == len(fb) + 2  # bytes in: all three frames
