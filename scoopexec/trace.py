@@ -1,12 +1,14 @@
-"""The task timeline: recorded in the broker, written as Chrome trace-event JSON.
+"""The task timeline: recorded in the broker, written as Chrome trace-event JSON or a binary file.
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: two array slots per task
+    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: 16 bytes per task
     Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
     Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
                                                         |
-    when the pool stops:  write() -> clock offsets, lanes, parent links --> run.json
+    when the pool stops:  write() -> run.trace: the records as kept (tracefile.py), or
+                                     run.json: clock offsets, lanes, parent links -> JSON
+    trace export run.trace run.json:  from_raw(tracefile.read()) -> the same JSON
 
 The broker already sees everything a timeline needs: when a task was
 submitted (``Task.submitted``), when it was handed to a worker, which worker,
@@ -22,8 +24,12 @@ thread pays about a microsecond per task while recording (one call per
 message of results), and nothing but one attribute test per message when it
 is not (``Broker.trace is None``).
 
-The file is the Chrome trace-event format (JSON object form), which
-https://ui.perfetto.dev and chrome://tracing open directly:
+A path ending in ``.json`` gets the Chrome trace-event format (JSON object
+form), which https://ui.perfetto.dev and chrome://tracing open directly;
+building it costs the client several times what recording did.  Any other
+path gets tracefile.py's compact binary file, which ``python -m scoopexec
+trace export`` (``from_raw`` then ``write``) turns into that JSON later.
+The JSON holds:
 
 * one process row per worker (``worker HOST:PID``), sorted by host; tasks
   that overlap on a worker (a task waiting on sub-tasks, which the worker
