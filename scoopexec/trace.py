@@ -261,9 +261,8 @@ class TraceRecorder:
                 last_fn = fn
                 if type(fn) is not bytes:
                     fn = fn.bytes  # zmq.Frame
-                nidx = names.get(fn)
-                if nidx is None:
-                    nidx = self._name_of(fn)
+                known = names.get(fn)
+                nidx = self._name_of(fn) if known is None else known
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
