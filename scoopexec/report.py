@@ -139,13 +139,7 @@ class Summary:
 def read_document(path: str) -> Any:
     """The Chrome trace-event document of a timeline file, JSON or binary (tracefile.py): the
     decoded JSON, or what ``trace export`` would write for the binary file."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    data = tracefile.read_bytes(path)
     if data[: len(MAGIC)] == MAGIC or (data and MAGIC.startswith(data)):
         return TraceRecorder.from_raw(tracefile.parse(data, path)).document()
     try:

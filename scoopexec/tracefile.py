@@ -107,16 +107,20 @@ def write(fh: BinaryIO, raw: RawTrace) -> None:
     fh.write(tail)
 
 
-def read(path: str) -> RawTrace:
-    """Read and check a binary timeline; TraceError names the first problem found."""
+def read_bytes(path: str) -> bytes:
+    """A timeline file's bytes; TraceError when it cannot be read."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except FileNotFoundError:
         raise TraceError(f"{path}: no such file") from None
     except OSError as exc:
         raise TraceError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    return parse(data, path)
+
+
+def read(path: str) -> RawTrace:
+    """Read and check a binary timeline; TraceError names the first problem found."""
+    return parse(read_bytes(path), path)
 
 
 def parse(data: bytes, path: str = "<bytes>") -> RawTrace:
