@@ -88,4 +88,5 @@ def test_a_worker_over_zeromq_wakes_only_for_its_task_and_heartbeats(monkeypatch
     assert io, f"ZeroMQ's I/O thread is seen: {woke}"
     periods = math.ceil(TASK / heartbeat) + 1
     assert io <= 2 * PER_MESSAGE + PER_HEARTBEAT * periods, woke
-    assert sum(woke.values()) - io <= HUB, woke
+    # The flusher looks once in a slice that runs long (a ZeroMQ descriptor signals changes only).
+    assert sum(woke.values()) - io <= HUB + 1, woke

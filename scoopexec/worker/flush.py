@@ -20,6 +20,10 @@ brings none costs it no wake-up at all:
   batched sub-task; results the hub held back when the slice started): the same rule,
   then every FLUSH_AFTER, doubling up to BUSY_WAIT, while some of it still waits.
 
+A ZeroMQ socket's descriptor signals changes, not input that waits (a call on the socket
+can take the signal of a message it leaves queued), so over ZeroMQ this thread still looks
+once in each slice: at once if it is known to be long, else after FLUSH_AFTER.
+
 The slice state (:attr:`Flusher.slice`, ``in_slice``, ``started``, ``long``) and the epoll
 are changed only by whoever holds the worker's lock: the hub between slices, this thread
 while a slice runs.  Without epoll (not Linux) the channel is polled with select.poll, and
@@ -56,9 +60,20 @@ _ONESHOT = select.EPOLLIN | select.EPOLLONESHOT if _HAS_EPOLL else 0
 class Flusher:
     """The flusher thread of one worker and the slice state it watches (see the module docstring)."""
 
-    def __init__(self, lock: threading.RLock, fd: int, relieve: Relieve, pending: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        lock: threading.RLock,
+        fd: int,
+        relieve: Relieve,
+        pending: Callable[[], bool],
+        level: bool = True,
+    ) -> None:
         self.lock = lock
         self.fd = fd  # the channel to the broker
+        # Readable while input waits (a socket).  A ZeroMQ socket's descriptor only signals
+        # changes, and any call on the socket may take the signal of a message it leaves
+        # queued: there, this thread looks once in every slice that runs long, as it did.
+        self.level = level
         self._relieve = relieve
         self._pending = pending  # something waits in the outbox
         self.slice = 0  # slices run so far (the hub counts them)
@@ -123,7 +138,7 @@ class Flusher:
         self.started = started
         self.long = long
         self.in_slice = True
-        if pending:
+        if pending or not self.level:
             self.poke()
 
     def poke(self) -> None:

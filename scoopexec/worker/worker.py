@@ -143,7 +143,8 @@ class Worker:
         # except while a task runs, when the flusher thread may take it (flush.py).
         self.lock = threading.RLock()
         self.setups = Setups(self, self._send, self.lock)
-        self.flusher = Flusher(self.lock, self.chan.fd, self._relieve, self.outbox.pending)
+        level = isinstance(self.chan, LinkChannel)
+        self.flusher = Flusher(self.lock, self.chan.fd, self._relieve, self.outbox.pending, level)
         self._inbox: collections.deque[P.Message] = collections.deque()
         self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
