@@ -90,3 +90,40 @@ def test_a_worker_over_zeromq_wakes_only_for_its_task_and_heartbeats(monkeypatch
     assert io <= 2 * PER_MESSAGE + PER_HEARTBEAT * periods, woke
     # The flusher looks once in a slice that runs long (a ZeroMQ descriptor signals changes only).
     assert sum(woke.values()) - io <= HUB + 1, woke
+
+
+_sent: list[int] = []
+
+
+def _count_sends(_: object = None) -> int:
+    """In a worker: count the messages it sends to the broker from now on (its real channel)."""
+    from scoopexec.worker.worker import current_worker
+
+    w = current_worker()
+    assert w is not None
+    send = w.chan.send
+
+    def counting(frames: list[object]) -> None:
+        _sent.append(1)
+        send(frames)
+
+    w.chan.send = counting  # type: ignore[method-assign]
+    return os.getpid()
+
+
+def _sends_so_far(_: object = None) -> int:
+    return len(_sent)
+
+
+@pytest.mark.timeout(60)
+def test_back_to_back_long_tasks_cost_their_worker_one_message_each() -> None:
+    # The result of one task goes with its worker's request for the next, in one message,
+    # when the next one is in hand already (main sent two: RESULT, then CREDIT as the next
+    # one started).
+    n = 10
+    with ScoopExecutor(max_workers=1) as ex:
+        ex.submit(_sleep, 0.05).result(timeout=60)  # the function known: long
+        pid = ex.submit(_count_sends).result(timeout=60)
+        assert {f.result(timeout=60) for f in [ex.submit(_sleep, 0.05) for _ in range(n)]} == {pid}
+        sent = ex.submit(_sends_so_far).result(timeout=60)
+    assert sent <= n + 3, sent
