@@ -18,6 +18,10 @@ from one second to the next by more than tracing costs:
 * **fresh pools**: ``--pools`` rounds of a fresh pool without ``trace=`` and
   a fresh pool with it, in alternating order: the whole feature, end to end,
   including the cost of writing the file at shutdown (timed separately).
+
+Both write the compact binary file (``trace="run.trace"``, the cheap one);
+``--json`` writes the Chrome JSON (``trace="run.json"``) instead.
+``--instructions`` counts both formats, and prints the bytes per task of each.
 """
 
 from __future__ import annotations
@@ -123,8 +127,9 @@ def fresh_pools(rounds: int, n: int, workers: int, path: str) -> tuple[dict[str,
 
 
 def client(mode: str, n: int, path: str) -> None:
-    """What ``--instructions`` counts: a pool (mode "off": not traced; "on": traced; "rec": traced,
-    the file not written), n no-op tasks submitted then waited for."""
+    """What ``--instructions`` counts: a pool (mode "off": not traced; "rec": traced, the file not
+    written; "on": traced, writing ``path``, whose name chooses the format), n no-op tasks submitted
+    then waited for."""
     with ScoopExecutor(2, trace=path if mode != "off" else None) as ex:
         for i in range(50):
             ex.submit(noop, i).result()
@@ -134,28 +139,36 @@ def client(mode: str, n: int, path: str) -> None:
             ex._session.trace = None  # type: ignore[attr-defined]  # (what the pool writes at its end)
 
 
-def instructions(small: int, large: int) -> dict[str, float]:
+def instructions(small: int, large: int) -> tuple[dict[str, float], dict[str, float]]:
     """Instructions per task of the client process (submitting thread and broker thread), counted
     by valgrind with and without trace=, as benchmarks/instructions.py counts them: (count at
-    ``large`` tasks - count at ``small``) / (large - small), so that start-up and the writing of
-    the file at shut-down cancel out."""
+    ``large`` tasks - count at ``small``) / (large - small), so that start-up cancels out and what
+    remains of writing the file at shut-down is its cost per task.  Modes: "off", "rec" (recording,
+    no file), "binary" (run.trace), "json" (run.json).  Also returns each format's bytes per task,
+    by the same difference."""
     out: dict[str, float] = {}
-    for mode in ("off", "rec", "on"):
-        counts = []
+    size: dict[str, float] = {}
+    for mode, name in (("off", ""), ("rec", "run.trace"), ("binary", "run.trace"), ("json", "run.json")):
+        counts, sizes = [], []
         for n in (large, small):
             with tempfile.TemporaryDirectory() as tmp:
                 cg = os.path.join(tmp, "cg.out")
+                path = os.path.join(tmp, name or "run.trace")
+                run = mode if mode in ("off", "rec") else "on"
                 subprocess.run(
                     ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q", f"--cachegrind-out-file={cg}",
-                     sys.executable, os.path.abspath(__file__), "client", mode, str(n),
-                     os.path.join(tmp, "run.json")],
+                     sys.executable, os.path.abspath(__file__), "client", run, str(n), path],
                     check=True, stdout=subprocess.DEVNULL, cwd=ROOT,
                 )  # fmt: skip
                 with open(cg) as f:
                     counts.append(next(int(line.split()[1]) for line in f if line.startswith("summary:")))
+                if os.path.exists(path):
+                    sizes.append(os.path.getsize(path))
         out[mode] = (counts[0] - counts[1]) / (large - small)
+        if len(sizes) == 2:
+            size[mode] = (sizes[0] - sizes[1]) / (large - small)
         print(f"instructions: {mode} done", file=sys.stderr, flush=True)
-    return out
+    return out, size
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,19 +183,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pools", type=int, default=5, help="rounds of fresh pools (0: skip)")
     ap.add_argument("--tasks", type=int, default=20000, help="tasks per workload (fresh pools)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="trace to run.json (default: run.trace, binary)")
     ap.add_argument("--instructions", action="store_true",
                     help="only count instructions per task with valgrind (needs valgrind; minutes)")
     args = ap.parse_args(argv)
     if args.instructions:
-        got = instructions(1000, 5000)
+        got, size = instructions(1000, 5000)
         off = got["off"]
         print(f"Client process (ScoopExecutor(2), 4,000 no-op tasks submitted then waited for), "
               f"instructions per task counted by valgrind: trace off {off:,.0f}; recording "
-              f"{got['rec']:,.0f} ({got['rec'] / off:.3f}x); recording and writing the file "
-              f"{got['on']:,.0f} ({got['on'] / off:.3f}x)")  # fmt: skip
+              f"{got['rec']:,.0f} ({got['rec'] / off:.3f}x); recording and writing the binary file "
+              f"(trace='run.trace') {got['binary']:,.0f} ({got['binary'] / off:.3f}x), "
+              f"{size['binary']:.0f} bytes a task; recording and writing the JSON (trace='run.json') "
+              f"{got['json']:,.0f} ({got['json'] / off:.3f}x), {size['json']:.0f} bytes a task")  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "run.json")
+        path = os.path.join(tmp, "run.json" if args.json else "run.trace")
         tog = toggled(args.pairs, args.block, args.workers, path)
         print(f"Recording on and off in one pool ({args.workers} workers), median of {args.pairs} "
               f"neighbouring pairs of {args.block}-task blocks:\n")  # fmt: skip

@@ -39,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("scoopexec.status", "status_main", "show a broker's workers, queue and throughput"),
     "keygen": ("scoopexec.cli", "keygen_main", "make a CURVE key pair for a broker, client or worker"),
     "report": ("scoopexec.report", "report_main", "summarise (and draw) a timeline recorded with --trace"),
+    "trace": ("scoopexec.report", "trace_main",
+              "convert a timeline to Chrome/Perfetto JSON: trace export IN OUT.json"),
 }
 LAUNCHER = ("scoopexec.cli", "launch_main")
 

@@ -48,8 +48,9 @@ def add_observe_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--trace FILE``, ``--progress``, ``-v`` and ``-q``: what a command line running a pool offers."""
     parser.add_argument(
         "--trace", metavar="FILE",
-        help="record every task and write the timeline to FILE when the pool stops "
-        "(open it in ui.perfetto.dev, or: python -m scoopexec report FILE)",
+        help="record every task and write the timeline to FILE when the pool stops: Chrome/Perfetto JSON "
+        "for a name ending in .json, else a compact binary file (python -m scoopexec trace export FILE "
+        "out.json); python -m scoopexec report FILE reads both",
     )  # fmt: skip
     parser.add_argument("--progress", action="store_true", help="draw a progress bar for every map")
     add_verbosity_options(parser)
@@ -104,8 +105,8 @@ def broker_main(argv: list[str]) -> int:
     add_limit_options(ap)
     ap.add_argument(
         "--trace", metavar="FILE",
-        help="record every task and write the timeline to FILE when the broker stops "
-        "(see python -m scoopexec report)",
+        help="record every task and write the timeline to FILE when the broker stops (JSON for a name "
+        "ending in .json, else compact binary; see python -m scoopexec report and trace export)",
     )  # fmt: skip
     add_verbosity_options(ap)
     args = ap.parse_args(argv)

@@ -29,22 +29,30 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import tracefile
+from .trace import TraceRecorder
+from .tracefile import MAGIC, TraceError
+
 __all__ = [
     "Summary",
     "TaskSpan",
     "Trace",
+    "TraceError",
     "WorkerSummary",
     "format_summary",
     "load",
     "percentile",
+    "read_document",
     "render_png",
     "report_main",
     "summarize",
+    "trace_main",
 ]
 
 
@@ -128,19 +136,22 @@ class Summary:
     not_recorded: int = 0
 
 
-class TraceError(ValueError):
-    """The file is not a scoopexec timeline."""
+def read_document(path: str) -> Any:
+    """The Chrome trace-event document of a timeline file, JSON or binary (tracefile.py): the
+    decoded JSON, or what ``trace export`` would write for the binary file."""
+    data = tracefile.read_bytes(path)
+    if data[: len(MAGIC)] == MAGIC or (data and MAGIC.startswith(data)):
+        return TraceRecorder.from_raw(tracefile.parse(data, path)).document()
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TraceError(f"{path} is neither a JSON trace file ({exc}) nor a binary one") from None
 
 
 def load(path: str) -> Trace:
-    """Read a trace file; TraceError says what is wrong with one that is not a scoopexec timeline."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceError(f"{path} is not a JSON trace file ({exc})") from None
+    """Read a trace file (JSON or binary); TraceError says what is wrong with one that is not a
+    scoopexec timeline."""
+    doc = read_document(path)
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc if isinstance(doc, list) else None
     if not isinstance(events, list):
         raise TraceError(f"{path} is JSON but not a Chrome trace (no traceEvents)")
@@ -509,7 +520,7 @@ def report_main(argv: list[str]) -> int:
         description="Summarise a timeline recorded with ScoopExecutor(trace=FILE) or --trace FILE: tasks, "
         "per-worker busy %, task time (median, p99), wait and overhead per task; optionally draw it.",
     )
-    ap.add_argument("trace", help="the trace file (JSON, Chrome trace-event format)")
+    ap.add_argument("trace", help="the trace file (JSON, Chrome trace-event format, or binary)")
     ap.add_argument("--png", metavar="OUT", help="also draw the timeline to this PNG file (needs matplotlib)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--title", default="", help="title of the picture")
@@ -534,4 +545,56 @@ def report_main(argv: list[str]) -> int:
             print(f"scoopexec report: {exc}", file=sys.stderr)
             return 2
         print(f"\ntimeline drawn to {args.png}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def trace_main(argv: list[str]) -> int:
+    """``python -m scoopexec trace export IN OUT.json`` (and ``trace report IN ...``: ``report``)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m scoopexec trace",
+        description="Work with a timeline file: ScoopExecutor(trace=FILE) writes the compact binary "
+        "format for a FILE not ending in .json, the Chrome/Perfetto JSON for one that does.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ex = sub.add_parser(
+        "export",
+        help="write a timeline (binary or JSON) as Chrome/Perfetto JSON",
+        description="Write the timeline IN (binary or JSON) as the Chrome trace-event JSON "
+        "that ScoopExecutor(trace='OUT.json') would have written; open it in ui.perfetto.dev.",
+    )
+    ex.add_argument("input", metavar="IN")
+    ex.add_argument("output", metavar="OUT", help="the JSON file to write ('-': standard output)")
+    sub.add_parser("report", help="summarise it: the same as `python -m scoopexec report`", add_help=False)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    args = ap.parse_args(argv)
+    try:
+        with open(args.input, "rb") as fh:
+            head = fh.read(len(MAGIC))
+    except OSError as exc:
+        print(f"scoopexec trace: {args.input}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        if head == MAGIC or (head and MAGIC.startswith(head)):
+            rec = TraceRecorder.from_raw(tracefile.read(args.input))
+            if args.output == "-":
+                rec.write_json(sys.stdout)
+                return 0
+            path = rec.write(args.output, binary=False)
+        else:  # already JSON: checked and copied as it is
+            load(args.input)
+            if args.output == "-":
+                with open(args.input, encoding="utf-8") as fh:
+                    sys.stdout.write(fh.read())
+                return 0
+            path = shutil.copyfile(args.input, args.output)
+    except TraceError as exc:
+        print(f"scoopexec trace: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        raise  # (the reader of standard output went away: __main__ ends quietly)
+    except OSError as exc:
+        print(f"scoopexec trace: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: {os.path.getsize(path):,} bytes of JSON", file=sys.stderr)
     return 0

@@ -1,12 +1,14 @@
-"""The task timeline: recorded in the broker, written as Chrome trace-event JSON.
+"""The task timeline: recorded in the broker, written as Chrome trace-event JSON or a binary file.
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: two array slots per task
+    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: 16 bytes per task
     Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
     Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
                                                         |
-    when the pool stops:  write() -> clock offsets, lanes, parent links --> run.json
+    when the pool stops:  write() -> run.trace: the records as kept (tracefile.py), or
+                                     run.json: clock offsets, lanes, parent links -> JSON
+    trace export run.trace run.json:  from_raw(tracefile.read()) -> the same JSON
 
 The broker already sees everything a timeline needs: when a task was
 submitted (``Task.submitted``), when it was handed to a worker, which worker,
@@ -22,8 +24,12 @@ thread pays about a microsecond per task while recording (one call per
 message of results), and nothing but one attribute test per message when it
 is not (``Broker.trace is None``).
 
-The file is the Chrome trace-event format (JSON object form), which
-https://ui.perfetto.dev and chrome://tracing open directly:
+A path ending in ``.json`` gets the Chrome trace-event format (JSON object
+form), which https://ui.perfetto.dev and chrome://tracing open directly;
+building it costs the client several times what recording did.  Any other
+path gets tracefile.py's compact binary file, which ``python -m scoopexec
+trace export`` (``from_raw`` then ``write``) turns into that JSON later.
+The JSON holds:
 
 * one process row per worker (``worker HOST:PID``), sorted by host; tasks
   that overlap on a worker (a task waiting on sub-tasks, which the worker
@@ -49,12 +55,10 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
-import array
 import io
 import json
 import math
 import os
-import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -62,8 +66,11 @@ from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
 
+from . import tracefile
 from ._version import __version__
 from .broker.ledger import MANY
+from .tracefile import DISPATCH as _DISPATCH
+from .tracefile import TASK_RECORD as _RECORD
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -160,8 +167,7 @@ class TraceRecorder:
         self._buf = bytearray()
         self._values: list[Any] = []  # clients' keys, function names, workers' keys, each once
         self._index: dict[Any, int] = {}  # value -> its index in _values
-        self._sent_ids: array.array[int] = array.array("q")  # broker ids dispatched, in order
-        self._sent_at: array.array[float] = array.array("d")  # when each was
+        self._sent = bytearray()  # (broker id, when) per dispatch, in order (tracefile.DISPATCH)
         self.lost: list[tuple[float, bytes, int, str, bool]] = []
         self.workers: dict[bytes, tuple[str, str, Any]] = {}  # key -> (name, host, pid)
         self.dropped = 0
@@ -197,10 +203,10 @@ class TraceRecorder:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
         if len(self._buf) < self.limit * _RECORD.size:
             now = _time()
-            ids, at = self._sent_ids.append, self._sent_at.append
+            sent = self._sent
+            pack = _DISPATCH.pack  # (one pack a task: two array appends cost twice as much)
             for t in batch:
-                ids(t.btid)
-                at(now)
+                sent += pack(t.btid, now)
         if w.key not in self.workers:
             self._remember(w)
 
@@ -227,13 +233,14 @@ class TraceRecorder:
         if kidx is None:
             kidx = self._intern(key)
         last_origin: Any = _NOTHING
-        oidx = 0
+        last_fn: Any = _NOTHING
+        oidx = nidx = 0
         pos = 1
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
             task = tasks.get(btid)
-            if task is None or (task.worker != key and key not in task.prev):
+            if task is None or (task.worker is not key and task.worker != key and key not in task.prev):
                 continue  # stale, or from a worker that never had the task: the broker drops it too
             if room <= 0:
                 self.dropped += 1
@@ -250,11 +257,12 @@ class TraceRecorder:
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
                 fn = task.function_frame()
-            if type(fn) is not bytes:
-                fn = fn.bytes  # zmq.Frame
-            nidx = names.get(fn)
-            if nidx is None:
-                nidx = self._name_of(fn)
+            if fn is not last_fn:  # (a message's tasks mostly share one frame: no hash of it per task)
+                last_fn = fn
+                if type(fn) is not bytes:
+                    fn = fn.bytes  # zmq.Frame
+                known = names.get(fn)
+                nidx = self._name_of(fn) if known is None else known
             code = status
             if status == 1 and n >= 3:  # a raised error: TaskTimeoutError, WorkerMemoryError?
                 code = _LIMIT_STATUS.get(limit_kind(frames[first + 2]), 1)
@@ -308,20 +316,52 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
-        when = dict(zip(self._sent_ids, self._sent_at, strict=True))  # (a retried task's last dispatch wins)
+        when = dict(_DISPATCH.iter_unpack(self._sent))  # (a retried task's last dispatch wins)
         v = self._values
         return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
                 for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
                 ]  # fmt: skip
 
-    def write(self, path: str | None = None) -> str:
-        """Write the timeline (atomically: a reader never sees half a file); return its path."""
+    def raw(self) -> tracefile.RawTrace:
+        """What the recorder holds, as the binary file stores it (no copy of the records)."""
+        return tracefile.RawTrace(
+            self._buf, self._sent, self._values, self.workers, self.lost,
+            self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
+        )  # fmt: skip
+
+    @classmethod
+    def from_raw(cls, raw: tracefile.RawTrace, path: str = "") -> TraceRecorder:
+        """A recorder holding what ``raw`` (a binary file, read back) holds; ``write()`` needs a path
+        if ``path`` (not checked here: a file is read from anywhere) is empty."""
+        rec = cls.__new__(cls)
+        rec.path, rec.limit = path, raw.limit
+        rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
+        rec._buf = bytearray(raw.records)
+        rec._sent = bytearray(raw.sent)
+        rec._values = list(raw.values)
+        rec.workers, rec.lost, rec.meta = dict(raw.workers), list(raw.lost), dict(raw.meta)
+        rec.job_events, rec.job_counts = list(raw.job_events), list(raw.job_counts)
+        rec.dropped, rec.created = raw.dropped, raw.created
+        return rec
+
+    def write(self, path: str | None = None, *, binary: bool | None = None) -> str:
+        """Write the timeline (atomically: a reader never sees half a file); return its path.
+
+        ``binary`` (default: the file's name does not end in ``.json``) writes
+        the compact file of tracefile.py, which costs a fraction of the JSON.
+        """
         target = path or self.path
+        if binary is None:
+            binary = tracefile.is_binary(target)
         directory = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(prefix=".scoopexec-trace-", suffix=".json", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".scoopexec-trace-", suffix=".tmp", dir=directory)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                self._write_to(fh)
+            if binary:
+                with os.fdopen(fd, "wb") as bfh:
+                    tracefile.write(bfh, self.raw())
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    self._write_to(fh)
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, target)
         except BaseException:
@@ -331,6 +371,10 @@ class TraceRecorder:
                 pass
             raise
         return target
+
+    def write_json(self, fh: Any) -> None:
+        """Write the Chrome trace-event JSON to the text file ``fh`` (what a ``.json`` trace holds)."""
+        self._write_to(fh)
 
     def document(self) -> dict[str, Any]:
         """The whole trace as a dict: what write() saves, read back."""
@@ -558,10 +602,6 @@ _TASK_EVENT = (
     '"submitted_us":%.3f,"dispatched_us":%.3f,"finished_us":%.3f,"wait_ms":%.3f,'
     '"bytes_in":%d,"bytes_out":%d,"retries":%d,"status":%s,"client":%s}}'
 )  # one task's complete event (TraceRecorder._write_to)
-# A task's record (TraceRecorder.on_results): broker id, parent, client (index in _values), name
-# (index), submitted, started (worker's clock), run time, result received, worker (index), bytes
-# in, bytes out, attempts lost, status.  Every value is the broker's own or struct-decoded.
-_RECORD = struct.Struct("<qqIIddddIqqIB")
 _NOTHING = object()
 _THOUSANDTHS = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))  # ".0", ".001" ... ".999"
 _EXACT = 10**15  # |k| below this: k / 1000 has at most 15 significant digits, which repr writes as they are

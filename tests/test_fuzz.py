@@ -322,3 +322,34 @@ def test_a_bad_hello_from_a_known_worker_is_dropped(hello):
         finally:
             s.close(linger=0)
             ctx.term()
+
+
+@pytest.mark.timeout(120)
+def test_a_share_whose_name_is_not_text_ends_no_worker():
+    """A client's SHARE whose name frame is not UTF-8 went through the broker to every worker,
+    which ended with an internal error decoding it (the fuzz tests printed it on every run,
+    and the pool replaced its workers).  The broker drops it now, as any malformed message."""
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        pid = ex.submit(os.getpid).result(timeout=60)
+        ctx = zmq.Context()
+        try:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVTIMEO, 30_000)  # (zmq.Again, not a hang)
+            keyed(s, ex.endpoint)
+            s.connect(ex.endpoint)
+            s.send_multipart([P.header(P.HELLO), _json({"role": "client", "pid": 1, "host": "x"})])
+            assert s.poll(30_000), "no WELCOME"
+            s.recv_multipart()
+            # A task first: the worker then has this client's set-up, to which its SHAREs go.
+            s.send_multipart([P.pack(P.SUBMIT, [(1, 0, 2)]), b"\xfffn", b"\xffargs"])
+            deadline = time.monotonic() + 30
+            while P.decode(s.recv_multipart()).kind != P.RESULTS:  # (it failed: not a pickle)
+                assert time.monotonic() < deadline, "no RESULTS"
+            s.send_multipart([P.header(P.SHARE), b"\xef\x80name", b"\xffvalue"])
+            deadline = time.monotonic() + 30
+            time.sleep(1.0)  # (the SHARE reached the worker meanwhile, if it was sent on)
+            s.close()
+        finally:
+            ctx.term()
+        assert [ex.submit(os.getpid).result(timeout=60) for _ in range(5)] == [pid] * 5  # the same worker

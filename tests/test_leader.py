@@ -131,3 +131,40 @@ def test_an_abort_while_leading_fails_the_wait_cleanly(monkeypatch):
         f.result(timeout=20)
     assert time.monotonic() - t < 15
     ex.shutdown()
+
+
+def test_the_loop_closes_its_sockets_only_once_no_other_thread_is_in_a_turn():
+    """A thread taking a turn of the loop itself (a leader reading its result, or a submitter
+    dispatching while the loop sleeps) holds the broker's lock and has seen that the loop is
+    not stopping.  A loop stopped meanwhile closed its sockets without that lock, under that
+    thread's feet (one thread using a ZeroMQ socket while another closes it: libzmq may
+    abort).  Here the loop's thread is held at the end of a turn, outside the lock (handing
+    messages over to the client, as after every turn), while this thread takes the lock
+    and stops the loop: its sockets must stay open until this thread lets the lock go."""
+    ex = ScoopExecutor(1)
+    broker = ex._session.broker
+    local = broker.local
+    at_the_end = threading.Event()
+    go = threading.Event()
+
+    def hold_the_loop(_: object) -> None:  # in the loop's thread, after its turn, without the lock
+        at_the_end.set()
+        go.wait(30)
+
+    def queue_a_hand_over() -> None:  # in a turn of the loop, under its lock
+        local.pending.append((hold_the_loop, None))
+
+    try:
+        assert ex.submit(int, 1).result(timeout=60) == 1
+        broker.call_soon(queue_a_hand_over)
+        assert at_the_end.wait(60)
+        with broker.lock:  # as a leader's turn would: it saw the loop running
+            broker.stop()
+            go.set()
+            time.sleep(0.5)  # the loop's thread has left its loop meanwhile
+            closed = broker.router.sock.closed
+        assert not closed, "the loop closed its sockets while another thread held its lock"
+        ex._session.thread.join(60)
+        assert broker.router.sock.closed  # (then it did)
+    finally:
+        ex.shutdown(wait=True)

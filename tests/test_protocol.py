@@ -109,6 +109,7 @@ def test_decode_accepts_the_shape_of_each_kind(frames):
         ([P.pack(P.CANCEL, [(1,)]), b"junk"], "carries no frames"),
         ([P.pack(P.OUTPUT, [(1, 1), (1, 1)]), b"one"], "one frame per entry"),
         ([P.header(P.SHARE), b"name"], "name frame and a value"),
+        ([P.header(P.SHARE), b"na\xefme", b"value"], "name is not UTF-8"),  # it ended the workers
         ([P.header(P.ERROR), b"a", b"b"], "at most 1 frame"),
         ([P.header(P.SETUP_DONE, 0, 1), b"a", b"main", b"c"], "at most 2 frame"),
         ([P.header(P.BROKEN), b"1"], "not an object"),

@@ -11,6 +11,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scoopexec import ScoopExecutor
 from scoopexec import trace as trace_mod
@@ -497,3 +499,202 @@ def test_a_recorded_task_costs_the_recorder_under_150_bytes(tmp_path):
     assert rec.recorded == n
     assert per_task < 150, f"a recorded task costs the recorder {per_task:.0f} bytes"
     assert summarize(load(rec.write())).tasks == n
+
+
+# ------------------------------------------------------- the binary file (tracefile.py)
+def _full_recorder(path):
+    """A recorder holding one of everything a file stores: odd names, two workers (one with a
+    skewed clock), nested tasks, a raised error, lost attempts, batch-job events, metadata, and
+    tasks beyond its limit."""
+    rec = TraceRecorder(path, limit=12)
+    a = WorkerState(b"A" * 12, {"host": 'h"ost\n\u00e9', "pid": 7, "name": "w\\ork\ter \u2603"})
+    b = WorkerState(b"B" * 12, {"host": "node2", "pid": None, "name": "node2:?"})
+    t0 = 1_700_000_000.0
+    for i, name in enumerate(ODD_NAMES, 1):
+        task = Task(i, b"", i, 0 if i < 3 else 1, b"client-%d" % (i % 2) if i != 5 else None, 1,
+                    [_pickled_global("mod", name), b"args" * i], t0 + i - 0.001)  # fmt: skip
+        w = a if i % 2 else b
+        task.worker = w.key
+        rec.on_dispatch(w, [task])
+        rec.on_results(w, [(i, 1 if i == 4 else 0, 1, t0 + i + (7.5 if w is b else 0), 0.25)],
+                       [b"header", b"result" * i], {i: task})  # fmt: skip
+    for i in range(len(ODD_NAMES) + 1, 16):  # beyond the limit: counted
+        task = Task(i, b"", i, 0, b"", 1, [b"f", b"a"], t0 + 20)
+        task.worker = a.key
+        rec.on_results(a, [(i, 0, 0, t0 + 21, 0.1)], [b"h"], {i: task})
+    rec.on_lost(Task(3, b"", 3, 0, b"", 1, [b"f", b"a"]), b, "worker died (signal 9)", False)
+    rec.on_job("slurm", "1234", "started")
+    rec.on_jobs("slurm", [{"state": "running", "workers": 4}, {"state": "draining (walltime)", "workers": 2}])
+    rec.meta.update(argv=["prog.py", "--x", "\u2603"], note={"nested": [1, 2.5, None]})
+    return rec
+
+
+def test_binary_file_holds_what_the_json_writer_writes(tmp_path):
+    """A binary file read back writes, byte for byte, the JSON the recorder writes directly: every
+    field of the recorder survives the file (drop one in raw()/from_raw() and the texts differ)."""
+    from scoopexec import tracefile
+
+    rec = _full_recorder(tmp_path / "t.trace")
+    assert rec.recorded == 12 and rec.dropped == len(ODD_NAMES) + 7 - 12
+    direct = rec.write(str(tmp_path / "direct.json"))
+    binary = rec.write()  # the recorder's own path, which does not end in .json: the binary format
+    with open(binary, "rb") as fh:
+        assert fh.read(8) == tracefile.MAGIC
+    with open(direct, "rb") as fh:
+        assert fh.read(1) == b"{"
+    again = TraceRecorder.from_raw(tracefile.read(binary)).write(str(tmp_path / "again.json"))
+    with open(direct, encoding="utf-8") as f1, open(again, encoding="utf-8") as f2:
+        assert f1.read() == f2.read()
+    doc = json.loads((tmp_path / "direct.json").read_text())
+    assert doc["scoopexec"]["tasks_not_recorded"] == rec.dropped and doc["scoopexec"]["lost_attempts"] == 1
+    assert {e["cat"] for e in doc["traceEvents"] if "cat" in e} >= {"task", "nested", "lost", "jobs", "pool"}
+    # The report reads both, to the same numbers.
+    assert summarize(load(binary)) == summarize(load(direct))
+    # And the binary file is the smaller by far: the records as kept, about 100 bytes a task.
+    assert os.path.getsize(binary) < os.path.getsize(direct) / 2
+
+
+def test_a_real_run_exported_from_the_binary_file_is_the_json_it_would_have_written(tmp_path):
+    """What a user runs: trace='run.trace' (binary), then `python -m scoopexec trace export
+    run.trace run.json` in a shell; the export is the JSON the same run's recorder writes itself."""
+    path = tmp_path / "run.trace"
+    with ScoopExecutor(2, trace=path) as ex:
+        assert ex.trace_path == str(path)
+        assert ex.submit(helpers.fib, 6).result(timeout=60) == 8  # 25 tasks, nested
+        assert list(ex.map(helpers.mul, range(20), range(20))) == [i * i for i in range(20)]
+        with pytest.raises(ValueError, match="recorded failure"):
+            ex.submit(_raise_in_task).result(timeout=60)
+        recorder = ex._session.trace
+    direct = recorder.write(str(tmp_path / "direct.json"))
+    r = _cli("trace", "export", path, tmp_path / "exported.json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "exported.json" in r.stderr.decode()
+    exported = (tmp_path / "exported.json").read_text()
+    assert exported == (tmp_path / "direct.json").read_text()
+    doc = json.loads(exported)
+    assert doc["scoopexec"]["tasks"] == 25 + 20 + 1
+    assert sum(e["ph"] == "X" for e in doc["traceEvents"]) == 46
+    r = _cli("trace", "export", path, "-")  # to standard output
+    assert r.returncode == 0 and r.stdout.decode() == exported
+    for args in (("report", "--json", path), ("trace", "report", "--json", path)):
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr.decode()
+        assert json.loads(r.stdout) == json.loads(_cli("report", "--json", direct).stdout)
+
+
+def _valid_binary(tmp_path_factory=None):
+    import tempfile
+
+    from scoopexec import tracefile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = _full_recorder(os.path.join(tmp, "t.trace"))
+        with open(rec.write(), "rb") as fh:
+            data = fh.read()
+    tracefile.parse(data)
+    return data
+
+
+def test_damaged_binary_files_get_an_error_naming_the_problem(tmp_path):
+    import struct
+
+    from scoopexec import tracefile
+
+    good = _valid_binary()
+    head = struct.Struct("<8sHHIQQQ")
+    magic, version, rsize, _flags, n, d, j = head.unpack_from(good)
+    body = good[head.size :]
+    records_end = head.size + n * rsize
+
+    def with_record_field(fmt_offset, value_fmt, value):
+        data = bytearray(good)
+        struct.pack_into(value_fmt, data, head.size + fmt_offset, value)
+        return bytes(data)
+
+    cases = {
+        "empty": (b"", "truncated: 0 bytes"),
+        "short": (good[:20], "truncated: 20 bytes"),
+        "not ours": (b"PK\x03\x04" + b"\0" * 60, "not a scoopexec binary timeline"),
+        "newer": (head.pack(magic, 2, rsize, 0, n, d, j) + body, "format version 2"),
+        "record size": (head.pack(magic, version, rsize + 1, 0, n, d, j) + body, "task records of"),
+        "flags": (head.pack(magic, version, rsize, 4, n, d, j) + body, "unknown flags"),
+        "cut in the records": (good[: records_end - 5], "is truncated: the header promises 12 task records"),
+        "cut in the JSON": (good[:-3], "is truncated"),
+        "trailing": (good + b"\0\0", "2 bytes after the end"),
+        "JSON damaged": (good[:-j] + b"{" * (j - 1) + b"]", "JSON part is damaged"),
+        "JSON wrong shape": (good[:-j] + json.dumps({"values": 3}).encode().ljust(j), "'values' part"),
+        # field offsets in TASK_RECORD "<qqIIddddIqqIB": name index at 20, submitted at 24
+        "index out of range": (with_record_field(20, "<I", 10**6), "names function name 1000000"),
+        "wrong kind of value": (with_record_field(20, "<I", 0), "function name (value 0) is a bytes"),
+        "time not a number": (with_record_field(24, "<d", float("nan")), "not a number of seconds"),
+        "time out of range": (with_record_field(24, "<d", -1.0), "not a number of seconds"),
+    }
+    for name, (data, message) in cases.items():
+        p = tmp_path / "bad.trace"
+        p.write_bytes(data)
+        with pytest.raises(tracefile.TraceError) as info:
+            tracefile.read(str(p))
+            pytest.fail(f"{name}: read without an error")
+        assert str(p) in str(info.value), name
+        assert message in str(info.value), (name, str(info.value))
+    # As a user meets it: a message, status 1, no traceback.
+    p.write_bytes(good[: len(good) // 2])
+    for args in (("trace", "export", p, tmp_path / "out.json"), ("report", p)):
+        r = _cli(*args)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "is truncated" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.json").exists()
+    r = _cli("trace", "export", tmp_path / "missing.trace", tmp_path / "out.json")
+    assert r.returncode == 1 and "missing.trace" in r.stderr.decode()
+
+
+_VALID = _valid_binary()
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzzed_binary_files_are_read_or_refused_never_crash(data):
+    """Any bytes -- a valid file cut, with bytes changed, inserted or appended, or noise -- are
+    either a TraceError or a trace that writes valid JSON; never another exception."""
+    from scoopexec import tracefile
+
+    blob = bytearray(_VALID)
+    kind = data.draw(st.sampled_from(["cut", "flip", "insert", "noise", "tail"]))
+    if kind == "cut":
+        del blob[data.draw(st.integers(0, len(blob) - 1)) :]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    elif kind == "insert":
+        at = data.draw(st.integers(0, len(blob)))
+        blob[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    elif kind == "tail":
+        blob += data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        blob = bytearray(tracefile.MAGIC + data.draw(st.binary(max_size=200)))
+    try:
+        raw = tracefile.parse(bytes(blob), "fuzzed.trace")
+    except tracefile.TraceError as exc:
+        assert "fuzzed.trace" in str(exc)
+        return
+    doc = TraceRecorder.from_raw(raw).document()
+    assert isinstance(doc["traceEvents"], list)
+
+
+def test_one_message_of_results_for_several_functions_names_each_task_right(tmp_path):
+    """on_results names a task's function once per run of tasks sharing its frame (the usual
+    message): a message mixing functions, and a task of more than two frames, keep their names."""
+    rec = TraceRecorder(tmp_path / "t.trace")
+    w = WorkerState(b"W", {"host": "h", "pid": 1, "name": "h:1"})
+    fa, fb = _pickled_global("mod", "alpha"), _pickled_global("mod", "beta")
+    frames_of = {1: [fa, b"a"], 2: [fa, b"a"], 3: [fb, b"b"], 4: [fa, b"a"], 5: [fb, b"x", b"y"],
+                 6: [fa, b"a"]}  # fmt: skip
+    tasks = {}
+    for i, frames in frames_of.items():
+        tasks[i] = t = Task(i, b"", i, 0, b"", 1, frames, 100.0 + i)
+        t.worker = w.key
+    rec.on_dispatch(w, list(tasks.values()))
+    rec.on_results(w, [(i, 0, 1, 101.0 + i, 0.5) for i in tasks], [b"h"] + [b"r"] * len(tasks), tasks)
+    names = {r[0]: r[3] for r in rec.records}
+    assert names == {1: "alpha", 2: "alpha", 3: "beta", 4: "alpha", 5: "beta", 6: "alpha"}
+    assert {r[0]: r[9] for r in rec.records}[5] == len(fb) + 2  # bytes in: all three frames

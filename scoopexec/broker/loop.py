@@ -191,7 +191,8 @@ class Broker:
             while not self._stopping:
                 self.step()
         finally:
-            self._close()
+            with self.lock:  # a thread in a turn of its own (leader.py, dispatch_local_now) ends it first
+                self._close()
 
     def step(self, timeout: float | None = None) -> None:
         """One turn of the loop: wait for input (at most ``timeout`` s), handle it, dispatch, send.

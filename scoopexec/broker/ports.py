@@ -548,6 +548,7 @@ class LinkPort:
         self.new: collections.deque[tuple[bytes, Link]] = collections.deque()  # added, not yet watched
         self.dead: list[bytes] = []  # links found broken while sending: closed after the turn
         self._stopped: dict[bytes, float] = {}  # workers seen stopped (SIGSTOP), since when
+        self.closed = False  # close_all() ran: a link added now is closed at once
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.links
@@ -556,6 +557,9 @@ class LinkPort:
         """Serve a local worker on one end of a socketpair (thread-safe); returns its key."""
         key = b"W" + os.urandom(11)
         self.new.append((key, Link(sock, max_frame=self.max_frame)))
+        if self.closed:  # the loop has ended (a replacement started as it stopped): nobody serves it
+            self._close_new()
+            return key
         self.wake.wake()  # the loop registers it (register_new)
         return key
 
@@ -642,9 +646,21 @@ class LinkPort:
                 self.close_link(key, f"its process was stopped for {now - since:.1f} s")
 
     def close_all(self, drain: float) -> None:
+        """Close every link, those added since the loop's last turn too (their worker sees end of
+        file and exits); set before they are taken, ``closed`` makes add() close a later one."""
+        self.closed = True
         for link in self.links.values():
             link.close(drain=drain)
         self.links.clear()
+        self._close_new()
+
+    def _close_new(self) -> None:
+        while self.new:
+            try:
+                _, link = self.new.popleft()
+            except IndexError:  # another thread took the last one
+                break
+            link.close()
 
 
 # ------------------------------------------------------------------ in process

@@ -268,7 +268,7 @@ class EmbeddedSession(Session):
         except Exception as exc:
             log.error("could not write the timeline to %s: %s: %s", self.trace.path, type(exc).__name__, exc)
         else:
-            log.info("timeline of %d task(s) written to %s", len(self.trace.records), path)
+            log.info("timeline of %d task(s) written to %s", self.trace.recorded, path)
 
     def _cleanup_dir(self) -> None:
         while self._published:

@@ -132,9 +132,11 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         launch_timeout: seconds to wait for launched workers to connect.
         trace: a file name: record every task (submit, start, end, worker,
             host, parent task, bytes in and out, retries) and write them there
-            as a Chrome trace-event timeline when the pool stops; open it in
-            https://ui.perfetto.dev or summarise it with
-            ``python -m scoopexec report FILE``.  Embedded broker only (start
+            when the pool stops: a name ending in ``.json`` gets a Chrome
+            trace-event timeline (open it in https://ui.perfetto.dev), any other
+            a compact binary file, cheaper to write, which ``python -m scoopexec
+            trace export FILE OUT.json`` turns into that timeline; summarise
+            either with ``python -m scoopexec report FILE``.  Embedded broker only (start
             a standalone broker with ``--trace FILE`` instead).
         progress: the default of ``map(..., progress=)``: True draws a
             progress bar on stderr for every map.

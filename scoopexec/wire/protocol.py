@@ -363,6 +363,11 @@ def decode(frames: Sequence[Any]) -> Message:
             )
         if payload:
             msg.text = as_bytes(frames[1]).decode("utf-8", "replace")
-    elif rule is NAMED and payload < 2:
-        raise ProtocolError(f"{TYPE_NAMES[kind]} needs a name frame and a value frame")
+    elif rule is NAMED:
+        if payload < 2:
+            raise ProtocolError(f"{TYPE_NAMES[kind]} needs a name frame and a value frame")
+        try:  # (a worker keeps the value under this name: a name it cannot decode ended it)
+            as_bytes(frames[1]).decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{TYPE_NAMES[kind]}'s name is not UTF-8 text: {exc}") from None
     return msg

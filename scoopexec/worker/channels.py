@@ -231,10 +231,20 @@ class Outbox:
         """Something besides results waits to be sent (results go with the end of a task)."""
         return bool(self.outputs or self.logs or self.submits or self.cancels)
 
+    def pending(self) -> bool:
+        """Anything waits to be sent, results included."""
+        return bool(self.results or self.outputs or self.logs or self.submits or self.cancels)
+
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""
         send = self._send
         self.last_flush = time.monotonic()
+        # The results first: a task appends its output, log records and sub-tasks, then its
+        # result, without the lock (outside the hub), maybe while the flusher thread is here.
+        # What was appended before a result taken now is taken below and sent before it;
+        # taken last, a result could go out ahead of the output its task appended just before
+        # it, and that output then reached no client (its task was over at the broker).
+        res = _drain(self.results) if self.results else None
         if self.outputs:
             items = _drain(self.outputs)
             send([P.pack(P.OUTPUT, [e for e, _ in items]), *[b for _, b in items]])
@@ -249,8 +259,7 @@ class Outbox:
             for _, body in subs:
                 frames.extend(body)
             send(frames)
-        if self.results:
-            res = _drain(self.results)
+        if res:
             frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
             for _, body in res:
                 frames.extend(body)
