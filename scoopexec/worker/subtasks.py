@@ -41,7 +41,6 @@ class _Hub(Protocol):
     def current_task(self) -> int: ...
     def later(self, fn: Callable[[], None]) -> None: ...
     def flush(self) -> None: ...
-    def nudge(self) -> None: ...
     def wait_until(self, fs: Any, timeout: float | None, return_when: str) -> None: ...
 
 
@@ -115,8 +114,6 @@ class SubTasks:
         if len(submits) >= FLUSH_EVERY or time.monotonic() - hub.outbox.last_flush > FLUSH_IDLE:
             with hub.lock:
                 hub.flush()
-        else:
-            hub.nudge()  # in a task that runs on without waiting, the flusher sends it
         return fut
 
     def lead(self, fut: Any, timeout: float | None) -> float | None:
