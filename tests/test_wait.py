@@ -214,3 +214,42 @@ def raised() -> tuple[int, list[object]]:
         raise ValueError("three")
     except ValueError as exc:
         return serialize.encode_exception(exc, "tb")
+
+
+class _CancelledWhileUnpickled:
+    """A result whose unpickling fails after its future was cancelled (ex.cancel() from another
+    thread while the client's I/O thread unpickles it)."""
+
+    futs: dict = {}
+
+    def __reduce__(self):
+        return (_cancel_then_fail, ())
+
+
+def _cancel_then_fail():
+    from scoopexec.client.future import cancel_running
+
+    cancel_running(_CancelledWhileUnpickled.futs[1])
+    raise ValueError("cannot unpickle")
+
+
+def test_a_batch_settles_whole_when_a_failing_result_was_cancelled_meanwhile():
+    # settle_all used to raise InvalidStateError here: the rest of the batch was never settled,
+    # and the futures before it, out of the table with their result in hand, never finished.
+    import pickle
+
+    from scoopexec.client.future import ScoopFuture, settle_all
+    from scoopexec.wire import protocol as P
+
+    futs = {tid: ScoopFuture(None, tid, "f") for tid in (1, 2, 3)}
+    _CancelledWhileUnpickled.futs = futs
+    table = dict(futs)
+    items = [
+        (3, P.OK, [pickle.dumps("three")]),
+        (1, P.OK, [pickle.dumps(_CancelledWhileUnpickled())]),
+        (2, P.OK, [pickle.dumps("two")]),
+    ]
+    assert settle_all(table, items, cancels_dropped=True) == (0, 0)
+    assert not table
+    assert futs[1].cancelled()
+    assert futs[3].result(timeout=5) == "three" and futs[2].result(timeout=5) == "two"

@@ -230,7 +230,13 @@ def settle_all(
             try:
                 value = pickle.loads(frames[0])
             except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
-                fut.set_exception(serialize.unpickling_error(exc, fut._what))
+                if ready:  # (those before it finish first: results in order)
+                    _finish(ready)
+                    ready = []
+                try:
+                    fut.set_exception(serialize.unpickling_error(exc, fut._what))
+                except cf.InvalidStateError:
+                    pass  # cancelled while its result was unpickled (ex.cancel())
                 continue
             # Only read once the state says FINISHED (then set under _MAKING, or by set_result).
             fut._result = value
