@@ -280,3 +280,22 @@ def test_a_task_that_completes_a_future_it_waits_on_leaves_its_worker_running(on
     for _ in range(10):
         assert one_worker.submit(_completes_a_future_it_waits_on).result(timeout=60) == [1, 2]
     assert one_worker.worker_pids == pids, "the worker was lost and replaced"
+
+
+
+def test_a_sub_task_submitted_and_cancelled_between_two_sends_reaches_the_broker_submit_first():
+    # A worker holds sub-task submissions back to batch them; one cancelled before the next send
+    # went out as a CANCEL ahead of its SUBMIT: the broker ignored the cancel of a task it did
+    # not know yet, then ran the task (7-15 of 20 such sub-tasks ran in a real pool).
+    from typing import Any
+
+    from scoopexec.wire import protocol as P
+    from scoopexec.worker.channels import Outbox
+
+    sent: list[list[Any]] = []
+    box = Outbox(sent.append)
+    box.submits.append(((7, 1, 1), [b"frames"]))
+    box.cancels.append(7)
+    box.flush(0)
+    kinds = [P.unpack_header(frames[0])[0] for frames in sent]
+    assert kinds.index(P.SUBMIT) < kinds.index(P.CANCEL), [P.TYPE_NAMES[k] for k in kinds]

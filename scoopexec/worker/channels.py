@@ -247,14 +247,14 @@ class Outbox:
         if self.logs:
             items2 = _drain(self.logs)
             send([P.pack(P.LOG, [e for e, _ in items2]), *[b for _, b in items2]])
-        if self.cancels:
-            send([P.pack(P.CANCEL, [(t,) for t in _drain(self.cancels)])])
         if self.submits:
             subs = _drain(self.submits)
             frames: list[Any] = [P.pack(P.SUBMIT, [e for e, _ in subs])]
             for _, body in subs:
                 frames.extend(body)
             send(frames)
+        if self.cancels:  # after the submissions: one submitted and cancelled since the last flush
+            send([P.pack(P.CANCEL, [(t,) for t in _drain(self.cancels)])])  # is known to the broker
         if res:
             frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
             for _, body in res:
