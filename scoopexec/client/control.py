@@ -65,11 +65,13 @@ class Control:
         # not stopped yet: a stopping session closes the workers' links, and a worker that exits
         # on that before its signal arrives would be an exit of its own (status 0), not an end.
         session.broken("broken", f"the pool's workers were ended by {what}", stop=False)
-        for pid in workers.processes() if workers is not None else []:  # every one that exists
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        session.stop_when_idle = True
-        session.request_stop()
-        session.close(wait=False)
+        try:
+            for pid in workers.processes() if workers is not None else []:  # every one that exists
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        finally:  # stopped even if a signal could not be sent (PermissionError, say)
+            session.stop_when_idle = True
+            session.request_stop()
+            session.close(wait=False)
