@@ -162,6 +162,7 @@ def pack(mtype: int, entries: Sequence[tuple[Any, ...]] = (), arg: int = 0) -> b
 
 
 _FLAT: dict[tuple[int, int], struct.Struct] = {}  # (kind, count) -> the struct of count entries
+_FLAT_CACHED = 256  # the largest count whose struct is kept
 
 
 def pack_flat(mtype: int, count: int, values: Sequence[Any], arg: int = 0) -> bytes:
@@ -169,9 +170,11 @@ def pack_flat(mtype: int, count: int, values: Sequence[Any], arg: int = 0) -> by
     the same bytes, packed in one call instead of one per entry."""
     st = _FLAT.get((mtype, count))
     if st is None:
-        if len(_FLAT) >= 1024:
-            _FLAT.clear()
-        st = _FLAT[mtype, count] = struct.Struct("<" + ENTRY_OF[mtype].format.lstrip("<") * count)
+        st = struct.Struct("<" + ENTRY_OF[mtype].format.lstrip("<") * count)
+        if count <= _FLAT_CACHED:  # (a larger one, rare, is not kept: its format is count codes long)
+            if len(_FLAT) >= 1024:
+                _FLAT.clear()
+            _FLAT[mtype, count] = st
     return HEADER.pack(MAGIC, VERSION, mtype, count, arg) + st.pack(*values)
 
 
