@@ -181,3 +181,14 @@ def test_entries_packed_flat_are_the_bytes_packed_one_by_one(mtype, count):
     flat = [v for e in ents for v in e]
     assert P.pack_flat(mtype, count, flat, arg=5) == P.pack(mtype, ents, arg=5)
     assert list(P.entries(mtype, P.pack_flat(mtype, count, flat))) == ents
+
+
+def test_the_struct_of_a_huge_flat_pack_is_not_kept():
+    # pack_flat keeps the struct of each (kind, count) it met; a worker granting huge credit made
+    # the broker pack, and keep, a struct whose format holds one code per field of every entry.
+    count = 5000
+    flat = [1] * (count * len(P.ENTRY_OF[P.CANCEL].format.lstrip("<")))
+    assert P.pack_flat(P.CANCEL, count, flat) == P.pack(P.CANCEL, [(1,)] * count)
+    assert (P.CANCEL, count) not in P._FLAT
+    P.pack_flat(P.CANCEL, 3, [1, 2, 3])
+    assert (P.CANCEL, 3) in P._FLAT  # small ones are kept: the broker packs the same few often
