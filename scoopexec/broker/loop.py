@@ -48,6 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -551,6 +552,8 @@ class Broker:
     def _tick(self, now: float) -> None:
         POOL.expire()
         self.router.reprobe(self.ledger.known)
+        led, links = self.ledger, self.links.links  # (the router's peers: not on a link, not LOCAL)
+        self.router.sweep(k for k in chain(led.workers, led.clients, led.observers) if k not in links and k)
         if now >= self._next_state_check and (self.links.links or self.watcher is not None):
             self._next_state_check = now + min(self.heartbeat, self.heartbeat_timeout / 4)
             workers = self.ledger.workers

@@ -263,6 +263,7 @@ class RouterPort:
         self.fds: dict[int, bytes] = {}  # a connection's fd (SRCFD of its HELLO) -> its peer
         self.backlog: dict[bytes, collections.deque[list[Any]]] = {}
         self._suspects: dict[bytes, tuple[float, str]] = {}  # peers whose connection closed
+        self._next_sweep = time.monotonic() + heartbeat_timeout  # (sweep())
         self._poll: Poll | None = None
         self._polled_auth: Authenticator | None = None
         self._dirty = True  # the sockets were used since their EVENTS were last read
@@ -438,6 +439,24 @@ class RouterPort:
             if now > until or key in registered or not known(key):
                 continue  # reconnected (it said HELLO again), still answering, or already gone
             self._probe(key, why, until)
+
+    def sweep(self, keys: Iterable[bytes]) -> None:
+        """Every heartbeat_timeout: a PING to each of ``keys`` (peers over this socket) that is
+        not sending already; a routing id that is gone is that peer gone.
+
+        The monitor and its probes miss a peer whose connection closed while what it had sent
+        still waited in the socket, read after the probes gave up (its HELLO among it, even):
+        ZMTP heartbeats end a dead connection, but only a send tells that its routing id is
+        gone.  Such a peer would stay for ever: a client with its set-up, a worker sent tasks
+        that no one runs.  This is the backstop; peers ignore PING."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.heartbeat_timeout
+        backlog = self.backlog
+        for key in list(keys):
+            if key not in backlog and key not in self._suspects:
+                self._probe(key, "it is no longer connected", now)
 
     # --------------------------------------------------------------- sending
     def send(self, key: bytes, frames: Sequence[Any]) -> bool:
