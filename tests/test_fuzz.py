@@ -194,8 +194,8 @@ def _quiet_after_fuzz(status: Callable[[], dict[str, Any]], workers: int, client
     The fuzzers' sockets close with their messages still queued in the broker, and a fuzzer
     that said HELLO as a worker may have given credit: a real client's task can be sent to it
     while that backlog is read, with the client's set-up, and a queued "SETUP_DONE, failed"
-    for that set-up then breaks the client as a real worker's report would (seen in CI: 3
-    runs in 120).  So the real peers start once only they are left and the counts stand still.
+    for that set-up then breaks the client as a real worker's report would (failed CI once; 3
+    seeds in 120 here).  So the real peers start once only they are left and counts stand still.
     """
     def sample() -> tuple[Any, ...]:
         st = status()
