@@ -30,7 +30,8 @@ from zmq.utils.monitor import recv_monitor_message
 from .errors import AuthenticationError, ProtocolError
 from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
-from .wire.security import MONITOR_EVENTS, HandshakeWatch, read_key_file, resolve_credentials
+from .wire.security import read_key_file, resolve_credentials
+from .wire.zmqsock import MONITOR_EVENTS, HandshakeWatch
 
 __all__ = ["PoolStatus", "WorkerStatus", "printable", "query", "status_main"]
 

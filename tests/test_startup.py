@@ -13,10 +13,12 @@ modules are loaded), not as a time.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from scoopexec import ScoopExecutor
+from tests.conftest import ROOT
 from tests.helpers import loaded_modules
 
 # The client's side, and what only the client needs: none of it is a worker's business.
@@ -45,6 +47,48 @@ def test_a_running_worker_has_loaded_nothing_of_the_client() -> None:
         loaded = set(ex.submit(loaded_modules).result(timeout=60))
     assert "scoopexec.worker.worker" in loaded
     assert [m for m in CLIENT_ONLY if m in loaded] == []
+
+
+# What a local worker does not need: it talks to its embedded broker over a socketpair.  Each
+# pool's template (deploy/forkstart.py) imports the worker before it can fork the first one,
+# so every module here is start-up time in the pool's first batch.
+LOCAL_WORKER_NEEDS_NOT = ["zmq", "scoopexec.wire.zmqsock", "scoopexec.worker.zmqchannel"]
+
+
+def test_the_template_loads_no_zmq() -> None:
+    """What the template imports (as Template starts it) leaves zmq out (it was imported through
+    channels.py, framing.py and security.py: about 8 ms of CPU of the ~45 ms the imports took)."""
+    code = (
+        "import json, sys, scoopexec.worker.main; from scoopexec.deploy.forkstart import serve; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "scoopexec.worker.worker" in loaded and "scoopexec.wire.security" in loaded
+    assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
+
+
+def test_a_local_worker_runs_without_zmq_and_a_zmq_worker_still_loads_it() -> None:
+    with ScoopExecutor(max_workers=1) as ex:
+        loaded = set(ex.submit(loaded_modules).result(timeout=60))
+    assert "scoopexec.worker.worker" in loaded
+    assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
+    # The same worker on an ipc endpoint (the comparison transport) loads its ZeroMQ channel.
+    code = (
+        "import json; from scoopexec import ScoopExecutor; from tests.helpers import loaded_modules\n"
+        "with ScoopExecutor(max_workers=1) as ex: print(json.dumps(ex.submit(loaded_modules).result(60)))"
+    )
+    env = dict(os.environ, SCOOPEXEC_LOCAL_TRANSPORT="zmq")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert "scoopexec.worker.zmqchannel" in json.loads(out.stdout.splitlines()[-1])
 
 
 def test_the_public_names_still_load_on_first_use() -> None:

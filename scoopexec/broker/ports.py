@@ -36,9 +36,10 @@ from zmq.utils.monitor import parse_monitor_message
 from ..deploy.local import process_state
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
+from ..wire.framing import PUSH_WAIT, Link, WakePipe
+from ..wire.security import AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
+from ..wire.zmqsock import MONITOR_EVENTS, ZMQ_EVENTS, ZMQ_POLLIN, zmq_receive, zmq_send
 from .ledger import LOCAL, Ledger, Task, submit_local
 from .limits import Connections, Limits
 

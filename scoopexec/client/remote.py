@@ -25,8 +25,8 @@ from ..deploy.groups import Target
 from ..deploy.local import LocalWorkers
 from ..errors import AuthenticationError, BrokenScoopExecutor, BrokerLostError
 from ..wire import protocol as P
-from ..wire.framing import dealer, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, is_loopback, resolve_credentials
+from ..wire.security import Credentials, is_loopback, resolve_credentials
+from ..wire.zmqsock import MONITOR_EVENTS, HandshakeWatch, dealer, zmq_receive, zmq_send
 from .session import Session
 
 __all__ = ["RemoteSession"]
