@@ -52,12 +52,20 @@ def test_a_running_worker_has_loaded_nothing_of_the_client() -> None:
 # What a local worker does not need: it talks to its embedded broker over a socketpair.  Each
 # pool's template (deploy/forkstart.py) imports the worker before it can fork the first one,
 # so every module here is start-up time in the pool's first batch.
-LOCAL_WORKER_NEEDS_NOT = ["zmq", "scoopexec.wire.zmqsock", "scoopexec.worker.zmqchannel"]
+# hashlib (OpenSSL) is for seeded maps only; deploy.hosts is the client's host lists.
+LOCAL_WORKER_NEEDS_NOT = [
+    "zmq",
+    "scoopexec.wire.zmqsock",
+    "scoopexec.worker.zmqchannel",
+    "hashlib",
+    "scoopexec.deploy.hosts",
+]
 
 
-def test_the_template_loads_no_zmq() -> None:
+def test_the_template_loads_no_zmq_nor_hashlib() -> None:
     """What the template imports (as Template starts it) leaves zmq out (it was imported through
-    channels.py, framing.py and security.py: about 8 ms of CPU of the ~45 ms the imports took)."""
+    channels.py, framing.py and security.py: about 8 ms of CPU of the ~45 ms the imports took),
+    and hashlib (seeding.py) and deploy.hosts (for local_cpu_count, now in contract.py)."""
     code = (
         "import json, sys, scoopexec.worker.main; from scoopexec.deploy.forkstart import serve; "
         "print(json.dumps(sorted(sys.modules)))"
@@ -68,7 +76,7 @@ def test_the_template_loads_no_zmq() -> None:
     assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
 
 
-def test_a_local_worker_runs_without_zmq_and_a_zmq_worker_still_loads_it() -> None:
+def test_a_local_worker_runs_without_them_and_a_zmq_worker_still_loads_zmq() -> None:
     with ScoopExecutor(max_workers=1) as ex:
         loaded = set(ex.submit(loaded_modules).result(timeout=60))
     assert "scoopexec.worker.worker" in loaded

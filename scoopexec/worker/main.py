@@ -10,8 +10,7 @@ import os
 import signal
 import socket
 
-from ..deploy.contract import check_env, parser
-from ..deploy.hosts import local_cpu_count
+from ..deploy.contract import check_env, local_cpu_count, parser
 from ..deploy.local import run_worker_group
 from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
 from . import lifeline, limits
