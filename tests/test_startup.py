@@ -119,3 +119,19 @@ def test_the_public_names_still_load_on_first_use() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert "has no attribute 'no_such_name'" in bad.stderr
+
+
+def test_a_forked_worker_finds_its_command_line_parser_built() -> None:
+    """The template imports worker.main before it forks: the parser is built then, once, not by
+    each worker in main() (half of a forked worker's CPU before its first task was argparse's
+    set-up).  main() runs here with ArgumentParser unable to make a new parser."""
+    code = (
+        "import argparse, scoopexec.worker.main as m\n"
+        "def refuse(*a, **k): raise RuntimeError('main() built a parser')\n"
+        "argparse.ArgumentParser.__init__ = refuse\n"
+        "m.main([])\n"
+    )
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr  # main() reached its own check of the arguments
+    assert "give the broker's endpoint" in out.stderr
