@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from scoopexec import ScoopExecutor
 from tests.conftest import ROOT
 from tests.helpers import loaded_modules
@@ -135,3 +137,47 @@ def test_a_forked_worker_finds_its_command_line_parser_built() -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2, out.stderr  # main() reached its own check of the arguments
     assert "give the broker's endpoint" in out.stderr
+
+
+def test_the_client_loads_no_asyncio() -> None:
+    """``from scoopexec import ScoopExecutor`` -- in the client, and in every worker whose main
+    module has it at the top -- loads no asyncio: pyzmq's zmq.utils.monitor imports it (about
+    13 ms), so monitor events are read by wire/zmqsock.py."""
+    code = "import json, sys; from scoopexec import ScoopExecutor; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "scoopexec.client.executor" in loaded and "zmq" in loaded
+    assert [m for m in ("asyncio", "zmq.utils.monitor", "ssl") if m in loaded] == []
+
+
+def test_monitor_events_read_as_pyzmq_reads_them() -> None:
+    """wire/zmqsock.monitor_event on a real socket monitor's messages (a connection, its
+    handshake, a refused CURVE handshake) gives what zmq.utils.monitor gives; junk is refused."""
+    import zmq
+    from zmq.utils.monitor import parse_monitor_message
+
+    from scoopexec.wire.zmqsock import monitor_event
+
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.ROUTER)
+        server.curve_server = True
+        server.curve_secretkey = zmq.curve_keypair()[1]
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        plain = ctx.socket(zmq.DEALER)  # no CURVE: its handshake fails with a ZMTP mechanism mismatch
+        mon = plain.get_monitor_socket()
+        plain.connect(f"tcp://127.0.0.1:{port}")
+        seen = []
+        while mon.poll(5000) and len(seen) < 3:
+            frames = mon.recv_multipart()
+            assert monitor_event(frames) == dict(parse_monitor_message(frames))
+            seen.append(monitor_event(frames)["event"])
+        assert zmq.EVENT_CONNECTED in seen  # (and with it a handshake event: the check saw events)
+        for junk in ([b"12345"], [b"123", b"e"], [b"1234567", b"e"]):
+            with pytest.raises(ValueError, match="monitor event"):
+                monitor_event(junk)
+        plain.disable_monitor()
+        for s in (mon, plain, server):
+            s.close(linger=0)
+    finally:
+        ctx.term()

@@ -25,6 +25,7 @@ from ..wire.zmqsock import (
     ZMQ_POLLIN,
     HandshakeWatch,
     dealer,
+    recv_monitor_event,
     zmq_receive,
     zmq_send,
 )
@@ -110,10 +111,6 @@ class ZmqChannel:
     def _watch(
         self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
     ) -> None:
-        # Here, not at the top: zmq.utils.monitor imports asyncio (a sixth of a worker's start-up),
-        # and workers started beside their broker (a socketpair) never watch a ZeroMQ socket.
-        from zmq.utils.monitor import recv_monitor_message
-
         mon = self.monitor
         lost_at: float | None = None
         connected_once = False
@@ -133,7 +130,7 @@ class ZmqChannel:
                         f"no scoopexec broker answered at {self.connect_to} within "
                         f"{connect_timeout:g} s (is that address reachable from {host}?)",
                     )
-                event = recv_monitor_message(mon)
+                event = recv_monitor_event(mon)
             except zmq.ZMQError:
                 return
             problem = self._handshakes.event(event["event"], event["value"])
