@@ -29,8 +29,8 @@ libzmq reports no error to a peer whose handshake fails: it retries every
 that clients and workers give up within seconds with a clear reason.
 
 This module loads zmq only where it calls libzmq (:func:`_curve`: making, checking and
-applying keys): a local worker reads nothing here but never touches a key, and its
-start is cheaper without zmq (deploy/forkstart.py).
+applying keys): a local worker imports it, for its types, but never touches a key, and
+its start is cheaper without zmq (deploy/forkstart.py).
 """
 
 from __future__ import annotations
