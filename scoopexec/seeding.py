@@ -30,7 +30,6 @@ switch): each seeded task sees its own stream, nested tasks or not.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import struct
 import sys
@@ -78,7 +77,7 @@ class SeedSequence:
     def __init__(self, entropy: int | Sequence[int], spawn_key: Sequence[int] = ()) -> None:
         self.entropy = check_seed(entropy)
         self.spawn_key = check_seed(tuple(spawn_key)) if spawn_key else ()
-        h = hashlib.blake2b(digest_size=32, person=_PERSON)
+        h = _blake2b(b"", 32)
         h.update(struct.pack("<I", len(self.entropy)))
         for v in self.entropy:
             h.update(_int_bytes(v))
@@ -97,12 +96,20 @@ class SeedSequence:
         block = 0
         while len(out) < 4 * n_words:
             counter = struct.pack("<Q", block)
-            out += hashlib.blake2b(self._pool + counter, digest_size=64, person=_PERSON).digest()
+            out += _blake2b(self._pool + counter, 64).digest()
             block += 1
         return list(struct.unpack(f"<{n_words}I", bytes(out[: 4 * n_words])))
 
     def __repr__(self) -> str:
         return f"SeedSequence(entropy={self.entropy!r}, spawn_key={self.spawn_key!r})"
+
+
+def _blake2b(data: bytes, size: int) -> Any:
+    """BLAKE2b with this module's personalisation.  hashlib is imported here, on first use:
+    at the top it loaded OpenSSL (about 2 ms) into every worker's start, for seeded maps only."""
+    import hashlib  # stdlib, lazy: see above
+
+    return hashlib.blake2b(data, digest_size=size, person=_PERSON)
 
 
 def _words_int(words: Sequence[int]) -> int:

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from .errors import AuthenticationError, ProtocolError
 from .logs import add_verbosity_options, configure_logging
 from .wire import protocol as P
-from .wire.security import MONITOR_EVENTS, HandshakeWatch, read_key_file, resolve_credentials
+from .wire.security import read_key_file, resolve_credentials
+from .wire.zmqsock import MONITOR_EVENTS, HandshakeWatch, recv_monitor_event
 
 __all__ = ["PoolStatus", "WorkerStatus", "printable", "query", "status_main"]
 
@@ -261,7 +261,7 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
             left = deadline - time.monotonic()
             ready = dict(poller.poll(int(left * 1000) + 1)) if left > 0 else {}
             while monitor in ready and monitor.poll(0):
-                ev = recv_monitor_message(monitor)
+                ev = recv_monitor_event(monitor)
                 problem = watch.event(ev["event"], ev["value"])
                 if problem is not None:
                     raise AuthenticationError(problem)

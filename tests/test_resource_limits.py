@@ -14,7 +14,7 @@ import zmq
 
 from scoopexec import ScoopExecutor
 from scoopexec.errors import ProtocolError
-from scoopexec.wire import framing
+from scoopexec.wire import framing, zmqsock
 from scoopexec.wire import protocol as P
 from scoopexec.wire.validate import DEFAULT_MAX_MESSAGE_SIZE, frame_limit
 from tests.conftest import ROOT
@@ -90,7 +90,7 @@ def test_a_worker_socket_takes_the_limit_and_a_client_gets_results_the_pool_allo
     connection and hang its futures."""
     ctx = zmq.Context()
     try:
-        s = framing.dealer(ctx, b"x", "tcp://127.0.0.1:1", linger=0, heartbeat=1.0, heartbeat_timeout=5.0,
+        s = zmqsock.dealer(ctx, b"x", "tcp://127.0.0.1:1", linger=0, heartbeat=1.0, heartbeat_timeout=5.0,
                            keys=None, max_message_size=5000)  # fmt: skip
         assert s.getsockopt(zmq.MAXMSGSIZE) == frame_limit(5000)
         s.close()

@@ -13,10 +13,14 @@ modules are loaded), not as a time.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 from scoopexec import ScoopExecutor
+from tests.conftest import ROOT
 from tests.helpers import loaded_modules
 
 # The client's side, and what only the client needs: none of it is a worker's business.
@@ -47,6 +51,56 @@ def test_a_running_worker_has_loaded_nothing_of_the_client() -> None:
     assert [m for m in CLIENT_ONLY if m in loaded] == []
 
 
+# What a local worker does not need: it talks to its embedded broker over a socketpair.  Each
+# pool's template (deploy/forkstart.py) imports the worker before it can fork the first one,
+# so every module here is start-up time in the pool's first batch.
+# hashlib (OpenSSL) is for seeded maps only; deploy.hosts is the client's host lists.
+LOCAL_WORKER_NEEDS_NOT = [
+    "zmq",
+    "scoopexec.wire.zmqsock",
+    "scoopexec.worker.zmqchannel",
+    "hashlib",
+    "scoopexec.deploy.hosts",
+]
+
+
+def test_the_template_loads_no_zmq_nor_hashlib() -> None:
+    """What the template imports (as Template starts it) leaves zmq out (it was imported through
+    channels.py, framing.py and security.py: about 8 ms of CPU of the ~45 ms the imports took),
+    and hashlib (seeding.py) and deploy.hosts (for local_cpu_count, now in contract.py)."""
+    code = (
+        "import json, sys, scoopexec.worker.main; from scoopexec.deploy.forkstart import serve; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "scoopexec.worker.worker" in loaded and "scoopexec.wire.security" in loaded
+    assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
+
+
+def test_a_local_worker_runs_without_them_and_a_zmq_worker_still_loads_zmq() -> None:
+    with ScoopExecutor(max_workers=1) as ex:
+        loaded = set(ex.submit(loaded_modules).result(timeout=60))
+    assert "scoopexec.worker.worker" in loaded
+    assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
+    # The same worker on an ipc endpoint (the comparison transport) loads its ZeroMQ channel.
+    code = (
+        "import json; from scoopexec import ScoopExecutor; from tests.helpers import loaded_modules\n"
+        "with ScoopExecutor(max_workers=1) as ex: print(json.dumps(ex.submit(loaded_modules).result(60)))"
+    )
+    env = dict(os.environ, SCOOPEXEC_LOCAL_TRANSPORT="zmq")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert "scoopexec.worker.zmqchannel" in json.loads(out.stdout.splitlines()[-1])
+
+
 def test_the_public_names_still_load_on_first_use() -> None:
     code = (
         "import sys, scoopexec; assert 'scoopexec.client.executor' not in sys.modules; "
@@ -67,3 +121,63 @@ def test_the_public_names_still_load_on_first_use() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert "has no attribute 'no_such_name'" in bad.stderr
+
+
+def test_a_forked_worker_finds_its_command_line_parser_built() -> None:
+    """The template imports worker.main before it forks: the parser is built then, once, not by
+    each worker in main() (half of a forked worker's CPU before its first task was argparse's
+    set-up).  main() runs here with ArgumentParser unable to make a new parser."""
+    code = (
+        "import argparse, scoopexec.worker.main as m\n"
+        "def refuse(*a, **k): raise RuntimeError('main() built a parser')\n"
+        "argparse.ArgumentParser.__init__ = refuse\n"
+        "m.main([])\n"
+    )
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr  # main() reached its own check of the arguments
+    assert "give the broker's endpoint" in out.stderr
+
+
+def test_the_client_loads_no_asyncio() -> None:
+    """``from scoopexec import ScoopExecutor`` -- in the client, and in every worker whose main
+    module has it at the top -- loads no asyncio: pyzmq's zmq.utils.monitor imports it (about
+    13 ms), so monitor events are read by wire/zmqsock.py."""
+    code = "import json, sys; from scoopexec import ScoopExecutor; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "scoopexec.client.executor" in loaded and "zmq" in loaded
+    assert [m for m in ("asyncio", "zmq.utils.monitor", "ssl") if m in loaded] == []
+
+
+def test_monitor_events_read_as_pyzmq_reads_them() -> None:
+    """wire/zmqsock.monitor_event on a real socket monitor's messages (a connection, its
+    handshake, a refused CURVE handshake) gives what zmq.utils.monitor gives; junk is refused."""
+    import zmq
+    from zmq.utils.monitor import parse_monitor_message
+
+    from scoopexec.wire.zmqsock import monitor_event
+
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.ROUTER)
+        server.curve_server = True
+        server.curve_secretkey = zmq.curve_keypair()[1]
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        plain = ctx.socket(zmq.DEALER)  # no CURVE: its handshake fails with a ZMTP mechanism mismatch
+        mon = plain.get_monitor_socket()
+        plain.connect(f"tcp://127.0.0.1:{port}")
+        seen = []
+        while mon.poll(5000) and len(seen) < 3:
+            frames = mon.recv_multipart()
+            assert monitor_event(frames) == dict(parse_monitor_message(frames))
+            seen.append(monitor_event(frames)["event"])
+        assert zmq.EVENT_CONNECTED in seen  # (and with it a handshake event: the check saw events)
+        for junk in ([b"12345"], [b"123", b"e"], [b"1234567", b"e"]):
+            with pytest.raises(ValueError, match="monitor event"):
+                monitor_event(junk)
+        plain.disable_monitor()
+        for s in (mon, plain, server):
+            s.close(linger=0)
+    finally:
+        ctx.term()

@@ -31,14 +31,14 @@ from typing import Any, Protocol
 
 import zmq
 import zmq.utils.z85
-from zmq.utils.monitor import parse_monitor_message
 
 from ..deploy.local import process_state
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import PUSH_WAIT, ZMQ_EVENTS, ZMQ_POLLIN, Link, WakePipe, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, AuthorizedKeys, KeyPair
+from ..wire.framing import PUSH_WAIT, Link, WakePipe
+from ..wire.security import AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
+from ..wire.zmqsock import MONITOR_EVENTS, ZMQ_EVENTS, ZMQ_POLLIN, monitor_event, zmq_receive, zmq_send
 from .ledger import LOCAL, Ledger, Task, submit_local
 from .limits import Connections, Limits
 
@@ -392,7 +392,7 @@ class RouterPort:
         while mon.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:  # type: ignore[operator]
             msg = mon.recv_multipart()
             try:
-                event = parse_monitor_message(msg)
+                event = monitor_event(msg)
             except Exception:
                 continue
             if event["event"] & MONITOR_EVENTS:

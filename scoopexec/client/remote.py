@@ -18,15 +18,14 @@ import time
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from .. import pools
 from ..deploy.groups import Target
 from ..deploy.local import LocalWorkers
 from ..errors import AuthenticationError, BrokenScoopExecutor, BrokerLostError
 from ..wire import protocol as P
-from ..wire.framing import dealer, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch, is_loopback, resolve_credentials
+from ..wire.security import Credentials, is_loopback, resolve_credentials
+from ..wire.zmqsock import MONITOR_EVENTS, HandshakeWatch, dealer, recv_monitor_event, zmq_receive, zmq_send
 from .session import Session
 
 __all__ = ["RemoteSession"]
@@ -123,7 +122,7 @@ class RemoteSession(Session):
         """Read monitor events; return the time the connection was lost (None: it is up)."""
         lost: float | None = self._lost_at
         while self.monitor.poll(0):
-            ev = recv_monitor_message(self.monitor)
+            ev = recv_monitor_event(self.monitor)
             problem = self._handshakes.event(ev["event"], ev["value"])
             if problem is not None:
                 if raise_errors:

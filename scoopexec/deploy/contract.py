@@ -55,6 +55,7 @@ __all__ = [
     "Option",
     "check_env",
     "describe_returncode",
+    "local_cpu_count",
     "parser",
     "read_notes",
     "worker_argv",
@@ -273,3 +274,14 @@ def read_notes(fd: int) -> tuple[bool, tuple[int, str] | None]:
         except ValueError:
             pass
     return welcomed, note
+
+
+def local_cpu_count() -> int:
+    """The CPUs this process may run on: ``-n auto``, and the workers a host without a count gets."""
+    if hasattr(os, "process_cpu_count"):
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover
+        n = os.cpu_count()
+    return n or 1

@@ -41,6 +41,8 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from .contract import local_cpu_count
+
 __all__ = [
     "Allocation",
     "Host",
@@ -112,17 +114,6 @@ class Allocation:
     @property
     def slots(self) -> int:
         return sum(h.slots or 0 for h in self.hosts)
-
-
-def local_cpu_count() -> int:
-    """The CPUs this process may run on: the workers a host without a count gets here."""
-    if hasattr(os, "process_cpu_count"):
-        n = os.process_cpu_count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover
-        n = os.cpu_count()
-    return n or 1
 
 
 def note_local_hosts(hosts: Sequence[Host]) -> None:

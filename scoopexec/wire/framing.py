@@ -1,13 +1,12 @@
-"""How messages travel: over a socketpair (Link), over a ZeroMQ socket, and how a loop is woken.
+"""How messages travel: over a socketpair (Link), and how a loop is woken.
 
 Every message is a list of frames (protocol.py says what they hold); this module moves such
 lists and opens no listening socket itself:
 
 * :class:`Link`: messages over a connected AF_UNIX stream socket, for the workers an embedded
   broker starts on its own machine;
-* :func:`zmq_send` / :func:`zmq_receive`: one multipart message out, the waiting messages in,
-  on a ZeroMQ socket (the broker's ROUTER, a client's or a worker's DEALER, made by
-  :func:`dealer`);
+* over ZeroMQ, zmqsock.py's :func:`~scoopexec.wire.zmqsock.zmq_send` and
+  :func:`~scoopexec.wire.zmqsock.zmq_receive` (kept apart: a local worker never loads zmq);
 * :class:`WakePipe`: the self-pipe through which other threads wake a loop sleeping in poll.
 
 Local links
@@ -51,10 +50,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-import zmq
-
 from ..errors import ProtocolError
-from .security import Credentials, endpoint_host
 
 COUNT = struct.Struct("<I")
 # A peer gone is an EPIPE error, never SIGPIPE (a program may have restored its default action).
@@ -412,82 +408,6 @@ class Link:
             self._big_view.release()
             self._big_view = None
         self.sock.close()
-
-
-# ------------------------------------------------------------------ ZeroMQ
-COPY_BELOW = 65536  # bytes shorter than this are copied by zmq_send (cheaper than tracking them)
-SNDMORE = int(zmq.SNDMORE)
-ZMQ_EVENTS = int(zmq.EVENTS)  # as plain ints: flag arithmetic on pyzmq's enums costs a call each time
-ZMQ_POLLIN = int(zmq.POLLIN)
-
-
-def zmq_send(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
-    """Send one multipart message; large frames and buffers go without a copy.
-
-    Small bytes are copied (the cheapest way to send them); everything else goes with
-    ``copy=False``, where pyzmq still copies what is below the socket's ``copy_threshold``
-    (64 KiB) and hands zmq.Frames and large buffers over as they are.
-    """
-    send = sock.send
-    for f in frames[:-1]:
-        send(f, SNDMORE, copy=f.__class__ is bytes and len(f) < COPY_BELOW)
-    f = frames[-1]
-    send(f, 0, copy=f.__class__ is bytes and len(f) < COPY_BELOW)
-
-
-def zmq_receive(sock: zmq.Socket[Any], limit: int) -> list[list[Any]]:
-    """The messages waiting on ``sock`` (at most ``limit``), frames as zmq.Frame (no copy).
-
-    Fewer than ``limit`` means the socket had no more: its EVENTS said so, which is
-    cheaper than a recv that raises zmq.Again.
-    """
-    out: list[list[Any]] = []
-    while len(out) < limit:
-        if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:  # type: ignore[operator]
-            break
-        first = sock.recv(copy=False)
-        frames = [first]
-        more = first.more
-        while more:
-            f = sock.recv(copy=False)
-            frames.append(f)
-            more = f.more
-        out.append(frames)
-    return out
-
-
-def dealer(
-    ctx: zmq.Context[Any],
-    ident: bytes,
-    endpoint: str,
-    *,
-    linger: int,
-    heartbeat: float,
-    heartbeat_timeout: float,
-    keys: Credentials | None,
-    max_message_size: int = -1,
-) -> zmq.Socket[Any]:
-    """A DEALER for a client or worker of the broker at ``endpoint`` (not yet connected).
-
-    Routing id, deep queues, ZMTP heartbeats, IPv6 when the address is one, and
-    CURVE with ``keys``; frames above ``max_message_size`` (plus headroom) are refused
-    (wire/validate.frame_limit).
-    """
-    s: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.ROUTING_ID, ident)
-    s.setsockopt(zmq.LINGER, linger)
-    s.setsockopt(zmq.SNDHWM, 100_000)
-    s.setsockopt(zmq.RCVHWM, 100_000)
-    s.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
-    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout * 1000))
-    s.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout * 1000))
-    if ":" in (endpoint_host(endpoint) or ""):
-        s.setsockopt(zmq.IPV6, 1)
-    if max_message_size > 0:
-        s.setsockopt(zmq.MAXMSGSIZE, max_message_size + HEADROOM)
-    if keys is not None:
-        keys.apply(s)
-    return s
 
 
 # ------------------------------------------------------------------ waking

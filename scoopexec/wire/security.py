@@ -25,8 +25,12 @@ of ``tcp://127.0.0.1:PORT`` given no key uses that one
 (:func:`resolve_credentials`), other users cannot read it.
 
 libzmq reports no error to a peer whose handshake fails: it retries every
-~100 ms forever.  :class:`HandshakeWatch` reads the socket monitor's events so
+~100 ms forever.  zmqsock.HandshakeWatch reads the socket monitor's events so
 that clients and workers give up within seconds with a clear reason.
+
+This module loads zmq only where it calls libzmq (:func:`_curve`: making, checking and
+applying keys): a local worker imports it, for its types, but never touches a key, and
+its start is cheaper without zmq (deploy/forkstart.py).
 """
 
 from __future__ import annotations
@@ -43,15 +47,15 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import zmq
-import zmq.utils.z85
+if TYPE_CHECKING:
+    import zmq
 
 __all__ = [
     "AuthorizedKeys",
     "Credentials",
-    "HandshakeWatch",
     "KeyPair",
     "check_endpoint",
     "is_loopback",
@@ -72,19 +76,18 @@ log = logging.getLogger("scoopexec.broker")
 
 KEY_FORMAT = "scoopexec-key-1"
 FRAME_MAGIC = b"SCOOPEXEC-KEYS"
-MONITOR_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
-def _require_curve() -> None:
+def _curve() -> ModuleType:
+    """zmq, once it is known to have CURVE (loaded here, on first use: see the module's text)."""
+    import zmq  # third-party, lazy: a local worker's start needs no zmq
+
     if not zmq.has("curve"):  # pragma: no cover - every pyzmq wheel has it
         raise RuntimeError(
             "this libzmq was built without CURVE support, which scoopexec needs for endpoints that "
             "leave this machine; install pyzmq from its wheels"
         )
+    return zmq
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,7 @@ class KeyPair:
 
     @classmethod
     def new(cls) -> KeyPair:
-        _require_curve()
-        public, secret = zmq.curve_keypair()
+        public, secret = _curve().curve_keypair()
         return cls(public, secret)
 
     def __repr__(self) -> str:  # never print a secret key
@@ -137,7 +139,7 @@ class Credentials:
         for k in keys[1:] if not keys[0] else keys:
             if len(k) != 40 or not _is_z85_key(k):
                 raise ValueError(f"{source}: a CURVE key must be 40 Z85 characters")
-        if zmq.curve_public(keys[2]) != keys[1]:
+        if _curve().curve_public(keys[2]) != keys[1]:
             raise ValueError(f"{source}: its public key is not the one of its secret key")
         return cls(*keys)
 
@@ -146,15 +148,15 @@ class Credentials:
 
     def apply(self, sock: zmq.Socket[Any]) -> None:
         """Make ``sock`` (a DEALER about to connect) a CURVE client with these keys."""
-        _require_curve()
+        z = _curve()
         if not self.server:
             raise ValueError(
                 "this key file holds no broker key to check the broker against: add it with "
                 "`python -m scoopexec keygen --server BROKER-PUBLIC-KEY FILE` (the broker prints its key)"
             )
-        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(z.CURVE_SERVERKEY, self.server)
+        sock.setsockopt(z.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(z.CURVE_SECRETKEY, self.secret)
 
     def __repr__(self) -> str:
         return f"Credentials(server={self.server.decode()!r}, public={self.public.decode()!r})"
@@ -166,8 +168,10 @@ def valid_public_key(key: bytes) -> bool:
 
 
 def _is_z85_key(key: bytes) -> bool:
+    from zmq.utils import z85  # third-party, lazy: as _curve()
+
     try:
-        return len(zmq.utils.z85.decode(key)) == 32
+        return len(z85.decode(key)) == 32
     except (ValueError, KeyError, TypeError, struct.error):
         return False
 
@@ -512,56 +516,3 @@ def read_launch_frame(fd: int, timeout: float = 60.0) -> tuple[Credentials, dict
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ValueError("the key header on standard input has a malformed environment")
     return creds, env
-
-
-# ------------------------------------------------ client side: handshakes
-class HandshakeWatch:
-    """Turns a socket monitor's handshake failures into one clear error.
-
-    Feed it every monitor event; :meth:`event` returns the error text once the
-    failure is certain: at once for a refused key, after a few repeats for a
-    failed CURVE exchange (which is also what a lost connection mid-handshake
-    looks like).
-    """
-
-    REPEATS = 3
-
-    def __init__(self, endpoint: str, secure: bool) -> None:
-        self.endpoint = endpoint
-        self.secure = secure
-        self.failures = 0
-
-    def event(self, event: int, value: int = 0) -> str | None:
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.failures = 0
-            return None
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return (
-                f"the broker at {self.endpoint} refused this key (status {value}): it is not among "
-                "the keys that broker accepts; use the key file it wrote when it last started"
-            )
-        mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and mismatch:
-            # Certain at once (and libzmq may not try again): one side uses CURVE, the other not.
-            if not self.secure:
-                return (
-                    f"the broker at {self.endpoint} requires CURVE security: give its key file "
-                    "(key=... or --key FILE)"
-                )
-            return f"the broker at {self.endpoint} does not use CURVE security: connect without a key"
-        if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-            self.failures += 1
-            if self.failures < self.REPEATS:
-                return None
-            if self.secure:
-                return (
-                    f"the CURVE handshake with the broker at {self.endpoint} failed "
-                    f"{self.failures} times: the server key in the key file is not that broker's "
-                    "(was the broker restarted? it makes new keys each time), or no scoopexec "
-                    "CURVE broker listens there"
-                )
-            return (
-                f"the handshake with the broker at {self.endpoint} failed {self.failures} times: that "
-                "broker most likely requires CURVE security: give its key file (key=... or --key FILE)"
-            )
-        return None

@@ -1,8 +1,9 @@
 """A worker's ways in and out: its channel to the broker, its outbox, and forwarded output.
 
-* :class:`ZmqChannel` (a DEALER, for workers anywhere) and :class:`LinkChannel` (one end
-  of a socketpair, for the local workers of an embedded broker) offer the same four
-  calls: ``receive``, ``send``, ``readable``, ``close``.
+* :class:`LinkChannel` (one end of a socketpair, for the local workers of an embedded
+  broker) and zmqchannel.ZmqChannel (a DEALER, for workers anywhere; apart, so that a
+  local worker never loads zmq) offer the same four calls: ``receive``, ``send``,
+  ``readable``, ``close``.
 * :class:`Outbox`: what the worker sends, batched per turn of its loop: output, log
   records, cancels, sub-task submissions, then results carrying the credit it asks for.
 * :class:`ForwardStream` and :class:`ForwardLogs`: a task's ``print()`` and log records
@@ -18,144 +19,52 @@ import collections
 import io
 import json
 import logging
-import os
+import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import zmq
-
-from ..deploy.contract import EXIT_AUTH, EXIT_LOST, EXIT_UNREACHABLE, READY_MARK
+from ..deploy.contract import EXIT_LOST
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import ZMQ_EVENTS, ZMQ_POLLIN, Link, dealer, zmq_receive, zmq_send
-from ..wire.security import MONITOR_EVENTS, Credentials, HandshakeWatch
-from .lifeline import client_gone, die, end
+from ..wire.framing import Link
+from ..wire.validate import frame_limit
+from .lifeline import client_gone, die
 
-__all__ = ["ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "ZmqChannel"]
+if TYPE_CHECKING:
+    import zmq
+
+    from ..wire.security import Credentials
+    from .zmqchannel import ZmqChannel
+
+__all__ = ["ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "open_channel"]
 
 
-class ZmqChannel:
-    """The worker's DEALER socket to a broker, by ZeroMQ, and the monitor that watches it."""
+def open_channel(
+    link: socket.socket | None,
+    context: zmq.Context[Any] | None,
+    ident: bytes,
+    connect: str,
+    *,
+    max_message_size: int,
+    heartbeat: float,
+    heartbeat_timeout: float,
+    curve: Credentials | None,
+) -> LinkChannel | ZmqChannel:
+    """A worker's channel: its end of ``link``, the socketpair from the embedded broker that
+    started it (wire/framing.py), else a DEALER to ``connect`` (in ``context``, or its own)."""
+    if link is not None:
+        return LinkChannel(Link(link, blocking_send=True, max_frame=frame_limit(max_message_size)))
+    # lazy: zmq (a sixth of a worker's start-up) only for a broker reached over ZeroMQ; the
+    # local workers of an embedded pool, forked from its template, never load it
+    from .zmqchannel import ZmqChannel
 
-    def __init__(
-        self,
-        ctx: zmq.Context[Any],
-        ident: bytes,
-        connect: str,
-        *,
-        heartbeat: float,
-        heartbeat_timeout: float,
-        curve: Credentials | None,
-        max_message_size: int = -1,
-    ) -> None:
-        self.connect_to = connect
-        self.heartbeat_timeout = heartbeat_timeout
-        s = self.sock = dealer(
-            ctx,
-            ident,
-            connect,
-            linger=2000,
-            heartbeat=heartbeat,
-            heartbeat_timeout=heartbeat_timeout,
-            keys=curve,
-            max_message_size=max_message_size,
-        )
-        self._handshakes = HandshakeWatch(connect, curve is not None)
-        self.monitor = s.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | MONITOR_EVENTS
-        )
-        s.connect(connect)
-        self.fd = int(s.getsockopt(zmq.FD))  # type: ignore[call-overload]
-
-    def readable(self) -> bool:
-        """Input waits already (a ZeroMQ FD signals only changes: ask before sleeping on it)."""
-        return bool(self.sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN)  # type: ignore[operator]
-
-    def receive(self, limit: int) -> list[list[Any]]:
-        return zmq_receive(self.sock, limit)
-
-    def send(self, frames: list[Any]) -> None:
-        zmq_send(self.sock, frames)
-
-    def close(self, drain: float = 0.0) -> None:
-        """Close the socket.  ``drain``: this process ends next (os._exit), and ZeroMQ's I/O
-        thread with it, which would drop what it has not sent yet (a last result, a BYE: the
-        broker would run that task again elsewhere); so first wait, at most ``drain`` seconds,
-        until what was sent is out (the context's term(), once the monitor is closed too)."""
-        if drain <= 0:
-            self.sock.close(linger=2000)
-            return
-        try:
-            self.sock.disable_monitor()  # watch() sees MONITOR_STOPPED and closes its socket
-        except zmq.ZMQError:
-            pass
-        ctx = self.sock.context
-        self.sock.close(linger=int(drain * 1000))
-        ending = threading.Thread(target=ctx.term, name="scoopexec-drain", daemon=True)
-        ending.start()
-        ending.join(drain + 1.0)  # bounded even if a socket stayed open
-
-    def watch(
-        self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
-    ) -> None:
-        """Exit when the broker stays unreachable for longer than the heartbeat timeout (a thread).
-
-        ``ready``: print READY_MARK and this label once connected (launchers wait for it).
-        """
-        try:
-            self._watch(connect_timeout, host, ready, on_reconnect)
-        finally:
-            self.monitor.close(linger=0)  # its thread owns it; close(drain=) waits for it
-
-    def _watch(
-        self, connect_timeout: float, host: str, ready: bytes | None, on_reconnect: Callable[[], None]
-    ) -> None:
-        # Here, not at the top: zmq.utils.monitor imports asyncio (a sixth of a worker's start-up),
-        # and workers started beside their broker (a socketpair) never watch a ZeroMQ socket.
-        from zmq.utils.monitor import recv_monitor_message
-
-        mon = self.monitor
-        lost_at: float | None = None
-        connected_once = False
-        first_by = time.monotonic() + connect_timeout if connect_timeout > 0 else None
-        while True:
-            timeout = None
-            if lost_at is not None:
-                timeout = max(0.0, lost_at + self.heartbeat_timeout - time.monotonic())
-            elif first_by is not None and not connected_once:
-                timeout = max(0.0, first_by - time.monotonic())
-            try:
-                if timeout is not None and not mon.poll(int(timeout * 1000) + 1):
-                    if lost_at is not None:  # the broker is gone: nothing can be delivered
-                        end(EXIT_LOST, f"no answer from the broker for {self.heartbeat_timeout:g} s")
-                    die(
-                        EXIT_UNREACHABLE,
-                        f"no scoopexec broker answered at {self.connect_to} within "
-                        f"{connect_timeout:g} s (is that address reachable from {host}?)",
-                    )
-                event = recv_monitor_message(mon)
-            except zmq.ZMQError:
-                return
-            problem = self._handshakes.event(event["event"], event["value"])
-            if problem is not None:
-                die(EXIT_AUTH, problem)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not connected_once and ready is not None:
-                try:
-                    os.write(1, READY_MARK + b" " + ready + b"\n")
-                except OSError:
-                    pass
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                lost_at = time.monotonic()
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if connected_once and lost_at is not None:
-                    on_reconnect()
-                connected_once = True
-                lost_at = None
-            elif event["event"] == zmq.EVENT_MONITOR_STOPPED:
-                return
+    return ZmqChannel(
+        context, ident, connect, max_message_size=max_message_size,
+        heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
+    )  # fmt: skip
 
 
 class LinkChannel:

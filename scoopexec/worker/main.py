@@ -10,14 +10,18 @@ import os
 import signal
 import socket
 
-from ..deploy.contract import check_env, parser
-from ..deploy.hosts import local_cpu_count
+from ..deploy.contract import check_env, local_cpu_count, parser
 from ..deploy.local import run_worker_group
 from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
 from . import lifeline, limits
 from .worker import Worker
 
-__all__ = ["main"]
+__all__ = ["PARSER", "main"]
+
+# Made once, when this module loads: a pool's template (deploy/forkstart.py) imports it before
+# it forks, so its workers start with the parser built (argparse's set-up of 21 options was half
+# of the CPU a forked worker used before its first task).  parse_args() leaves it as it is.
+PARSER = parser()
 
 
 def _connect_back(port: int) -> str:
@@ -35,7 +39,7 @@ def _connect_back(port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
-    ap = parser()
+    ap = PARSER
     args = ap.parse_args(argv)
     if (args.connect is None) == (args.connect_back is None):
         ap.error("give the broker's endpoint: --connect ADDR")

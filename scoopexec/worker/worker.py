@@ -37,23 +37,25 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import greenlet
-import zmq
 
 from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire import serialize
-from ..wire.framing import POOL, Link, WakePipe
-from ..wire.security import Credentials
-from ..wire.validate import frame_limit
+from ..wire.framing import POOL, WakePipe
 from . import lifeline
-from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, ZmqChannel
+from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, open_channel
 from .pause import Alarm
 from .setup import Setups
 from .subtasks import SubTasks
 from .waiting import DONE_STATES, Runner, Waits, WorkerFuture
+
+if TYPE_CHECKING:
+    import zmq
+
+    from ..wire.security import Credentials
 
 __all__ = ["Worker", "WorkerFuture", "as_completed", "current_worker", "wait"]
 
@@ -106,7 +108,6 @@ class Worker:
         keep_cwd: bool = False,
         max_message_size: int = -1,  # the guard on what it receives, before the broker says its own
     ) -> None:
-        self.ctx: zmq.Context[Any] | None = None  # a worker on a local link needs none (no I/O thread)
         self.connect_to = connect
         self.tag = tag
         self.host = socket.gethostname()
@@ -117,16 +118,10 @@ class Worker:
         self._ready = ready
         self.keep_cwd = keep_cwd  # started in a directory chosen for it (cwd=): stay there
         self._connect_timeout = connect_timeout
-        self.chan: ZmqChannel | LinkChannel
-        if link is not None:
-            # One end of a socketpair from the embedded broker that started us (wire/framing.py).
-            self.chan = LinkChannel(Link(link, blocking_send=True, max_frame=frame_limit(max_message_size)))
-        else:
-            self.ctx = context or zmq.Context()
-            self.chan = ZmqChannel(
-                self.ctx, self.ident, connect, max_message_size=max_message_size,
-                heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
-            )  # fmt: skip
+        self.chan = open_channel(
+            link, context, self.ident, connect, max_message_size=max_message_size,
+            heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, curve=curve,
+        )  # fmt: skip
 
         self.hub = greenlet.getcurrent()
         self.thread_id = threading.get_ident()
@@ -189,7 +184,7 @@ class Worker:
         _install_patches()
         if self._watch_stdin:
             lifeline.watch_stdin(self.connect_to)
-        if isinstance(self.chan, ZmqChannel):
+        if not isinstance(self.chan, LinkChannel):
             ready = (self.tag or self.name).encode() if self._ready else None
             threading.Thread(
                 target=self.chan.watch, args=(self._connect_timeout, self.host, ready, self._on_reconnect),
