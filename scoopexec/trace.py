@@ -59,6 +59,7 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -71,6 +72,8 @@ from ._version import __version__
 from .broker.ledger import MANY
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
+from .wire.protocol import HEADER_SIZE as _HEAD
+from .wire.protocol import RESULT_ENTRY as _ENTRY
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -129,6 +132,9 @@ class _TaskLike(_SourceLike, Protocol):
     def function_frame(self) -> Any: ...
 
 
+_Entry = tuple[Any, ...]  # a RESULT entry: broker id, status, frames, start, run time
+
+
 class _WorkerLike(Protocol):
     key: bytes
     name: str
@@ -176,6 +182,8 @@ class TraceRecorder:
         self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
         self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
         self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
+        self._later = _Later()  # what on_dispatch and _bulk left to pack (_settle)
+        self._bulk_from = _BULK_FROM  # messages of fewer results go through the per-task loop
 
     @property
     def recorded(self) -> int:
@@ -186,6 +194,7 @@ class TraceRecorder:
     def records(self) -> list[tuple[Any, ...]]:
         """The records, decoded: (broker id, parent, client key, name, submitted, started, run
         time, result received, worker key, bytes in, bytes out, retries, status) per task."""
+        self._settle()
         v = self._values
         return [(b, p, v[o], v[n], sub, st, run, now, v[k], nin, nout, a, c)
                 for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
@@ -202,13 +211,31 @@ class TraceRecorder:
     def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
         if len(self._buf) < self.limit * _RECORD.size:
-            now = _time()
-            sent = self._sent
-            pack = _DISPATCH.pack  # (one pack a task: two array appends cost twice as much)
-            for t in batch:
-                sent += pack(t.btid, now)
+            later = self._later  # (packed into _sent in bulk: _Later.fill_sent)
+            n = len(later.sent_ids)
+            later.sent_ids += [t.btid for t in batch]
+            later.sent_at += _F64.pack(_time()) * (len(later.sent_ids) - n)
+            if len(later.sent_ids) >= _LATER_MAX:
+                later.fill_sent(self._sent)
         if w.key not in self.workers:
             self._remember(w)
+
+    def on_finished(
+        self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], done: Sequence[_TaskLike]
+    ) -> None:
+        """A RESULT message from worker ``w``, which the broker's ledger has just taken in.
+
+        ``done`` are the tasks it finished (Ledger.finish(finished=)), in the order of
+        ``entries``; the others it dropped (stale, or from a worker that did not have the task),
+        and so does the timeline.  This is the only per-task cost of recording: a message of
+        several results that all come as tiny tasks send them goes through _bulk (a few loops
+        in C over the message, and a few dozen in C over thousands of tasks at once when
+        they are packed); any other through on_results' loop.
+        """
+        k = len(entries)
+        if k >= self._bulk_from and len(done) == k and self._bulk(w, entries, frames, done):
+            return
+        self.on_results(w, entries, frames, {t.btid: t for t in done})
 
     def on_results(
         self, w: _WorkerLike, entries: Sequence[tuple[Any, ...]], frames: Sequence[Any], tasks: dict[int, Any]
@@ -218,10 +245,12 @@ class TraceRecorder:
         ``entries`` are its (broker id, status, frames, start, run time)
         entries, ``frames`` the message's frames (payloads from index 1) and
         ``tasks`` the broker's table, which still holds the finished tasks.
-        One call per message, not per task: this is the only per-task cost of
-        recording, so it is kept to plain local-variable work (about half a
-        microsecond a task); everything else happens in write().
+        One call per message, not per task, kept to plain local-variable work
+        (on_finished takes the common messages faster); everything else happens
+        in write().
         """
+        if self._later.nin:
+            self._later.fill_records(self._buf)  # (this loop appends complete records after them)
         now = _time()
         buf = self._buf
         room = self.limit - len(buf) // _RECORD.size
@@ -276,6 +305,78 @@ class TraceRecorder:
             buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
                         len(lost) if lost else 0, code)  # fmt: skip
 
+    def _bulk(
+        self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], found: Sequence[_TaskLike]
+    ) -> bool:
+        """on_finished for a message of results of one frame each, for tasks ``found`` (one
+        each, in order) of one function frame, two frames each and no lost attempt (what tiny
+        tasks send); False, having recorded nothing, for any other message.
+
+        Each task's record is laid down from a template (what is the same for the tasks of one
+        Source, and when and from whom the message came); what differs from task to task (broker
+        id, start, run time and status: the message's RESULT entries as they came; bytes in and
+        out) waits in _Later, which copies it in for thousands of records at once.
+        """
+        k = len(entries)
+        head = frames[0]
+        if not isinstance(head, bytes):
+            head = head.bytes  # zmq.Frame
+        buf = self._buf
+        if (
+            len(head) != _HEAD + k * _ENTRY.size
+            or len(frames) != k + 1
+            or self.limit * _RECORD.size - len(buf) < k * _RECORD.size
+            or not all(head[_HEAD + at :: _ENTRY.size].count(b) == k for at, b in _ONE_FRAME)
+            or _ENTRY.unpack_from(head, _HEAD) != tuple(entries[0])  # (the entries are the header's)
+        ):
+            return False
+        fn = found[0].first
+        try:  # TypeError: a task of other than two frames (Task.rest is MANY), a PickleBuffer
+            n = len(fn)
+            nin = [n + len(t.rest) for t in found if t.first is fn and not t.lost]
+            nout = list(map(len, frames[1:]))
+        except TypeError:
+            return False
+        if len(nin) != k:
+            return False
+        now = _time()
+        key = w.key
+        kidx = self._index.get(key)
+        if kidx is None:
+            kidx = self._intern(key)
+        if type(fn) is not bytes:
+            fn = fn.bytes  # zmq.Frame
+        nidx = self._names.get(fn)
+        if nidx is None:
+            nidx = self._name_of(fn)
+        srcs = [t.src for t in found]
+        src = srcs[0]
+        if srcs.count(src) == k:
+            buf += self._template(src, nidx, now, kidx) * k
+        else:
+            made = {s: self._template(s, nidx, now, kidx) for s in dict.fromkeys(srcs)}
+            buf += b"".join(map(made.__getitem__, srcs))
+        later = self._later
+        later.ents += memoryview(head)[_HEAD:]
+        later.nin += nin
+        later.nout += nout
+        if len(later.nin) >= _LATER_MAX:
+            later.fill_records(buf)
+        return True
+
+    def _template(self, src: _SourceLike, nidx: int, now: float, kidx: int) -> bytes:
+        """A record of ``src``'s tasks, its per-task fields (_Later's) still 0."""
+        origin = src.origin
+        oidx = self._index.get(origin, -1)
+        if oidx < 0:
+            oidx = self._intern(origin)
+        return _RECORD.pack(0, src.parent, oidx, nidx, src.submitted, 0.0, 0.0, now, kidx, 0, 0, 0, 0)
+
+    def _settle(self) -> None:
+        """Complete what the bulk paths left for later: the last records' fields, the dispatches."""
+        self._later.fill_records(self._buf)
+        self._later.fill_sent(self._sent)
+
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
         if w.key not in self.workers:
@@ -316,6 +417,7 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
+        self._settle()
         when = dict(_DISPATCH.iter_unpack(self._sent))  # (a retried task's last dispatch wins)
         v = self._values
         return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
@@ -324,6 +426,7 @@ class TraceRecorder:
 
     def raw(self) -> tracefile.RawTrace:
         """What the recorder holds, as the binary file stores it (no copy of the records)."""
+        self._settle()
         return tracefile.RawTrace(
             self._buf, self._sent, self._values, self.workers, self.lost,
             self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
@@ -336,6 +439,7 @@ class TraceRecorder:
         rec = cls.__new__(cls)
         rec.path, rec.limit = path, raw.limit
         rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
+        rec._later, rec._bulk_from = _Later(), _BULK_FROM
         rec._buf = bytearray(raw.records)
         rec._sent = bytearray(raw.sent)
         rec._values = list(raw.values)
@@ -545,6 +649,70 @@ class TraceRecorder:
 
 
 # ------------------------------------------------------------------ helpers
+_BULK_FROM = 4  # results in a message from which on_finished tries _bulk (fewer: the loop costs less)
+_LATER_MAX = 4096  # results, dispatches _Later holds at most before it packs them
+_F64 = struct.Struct("<d")
+_ONE_FRAME = tuple(enumerate(struct.pack("<I", 1), struct.calcsize("<QB")))  # RESULT_ENTRY's frame count: 1
+# Where _Later.fill_records copies each field from: (offset in a record, offset in a RESULT
+# entry, bytes).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's
+# RESULT_ENTRY "<QBIdd"; tests/test_trace.py checks the result against the per-task loop's.
+_FROM_ENTRY = (
+    (0, 0, 8),  # broker id
+    (struct.calcsize("<qqIId"), struct.calcsize("<QBI"), 16),  # start, run time
+    (_RECORD.size - 1, struct.calcsize("<Q"), 1),  # status (as sent: a result of one frame)
+)
+_AT_IN, _AT_OUT = struct.calcsize("<qqIIddddI"), struct.calcsize("<qqIIddddIq")  # bytes in, out
+
+
+class _Later:
+    """What the recorder's bulk paths (on_dispatch, TraceRecorder._bulk) keep for later, packed
+    into their file layouts by ``fill_*`` in a few dozen C loops over all of it."""
+
+    __slots__ = ("ents", "nin", "nout", "sent_at", "sent_ids")
+
+    def __init__(self) -> None:
+        self.ents = bytearray()  # RESULT entries, as received, of the last len(nin) records
+        self.nin: list[int] = []  # their bytes in
+        self.nout: list[int] = []  # their bytes out
+        self.sent_ids: list[int] = []  # dispatches: broker id
+        self.sent_at = bytearray()  # and when (_F64 each)
+
+    def fill_records(self, buf: bytearray) -> None:
+        """Copy the kept fields into the last records of ``buf`` (whose templates _bulk laid)."""
+        m = len(self.nin)
+        if not m:
+            return
+        size = _RECORD.size
+        base = len(buf) - m * size
+        ents, step = bytes(self.ents), _ENTRY.size
+        for at, offset, n in _FROM_ENTRY:
+            for j in range(n):  # (one byte column at a time: the record's fields are not aligned)
+                buf[base + at + j :: size] = ents[offset + j :: step]
+        for at, column in ((_AT_IN, self.nin), (_AT_OUT, self.nout)):
+            data = struct.pack(f"<{m}q", *column)
+            for j in range(8):
+                buf[base + at + j :: size] = data[j::8]
+        self.ents.clear()
+        self.nin.clear()
+        self.nout.clear()
+
+    def fill_sent(self, sent: bytearray) -> None:
+        """Append the kept dispatches to ``sent`` (tracefile.DISPATCH records)."""
+        n = len(self.sent_ids)
+        if not n:
+            return
+        block = bytearray(n * _DISPATCH.size)
+        ids = struct.pack(f"<{n}q", *self.sent_ids)
+        with memoryview(block) as mv, memoryview(ids) as a, memoryview(self.sent_at) as b:
+            dst = mv.cast("q")  # (8-byte units copied as they are: the byte order stays "<")
+            dst[0::2] = a.cast("q")
+            dst[1::2] = b.cast("q")
+            dst.release()
+        sent += block
+        self.sent_ids.clear()
+        self.sent_at.clear()
+
+
 def _nbytes(frames: Iterable[Any]) -> int:
     n = 0
     for f in frames:

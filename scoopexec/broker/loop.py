@@ -410,10 +410,11 @@ class Broker:
 
     def _on_result(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         ledger = self.ledger
-        if self.trace is not None:
-            self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
         self.supervisor.note_results(msg)
-        _, others = ledger.finish(w, msg.parts(), self._out)  # (the results: into this turn's batches)
+        done: list[Task] | None = None if self.trace is None else []  # (the tasks finished, for the timeline)
+        _, others = ledger.finish(w, msg.parts(), self._out, done)  # (the results: into this turn's batches)
+        if self.trace is not None:
+            self.trace.on_finished(w, msg.entries, msg.frames, done or [])
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])
         ledger.completed += msg.count
