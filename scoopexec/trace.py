@@ -74,6 +74,7 @@ from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
 from .wire.protocol import HEADER_SIZE as _HEAD
 from .wire.protocol import RESULT_ENTRY as _ENTRY
+from .wire.protocol import TASK_ENTRY
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -208,12 +209,15 @@ class TraceRecorder:
         return i
 
     # ------------------------------------------------------------ recording
-    def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
-        """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
+    def on_dispatch(
+        self, w: _WorkerLike, batch: Iterable[_TaskLike], flat: Sequence[int] | None = None
+    ) -> None:
+        """Tasks handed to worker ``w`` now (a retried task's latest attempt wins); ``flat``: their
+        TASKS entries one after the other (ledger.task_entries), which hold their broker ids."""
         if len(self._buf) < self.limit * _RECORD.size:
             later = self._later  # (packed into _sent in bulk: _Later.fill_sent)
             n = len(later.sent_ids)
-            later.sent_ids += [t.btid for t in batch]
+            later.sent_ids += [t.btid for t in batch] if flat is None else flat[:: _TASK_FIELDS]
             later.sent_at += _F64.pack(_time()) * (len(later.sent_ids) - n)
             if len(later.sent_ids) >= _LATER_MAX:
                 later.fill_sent(self._sent)
@@ -652,6 +656,7 @@ class TraceRecorder:
 _BULK_FROM = 4  # results in a message from which on_finished tries _bulk (fewer: the loop costs less)
 _LATER_MAX = 4096  # results, dispatches _Later holds at most before it packs them
 _F64 = struct.Struct("<d")
+_TASK_FIELDS = len(TASK_ENTRY.unpack(bytes(TASK_ENTRY.size)))  # numbers in a TASKS entry, the broker id first
 _ONE_FRAME = tuple(enumerate(struct.pack("<I", 1), struct.calcsize("<QB")))  # RESULT_ENTRY's frame count: 1
 # Where _Later.fill_records copies each field from: (offset in a record, offset in a RESULT
 # entry, bytes).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's

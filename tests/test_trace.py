@@ -713,7 +713,7 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     result, a task of three frames, a lost attempt, two result frames, another function, a
     message of two).  An offset wrong in trace._FROM_ENTRY fails this."""
     from scoopexec.broker import scheduling
-    from scoopexec.broker.ledger import Ledger
+    from scoopexec.broker.ledger import Ledger, task_entries
     from scoopexec.wire import protocol as P
 
     monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_123.25)
@@ -733,8 +733,8 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     loop._bulk_from = 10**9
     sent = []
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        for rec in (bulk, loop):
-            rec.on_dispatch(w, batch)
+        bulk.on_dispatch(w, batch, task_entries(batch, []))  # (as the broker calls it)
+        loop.on_dispatch(w, batch)
         sent += [(t.btid, 1_700_000_123.25) for t in batch]
     by_tid = {t.tid: t for t in ledger.tasks.values()}
 

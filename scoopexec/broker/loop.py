@@ -505,10 +505,11 @@ class Broker:
             self.send(w.key, [P.header(P.SETUP, 0, c.setup), *c.setup_frames])
             for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
-        if self.trace is not None:
-            self.trace.on_dispatch(w, batch)
         frames: list[Any] = [b""]
-        frames[0] = P.pack_flat(P.TASKS, len(batch), task_entries(batch, frames))
+        flat = task_entries(batch, frames)
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch, flat)
+        frames[0] = P.pack_flat(P.TASKS, len(batch), flat)
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send
