@@ -768,3 +768,25 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     assert bytes(a_raw.sent) == bytes(b_raw.sent)
     assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 122
     assert a_raw.values == b_raw.values
+
+
+def test_copy_words_copies_each_field_at_odd_strides():
+    """trace._copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
+    records, 29-byte RESULT entries) by whole words, eight residues at a time: any count of
+    records (fewer than 8 included), any offsets, the bytes around left as they were."""
+    import random
+
+    from scoopexec.trace import _copy_words
+
+    rnd = random.Random(5)
+    for _ in range(300):
+        m, dstep, sstep = rnd.randrange(1, 40), rnd.choice([81, 29, 9]), rnd.choice([29, 8, 81])
+        at, off, base = rnd.randrange(dstep - 7), rnd.randrange(sstep - 7), rnd.randrange(100)
+        dst, src = bytearray(rnd.randbytes(base + m * dstep)), rnd.randbytes(m * sstep)
+        want = bytearray(dst)
+        for i in range(m):
+            d, s = base + at + i * dstep, off + i * sstep
+            want[d : d + 8] = src[s : s + 8]
+        with memoryview(dst) as dv, memoryview(src) as sv:
+            _copy_words(dv, base + at, dstep, sv, off, sstep, m)
+        assert dst == want, (m, dstep, sstep, at, off, base)
