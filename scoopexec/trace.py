@@ -330,8 +330,8 @@ class TraceRecorder:
             len(head) != _HEAD + k * _ENTRY.size
             or len(frames) != k + 1
             or self.limit * _RECORD.size - len(buf) < k * _RECORD.size
-            or not all(head[_HEAD + at :: _ENTRY.size].count(b) == k for at, b in _ONE_FRAME)
-            or _ENTRY.unpack_from(head, _HEAD) != tuple(entries[0])  # (the entries are the header's)
+            or list(map(_NFRAMES, entries)).count(1) != k
+            or _ENTRY.unpack_from(head, _HEAD) != entries[0]  # (the entries are the header's)
         ):
             return False
         fn = found[0].first
@@ -657,7 +657,7 @@ _BULK_FROM = 4  # results in a message from which on_finished tries _bulk (fewer
 _LATER_MAX = 4096  # results, dispatches _Later holds at most before it packs them
 _F64 = struct.Struct("<d")
 _TASK_FIELDS = len(TASK_ENTRY.unpack(bytes(TASK_ENTRY.size)))  # numbers in a TASKS entry, the broker id first
-_ONE_FRAME = tuple(enumerate(struct.pack("<I", 1), struct.calcsize("<QB")))  # RESULT_ENTRY's frame count: 1
+_NFRAMES = itemgetter(2)  # a RESULT entry's number of frames
 # Where _Later.fill_records copies the 8-byte fields from: (offset in a record, offset in a
 # RESULT entry).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's
 # RESULT_ENTRY "<QBIdd"; tests/test_trace.py checks the result against the per-task loop's.
