@@ -2,9 +2,10 @@
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: 16 bytes per task
-    Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
-    Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
+    Broker._send_tasks ---- on_dispatch(w, batch, flat) ---> broker id, time: 16 bytes per task
+    Broker._on_result ----- on_finished(w, ..., done) -----> one 81-byte binary record per finished
+      (after Ledger.finish, which hands over the tasks it accepted)             task
+    Supervisor.lose_worker  on_lost(task, ...) ------------> one tuple per lost attempt
                                                         |
     when the pool stops:  write() -> run.trace: the records as kept (tracefile.py), or
                                      run.json: clock offsets, lanes, parent links -> JSON
@@ -20,9 +21,11 @@ how long it ran.  The recorder keeps one fixed-size binary record per task
 about 100 bytes with its dispatch time, so at most ``MAX_TASKS`` of them
 (about 220 MB) however long the run; later tasks are counted, not recorded.
 It does all the arranging when the file is written, so that the broker
-thread pays about a microsecond per task while recording (one call per
-message of results), and nothing but one attribute test per message when it
-is not (``Broker.trace is None``).
+thread pays a few per cent of a tiny task's cost while recording (one call
+per message; a message of tiny tasks' results is recorded by a few C loops
+over it, TraceRecorder._bulk, its per-task fields packed for thousands of
+tasks at once, _Later), and nothing but one attribute test per message when
+it is not (``Broker.trace is None``).
 
 A path ending in ``.json`` gets the Chrome trace-event format (JSON object
 form), which https://ui.perfetto.dev and chrome://tracing open directly;
