@@ -2,9 +2,10 @@
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch) ---> broker id, time: 16 bytes per task
-    Broker._on_result ----- on_results(w, ...) ------> one 81-byte binary record per finished task
-    Supervisor.lose_worker  on_lost(task, ...) ------> one tuple per lost attempt
+    Broker._send_tasks ---- on_dispatch(w, batch, flat) ---> broker id, time: 16 bytes per task
+    Broker._on_result ----- on_finished(w, ..., done) -----> one 81-byte binary record per finished
+      (after Ledger.finish, which hands over the tasks it accepted)             task
+    Supervisor.lose_worker  on_lost(task, ...) ------------> one tuple per lost attempt
                                                         |
     when the pool stops:  write() -> run.trace: the records as kept (tracefile.py), or
                                      run.json: clock offsets, lanes, parent links -> JSON
@@ -20,9 +21,11 @@ how long it ran.  The recorder keeps one fixed-size binary record per task
 about 100 bytes with its dispatch time, so at most ``MAX_TASKS`` of them
 (about 220 MB) however long the run; later tasks are counted, not recorded.
 It does all the arranging when the file is written, so that the broker
-thread pays about a microsecond per task while recording (one call per
-message of results), and nothing but one attribute test per message when it
-is not (``Broker.trace is None``).
+thread pays a few per cent of a tiny task's cost while recording (one call
+per message; a message of tiny tasks' results is recorded by a few C loops
+over it, TraceRecorder._bulk, its per-task fields packed for thousands of
+tasks at once, _Later), and nothing but one attribute test per message when
+it is not (``Broker.trace is None``).
 
 A path ending in ``.json`` gets the Chrome trace-event format (JSON object
 form), which https://ui.perfetto.dev and chrome://tracing open directly;
@@ -59,6 +62,7 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -71,6 +75,9 @@ from ._version import __version__
 from .broker.ledger import MANY
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
+from .wire.protocol import HEADER_SIZE as _HEAD
+from .wire.protocol import RESULT_ENTRY as _ENTRY
+from .wire.protocol import TASK_ENTRY
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -129,6 +136,9 @@ class _TaskLike(_SourceLike, Protocol):
     def function_frame(self) -> Any: ...
 
 
+_Entry = tuple[Any, ...]  # a RESULT entry: broker id, status, frames, start, run time
+
+
 class _WorkerLike(Protocol):
     key: bytes
     name: str
@@ -176,6 +186,8 @@ class TraceRecorder:
         self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
         self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
         self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
+        self._later = _Later()  # what on_dispatch and _bulk left to pack (_settle)
+        self._bulk_from = _BULK_FROM  # messages of fewer results go through the per-task loop
 
     @property
     def recorded(self) -> int:
@@ -186,6 +198,7 @@ class TraceRecorder:
     def records(self) -> list[tuple[Any, ...]]:
         """The records, decoded: (broker id, parent, client key, name, submitted, started, run
         time, result received, worker key, bytes in, bytes out, retries, status) per task."""
+        self._settle()
         v = self._values
         return [(b, p, v[o], v[n], sub, st, run, now, v[k], nin, nout, a, c)
                 for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
@@ -199,16 +212,37 @@ class TraceRecorder:
         return i
 
     # ------------------------------------------------------------ recording
-    def on_dispatch(self, w: _WorkerLike, batch: Iterable[_TaskLike]) -> None:
-        """Tasks handed to worker ``w`` now (a retried task's latest attempt wins)."""
+    def on_dispatch(
+        self, w: _WorkerLike, batch: Iterable[_TaskLike], flat: Sequence[int] | None = None
+    ) -> None:
+        """Tasks handed to worker ``w`` now (a retried task's latest attempt wins); ``flat``: their
+        TASKS entries one after the other (ledger.task_entries), which hold their broker ids."""
         if len(self._buf) < self.limit * _RECORD.size:
-            now = _time()
-            sent = self._sent
-            pack = _DISPATCH.pack  # (one pack a task: two array appends cost twice as much)
-            for t in batch:
-                sent += pack(t.btid, now)
+            later = self._later  # (packed into _sent in bulk: _Later.fill_sent)
+            n = len(later.sent_ids)
+            later.sent_ids += [t.btid for t in batch] if flat is None else flat[:: _TASK_FIELDS]
+            later.sent_at += _F64.pack(_time()) * (len(later.sent_ids) - n)
+            if len(later.sent_ids) >= _LATER_MAX:
+                later.fill_sent(self._sent)
         if w.key not in self.workers:
             self._remember(w)
+
+    def on_finished(
+        self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], done: Sequence[_TaskLike]
+    ) -> None:
+        """A RESULT message from worker ``w``, which the broker's ledger has just taken in.
+
+        ``done`` are the tasks it finished (Ledger.finish(finished=)), in the order of
+        ``entries``; the others it dropped (stale, or from a worker that did not have the task),
+        and so does the timeline.  This is the only per-task cost of recording: a message of
+        several results that all come as tiny tasks send them goes through _bulk (a few loops
+        in C over the message, and a few dozen in C over thousands of tasks at once when
+        they are packed); any other through on_results' loop.
+        """
+        k = len(entries)
+        if k >= self._bulk_from and len(done) == k and self._bulk(w, entries, frames, done):
+            return
+        self.on_results(w, entries, frames, {t.btid: t for t in done})
 
     def on_results(
         self, w: _WorkerLike, entries: Sequence[tuple[Any, ...]], frames: Sequence[Any], tasks: dict[int, Any]
@@ -218,10 +252,12 @@ class TraceRecorder:
         ``entries`` are its (broker id, status, frames, start, run time)
         entries, ``frames`` the message's frames (payloads from index 1) and
         ``tasks`` the broker's table, which still holds the finished tasks.
-        One call per message, not per task: this is the only per-task cost of
-        recording, so it is kept to plain local-variable work (about half a
-        microsecond a task); everything else happens in write().
+        One call per message, not per task, kept to plain local-variable work
+        (on_finished takes the common messages faster); everything else happens
+        in write().
         """
+        if self._later.nin:
+            self._later.fill_records(self._buf)  # (this loop appends complete records after them)
         now = _time()
         buf = self._buf
         room = self.limit - len(buf) // _RECORD.size
@@ -276,6 +312,78 @@ class TraceRecorder:
             buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
                         len(lost) if lost else 0, code)  # fmt: skip
 
+    def _bulk(
+        self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], found: Sequence[_TaskLike]
+    ) -> bool:
+        """on_finished for a message of results of one frame each, for tasks ``found`` (one
+        each, in order) of one function frame, two frames each and no lost attempt (what tiny
+        tasks send); False, having recorded nothing, for any other message.
+
+        Each task's record is laid down from a template (what is the same for the tasks of one
+        Source, and when and from whom the message came); what differs from task to task (broker
+        id, start, run time and status: the message's RESULT entries as they came; bytes in and
+        out) waits in _Later, which copies it in for thousands of records at once.
+        """
+        k = len(entries)
+        head = frames[0]
+        if not isinstance(head, bytes):
+            head = head.bytes  # zmq.Frame
+        buf = self._buf
+        if (
+            len(head) != _HEAD + k * _ENTRY.size
+            or len(frames) != k + 1
+            or self.limit * _RECORD.size - len(buf) < k * _RECORD.size
+            or list(map(_NFRAMES, entries)).count(1) != k
+            or _ENTRY.unpack_from(head, _HEAD) != entries[0]  # (the entries are the header's)
+        ):
+            return False
+        fn = found[0].first
+        try:  # TypeError: a task of other than two frames (Task.rest is MANY), a PickleBuffer
+            n = len(fn)
+            nin = [n + len(t.rest) for t in found if t.first is fn and not t.lost]
+            nout = list(map(len, frames[1:]))
+        except TypeError:
+            return False
+        if len(nin) != k:
+            return False
+        now = _time()
+        key = w.key
+        kidx = self._index.get(key)
+        if kidx is None:
+            kidx = self._intern(key)
+        if type(fn) is not bytes:
+            fn = fn.bytes  # zmq.Frame
+        nidx = self._names.get(fn)
+        if nidx is None:
+            nidx = self._name_of(fn)
+        srcs = [t.src for t in found]
+        src = srcs[0]
+        if srcs.count(src) == k:
+            buf += self._template(src, nidx, now, kidx) * k
+        else:
+            made = {s: self._template(s, nidx, now, kidx) for s in dict.fromkeys(srcs)}
+            buf += b"".join(map(made.__getitem__, srcs))
+        later = self._later
+        later.ents += memoryview(head)[_HEAD:]
+        later.nin += nin
+        later.nout += nout
+        if len(later.nin) >= _LATER_MAX:
+            later.fill_records(buf)
+        return True
+
+    def _template(self, src: _SourceLike, nidx: int, now: float, kidx: int) -> bytes:
+        """A record of ``src``'s tasks, its per-task fields (_Later's) still 0."""
+        origin = src.origin
+        oidx = self._index.get(origin, -1)
+        if oidx < 0:
+            oidx = self._intern(origin)
+        return _RECORD.pack(0, src.parent, oidx, nidx, src.submitted, 0.0, 0.0, now, kidx, 0, 0, 0, 0)
+
+    def _settle(self) -> None:
+        """Complete what the bulk paths left for later: the last records' fields, the dispatches."""
+        self._later.fill_records(self._buf)
+        self._later.fill_sent(self._sent)
+
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
         if w.key not in self.workers:
@@ -316,6 +424,7 @@ class TraceRecorder:
             6 started (worker clock), 7 run time, 8 result received, 9 worker key,
             10 bytes in, 11 bytes out, 12 retries, 13 status
         """
+        self._settle()
         when = dict(_DISPATCH.iter_unpack(self._sent))  # (a retried task's last dispatch wins)
         v = self._values
         return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
@@ -324,6 +433,7 @@ class TraceRecorder:
 
     def raw(self) -> tracefile.RawTrace:
         """What the recorder holds, as the binary file stores it (no copy of the records)."""
+        self._settle()
         return tracefile.RawTrace(
             self._buf, self._sent, self._values, self.workers, self.lost,
             self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
@@ -336,6 +446,7 @@ class TraceRecorder:
         rec = cls.__new__(cls)
         rec.path, rec.limit = path, raw.limit
         rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
+        rec._later, rec._bulk_from = _Later(), _BULK_FROM
         rec._buf = bytearray(raw.records)
         rec._sent = bytearray(raw.sent)
         rec._values = list(raw.values)
@@ -545,6 +656,86 @@ class TraceRecorder:
 
 
 # ------------------------------------------------------------------ helpers
+_BULK_FROM = 4  # results in a message from which on_finished tries _bulk (fewer: the loop costs less)
+_LATER_MAX = 4096  # results, dispatches _Later holds at most before it packs them
+_F64 = struct.Struct("<d")
+_TASK_FIELDS = len(TASK_ENTRY.unpack(bytes(TASK_ENTRY.size)))  # numbers in a TASKS entry, the broker id first
+_NFRAMES = itemgetter(2)  # a RESULT entry's number of frames
+# Where _Later.fill_records copies the 8-byte fields from: (offset in a record, offset in a
+# RESULT entry).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's
+# RESULT_ENTRY "<QBIdd"; tests/test_trace.py checks the result against the per-task loop's.
+_FROM_ENTRY = (
+    (0, 0),  # broker id
+    (struct.calcsize("<qqIId"), struct.calcsize("<QBI")),  # start
+    (struct.calcsize("<qqIIdd"), struct.calcsize("<QBId")),  # run time
+)
+_AT_STATUS, _STATUS = _RECORD.size - 1, struct.calcsize("<Q")  # one byte (as sent: a result of one frame)
+_AT_IN, _AT_OUT = struct.calcsize("<qqIIddddI"), struct.calcsize("<qqIIddddIq")  # bytes in, out
+
+
+def _copy_words(dst: memoryview, at: int, dstep: int, src: memoryview, off: int, sstep: int, m: int) -> None:
+    """Copy the 8 bytes at ``src[off + i * sstep]`` to ``dst[at + i * dstep]`` for each i < m.
+
+    The records (81 bytes) and entries (29) are odd sizes, so their fields are not 8-byte
+    words of one view at one step; but those of every 8th record are (8 records are 81 words):
+    eight copies of 8-byte words, each over an eighth of the records, instead of a byte column
+    each (a C loop a byte) or a Python loop a record.
+    """
+    for r in range(min(8, m)):
+        n = len(range(r, m, 8))
+        d, s = at + r * dstep, off + r * sstep
+        words = dst[d : d + (n - 1) * 8 * dstep + 8].cast("Q")
+        words[::dstep] = src[s : s + (n - 1) * 8 * sstep + 8].cast("Q")[::sstep]
+
+
+class _Later:
+    """What the recorder's bulk paths (on_dispatch, TraceRecorder._bulk) keep for later, packed
+    into their file layouts by ``fill_*`` in a few dozen C loops over all of it."""
+
+    __slots__ = ("ents", "nin", "nout", "sent_at", "sent_ids")
+
+    def __init__(self) -> None:
+        self.ents = bytearray()  # RESULT entries, as received, of the last len(nin) records
+        self.nin: list[int] = []  # their bytes in
+        self.nout: list[int] = []  # their bytes out
+        self.sent_ids: list[int] = []  # dispatches: broker id
+        self.sent_at = bytearray()  # and when (_F64 each)
+
+    def fill_records(self, buf: bytearray) -> None:
+        """Copy the kept fields into the last records of ``buf`` (whose templates _bulk laid)."""
+        m = len(self.nin)
+        if not m:
+            return
+        size = _RECORD.size
+        base = len(buf) - m * size
+        with memoryview(buf) as out, memoryview(self.ents) as ents:
+            for at, offset in _FROM_ENTRY:
+                _copy_words(out, base + at, size, ents, offset, _ENTRY.size, m)
+            for at, column in ((_AT_IN, self.nin), (_AT_OUT, self.nout)):
+                with memoryview(struct.pack(f"<{m}q", *column)) as data:
+                    _copy_words(out, base + at, size, data, 0, 8, m)
+            out[base + _AT_STATUS :: size] = ents[_STATUS :: _ENTRY.size]
+        self.ents.clear()
+        self.nin.clear()
+        self.nout.clear()
+
+    def fill_sent(self, sent: bytearray) -> None:
+        """Append the kept dispatches to ``sent`` (tracefile.DISPATCH records)."""
+        n = len(self.sent_ids)
+        if not n:
+            return
+        block = bytearray(n * _DISPATCH.size)
+        ids = struct.pack(f"<{n}q", *self.sent_ids)
+        with memoryview(block) as mv, memoryview(ids) as a, memoryview(self.sent_at) as b:
+            dst = mv.cast("q")  # (8-byte units copied as they are: the byte order stays "<")
+            dst[0::2] = a.cast("q")
+            dst[1::2] = b.cast("q")
+            dst.release()
+        sent += block
+        self.sent_ids.clear()
+        self.sent_at.clear()
+
+
 def _nbytes(frames: Iterable[Any]) -> int:
     n = 0
     for f in frames:

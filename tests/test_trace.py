@@ -701,3 +701,92 @@ def test_one_message_of_results_for_several_functions_names_each_task_right(tmp_
     names = {r[0]: r[3] for r in rec.records}
     assert names == {1: "alpha", 2: "alpha", 3: "beta", 4: "alpha", 5: "beta", 6: "alpha"}
     assert {r[0]: r[9] for r in rec.records}[5] == len(fb) + 2  # bytes in: all three frames
+
+
+def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeypatch):
+    """The broker hands the recorder each RESULT after its ledger took it in (on_finished, with
+    the tasks Ledger.finish accepted); messages of tiny tasks go through TraceRecorder._bulk,
+    which lays records from templates and copies the entries' bytes in later (trace._Later).
+    Its records, dispatches and value table must be byte for byte those of the per-task loop
+    as the broker called it before (on_results with its table, before finish), for messages it
+    takes (one and several Sources, statuses, sizes) and those it leaves to the loop (a stale
+    result, a task of three frames, a lost attempt, two result frames, another function, a
+    message of two).  An offset wrong in trace._FROM_ENTRY fails this."""
+    from scoopexec.broker import scheduling
+    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.wire import protocol as P
+
+    monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_123.25)
+    ledger = Ledger(3)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    a = ledger.add_worker(b"A" * 12, {"name": "a", "pid": 1, "host": "h"})
+    ledger.grant(a, 10_000)
+    fa, fb = _pickled_global("mod", "alpha"), _pickled_global("mod", "beta")
+    tid = 0
+    for n in (50, 30, 40):  # three SUBMITs: three Sources
+        ledger.submit(b"C", [((tid + i, 0, 2), [fa, b"x" * ((tid + i) % 7)]) for i in range(n)],
+                      ledger.clients[b"C"])  # fmt: skip
+        tid += n
+    odd = [((tid, 0, 2), [fb, b"y"]), ((tid + 1, 0, 3), [fa, b"p", b"q"])]  # another function; three frames
+    ledger.submit(b"C", odd, ledger.clients[b"C"])
+    bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
+    loop._bulk_from = 10**9
+    sent = []
+    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
+        bulk.on_dispatch(w, batch, task_entries(batch, []))  # (as the broker calls it)
+        loop.on_dispatch(w, batch)
+        sent += [(t.btid, 1_700_000_123.25) for t in batch]
+    by_tid = {t.tid: t for t in ledger.tasks.values()}
+
+    def result(tids, frames_each=1, status_of=lambda i: i % 3):
+        entries = [(by_tid[i].btid, status_of(i), frames_each, 1.7e9 + i / 8, i / 1024) for i in tids]
+        frames = [P.pack(P.RESULT, entries)]
+        for i in tids:
+            frames += [b"r" * (i % 5)] * frames_each
+        loop.on_results(a, entries, frames, ledger.tasks)  # (as the broker called it before finish)
+        done: list[Task] = []
+        bodies = [frames[1 + j * frames_each : 1 + (j + 1) * frames_each] for j in range(len(tids))]
+        ledger.finish(a, zip(entries, bodies, strict=True), None, done)
+        bulk.on_finished(a, entries, frames, done)
+
+    by_tid[7].lose(b"elsewhere", "lost")  # an attempt lost: its retries are counted (the loop's)
+    result(range(0, 10))  # a lost attempt
+    result([10, 11, 10, 12, 13])  # a stale result (10 twice): Ledger.finish drops the second
+    result(range(14, 20), frames_each=2)  # two frames each
+    result([120, 20, 21, 22, 23])  # another function
+    result([121, 24, 25, 26])  # a task of three frames
+    result([27, 28])  # a message of two
+    assert not bulk._later.nin
+    result(range(29, 50))  # one Source
+    mixed = [i for pair in zip(range(50, 80), range(80, 110), strict=True) for i in pair]
+    result(mixed + list(range(110, 120)))  # two Sources, interleaved, then a third
+    assert len(bulk._later.nin) == 21 + 70, "the messages of tiny tasks went through _bulk"
+    a_raw, b_raw = bulk.raw(), loop.raw()
+    # 122 tasks, 10 twice: the loop keeps a result repeated in one message, as it always did
+    assert not bulk._later.nin and bulk.recorded == loop.recorded == 123
+    assert bytes(a_raw.records) == bytes(b_raw.records)
+    assert bytes(a_raw.sent) == bytes(b_raw.sent)
+    assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 122
+    assert a_raw.values == b_raw.values
+
+
+def test_copy_words_copies_each_field_at_odd_strides():
+    """trace._copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
+    records, 29-byte RESULT entries) by whole words, eight residues at a time: any count of
+    records (fewer than 8 included), any offsets, the bytes around left as they were."""
+    import random
+
+    from scoopexec.trace import _copy_words
+
+    rnd = random.Random(5)
+    for _ in range(300):
+        m, dstep, sstep = rnd.randrange(1, 40), rnd.choice([81, 29, 9]), rnd.choice([29, 8, 81])
+        at, off, base = rnd.randrange(dstep - 7), rnd.randrange(sstep - 7), rnd.randrange(100)
+        dst, src = bytearray(rnd.randbytes(base + m * dstep)), rnd.randbytes(m * sstep)
+        want = bytearray(dst)
+        for i in range(m):
+            d, s = base + at + i * dstep, off + i * sstep
+            want[d : d + 8] = src[s : s + 8]
+        with memoryview(dst) as dv, memoryview(src) as sv:
+            _copy_words(dv, base + at, dstep, sv, off, sstep, m)
+        assert dst == want, (m, dstep, sstep, at, off, base)

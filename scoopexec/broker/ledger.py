@@ -416,6 +416,7 @@ class Ledger:
         w: WorkerState,
         results: Iterable[tuple[tuple[Any, ...], Sequence[Any]]],
         out: dict[bytes, list[tuple[int, int, Sequence[Any]]]] | None = None,
+        finished: list[Task] | None = None,
     ) -> tuple[list[tuple[Task, int, Sequence[Any]]], list[tuple[bytes, int]]]:
         """A RESULT from ``w``, each result given as ((btid, status, ...), frames).
 
@@ -424,6 +425,7 @@ class Ledger:
         task that another worker holds too (a late answer won): that worker must cancel it.
         With ``out``, the results to deliver go there instead, as the broker batches them: under
         their owner's key, (the owner's id, status, frames) each; the list returned is empty.
+        ``finished`` gets the tasks of the results delivered, in order (the timeline's: trace.py).
         """
         tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
         clients = self.clients
@@ -442,6 +444,8 @@ class Ledger:
                 self.dropped["result from a worker that did not have the task"] += 1
                 continue
             del tasks[btid]
+            if finished is not None:
+                finished.append(task)
             if by_owner:
                 self._unkey(task)
             c = clients.get(task.owner)

@@ -413,10 +413,11 @@ class Broker:
 
     def _on_result(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         ledger = self.ledger
-        if self.trace is not None:
-            self.trace.on_results(w, msg.entries, msg.frames, ledger.tasks)
         self.supervisor.note_results(msg)
-        _, others = ledger.finish(w, msg.parts(), self._out)  # (the results: into this turn's batches)
+        done: list[Task] | None = None if self.trace is None else []  # (the tasks finished, for the timeline)
+        _, others = ledger.finish(w, msg.parts(), self._out, done)  # (the results: into this turn's batches)
+        if self.trace is not None:
+            self.trace.on_finished(w, msg.entries, msg.frames, done or [])
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])
         ledger.completed += msg.count
@@ -507,10 +508,11 @@ class Broker:
             self.send(w.key, [P.header(P.SETUP, 0, c.setup), *c.setup_frames])
             for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
-        if self.trace is not None:
-            self.trace.on_dispatch(w, batch)
         frames: list[Any] = [b""]
-        frames[0] = P.pack_flat(P.TASKS, len(batch), task_entries(batch, frames))
+        flat = task_entries(batch, frames)
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch, flat)
+        frames[0] = P.pack_flat(P.TASKS, len(batch), flat)
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send
