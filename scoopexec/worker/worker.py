@@ -254,7 +254,11 @@ class Worker:
                         lock.acquire()
                 if self.ready or self.queue:
                     self._run_some()
-                self._flush()
+                    inbox = self._inbox
+                    while inbox:  # read by the flusher meanwhile (the next task, say): now
+                        self._handle(inbox.popleft())
+                if not (self.queue and self.avg > 0.001 and not self.ready):
+                    self._flush()  # (else the next task's start sends it with its credit: one message)
                 if self.stopping:
                     break
                 idle = not (self.ready or self.queue or self._foreign or self._inbox)
