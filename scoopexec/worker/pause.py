@@ -174,7 +174,7 @@ def flusher(alarm: Alarm, hub: _Hub) -> None:
         delay = FLUSH_AFTER
         if not alarm.long:
             time.sleep(delay)
-        while alarm.in_task and not hub.stopping:
+        while alarm.in_task and (alarm.slice == seen or alarm.long) and not hub.stopping:
             failed, mark = None, alarm.count
             with lock:
                 if alarm.slice != seen and alarm.long:
