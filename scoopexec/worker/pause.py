@@ -16,18 +16,19 @@ and wakes at the latest after QUIET_WAIT.  While something waits to be sent (a
 sub-task batched in the outbox, say) it keeps the old clock: FLUSH_AFTER doubling up
 to BUSY_WAIT.
 
-A slice of a task whose function is known to run long (longer than FLUSH_AFTER, from its
-past runs) is looked at once, not after FLUSH_AFTER, and the flusher keeps watching
-through back-to-back long slices: the hub neither wakes it when such a slice ends nor
-when the next one starts, only when it goes to sleep on the channel itself (``rest``)
-or a short slice starts.  A worker running 50 ms tasks back to back, each next one
-sent by the broker while the last runs, then costs its flusher one wake-up per task (the
-next task arriving) instead of four (the slice's start, the look after FLUSH_AFTER, the
-next task, the slice's end).  Short slices keep the look after FLUSH_AFTER: a short one
-ends first, usually, and the hub reads what came meanwhile itself (nested sub-tasks
-bring many messages, each of which would wake a watching flusher).  Over ZeroMQ the
-flusher is still woken at each slice's start: its descriptor signals a change, which a
-send by the hub between slices can take, so a sleeping flusher could miss a message.
+Through back-to-back slices of a function known to run long (longer than FLUSH_AFTER,
+from its past runs) the flusher keeps watching: the hub neither wakes it when such a
+slice ends nor when the next one starts, only when it goes to sleep on the channel
+itself (``rest``) or a short slice starts.  A worker running 50 ms tasks back to back,
+each next one sent by the broker while the last runs, then costs its flusher one wake-up
+per task (the next task arriving) instead of four (the slice's start, the look after
+FLUSH_AFTER, the next task, the slice's end).  Other slices keep the look after
+FLUSH_AFTER: a short one ends first, usually, and the hub reads what came meanwhile
+itself (nested sub-tasks bring many messages, each of which would wake a flusher that
+watched the channel during short slices: that slowed them, when tried).  Over ZeroMQ
+the flusher is still woken at each slice's start: its descriptor signals a change,
+which a send by the hub between slices can take, so a sleeping flusher could miss a
+message.
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ class _Hub(Protocol):
 
 
 def flusher(alarm: Alarm, hub: _Hub) -> None:
-    """The flusher thread: while a slice runs for more than FLUSH_AFTER (a long one: at
-    once), keep its worker responsive (see the module docstring and Worker.relieve).
+    """The flusher thread: while a slice runs for more than FLUSH_AFTER, keep its worker
+    responsive (see the module docstring and Worker.relieve).
 
     The hub releases `lock` while a task runs, and this thread takes it only then, so
     the socket is never used by two threads at once.
@@ -172,8 +173,7 @@ def flusher(alarm: Alarm, hub: _Hub) -> None:
         alarm.clear()
         seen = alarm.slice
         delay = FLUSH_AFTER
-        if not alarm.long:
-            time.sleep(delay)
+        time.sleep(delay)
         while alarm.in_task and (alarm.slice == seen or alarm.long) and not hub.stopping:
             failed, mark = None, alarm.count
             with lock:

@@ -412,7 +412,7 @@ class Worker:
 
     def _switch(self, g: greenlet.greenlet, value: Any, long: bool = False) -> None:
         """Run a task's greenlet until it finishes or parks, without holding `lock`; ``long``:
-        its function is known to run longer than FLUSH_AFTER (the flusher acts at once)."""
+        its function is known to run longer than FLUSH_AFTER (the flusher watches on: pause.py)."""
         self.alarm.enter(long, long and self.outbox.pending())
         lock = self.lock
         lock.release()
