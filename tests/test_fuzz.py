@@ -379,3 +379,33 @@ def test_a_share_whose_name_is_not_text_ends_no_worker():
         finally:
             ctx.term()
         assert [ex.submit(os.getpid).result(timeout=60) for _ in range(5)] == [pid] * 5  # the same worker
+
+
+
+def test_a_peer_that_said_hello_as_worker_and_as_client_is_forgotten_as_both():
+    """One routing id may say HELLO in two roles (a fuzzer did): when its connection closed the
+    broker forgot the worker and kept the client for ever.  Seen in the fuzz test under load:
+    "the broker did not settle after the fuzzing: (1, 4, ...)", 3 such clients, 2 runs in 3."""
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        status = ex._session.status
+        assert ex.submit(abs, -1).result(timeout=60) == 1  # its own worker is up
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        try:
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVTIMEO, 30_000)  # (zmq.Again, not a hang)
+            keyed(s, ex.endpoint)
+            s.connect(ex.endpoint)
+            for hello in _real_messages()[:2]:  # a worker's HELLO, then a client's
+                s.send_multipart(hello)
+                assert P.decode(s.recv_multipart()).kind == P.WELCOME
+            st = status(10)
+            assert (len(st["workers"]), st["clients"]) == (2, 2), st
+        finally:
+            s.close()
+            ctx.term()
+        deadline = time.monotonic() + 30
+        while (len(status(10)["workers"]), status(10)["clients"]) != (1, 1):
+            assert time.monotonic() < deadline, f"still counted: {status(10)['clients']} clients"
+            time.sleep(0.05)
+        assert ex.submit(abs, -3).result(timeout=60) == 3
