@@ -4,6 +4,8 @@ broker/scheduling.py).  The loop around them is tested through real sockets else
 
 from __future__ import annotations
 
+import pytest
+
 from scoopexec.broker import scheduling
 from scoopexec.broker.ledger import Ledger, Task, WorkerState
 
@@ -620,3 +622,15 @@ def test_a_worker_gets_each_clients_set_up_once_before_its_tasks():
     batch = list(ledger.tasks.values())
     assert ledger.new_setups(w, batch) == [ledger.clients[C], other]
     assert ledger.new_setups(w, batch) == []  # sent already
+
+
+def test_a_routing_id_has_one_role():
+    # A worker lost would take its connection's fd with it and leave the client for ever.
+    ledger = Ledger(3)
+    ledger.add_worker(b"w", {})
+    ledger.add_client(b"c", {}, [])
+    with pytest.raises(ValueError, match="one role"):
+        ledger.add_client(b"w", {}, [])
+    with pytest.raises(ValueError, match="one role"):
+        ledger.add_worker(b"c", {})
+    assert set(ledger.workers) == {b"w"} and set(ledger.clients) == {b"c"}

@@ -288,6 +288,8 @@ class Ledger:
         return self.workers.get(key) or self.clients.get(key)
 
     def add_client(self, key: bytes, info: dict[str, Any], setup_frames: list[Any]) -> ClientState:
+        if key in self.workers:
+            raise ValueError("a worker said HELLO as a client (one routing id, one role)")
         sid = self._next_setup
         self._next_setup += 1
         c = ClientState(key, info, sid, list(setup_frames))
@@ -296,6 +298,10 @@ class Ledger:
         return c
 
     def add_worker(self, key: bytes, info: dict[str, Any]) -> WorkerState:
+        # A peer with two roles would be forgotten in one (a worker lost, its fd with it) and
+        # kept in the other for ever: a client nothing is ever sent to, so nothing fails.
+        if key in self.clients:
+            raise ValueError("a client said HELLO as a worker (one routing id, one role)")
         w = WorkerState(key, info)
         self.workers[key] = w
         return w

@@ -111,8 +111,7 @@ class Supervisor:
         w = ledger.workers.get(key)
         if w is not None:
             self.lose_worker(w, why)
-            return
-        if key in ledger.clients:
+        if key in ledger.clients:  # (also when it said HELLO as a worker: one id, both roles)
             log.info("client %s left (%s)", key.hex(), why)
             self.b.router.forget(key)
             self.b.cancel_on_workers(ledger.remove_client(key)[1])
