@@ -199,28 +199,3 @@ def test_a_peer_whose_routing_id_is_gone_is_forgotten(role):
         assert counts[-1] == (1, 1), f"(clients, workers) over time: {counts}"
         _alive(ex)
 
-
-@pytest.mark.parametrize("first,then", [("client", "worker"), ("worker", "client")])
-def test_a_peer_cannot_take_a_second_role(first, then):
-    """A peer that said HELLO as a client and then as a worker (or the other way) was both:
-    its sub-tasks, run as a worker's, were then counted off its client's held tasks, which
-    went below zero and let that client queue past ``max_queued``.  The second HELLO is
-    refused and counted; the peer keeps its first role."""
-    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
-        broker = ex._session.broker
-        ctx = zmq.Context()
-        try:
-            s = _peer(ctx, ex.endpoint, first)
-            assert s.poll(10_000) and P.unpack_header(s.recv_multipart()[0])[0] == P.WELCOME
-            s.send_multipart([P.header(P.HELLO), P.dump_json({"role": then, "pid": 1, "host": "x"})])
-            assert not s.poll(1000)  # no WELCOME
-            key = s.getsockopt(zmq.ROUTING_ID)
-
-            def roles():
-                led = broker.ledger
-                return key in led.clients, key in led.workers, led.dropped["malformed"]
-
-            assert broker.call_soon(roles).result(10) == (first == "client", first == "worker", 1)
-        finally:
-            ctx.destroy(linger=0)
-        _alive(ex)

@@ -356,8 +356,6 @@ class Broker:
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
         info, ledger = check_hello(msg.info), self.ledger
         role, held = info["role"], info.pop("held", set())
-        if key in (ledger.clients if role == P.WORKER else ledger.workers if role == P.CLIENT else ()):
-            raise ProtocolError(f"HELLO as a {role} from a peer of another role: one role a peer")
         if role == P.WORKER:
             old = ledger.workers.get(key)
             if old is not None:
