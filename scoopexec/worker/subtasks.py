@@ -24,7 +24,6 @@ from ..errors import MessageTooLargeError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
 from .channels import Outbox
-from .pause import Alarm
 from .waiting import WorkerFuture
 
 __all__ = ["SubTasks"]
@@ -38,7 +37,6 @@ class _Hub(Protocol):
     outbox: Outbox
     max_message_size: int
     lock: threading.RLock
-    alarm: Alarm
 
     def current_task(self) -> int: ...
     def later(self, fn: Callable[[], None]) -> None: ...
@@ -116,8 +114,6 @@ class SubTasks:
         if len(submits) >= FLUSH_EVERY or time.monotonic() - hub.outbox.last_flush > FLUSH_IDLE:
             with hub.lock:
                 hub.flush()
-        else:
-            hub.alarm.poke()  # in a long task that runs on without waiting, the flusher sends it
         return fut
 
     def lead(self, fut: Any, timeout: float | None) -> float | None:
