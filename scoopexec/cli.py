@@ -122,6 +122,11 @@ def broker_main(argv: list[str]) -> int:
             "--key-file, --authorized-keys and --server-key secure TCP endpoints; an ipc:// endpoint is "
             "protected by file permissions"
         )
+    if not 0 < args.heartbeat < args.heartbeat_timeout:  # (NaN fails this too)
+        ap.error(
+            f"need 0 < --heartbeat < --heartbeat-timeout, got {args.heartbeat:g} and "
+            f"{args.heartbeat_timeout:g}"
+        )
     recorder = None
     if args.trace:
         try:

@@ -77,6 +77,16 @@ def test_version():
     assert r.returncode == 2 and "--version" in r.stderr.decode()
 
 
+@pytest.mark.parametrize("flags", [["--heartbeat-timeout", "0"], ["--heartbeat", "5", "--heartbeat-timeout", "2"],
+                                   ["--heartbeat", "-1"], ["--heartbeat", "nan"]])  # fmt: skip
+def test_broker_refuses_heartbeats_out_of_order(flags, tmp_path):
+    """A zero or negative timeout would make the broker PING every peer at every tick (its
+    sweep runs every heartbeat_timeout); the executor has always refused these."""
+    cmd = _scoopexec("broker", "--bind", f"ipc://{tmp_path}/b", *flags)
+    r = subprocess.run(cmd, capture_output=True, env=_env(), timeout=60, check=False)
+    assert r.returncode == 2 and "need 0 < --heartbeat < --heartbeat-timeout" in r.stderr.decode(), r.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [

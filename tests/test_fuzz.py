@@ -37,7 +37,7 @@ from tests.conftest import ROOT
 from tests.peers import broker_status, free_port, keyed
 
 FUZZ_SECONDS = 3.0  # per socket
-# _HEARTBEATS: the brokers fuzzed over ZeroMQ keep the default heartbeats (1 s, 5 s timeout).
+# Heartbeats: the brokers fuzzed over ZeroMQ keep the default heartbeats (1 s, 5 s timeout).
 # libzmq 4.3.5 aborts a ROUTER whose input stayed stopped at its high-water mark past the
 # heartbeat timeout while the peer left (README, Limits); with the 1 s timeout these tests
 # used, a loaded machine's broker stalled that long in 2 fuzz runs of 105.  A fuzzer's closed
@@ -217,7 +217,7 @@ def test_fuzzed_messages_on_a_standalone_broker():
     addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
     broker = subprocess.Popen(
-        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr],  # (heartbeats: _HEARTBEATS)
+        [sys.executable, "-m", "scoopexec", "broker", "--bind", addr],  # (heartbeats: see FUZZ_SECONDS)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     workers = None
@@ -252,7 +252,7 @@ def test_fuzzed_messages_on_a_standalone_broker():
 
 @pytest.mark.timeout(180)
 def test_fuzzed_messages_on_an_embedded_broker():
-    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:  # (heartbeats: _HEARTBEATS)
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:  # (heartbeats: see FUZZ_SECONDS)
         broker = ex._session.broker
         sent = _fuzz_router(ex.endpoint, 2)
         assert sent >= MIN_MESSAGES

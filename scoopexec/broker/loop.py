@@ -414,12 +414,12 @@ class Broker:
         self.supervisor.note_results(msg)
         done: list[Task] | None = None if self.trace is None else []  # (the tasks finished, for the timeline)
         _, others = ledger.finish(w, msg.parts(), self._out, done)  # (the results: into this turn's batches)
-        if self.trace is not None:
-            self.trace.on_finished(w, msg.entries, msg.frames, done or [])
         for other, btid in others:
             self.send(other, [P.pack(P.CANCEL, [(btid,)])])
         ledger.completed += msg.count
         ledger.grant(w, msg.arg)
+        if self.trace is not None:  # (last: a recorder's failure costs no cancel and no credit)
+            self.trace.on_finished(w, msg.entries, msg.frames, done or [])
 
     def _on_output(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         """OUTPUT / LOG: to the client whose task printed or logged (the broker's own stdout if none)."""

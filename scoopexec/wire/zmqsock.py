@@ -116,7 +116,7 @@ def dealer(
     return s
 
 
-_MONITOR = struct.Struct("=HI")  # libzmq 4: event number, value (host byte order)
+_MONITOR = struct.Struct("=Hi")  # libzmq 4: event number, value (signed, as libzmq has it; host order)
 
 
 def monitor_event(frames: Sequence[Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 * Started by a client (``--watch-stdin``), a worker holds a pipe from it as stdin:
   end of file means the client is gone and nobody wants the results any more.
 * On a local link, end of file on the link means the broker is gone.
-* On ZeroMQ, the socket monitor (channels.ZmqChannel.watch) sees the broker stay
+* On ZeroMQ, the socket monitor (zmqchannel.ZmqChannel.watch) sees the broker stay
   away for longer than the heartbeat timeout, refuse our keys, or never answer.
 
 Each ends the process at once with the exit code of deploy/contract.py, saying why on
