@@ -36,10 +36,15 @@ CLIENT_ONLY = [
 ]
 
 
-def test_importing_the_worker_loads_nothing_of_the_client() -> None:
-    code = "import json, sys, scoopexec.worker.main; print(json.dumps(sorted(sys.modules)))"
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded once it ran ``code``."""
+    code += "; import json, sys; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    loaded = set(json.loads(out.stdout))
+    return set(json.loads(out.stdout))
+
+
+def test_importing_the_worker_loads_nothing_of_the_client() -> None:
+    loaded = _modules_after("import scoopexec.worker.main")
     assert "scoopexec.worker.worker" in loaded  # (the check sees what it looks for)
     assert [m for m in CLIENT_ONLY if m in loaded] == []
 
@@ -68,12 +73,7 @@ def test_the_template_loads_no_zmq_nor_hashlib() -> None:
     """What the template imports (as Template starts it) leaves zmq out (it was imported through
     channels.py, framing.py and security.py: about 8 ms of CPU of the ~45 ms the imports took),
     and hashlib (seeding.py) and deploy.hosts (for local_cpu_count, now in contract.py)."""
-    code = (
-        "import json, sys, scoopexec.worker.main; from scoopexec.deploy.forkstart import serve; "
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    loaded = set(json.loads(out.stdout))
+    loaded = _modules_after("import scoopexec.worker.main; from scoopexec.deploy.forkstart import serve")
     assert "scoopexec.worker.worker" in loaded and "scoopexec.wire.security" in loaded
     assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
 

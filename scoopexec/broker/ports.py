@@ -447,8 +447,9 @@ class RouterPort:
         The monitor and its probes miss a peer whose connection closed while what it had sent
         still waited in the socket, read after the probes gave up (its HELLO among it, even):
         ZMTP heartbeats end a dead connection, but only a send tells that its routing id is
-        gone.  Such a peer would stay for ever: a client with its set-up, a worker sent tasks
-        that no one runs.  This is the backstop; peers ignore PING."""
+        gone.  Such a peer would stay for ever: a client with its set-up and shares, an idle
+        worker counted in the pool (a task sent to it finds it gone).  This is the backstop;
+        peers ignore PING."""
         now = time.monotonic()
         if now < self._next_sweep:
             return

@@ -111,7 +111,7 @@ class Supervisor:
         w = ledger.workers.get(key)
         if w is not None:
             self.lose_worker(w, why)
-        if key in ledger.clients:  # (also when it said HELLO as a worker: one id, both roles)
+        if key in ledger.clients:
             log.info("client %s left (%s)", key.hex(), why)
             self.b.router.forget(key)
             self.b.cancel_on_workers(ledger.remove_client(key)[1])
