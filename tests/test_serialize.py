@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import linecache
 import pickle
+import sys
 import threading
 import traceback
 from typing import Any
@@ -95,6 +98,100 @@ def test_map_chunks_and_their_results_are_pickled_compactly():
     status, frames = S.encode_result(autochunk.run_timed(sum, items), "", runner)
     assert status == P.OK and b"multiarray" not in frames[0]
     assert S.loads(frames)[1] == [np.float64(28.0)] * 50
+
+
+class _Fitness:
+    def __init__(self) -> None:
+        self.values = (1.0,)
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+class _Slots:
+    __slots__ = ("a",)
+
+    def __init__(self) -> None:
+        self.a = 1
+
+
+class _ByProtocol:
+    def __reduce_ex__(self, protocol):  # type: ignore[no-untyped-def]
+        return (_ByProtocol, (), {"protocol": protocol})
+
+
+def _profiled_calls(fn: Any, name: str) -> int:
+    """How many times a Python function named ``name`` is called while ``fn()`` runs."""
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code.co_name == name:
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_compact_pickles_of_other_objects_are_the_standard_pickles():
+    """The compact pickler's table keeps what it decided for a type (a chunk of DEAP individuals
+    of ints paid ~2 us an individual for a Python lookup that raised KeyError each time): what
+    it keeps must reduce exactly as the standard pickler does, the first time and after."""
+    pytest.importorskip("numpy")
+    import abc
+    import collections
+    import datetime
+    import decimal
+    import fractions
+
+    genome = _Genome([1, 0, 1, 1, 0])
+    genome.fitness = _Fitness()
+    objects = [
+        genome, _Genome([]), _Fitness(), _Slots(), _ByProtocol(), fractions.Fraction(1, 3),
+        decimal.Decimal("1.5"), datetime.datetime(2020, 1, 2, 3, 4), collections.OrderedDict(a=1),
+        collections.deque([1, 2]), _Colour.RED, _Point(1), abc.ABC, abc.ABCMeta, len,
+        S.dumps, range(3), slice(1, 2), complex(1, 2), P.OK, type(None), NotImplemented,
+    ]  # fmt: skip
+    for _ in range(2):  # the first time decides, the second uses what was kept
+        for obj in objects:
+            assert S.dumps([obj, obj], compact=True)[0] == pickle.dumps([obj, obj], S.PROTOCOL), obj
+    chunk = [(_Genome([1, 0] * 50),) for _ in range(200)]
+    for (g,) in chunk:
+        g.fitness = _Fitness()
+    S.dumps(chunk, compact=True)
+    assert _profiled_calls(lambda: S.dumps(chunk, compact=True), "__missing__") == 0
+
+
+class _Registered:
+    pass
+
+
+def _rebuild_registered() -> str:
+    return "by copyreg"
+
+
+def test_a_copyreg_registration_after_a_compact_pickle_is_seen():
+    """DEAP's creator and user code may call copyreg.pickle at any time."""
+    pytest.importorskip("numpy")
+    import copyreg
+
+    assert isinstance(S.loads(S.dumps([_Registered()], compact=True))[0], _Registered)
+    copyreg.pickle(_Registered, lambda obj: (_rebuild_registered, ()))
+    try:
+        assert S.loads(S.dumps([_Registered()], compact=True)) == ["by copyreg"]
+    finally:
+        del copyreg.dispatch_table[_Registered]
+    assert isinstance(S.loads(S.dumps([_Registered()], compact=True))[0], _Registered)
 
 
 def test_lambdas_and_closures_use_cloudpickle():

@@ -31,6 +31,7 @@ import functools
 import inspect
 import io
 import linecache
+import operator
 import os
 import pickle
 import re
@@ -167,11 +168,13 @@ _LIST_REDUCTION = (object.__reduce_ex__, object.__reduce__)
 def _reduce_list(obj: list[Any]) -> Any:
     """A list subclass instance, its scalars packed when they are all of one exact type (its
     items as its own ``__iter__`` gives them, as the default reduction takes them)."""
+    dtype = _packable.get(type(next(iter(obj), None)))  # type: ignore[arg-type]
+    if dtype is None:  # the first item is no NumPy scalar (a list of ints, of floats): as usual
+        return obj.__reduce_ex__(PROTOCOL)
     items = list(obj)
     n = len(items)
-    tp = type(items[0]) if n >= PACK_MIN else None
-    dtype = _packable.get(tp)  # type: ignore[arg-type]
-    if dtype is not None and list(map(type, items)) == [tp] * n:
+    tp = type(items[0])
+    if n >= PACK_MIN and list(map(type, items)) == [tp] * n:
         np = sys.modules["numpy"]
         raw = np.fromiter(items, dtype, n).tobytes()
         return rebuild_scalar_list, (type(obj), tp, raw), obj.__getstate__()
@@ -188,14 +191,40 @@ def rebuild_scalar_list(cls: type[list[Any]], tp: type, raw: bytes) -> list[Any]
     return obj
 
 
+# What the C pickler does with an object whose type has no entry in its dispatch table and is no
+# class: calls its __reduce_ex__ with the protocol.  Written as a C callable, so that an entry
+# holding it costs no Python frame.
+_default_reduce = operator.methodcaller("__reduce_ex__", PROTOCOL)
+
+
 class _Dispatch(dict[type, Any]):
     """The pickler's table: NumPy's scalar types, then (``copyreg_too``) copyreg's table as it is
     when a type is looked up (``copyreg.pickle`` may register more at any time: DEAP's creator
-    does on import), then list subclasses reduced the default way (see _reduce_list)."""
+    does on import), then list subclasses reduced the default way (see _reduce_list).
+
+    The pickler looks every object's type up here (its own table replaces copyreg's), and a
+    type found nowhere made ``__missing__`` run and raise KeyError for each such object: ~2 us
+    an individual for a map chunk of DEAP individuals, most of the chunk's pickling.  With
+    ``copyreg_too``, what ``__missing__`` decides for a type is therefore kept: a list subclass
+    gets _reduce_list, any other type that is no class and has no copyreg entry gets
+    _default_reduce (what the pickler would do anyway).  copyreg's entries are not kept, and
+    ``current()`` forgets the rest when copyreg's table has grown, so a later ``copyreg.pickle``
+    is still seen.  cloudpickle's table (``copyreg_too=False``) keeps nothing: it comes first
+    in a chain with cloudpickle's own reductions, which a kept default would hide."""
 
     def __init__(self, copyreg_too: bool) -> None:
         super().__init__()
         self.copyreg_too = copyreg_too
+        self.kept: list[type] = []  # the types whose entries __missing__ added
+        self.copyreg_size = len(copyreg.dispatch_table)
+
+    def current(self) -> None:
+        """Forget what was kept if copyreg registered something since (once per pickle)."""
+        if len(copyreg.dispatch_table) != self.copyreg_size:
+            for tp in self.kept:
+                self.pop(tp, None)
+            self.kept.clear()
+            self.copyreg_size = len(copyreg.dispatch_table)
 
     def __missing__(self, tp: type) -> Any:
         if self.copyreg_too:
@@ -208,10 +237,18 @@ class _Dispatch(dict[type, Any]):
             and not hasattr(tp, "__getnewargs_ex__")
             and not hasattr(tp, "__getnewargs__")
         ):
-            return _reduce_list
-        raise KeyError(tp)
+            found = _reduce_list
+        elif self.copyreg_too and not issubclass(tp, type) and len(self.kept) < _KEPT_MAX:
+            found = _default_reduce
+        else:
+            raise KeyError(tp)
+        if self.copyreg_too and len(self.kept) < _KEPT_MAX:
+            self[tp] = found
+            self.kept.append(tp)
+        return found
 
 
+_KEPT_MAX = 4096  # types _Dispatch keeps at most (a program that makes classes without end)
 _scalars = _Dispatch(copyreg_too=True)
 _cloud_scalars = _Dispatch(copyreg_too=False)  # cloudpickle's own table holds copyreg's
 _scalars_of: Any = None  # the numpy module _scalars was filled from
@@ -274,6 +311,7 @@ def _pickled(obj: Any, compact: bool, buffers: Callable[[pickle.PickleBuffer], b
     """The standard library's pickle of ``obj`` (NumPy scalars compact if asked and loaded),
     each buffer handed to ``buffers`` (True: it stays inside the pickle)."""
     if compact and _numpy_scalars():
+        _scalars.current()
         with io.BytesIO() as fh:
             _ScalarPickler(fh, PROTOCOL, buffer_callback=buffers).dump(obj)
             return fh.getvalue()
