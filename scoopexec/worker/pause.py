@@ -10,7 +10,9 @@ tasks").  Now, once nothing waits to be sent, it sleeps in poll() on what can gi
 
 * the channel to the broker (a message: RECALL, sub-task results, TASKS to keep);
 * :class:`Alarm`'s pipe, written by ``set()`` while the flusher sleeps: a new slice
-  (the hub switched to a task), or output, a log record or a sub-task the task made.
+  (the hub switched to a task), or output or a log record the task made; and by
+  ``poke()`` for the first sub-task batched since the last send (once per batch: the
+  flusher then sends after FLUSH_AFTER, with what the task batched meanwhile).
 
 and wakes at the latest after QUIET_WAIT.  While something waits to be sent (a
 sub-task batched in the outbox, say) it keeps the old clock: FLUSH_AFTER doubling up
