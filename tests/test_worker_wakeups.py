@@ -219,3 +219,31 @@ def test_a_finished_result_does_not_wait_for_another_clients_set_up(tmp_path: ob
             open(submitted, "w").close()
             fa.result(timeout=60)
             assert fc.result(timeout=60) == [True]
+
+
+def _asked_for_more(seconds: float, wait: bool = False) -> tuple[int, bool]:
+    """Run ``seconds``: the credit its worker held for it when it started, and whether the
+    worker asked for more while it ran (``wait``: until it did, 5 s at most)."""
+    from scoopexec.worker.worker import current_worker
+
+    w = current_worker()
+    assert w is not None
+    at_start = w.granted
+    start = time.monotonic()
+    while time.monotonic() - start < max(seconds, 5.0 if wait and not w.granted else 0.0):
+        time.sleep(0.005)
+    return at_start, w.granted > 0
+
+
+@pytest.mark.timeout(60)
+def test_a_known_long_task_starts_before_its_worker_asks_for_the_next() -> None:
+    # An idle worker given a task known to run long (ASK_LATER or more) starts it first and
+    # asks for its next task from the flusher, FLUSH_AFTER later; main asked first (a send, and
+    # the broker's answer, on the way to the start: 64 workers starting at once on 2 cores
+    # queued behind them).  It still asks while the task runs, so the next one is in hand.
+    with ScoopExecutor(max_workers=1) as ex:
+        for _ in range(3):
+            ex.submit(_asked_for_more, 0.03).result(timeout=60)  # the function known: long
+        time.sleep(0.2)  # the worker idle
+        at_start, asked = ex.submit(_asked_for_more, 0.03, True).result(timeout=60)
+    assert (at_start, asked) == (0, True)

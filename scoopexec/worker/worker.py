@@ -64,6 +64,12 @@ log = logging.getLogger("scoopexec.worker")
 _current: Worker | None = None  # the worker of this process, when it is one
 
 
+# s: a task known to run at least this long starts before its worker asks for the next one
+# (its flusher asks FLUSH_AFTER later): the request's send, and the broker's answer, are not
+# on the way to its start (64 workers starting theirs at once on 2 cores queue behind them).
+ASK_LATER = 0.01
+
+
 def current_worker() -> Worker | None:
     """The worker of this process, when it is one (None in a client)."""
     return _current
@@ -143,6 +149,7 @@ class Worker:
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
         self._wakeup = WakePipe()
         self.granted = 0  # credits the broker holds for us
+        self.ask_later = False  # the running task's start did not ask for more: the flusher does
         self.avg = 0.0  # smoothed duration of a task's run between switches (s)
         self.fn_avg: dict[bytes, float] = {}  # the same, per function
         self.stopping = False
@@ -385,7 +392,10 @@ class Worker:
                 if (self.outbox.results and maybe_long) or self.avg > 0.001:
                     # Finished results (and, for long tasks, the request for
                     # more work) must not wait behind it either.
-                    self._flush()
+                    if self.outbox.results or est is None or est < ASK_LATER:
+                        self._flush()
+                    else:  # known to run long: start it first, the flusher asks (relieve)
+                        self.ask_later = True
                 r = self.idle_runners.pop() if self.idle_runners else Runner(self._runner_main, parent=hub)
                 r.task = task
                 self.active[task.btid] = r
@@ -410,7 +420,7 @@ class Worker:
     def _switch(self, g: greenlet.greenlet, value: Any, long: bool = False) -> None:
         """Run a task's greenlet until it finishes or parks, without holding `lock`; ``long``:
         its function is known to run longer than FLUSH_AFTER (the flusher watches on: pause.py)."""
-        self.alarm.enter(long, long and self.outbox.pending())
+        self.alarm.enter(long, long and (self.ask_later or self.outbox.pending()))
         lock = self.lock
         lock.release()
         try:
@@ -455,7 +465,8 @@ class Worker:
                 self.queue.clear()
                 self.granted = 0
                 self._send([P.pack(P.RETURN, back)])
-        self._flush(credit=False)
+        self._flush(credit=self.ask_later and not recalled)
+        self.ask_later = False
 
     def _give_back(self) -> None:
         back = [(t.btid,) for t in self.queue]
@@ -542,6 +553,7 @@ class Worker:
         """Send what is waiting, asking for more tasks (``credit``) when they are wanted.  Hold `lock`."""
         more = 0
         if credit and self.welcomed and not self.stopping:
+            self.ask_later = False
             more = _prefetch(self.avg) - len(self.queue) - self.granted
             if more <= 0:
                 # Idle (nothing queued, nothing promised): always ask for one.
