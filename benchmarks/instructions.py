@@ -20,7 +20,10 @@ Measures:
 * ``submit``, ``rtt``, ``map``: the client process of a ScoopExecutor(2) (which holds the
   embedded broker): submit N no-op tasks then wait for all; N ``submit().result()`` in
   sequence; ``map(noop, range(N))``;
-* ``rtt-workers``: the two worker processes during ``rtt``, summed.
+* ``rtt-workers``: the two worker processes during ``rtt``, summed;
+* ``nap``, ``nap-workers``: the client, and the two workers, running N tasks of
+  ``sleep(0.01)`` submitted at once (the 64-worker row's kind of task: long, idle, back to
+  back on each worker): what the machinery costs per long task, wake-ups included.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ ROOT = os.path.dirname(HERE)
 
 SIZES = {"route": (5000, 25000), "submit": (1000, 5000), "rtt": (500, 2500), "map": (2000, 10000)}
 SIZES["rtt-workers"] = SIZES["rtt"]
+SIZES["nap"] = SIZES["nap-workers"] = (40, 200)
 VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q"]
 
 
 def client(mode: str, n: int) -> None:
     """The measured client (run as ``python -m benchmarks.instructions client MODE N``)."""
-    from benchmarks.tasks import noop
+    from benchmarks.tasks import nap, noop
     from scoopexec import ScoopExecutor
 
     with ScoopExecutor(2) as ex:
@@ -55,6 +59,9 @@ def client(mode: str, n: int) -> None:
         elif mode == "rtt":
             for i in range(n):
                 ex.submit(noop, i).result()
+        elif mode == "nap":
+            for f in [ex.submit(nap, 0.01) for _ in range(n)]:
+                f.result()
         elif mode == "map":
             for _ in ex.map(noop, range(n)):
                 pass

@@ -140,6 +140,10 @@ class Outbox:
         """Something besides results waits to be sent (results go with the end of a task)."""
         return bool(self.outputs or self.logs or self.submits or self.cancels)
 
+    def pending(self) -> bool:
+        """Anything waits to be sent, results included."""
+        return bool(self.results or self.outputs or self.logs or self.submits or self.cancels)
+
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""
         send = self._send

@@ -123,10 +123,17 @@ class Setups:
     """The pools a worker serves, by set-up id: whether their set-up worked, their shared values,
     their clients' sys.argv.  ``lock``: the worker's, held by the hub, released while user code runs."""
 
-    def __init__(self, worker: _Worker, send: Callable[[list[Any]], None], lock: threading.RLock) -> None:
+    def __init__(
+        self,
+        worker: _Worker,
+        send: Callable[[list[Any]], None],
+        lock: threading.RLock,
+        flush_results: Callable[[], None] = lambda: None,
+    ) -> None:
         self._worker = worker
         self._send = send
         self._lock = lock
+        self._flush_results = flush_results  # send finished results now (the hub's, holding `lock`)
         self.errors: dict[int, str | None] = {}  # set-up id -> None (applied) or why it failed
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then (value,)
         self.argvs: dict[int, list[str]] = {}  # set-up id -> its client's sys.argv
@@ -139,6 +146,9 @@ class Setups:
         if sid in self.errors:
             return
         argv: list[list[str]] = []
+        # A finished result waits for no set-up (another client's initializer may run long,
+        # or wait on that very result): the hub may have held it back for the next start.
+        self._flush_results()
         self._lock.release()
         try:
             error = apply(self._worker, msg.frames[1:], argv)

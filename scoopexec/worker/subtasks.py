@@ -24,6 +24,7 @@ from ..errors import MessageTooLargeError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
 from .channels import Outbox
+from .pause import Alarm
 from .waiting import WorkerFuture
 
 __all__ = ["SubTasks"]
@@ -37,6 +38,7 @@ class _Hub(Protocol):
     outbox: Outbox
     max_message_size: int
     lock: threading.RLock
+    alarm: Alarm
 
     def current_task(self) -> int: ...
     def later(self, fn: Callable[[], None]) -> None: ...
@@ -114,6 +116,8 @@ class SubTasks:
         if len(submits) >= FLUSH_EVERY or time.monotonic() - hub.outbox.last_flush > FLUSH_IDLE:
             with hub.lock:
                 hub.flush()
+        elif len(submits) == 1:  # the first of a batch: once per batch, not per submission
+            hub.alarm.poke()  # in a long task that runs on without waiting, the flusher sends it
         return fut
 
     def lead(self, fut: Any, timeout: float | None) -> float | None:

@@ -47,7 +47,7 @@ from ..wire import serialize
 from ..wire.framing import POOL, WakePipe
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, open_channel
-from .pause import Alarm
+from .pause import FLUSH_AFTER, Alarm, flusher
 from .setup import Setups
 from .subtasks import SubTasks
 from .waiting import DONE_STATES, Runner, Waits, WorkerFuture
@@ -63,7 +63,11 @@ log = logging.getLogger("scoopexec.worker")
 
 _current: Worker | None = None  # the worker of this process, when it is one
 
-FLUSH_AFTER = 0.002  # s a task may run before its worker's waiting results and output go out
+
+# s: a task known to run at least this long starts before its worker asks for the next one
+# (its flusher asks FLUSH_AFTER later): the request's send, and the broker's answer, are not
+# on the way to its start (64 workers starting theirs at once on 2 cores queue behind them).
+ASK_LATER = 0.01
 
 
 def current_worker() -> Worker | None:
@@ -136,17 +140,16 @@ class Worker:
         self.outbox = Outbox(self._send)
         self.subtasks = SubTasks(self)
         # The socket, the queue and the credit belong to whoever holds `lock`: the hub,
-        # except while a task runs, when the flusher thread may take it (see _flusher).
+        # except while a task runs, when the flusher thread may take it (pause.flusher).
         self.lock = threading.RLock()
-        self.setups = Setups(self, self._send, self.lock)
-        self._armed = Alarm()
+        self.setups = Setups(self, self._send, self.lock, self._flush_results)
+        self.alarm = Alarm(level=link is not None)  # the slice running now, the flusher's wake-ups (pause.py)
         self._inbox: collections.deque[P.Message] = collections.deque()
-        self._slice = 0
         self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
-        self._in_task = False
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
         self._wakeup = WakePipe()
         self.granted = 0  # credits the broker holds for us
+        self.ask_later = False  # the running task's start did not ask for more: the flusher does
         self.avg = 0.0  # smoothed duration of a task's run between switches (s)
         self.fn_avg: dict[bytes, float] = {}  # the same, per function
         self.stopping = False
@@ -195,7 +198,8 @@ class Worker:
             sys.stdout, sys.stderr = self._streams
             logging.getLogger().addHandler(ForwardLogs(self))
         self._send([P.header(P.HELLO), P.dump_json(self._hello())])
-        threading.Thread(target=self._flusher, name="scoopexec-flusher", daemon=True).start()
+        fl = threading.Thread(target=flusher, args=(self.alarm, self), name="scoopexec-flusher", daemon=True)
+        fl.start()
         try:
             self._loop()
         except BaseException as exc:
@@ -240,6 +244,8 @@ class Worker:
         try:
             while not self.stopping:
                 self._receive()
+                if self.outbox.results and (subtasks.deliveries or self.ready):
+                    self._flush()  # held back for the next start (below), but user code comes first
                 if subtasks.deliveries:
                     batch = subtasks.take()
                     lock.release()  # their callbacks are user code: see subtasks.py
@@ -249,7 +255,11 @@ class Worker:
                         lock.acquire()
                 if self.ready or self.queue:
                     self._run_some()
-                self._flush()
+                    inbox = self._inbox
+                    while inbox:  # read by the flusher meanwhile (the next task, say): now
+                        self._handle(inbox.popleft())
+                if not (self.queue and self.avg > 0.001 and not self.ready):
+                    self._flush()  # (else the next task's start sends it with its credit: one message)
                 if self.stopping:
                     break
                 idle = not (self.ready or self.queue or self._foreign or self._inbox)
@@ -264,6 +274,7 @@ class Worker:
                         if len(POOL):
                             wait = int(POOL.idle_seconds * 1000) + 1
                             timeout = wait if timeout < 0 else min(timeout, wait)
+                    self.alarm.rest()  # the flusher stops watching the channel: this thread does
                     lock.release()
                     try:
                         woke = waits.poll(masks, timeout) if waits.fd_waits else fds.poll(timeout)
@@ -281,7 +292,7 @@ class Worker:
                     self._reconnected = False
                     self._hello_again()
         finally:
-            self._armed.set()  # let the flusher see `stopping` and end
+            self.alarm.set()  # let the flusher see `stopping` and end
             lock.release()
 
     def _receive(self) -> None:
@@ -323,7 +334,7 @@ class Worker:
         # Between tasks: the next one starts now, but if it runs long, what is queued
         # behind it goes back (the broker asks once, not again until something moves).
         if self.queue:
-            self._recalled = self._slice + 1
+            self._recalled = self.alarm.slice + 1
 
     def _on_welcome(self, msg: P.Message) -> None:
         info = msg.info
@@ -381,7 +392,10 @@ class Worker:
                 if (self.outbox.results and maybe_long) or self.avg > 0.001:
                     # Finished results (and, for long tasks, the request for
                     # more work) must not wait behind it either.
-                    self._flush()
+                    if self.outbox.results or est is None or est < ASK_LATER:
+                        self._flush()
+                    else:  # known to run long: start it first, the flusher asks (relieve)
+                        self.ask_later = True
                 r = self.idle_runners.pop() if self.idle_runners else Runner(self._runner_main, parent=hub)
                 r.task = task
                 self.active[task.btid] = r
@@ -389,7 +403,7 @@ class Worker:
                 if task.setup != setups.argv_of:
                     setups.use_argv(task.setup)
                 t0 = clock()
-                self._switch(r, task)
+                self._switch(r, task, est is not None and est > FLUSH_AFTER)
             # How long the hub was away: a task's run until it finished or parked.
             now = clock()
             dt = now - t0
@@ -403,76 +417,41 @@ class Worker:
             if now > deadline:
                 break
 
-    def _switch(self, g: greenlet.greenlet, value: Any) -> None:
-        """Run a task's greenlet until it finishes or parks, without holding `lock`."""
-        self._slice += 1
-        self._in_task = True
-        if not self._armed.is_set():  # if this slice runs long, the flusher keeps the worker responsive
-            self._armed.set()  # (set() alone takes the Event's lock and notifies, even when set)
+    def _switch(self, g: greenlet.greenlet, value: Any, long: bool = False) -> None:
+        """Run a task's greenlet until it finishes or parks, without holding `lock`; ``long``:
+        its function is known to run longer than FLUSH_AFTER (the flusher watches on: pause.py)."""
+        self.alarm.enter(long, long and (self.ask_later or self.outbox.pending()))
         lock = self.lock
         lock.release()
         try:
             g.switch(value)
         finally:
             lock.acquire()
-            self._in_task = False
-            self._armed.ended()
+            self.alarm.leave()
 
-    def _flusher(self) -> None:
-        """While one task runs for more than FLUSH_AFTER, keep its worker responsive.
-
-        Finished results, output and log lines go out; tasks queued here, or
-        arriving now, are handed back to the broker so that an idle worker can
-        take them; results of sub-tasks are delivered (after releasing `lock`).
-        The hub releases `lock` while a task runs, and this thread takes it only
-        then, so the socket is never used by two threads at once.
-        """
-        armed, lock = self._armed, self.lock
-        while not self.stopping:
-            armed.wait()
-            armed.clear()
-            seen = self._slice
-            delay = FLUSH_AFTER
-            time.sleep(delay)
-            while self._in_task and self._slice == seen and not self.stopping:
-                failed, mark = None, armed.count
-                with lock:
-                    if not (self._in_task and self._slice == seen and self.welcomed):
-                        break
-                    try:
-                        self._relieve()
-                    except Exception as exc:  # pragma: no cover - must not end this thread
-                        failed = exc
-                    batch, unread = self.subtasks.take(), self.chan.readable()
-                if failed is not None:  # pragma: no cover - logging handlers are others' code
-                    log.error("the worker's flusher failed", exc_info=failed)
-                if batch:
-                    self.subtasks.deliver(batch)  # a task polling done() sees them; see subtasks.py
-                delay = armed.pause(self.chan.fd, mark, unread, self.outbox.waiting, delay)  # see pause.py
-
-    def _relieve(self) -> None:
-        """Hold `lock`, with a long task running: see _flusher.
+    def relieve(self) -> None:
+        """Hold `lock`, with a long task running: see pause.flusher.
 
         Tasks queued here, or arriving now, stay (the worker starts them as soon
         as this one ends, without a round trip to the broker) unless the broker
         sends RECALL: another worker is idle, so they are handed back to it.
         """
         inbox = self._inbox
-        recalled = self._recalled == self._slice
+        recalled = self._recalled == self.alarm.slice
         for frames in self.chan.receive(100_000):
             try:
                 msg = P.decode(frames)
             except ProtocolError:
                 continue
             if msg.kind == P.RESULTS:
-                self.subtasks.on_results(msg)  # sub-task results, for _flusher to deliver
+                self.subtasks.on_results(msg)  # sub-task results, for the flusher to deliver
             elif msg.kind in (P.RECALL, P.DRAIN):
                 recalled = True
             else:
                 inbox.append(msg)  # for the hub, in order, when the task ends
                 self.urgent(msg)
         if recalled:
-            self._recalled = self._slice
+            self._recalled = self.alarm.slice
             back = [(t.btid,) for t in self.queue]
             kept: collections.deque[P.Message] = collections.deque()
             for m in inbox:
@@ -486,7 +465,8 @@ class Worker:
                 self.queue.clear()
                 self.granted = 0
                 self._send([P.pack(P.RETURN, back)])
-        self._flush(credit=False)
+        self._flush(credit=self.ask_later and not recalled)
+        self.ask_later = False
 
     def _give_back(self) -> None:
         back = [(t.btid,) for t in self.queue]
@@ -552,17 +532,19 @@ class Worker:
         """A line a task printed: for its client (ForwardStream)."""
         btid = self.current.btid if self.current is not None else 0
         self.outbox.output((btid, stream), text.encode("utf-8", "replace"), self.max_message_size)
-        self._nudge()
+        self.nudge()
 
     def log_record(self, data: bytes) -> None:
         """A log record a task made: for its client (ForwardLogs)."""
         btid = self.current.btid if self.current is not None else 0
         self.outbox.log((btid,), data, self.max_message_size)
-        self._nudge()
+        self.nudge()
 
-    def _nudge(self) -> None:
-        if self._in_task:
-            self._armed.set()  # a long task's prints must not wait for its end
+    def nudge(self) -> None:
+        """Something waits to be sent (output, a log record, a sub-task): while a task runs, the
+        flusher sends it (a short task's end comes first, usually: see pause.flusher)."""
+        if self.alarm.in_task:
+            self.alarm.set()  # a long task's prints must not wait for its end
         elif threading.get_ident() != self.thread_id:
             self._wake()
 
@@ -571,12 +553,17 @@ class Worker:
         """Send what is waiting, asking for more tasks (``credit``) when they are wanted.  Hold `lock`."""
         more = 0
         if credit and self.welcomed and not self.stopping:
+            self.ask_later = False
             more = _prefetch(self.avg) - len(self.queue) - self.granted
             if more <= 0:
                 # Idle (nothing queued, nothing promised): always ask for one.
                 more = 1 if not self.queue and not self.granted and not self.ready else 0
             self.granted += more
         self.outbox.flush(more)
+
+    def _flush_results(self) -> None:
+        if self.outbox.results:
+            self._flush()
 
     def _send(self, frames: list[Any]) -> None:
         self.chan.send(frames)
