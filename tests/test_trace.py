@@ -706,12 +706,14 @@ def test_one_message_of_results_for_several_functions_names_each_task_right(tmp_
 def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeypatch):
     """The broker hands the recorder each RESULT after its ledger took it in (on_finished, with
     the tasks Ledger.finish accepted); messages of tiny tasks go through TraceRecorder._bulk,
-    which lays records from templates and copies the entries' bytes in later (trace._Later).
+    which lays records from templates and copies the entries' bytes in later (tracebulk.Pending).
     Its records, dispatches and value table must be byte for byte those of the per-task loop
     as the broker called it before (on_results with its table, before finish), for messages it
     takes (one and several Sources, statuses, sizes) and those it leaves to the loop (a stale
     result, a task of three frames, a lost attempt, two result frames, another function, a
-    message of two).  An offset wrong in trace._FROM_ENTRY fails this."""
+    message of two, statuses that differ).  Bytes in and out are kept a byte each below 256 and
+    as int64s above (a message of each, laid out together and apart).  An offset wrong in
+    tracebulk._FROM_ENTRY, or a byte column written to the wrong offset, fails this."""
     from scoopexec.broker import scheduling
     from scoopexec.broker.ledger import Ledger, task_entries
     from scoopexec.wire import protocol as P
@@ -729,20 +731,23 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
         tid += n
     odd = [((tid, 0, 2), [fb, b"y"]), ((tid + 1, 0, 3), [fa, b"p", b"q"])]  # another function; three frames
     ledger.submit(b"C", odd, ledger.clients[b"C"])
+    big = [((tid + 2 + i, 0, 2), [fa, b"z" * (250 + 3 * i)]) for i in range(12)]  # bytes in: 256 and more
+    ledger.submit(b"C", big, ledger.clients[b"C"])
     bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
     loop._bulk_from = 10**9
     sent = []
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        bulk.on_dispatch(w, batch, task_entries(batch, []))  # (as the broker calls it)
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))  # (as the broker calls it)
         loop.on_dispatch(w, batch)
         sent += [(t.btid, 1_700_000_123.25) for t in batch]
     by_tid = {t.tid: t for t in ledger.tasks.values()}
 
-    def result(tids, frames_each=1, status_of=lambda i: i % 3):
+    def result(tids, frames_each=1, status_of=lambda i: i % 3, out=lambda i: i % 5):
         entries = [(by_tid[i].btid, status_of(i), frames_each, 1.7e9 + i / 8, i / 1024) for i in tids]
         frames = [P.pack(P.RESULT, entries)]
         for i in tids:
-            frames += [b"r" * (i % 5)] * frames_each
+            frames += [b"r" * out(i)] * frames_each
         loop.on_results(a, entries, frames, ledger.tasks)  # (as the broker called it before finish)
         done: list[Task] = []
         bodies = [frames[1 + j * frames_each : 1 + (j + 1) * frames_each] for j in range(len(tids))]
@@ -756,27 +761,34 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     result([120, 20, 21, 22, 23])  # another function
     result([121, 24, 25, 26])  # a task of three frames
     result([27, 28])  # a message of two
-    assert not bulk._later.nin
-    result(range(29, 50))  # one Source
+    result(range(29, 33))  # statuses that differ within the message
+    assert not bulk._later.count
+    result(range(33, 50), status_of=lambda i: 0)  # one Source
+    assert bulk._later.count == 17 and bulk.recorded == loop.recorded
+    result([122, 123])  # (to the loop, which lays out those first: a block of bytes a byte each)
     mixed = [i for pair in zip(range(50, 80), range(80, 110), strict=True) for i in pair]
-    result(mixed + list(range(110, 120)))  # two Sources, interleaved, then a third
-    assert len(bulk._later.nin) == 21 + 70, "the messages of tiny tasks went through _bulk"
+    result(mixed + list(range(110, 120)), status_of=lambda i: 1)  # two Sources, interleaved, then a third
+    result(range(124, 128), status_of=lambda i: 0)  # bytes in of 256 and more
+    result(range(128, 134), status_of=lambda i: 0, out=lambda i: 200 + 20 * (i % 4))  # and out
+    assert bulk._later.count == 70 + 4 + 6 and bulk._later.wide == 3, "through _bulk"
+    assert bulk.recorded == loop.recorded
     a_raw, b_raw = bulk.raw(), loop.raw()
-    # 122 tasks, 10 twice: the loop keeps a result repeated in one message, as it always did
-    assert not bulk._later.nin and bulk.recorded == loop.recorded == 123
-    assert bytes(a_raw.records) == bytes(b_raw.records)
+    # 134 tasks, 10 twice: the loop keeps a result repeated in one message, as it always did
+    assert not bulk._later.count and bulk.recorded == loop.recorded == 135
+    assert a_raw.blocks and not b_raw.blocks  # (records laid out in bulk come in blocks of their own)
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
     assert bytes(a_raw.sent) == bytes(b_raw.sent)
-    assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 122
+    assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 134
     assert a_raw.values == b_raw.values
 
 
 def test_copy_words_copies_each_field_at_odd_strides():
-    """trace._copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
+    """tracebulk.copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
     records, 29-byte RESULT entries) by whole words, eight residues at a time: any count of
     records (fewer than 8 included), any offsets, the bytes around left as they were."""
     import random
 
-    from scoopexec.trace import _copy_words
+    from scoopexec.tracebulk import copy_words
 
     rnd = random.Random(5)
     for _ in range(300):
@@ -788,5 +800,5 @@ def test_copy_words_copies_each_field_at_odd_strides():
             d, s = base + at + i * dstep, off + i * sstep
             want[d : d + 8] = src[s : s + 8]
         with memoryview(dst) as dv, memoryview(src) as sv:
-            _copy_words(dv, base + at, dstep, sv, off, sstep, m)
+            copy_words(dv, base + at, dstep, sv, off, sstep, m)
         assert dst == want, (m, dstep, sstep, at, off, base)
