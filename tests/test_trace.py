@@ -257,6 +257,42 @@ def test_report_refuses_files_that_are_not_timelines(tmp_path):
         assert err.startswith("scoopexec report: ") and str(p) in err and "Traceback" not in err
 
 
+def test_report_names_what_is_wrong_in_a_crafted_file(tmp_path):
+    """A file can say anything: a 'scoopexec' part (binary or JSON) whose fields have the wrong
+    kind, or an event with a time that is not a number, gets a TraceError naming the field,
+    never a ValueError or TypeError from deep inside the report (which printed a traceback)."""
+    from scoopexec.tracefile import TraceError
+
+    metas = {
+        "tasks_not_recorded": ({"tasks_not_recorded": "many"}, "'tasks_not_recorded' is 'many'"),
+        "negative": ({"tasks_not_recorded": -3}, "'tasks_not_recorded' is -3"),
+        "workers": ({"workers": 5}, "'workers' is a int, not a list"),
+        "pid": ({"workers": [{"pid": "x", "name": "w"}]}, "a worker's 'pid' (its row) is 'x'"),
+        "argv": ({"argv": 7}, "'argv' is a int, not a list"),
+    }
+    for name, (meta, message) in metas.items():
+        rec = _full_recorder(tmp_path / f"{name}.trace")
+        rec.meta.update(meta)
+        path = rec.write()
+        with pytest.raises(TraceError) as info:
+            load(path)
+        assert f"in its 'scoopexec' part, {message}" in str(info.value), name
+    docs = {
+        "not an object": ({"traceEvents": [], "scoopexec": [1]}, "'scoopexec' part is a list, not an object"),
+        "time": ({"traceEvents": [{"ph": "X", "cat": "task", "ts": "x"}], "scoopexec": {}},
+                 "event 0 of traceEvents is damaged (ValueError"),
+    }
+    for name, (doc, message) in docs.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.json"
+        p.write_text(json.dumps(doc))
+        with pytest.raises(TraceError) as info:
+            load(str(p))
+        assert message in str(info.value) and str(p) in str(info.value), name
+    r = _cli("report", str(tmp_path / "pid.trace"))  # as a user meets it: a message, status 1
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("scoopexec report: ") and "Traceback" not in err, err
+
+
 def test_bad_trace_arguments_fail_before_any_process_starts(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         ScoopExecutor(1, trace=tmp_path / "no" / "such" / "dir" / "run.json")
