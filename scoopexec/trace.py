@@ -254,11 +254,12 @@ class TraceRecorder:
     def on_results(
         self, w: _WorkerLike, entries: Sequence[tuple[Any, ...]], frames: Sequence[Any], tasks: dict[int, Any]
     ) -> None:
-        """A RESULT message from worker ``w``, before the broker hands its results on.
+        """A RESULT message from worker ``w`` (on_finished's loop).
 
         ``entries`` are its (broker id, status, frames, start, run time)
         entries, ``frames`` the message's frames (payloads from index 1) and
-        ``tasks`` the broker's table, which still holds the finished tasks.
+        ``tasks`` its tasks by broker id, each taken out as it is recorded (a
+        result repeated in one message is recorded once, as the ledger takes it).
         One call per message, not per task, kept to plain local-variable work
         (on_finished takes the common messages faster); everything else happens
         in write().
@@ -282,7 +283,7 @@ class TraceRecorder:
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
-            task = tasks.get(btid)
+            task = tasks.pop(btid, None)
             if task is None or (task.worker is not key and task.worker != key and key not in task.prev):
                 continue  # stale, or from a worker that never had the task: the broker drops it too
             if room <= 0:
