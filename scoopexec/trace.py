@@ -58,6 +58,7 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import math
@@ -798,11 +799,14 @@ def _assign_lanes(items: list[tuple[float, float, int]], lane_of: list[int]) -> 
     Chrome's viewers draw slices on one row as a stack, which only works when
     they nest; a worker runs tasks concurrently (a parked task and the tasks
     run while it waits), so overlapping tasks that do not nest get extra lanes.
-    Returns the number of lanes.
+    Returns the number of lanes.  Each interval takes the first lane that has
+    room, looked for lane by lane while there are few (a run has a handful);
+    beyond _LANE_SCAN lanes (a crafted file: thousands of overlaps) _many_lanes
+    finds the same lane in a tree, so that the work stays n log n.
     """
     items.sort(key=lambda x: (x[0], -x[1]))
     stacks: list[list[float]] = []  # per lane: ends of the slices open at the current time
-    for s, e, i in items:
+    for j, (s, e, i) in enumerate(items):
         for n, stack in enumerate(stacks):
             while stack and stack[-1] <= s:
                 stack.pop()
@@ -813,6 +817,65 @@ def _assign_lanes(items: list[tuple[float, float, int]], lane_of: list[int]) -> 
         else:
             stacks.append([e])
             lane_of[i] = len(stacks) - 1
+            if len(stacks) > _LANE_SCAN:
+                return _many_lanes(items, j + 1, stacks, lane_of)
+    return len(stacks)
+
+
+_LANE_SCAN = 32
+
+
+def _many_lanes(
+    items: list[tuple[float, float, int]], j: int, stacks: list[list[float]], lane_of: list[int]
+) -> int:
+    """_assign_lanes from ``items[j]`` on, the lanes ``stacks`` so far: the same choice (the first
+    lane whose slices still open at the start all end at or after the end), found with a heap
+    of the open ends (closed as time passes) and a max-tree of each lane's innermost open end
+    (inf for an empty lane), which leads to the first lane with room in log steps."""
+    inf = math.inf
+    heap = [(end, n) for n, stack in enumerate(stacks) for end in stack]
+    heapq.heapify(heap)
+    size = 1
+    tree: list[float] = []
+
+    def build() -> None:
+        nonlocal size, tree
+        while size <= len(stacks):
+            size *= 2
+        tree = [-inf] * (2 * size)
+        for n, stack in enumerate(stacks):
+            tree[size + n] = stack[-1] if stack else inf
+        for node in range(size - 1, 0, -1):
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+
+    def update(n: int) -> None:
+        node = size + n
+        tree[node] = stacks[n][-1] if stacks[n] else inf
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+
+    build()
+    for s, e, i in items[j:]:
+        while heap and heap[0][0] <= s:  # slices ended: each is the innermost of its lane
+            _, n = heapq.heappop(heap)
+            stacks[n].pop()
+            update(n)
+        if tree[1] >= e:
+            node = 1
+            while node < size:
+                node = 2 * node if tree[2 * node] >= e else 2 * node + 1
+            n = node - size
+            stacks[n].append(e)
+        else:
+            n = len(stacks)
+            stacks.append([e])
+            if n >= size:
+                build()
+        update(n)
+        heapq.heappush(heap, (e, n))
+        lane_of[i] = n
     return len(stacks)
 
 

@@ -408,6 +408,84 @@ def test_overlapping_tasks_get_lanes_where_they_nest_or_follow(tmp_path):
     assert written["traceEvents"] == json.loads(json.dumps(doc["traceEvents"]))
 
 
+def _lanes_as_before(items):
+    """trace._assign_lanes as it was (each interval scans the lanes one by one): the reference."""
+    lane_of = [0] * len(items)
+    stacks = []
+    for s, e, i in sorted(items, key=lambda x: (x[0], -x[1])):
+        for n, stack in enumerate(stacks):
+            while stack and stack[-1] <= s:
+                stack.pop()
+            if not stack or e <= stack[-1]:
+                stack.append(e)
+                lane_of[i] = n
+                break
+        else:
+            stacks.append([e])
+            lane_of[i] = len(stacks) - 1
+    return lane_of, len(stacks)
+
+
+def test_lanes_of_many_overlaps_are_the_same_and_found_in_n_log_n():
+    """A crafted file can hold thousands of tasks that overlap on one worker without nesting:
+    scanning the lanes one by one made that quadratic (3,000 tasks: ~9 million comparisons).
+    Beyond a few dozen lanes a tree finds the same lane: the same lanes as the scan for random
+    mixes of nesting, following and overlapping tasks (few lanes and many), and the number of
+    comparisons stays within a small multiple of n log n."""
+    import math
+    import random
+
+    rnd = random.Random(7)
+    many = 0
+    for trial in range(60):
+        n = rnd.choice([5, 50, 400])
+        items = []
+        for i in range(n):
+            if trial % 3 == 0:  # anything: nesting, following, overlapping, empty
+                s = round(rnd.uniform(0, rnd.choice([0.01, 1.0, 100.0])), 2)
+                items.append((s, s + round(rnd.choice([0.0, rnd.uniform(0, 5)]), 2), i))
+            elif trial % 3 == 1:  # a staircase, jittered: many lanes, ends on others' starts
+                s = float(i // 2 + rnd.randrange(3))
+                items.append((s, s + 40 + rnd.randrange(4), i))
+            else:  # whole numbers: many ends on starts
+                s = float(rnd.randrange(200))
+                items.append((s, s + rnd.randrange(trial % 20, 60), i))
+        lane_of = [0] * n
+        got = trace_mod._assign_lanes(list(items), lane_of)
+        assert (lane_of, got) == _lanes_as_before(items), trial
+        many += got > trace_mod._LANE_SCAN
+
+    assert many >= 5  # (the tree's part was checked too)
+    count = 0
+
+    class Counted(float):
+        def __lt__(self, other):
+            nonlocal count
+            count += 1
+            return float.__lt__(self, other)
+
+        def __le__(self, other):
+            nonlocal count
+            count += 1
+            return float.__le__(self, other)
+
+        def __gt__(self, other):
+            nonlocal count
+            count += 1
+            return float.__gt__(self, other)
+
+        def __ge__(self, other):
+            nonlocal count
+            count += 1
+            return float.__ge__(self, other)
+
+    n = 3000
+    stairs = [(Counted(i), Counted(i + n), i) for i in range(n)]  # each overlaps all before it
+    lane_of = [0] * n
+    assert trace_mod._assign_lanes(stairs, lane_of) == n and lane_of == list(range(n))
+    assert count < 40 * n * math.log2(n), f"{count:,} comparisons for {n:,} overlapping tasks"
+
+
 def test_recording_stops_at_its_limit(tmp_path):
     rec = TraceRecorder(tmp_path / "t.json", limit=3)
     w = WorkerState(b"W", {"host": "h", "pid": 1, "name": "h:1"})
