@@ -196,7 +196,7 @@ class TraceRecorder:
     @property
     def recorded(self) -> int:
         """How many tasks are recorded."""
-        return (self._stored + len(self._buf)) // _RECORD.size + self._later.count
+        return (self._stored + len(self._buf)) // _RECORD.size + self._later.pending
 
     @property
     def records(self) -> list[tuple[Any, ...]]:
@@ -265,10 +265,9 @@ class TraceRecorder:
         (on_finished takes the common messages faster); everything else happens
         in write().
         """
-        if self._later.count:
-            self._take()  # (this loop appends complete records after them)
         now = _time()
-        buf = self._buf
+        later = self._later  # (records pending there come first: these go after them, in Pending)
+        buf = bytearray() if later.count else self._buf
         room = self.limit - self.recorded
         pack = _RECORD.pack
         names = self._names
@@ -320,6 +319,8 @@ class TraceRecorder:
                     oidx = self._intern(origin)
             buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
                         len(lost) if lost else 0, code)  # fmt: skip
+        if buf and buf is not self._buf and later.add_done(buf) >= MAX_PENDING:
+            self._take()
 
     def _bulk(
         self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], found: Sequence[_TaskLike]

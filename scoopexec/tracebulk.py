@@ -20,6 +20,7 @@ of ids and the times packed, and packed into their layout the same way.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .tracefile import DISPATCH, TASK_RECORD
 from .wire.protocol import HEADER_SIZE, RESULT_ENTRY, TASK_ENTRY
@@ -66,11 +67,14 @@ class Pending:
     """
 
     __slots__ = (
-        "count", "heads", "nin", "nout", "sent_count", "sent_heads", "sent_times", "templates", "wide",
+        "count", "done", "heads", "nin", "nout", "pending", "sent_count", "sent_heads", "sent_times",
+        "templates", "wide",
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.count = 0  # tasks pending
+        self.count = 0  # tasks pending from bulk messages
+        self.done: list[tuple[int, bytearray]] = []  # complete records between them: (where, records)
+        self.pending = 0  # records pending, both kinds
         self.templates: list[bytes] = []  # per message: its records, the per-task fields still 0
         self.heads: list[bytes] = []  # its header frame: its RESULT entries, as received
         self.nin: list[bytes] = []  # its tasks' bytes in: a byte each, or 8 (then counted in wide)
@@ -92,12 +96,20 @@ class Pending:
                 kept.append(struct.pack(f"<{len(column)}q", *column))
                 self.wide += 1
         self.count += len(nin)
-        return self.count
+        self.pending += len(nin)
+        return self.pending
+
+    def add_done(self, records: bytearray) -> int:
+        """Records the per-task loop made while bulk ones are pending: they go after those, without
+        laying those out now (a take for a few dozen records costs as much as for thousands)."""
+        self.done.append((self.count, records))
+        self.pending += len(records) // TASK_RECORD.size
+        return self.pending
 
     def take(self) -> bytearray | None:
         """The pending records, laid out (TASK_RECORD after TASK_RECORD); None if there are none."""
         m = self.count
-        if not m:
+        if not self.pending:
             return None
         size, step = TASK_RECORD.size, RESULT_ENTRY.size
         block = bytearray().join(self.templates)
@@ -113,9 +125,19 @@ class Pending:
                               for c, t in zip(columns, self.templates, strict=True)])  # fmt: skip
             with memoryview(block) as out, memoryview(words) as data:
                 copy_words(out, at, size, data, 0, 8, m)
-        for kept in (self.templates, self.heads, self.nin, self.nout):
+        if self.done:  # (the loop's records, each where it came)
+            with memoryview(block) as laid:
+                pieces: list[Any] = []
+                at = 0
+                for where, records in self.done:
+                    pieces += (laid[at * size : where * size], records)
+                    at = where
+                pieces.append(laid[at * size :])
+                block = bytearray().join(pieces)
+                pieces.clear()
+        for kept in (self.templates, self.heads, self.nin, self.nout, self.done):
             kept.clear()
-        self.count = self.wide = 0
+        self.count = self.pending = self.wide = 0
         return block
 
     def add_sent(self, head: bytes, when: float) -> int:

@@ -879,12 +879,13 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     assert not bulk._later.count
     result(range(33, 50), status_of=lambda i: 0)  # one Source
     assert bulk._later.count == 17 and bulk.recorded == loop.recorded
-    result([122, 123])  # (to the loop, which lays out those first: a block of bytes a byte each)
+    result([122, 123])  # (to the loop, whose records wait after those: Pending.add_done)
+    assert bulk._later.count == 17 and bulk._later.pending == 19 and bulk.recorded == loop.recorded
     mixed = [i for pair in zip(range(50, 80), range(80, 110), strict=True) for i in pair]
     result(mixed + list(range(110, 120)), status_of=lambda i: 1)  # two Sources, interleaved, then a third
     result(range(124, 128), status_of=lambda i: 0)  # bytes in of 256 and more
     result(range(128, 134), status_of=lambda i: 0, out=lambda i: 200 + 20 * (i % 4))  # and out
-    assert bulk._later.count == 70 + 4 + 6 and bulk._later.wide == 3, "through _bulk"
+    assert bulk._later.count == 17 + 70 + 4 + 6 and bulk._later.wide == 3, "through _bulk"
     assert bulk.recorded == loop.recorded
     a_raw, b_raw = bulk.raw(), loop.raw()
     # 134 tasks, 10 once though its result came twice in one message (Ledger.finish took one)
