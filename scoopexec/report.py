@@ -155,53 +155,26 @@ def load(path: str) -> Trace:
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc if isinstance(doc, list) else None
     if not isinstance(events, list):
         raise TraceError(f"{path} is JSON but not a Chrome trace (no traceEvents)")
-    meta = doc.get("scoopexec", {}) if isinstance(doc, dict) else {}
+    meta = _checked_meta(doc.get("scoopexec", {}) if isinstance(doc, dict) else {}, path)
     names: dict[int, str] = {}
     lanes: dict[int, int] = {}
     tasks: list[TaskSpan] = []
     counters: list[tuple[float, int, int]] = []
     lost: list[tuple[float, int, str]] = []
-    for ev in events:
+    for i, ev in enumerate(events):
         if not isinstance(ev, dict):
             continue
-        ph = ev.get("ph")
-        if ph == "X" and ev.get("cat") == "task":
-            a = ev.get("args") or {}
-            start = float(ev["ts"]) / 1e6
-            end = start + float(ev.get("dur", 0)) / 1e6
-            pid, tid = int(ev.get("pid", 0)), int(ev.get("tid", 0))
-            lanes[pid] = max(lanes.get(pid, 1), tid + 1)
-            tasks.append(
-                TaskSpan(
-                    task=int(a.get("task", 0)),
-                    parent=int(a.get("parent", 0)),
-                    name=str(ev.get("name", "task")),
-                    worker=pid,
-                    lane=tid,
-                    start=start,
-                    end=end,
-                    submitted=_seconds(a.get("submitted_us"), start),
-                    finished=_seconds(a.get("finished_us"), end),
-                    bytes_in=int(a.get("bytes_in", 0)),
-                    bytes_out=int(a.get("bytes_out", 0)),
-                    retries=int(a.get("retries", 0)),
-                    status=str(a.get("status", "ok")),
-                )
-            )
-        elif ph == "M" and ev.get("name") == "process_name":
-            names[int(ev.get("pid", 0))] = str((ev.get("args") or {}).get("name", ""))
-        elif ph == "C" and ev.get("cat") == "pool":
-            a = ev.get("args") or {}
-            counters.append((float(ev["ts"]) / 1e6, int(a.get("waiting", 0)), int(a.get("running", 0))))
-        elif ph == "i" and ev.get("cat") == "lost":
-            reason = str((ev.get("args") or {}).get("reason", ""))
-            lost.append((float(ev["ts"]) / 1e6, int(ev.get("pid", 0)), reason))
+        try:
+            _read_event(ev, names, lanes, tasks, counters, lost)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise TraceError(f"{path}: event {i} of traceEvents is damaged ({why})") from None
     if not tasks and not meta:
         raise TraceError(f"{path} has no scoopexec tasks (was it written by ScoopExecutor(trace=...)?)")
     workers: dict[int, tuple[str, str]] = {}
     for w in meta.get("workers", ()):
         if isinstance(w, dict) and "pid" in w:
-            workers[int(w["pid"])] = (str(w.get("name", "?")), str(w.get("host", "?")))
+            workers[w["pid"]] = (str(w.get("name", "?")), str(w.get("host", "?")))
     for pid in {t.worker for t in tasks} | set(names):
         if pid and pid not in workers:
             name = names.get(pid, f"worker {pid}").removeprefix("worker ")
@@ -210,6 +183,71 @@ def load(path: str) -> Trace:
         lanes.setdefault(pid, 1)
     tasks.sort(key=lambda t: (t.start, t.task))
     return Trace(path, tasks, workers, lanes, sorted(counters), sorted(lost), dict(meta))
+
+
+def _checked_meta(meta: Any, path: str) -> dict[str, Any]:
+    """The file's "scoopexec" object, with what load() and the summary read from it checked:
+    TraceError naming the field, not a ValueError from deep inside (a file can say anything)."""
+    if not isinstance(meta, dict):
+        raise TraceError(f"{path}: its 'scoopexec' part is a {type(meta).__name__}, not an object")
+    where = f"{path}: in its 'scoopexec' part,"
+    count = meta.get("tasks_not_recorded", 0)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise TraceError(f"{where} 'tasks_not_recorded' is {count!r}, not a count of tasks")
+    workers = meta.get("workers", [])
+    if not isinstance(workers, list):
+        raise TraceError(f"{where} 'workers' is a {type(workers).__name__}, not a list")
+    for w in workers:
+        pid = w.get("pid") if isinstance(w, dict) else None
+        if isinstance(w, dict) and "pid" in w and (isinstance(pid, bool) or not isinstance(pid, int)):
+            raise TraceError(f"{where} a worker's 'pid' (its row) is {pid!r}, not a whole number")
+    argv = meta.get("argv")
+    if argv is not None and not isinstance(argv, list):
+        raise TraceError(f"{where} 'argv' is a {type(argv).__name__}, not a list")
+    return meta
+
+
+def _read_event(
+    ev: dict[str, Any],
+    names: dict[int, str],
+    lanes: dict[int, int],
+    tasks: list[TaskSpan],
+    counters: list[tuple[float, int, int]],
+    lost: list[tuple[float, int, str]],
+) -> None:
+    """One event of the file into what load() collects (a task, a worker's name, a sample, a loss)."""
+    ph = ev.get("ph")
+    if ph == "X" and ev.get("cat") == "task":
+        a = ev.get("args") or {}
+        start = float(ev["ts"]) / 1e6
+        end = start + float(ev.get("dur", 0)) / 1e6
+        pid, tid = int(ev.get("pid", 0)), int(ev.get("tid", 0))
+        lanes[pid] = max(lanes.get(pid, 1), tid + 1)
+        tasks.append(
+            TaskSpan(
+                task=int(a.get("task", 0)),
+                parent=int(a.get("parent", 0)),
+                name=str(ev.get("name", "task")),
+                worker=pid,
+                lane=tid,
+                start=start,
+                end=end,
+                submitted=_seconds(a.get("submitted_us"), start),
+                finished=_seconds(a.get("finished_us"), end),
+                bytes_in=int(a.get("bytes_in", 0)),
+                bytes_out=int(a.get("bytes_out", 0)),
+                retries=int(a.get("retries", 0)),
+                status=str(a.get("status", "ok")),
+            )
+        )
+    elif ph == "M" and ev.get("name") == "process_name":
+        names[int(ev.get("pid", 0))] = str((ev.get("args") or {}).get("name", ""))
+    elif ph == "C" and ev.get("cat") == "pool":
+        a = ev.get("args") or {}
+        counters.append((float(ev["ts"]) / 1e6, int(a.get("waiting", 0)), int(a.get("running", 0))))
+    elif ph == "i" and ev.get("cat") == "lost":
+        reason = str((ev.get("args") or {}).get("reason", ""))
+        lost.append((float(ev["ts"]) / 1e6, int(ev.get("pid", 0)), reason))
 
 
 def _seconds(us: Any, default: float) -> float:

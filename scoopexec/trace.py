@@ -2,7 +2,7 @@
 
 ::
 
-    Broker._send_tasks ---- on_dispatch(w, batch, flat) ---> broker id, time: 16 bytes per task
+    Broker._send_tasks ---- on_dispatch(w, ..., head) -----> broker id, time: 16 bytes per task
     Broker._on_result ----- on_finished(w, ..., done) -----> one 81-byte binary record per finished
       (after Ledger.finish, which hands over the tasks it accepted)             task
     Supervisor.lose_worker  on_lost(task, ...) ------------> one tuple per lost attempt
@@ -23,9 +23,9 @@ about 100 bytes with its dispatch time, so at most ``MAX_TASKS`` of them
 It does all the arranging when the file is written, so that the broker
 thread pays a few per cent of a tiny task's cost while recording (one call
 per message; a message of tiny tasks' results is recorded by a few C loops
-over it, TraceRecorder._bulk, its per-task fields packed for thousands of
-tasks at once, _Later), and nothing but one attribute test per message when
-it is not (``Broker.trace is None``).
+over it, TraceRecorder._bulk, and its records laid out for thousands of tasks
+at once, tracebulk.Pending), and nothing but one attribute test per message
+when it is not (``Broker.trace is None``).
 
 A path ending in ``.json`` gets the Chrome trace-event format (JSON object
 form), which https://ui.perfetto.dev and chrome://tracing open directly;
@@ -58,14 +58,15 @@ arrives, and shifts that worker's events by it (``clock_offset_us``).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import math
 import os
-import struct
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from operator import itemgetter
 from time import time as _time
 from typing import Any, Protocol
@@ -73,11 +74,12 @@ from typing import Any, Protocol
 from . import tracefile
 from ._version import __version__
 from .broker.ledger import MANY
+from .tracebulk import ENTRY_NFRAMES, ENTRY_STATUS, MAX_PENDING, Pending
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
 from .wire.protocol import HEADER_SIZE as _HEAD
 from .wire.protocol import RESULT_ENTRY as _ENTRY
-from .wire.protocol import TASK_ENTRY
+from .wire.protocol import TASK_ENTRY, TASKS, pack_flat
 
 __all__ = ["FORMAT_VERSION", "MAX_TASKS", "TraceRecorder", "check_trace_path", "function_name"]
 
@@ -174,10 +176,12 @@ class TraceRecorder:
         self.limit = limit
         # One fixed-size binary record per task (_RECORD), strings and keys as indexes into
         # _values: about 100 bytes a task with its dispatch, against 220 as tuples of objects.
-        self._buf = bytearray()
+        self._blocks: list[bytearray] = []  # the records, in blocks laid out by Pending.take
+        self._stored = 0  # bytes in _blocks
+        self._buf = bytearray()  # and after them, records the per-task loop packed
         self._values: list[Any] = []  # clients' keys, function names, workers' keys, each once
         self._index: dict[Any, int] = {}  # value -> its index in _values
-        self._sent = bytearray()  # (broker id, when) per dispatch, in order (tracefile.DISPATCH)
+        self._sent: list[bytes | bytearray] = []  # (broker id, when) per dispatch, in order, in blocks
         self.lost: list[tuple[float, bytes, int, str, bool]] = []
         self.workers: dict[bytes, tuple[str, str, Any]] = {}  # key -> (name, host, pid)
         self.dropped = 0
@@ -186,23 +190,26 @@ class TraceRecorder:
         self.job_events: list[tuple[float, str, str, str]] = []  # (when, scheduler, job id, what)
         self.job_counts: list[tuple[float, dict[str, int]]] = []  # pending / running / draining jobs, workers
         self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
-        self._later = _Later()  # what on_dispatch and _bulk left to pack (_settle)
+        self._later = Pending()  # what on_dispatch and _bulk left to lay out (_settle)
         self._bulk_from = _BULK_FROM  # messages of fewer results go through the per-task loop
 
     @property
     def recorded(self) -> int:
         """How many tasks are recorded."""
-        return len(self._buf) // _RECORD.size
+        return (self._stored + len(self._buf)) // _RECORD.size + self._later.pending
 
     @property
     def records(self) -> list[tuple[Any, ...]]:
         """The records, decoded: (broker id, parent, client key, name, submitted, started, run
         time, result received, worker key, bytes in, bytes out, retries, status) per task."""
-        self._settle()
         v = self._values
         return [(b, p, v[o], v[n], sub, st, run, now, v[k], nin, nout, a, c)
-                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
-                ]  # fmt: skip
+                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in self._unpacked()]  # fmt: skip
+
+    def _unpacked(self) -> Iterator[tuple[Any, ...]]:
+        """Every record as TASK_RECORD's fields, in order."""
+        self._settle()
+        return chain.from_iterable(map(_RECORD.iter_unpack, [*self._blocks, self._buf]))
 
     def _intern(self, value: Any) -> int:
         i = self._index.get(value)
@@ -213,17 +220,20 @@ class TraceRecorder:
 
     # ------------------------------------------------------------ recording
     def on_dispatch(
-        self, w: _WorkerLike, batch: Iterable[_TaskLike], flat: Sequence[int] | None = None
+        self, w: _WorkerLike, batch: Sequence[_TaskLike], flat: Sequence[int] | None = None,
+        head: bytes | None = None,
     ) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins); ``flat``: their
-        TASKS entries one after the other (ledger.task_entries), which hold their broker ids."""
-        if len(self._buf) < self.limit * _RECORD.size:
-            later = self._later  # (packed into _sent in bulk: _Later.fill_sent)
-            n = len(later.sent_ids)
-            later.sent_ids += [t.btid for t in batch] if flat is None else flat[:: _TASK_FIELDS]
-            later.sent_at += _F64.pack(_time()) * (len(later.sent_ids) - n)
-            if len(later.sent_ids) >= _LATER_MAX:
-                later.fill_sent(self._sent)
+        TASKS entries one after the other (ledger.task_entries), ``head`` the TASKS message's
+        header frame packed from them (which the broker passes: kept as it is, their broker ids
+        taken out of it later, tracebulk.Pending.take_sent)."""
+        if self.recorded < self.limit:
+            if head is None:
+                if flat is None:
+                    flat = [v for t in batch for v in (t.btid, 0, 0, 0)]
+                head = pack_flat(TASKS, len(flat) // _TASK_FIELDS, flat)
+            if self._later.add_sent(head, _time()) >= MAX_PENDING:
+                self._sent.append(self._later.take_sent())
         if w.key not in self.workers:
             self._remember(w)
 
@@ -234,10 +244,8 @@ class TraceRecorder:
 
         ``done`` are the tasks it finished (Ledger.finish(finished=)), in the order of
         ``entries``; the others it dropped (stale, or from a worker that did not have the task),
-        and so does the timeline.  This is the only per-task cost of recording: a message of
-        several results that all come as tiny tasks send them goes through _bulk (a few loops
-        in C over the message, and a few dozen in C over thousands of tasks at once when
-        they are packed); any other through on_results' loop.
+        and so does the timeline.  A message of several results that all come as tiny tasks
+        send them goes through _bulk, any other through on_results' loop.
         """
         k = len(entries)
         if k >= self._bulk_from and len(done) == k and self._bulk(w, entries, frames, done):
@@ -247,20 +255,20 @@ class TraceRecorder:
     def on_results(
         self, w: _WorkerLike, entries: Sequence[tuple[Any, ...]], frames: Sequence[Any], tasks: dict[int, Any]
     ) -> None:
-        """A RESULT message from worker ``w``, before the broker hands its results on.
+        """A RESULT message from worker ``w`` (on_finished's loop).
 
         ``entries`` are its (broker id, status, frames, start, run time)
         entries, ``frames`` the message's frames (payloads from index 1) and
-        ``tasks`` the broker's table, which still holds the finished tasks.
+        ``tasks`` its tasks by broker id, each taken out as it is recorded (a
+        result repeated in one message is recorded once, as the ledger takes it).
         One call per message, not per task, kept to plain local-variable work
         (on_finished takes the common messages faster); everything else happens
         in write().
         """
-        if self._later.nin:
-            self._later.fill_records(self._buf)  # (this loop appends complete records after them)
         now = _time()
-        buf = self._buf
-        room = self.limit - len(buf) // _RECORD.size
+        later = self._later  # (records pending there come first: these go after them, in Pending)
+        buf = bytearray() if later.count else self._buf
+        room = self.limit - self.recorded
         pack = _RECORD.pack
         names = self._names
         index = self._index
@@ -275,7 +283,7 @@ class TraceRecorder:
         for btid, status, n, start, run in entries:
             first = pos
             pos += n
-            task = tasks.get(btid)
+            task = tasks.pop(btid, None)
             if task is None or (task.worker is not key and task.worker != key and key not in task.prev):
                 continue  # stale, or from a worker that never had the task: the broker drops it too
             if room <= 0:
@@ -311,29 +319,30 @@ class TraceRecorder:
                     oidx = self._intern(origin)
             buf += pack(btid, src.parent, oidx, nidx, src.submitted, start, run, now, kidx, nin, nout,
                         len(lost) if lost else 0, code)  # fmt: skip
+        if buf and buf is not self._buf and later.add_done(buf) >= MAX_PENDING:
+            self._take()
 
     def _bulk(
         self, w: _WorkerLike, entries: Sequence[_Entry], frames: Sequence[Any], found: Sequence[_TaskLike]
     ) -> bool:
-        """on_finished for a message of results of one frame each, for tasks ``found`` (one
-        each, in order) of one function frame, two frames each and no lost attempt (what tiny
-        tasks send); False, having recorded nothing, for any other message.
-
-        Each task's record is laid down from a template (what is the same for the tasks of one
-        Source, and when and from whom the message came); what differs from task to task (broker
-        id, start, run time and status: the message's RESULT entries as they came; bytes in and
-        out) waits in _Later, which copies it in for thousands of records at once.
-        """
+        """on_finished for a message of results of one frame each and one status, for tasks
+        ``found`` (one each, in order) of one function frame, two frames each and no lost
+        attempt (what tiny tasks send); False, having recorded nothing, for any other message.
+        Records from a template per Source, completed by tracebulk.Pending (its docstring)."""
         k = len(entries)
         head = frames[0]
         if not isinstance(head, bytes):
             head = head.bytes  # zmq.Frame
-        buf = self._buf
+        step = _ENTRY.size
+        status = head[_HEAD + ENTRY_STATUS :: step]  # (a column of bytes, one a result: C loops)
         if (
-            len(head) != _HEAD + k * _ENTRY.size
+            len(head) != _HEAD + k * step
             or len(frames) != k + 1
-            or self.limit * _RECORD.size - len(buf) < k * _RECORD.size
-            or list(map(_NFRAMES, entries)).count(1) != k
+            or self.limit - self.recorded < k
+            # One frame each: every count's low byte is 1, so each is >= 1, and they add up to
+            # the frames there are (protocol.decode checked): each is 1.
+            or head[_HEAD + ENTRY_NFRAMES :: step].count(1) != k
+            or status.count(status[0]) != k  # one status (the template's)
             or _ENTRY.unpack_from(head, _HEAD) != entries[0]  # (the entries are the header's)
         ):
             return False
@@ -346,6 +355,7 @@ class TraceRecorder:
             return False
         if len(nin) != k:
             return False
+        srcs = [t.src for t in found]
         now = _time()
         key = w.key
         kidx = self._index.get(key)
@@ -356,33 +366,41 @@ class TraceRecorder:
         nidx = self._names.get(fn)
         if nidx is None:
             nidx = self._name_of(fn)
-        srcs = [t.src for t in found]
+        code = status[0]
         src = srcs[0]
         if srcs.count(src) == k:
-            buf += self._template(src, nidx, now, kidx) * k
+            records = self._template(src, nidx, now, kidx, code) * k
         else:
-            made = {s: self._template(s, nidx, now, kidx) for s in dict.fromkeys(srcs)}
-            buf += b"".join(map(made.__getitem__, srcs))
-        later = self._later
-        later.ents += memoryview(head)[_HEAD:]
-        later.nin += nin
-        later.nout += nout
-        if len(later.nin) >= _LATER_MAX:
-            later.fill_records(buf)
+            made = {s: self._template(s, nidx, now, kidx, code) for s in dict.fromkeys(srcs)}
+            records = b"".join(map(made.__getitem__, srcs))
+        if self._later.add(records, head, nin, nout) >= MAX_PENDING:
+            self._take()
         return True
 
-    def _template(self, src: _SourceLike, nidx: int, now: float, kidx: int) -> bytes:
-        """A record of ``src``'s tasks, its per-task fields (_Later's) still 0."""
+    def _template(self, src: Any, nidx: int, now: float, kidx: int, code: int) -> bytes:
+        """A record of ``src``'s tasks, its per-task fields (Pending's) still 0."""
         origin = src.origin
         oidx = self._index.get(origin, -1)
         if oidx < 0:
             oidx = self._intern(origin)
-        return _RECORD.pack(0, src.parent, oidx, nidx, src.submitted, 0.0, 0.0, now, kidx, 0, 0, 0, 0)
+        return _RECORD.pack(0, src.parent, oidx, nidx, src.submitted, 0.0, 0.0, now, kidx, 0, 0, 0, code)
+
+    def _take(self) -> None:
+        """Lay out the records Pending holds, in a block of their own after those before."""
+        block = self._later.take()
+        if block is not None:
+            if self._buf:  # (the per-task loop's records came first)
+                self._blocks.append(self._buf)
+                self._stored += len(self._buf)
+                self._buf = bytearray()
+            self._blocks.append(block)
+            self._stored += len(block)
 
     def _settle(self) -> None:
-        """Complete what the bulk paths left for later: the last records' fields, the dispatches."""
-        self._later.fill_records(self._buf)
-        self._later.fill_sent(self._sent)
+        """Complete what the bulk paths left for later: the last records, the dispatches."""
+        self._take()
+        if self._later.sent_count:
+            self._sent.append(self._later.take_sent())
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
@@ -396,13 +414,7 @@ class TraceRecorder:
 
     def on_jobs(self, scheduler: str, jobs: Sequence[dict[str, Any]]) -> None:
         """The pool's batch jobs now (JobPool.status()): counted when the counts change."""
-        counts = {"pending": 0, "running": 0, "draining": 0, "workers": 0}
-        for j in jobs:
-            state = str(j.get("state", ""))
-            key = "draining" if state.startswith("draining") else state
-            if key in counts:
-                counts[key] += 1
-            counts["workers"] += int(j.get("workers") or 0)
+        counts = _count_jobs(jobs)
         if not self.job_counts or self.job_counts[-1][1] != counts:
             self.job_counts.append((time.time(), counts))
 
@@ -417,26 +429,13 @@ class TraceRecorder:
         return i
 
     # -------------------------------------------------------------- writing
-    def _resolve(self) -> list[tuple[Any, ...]]:
-        """The records with their dispatch times, laid out as::
-
-            0 broker id, 1 parent, 2 client key, 3 name, 4 submitted, 5 dispatched,
-            6 started (worker clock), 7 run time, 8 result received, 9 worker key,
-            10 bytes in, 11 bytes out, 12 retries, 13 status
-        """
-        self._settle()
-        when = dict(_DISPATCH.iter_unpack(self._sent))  # (a retried task's last dispatch wins)
-        v = self._values
-        return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
-                for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in _RECORD.iter_unpack(self._buf)
-                ]  # fmt: skip
-
     def raw(self) -> tracefile.RawTrace:
         """What the recorder holds, as the binary file stores it (no copy of the records)."""
         self._settle()
         return tracefile.RawTrace(
-            self._buf, self._sent, self._values, self.workers, self.lost,
+            self._buf, b"".join(self._sent), self._values, self.workers, self.lost,
             self.job_events, self.job_counts, self.meta, self.dropped, self.created, self.limit,
+            list(self._blocks),
         )  # fmt: skip
 
     @classmethod
@@ -446,9 +445,10 @@ class TraceRecorder:
         rec = cls.__new__(cls)
         rec.path, rec.limit = path, raw.limit
         rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
-        rec._later, rec._bulk_from = _Later(), _BULK_FROM
-        rec._buf = bytearray(raw.records)
-        rec._sent = bytearray(raw.sent)
+        rec._later, rec._bulk_from = Pending(), _BULK_FROM
+        rec._blocks, rec._stored = [], 0
+        rec._buf = bytearray().join([*raw.blocks, raw.records])
+        rec._sent = [bytearray(raw.sent)]
         rec._values = list(raw.values)
         rec.workers, rec.lost, rec.meta = dict(raw.workers), list(raw.lost), dict(raw.meta)
         rec.job_events, rec.job_counts = list(raw.job_events), list(raw.job_counts)
@@ -505,7 +505,7 @@ class TraceRecorder:
         through json's encoder.
         """
         # Each task's (last) dispatch time goes in at index 5 (see _resolve).
-        recs = self._resolve()
+        recs = _resolve(self._unpacked(), self._sent, self._values)  # (_unpacked settles: _sent too)
         origin = min((r[4] for r in recs), default=self.created)
         if self.lost:
             origin = min(origin, *(x[0] for x in self.lost))
@@ -657,83 +657,33 @@ class TraceRecorder:
 
 # ------------------------------------------------------------------ helpers
 _BULK_FROM = 4  # results in a message from which on_finished tries _bulk (fewer: the loop costs less)
-_LATER_MAX = 4096  # results, dispatches _Later holds at most before it packs them
-_F64 = struct.Struct("<d")
 _TASK_FIELDS = len(TASK_ENTRY.unpack(bytes(TASK_ENTRY.size)))  # numbers in a TASKS entry, the broker id first
-_NFRAMES = itemgetter(2)  # a RESULT entry's number of frames
-# Where _Later.fill_records copies the 8-byte fields from: (offset in a record, offset in a
-# RESULT entry).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's
-# RESULT_ENTRY "<QBIdd"; tests/test_trace.py checks the result against the per-task loop's.
-_FROM_ENTRY = (
-    (0, 0),  # broker id
-    (struct.calcsize("<qqIId"), struct.calcsize("<QBI")),  # start
-    (struct.calcsize("<qqIIdd"), struct.calcsize("<QBId")),  # run time
-)
-_AT_STATUS, _STATUS = _RECORD.size - 1, struct.calcsize("<Q")  # one byte (as sent: a result of one frame)
-_AT_IN, _AT_OUT = struct.calcsize("<qqIIddddI"), struct.calcsize("<qqIIddddIq")  # bytes in, out
 
 
-def _copy_words(dst: memoryview, at: int, dstep: int, src: memoryview, off: int, sstep: int, m: int) -> None:
-    """Copy the 8 bytes at ``src[off + i * sstep]`` to ``dst[at + i * dstep]`` for each i < m.
+def _resolve(
+    records: Iterable[tuple[Any, ...]], sent: list[bytes | bytearray], v: list[Any]
+) -> list[tuple[Any, ...]]:
+    """The records (TASK_RECORD's fields) with their dispatch times (``sent``: DISPATCH blocks)
+    and the values they index (``v``), laid out as::
 
-    The records (81 bytes) and entries (29) are odd sizes, so their fields are not 8-byte
-    words of one view at one step; but those of every 8th record are (8 records are 81 words):
-    eight copies of 8-byte words, each over an eighth of the records, instead of a byte column
-    each (a C loop a byte) or a Python loop a record.
+        0 broker id, 1 parent, 2 client key, 3 name, 4 submitted, 5 dispatched,
+        6 started (worker clock), 7 run time, 8 result received, 9 worker key,
+        10 bytes in, 11 bytes out, 12 retries, 13 status
     """
-    for r in range(min(8, m)):
-        n = len(range(r, m, 8))
-        d, s = at + r * dstep, off + r * sstep
-        words = dst[d : d + (n - 1) * 8 * dstep + 8].cast("Q")
-        words[::dstep] = src[s : s + (n - 1) * 8 * sstep + 8].cast("Q")[::sstep]
+    when = dict(_DISPATCH.iter_unpack(b"".join(sent)))  # (a retried task's last dispatch wins)
+    return [(b, p, v[o], v[n], sub, min(when.get(b, now), now), st, run, now, v[k], nin, nout, a, c)
+            for b, p, o, n, sub, st, run, now, k, nin, nout, a, c in records]  # fmt: skip
 
 
-class _Later:
-    """What the recorder's bulk paths (on_dispatch, TraceRecorder._bulk) keep for later, packed
-    into their file layouts by ``fill_*`` in a few dozen C loops over all of it."""
-
-    __slots__ = ("ents", "nin", "nout", "sent_at", "sent_ids")
-
-    def __init__(self) -> None:
-        self.ents = bytearray()  # RESULT entries, as received, of the last len(nin) records
-        self.nin: list[int] = []  # their bytes in
-        self.nout: list[int] = []  # their bytes out
-        self.sent_ids: list[int] = []  # dispatches: broker id
-        self.sent_at = bytearray()  # and when (_F64 each)
-
-    def fill_records(self, buf: bytearray) -> None:
-        """Copy the kept fields into the last records of ``buf`` (whose templates _bulk laid)."""
-        m = len(self.nin)
-        if not m:
-            return
-        size = _RECORD.size
-        base = len(buf) - m * size
-        with memoryview(buf) as out, memoryview(self.ents) as ents:
-            for at, offset in _FROM_ENTRY:
-                _copy_words(out, base + at, size, ents, offset, _ENTRY.size, m)
-            for at, column in ((_AT_IN, self.nin), (_AT_OUT, self.nout)):
-                with memoryview(struct.pack(f"<{m}q", *column)) as data:
-                    _copy_words(out, base + at, size, data, 0, 8, m)
-            out[base + _AT_STATUS :: size] = ents[_STATUS :: _ENTRY.size]
-        self.ents.clear()
-        self.nin.clear()
-        self.nout.clear()
-
-    def fill_sent(self, sent: bytearray) -> None:
-        """Append the kept dispatches to ``sent`` (tracefile.DISPATCH records)."""
-        n = len(self.sent_ids)
-        if not n:
-            return
-        block = bytearray(n * _DISPATCH.size)
-        ids = struct.pack(f"<{n}q", *self.sent_ids)
-        with memoryview(block) as mv, memoryview(ids) as a, memoryview(self.sent_at) as b:
-            dst = mv.cast("q")  # (8-byte units copied as they are: the byte order stays "<")
-            dst[0::2] = a.cast("q")
-            dst[1::2] = b.cast("q")
-            dst.release()
-        sent += block
-        self.sent_ids.clear()
-        self.sent_at.clear()
+def _count_jobs(jobs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    counts = {"pending": 0, "running": 0, "draining": 0, "workers": 0}
+    for j in jobs:
+        state = str(j.get("state", ""))
+        key = "draining" if state.startswith("draining") else state
+        if key in counts:
+            counts[key] += 1
+        counts["workers"] += int(j.get("workers") or 0)
+    return counts
 
 
 def _nbytes(frames: Iterable[Any]) -> int:
@@ -850,11 +800,14 @@ def _assign_lanes(items: list[tuple[float, float, int]], lane_of: list[int]) -> 
     Chrome's viewers draw slices on one row as a stack, which only works when
     they nest; a worker runs tasks concurrently (a parked task and the tasks
     run while it waits), so overlapping tasks that do not nest get extra lanes.
-    Returns the number of lanes.
+    Returns the number of lanes.  Each interval takes the first lane that has
+    room, looked for lane by lane while there are few (a run has a handful);
+    beyond _LANE_SCAN lanes (a crafted file: thousands of overlaps) _many_lanes
+    finds the same lane in a tree, so that the work stays n log n.
     """
     items.sort(key=lambda x: (x[0], -x[1]))
     stacks: list[list[float]] = []  # per lane: ends of the slices open at the current time
-    for s, e, i in items:
+    for j, (s, e, i) in enumerate(items):
         for n, stack in enumerate(stacks):
             while stack and stack[-1] <= s:
                 stack.pop()
@@ -865,6 +818,65 @@ def _assign_lanes(items: list[tuple[float, float, int]], lane_of: list[int]) -> 
         else:
             stacks.append([e])
             lane_of[i] = len(stacks) - 1
+            if len(stacks) > _LANE_SCAN:
+                return _many_lanes(items, j + 1, stacks, lane_of)
+    return len(stacks)
+
+
+_LANE_SCAN = 32
+
+
+def _many_lanes(
+    items: list[tuple[float, float, int]], j: int, stacks: list[list[float]], lane_of: list[int]
+) -> int:
+    """_assign_lanes from ``items[j]`` on, the lanes ``stacks`` so far: the same choice (the first
+    lane whose slices still open at the start all end at or after the end), found with a heap
+    of the open ends (closed as time passes) and a max-tree of each lane's innermost open end
+    (inf for an empty lane), which leads to the first lane with room in log steps."""
+    inf = math.inf
+    heap = [(end, n) for n, stack in enumerate(stacks) for end in stack]
+    heapq.heapify(heap)
+    size = 1
+    tree: list[float] = []
+
+    def build() -> None:
+        nonlocal size, tree
+        while size <= len(stacks):
+            size *= 2
+        tree = [-inf] * (2 * size)
+        for n, stack in enumerate(stacks):
+            tree[size + n] = stack[-1] if stack else inf
+        for node in range(size - 1, 0, -1):
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+
+    def update(n: int) -> None:
+        node = size + n
+        tree[node] = stacks[n][-1] if stacks[n] else inf
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+
+    build()
+    for s, e, i in items[j:]:
+        while heap and heap[0][0] <= s:  # slices ended: each is the innermost of its lane
+            _, n = heapq.heappop(heap)
+            stacks[n].pop()
+            update(n)
+        if tree[1] >= e:
+            node = 1
+            while node < size:
+                node = 2 * node if tree[2 * node] >= e else 2 * node + 1
+            n = node - size
+            stacks[n].append(e)
+        else:
+            n = len(stacks)
+            stacks.append([e])
+            if n >= size:
+                build()
+        update(n)
+        heapq.heappush(heap, (e, n))
+        lane_of[i] = n
     return len(stacks)
 
 

@@ -72,6 +72,9 @@ class RawTrace:
     dropped: int = 0
     created: float = 0.0
     limit: int = 0
+    # Records that come before ``records``, in blocks as the recorder laid them out (written one
+    # after the other, never joined: no second copy of them in memory); read() gives none.
+    blocks: list[bytes | bytearray] = field(default_factory=list)
 
 
 def is_binary(path: str) -> bool:
@@ -99,10 +102,12 @@ def write(fh: BinaryIO, raw: RawTrace) -> None:
         "limit": raw.limit,
     }
     tail = json.dumps(rest, separators=(",", ":"), default=str).encode("ascii")
-    n = len(raw.records) // TASK_RECORD.size
+    records = [*raw.blocks, raw.records]
+    n = sum(map(len, records)) // TASK_RECORD.size
     d = len(raw.sent) // DISPATCH.size
     fh.write(_HEADER.pack(MAGIC, FILE_VERSION, TASK_RECORD.size, 0, n, d, len(tail)))
-    fh.write(raw.records)
+    for block in records:
+        fh.write(block)
     fh.write(raw.sent)
     fh.write(tail)
 

@@ -257,6 +257,42 @@ def test_report_refuses_files_that_are_not_timelines(tmp_path):
         assert err.startswith("scoopexec report: ") and str(p) in err and "Traceback" not in err
 
 
+def test_report_names_what_is_wrong_in_a_crafted_file(tmp_path):
+    """A file can say anything: a 'scoopexec' part (binary or JSON) whose fields have the wrong
+    kind, or an event with a time that is not a number, gets a TraceError naming the field,
+    never a ValueError or TypeError from deep inside the report (which printed a traceback)."""
+    from scoopexec.tracefile import TraceError
+
+    metas = {
+        "tasks_not_recorded": ({"tasks_not_recorded": "many"}, "'tasks_not_recorded' is 'many'"),
+        "negative": ({"tasks_not_recorded": -3}, "'tasks_not_recorded' is -3"),
+        "workers": ({"workers": 5}, "'workers' is a int, not a list"),
+        "pid": ({"workers": [{"pid": "x", "name": "w"}]}, "a worker's 'pid' (its row) is 'x'"),
+        "argv": ({"argv": 7}, "'argv' is a int, not a list"),
+    }
+    for name, (meta, message) in metas.items():
+        rec = _full_recorder(tmp_path / f"{name}.trace")
+        rec.meta.update(meta)
+        path = rec.write()
+        with pytest.raises(TraceError) as info:
+            load(path)
+        assert f"in its 'scoopexec' part, {message}" in str(info.value), name
+    docs = {
+        "not an object": ({"traceEvents": [], "scoopexec": [1]}, "'scoopexec' part is a list, not an object"),
+        "time": ({"traceEvents": [{"ph": "X", "cat": "task", "ts": "x"}], "scoopexec": {}},
+                 "event 0 of traceEvents is damaged (ValueError"),
+    }
+    for name, (doc, message) in docs.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.json"
+        p.write_text(json.dumps(doc))
+        with pytest.raises(TraceError) as info:
+            load(str(p))
+        assert message in str(info.value) and str(p) in str(info.value), name
+    r = _cli("report", str(tmp_path / "pid.trace"))  # as a user meets it: a message, status 1
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("scoopexec report: ") and "Traceback" not in err, err
+
+
 def test_bad_trace_arguments_fail_before_any_process_starts(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         ScoopExecutor(1, trace=tmp_path / "no" / "such" / "dir" / "run.json")
@@ -370,6 +406,84 @@ def test_overlapping_tasks_get_lanes_where_they_nest_or_follow(tmp_path):
     assert doc["scoopexec"]["workers"][0]["lanes"] == 2
     written, _ = _events(rec.write())
     assert written["traceEvents"] == json.loads(json.dumps(doc["traceEvents"]))
+
+
+def _lanes_as_before(items):
+    """trace._assign_lanes as it was (each interval scans the lanes one by one): the reference."""
+    lane_of = [0] * len(items)
+    stacks = []
+    for s, e, i in sorted(items, key=lambda x: (x[0], -x[1])):
+        for n, stack in enumerate(stacks):
+            while stack and stack[-1] <= s:
+                stack.pop()
+            if not stack or e <= stack[-1]:
+                stack.append(e)
+                lane_of[i] = n
+                break
+        else:
+            stacks.append([e])
+            lane_of[i] = len(stacks) - 1
+    return lane_of, len(stacks)
+
+
+def test_lanes_of_many_overlaps_are_the_same_and_found_in_n_log_n():
+    """A crafted file can hold thousands of tasks that overlap on one worker without nesting:
+    scanning the lanes one by one made that quadratic (3,000 tasks: ~9 million comparisons).
+    Beyond a few dozen lanes a tree finds the same lane: the same lanes as the scan for random
+    mixes of nesting, following and overlapping tasks (few lanes and many), and the number of
+    comparisons stays within a small multiple of n log n."""
+    import math
+    import random
+
+    rnd = random.Random(7)
+    many = 0
+    for trial in range(60):
+        n = rnd.choice([5, 50, 400])
+        items = []
+        for i in range(n):
+            if trial % 3 == 0:  # anything: nesting, following, overlapping, empty
+                s = round(rnd.uniform(0, rnd.choice([0.01, 1.0, 100.0])), 2)
+                items.append((s, s + round(rnd.choice([0.0, rnd.uniform(0, 5)]), 2), i))
+            elif trial % 3 == 1:  # a staircase, jittered: many lanes, ends on others' starts
+                s = float(i // 2 + rnd.randrange(3))
+                items.append((s, s + 40 + rnd.randrange(4), i))
+            else:  # whole numbers: many ends on starts
+                s = float(rnd.randrange(200))
+                items.append((s, s + rnd.randrange(trial % 20, 60), i))
+        lane_of = [0] * n
+        got = trace_mod._assign_lanes(list(items), lane_of)
+        assert (lane_of, got) == _lanes_as_before(items), trial
+        many += got > trace_mod._LANE_SCAN
+
+    assert many >= 5  # (the tree's part was checked too)
+    count = 0
+
+    class Counted(float):
+        def __lt__(self, other):
+            nonlocal count
+            count += 1
+            return float.__lt__(self, other)
+
+        def __le__(self, other):
+            nonlocal count
+            count += 1
+            return float.__le__(self, other)
+
+        def __gt__(self, other):
+            nonlocal count
+            count += 1
+            return float.__gt__(self, other)
+
+        def __ge__(self, other):
+            nonlocal count
+            count += 1
+            return float.__ge__(self, other)
+
+    n = 3000
+    stairs = [(Counted(i), Counted(i + n), i) for i in range(n)]  # each overlaps all before it
+    lane_of = [0] * n
+    assert trace_mod._assign_lanes(stairs, lane_of) == n and lane_of == list(range(n))
+    assert count < 40 * n * math.log2(n), f"{count:,} comparisons for {n:,} overlapping tasks"
 
 
 def test_recording_stops_at_its_limit(tmp_path):
@@ -490,7 +604,7 @@ def test_a_recorded_task_costs_the_recorder_under_150_bytes(tmp_path):
         before = tracemalloc.get_traced_memory()[0]
         for i, entries in zip(tasks, results, strict=True):
             rec.on_dispatch(w, [tasks[i]])
-            rec.on_results(w, entries, [b"h", b"r"], tasks)
+            rec.on_results(w, entries, [b"h", b"r"], {i: tasks[i]})  # (on_finished makes one)
         del results
         gc.collect()
         per_task = (tracemalloc.get_traced_memory()[0] - before) / n
@@ -706,12 +820,14 @@ def test_one_message_of_results_for_several_functions_names_each_task_right(tmp_
 def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeypatch):
     """The broker hands the recorder each RESULT after its ledger took it in (on_finished, with
     the tasks Ledger.finish accepted); messages of tiny tasks go through TraceRecorder._bulk,
-    which lays records from templates and copies the entries' bytes in later (trace._Later).
+    which lays records from templates and copies the entries' bytes in later (tracebulk.Pending).
     Its records, dispatches and value table must be byte for byte those of the per-task loop
     as the broker called it before (on_results with its table, before finish), for messages it
     takes (one and several Sources, statuses, sizes) and those it leaves to the loop (a stale
     result, a task of three frames, a lost attempt, two result frames, another function, a
-    message of two).  An offset wrong in trace._FROM_ENTRY fails this."""
+    message of two, statuses that differ).  Bytes in and out are kept a byte each below 256 and
+    as int64s above (a message of each, laid out together and apart).  An offset wrong in
+    tracebulk._FROM_ENTRY, or a byte column written to the wrong offset, fails this."""
     from scoopexec.broker import scheduling
     from scoopexec.broker.ledger import Ledger, task_entries
     from scoopexec.wire import protocol as P
@@ -729,21 +845,24 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
         tid += n
     odd = [((tid, 0, 2), [fb, b"y"]), ((tid + 1, 0, 3), [fa, b"p", b"q"])]  # another function; three frames
     ledger.submit(b"C", odd, ledger.clients[b"C"])
+    big = [((tid + 2 + i, 0, 2), [fa, b"z" * (250 + 3 * i)]) for i in range(12)]  # bytes in: 256 and more
+    ledger.submit(b"C", big, ledger.clients[b"C"])
     bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
     loop._bulk_from = 10**9
     sent = []
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        bulk.on_dispatch(w, batch, task_entries(batch, []))  # (as the broker calls it)
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))  # (as the broker calls it)
         loop.on_dispatch(w, batch)
         sent += [(t.btid, 1_700_000_123.25) for t in batch]
     by_tid = {t.tid: t for t in ledger.tasks.values()}
 
-    def result(tids, frames_each=1, status_of=lambda i: i % 3):
+    def result(tids, frames_each=1, status_of=lambda i: i % 3, out=lambda i: i % 5):
         entries = [(by_tid[i].btid, status_of(i), frames_each, 1.7e9 + i / 8, i / 1024) for i in tids]
         frames = [P.pack(P.RESULT, entries)]
         for i in tids:
-            frames += [b"r" * (i % 5)] * frames_each
-        loop.on_results(a, entries, frames, ledger.tasks)  # (as the broker called it before finish)
+            frames += [b"r" * out(i)] * frames_each
+        loop.on_results(a, entries, frames, dict(ledger.tasks))  # (the broker's table, before finish)
         done: list[Task] = []
         bodies = [frames[1 + j * frames_each : 1 + (j + 1) * frames_each] for j in range(len(tids))]
         ledger.finish(a, zip(entries, bodies, strict=True), None, done)
@@ -756,27 +875,36 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     result([120, 20, 21, 22, 23])  # another function
     result([121, 24, 25, 26])  # a task of three frames
     result([27, 28])  # a message of two
-    assert not bulk._later.nin
-    result(range(29, 50))  # one Source
+    result(range(29, 33))  # statuses that differ within the message
+    assert not bulk._later.count
+    result(range(33, 50), status_of=lambda i: 0)  # one Source
+    assert bulk._later.count == 17 and bulk.recorded == loop.recorded
+    result([122, 123])  # (to the loop, whose records wait after those: Pending.add_done)
+    assert bulk._later.count == 17 and bulk._later.pending == 19 and bulk.recorded == loop.recorded
     mixed = [i for pair in zip(range(50, 80), range(80, 110), strict=True) for i in pair]
-    result(mixed + list(range(110, 120)))  # two Sources, interleaved, then a third
-    assert len(bulk._later.nin) == 21 + 70, "the messages of tiny tasks went through _bulk"
+    result(mixed + list(range(110, 120)), status_of=lambda i: 1)  # two Sources, interleaved, then a third
+    result(range(124, 128), status_of=lambda i: 0)  # bytes in of 256 and more
+    result(range(128, 134), status_of=lambda i: 0, out=lambda i: 200 + 20 * (i % 4))  # and out
+    assert bulk._later.count == 17 + 70 + 4 + 6 and bulk._later.wide == 3, "through _bulk"
+    assert bulk.recorded == loop.recorded
     a_raw, b_raw = bulk.raw(), loop.raw()
-    # 122 tasks, 10 twice: the loop keeps a result repeated in one message, as it always did
-    assert not bulk._later.nin and bulk.recorded == loop.recorded == 123
-    assert bytes(a_raw.records) == bytes(b_raw.records)
+    # 134 tasks, 10 once though its result came twice in one message (Ledger.finish took one)
+    assert not bulk._later.count and bulk.recorded == loop.recorded == 134
+    assert [r[0] for r in bulk.records].count(by_tid[10].btid) == 1
+    assert a_raw.blocks and not b_raw.blocks  # (records laid out in bulk come in blocks of their own)
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
     assert bytes(a_raw.sent) == bytes(b_raw.sent)
-    assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 122
+    assert list(trace_mod.tracefile.DISPATCH.iter_unpack(a_raw.sent)) == sent and len(sent) == 134
     assert a_raw.values == b_raw.values
 
 
 def test_copy_words_copies_each_field_at_odd_strides():
-    """trace._copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
+    """tracebulk.copy_words moves 8-byte fields between layouts of odd record sizes (81-byte
     records, 29-byte RESULT entries) by whole words, eight residues at a time: any count of
     records (fewer than 8 included), any offsets, the bytes around left as they were."""
     import random
 
-    from scoopexec.trace import _copy_words
+    from scoopexec.tracebulk import copy_words
 
     rnd = random.Random(5)
     for _ in range(300):
@@ -788,5 +916,5 @@ def test_copy_words_copies_each_field_at_odd_strides():
             d, s = base + at + i * dstep, off + i * sstep
             want[d : d + 8] = src[s : s + 8]
         with memoryview(dst) as dv, memoryview(src) as sv:
-            _copy_words(dv, base + at, dstep, sv, off, sstep, m)
+            copy_words(dv, base + at, dstep, sv, off, sstep, m)
         assert dst == want, (m, dstep, sstep, at, off, base)

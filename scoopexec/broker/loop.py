@@ -508,9 +508,9 @@ class Broker:
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         frames: list[Any] = [b""]
         flat = task_entries(batch, frames)
-        if self.trace is not None:
-            self.trace.on_dispatch(w, batch, flat)
         frames[0] = P.pack_flat(P.TASKS, len(batch), flat)
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch, flat, frames[0])
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send
