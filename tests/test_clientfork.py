@@ -95,6 +95,28 @@ def test_a_fresh_template_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
         ScoopExecutor(max_workers=1)
 
 
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def import_only_there() -> str:
+    import only_on_workers_path  # type: ignore[import-not-found]
+
+    return only_on_workers_path.WHERE
+
+
+def test_env_read_at_start_up_means_a_fresh_template(tmp_path) -> None:
+    # A fork has started already: PYTHONPATH in env= would not reach its sys.path.
+    (tmp_path / "only_on_workers_path.py").write_text("WHERE = 'found'\n")
+    with ScoopExecutor(max_workers=1, env={"PYTHONPATH": str(tmp_path)}) as ex:
+        assert _origin(ex) == "interpreter"
+        assert ex.submit(import_only_there).result(timeout=60) == "found"
+    assert _single_threaded()  # (the first pool's thread has ended)
+    with ScoopExecutor(max_workers=1, env={"MY_SETTING": "1"}) as ex:  # one read later: a fork will do
+        assert _origin(ex) == "client"
+        assert ex.submit(env_value, "MY_SETTING").result(timeout=60) == "1"
+
+
 def test_the_workers_get_fresh_signal_and_logging_handlers() -> None:
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     handler = logging.StreamHandler(sys.stderr)

@@ -23,8 +23,9 @@ DEAP's ``creator.create`` does not -- make it before the pool).  Every descripto
 client had open then stays open in the template and its workers until they exit (a pipe
 to a program the client started keeps that program from seeing its end of file while the
 pool lives).  ``SCOOPEXEC_WORKER_START=template`` (or ``mp_context=`` a 'spawn' context,
-or ``python=`` another interpreter) gives workers that inherit nothing;
-``worker_memory_limit=`` too, since a fork's resident memory counts the client's pages.
+``python=`` another interpreter, ``env=`` naming a variable read at start-up such as
+PYTHONPATH: STARTUP_VARIABLES) gives workers that inherit nothing; ``worker_memory_limit=``
+too, since a fork's resident memory counts the client's pages.
 
 The fork is made hygienic, so that nothing of the client acts in it:
 
@@ -56,6 +57,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any, NoReturn
@@ -66,9 +68,12 @@ from .contract import LaunchOptions
 from .forkstart import Template, serve, start_method
 from .local import limit_threads, use_socketpairs, worker_env
 
-__all__ = ["ClientFork", "fork_template", "single_threaded", "template_for"]
+__all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_template", "single_threaded", "template_for"]
 
 log = logging.getLogger("scoopexec")
+# env= variables that act when a process or an interpreter starts (PYTHONPATH, PYTHONHASHSEED,
+# LD_PRELOAD...), which a fork has done already.
+STARTUP_VARIABLES = ("PYTHON", "LD_")
 
 
 def single_threaded() -> bool:
@@ -77,6 +82,18 @@ def single_threaded() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
+
+
+def _settles(within: float = 0.05) -> bool:
+    """Whether this process comes down to one thread within ``within`` s, when no other Python
+    thread is alive: the thread of a pool just shut down has ended, but the OS may list it a
+    moment longer (a native library's threads, which never end, make it wait in vain)."""
+    deadline = time.monotonic() + within
+    while threading.active_count() == 1 and time.monotonic() < deadline:
+        time.sleep(0.002)
+        if single_threaded():
+            return True
+    return False
 
 
 class ClientFork:
@@ -126,6 +143,8 @@ def template_for(options: LaunchOptions, n: int) -> Template | None:
         return None  # python= another interpreter
     if options.recycle.get("memory_limit"):
         return None  # a fork's resident memory would count the client's pages
+    if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
+        return None  # env= for the interpreter's start (PYTHONPATH...): only a fresh one reads it
     return fork_template(limit_threads(worker_env(options.env), n), options.cwd if options.keep_cwd else None)
 
 
@@ -133,7 +152,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     """The template of a new pool, forked from this process; None when this process runs more
     than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
     environment; ``cwd``: their directory (None: ours)."""
-    if not single_threaded():
+    if not single_threaded() and not _settles():
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
