@@ -2,9 +2,10 @@
 
     python -m benchmarks.start_parity [--workers 2 --rounds 9]
 
-Same rounds, order rotating: scoopexec with its workers forked from a template (the default,
-deploy/forkstart.py), scoopexec with every worker a fresh interpreter
-(SCOOPEXEC_WORKER_START=spawn), and ProcessPoolExecutor.  Each round builds a pool, maps one
+Same rounds, order rotating: scoopexec with its workers forked from a template that is a fork
+of the client (the default when it runs one thread, deploy/clientfork.py), from a template that
+is a fresh interpreter (SCOOPEXEC_WORKER_START=template, deploy/forkstart.py), scoopexec with
+every worker a fresh interpreter (SCOOPEXEC_WORKER_START=spawn), and ProcessPoolExecutor.  Each round builds a pool, maps one
 0.1 s nap per worker, and shuts it down; printed per contender: the median (and spread) of the
 time from construction to the last worker's first task, and the CPU time of the child processes
 (RUSAGE_CHILDREN: a pool's whole life, start-up, task and exit), which load does not change much.
@@ -34,8 +35,8 @@ def _children_cpu() -> float:
 def one(mode: str, workers: int) -> tuple[float, int, float]:
     from scoopexec import ScoopExecutor
 
-    if mode == "spawn":
-        os.environ["SCOOPEXEC_WORKER_START"] = "spawn"
+    if mode in ("spawn", "template"):
+        os.environ["SCOOPEXEC_WORKER_START"] = mode
     else:
         os.environ.pop("SCOOPEXEC_WORKER_START", None)
     c0 = _children_cpu()
@@ -53,16 +54,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
     a = ap.parse_args()
-    modes = ["fork", "spawn", "PPE"]
+    modes = ["fork", "template", "spawn", "PPE"]
     res: dict[str, list[tuple[float, int, float]]] = {m: [] for m in modes}
     for r in range(a.rounds):
-        for m in modes[r % 3 :] + modes[: r % 3]:
+        for m in modes[r % len(modes) :] + modes[: r % len(modes)]:
             res[m].append(one(m, a.workers))
     for m in modes:
         v = res[m]
         first = [x[0] for x in v]
         print(
-            f"{m:5s} {a.workers} workers: last worker's first task {statistics.median(first):.0f} ms "
+            f"{m:8s} {a.workers} workers: last worker's first task {statistics.median(first):.0f} ms "
             f"(spread {min(first):.0f}-{max(first):.0f}), workers used {min(x[1] for x in v)}-"
             f"{max(x[1] for x in v)}, CPU of child processes {statistics.median([x[2] for x in v]):.0f} ms "
             f"({a.rounds} rounds)"

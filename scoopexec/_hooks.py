@@ -7,7 +7,9 @@
   joblib gets the ``"scoop"`` backend; DEAP's creator classes stop being
   re-created on every unpickling.  The other library is loaded by then, so
   this costs little; a program that never imports joblib or DEAP pays
-  nothing.  Workers import scoopexec too, so both hold in tasks.
+  nothing.  Workers import scoopexec too, so both hold in tasks; a worker
+  that was forked from its client with them imported registers them again
+  (``on_worker()``).
 * **source checkouts**: the integrations live in the top-level
   ``integrations/`` folder and install as ``scoopexec.integrations``; when
   scoopexec is used straight from a source tree (tests, ``PYTHONPATH``), a
@@ -113,6 +115,15 @@ class _SourceIntegrations(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(
             fullname, init, submodule_search_locations=[_SOURCE_INTEGRATIONS]
         )
+
+
+def on_worker() -> None:
+    """This process became a worker: the integrations it had imported already (a worker forked
+    from its client has the client's, deploy/clientfork.py) register again, now that they can
+    see they are on a worker (joblib's per-task ``parallel_config`` state is set up only there)."""
+    for trigger, target in HOOKS.items():
+        if target in sys.modules and trigger in sys.modules:
+            _run_hook(trigger)
 
 
 def install() -> None:

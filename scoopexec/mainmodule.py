@@ -3,7 +3,9 @@
 ``describe()`` runs in the client and says how to find its main module;
 ``run()`` runs in a worker and executes that module under the name
 ``__mp_main__`` (so code under ``if __name__ == "__main__":`` does not run),
-then makes it ``sys.modules["__main__"]`` too.  Classes a script creates at
+then makes it ``sys.modules["__main__"]`` too -- unless the worker descends from a
+fork of the client made while that module ran (``executing()``), which has it already,
+as far as it ran then (``inherit()``).  Classes a script creates at
 top level -- DEAP's ``creator.create``, dataclasses -- then exist on workers,
 and pickles that refer to them by name resolve.
 
@@ -26,6 +28,7 @@ from .errors import MainGuardError
 from .wire.serialize import user_traceback
 
 MAIN_ALIAS = "__mp_main__"
+_inherited: dict[str, Any] | None = None  # the main module (describe()) a fork of the client brought
 
 
 def describe() -> dict[str, Any]:
@@ -56,8 +59,34 @@ def alias_in_client() -> None:
         sys.modules.setdefault(MAIN_ALIAS, main)
 
 
+def executing() -> bool:
+    """Whether the main module's code runs now, on this thread (its top level or one of its
+    functions is on the stack): a fork made now has that module, as far as it ran."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    namespace = main.__dict__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is namespace:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def inherit(info: dict[str, Any]) -> None:
+    """This process is a fork of its client, made while the client ran the main module that
+    ``info`` (describe()) names: run() of that module leaves the one here as it is."""
+    global _inherited
+    _inherited = dict(info) if info else None
+    alias_in_client()
+
+
 def run(info: dict[str, Any]) -> bool:
-    """Execute the client's main module here; False when there was nothing to do."""
+    """Execute the client's main module here; False when there was nothing to do (or it is here
+    already, in a fork of the client: inherit())."""
+    if info and info == _inherited:
+        return False
     current = sys.modules.get(MAIN_ALIAS)
     name = info.get("name")
     path = info.get("path")

@@ -17,6 +17,32 @@ from scoopexec import ScoopExecutor  # noqa: E402
 from tests import skip_gate  # noqa: E402
 
 
+def _numpy_without_blas_threads() -> None:
+    """Load numpy (tests import it) with one BLAS thread, the environment restored after.
+
+    OpenBLAS starts its threads when numpy loads, for good: the test process would then never
+    again run a single thread, and every pool the tests make would take the fallback of
+    deploy/clientfork.py (a fresh template) rather than the default, a fork of the client.
+    """
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ.setdefault(name, "1")
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_numpy_without_blas_threads()
+
+
 def pytest_configure(config):
     skip_gate.configure(config)  # under CI=true, a skip not on tests/allowed_skips.txt fails the run
 

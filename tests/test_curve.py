@@ -160,7 +160,9 @@ def test_client_without_key_is_told_to_use_one(secured_broker, tmp_path, monkeyp
 
 
 def _rogue(addr: str, keys: Credentials | None) -> zmq.Socket:
-    ctx = zmq.Context.instance()
+    # Its own context, ended after: ZeroMQ's I/O threads must not outlive the test in this
+    # process, else its later pools could not be forks of it (deploy/clientfork.py).
+    ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     if keys is not None:
@@ -190,6 +192,7 @@ def test_unauthenticated_peers_get_no_task(secured_broker, tmp_path):
     finally:
         for r in rogues:
             r.close(0)
+            r.context.term()
 
 
 def test_embedded_pool_on_all_interfaces_is_secured(tmp_path):

@@ -66,9 +66,22 @@ def test_workers_are_forked_from_one_template_and_it_ends_with_the_pool() -> Non
         parents = {ppid for ppid, _ in seen.values()}
         assert len(parents) == 1 and os.getpid() not in parents  # (spawned: our children)
         template = parents.pop()
-        assert "scoopexec.deploy.forkstart" in " ".join(psutil.Process(template).cmdline())
+        # A fork of this (single-threaded) process: deploy/clientfork.py
+        assert ex._session.workers.local.template.origin == "client"
+        assert psutil.Process(template).ppid() == os.getpid()
+        assert psutil.Process(template).cmdline() == psutil.Process().cmdline()
         # A fork copies the template's random state; each worker must draw its own numbers.
         assert len({r for _, r in seen.values()}) == 2
+    assert _gone([template, *seen]) == []
+
+
+def test_a_fresh_template_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "template")
+    with ScoopExecutor(max_workers=2) as ex:
+        seen = _both_workers(ex)
+        assert ex._session.workers.local.template.origin == "interpreter"
+        (template,) = {ppid for ppid, _ in seen.values()}
+        assert "scoopexec.deploy.forkstart" in " ".join(psutil.Process(template).cmdline())
     assert _gone([template, *seen]) == []
 
 

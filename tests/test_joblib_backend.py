@@ -23,11 +23,14 @@ from tests.conftest import ROOT, run_script
 
 def _live_children():
     """Our live descendants but the template a pool forks its workers from (deploy/forkstart.py):
-    our child with that command line (its workers, forks of it, have it too but are its children)."""
+    our child with that command line, or with ours (a fork of this process, deploy/clientfork.py);
+    its workers, forks of it, have it too but are its children."""
     out = set()
+    ours = psutil.Process().cmdline()
     for p in psutil.Process().children(recursive=True):
         try:
-            template = p.ppid() == os.getpid() and "scoopexec.deploy.forkstart" in " ".join(p.cmdline())
+            cmd = p.cmdline()
+            template = p.ppid() == os.getpid() and ("scoopexec.deploy.forkstart" in " ".join(cmd) or cmd == ours)
             if p.status() != psutil.STATUS_ZOMBIE and not template:
                 out.add(p.pid)
         except psutil.NoSuchProcess:

@@ -8,6 +8,11 @@ import pytest
 
 from tests.conftest import run_script
 
+# Workers that import the script: those of a fresh template.  A fork of the client made while
+# the script runs (the default, deploy/clientfork.py) has it already and imports nothing, so a
+# script's top level never runs there (tests/test_clientfork.py).
+IMPORTING = {"SCOOPEXEC_WORKER_START": "template"}
+
 
 def test_classes_made_at_script_top_level_unpickle_on_workers():
     r = run_script(
@@ -55,6 +60,7 @@ def test_unguarded_pool_creation_is_refused_on_workers():
         ex.shutdown()
         """,
         timeout=90,
+        env=IMPORTING,
     )
     out = r.stdout.decode()
     assert "error:" in out and "__main__" in out, (out, r.stderr.decode())
@@ -73,6 +79,7 @@ def test_a_missing_main_guard_is_one_short_error_naming_the_script_line_and_the_
         """,
         script_dir=tmp_path,
         timeout=90,
+        env=IMPORTING,
     )
     err = r.stderr.decode()
     assert r.returncode == 1 and r.stdout == b"", err
@@ -106,6 +113,7 @@ def test_a_script_that_fails_on_import_in_workers_shows_its_own_frames(tmp_path)
         """,
         script_dir=tmp_path,
         timeout=90,
+        env=IMPORTING,
     )
     err = r.stderr.decode()
     assert r.returncode == 1, err

@@ -88,9 +88,16 @@ def _worker(addr: str, *args: str, env: dict[str, str] | None = None) -> subproc
     )
 
 
+def _close(sock: zmq.Socket[bytes]) -> None:
+    sock.close(0)
+    sock.context.term()
+
+
 def _keyless_peer(addr: str) -> zmq.Socket[bytes]:
-    """A local process's DEALER with no keys, posing as a worker that wants tasks."""
-    s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    """A local process's DEALER with no keys, posing as a worker that wants tasks.  Its own
+    context (ended by _close): ZeroMQ's I/O threads must not outlive the test in this process,
+    else its later pools could not be forks of it (deploy/clientfork.py)."""
+    s: zmq.Socket[bytes] = zmq.Context().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(addr)
     hello = {"role": P.WORKER, "pid": 1, "host": "x", "tag": "", "name": "x", "held": []}
@@ -125,7 +132,7 @@ def test_standalone_broker_on_loopback_is_curve_and_its_user_needs_no_key_argume
             _stop(w)
     finally:
         if peer is not None:
-            peer.close(0)
+            _close(peer)
         _stop(broker)
     assert not os.path.exists(key), "the broker removes its local key when it stops"
 
@@ -140,7 +147,7 @@ def test_embedded_bind_on_loopback_is_curve(runtime):
             assert [f.result(timeout=60) for f in futs] == list(range(20))
             assert not peer.poll(500), "a peer without a key received a task"
         finally:
-            peer.close(0)
+            _close(peer)
         port = int(ex.endpoint.rsplit(":", 1)[1])
         assert os.path.exists(local_key_path(port))  # for this user's hand-started workers
     assert not os.path.exists(local_key_path(port))
@@ -345,12 +352,12 @@ def test_keygen_keeps_an_existing_key(tmp_path):
     )
     assert r.returncode == 2 and b"exists" in r.stderr
     assert _keygen(path, "--server", server) == first  # only the broker key is set
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock = zmq.Context().socket(zmq.DEALER)
     try:
         with pytest.raises(ValueError, match="no broker key"):
             Credentials(b"", b"x" * 40, b"y" * 40).apply(sock)
     finally:
-        sock.close(0)
+        _close(sock)
 
 
 # ----------------------------------------------------------------- addresses

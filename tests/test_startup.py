@@ -49,7 +49,10 @@ def test_importing_the_worker_loads_nothing_of_the_client() -> None:
     assert [m for m in CLIENT_ONLY if m in loaded] == []
 
 
-def test_a_running_worker_has_loaded_nothing_of_the_client() -> None:
+def test_a_running_worker_has_loaded_nothing_of_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker forked from a fresh template; one forked from the client has what the client had
+    # (deploy/clientfork.py) and imports nothing to start.
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "template")
     with ScoopExecutor(max_workers=1) as ex:
         loaded = set(ex.submit(loaded_modules).result(timeout=60))
     assert "scoopexec.worker.worker" in loaded
@@ -78,7 +81,10 @@ def test_the_template_loads_no_zmq_nor_hashlib() -> None:
     assert [m for m in LOCAL_WORKER_NEEDS_NOT if m in loaded] == []
 
 
-def test_a_local_worker_runs_without_them_and_a_zmq_worker_still_loads_zmq() -> None:
+def test_a_local_worker_runs_without_them_and_a_zmq_worker_still_loads_zmq(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "template")  # (a fork of the client has zmq)
     with ScoopExecutor(max_workers=1) as ex:
         loaded = set(ex.submit(loaded_modules).result(timeout=60))
     assert "scoopexec.worker.worker" in loaded

@@ -8,11 +8,12 @@
                                       (set_running_or_notify_cancel when a task is
                                        handed to a worker; cancelled ones are dropped)
 
-The client is the broker's in-process peer (broker/ports.InProcessPort), so a round
-trip costs two socket hops; the submitting thread dispatches its own task when the
-broker's loop sleeps, and the thread waiting in ``result()`` reads the result from the
-worker's link itself (broker/leader.py), so that a short round trip wakes no other
-thread of this process.  The
+The local workers' template is made first, a fork of this process when it still runs a
+single thread then (deploy/clientfork.py).  The client is the broker's in-process peer
+(broker/ports.InProcessPort), so a round trip costs two socket hops; the submitting
+thread dispatches its own task when the broker's loop sleeps, and the thread waiting in
+``result()`` reads the result from the worker's link itself (broker/leader.py), so that
+a short round trip wakes no other thread of this process.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
 the broker also listens on a private ipc socket in a 0700 directory (for standalone
 workers and status queries; on loopback TCP with CURVE when no socket path short
@@ -36,6 +37,7 @@ import zmq
 from .. import pools
 from ..broker.leader import Leader
 from ..broker.loop import Broker
+from ..deploy import clientfork
 from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, Target
 from ..deploy.local import LocalWorkers, use_socketpairs
@@ -78,7 +80,15 @@ class EmbeddedSession(Session):
     ) -> None:
         if bind is not None:
             check_endpoint(bind, secure=True, what="bind endpoint")
-        super().__init__(setup)
+        # First, while this process may still run one thread: the local workers' template, a
+        # fork of this process if it does (before the broker's sockets, pipes and threads exist).
+        template = clientfork.template_for(options, n)
+        try:
+            super().__init__(setup)
+        except BaseException:
+            if template is not None:
+                template.stop()
+            raise
         self.launch_options = options
         self.trace = trace
         self.ctx: zmq.Context[Any] = zmq.Context()
@@ -124,9 +134,12 @@ class EmbeddedSession(Session):
                     heartbeat_timeout=options.heartbeat_timeout,
                     link=self.broker.links.add if use_socketpairs() else None,
                     keys=local_keys,
+                    template=template,
                 )
             )
         except BaseException:
+            if template is not None:
+                template.stop()
             self._cleanup_dir()
             if getattr(self, "broker", None) is not None:
                 self.broker.close()

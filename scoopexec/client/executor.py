@@ -47,9 +47,10 @@ __all__ = ["ScoopExecutor"]
 log = logging.getLogger("scoopexec")
 
 
-def _check_mp_context(ctx: Any) -> None:
+def _check_mp_context(ctx: Any) -> bool:
+    """Whether local workers may be forks of this process (deploy/clientfork.py): no mp_context."""
     if ctx is None:
-        return
+        return True
     get = getattr(ctx, "get_start_method", None)
     if not callable(get):
         raise TypeError(
@@ -59,10 +60,11 @@ def _check_mp_context(ctx: Any) -> None:
     method = get()
     if method not in ("spawn", "forkserver"):
         raise ValueError(
-            f"mp_context with the {method!r} start method cannot be honoured: scoopexec workers are "
-            "fresh interpreters (as with 'spawn') and inherit nothing from this process; pass "
-            "multiprocessing.get_context('spawn') or leave mp_context out"
+            f"mp_context with the {method!r} start method cannot be honoured: scoopexec's local workers "
+            "are forks of this process only when it runs a single thread, else fresh interpreters; pass "
+            "multiprocessing.get_context('spawn') for workers that inherit nothing, or leave mp_context out"
         )
+    return False
 
 
 def _refusal(link: Session, shut_down: bool) -> Exception:
@@ -99,10 +101,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
 
     Arguments:
         max_workers: local worker processes to start (must be > 0).
-        mp_context: accepted for compatibility with ProcessPoolExecutor.  Workers
-            are always fresh interpreters started by command, which is what the
-            'spawn' and 'forkserver' start methods give; a 'fork' context is
-            refused (ValueError), since what a fork inherits cannot be.
+        mp_context: as ProcessPoolExecutor's: a 'spawn' or 'forkserver' context makes workers that
+            inherit nothing (by default they descend from a fork of this process when it runs
+            one thread: deploy/clientfork.py); a 'fork' context is refused (ValueError).
         initializer, initargs: called as ``initializer(*initargs)`` in every
             worker before its first task of this executor; if it raises, the
             executor is broken (``InitializerError``).
@@ -184,7 +185,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
                 raise TypeError("max_workers must be an integer or None")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
-        _check_mp_context(mp_context)
+        fork_client = _check_mp_context(mp_context)
         if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
             raise ValueError(
                 f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "
@@ -217,6 +218,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             connect_timeout=connect_timeout,
             launch_timeout=launch_timeout,
             recycle=recycle_flags(max_tasks_per_child, worker_memory_limit, worker_max_lifetime),
+            fork_client=fork_client,
         )
         recorder: TraceRecorder | None = None
         if trace is not None:

@@ -191,6 +191,7 @@ class LaunchOptions:
     connect_timeout: float = 10.0  # for ssh to connect to a host
     launch_timeout: float = 60.0  # for launched workers to connect to the broker
     recycle: dict[str, Any] = field(default_factory=dict)  # max_tasks, memory_limit, max_lifetime (OPTIONS)
+    fork_client: bool = True  # local workers may descend from a fork of the client (deploy/clientfork.py)
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

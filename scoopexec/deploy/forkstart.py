@@ -9,26 +9,31 @@ workers, and two such starts on two busy cores delayed a pool's first batch by
 ::
 
   client (LocalWorkers)                      template (one per pool)         worker
-  Template() --Popen: python -c serve()-->   imports scoopexec.worker.main
+  Template.start() --Popen: python -c serve()--> imports scoopexec.worker.main
+  (or clientfork.fork_template(): os.fork() of the client --> serve())
   fork(argv, [stdin, note, link]) --SEQPACKET + SCM_RIGHTS-->  os.fork() --> setsid, fds in place,
             <-- {"seq", "pid"} ---------------------------                  worker main(argv)
             <-- {"seq", "rc"} (its exit status, reaped on SIGCHLD)
   kill(seq) --------------------------------------------->  SIGKILL, if not reaped yet
 
-The template is a fresh interpreter itself, started like a worker (same interpreter,
-environment and directory), never a fork of the client (whose threads may hold locks),
-and it starts no thread, so forking it is safe.  N workers then cost one interpreter's
-start-up and N forks.  Each worker gets what a spawned one gets: its own session, the
+The template is a fork of the client when the client runs a single thread at the pool's
+construction, before the pool starts any (deploy/clientfork.py: no interpreter start, no
+imports); otherwise -- another thread could hold a lock that the fork would inherit held
+-- or with ``SCOOPEXEC_WORKER_START=template``, a fresh interpreter started like a worker
+(same interpreter, environment and directory).  Either starts no thread, so forking it
+is safe.  N workers then cost one fork of the client (or one interpreter's start-up)
+and N forks.  Each worker gets what a spawned one gets: its own session, the
 stdin pipe whose end of file stops it, its exit-note pipe and its socketpair link (the
 client made them all and sends them over), and the same command line.  Once the worker's
-main() returns, it leaves the template's loop and exits the way a spawned one does.
+main() returns, it leaves the template's loop and exits the way a spawned one does (a
+fork of the client: with os._exit, see clientfork.py).
 
 The template lives as long as its pool's workers: LocalWorkers.stop() ends the workers
 first, then closes the template's stdin, on which it exits; if the client dies, the
 template sees its stdin end too and kills the workers still there after a grace period
 (they normally exit on their own stdin first).  Remote workers (ssh, srun, a worker
 group) are still started by command; ``SCOOPEXEC_WORKER_START=spawn`` starts local
-ones by command too.
+ones by command too (:func:`start_method`).
 """
 
 from __future__ import annotations
@@ -48,32 +53,62 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ForkedProcess", "Template", "await_pids", "serve", "use_template"]
+__all__ = [
+    "START_METHODS", "ForkedProcess", "Template", "await_pids", "serve", "start_method", "use_template",
+]  # fmt: skip
 
-START_ENV = "SCOOPEXEC_WORKER_START"  # "spawn": every local worker is a fresh interpreter
+START_ENV = "SCOOPEXEC_WORKER_START"  # how an embedded pool's local workers start: START_METHODS
+START_METHODS = ("fork", "template", "spawn")
 GRACE = 2.0  # s the template's workers get to exit on their own once the client is gone
 _MAX_FDS = 4
 _FD_FLAGS = ("--exit-fd", "--link-fd")  # the flags whose values are received descriptors
 
 
+def start_method() -> str:
+    """How an embedded pool's local workers start, from SCOOPEXEC_WORKER_START (ValueError if it
+    is none of START_METHODS): "fork" (the default) forks them from a template that is a fork of
+    the client when it runs a single thread (deploy/clientfork.py), else a fresh interpreter;
+    "template" always from a fresh interpreter; "spawn" starts each by command.  Not on Linux:
+    "spawn"."""
+    value = os.environ.get(START_ENV, "") or "fork"
+    if value not in START_METHODS:
+        raise ValueError(f"{START_ENV}={value!r}: expected one of {', '.join(START_METHODS)}")
+    linux = hasattr(os, "fork") and sys.platform.startswith("linux")
+    return value if linux else "spawn"
+
+
 def use_template() -> bool:
     """Whether local workers are forked from a template (Linux, unless SCOOPEXEC_WORKER_START=spawn)."""
-    linux = hasattr(os, "fork") and sys.platform.startswith("linux")
-    return linux and os.environ.get(START_ENV, "") != "spawn"
+    return start_method() != "spawn"
 
 
 # ---------------------------------------------------------------- client side
 class Template:
     """The template process of one pool (client side): fork requests and exit statuses."""
 
-    def __init__(self, python: str, env: dict[str, str], cwd: str | None) -> None:
+    def __init__(self, proc: Any, sock: socket.socket, origin: str = "interpreter") -> None:
+        """``proc``: the template process (``pid``, ``stdin``, ``wait()``, ``kill()``, as Popen's);
+        ``sock``: our end of its control socket; ``origin``: how it was made, "interpreter" (a
+        fresh one, :meth:`start`) or "client" (a fork of this process, deploy/clientfork.py)."""
+        self.proc = proc
+        self.sock = sock
+        self.origin = origin
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet
+        self._by_seq: dict[int, ForkedProcess] = {}
+        self.gone = False  # the template exited (or its socket broke): no more news from it
+
+    @classmethod
+    def start(cls, python: str, env: dict[str, str], cwd: str | None) -> Template:
+        """A template that is a fresh interpreter, started like a worker: it imports the worker."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             "import sys, scoopexec.worker.main as m; from scoopexec.deploy.forkstart import serve; "
             f"sys.exit(serve({theirs.fileno()}, m.main))"
         )
         try:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [python, "-c", code],
                 stdin=subprocess.PIPE,
                 env=env,
@@ -87,12 +122,7 @@ class Template:
             raise
         finally:
             theirs.close()
-        self.sock = ours
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet
-        self._by_seq: dict[int, ForkedProcess] = {}
-        self.gone = False  # the template exited (or its socket broke): no more news from it
+        return cls(proc, ours)
 
     def fork(self, argv: list[str], fds: list[int], stdin: IO[bytes]) -> ForkedProcess:
         """Ask for a worker running ``argv`` (after ``-m scoopexec worker``'s ``-m`` part) with

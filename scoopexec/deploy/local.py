@@ -2,9 +2,10 @@
 
 Workers run ``python -m scoopexec worker --connect ...`` (contract.py), never forks of a
 client that holds sockets and threads: an embedded pool's workers (``link``) are forked
-from a template process that imported the worker once (forkstart.py); others are fresh
-interpreters started by command.  Each gets a pipe as stdin and exits when it reads EOF, so workers
-never outlive the process that started them, whatever way it ends.  When the
+from a template process (forkstart.py) -- a fork of the client made while it still ran a
+single thread (clientfork.py), or a fresh interpreter that imported the worker once;
+others are fresh interpreters started by command.  Each gets a pipe as stdin and exits
+when it reads EOF, so workers never outlive the process that started them, whatever way it ends.  When the
 broker needs CURVE keys, they are the first thing written on that pipe.
 
 ``python -m scoopexec worker -n N`` runs N workers under one supervising
@@ -156,6 +157,7 @@ class LocalWorkers:
         tag_prefix: str = "",
         flags: Mapping[str, Any] | None = None,
         link: Callable[[socket.socket], object] | None = None,
+        template: Template | None = None,
     ) -> None:
         self.connect = connect
         # With `link` (the embedded broker's links.add), each worker gets one end of a
@@ -172,9 +174,10 @@ class LocalWorkers:
         self.heartbeat_timeout = heartbeat_timeout
         self.replace_dead = replace
         self.procs: dict[str, subprocess.Popen[bytes] | ForkedProcess] = {}
-        # Embedded workers are forked from a template (forkstart.py), started with the first.
-        self.template: Template | None = None
-        self._fork = link is not None and use_template()
+        # Embedded workers are forked from a template (forkstart.py): ``template`` (a fork of the
+        # client, clientfork.py), else a fresh interpreter started with the first worker.
+        self.template: Template | None = template
+        self._fork = link is not None and (template is not None or use_template())
         self.started: dict[str, float] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -245,7 +248,7 @@ class LocalWorkers:
         if self._fork:
             try:
                 if self.template is None:
-                    self.template = Template(cmd[0], self.env, self.cwd)
+                    self.template = Template.start(cmd[0], self.env, self.cwd)
                 r, w = os.pipe()
                 stdin = os.fdopen(w, "wb")
                 try:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import greenlet
 
+from .. import _hooks
 from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire import serialize
@@ -725,3 +726,4 @@ def _install_patches() -> None:
     cf.wait = wait  # type: ignore[assignment]
     cf.as_completed = as_completed  # type: ignore[assignment]
     selectors.DefaultSelector = _TaskSelector  # type: ignore[misc,assignment]
+    _hooks.on_worker()  # integrations a fork of the client brought: their worker side

@@ -1,0 +1,261 @@
+"""A pool's worker template made by forking the client itself, when that is safe.
+
+A template that is a fresh interpreter (forkstart.Template.start) spends ~0.1 s of CPU
+starting and importing before it forks the first worker, and each worker then imports the
+user's main module again.  ProcessPoolExecutor's workers on Linux are forks of the client:
+a few milliseconds.  A fork is unsafe in a process with other threads (one of them may hold
+a lock, of malloc, logging or the import system, which the child inherits held forever),
+but a process with exactly one OS thread (Linux: one entry in /proc/self/task, the test
+CPython's own fork warning makes) has no other thread to hold anything.  So an embedded
+pool forks its template from the client when the client has one thread at the pool's
+construction -- the template is made first, before the pool starts its broker thread --
+and falls back to a fresh interpreter otherwise, silently (a log line at debug level):
+a process with a thread of its own (a pool already running, numpy's OpenBLAS threads, a
+watcher) gets today's template.  The template runs forkstart.serve(), as the fresh one
+does; :attr:`forkstart.Template.origin` says which it is ("client" or "interpreter").
+
+What the workers then see is what a fork gives (ProcessPoolExecutor's, on Linux before
+3.14): the client's modules and their state as of the pool's construction, including
+the main module, which a worker does not import again (mainmodule.inherit()); names the
+script defines or changes after that are not there (cloudpickle sends the script's own
+functions and classes by value: those work; a class made later by a registry such as
+DEAP's ``creator.create`` does not -- make it before the pool).  Every descriptor the
+client had open then stays open in the template and its workers until they exit (a pipe
+to a program the client started keeps that program from seeing its end of file while the
+pool lives).  ``SCOOPEXEC_WORKER_START=template`` (or ``mp_context=`` a 'spawn' context,
+``python=`` another interpreter, ``env=`` naming a variable read at start-up such as
+PYTHONPATH: STARTUP_VARIABLES) gives workers that inherit nothing; ``worker_memory_limit=``
+too, since a fork's resident memory counts the client's pages.
+
+The fork is made hygienic, so that nothing of the client acts in it:
+
+* the collector is off across the fork and the child freezes every inherited object
+  (``gc.freeze()``): no client object is collected there, so no ``__del__`` closes or
+  writes to a descriptor the client owns;
+* the client's atexit handlers are dropped in the child, and the template and its
+  workers end with ``os._exit`` (after running only the handlers registered since and
+  flushing their own stdio): neither the client's atexit nor threading's (the executor's
+  shutdown hooks, concurrent.futures') runs there; the client flushes its stdio first;
+* signal handlers the client set are reset to a fresh interpreter's, the logging
+  handlers it added are dropped (the worker forwards its records to the client, which
+  logs them with its handlers), the environment becomes the workers' (env=, thread
+  limits), and the child leads its own session, as a fresh template does;
+* of the descriptors, the child closes exactly the client's ends of the two made for it
+  (its stdin pipe, whose end of file is the client's death, and its control socket) and
+  takes the pipe as its stdin; the client's others are left alone (Python objects own
+  them: closing their numbers here would let a later close hit a reused number);
+* random's state is reseeded by os.register_at_fork, in the template and each worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any, NoReturn
+
+from .. import mainmodule
+from ..worker.main import main as worker_main
+from .contract import LaunchOptions
+from .forkstart import Template, serve, start_method
+from .local import limit_threads, use_socketpairs, worker_env
+
+__all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_template", "single_threaded", "template_for"]
+
+log = logging.getLogger("scoopexec")
+# env= variables that act when a process or an interpreter starts (PYTHONPATH, PYTHONHASHSEED,
+# LD_PRELOAD...), which a fork has done already.
+STARTUP_VARIABLES = ("PYTHON", "LD_")
+
+
+def single_threaded() -> bool:
+    """Whether this process runs exactly one OS thread (False where that cannot be known)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _settles(within: float = 0.05) -> bool:
+    """Whether this process comes down to one thread within ``within`` s, when no other Python
+    thread is alive: the thread of a pool just shut down has ended, but the OS may list it a
+    moment longer (a native library's threads, which never end, make it wait in vain)."""
+    deadline = time.monotonic() + within
+    while threading.active_count() == 1 and time.monotonic() < deadline:
+        time.sleep(0.002)
+        if single_threaded():
+            return True
+    return False
+
+
+class ClientFork:
+    """The template process forked from this one, as forkstart.Template uses it (Popen's
+    ``pid``, ``stdin``, ``poll()``, ``wait()``, ``kill()``)."""
+
+    def __init__(self, pid: int, stdin_fd: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(stdin_fd, "wb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already (SIGCHLD ignored, say)
+                self.returncode = 1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(["scoopexec worker template"], timeout or 0.0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def template_for(options: LaunchOptions, n: int) -> Template | None:
+    """The template of a new embedded pool of ``n`` local workers, forked from this process,
+    if its workers may be forks of the client and it runs a single thread; else None (the pool
+    starts a fresh template, or its workers by command, as LocalWorkers decides)."""
+    if n < 1 or not use_socketpairs() or start_method() != "fork" or not options.fork_client:
+        return None
+    if os.path.realpath(options.python) != os.path.realpath(sys.executable):
+        return None  # python= another interpreter
+    if options.recycle.get("memory_limit"):
+        return None  # a fork's resident memory would count the client's pages
+    if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
+        return None  # env= for the interpreter's start (PYTHONPATH...): only a fresh one reads it
+    return fork_template(limit_threads(worker_env(options.env), n), options.cwd if options.keep_cwd else None)
+
+
+def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
+    """The template of a new pool, forked from this process; None when this process runs more
+    than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
+    environment; ``cwd``: their directory (None: ours)."""
+    if not single_threaded() and not _settles():
+        log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
+        return None
+    main = mainmodule.describe() if mainmodule.executing() else {}
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stdin_r, stdin_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):  # else the child would write our buffered output again
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    collecting = gc.isenabled()
+    gc.disable()  # until the child froze what it inherits
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main)
+    if collecting:
+        gc.enable()
+    os.close(stdin_r)
+    theirs.close()
+    if pid < 0:
+        os.close(stdin_w)
+        ours.close()
+        return None
+    return Template(ClientFork(pid, stdin_w), ours, origin="client")
+
+
+def _child(
+    ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
+    env: dict[str, str], cwd: str | None, main: dict[str, Any],
+) -> NoReturn:  # fmt: skip
+    """The template, forked from the client: leave the client behind, then serve."""
+    code = 1
+    try:
+        gc.freeze()  # every object of the client: never collected here
+        gc.enable()
+        atexit._clear()  # the client's; ours (registered from now on) run at the end
+        os.close(ours.detach())
+        os.close(stdin_w)
+        os.dup2(stdin_r, 0)
+        os.close(stdin_r)
+        os.setsid()
+        _fresh_signals()
+        _drop_log_handlers()
+        os.environ.clear()
+        os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        mainmodule.inherit(main)
+        code = serve(theirs.detach(), worker_main)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _say(exc.code))
+    except BaseException:
+        traceback.print_exc()
+    _exit(code)
+
+
+def _say(what: object) -> int:
+    print(what, file=sys.stderr)
+    return 1
+
+
+def _exit(code: int) -> NoReturn:
+    """End this fork of the client: the atexit handlers registered since the fork, our stdio
+    flushed, and nothing of the client's exit."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def _fresh_signals() -> None:
+    """The signal handlers a fresh interpreter starts with, wherever the client set others."""
+    fresh: dict[int, Any] = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN}
+    if hasattr(signal, "SIGXFSZ"):
+        fresh[signal.SIGXFSZ] = signal.SIG_IGN
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        want = fresh.get(sig, signal.SIG_DFL)
+        try:
+            now = signal.getsignal(sig)
+            if now is not None and now != want:
+                signal.signal(sig, want)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.set_wakeup_fd(-1)
+
+
+def _drop_log_handlers() -> None:
+    """The client's logging handlers (files, its stderr): a worker forwards its records to the
+    client instead, as a fresh one does.  Dropped, not closed: they are the client's."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        if isinstance(logger, logging.Logger):
+            logger.handlers = []

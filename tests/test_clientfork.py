@@ -1,0 +1,220 @@
+"""A pool's worker template is a fork of the client when the client runs one thread
+(deploy/clientfork.py), else a fresh interpreter.
+
+Issue 17: a fresh template cost ~0.13 s (interpreter start and imports) before the first
+worker, and each worker then imported the user's main module again; ProcessPoolExecutor's
+workers are forks of the client.  These tests pin down which path is taken and what a fork of
+the client must not carry over: the client's atexit handlers, signal handlers, logging
+handlers, the import of the main module, and the template's own stdin pipe (its end of file
+is how it learns the client is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.deploy import clientfork
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start is Linux only")
+
+
+def _origin(ex: ScoopExecutor) -> str:
+    return ex._session.workers.local.template.origin
+
+
+def getsignal_is_default(sig: int) -> bool:
+    return signal.getsignal(sig) == signal.SIG_DFL
+
+
+def root_handlers() -> list[str]:
+    return [type(h).__name__ for h in logging.getLogger().handlers]
+
+
+def _single_threaded(within: float = 10.0) -> bool:
+    """Whether this process runs one thread, once what an earlier test left has ended."""
+    deadline = time.monotonic() + within
+    while not clientfork.single_threaded() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return clientfork.single_threaded()
+
+
+@pytest.fixture(autouse=True)
+def _settled() -> None:
+    _single_threaded()  # (a thread an earlier test left, ending: these tests need one thread)
+
+
+def test_a_single_threaded_client_forks_the_template() -> None:
+    # pytest runs no thread of its own, and the conftest loads numpy without BLAS threads: the
+    # pools of the test suite take the default path.
+    assert _single_threaded(), [t.name for t in threading.enumerate()]
+    with ScoopExecutor(max_workers=2) as ex:
+        assert _origin(ex) == "client"
+        template = ex._session.workers.local.template.proc.pid
+        assert psutil.Process(template).ppid() == os.getpid()
+        assert sorted(ex.map(abs, range(-8, 0))) == list(range(1, 9))
+        assert {psutil.Process(p).ppid() for p in ex.worker_pids} == {template}
+
+
+def test_another_thread_running_means_a_fresh_template() -> None:
+    release = threading.Event()
+    t = threading.Thread(target=release.wait, args=(60,), daemon=True)
+    t.start()
+    try:
+        assert not clientfork.single_threaded()
+        with ScoopExecutor(max_workers=2) as ex:
+            assert _origin(ex) == "interpreter"
+            assert sorted(ex.map(abs, range(-8, 0))) == list(range(1, 9))
+    finally:
+        release.set()
+        t.join(10)
+
+
+def test_a_fresh_template_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mp_context= a 'spawn' context: workers that inherit nothing, as ProcessPoolExecutor's.
+    with ScoopExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        assert _origin(ex) == "interpreter"
+        assert ex.submit(abs, -3).result(timeout=60) == 3
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "template")
+    with ScoopExecutor(max_workers=1) as ex:
+        assert _origin(ex) == "interpreter"
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "forks")
+    with pytest.raises(ValueError, match="SCOOPEXEC_WORKER_START='forks': expected one of fork, template, spawn"):
+        ScoopExecutor(max_workers=1)
+
+
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def import_only_there() -> str:
+    import only_on_workers_path  # type: ignore[import-not-found]
+
+    return only_on_workers_path.WHERE
+
+
+def test_env_read_at_start_up_means_a_fresh_template(tmp_path) -> None:
+    # A fork has started already: PYTHONPATH in env= would not reach its sys.path.
+    (tmp_path / "only_on_workers_path.py").write_text("WHERE = 'found'\n")
+    with ScoopExecutor(max_workers=1, env={"PYTHONPATH": str(tmp_path)}) as ex:
+        assert _origin(ex) == "interpreter"
+        assert ex.submit(import_only_there).result(timeout=60) == "found"
+    assert _single_threaded()  # (the first pool's thread has ended)
+    with ScoopExecutor(max_workers=1, env={"MY_SETTING": "1"}) as ex:  # one read later: a fork will do
+        assert _origin(ex) == "client"
+        assert ex.submit(env_value, "MY_SETTING").result(timeout=60) == "1"
+
+
+def test_the_workers_get_fresh_signal_and_logging_handlers() -> None:
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+        with ScoopExecutor(max_workers=1) as ex:
+            assert _origin(ex) == "client"
+            assert ex.submit(getsignal_is_default, signal.SIGUSR1).result(timeout=60)
+            assert "StreamHandler" not in ex.submit(root_handlers).result(timeout=60)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_the_template_ends_on_its_stdin_alone() -> None:
+    # It holds no copy of its stdin pipe's other end (else it would never see its end of file,
+    # and would outlive a client that died).
+    ex = ScoopExecutor(max_workers=1)
+    try:
+        template = ex._session.workers.local.template
+        assert template.origin == "client"
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        workers = ex.worker_pids
+        template.proc.stdin.close()  # what the client's death does; the template kills its workers
+        template.proc.wait(30)
+        assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    finally:
+        ex.shutdown(wait=True)
+
+
+SCRIPT = """
+import atexit, functools, os, sys, textwrap
+from scoopexec import ScoopExecutor
+
+IMPORTS, EXITS = sys.argv[1], sys.argv[2]
+with open(IMPORTS, "a") as fh:  # each process that runs this module's top level says so
+    fh.write(f"{os.getpid()}\\n")
+
+
+def record_exit():
+    with open(EXITS, "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    atexit.register(record_exit)
+    textwrap.MARK = "set by the client before the pool"  # a module the task is sent by reference
+    with ScoopExecutor(max_workers=2) as ex:
+        assert ex._session.workers.local.template.origin == "client"
+        print(ex.submit(functools.partial(getattr, textwrap, "MARK")).result(60))
+        print(sorted(ex.map(square, range(6))))
+        print(len(set(ex.worker_pids)), flush=True)
+"""
+
+
+def test_a_forked_worker_has_the_main_module_and_runs_none_of_the_clients_exit(tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    imports, exits = tmp_path / "imports", tmp_path / "exits"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SCOOPEXEC_WORKER_START", None)
+    p = subprocess.run(
+        [sys.executable, str(script), str(imports), str(exits)],
+        capture_output=True, text=True, timeout=90, env=env, cwd=str(tmp_path), check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["set by the client before the pool", "[0, 1, 4, 9, 16, 25]", "2"]
+    # Imported once, by the client: the workers have it from the fork (with a fresh template
+    # each worker imported it again as __mp_main__: 1 + 2 lines).
+    (client,) = imports.read_text().split()
+    # The client's atexit handler ran in the client only, not in the template or a worker.
+    assert exits.read_text().split() == [client]
+
+
+def test_the_launchers_workers_still_import_the_script(tmp_path) -> None:
+    """The launcher (python -m scoopexec script.py) makes the pool before the script runs: a
+    fork then has none of it, so its workers import the script, as before."""
+    script = tmp_path / "launched.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import functools, textwrap
+            import scoop.futures as futures
+            textwrap.LAUNCHED = 5  # top level: run by whoever imports the script
+            if __name__ == "__main__":
+                print(list(futures.map(functools.partial(getattr, textwrap), ["LAUNCHED"] * 4)))
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SCOOPEXEC_WORKER_START", None)
+    p = subprocess.run(
+        [sys.executable, "-m", "scoopexec", "-n", "2", str(script)],
+        capture_output=True, text=True, timeout=90, env=env, cwd=str(tmp_path), check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[5, 5, 5, 5]"
