@@ -17,9 +17,10 @@ does; :attr:`forkstart.Template.origin` says which it is ("client" or "interpret
 What the workers then see is what a fork gives (ProcessPoolExecutor's, on Linux before
 3.14): the client's modules and their state as of the pool's construction, including
 the main module, which a worker does not import again (mainmodule.inherit()); names the
-script defines or changes after that are not there (cloudpickle sends the script's own
-functions and classes by value: those work; a class made later by a registry such as
-DEAP's ``creator.create`` does not -- make it before the pool).  Every descriptor the
+script defines or changes after that are not there, as on a fresh worker (cloudpickle sends
+the script's own functions and classes by value, and DEAP's creator classes travel by value
+too: integrations/deap.py; a class made later in another module's namespace by some other
+registry is found by name, and is not there).  Every descriptor the
 client had open then stays open in the template and its workers until they exit (a pipe
 to a program the client started keeps that program from seeing its end of file while the
 pool lives).  ``SCOOPEXEC_WORKER_START=template`` (or ``mp_context=`` a 'spawn' context,
