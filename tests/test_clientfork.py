@@ -11,6 +11,7 @@ is how it learns the client is gone).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -218,3 +219,50 @@ def test_the_launchers_workers_still_import_the_script(tmp_path) -> None:
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[5, 5, 5, 5]"
+
+
+_BLAS_SCRIPT = """
+import json, os, sys
+import numpy
+from scoopexec import ScoopExecutor
+from scoopexec.deploy import threadlibs
+
+
+def on_worker():
+    product = numpy.ones((64, 64)) @ numpy.ones((64, 64))
+    return threadlibs.blas_threads(), float(product[0, 0])
+
+
+if __name__ == "__main__":
+    threadlibs.limit(2, None)  # this client's BLAS runs 2 threads, whatever the machine's cores
+    threads = len(os.listdir("/proc/self/task"))
+    with ScoopExecutor(max_workers=2) as ex:
+        origin = ex._session.workers.local.template.origin
+        seen = sorted(set(ex.map(lambda _: on_worker(), range(8))))
+    print(json.dumps({"threads": threads, "origin": origin, "seen": seen, "client": threadlibs.blas_threads()}))
+"""
+
+
+def test_a_client_running_numpys_blas_threads_forks_and_its_workers_get_their_share(tmp_path) -> None:
+    """NumPy's OpenBLAS starts its pool when it loads: a client that imported NumPy runs more
+    than one thread.  OpenBLAS stops that pool around a fork, so the client is still forked,
+    and its workers' BLAS gets the pool's share of the cores, as a fresh worker's environment
+    gives it (a forked worker's OpenBLAS was loaded by the client, with the client's count)."""
+    numpy = pytest.importorskip("numpy")
+    from scoopexec.deploy import threadlibs
+
+    if threadlibs.blas_threads() is None:
+        pytest.skip(f"numpy {numpy.__version__} is not built with an OpenBLAS that can be asked")
+    script = tmp_path / "blas_client.py"
+    script.write_text(_BLAS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("NUM_THREADS", "MAXIMUM_THREADS"))}
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, env=env, cwd=str(tmp_path)
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert got["threads"] == 2 and got["client"] == 2, got  # the client's pool: one thread besides its own
+    assert got["origin"] == "client", got
+    assert got["seen"] == [[share, 64.0]], got

@@ -10,8 +10,11 @@ CPython's own fork warning makes) has no other thread to hold anything.  So an e
 pool forks its template from the client when the client has one thread at the pool's
 construction -- the template is made first, before the pool starts its broker thread --
 and falls back to a fresh interpreter otherwise, silently (a log line at debug level):
-a process with a thread of its own (a pool already running, numpy's OpenBLAS threads, a
-watcher) gets today's template.  The template runs forkstart.serve(), as the fresh one
+a process with a thread of its own (a pool already running, a watcher) gets today's
+template.  The one exception is the pool of a pthreads OpenBLAS (NumPy's starts one as it
+loads), which OpenBLAS itself stops before any fork: a client whose only other threads are
+those is forked too (fork_safe(), deploy/threadlibs.py), and the BLAS and OpenMP libraries
+the client had loaded get the workers' thread counts in the child.  The template runs forkstart.serve(), as the fresh one
 does; :attr:`forkstart.Template.origin` says which it is ("client" or "interpreter").
 
 What the workers then see is what a fork gives (ProcessPoolExecutor's, on Linux before
@@ -65,11 +68,12 @@ from typing import Any, NoReturn
 
 from .. import mainmodule
 from ..worker.main import main as worker_main
+from . import threadlibs
 from .contract import LaunchOptions
 from .forkstart import Template, serve, start_method
 from .local import limit_threads, use_socketpairs, worker_env
 
-__all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_template", "single_threaded", "template_for"]
+__all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_safe", "fork_template", "single_threaded", "template_for"]
 
 log = logging.getLogger("scoopexec")
 # env= variables that act when a process or an interpreter starts (PYTHONPATH, PYTHONHASHSEED,
@@ -85,6 +89,19 @@ def single_threaded() -> bool:
         return False
 
 
+def fork_safe() -> bool:
+    """Whether this process may be forked: it runs one OS thread, or no Python thread besides
+    this one and no thread but the pools of OpenBLAS (NumPy's), which stop around a fork
+    (deploy/threadlibs.py)."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return False
+    if threads == 1:
+        return True
+    return threading.active_count() == 1 and threadlibs.pool_threads() == threads - 1
+
+
 def _settles(within: float = 0.05) -> bool:
     """Whether this process comes down to one thread within ``within`` s, when no other Python
     thread is alive: the thread of a pool just shut down has ended, but the OS may list it a
@@ -92,7 +109,7 @@ def _settles(within: float = 0.05) -> bool:
     deadline = time.monotonic() + within
     while threading.active_count() == 1 and time.monotonic() < deadline:
         time.sleep(0.002)
-        if single_threaded():
+        if fork_safe():
             return True
     return False
 
@@ -153,7 +170,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     """The template of a new pool, forked from this process; None when this process runs more
     than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
     environment; ``cwd``: their directory (None: ours)."""
-    if not single_threaded() and not _settles():
+    if not fork_safe() and not _settles():
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
@@ -203,6 +220,7 @@ def _child(
         _drop_log_handlers()
         os.environ.clear()
         os.environ.update(env)
+        _limit_loaded_libraries(env)
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
@@ -212,6 +230,17 @@ def _child(
     except BaseException:
         traceback.print_exc()
     _exit(code)
+
+
+def _limit_loaded_libraries(env: dict[str, str]) -> None:
+    """The thread counts the workers' environment sets, given to the BLAS and OpenMP the client
+    had loaded (which read the environment when they loaded, not now): else every worker's BLAS
+    would run a thread per core, as the client's does."""
+    try:
+        blas = threadlibs.count(env, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"))
+    except Exception:  # (a library that answers oddly: its workers keep the client's count)
+        traceback.print_exc()
 
 
 def _say(what: object) -> int:

@@ -1,0 +1,140 @@
+"""The native thread pools a client may have loaded before it forks its workers' template.
+
+Two facts for deploy/clientfork.py, read from the libraries themselves (Linux):
+
+* :func:`pool_threads`: how many threads OpenBLAS's own pools account for.  NumPy loads
+  OpenBLAS, which starts a pool of one thread fewer than its thread count at once, so a
+  client that only imported NumPy runs more than one thread.  A pthreads build of OpenBLAS
+  stops that pool before any fork (its ``pthread_atfork`` handler) and starts it again when
+  next needed, so those threads are no reason not to fork.  When the threads of the process
+  beyond its main one are exactly these, and no Python thread runs, the fork is as safe as
+  in a single-threaded process.  An OpenMP build, or a library that cannot be asked, counts
+  as unknown (None): any thread it has then keeps the fresh template.
+* :func:`limit`: a fresh worker's BLAS and OpenMP read their thread count from the
+  environment the pool gives it (deploy/local.limit_threads) when they load; a forked one
+  inherits libraries loaded already, with the client's counts.  The forked template sets
+  those counts itself, through the same calls threadpoolctl uses, before any worker forks.
+
+Only shared objects already mapped into this process are looked at (``/proc/self/maps``);
+nothing is loaded for this.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["blas_threads", "count", "limit", "pool_threads"]
+
+# OpenBLAS's entry points carry a prefix and a suffix in some builds (NumPy's and SciPy's
+# wheels: scipy_openblas_get_num_threads64_).
+_OPENBLAS_AFFIXES = (
+    ("openblas_", ""), ("openblas_", "64_"), ("scipy_openblas_", "64_"), ("scipy_openblas_", ""),
+)  # fmt: skip
+_OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
+_PTHREADS = 1  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+
+
+def _mapped(names: tuple[str, ...]) -> list[str]:
+    """Paths of the shared objects mapped here whose file name starts with one of ``names``."""
+    found: list[str] = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                path = line.rstrip("\n").partition("/")[2]
+                if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
+                    found.append("/" + path)
+    except OSError:
+        pass
+    return found
+
+
+def _function(lib: Any, name: str, restype: Any, argtypes: list[Any]) -> Callable[..., Any] | None:
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        return None
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn  # type: ignore[no-any-return]
+
+
+def _loaded(path: str) -> Any:
+    """The library at ``path`` if it is loaded here already (never loads it), or None."""
+    import ctypes  # (here: a client with no such library never imports ctypes)
+
+    try:
+        return ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return None
+
+
+def _openblas(path: str, what: str, restype: Any, argtypes: list[Any]) -> Callable[..., Any] | None:
+    lib = _loaded(path)
+    if lib is None:
+        return None
+    for prefix, suffix in _OPENBLAS_AFFIXES:
+        fn = _function(lib, f"{prefix}{what}{suffix}", restype, argtypes)
+        if fn is not None:
+            return fn
+    return None
+
+
+def pool_threads() -> int | None:
+    """Threads held by the pools of the OpenBLAS builds loaded here (each: its thread count
+    less one); None if one of them is no pthreads build or cannot be asked."""
+    total = 0
+    for path in _mapped(("libopenblas", "libscipy_openblas")):
+        import ctypes
+
+        parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
+        count = _openblas(path, "get_num_threads", ctypes.c_int, [])
+        if parallel is None or count is None:
+            return None
+        kind = parallel()
+        if kind == _PTHREADS:
+            total += max(0, count() - 1)
+        elif kind != 0:
+            return None
+    return total
+
+
+def blas_threads() -> int | None:
+    """The thread count of the first OpenBLAS loaded here that answers, or None."""
+    for path in _mapped(("libopenblas", "libscipy_openblas")):
+        import ctypes
+
+        fn = _openblas(path, "get_num_threads", ctypes.c_int, [])
+        if fn is not None:
+            return int(fn())
+    return None
+
+
+def limit(blas: int | None, openmp: int | None) -> None:
+    """Give the BLAS and OpenMP libraries loaded here these thread counts (a forked worker's
+    share of the cores, which its environment gives the ones that load later); None: leave."""
+    blas_libs = _mapped(("libopenblas", "libscipy_openblas")) if blas else []
+    openmp_libs = _mapped(_OPENMP_LIBS) if openmp else []
+    if not blas_libs and not openmp_libs:
+        return
+    import ctypes
+
+    for path in blas_libs:
+        fn = _openblas(path, "set_num_threads", None, [ctypes.c_int])
+        if fn is not None:
+            fn(blas)
+    for path in openmp_libs:
+        lib = _loaded(path)
+        fn = None if lib is None else _function(lib, "omp_set_num_threads", None, [ctypes.c_int])
+        if fn is not None:
+            fn(openmp)
+
+
+def count(env: dict[str, str], *names: str) -> int | None:
+    """The first of ``names`` set in ``env`` to a positive integer, as an int; else None."""
+    for name in names:
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
