@@ -24,7 +24,7 @@ One message on the wire::
 
     u32 number of frames n | n x u64 frame lengths | the frames' bytes
 
-Small frames are read in batches and cut out as bytes (``Frame``); a frame of
+Small frames are read in batches and cut out as bytes; a frame of
 BIG bytes or more is read straight into a buffer of its own (``BigFrame``),
 taken from a small per-process pool of buffers that nothing references any
 more, so that repeated large arrays do not pay for fresh pages each time.
@@ -65,16 +65,6 @@ PUSH_WAIT = 0.002  # s a non-blocking sender waits for room while its peer keeps
 POOL_BUFFERS = 4  # large receive buffers a process keeps for reuse ...
 POOL_IDLE_BYTES = 256 << 20  # ... holding at most this much memory while unused ...
 POOL_IDLE_SECONDS = 10.0  # ... and for at most this long
-
-
-class Frame(bytes):
-    """A received frame; ``.bytes`` reads it like a zmq.Frame."""
-
-    __slots__ = ()
-
-    @property
-    def bytes(self) -> bytes:
-        return self
 
 
 class BigFrame(mmap.mmap):
@@ -313,7 +303,9 @@ class Link:
                     continue
                 if end - pos < ln:
                     break
-                frames.append(Frame(mv[pos : pos + ln]))
+                # Plain bytes: a bytes subclass would be made in two steps (a bytes object,
+                # then a copy of it into the subclass's), on every frame received.
+                frames.append(mv[pos : pos + ln].tobytes())
                 pos += ln
                 i += 1
             self._next = i
