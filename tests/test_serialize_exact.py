@@ -261,6 +261,22 @@ def test_one_int_argument_is_written_directly_and_reads_back_exactly():
             assert (len(frames[1]) == 11) == short, (v, frames[1])  # PROTO, BININT, 4 bytes, 4 opcodes
 
 
+def test_encode_named_refuses_a_frame_over_the_limit_on_every_path():
+    # submit() leaves the size check to encode_named (max_message_size); for a function sent
+    # before and one int argument it knows the size without a look: the limit still holds.
+    fn_size = len(S.encode_function(divmod))
+    S.encode_named(divmod, (1,), {})  # (cached now)
+    for args, kwargs in [((1,), {}), ((1, 2), {}), (("x" * 50,), {}), (([1],), {}), ((1,), {"b": 2})]:
+        for fn in (divmod, lambda a, b=0: a):  # cached by name, and pickled by value each time
+            with pytest.raises(errors.MessageTooLargeError, match="max_message_size"):
+                S.encode_named(fn, args, kwargs, len(S.encode_function(fn)) - 1)
+            for limit in (-1, 0, 10**6):
+                assert S.encode_named(fn, args, kwargs, limit)[1] == S.encode_call(fn, args, kwargs)
+    big = len(S.encode_args((b"x" * 1000,), {})[0])  # (the largest frame is named)
+    with pytest.raises(errors.MessageTooLargeError, match=f"a {big}-byte message"):
+        S.encode_named(divmod, (b"x" * 1000,), {}, fn_size + 20)
+
+
 def test_a_none_result_is_the_same_bytes_and_is_not_unpickled_again():
     # A worker sends None as dumps() would; the client reads those bytes as None without
     # unpickling (client/future.settle_all), and anything else as its pickle says.

@@ -399,31 +399,55 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     return frames
 
 
-_named: dict[Any, tuple[str, bytes]] = {}  # fn -> (describe(fn), its frame), for encode_named
+_named: dict[Any, tuple[str, bytes, int]] = {}  # fn -> (describe(fn), its frame, the frame's size + 11)
 
 
-def encode_named(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Frames]:
+def encode_named(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = -1
+) -> tuple[str, Frames]:
     """(describe(fn), encode_call(fn, args, kwargs)): what a submit() needs, in one call and,
-    for a function already sent with plain arguments, one look-up (on every submit)."""
+    for a function already sent with plain arguments, one look-up (on every submit).
+
+    With ``limit`` > 0, a message larger than that raises MessageTooLargeError (too_large);
+    for a function already sent and one int argument, its size is known without a look.
+    """
     named = _named.get(fn) if fn.__class__ in _CACHEABLE else None
     if named is not None:
         if not kwargs:
-            if len(args) == 1 and args[0].__class__ is int:  # _plain_args' first case, inline
-                try:
+            if len(args) == 1 and args[0].__class__ is int and (named[2] <= limit or limit <= 0):
+                try:  # (_plain_args' first case, inline)
                     return named[0], [named[1], _one_int(_INT_HEAD, args[0], _INT_TAIL)]
                 except struct.error:
                     pass  # beyond 32 bits
             plain = _plain_args(args)
             if plain is not None:
-                return named[0], [named[1], plain]
-        return named[0], encode_call(fn, args, kwargs)
-    what, frames = describe(fn), encode_call(fn, args, kwargs)
-    data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
-    if data is not None:  # (cached by dumps_function: it pickles by name)
-        if len(_named) >= _CACHE_MAX:
-            _named.clear()
-        _named[fn] = (what, data)
-    return what, frames
+                return named[0], _checked([named[1], plain], limit)
+        what, frames = named[0], encode_call(fn, args, kwargs)
+    else:
+        what, frames = describe(fn), encode_call(fn, args, kwargs)
+        data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
+        if data is not None:  # (cached by dumps_function: it pickles by name)
+            if len(_named) >= _CACHE_MAX:
+                _named.clear()
+            _named[fn] = (what, data, len(data) + 11)  # (11: _one_int's pickle)
+    return what, _checked(frames, limit)
+
+
+def _checked(frames: Frames, limit: int) -> Frames:
+    """``frames``, unless one is larger than ``limit`` (> 0): then MessageTooLargeError."""
+    if limit > 0 and (len(frames) != 2 or len(frames[0]) + len(frames[1]) > limit):
+        big = oversized(frames, limit)
+        if big:
+            raise too_large(big, limit)
+    return frames
+
+
+def too_large(size: int, limit: int) -> errors.MessageTooLargeError:
+    """The error of a task with a frame of ``size`` bytes, more than ``limit``."""
+    return errors.MessageTooLargeError(
+        f"the task needs a {size}-byte message, more than this executor's max_message_size={limit}; "
+        "send less data (share it once with ex.share(), or pass a file path) or raise the limit"
+    )
 
 
 def encode_function(fn: Callable[..., Any]) -> bytes:
