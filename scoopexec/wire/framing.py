@@ -61,6 +61,7 @@ READ_SIZE = 1 << 18
 MAX_FRAMES = 1 << 20
 HEADROOM = 1 << 20  # what a receiver takes beyond max_message_size in one frame (see validate.py)
 IOV_MAX = 512  # buffers handed to one sendmsg call (the kernel allows 1024)
+JOIN_BELOW = 1 << 16  # bytes up to which a message's frames are sent as one buffer
 PUSH_WAIT = 0.002  # s a non-blocking sender waits for room while its peer keeps reading
 POOL_BUFFERS = 4  # large receive buffers a process keeps for reuse ...
 POOL_IDLE_BYTES = 256 << 20  # ... holding at most this much memory while unused ...
@@ -320,10 +321,13 @@ class Link:
         """Send one message; False when part of it waits for the socket (see `wants_write`)."""
         if self.closed:
             raise BrokenPipeError("the link is closed")
-        sizes = [len(f) if isinstance(f, bytes) else _view(f).nbytes for f in frames]
-        head = COUNT.pack(len(frames)) + _lengths(len(frames)).pack(*sizes)
+        sizes = [len(f) if f.__class__ is bytes else _view(f).nbytes for f in frames]  # (no isinstance call)
+        n = len(frames)
+        head = COUNT.pack(n) + _lengths(n).pack(*sizes)
+        total = len(head) + sum(sizes)
+        if n > 2 and total <= JOIN_BELOW:  # many small frames (a batch of tasks, of results): copied
+            frames = [b"".join(frames)]  # into one, cheaper than sendmsg's look at each buffer it is given
         if not self._out and len(frames) < IOV_MAX:
-            total = len(head) + sum(sizes)
             try:
                 sent = self.sock.sendmsg([head, *frames], (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
