@@ -514,6 +514,7 @@ NONE_PICKLE = pickle.dumps(None, PROTOCOL)  # the commonest result (a client nee
 # a MEMOIZE opcode and picks the shortest int opcode); pickle.dumps costs four times as much.
 _one_int = struct.Struct("<3si4s").pack
 _INT_HEAD, _INT_TAIL = b"\x80\x05J", b"\x85N\x86."
+_int_result = struct.Struct("<3si1s").pack  # an int result of 32 bits: PROTO 5, BININT, STOP
 
 
 def _plain_args(args: tuple[Any, ...]) -> bytes | None:
@@ -841,7 +842,14 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
     ``where``: on which worker; ``fn``: the task's function.
     """
     if value.__class__ in _PLAIN:  # (on every task: as dumps() would, less its look for __main__)
-        return protocol.OK, [pickle.dumps(value, PROTOCOL) if value is not None else NONE_PICKLE]
+        if value is None:
+            return protocol.OK, [NONE_PICKLE]
+        if value.__class__ is int:
+            try:  # PROTO 5, BININT, STOP (as _one_int: loads() reads it as dumps()' own)
+                return protocol.OK, [_int_result(_INT_HEAD, value, b".")]
+            except struct.error:
+                pass  # beyond 32 bits
+        return protocol.OK, [pickle.dumps(value, PROTOCOL)]
     try:
         return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
     except Exception as exc:
