@@ -407,17 +407,21 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         try:  # (MessageTooLargeError is one: encode_named checks the size, in a look if it can)
-            if self._task_timeout is None:
-                what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size)
-                return self._submit_frames(frames, None, what, True)
-            what = serialize.describe(fn)
-            frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs)
+            if self._task_timeout is not None:
+                frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs)
+                return self._submit_frames(frames, None, serialize.describe(fn))
+            what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size)
         except SerializationError as exc:
             return self._submit_frames(None, exc)
-        return self._submit_frames(frames, None, what)
-
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn)
+        lock = self._shutdown_lock  # (as _submit_frames, inline: on every submit)
+        lock.acquire()
+        try:
+            link = self._session
+            if link.broken_msg or self._shutdown or pools.shutting_down():
+                raise _refusal(link, self._shutdown)
+            return link.submit(frames, what)
+        finally:
+            lock.release()
 
     def _submit_encoded(
         self,
@@ -436,9 +440,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         return self._submit_frames(frames, error, what)
 
     def _submit_frames(
-        self, frames: list[Any] | None, error: Exception | None, what: str = "", checked: bool = False
+        self, frames: list[Any] | None, error: Exception | None, what: str = ""
     ) -> cf.Future[Any]:
-        limit = -1 if checked else self._max_message_size  # (checked: by encode_named)
+        limit = self._max_message_size
         if frames is not None and limit > 0 and (len(frames) != 2 or len(frames[0]) + len(frames[1]) > limit):
             if big := serialize.oversized(frames, limit):  # (two frames: the function's, the arguments')
                 frames, error = None, serialize.too_large(big, limit)
