@@ -421,6 +421,8 @@ def encode_named(
                     pass  # beyond 32 bits
             plain = _plain_args(args)
             if plain is not None:
+                if named[2] - 11 + len(plain) <= limit or limit <= 0:  # (the size, without a call)
+                    return named[0], [named[1], plain]
                 return named[0], _checked([named[1], plain], limit)
         what, frames = named[0], encode_call(fn, args, kwargs)
     else:
