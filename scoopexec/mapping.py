@@ -128,8 +128,8 @@ class MapMixin:
 
     _map_keeps_executor = False
 
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
+        return serialize.encode_function(fn)
 
     def _submit_encoded(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import signal
 import socket
@@ -51,6 +52,8 @@ def _pump(sender: link.Link, receiver: link.Link, messages, want: int, timeout: 
         else:
             sender.flush()
         for msg in receiver.receive(10):
+            # Small frames are cut out as plain bytes (not a subclass, whose making copies twice).
+            assert all(type(f) is bytes for f in msg if len(f) < link.BIG)
             got.append([bytes(f) for f in msg])
         assert not receiver.eof
     return got
@@ -78,6 +81,22 @@ def test_more_frames_than_one_sendmsg_takes():
     with _pair() as (a, b):
         msg = [i.to_bytes(4, "little") * (i % 5) for i in range(3 * link.IOV_MAX + 7)]
         assert _pump(a, b, [msg, [b"after"]], 2) == [msg, [b"after"]]
+
+
+@pytest.mark.timeout(60)
+def test_small_frames_of_every_buffer_kind_arrive_as_their_bytes():
+    # A message of small frames is sent as one buffer (framing.JOIN_BELOW): each frame's bytes
+    # as sendmsg would have sent them, whatever object holds them.
+    import array
+
+    grid = memoryview(bytes(range(12))).cast("B", (3, 4))  # two dimensions, C-contiguous
+    ints = memoryview(array.array("i", [1, -2, 3]))  # items of four bytes
+    msg = [b"head", bytearray(b"ba"), grid, ints, pickle.PickleBuffer(b"pb"), b""]
+    want = [b"head", b"ba", bytes(range(12)), array.array("i", [1, -2, 3]).tobytes(), b"pb", b""]
+    with _pair() as (a, b):
+        assert _pump(a, b, [msg, msg[:2], [b"x" * (link.JOIN_BELOW + 1), b"y", b"z"]], 3) == [
+            want, want[:2], [b"x" * (link.JOIN_BELOW + 1), b"y", b"z"]
+        ]
 
 
 @pytest.mark.timeout(60)

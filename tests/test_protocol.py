@@ -95,6 +95,21 @@ def test_decode_accepts_the_shape_of_each_kind(frames):
         assert isinstance(msg.info, dict)
 
 
+def test_parts_pairs_each_entry_with_its_own_frames():
+    # One frame each (the usual RESULT: paired in C) or any other counts (sliced), the
+    # same pairs; counts of 0 and 2 that add up to one per entry are not taken for that.
+    for counts in ([1, 1, 1], [1], [0, 2, 1], [2, 0, 1], [3, 0, 0], [0, 0, 3]):
+        frames = [bytes([i]) for i in range(sum(counts))]
+        entries = [(i, 0, n) for i, n in enumerate(counts)]
+        msg = P.decode([P.pack(P.RESULTS, entries), *frames])
+        got = [(ent[0], list(body)) for ent, body in msg.parts()]
+        want, pos = [], 0
+        for i, n in enumerate(counts):
+            want.append((i, frames[pos : pos + n]))
+            pos += n
+        assert got == want, counts
+
+
 @pytest.mark.parametrize(
     "frames, words",
     [

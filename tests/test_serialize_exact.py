@@ -243,15 +243,74 @@ def test_a_large_buffer_after_small_ones_leaves_in_every_pickler():
         assert (bytes(out[0]), bytes(out[1]), out[2]) == (b"s" * 10, b"z" * S.OOB_MIN, 3)
 
 
+def test_one_int_argument_is_written_directly_and_reads_back_exactly():
+    # One int argument of 32 bits gets its pickle written by struct (serialize._one_int), on
+    # every path a task takes (submit, a map's items); beyond 32 bits, or a bool, dumps() writes it.
+    fn_frame = S.encode_function(abs)
+    for v in (0, 1, -1, 255, 256, 65536, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 10**30, True, False):
+        for frames in (
+            S.encode_call(abs, (v,), {}),
+            S.encode_named(abs, (v,), {})[1],
+            S.encode_named(abs, (v,), {})[1],  # (its function cached now)
+            S.encode_task(fn_frame, (v,), {}),
+            [fn_frame, *S.encode_args((v,), {})],
+        ):
+            fn, args, kwargs = S.decode_call(frames)
+            assert (fn, args, kwargs) == (abs, (v,), {}) and type(args[0]) is type(v), v
+            short = type(v) is int and -(2**31) <= v < 2**31
+            assert (len(frames[1]) == 11) == short, (v, frames[1])  # PROTO, BININT, 4 bytes, 4 opcodes
+
+
+def test_encode_named_refuses_a_frame_over_the_limit_on_every_path():
+    # submit() leaves the size check to encode_named (max_message_size); for a function sent
+    # before and one int argument it knows the size without a look: the limit still holds.
+    fn_size = len(S.encode_function(divmod))
+    S.encode_named(divmod, (1,), {})  # (cached now)
+    for args, kwargs in [((1,), {}), ((1, 2), {}), (("x" * 50,), {}), (([1],), {}), ((1,), {"b": 2})]:
+        for fn in (divmod, lambda a, b=0: a):  # cached by name, and pickled by value each time
+            with pytest.raises(errors.MessageTooLargeError, match="max_message_size"):
+                S.encode_named(fn, args, kwargs, len(S.encode_function(fn)) - 1)
+            for limit in (-1, 0, 10**6):
+                assert S.encode_named(fn, args, kwargs, limit)[1] == S.encode_call(fn, args, kwargs)
+    big = len(S.encode_args((b"x" * 1000,), {})[0])  # (the largest frame is named)
+    with pytest.raises(errors.MessageTooLargeError, match=f"a {big}-byte message"):
+        S.encode_named(divmod, (b"x" * 1000,), {}, fn_size + 20)
+
+
+def test_an_int_result_is_written_directly_and_reads_back_exactly():
+    for v in (0, 1, -1, 255, 256, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 10**30, True, False):
+        status, frames = S.encode_result(v)
+        value = S.decode_outcome(status, frames)[1]
+        assert status == protocol.OK and value == v and type(value) is type(v), v
+        short = type(v) is int and -(2**31) <= v < 2**31
+        assert (len(frames[0]) == 8) == short, v  # PROTO 5, BININT and its 4 bytes, STOP
+
+
+def test_a_none_result_is_the_same_bytes_and_is_not_unpickled_again():
+    # A worker sends None as dumps() would; the client reads those bytes as None without
+    # unpickling (client/future.settle_all), and anything else as its pickle says.
+    assert S.encode_result(None) == (protocol.OK, [pickle.dumps(None, 5)]) == (protocol.OK, [S.NONE_PICKLE])
+    from scoopexec.client.future import ScoopFuture, settle_all
+
+    values = [None, b"\x80\x05N.", 0, "", False]  # (the bytes of NONE_PICKLE, as a value: not None)
+    futs = {tid: ScoopFuture(None, tid, "f") for tid in range(len(values))}
+    items = [(tid, protocol.OK, S.encode_result(v)[1]) for tid, v in enumerate(values)]
+    assert settle_all(dict(futs), items, cancels_dropped=True) == (0, 0)
+    got = [futs[tid].result(0) for tid in range(len(values))]
+    assert got == values and [type(g) for g in got] == [type(v) for v in values]
+
+
 def test_plain_arguments_pickle_as_dumps_pickles_them():
     # Plain arguments (int, float, str, bytes, bool, None) and results are pickled straight away
-    # (serialize._plain_args, encode_result): the same bytes as dumps(), a str naming __main__ included.
+    # (serialize._plain_args, encode_result): the same bytes as dumps(), a str naming __main__ included
+    # (but for one int argument: see above).
     args = (1, 2.5, "__main__", b"x", None, True)
     assert S.encode_call(abs, args, {}) == [S.dumps_function(abs), S.dumps((args, None))[0]]
     assert S.encode_args(args, {}) == S.dumps((args, None))
     assert S.decode_call(S.encode_call(abs, args, {}))[1:] == (args, {})
-    for value in args:  # a worker's result: the same shortcut
-        assert S.encode_result(value) == (protocol.OK, S.dumps(value))
+    for value in args:  # a worker's result: the same shortcut (an int of 32 bits: see below)
+        if type(value) is not int:
+            assert S.encode_result(value) == (protocol.OK, S.dumps(value))
     main_cls = type("Local", (), {"__module__": "__main__"})
     frames = S.encode_call(abs, (1, main_cls), {})  # not plain: cloudpickle's path, by value
     assert S.decode_call(frames)[1][1].__name__ == "Local"

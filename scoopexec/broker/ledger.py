@@ -193,8 +193,7 @@ def task_entries(batch: Iterable[Task], out: list[Any]) -> list[int]:
             out.extend(t.first)
             flat += (t.btid, t.src.setup, len(t.first), len(lost) if lost else 0)
         else:
-            out.append(t.first)
-            out.append(rest)
+            out += (t.first, rest)  # (one call, not two appends)
             flat += (t.btid, t.src.setup, 2, len(lost) if lost else 0)
     return flat
 
@@ -434,10 +433,10 @@ class Ledger:
         ``finished`` gets the tasks of the results delivered, in order (the timeline's: trace.py).
         """
         tasks, by_owner, workers, assigned, key = self.tasks, self.by_owner, self.workers, w.assigned, w.key
-        clients = self.clients
         done: list[tuple[Task, int, Sequence[Any]]] = []
         others: list[tuple[bytes, int]] = []
-        n = 0
+        clients, n = self.clients, 0
+        last, c, owned = None, None, list[Any]()  # (the last owner, its client and batch in ``out``)
         for ent, body in results:
             btid = ent[0]
             task = tasks.get(btid)
@@ -454,7 +453,10 @@ class Ledger:
                 finished.append(task)
             if by_owner:
                 self._unkey(task)
-            c = clients.get(task.owner)
+            owner = task.owner
+            if owner is not last:  # (a message's results mostly serve one owner: looked up once)
+                last, c = owner, clients.get(owner)
+                owned = out.setdefault(owner, []) if out is not None else owned
             if c is not None:
                 c.held -= 1
             if holder is not None and holder != key:
@@ -467,9 +469,6 @@ class Ledger:
             if out is None:
                 done.append((task, ent[1], body))
             else:
-                owned = out.get(task.owner)
-                if owned is None:
-                    owned = out[task.owner] = []
                 owned.append((task.tid, ent[1], body))
             n += 1
         w.done += n
@@ -765,8 +764,8 @@ def submit_local(
             task.first, task.rest = body, MANY
         if ids is not None:
             ids[tid] = btid
-        queue.append(btid)
         btid += 1
+    queue.extend(range(first, btid))  # (queued in one call, not one append per task)
     client.held += btid - first
     ledger._next_btid = btid
     return []

@@ -160,6 +160,16 @@ class EmbeddedSession(Session):
         if not self.wake.pending and not self.broker.dispatch_local_now():
             self.wake.wake()
 
+    def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
+        # Session.submit with _kick inline: one Python call fewer on every task.
+        tid = next(self._tids)
+        fut = ScoopFuture(self, tid, what)
+        self.futures[tid] = fut
+        self.outbox.append((tid, frames))
+        if not self.wake.pending and not self.broker.dispatch_local_now():
+            self.wake.wake()
+        return fut
+
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
         # A thread waiting on a result reads it from its worker's link itself (broker/leader.py);
         # not the broker's own thread (a done-callback), whose loop resolves it anyway.

@@ -25,7 +25,7 @@ from ..deploy.contract import LaunchOptions, check_env
 from ..deploy.groups import Launchers
 from ..deploy.hosts import Host, local_cpu_count, parse_hosts, plan_hosts
 from ..deploy.slurm_jobs import SlurmJobs
-from ..errors import BrokenScoopExecutor, InitializerError, MessageTooLargeError, SerializationError
+from ..errors import BrokenScoopExecutor, InitializerError, SerializationError
 from ..mapping import MapMixin
 from ..status import PoolStatus
 from ..trace import TraceRecorder
@@ -408,19 +408,22 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
-        what, error, frames = "", None, None
-        try:
-            if self._task_timeout is None:
-                what, frames = serialize.encode_named(fn, args, kwargs)
-            else:
-                what = serialize.describe(fn)
+        try:  # (MessageTooLargeError is one: encode_named checks the size, in a look if it can)
+            if self._task_timeout is not None:
                 frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs)
+                return self._submit_frames(frames, None, serialize.describe(fn))
+            what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size)
         except SerializationError as exc:
-            error = exc
-        return self._submit_frames(frames, error, what)
-
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn)
+            return self._submit_frames(None, exc)
+        lock = self._shutdown_lock  # (as _submit_frames, inline: on every submit)
+        lock.acquire()
+        try:
+            link = self._session
+            if link.broken_msg or self._shutdown or pools.shutting_down():
+                raise _refusal(link, self._shutdown)
+            return link.submit(frames, what)
+        finally:
+            lock.release()
 
     def _submit_encoded(
         self,
@@ -441,14 +444,10 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
     def _submit_frames(
         self, frames: list[Any] | None, error: Exception | None, what: str = ""
     ) -> cf.Future[Any]:
-        limit = self._max_message_size  # (two frames: the function's bytes, the arguments' pickle)
+        limit = self._max_message_size
         if frames is not None and limit > 0 and (len(frames) != 2 or len(frames[0]) + len(frames[1]) > limit):
-            if big := serialize.oversized(frames, limit):
-                frames, error = None, MessageTooLargeError(
-                    f"the task needs a {big}-byte message, more than this executor's "
-                    f"max_message_size={self._max_message_size}; send less data (share it once with "
-                    "ex.share(), or pass a file path) or raise the limit"
-                )
+            if big := serialize.oversized(frames, limit):  # (two frames: the function's, the arguments')
+                frames, error = None, serialize.too_large(big, limit)
         lock = self._shutdown_lock
         lock.acquire()  # (not `with`: on every submit, where its look-ups cost as much as the lock)
         try:

@@ -167,6 +167,7 @@ _UNDONE = (cfb.PENDING, cfb.RUNNING)
 _OK = protocol.OK
 _PENDING, _RUNNING, _FINISHED = cfb.PENDING, cfb.RUNNING, cfb.FINISHED
 _CANCELLED_STATUS = protocol.CANCELLED
+_NONE = serialize.NONE_PICKLE  # a result of None, as a worker sends it: nothing to unpickle
 
 
 # The task's start and its result change the state of a future that has no condition yet (so
@@ -228,7 +229,7 @@ def settle_all(
             continue
         if status == _OK and len(frames) == 1 and fut._made is None:
             try:
-                value = pickle.loads(frames[0])
+                value = pickle.loads(data) if (data := frames[0]) != _NONE else None
             except BaseException as exc:  # even SystemExit: this runs in the client's I/O thread
                 if ready:  # (those before it finish first: results in order)
                     _finish(ready)

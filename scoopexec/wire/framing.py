@@ -24,7 +24,7 @@ One message on the wire::
 
     u32 number of frames n | n x u64 frame lengths | the frames' bytes
 
-Small frames are read in batches and cut out as bytes (``Frame``); a frame of
+Small frames are read in batches and cut out as bytes; a frame of
 BIG bytes or more is read straight into a buffer of its own (``BigFrame``),
 taken from a small per-process pool of buffers that nothing references any
 more, so that repeated large arrays do not pay for fresh pages each time.
@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from itertools import islice
+from itertools import accumulate, islice, pairwise
 from typing import Any
 
 from ..errors import ProtocolError
@@ -61,20 +61,11 @@ READ_SIZE = 1 << 18
 MAX_FRAMES = 1 << 20
 HEADROOM = 1 << 20  # what a receiver takes beyond max_message_size in one frame (see validate.py)
 IOV_MAX = 512  # buffers handed to one sendmsg call (the kernel allows 1024)
+JOIN_BELOW = 1 << 16  # bytes up to which a message's frames are sent as one buffer
 PUSH_WAIT = 0.002  # s a non-blocking sender waits for room while its peer keeps reading
 POOL_BUFFERS = 4  # large receive buffers a process keeps for reuse ...
 POOL_IDLE_BYTES = 256 << 20  # ... holding at most this much memory while unused ...
 POOL_IDLE_SECONDS = 10.0  # ... and for at most this long
-
-
-class Frame(bytes):
-    """A received frame; ``.bytes`` reads it like a zmq.Frame."""
-
-    __slots__ = ()
-
-    @property
-    def bytes(self) -> bytes:
-        return self
 
 
 class BigFrame(mmap.mmap):
@@ -290,8 +281,15 @@ class Link:
                 lens = self._lens = _lengths(n).unpack_from(mv, pos + 4)
                 self._next = 0
                 pos += need
-            frames = self._frames
             i, count = self._next, len(lens)
+            if not i and count > 2 and max(lens) < BIG:  # (a batch of small frames: cut in one go)
+                stops = list(accumulate(lens, initial=pos))
+                if stops[-1] <= end:  # the whole message is here
+                    msgs.append([mv[a:b].tobytes() for a, b in pairwise(stops)])
+                    pos = stops[-1]
+                    self._lens = None
+                    continue
+            frames = self._frames
             while i < count:
                 ln = lens[i]
                 if ln >= BIG:
@@ -313,7 +311,9 @@ class Link:
                     continue
                 if end - pos < ln:
                     break
-                frames.append(Frame(mv[pos : pos + ln]))
+                # Plain bytes: a bytes subclass would be made in two steps (a bytes object,
+                # then a copy of it into the subclass's), on every frame received.
+                frames.append(mv[pos : pos + ln].tobytes())
                 pos += ln
                 i += 1
             self._next = i
@@ -328,10 +328,13 @@ class Link:
         """Send one message; False when part of it waits for the socket (see `wants_write`)."""
         if self.closed:
             raise BrokenPipeError("the link is closed")
-        sizes = [len(f) if isinstance(f, bytes) else _view(f).nbytes for f in frames]
-        head = COUNT.pack(len(frames)) + _lengths(len(frames)).pack(*sizes)
+        sizes = [len(f) if f.__class__ is bytes else _view(f).nbytes for f in frames]  # (no isinstance call)
+        n = len(frames)
+        head = COUNT.pack(n) + _lengths(n).pack(*sizes)
+        total = len(head) + sum(sizes)
+        if n > 2 and total <= JOIN_BELOW:  # many small frames (a batch of tasks, of results): copied
+            frames = [b"".join(frames)]  # into one, cheaper than sendmsg's look at each buffer it is given
         if not self._out and len(frames) < IOV_MAX:
-            total = len(head) + sum(sizes)
             try:
                 sent = self.sock.sendmsg([head, *frames], (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):

@@ -31,6 +31,7 @@ import operator
 import re
 import struct
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any, NamedTuple
 
 from ..errors import ProtocolError
@@ -283,7 +284,14 @@ class Message:
         return TYPE_NAMES[self.kind]
 
     def parts(self) -> Iterator[tuple[tuple[Any, ...], Sequence[Any]]]:
-        """(entry, its frames) for each entry of a COUNTED kind."""
+        """(entry, its frames) for each entry of a COUNTED kind: a list of them, or a tuple of
+        its one frame when every entry has one (the usual RESULT, RESULTS: made in C, no slice)."""
+        frames, entries = self.frames, self.entries
+        if len(frames) == len(entries) + 1 and entries and max(map(_COUNT, entries)) == 1:
+            return zip(entries, zip(islice(frames, 1, None)), strict=True)  # (decode checked the sum)
+        return self._parts()
+
+    def _parts(self) -> Iterator[tuple[tuple[Any, ...], Sequence[Any]]]:
         frames = self.frames
         pos = 1
         for ent in self.entries:

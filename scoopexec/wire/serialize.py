@@ -35,6 +35,7 @@ import operator
 import os
 import pickle
 import re
+import struct
 import sys
 import traceback
 import types
@@ -436,26 +437,57 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     return frames
 
 
-_named: dict[Any, tuple[str, bytes]] = {}  # fn -> (describe(fn), its frame), for encode_named
+_named: dict[Any, tuple[str, bytes, int]] = {}  # fn -> (describe(fn), its frame, the frame's size + 11)
 
 
-def encode_named(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Frames]:
+def encode_named(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = -1
+) -> tuple[str, Frames]:
     """(describe(fn), encode_call(fn, args, kwargs)): what a submit() needs, in one call and,
-    for a function already sent with plain arguments, one look-up (on every submit)."""
+    for a function already sent with plain arguments, one look-up (on every submit).
+
+    With ``limit`` > 0, a message larger than that raises MessageTooLargeError (too_large);
+    for a function already sent and one int argument, its size is known without a look.
+    """
     named = _named.get(fn) if fn.__class__ in _CACHEABLE else None
     if named is not None:
         if not kwargs:
+            if len(args) == 1 and args[0].__class__ is int and (named[2] <= limit or limit <= 0):
+                try:  # (_plain_args' first case, inline)
+                    return named[0], [named[1], _one_int(_INT_HEAD, args[0], _INT_TAIL)]
+                except struct.error:
+                    pass  # beyond 32 bits
             plain = _plain_args(args)
             if plain is not None:
-                return named[0], [named[1], plain]
-        return named[0], encode_call(fn, args, kwargs)
-    what, frames = describe(fn), encode_call(fn, args, kwargs)
-    data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
-    if data is not None:  # (cached by dumps_function: it pickles by name)
-        if len(_named) >= _CACHE_MAX:
-            _named.clear()
-        _named[fn] = (what, data)
-    return what, frames
+                if named[2] - 11 + len(plain) <= limit or limit <= 0:  # (the size, without a call)
+                    return named[0], [named[1], plain]
+                return named[0], _checked([named[1], plain], limit)
+        what, frames = named[0], encode_call(fn, args, kwargs)
+    else:
+        what, frames = describe(fn), encode_call(fn, args, kwargs)
+        data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
+        if data is not None:  # (cached by dumps_function: it pickles by name)
+            if len(_named) >= _CACHE_MAX:
+                _named.clear()
+            _named[fn] = (what, data, len(data) + 11)  # (11: _one_int's pickle)
+    return what, _checked(frames, limit)
+
+
+def _checked(frames: Frames, limit: int) -> Frames:
+    """``frames``, unless one is larger than ``limit`` (> 0): then MessageTooLargeError."""
+    if limit > 0 and (len(frames) != 2 or len(frames[0]) + len(frames[1]) > limit):
+        big = oversized(frames, limit)
+        if big:
+            raise too_large(big, limit)
+    return frames
+
+
+def too_large(size: int, limit: int) -> errors.MessageTooLargeError:
+    """The error of a task with a frame of ``size`` bytes, more than ``limit``."""
+    return errors.MessageTooLargeError(
+        f"the task needs a {size}-byte message, more than this executor's max_message_size={limit}; "
+        "send less data (share it once with ex.share(), or pass a file path) or raise the limit"
+    )
 
 
 def encode_function(fn: Callable[..., Any]) -> bytes:
@@ -516,12 +548,25 @@ def encode_task(
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+NONE_PICKLE = pickle.dumps(None, PROTOCOL)  # the commonest result (a client need not unpickle it)
+# The pickle of ((a,), None) for one int argument of 32 bits, written directly: PROTO 5, BININT a,
+# TUPLE1, NONE, TUPLE2, STOP.  pickle.loads reads it as it reads dumps()' (which adds a FRAME and
+# a MEMOIZE opcode and picks the shortest int opcode); pickle.dumps costs four times as much.
+_one_int = struct.Struct("<3si4s").pack
+_INT_HEAD, _INT_TAIL = b"\x80\x05J", b"\x85N\x86."
+_int_result = struct.Struct("<3si1s").pack  # an int result of 32 bits: PROTO 5, BININT, STOP
 
 
 def _plain_args(args: tuple[Any, ...]) -> bytes | None:
-    """The pickle of ``(args, None)`` (dumps' output) when every argument is a plain int, float,
-    str, bytes, bool or None: no buffer to send apart, no reference to __main__ to look for
-    (a str holding "__main__" is no reference).  None otherwise."""
+    """The pickle of ``(args, None)`` when every argument is a plain int, float, str, bytes,
+    bool or None: no buffer to send apart, no reference to __main__ to look for (a str holding
+    "__main__" is no reference).  None otherwise.  dumps()' own bytes, but for a single int
+    argument of 32 bits (the commonest task: one index), which gets shorter ones (_one_int)."""
+    if len(args) == 1 and args[0].__class__ is int:
+        try:
+            return _one_int(_INT_HEAD, args[0], _INT_TAIL)
+        except struct.error:
+            pass  # beyond 32 bits
     for a in args:
         if a.__class__ not in _PLAIN:
             return None
@@ -837,6 +882,13 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
     ``where``: on which worker; ``fn``: the task's function.
     """
     if value.__class__ in _PLAIN:  # (on every task: as dumps() would, less its look for __main__)
+        if value is None:
+            return protocol.OK, [NONE_PICKLE]
+        if value.__class__ is int:
+            try:  # PROTO 5, BININT, STOP (as _one_int: loads() reads it as dumps()' own)
+                return protocol.OK, [_int_result(_INT_HEAD, value, b".")]
+            except struct.error:
+                pass  # beyond 32 bits
         return protocol.OK, [pickle.dumps(value, PROTOCOL)]
     try:
         return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
