@@ -14,8 +14,9 @@ a process with a thread of its own (a pool already running, a watcher) gets toda
 template.  The one exception is the pool of a pthreads OpenBLAS (NumPy's starts one as it
 loads), which OpenBLAS itself stops before any fork: a client whose only other threads are
 those is forked too (fork_safe(), deploy/threadlibs.py), and the BLAS and OpenMP libraries
-the client had loaded get the workers' thread counts in the child.  The template runs forkstart.serve(), as the fresh one
-does; :attr:`forkstart.Template.origin` says which it is ("client" or "interpreter").
+the client had loaded get the workers' thread counts in the child.  The template runs
+forkstart.serve(), as the fresh one does; :attr:`forkstart.Template.origin` says which it
+is ("client" or "interpreter").
 
 What the workers then see is what a fork gives (ProcessPoolExecutor's, on Linux before
 3.14): the client's modules and their state as of the pool's construction, including
