@@ -166,7 +166,7 @@ def load(path: str) -> Trace:
             continue
         try:
             _read_event(ev, names, lanes, tasks, counters, lost)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             why = f"{type(exc).__name__}: {exc}"
             raise TraceError(f"{path}: event {i} of traceEvents is damaged ({why})") from None
     if not tasks and not meta:

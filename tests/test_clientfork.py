@@ -266,3 +266,121 @@ def test_a_client_running_numpys_blas_threads_forks_and_its_workers_get_their_sh
     assert got["threads"] == 2 and got["client"] == 2, got  # the client's pool: one thread besides its own
     assert got["origin"] == "client", got
     assert got["seen"] == [[share, 64.0]], got
+
+
+# Reproductions from the review of the client fork (each failed before its fix).
+SCRIPT_DUP = textwrap.dedent(
+    """
+    import contextlib, io
+    from scoopexec import ScoopExecutor
+    if __name__ == "__main__":
+        print("written by the client once")  # stdout a file: block-buffered, not flushed yet
+        with contextlib.redirect_stdout(io.StringIO()):
+            with ScoopExecutor(max_workers=2) as ex:
+                list(ex.map(abs, [-1, -2, -3]))
+    """
+)
+
+
+def test_client_stdout_buffer_written_once(tmp_path):
+    """The client's output still buffered in sys.__stdout__ (sys.stdout redirected) is written
+    by the client alone, not again by the template and each forked worker when they end."""
+    script = tmp_path / "dup.py"
+    script.write_text(SCRIPT_DUP)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.pop("SCOOPEXEC_WORKER_START", None)
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=100
+    ).stdout
+    assert out.count("written by the client once") == 1, out
+
+
+SCRIPT_MASK = textwrap.dedent(
+    """
+    import faulthandler, os
+    import numpy  # OpenBLAS pthreads pool: get_num_threads() - 1 threads, started at load
+    from scoopexec.deploy import clientfork, threadlibs
+    pid = os.fork()  # OpenBLAS's atfork handler stops its pool; it restarts only when next used
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    extra = (threadlibs.pool_threads() or 0)
+    faulthandler.dump_traceback_later(600)  # a native thread that is no OpenBLAS thread
+    print(len(os.listdir("/proc/self/task")), extra, clientfork.fork_safe())
+    """
+)
+
+
+def test_fork_safe_not_fooled_by_dormant_openblas_pool():
+    """After a fork, OpenBLAS's pool is stopped until next used: a thread of another kind must
+    not pass for it (fork_safe starts the pool again before it counts)."""
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("NUM_THREADS", "MAXIMUM_THREADS"))}
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT_MASK], capture_output=True, text=True, timeout=100, env=env
+    ).stdout.split()
+    threads, pool, safe = int(out[0]), int(out[1]), out[2]
+    if pool != 1:
+        pytest.skip("the masking needs exactly one OpenBLAS pool thread (2 cores) for one watchdog")
+    assert threads >= 2 and safe == "False", "a non-OpenBLAS native thread runs, yet fork_safe() says True"
+
+
+SCRIPT_PY = textwrap.dedent(
+    """
+    import sys
+    from scoopexec import ScoopExecutor
+    def where(_):
+        return sys.prefix
+    if __name__ == "__main__":
+        with ScoopExecutor(max_workers=1, python=sys.argv[1]) as ex:
+            try:
+                print(ex.submit(where, 0).result(timeout=60))
+            except Exception as exc:  # the other venv lacks scoopexec: workers fail to start
+                print("no worker:", type(exc).__name__)
+    """
+)
+
+
+def test_python_of_another_venv_is_not_replaced_by_a_fork(tmp_path):
+    """A second venv made from the same base Python resolves to the same binary: python= it
+    must still give workers of that venv (a fresh template), not forks of this client."""
+    base = os.path.realpath(sys.executable)
+    other = tmp_path / "venv2"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(other)], check=True, timeout=60)
+    script = tmp_path / "py.py"
+    script.write_text(SCRIPT_PY)
+    env = {k: v for k, v in os.environ.items() if k != "SCOOPEXEC_WORKER_START"}
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, str(script), str(other / "bin" / "python")],
+        env=env, capture_output=True, text=True, timeout=100,
+    ).stdout.strip()
+    assert out != sys.prefix, "python= another venv was ignored: the worker ran in the client's venv"
+
+
+SCRIPT_TZ = textwrap.dedent(
+    """
+    import time
+    from scoopexec import ScoopExecutor
+    def tz(_):
+        return time.tzname[0]
+    if __name__ == "__main__":
+        with ScoopExecutor(max_workers=1, env={"TZ": "Asia/Tokyo"}) as ex:
+            print(ex.submit(tz, 0).result(timeout=60))
+    """
+)
+
+
+def test_env_tz_reaches_the_workers(tmp_path):
+    """TZ is read when `time` loads (and LANG, LC_*, MALLOC_* at start-up): a fork keeps the
+    client's, so env= naming one takes the fresh template."""
+    script = tmp_path / "tz.py"
+    script.write_text(SCRIPT_TZ)
+    env = {k: v for k, v in os.environ.items() if k not in ("SCOOPEXEC_WORKER_START", "TZ")}
+    env["PYTHONPATH"] = ROOT
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=100
+    ).stdout.strip()
+    assert out == "JST", out

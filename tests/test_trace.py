@@ -918,3 +918,15 @@ def test_copy_words_copies_each_field_at_odd_strides():
         with memoryview(dst) as dv, memoryview(src) as sv:
             copy_words(dv, base + at, dstep, sv, off, sstep, m)
         assert dst == want, (m, dstep, sstep, at, off, base)
+
+
+@pytest.mark.parametrize("field", ['"pid": 1e400', '"pid": 1, "args": {"task": Infinity}'])
+def test_crafted_trace_infinity_is_a_trace_error(tmp_path, field):
+    """JSON allows Infinity and 1e400, whose int() raises OverflowError."""
+    from scoopexec import report
+
+    path = tmp_path / "bad.json"
+    path.write_text('{"traceEvents": [{"ph": "X", "cat": "task", "ts": 0, "dur": 1, "tid": 0, %s}], '
+                    '"scoopexec": {}}' % field)
+    with pytest.raises(report.TraceError):
+        report.load(str(path))

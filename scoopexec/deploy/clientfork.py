@@ -77,9 +77,10 @@ from .local import limit_threads, use_socketpairs, worker_env
 __all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_safe", "fork_template", "single_threaded", "template_for"]
 
 log = logging.getLogger("scoopexec")
-# env= variables that act when a process or an interpreter starts (PYTHONPATH, PYTHONHASHSEED,
-# LD_PRELOAD...), which a fork has done already.
-STARTUP_VARIABLES = ("PYTHON", "LD_")
+# env= variables that act when a process, its C library or the interpreter starts (PYTHONPATH,
+# PYTHONHASHSEED, LD_PRELOAD, the time zone, the locale and stdio encoding, malloc's tunables),
+# which a fork has done already: setting them in the forked child's os.environ changes nothing.
+STARTUP_VARIABLES = ("PYTHON", "LD_", "TZ", "LANG", "LC_", "MALLOC_", "GLIBC_TUNABLES")
 
 
 def single_threaded() -> bool:
@@ -158,8 +159,10 @@ def template_for(options: LaunchOptions, n: int) -> Template | None:
     starts a fresh template, or its workers by command, as LocalWorkers decides)."""
     if n < 1 or not use_socketpairs() or start_method() != "fork" or not options.fork_client:
         return None
-    if os.path.realpath(options.python) != os.path.realpath(sys.executable):
-        return None  # python= another interpreter
+    if os.path.abspath(options.python) != os.path.abspath(sys.executable):
+        # python= another interpreter, or another venv (whose bin/python resolves to the same
+        # binary as ours, with another sys.prefix: so the paths are compared as given)
+        return None
     if options.recycle.get("memory_limit"):
         return None  # a fork's resident memory would count the client's pages
     if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
@@ -177,7 +180,8 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     main = mainmodule.describe() if mainmodule.executing() else {}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
-    for stream in (sys.stdout, sys.stderr):  # else the child would write our buffered output again
+    # Else the child would write our buffered output again (it flushes all four when it ends).
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None:
                 stream.flush()

@@ -83,18 +83,25 @@ def _openblas(path: str, what: str, restype: Any, argtypes: list[Any]) -> Callab
 
 def pool_threads() -> int | None:
     """Threads held by the pools of the OpenBLAS builds loaded here (each: its thread count
-    less one); None if one of them is no pthreads build or cannot be asked."""
+    less one); None if one of them is no pthreads build or cannot be asked.
+
+    A pool stopped by a fork (ours, or any ``subprocess`` with ``preexec_fn``) starts again
+    only when next used: its threads would not be there to count, and another thread could
+    pass for them.  So each pool is first set to its own count, which starts it again."""
     total = 0
     for path in _mapped(("libopenblas", "libscipy_openblas")):
         import ctypes
 
         parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
         count = _openblas(path, "get_num_threads", ctypes.c_int, [])
-        if parallel is None or count is None:
+        restart = _openblas(path, "set_num_threads", None, [ctypes.c_int])
+        if parallel is None or count is None or restart is None:
             return None
         kind = parallel()
         if kind == _PTHREADS:
-            total += max(0, count() - 1)
+            threads = count()
+            restart(threads)
+            total += max(0, threads - 1)
         elif kind != 0:
             return None
     return total
