@@ -65,6 +65,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any, NoReturn
 
 from .. import mainmodule
@@ -190,7 +191,11 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     collecting = gc.isenabled()
     gc.disable()  # until the child froze what it inherits
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of any fork of a process with threads; the only ones here are
+            # OpenBLAS's, which it stops around the fork (fork_safe).
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+            pid = os.fork()
     except OSError:
         pid = -1
     if pid == 0:
