@@ -203,3 +203,13 @@ def ignore_interrupts(seconds):
             time.sleep(0.02)
         except KeyboardInterrupt:
             pass
+
+
+def running(pid):
+    """Whether ``pid`` is a live process, not a zombie (one that ends while it is asked is not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -19,7 +19,7 @@ from scoopexec import (
     SerializationError,
     WorkerLostError,
 )
-from tests import faulty
+from tests import faulty, helpers
 from tests.conftest import ROOT
 
 
@@ -359,7 +359,7 @@ def test_ctrl_c_in_a_client_exits_quickly_and_stops_workers():
     assert p.returncode != 0 and b"KeyboardInterrupt" in err
     assert took < 20
     deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids):
+    while any(helpers.running(x) for x in pids):
         assert time.monotonic() < deadline, "workers outlived the interrupted client"
         time.sleep(0.05)
 

@@ -20,10 +20,10 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 
 from scoopexec import BrokenScoopExecutor, ScoopExecutor
+from tests import helpers
 from tests.conftest import ROOT
 from tests.helpers import sleep_and_return, touch_then_wait
 
@@ -116,7 +116,7 @@ def test_ctrl_c_while_waiting_for_running_tasks_gets_out(tmp_path):
     assert b"KeyboardInterrupt" in err and b"the error that leaves the block" in err
     assert took < 20  # the running tasks never end by themselves
     deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids):
+    while any(helpers.running(x) for x in pids):
         assert time.monotonic() < deadline, "workers outlived the interrupted client"
         time.sleep(0.05)
 

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from scoopexec import ScoopExecutor
+from tests import helpers
 from tests.conftest import run_script
 from tests.helpers import sleep_and_return
 
@@ -199,10 +200,10 @@ def test_sigkill_of_client_leaves_no_worker():
     p.stdout.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(
-        psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids
+        helpers.running(x) for x in pids
     ):
         time.sleep(0.05)
-    alive = [x for x in pids if psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE]
+    alive = [x for x in pids if helpers.running(x)]
     assert not alive
     assert not os.path.exists(ipc_dir), "the killed client's private ipc directory was left in /tmp"
 

@@ -498,9 +498,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            # Let the broker take in what was submitted (tasks about to go to
-            # idle workers count as running), then cancel everything else.
-            self._session.sync()
+            # Let the broker take in what was submitted (tasks about to go to idle workers
+            # count as running), then cancel everything else; 5 s at most for a busy machine.
+            self._session.sync(5.0)
             self._session.cancel_queued()
         why = self._session.close(wait=wait)
         if why:
