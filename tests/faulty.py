@@ -112,9 +112,13 @@ def allocate(mb):
 
 
 def limit_address_space(mb):
+    """Let this process map ``mb`` MiB more than it has mapped now (a worker forked from the
+    client starts with the client's address space, a fresh one with its own)."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (mb * 1024 * 1024, resource.RLIM_INFINITY))
+    with open("/proc/self/statm") as fh:
+        mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + mb * 1024 * 1024, resource.RLIM_INFINITY))
 
 
 def pid_after(seconds):
