@@ -307,8 +307,10 @@ def slow_start(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(90)
-def test_a_worker_stopped_before_it_said_hello_is_killed_and_replaced(slow_start, caplog):
-    # It sleeps 3 s at start, so the SIGSTOP surely comes before its HELLO.
+def test_a_worker_stopped_before_it_said_hello_is_killed_and_replaced(slow_start, caplog, monkeypatch):
+    # It sleeps 3 s at start, so the SIGSTOP surely comes before its HELLO.  Started by command:
+    # a worker forked from a template would have slept in the template and say HELLO at once.
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "spawn")
     caplog.set_level("WARNING", logger="scoopexec.broker")
     with ScoopExecutor(1, heartbeat=0.2, heartbeat_timeout=1.0, env=slow_start(3)) as ex:
         pid = ex.worker_pids[0]
