@@ -76,7 +76,10 @@ def _summary(path: str) -> int:
 
 
 def _count(tree: str, mode: str, n: int, tmp: str) -> int:
-    env = dict(os.environ, PYTHONPATH=tree)
+    # SCOOPEXEC_WORKER_START=template: valgrind follows fork(), so workers forked from the
+    # measured client (deploy/clientfork.py) would run under it, ~50x slower, and keep the
+    # client's command line (counted as the client); a template started by exec runs natively.
+    env = dict(os.environ, PYTHONPATH=tree, SCOOPEXEC_WORKER_START="template")
     out = os.path.join(tmp, f"{mode}-{n}")
     os.makedirs(out)
     if mode == "route":

@@ -139,6 +139,12 @@ def client(mode: str, n: int, path: str) -> None:
             ex._session.trace = None  # type: ignore[attr-defined]  # (what the pool writes at its end)
 
 
+# Valgrind follows fork(): workers forked from the measured client (deploy/clientfork.py) would
+# run under it too, ~50x slower (which changes how the client batches) and write to its output
+# file.  A fresh template is started by exec, which valgrind does not follow: workers run natively.
+UNFORKED = dict(os.environ, SCOOPEXEC_WORKER_START="template")
+
+
 def instructions(small: int, large: int) -> tuple[dict[str, float], dict[str, float]]:
     """Instructions per task of the client process (submitting thread and broker thread), counted
     by valgrind with and without trace=, as benchmarks/instructions.py counts them: (count at
@@ -158,7 +164,7 @@ def instructions(small: int, large: int) -> tuple[dict[str, float], dict[str, fl
                 subprocess.run(
                     ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q", f"--cachegrind-out-file={cg}",
                      sys.executable, os.path.abspath(__file__), "client", run, str(n), path],
-                    check=True, stdout=subprocess.DEVNULL, cwd=ROOT,
+                    check=True, stdout=subprocess.DEVNULL, cwd=ROOT, env=UNFORKED,
                 )  # fmt: skip
                 with open(cg) as f:
                     counts.append(next(int(line.split()[1]) for line in f if line.startswith("summary:")))
