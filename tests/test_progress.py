@@ -165,7 +165,12 @@ def test_joblib_verbose_reports_progress_through_the_backend(capfd):
         out = joblib.Parallel(verbose=10)(joblib.delayed(abs)(-i) for i in range(20))
     assert out == list(range(20))
     err = capfd.readouterr().err
-    assert re.search(r"Done\s+20 out of\s+20", err), err
+    assert "Using backend ScoopBackend with 2 concurrent workers" in err, err
+    # Progress lines come from the backend's completion callbacks.  Not "Done 20 out of 20":
+    # joblib prints that last line from the callback of the last task only if it has found its
+    # input exhausted by then, and with tasks this short the last one can finish first (CI at
+    # 63ca3b0: its last line was "Done 5 tasks", then the batch size growing).
+    assert re.search(r"Done\s+\d+ (tasks|out of)", err), err
 
 
 def test_the_bar_is_complete_before_a_consumer_that_stops_at_the_last_item_goes_on():
