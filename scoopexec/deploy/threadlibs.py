@@ -10,6 +10,12 @@ Two facts for deploy/clientfork.py, read from the libraries themselves (Linux):
   beyond its main one are exactly these, and no Python thread runs, the fork is as safe as
   in a single-threaded process.  An OpenMP build, or a library that cannot be asked, counts
   as unknown (None): any thread it has then keeps the fresh template.
+* :func:`quiet`: after each call it makes with threads, OpenBLAS's pool spins (busy,
+  ``sched_yield``) for about 0.1 s before it sleeps.  A client that uses NumPy between its
+  maps (DEAP's CMA-ES: ``generate``, then ``map``, then ``update``) spins one core or more
+  throughout the wait for its results, on the cores its workers need.  A client thread about
+  to wait for a result stops that pool, exactly as OpenBLAS does itself before a fork: its
+  next threaded call starts it again, with the same thread count.
 * :func:`limit`: a fresh worker's BLAS and OpenMP read their thread count from the
   environment the pool gives it (deploy/local.limit_threads) when they load; a forked one
   inherits libraries loaded already, with the client's counts.  The forked template sets
@@ -22,10 +28,12 @@ nothing is loaded for this.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["blas_threads", "count", "limit", "pool_threads"]
+__all__ = ["blas_threads", "count", "limit", "pool_threads", "quiet"]
 
 # OpenBLAS's entry points carry a prefix and a suffix in some builds (NumPy's and SciPy's
 # wheels: scipy_openblas_get_num_threads64_).
@@ -145,3 +153,48 @@ def count(env: dict[str, str], *names: str) -> int | None:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return None
+
+
+# quiet(): for each pthreads OpenBLAS loaded here, (its blas_server_avail flag, its
+# blas_thread_shutdown_); found again whenever more modules have been imported.
+_quiet_pools: list[tuple[Any, Callable[[], Any]]] = []
+_quiet_modules = -1
+
+
+def _stoppable_pools() -> list[tuple[Any, Callable[[], Any]]]:
+    found = []
+    for path in _mapped(("libopenblas", "libscipy_openblas")):
+        import ctypes
+
+        lib = _loaded(path)
+        parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
+        if lib is None or parallel is None or parallel() != _PTHREADS:
+            continue
+        stop = _function(lib, "blas_thread_shutdown_", ctypes.c_int, [])
+        try:
+            avail = ctypes.c_int.in_dll(lib, "blas_server_avail")
+        except ValueError:
+            continue
+        if stop is not None:
+            found.append((avail, stop))
+    return found
+
+
+def quiet() -> None:
+    """Stop the running thread pools of the pthreads OpenBLAS builds loaded here, if no other
+    Python thread than this one and the pool's own (named ``scoopexec-*``) could be inside
+    one of their calls; each starts again, at its own thread count, with its next threaded
+    call.  Cheap when there is nothing to stop: a length and a flag are read."""
+    global _quiet_pools, _quiet_modules
+    if len(sys.modules) != _quiet_modules:  # a library may have been loaded since
+        _quiet_modules = len(sys.modules)
+        _quiet_pools = _stoppable_pools() if os.environ.get("SCOOPEXEC_QUIET_BLAS", "1") != "0" else []
+    for avail, stop in _quiet_pools:
+        if avail.value and _alone():
+            stop()
+
+
+def _alone() -> bool:
+    """No Python thread runs here beyond the caller and the pool's own threads."""
+    me = threading.current_thread()
+    return all(t is me or t.name.startswith("scoopexec-") for t in threading.enumerate())
