@@ -157,12 +157,12 @@ def standalone(n: int) -> dict[str, float]:
                 gc.collect()
                 py1 = tracemalloc.get_traced_memory()[0]
                 tracemalloc.stop()
-                # The broker has taken them in once its RSS stops growing.
-                last, end = -1, time.monotonic() + 300
-                while time.monotonic() < end:
+                # The broker has taken them in once its RSS stays the same for 3 s (it gives
+                # back what the burst left free within EVERY = 2 s: broker/memory.py).
+                last, same, end = -1, 0, time.monotonic() + 300
+                while time.monotonic() < end and same < 3:
                     cur = bproc.memory_info().rss
-                    if cur == last:
-                        break
+                    same = same + 1 if cur == last else 0
                     last = cur
                     time.sleep(1.0)
                 out["client python bytes/task"] = (py1 - py0) / n

@@ -61,6 +61,7 @@ from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
 from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState, task_entries
 from .limits import Guard, Limits, write_nowait
+from .memory import IntakeTrim
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
 from .supervision import ProcessWatcher, Supervisor
 
@@ -105,6 +106,7 @@ class Broker:
         self.pool_id = pool_id or secrets.token_hex(8)
         self.watcher = watcher
         self.supervisor = Supervisor(self)
+        self.trim = IntakeTrim()  # memory.py
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout
         self.max_retries = max_retries
@@ -566,6 +568,7 @@ class Broker:
                     log.warning("%s", why)
         self.supervisor.reap()
         self.ledger.measure_rate(now)
+        self.trim.tick(now, led.completed + len(led.tasks))  # memory.py: a burst's input given back
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
