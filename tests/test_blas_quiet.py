@@ -45,6 +45,15 @@ if __name__ == "__main__":
             stop = threading.Event()
             other = threading.Thread(target=stop.wait)
             other.start()
+        if sys.argv[1] == "callback":  # a done-callback (user code) runs on the pool's thread
+            entered = threading.Event()
+
+            def slow_callback(_fut):
+                entered.set()
+                time.sleep(1.5)  # as a BLAS call would take, the GIL released
+
+            ex.submit(abs, -2).add_done_callback(slow_callback)
+            assert entered.wait(30)
         reference = a @ a  # a threaded call: the pool runs
         before = len(os.listdir("/proc/self/task"))
         during = ex.submit(client_threads, os.getpid()).result(timeout=60)
@@ -97,6 +106,12 @@ def test_a_waiting_client_stops_its_blas_pool_and_the_next_call_starts_it(tmp_pa
 def test_a_user_thread_keeps_the_blas_pool_running(tmp_path) -> None:
     """Another Python thread of the user's could be inside a BLAS call: the pool is left alone."""
     got = _run(tmp_path, "user-thread")
+    assert got["during"] == got["before"], got
+
+
+def test_a_done_callback_running_keeps_the_blas_pool_running(tmp_path) -> None:
+    """A done-callback is user code on the pool's own thread: it too could be in a BLAS call."""
+    got = _run(tmp_path, "callback")
     assert got["during"] == got["before"], got
 
 

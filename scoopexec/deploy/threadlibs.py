@@ -156,7 +156,8 @@ def count(env: dict[str, str], *names: str) -> int | None:
 
 
 # quiet(): for each pthreads OpenBLAS loaded here, (its blas_server_avail flag, its
-# blas_thread_shutdown_); found again whenever more modules have been imported.
+# blas_thread_shutdown_, called holding the GIL); found again whenever more modules have
+# been imported.
 _quiet_pools: list[tuple[Any, Callable[[], Any]]] = []
 _quiet_modules = -1
 
@@ -170,11 +171,14 @@ def _stoppable_pools() -> list[tuple[Any, Callable[[], Any]]]:
         parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
         if lib is None or parallel is None or parallel() != _PTHREADS:
             continue
-        stop = _function(lib, "blas_thread_shutdown_", ctypes.c_int, [])
         try:
+            # PyDLL: the GIL stays held through the call, so that no other thread can begin
+            # a BLAS call (NumPy releases the GIL inside one) while the pool is taken down.
+            held = ctypes.PyDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
             avail = ctypes.c_int.in_dll(lib, "blas_server_avail")
-        except ValueError:
+        except (OSError, ValueError):
             continue
+        stop = _function(held, "blas_thread_shutdown_", ctypes.c_int, [])
         if stop is not None:
             found.append((avail, stop))
     return found
@@ -182,19 +186,52 @@ def _stoppable_pools() -> list[tuple[Any, Callable[[], Any]]]:
 
 def quiet() -> None:
     """Stop the running thread pools of the pthreads OpenBLAS builds loaded here, if no other
-    Python thread than this one and the pool's own (named ``scoopexec-*``) could be inside
-    one of their calls; each starts again, at its own thread count, with its next threaded
-    call.  Cheap when there is nothing to stop: a length and a flag are read."""
+    thread could be inside one of their calls (:func:`_idle_elsewhere`); each starts again,
+    at its own thread count, with its next threaded call.  Cheap when there is nothing to
+    stop: a length and a flag are read.  ``SCOOPEXEC_QUIET_BLAS=0`` (read when a module
+    has been imported since the last call) turns it off."""
     global _quiet_pools, _quiet_modules
     if len(sys.modules) != _quiet_modules:  # a library may have been loaded since
         _quiet_modules = len(sys.modules)
         _quiet_pools = _stoppable_pools() if os.environ.get("SCOOPEXEC_QUIET_BLAS", "1") != "0" else []
     for avail, stop in _quiet_pools:
-        if avail.value and _alone():
+        if avail.value and _idle_elsewhere():
             stop()
 
 
-def _alone() -> bool:
-    """No Python thread runs here beyond the caller and the pool's own threads."""
-    me = threading.current_thread()
-    return all(t is me or t.name.startswith("scoopexec-") for t in threading.enumerate())
+def _idle_elsewhere() -> bool:
+    """No other thread of this process could be inside a BLAS call: every Python thread but
+    the caller is one of the pool's own (``scoopexec-*``), running only the package's code and
+    what it waits in (ZeroMQ, selectors, threading), not user code such as a done-callback.
+    (Threads without Python frames are native ones: ZeroMQ's, OpenBLAS's own.)"""
+    me = threading.get_ident()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    safe = _safe_places()
+    for ident, top in sys._current_frames().items():
+        if ident == me:
+            continue
+        if not names.get(ident, "").startswith("scoopexec-"):
+            return False  # a user's thread
+        frame: Any = top
+        while frame is not None:
+            if not frame.f_code.co_filename.startswith(safe):
+                return False
+            frame = frame.f_back
+    return True
+
+
+_safe: list[tuple[str, ...]] = []
+
+
+def _safe_places() -> tuple[str, ...]:
+    """The files whose code runs no BLAS call: the package's, pyzmq's, threading's, selectors'."""
+    if not _safe:
+        import selectors
+
+        import zmq
+
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        places = [package + os.sep, os.path.dirname(os.path.abspath(zmq.__file__)) + os.sep]
+        places += [os.path.abspath(mod.__file__ or "?") for mod in (threading, selectors)]
+        _safe.append(tuple(places))
+    return _safe[0]
