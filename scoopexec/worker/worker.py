@@ -186,8 +186,6 @@ class Worker:
         global _current
         _current = self
         _install_patches()
-        if self._watch_stdin:
-            lifeline.watch_stdin(self.connect_to)
         if not isinstance(self.chan, LinkChannel):
             ready = (self.tag or self.name).encode() if self._ready else None
             threading.Thread(
@@ -201,6 +199,10 @@ class Worker:
         # One task asked for with HELLO (what an idle worker asks for once welcomed): the broker
         # sends it right after WELCOME, a round trip sooner.
         self._send([P.header(P.HELLO), P.dump_json({**self._hello(), "credit": 1})])
+        # Its threads start once HELLO is out (each start waits for the thread to run): the
+        # broker's answer, and the first task, are on their way meanwhile.
+        if self._watch_stdin:
+            lifeline.watch_stdin(self.connect_to)
         fl = threading.Thread(target=flusher, args=(self.alarm, self), name="scoopexec-flusher", daemon=True)
         fl.start()
         try:
