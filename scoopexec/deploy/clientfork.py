@@ -228,13 +228,16 @@ def _child(
         os.setsid()
         _fresh_signals()
         _drop_log_handlers()
-        os.environ.clear()
-        os.environ.update(env)
+        for name in [k for k in os.environ if k not in env]:  # (what differs only: each is a putenv)
+            del os.environ[name]
+        for name, value in env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
         _limit_loaded_libraries(env)
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
-        code = serve(theirs.detach(), worker_main)
+        code = serve(theirs.detach(), worker_main, collect=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _say(exc.code))
     except BaseException:

@@ -40,13 +40,17 @@ def _mapped(names: tuple[str, ...]) -> list[str]:
     """Paths of the shared objects mapped here whose file name starts with one of ``names``."""
     found: list[str] = []
     try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                path = line.rstrip("\n").partition("/")[2]
-                if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
-                    found.append("/" + path)
+        with open("/proc/self/maps", "rb") as fh:
+            data = fh.read()
     except OSError:
-        pass
+        return found
+    low = data.lower()
+    if not any(name.encode() in low for name in names):
+        return found  # (the usual answer, without a look at each of its hundreds of lines)
+    for line in data.decode("utf-8", "replace").splitlines():
+        path = line.partition("/")[2]
+        if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
+            found.append("/" + path)
     return found
 
 
