@@ -179,6 +179,9 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
+    # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
+    # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
+    mapped = threadlibs.maps()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).
@@ -199,7 +202,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     except OSError:
         pid = -1
     if pid == 0:
-        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main)
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, mapped)
     if collecting:
         gc.enable()
     os.close(stdin_r)
@@ -213,7 +216,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
 
 def _child(
     ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
-    env: dict[str, str], cwd: str | None, main: dict[str, Any],
+    env: dict[str, str], cwd: str | None, main: dict[str, Any], mapped: bytes,
 ) -> NoReturn:  # fmt: skip
     """The template, forked from the client: leave the client behind, then serve."""
     code = 1
@@ -233,7 +236,7 @@ def _child(
         for name, value in env.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
-        _limit_loaded_libraries(env)
+        _limit_loaded_libraries(env, mapped)
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
@@ -245,13 +248,13 @@ def _child(
     _exit(code)
 
 
-def _limit_loaded_libraries(env: dict[str, str]) -> None:
+def _limit_loaded_libraries(env: dict[str, str], mapped: bytes) -> None:
     """The thread counts the workers' environment sets, given to the BLAS and OpenMP the client
     had loaded (which read the environment when they loaded, not now): else every worker's BLAS
     would run a thread per core, as the client's does."""
     try:
         blas = threadlibs.count(env, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"))
+        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"), mapped)
     except Exception:  # (a library that answers oddly: its workers keep the client's count)
         traceback.print_exc()
 
