@@ -182,6 +182,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
     # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
     mapped = threadlibs.maps()
+    signals = _changed_signals()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).
@@ -202,7 +203,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     except OSError:
         pid = -1
     if pid == 0:
-        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, mapped)
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (mapped, signals))
     if collecting:
         gc.enable()
     os.close(stdin_r)
@@ -216,9 +217,12 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
 
 def _child(
     ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
-    env: dict[str, str], cwd: str | None, main: dict[str, Any], mapped: bytes,
+    env: dict[str, str], cwd: str | None, main: dict[str, Any],
+    seen: tuple[bytes, list[tuple[int, Any]]],
 ) -> NoReturn:  # fmt: skip
-    """The template, forked from the client: leave the client behind, then serve."""
+    """The template, forked from the client: leave the client behind, then serve.  ``seen``: what
+    the client read of itself just before (its mapped libraries, its changed signal handlers)."""
+    mapped, signals = seen
     code = 1
     try:
         gc.freeze()  # every object of the client: never collected here
@@ -229,7 +233,7 @@ def _child(
         os.dup2(stdin_r, 0)
         os.close(stdin_r)
         os.setsid()
-        _fresh_signals()
+        _fresh_signals(signals)
         _drop_log_handlers()
         for name in [k for k in os.environ if k not in env]:  # (what differs only: each is a putenv)
             del os.environ[name]
@@ -280,19 +284,32 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _fresh_signals() -> None:
-    """The signal handlers a fresh interpreter starts with, wherever the client set others."""
+def _changed_signals() -> list[tuple[int, Any]]:
+    """The signals whose handlers here are not those a fresh interpreter starts with, and those:
+    looked at in the client before the fork (the child inherits the very same handlers), where
+    it costs a fraction of what it does in a fresh fork, on the way to every worker."""
     fresh: dict[int, Any] = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN}
     if hasattr(signal, "SIGXFSZ"):
         fresh[signal.SIGXFSZ] = signal.SIG_IGN
+    changed: list[tuple[int, Any]] = []
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         want = fresh.get(sig, signal.SIG_DFL)
         try:
             now = signal.getsignal(sig)
-            if now is not None and now != want:
-                signal.signal(sig, want)
+        except (OSError, ValueError):
+            continue
+        if now is not None and now != want:
+            changed.append((sig, want))
+    return changed
+
+
+def _fresh_signals(changed: list[tuple[int, Any]]) -> None:
+    """The signal handlers a fresh interpreter starts with, wherever the client set others."""
+    for sig, want in changed:
+        try:
+            signal.signal(sig, want)
         except (OSError, ValueError, RuntimeError):
             pass
     signal.set_wakeup_fd(-1)
