@@ -9,9 +9,11 @@
                                        handed to a worker; cancelled ones are dropped)
 
 The local workers' template is made first, a fork of this process when it still runs a
-single thread then (deploy/clientfork.py).  The client is the broker's in-process peer
-(broker/ports.InProcessPort), so a round trip costs two socket hops; the submitting
-thread dispatches its own task when the broker's loop sleeps, and the thread waiting in
+single thread then (deploy/clientfork.py); such a template is asked for the workers at once,
+and forks them while the broker is made here (their links wait for it, with their HELLO in
+them; each HELLO asks for a task, which the broker sends with WELCOME).  The client is the
+broker's in-process peer (broker/ports.InProcessPort), so a round trip costs two socket
+hops; the submitting thread dispatches its own task when the broker's loop sleeps, and the thread waiting in
 ``result()`` reads the result from the worker's link itself (broker/leader.py), so that
 a short round trip wakes no other thread of this process.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
