@@ -384,3 +384,69 @@ def test_env_tz_reaches_the_workers(tmp_path):
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=100
     ).stdout.strip()
     assert out == "JST", out
+
+
+def _record_order(monkeypatch: pytest.MonkeyPatch, fail_broker: bool = False) -> tuple[list[str], list[int]]:
+    """Record when the pool makes its local workers and its broker (and, with ``fail_broker``,
+    the pids of the template and its workers as the broker fails to be made)."""
+    from scoopexec.client import embedded
+    from scoopexec.deploy import forkstart
+
+    order: list[str] = []
+    pids: list[int] = []
+    made: list[embedded.LocalWorkers] = []
+
+    class Workers(embedded.LocalWorkers):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            order.append("workers")
+            made.append(self)
+
+    class FailingBroker(embedded.Broker):
+        def __init__(self, *args, **kwargs):
+            order.append("broker")
+            if fail_broker:
+                procs = [p for p in made[0].procs.values() if isinstance(p, forkstart.ForkedProcess)]
+                forkstart.await_pids(procs, 30)
+                pids.extend([made[0].template.proc.pid, *(p.pid for p in procs)])
+                raise RuntimeError("no broker today")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(embedded, "LocalWorkers", Workers)
+    monkeypatch.setattr(embedded, "Broker", FailingBroker)
+    return order, pids
+
+
+def test_the_template_forks_the_first_workers_while_the_broker_is_made(monkeypatch) -> None:
+    # The workers' start (the template's forks, their set-up, HELLO on their links) overlaps the
+    # broker's making; their links reach the broker once it exists, and the pool uses them all.
+    order, _ = _record_order(monkeypatch)
+    with ScoopExecutor(max_workers=2) as ex:
+        assert _origin(ex) == "client"
+        assert order == ["workers", "broker"]
+        assert len(set(ex.map(_pid_after, [0.3] * 4, timeout=60))) == 2  # each of the two ran tasks
+    order.clear()
+    monkeypatch.setenv("SCOOPEXEC_WORKER_START", "template")  # a fresh one: started with the first worker
+    with ScoopExecutor(max_workers=2) as ex:
+        assert order == ["broker", "workers"]
+        assert len(set(ex.map(_pid_after, [0.3] * 4, timeout=60))) == 2
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_workers_forked_before_a_broker_that_fails_are_ended_with_their_template(monkeypatch) -> None:
+    _, pids = _record_order(monkeypatch, fail_broker=True)
+    with pytest.raises(RuntimeError, match="no broker today"):
+        ScoopExecutor(max_workers=2)
+    assert len(pids) == 3
+    assert [p for p in pids if _running(p)] == []  # ended before the error reached us, not after a grace
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -29,6 +29,24 @@ def test_every_option_built_by_a_launcher_reads_back_the_same():
     assert parsed == values
 
 
+def test_a_launchers_command_line_is_read_as_argparse_reads_it():
+    values = {o.dest: _sample(o) for o in contract.OPTIONS}
+    cases = [values, {}, {"connect": "ipc:///x", "heartbeat": 0.5, "max_message_size": 10, "key_stdin": True}]
+    cases += [{o.dest: _sample(o)} for o in contract.OPTIONS]
+    for given in cases:
+        argv = contract.worker_argv(**given)[3:]
+        assert contract.read_argv(argv) == vars(contract.parser().parse_args(argv)), argv
+    assert contract.read_argv(["-n", "2", "--connect", "tcp://h:1"])["workers"] == "2"  # a short flag
+    # Any other form is argparse's to read (or to refuse): abbreviations, '=', a value that looks
+    # like a flag, a missing or malformed value, a word that is no flag.
+    odd_ones = (
+        ["--conn", "x"], ["--connect=x"], ["--tag", "-x"], ["--max-message-size", "-1"], ["--heartbeat"],
+        ["--heartbeat", "soon"], ["--link-fd", "3.5"], ["stray"], ["--connect", "x", "--"],
+    )  # fmt: skip
+    for odd in odd_ones:
+        assert contract.read_argv(odd) is None, odd
+
+
 def test_defaults_and_false_switches_are_left_out():
     argv = contract.worker_argv(connect="ipc:///x", ready=False, link_fd=None, heartbeat=1.0)
     assert argv == ["-m", "scoopexec", "worker", "--connect", "ipc:///x", "--heartbeat", "1.0"]

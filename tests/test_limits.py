@@ -186,6 +186,24 @@ def _wait_for(path: str, timeout: float = 30.0) -> str:
         return f.read()
 
 
+def thread_names(_=None) -> list[str]:
+    import threading
+
+    return sorted(t.name for t in threading.enumerate())
+
+
+def test_the_watchdog_thread_starts_with_the_first_limit_not_before():
+    # A thread started before a worker's first task delays that task (Thread.start() waits for
+    # it to run): a pool without limits runs none; the first task_timeout starts it, and it works.
+    with ScoopExecutor(1) as ex:
+        assert "scoopexec-watchdog" not in ex.submit(thread_names).result(timeout=60)
+        with pytest.raises(TaskTimeoutError):
+            list(ex.map(sleeper, [30], task_timeout=0.3))
+        assert "scoopexec-watchdog" in ex.submit(thread_names).result(timeout=60)
+    with ScoopExecutor(1, worker_max_lifetime=600) as ex:  # a recycler: watched from the start
+        assert "scoopexec-watchdog" in ex.submit(thread_names).result(timeout=60)
+
+
 def test_cancel_pending_is_fut_cancel():
     with ScoopExecutor(1) as ex:
         busy = ex.submit(sleeper, 1.0)

@@ -357,7 +357,7 @@ class Broker:
     # ------------------------------------------------------------- handlers
     def _on_hello(self, key: bytes, peer: Peer | None, msg: P.Message) -> None:
         info, ledger = check_hello(msg.info), self.ledger
-        role, held = info["role"], info.pop("held", set())
+        role, held, credit = info["role"], info.pop("held", set()), info.pop("credit", 0)
         if role == P.WORKER:
             old = ledger.workers.get(key)
             if old is not None:
@@ -369,7 +369,9 @@ class Broker:
             if w.tag and self.watcher is not None:
                 self.watcher.mark_hello(w.tag)
             log.info("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
-            self._welcome(key, {})
+            # The credit its HELLO asked for: its first tasks go out in this turn, after WELCOME.
+            self._welcome(key, {"granted": credit} if credit else {})
+            ledger.grant(w, credit)
         elif role == P.CLIENT:
             c = ledger.clients.get(key) or ledger.add_client(key, info, list(msg.frames[2:]))
             self._welcome(key, {"setup": c.setup})

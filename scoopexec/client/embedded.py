@@ -9,9 +9,11 @@
                                        handed to a worker; cancelled ones are dropped)
 
 The local workers' template is made first, a fork of this process when it still runs a
-single thread then (deploy/clientfork.py).  The client is the broker's in-process peer
-(broker/ports.InProcessPort), so a round trip costs two socket hops; the submitting
-thread dispatches its own task when the broker's loop sleeps, and the thread waiting in
+single thread then (deploy/clientfork.py); such a template is asked for the workers at once,
+and forks them while the broker is made here (their links wait for it, with their HELLO in
+them; each HELLO asks for a task, which the broker sends with WELCOME).  The client is the
+broker's in-process peer (broker/ports.InProcessPort), so a round trip costs two socket
+hops; the submitting thread dispatches its own task when the broker's loop sleeps, and the thread waiting in
 ``result()`` reads the result from the worker's link itself (broker/leader.py), so that
 a short round trip wakes no other thread of this process.  The
 local workers get one end of a socketpair each (deploy/local.py, wire/framing.Link);
@@ -28,6 +30,7 @@ import concurrent.futures as cf
 import logging
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -55,6 +58,7 @@ from .future import ScoopFuture
 from .session import Session, status_timeout
 
 if TYPE_CHECKING:
+    from ..deploy.forkstart import Template
     from ..trace import TraceRecorder
 
 __all__ = ["EmbeddedSession"]
@@ -99,7 +103,13 @@ class EmbeddedSession(Session):
         private = place[1] if place is not None else "tcp://127.0.0.1:0"
         self._secure: str | None = None  # a CURVE endpoint, once there is one
         self._published: list[str] = []  # key files written for this user's hand-started peers
+        local: LocalWorkers | None = None
+        early: list[socket.socket] = []  # the links of workers forked before the broker was made
         try:
+            if template is not None and place is not None:
+                # A template forked from us forks the workers at once, while the broker is made
+                # here: each says HELLO on its link, which the broker reads once it runs.
+                local = self._local_workers(n, options, private, max_message_size, early.append, template)
             self.broker = Broker(
                 private,
                 context=self.ctx,
@@ -120,26 +130,22 @@ class EmbeddedSession(Session):
                 if secure:
                     self._secure = self.endpoint
                     self._publish()
-            self.workers = Launchers(
-                LocalWorkers(
-                    self.private,
-                    n,
-                    python=options.python,
-                    env=options.env,
-                    cwd=options.cwd if options.keep_cwd else None,
-                    flags={
-                        "keep_cwd": options.keep_cwd, "max_message_size": max_message_size, **options.recycle
-                    },
-                    heartbeat=options.heartbeat,
-                    heartbeat_timeout=options.heartbeat_timeout,
-                    link=self.broker.links.add if use_socketpairs() else None,
-                    keys=local_keys,
-                    template=template,
-                )
-            )
+            link = self.broker.links.add if use_socketpairs() else None
+            if local is None:
+                connect = self.private
+                local = self._local_workers(n, options, connect, max_message_size, link, template, local_keys)
+            else:
+                local.link = link
+                while early:
+                    self.broker.links.add(early.pop(0))
+            self.workers = Launchers(local)
         except BaseException:
-            if template is not None:
+            if local is not None:
+                local.stop(0.5)  # and its template
+            elif template is not None:
                 template.stop()
+            for sock in early:
+                sock.close()
             self._cleanup_dir()
             if getattr(self, "broker", None) is not None:
                 self.broker.close()
@@ -153,6 +159,30 @@ class EmbeddedSession(Session):
         self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
         self.thread.start()
         self.loop_ident = self.thread.ident
+        # The forks are processes once the pool is made (the broker reads their HELLO meanwhile).
+        local.confirm()
+
+    @staticmethod
+    def _local_workers(
+        n: int, options: LaunchOptions, connect: str, max_message_size: int,
+        link: Callable[[socket.socket], object] | None, template: Template | None,
+        keys: Credentials | None = None,
+    ) -> LocalWorkers:  # fmt: skip
+        """The pool's local workers (forked ones: asked of the template, not awaited yet)."""
+        return LocalWorkers(
+            connect,
+            n,
+            python=options.python,
+            env=options.env,
+            cwd=options.cwd if options.keep_cwd else None,
+            flags={"keep_cwd": options.keep_cwd, "max_message_size": max_message_size, **options.recycle},
+            heartbeat=options.heartbeat,
+            heartbeat_timeout=options.heartbeat_timeout,
+            link=link,
+            keys=keys,
+            template=template,
+            wait=False,
+        )
 
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task

@@ -179,6 +179,10 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
+    # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
+    # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
+    mapped = threadlibs.maps()
+    signals = _changed_signals()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).
@@ -199,7 +203,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     except OSError:
         pid = -1
     if pid == 0:
-        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main)
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (mapped, signals))
     if collecting:
         gc.enable()
     os.close(stdin_r)
@@ -214,8 +218,11 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
 def _child(
     ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
     env: dict[str, str], cwd: str | None, main: dict[str, Any],
+    seen: tuple[bytes, list[tuple[int, Any]]],
 ) -> NoReturn:  # fmt: skip
-    """The template, forked from the client: leave the client behind, then serve."""
+    """The template, forked from the client: leave the client behind, then serve.  ``seen``: what
+    the client read of itself just before (its mapped libraries, its changed signal handlers)."""
+    mapped, signals = seen
     code = 1
     try:
         gc.freeze()  # every object of the client: never collected here
@@ -226,15 +233,18 @@ def _child(
         os.dup2(stdin_r, 0)
         os.close(stdin_r)
         os.setsid()
-        _fresh_signals()
+        _fresh_signals(signals)
         _drop_log_handlers()
-        os.environ.clear()
-        os.environ.update(env)
-        _limit_loaded_libraries(env)
+        for name in [k for k in os.environ if k not in env]:  # (what differs only: each is a putenv)
+            del os.environ[name]
+        for name, value in env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        _limit_loaded_libraries(env, mapped)
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
-        code = serve(theirs.detach(), worker_main)
+        code = serve(theirs.detach(), worker_main, collect=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _say(exc.code))
     except BaseException:
@@ -242,13 +252,13 @@ def _child(
     _exit(code)
 
 
-def _limit_loaded_libraries(env: dict[str, str]) -> None:
+def _limit_loaded_libraries(env: dict[str, str], mapped: bytes) -> None:
     """The thread counts the workers' environment sets, given to the BLAS and OpenMP the client
     had loaded (which read the environment when they loaded, not now): else every worker's BLAS
     would run a thread per core, as the client's does."""
     try:
         blas = threadlibs.count(env, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"))
+        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"), mapped)
     except Exception:  # (a library that answers oddly: its workers keep the client's count)
         traceback.print_exc()
 
@@ -274,19 +284,32 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _fresh_signals() -> None:
-    """The signal handlers a fresh interpreter starts with, wherever the client set others."""
+def _changed_signals() -> list[tuple[int, Any]]:
+    """The signals whose handlers here are not those a fresh interpreter starts with, and those:
+    looked at in the client before the fork (the child inherits the very same handlers), where
+    it costs a fraction of what it does in a fresh fork, on the way to every worker."""
     fresh: dict[int, Any] = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN}
     if hasattr(signal, "SIGXFSZ"):
         fresh[signal.SIGXFSZ] = signal.SIG_IGN
+    changed: list[tuple[int, Any]] = []
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         want = fresh.get(sig, signal.SIG_DFL)
         try:
             now = signal.getsignal(sig)
-            if now is not None and now != want:
-                signal.signal(sig, want)
+        except (OSError, ValueError):
+            continue
+        if now is not None and now != want:
+            changed.append((sig, want))
+    return changed
+
+
+def _fresh_signals(changed: list[tuple[int, Any]]) -> None:
+    """The signal handlers a fresh interpreter starts with, wherever the client set others."""
+    for sig, want in changed:
+        try:
+            signal.signal(sig, want)
         except (OSError, ValueError, RuntimeError):
             pass
     signal.set_wakeup_fd(-1)

@@ -312,17 +312,20 @@ def _exited(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------- template side
-def serve(control_fd: int, worker_main: Callable[[list[str]], int]) -> int:
+def serve(control_fd: int, worker_main: Callable[[list[str]], int], collect: bool = True) -> int:
     """The template's loop: fork a worker per request until stdin closes.
 
     Returns the template's exit status, or -- in a forked worker -- the worker's, once
     ``worker_main`` returned, so that the worker leaves through the interpreter's normal exit.
+    ``collect``: collect garbage before freezing what there is (False: a fork of the client,
+    which froze what it inherited, and has made little since).
     """
     if threading.active_count() != 1:  # importing the worker started a thread: forking is unsafe
         return 2
     # What the template imported is shared with every worker until written to; the collector
     # would write to it all (its bookkeeping is in each object): leave those objects out of it.
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.freeze()
     sock = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()

@@ -158,7 +158,10 @@ class LocalWorkers:
         flags: Mapping[str, Any] | None = None,
         link: Callable[[socket.socket], object] | None = None,
         template: Template | None = None,
+        wait: bool = True,
     ) -> None:
+        """``wait``: return once the template has forked the ``n`` workers (else :meth:`confirm`
+        does, later: an embedded pool makes its broker meanwhile)."""
         self.connect = connect
         # With `link` (the embedded broker's links.add), each worker gets one end of a
         # socketpair instead of connecting to `connect` through ZeroMQ (wire/framing.py).
@@ -191,7 +194,8 @@ class LocalWorkers:
         self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
         self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
         self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
-        self.add(n)
+        self._unconfirmed: list[ForkedProcess] = []  # forks asked for, pids not awaited yet
+        self.add(n, wait)
 
     def _spawn(self) -> str:
         with self._lock:
@@ -306,10 +310,19 @@ class LocalWorkers:
         """Whether ``tag`` is (or was) one of these processes."""
         return tag in self.procs or tag in self.exits
 
-    def add(self, n: int) -> None:
-        """Start ``n`` more workers: once this returns, they are processes (``pids``), forked ones too."""
+    def add(self, n: int, wait: bool = True) -> None:
+        """Start ``n`` more workers: once this returns, they are processes (``pids``), forked ones
+        too (``wait`` False: once :meth:`confirm` returns)."""
         tags = [self._spawn() for _ in range(n)]
         forked = [p for p in map(self.procs.get, tags) if isinstance(p, ForkedProcess)]
+        if not wait:
+            self._unconfirmed += forked
+        elif forked:
+            forkstart.await_pids(forked, FORK_WAIT)
+
+    def confirm(self) -> None:
+        """Wait until the template forked the workers asked of it (FORK_WAIT s at most)."""
+        forked, self._unconfirmed = self._unconfirmed, []
         if forked:
             forkstart.await_pids(forked, FORK_WAIT)
 

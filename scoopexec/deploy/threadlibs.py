@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["blas_threads", "count", "limit", "pool_threads", "quiet"]
+__all__ = ["blas_threads", "count", "limit", "maps", "pool_threads", "quiet"]
 
 # OpenBLAS's entry points carry a prefix and a suffix in some builds (NumPy's and SciPy's
 # wheels: scipy_openblas_get_num_threads64_).
@@ -44,17 +44,27 @@ _OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
 _PTHREADS = 1  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
 
 
-def _mapped(names: tuple[str, ...]) -> list[str]:
-    """Paths of the shared objects mapped here whose file name starts with one of ``names``."""
-    found: list[str] = []
+def maps() -> bytes:
+    """/proc/self/maps (~0.2 ms to read: the kernel writes it out; more in a fresh fork), or nothing."""
     try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                path = line.rstrip("\n").partition("/")[2]
-                if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
-                    found.append("/" + path)
+        with open("/proc/self/maps", "rb") as fh:
+            return fh.read()
     except OSError:
-        pass
+        return b""
+
+
+def _mapped(names: tuple[str, ...], data: bytes | None = None) -> list[str]:
+    """Paths of the shared objects mapped here whose file name starts with one of ``names``
+    (``data``: /proc/self/maps, read already)."""
+    found: list[str] = []
+    data = maps() if data is None else data
+    low = data.lower()
+    if not any(name.encode() in low for name in names):
+        return found  # (the usual answer, without a look at each of its hundreds of lines)
+    for line in data.decode("utf-8", "replace").splitlines():
+        path = line.partition("/")[2]
+        if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
+            found.append("/" + path)
     return found
 
 
@@ -126,11 +136,14 @@ def blas_threads() -> int | None:
     return None
 
 
-def limit(blas: int | None, openmp: int | None) -> None:
+def limit(blas: int | None, openmp: int | None, mapped: bytes | None = None) -> None:
     """Give the BLAS and OpenMP libraries loaded here these thread counts (a forked worker's
-    share of the cores, which its environment gives the ones that load later); None: leave."""
-    blas_libs = _mapped(("libopenblas", "libscipy_openblas")) if blas else []
-    openmp_libs = _mapped(_OPENMP_LIBS) if openmp else []
+    share of the cores, which its environment gives the ones that load later); None: leave.
+    ``mapped``: :func:`maps` as read already (by the process this one is a fork of)."""
+    if mapped is None:
+        mapped = maps() if blas or openmp else b""
+    blas_libs = _mapped(("libopenblas", "libscipy_openblas"), mapped) if blas else []
+    openmp_libs = _mapped(_OPENMP_LIBS, mapped) if openmp else []
     if not blas_libs and not openmp_libs:
         return
     import ctypes

@@ -43,8 +43,9 @@ HEADER = struct.Struct("<2sBBII")  # magic, version, type, count, arg
 HEADER_SIZE = HEADER.size
 
 # Message types.  Comments give the direction and the entry layout.
-HELLO = 1  # peer -> broker; frame 1: JSON {"role": ...}; clients add set-up frames
-WELCOME = 2  # broker -> peer; frame 1: JSON {"pool": ..., "id": ...}
+HELLO = 1  # peer -> broker; frame 1: JSON {"role": ...}; clients add set-up frames; a worker's
+# first may say {"credit": N}: a CREDIT of N taken with it (its first tasks come without a round trip)
+WELCOME = 2  # broker -> peer; frame 1: JSON {"pool": ..., "id": ...}; {"granted": N}: that credit, taken
 SUBMIT = 3  # peer -> broker; SUBMIT_ENTRY per task, then the task's frames
 TASKS = 4  # broker -> worker; TASK_ENTRY per task, then the task's frames
 RESULT = 5  # worker -> broker; RESULT_ENTRY per result; arg = credits granted

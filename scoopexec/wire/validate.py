@@ -66,6 +66,7 @@ def _scalar(key: str, value: Any) -> Any:
 
 
 MAX_RETRIES = 1000  # a client's max_retries, at most (each retry is a worker lost)
+MAX_HELLO_CREDIT = 64  # the most tasks a worker asks for at once (worker._prefetch)
 MAX_HELLO_FIELDS = 32  # a HELLO has fewer than 12 today: room for new ones, not for a flood
 
 
@@ -89,6 +90,11 @@ def check_hello(info: dict[str, Any]) -> dict[str, Any]:
                 not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32
             ):
                 raise ProtocolError(f"HELLO field 'pid': {str(value)[:40]!r} is not a process id")
+            out[key] = value
+        elif key == "credit":  # a worker's first tasks, asked for with its HELLO
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_HELLO_CREDIT:
+                what = str(value)[:40]
+                raise ProtocolError(f"HELLO field 'credit': {what!r} is not an int in 0..{MAX_HELLO_CREDIT}")
             out[key] = value
         elif key == "max_retries":  # a client's: it applies to its tasks (broker/ledger.py)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRIES:

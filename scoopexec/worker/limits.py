@@ -4,7 +4,7 @@ A task given a time limit (``ScoopExecutor(task_timeout=S)``, ``map(..., task_ti
 travels as :class:`TimeLimit` around its function: the limit goes with the task, and
 the worker that runs it obeys it::
 
-    TimeLimit.__call__ --arm--> Watchdog (one thread per worker process)
+    TimeLimit.__call__ --arm--> Watchdog (one thread per worker process, from its first limit)
                                    |  S seconds pass, the call still running
                                    v
         the task gets KeyboardInterrupt: a running one through SIGINT to the
@@ -155,7 +155,16 @@ class Watchdog:
         self.limits: set[_Limit] = set()
         self.recycler: Recycler | None = None
         self._prev = signal.signal(signal.SIGINT, self._on_sigint)  # in the main thread: a task
-        threading.Thread(target=self._run, name="scoopexec-watchdog", daemon=True).start()
+        # The thread starts with the first thing it watches (a time limit, a cancel's interrupt, a
+        # recycler): most workers never need it, and each thread started before a worker's first
+        # task delays it (Thread.start() waits for the new thread to run, on busy cores too).
+        self._thread: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Start the thread, if not yet (hold ``cond``)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="scoopexec-watchdog", daemon=True)
+            self._thread.start()
 
     def interrupt(self, btid: int, g: greenlet.greenlet) -> None:
         """KeyboardInterrupt in the task ``btid`` running on ``g`` (cancelled: ex.cancel()), once."""
@@ -163,6 +172,7 @@ class Watchdog:
         lim.kill = False
         lim.fired = lim.pending = lim.running = True
         with self.cond:
+            self.watch()
             self.limits.add(lim)
             self.cond.notify()
 
@@ -170,6 +180,7 @@ class Watchdog:
         what = serialize.describe_user(fn) + "()"
         lim = _Limit(seconds, greenlet.getcurrent(), self.w.current_task(), what)
         with self.cond:
+            self.watch()
             self.limits.add(lim)
             self.cond.notify()
         return lim
@@ -277,6 +288,7 @@ def install(
         w.after_task = rec.after_task
         with dog.cond:
             dog.recycler = rec
+            dog.watch()
             dog.cond.notify()
 
     def urgent(msg: P.Message) -> None:  # the flusher thread, while a task runs

@@ -6,11 +6,12 @@ run_worker_group, which starts N of these.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
 
-from ..deploy.contract import check_env, local_cpu_count, parser
+from ..deploy.contract import check_env, local_cpu_count, parser, read_argv
 from ..deploy.local import run_worker_group
 from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
 from . import lifeline, limits
@@ -40,7 +41,8 @@ def _connect_back(port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
     ap = PARSER
-    args = ap.parse_args(argv)
+    values = read_argv(argv) if argv is not None else None  # (a launcher's form: no argparse)
+    args = argparse.Namespace(**values) if values is not None else ap.parse_args(argv)
     if (args.connect is None) == (args.connect_back is None):
         ap.error("give the broker's endpoint: --connect ADDR")
     if args.key and args.key_stdin:

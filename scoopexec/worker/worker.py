@@ -186,8 +186,6 @@ class Worker:
         global _current
         _current = self
         _install_patches()
-        if self._watch_stdin:
-            lifeline.watch_stdin(self.connect_to)
         if not isinstance(self.chan, LinkChannel):
             ready = (self.tag or self.name).encode() if self._ready else None
             threading.Thread(
@@ -198,7 +196,13 @@ class Worker:
             self._streams = [ForwardStream(self, 1, 1), ForwardStream(self, 2, 2)]
             sys.stdout, sys.stderr = self._streams
             logging.getLogger().addHandler(ForwardLogs(self))
-        self._send([P.header(P.HELLO), P.dump_json(self._hello())])
+        # One task asked for with HELLO (what an idle worker asks for once welcomed): the broker
+        # sends it right after WELCOME, a round trip sooner.
+        self._send([P.header(P.HELLO), P.dump_json({**self._hello(), "credit": 1})])
+        # Its threads start once HELLO is out (each start waits for the thread to run): the
+        # broker's answer, and the first task, are on their way meanwhile.
+        if self._watch_stdin:
+            lifeline.watch_stdin(self.connect_to)
         fl = threading.Thread(target=flusher, args=(self.alarm, self), name="scoopexec-flusher", daemon=True)
         fl.start()
         try:
@@ -341,7 +345,9 @@ class Worker:
         info = msg.info
         self.pool_id = info.get("pool", "")
         self.max_message_size = int(info.get("max_message_size", -1) or -1)
-        if not self.welcomed or info.get("resumed") is None:
+        if not self.welcomed:
+            self.granted = int(info.get("granted", 0) or 0)  # what it took of our HELLO's credit
+        elif info.get("resumed") is None:
             self.granted = 0
         if not self.welcomed:
             lifeline.welcomed()  # whoever started us: we reached a broker
