@@ -124,8 +124,7 @@ class Broker:
         )  # fmt: skip
         self.endpoint: str = self.router.add_endpoint(bind, secure=bind.startswith("tcp://"))  # TCP: CURVE
         self.router.watch(self.poll)
-        gone = self.supervisor.peer_gone
-        dropped = self.ledger.dropped
+        gone, dropped = self.supervisor.peer_gone, self.ledger.dropped
         self.guard = Guard(dropped, self.send, self.ledger.peer)
         self.links = LinkPort(
             self.poll, self.wakeup, self._take, gone, dropped, heartbeat_timeout, max_message_size
@@ -369,9 +368,8 @@ class Broker:
             if w.tag and self.watcher is not None:
                 self.watcher.mark_hello(w.tag)
             log.info("worker %s joined (pid %s on %s)", w.name, info.get("pid"), info.get("host"))
-            # The credit its HELLO asked for: its first tasks go out in this turn, after WELCOME.
             self._welcome(key, {"granted": credit} if credit else {})
-            ledger.grant(w, credit)
+            ledger.grant(w, credit)  # its HELLO's credit: first tasks go out this turn, after WELCOME
         elif role == P.CLIENT:
             c = ledger.clients.get(key) or ledger.add_client(key, info, list(msg.frames[2:]))
             self._welcome(key, {"setup": c.setup})
