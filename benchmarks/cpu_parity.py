@@ -29,6 +29,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from scoopexec import ScoopExecutor  # imported before any round, as concurrent.futures is
+
 
 def burn_where(seconds: float) -> tuple[int, float, float, float]:
     """Burn ``seconds`` of CPU; say which process ran it, when (time.time()), and the CPU
@@ -43,8 +45,6 @@ def burn_where(seconds: float) -> tuple[int, float, float, float]:
 
 def _make(name: str, workers: int) -> Any:
     if name == "scoopexec":
-        from scoopexec import ScoopExecutor
-
         return ScoopExecutor(max_workers=workers)
     return cf.ProcessPoolExecutor(max_workers=workers)
 
