@@ -338,7 +338,7 @@ class TraceRecorder:
         if (
             len(head) != _HEAD + k * step
             or len(frames) != k + 1
-            or self.limit - self.recorded < k
+            or (self._stored + len(self._buf)) // _RECORD.size + self._later.pending + k > self.limit
             # One frame each: every count's low byte is 1, so each is >= 1, and they add up to
             # the frames there are (protocol.decode checked): each is 1.
             or head[_HEAD + ENTRY_NFRAMES :: step].count(1) != k

@@ -87,25 +87,25 @@ def sizes(found: Sequence[Any], frames: Sequence[Any]) -> tuple[list[Any] | None
         n = len(fn)
     except TypeError:  # (Task.rest is MANY: other than two frames; a pickle.PickleBuffer)
         return None
-    return srcs, _plus(ins, n), nout
-
-
-def _plus(sizes: list[int], n: int) -> bytes:
-    """The column of ``sizes`` each plus ``n``: a byte each if all are under 256, else int64s."""
-    try:
-        column = bytes(sizes)
+    try:  # bytes in: the function's frame added to each (0 where a sum reaches 256)
+        nin = bytes(ins)
         if n:
-            table = _ADD.get(n)
-            if table is None:
-                if not 0 < n < 256:
-                    raise ValueError(n)
-                table = _ADD[n] = bytes(i + n if i + n < 256 else 0 for i in range(256))
-            column = column.translate(table)
-            if 0 in column:  # (every sum is at least n > 0: a 0 is one that reached 256)
+            table = _ADD.get(n) or _adding(n)
+            nin = nin.translate(table)
+            if 0 in nin:  # (every sum is at least n > 0: a 0 is one that reached 256)
                 raise ValueError(n)
-        return column
     except ValueError:
-        return struct.pack(f"<{len(sizes)}q", *[size + n for size in sizes])
+        nin = struct.pack(f"<{k}q", *[size + n for size in ins])
+    return srcs, nin, nout
+
+
+def _adding(n: int) -> bytes:
+    """The translation table adding ``n`` to a byte, 0 where the sum reaches 256; ValueError if
+    ``n`` is 256 or more (no sum fits a byte)."""
+    if not 0 < n < 256:
+        raise ValueError(n)
+    table = _ADD[n] = bytes(i + n if i + n < 256 else 0 for i in range(256))
+    return table
 
 
 _ADD: dict[int, bytes] = {}  # n -> the translation table adding n to a byte (0 where it overflows)
