@@ -991,3 +991,38 @@ def test_the_bulk_paths_bytes_in_cross_256_as_the_loop_counts_them(tmp_path, mon
     a_raw, b_raw = bulk.raw(), loop.raw()
     assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
     assert bytes(a_raw.sent) == bytes(b_raw.sent) and a_raw.values == b_raw.values
+
+
+def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypatch):
+    """A message of tiny tasks that would take the recorder past its limit goes to the per-task
+    loop, which records what fits and counts the rest: the same records and count as a
+    recorder that never takes the bulk path."""
+    from scoopexec.broker import scheduling
+    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.wire import protocol as P
+
+    monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_789.75)
+    ledger = Ledger(3)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    a = ledger.add_worker(b"D" * 12, {"name": "d", "pid": 3, "host": "h"})
+    ledger.grant(a, 10_000)
+    fa = _pickled_global("mod", "alpha")
+    ledger.submit(b"C", [((i, 0, 2), [fa, b"a" * i]) for i in range(24)], ledger.clients[b"C"])
+    bulk, loop = TraceRecorder(tmp_path / "a.trace", limit=20), TraceRecorder(tmp_path / "b.trace", limit=20)
+    loop._bulk_from = 10**9
+    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
+        loop.on_dispatch(w, batch)
+    by_tid = {t.tid: t for t in ledger.tasks.values()}
+    for first in (0, 8, 16):
+        entries = [(by_tid[i].btid, 0, 1, 1.7e9 + i, 0.25) for i in range(first, first + 8)]
+        frames = [P.pack(P.RESULT, entries)] + [b"r" * i for i in range(first, first + 8)]
+        loop.on_results(a, entries, frames, dict(ledger.tasks))
+        done: list[Task] = []
+        ledger.finish(a, zip(entries, [[f] for f in frames[1:]], strict=True), None, done)
+        bulk.on_finished(a, entries, frames, done)
+        assert bulk._later.count == min(first + 8, 16), "two messages through _bulk, the third not"
+    assert bulk.recorded == loop.recorded == 20 and bulk.dropped == loop.dropped == 4
+    a_raw, b_raw = bulk.raw(), loop.raw()
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records) and bytes(a_raw.sent) == bytes(b_raw.sent)
