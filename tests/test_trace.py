@@ -1008,7 +1008,7 @@ def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypa
     ledger.grant(a, 10_000)
     fa = _pickled_global("mod", "alpha")
     ledger.submit(b"C", [((i, 0, 2), [fa, b"a" * i]) for i in range(24)], ledger.clients[b"C"])
-    bulk, loop = TraceRecorder(tmp_path / "a.trace", limit=20), TraceRecorder(tmp_path / "b.trace", limit=20)
+    bulk, loop = (TraceRecorder(tmp_path / name, limit=20) for name in ("a.trace", "b.trace"))
     loop._bulk_from = 10**9
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
         flat = task_entries(batch, [])
@@ -1025,4 +1025,5 @@ def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypa
         assert bulk._later.count == min(first + 8, 16), "two messages through _bulk, the third not"
     assert bulk.recorded == loop.recorded == 20 and bulk.dropped == loop.dropped == 4
     a_raw, b_raw = bulk.raw(), loop.raw()
-    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records) and bytes(a_raw.sent) == bytes(b_raw.sent)
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
+    assert bytes(a_raw.sent) == bytes(b_raw.sent)
