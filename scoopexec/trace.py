@@ -74,7 +74,7 @@ from typing import Any, Protocol
 from . import tracefile
 from ._version import __version__
 from .broker.ledger import MANY
-from .tracebulk import ENTRY_NFRAMES, ENTRY_STATUS, MAX_PENDING, Pending
+from .tracebulk import ENTRY_NFRAMES, ENTRY_STATUS, MAX_PENDING, Pending, sizes
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
 from .wire.protocol import HEADER_SIZE as _HEAD
@@ -338,7 +338,7 @@ class TraceRecorder:
         if (
             len(head) != _HEAD + k * step
             or len(frames) != k + 1
-            or self.limit - self.recorded < k
+            or (self._stored + len(self._buf)) // _RECORD.size + self._later.pending + k > self.limit
             # One frame each: every count's low byte is 1, so each is >= 1, and they add up to
             # the frames there are (protocol.decode checked): each is 1.
             or head[_HEAD + ENTRY_NFRAMES :: step].count(1) != k
@@ -346,30 +346,24 @@ class TraceRecorder:
             or _ENTRY.unpack_from(head, _HEAD) != entries[0]  # (the entries are the header's)
         ):
             return False
-        fn = found[0].first
-        try:  # TypeError: a task of other than two frames (Task.rest is MANY), a PickleBuffer
-            n = len(fn)
-            nin = [n + len(t.rest) for t in found if t.first is fn and not t.lost]
-            nout = list(map(len, frames[1:]))
-        except TypeError:
+        got = sizes(found, frames)
+        if got is None:
             return False
-        if len(nin) != k:
-            return False
-        srcs = [t.src for t in found]
+        srcs, nin, nout = got
         now = _time()
         key = w.key
         kidx = self._index.get(key)
         if kidx is None:
             kidx = self._intern(key)
+        fn = found[0].first
         if type(fn) is not bytes:
             fn = fn.bytes  # zmq.Frame
         nidx = self._names.get(fn)
         if nidx is None:
             nidx = self._name_of(fn)
         code = status[0]
-        src = srcs[0]
-        if srcs.count(src) == k:
-            records = self._template(src, nidx, now, kidx, code) * k
+        if srcs is None:
+            records = self._template(found[0].src, nidx, now, kidx, code) * k
         else:
             made = {s: self._template(s, nidx, now, kidx, code) for s in dict.fromkeys(srcs)}
             records = b"".join(map(made.__getitem__, srcs))

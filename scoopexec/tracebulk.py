@@ -20,12 +20,13 @@ of ids and the times packed, and packed into their layout the same way.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from .tracefile import DISPATCH, TASK_RECORD
 from .wire.protocol import HEADER_SIZE, RESULT_ENTRY, TASK_ENTRY
 
-__all__ = ["ENTRY_NFRAMES", "ENTRY_STATUS", "MAX_PENDING", "Pending", "copy_words"]
+__all__ = ["ENTRY_NFRAMES", "ENTRY_STATUS", "MAX_PENDING", "Pending", "copy_words", "sizes"]
 
 MAX_PENDING = 4096  # results, dispatches Pending holds at most before the recorder lays them out
 
@@ -57,6 +58,59 @@ def copy_words(dst: memoryview, at: int, dstep: int, src: memoryview, off: int, 
         words[::dstep] = src[s : s + (n - 1) * 8 * sstep + 8].cast("Q")[::sstep]
 
 
+def sizes(found: Sequence[Any], frames: Sequence[Any]) -> tuple[list[Any] | None, bytes, bytes] | None:
+    """What a RESULT message of tiny tasks (``frames``: header, then one result frame each) tells
+    of tasks ``found`` (in its order): (their Sources, or None when all share ``found[0]``'s;
+    their bytes in; their bytes out), each column a byte a task when all of it is under 256,
+    else an int64 a task (what Pending keeps).  None when a task has other than two frames, a
+    function frame other than ``found[0]``'s or a lost attempt, or a frame has no len().
+
+    A pass over the tasks in bytecode, the fewest steps it can take (one test each and len() of
+    their arguments' frame), and C loops for the rest: the function's frame, shared, is counted
+    once and added to each byte of the column by bytes.translate.
+    """
+    k = len(found)
+    fn, src = found[0].first, found[0].src
+    srcs: list[Any] | None = None
+    try:
+        ins = [len(t.rest) for t in found if t.first is fn and t.src is src and not t.lost]
+        if len(ins) != k:  # several Sources, or not tiny tasks
+            ins = [len(t.rest) for t in found if t.first is fn and not t.lost]
+            if len(ins) != k:
+                return None
+            srcs = [t.src for t in found]
+        outs = frames[1:]
+        try:
+            nout = bytes(map(len, outs))
+        except ValueError:  # 256 or more
+            nout = struct.pack(f"<{k}q", *map(len, outs))
+        n = len(fn)
+    except TypeError:  # (Task.rest is MANY: other than two frames; a pickle.PickleBuffer)
+        return None
+    try:  # bytes in: the function's frame added to each (0 where a sum reaches 256)
+        nin = bytes(ins)
+        if n:
+            table = _ADD.get(n) or _adding(n)
+            nin = nin.translate(table)
+            if 0 in nin:  # (every sum is at least n > 0: a 0 is one that reached 256)
+                raise ValueError(n)
+    except ValueError:
+        nin = struct.pack(f"<{k}q", *[size + n for size in ins])
+    return srcs, nin, nout
+
+
+def _adding(n: int) -> bytes:
+    """The translation table adding ``n`` to a byte, 0 where the sum reaches 256; ValueError if
+    ``n`` is 256 or more (no sum fits a byte)."""
+    if not 0 < n < 256:
+        raise ValueError(n)
+    table = _ADD[n] = bytes(i + n if i + n < 256 else 0 for i in range(256))
+    return table
+
+
+_ADD: dict[int, bytes] = {}  # n -> the translation table adding n to a byte (0 where it overflows)
+
+
 class Pending:
     """Tasks recorded in bulk whose records are not laid out yet, and dispatches not packed yet.
 
@@ -84,19 +138,17 @@ class Pending:
         self.sent_heads: list[bytes] = []  # per TASKS message: its header (its entries: broker ids)
         self.sent_times: list[bytes] = []  # and its dispatches laid out, their broker ids still 0
 
-    def add(self, templates: bytes, head: bytes, nin: list[int], nout: list[int]) -> int:
+    def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes) -> int:
         """A message's records (``templates``), its header frame (``head``: its RESULT entries), its
-        tasks' bytes in and out; returns how many tasks are pending now."""
+        tasks' bytes in and out (columns: :func:`sizes`); returns how many tasks are pending now."""
+        k = len(templates) // TASK_RECORD.size
         self.templates.append(templates)
         self.heads.append(head)
-        for column, kept in ((nin, self.nin), (nout, self.nout)):
-            try:
-                kept.append(bytes(column))
-            except ValueError:  # 256 or more
-                kept.append(struct.pack(f"<{len(column)}q", *column))
-                self.wide += 1
-        self.count += len(nin)
-        self.pending += len(nin)
+        self.nin.append(nin)
+        self.nout.append(nout)
+        self.wide += (len(nin) != k) + (len(nout) != k)
+        self.count += k
+        self.pending += k
         return self.pending
 
     def add_done(self, records: bytearray) -> int:

@@ -930,3 +930,100 @@ def test_crafted_trace_infinity_is_a_trace_error(tmp_path, field):
                     '"scoopexec": {}}' % field)
     with pytest.raises(report.TraceError):
         report.load(str(path))
+
+
+def test_the_bulk_paths_bytes_in_cross_256_as_the_loop_counts_them(tmp_path, monkeypatch):
+    """_bulk counts a message's shared function frame once and adds it to each task's arguments
+    in a byte column (tracebulk.sizes: bytes.translate), falling back to int64s when a sum
+    reaches 256.  Messages whose sums all stay under 256 (up to 255 exactly), whose arguments
+    are under 256 but sums are not (only the translation can tell), whose function frame alone
+    is 256 bytes or more, and of tasks from two Sources, must give the per-task loop's records
+    byte for byte.  Dropping the overflow test (``0 in column``), or a table off by one at 256,
+    fails this."""
+    from scoopexec.broker import scheduling
+    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.wire import protocol as P
+
+    monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_456.5)
+    ledger = Ledger(3)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    a = ledger.add_worker(b"B" * 12, {"name": "b", "pid": 2, "host": "h"})
+    ledger.grant(a, 10_000)
+    fa = _pickled_global("mod", "alpha")  # 19 bytes
+    fbig = _pickled_global("mod", "f" * 250)  # 266 bytes: over 255 alone
+    n = len(fa)
+    under = [255 - n - i for i in range(6)]  # sums 255, 254, ...: one byte each
+    over = [255 - n + i for i in range(6)]  # sums 255, 256 ...: arguments under 256, sums not
+    groups = [(fa, under), (fa, over), (fbig, [1, 2, 3, 4]), (fa, [7] * 5), (fa, [9] * 5)]
+    tid = 0
+    for fn, arg_sizes in groups:  # one SUBMIT each: a Source each (more than CLOCK_GRAIN apart)
+        time.sleep(0.002)
+        ledger.submit(b"C", [((tid + i, 0, 2), [fn, b"a" * s]) for i, s in enumerate(arg_sizes)],
+                      ledger.clients[b"C"])  # fmt: skip
+        tid += len(arg_sizes)
+    bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
+    loop._bulk_from = 10**9
+    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
+        loop.on_dispatch(w, batch)
+    by_tid = {t.tid: t for t in ledger.tasks.values()}
+    assert by_tid[16].src is not by_tid[21].src
+
+    def result(tids):
+        entries = [(by_tid[i].btid, 0, 1, 1.7e9 + i, 0.25) for i in tids]
+        frames = [P.pack(P.RESULT, entries)] + [b"r" * (i + 1) for i in tids]
+        loop.on_results(a, entries, frames, dict(ledger.tasks))
+        done: list[Task] = []
+        ledger.finish(a, zip(entries, [[f] for f in frames[1:]], strict=True), None, done)
+        bulk.on_finished(a, entries, frames, done)
+
+    result(range(0, 6))  # sums under 256
+    assert bulk._later.wide == 0
+    result(range(6, 12))  # sums 255 .. 260
+    assert bulk._later.wide == 1
+    result(range(12, 16))  # a function frame of 266 bytes
+    assert bulk._later.wide == 2
+    result(range(16, 26))  # two Sources in one message
+    assert bulk._later.count == 26 and bulk._later.wide == 2, "every message through _bulk"
+    assert sorted({r[9] for r in loop.records}) == sorted(
+        {n + s for s in under + over + [7, 9]} | {len(fbig) + s for s in (1, 2, 3, 4)})
+    a_raw, b_raw = bulk.raw(), loop.raw()
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
+    assert bytes(a_raw.sent) == bytes(b_raw.sent) and a_raw.values == b_raw.values
+
+
+def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypatch):
+    """A message of tiny tasks that would take the recorder past its limit goes to the per-task
+    loop, which records what fits and counts the rest: the same records and count as a
+    recorder that never takes the bulk path."""
+    from scoopexec.broker import scheduling
+    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.wire import protocol as P
+
+    monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_789.75)
+    ledger = Ledger(3)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    a = ledger.add_worker(b"D" * 12, {"name": "d", "pid": 3, "host": "h"})
+    ledger.grant(a, 10_000)
+    fa = _pickled_global("mod", "alpha")
+    ledger.submit(b"C", [((i, 0, 2), [fa, b"a" * i]) for i in range(24)], ledger.clients[b"C"])
+    bulk, loop = (TraceRecorder(tmp_path / name, limit=20) for name in ("a.trace", "b.trace"))
+    loop._bulk_from = 10**9
+    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
+        loop.on_dispatch(w, batch)
+    by_tid = {t.tid: t for t in ledger.tasks.values()}
+    for first in (0, 8, 16):
+        entries = [(by_tid[i].btid, 0, 1, 1.7e9 + i, 0.25) for i in range(first, first + 8)]
+        frames = [P.pack(P.RESULT, entries)] + [b"r" * i for i in range(first, first + 8)]
+        loop.on_results(a, entries, frames, dict(ledger.tasks))
+        done: list[Task] = []
+        ledger.finish(a, zip(entries, [[f] for f in frames[1:]], strict=True), None, done)
+        bulk.on_finished(a, entries, frames, done)
+        assert bulk._later.count == min(first + 8, 16), "two messages through _bulk, the third not"
+    assert bulk.recorded == loop.recorded == 20 and bulk.dropped == loop.dropped == 4
+    a_raw, b_raw = bulk.raw(), loop.raw()
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
+    assert bytes(a_raw.sent) == bytes(b_raw.sent)
