@@ -27,7 +27,6 @@ from concurrent.futures._base import FINISHED
 from typing import Any
 
 from . import autochunk
-from .deploy import threadlibs
 from .errors import SerializationError, TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
@@ -117,7 +116,6 @@ class _Completions:
         if not self.done:
             s = self.signal = cf.Future()
             if not self.done:  # re-check after publishing the signal
-                threadlibs.quiet()  # this thread waits: its BLAS threads should not spin meanwhile
                 cf.wait([s], timeout)
             self.signal = None
             if not self.done:

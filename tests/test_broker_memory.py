@@ -34,14 +34,24 @@ kept = []
 t = threading.Thread(target=burst)
 t.start()
 t.join()
-trim = memory.IntakeTrim()
+trim, off = memory.IntakeTrim(), memory.IntakeTrim(enabled=False)
+t0 = time.monotonic()
+rules = [
+    trim.tick(t0, memory.AFTER_TASKS - 1),  # input moved
+    trim.tick(t0 + 9, memory.AFTER_TASKS - 1),  # paused, but too few tasks taken in
+    trim.tick(t0 + 10, memory.AFTER_TASKS),  # input moved
+    trim.tick(t0 + 10 + memory.QUIET / 2, memory.AFTER_TASKS),  # not paused long enough
+    off.tick(t0, memory.AFTER_TASKS),
+    off.tick(t0 + 10, memory.AFTER_TASKS),  # a broker in a client's process: never
+]
 before = rss()
-early = trim.tick(time.monotonic(), memory.AFTER_TASKS - 1)  # too few tasks taken in
-done = trim.tick(time.monotonic(), memory.AFTER_TASKS)
+done = trim.tick(t0 + 10 + memory.QUIET, memory.AFTER_TASKS)
 after = rss()
-again = trim.tick(time.monotonic(), 10 * memory.AFTER_TASKS)  # too soon after the last
-print(json.dumps({"before": before, "after": after, "early": early, "done": done, "again": again,
-                  "trims": trim.trims, "kept": len(kept)}))
+now = time.monotonic()
+trim.tick(now, 10 * memory.AFTER_TASKS)
+again = trim.tick(now + memory.QUIET, 10 * memory.AFTER_TASKS)  # too soon after the last
+print(json.dumps({"before": before, "after": after, "rules": rules, "done": done, "again": again,
+                  "trims": trim.trims, "off": off.trims, "kept": len(kept)}))
 """
 
 
@@ -62,6 +72,7 @@ def test_a_trim_after_a_burst_gives_the_free_pages_back(tmp_path) -> None:
     if memory._malloc_trim() is None:
         pytest.skip("this C library has no malloc_trim")
     got = _run(tmp_path)
-    assert not got["early"] and got["done"] and not got["again"] and got["trims"] == 1, got
+    assert got["rules"] == [False] * 6 and got["done"] and not got["again"], got
+    assert got["trims"] == 1 and got["off"] == 0, got
     # ~200 MB were freed; the allocator kept most of it until the trim.
     assert got["before"] - got["after"] > 50 * 2**20, got

@@ -106,7 +106,7 @@ class Broker:
         self.pool_id = pool_id or secrets.token_hex(8)
         self.watcher = watcher
         self.supervisor = Supervisor(self)
-        self.trim = IntakeTrim()  # memory.py
+        self.trim = IntakeTrim(enabled=local is None)  # memory.py: not in a client's process
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout
         self.max_retries = max_retries

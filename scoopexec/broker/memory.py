@@ -11,10 +11,14 @@ bytes of RSS per task over nine runs).  ``malloc_trim(0)`` returns the free page
 arena (215 to 221 bytes per task, which is what the books hold: Python's own count is
 about 206).
 
-It runs on the broker's tick, when at least :data:`AFTER_TASKS` tasks were taken in since
-the last trim and :data:`EVERY` seconds have passed since the last one in this process (it
-is process-wide).  One took 0.3 ms with a small heap and up to 12 ms with a million tasks
-queued.  Not on a C library without ``malloc_trim`` (then nothing is done).
+It runs on the tick of a broker in its own process (``python -m scoopexec broker``; not in
+a client's process, whose heap is the user's: there a trim walks all of it, 66-82 ms with
+2 GB of the user's data), once input has paused for :data:`QUIET` seconds after at least
+:data:`AFTER_TASKS` tasks were taken in since the last trim, and at most every
+:data:`EVERY` seconds in one process (it is process-wide).  A steady flow of tasks does not
+trim until it pauses.  One trim took 0.3 ms with a small heap and up to 12 ms with a
+million tasks queued (malloc_trim walks the heap: ~18 ms per GB).  Not on a C library
+without ``malloc_trim`` (then nothing is done).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AFTER_TASKS", "EVERY", "IntakeTrim"]
+__all__ = ["AFTER_TASKS", "EVERY", "QUIET", "IntakeTrim"]
 
 AFTER_TASKS = 10_000
 EVERY = 2.0
+QUIET = 1.0
 
 _last_trim = [0.0]  # monotonic time of this process's last trim
 _trim: list[Callable[[int], Any] | None] = []  # [malloc_trim or None], looked up once
@@ -46,18 +51,28 @@ def _malloc_trim() -> Callable[[int], Any] | None:
 
 
 class IntakeTrim:
-    """One broker's count of the tasks it has taken in, at its last trim."""
+    """One broker's count of the tasks it has taken in, at its last trim and at its last
+    tick; ``enabled``: the broker has a process of its own."""
 
-    __slots__ = ("at", "trims")
+    __slots__ = ("at", "enabled", "last", "since", "trims")
 
-    def __init__(self) -> None:
-        self.at = 0
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.at = 0  # taken in, at the last trim
+        self.last = 0  # taken in, at the last tick
+        self.since = 0.0  # when the count last moved
         self.trims = 0
 
     def tick(self, now: float, taken: int) -> bool:
-        """On a tick (monotonic ``now``), ``taken`` tasks in all so far: trim if it is time;
-        True if it did."""
-        if taken - self.at < AFTER_TASKS or now - _last_trim[0] < EVERY:
+        """On a tick (monotonic ``now``), ``taken`` tasks in all so far: trim if a burst of
+        input has ended; True if it did."""
+        if taken != self.last:
+            self.last, self.since = taken, now
+            return False
+        if (
+            not self.enabled or taken - self.at < AFTER_TASKS or now - self.since < QUIET
+            or now - _last_trim[0] < EVERY
+        ):  # fmt: skip
             return False
         fn = _malloc_trim()
         if fn is None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from ..deploy import threadlibs
 from ..errors import WorkerLostError
 from ..wire import protocol, serialize
 
@@ -144,7 +143,6 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
             return self._result
         holder = self._holder
         if holder is not None and self._state in _UNDONE:
-            quiet_blas()  # this thread waits: the client's BLAS threads should not spin meanwhile
             timeout = holder.lead(self, timeout)
         return super().result(timeout)
 
@@ -163,7 +161,6 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         super().set_exception(exception)
 
 
-quiet_blas = threadlibs.quiet
 _DONE = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED, cfb.FINISHED)
 _CANCELLED = (cfb.CANCELLED, cfb.CANCELLED_AND_NOTIFIED)
 _UNDONE = (cfb.PENDING, cfb.RUNNING)

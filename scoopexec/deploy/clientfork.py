@@ -182,6 +182,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
     # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
     mapped = threadlibs.maps()
+    threadlibs.shorten_spin(mapped)  # OpenBLAS restarts its pool after the fork: spinning less
     signals = _changed_signals()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()

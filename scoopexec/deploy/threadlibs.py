@@ -10,12 +10,13 @@ Two facts for deploy/clientfork.py, read from the libraries themselves (Linux):
   beyond its main one are exactly these, and no Python thread runs, the fork is as safe as
   in a single-threaded process.  An OpenMP build, or a library that cannot be asked, counts
   as unknown (None): any thread it has then keeps the fresh template.
-* :func:`quiet`: after each call it makes with threads, OpenBLAS's pool spins (busy,
-  ``sched_yield``) for about 0.1 s before it sleeps.  A client that uses NumPy between its
-  maps (DEAP's CMA-ES: ``generate``, then ``map``, then ``update``) spins one core or more
-  throughout the wait for its results, on the cores its workers need.  A client thread about
-  to wait for a result stops that pool, exactly as OpenBLAS does itself before a fork: its
-  next threaded call starts it again, with the same thread count.
+* :func:`shorten_spin`: after each call it makes with threads, OpenBLAS's pool spins (busy,
+  ``sched_yield``) for 2**28 clock cycles (about 0.1 s) before its threads sleep.  A client
+  that runs NumPy between its maps (DEAP's CMA-ES: ``generate``, ``map``, ``update``) thus
+  spins a core or more through each map, on the cores its workers need.  OpenBLAS reads that
+  time from ``OPENBLAS_THREAD_TIMEOUT`` when it starts its pool, which it does again after a
+  fork: so before the client forks its workers' template, the library is made to read it
+  (``openblas_read_env``) as :data:`SPIN_TIMEOUT` unless the user set it.
 * :func:`limit`: a fresh worker's BLAS and OpenMP read their thread count from the
   environment the pool gives it (deploy/local.limit_threads) when they load; a forked one
   inherits libraries loaded already, with the client's counts.  The forked template sets
@@ -28,12 +29,10 @@ nothing is loaded for this.
 from __future__ import annotations
 
 import os
-import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["blas_threads", "count", "limit", "maps", "pool_threads", "quiet"]
+__all__ = ["blas_threads", "count", "limit", "maps", "pool_threads", "shorten_spin"]
 
 # OpenBLAS's entry points carry a prefix and a suffix in some builds (NumPy's and SciPy's
 # wheels: scipy_openblas_get_num_threads64_).
@@ -42,6 +41,7 @@ _OPENBLAS_AFFIXES = (
 )  # fmt: skip
 _OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
 _PTHREADS = 1  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+SPIN_TIMEOUT = 20  # OPENBLAS_THREAD_TIMEOUT: spin 2**20 cycles (~0.4 ms), not OpenBLAS's 2**28
 
 
 def maps() -> bytes:
@@ -168,83 +168,29 @@ def count(env: dict[str, str], *names: str) -> int | None:
     return None
 
 
-# quiet(): for each pthreads OpenBLAS loaded here, (its blas_server_avail flag, its
-# blas_thread_shutdown_, called holding the GIL); found again whenever more modules have
-# been imported.
-_quiet_pools: list[tuple[Any, Callable[[], Any]]] = []
-_quiet_modules = -1
-
-
-def _stoppable_pools() -> list[tuple[Any, Callable[[], Any]]]:
-    found = []
-    for path in _mapped(("libopenblas", "libscipy_openblas")):
+def shorten_spin(mapped: bytes | None = None) -> int:
+    """Have each pthreads OpenBLAS loaded here spin :data:`SPIN_TIMEOUT` (as a power of two
+    of clock cycles) after a call, from the next start of its pool (after a fork: call this
+    just before one), unless ``OPENBLAS_THREAD_TIMEOUT`` is set; how many were told.
+    ``mapped``: :func:`maps` as read already."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return 0  # the user's choice
+    if mapped is None:
+        mapped = maps()
+    told = 0
+    for path in _mapped(("libopenblas", "libscipy_openblas"), mapped):
         import ctypes
 
-        lib = _loaded(path)
         parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
-        if lib is None or parallel is None or parallel() != _PTHREADS:
+        read = _openblas(path, "read_env", None, [])
+        if parallel is None or read is None or parallel() != _PTHREADS:
             continue
+        # It reads the whole environment again: only this variable differs from what it
+        # read when it loaded, and the rest is used only then.
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(SPIN_TIMEOUT)
         try:
-            # PyDLL: the GIL stays held through the call, so that no other thread can begin
-            # a BLAS call (NumPy releases the GIL inside one) while the pool is taken down.
-            held = ctypes.PyDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-            avail = ctypes.c_int.in_dll(lib, "blas_server_avail")
-        except (OSError, ValueError):
-            continue
-        stop = _function(held, "blas_thread_shutdown_", ctypes.c_int, [])
-        if stop is not None:
-            found.append((avail, stop))
-    return found
-
-
-def quiet() -> None:
-    """Stop the running thread pools of the pthreads OpenBLAS builds loaded here, if no other
-    thread could be inside one of their calls (:func:`_idle_elsewhere`); each starts again,
-    at its own thread count, with its next threaded call.  Cheap when there is nothing to
-    stop: a length and a flag are read.  ``SCOOPEXEC_QUIET_BLAS=0`` (read when a module
-    has been imported since the last call) turns it off."""
-    global _quiet_pools, _quiet_modules
-    if len(sys.modules) != _quiet_modules:  # a library may have been loaded since
-        _quiet_modules = len(sys.modules)
-        _quiet_pools = _stoppable_pools() if os.environ.get("SCOOPEXEC_QUIET_BLAS", "1") != "0" else []
-    for avail, stop in _quiet_pools:
-        if avail.value and _idle_elsewhere():
-            stop()
-
-
-def _idle_elsewhere() -> bool:
-    """No other thread of this process could be inside a BLAS call: every Python thread but
-    the caller is one of the pool's own (``scoopexec-*``), running only the package's code and
-    what it waits in (ZeroMQ, selectors, threading), not user code such as a done-callback.
-    (Threads without Python frames are native ones: ZeroMQ's, OpenBLAS's own.)"""
-    me = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    safe = _safe_places()
-    for ident, top in sys._current_frames().items():
-        if ident == me:
-            continue
-        if not names.get(ident, "").startswith("scoopexec-"):
-            return False  # a user's thread
-        frame: Any = top
-        while frame is not None:
-            if not frame.f_code.co_filename.startswith(safe):
-                return False
-            frame = frame.f_back
-    return True
-
-
-_safe: list[tuple[str, ...]] = []
-
-
-def _safe_places() -> tuple[str, ...]:
-    """The files whose code runs no BLAS call: the package's, pyzmq's, threading's, selectors'."""
-    if not _safe:
-        import selectors
-
-        import zmq
-
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        places = [package + os.sep, os.path.dirname(os.path.abspath(zmq.__file__)) + os.sep]
-        places += [os.path.abspath(mod.__file__ or "?") for mod in (threading, selectors)]
-        _safe.append(tuple(places))
-    return _safe[0]
+            read()
+        finally:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+        told += 1
+    return told
