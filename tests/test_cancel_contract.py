@@ -118,3 +118,26 @@ def test_a_task_waiting_for_its_cancels_answer_leaves_its_worker_free(one_worker
     assert all(answered), (answers, answered)
     assert answers[-1] is True
     assert [not r for r in ran] == answers, (answers, ran)
+
+
+def _cancel_in_a_done_callback(d):
+    # The callback runs in the worker's hub, which must never wait: cancel() asks the broker
+    # and says False at once; the future then follows the answer.
+    said = []
+    first = scoopexec.submit(helpers.touch, os.path.join(d, "first"))
+    second = scoopexec.submit(helpers.touch, os.path.join(d, "second"))
+    first.add_done_callback(lambda f: said.append(second.cancel()))
+    first.result(timeout=60)
+    try:
+        second.result(timeout=60)
+    except Exception as exc:  # cancelled after all: the broker dropped it
+        return said, type(exc).__name__
+    return said, "ran"
+
+
+def test_cancel_in_a_workers_done_callback_does_not_wait(one_worker, tmp_path):
+    d = str(tmp_path)
+    said, outcome = one_worker.submit(_cancel_in_a_done_callback, d).result(timeout=60)
+    assert said == [False]
+    ran = os.path.exists(os.path.join(d, "second"))
+    assert (outcome == "ran") == ran, (outcome, ran)
