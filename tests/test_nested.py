@@ -61,6 +61,19 @@ def test_waiting_inside_a_task_parks_it(one_worker, how):
     assert one_worker.submit(_stdlib_wait_inside, 50, how).result(timeout=60) == sum(range(50))
 
 
+def _until_both_workers_asked_for_work(executor):
+    """Returns once each of the two workers ran a task and, idle after it, asked for the next.
+
+    A worker the status lists has connected (HELLO), which is not yet ready: the broker keeps a
+    sub-task off its parent's worker only for another worker that asked for work, and the first
+    request may come tens of ms after HELLO on a loaded machine.  A result from each worker is
+    proof: an idle worker asks for one more task with the result of its last (worker._flush).
+    """
+    deadline = time.monotonic() + 30
+    while len({f.result() for f in [executor.submit(helpers.pid_after, 0.05) for _ in range(4)]}) < 2:
+        assert time.monotonic() < deadline, "two workers never both ran a task"
+
+
 def _first_completed_inside():
     slow = scoopexec.submit(time.sleep, 2)
     fast = scoopexec.submit(abs, -1)
@@ -71,9 +84,7 @@ def _first_completed_inside():
 def test_first_completed_inside_task(executor):
     # Both workers up first: a parked task wakes only when its worker's hub is free, so with
     # a single worker the slow child could hold the parent until it ends (see the README).
-    deadline = time.monotonic() + 30
-    while len({f.result() for f in [executor.submit(helpers.pid_after, 0.05) for _ in range(4)]}) < 2:
-        assert time.monotonic() < deadline
+    _until_both_workers_asked_for_work(executor)
     assert executor.submit(_first_completed_inside).result(timeout=60)
 
 
@@ -91,9 +102,7 @@ def _second_child_while_the_first_runs(gate):
 
 
 def test_a_child_is_not_queued_behind_a_busy_worker_while_its_parents_worker_is_free(executor, tmp_path):
-    deadline = time.monotonic() + 30
-    while len({f.result() for f in [executor.submit(helpers.pid_after, 0.05) for _ in range(4)]}) < 2:
-        assert time.monotonic() < deadline
+    _until_both_workers_asked_for_work(executor)
     assert executor.submit(_second_child_while_the_first_runs, str(tmp_path / "gate")).result(timeout=60)
 
 
@@ -109,12 +118,10 @@ def _timeout_inside():
 
 
 def test_result_timeout_inside_task(executor):
-    # The sub-task (a 3 s sleep that does not yield) must go to the other worker: with the
-    # second worker still starting, it runs on its parent's, and no timer fires until it ends.
-    deadline = time.monotonic() + 60
-    while len(executor.status().workers) < 2:
-        assert time.monotonic() < deadline, "the second worker never connected"
-        time.sleep(0.05)
+    # The sub-task (a 3 s sleep that does not yield) must go to the other worker: on its parent's
+    # worker, no timer fires until it ends.  The broker sends it there only once that worker has
+    # asked for work; waiting for two workers in status() (connected) made this test flaky.
+    _until_both_workers_asked_for_work(executor)
     assert executor.submit(_timeout_inside).result(timeout=60)
 
 
