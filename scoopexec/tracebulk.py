@@ -23,6 +23,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from .broker.ledger import LOST_ATTEMPTS
 from .tracefile import DISPATCH, TASK_RECORD
 from .wire.protocol import HEADER_SIZE, RESULT_ENTRY, TASK_ENTRY
 
@@ -67,15 +68,23 @@ def sizes(found: Sequence[Any], frames: Sequence[Any]) -> tuple[list[Any] | None
 
     A pass over the tasks in bytecode, the fewest steps it can take (one test each and len() of
     their arguments' frame), and C loops for the rest: the function's frame, shared, is counted
-    once and added to each byte of the column by bytes.translate.
+    once and added to each byte of the column by bytes.translate.  Lost attempts are looked for
+    only once the process has lost one (ledger.LOST_ATTEMPTS, which Task.lose counts).
     """
     k = len(found)
     fn, src = found[0].first, found[0].src
     srcs: list[Any] | None = None
+    lost = LOST_ATTEMPTS[0]  # (0: no task has a lost attempt, and none is looked at: a test a task less)
     try:
-        ins = [len(t.rest) for t in found if t.first is fn and t.src is src and not t.lost]
+        if lost:
+            ins = [len(t.rest) for t in found if t.first is fn and t.src is src and not t.lost]
+        else:
+            ins = [len(t.rest) for t in found if t.first is fn and t.src is src]
         if len(ins) != k:  # several Sources, or not tiny tasks
-            ins = [len(t.rest) for t in found if t.first is fn and not t.lost]
+            if lost:
+                ins = [len(t.rest) for t in found if t.first is fn and not t.lost]
+            else:
+                ins = [len(t.rest) for t in found if t.first is fn]
             if len(ins) != k:
                 return None
             srcs = [t.src for t in found]

@@ -45,6 +45,9 @@ Cancels = dict[bytes, list[tuple[int]]]
 
 
 MANY: Any = object()  # Task.rest when the task has other than two frames (Task.frames)
+# Attempts lost in this process, by any ledger (Task.lose): while 0, no task's ``lost`` holds one,
+# and the timeline's bulk path (tracebulk.sizes) need not look at each task's.
+LOST_ATTEMPTS = [0]
 _new = object.__new__
 
 
@@ -136,6 +139,7 @@ class Task:
 
     def lose(self, worker: bytes, why: str) -> None:
         """An attempt was lost with ``worker``."""
+        LOST_ATTEMPTS[0] += 1  # (first: a task whose ``lost`` holds an attempt is never missed)
         self.lost = (*(self.lost or ()), (worker, why))
 
     @property
