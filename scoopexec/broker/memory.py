@@ -8,8 +8,8 @@ process's resident size keeps the high-water mark of its input backlog, and how 
 was depends on how far the loop fell behind (measured with
 ``benchmarks/queued_memory.py``, a standalone broker holding 10^6 queued tasks: 224 to 364
 bytes of RSS per task over nine runs).  ``malloc_trim(0)`` returns the free pages of every
-arena (215 to 221 bytes per task, which is what the books hold: Python's own count is
-about 206).
+arena (213 to 254 bytes per task over five runs; Python's own count of the books is about
+206).
 
 It runs on the tick of a broker in its own process (``python -m scoopexec broker``; not in
 a client's process, whose heap is the user's: there a trim walks all of it, 66-82 ms with
