@@ -932,6 +932,19 @@ def test_crafted_trace_infinity_is_a_trace_error(tmp_path, field):
         report.load(str(path))
 
 
+def dispatch_to_both(ledger, bulk, loop):
+    """Hand the ledger's queued tasks out, each batch recorded by ``bulk`` as the broker calls
+    it (with the TASKS header) and by ``loop`` as the per-task path sees it."""
+    from scoopexec.broker import scheduling
+    from scoopexec.broker.ledger import task_entries
+    from scoopexec.wire import protocol as P
+
+    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
+        flat = task_entries(batch, [])
+        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
+        loop.on_dispatch(w, batch)
+
+
 def test_the_bulk_paths_bytes_in_cross_256_as_the_loop_counts_them(tmp_path, monkeypatch):
     """_bulk counts a message's shared function frame once and adds it to each task's arguments
     in a byte column (tracebulk.sizes: bytes.translate), falling back to int64s when a sum
@@ -940,8 +953,7 @@ def test_the_bulk_paths_bytes_in_cross_256_as_the_loop_counts_them(tmp_path, mon
     is 256 bytes or more, and of tasks from two Sources, must give the per-task loop's records
     byte for byte.  Dropping the overflow test (``0 in column``), or a table off by one at 256,
     fails this."""
-    from scoopexec.broker import scheduling
-    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.broker.ledger import Ledger
     from scoopexec.wire import protocol as P
 
     monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_456.5)
@@ -963,10 +975,7 @@ def test_the_bulk_paths_bytes_in_cross_256_as_the_loop_counts_them(tmp_path, mon
         tid += len(arg_sizes)
     bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
     loop._bulk_from = 10**9
-    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        flat = task_entries(batch, [])
-        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
-        loop.on_dispatch(w, batch)
+    dispatch_to_both(ledger, bulk, loop)
     by_tid = {t.tid: t for t in ledger.tasks.values()}
     assert by_tid[16].src is not by_tid[21].src
 
@@ -997,8 +1006,7 @@ def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypa
     """A message of tiny tasks that would take the recorder past its limit goes to the per-task
     loop, which records what fits and counts the rest: the same records and count as a
     recorder that never takes the bulk path."""
-    from scoopexec.broker import scheduling
-    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.broker.ledger import Ledger
     from scoopexec.wire import protocol as P
 
     monkeypatch.setattr(trace_mod, "_time", lambda: 1_700_000_789.75)
@@ -1010,10 +1018,7 @@ def test_the_bulk_path_stops_at_the_limit_where_the_loop_does(tmp_path, monkeypa
     ledger.submit(b"C", [((i, 0, 2), [fa, b"a" * i]) for i in range(24)], ledger.clients[b"C"])
     bulk, loop = (TraceRecorder(tmp_path / name, limit=20) for name in ("a.trace", "b.trace"))
     loop._bulk_from = 10**9
-    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        flat = task_entries(batch, [])
-        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
-        loop.on_dispatch(w, batch)
+    dispatch_to_both(ledger, bulk, loop)
     by_tid = {t.tid: t for t in ledger.tasks.values()}
     for first in (0, 8, 16):
         entries = [(by_tid[i].btid, 0, 1, 1.7e9 + i, 0.25) for i in range(first, first + 8)]

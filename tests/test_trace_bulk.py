@@ -9,10 +9,10 @@ import time
 
 from scoopexec import trace as trace_mod
 from scoopexec.broker import ledger as ledger_mod
-from scoopexec.broker import scheduling
-from scoopexec.broker.ledger import Ledger, Task, task_entries
+from scoopexec.broker.ledger import Ledger, Task
 from scoopexec.trace import TraceRecorder
 from scoopexec.wire import protocol as P
+from tests.test_trace import dispatch_to_both
 
 
 def test_a_lost_attempt_sends_its_message_to_the_loop_once_any_was_lost(tmp_path, monkeypatch):
@@ -44,10 +44,7 @@ def _lost_attempts_then_the_loop(tmp_path, monkeypatch):
                       ledger.clients[b"C"])  # fmt: skip
     bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
     loop._bulk_from = 10**9
-    for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        flat = task_entries(batch, [])
-        bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
-        loop.on_dispatch(w, batch)
+    dispatch_to_both(ledger, bulk, loop)
     by_tid = {t.tid: t for t in ledger.tasks.values()}
     assert by_tid[0].src is not by_tid[24].src
 
