@@ -42,7 +42,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .client.future import cancel_all
 from .errors import remote_traceback
 from .worker import chunks
 
@@ -225,6 +224,7 @@ def _results(
             yield from out
             del out
     finally:
-        cancel_all(fs)
+        for f in fs:
+            f.cancel()
         if sizer.items:
             remember_cost(fn, sizer.cost)

@@ -27,7 +27,6 @@ from concurrent.futures._base import FINISHED
 from typing import Any
 
 from . import autochunk
-from .client.future import cancel_all
 from .errors import SerializationError, TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
@@ -403,7 +402,8 @@ def _ordered(
             else:
                 yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
     finally:
-        cancel_all(fs)
+        for fut in fs:
+            fut.cancel()
 
 
 def _unordered(
@@ -431,7 +431,8 @@ def _unordered(
                     del nf
             yield box.pop().result()
     finally:
-        cancel_all(pending)
+        for f in pending:
+            f.cancel()
 
 
 def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
@@ -769,4 +770,5 @@ async def amap_on(
                 yield v
             del value
     finally:
-        cancel_all(pending.values())
+        for fut in pending.values():
+            fut.cancel()

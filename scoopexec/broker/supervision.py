@@ -172,18 +172,6 @@ class Supervisor:
             time.sleep(0.005)
         return "", None
 
-    def on_cancel(self, owner: bytes, tids: list[int], arg: int) -> None:
-        """CANCEL with an arg: stop_tasks(), or (CONFIRM) a cancel() that waits for the answer: those
-        of ``tids`` no worker has are dropped and answered CANCELLED, the others STARTED (a worker
-        has them, or the broker no longer knows them: their result is on its way)."""
-        if arg != P.CONFIRM:
-            return self.stop_tasks(owner, tids, arg)
-        dropped, kept = self.b.ledger.cancel_unstarted(owner, tids)
-        for tid in dropped:
-            self.b.result(owner, tid, P.CANCELLED, [])
-        if kept:
-            self.b.send(owner, [P.pack(P.STARTED, [(tid,) for tid in kept])])
-
     def stop_tasks(self, owner: bytes, tids: list[int], how: int) -> None:
         """ex.cancel() of running tasks (``how``: 1 interrupt them, 2 end their worker processes):
         they and every task they submitted are forgotten, their workers told (CANCEL with

@@ -1,14 +1,10 @@
 """The future of a task: a concurrent.futures.Future that knows who holds its task.
 
 Clients (client/session.py) and workers submitting sub-tasks (worker/waiting.py) make
-them.  Cancelling one that has not started tells its holder, which drops the task.  An
-embedded client's broker asks the client before a task goes to a worker (started_all), so
-cancel() decides at once; a holder that talks to its broker through messages (a remote
-client, a worker) cannot know that no worker has the task yet: its cancel() asks the broker
-(CANCEL with CONFIRM) and says True only when the broker dropped the task (confirm_cancels).
-A task lost with its workers too often fails with a WorkerLostError that names the task's
-function.  The module's functions read what the futures know about their tasks: which are
-running, and for how long.
+them.  Cancelling one that has not started tells its holder, which drops the task (a
+remote holder sends CANCEL).  A task lost with its workers too often fails with a
+WorkerLostError that names the task's function.  The module's functions read what the
+futures know about their tasks: which are running, and for how long.
 """
 
 from __future__ import annotations
@@ -25,19 +21,15 @@ from ..errors import WorkerLostError
 from ..wire import protocol, serialize
 
 __all__ = [
-    "CANCEL_WAIT", "Answer", "Holder", "ScoopFuture", "cancel_all", "cancel_answered", "cancel_dropped",
-    "cancel_running", "describe_running", "running", "settle", "settle_all", "start", "start_all",
+    "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
+    "settle_all", "start", "start_all",
 ]  # fmt: skip
 
 
 class Holder(Protocol):
-    """Who holds a task until its result comes: told when its future is cancelled, or (with
-    ``confirms_cancels``) asked to cancel it, which takes the broker's answer."""
-
-    confirms_cancels: bool
+    """Who holds a task until its result comes: told when its future is cancelled."""
 
     def cancelled(self, tid: int) -> None: ...
-    def confirm_cancels(self, futs: list[ScoopFuture]) -> None: ...  # see Answer
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None: ...  # see ScoopFuture.result
 
 
@@ -127,14 +119,9 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         return super().exception(timeout)
 
     def cancel(self) -> bool:
-        """Cancel the task if no worker has it yet; True if it is (now) cancelled, and then it will
-        not run.  A remote client's or a worker's asks its broker first (see the module docstring)."""
+        """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
         if self._state == cfb.FINISHED:  # (map() cancels every future it has read)
             return False
-        holder = self._holder
-        if holder is not None and self._state == cfb.PENDING and holder.confirms_cancels:
-            holder.confirm_cancels([self])
-            return self._state in _CANCELLED
         if not super().cancel():  # runs the done-callbacks, outside every lock
             return False
         with self._condition:
@@ -362,55 +349,6 @@ def cancel_dropped(fut: ScoopFuture) -> None:
     with fut._condition:
         if fut._state == cfb.RUNNING:
             fut._state = cfb.PENDING
-    fut.cancel()
-
-
-CANCEL_WAIT = 5.0  # s a cancel() waits at most for its broker's answer (then: False)
-
-
-class Answer:
-    """A cancel() waiting for its broker's answer about ``n`` tasks (Holder.confirm_cancels):
-    ``done`` is set when the last came.  one() is called for each answer once it is on its future
-    (STARTED: running; a result; CANCELLED: cancel_answered), by whichever thread read it.
-    """
-
-    __slots__ = ("done", "left", "lock")
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-        self.lock = threading.Lock()
-        self.done: cf.Future[None] = cf.Future()
-
-    def one(self) -> None:
-        with self.lock:
-            self.left -= 1
-            last = self.left == 0
-        if last:
-            self.done.set_result(None)
-
-
-def cancel_all(futs: Iterable[cf.Future[Any]]) -> None:
-    """cancel() of each of ``futs``, with one round trip per holder that asks its broker (map()
-    dropping what it has not read: asked one at a time, the caller would wait once per future)."""
-    asks: dict[int, tuple[Holder, list[ScoopFuture]]] = {}
-    for fut in futs:
-        if isinstance(fut, ScoopFuture):
-            holder = fut._holder
-            if holder is not None and fut._state == cfb.PENDING and holder.confirms_cancels:
-                asks.setdefault(id(holder), (holder, []))[1].append(fut)
-                continue
-        fut.cancel()
-    for holder, mine in asks.values():
-        holder.confirm_cancels(mine)
-
-
-def cancel_answered(fut: ScoopFuture) -> None:
-    """The broker dropped this task, as a cancel() asked (CONFIRM): no worker ever had it, and
-    none will.  The future is cancelled (it may count as running: STARTED crossed the CANCEL)."""
-    with fut._condition:
-        if fut._state == cfb.RUNNING:
-            fut._state = cfb.PENDING
-        fut._holder = None  # (not asked again: it is answered)
     fut.cancel()
 
 

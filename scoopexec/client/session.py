@@ -37,17 +37,7 @@ from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
-from .future import (
-    CANCEL_WAIT,
-    Answer,
-    ScoopFuture,
-    cancel_answered,
-    cancel_running,
-    running,
-    settle_all,
-    start,
-    start_all,
-)
+from .future import ScoopFuture, cancel_running, running, settle_all, start, start_all
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -83,8 +73,6 @@ class Session:
         self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()  # submissions
         self.inbox: collections.deque[list[Any]] = collections.deque()  # other messages for the broker
         self.cancels: collections.deque[int] = collections.deque()  # for a broker that must be told
-        self.confirms: collections.deque[int] = collections.deque()  # cancels it must answer (CONFIRM)
-        self.answers: dict[int, Answer] = {}  # task id -> the cancel() waiting for the broker's answer
         self.wake = WakePipe()
         self._tids = itertools.count(1)
         self.broken_kind = ""
@@ -142,22 +130,6 @@ class Session:
         return timeout
 
     tells_cancels = False  # a remote broker must be told; an embedded one asks (started())
-    confirms_cancels = False  # a remote broker answers whether it dropped the task (see future.py)
-
-    def confirm_cancels(self, futs: list[ScoopFuture]) -> None:
-        """cancel() of futures not running as far as this client knows: the broker drops those no
-        worker has and says so, or says they run (STARTED); waits at most CANCEL_WAIT s for the
-        answer (the session's own thread, in a done-callback, cannot: it only asks)."""
-        tids = [f.tid for f in futs if self.futures.get(f.tid) is f and f.tid not in self.answers]
-        if not tids or self.broken_kind or self.thread is None or not self.thread.is_alive():
-            return  # (no broker to answer: not cancelled)
-        answer = Answer(len(tids))
-        for tid in tids:
-            self.answers[tid] = answer
-        self.confirms.extend(tids)
-        self.wake.wake()
-        if threading.current_thread() is not self.thread:
-            cf.wait([answer.done], CANCEL_WAIT)
 
     def stop_task(self, fut: ScoopFuture, force: bool) -> bool:
         """ex.cancel() of a running task: its future ends cancelled, and the broker stops the task
@@ -215,8 +187,6 @@ class Session:
         fut = self.futures.get(tid)
         if fut is None:
             return False
-        if fut.running():  # told twice: a cancel()'s answer (CONFIRM) and the dispatch
-            return True
         ok = start(fut)  # (False: cancelled, maybe by another thread since the look-up)
         if not ok:
             self.futures.pop(tid, None)
@@ -257,12 +227,7 @@ class Session:
         """RESULTS: (task id, status, frames) for each; from the message, or straight from an
         embedded broker (broker/ports.py, InProcessPort.results).  A result nobody waits for
         (cancelled, or a bug: a duplicate) is counted in ``unmatched``."""
-        answered = None
-        if self.answers:  # some cancel() waits for the broker's answer: these may be it
-            items, answered = self._answered(items)
         unmatched, dropped = settle_all(self.futures, items, self.cancels_dropped)
-        for answer in answered or ():
-            answer.one()
         if unmatched:
             self.unmatched += unmatched
         if dropped:
@@ -270,32 +235,9 @@ class Session:
         if self.stop_when_idle and not self.futures:
             self.request_stop()
 
-    def _answered(
-        self, items: Iterable[tuple[int, int, Sequence[Any]]]
-    ) -> tuple[list[tuple[int, int, Sequence[Any]]], list[Answer]]:
-        """Results that answer a cancel() (confirm_cancels): CANCELLED ones cancel their future
-        here; returns the others, to settle, and the answers to give once they are."""
-        rest: list[tuple[int, int, Sequence[Any]]] = []
-        answered: list[Answer] = []
-        for item in items:
-            answer = self.answers.pop(item[0], None)
-            if answer is not None:
-                answered.append(answer)
-                if item[1] == P.CANCELLED:
-                    fut = self.futures.pop(item[0], None)
-                    if fut is not None:
-                        cancel_answered(fut)
-                    continue
-            rest.append(item)
-        return rest, answered
-
     def _on_started(self, msg: P.Message) -> None:
         for (tid,) in msg.entries:
             self.started(tid)
-            if self.answers:
-                answer = self.answers.pop(tid, None)
-                if answer is not None:
-                    answer.one()
 
     def _on_output(self, msg: P.Message) -> None:
         for (_, stream), frame in msg.each():
@@ -409,11 +351,7 @@ class Session:
 
     def cancel_queued(self) -> int:
         """Cancel every future not handed to a worker yet; return how many."""
-        futs = list(self.futures.values())
-        if self.confirms_cancels:  # one round trip for them all
-            self.confirm_cancels([f for f in futs if not f.running()])
-            return sum(1 for f in futs if f.cancelled())
-        return sum(1 for fut in futs if fut.cancel())
+        return sum(1 for fut in list(self.futures.values()) if fut.cancel())
 
     def drop_unstarted(self) -> None:
         """Have the broker drop the tasks it holds for no worker, even those counted as running

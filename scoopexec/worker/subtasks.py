@@ -9,23 +9,17 @@ The outcomes are taken off the socket under the worker's lock and set on their f
 once it is released (:meth:`SubTasks.deliver`): setting one runs its done-callbacks,
 user and library code (joblib's takes its Parallel's lock, which a task may hold while
 it submits), and unpickling a result is user code too.
-
-cancel() of a sub-task asks the broker (CANCEL with CONFIRM, :meth:`SubTasks.confirm_cancels`):
-only it knows whether a worker has the task.  The task that cancels parks until the answer
-comes -- RESULTS CANCELLED (dropped: True) or STARTED (a worker has it: False) -- so its
-worker runs other tasks meanwhile; it waits CANCEL_WAIT s at most.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..client.future import CANCEL_WAIT, Answer, ScoopFuture, cancel_answered, settle, start
+from ..client.future import settle
 from ..errors import MessageTooLargeError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
@@ -47,7 +41,6 @@ class _Hub(Protocol):
     alarm: Alarm
 
     def current_task(self) -> int: ...
-    def in_task(self) -> bool: ...
     def later(self, fn: Callable[[], None]) -> None: ...
     def flush(self) -> None: ...
     def wait_until(self, fs: Any, timeout: float | None, return_when: str) -> None: ...
@@ -62,9 +55,6 @@ class SubTasks:
         self._tids = itertools.count(1)
         # Outcomes taken off the socket under the worker's lock, to be set once it is released.
         self.deliveries: list[tuple[WorkerFuture, int, Sequence[Any]]] = []
-        self.answers: dict[int, Answer] = {}  # sub-task id -> the cancel() waiting for the broker
-
-    confirms_cancels = True  # (client/future.py, Holder)
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
@@ -143,37 +133,6 @@ class SubTasks:
             else:
                 self._hub.later(lambda: cancels.append(tid))
 
-    def confirm_cancels(self, futs: list[ScoopFuture]) -> None:
-        """cancel() of sub-tasks (see the module docstring): a task parks for the answer, another
-        thread blocks; the hub cannot wait (a done-callback): it asks, the futures follow the answer."""
-        hub = self._hub
-        tids = [f.tid for f in futs if self.futures.get(f.tid) is f and f.tid not in self.answers]
-        if not tids:
-            return
-        answer = Answer(len(tids))
-        for tid in tids:
-            self.answers[tid] = answer
-        confirms = hub.outbox.confirms
-        if threading.get_ident() != hub.thread_id:
-            hub.later(lambda: confirms.extend(tids))  # (after the submissions the hub holds)
-        else:
-            confirms.extend(tids)
-            with hub.lock:
-                hub.flush()
-            if not hub.in_task():
-                return
-        hub.wait_until([answer.done], CANCEL_WAIT, cf.FIRST_COMPLETED)
-
-    def on_started(self, msg: P.Message) -> None:
-        """STARTED: the broker's answer to a cancel() -- a worker has these sub-tasks (hub, lock held)."""
-        for (tid,) in msg.entries:
-            answer = self.answers.pop(tid, None)
-            if answer is not None:
-                fut = self.futures.get(tid)
-                if fut is not None:
-                    start(fut)
-                answer.one()
-
     def on_results(self, msg: P.Message) -> None:
         """RESULTS: the sub-tasks' outcomes, for deliver() (holding the worker's lock here)."""
         futures, deliveries = self.futures, self.deliveries
@@ -187,20 +146,8 @@ class SubTasks:
         batch, self.deliveries = self.deliveries, []
         return batch
 
-    def deliver(self, batch: list[tuple[WorkerFuture, int, Sequence[Any]]]) -> None:
+    @staticmethod
+    def deliver(batch: list[tuple[WorkerFuture, int, Sequence[Any]]]) -> None:
         """Set sub-task outcomes on their futures.  Hold no scoopexec lock (see the module docstring)."""
-        answers = self.answers
-        if not answers:  # (the usual case: no cancel() waits for an answer)
-            for fut, status, body in batch:
-                settle(fut, status, body)
-            return
         for fut, status, body in batch:
-            answer = answers.pop(fut.tid, None)
-            if answer is None:
-                settle(fut, status, body)
-                continue
-            if status == P.CANCELLED:  # the answer to its cancel(): dropped, never started
-                cancel_answered(fut)
-            else:
-                settle(fut, status, body)
-            answer.one()
+            settle(fut, status, body)

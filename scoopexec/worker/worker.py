@@ -168,7 +168,6 @@ class Worker:
         self.handlers: dict[int, Callable[[P.Message], None]] = {
             P.TASKS: self._on_tasks,
             P.RESULTS: self.subtasks.on_results,
-            P.STARTED: self.subtasks.on_started,  # the answer to a sub-task's cancel()
             P.SETUP: self.setups.on_setup,
             P.CANCEL: self._on_cancel,
             P.SHARE: self.setups.on_share,
