@@ -76,3 +76,48 @@ def test_a_trim_after_a_burst_gives_the_free_pages_back(tmp_path) -> None:
     assert got["trims"] == 1 and got["off"] == 0, got
     # ~200 MB were freed; the allocator kept most of it until the trim.
     assert got["before"] - got["after"] > 50 * 2**20, got
+
+
+def test_a_broker_of_its_own_trims_on_its_tick_once_a_burst_of_tasks_pauses(monkeypatch) -> None:
+    """The wiring: Broker._tick hands the tasks taken in to its IntakeTrim, which a broker
+    with no in-process client has enabled (thresholds lowered for the test)."""
+    import time
+
+    import zmq
+
+    from scoopexec.broker import memory
+    from scoopexec.broker.loop import Broker
+    from scoopexec.wire import protocol as P
+
+    if memory._malloc_trim() is None:
+        pytest.skip("this C library has no malloc_trim")
+    monkeypatch.setattr(memory, "AFTER_TASKS", 5)
+    monkeypatch.setattr(memory, "QUIET", 0.2)
+    monkeypatch.setattr(memory, "EVERY", 0.0)
+    ctx = zmq.Context()
+    b = Broker("inproc://trim-wiring", context=ctx)
+    client = ctx.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    try:
+        assert b.trim.enabled
+        client.connect(b.endpoint)
+        client.send_multipart([P.header(P.HELLO), P.dump_json({"role": P.CLIENT, "pid": 1, "host": "h"})])
+        client.send_multipart([P.pack(P.SUBMIT, [(t, 0, 2) for t in range(8)]), *[b"fn", b"args"] * 8])
+        end = time.monotonic() + 10
+        while not b.trim.trims and time.monotonic() < end:
+            b.step(0.02)
+        assert len(b.ledger.tasks) == 8, "the burst was taken in"
+        assert b.trim.trims == 1 and b.trim.at == 8
+    finally:
+        client.close(linger=0)
+        b.close()
+        ctx.term()
+
+
+def test_a_broker_in_a_clients_process_does_not_trim() -> None:
+    """Its heap is the user's: a trim would walk all of it (tens of ms per GB)."""
+    from scoopexec import ScoopExecutor
+
+    with ScoopExecutor(1) as ex:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        assert ex._session.broker.trim.enabled is False

@@ -69,6 +69,7 @@ _current: Worker | None = None  # the worker of this process, when it is one
 # (its flusher asks FLUSH_AFTER later): the request's send, and the broker's answer, are not
 # on the way to its start (64 workers starting theirs at once on 2 cores queue behind them).
 ASK_LATER = 0.01
+HELLO_CREDIT = 1  # tasks a worker's HELLO asks for (what an idle worker asks for once welcomed)
 
 
 def current_worker() -> Worker | None:
@@ -198,7 +199,7 @@ class Worker:
             logging.getLogger().addHandler(ForwardLogs(self))
         # One task asked for with HELLO (what an idle worker asks for once welcomed): the broker
         # sends it right after WELCOME, a round trip sooner.
-        self._send([P.header(P.HELLO), P.dump_json({**self._hello(), "credit": 1})])
+        self._send([P.header(P.HELLO), P.dump_json({**self._hello(), "credit": HELLO_CREDIT})])
         # Its threads start once HELLO is out (each start waits for the thread to run): the
         # broker's answer, and the first task, are on their way meanwhile.
         if self._watch_stdin:
@@ -346,7 +347,7 @@ class Worker:
         self.pool_id = info.get("pool", "")
         self.max_message_size = int(info.get("max_message_size", -1) or -1)
         if not self.welcomed:
-            self.granted = int(info.get("granted", 0) or 0)  # what it took of our HELLO's credit
+            self.granted = _granted(info.get("granted"))  # what it took of our HELLO's credit
         elif info.get("resumed") is None:
             self.granted = 0
         if not self.welcomed:
@@ -612,6 +613,12 @@ def _call(task: _Task, setup_error: str | None, where: str, max_size: int) -> tu
             "data (write it to a file and return the path) or raise the limit",
         )
     return status, frames
+
+
+def _granted(value: Any) -> int:
+    """A WELCOME's ``granted``: what the broker took of our HELLO's credit.  Anything but an
+    int of 0..HELLO_CREDIT counts as nothing taken (the worker then asks with CREDIT)."""
+    return value if type(value) is int and 0 <= value <= HELLO_CREDIT else 0
 
 
 def _ignore(msg: P.Message) -> None:
