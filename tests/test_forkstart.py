@@ -149,6 +149,49 @@ def test_sigkill_of_client_ends_template_and_workers() -> None:
     assert _gone(family) == []
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_sigkill_of_client_ends_workers_though_its_fork_holds_their_stdin(start: str) -> None:
+    # A process the client forked (a multiprocessing child, a daemon) inherits the client's end
+    # of every worker's stdin and the template's: their end of file never comes while it lives.
+    code = (
+        "import os, time\n"
+        "from scoopexec import ScoopExecutor\n"
+        "ex = ScoopExecutor(2)\n"
+        "ex.submit(abs, 1).result()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.setsid()\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "ex.submit(time.sleep, 60)\n"
+        "time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, SCOOPEXEC_WORKER_START=start)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    held = 0
+    try:
+        assert p.stdout is not None
+        held = int(p.stdout.readline())
+        deadline = time.monotonic() + 30
+        while True:  # both workers (and the template)
+            family = [c.pid for c in psutil.Process(p.pid).children(recursive=True) if c.pid != held]
+            if len(family) >= (3 if start == "fork" else 2) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        p.kill()
+        p.wait()
+        assert _gone([held], within=0) == [held]  # still holds their stdin
+        assert _gone(family) == []
+    finally:
+        p.kill()
+        p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
+        if held:
+            os.kill(held, signal.SIGKILL)
+
+
 def test_a_forked_worker_whose_stdin_closes_leaves_a_live_clients_socket_alone() -> None:
     # A worker that loses its stdin removes its client's private ipc directory only when that
     # client died (SIGKILL cannot clean up).  Its parent is the template, not the client: the

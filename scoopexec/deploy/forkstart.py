@@ -341,6 +341,7 @@ def serve(control_fd: int, worker_main: Callable[[list[str]], int], collect: boo
     sel.register(wake_r, selectors.EVENT_READ)
     child: tuple[list[str], list[str], list[int]] | None = None
     running = True
+    client = os.getppid()  # a process it forked may hold stdin open after it died: look at it too
     while running and child is None:
         for key, _ in sel.select(1.0):
             if key.fd == wake_r:
@@ -362,6 +363,7 @@ def serve(control_fd: int, worker_main: Callable[[list[str]], int], collect: boo
                     break
         if child is None:
             _reap(sock, children)
+            running = running and os.getppid() == client
     if child is not None:  # we are a new worker: drop the template's things, run the worker
         sel.close()
         signal.set_wakeup_fd(-1)
