@@ -173,17 +173,23 @@ def template_for(options: LaunchOptions, n: int) -> Template | None:
         return None  # a fork's resident memory would count the client's pages
     if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
         return None  # env= for the interpreter's start (PYTHONPATH...): only a fresh one reads it
-    return fork_template(limit_threads(worker_env(options.env), n), options.cwd if options.keep_cwd else None)
+    environ = dict(os.environ)  # (read once: os.environ decodes each name and value it gives)
+    env = limit_threads(worker_env(options.env, environ), n)
+    return fork_template(env, options.cwd if options.keep_cwd else None, environ)
 
 
-def _env_changes(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """What makes this process's environment ``env``: the names to unset, and the variables to
-    set (those that differ only: each is a putenv).  Read here, before the fork, where it costs
-    a fraction of what it does in the child (whose every look at a string inherited from us
-    writes its reference count: a copy-on-write fault for each page touched)."""
-    ours = dict(os.environ)
-    unset = [name for name in ours if name not in env]
-    return unset, {name: value for name, value in env.items() if ours.get(name) != value}
+def _env_changes(
+    env: dict[str, str], environ: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """What makes this process's environment (``environ``: a copy of it) ``env``: the names to
+    unset, and the variables to set (those that differ only: each is a putenv).  Read here,
+    before the fork, where it costs a fraction of what it does in the child (whose every look
+    at a string inherited from us writes its reference count: a copy-on-write fault for each
+    page touched)."""
+    if environ is None:
+        environ = dict(os.environ)
+    unset = [name for name in environ if name not in env]
+    return unset, {name: value for name, value in env.items() if environ.get(name) != value}
 
 
 def _handled_loggers() -> list[logging.Logger]:
@@ -192,10 +198,13 @@ def _handled_loggers() -> list[logging.Logger]:
     return [lg for lg in loggers if isinstance(lg, logging.Logger) and lg.handlers]
 
 
-def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
+def fork_template(
+    env: dict[str, str], cwd: str | None, environ: dict[str, str] | None = None
+) -> Template | None:
     """The template of a new pool, forked from this process; None when this process runs more
     than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
-    environment; ``cwd``: their directory (None: ours)."""
+    environment (``environ``: the copy of os.environ it was made from); ``cwd``: their directory
+    (None: ours)."""
     if not fork_safe() and not _settles():
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
@@ -205,7 +214,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     pools = threadlibs.pool_libraries(threadlibs.maps())
     threadlibs.shorten_spin(pools[0])  # OpenBLAS restarts its pool after the fork: spinning less
     signals = _changed_signals()
-    changes = _env_changes(env)
+    changes = _env_changes(env, environ)
     handled = _handled_loggers()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
@@ -236,7 +245,9 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
         os.close(stdin_w)
         ours.close()
         return None
-    return Template(ClientFork(pid, stdin_w), ours, origin="client")
+    template = Template(ClientFork(pid, stdin_w), ours, origin="client")
+    template.env = env
+    return template
 
 
 def _child(
