@@ -125,7 +125,9 @@ def apply_levels(table: Any) -> None:
         return
     for name, level in table.items():
         if isinstance(name, str) and isinstance(level, int) and not isinstance(level, bool):
-            logging.getLogger(name or None).setLevel(level)
+            logger = logging.getLogger(name or None)
+            if logger.level != level:  # (setLevel clears every logger's cache, a worker's first task waits)
+                logger.setLevel(level)
 
 
 def handle_remote_record(data: bytes) -> None:

@@ -450,3 +450,31 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_workers_asked_before_a_context_that_fails_are_ended_with_their_template(monkeypatch) -> None:
+    # The template is asked for the workers before anything else of the pool is made (Session's
+    # state, the ZeroMQ context): a failure there too ends them, and the template, at once.
+    from scoopexec.client import embedded
+    from scoopexec.deploy import forkstart
+
+    made: list[embedded.LocalWorkers] = []
+    pids: list[int] = []
+
+    class Workers(embedded.LocalWorkers):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def no_context() -> None:
+        procs = [p for p in made[0].procs.values() if isinstance(p, forkstart.ForkedProcess)]
+        forkstart.await_pids(procs, 30)
+        pids.extend([made[0].template.proc.pid, *(p.pid for p in procs)])
+        raise RuntimeError("no context today")
+
+    monkeypatch.setattr(embedded, "LocalWorkers", Workers)
+    monkeypatch.setattr(embedded.zmq, "Context", no_context)
+    with pytest.raises(RuntimeError, match="no context today"):
+        ScoopExecutor(max_workers=2)
+    assert len(pids) == 3
+    assert [p for p in pids if _running(p)] == []

@@ -87,29 +87,38 @@ class EmbeddedSession(Session):
         # First, while this process may still run one thread: the local workers' template, a
         # fork of this process if it does (before the broker's sockets, pipes and threads exist).
         template = clientfork.template_for(options, n)
+        local: LocalWorkers | None = None
+        early: list[socket.socket] = []  # the links of workers forked before the broker was made
+        self._ipc_dir: str | None = None
+        self._published: list[str] = []  # key files written for this user's hand-started peers
         try:
+            # A private ipc socket in a 0700 directory (in $TMPDIR, or this user's runtime directory
+            # when $TMPDIR is too long for a socket path); else loopback TCP, with CURVE like all TCP.
+            place = private_socket_dir()
+            self._ipc_dir = place[0] if place is not None else None
+            private = place[1] if place is not None else "tcp://127.0.0.1:0"
+            if template is not None and place is not None:
+                # A template forked from us forks the workers at once, while the rest of the pool
+                # is made here (the template is idle until asked: so it is asked first): each
+                # worker says HELLO on its link, which the broker reads once it runs.
+                local = self._local_workers(n, options, private, max_message_size, early.append, template)
             super().__init__(setup)
+            self.ctx: zmq.Context[Any] = zmq.Context()
         except BaseException:
-            if template is not None:
+            if local is not None:
+                local.stop(0.5)  # and its template
+            elif template is not None:
                 template.stop()
+            for sock in early:
+                sock.close()
+            self._cleanup_dir()
+            if getattr(self, "wake", None) is not None:
+                self.wake.close()  # (Session's, made before the context)
             raise
         self.launch_options = options
         self.trace = trace
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        # A private ipc socket in a 0700 directory (in $TMPDIR, or this user's runtime directory
-        # when $TMPDIR is too long for a socket path); else loopback TCP, with CURVE like all TCP.
-        place = private_socket_dir()
-        self._ipc_dir: str | None = place[0] if place is not None else None
-        private = place[1] if place is not None else "tcp://127.0.0.1:0"
         self._secure: str | None = None  # a CURVE endpoint, once there is one
-        self._published: list[str] = []  # key files written for this user's hand-started peers
-        local: LocalWorkers | None = None
-        early: list[socket.socket] = []  # the links of workers forked before the broker was made
         try:
-            if template is not None and place is not None:
-                # A template forked from us forks the workers at once, while the broker is made
-                # here: each says HELLO on its link, which the broker reads once it runs.
-                local = self._local_workers(n, options, private, max_message_size, early.append, template)
             self.broker = Broker(
                 private,
                 context=self.ctx,

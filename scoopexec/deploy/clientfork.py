@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -78,6 +79,10 @@ from .local import limit_threads, use_socketpairs, worker_env
 __all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_safe", "fork_template", "single_threaded", "template_for"]
 
 log = logging.getLogger("scoopexec")
+# signal's C module (signal loads it): its functions take and give plain ints, where signal's
+# wrap each signal number and handler in an enum (most of the cost of _changed_signals).
+_csignal: Any = importlib.import_module("_signal")
+Pools = tuple[list[str], list[str]]  # the OpenBLAS and OpenMP libraries loaded (threadlibs.pool_libraries)
 # env= variables that act when a process, its C library or the interpreter starts (PYTHONPATH,
 # PYTHONHASHSEED, LD_PRELOAD, the time zone, the locale and stdio encoding, malloc's tunables),
 # which a fork has done already: setting them in the forked child's os.environ changes nothing.
@@ -168,22 +173,49 @@ def template_for(options: LaunchOptions, n: int) -> Template | None:
         return None  # a fork's resident memory would count the client's pages
     if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
         return None  # env= for the interpreter's start (PYTHONPATH...): only a fresh one reads it
-    return fork_template(limit_threads(worker_env(options.env), n), options.cwd if options.keep_cwd else None)
+    environ = dict(os.environ)  # (read once: os.environ decodes each name and value it gives)
+    env = limit_threads(worker_env(options.env, environ), n)
+    return fork_template(env, options.cwd if options.keep_cwd else None, environ)
 
 
-def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
+def _env_changes(
+    env: dict[str, str], environ: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """What makes this process's environment (``environ``: a copy of it) ``env``: the names to
+    unset, and the variables to set (those that differ only: each is a putenv).  Read here,
+    before the fork, where it costs a fraction of what it does in the child (whose every look
+    at a string inherited from us writes its reference count: a copy-on-write fault for each
+    page touched)."""
+    if environ is None:
+        environ = dict(os.environ)
+    unset = [name for name in environ if name not in env]
+    return unset, {name: value for name, value in env.items() if environ.get(name) != value}
+
+
+def _handled_loggers() -> list[logging.Logger]:
+    """The loggers that have handlers here (the root and named ones), for the child to drop."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [lg for lg in loggers if isinstance(lg, logging.Logger) and lg.handlers]
+
+
+def fork_template(
+    env: dict[str, str], cwd: str | None, environ: dict[str, str] | None = None
+) -> Template | None:
     """The template of a new pool, forked from this process; None when this process runs more
     than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
-    environment; ``cwd``: their directory (None: ours)."""
+    environment (``environ``: the copy of os.environ it was made from); ``cwd``: their directory
+    (None: ours)."""
     if not fork_safe() and not _settles():
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
     # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
     # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
-    mapped = threadlibs.maps()
-    threadlibs.shorten_spin(mapped)  # OpenBLAS restarts its pool after the fork: spinning less
+    pools = threadlibs.pool_libraries(threadlibs.maps())
+    threadlibs.shorten_spin(pools[0])  # OpenBLAS restarts its pool after the fork: spinning less
     signals = _changed_signals()
+    changes = _env_changes(env, environ)
+    handled = _handled_loggers()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).
@@ -204,7 +236,7 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
     except OSError:
         pid = -1
     if pid == 0:
-        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (mapped, signals))
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (pools, signals, changes, handled))
     if collecting:
         gc.enable()
     os.close(stdin_r)
@@ -213,17 +245,20 @@ def fork_template(env: dict[str, str], cwd: str | None) -> Template | None:
         os.close(stdin_w)
         ours.close()
         return None
-    return Template(ClientFork(pid, stdin_w), ours, origin="client")
+    template = Template(ClientFork(pid, stdin_w), ours, origin="client")
+    template.env = env
+    return template
 
 
 def _child(
     ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
     env: dict[str, str], cwd: str | None, main: dict[str, Any],
-    seen: tuple[bytes, list[tuple[int, Any]]],
+    seen: tuple[Pools, list[tuple[int, Any]], tuple[list[str], dict[str, str]], list[logging.Logger]],
 ) -> NoReturn:  # fmt: skip
     """The template, forked from the client: leave the client behind, then serve.  ``seen``: what
-    the client read of itself just before (its mapped libraries, its changed signal handlers)."""
-    mapped, signals = seen
+    the client read of itself just before (its BLAS and OpenMP libraries, its changed signal
+    handlers, what differs in the workers' environment, its loggers with handlers)."""
+    pools, signals, (unset, changed), handled = seen
     code = 1
     try:
         gc.freeze()  # every object of the client: never collected here
@@ -235,13 +270,13 @@ def _child(
         os.close(stdin_r)
         os.setsid()
         _fresh_signals(signals)
-        _drop_log_handlers()
-        for name in [k for k in os.environ if k not in env]:  # (what differs only: each is a putenv)
+        _drop_log_handlers(handled)
+        for name in unset:
             del os.environ[name]
-        for name, value in env.items():
-            if os.environ.get(name) != value:
-                os.environ[name] = value
-        _limit_loaded_libraries(env, mapped)
+        for name, value in changed.items():
+            os.environ[name] = value
+        if pools[0] or pools[1]:
+            _limit_loaded_libraries(env, pools)
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
@@ -253,13 +288,13 @@ def _child(
     _exit(code)
 
 
-def _limit_loaded_libraries(env: dict[str, str], mapped: bytes) -> None:
+def _limit_loaded_libraries(env: dict[str, str], pools: Pools) -> None:
     """The thread counts the workers' environment sets, given to the BLAS and OpenMP the client
     had loaded (which read the environment when they loaded, not now): else every worker's BLAS
     would run a thread per core, as the client's does."""
     try:
         blas = threadlibs.count(env, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"), mapped)
+        threadlibs.limit(blas, threadlibs.count(env, "OMP_NUM_THREADS"), pools=pools)
     except Exception:  # (a library that answers oddly: its workers keep the client's count)
         traceback.print_exc()
 
@@ -289,16 +324,18 @@ def _changed_signals() -> list[tuple[int, Any]]:
     """The signals whose handlers here are not those a fresh interpreter starts with, and those:
     looked at in the client before the fork (the child inherits the very same handlers), where
     it costs a fraction of what it does in a fresh fork, on the way to every worker."""
-    fresh: dict[int, Any] = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN}
+    ign = _csignal.SIG_IGN  # (plain ints throughout: see _csignal)
+    fresh: dict[int, Any] = {int(signal.SIGINT): signal.default_int_handler, int(signal.SIGPIPE): ign}
     if hasattr(signal, "SIGXFSZ"):
-        fresh[signal.SIGXFSZ] = signal.SIG_IGN
+        fresh[int(signal.SIGXFSZ)] = ign
+    skip = (int(signal.SIGKILL), int(signal.SIGSTOP))
     changed: list[tuple[int, Any]] = []
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+    for sig in sorted(_csignal.valid_signals()):
+        if sig in skip:
             continue
-        want = fresh.get(sig, signal.SIG_DFL)
+        want = fresh.get(sig, _csignal.SIG_DFL)
         try:
-            now = signal.getsignal(sig)
+            now = _csignal.getsignal(sig)
         except (OSError, ValueError):
             continue
         if now is not None and now != want:
@@ -316,10 +353,9 @@ def _fresh_signals(changed: list[tuple[int, Any]]) -> None:
     signal.set_wakeup_fd(-1)
 
 
-def _drop_log_handlers() -> None:
-    """The client's logging handlers (files, its stderr): a worker forwards its records to the
-    client instead, as a fresh one does.  Dropped, not closed: they are the client's."""
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        if isinstance(logger, logging.Logger):
-            logger.handlers = []
+def _drop_log_handlers(handled: list[logging.Logger]) -> None:
+    """The client's logging handlers (files, its stderr; ``handled``: its loggers that have any,
+    :func:`_handled_loggers`): a worker forwards its records to the client instead, as a fresh
+    one does.  Dropped, not closed: they are the client's."""
+    for logger in handled:
+        logger.handlers = []

@@ -98,6 +98,7 @@ class Template:
         self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet
         self._by_seq: dict[int, ForkedProcess] = {}
         self.gone = False  # the template exited (or its socket broke): no more news from it
+        self.env: dict[str, str] | None = None  # the workers' environment, if made with it (clientfork)
 
     @classmethod
     def start(cls, python: str, env: dict[str, str], cwd: str | None) -> Template:

@@ -91,9 +91,10 @@ def remote_pythonpath() -> str:
     return os.pathsep.join(parts)
 
 
-def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a local worker: ours, with this scoopexec importable."""
-    out = dict(os.environ)
+def worker_env(env: Mapping[str, str] | None = None, ours: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a local worker: ours (``ours``: a copy of os.environ made already),
+    with this scoopexec importable."""
+    out = dict(os.environ if ours is None else ours)
     if env:
         out.update(env)
     path = out.get("PYTHONPATH", "")
@@ -171,7 +172,9 @@ class LocalWorkers:
         # Worker flags (contract.OPTIONS) besides those every local worker gets.
         self.flags = dict(flags or {}, key_stdin=keys is not None)
         self.python = python
-        self.env = limit_threads(worker_env(env), n)  # N workers share this machine's cores
+        # N workers share this machine's cores (a client-forked template's workers have it already)
+        made = template.env if template is not None else None
+        self.env = made if made is not None else limit_threads(worker_env(env), n)
         self.cwd = cwd
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout

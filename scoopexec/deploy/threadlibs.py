@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["blas_threads", "count", "limit", "maps", "pool_threads", "shorten_spin"]
+__all__ = ["blas_threads", "count", "limit", "maps", "pool_libraries", "pool_threads", "shorten_spin"]
 
 # OpenBLAS's entry points carry a prefix and a suffix in some builds (NumPy's and SciPy's
 # wheels: scipy_openblas_get_num_threads64_).
@@ -40,6 +40,7 @@ _OPENBLAS_AFFIXES = (
     ("openblas_", ""), ("openblas_", "64_"), ("scipy_openblas_", "64_"), ("scipy_openblas_", ""),
 )  # fmt: skip
 _OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
+_BLAS_LIBS = ("libopenblas", "libscipy_openblas")
 _PTHREADS = 1  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
 SPIN_TIMEOUT = 20  # OPENBLAS_THREAD_TIMEOUT: spin 2**20 cycles (~0.4 ms), not OpenBLAS's 2**28
 
@@ -66,6 +67,15 @@ def _mapped(names: tuple[str, ...], data: bytes | None = None) -> list[str]:
         if path and os.path.basename(path).lower().startswith(names) and "/" + path not in found:
             found.append("/" + path)
     return found
+
+
+def pool_libraries(mapped: bytes) -> tuple[list[str], list[str]]:
+    """The OpenBLAS and the OpenMP libraries among ``mapped`` (:func:`maps`): two lists of paths,
+    found with one look at the text in the usual case of neither."""
+    low = mapped.lower()
+    if not any(name.encode() in low for name in (*_BLAS_LIBS, *_OPENMP_LIBS)):
+        return [], []
+    return _mapped(_BLAS_LIBS, mapped), _mapped(_OPENMP_LIBS, mapped)
 
 
 def _function(lib: Any, name: str, restype: Any, argtypes: list[Any]) -> Callable[..., Any] | None:
@@ -107,7 +117,7 @@ def pool_threads() -> int | None:
     only when next used: its threads would not be there to count, and another thread could
     pass for them.  So each pool is first set to its own count, which starts it again."""
     total = 0
-    for path in _mapped(("libopenblas", "libscipy_openblas")):
+    for path in _mapped(_BLAS_LIBS):
         import ctypes
 
         parallel = _openblas(path, "get_parallel", ctypes.c_int, [])
@@ -127,7 +137,7 @@ def pool_threads() -> int | None:
 
 def blas_threads() -> int | None:
     """The thread count of the first OpenBLAS loaded here that answers, or None."""
-    for path in _mapped(("libopenblas", "libscipy_openblas")):
+    for path in _mapped(_BLAS_LIBS):
         import ctypes
 
         fn = _openblas(path, "get_num_threads", ctypes.c_int, [])
@@ -136,14 +146,20 @@ def blas_threads() -> int | None:
     return None
 
 
-def limit(blas: int | None, openmp: int | None, mapped: bytes | None = None) -> None:
+def limit(
+    blas: int | None, openmp: int | None, mapped: bytes | None = None,
+    pools: tuple[list[str], list[str]] | None = None,
+) -> None:  # fmt: skip
     """Give the BLAS and OpenMP libraries loaded here these thread counts (a forked worker's
     share of the cores, which its environment gives the ones that load later); None: leave.
-    ``mapped``: :func:`maps` as read already (by the process this one is a fork of)."""
-    if mapped is None:
-        mapped = maps() if blas or openmp else b""
-    blas_libs = _mapped(("libopenblas", "libscipy_openblas"), mapped) if blas else []
-    openmp_libs = _mapped(_OPENMP_LIBS, mapped) if openmp else []
+    ``mapped``: :func:`maps` as read already (by the process this one is a fork of), or
+    ``pools``: :func:`pool_libraries` of it."""
+    if pools is None:
+        if mapped is None:
+            mapped = maps() if blas or openmp else b""
+        pools = pool_libraries(mapped)
+    blas_libs = pools[0] if blas else []
+    openmp_libs = pools[1] if openmp else []
     if not blas_libs and not openmp_libs:
         return
     import ctypes
@@ -168,17 +184,17 @@ def count(env: dict[str, str], *names: str) -> int | None:
     return None
 
 
-def shorten_spin(mapped: bytes | None = None) -> int:
+def shorten_spin(blas_libs: list[str] | None = None) -> int:
     """Have each pthreads OpenBLAS loaded here spin :data:`SPIN_TIMEOUT` (as a power of two
     of clock cycles) after a call, from the next start of its pool (after a fork: call this
     just before one), unless ``OPENBLAS_THREAD_TIMEOUT`` is set; how many were told.
-    ``mapped``: :func:`maps` as read already."""
+    ``blas_libs``: the OpenBLAS paths (:func:`pool_libraries`) as found already."""
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         return 0  # the user's choice
-    if mapped is None:
-        mapped = maps()
+    if blas_libs is None:
+        blas_libs = _mapped(_BLAS_LIBS)
     told = 0
-    for path in _mapped(("libopenblas", "libscipy_openblas"), mapped):
+    for path in blas_libs:
         import ctypes
 
         parallel = _openblas(path, "get_parallel", ctypes.c_int, [])

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.max_tasks or args.memory_limit or args.max_lifetime) and args.exit_fd is None:
         # It recycles itself and nobody would start the next: a group of 1 does (unannounced).
         return run_worker_group(args, connect, creds, 1, env, announce=False)
-    os.environ.update(env)  # one worker without a group: its own environment (and its tasks')
+    if env:
+        os.environ.update(env)  # one worker without a group: its own environment (and its tasks')
     signal.signal(signal.SIGINT, signal.SIG_IGN) if args.watch_stdin else None
     if args.exit_fd is not None:
         try:
