@@ -377,7 +377,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         with self._lock:
             futs = list(self._futures)
             self._futures.clear()
-        cancel_all(futs)  # one request for all (a remote or nested pool's broker is asked)
+        cancel_all(futs, wait=False)  # one request for all, not waited for (nobody reads the answers)
         own = self._own
         if own is not None:
             if self._own_shared and not _shared.sole_user(self):

@@ -225,6 +225,6 @@ def _results(
             yield from out
             del out
     finally:
-        cancel_all(fs)
+        cancel_all(fs, wait=False)  # (nobody reads what cancel() says: the broker answers later)
         if sizer.items:
             remember_cost(fn, sizer.cost)

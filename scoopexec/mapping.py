@@ -403,7 +403,7 @@ def _ordered(
             else:
                 yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
     finally:
-        cancel_all(fs)
+        cancel_all(fs, wait=False)  # (nobody reads what cancel() says: the broker answers later)
 
 
 def _unordered(
@@ -431,7 +431,7 @@ def _unordered(
                     del nf
             yield box.pop().result()
     finally:
-        cancel_all(pending)
+        cancel_all(pending, wait=False)
 
 
 def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
@@ -769,4 +769,4 @@ async def amap_on(
                 yield v
             del value
     finally:
-        cancel_all(pending.values())
+        cancel_all(pending.values(), wait=False)

@@ -617,7 +617,7 @@ class Pool:
                 return
             self._state = TERMINATE
             futures = list(self._jobs.futures)
-        cancel_all(futures, wait=not self._own)  # one request; with its own pool, abort() follows
+        cancel_all(futures, wait=False)  # one request; the results fail below, whatever the answers
         if self._own:
             self._executor.abort("the Pool was terminated")
         self._inbox.put((self._jobs.abandon_all, (_TERMINATED,)))

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import scoopexec
+from scoopexec.client import future
 from scoopexec.client.future import CANCEL_WAIT
 from scoopexec.errors import BrokenScoopExecutor
 from tests import helpers
@@ -283,47 +284,43 @@ def test_a_lost_broker_releases_a_waiting_cancel(broker):  # noqa: F811
         ex.shutdown(wait=True)
 
 
-def test_abort_with_a_hung_broker_does_not_wait_per_future(broker):  # noqa: F811
+@pytest.mark.parametrize("how", ["cancel_queued", "abort", "terminate"])
+def test_bulk_cancels_with_a_hung_broker_ask_once(broker, how, monkeypatch):  # noqa: F811
+    # shutdown(cancel_futures=True), leaving `with` on an error and terminate_workers() cancel with
+    # cancel_queued(): one request for all the futures, one wait (CANCEL_WAIT, 1 s here) for a hung
+    # broker, not one per future.  abort() (Ctrl-C in `with`) and Pool.terminate() do not wait:
+    # nobody reads the answers, the futures fail.  The session does not break meanwhile (its
+    # heartbeat_timeout is 5 s).
+    monkeypatch.setattr(future, "CANCEL_WAIT", 1.0)
     addr, proc = broker
     ex = scoopexec.ScoopExecutor(broker=addr)
     try:
-        futs = [ex.submit(abs, -i) for i in range(4)]
-        ex._session.sync(5.0)
-        _hung(proc)
-        t0 = time.monotonic()
-        ex.abort("test")
-        took = time.monotonic() - t0
-        assert took < CANCEL_WAIT - 1.0, f"abort() took {took:.2f} s"
-        for f in futs:  # none said cancelled: the broker did not answer
-            assert isinstance(f.exception(timeout=0), BrokenScoopExecutor)
-    finally:
-        _end(proc)
-        ex.shutdown(wait=True)
-
-
-@pytest.mark.parametrize("how", ["shutdown", "terminate"])
-def test_bulk_cancels_with_a_hung_broker_wait_once(broker, how):  # noqa: F811
-    # shutdown(cancel_futures=True) and Pool.terminate() ask once for all their futures; a hung
-    # broker costs one wait (cut short when the session breaks), not one per future.
-    addr, proc = broker
-    ex = scoopexec.ScoopExecutor(broker=addr, heartbeat=0.2, heartbeat_timeout=0.6)
-    try:
         if how == "terminate":
             pool = scoopexec.Pool(executor=ex)
-            futs = [pool.apply_async(abs, (-i,)) for i in range(4)]
+            results = [pool.apply_async(abs, (-i,)) for i in range(4)]
         else:
-            futs = [ex.submit(abs, -i) for i in range(4)]
+            futs = [ex.submit(abs, -i) for i in range(4)]  # no worker: they stay queued
         ex._session.sync(5.0)
         _hung(proc)
         t0 = time.monotonic()
         if how == "terminate":
             pool.terminate()
+        elif how == "abort":
+            ex.abort("test")
         else:
-            ex.shutdown(wait=True, cancel_futures=True)
+            assert ex._session.cancel_queued() == 0  # (no answer came)
         took = time.monotonic() - t0
-        assert took < CANCEL_WAIT - 1.0, f"{how} took {took:.2f} s"
-        if how == "shutdown":
-            assert all(f.done() for f in futs)
+        if how == "cancel_queued":
+            assert 0.9 < took < 2.5, f"{how} took {took:.2f} s"
+            assert not any(f.done() for f in futs)
+        else:
+            assert took < 0.9, f"{how} took {took:.2f} s"
+        if how == "abort":
+            for f in futs:  # none said cancelled: the broker did not answer
+                assert isinstance(f.exception(timeout=0), BrokenScoopExecutor)
+        if how == "terminate":
+            with pytest.raises(BrokenScoopExecutor, match="terminated"):
+                results[0].get(timeout=10)
     finally:
         _end(proc)
-        ex.shutdown(wait=True)
+        ex.abort("the test is over")
