@@ -71,6 +71,7 @@ from joblib._parallel_backends import (
 
 from scoopexec import ScoopExecutor
 from scoopexec.api import WorkerExecutor, active_executor
+from scoopexec.client.future import cancel_all
 from scoopexec.deploy.hosts import local_cpu_count
 from scoopexec.worker.worker import Worker, current_worker
 
@@ -376,8 +377,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         with self._lock:
             futs = list(self._futures)
             self._futures.clear()
-        for fut in futs:
-            fut.cancel()
+        cancel_all(futs, wait=False)  # one request for all, not waited for (nobody reads the answers)
         own = self._own
         if own is not None:
             if self._own_shared and not _shared.sole_user(self):

@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .client.future import cancel_all
 from .errors import remote_traceback
 from .worker import chunks
 
@@ -224,7 +225,6 @@ def _results(
             yield from out
             del out
     finally:
-        for f in fs:
-            f.cancel()
+        cancel_all(fs, wait=False)  # (nobody reads what cancel() says: the broker answers later)
         if sizer.items:
             remember_cost(fn, sizer.cost)

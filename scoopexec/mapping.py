@@ -27,6 +27,7 @@ from concurrent.futures._base import FINISHED
 from typing import Any
 
 from . import autochunk
+from .client.future import cancel_all
 from .errors import SerializationError, TaskTimeoutError, remote_traceback
 from .journal import MapPlan
 from .progress import MapProgress
@@ -402,8 +403,7 @@ def _ordered(
             else:
                 yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
     finally:
-        for fut in fs:
-            fut.cancel()
+        cancel_all(fs, wait=False)  # (nobody reads what cancel() says: the broker answers later)
 
 
 def _unordered(
@@ -431,8 +431,7 @@ def _unordered(
                     del nf
             yield box.pop().result()
     finally:
-        for f in pending:
-            f.cancel()
+        cancel_all(pending, wait=False)
 
 
 def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
@@ -770,5 +769,4 @@ async def amap_on(
                 yield v
             del value
     finally:
-        for fut in pending.values():
-            fut.cancel()
+        cancel_all(pending.values(), wait=False)

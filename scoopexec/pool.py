@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .client.executor import ScoopExecutor
+from .client.future import cancel_all
 from .deploy.hosts import local_cpu_count
 from .errors import BrokenScoopExecutor
 from .mapping import batched
@@ -616,8 +617,7 @@ class Pool:
                 return
             self._state = TERMINATE
             futures = list(self._jobs.futures)
-        for fut in futures:
-            fut.cancel()
+        cancel_all(futures, wait=False)  # one request; the results fail below, whatever the answers
         if self._own:
             self._executor.abort("the Pool was terminated")
         self._inbox.put((self._jobs.abandon_all, (_TERMINATED,)))

@@ -213,3 +213,19 @@ def running(pid):
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def touch(path):
+    """Creates `path`: the proof that this call ran."""
+    open(path, "w").close()
+    return path
+
+
+def stamp_then_spin(path, seconds):
+    """Writes the time it starts to `path`, then holds its CPU for `seconds` (no sleep, no wait)."""
+    with open(path, "w") as f:
+        f.write(repr(time.time()))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return path

@@ -526,6 +526,21 @@ class Ledger:
                 self._forget(btid, cancels)
         return cancels
 
+    def cancel_unstarted(self, owner: bytes, tids: Iterable[int]) -> tuple[list[int], list[int]]:
+        """CANCEL with CONFIRM: drop ``owner``'s tasks ``tids`` that no worker holds or held (they
+        never started); returns (those ids, the others')."""
+        dropped: list[int] = []
+        kept: list[int] = []
+        ids = self._ids(owner)
+        for tid in tids:
+            task = self.tasks.get(ids.get(tid, -1))
+            if task is not None and task.worker is None and not task.attempts:
+                self._forget(task.btid, {})
+                dropped.append(tid)
+            else:
+                kept.append(tid)
+        return dropped, kept
+
     def cancel_tree(self, owner: bytes, tids: Iterable[int]) -> tuple[Cancels, Cancels, list[Task]]:
         """ex.cancel() of running tasks: forget ``owner``'s tasks ``tids`` and every task they
         submitted, at any depth.  Returns the cancels of the tasks, those of their descendants,

@@ -400,8 +400,8 @@ class Broker:
 
     def _on_cancel(self, key: bytes, peer: Peer, msg: P.Message) -> None:
         """The owner no longer wants these tasks: forget them wherever they are (arg: stop them running)."""
-        if msg.arg:  # ex.cancel() of running tasks, and what they submitted
-            return self.supervisor.stop_tasks(key, [e[0] for e in msg.entries], msg.arg)
+        if msg.arg:  # ex.cancel() of running tasks and what they submitted, or CONFIRM: answer each
+            return self.supervisor.on_cancel(key, [e[0] for e in msg.entries], msg.arg)
         self.cancel_on_workers(self.ledger.cancel(key, [e[0] for e in msg.entries]))
 
     def _on_return(self, key: bytes, w: WorkerState, msg: P.Message) -> None:

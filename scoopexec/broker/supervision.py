@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..deploy.contract import EXIT_RECYCLED
+from ..errors import ProtocolError
 from ..trace import limit_kind
 from ..wire import protocol as P
 from .ledger import ClientState, Ledger, Task, WorkerState
@@ -171,6 +172,20 @@ class Supervisor:
                 self.exited(t, rc)
             time.sleep(0.005)
         return "", None
+
+    def on_cancel(self, owner: bytes, tids: list[int], arg: int) -> None:
+        """CANCEL with an arg: stop_tasks() (1, 2), or CONFIRM, a cancel() waiting for the answer: those
+        of ``tids`` no worker has or had are dropped and answered CANCELLED, the others STARTED."""
+        if arg == P.CONFIRM:
+            dropped, kept = self.b.ledger.cancel_unstarted(owner, tids)
+            for tid in dropped:
+                self.b.result(owner, tid, P.CANCELLED, [])
+            if kept:
+                self.b.send(owner, [P.pack(P.STARTED, [(tid,) for tid in kept])])
+        elif arg in (1, 2):
+            self.stop_tasks(owner, tids, arg)
+        else:
+            raise ProtocolError(f"CANCEL with arg {arg}: not 0 (forget), 1, 2 (stop), {P.CONFIRM} (confirm)")
 
     def stop_tasks(self, owner: bytes, tids: list[int], how: int) -> None:
         """ex.cancel() of running tasks (``how``: 1 interrupt them, 2 end their worker processes):

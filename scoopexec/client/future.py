@@ -21,15 +21,20 @@ from ..errors import WorkerLostError
 from ..wire import protocol, serialize
 
 __all__ = [
-    "Holder", "ScoopFuture", "cancel_dropped", "cancel_running", "describe_running", "running", "settle",
-    "settle_all", "start", "start_all",
+    "CANCEL_WAIT", "Answer", "Holder", "ScoopFuture", "cancel_all", "cancel_answered", "cancel_dropped",
+    "cancel_running", "describe_running", "running", "settle", "settle_all", "start", "start_all",
+    "wait_answers",
 ]  # fmt: skip
 
 
 class Holder(Protocol):
-    """Who holds a task until its result comes: told when its future is cancelled."""
+    """Who holds a task until its result comes: told when its future is cancelled, or (with
+    ``confirms_cancels``) asked to cancel it, which takes its broker's answer (see Answer)."""
+
+    confirms_cancels: bool
 
     def cancelled(self, tid: int) -> None: ...
+    def confirm_cancels(self, futs: list[ScoopFuture], wait: bool) -> None: ...
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None: ...  # see ScoopFuture.result
 
 
@@ -79,6 +84,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
     """
 
     _started = 0.0  # time.monotonic() when it was handed to a worker
+    asked: Answer | None = None  # a worker's sub-task: the answer a cancel() waits for (worker/subtasks.py)
     _condition = _MadeOnUse(0)
     _waiters = _MadeOnUse(1)
     _done_callbacks = _MadeOnUse(2)
@@ -119,9 +125,14 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         return super().exception(timeout)
 
     def cancel(self) -> bool:
-        """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
+        """Cancel the task if no worker has it yet; True if it is (now) cancelled, and then it will
+        not run.  A remote client's or a worker's asks its broker first (see Answer)."""
         if self._state == cfb.FINISHED:  # (map() cancels every future it has read)
             return False
+        holder = self._holder
+        if holder is not None and self._state == cfb.PENDING and holder.confirms_cancels:
+            holder.confirm_cancels([self], True)
+            return self._state in _CANCELLED
         if not super().cancel():  # runs the done-callbacks, outside every lock
             return False
         with self._condition:
@@ -349,6 +360,71 @@ def cancel_dropped(fut: ScoopFuture) -> None:
     with fut._condition:
         if fut._state == cfb.RUNNING:
             fut._state = cfb.PENDING
+    fut.cancel()
+
+
+CANCEL_WAIT = 5.0  # s a cancel() waits at most for its broker's answer (then: False)
+
+
+class Answer:
+    """The broker's answer to one CANCEL with CONFIRM, about ``n`` tasks.
+
+    A holder that talks to its broker through messages (a remote client, a worker) cannot know
+    that no worker has a task yet: cancel() asks (Holder.confirm_cancels) and says True only if
+    the broker dropped it -- RESULTS CANCELLED; STARTED (a worker has it) or its result say no.
+    Whoever reads an answer puts it on its future first (cancelled, running, or done), then
+    calls one(); ``event`` is set when every task has its answer, or when the holder gives up
+    (release(): its broker is gone -- the futures have failed).  A second cancel() of the same
+    future waits for the same answer.
+    """
+
+    __slots__ = ("event", "left", "lock")
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+
+    def one(self) -> None:
+        with self.lock:
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            self.event.set()
+
+    def release(self) -> None:
+        self.event.set()
+
+
+def wait_answers(answers: Iterable[Answer]) -> None:
+    """Wait for these answers, CANCEL_WAIT s at most in all."""
+    deadline = time.monotonic() + CANCEL_WAIT
+    for answer in answers:
+        answer.event.wait(max(0.0, deadline - time.monotonic()))
+
+
+def cancel_all(futs: Iterable[cf.Future[Any]], wait: bool = True) -> None:
+    """cancel() of each of ``futs``, with one request per holder that asks its broker (map()
+    dropping what it has not read, Pool.terminate(): one at a time, each would wait in turn)."""
+    asks: dict[int, tuple[Holder, list[ScoopFuture]]] = {}
+    for fut in futs:
+        if isinstance(fut, ScoopFuture):
+            holder = fut._holder
+            if holder is not None and fut._state == cfb.PENDING and holder.confirms_cancels:
+                asks.setdefault(id(holder), (holder, []))[1].append(fut)
+                continue
+        fut.cancel()
+    for holder, mine in asks.values():
+        holder.confirm_cancels(mine, wait)
+
+
+def cancel_answered(fut: ScoopFuture) -> None:
+    """The broker dropped this task, as a cancel() asked (CONFIRM): no worker ever had it, and
+    none will.  The future is cancelled (its holder is not told again)."""
+    with fut._condition:
+        if fut._state == cfb.RUNNING:
+            fut._state = cfb.PENDING
+        fut._holder = None
     fut.cancel()
 
 

@@ -39,6 +39,7 @@ class RemoteSession(Session):
     """A client of a standalone broker, through one DEALER socket and one I/O thread."""
 
     tells_cancels = True
+    confirms_cancels = True
 
     def __init__(
         self,
@@ -224,6 +225,8 @@ class RemoteSession(Session):
 
     def _send_pending(self) -> None:
         sock = self.sock
+        # Taken first: the submission of a task whose cancel() is asked here is in the outbox now.
+        confirms = [(self.confirms.popleft(),) for _ in range(len(self.confirms))]
         while self.status_requests:
             self.status_waiting.append(self.status_requests.popleft())
             zmq_send(sock, [P.header(P.STATUS)])
@@ -243,3 +246,5 @@ class RemoteSession(Session):
             while self.cancels:
                 ids.append((self.cancels.popleft(),))
             zmq_send(sock, [P.pack(P.CANCEL, ids)])
+        if confirms:  # after the submissions: the broker knows each task it is asked about
+            zmq_send(sock, [P.pack(P.CANCEL, confirms, P.CONFIRM)])

@@ -37,7 +37,17 @@ from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
-from .future import ScoopFuture, cancel_running, running, settle_all, start, start_all
+from .future import (
+    Answer,
+    ScoopFuture,
+    cancel_answered,
+    cancel_running,
+    running,
+    settle_all,
+    start,
+    start_all,
+    wait_answers,
+)
 
 __all__ = ["Session", "StatusRequest", "status_timeout"]
 
@@ -73,6 +83,9 @@ class Session:
         self.outbox: collections.deque[tuple[int, list[Any]]] = collections.deque()  # submissions
         self.inbox: collections.deque[list[Any]] = collections.deque()  # other messages for the broker
         self.cancels: collections.deque[int] = collections.deque()  # for a broker that must be told
+        self.confirms: collections.deque[int] = collections.deque()  # cancels it must answer (CONFIRM)
+        self.answers: dict[int, Answer] = {}  # task id -> the answer a cancel() waits for
+        self._asking = threading.Lock()  # over `answers`
         self.wake = WakePipe()
         self._tids = itertools.count(1)
         self.broken_kind = ""
@@ -130,6 +143,39 @@ class Session:
         return timeout
 
     tells_cancels = False  # a remote broker must be told; an embedded one asks (started())
+    confirms_cancels = False  # a remote broker answers whether it dropped the task (future.Answer)
+
+    def confirm_cancels(self, futs: list[ScoopFuture], wait: bool) -> None:
+        """cancel() of futures not running as far as this client knows (future.Answer): one CONFIRM
+        for them all; waits for the answer (CANCEL_WAIT s at most) unless ``wait`` is False or this
+        is the session's thread (a done-callback: it only asks).  A broken session asks nothing."""
+        answers: set[Answer] = set()
+        ask: list[int] = []
+        with self._asking:
+            for f in futs:
+                if self.futures.get(f.tid) is f and not (f.running() or f.done()):
+                    answer = self.answers.get(f.tid)
+                    if answer is None:
+                        ask.append(f.tid)
+                    else:  # another thread asked already: its answer is this one's
+                        answers.add(answer)
+            if ask and not self.broken_msg and self.thread is not None and self.thread.is_alive():
+                answer = Answer(len(ask))
+                for tid in ask:
+                    self.answers[tid] = answer
+                self.confirms.extend(ask)
+                answers.add(answer)
+                self.wake.wake()
+        if wait and answers and threading.current_thread() is not self.thread:
+            wait_answers(answers)
+
+    def _release_answers(self) -> None:
+        """No answer will come (the session broke, or ends): every cancel() waiting returns."""
+        with self._asking:
+            answers = set(self.answers.values())
+            self.answers.clear()
+        for answer in answers:
+            answer.release()
 
     def stop_task(self, fut: ScoopFuture, force: bool) -> bool:
         """ex.cancel() of a running task: its future ends cancelled, and the broker stops the task
@@ -187,6 +233,8 @@ class Session:
         fut = self.futures.get(tid)
         if fut is None:
             return False
+        if fut.running():  # told twice: a cancel()'s answer (CONFIRM) and the dispatch
+            return True
         ok = start(fut)  # (False: cancelled, maybe by another thread since the look-up)
         if not ok:
             self.futures.pop(tid, None)
@@ -227,7 +275,12 @@ class Session:
         """RESULTS: (task id, status, frames) for each; from the message, or straight from an
         embedded broker (broker/ports.py, InProcessPort.results).  A result nobody waits for
         (cancelled, or a bug: a duplicate) is counted in ``unmatched``."""
+        answered: list[Answer] = []
+        if self.answers:  # some cancel() waits for the broker's answer: these may be it
+            items = self._answered(items, answered)
         unmatched, dropped = settle_all(self.futures, items, self.cancels_dropped)
+        for answer in answered:
+            answer.one()
         if unmatched:
             self.unmatched += unmatched
         if dropped:
@@ -235,9 +288,33 @@ class Session:
         if self.stop_when_idle and not self.futures:
             self.request_stop()
 
+    def _answered(
+        self, items: Iterable[tuple[int, int, Sequence[Any]]], answered: list[Answer]
+    ) -> list[tuple[int, int, Sequence[Any]]]:
+        """Results that answer a cancel() (confirm_cancels): CANCELLED ones cancel their future
+        here; returns the others, to settle (their answers, in ``answered``, are given after)."""
+        rest: list[tuple[int, int, Sequence[Any]]] = []
+        for item in items:
+            with self._asking:
+                answer = self.answers.pop(item[0], None)
+            if answer is not None:
+                answered.append(answer)
+                if item[1] == P.CANCELLED:
+                    fut = self.futures.pop(item[0], None)
+                    if fut is not None:
+                        cancel_answered(fut)
+                    continue
+            rest.append(item)
+        return rest
+
     def _on_started(self, msg: P.Message) -> None:
         for (tid,) in msg.entries:
             self.started(tid)
+            if self.answers:
+                with self._asking:
+                    answer = self.answers.pop(tid, None)
+                if answer is not None:
+                    answer.one()
 
     def _on_output(self, msg: P.Message) -> None:
         for (_, stream), frame in msg.each():
@@ -298,6 +375,7 @@ class Session:
         self.broken_kind = kind
         self.broken_msg = text
         self.fail_all(exc_type, text)
+        self._release_answers()  # (after: a cancel() waiting sees its future failed, and says False)
         if stop:
             self.stop_when_idle = True
             self.request_stop()
@@ -349,9 +427,14 @@ class Session:
         """How many turns the session thread's loop has made (it turns at least once a second)."""
         raise NotImplementedError
 
-    def cancel_queued(self) -> int:
-        """Cancel every future not handed to a worker yet; return how many."""
-        return sum(1 for fut in list(self.futures.values()) if fut.cancel())
+    def cancel_queued(self, wait: bool = True) -> int:
+        """Cancel every future not handed to a worker yet; return how many.  A broker that answers
+        (confirm_cancels) is asked once for them all; ``wait`` False: not waited for."""
+        futs = list(self.futures.values())
+        if not self.confirms_cancels:
+            return sum(1 for fut in futs if fut.cancel())
+        self.confirm_cancels([f for f in futs if not (f.running() or f.done())], wait)
+        return sum(1 for f in futs if f.cancelled())
 
     def drop_unstarted(self) -> None:
         """Have the broker drop the tasks it holds for no worker, even those counted as running
@@ -379,8 +462,9 @@ class Session:
         """
         if self.inherited:
             return ""
-        self.cancel_queued()
+        self.cancel_queued(wait=False)  # (the broker drops what it can: what is not answered fails)
         self.fail_all(BrokenScoopExecutor, f"abandoned: {reason}")
+        self._release_answers()
         self.stop_when_idle = True
         self.request_stop()
         return self.join(limit=timeout)
@@ -459,6 +543,7 @@ class Session:
             req.event.set()
         self.status_requests.clear()
         self.status_waiting.clear()
+        self._release_answers()
         self.wake.close()
         pools.untrack(self)
         self.closed.set()

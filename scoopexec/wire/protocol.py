@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from ..errors import ProtocolError
 
 MAGIC = b"SX"
-VERSION = 1
+VERSION = 2  # 2: CANCEL with CONFIRM, answered by RESULTS CANCELLED or STARTED
 
 HEADER = struct.Struct("<2sBBII")  # magic, version, type, count, arg
 HEADER_SIZE = HEADER.size
@@ -50,9 +50,9 @@ SUBMIT = 3  # peer -> broker; SUBMIT_ENTRY per task, then the task's frames
 TASKS = 4  # broker -> worker; TASK_ENTRY per task, then the task's frames
 RESULT = 5  # worker -> broker; RESULT_ENTRY per result; arg = credits granted
 RESULTS = 6  # broker -> owner; RESULTS_ENTRY per result
-CANCEL = 7  # owner -> broker (owner ids), broker -> worker (broker ids); ID_ENTRY
+CANCEL = 7  # owner -> broker (owner ids), broker -> worker (broker ids); ID_ENTRY; arg: see below
 CREDIT = 8  # worker -> broker; arg = credits granted, no entries
-STARTED = 9  # broker -> remote owner; ID_ENTRY per task now running
+STARTED = 9  # broker -> remote owner; ID_ENTRY per task now running (or not cancelled: CONFIRM)
 SETUP = 10  # broker -> worker; arg = set-up id; frames: the client's set-up blob
 SETUP_DONE = 11  # worker -> broker; arg = set-up id; count = 1 ok, 0 failed; frame 1: error text;
 #                  frame 2 (optional): b"main" when importing the client's main module failed
@@ -69,6 +69,11 @@ SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); fram
 RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0
 RECALL = 23  # broker -> worker: a worker is idle; one running a long task RETURNs what it has not started
 DRAIN = 24  # broker -> worker: its batch job ends soon; RETURN every task not started (no more come)
+
+# CANCEL's arg from an owner: 0 forget them; 1, 2 stop them running too (ex.cancel(): interrupt, end
+# the worker process); CONFIRM: answer each, RESULTS CANCELLED (dropped: no worker has or had it, it
+# will not run) or STARTED (a worker has it, or the broker knows no such task: its result is due).
+CONFIRM = 3
 
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", SUBMIT: "SUBMIT", TASKS: "TASKS", RESULT: "RESULT",

@@ -116,6 +116,7 @@ class Outbox:
         self.outputs: collections.deque[tuple[tuple[int, int], bytes]] = collections.deque()
         self.logs: collections.deque[tuple[tuple[int], bytes]] = collections.deque()
         self.cancels: collections.deque[int] = collections.deque()
+        self.confirms: collections.deque[int] = collections.deque()  # cancels the broker answers
         self.last_flush = 0.0
 
     def output(self, entry: tuple[int, int], data: bytes, limit: int) -> None:
@@ -138,11 +139,13 @@ class Outbox:
 
     def waiting(self) -> bool:
         """Something besides results waits to be sent (results go with the end of a task)."""
-        return bool(self.outputs or self.logs or self.submits or self.cancels)
+        return bool(self.outputs or self.logs or self.submits or self.cancels or self.confirms)
 
     def pending(self) -> bool:
         """Anything waits to be sent, results included."""
-        return bool(self.results or self.outputs or self.logs or self.submits or self.cancels)
+        return bool(
+            self.results or self.outputs or self.logs or self.submits or self.cancels or self.confirms
+        )
 
     def flush(self, credit: int) -> None:
         """Send what waits; the results (or a CREDIT message) ask the broker for ``credit`` more tasks."""
@@ -154,6 +157,8 @@ class Outbox:
         # taken last, a result could go out ahead of the output its task appended just before
         # it, and that output then reached no client (its task was over at the broker).
         res = _drain(self.results) if self.results else None
+        # Taken before the submissions: a sub-task whose cancel() is asked here is among them.
+        confirms = _drain(self.confirms) if self.confirms else None
         if self.outputs:
             items = _drain(self.outputs)
             send([P.pack(P.OUTPUT, [e for e, _ in items]), *[b for _, b in items]])
@@ -168,6 +173,8 @@ class Outbox:
             send(frames)
         if self.cancels:  # after the submissions: one submitted and cancelled since the last flush
             send([P.pack(P.CANCEL, [(t,) for t in _drain(self.cancels)])])  # is known to the broker
+        if confirms:
+            send([P.pack(P.CANCEL, [(t,) for t in confirms], P.CONFIRM)])
         if res:
             frames = [P.pack(P.RESULT, [e for e, _ in res], arg=credit)]
             for _, body in res:

@@ -9,17 +9,25 @@ The outcomes are taken off the socket under the worker's lock and set on their f
 once it is released (:meth:`SubTasks.deliver`): setting one runs its done-callbacks,
 user and library code (joblib's takes its Parallel's lock, which a task may hold while
 it submits), and unpickling a result is user code too.
+
+cancel() of a sub-task asks the broker (CANCEL with CONFIRM: only it knows whether a worker
+has the task; client/future.py, Answer) and waits for the answer, CANCEL_WAIT s at most.
+A task waiting so blocks its worker's thread: nothing else starts here meanwhile (a task
+started would hold the thread for as long as it runs); the flusher thread reads what comes,
+the answer included, as while any task runs.  Another thread of the process waits too; the
+hub (a done-callback) and the flusher cannot, as they read the answers: they only ask.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..client.future import settle
+from ..client.future import Answer, ScoopFuture, cancel_answered, settle, start, wait_answers
 from ..errors import MessageTooLargeError, SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
@@ -41,6 +49,8 @@ class _Hub(Protocol):
     alarm: Alarm
 
     def current_task(self) -> int: ...
+    def in_task(self) -> bool: ...
+    def nudge(self) -> None: ...
     def later(self, fn: Callable[[], None]) -> None: ...
     def flush(self) -> None: ...
     def wait_until(self, fs: Any, timeout: float | None, return_when: str) -> None: ...
@@ -55,6 +65,11 @@ class SubTasks:
         self._tids = itertools.count(1)
         # Outcomes taken off the socket under the worker's lock, to be set once it is released.
         self.deliveries: list[tuple[WorkerFuture, int, Sequence[Any]]] = []
+        # Submissions from other threads, for the outbox (take_foreign), in their order.
+        self.foreign: collections.deque[tuple[tuple[int, int, int], list[Any]]] = collections.deque()
+
+    confirms_cancels = True  # (client/future.py, Holder)
+    no_wait = 0  # the flusher thread's id: it reads the answers, so it cannot wait for one
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], parent: int | None = None
@@ -107,8 +122,8 @@ class SubTasks:
         self.futures[tid] = fut
         submits = hub.outbox.submits
         if threading.get_ident() != hub.thread_id:
-            owner = parent or 0
-            hub.later(lambda: submits.append(((tid, owner, len(frames)), frames)))
+            self.foreign.append(((tid, parent or 0, len(frames)), frames))
+            hub.later(self.take_foreign)
             return fut
         if parent is None:
             parent = hub.current_task()
@@ -133,6 +148,48 @@ class SubTasks:
             else:
                 self._hub.later(lambda: cancels.append(tid))
 
+    def take_foreign(self) -> None:
+        """Move the submissions of other threads into the outbox, in order (hold the lock)."""
+        foreign, submits = self.foreign, self._hub.outbox.submits
+        while foreign:
+            submits.append(foreign.popleft())
+
+    def confirm_cancels(self, futs: list[ScoopFuture], wait: bool) -> None:
+        """cancel() of sub-tasks not known to run (see the module docstring): one CONFIRM for them
+        all, sent now (their submissions first); the caller waits for the answer if it can."""
+        hub = self._hub
+        answers: set[Answer] = set()
+        ask: list[ScoopFuture] = []
+        with hub.lock:
+            for f in futs:
+                if self.futures.get(f.tid) is f and not (f.running() or f.done()):
+                    if f.asked is None:
+                        ask.append(f)
+                    else:  # another thread asked already: its answer is this one's
+                        answers.add(f.asked)
+            if ask:
+                answer = Answer(len(ask))
+                for f in ask:
+                    f.asked = answer
+                answers.add(answer)
+                self.take_foreign()
+                hub.outbox.confirms.extend(f.tid for f in ask)
+                hub.flush()
+        if ask:
+            hub.nudge()  # the flusher (a task runs) or the hub reads the answer
+        me = threading.get_ident()
+        if wait and answers and (hub.in_task() if me == hub.thread_id else me != self.no_wait):
+            wait_answers(answers)
+
+    def on_started(self, msg: P.Message) -> None:
+        """STARTED: the broker's answer to a cancel() -- a worker has these sub-tasks (hold the lock)."""
+        for (tid,) in msg.entries:
+            fut = self.futures.get(tid)
+            if fut is not None and fut.asked is not None:
+                start(fut)
+                answer, fut.asked = fut.asked, None
+                answer.one()
+
     def on_results(self, msg: P.Message) -> None:
         """RESULTS: the sub-tasks' outcomes, for deliver() (holding the worker's lock here)."""
         futures, deliveries = self.futures, self.deliveries
@@ -150,4 +207,13 @@ class SubTasks:
     def deliver(batch: list[tuple[WorkerFuture, int, Sequence[Any]]]) -> None:
         """Set sub-task outcomes on their futures.  Hold no scoopexec lock (see the module docstring)."""
         for fut, status, body in batch:
-            settle(fut, status, body)
+            answer = fut.asked
+            if answer is None:
+                settle(fut, status, body)
+                continue
+            fut.asked = None  # the answer to its cancel(): CANCELLED, dropped; else it ran
+            if status == P.CANCELLED:
+                cancel_answered(fut)
+            else:
+                settle(fut, status, body)
+            answer.one()

@@ -169,6 +169,7 @@ class Worker:
         self.handlers: dict[int, Callable[[P.Message], None]] = {
             P.TASKS: self._on_tasks,
             P.RESULTS: self.subtasks.on_results,
+            P.STARTED: self.subtasks.on_started,  # the answer to a sub-task's cancel()
             P.SETUP: self.setups.on_setup,
             P.CANCEL: self._on_cancel,
             P.SHARE: self.setups.on_share,
@@ -206,6 +207,7 @@ class Worker:
             lifeline.watch_stdin(self.connect_to)
         fl = threading.Thread(target=flusher, args=(self.alarm, self), name="scoopexec-flusher", daemon=True)
         fl.start()
+        self.subtasks.no_wait = fl.ident or 0
         try:
             self._loop()
         except BaseException as exc:
@@ -451,8 +453,8 @@ class Worker:
                 msg = P.decode(frames)
             except ProtocolError:
                 continue
-            if msg.kind == P.RESULTS:
-                self.subtasks.on_results(msg)  # sub-task results, for the flusher to deliver
+            if msg.kind in (P.RESULTS, P.STARTED):
+                self.handlers[msg.kind](msg)  # sub-task results (for the flusher to deliver), answers
             elif msg.kind in (P.RECALL, P.DRAIN):
                 recalled = True
             else:
