@@ -130,8 +130,8 @@ class Pending:
     """
 
     __slots__ = (
-        "count", "done", "heads", "nin", "nout", "pending", "sent_count", "sent_heads", "sent_times",
-        "templates", "wide",
+        "count", "done", "heads", "last", "nin", "nout", "pending", "sent_count", "sent_heads",
+        "sent_times", "templates", "wide",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -146,6 +146,10 @@ class Pending:
         self.sent_count = 0  # dispatches pending
         self.sent_heads: list[bytes] = []  # per TASKS message: its header (its entries: broker ids)
         self.sent_times: list[bytes] = []  # and its dispatches laid out, their broker ids still 0
+        # TraceRecorder._bulk's last template of one Source: (function frame, worker key, status,
+        # parent, origin, the record before its times, after them); a message whose template
+        # differs only in its times (a Source of the same parent and client) packs only those.
+        self.last: tuple[Any, ...] = (None, None, None, None, None, b"", b"")
 
     def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes) -> int:
         """A message's records (``templates``), its header frame (``head``: its RESULT entries), its
