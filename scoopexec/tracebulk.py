@@ -29,7 +29,7 @@ from .wire.protocol import HEADER_SIZE, RESULT_ENTRY, TASK_ENTRY
 
 __all__ = ["ENTRY_NFRAMES", "ENTRY_STATUS", "MAX_PENDING", "Pending", "copy_words", "sizes"]
 
-MAX_PENDING = 4096  # results, dispatches Pending holds at most before the recorder lays them out
+MAX_PENDING = 16384  # results, dispatches Pending holds before the recorder lays them out (~2.4 MB)
 
 # Where Pending.take copies the 8-byte fields from: (offset in a record, offset in a RESULT
 # entry).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's RESULT_ENTRY
