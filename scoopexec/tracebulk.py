@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from .broker.ledger import LOST_ATTEMPTS
@@ -40,6 +41,7 @@ _FROM_ENTRY = (
     (struct.calcsize("<qqIIdd"), struct.calcsize("<QBId")),  # run time
 )
 _AT_IN, _AT_OUT = struct.calcsize("<qqIIddddI"), struct.calcsize("<qqIIddddIq")  # bytes in, out
+_ENTRIES = itemgetter(slice(HEADER_SIZE, None))  # a header frame's entries (a C call a message, no loop)
 ENTRY_STATUS = struct.calcsize("<Q")  # a RESULT entry's status byte
 ENTRY_NFRAMES = struct.calcsize("<QB")  # and its number of frames (4 bytes, little-endian)
 
@@ -178,7 +180,7 @@ class Pending:
             return None
         size, step = TASK_RECORD.size, RESULT_ENTRY.size
         block = bytearray().join(self.templates)
-        ents = b"".join([memoryview(h)[HEADER_SIZE:] for h in self.heads])
+        ents = b"".join(map(_ENTRIES, self.heads))
         with memoryview(block) as out, memoryview(ents) as src:
             for at, offset in _FROM_ENTRY:
                 copy_words(out, at, size, src, offset, step, m)
@@ -217,7 +219,7 @@ class Pending:
     def take_sent(self) -> bytearray:
         """The pending dispatches, laid out (tracefile.DISPATCH after DISPATCH)."""
         block = bytearray().join(self.sent_times)
-        ids = b"".join([memoryview(h)[HEADER_SIZE:] for h in self.sent_heads])
+        ids = b"".join(map(_ENTRIES, self.sent_heads))
         with memoryview(block) as out, memoryview(ids) as src:  # (both little-endian 64 bits)
             copy_words(out, 0, DISPATCH.size, src, 0, TASK_ENTRY.size, self.sent_count)
         self.sent_heads.clear()
