@@ -343,8 +343,8 @@ class TraceRecorder:
             or (self._stored + len(self._buf)) // _RECORD.size + self._later.pending + k > self.limit
             # One frame each: every count's low byte is 1, so each is >= 1, and they add up to
             # the frames there are (protocol.decode checked): each is 1.
-            or head[_AT_NFRAMES::step].count(1) != k
-            or status.count(status[0]) != k  # one status (the template's)
+            or head[_AT_NFRAMES::step] != b"\x01" * k
+            or status != status[:1] * k  # one status (the template's)
             or _ENTRY.unpack_from(head, _HEAD) != entries[0]  # (the entries are the header's)
         ):
             return False
@@ -358,7 +358,7 @@ class TraceRecorder:
         if (srcs is None and last[0] is first and last[1] is key and last[2] == code
                 and last[3] == src.parent and last[4] == src.origin):  # fmt: skip
             records = (last[5] + _TIMES.pack(src.submitted, 0.0, 0.0, now) + last[6]) * k  # (the last's)
-            if later.add(records, head, nin, nout) >= MAX_PENDING:
+            if later.add(records, head, nin, nout, k) >= MAX_PENDING:
                 self._take()
             return True
         kidx = self._index.get(key)
@@ -376,7 +376,7 @@ class TraceRecorder:
         else:
             made = {s: self._template(s, nidx, now, kidx, code) for s in dict.fromkeys(srcs)}
             records = b"".join(map(made.__getitem__, srcs))
-        if self._later.add(records, head, nin, nout) >= MAX_PENDING:
+        if self._later.add(records, head, nin, nout, k) >= MAX_PENDING:
             self._take()
         return True
 

@@ -153,15 +153,15 @@ class Pending:
         # differs only in its times (a Source of the same parent and client) packs only those.
         self.last: tuple[Any, ...] = (None, None, None, None, None, b"", b"")
 
-    def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes) -> int:
-        """A message's records (``templates``), its header frame (``head``: its RESULT entries), its
-        tasks' bytes in and out (columns: :func:`sizes`); returns how many tasks are pending now."""
-        k = len(templates) // TASK_RECORD.size
+    def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes, k: int) -> int:
+        """A message's ``k`` records (``templates``), its header frame (``head``: its RESULT entries),
+        its tasks' bytes in and out (columns: :func:`sizes`); returns how many tasks are pending now."""
         self.templates.append(templates)
         self.heads.append(head)
         self.nin.append(nin)
         self.nout.append(nout)
-        self.wide += (len(nin) != k) + (len(nout) != k)
+        if len(nin) + len(nout) != k + k:  # (either column of int64s)
+            self.wide += (len(nin) != k) + (len(nout) != k)
         self.count += k
         self.pending += k
         return self.pending
