@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from .broker.ledger import LOST_ATTEMPTS
@@ -29,7 +30,7 @@ from .wire.protocol import HEADER_SIZE, RESULT_ENTRY, TASK_ENTRY
 
 __all__ = ["ENTRY_NFRAMES", "ENTRY_STATUS", "MAX_PENDING", "Pending", "copy_words", "sizes"]
 
-MAX_PENDING = 4096  # results, dispatches Pending holds at most before the recorder lays them out
+MAX_PENDING = 16384  # results, dispatches Pending holds before the recorder lays them out (~2.4 MB)
 
 # Where Pending.take copies the 8-byte fields from: (offset in a record, offset in a RESULT
 # entry).  The formats are tracefile.TASK_RECORD "<qqIIddddIqqIB" and protocol's RESULT_ENTRY
@@ -40,6 +41,7 @@ _FROM_ENTRY = (
     (struct.calcsize("<qqIIdd"), struct.calcsize("<QBId")),  # run time
 )
 _AT_IN, _AT_OUT = struct.calcsize("<qqIIddddI"), struct.calcsize("<qqIIddddIq")  # bytes in, out
+_ENTRIES = itemgetter(slice(HEADER_SIZE, None))  # a header frame's entries (a C call a message, no loop)
 ENTRY_STATUS = struct.calcsize("<Q")  # a RESULT entry's status byte
 ENTRY_NFRAMES = struct.calcsize("<QB")  # and its number of frames (4 bytes, little-endian)
 
@@ -130,8 +132,8 @@ class Pending:
     """
 
     __slots__ = (
-        "count", "done", "heads", "nin", "nout", "pending", "sent_count", "sent_heads", "sent_times",
-        "templates", "wide",
+        "count", "done", "heads", "last", "nin", "nout", "pending", "sent_count", "sent_heads",
+        "sent_times", "templates", "wide",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -146,16 +148,20 @@ class Pending:
         self.sent_count = 0  # dispatches pending
         self.sent_heads: list[bytes] = []  # per TASKS message: its header (its entries: broker ids)
         self.sent_times: list[bytes] = []  # and its dispatches laid out, their broker ids still 0
+        # TraceRecorder._bulk's last template of one Source: (function frame, worker key, status,
+        # parent, origin, the record before its times, after them); a message whose template
+        # differs only in its times (a Source of the same parent and client) packs only those.
+        self.last: tuple[Any, ...] = (None, None, None, None, None, b"", b"")
 
-    def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes) -> int:
-        """A message's records (``templates``), its header frame (``head``: its RESULT entries), its
-        tasks' bytes in and out (columns: :func:`sizes`); returns how many tasks are pending now."""
-        k = len(templates) // TASK_RECORD.size
+    def add(self, templates: bytes, head: bytes, nin: bytes, nout: bytes, k: int) -> int:
+        """A message's ``k`` records (``templates``), its header frame (``head``: its RESULT entries),
+        its tasks' bytes in and out (columns: :func:`sizes`); returns how many tasks are pending now."""
         self.templates.append(templates)
         self.heads.append(head)
         self.nin.append(nin)
         self.nout.append(nout)
-        self.wide += (len(nin) != k) + (len(nout) != k)
+        if len(nin) + len(nout) != k + k:  # (either column of int64s)
+            self.wide += (len(nin) != k) + (len(nout) != k)
         self.count += k
         self.pending += k
         return self.pending
@@ -174,7 +180,7 @@ class Pending:
             return None
         size, step = TASK_RECORD.size, RESULT_ENTRY.size
         block = bytearray().join(self.templates)
-        ents = b"".join([memoryview(h)[HEADER_SIZE:] for h in self.heads])
+        ents = b"".join(map(_ENTRIES, self.heads))
         with memoryview(block) as out, memoryview(ents) as src:
             for at, offset in _FROM_ENTRY:
                 copy_words(out, at, size, src, offset, step, m)
@@ -213,7 +219,7 @@ class Pending:
     def take_sent(self) -> bytearray:
         """The pending dispatches, laid out (tracefile.DISPATCH after DISPATCH)."""
         block = bytearray().join(self.sent_times)
-        ids = b"".join([memoryview(h)[HEADER_SIZE:] for h in self.sent_heads])
+        ids = b"".join(map(_ENTRIES, self.sent_heads))
         with memoryview(block) as out, memoryview(ids) as src:  # (both little-endian 64 bits)
             copy_words(out, 0, DISPATCH.size, src, 0, TASK_ENTRY.size, self.sent_count)
         self.sent_heads.clear()

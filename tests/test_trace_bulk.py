@@ -9,10 +9,10 @@ import time
 
 from scoopexec import trace as trace_mod
 from scoopexec.broker import ledger as ledger_mod
-from scoopexec.broker.ledger import Ledger, Task
+from scoopexec.broker.ledger import Ledger, Source, Task, WorkerState
 from scoopexec.trace import TraceRecorder
 from scoopexec.wire import protocol as P
-from tests.test_trace import dispatch_to_both
+from tests.test_trace import _pickled_global, dispatch_to_both
 
 
 def test_a_lost_attempt_sends_its_message_to_the_loop_once_any_was_lost(tmp_path, monkeypatch):
@@ -73,3 +73,47 @@ def _lost_attempts_then_the_loop(tmp_path, monkeypatch):
     retries = {r[0]: r[11] for r in bulk.records}
     retried = {b for b, n in retries.items() if n}
     assert len(retries) == 48 and retried == {by_tid[t].btid for t in (13, 21, 30)}
+
+
+def test_messages_whose_templates_differ_in_one_field_each_are_each_recorded_right(tmp_path, monkeypatch):
+    """_bulk packs only the times into the last message's template when its function frame,
+    worker, status, parent and client are those of the last (tracebulk.Pending.last); a
+    message that differs from the one before in any one of them (or only in its Source's
+    submit time, or the time its results came) must still record what the per-task loop
+    records.  The shortcut skipping any one of its five tests fails this."""
+    fa, fb = _pickled_global("mod", "alpha"), _pickled_global("mod", "beta")
+    wa = WorkerState(b"A" * 12, {"host": "h", "pid": 1, "name": "a"})
+    wb = WorkerState(b"B" * 12, {"host": "h", "pid": 2, "name": "b"})
+    bulk, loop = TraceRecorder(tmp_path / "a.trace"), TraceRecorder(tmp_path / "b.trace")
+    loop._bulk_from = 10**9
+    variants = [  # (parent, client, submitted, function, worker, status): each differs in one
+        (0, b"C", 100.0, fa, wa, 0),
+        (0, b"C", 100.0, fa, wa, 0),  # none (another Source of the same)
+        (0, b"C", 101.5, fa, wa, 0),  # its submit time
+        (0, b"C", 101.5, fa, wa, 1),  # status
+        (0, b"C", 101.5, fa, wb, 1),  # worker
+        (7, b"C", 101.5, fa, wb, 1),  # parent
+        (7, b"D", 101.5, fa, wb, 1),  # client
+        (7, b"D", 101.5, fb, wb, 1),  # function
+    ]
+    btid = 1
+    for n, (parent, client, submitted, fn, w, status) in enumerate(variants):
+        src = Source(parent, client, 1, submitted)
+        tasks = []
+        for i in range(5):
+            t = Task(btid, client, btid, 0, None, 0, [fn, b"x" * i], 0.0, src)
+            t.worker = w.key
+            tasks.append(t)
+            btid += 1
+        monkeypatch.setattr(trace_mod, "_time", lambda n=n: 1_700_000_000.0 + n)
+        for rec in (bulk, loop):
+            rec.on_dispatch(w, tasks)
+        entries = [(t.btid, status, 1, 1.7e9 + t.btid, t.btid / 64) for t in tasks]
+        frames = [P.pack(P.RESULT, entries), *[b"r" * t.btid for t in tasks]]
+        loop.on_results(w, entries, frames, {t.btid: t for t in tasks})
+        bulk.on_finished(w, entries, frames, tasks)
+        assert bulk._later.count == 5 * (n + 1), "through _bulk"
+    a_raw, b_raw = bulk.raw(), loop.raw()
+    assert b"".join([*a_raw.blocks, a_raw.records]) == bytes(b_raw.records)
+    assert len(b_raw.records) == 5 * len(variants) * trace_mod.tracefile.TASK_RECORD.size
+    assert a_raw.values == b_raw.values
