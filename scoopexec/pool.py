@@ -607,6 +607,7 @@ class Pool:
                 return
             self._state = CLOSE
             idle = not self._feeders
+        self._inbox.put(_WHEN_IDLE)  # the handler thread ends once every result is in
         if idle and self._own:
             self._executor.shutdown(wait=False)
 
@@ -621,6 +622,7 @@ class Pool:
         if self._own:
             self._executor.abort("the Pool was terminated")
         self._inbox.put((self._jobs.abandon_all, (_TERMINATED,)))
+        self._inbox.put(None)  # then the handler thread ends (as multiprocessing's do, without join())
 
     def join(self) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""

@@ -305,6 +305,7 @@ def test_bulk_cancels_with_a_hung_broker_ask_once(broker, how, monkeypatch):  # 
         t0 = time.monotonic()
         if how == "terminate":
             pool.terminate()
+            pool.join()  # (its handler thread: a later test's client must be single-threaded)
         elif how == "abort":
             ex.abort("test")
         else:

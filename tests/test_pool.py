@@ -591,3 +591,30 @@ def test_executor_starmap(executor):
         next(it)
     with pytest.raises(cf.TimeoutError):
         list(executor.starmap(time.sleep, [(2,)], timeout=0.2))
+
+
+def _handlers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "scoopexec-pool-results"]
+
+
+@pytest.mark.parametrize("how", ["with", "terminate", "close"])
+def test_the_handler_thread_ends_without_join(pool, how):
+    # As multiprocessing's: a Pool left by `with` (terminate()), or closed and done, keeps no thread
+    # (one left behind also keeps the next executor of the process from forking its template).
+    before = set(_handlers())
+    p = Pool(executor=pool.executor)
+    (mine,) = set(_handlers()) - before
+    if how == "with":
+        with p:
+            assert p.map(sqr, [1, 2, 3]) == [1, 4, 9]
+    elif how == "terminate":
+        slow = p.apply_async(time.sleep, (5,))
+        p.terminate()
+        with pytest.raises(BrokenScoopExecutor):
+            slow.get(timeout=10)
+    else:
+        result = p.map_async(sqr, [1, 2, 3], chunksize=1)
+        p.close()
+        assert result.get(timeout=60) == [1, 4, 9]
+    mine.join(10)
+    assert not mine.is_alive()
