@@ -192,6 +192,37 @@ def test_sigkill_of_client_ends_workers_though_its_fork_holds_their_stdin(start:
             os.kill(held, signal.SIGKILL)
 
 
+def test_workers_stay_while_the_client_lives_on_after_its_main_thread_ended() -> None:
+    # Python in a thread of a host whose main thread returned (pthread_exit): /proc says the
+    # client is a zombie (its thread-group leader is), yet it runs on and uses its pool.
+    code = (
+        "import ctypes, os, threading, time\n"
+        "from scoopexec import ScoopExecutor\n"
+        "def slow():\n"
+        "    time.sleep(1.5)\n"
+        "    return os.getpid()\n"
+        "def user(ex):\n"
+        "    try:\n"
+        "        time.sleep(0.5)\n"
+        "        state = open(f'/proc/{os.getpid()}/stat').read().rpartition(')')[2].split()[0]\n"
+        "        pids = [ex.submit(slow).result(timeout=30) for _ in range(2)]\n"
+        "        print(state, *pids, flush=True)\n"
+        "        ex.shutdown()\n"
+        "    except BaseException as exc:\n"
+        "        print('failed', repr(exc), flush=True)\n"
+        "    os._exit(0)\n"
+        "ex = ScoopExecutor(1, max_retries=0)\n"
+        "ex.submit(abs, 1).result()\n"
+        "threading.Thread(target=user, args=(ex,)).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    state, first, second = r.stdout.split()[:3]
+    assert state == "Z" and first == second, r.stdout  # one worker, never taken for orphaned
+
+
 def test_a_forked_worker_whose_stdin_closes_leaves_a_live_clients_socket_alone() -> None:
     # A worker that loses its stdin removes its client's private ipc directory only when that
     # client died (SIGKILL cannot clean up).  Its parent is the template, not the client: the

@@ -2,8 +2,8 @@
 
 * Started by a client (``--watch-stdin``), a worker holds a pipe from it as stdin:
   end of file means the client is gone and nobody wants the results any more.  A process
-  the client forked keeps that pipe open after the client died, so the watcher also looks
-  at the client itself every CHECK_EVERY seconds.
+  the client forked keeps that pipe open after the client died, so a worker on a local link
+  also watches the client that made the link (a pidfd).
 * On a local link, end of file on the link means the broker is gone.
 * On ZeroMQ, the socket monitor (zmqchannel.ZmqChannel.watch) sees the broker stay
   away for longer than the heartbeat timeout, refuse our keys, or never answer.
@@ -39,7 +39,6 @@ _stopped = False  # the broker told this worker to STOP (a normal end)
 _exit_fd: int | None = None  # --exit-fd: the pipe for this worker's exit notes (deploy/contract.py)
 _client = 0  # the pid of the process that made our link (note_client), 0: not known
 _parent = 0  # our parent when we started watching stdin (the client, or the template that forked us)
-CHECK_EVERY = 1.0  # s between looks at the client while stdin stays open
 
 
 def note_client(link: socket.socket | None) -> None:
@@ -118,7 +117,7 @@ def client_gone(code: int) -> NoReturn:
 
 def watch_stdin(connect_to: str) -> None:
     """Exit when stdin reaches its end (our parent, the client or ssh, holds its other end), or
-    when the process that started us is gone while something else keeps stdin open."""
+    when the client that made our local link has exited while something else keeps stdin open."""
     global _litter, _parent
     fd = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -127,46 +126,42 @@ def watch_stdin(connect_to: str) -> None:
     _parent = os.getppid()
     litter = _private_socket(connect_to)
     _litter = (_client or os.getppid(), litter) if litter is not None else None
-    watched = _client or _parent
-    args = (fd, watched, _started_at(watched), os.path.exists("/proc/self/stat"))
-    threading.Thread(target=_watch_fd, args=args, name="scoopexec-stdin", daemon=True).start()
+    client = _client_fd()
+    threading.Thread(target=_watch_fd, args=(fd, client), name="scoopexec-stdin", daemon=True).start()
 
 
-def _watch_fd(fd: int, watched: int, since: int | None, proc: bool) -> None:
+def _client_fd() -> int | None:
+    """A pidfd of the client that made our local link, or None (no link, or no pidfds here).
+
+    Only that client is watched: a worker started by hand, by ssh or srun has no link, and its
+    parent need not be what holds its stdin (a launcher that exited, a container's pid 0).
+    """
+    if not _client or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(_client)
+    except ProcessLookupError:
+        client_gone(0)  # it died before we looked
+    except OSError:
+        return None
+
+
+def _watch_fd(fd: int, client: int | None) -> None:
     # End of file on stdin comes only once every copy of its other end is closed: a process
-    # the client forked (multiprocessing, a daemon) holds one after the client was killed.
-    # (``since`` is None with /proc there: it was gone before we looked.)
+    # the client forked (multiprocessing, a daemon) holds one after the client was killed.  A
+    # pidfd is readable once its whole process has exited (not when only its main thread has).
     poller = select.poll()
     poller.register(fd, select.POLLIN)
+    if client is not None:
+        poller.register(client, select.POLLIN)
     try:
         while True:
-            if poller.poll(CHECK_EVERY * 1000):
-                if not os.read(fd, 4096):
-                    break
-            elif proc and _gone(watched, since):
+            ready = [f for f, _ in poller.poll()]
+            if client in ready or (fd in ready and not os.read(fd, 4096)):
                 break
     except OSError:
         pass
     client_gone(0)
-
-
-def _started_at(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot, /proc/PID/stat's 22nd field); None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rpartition(b")")[2].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _gone(pid: int, since: int | None) -> bool:
-    """The process that started us died: we were re-parented (it was our parent), or it is a
-    zombie, or gone, or its pid now names a process started at another time."""
-    if since is None or (pid == _parent and os.getppid() != pid):
-        return True
-    if process_state(pid) in (None, b"Z", b"X"):
-        return True
-    return _started_at(pid) != since
 
 
 def _dead(client: int) -> bool:
