@@ -210,7 +210,8 @@ def _results(
             try:
                 value = fut.result(None if end_time is None else end_time - time.monotonic())
             finally:
-                fut.cancel()
+                if not fut.done():  # (a timeout, Ctrl-C: one that asks its broker does not wait)
+                    cancel_all((fut,), wait=False)
                 del fut
             seconds, out, error = value
             del value

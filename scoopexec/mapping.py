@@ -606,7 +606,8 @@ def _result_or_cancel(fut: cf.Future[Any], timeout: float | None = None) -> Any:
         try:
             return fut.result(timeout)
         finally:
-            fut.cancel()
+            if not fut.done():  # (a timeout, Ctrl-C: one that asks its broker does not wait)
+                cancel_all((fut,), wait=False)
     finally:
         del fut  # break the reference cycle through the traceback
 

@@ -325,3 +325,33 @@ def test_bulk_cancels_with_a_hung_broker_ask_once(broker, how, monkeypatch):  # 
     finally:
         _end(proc)
         ex.abort("the test is over")
+
+
+@pytest.mark.parametrize("how", ["map", "autochunk", "asyncio"])
+def test_a_hung_broker_does_not_stretch_a_timeout(broker, how):  # noqa: F811
+    # A map's timeout, and asyncio's wait_for (it cancels on the event loop's thread), cancel what
+    # has not come; that must not wait CANCEL_WAIT for a broker that answers nothing.
+    addr, proc = broker
+    ex = scoopexec.ScoopExecutor(broker=addr)  # no worker: every task stays queued
+    try:
+        ex.submit(abs, 1)
+        ex._session.sync(5.0)
+        _hung(proc)
+        t0 = time.monotonic()
+        if how == "asyncio":
+            import asyncio
+
+            async def wait_briefly():
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.wrap_future(ex.submit(abs, -1)), 0.3)
+
+            asyncio.run(wait_briefly())
+        else:
+            chunks = {"chunksize": 1 if how == "map" else "auto"}
+            with pytest.raises(cf.TimeoutError):
+                list(ex.map(abs, range(4), timeout=0.3, **chunks))
+        took = time.monotonic() - t0
+        assert took < CANCEL_WAIT - 2.0, f"{how} took {took:.2f} s"
+    finally:
+        _end(proc)
+        ex.abort("the test is over")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures._base as cfb
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -131,7 +132,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
             return False
         holder = self._holder
         if holder is not None and self._state == cfb.PENDING and holder.confirms_cancels:
-            holder.confirm_cancels([self], True)
+            holder.confirm_cancels([self], not _in_event_loop())
             return self._state in _CANCELLED
         if not super().cancel():  # runs the done-callbacks, outside every lock
             return False
@@ -364,6 +365,13 @@ def cancel_dropped(fut: ScoopFuture) -> None:
 
 
 CANCEL_WAIT = 5.0  # s a cancel() waits at most for its broker's answer (then: False)
+
+
+def _in_event_loop() -> bool:
+    """This thread runs an asyncio event loop (asyncio.wrap_future cancels there): a cancel()
+    only asks, and says False, rather than stall the loop for its broker's answer."""
+    aio = sys.modules.get("asyncio")
+    return aio is not None and aio._get_running_loop() is not None
 
 
 class Answer:
