@@ -203,3 +203,34 @@ def test_a_clients_max_retries_travels_to_a_standalone_broker(broker):
     for bad in (-1, 1001, True, 2.0, "3"):
         with pytest.raises(ProtocolError, match="max_retries"):
             check_hello({"role": "client", "max_retries": bad})
+
+
+@pytest.mark.parametrize("broker_version", ["older", "newer"])
+def test_a_worker_of_another_version_says_so_and_exits(broker_version):
+    # Mixed installs (another scoopexec on a host): the broker answers the HELLO of another protocol
+    # version with an ERROR in its own; the worker must say why and exit with its own code, not wait.
+    from scoopexec.deploy.contract import EXIT_VERSION, REASONS
+    from scoopexec.wire import protocol as P
+
+    other = P.VERSION - 1 if broker_version == "older" else P.VERSION + 1
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    code = (
+        f"import sys, runpy; import scoopexec.wire.protocol as P; P.VERSION = {other}\n"
+        f"sys.argv = ['scoopexec', 'broker', '--bind', {addr!r}]\n"
+        "runpy.run_module('scoopexec', run_name='__main__')\n"
+    )
+    b = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=_env())
+    try:
+        assert b.stdout is not None and "listening on" in b.stdout.readline().decode()
+        w = subprocess.run(
+            [sys.executable, "-m", "scoopexec", "worker", "--connect", addr],
+            env=_env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert w.returncode == EXIT_VERSION, (w.returncode, w.stderr)
+        assert f"peer speaks scoopexec protocol version {other}, this side speaks {P.VERSION}" in w.stderr
+        assert EXIT_VERSION in REASONS
+    finally:
+        b.kill()
+        b.wait(10)
+        if b.stdout is not None:
+            b.stdout.close()

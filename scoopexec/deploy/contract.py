@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_LOST",
     "EXIT_RECYCLED",
     "EXIT_UNREACHABLE",
+    "EXIT_VERSION",
     "GROUP_MARK",
     "OPTIONS",
     "READY_MARK",
@@ -71,12 +72,14 @@ EXIT_LOST = 3  # the broker went away
 EXIT_AUTH = 4  # the broker refused our keys, or we do not have its key
 EXIT_UNREACHABLE = 5  # no broker answered within --connect-timeout
 EXIT_RECYCLED = 6  # it stopped itself to be replaced (a task would not stop: worker/limits.py)
+EXIT_VERSION = 7  # its broker speaks another protocol version (another scoopexec version)
 
 REASONS: dict[int, str] = {
     EXIT_LOST: "it lost its broker",
     EXIT_AUTH: "the broker refused its keys, or it has the wrong broker key",
     EXIT_UNREACHABLE: "no broker answered at the address it was given",
     EXIT_RECYCLED: "it stopped itself to be replaced, see its note",
+    EXIT_VERSION: "its broker runs another version of scoopexec",
 }
 """Why a worker exits with each of its own codes (and is not started again: the next would fail alike,
 except after :data:`EXIT_RECYCLED`, whose very point is a fresh process)."""

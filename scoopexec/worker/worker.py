@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import greenlet
 
 from .. import _hooks
+from ..deploy.contract import EXIT_VERSION
 from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire import serialize
@@ -311,6 +312,8 @@ class Worker:
             try:
                 msg = P.decode(frames)
             except ProtocolError as exc:
+                if isinstance(exc, P.VersionMismatch) and not self.welcomed:  # (its answer to HELLO)
+                    lifeline.die(EXIT_VERSION, f"cannot serve the broker at {self.connect_to}: {exc}")
                 log.error("bad message from the broker: %s", exc)
                 continue
             self._handle(msg)
