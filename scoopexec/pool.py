@@ -102,9 +102,12 @@ class _Jobs:
         self.changed = threading.Condition(self.lock)
         self.jobs: set[_Job] = set()
         self.futures: set[cf.Future[Any]] = set()
+        self.closed = False  # close()/terminate(): no job may be added (the handler may have ended)
 
     def add(self, job: _Job) -> None:
         with self.lock:
+            if self.closed:
+                raise ValueError("Pool not running")
             self.jobs.add(job)
 
     def finished(self, job: _Job) -> None:
@@ -606,6 +609,7 @@ class Pool:
             if self._state != RUN:
                 return
             self._state = CLOSE
+            self._jobs.closed = True
             idle = not self._feeders
         self._inbox.put(_WHEN_IDLE)  # the handler thread ends once every result is in
         if idle and self._own:
@@ -617,6 +621,7 @@ class Pool:
             if self._state == TERMINATE:
                 return
             self._state = TERMINATE
+            self._jobs.closed = True
             futures = list(self._jobs.futures)
         cancel_all(futures, wait=False)  # one request; the results fail below, whatever the answers
         if self._own:

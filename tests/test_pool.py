@@ -618,3 +618,37 @@ def test_the_handler_thread_ends_without_join(pool, how):
         assert result.get(timeout=60) == [1, 4, 9]
     mine.join(10)
     assert not mine.is_alive()
+
+
+def _slow_items(n, gap):
+    for i in range(n):
+        time.sleep(gap)
+        yield i
+
+
+@pytest.mark.parametrize("how", ["close", "terminate"])
+def test_a_map_still_reading_its_input_when_the_pool_closes_is_refused_not_lost(pool, how):
+    # map_async passed its check, then read a lazy input while another thread closed the Pool, whose
+    # handler thread then ended with no job pending: the map must be refused, not left unfinished.
+    p = Pool(executor=pool.executor)
+    box: dict = {}
+
+    def user():
+        try:
+            box["result"] = p.map_async(sqr, _slow_items(3, 0.2))
+        except ValueError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=user)
+    t.start()
+    time.sleep(0.1)
+    getattr(p, how)()
+    t.join(30)
+    if "result" in box:  # (the map got in first: it completes)
+        assert box["result"].get(timeout=30) == [0, 1, 4]
+    else:
+        assert "Pool not running" in str(box["error"])
+    joined = threading.Thread(target=p.join, daemon=True)
+    joined.start()
+    joined.join(30)
+    assert not joined.is_alive()
