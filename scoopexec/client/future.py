@@ -23,8 +23,8 @@ from ..wire import protocol, serialize
 
 __all__ = [
     "CANCEL_WAIT", "Answer", "Holder", "ScoopFuture", "cancel_all", "cancel_answered", "cancel_dropped",
-    "cancel_running", "describe_running", "running", "settle", "settle_all", "start", "start_all",
-    "wait_answers",
+    "cancel_running", "describe_running", "in_event_loop", "running", "settle", "settle_all", "start",
+    "start_all", "wait_answers",
 ]  # fmt: skip
 
 
@@ -132,7 +132,7 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
             return False
         holder = self._holder
         if holder is not None and self._state == cfb.PENDING and holder.confirms_cancels:
-            holder.confirm_cancels([self], not _in_event_loop())
+            holder.confirm_cancels([self], True)
             return self._state in _CANCELLED
         if not super().cancel():  # runs the done-callbacks, outside every lock
             return False
@@ -367,9 +367,9 @@ def cancel_dropped(fut: ScoopFuture) -> None:
 CANCEL_WAIT = 5.0  # s a cancel() waits at most for its broker's answer (then: False)
 
 
-def _in_event_loop() -> bool:
-    """This thread runs an asyncio event loop (asyncio.wrap_future cancels there): a cancel()
-    only asks, and says False, rather than stall the loop for its broker's answer."""
+def in_event_loop() -> bool:
+    """This thread runs an asyncio event loop (asyncio.wrap_future cancels there): a remote
+    client's cancel() only asks, and says False, rather than stall the loop for its broker."""
     aio = sys.modules.get("asyncio")
     return aio is not None and aio._get_running_loop() is not None
 
@@ -415,13 +415,16 @@ def cancel_all(futs: Iterable[cf.Future[Any]], wait: bool = True) -> None:
     """cancel() of each of ``futs``, with one request per holder that asks its broker (map()
     dropping what it has not read, Pool.terminate(): one at a time, each would wait in turn)."""
     asks: dict[int, tuple[Holder, list[ScoopFuture]]] = {}
-    for fut in futs:
+    for given in futs:
+        fut = given  # a map's stand-in (mapping._Substitute, _Continued): its task's future
+        while not isinstance(fut, ScoopFuture) and isinstance(inner := getattr(fut, "inner", 0), cf.Future):
+            fut = inner
         if isinstance(fut, ScoopFuture):
             holder = fut._holder
             if holder is not None and fut._state == cfb.PENDING and holder.confirms_cancels:
                 asks.setdefault(id(holder), (holder, []))[1].append(fut)
-                continue
-        fut.cancel()
+                continue  # (a stand-in follows its task's future: mapping._cancel_with)
+        given.cancel()
     for holder, mine in asks.values():
         holder.confirm_cancels(mine, wait)
 

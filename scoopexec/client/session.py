@@ -42,6 +42,7 @@ from .future import (
     ScoopFuture,
     cancel_answered,
     cancel_running,
+    in_event_loop,
     running,
     settle_all,
     start,
@@ -166,7 +167,7 @@ class Session:
                 self.confirms.extend(ask)
                 answers.add(answer)
                 self.wake.wake()
-        if wait and answers and threading.current_thread() is not self.thread:
+        if wait and answers and threading.current_thread() is not self.thread and not in_event_loop():
             wait_answers(answers)
 
     def _release_answers(self) -> None:
