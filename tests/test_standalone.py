@@ -234,3 +234,48 @@ def test_a_worker_of_another_version_says_so_and_exits(broker_version):
         b.wait(10)
         if b.stdout is not None:
             b.stdout.close()
+
+
+def test_a_worker_whose_broker_is_replaced_by_another_version_says_so_and_exits(tmp_path):
+    # A long-lived worker, welcomed by its broker, meets a broker of another version at the same
+    # address (an upgrade): its HELLO again is answered by an ERROR it cannot decode.
+    from scoopexec.deploy.contract import EXIT_VERSION
+    from scoopexec.wire import protocol as P
+
+    addr = f"ipc://{tmp_path}/broker.ipc"
+
+    def start_broker(version):
+        code = (
+            f"import sys, runpy; import scoopexec.wire.protocol as P; P.VERSION = {version}\n"
+            f"sys.argv = ['scoopexec', 'broker', '--bind', {addr!r}]\n"
+            "runpy.run_module('scoopexec', run_name='__main__')\n"
+        )
+        b = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=_env())
+        assert b.stdout is not None and "listening on" in b.stdout.readline().decode()
+        return b
+
+    brokers = [start_broker(P.VERSION)]
+    w = subprocess.Popen(
+        [sys.executable, "-m", "scoopexec", "worker", "--connect", addr],
+        env=_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with ScoopExecutor(broker=addr) as ex:  # the worker is welcomed and serves
+            assert ex.submit(abs, -3).result(timeout=60) == 3
+        brokers[0].kill()
+        brokers[0].wait(10)
+        brokers.append(start_broker(P.VERSION + 1))
+        assert w.wait(30) == EXIT_VERSION
+        assert w.stderr is not None and f"version {P.VERSION + 1}, this side speaks" in w.stderr.read()
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait(10)
+        if w.stderr is not None:
+            w.stderr.close()
+        for b in brokers:
+            if b.poll() is None:
+                b.kill()
+            b.wait(10)
+            if b.stdout is not None:
+                b.stdout.close()

@@ -157,6 +157,7 @@ class Worker:
         self.fn_avg: dict[bytes, float] = {}  # the same, per function
         self.stopping = False
         self.welcomed = False
+        self.hello_open = True  # a HELLO waits for its WELCOME: a VersionMismatch then is the answer
         self.pool_id = ""
         self._forward_output = forward_output
         self._watch_stdin = watch_stdin
@@ -239,6 +240,7 @@ class Worker:
 
     def _hello_again(self) -> None:
         held = list(self.active) + [t.btid for t in self.queue]
+        self.hello_open = True
         self._send([P.header(P.HELLO), P.dump_json(self._hello(held))])
 
     # ----------------------------------------------------------------- loop
@@ -312,7 +314,7 @@ class Worker:
             try:
                 msg = P.decode(frames)
             except ProtocolError as exc:
-                if isinstance(exc, P.VersionMismatch) and not self.welcomed:  # (its answer to HELLO)
+                if isinstance(exc, P.VersionMismatch) and self.hello_open:  # (its answer to HELLO)
                     lifeline.die(EXIT_VERSION, f"cannot serve the broker at {self.connect_to}: {exc}")
                 log.error("bad message from the broker: %s", exc)
                 continue
@@ -358,6 +360,7 @@ class Worker:
         if not self.welcomed:
             lifeline.welcomed()  # whoever started us: we reached a broker
         self.welcomed = True
+        self.hello_open = False
 
     def _on_stop(self, msg: P.Message) -> None:
         lifeline.mark_stopped()
