@@ -413,6 +413,13 @@ class Link:
         if self._big_view is not None:
             self._big_view.release()
             self._big_view = None
+        try:
+            # Wakes a thread polling this socket (broker/leader.py) while its descriptor still
+            # names it: poll() looks a descriptor up again when woken, and once closed, the
+            # number may already name another file, on which that thread would sleep on.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
