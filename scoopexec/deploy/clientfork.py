@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import importlib
 import logging
 import os
 import signal
@@ -79,9 +78,6 @@ from .local import limit_threads, use_socketpairs, worker_env
 __all__ = ["STARTUP_VARIABLES", "ClientFork", "fork_safe", "fork_template", "single_threaded", "template_for"]
 
 log = logging.getLogger("scoopexec")
-# signal's C module (signal loads it): its functions take and give plain ints, where signal's
-# wrap each signal number and handler in an enum (most of the cost of _changed_signals).
-_csignal: Any = importlib.import_module("_signal")
 Pools = tuple[list[str], list[str]]  # the OpenBLAS and OpenMP libraries loaded (threadlibs.pool_libraries)
 # env= variables that act when a process, its C library or the interpreter starts (PYTHONPATH,
 # PYTHONHASHSEED, LD_PRELOAD, the time zone, the locale and stdio encoding, malloc's tunables),
@@ -324,18 +320,16 @@ def _changed_signals() -> list[tuple[int, Any]]:
     """The signals whose handlers here are not those a fresh interpreter starts with, and those:
     looked at in the client before the fork (the child inherits the very same handlers), where
     it costs a fraction of what it does in a fresh fork, on the way to every worker."""
-    ign = _csignal.SIG_IGN  # (plain ints throughout: see _csignal)
-    fresh: dict[int, Any] = {int(signal.SIGINT): signal.default_int_handler, int(signal.SIGPIPE): ign}
+    fresh: dict[int, Any] = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN}
     if hasattr(signal, "SIGXFSZ"):
-        fresh[int(signal.SIGXFSZ)] = ign
-    skip = (int(signal.SIGKILL), int(signal.SIGSTOP))
+        fresh[signal.SIGXFSZ] = signal.SIG_IGN
     changed: list[tuple[int, Any]] = []
-    for sig in sorted(_csignal.valid_signals()):
-        if sig in skip:
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        want = fresh.get(sig, _csignal.SIG_DFL)
+        want = fresh.get(sig, signal.SIG_DFL)
         try:
-            now = _csignal.getsignal(sig)
+            now = signal.getsignal(sig)
         except (OSError, ValueError):
             continue
         if now is not None and now != want:
