@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["LEAD_FOR", "Leader"]
 
 LEAD_FOR = 0.01  # s a waiting thread reads for itself, at most, before leaving it to the loop
+# A longer read is cut into polls this long, each followed by a look at the future and the loop:
+# a link shut down and closed by the loop while this thread polls it does not always wake that
+# poll (seen on Linux 6.18 under load: the poll slept to its timeout, then saw POLLNVAL).
+POLL_SLICE = 0.1
 
 
 class Leader:
@@ -91,7 +95,7 @@ class Leader:
         ready: list[tuple[int, int]] = []
         p = self._polls.get(fd) or self._poll_of(fd)
         try:
-            ready = p.poll(max(1, math.ceil(left * 1000)))
+            ready = p.poll(max(1, math.ceil(min(left, POLL_SLICE) * 1000)))
         finally:
             with lock:
                 stopping = b.stopping
