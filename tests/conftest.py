@@ -1,9 +1,10 @@
-"""Shared fixtures: real pools, and a check that no test leaves a process behind."""
+"""Shared fixtures: real pools, and a check that no test leaves a process or a thread behind."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import psutil
@@ -69,9 +70,14 @@ def _multiprocessing_helpers() -> list[int]:
     return [pid] if isinstance(pid, int) else []
 
 
+def _our_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("scoopexec-")}
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     before = set(_children())
+    threads_before = _our_threads()
     yield
     joblib_backend = sys.modules.get("scoopexec.integrations.joblib_backend")
     if joblib_backend is not None:  # the joblib backend's shared pool lives until exit: end it here
@@ -88,6 +94,14 @@ def no_process_left_behind():
         except psutil.Error:
             pass
     assert not left, f"processes left behind: {[(p.pid, _cmdline(p)) for p in left.values()]}"
+    # A scoopexec thread that outlives its test changes what later tests see: a client running
+    # more than one thread no longer forks its template (deploy/clientfork.py), for one.
+    while True:
+        threads = {t for t in _our_threads() - threads_before if t.is_alive()}
+        if not threads or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not threads, f"threads left behind: {sorted(t.name for t in threads)}"
 
 
 def _alive(p: psutil.Process) -> bool:
