@@ -154,6 +154,41 @@ def test_an_abort_while_leading_fails_the_wait_cleanly(monkeypatch):
     ex.shutdown()
 
 
+def test_a_leader_whose_poll_is_never_woken_still_sees_the_abort(monkeypatch):
+    # The wake-up that closing the link should give a leader's poll was missed in CI (Linux
+    # 6.18, under load): here the leader polls a pipe no one writes to, a wake-up always
+    # missed.  It polls in slices (POLL_SLICE) and looks at its future between them.
+    import select
+
+    from scoopexec.errors import BrokenScoopExecutor
+
+    r, w = os.pipe()
+
+    def never_woken(self, fd):
+        p = select.poll()
+        p.register(r, select.POLLIN)
+        return p
+
+    ex = ScoopExecutor(1)
+    try:
+        ex.submit(_noop, 0).result()
+        f = ex.submit(_nap, 30)
+        while not f.running():
+            time.sleep(0.01)
+        monkeypatch.setattr(leader, "LEAD_FOR", 60.0)
+        monkeypatch.setattr(leader.Leader, "_poll_of", never_woken)
+        ex._session.leader._polls.clear()  # (the link's own poll is kept from the first result)
+        threading.Timer(0.3, lambda: ex.abort("test")).start()
+        t = time.monotonic()
+        with pytest.raises(BrokenScoopExecutor):
+            f.result(timeout=20)
+        assert time.monotonic() - t < 10  # (not the 20 s of the timeout)
+    finally:
+        ex.shutdown()
+        os.close(r)
+        os.close(w)
+
+
 def test_the_loop_closes_its_sockets_only_once_no_other_thread_is_in_a_turn():
     """A thread taking a turn of the loop itself (a leader reading its result, or a submitter
     dispatching while the loop sleeps) holds the broker's lock and has seen that the loop is
