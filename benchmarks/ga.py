@@ -310,8 +310,21 @@ def summarise(
     # Every contender ran the same evolution: one (evaluations, best) per cost.
     same = all(len({(e, b) for c, e, b in outcomes if c == cost}) == 1 for cost in table)
     if not same:
-        errors.append(f"the contenders' evolutions differ (evaluations, best): {sorted(outcomes)}")
+        errors.append(f"the contenders' evolutions differ (evaluations, best): {_differing(names, raw)}")
     return {"sizes": size, "contenders": names, "table": table, "raw": raw, "errors": errors}
+
+
+def _differing(names: list[str], raw: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """Which contenders' (evaluations, best) differ from the reference's (serial, else the first)."""
+    ref = "serial" if "serial" in names else names[0]
+    said = []
+    for name in names:
+        for cost, figs in raw[name].items():
+            want = {(f["evaluations"], f["best"]) for f in raw[ref].get(cost, [])}
+            got = [(f["evaluations"], f["best"]) for f in figs]
+            if name != ref and set(got) != want:
+                said.append(f"{name} at {cost} ms: {got} ({ref}: {sorted(want)})")
+    return "; ".join(said) or "the reference's own rounds differ"
 
 
 def markdown(result: dict[str, Any]) -> str:
