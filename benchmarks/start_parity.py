@@ -5,10 +5,11 @@
 Same rounds, order rotating: scoopexec with its workers forked from a template that is a fork
 of the client (the default when it runs one thread, deploy/clientfork.py), from a template that
 is a fresh interpreter (SCOOPEXEC_WORKER_START=template, deploy/forkstart.py), scoopexec with
-every worker a fresh interpreter (SCOOPEXEC_WORKER_START=spawn), and ProcessPoolExecutor.  Each round builds a pool, maps one
-0.1 s nap per worker, and shuts it down; printed per contender: the median (and spread) of the
-time from construction to the last worker's first task, and the CPU time of the child processes
-(RUSAGE_CHILDREN: a pool's whole life, start-up, task and exit), which load does not change much.
+every worker a fresh interpreter (SCOOPEXEC_WORKER_START=spawn), and ProcessPoolExecutor.
+Each round builds a pool, maps one 0.1 s nap per worker, and shuts it down; printed per
+contender: the median (and spread) of the time from construction to the last worker's first
+task, and the CPU time of the child processes (RUSAGE_CHILDREN: a pool's whole life, start-up,
+task and exit), which load does not change much.
 """
 
 from __future__ import annotations
