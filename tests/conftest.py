@@ -96,6 +96,7 @@ def no_process_left_behind():
     assert not left, f"processes left behind: {[(p.pid, _cmdline(p)) for p in left.values()]}"
     # A scoopexec thread that outlives its test changes what later tests see: a client running
     # more than one thread no longer forks its template (deploy/clientfork.py), for one.
+    deadline = time.monotonic() + 10
     while True:
         threads = {t for t in _our_threads() - threads_before if t.is_alive()}
         if not threads or time.monotonic() > deadline:

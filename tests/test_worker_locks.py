@@ -87,9 +87,9 @@ def _root():
 def _cancel_with_a_callback_that_asks_another_thread():
     """A done-callback of a cancelled sub-task that needs another thread to look at the future.
 
-    cancel() is True only for a task still in the broker's queue: on a single worker, busy with
-    this task, the first sub-tasks go to this worker's own queue (it asked for work with them),
-    the last one stays in the broker's."""
+    cancel() is True only for a task still in the broker's queue.  On a single worker busy with
+    this task, sub-tasks wait there; the three submitted first would take any work this worker
+    asks for meanwhile (a task that waits may ask with its submissions: test_cancel_contract)."""
     for _ in range(3):
         scoopexec.submit(time.sleep, 0)
     f = scoopexec.submit(time.sleep, 1.0)
