@@ -283,10 +283,11 @@ def run(
     table = []
     for row in rows(size):
         vals = {n: med[n].get(row.key) for n in names}
-        ratio = None
-        a, b = vals.get("scoopexec"), vals.get(BASE)
-        if row.target in ("ratio", "none") and a and b:
-            ratio = a / b if row.higher else b / a
+        ratio, spread = None, None
+        a = vals.get("scoopexec")
+        if row.target in ("ratio", "none"):
+            ours, base = raw.get("scoopexec", {}).get(row.key), raw.get(BASE, {}).get(row.key)
+            ratio, spread = round_ratios(row.higher, ours, base, rounds)
         met = _met(row, vals.get("scoopexec"), ratio)
         ray = vals.get("Ray")
         if row.key == "array" and met and ray is not None and a is not None:
@@ -301,6 +302,7 @@ def run(
                 "target": row.describe_target() + (" and above Ray" if row.key == "array" else ""),
                 "values": vals,
                 "ratio_vs_ppe": ratio,
+                "ratio_spread": spread,
                 "met": met,
                 "notes": notes,
             }
@@ -315,6 +317,24 @@ def run(
         "extra": extra,
         "errors": errors,
     }
+
+
+def round_ratios(
+    higher: bool, ours: list[float] | None, base: list[float] | None, rounds: int
+) -> tuple[float | None, list[float] | None]:
+    """scoopexec against PPE: the median of the rounds' ratios (each round measures both, side by
+    side) and their (min, max); the ratio of the medians when the rounds do not pair up (a round
+    that failed for either: the lists would no longer say which round a value is from).  For
+    times, PPE's / scoopexec's: above 1 is better."""
+    if not ours or not base:
+        return None, None
+    if len(ours) == len(base) == rounds and all(ours) and all(base):
+        rs = [a / b if higher else b / a for a, b in zip(ours, base, strict=True)]
+        return statistics.median(rs), [min(rs), max(rs)]
+    a, b = statistics.median(ours), statistics.median(base)
+    if not a or not b:
+        return None, None
+    return (a / b if higher else b / a), None
 
 
 def _met(row: Row, value: float | None, ratio: float | None) -> bool | None:
@@ -394,6 +414,9 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += " (local)"
             cells.append(cell)
         ratio = f"{row['ratio_vs_ppe']:.2f}x" if row["ratio_vs_ppe"] is not None else ""
+        if row["ratio_vs_ppe"] is not None and row.get("ratio_spread"):
+            lo, hi = row["ratio_spread"]
+            ratio += f" ({lo:.2f}-{hi:.2f})"
         met = {True: "yes", False: "**no**", None: "?"}[row["met"]] if row["target"] != "reported" else ""
         label = f"{row['label']} ({row['unit']})"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {row['target']} | {met} |")
@@ -402,7 +425,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{m['date']}, commit {m['commit']}, Python {m['python']}, {m['machine']}; 2 workers each; "
         f"median of {m['rounds']} round(s); load average at the end: {m['load_at_end']}.",
-        "Ratios are how many times better than ProcessPoolExecutor (for times: PPE's time / scoopexec's).",
+        "Ratios are how many times better than ProcessPoolExecutor (for times: PPE's time / scoopexec's): "
+        "the median of the rounds' ratios, both measured in each round, (min-max) over rounds.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
     ]
     extra = result["extra"].get("scoopexec", {})

@@ -67,3 +67,16 @@ def test_unknown_contender_is_a_clear_error():
     )  # fmt: skip
     assert r.returncode == 2
     assert "unknown contender(s) nosuchpool" in r.stderr
+
+
+def test_the_ratio_is_the_median_of_the_rounds_ratios():
+    # The issue's measure: each round runs both side by side, and its ratio counts; not the
+    # ratio of the medians, which can pair one round's scoopexec with another round's PPE.
+    from benchmarks.run import round_ratios
+
+    ours, ppe = [100.0, 300.0, 200.0], [100.0, 50.0, 200.0]  # rounds' ratios: 1, 6, 1
+    assert round_ratios(True, ours, ppe, 3) == (1.0, [1.0, 6.0])  # (the medians' ratio: 2)
+    assert round_ratios(False, ours, ppe, 3) == (1.0, [1 / 6, 1.0])  # times: PPE's / ours
+    # a round missing for either: they no longer pair up, so the medians' ratio, no spread
+    assert round_ratios(True, [100.0, 300.0], ppe, 3) == (200.0 / 100.0, None)
+    assert round_ratios(True, [], ppe, 3) == (None, None)
