@@ -634,3 +634,17 @@ def test_a_routing_id_has_one_role():
     with pytest.raises(ValueError, match="one role"):
         ledger.add_worker(b"c", {})
     assert set(ledger.workers) == {b"w"} and set(ledger.clients) == {b"c"}
+
+
+def test_a_cancel_confirm_keeps_a_task_whose_owner_was_told_it_runs():
+    # mark_running claims queued tasks for starting workers and tells their owners STARTED; a
+    # remote client takes that STARTED as its cancel()'s answer (False).  Dropping the task on
+    # the CONFIRM that follows answered it CANCELLED as well: cancel() said False, and the task
+    # never ran (caught once by test_cancel_contract's remote test in CI).
+    ledger = books()
+    submit(ledger, 1, 2)
+    scheduling.mark_running(ledger, 1, everyone)  # one worker starting: the first task is claimed
+    assert ledger.tasks[_btid(ledger, 1)].marked and not ledger.tasks[_btid(ledger, 2)].marked
+    assert ledger.cancel_unstarted(C, [1, 2]) == ([2], [1])
+    assert [t.tid for t in ledger.tasks.values()] == [1]
+    check(ledger)

@@ -527,14 +527,15 @@ class Ledger:
         return cancels
 
     def cancel_unstarted(self, owner: bytes, tids: Iterable[int]) -> tuple[list[int], list[int]]:
-        """CANCEL with CONFIRM: drop ``owner``'s tasks ``tids`` that no worker holds or held (they
-        never started); returns (those ids, the others')."""
+        """CANCEL with CONFIRM: drop ``owner``'s tasks ``tids`` that no worker holds or held and whose
+        owner was not told they run (a task claimed for a starting worker was: its STARTED answered
+        that cancel() with False); returns (those ids, the others')."""
         dropped: list[int] = []
         kept: list[int] = []
         ids = self._ids(owner)
         for tid in tids:
             task = self.tasks.get(ids.get(tid, -1))
-            if task is not None and task.worker is None and not task.attempts:
+            if task is not None and task.worker is None and task.lost is None:  # (not marked, no attempt)
                 self._forget(task.btid, {})
                 dropped.append(tid)
             else:
