@@ -23,10 +23,10 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT)
 
 
-def _cli(*args):
-    """Run `python -m scoopexec ARGS` in a fresh interpreter."""
+def _cli(*args, **env):
+    """Run `python -m scoopexec ARGS` in a fresh interpreter (``env``: more variables)."""
     cmd = [sys.executable, "-m", "scoopexec", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, env=_env(), timeout=60, check=False)
+    return subprocess.run(cmd, capture_output=True, env=dict(_env(), **env), timeout=60, check=False)
 
 
 def _until(predicate, what, timeout=60.0):
@@ -155,7 +155,11 @@ def test_remote_client_status_and_the_status_command(standalone):
 def test_status_command_against_nothing_fails_fast_with_advice(tmp_path):
     addr = f"tcp://127.0.0.1:{_free_port()}"
     t = time.monotonic()
-    r = _cli("status", addr, "--timeout", "1")  # no broker of this user ever there: no key
+    # No key for it: a runtime directory of its own (in the user's, an earlier pool may have
+    # left a key for that address: the port is reused; that failed a CI run once).
+    empty = tmp_path / "runtime"
+    empty.mkdir(mode=0o700)
+    r = _cli("status", addr, "--timeout", "1", SCOOPEXEC_RUNTIME_DIR=str(empty))
     assert r.returncode == 2 and "no key for it" in r.stderr.decode()
     stale = write_key_file(tmp_path / "stale.key", Credentials.for_pair(KeyPair.new().public, KeyPair.new()))
     r = _cli("status", addr, "--timeout", "1", "--key", stale)
