@@ -535,7 +535,7 @@ class Ledger:
         ids = self._ids(owner)
         for tid in tids:
             task = self.tasks.get(ids.get(tid, -1))
-            if task is not None and task.worker is None and task.lost is None:  # (not marked, no attempt)
+            if task is not None and task.worker is None and not task.marked:  # (a lost attempt marks too)
                 self._forget(task.btid, {})
                 dropped.append(tid)
             else:

@@ -416,7 +416,7 @@ class Link:
         try:
             # Wakes a thread polling this socket (broker/leader.py) while its descriptor still
             # names it: poll() looks a descriptor up again when woken, and once closed, the
-            # number may already name another file, on which that thread would sleep on.
+            # number may already name another file, on which that thread would sleep.
             # (Not always, seen on Linux 6.18 under load: that thread also polls in slices.)
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
