@@ -1,7 +1,7 @@
 """Run joblib's, DEAP's and CPython's own test-suites on scoopexec, with the smallest possible change.
 
     python tests/run_upstream_suites.py [joblib] [deap] [cpython] [--check] [--all-joblib]
-                                        [--sitecustomize] [--keep DIR]
+                                        [--keep DIR]
 
 Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
 ``.ci/run`` runs it with ``--check``.
@@ -11,10 +11,9 @@ Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
   ``"scoop"`` added to ``PROCESS_BACKENDS``.  Every test parametrized over the
   process backends (or over all registered backends) then also runs on
   ``"scoop"``; only those (``-k scoop``) run unless ``--all-joblib`` is given.
-  Some tests start ``python -c ...`` children that never import scoopexec, so
-  the name "scoop" is unknown there (joblib has no plug-in discovery);
-  ``--sitecustomize`` puts a ``sitecustomize.py`` doing ``import scoopexec`` on
-  those children's path to show they pass once it is imported.
+  Some tests start ``python -c ...`` children that never import scoopexec: the
+  name "scoop" resolves there through the installed ``scoopexec_joblib.pth``
+  (setup.py), so scoopexec must be installed (``pip install -e .`` will do).
 * **CPython**: the generic executor test classes of the running interpreter's
   own ``test.test_concurrent_futures`` (a module in 3.11, a package from 3.12:
   ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, the
@@ -194,7 +193,7 @@ def check(run: Run, expected: dict[str, tuple[str, dict[str, str]]]) -> list[str
     return problems
 
 
-def run_joblib(work: str, sitecustomize: bool, everything: bool = False) -> Run:
+def run_joblib(work: str, everything: bool = False) -> Run:
     import joblib
 
     src = os.path.join(os.path.dirname(joblib.__file__), "test", "test_parallel.py")
@@ -207,15 +206,8 @@ def run_joblib(work: str, sitecustomize: bool, everything: bool = False) -> Run:
     text = text.replace(old, 'PROCESS_BACKENDS = ["multiprocessing", "loky", "scoop"]')
     text = text.replace("\nimport joblib\n", "\nimport joblib\nimport scoopexec  # registers \"scoop\"\n", 1)
     suite = _write_suite(os.path.join(work, "joblib-suite"), {"test_parallel.py": text})
-    extra = []
-    if sitecustomize:
-        site = os.path.join(work, "site")
-        os.makedirs(site)
-        with open(os.path.join(site, "sitecustomize.py"), "w") as fh:
-            fh.write("import scoopexec\n")
-        extra.append(site)
     junit = os.path.join(work, "joblib.xml")
-    status = _pytest(suite, junit, _env(extra), *([] if everything else ["-k", "scoop"]))
+    status = _pytest(suite, junit, _env([]), *([] if everything else ["-k", "scoop"]))
     results = _outcomes(junit)
     mine = {k: v for k, v in results.items() if re.search(r"scoop", k)}
     run = Run("joblib", joblib.__version__, status, mine)
@@ -320,7 +312,6 @@ def main() -> int:
                     help=f"compare with {os.path.relpath(EXPECTED, ROOT)}; exit 1 on any difference")
     ap.add_argument("--all-joblib", action="store_true",
                     help="run all of joblib's test_parallel.py, not only the tests on 'scoop'")
-    ap.add_argument("--sitecustomize", action="store_true", help="import scoopexec in every child too")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     args = ap.parse_args()
     suites = args.suites or ["joblib", "deap", "cpython"]
@@ -333,7 +324,7 @@ def main() -> int:
     try:
         runs = []
         if "joblib" in suites:
-            runs.append(run_joblib(work, args.sitecustomize, args.all_joblib))
+            runs.append(run_joblib(work, args.all_joblib))
         if "deap" in suites:
             runs.append(run_deap(work))
         if "cpython" in suites:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import pickle
 import subprocess
@@ -76,13 +77,80 @@ def test_registered_when_joblib_was_imported_first():
         """
         import joblib
         import scoopexec
-        assert "scoop" in joblib.parallel.BACKENDS
+        from scoopexec.integrations.joblib_backend import ScoopBackend
+        assert joblib.parallel.BACKENDS["scoop"] is ScoopBackend
         with joblib.parallel_config(backend="scoop", n_jobs=2):
             print(joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(4)))
         """
     )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == "[0, 1, 2, 3]"
+
+
+
+def _run_installed(code, cwd, **env):
+    """``code`` in a child that finds scoopexec only as installed (no PYTHONPATH, cwd elsewhere)."""
+    try:
+        importlib.metadata.distribution("scoopexec")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("scoopexec is not installed (pip install -e .): there is no .pth to test")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCOOPEXEC_NO_JOBLIB_HOOK")} | env
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, check=False, timeout=90, env=env, cwd=str(cwd),
+    )
+
+
+def test_joblib_knows_scoop_in_a_program_that_never_imports_scoopexec(tmp_path):
+    """The installed scoopexec_joblib.pth (setup.py): what joblib's own `python -c` tests do."""
+    r = _run_installed(
+        """
+        import sys
+        import joblib
+        assert "scoopexec" not in sys.modules, "import joblib imported scoopexec"
+        from joblib import Parallel, delayed, parallel_config
+
+        def square(x):
+            return x ** 2
+
+        print(Parallel(n_jobs=2, backend="scoop")(delayed(square)(i) for i in range(5)))
+        from scoopexec.integrations.joblib_backend import ScoopBackend
+        assert joblib.parallel.BACKENDS["scoop"] is ScoopBackend, "the class did not replace the factory"
+        with parallel_config(backend="scoop", n_jobs=2):
+            print(Parallel()(delayed(square)(i) for i in range(3)))
+        """,
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["[0,", "1,", "4,", "9,", "16]", "[0,", "1,", "4]"]
+    # parallel_config first, in a fresh process: it resolves the name through the same factory
+    r = _run_installed(
+        """
+        import joblib
+        with joblib.parallel_config(backend="scoop", n_jobs=2):
+            print(joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(4)))
+        """,
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "[0, 1, 2, 3]"
+
+
+def test_the_joblib_hook_can_be_turned_off(tmp_path):
+    r = _run_installed(
+        """
+        import joblib
+        assert "scoop" not in joblib.parallel.BACKENDS
+        try:
+            joblib.Parallel(n_jobs=2, backend="scoop")
+        except ValueError as e:
+            print(e)
+        """,
+        tmp_path,
+        SCOOPEXEC_NO_JOBLIB_HOOK="1",
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert "Invalid backend: scoop" in r.stdout.decode()
 
 
 # ------------------------------------------------------------------------ pools

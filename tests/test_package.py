@@ -111,6 +111,7 @@ def test_integrations_work_from_an_installed_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"scoopexec/integrations/deap.py", "scoopexec/integrations/joblib_backend.py"} <= set(names)
     assert not any(n.startswith("integrations/") for n in names)
+    assert {"scoopexec_joblib.pth", "_scoopexec_joblib.py"} <= set(names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -174,6 +175,14 @@ def test_integrations_work_from_an_installed_wheel(tmp_path):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().splitlines() == ["[(2,), (1,)]", "[0, 1, 4, 9]"]
+    # joblib alone: the backend name resolves through the installed .pth, scoopexec imported on use
+    r = subprocess.run(
+        [py, "-c", "import sys, joblib; assert 'scoopexec' not in sys.modules; "
+         "print(joblib.Parallel(n_jobs=2, backend='scoop')(joblib.delayed(abs)(-i) for i in range(3)))"],
+        capture_output=True, check=False, timeout=180, cwd=str(tmp_path), env=env,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "[0, 1, 2]"
     r = subprocess.run(
         [py, "-m", "scoopexec", "-n", "2", "scoop_program.py"],
         capture_output=True, check=False, timeout=180, cwd=str(tmp_path), env=env,

@@ -7,8 +7,8 @@ install them).  The sdist is built first and the wheel from it (``python -m buil
 wheel needs but the sdist lacks fails here.  Then:
 
 * ``twine check --strict`` on both (metadata, and the README as PyPI would render it);
-* the wheel holds every package that pyproject.toml lists, ``py.typed``, the console script, and
-  no tests;
+* the wheel holds every package that pyproject.toml lists, ``py.typed``, the console script,
+  ``scoopexec_joblib.pth`` with the module it imports (setup.py), and no tests;
 * the sdist holds every file git tracks under tests/, examples/, benchmarks/ and docs/, and the
   README, CHANGELOG, pyproject.toml and tox.ini: what ``python -m pytest`` needs to run from an
   unpacked sdist.
@@ -59,6 +59,9 @@ def check(out: str) -> list[str]:
             problems.append(f"the wheel lacks {init}")
     if "scoopexec/py.typed" not in names:
         problems.append("the wheel lacks scoopexec/py.typed")
+    for top in ("scoopexec_joblib.pth", "_scoopexec_joblib.py"):  # joblib finds "scoop" (setup.py)
+        if top not in names:
+            problems.append(f"the wheel lacks {top} at its top level")
     entry = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     if not entry or b"scoopexec = scoopexec.__main__:console_main" not in zipfile.ZipFile(wheel).read(entry[0]):
         problems.append("the wheel has no `scoopexec` console script")

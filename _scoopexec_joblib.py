@@ -1,0 +1,108 @@
+"""joblib knows the backend name ``"scoop"`` in a program that never imports scoopexec.
+
+joblib has no plug-in discovery: a backend exists once something calls
+``register_parallel_backend``, and ``import scoopexec`` does (scoopexec/_hooks.py).  A
+program, or a ``python -c`` child that joblib's users start, that only says
+``Parallel(backend="scoop")`` or ``parallel_config(backend="scoop")`` would otherwise get
+"Invalid backend".
+
+The installed ``scoopexec_joblib.pth`` (site-packages; setup.py puts it in the wheel and
+in the editable install) imports this module at every interpreter start, so it must cost
+next to nothing: it imports nothing, and puts a one-shot finder at the front of
+``sys.meta_path``.  When ``joblib.parallel`` is imported, the finder lets the other
+finders load it, and once the module has run it registers ``"scoop"`` as a small factory
+(unless scoopexec has registered its backend class already).  The factory imports
+scoopexec's joblib backend on its first call, which registers the class itself.  Importing
+joblib thus does not import scoopexec.  ``SCOOPEXEC_NO_JOBLIB_HOOK=1`` turns all this off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # typing itself is not imported: this module runs at every interpreter start
+if TYPE_CHECKING:
+    from typing import Any
+
+TRIGGER = "joblib.parallel"
+NAME = "scoop"
+
+
+def scoop_backend(*args: Any, **kwargs: Any) -> Any:
+    """joblib's factory for ``"scoop"`` until scoopexec is imported: import it and build its backend."""
+    # importing it registers the class itself, in place of this factory
+    from scoopexec.integrations.joblib_backend import ScoopBackend  # type: ignore[import-not-found]
+
+    return ScoopBackend(*args, **kwargs)
+
+
+def register(parallel: Any) -> None:
+    """``parallel`` is the module joblib.parallel, just run."""
+    backends = getattr(parallel, "BACKENDS", None)
+    if isinstance(backends, dict) and NAME not in backends:
+        try:
+            parallel.register_parallel_backend(NAME, scoop_backend)
+        except Exception:  # pragma: no cover - never break the user's import of joblib
+            pass
+
+
+class _ThenRegister:
+    """Wraps joblib.parallel's loader: runs it, steps aside, then registers."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        # step aside, unless a loader this one wraps (scoopexec's own hook) has already
+        if getattr(module, "__loader__", None) is self:
+            module.__loader__ = self._loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = self._loader
+        register(module)
+
+
+class JoblibFinder:
+    """Answers once, for joblib.parallel, with what the finders after it answer, loader wrapped."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != TRIGGER:
+            return None
+        # One shot, and the finders asked below do not ask this one again.  The import system
+        # goes on through the list it is iterating, now one shorter: it skips the finder after
+        # this one, which is why this one asks them all and never leaves one unasked.
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is None:
+                continue
+            # scoopexec imported: its own hook (scoopexec/_hooks.py) registers the class itself
+            if "scoopexec" not in sys.modules and hasattr(spec.loader, "exec_module"):
+                spec.loader = _ThenRegister(spec.loader)
+            return spec
+        return None
+
+
+def install() -> None:
+    """What the .pth file calls."""
+    if os.environ.get("SCOOPEXEC_NO_JOBLIB_HOOK"):
+        return
+    parallel = sys.modules.get(TRIGGER)
+    if parallel is not None:
+        register(parallel)
+    elif not any(isinstance(f, JoblibFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, JoblibFinder())
