@@ -17,6 +17,10 @@ handed over by this thread, outside the lock, as the loop's thread would
 workers, submissions, ticks), and ignores a readiness of the paused link that it saw
 before the pause (LinkPort: the leader reads it).
 
+Before it sleeps on the link, the thread looks at it without sleeping for a moment
+(wire/spin.py): a short task's answer is often there within that moment, and a thread
+that slept for it would pay a wake-up, on a VM a long one.
+
 The waiting thread waits on its future as any thread does, and the loop's thread
 resolves it, when the task is not on a local link (queued, remote worker, or not the
 client's latest: another thread's), when another thread leads on that link already, and
@@ -31,6 +35,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..wire.spin import Spin
 from .ledger import LOCAL
 
 if TYPE_CHECKING:
@@ -51,6 +56,7 @@ class Leader:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._polls: dict[int, Any] = {}  # a link's descriptor -> a poll over it
+        self._spin = Spin()  # (shared by the threads that lead: its back-off is a hint, not state)
 
     def wait(self, fut: Any, tid: int, timeout: float | None) -> float | None:
         """Read for ``fut`` (the future of the client's task ``tid``, not done) while that helps;
@@ -95,7 +101,7 @@ class Leader:
         ready: list[tuple[int, int]] = []
         p = self._polls.get(fd) or self._poll_of(fd)
         try:
-            ready = p.poll(max(1, math.ceil(min(left, POLL_SLICE) * 1000)))
+            ready = self._spin.poll(p, max(1, math.ceil(min(left, POLL_SLICE) * 1000)))
         finally:
             with lock:
                 stopping = b.stopping

@@ -47,6 +47,7 @@ from ..errors import ProtocolError
 from ..wire import protocol as P
 from ..wire import serialize
 from ..wire.framing import POOL, WakePipe
+from ..wire.spin import SPIN, Spin
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, open_channel
 from .pause import FLUSH_AFTER, Alarm, flusher
@@ -251,6 +252,8 @@ class Worker:
             fds.register(fd, mask)
         waits, lock, subtasks = self.waits, self.lock, self.subtasks
         wake_fd = self._wakeup.fd
+        # a short busy wait before sleeping, on a local link only (a ZeroMQ socket's FD is edge-triggered)
+        spin = self.spin = Spin(SPIN if isinstance(self.chan, LinkChannel) else 0.0)
         lock.acquire()
         try:
             while not self.stopping:
@@ -288,7 +291,7 @@ class Worker:
                     self.alarm.rest()  # the flusher stops watching the channel: this thread does
                     lock.release()
                     try:
-                        woke = waits.poll(masks, timeout) if waits.fd_waits else fds.poll(timeout)
+                        woke = waits.poll(masks, timeout) if waits.fd_waits else spin.poll(fds, timeout)
                     finally:
                         lock.acquire()
                     if any(fd == wake_fd for fd, _ in woke):
