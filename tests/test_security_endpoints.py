@@ -28,7 +28,9 @@ from scoopexec.wire.security import (
     local_key_path,
     parse_authorized_keys,
     publish_local_key,
+    read_key_file,
     runtime_dir,
+    write_key_file,
 )
 from tests.cluster_fixtures import env_with_root
 
@@ -403,3 +405,50 @@ def test_a_runtime_directory_others_may_enter_is_refused_not_used(tmp_path, monk
         assert ex.submit(abs, -3).result(timeout=60) == 3
     assert "no key for workers started by hand" in caplog.text
     assert os.listdir(shared) == [], "no key written where others could read it"
+
+
+def test_keys_of_brokers_that_ended_are_removed_by_the_next_one(runtime):
+    """A broker killed with -9 cannot remove its tcp-PORT.key; the next broker to publish does."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a pid no process has now (reaped)
+    pair = Credentials.for_pair(KeyPair.new().public, KeyPair.new())
+    ns = os.readlink("/proc/self/ns/pid")
+    dead = write_key_file(runtime / "tcp-1001.key", pair, pid=ended.pid, pid_ns=ns)
+    alive = write_key_file(runtime / "tcp-1002.key", pair, pid=os.getpid(), pid_ns=ns)
+    elsewhere = write_key_file(runtime / "tcp-1003.key", pair, pid=ended.pid, pid_ns="pid:[1]")
+    legacy = write_key_file(runtime / "tcp-1004.key", pair)  # written before keys named their writer
+    other = write_key_file(runtime / "client.key", pair, pid=ended.pid, pid_ns=ns)  # not a local key
+    port = _free_port()
+    mine = publish_local_key(f"tcp://127.0.0.1:{port}", pair)
+    assert mine == local_key_path(port)
+    assert not os.path.exists(dead)
+    for kept in (alive, elsewhere, legacy, other, mine):
+        assert os.path.exists(kept), kept
+    assert read_key_file(mine).public == pair.public  # the extra fields do not disturb readers
+    assert read_key_file(alive).public == pair.public
+
+
+def test_a_real_broker_killed_leaves_a_key_that_the_next_broker_removes(runtime):
+    def cmd():
+        return [sys.executable, "-m", "scoopexec", "broker", "--bind", f"tcp://127.0.0.1:{_free_port()}"]
+
+    first = subprocess.Popen(cmd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not list(runtime.glob("tcp-*.key")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (key,) = runtime.glob("tcp-*.key")
+    finally:
+        first.kill()
+        first.wait(30)
+    assert key.exists()  # killed: it could not remove it
+    second = subprocess.Popen(cmd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(runtime.glob("tcp-*.key"))) != 1 or key.exists():
+            assert time.monotonic() < deadline, sorted(runtime.iterdir())
+            time.sleep(0.05)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert not list(runtime.glob("tcp-*.key"))  # and the second removed its own at its end

@@ -22,7 +22,9 @@ clients and workers into the user's private runtime directory
 (:func:`runtime_dir`, 0700: ``$XDG_RUNTIME_DIR/scoopexec`` or
 ``/tmp/scoopexec-UID``), named after the port (:func:`local_key_path`): a client
 of ``tcp://127.0.0.1:PORT`` given no key uses that one
-(:func:`resolve_credentials`), other users cannot read it.
+(:func:`resolve_credentials`), other users cannot read it.  The file names the
+broker's process; the next broker to publish a key removes those of brokers
+that ended without removing theirs (:func:`prune_local_keys`).
 
 libzmq reports no error to a peer whose handshake fails: it retries every
 ~100 ms forever.  zmqsock.HandshakeWatch reads the socket monitor's events so
@@ -62,6 +64,7 @@ __all__ = [
     "local_key_path",
     "parse_authorized_keys",
     "private_socket_dir",
+    "prune_local_keys",
     "publish_local_key",
     "read_frame",
     "read_key_file",
@@ -118,11 +121,12 @@ class Credentials:
     def for_pair(cls, server: bytes, pair: KeyPair) -> Credentials:
         return cls(server, pair.public, pair.secret)
 
-    def to_json(self) -> bytes:
-        d = {"format": KEY_FORMAT, "server_public": self.server.decode()}
+    def to_json(self, **extra: Any) -> bytes:
+        """``extra``: more fields (readers ignore what they do not know)."""
+        d: dict[str, Any] = {"format": KEY_FORMAT, "server_public": self.server.decode()}
         if not self.server:
             del d["server_public"]
-        d.update(public=self.public.decode(), secret=self.secret.decode())
+        d.update(public=self.public.decode(), secret=self.secret.decode(), **extra)
         return json.dumps(d, indent=1).encode()
 
     @classmethod
@@ -404,8 +408,54 @@ def publish_local_key(endpoint: str, creds: Credentials) -> str | None:
     host = endpoint_host(endpoint)
     if port is None or host is None or not (is_loopback(endpoint) or host in ("0.0.0.0", "::", "*")):
         return None
-    runtime_dir()
-    return write_key_file(local_key_path(port), creds)
+    directory = runtime_dir()
+    owner = _owner()
+    prune_local_keys(directory, owner)
+    return write_key_file(local_key_path(port), creds, **owner)
+
+
+def _owner() -> dict[str, Any]:
+    """Who writes a local key: this process, and its pid namespace (a /tmp shared by containers
+    must not make another namespace's live broker look dead); empty where that is unknown."""
+    try:
+        return {"pid": os.getpid(), "pid_ns": os.readlink("/proc/self/ns/pid")}
+    except OSError:
+        return {}
+
+
+def prune_local_keys(directory: str, owner: dict[str, Any]) -> list[str]:
+    """Remove the local keys (``tcp-PORT.key``) in ``directory`` whose broker process has ended
+    (killed brokers cannot remove their own); return their paths.  A key is kept unless it names
+    its writer's pid, in ``owner``'s pid namespace, and no process has that pid; keys written
+    before keys named their writer are kept."""
+    gone: list[str] = []
+    ns = owner.get("pid_ns")
+    if ns is None:
+        return gone
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("tcp-") and n.endswith(".key")]
+    except OSError:
+        return gone
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as fh:
+                d = json.loads(fh.read(65537))
+            pid = d.get("pid") if isinstance(d, dict) and d.get("pid_ns") == ns else None
+            if not isinstance(pid, int) or pid <= 0:
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # alive (or another user's process that reuses the pid): kept
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            os.unlink(path)
+            gone.append(path)
+        except (OSError, ValueError):
+            continue  # unreadable, half written, or gone meanwhile: not ours to judge
+    return gone
 
 
 def resolve_credentials(endpoint: str, creds: Credentials | None, what: str) -> Credentials | None:
@@ -423,15 +473,15 @@ def resolve_credentials(endpoint: str, creds: Credentials | None, what: str) -> 
 
 
 # --------------------------------------------------------------- key files
-def write_key_file(path: str | os.PathLike[str], creds: Credentials) -> str:
-    """Write ``creds`` to ``path`` with mode 0600 (atomically); return the path."""
+def write_key_file(path: str | os.PathLike[str], creds: Credentials, **extra: Any) -> str:
+    """Write ``creds`` (and ``extra`` fields) to ``path`` with mode 0600 (atomically); return the path."""
     path = os.path.expanduser(os.fspath(path))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".scoopexec-key-", dir=directory)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(creds.to_json())
+            fh.write(creds.to_json(**extra))
             fh.write(b"\n")
         os.replace(tmp, path)
     except BaseException:
