@@ -92,11 +92,8 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         finally:
             self._busy.discard(fullname)
         self.pending.discard(fullname)
-        if not self.pending:
-            try:
-                sys.meta_path.remove(self)
-            except ValueError:
-                pass
+        if not self.pending:  # (a new list: an import iterating the old one skips no finder)
+            sys.meta_path = [f for f in sys.meta_path if f is not self]
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         spec.loader = _AfterExec(spec.loader, fullname)  # type: ignore[assignment]

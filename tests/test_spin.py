@@ -29,12 +29,15 @@ class _Link:
         self.real = select.poll()
         self.real.register(self.a.fileno(), select.POLLIN)
         self.on_sleep = None
+        self.send_at_look = 0  # > 0: a message arrives just before that look (a poll(0))
         self.calls: list[int] = []
 
     def poll(self, ms: int):
         self.calls.append(ms)
         if ms != 0 and self.on_sleep is not None:
             self.on_sleep()
+        if ms == 0 and self.calls.count(0) == self.send_at_look:
+            self.b.send(b"x")
         return self.real.poll(ms)
 
     def close(self) -> None:
@@ -49,11 +52,11 @@ def link():
     link.close()
 
 
-def test_a_message_already_there_is_caught_without_sleeping(link):
+def test_a_message_already_there_is_taken_without_a_busy_wait(link):
     spin = S.Spin(1.0)
     link.b.send(b"x")
     assert spin.poll(link, -1) == [(link.a.fileno(), select.POLLIN)]
-    assert (spin.caught, spin.missed) == (1, 0)
+    assert (spin.caught, spin.missed) == (0, 0)  # nothing to learn from
     assert link.calls == [0]  # one look, no sleep
 
 
@@ -84,21 +87,40 @@ def test_a_busy_wait_missing_by_far_backs_off_doubling_up_to_the_limit(link):
     assert spin.caught == 0
 
 
-def test_a_catch_starts_the_back_off_over(link):
-    spin = S.Spin(0.002)
-    for _ in range(3):  # busy (a miss), skipped, busy (a miss): 2 to skip now
-        spin.poll(link, 5)
-    assert spin.skip == 2
-    link.b.send(b"x")
-    spin.poll(link, 5)  # skipped: it sleeps, and the message is there
-    link.a.recv(1)
-    spin.poll(link, 5)  # skipped
-    link.b.send(b"x")
-    assert spin.poll(link, 5) and spin.caught == 1 and spin.streak == 0
-    link.a.recv(1)
-    before = spin.missed
+def test_a_catch_takes_the_back_off_one_step_back(link):
+    spin = S.Spin(0.5)
+    link.on_sleep = None
+    for _ in range(3):  # busy (a miss by far), skipped, busy (a miss by far): two steps in
+        spin.poll(link, 5) if spin.skip else _far_miss(spin, link)
+    assert (spin.streak, spin.skip) == (2, 2)
     spin.poll(link, 5)
-    assert spin.missed == before + 1 and spin.skip == 1  # back to the first step
+    spin.poll(link, 5)  # both skipped
+    assert spin.skip == 0 and spin.missed == 2
+    link.calls.clear()
+    link.send_at_look = 3  # not there at the first look, there at the third
+    assert spin.poll(link, 5000) and spin.caught == 1
+    assert spin.streak == 1 and set(link.calls) == {0}
+    link.a.recv(1)
+    link.send_at_look = 0
+    _far_miss(spin, link)
+    assert spin.skip == 2  # 1 << 1: one step back from where it was, then one forward
+
+
+def _far_miss(spin, link):
+    """A busy wait that catches nothing, then a sleep that times out."""
+    limit = spin.limit
+    spin.limit = 0.002
+    try:
+        assert spin.poll(link, 5) == []
+    finally:
+        spin.limit = limit
+
+
+def test_a_miss_by_more_than_the_near_margin_backs_off(link):
+    spin = S.Spin(0.002, near=0.0)
+    link.on_sleep = lambda: link.b.send(b"x")  # the answer comes, but after the busy wait
+    assert spin.poll(link, 1000)
+    assert (spin.missed, spin.skip, spin.streak) == (1, 1, 1)
 
 
 def test_a_near_miss_does_not_back_off(link):
@@ -119,15 +141,18 @@ def test_no_busy_wait_when_off_or_when_the_caller_does_not_wait(link):
     assert (on.caught, on.missed) == (0, 0)
 
 
-def test_the_busy_wait_never_outlasts_the_callers_timeout(link):
+def test_the_busy_wait_counts_against_the_callers_timeout(link):
     spin = S.Spin(10.0)
     t = time.monotonic()
-    assert spin.poll(link, 30) == []
-    assert time.monotonic() - t < 5.0  # 30 ms of busy wait and 30 of sleep, not 10 s
+    assert spin.poll(link, 300) == []
+    assert time.monotonic() - t < 5.0  # 300 ms in all, not 10 s
     assert spin.missed == 1
+    assert 0 <= link.calls[-1] <= 10  # the sleep after it gets what is left of the 300 ms
 
 
 def test_spin_seconds_from_the_environment():
+    assert S.spin_seconds({"SCOOPEXEC_SPIN_US": "1e9"}, cpus=2) == 0.1  # at most 100 ms
+    assert S.spin_seconds({}, cpus=1.5) == 0.0  # a quota of one and a half CPUs: not two
     assert S.spin_seconds({}, cpus=2) == S.DEFAULT_US / 1e6
     assert S.spin_seconds({"SCOOPEXEC_SPIN_US": "50"}, cpus=2) == 50e-6
     assert S.spin_seconds({"SCOOPEXEC_SPIN_US": "0"}, cpus=2) == 0.0
@@ -145,6 +170,8 @@ def _worker_spins(_):
 
 
 def test_round_trips_busy_wait_in_the_client_and_on_the_worker():
+    if S.SPIN == 0:
+        pytest.skip("busy waits are off in this process (SCOOPEXEC_SPIN_US=0, or fewer than 2 CPUs)")
     with ScoopExecutor(1) as ex:
         for i in range(300):
             assert ex.submit(abs, -i).result() == i
@@ -187,7 +214,66 @@ def test_no_busy_wait_when_turned_off_or_on_a_single_cpu(pin, env):
 
 def test_a_bad_setting_is_refused_by_name():
     env = dict(os.environ, SCOOPEXEC_SPIN_US="fast")
-    code = "from scoopexec import ScoopExecutor\nwith ScoopExecutor(1) as ex:\n    ex.submit(abs, -1).result()"
+    code = "from scoopexec import ScoopExecutor\nwith ScoopExecutor(1) as ex:\n    ex.submit(abs, 1).result()"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env, check=False)
     assert r.returncode != 0
     assert "SCOOPEXEC_SPIN_US must be a number of microseconds, not 'fast'" in r.stderr.decode()
+
+
+def _cpu_cgroup_root():
+    """Where this test can make a cgroup with a CPU quota: (root, "v1" or "v2"), or None."""
+    if os.geteuid() != 0:
+        return None
+    v1 = "/sys/fs/cgroup/cpu"
+    if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")):
+        return v1, "v1"
+    try:
+        with open("/sys/fs/cgroup/cgroup.subtree_control") as fh:
+            if "cpu" in fh.read().split():
+                return "/sys/fs/cgroup", "v2"
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize("quota_cpus, spins", [(1, False), (2, True)])
+def test_a_cgroup_cpu_quota_under_two_cpus_turns_busy_waits_off(quota_cpus, spins):
+    """A container given one CPU's time still sees every CPU in its affinity."""
+    found = _cpu_cgroup_root()
+    if found is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs root, a cgroup CPU controller and two CPUs")
+    root, kind = found
+    group = os.path.join(root, f"scoopexec-test-{os.getpid()}-{quota_cpus}")
+    os.mkdir(group)
+    try:
+        if kind == "v1":
+            with open(os.path.join(group, "cpu.cfs_period_us"), "w") as fh:
+                fh.write("100000")
+            with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as fh:
+                fh.write(str(100000 * quota_cpus))
+        else:
+            with open(os.path.join(group, "cpu.max"), "w") as fh:
+                fh.write(f"{100000 * quota_cpus} 100000")
+        code = textwrap.dedent(
+            f"""
+            import os
+            with open({os.path.join(group, "cgroup.procs")!r}, "w") as fh:
+                fh.write(str(os.getpid()))
+            from scoopexec.wire import spin
+            print(spin.cgroup_cpus(), spin.SPIN)
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if k != "SCOOPEXEC_SPIN_US"}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env,
+                           check=False)  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        cpus, seconds = r.stdout.decode().split()
+        assert float(cpus) == quota_cpus
+        assert (float(seconds) > 0) is spins
+    finally:
+        for _ in range(50):  # the child has exited; its cgroup empties a moment later
+            try:
+                os.rmdir(group)
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -18,8 +18,9 @@ workers, submissions, ticks), and ignores a readiness of the paused link that it
 before the pause (LinkPort: the leader reads it).
 
 Before it sleeps on the link, the thread looks at it without sleeping for a moment
-(wire/spin.py): a short task's answer is often there within that moment, and a thread
-that slept for it would pay a wake-up, on a VM a long one.
+(wire/spin.py), while leads have been short (SPIN_IF_WITHIN): a short task's answer is
+often there within that moment, and a thread that slept for it would pay a wake-up, on a
+VM a long one.
 
 The waiting thread waits on its future as any thread does, and the loop's thread
 resolves it, when the task is not on a local link (queued, remote worker, or not the
@@ -48,6 +49,9 @@ LEAD_FOR = 0.01  # s a waiting thread reads for itself, at most, before leaving 
 # a link shut down and closed by the loop while this thread polls it does not always wake that
 # poll (seen on Linux 6.18 under load: the poll slept to its timeout, then saw POLLNVAL).
 POLL_SLICE = 0.1
+# A lead busy-waits (wire/spin.py) only while leads have lasted at most this many busy waits'
+# length: a task of a millisecond or more would make most of them miss.
+SPIN_IF_WITHIN = 3
 
 
 class Leader:
@@ -57,6 +61,7 @@ class Leader:
         self.broker = broker
         self._polls: dict[int, Any] = {}  # a link's descriptor -> a poll over it
         self._spin = Spin()  # (shared by the threads that lead: its back-off is a hint, not state)
+        self._typical = 0.0  # s a lead lasts, smoothed: busy waits only while leads are short
 
     def wait(self, fut: Any, tid: int, timeout: float | None) -> float | None:
         """Read for ``fut`` (the future of the client's task ``tid``, not done) while that helps;
@@ -67,13 +72,16 @@ class Leader:
             return timeout  # not the latest task handed to a worker (a map's, another thread's)
         start = time.monotonic()
         limit = left = LEAD_FOR if timeout is None else min(timeout, LEAD_FOR)
-        while left > 0 and self._read(tid, left) and not fut.done():
+        spin = self._typical <= SPIN_IF_WITHIN * self._spin.limit
+        while left > 0 and self._read(tid, left, spin) and not fut.done():
             left = limit - (time.monotonic() - start)
+        waited = time.monotonic() - start
+        self._typical += 0.25 * (waited - self._typical)  # (a hint: threads may race on it)
         if timeout is None:
             return None
-        return max(0.0, timeout - (time.monotonic() - start))
+        return max(0.0, timeout - waited)
 
-    def _read(self, tid: int, left: float) -> bool:
+    def _read(self, tid: int, left: float, spin: bool) -> bool:
         """Wait on the link of the worker that holds ``tid``, at most ``left`` s, and take in what
         it brings; False if this thread cannot (the caller then waits on its future)."""
         b = self.broker
@@ -101,7 +109,8 @@ class Leader:
         ready: list[tuple[int, int]] = []
         p = self._polls.get(fd) or self._poll_of(fd)
         try:
-            ready = self._spin.poll(p, max(1, math.ceil(min(left, POLL_SLICE) * 1000)))
+            ms = max(1, math.ceil(min(left, POLL_SLICE) * 1000))
+            ready = self._spin.poll(p, ms) if spin else p.poll(ms)
         finally:
             with lock:
                 stopping = b.stopping
