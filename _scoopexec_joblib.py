@@ -13,15 +13,14 @@ next to nothing: it imports nothing, and puts a one-shot finder at the front of
 finders load it, and once the module has run it registers ``"scoop"`` as a small factory
 (unless scoopexec has registered its backend class already).  The factory imports
 scoopexec's joblib backend on its first call, which registers the class itself.  Importing
-joblib thus does not import scoopexec.  ``SCOOPEXEC_NO_JOBLIB_HOOK=1`` turns all this off.
+joblib thus does not import scoopexec.  ``SCOOPEXEC_NO_JOBLIB_HOOK=1`` (any value but empty or
+``0``) turns all this off.
 """
-
-from __future__ import annotations
 
 import os
 import sys
 
-TYPE_CHECKING = False  # typing itself is not imported: this module runs at every interpreter start
+TYPE_CHECKING = False  # typing (and __future__) not imported: this module runs at every interpreter start
 if TYPE_CHECKING:
     from typing import Any
 
@@ -29,7 +28,7 @@ TRIGGER = "joblib.parallel"
 NAME = "scoop"
 
 
-def scoop_backend(*args: Any, **kwargs: Any) -> Any:
+def scoop_backend(*args: "Any", **kwargs: "Any") -> "Any":
     """joblib's factory for ``"scoop"`` until scoopexec is imported: import it and build its backend."""
     # importing it registers the class itself, in place of this factory
     from scoopexec.integrations.joblib_backend import ScoopBackend  # type: ignore[import-not-found]
@@ -37,7 +36,7 @@ def scoop_backend(*args: Any, **kwargs: Any) -> Any:
     return ScoopBackend(*args, **kwargs)
 
 
-def register(parallel: Any) -> None:
+def register(parallel: "Any") -> None:
     """``parallel`` is the module joblib.parallel, just run."""
     backends = getattr(parallel, "BACKENDS", None)
     if isinstance(backends, dict) and NAME not in backends:
@@ -50,16 +49,16 @@ def register(parallel: Any) -> None:
 class _ThenRegister:
     """Wraps joblib.parallel's loader: runs it, steps aside, then registers."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: "Any") -> None:
         self._loader = loader
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self._loader, name)
 
-    def create_module(self, spec: Any) -> Any:
+    def create_module(self, spec: "Any") -> "Any":
         return self._loader.create_module(spec)
 
-    def exec_module(self, module: Any) -> None:
+    def exec_module(self, module: "Any") -> None:
         self._loader.exec_module(module)
         # step aside, unless a loader this one wraps (scoopexec's own hook) has already
         if getattr(module, "__loader__", None) is self:
@@ -73,16 +72,12 @@ class _ThenRegister:
 class JoblibFinder:
     """Answers once, for joblib.parallel, with what the finders after it answer, loader wrapped."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
         if fullname != TRIGGER:
             return None
-        # One shot, and the finders asked below do not ask this one again.  The import system
-        # goes on through the list it is iterating, now one shorter: it skips the finder after
-        # this one, which is why this one asks them all and never leaves one unasked.
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
+        # One shot, and the finders asked below do not ask this one again.  A new list: an
+        # import going through the old one (this one, another thread's) skips no finder.
+        sys.meta_path = [f for f in sys.meta_path if f is not self]
         for finder in list(sys.meta_path):
             find = getattr(finder, "find_spec", None)
             if find is None:
@@ -99,7 +94,7 @@ class JoblibFinder:
 
 def install() -> None:
     """What the .pth file calls."""
-    if os.environ.get("SCOOPEXEC_NO_JOBLIB_HOOK"):
+    if os.environ.get("SCOOPEXEC_NO_JOBLIB_HOOK", "0").strip() not in ("", "0"):
         return
     parallel = sys.modules.get(TRIGGER)
     if parallel is not None:

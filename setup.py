@@ -15,7 +15,12 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "scoopexec_joblib.pth"
-PTH_TEXT = "import _scoopexec_joblib; _scoopexec_joblib.install()\n"
+# Tolerant: an editable install whose source no longer has the module (an older commit checked
+# out, the checkout moved) must not print a traceback at every interpreter start.
+PTH_TEXT = (
+    'import sys; exec("try:\\n import _scoopexec_joblib\\nexcept ImportError:\\n pass\\n'
+    'else:\\n _scoopexec_joblib.install()")\n'
+)
 
 
 def write_pth(directory: str) -> str:
@@ -32,7 +37,10 @@ class BuildPyWithPth(build_py):
             write_pth(self.build_lib)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:  # type: ignore[override]
-        return [*super().get_outputs(include_bytecode), os.path.join(self.build_lib, PTH_NAME)]
+        outputs: list[str] = super().get_outputs(include_bytecode)
+        if getattr(self, "editable_mode", False):
+            return outputs  # (run() wrote none: editable_wheel adds it)
+        return [*outputs, os.path.join(self.build_lib, PTH_NAME)]
 
 
 class EditableWheelWithPth(editable_wheel):

@@ -151,6 +151,9 @@ def test_the_joblib_hook_can_be_turned_off(tmp_path):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert "Invalid backend: scoop" in r.stdout.decode()
+    r = _run_installed('import joblib; assert "scoop" in joblib.parallel.BACKENDS', tmp_path,
+                       SCOOPEXEC_NO_JOBLIB_HOOK="0")  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
 
 
 # ------------------------------------------------------------------------ pools
