@@ -87,7 +87,7 @@ def test_a_busy_wait_missing_by_far_backs_off_doubling_up_to_the_limit(link):
     assert spin.caught == 0
 
 
-def test_a_catch_takes_the_back_off_one_step_back(link):
+def test_a_catch_starts_the_back_off_over(link):
     spin = S.Spin(0.5)
     link.on_sleep = None
     for _ in range(3):  # busy (a miss by far), skipped, busy (a miss by far): two steps in
@@ -99,11 +99,11 @@ def test_a_catch_takes_the_back_off_one_step_back(link):
     link.calls.clear()
     link.send_at_look = 3  # not there at the first look, there at the third
     assert spin.poll(link, 5000) and spin.caught == 1
-    assert spin.streak == 1 and set(link.calls) == {0}
+    assert spin.streak == 0 and set(link.calls) == {0}
     link.a.recv(1)
     link.send_at_look = 0
     _far_miss(spin, link)
-    assert spin.skip == 2  # 1 << 1: one step back from where it was, then one forward
+    assert spin.skip == 1  # the first step again: a pool whose waits turn short spins again at once
 
 
 def _far_miss(spin, link):

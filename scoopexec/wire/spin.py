@@ -15,10 +15,12 @@ sleeping for up to :data:`SPIN` seconds, yielding the CPU between looks
 A busy wait that ends without a message, and is followed by a long sleep (the message
 came more than a busy wait's length after it, or none), was CPU time for nothing, so
 :class:`Spin` backs off: it skips the next 1, then 2, 4, ... up to :data:`MAX_SKIP` waits;
-a busy wait that catches a message, or just misses it, takes one step back.  A message
-there at the first look teaches nothing.  The leader also busy-waits only while its leads
-(a task's whole wait) have been short (broker/leader.py).  A round trip of short tasks
-spins every time; a long task or an idle pool costs one spin now and then.
+a busy wait that catches a message, or just misses it, starts over (a pool whose waits
+turn short spins again at once).  A message there at the first look teaches nothing.
+The leader also busy-waits only while its leads (a task's whole wait) have been short
+(broker/leader.py): a task of a millisecond or more would make most of its busy waits
+miss by less than a millisecond, over and over.  A round trip of short tasks spins every
+time; a long task or an idle pool costs one spin now and then.
 
 Only with two usable CPUs or more (the affinity, and a cgroup v2 quota: ``cpu.max``), as
 on one the spinner would hold the CPU the answer must be computed on.
@@ -139,7 +141,7 @@ class Spin:
             ready = poller.poll(0)
             if ready:
                 self.caught += 1
-                self.streak = max(0, self.streak - 1)
+                self.streak = 0
                 return ready
             if now() >= end:
                 break
@@ -148,7 +150,7 @@ class Spin:
             timeout_ms = max(0, timeout_ms - int((now() - start) * 1000))
         ready = poller.poll(timeout_ms)
         if ready and now() - end < self.near:
-            self.streak = max(0, self.streak - 1)  # a near miss: the next busy wait may catch it
+            self.streak = 0  # a near miss: the next busy wait may well catch it
         else:
             self.skip = min(1 << self.streak, MAX_SKIP)
             self.streak = min(self.streak + 1, MAX_SKIP.bit_length())
