@@ -413,17 +413,27 @@ def test_keys_of_brokers_that_ended_are_removed_by_the_next_one(runtime):
     ended.wait()  # a pid no process has now (reaped)
     pair = Credentials.for_pair(KeyPair.new().public, KeyPair.new())
     ns = os.readlink("/proc/self/ns/pid")
-    dead = write_key_file(runtime / "tcp-1001.key", pair, pid=ended.pid, pid_ns=ns)
-    alive = write_key_file(runtime / "tcp-1002.key", pair, pid=os.getpid(), pid_ns=ns)
-    elsewhere = write_key_file(runtime / "tcp-1003.key", pair, pid=ended.pid, pid_ns="pid:[1]")
-    legacy = write_key_file(runtime / "tcp-1004.key", pair)  # written before keys named their writer
-    other = write_key_file(runtime / "client.key", pair, pid=ended.pid, pid_ns=ns)  # not a local key
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        boot = fh.read().strip()
+    here = {"pid_ns": ns, "boot_id": boot}
+    dead = write_key_file(runtime / "tcp-1001.key", pair, pid=ended.pid, **here)
+    alive = write_key_file(runtime / "tcp-1002.key", pair, pid=os.getpid(), **here)
+    elsewhere = write_key_file(runtime / "tcp-1003.key", pair, pid=ended.pid, pid_ns="pid:[1]", boot_id=boot)
+    other_host = write_key_file(runtime / "tcp-1004.key", pair, pid=ended.pid, pid_ns=ns, boot_id="another")
+    legacy = write_key_file(runtime / "tcp-1005.key", pair)  # written before keys named their writer
+    other = write_key_file(runtime / "client.key", pair, pid=ended.pid, **here)  # not a local key
+    # Nothing in the directory may make a broker's start fail or hang:
+    (runtime / "tcp-1006.key").write_text("[" * 5000)  # json.loads: RecursionError
+    huge_pid = write_key_file(runtime / "tcp-1007.key", pair, pid=2**31, **here)  # os.kill: OverflowError
+    os.mkfifo(runtime / "tcp-1008.key")  # open() would block
+    os.symlink(dead, runtime / "tcp-1009.key")  # a link to a dead broker's key: not followed
     port = _free_port()
     mine = publish_local_key(f"tcp://127.0.0.1:{port}", pair)
     assert mine == local_key_path(port)
     assert not os.path.exists(dead)
-    for kept in (alive, elsewhere, legacy, other, mine):
+    for kept in (alive, elsewhere, other_host, legacy, other, huge_pid, mine):
         assert os.path.exists(kept), kept
+    assert os.path.lexists(runtime / "tcp-1009.key") and (runtime / "tcp-1008.key").exists()
     assert read_key_file(mine).public == pair.public  # the extra fields do not disturb readers
     assert read_key_file(alive).public == pair.public
 

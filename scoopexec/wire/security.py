@@ -415,46 +415,63 @@ def publish_local_key(endpoint: str, creds: Credentials) -> str | None:
 
 
 def _owner() -> dict[str, Any]:
-    """Who writes a local key: this process, and its pid namespace (a /tmp shared by containers
-    must not make another namespace's live broker look dead); empty where that is unknown."""
+    """Who writes a local key: this process, its pid namespace (a /tmp shared by containers must
+    not make another namespace's live broker look dead) and this boot of this machine (a runtime
+    directory on a shared file system: the first pid namespace has the same name on every host);
+    empty where that is unknown."""
     try:
-        return {"pid": os.getpid(), "pid_ns": os.readlink("/proc/self/ns/pid")}
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        return {"pid": os.getpid(), "pid_ns": os.readlink("/proc/self/ns/pid"), "boot_id": boot}
     except OSError:
         return {}
 
 
+PID_MAX = 1 << 22  # Linux's largest pid_max
+
+
 def prune_local_keys(directory: str, owner: dict[str, Any]) -> list[str]:
     """Remove the local keys (``tcp-PORT.key``) in ``directory`` whose broker process has ended
-    (killed brokers cannot remove their own); return their paths.  A key is kept unless it names
-    its writer's pid, in ``owner``'s pid namespace, and no process has that pid; keys written
-    before keys named their writer are kept."""
+    (killed brokers cannot remove their own); return their paths.  A key is kept unless it is a
+    regular file of ours naming its writer's pid, pid namespace and boot, the same as ``owner``'s,
+    and no process has that pid; keys written before keys named their writer are kept.  Nothing
+    in the directory can make this fail or block (a FIFO, a link, a file that is not JSON)."""
     gone: list[str] = []
-    ns = owner.get("pid_ns")
-    if ns is None:
+    if not owner.get("pid_ns") or not owner.get("boot_id"):
         return gone
     try:
         names = [n for n in os.listdir(directory) if n.startswith("tcp-") and n.endswith(".key")]
     except OSError:
         return gone
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for name in names:
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as fh:
-                d = json.loads(fh.read(65537))
-            pid = d.get("pid") if isinstance(d, dict) and d.get("pid_ns") == ns else None
-            if not isinstance(pid, int) or pid <= 0:
+            fd = os.open(path, flags)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                    continue
+                d = json.loads(os.read(fd, 65537))
+            finally:
+                os.close(fd)
+            if not isinstance(d, dict) or any(d.get(k) != owner[k] for k in ("pid_ns", "boot_id")):
+                continue
+            pid = d.get("pid")
+            if not isinstance(pid, int) or not 0 < pid <= PID_MAX or pid == os.getpid():
                 continue
             try:
                 os.kill(pid, 0)
                 continue  # alive (or another user's process that reuses the pid): kept
             except ProcessLookupError:
                 pass
-            except PermissionError:
-                continue
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                continue  # replaced meanwhile (a broker restarted on that port): its key now
             os.unlink(path)
             gone.append(path)
-        except (OSError, ValueError):
-            continue  # unreadable, half written, or gone meanwhile: not ours to judge
+        except Exception:  # unreadable, half written, not JSON, gone meanwhile: not ours to judge
+            continue
     return gone
 
 
