@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -134,6 +135,32 @@ def test_joblib_knows_scoop_in_a_program_that_never_imports_scoopexec(tmp_path):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == "[0, 1, 2, 3]"
+
+
+def test_the_pth_line_is_silent_without_its_module_and_installs_the_hook_with_it(tmp_path):
+    """The installed .pth line, as site.py runs it: an editable checkout that lost the module (an
+    older commit) must not print a traceback at every start; with the module, the finder is set."""
+    import site
+
+    (pth,) = [p for d in site.getsitepackages() if os.path.isfile(p := os.path.join(d, "scoopexec_joblib.pth"))]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    line = pathlib.Path(pth).read_text()
+    (alone / "scoopexec_joblib.pth").write_text(line)
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "scoopexec_joblib.pth").write_text(line)
+    (both / "_scoopexec_joblib.py").write_text(pathlib.Path(ROOT, "_scoopexec_joblib.py").read_text())
+    code = (
+        "import site, sys; site.addsitedir(sys.argv[1]); "
+        "print('_scoopexec_joblib' in sys.modules, type(sys.meta_path[0]).__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCOOPEXEC_NO_JOBLIB_HOOK")}
+    for where, expected in ((alone, "False"), (both, "True JoblibFinder")):
+        r = subprocess.run([sys.executable, "-S", "-c", code, str(where)], capture_output=True, timeout=60,
+                           env=env, cwd=str(where), check=False)  # fmt: skip
+        assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+        assert r.stdout.decode().startswith(expected), r.stdout.decode()
 
 
 def test_the_joblib_hook_can_be_turned_off(tmp_path):

@@ -22,11 +22,12 @@ The leader also busy-waits only while its leads (a task's whole wait) have been 
 miss by less than a millisecond, over and over.  A round trip of short tasks spins every
 time; a long task or an idle pool costs one spin now and then.
 
-Only with two usable CPUs or more (the affinity, and a cgroup v2 quota: ``cpu.max``), as
-on one the spinner would hold the CPU the answer must be computed on.
-``SCOOPEXEC_SPIN_US`` (microseconds, default 300, at most 100,000; 0: never) is read
-when this module is first imported: when the process's first executor or worker starts.
-A local worker inherits its client's environment, so its setting too.
+Only with two usable CPUs or more (the affinity, and a cgroup quota: v2 ``cpu.max``, v1
+``cpu.cfs_quota_us``), as on one the spinner would hold the CPU the answer must be computed
+on.  ``SCOOPEXEC_SPIN_US`` (microseconds, default 300, at most 100,000; 0: never) is read
+once, when this module is first imported: in a client, with ``ScoopExecutor`` (a bad value
+fails that import, naming the variable); in a worker, when it starts.  A local worker
+inherits its client's environment, so its setting too.
 """
 
 from __future__ import annotations
