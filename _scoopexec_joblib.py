@@ -60,7 +60,7 @@ class _ThenRegister:
 
     def exec_module(self, module: "Any") -> None:
         self._loader.exec_module(module)
-        # step aside, unless a loader this one wraps (scoopexec's own hook) has already
+        # step aside (where nothing else has put its own loader meanwhile)
         if getattr(module, "__loader__", None) is self:
             module.__loader__ = self._loader
         spec = getattr(module, "__spec__", None)

@@ -125,12 +125,12 @@ class Spin:
         limit = self.limit
         if limit <= 0 or timeout_ms == 0:
             return poller.poll(timeout_ms)  # type: ignore[no-any-return]
+        if self.skip > 0:  # (first: a skipped wait costs no more than it did without busy waits)
+            self.skip -= 1
+            return poller.poll(timeout_ms)  # type: ignore[no-any-return]
         ready: list[tuple[int, int]] = poller.poll(0)
         if ready:  # there already: no busy wait, nothing learnt
             return ready
-        if self.skip > 0:
-            self.skip -= 1
-            return poller.poll(timeout_ms)  # type: ignore[no-any-return]
         if 0 < timeout_ms < limit * 1000:
             limit = timeout_ms / 1000
         now = time.perf_counter
