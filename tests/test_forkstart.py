@@ -9,6 +9,7 @@ a forked worker lives and ends like a spawned one, and that nothing is left behi
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -236,3 +237,57 @@ def test_a_forked_worker_whose_stdin_closes_leaves_a_live_clients_socket_alone()
         proc.stdin.close()
         assert _gone([pid]) == []
         assert os.path.isdir(ipc_dir)
+
+
+def test_a_thread_waiting_for_a_forks_pid_is_not_robbed_of_the_news(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pool's construction waits for the template to say its workers' pids while the broker
+    # thread looks at the same starting workers (poll(), which reads the template's socket
+    # too).  News the other thread read between the waiter's look and its sleep on the socket
+    # left the waiter asleep for its whole 50 ms slice (3 constructions in 40 took 50-60 ms
+    # instead of 10).  Here that interleaving is forced: the news comes, and another thread
+    # polls, just before the waiter sleeps.  While a thread waits, it alone reads.
+    import array
+    import socket
+    import threading
+
+    from scoopexec.deploy import forkstart
+    from scoopexec.deploy.forkstart import Template, await_pids
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    template = Template(holder, ours)
+    try:
+        r, w = os.pipe()
+        with os.fdopen(w, "wb") as stdin:
+            proc = template.fork(["-m", "scoopexec", "worker"], [r], stdin)
+            os.close(r)
+            data, anc, _, _ = theirs.recvmsg(4096, socket.CMSG_SPACE(16))
+            for _, _, payload in anc:  # the descriptors the client sent: the test owns them now
+                got = array.array("i")
+                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+                for fd in got:
+                    os.close(fd)
+            seen_by_robber: list[int | None] = []
+            readable = forkstart._readable
+
+            def rob() -> None:  # the broker thread's look at a starting worker
+                proc.poll()
+                seen_by_robber.append(proc.known_pid)
+
+            def robbed_first(sock: socket.socket, timeout: float) -> bool:
+                if not seen_by_robber:  # the waiter looked, found nothing, and is about to sleep
+                    theirs.send(json.dumps({"seq": json.loads(data)["seq"], "pid": 40001}).encode())
+                    robber = threading.Thread(target=rob)
+                    robber.start()
+                    robber.join(10)
+                return readable(sock, timeout)
+
+            monkeypatch.setattr(forkstart, "_readable", robbed_first)
+            await_pids([proc], 10)
+            assert seen_by_robber == [None]  # the other thread left the news to the waiter...
+            assert proc.known_pid == 40001  # ... which read it
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+        ours.close()
+        theirs.close()

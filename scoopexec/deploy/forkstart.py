@@ -98,6 +98,7 @@ class Template:
         self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet
         self._by_seq: dict[int, ForkedProcess] = {}
         self.gone = False  # the template exited (or its socket broke): no more news from it
+        self._waiters = 0  # threads in wait_for(), which read the socket, alone, while any waits
         self.env: dict[str, str] | None = None  # the workers' environment, if made with it (clientfork)
 
     @classmethod
@@ -145,30 +146,52 @@ class Template:
             self._by_seq[self._seq] = proc
             return proc
 
-    def pump(self, timeout: float = 0.0) -> None:
-        """Read what the template said (pids, exit statuses), waiting up to ``timeout`` s for it."""
-        if self.gone:
-            return
-        if timeout > 0:
-            try:  # (outside the lock: another thread's poll() need not wait for this one)
-                if not _readable(self.sock, timeout):
-                    return
-            except (OSError, ValueError):  # closed by stop() meanwhile
-                return
+    def pump(self) -> None:
+        """Read what the template said (pids, exit statuses), without waiting; left to the thread
+        that waits for it in :meth:`wait_for`, if one does."""
         with self._lock:
-            if self.gone:
+            if not self._waiters:
+                self._read()
+
+    def wait_for(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Read what the template says until ``done()`` holds (it is looked at holding the lock
+        that reading takes), the template is gone or ``timeout`` s passed; return ``done()``.
+
+        A thread waiting on the socket is its only reader: were another to read the news
+        between this one's look at ``done()`` and its wait (the broker thread's poll() of a
+        starting worker, say), this one would sleep through the news.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._read()
+                if done() or self.gone:
+                    return done()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._waiters += 1
+            try:  # (outside the lock: another thread's poll() need not wait for this one)
+                _readable(self.sock, min(left, 0.05))
+            except (OSError, ValueError):  # closed by stop() meanwhile
+                pass
+            finally:
+                with self._lock:
+                    self._waiters -= 1
+
+    def _read(self) -> None:
+        """Take in what the template said so far (hold `_lock`)."""
+        while not self.gone:
+            try:
+                data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
                 return
-            while True:
-                try:
-                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    data = b""
-                if not data:
-                    self._lost()
-                    return
-                self._news(json.loads(data))
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            self._news(json.loads(data))
 
     def _news(self, msg: dict[str, Any]) -> None:
         proc = self._by_seq.get(int(msg.get("seq", 0)))
@@ -244,12 +267,12 @@ class ForkedProcess:
     @property
     def pid(self) -> int:
         """Its pid, waiting for the template to say it if need be; 0 if it never will."""
-        deadline = time.monotonic() + 60
-        while self.known_pid is None and self.returncode is None and not self.template.gone:
-            if time.monotonic() > deadline:
-                break
-            self.template.pump(0.05)
+        self.template.wait_for(self.forked, 60)
         return self.known_pid or 0
+
+    def forked(self) -> bool:
+        """Whether the template forked it (or failed to, or is gone: it never will)."""
+        return self.known_pid is not None or self.returncode is not None
 
     def watch_pid(self) -> int:
         """The process to watch while it starts: it, or the template that still owes it."""
@@ -277,7 +300,7 @@ class ForkedProcess:
             if self.template.gone:
                 time.sleep(left)
             else:
-                self.template.pump(left)
+                self.template.wait_for(lambda: self.returncode is not None, left)
         assert self.returncode is not None
         return self.returncode
 
@@ -290,11 +313,7 @@ def await_pids(procs: list[ForkedProcess], timeout: float) -> None:
     """Wait until the template forked each of ``procs`` (or failed to), ``timeout`` s at most."""
     deadline = time.monotonic() + timeout
     for proc in procs:
-        while proc.known_pid is None and proc.returncode is None and not proc.template.gone:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            proc.template.pump(min(0.05, left))
+        proc.template.wait_for(proc.forked, deadline - time.monotonic())
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
