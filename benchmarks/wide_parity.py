@@ -9,6 +9,9 @@ first tasks (batch start to each worker's first start), the gaps between a worke
 tasks (result sent -> next task started), and the tail (last task's end -> all results
 in the client); and what the batch cost the machine, load-independent: wake-ups (voluntary
 context switches of every thread of the workers and the client) and CPU time, per task.
+``ceiling`` is the utilisation the tasks themselves allow (their busiest worker's sum of
+run times: ``sleep()`` overshoots by a few hundred microseconds on a busy VM), with no
+hand-out, gap or tail at all; ``run_ms_median`` is a task's median run time.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def one(name: str, w: int, n: int, dur: float) -> dict[str, float]:
         runs[i + 1][0] - runs[i][1] for runs in (sorted(r) for r in by.values()) for i in range(len(runs) - 1)
     ]
     last_end = max(b for _, _, b in out)
+    # What the tasks themselves took (sleep() overshoots on a busy VM): the utilisation a
+    # worker with no hand-out, gaps or tail at all would reach, if it ran its tasks.
+    busiest = max(sum(b - a for a, b in r) for r in by.values())
     return {
         "util": 100 * (n * dur / w) / wall,
         "wall": wall,
@@ -91,6 +97,8 @@ def one(name: str, w: int, n: int, dur: float) -> dict[str, float]:
         "gap_ms_median": 1000 * statistics.median(gaps) if gaps else 0.0,
         "gap_ms_p90": 1000 * sorted(gaps)[int(0.9 * len(gaps))] if gaps else 0.0,
         "tail_ms": 1000 * (t + wall - last_end),
+        "run_ms_median": 1000 * statistics.median(b - a for _, a, b in out),
+        "ceiling": 100 * (n * dur / w) / busiest,
         "wakeups_per_task": sum(c1[k][0] - c0[k][0] for k in c1) / n,
         "cpu_ms_per_task": 1000 * sum(c1[k][1] - c0[k][1] for k in c1) / n,
         **{f"wakeups_{k}": (c1[k][0] - c0[k][0]) / n for k in c1},
@@ -108,16 +116,22 @@ def main() -> None:
     a = ap.parse_args()
     names = a.only.split(",")
     ratios = []
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(a.rounds):
         res = {}
         for name in names if r % 2 == 0 else names[::-1]:
             res[name] = one(name, a.workers, a.tasks, a.ms / 1000)
+            seen[name].append(res[name])
+            one_decimal = ("util", "used", "ceiling")
             figures = " ".join(
-                f"{k} {v:.1f}" if k in ("util", "used") else f"{k} {v:.3g}" for k, v in res[name].items()
+                f"{k} {v:.1f}" if k in one_decimal else f"{k} {v:.3g}" for k, v in res[name].items()
             )
             print(f"round {r} {name:10s} {figures}", flush=True)
         if len(res) == 2:
             ratios.append(res["scoopexec"]["util"] / res["PPE"]["util"])
+    for name, rows in seen.items():
+        util, ceiling = (statistics.median(row[k] for row in rows) for k in ("util", "ceiling"))
+        print(f"{name}: median utilisation {util:.1f} %, ceiling {ceiling:.1f} % (the tasks' run times)")
     if ratios:
         print(f"median utilisation scoopexec / PPE: {statistics.median(ratios):.3f} ({a.rounds} rounds)")
 
