@@ -82,6 +82,30 @@ def init_fail():
     raise ValueError("error in initializer")
 
 
+def put_status(x):
+    """Put (pid, x) in the queue, lock or array INIT_STATUS holds (a multiprocessing object)."""
+    import os
+
+    INIT_STATUS.put((os.getpid(), x))
+    return x
+
+
+def init_fail_logging(q):
+    """As CPython's init_fail: the worker's concurrent.futures records go to ``q``, then it fails."""
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(q))
+    logger.setLevel("CRITICAL")
+    logger.propagate = False
+    raise ValueError("error in initializer")
+
+
+def status_sum(_=None):
+    return float(INIT_STATUS.sum())
+
+
 def where_am_i(_=None):
     """(pid, SSH_CONNECTION, cwd, SCOOPEXEC_TEST_MARK, SLURMD_NODENAME) of the worker running this."""
     import os

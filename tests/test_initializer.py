@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
+import os
 import time
 
 import pytest
 
 from scoopexec import InitializerError, ScoopExecutor
+from scoopexec.errors import SerializationError
 from tests import helpers
 
 
@@ -38,18 +41,111 @@ def test_failing_initializer_breaks_the_executor(caplog):
         assert any("ValueError: error in initializer" in r.getMessage() for r in caplog.records), [
             r.getMessage() for r in caplog.records
         ]
+        # Said once, by the client: the worker's own record of it is for its own handlers only.
+        said = [r for r in caplog.records if r.getMessage().startswith("Exception in initializer")]
+        assert len(said) == 1, [r.getMessage() for r in said]
     finally:
         ex.shutdown(wait=True)
 
 
 def test_initializer_must_be_callable_and_picklable():
+    import multiprocessing
     import threading
 
     with pytest.raises(TypeError):
         ScoopExecutor(max_workers=1, initializer=42)  # type: ignore[arg-type]
     lock = threading.Lock()
-    with pytest.raises(Exception, match="initializer"):
-        ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,))
+    # Workers that start fresh cannot have a threading lock (forks of the client inherit it)...
+    spawn = multiprocessing.get_context("spawn")
+    with pytest.raises(SerializationError, match="cannot send the initializer to workers: TypeError.*lock"):
+        ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), mp_context=spawn)
+    # ... nor can workers that are not local: what only a process's start passes stays here.
+    with pytest.raises(SerializationError, match="reaches local workers only"):
+        ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), bind="tcp://127.0.0.1:0")
+
+
+START_WAYS = {
+    "client fork": ({}, None),  # the default: workers forked from a fork of the client inherit it
+    "spawn context": ({}, "spawn"),  # a fresh template: pickled for a spawned child, fds passed
+    "by command": ({"SCOOPEXEC_WORKER_START": "spawn"}, "spawn"),  # each worker its own interpreter
+}
+
+
+@pytest.mark.parametrize("way", list(START_WAYS))
+def test_initializer_is_handed_a_multiprocessing_queue(way, monkeypatch):
+    # ProcessPoolExecutor's users pass a multiprocessing.Queue to the initializer (the logging
+    # cookbook's recipe); it refuses to be pickled but for a process's start (worker/handover.py).
+    import multiprocessing
+
+    env, ctx_name = START_WAYS[way]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ctx = multiprocessing.get_context(ctx_name) if ctx_name else multiprocessing.get_context()
+    q = ctx.Queue()
+    kw = {"mp_context": ctx} if ctx_name else {}
+    with ScoopExecutor(max_workers=2, initializer=helpers.init, initargs=(q,), **kw) as ex:
+        assert list(ex.map(helpers.put_status, range(20))) == list(range(20))
+        got = [q.get(timeout=30) for _ in range(20)]
+    assert sorted(x for _, x in got) == list(range(20))
+    assert os.getpid() not in {p for p, _ in got}  # put by the workers
+    q.close()
+
+
+def test_a_worker_without_the_clients_descriptors_refuses_the_initializer(tmp_path):
+    # What was pickled for a spawned child names the client's descriptors; a process that does
+    # not have them at those numbers (here: a fresh one, not started by the pool) says so.
+    import multiprocessing
+    import subprocess
+    import sys
+
+    from scoopexec.worker import handover
+
+    q = multiprocessing.get_context("spawn").Queue()
+    plain, data = handover.prepare(helpers.init, (q,), "RuntimeError: only through inheritance")
+    try:
+        assert plain["fds"] and data
+        (tmp_path / "plain.json").write_text(json.dumps(plain))
+        (tmp_path / "init.pickle").write_bytes(data)
+        code = (
+            "import json, sys; from scoopexec.worker import handover; "
+            f"d = {str(tmp_path)!r}; "
+            "plain = json.load(open(d + '/plain.json')); data = open(d + '/init.pickle', 'rb').read()\n"
+            "try:\n    handover.receive(plain, data)\nexcept ValueError as e:\n    print(e)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        assert "which only the client's local workers receive; this worker does not have it" in out.stdout, out
+    finally:
+        handover.forget(plain)
+        q.close()
+
+
+def test_initializer_gets_a_large_array_with_its_buffers():
+    # initargs with a NumPy array large enough to travel out of band (serialize.OOB_MIN): its
+    # buffer used to be left behind ("not enough out-of-band buffers" on every worker).
+    import numpy as np
+
+    with ScoopExecutor(max_workers=2, initializer=helpers.init, initargs=(np.ones(1_000_000),)) as ex:
+        assert set(ex.map(helpers.status_sum, range(8))) == {1_000_000.0}
+
+
+def test_a_failing_initializer_logs_in_the_worker_as_process_pool_executors_do():
+    # CPython's own test: the initializer sends the worker's concurrent.futures records to a
+    # queue, then fails; the worker logs "Exception in initializer" with its traceback there.
+    import multiprocessing
+    import queue
+
+    q = multiprocessing.get_context().Queue()
+    ex = ScoopExecutor(max_workers=1, initializer=helpers.init_fail_logging, initargs=(q,))
+    try:
+        with pytest.raises(cf.BrokenExecutor):
+            ex.submit(helpers.get_init_status).result(timeout=60)
+        record = q.get(timeout=30)
+        assert record.levelname == "CRITICAL" and "ValueError: error in initializer" in record.getMessage()
+        with pytest.raises(queue.Empty):  # once
+            q.get(timeout=0.5)
+    finally:
+        ex.shutdown(wait=True)
+        q.close()
 
 
 def test_lambda_initializer():

@@ -45,6 +45,7 @@ from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, Target
 from ..deploy.local import LocalWorkers, use_socketpairs
 from ..deploy.slurm import slurm_address
+from ..errors import SerializationError
 from ..wire.security import (
     Credentials,
     KeyPair,
@@ -54,6 +55,7 @@ from ..wire.security import (
     private_socket_dir,
     publish_local_key,
 )
+from ..worker import setup as worker_setup
 from .future import ScoopFuture
 from .session import Session, status_timeout
 
@@ -87,6 +89,15 @@ class EmbeddedSession(Session):
         # First, while this process may still run one thread: the local workers' template, a
         # fork of this process if it does (before the broker's sockets, pipes and threads exist).
         template = clientfork.template_for(options, n)
+        handed = worker_setup.handed_over(setup)
+        if handed is not None and template is None and not handed[1]:
+            # Neither inherited (no fork of this process) nor picklable for a fresh worker.
+            raise SerializationError(
+                f"cannot send the initializer to workers: {handed[0]}; it could be inherited by "
+                "workers forked from this process, but this pool's workers start fresh (mp_context=, "
+                "python=, env= of a start-up variable, worker_memory_limit=, SCOOPEXEC_WORKER_START, "
+                "or other threads running here)"
+            )
         local: LocalWorkers | None = None
         early: list[socket.socket] = []  # the links of workers forked before the broker was made
         self._ipc_dir: str | None = None
@@ -191,6 +202,7 @@ class EmbeddedSession(Session):
             keys=keys,
             template=template,
             wait=False,
+            pass_fds=options.pass_fds,
         )
 
     def _kick(self) -> None:
@@ -316,6 +328,7 @@ class EmbeddedSession(Session):
         finally:
             if self.workers is not None:
                 self.workers.stop()
+            worker_setup.release(self.setup_frames())  # what it handed over (worker/handover.py)
             self.ctx.term()
             self._cleanup_dir()
             self._write_trace()

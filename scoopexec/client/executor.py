@@ -12,6 +12,7 @@ add_workers, remove_workers, write_key_file, abort).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import os
 import sys
@@ -234,7 +235,13 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         self._shared: dict[str, Any] = {}
         self._max_message_size = max_message_size
         self._progress = progress
-        setup = worker_setup.encode(initializer, tuple(initargs))
+        # Every worker local: what only a process's start can pass (a multiprocessing Queue) may
+        # be handed over to them (worker/handover.py), descriptors included.
+        local = broker is None and bind is None and not remote_hosts and not n_srun and jobs is None
+        setup = worker_setup.encode(initializer, tuple(initargs), local=local)
+        handed = worker_setup.handed_over(setup)
+        if handed is not None:
+            launch_options = dataclasses.replace(launch_options, pass_fds=handed[2])
         self._session: Session
         if broker is None:
             if key is not None:
@@ -242,15 +249,19 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             if recorder is not None:
                 recorder.meta.update(argv=list(sys.argv))
-            self._session = EmbeddedSession(
-                n_local,
-                setup,
-                launch_options,
-                bind=bind,
-                max_retries=max_retries,
-                max_message_size=max_message_size,
-                trace=recorder,
-            )
+            try:
+                self._session = EmbeddedSession(
+                    n_local,
+                    setup,
+                    launch_options,
+                    bind=bind,
+                    max_retries=max_retries,
+                    max_message_size=max_message_size,
+                    trace=recorder,
+                )
+            except BaseException:
+                worker_setup.release(setup)
+                raise
         else:
             if bind is not None:
                 raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")

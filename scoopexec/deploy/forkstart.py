@@ -102,8 +102,11 @@ class Template:
         self.env: dict[str, str] | None = None  # the workers' environment, if made with it (clientfork)
 
     @classmethod
-    def start(cls, python: str, env: dict[str, str], cwd: str | None) -> Template:
-        """A template that is a fresh interpreter, started like a worker: it imports the worker."""
+    def start(
+        cls, python: str, env: dict[str, str], cwd: str | None, pass_fds: tuple[int, ...] = ()
+    ) -> Template:
+        """A template that is a fresh interpreter, started like a worker: it imports the worker.
+        ``pass_fds``: descriptors of ours it, and so each worker it forks, gets at the same numbers."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             "import sys, scoopexec.worker.main as m; from scoopexec.deploy.forkstart import serve; "
@@ -117,7 +120,7 @@ class Template:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=[theirs.fileno()],
+                pass_fds=[theirs.fileno(), *pass_fds],
             )
         except BaseException:
             ours.close()

@@ -160,6 +160,7 @@ class LocalWorkers:
         link: Callable[[socket.socket], object] | None = None,
         template: Template | None = None,
         wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         """``wait``: return once the template has forked the ``n`` workers (else :meth:`confirm`
         does, later: an embedded pool makes its broker meanwhile)."""
@@ -183,6 +184,7 @@ class LocalWorkers:
         # Embedded workers are forked from a template (forkstart.py): ``template`` (a fork of the
         # client, clientfork.py), else a fresh interpreter started with the first worker.
         self.template: Template | None = template
+        self.pass_fds = pass_fds  # the client's descriptors each worker gets (worker/handover.py)
         self._fork = link is not None and (template is not None or use_template())
         self.started: dict[str, float] = {}
         self._count = 0
@@ -255,7 +257,7 @@ class LocalWorkers:
         if self._fork:
             try:
                 if self.template is None:
-                    self.template = Template.start(cmd[0], self.env, self.cwd)
+                    self.template = Template.start(cmd[0], self.env, self.cwd, self.pass_fds)
                 r, w = os.pipe()
                 stdin = os.fdopen(w, "wb")
                 try:
@@ -274,7 +276,7 @@ class LocalWorkers:
             cwd=self.cwd,
             start_new_session=True,
             close_fds=True,
-            pass_fds=passed,
+            pass_fds=[*passed, *self.pass_fds],
         )
 
     @property

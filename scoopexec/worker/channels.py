@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from ..wire.security import Credentials
     from .zmqchannel import ZmqChannel
 
-__all__ = ["ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "open_channel"]
+__all__ = ["NOT_FORWARDED", "ForwardLogs", "ForwardStream", "LinkChannel", "Outbox", "open_channel"]
+
+NOT_FORWARDED = "scoopexec_not_forwarded"  # a log record with it set is for this worker's own handlers
 
 
 def open_channel(
@@ -250,6 +252,8 @@ class ForwardLogs(logging.Handler):
         self._worker = worker
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, NOT_FORWARDED, False):
+            return
         try:
             exc_text = record.exc_text
             if record.exc_info and not exc_text:

@@ -2,11 +2,15 @@
 
 Both sides of the exchange are here.  The client makes the blob (:func:`encode`) once per
 pool; the broker keeps it and sends it (SETUP) to every worker before that pool's first
-task there; the worker applies it (:func:`apply`) and answers SETUP_DONE.  The blob is two
-frames: JSON (nothing to unpickle) and the pickled initializer (empty when none)::
+task there; the worker applies it (:func:`apply`) and answers SETUP_DONE.  The blob's
+frames: JSON (nothing to unpickle), then the pickled initializer (empty when none) and its
+out-of-band buffers (a large array in ``initargs``)::
 
     {"sys_path": [...], "cwd": "...", "argv": [...], "main": {"path" | "name": ...},
      "log_levels": {...}, "scoop_compat": true, "mp_authkey": "hex"}    (the last two optional)
+
+An initializer that does not pickle goes to a pool of local workers only as handover.py
+says: the JSON then names it (``inherit``), and its frame is multiprocessing's pickle.
 
 A worker applies it in that order: the client's sys.argv (which tasks of that client
 see, as in ProcessPoolExecutor's spawned workers), log levels, sys.path, working
@@ -19,6 +23,7 @@ the worker's lock released.  When importing the main module fails, SETUP_DONE ca
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -30,13 +35,19 @@ from .. import logs, mainmodule, scoop_compat
 from ..errors import SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
+from . import handover
+from .channels import NOT_FORWARDED
 
 SETUP_DONE_OK = 1
-__all__ = ["Setups", "apply", "encode"]
+__all__ = ["Setups", "apply", "encode", "handed_over", "release"]
 
 
-def encode(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> list[bytes]:
-    """The set-up blob of a new pool in this client (TypeError/SerializationError if it cannot be)."""
+def encode(
+    initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], local: bool = False
+) -> list[bytes]:
+    """The set-up blob of a new pool in this client (TypeError/SerializationError if it cannot be).
+    ``local``: every worker of the pool is a local one, which can be handed what does not pickle
+    (handover.py)."""
     plain: dict[str, Any] = {
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "cwd": os.getcwd(),
@@ -51,17 +62,40 @@ def encode(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
         # As multiprocessing's children do, workers take the client's authkey, so
         # that Manager proxies (dicts, queues, locks) passed to tasks connect.
         plain["mp_authkey"] = bytes(mp_process.current_process().authkey).hex()
-    init = b""
+    init: list[bytes] = [b""]
     if initializer is not None:
         if not callable(initializer):
             raise TypeError("initializer must be a callable")
         try:
-            init = bytes(serialize.dumps((initializer, tuple(initargs)))[0])
+            # (with its out-of-band buffers, a large array's: frames of their own)
+            init = [bytes(f) for f in serialize.dumps((initializer, tuple(initargs)))]
         except Exception as exc:
-            raise SerializationError(
-                f"cannot send the initializer to workers: {type(exc).__name__}: {exc}"
-            ) from exc
-    return [P.dump_json(plain), init]
+            why = f"{type(exc).__name__}: {exc}"
+            if not local:
+                raise SerializationError(
+                    f"cannot send the initializer to workers: {why} (what only a process's start can "
+                    "hand over, a multiprocessing Queue, Lock or Value, reaches local workers only: "
+                    "not with hosts=, broker=, bind=, srun or jobs)"
+                ) from exc
+            extra, data = handover.prepare(initializer, tuple(initargs), why)
+            plain.update(extra)
+            init = [data]
+    return [P.dump_json(plain), *init]
+
+
+def handed_over(frames: Sequence[bytes]) -> tuple[str, bool, tuple[int, ...]] | None:
+    """For a set-up blob: None when its initializer travels like any other; else (handover.py)
+    why it did not pickle, whether workers that start fresh can have it, the descriptors they
+    need."""
+    if not frames or b'"inherit"' not in frames[0]:
+        return None
+    return handover.local_only(P.load_json(frames[0]))
+
+
+def release(frames: Sequence[bytes]) -> None:
+    """The pool of this set-up ended (or never started): let go of what it handed over."""
+    if frames and b'"inherit"' in frames[0]:
+        handover.forget(P.load_json(frames[0]))
 
 
 class _Worker(Protocol):
@@ -109,10 +143,22 @@ def apply(
             return mainmodule.import_failure(exc, main, where), b"main"
         finally:
             worker.importing_main = False
-        if len(frames) > 1 and len(frames[1]) > 0:
-            init, initargs = serialize.loads([frames[1]])
-            if init is not None:
+        init = None
+        if "inherit" in plain:  # what only local workers can be handed (handover.py)
+            init, initargs = handover.receive(plain, bytes(frames[1]) if len(frames) > 1 else b"")
+        elif len(frames) > 1 and len(frames[1]) > 0:
+            init, initargs = serialize.loads([P.as_bytes(f) for f in frames[1:]])
+        if init is not None:
+            try:
                 init(*initargs)
+            except BaseException:
+                # As ProcessPoolExecutor's workers do, for the handlers the initializer may have
+                # set up here (a QueueHandler); not forwarded: the client says it once itself
+                # (Session.broken), with the traceback.
+                logging.getLogger("concurrent.futures").critical(
+                    "Exception in initializer:", exc_info=True, extra={NOT_FORWARDED: True}
+                )
+                raise
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}", b""

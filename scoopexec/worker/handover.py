@@ -1,0 +1,136 @@
+"""An initializer only local workers can receive: objects handed over, not pickled.
+
+ProcessPoolExecutor's users give their workers' initializer multiprocessing objects,
+``initargs=(queue,)`` (the logging cookbook's recipe for one log file written by many
+processes), a Lock, a Value, an Array.  These refuse to be pickled except while
+multiprocessing starts a process (``assert_spawning``): what they hold, a pipe's descriptors
+or a block of shared memory, must be handed over by the operating system, not copied.
+scoopexec's workers are not started by multiprocessing, so such an initializer failed to
+pickle (SerializationError).  Now, when the plain pickle fails and every worker of the pool
+is local (no hosts=, srun, jobs=, broker= or bind=), the client hands it over as a start
+by multiprocessing would:
+
+* to workers forked from a fork of the client (the default, deploy/clientfork.py): they
+  find the initializer itself in the memory they inherited.  Nothing is pickled, so
+  anything goes: a Queue of the fork context, a threading lock, an open file;
+* to workers that start fresh (``mp_context=`` a 'spawn' or 'forkserver' context,
+  ``SCOOPEXEC_WORKER_START``, a client running other threads): pickled as for a spawned
+  child (multiprocessing's own pickler, under a spawning "process" of ours), with the
+  descriptors it holds passed to each worker at the same numbers (LaunchOptions.pass_fds:
+  the template's, and each spawned worker's).  Each worker checks that the descriptor it has
+  at each number is the very file the client meant (device and inode) before unpickling.
+
+A worker that got neither (one joining the pool some other way) fails its set-up with an
+error saying why.  The client keeps the initializer until the pool ends (:func:`forget`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Spawning", "forget", "local_only", "prepare", "receive"]
+
+# token -> (initializer, initargs): what workers forked from this process find here
+_INHERITED: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+
+
+class Spawning:
+    """What multiprocessing's objects see as the process being started while they are pickled
+    (``context.get_spawning_popen()``): it notes the descriptors they hand over."""
+
+    def __init__(self) -> None:
+        from multiprocessing.popen_spawn_posix import _DupFd
+
+        self.DupFd = _DupFd  # (multiprocessing's name) what a descriptor pickles as: its number
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        if fd not in self.fds:
+            self.fds.append(fd)
+        return fd
+
+
+def _spawning_dumps(obj: Any) -> tuple[bytes, list[int]]:
+    """``obj`` pickled as multiprocessing pickles for a spawned child, and the descriptors that
+    child must have at the same numbers."""
+    import io
+    from multiprocessing import context
+    from multiprocessing.reduction import ForkingPickler
+
+    spawning = Spawning()
+    buf = io.BytesIO()
+    context.set_spawning_popen(spawning)  # type: ignore[arg-type]  # what it asks of one, DupFd and duplicate_for_child
+    try:
+        ForkingPickler(buf, 5).dump(obj)
+    finally:
+        context.set_spawning_popen(None)
+    return buf.getvalue(), spawning.fds
+
+
+def prepare(
+    initializer: Callable[..., Any], initargs: tuple[Any, ...], why: str
+) -> tuple[dict[str, Any], bytes]:
+    """An initializer whose plain pickle failed (``why``), kept for local workers: the set-up's
+    JSON entries, and its pickle for fresh workers (b"" when even that fails: then only forks
+    of this process can have it)."""
+    token = os.urandom(8).hex()  # (not secrets: it imports hashlib, which a worker need not load)
+    _INHERITED[token] = (initializer, initargs)
+    plain: dict[str, Any] = {"inherit": token, "why": why}
+    try:
+        data, fds = _spawning_dumps((initializer, initargs))
+    except Exception as exc:
+        plain["why_fresh"] = f"{type(exc).__name__}: {exc}"
+        return plain, b""
+    ids = []
+    for fd in fds:
+        st = os.fstat(fd)
+        ids.append([fd, st.st_dev, st.st_ino])
+    plain["fds"] = ids
+    return plain, data
+
+
+def local_only(plain: dict[str, Any]) -> tuple[str, bool, tuple[int, ...]] | None:
+    """For a set-up's JSON: None when its initializer travels like any other; else why it
+    could not be pickled, whether fresh workers can have it, and the descriptors they need."""
+    if "inherit" not in plain:
+        return None
+    fresh = "why_fresh" not in plain
+    return str(plain.get("why", "")), fresh, tuple(int(e[0]) for e in plain.get("fds", ()))
+
+
+def forget(plain: dict[str, Any]) -> None:
+    """The pool ended: the client lets go of its initializer."""
+    token = plain.get("inherit")
+    if isinstance(token, str):
+        _INHERITED.pop(token, None)
+
+
+def receive(plain: dict[str, Any], data: bytes) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """In a worker: the initializer of a set-up with ``inherit`` (ValueError saying why not)."""
+    pair = _INHERITED.get(str(plain.get("inherit")))
+    if pair is not None:  # a fork of the client: the very objects
+        return pair
+    why = plain.get("why", "")
+    if not data:
+        raise ValueError(
+            "the pool's initializer cannot be pickled (" + str(why) + ", and as for a spawned "
+            f"process: {plain.get('why_fresh', '')}); only workers forked from the client have it, "
+            "and this one is not"
+        )
+    for fd, dev, ino in plain.get("fds", ()):
+        try:
+            st = os.fstat(int(fd))
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (dev, ino):
+            raise ValueError(
+                f"the pool's initializer holds descriptor {fd} of the client (a multiprocessing "
+                "object's pipe or shared memory), which only the client's local workers receive; "
+                "this worker does not have it"
+            )
+    from multiprocessing.reduction import ForkingPickler
+
+    init, initargs = ForkingPickler.loads(data)
+    return init, tuple(initargs)
