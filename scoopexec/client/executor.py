@@ -107,7 +107,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             one thread: deploy/clientfork.py); a 'fork' context is refused (ValueError).
         initializer, initargs: called as ``initializer(*initargs)`` in every
             worker before its first task of this executor; if it raises, the
-            executor is broken (``InitializerError``).
+            executor is broken (``InitializerError``).  ``initargs`` may hold
+            multiprocessing objects (a Queue, Lock, Value) when every worker is
+            local (worker/handover.py).
         broker: endpoint of a standalone broker to use instead of an embedded one.
         bind: endpoint for the embedded broker (default: a private ipc socket).
         heartbeat, heartbeat_timeout: seconds between liveness checks, and of
