@@ -168,3 +168,54 @@ def test_mp_context_that_cannot_be_honoured_is_refused():
         ScoopExecutor(1, mp_context=multiprocessing.get_context("fork"))
     with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
         ScoopExecutor(1, mp_context="spawn")
+
+
+SCRIPT_GLOBALS = """
+import os, sys
+from scoopexec import ScoopExecutor
+
+G = None
+COUNT = None
+
+
+def init(x):
+    global G, COUNT
+    G = x
+    COUNT = 0
+
+
+def get(_):
+    return G
+
+
+def count(_):
+    global COUNT
+    COUNT += 1
+    return os.getpid(), COUNT
+
+
+if __name__ == "__main__":
+    with ScoopExecutor(max_workers=1, initializer=init, initargs=(42,)) as ex:
+        print(list(ex.map(get, range(4))))
+        print([c for _, c in (ex.submit(count, i).result() for i in range(5))])
+"""
+
+
+@pytest.mark.parametrize("start", ["fork", "template"])
+def test_a_scripts_initializer_sets_globals_its_tasks_read(tmp_path, start):
+    # ProcessPoolExecutor's usual pattern, all in the script: the initializer sets a global, the
+    # tasks read it.  Both travel by value (cloudpickle), each with globals of its own: the tasks
+    # saw the client's G (None), silently.  What a task sets there afterwards stays (COUNT).
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "script_globals.py"
+    script.write_text(SCRIPT_GLOBALS)
+    env = dict(os.environ, PYTHONPATH=ROOT, SCOOPEXEC_WORKER_START=start)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[42, 42, 42, 42]", "[1, 2, 3, 4, 5]"], out

@@ -84,6 +84,25 @@ def _refuse_during_worker_bootstrap() -> None:
         raise mainmodule.guard_error("starts a pool (a ScoopExecutor)")
 
 
+def _setup(
+    initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], local: bool, options: LaunchOptions
+) -> tuple[list[bytes], LaunchOptions]:
+    """A new pool's set-up blob, and its launch options.  ``local``: every worker is local, so what
+    only a process's start can pass (a multiprocessing Queue) may be handed over to them,
+    descriptors included (worker/handover.py)."""
+    setup = worker_setup.encode(initializer, initargs, local=local)
+    handed = worker_setup.handed_over(setup)
+    return setup, options if handed is None else dataclasses.replace(options, pass_fds=handed[2])
+
+
+def _embedded(n: int, setup: list[bytes], options: LaunchOptions, **kw: Any) -> EmbeddedSession:
+    try:
+        return EmbeddedSession(n, setup, options, **kw)
+    except BaseException:
+        worker_setup.release(setup)  # what it would have handed over
+        raise
+
+
 class ScoopExecutor(Control, MapMixin, cf.Executor):
     """An Executor that runs calls on a pool of worker processes behind a ZeroMQ broker.
 
@@ -237,13 +256,8 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         self._shared: dict[str, Any] = {}
         self._max_message_size = max_message_size
         self._progress = progress
-        # Every worker local: what only a process's start can pass (a multiprocessing Queue) may
-        # be handed over to them (worker/handover.py), descriptors included.
         local = broker is None and bind is None and not remote_hosts and not n_srun and jobs is None
-        setup = worker_setup.encode(initializer, tuple(initargs), local=local)
-        handed = worker_setup.handed_over(setup)
-        if handed is not None:
-            launch_options = dataclasses.replace(launch_options, pass_fds=handed[2])
+        setup, launch_options = _setup(initializer, tuple(initargs), local, launch_options)
         self._session: Session
         if broker is None:
             if key is not None:
@@ -251,19 +265,10 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             if recorder is not None:
                 recorder.meta.update(argv=list(sys.argv))
-            try:
-                self._session = EmbeddedSession(
-                    n_local,
-                    setup,
-                    launch_options,
-                    bind=bind,
-                    max_retries=max_retries,
-                    max_message_size=max_message_size,
-                    trace=recorder,
-                )
-            except BaseException:
-                worker_setup.release(setup)
-                raise
+            self._session = _embedded(
+                n_local, setup, launch_options, bind=bind, max_retries=max_retries,
+                max_message_size=max_message_size, trace=recorder,
+            )  # fmt: skip
         else:
             if bind is not None:
                 raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")

@@ -803,6 +803,9 @@ def _user_function(fn: Any) -> Any:
     return fn
 
 
+user_function = _user_function  # (for the worker: setup.script_globals)
+
+
 def _defined_at(fn: Any) -> str:
     code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
     if not isinstance(code, types.CodeType):

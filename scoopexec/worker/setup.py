@@ -107,11 +107,15 @@ class _Worker(Protocol):
 
 
 def apply(
-    worker: _Worker, frames: Sequence[Any], argv_out: list[list[str]] | None = None
+    worker: _Worker,
+    frames: Sequence[Any],
+    argv_out: list[list[str]] | None = None,
+    globals_out: dict[str, Any] | None = None,
 ) -> tuple[str, bytes] | None:
     """Apply a pool's set-up blob in this worker: None when done, else the error's text and its
     kind for SETUP_DONE (b"main": importing the client's main module failed; b"" otherwise).
-    The client's sys.argv, if the blob has it, is appended to ``argv_out``."""
+    The client's sys.argv, if the blob has it, is appended to ``argv_out``; the script's globals
+    its initializer set go to ``globals_out`` (:func:`script_globals`)."""
     try:
         plain = P.load_json(P.as_bytes(frames[0])) if frames else {}
         argv = plain.get("argv")
@@ -149,6 +153,8 @@ def apply(
         elif len(frames) > 1 and len(frames[1]) > 0:
             init, initargs = serialize.loads([P.as_bytes(f) for f in frames[1:]])
         if init is not None:
+            namespace = _script_namespace(init)
+            before = {k: id(v) for k, v in namespace.items()} if namespace is not None else {}
             try:
                 init(*initargs)
             except BaseException:
@@ -159,10 +165,40 @@ def apply(
                     "Exception in initializer:", exc_info=True, extra={NOT_FORWARDED: True}
                 )
                 raise
+            if namespace is not None and globals_out is not None:
+                globals_out.update(
+                    (k, v) for k, v in namespace.items() if before.get(k) != id(v) and not k.startswith("__")
+                )
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}", b""
     return None
+
+
+def _script_namespace(fn: Any) -> dict[str, Any] | None:
+    """The globals of ``fn`` when it is a function of the client's script (sent by value, or
+    inherited by a fork), else None."""
+    g = getattr(fn, "__globals__", None)
+    return g if isinstance(g, dict) and g.get("__name__") in ("__main__", "__mp_main__") else None
+
+
+def script_globals(fn: Any, given: dict[str, Any]) -> None:
+    """Before a task runs: the globals its pool's initializer set in the script (``given``), in
+    the namespace of the task's function if that is the script's, once per namespace.
+
+    A function of the client's script travels by value (cloudpickle), with the script's globals
+    it uses as they were in the client; so did the initializer, into a namespace of its own.
+    ``def init(x): global G; G = x`` followed by tasks that read ``G`` (ProcessPoolExecutor's
+    usual pattern, whose workers have one namespace for the script) then saw the client's
+    ``G``, silently.  Once per namespace, so that what tasks set there afterwards stays.
+    """
+    g = _script_namespace(serialize.user_function(fn))
+    if g is not None and g.get(_GIVEN) is not given:
+        g.update(given)
+        g[_GIVEN] = given
+
+
+_GIVEN = "__scoopexec_initializer_globals__"
 
 
 class Setups:
@@ -181,6 +217,7 @@ class Setups:
         self._lock = lock
         self._flush_results = flush_results  # send finished results now (the hub's, holding `lock`)
         self.errors: dict[int, str | None] = {}  # set-up id -> None (applied) or why it failed
+        self.given: dict[int, dict[str, Any]] = {}  # set-up id -> the script's globals its initializer set
         self.shares: dict[int, dict[str, Any]] = {}  # set-up id -> name -> frames, then (value,)
         self.argvs: dict[int, list[str]] = {}  # set-up id -> its client's sys.argv
         self.argv_of = -1  # the set-up whose argv sys.argv is
@@ -192,17 +229,20 @@ class Setups:
         if sid in self.errors:
             return
         argv: list[list[str]] = []
+        given: dict[str, Any] = {}
         # A finished result waits for no set-up (another client's initializer may run long,
         # or wait on that very result): the hub may have held it back for the next start.
         self._flush_results()
         self._lock.release()
         try:
-            error = apply(self._worker, msg.frames[1:], argv)
+            error = apply(self._worker, msg.frames[1:], argv, given)
         finally:
             self._lock.acquire()
         if argv:
             self.argvs[sid] = argv[0]
             self.argv_of = sid
+        if given:
+            self.given[sid] = given
         if error is None:
             self.errors[sid] = None
             self._send([P.header(P.SETUP_DONE, SETUP_DONE_OK, sid)])

@@ -51,7 +51,7 @@ from ..wire.spin import SPIN, Spin
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, open_channel
 from .pause import FLUSH_AFTER, Alarm, flusher
-from .setup import Setups
+from .setup import Setups, script_globals
 from .subtasks import SubTasks
 from .waiting import DONE_STATES, Runner, Waits, WorkerFuture
 
@@ -504,7 +504,8 @@ class Worker:
     def _execute(self, task: _Task) -> None:
         task.started = time.time()
         t0 = time.perf_counter()
-        status, frames = _call(task, self.setups.errors.get(task.setup), self.where, self.max_message_size)
+        s, sid = self.setups, task.setup
+        status, frames = _call(task, s.errors.get(sid), self.where, self.max_message_size, s.given.get(sid))
         dt = time.perf_counter() - t0
         for stream in self._streams:
             if stream.parts:  # a partial last line belongs to this task
@@ -588,9 +589,11 @@ class Worker:
         self.chan.send(frames)
 
 
-def _call(task: _Task, setup_error: str | None, where: str, max_size: int) -> tuple[int, list[Any]]:
+def _call(
+    task: _Task, setup_error: str | None, where: str, max_size: int, given: dict[str, Any] | None = None
+) -> tuple[int, list[Any]]:
     """Run one task on ``where`` (``worker NAME (pid P on HOST)``): its status and frames (the
-    result, or what went wrong)."""
+    result, or what went wrong).  ``given``: the script's globals its pool's initializer set."""
     if setup_error is not None:
         return _failure("initializer", setup_error)
     try:
@@ -604,6 +607,8 @@ def _call(task: _Task, setup_error: str | None, where: str, max_size: int) -> tu
             serialize.user_traceback(exc),
         )
     task.frames = []
+    if given:
+        script_globals(fn, given)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
