@@ -219,3 +219,16 @@ def test_a_scripts_initializer_sets_globals_its_tasks_read(tmp_path, start):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[42, 42, 42, 42]", "[1, 2, 3, 4, 5]"], out
+
+
+def test_a_pool_whose_initializer_was_handed_over_grows_on_this_host_only():
+    import multiprocessing
+
+    q = multiprocessing.get_context().Queue()
+    with ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(q,)) as ex:
+        with pytest.raises(SerializationError, match="reaches local workers only"):
+            ex.add_workers(hosts=["node-that-is-not-here:1"])  # refused before any ssh
+        ex.add_workers(1)
+        assert sorted(ex.map(helpers.put_status, range(6))) == list(range(6))
+        assert sorted(q.get(timeout=30)[1] for _ in range(6)) == list(range(6))
+    q.close()

@@ -34,9 +34,10 @@ from .. import logs, pools
 from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, RemoteGroup, Target
 from ..deploy.hosts import Host, local_cpu_count
-from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError
+from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError, SerializationError
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
+from ..worker import setup as worker_setup
 from .future import (
     Answer,
     ScoopFuture,
@@ -404,6 +405,12 @@ class Session:
     def add_hosts(self, hosts: Sequence[Host], srun: int = 0) -> list[RemoteGroup]:
         """Start workers on ``hosts`` (ssh; local ones here) and ``srun`` workers; wait for them."""
         assert self.workers is not None
+        handed = worker_setup.handed_over(self._setup)
+        if handed is not None and (srun or not all(h.local for h in hosts)):
+            raise SerializationError(
+                f"this pool's initializer reaches local workers only ({handed[0]}: it was handed "
+                "over, worker/handover.py): it cannot grow on other hosts or through srun"
+            )
         groups = self.workers.start_remote(hosts, srun, self._remote_target, self.launch_options)
         n_local = sum(h.slots or local_cpu_count() for h in hosts if h.local)
         if n_local:
