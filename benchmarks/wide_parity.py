@@ -9,9 +9,9 @@ first tasks (batch start to each worker's first start), the gaps between a worke
 tasks (result sent -> next task started), and the tail (last task's end -> all results
 in the client); and what the batch cost the machine, load-independent: wake-ups (voluntary
 context switches of every thread of the workers and the client) and CPU time, per task.
-``ceiling`` is the utilisation the tasks themselves allow (their busiest worker's sum of
-run times: ``sleep()`` overshoots by a few hundred microseconds on a busy VM), with no
-hand-out, gap or tail at all; ``run_ms_median`` is a task's median run time.
+``ceiling`` is the utilisation the tasks themselves allow (``ms`` over their mean run time:
+``sleep()`` overshoots by a few hundred microseconds on a busy VM), with no hand-out, gap,
+tail or imbalance at all; ``run_ms_median`` is a task's median run time.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def one(name: str, w: int, n: int, dur: float) -> dict[str, float]:
         runs[i + 1][0] - runs[i][1] for runs in (sorted(r) for r in by.values()) for i in range(len(runs) - 1)
     ]
     last_end = max(b for _, _, b in out)
-    # What the tasks themselves took (sleep() overshoots on a busy VM): the utilisation a
-    # worker with no hand-out, gaps or tail at all would reach, if it ran its tasks.
-    busiest = max(sum(b - a for a, b in r) for r in by.values())
+    # What the tasks themselves took (sleep() overshoots on a busy VM): the utilisation that
+    # workers with no hand-out, gaps, tail or imbalance at all would reach.
+    mean_run = statistics.fmean(b - a for _, a, b in out)
     return {
         "util": 100 * (n * dur / w) / wall,
         "wall": wall,
@@ -98,7 +98,7 @@ def one(name: str, w: int, n: int, dur: float) -> dict[str, float]:
         "gap_ms_p90": 1000 * sorted(gaps)[int(0.9 * len(gaps))] if gaps else 0.0,
         "tail_ms": 1000 * (t + wall - last_end),
         "run_ms_median": 1000 * statistics.median(b - a for _, a, b in out),
-        "ceiling": 100 * (n * dur / w) / busiest,
+        "ceiling": 100 * dur / mean_run,
         "wakeups_per_task": sum(c1[k][0] - c0[k][0] for k in c1) / n,
         "cpu_ms_per_task": 1000 * sum(c1[k][1] - c0[k][1] for k in c1) / n,
         **{f"wakeups_{k}": (c1[k][0] - c0[k][0]) / n for k in c1},

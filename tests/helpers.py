@@ -90,6 +90,12 @@ def put_status(x):
     return x
 
 
+def put_payload(x):
+    """Put (x, 20 KB) in the queue INIT_STATUS holds: more than a pipe holds, a few at a time."""
+    INIT_STATUS.put((x, b"x" * 20_000))
+    return x
+
+
 def init_fail_logging(q):
     """As CPython's init_fail: the worker's concurrent.futures records go to ``q``, then it fails."""
     import logging

@@ -176,16 +176,18 @@ from scoopexec import ScoopExecutor
 
 G = None
 COUNT = None
+CACHE = {}
 
 
 def init(x):
     global G, COUNT
     G = x
     COUNT = 0
+    CACHE["k"] = x  # changed in place, not rebound
 
 
 def get(_):
-    return G
+    return G, CACHE.get("k")
 
 
 def count(_):
@@ -218,7 +220,51 @@ def test_a_scripts_initializer_sets_globals_its_tasks_read(tmp_path, start):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["[42, 42, 42, 42]", "[1, 2, 3, 4, 5]"], out
+    assert out.stdout.split("\n")[:2] == ["[(42, 42), (42, 42), (42, 42), (42, 42)]", "[1, 2, 3, 4, 5]"], out
+
+
+TWO_POOLS = """
+import sys
+from scoopexec import ScoopExecutor
+
+G = "the client's"
+
+
+def init(x):
+    global G
+    G = x
+
+
+def get(_):
+    return G
+
+
+if __name__ == "__main__":
+    with ScoopExecutor(broker=sys.argv[1], initializer=init, initargs=("pool A's",)) as ex:
+        print(ex.submit(get, 0).result(timeout=60))
+    with ScoopExecutor(broker=sys.argv[1]) as ex:  # the same worker, no initializer
+        print(ex.submit(get, 0).result(timeout=60))
+"""
+
+
+def test_a_pools_initializer_globals_stay_in_that_pool(tmp_path):
+    # One worker serves two pools of a standalone broker: functions with the same pickle are
+    # re-used across pools, and the first pool's initializer globals must not reach the second.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_limits import _standalone_broker_and_group
+
+    script = tmp_path / "two_pools.py"
+    script.write_text(TWO_POOLS)
+    with _standalone_broker_and_group() as addr:
+        out = subprocess.run(
+            [sys.executable, str(script), addr], capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, PYTHONPATH=ROOT), check=False,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["pool A's", "the client's"], out
 
 
 def test_a_pool_whose_initializer_was_handed_over_grows_on_this_host_only():
@@ -231,4 +277,31 @@ def test_a_pool_whose_initializer_was_handed_over_grows_on_this_host_only():
         ex.add_workers(1)
         assert sorted(ex.map(helpers.put_status, range(6))) == list(range(6))
         assert sorted(q.get(timeout=30)[1] for _ in range(6)) == list(range(6))
+    q.close()
+
+
+def test_what_workers_put_on_a_handed_over_queue_arrives_after_shutdown():
+    # A worker's multiprocessing queue flushes its buffer in a thread of its own; multiprocessing
+    # joins it as the process exits, and our workers end with os._exit (or a fork's dropped
+    # atexit): 39-147 of 200 items of 20 KB arrived, when a thread drained the queue as here.
+    import multiprocessing
+    import queue
+    import threading
+
+    q = multiprocessing.get_context().Queue()
+    got: list[int] = []
+
+    def drain() -> None:
+        while len(got) < 200:
+            try:
+                got.append(q.get(timeout=20)[0])
+            except queue.Empty:
+                return
+
+    with ScoopExecutor(max_workers=2, initializer=helpers.init, initargs=(q,)) as ex:
+        t = threading.Thread(target=drain)  # (after the pool's construction: it forks the client)
+        t.start()
+        assert sorted(ex.map(helpers.put_payload, range(200))) == list(range(200))
+    t.join(30)
+    assert sorted(got) == list(range(200))
     q.close()

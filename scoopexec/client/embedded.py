@@ -90,13 +90,15 @@ class EmbeddedSession(Session):
         # fork of this process if it does (before the broker's sockets, pipes and threads exist).
         template = clientfork.template_for(options, n)
         handed = worker_setup.handed_over(setup)
-        if handed is not None and template is None and not handed[1]:
+        if handed is not None and template is None and handed[1]:
             # Neither inherited (no fork of this process) nor picklable for a fresh worker.
             raise SerializationError(
-                f"cannot send the initializer to workers: {handed[0]}; it could be inherited by "
-                "workers forked from this process, but this pool's workers start fresh (mp_context=, "
-                "python=, env= of a start-up variable, worker_memory_limit=, SCOOPEXEC_WORKER_START, "
-                "or other threads running here)"
+                f"cannot send the initializer to workers: {handed[0]}; nor as to a spawned process: "
+                f"{handed[1].rstrip('.')}.  Workers forked from this process would inherit it, but "
+                "this pool's workers start fresh (mp_context=, python=, env= of a start-up variable, "
+                "worker_memory_limit=, SCOOPEXEC_WORKER_START, or other threads running here: a "
+                "QueueListener's, say); multiprocessing objects made from get_context('spawn') or "
+                "get_context('forkserver') reach them"
             )
         local: LocalWorkers | None = None
         early: list[socket.socket] = []  # the links of workers forked before the broker was made

@@ -256,12 +256,13 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         self._shared: dict[str, Any] = {}
         self._max_message_size = max_message_size
         self._progress = progress
-        local = broker is None and bind is None and not remote_hosts and not n_srun and jobs is None
+        if broker is None and key is not None:
+            raise ValueError("key= is for a standalone broker (broker=...)")
+        local = broker is None and bind is None and jobs is None  # and below: every worker on this host
+        local = local and not n_srun and all(h.local for h in remote_hosts)
         setup, launch_options = _setup(initializer, tuple(initargs), local, launch_options)
         self._session: Session
         if broker is None:
-            if key is not None:
-                raise ValueError("key= is for a standalone broker (broker=...)")
             self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             if recorder is not None:
                 recorder.meta.update(argv=list(sys.argv))

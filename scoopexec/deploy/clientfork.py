@@ -69,6 +69,7 @@ import warnings
 from typing import Any, NoReturn
 
 from .. import mainmodule
+from ..worker import lifeline
 from ..worker.main import main as worker_main
 from . import threadlibs
 from .contract import LaunchOptions
@@ -307,6 +308,7 @@ def _exit(code: int) -> NoReturn:
         atexit._run_exitfuncs()
     except BaseException:
         pass
+    lifeline.flush_multiprocessing()  # (the client's atexit, multiprocessing's among them, was dropped)
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None:

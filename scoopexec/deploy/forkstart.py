@@ -166,21 +166,25 @@ class Template:
         """
         deadline = time.monotonic() + timeout
         while True:
-            with self._lock:
-                self._read()
-                if done() or self.gone:
-                    return done()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._waiters += 1
-            try:  # (outside the lock: another thread's poll() need not wait for this one)
+            waiting = False
+            try:
+                with self._lock:
+                    self._read()
+                    if done() or self.gone:
+                        return done()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._waiters += 1
+                    waiting = True
+                # (outside the lock: another thread's poll() need not wait for this one)
                 _readable(self.sock, min(left, 0.05))
             except (OSError, ValueError):  # closed by stop() meanwhile
                 pass
             finally:
-                with self._lock:
-                    self._waiters -= 1
+                if waiting:
+                    with self._lock:
+                        self._waiters -= 1
 
     def _read(self) -> None:
         """Take in what the template said so far (hold `_lock`)."""

@@ -57,7 +57,7 @@ Frames = list[Any]  # bytes, pickle.PickleBuffer or zmq.Frame
 
 _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 _fn_cache: dict[Any, bytes] = {}
-_loaded_fns: dict[bytes, Any] = {}
+_loaded_fns: dict[bytes | tuple[int, bytes], Any] = {}
 _CACHE_MAX = 2048
 
 
@@ -388,18 +388,20 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
     return _cloud_dumps(fn)
 
 
-def loads_function(data: bytes | memoryview) -> Any:
+def loads_function(data: bytes | memoryview, scope: int | None = None) -> Any:
     """Unpickle a callable, re-using the object for identical bytes when that is safe.
 
     Functions, built-ins and classes are re-used (a map's chunks send the same
     bytes again and again); other callables -- objects with state, partials
     binding arguments -- are unpickled afresh for every task, as each task
-    would see them with any other executor.
+    would see them with any other executor.  ``scope``: re-used only within it (a
+    pool whose script functions get its initializer's globals: worker/setup.py).
     """
-    key = data if type(data) is bytes else bytes(data)
+    raw = data if type(data) is bytes else bytes(data)
+    key = raw if scope is None else (scope, raw)
     fn = _loaded_fns.get(key)
     if fn is None:
-        fn = pickle.loads(key)
+        fn = pickle.loads(raw)
         if _reusable(fn):
             if len(_loaded_fns) >= _CACHE_MAX:
                 _loaded_fns.clear()
@@ -837,9 +839,9 @@ def _a(obj: Any) -> str:
 
 
 def decode_call(
-    frames: Sequence[Any], fn_bytes: bytes | None = None
+    frames: Sequence[Any], fn_bytes: bytes | None = None, scope: int | None = None
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    fn = loads_function(fn_bytes if fn_bytes else frames[0])
+    fn = loads_function(fn_bytes if fn_bytes else frames[0], scope)
     if len(frames) == 2:  # the usual task: no buffers (no slice, no keyword to parse)
         args, kwargs = pickle.loads(frames[1])
     else:

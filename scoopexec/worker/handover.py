@@ -91,13 +91,17 @@ def prepare(
     return plain, data
 
 
-def local_only(plain: dict[str, Any]) -> tuple[str, bool, tuple[int, ...]] | None:
+def local_only(plain: dict[str, Any]) -> tuple[str, str, tuple[int, ...]] | None:
     """For a set-up's JSON: None when its initializer travels like any other; else why it
-    could not be pickled, whether fresh workers can have it, and the descriptors they need."""
+    could not be pickled, why fresh workers cannot have it either ("": they can), and the
+    descriptors they need."""
     if "inherit" not in plain:
         return None
-    fresh = "why_fresh" not in plain
-    return str(plain.get("why", "")), fresh, tuple(int(e[0]) for e in plain.get("fds", ()))
+    return (
+        str(plain.get("why", "")),
+        str(plain.get("why_fresh", "")),
+        tuple(int(e[0]) for e in plain.get("fds", ())),
+    )
 
 
 def forget(plain: dict[str, Any]) -> None:

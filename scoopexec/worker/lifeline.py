@@ -21,12 +21,15 @@ import select
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 from typing import NoReturn
 
 from ..deploy import contract
 from ..deploy.local import process_state
+
+FLUSH_LIMIT = 2.0  # s a worker that exits gives multiprocessing's queues to flush what it put
 
 __all__ = [
     "client_gone", "die", "end", "mark_stopped", "note_client", "say", "set_exit_fd", "watch_stdin",
@@ -94,7 +97,42 @@ def end(code: int, message: str) -> NoReturn:
     """Exit at once with ``code``; one of the worker's own codes is announced first (contract.py)."""
     if _exit_fd is not None and code in contract.REASONS:
         contract.write_note(_exit_fd, code, message)
+    flush_multiprocessing()
     os._exit(code)
+
+
+def flush_multiprocessing(limit: float = FLUSH_LIMIT) -> None:
+    """What this process put on multiprocessing queues (a Queue handed to the initializer, a
+    QueueHandler's records) goes out before it exits: multiprocessing's exit finalizers, which
+    os._exit and a fork's dropped atexit handlers skip (a queue's feeder thread, flushed and
+    joined), for ``limit`` s at most (a full pipe nobody reads would block them for ever).
+    Finalizers registered by another process (the client, before the fork) are skipped by
+    multiprocessing itself.  A second thread on its way out (the hub after STOP, the stdin
+    watcher at end of file) waits for the first one's flush instead of exiting under it."""
+    if not _flush_started.acquire(blocking=False):
+        _flushed.wait(limit)
+        return
+    try:
+        util = sys.modules.get("multiprocessing.util")
+        if util is None or not getattr(util, "_finalizer_registry", None):
+            return
+
+        def run() -> None:
+            try:
+                util._run_finalizers(0)  # (as its own exit function: close, then join)
+                util._run_finalizers()
+            except BaseException:
+                pass
+
+        t = threading.Thread(target=run, name="scoopexec-mp-flush", daemon=True)
+        t.start()
+        t.join(limit)
+    finally:
+        _flushed.set()
+
+
+_flush_started = threading.Lock()
+_flushed = threading.Event()
 
 
 def client_gone(code: int) -> NoReturn:

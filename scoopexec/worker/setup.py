@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -83,10 +84,10 @@ def encode(
     return [P.dump_json(plain), *init]
 
 
-def handed_over(frames: Sequence[bytes]) -> tuple[str, bool, tuple[int, ...]] | None:
+def handed_over(frames: Sequence[bytes]) -> tuple[str, str, tuple[int, ...]] | None:
     """For a set-up blob: None when its initializer travels like any other; else (handover.py)
-    why it did not pickle, whether workers that start fresh can have it, the descriptors they
-    need."""
+    why it did not pickle, why workers that start fresh cannot have it either ("": they can),
+    the descriptors they need."""
     if not frames or b'"inherit"' not in frames[0]:
         return None
     return handover.local_only(P.load_json(frames[0]))
@@ -166,8 +167,11 @@ def apply(
                 )
                 raise
             if namespace is not None and globals_out is not None:
+                used = _global_names(init)  # (CACHE["k"] = x changes CACHE in place)
                 globals_out.update(
-                    (k, v) for k, v in namespace.items() if before.get(k) != id(v) and not k.startswith("__")
+                    (k, v)
+                    for k, v in namespace.items()
+                    if (before.get(k) != id(v) or k in used) and not k.startswith("__")
                 )
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -182,15 +186,30 @@ def _script_namespace(fn: Any) -> dict[str, Any] | None:
     return g if isinstance(g, dict) and g.get("__name__") in ("__main__", "__mp_main__") else None
 
 
+def _global_names(fn: Any) -> set[str]:
+    """The global names ``fn``'s code (and the code nested in it) uses."""
+    names: set[str] = set()
+    code = getattr(fn, "__code__", None)
+    stack = [code] if isinstance(code, types.CodeType) else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
 def script_globals(fn: Any, given: dict[str, Any]) -> None:
-    """Before a task runs: the globals its pool's initializer set in the script (``given``), in
-    the namespace of the task's function if that is the script's, once per namespace.
+    """Before a task runs: the globals its pool's initializer set in the script (``given``: those
+    it rebound, and those its code names, which it may have changed in place), in the namespace
+    of the task's function if that is the script's, once per namespace.
 
     A function of the client's script travels by value (cloudpickle), with the script's globals
     it uses as they were in the client; so did the initializer, into a namespace of its own.
     ``def init(x): global G; G = x`` followed by tasks that read ``G`` (ProcessPoolExecutor's
     usual pattern, whose workers have one namespace for the script) then saw the client's
-    ``G``, silently.  Once per namespace, so that what tasks set there afterwards stays.
+    ``G``, silently.  Once per namespace, so that what tasks set there afterwards stays.  Each
+    of the script's task functions still has a namespace of its own (what one task function
+    rebinds, another does not see), as with cloudpickle anywhere.
     """
     g = _script_namespace(serialize.user_function(fn))
     if g is not None and g.get(_GIVEN) is not given:

@@ -597,7 +597,7 @@ def _call(
     if setup_error is not None:
         return _failure("initializer", setup_error)
     try:
-        fn, args, kwargs = serialize.decode_call(task.frames, task.fkey)
+        fn, args, kwargs = serialize.decode_call(task.frames, task.fkey, task.setup if given else None)
     except BaseException as exc:
         return _failure(
             "call",
@@ -607,9 +607,9 @@ def _call(
             serialize.user_traceback(exc),
         )
     task.frames = []
-    if given:
-        script_globals(fn, given)
     try:
+        if given:
+            script_globals(fn, given)
         value = fn(*args, **kwargs)
     except BaseException as exc:
         tb = exc.__traceback__
