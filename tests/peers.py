@@ -1,8 +1,15 @@
-"""Protocol-level peers for tests that talk to a broker directly (fuzzing, limits)."""
+"""Protocol-level peers for tests that talk to a broker directly (fuzzing, limits), and a
+standalone broker with a hand-started worker group."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -43,3 +50,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def standalone_broker_and_group(*worker_options: str) -> Iterator[str]:
+    """A standalone broker process and a worker group of 1 (``-n 1 *worker_options``) on it;
+    yields the broker's endpoint, stops both after."""
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
+                              stdout=subprocess.PIPE, env=env)  # fmt: skip
+    group = None
+    try:
+        assert broker.stdout is not None and "listening on" in broker.stdout.readline().decode()
+        group = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr, "-n", "1",
+                                  *worker_options], env=env)  # fmt: skip
+        yield addr
+    finally:
+        if group is not None:
+            group.send_signal(signal.SIGTERM)
+            group.wait(20)
+        broker.terminate()
+        broker.wait(10)
+        if broker.stdout is not None:
+            broker.stdout.close()

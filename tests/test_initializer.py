@@ -57,7 +57,7 @@ def test_initializer_must_be_callable_and_picklable():
     lock = threading.Lock()
     # Workers that start fresh cannot have a threading lock (forks of the client inherit it)...
     spawn = multiprocessing.get_context("spawn")
-    with pytest.raises(SerializationError, match="cannot send the initializer to workers: TypeError.*lock"):
+    with pytest.raises(SerializationError, match=r"cannot send the initializer to workers: TypeError.*lock"):
         ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), mp_context=spawn)
     # ... nor can workers that are not local: what only a process's start passes stays here.
     with pytest.raises(SerializationError, match="reaches local workers only"):
@@ -112,8 +112,10 @@ def test_a_worker_without_the_clients_descriptors_refuses_the_initializer(tmp_pa
             "plain = json.load(open(d + '/plain.json')); data = open(d + '/init.pickle', 'rb').read()\n"
             "try:\n    handover.receive(plain, data)\nexcept ValueError as e:\n    print(e)"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-        assert "which only the client's local workers receive; this worker does not have it" in out.stdout, out
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert "only the client's local workers receive; this worker does not have it" in out.stdout, out
     finally:
         handover.forget(plain)
         q.close()
@@ -254,11 +256,11 @@ def test_a_pools_initializer_globals_stay_in_that_pool(tmp_path):
     import sys
 
     from tests.conftest import ROOT
-    from tests.test_limits import _standalone_broker_and_group
+    from tests.peers import standalone_broker_and_group
 
     script = tmp_path / "two_pools.py"
     script.write_text(TWO_POOLS)
-    with _standalone_broker_and_group() as addr:
+    with standalone_broker_and_group() as addr:
         out = subprocess.run(
             [sys.executable, str(script), addr], capture_output=True, text=True, timeout=120,
             env=dict(os.environ, PYTHONPATH=ROOT), check=False,
@@ -304,4 +306,16 @@ def test_what_workers_put_on_a_handed_over_queue_arrives_after_shutdown():
         assert sorted(ex.map(helpers.put_payload, range(200))) == list(range(200))
     t.join(30)
     assert sorted(got) == list(range(200))
+    q.close()
+
+
+def test_hosts_naming_only_this_host_count_as_local_workers():
+    # hosts="localhost:1" starts its worker here, after the pool's broker (so fresh): a
+    # spawn-context queue reaches it like any local worker's.
+    import multiprocessing
+
+    q = multiprocessing.get_context("spawn").Queue()
+    with ScoopExecutor(hosts="localhost:1", initializer=helpers.init, initargs=(q,)) as ex:
+        assert sorted(ex.map(helpers.put_status, range(4))) == list(range(4))
+        assert sorted(q.get(timeout=30)[1] for _ in range(4)) == list(range(4))
     q.close()

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +17,7 @@ import scoopexec
 import scoopexec.errors
 from scoopexec import ScoopExecutor, TaskTimeoutError
 from tests.helpers import ignore_interrupts
+from tests.peers import standalone_broker_and_group
 
 
 def sleeper(seconds: float) -> int:
@@ -450,38 +449,8 @@ def test_status_and_timeline_show_what_limits_stopped(tmp_path):
 
 
 # ---------------------------------------- a standalone broker, a hand-started worker group
-@contextlib.contextmanager
-def _standalone_broker_and_group(*worker_options: str) -> Iterator[str]:
-    """A standalone broker process and a worker group of 1 (``-n 1 *worker_options``) on it;
-    yields the broker's endpoint, stops both after."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-    from tests.peers import free_port
-
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    broker = subprocess.Popen([sys.executable, "-m", "scoopexec", "broker", "--bind", addr],
-                              stdout=subprocess.PIPE, env=env)  # fmt: skip
-    group = None
-    try:
-        assert "listening on" in broker.stdout.readline().decode()
-        group = subprocess.Popen([sys.executable, "-m", "scoopexec", "worker", "--connect", addr, "-n", "1",
-                                  *worker_options], env=env)  # fmt: skip
-        yield addr
-    finally:
-        if group is not None:
-            group.send_signal(signal.SIGTERM)
-            group.wait(20)
-        broker.terminate()
-        broker.wait(10)
-        broker.stdout.close()
-
-
 def test_limits_through_a_standalone_broker_and_a_worker_group(tmp_path):
-    with _standalone_broker_and_group("--max-tasks", "2") as addr:
+    with standalone_broker_and_group("--max-tasks", "2") as addr:
         with ScoopExecutor(broker=addr, task_timeout=5) as ex:
             pids = [ex.submit(sleeper, 0).result(timeout=60) for _ in range(4)]
             assert pids[0] == pids[1] != pids[2] == pids[3], pids  # the group replaced its recycled worker
@@ -515,7 +484,7 @@ def test_a_worker_recycled_over_zeromq_delivers_its_last_result_before_it_exits(
     task of the second per worker run twice).  Each task runs once; what the worker held queued
     when it said BYE runs elsewhere, once."""
     runs = str(tmp_path / "runs")
-    with _standalone_broker_and_group("--max-tasks", "2") as addr:
+    with standalone_broker_and_group("--max-tasks", "2") as addr:
         with ScoopExecutor(broker=addr) as ex:
             size = 4_000_000
             got = [ex.submit(logged, runs, i, size).result(timeout=60) for i in range(4)]

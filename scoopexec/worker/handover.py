@@ -26,24 +26,35 @@ error saying why.  The client keeps the initializer until the pool ends (:func:`
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Spawning", "forget", "local_only", "prepare", "receive"]
+__all__ = ["HandedFd", "Spawning", "forget", "local_only", "prepare", "receive"]
 
 # token -> (initializer, initargs): what workers forked from this process find here
 _INHERITED: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+
+
+class HandedFd:
+    """A descriptor in multiprocessing's pickle for a fresh worker: its number, the same in the
+    worker (passed at that number, and checked before unpickling: :func:`receive`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def detach(self) -> int:  # (what multiprocessing's reducers ask of one)
+        return self.fd
 
 
 class Spawning:
     """What multiprocessing's objects see as the process being started while they are pickled
     (``context.get_spawning_popen()``): it notes the descriptors they hand over."""
 
-    def __init__(self) -> None:
-        from multiprocessing.popen_spawn_posix import _DupFd
+    DupFd = HandedFd  # (multiprocessing's name) what a descriptor pickles as
 
-        self.DupFd = _DupFd  # (multiprocessing's name) what a descriptor pickles as: its number
+    def __init__(self) -> None:
         self.fds: list[int] = []
 
     def duplicate_for_child(self, fd: int) -> int:
@@ -55,7 +66,6 @@ class Spawning:
 def _spawning_dumps(obj: Any) -> tuple[bytes, list[int]]:
     """``obj`` pickled as multiprocessing pickles for a spawned child, and the descriptors that
     child must have at the same numbers."""
-    import io
     from multiprocessing import context
     from multiprocessing.reduction import ForkingPickler
 
