@@ -224,6 +224,9 @@ def _remove_private_socket(path: str) -> None:
         st = os.lstat(path)
         if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
             os.unlink(path)
+    except OSError:
+        pass  # (gone already: another worker's unlink, which may have ended before its rmdir)
+    try:
         os.rmdir(os.path.dirname(path))  # only if empty: anything else there is not ours to judge
     except OSError:
         pass
