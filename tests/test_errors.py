@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 import re
 import signal
 import socket
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -129,6 +131,46 @@ def test_a_future_passed_as_an_argument_is_refused_at_once_naming_the_argument(o
     with pytest.raises(TypeError, match=rf"^item 1 of map\({ME}\._simulate, \.\.\.\) is a Future"):
         list(one_worker.map(_simulate, [0, first]))
     assert first.result(timeout=60) == 1  # the pool is fine
+
+
+def _finished_unwaited_subfuture_travels():
+    """In a task: submit() refuses a finished sub-task's future that nothing waited on."""
+    from scoopexec import submit
+
+    first = submit(abs, -2)  # (runs on the other worker: this one keeps running this task)
+    deadline = time.monotonic() + 30
+    while not first.done() and time.monotonic() < deadline:  # (done() makes no condition)
+        time.sleep(0.002)
+    out = []
+    for make in (lambda: submit(id, first), lambda: submit(first.result)):
+        try:
+            make()
+        except TypeError as exc:
+            out.append(str(exc).split(":")[0])
+    return out
+
+
+def test_a_finished_future_nothing_waited_on_is_refused_too(one_worker):
+    # A future makes its condition (the lock that never pickles) only when something waits on
+    # it; one that finished before anything did used to pickle, and the task ran on a copy.
+    first = one_worker.submit(abs, -1)
+    deadline = time.monotonic() + 60
+    while not first.done() and time.monotonic() < deadline:  # (not result(): it would wait)
+        time.sleep(0.005)
+    refused = rf"^argument 'params' \(position 0\) of {M}\._simulate\(\) is a Future"
+    with pytest.raises(TypeError, match=refused):
+        one_worker.submit(_simulate, first)
+    with pytest.raises(TypeError, match=r"^self of the function .*Future\.result is a Future"):
+        one_worker.submit(first.result)
+    with pytest.raises(TypeError, match=r"^cannot pickle a ScoopFuture"):
+        pickle.dumps(first)
+
+
+def test_inside_a_task_a_finished_future_nothing_waited_on_is_refused_too(executor):
+    assert executor.submit(_finished_unwaited_subfuture_travels).result(timeout=60) == [
+        "argument 'obj' (position 0) of id() is a Future",
+        "self of the function scoopexec.worker.waiting.WorkerFuture.result is a Future",
+    ]
 
 
 class _Holder:

@@ -100,6 +100,12 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         self._tid = tid
         self._what = what  # the task's function, for error messages (serialize.describe(): interned)
 
+    def __reduce__(self) -> Any:
+        # A concurrent.futures.Future never pickles (its condition's lock does not); one of ours
+        # that finished before anything waited on it has no condition, and would pickle as a dead
+        # copy: a task handed a future (or a future's bound method) would run on a stale snapshot.
+        raise TypeError(f"cannot pickle a {type(self).__name__}: a future stays in the process that made it")
+
     @property
     def tid(self) -> int:
         """Its task's id for its holder (a session)."""
