@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,41 @@ _numpy_without_blas_threads()
 
 def pytest_configure(config):
     skip_gate.configure(config)  # under CI=true, a skip not on tests/allowed_skips.txt fails the run
+
+
+# Seconds for the teardown of a test that failed (see below); tests/test_harness.py sets less.
+TEARDOWN_LIMIT = float(os.environ.get("SCOOPEXEC_TEST_TEARDOWN_LIMIT", "60"))
+
+
+class TeardownTooLong(Exception):
+    """A failed test's teardown still ran after TEARDOWN_LIMIT seconds."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    # pytest-timeout stops its timer when a test fails (its pytest_exception_interact hook), so a
+    # failed test whose fixture then waits for ever (a pool's shutdown(wait=True) behind a task
+    # that never ends) would hang the run.  Where no timer is armed, arm one for the teardown:
+    # the fixture's wait is interrupted and reported as an error, and the run goes on.
+    in_main = threading.current_thread() is threading.main_thread()
+    armed = in_main and not signal.getitimer(signal.ITIMER_REAL)[0]
+    previous = None
+    if armed:
+
+        def expired(signum, frame):
+            raise TeardownTooLong(
+                f"the teardown of {item.nodeid} still ran after {TEARDOWN_LIMIT} s (the test had failed, "
+                "so pytest-timeout no longer bounded it)"
+            )
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, TEARDOWN_LIMIT)
+    try:
+        yield
+    finally:
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _children() -> dict[int, psutil.Process]:
