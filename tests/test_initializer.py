@@ -319,3 +319,46 @@ def test_hosts_naming_only_this_host_count_as_local_workers():
         assert sorted(ex.map(helpers.put_status, range(4))) == list(range(4))
         assert sorted(q.get(timeout=30)[1] for _ in range(4)) == list(range(4))
     q.close()
+
+
+def _wait_gone(pid: int, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while helpers.running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_workers_that_only_a_fork_can_set_up_are_not_replaced_by_fresh_ones_once_the_template_ended():
+    # The pool's initializer holds a fork-context Queue: only inheritance passes it.  With its
+    # template gone, a worker started by command failed its set-up and the pool broke with
+    # InitializerError ("fix the initializer"): misleading, as nothing was wrong with it.
+    import multiprocessing
+    import signal
+
+    q = multiprocessing.get_context("fork").Queue()
+    ex = ScoopExecutor(max_workers=2, initializer=helpers.init, initargs=(q,))
+    try:
+        assert sorted(ex.map(helpers.put_status, range(4))) == list(range(4))
+        template = ex._session.workers.local.template
+        assert template is not None and template.origin == "client"
+        os.kill(template.proc.pid, signal.SIGKILL)  # (the pool's own child: its pid, from the pool)
+        _wait_gone(template.proc.pid)
+        first, second = ex.worker_pids
+        os.kill(first, signal.SIGKILL)
+        _wait_gone(first)
+        # One worker is left: the pool runs on with it, and says why the other is not replaced.
+        deadline = time.monotonic() + 30
+        while len(ex.status().workers) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(ex.map(helpers.put_status, range(4, 8))) == list(range(4, 8))
+        assert ex.worker_pids == [second]
+        os.kill(second, signal.SIGKILL)
+        with pytest.raises(cf.BrokenExecutor) as info:
+            ex.submit(helpers.put_status, 8).result(timeout=60)
+        assert not isinstance(info.value, InitializerError), info.value
+        text = str(info.value)
+        assert "cannot be replaced: the pool's worker template (pid " in text, text
+        assert "has ended, and a worker started otherwise cannot get the pool's initializer" in text, text
+        assert "Queue objects should only be shared between processes through inheritance" in text, text
+    finally:
+        ex.shutdown(wait=True)
+    q.close()  # (what the killed workers put may be lost with them: a queue's feeder thread sends it)

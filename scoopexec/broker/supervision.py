@@ -49,6 +49,7 @@ class ProcessWatcher(Protocol):
     def check_starting(self, stopped_limit: float) -> list[str]: ...  # kills the stuck; says why
     def kill(self, tag: str) -> None: ...
     def replace(self, tag: str) -> bool: ...
+    def why_not_replaced(self, tag: str) -> str: ...  # "" unless a replacement cannot be started
     def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (deploy/contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
     def jobs(self) -> list[dict[str, Any]]: ...  # batch jobs that bring workers (deploy/elastic.py)
@@ -236,14 +237,21 @@ class Supervisor:
         """Start a new worker for one that exited, unless they keep dying at start-up."""
         watcher, ledger = self.b.watcher, self.b.ledger
         assert watcher is not None
-        if self.b.stopping or self._start(watcher, tag) or ledger.workers or watcher.starting():
+        if self.b.stopping or self._start(watcher, tag):
+            return
+        refused = watcher.why_not_replaced(tag)
+        if refused:
+            ledger.recent_losses.append(refused)
+            log.warning("%s", refused)
+        if ledger.workers or watcher.starting():
             return
         why = "; ".join(ledger.recent_losses) or "worker processes keep exiting"
-        text = (
-            f"no worker is left, and none could be started or replaced: {why}. Run `python -m "
-            f"scoopexec worker --connect {self.b.endpoint}` by hand to see why (the same Python, with "
-            "scoopexec importable)"
-        )
+        text = f"no worker is left, and none could be started or replaced: {why}"
+        if not refused:
+            text += (
+                f". Run `python -m scoopexec worker --connect {self.b.endpoint}` by hand to see why (the "
+                "same Python, with scoopexec importable)"
+            )
         for c in list(ledger.clients.values()):
             if not c.broken:
                 self.b.break_client(c, "broken", text)

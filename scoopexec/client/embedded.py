@@ -100,6 +100,8 @@ class EmbeddedSession(Session):
                 "QueueListener's, say); multiprocessing objects made from get_context('spawn') or "
                 "get_context('forkserver') reach them"
             )
+        # An initializer only inheritance passes: every worker must be a fork of the template.
+        fork_only = handed[0] if handed is not None and handed[1] else ""
         local: LocalWorkers | None = None
         early: list[socket.socket] = []  # the links of workers forked before the broker was made
         self._ipc_dir: str | None = None
@@ -114,7 +116,9 @@ class EmbeddedSession(Session):
                 # A template forked from us forks the workers at once, while the rest of the pool
                 # is made here (the template is idle until asked: so it is asked first): each
                 # worker says HELLO on its link, which the broker reads once it runs.
-                local = self._local_workers(n, options, private, max_message_size, early.append, template)
+                local = self._local_workers(
+                    n, options, private, max_message_size, early.append, template, fork_only=fork_only
+                )
             super().__init__(setup)
             self.ctx: zmq.Context[Any] = zmq.Context()
         except BaseException:
@@ -155,7 +159,9 @@ class EmbeddedSession(Session):
             link = self.broker.links.add if use_socketpairs() else None
             if local is None:
                 connect = self.private
-                local = self._local_workers(n, options, connect, max_message_size, link, template, local_keys)
+                local = self._local_workers(
+                    n, options, connect, max_message_size, link, template, local_keys, fork_only
+                )
             else:
                 local.link = link
                 while early:
@@ -188,7 +194,7 @@ class EmbeddedSession(Session):
     def _local_workers(
         n: int, options: LaunchOptions, connect: str, max_message_size: int,
         link: Callable[[socket.socket], object] | None, template: Template | None,
-        keys: Credentials | None = None,
+        keys: Credentials | None = None, fork_only: str = "",
     ) -> LocalWorkers:  # fmt: skip
         """The pool's local workers (forked ones: asked of the template, not awaited yet)."""
         return LocalWorkers(
@@ -205,6 +211,7 @@ class EmbeddedSession(Session):
             template=template,
             wait=False,
             pass_fds=options.pass_fds,
+            fork_only=fork_only,
         )
 
     def _kick(self) -> None:

@@ -346,6 +346,9 @@ class Launchers:
             return self.local.replace(tag)
         return False
 
+    def why_not_replaced(self, tag: str) -> str:
+        return self.local.why_not_replaced(tag) if self.local is not None and self._is_local(tag) else ""
+
     def own_exit(self, tag: str) -> bool:
         """Whether ``tag`` ended for a reason of its own (a group's end always is: no task runs in it)."""
         if self._is_local(tag):

@@ -161,9 +161,11 @@ class LocalWorkers:
         template: Template | None = None,
         wait: bool = True,
         pass_fds: tuple[int, ...] = (),
+        fork_only: str = "",
     ) -> None:
         """``wait``: return once the template has forked the ``n`` workers (else :meth:`confirm`
-        does, later: an embedded pool makes its broker meanwhile)."""
+        does, later: an embedded pool makes its broker meanwhile).  ``fork_only``: why every
+        worker must be a fork of the template (none is then started by command)."""
         self.connect = connect
         # With `link` (the embedded broker's links.add), each worker gets one end of a
         # socketpair instead of connecting to `connect` through ZeroMQ (wire/framing.py).
@@ -185,6 +187,9 @@ class LocalWorkers:
         # client, clientfork.py), else a fresh interpreter started with the first worker.
         self.template: Template | None = template
         self.pass_fds = pass_fds  # the client's descriptors each worker gets (worker/handover.py)
+        # Why a worker must be forked from the template, when it must (an initializer that only
+        # inheritance passes: worker/handover.py): none starts by command then.
+        self.fork_only = fork_only
         self._fork = link is not None and (template is not None or use_template())
         self.started: dict[str, float] = {}
         self._count = 0
@@ -269,6 +274,8 @@ class LocalWorkers:
                     os.close(r)
             except OSError:
                 self._fork = False  # the template is gone: this worker and the next start by command
+                if self.fork_only:
+                    raise  # (a worker started by command would fail its set-up: see replace())
         return subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -391,13 +398,24 @@ class LocalWorkers:
 
     def replace(self, tag: str) -> bool:
         """Start a replacement for the worker ``tag`` that exited; False if we should not."""
-        if self._stopping or not self.replace_dead:
+        if self._stopping or not self.replace_dead or self.why_not_replaced(tag):
             return False
         if tag not in self.hello:
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 return False
         return bool(self._spawn())
+
+    def why_not_replaced(self, tag: str) -> str:
+        """Why no worker can replace ``tag``, in words; "" when one can be started."""
+        template = self.template
+        if not self.fork_only or (self._fork and template is not None and template.proc.poll() is None):
+            return ""
+        pid = f" (pid {template.proc.pid})" if template is not None else ""
+        return (
+            f"worker {tag} cannot be replaced: the pool's worker template{pid}, a fork of this process, "
+            f"has ended, and a worker started otherwise cannot get the pool's initializer: {self.fork_only}"
+        )
 
     def own_exit(self, tag: str) -> bool:
         """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
