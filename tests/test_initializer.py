@@ -48,10 +48,14 @@ def test_failing_initializer_breaks_the_executor(caplog):
         ex.shutdown(wait=True)
 
 
-def test_initializer_must_be_callable_and_picklable():
+def test_initializer_must_be_callable_and_picklable(tmp_path):
     import multiprocessing
     import threading
 
+    from scoopexec.wire.security import Credentials, KeyPair, write_key_file
+    from scoopexec.worker import handover
+
+    held = dict(handover._INHERITED)  # (what live pools of other tests hand over, if any)
     with pytest.raises(TypeError):
         ScoopExecutor(max_workers=1, initializer=42)  # type: ignore[arg-type]
     lock = threading.Lock()
@@ -62,6 +66,11 @@ def test_initializer_must_be_callable_and_picklable():
     # ... nor can workers that are not local: what only a process's start passes stays here.
     with pytest.raises(SerializationError, match="reaches local workers only"):
         ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), bind="tcp://127.0.0.1:0")
+    key = write_key_file(tmp_path / "k", Credentials.for_pair(KeyPair.new().public, KeyPair.new()))
+    with pytest.raises(ValueError, match=r"key= is for a standalone broker"):
+        ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), key=key)
+    # A refused pool keeps nothing of what it would have handed over to its workers.
+    assert handover._INHERITED == held
 
 
 START_WAYS = {
