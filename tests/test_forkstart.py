@@ -291,3 +291,32 @@ def test_a_thread_waiting_for_a_forks_pid_is_not_robbed_of_the_news(monkeypatch:
         holder.wait(10)
         ours.close()
         theirs.close()
+
+
+def test_a_waiter_stopped_by_ctrl_c_is_no_longer_the_sockets_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # While a thread waits on the template's socket, other threads leave the socket to it
+    # (Template._waiters).  A KeyboardInterrupt in that wait must not leave it counted: the
+    # broker thread would never again read what the template says of its workers.
+    import socket
+
+    from scoopexec.deploy import forkstart
+    from scoopexec.deploy.forkstart import Template
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    template = Template(holder, ours)
+    try:
+
+        def interrupted(sock: socket.socket, timeout: float) -> bool:
+            assert template._waiters == 1  # (counted while it sleeps)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(forkstart, "_readable", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            template.wait_for(lambda: False, 5)
+        assert template._waiters == 0
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+        ours.close()
+        theirs.close()
