@@ -63,6 +63,12 @@ def test_initializer_must_be_callable_and_picklable(tmp_path):
     spawn = multiprocessing.get_context("spawn")
     with pytest.raises(SerializationError, match=r"cannot send the initializer to workers: TypeError.*lock"):
         ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), mp_context=spawn)
+    # ... nor a Queue made in a fork context (Debian 12's Python 3.11.2 pickled its locks for a
+    # spawned process, whose first put() then crashed it: SIGSEGV, until max_retries gave up).
+    fork_queue = multiprocessing.get_context("fork").Queue()
+    with pytest.raises(SerializationError, match=r"nor as to a spawned process: .*made in a fork context"):
+        ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(fork_queue,), mp_context=spawn)
+    fork_queue.close()
     # ... nor can workers that are not local: what only a process's start passes stays here.
     with pytest.raises(SerializationError, match="reaches local workers only"):
         ScoopExecutor(max_workers=1, initializer=helpers.init, initargs=(lock,), bind="tcp://127.0.0.1:0")

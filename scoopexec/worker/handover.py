@@ -63,6 +63,29 @@ class Spawning:
         return fd
 
 
+def _fresh_pickler(base: type[Any]) -> type[Any]:
+    """``base`` (multiprocessing's ForkingPickler), refusing a lock or semaphore made in a fork
+    context, as Python 3.12 does (and 3.11's later releases): its semaphore was unlinked at once,
+    so a process that starts fresh cannot open it, and before that check (3.11.2, Debian 12's
+    python3) it pickled the creator's pointer instead, which crashed the worker that used it."""
+    try:
+        from multiprocessing.synchronize import SemLock
+    except ImportError:  # (no working sem_open on this system: no such objects either)
+        return base
+
+    class FreshPickler(base):  # type: ignore[misc, valid-type]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, SemLock) and getattr(getattr(obj, "_semlock", None), "name", "") is None:
+                raise RuntimeError(
+                    f"a {type(obj).__name__} made in a fork context (multiprocessing queues hold such locks) "
+                    "reaches only processes forked from this one: make it from get_context('spawn') or "
+                    "get_context('forkserver')"
+                )
+            return NotImplemented
+
+    return FreshPickler
+
+
 def _spawning_dumps(obj: Any) -> tuple[bytes, list[int]]:
     """``obj`` pickled as multiprocessing pickles for a spawned child, and the descriptors that
     child must have at the same numbers."""
@@ -73,7 +96,7 @@ def _spawning_dumps(obj: Any) -> tuple[bytes, list[int]]:
     buf = io.BytesIO()
     context.set_spawning_popen(spawning)  # type: ignore[arg-type]  # what it asks of one, DupFd and duplicate_for_child
     try:
-        ForkingPickler(buf, 5).dump(obj)
+        _fresh_pickler(ForkingPickler)(buf, 5).dump(obj)
     finally:
         context.set_spawning_popen(None)
     return buf.getvalue(), spawning.fds
