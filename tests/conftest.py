@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -54,7 +55,20 @@ TEARDOWN_LIMIT = float(os.environ.get("SCOOPEXEC_TEST_TEARDOWN_LIMIT", "60"))
 
 
 class TeardownTooLong(Exception):
-    """A failed test's teardown still ran after TEARDOWN_LIMIT seconds."""
+    """A failed test's teardown still ran after TEARDOWN_LIMIT seconds.  (An Exception: pytest
+    then runs the test's other finalizers, monkeypatch's undo among them, as it does not for a
+    BaseException; were a broad `except Exception` to eat it, faulthandler's backstop ends the run.)"""
+
+
+_POOLS_BEFORE = pytest.StashKey[set]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    from scoopexec import pools
+
+    item.stash[_POOLS_BEFORE] = set(pools._live)  # the pools that the test did not start
+    yield
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -62,13 +76,16 @@ def pytest_runtest_teardown(item, nextitem):
     # pytest-timeout stops its timer when a test fails (its pytest_exception_interact hook), so a
     # failed test whose fixture then waits for ever (a pool's shutdown(wait=True) behind a task
     # that never ends) would hang the run.  Where no timer is armed, arm one for the teardown:
-    # the fixture's wait is interrupted and reported as an error, and the run goes on.
+    # the fixture's wait is interrupted and reported as an error, the pools the test started are
+    # aborted, and the run goes on (faulthandler ends it, stacks printed, if even that hangs).
     in_main = threading.current_thread() is threading.main_thread()
     armed = in_main and not signal.getitimer(signal.ITIMER_REAL)[0]
     previous = None
+    fired = []
     if armed:
 
         def expired(signum, frame):
+            fired.append(True)
             raise TeardownTooLong(
                 f"the teardown of {item.nodeid} still ran after {TEARDOWN_LIMIT} s (the test had failed, "
                 "so pytest-timeout no longer bounded it)"
@@ -76,12 +93,20 @@ def pytest_runtest_teardown(item, nextitem):
 
         previous = signal.signal(signal.SIGALRM, expired)
         signal.setitimer(signal.ITIMER_REAL, TEARDOWN_LIMIT)
+        # (after the other finalizers' own bounds: no_process_left_behind waits up to 20 s)
+        faulthandler.dump_traceback_later(TEARDOWN_LIMIT + 60, exit=True)
     try:
         yield
     finally:
         if armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if fired:
+                from scoopexec import pools
+
+                for session in set(pools._live) - item.stash.get(_POOLS_BEFORE, set()):
+                    session.abort(f"the teardown of {item.nodeid} took too long")  # (10 s at most)
+            faulthandler.cancel_dump_traceback_later()
 
 
 def _children() -> dict[int, psutil.Process]:

@@ -167,6 +167,8 @@ def test_a_finished_future_nothing_waited_on_is_refused_too(one_worker):
 
 
 def test_inside_a_task_a_finished_future_nothing_waited_on_is_refused_too(executor):
+    # (A guard of the wording: a WorkerFuture did not pickle before ScoopFuture.__reduce__ either,
+    # its holder refuses; serialize's search names it a Future either way.)
     assert executor.submit(_finished_unwaited_subfuture_travels).result(timeout=60) == [
         "argument 'obj' (position 0) of id() is a Future",
         "self of the function scoopexec.worker.waiting.WorkerFuture.result is a Future",

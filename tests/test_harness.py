@@ -38,7 +38,10 @@ CASE = textwrap.dedent(
 
 
     def test_after():
-        pass
+        # the pool of the test before was aborted: no scoopexec thread of it runs on
+        import threading
+
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("scoopexec-")]
     """
 )
 
@@ -50,7 +53,7 @@ def test_a_failed_tests_teardown_that_waits_for_ever_is_interrupted_and_the_run_
     env = dict(os.environ, SCOOPEXEC_TEST_TEARDOWN_LIMIT="3", CI="")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
-         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_case.py")],
+         "--timeout=120", "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_case.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False,
     )
     text = out.stdout + out.stderr

@@ -165,12 +165,16 @@ class Supervisor:
         watcher = self.b.watcher
         assert watcher is not None
         for _ in range(20):
-            for t, _pid, rc in watcher.reap():
+            mine = None
+            for t, _pid, rc in watcher.reap():  # (all of them: reap() forgets what it returns)
                 if t == tag:
-                    self._count_exit(t, rc)
-                    self._replace(t)
-                    return watcher.describe_exit(tag, rc), None if watcher.own_exit(tag) else rc
-                self.exited(t, rc)
+                    mine = rc
+                else:
+                    self.exited(t, rc)
+            if mine is not None:
+                self._count_exit(tag, mine)
+                self._replace(tag)
+                return watcher.describe_exit(tag, mine), None if watcher.own_exit(tag) else mine
             time.sleep(0.005)
         return "", None
 
@@ -241,8 +245,10 @@ class Supervisor:
             return
         refused = watcher.why_not_replaced(tag)
         if refused:
-            ledger.recent_losses.append(refused)
-            log.warning("%s", refused)
+            log.warning("worker %s cannot be replaced: %s", tag, refused)
+            refused = f"lost workers cannot be replaced: {refused}"
+            if refused not in ledger.recent_losses:  # (said once, not once per worker)
+                ledger.recent_losses.append(refused)
         if ledger.workers or watcher.starting():
             return
         why = "; ".join(ledger.recent_losses) or "worker processes keep exiting"

@@ -106,6 +106,13 @@ class ScoopFuture(cf.Future):  # type: ignore[type-arg]
         # copy: a task handed a future (or a future's bound method) would run on a stale snapshot.
         raise TypeError(f"cannot pickle a {type(self).__name__}: a future stays in the process that made it")
 
+    def __copy__(self) -> ScoopFuture:
+        # copy.copy() of a concurrent.futures.Future shares its state (__dict__ copied); so here,
+        # which __reduce__ above would refuse.
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        return new
+
     @property
     def tid(self) -> int:
         """Its task's id for its holder (a session)."""

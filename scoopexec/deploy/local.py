@@ -273,6 +273,8 @@ class LocalWorkers:
                 finally:
                     os.close(r)
             except OSError:
+                if not self._template_gone():
+                    raise  # (out of descriptors, say: tried again, from the same template)
                 self._fork = False  # the template is gone: this worker and the next start by command
                 if self.fork_only:
                     raise  # (a worker started by command would fail its set-up: see replace())
@@ -406,15 +408,18 @@ class LocalWorkers:
                 return False
         return bool(self._spawn())
 
+    def _template_gone(self) -> bool:
+        template = self.template
+        return template is None or template.gone or template.proc.poll() is not None
+
     def why_not_replaced(self, tag: str) -> str:
         """Why no worker can replace ``tag``, in words; "" when one can be started."""
-        template = self.template
-        if not self.fork_only or (self._fork and template is not None and template.proc.poll() is None):
+        if not self.fork_only or not self._template_gone():
             return ""
-        pid = f" (pid {template.proc.pid})" if template is not None else ""
+        pid = f" (pid {self.template.proc.pid})" if self.template is not None else ""
         return (
-            f"worker {tag} cannot be replaced: the pool's worker template{pid}, a fork of this process, "
-            f"has ended, and a worker started otherwise cannot get the pool's initializer: {self.fork_only}"
+            f"the pool's worker template{pid}, a fork of this process, has ended, and a worker "
+            f"started otherwise cannot get the pool's initializer: {self.fork_only}"
         )
 
     def own_exit(self, tag: str) -> bool:
