@@ -98,6 +98,28 @@ def test_sigkill_during_task_retries_elsewhere():
         assert len(ex.worker_pids) == 2 and victim not in ex.worker_pids  # the dead one was replaced
 
 
+def test_workers_killed_together_are_all_replaced():
+    # The broker waits briefly for a lost worker's exit status, taking in every exit reaped
+    # meanwhile; it used to stop at the worker it waited for and drop the exits reaped after it,
+    # so killing 4 workers at once left a pool of 1 to 3 for good (4 runs in 4).
+    with ScoopExecutor(4) as ex:
+        for _ in range(2):
+            assert sorted(ex.map(abs, range(-8, 0))) == list(range(1, 9))
+            victims = ex.worker_pids
+            assert len(victims) == 4
+            for pid in victims:  # (the pool's own workers, by pid)
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            def replaced(victims: list[int] = victims) -> bool:
+                pids = ex.worker_pids
+                return len(pids) == 4 and not set(victims) & set(pids) and len(ex.status().workers) == 4
+
+            while time.monotonic() < deadline and not replaced():
+                time.sleep(0.05)
+            assert len(ex.worker_pids) == 4 and not set(victims) & set(ex.worker_pids), ex.worker_pids
+            assert len(ex.status().workers) == 4
+
+
 def _busy(ex) -> list[int]:
     """The pids of the workers that hold a task now (from the pool's public status)."""
     return [w.pid for w in ex.status().workers if w.assigned and w.pid is not None]
