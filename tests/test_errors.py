@@ -164,6 +164,11 @@ def test_a_finished_future_nothing_waited_on_is_refused_too(one_worker):
         one_worker.submit(first.result)
     with pytest.raises(TypeError, match=r"^cannot pickle a ScoopFuture"):
         pickle.dumps(first)
+    # copy.copy() still works, sharing the state, as a concurrent.futures.Future's does
+    import copy
+
+    twin = copy.copy(first)
+    assert twin is not first and twin.done() and twin.result(timeout=0) == 1
 
 
 def test_inside_a_task_a_finished_future_nothing_waited_on_is_refused_too(executor):

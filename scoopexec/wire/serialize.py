@@ -770,7 +770,7 @@ def _function_children(fn: Any, path: str) -> list[tuple[str, Any]]:
                 out.append((f"{prefix}variable {name}", cell.cell_contents))
             except ValueError:  # an empty cell
                 pass
-        for name in _global_names(code):
+        for name in global_names(code):
             if name in fn.__globals__:
                 out.append((f"{prefix}global {name}", fn.__globals__[name]))
         return out
@@ -779,11 +779,12 @@ def _function_children(fn: Any, path: str) -> list[tuple[str, Any]]:
     return []
 
 
-def _global_names(code: types.CodeType) -> Iterator[str]:
+def global_names(code: types.CodeType) -> Iterator[str]:
+    """The names ``code`` and the code nested in it look up (its globals among them)."""
     yield from code.co_names
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _global_names(const)
+            yield from global_names(const)
 
 
 _WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hold the user's as .fn

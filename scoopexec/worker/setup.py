@@ -167,7 +167,8 @@ def apply(
                 )
                 raise
             if namespace is not None and globals_out is not None:
-                used = _global_names(init)  # (CACHE["k"] = x changes CACHE in place)
+                code = getattr(init, "__code__", None)  # (CACHE["k"] = x changes CACHE in place)
+                used = set(serialize.global_names(code)) if isinstance(code, types.CodeType) else set()
                 globals_out.update(
                     (k, v)
                     for k, v in namespace.items()
@@ -184,18 +185,6 @@ def _script_namespace(fn: Any) -> dict[str, Any] | None:
     inherited by a fork), else None."""
     g = getattr(fn, "__globals__", None)
     return g if isinstance(g, dict) and g.get("__name__") in ("__main__", "__mp_main__") else None
-
-
-def _global_names(fn: Any) -> set[str]:
-    """The global names ``fn``'s code (and the code nested in it) uses."""
-    names: set[str] = set()
-    code = getattr(fn, "__code__", None)
-    stack = [code] if isinstance(code, types.CodeType) else []
-    while stack:
-        c = stack.pop()
-        names.update(c.co_names)
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return names
 
 
 def script_globals(fn: Any, given: dict[str, Any]) -> None:
