@@ -121,6 +121,37 @@ def test_a_killed_template_leaves_a_working_pool_and_no_process() -> None:
     assert _gone(everyone) == []  # the orphaned workers too, which the conftest cannot see
 
 
+def test_a_failed_fork_from_a_live_template_is_retried_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An OSError while asking a live template for a worker (out of descriptors, say) used to
+    # switch the pool to workers started by command for good, as if the template had ended.
+    import errno
+
+    from scoopexec.deploy.forkstart import ForkedProcess
+
+    with ScoopExecutor(max_workers=2) as ex:
+        local = ex._session.workers.local
+        template = local.template
+        assert template is not None
+        fork, failed = template.fork, []
+
+        def fails_once(*args, **kwargs):
+            if not failed:
+                failed.append(True)
+                raise OSError(errno.EMFILE, "Too many open files (injected)")
+            return fork(*args, **kwargs)
+
+        monkeypatch.setattr(template, "fork", fails_once)
+        victim = ex.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)  # (the pool's own worker, by pid)
+        deadline = time.monotonic() + 60
+        while victim in ex.worker_pids or len(ex.worker_pids) < 2:  # (the retry comes 1 s later)
+            assert time.monotonic() < deadline, ex.worker_pids
+            time.sleep(0.05)
+        assert failed and local._fork and template.proc.poll() is None
+        assert all(isinstance(p, ForkedProcess) for p in local.procs.values())  # not by command
+        assert sorted(ex.map(abs, range(-4, 0))) == [1, 2, 3, 4]
+
+
 def test_sigkill_of_client_ends_template_and_workers() -> None:
     code = (
         "import time\n"
