@@ -23,7 +23,7 @@ import time
 import pytest
 
 from scoopexec import BrokenScoopExecutor, ScoopExecutor
-from tests import helpers
+from tests import faulty, helpers
 from tests.conftest import ROOT
 from tests.helpers import sleep_and_return, touch_then_wait
 
@@ -121,22 +121,34 @@ def test_ctrl_c_while_waiting_for_running_tasks_gets_out(tmp_path):
         time.sleep(0.05)
 
 
-def _wait_forever_in_a_callback(release: threading.Event):
+def _wait_forever_in_a_callback(release: threading.Event, entered: list[str]):
     def stuck_callback(_f: cf.Future) -> None:
+        entered.append(threading.current_thread().name)
         release.wait(60)
 
     return stuck_callback
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_says_where_a_stuck_io_thread_is_instead_of_waiting_for_ever():
+def test_shutdown_says_where_a_stuck_io_thread_is_instead_of_waiting_for_ever(tmp_path):
     release = threading.Event()
+    entered: list[str] = []
+    go = tmp_path / "go"
     ex = ScoopExecutor(1)
     try:
         ex._session.stuck_after = 1.0  # seconds without a turn of its loop (30 s by default)
-        first = ex.submit(abs, -1)
-        first.add_done_callback(_wait_forever_in_a_callback(release))
-        assert first.result(timeout=60) == 1
+        # The callback must run on the pool's I/O thread, so nothing here waits on `first`: a
+        # thread waiting on a result may read it in itself (broker/leader.py) and then runs its
+        # callbacks (it did once, on a loaded machine: this test's main thread stuck 60 s).  The
+        # task holds its worker until the callback is added (a future done before runs it at once).
+        first = ex.submit(faulty.wait_for_file, str(go), 60)
+        first.add_done_callback(_wait_forever_in_a_callback(release, entered))
+        go.touch()
+        deadline = time.monotonic() + 30
+        while not entered:
+            assert time.monotonic() < deadline, "the done-callback never ran"
+            time.sleep(0.01)
+        assert entered == ["scoopexec-broker"]
         later = ex.submit(abs, -2)  # its result cannot be delivered: the I/O thread is stuck
         t = time.monotonic()
         with pytest.raises(BrokenScoopExecutor, match=r"stuck_callback\(\) at test_leaving_with\.py"):
