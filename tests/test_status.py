@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from scoopexec import ScoopExecutor
 from scoopexec.status import PoolStatus, query
 from scoopexec.wire.security import Credentials, KeyPair, write_key_file
-from tests import helpers
+from tests import faulty, helpers
 from tests.conftest import ROOT
 from tests.test_standalone import _free_port, _start_workers
 
@@ -86,13 +87,24 @@ def _status_from_callback(ex, box, fut):
     box.append(ex.status(timeout=10))
 
 
-def test_status_from_a_done_callback_in_the_broker_thread():
+def test_status_from_a_done_callback_in_the_broker_thread(tmp_path):
     with ScoopExecutor(1) as ex:
         box: list = []
-        fut = ex.submit(abs, -1)
-        fut.add_done_callback(lambda f: _status_from_callback(ex, box, f))
-        assert fut.result(timeout=60) == 1
+        where: list[str] = []
+        # The callback must run on the broker's thread, so nothing here waits on `fut` (a thread
+        # waiting on a result may complete it itself, and run its callbacks), and the task holds
+        # its worker until the callback is added (a future done before would run it here at once).
+        go = tmp_path / "go"
+        fut = ex.submit(faulty.wait_for_file, str(go), 60)
+
+        def callback(f):
+            where.append(threading.current_thread().name)
+            _status_from_callback(ex, box, f)
+
+        fut.add_done_callback(callback)
+        go.touch()
         _until(lambda: box, "the callback")
+        assert where == ["scoopexec-broker"]
         assert len(box[0].workers) == 1
 
 
