@@ -38,10 +38,11 @@ from tests.peers import broker_status, free_port, keyed
 
 FUZZ_SECONDS = 3.0  # per socket
 # Heartbeats: the brokers fuzzed over ZeroMQ keep the default heartbeats (1 s, 5 s timeout).
-# libzmq 4.3.5 aborts a ROUTER whose input stayed stopped at its high-water mark past the
-# heartbeat timeout while the peer left (README, Limits); with the 1 s timeout these tests
-# used, a loaded machine's broker stalled that long in 2 fuzz runs of 105.  A fuzzer's closed
-# connection is seen by the monitor without heartbeats, and the sweep finds the rest.
+# libzmq 4.3.5 aborts a ROUTER whose input stopped at its high-water mark when the peer left
+# and its heartbeat interval's timer ticks before the broker reads again (README, Limits): a
+# loaded machine's broker stalled that long in 2 fuzz runs of 105, with the heartbeat settings
+# these tests used then.  A fuzzer's closed connection is seen by the monitor without
+# heartbeats, and the sweep finds the rest.
 MIN_MESSAGES = 2000
 
 
