@@ -478,3 +478,29 @@ def test_workers_asked_before_a_context_that_fails_are_ended_with_their_template
         ScoopExecutor(max_workers=2)
     assert len(pids) == 3
     assert [p for p in pids if _running(p)] == []
+
+
+def test_threads_polling_the_template_at_once_all_see_its_exit_status() -> None:
+    # The broker's thread and a thread stopping the pool may poll() the template together; the
+    # one that lost the race to waitpid() used to record exit status 1 over the real one (a
+    # quarter of the rounds here, before ClientFork took a lock around its waitpid()).
+    for _ in range(60):
+        r, w = os.pipe()
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 7"], os.environ)  # (no fork of pytest)
+        os.close(r)
+        proc = clientfork.ClientFork(pid, w)
+        seen: list[int | None] = []
+
+        def poll_until_done(proc: clientfork.ClientFork = proc, seen: list[int | None] = seen) -> None:
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                pass
+            seen.append(proc.returncode)
+
+        pollers = [threading.Thread(target=poll_until_done) for _ in range(4)]
+        for t in pollers:
+            t.start()
+        for t in pollers:
+            t.join(15)
+        proc.stdin.close()
+        assert seen == [7, 7, 7, 7], seen

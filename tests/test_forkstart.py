@@ -324,29 +324,43 @@ def test_a_thread_waiting_for_a_forks_pid_is_not_robbed_of_the_news(monkeypatch:
         theirs.close()
 
 
-def test_a_waiter_stopped_by_ctrl_c_is_no_longer_the_sockets_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_waiter_stopped_by_ctrl_c_is_no_longer_the_sockets_reader() -> None:
     # While a thread waits on the template's socket, other threads leave the socket to it
     # (Template._waiters).  A KeyboardInterrupt in that wait must not leave it counted: the
-    # broker thread would never again read what the template says of its workers.
+    # broker thread would never again read what the template says of its workers.  A real
+    # Ctrl-C: SIGINT to this process, sent once the main thread sleeps on the socket (counted).
     import socket
+    import threading
 
-    from scoopexec.deploy import forkstart
     from scoopexec.deploy.forkstart import Template
 
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     template = Template(holder, ours)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: KeyboardInterrupt
+    sent = threading.Event()
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 10
+        while template._waiters != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if template._waiters == 1:  # (else the test fails: wait_for returns without the interrupt)
+            time.sleep(0.01)  # asleep on the socket, most likely, and counted either way
+            sent.set()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
     try:
-
-        def interrupted(sock: socket.socket, timeout: float) -> bool:
-            assert template._waiters == 1  # (counted while it sleeps)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(forkstart, "_readable", interrupted)
+        presser.start()
         with pytest.raises(KeyboardInterrupt):
-            template.wait_for(lambda: False, 5)
+            template.wait_for(lambda: False, 20)
+        assert sent.is_set()
         assert template._waiters == 0
     finally:
+        presser.join(15)
+        signal.signal(signal.SIGINT, previous)
         holder.stdin.close()
         holder.wait(10)
         ours.close()

@@ -127,16 +127,22 @@ class ClientFork:
         self.pid = pid
         self.stdin = os.fdopen(stdin_fd, "wb")
         self.returncode: int | None = None
+        # Threads that poll at once (the broker's, and one stopping the pool) reap in turn: the
+        # one that lost a race to waitpid() would see ChildProcessError and record 1 over the
+        # winner's exit status (as Popen's _waitpid_lock prevents).
+        self._reaping = threading.Lock()
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped already (SIGCHLD ignored, say)
-                self.returncode = 1
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
+            with self._reaping:
+                if self.returncode is None:
+                    try:
+                        pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    except ChildProcessError:  # reaped already, not by us (SIGCHLD ignored, say)
+                        self.returncode = 1
+                    else:
+                        if pid:
+                            self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
