@@ -104,8 +104,75 @@ class SerializationError(pickle.PicklingError):
 
     The original error is chained as ``__cause__``.  A subclass of
     ``pickle.PicklingError``, so code written for ProcessPoolExecutor that
-    catches that still works.
+    catches that still works.  When a function or the arguments of a task cannot be
+    pickled, the error is an instance of the original error's type too (see
+    :func:`serialization_error`): ``except TypeError`` around ``pool.map(f, items)``
+    catches ``cannot pickle '_thread.lock' object`` here as it does with
+    ProcessPoolExecutor and multiprocessing.Pool, which raise the original error.
     """
+
+
+def serialization_error(message: str, original: BaseException) -> SerializationError:
+    """A SerializationError saying ``message`` that is also an instance of ``original``'s type.
+
+    Its class is a subclass of both, named SerializationError (:func:`_also`), with
+    BaseException's str() and repr(); a plain SerializationError where no such class can
+    be made (a type that cannot be a base, one that is a PicklingError already, or one
+    whose ``__init__`` does not take a message alone).  It pickles as such (:func:`_rebuild`).
+    """
+    kind = _also(type(original))
+    if kind is not SerializationError:
+        try:
+            return kind(message)
+        except Exception:  # a constructor of the original type that wants more
+            pass
+    return SerializationError(message)
+
+
+_mixed: dict[type[BaseException], type[SerializationError]] = {}  # original type -> its mixed class
+_MIXED_MAX = 64  # (bounded: a program that makes new exception types on the fly)
+
+
+def _also(kind: type[BaseException]) -> type[SerializationError]:
+    """The subclass of SerializationError and ``kind`` (made once per type), or SerializationError."""
+    made = _mixed.get(kind)
+    if made is not None:
+        return made
+    made = SerializationError
+    if issubclass(kind, Exception) and kind is not Exception and not issubclass(kind, pickle.PicklingError):
+        try:
+            made = type(
+                "SerializationError",
+                (SerializationError, kind),
+                {
+                    "__module__": __name__,
+                    "__qualname__": "SerializationError",
+                    "__doc__": f"A SerializationError that is also a {kind.__qualname__}.",
+                    "__str__": BaseException.__str__,  # (KeyError's would quote the message)
+                    "__repr__": BaseException.__repr__,
+                    "__reduce__": _reduce_mixed,
+                },
+            )
+        except TypeError:  # not a possible base (an instance lay-out that conflicts, a final type)
+            made = SerializationError
+    if len(_mixed) >= _MIXED_MAX:
+        _mixed.clear()
+    _mixed[kind] = made
+    return made
+
+
+def _reduce_mixed(self: SerializationError) -> tuple[object, ...]:
+    """Pickle a mixed SerializationError as its message and the original type (by reference)."""
+    original = next(base for base in type(self).__bases__ if base is not SerializationError)
+    return (_rebuild, (str(self), original), self.__dict__ or None)
+
+
+def _rebuild(message: str, original: type[BaseException]) -> SerializationError:
+    kind = _also(original)
+    try:
+        return kind(message)
+    except Exception:
+        return SerializationError(message)
 
 
 class DeserializationError(SerializationError, BrokenProcessPool):

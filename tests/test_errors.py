@@ -76,6 +76,62 @@ def test_unpicklable_arguments_say_what_cannot_travel(one_worker):
     assert "pass what is needed to recreate them instead" in text
 
 
+class _RefusesToTravel:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __reduce__(self):
+        raise self.error
+
+
+class _NeedsTwo(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+
+def test_what_cannot_be_pickled_is_also_caught_as_the_original_error(one_worker):
+    # ProcessPoolExecutor and multiprocessing.Pool raise pickle's own error (TypeError: cannot
+    # pickle '_thread.lock' object, or whatever a __reduce__ raised); code that catches it keeps
+    # working, and still gets our message and type.
+    with pytest.raises(TypeError) as info:
+        one_worker.submit(abs, threading.Lock()).result(timeout=60)
+    err = info.value
+    assert isinstance(err, SerializationError) and isinstance(err, pickle.PicklingError)
+    assert type(err).__name__ == "SerializationError" and type(err).__module__ == "scoopexec.errors"
+    assert str(err).startswith(f"cannot send argument '{ABS_PARAMETER}' (position 0, a _thread.lock)")
+    assert repr(err).startswith("SerializationError(\"cannot send argument")  # (the message quotes the name)
+    assert isinstance(err.__cause__, TypeError) and not isinstance(err.__cause__, SerializationError)
+    again = pickle.loads(pickle.dumps(err))  # (it can travel back from a task that submitted)
+    assert isinstance(again, SerializationError) and isinstance(again, TypeError) and str(again) == str(err)
+    # A map's item whose __reduce__ raises: that error's type; KeyError's str() does not quote ours.
+    for error in (RuntimeError("no"), KeyError("no")):
+        with pytest.raises(type(error)) as info:
+            list(one_worker.map(abs, [1, _RefusesToTravel(error)]))
+        assert isinstance(info.value, SerializationError)
+        assert str(info.value).startswith(f"cannot send item 1 (a {M}._RefusesToTravel) of map(abs, ...)")
+    # A function that refers to a lock.
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="^cannot send the function") as info:
+        one_worker.submit(lambda: lock).result(timeout=60)
+    assert isinstance(info.value, SerializationError)
+    # An error type that cannot be made from a message alone: a plain SerializationError.
+    with pytest.raises(SerializationError) as info:
+        one_worker.submit(abs, _RefusesToTravel(_NeedsTwo(1, 2))).result(timeout=60)
+    assert type(info.value) is SerializationError
+    assert "_NeedsTwo: (1, 2)" in str(info.value)
+    # Inside a task: the sub-task's error fails the task, and arrives as both here.
+    with pytest.raises(TypeError) as info:
+        one_worker.submit(_submit_a_lock).result(timeout=60)
+    assert isinstance(info.value, SerializationError)
+    assert "keyword argument 'log' (a _thread.lock)" in str(info.value)
+
+
+def _submit_a_lock():
+    import scoopexec
+
+    return scoopexec.submit(_simulate, 1, log=threading.Lock()).result()
+
+
 def _simulate(params, seed=0, *rest, **options):
     return params
 

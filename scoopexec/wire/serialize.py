@@ -502,7 +502,7 @@ def encode_function(fn: Callable[..., Any]) -> bytes:
         return dumps_function(fn)
     except Exception as exc:
         err = _function_error(fn, exc)
-        cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
+        cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
     raise err from cause
 
 
@@ -528,7 +528,7 @@ def encode_args(
         return dumps((args, kwargs or None), chunk)
     except Exception as exc:
         err = _arguments_error(fn, args, kwargs, exc, item, chunk, what)
-        cause = None if isinstance(err, TypeError) else exc  # a future: the pickling error is noise
+        cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
     raise err from cause
 
 
@@ -596,11 +596,12 @@ def _function_error(fn: Any, exc: Exception) -> Exception:
         where, part, error = found
         if isinstance(part, cf.Future):
             return _future_error(f"{where} of the function {describe(user_fn)}", "")
-        return SerializationError(
+        return errors.serialization_error(
             f"{head}: it refers to {where.lstrip('.')} ({_a(part)}), which cannot be pickled: "
-            f"{type(error).__name__}: {error} ({_FN_ADVICE})"
+            f"{type(error).__name__}: {error} ({_FN_ADVICE})",
+            exc,
         )
-    return SerializationError(f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})")
+    return errors.serialization_error(f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})", exc)
 
 
 def _arguments_error(
@@ -623,14 +624,16 @@ def _arguments_error(
             label = f"{name} ({detail}, {_a(part)})" if detail else f"{name} ({_a(part)})"
         head = f"cannot send {label}{of} to a worker{_submitted_at()}"
         if where == root:
-            return SerializationError(f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})")
-        return SerializationError(
+            return errors.serialization_error(f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})", exc)
+        return errors.serialization_error(
             f"{head}: its part {where} ({_a(part)}) cannot be pickled: {type(error).__name__}: {error} "
-            f"({_ARG_ADVICE})"
+            f"({_ARG_ADVICE})",
+            exc,
         )
-    return SerializationError(
+    return errors.serialization_error(
         f"cannot send the arguments{of} to a worker{_submitted_at()}: {type(exc).__name__}: {exc} "
-        f"({_ARG_ADVICE})"
+        f"({_ARG_ADVICE})",
+        exc,
     )
 
 
