@@ -659,7 +659,9 @@ class Pool:
 
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
         if getattr(self, "_state", None) == RUN and hasattr(self, "_inbox"):
-            _warn(f"unclosed running scoopexec.Pool {self!r}", ResourceWarning, source=self)
+            # multiprocessing's words, then ours in the repr: a warnings filter (or a test) written
+            # for multiprocessing.Pool's message matches this one too
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
             # Results already asked for still arrive (the executor, dropped too, stops once its
             # futures are done); then the handler thread ends.
             self._inbox.put(_WHEN_IDLE)

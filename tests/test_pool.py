@@ -417,14 +417,14 @@ def test_an_unclosed_running_pool_warns_when_collected():
     p = Pool(1)
     assert p.apply(sqr, (2,)) == 4
     ex = p.executor
-    with pytest.warns(ResourceWarning, match="unclosed running scoopexec.Pool"):
+    with pytest.warns(ResourceWarning, match=r"unclosed running multiprocessing pool <scoopexec\.Pool"):
         del p
         gc.collect()
     ex.shutdown(wait=True)
 
 
 def test_results_of_a_dropped_pool_still_arrive():
-    with pytest.warns(ResourceWarning, match="unclosed running scoopexec.Pool"):
+    with pytest.warns(ResourceWarning, match=r"unclosed running multiprocessing pool <scoopexec\.Pool"):
         result = Pool(1).map_async(sqr, range(5), 1)
         gc.collect()
     assert result.get(timeout=60) == [x * x for x in range(5)]
