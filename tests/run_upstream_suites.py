@@ -18,7 +18,10 @@ Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
   own ``test.test_concurrent_futures`` (a module in 3.11, a package from 3.12:
   ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, the
   initializer mixins and ExecutorDeadlockTest) with ScoopExecutor as the
-  executor type, given a 'spawn' context as ProcessPoolExecutor's tests are.
+  executor type, given a 'spawn' context as ProcessPoolExecutor's tests are;
+  and its ``test._test_multiprocessing._TestPool`` (the tests of
+  ``multiprocessing.Pool`` that build their pools with ``self.Pool``) with
+  ``scoopexec.Pool`` as the pool.
   Needs the interpreter's ``test`` package (Debian: libpython3.X-testsuite).
 * **DEAP**: the ``tests/`` of DEAP's source distribution for the installed
   version (fetched with ``pip download --no-binary``), with a ``conftest.py``
@@ -288,20 +291,44 @@ for tests in (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, I
 """
 
 
+CPYTHON_POOL_SUITE = """# Upstream's tests of multiprocessing.Pool (_TestPool), with scoopexec.Pool as the pool.
+import unittest
+
+from test import _test_multiprocessing as upstream
+
+import scoopexec
+
+
+class ScoopPoolMixin(upstream.ProcessesMixin):
+    Pool = staticmethod(scoopexec.Pool)
+
+
+# The order upstream's install_tests_in_module_dict() gives: the tests, then the mixin.
+class ScoopPoolTest(upstream._TestPool, ScoopPoolMixin, unittest.TestCase):
+    pass
+"""
+
+
 def run_cpython(work: str) -> Run:
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     try:
+        import test._test_multiprocessing  # noqa: F401
         import test.test_concurrent_futures  # noqa: F401
     except ImportError:
-        print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures (the interpreter's own "
-              f"test package; Debian: apt-get install libpython{version}-testsuite)", file=sys.stderr)
+        print(f"Python {sys.version.split()[0]}: no test.test_concurrent_futures or "
+              f"test._test_multiprocessing (the interpreter's own test package; Debian: apt-get "
+              f"install libpython{version}-testsuite)", file=sys.stderr)  # fmt: skip
         return Run("cpython", version, 2, {})
-    files = {"test_cpython_concurrent_futures.py": CPYTHON_SUITE}
+    files = {
+        "test_cpython_concurrent_futures.py": CPYTHON_SUITE,
+        "test_cpython_multiprocessing_pool.py": CPYTHON_POOL_SUITE,
+    }
     suite = _write_suite(os.path.join(work, "cpython-suite"), files)
     junit = os.path.join(work, "cpython.xml")
     status = _pytest(suite, junit, _env([]))
     run = Run("cpython", version, status, _outcomes(junit))
-    print(f"\nCPython {sys.version.split()[0]} concurrent.futures tests on ScoopExecutor: {run.counts()}")
+    print(f"\nCPython {sys.version.split()[0]}'s concurrent.futures tests on ScoopExecutor and "
+          f"multiprocessing.Pool tests on scoopexec.Pool: {run.counts()}")
     return run
 
 
