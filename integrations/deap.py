@@ -40,7 +40,7 @@ from typing import Any
 
 import scoopexec
 from scoopexec import futures
-from scoopexec.errors import SerializationError
+from scoopexec.errors import SerializationError, serialization_error
 from scoopexec.wire import serialize
 
 __all__ = ["register", "scoop_map"]
@@ -99,9 +99,11 @@ def scoop_map(
         if culprit is None:
             raise
         where, obj, error = culprit
-        raise SerializationError(
+        # (as the error it replaces: also the standard pickle module's error type, see errors.py)
+        raise serialization_error(
             f"scoop_map cannot send {where} ({_describe(obj)}) to the workers: "
-            f"{type(error).__name__}: {error}"
+            f"{type(error).__name__}: {error}",
+            exc,
         ) from exc
 
 

@@ -115,12 +115,21 @@ class SerializationError(pickle.PicklingError):
 def serialization_error(message: str, original: BaseException) -> SerializationError:
     """A SerializationError saying ``message`` that is also an instance of ``original``'s type.
 
-    Its class is a subclass of both, named SerializationError (:func:`_also`), with
-    BaseException's str() and repr(); a plain SerializationError where no such class can
-    be made (a type that cannot be a base, one that is a PicklingError already, or one
-    whose ``__init__`` does not take a message alone).  It pickles as such (:func:`_rebuild`).
+    Its class is a subclass of both, named SerializationError (:func:`_also`: its
+    ``type(err) is SerializationError`` is False, and the class itself does not pickle),
+    with BaseException's ``__init__``, str() and repr(); it pickles as such (:func:`_rebuild`).
+    Only for the built-in exception types that pickling raises (TypeError, AttributeError,
+    ValueError, RuntimeError, RecursionError, ...): a plain SerializationError for the others
+    (a class of a library or of the program, whose ``__init__`` or ``__init_subclass__`` would
+    run on our message), for a PicklingError, and for the types that code tells apart by
+    their type (StopIteration ends a loop, TimeoutError looks like a wait that timed out; a
+    UnicodeError has attributes a message does not give).
     """
-    kind = _also(type(original))
+    kind = type(original)
+    ours = kind.__qualname__ == "SerializationError" and kind.__module__ == __name__
+    if ours and kind is not SerializationError:
+        kind = _mixed_in(kind)  # one of ours, said again (scoop_map's): the type it was made for
+    kind = _also(kind)
     if kind is not SerializationError:
         try:
             return kind(message)
@@ -130,6 +139,10 @@ def serialization_error(message: str, original: BaseException) -> SerializationE
 
 
 _mixed: dict[type[BaseException], type[SerializationError]] = {}  # original type -> its mixed class
+# Built-in types that code tells apart by type, not mixed in: a loop would end at a StopIteration,
+# `except TimeoutError` around result(timeout=) would take the error for a wait that timed out, and
+# a UnicodeError's handler would look for attributes that a message alone does not give.
+_NOT_MIXED: tuple[type[BaseException], ...] = (StopIteration, StopAsyncIteration, TimeoutError, UnicodeError)
 _MIXED_MAX = 64  # (bounded: a program that makes new exception types on the fly)
 
 
@@ -139,7 +152,12 @@ def _also(kind: type[BaseException]) -> type[SerializationError]:
     if made is not None:
         return made
     made = SerializationError
-    if issubclass(kind, Exception) and kind is not Exception and not issubclass(kind, pickle.PicklingError):
+    if (
+        kind.__module__ == "builtins"
+        and issubclass(kind, Exception)
+        and kind is not Exception
+        and not issubclass(kind, (pickle.PicklingError, *_NOT_MIXED))
+    ):
         try:
             made = type(
                 "SerializationError",
@@ -148,12 +166,13 @@ def _also(kind: type[BaseException]) -> type[SerializationError]:
                     "__module__": __name__,
                     "__qualname__": "SerializationError",
                     "__doc__": f"A SerializationError that is also a {kind.__qualname__}.",
-                    "__str__": BaseException.__str__,  # (KeyError's would quote the message)
+                    "__init__": BaseException.__init__,  # (OSError's would parse the message)
+                    "__str__": BaseException.__str__,  # (KeyError's would quote it)
                     "__repr__": BaseException.__repr__,
                     "__reduce__": _reduce_mixed,
                 },
             )
-        except TypeError:  # not a possible base (an instance lay-out that conflicts, a final type)
+        except TypeError:  # not a possible base (an instance lay-out that conflicts)
             made = SerializationError
     if len(_mixed) >= _MIXED_MAX:
         _mixed.clear()
@@ -161,10 +180,14 @@ def _also(kind: type[BaseException]) -> type[SerializationError]:
     return made
 
 
+def _mixed_in(kind: type[BaseException]) -> type[BaseException]:
+    """The original type a class that :func:`_also` made was made for."""
+    return next((base for base in kind.__bases__ if base is not SerializationError), SerializationError)
+
+
 def _reduce_mixed(self: SerializationError) -> tuple[object, ...]:
     """Pickle a mixed SerializationError as its message and the original type (by reference)."""
-    original = next(base for base in type(self).__bases__ if base is not SerializationError)
-    return (_rebuild, (str(self), original), self.__dict__ or None)
+    return (_rebuild, (str(self), _mixed_in(type(self))), self.__dict__ or None)
 
 
 def _rebuild(message: str, original: type[BaseException]) -> SerializationError:

@@ -121,6 +121,8 @@ def test_unpicklable_toolbox_attribute_is_named(executor, onemax_classes):
         with executor, pytest.raises(SerializationError, match=r"toolbox\.log") as info:
             scoop_map(h.island, [(pop, tb, 1, 1)])
     assert "toolbox.log.__self__ (an _io.TextIOWrapper)" in str(info.value)
+    # ... and it is the standard pickle module's error too, as ProcessPoolExecutor's map raises it
+    assert isinstance(info.value, TypeError)
 
 
 def test_unpicklable_function_attribute_is_named(executor):

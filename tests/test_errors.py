@@ -89,6 +89,11 @@ class _NeedsTwo(Exception):
         super().__init__(a, b)
 
 
+class _Prefixed(Exception):
+    def __init__(self, name):
+        super().__init__(f"bad {name}")
+
+
 def test_what_cannot_be_pickled_is_also_caught_as_the_original_error(one_worker):
     # ProcessPoolExecutor and multiprocessing.Pool raise pickle's own error (TypeError: cannot
     # pickle '_thread.lock' object, or whatever a __reduce__ raised); code that catches it keeps
@@ -109,16 +114,27 @@ def test_what_cannot_be_pickled_is_also_caught_as_the_original_error(one_worker)
             list(one_worker.map(abs, [1, _RefusesToTravel(error)]))
         assert isinstance(info.value, SerializationError)
         assert str(info.value).startswith(f"cannot send item 1 (a {M}._RefusesToTravel) of map(abs, ...)")
-    # A function that refers to a lock.
+    # A function that refers to a lock: what the standard pickle module raises for that function
+    # (for a lambda: that it cannot pickle a lambda, whose type depends on the Python version).
     lock = threading.Lock()
-    with pytest.raises(TypeError, match="^cannot send the function") as info:
-        one_worker.submit(lambda: lock).result(timeout=60)
-    assert isinstance(info.value, SerializationError)
-    # An error type that cannot be made from a message alone: a plain SerializationError.
-    with pytest.raises(SerializationError) as info:
-        one_worker.submit(abs, _RefusesToTravel(_NeedsTwo(1, 2))).result(timeout=60)
-    assert type(info.value) is SerializationError
-    assert "_NeedsTwo: (1, 2)" in str(info.value)
+    fn = lambda: lock  # noqa: E731
+    with pytest.raises(Exception) as std:
+        pickle.dumps(fn)
+    with pytest.raises(type(std.value), match="^cannot send the function .* it refers to the variable lock"):
+        one_worker.submit(fn).result(timeout=60)
+    # An open file: the standard pickle module's TypeError (ProcessPoolExecutor's), although the
+    # message gives cloudpickle's more telling PicklingError.
+    with open(os.devnull, "w") as fh, pytest.raises(TypeError) as info:
+        one_worker.submit(abs, fh).result(timeout=60)
+    assert isinstance(info.value, SerializationError) and "PicklingError: Cannot pickle files" in str(info.value)
+    # Not mixed in: a type of the program's (its __init__ would run on our message), StopIteration
+    # (a loop would end on it), TimeoutError (it would look like a wait that timed out).
+    for error in (_NeedsTwo(1, 2), _Prefixed("x"), StopIteration("no"), TimeoutError("no")):
+        with pytest.raises(SerializationError) as info:
+            one_worker.submit(abs, _RefusesToTravel(error)).result(timeout=60)
+        assert type(info.value) is SerializationError
+        assert f"{type(error).__name__}: {error}" in str(info.value)
+        assert str(info.value).startswith(f"cannot send argument '{ABS_PARAMETER}'")
     # Inside a task: the sub-task's error fails the task, and arrives as both here.
     with pytest.raises(TypeError) as info:
         one_worker.submit(_submit_a_lock).result(timeout=60)

@@ -599,9 +599,22 @@ def _function_error(fn: Any, exc: Exception) -> Exception:
         return errors.serialization_error(
             f"{head}: it refers to {where.lstrip('.')} ({_a(part)}), which cannot be pickled: "
             f"{type(error).__name__}: {error} ({_FN_ADVICE})",
-            exc,
+            _standard_error(fn, exc),
         )
-    return errors.serialization_error(f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})", exc)
+    return errors.serialization_error(
+        f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})", _standard_error(fn, exc)
+    )
+
+
+def _standard_error(obj: Any, fallback: Exception) -> BaseException:
+    """What the standard pickle module raises for ``obj``, which ProcessPoolExecutor and
+    multiprocessing.Pool raise (TypeError for an open file, where cloudpickle's is a
+    PicklingError), when it fails too; else ``fallback``.  On the error path only."""
+    try:
+        pickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        return exc
+    return fallback
 
 
 def _arguments_error(
@@ -623,17 +636,20 @@ def _arguments_error(
         if where == root:  # the argument itself: say its type with it
             label = f"{name} ({detail}, {_a(part)})" if detail else f"{name} ({_a(part)})"
         head = f"cannot send {label}{of} to a worker{_submitted_at()}"
+        original = _standard_error((args, kwargs or None), exc)
         if where == root:
-            return errors.serialization_error(f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})", exc)
+            return errors.serialization_error(
+                f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})", original
+            )
         return errors.serialization_error(
             f"{head}: its part {where} ({_a(part)}) cannot be pickled: {type(error).__name__}: {error} "
             f"({_ARG_ADVICE})",
-            exc,
+            original,
         )
     return errors.serialization_error(
         f"cannot send the arguments{of} to a worker{_submitted_at()}: {type(exc).__name__}: {exc} "
         f"({_ARG_ADVICE})",
-        exc,
+        _standard_error((args, kwargs or None), exc),
     )
 
 
