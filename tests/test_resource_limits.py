@@ -209,6 +209,62 @@ def test_out_of_file_descriptors_while_replacing_a_worker_is_survived(tmp_path):
     assert "could not start a worker to replace" in err and "Too many open files" in err
 
 
+_NOFILE = """
+import errno, os, resource, sys, time
+from scoopexec import ScoopExecutor
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    t = time.monotonic()
+    try:
+        with ScoopExecutor(n) as ex:
+            assert sorted(ex.map(abs, range(-500, 500))) == sorted(abs(i) for i in range(-500, 500))
+            pids = len(ex.worker_pids)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            print("served", pids, soft, hard, flush=True)
+    except OSError as exc:
+        print("refused", exc.errno == errno.EMFILE, f"{time.monotonic() - t:.1f}", flush=True)
+        print(exc, flush=True)
+"""
+
+
+def _under_nofile(tmp_path, soft, hard, workers):
+    import resource
+
+    script = tmp_path / "nofile.py"
+    script.write_text(_NOFILE)
+    r = subprocess.run(
+        [sys.executable, str(script), str(workers)], check=False, capture_output=True, timeout=100,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )  # fmt: skip
+    return r.returncode, r.stdout.decode().splitlines(), r.stderr.decode()
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_too_large_for_the_open_file_limit_says_so_before_it_starts(tmp_path):
+    """32 local workers keep about 100 descriptors in the client, over a hard limit of 64:
+    an error that says what is needed and what to do, before any worker starts (before, a
+    bare 'Too many open files' from a pipe, part-way through starting them)."""
+    rc, out, err = _under_nofile(tmp_path, 64, 64, 32)
+    assert rc == 0 and out[0].split()[:2] == ["refused", "True"], (out, err[-3000:])
+    assert float(out[0].split()[2]) < 5
+    text = out[1]
+    assert "starting 32 local worker(s) needs about" in text and "open files in this process" in text
+    assert "limit allows: 64, and 64 at most" in text and "max_workers=" in text and "ulimit -n" in text
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_raises_its_soft_open_file_limit_as_far_as_the_hard_one_allows(tmp_path):
+    """The same pool with a soft limit of 64 and a hard one of 4096 (a login shell's 1024 and
+    a node's hundreds of CPUs, in small): the client raises its soft limit to what the
+    workers need and all of them serve."""
+    rc, out, err = _under_nofile(tmp_path, 64, 4096, 32)
+    assert rc == 0 and out and out[0].split()[0] == "served", (out, err[-3000:])
+    _, pids, soft, hard = out[0].split()
+    assert int(pids) == 32 and int(hard) == 4096
+    assert 32 * 3 < int(soft) < 4096  # what they need, not all the hard limit allows
+
+
 def _start_broker(*options):
     addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
