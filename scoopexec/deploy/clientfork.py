@@ -133,11 +133,8 @@ class ClientFork:
         self._reaping = threading.Lock()
 
     def poll(self) -> int | None:
-        # Another thread reaping now: it sets the exit status (None meanwhile, as Popen's poll();
-        # every caller polls again).  Not waiting for it: a poll() from a handler that interrupted
-        # this thread's own would wait for ever.
-        if self.returncode is None and self._reaping.acquire(False):
-            try:
+        if self.returncode is None:
+            with self._reaping:
                 if self.returncode is None:
                     try:
                         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -146,8 +143,6 @@ class ClientFork:
                     else:
                         if pid:
                             self.returncode = os.waitstatus_to_exitcode(status)
-            finally:
-                self._reaping.release()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
