@@ -141,8 +141,11 @@ def serialization_error(message: str, original: BaseException) -> SerializationE
 _mixed: dict[type[BaseException], type[SerializationError]] = {}  # original type -> its mixed class
 # Built-in types that code tells apart by type, not mixed in: a loop would end at a StopIteration,
 # `except TimeoutError` around result(timeout=) would take the error for a wait that timed out, and
-# a UnicodeError's handler would look for attributes that a message alone does not give.
-_NOT_MIXED: tuple[type[BaseException], ...] = (StopIteration, StopAsyncIteration, TimeoutError, UnicodeError)
+# a UnicodeError's handler would look for attributes that a message alone does not give; a MemoryError
+# says the process ran out, which this one did not.
+_NOT_MIXED: tuple[type[BaseException], ...] = (
+    StopIteration, StopAsyncIteration, TimeoutError, UnicodeError, MemoryError
+)
 _MIXED_MAX = 64  # (bounded: a program that makes new exception types on the fly)
 
 

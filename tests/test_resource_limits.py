@@ -250,7 +250,10 @@ def test_a_pool_too_large_for_the_open_file_limit_says_so_before_it_starts(tmp_p
     assert float(out[0].split()[2]) < 5
     text = out[1]
     assert "starting 32 local worker(s) needs about" in text and "open files in this process" in text
-    assert "limit allows: 64, and 64 at most" in text and "max_workers=" in text and "ulimit -n" in text
+    assert "limit allows: 64, and 64 at most" in text and "start fewer workers" in text and "ulimit -n" in text
+    # A pool that fits (without the margin the soft limit is raised with) starts, as it always did.
+    rc, out, err = _under_nofile(tmp_path, 64, 64, 12)
+    assert rc == 0 and out and out[0].split()[:2] == ["served", "12"], (out, err[-3000:])
 
 
 @pytest.mark.timeout(120)

@@ -57,45 +57,53 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 _HOST = socket.gethostname()
 MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before giving up
 FORK_WAIT = 10.0  # s to wait, at most, for a new template to fork the first workers (it imports first)
-FDS_PER_WORKER = 3  # descriptors this process keeps for each local worker: its link, stdin pipe, exit note
+FDS_PER_WORKER = 3  # descriptors this process keeps for a local worker: its link, stdin pipe, exit note
 FD_MARGIN = 64  # more, for the broker's own, the program's, and the pipes a worker's start opens a moment
 
 log = logging.getLogger("scoopexec")
 
 
-def make_room_for(workers: int) -> None:
-    """Make sure this process may open the descriptors ``workers`` more local workers keep here.
+_room_lock = threading.Lock()  # pools starting at once read and raise the limit in turn
+
+
+def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER) -> None:
+    """Make sure this process may open the descriptors ``workers`` more local workers keep here
+    (``per_worker`` each: 2 without a link).  Linux (it counts /proc/self/fd); elsewhere nothing.
 
     Without this, a pool of one worker per CPU on a machine with hundreds of them (or any pool
     under a low ``ulimit -n``) failed part-way through its start with a bare ``OSError: [Errno
-    24] Too many open files``.  When they would not fit under the soft RLIMIT_NOFILE, it is
-    raised to what they need (never past the hard limit; logged); when even the hard limit is
-    too low, OSError(EMFILE) says what is needed, what the limits are and what to do, before
-    anything is started.
+    24] Too many open files``.  When they would not fit under the soft RLIMIT_NOFILE with
+    FD_MARGIN to spare, it is raised to that (never lowered, never past the hard limit;
+    logged); when they cannot fit under the hard limit even without the margin, OSError(EMFILE)
+    says what is needed, what the limits are and what to do, before anything is started.
     """
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        open_now = len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
-    except (OSError, ValueError):
-        return  # no /proc (not Linux): as before, the start fails where it runs out
-    need = open_now + FDS_PER_WORKER * workers + FD_MARGIN
-    if soft == resource.RLIM_INFINITY or need <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and need > hard:
-        raise OSError(
-            errno.EMFILE,
-            f"starting {workers} local worker(s) needs about {need} open files in this process "
-            f"({FDS_PER_WORKER} a worker, {open_now} open now, {FD_MARGIN} to spare), more than its "
-            f"limit allows: {soft}, and {hard} at most (RLIMIT_NOFILE's hard limit); start fewer "
-            "workers (max_workers=), or raise the hard limit (`ulimit -Hn` as root, limits.conf, or "
-            "a service's LimitNOFILE=) and the soft one (`ulimit -n`)",
-        )
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    except (OSError, ValueError):
-        return  # not allowed after all: the start says so where it runs out
+    with _room_lock:
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            open_now = len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
+        except (OSError, ValueError):
+            return  # no /proc (not Linux): as before, the start fails where it runs out
+        need = open_now + per_worker * workers
+        if soft == resource.RLIM_INFINITY or need + FD_MARGIN <= soft:
+            return
+        if hard != resource.RLIM_INFINITY and need > hard:
+            raise OSError(
+                errno.EMFILE,
+                f"starting {workers} local worker(s) needs about {need} open files in this process "
+                f"({per_worker} a worker, {open_now} open now), more than its limit allows: {soft}, "
+                f"and {hard} at most (RLIMIT_NOFILE's hard limit); start fewer workers, or raise "
+                "the hard limit (`ulimit -Hn` as root, limits.conf, or a service's LimitNOFILE=) "
+                "and the soft one (`ulimit -n`)",
+            )
+        raised = need + FD_MARGIN if hard == resource.RLIM_INFINITY else min(hard, need + FD_MARGIN)
+        if raised <= soft:
+            return  # (within the margin of a hard limit it already reaches)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        except (OSError, ValueError):
+            return  # not allowed after all: the start says so where it runs out
     log.info(
-        "raised this process's open-file limit from %d to %d for %d more local workers", soft, need, workers
+        "raised this process's open-file limit from %d to %d for %d more local workers", soft, raised, workers
     )
 
 
@@ -371,7 +379,7 @@ class LocalWorkers:
     def add(self, n: int, wait: bool = True) -> None:
         """Start ``n`` more workers: once this returns, they are processes (``pids``), forked ones
         too (``wait`` False: once :meth:`confirm` returns)."""
-        make_room_for(n)
+        make_room_for(n, FDS_PER_WORKER if self.link is not None else FDS_PER_WORKER - 1)
         tags = [self._spawn() for _ in range(n)]
         forked = [p for p in map(self.procs.get, tags) if isinstance(p, ForkedProcess)]
         if not wait:

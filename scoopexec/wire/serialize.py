@@ -599,22 +599,36 @@ def _function_error(fn: Any, exc: Exception) -> Exception:
         return errors.serialization_error(
             f"{head}: it refers to {where.lstrip('.')} ({_a(part)}), which cannot be pickled: "
             f"{type(error).__name__}: {error} ({_FN_ADVICE})",
-            _standard_error(fn, exc),
+            _standard_error(part, exc),
         )
     return errors.serialization_error(
         f"{head}: {type(exc).__name__}: {exc} ({_FN_ADVICE})", _standard_error(fn, exc)
     )
 
 
+class _Discard:
+    """A file that keeps nothing: _standard_error's pickle costs no memory for what it writes."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
 def _standard_error(obj: Any, fallback: Exception) -> BaseException:
-    """What the standard pickle module raises for ``obj``, which ProcessPoolExecutor and
-    multiprocessing.Pool raise (TypeError for an open file, where cloudpickle's is a
-    PicklingError), when it fails too; else ``fallback``.  On the error path only."""
+    """What the standard pickle module raises for ``obj`` (the part a message names), the type
+    ProcessPoolExecutor and multiprocessing.Pool raise for it (TypeError for an open file,
+    where cloudpickle's is a PicklingError); ``fallback`` if it pickles, or runs out of memory.
+    On the error path only; large buffers are not copied (protocol 5, out of band)."""
     try:
-        pickle.dumps(obj, PROTOCOL)
+        pickle.Pickler(_Discard(), PROTOCOL, buffer_callback=_out_of_band).dump(obj)
+    except MemoryError:
+        return fallback
     except Exception as exc:
         return exc
     return fallback
+
+
+def _out_of_band(buf: pickle.PickleBuffer) -> bool:
+    return False
 
 
 def _arguments_error(
@@ -636,7 +650,7 @@ def _arguments_error(
         if where == root:  # the argument itself: say its type with it
             label = f"{name} ({detail}, {_a(part)})" if detail else f"{name} ({_a(part)})"
         head = f"cannot send {label}{of} to a worker{_submitted_at()}"
-        original = _standard_error((args, kwargs or None), exc)
+        original = _standard_error(part, exc)
         if where == root:
             return errors.serialization_error(
                 f"{head}: {type(error).__name__}: {error} ({_ARG_ADVICE})", original
