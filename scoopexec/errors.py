@@ -125,17 +125,8 @@ def serialization_error(message: str, original: BaseException) -> SerializationE
     their type (StopIteration ends a loop, TimeoutError looks like a wait that timed out; a
     UnicodeError has attributes a message does not give).
     """
-    kind = type(original)
-    ours = kind.__qualname__ == "SerializationError" and kind.__module__ == __name__
-    if ours and kind is not SerializationError:
-        kind = _mixed_in(kind)  # one of ours, said again (scoop_map's): the type it was made for
-    kind = _also(kind)
-    if kind is not SerializationError:
-        try:
-            return kind(message)
-        except Exception:  # a constructor of the original type that wants more
-            pass
-    return SerializationError(message)
+    # One of ours, said again (scoop_map's): the type it was made for.
+    return _rebuild(message, getattr(type(original), "_original", type(original)))
 
 
 _mixed: dict[type[BaseException], type[SerializationError]] = {}  # original type -> its mixed class
@@ -173,6 +164,7 @@ def _also(kind: type[BaseException]) -> type[SerializationError]:
                     "__str__": BaseException.__str__,  # (KeyError's would quote it)
                     "__repr__": BaseException.__repr__,
                     "__reduce__": _reduce_mixed,
+                    "_original": kind,  # the type it was made for
                 },
             )
         except TypeError:  # not a possible base (an instance lay-out that conflicts)
@@ -183,21 +175,16 @@ def _also(kind: type[BaseException]) -> type[SerializationError]:
     return made
 
 
-def _mixed_in(kind: type[BaseException]) -> type[BaseException]:
-    """The original type a class that :func:`_also` made was made for."""
-    return next((base for base in kind.__bases__ if base is not SerializationError), SerializationError)
-
-
 def _reduce_mixed(self: SerializationError) -> tuple[object, ...]:
     """Pickle a mixed SerializationError as its message and the original type (by reference)."""
-    return (_rebuild, (str(self), _mixed_in(type(self))), self.__dict__ or None)
+    return (_rebuild, (str(self), type(self)._original), self.__dict__ or None)  # type: ignore[attr-defined]
 
 
 def _rebuild(message: str, original: type[BaseException]) -> SerializationError:
-    kind = _also(original)
+    """serialization_error() for an ``original`` type (also what a mixed one unpickles with)."""
     try:
-        return kind(message)
-    except Exception:
+        return _also(original)(message)
+    except Exception:  # a constructor that wants more than a message
         return SerializationError(message)
 
 

@@ -268,6 +268,31 @@ def test_a_pool_raises_its_soft_open_file_limit_as_far_as_the_hard_one_allows(tm
     assert 32 * 3 < int(soft) < 4096  # what they need, not all the hard limit allows
 
 
+def test_making_room_never_lowers_the_limit_and_stops_at_the_hard_one():
+    # (in a child: it changes its process's limits)
+    code = """
+import resource
+from scoopexec.deploy.local import make_room_for
+N = resource.RLIMIT_NOFILE
+resource.setrlimit(N, (4000, 4000))
+make_room_for(10)
+a = resource.getrlimit(N)
+resource.setrlimit(N, (200, 4000))
+make_room_for(100)
+b = resource.getrlimit(N)
+make_room_for(1)
+c = resource.getrlimit(N)
+print(a[0], b[0], c[0], b[1])
+"""
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    untouched, raised, after_small, hard = map(int, r.stdout.split())
+    assert untouched == 4000 and hard == 4000
+    assert 300 < raised < 4000  # what 100 workers need and the margin, not all the hard limit allows
+    assert after_small == raised  # a smaller pool later does not lower it
+
+
 def _start_broker(*options):
     addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)
