@@ -54,6 +54,9 @@ def _single_threaded(within: float = 10.0) -> bool:
 
 @pytest.fixture(autouse=True)
 def _settled() -> None:
+    # pyzmq's garbage-collector thread, if an earlier test's large send started it (a pool's
+    # start stops it too, but these tests count threads before that)
+    clientfork._stop_idle_zmq_collector()
     _single_threaded()  # (a thread an earlier test left, ending: these tests need one thread)
 
 
@@ -504,3 +507,43 @@ def test_threads_polling_the_template_at_once_all_see_its_exit_status() -> None:
             t.join(15)
         proc.stdin.close()
         assert seen == [7, 7, 7, 7], seen
+
+
+_AFTER_A_LARGE_SEND = """
+import json, threading, sys
+from scoopexec import ScoopExecutor
+
+def big(n):
+    return b"r" * n
+
+if __name__ == "__main__":
+    # An embedded pool serving a remote client sends it a large result without copying it:
+    # pyzmq's garbage-collector thread starts, and lives on after both are closed.
+    with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
+        with ScoopExecutor(broker=ex.endpoint) as client:
+            assert len(client.submit(big, 3_000_000).result(timeout=60)) == 3_000_000
+    left = [t.name for t in threading.enumerate()]
+    with ScoopExecutor(2, bind="tcp://127.0.0.1:0") as ex:
+        origin = ex._session.workers.local.template.origin
+        with ScoopExecutor(broker=ex.endpoint) as client:  # (pyzmq starts its thread again)
+            again = len(client.submit(big, 3_000_000).result(timeout=60))
+    print(json.dumps({"left": left, "origin": origin, "again": again}))
+"""
+
+
+def test_a_pool_after_a_large_zero_copy_send_still_forks_the_client(tmp_path) -> None:
+    """pyzmq's garbage-collector thread (a zero-copy send of a large frame starts it, and it
+    never ends by itself) is stopped when it is the only other thread and holds nothing: the
+    next pool's template is a fork of the client, not a fresh interpreter (0.13 s more)."""
+    script = tmp_path / "after_send.py"
+    script.write_text(_AFTER_A_LARGE_SEND)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SCOOPEXEC_WORKER_START", None)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, env=env, cwd=str(tmp_path)
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(got["left"]) == 2, got  # the main thread and pyzmq's: the case this is about
+    assert got["origin"] == "client", got
+    assert got["again"] == 3_000_000, got

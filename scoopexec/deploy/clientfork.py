@@ -107,6 +107,28 @@ def fork_safe() -> bool:
     return threading.active_count() == 1 and threadlibs.pool_threads() == threads - 1
 
 
+def _stop_idle_zmq_collector() -> bool:
+    """Stop pyzmq's garbage-collector thread when it is the only other thread and holds nothing;
+    whether it was stopped.  A zero-copy send of a large frame (a remote client receiving a
+    large result, say) starts that thread, with a ZeroMQ context of its own, and it lives as long
+    as the process: every later pool would get a fresh-interpreter template (0.13 s slower to
+    start).  pyzmq starts it again at its next zero-copy send; while it holds a frame that
+    ZeroMQ has not released, it is left alone."""
+    garbage = sys.modules.get("zmq.utils.garbage")
+    collector = getattr(garbage, "gc", None)
+    if collector is None or threading.active_count() != 2:
+        return False
+    try:
+        others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+        if not collector.is_alive() or others != [collector.thread] or collector.refs:
+            return False
+        collector.stop()
+    except Exception:  # (a pyzmq of another shape: then a fresh template, as before)
+        log.debug("pyzmq's garbage-collector thread could not be stopped", exc_info=True)
+        return False
+    return True
+
+
 def _settles(within: float = 0.05) -> bool:
     """Whether this process comes down to one thread within ``within`` s, when no other Python
     thread is alive: the thread of a pool just shut down has ended, but the OS may list it a
@@ -208,6 +230,8 @@ def fork_template(
     than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
     environment (``environ``: the copy of os.environ it was made from); ``cwd``: their directory
     (None: ours)."""
+    if not fork_safe():
+        _stop_idle_zmq_collector()
     if not fork_safe() and not _settles():
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
