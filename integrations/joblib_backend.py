@@ -75,6 +75,8 @@ from scoopexec.client.future import cancel_all
 from scoopexec.deploy.hosts import local_cpu_count
 from scoopexec.worker.worker import Worker, current_worker
 
+from .joblib_memmap import Memmapping, pool_is_local
+
 __all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register", "shared_pool", "shutdown_shared_pool"]
 
 log = logging.getLogger("scoopexec.joblib")
@@ -253,6 +255,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         self._callbacks: _CallbackThread | None = None
         self._signal: cf.Future[None] | None = None
         self._dirty = False
+        self._maps: Memmapping | None = None  # joblib's memory maps of arrays, on a local pool
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -316,6 +319,10 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         self.parallel = parallel
         extra = {k: v for k, v in {**self.backend_kwargs, **kwargs}.items() if k not in _JOBLIB_KWARGS}
         w = current_worker()
+        # (made first: it checks max_nbytes and mmap_mode before a pool or a thread is started)
+        maps = None
+        if w is None:
+            maps = Memmapping(kwargs.get("max_nbytes"), kwargs.get("mmap_mode"), kwargs.get("temp_folder"))
         ex = self._executor
         if ex is None and w is not None:
             install_task_support()
@@ -343,6 +350,8 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             n = self.effective_n_jobs(n_jobs)
         if w is None and self._callbacks is None:
             self._callbacks = _CallbackThread()
+        if maps is not None and self._maps is None and isinstance(self._workers, ScoopExecutor):
+            self._maps = maps
         return n
 
     def _pool_arguments(
@@ -370,6 +379,9 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         cbt, self._callbacks = self._callbacks, None
         if cbt is not None:
             cbt.stop()
+        maps, self._maps = self._maps, None
+        if maps is not None:
+            maps.close()  # (after the callbacks: no batch is being sent)
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -412,7 +424,8 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
             raise RuntimeError("the 'scoop' joblib backend was used before configure() or after terminate()")
         # The batch travels as an argument: workers cache unpickled *functions* by
         # their bytes, and two identical batches must not share one object.
-        fut = ex.submit(_run_batch, func)
+        maps = self._maps
+        fut = ex.submit(_run_batch, maps.wrap(func) if maps is not None and pool_is_local(ex) else func)
         with self._lock:
             self._futures.add(fut)
         fut.add_done_callback(self._forget)

@@ -290,6 +290,27 @@ def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool
         return fh.getvalue()
 
 
+class _OverridingPickler(_Pickler):
+    def __init__(self, fh: Any, override: Callable[[Any], Any], buffer_callback: Callable[..., Any]) -> None:
+        super().__init__(fh, PROTOCOL, buffer_callback=buffer_callback)
+        self._override = override
+
+    def reducer_override(self, obj: Any) -> Any:
+        found = self._override(obj)
+        return super().reducer_override(obj) if found is None else found
+
+
+def dumps_overriding(
+    obj: Any, override: Callable[[Any], Any], buffer_callback: Callable[[pickle.PickleBuffer], Any]
+) -> bytes:
+    """``obj`` pickled as task arguments are (cloudpickle, buffers out of band), but each object
+    goes to ``override`` first: its reduce tuple, or None for the usual way (the joblib backend's
+    memory maps of arrays)."""
+    with io.BytesIO() as fh:
+        _OverridingPickler(fh, override, buffer_callback).dump(obj)
+        return fh.getvalue()
+
+
 # cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place)
 _BY_VALUE: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
 
