@@ -49,6 +49,7 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
+import operator
 import queue
 import threading
 import time
@@ -383,8 +384,7 @@ class Pool:
     ) -> None:
         self._state = RUN  # first: __del__ reads it even if __init__ fails
         if processes is not None:
-            if not isinstance(processes, int) or isinstance(processes, bool):
-                raise TypeError(f"processes must be an integer or None, not {type(processes).__name__}")
+            processes = _index(processes, "processes")  # (a NumPy integer too)
             if processes < 1:
                 raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
@@ -416,6 +416,7 @@ class Pool:
                 processes, context, initializer, tuple(initargs), **executor_options
             )
             self._own = True
+            self._executor._session.abort_at_exit = True  # terminated at exit, as multiprocessing's
             local_only = not any(k in executor_options for k in ("hosts", "hostfile", "broker"))
             counted = local_cpu_count() if local_only else _count_workers(self._executor)
             self._processes = processes or counted
@@ -458,7 +459,12 @@ class Pool:
         """Start ``func(*args, **kwds)`` on a worker; return an AsyncResult at once."""
         self._check_running()
         result = ApplyResult(self._jobs, callback, error_callback)
-        self._submit(result, 0, func, tuple(args), dict(kwds or {}))
+        try:
+            call = _call_arguments(func, args, kwds)
+        except TypeError as exc:  # as multiprocessing's worker raises it: from get(), to error_callback
+            self._fail(result, 0, exc)
+        else:
+            self._submit(result, 0, func, *call)
         return result
 
     # ------------------------------------------------------------------ maps
@@ -514,7 +520,7 @@ class Pool:
                 chunksize += 1
             chunksize = max(chunksize, 1)
         else:
-            _check_chunksize(chunksize)
+            chunksize = _check_chunksize(chunksize)
         # Read everything before submitting anything: an input that fails part-way leaves no task behind.
         chunks = [list(c) for c in batched(iter(items), chunksize)]
         result = MapResult(self._jobs, len(chunks), callback, error_callback)
@@ -522,7 +528,12 @@ class Pool:
             self._inbox.put((result._complete, ()))
         for i, chunk in enumerate(chunks):
             if chunksize == 1:  # the function itself is the task (its name in errors and timelines)
-                self._submit(result, i, func, tuple(chunk[0]) if star else (chunk[0],), {}, single=True)
+                try:
+                    args = _call_arguments(func, chunk[0], None)[0] if star else (chunk[0],)
+                except TypeError as exc:  # (multiprocessing's worker raises it: the map fails)
+                    self._fail(result, i, exc, single=True)
+                    continue
+                self._submit(result, i, func, args, {}, single=True)
             else:
                 self._submit(result, i, _run_chunk, (func, chunk, star), {})
         return result
@@ -541,7 +552,7 @@ class Pool:
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int, *, ordered: bool
     ) -> IMapIterator:
         self._check_running()
-        _check_chunksize(chunksize)
+        chunksize = _check_chunksize(chunksize)
         it = IMapIterator(self._jobs, ordered)
         # Read the input and submit on a thread, as multiprocessing does: the first results can be
         # taken while a long input is still being sent, and an endless one does not block the call.
@@ -601,6 +612,12 @@ class Pool:
         with jobs.lock:
             jobs.futures.add(fut)
         fut.add_done_callback(functools.partial(_arrived, jobs, self._inbox, job, index, single))
+
+    def _fail(self, job: _Job, index: int, exc: BaseException, single: bool = False) -> None:
+        """``job``'s part ``index`` failed before it could be sent: it completes with ``exc``."""
+        fut: cf.Future[Any] = cf.Future()
+        fut.set_exception(exc)
+        fut.add_done_callback(functools.partial(_arrived, self._jobs, self._inbox, job, index, single))
 
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -676,11 +693,37 @@ def _arrived(
     inbox.put((job._set, (index, fut, single)))
 
 
-def _check_chunksize(chunksize: Any) -> None:
-    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-        raise TypeError(f"chunksize must be an integer, not {type(chunksize).__name__}")
-    if chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+def _call_arguments(func: Any, args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``func(*args, **kwds)``'s positional and keyword arguments; the TypeError the call would
+    raise (in words like Python's) if ``args`` is no iterable or ``kwds`` no mapping."""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    try:
+        positional = tuple(args)
+    except TypeError:
+        raise TypeError(f"{name}() argument after * must be an iterable, not {type(args).__name__}") from None
+    if kwds is None:
+        return positional, {}
+    if not hasattr(kwds, "keys"):
+        raise TypeError(f"{name}() argument after ** must be a mapping, not {type(kwds).__name__}")
+    return positional, dict(kwds)
+
+
+def _index(value: Any, what: str) -> int:
+    """``value`` as an int: an int, or an integer of another type (a NumPy integer), as
+    multiprocessing takes them; a bool is refused."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    n = _index(chunksize, "chunksize")
+    if n < 1:
+        raise ValueError(f"Chunksize must be 1+, not {n:n}")
+    return n
 
 
 def _count_workers(executor: Any) -> int:

@@ -29,6 +29,8 @@ __all__ = ["enter", "find", "innermost", "leave", "register", "shutting_down", "
 
 
 class _Live(Protocol):
+    abort_at_exit: bool
+
     def close(self, wait: bool = True) -> str: ...
     def abort(self, reason: str, timeout: float = 10.0) -> str: ...
     def forked(self, parent: int) -> None: ...
@@ -91,7 +93,8 @@ def _at_exit() -> None:
     """At interpreter exit: refuse new work, let pending futures finish, stop every pool.
 
     When the program is ending because of Ctrl-C (an uncaught KeyboardInterrupt),
-    or a second Ctrl-C arrives while waiting, pending work is abandoned instead.
+    or a second Ctrl-C arrives while waiting, pending work is abandoned instead; so it is for
+    the pool of a scoopexec.Pool still running (multiprocessing terminates its pools at exit).
     """
     global _shutting_down
     _shutting_down = True
@@ -103,6 +106,8 @@ def _at_exit() -> None:
         try:
             if interrupted:
                 why = session.abort("the program was interrupted (KeyboardInterrupt)")
+            elif session.abort_at_exit:
+                why = session.abort("the program ended with its scoopexec.Pool running (terminated)")
             else:
                 why = session.close(wait=True)
             if why:

@@ -652,3 +652,84 @@ def test_a_map_still_reading_its_input_when_the_pool_closes_is_refused_not_lost(
     joined.start()
     joined.join(30)
     assert not joined.is_alive()
+
+
+# From a review of Pool against multiprocessing.Pool, side by side (each failed before its fix).
+
+
+def add(a, b=0):
+    return a + b
+
+
+@pytest.mark.timeout(60)
+def test_arguments_that_are_no_iterable_or_mapping_fail_the_result_and_join_still_returns():
+    # multiprocessing's worker raises the TypeError of func(*args, **kwds): get() raises it and
+    # error_callback gets it.  The call raised here, leaving its result registered as pending:
+    # close(); join() then waited for it forever.
+    seen = []
+    pool = Pool(2)
+    r1 = pool.apply_async(add, 5, error_callback=seen.append)  # meant (5,)
+    r2 = pool.apply_async(add, (1,), [("b", 2)])
+    r3 = pool.starmap_async(add, [(1, 2), 1])
+    r4 = pool.apply_async(add, (1,), {"b": 2})
+    with pytest.raises(TypeError, match=r"add\(\) argument after \* must be an iterable, not int"):
+        r1.get(timeout=30)
+    with pytest.raises(TypeError, match=r"add\(\) argument after \*\* must be a mapping, not list"):
+        r2.get(timeout=30)
+    with pytest.raises(TypeError, match="argument after"):
+        r3.get(timeout=30)
+    assert r4.get(timeout=30) == 3
+    assert not r1.successful()
+    pool.close()
+    joined = threading.Thread(target=pool.join, daemon=True)
+    joined.start()
+    joined.join(30)
+    assert not joined.is_alive(), "join() hung on a result that could never complete"
+    assert len(seen) == 1 and isinstance(seen[0], TypeError)
+
+
+def test_numpy_integers_are_taken_for_processes_and_chunksize():
+    np = pytest.importorskip("numpy")
+    with Pool(np.int64(2)) as pool:
+        assert pool.map(sqr, range(6), chunksize=np.int64(2)) == [0, 1, 4, 9, 16, 25]
+        assert list(pool.imap(sqr, range(4), np.int32(3))) == [0, 1, 4, 9]
+    with pytest.raises(TypeError, match="processes must be an integer, not str"):
+        Pool("2")
+    with pytest.raises(TypeError, match="chunksize must be an integer, not float"):
+        with Pool(1) as pool:
+            pool.map(sqr, range(3), chunksize=2.0)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("how", ["running", "closed"])
+def test_a_pool_left_running_is_terminated_at_exit_not_waited_for(how):
+    # multiprocessing terminates its pools at interpreter exit; a scoopexec.Pool's executor
+    # waited for every pending task, as a ScoopExecutor (ProcessPoolExecutor) does: a script that
+    # ended with 20 one-second tasks pending took 10 s to exit, one that gave up on a long task
+    # with get(timeout=) never did.
+    started = time.monotonic()
+    out = run_script(
+        """
+        import sys, time
+        from scoopexec import Pool
+
+        if __name__ == "__main__":
+            pool = Pool(2)
+            print(*pool.executor.worker_pids, flush=True)
+            rs = [pool.apply_async(time.sleep, (1,)) for _ in range(20)]
+            r = pool.apply_async(time.sleep, (600,))
+            if sys.argv[1] == "closed":
+                pool.close()  # and no join(): terminated at exit too, as multiprocessing's
+        """,
+        how,
+        timeout=150,
+    )
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert took < 30, took
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(helpers.running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(helpers.running(p) for p in pids)

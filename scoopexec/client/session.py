@@ -78,6 +78,9 @@ class Session:
     """The client's side of a pool (see the module docstring); subclasses connect it to a broker."""
 
     endpoint = ""
+    # At interpreter exit: abort (a scoopexec.Pool's, as multiprocessing terminates its pools) or
+    # let pending futures finish (a ScoopExecutor's, as ProcessPoolExecutor does).
+    abort_at_exit = False
 
     def __init__(self, setup: list[bytes]) -> None:
         self._setup = setup
