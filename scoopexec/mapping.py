@@ -435,14 +435,22 @@ def _unordered(
 
 
 def _unchunk(gen: Iterator[list[Any] | ChunkError]) -> Iterator[Any]:
-    for chunk in gen:
-        if type(chunk) is ChunkError:
-            yield from chunk.done
-            exc = chunk.exc
-            exc.__cause__ = remote_traceback(chunk.tb)
-            raise exc
-        yield from chunk  # type: ignore[misc]
-        del chunk
+    try:
+        for chunk in gen:
+            if type(chunk) is ChunkError:
+                yield from chunk.done
+                exc = chunk.exc
+                exc.__cause__ = remote_traceback(chunk.tb)
+                raise exc
+            yield from chunk  # type: ignore[misc]
+            del chunk
+    finally:
+        # The chunks not done yet are cancelled now, not once the collector breaks the cycle a
+        # raised error makes (its traceback holds this frame, which holds gen): a caller that
+        # caught the error had its next tasks wait behind the rest of the map.
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
 
 
 def _cancel_with(outer: cf.Future[Any], inner: cf.Future[Any]) -> bool:
