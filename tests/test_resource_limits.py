@@ -268,6 +268,48 @@ def test_a_pool_raises_its_soft_open_file_limit_as_far_as_the_hard_one_allows(tm
     assert 32 * 3 < int(soft) < 4096  # what they need, not all the hard limit allows
 
 
+_FEW_LEFT = """
+import errno, os, resource, sys, time
+from scoopexec import ScoopExecutor
+if __name__ == "__main__":
+    free = int(sys.argv[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    while len(os.listdir("/proc/self/fd")) - 1 < soft - free:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    try:
+        with ScoopExecutor(2) as ex:
+            print("served", ex.submit(abs, -3).result(timeout=60), flush=True)
+    except OSError as exc:
+        print("refused", exc.errno == errno.EMFILE, flush=True)
+        print(exc, flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_pool_with_few_descriptors_left_refuses_to_start_and_never_hangs_or_aborts(tmp_path):
+    """With 7 to 24 descriptors left under a hard limit, ScoopExecutor(2) hung for ever (a
+    broker that failed part-way left a socket its context's term() waited for), died of
+    libzmq's assertion (SIGABRT), or raised a bare EMFILE from inside ZeroMQ: the check before
+    the start counts the pool's own descriptors now, and a failure inside still raises."""
+    script = tmp_path / "few.py"
+    script.write_text(_FEW_LEFT)
+    # Before: 8-13 a bare EMFILE, 14 and 18 an exit status 1, 15-17 SIGABRT, 19-21 a hang.
+    for free in (8, 12, 14, 15, 17, 19, 20, 21, 60):
+        r = subprocess.run(
+            [sys.executable, str(script), str(free)], check=False, capture_output=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            preexec_fn=lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_NOFILE, (128, 128)),
+        )  # fmt: skip
+        out, err = r.stdout.decode().splitlines(), r.stderr.decode()
+        assert r.returncode == 0, (free, r.returncode, out, err[-2000:])
+        if free <= 21:
+            assert out[:1] == ["refused True"], (free, out, err[-2000:])
+            assert "for the pool" in out[1] and "limit allows: 128, and 128 at most" in out[1], out
+        if free >= 60:
+            assert out == ["served 3"], (free, out, err[-2000:])
+
+
 def test_making_room_never_lowers_the_limit_and_stops_at_the_hard_one():
     # (in a child: it changes its process's limits)
     code = """

@@ -257,3 +257,58 @@ def test_a_forked_child_leaves_its_parents_pool_alone_and_cannot_use_it():
     assert "a forked child process cannot use it" in out
     assert "parent: [3, 2, 1]" in out
     assert "ended without stopping the pool" not in err, err
+
+
+_CTRL_C_DURING_START = """
+import os, signal, sys, threading, time
+import psutil
+from scoopexec import ScoopExecutor
+
+if __name__ == "__main__":
+    other = threading.Event()
+    threading.Thread(target=other.wait, daemon=True).start()  # a fresh-interpreter template: a longer start
+    me = psutil.Process()
+    interrupted = 0
+    for delay_ms in [int(a) for a in sys.argv[1:]]:
+        timer = threading.Timer(delay_ms / 1000, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            ex = ScoopExecutor(2)
+        except KeyboardInterrupt:
+            interrupted += 1
+            timer.join()
+        else:
+            while True:  # (the interrupt comes after the start)
+                try:
+                    timer.join()
+                    time.sleep(0.05)
+                    break
+                except KeyboardInterrupt:
+                    pass
+            ex.shutdown(wait=True)
+        deadline = time.monotonic() + 15
+        def left():
+            threads = [t.name for t in threading.enumerate() if t.name.startswith("scoopexec")]
+            return threads, [p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        while any(left()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads, children = left()
+        print(delay_ms, "left", threads, children, flush=True)
+    print("interrupted", interrupted, flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+def test_ctrl_c_while_a_pool_starts_leaves_nothing_running():
+    """A real SIGINT at 5 to 200 ms into ScoopExecutor(2) (a client running another thread:
+    the template is a fresh interpreter, the start takes longer).  Before, each interrupt left
+    the broker's thread, the template and both workers running until the program ended (an
+    interrupted cell in a notebook), and the program's exit could fail to join that thread."""
+    out = run_script(_CTRL_C_DURING_START, "5", "20", "40", "70", "100", "140", "200", timeout=180)
+    lines = out.stdout.decode().splitlines()
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    assert len(lines) == 8 and lines[-1].startswith("interrupted"), lines
+    assert int(lines[-1].split()[1]) >= 1, lines  # (the interrupt came during the start at least once)
+    for line in lines[:-1]:
+        assert line.endswith("left [] []"), lines
+    assert "cannot join thread" not in out.stderr.decode()

@@ -177,18 +177,41 @@ class EmbeddedSession(Session):
             self._cleanup_dir()
             if getattr(self, "broker", None) is not None:
                 self.broker.close()
-            self.ctx.term()
+            # destroy(), not term(): a broker that failed part-way through its making left a
+            # socket open, and term() would wait for it for ever (seen with few descriptors left)
+            self.ctx.destroy(linger=0)
             self.wake.close()
             raise
         self.broker.watcher = self.workers
         self.broker.trace = trace
         self.leader = Leader(self.broker)
         pools.track(self)
-        self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
-        self.thread.start()
-        self.loop_ident = self.thread.ident
-        # The forks are processes once the pool is made (the broker reads their HELLO meanwhile).
-        local.confirm()
+        try:
+            self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
+            self.thread.start()
+            self.loop_ident = self.thread.ident
+            # The forks are processes once the pool is made (the broker reads their HELLO meanwhile).
+            local.confirm()
+        except BaseException:  # (Ctrl-C, or forks that never came): nothing left running
+            self._start_failed()
+            raise
+
+    def _start_failed(self) -> None:
+        """The pool's start failed once its broker was made: stop what runs, free what is held.
+        Before, a Ctrl-C here left the broker's thread, the template and the workers running
+        until exit, and exit failed to join a thread that had not started."""
+        pools.untrack(self)
+        t = self.thread
+        if t is not None and t.ident is not None:
+            self.abort("the pool's start failed", timeout=10.0)  # (its thread frees the rest)
+            return
+        if self.workers is not None:
+            self.workers.stop()
+        worker_setup.release(self.setup_frames())
+        self.broker.close()
+        self.ctx.destroy(linger=0)
+        self._cleanup_dir()
+        self.wake.close()
 
     @staticmethod
     def _local_workers(

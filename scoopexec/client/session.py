@@ -502,7 +502,9 @@ class Session:
         answer says where the thread is stuck.
         """
         t = self.thread
-        if t is None or t is threading.current_thread() or self.abandoned or self.inherited:
+        if t is None or t.ident is None or t is threading.current_thread():
+            return ""  # (never started: see EmbeddedSession._start_failed)
+        if self.abandoned or self.inherited:
             return ""  # (abandoned: said once already)
         start = last = time.monotonic()
         turns = self.turns()

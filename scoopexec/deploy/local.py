@@ -59,6 +59,10 @@ MAX_START_FAILURES = 3  # workers that die before saying HELLO, in a row, before
 FORK_WAIT = 10.0  # s to wait, at most, for a new template to fork the first workers (it imports first)
 FDS_PER_WORKER = 3  # descriptors this process keeps for a local worker: its link, stdin pipe, exit note
 FD_MARGIN = 64  # more, for the broker's own, the program's, and the pipes a worker's start opens a moment
+# What a new pool itself keeps open besides its workers (measured: 19 for one local worker, 3 of
+# them its): its ZeroMQ context, sockets and wake-up pipes.  Short of these, ZeroMQ failed inside
+# the pool's start: an abort (libzmq's assertion) or a hang, instead of an error.
+POOL_FDS = 16
 
 log = logging.getLogger("scoopexec")
 
@@ -66,9 +70,10 @@ log = logging.getLogger("scoopexec")
 _room_lock = threading.Lock()  # pools starting at once read and raise the limit in turn
 
 
-def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER) -> None:
+def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER, extra: int = 0) -> None:
     """Make sure this process may open the descriptors ``workers`` more local workers keep here
-    (``per_worker`` each: 2 without a link).  Linux (it counts /proc/self/fd); elsewhere nothing.
+    (``per_worker`` each: 2 without a link), and ``extra`` more (a new pool's own: POOL_FDS).
+    Linux (it counts /proc/self/fd); elsewhere nothing.
 
     Without this, a pool of one worker per CPU on a machine with hundreds of them (or any pool
     under a low ``ulimit -n``) failed part-way through its start with a bare ``OSError: [Errno
@@ -83,14 +88,15 @@ def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER) -> None:
             open_now = len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
         except (OSError, ValueError):
             return  # no /proc (not Linux): as before, the start fails where it runs out
-        need = open_now + per_worker * workers
+        need = open_now + per_worker * workers + extra
         if soft == resource.RLIM_INFINITY or need + FD_MARGIN <= soft:
             return
         if hard != resource.RLIM_INFINITY and need > hard:
             raise OSError(
                 errno.EMFILE,
                 f"starting {workers} local worker(s) needs about {need} open files in this process "
-                f"({per_worker} a worker, {open_now} open now), more than its limit allows: {soft}, "
+                f"({per_worker} a worker, {extra} for the pool, {open_now} open now), more than its "
+                f"limit allows: {soft}, "
                 f"and {hard} at most (RLIMIT_NOFILE's hard limit); start fewer workers, or raise "
                 "the hard limit (`ulimit -Hn` as root, limits.conf, or a service's LimitNOFILE=) "
                 "and the soft one (`ulimit -n`)",
@@ -379,7 +385,9 @@ class LocalWorkers:
     def add(self, n: int, wait: bool = True) -> None:
         """Start ``n`` more workers: once this returns, they are processes (``pids``), forked ones
         too (``wait`` False: once :meth:`confirm` returns)."""
-        make_room_for(n, FDS_PER_WORKER if self.link is not None else FDS_PER_WORKER - 1)
+        first = not self.procs and not self.exits  # (a new pool: its own descriptors too)
+        per_worker = FDS_PER_WORKER if self.link is not None else FDS_PER_WORKER - 1
+        make_room_for(n, per_worker, POOL_FDS if first else 0)
         tags = [self._spawn() for _ in range(n)]
         forked = [p for p in map(self.procs.get, tags) if isinstance(p, ForkedProcess)]
         if not wait:
