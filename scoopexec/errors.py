@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import pickle
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -127,6 +128,15 @@ def serialization_error(message: str, original: BaseException) -> SerializationE
     """
     # One of ours, said again (scoop_map's): the type it was made for.
     return _rebuild(message, getattr(type(original), "_original", type(original)))
+
+
+def builtin_serialization_error(message: str, original: object) -> SerializationError:
+    """serialization_error() for the built-in exception type named ``original`` (what a worker
+    says of a result it could not pickle); a plain SerializationError for any other value."""
+    kind = getattr(builtins, original, None) if isinstance(original, str) else None
+    if not isinstance(kind, type) or not issubclass(kind, BaseException):
+        return SerializationError(message)
+    return _rebuild(message, kind)
 
 
 _mixed: dict[type[BaseException], type[SerializationError]] = {}  # original type -> its mixed class

@@ -141,6 +141,34 @@ def test_what_cannot_be_pickled_is_also_caught_as_the_original_error(one_worker)
     assert "keyword argument 'log' (a _thread.lock)" in str(info.value)
 
 
+def _a_lock_inside():
+    return {"fine": 1, "lock": threading.Lock()}
+
+
+def _refuses(error):
+    return _RefusesToTravel(error)
+
+
+def test_a_result_that_cannot_be_pickled_is_also_the_standard_error(one_worker):
+    # ProcessPoolExecutor's worker sends back the pickling error itself (TypeError: cannot
+    # pickle '_thread.lock' object): `except TypeError` around result() caught it; ours was a
+    # SerializationError only.
+    with pytest.raises(TypeError) as info:
+        one_worker.submit(threading.Lock).result(timeout=60)
+    assert isinstance(info.value, SerializationError)
+    assert str(info.value).startswith("the result of ") and "cannot be pickled" in str(info.value)
+    # The part that fails decides; a __reduce__'s own error (a built-in type) is that type.
+    with pytest.raises(TypeError, match=r"its part result\['lock'\] \(a _thread.lock\) fails"):
+        one_worker.submit(_a_lock_inside).result(timeout=60)
+    with pytest.raises(RuntimeError) as info:
+        one_worker.submit(_refuses, RuntimeError("no")).result(timeout=60)
+    assert isinstance(info.value, SerializationError)
+    # A program's own type is not mixed in (its __init__ would run on our message).
+    with pytest.raises(SerializationError) as info:
+        one_worker.submit(_refuses, _Prefixed("x")).result(timeout=60)
+    assert type(info.value) is SerializationError
+
+
 def _submit_a_lock():
     import scoopexec
 

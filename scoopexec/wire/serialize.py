@@ -957,13 +957,18 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
         of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
         text = f"the result{of} ({_a(value)}) cannot be pickled{where}: "
         found = _find_quietly(value, "result", _data_children)
+        part = value
         if found is not None and found[0] != "result":
             text += f"its part {found[0]} ({_a(found[1])}) fails: "
-            exc = found[2]  # type: ignore[assignment]
+            part, exc = found[1], found[2]  # type: ignore[assignment]
+        # The client's error is also the built-in error the standard pickle module raises for
+        # that part, as ProcessPoolExecutor's (TypeError for a lock): named, for it to rebuild.
+        original = type(_standard_error(part, exc))
         return protocol.FAILED, failure_frames(
             "result",
             f"{text}{type(exc).__name__}: {exc} (return plain data the client can rebuild it from)",
             tb_text,
+            original=original.__name__ if original.__module__ == "builtins" else "",
         )
     except BaseException as exc:  # SystemExit, KeyboardInterrupt while pickling
         return encode_exception(exc, traceback.format_exc())
@@ -994,9 +999,11 @@ def oversized(frames: Frames, limit: int) -> int:
     return 0
 
 
-def failure_frames(kind: str, message: str, tb_text: str = "") -> Frames:
-    meta = protocol.dump_json({"type": kind, "message": message, "kind": kind})
-    return [meta, tb_text.encode("utf-8", "replace")]
+def failure_frames(kind: str, message: str, tb_text: str = "", original: str = "") -> Frames:
+    fields = {"type": kind, "message": message, "kind": kind}
+    if original:
+        fields["original"] = original  # a built-in exception type's name (serialization_error)
+    return [protocol.dump_json(fields), tb_text.encode("utf-8", "replace")]
 
 
 def decode_outcome(status: int, frames: Sequence[Any], what: str = "") -> tuple[bool, Any]:
@@ -1075,7 +1082,7 @@ def _failure_exception(status: int, meta: dict[str, Any], what: str = "") -> Bas
             message = f"{what}(): {message}{_missing_module_hint(message)}"
         return errors.DeserializationError(message)
     if kind == "result":
-        return errors.SerializationError(message)
+        return errors.builtin_serialization_error(message, meta.get("original"))
     if kind == "initializer":
         return errors.InitializerError(message)
     if kind == "broken":
