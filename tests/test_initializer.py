@@ -48,6 +48,31 @@ def test_failing_initializer_breaks_the_executor(caplog):
         ex.shutdown(wait=True)
 
 
+def _exit_unless_marked(marker):
+    # The first worker to run it ends its process; the ones after it find the mark and return.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+
+
+@pytest.mark.timeout(120)
+def test_an_initializer_that_ends_its_process_breaks_the_pool_instead_of_killing_workers_for_ever(tmp_path):
+    # Before: each task was blamed for its worker's end and run again (WorkerLostError after 4
+    # tries, "a task ended the process"), and a new worker was started for each: 84 processes
+    # for 21 tasks.  ProcessPoolExecutor breaks its pool (BrokenProcessPool).
+    with ScoopExecutor(2, initializer=os._exit, initargs=(1,)) as ex:
+        futs = [ex.submit(abs, -i) for i in range(20)]
+        with pytest.raises(InitializerError, match="ended 3 worker processes in a row before it returned") as info:
+            futs[0].result(timeout=60)
+        assert "exit" in str(info.value)
+        for f in futs:
+            assert isinstance(f.exception(timeout=60), cf.BrokenExecutor)
+    # One worker ending in its initializer is survived: its tasks run on the next.
+    marker = str(tmp_path / "mark")
+    with ScoopExecutor(2, initializer=_exit_unless_marked, initargs=(marker,)) as ex:
+        assert sorted(ex.map(abs, range(-20, 0))) == list(range(1, 21))
+
+
 def test_initializer_must_be_callable_and_picklable():
     import multiprocessing
     import threading

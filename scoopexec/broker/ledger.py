@@ -215,7 +215,7 @@ class Peer:
 class WorkerState(Peer):
     __slots__ = (
         "assigned", "credit", "done", "draining", "in_ready", "last_seen", "name", "recall_mark", "recalled",
-        "sent", "setups", "tag",
+        "sent", "set_up", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any]) -> None:
@@ -223,7 +223,8 @@ class WorkerState(Peer):
         self.credit = 0
         self.in_ready = False  # in Ledger.ready (once: a second entry would jump the queue)
         self.assigned: set[int] = set()
-        self.setups: set[int] = set()
+        self.setups: set[int] = set()  # the set-ups sent to it
+        self.set_up: set[int] = set()  # those it said it applied (SETUP_DONE)
         self.done = 0
         self.sent = 0  # tasks sent to it (a new one may wait there unstarted)
         self.last_seen = time.time()
@@ -240,12 +241,13 @@ class WorkerState(Peer):
 
 
 class ClientState(Peer):
-    __slots__ = ("broken", "closing", "held", "setup", "setup_frames", "shares")
+    __slots__ = ("broken", "closing", "held", "setup", "setup_deaths", "setup_frames", "shares")
 
     def __init__(self, key: bytes, info: dict[str, Any], setup: int, frames: list[Any]) -> None:
         super().__init__(key, CLIENT, info)
         self.setup = setup
         self.setup_frames = frames
+        self.setup_deaths = 0  # local worker processes that ended while applying it, in a row
         self.broken = False
         self.closing = False  # leaving after an error: what no worker has started is dropped
         self.shares: dict[bytes, list[Any]] = {}  # name -> value shared with every worker, in order

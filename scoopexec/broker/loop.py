@@ -157,7 +157,7 @@ class Broker:
             P.CANCEL: self._on_cancel,
             P.OUTPUT: self._on_output,
             P.LOG: self._on_output,
-            P.SETUP_DONE: self._on_setup_done,
+            P.SETUP_DONE: self.supervisor.on_setup_done,
             P.SHARE: self._on_share,
             P.BYE: self._on_bye,
             P.STATUS: self._on_status,
@@ -434,14 +434,6 @@ class Broker:
                 for ent, frame in items:
                     if not write_nowait(sys.stderr if ent[1] == 2 else sys.stdout, P.as_bytes(frame)):
                         ledger.dropped["output nobody reads"] += 1
-
-    def _on_setup_done(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
-        if msg.count:
-            return  # applied
-        c = self.ledger.setups.get(msg.arg)
-        if c is not None and not c.broken and msg.arg in w.setups:  # (only a set-up it was sent)
-            main = len(msg.frames) > 2 and P.as_bytes(msg.frames[2]) == b"main"  # importing its script
-            self.break_client(c, "main" if main else "initializer", msg.text or "set-up failed")
 
     def break_client(self, c: ClientState, kind: str, message: str) -> None:
         """The client's pool cannot run its tasks any more: say why, drop what serves it."""

@@ -37,6 +37,7 @@ _STATUS = operator.itemgetter(1)  # a RESULT entry's status
 log = logging.getLogger("scoopexec.broker")
 
 RETRY_START = 1.0  # s before starting again a worker that could not be started
+SETUP_DEATHS = 3  # local workers ended by a client's set-up in a row before its pool is broken
 
 
 class ProcessWatcher(Protocol):
@@ -119,6 +120,38 @@ class Supervisor:
             self.b.cancel_on_workers(ledger.remove_client(key)[1])
         ledger.observers.discard(key)
 
+    def on_setup_done(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
+        """SETUP_DONE: the worker applied a client's set-up (main module, initializer), or says
+        why it could not: then that client's pool is broken."""
+        c = self.b.ledger.setups.get(msg.arg)
+        if msg.count:  # applied
+            w.set_up.add(msg.arg)
+            if c is not None:
+                c.setup_deaths = 0
+            return
+        if c is not None and not c.broken and msg.arg in w.setups:  # (only a set-up it was sent)
+            main = len(msg.frames) > 2 and P.as_bytes(msg.frames[2]) == b"main"  # importing its script
+            self.b.break_client(c, "main" if main else "initializer", msg.text or "set-up failed")
+
+    def _died_setting_up(self, w: WorkerState, reason: str) -> None:
+        """A local worker process ended while applying set-ups (it had said SETUP_DONE for none
+        of them: on its link, that message comes before any task runs): an initializer that
+        ends its process (os._exit, a crash).  The tasks it held did not run; after
+        SETUP_DEATHS such workers in a row, the client's pool is broken, as when its initializer
+        raises: before, each task was blamed and retried, and workers were started for ever."""
+        for sid in w.setups - w.set_up:
+            c = self.b.ledger.setups.get(sid)
+            if c is None or c.broken:
+                continue
+            c.setup_deaths += 1
+            if c.setup_deaths >= SETUP_DEATHS:
+                self.b.break_client(
+                    c, "initializer",
+                    f"the workers' set-up (the pool's initializer, or importing its script) ended "
+                    f"{c.setup_deaths} worker processes in a row before it returned; the last: "
+                    f"{w.where}: {reason}",
+                )  # fmt: skip
+
     def lose_worker(self, w: WorkerState, why: str, exit_info: str = "", task_rc: int | None = None) -> None:
         """Forget a worker and requeue (or fail) its tasks.
 
@@ -145,6 +178,9 @@ class Supervisor:
                         f"it stopped answering heartbeats for {self.b.heartbeat_timeout:g} s and was killed"
                     )
         reason = exit_info or why
+        local = bool(w.tag) and watcher is not None and watcher.owns_process(w.tag)
+        if exit_info and local and w.setups - w.set_up:
+            self._died_setting_up(w, reason)
         if w.assigned:
             log.warning("%s was lost with %d task(s): %s", w.where, len(w.assigned), reason)
         lost, cancels = ledger.lose_worker(w, reason, task_rc if exit_info else None)
