@@ -73,9 +73,10 @@ from scoopexec import ScoopExecutor
 from scoopexec.api import WorkerExecutor, active_executor
 from scoopexec.client.future import cancel_all
 from scoopexec.deploy.hosts import local_cpu_count
+from scoopexec.errors import SerializationError
 from scoopexec.worker.worker import Worker, current_worker
 
-from .joblib_memmap import Memmapping, pool_is_local
+from .joblib_memmap import MapError, Memmapping, pool_is_local
 
 __all__ = ["MAX_NESTING_LEVEL", "ScoopBackend", "register", "shared_pool", "shutdown_shared_pool"]
 
@@ -425,7 +426,10 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         # The batch travels as an argument: workers cache unpickled *functions* by
         # their bytes, and two identical batches must not share one object.
         maps = self._maps
-        fut = ex.submit(_run_batch, maps.wrap(func) if maps is not None and pool_is_local(ex) else func)
+        if maps is not None and pool_is_local(ex):
+            fut = _submit_mapped(ex, func, maps)
+        else:
+            fut = ex.submit(_run_batch, func)
         with self._lock:
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
@@ -482,6 +486,24 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
 
 def _run_batch(batch: Callable[[], Any]) -> Any:
     return batch()
+
+
+def _submit_mapped(ex: cf.Executor, func: Callable[[], Any], maps: Memmapping) -> cf.Future[Any]:
+    """Submit a batch whose arrays travel as maps (joblib_memmap.py).  If it cannot be sent:
+    an array that could not be written fails the batch with that OSError (not a pickling
+    error); anything else, with the error of the batch sent as it is, which names the part
+    that cannot be pickled (the search for that part does not look inside the wrapper)."""
+    fut = ex.submit(_run_batch, maps.wrap(func))
+    if not fut.done() or fut.cancelled():
+        return fut
+    err = fut.exception()
+    if not isinstance(err, SerializationError):
+        return fut
+    if isinstance(err.__cause__, MapError):
+        failed: cf.Future[Any] = cf.Future()
+        failed.set_exception(err.__cause__)
+        return failed
+    return ex.submit(_run_batch, func)
 
 
 class _CallbackThread:

@@ -15,9 +15,10 @@ Before this module the backend sent every array as a copy: the shared-output rec
 what the tasks wrote.  Only a pool whose every worker runs on this host gets maps (no ``hosts=``,
 ``bind=``, batch jobs or standalone broker: a worker elsewhere could not open the file); other
 pools receive copies, as before.  Files are written with mode 0600 in a 0700 folder named after
-this process; the folder is removed when the call (or the ``with Parallel(...)`` block) ends, at
-interpreter exit, or, if this process was killed, by the next process that makes one in the same
-place.
+this process (and its host and pid namespace); the folder is removed when the call (or the
+``with Parallel(...)`` block) ends, at interpreter exit, or, if this process was killed, by the
+next process of the same user, host and pid namespace that makes one in the same place (a folder
+on a file system other hosts share, or a /dev/shm other containers share, may be another's).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import atexit
 import contextlib
 import errno
 import functools
+import hashlib
+import logging
 import mmap
 import os
 import pickle
 import shutil
+import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -40,7 +45,9 @@ from typing import Any
 from scoopexec.client.embedded import EmbeddedSession
 from scoopexec.wire import serialize
 
-__all__ = ["Memmapping", "pool_is_local"]
+__all__ = ["MapError", "Memmapping", "pool_is_local"]
+
+log = logging.getLogger("scoopexec.joblib")
 
 _PREFIX = "scoopexec-joblib-"
 _SHM = "/dev/shm"
@@ -71,35 +78,57 @@ def _root(temp_folder: str | None) -> str:
     return tempfile.gettempdir()
 
 
+def _here() -> str:
+    """This host and pid namespace, in a short name: a folder's pid means something only there
+    (a temp_folder on NFS shared by a user's jobs on several nodes, containers sharing a
+    /dev/shm with pid namespaces of their own)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            parts.append(fh.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("?")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except (OSError, OverflowError, ValueError):
+        return True  # (not ours to judge: kept)
     return True
 
 
-def _prune(root: str) -> None:
-    """Remove the folders of processes that died before removing theirs (SIGKILL, say): in
-    /dev/shm they hold memory.  Only this user's, only of pids that no longer run."""
+def _prune(root: str, here: str) -> None:
+    """Remove the folders that processes of this host and pid namespace (``here``) made and did
+    not remove as they died (SIGKILL, say): in /dev/shm they hold memory.  Only folders of this
+    user's, named as ours are, whose pid no longer runs; a name that is not ours is left alone."""
     try:
         names = os.listdir(root)
     except OSError:
         return
-    uid = os.geteuid()
+    uid, mine = os.geteuid(), f"{_PREFIX}{here}-"
     for name in names:
-        if not name.startswith(_PREFIX):
+        if not name.startswith(mine):
             continue
-        pid = name[len(_PREFIX) :].split("-", 1)[0]
+        pid = name[len(mine) :].split("-", 1)[0]
         path = os.path.join(root, name)
         try:
-            if not pid.isdigit() or _alive(int(pid)) or os.lstat(path).st_uid != uid:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
                 continue
-        except OSError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
+            if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or _alive(int(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+        except Exception:  # (best effort: a name another user chose must not stop a call)
+            log.debug("could not look at %s", path, exc_info=True)
+
+
+class MapError(OSError):
+    """An array could not be written for the workers to map (no room, a folder not writable)."""
 
 
 class Memmapping:
@@ -165,7 +194,7 @@ class Memmapping:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-                raise OSError(
+                raise MapError(
                     exc.errno,
                     f"cannot write a {a.nbytes}-byte array for the workers to map "
                     f"in {folder} ({exc.strerror}): "
@@ -179,14 +208,14 @@ class Memmapping:
 
     def _folder(self) -> str:
         if self.folder is None:
-            root = _root(self._temp_folder)
-            _prune(root)
-            folder = os.path.join(root, f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+            root, here = _root(self._temp_folder), _here()
+            _prune(root, here)
+            folder = os.path.join(root, f"{_PREFIX}{here}-{os.getpid()}-{uuid.uuid4().hex}")
             try:
                 os.makedirs(root, exist_ok=True)
                 os.mkdir(folder, 0o700)
             except OSError as exc:
-                raise OSError(
+                raise MapError(
                     exc.errno or errno.EIO,
                     f"cannot make a folder for arrays the workers map in {root} ({exc.strerror}): "
                     "pass temp_folder= a writable folder, or max_nbytes=None to send arrays as copies",

@@ -9,8 +9,10 @@ n workers reading one large array held n copies of it.
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 from joblib import Parallel, delayed, parallel_backend
@@ -33,7 +35,7 @@ def fill_row(out, i):
     out[i, :] = i
 
 
-def describe(a):
+def describe(a, *_ignored):
     """What a task received, and the worker's private memory once it has read all of it."""
     return {
         "memmap": isinstance(a, np.memmap),
@@ -107,18 +109,39 @@ def test_the_folder_lives_as_long_as_the_parallel_block_and_mmap_mode_is_honoure
 
 
 def test_the_folder_of_a_killed_client_is_removed_by_the_next(tmp_path):
+    from scoopexec.integrations import joblib_memmap
+
+    here = joblib_memmap._here()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = tmp_path / f"scoopexec-joblib-{dead.pid}-0123abcd"
+    left = tmp_path / f"scoopexec-joblib-{here}-{dead.pid}-0123abcd"  # a client killed here
     left.mkdir()
     (left / "0-x.npy").write_bytes(b"x" * 1000)
-    mine = tmp_path / f"scoopexec-joblib-{os.getpid()}-live"  # a live process's: kept
-    mine.mkdir()
-    other = tmp_path / "not-ours"
-    other.mkdir()
+    kept = [
+        f"scoopexec-joblib-{here}-{os.getpid()}-live",  # a live process's
+        f"scoopexec-joblib-0123456789ab-{dead.pid}-elsewhere",  # another host's or pid namespace's
+        f"scoopexec-joblib-{here}-99999999999999999999",  # a name that is no pid (a file, anyone's)
+        f"scoopexec-joblib-{here}-\u00b2",
+        "not-ours",
+    ]
+    for name in kept[:2]:
+        (tmp_path / name).mkdir()
+    for name in kept[2:]:
+        (tmp_path / name).write_text("")
     with parallel_backend("scoop", n_jobs=2):
-        Parallel(max_nbytes=1, temp_folder=str(tmp_path))(delayed(describe)(np.ones(10)) for _ in range(2))
-    assert sorted(os.listdir(tmp_path)) == sorted([mine.name, other.name])
+        got = Parallel(max_nbytes=1, temp_folder=str(tmp_path))(delayed(describe)(np.ones(10)) for _ in range(2))
+    assert [g["memmap"] for g in got] == [True, True]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
+def test_an_array_that_cannot_be_written_says_so_and_an_unpicklable_part_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with parallel_backend("scoop", n_jobs=2):
+        with pytest.raises(OSError, match="cannot make a folder for arrays the workers map") as info:
+            Parallel(max_nbytes=1, temp_folder=str(tmp_path / "a-file"))(delayed(describe)(np.ones(10)) for _ in range(2))
+        assert not isinstance(info.value, pickle.PicklingError)
+        with pytest.raises(TypeError, match=r"batch\.items\[0\]\[1\]\[1\] \(a _thread\.lock\)"):
+            Parallel(max_nbytes=1)(delayed(describe)(np.ones(10), threading.Lock()) for _ in range(2))
 
 
 def test_a_pool_that_workers_may_join_from_elsewhere_gets_copies(tmp_path):

@@ -196,6 +196,16 @@ def test_the_zeromq_ipc_transport_can_still_be_chosen(monkeypatch):
         assert not ex._session.broker.links.links
 
 
+@pytest.mark.timeout(60)
+def test_a_mistyped_transport_is_refused_not_taken_for_the_default(monkeypatch):
+    monkeypatch.setenv("SCOOPEXEC_LOCAL_TRANSPORT", "zmqq")
+    with pytest.raises(ValueError, match="SCOOPEXEC_LOCAL_TRANSPORT='zmqq': expected one of link"):
+        ScoopExecutor(1)
+    monkeypatch.setenv("SCOOPEXEC_LOCAL_TRANSPORT", "link")
+    with ScoopExecutor(1) as ex:
+        assert ex.submit(abs, -1).result(timeout=30) == 1
+
+
 def _wait_for_workers(ex, n):
     deadline = time.monotonic() + 30
     while len(ex._session.broker.ledger.workers) < n:

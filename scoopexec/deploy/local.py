@@ -119,7 +119,10 @@ def use_socketpairs() -> bool:
     On Linux only, where the broker can see a worker's process state in /proc;
     SCOOPEXEC_LOCAL_TRANSPORT=zmq chooses the ipc endpoint (for comparisons).
     """
-    return sys.platform.startswith("linux") and os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "") != "zmq"
+    value = os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "")
+    if value.strip().lower() not in ("", "link", "zmq"):  # (a typo silently meant the default)
+        raise ValueError(f"SCOOPEXEC_LOCAL_TRANSPORT={value!r}: expected one of link (the default), zmq")
+    return sys.platform.startswith("linux") and value.strip().lower() != "zmq"
 
 
 def process_state(pid: int) -> bytes | None:
