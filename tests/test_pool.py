@@ -733,3 +733,21 @@ def test_a_pool_left_running_is_terminated_at_exit_not_waited_for(how):
     while any(helpers.running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(helpers.running(p) for p in pids)
+
+
+def process_name(_=None):
+    import logging as _logging
+
+    record = _logging.LogRecord("x", _logging.INFO, __file__, 1, "m", None, None)
+    return multiprocessing.current_process().name, record.processName, os.getpid()
+
+
+def test_a_task_sees_which_worker_it_runs_in_by_process_name():
+    # multiprocessing's workers are "ForkPoolWorker-N", ProcessPoolExecutor's "ForkProcess-N":
+    # logging's %(processName)s tells them apart.  A forked scoopexec worker said "MainProcess",
+    # the client's name.
+    with Pool(2) as pool:
+        seen = pool.map(process_name, range(8), chunksize=1)
+    for name, logged, pid in seen:
+        assert name == logged == f"ScoopWorker-{pid}"
+    assert multiprocessing.current_process().name == "MainProcess"

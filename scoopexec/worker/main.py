@@ -7,6 +7,7 @@ run_worker_group, which starts N of these.
 from __future__ import annotations
 
 import argparse
+import multiprocessing.process
 import os
 import signal
 import socket
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             ap.error(f"--link-fd {args.link_fd}: {exc}")
         lifeline.note_client(link)
+    # What multiprocessing and logging's %(processName)s say in a task: which worker this is, not
+    # "MainProcess" (a forked worker had the client's name).
+    multiprocessing.process.current_process().name = f"ScoopWorker-{os.getpid()}"
     worker = Worker(
         connect,
         link=link,
