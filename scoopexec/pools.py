@@ -84,14 +84,6 @@ def untrack(session: _Live) -> None:
         _live.discard(session)
 
 
-def sole_live() -> Any:
-    """The one live pool session of this process, or None (none, or several)."""
-    with _live_lock:
-        if len(_live) != 1:
-            return None
-        return next(iter(_live))
-
-
 def shutting_down() -> bool:
     """Interpreter exit has begun: no new pool, no new work."""
     return _shutting_down

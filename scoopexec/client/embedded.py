@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,6 @@ from ..deploy.groups import Launchers, Target
 from ..deploy.local import LocalWorkers, use_socketpairs
 from ..deploy.slurm import slurm_address
 from ..errors import SerializationError
-from ..wire import serialize
 from ..wire.security import (
     Credentials,
     KeyPair,
@@ -214,19 +212,6 @@ class EmbeddedSession(Session):
         self.ctx.destroy(linger=0)
         self._cleanup_dir()
         self.wake.close()
-
-    def forked_main(self) -> Any:
-        """The client's script as this pool's workers have it (clientfork.MainSnapshot), when
-        all of them are forks of a fork of this process made at the pool's start and no other
-        worker may join; else None."""
-        w = self.workers
-        if self.endpoint != self.private or self.broken_msg or w is None or w.groups or w.job_pools:
-            return None
-        t = w.local.template if w.local is not None else None
-        if t is None or t.origin != "client" or t.gone or t.proc.returncode is not None:
-            return None
-        snap = t.main_snapshot
-        return snap if snap is not None and sys.modules.get("__main__") is snap.module else None
 
     @staticmethod
     def _local_workers(
@@ -401,11 +386,3 @@ class EmbeddedSession(Session):
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self._ipc_dir = None
-
-
-def _sole_forked_main() -> Any:
-    live = pools.sole_live()
-    return live.forked_main() if isinstance(live, EmbeddedSession) else None
-
-
-serialize.set_main_lookup(_sole_forked_main)

@@ -65,12 +65,10 @@ import sys
 import threading
 import time
 import traceback
-import types
 import warnings
 from typing import Any, NoReturn
 
 from .. import mainmodule
-from ..wire import serialize
 from ..worker import lifeline
 from ..worker.main import main as worker_main
 from . import threadlibs
@@ -107,64 +105,6 @@ def fork_safe() -> bool:
     if threads == 1:
         return True
     return threading.active_count() == 1 and threadlibs.pool_threads() == threads - 1
-
-
-_MISSING = object()
-_names_of: dict[types.CodeType, frozenset[str]] = {}  # code -> the global names it and its inner code use
-
-
-def _code_names(code: types.CodeType) -> frozenset[str]:
-    found = _names_of.get(code)
-    if found is None:
-        names = set(code.co_names)
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                names |= _code_names(const)
-        found = frozenset(names)
-        if len(_names_of) >= 4096:
-            _names_of.clear()
-        _names_of[code] = found
-    return found
-
-
-def _state(fn: types.FunctionType) -> tuple[Any, ...]:
-    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, fn.__closure__)
-
-
-class MainSnapshot:
-    """The client's script (its __main__ module) as a pool's template was forked from it: what
-    the workers forked from that template have (wire/serialize.py sends the script's functions
-    that are still as they were by name).  Holds what the names were bound to then, so that an
-    object rebound since cannot be taken for its successor at the same address."""
-
-    __slots__ = ("functions", "module", "names", "token")
-
-    def __init__(self, module: types.ModuleType) -> None:
-        self.token = os.urandom(8)
-        self.module = module
-        self.names = dict(vars(module))
-        self.functions = {n: _state(f) for n, f in self.names.items() if type(f) is types.FunctionType}
-
-    def unchanged(self, name: str, fn: types.FunctionType) -> bool:
-        """Whether the workers' ``name`` is ``fn`` as it is here: the same function, unchanged,
-        and every global of the script it names bound to what it was bound to then (the
-        functions among them unchanged too)."""
-        now = self.module.__dict__
-        if now.get(name) is not fn or self.names.get(name) is not fn or fn.__globals__ is not now:
-            return False
-        if not _same(self.functions.get(name), _state(fn)):
-            return False
-        for g in _code_names(fn.__code__):
-            value = now.get(g, _MISSING)
-            if value is not self.names.get(g, _MISSING):
-                return False
-            if type(value) is types.FunctionType and not _same(self.functions.get(g), _state(value)):
-                return False
-        return True
-
-
-def _same(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:
-    return a is not None and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _stop_idle_zmq_collector() -> bool:
@@ -312,8 +252,6 @@ def fork_template(
                 stream.flush()
         except (OSError, ValueError):
             pass
-    script = sys.modules.get("__main__")
-    snapshot = MainSnapshot(script) if isinstance(script, types.ModuleType) else None
     collecting = gc.isenabled()
     gc.disable()  # until the child froze what it inherits
     try:
@@ -325,8 +263,6 @@ def fork_template(
     except OSError:
         pid = -1
     if pid == 0:
-        if snapshot is not None:
-            serialize.inherit_main(snapshot.token)
         _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (pools, signals, changes, handled))
     if collecting:
         gc.enable()
@@ -338,7 +274,6 @@ def fork_template(
         return None
     template = Template(ClientFork(pid, stdin_w), ours, origin="client")
     template.env = env
-    template.main_snapshot = snapshot
     return template
 
 

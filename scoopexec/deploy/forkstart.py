@@ -93,7 +93,6 @@ class Template:
         self.proc = proc
         self.sock = sock
         self.origin = origin
-        self.main_snapshot: Any = None  # the client's script at the fork (clientfork.MainSnapshot)
         self._lock = threading.Lock()
         self._seq = 0
         self._waiting: collections.deque[ForkedProcess] = collections.deque()  # forks without a pid yet

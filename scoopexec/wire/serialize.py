@@ -275,70 +275,13 @@ def _numpy_scalars() -> bool:
     return True
 
 
-# ---- functions of the script that the workers have already: by reference ----------------------
-# A function of the client's script (__main__) travels by value, with every global of the script
-# it uses: a 200 MB array that it reads was sent with every task (0.5 s each; ProcessPoolExecutor's
-# forked workers look the function up by name in the script they inherited).  When the workers of
-# the only pool of this process are forks of the client made at the pool's start (its template,
-# deploy/clientfork.py), a function of the script that was there then, unchanged, and whose globals
-# are all still what they were then, travels by name: the worker takes its own copy of the script's
-# function, in its own copy of the script's namespace, as ProcessPoolExecutor's workers do (a
-# global changed in place since, as there, is not seen; one rebound or defined since is: the
-# function then travels by value, as before).
-
-def _no_snapshot() -> Any:
-    return None
-
-
-_main_lookup: Callable[[], Any] = _no_snapshot  # the sole pool's MainSnapshot, or None (set by the client)
-_fork_token: bytes | None = None  # in a fork of the client (template, worker): the snapshot it is of
-
-
-def set_main_lookup(lookup: Callable[[], Any]) -> None:
-    global _main_lookup
-    _main_lookup = lookup
-
-
-def inherit_main(token: bytes) -> None:
-    """This process is the fork of the client that MainSnapshot ``token`` describes."""
-    global _fork_token
-    _fork_token = token
-
-
-def _main_reference(fn: types.FunctionType) -> tuple[Any, tuple[Any, ...]] | None:
-    snap = _main_lookup()
-    if snap is None:
-        return None
-    name = fn.__name__
-    if fn.__qualname__ != name or not snap.unchanged(name, fn):
-        return None
-    return (_forked_main, (snap.token, name))
-
-
-def _forked_main(token: bytes, name: str) -> Any:
-    if token != _fork_token:
-        raise RuntimeError(
-            f"__main__.{name} was sent by name, for the workers forked from the client at the pool's "
-            "start, and this process is not one of them (the pool's template was replaced?)"
-        )
-    return sys.modules["__main__"].__dict__[name]
-
-
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), NumPy scalars
-    travel as their Python values (see _Dispatch), and the script's functions the workers
-    already have travel by name (_main_reference)."""
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), and NumPy
+    scalars travel as their Python values (see _Dispatch)."""
 
     dispatch_table = ChainMap(
         {types.CodeType: _reduce_code}, _cloud_scalars, cloudpickle.Pickler.dispatch_table
     )
-
-    def reducer_override(self, obj: Any) -> Any:
-        if obj.__class__ is types.FunctionType and obj.__module__ == "__main__":
-            found = _main_reference(obj)
-            if found is not None:
-                return found
-        return super().reducer_override(obj)
 
 
 def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
