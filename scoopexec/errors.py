@@ -14,6 +14,7 @@ __all__ = [
     "DeserializationError",
     "InitializerError",
     "JournalError",
+    "LargeFunctionWarning",
     "LaunchError",
     "MainGuardError",
     "MessageTooLargeError",
@@ -196,6 +197,13 @@ def _rebuild(message: str, original: type[BaseException]) -> SerializationError:
         return _also(original)(message)
     except Exception:  # a constructor that wants more than a message
         return SerializationError(message)
+
+
+class LargeFunctionWarning(UserWarning):
+    """A task's function travels with more than a megabyte of what it refers to, with every task:
+    a function of the script (or a lambda, a closure) is sent by value, with the script's globals
+    it reads.  Send large data once (``ex.share(name, value)``, read with
+    ``scoopexec.shared(name)``) or pass a file path instead."""
 
 
 class DeserializationError(SerializationError, BrokenProcessPool):

@@ -24,6 +24,7 @@ from scoopexec import (
     WorkerLostError,
 )
 from scoopexec.deploy.contract import describe_returncode
+from tests.conftest import run_script
 
 M = __name__  # this module, as workers and messages name it
 ME = re.escape(M)
@@ -437,3 +438,39 @@ def test_tasks_left_at_shutdown_say_why():
 def test_bad_heartbeat_settings_show_the_values():
     with pytest.raises(ValueError, match=r"got heartbeat=2 and heartbeat_timeout=1"):
         ScoopExecutor(1, heartbeat=2, heartbeat_timeout=1)
+
+
+def test_a_function_sent_with_megabytes_of_what_it_refers_to_is_warned_about_once(one_worker):
+    # A function of the script, a lambda or a closure travels by value with what it refers to,
+    # with every task: a task reading a 200 MB global of the script cost 0.5 s each, silently.
+    from scoopexec.errors import LargeFunctionWarning
+
+    data = bytearray(3_000_000)
+    fn = lambda i: data[i] + 1  # noqa: E731
+    with pytest.warns(LargeFunctionWarning, match=r"is sent by value .* 3\.0 MB with every task") as seen:
+        assert one_worker.submit(fn, 1).result(timeout=60) == 1
+    assert seen[0].filename == __file__  # the line that submitted
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargeFunctionWarning)  # said once: not again
+        assert list(one_worker.map(fn, range(3))) == [1, 1, 1]
+        assert one_worker.submit(lambda: 2).result(timeout=60) == 2  # a small one: nothing
+    out = run_script(
+        """
+        import warnings
+        from scoopexec import ScoopExecutor
+        DATA = bytearray(2_000_000)
+        def f(i):
+            return DATA[i]
+        if __name__ == "__main__":
+            with ScoopExecutor(1) as ex, warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                [ex.submit(f, i).result() for i in range(3)]
+            print(len(w), str(w[0].message))
+        """,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    text = out.stdout.decode()
+    assert text.startswith("1 __main__.f is sent by value") and "the globals it reads: DATA (2.0 MB)" in text, text

@@ -265,6 +265,7 @@ import psutil
 from scoopexec import ScoopExecutor
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job ignores SIGINT)
     other = threading.Event()
     threading.Thread(target=other.wait, daemon=True).start()  # a fresh-interpreter template: a longer start
     me = psutil.Process()

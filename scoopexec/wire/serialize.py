@@ -39,6 +39,8 @@ import struct
 import sys
 import traceback
 import types
+import warnings
+import weakref
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
@@ -520,11 +522,80 @@ def encode_function(fn: Callable[..., Any]) -> bytes:
         if data is not None:
             return data
     try:
-        return dumps_function(fn)
+        data = dumps_function(fn)
     except Exception as exc:
         err = _function_error(fn, exc)
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
-    raise err from cause
+        raise err from cause
+    if len(data) >= LARGE_FUNCTION:
+        _warn_large(fn, len(data))
+    return data
+
+
+LARGE_FUNCTION = 1 << 20  # bytes of a function frame (sent with every task) worth a warning
+_warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
+
+
+def _warn_large(fn: Any, size: int) -> None:
+    """Say once that ``fn`` travels with ``size`` bytes, and which of the globals it reads are
+    the large ones: a silent 0.5 s a task for a function reading a 200 MB array of the script
+    (ProcessPoolExecutor's forked workers look the function up by name)."""
+    user = _user_function(fn)
+    try:
+        if user in _warned_large:
+            return
+        _warned_large.add(user)
+    except TypeError:  # (not weakly referable: said each time)
+        pass
+    names = []
+    g = getattr(user, "__globals__", None)
+    code = getattr(user, "__code__", None)
+    if isinstance(g, dict) and code is not None:
+        sizes = [(_rough_size(g[n]), n) for n in _global_names(code) if n in g]
+        big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
+        names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
+    which = f", with the globals it reads: {', '.join(names)}" if names else ""
+    warnings.warn(
+        f"{describe(user)} is sent by value with everything it refers to, {size / 1e6:.1f} MB with "
+        f"every task{which}; send large data once (ex.share('name', value), and "
+        "scoopexec.shared('name') in the task) or pass a file path",
+        errors.LargeFunctionWarning,
+        stacklevel=_user_stacklevel(),  # (the line that submitted)
+    )
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel, for a warning of the caller, of the innermost frame of the
+    user's code on this stack."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not isinstance(module, str) or not any(
+            module == m or module.startswith(m + ".") for m in _INTERNAL_MODULES
+        ):
+            return level
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return 1
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _rough_size(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (bytes, bytearray, str, memoryview)):
+        return len(value)
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 0
 
 
 def encode_args(
