@@ -120,9 +120,10 @@ def use_socketpairs() -> bool:
     SCOOPEXEC_LOCAL_TRANSPORT=zmq chooses the ipc endpoint (for comparisons).
     """
     value = os.environ.get("SCOOPEXEC_LOCAL_TRANSPORT", "")
-    if value.strip().lower() not in ("", "link", "zmq"):  # (a typo silently meant the default)
+    chosen = value.strip().lower()
+    if chosen not in ("", "link", "zmq"):  # (a typo silently meant the default)
         raise ValueError(f"SCOOPEXEC_LOCAL_TRANSPORT={value!r}: expected one of link (the default), zmq")
-    return sys.platform.startswith("linux") and value.strip().lower() != "zmq"
+    return sys.platform.startswith("linux") and chosen != "zmq"
 
 
 def process_state(pid: int) -> bytes | None:

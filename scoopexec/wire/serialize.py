@@ -551,7 +551,7 @@ def _warn_large(fn: Any, size: int) -> None:
     g = getattr(user, "__globals__", None)
     code = getattr(user, "__code__", None)
     if isinstance(g, dict) and code is not None:
-        sizes = [(_rough_size(g[n]), n) for n in _global_names(code) if n in g]
+        sizes = [(_rough_size(g[n]), n) for n in set(global_names(code)) if n in g]
         big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
         names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
     which = f", with the globals it reads: {', '.join(names)}" if names else ""
@@ -567,23 +567,8 @@ def _warn_large(fn: Any, size: int) -> None:
 def _user_stacklevel() -> int:
     """warnings.warn's stacklevel, for a warning of the caller, of the innermost frame of the
     user's code on this stack."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if not isinstance(module, str) or not any(
-            module == m or module.startswith(m + ".") for m in _INTERNAL_MODULES
-        ):
-            return level
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return 1
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
+    found = _user_frame(sys._getframe(1))
+    return found[1] if found is not None else 1
 
 
 def _rough_size(value: Any) -> int:
@@ -943,15 +928,22 @@ def _defined_at(fn: Any) -> str:
 
 def _submitted_at() -> str:
     """", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
-    frame = sys._getframe(1)
+    found = _user_frame(sys._getframe(1))
+    return f", submitted at {found[0].f_code.co_filename}:{found[0].f_lineno}" if found is not None else ""
+
+
+def _user_frame(frame: types.FrameType | None) -> tuple[types.FrameType, int] | None:
+    """The innermost frame of the user's code from ``frame`` outwards, and how many frames out
+    it is (``frame`` itself: 1); None if there is none."""
+    level = 1
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if not isinstance(module, str) or not any(
             module == m or module.startswith(m + ".") for m in _INTERNAL_MODULES
         ):
-            return f", submitted at {frame.f_code.co_filename}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return ""
+            return frame, level
+        frame, level = frame.f_back, level + 1
+    return None
 
 
 def _a(obj: Any) -> str:
