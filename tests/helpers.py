@@ -259,3 +259,20 @@ def stamp_then_spin(path, seconds):
     while time.monotonic() < end:
         pass
     return path
+
+
+class SlowToPickle:
+    """Pickles as ``value`` after ``delay`` seconds (a feeder thread's write that lags)."""
+
+    def __init__(self, value, delay):
+        self.value, self.delay = value, delay
+
+    def __reduce__(self):
+        time.sleep(self.delay)
+        return (str, (self.value,))
+
+
+def init_fail_after_slow_put(q):
+    """Put an item that takes 0.5 s to pickle in ``q``, log the failure there, then fail."""
+    q.put(SlowToPickle("put before failing", 0.5))
+    init_fail_logging(q)

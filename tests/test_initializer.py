@@ -186,6 +186,24 @@ def test_a_failing_initializer_logs_in_the_worker_as_process_pool_executors_do()
         q.close()
 
 
+def test_what_a_failing_initializer_put_in_a_queue_is_there_once_the_pool_is_broken():
+    # CPython's test reads its log queue with get_nowait() as soon as the executor is broken:
+    # the worker reports the failure only once its queues' feeder threads have written what was
+    # put (here an item that takes 0.5 s to pickle, then the log record).
+    import multiprocessing
+
+    q = multiprocessing.get_context().Queue()
+    ex = ScoopExecutor(max_workers=1, initializer=helpers.init_fail_after_slow_put, initargs=(q,))
+    try:
+        with pytest.raises(cf.BrokenExecutor):
+            ex.submit(helpers.get_init_status).result(timeout=60)
+        assert q.get_nowait() == "put before failing"
+        assert "ValueError: error in initializer" in q.get_nowait().getMessage()
+    finally:
+        ex.shutdown(wait=True)
+        q.close()
+
+
 def test_lambda_initializer():
     with ScoopExecutor(max_workers=1, initializer=lambda: helpers.init("from lambda")) as ex:
         assert ex.submit(helpers.get_init_status).result() == "from lambda"
