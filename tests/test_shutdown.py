@@ -73,11 +73,12 @@ def test_cancel_futures():
 
 def test_shutdown_no_wait_still_completes_work():
     ex = ScoopExecutor(max_workers=2)
+    thread = ex._session.thread
     res = ex.map(abs, range(-5, 5))
     ex.shutdown(wait=False)
     assert list(res) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
-    ex._session.thread.join(timeout=30)
-    assert not ex._session.thread.is_alive()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_hang_after_cancel_then_shutdown():
@@ -313,3 +314,27 @@ def test_ctrl_c_while_a_pool_starts_leaves_nothing_running():
     for line in lines[:-1]:
         assert line.endswith("left [] []"), lines
     assert "cannot join thread" not in out.stderr.decode()
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_shut_down_pool_leaves_no_thread_object_for_the_garbage_collector(broken):
+    # CPython's executor tests count the Thread objects still alive after each test
+    # (threading._dangling) and report a "dangling thread" (an altered environment) until a
+    # collection frees them: the pool's thread sat in the session's reference cycles.
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        kwargs = {"initializer": helpers.init_fail} if broken else {}
+        ex = ScoopExecutor(max_workers=1, **kwargs)
+        try:
+            ex.submit(abs, -1).result(timeout=60)
+        except cf.BrokenExecutor:
+            assert broken
+        ex.shutdown(wait=True)
+        del ex
+        left = [t for t in threading._dangling if t.name.startswith("scoopexec")]  # type: ignore[attr-defined]
+        assert left == []
+    finally:
+        gc.enable()

@@ -512,6 +512,10 @@ class Session:
             t.join(0.25)
             if not t.is_alive():
                 if self.closed.is_set():
+                    # Dropped as ProcessPoolExecutor drops its manager thread: the session sits
+                    # in reference cycles, and CPython's test harness counts a Thread object
+                    # that outlives its test as a dangling thread (until a garbage collection).
+                    self.thread = None
                     return ""
                 why = f"the pool's {t.name} thread ended without stopping the pool (see the log)"
                 self._abandon(why)
