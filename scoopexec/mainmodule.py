@@ -24,6 +24,8 @@ import sys
 import types
 from typing import Any
 
+import cloudpickle
+
 from .errors import MainGuardError
 from .wire.serialize import user_traceback
 
@@ -57,6 +59,79 @@ def alias_in_client() -> None:
     main = sys.modules.get("__main__")
     if main is not None:
         sys.modules.setdefault(MAIN_ALIAS, main)
+
+
+MAX_CLASSES = 10_000  # of the main module's, named in one set-up blob
+
+
+def class_ids() -> dict[str, str]:
+    """The classes of this process's main module, at its top level, by cloudpickle's tracker id
+    ({id: name}).  A task's pickle carries such a class by value, with that id; a worker that
+    has the module maps the id to the module's own class (:func:`track_classes`)."""
+    main = sys.modules.get("__main__")
+    create = getattr(cloudpickle.cloudpickle, "_get_or_create_tracker_id", None)
+    if main is None or create is None or not describe():
+        return {}  # (no module a worker can have: a notebook, python -c)
+    out: dict[str, str] = {}
+    for name, obj in list(vars(main).items()):
+        if _top_level_class(obj, name):
+            out[create(obj)] = name
+            if len(out) >= MAX_CLASSES:
+                break
+    return out
+
+
+def _top_level_class(obj: Any, name: str) -> bool:
+    """Whether ``obj`` is a class the main module defined at its top level under ``name``."""
+    return (
+        isinstance(obj, type)
+        and getattr(obj, "__module__", None) in ("__main__", MAIN_ALIAS)
+        and getattr(obj, "__qualname__", None) == name
+    )
+
+
+def is_clients(info: dict[str, Any]) -> bool:
+    """Whether this worker's ``__main__`` is the client's main module that ``info`` (describe())
+    names: run() made it, or it came with a fork of the client (inherit())."""
+    if not info:
+        return False
+    if info == _inherited:
+        return True
+    made = getattr(sys.modules.get("__main__"), "__scoopexec_main__", None)
+    return made is not None and made in (info.get("name"), info.get("path"))
+
+
+def track_classes(ids: Any) -> int:
+    """In a worker that has the client's main module (is_clients()): make
+    each of the client's classes named in ``ids`` (class_ids()) unpickle as the module's own
+    class, not a copy of it; how many.
+
+    A copy is another class: ``pickle`` then refuses an instance of it ("not the same object as
+    __main__.Progress"), as the feeder thread of a multiprocessing queue that a task puts it on
+    does, silently dropping the item; and the module's own code, a dict keyed by the class,
+    ``isinstance``, ``except``, do not recognise it.  A fork of ProcessPoolExecutor's has the
+    one class.  Classes the client made after the pool started still arrive as copies.
+    """
+    main = sys.modules.get("__main__")
+    track = getattr(cloudpickle.cloudpickle, "_lookup_class_or_track", None)
+    by_class = getattr(cloudpickle.cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", None)
+    if main is None or track is None or by_class is None or not isinstance(ids, dict):
+        return 0
+    n = 0
+    for tracker_id, name in list(ids.items())[:MAX_CLASSES]:
+        if not (isinstance(tracker_id, str) and isinstance(name, str)):
+            continue
+        obj = vars(main).get(name)
+        if not _top_level_class(obj, name):
+            continue
+        held = by_class.get(obj)
+        if held is not None and held != tracker_id:
+            # Another client's (two runs of one script on a shared worker): a class is pickled
+            # with one id, so this client's instances keep arriving as copies, as before.
+            continue
+        track(tracker_id, obj)
+        n += 1
+    return n
 
 
 def executing() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -251,3 +252,127 @@ def test_run_as_module_with_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mypkg.job"], capture_output=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().strip() == "Thing"
+
+
+SCRIPT_CLASSES = """
+    import enum, multiprocessing, queue, sys
+    from dataclasses import dataclass
+    from scoopexec import ScoopExecutor
+
+    @dataclass
+    class Progress:
+        i: int
+
+    class Colour(enum.Enum):
+        RED = 1
+
+    class Failed(Exception):
+        pass
+
+    HANDLERS = {Progress: "progress"}  # the module's own code, keyed by its class
+    Q = None
+
+    def init(q):
+        global Q
+        Q = q
+
+    def report(i):
+        Q.put(Progress(i))  # pickled by multiprocessing's feeder thread: by reference
+        return i
+
+    def known(p):
+        module = sys.modules["__main__"]  # the worker's module, not the task's copy of its globals
+        return module.HANDLERS.get(type(p)), isinstance(p, module.Progress), p.colour is module.Colour.RED
+
+    def fail(_):
+        raise Failed("no")
+
+    if __name__ == "__main__":
+        q = multiprocessing.get_context("spawn").Queue()
+        with ScoopExecutor(max_workers=1, initializer=init, initargs=(q,)) as ex:
+            print(ex.submit(report, 1).result(timeout=60))
+            try:
+                print(q.get(timeout=10))
+            except queue.Empty:
+                print("lost")
+            p = Progress(2)
+            p.colour = Colour.RED
+            print(ex.submit(known, p).result(timeout=60))
+            r = ex.submit(Progress, 3).result(timeout=60)
+            print(type(r) is Progress, ex.submit(lambda: Colour.RED).result(timeout=60) is Colour.RED)
+            try:
+                ex.submit(fail, 0).result(timeout=60)
+            except Failed:
+                print("caught")
+    """
+
+
+@pytest.mark.parametrize("start", ["fork", "template", "spawn"])
+def test_the_scripts_classes_in_a_task_are_the_workers_own(start):
+    # A task's class of the script travels by value (cloudpickle): it was a copy of the class the
+    # worker's module has, so multiprocessing's queue refused an instance ("not the same object
+    # as __main__.Progress", in its feeder thread: the item was lost) and the module's own code
+    # did not recognise it.  A fork of ProcessPoolExecutor's has the one class.
+    r = run_script(SCRIPT_CLASSES, env={"SCOOPEXEC_WORKER_START": start})
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().splitlines() == [
+        "1",
+        "Progress(i=1)",
+        "('progress', True, True)",
+        "True True",
+        "caught",
+    ], r.stderr.decode()
+    assert b"not the same object" not in r.stderr
+
+
+TWO_CLIENTS_CLASSES = """
+    import os, sys, time
+    from dataclasses import dataclass
+    from scoopexec import ScoopExecutor
+
+    @dataclass
+    class Point:
+        x: int
+
+    def make(x):
+        return Point(x)
+
+    if __name__ == "__main__":
+        here, other = sys.argv[2], sys.argv[3]
+        with ScoopExecutor(broker=sys.argv[1]) as ex:
+            first = type(ex.submit(make, 0).result(timeout=60)) is Point
+            open(here, "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(other) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            then = all(type(ex.submit(make, i).result(timeout=60)) is Point for i in range(3))
+            print(first, then)
+            time.sleep(0.5)  # (the other run's last task, while this client is still there)
+    """
+
+
+def test_two_clients_of_one_script_on_a_shared_worker_each_get_their_own_class_back(tmp_path):
+    # One worker of a standalone broker serves two runs of one script at once: a class tracked
+    # under the second client's id would come back to the first as a copy (a class is tracked
+    # under one id only), so only the first client's ids name the module's classes there.
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import ROOT
+    from tests.peers import standalone_broker_and_group
+
+    script = tmp_path / "two_clients.py"
+    script.write_text(textwrap.dedent(TWO_CLIENTS_CLASSES))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with standalone_broker_and_group() as addr:
+        runs = [
+            subprocess.Popen([sys.executable, str(script), addr, *pair], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)  # fmt: skip
+            for pair in ((a, b), (b, a))
+        ]
+        outs = [r.communicate(timeout=120) for r in runs]
+    for r, (out, err) in zip(runs, outs):
+        assert r.returncode == 0, err.decode()
+        assert out.decode().splitlines() == ["True True"], err.decode()
