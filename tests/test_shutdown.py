@@ -338,3 +338,14 @@ def test_a_shut_down_pool_leaves_no_thread_object_for_the_garbage_collector(brok
         assert left == []
     finally:
         gc.enable()
+
+
+def test_the_pools_thread_under_process_pool_executors_private_name():
+    # CPython's test_shutdown_deadlock_pickle joins executor._executor_manager_thread after the
+    # pool's with-block; ProcessPoolExecutor's is None once shut down.
+    with ScoopExecutor(max_workers=1) as ex:
+        ex.submit(abs, -1).result(timeout=60)
+        t = ex._executor_manager_thread
+        assert isinstance(t, threading.Thread) and t.is_alive()
+    t.join(30)
+    assert not t.is_alive() and ex._executor_manager_thread is None

@@ -30,6 +30,17 @@ class Control:
     _shutdown: bool
     _shutdown_lock: threading.Lock
 
+    # ProcessPoolExecutor's private names for what we have too: CPython's own tests read them.
+    @property
+    def _broken(self) -> str | bool:
+        return self._session.broken_msg or False
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        """The thread that runs the pool for this process (the embedded broker's, a remote pool's
+        client's); None once it was joined, as ProcessPoolExecutor's after shutdown()."""
+        return self._session.thread
+
     def cancel(self, fut: cf.Future[Any], force: bool = False) -> bool:
         """Cancel ``fut``, a future of this executor, even if its task is running.
 

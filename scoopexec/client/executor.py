@@ -309,11 +309,6 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
 
     # --------------------------------------------------------------- public
     @property
-    def _broken(self) -> str | bool:
-        # ProcessPoolExecutor's name for it (CPython's own tests look at it).
-        return self._session.broken_msg or False
-
-    @property
     def closed(self) -> bool:
         """True once this pool takes no more work: after shutdown() or abort(), or once broken."""
         return self._shutdown or bool(self._session.broken_msg)
