@@ -50,6 +50,7 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 import operator
+import os
 import queue
 import threading
 import time
@@ -353,6 +354,32 @@ class IMapIterator(_Job):
             self._cond.notify_all()
 
 
+class WorkerProcess:
+    """A local worker process of a Pool, with what code reads of multiprocessing's Process
+    objects in ``Pool._pool``: ``pid``, ``name`` (as ``current_process().name`` in it) and
+    ``is_alive()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.name = f"ScoopWorker-{pid}"
+
+    def is_alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # (a zombie has ended)
+        except (OSError, IndexError):
+            pass
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess name={self.name!r} pid={self.pid}>"
+
 class Pool:
     """A process pool with ``multiprocessing.Pool``'s methods, run by a scoopexec pool.
 
@@ -433,6 +460,12 @@ class Pool:
     def executor(self) -> ScoopExecutor:
         """The ScoopExecutor this Pool runs on (its status(), share(), worker_pids ...)."""
         return self._executor  # type: ignore[no-any-return]
+
+    @property
+    def _pool(self) -> list[WorkerProcess]:
+        """multiprocessing.Pool's private list of its processes, which code reads for their pids
+        (CPython's test_make_pool, its len()): here the local worker processes, as they are now."""
+        return [WorkerProcess(pid) for pid in self._executor.worker_pids]
 
     def __repr__(self) -> str:
         return f"<scoopexec.Pool state={self._state} pool_size={getattr(self, '_processes', '?')}>"

@@ -751,3 +751,19 @@ def test_a_task_sees_which_worker_it_runs_in_by_process_name():
     for name, logged, pid in seen:
         assert name == logged == f"ScoopWorker-{pid}"
     assert multiprocessing.current_process().name == "MainProcess"
+
+
+def test_the_pools_processes_under_multiprocessings_private_name():
+    # Code written for multiprocessing.Pool reads pool._pool for its workers' pids (CPython's
+    # test_make_pool: its len()).
+    pool = Pool(3)
+    try:
+        procs = pool._pool
+        assert len(procs) == 3 and all(p.is_alive() for p in procs)
+        seen = {pid: name for name, _, pid in pool.map(process_name, range(30), chunksize=1)}
+        assert set(seen) <= {p.pid for p in procs}
+        assert all(seen[p.pid] == p.name for p in procs if p.pid in seen)
+    finally:
+        pool.terminate()
+        pool.join()
+    assert not any(p.is_alive() for p in procs)
