@@ -306,6 +306,20 @@ def test_max_tasks_per_child_replaces_the_worker_after_n_tasks():
             time.sleep(0.05)
 
 
+def test_a_retiring_worker_is_replaced_when_it_exits_not_on_the_brokers_next_tick(monkeypatch):
+    # The broker looked for exited workers on its tick only (every 50 ms): max_tasks_per_child=1
+    # cost 50 ms a task (60 tasks: 1.5 s, against 0.1 s with multiprocessing.Pool).  With the
+    # tick at 30 s here, 4 recycles within the 20 s below need the exit to be looked for at once.
+    import scoopexec.broker.loop
+
+    monkeypatch.setattr(scoopexec.broker.loop, "TICK", 30.0)
+    with ScoopExecutor(1, max_tasks_per_child=1) as ex:
+        ex.submit(sleeper, 0).result(timeout=60)  # (the first tick is behind)
+        futs = [ex.submit(sleeper, 0) for _ in range(4)]
+        pids = [f.result(timeout=20) for f in futs]
+        assert len(set(pids)) == 4
+
+
 def test_recycling_options_are_checked():
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         ScoopExecutor(1, max_tasks_per_child=0)

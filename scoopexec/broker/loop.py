@@ -63,7 +63,7 @@ from .ledger import LOCAL, ClientState, Ledger, Peer, Task, WorkerState, task_en
 from .limits import Guard, Limits, write_nowait
 from .memory import IntakeTrim
 from .ports import InProcessPort, LinkPort, LocalClient, Poll, RouterPort
-from .supervision import ProcessWatcher, Supervisor
+from .supervision import QUICK_REAP, ProcessWatcher, Supervisor
 
 if TYPE_CHECKING:
     from ..trace import TraceRecorder
@@ -229,6 +229,8 @@ class Broker:
         else:
             # Round up: rounding down spins through the last millisecond before a tick.
             ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
+        if self.supervisor.leaving:
+            ms = min(ms, math.ceil(QUICK_REAP * 1000))
         return 0 if self.router.input_waiting() else ms
 
     def _take_input(self, ready: list[tuple[int, int]]) -> None:
@@ -255,6 +257,8 @@ class Broker:
         if self.local is not None:
             self.local.client.dispatched()
         now = time.monotonic()
+        if self.supervisor.leaving:
+            self.supervisor.look_for_leavers(now)
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
@@ -448,6 +452,7 @@ class Broker:
         if isinstance(peer, WorkerState):
             self.router.forget(key)
             self.cancel_on_workers(ledger.leave(peer))
+            self.supervisor.expect_exit(peer.tag)
         elif isinstance(peer, ClientState):
             self.router.forget(key)
             self.cancel_on_workers(ledger.remove_client(key)[1])

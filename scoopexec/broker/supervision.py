@@ -37,6 +37,8 @@ _STATUS = operator.itemgetter(1)  # a RESULT entry's status
 log = logging.getLogger("scoopexec.broker")
 
 RETRY_START = 1.0  # s before starting again a worker that could not be started
+EXIT_WATCH = 0.25  # s a local worker that said BYE is looked for, every QUICK_REAP s, until it exits
+QUICK_REAP = 0.002
 SETUP_DEATHS = 3  # local workers ended by a client's set-up in a row before its pool is broken
 
 
@@ -81,6 +83,8 @@ class Supervisor:
         self.b = broker
         self.retry: list[str] = []  # workers whose replacement could not be started
         self.retry_at = 0.0
+        self.leaving: dict[str, float] = {}  # local workers that said BYE -> until when to look
+        self._next_look = 0.0
 
     def reap(self) -> None:
         """On a tick: handle the local worker processes that exited; try again to start the
@@ -88,11 +92,30 @@ class Supervisor:
         watcher = self.b.watcher
         if watcher is not None:
             for tag, _pid, rc in watcher.reap():
+                self.leaving.pop(tag, None)
                 self.exited(tag, rc)
             if self.retry and time.monotonic() >= self.retry_at and not self.b.stopping:
                 tags, self.retry = self.retry, []
                 for tag in tags:
                     self._start(watcher, tag)
+
+    def expect_exit(self, tag: str) -> None:
+        """A worker said BYE: if it is a local process (it retires, to be replaced), look for its
+        exit every QUICK_REAP s, not on the next tick only, so that its replacement starts at
+        once (max_tasks_per_child=1 cost 50 ms a task, the tick's period)."""
+        watcher = self.b.watcher
+        if tag and watcher is not None and watcher.owns_process(tag):
+            self.leaving[tag] = time.monotonic() + EXIT_WATCH
+
+    def look_for_leavers(self, now: float) -> None:
+        """In the loop's turn while ``leaving``: reap (at most every QUICK_REAP s)."""
+        if now < self._next_look:
+            return
+        self._next_look = now + QUICK_REAP
+        self.reap()
+        for tag, until in list(self.leaving.items()):
+            if until <= now:  # (still running: the tick's reap will see it)
+                del self.leaving[tag]
 
     def _start(self, watcher: ProcessWatcher, tag: str) -> bool:
         """watcher.replace(tag), surviving what the system refuses (EMFILE, ENOMEM, EAGAIN):
