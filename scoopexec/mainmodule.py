@@ -22,11 +22,11 @@ import os
 import runpy
 import sys
 import types
-from typing import Any
-
-import cloudpickle
+import uuid
+from typing import Any, TypeGuard
 
 from .errors import MainGuardError
+from .wire import serialize
 from .wire.serialize import user_traceback
 
 MAIN_ALIAS = "__mp_main__"
@@ -65,23 +65,26 @@ MAX_CLASSES = 10_000  # of the main module's, named in one set-up blob
 
 
 def class_ids() -> dict[str, str]:
-    """The classes of this process's main module, at its top level, by cloudpickle's tracker id
-    ({id: name}).  A task's pickle carries such a class by value, with that id; a worker that
-    has the module maps the id to the module's own class (:func:`track_classes`)."""
+    """The classes of this process's main module, at its top level, by id ({id: name}), from
+    now on pickled as their id (serialize.track): a worker that has the module maps the ids to
+    the module's own classes (:func:`track_classes`)."""
     main = sys.modules.get("__main__")
-    create = getattr(cloudpickle.cloudpickle, "_get_or_create_tracker_id", None)
-    if main is None or create is None or not describe():
+    if main is None or not describe():
         return {}  # (no module a worker can have: a notebook, python -c)
     out: dict[str, str] = {}
     for name, obj in list(vars(main).items()):
         if _top_level_class(obj, name):
-            out[create(obj)] = name
+            tid = serialize.tracked_id(obj)
+            if tid is None:
+                tid = uuid.uuid4().hex
+                serialize.track(obj, tid)
+            out[tid] = name
             if len(out) >= MAX_CLASSES:
                 break
     return out
 
 
-def _top_level_class(obj: Any, name: str) -> bool:
+def _top_level_class(obj: Any, name: str) -> TypeGuard[type]:
     """Whether ``obj`` is a class the main module defined at its top level under ``name``."""
     return (
         isinstance(obj, type)
@@ -102,35 +105,26 @@ def is_clients(info: dict[str, Any]) -> bool:
 
 
 def track_classes(ids: Any) -> int:
-    """In a worker that has the client's main module (is_clients()): make
-    each of the client's classes named in ``ids`` (class_ids()) unpickle as the module's own
-    class, not a copy of it; how many.
+    """In a worker that has the client's main module (is_clients()): make each of the client's
+    classes named in ``ids`` (class_ids()) unpickle as the module's own class, not a copy of
+    it, and the module's class travel back as the client's; how many.
 
     A copy is another class: ``pickle`` then refuses an instance of it ("not the same object as
     __main__.Progress"), as the feeder thread of a multiprocessing queue that a task puts it on
     does, silently dropping the item; and the module's own code, a dict keyed by the class,
     ``isinstance``, ``except``, do not recognise it.  A fork of ProcessPoolExecutor's has the
-    one class.  Classes the client made after the pool started still arrive as copies.
+    one class.  Classes the client made after the pool started still arrive as copies, and so
+    do those of a second client of one script on a shared worker (a class has one id).
     """
     main = sys.modules.get("__main__")
-    track = getattr(cloudpickle.cloudpickle, "_lookup_class_or_track", None)
-    by_class = getattr(cloudpickle.cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", None)
-    if main is None or track is None or by_class is None or not isinstance(ids, dict):
+    if main is None or not isinstance(ids, dict):
         return 0
     n = 0
-    for tracker_id, name in list(ids.items())[:MAX_CLASSES]:
-        if not (isinstance(tracker_id, str) and isinstance(name, str)):
-            continue
-        obj = vars(main).get(name)
-        if not _top_level_class(obj, name):
-            continue
-        held = by_class.get(obj)
-        if held is not None and held != tracker_id:
-            # Another client's (two runs of one script on a shared worker): a class is pickled
-            # with one id, so this client's instances keep arriving as copies, as before.
-            continue
-        track(tracker_id, obj)
-        n += 1
+    for tid, name in list(ids.items())[:MAX_CLASSES]:
+        if isinstance(tid, str) and isinstance(name, str):
+            obj = vars(main).get(name)
+            if _top_level_class(obj, name) and serialize.track(obj, tid):
+                n += 1
     return n
 
 

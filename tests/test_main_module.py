@@ -270,6 +270,28 @@ SCRIPT_CLASSES = """
         pass
 
     HANDLERS = {Progress: "progress"}  # the module's own code, keyed by its class
+
+    PLUGINS = {}  # registries that the classes' creation fills (a class built again would too)
+
+    class Plugin:
+        def __init_subclass__(cls, **kw):
+            super().__init_subclass__(**kw)
+            PLUGINS[cls.__name__] = cls
+
+    class CSV(Plugin):
+        def load(self):
+            return "rows"
+
+    MODELS = {}
+
+    class Registered(type):
+        def __new__(meta, name, bases, ns):
+            cls = super().__new__(meta, name, bases, ns)
+            MODELS[name] = cls
+            return cls
+
+    class Model(metaclass=Registered):
+        pass
     Q = None
 
     def init(q):
@@ -283,6 +305,11 @@ SCRIPT_CLASSES = """
     def known(p):
         module = sys.modules["__main__"]  # the worker's module, not the task's copy of its globals
         return module.HANDLERS.get(type(p)), isinstance(p, module.Progress), p.colour is module.Colour.RED
+
+    def registries(objs):
+        module = sys.modules["__main__"]
+        csv, model = module.PLUGINS["CSV"], module.MODELS["Model"]
+        return csv is module.CSV is type(objs[0]), csv().load(), model is module.Model is type(objs[1])
 
     def fail(_):
         raise Failed("no")
@@ -298,6 +325,8 @@ SCRIPT_CLASSES = """
             p = Progress(2)
             p.colour = Colour.RED
             print(ex.submit(known, p).result(timeout=60))
+            for _ in range(2):  # (the second time, those classes have travelled before)
+                print(ex.submit(registries, (CSV(), Model())).result(timeout=60))
             r = ex.submit(Progress, 3).result(timeout=60)
             print(type(r) is Progress, ex.submit(lambda: Colour.RED).result(timeout=60) is Colour.RED)
             try:
@@ -319,6 +348,8 @@ def test_the_scripts_classes_in_a_task_are_the_workers_own(start):
         "1",
         "Progress(i=1)",
         "('progress', True, True)",
+        "(True, 'rows', True)",
+        "(True, 'rows', True)",
         "True True",
         "caught",
     ], r.stderr.decode()

@@ -277,13 +277,60 @@ def _numpy_scalars() -> bool:
     return True
 
 
+# The script's top-level classes that both ends have (mainmodule.class_ids, track_classes):
+# such a class travels as its id, with a copy by value for a process that lacks it.
+_TRACKED: dict[type, str] = {}
+_TRACKED_BY_ID: dict[str, type] = {}
+
+
+def track(cls: type, tid: str) -> bool:
+    """From now on ``cls`` travels as ``tid``, and ``tid`` arrives here as ``cls``; False (and
+    nothing changes) when ``cls`` travels under another id already."""
+    held = _TRACKED.get(cls)
+    if held is not None and held != tid:
+        return False
+    _TRACKED[cls] = tid
+    _TRACKED_BY_ID[tid] = cls
+    return True
+
+
+def tracked_id(cls: type) -> str | None:
+    return _TRACKED.get(cls)
+
+
+def tracked_class(tid: str, blob: bytes) -> type:
+    """A tracked class, unpickled: this process's class of that id, as it is (no copy is made
+    and nothing of it is changed), else the copy by value in ``blob``."""
+    cls = _TRACKED_BY_ID.get(tid)
+    return cls if cls is not None else pickle.loads(blob)  # type: ignore[no-any-return]
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), and NumPy
-    scalars travel as their Python values (see _Dispatch)."""
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), NumPy
+    scalars travel as their Python values (see _Dispatch), and tracked classes by id."""
 
     dispatch_table = ChainMap(
         {types.CodeType: _reduce_code}, _cloud_scalars, cloudpickle.Pickler.dispatch_table
     )
+    track = True
+
+    def reducer_override(self, obj: Any) -> Any:
+        if _TRACKED and self.track and isinstance(obj, type):
+            tid = _TRACKED.get(obj)
+            if tid is not None:
+                # Not cloudpickle's copy with its tracker id: unpickling that builds a new class
+                # (its base's __init_subclass__ and its metaclass run, registering it) and then
+                # sets the copy's attributes on the tracked class.
+                return tracked_class, (tid, _class_by_value(obj))
+        return super().reducer_override(obj)
+
+
+def _class_by_value(cls: type) -> bytes:
+    with io.BytesIO() as fh:
+        p = _Pickler(fh, PROTOCOL)
+        p.track = False
+        p.dump(cls)
+        return fh.getvalue()
 
 
 def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
