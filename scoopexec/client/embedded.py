@@ -268,7 +268,7 @@ class EmbeddedSession(Session):
 
     def drop_unstarted(self) -> None:
         broker = self.broker
-        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+        if not self.thread_alive() or self.closed.is_set():
             return  # the loop has ended: nothing is queued any more
         if self.thread is threading.current_thread():  # a done-callback: outside the loop's turn
             with broker.lock:

@@ -164,7 +164,7 @@ class Session:
                         ask.append(f.tid)
                     else:  # another thread asked already: its answer is this one's
                         answers.add(answer)
-            if ask and not self.broken_msg and self.thread is not None and self.thread.is_alive():
+            if ask and not self.broken_msg and self.thread_alive():
                 answer = Answer(len(ask))
                 for tid in ask:
                     self.answers[tid] = answer
@@ -196,7 +196,7 @@ class Session:
 
     def sync(self, timeout: float = 1.0) -> None:
         """Wait until the session's thread has taken in everything submitted so far."""
-        if self.thread is None or not self.thread.is_alive() or self.thread is threading.current_thread():
+        if not self.thread_alive() or self.thread is threading.current_thread():
             return
         ev = threading.Event()
         self._syncs.append(ev)
@@ -205,7 +205,7 @@ class Session:
 
     def status(self, timeout: float) -> dict[str, Any]:
         """The broker's status snapshot (Broker.status())."""
-        if self.thread is None or not self.thread.is_alive() or self.closed.is_set():
+        if not self.thread_alive() or self.closed.is_set():
             raise RuntimeError("this pool is shut down; it has no status any more")
         return self._status(timeout)
 
@@ -490,6 +490,11 @@ class Session:
         self.stop_when_idle = True
         self._check_idle()
         return self.join() if wait else ""
+
+    def thread_alive(self) -> bool:
+        """Whether the session's thread runs (read once: a join() elsewhere lets go of it)."""
+        t = self.thread
+        return t is not None and t.is_alive()
 
     def join(self, limit: float | None = None, report: Callable[[float], None] | None = None) -> str:
         """Wait for the session's thread to end; "" when it has, else why it has not.
