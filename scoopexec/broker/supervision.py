@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..deploy.contract import EXIT_RECYCLED
@@ -45,7 +45,7 @@ SETUP_DEATHS = 3  # local workers ended by a client's set-up in a row before its
 class ProcessWatcher(Protocol):
     """Local worker processes the broker should watch and replace (deploy/groups.Launchers)."""
 
-    def reap(self) -> list[tuple[str, int, int]]: ...  # (tag, pid, returncode)
+    def reap(self, only: Collection[str] | None = None) -> list[tuple[str, int, int]]: ...  # (tag, pid, rc)
     def mark_hello(self, tag: str) -> None: ...
     def owns_process(self, tag: str) -> bool: ...  # a local process it can reap
     def starting(self) -> int: ...
@@ -86,12 +86,13 @@ class Supervisor:
         self.leaving: dict[str, float] = {}  # local workers that said BYE -> until when to look
         self._next_look = 0.0
 
-    def reap(self) -> None:
-        """On a tick: handle the local worker processes that exited; try again to start the
-        replacements that could not be started (out of file descriptors, of memory)."""
+    def reap(self, only: Collection[str] | None = None) -> None:
+        """On a tick: handle the local worker processes that exited (``only``: those of these
+        tags); try again to start the replacements that could not be started (out of file
+        descriptors, of memory)."""
         watcher = self.b.watcher
         if watcher is not None:
-            for tag, _pid, rc in watcher.reap():
+            for tag, _pid, rc in watcher.reap(only):
                 self.leaving.pop(tag, None)
                 self.exited(tag, rc)
             if self.retry and time.monotonic() >= self.retry_at and not self.b.stopping:
@@ -112,7 +113,7 @@ class Supervisor:
         if now < self._next_look:
             return
         self._next_look = now + QUICK_REAP
-        self.reap()
+        self.reap(list(self.leaving))
         for tag, until in list(self.leaving.items()):
             if until <= now:  # (still running: the tick's reap will see it)
                 del self.leaving[tag]

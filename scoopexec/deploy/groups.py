@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import LaunchError
@@ -297,8 +297,10 @@ class Launchers:
         return self.local is not None and tag.startswith(self.local.tag_prefix + ".")
 
     # --- ProcessWatcher
-    def reap(self) -> list[tuple[str, int, int]]:
-        out = self.local.reap() if self.local is not None else []
+    def reap(self, only: Collection[str] | None = None) -> list[tuple[str, int, int]]:
+        out = self.local.reap(only) if self.local is not None else []
+        if only is not None:
+            return out  # (only local workers are looked for this way: Supervisor.expect_exit)
         with self._lock:
             groups = list(self.groups.values())
         for g in groups:

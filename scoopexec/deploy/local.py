@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ..wire.security import Credentials, encode_frame
@@ -354,10 +354,13 @@ class LocalWorkers:
     def pids(self) -> list[int]:
         return [p.pid for p in list(self.procs.values())]  # a copy: reap() deletes from another thread
 
-    def reap(self) -> list[tuple[str, int, int]]:
+    def reap(self, only: Collection[str] | None = None) -> list[tuple[str, int, int]]:
+        """The workers that exited since (tag, pid, exit status); ``only``: look at those tags only."""
         out = []
         with self._lock:
-            for tag, proc in list(self.procs.items()):
+            tags = list(self.procs) if only is None else [t for t in only if t in self.procs]
+            for tag in tags:
+                proc = self.procs[tag]
                 rc = proc.poll()
                 if rc is not None:
                     del self.procs[tag]

@@ -39,6 +39,7 @@ from ..wire import protocol as P
 from ..wire import serialize
 from . import handover
 from .channels import NOT_FORWARDED
+from .lifeline import FLUSH_LIMIT
 
 SETUP_DONE_OK = 1
 __all__ = ["Setups", "apply", "encode", "handed_over", "release"]
@@ -187,7 +188,7 @@ def apply(
     return None
 
 
-def flush_queue_feeders(timeout: float = 5.0) -> bool:
+def flush_queue_feeders(timeout: float = FLUSH_LIMIT) -> bool:
     """Wait, at most ``timeout`` seconds, until every multiprocessing queue of this process has
     written what was put in it (its feeder thread waits for more, with nothing left); True if
     they all did.  The queues stay open.
