@@ -357,28 +357,39 @@ class IMapIterator(_Job):
 class WorkerProcess:
     """A local worker process of a Pool, with what code reads of multiprocessing's Process
     objects in ``Pool._pool``: ``pid``, ``name`` (as ``current_process().name`` in it) and
-    ``is_alive()``."""
+    ``is_alive()`` (by its start time too: a pid used again by another process is not it)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.name = f"ScoopWorker-{pid}"
+        self._started = _process_start(pid)
 
     def is_alive(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # (a zombie has ended)
-        except (OSError, IndexError):
-            pass
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return self._started is not None and _process_start(self.pid) == self._started
 
     def __repr__(self) -> str:
         return f"<WorkerProcess name={self.name!r} pid={self.pid}>"
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (/proc), None if it has ended (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            return None
+        try:  # (no /proc: by pid alone)
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # (field 22: starttime)
+
 
 class Pool:
     """A process pool with ``multiprocessing.Pool``'s methods, run by a scoopexec pool.
