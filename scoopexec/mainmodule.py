@@ -17,8 +17,11 @@ any other failure of the import, into one short message for the client.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import linecache
 import os
+import pickle
 import runpy
 import sys
 import types
@@ -64,24 +67,79 @@ def alias_in_client() -> None:
 MAX_CLASSES = 10_000  # of the main module's, named in one set-up blob
 
 
-def class_ids() -> dict[str, str]:
-    """The classes of this process's main module, at its top level, by id ({id: name}), from
-    now on pickled as their id (serialize.track): a worker that has the module maps the ids to
-    the module's own classes (:func:`track_classes`)."""
+def class_ids() -> dict[str, list[str]]:
+    """The classes of this process's main module, at its top level, by id ({id: [name, digest
+    of its data attributes]}), from now on pickled as their id (serialize.track) while none of
+    their attributes is rebound: a worker that has the module, with the same data attributes,
+    maps the ids to the module's own classes (:func:`track_classes`)."""
     main = sys.modules.get("__main__")
     if main is None or not describe():
         return {}  # (no module a worker can have: a notebook, python -c)
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for name, obj in list(vars(main).items()):
         if _top_level_class(obj, name):
-            tid = serialize.tracked_id(obj)
-            if tid is None:
-                tid = uuid.uuid4().hex
-                serialize.track(obj, tid)
-            out[tid] = name
+            digest = state_digest(obj)
+            if digest is None:
+                continue
+            tid = serialize.tracked_id(obj) or uuid.uuid4().hex
+            serialize.track(obj, tid, snapshot=True)
+            out[tid] = [name, digest]
             if len(out) >= MAX_CLASSES:
                 break
     return out
+
+
+def state_digest(cls: type) -> str | None:
+    """A digest of a class's own data attributes (not its functions, descriptors or dunders),
+    which a worker's class must match to stand for the client's: the worker imported the
+    script, so ``Config.limit = 5`` done in the client before the pool started is not in its
+    class.  None when they do not pickle or are large (such a class travels by value)."""
+    items = sorted((k, v) for k, v in vars(cls).items() if _data_attribute(k, v))
+    fh = _Capped()
+    p = pickle.Pickler(fh, 4)
+    p.persistent_id = _script_token  # type: ignore[method-assign]
+    try:
+        p.dump(items)
+    except Exception:  # (_TooLarge among them)
+        return None
+    return hashlib.sha256(fh.getvalue()).hexdigest()[:32]
+
+
+DIGEST_MAX = 1 << 20  # bytes of a class's data attributes, pickled: past it, no digest is made
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Capped(io.BytesIO):
+    def write(self, data: Any) -> int:
+        if self.tell() + len(memoryview(data)) > DIGEST_MAX:
+            raise _TooLarge
+        return super().write(data)
+
+
+def _data_attribute(name: str, value: Any) -> bool:
+    return not (
+        name.startswith("__")
+        or name == "_abc_impl"  # (abc's registry, of this process)
+        or callable(value)
+        or isinstance(value, (staticmethod, classmethod, property, types.MemberDescriptorType))
+        or isinstance(value, (types.GetSetDescriptorType, types.ModuleType))
+    )
+
+
+def _script_token(obj: Any) -> Any:
+    """Objects of the script's own classes (an Enum's members) by their class's name: the same
+    in the client and in a worker, whose module is __mp_main__."""
+    is_class = isinstance(obj, type)
+    size = len(obj) if isinstance(obj, (str, bytes)) else 0 if is_class else getattr(obj, "nbytes", 0)
+    if isinstance(size, int) and size > DIGEST_MAX:
+        raise _TooLarge  # (before pickle copies a large array's data)
+    t = obj if is_class else type(obj)
+    if getattr(t, "__module__", None) in ("__main__", MAIN_ALIAS):
+        return f"{t.__qualname__}:{getattr(obj, 'name', '') if t is not obj else ''}"
+    return None
 
 
 def _top_level_class(obj: Any, name: str) -> TypeGuard[type]:
@@ -113,18 +171,24 @@ def track_classes(ids: Any) -> int:
     __main__.Progress"), as the feeder thread of a multiprocessing queue that a task puts it on
     does, silently dropping the item; and the module's own code, a dict keyed by the class,
     ``isinstance``, ``except``, do not recognise it.  A fork of ProcessPoolExecutor's has the
-    one class.  Classes the client made after the pool started still arrive as copies, and so
-    do those of a second client of one script on a shared worker (a class has one id).
+    one class.  Still copies: classes the client made after the pool started, those whose
+    data attributes differ here (set by the client's ``__main__`` block before the pool
+    started, for a worker that imported the script) or were rebound in the client since, and
+    those of a second client of one script on a shared worker (a class has one id).
     """
     main = sys.modules.get("__main__")
     if main is None or not isinstance(ids, dict):
         return 0
     n = 0
-    for tid, name in list(ids.items())[:MAX_CLASSES]:
-        if isinstance(tid, str) and isinstance(name, str):
-            obj = vars(main).get(name)
-            if _top_level_class(obj, name) and serialize.track(obj, tid):
-                n += 1
+    for tid, entry in list(ids.items())[:MAX_CLASSES]:
+        if not (isinstance(tid, str) and isinstance(entry, list) and len(entry) == 2):
+            continue
+        name, digest = entry
+        if not isinstance(name, str):
+            continue
+        obj = vars(main).get(name)
+        if _top_level_class(obj, name) and state_digest(obj) == digest and serialize.track(obj, tid):
+            n += 1
     return n
 
 

@@ -292,6 +292,12 @@ SCRIPT_CLASSES = """
 
     class Model(metaclass=Registered):
         pass
+
+    class Tuned:  # class attributes as settings, which the client sets
+        limit = 1
+
+    class Later:
+        limit = 1
     Q = None
 
     def init(q):
@@ -314,9 +320,16 @@ SCRIPT_CLASSES = """
     def fail(_):
         raise Failed("no")
 
+    def limits(classes):
+        return [c.limit for c in classes]
+
     if __name__ == "__main__":
+        Tuned.limit = 2  # (a worker that imports the script has 1: its copy travels instead)
         q = multiprocessing.get_context("spawn").Queue()
         with ScoopExecutor(max_workers=1, initializer=init, initargs=(q,)) as ex:
+            print(ex.submit(limits, (Tuned, Later)).result(timeout=60))
+            Later.limit = 3  # (rebound since the pool started: its copy travels from now on)
+            print(ex.submit(limits, (Tuned, Later)).result(timeout=60))
             print(ex.submit(report, 1).result(timeout=60))
             try:
                 print(q.get(timeout=10))
@@ -345,6 +358,8 @@ def test_the_scripts_classes_in_a_task_are_the_workers_own(start):
     r = run_script(SCRIPT_CLASSES, env={"SCOOPEXEC_WORKER_START": start})
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().splitlines() == [
+        "[2, 1]",
+        "[2, 3]",
         "1",
         "Progress(i=1)",
         "('progress', True, True)",

@@ -281,17 +281,35 @@ def _numpy_scalars() -> bool:
 # such a class travels as its id, with a copy by value for a process that lacks it.
 _TRACKED: dict[type, str] = {}
 _TRACKED_BY_ID: dict[str, type] = {}
+_SNAPSHOTS: dict[type, dict[str, Any]] = {}  # the client's: its tracked classes' attributes then
 
 
-def track(cls: type, tid: str) -> bool:
+def track(cls: type, tid: str, snapshot: bool = False) -> bool:
     """From now on ``cls`` travels as ``tid``, and ``tid`` arrives here as ``cls``; False (and
-    nothing changes) when ``cls`` travels under another id already."""
+    nothing changes) when ``cls`` travels under another id already.  ``snapshot`` (the client):
+    once an attribute of ``cls`` is rebound, it travels by value again, with its state."""
     held = _TRACKED.get(cls)
     if held is not None and held != tid:
         return False
     _TRACKED[cls] = tid
     _TRACKED_BY_ID[tid] = cls
+    if snapshot:
+        _SNAPSHOTS[cls] = _own_attributes(cls)
     return True
+
+
+def _own_attributes(cls: type) -> dict[str, Any]:
+    # (not the dunders: pickling an instance caches __slotnames__ on its class, say)
+    return {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+
+
+def _rebound(cls: type) -> bool:
+    """Whether an attribute of the client's tracked ``cls`` was set or deleted since it was tracked."""
+    then = _SNAPSHOTS.get(cls)
+    if then is None:
+        return False
+    now = _own_attributes(cls)
+    return len(now) != len(then) or any(now.get(k, then) is not v for k, v in then.items())
 
 
 def tracked_id(cls: type) -> str | None:
@@ -317,7 +335,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
         if _TRACKED and self.track and isinstance(obj, type):
             tid = _TRACKED.get(obj)
-            if tid is not None:
+            if tid is not None and not _rebound(obj):
                 # Not cloudpickle's copy with its tracker id: unpickling that builds a new class
                 # (its base's __init_subclass__ and its metaclass run, registering it) and then
                 # sets the copy's attributes on the tracked class.
