@@ -26,6 +26,7 @@ import runpy
 import sys
 import types
 import uuid
+from collections.abc import Iterator
 from typing import Any, TypeGuard
 
 from .errors import MainGuardError
@@ -76,17 +77,29 @@ def class_ids() -> dict[str, list[str]]:
     if main is None or not describe():
         return {}  # (no module a worker can have: a notebook, python -c)
     out: dict[str, list[str]] = {}
-    for name, obj in list(vars(main).items()):
-        if _top_level_class(obj, name):
-            digest = state_digest(obj)
-            if digest is None:
-                continue
-            tid = serialize.tracked_id(obj) or uuid.uuid4().hex
-            serialize.track(obj, tid, snapshot=True)
-            out[tid] = [name, digest]
-            if len(out) >= MAX_CLASSES:
-                break
+    for name, obj in _script_classes(vars(main)):
+        digest = state_digest(obj)
+        if digest is None:
+            continue
+        tid = serialize.tracked_id(obj) or uuid.uuid4().hex
+        serialize.track(obj, tid, snapshot=True)
+        out[tid] = [name, digest]
+        if len(out) >= MAX_CLASSES:
+            break
     return out
+
+
+def _script_classes(
+    namespace: dict[str, Any], prefix: str = "", depth: int = 3
+) -> Iterator[tuple[str, type]]:
+    """The classes the script defined in ``namespace`` (its top level, then a class's body, down
+    to ``depth`` levels), by qualified name."""
+    for name, obj in list(namespace.items()):
+        qualname = prefix + name
+        if _script_class(obj, qualname):
+            yield qualname, obj
+            if depth > 1:
+                yield from _script_classes(dict(vars(obj)), qualname + ".", depth - 1)
 
 
 def state_digest(cls: type) -> str | None:
@@ -142,13 +155,23 @@ def _script_token(obj: Any) -> Any:
     return None
 
 
-def _top_level_class(obj: Any, name: str) -> TypeGuard[type]:
-    """Whether ``obj`` is a class the main module defined at its top level under ``name``."""
+def _script_class(obj: Any, qualname: str) -> TypeGuard[type]:
+    """Whether ``obj`` is a class the main module defined under ``qualname`` (Outer.Inner)."""
     return (
         isinstance(obj, type)
         and getattr(obj, "__module__", None) in ("__main__", MAIN_ALIAS)
-        and getattr(obj, "__qualname__", None) == name
+        and getattr(obj, "__qualname__", None) == qualname
     )
+
+
+def _lookup(namespace: dict[str, Any], qualname: str) -> Any:
+    obj: Any = None
+    for part in qualname.split("."):
+        obj = namespace.get(part)
+        if not isinstance(obj, type):
+            return obj
+        namespace = dict(vars(obj))
+    return obj
 
 
 def is_clients(info: dict[str, Any]) -> bool:
@@ -186,8 +209,8 @@ def track_classes(ids: Any) -> int:
         name, digest = entry
         if not isinstance(name, str):
             continue
-        obj = vars(main).get(name)
-        if _top_level_class(obj, name) and state_digest(obj) == digest and serialize.track(obj, tid):
+        obj = _lookup(vars(main), name)
+        if _script_class(obj, name) and state_digest(obj) == digest and serialize.track(obj, tid):
             n += 1
     return n
 

@@ -298,6 +298,10 @@ SCRIPT_CLASSES = """
 
     class Later:
         limit = 1
+
+    class Outer:
+        class Inner:
+            pass
     Q = None
 
     def init(q):
@@ -323,6 +327,10 @@ SCRIPT_CLASSES = """
     def limits(classes):
         return [c.limit for c in classes]
 
+    def inner(obj):
+        Q.put(obj)
+        return type(obj) is sys.modules["__main__"].Outer.Inner
+
     if __name__ == "__main__":
         Tuned.limit = 2  # (a worker that imports the script has 1: its copy travels instead)
         q = multiprocessing.get_context("spawn").Queue()
@@ -335,6 +343,7 @@ SCRIPT_CLASSES = """
                 print(q.get(timeout=10))
             except queue.Empty:
                 print("lost")
+            print(ex.submit(inner, Outer.Inner()).result(timeout=60), type(q.get(timeout=10)) is Outer.Inner)
             p = Progress(2)
             p.colour = Colour.RED
             print(ex.submit(known, p).result(timeout=60))
@@ -362,6 +371,7 @@ def test_the_scripts_classes_in_a_task_are_the_workers_own(start):
         "[2, 3]",
         "1",
         "Progress(i=1)",
+        "True True",
         "('progress', True, True)",
         "(True, 'rows', True)",
         "(True, 'rows', True)",
