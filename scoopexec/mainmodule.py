@@ -17,11 +17,8 @@ any other failure of the import, into one short message for the client.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import linecache
 import os
-import pickle
 import runpy
 import sys
 import types
@@ -30,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any, TypeGuard
 
 from .errors import MainGuardError
-from .wire import serialize
+from .wire import classes
 from .wire.serialize import user_traceback
 
 MAIN_ALIAS = "__mp_main__"
@@ -69,23 +66,23 @@ MAX_CLASSES = 10_000  # of the main module's, named in one set-up blob
 
 
 def class_ids() -> dict[str, list[str]]:
-    """The classes of this process's main module, at its top level, by id ({id: [name, digest
-    of its data attributes]}), from now on pickled as their id (serialize.track) while none of
-    their attributes is rebound: a worker that has the module, with the same data attributes,
-    maps the ids to the module's own classes (:func:`track_classes`)."""
+    """The classes the script defined (at its top level, and in their bodies), by id: {id:
+    [qualified name, digest of its state]}, from now on tracked (wire/classes.py), for a
+    pool's set-up: a worker that has the script maps the ids to its own classes of the same
+    state (:func:`track_classes`)."""
     main = sys.modules.get("__main__")
     if main is None or not describe():
         return {}  # (no module a worker can have: a notebook, python -c)
     out: dict[str, list[str]] = {}
     for name, obj in _script_classes(vars(main)):
-        digest = state_digest(obj)
+        digest = classes.digest(obj)
         if digest is None:
             continue
-        tid = serialize.tracked_id(obj) or uuid.uuid4().hex
-        serialize.track(obj, tid, snapshot=True)
-        out[tid] = [name, digest]
-        if len(out) >= MAX_CLASSES:
-            break
+        tid = classes.tracked_id(obj) or uuid.uuid4().hex
+        if classes.track(obj, tid, checked=digest):
+            out[tid] = [name, digest]
+            if len(out) >= MAX_CLASSES:
+                break
     return out
 
 
@@ -100,59 +97,6 @@ def _script_classes(
             yield qualname, obj
             if depth > 1:
                 yield from _script_classes(dict(vars(obj)), qualname + ".", depth - 1)
-
-
-def state_digest(cls: type) -> str | None:
-    """A digest of a class's own data attributes (not its functions, descriptors or dunders),
-    which a worker's class must match to stand for the client's: the worker imported the
-    script, so ``Config.limit = 5`` done in the client before the pool started is not in its
-    class.  None when they do not pickle or are large (such a class travels by value)."""
-    items = sorted((k, v) for k, v in vars(cls).items() if _data_attribute(k, v))
-    fh = _Capped()
-    p = pickle.Pickler(fh, 4)
-    p.persistent_id = _script_token  # type: ignore[method-assign]
-    try:
-        p.dump(items)
-    except Exception:  # (_TooLarge among them)
-        return None
-    return hashlib.sha256(fh.getvalue()).hexdigest()[:32]
-
-
-DIGEST_MAX = 1 << 20  # bytes of a class's data attributes, pickled: past it, no digest is made
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Capped(io.BytesIO):
-    def write(self, data: Any) -> int:
-        if self.tell() + len(memoryview(data)) > DIGEST_MAX:
-            raise _TooLarge
-        return super().write(data)
-
-
-def _data_attribute(name: str, value: Any) -> bool:
-    return not (
-        name.startswith("__")
-        or name == "_abc_impl"  # (abc's registry, of this process)
-        or callable(value)
-        or isinstance(value, (staticmethod, classmethod, property, types.MemberDescriptorType))
-        or isinstance(value, (types.GetSetDescriptorType, types.ModuleType))
-    )
-
-
-def _script_token(obj: Any) -> Any:
-    """Objects of the script's own classes (an Enum's members) by their class's name: the same
-    in the client and in a worker, whose module is __mp_main__."""
-    is_class = isinstance(obj, type)
-    size = len(obj) if isinstance(obj, (str, bytes)) else 0 if is_class else getattr(obj, "nbytes", 0)
-    if isinstance(size, int) and size > DIGEST_MAX:
-        raise _TooLarge  # (before pickle copies a large array's data)
-    t = obj if is_class else type(obj)
-    if getattr(t, "__module__", None) in ("__main__", MAIN_ALIAS):
-        return f"{t.__qualname__}:{getattr(obj, 'name', '') if t is not obj else ''}"
-    return None
 
 
 def _script_class(obj: Any, qualname: str) -> TypeGuard[type]:
@@ -194,10 +138,9 @@ def track_classes(ids: Any) -> int:
     __main__.Progress"), as the feeder thread of a multiprocessing queue that a task puts it on
     does, silently dropping the item; and the module's own code, a dict keyed by the class,
     ``isinstance``, ``except``, do not recognise it.  A fork of ProcessPoolExecutor's has the
-    one class.  Still copies: classes the client made after the pool started, those whose
-    data attributes differ here (set by the client's ``__main__`` block before the pool
-    started, for a worker that imported the script) or were rebound in the client since, and
-    those of a second client of one script on a shared worker (a class has one id).
+    one class.  Still copies: classes the client made after the pool started, and those
+    whose state differs here (set by the client's ``__main__`` block before the pool started,
+    for a worker that imported the script) or changed in the client since (wire/classes.py).
     """
     main = sys.modules.get("__main__")
     if main is None or not isinstance(ids, dict):
@@ -210,7 +153,7 @@ def track_classes(ids: Any) -> int:
         if not isinstance(name, str):
             continue
         obj = _lookup(vars(main), name)
-        if _script_class(obj, name) and state_digest(obj) == digest and serialize.track(obj, tid):
+        if _script_class(obj, name) and classes.digest(obj) == digest and classes.track(obj, tid):
             n += 1
     return n
 

@@ -296,8 +296,15 @@ SCRIPT_CLASSES = """
     class Tuned:  # class attributes as settings, which the client sets
         limit = 1
 
+    class Child(Tuned):
+        pass
+
     class Later:
         limit = 1
+        items = [1]
+
+    class Strategy:
+        fn = abs
 
     class Outer:
         class Inner:
@@ -324,20 +331,24 @@ SCRIPT_CLASSES = """
     def fail(_):
         raise Failed("no")
 
-    def limits(classes):
-        return [c.limit for c in classes]
+    def settings(classes):
+        tuned, child, later, strategy = classes
+        return tuned.limit, child.limit, later.limit, later.items, strategy.fn.__name__
 
     def inner(obj):
         Q.put(obj)
         return type(obj) is sys.modules["__main__"].Outer.Inner
 
     if __name__ == "__main__":
-        Tuned.limit = 2  # (a worker that imports the script has 1: its copy travels instead)
+        Tuned.limit = 2  # (a worker that imports the script has 1: a copy travels instead)
+        Strategy.fn = round
         q = multiprocessing.get_context("spawn").Queue()
         with ScoopExecutor(max_workers=1, initializer=init, initargs=(q,)) as ex:
-            print(ex.submit(limits, (Tuned, Later)).result(timeout=60))
-            Later.limit = 3  # (rebound since the pool started: its copy travels from now on)
-            print(ex.submit(limits, (Tuned, Later)).result(timeout=60))
+            classes = (Tuned, Child, Later, Strategy)
+            print(ex.submit(settings, classes).result(timeout=60))
+            Later.limit = 3  # (changed since the pool started: a copy travels from now on)
+            Later.items.append(2)
+            print(ex.submit(settings, classes).result(timeout=60))
             print(ex.submit(report, 1).result(timeout=60))
             try:
                 print(q.get(timeout=10))
@@ -367,8 +378,8 @@ def test_the_scripts_classes_in_a_task_are_the_workers_own(start):
     r = run_script(SCRIPT_CLASSES, env={"SCOOPEXEC_WORKER_START": start})
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().splitlines() == [
-        "[2, 1]",
-        "[2, 3]",
+        "(2, 2, 1, [1], 'round')",
+        "(2, 2, 3, [1, 2], 'round')",
         "1",
         "Progress(i=1)",
         "True True",

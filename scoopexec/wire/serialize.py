@@ -50,7 +50,7 @@ import cloudpickle
 
 from .. import errors
 from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
-from . import protocol
+from . import classes, protocol
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -277,50 +277,7 @@ def _numpy_scalars() -> bool:
     return True
 
 
-# The script's top-level classes that both ends have (mainmodule.class_ids, track_classes):
-# such a class travels as its id, with a copy by value for a process that lacks it.
-_TRACKED: dict[type, str] = {}
-_TRACKED_BY_ID: dict[str, type] = {}
-_SNAPSHOTS: dict[type, dict[str, Any]] = {}  # the client's: its tracked classes' attributes then
-
-
-def track(cls: type, tid: str, snapshot: bool = False) -> bool:
-    """From now on ``cls`` travels as ``tid``, and ``tid`` arrives here as ``cls``; False (and
-    nothing changes) when ``cls`` travels under another id already.  ``snapshot`` (the client):
-    once an attribute of ``cls`` is rebound, it travels by value again, with its state."""
-    held = _TRACKED.get(cls)
-    if held is not None and held != tid:
-        return False
-    _TRACKED[cls] = tid
-    _TRACKED_BY_ID[tid] = cls
-    if snapshot:
-        _SNAPSHOTS[cls] = _own_attributes(cls)
-    return True
-
-
-def _own_attributes(cls: type) -> dict[str, Any]:
-    # (not the dunders: pickling an instance caches __slotnames__ on its class, say)
-    return {k: v for k, v in vars(cls).items() if not k.startswith("__")}
-
-
-def _rebound(cls: type) -> bool:
-    """Whether an attribute of the client's tracked ``cls`` was set or deleted since it was tracked."""
-    then = _SNAPSHOTS.get(cls)
-    if then is None:
-        return False
-    now = _own_attributes(cls)
-    return len(now) != len(then) or any(now.get(k, then) is not v for k, v in then.items())
-
-
-def tracked_id(cls: type) -> str | None:
-    return _TRACKED.get(cls)
-
-
-def tracked_class(tid: str, blob: bytes) -> type:
-    """A tracked class, unpickled: this process's class of that id, as it is (no copy is made
-    and nothing of it is changed), else the copy by value in ``blob``."""
-    cls = _TRACKED_BY_ID.get(tid)
-    return cls if cls is not None else pickle.loads(blob)  # type: ignore[no-any-return]
+_cloud_override = cloudpickle.Pickler.reducer_override
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -333,14 +290,16 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     track = True
 
     def reducer_override(self, obj: Any) -> Any:
-        if _TRACKED and self.track and isinstance(obj, type):
-            tid = _TRACKED.get(obj)
-            if tid is not None and not _rebound(obj):
-                # Not cloudpickle's copy with its tracker id: unpickling that builds a new class
-                # (its base's __init_subclass__ and its metaclass run, registering it) and then
-                # sets the copy's attributes on the tracked class.
-                return tracked_class, (tid, _class_by_value(obj))
-        return super().reducer_override(obj)
+        # (called for every object but atomic ones: kept short)
+        if isinstance(obj, type) and obj in classes.TRACKED and self.track:
+            # The script's class, as the receiver's own (wire/classes.py).  Not cloudpickle's
+            # copy with its tracker id: unpickling that builds a class (its base's
+            # __init_subclass__ and metaclass run, registering it) and then sets the copy's
+            # attributes on the class tracked under that id.
+            found = classes.reduce(obj, _class_by_value)
+            if found is not None:
+                return found
+        return _cloud_override(self, obj)
 
 
 def _class_by_value(cls: type) -> bytes:
