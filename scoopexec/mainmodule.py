@@ -22,12 +22,9 @@ import os
 import runpy
 import sys
 import types
-import uuid
-from collections.abc import Iterator
-from typing import Any, TypeGuard
+from typing import Any
 
 from .errors import MainGuardError
-from .wire import classes
 from .wire.serialize import user_traceback
 
 MAIN_ALIAS = "__mp_main__"
@@ -60,102 +57,6 @@ def alias_in_client() -> None:
     main = sys.modules.get("__main__")
     if main is not None:
         sys.modules.setdefault(MAIN_ALIAS, main)
-
-
-MAX_CLASSES = 10_000  # of the main module's, named in one set-up blob
-
-
-def class_ids() -> dict[str, list[str]]:
-    """The classes the script defined (at its top level, and in their bodies), by id: {id:
-    [qualified name, digest of its state]}, from now on tracked (wire/classes.py), for a
-    pool's set-up: a worker that has the script maps the ids to its own classes of the same
-    state (:func:`track_classes`)."""
-    main = sys.modules.get("__main__")
-    if main is None or not describe():
-        return {}  # (no module a worker can have: a notebook, python -c)
-    out: dict[str, list[str]] = {}
-    for name, obj in _script_classes(vars(main)):
-        digest = classes.digest(obj)
-        if digest is None:
-            continue
-        tid = classes.tracked_id(obj) or uuid.uuid4().hex
-        if classes.track(obj, tid, checked=digest):
-            out[tid] = [name, digest]
-            if len(out) >= MAX_CLASSES:
-                break
-    return out
-
-
-def _script_classes(
-    namespace: dict[str, Any], prefix: str = "", depth: int = 3
-) -> Iterator[tuple[str, type]]:
-    """The classes the script defined in ``namespace`` (its top level, then a class's body, down
-    to ``depth`` levels), by qualified name."""
-    for name, obj in list(namespace.items()):
-        qualname = prefix + name
-        if _script_class(obj, qualname):
-            yield qualname, obj
-            if depth > 1:
-                yield from _script_classes(dict(vars(obj)), qualname + ".", depth - 1)
-
-
-def _script_class(obj: Any, qualname: str) -> TypeGuard[type]:
-    """Whether ``obj`` is a class the main module defined under ``qualname`` (Outer.Inner)."""
-    return (
-        isinstance(obj, type)
-        and getattr(obj, "__module__", None) in ("__main__", MAIN_ALIAS)
-        and getattr(obj, "__qualname__", None) == qualname
-    )
-
-
-def _lookup(namespace: dict[str, Any], qualname: str) -> Any:
-    obj: Any = None
-    for part in qualname.split("."):
-        obj = namespace.get(part)
-        if not isinstance(obj, type):
-            return obj
-        namespace = dict(vars(obj))
-    return obj
-
-
-def is_clients(info: dict[str, Any]) -> bool:
-    """Whether this worker's ``__main__`` is the client's main module that ``info`` (describe())
-    names: run() made it, or it came with a fork of the client (inherit())."""
-    if not info:
-        return False
-    if info == _inherited:
-        return True
-    made = getattr(sys.modules.get("__main__"), "__scoopexec_main__", None)
-    return made is not None and made in (info.get("name"), info.get("path"))
-
-
-def track_classes(ids: Any) -> int:
-    """In a worker that has the client's main module (is_clients()): make each of the client's
-    classes named in ``ids`` (class_ids()) unpickle as the module's own class, not a copy of
-    it, and the module's class travel back as the client's; how many.
-
-    A copy is another class: ``pickle`` then refuses an instance of it ("not the same object as
-    __main__.Progress"), as the feeder thread of a multiprocessing queue that a task puts it on
-    does, silently dropping the item; and the module's own code, a dict keyed by the class,
-    ``isinstance``, ``except``, do not recognise it.  A fork of ProcessPoolExecutor's has the
-    one class.  Still copies: classes the client made after the pool started, and those
-    whose state differs here (set by the client's ``__main__`` block before the pool started,
-    for a worker that imported the script) or changed in the client since (wire/classes.py).
-    """
-    main = sys.modules.get("__main__")
-    if main is None or not isinstance(ids, dict):
-        return 0
-    n = 0
-    for tid, entry in list(ids.items())[:MAX_CLASSES]:
-        if not (isinstance(tid, str) and isinstance(entry, list) and len(entry) == 2):
-            continue
-        name, digest = entry
-        if not isinstance(name, str):
-            continue
-        obj = _lookup(vars(main), name)
-        if _script_class(obj, name) and classes.digest(obj) == digest and classes.track(obj, tid):
-            n += 1
-    return n
 
 
 def executing() -> bool:

@@ -362,33 +362,3 @@ def test_source_on_disk_and_huge_source_do_not_travel(tmp_path):
     assert len(data[0]) < S.SOURCE_MAX  # bounded: the lines stayed behind
     del linecache.cache[name]
     assert S.loads(data)() == 1 and not linecache.getlines(name)
-
-
-def test_a_script_class_digest_follows_its_state_and_its_script_bases():
-    # wire/classes.py: a tracked class travels by id only while this digest is the one its
-    # workers compared theirs with.
-    from scoopexec.wire import classes
-
-    class Base:
-        limit = 1
-
-    class Child(Base):
-        items = [1]
-
-        def method(self):
-            return 1
-
-    for c in (Base, Child):
-        c.__module__ = "__main__"
-    seen = {classes.digest(Child)}
-    Base.limit = 2  # a base class's attribute
-    seen.add(classes.digest(Child))
-    Child.items.append(2)  # in place
-    seen.add(classes.digest(Child))
-    Child.method = lambda self: 2  # a method replaced
-    seen.add(classes.digest(Child))
-    assert len(seen) == 4 and None not in seen
-    Child.__slotnames__ = []  # (what pickling an instance caches on its class: not state)
-    assert classes.digest(Child) in seen
-    Child.table = b"x" * (classes.DIGEST_MAX + 1)
-    assert classes.digest(Child) is None  # (too large: always by value)

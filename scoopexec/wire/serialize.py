@@ -50,7 +50,7 @@ import cloudpickle
 
 from .. import errors
 from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
-from . import classes, protocol
+from . import protocol
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -277,37 +277,13 @@ def _numpy_scalars() -> bool:
     return True
 
 
-_cloud_override = cloudpickle.Pickler.reducer_override
-
-
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), NumPy
-    scalars travel as their Python values (see _Dispatch), and tracked classes by id."""
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), and NumPy
+    scalars travel as their Python values (see _Dispatch)."""
 
     dispatch_table = ChainMap(
         {types.CodeType: _reduce_code}, _cloud_scalars, cloudpickle.Pickler.dispatch_table
     )
-    track = True
-
-    def reducer_override(self, obj: Any) -> Any:
-        # (called for every object but atomic ones: kept short)
-        if isinstance(obj, type) and obj in classes.TRACKED and self.track:
-            # The script's class, as the receiver's own (wire/classes.py).  Not cloudpickle's
-            # copy with its tracker id: unpickling that builds a class (its base's
-            # __init_subclass__ and metaclass run, registering it) and then sets the copy's
-            # attributes on the class tracked under that id.
-            found = classes.reduce(obj, _class_by_value)
-            if found is not None:
-                return found
-        return _cloud_override(self, obj)
-
-
-def _class_by_value(cls: type) -> bytes:
-    with io.BytesIO() as fh:
-        p = _Pickler(fh, PROTOCOL)
-        p.track = False
-        p.dump(cls)
-        return fh.getvalue()
 
 
 def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:

@@ -56,7 +56,6 @@ def encode(
         "cwd": os.getcwd(),
         "argv": [str(a) for a in getattr(sys, "argv", [])],  # tasks see it, as with ProcessPoolExecutor
         "main": mainmodule.describe(),
-        "main_classes": mainmodule.class_ids(),
         "log_levels": logs.levels(),
     }
     if scoop_compat.active():
@@ -151,8 +150,6 @@ def apply(
             return mainmodule.import_failure(exc, main, where), b"main"
         finally:
             worker.importing_main = False
-        if mainmodule.is_clients(main):
-            mainmodule.track_classes(plain.get("main_classes"))
         init = None
         if "inherit" in plain:  # what only local workers can be handed (handover.py)
             init, initargs = handover.receive(plain, bytes(frames[1]) if len(frames) > 1 else b"")
