@@ -136,6 +136,7 @@ def test_shutdown_says_where_a_stuck_io_thread_is_instead_of_waiting_for_ever(tm
     entered: list[str] = []
     go = tmp_path / "go"
     ex = ScoopExecutor(1)
+    thread = ex._session.thread
     try:
         ex._session.stuck_after = 1.0  # seconds without a turn of its loop (30 s by default)
         # The callback must run on the pool's I/O thread, so nothing here waits on `first`: a
@@ -160,10 +161,8 @@ def test_shutdown_says_where_a_stuck_io_thread_is_instead_of_waiting_for_ever(tm
         ex.shutdown(wait=True)  # again: harmless
     finally:
         release.set()
-    thread = ex._session.thread  # (None once a shutdown joined it)
-    if thread is not None:
-        thread.join(30)
-        assert not thread.is_alive()
+    thread.join(30)
+    assert not thread.is_alive()
 
 
 @pytest.mark.timeout(60)

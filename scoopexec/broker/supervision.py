@@ -93,7 +93,6 @@ class Supervisor:
         watcher = self.b.watcher
         if watcher is not None:
             for tag, _pid, rc in watcher.reap(only):
-                self.leaving.pop(tag, None)
                 self.exited(tag, rc)
             if self.retry and time.monotonic() >= self.retry_at and not self.b.stopping:
                 tags, self.retry = self.retry, []
@@ -279,6 +278,7 @@ class Supervisor:
 
     def exited(self, tag: str, rc: int) -> None:
         assert self.b.watcher is not None
+        self.leaving.pop(tag, None)
         # A tag names one local worker process, or a group of workers started
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.b.ledger.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]

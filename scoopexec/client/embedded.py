@@ -280,7 +280,9 @@ class EmbeddedSession(Session):
             pass  # a stuck or stopped loop: only the futures not yet handed over are cancelled
 
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
-        if self.thread is None:
+        if self.closed.is_set():
+            raise RuntimeError("the pool is shut down")
+        if self.thread is None:  # (not started yet)
             return fn()
         return self.broker.call_soon(fn).result(timeout=60)
 
