@@ -105,7 +105,9 @@ def pytest_runtest_teardown(item, nextitem):
                 from scoopexec import pools
 
                 for session in set(pools._live) - item.stash.get(_POOLS_BEFORE, set()):
-                    session.abort(f"the teardown of {item.nodeid} took too long")  # (10 s at most)
+                    why = session.abort(f"the teardown of {item.nodeid} took too long")  # (10 s at most)
+                    if why:  # (said, for a test that looks at what is left: tests/test_harness.py)
+                        print(f"aborting the pool of {item.nodeid}: {why}", file=sys.stderr)
             faulthandler.cancel_dump_traceback_later()
 
 
