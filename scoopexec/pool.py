@@ -63,6 +63,7 @@ from typing import Any
 from .client.executor import ScoopExecutor
 from .client.future import cancel_all
 from .deploy.hosts import local_cpu_count
+from .deploy.local import process_start
 from .errors import BrokenScoopExecutor
 from .mapping import batched
 
@@ -362,33 +363,21 @@ class WorkerProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.name = f"ScoopWorker-{pid}"
-        self._started = _process_start(pid)
+        self._started = process_start(pid)
 
     def is_alive(self) -> bool:
-        return self._started is not None and _process_start(self.pid) == self._started
+        if not os.path.isdir("/proc"):  # (not Linux: by pid alone)
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+            return True
+        return self._started is not None and process_start(self.pid) == self._started
 
     def __repr__(self) -> str:
         return f"<WorkerProcess name={self.name!r} pid={self.pid}>"
-
-
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (/proc), None if it has ended (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        if os.path.isdir("/proc"):
-            return None
-        try:  # (no /proc: by pid alone)
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]  # (field 22: starttime)
 
 
 class Pool:

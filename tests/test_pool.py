@@ -760,6 +760,9 @@ def test_the_pools_processes_under_multiprocessings_private_name():
     try:
         procs = pool._pool
         assert len(procs) == 3 and all(p.is_alive() for p in procs)
+        reused = pool._pool[0]
+        reused._started = b"0"  # as if its pid now named a process started at another time
+        assert not reused.is_alive()
         seen = {pid: name for name, _, pid in pool.map(process_name, range(30), chunksize=1)}
         assert set(seen) <= {p.pid for p in procs}
         assert all(seen[p.pid] == p.name for p in procs if p.pid in seen)

@@ -349,3 +349,12 @@ def test_the_pools_thread_under_process_pool_executors_private_name():
         assert isinstance(t, threading.Thread) and t.is_alive()
     t.join(30)
     assert not t.is_alive() and ex._executor_manager_thread is None
+
+
+def test_a_shut_down_pool_runs_nothing_in_its_loop():
+    # Its thread is let go of once joined: a call meant for its loop must not then run on the
+    # caller's thread against the closed broker (a ZeroMQ error, or worse).
+    ex = ScoopExecutor(max_workers=1)
+    ex.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex._session._in_loop(lambda: None)

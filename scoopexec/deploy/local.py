@@ -13,8 +13,9 @@ process (:func:`run_worker_group`): that is what runs on the far side of an
 ssh session (ssh.py).  It hands its keys to each worker, replaces workers
 that crash, and stops them all when its own stdin closes.
 
-Also here, for whoever watches processes of this machine: :func:`process_state` and
-:func:`process_stat` (a process's state letter, and CPU time, in /proc).
+Also here, for whoever watches processes of this machine: :func:`process_state`,
+:func:`process_stat` and :func:`process_start` (a process's state letter, CPU time and start
+time, in /proc).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "LocalWorkers",
     "limit_threads",
     "make_room_for",
+    "process_start",
     "process_stat",
     "process_state",
     "remote_pythonpath",
@@ -137,11 +139,28 @@ def process_stat(pid: int) -> tuple[bytes, int] | None:
 
     None if it is gone (or there is no /proc).
     """
+    fields = _stat_fields(pid)
+    try:
+        return (fields[0], int(fields[11]) + int(fields[12])) if fields else None  # utime + stime
+    except (IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> bytes | None:
+    """When a process started (/proc/PID/stat's starttime): None once it has ended (a zombie
+    has), or if there is no /proc.  Two processes that had one pid differ in it."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19]  # (field 22)
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat's fields from the third (the state) on; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()  # from field 3, the state
-        return fields[0], int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
+            return f.read().rpartition(b")")[2].split()
+    except OSError:
         return None
 
 

@@ -135,6 +135,48 @@ _flush_started = threading.Lock()
 _flushed = threading.Event()
 
 
+def flush_queue_feeders(timeout: float = FLUSH_LIMIT) -> bool:
+    """Wait, at most ``timeout`` seconds, until every multiprocessing queue of this process has
+    written what was put in it (its feeder thread waits for more, with nothing left); True if
+    they all did.  The queues stay open.
+
+    A ``Queue.put`` returns at once and a feeder thread pickles and writes the item later: a
+    program that learns of something through another channel (our SETUP_DONE) and then reads the
+    queue with ``get_nowait()`` would find it empty.
+    """
+    feeders = [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
+    if not feeders:
+        return True
+    wait_code = threading.Condition.wait.__code__
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        frames = sys._current_frames()
+        busy = False
+        for t in feeders:
+            frame = frames.get(t.ident) if t.ident is not None else None
+            if frame is None:  # ended
+                continue
+            if frame.f_code is not wait_code:  # pickling or writing
+                busy = True
+                break
+            feed = frame.f_back
+            while feed is not None and feed.f_code.co_name != "_feed":
+                feed = feed.f_back
+            if feed is None:  # a thread of that name that is no feeder
+                continue
+            if feed.f_locals.get("buffer"):  # put since
+                busy = True
+                break
+        del frames
+        if not busy:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 def client_gone(code: int) -> NoReturn:
     """Our client closed our stdin or link: exit now, tidying up after it if it was killed.
 

@@ -27,7 +27,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import traceback
 import types
 from collections.abc import Callable, Sequence
@@ -37,9 +36,8 @@ from .. import logs, mainmodule, scoop_compat
 from ..errors import SerializationError
 from ..wire import protocol as P
 from ..wire import serialize
-from . import handover
+from . import handover, lifeline
 from .channels import NOT_FORWARDED
-from .lifeline import FLUSH_LIMIT
 
 SETUP_DONE_OK = 1
 __all__ = ["Setups", "apply", "encode", "handed_over", "release"]
@@ -169,7 +167,7 @@ def apply(
                 )
                 # ... and that record is in the handler's queue before the client hears of the
                 # failure (ProcessPoolExecutor's worker exits, which flushes it).
-                flush_queue_feeders()
+                lifeline.flush_queue_feeders()
                 raise
             if namespace is not None and globals_out is not None:
                 code = getattr(init, "__code__", None)  # (CACHE["k"] = x changes CACHE in place)
@@ -183,48 +181,6 @@ def apply(
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return f"On worker {worker.name} (pid {worker.pid} on {worker.host}):\n{text}", b""
     return None
-
-
-def flush_queue_feeders(timeout: float = FLUSH_LIMIT) -> bool:
-    """Wait, at most ``timeout`` seconds, until every multiprocessing queue of this process has
-    written what was put in it (its feeder thread waits for more, with nothing left); True if
-    they all did.  The queues stay open.
-
-    A ``Queue.put`` returns at once and a feeder thread pickles and writes the item later: a
-    program that learns of something through another channel (our SETUP_DONE) and then reads the
-    queue with ``get_nowait()`` would find it empty.
-    """
-    feeders = [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
-    if not feeders:
-        return True
-    wait_code = threading.Condition.wait.__code__
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        frames = sys._current_frames()
-        busy = False
-        for t in feeders:
-            frame = frames.get(t.ident) if t.ident is not None else None
-            if frame is None:  # ended
-                continue
-            if frame.f_code is not wait_code:  # pickling or writing
-                busy = True
-                break
-            feed = frame.f_back
-            while feed is not None and feed.f_code.co_name != "_feed":
-                feed = feed.f_back
-            if feed is None:  # a thread of that name that is no feeder
-                continue
-            if feed.f_locals.get("buffer"):  # put since
-                busy = True
-                break
-        del frames
-        if not busy:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
 
 
 def _script_namespace(fn: Any) -> dict[str, Any] | None:
