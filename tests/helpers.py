@@ -276,3 +276,23 @@ def init_fail_after_slow_put(q):
     """Put an item that takes 0.5 s to pickle in ``q``, log the failure there, then fail."""
     q.put(SlowToPickle("put before failing", 0.5))
     init_fail_logging(q)
+
+
+def held_function_frames():
+    """(pid, {key: id of the buffer}) of the large function frames this worker holds
+    (wire/fnframes.py): a frame received once keeps its buffer from task to task."""
+    from scoopexec.worker.worker import current_worker
+
+    held = current_worker().fns.entries
+    return os.getpid(), {key: id(view.obj) for key, (_, view) in held.items()}
+
+
+def forget_function_frames(_=None):
+    """Make this worker lose the large function frames it holds, as a lost message would."""
+    from scoopexec.worker.worker import current_worker
+
+    fns = current_worker().fns
+    n = len(fns.entries)
+    fns.entries.clear()
+    fns.nbytes = 0
+    return n

@@ -441,13 +441,13 @@ def test_bad_heartbeat_settings_show_the_values():
 
 
 def test_a_function_sent_with_megabytes_of_what_it_refers_to_is_warned_about_once(one_worker):
-    # A function of the script, a lambda or a closure travels by value with what it refers to,
-    # with every task: a task reading a 200 MB global of the script cost 0.5 s each, silently.
+    # A function of the script, a lambda or a closure is pickled by value with what it refers
+    # to, at every submit: a task reading a 200 MB global of the script cost 0.5 s each, silently.
     from scoopexec.errors import LargeFunctionWarning
 
     data = bytearray(3_000_000)
     fn = lambda i: data[i] + 1  # noqa: E731
-    with pytest.warns(LargeFunctionWarning, match=r"is sent by value .* 3\.0 MB with every task") as seen:
+    with pytest.warns(LargeFunctionWarning, match=r"is pickled by value .* 3\.0 MB at every submit \(once per map; each worker receives") as seen:
         assert one_worker.submit(fn, 1).result(timeout=60) == 1
     assert seen[0].filename == __file__  # the line that submitted
     import warnings
@@ -473,4 +473,4 @@ def test_a_function_sent_with_megabytes_of_what_it_refers_to_is_warned_about_onc
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     text = out.stdout.decode()
-    assert text.startswith("1 __main__.f is sent by value") and "the globals it reads: DATA (2.0 MB)" in text, text
+    assert text.startswith("1 __main__.f is pickled by value") and "the globals it reads: DATA (2.0 MB)" in text, text

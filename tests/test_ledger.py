@@ -607,7 +607,7 @@ def test_a_batchs_entries_laid_flat_are_each_tasks_entry():
     batch[0].lose(b"v", "lost")
     batch[1].lose(b"w", "lost")
     frames: list[object] = []
-    flat = task_entries(batch, frames)
+    flat = task_entries(batch, frames, WorkerState(b"w", {}))
     one_by_one: list[object] = []
     assert flat == [v for t in batch for v in t.entry(one_by_one)] and frames == one_by_one
     assert frames == [*BODY, b"fn", b"args", b"buf"] and flat[2::4] == [2, 3] and flat[3::4] == [2, 1]

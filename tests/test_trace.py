@@ -851,7 +851,7 @@ def test_the_bulk_path_records_what_the_per_task_loop_recorded(tmp_path, monkeyp
     loop._bulk_from = 10**9
     sent = []
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        flat = task_entries(batch, [])
+        flat = task_entries(batch, [], w)
         bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))  # (as the broker calls it)
         loop.on_dispatch(w, batch)
         sent += [(t.btid, 1_700_000_123.25) for t in batch]
@@ -940,7 +940,7 @@ def dispatch_to_both(ledger, bulk, loop):
     from scoopexec.wire import protocol as P
 
     for w, batch in scheduling.dispatch(ledger, lambda tasks: []):
-        flat = task_entries(batch, [])
+        flat = task_entries(batch, [], w)
         bulk.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat))
         loop.on_dispatch(w, batch)
 

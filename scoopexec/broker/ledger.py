@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..wire.fnframes import HEAD, MIN_SIZE, Held, head_of
+
 __all__ = [
     "LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState", "submit_local",
     "task_entries",
@@ -186,20 +188,52 @@ class Task:
         return tuple(why for _, why in self.lost or ())
 
 
-def task_entries(batch: Iterable[Task], out: list[Any]) -> list[int]:
-    """Task.entry for each task of ``batch``, flat: append their frames to ``out`` and return
-    their TASKS entries one after the other (protocol.pack_flat takes them so: one call to pack
-    them all, not one per task)."""
+def task_entries(batch: Iterable[Task], out: list[Any], w: WorkerState) -> list[int]:
+    """Task.entry for each task of ``batch``, flat, for worker ``w``: append their frames to
+    ``out`` and return their TASKS entries one after the other (protocol.pack_flat takes them
+    so: one call to pack them all, not one per task).  A large function frame that ``w``
+    holds already goes as its head alone (wire/fnframes.py)."""
     flat: list[int] = []
     for t in batch:
-        rest, lost = t.rest, t.lost
+        rest, lost, first = t.rest, t.lost, t.first
         if rest is MANY:
-            out.extend(t.first)
-            flat += (t.btid, t.src.setup, len(t.first), len(lost) if lost else 0)
+            n = len(first[0])
+            if n >= MIN_SIZE or n == HEAD:
+                out.append(_function_frame(w, t.src.setup, first[0]))
+                out.extend(first[1:])
+            else:
+                out.extend(first)
+            flat += (t.btid, t.src.setup, len(first), len(lost) if lost else 0)
         else:
-            out += (t.first, rest)  # (one call, not two appends)
+            n = len(first)
+            if n >= MIN_SIZE or n == HEAD:
+                first = _function_frame(w, t.src.setup, first)
+            out += (first, rest)  # (one call, not two appends)
             flat += (t.btid, t.src.setup, 2, len(lost) if lost else 0)
     return flat
+
+
+FORGED = b"\x00" * (HEAD + 1)  # what goes in place of a head that came from a submitter (see below)
+
+
+def _function_frame(w: WorkerState, setup: int, frame: Any) -> Any:
+    """What goes to ``w`` for a function frame of HEAD or MIN_SIZE bytes and more: its head
+    alone when ``w`` holds the whole marked frame, else the frame (now held, if marked).  A
+    head alone is only ever the broker's to send: from a client it would stand for a frame
+    it never sent, so the worker gets a frame that fails to unpickle instead."""
+    head = head_of(frame)
+    if head is None:
+        return frame
+    if len(frame) == HEAD:
+        return FORGED
+    held = w.fns
+    if held is None:
+        held = w.fns = Held()
+    key = (setup, head)
+    if held.get(key) is not None:
+        return head
+    held.add(key, len(frame))
+    return frame
 
 
 class Peer:
@@ -214,8 +248,8 @@ class Peer:
 
 class WorkerState(Peer):
     __slots__ = (
-        "assigned", "credit", "done", "draining", "in_ready", "last_seen", "name", "recall_mark", "recalled",
-        "sent", "set_up", "setups", "tag",
+        "assigned", "credit", "done", "draining", "fns", "in_ready", "last_seen", "name", "recall_mark",
+        "recalled", "sent", "set_up", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any]) -> None:
@@ -233,6 +267,7 @@ class WorkerState(Peer):
         self.tag = str(info.get("tag") or "")
         self.draining = False  # its batch job ends soon: it gets no task any more (Ledger.drain)
         self.name = str(info.get("name") or key.hex())
+        self.fns: Held | None = None  # the large function frames it holds (wire/fnframes.py)
 
     @property
     def where(self) -> str:
@@ -401,9 +436,10 @@ class Ledger:
         w.draining = True
         w.credit = 0
 
-    def take_back(self, w: WorkerState, btids: list[int]) -> None:
-        """RETURN: the worker hands back tasks it has not started; its credit drops to 0."""
-        w.credit = 0
+    def take_back(self, w: WorkerState, btids: list[int], lost_frames: bool = False) -> None:
+        """RETURN: the worker hands back tasks it has not started; its credit drops to 0.
+        ``lost_frames`` (arg 1): large function frames go to it whole again (wire/fnframes.py)."""
+        w.credit, w.fns = 0, (None if lost_frames else w.fns)
         for btid in reversed(btids):
             task = self.tasks.get(btid)
             if task is not None and task.worker == w.key:
@@ -412,7 +448,9 @@ class Ledger:
                 self.queue.appendleft(btid)
 
     def resync(self, w: WorkerState, held: set[int]) -> None:
-        """A worker that said HELLO again holds only ``held``: queue again what it lost."""
+        """A worker that said HELLO again holds only ``held``: queue again what it lost (and
+        send it large function frames whole again: messages to it may have been lost too)."""
+        w.fns = None
         for btid in list(w.assigned):
             if btid not in held:
                 w.assigned.discard(btid)

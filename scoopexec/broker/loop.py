@@ -410,7 +410,7 @@ class Broker:
 
     def _on_return(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         """A worker is starting a task that may run long: it hands back what it has not started."""
-        self.ledger.take_back(w, [e[0] for e in msg.entries])
+        self.ledger.take_back(w, [e[0] for e in msg.entries], msg.arg == 1)
 
     def _on_credit(self, key: bytes, w: WorkerState, msg: P.Message) -> None:
         self.ledger.grant(w, msg.arg)
@@ -506,7 +506,7 @@ class Broker:
             for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         frames: list[Any] = [b""]
-        flat = task_entries(batch, frames)
+        flat = task_entries(batch, frames, w)
         frames[0] = P.pack_flat(P.TASKS, len(batch), flat)
         if self.trace is not None:
             self.trace.on_dispatch(w, batch, flat, frames[0])

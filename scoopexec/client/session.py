@@ -35,6 +35,7 @@ from ..deploy.contract import LaunchOptions
 from ..deploy.groups import Launchers, RemoteGroup, Target
 from ..deploy.hosts import Host, local_cpu_count
 from ..errors import BrokenScoopExecutor, BrokerLostError, InitializerError, ProtocolError, SerializationError
+from ..wire import fnframes
 from ..wire import protocol as P
 from ..wire.framing import WakePipe
 from ..worker import setup as worker_setup
@@ -568,6 +569,7 @@ class Session:
         self._release_answers()
         self.wake.close()
         pools.untrack(self)
+        fnframes.forget()  # (the large function frames marked lately)
         self.closed.set()
 
 

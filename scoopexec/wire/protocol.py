@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 from ..errors import ProtocolError
 
 MAGIC = b"SX"
-VERSION = 2  # 2: CANCEL with CONFIRM, answered by RESULTS CANCELLED or STARTED
+VERSION = 3  # 2: CANCEL with CONFIRM, answered by RESULTS CANCELLED or STARTED; 3: large function
+# frames marked, their head alone to a worker that holds them (wire/fnframes.py), RETURN arg 1
 
 HEADER = struct.Struct("<2sBBII")  # magic, version, type, count, arg
 HEADER_SIZE = HEADER.size
@@ -66,7 +67,8 @@ LOG = 18  # worker -> broker -> client; LOG_ENTRY per record, one JSON frame eac
 BROKEN = 19  # broker -> client; frame 1: JSON {"kind": ..., "message": ...}
 PING = 20  # broker -> peer: is this routing id still connected?  Ignored by peers.
 SHARE = 21  # client -> broker (arg 0), broker -> worker (arg = set-up id); frames: name, value pickle
-RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0
+RETURN = 22  # worker -> broker; ID_ENTRY per task handed back unstarted; its credit drops to 0;
+# arg 1: one was a function frame's head the worker does not hold (wire/fnframes.py): send them whole
 RECALL = 23  # broker -> worker: a worker is idle; one running a long task RETURNs what it has not started
 DRAIN = 24  # broker -> worker: its batch job ends soon; RETURN every task not started (no more come)
 

@@ -50,7 +50,7 @@ import cloudpickle
 
 from .. import errors
 from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
-from . import protocol
+from . import fnframes, protocol
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -411,7 +411,7 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
     return _cloud_dumps(fn)
 
 
-def loads_function(data: bytes | memoryview, scope: int | None = None) -> Any:
+def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any = None) -> Any:
     """Unpickle a callable, re-using the object for identical bytes when that is safe.
 
     Functions, built-ins and classes are re-used (a map's chunks send the same
@@ -419,16 +419,35 @@ def loads_function(data: bytes | memoryview, scope: int | None = None) -> Any:
     binding arguments -- are unpickled afresh for every task, as each task
     would see them with any other executor.  ``scope``: re-used only within it (a
     pool whose script functions get its initializer's globals: worker/setup.py).
+    ``key``: what stands for the bytes (a large frame's, wire/fnframes.py: set-up
+    id and digest, so within its client's set-up already).
     """
-    raw = data if type(data) is bytes else bytes(data)
-    key = raw if scope is None else (scope, raw)
+    if key is not None:
+        return _loads_large(data, key)
+    data = data if type(data) is bytes else bytes(data)
+    key = data if scope is None else (scope, data)
     fn = _loaded_fns.get(key)
     if fn is None:
-        fn = pickle.loads(raw)
+        fn = pickle.loads(data)
         if _reusable(fn):
             if len(_loaded_fns) >= _CACHE_MAX:
                 _loaded_fns.clear()
             _loaded_fns[key] = fn
+    return fn
+
+
+_loaded_large: dict[Any, Any] = {}  # loads_function's for large frames, by key: as many as a worker holds
+
+
+def _loads_large(data: Any, key: Any) -> Any:
+    fn = _loaded_large.pop(key, None)
+    if fn is None:
+        fn = pickle.loads(data)
+        if not _reusable(fn):
+            return fn
+    _loaded_large[key] = fn  # (the most recently used last)
+    while len(_loaded_large) > fnframes.HELD_FRAMES:
+        del _loaded_large[next(iter(_loaded_large))]
     return fn
 
 
@@ -527,18 +546,20 @@ def encode_function(fn: Callable[..., Any]) -> bytes:
         err = _function_error(fn, exc)
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
         raise err from cause
-    if len(data) >= LARGE_FUNCTION:
-        _warn_large(fn, len(data))
+    if len(data) >= fnframes.MIN_SIZE:
+        if len(data) >= LARGE_FUNCTION:
+            _warn_large(fn, len(data))
+        return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
     return data
 
 
-LARGE_FUNCTION = 1 << 20  # bytes of a function frame (sent with every task) worth a warning
+LARGE_FUNCTION = 1 << 20  # bytes of a function frame (pickled at every submit) worth a warning
 _warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
 
 
 def _warn_large(fn: Any, size: int) -> None:
-    """Say once that ``fn`` travels with ``size`` bytes, and which of the globals it reads are
-    the large ones: a silent 0.5 s a task for a function reading a 200 MB array of the script
+    """Say once that ``fn`` is pickled with ``size`` bytes, and which of the globals it reads
+    are the large ones: 0.3 s a submit for a function reading a 200 MB array of the script
     (ProcessPoolExecutor's forked workers look the function up by name)."""
     user = _user_function(fn)
     try:
@@ -556,9 +577,10 @@ def _warn_large(fn: Any, size: int) -> None:
         names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
     which = f", with the globals it reads: {', '.join(names)}" if names else ""
     warnings.warn(
-        f"{describe(user)} is sent by value with everything it refers to, {size / 1e6:.1f} MB with "
-        f"every task{which}; send large data once (ex.share('name', value), and "
-        "scoopexec.shared('name') in the task) or pass a file path",
+        f"{describe(user)} is pickled by value with everything it refers to, {size / 1e6:.1f} MB at "
+        f"every submit (once per map; each worker receives it once while it stays the same){which}; "
+        "send large data once (ex.share('name', value), and scoopexec.shared('name') in the task) "
+        "or pass a file path",
         errors.LargeFunctionWarning,
         stacklevel=_user_stacklevel(),  # (the line that submitted)
     )
@@ -957,9 +979,14 @@ def _a(obj: Any) -> str:
 
 
 def decode_call(
-    frames: Sequence[Any], fn_bytes: bytes | None = None, scope: int | None = None
+    frames: Sequence[Any], fn_bytes: Any = None, scope: int | None = None
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    fn = loads_function(fn_bytes if fn_bytes else frames[0], scope)
+    """The function and arguments of a task's frames.  ``fn_bytes``: frames[0] as bytes, or,
+    for a large function frame, its key (a tuple: wire/fnframes.py)."""
+    if fn_bytes.__class__ is tuple:
+        fn = loads_function(frames[0], scope, fn_bytes)
+    else:
+        fn = loads_function(fn_bytes if fn_bytes else frames[0], scope)
     if len(frames) == 2:  # the usual task: no buffers (no slice, no keyword to parse)
         args, kwargs = pickle.loads(frames[1])
     else:

@@ -44,8 +44,8 @@ import greenlet
 from .. import _hooks
 from ..deploy.contract import EXIT_VERSION
 from ..errors import ProtocolError
+from ..wire import fnframes, serialize
 from ..wire import protocol as P
-from ..wire import serialize
 from ..wire.framing import POOL, WakePipe
 from ..wire.spin import SPIN, Spin
 from . import lifeline
@@ -88,7 +88,7 @@ class _Task:
         self.attempt = attempt
         self.frames = frames
         self.started = 0.0
-        self.fkey = b""  # the function's pickle: key of its run-time estimate
+        self.fkey: Any = b""  # its function's pickle, or a large one's key (_unmark): its run time's key
 
 
 def _failure(kind: str, message: str, tb: str = "") -> tuple[int, list[Any]]:
@@ -155,7 +155,8 @@ class Worker:
         self.granted = 0  # credits the broker holds for us
         self.ask_later = False  # the running task's start did not ask for more: the flusher does
         self.avg = 0.0  # smoothed duration of a task's run between switches (s)
-        self.fn_avg: dict[bytes, float] = {}  # the same, per function
+        self.fn_avg: dict[Any, float] = {}  # the same, per function
+        self.fns = fnframes.Held()  # the large function frames held (wire/fnframes.py)
         self.stopping = False
         self.welcomed = False
         self.hello_open = True  # a HELLO waits for its WELCOME: a VersionMismatch then is the answer
@@ -332,10 +333,11 @@ class Worker:
 
     # ------------------------------------------------------------- handlers
     def _on_tasks(self, msg: P.Message) -> None:
-        q = self.queue
-        for (btid, sid, _, attempt), body in msg.parts():
-            q.append(_Task(btid, sid, attempt, body))  # type: ignore[arg-type]  # a list slice
+        missed = _take_tasks(msg, self.queue, self.fns)
         self.granted = max(0, self.granted - msg.count)
+        if missed:  # the broker thought it held a frame it does not: all back, and it forgets
+            log.info("%d tasks came with the head of a function frame not held here: back", len(missed))
+            self._give_back(missed)
 
     def _on_cancel(self, msg: P.Message) -> None:
         gone = {e[0] for e in msg.entries}
@@ -400,8 +402,10 @@ class Worker:
                 self._switch(g, value)
             else:
                 task = queue.popleft()
-                f = task.frames[0] if task.frames else b""
-                fkey = task.fkey = f if f.__class__ is bytes else P.as_bytes(f)
+                fkey = task.fkey
+                if not fkey:  # (a large function frame's is its key: _unmark)
+                    f = task.frames[0] if task.frames else b""
+                    fkey = task.fkey = f if f.__class__ is bytes else P.as_bytes(f)
                 est = fn_avg.get(fkey)
                 maybe_long = est is None or est > 0.0001
                 if maybe_long and (queue or self.granted):
@@ -476,6 +480,7 @@ class Worker:
             for m in inbox:
                 if m.kind == P.TASKS:
                     back.extend((e[0],) for e in m.entries)
+                    _note_frames(self.fns, m)  # (held as the broker counts them)
                 else:
                     kept.append(m)
             if back or self.granted:
@@ -487,11 +492,11 @@ class Worker:
         self._flush(credit=self.ask_later and not recalled)
         self.ask_later = False
 
-    def _give_back(self) -> None:
-        back = [(t.btid,) for t in self.queue]
+    def _give_back(self, missed: list[tuple[int]] | None = None) -> None:
+        back = [*(missed or ()), *((t.btid,) for t in self.queue)]
         self.queue.clear()
         self.granted = 0
-        self._send([P.pack(P.RETURN, back)])
+        self._send([P.pack(P.RETURN, back, 1 if missed else 0)])  # (arg 1: wire/fnframes.py)
 
     def _runner_main(self, task: _Task) -> None:
         me = greenlet.getcurrent()
@@ -629,6 +634,55 @@ def _call(
             "data (write it to a file and return the path) or raise the limit",
         )
     return status, frames
+
+
+def _take_tasks(msg: P.Message, queue: collections.deque[_Task], held: fnframes.Held) -> list[tuple[int]]:
+    """Queue the tasks of a TASKS message, large function frames in place (_unmark); the ids
+    of those that came with the head of a frame not held, not queued."""
+    missed: list[tuple[int]] = []
+    for (btid, sid, _, attempt), body in msg.parts():
+        task = _Task(btid, sid, attempt, body)  # type: ignore[arg-type]  # a list slice
+        n = len(body[0]) if body else 0
+        if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:
+            try:
+                task.fkey = _unmark(held, sid, body) or b""  # type: ignore[arg-type]
+            except KeyError:
+                missed.append((btid,))
+                continue
+        queue.append(task)
+    return missed
+
+
+def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes] | None:
+    """A task's function frame (``body[0]``, of HEAD or MIN_SIZE bytes and more), if marked
+    (wire/fnframes.py): the pickle in its place, from the frame or from those held, and its
+    key (None if not marked).  KeyError for the head of a frame not held."""
+    head = fnframes.head_of(body[0])
+    if head is None:
+        return None
+    key = (sid, head)
+    n = len(body[0])
+    if n > fnframes.HEAD:
+        view = memoryview(body[0])[fnframes.HEAD :]
+        held.add(key, n, view)
+    else:
+        entry = held.get(key)
+        if entry is None:
+            raise KeyError(key)
+        view = entry[1]
+    body[0] = view
+    return key
+
+
+def _note_frames(held: fnframes.Held, msg: P.Message) -> None:
+    """Hold the large function frames of a TASKS message handed back unread, as if read."""
+    for (_, sid, _, _), body in msg.parts():
+        n = len(body[0]) if body else 0
+        if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:
+            try:
+                _unmark(held, sid, body)  # type: ignore[arg-type]
+            except KeyError:
+                pass  # (its task goes back, so does the frame: the broker sends it whole next time)
 
 
 def _granted(value: Any) -> int:

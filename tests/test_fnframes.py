@@ -1,0 +1,168 @@
+"""A large function frame reaches each worker once (wire/fnframes.py): a function of the
+script, a lambda or a closure that refers to megabytes is pickled with them, and those bytes
+went to a worker with every task (a map of 200 items over a 20 MB global: 3 s, against
+ProcessPoolExecutor's 0.02 s).  These tests run real pools; the broker's and the worker's
+books alone are tested at the end."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.broker.ledger import FORGED, Ledger, WorkerState, task_entries
+from scoopexec.errors import LargeFunctionWarning
+from scoopexec.wire import fnframes, serialize
+from tests import helpers
+
+pytestmark = pytest.mark.filterwarnings("ignore::scoopexec.errors.LargeFunctionWarning")
+
+
+def _closure(data):
+    def probe(i):  # (a closure: by value, with the bytes it refers to)
+        pid, held = helpers.held_function_frames()
+        return i + data[i % 8], pid, held
+
+    return probe
+
+
+@pytest.mark.parametrize("transport", ["link", "zmq"])
+def test_each_worker_receives_a_large_function_once(monkeypatch, transport):
+    monkeypatch.setenv("SCOOPEXEC_LOCAL_TRANSPORT", transport)
+    data = bytearray(range(8)) * (1 << 17)  # 1 MiB
+    probe = _closure(data)
+    with ScoopExecutor(max_workers=2) as ex:
+        out = list(ex.map(probe, range(40)))
+        more = [ex.submit(probe, i).result(timeout=60) for i in range(40, 46)]
+    assert [v for v, _, _ in out + more] == [i + i % 8 for i in range(46)]
+    by_pid: dict[int, set[tuple[object, int]]] = {}
+    for _, pid, held in out + more:
+        assert len(held) == 1, held
+        by_pid.setdefault(pid, set()).update(held.items())
+    # One key everywhere (a submit pickles the function to the same bytes as the map), and on
+    # each worker one buffer: the frame came whole once, its head alone after that.
+    assert len({key for items in by_pid.values() for key, _ in items}) == 1
+    assert all(len(items) == 1 for items in by_pid.values()), by_pid
+
+
+def test_a_changed_function_goes_whole_again_and_is_what_runs(one_worker):
+    data = bytearray(1 << 20)
+    probe = _closure(data)
+    assert [v for v, _, _ in one_worker.map(probe, range(8))] == list(range(8))
+    data[3] = 100  # changed in place: other bytes, another frame
+    out = list(one_worker.map(probe, range(8)))
+    assert [v for v, _, _ in out] == [i + (100 if i == 3 else 0) for i in range(8)]
+    assert len(out[-1][2]) == 2  # both held now (within fnframes.HELD_FRAMES)
+    data[3] = 0  # back as it was: the first frame again, held already
+    assert [v for v, _, _ in one_worker.map(probe, range(8))] == list(range(8))
+
+
+def test_a_worker_that_lost_a_frame_gets_it_whole_again(one_worker):
+    probe = _closure(bytearray(1 << 20))
+    assert one_worker.submit(probe, 1).result(timeout=60)[0] == 1
+    assert one_worker.submit(helpers.forget_function_frames).result(timeout=60) == 1
+    # The broker sends the head alone; the worker does not hold it: it hands the task back
+    # (RETURN arg 1), and the broker sends the frame whole.
+    value, _, held = one_worker.submit(probe, 2).result(timeout=60)
+    assert value == 2 and len(held) == 1
+    assert [v for v, _, _ in one_worker.map(probe, range(5))] == list(range(5))
+
+
+def test_a_head_alone_from_a_client_fails_its_task_and_nothing_else(one_worker):
+    data = serialize.encode_function(_closure(bytearray(1 << 20)))
+    assert data[:1] == b"\x00" and len(data) > fnframes.MIN_SIZE
+    args = serialize.encode_args((1,), {})
+    assert one_worker.submit(abs, -1).result(timeout=60) == 1  # (the pool runs)
+    forged = one_worker._session.submit([data[: fnframes.HEAD], *args], "forged")
+    with pytest.raises(Exception, match="could not be unpickled"):
+        forged.result(timeout=60)
+    good = one_worker._session.submit([data, *args], "whole")
+    assert good.result(timeout=60)[0] == 1
+
+
+def test_a_large_function_is_still_warned_about_once():
+    data = bytearray(2 << 20)
+    fn = lambda i: data[i]  # noqa: E731
+    with ScoopExecutor(1) as ex:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert list(ex.map(fn, range(3))) == [0, 0, 0]
+            assert ex.submit(fn, 1).result(timeout=60) == 0
+    said = [w for w in seen if w.category is LargeFunctionWarning]
+    assert len(said) == 1 and "2.1 MB at every submit (once per map" in str(said[0].message)
+
+
+# ----------------------------------------------------------- the books alone
+
+
+def test_mark_keeps_the_same_bytes_one_frame():
+    fnframes.forget()
+    a, b = b"\x80\x05" + b"a" * 1000, b"\x80\x05" + b"b" * 1000
+    ma = fnframes.mark(a)
+    assert ma[: fnframes.HEAD] == fnframes.head_of(ma) and ma[fnframes.HEAD :] == a
+    assert fnframes.mark(bytes(bytearray(a))) is ma  # equal bytes, another object: the same frame
+    mb = fnframes.mark(b)
+    assert fnframes.head_of(mb) != fnframes.head_of(ma)
+    assert fnframes.head_of(a) is None and fnframes.head_of(b"\x00" * 5) is None
+    fnframes.forget()
+    assert fnframes.mark(a) is not ma and fnframes.mark(a) == ma
+
+
+def test_held_frames_are_bounded_and_least_recently_used_go_first():
+    held = fnframes.Held()
+    for i in range(fnframes.HELD_FRAMES):
+        held.add((1, bytes([i])), 10, i)
+    assert held.get((1, b"\x00")) == (10, 0)  # used: now the last to go
+    held.add((1, b"new"), 10, "new")
+    assert list(held.entries) == [(1, b"\x02"), (1, b"\x03"), (1, b"\x00"), (1, b"new")]
+    held.add((2, b"huge"), fnframes.HELD_BYTES + 1, "huge")  # the newest stays, however large
+    assert list(held.entries) == [(2, b"huge")] and held.nbytes == fnframes.HELD_BYTES + 1
+    held.add((2, b"huge"), 5, "again")  # the same key again: replaced, counted once
+    assert held.nbytes == 5
+
+
+def test_the_broker_sends_a_worker_the_head_of_a_frame_it_holds():
+    ledger = Ledger(1)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    setup = ledger.clients[b"C"].setup
+    frame = fnframes.mark(b"\x80\x05" + b"f" * fnframes.MIN_SIZE)
+    head = frame[: fnframes.HEAD]
+    tid = iter(range(1, 100))
+
+    def tasks(*fn_frames):
+        entries = [((next(tid), 0, 2), [f, b"args"]) for f in fn_frames]
+        entries.append(((next(tid), 0, 3), [frame, b"args", b"buffer"]))  # more frames than two
+        assert ledger.submit(b"C", entries, ledger.clients[b"C"]) == []
+        batch = [t for t in ledger.tasks.values() if t.worker is None]
+        for t in batch:
+            t.worker = b"w"
+        return batch
+
+    def sent(w, batch):
+        out: list[object] = []
+        task_entries(batch, out, w)
+        return [f for f in out if f not in (b"args", b"buffer")]
+
+    w, v = WorkerState(b"w", {}), WorkerState(b"v", {})
+    assert sent(w, tasks(frame, frame)) == [frame, head, head]
+    assert sent(v, tasks(frame)) == [frame, head]  # another worker: its own books
+    assert sent(w, tasks(head, b"\x80\x05small")) == [FORGED, b"\x80\x05small", head]  # (a head from a client)
+    ledger.take_back(w, [], lost_frames=True)  # RETURN arg 1
+    assert sent(w, tasks(frame)) == [frame, head]
+    ledger.resync(w, set())  # HELLO again
+    assert sent(w, tasks()) == [frame]
+    assert setup == ledger.clients[b"C"].setup and w.fns is not None
+    assert list(w.fns.entries) == [(setup, head)]
+
+
+def test_a_traced_large_function_keeps_its_name():
+    from scoopexec.trace import function_name
+
+    def named_here(i):
+        return len(blob) + i
+
+    blob = b"x" * fnframes.MIN_SIZE
+    frame = serialize.encode_function(named_here)
+    assert frame[:1] == b"\x00"
+    assert function_name(frame).endswith("named_here")
