@@ -80,3 +80,16 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios():
     # a round missing for either: they no longer pair up, so the medians' ratio, no spread
     assert round_ratios(True, [100.0, 300.0], ppe, 3) == (200.0 / 100.0, None)
     assert round_ratios(True, [], ppe, 3) == (None, None)
+
+
+@pytest.mark.timeout(180)
+def test_the_large_global_benchmark_runs_every_step_on_each_contender():
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_globals", "--mb", "1", "--rounds", "1",
+         "--only", ",".join(CONTENDERS)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " s [" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| first", "| map 200", "| 20 submits"], r.stdout
+    assert all(row.count(" s [") == 2 and row.rstrip().endswith("x |") for row in rows), r.stdout
