@@ -296,3 +296,13 @@ def forget_function_frames(_=None):
     fns.entries.clear()
     fns.nbytes = 0
     return n
+
+
+def held_frames_in_receive_pool(_=None):
+    """How many of the large function frames this worker holds still sit in the receive
+    buffers' pool (wire/framing.py), which would count them against itself for good."""
+    from scoopexec.wire.framing import POOL
+    from scoopexec.worker.worker import current_worker
+
+    views = [view for _, view in current_worker().fns.entries.values()]
+    return sum(1 for entry in POOL._entries for v in views if v.obj is entry[0]), len(views)

@@ -2,14 +2,17 @@
 
 A function of the script travels by value (cloudpickle) with the globals it reads, so a
 task function that reads a 20 MB array of the script makes a 20 MB frame.  Sent with
-every task, that cost a map of 200 items 3 s where ProcessPoolExecutor, whose forked
-workers look the function up by name, takes 0.02 s.  The bytes are the same from one
+every task, that cost a map of 200 items 3.1 s where ProcessPoolExecutor, whose forked
+workers look the function up by name, takes 0.03 s.  The bytes are the same from one
 task to the next (a map pickles its function once; submits of an unchanged function
 pickle to the same bytes), so:
 
 * the client (serialize.encode_function) marks a function frame of :data:`MIN_SIZE` bytes
-  or more: :func:`mark` puts before the pickle a zero byte and a digest of it (17 bytes,
-  :data:`HEAD`; a pickle starts with PROTO, 0x80, never 0);
+  or more: :func:`mark` puts before the pickle a zero byte and an id (17 bytes,
+  :data:`HEAD`; a pickle starts with PROTO, 0x80, never 0).  The id stands for those exact
+  bytes: the frames marked lately are kept, and a pickle equal to one of them, byte for
+  byte, gets that frame again; any other gets a new id, never used before by any process
+  (8 random bytes drawn per process, and in each forked child, then a count);
 * the broker (ledger.task_entries) keeps, for each worker, the keys (set-up id, head) of
   the marked frames it sent it whole, as the worker keeps them: :class:`Held`, the same
   rule on both sides, applied to the same frames in the same order (those of the TASKS
@@ -19,54 +22,85 @@ pickle to the same bytes), so:
   hashing megabytes per task.
 
 Nothing changes for the task: the worker unpickles exactly the bytes the client pickled.
-What the worker holds is bounded (:data:`HELD_FRAMES`, :data:`HELD_BYTES`; the newest
-always stays).  If the two sides ever disagree (a message lost on a reconnection), the
-worker hands the task back with RETURN arg 1 and the broker forgets what it thought the
-worker held, so the frame goes whole again; a HELLO again (resync) forgets it too.  The
-key has the set-up id of the task's client: one client's frames never stand for
-another's.
+What a worker holds is bounded (:data:`HELD_FRAMES`, :data:`HELD_BYTES`; the newest
+always stays), and so is what a client keeps (:data:`RECENT`, HELD_BYTES; until its pool
+ends).  If the two sides ever disagree (a message lost on a reconnection), the worker
+hands the tasks back with RETURN arg 1 and the broker forgets what it thought the worker
+held, so frames go whole again; a HELLO again (resync) forgets it too.  The key has the
+set-up id of the task's client: one client's frames never stand for another's.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
+import os
+import threading
 from typing import Any
 
-__all__ = ["HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "Held", "forget", "head_of", "mark"]
+__all__ = [
+    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "Held", "forget", "head_of", "mark", "retain",
+]  # fmt: skip
 
-MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked (a digest costs 0.6 ms a MB)
-HEAD = 17  # the mark: a zero byte, then 16 bytes of the pickle's SHA-256
+MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked
+HEAD = 17  # the mark: a zero byte, then a 16-byte id
 HELD_FRAMES = 4  # marked frames a worker keeps ...
 HELD_BYTES = 256 << 20  # ... holding at most this much, but for the newest one
+RECENT = 4  # marked frames a client keeps for mark() (until forget(); none in a worker)
 
 
 def mark(data: bytes) -> bytes:
-    """``data`` (a function's pickle) with its head before it.  The frames marked lately are
-    kept (:data:`RECENT`, within HELD_BYTES but for the newest): an unchanged function's
-    next pickle is one of them, found by comparing bytes (1 ms for 20 MB) instead of
-    hashing them and copying them behind a head (36 ms)."""
+    """``data`` (a function's pickle) with a head before it: the frame marked lately with
+    the same bytes (a comparison: 1 ms for 20 MB), or a new one (a copy behind a new id)."""
     size = len(data) + HEAD
-    recent = _recent
-    for i, frame in enumerate(list(recent)):  # (a copy: other threads may submit too)
-        if len(frame) == size and frame.endswith(data):
-            if i < len(recent) - 1:
+    with _lock:
+        recent = _recent
+        for i, frame in enumerate(recent):
+            if len(frame) == size and frame.endswith(data):
                 recent.append(recent.pop(i))  # (the most recently used last)
+                return frame
+        frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), data))
+        if not _retain:
             return frame
-    frame = b"".join((b"\x00", hashlib.sha256(data).digest()[:16], data))
-    recent.append(frame)
-    total = sum(map(len, recent))
-    while len(recent) > 1 and (len(recent) > RECENT or total > HELD_BYTES):
-        total -= len(recent.pop(0))
-    return frame
+        recent.append(frame)
+        total = sum(map(len, recent))
+        while len(recent) > 1 and (len(recent) > RECENT or total > HELD_BYTES):
+            total -= len(recent.pop(0))
+        return frame
 
 
-RECENT = 4  # marked frames a process keeps for mark() (until forget())
-_recent: list[bytes] = []
+_lock = threading.Lock()
+_recent: list[bytes] = []  # the frames marked lately, the most recently used last
+_retain = True  # whether mark() keeps them (retain())
+_prefix = os.urandom(8)
+_count = itertools.count(1)
 
 
 def forget() -> None:
     """Let go of the frames mark() keeps (a client's pool ended)."""
+    with _lock:
+        _recent.clear()
+
+
+def retain(on: bool) -> None:
+    """Whether mark() keeps the frames it makes: a worker keeps none (worker/main.py), as
+    nothing would tell it when to let go of them."""
+    global _retain
+    with _lock:
+        _retain = on
+        _recent.clear()
+
+
+def _forked() -> None:
+    """In a forked child: ids of its own (the parent's next ones are the parent's), and
+    none of the parent's frames kept."""
+    global _lock, _prefix, _count
+    _lock = threading.Lock()
     _recent.clear()
+    _prefix = os.urandom(8)
+    _count = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def head_of(frame: Any) -> bytes | None:

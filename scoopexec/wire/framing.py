@@ -139,6 +139,12 @@ class BufferPool:
             self._trim(now)
             return buf
 
+    def detach(self, buf: Any) -> None:
+        """Take ``buf`` out of the pool: its holder keeps it (a worker's large function frame,
+        wire/fnframes.py), and a buffer in use would count against the pool for good."""
+        with self._lock:
+            self._entries = [e for e in self._entries if e[0] is not buf]
+
     def expire(self) -> None:
         """Let go of buffers unused for longer than idle_seconds (cheap when there are none)."""
         if self._entries:

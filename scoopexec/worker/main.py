@@ -14,6 +14,7 @@ import socket
 
 from ..deploy.contract import check_env, local_cpu_count, parser, read_argv
 from ..deploy.local import run_worker_group
+from ..wire import fnframes
 from ..wire.security import read_key_file, read_launch_frame, resolve_credentials
 from . import lifeline, limits
 from .worker import Worker
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # What multiprocessing and logging's %(processName)s say in a task: which worker this is, not
     # "MainProcess" (a forked worker had the client's name).
     multiprocessing.process.current_process().name = f"ScoopWorker-{os.getpid()}"
+    fnframes.retain(False)  # (a sub-task's large function frames: nothing says when to let go)
     worker = Worker(
         connect,
         link=link,

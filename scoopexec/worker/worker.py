@@ -477,10 +477,11 @@ class Worker:
             self._recalled = self.alarm.slice
             back = [(t.btid,) for t in self.queue]
             kept: collections.deque[P.Message] = collections.deque()
+            missed = False
             for m in inbox:
                 if m.kind == P.TASKS:
                     back.extend((e[0],) for e in m.entries)
-                    _note_frames(self.fns, m)  # (held as the broker counts them)
+                    missed |= _note_frames(self.fns, m)  # (held as the broker counts them)
                 else:
                     kept.append(m)
             if back or self.granted:
@@ -488,7 +489,7 @@ class Worker:
                 inbox.extend(kept)
                 self.queue.clear()
                 self.granted = 0
-                self._send([P.pack(P.RETURN, back)])
+                self._send([P.pack(P.RETURN, back, 1 if missed else 0)])
         self._flush(credit=self.ask_later and not recalled)
         self.ask_later = False
 
@@ -663,6 +664,7 @@ def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes]
     key = (sid, head)
     n = len(body[0])
     if n > fnframes.HEAD:
+        POOL.detach(body[0])  # (kept here for good: no more the receive buffers' to re-use)
         view = memoryview(body[0])[fnframes.HEAD :]
         held.add(key, n, view)
     else:
@@ -674,15 +676,18 @@ def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes]
     return key
 
 
-def _note_frames(held: fnframes.Held, msg: P.Message) -> None:
-    """Hold the large function frames of a TASKS message handed back unread, as if read."""
+def _note_frames(held: fnframes.Held, msg: P.Message) -> bool:
+    """Hold the large function frames of a TASKS message handed back unread, as if read;
+    whether one was the head of a frame not held (the RETURN says so: arg 1)."""
+    missed = False
     for (_, sid, _, _), body in msg.parts():
         n = len(body[0]) if body else 0
         if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:
             try:
                 _unmark(held, sid, body)  # type: ignore[arg-type]
             except KeyError:
-                pass  # (its task goes back, so does the frame: the broker sends it whole next time)
+                missed = True
+    return missed
 
 
 def _granted(value: Any) -> int:
