@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import time
 import warnings
 
 import pytest
@@ -48,6 +49,14 @@ def test_each_worker_receives_a_large_function_once(monkeypatch, transport):
     # each worker one buffer: the frame came whole once, its head alone after that.
     assert len({key for items in by_pid.values() for key, _ in items}) == 1
     assert all(len(items) == 1 for items in by_pid.values()), by_pid
+
+
+def test_a_pool_with_a_task_timeout_holds_its_large_functions_too():
+    probe = _closure(bytearray(1 << 20))  # (each task's function is a TimeLimit around it)
+    with ScoopExecutor(1, task_timeout=60) as ex:
+        out = [ex.submit(probe, i).result(timeout=60) for i in range(4)]
+    assert [v for v, _, _ in out] == list(range(4))
+    assert all(len(held) == 1 for _, _, held in out) and len({b for _, _, h in out for b in h.values()}) == 1
 
 
 def test_a_changed_function_goes_whole_again_and_is_what_runs(one_worker):
@@ -145,6 +154,34 @@ def test_a_forked_child_marks_with_ids_of_its_own():
     # not kept in the child.
     assert got[1:9] != parent[1:9] and got[: fnframes.HEAD] != mine[: fnframes.HEAD] and got[-1] == 1
     assert mine[1:9] == parent[1:9]
+
+
+class _Batch:  # (as joblib's BatchedCalls: a callable object carrying its calls' arguments)
+    def __init__(self, data):
+        self.data = data
+
+    def __call__(self):
+        return len(self.data)
+
+
+def test_what_is_marked_functions_partials_and_methods_not_objects_carrying_data():
+    import functools
+
+    big = bytearray(fnframes.MIN_SIZE)
+    marked = [lambda: big, functools.partial(len, big), _Batch(big).__call__]
+    assert [serialize.encode_function(f)[:1] for f in marked] == [b"\x00"] * 3
+    assert serialize.encode_function(_Batch(big))[:1] == b"\x80"  # other bytes each batch: not held
+    assert serialize.encode_function(lambda: 1)[:1] == b"\x80"  # small
+
+
+def test_a_client_lets_go_of_frames_unused_for_a_while():
+    fnframes.forget()
+    frame = fnframes.mark(b"\x80\x05" + b"k" * 100)
+    now = time.monotonic()
+    fnframes.expire(now)
+    assert fnframes.mark(b"\x80\x05" + b"k" * 100) is frame  # (used just now: kept)
+    fnframes.expire(now + fnframes.RECENT_SECONDS + 1)
+    assert fnframes._recent == [] and fnframes.mark(b"\x80\x05" + b"k" * 100) is not frame
 
 
 def test_held_frames_are_bounded_and_least_recently_used_go_first():
@@ -280,3 +317,8 @@ def test_a_worker_handing_back_a_head_it_does_not_hold_says_so():
     assert list(held.entries) == list(w.fns.entries)
     held.entries.clear()  # (lost)
     assert _note_frames(held, message()) is True  # a head alone, not held: RETURN arg 1
+
+
+def test_the_warning_says_how_often_an_object_carrying_data_travels():
+    with pytest.warns(LargeFunctionWarning, match=r"_Batch object is pickled by value .* 2\.1 MB with every task"):
+        serialize.encode_function(_Batch(bytearray(2 << 20)))

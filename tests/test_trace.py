@@ -505,13 +505,17 @@ def test_recording_stops_at_its_limit(tmp_path):
 
 
 def test_broker_records_nothing_unless_asked():
+    import zmq
+
     from scoopexec.broker.loop import Broker
 
-    b = Broker("tcp://127.0.0.1:0")
+    ctx = zmq.Context()  # (its own: the process-wide one would keep its I/O threads, and later
+    b = Broker("tcp://127.0.0.1:0", context=ctx)  # tests' pools a fresh-interpreter template)
     try:
         assert b.trace is None
     finally:
         b.close()
+        ctx.term()
 
 
 def test_timing_fields_survive_a_slow_consumer(tmp_path):

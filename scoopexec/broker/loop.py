@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..errors import ProtocolError
+from ..wire import fnframes
 from ..wire import protocol as P
 from ..wire.framing import POOL, WakePipe
 from ..wire.security import KeyPair
@@ -552,6 +553,7 @@ class Broker:
 
     def _tick(self, now: float) -> None:
         POOL.expire()
+        fnframes.expire(now)  # (frames a client in this process marked lately)
         self.router.reprobe(self.ledger.known)
         led, links = self.ledger, self.links.links  # (the router's peers: not on a link, not LOCAL)
         self.router.sweep(k for k in chain(led.workers, led.clients, led.observers) if k not in links and k)

@@ -35,41 +35,46 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from typing import Any
 
 __all__ = [
-    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "Held", "forget", "head_of", "mark", "retain",
+    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "RECENT_SECONDS", "Held", "expire", "forget",
+    "head_of", "mark", "retain",
 ]  # fmt: skip
 
 MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked
 HEAD = 17  # the mark: a zero byte, then a 16-byte id
 HELD_FRAMES = 4  # marked frames a worker keeps ...
 HELD_BYTES = 256 << 20  # ... holding at most this much, but for the newest one
-RECENT = 4  # marked frames a client keeps for mark() (until forget(); none in a worker)
+RECENT = 4  # marked frames a client keeps for mark() (none in a worker) ...
+RECENT_SECONDS = 30.0  # ... and for at most this long unused (expire(), or until forget())
 
 
 def mark(data: bytes) -> bytes:
     """``data`` (a function's pickle) with a head before it: the frame marked lately with
     the same bytes (a comparison: 1 ms for 20 MB), or a new one (a copy behind a new id)."""
     size = len(data) + HEAD
+    now = time.monotonic()
     with _lock:
         recent = _recent
-        for i, frame in enumerate(recent):
+        for i, (frame, _) in enumerate(recent):
             if len(frame) == size and frame.endswith(data):
-                recent.append(recent.pop(i))  # (the most recently used last)
+                del recent[i]
+                recent.append((frame, now))  # (the most recently used last)
                 return frame
         frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), data))
         if not _retain:
             return frame
-        recent.append(frame)
-        total = sum(map(len, recent))
+        recent.append((frame, now))
+        total = sum(len(f) for f, _ in recent)
         while len(recent) > 1 and (len(recent) > RECENT or total > HELD_BYTES):
-            total -= len(recent.pop(0))
+            total -= len(recent.pop(0)[0])
         return frame
 
 
 _lock = threading.Lock()
-_recent: list[bytes] = []  # the frames marked lately, the most recently used last
+_recent: list[tuple[bytes, float]] = []  # the frames marked lately, when last used, the latest last
 _retain = True  # whether mark() keeps them (retain())
 _prefix = os.urandom(8)
 _count = itertools.count(1)
@@ -79,6 +84,14 @@ def forget() -> None:
     """Let go of the frames mark() keeps (a client's pool ended)."""
     with _lock:
         _recent.clear()
+
+
+def expire(now: float) -> None:
+    """Let go of the frames mark() has not used for RECENT_SECONDS (an embedded broker's tick,
+    in the client's process: cheap when none are kept)."""
+    if _recent and now - _recent[0][1] > RECENT_SECONDS:
+        with _lock:
+            _recent[:] = [(f, t) for f, t in _recent if now - t <= RECENT_SECONDS]
 
 
 def retain(on: bool) -> None:

@@ -547,17 +547,26 @@ def encode_function(fn: Callable[..., Any]) -> bytes:
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
         raise err from cause
     if len(data) >= fnframes.MIN_SIZE:
+        recurring = type(fn) in _RECURRING or _qualname(type(fn)) == "scoopexec.worker.limits.TimeLimit"
         if len(data) >= LARGE_FUNCTION:
-            _warn_large(fn, len(data))
-        return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
+            _warn_large(fn, len(data), recurring)
+        if recurring:
+            return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
     return data
+
+
+# The callables whose pickle comes back the same, task after task: functions (a script's, with
+# the globals they read), partials (DEAP's toolbox, map's chunks), bound methods, a task_timeout's
+# TimeLimit around them.  Not any other object: joblib's batches carry their calls' arguments,
+# each batch other bytes, which a worker would hold for nothing (wire/fnframes.py).
+_RECURRING = frozenset({types.FunctionType, functools.partial, types.MethodType})
 
 
 LARGE_FUNCTION = 1 << 20  # bytes of a function frame (pickled at every submit) worth a warning
 _warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
 
 
-def _warn_large(fn: Any, size: int) -> None:
+def _warn_large(fn: Any, size: int, recurring: bool) -> None:
     """Say once that ``fn`` is pickled with ``size`` bytes, and which of the globals it reads
     are the large ones: 0.3 s a submit for a function reading a 200 MB array of the script
     (ProcessPoolExecutor's forked workers look the function up by name)."""
@@ -576,9 +585,14 @@ def _warn_large(fn: Any, size: int) -> None:
         big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
         names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
     which = f", with the globals it reads: {', '.join(names)}" if names else ""
+    how = (
+        "at every submit (once per map; each worker receives it once while it stays the same)"
+        if recurring
+        else "with every task"
+    )
     warnings.warn(
-        f"{describe(user)} is pickled by value with everything it refers to, {size / 1e6:.1f} MB at "
-        f"every submit (once per map; each worker receives it once while it stays the same){which}; "
+        f"{describe(user)} is pickled by value with everything it refers to, {size / 1e6:.1f} MB "
+        f"{how}{which}; "
         "send large data once (ex.share('name', value), and scoopexec.shared('name') in the task) "
         "or pass a file path",
         errors.LargeFunctionWarning,
