@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 MB = int(os.environ.get("LARGE_GLOBALS_MB", "20"))
-DATA = np.arange(MB * (1 << 20) // 8, dtype=np.float64)
+DATA = np.arange(MB * 10**6 // 8, dtype=np.float64)
 CONTENDERS = ["scoopexec", "ProcessPoolExecutor", "loky"]
 STEPS = ["first", "map 200", "20 submits"]
 

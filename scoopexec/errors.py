@@ -202,8 +202,8 @@ def _rebuild(message: str, original: type[BaseException]) -> SerializationError:
 class LargeFunctionWarning(UserWarning):
     """A task's function is pickled with more than a megabyte of what it refers to, at every
     submit (once per map): a function of the script (or a lambda, a closure) travels by value,
-    with the script's globals it reads; each worker receives those bytes once while they stay
-    the same.  Send large data once (``ex.share(name, value)``, read with
+    with the script's globals it reads; when mapped or submitted again, each worker receives
+    those bytes once while they stay the same.  Send large data once (``ex.share(name, value)``, read with
     ``scoopexec.shared(name)``) or pass a file path instead."""
 
 

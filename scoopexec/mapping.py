@@ -130,7 +130,7 @@ class MapMixin:
     _map_keeps_executor = False
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn)
+        return serialize.encode_function(fn, repeats=True)  # (its chunks send it again and again)
 
     def _submit_encoded(
         self,

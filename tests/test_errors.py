@@ -447,7 +447,7 @@ def test_a_function_sent_with_megabytes_of_what_it_refers_to_is_warned_about_onc
 
     data = bytearray(3_000_000)
     fn = lambda i: data[i] + 1  # noqa: E731
-    with pytest.warns(LargeFunctionWarning, match=r"is pickled by value .* 3\.0 MB at every submit \(once per map; each worker receives") as seen:
+    with pytest.warns(LargeFunctionWarning, match=r"is pickled by value .* 3\.0 MB at every submit \(once per map; each worker receives it once") as seen:
         assert one_worker.submit(fn, 1).result(timeout=60) == 1
     assert seen[0].filename == __file__  # the line that submitted
     import warnings

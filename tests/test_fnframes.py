@@ -56,7 +56,10 @@ def test_a_pool_with_a_task_timeout_holds_its_large_functions_too():
     with ScoopExecutor(1, task_timeout=60) as ex:
         out = [ex.submit(probe, i).result(timeout=60) for i in range(4)]
     assert [v for v, _, _ in out] == list(range(4))
-    assert all(len(held) == 1 for _, _, held in out) and len({b for _, _, h in out for b in h.values()}) == 1
+    # The first submit goes whole and unmarked (a callable seen once may be made for one call);
+    # from the second on, it is marked: held once, the same buffer.
+    assert out[0][2] == {} and all(len(held) == 1 for _, _, held in out[1:])
+    assert len({b for _, _, h in out for b in h.values()}) == 1
 
 
 def test_a_changed_function_goes_whole_again_and_is_what_runs(one_worker):
@@ -81,7 +84,7 @@ def test_a_held_frame_leaves_the_pool_of_receive_buffers(one_worker):
 
 def test_a_worker_that_lost_a_frame_gets_it_whole_again(one_worker):
     probe = _closure(bytearray(1 << 20))
-    assert one_worker.submit(probe, 1).result(timeout=60)[0] == 1
+    assert [v for v, _, _ in one_worker.map(probe, [1])] == [1]
     assert one_worker.submit(helpers.forget_function_frames).result(timeout=60) == 1
     # The broker sends the head alone; the worker does not hold it: it hands the task back
     # (RETURN arg 1), and the broker sends the frame whole.
@@ -91,7 +94,7 @@ def test_a_worker_that_lost_a_frame_gets_it_whole_again(one_worker):
 
 
 def test_a_head_alone_from_a_client_fails_its_task_and_nothing_else(one_worker):
-    data = serialize.encode_function(_closure(bytearray(1 << 20)))
+    data = serialize.encode_function(_closure(bytearray(1 << 20)), repeats=True)
     assert data[:1] == b"\x00" and len(data) > fnframes.MIN_SIZE
     args = serialize.encode_args((1,), {})
     assert one_worker.submit(abs, -1).result(timeout=60) == 1  # (the pool runs)
@@ -164,14 +167,21 @@ class _Batch:  # (as joblib's BatchedCalls: a callable object carrying its calls
         return len(self.data)
 
 
-def test_what_is_marked_functions_partials_and_methods_not_objects_carrying_data():
+def test_what_is_marked_a_maps_function_and_a_callable_submitted_again():
     import functools
 
     big = bytearray(fnframes.MIN_SIZE)
-    marked = [lambda: big, functools.partial(len, big), _Batch(big).__call__]
-    assert [serialize.encode_function(f)[:1] for f in marked] == [b"\x00"] * 3
-    assert serialize.encode_function(_Batch(big))[:1] == b"\x80"  # other bytes each batch: not held
-    assert serialize.encode_function(lambda: 1)[:1] == b"\x80"  # small
+    for again in (lambda: big, functools.partial(len, big), _Batch(big)):
+        assert serialize.encode_function(again)[:1] == b"\x80"  # once: maybe made for one call
+        assert serialize.encode_function(again)[:1] == b"\x00"  # again: its workers hold it
+    for _ in range(3):  # made for one call each (joblib's batches, a partial around its data)
+        assert serialize.encode_function(_Batch(big))[:1] == b"\x80"
+        assert serialize.encode_function(functools.partial(len, bytearray(big)))[:1] == b"\x80"
+    assert serialize.encode_function(lambda: big, repeats=True)[:1] == b"\x00"  # a map's
+    mapped = lambda: big  # noqa: E731
+    serialize.encode_function(mapped, repeats=True)
+    assert serialize.encode_function(mapped)[:1] == b"\x00"  # a map's function, then submitted
+    assert serialize.encode_function(lambda: 1, repeats=True)[:1] == b"\x80"  # small
 
 
 def test_a_client_lets_go_of_frames_unused_for_a_while():
@@ -180,7 +190,7 @@ def test_a_client_lets_go_of_frames_unused_for_a_while():
     now = time.monotonic()
     fnframes.expire(now)
     assert fnframes.mark(b"\x80\x05" + b"k" * 100) is frame  # (used just now: kept)
-    fnframes.expire(now + fnframes.RECENT_SECONDS + 1)
+    fnframes.expire(time.monotonic() + fnframes.RECENT_SECONDS + 1)  # (the clock read after the use)
     assert fnframes._recent == [] and fnframes.mark(b"\x80\x05" + b"k" * 100) is not frame
 
 
@@ -238,7 +248,7 @@ def test_a_traced_large_function_keeps_its_name():
         return len(blob) + i
 
     blob = b"x" * fnframes.MIN_SIZE
-    frame = serialize.encode_function(named_here)
+    frame = serialize.encode_function(named_here, repeats=True)
     assert frame[:1] == b"\x00"
     assert function_name(frame).endswith("named_here")
 
@@ -319,6 +329,8 @@ def test_a_worker_handing_back_a_head_it_does_not_hold_says_so():
     assert _note_frames(held, message()) is True  # a head alone, not held: RETURN arg 1
 
 
-def test_the_warning_says_how_often_an_object_carrying_data_travels():
-    with pytest.warns(LargeFunctionWarning, match=r"_Batch object is pickled by value .* 2\.1 MB with every task"):
+def test_the_warning_says_when_workers_receive_it_once():
+    with pytest.warns(LargeFunctionWarning, match=r"_Batch object is pickled by value .* 2\.1 MB at every submit "
+                      r"\(once per map; each worker receives it once while its bytes stay the same, when mapped "
+                      r"or submitted again\)"):  # fmt: skip
         serialize.encode_function(_Batch(bytearray(2 << 20)))

@@ -8,7 +8,10 @@ task to the next (a map pickles its function once; submits of an unchanged funct
 pickle to the same bytes), so:
 
 * the client (serialize.encode_function) marks a function frame of :data:`MIN_SIZE` bytes
-  or more: :func:`mark` puts before the pickle a zero byte and an id (17 bytes,
+  or more, a map's, or a submit's of a callable that went with a large frame before (not a
+  callable made for one call, such as a partial around its data or joblib's batch: workers
+  would hold data they never see again): :func:`mark` puts before the pickle a zero byte
+  and an id (17 bytes,
   :data:`HEAD`; a pickle starts with PROTO, 0x80, never 0).  The id stands for those exact
   bytes: the frames marked lately are kept, and a pickle equal to one of them, byte for
   byte, gets that frame again; any other gets a new id, never used before by any process
@@ -18,16 +21,21 @@ pickle to the same bytes), so:
   rule on both sides, applied to the same frames in the same order (those of the TASKS
   messages of one link).  A marked frame the worker holds goes as its head alone;
 * the worker (worker.py) keeps each marked frame it receives whole, and puts the frame
-  back in place of a head.  Its unpickled function is re-used by that key, without
-  hashing megabytes per task.
+  back in place of a head.  A plain function (or a map's chunks of one) is unpickled once
+  and re-used by that key, without hashing megabytes per task; any other callable is
+  unpickled from the held bytes for every task, as before.
 
 Nothing changes for the task: the worker unpickles exactly the bytes the client pickled.
 What a worker holds is bounded (:data:`HELD_FRAMES`, :data:`HELD_BYTES`; the newest
-always stays), and so is what a client keeps (:data:`RECENT`, HELD_BYTES; until its pool
-ends).  If the two sides ever disagree (a message lost on a reconnection), the worker
-hands the tasks back with RETURN arg 1 and the broker forgets what it thought the worker
-held, so frames go whole again; a HELLO again (resync) forgets it too.  The key has the
-set-up id of the task's client: one client's frames never stand for another's.
+always stays, however large, until others replace it or the pool ends), and so is what a
+client keeps (:data:`RECENT`, HELD_BYTES, none larger; until :data:`RECENT_SECONDS` unused
+with an embedded broker, or until any pool of the process ends: forget()).  A worker keeps
+none of the frames it marks for its sub-tasks: those go whole every time.
+
+If the two sides ever disagree (a message lost on a reconnection), the worker hands the
+tasks back with RETURN arg 1 and the broker forgets what it thought the worker held, so
+frames go whole again; a HELLO again (resync) forgets it too.  The key has the set-up id
+of the task's client: one client's frames never stand for another's.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ def mark(data: bytes) -> bytes:
                 recent.append((frame, now))  # (the most recently used last)
                 return frame
         frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), data))
-        if not _retain:
+        if not _retain or size > HELD_BYTES:  # (none larger than that: a broker= client never expires them)
             return frame
         recent.append((frame, now))
         total = sum(len(f) for f, _ in recent)
@@ -89,8 +97,8 @@ def forget() -> None:
 def expire(now: float) -> None:
     """Let go of the frames mark() has not used for RECENT_SECONDS (an embedded broker's tick,
     in the client's process: cheap when none are kept)."""
-    if _recent and now - _recent[0][1] > RECENT_SECONDS:
-        with _lock:
+    with _lock:
+        if _recent and now - _recent[0][1] > RECENT_SECONDS:
             _recent[:] = [(f, t) for f, t in _recent if now - t <= RECENT_SECONDS]
 
 

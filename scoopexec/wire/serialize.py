@@ -420,7 +420,7 @@ def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any 
     would see them with any other executor.  ``scope``: re-used only within it (a
     pool whose script functions get its initializer's globals: worker/setup.py).
     ``key``: what stands for the bytes (a large frame's, wire/fnframes.py: set-up
-    id and digest, so within its client's set-up already).
+    id and head, so within its client's set-up already).
     """
     if key is not None:
         return _loads_large(data, key)
@@ -534,8 +534,9 @@ def too_large(size: int, limit: int) -> errors.MessageTooLargeError:
     )
 
 
-def encode_function(fn: Callable[..., Any]) -> bytes:
-    """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel."""
+def encode_function(fn: Callable[..., Any], repeats: bool = False) -> bytes:
+    """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel.
+    ``repeats``: a map's, which its chunks send again and again."""
     if fn.__class__ in _CACHEABLE:  # (dumps_function's cache, looked at here: on every task)
         data = _fn_cache.get(fn)
         if data is not None:
@@ -547,28 +548,40 @@ def encode_function(fn: Callable[..., Any]) -> bytes:
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
         raise err from cause
     if len(data) >= fnframes.MIN_SIZE:
-        recurring = type(fn) in _RECURRING or _qualname(type(fn)) == "scoopexec.worker.limits.TimeLimit"
         if len(data) >= LARGE_FUNCTION:
-            _warn_large(fn, len(data), recurring)
-        if recurring:
+            _warn_large(fn, len(data))
+        if _sent_before(fn) or repeats:  # (a map's function counts as sent: its submits are marked)
             return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
     return data
 
 
-# The callables whose pickle comes back the same, task after task: functions (a script's, with
-# the globals they read), partials (DEAP's toolbox, map's chunks), bound methods, a task_timeout's
-# TimeLimit around them.  Not any other object: joblib's batches carry their calls' arguments,
-# each batch other bytes, which a worker would hold for nothing (wire/fnframes.py).
-_RECURRING = frozenset({types.FunctionType, functools.partial, types.MethodType})
+def _sent_before(fn: Any) -> bool:
+    """Whether this callable (the user's, inside a task limit) went with a large pickle before:
+    its pickle is then likely the same bytes again, which workers are to hold.  A callable made
+    for one call (a partial or lambda around its data, joblib's batch) is not: workers would hold
+    data they never see again (wire/fnframes.py)."""
+    user = _user_function(fn)
+    try:
+        if user in _sent_large:
+            return True
+        if len(_sent_large) >= _CACHE_MAX:
+            _sent_large.clear()
+        _sent_large.add(user)
+    except TypeError:  # (not weakly referable)
+        pass
+    return False
+
+
+_sent_large: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 LARGE_FUNCTION = 1 << 20  # bytes of a function frame (pickled at every submit) worth a warning
 _warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
 
 
-def _warn_large(fn: Any, size: int, recurring: bool) -> None:
+def _warn_large(fn: Any, size: int) -> None:
     """Say once that ``fn`` is pickled with ``size`` bytes, and which of the globals it reads
-    are the large ones: 0.3 s a submit for a function reading a 200 MB array of the script
+    are the large ones: 0.14 s a submit for a function reading a 200 MB array of the script
     (ProcessPoolExecutor's forked workers look the function up by name)."""
     user = _user_function(fn)
     try:
@@ -585,14 +598,10 @@ def _warn_large(fn: Any, size: int, recurring: bool) -> None:
         big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
         names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
     which = f", with the globals it reads: {', '.join(names)}" if names else ""
-    how = (
-        "at every submit (once per map; each worker receives it once while it stays the same)"
-        if recurring
-        else "with every task"
-    )
     warnings.warn(
-        f"{describe(user)} is pickled by value with everything it refers to, {size / 1e6:.1f} MB "
-        f"{how}{which}; "
+        f"{describe(user)} is pickled by value with everything it refers to, {size / 1e6:.1f} MB at "
+        f"every submit (once per map; each worker receives it once while its bytes stay the same, "
+        f"when mapped or submitted again){which}; "
         "send large data once (ex.share('name', value), and scoopexec.shared('name') in the task) "
         "or pass a file path",
         errors.LargeFunctionWarning,

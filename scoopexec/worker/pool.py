@@ -37,7 +37,7 @@ class WorkerExecutor(MapMixin, cf.Executor):
         return self._worker.subtasks.submit(fn, args, kwargs, self._parent)
 
     def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn)
+        return serialize.encode_function(fn, repeats=True)  # (a map's: its chunks send it again and again)
 
     def _submit_encoded(
         self,
