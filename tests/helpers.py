@@ -306,3 +306,15 @@ def held_frames_in_receive_pool(_=None):
 
     views = [view for _, view in current_worker().fns.entries.values()]
     return sum(1 for entry in POOL._entries for v in views if v.obj is entry[0]), len(views)
+
+
+def largest_function_keys_kept(_=None):
+    """The longest keys this worker keeps for functions: its run-time estimates' and its
+    unpickled functions' (a large frame made for one call must not be kept as one)."""
+    from scoopexec.wire import serialize
+    from scoopexec.worker.worker import current_worker
+
+    def longest(keys):
+        return max((len(k[1] if isinstance(k, tuple) else k) for k in keys), default=0)
+
+    return longest(current_worker().fn_avg), longest(serialize._loaded_fns)

@@ -1,7 +1,7 @@
 """A large function frame reaches each worker once (wire/fnframes.py): a function of the
 script, a lambda or a closure that refers to megabytes is pickled with them, and those bytes
 went to a worker with every task (a map of 200 items over a 20 MB global: 3.1 s, against
-ProcessPoolExecutor's 0.03 s).  These tests run real pools; the broker's and the worker's
+ProcessPoolExecutor's 0.02 s).  These tests run real pools; the broker's and the worker's
 books alone are tested at the end."""
 
 from __future__ import annotations
@@ -334,3 +334,40 @@ def test_the_warning_says_when_workers_receive_it_once():
                       r"\(once per map; each worker receives it once while its bytes stay the same, when mapped "
                       r"or submitted again\)"):  # fmt: skip
         serialize.encode_function(_Batch(bytearray(2 << 20)))
+
+
+def test_a_worker_keeps_nothing_of_large_callables_made_for_one_call(one_worker):
+    import functools
+
+    for i in range(3):  # each its own data: sent whole, unmarked, and let go of
+        data = bytearray(fnframes.MIN_SIZE * 2)
+        data[0] = i
+        assert one_worker.submit(functools.partial(bytes.__getitem__, bytes(data)), 0).result(timeout=60) == i
+        assert one_worker.submit(lambda data=data: data[0]).result(timeout=60) == i
+    longest = one_worker.submit(helpers.largest_function_keys_kept).result(timeout=60)
+    assert max(longest) < fnframes.MIN_SIZE, longest
+
+
+def test_submits_mark_no_frame_larger_than_a_worker_holds_but_a_map_does(monkeypatch):
+    monkeypatch.setattr(fnframes, "HELD_BYTES", 2 * fnframes.MIN_SIZE)
+    big = bytearray(3 * fnframes.MIN_SIZE)
+    fn = lambda: big  # noqa: E731
+    assert [serialize.encode_function(fn)[:1] for _ in range(3)] == [b"\x80"] * 3  # (each a new id else)
+    assert serialize.encode_function(fn, repeats=True)[:1] == b"\x00"  # a map's: one frame for its chunks
+
+
+def test_a_bound_method_of_the_same_object_is_marked_when_submitted_again():
+    obj = _Batch(bytearray(fnframes.MIN_SIZE))
+    assert serialize.encode_function(obj.__call__)[:1] == b"\x80"
+    assert serialize.encode_function(obj.__call__)[:1] == b"\x00"  # (another bound method object)
+    assert serialize.encode_function(_Batch(bytearray(fnframes.MIN_SIZE)).__call__)[:1] == b"\x80"
+
+
+def test_a_worker_marks_only_its_maps_functions():
+    fn = _closure(bytearray(fnframes.MIN_SIZE))
+    fnframes.retain(False)  # (as worker/main.py: a worker keeps no frames it marks)
+    try:
+        assert [serialize.encode_function(fn)[:1] for _ in range(2)] == [b"\x80"] * 2
+        assert serialize.encode_function(fn, repeats=True)[:1] == b"\x00"
+    finally:
+        fnframes.retain(True)

@@ -429,7 +429,7 @@ def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any 
     fn = _loaded_fns.get(key)
     if fn is None:
         fn = pickle.loads(data)
-        if _reusable(fn):
+        if _reusable(fn) and len(data) < fnframes.MIN_SIZE:  # (a large one unmarked: made for one call)
             if len(_loaded_fns) >= _CACHE_MAX:
                 _loaded_fns.clear()
             _loaded_fns[key] = fn
@@ -550,8 +550,11 @@ def encode_function(fn: Callable[..., Any], repeats: bool = False) -> bytes:
     if len(data) >= fnframes.MIN_SIZE:
         if len(data) >= LARGE_FUNCTION:
             _warn_large(fn, len(data))
-        if _sent_before(fn) or repeats:  # (a map's function counts as sent: its submits are marked)
+        if repeats:  # a map's: its chunks send it again and again, the frame made here each time
+            _sent_before(fn)  # (and its later submits are marked)
             return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
+        if len(data) + fnframes.HEAD <= fnframes.HELD_BYTES and fnframes.retaining() and _sent_before(fn):
+            return fnframes.mark(data)  # (found among the frames marked lately, if unchanged)
     return data
 
 
@@ -561,13 +564,15 @@ def _sent_before(fn: Any) -> bool:
     for one call (a partial or lambda around its data, joblib's batch) is not: workers would hold
     data they never see again (wire/fnframes.py)."""
     user = _user_function(fn)
+    if type(user) is types.MethodType:
+        user = user.__self__  # (a bound method is made anew at every attribute access: its object)
     try:
         if user in _sent_large:
             return True
         if len(_sent_large) >= _CACHE_MAX:
             _sent_large.clear()
         _sent_large.add(user)
-    except TypeError:  # (not weakly referable)
+    except Exception:  # (not weakly referable, not hashable, or its __eq__ fails: never marked)
         pass
     return False
 

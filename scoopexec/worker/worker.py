@@ -406,6 +406,7 @@ class Worker:
                 if not fkey:  # (a large function frame's is its key: _unmark)
                     f = task.frames[0] if task.frames else b""
                     fkey = task.fkey = f if f.__class__ is bytes else P.as_bytes(f)
+                    fkey = fkey if len(fkey) < fnframes.MIN_SIZE else LARGE_UNMARKED  # (not a key to keep)
                 est = fn_avg.get(fkey)
                 maybe_long = est is None or est > 0.0001
                 if maybe_long and (queue or self.granted):
@@ -652,6 +653,9 @@ def _take_tasks(msg: P.Message, queue: collections.deque[_Task], held: fnframes.
                 continue
         queue.append(task)
     return missed
+
+
+LARGE_UNMARKED = b"\x00"  # fn_avg's key for the large function frames not marked (they share one)
 
 
 def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes] | None:
