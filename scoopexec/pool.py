@@ -559,7 +559,6 @@ class Pool:
         result = MapResult(self._jobs, len(chunks), callback, error_callback)
         if not chunks:
             self._inbox.put((result._complete, ()))
-        runner = functools.partial(_run_chunk, func)  # (one per map: a large one is held, wire/fnframes.py)
         for i, chunk in enumerate(chunks):
             if chunksize == 1:  # the function itself is the task (its name in errors and timelines)
                 try:
@@ -569,7 +568,7 @@ class Pool:
                     continue
                 self._submit(result, i, func, args, {}, single=True)
             else:
-                self._submit(result, i, runner, (chunk, star), {})
+                self._submit(result, i, _run_chunk, (func, chunk, star), {})
         return result
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
@@ -605,7 +604,6 @@ class Pool:
         self, it: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
     ) -> None:
         n = 0
-        runner = functools.partial(_run_chunk, func)  # (one for the map: see _map_async)
         try:
             source = iter(iterable)
             while self._state != TERMINATE:
@@ -615,7 +613,7 @@ class Pool:
                 if chunksize == 1:
                     self._submit(it, n, func, (chunk[0],), {}, single=True)
                 else:
-                    self._submit(it, n, runner, (chunk, False), {})
+                    self._submit(it, n, _run_chunk, (func, chunk, False), {})
                 n += 1
         except Exception as exc:  # reading the input failed: the error takes the next place
             self._inbox.put((it._take, (n, (False, exc))))

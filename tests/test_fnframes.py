@@ -371,31 +371,3 @@ def test_a_worker_marks_only_its_maps_functions():
         assert serialize.encode_function(fn, repeats=True)[:1] == b"\x00"
     finally:
         fnframes.retain(True)
-
-
-def test_a_pool_map_in_chunks_sends_a_large_function_to_its_worker_once():
-    from scoopexec import Pool
-
-    probe = _closure(bytearray(1 << 20))
-    with Pool(1) as pool:
-        out = pool.map(probe, range(40), chunksize=4)  # 10 chunks, each with the function
-        again = list(pool.imap(probe, range(8), chunksize=2))
-    assert [v for v, _, _ in out] == list(range(40)) and [v for v, _, _ in again] == list(range(8))
-    # The first chunk goes whole and unmarked (its runner seen once); from the second on, the
-    # worker holds one frame, and a later map's same bytes are that frame.
-    buffers = {b for _, _, held in out[4:] + again for b in held.values()}
-    assert out[0][2] == {} and len(buffers) == 1, buffers
-
-
-def test_an_amap_in_chunks_sends_a_large_function_to_its_worker_once(one_worker):
-    import asyncio
-
-    probe = _closure(bytearray(1 << 20))
-
-    async def run():
-        return [r async for r in one_worker.amap(probe, range(24), chunksize=4)]
-
-    out = asyncio.run(run())
-    assert [v for v, _, _ in out] == list(range(24))
-    buffers = {b for _, _, held in out[4:] for b in held.values()}
-    assert out[0][2] == {} and len(buffers) == 1, buffers
