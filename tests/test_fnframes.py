@@ -371,3 +371,12 @@ def test_a_worker_marks_only_its_maps_functions():
         assert serialize.encode_function(fn, repeats=True)[:1] == b"\x00"
     finally:
         fnframes.retain(True)
+
+
+def test_a_worker_keeps_unpickled_large_functions_within_the_held_bounds(monkeypatch):
+    monkeypatch.setattr(fnframes, "HELD_BYTES", 3 * fnframes.MIN_SIZE)
+    monkeypatch.setattr(serialize, "_loaded_large", fnframes.Held())
+    pickles = [serialize.dumps_function(_closure(bytearray(fnframes.MIN_SIZE) + bytes([i]))) for i in range(4)]
+    fns = [serialize.loads_function(p, key=(1, bytes([i]))) for i, p in enumerate(pickles)]
+    assert serialize.loads_function(pickles[3], key=(1, b"\x03")) is fns[3]  # re-used by key
+    assert len(serialize._loaded_large.entries) == 2  # (bytes: 2 of about 1.0 MIN_SIZE each, within 3)

@@ -51,7 +51,7 @@ from typing import Any
 
 __all__ = [
     "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "RECENT_SECONDS", "Held", "expire", "forget",
-    "head_of", "mark", "retain",
+    "head_of", "mark", "retain", "retaining",
 ]  # fmt: skip
 
 MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked

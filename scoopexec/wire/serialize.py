@@ -436,18 +436,16 @@ def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any 
     return fn
 
 
-_loaded_large: dict[Any, Any] = {}  # loads_function's for large frames, by key: as many as a worker holds
+_loaded_large = fnframes.Held()  # loads_function's for large frames, by key: bounded as a worker's frames
 
 
 def _loads_large(data: Any, key: Any) -> Any:
-    fn = _loaded_large.pop(key, None)
-    if fn is None:
-        fn = pickle.loads(data)
-        if not _reusable(fn):
-            return fn
-    _loaded_large[key] = fn  # (the most recently used last)
-    while len(_loaded_large) > fnframes.HELD_FRAMES:
-        del _loaded_large[next(iter(_loaded_large))]
+    entry = _loaded_large.get(key)
+    if entry is not None:
+        return entry[1]
+    fn = pickle.loads(data)
+    if _reusable(fn):
+        _loaded_large.add(key, len(data), fn)  # (its pickle's size: what its globals hold, roughly)
     return fn
 
 

@@ -683,15 +683,7 @@ def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes]
 def _note_frames(held: fnframes.Held, msg: P.Message) -> bool:
     """Hold the large function frames of a TASKS message handed back unread, as if read;
     whether one was the head of a frame not held (the RETURN says so: arg 1)."""
-    missed = False
-    for (_, sid, _, _), body in msg.parts():
-        n = len(body[0]) if body else 0
-        if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:
-            try:
-                _unmark(held, sid, body)  # type: ignore[arg-type]
-            except KeyError:
-                missed = True
-    return missed
+    return bool(_take_tasks(msg, collections.deque(), held))
 
 
 def _granted(value: Any) -> int:
