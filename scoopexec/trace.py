@@ -78,7 +78,7 @@ from .broker.ledger import MANY
 from .tracebulk import ENTRY_NFRAMES, ENTRY_STATUS, MAX_PENDING, Pending, sizes
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
-from .wire.fnframes import HEAD as _FN_HEAD
+from .wire import fnframes
 from .wire.protocol import HEADER_SIZE as _HEAD
 from .wire.protocol import RESULT_ENTRY as _ENTRY
 from .wire.protocol import TASK_ENTRY, TASKS, pack_flat
@@ -954,8 +954,9 @@ def function_name(data: bytes) -> str:
     if not data:
         return "task"
     if data[:1] == b"\x00":  # a large function frame's head (wire/fnframes.py) before the pickle
-        data = data[_FN_HEAD:]
+        data = data[fnframes.HEAD :]
     try:
+        data = fnframes.pickle_of(data)  # (a packed frame's large buffers after the pickle)
         memo: dict[int, Any] = {}
         last: Any = None
         strings: list[str] = []

@@ -117,42 +117,154 @@ def test_a_large_function_is_still_warned_about_once():
     assert len(said) == 1 and "2.1 MB at every submit (once per map" in str(said[0].message)
 
 
+# ------------------------------------ large buffers apart from the pickle (packed frames)
+
+
+def _array_closure(arr):
+    def peek(i):  # (reads its array; by value, the array out of band: a packed frame)
+        pid, held = helpers.held_function_frames()
+        return float(arr[i % 8]), bool(arr.flags.writeable), pid, held
+
+    return peek
+
+
+class _Bumper:
+    """A callable object holding an array: unpickled afresh for every task (not re-used)."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __call__(self, i):
+        self.arr[0] += 1  # (writable, and this task's own copy: every task sees 0 before)
+        return float(self.arr[0])
+
+
+def test_a_function_reading_a_large_array_is_packed_and_pickled_without_copying_it():
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+    peek = _array_closure(arr)
+    frame = serialize.encode_function(peek, repeats=True)
+    assert frame[:1] == b"\x00" and frame[fnframes.HEAD] == fnframes.PACKED
+    body = frame[fnframes.HEAD :]
+    pickled = fnframes.pickle_of(body)
+    assert len(pickled) < 8192 and arr.tobytes() not in pickled  # (the array is not in the pickle)
+    assert frame.endswith(arr.tobytes())  # (it follows it)
+    assert serialize.encode_function(peek, repeats=True) is frame  # the same bytes: the same frame
+    copy = serialize.loads_function(body).__closure__[0].cell_contents
+    assert copy is not arr and copy.flags.writeable and np.array_equal(copy, arr)
+
+
+@pytest.mark.parametrize("transport", ["link", "zmq"])
+def test_each_worker_receives_a_function_reading_a_large_array_once(monkeypatch, transport):
+    np = pytest.importorskip("numpy")
+    monkeypatch.setenv("SCOOPEXEC_LOCAL_TRANSPORT", transport)
+    arr = np.tile(np.arange(8, dtype=np.float64), 1 << 14)  # 1 MiB; arr[i % 8] == i % 8
+    peek = _array_closure(arr)
+    with ScoopExecutor(max_workers=2) as ex:
+        out = list(ex.map(peek, range(40)))
+        more = [ex.submit(peek, i).result(timeout=60) for i in range(40, 46)]
+    assert [v for v, _, _, _ in out + more] == [float(i % 8) for i in range(46)]
+    assert all(w for _, w, _, _ in out + more)  # writable on the worker, as it is here
+    by_pid: dict[int, set[tuple[object, int]]] = {}
+    for _, _, pid, held in out + more:
+        assert len(held) == 1, held
+        by_pid.setdefault(pid, set()).update(held.items())
+    assert len({key for items in by_pid.values() for key, _ in items}) == 1
+    assert all(len(items) == 1 for items in by_pid.values()), by_pid
+
+
+def test_a_packed_frame_gives_each_unpickle_its_own_array_read_only_if_it_was(one_worker):
+    np = pytest.importorskip("numpy")
+    bump = _Bumper(np.zeros(1 << 17))
+    out = [one_worker.submit(bump, i).result(timeout=60) for i in range(4)]
+    assert out == [1.0] * 4  # no task saw another's change (nor the held frame changed)
+    assert list(one_worker.map(bump, range(4))) == [1.0] * 4
+    assert bump.arr[0] == 0
+    frozen = np.ones(1 << 17)
+    frozen.setflags(write=False)
+    peek = _array_closure(frozen)
+    assert [w for _, w, _, _ in one_worker.map(peek, range(3))] == [False] * 3
+
+
+def test_an_array_changed_in_place_goes_whole_again_and_is_what_runs(one_worker):
+    np = pytest.importorskip("numpy")
+    arr = np.zeros(1 << 17)
+    peek = _array_closure(arr)
+    assert [v for v, _, _, _ in one_worker.map(peek, range(8))] == [0.0] * 8
+    arr[3] = 100.0  # changed in place: other buffer bytes, another frame
+    out = list(one_worker.map(peek, range(8)))
+    assert [v for v, _, _, _ in out] == [100.0 if i == 3 else 0.0 for i in range(8)]
+    assert len(out[-1][3]) == 2
+    arr[3] = 0.0  # as it was: the first frame again, held already
+    out = list(one_worker.map(peek, range(8)))
+    assert [v for v, _, _, _ in out] == [0.0] * 8 and len(out[-1][3]) == 2
+
+
+def test_a_malformed_packed_frame_fails_its_task_with_a_clear_error(one_worker):
+    np = pytest.importorskip("numpy")
+    good = serialize.dumps_function(_array_closure(np.zeros(1 << 17)))
+    assert good[0] == fnframes.PACKED
+    args = serialize.encode_args((1,), {})
+    for bad in (good[:-1], good[:5], good[:13] + b"\xff" + good[14:]):
+        with pytest.raises(ValueError, match="packed function frame"):
+            fnframes.unpack(bad)
+        f = one_worker._session.submit([bad, *args], "malformed")
+        with pytest.raises(Exception, match="could not be unpickled.*packed function frame"):
+            f.result(timeout=60)
+    assert one_worker._session.submit([good, *args], "whole").result(timeout=60)[0] == 0.0
+
+
+def test_a_traced_packed_function_keeps_its_name():
+    np = pytest.importorskip("numpy")
+    from scoopexec.trace import function_name
+
+    table = np.zeros(1 << 17)
+
+    def reads_a_table(i):
+        return table[i]
+
+    frame = serialize.encode_function(reads_a_table, repeats=True)
+    assert frame[fnframes.HEAD] == fnframes.PACKED
+    assert function_name(frame).endswith("reads_a_table")
+    assert function_name(serialize.dumps_function(reads_a_table)).endswith("reads_a_table")
+
+
 # ----------------------------------------------------------- the books alone
 
 
 def test_mark_gives_the_same_bytes_one_frame_and_other_bytes_a_new_id():
     fnframes.forget()
     a, b = b"\x80\x05" + b"a" * 1000, b"\x80\x05" + b"b" * 1000
-    ma = fnframes.mark(a)
+    ma = fnframes.mark([a])
     assert ma[: fnframes.HEAD] == fnframes.head_of(ma) and ma[fnframes.HEAD :] == a
-    assert fnframes.mark(bytes(bytearray(a))) is ma  # equal bytes, another object: the same frame
-    mb = fnframes.mark(b)
+    assert fnframes.mark([bytes(bytearray(a))]) is ma  # equal bytes, another object: the same frame
+    mb = fnframes.mark([b])
     assert fnframes.head_of(mb) != fnframes.head_of(ma)
-    assert fnframes.mark(b"\x80\x05" + b"a" * 999 + b"b")[: fnframes.HEAD] not in (ma[:17], mb[:17])
+    assert fnframes.mark([b"\x80\x05" + b"a" * 999 + b"b"])[: fnframes.HEAD] not in (ma[:17], mb[:17])
     assert fnframes.head_of(a) is None and fnframes.head_of(b"\x00" * 5) is None
     fnframes.forget()  # (a pool ended): the same bytes get a new id, never an old one again
-    again = fnframes.mark(a)
+    again = fnframes.mark([a])
     assert again[fnframes.HEAD :] == a and again[: fnframes.HEAD] != ma[: fnframes.HEAD]
     for _ in range(fnframes.RECENT + 1):
-        fnframes.mark(os.urandom(100))
-    assert fnframes.mark(a) is not again  # (kept: the RECENT last only)
+        fnframes.mark([os.urandom(100)])
+    assert fnframes.mark([a]) is not again  # (kept: the RECENT last only)
 
 
 def test_a_forked_child_marks_with_ids_of_its_own():
     fnframes.forget()
-    parent = fnframes.mark(b"\x80\x05parent")
+    parent = fnframes.mark([b"\x80\x05parent"])
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            os.write(w, fnframes.mark(b"\x80\x05child")[: fnframes.HEAD] + bytes([len(fnframes._recent)]))
+            os.write(w, fnframes.mark([b"\x80\x05child"])[: fnframes.HEAD] + bytes([len(fnframes._recent)]))
         finally:
             os._exit(0)
     os.close(w)
     got = os.read(r, 64)
     os.close(r)
     os.waitpid(pid, 0)
-    mine = fnframes.mark(b"\x80\x05child")
+    mine = fnframes.mark([b"\x80\x05child"])
     # The same count in both processes; another prefix, so another id; the parent's frames
     # not kept in the child.
     assert got[1:9] != parent[1:9] and got[: fnframes.HEAD] != mine[: fnframes.HEAD] and got[-1] == 1
@@ -186,12 +298,12 @@ def test_what_is_marked_a_maps_function_and_a_callable_submitted_again():
 
 def test_a_client_lets_go_of_frames_unused_for_a_while():
     fnframes.forget()
-    frame = fnframes.mark(b"\x80\x05" + b"k" * 100)
+    frame = fnframes.mark([b"\x80\x05" + b"k" * 100])
     now = time.monotonic()
     fnframes.expire(now)
-    assert fnframes.mark(b"\x80\x05" + b"k" * 100) is frame  # (used just now: kept)
+    assert fnframes.mark([b"\x80\x05" + b"k" * 100]) is frame  # (used just now: kept)
     fnframes.expire(time.monotonic() + fnframes.RECENT_SECONDS + 1)  # (the clock read after the use)
-    assert fnframes._recent == [] and fnframes.mark(b"\x80\x05" + b"k" * 100) is not frame
+    assert fnframes._recent == [] and fnframes.mark([b"\x80\x05" + b"k" * 100]) is not frame
 
 
 def test_held_frames_are_bounded_and_least_recently_used_go_first():
@@ -211,7 +323,7 @@ def test_the_broker_sends_a_worker_the_head_of_a_frame_it_holds():
     ledger = Ledger(1)
     ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
     setup = ledger.clients[b"C"].setup
-    frame = fnframes.mark(b"\x80\x05" + b"f" * fnframes.MIN_SIZE)
+    frame = fnframes.mark([b"\x80\x05" + b"f" * fnframes.MIN_SIZE])
     head = frame[: fnframes.HEAD]
     tid = iter(range(1, 100))
 
@@ -267,7 +379,7 @@ def test_the_broker_and_the_worker_keep_the_same_account(monkeypatch, seed):
     rng = random.Random(seed)
     fnframes.forget()
     pickles = [b"\x80\x05" + bytes([i]) * (rng.choice([1, 2]) * fnframes.MIN_SIZE + 7) for i in range(7)]
-    frames = [fnframes.mark(p) for p in pickles]
+    frames = [fnframes.mark([p]) for p in pickles]
     ledger = Ledger(1)
     w = WorkerState(b"w", {})
     held = fnframes.Held()
@@ -314,7 +426,7 @@ def test_a_worker_handing_back_a_head_it_does_not_hold_says_so():
     from scoopexec.broker.ledger import Task
     from scoopexec.worker.worker import _note_frames
 
-    frame = fnframes.mark(b"\x80\x05" + b"g" * fnframes.MIN_SIZE)
+    frame = fnframes.mark([b"\x80\x05" + b"g" * fnframes.MIN_SIZE])
     w, held = WorkerState(b"w", {}), fnframes.Held()
 
     def message():
@@ -380,3 +492,4 @@ def test_a_worker_keeps_unpickled_large_functions_within_the_held_bounds(monkeyp
     fns = [serialize.loads_function(p, key=(1, bytes([i]))) for i, p in enumerate(pickles)]
     assert serialize.loads_function(pickles[3], key=(1, b"\x03")) is fns[3]  # re-used by key
     assert len(serialize._loaded_large.entries) == 2  # (bytes: 2 of about 1.0 MIN_SIZE each, within 3)
+

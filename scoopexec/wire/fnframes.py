@@ -25,7 +25,13 @@ pickle to the same bytes), so:
   and re-used by that key, without hashing megabytes per task; any other callable is
   unpickled from the held bytes for every task, as before.
 
-Nothing changes for the task: the worker unpickles exactly the bytes the client pickled.
+A function's large buffers (the NumPy arrays among the globals it reads) travel after its
+pickle, not inside it (:data:`PACKED`): pickling the function for each submit or map then
+costs 0.2 ms for 20 MB instead of 12-25 (the in-band pickle's copies), and :func:`mark`
+compares the buffers where they lie (2 ms).  The worker unpickles over copies of them.
+
+Nothing changes for the task: the worker unpickles exactly the bytes the client pickled,
+and each unpickle gets buffers of its own, writable or read-only as they were.
 What a worker holds is bounded (:data:`HELD_FRAMES`, :data:`HELD_BYTES`; the newest
 always stays, however large, until others replace it or the pool ends), and so is what a
 client keeps (:data:`RECENT`, HELD_BYTES, none larger; until :data:`RECENT_SECONDS` unused
@@ -45,13 +51,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "RECENT", "RECENT_SECONDS", "Held", "expire", "forget",
-    "head_of", "mark", "retain", "retaining",
+    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "PACKED", "RECENT", "RECENT_SECONDS", "Held", "expire",
+    "forget", "head_of", "mark", "pack_head", "pickle_of", "retain", "retaining", "unpack",
 ]  # fmt: skip
 
 MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked
@@ -62,19 +70,20 @@ RECENT = 4  # marked frames a client keeps for mark() (none in a worker) ...
 RECENT_SECONDS = 30.0  # ... and for at most this long unused (expire(), or until forget())
 
 
-def mark(data: bytes) -> bytes:
-    """``data`` (a function's pickle) with a head before it: the frame marked lately with
-    the same bytes (a comparison: 1 ms for 20 MB), or a new one (a copy behind a new id)."""
-    size = len(data) + HEAD
+def mark(parts: Sequence[Any]) -> bytes:
+    """The frame of ``parts`` (a function's pickle, or the parts of a packed one: pack_head())
+    joined, with a head before it: the frame marked lately with the same bytes (a comparison
+    without a copy: 2 ms for 20 MB), or a new one (a copy behind a new id)."""
+    size = HEAD + sum(len(p) for p in parts)
     now = time.monotonic()
     with _lock:
         recent = _recent
         for i, (frame, _) in enumerate(recent):
-            if len(frame) == size and frame.endswith(data):
+            if len(frame) == size and _same(frame, parts):
                 del recent[i]
                 recent.append((frame, now))  # (the most recently used last)
                 return frame
-        frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), data))
+        frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), *parts))
         if not _retain or size > HELD_BYTES:  # (none larger than that: a broker= client never expires them)
             return frame
         recent.append((frame, now))
@@ -82,6 +91,73 @@ def mark(data: bytes) -> bytes:
         while len(recent) > 1 and (len(recent) > RECENT or total > HELD_BYTES):
             total -= len(recent.pop(0)[0])
         return frame
+
+
+def _same(frame: bytes, parts: Sequence[Any]) -> bool:
+    """Whether ``frame`` after its head is ``parts`` joined (memcmp: bytes.startswith at an
+    offset; comparing memoryviews goes item by item, 30 times slower)."""
+    at = HEAD
+    for p in parts:
+        if not frame.startswith(p, at):
+            return False
+        at += len(p)
+    return True
+
+
+# A packed function frame: its pickle's large buffers (NumPy arrays of the globals a function
+# reads) after the pickle, not inside it.  Pickling them out of band costs a function reading a
+# 20 MB array 0.2 ms instead of 12-25 (the in-band pickle's copies), and mark() compares the
+# buffers where they are.  The worker unpickles over copies of them (unpack): each unpickle
+# gets its own, writable (or read-only) as an in-band pickle would give.
+PACKED = 1  # a packed frame's first byte (a pickle's is PROTO, 0x80; a marked frame's 0)
+_PACK = struct.Struct("<BIQ")  # PACKED, buffer count, the pickle's size
+_BUF = struct.Struct("<QB")  # per buffer: size, read-only
+
+
+def pack_head(pickled: bytes, raws: Sequence[memoryview]) -> bytes:
+    """What goes before ``pickled`` and its out-of-band buffers ``raws`` (PickleBuffer.raw())
+    in a packed frame: the frame is ``pack_head(...) + pickled + raws`` joined."""
+    return _PACK.pack(PACKED, len(raws), len(pickled)) + b"".join(
+        _BUF.pack(r.nbytes, r.readonly) for r in raws
+    )
+
+
+def _layout(data: Any) -> tuple[int, list[tuple[int, int]]]:
+    """The end of a packed frame's pickle, and (size, read-only) of each buffer; ValueError
+    if ``data`` is not a well-formed packed frame (a worker checks what it unpickles)."""
+    n = len(data)
+    if n < _PACK.size:
+        raise ValueError("a packed function frame shorter than its head")
+    kind, count, size = _PACK.unpack_from(data)
+    at = _PACK.size + count * _BUF.size
+    if kind != PACKED or at > n:
+        raise ValueError(f"a malformed packed function frame ({count} buffers in {n} bytes)")
+    bufs = [_BUF.unpack_from(data, _PACK.size + i * _BUF.size) for i in range(count)]
+    if at + size + sum(b[0] for b in bufs) != n or any(ro > 1 for _, ro in bufs):
+        raise ValueError(f"a malformed packed function frame (its sizes do not add up to {n} bytes)")
+    return at + size, bufs
+
+
+def pickle_of(data: Any) -> Any:
+    """The pickle of a function frame: the frame itself, but for a packed one (a copy)."""
+    if len(data) == 0 or data[0] != PACKED:
+        return data
+    end, _ = _layout(data)
+    return bytes(memoryview(data)[end - _PACK.unpack_from(data)[2] : end])
+
+
+def unpack(data: Any) -> tuple[Any, list[Any]]:
+    """A packed frame's pickle (a view) and copies of its buffers, to unpickle it with: a
+    writable bytearray for a buffer pickled writable, bytes for a read-only one."""
+    end, bufs = _layout(data)
+    mv = memoryview(data)
+    copies: list[Any] = []
+    at = end
+    for size, readonly in bufs:
+        part = mv[at : at + size]
+        copies.append(part.tobytes() if readonly else bytearray(part))
+        at += size
+    return mv[end - _PACK.unpack_from(data)[2] : end], copies
 
 
 _lock = threading.Lock()

@@ -392,12 +392,19 @@ def loads(frames: Sequence[Any]) -> Any:
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
-    """Pickle a callable; module-level functions are cached (they pickle by name)."""
+    """Pickle a callable; module-level functions are cached (they pickle by name).  A frame
+    of its large buffers too is packed (wire/fnframes.py: PACKED)."""
+    parts = _function_parts(fn)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _function_parts(fn: Callable[..., Any]) -> list[Any]:
+    """dumps_function()'s frame in parts: [pickle], or a packed frame's [head, pickle, *buffers]."""
     cacheable = type(fn) in _CACHEABLE
     if cacheable:
         cached = _fn_cache.get(fn)
         if cached is not None:
-            return cached
+            return [cached]
         try:
             data = pickle.dumps(fn, PROTOCOL)
         except Exception:
@@ -407,8 +414,18 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
                 if len(_fn_cache) >= _CACHE_MAX:
                     _fn_cache.clear()
                 _fn_cache[fn] = data
-                return data
-    return _cloud_dumps(fn)
+                return [data]
+    raws: list[memoryview] = []
+
+    def apart(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes >= OOB_MIN:
+            raws.append(raw)
+            return False
+        return True  # small: stays inside the pickle
+
+    data = _cloud_dumps(fn, apart)
+    return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 
 def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any = None) -> Any:
@@ -428,7 +445,7 @@ def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any 
     key = data if scope is None else (scope, data)
     fn = _loaded_fns.get(key)
     if fn is None:
-        fn = pickle.loads(data)
+        fn = _unpickle_function(data)
         if _reusable(fn) and len(data) < fnframes.MIN_SIZE:  # (a large one unmarked: made for one call)
             if len(_loaded_fns) >= _CACHE_MAX:
                 _loaded_fns.clear()
@@ -443,10 +460,18 @@ def _loads_large(data: Any, key: Any) -> Any:
     entry = _loaded_large.get(key)
     if entry is not None:
         return entry[1]
-    fn = pickle.loads(data)
+    fn = _unpickle_function(data)
     if _reusable(fn):
         _loaded_large.add(key, len(data), fn)  # (its pickle's size: what its globals hold, roughly)
     return fn
+
+
+def _unpickle_function(data: Any) -> Any:
+    """The callable of a function frame: a pickle, or a packed one (fnframes.unpack)."""
+    if len(data) and data[0] == fnframes.PACKED:
+        pickled, buffers = fnframes.unpack(data)
+        return pickle.loads(pickled, buffers=buffers)
+    return pickle.loads(data)
 
 
 _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType, type)
@@ -540,20 +565,21 @@ def encode_function(fn: Callable[..., Any], repeats: bool = False) -> bytes:
         if data is not None:
             return data
     try:
-        data = dumps_function(fn)
+        parts = _function_parts(fn)
     except Exception as exc:
         err = _function_error(fn, exc)
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
         raise err from cause
-    if len(data) >= fnframes.MIN_SIZE:
-        if len(data) >= LARGE_FUNCTION:
-            _warn_large(fn, len(data))
+    size = sum(len(p) for p in parts) if len(parts) > 1 else len(parts[0])
+    if size >= fnframes.MIN_SIZE:
+        if size >= LARGE_FUNCTION:
+            _warn_large(fn, size)
         if repeats:  # a map's: its chunks send it again and again, the frame made here each time
             _sent_before(fn)  # (and its later submits are marked)
-            return fnframes.mark(data)  # (each worker receives it once: wire/fnframes.py)
-        if len(data) + fnframes.HEAD <= fnframes.HELD_BYTES and fnframes.retaining() and _sent_before(fn):
-            return fnframes.mark(data)  # (found among the frames marked lately, if unchanged)
-    return data
+            return fnframes.mark(parts)  # (each worker receives it once: wire/fnframes.py)
+        if size + fnframes.HEAD <= fnframes.HELD_BYTES and fnframes.retaining() and _sent_before(fn):
+            return fnframes.mark(parts)  # (found among the frames marked lately, if unchanged)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _sent_before(fn: Any) -> bool:
