@@ -726,6 +726,7 @@ async def amap_on(
     chunks = (list(c) for c in batched(items, chunksize))
     source: Iterator[tuple[int, list[tuple[Any, ...]]]] = enumerate(chunks)
     pending: dict[int, cf.Future[Any]] = {}
+    runner = functools.partial(_run_chunk, fn)  # (as map()'s: a large function is held, wire/fnframes.py)
 
     def submit_next() -> bool:
         item = next(source, None)
@@ -735,7 +736,7 @@ async def amap_on(
         if chunksize == 1:
             fut = ex.submit(fn, *chunk[0])
         else:
-            fut = ex.submit(_run_chunk, fn, chunk)
+            fut = ex.submit(runner, chunk)
         pending[index] = fut
         fut.add_done_callback(arrive(index))
         return True

@@ -65,7 +65,8 @@ from .client.future import cancel_all
 from .deploy.hosts import local_cpu_count
 from .deploy.local import process_start
 from .errors import BrokenScoopExecutor
-from .mapping import batched
+from .mapping import MapMixin, batched
+from .wire import serialize
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 
@@ -559,6 +560,8 @@ class Pool:
         result = MapResult(self._jobs, len(chunks), callback, error_callback)
         if not chunks:
             self._inbox.put((result._complete, ()))
+        runner = functools.partial(_run_chunk, func)  # (one per map: its frame, _chunk_frame)
+        encoded = self._chunk_frame(runner) if chunksize > 1 else None
         for i, chunk in enumerate(chunks):
             if chunksize == 1:  # the function itself is the task (its name in errors and timelines)
                 try:
@@ -568,7 +571,7 @@ class Pool:
                     continue
                 self._submit(result, i, func, args, {}, single=True)
             else:
-                self._submit(result, i, _run_chunk, (func, chunk, star), {})
+                self._submit(result, i, runner, (chunk, star), {}, encoded=encoded)
         return result
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
@@ -604,6 +607,7 @@ class Pool:
         self, it: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
     ) -> None:
         n = 0
+        runner = functools.partial(_run_chunk, func)  # (its chunks' function: _chunk_frame)
         try:
             source = iter(iterable)
             while self._state != TERMINATE:
@@ -613,7 +617,7 @@ class Pool:
                 if chunksize == 1:
                     self._submit(it, n, func, (chunk[0],), {}, single=True)
                 else:
-                    self._submit(it, n, _run_chunk, (func, chunk, False), {})
+                    self._submit(it, n, runner, (chunk, False), {})
                 n += 1
         except Exception as exc:  # reading the input failed: the error takes the next place
             self._inbox.put((it._take, (n, (False, exc))))
@@ -627,6 +631,21 @@ class Pool:
             if last and self._state == CLOSE and self._own:
                 self._executor.shutdown(wait=False)
 
+    def _chunk_frame(self, runner: functools.partial[Any]) -> tuple[Any, str] | None:
+        """The function frame of a map's chunks (``runner``: _run_chunk around the function),
+        pickled once for all of them, and its name.  A large function then reaches each worker
+        once, as with ScoopExecutor.map (wire/fnframes.py), and is compared with the frames
+        sent lately once per map, not per chunk.  None (each chunk is pickled by submit(), as
+        imap's are) for an executor that pickles tasks otherwise (another kind, or one with a
+        task_timeout) and a function that does not pickle (each chunk then fails with it)."""
+        ex = self._executor
+        if not isinstance(ex, MapMixin) or getattr(ex, "_task_timeout", None) is not None:
+            return None
+        try:
+            return ex._encode_fn(runner), serialize.describe(runner)
+        except Exception:
+            return None
+
     def _submit(
         self,
         job: _Job,
@@ -635,9 +654,15 @@ class Pool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         single: bool = False,
+        encoded: tuple[Any, str] | None = None,
     ) -> None:
+        """Submit ``fn(*args, **kwargs)`` as ``job``'s part ``index``; with ``encoded``
+        (_chunk_frame: ``fn``'s frame, pickled already), only the arguments are pickled."""
         try:
-            fut = self._executor.submit(fn, *args, **kwargs)
+            if encoded is None:
+                fut = self._executor.submit(fn, *args, **kwargs)
+            else:
+                fut = self._executor._submit_encoded(encoded[0], args, kwargs, encoded[1])
         except Exception as exc:  # the executor is shut down or broken
             fut = cf.Future()
             fut.set_exception(exc)

@@ -209,7 +209,7 @@ def test_a_malformed_packed_frame_fails_its_task_with_a_clear_error(one_worker):
         with pytest.raises(ValueError, match="packed function frame"):
             fnframes.unpack(bad)
         f = one_worker._session.submit([bad, *args], "malformed")
-        with pytest.raises(Exception, match="could not be unpickled.*packed function frame"):
+        with pytest.raises(Exception, match=r"could not be unpickled.*packed function frame"):
             f.result(timeout=60)
     assert one_worker._session.submit([good, *args], "whole").result(timeout=60)[0] == 0.0
 
@@ -493,3 +493,33 @@ def test_a_worker_keeps_unpickled_large_functions_within_the_held_bounds(monkeyp
     assert serialize.loads_function(pickles[3], key=(1, b"\x03")) is fns[3]  # re-used by key
     assert len(serialize._loaded_large.entries) == 2  # (bytes: 2 of about 1.0 MIN_SIZE each, within 3)
 
+
+def test_a_pool_map_in_chunks_sends_a_large_function_to_its_worker_once():
+    from scoopexec import Pool
+
+    probe = _closure(bytearray(1 << 20))
+    with Pool(1) as pool:
+        out = pool.map(probe, range(40), chunksize=4)  # 10 chunks: the function pickled once
+        again = list(pool.imap(probe, range(8), chunksize=2))  # (pickled for each chunk)
+        star = pool.starmap(probe, [(i,) for i in range(12)], chunksize=3)
+    assert [v for v, _, _ in out] == list(range(40)) and [v for v, _, _ in again] == list(range(8))
+    assert [v for v, _, _ in star] == list(range(12))
+    # Marked from the first chunk, as a map's function: the worker holds one frame, and
+    # imap's chunks (the same runner around the same function) are that frame.
+    buffers = {b for _, _, held in out + again + star for b in held.values()}
+    assert len(buffers) == 1 and all(len(held) == 1 for _, _, held in out + again + star), buffers
+
+
+def test_an_amap_in_chunks_sends_a_large_function_to_its_worker_once(one_worker):
+    import asyncio
+
+    probe = _closure(bytearray(1 << 20))
+
+    async def run():
+        return [r async for r in one_worker.amap(probe, range(24), chunksize=4)]
+
+    out = asyncio.run(run())
+    assert [v for v, _, _ in out] == list(range(24))
+    # The first chunk goes whole and unmarked (a callable seen once); from the second on, held.
+    buffers = {b for _, _, held in out[4:] for b in held.values()}
+    assert out[0][2] == {} and len(buffers) == 1, buffers

@@ -279,6 +279,57 @@ def test_a_scripts_initializer_sets_globals_its_tasks_read(tmp_path, start):
     assert out.stdout.split("\n")[:2] == ["[(42, 42), (42, 42), (42, 42), (42, 42)]", "[1, 2, 3, 4, 5]"], out
 
 
+POOL_CHUNKS = """
+import asyncio
+from scoopexec import Pool, ScoopExecutor
+
+G = "the client's"
+
+
+def init(x):
+    global G
+    G = x
+
+
+def get(*_):
+    return G
+
+
+async def amap(ex, **kw):
+    return {r async for r in ex.amap(get, range(40), **kw)}
+
+
+if __name__ == "__main__":
+    with Pool(2, initializer=init, initargs=("the worker's",)) as p:
+        print(sorted(set(p.map(get, range(100)))))  # (chunks of 13)
+        print(sorted(set(p.map(get, range(100), chunksize=1))))
+        print(sorted(set(p.imap(get, range(100), chunksize=10))))
+        print(sorted(set(p.starmap(get, [(i, i) for i in range(100)], chunksize=7))))
+    with ScoopExecutor(2, initializer=init, initargs=("the worker's",)) as ex:
+        print(sorted(asyncio.run(amap(ex, chunksize=4))))
+        print(sorted(set(ex.map(get, range(100), chunksize=9))))
+"""
+
+
+def test_a_pools_maps_in_chunks_see_the_globals_its_initializer_set(tmp_path):
+    # multiprocessing's usual pattern with Pool.map: its default chunks ran the function inside a
+    # chunk runner, whose namespace got the initializer's globals instead of the function's, so
+    # the tasks saw the client's G, silently (amap's chunks too).
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "pool_chunks.py"
+    script.write_text(POOL_CHUNKS)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:6] == ["[\"the worker's\"]"] * 6, out.stdout
+
+
 TWO_POOLS = """
 import sys
 from scoopexec import ScoopExecutor

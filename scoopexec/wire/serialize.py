@@ -480,9 +480,9 @@ _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodT
 def _reusable(fn: Any) -> bool:
     if type(fn) in _REUSABLE:
         return True
-    # map()'s chunk runners: a partial of our own function around the user's.
+    # A map's chunk runners (map()'s, Pool's): a partial of our own function around the user's.
     if type(fn) is functools.partial and not fn.keywords and len(fn.args) == 1:
-        return getattr(fn.func, "__module__", "") == "scoopexec.mapping" and type(fn.args[0]) in _REUSABLE
+        return getattr(fn.func, "__module__", "") in _RUNNERS and type(fn.args[0]) in _REUSABLE
     return False
 
 
@@ -972,7 +972,7 @@ def global_names(code: types.CodeType) -> Iterator[str]:
 
 
 _WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hold the user's as .fn
-_RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk")  # chunk runners: partial(runner, fn)
+_RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk", "scoopexec.pool")  # runners: partial(runner, fn)
 
 
 def _is_runner(fn: Any) -> bool:
