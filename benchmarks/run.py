@@ -84,8 +84,11 @@ class Row:
     target: str
     threshold: float
     fmt: str = ",.0f"
+    goal: str = ""  # the target in the issue's words, when the threshold alone would not say it
 
     def describe_target(self) -> str:
+        if self.goal:
+            return self.goal
         if self.target == "none":
             return "reported"
         if self.target == "ratio":
@@ -95,38 +98,44 @@ class Row:
 
 
 def rows(size: dict[str, Any]) -> list[Row]:
+    """The measures, each with its target: issue 17's where it names one (submit, map with
+    chunksize=1, round trip, the 64 MiB array, the CPU-bound tasks, start, nested sub-tasks, 64
+    sleeping workers), the first wave's for the others."""
     s = size
     return [
-        Row("submit", f"submit {s['submit']:,} no-op tasks, then gather", "tasks/s", True, "ratio", 2.0),
-        Row("map1", f"map over {s['map']:,} items, chunksize=1", "items/s", True, "ratio", 2.0),
+        Row("submit", f"submit {s['submit']:,} no-op tasks, then gather", "tasks/s", True, "ratio", 8.0),
+        Row("map1", f"map over {s['map']:,} items, chunksize=1", "items/s", True, "ratio", 8.0),
         Row(
             "mapchunk",
             f"map over {5 * s['map']:,} items, chunksize={max(1, 5 * s['map'] // 16):,}",
             "items/s", True, "ratio", 1.0,
         ),
-        Row("rtt", "one submit(...).result() round trip, p50", "us", False, "ratio", 1.0),
+        Row(
+            "rtt", "one submit(...).result() round trip, p50", "us", False, "ratio", 1 / 0.6,
+            goal="<= 0.6x PPE's time",
+        ),
         Row(
             "array_first", f"{s['array_mib']} MiB numpy array to a worker and back, the pool's first",
             "MB/s", True, "none", 0,
         ),
         Row(
             "array", f"{s['array_mib']} MiB numpy array to a worker and back, steady (median of echoes 4-6)",
-            "MB/s", True, "ratio", 4.0,
+            "MB/s", True, "ratio", 10.0,
         ),
         Row(
-            "cpu", f"{s['cpu_tasks']} x {s['cpu_ms'] / 1000:g} s CPU tasks, efficiency", "%", True, "min", 95,
-            ".1f",
+            "cpu", f"{s['cpu_tasks']} x {s['cpu_ms'] / 1000:g} s CPU tasks, efficiency", "%", True,
+            "ratio", 1.0, ".1f", goal="wall time <= PPE's (>= 1x)",
         ),
         Row("broker_cpu", "broker / scheduler CPU during those tasks", "% of a core", False, "max", 5, ".1f"),
-        Row("start", "start pool + first result", "s", False, "max", 0.3, ".3f"),
+        Row("start", "start pool + first result", "s", False, "max", 0.2, ".3f"),
         Row("shutdown", "shutdown", "s", False, "max", 0.2, ".3f"),
-        Row("nested", "4 nested sub-tasks from a task, p50", "ms", False, "max", 1.0, ".2f"),
+        Row("nested", "4 nested sub-tasks from a task, p50", "ms", False, "max", 0.5, ".2f"),
         Row("routing", f"broker routing rate, batches of {s['route_batch']}", "tasks/s", True, "min", 50_000),
         Row(
             "wide",
             f"{s['wide_workers']} idle-waiting workers, {s['wide_tasks']} x {s['wide_ms']} ms sleeps: "
             "utilization",
-            "%", True, "min", 95, ".1f",
+            "%", True, "min", 97, ".1f",
         ),
         Row(
             "memory",
