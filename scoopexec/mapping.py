@@ -698,6 +698,46 @@ def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize:
         raise ValueError("buffersize must be None or > 0")
 
 
+def chunk_sender(
+    ex: cf.Executor, runner: functools.partial[Any], what: str, once: bool
+) -> Callable[[tuple[Any, ...], int], cf.Future[Any]]:
+    """How a map that is not map()'s own (Pool's, amap's) submits its chunks to ``ex``:
+    ``send(args, item)``, with ``args`` the arguments of ``runner`` (a chunk runner around the
+    user's function: the chunk first) and ``item`` the index of the chunk's first item.
+
+    To a ScoopExecutor (or a task's pool) the runner goes as map()'s function does: a large one
+    reaches each worker once (wire/fnframes.py), the worker gives the function its pool's
+    initializer globals, and an item that cannot be pickled is named as map() names it (item N
+    of map(``what``, ...)).  It goes inside the executor's task limit, as submit() puts a task
+    (one limit for the chunk), pickled once (``once``: the map submits every chunk now) or for
+    each chunk (a lazy one, whose function may read globals changed meanwhile).  To another
+    executor: submit().
+    """
+    if not isinstance(ex, MapMixin):
+        return lambda args, item: ex.submit(runner, *args)
+    limit = getattr(ex, "_task_timeout", None)
+    call = runner if limit is None else TimeLimit(runner, limit)
+    mixin = ex
+
+    def encode() -> tuple[Any, Exception | None]:
+        try:
+            return mixin._encode_fn(call), None
+        except Exception as exc:  # each chunk fails with it, as each would pickling it itself
+            return None, exc
+
+    frame, error = encode() if once else (None, None)
+
+    def send(args: tuple[Any, ...], item: int) -> cf.Future[Any]:
+        f, e = (frame, error) if once else encode()
+        if e is not None:
+            fut: cf.Future[Any] = cf.Future()
+            fut.set_exception(e)
+            return fut
+        return mixin._submit_encoded(f, args, {}, what, item, True)
+
+    return send
+
+
 async def amap_on(
     ex: cf.Executor,
     fn: Callable[..., Any],
@@ -726,17 +766,17 @@ async def amap_on(
     chunks = (list(c) for c in batched(items, chunksize))
     source: Iterator[tuple[int, list[tuple[Any, ...]]]] = enumerate(chunks)
     pending: dict[int, cf.Future[Any]] = {}
-    runner = functools.partial(_run_chunk, fn)  # (as map()'s: a large function is held, wire/fnframes.py)
+    send = chunk_sender(ex, functools.partial(_run_chunk, fn), describe(fn), False) if chunksize > 1 else None
 
     def submit_next() -> bool:
         item = next(source, None)
         if item is None:
             return False
         index, chunk = item
-        if chunksize == 1:
+        if send is None:
             fut = ex.submit(fn, *chunk[0])
         else:
-            fut = ex.submit(runner, chunk)
+            fut = send((chunk,), index * chunksize)
         pending[index] = fut
         fut.add_done_callback(arrive(index))
         return True

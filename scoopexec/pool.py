@@ -65,7 +65,7 @@ from .client.future import cancel_all
 from .deploy.hosts import local_cpu_count
 from .deploy.local import process_start
 from .errors import BrokenScoopExecutor
-from .mapping import MapMixin, batched
+from .mapping import batched, chunk_sender
 from .wire import serialize
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
@@ -75,6 +75,9 @@ log = logging.getLogger("scoopexec")
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 _TERMINATED = "the Pool was terminated before this result was ready"
+
+
+_Sender = Callable[[tuple[Any, ...], int], cf.Future[Any]]  # how a map's chunks are submitted (_chunk_sender)
 
 
 def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
@@ -560,10 +563,9 @@ class Pool:
         result = MapResult(self._jobs, len(chunks), callback, error_callback)
         if not chunks:
             self._inbox.put((result._complete, ()))
-        runner = functools.partial(_run_chunk, func)  # (one per map: its frame, _chunk_frame)
-        encoded = self._chunk_frame(runner) if chunksize > 1 else None
+        send = self._chunk_sender(func, True) if chunks and chunksize > 1 else None
         for i, chunk in enumerate(chunks):
-            if chunksize == 1:  # the function itself is the task (its name in errors and timelines)
+            if send is None:  # chunksize=1: the function is the task (its name in errors and timelines)
                 try:
                     args = _call_arguments(func, chunk[0], None)[0] if star else (chunk[0],)
                 except TypeError as exc:  # (multiprocessing's worker raises it: the map fails)
@@ -571,7 +573,7 @@ class Pool:
                     continue
                 self._submit(result, i, func, args, {}, single=True)
             else:
-                self._submit(result, i, runner, (chunk, star), {}, encoded=encoded)
+                self._send(result, i, send, (chunk, star), i * chunksize)
         return result
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
@@ -607,17 +609,17 @@ class Pool:
         self, it: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
     ) -> None:
         n = 0
-        runner = functools.partial(_run_chunk, func)  # (its chunks' function: _chunk_frame)
+        send = self._chunk_sender(func, False) if chunksize > 1 else None
         try:
             source = iter(iterable)
             while self._state != TERMINATE:
                 chunk = list(itertools.islice(source, chunksize))
                 if not chunk:
                     break
-                if chunksize == 1:
+                if send is None:
                     self._submit(it, n, func, (chunk[0],), {}, single=True)
                 else:
-                    self._submit(it, n, runner, (chunk, False), {})
+                    self._send(it, n, send, (chunk, False), n * chunksize)
                 n += 1
         except Exception as exc:  # reading the input failed: the error takes the next place
             self._inbox.put((it._take, (n, (False, exc))))
@@ -631,20 +633,11 @@ class Pool:
             if last and self._state == CLOSE and self._own:
                 self._executor.shutdown(wait=False)
 
-    def _chunk_frame(self, runner: functools.partial[Any]) -> tuple[Any, str] | None:
-        """The function frame of a map's chunks (``runner``: _run_chunk around the function),
-        pickled once for all of them, and its name.  A large function then reaches each worker
-        once, as with ScoopExecutor.map (wire/fnframes.py), and is compared with the frames
-        sent lately once per map, not per chunk.  None (each chunk is pickled by submit(), as
-        imap's are) for an executor that pickles tasks otherwise (another kind, or one with a
-        task_timeout) and a function that does not pickle (each chunk then fails with it)."""
-        ex = self._executor
-        if not isinstance(ex, MapMixin) or getattr(ex, "_task_timeout", None) is not None:
-            return None
-        try:
-            return ex._encode_fn(runner), serialize.describe(runner)
-        except Exception:
-            return None
+    def _chunk_sender(self, func: Callable[..., Any], once: bool) -> _Sender:
+        """How a map's chunks of ``func`` are submitted (mapping.chunk_sender: pickled once for
+        map and starmap, ``once``, or for each of imap's)."""
+        runner = functools.partial(_run_chunk, func)
+        return chunk_sender(self._executor, runner, serialize.describe(func), once)
 
     def _submit(
         self,
@@ -654,18 +647,31 @@ class Pool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         single: bool = False,
-        encoded: tuple[Any, str] | None = None,
     ) -> None:
-        """Submit ``fn(*args, **kwargs)`` as ``job``'s part ``index``; with ``encoded``
-        (_chunk_frame: ``fn``'s frame, pickled already), only the arguments are pickled."""
         try:
-            if encoded is None:
-                fut = self._executor.submit(fn, *args, **kwargs)
-            else:
-                fut = self._executor._submit_encoded(encoded[0], args, kwargs, encoded[1])
+            fut = self._executor.submit(fn, *args, **kwargs)
         except Exception as exc:  # the executor is shut down or broken
             fut = cf.Future()
             fut.set_exception(exc)
+        self._track(job, index, fut, single)
+
+    def _send(
+        self,
+        job: _Job,
+        index: int,
+        send: _Sender,
+        args: tuple[Any, ...],
+        item: int,
+    ) -> None:
+        """_submit() of a chunk, through its map's ``send`` (_chunk_sender); ``item``: its first."""
+        try:
+            fut = send(args, item)
+        except Exception as exc:  # the executor is shut down or broken
+            fut = cf.Future()
+            fut.set_exception(exc)
+        self._track(job, index, fut)
+
+    def _track(self, job: _Job, index: int, fut: cf.Future[Any], single: bool = False) -> None:
         jobs = self._jobs
         with jobs.lock:
             jobs.futures.add(fut)

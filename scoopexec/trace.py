@@ -939,6 +939,8 @@ def _counters(
 
 
 _SKIP_MODULES = ("functools", "copyreg", "builtins", "cloudpickle", "_operator", "operator", "types")
+_RUNNERS = {("scoopexec.mapping", "_run_chunk"), ("scoopexec.mapping", "_run_chunk1"),
+            ("scoopexec.pool", "_run_chunk"), ("scoopexec.autochunk", "run_timed")}  # a map's chunk runners
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
                "SHORT_BINSTRING"}  # fmt: skip
 
@@ -993,7 +995,7 @@ def function_name(data: bytes) -> str:
             return qualname
         for mod, qn in reversed(refs):
             top = mod.split(".")[0]
-            if top in _SKIP_MODULES or (mod == "scoopexec.mapping" and qn == "_run_chunk"):
+            if top in _SKIP_MODULES or (mod, qn) in _RUNNERS:
                 continue
             return qn
         if refs:

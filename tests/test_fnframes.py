@@ -214,6 +214,36 @@ def test_a_malformed_packed_frame_fails_its_task_with_a_clear_error(one_worker):
     assert one_worker._session.submit([good, *args], "whole").result(timeout=60)[0] == 0.0
 
 
+def test_a_packed_frame_with_too_many_or_empty_buffers_is_refused_at_once():
+    import struct
+
+    def frame(count, sizes, pickled=b"\x80\x05N."):
+        head = struct.pack("<BIQ", fnframes.PACKED, count, len(pickled))
+        return head + b"".join(struct.pack("<QB", n, 0) for n in sizes) + pickled + b"x" * sum(sizes)
+
+    assert fnframes.unpack(frame(2, [3, 1]))[1] == [bytearray(b"xxx"), bytearray(b"x")]
+    for bad in (
+        frame(fnframes.MAX_BUFFERS + 1, [1] * (fnframes.MAX_BUFFERS + 1)),  # (more than a client makes)
+        frame(3, [0, 0, 0]),  # (empty buffers: a client's are 64 KiB or more)
+        frame(2**32 - 1, []),  # (a count its frame cannot hold)
+        frame(1, [5])[:-1],  # (a byte short)
+        b"\x02" + frame(1, [5])[1:],  # (not PACKED)
+        frame(1, [5])[:13] + struct.pack("<QB", 5, 2) + frame(1, [5])[22:],  # (read-only flag 2)
+    ):
+        with pytest.raises(ValueError, match="malformed packed function frame"):
+            fnframes.unpack(bad)
+
+
+def test_a_chunk_of_a_builtin_is_traced_by_its_name():
+    import functools
+
+    from scoopexec import autochunk, mapping, pool
+    from scoopexec.trace import function_name
+
+    for runner in (pool._run_chunk, mapping._run_chunk, mapping._run_chunk1, autochunk.run_timed):
+        assert function_name(serialize.dumps_function(functools.partial(runner, abs))) == "abs", runner
+
+
 def test_a_traced_packed_function_keeps_its_name():
     np = pytest.importorskip("numpy")
     from scoopexec.trace import function_name
@@ -520,6 +550,6 @@ def test_an_amap_in_chunks_sends_a_large_function_to_its_worker_once(one_worker)
 
     out = asyncio.run(run())
     assert [v for v, _, _ in out] == list(range(24))
-    # The first chunk goes whole and unmarked (a callable seen once); from the second on, held.
-    buffers = {b for _, _, held in out[4:] for b in held.values()}
-    assert out[0][2] == {} and len(buffers) == 1, buffers
+    # Marked from the first chunk, as a map's function: one frame held, one buffer.
+    buffers = {b for _, _, held in out for b in held.values()}
+    assert len(buffers) == 1 and all(len(held) == 1 for _, _, held in out), buffers

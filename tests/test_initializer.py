@@ -299,22 +299,36 @@ async def amap(ex, **kw):
     return {r async for r in ex.amap(get, range(40), **kw)}
 
 
+N = 0
+
+
+def count(_):
+    global N
+    N += 1
+    return N
+
+
 if __name__ == "__main__":
-    with Pool(2, initializer=init, initargs=("the worker's",)) as p:
-        print(sorted(set(p.map(get, range(100)))))  # (chunks of 13)
-        print(sorted(set(p.map(get, range(100), chunksize=1))))
-        print(sorted(set(p.imap(get, range(100), chunksize=10))))
-        print(sorted(set(p.starmap(get, [(i, i) for i in range(100)], chunksize=7))))
-    with ScoopExecutor(2, initializer=init, initargs=("the worker's",)) as ex:
-        print(sorted(asyncio.run(amap(ex, chunksize=4))))
-        print(sorted(set(ex.map(get, range(100), chunksize=9))))
+    for limit in (None, 60):  # (with a task limit, submit() puts the chunk runner inside it)
+        with Pool(2, initializer=init, initargs=("the worker's",), task_timeout=limit) as p:
+            print(sorted(set(p.map(get, range(100)))))  # (chunks of 13)
+            print(sorted(set(p.map(get, range(100), chunksize=1))))
+            print(sorted(set(p.imap(get, range(100), chunksize=10))))
+            print(sorted(set(p.starmap(get, [(i, i) for i in range(100)], chunksize=7))))
+        with ScoopExecutor(2, initializer=init, initargs=("the worker's",), task_timeout=limit) as ex:
+            print(sorted(asyncio.run(amap(ex, chunksize=4))))
+            print(sorted(set(ex.map(get, range(100), chunksize=9))))
+    with Pool(1) as p:  # one worker's module globals, from chunk to chunk, as in multiprocessing
+        print(p.map(count, range(20), chunksize=5))
 """
 
 
 def test_a_pools_maps_in_chunks_see_the_globals_its_initializer_set(tmp_path):
-    # multiprocessing's usual pattern with Pool.map: its default chunks ran the function inside a
-    # chunk runner, whose namespace got the initializer's globals instead of the function's, so
-    # the tasks saw the client's G, silently (amap's chunks too).
+    # multiprocessing's usual pattern with Pool.map: its default chunks ran the function as an
+    # argument of a chunk runner, which the worker looked at for the script's namespace: the
+    # initializer's globals went nowhere, and the tasks saw the client's G, silently (amap's
+    # chunks too).  The function was unpickled afresh for each chunk, too: a global it counts
+    # in started over at each chunk.
     import subprocess
     import sys
 
@@ -327,7 +341,9 @@ def test_a_pools_maps_in_chunks_see_the_globals_its_initializer_set(tmp_path):
         env=dict(os.environ, PYTHONPATH=ROOT), check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:6] == ["[\"the worker's\"]"] * 6, out.stdout
+    lines = out.stdout.split("\n")
+    assert lines[:12] == ["[\"the worker's\"]"] * 12, out.stdout
+    assert lines[12] == str(list(range(1, 21))), out.stdout
 
 
 TWO_POOLS = """

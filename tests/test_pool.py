@@ -770,3 +770,27 @@ def test_the_pools_processes_under_multiprocessings_private_name():
         pool.terminate()
         pool.join()
     assert not any(p.is_alive() for p in procs)
+
+
+def test_an_item_that_cannot_be_pickled_in_a_chunk_is_named_as_map_names_it():
+    # Pool's and amap's chunks name the item (its index in the whole map) and the function, as
+    # ScoopExecutor.map does; they named the chunk runner's argument, or the user's parameter.
+    import asyncio
+
+    lock = threading.Lock()
+    items = [1, 2, 3, 4, lock, 6]
+    said = r"cannot send item 4 \(a _thread.lock\) of map\(.*identity, \.\.\.\)"
+    with Pool(1) as p:
+        with pytest.raises(SerializationError, match=said):
+            p.map(identity, items, chunksize=2)
+        with pytest.raises(SerializationError, match=said):
+            list(p.imap(identity, items, chunksize=2))
+        assert p.map(identity, range(6), chunksize=2) == list(range(6))  # (the pool goes on)
+    with ScoopExecutor(1, task_timeout=60) as ex:
+
+        async def amap():
+            return [r async for r in ex.amap(identity, items, chunksize=2)]
+
+        with pytest.raises(SerializationError, match=r"cannot send item 4 of map\(.*identity, "
+                           r"\.\.\.\) to a worker, submitted at .*: its part items\[4\]\[0\] \(a _thread.lock\)"):
+            asyncio.run(amap())

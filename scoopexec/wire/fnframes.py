@@ -58,8 +58,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MIN_SIZE", "PACKED", "RECENT", "RECENT_SECONDS", "Held", "expire",
-    "forget", "head_of", "mark", "pack_head", "pickle_of", "retain", "retaining", "unpack",
+    "HEAD", "HELD_BYTES", "HELD_FRAMES", "MAX_BUFFERS", "MIN_SIZE", "PACKED", "RECENT", "RECENT_SECONDS",
+    "Held", "expire", "forget", "head_of", "mark", "pack_head", "pickle_of", "retain", "retaining", "unpack",
 ]  # fmt: skip
 
 MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked
@@ -110,6 +110,7 @@ def _same(frame: bytes, parts: Sequence[Any]) -> bool:
 # buffers where they are.  The worker unpickles over copies of them (unpack): each unpickle
 # gets its own, writable (or read-only) as an in-band pickle would give.
 PACKED = 1  # a packed frame's first byte (a pickle's is PROTO, 0x80; a marked frame's 0)
+MAX_BUFFERS = 4096  # buffers a packed frame may have (a function with more is pickled in band)
 _PACK = struct.Struct("<BIQ")  # PACKED, buffer count, the pickle's size
 _BUF = struct.Struct("<QB")  # per buffer: size, read-only
 
@@ -130,10 +131,10 @@ def _layout(data: Any) -> tuple[int, list[tuple[int, int]]]:
         raise ValueError("a packed function frame shorter than its head")
     kind, count, size = _PACK.unpack_from(data)
     at = _PACK.size + count * _BUF.size
-    if kind != PACKED or at > n:
+    if kind != PACKED or count > MAX_BUFFERS or at > n:
         raise ValueError(f"a malformed packed function frame ({count} buffers in {n} bytes)")
     bufs = [_BUF.unpack_from(data, _PACK.size + i * _BUF.size) for i in range(count)]
-    if at + size + sum(b[0] for b in bufs) != n or any(ro > 1 for _, ro in bufs):
+    if at + size + sum(b[0] for b in bufs) != n or any(ro > 1 or not nb for nb, ro in bufs):
         raise ValueError(f"a malformed packed function frame (its sizes do not add up to {n} bytes)")
     return at + size, bufs
 

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple
 from ..errors import ProtocolError
 
 MAGIC = b"SX"
-VERSION = 3  # 2: CANCEL with CONFIRM, answered by RESULTS CANCELLED or STARTED; 3: large function
-# frames marked, their head alone to a worker that holds them (wire/fnframes.py), RETURN arg 1
+VERSION = 4  # 2: CANCEL with CONFIRM, answered by RESULTS CANCELLED or STARTED; 3: large function
+# frames marked, their head alone to a worker that holds them (wire/fnframes.py), RETURN arg 1;
+# 4: packed function frames (their large buffers after the pickle: fnframes.PACKED)
 
 HEADER = struct.Struct("<2sBBII")  # magic, version, type, count, arg
 HEADER_SIZE = HEADER.size

@@ -425,6 +425,8 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
         return True  # small: stays inside the pickle
 
     data = _cloud_dumps(fn, apart)
+    if len(raws) > fnframes.MAX_BUFFERS:  # (more than a worker takes: in band, as before)
+        return [_cloud_dumps(fn)]
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 
@@ -850,8 +852,10 @@ def _labelled_arguments(
 
 
 def _parameter_names(fn: Any, n: int) -> list[str | None]:
-    try:
-        params = list(inspect.signature(_user_function(fn)).parameters.values())
+    while type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
+        fn = fn.fn
+    try:  # (a chunk runner's arguments are its own, not the user's function's)
+        params = list(inspect.signature(fn if _is_runner(fn) else _user_function(fn)).parameters.values())
     except (TypeError, ValueError):
         return []
     names: list[str | None] = []
@@ -981,13 +985,16 @@ def _is_runner(fn: Any) -> bool:
 
 
 def _user_function(fn: Any) -> Any:
-    """The user's function inside map()'s chunk runners, task limits (worker/limits.py) and a
-    seeded map's call (seeding.SeededCall)."""
-    if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
-        fn = fn.args[0]
-    while type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
-        fn = fn.fn
-    return fn
+    """The user's function inside a map's chunk runners, task limits (worker/limits.py) and a
+    seeded map's call (seeding.SeededCall), in any order: map() puts the limit inside its
+    runner, submit() (Pool's and amap's chunks) puts it around."""
+    while True:
+        if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
+            fn = fn.args[0]
+        elif type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
+            fn = fn.fn
+        else:
+            return fn
 
 
 user_function = _user_function  # (for the worker: setup.script_globals)
