@@ -699,24 +699,27 @@ def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize:
 
 
 def chunk_sender(
-    ex: cf.Executor, runner: functools.partial[Any], what: str, once: bool
+    ex: cf.Executor, run: Callable[..., Any], fn: Callable[..., Any], once: bool
 ) -> Callable[[tuple[Any, ...], int], cf.Future[Any]]:
-    """How a map that is not map()'s own (Pool's, amap's) submits its chunks to ``ex``:
-    ``send(args, item)``, with ``args`` the arguments of ``runner`` (a chunk runner around the
-    user's function: the chunk first) and ``item`` the index of the chunk's first item.
+    """How a map that is not map()'s own (Pool's, amap's) submits its chunks of ``fn`` to ``ex``:
+    ``send(args, item)``, with ``args`` the arguments of ``run`` (a chunk runner, called with
+    ``fn`` first, then the chunk) and ``item`` the index of the chunk's first item.
 
-    To a ScoopExecutor (or a task's pool) the runner goes as map()'s function does: a large one
-    reaches each worker once (wire/fnframes.py), the worker gives the function its pool's
-    initializer globals, and an item that cannot be pickled is named as map() names it (item N
-    of map(``what``, ...)).  It goes inside the executor's task limit, as submit() puts a task
-    (one limit for the chunk), pickled once (``once``: the map submits every chunk now) or for
-    each chunk (a lazy one, whose function may read globals changed meanwhile).  To another
-    executor: submit().
+    To a ScoopExecutor (or a task's pool) they go as map()'s chunks do: the runner around the
+    function is the task's function, so a large one reaches each worker once (wire/fnframes.py),
+    the worker gives the function its pool's initializer globals and unpickles it once, an item
+    that cannot be pickled is named as map() names it (item N of map(f, ...)), and the
+    executor's task limit applies to each call (``task_timeout``: "a call running longer
+    than").  The runner is pickled once (``once``: the map submits every chunk now) or for each
+    chunk (a lazy map, whose function may read globals changed meanwhile).  To another
+    executor: submit(), as before.
     """
     if not isinstance(ex, MapMixin):
+        runner = functools.partial(run, fn)
         return lambda args, item: ex.submit(runner, *args)
     limit = getattr(ex, "_task_timeout", None)
-    call = runner if limit is None else TimeLimit(runner, limit)
+    call = functools.partial(run, fn if limit is None else TimeLimit(fn, limit))
+    what = describe(fn)
     mixin = ex
 
     def encode() -> tuple[Any, Exception | None]:
@@ -762,11 +765,12 @@ async def amap_on(
 
         return callback
 
-    items = zip(*iterables, strict=False)  # stop at the shortest, as map() does
+    one = len(iterables) == 1  # (its items are the arguments: map()'s _run_chunk1 and wording)
+    items = iter(iterables[0]) if one else zip(*iterables, strict=False)  # (the shortest, as map())
     chunks = (list(c) for c in batched(items, chunksize))
-    source: Iterator[tuple[int, list[tuple[Any, ...]]]] = enumerate(chunks)
+    source: Iterator[tuple[int, list[Any]]] = enumerate(chunks)
     pending: dict[int, cf.Future[Any]] = {}
-    send = chunk_sender(ex, functools.partial(_run_chunk, fn), describe(fn), False) if chunksize > 1 else None
+    send = chunk_sender(ex, _run_chunk1 if one else _run_chunk, fn, False) if chunksize > 1 else None
 
     def submit_next() -> bool:
         item = next(source, None)
@@ -774,7 +778,7 @@ async def amap_on(
             return False
         index, chunk = item
         if send is None:
-            fut = ex.submit(fn, *chunk[0])
+            fut = ex.submit(fn, chunk[0]) if one else ex.submit(fn, *chunk[0])
         else:
             fut = send((chunk,), index * chunksize)
         pending[index] = fut

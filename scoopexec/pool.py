@@ -66,7 +66,6 @@ from .deploy.hosts import local_cpu_count
 from .deploy.local import process_start
 from .errors import BrokenScoopExecutor
 from .mapping import batched, chunk_sender
-from .wire import serialize
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 
@@ -609,8 +608,10 @@ class Pool:
         self, it: IMapIterator, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
     ) -> None:
         n = 0
-        send = self._chunk_sender(func, False) if chunksize > 1 else None
+        send = None
         try:
+            if chunksize > 1:
+                send = self._chunk_sender(func, False)
             source = iter(iterable)
             while self._state != TERMINATE:
                 chunk = list(itertools.islice(source, chunksize))
@@ -636,8 +637,7 @@ class Pool:
     def _chunk_sender(self, func: Callable[..., Any], once: bool) -> _Sender:
         """How a map's chunks of ``func`` are submitted (mapping.chunk_sender: pickled once for
         map and starmap, ``once``, or for each of imap's)."""
-        runner = functools.partial(_run_chunk, func)
-        return chunk_sender(self._executor, runner, serialize.describe(func), once)
+        return chunk_sender(self._executor, _run_chunk, func, once)
 
     def _submit(
         self,

@@ -939,8 +939,14 @@ def _counters(
 
 
 _SKIP_MODULES = ("functools", "copyreg", "builtins", "cloudpickle", "_operator", "operator", "types")
-_RUNNERS = {("scoopexec.mapping", "_run_chunk"), ("scoopexec.mapping", "_run_chunk1"),
-            ("scoopexec.pool", "_run_chunk"), ("scoopexec.autochunk", "run_timed")}  # a map's chunk runners
+_RUNNERS = {
+    ("scoopexec.mapping", "_run_chunk"),
+    ("scoopexec.mapping", "_run_chunk1"),
+    ("scoopexec.mapping", "_starcall"),
+    ("scoopexec.pool", "_run_chunk"),
+    ("scoopexec.autochunk", "run_timed"),
+}  # a map's chunk runners (and starmap's call)
+_WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # task limits, a seeded map's call
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
                "SHORT_BINSTRING"}  # fmt: skip
 
@@ -995,7 +1001,7 @@ def function_name(data: bytes) -> str:
             return qualname
         for mod, qn in reversed(refs):
             top = mod.split(".")[0]
-            if top in _SKIP_MODULES or (mod, qn) in _RUNNERS:
+            if top in _SKIP_MODULES or mod in _WRAPPERS or (mod, qn) in _RUNNERS:
                 continue
             return qn
         if refs:

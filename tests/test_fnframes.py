@@ -240,8 +240,16 @@ def test_a_chunk_of_a_builtin_is_traced_by_its_name():
     from scoopexec import autochunk, mapping, pool
     from scoopexec.trace import function_name
 
+    from scoopexec.seeding import SeededCall
+    from scoopexec.worker.limits import OnTimeout, TimeLimit
+
     for runner in (pool._run_chunk, mapping._run_chunk, mapping._run_chunk1, autochunk.run_timed):
         assert function_name(serialize.dumps_function(functools.partial(runner, abs))) == "abs", runner
+        limited = TimeLimit(functools.partial(runner, OnTimeout(TimeLimit(abs, 5), None)), 5)
+        assert function_name(serialize.dumps_function(limited)) == "abs", runner
+    assert function_name(serialize.dumps_function(functools.partial(mapping._starcall, pow))) == "pow"
+    seeded = functools.partial(mapping._run_chunk1, SeededCall(abs, (1, 2)))
+    assert function_name(serialize.dumps_function(seeded)) == "abs"
 
 
 def test_a_traced_packed_function_keeps_its_name():

@@ -318,8 +318,9 @@ if __name__ == "__main__":
         with ScoopExecutor(2, initializer=init, initargs=("the worker's",), task_timeout=limit) as ex:
             print(sorted(asyncio.run(amap(ex, chunksize=4))))
             print(sorted(set(ex.map(get, range(100), chunksize=9))))
-    with Pool(1) as p:  # one worker's module globals, from chunk to chunk, as in multiprocessing
-        print(p.map(count, range(20), chunksize=5))
+    for limit in (None, 60):  # one worker's module globals, from chunk to chunk, as in multiprocessing
+        with Pool(1, task_timeout=limit) as p:
+            print(p.map(count, range(20), chunksize=5))
 """
 
 
@@ -343,7 +344,7 @@ def test_a_pools_maps_in_chunks_see_the_globals_its_initializer_set(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     assert lines[:12] == ["[\"the worker's\"]"] * 12, out.stdout
-    assert lines[12] == str(list(range(1, 21))), out.stdout
+    assert lines[12:14] == [str(list(range(1, 21)))] * 2, out.stdout
 
 
 TWO_POOLS = """

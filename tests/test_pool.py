@@ -791,6 +791,17 @@ def test_an_item_that_cannot_be_pickled_in_a_chunk_is_named_as_map_names_it():
         async def amap():
             return [r async for r in ex.amap(identity, items, chunksize=2)]
 
-        with pytest.raises(SerializationError, match=r"cannot send item 4 of map\(.*identity, "
-                           r"\.\.\.\) to a worker, submitted at .*: its part items\[4\]\[0\] \(a _thread.lock\)"):
+        with pytest.raises(SerializationError, match=said):
             asyncio.run(amap())
+
+
+def test_a_pools_task_timeout_limits_each_call_of_a_chunk_not_the_chunk():
+    # "a call running longer than task_timeout": three calls of 0.4 s in a chunk, limit 1 s.
+    with Pool(1, task_timeout=1) as p:
+        assert p.map(sqr, [2, 3, 4, 5, 6, 7], chunksize=3) == [4, 9, 16, 25, 36, 49]  # (a warm-up)
+        t = time.monotonic()
+        assert p.map(functools.partial(sqr, wait=0.4), [1, 2, 3], chunksize=3) == [1, 4, 9]
+        assert list(p.imap(functools.partial(sqr, wait=0.4), [1, 2, 3], chunksize=3)) == [1, 4, 9]
+        assert time.monotonic() - t >= 2.4  # (they ran: not a timing of ours)
+        with pytest.raises(TimeoutError, match="task_timeout=1"):
+            p.map(functools.partial(sqr, wait=3), [1, 2], chunksize=2)

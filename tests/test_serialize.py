@@ -362,3 +362,17 @@ def test_source_on_disk_and_huge_source_do_not_travel(tmp_path):
     assert len(data[0]) < S.SOURCE_MAX  # bounded: the lines stayed behind
     del linecache.cache[name]
     assert S.loads(data)() == 1 and not linecache.getlines(name)
+
+
+class _Proxy:
+    def __call__(self, x):
+        return x
+
+    def __getattr__(self, name):  # (a proxy that fails on what it does not know)
+        raise RuntimeError(f"no attribute {name}")
+
+
+def test_describe_names_a_callable_whose_attributes_raise_by_its_type():
+    # Pool's maps name their function before submitting anything: a proxy object whose
+    # attributes raise must not make them fail half-registered (imap's feeder died: a hang).
+    assert S.describe(_Proxy()).endswith("test_serialize._Proxy object")

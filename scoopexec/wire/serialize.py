@@ -480,12 +480,24 @@ _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodT
 
 
 def _reusable(fn: Any) -> bool:
+    """Whether the callable of a function frame may be unpickled once and re-used for the same
+    bytes: a plain function (within a task limit: its state is the limit), or a map's chunk
+    runner around one (map()'s, Pool's, amap's: a partial of our own function)."""
+    fn = _unlimited(fn)
     if type(fn) in _REUSABLE:
         return True
-    # A map's chunk runners (map()'s, Pool's): a partial of our own function around the user's.
     if type(fn) is functools.partial and not fn.keywords and len(fn.args) == 1:
-        return getattr(fn.func, "__module__", "") in _RUNNERS and type(fn.args[0]) in _REUSABLE
+        return getattr(fn.func, "__module__", "") in _RUNNERS and type(_unlimited(fn.args[0])) in _REUSABLE
     return False
+
+
+def _unlimited(fn: Any) -> Any:
+    """``fn`` without the task limits around it (worker/limits.py: TimeLimit, OnTimeout)."""
+    for _ in range(_DEPTH):
+        if type(fn).__module__ != "scoopexec.worker.limits" or not hasattr(fn, "fn"):
+            break
+        fn = fn.fn
+    return fn
 
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
@@ -852,7 +864,9 @@ def _labelled_arguments(
 
 
 def _parameter_names(fn: Any, n: int) -> list[str | None]:
-    while type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
+    for _ in range(_DEPTH):
+        if type(fn).__module__ not in _WRAPPERS or not hasattr(fn, "fn"):
+            break
         fn = fn.fn
     try:  # (a chunk runner's arguments are its own, not the user's function's)
         params = list(inspect.signature(fn if _is_runner(fn) else _user_function(fn)).parameters.values())
@@ -977,6 +991,7 @@ def global_names(code: types.CodeType) -> Iterator[str]:
 
 _WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hold the user's as .fn
 _RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk", "scoopexec.pool")  # runners: partial(runner, fn)
+_DEPTH = 16  # runners and wrappers looked through, at most (a map's nest 4 deep: runner, limits, seeding)
 
 
 def _is_runner(fn: Any) -> bool:
@@ -988,13 +1003,14 @@ def _user_function(fn: Any) -> Any:
     """The user's function inside a map's chunk runners, task limits (worker/limits.py) and a
     seeded map's call (seeding.SeededCall), in any order: map() puts the limit inside its
     runner, submit() (Pool's and amap's chunks) puts it around."""
-    while True:
+    for _ in range(_DEPTH):  # (bounded: an object may be its own .fn)
         if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
             fn = fn.args[0]
         elif type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
             fn = fn.fn
         else:
-            return fn
+            break
+    return fn
 
 
 user_function = _user_function  # (for the worker: setup.script_globals)
@@ -1069,8 +1085,11 @@ def describe(fn: Any) -> str:
         text = _names.get(fn)
         if text is not None:
             return text
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    mod = getattr(fn, "__module__", None)
+    try:
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+        mod = getattr(fn, "__module__", None)
+    except Exception:  # (a proxy whose attributes raise something else than AttributeError)
+        name = mod = None
     if isinstance(name, str):
         text = f"{mod}.{name}" if mod and mod != "builtins" else name
     elif isinstance(fn, functools.partial):
