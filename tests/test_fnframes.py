@@ -234,6 +234,19 @@ def test_a_packed_frame_with_too_many_or_empty_buffers_is_refused_at_once():
             fnframes.unpack(bad)
 
 
+def test_a_function_with_more_large_buffers_than_a_worker_takes_is_pickled_in_band(monkeypatch):
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(serialize.OOB_MIN // 8, i, dtype=np.float64) for i in range(3)]
+
+    def total():
+        return sum(float(a[0]) for a in arrays)
+
+    assert serialize.dumps_function(total)[0] == fnframes.PACKED
+    monkeypatch.setattr(fnframes, "MAX_BUFFERS", 2)  # (three arrays stand for 4,097)
+    data = serialize.dumps_function(total)
+    assert data[:1] == b"\x80" and serialize.loads_function(data)() == 3.0
+
+
 def test_a_chunk_of_a_builtin_is_traced_by_its_name():
     import functools
 
