@@ -129,8 +129,10 @@ class MapMixin:
 
     _map_keeps_executor = False
 
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn, repeats=True)  # (its chunks send it again and again)
+    def _encode_fn(self, fn: Callable[..., Any], each: bool = False) -> Any:
+        """A map's function frame (its chunks send it again and again); ``each``: made for each
+        chunk (serialize.encode_function)."""
+        return serialize.encode_function(fn, repeats=True, each=each)
 
     def _submit_encoded(
         self,
@@ -724,7 +726,7 @@ def chunk_sender(
 
     def encode() -> tuple[Any, Exception | None]:
         try:
-            return mixin._encode_fn(call), None
+            return mixin._encode_fn(call, not once), None
         except Exception as exc:  # each chunk fails with it, as each would pickling it itself
             return None, exc
 

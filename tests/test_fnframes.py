@@ -517,6 +517,12 @@ def test_submits_mark_no_frame_larger_than_a_worker_holds_but_a_map_does(monkeyp
     fn = lambda: big  # noqa: E731
     assert [serialize.encode_function(fn)[:1] for _ in range(3)] == [b"\x80"] * 3  # (each a new id else)
     assert serialize.encode_function(fn, repeats=True)[:1] == b"\x00"  # a map's: one frame for its chunks
+    # A lazy map's (imap, amap in chunks: made for each chunk), as a submit's: a new id for each
+    # chunk would push out what the worker holds, and have it unpickled each time.
+    assert [serialize.encode_function(fn, repeats=True, each=True)[:1] for _ in range(3)] == [b"\x80"] * 3
+    within = bytes(fnframes.MIN_SIZE)
+    held = lambda: within  # noqa: E731
+    assert serialize.encode_function(held, repeats=True, each=True)[:1] == b"\x00"  # (within: marked)
 
 
 def test_a_bound_method_of_the_same_object_is_marked_when_submitted_again():

@@ -309,7 +309,7 @@ def count(_):
 
 
 if __name__ == "__main__":
-    for limit in (None, 60):  # (with a task limit, submit() puts the chunk runner inside it)
+    for limit in (None, 60):  # (with a task limit, each call of a chunk runs inside one)
         with Pool(2, initializer=init, initargs=("the worker's",), task_timeout=limit) as p:
             print(sorted(set(p.map(get, range(100)))))  # (chunks of 13)
             print(sorted(set(p.map(get, range(100), chunksize=1))))

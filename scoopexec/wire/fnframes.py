@@ -83,9 +83,14 @@ def mark(parts: Sequence[Any]) -> bytes:
                 del recent[i]
                 recent.append((frame, now))  # (the most recently used last)
                 return frame
-        frame = b"".join((b"\x00", _prefix, next(_count).to_bytes(8, "little"), *parts))
-        if not _retain or size > HELD_BYTES:  # (none larger than that: a broker= client never expires them)
-            return frame
+        ident = next(_count).to_bytes(8, "little")
+        prefix = _prefix
+    # The copy outside the lock (an embedded broker's tick takes it: expire()).
+    frame = b"".join((b"\x00", prefix, ident, *parts))
+    if not _retain or size > HELD_BYTES:  # (none larger than that: a broker= client never expires them)
+        return frame
+    with _lock:
+        recent = _recent
         recent.append((frame, now))
         total = sum(len(f) for f, _ in recent)
         while len(recent) > 1 and (len(recent) > RECENT or total > HELD_BYTES):

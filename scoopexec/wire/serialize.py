@@ -571,9 +571,10 @@ def too_large(size: int, limit: int) -> errors.MessageTooLargeError:
     )
 
 
-def encode_function(fn: Callable[..., Any], repeats: bool = False) -> bytes:
+def encode_function(fn: Callable[..., Any], repeats: bool = False, each: bool = False) -> bytes:
     """The function frame of a task; SerializationError (TypeError for a Future) naming what cannot travel.
-    ``repeats``: a map's, which its chunks send again and again."""
+    ``repeats``: a map's, which its chunks send again and again; ``each``: made again for each of
+    them (a lazy map's: imap, amap), so not marked beyond what workers hold, as a submit's."""
     if fn.__class__ in _CACHEABLE:  # (dumps_function's cache, looked at here: on every task)
         data = _fn_cache.get(fn)
         if data is not None:
@@ -588,7 +589,9 @@ def encode_function(fn: Callable[..., Any], repeats: bool = False) -> bytes:
     if size >= fnframes.MIN_SIZE:
         if size >= LARGE_FUNCTION:
             _warn_large(fn, size)
-        if repeats:  # a map's: its chunks send it again and again, the frame made here each time
+        if repeats and not (each and size + fnframes.HEAD > fnframes.HELD_BYTES):
+            # A map's: its chunks send it again and again (a new id each time, beyond what a
+            # client keeps, would push out what workers hold: a lazy map's is made each time).
             _sent_before(fn)  # (and its later submits are marked)
             return fnframes.mark(parts)  # (each worker receives it once: wire/fnframes.py)
         if size + fnframes.HEAD <= fnframes.HELD_BYTES and fnframes.retaining() and _sent_before(fn):
@@ -624,8 +627,9 @@ _warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
 
 def _warn_large(fn: Any, size: int) -> None:
     """Say once that ``fn`` is pickled with ``size`` bytes, and which of the globals it reads
-    are the large ones: 0.14 s a submit for a function reading a 200 MB array of the script
-    (ProcessPoolExecutor's forked workers look the function up by name)."""
+    are the large ones: a function reading a 200 MB array of the script costs 17 ms a submit
+    (its array out of band, compared with what was sent; 0.14 s a submit in band, for a 200 MB
+    list), and a copy in each worker (ProcessPoolExecutor's forked workers look it up by name)."""
     user = _user_function(fn)
     try:
         if user in _warned_large:
@@ -1001,8 +1005,8 @@ def _is_runner(fn: Any) -> bool:
 
 def _user_function(fn: Any) -> Any:
     """The user's function inside a map's chunk runners, task limits (worker/limits.py) and a
-    seeded map's call (seeding.SeededCall), in any order: map() puts the limit inside its
-    runner, submit() (Pool's and amap's chunks) puts it around."""
+    seeded map's call (seeding.SeededCall), in any order: a map puts the limit inside its
+    runner, submit() puts it around whatever it is given."""
     for _ in range(_DEPTH):  # (bounded: an object may be its own .fn)
         if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
             fn = fn.args[0]

@@ -36,8 +36,8 @@ class WorkerExecutor(MapMixin, cf.Executor):
         """Submit a sub-task to the pool this task runs in."""
         return self._worker.subtasks.submit(fn, args, kwargs, self._parent)
 
-    def _encode_fn(self, fn: Callable[..., Any]) -> Any:
-        return serialize.encode_function(fn, repeats=True)  # (a map's: its chunks send it again and again)
+    def _encode_fn(self, fn: Callable[..., Any], each: bool = False) -> Any:
+        return serialize.encode_function(fn, repeats=True, each=each)  # (as MapMixin's)
 
     def _submit_encoded(
         self,
