@@ -648,12 +648,7 @@ class Pool:
         kwargs: dict[str, Any],
         single: bool = False,
     ) -> None:
-        try:
-            fut = self._executor.submit(fn, *args, **kwargs)
-        except Exception as exc:  # the executor is shut down or broken
-            fut = cf.Future()
-            fut.set_exception(exc)
-        self._track(job, index, fut, single)
+        self._track(job, index, lambda: self._executor.submit(fn, *args, **kwargs), single)
 
     def _send(
         self,
@@ -664,14 +659,16 @@ class Pool:
         item: int,
     ) -> None:
         """_submit() of a chunk, through its map's ``send`` (_chunk_sender); ``item``: its first."""
+        self._track(job, index, lambda: send(args, item))
+
+    def _track(self, job: _Job, index: int, submit: Callable[[], Any], single: bool = False) -> None:
+        """``job``'s part ``index`` is the future ``submit()`` returns (or, if it raises because the
+        executor is shut down or broken, a future failed with that)."""
         try:
-            fut = send(args, item)
-        except Exception as exc:  # the executor is shut down or broken
+            fut = submit()
+        except Exception as exc:
             fut = cf.Future()
             fut.set_exception(exc)
-        self._track(job, index, fut)
-
-    def _track(self, job: _Job, index: int, fut: cf.Future[Any], single: bool = False) -> None:
         jobs = self._jobs
         with jobs.lock:
             jobs.futures.add(fut)

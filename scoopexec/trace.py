@@ -78,7 +78,7 @@ from .broker.ledger import MANY
 from .tracebulk import ENTRY_NFRAMES, ENTRY_STATUS, MAX_PENDING, Pending, sizes
 from .tracefile import DISPATCH as _DISPATCH
 from .tracefile import TASK_RECORD as _RECORD
-from .wire import fnframes
+from .wire import fnframes, serialize
 from .wire.protocol import HEADER_SIZE as _HEAD
 from .wire.protocol import RESULT_ENTRY as _ENTRY
 from .wire.protocol import TASK_ENTRY, TASKS, pack_flat
@@ -939,14 +939,8 @@ def _counters(
 
 
 _SKIP_MODULES = ("functools", "copyreg", "builtins", "cloudpickle", "_operator", "operator", "types")
-_RUNNERS = {
-    ("scoopexec.mapping", "_run_chunk"),
-    ("scoopexec.mapping", "_run_chunk1"),
-    ("scoopexec.mapping", "_starcall"),
-    ("scoopexec.pool", "_run_chunk"),
-    ("scoopexec.autochunk", "run_timed"),
-}  # a map's chunk runners (and starmap's call)
-_WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # task limits, a seeded map's call
+# Around the user's function: a map's chunk runners (and starmap's call), task limits, a seeded call.
+_OURS = frozenset((*serialize.RUNNER_MODULES, *serialize.WRAPPER_MODULES))
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
                "SHORT_BINSTRING"}  # fmt: skip
 
@@ -1001,7 +995,7 @@ def function_name(data: bytes) -> str:
             return qualname
         for mod, qn in reversed(refs):
             top = mod.split(".")[0]
-            if top in _SKIP_MODULES or mod in _WRAPPERS or (mod, qn) in _RUNNERS:
+            if top in _SKIP_MODULES or mod in _OURS:
                 continue
             return qn
         if refs:

@@ -128,9 +128,9 @@ def pack_head(pickled: bytes, raws: Sequence[memoryview]) -> bytes:
     )
 
 
-def _layout(data: Any) -> tuple[int, list[tuple[int, int]]]:
-    """The end of a packed frame's pickle, and (size, read-only) of each buffer; ValueError
-    if ``data`` is not a well-formed packed frame (a worker checks what it unpickles)."""
+def _layout(data: Any) -> tuple[int, int, list[tuple[int, int]]]:
+    """Where a packed frame's pickle starts and ends, and (size, read-only) of each buffer;
+    ValueError if ``data`` is not a well-formed packed frame (a worker checks what it unpickles)."""
     n = len(data)
     if n < _PACK.size:
         raise ValueError("a packed function frame shorter than its head")
@@ -141,21 +141,21 @@ def _layout(data: Any) -> tuple[int, list[tuple[int, int]]]:
     bufs = [_BUF.unpack_from(data, _PACK.size + i * _BUF.size) for i in range(count)]
     if at + size + sum(b[0] for b in bufs) != n or any(ro > 1 or not nb for nb, ro in bufs):
         raise ValueError(f"a malformed packed function frame (its sizes do not add up to {n} bytes)")
-    return at + size, bufs
+    return at, at + size, bufs
 
 
 def pickle_of(data: Any) -> Any:
     """The pickle of a function frame: the frame itself, but for a packed one (a copy)."""
     if len(data) == 0 or data[0] != PACKED:
         return data
-    end, _ = _layout(data)
-    return bytes(memoryview(data)[end - _PACK.unpack_from(data)[2] : end])
+    start, end, _ = _layout(data)
+    return bytes(memoryview(data)[start:end])
 
 
 def unpack(data: Any) -> tuple[Any, list[Any]]:
     """A packed frame's pickle (a view) and copies of its buffers, to unpickle it with: a
     writable bytearray for a buffer pickled writable, bytes for a read-only one."""
-    end, bufs = _layout(data)
+    start, end, bufs = _layout(data)
     mv = memoryview(data)
     copies: list[Any] = []
     at = end
@@ -163,7 +163,7 @@ def unpack(data: Any) -> tuple[Any, list[Any]]:
         part = mv[at : at + size]
         copies.append(part.tobytes() if readonly else bytearray(part))
         at += size
-    return mv[end - _PACK.unpack_from(data)[2] : end], copies
+    return mv[start:end], copies
 
 
 _lock = threading.Lock()

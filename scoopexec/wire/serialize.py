@@ -487,17 +487,14 @@ def _reusable(fn: Any) -> bool:
     if type(fn) in _REUSABLE:
         return True
     if type(fn) is functools.partial and not fn.keywords and len(fn.args) == 1:
-        return getattr(fn.func, "__module__", "") in _RUNNERS and type(_unlimited(fn.args[0])) in _REUSABLE
+        inner = _unlimited(fn.args[0])
+        return getattr(fn.func, "__module__", "") in RUNNER_MODULES and type(inner) in _REUSABLE
     return False
 
 
 def _unlimited(fn: Any) -> Any:
     """``fn`` without the task limits around it (worker/limits.py: TimeLimit, OnTimeout)."""
-    for _ in range(_DEPTH):
-        if type(fn).__module__ != "scoopexec.worker.limits" or not hasattr(fn, "fn"):
-            break
-        fn = fn.fn
-    return fn
+    return _unwrapped(fn, _LIMITS, ())
 
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
@@ -868,12 +865,8 @@ def _labelled_arguments(
 
 
 def _parameter_names(fn: Any, n: int) -> list[str | None]:
-    for _ in range(_DEPTH):
-        if type(fn).__module__ not in _WRAPPERS or not hasattr(fn, "fn"):
-            break
-        fn = fn.fn
-    try:  # (a chunk runner's arguments are its own, not the user's function's)
-        params = list(inspect.signature(fn if _is_runner(fn) else _user_function(fn)).parameters.values())
+    try:
+        params = list(inspect.signature(_user_function(fn)).parameters.values())
     except (TypeError, ValueError):
         return []
     names: list[str | None] = []
@@ -993,24 +986,32 @@ def global_names(code: types.CodeType) -> Iterator[str]:
             yield from global_names(const)
 
 
-_WRAPPERS = ("scoopexec.worker.limits", "scoopexec.seeding")  # classes that hold the user's as .fn
-_RUNNERS = ("scoopexec.mapping", "scoopexec.autochunk", "scoopexec.pool")  # runners: partial(runner, fn)
+_LIMITS = ("scoopexec.worker.limits",)  # task limits (TimeLimit, OnTimeout), which hold the call as .fn
+WRAPPER_MODULES = (*_LIMITS, "scoopexec.seeding")  # classes that hold the user's as .fn
+RUNNER_MODULES = ("scoopexec.mapping", "scoopexec.autochunk", "scoopexec.pool")  # partial(runner, fn)
 _DEPTH = 16  # runners and wrappers looked through, at most (a map's nest 4 deep: runner, limits, seeding)
 
 
 def _is_runner(fn: Any) -> bool:
     """``fn`` runs a chunk of a map (its result holds the chunk's results)."""
-    return type(fn) is functools.partial and getattr(fn.func, "__module__", "") in _RUNNERS
+    return type(fn) is functools.partial and getattr(fn.func, "__module__", "") in RUNNER_MODULES
 
 
 def _user_function(fn: Any) -> Any:
     """The user's function inside a map's chunk runners, task limits (worker/limits.py) and a
     seeded map's call (seeding.SeededCall), in any order: a map puts the limit inside its
     runner, submit() puts it around whatever it is given."""
-    for _ in range(_DEPTH):  # (bounded: an object may be its own .fn)
-        if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in _RUNNERS:
+    return _unwrapped(fn, WRAPPER_MODULES, RUNNER_MODULES)
+
+
+def _unwrapped(fn: Any, wrappers: tuple[str, ...], runners: tuple[str, ...]) -> Any:
+    """``fn`` out of the objects of ``wrappers`` (modules whose classes hold a callable as .fn)
+    and the partials of ``runners``' functions around it, in any order, at most _DEPTH deep (an
+    object may be its own .fn)."""
+    for _ in range(_DEPTH):
+        if type(fn) is functools.partial and fn.args and getattr(fn.func, "__module__", "") in runners:
             fn = fn.args[0]
-        elif type(fn).__module__ in _WRAPPERS and hasattr(fn, "fn"):
+        elif type(fn).__module__ in wrappers and hasattr(fn, "fn"):
             fn = fn.fn
         else:
             break
