@@ -15,8 +15,9 @@
 
 Each turn: poll every port's file descriptors; take the messages in (each checked
 by protocol.decode, its sender's role by protocol.SENDERS, then routed by the table);
-dispatch; send the batched results; every 50 ms, a tick (liveness, exits of local
-workers, the completion rate).
+dispatch; send the batched results; a tick (liveness, exits of local workers, the
+completion rate) every 50 ms while something moves, every 250 ms otherwise (``TICK``,
+``QUIET_TICK``).
 
 The broker never unpickles: it reads the fixed headers of wire/protocol.py and
 moves payload frames (zmq.Frame, received without copying) from submitter to
@@ -73,7 +74,13 @@ __all__ = ["LOCAL", "Broker", "LocalClient", "ProcessWatcher"]
 
 log = logging.getLogger("scoopexec.broker")
 
-TICK = 0.05  # s between ticks (liveness, exits, rate)
+TICK = 0.05  # s between ticks (liveness, exits, rate) while workers start or peers are probed
+# s between ticks otherwise (at most a quarter of the heartbeat, an eighth of its timeout).  A
+# tick woke this thread 20 times a second for about 0.25 ms of CPU each: 0.5 % of a core,
+# taken from the workers on a machine whose cores they all use (issue 17's CPU-bound row).
+# Nothing urgent waits on it: a local worker's exit is seen on its link at once, a retiring
+# one's every QUICK_REAP s, a client's or worker's message wakes the loop.
+QUIET_TICK = 0.25
 
 
 Handler = Callable[[bytes, Any, P.Message], None]
@@ -145,6 +152,7 @@ class Broker:
         self.lock = threading.Lock()
         self._wake_needed = 0  # counts sends that the sleeping loop must be told about
         self._next_tick = time.monotonic()
+        self._quiet_tick = max(TICK, min(QUIET_TICK, heartbeat / 4, heartbeat_timeout / 8))
         self._next_state_check = 0.0
         self.started = time.time()
         self.trace: TraceRecorder | None = None  # set by the owner to record a timeline (trace.py)
@@ -261,8 +269,8 @@ class Broker:
         if self.supervisor.leaving:
             self.supervisor.look_for_leavers(now)
         if now >= self._next_tick:
-            self._next_tick = now + TICK
             self._tick(now)
+            self._next_tick = now + (TICK if _moving(self) else self._quiet_tick)
 
     def _on_wakeup(self, events: int) -> None:
         self.wakeup.drain()
@@ -577,6 +585,16 @@ class Broker:
         STATUS messages and ScoopExecutor.status() arrange that.
         """
         return _status(self)
+
+
+def _moving(b: Broker) -> bool:
+    """Whether the next tick comes soon (TICK): workers start or are to be started again, peers
+    whose connection closed are probed, messages wait for a slow peer, or the loop stops."""
+    w = b.watcher
+    return bool(
+        b.router.probing or b.router.backlog or b.supervisor.retry or b.stopping
+        or (w is not None and w.starting())
+    )  # fmt: skip
 
 
 def _welcome(b: Broker, key: bytes, extra: dict[str, Any]) -> dict[str, Any]:

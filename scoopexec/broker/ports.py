@@ -425,6 +425,11 @@ class RouterPort:
             until = time.monotonic() + self.heartbeat_timeout
         self._suspects[key] = (until, why)
 
+    @property
+    def probing(self) -> bool:
+        """Peers whose connection closed are being probed (reprobe() on each tick)."""
+        return bool(self._suspects)
+
     def reprobe(self, known: Callable[[bytes], bool]) -> None:
         """On a tick: probe again the peers whose connection closed (``known``: still a peer);
         cut the connections that said no HELLO in time."""
