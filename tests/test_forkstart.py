@@ -365,3 +365,30 @@ def test_a_waiter_stopped_by_ctrl_c_is_no_longer_the_sockets_reader() -> None:
         holder.wait(10)
         ours.close()
         theirs.close()
+
+
+def kill_own_process(_: object = None) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_lost_after_its_template_is_not_said_to_have_exited_with_code_1() -> None:
+    # Its exit status goes to its parent, the template; with the template gone, nobody can tell
+    # it.  The error said "exited with code 1", a status the worker never had.
+    with ScoopExecutor(max_workers=1, max_retries=0) as ex:
+        (worker,) = _one_worker(ex)
+        template = psutil.Process(worker).ppid()
+        assert template != os.getpid()
+        os.kill(template, signal.SIGKILL)
+        assert _gone([template]) == []
+        with pytest.raises(Exception) as info:
+            ex.submit(kill_own_process).result(timeout=60)
+        text = str(info.value)
+        assert "code 1" not in text and "how is not known" in text and "worker template" in text, text
+        assert ex.submit(abs, -3).result(timeout=60) == 3  # replaced (by command: no template)
+        pids = [worker, *ex.worker_pids]
+    assert _gone(pids) == []
+
+
+def _one_worker(ex: ScoopExecutor) -> list[int]:
+    ex.submit(abs, 1).result(timeout=60)
+    return ex.worker_pids

@@ -24,10 +24,11 @@ from typing import Any
 from ..wire.fnframes import HEAD, MIN_SIZE, Held, head_of
 
 __all__ = [
-    "LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState", "submit_local",
-    "task_entries",
+    "EXIT_UNKNOWN", "LOCAL", "MANY", "ClientState", "Ledger", "Peer", "Source", "Task", "WorkerState",
+    "submit_local", "task_entries",
 ]  # fmt: skip
 
+EXIT_UNKNOWN = 1 << 16  # lose_worker()'s task_rc when the process ended and how is not known
 LOCAL = b""  # the peer key of the in-process client (an embedded broker's ScoopExecutor)
 CLIENT = "client"
 WORKER = "worker"
@@ -850,7 +851,7 @@ def _compact(body: list[Any], fns: dict[bytes, bytes]) -> list[Any]:
 def _ended_by_task(held: int, rc: int) -> str:
     """For a task lost with a worker whose process ended, not for a reason of its own."""
     which = "this task" if held == 1 else f"this task or one of the {held - 1} other(s) it held"
-    if rc < 0:
+    if rc < 0 or rc == EXIT_UNKNOWN:
         return f" while running {which}"
     return (
         f" while running {which}: a task ended the process (os._exit({rc}), or exit() in native "

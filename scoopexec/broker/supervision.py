@@ -23,7 +23,7 @@ from ..deploy.contract import EXIT_RECYCLED
 from ..errors import ProtocolError
 from ..trace import limit_kind
 from ..wire import protocol as P
-from .ledger import ClientState, Ledger, Task, WorkerState
+from .ledger import EXIT_UNKNOWN, ClientState, Ledger, Task, WorkerState
 from .ports import LINK_CLOSED
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class ProcessWatcher(Protocol):
     def why_not_replaced(self, tag: str) -> str: ...  # "" unless a replacement cannot be started
     def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (deploy/contract.py)
     def describe_exit(self, tag: str, returncode: int) -> str: ...
+    def exit_known(self, tag: str) -> bool: ...  # False: it exited, nobody could tell how
     def jobs(self) -> list[dict[str, Any]]: ...  # batch jobs that bring workers (deploy/elastic.py)
 
 
@@ -233,7 +234,9 @@ class Supervisor:
             if mine is not None:
                 self._count_exit(tag, mine)
                 self._replace(tag)
-                return watcher.describe_exit(tag, mine), None if watcher.own_exit(tag) else mine
+                if watcher.own_exit(tag):
+                    return watcher.describe_exit(tag, mine), None
+                return watcher.describe_exit(tag, mine), mine if watcher.exit_known(tag) else EXIT_UNKNOWN
             time.sleep(0.005)
         return "", None
 

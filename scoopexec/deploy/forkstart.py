@@ -270,6 +270,7 @@ class ForkedProcess:
         self.stdin: IO[bytes] | None = stdin
         self.known_pid: int | None = None  # once the template said it
         self.returncode: int | None = None
+        self.status_known = True  # False: it exited after its template, and its status is lost
 
     @property
     def pid(self) -> int:
@@ -297,6 +298,7 @@ class ForkedProcess:
         pid = self.known_pid
         if pid is None or _exited(pid):
             self.returncode = 1
+            self.status_known = False
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -358,6 +358,10 @@ class Launchers:
             return self.local.own_exit(tag)
         return self._group_of(tag) is not None
 
+    def exit_known(self, tag: str) -> bool:
+        """Whether ``tag``'s exit status is known (a local worker that exited after its template: not)."""
+        return not self._is_local(tag) or self.local is None or self.local.exit_known(tag)
+
     def describe_exit(self, tag: str, returncode: int) -> str:
         g = self._group_of(tag)
         if g is not None:

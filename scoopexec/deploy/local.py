@@ -283,6 +283,7 @@ class LocalWorkers:
         self.notes: dict[str, str] = {}  # tag -> why it exited, in its own words (contract.py)
         self.start_timeout = contract.START_TIMEOUT
         self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
+        self.status_lost: set[str] = set()  # exited after their template: nobody told how
         self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
         self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
         self._unconfirmed: list[ForkedProcess] = []  # forks asked for, pids not awaited yet
@@ -384,6 +385,8 @@ class LocalWorkers:
                 if rc is not None:
                     del self.procs[tag]
                     self.exits[tag] = rc
+                    if not getattr(proc, "status_known", True):
+                        self.status_lost.add(tag)
                     self._progress.pop(tag, None)
                     self._stopped_since.pop(tag, None)
                     fd = self._note_fds.pop(tag, None)
@@ -513,6 +516,10 @@ class LocalWorkers:
         """Whether the worker ``tag`` ended for a reason of its own or ours, not by its task's hand."""
         return tag in self.notes or tag in self.killed
 
+    def exit_known(self, tag: str) -> bool:
+        """Whether the exit status of ``tag`` is known (not when it exited after its template)."""
+        return tag not in self.status_lost
+
     def describe_exit(self, tag: str, returncode: int) -> str:
         killed = self.killed.get(tag)
         if killed is not None:
@@ -520,6 +527,11 @@ class LocalWorkers:
         note = self.notes.get(tag)
         if note is not None:
             return f"worker process {tag} {describe_returncode(returncode, _HOST, own=True)}: {note}"
+        if tag in self.status_lost:  # (its note, if any, said why: it was read above)
+            return (
+                f"worker process {tag} has exited, how is not known: the pool's worker template, "
+                "its parent, which reaps it and tells its exit status, had ended before it"
+            )
         return f"worker process {tag} {describe_returncode(returncode, _HOST)}"
 
     def kill(self, tag: str) -> None:
