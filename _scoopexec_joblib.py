@@ -15,6 +15,16 @@ finders load it, and once the module has run it registers ``"scoop"`` as a small
 scoopexec's joblib backend on its first call, which registers the class itself.  Importing
 joblib thus does not import scoopexec.  ``SCOOPEXEC_NO_JOBLIB_HOOK=1`` (any value but empty or
 ``0``) turns all this off.
+
+The same way, ``from concurrent.futures import ScoopExecutor`` works where scoopexec is
+installed, as it does for the standard library's executors: once ``concurrent.futures`` has
+run, a second one-shot finder wraps its module ``__getattr__`` (which already imports
+``ProcessPoolExecutor`` and ``ThreadPoolExecutor`` on first use) so that the name imports
+scoopexec when it is first looked up, and only then.  Code written for a standard executor
+whose name it looks up there -- CPython's own tests start ``python -c "from
+concurrent.futures import {executor_type.__name__}"`` children -- then runs on scoopexec.
+``concurrent.futures.__all__`` is left alone (``import *`` gives what it gave).
+``SCOOPEXEC_NO_FUTURES_HOOK=1`` turns that one off.
 """
 
 import os
@@ -26,6 +36,8 @@ if TYPE_CHECKING:
 
 TRIGGER = "joblib.parallel"
 NAME = "scoop"
+FUTURES = "concurrent.futures"
+EXECUTOR = "ScoopExecutor"
 
 
 def scoop_backend(*args: "Any", **kwargs: "Any") -> "Any":
@@ -47,10 +59,11 @@ def register(parallel: "Any") -> None:
 
 
 class _ThenRegister:
-    """Wraps joblib.parallel's loader: runs it, steps aside, then registers."""
+    """Wraps a module's loader: runs it, steps aside, then calls ``then(module)``."""
 
-    def __init__(self, loader: "Any") -> None:
+    def __init__(self, loader: "Any", then: "Any") -> None:
         self._loader = loader
+        self._then = then
 
     def __getattr__(self, name: str) -> "Any":
         return getattr(self._loader, name)
@@ -66,14 +79,16 @@ class _ThenRegister:
         spec = getattr(module, "__spec__", None)
         if spec is not None and spec.loader is self:
             spec.loader = self._loader
-        register(module)
+        self._then(module)
 
 
 class JoblibFinder:
     """Answers once, for joblib.parallel, with what the finders after it answer, loader wrapped."""
 
+    trigger = TRIGGER
+
     def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
-        if fullname != TRIGGER:
+        if fullname != self.trigger:
             return None
         # One shot, and the finders asked below do not ask this one again.  A new list: an
         # import going through the old one (this one, another thread's) skips no finder.
@@ -85,19 +100,71 @@ class JoblibFinder:
             spec = find(fullname, path, target)
             if spec is None:
                 continue
-            # scoopexec imported: its own hook (scoopexec/_hooks.py) registers the class itself
-            if "scoopexec" not in sys.modules and hasattr(spec.loader, "exec_module"):
-                spec.loader = _ThenRegister(spec.loader)
+            if self.wanted() and hasattr(spec.loader, "exec_module"):
+                spec.loader = _ThenRegister(spec.loader, self.then)
             return spec
         return None
+
+    def wanted(self) -> bool:
+        # scoopexec imported: its own hook (scoopexec/_hooks.py) registers the class itself
+        return "scoopexec" not in sys.modules
+
+    @staticmethod
+    def then(module: "Any") -> None:
+        register(module)
+
+
+def add_executor(futures: "Any") -> None:
+    """``futures`` is the module concurrent.futures, just run: its ``ScoopExecutor`` imports
+    scoopexec when it is first looked up."""
+    previous = getattr(futures, "__getattr__", None)
+    if getattr(previous, "scoopexec_hook", False):
+        return
+
+    def __getattr__(name: str) -> "Any":
+        if name == EXECUTOR:
+            from scoopexec import ScoopExecutor  # type: ignore[import-not-found]
+
+            return ScoopExecutor
+        if previous is not None:
+            return previous(name)
+        raise AttributeError(f"module {futures.__name__!r} has no attribute {name!r}")
+
+    __getattr__.scoopexec_hook = True  # type: ignore[attr-defined]
+    try:
+        futures.__getattr__ = __getattr__
+    except Exception:  # pragma: no cover - never break the user's import of concurrent.futures
+        pass
+
+
+class FuturesFinder(JoblibFinder):
+    """Answers once, for concurrent.futures, with what the finders after it answer, loader wrapped."""
+
+    trigger = FUTURES
+
+    def wanted(self) -> bool:
+        return True
+
+    @staticmethod
+    def then(module: "Any") -> None:
+        add_executor(module)
+
+
+def _off(variable: str) -> bool:
+    return os.environ.get(variable, "0").strip() not in ("", "0")
 
 
 def install() -> None:
     """What the .pth file calls."""
-    if os.environ.get("SCOOPEXEC_NO_JOBLIB_HOOK", "0").strip() not in ("", "0"):
-        return
-    parallel = sys.modules.get(TRIGGER)
-    if parallel is not None:
-        register(parallel)
-    elif not any(isinstance(f, JoblibFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, JoblibFinder())
+    if not _off("SCOOPEXEC_NO_FUTURES_HOOK"):
+        futures = sys.modules.get(FUTURES)
+        if futures is not None:
+            add_executor(futures)
+        elif not any(type(f) is FuturesFinder for f in sys.meta_path):
+            sys.meta_path.insert(0, FuturesFinder())
+    if not _off("SCOOPEXEC_NO_JOBLIB_HOOK"):
+        parallel = sys.modules.get(TRIGGER)
+        if parallel is not None:
+            register(parallel)
+        elif not any(type(f) is JoblibFinder for f in sys.meta_path):
+            sys.meta_path.insert(0, JoblibFinder())

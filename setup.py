@@ -1,7 +1,8 @@
 """What pyproject.toml cannot say: scoopexec_joblib.pth at the top of site-packages.
 
 That one-line file imports ``_scoopexec_joblib`` at interpreter start, so that joblib knows the
-backend ``"scoop"`` without ``import scoopexec`` (see that module).  A wheel gets the file
+backend ``"scoop"``, and ``concurrent.futures`` the name ``ScoopExecutor``, without ``import
+scoopexec`` (see that module).  A wheel gets the file
 through build_py; an editable install (``pip install -e``, PEP 660) builds its wheel without
 build_py's output, so editable_wheel adds the file to that wheel's top level itself.
 """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -318,3 +320,22 @@ def largest_function_keys_kept(_=None):
         return max((len(k[1] if isinstance(k, tuple) else k) for k in keys), default=0)
 
     return longest(current_worker().fn_avg), longest(serialize._loaded_fns)
+
+
+def run_installed(code: str, cwd: object, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``code`` in a child that finds scoopexec only as installed (no PYTHONPATH, cwd elsewhere),
+    with its interpreter-start hooks on (the .pth of setup.py) unless ``env`` turns them off."""
+    import importlib.metadata  # (here: workers import this module)
+
+    import pytest
+
+    try:
+        importlib.metadata.distribution("scoopexec")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("scoopexec is not installed (pip install -e .): there is no .pth to test")
+    hooks_off = ("PYTHONPATH", "SCOOPEXEC_NO_JOBLIB_HOOK", "SCOOPEXEC_NO_FUTURES_HOOK")
+    full = {k: v for k, v in os.environ.items() if k not in hooks_off} | env
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, check=False, timeout=90, env=full, cwd=str(cwd),
+    )

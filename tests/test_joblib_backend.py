@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import pathlib
 import pickle
@@ -21,6 +20,7 @@ from scoopexec.integrations.joblib_backend import shared_pool, shutdown_shared_p
 from scoopexec import InitializerError, ScoopExecutor
 from tests import compat_helpers as h
 from tests.conftest import ROOT, run_script
+from tests.helpers import run_installed
 
 
 def _live_children():
@@ -89,22 +89,11 @@ def test_registered_when_joblib_was_imported_first():
 
 
 
-def _run_installed(code, cwd, **env):
-    """``code`` in a child that finds scoopexec only as installed (no PYTHONPATH, cwd elsewhere)."""
-    try:
-        importlib.metadata.distribution("scoopexec")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("scoopexec is not installed (pip install -e .): there is no .pth to test")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCOOPEXEC_NO_JOBLIB_HOOK")} | env
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, check=False, timeout=90, env=env, cwd=str(cwd),
-    )
 
 
 def test_joblib_knows_scoop_in_a_program_that_never_imports_scoopexec(tmp_path):
     """The installed scoopexec_joblib.pth (setup.py): what joblib's own `python -c` tests do."""
-    r = _run_installed(
+    r = run_installed(
         """
         import sys
         import joblib
@@ -125,7 +114,7 @@ def test_joblib_knows_scoop_in_a_program_that_never_imports_scoopexec(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == ["[0,", "1,", "4,", "9,", "16]", "[0,", "1,", "4]"]
     # parallel_config first, in a fresh process: it resolves the name through the same factory
-    r = _run_installed(
+    r = run_installed(
         """
         import joblib
         with joblib.parallel_config(backend="scoop", n_jobs=2):
@@ -164,7 +153,7 @@ def test_the_pth_line_is_silent_without_its_module_and_installs_the_hook_with_it
 
 
 def test_the_joblib_hook_can_be_turned_off(tmp_path):
-    r = _run_installed(
+    r = run_installed(
         """
         import joblib
         assert "scoop" not in joblib.parallel.BACKENDS
@@ -178,7 +167,7 @@ def test_the_joblib_hook_can_be_turned_off(tmp_path):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert "Invalid backend: scoop" in r.stdout.decode()
-    r = _run_installed('import joblib; assert "scoop" in joblib.parallel.BACKENDS', tmp_path,
+    r = run_installed('import joblib; assert "scoop" in joblib.parallel.BACKENDS', tmp_path,
                        SCOOPEXEC_NO_JOBLIB_HOOK="0")  # fmt: skip
     assert r.returncode == 0, r.stderr.decode()
 

@@ -44,6 +44,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
             import scoopexec, scoopexec.integrations
             from scoopexec import ScoopExecutor
             assert "site-packages" in scoopexec.__file__, scoopexec.__file__
+            from concurrent.futures import ScoopExecutor as FromTheStdlibsPlace  # (the wheel's .pth)
+            assert FromTheStdlibsPlace is ScoopExecutor
             def square(x):
                 return x * x
             if __name__ == "__main__":
