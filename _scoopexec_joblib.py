@@ -14,7 +14,7 @@ finders load it, and once the module has run it registers ``"scoop"`` as a small
 (unless scoopexec has registered its backend class already).  The factory imports
 scoopexec's joblib backend on its first call, which registers the class itself.  Importing
 joblib thus does not import scoopexec.  ``SCOOPEXEC_NO_JOBLIB_HOOK=1`` (any value but empty or
-``0``) turns all this off.
+``0``) turns this hook off.
 
 The same way, ``from concurrent.futures import ScoopExecutor`` works where scoopexec is
 installed, as it does for the standard library's executors: once ``concurrent.futures`` has
@@ -61,9 +61,9 @@ def register(parallel: "Any") -> None:
 class _ThenRegister:
     """Wraps a module's loader: runs it, steps aside, then calls ``then(module)``."""
 
-    def __init__(self, loader: "Any", then: "Any") -> None:
+    def __init__(self, loader: "Any", finder: "Any") -> None:
         self._loader = loader
-        self._then = then
+        self._finder = finder
 
     def __getattr__(self, name: str) -> "Any":
         return getattr(self._loader, name)
@@ -79,31 +79,43 @@ class _ThenRegister:
         spec = getattr(module, "__spec__", None)
         if spec is not None and spec.loader is self:
             spec.loader = self._loader
-        self._then(module)
+        self._finder.forget()  # its module has run: no more to do
+        self._finder.then(module)
 
 
 class JoblibFinder:
     """Answers once, for joblib.parallel, with what the finders after it answer, loader wrapped."""
 
     trigger = TRIGGER
+    _asking = False  # asking the finders after it (which might ask the import system again)
 
     def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
-        if fullname != self.trigger:
+        if fullname != self.trigger or self._asking:
             return None
-        # One shot, and the finders asked below do not ask this one again.  A new list: an
-        # import going through the old one (this one, another thread's) skips no finder.
+        # It stays until the module has run (importlib.util.find_spec() may look before, or
+        # instead of, an import): each answer's loader is wrapped, the one that runs says so.
+        self._asking = True
+        try:
+            for finder in list(sys.meta_path):
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(fullname, path, target)
+                if spec is None:
+                    continue
+                if self.wanted() and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ThenRegister(spec.loader, self)
+                else:
+                    self.forget()  # (no loader it can wrap, or nothing left to do: it steps aside)
+                return spec
+            return None
+        finally:
+            self._asking = False
+
+    def forget(self) -> None:
+        """Leave sys.meta_path.  A new list: an import going through the old one (this one,
+        another thread's) skips no finder."""
         sys.meta_path = [f for f in sys.meta_path if f is not self]
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is None:
-                continue
-            if self.wanted() and hasattr(spec.loader, "exec_module"):
-                spec.loader = _ThenRegister(spec.loader, self.then)
-            return spec
-        return None
 
     def wanted(self) -> bool:
         # scoopexec imported: its own hook (scoopexec/_hooks.py) registers the class itself
@@ -123,8 +135,10 @@ def add_executor(futures: "Any") -> None:
 
     def __getattr__(name: str) -> "Any":
         if name == EXECUTOR:
-            from scoopexec import ScoopExecutor  # type: ignore[import-not-found]
-
+            try:
+                from scoopexec import ScoopExecutor  # type: ignore[import-not-found]
+            except ImportError as exc:  # (hasattr() must say False, not raise)
+                raise AttributeError(f"{name}: importing scoopexec failed: {exc}") from exc
             return ScoopExecutor
         if previous is not None:
             return previous(name)

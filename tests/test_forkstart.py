@@ -389,6 +389,34 @@ def test_a_worker_lost_after_its_template_is_not_said_to_have_exited_with_code_1
     assert _gone(pids) == []
 
 
+def test_workers_killed_together_after_their_template_are_all_said_to_have_ended_unknown_how() -> None:
+    # The broker sees such exits on two paths (a link's end, or a reap that finds several at
+    # once): neither may make up the status, nor blame os._exit(1) on the task.
+    with ScoopExecutor(max_workers=3, max_retries=0) as ex:
+        deadline = time.monotonic() + 60
+        while len(set(ex.map(parent_and_random, range(12)))) < 3 and time.monotonic() < deadline:
+            pass
+        pids = ex.worker_pids
+        template = psutil.Process(pids[0]).ppid()
+        assert template != os.getpid()
+        os.kill(template, signal.SIGKILL)
+        assert _gone([template]) == []
+        fs = [ex.submit(time.sleep, 30) for _ in pids]
+        while ex.status().assigned < len(pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # (each has started its task: a task lost before it ran is not blamed)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for f in fs:
+            with pytest.raises(Exception) as info:
+                f.result(timeout=60)
+            text = str(info.value)
+            assert "code 1" not in text and "os._exit" not in text and "how is not known" in text, text
+        assert ex.submit(abs, -3).result(timeout=60) == 3
+        everyone = [*pids, *ex.worker_pids]
+    assert _gone(everyone) == []
+
+
 def _one_worker(ex: ScoopExecutor) -> list[int]:
     ex.submit(abs, 1).result(timeout=60)
     return ex.worker_pids

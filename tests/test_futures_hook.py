@@ -66,6 +66,7 @@ def test_an_executor_left_running_at_exit_finishes_its_task_as_the_stdlibs_do(tm
 
 
 def test_the_futures_hook_can_be_turned_off(tmp_path):
+    pytest.importorskip("joblib")
     r = run_installed(
         """
         import sys
@@ -81,3 +82,23 @@ def test_the_futures_hook_can_be_turned_off(tmp_path):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == ["ImportError", "True"]
+
+
+def test_a_look_before_the_import_and_a_broken_scoopexec_leave_concurrent_futures_working(tmp_path):
+    # importlib.util.find_spec() asks the finders without importing: the hook must wait for the
+    # import itself.  And where scoopexec cannot be imported, hasattr() says False (no raise).
+    r = run_installed(
+        """
+        import importlib.util, sys
+        assert importlib.util.find_spec("concurrent.futures") is not None
+        sys.modules["scoopexec"] = None  # (an import of it now fails, as a broken install's would)
+        import concurrent.futures as cf
+        print(hasattr(cf, "ScoopExecutor"), cf.ThreadPoolExecutor.__name__)
+        del sys.modules["scoopexec"]
+        from concurrent.futures import ScoopExecutor
+        print(ScoopExecutor.__name__)
+        """,
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["False", "ThreadPoolExecutor", "ScoopExecutor"]

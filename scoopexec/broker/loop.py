@@ -78,8 +78,11 @@ TICK = 0.05  # s between ticks (liveness, exits, rate) while workers start or pe
 # s between ticks otherwise (at most a quarter of the heartbeat, an eighth of its timeout).  A
 # tick woke this thread 20 times a second for about 0.25 ms of CPU each: 0.5 % of a core,
 # taken from the workers on a machine whose cores they all use (issue 17's CPU-bound row).
-# Nothing urgent waits on it: a local worker's exit is seen on its link at once, a retiring
-# one's every QUICK_REAP s, a client's or worker's message wakes the loop.
+# Nothing urgent waits on it: a lost worker is seen at once (its link ends, a probe fails) and
+# its tasks go elsewhere; a retiring one is looked for every QUICK_REAP s; messages wake the
+# loop.  What does wait for a tick -- replacing a worker killed as hung, a worker that dies
+# before its HELLO when its start came between ticks, a first probe again -- waits up to one
+# quiet tick longer.
 QUIET_TICK = 0.25
 
 

@@ -234,9 +234,7 @@ class Supervisor:
             if mine is not None:
                 self._count_exit(tag, mine)
                 self._replace(tag)
-                if watcher.own_exit(tag):
-                    return watcher.describe_exit(tag, mine), None
-                return watcher.describe_exit(tag, mine), mine if watcher.exit_known(tag) else EXIT_UNKNOWN
+                return watcher.describe_exit(tag, mine), self._task_rc(tag, mine)
             time.sleep(0.005)
         return "", None
 
@@ -285,7 +283,7 @@ class Supervisor:
         # A tag names one local worker process, or a group of workers started
         # together on another host (their tags are "GROUP.N").
         lost = [w for w in self.b.ledger.workers.values() if w.tag == tag or w.tag.startswith(tag + ".")]
-        task_rc = None if self.b.watcher.own_exit(tag) else rc
+        task_rc = self._task_rc(tag, rc)
         self._count_exit(tag, rc)
         for w in lost:
             self.b.links.read_now(w.key)  # its last words first: a result it sent before it went
@@ -293,6 +291,15 @@ class Supervisor:
         if not lost:
             self.b.ledger.recent_losses.append(self.b.watcher.describe_exit(tag, rc))
         self._replace(tag)
+
+    def _task_rc(self, tag: str, rc: int) -> int | None:
+        """lose_worker()'s task_rc for a local worker that exited with ``rc``: None if it ended for
+        a reason of its own, EXIT_UNKNOWN if how it ended is not known."""
+        watcher = self.b.watcher
+        assert watcher is not None
+        if watcher.own_exit(tag):
+            return None
+        return rc if watcher.exit_known(tag) else EXIT_UNKNOWN
 
     def _count_exit(self, tag: str, rc: int) -> None:
         """A local worker that ended itself to be replaced (worker/limits.py) is counted, for status."""

@@ -283,7 +283,7 @@ class LocalWorkers:
         self.notes: dict[str, str] = {}  # tag -> why it exited, in its own words (contract.py)
         self.start_timeout = contract.START_TIMEOUT
         self.killed: dict[str, str] = {}  # tag -> why we killed it while it was starting
-        self.status_lost: set[str] = set()  # exited after their template: nobody told how
+        self.status_lost: dict[str, str] = {}  # "exited" after their template, or "unforked" by it
         self._progress: dict[str, tuple[int, float]] = {}  # starting tag -> (CPU ticks, since)
         self._stopped_since: dict[str, float] = {}  # starting tag -> seen stopped since
         self._unconfirmed: list[ForkedProcess] = []  # forks asked for, pids not awaited yet
@@ -384,9 +384,7 @@ class LocalWorkers:
                 rc = proc.poll()
                 if rc is not None:
                     del self.procs[tag]
-                    self.exits[tag] = rc
-                    if not getattr(proc, "status_known", True):
-                        self.status_lost.add(tag)
+                    lost = not getattr(proc, "status_known", True)  # (rc made up: its template died)
                     self._progress.pop(tag, None)
                     self._stopped_since.pop(tag, None)
                     fd = self._note_fds.pop(tag, None)
@@ -395,8 +393,13 @@ class LocalWorkers:
                         os.close(fd)
                         if welcomed:
                             self.mark_hello(tag)  # it reached its broker: not a failed start
+                        if lost and note is not None and note[0] in contract.REASONS:
+                            rc, lost = note[0], False  # it said what it exited with, just before
                         if note is not None and note[0] == rc and rc in contract.REASONS:
                             self.notes[tag] = note[1]
+                    self.exits[tag] = rc
+                    if lost:
+                        self.status_lost[tag] = "exited" if getattr(proc, "known_pid", None) else "unforked"
                     if proc.stdin is not None:
                         try:
                             proc.stdin.close()
@@ -527,7 +530,10 @@ class LocalWorkers:
         note = self.notes.get(tag)
         if note is not None:
             return f"worker process {tag} {describe_returncode(returncode, _HOST, own=True)}: {note}"
-        if tag in self.status_lost:  # (its note, if any, said why: it was read above)
+        lost = self.status_lost.get(tag)
+        if lost == "unforked":
+            return f"worker process {tag} never started: the pool's worker template ended before it forked it"
+        if lost is not None:  # (a note it left would have told its status: reap())
             return (
                 f"worker process {tag} has exited, how is not known: the pool's worker template, "
                 "its parent, which reaps it and tells its exit status, had ended before it"
