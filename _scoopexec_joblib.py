@@ -170,15 +170,12 @@ def _off(variable: str) -> bool:
 
 def install() -> None:
     """What the .pth file calls."""
-    if not _off("SCOOPEXEC_NO_FUTURES_HOOK"):
-        futures = sys.modules.get(FUTURES)
-        if futures is not None:
-            add_executor(futures)
-        elif not any(type(f) is FuturesFinder for f in sys.meta_path):
-            sys.meta_path.insert(0, FuturesFinder())
-    if not _off("SCOOPEXEC_NO_JOBLIB_HOOK"):
-        parallel = sys.modules.get(TRIGGER)
-        if parallel is not None:
-            register(parallel)
-        elif not any(type(f) is JoblibFinder for f in sys.meta_path):
-            sys.meta_path.insert(0, JoblibFinder())
+    hooks = (("SCOOPEXEC_NO_FUTURES_HOOK", FuturesFinder), ("SCOOPEXEC_NO_JOBLIB_HOOK", JoblibFinder))
+    for variable, kind in hooks:
+        if _off(variable):
+            continue
+        module = sys.modules.get(kind.trigger)
+        if module is not None:  # (imported already, by another .pth)
+            kind.then(module)
+        elif not any(type(f) is kind for f in sys.meta_path):
+            sys.meta_path.insert(0, kind())
