@@ -368,7 +368,7 @@ def main() -> int:
         problems = [p for r in runs for p in check(r, expected)]
         print()
         for r in runs:
-            listed = len(expected.get(r.suite, ("", {}))[1])
+            listed = len(expected.get(f"{r.suite} {r.version}", expected.get(r.suite, ("", {})))[1])
             print(f"{r.suite} {r.version}: {r.counts()}, {listed} expected to fail")
         for p in problems:
             print("PROBLEM:", p)
