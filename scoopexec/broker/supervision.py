@@ -51,6 +51,7 @@ class ProcessWatcher(Protocol):
     def starting(self) -> int: ...
     def check_starting(self, stopped_limit: float) -> list[str]: ...  # kills the stuck; says why
     def kill(self, tag: str) -> None: ...
+    def wait_exit(self, tag: str, timeout: float) -> None: ...  # at most timeout s, less if news come
     def replace(self, tag: str) -> bool: ...
     def why_not_replaced(self, tag: str) -> str: ...  # "" unless a replacement cannot be started
     def own_exit(self, tag: str) -> bool: ...  # it ended for a reason of its own (deploy/contract.py)
@@ -235,7 +236,7 @@ class Supervisor:
                 self._count_exit(tag, mine)
                 self._replace(tag)
                 return watcher.describe_exit(tag, mine), self._task_rc(tag, mine)
-            time.sleep(0.005)
+            watcher.wait_exit(tag, 0.005)
         return "", None
 
     def on_cancel(self, owner: bytes, tids: list[int], arg: int) -> None:

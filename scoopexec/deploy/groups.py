@@ -337,6 +337,13 @@ class Launchers:
         """Local workers that cannot start are killed (see LocalWorkers.check_starting)."""
         return self.local.check_starting(stopped_limit) if self.local is not None else []
 
+    def wait_exit(self, tag: str, timeout: float) -> None:
+        """Wait up to ``timeout`` s for news of a local worker's exit (LocalWorkers.wait_exit)."""
+        if self.local is not None and self._is_local(tag):
+            self.local.wait_exit(tag, timeout)
+        else:
+            time.sleep(timeout)
+
     def kill(self, tag: str) -> None:
         """End a hung local worker (remote ones end with their ssh session or the broker)."""
         if self.local is not None and self._is_local(tag):

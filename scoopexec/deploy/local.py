@@ -540,6 +540,16 @@ class LocalWorkers:
             )
         return f"worker process {tag} {describe_returncode(returncode, _HOST)}"
 
+    def wait_exit(self, tag: str, timeout: float) -> None:
+        """Wait up to ``timeout`` s for ``tag``'s exit to be known: a forked one's template tells
+        it (its status comes a fraction of a millisecond after its link's end, where a fixed
+        sleep held the broker's loop 5 ms); another is looked at again after ``timeout``."""
+        proc = self.procs.get(tag)
+        if isinstance(proc, ForkedProcess) and not proc.template.gone:
+            proc.template.wait_for(lambda: proc.returncode is not None, timeout)
+        else:
+            time.sleep(timeout)
+
     def kill(self, tag: str) -> None:
         """SIGKILL one worker (a hung one); reap() reports it and replace() starts another."""
         with self._lock:
