@@ -384,7 +384,8 @@ class LocalWorkers:
                 rc = proc.poll()
                 if rc is not None:
                     del self.procs[tag]
-                    lost = not getattr(proc, "status_known", True)  # (rc made up: its template died)
+                    forked = proc if isinstance(proc, ForkedProcess) else None
+                    lost = forked is not None and not forked.status_known  # (rc made up: its template died)
                     self._progress.pop(tag, None)
                     self._stopped_since.pop(tag, None)
                     fd = self._note_fds.pop(tag, None)
@@ -399,7 +400,7 @@ class LocalWorkers:
                             self.notes[tag] = note[1]
                     self.exits[tag] = rc
                     if lost:
-                        self.status_lost[tag] = "exited" if getattr(proc, "known_pid", None) else "unforked"
+                        self.status_lost[tag] = "exited" if forked and forked.known_pid else "unforked"
                     if proc.stdin is not None:
                         try:
                             proc.stdin.close()
