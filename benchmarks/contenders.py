@@ -45,6 +45,11 @@ class Pool:
     def shutdown(self) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def load() -> None:
+        """Import what making a pool needs (the "import" row, timed apart from the "start" row:
+        a script pays it once, before its first pool, whatever it does next)."""
+
     def coordinator_cpu(self, worker_pids: set[int]) -> float:
         """CPU seconds used so far by the pool's machinery outside its worker processes.
 
@@ -98,6 +103,10 @@ class ScoopexecPool(ExecutorPool):
 
         super().__init__(ScoopExecutor(n))
 
+    @staticmethod
+    def load() -> None:
+        from scoopexec import ScoopExecutor  # noqa: F401  (the package's lazy attribute: the client)
+
     def coordinator_cpu(self, worker_pids: set[int]) -> float:
         return broker_thread_cpu()
 
@@ -121,6 +130,10 @@ class PPEPool(ExecutorPool):
     def __init__(self, n: int) -> None:
         super().__init__(cf.ProcessPoolExecutor(n))
 
+    @staticmethod
+    def load() -> None:
+        import concurrent.futures.process  # noqa: F401  (concurrent.futures imports it lazily)
+
     def map_buffered(
         self, fn: Callable[..., Any], items: Iterable[Any], chunksize: int, buffersize: int
     ) -> Iterator[Any]:
@@ -132,6 +145,10 @@ class LokyPool(ExecutorPool):
         import loky
 
         super().__init__(loky.ProcessPoolExecutor(n))
+
+    @staticmethod
+    def load() -> None:
+        import loky  # noqa: F401
 
 
 class DaskPool(Pool):
@@ -151,6 +168,10 @@ class DaskPool(Pool):
             silence_logs=logging.ERROR,
         )
         self.client = Client(self.cluster)
+
+    @staticmethod
+    def load() -> None:
+        import distributed  # noqa: F401
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.client.submit(fn, *args, pure=False)
@@ -198,6 +219,10 @@ class RayPool(Pool):
             _node_ip_address="127.0.0.1",
         )
         self._remote: dict[Any, Any] = {}
+
+    @staticmethod
+    def load() -> None:
+        import ray  # noqa: F401
 
     def _fn(self, fn: Callable[..., Any]) -> Any:
         r = self._remote.get(fn)

@@ -29,7 +29,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path):
     assert result["errors"] == [], result["errors"]
     assert result["meta"]["rounds"] == 1 and result["meta"]["python"]
     keys = [row["key"] for row in result["rows"]]
-    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "broker_cpu", "start",
+    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "broker_cpu", "import", "start",
                 "shutdown", "nested", "routing", "wide", "memory"):  # fmt: skip
         assert key in keys
     by_key = {row["key"]: row for row in result["rows"]}
@@ -37,7 +37,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path):
         assert row["target"] and row["met"] in (True, False, None)
         value = row["values"]["scoopexec"]
         assert isinstance(value, (int, float)) and value >= 0, (row["key"], value)
-    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "start", "shutdown",
+    for key in ("submit", "map1", "mapchunk", "rtt", "array_first", "array", "cpu", "import", "start", "shutdown",
                 "wide"):  # fmt: skip
         assert by_key[key]["values"]["ProcessPoolExecutor"] > 0, key
     for key in ("submit", "map1", "mapchunk", "rtt", "array"):
