@@ -194,6 +194,10 @@ class TraceRecorder:
         self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
         self._later = Pending()  # what on_dispatch and _bulk left to lay out (_settle)
         self._bulk_from = _BULK_FROM  # messages of fewer results go through the per-task loop
+        # Broker id -> bytes its large function frame took at the task's latest dispatch: the
+        # whole frame, or its 17-byte head to a worker that holds it (ledger.task_entries).
+        # Only tasks with such a frame; each leaves with its result (or when given up).
+        self._fn_sent: dict[int, int] = {}
 
     @property
     def recorded(self) -> int:
@@ -223,12 +227,15 @@ class TraceRecorder:
     # ------------------------------------------------------------ recording
     def on_dispatch(
         self, w: _WorkerLike, batch: Sequence[_TaskLike], flat: Sequence[int] | None = None,
-        head: bytes | None = None,
+        head: bytes | None = None, sent: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins); ``flat``: their
         TASKS entries one after the other (ledger.task_entries), ``head`` the TASKS message's
         header frame packed from them (which the broker passes: kept as it is, their broker ids
-        taken out of it later, tracebulk.Pending.take_sent)."""
+        taken out of it later, tracebulk.Pending.take_sent); ``sent``: (broker id, bytes) of the
+        large function frames as they went (task_entries': what a task's bytes in counts)."""
+        if sent:
+            self._fn_sent.update(sent)
         later = self._later
         if (self._stored + len(self._buf)) // _RECORD.size + later.pending < self.limit:  # (recorded, inline)
             if head is None:
@@ -251,7 +258,9 @@ class TraceRecorder:
         send them goes through _bulk, any other through on_results' loop.
         """
         k = len(entries)
-        if k >= self._bulk_from and len(done) == k and self._bulk(w, entries, frames, done):
+        # (not while a large function frame is out: its tasks' bytes in are counted one by one)
+        bulk = k >= self._bulk_from and len(done) == k and not self._fn_sent
+        if bulk and self._bulk(w, entries, frames, done):
             return
         self.on_results(w, entries, frames, {t.btid: t for t in done})
 
@@ -275,6 +284,7 @@ class TraceRecorder:
         pack = _RECORD.pack
         names = self._names
         index = self._index
+        fn_sent = self._fn_sent
         key = w.key
         kidx = index.get(key)
         if kidx is None:
@@ -304,6 +314,10 @@ class TraceRecorder:
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
                 fn = task.function_frame()
+            if fn_sent:
+                went = fn_sent.pop(btid, None)
+                if went is not None:  # a large function frame: what went, maybe its head alone
+                    nin += went - len(fn)
             if fn is not last_fn:  # (a message's tasks mostly share one frame: no hash of it per task)
                 last_fn = fn
                 if type(fn) is not bytes:
@@ -408,6 +422,8 @@ class TraceRecorder:
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
+        if given_up and self._fn_sent:
+            self._fn_sent.pop(task.btid, None)
         if w.key not in self.workers:
             self._remember(w)
         self.lost.append((time.time(), w.key, task.btid, reason, given_up))

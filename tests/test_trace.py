@@ -62,6 +62,31 @@ def _raise_in_task():
     raise ValueError("recorded failure")
 
 
+def _reading(blob):
+    return lambda i: len(blob) + i  # (a closure: pickled by value, its frame holds the blob)
+
+
+def test_bytes_in_counts_a_large_function_frame_where_it_went_whole(tmp_path):
+    # A function frame of 256 KiB and more goes whole once to each worker, then as its 17-byte
+    # head (wire/fnframes.py): a task's bytes in is what went for it, not the frame each time.
+    path = tmp_path / "run.json"
+    big = 400_000
+    fn = _reading(b"x" * big)
+    with ScoopExecutor(2, trace=path) as ex:
+        assert list(ex.map(fn, range(24))) == [big + i for i in range(24)]
+        assert ex.submit(fn, 1).result(timeout=60) == big + 1
+        used = set(ex.worker_pids)
+    _, events = _events(path)
+    tasks = [e for e in events if e["ph"] == "X"]
+    assert len(tasks) == 25
+    whole = [e for e in tasks if e["args"]["bytes_in"] >= big]
+    assert 1 <= len(whole) <= len(used)  # once per worker that ran one
+    assert len({e["pid"] for e in whole}) == len(whole)
+    assert all(e["args"]["bytes_in"] < 1_000 for e in tasks if e not in whole)
+    s = summarize(load(str(path)))
+    assert s.bytes_in == sum(e["args"]["bytes_in"] for e in tasks) < (len(used) + 1) * big
+
+
 def test_a_real_run_with_nested_tasks_gives_a_valid_chrome_trace(tmp_path):
     path = tmp_path / "run.json"
     with ScoopExecutor(2, trace=path) as ex:

@@ -189,19 +189,25 @@ class Task:
         return tuple(why for _, why in self.lost or ())
 
 
-def task_entries(batch: Iterable[Task], out: list[Any], w: WorkerState) -> list[int]:
+def task_entries(
+    batch: Iterable[Task], out: list[Any], w: WorkerState, sent: list[tuple[int, int]] | None = None
+) -> list[int]:
     """Task.entry for each task of ``batch``, flat, for worker ``w``: append their frames to
     ``out`` and return their TASKS entries one after the other (protocol.pack_flat takes them
     so: one call to pack them all, not one per task).  A large function frame that ``w``
-    holds already goes as its head alone (wire/fnframes.py)."""
+    holds already goes as its head alone (wire/fnframes.py); ``sent`` (the timeline's) gets
+    (broker id, bytes of the function frame as it went) for each task that has such a frame."""
     flat: list[int] = []
     for t in batch:
         rest, lost, first = t.rest, t.lost, t.first
         if rest is MANY:
             n = len(first[0])
             if n >= MIN_SIZE or n == HEAD:
-                out.append(_function_frame(w, t.src.setup, first[0]))
+                fn = _function_frame(w, t.src.setup, first[0])
+                out.append(fn)
                 out.extend(first[1:])
+                if sent is not None:
+                    sent.append((t.btid, len(fn)))
             else:
                 out.extend(first)
             flat += (t.btid, t.src.setup, len(first), len(lost) if lost else 0)
@@ -209,6 +215,8 @@ def task_entries(batch: Iterable[Task], out: list[Any], w: WorkerState) -> list[
             n = len(first)
             if n >= MIN_SIZE or n == HEAD:
                 first = _function_frame(w, t.src.setup, first)
+                if sent is not None:
+                    sent.append((t.btid, len(first)))
             out += (first, rest)  # (one call, not two appends)
             flat += (t.btid, t.src.setup, 2, len(lost) if lost else 0)
     return flat
