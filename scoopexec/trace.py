@@ -194,10 +194,7 @@ class TraceRecorder:
         self._names: dict[bytes, int] = {}  # a function's pickle -> its name's index in _values
         self._later = Pending()  # what on_dispatch and _bulk left to lay out (_settle)
         self._bulk_from = _BULK_FROM  # messages of fewer results go through the per-task loop
-        # Broker id -> bytes its large function frame took at the task's latest dispatch: the
-        # whole frame, or its 17-byte head to a worker that holds it (ledger.task_entries).
-        # Only tasks with such a frame; each leaves with its result (or when given up).
-        self._fn_sent: dict[int, int] = {}
+        self._fn_sent: dict[int, int] = {}  # broker id -> what its large function frame took (on_dispatch)
 
     @property
     def recorded(self) -> int:
@@ -232,8 +229,8 @@ class TraceRecorder:
         """Tasks handed to worker ``w`` now (a retried task's latest attempt wins); ``flat``: their
         TASKS entries one after the other (ledger.task_entries), ``head`` the TASKS message's
         header frame packed from them (which the broker passes: kept as it is, their broker ids
-        taken out of it later, tracebulk.Pending.take_sent); ``sent``: (broker id, bytes) of the
-        large function frames as they went (task_entries': what a task's bytes in counts)."""
+        taken out of it later, tracebulk.Pending.take_sent); ``sent``: what their function frames of
+        256 KiB and more took as they went, whole or as a head (ledger.task_entries): their bytes in."""
         if sent:
             self._fn_sent.update(sent)
         later = self._later
@@ -258,8 +255,7 @@ class TraceRecorder:
         send them goes through _bulk, any other through on_results' loop.
         """
         k = len(entries)
-        # (not while a large function frame is out: its tasks' bytes in are counted one by one)
-        bulk = k >= self._bulk_from and len(done) == k and not self._fn_sent
+        bulk = k >= self._bulk_from and len(done) == k and not self._fn_sent  # (not with large frames out)
         if bulk and self._bulk(w, entries, frames, done):
             return
         self.on_results(w, entries, frames, {t.btid: t for t in done})
@@ -314,10 +310,8 @@ class TraceRecorder:
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
                 fn = task.function_frame()
-            if fn_sent:
-                went = fn_sent.pop(btid, None)
-                if went is not None:  # a large function frame: what went, maybe its head alone
-                    nin += went - len(fn)
+            if fn_sent and btid in fn_sent:  # a large function frame: what went, maybe its head alone
+                nin += fn_sent.pop(btid) - len(fn)
             if fn is not last_fn:  # (a message's tasks mostly share one frame: no hash of it per task)
                 last_fn = fn
                 if type(fn) is not bytes:
@@ -397,10 +391,7 @@ class TraceRecorder:
 
     def _template(self, src: Any, nidx: int, now: float, kidx: int, code: int) -> bytes:
         """A record of ``src``'s tasks, its per-task fields (Pending's) still 0."""
-        origin = src.origin
-        oidx = self._index.get(origin, -1)
-        if oidx < 0:
-            oidx = self._intern(origin)
+        oidx = self._intern(src.origin)  # (once a template, not a task)
         return _RECORD.pack(0, src.parent, oidx, nidx, src.submitted, 0.0, 0.0, now, kidx, 0, 0, 0, code)
 
     def _take(self) -> None:
@@ -422,7 +413,7 @@ class TraceRecorder:
 
     def on_lost(self, task: _TaskLike, w: _WorkerLike, reason: str, given_up: bool) -> None:
         """An attempt of ``task`` was lost with worker ``w`` (``given_up``: no retry left)."""
-        if given_up and self._fn_sent:
+        if given_up:
             self._fn_sent.pop(task.btid, None)
         if w.key not in self.workers:
             self._remember(w)

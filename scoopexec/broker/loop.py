@@ -518,12 +518,11 @@ class Broker:
             for shared in c.shares.values():
                 self.send(w.key, [P.header(P.SHARE, 0, c.setup), *shared])
         frames: list[Any] = [b""]
-        trace = self.trace
-        sent: list[tuple[int, int]] | None = None if trace is None else []
+        sent: list[tuple[int, int]] | None = None if self.trace is None else []  # (its large frames)
         flat = task_entries(batch, frames, w, sent)
         frames[0] = P.pack_flat(P.TASKS, len(batch), flat)
-        if trace is not None:
-            trace.on_dispatch(w, batch, flat, frames[0], sent)
+        if self.trace is not None:
+            self.trace.on_dispatch(w, batch, flat, frames[0], sent)
         self.send(w.key, frames)
 
     # ----------------------------------------------------------------- send
