@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,6 +14,7 @@ import psutil
 import pytest
 
 from scoopexec import ScoopExecutor
+from scoopexec.deploy import local
 from tests import helpers
 from tests.conftest import run_script
 from tests.helpers import sleep_and_return
@@ -219,6 +223,44 @@ def test_pending_futures_fail_if_pool_stops_under_them():
     ex.shutdown(wait=True)
     assert f.result() == 1
     assert isinstance(f, cf.Future)
+
+
+def _fork_a_sleeper():
+    """A task that leaves a child behind (a daemon it started, say): its pid, and its worker's."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    return pid, os.getpid()
+
+
+def test_shutdown_ends_what_a_task_left_running():
+    with ScoopExecutor(1) as ex:
+        child, worker = ex.submit(_fork_a_sleeper).result(timeout=60)
+        assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+    # Ended with its worker's group; its zombie may stay (this sandbox's PID 1 reaps nothing).
+    try:
+        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
+    assert not local.group_running(worker)
+
+
+def test_a_group_of_zombies_is_not_running():
+    # A signal 0 to a group finds its zombies too: the shutdown waited 1 s for the group of a
+    # worker whose task's child had ended, unreaped by its new parent (a container's PID 1).
+    p = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while local.process_state(p.pid) != b"Z":  # ended, not reaped yet: we are its parent
+            assert time.monotonic() < deadline, "the child did not end"
+            time.sleep(0.01)
+        os.killpg(p.pid, 0)  # (what the shutdown's wait asked: it answers that something is there)
+        assert not local.group_running(p.pid)
+        assert local.group_running(os.getpgrp())
+    finally:
+        p.wait()
+    assert not local.group_running(p.pid)
 
 
 def test_a_forked_child_leaves_its_parents_pool_alone_and_cannot_use_it():
