@@ -165,6 +165,27 @@ def check_trace_path(path: str | os.PathLike[str]) -> str:
     return p
 
 
+_MAX_FN_SENT = 1 << 16  # tasks whose large function frame's size as sent the recorder keeps
+
+
+def _note_sent(fn_sent: dict[int, int], sent: Sequence[tuple[int, int]]) -> None:
+    """Keep what the large function frames of tasks just dispatched took (TraceRecorder.on_dispatch):
+    the oldest go beyond _MAX_FN_SENT (a task that left without a result, cancelled, say; one that
+    does come then counts its whole frame)."""
+    fn_sent.update(sent)
+    while len(fn_sent) > _MAX_FN_SENT:
+        del fn_sent[next(iter(fn_sent))]
+
+
+def _large(frame: Any) -> bool:
+    """Whether a function frame is one the broker sends whole once a worker (ledger.task_entries)."""
+    try:
+        n = len(frame)
+    except TypeError:
+        return False
+    return n >= fnframes.MIN_SIZE or n == fnframes.HEAD
+
+
 class TraceRecorder:
     """Records every task a broker runs; ``write()`` saves the timeline.
 
@@ -231,10 +252,10 @@ class TraceRecorder:
         header frame packed from them (which the broker passes: kept as it is, their broker ids
         taken out of it later, tracebulk.Pending.take_sent); ``sent``: what their function frames of
         256 KiB and more took as they went, whole or as a head (ledger.task_entries): their bytes in."""
-        if sent:
-            self._fn_sent.update(sent)
         later = self._later
         if (self._stored + len(self._buf)) // _RECORD.size + later.pending < self.limit:  # (recorded, inline)
+            if sent:
+                _note_sent(self._fn_sent, sent)
             if head is None:
                 if flat is None:
                     flat = [v for t in batch for v in (t.btid, 0, 0, 0)]
@@ -255,8 +276,7 @@ class TraceRecorder:
         send them goes through _bulk, any other through on_results' loop.
         """
         k = len(entries)
-        bulk = k >= self._bulk_from and len(done) == k and not self._fn_sent  # (not with large frames out)
-        if bulk and self._bulk(w, entries, frames, done):
+        if k >= self._bulk_from and len(done) == k and self._bulk(w, entries, frames, done):
             return
         self.on_results(w, entries, frames, {t.btid: t for t in done})
 
@@ -295,6 +315,7 @@ class TraceRecorder:
             task = tasks.pop(btid, None)
             if task is None or (task.worker is not key and task.worker != key and key not in task.prev):
                 continue  # stale, or from a worker that never had the task: the broker drops it too
+            went = fn_sent.pop(btid, None) if fn_sent else None  # (its large function frame, as it went)
             if room <= 0:
                 self.dropped += 1
                 continue
@@ -310,8 +331,8 @@ class TraceRecorder:
             except TypeError:  # a pickle.PickleBuffer has no len()
                 nin, nout = _nbytes(task.frames), _nbytes(frames[first:pos])
                 fn = task.function_frame()
-            if fn_sent and btid in fn_sent:  # a large function frame: what went, maybe its head alone
-                nin += fn_sent.pop(btid) - len(fn)
+            if went is not None:
+                nin += went - len(fn)
             if fn is not last_fn:  # (a message's tasks mostly share one frame: no hash of it per task)
                 last_fn = fn
                 if type(fn) is not bytes:
@@ -358,7 +379,7 @@ class TraceRecorder:
         ):
             return False
         got = sizes(found, frames)
-        if got is None:
+        if got is None or (self._fn_sent and _large(found[0].first)):  # (its bytes in: as it went)
             return False
         srcs, nin, nout = got
         now = _time()
@@ -456,7 +477,7 @@ class TraceRecorder:
         rec = cls.__new__(cls)
         rec.path, rec.limit = path, raw.limit
         rec._index, rec._names = {}, {}  # (for recording more, which a read-back trace does not)
-        rec._later, rec._bulk_from = Pending(), _BULK_FROM
+        rec._later, rec._bulk_from, rec._fn_sent = Pending(), _BULK_FROM, {}
         rec._blocks, rec._stored = [], 0
         rec._buf = bytearray().join([*raw.blocks, raw.records])
         rec._sent = [bytearray(raw.sent)]

@@ -87,6 +87,65 @@ def test_bytes_in_counts_a_large_function_frame_where_it_went_whole(tmp_path):
     assert s.bytes_in == sum(e["args"]["bytes_in"] for e in tasks) < (len(used) + 1) * big
 
 
+def _sleeping_reader(blob):
+    def nap(seconds):
+        time.sleep(seconds)
+        return len(blob)
+
+    return nap
+
+
+def test_a_large_frame_task_that_never_answers_leaves_the_fast_path_on(tmp_path):
+    # A task cancelled while it runs sends no result: what its large frame took stayed in the
+    # recorder, and turned off the bulk path (tiny tasks' results, a message at a time) for good.
+    with ScoopExecutor(2, trace=tmp_path / "run.json") as ex:
+        rec = ex._session.trace
+        fut = ex.submit(_sleeping_reader(b"x" * 400_000), 60)
+        deadline = time.monotonic() + 60
+        while not fut.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ex.cancel(fut, force=True)
+        bulk = rec._bulk
+        calls = []
+        rec._bulk = lambda *a: calls.append(1) or bulk(*a)
+        assert list(ex.map(abs, range(-20_000, 0))) == list(range(20_000, 0, -1))
+    assert calls, "no message of tiny tasks' results went through the bulk path"
+
+
+def test_past_its_limit_the_recorder_keeps_no_frame_sizes(tmp_path):
+    import pickle
+
+    from scoopexec.broker.ledger import Ledger, task_entries
+    from scoopexec.wire import fnframes
+    from scoopexec.wire import protocol as P
+
+    ledger = Ledger(3)
+    ledger.add_client(b"C", {"role": "client"}, [b"{}", b""])
+    w = ledger.add_worker(b"E" * 12, {"name": "e", "pid": 4, "host": "h"})
+    ledger.grant(w, 10**6)
+    fn = fnframes.mark([pickle.dumps(bytes(300_000))])
+    ledger.submit(b"C", [((i, 0, 2), [fn, b"a"]) for i in range(5)], ledger.clients[b"C"])
+    rec = TraceRecorder(tmp_path / "t.json", limit=2)
+    batch = [ledger.tasks[b] for b in list(ledger.queue)]
+    ledger.queue.clear()
+    for t in batch:
+        t.worker = w.key
+        w.assigned.add(t.btid)
+    frames, sent = [b""], []
+    flat = task_entries(batch, frames, w, sent)
+    assert [n for _, n in sent] == [len(fn), 17, 17, 17, 17]  # whole once, then its head
+    rec.on_dispatch(w, batch, flat, P.pack_flat(P.TASKS, len(batch), flat), sent)
+    entries = [(t.btid, 0, 1, 1.7e9, 0.5) for t in batch]
+    results = [P.pack(P.RESULT, entries)] + [b"r"] * 5
+    done: list = []
+    ledger.finish(w, zip(entries, [[f] for f in results[1:]]), None, done)
+    rec.on_finished(w, entries, results, done)
+    assert rec.recorded == 2 and rec.dropped == 3
+    assert [r[9] for r in rec.records] == [len(fn) + 1, 17 + 1]
+    assert rec._fn_sent == {}
+
+
 def test_a_real_run_with_nested_tasks_gives_a_valid_chrome_trace(tmp_path):
     path = tmp_path / "run.json"
     with ScoopExecutor(2, trace=path) as ex:
