@@ -234,10 +234,20 @@ def _fork_a_sleeper():
     return pid, os.getpid()
 
 
-def test_shutdown_ends_what_a_task_left_running():
+def test_shutdown_ends_what_a_task_left_running(monkeypatch):
+    asked = []  # the shutdown's looks at the worker's group, 20 ms apart, for 1 s at most
+
+    def end_group(pgid, sig, _end=local._end_group):
+        asked.append((pgid, sig))
+        return _end(pgid, sig)
+
+    monkeypatch.setattr(local, "_end_group", end_group)
     with ScoopExecutor(1) as ex:
         child, worker = ex.submit(_fork_a_sleeper).result(timeout=60)
         assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+    # It ended on SIGTERM: a look or two found only its zombie (the whole second's 50 before).
+    assert (worker, signal.SIGTERM) in asked and asked.count((worker, 0)) < 20
+    assert (worker, signal.SIGKILL) not in asked
     # Ended with its worker's group; its zombie may stay (this sandbox's PID 1 reaps nothing).
     try:
         assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE

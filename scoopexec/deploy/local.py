@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from ..wire.security import Credentials, encode_frame
@@ -50,6 +50,7 @@ __all__ = [
     "process_state",
     "remote_pythonpath",
     "run_worker_group",
+    "running_groups",
     "use_socketpairs",
     "worker_env",
 ]
@@ -594,7 +595,7 @@ class LocalWorkers:
         deadline = time.monotonic() + 1.0
         while groups and time.monotonic() < deadline:
             time.sleep(0.02)
-            groups = [g for g in groups if group_running(g)]
+            groups = running_groups(groups)
         for g in groups:
             _end_group(g, signal.SIGKILL)
         with self._lock:
@@ -606,25 +607,33 @@ class LocalWorkers:
             self.template.stop()
 
 
-def group_running(pgid: int) -> bool:
-    """Whether process group ``pgid`` has a process that has not ended.  A signal 0 to the group
-    counts zombies too, and an orphan's zombie may never be reaped: a task's child outlives its
-    worker, ends on SIGTERM, and its new parent (PID 1 of a container, often) does not reap it.
-    Waiting for that group to empty took every shutdown a second.  Without /proc: the signal's
-    answer."""
-    if not _end_group(pgid, 0):
-        return False
+def running_groups(pgids: Iterable[int]) -> list[int]:
+    """The process groups of ``pgids`` that have a process that has not ended.  A signal 0 to a
+    group counts its zombies too, and an orphan's zombie may never be reaped: a task's child
+    outlives its worker, ends on SIGTERM, and its new parent (PID 1 of a container, often) does
+    not reap it; waiting for that group to empty took every shutdown a second.  So a group that
+    answers the signal is running unless /proc (read once for all) shows members of it, every one
+    ended; a group /proc does not show (another PID namespace's, or no /proc) is running."""
+    answering = [g for g in pgids if _end_group(g, 0)]
+    if not answering:
+        return []
+    live: set[bytes] = set()
+    ended: set[bytes] = set()
     try:
         names = os.listdir("/proc")
     except OSError:
-        return True
-    group = str(pgid).encode()
+        return answering
     for name in names:
         if name.isdigit():
             fields = _stat_fields(int(name))  # (state, ppid, pgrp, ...)
-            if fields and len(fields) > 2 and fields[2] == group and fields[0] not in (b"Z", b"X"):
-                return True
-    return False
+            if fields and len(fields) > 2:
+                (ended if fields[0] in (b"Z", b"X") else live).add(fields[2])
+    return [g for g in answering if str(g).encode() in live or str(g).encode() not in ended]
+
+
+def group_running(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a process that has not ended (:func:`running_groups`)."""
+    return bool(running_groups([pgid]))
 
 
 def _end_group(pgid: int, sig: int) -> bool:
