@@ -128,7 +128,7 @@ def rows(size: dict[str, Any]) -> list[Row]:
         ),
         Row("broker_cpu", "broker / scheduler CPU during those tasks", "% of a core", False, "max", 5, ".1f"),
         Row("import", "import the pool's module (a fresh process's first)", "s", False, "none", 0, ".3f"),
-        Row("start", "start pool + first result (imports done)", "s", False, "max", 0.2, ".3f"),
+        Row("start", "start pool + first result (top-level import done)", "s", False, "max", 0.2, ".3f"),
         Row("shutdown", "shutdown", "s", False, "max", 0.2, ".3f"),
         Row("nested", "4 nested sub-tasks from a task, p50", "ms", False, "max", 0.5, ".2f"),
         Row("routing", f"broker routing rate, batches of {s['route_batch']}", "tasks/s", True, "min", 50_000),
