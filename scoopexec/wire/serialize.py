@@ -1,10 +1,12 @@
 """Turning calls, results and exceptions into frames, and back.
 
 Objects are pickled with protocol 5.  Buffers of at least ``OOB_MIN`` bytes
-(NumPy arrays, bytes, memoryviews, anything exposing ``PickleBuffer``) leave
-the pickle as separate frames, which ZeroMQ sends without copying and which
-the receiver hands straight back to ``pickle.loads`` (the resulting arrays
-are writable and share the received frame's memory).
+(NumPy arrays, anything that pickles to a ``pickle.PickleBuffer``) leave the
+pickle as separate frames, which ZeroMQ sends without copying and which the
+receiver hands straight back to ``pickle.loads`` (the resulting arrays are
+writable and share the received frame's memory).  ``bytes`` and ``bytearray``
+stay inside the pickle (the pickler writes exact ``bytes`` itself, without
+asking a reducer; a ``bytearray`` could be sent apart, and is not).
 
 The standard C pickler is tried first because it is several times faster
 than cloudpickle on plain data; cloudpickle takes over whenever the object
