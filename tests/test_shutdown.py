@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import psutil
 import pytest
@@ -227,7 +228,9 @@ def test_pending_futures_fail_if_pool_stops_under_them():
 
 def _fork_a_sleeper():
     """A task that leaves a child behind (a daemon it started, say): its pid, and its worker's."""
-    pid = os.fork()
+    with warnings.catch_warnings():  # (3.12+ warns of a fork of a process with threads: the worker)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         time.sleep(60)
         os._exit(0)
