@@ -69,6 +69,21 @@ def test_unknown_contender_is_a_clear_error():
     assert "unknown contender(s) nosuchpool" in r.stderr
 
 
+def test_compare_runs_leaves_out_the_start_row_across_the_import_split():
+    # Until the import had a row of its own, the start row counted it: not the same measure.
+    from benchmarks.compare_runs import table
+
+    def run(keys):
+        rows = [{"key": k, "label": k, "unit": "s", "higher_is_better": False} for k in keys]
+        return {"rows": rows, "raw": {"scoopexec": {k: [0.1] for k in keys}}}
+
+    old, new = run(["start", "shutdown"]), run(["import", "start", "shutdown"])
+    split = table([old], [new])
+    assert "| start (s)" not in split and "| shutdown (s)" in split and "start: not compared" in split
+    same = table([new], [new])
+    assert "| start (s)" in same and "not compared" not in same
+
+
 def test_the_ratio_is_the_median_of_the_rounds_ratios():
     # The measure: each round runs both side by side, and its ratio counts; not the
     # ratio of the medians, which can pair one round's scoopexec with another round's PPE.

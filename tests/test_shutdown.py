@@ -256,7 +256,7 @@ def test_shutdown_ends_what_a_task_left_running(monkeypatch):
         assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         pass
-    assert not local.group_running(worker)
+    assert local.running_groups([worker]) == []
 
 
 def test_a_group_of_zombies_is_not_running():
@@ -269,11 +269,10 @@ def test_a_group_of_zombies_is_not_running():
             assert time.monotonic() < deadline, "the child did not end"
             time.sleep(0.01)
         os.killpg(p.pid, 0)  # (what the shutdown's wait asked: it answers that something is there)
-        assert not local.group_running(p.pid)
-        assert local.group_running(os.getpgrp())
+        assert local.running_groups([p.pid, os.getpgrp()]) == [os.getpgrp()]
     finally:
         p.wait()
-    assert not local.group_running(p.pid)
+    assert local.running_groups([p.pid]) == []
 
 
 def test_a_forked_child_leaves_its_parents_pool_alone_and_cannot_use_it():

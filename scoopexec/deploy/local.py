@@ -42,7 +42,6 @@ __all__ = [
     "PACKAGE_ROOT",
     "THREAD_VARIABLES",
     "LocalWorkers",
-    "group_running",
     "limit_threads",
     "make_room_for",
     "process_start",
@@ -629,11 +628,6 @@ def running_groups(pgids: Iterable[int]) -> list[int]:
             if fields and len(fields) > 2:
                 (ended if fields[0] in (b"Z", b"X") else live).add(fields[2])
     return [g for g in answering if str(g).encode() in live or str(g).encode() not in ended]
-
-
-def group_running(pgid: int) -> bool:
-    """Whether process group ``pgid`` has a process that has not ended (:func:`running_groups`)."""
-    return bool(running_groups([pgid]))
 
 
 def _end_group(pgid: int, sig: int) -> bool:
