@@ -7,6 +7,7 @@ books alone are tested at the end."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 import time
@@ -345,6 +346,46 @@ def test_what_is_marked_a_maps_function_and_a_callable_submitted_again():
     serialize.encode_function(mapped, repeats=True)
     assert serialize.encode_function(mapped)[:1] == b"\x00"  # a map's function, then submitted
     assert serialize.encode_function(lambda: 1, repeats=True)[:1] == b"\x80"  # small
+
+
+@dataclasses.dataclass
+class _Model:  # (eq=True, so unhashable, as a dataclass is by default: a callable model and its data)
+    data: bytearray
+
+    def __call__(self, i=0):
+        pid, held = helpers.held_function_frames()
+        return self.data[i], pid, held
+
+
+def test_an_unhashable_callable_submitted_again_is_marked_as_a_hashable_one_is():
+    big = bytearray(fnframes.MIN_SIZE)
+    model = _Model(big)
+    with pytest.raises(TypeError):
+        hash(model)
+    assert serialize.encode_function(model)[:1] == b"\x80"  # once: maybe made for one call
+    assert [serialize.encode_function(model)[:1] for _ in range(2)] == [b"\x00"] * 2  # again: held
+    assert serialize.encode_function(model.__call__)[:1] == b"\x00"  # (its bound method: the same)
+    for _ in range(3):  # a new model each time, as a new partial: made for one call
+        assert serialize.encode_function(_Model(bytearray(big)))[:1] == b"\x80"
+
+
+def test_a_large_unhashable_callable_is_warned_about_once():
+    model = _Model(bytearray(2 << 20))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            serialize.encode_function(model)
+    assert [w.category for w in seen] == [LargeFunctionWarning]
+
+
+def test_each_worker_receives_an_unhashable_callable_it_is_submitted_again_once(one_worker):
+    model = _Model(bytearray(range(8)) * (1 << 17))  # 1 MiB
+    out = [one_worker.submit(model, i).result(timeout=60) for i in range(5)]
+    assert [v for v, _, _ in out] == [i % 8 for i in range(5)]
+    # The first went whole and unmarked; from the second on, marked: held once, the same buffer
+    # (before, every submit of it went whole, 20 MB a task for a model over a 20 MB array).
+    assert out[0][2] == {} and all(len(held) == 1 for _, _, held in out[1:])
+    assert len({b for _, _, h in out for b in h.values()}) == 1
 
 
 def test_a_client_lets_go_of_frames_unused_for_a_while():

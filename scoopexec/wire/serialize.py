@@ -606,22 +606,56 @@ def _sent_before(fn: Any) -> bool:
     user = _user_function(fn)
     if type(user) is types.MethodType:
         user = user.__self__  # (a bound method is made anew at every attribute access: its object)
-    try:
-        if user in _sent_large:
+    return _sent_large.seen(user)
+
+
+class _Seen:
+    """The callables seen before, held weakly: by equality where they hash (a WeakSet), else by
+    identity -- a class that defines ``__eq__`` without ``__hash__``, as a dataclass does, makes
+    unhashable objects, and a callable model holding its data is often one of those.  At most
+    _CACHE_MAX of each kind (past that, all are forgotten); one that cannot be referred to weakly
+    is never seen."""
+
+    def __init__(self) -> None:
+        self._hashed: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._by_id: dict[int, weakref.ref[Any]] = {}
+
+    def seen(self, obj: Any) -> bool:
+        """Whether ``obj`` was seen before; remember it if not."""
+        try:
+            if obj in self._hashed:
+                return True
+            if len(self._hashed) >= _CACHE_MAX:
+                self._hashed.clear()
+            self._hashed.add(obj)
+            return False
+        except Exception:  # (unhashable, not weakly referable, or its __eq__ fails: by identity)
+            pass
+        key = id(obj)
+        ref = self._by_id.get(key)
+        if ref is not None and ref() is obj:
             return True
-        if len(_sent_large) >= _CACHE_MAX:
-            _sent_large.clear()
-        _sent_large.add(user)
-    except Exception:  # (not weakly referable, not hashable, or its __eq__ fails: never marked)
-        pass
-    return False
+        by_id = self._by_id
+
+        def gone(r: weakref.ref[Any]) -> None:
+            if by_id.get(key) is r:  # (not another object's since given the same id)
+                by_id.pop(key, None)
+
+        try:
+            ref = weakref.ref(obj, gone)
+        except TypeError:
+            return False
+        if len(by_id) >= _CACHE_MAX:
+            by_id.clear()
+        by_id[key] = ref
+        return False
 
 
-_sent_large: weakref.WeakSet[Any] = weakref.WeakSet()
+_sent_large = _Seen()
 
 
 LARGE_FUNCTION = 1 << 20  # bytes of a function frame (pickled at every submit) worth a warning
-_warned_large: weakref.WeakSet[Any] = weakref.WeakSet()  # (once per function)
+_warned_large = _Seen()  # (once per function)
 
 
 def _warn_large(fn: Any, size: int) -> None:
@@ -630,12 +664,8 @@ def _warn_large(fn: Any, size: int) -> None:
     (its array out of band, compared with what was sent; 0.14 s a submit in band, for a 200 MB
     list), and a copy in each worker (ProcessPoolExecutor's forked workers look it up by name)."""
     user = _user_function(fn)
-    try:
-        if user in _warned_large:
-            return
-        _warned_large.add(user)
-    except TypeError:  # (not weakly referable: said each time)
-        pass
+    if _warned_large.seen(user):  # (one not weakly referable: said each time)
+        return
     names = []
     g = getattr(user, "__globals__", None)
     code = getattr(user, "__code__", None)
