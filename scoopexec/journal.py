@@ -46,7 +46,6 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import fcntl
-import hashlib
 import io
 import logging
 import mmap
@@ -60,12 +59,15 @@ import weakref
 import zlib
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from .errors import JournalError
 from .seeding import SeededCall, check_seed
+
+if TYPE_CHECKING:
+    import hashlib
 
 __all__ = ["Journal", "MapPlan", "function_identity", "item_key"]
 
@@ -368,9 +370,17 @@ def _key_dumps(obj: Any) -> bytes:
         return fh.getvalue()
 
 
+def _blake2b(person: bytes, data: bytes = b"") -> hashlib.blake2b:
+    """A BLAKE2b of KEY_SIZE bytes.  hashlib is imported here, on first use: at the top it loaded
+    OpenSSL (about 3 ms) into every ``from scoopexec import ScoopExecutor``, for journaled runs only."""
+    import hashlib  # stdlib, lazy: see above
+
+    return hashlib.blake2b(data, digest_size=KEY_SIZE, person=person)
+
+
 def function_identity(fn: Callable[..., Any]) -> bytes:
     """16 bytes that change when ``fn``'s definition does (see the module docstring)."""
-    h = hashlib.blake2b(digest_size=KEY_SIZE, person=b"scoopexec-fn1")
+    h = _blake2b(b"scoopexec-fn1")
     h.update(_key_dumps(fn))
     for part in _callables(fn):
         code = getattr(part, "__code__", None)
@@ -411,7 +421,7 @@ def item_key(fn_id: bytes, seed_part: bytes, args: tuple[Any, ...]) -> bytes:
             data = _sets_sorted_dumps(args)
     except Exception:
         data = _key_dumps(args)
-    h = hashlib.blake2b(fn_id, digest_size=KEY_SIZE, person=b"scoopexec-item1")
+    h = _blake2b(b"scoopexec-item1", fn_id)
     h.update(struct.pack("<I", len(seed_part)))
     h.update(seed_part)
     h.update(data)

@@ -145,15 +145,16 @@ def test_a_forked_worker_finds_its_command_line_parser_built() -> None:
     assert "give the broker's endpoint" in out.stderr
 
 
-def test_the_client_loads_no_asyncio() -> None:
+def test_the_client_loads_no_asyncio_nor_hashlib() -> None:
     """``from scoopexec import ScoopExecutor`` -- in the client, and in every worker whose main
     module has it at the top -- loads no asyncio: pyzmq's zmq.utils.monitor imports it (about
-    13 ms), so monitor events are read by wire/zmqsock.py."""
+    13 ms), so monitor events are read by wire/zmqsock.py; nor hashlib, which loads OpenSSL
+    (about 3 ms): seeded maps and journals import it when they hash."""
     code = "import json, sys; from scoopexec import ScoopExecutor; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     loaded = set(json.loads(out.stdout))
     assert "scoopexec.client.executor" in loaded and "zmq" in loaded
-    assert [m for m in ("asyncio", "zmq.utils.monitor", "ssl") if m in loaded] == []
+    assert [m for m in ("asyncio", "zmq.utils.monitor", "ssl", "hashlib", "_hashlib") if m in loaded] == []
 
 
 def test_monitor_events_read_as_pyzmq_reads_them() -> None:

@@ -43,7 +43,6 @@ import concurrent.futures as cf
 import logging
 import math
 import os
-import secrets
 import socket
 import sys
 import threading
@@ -114,7 +113,7 @@ class Broker:
     ) -> None:
         self.ctx = context or zmq.Context.instance()
         self.limits = limits or Limits()
-        self.pool_id = pool_id or secrets.token_hex(8)
+        self.pool_id = pool_id or os.urandom(8).hex()  # (as secrets.token_hex, without its hashlib)
         self.watcher = watcher
         self.supervisor = Supervisor(self)
         self.trim = IntakeTrim(enabled=local is None)  # memory.py: not in a client's process
