@@ -371,11 +371,37 @@ def test_an_unhashable_callable_submitted_again_is_marked_as_a_hashable_one_is()
 
 def test_a_large_unhashable_callable_is_warned_about_once():
     model = _Model(bytearray(2 << 20))
+    other = _Model(bytearray(2 << 20))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         for _ in range(3):
             serialize.encode_function(model)
-    assert [w.category for w in seen] == [LargeFunctionWarning]
+            serialize.encode_function(other.__call__)  # (a new bound method each time: its object)
+    assert [w.category for w in seen] == [LargeFunctionWarning] * 2
+
+
+class _EqFails:  # (hashable, but its __eq__ raises, as one comparing NumPy arrays would)
+    def __hash__(self):
+        return 1
+
+    def __eq__(self, other):
+        raise ValueError("ambiguous")
+
+    def __call__(self):
+        return 0
+
+
+def test_callables_seen_are_held_weakly_and_let_go_of_when_they_die():
+    import gc
+
+    seen = serialize._Seen()
+    model, odd = _Model(bytearray(8)), _EqFails()
+    assert [seen.seen(model), seen.seen(model), seen.seen(_Model(bytearray(8)))] == [False, True, False]
+    assert [seen.seen(odd), seen.seen(odd), seen.seen(odd)] == [False, True, True]  # (never compared)
+    assert {id(r()) for r in seen._refs.values()} == {id(model), id(odd)}
+    del model, odd
+    gc.collect()
+    assert seen._refs == {}
 
 
 def test_each_worker_receives_an_unhashable_callable_it_is_submitted_again_once(one_worker):

@@ -154,7 +154,18 @@ def test_the_client_loads_no_asyncio_nor_hashlib() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     loaded = set(json.loads(out.stdout))
     assert "scoopexec.client.executor" in loaded and "zmq" in loaded
-    assert [m for m in ("asyncio", "zmq.utils.monitor", "ssl", "hashlib", "_hashlib") if m in loaded] == []
+    never = ("asyncio", "zmq.utils.monitor", "ssl", "hashlib", "_hashlib", "secrets", "hmac")
+    assert [m for m in never if m in loaded] == []
+    # Nor once a pool ran tasks and a map and ended (what its construction and first submit import).
+    code = (
+        "import json, sys; from scoopexec import ScoopExecutor\n"
+        "with ScoopExecutor(max_workers=1) as ex: ex.submit(abs, -1).result(60); list(ex.map(abs, [1, 2]))\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert "scoopexec.broker.loop" in loaded
+    assert [m for m in never if m in loaded] == []
 
 
 def test_monitor_events_read_as_pyzmq_reads_them() -> None:

@@ -603,51 +603,47 @@ def _sent_before(fn: Any) -> bool:
     its pickle is then likely the same bytes again, which workers are to hold.  A callable made
     for one call (a partial or lambda around its data, joblib's batch) is not: workers would hold
     data they never see again (wire/fnframes.py)."""
+    return _sent_large.seen(_remembered(fn))
+
+
+def _remembered(fn: Any) -> Any:
+    """What stands for ``fn`` from one submit to the next: the user's callable inside a task
+    limit, and a bound method's object (a bound method is made anew at every attribute access)."""
     user = _user_function(fn)
-    if type(user) is types.MethodType:
-        user = user.__self__  # (a bound method is made anew at every attribute access: its object)
-    return _sent_large.seen(user)
+    return user.__self__ if type(user) is types.MethodType else user
 
 
 class _Seen:
-    """The callables seen before, held weakly: by equality where they hash (a WeakSet), else by
-    identity -- a class that defines ``__eq__`` without ``__hash__``, as a dataclass does, makes
-    unhashable objects, and a callable model holding its data is often one of those.  At most
-    _CACHE_MAX of each kind (past that, all are forgotten); one that cannot be referred to weakly
-    is never seen."""
+    """The callables seen before, by identity, held weakly: neither hashed nor compared, so an
+    unhashable one counts too (a class that defines ``__eq__`` without ``__hash__``, as a
+    dataclass does: a callable model holding its data is often one), and an equal one made
+    anew does not (made for one call, as a partial is).  At most _CACHE_MAX (past that, all are
+    forgotten); one that cannot be referred to weakly is never seen."""
 
     def __init__(self) -> None:
-        self._hashed: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._by_id: dict[int, weakref.ref[Any]] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
 
     def seen(self, obj: Any) -> bool:
         """Whether ``obj`` was seen before; remember it if not."""
-        try:
-            if obj in self._hashed:
-                return True
-            if len(self._hashed) >= _CACHE_MAX:
-                self._hashed.clear()
-            self._hashed.add(obj)
-            return False
-        except Exception:  # (unhashable, not weakly referable, or its __eq__ fails: by identity)
-            pass
+        refs = self._refs
         key = id(obj)
-        ref = self._by_id.get(key)
+        ref = refs.get(key)
         if ref is not None and ref() is obj:
             return True
-        by_id = self._by_id
 
         def gone(r: weakref.ref[Any]) -> None:
-            if by_id.get(key) is r:  # (not another object's since given the same id)
-                by_id.pop(key, None)
+            # (Not another object's, given the same id since.  Another thread could put one there
+            # between these two steps and lose it: that object would go unmarked once more.)
+            if refs.get(key) is r:
+                refs.pop(key, None)
 
         try:
             ref = weakref.ref(obj, gone)
         except TypeError:
             return False
-        if len(by_id) >= _CACHE_MAX:
-            by_id.clear()
-        by_id[key] = ref
+        if len(refs) >= _CACHE_MAX:
+            refs.clear()
+        refs[key] = ref
         return False
 
 
@@ -663,9 +659,9 @@ def _warn_large(fn: Any, size: int) -> None:
     are the large ones: a function reading a 200 MB array of the script costs 17 ms a submit
     (its array out of band, compared with what was sent; 0.14 s a submit in band, for a 200 MB
     list), and a copy in each worker (ProcessPoolExecutor's forked workers look it up by name)."""
-    user = _user_function(fn)
-    if _warned_large.seen(user):  # (one not weakly referable: said each time)
+    if _warned_large.seen(_remembered(fn)):  # (one not weakly referable: said each time)
         return
+    user = _user_function(fn)
     names = []
     g = getattr(user, "__globals__", None)
     code = getattr(user, "__code__", None)
