@@ -62,7 +62,8 @@ def scoop_map(
 
     Results come back in order.  ``chunksize`` calls travel per task; by
     default ("auto") the first calls go singly and later tasks carry a share
-    of what remains, shrinking to about 5 ms of calls at the cost measured
+    of what remains, shrinking to about 5 ms of calls at the cost measured (less
+    at the end of a long map)
     (scoopexec/autochunk.py), so that cheap evaluations are not swamped by the
     cost of a task and the workers finish together;
     ``timeout`` (seconds) bounds the whole map.  A call's exception is raised

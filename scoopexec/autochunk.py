@@ -8,15 +8,16 @@ depends on what an item costs, which the caller rarely knows.  Here:
 * every chunk is timed where it runs (:func:`run_timed`), so each result says what its items
   cost there, waiting for the pool excluded;
 * a chunk holds at least ``TARGET`` seconds of work at the cost measured (at least one item),
-  so that a task's own cost stays a few per cent of it;
+  so that a task's own cost stays a few per cent of it -- but for the end of a long map;
 * when the number of items is known, chunks are larger while much remains: a chunk holds
   what remains unsent divided by ``SPREAD`` times the number of workers (guided
   self-scheduling), never more than ``LONGEST`` seconds of work nor each worker's share of
   the items.  Sizes thus shrink towards the end of the map: few tasks (600 evaluations of
   10 ms make about 35 tasks on 2 workers, not 600) and the last chunks, small, let the
-  workers finish close together.  Once chunks of unequal sizes went out, they shrink below
-  ``TARGET``, down to ``TAIL`` of it: each worker holds a chunk or two ahead (the broker's
-  credit), so the first, largest ones pair up unevenly, and the end evens that out (600
+  workers finish close together.  In a map whose first chunks hold twice the target or more
+  (20 ms of work a worker, on 2 workers), they shrink below ``TARGET``, down to ``TAIL`` of
+  it: each worker holds a chunk or two ahead (the broker's credit), so the first, largest
+  ones pair up unevenly, and the end evens that out (600
   evaluations of 0.1 ms on 2 workers: the workers ended 1.6-3.2 ms apart with a last round of
   5 ms chunks, 0.6-0.8 ms apart with 1.1 ms ones, and the map took 3 % less).  What remains
   at the least goes in whole rounds of equal chunks, one per worker (600 items of 25 us on
@@ -51,7 +52,7 @@ from .errors import remote_traceback
 from .worker import chunks
 
 __all__ = [
-    "AUTO", "LONGEST", "PROBES", "SPREAD", "TARGET", "Sizer",
+    "AUTO", "LONGEST", "PROBES", "SPREAD", "TAIL", "TARGET", "Sizer",
     "known_cost", "ordered", "remember_cost", "run_timed",
 ]  # fmt: skip
 
@@ -59,7 +60,7 @@ AUTO = "auto"
 TARGET = 0.005  # s of work per chunk: a task's own cost (~0.1 ms) is then a few per cent of it
 PROBES = 2  # items sent singly per worker before anything is measured
 SPREAD = 2  # a chunk holds at most what remains unsent / (SPREAD x workers)
-TAIL = 0.25  # of TARGET: the least work of a chunk at the end of a map whose chunks shrank
+TAIL = 0.25  # of TARGET: the least work of a chunk at the end of a map whose first chunks were large
 LONGEST = 0.25  # s of work at most per chunk (progress, timeouts, a lost worker's work)
 
 
@@ -96,7 +97,8 @@ class Sizer:
         self.cap = max(1, math.ceil(total / self.workers)) if total is not None else None
         self.unsent = total  # items not yet given to a chunk (None: unknown)
         self.even: int | None = None  # the size of the last chunks, once the end is reached
-        self.shrinking = False  # a chunk was sized from what remains, above the least worth a task
+        self.even_for = 0  # the least that size was reckoned for
+        self.shrinking = False  # a chunk was sized from what remains, twice the least or more
         self.prior = prior
         self.target = target
         self.seconds = 0.0
@@ -130,16 +132,20 @@ class Sizer:
         size = least
         if self.unsent is not None:  # guided: a share of what remains, shrinking to the least
             guided = math.ceil(self.unsent / (SPREAD * self.workers))
-            if guided > least:
+            # (Twice, not just above: one item more must not double the tasks; one worker has
+            # no one to end with.)
+            if guided >= 2 * least and self.workers > 1:
                 self.shrinking = True
-            if self.shrinking:  # (chunks of unequal sizes went out: the end in smaller ones)
+            if self.shrinking:  # (chunks of twice the least went out: the end in smaller ones)
                 least = max(1, int(self.target * TAIL / cost) if cost > 0 else 1 << 30)
             longest = max(1, int(LONGEST / cost) if cost > 0 else 1 << 30)
             size = max(least, min(guided, longest))
             if size == least:  # the end: what remains in whole rounds of one equal chunk per worker
-                if self.even is None:
+                if self.even is None or not self.even_for / 2 <= least <= 2 * self.even_for:
+                    # (again if the cost moved far from what it was reckoned with)
                     rounds = max(1, math.ceil(math.ceil(self.unsent / least) / self.workers))
                     self.even = max(1, math.ceil(self.unsent / (rounds * self.workers)))
+                    self.even_for = least
                 size = self.even
         if self.items:  # (from a prior: sized at once)
             size = min(size, 2 * self.last)
@@ -198,6 +204,8 @@ def ordered(
         for _ in range(min(PROBES * sizer.workers, limit)):
             if not send(1):
                 break
+            if sizer.unsent:  # (the probes count: the last round is reckoned from what is left)
+                sizer.unsent -= 1
     else:
         while len(fs) < limit and send(sizer.next()):
             pass

@@ -165,7 +165,8 @@ class MapMixin:
 
         ``chunksize`` items travel per task; ``chunksize="auto"`` sizes the
         chunks from the measured cost of the first items (a share of what
-        remains, at least about 5 ms of work each: see scoopexec/autochunk.py;
+        remains, about 5 ms of work each or more, less at the end of a long
+        map: see scoopexec/autochunk.py;
         unordered maps then go one item per task); ``buffersize`` bounds how many
         tasks are in flight (the iterables are then read lazily);
         ``unordered=True`` yields results in the order they complete.

@@ -73,7 +73,7 @@ def test_a_known_count_goes_in_few_chunks_that_shrink_to_the_target():
     assert sizes[-3:] == [1, 1, 1], "the last chunks hold what the target allows: the workers end together"
 
 
-def test_cheap_items_start_with_a_share_of_the_items_and_end_at_the_target():
+def test_cheap_items_start_with_a_share_of_the_items_and_end_below_the_target():
     sizes = _plan(Sizer(2, total=600, prior=0.000_1, target=0.005))
     assert sizes[0] == 600 // (autochunk.SPREAD * 2)  # what remains / (SPREAD x workers)
     # About TAIL x TARGET (1.25 ms) of work at the end, in equal rounds (4 x 11): chunks of 150
@@ -81,6 +81,39 @@ def test_cheap_items_start_with_a_share_of_the_items_and_end_at_the_target():
     assert 10 <= min(sizes) <= 13 and sizes[-4:] == [11] * 4, sizes
     assert sizes == sorted(sizes, reverse=True)
     assert sum(sizes) >= 600
+
+
+def test_the_smaller_end_takes_first_chunks_of_twice_the_target_and_two_workers():
+    # 204 items of 0.1 ms on 2 workers: a first chunk of 51, one item over the target (50), keeps
+    # the plan of 200 items (a smaller end made it 9 tasks); 400 items: first chunks of 100.
+    assert _plan(Sizer(2, total=204, prior=0.000_1, target=0.005)) == [51, 39, 39, 39, 39]
+    assert _plan(Sizer(2, total=400, prior=0.000_1, target=0.005))[-4:] == [10] * 4
+    # One worker has no one to end with: the plan it had (its last 75 items in 2 rounds of 1).
+    assert _plan(Sizer(1, total=600, prior=0.000_1, target=0.005)) == [300, 150, 75, 38, 38]
+
+
+def test_the_probes_count_in_what_the_last_rounds_share():
+    from scoopexec.autochunk import ordered
+
+    sizes = []
+
+    def cheap(x):
+        return x
+
+    def submit(args):  # (each chunk done at once, as a worker reports it: 0.1 ms an item)
+        chunk = args[0]
+        sizes.append(len(chunk))
+        done: cf.Future = cf.Future()
+        done.set_result((0.000_1 * len(chunk), [cheap(*a) for a in chunk], None))
+        return done
+
+    out = list(ordered(cheap, iter([(i,) for i in range(600)]), submit, workers=2, total=600,
+                       end_time=None, buffersize=None))  # fmt: skip
+    assert out == list(range(600)) and sum(sizes) == 600
+    assert sizes[:4] == [1, 1, 1, 1]  # the probes
+    # The last round's chunks are equal but for rounding (at most rounds x workers - 1 = 3 items
+    # short); with the 4 probes uncounted, the last was 4 items shorter still: [.., 13, 7].
+    assert 0 <= sizes[-2] - sizes[-1] <= 3, sizes
 
 
 def test_a_map_of_equal_chunks_from_the_start_ends_in_chunks_of_the_target():
