@@ -123,9 +123,13 @@ class Sizer:
         else:
             size = self._sized(cost)
             self.last = max(self.last, size)
-        if self.unsent is not None:
-            self.unsent = max(0, self.unsent - size)
+        self.took(size)
         return size
+
+    def took(self, n: int) -> None:
+        """``n`` items went out in a chunk (next()'s, or one sized elsewhere: a probe)."""
+        if self.unsent is not None:
+            self.unsent = max(0, self.unsent - n)
 
     def _sized(self, cost: float) -> int:
         least = max(1, int(self.target / cost) if cost > 0 else 1 << 30)  # the least worth a task
@@ -204,8 +208,7 @@ def ordered(
         for _ in range(min(PROBES * sizer.workers, limit)):
             if not send(1):
                 break
-            if sizer.unsent:  # (the probes count: the last round is reckoned from what is left)
-                sizer.unsent -= 1
+            sizer.took(1)  # (the last round is reckoned from what is left)
     else:
         while len(fs) < limit and send(sizer.next()):
             pass

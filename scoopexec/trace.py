@@ -180,10 +180,9 @@ def _note_sent(fn_sent: dict[int, int], sent: Sequence[tuple[int, int]]) -> None
 def _large(frame: Any) -> bool:
     """Whether a function frame is one the broker sends whole once a worker (ledger.task_entries)."""
     try:
-        n = len(frame)
-    except TypeError:
+        return fnframes.worth_a_look(len(frame))
+    except TypeError:  # (a pickle.PickleBuffer has no len())
         return False
-    return n >= fnframes.MIN_SIZE or n == fnframes.HEAD
 
 
 class TraceRecorder:

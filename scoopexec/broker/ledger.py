@@ -202,7 +202,7 @@ def task_entries(
         rest, lost, first = t.rest, t.lost, t.first
         if rest is MANY:
             n = len(first[0])
-            if n >= MIN_SIZE or n == HEAD:
+            if n >= MIN_SIZE or n == HEAD:  # (fnframes.worth_a_look, inline: per task)
                 fn = _function_frame(w, t.src.setup, first[0])
                 out.append(fn)
                 out.extend(first[1:])
@@ -213,7 +213,7 @@ def task_entries(
             flat += (t.btid, t.src.setup, len(first), len(lost) if lost else 0)
         else:
             n = len(first)
-            if n >= MIN_SIZE or n == HEAD:
+            if n >= MIN_SIZE or n == HEAD:  # (fnframes.worth_a_look, inline: per task)
                 first = _function_frame(w, t.src.setup, first)
                 if sent is not None:
                     sent.append((t.btid, len(first)))

@@ -60,6 +60,7 @@ from typing import Any
 __all__ = [
     "HEAD", "HELD_BYTES", "HELD_FRAMES", "MAX_BUFFERS", "MIN_SIZE", "PACKED", "RECENT", "RECENT_SECONDS",
     "Held", "expire", "forget", "head_of", "mark", "pack_head", "pickle_of", "retain", "retaining", "unpack",
+    "worth_a_look",
 ]  # fmt: skip
 
 MIN_SIZE = 256 << 10  # bytes of a function frame from which it is marked
@@ -215,9 +216,15 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+def worth_a_look(size: int) -> bool:
+    """Whether a function frame of ``size`` bytes may be marked (whole, or its head alone), so
+    worth head_of(): the broker's per-task loop (ledger.task_entries) writes this test inline."""
+    return size >= MIN_SIZE or size == HEAD
+
+
 def head_of(frame: Any) -> bytes | None:
     """The head of a marked frame (whole, or the head alone), None for any other frame.
-    Callers look only at frames of HEAD or MIN_SIZE bytes and more (cheap: len())."""
+    Callers look only at frames worth_a_look() (cheap: len())."""
     with memoryview(frame) as mv:
         if len(mv) < HEAD or mv.ndim != 1 or mv.itemsize != 1 or mv[0] != 0:
             return None

@@ -645,7 +645,7 @@ def _take_tasks(msg: P.Message, queue: collections.deque[_Task], held: fnframes.
     for (btid, sid, _, attempt), body in msg.parts():
         task = _Task(btid, sid, attempt, body)  # type: ignore[arg-type]  # a list slice
         n = len(body[0]) if body else 0
-        if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:
+        if n >= fnframes.MIN_SIZE or n == fnframes.HEAD:  # (fnframes.worth_a_look, inline: per task)
             try:
                 task.fkey = _unmark(held, sid, body) or b""  # type: ignore[arg-type]
             except KeyError:
