@@ -52,7 +52,7 @@ import cloudpickle
 
 from .. import errors
 from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
-from . import fnframes, protocol
+from . import byvalue, fnframes, protocol
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -407,6 +407,9 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
         cached = _fn_cache.get(fn)
         if cached is not None:
             return [cached]
+        kept = byvalue.lookup(fn)  # (a script's function, pickled by value before: byvalue.py)
+        if kept is not None:
+            return [kept]
         try:
             data = pickle.dumps(fn, PROTOCOL)
         except Exception:
@@ -429,6 +432,8 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
     data = _cloud_dumps(fn, apart)
     if len(raws) > fnframes.MAX_BUFFERS:  # (more than a worker takes: in band, as before)
         return [_cloud_dumps(fn)]
+    if cacheable and not raws and len(data) < fnframes.MIN_SIZE:
+        byvalue.keep(fn, data)  # (a large one has its own way: wire/fnframes.py)
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 

@@ -1,0 +1,239 @@
+"""A script's function submitted again is pickled again only when what it was made from changed
+(wire/byvalue.py).  The script test runs a real pool from a real script; the others look at the
+kept pickles directly, against a pickle made afresh."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import textwrap
+import types
+
+import cloudpickle
+import pytest
+
+from scoopexec.wire import byvalue, serialize
+from tests.conftest import run_script
+
+SCRIPT = """
+    K = 1
+    M = 2
+    def helper(x):
+        return x * M
+    def f(x, d=0):
+        return helper(x) + K + d + abs(-100)
+    def make(step):
+        def g(x):
+            return x + step
+        def set_step(v):
+            nonlocal step
+            step = v
+        return g, set_step
+    g, set_step = make(1)
+"""
+
+
+def _script(extra: str = "") -> dict:
+    """A namespace as a script's (its functions belong to __main__, so they travel by value)."""
+    ns: dict = {"__name__": "__main__"}
+    exec(textwrap.dedent(SCRIPT) + extra, ns)
+    return ns
+
+
+def _fresh(fn) -> bytes:
+    """``fn`` pickled now, nothing kept."""
+    byvalue.clear()
+    try:
+        return serialize.dumps_function(fn)
+    finally:
+        byvalue.clear()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_kept():
+    byvalue.clear()
+    yield
+    byvalue.clear()
+
+
+def test_a_script_function_is_kept_and_its_pickle_is_what_cloudpickle_makes():
+    ns = _script()
+    f = ns["f"]
+    first = serialize.dumps_function(f)
+    assert byvalue.lookup(f) == first
+    assert serialize.dumps_function(f) is first  # (the kept bytes, not made again)
+    assert _fresh(f) == first
+    assert cloudpickle.loads(first)(1) == 2 + 1 + 0 + 100
+
+
+def _rebind_global(ns):
+    ns["K"] = 7
+
+
+def _rebind_helper(ns):
+    ns["helper"] = lambda x: x * 3
+
+
+def _rebind_helpers_global(ns):
+    ns["M"] = 5
+
+
+def _shadow_a_builtin(ns):
+    ns["abs"] = lambda x: 0
+
+
+def _new_defaults(ns):
+    ns["f"].__defaults__ = (1000,)
+
+
+def _new_code(ns):
+    ns["f"].__code__ = (lambda x, d=0: -x).__code__
+
+
+def _new_name(ns):
+    ns["f"].__qualname__ = "other"
+
+
+def _an_attribute(ns):
+    ns["f"].tag = 1
+
+
+def _delete_a_global(ns):
+    del ns["K"]
+
+
+CHANGES = [
+    _rebind_global, _rebind_helper, _rebind_helpers_global, _shadow_a_builtin, _new_defaults,
+    _new_code, _new_name, _an_attribute, _delete_a_global,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda c: c.__name__.strip("_"))
+def test_any_change_to_what_the_pickle_was_made_from_makes_it_anew(change):
+    ns = _script()
+    f = ns["f"]
+    before = serialize.dumps_function(f)
+    change(ns)
+    assert byvalue.lookup(f) is None
+    after = serialize.dumps_function(f)
+    assert after != before
+    assert after == _fresh(f)
+
+
+def test_a_closure_whose_cell_changes_is_made_anew():
+    ns = _script()
+    g, set_step = ns["g"], ns["set_step"]
+    before = serialize.dumps_function(g)
+    assert byvalue.lookup(g) == before
+    set_step(10)
+    assert byvalue.lookup(g) is None
+    assert cloudpickle.loads(serialize.dumps_function(g))(1) == 11
+
+
+def test_an_import_since_makes_it_anew():
+    ns = _script()
+    f = ns["f"]
+    serialize.dumps_function(f)
+    sys.modules["_scoopexec_test_byvalue_new"] = types.ModuleType("_scoopexec_test_byvalue_new")
+    try:
+        assert byvalue.lookup(f) is None  # (cloudpickle lists a package's submodules imported)
+    finally:
+        del sys.modules["_scoopexec_test_byvalue_new"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "DATA = [1]\ndef h(x):\n    return DATA[0] + x\n",  # a global that can change in place
+        "def h(x, acc=[]):\n    return x\n",  # a default that can
+        "def h(x, *, k={}):\n    return x\n",  # keyword defaults: a dict
+        "class C:\n    v = 1\ndef h(x):\n    return C.v + x\n",  # a class of the script
+        "def h(x):\n    return x\nh.tag = 1\n",  # attributes
+        "import collections\nCOUNT = collections.Counter()\ndef h(x):\n    return COUNT[x]\n",
+    ],
+    ids=["list", "list-default", "dict-kwdefaults", "script-class", "attribute", "instance"],
+)
+def test_a_function_that_reads_what_can_change_in_place_is_pickled_each_time(extra):
+    ns = _script(extra)
+    h = ns["h"]
+    serialize.dumps_function(h)
+    assert byvalue.lookup(h) is None
+
+
+def test_what_pickles_by_name_or_cannot_change_counts_as_unchanged():
+    extra = (
+        "import math, os.path\nfrom math import sqrt\nfrom collections import OrderedDict\n"
+        "T = (1, 2.5, 'a', b'b', None, frozenset({3}), (True, ...))\n"
+        "def h(x: int) -> float:\n"
+        "    return sqrt(x) + math.pi + len(T) + len(OrderedDict()) + len(os.path.sep)\n"
+    )
+    ns = _script(extra)
+    h = ns["h"]
+    data = serialize.dumps_function(h)
+    assert byvalue.lookup(h) == data
+    assert cloudpickle.loads(data)(4) == pytest.approx(2 + 3.141592653589793 + 7 + 0 + 1)
+
+
+def test_nothing_is_kept_while_a_module_is_pickled_by_value():
+    ns = _script()
+    f = ns["f"]
+    mod = types.ModuleType("_scoopexec_test_byvalue_mod")
+    sys.modules[mod.__name__] = mod
+    try:
+        cloudpickle.register_pickle_by_value(mod)
+        try:
+            serialize.dumps_function(f)
+            assert byvalue.lookup(f) is None
+        finally:
+            cloudpickle.unregister_pickle_by_value(mod)
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_function_that_dies_is_forgotten():
+    ns = _script()
+    serialize.dumps_function(ns["f"])
+    assert len(byvalue._kept) == 1
+    ns.clear()
+    gc.collect()
+    assert len(byvalue._kept) == 0
+
+
+def test_a_script_sees_each_change_between_submits_of_its_function():
+    code = """
+        from scoopexec import ScoopExecutor
+        from scoopexec.wire import byvalue
+
+        K = 1
+        M = 2
+        TABLE = [0]
+
+        def helper(x):
+            return x * M
+
+        def f(x):
+            return helper(x) + K + TABLE[0]
+
+        def g(x):
+            return helper(x) + K
+
+        if __name__ == "__main__":
+            with ScoopExecutor(2) as ex:
+                out = [ex.submit(g, 1).result(timeout=60), ex.submit(g, 1).result(timeout=60)]
+                kept = byvalue.lookup(g) is not None
+                K = 10
+                out.append(ex.submit(g, 1).result(timeout=60))
+                M = 3
+                out.append(ex.submit(g, 1).result(timeout=60))
+                def helper(x):
+                    return -x
+                out.append(ex.submit(g, 1).result(timeout=60))
+                out.append(ex.submit(f, 1).result(timeout=60))
+                TABLE[0] = 100
+                out.append(ex.submit(f, 1).result(timeout=60))
+                out.append(list(ex.map(g, [1, 2])))
+            print(kept, out)
+    """
+    r = run_script(code)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split("\n")[0] == "True [3, 3, 12, 13, 9, 9, 109, [9, 8]]"
