@@ -1,0 +1,146 @@
+"""Submits of the script's own function, side by side with those of a module's function.
+
+    python -m benchmarks.script_functions [--tasks 5000 --rounds 3 --only scoopexec,ProcessPoolExecutor,loky]
+
+The benchmarks' submit row maps a function of an importable module (benchmarks/tasks.py), which
+every library pickles by name.  A user's script more often submits a function it defines itself:
+``__main__.step`` here, which calls a helper and reads a constant of the script, as such functions
+do.  scoopexec and loky pickle it by value (cloudpickle: its code, and the globals it reads, so
+that a worker sees them as they are at the submit); ProcessPoolExecutor by name (its workers are
+forks of the script, or import it).  Each contender runs in a fresh interpreter per round, as this
+file run as a script, on 2 warm workers: ``--tasks`` submits of ``step``, then of the module's
+``noop``, each batch gathered.  Printed: tasks per second (submit to last result), median and
+spread over rounds, and scoopexec's ratio to each other contender (scoopexec's rate / theirs, the
+median of per-round ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.tasks import noop  # noqa: E402
+
+CONTENDERS = ["scoopexec", "ProcessPoolExecutor", "loky"]
+STEPS = ["script function", "module function"]
+OFFSET = 3
+
+
+def helper(x: int) -> int:
+    return x * 2
+
+
+def step(x: int) -> int:
+    return helper(x) + OFFSET
+
+
+def _pool(name: str) -> Any:
+    if name == "scoopexec":
+        from scoopexec import ScoopExecutor
+
+        return ScoopExecutor(max_workers=2)
+    if name == "loky":
+        import loky
+
+        return loky.get_reusable_executor(max_workers=2)
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(2)
+
+
+def child(name: str, n: int) -> dict[str, float]:
+    """Tasks per second of each step with ``name``'s pool (this process is the script)."""
+    ex = _pool(name)
+    try:
+        for fn in (step, noop):  # warm: every worker up, each function seen once
+            [f.result() for f in [ex.submit(fn, i) for i in range(20)]]
+        out = {}
+        cases = (("script function", step, 2 * (n - 1) + OFFSET), ("module function", noop, None))
+        for label, fn, want in cases:
+            t = time.perf_counter()
+            futures = [ex.submit(fn, i) for i in range(n)]
+            last = [f.result() for f in futures][-1]
+            out[label] = n / (time.perf_counter() - t)
+            assert want is None or last == want, (label, last)
+    finally:
+        ex.shutdown(wait=True)
+    return out
+
+
+def run(names: list[str], n: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    raw: dict[str, list[dict[str, float]]] = {c: [] for c in names}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # (the order rotates)
+            done = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child", name, "--tasks", str(n)],
+                env=env, capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+            raw[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}/{rounds}: {name} {raw[name][-1]}", file=sys.stderr, flush=True)
+    return raw
+
+
+def table(raw: dict[str, list[dict[str, float]]], n: int) -> str:
+    names = list(raw)
+    lines = [
+        f"{n} submits, gathered, 2 workers ({len(raw[names[0]])} rounds; tasks/s: median [spread]; "
+        "ratio: scoopexec's rate / the contender's, median of rounds)",
+        "| function | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for label in STEPS:
+        cells = []
+        for c in names:
+            rates = [r[label] for r in raw[c]]
+            cell = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
+            if c != "scoopexec" and "scoopexec" in raw:
+                ratios = [s[label] / o[label] for o, s in zip(raw[c], raw["scoopexec"], strict=True)]
+                cell += f", {statistics.median(ratios):.2f}x"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default=",".join(CONTENDERS))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.tasks < 1 or a.rounds < 1:
+        ap.error("--tasks and --rounds must be >= 1")
+    if a.child:
+        print(json.dumps(child(a.child, a.tasks)))
+        return 0
+    names = [c for c in a.only.split(",") if c]
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        ap.error(f"unknown contenders {sorted(unknown)}: choose among {CONTENDERS}")
+    if "loky" in names:
+        try:
+            import loky  # noqa: F401
+        except ImportError:
+            print("loky is not installed: skipped", file=sys.stderr)
+            names.remove("loky")
+    print(table(run(names, a.tasks, a.rounds), a.tasks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
