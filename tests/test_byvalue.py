@@ -40,6 +40,12 @@ def _script(extra: str = "") -> dict:
     return ns
 
 
+def _pickled_twice(fn) -> bytes:
+    """``fn`` pickled twice: kept, from the second pickle, when it can be."""
+    serialize.dumps_function(fn)
+    return serialize.dumps_function(fn)
+
+
 def _fresh(fn) -> bytes:
     """``fn`` pickled now, nothing kept."""
     byvalue.clear()
@@ -60,8 +66,11 @@ def test_a_script_function_is_kept_and_its_pickle_is_what_cloudpickle_makes():
     ns = _script()
     f = ns["f"]
     first = serialize.dumps_function(f)
-    assert byvalue.lookup(f) == first
-    assert serialize.dumps_function(f) is first  # (the kept bytes, not made again)
+    assert byvalue.lookup(f) is None  # (pickled once: maybe made for one submit)
+    second = serialize.dumps_function(f)
+    assert second == first
+    assert byvalue.lookup(f) is second
+    assert serialize.dumps_function(f) is second  # (the kept bytes, not made again)
     assert _fresh(f) == first
     assert cloudpickle.loads(first)(1) == 2 + 1 + 0 + 100
 
@@ -112,7 +121,7 @@ CHANGES = [
 def test_any_change_to_what_the_pickle_was_made_from_makes_it_anew(change):
     ns = _script()
     f = ns["f"]
-    before = serialize.dumps_function(f)
+    before = _pickled_twice(f)
     change(ns)
     assert byvalue.lookup(f) is None
     after = serialize.dumps_function(f)
@@ -123,7 +132,7 @@ def test_any_change_to_what_the_pickle_was_made_from_makes_it_anew(change):
 def test_a_closure_whose_cell_changes_is_made_anew():
     ns = _script()
     g, set_step = ns["g"], ns["set_step"]
-    before = serialize.dumps_function(g)
+    before = _pickled_twice(g)
     assert byvalue.lookup(g) == before
     set_step(10)
     assert byvalue.lookup(g) is None
@@ -133,7 +142,7 @@ def test_a_closure_whose_cell_changes_is_made_anew():
 def test_an_import_since_makes_it_anew():
     ns = _script()
     f = ns["f"]
-    serialize.dumps_function(f)
+    _pickled_twice(f)
     sys.modules["_scoopexec_test_byvalue_new"] = types.ModuleType("_scoopexec_test_byvalue_new")
     try:
         assert byvalue.lookup(f) is None  # (cloudpickle lists a package's submodules imported)
@@ -156,8 +165,9 @@ def test_an_import_since_makes_it_anew():
 def test_a_function_that_reads_what_can_change_in_place_is_pickled_each_time(extra):
     ns = _script(extra)
     h = ns["h"]
-    serialize.dumps_function(h)
+    _pickled_twice(h)
     assert byvalue.lookup(h) is None
+    assert byvalue._once[id(h)][1]  # (refused: not looked at again while it lives)
 
 
 def test_what_pickles_by_name_or_cannot_change_counts_as_unchanged():
@@ -169,7 +179,7 @@ def test_what_pickles_by_name_or_cannot_change_counts_as_unchanged():
     )
     ns = _script(extra)
     h = ns["h"]
-    data = serialize.dumps_function(h)
+    data = _pickled_twice(h)
     assert byvalue.lookup(h) == data
     assert cloudpickle.loads(data)(4) == pytest.approx(2 + 3.141592653589793 + 7 + 0 + 1)
 
@@ -182,7 +192,7 @@ def test_nothing_is_kept_while_a_module_is_pickled_by_value():
     try:
         cloudpickle.register_pickle_by_value(mod)
         try:
-            serialize.dumps_function(f)
+            _pickled_twice(f)
             assert byvalue.lookup(f) is None
         finally:
             cloudpickle.unregister_pickle_by_value(mod)
@@ -192,11 +202,12 @@ def test_nothing_is_kept_while_a_module_is_pickled_by_value():
 
 def test_a_function_that_dies_is_forgotten():
     ns = _script()
-    serialize.dumps_function(ns["f"])
-    assert len(byvalue._kept) == 1
+    _pickled_twice(ns["f"])
+    serialize.dumps_function(ns["g"])  # (once: remembered, not kept)
+    assert len(byvalue._kept) == 1 and len(byvalue._once) == 1
     ns.clear()
     gc.collect()
-    assert len(byvalue._kept) == 0
+    assert len(byvalue._kept) == 0 and len(byvalue._once) == 0
 
 
 def test_a_script_sees_each_change_between_submits_of_its_function():

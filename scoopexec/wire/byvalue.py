@@ -65,6 +65,8 @@ class _Kept:
 _Group = tuple[Any, tuple[str, ...], tuple[int, ...], list[Any]]
 _ANY_MISSING = itertools.repeat(_MISSING)
 _kept: dict[int, _Kept] = {}  # id(function) -> its pickle and what it was made from
+# id(function) -> (a weak reference to it, refused): pickled once, or found not to be kept
+_once: dict[int, tuple[Any, bool]] = {}
 
 
 def lookup(fn: Any) -> bytes | None:
@@ -82,15 +84,29 @@ def lookup(fn: Any) -> bytes | None:
 
 def keep(fn: Any, data: bytes) -> bool:
     """Record that ``data`` is ``fn`` pickled by value, if what it was made from cannot change
-    unseen (see the module docstring); True when recorded.  Call it right after pickling."""
+    unseen (see the module docstring); True when recorded.  Call it right after pickling.
+
+    Only from ``fn``'s second pickle: looking at what a pickle was made from costs about half
+    of what pickling does, and a lambda or closure made for one submit is pickled once.  A
+    function found to read what can change in place is not looked at again while it lives.
+    """
     key = id(fn)
     if type(fn) is not types.FunctionType or _BY_VALUE:
+        return False
+    seen = _once.get(key)
+    if seen is not None and seen[0]() is fn:
+        if seen[1]:  # (refused before)
+            return False
+    else:
+        _mark(key, fn, False)  # pickled once
         return False
     drop = functools.partial(_forget, key)
     groups: list[_Group] = []
     if not _watch(fn, groups, {}, drop):
         _kept.pop(key, None)
+        _mark(key, fn, True)
         return False
+    _once.pop(key, None)
     if len(_kept) >= KEEP_MAX:
         _kept.clear()
     _kept[key] = _Kept(weakref.ref(fn, drop), data, groups)
@@ -98,12 +114,23 @@ def keep(fn: Any, data: bytes) -> bool:
 
 
 def clear() -> None:
-    """Forget every pickle kept."""
+    """Forget every pickle kept, and every function pickled once."""
     _kept.clear()
+    _once.clear()
 
 
 def _forget(key: int, _ref: Any = None) -> None:
     _kept.pop(key, None)
+
+
+def _forget_once(key: int, _ref: Any = None) -> None:
+    _once.pop(key, None)
+
+
+def _mark(key: int, fn: Any, refused: bool) -> None:
+    if len(_once) >= KEEP_MAX:
+        _once.clear()
+    _once[key] = (weakref.ref(fn, functools.partial(_forget_once, key)), refused)
 
 
 def _facts(fn: types.FunctionType) -> tuple[Any, ...] | None:
