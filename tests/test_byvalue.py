@@ -5,8 +5,10 @@ kept pickles directly, against a pickle made afresh."""
 from __future__ import annotations
 
 import gc
+import linecache
 import sys
 import textwrap
+import time
 import types
 
 import cloudpickle
@@ -248,3 +250,117 @@ def test_a_script_sees_each_change_between_submits_of_its_function():
     r = run_script(code)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split("\n")[0] == "True [3, 3, 12, 13, 9, 9, 109, [9, 8]]"
+
+
+# What a cold review found (each failed on the first version of byvalue.py).
+
+
+def test_keyword_defaults_are_never_kept_even_an_empty_dict():
+    ns = _script("def h(*, y=None):\n    return y\n")
+    h = ns["h"]
+    h.__kwdefaults__ = {}
+    _pickled_twice(h)
+    assert byvalue.lookup(h) is None  # (filled in place later, unseen)
+
+
+def test_a_global_rebound_while_the_function_is_pickled_is_not_kept():
+    ns = _script("def h():\n    return X\n")
+    h = ns["h"]
+
+    class Rebinds:  # (as another thread may, at that moment)
+        def __reduce__(self):
+            ns["X"] = 5
+            return (int, (1,))
+
+    ns["X"] = Rebinds()
+    serialize.dumps_function(h)
+    ns["X"] = Rebinds()
+    serialize.dumps_function(h)  # (its second pickle: kept, were X not rebound meanwhile)
+    assert byvalue.lookup(h) is None
+    assert cloudpickle.loads(serialize.dumps_function(h))() == 5
+
+
+def test_deep_or_shared_tuples_cost_a_bounded_look_and_no_error():
+    deep: tuple = ()
+    for i in range(900):
+        deep = (i, deep)
+    shared: tuple = (1,)
+    for _ in range(4):
+        shared = (shared,) * 64  # (64**4 items, were shared ones looked at again)
+    for value in (deep, shared):
+        ns = _script("def h():\n    return V\n")
+        ns["V"] = value
+        t = time.perf_counter()
+        _pickled_twice(ns["h"])
+        assert time.perf_counter() - t < 30  # (a hang, not a speed: it took minutes)
+        assert byvalue.lookup(ns["h"]) is None
+
+
+def test_what_pickled_by_name_is_looked_at_again(tmp_path, monkeypatch):
+    (tmp_path / "_scoopexec_byvalue_modx.py").write_text("class C:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    modx = importlib.import_module("_scoopexec_byvalue_modx")
+    try:
+        ns = _script("from _scoopexec_byvalue_modx import C\nimport time\nfrom time import time as now\n"
+                     "def h():\n    return C\ndef k():\n    return now()\n")  # fmt: skip
+        _pickled_twice(ns["h"])
+        _pickled_twice(ns["k"])
+        assert byvalue.lookup(ns["h"]) is not None and byvalue.lookup(ns["k"]) is not None
+        importlib.reload(modx)  # (modx.C is another class: the old one now travels by value)
+        assert byvalue.lookup(ns["h"]) is None
+        assert serialize.dumps_function(ns["h"]) == _fresh(ns["h"])
+        _pickled_twice(ns["k"])
+        monkeypatch.setattr("time.time", lambda: 0.0)  # (a mock's patch: the old one no longer pickles)
+        assert byvalue.lookup(ns["k"]) is None
+        with pytest.raises(Exception, match="not the same object"):
+            serialize.dumps_function(ns["k"])
+    finally:
+        sys.modules.pop("_scoopexec_byvalue_modx", None)
+
+
+def test_a_module_removed_and_another_imported_is_seen():
+    ns = _script("import xml\ndef h():\n    return xml.dom\n")
+    import xml.dom  # noqa: F401
+
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is not None
+    saved = sys.modules.pop("xml.dom")
+    try:
+        sys.modules["_scoopexec_byvalue_other"] = types.ModuleType("_scoopexec_byvalue_other")
+        assert byvalue.lookup(ns["h"]) is None  # (as many modules as before, not the same)
+    finally:
+        sys.modules.pop("_scoopexec_byvalue_other", None)
+        sys.modules["xml.dom"] = saved
+
+
+def test_source_that_travels_with_code_not_on_disk_is_looked_at():
+    ns: dict = {"__name__": "__main__"}
+    name = "<scoopexec-byvalue-cell>"
+    source = "def h():\n    return 1\n"
+    exec(compile(source, name, "exec"), ns)
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    try:
+        _pickled_twice(ns["h"])
+        assert byvalue.lookup(ns["h"]) is not None
+        del linecache.cache[name]
+        assert byvalue.lookup(ns["h"]) is None
+        assert serialize.dumps_function(ns["h"]) == _fresh(ns["h"])
+    finally:
+        linecache.cache.pop(name, None)
+
+
+def test_a_doc_that_can_change_in_place_is_not_kept():
+    ns = _script("def h():\n    return 1\nh.__doc__ = ['v1']\n")
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is None
+
+
+def test_a_global_named_as_an_attribute_is_not_held():
+    ns = _script("def h(obj):\n    return obj.data\n")
+    ns["data"] = big = bytearray(1000)
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is not None
+    held = [v for group in byvalue._kept[id(ns["h"])].groups for v in group[3]]
+    assert not any(v is big for v in held)  # (it would be, after the script dropped it)

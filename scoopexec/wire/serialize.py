@@ -429,11 +429,12 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
             return False
         return True  # small: stays inside the pickle
 
+    plan = byvalue.prepare(fn) if cacheable else None  # (what the pickle is made from, to keep it)
     data = _cloud_dumps(fn, apart)
     if len(raws) > fnframes.MAX_BUFFERS:  # (more than a worker takes: in band, as before)
         return [_cloud_dumps(fn)]
-    if cacheable and not raws and len(data) < fnframes.MIN_SIZE:
-        byvalue.keep(fn, data)  # (a large one has its own way: wire/fnframes.py)
+    if plan is not None and not raws and len(data) < fnframes.MIN_SIZE:
+        byvalue.keep(fn, data, plan)  # (a large one has its own way: wire/fnframes.py)
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 
