@@ -364,3 +364,53 @@ def test_a_global_named_as_an_attribute_is_not_held():
     assert byvalue.lookup(ns["h"]) is not None
     held = [v for group in byvalue._kept[id(ns["h"])].groups for v in group[3]]
     assert not any(v is big for v in held)  # (it would be, after the script dropped it)
+
+
+# A pool with a task_timeout wraps each submit's function in a TimeLimit, made anew each time:
+# its pickle is re-used while the function's own is (serialize._limited_parts).
+
+
+def test_a_time_limit_around_a_function_is_pickled_again_only_when_the_function_is():
+    from scoopexec.worker.limits import TimeLimit
+
+    ns = _script()
+    f = ns["f"]
+    frames = [serialize.encode_function(TimeLimit(f, 30.0)) for _ in range(4)]
+    assert frames[3] is frames[2]  # (from the third: its function's pickle is kept from its second)
+    assert cloudpickle.loads(frames[3]).fn(1) == 2 + 1 + 100
+    assert serialize.encode_function(TimeLimit(f, 30)) != frames[3]  # (an int limit pickles apart)
+    assert serialize.encode_function(TimeLimit(f, 31.0)) != frames[3]
+    ns["K"] = 50
+    again = serialize.encode_function(TimeLimit(f, 30.0))
+    assert again is not frames[3]
+    assert cloudpickle.loads(again).fn(1) == 2 + 50 + 100
+    module_frames = [serialize.encode_function(TimeLimit(textwrap.dedent, 30.0)) for _ in range(2)]
+    assert module_frames[1] is module_frames[0]
+
+
+def test_a_pool_with_a_task_timeout_sees_each_change_and_still_times_out():
+    code = """
+        import time
+        from scoopexec import ScoopExecutor, TaskTimeoutError
+
+        K = 1
+
+        def g(x, pause=0.0):
+            time.sleep(pause)
+            return x + K
+
+        if __name__ == "__main__":
+            with ScoopExecutor(2, task_timeout=2) as ex:
+                out = [ex.submit(g, 1).result(timeout=60) for _ in range(4)]
+                K = 10
+                out += [ex.submit(g, 1).result(timeout=60) for _ in range(3)]
+                try:
+                    ex.submit(g, 1, 30).result(timeout=60)
+                    out.append("no timeout")
+                except TaskTimeoutError:
+                    out.append("timed out")
+            print(out)
+    """
+    r = run_script(code, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split("\n")[0] == "[2, 2, 2, 2, 11, 11, 11, 'timed out']"

@@ -403,6 +403,8 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 def _function_parts(fn: Callable[..., Any]) -> list[Any]:
     """dumps_function()'s frame in parts: [pickle], or a packed frame's [head, pickle, *buffers]."""
     cacheable = type(fn) in _CACHEABLE
+    if not cacheable and type(fn).__name__ == "TimeLimit" and type(fn).__module__ in _LIMITS:
+        return _limited_parts(fn)
     if cacheable:
         cached = _fn_cache.get(fn)
         if cached is not None:
@@ -436,6 +438,34 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
     if plan is not None and not raws and len(data) < fnframes.MIN_SIZE:
         byvalue.keep(fn, data, plan)  # (a large one has its own way: wire/fnframes.py)
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
+
+
+# id(function) -> (its own pickle, (type, value) of the limit's seconds, the TimeLimit's pickle)
+_limited: dict[int, tuple[bytes, Any, bytes]] = {}
+
+
+def _limited_parts(limit: Any) -> list[Any]:
+    """_function_parts() of a TimeLimit (worker/limits.py), which every submit of a pool with a
+    task_timeout makes anew around its function: its pickle is made again only when the
+    function's own is (cached by name, or kept by wire/byvalue.py while unchanged).
+
+    Pickled each time, the TimeLimit held such a pool's submits of a module's function to about
+    a third of its rate without a limit, and of a script's function to a fifth.
+    """
+    fn, seconds = limit.fn, limit.seconds
+    if type(fn) not in _CACHEABLE or type(seconds) not in (int, float):
+        return [_cloud_dumps(limit)]
+    own = _function_parts(fn)  # (from a cache, when it can be: the bytes object kept there)
+    before = own[0] if len(own) == 1 else None
+    hit = _limited.get(id(fn))
+    if before is not None and hit is not None and hit[0] is before and hit[1] == (type(seconds), seconds):
+        return [hit[2]]
+    data = _cloud_dumps(limit)
+    if before is not None and len(data) < fnframes.MIN_SIZE and _function_parts(fn)[0] is before:
+        if len(_limited) >= _CACHE_MAX:
+            _limited.clear()
+        _limited[id(fn)] = (before, (type(seconds), seconds), data)  # (30 and 30.0 pickle apart)
+    return [data]
 
 
 def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any = None) -> Any:
