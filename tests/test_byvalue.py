@@ -264,20 +264,16 @@ def test_keyword_defaults_are_never_kept_even_an_empty_dict():
 
 
 def test_a_global_rebound_while_the_function_is_pickled_is_not_kept():
-    ns = _script("def h():\n    return X\n")
-    h = ns["h"]
-
-    class Rebinds:  # (as another thread may, at that moment)
-        def __reduce__(self):
-            ns["X"] = 5
-            return (int, (1,))
-
-    ns["X"] = Rebinds()
-    serialize.dumps_function(h)
-    ns["X"] = Rebinds()
-    serialize.dumps_function(h)  # (its second pickle: kept, were X not rebound meanwhile)
-    assert byvalue.lookup(h) is None
-    assert cloudpickle.loads(serialize.dumps_function(h))() == 5
+    ns = _script()
+    f = ns["f"]
+    serialize.dumps_function(f)  # (its first pickle: marked)
+    plan = byvalue.prepare(f)
+    assert plan is not None
+    data = serialize._cloud_dumps(f)
+    ns["K"] = 5  # (another thread, while this one pickled)
+    assert not byvalue.keep(f, data, plan)
+    assert byvalue.lookup(f) is None
+    assert cloudpickle.loads(serialize.dumps_function(f))(1) == 2 + 5 + 100
 
 
 def test_deep_or_shared_tuples_cost_a_bounded_look_and_no_error():
@@ -414,3 +410,77 @@ def test_a_pool_with_a_task_timeout_sees_each_change_and_still_times_out():
     r = run_script(code, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split("\n")[0] == "[2, 2, 2, 2, 11, 11, 11, 'timed out']"
+
+
+def test_a_method_bound_to_an_object_is_pickled_with_the_object_as_it_is_now():
+    from scoopexec.worker.limits import TimeLimit
+
+    config = {"k": "v1"}
+    get = config.get
+    assert cloudpickle.loads(serialize.dumps_function(get))("k") == "v1"
+    limited = [serialize.encode_function(TimeLimit(config.get, 30.0)) for _ in range(3)]
+    config["k"] = "v2"
+    assert cloudpickle.loads(serialize.dumps_function(config.get))("k") == "v2"
+    assert cloudpickle.loads(serialize.encode_function(TimeLimit(config.get, 30.0))).fn("k") == "v2"
+    assert len(limited) == 3
+
+
+def test_a_time_limit_keeps_large_buffers_apart_and_follows_the_by_value_registry():
+    import numpy as np
+
+    from scoopexec.worker.limits import TimeLimit
+
+    ns = _script("def h(i):\n    return float(DATA[i])\n")
+    ns["DATA"] = np.arange(200_000, dtype=np.float64)  # 1.6 MB: its buffer travels after the pickle
+    parts = serialize._function_parts(TimeLimit(ns["h"], 30.0))
+    assert len(parts) == 3 and parts[-1].nbytes == 1_600_000  # (head, pickle, buffer)
+    mod = types.ModuleType("_scoopexec_test_byvalue_mod2")
+    exec("def m(x):\n    return x + 1\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        by_name = [serialize.encode_function(TimeLimit(mod.m, 30.0)) for _ in range(3)]
+        assert by_name[2] is by_name[1] and len(by_name[2]) < 200  # (by name, re-used)
+        cloudpickle.register_pickle_by_value(mod)
+        try:
+            by_value = serialize.encode_function(TimeLimit(mod.m, 30.0))
+            assert b"_make_function" in by_value  # (its code travels, as the registry asks)
+        finally:
+            cloudpickle.unregister_pickle_by_value(mod)
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_function_that_cannot_be_kept_is_pickled_once_per_submit_under_a_time_limit(monkeypatch):
+    from scoopexec.worker.limits import TimeLimit
+
+    ns = _script("DATA = [1]\ndef h(x):\n    return DATA[0] + x\n")
+    calls = []
+    real = serialize._cloud_dumps
+    monkeypatch.setattr(serialize, "_cloud_dumps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(4):
+        serialize.encode_function(TimeLimit(ns["h"], 30.0))
+    assert len(calls) == 4
+
+
+def test_a_global_rebound_before_each_submit_stops_being_looked_at():
+    ns = _script()
+    f = ns["f"]
+    for k in range(4 * byvalue.STRIKES):
+        ns["K"] = k * 1000 + 1  # (a new int object each time)
+        assert cloudpickle.loads(serialize.dumps_function(f))(0) == ns["K"] + 100
+    assert byvalue._once[id(f)][1]  # (refused: pickled each time, without the look)
+    assert id(f) not in byvalue._kept
+
+
+def test_a_submodule_entry_replaced_in_sys_modules_is_seen():
+    import xml.dom.minidom  # noqa: F401
+
+    ns = _script("import xml.dom\ndef h():\n    return xml.dom.minidom\n")
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is not None
+    saved = sys.modules["xml.dom.minidom"]
+    sys.modules["xml.dom.minidom"] = None  # (as mock.patch.dict does: same count, same latest)
+    try:
+        assert byvalue.lookup(ns["h"]) is None
+    finally:
+        sys.modules["xml.dom.minidom"] = saved

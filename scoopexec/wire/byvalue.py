@@ -24,13 +24,17 @@ of it holds.
 Looked at too, on every look-up:
 * whether what was pickled by name still is (found under its name: not after a reload, a mock's
   patch, or a rename), and the script's functions still are not;
-* the modules imported (their number and the latest one: cloudpickle lists the imported
-  submodules of a package the function reads), copyreg's table (which may change how a value
-  pickles), and cloudpickle's registry of modules pickled by value (the cache is off while it
-  is not empty);
+* the modules imported (their number, the latest one, and the entries cloudpickle looks at for
+  the imported submodules of a package the function reads, which its pickle lists), the sizes of
+  copyreg's table and extension registry (which may change how a value pickles; a reducer
+  replaced in place is not seen), and cloudpickle's registry of modules pickled by value (the
+  cache is off while it is not empty);
 * the source that travels with code whose file is not on disk (a notebook cell's, from
   ``linecache``: serialize._memory_source).  Not: a script's file deleted from the disk while
   it runs, whose lines a fresh pickle would then take from ``linecache`` (tracebacks only).
+
+A function whose kept pickle keeps changing before its second use (a global rebound before each
+submit) is pickled at every submit after STRIKES such pickles, as it would be without this.
 
 One race is left: a global that another thread rebinds, and rebinds back to the very same object,
 while the function is being pickled; the kept pickle then holds what the global was in between.
@@ -50,15 +54,20 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "clear", "keep", "lookup", "prepare", "registered_by_value"]
+__all__ = [
+    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup", "prepare",
+    "registered_by_value",
+]  # fmt: skip
 
 KEEP_MAX = 1024  # functions whose pickles are kept, at most (past that, all are forgotten)
 MAX_FACTS = 512  # names looked at per function, and functions per pickle, at most (past: pickled each time)
 MAX_ITEMS = 256  # items of tuples and frozensets looked at per value, at most (past: pickled each time)
+STRIKES = 3  # kept pickles in a row that changed before their second use: then pickled each time
 
 _MISSING = object()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), type(Ellipsis)})
 _NAMED = (types.FunctionType, types.BuiltinFunctionType)  # (and classes): by name, when found under it
+_EXTENSIONS: Any = getattr(copyreg, "_extension_registry", {})  # copyreg.add_extension's
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's, of every function
 # cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place)
 _BY_VALUE: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
@@ -73,34 +82,60 @@ def registered_by_value() -> bool:
 
 
 class _Kept:
-    __slots__ = ("data", "groups", "ref", "world")
+    __slots__ = ("data", "groups", "hits", "ref", "strikes", "world")
 
-    def __init__(self, ref: Any, groups: list[_Group]) -> None:
+    def __init__(self, ref: Any, groups: list[_Group], strikes: int) -> None:
         self.ref = ref
         self.data = b""
         self.groups = groups  # per function pickled by value in it: see _watch
         self.world = _world()
+        self.hits = 0  # look-ups that returned it
+        self.strikes = strikes  # kept pickles of this function before it that changed before a second use
 
 
 # (a weak reference to the function, the names of the globals it reads, the ids of their values and
 # of its facts as _facts() reads them, those of these objects that are no function of the script,
-# what was found to pickle by name, and (file name, linecache's entry) when its code's source
-# travels with it, else None).  The functions among them are held weakly, so that no script's
-# namespace is kept alive from here, and one that dies drops the pickle (_forget): its id may then
-# be another object's.  The others are held, so that their ids stay theirs.
-_Group = tuple[Any, tuple[str, ...], tuple[int, ...], list[Any], list[Any], "tuple[str, Any] | None"]
+# what was found to pickle by name, (file name, linecache's entry) when its code's source travels
+# with it, else None, and the entries of sys.modules its pickle may list: see _submodules).  The
+# functions among them are held weakly, so that no script's namespace is kept alive from here, and
+# one that dies drops the pickle (_forget): its id may then be another object's.  The others are
+# held, so that their ids stay theirs.
+_Group = tuple[
+    Any,
+    tuple[str, ...],
+    tuple[int, ...],
+    list[Any],
+    list[Any],
+    "tuple[str, Any] | None",
+    tuple[tuple[str, Any], ...],
+]
 _ANY_MISSING = itertools.repeat(_MISSING)
 _kept: dict[int, _Kept] = {}  # id(function) -> its pickle and what it was made from
-# id(function) -> (a weak reference to it, refused): pickled once, or found not to be kept
-_once: dict[int, tuple[Any, bool]] = {}
+# id(function) -> (a weak reference to it, refused, strikes): pickled once (or since its kept
+# pickle changed), or found not to be kept
+_once: dict[int, tuple[Any, bool, int]] = {}
 
 
 def lookup(fn: Any) -> bytes | None:
     """The pickle kept for ``fn``, if everything it was made from is unchanged."""
-    k = _kept.get(id(fn))
-    if k is None or k.ref() is not fn or not _holds(k):
+    key = id(fn)
+    k = _kept.get(key)
+    if k is None or k.ref() is not fn:
         return None
+    if not _holds(k):
+        # Something changed: made again from the next pickle on, unless that keeps happening before
+        # a kept pickle is used twice (a global rebound before each submit): then never again.
+        del _kept[key]
+        strikes = k.strikes + 1 if k.hits < 2 else 0
+        _mark(key, fn, strikes >= STRIKES, strikes)
+        return None
+    k.hits += 1
     return k.data
+
+
+def holds(plan: _Kept) -> bool:
+    """Whether everything the pickle :func:`prepare` gave ``plan`` for is made from is unchanged."""
+    return plan.ref() is not None and _holds(plan)
 
 
 def prepare(fn: Any) -> _Kept | None:
@@ -112,16 +147,16 @@ def prepare(fn: Any) -> _Kept | None:
         return None
     seen = _once.get(key)
     if seen is None or seen[0]() is not fn:
-        _mark(key, fn, False)  # pickled once: maybe made for one call
+        _mark(key, fn, False, 0)  # pickled once: maybe made for one call
         return None
     if seen[1]:
         return None  # refused before
     drop = functools.partial(_forget, key)
     groups: list[_Group] = []
     if not _watch(fn, groups, {}, drop):
-        _mark(key, fn, True)
+        _mark(key, fn, True, 0)
         return None
-    return _Kept(weakref.ref(fn, drop), groups)
+    return _Kept(weakref.ref(fn, drop), groups, seen[2])
 
 
 def keep(fn: Any, data: bytes, plan: _Kept) -> bool:
@@ -152,25 +187,26 @@ def _forget_once(key: int, _ref: Any = None) -> None:
     _once.pop(key, None)
 
 
-def _mark(key: int, fn: Any, refused: bool) -> None:
+def _mark(key: int, fn: Any, refused: bool, strikes: int) -> None:
     if len(_once) >= KEEP_MAX:
         _once.clear()
-    _once[key] = (weakref.ref(fn, functools.partial(_forget_once, key)), refused)
+    _once[key] = (weakref.ref(fn, functools.partial(_forget_once, key)), refused, strikes)
 
 
 def _world() -> tuple[Any, ...]:
     """What, outside the function, changes how it pickles: the modules imported (their number and
-    the latest), copyreg's table's size."""
+    the latest; the entries a function's pickle lists are looked at apart: _submodules), the sizes
+    of copyreg's table and extension registry (a reducer replaced in place is not seen)."""
     mods = sys.modules
-    return len(mods), next(reversed(mods), None), len(copyreg.dispatch_table)
+    return len(mods), next(reversed(mods), None), len(copyreg.dispatch_table), len(_EXTENSIONS)
 
 
 def _holds(k: _Kept) -> bool:
     """Whether everything ``k``'s pickle was made from is unchanged."""
     if _BY_VALUE or _world() != k.world:
         return False
-    cache = linecache.cache
-    for ref, names, ids, _, by_name, source in k.groups:
+    cache, mods = linecache.cache, sys.modules
+    for ref, names, ids, _, by_name, source, subs in k.groups:
         f = ref()
         facts = None if f is None else _facts(f)
         if facts is None or (*map(id, map(f.__globals__.get, names, _ANY_MISSING)), *map(id, facts)) != ids:
@@ -179,6 +215,9 @@ def _holds(k: _Kept) -> bool:
             return False
         if source is not None and cache.get(source[0]) is not source[1]:
             return False
+        for name, module in subs:
+            if mods.get(name, _MISSING) is not module:
+                return False
     return True
 
 
@@ -244,10 +283,26 @@ def _watch(fn: types.FunctionType, groups: list[_Group], seen: dict[int, bool], 
     values = [g.get(name, _MISSING) for name in names]
     if not all(v is _MISSING or _stable(v, groups, seen, drop, by_name) for v in values):
         return False
+    subs = _submodules(code, (*values, *cells))
     values.extend(facts)
     held = [weakref.ref(v, drop) if type(v) is types.FunctionType else v for v in values]
-    groups.append((weakref.ref(fn, drop), names, tuple(map(id, values)), held, by_name, source))
+    groups.append((weakref.ref(fn, drop), names, tuple(map(id, values)), held, by_name, source, subs))
     return len(groups) <= MAX_FACTS
+
+
+def _submodules(code: types.CodeType, values: Any) -> tuple[tuple[str, Any], ...]:
+    """The entries of sys.modules that cloudpickle looks at for the submodules a function's pickle
+    lists (those of a package among ``values`` whose names are among ``code``'s), with their values
+    now (a module, or None, or whatever a test put there)."""
+    names = set(code.co_names)
+    out = []
+    for package in values:
+        if type(package) is types.ModuleType and getattr(package, "__package__", None):
+            prefix = package.__name__ + "."
+            for name, module in list(sys.modules.items()):
+                if name.startswith(prefix) and not set(name[len(prefix) :].split(".")) - names:
+                    out.append((name, module))
+    return tuple(out)
 
 
 def _all_names(code: types.CodeType) -> list[str]:

@@ -402,9 +402,8 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 def _function_parts(fn: Callable[..., Any]) -> list[Any]:
     """dumps_function()'s frame in parts: [pickle], or a packed frame's [head, pickle, *buffers]."""
-    cacheable = type(fn) in _CACHEABLE
-    if not cacheable and type(fn).__name__ == "TimeLimit" and type(fn).__module__ in _LIMITS:
-        return _limited_parts(fn)
+    kind = type(fn)
+    cacheable = kind in _CACHEABLE and (kind is not types.BuiltinFunctionType or _module_level(fn))
     if cacheable:
         cached = _fn_cache.get(fn)
         if cached is not None:
@@ -412,16 +411,42 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
         kept = byvalue.lookup(fn)  # (a script's function, pickled by value before: byvalue.py)
         if kept is not None:
             return [kept]
-        try:
-            data = pickle.dumps(fn, PROTOCOL)
-        except Exception:
-            pass
-        else:
-            if b"__main__" not in data and not _by_value_modules():
-                if len(_fn_cache) >= _CACHE_MAX:
-                    _fn_cache.clear()
-                _fn_cache[fn] = data
-                return [data]
+        named = _pickled_by_name(fn)
+        if named is not None:
+            return [named]
+    elif kind.__name__ == "TimeLimit" and kind.__module__ in _LIMITS:
+        return _limited_parts(fn)
+    plan = byvalue.prepare(fn) if cacheable else None  # (what the pickle is made from, to keep it)
+    parts = _cloud_parts(fn)
+    if plan is not None and len(parts) == 1 and len(parts[0]) < fnframes.MIN_SIZE:
+        byvalue.keep(fn, parts[0], plan)  # (a large one has its own way: wire/fnframes.py)
+    return parts
+
+
+def _module_level(fn: Any) -> bool:
+    """Whether a built-in function is a module's (``len``, ``math.sqrt``), not a method bound to an
+    object (``config.get``), whose pickle holds the object as it is now."""
+    bound = getattr(fn, "__self__", None)
+    return bound is None or type(bound) is types.ModuleType
+
+
+def _pickled_by_name(fn: Any) -> bytes | None:
+    """The standard pickle of ``fn`` when it is by name (kept for good, in _fn_cache), else None."""
+    try:
+        data = pickle.dumps(fn, PROTOCOL)
+    except Exception:
+        return None
+    if b"__main__" in data or _by_value_modules():
+        return None
+    if len(_fn_cache) >= _CACHE_MAX:
+        _fn_cache.clear()
+    _fn_cache[fn] = data
+    return data
+
+
+def _cloud_parts(obj: Any) -> list[Any]:
+    """``obj`` pickled by cloudpickle, in parts: [pickle], or [head, pickle, *buffers] when large
+    buffers travel after it (wire/fnframes.py)."""
     raws: list[memoryview] = []
 
     def apart(buf: pickle.PickleBuffer) -> bool:
@@ -431,41 +456,47 @@ def _function_parts(fn: Callable[..., Any]) -> list[Any]:
             return False
         return True  # small: stays inside the pickle
 
-    plan = byvalue.prepare(fn) if cacheable else None  # (what the pickle is made from, to keep it)
-    data = _cloud_dumps(fn, apart)
+    data = _cloud_dumps(obj, apart)
     if len(raws) > fnframes.MAX_BUFFERS:  # (more than a worker takes: in band, as before)
-        return [_cloud_dumps(fn)]
-    if plan is not None and not raws and len(data) < fnframes.MIN_SIZE:
-        byvalue.keep(fn, data, plan)  # (a large one has its own way: wire/fnframes.py)
+        return [_cloud_dumps(obj)]
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 
-# id(function) -> (its own pickle, (type, value) of the limit's seconds, the TimeLimit's pickle)
-_limited: dict[int, tuple[bytes, Any, bytes]] = {}
+# id(function) -> (a weak reference to it, (type, value) of the limit's seconds, what the limit's
+# pickle was made from (the function's pickle by name, or byvalue's plan), the limit's pickle)
+_limited: dict[int, tuple[Any, tuple[type, Any], Any, bytes]] = {}
 
 
 def _limited_parts(limit: Any) -> list[Any]:
     """_function_parts() of a TimeLimit (worker/limits.py), which every submit of a pool with a
     task_timeout makes anew around its function: its pickle is made again only when the
-    function's own is (cached by name, or kept by wire/byvalue.py while unchanged).
+    function's own pickle would be (by name: never; by value: when wire/byvalue.py says
+    something it was made from changed).
 
     Pickled each time, the TimeLimit held such a pool's submits of a module's function to about
     a third of its rate without a limit, and of a script's function to a fifth.
     """
     fn, seconds = limit.fn, limit.seconds
-    if type(fn) not in _CACHEABLE or type(seconds) not in (int, float):
-        return [_cloud_dumps(limit)]
-    own = _function_parts(fn)  # (from a cache, when it can be: the bytes object kept there)
-    before = own[0] if len(own) == 1 else None
+    if _BY_VALUE or type(fn) not in (types.FunctionType, type) or type(seconds) not in (int, float):
+        return _cloud_parts(limit)
+    key = (type(seconds), seconds)  # (30 and 30.0 pickle apart)
     hit = _limited.get(id(fn))
-    if before is not None and hit is not None and hit[0] is before and hit[1] == (type(seconds), seconds):
-        return [hit[2]]
-    data = _cloud_dumps(limit)
-    if before is not None and len(data) < fnframes.MIN_SIZE and _function_parts(fn)[0] is before:
+    if (
+        hit is not None
+        and hit[0]() is fn
+        and hit[1] == key
+        and (type(hit[2]) is bytes or byvalue.holds(hit[2]))
+    ):
+        return [hit[3]]
+    made_from: Any = _fn_cache.get(fn) or _pickled_by_name(fn) or byvalue.prepare(fn)
+    parts = _cloud_parts(limit)
+    if made_from is None or len(parts) != 1 or len(parts[0]) >= fnframes.MIN_SIZE:
+        return parts
+    if type(made_from) is bytes or byvalue.holds(made_from):  # (unchanged while it was pickled)
         if len(_limited) >= _CACHE_MAX:
             _limited.clear()
-        _limited[id(fn)] = (before, (type(seconds), seconds), data)  # (30 and 30.0 pickle apart)
-    return [data]
+        _limited[id(fn)] = (weakref.ref(fn), key, made_from, parts[0])
+    return parts
 
 
 def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any = None) -> Any:
@@ -1093,7 +1124,7 @@ def _defined_at(fn: Any) -> str:
 
 
 def _submitted_at() -> str:
-    """", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
+    """ ", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
     found = _user_frame(sys._getframe(1))
     return f", submitted at {found[0].f_code.co_filename}:{found[0].f_lineno}" if found is not None else ""
 
@@ -1329,10 +1360,7 @@ def _failure_exception(status: int, meta: dict[str, Any], what: str = "") -> Bas
         note = ""
         if why:
             by = f" by {what}()" if what else " by the task"
-            note = (
-                f"raised{by}; it could not be pickled on the worker, so it arrives as a "
-                f"RemoteError: {why}"
-            )
+            note = f"raised{by}; it could not be pickled on the worker, so it arrives as a RemoteError: {why}"
         return RemoteError(str(meta.get("type", "?")), message, note=note)
     return RemoteError(str(kind), message)
 
