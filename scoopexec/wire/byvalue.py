@@ -46,6 +46,7 @@ import copyreg
 import functools
 import itertools
 import linecache
+import operator
 import os
 import sys
 import types
@@ -61,7 +62,7 @@ __all__ = [
 
 KEEP_MAX = 1024  # functions whose pickles are kept, at most (past that, all are forgotten)
 MAX_FACTS = 512  # names looked at per function, and functions per pickle, at most (past: pickled each time)
-MAX_ITEMS = 256  # items of tuples and frozensets looked at per value, at most (past: pickled each time)
+MAX_ITEMS = 1024  # items of containers looked at per pickle, at most (past that: pickled each time)
 STRIKES = 3  # kept pickles in a row that changed before their second use: then pickled each time
 
 _MISSING = object()
@@ -82,33 +83,45 @@ def registered_by_value() -> bool:
 
 
 class _Kept:
-    __slots__ = ("data", "groups", "hits", "ref", "strikes", "world")
+    """A pickle and what it was made from (see _holds)."""
 
-    def __init__(self, ref: Any, groups: list[_Group], strikes: int) -> None:
+    __slots__ = (
+        "by_name",
+        "data",
+        "deep",
+        "groups",
+        "held",
+        "hits",
+        "ref",
+        "sources",
+        "strikes",
+        "subs",
+        "world",
+    )
+
+    def __init__(self, ref: Any, strikes: int) -> None:
         self.ref = ref
         self.data = b""
-        self.groups = groups  # per function pickled by value in it: see _watch
         self.world = _world()
         self.hits = 0  # look-ups that returned it
         self.strikes = strikes  # kept pickles of this function before it that changed before a second use
+        # Per function or class pickled by value in it: (a weak reference to it, the names of the
+        # globals a function reads (_CLASS for a class), the ids of what _function_ids() or
+        # _class_ids() read of it, whether its module is not __main__: then it must still not
+        # pickle by name).
+        self.groups: list[tuple[Any, Any, tuple[int, ...], bool]] = []
+        # Containers that may change in place: (it, what reads its items, their ids).
+        self.deep: list[tuple[Any, Any, tuple[int, ...]]] = []
+        self.by_name: dict[int, Any] = {}  # what pickled by name (and must still), by id
+        self.sources: list[tuple[str, Any]] = []  # (file, linecache's entry) of code whose source travels
+        self.subs: list[tuple[str, Any]] = []  # entries of sys.modules a submodule list is made from
+        # What the ids above are of: held, so that they stay theirs; the functions and classes of the
+        # script weakly (no script's namespace is kept alive from here), and one that dies drops the
+        # pickle (_forget), as its id may then be another object's.
+        self.held: list[Any] = []
 
 
-# (a weak reference to the function, the names of the globals it reads, the ids of their values and
-# of its facts as _facts() reads them, those of these objects that are no function of the script,
-# what was found to pickle by name, (file name, linecache's entry) when its code's source travels
-# with it, else None, and the entries of sys.modules its pickle may list: see _submodules).  The
-# functions among them are held weakly, so that no script's namespace is kept alive from here, and
-# one that dies drops the pickle (_forget): its id may then be another object's.  The others are
-# held, so that their ids stay theirs.
-_Group = tuple[
-    Any,
-    tuple[str, ...],
-    tuple[int, ...],
-    list[Any],
-    list[Any],
-    "tuple[str, Any] | None",
-    tuple[tuple[str, Any], ...],
-]
+_CLASS = "class"  # a group of a class, in place of a function's names
 _ANY_MISSING = itertools.repeat(_MISSING)
 _kept: dict[int, _Kept] = {}  # id(function) -> its pickle and what it was made from
 # id(function) -> (a weak reference to it, refused, strikes): pickled once (or since its kept
@@ -139,11 +152,12 @@ def holds(plan: _Kept) -> bool:
 
 
 def prepare(fn: Any) -> _Kept | None:
-    """Before ``fn`` is pickled by value: what its pickle is made from, to give :func:`keep` with
-    the pickle; None when it is not to be kept (its first pickle, or it reads what can change in
-    place: see the module docstring)."""
+    """Before ``fn`` (a function, or a class of the script) is pickled by value: what its pickle
+    is made from, to give :func:`keep` with the pickle; None when it is not to be kept (its first
+    pickle, or it reads what cannot be looked at: see the module docstring)."""
     key = id(fn)
-    if type(fn) is not types.FunctionType or _BY_VALUE:
+    kind = type(fn)
+    if not (kind is types.FunctionType or (kind is type and not _by_name(fn))) or _BY_VALUE:
         return None
     seen = _once.get(key)
     if seen is None or seen[0]() is not fn:
@@ -152,11 +166,15 @@ def prepare(fn: Any) -> _Kept | None:
     if seen[1]:
         return None  # refused before
     drop = functools.partial(_forget, key)
-    groups: list[_Group] = []
-    if not _watch(fn, groups, {}, drop):
+    plan = _Kept(weakref.ref(fn, drop), seen[2])
+    try:
+        watched = (_watch if kind is types.FunctionType else _watch_class)(fn, _Walk(plan, drop))
+    except RecursionError:  # (functions and classes that read each other, hundreds deep)
+        watched = False
+    if not watched:
         _mark(key, fn, True, 0)
         return None
-    return _Kept(weakref.ref(fn, drop), groups, seen[2])
+    return plan
 
 
 def keep(fn: Any, data: bytes, plan: _Kept) -> bool:
@@ -205,27 +223,38 @@ def _holds(k: _Kept) -> bool:
     """Whether everything ``k``'s pickle was made from is unchanged."""
     if _BY_VALUE or _world() != k.world:
         return False
+    for ref, names, ids, elsewhere in k.groups:
+        obj = ref()
+        if obj is None or (_class_ids(obj) if names is _CLASS else _function_ids(obj, names)) != ids:
+            return False
+        if elsewhere and _by_name(obj):  # (of __main__, as its unchanged __module__ says: never by name)
+            return False
+    for obj, read, ids in k.deep:
+        if tuple(map(id, read(obj))) != ids:
+            return False
+    if not all(map(_by_name, k.by_name.values())):
+        return False
     cache, mods = linecache.cache, sys.modules
-    for ref, names, ids, _, by_name, source, subs in k.groups:
-        f = ref()
-        facts = None if f is None else _facts(f)
-        if facts is None or (*map(id, map(f.__globals__.get, names, _ANY_MISSING)), *map(id, facts)) != ids:
+    for name, entry in k.sources:
+        if cache.get(name) is not entry:
             return False
-        if _by_name(f) or not all(map(_by_name, by_name)):
+    for name, module in k.subs:
+        if mods.get(name, _MISSING) is not module:
             return False
-        if source is not None and cache.get(source[0]) is not source[1]:
-            return False
-        for name, module in subs:
-            if mods.get(name, _MISSING) is not module:
-                return False
     return True
 
 
-def _facts(fn: types.FunctionType) -> tuple[Any, ...] | None:
-    """What cloudpickle reads of ``fn`` itself, beyond its globals; None when it has attributes
-    (or its annotations cannot be read)."""
-    if fn.__dict__:
+def _function_ids(fn: types.FunctionType, names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The ids of the values of the globals ``names`` of ``fn``, and of its facts."""
+    facts = _facts(fn)
+    if facts is None:
         return None
+    return (*map(id, map(fn.__globals__.get, names, _ANY_MISSING)), *map(id, facts))
+
+
+def _facts(fn: types.FunctionType) -> tuple[Any, ...] | None:
+    """What cloudpickle reads of ``fn`` itself, beyond its globals (its attributes' namespace: the
+    attributes are looked at as a container's items); None when its annotations cannot be read."""
     try:
         ann = fn.__annotations__  # (evaluated when first read, from Python 3.14)
     except Exception:
@@ -233,11 +262,11 @@ def _facts(fn: types.FunctionType) -> tuple[Any, ...] | None:
     cells = fn.__closure__ or ()
     return (
         fn.__code__, fn.__defaults__, fn.__kwdefaults__, fn.__name__, fn.__qualname__, fn.__module__,
-        fn.__doc__, ann, *ann, *ann.values(), *map(_cell, cells),
+        fn.__doc__, fn.__dict__, len(fn.__dict__), ann, *ann, *ann.values(), *map(_cell, cells),
     )  # fmt: skip
 
 
-_FIXED = 8  # _facts()'s items before the annotations' names
+_FIXED = 10  # _facts()'s items before the annotations' names
 
 
 def _cell(cell: Any) -> Any:
@@ -247,50 +276,104 @@ def _cell(cell: Any) -> Any:
         return _MISSING
 
 
-def _watch(fn: types.FunctionType, groups: list[_Group], seen: dict[int, bool], drop: Any) -> bool:
-    """Add to ``groups`` what ``fn``'s pickle is made from, and the same for each function pickled
-    by value that it reads; False if some of it could change unseen."""
-    if id(fn) in seen:
+def _class_ids(cls: type) -> tuple[int, ...] | None:
+    """The ids of what cloudpickle reads of a class to pickle it by value: its metaclass, names and
+    bases, its own namespace (names and values), and its base's values for the same names (a value
+    it shares with its base is left out of the pickle)."""
+    bases = cls.__bases__
+    if len(bases) != 1:
+        return None
+    d, inherited = cls.__dict__, bases[0].__dict__
+    return tuple(
+        map(
+            id,
+            (
+                type(cls),
+                cls.__name__,
+                cls.__qualname__,
+                *bases,
+                *d,
+                *d.values(),
+                *map(inherited.get, d, _ANY_MISSING),
+            ),
+        )
+    )
+
+
+class _Walk:
+    """prepare()'s walk through what a pickle is made from, into its plan."""
+
+    __slots__ = ("budget", "drop", "plan", "seen")
+
+    def __init__(self, plan: _Kept, drop: Any) -> None:
+        self.plan = plan
+        self.drop = drop
+        self.seen: set[int] = set()  # functions, classes and containers walked already
+        self.budget = MAX_ITEMS  # items of containers left to walk
+
+    def hold(self, values: Any) -> None:
+        drop, held = self.drop, self.plan.held
+        for v in values:
+            held.append(weakref.ref(v, drop) if type(v) is types.FunctionType or type(v) is type else v)
+
+
+def _watch(fn: types.FunctionType, w: _Walk) -> bool:
+    """Add to ``w``'s plan what ``fn``'s pickle is made from, and the same for each function or
+    class pickled by value that it reads; False if some of it cannot be looked at."""
+    if id(fn) in w.seen:
         return True
-    seen[id(fn)] = True
+    w.seen.add(id(fn))
     facts = _facts(fn)
     if facts is None or fn.__kwdefaults__ is not None or type(fn.__module__) is not str:
         return False  # (kwdefaults: a dict, which may change in place)
     code = fn.__code__
     name = code.co_filename
-    # Its source travels with it when its file is not on disk (serialize._memory_source).
-    source = None if not name or os.path.isfile(name) else (name, linecache.cache.get(name))
+    if name and not os.path.isfile(name):  # its source travels with it (serialize._memory_source)
+        w.plan.sources.append((name, linecache.cache.get(name)))
     ann = facts[_FIXED - 1]
-    by_name: list[Any] = []
-    fixed = (
-        fn.__defaults__ or (),
-        fn.__name__,
-        fn.__qualname__,
-        fn.__module__,
-        fn.__doc__,
-        *ann,
-        *ann.values(),
-    )
-    if not all(_frozen(v, by_name) for v in fixed):
-        return False
     cells = facts[_FIXED + 2 * len(ann) :]
-    if not all(v is _MISSING or _stable(v, groups, seen, drop, by_name) for v in cells):
+    # (its attributes: their number is among its facts, so that an empty namespace costs no look)
+    attributes = (fn.__dict__,) if fn.__dict__ else ()
+    own = (fn.__defaults__ or (), fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *attributes)
+    own = (*own, *ann, *ann.values(), *cells)
+    if not all(_snap(v, w) for v in own):
         return False
     g = fn.__globals__
     names = (*(_global_names(code) if _global_names is not None else _all_names(code)), *_BASE_GLOBALS)
     if len(names) > MAX_FACTS:
         return False
     values = [g.get(name, _MISSING) for name in names]
-    if not all(v is _MISSING or _stable(v, groups, seen, drop, by_name) for v in values):
+    if not all(_snap(v, w) for v in values):
         return False
-    subs = _submodules(code, (*values, *cells))
+    w.plan.subs.extend(_submodules(code, (*values, *cells)))
     values.extend(facts)
-    held = [weakref.ref(v, drop) if type(v) is types.FunctionType else v for v in values]
-    groups.append((weakref.ref(fn, drop), names, tuple(map(id, values)), held, by_name, source, subs))
-    return len(groups) <= MAX_FACTS
+    w.hold(values)
+    elsewhere = fn.__module__ != "__main__"
+    w.plan.groups.append((weakref.ref(fn, w.drop), names, tuple(map(id, values)), elsewhere))
+    return len(w.plan.groups) <= MAX_FACTS
 
 
-def _submodules(code: types.CodeType, values: Any) -> tuple[tuple[str, Any], ...]:
+def _watch_class(cls: type, w: _Walk) -> bool:
+    """As _watch, for a class pickled by value: a plain one (``type`` its metaclass, one base, no
+    ``__slots__``), a dataclass included."""
+    if id(cls) in w.seen:
+        return True
+    w.seen.add(id(cls))
+    if type(cls) is not type or "__slots__" in cls.__dict__ or _class_ids(cls) is None:
+        return False
+    d = cls.__dict__
+    if not _snap(cls.__bases__[0], w) or not all(_snap(v, w) for v in d.values()):
+        return False
+    parts = (type(cls), cls.__name__, cls.__qualname__, *cls.__bases__, *d, *d.values())
+    inherited = cls.__bases__[0].__dict__
+    parts = (*parts, *map(inherited.get, d, _ANY_MISSING))
+    w.hold(parts)
+    elsewhere = d.get("__module__") != "__main__"  # (its __module__ is in its namespace: compared)
+    w.plan.groups.append((weakref.ref(cls, w.drop), _CLASS, tuple(map(id, parts)), elsewhere))
+    return len(w.plan.groups) <= MAX_FACTS
+
+
+def _submodules(code: types.CodeType, values: Any) -> list[tuple[str, Any]]:
     """The entries of sys.modules that cloudpickle looks at for the submodules a function's pickle
     lists (those of a package among ``values`` whose names are among ``code``'s), with their values
     now (a module, or None, or whatever a test put there)."""
@@ -302,7 +385,7 @@ def _submodules(code: types.CodeType, values: Any) -> tuple[tuple[str, Any], ...
             for name, module in list(sys.modules.items()):
                 if name.startswith(prefix) and not set(name[len(prefix) :].split(".")) - names:
                     out.append((name, module))
-    return tuple(out)
+    return out
 
 
 def _all_names(code: types.CodeType) -> list[str]:
@@ -314,39 +397,78 @@ def _all_names(code: types.CodeType) -> list[str]:
     return list(out)
 
 
-def _stable(value: Any, groups: list[_Group], seen: dict[int, bool], drop: Any, by_name: list[Any]) -> bool:
-    """Whether ``value`` pickles the same while it is the same object: :func:`_frozen`, or a
-    function pickled by value, once its own facts are added."""
-    if type(value) is types.FunctionType and not _by_name(value):
-        return _watch(value, groups, seen, drop)
-    return _frozen(value, by_name)
+def _mapping_items(obj: Any) -> tuple[Any, ...]:
+    return (*obj.keys(), *obj.values())
 
 
-def _frozen(value: Any, by_name: list[Any]) -> bool:
-    """Whether ``value`` pickles the same while it is the same object and what it holds pickles by
-    name as it did: numbers, strings, bytes, modules, what pickles by name (added to ``by_name``),
-    and tuples and frozensets of these (MAX_ITEMS items in all, at most)."""
-    todo, budget, walked = [value], MAX_ITEMS, set()
-    while todo:
-        v = todo.pop()
-        tp = type(v)
-        if tp in _SCALARS:
-            continue
-        if tp is tuple or tp is frozenset:
-            if id(v) not in walked:
-                walked.add(id(v))
-                budget -= len(v)
-                if budget < 0:
-                    return False
-                todo.extend(v)
-        elif tp is types.ModuleType:
-            if sys.modules.get(v.__name__) is not v:
-                return False
-        elif (tp in _NAMED or isinstance(v, type)) and _by_name(v):
-            by_name.append(v)
-        else:
+# What reads the items of a container that may change in place, in the order it pickles them
+# (dataclasses' Field and _DataclassParams, whose state is their slots, are added when seen).
+_READERS: dict[type, Any] = {
+    dict: _mapping_items, types.MappingProxyType: _mapping_items, list: tuple, set: tuple,
+    staticmethod: operator.attrgetter("__func__", "__func__"),
+    classmethod: operator.attrgetter("__func__", "__func__"),
+    property: operator.attrgetter("fget", "fset", "fdel", "__doc__"),
+}  # fmt: skip
+_CONSTANTS: tuple[type, ...] = ()  # stdlib sentinels pickled by name (dataclasses.MISSING, ...)
+_DESCRIPTORS = (types.GetSetDescriptorType, types.MemberDescriptorType)  # a class's __dict__, __weakref__
+
+
+def _dataclass_types() -> None:
+    """Fill _SLOTTED and _CONSTANTS with dataclasses' types, when it is imported."""
+    global _CONSTANTS
+    dc = sys.modules.get("dataclasses")
+    if dc is None or _CONSTANTS:
+        return
+    for name in ("Field", "_DataclassParams"):
+        tp = getattr(dc, name, None)
+        if isinstance(tp, type):
+            slots = [s for t in tp.__mro__ for s in getattr(t, "__slots__", ())]
+            _READERS[tp] = operator.attrgetter(*slots, *slots[:1])  # (twice the first: a tuple, always)
+    _CONSTANTS = tuple(
+        t
+        for t in (getattr(dc, n, None) for n in ("_MISSING_TYPE", "_FIELD_BASE", "_KW_ONLY_TYPE"))
+        if isinstance(t, type)
+    )
+
+
+def _snap(value: Any, w: _Walk) -> bool:
+    """Add to ``w`` what ``value`` pickles from, if it can be told unchanged while it is the same
+    object: numbers, strings, bytes, modules, what pickles by name (and must still), functions
+    and classes pickled by value (walked in turn), tuples and frozensets of these, and dicts,
+    lists, sets and dataclasses' fields, whose items are compared at each look-up (MAX_ITEMS
+    items in all, at most)."""
+    tp = type(value)
+    if tp in _SCALARS or value is _MISSING:
+        return True
+    if tp is types.ModuleType:
+        return sys.modules.get(value.__name__) is value
+    if tp in _NAMED or isinstance(value, type):
+        if _by_name(value):
+            w.plan.by_name[id(value)] = value
+            return True
+        if tp is types.FunctionType:
+            return _watch(value, w)
+        return tp is type and _watch_class(value, w)  # (a class of the script)
+    if id(value) in w.seen:
+        return True
+    w.seen.add(id(value))
+    _dataclass_types()
+    if tp is tuple or tp is frozenset:
+        items: Any = value
+    elif tp in _READERS:
+        read = _READERS[tp]
+        try:
+            items = tuple(read(value))
+        except AttributeError:  # (a slot not set)
             return False
-    return True
+        w.plan.deep.append((value, read, tuple(map(id, items))))
+        w.hold((value, *items))
+    elif tp in _CONSTANTS or tp in _DESCRIPTORS:
+        return True
+    else:
+        return False
+    w.budget -= len(items)
+    return w.budget >= 0 and all(_snap(v, w) for v in items)
 
 
 def _by_name(obj: Any) -> bool:
