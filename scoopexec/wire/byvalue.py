@@ -8,18 +8,27 @@ cache).  A script that submits its own function in a loop thus submitted 5,000 t
 14,000 a second, against 100,000 and more for a module's function (issue 17).
 
 The pickle of such a function is the same bytes again as long as everything cloudpickle read
-to make it is the same: the function's code, defaults, closure, names and doc, and the values of
-the globals its code reads.  When each of those values cannot change in place -- numbers,
-strings, bytes, tuples and frozensets of them, modules, and classes and functions that pickle by
-name -- "the same" is "the same object", which a look-up per name tells in a fraction of a
-microsecond.  A function of the script that the function reads (a helper) is looked at the same
-way, its own globals included.  So, from a function's second pickle (the first may be a lambda's
-made for one submit), :func:`prepare` notes before pickling what the pickle is made from, unless
-some of it could change unseen (a list, a dict, an array, an instance, a class of the script,
-function attributes: those functions are pickled at every submit, as before, and not looked at
-again while they live), :func:`keep` keeps the pickle if all of it still holds after pickling
-(another thread may rebind a global meanwhile), and :func:`lookup` returns the pickle while all
-of it holds.
+to make it is the same: the function's code, defaults, closure, names, doc and attributes, and
+the values of the globals its code reads.  Of a value that cannot change in place -- numbers,
+strings, bytes, modules, classes and functions that pickle by name, tuples and frozensets of
+these -- "the same" is "the same object", which an id tells.  A value that can -- a dict, a list,
+a set, dataclasses' fields -- is the same while its items are, compared at each look-up (their
+ids, in the order the pickle takes them).  A function of the script that the function reads (a
+helper) is looked at the same way, its own globals included, and so is a class of the script
+(a plain one or a dataclass: metaclass ``type``, one base, no ``__slots__``): its namespace, its
+name and base, and its base's values for the same names (a value shared with the base is left out
+of the pickle).  So, from a function's second pickle (the first may be a lambda's made for one
+submit), :func:`prepare` notes before pickling what the pickle is made from, unless some of it
+cannot be looked at (an array, an object, an enum, a class with another metaclass, more than
+MAX_ITEMS items in containers: those functions are pickled at every submit, as before, and not
+looked at again while they live), :func:`keep` keeps the pickle if all of it still holds after
+pickling (another thread may rebind a global meanwhile), and :func:`lookup` returns the pickle
+while all of it holds.  Everything looked at is held, so that its id stays its own; the
+script's functions and classes weakly (no script's namespace is kept alive from here), and one
+that dies drops the pickle.
+
+A class of the script is kept the same way, for the arguments and results that hold its instances
+(serialize._DataPickler: the class travels as its own pickle inside theirs).
 
 Looked at too, on every look-up:
 * whether what was pickled by name still is (found under its name: not after a reload, a mock's
