@@ -528,8 +528,8 @@ def test_a_class_of_the_script_among_arguments_travels_as_its_kept_pickle():
     )
     P = ns["P"]
     frames = [serialize.dumps((P(float(i)),)) for i in range(3)]
-    assert b"class_from_pickle" not in frames[0][0]  # (seen once: inline)
-    assert b"class_from_pickle" in frames[2][0]
+    assert all(b"class_from_pickle" in f[0] for f in frames)  # (its own pickle: kept from the second)
+    assert byvalue._once.get(id(P)) is None
     kept = byvalue.lookup(P)
     assert kept is not None and kept == _fresh_class(P)
     P.c = 5  # (a class attribute)
@@ -574,3 +574,36 @@ def test_a_pool_sees_each_change_to_a_class_of_the_script_its_arguments_hold():
     r = run_script(code, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split("\n")[0] == "[1.0, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0] Params 3.0"
+
+
+def test_results_that_hold_a_class_of_the_script_leave_the_clients_class_as_it_is():
+    code = """
+        import dataclasses
+        from scoopexec import ScoopExecutor
+
+        @dataclasses.dataclass
+        class Params:
+            a: float
+            scale = 1.0
+
+        def run(p, tag=None):
+            if tag is not None:
+                Params.tag = tag  # (the worker's copy of the class)
+            return Params(p.a * p.scale)
+
+        if __name__ == "__main__":
+            init = Params.__init__
+            with ScoopExecutor(1) as ex:
+                out = [ex.submit(run, Params(float(i))).result(timeout=60) for i in range(4)]
+                same = all(type(r) is Params for r in out) and Params.__init__ is init
+                ex.submit(run, Params(1.0), "worker").result(timeout=60)
+                after = [ex.submit(run, Params(2.0)).result(timeout=60) for _ in range(2)]
+                Params.scale = 3.0
+                changed = ex.submit(run, Params(2.0)).result(timeout=60)
+            print([r.a for r in out], same, hasattr(Params, "tag"), after[-1].a, changed.a,
+                  Params.__init__ is init)
+    """
+    r = run_script(code, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    # (before: each result set the client's class to the worker's copy, tag included)
+    assert r.stdout.decode().split("\n")[0] == "[0.0, 1.0, 2.0, 3.0] True False 2.0 6.0 True"

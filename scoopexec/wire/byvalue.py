@@ -65,7 +65,7 @@ from typing import Any
 import cloudpickle
 
 __all__ = [
-    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup", "prepare",
+    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "by_name", "clear", "holds", "keep", "lookup", "prepare",
     "registered_by_value",
 ]  # fmt: skip
 
@@ -147,7 +147,7 @@ def lookup(fn: Any) -> bytes | None:
     if not _holds(k):
         # Something changed: made again from the next pickle on, unless that keeps happening before
         # a kept pickle is used twice (a global rebound before each submit): then never again.
-        del _kept[key]
+        _kept.pop(key, None)  # (a weak reference may have dropped it meanwhile, in another thread)
         strikes = k.strikes + 1 if k.hits < 2 else 0
         _mark(key, fn, strikes >= STRIKES, strikes)
         return None
@@ -478,6 +478,11 @@ def _snap(value: Any, w: _Walk) -> bool:
         return False
     w.budget -= len(items)
     return w.budget >= 0 and all(_snap(v, w) for v in items)
+
+
+def by_name(obj: Any) -> bool:
+    """Whether cloudpickle pickles ``obj`` (a function or a class) by name."""
+    return not _BY_VALUE and _by_name(obj)
 
 
 def _by_name(obj: Any) -> bool:
