@@ -4,19 +4,22 @@
 
 The benchmarks' submit row maps a function of an importable module (benchmarks/tasks.py), which
 every library pickles by name.  A user's script more often submits a function it defines itself:
-``__main__.step`` here, which calls a helper and reads a constant of the script, as such functions
-do.  scoopexec and loky pickle it by value (cloudpickle: its code, and the globals it reads, so
-that a worker sees them as they are at the submit); ProcessPoolExecutor by name (its workers are
-forks of the script, or import it).  Each contender runs in a fresh interpreter per round, as this
-file run as a script, on 2 warm workers: ``--tasks`` submits of ``step``, then of the module's
-``noop``, each batch gathered.  Printed: tasks per second (submit to last result), median and
-spread over rounds, and scoopexec's ratio to each other contender (scoopexec's rate / theirs, the
-median of per-round ratios).
+``__main__.step`` here, which calls a helper and reads a constant of the script, as such
+functions do; or passes instances of its own classes (``Params``, a dataclass of the script,
+here to the module's function).  scoopexec and loky pickle those by value (cloudpickle: the
+code, and the globals it reads, so that a worker sees them as they are at the submit);
+ProcessPoolExecutor by name (its workers are forks of the script, or import it).  Each
+contender runs in a fresh interpreter per round, as this file run as a script, on 2 warm
+workers: ``--tasks`` submits of ``step``, then of the module's ``noop``, then of ``noop`` with a
+``Params`` argument, each batch gathered.  Printed: tasks per second (submit to last result),
+median and spread over rounds, and scoopexec's ratio to each other contender (scoopexec's rate /
+theirs, the median of per-round ratios).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -33,8 +36,14 @@ if ROOT not in sys.path:
 from benchmarks.tasks import noop  # noqa: E402
 
 CONTENDERS = ["scoopexec", "ProcessPoolExecutor", "loky"]
-STEPS = ["script function", "module function"]
+STEPS = ["script function", "module function", "script dataclass argument"]
 OFFSET = 3
+
+
+@dataclasses.dataclass
+class Params:
+    a: float
+    b: int = 2
 
 
 def helper(x: int) -> int:
@@ -63,13 +72,17 @@ def child(name: str, n: int) -> dict[str, float]:
     """Tasks per second of each step with ``name``'s pool (this process is the script)."""
     ex = _pool(name)
     try:
-        for fn in (step, noop):  # warm: every worker up, each function seen once
-            [f.result() for f in [ex.submit(fn, i) for i in range(20)]]
+        for fn, arg in ((step, 1), (noop, 1), (noop, Params(1.0))):  # warm: workers up, each seen once
+            [f.result() for f in [ex.submit(fn, arg) for i in range(20)]]
         out = {}
-        cases = (("script function", step, 2 * (n - 1) + OFFSET), ("module function", noop, None))
-        for label, fn, want in cases:
+        cases = (
+            ("script function", step, int, 2 * (n - 1) + OFFSET),
+            ("module function", noop, int, None),
+            ("script dataclass argument", noop, lambda i: Params(float(i)), Params(float(n - 1))),
+        )
+        for label, fn, make, want in cases:
             t = time.perf_counter()
-            futures = [ex.submit(fn, i) for i in range(n)]
+            futures = [ex.submit(fn, make(i)) for i in range(n)]
             last = [f.result() for f in futures][-1]
             out[label] = n / (time.perf_counter() - t)
             assert want is None or last == want, (label, last)
