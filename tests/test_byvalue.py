@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import types
+import weakref
 
 import cloudpickle
 import pytest
@@ -517,34 +518,7 @@ def test_a_submodule_entry_replaced_in_sys_modules_is_seen():
         sys.modules["xml.dom.minidom"] = saved
 
 
-# A class of the script among arguments or results travels as its own pickle, kept while the
-# class is unchanged (serialize._DataPickler).
-
-
-def test_a_class_of_the_script_among_arguments_travels_as_its_kept_pickle():
-    ns = _script(
-        "import dataclasses\n@dataclasses.dataclass\nclass P:\n    a: float\n    b: int = 2\n"
-        "    def total(self):\n        return self.a + self.b + K\n"
-    )
-    P = ns["P"]
-    frames = [serialize.dumps((P(float(i)),)) for i in range(3)]
-    assert all(b"class_from_pickle" in f[0] for f in frames)  # (its own pickle: kept from the second)
-    assert byvalue._once.get(id(P)) is None
-    kept = byvalue.lookup(P)
-    assert kept is not None and kept == _fresh_class(P)
-    P.c = 5  # (a class attribute)
-    assert byvalue.lookup(P) is None
-    ns["K"] = 100  # (a global its method reads)
-    serialize.dumps((P(1.0),))
-    serialize.dumps((P(1.0),))
-    assert byvalue.lookup(P) == _fresh_class(P)
-    # (Unpickled here, it is this very class, whose state cloudpickle sets again: so, last.)
-    (q,) = serialize.loads(serialize.dumps((P(1.0),)))
-    assert q.total() == 1.0 + 2 + 100 and q.c == 5
-
-
-def _fresh_class(cls) -> bytes:
-    return serialize._cloud_dumps(cls)
+# A class of the script in a task's arguments and results.
 
 
 def test_a_pool_sees_each_change_to_a_class_of_the_script_its_arguments_hold():
@@ -576,7 +550,7 @@ def test_a_pool_sees_each_change_to_a_class_of_the_script_its_arguments_hold():
     assert r.stdout.decode().split("\n")[0] == "[1.0, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0] Params 3.0"
 
 
-def test_results_that_hold_a_class_of_the_script_leave_the_clients_class_as_it_is():
+def test_a_class_that_came_back_in_a_result_is_sent_as_the_client_changes_it():
     code = """
         import dataclasses
         from scoopexec import ScoopExecutor
@@ -586,24 +560,59 @@ def test_results_that_hold_a_class_of_the_script_leave_the_clients_class_as_it_i
             a: float
             scale = 1.0
 
-        def run(p, tag=None):
-            if tag is not None:
-                Params.tag = tag  # (the worker's copy of the class)
-            return Params(p.a * p.scale)
+        def run(p):
+            return p.a * p.scale, Params(p.a)
 
         if __name__ == "__main__":
-            init = Params.__init__
             with ScoopExecutor(1) as ex:
-                out = [ex.submit(run, Params(float(i))).result(timeout=60) for i in range(4)]
-                same = all(type(r) is Params for r in out) and Params.__init__ is init
-                ex.submit(run, Params(1.0), "worker").result(timeout=60)
-                after = [ex.submit(run, Params(2.0)).result(timeout=60) for _ in range(2)]
-                Params.scale = 3.0
-                changed = ex.submit(run, Params(2.0)).result(timeout=60)
-            print([r.a for r in out], same, hasattr(Params, "tag"), after[-1].a, changed.a,
-                  Params.__init__ is init)
+                first = [ex.submit(run, Params(1.0)).result(timeout=60)[0] for _ in range(3)]
+                Params.scale = 10.0
+                then = [ex.submit(run, Params(1.0)).result(timeout=60)[0] for _ in range(3)]
+            print(first, then)
     """
     r = run_script(code, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
-    # (before: each result set the client's class to the worker's copy, tag included)
-    assert r.stdout.decode().split("\n")[0] == "[0.0, 1.0, 2.0, 3.0] True False 2.0 6.0 True"
+    assert r.stdout.decode().split("\n")[0] == "[1.0, 1.0, 1.0] [10.0, 10.0, 10.0]"
+
+
+def test_a_kept_pickle_dropped_by_the_collector_during_its_look_up_raises_nothing():
+    cycle = "def mk():\n    def g():\n        return g\n    return g\n"
+    ns = _script(cycle + "g = mk()\ndef h():\n    return g()\n")
+    h = ns["h"]
+    _pickled_twice(h)
+    assert byvalue.lookup(h) is not None
+    old = gc.get_threshold()
+    gc.disable()
+    try:
+        ns["g"] = ns["mk"]()  # (the old g: cyclic garbage, whose collection drops h's pickle)
+        gc.set_threshold(1, 1, 1)
+        gc.enable()  # (so that a collection runs inside the look-up, as it may by chance)
+        data = serialize.dumps_function(h)
+    finally:
+        gc.set_threshold(*old)
+        gc.enable()
+    assert data == _fresh(h)
+
+
+def test_descriptors_and_builtin_types_are_not_taken_for_what_they_are_not():
+    ns = _script(
+        "import types\nclass C:\n    pass\nclass S:\n    __slots__ = ('x',)\n"
+        "D = C.__dict__['__dict__']\nM = S.x\nT = types.CodeType\n"
+        "def h():\n    return D, M\ndef k():\n    return T\n"
+    )
+    _pickled_twice(ns["h"])  # (a descriptor pickles as its class's attribute: the class by value)
+    assert byvalue.lookup(ns["h"]) is None
+    assert byvalue._once[id(ns["h"])][1]
+    _pickled_twice(ns["k"])  # (a built-in type: by its name)
+    assert byvalue.lookup(ns["k"]) is not None
+    assert not any(g[1] == "class" for g in byvalue._kept[id(ns["k"])].groups)
+
+
+def test_a_class_of_the_script_is_not_kept_alive_by_a_kept_pickle():
+    ns = _script("class C:\n    v = 1\ndef h():\n    return C.v\n")
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is not None
+    ref = weakref.ref(ns["C"])
+    del ns["C"]
+    gc.collect()
+    assert ref() is None and id(ns["h"]) not in byvalue._kept  # (its death dropped the pickle)

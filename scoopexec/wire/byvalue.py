@@ -14,21 +14,23 @@ strings, bytes, modules, classes and functions that pickle by name, tuples and f
 these -- "the same" is "the same object", which an id tells.  A value that can -- a dict, a list,
 a set, dataclasses' fields -- is the same while its items are, compared at each look-up (their
 ids, in the order the pickle takes them).  A function of the script that the function reads (a
-helper) is looked at the same way, its own globals included, and so is a class of the script
-(a plain one or a dataclass: metaclass ``type``, one base, no ``__slots__``): its namespace, its
-name and base, and its base's values for the same names (a value shared with the base is left out
-of the pickle).  So, from a function's second pickle (the first may be a lambda's made for one
+helper) is looked at the same way, its own globals included, and so is a class of the script it
+reads (metaclass ``type``, one base, no ``__slots__``; a plain dataclass too, but not one whose
+methods have keyword-only defaults or whose fields have a ``default_factory``): its namespace,
+its name and base, and its base's values for the same names (a value shared with the base is left
+out of the pickle).  So, from a function's second pickle (the first may be a lambda's made for one
 submit), :func:`prepare` notes before pickling what the pickle is made from, unless some of it
-cannot be looked at (an array, an object, an enum, a class with another metaclass, more than
-MAX_ITEMS items in containers: those functions are pickled at every submit, as before, and not
-looked at again while they live), :func:`keep` keeps the pickle if all of it still holds after
-pickling (another thread may rebind a global meanwhile), and :func:`lookup` returns the pickle
-while all of it holds.  Everything looked at is held, so that its id stays its own; the
-script's functions and classes weakly (no script's namespace is kept alive from here), and one
-that dies drops the pickle.
+cannot be looked at (an array, an object, an enum, a class with another metaclass, a descriptor,
+more than MAX_ITEMS items in containers and class namespaces: those functions are pickled at
+every submit, as before, and not looked at again while they live), :func:`keep` keeps the pickle
+if all of it still holds after pickling (another thread may rebind a global meanwhile), and
+:func:`lookup` returns the pickle while all of it holds.  What is looked at is held, so that its
+id stays its own: the script's functions and classes weakly (one that dies drops the pickle),
+the rest strongly, until the function's pickle is made again or the function dies (a container
+held so holds what it holds: a function in a list is alive while the list is held).
 
-A class of the script is kept the same way, for the arguments and results that hold its instances
-(serialize._DataPickler: the class travels as its own pickle inside theirs).
+A class of the script among a task's arguments is pickled with them each time, as before: it
+and its instances are one pickle, and a class sent apart would not share objects with them.
 
 Looked at too, on every look-up:
 * whether what was pickled by name still is (found under its name: not after a reload, a mock's
@@ -65,13 +67,13 @@ from typing import Any
 import cloudpickle
 
 __all__ = [
-    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "by_name", "clear", "holds", "keep", "lookup", "prepare",
+    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup", "prepare",
     "registered_by_value",
 ]  # fmt: skip
 
 KEEP_MAX = 1024  # functions whose pickles are kept, at most (past that, all are forgotten)
 MAX_FACTS = 512  # names looked at per function, and functions per pickle, at most (past: pickled each time)
-MAX_ITEMS = 1024  # items of containers looked at per pickle, at most (past that: pickled each time)
+MAX_ITEMS = 256  # items of containers and class namespaces looked at per pickle, at most (past: each time)
 STRIKES = 3  # kept pickles in a row that changed before their second use: then pickled each time
 
 _MISSING = object()
@@ -161,12 +163,11 @@ def holds(plan: _Kept) -> bool:
 
 
 def prepare(fn: Any) -> _Kept | None:
-    """Before ``fn`` (a function, or a class of the script) is pickled by value: what its pickle
-    is made from, to give :func:`keep` with the pickle; None when it is not to be kept (its first
-    pickle, or it reads what cannot be looked at: see the module docstring)."""
+    """Before ``fn`` is pickled by value: what its pickle is made from, to give :func:`keep` with
+    the pickle; None when it is not to be kept (its first pickle, or it reads what cannot be looked
+    at: see the module docstring)."""
     key = id(fn)
-    kind = type(fn)
-    if not (kind is types.FunctionType or (kind is type and not _by_name(fn))) or _BY_VALUE:
+    if type(fn) is not types.FunctionType or _BY_VALUE:
         return None
     seen = _once.get(key)
     if seen is None or seen[0]() is not fn:
@@ -177,7 +178,7 @@ def prepare(fn: Any) -> _Kept | None:
     drop = functools.partial(_forget, key)
     plan = _Kept(weakref.ref(fn, drop), seen[2])
     try:
-        watched = (_watch if kind is types.FunctionType else _watch_class)(fn, _Walk(plan, drop))
+        watched = _watch(fn, _Walk(plan, drop))
     except RecursionError:  # (functions and classes that read each other, hundreds deep)
         watched = False
     if not watched:
@@ -229,7 +230,14 @@ def _world() -> tuple[Any, ...]:
 
 
 def _holds(k: _Kept) -> bool:
-    """Whether everything ``k``'s pickle was made from is unchanged."""
+    """Whether everything ``k``'s pickle was made from is unchanged (an error reading it: not)."""
+    try:
+        return _unchanged(k)
+    except Exception:  # (a dataclass field's slot deleted, say: the pickle is made again, and says why)
+        return False
+
+
+def _unchanged(k: _Kept) -> bool:
     if _BY_VALUE or _world() != k.world:
         return False
     for ref, names, ids, elsewhere in k.groups:
@@ -371,12 +379,22 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     if type(cls) is not type or "__slots__" in cls.__dict__ or _class_ids(cls) is None:
         return False
     d = cls.__dict__
-    if not _snap(cls.__bases__[0], w) or not all(_snap(v, w) for v in d.values()):
+    w.budget -= len(d)
+    if w.budget < 0 or not _snap(cls.__bases__[0], w):
+        return False
+    # Its own __dict__ and __weakref__ descriptors are left out of its pickle by cloudpickle; they
+    # are compared by id (the class's for as long as it lives) but not held: they hold the class.
+    own = {
+        id(d[k]) for k in _OWN if type(d.get(k)) is types.GetSetDescriptorType and d[k].__objclass__ is cls
+    }
+    if any(k in d and id(d[k]) not in own for k in _OWN):
+        return False  # (a __dict__ that is something else: cloudpickle would send it)
+    if not all(id(v) in own or _snap(v, w) for v in d.values()):
         return False
     parts = (type(cls), cls.__name__, cls.__qualname__, *cls.__bases__, *d, *d.values())
     inherited = cls.__bases__[0].__dict__
     parts = (*parts, *map(inherited.get, d, _ANY_MISSING))
-    w.hold(parts)
+    w.hold(v for v in parts if id(v) not in own)
     elsewhere = d.get("__module__") != "__main__"  # (its __module__ is in its namespace: compared)
     w.plan.groups.append((weakref.ref(cls, w.drop), _CLASS, tuple(map(id, parts)), elsewhere))
     return len(w.plan.groups) <= MAX_FACTS
@@ -419,11 +437,14 @@ _READERS: dict[type, Any] = {
     property: operator.attrgetter("fget", "fset", "fdel", "__doc__"),
 }  # fmt: skip
 _CONSTANTS: tuple[type, ...] = ()  # stdlib sentinels pickled by name (dataclasses.MISSING, ...)
-_DESCRIPTORS = (types.GetSetDescriptorType, types.MemberDescriptorType)  # a class's __dict__, __weakref__
+_OWN = ("__dict__", "__weakref__")  # a class's own descriptors, which cloudpickle leaves out
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type()), not in C
+# The types cloudpickle pickles by their names among the built-in ones (types.CodeType, say).
+_BUILTIN_TYPES: Any = getattr(cloudpickle.cloudpickle, "_BUILTIN_TYPE_NAMES", {})
 
 
 def _dataclass_types() -> None:
-    """Fill _SLOTTED and _CONSTANTS with dataclasses' types, when it is imported."""
+    """Add dataclasses' slotted types to _READERS, and its sentinels to _CONSTANTS, once imported."""
     global _CONSTANTS
     dc = sys.modules.get("dataclasses")
     if dc is None or _CONSTANTS:
@@ -457,6 +478,8 @@ def _snap(value: Any, w: _Walk) -> bool:
             return True
         if tp is types.FunctionType:
             return _watch(value, w)
+        if tp is type and not value.__flags__ & _HEAP_TYPE:
+            return value in _BUILTIN_TYPES  # (types.CodeType and the like: by their names)
         return tp is type and _watch_class(value, w)  # (a class of the script)
     if id(value) in w.seen:
         return True
@@ -472,17 +495,12 @@ def _snap(value: Any, w: _Walk) -> bool:
             return False
         w.plan.deep.append((value, read, tuple(map(id, items))))
         w.hold((value, *items))
-    elif tp in _CONSTANTS or tp in _DESCRIPTORS:
+    elif tp in _CONSTANTS:
         return True
     else:
         return False
     w.budget -= len(items)
     return w.budget >= 0 and all(_snap(v, w) for v in items)
-
-
-def by_name(obj: Any) -> bool:
-    """Whether cloudpickle pickles ``obj`` (a function or a class) by name."""
-    return not _BY_VALUE and _by_name(obj)
 
 
 def _by_name(obj: Any) -> bool:

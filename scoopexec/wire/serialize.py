@@ -294,84 +294,6 @@ def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool
         return fh.getvalue()
 
 
-class _DataPickler(_Pickler):
-    """For arguments and results: a class of the script among them travels as its own pickle,
-    made again only when the class changed (wire/byvalue.py), inside theirs; not pickled anew in
-    each task's (a dataclass of the script: about 130 us, each submit).
-
-    Unpickled (class_from_pickle), it is the same class as inline would give: cloudpickle finds
-    it by the id it gave it (its tracker id), and sets its state from the pickle, but only when
-    that pickle differs from the last one it set it from.  A class that this process received so
-    from another goes back as a reference to its tracker id (class_by_tracker), with the pickle
-    it was set from for a process that does not know it: a worker's result does not set its
-    client's class to the worker's copy of it, as cloudpickle's own pickle does, and costs no
-    pickle of the class.  A worker's change to its copy of a class (a class attribute a task
-    sets) thus stays in that worker, as in a forked ProcessPoolExecutor's, until the client's
-    class changes.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        if obj.__class__ is type:
-            came = _received.get(obj)  # (the pickle it was set from: what a process that lacks it gets)
-            tracker = _TRACKER_OF.get(obj) if came is not None and _TRACKER_OF is not None else None
-            if tracker is not None:
-                return class_by_tracker, (tracker, came)
-            data = _class_pickle(obj)
-            if data is not None:
-                return class_from_pickle, (data,)
-        return super().reducer_override(obj)
-
-
-def _class_pickle(cls: type) -> bytes | None:
-    """The pickle of ``cls`` alone, kept from its second one while the class is unchanged
-    (wire/byvalue.py); None for a class pickled by name, or whose pickle is large."""
-    kept = byvalue.lookup(cls)
-    if kept is not None:
-        return kept
-    if byvalue.by_name(cls):
-        return None
-    plan = byvalue.prepare(cls)
-    data = _cloud_dumps(cls)
-    if len(data) >= fnframes.MIN_SIZE:
-        return None
-    if plan is not None:
-        byvalue.keep(cls, data, plan)
-    return data
-
-
-# cloudpickle's registries of the classes it pickled or unpickled by value: tracker id <-> class
-_TRACKED: Any = getattr(cloudpickle.cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_ID", None)
-_TRACKER_OF: Any = getattr(cloudpickle.cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", None)
-_received: weakref.WeakKeyDictionary[type, bytes] = weakref.WeakKeyDictionary()  # class -> pickle set from
-_set_from: dict[bytes, Any] = {}  # the pickle each class in _received was last set from -> (a weak ref to) it
-
-
-def class_from_pickle(data: bytes) -> Any:
-    """A class that travelled as its own pickle inside another (_DataPickler): cloudpickle's, set
-    from ``data`` unless it was last set from the same bytes."""
-    ref = _set_from.get(data)
-    cls = ref() if ref is not None else None
-    if cls is not None and _received.get(cls) == data:
-        return cls
-    cls = pickle.loads(data)
-    if type(cls) is type:
-        old = _received.get(cls)
-        if old is not None:
-            _set_from.pop(old, None)
-        if len(_set_from) >= _CACHE_MAX:
-            _set_from.clear()
-        _received[cls] = data
-        _set_from[data] = weakref.ref(cls)
-    return cls
-
-
-def class_by_tracker(tracker: str, data: bytes) -> Any:
-    """A class this process sent by value before, found by the tracker id cloudpickle gave it,
-    as it is here (not set from ``data``); else, unknown here, the class ``data`` pickles."""
-    cls = _TRACKED.get(tracker) if _TRACKED is not None else None
-    return cls if cls is not None else class_from_pickle(data)
-
-
 class _OverridingPickler(_Pickler):
     def __init__(self, fh: Any, override: Callable[[Any], Any], buffer_callback: Callable[..., Any]) -> None:
         super().__init__(fh, PROTOCOL, buffer_callback=buffer_callback)
@@ -462,9 +384,7 @@ def _dumps_out_of_band(obj: Any, compact: bool, cloud: bool = False) -> Frames:
             if not _BY_VALUE and data.find(b"__main__") < 0:
                 return [data, *bufs]
         bufs.clear()
-    with io.BytesIO() as fh:
-        _DataPickler(fh, PROTOCOL, buffer_callback=keep).dump(obj)
-        data = fh.getvalue()
+    data = _cloud_dumps(obj, keep)
     return [data, *bufs]
 
 
