@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 import warnings
-from typing import Any
 
 import numpy as np
+
+from benchmarks import as_script
 
 MB = int(os.environ.get("LARGE_GLOBALS_MB", "20"))
 DATA = np.arange(MB * 10**6 // 8, dtype=np.float64)
@@ -35,25 +34,11 @@ def read(i: int) -> float:
     return float(DATA[i])
 
 
-def _pool(name: str) -> Any:
-    if name == "scoopexec":
-        from scoopexec import ScoopExecutor
-
-        return ScoopExecutor(max_workers=2)
-    if name == "loky":
-        import loky
-
-        return loky.get_reusable_executor(max_workers=2)
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(2)
-
-
 def child(name: str) -> dict[str, float]:
     """The three times, in seconds, with ``name``'s pool (this process is the script)."""
     warnings.simplefilter("ignore")  # (scoopexec's LargeFunctionWarning: the point here)
     t = time.perf_counter()
-    ex = _pool(name)
+    ex = as_script.pool(name)
     try:
         assert ex.submit(read, 5).result() == 5.0
         out = {"first": time.perf_counter() - t}
@@ -69,45 +54,6 @@ def child(name: str) -> dict[str, float]:
     return out
 
 
-def run(names: list[str], mb: int, rounds: int) -> dict[str, list[dict[str, float]]]:
-    raw: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    env = dict(os.environ, LARGE_GLOBALS_MB=str(mb))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # (the order rotates)
-            done = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", name],
-                env=env, capture_output=True, text=True, timeout=600, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-            raw[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"round {r + 1}/{rounds}: {name} {raw[name][-1]}", file=sys.stderr, flush=True)
-    return raw
-
-
-def table(raw: dict[str, list[dict[str, float]]], mb: int) -> str:
-    names = list(raw)
-    lines = [
-        f"A function of the script reading a {mb} MB global, 2 workers ({len(raw[names[0]])} rounds; "
-        "median, [spread]; ratio: the contender's time / scoopexec's, median of rounds)",
-        "| step | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 1) + "|",
-    ]
-    for step in STEPS:
-        cells = []
-        for n in names:
-            values = [r[step] for r in raw[n]]
-            cell = f"{statistics.median(values):.3f} s [{min(values):.3f}-{max(values):.3f}]"
-            if n != "scoopexec" and "scoopexec" in raw:
-                ratios = [o[step] / s[step] for o, s in zip(raw[n], raw["scoopexec"], strict=True)]
-                cell += f", {statistics.median(ratios):.2f}x"
-            cells.append(cell)
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=20)
@@ -118,17 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         print(json.dumps(child(a.child)))
         return 0
-    names = [n for n in a.only.split(",") if n]
-    unknown = set(names) - set(CONTENDERS)
-    if unknown:
-        ap.error(f"unknown contenders {sorted(unknown)}: choose among {CONTENDERS}")
-    if "loky" in names:
-        try:
-            import loky  # noqa: F401
-        except ImportError:
-            print("loky is not installed: skipped", file=sys.stderr)
-            names.remove("loky")
-    print(table(run(names, a.mb, a.rounds), a.mb))
+    names = as_script.contenders(a.only, CONTENDERS, ap.error)
+    raw = as_script.run(__file__, names, a.rounds, env={"LARGE_GLOBALS_MB": str(a.mb)})
+    title = (
+        f"A function of the script reading a {a.mb} MB global, 2 workers ({a.rounds} rounds; "
+        "median, [spread]; ratio: the contender's time / scoopexec's, median of rounds)"
+    )
+    print(as_script.table(raw, STEPS, title, "step", lambda v: f"{v:.3f}", lambda o, s: o / s, " s"))
     return 0
 
 

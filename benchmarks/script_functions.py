@@ -22,17 +22,15 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
-from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks import as_script  # noqa: E402
 from benchmarks.tasks import noop  # noqa: E402
 
 CONTENDERS = ["scoopexec", "ProcessPoolExecutor", "loky"]
@@ -54,23 +52,9 @@ def step(x: int) -> int:
     return helper(x) + OFFSET
 
 
-def _pool(name: str) -> Any:
-    if name == "scoopexec":
-        from scoopexec import ScoopExecutor
-
-        return ScoopExecutor(max_workers=2)
-    if name == "loky":
-        import loky
-
-        return loky.get_reusable_executor(max_workers=2)
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(2)
-
-
 def child(name: str, n: int) -> dict[str, float]:
     """Tasks per second of each step with ``name``'s pool (this process is the script)."""
-    ex = _pool(name)
+    ex = as_script.pool(name)
     try:
         for fn, arg in ((step, 1), (noop, 1), (noop, Params(1.0))):  # warm: workers up, each seen once
             [f.result() for f in [ex.submit(fn, arg) for i in range(20)]]
@@ -91,44 +75,6 @@ def child(name: str, n: int) -> dict[str, float]:
     return out
 
 
-def run(names: list[str], n: int, rounds: int) -> dict[str, list[dict[str, float]]]:
-    raw: dict[str, list[dict[str, float]]] = {c: [] for c in names}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # (the order rotates)
-            done = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", name, "--tasks", str(n)],
-                env=env, capture_output=True, text=True, timeout=600, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-            raw[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"round {r + 1}/{rounds}: {name} {raw[name][-1]}", file=sys.stderr, flush=True)
-    return raw
-
-
-def table(raw: dict[str, list[dict[str, float]]], n: int) -> str:
-    names = list(raw)
-    lines = [
-        f"{n} submits, gathered, 2 workers ({len(raw[names[0]])} rounds; tasks/s: median [spread]; "
-        "ratio: scoopexec's rate / the contender's, median of rounds)",
-        "| function | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 1) + "|",
-    ]
-    for label in STEPS:
-        cells = []
-        for c in names:
-            rates = [r[label] for r in raw[c]]
-            cell = f"{statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
-            if c != "scoopexec" and "scoopexec" in raw:
-                ratios = [s[label] / o[label] for o, s in zip(raw[c], raw["scoopexec"], strict=True)]
-                cell += f", {statistics.median(ratios):.2f}x"
-            cells.append(cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=5000)
@@ -141,17 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         print(json.dumps(child(a.child, a.tasks)))
         return 0
-    names = [c for c in a.only.split(",") if c]
-    unknown = set(names) - set(CONTENDERS)
-    if unknown:
-        ap.error(f"unknown contenders {sorted(unknown)}: choose among {CONTENDERS}")
-    if "loky" in names:
-        try:
-            import loky  # noqa: F401
-        except ImportError:
-            print("loky is not installed: skipped", file=sys.stderr)
-            names.remove("loky")
-    print(table(run(names, a.tasks, a.rounds), a.tasks))
+    names = as_script.contenders(a.only, CONTENDERS, ap.error)
+    raw = as_script.run(__file__, names, a.rounds, ["--tasks", str(a.tasks)])
+    title = (
+        f"{a.tasks} submits, gathered, 2 workers ({a.rounds} rounds; tasks/s: median [spread]; "
+        "ratio: scoopexec's rate / the contender's, median of rounds)"
+    )
+    print(as_script.table(raw, STEPS, title, "function", lambda v: f"{v:,.0f}", lambda o, s: s / o))
     return 0
 
 
