@@ -108,3 +108,17 @@ def test_the_large_global_benchmark_runs_every_step_on_each_contender():
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " s [" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| first", "| map 200", "| 20 submits"], r.stdout
     assert all(row.count(" s [") == 2 and row.rstrip().endswith("x |") for row in rows), r.stdout
+
+
+@pytest.mark.timeout(180)
+def test_the_script_function_benchmark_runs_every_step_on_each_contender():
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.script_functions", "--tasks", "50", "--rounds", "1",
+         "--only", ",".join(CONTENDERS)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " [" in line]
+    steps = ["| script function", "| module function", "| script dataclass argument"]
+    assert [row.split(" | ")[0] for row in rows] == steps, r.stdout
+    assert all(row.count(" [") == len(CONTENDERS) and row.rstrip().endswith("x |") for row in rows), r.stdout
