@@ -616,3 +616,47 @@ def test_a_class_of_the_script_is_not_kept_alive_by_a_kept_pickle():
     del ns["C"]
     gc.collect()
     assert ref() is None and id(ns["h"]) not in byvalue._kept  # (its death dropped the pickle)
+
+
+# What the fourth cold review found.
+
+
+def test_a_time_limits_pickle_goes_when_its_function_dies():
+    from scoopexec.worker.limits import TimeLimit
+
+    ns = _script()
+    for _ in range(3):
+        serialize.encode_function(TimeLimit(ns["g"], 30.0))
+    assert id(ns["g"]) in serialize._limited
+    key = id(ns["g"])
+    ns.clear()
+    gc.collect()
+    assert key not in serialize._limited
+
+
+def test_what_pickled_by_name_and_was_renamed_is_seen():
+    mod = types.ModuleType("_scoopexec_test_byvalue_mod3")
+    exec("def m(x):\n    return x\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        ns = _script(f"from {mod.__name__} import m\ndef h(x):\n    return m(x)\n")
+        _pickled_twice(ns["h"])
+        assert byvalue.lookup(ns["h"]) is not None
+        mod.m2 = mod.m
+        mod.m.__qualname__ = "m2"  # (found under its new name: by name still, another name)
+        assert byvalue.lookup(ns["h"]) is None
+        assert serialize.dumps_function(ns["h"]) == _fresh(ns["h"])
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_class_without_a_module_name_and_an_odd_sys_modules_key_are_no_trouble():
+    ns = _script("class C:\n    pass\nC.__module__ = None\ndef h():\n    return C\n")
+    _pickled_twice(ns["h"])
+    assert byvalue.lookup(ns["h"]) is None  # (cloudpickle would look for C in every module)
+    sys.modules[None] = None  # type: ignore[index]
+    try:
+        f = _script("import xml\ndef k():\n    return xml\n")["k"]
+        _pickled_twice(f)  # (its submodules are looked for among sys.modules' keys)
+    finally:
+        del sys.modules[None]  # type: ignore[arg-type]

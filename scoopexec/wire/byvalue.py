@@ -41,8 +41,10 @@ Looked at too, on every look-up:
   replaced in place is not seen), and cloudpickle's registry of modules pickled by value (the
   cache is off while it is not empty);
 * the source that travels with code whose file is not on disk (a notebook cell's, from
-  ``linecache``: serialize._memory_source).  Not: a script's file deleted from the disk while
-  it runs, whose lines a fresh pickle would then take from ``linecache`` (tracebacks only).
+  ``linecache``: serialize._memory_source).  Whether the file is on disk is looked at once, when
+  the pickle is made: not seen are a script's file deleted from the disk while it runs, or a
+  relative file name after a change of directory, for which a fresh pickle would take the lines
+  from ``linecache`` (for tracebacks only).
 
 A function whose kept pickle keeps changing before its second use (a global rebound before each
 submit) is pickled at every submit after STRIKES such pickles, as it would be without this.
@@ -123,7 +125,8 @@ class _Kept:
         self.groups: list[tuple[Any, Any, tuple[int, ...], bool]] = []
         # Containers that may change in place: (it, what reads its items, their ids).
         self.deep: list[tuple[Any, Any, tuple[int, ...]]] = []
-        self.by_name: dict[int, Any] = {}  # what pickled by name (and must still), by id
+        # What pickled by name (and must still, under the same name), by id: (it, module, qualname).
+        self.by_name: dict[int, tuple[Any, str, str]] = {}
         self.sources: list[tuple[str, Any]] = []  # (file, linecache's entry) of code whose source travels
         self.subs: list[tuple[str, Any]] = []  # entries of sys.modules a submodule list is made from
         # What the ids above are of: held, so that they stay theirs; the functions and classes of the
@@ -179,7 +182,7 @@ def prepare(fn: Any) -> _Kept | None:
     plan = _Kept(weakref.ref(fn, drop), seen[2])
     try:
         watched = _watch(fn, _Walk(plan, drop))
-    except RecursionError:  # (functions and classes that read each other, hundreds deep)
+    except Exception:  # (RecursionError: functions and classes that read each other, hundreds deep)
         watched = False
     if not watched:
         _mark(key, fn, True, 0)
@@ -249,8 +252,9 @@ def _unchanged(k: _Kept) -> bool:
     for obj, read, ids in k.deep:
         if tuple(map(id, read(obj))) != ids:
             return False
-    if not all(map(_by_name, k.by_name.values())):
-        return False
+    for obj, module, qualname in k.by_name.values():
+        if obj.__module__ != module or obj.__qualname__ != qualname or not _by_name(obj):
+            return False
     cache, mods = linecache.cache, sys.modules
     for name, entry in k.sources:
         if cache.get(name) is not entry:
@@ -348,6 +352,9 @@ def _watch(fn: types.FunctionType, w: _Walk) -> bool:
     if name and not os.path.isfile(name):  # its source travels with it (serialize._memory_source)
         w.plan.sources.append((name, linecache.cache.get(name)))
     ann = facts[_FIXED - 1]
+    w.budget -= len(ann)
+    if w.budget < 0:
+        return False
     cells = facts[_FIXED + 2 * len(ann) :]
     # (its attributes: their number is among its facts, so that an empty namespace costs no look)
     attributes = (fn.__dict__,) if fn.__dict__ else ()
@@ -378,6 +385,8 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     w.seen.add(id(cls))
     if type(cls) is not type or "__slots__" in cls.__dict__ or _class_ids(cls) is None:
         return False
+    if type(cls.__dict__.get("__module__")) is not str:  # (cloudpickle would look for it in every module)
+        return False
     d = cls.__dict__
     w.budget -= len(d)
     if w.budget < 0 or not _snap(cls.__bases__[0], w):
@@ -388,7 +397,7 @@ def _watch_class(cls: type, w: _Walk) -> bool:
         id(d[k]) for k in _OWN if type(d.get(k)) is types.GetSetDescriptorType and d[k].__objclass__ is cls
     }
     if any(k in d and id(d[k]) not in own for k in _OWN):
-        return False  # (a __dict__ that is something else: cloudpickle would send it)
+        return False  # (a __dict__ that is something else: a property, cloudpickle would send; refused)
     if not all(id(v) in own or _snap(v, w) for v in d.values()):
         return False
     parts = (type(cls), cls.__name__, cls.__qualname__, *cls.__bases__, *d, *d.values())
@@ -410,6 +419,8 @@ def _submodules(code: types.CodeType, values: Any) -> list[tuple[str, Any]]:
         if type(package) is types.ModuleType and getattr(package, "__package__", None):
             prefix = package.__name__ + "."
             for name, module in list(sys.modules.items()):
+                if type(name) is not str:  # (as cloudpickle skips it)
+                    continue
                 if name.startswith(prefix) and not set(name[len(prefix) :].split(".")) - names:
                     out.append((name, module))
     return out
@@ -474,7 +485,7 @@ def _snap(value: Any, w: _Walk) -> bool:
         return sys.modules.get(value.__name__) is value
     if tp in _NAMED or isinstance(value, type):
         if _by_name(value):
-            w.plan.by_name[id(value)] = value
+            w.plan.by_name[id(value)] = (value, value.__module__, value.__qualname__)
             return True
         if tp is types.FunctionType:
             return _watch(value, w)

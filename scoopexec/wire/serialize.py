@@ -467,6 +467,10 @@ def _cloud_parts(obj: Any) -> list[Any]:
 _limited: dict[int, tuple[Any, tuple[type, Any], Any, bytes]] = {}
 
 
+def _forget_limited(key: int, _ref: Any = None) -> None:
+    _limited.pop(key, None)
+
+
 def _limited_parts(limit: Any) -> list[Any]:
     """_function_parts() of a TimeLimit (worker/limits.py), which every submit of a pool with a
     task_timeout makes anew around its function: its pickle is made again only when the
@@ -495,7 +499,8 @@ def _limited_parts(limit: Any) -> list[Any]:
     if type(made_from) is bytes or byvalue.holds(made_from):  # (unchanged while it was pickled)
         if len(_limited) >= _CACHE_MAX:
             _limited.clear()
-        _limited[id(fn)] = (weakref.ref(fn), key, made_from, parts[0])
+        drop = functools.partial(_forget_limited, id(fn))  # (its entry goes when it dies)
+        _limited[id(fn)] = (weakref.ref(fn, drop), key, made_from, parts[0])
     return parts
 
 
