@@ -178,6 +178,10 @@ def test_what_can_change_in_place_is_looked_at_again_and_a_change_makes_a_new_pi
     extra, change = IN_PLACE[case]
     ns = _script(extra)
     h = ns["h"]
+    if case == "dataclass" and sys.version_info >= (3, 15):  # (its __doc__ is an object: not looked at)
+        _pickled_twice(h)
+        assert byvalue.lookup(h) is None
+        return
     before = _pickled_twice(h)
     assert byvalue.lookup(h) is before  # (kept, its containers' items compared at each look-up)
     assert cloudpickle.loads(before)() == 1

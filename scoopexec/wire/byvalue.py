@@ -391,14 +391,17 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     w.budget -= len(d)
     if w.budget < 0 or not _snap(cls.__bases__[0], w):
         return False
-    # Its own __dict__ and __weakref__ descriptors are left out of its pickle by cloudpickle; they
-    # are compared by id (the class's for as long as it lives) but not held: they hold the class.
-    own = {
-        id(d[k]) for k in _OWN if type(d.get(k)) is types.GetSetDescriptorType and d[k].__objclass__ is cls
-    }
-    if any(k in d and id(d[k]) not in own for k in _OWN):
+    # Its __dict__ and __weakref__ descriptors are left out of its pickle by cloudpickle: they are
+    # compared by id, not walked.  The class's own (to Python 3.14) are not held either, as they
+    # hold the class (compared by id, they are the class's for as long as it lives); from 3.15
+    # they are shared by every class (their __objclass__ is object).
+    plain = {id(d[k]) for k in _OWN if type(d.get(k)) is types.GetSetDescriptorType}
+    if any(k in d and id(d[k]) not in plain for k in _OWN):
         return False  # (a __dict__ that is something else: a property, cloudpickle would send; refused)
-    if not all(id(v) in own or _snap(v, w) for v in d.values()):
+    own = {id(d[k]) for k in _OWN if id(d.get(k)) in plain and d[k].__objclass__ is cls}
+    # (From Python 3.14, the function that makes its annotations is left out of its pickle too.)
+    skip = plain | {id(d["__annotate_func__"])} if "__annotate_func__" in d else plain
+    if not all(id(v) in skip or _snap(v, w) for v in d.values()):
         return False
     parts = (type(cls), cls.__name__, cls.__qualname__, *cls.__bases__, *d, *d.values())
     inherited = cls.__bases__[0].__dict__
