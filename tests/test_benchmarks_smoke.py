@@ -97,28 +97,23 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios():
     assert round_ratios(True, [], ppe, 3) == (None, None)
 
 
-@pytest.mark.timeout(180)
-def test_the_large_global_benchmark_runs_every_step_on_each_contender():
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.large_globals", "--mb", "1", "--rounds", "1",
-         "--only", ",".join(CONTENDERS)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=170,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " s [" in line]
-    assert [row.split(" | ")[0] for row in rows] == ["| first", "| map 200", "| 20 submits"], r.stdout
-    assert all(row.count(" s [") == 2 and row.rstrip().endswith("x |") for row in rows), r.stdout
+AS_SCRIPT = {  # benchmarks/as_script.py's: module, its arguments, its rows
+    "large_globals": (["--mb", "1"], ["first", "map 200", "20 submits"]),
+    "script_functions": (
+        ["--tasks", "50"], ["script function", "module function", "script dataclass argument"],
+    ),
+}
 
 
 @pytest.mark.timeout(180)
-def test_the_script_function_benchmark_runs_every_step_on_each_contender():
+@pytest.mark.parametrize("name", AS_SCRIPT)
+def test_each_benchmark_run_as_a_script_runs_every_step_on_each_contender(name):
+    args, steps = AS_SCRIPT[name]
     r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.script_functions", "--tasks", "50", "--rounds", "1",
-         "--only", ",".join(CONTENDERS)],
+        [sys.executable, "-m", f"benchmarks.{name}", *args, "--rounds", "1", "--only", ",".join(CONTENDERS)],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=170,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " [" in line]
-    steps = ["| script function", "| module function", "| script dataclass argument"]
-    assert [row.split(" | ")[0] for row in rows] == steps, r.stdout
+    assert [row.split(" | ")[0] for row in rows] == [f"| {step}" for step in steps], r.stdout
     assert all(row.count(" [") == len(CONTENDERS) and row.rstrip().endswith("x |") for row in rows), r.stdout

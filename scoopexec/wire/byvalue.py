@@ -69,8 +69,8 @@ from typing import Any
 import cloudpickle
 
 __all__ = [
-    "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup", "prepare",
-    "registered_by_value",
+    "BY_VALUE_MODULES", "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup",
+    "prepare",
 ]  # fmt: skip
 
 KEEP_MAX = 1024  # functions whose pickles are kept, at most (past that, all are forgotten)
@@ -83,16 +83,13 @@ _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), type(El
 _NAMED = (types.FunctionType, types.BuiltinFunctionType)  # (and classes): by name, when found under it
 _EXTENSIONS: Any = getattr(copyreg, "_extension_registry", {})  # copyreg.add_extension's
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's, of every function
-# cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place)
-_BY_VALUE: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+# cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place;
+# serialize.py looks at it too)
+BY_VALUE_MODULES: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+_BY_VALUE = BY_VALUE_MODULES
 # The names of the globals a code object reads, as cloudpickle finds them (its global load, store
 # and delete instructions, nested code included); every name it uses, where cloudpickle has none.
 _global_names: Any = getattr(cloudpickle.cloudpickle, "_extract_code_globals", None)
-
-
-def registered_by_value() -> bool:
-    """Whether some module is registered with ``cloudpickle.register_pickle_by_value``."""
-    return bool(_BY_VALUE)
 
 
 class _Kept:
@@ -298,26 +295,27 @@ def _cell(cell: Any) -> Any:
 
 
 def _class_ids(cls: type) -> tuple[int, ...] | None:
-    """The ids of what cloudpickle reads of a class to pickle it by value: its metaclass, names and
-    bases, its own namespace (names and values), and its base's values for the same names (a value
-    it shares with its base is left out of the pickle)."""
+    """The ids of _class_parts(cls)."""
+    parts = _class_parts(cls)
+    return None if parts is None else tuple(map(id, parts))
+
+
+def _class_parts(cls: type) -> tuple[Any, ...] | None:
+    """What cloudpickle reads of a class to pickle it by value: its metaclass, names and base, its
+    own namespace (names and values), and its base's values for the same names (a value it shares
+    with its base is left out of the pickle); None for a class of more than one base."""
     bases = cls.__bases__
     if len(bases) != 1:
         return None
     d, inherited = cls.__dict__, bases[0].__dict__
-    return tuple(
-        map(
-            id,
-            (
-                type(cls),
-                cls.__name__,
-                cls.__qualname__,
-                *bases,
-                *d,
-                *d.values(),
-                *map(inherited.get, d, _ANY_MISSING),
-            ),
-        )
+    return (
+        type(cls),
+        cls.__name__,
+        cls.__qualname__,
+        *bases,
+        *d,
+        *d.values(),
+        *map(inherited.get, d, _ANY_MISSING),
     )
 
 
@@ -383,7 +381,7 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     if id(cls) in w.seen:
         return True
     w.seen.add(id(cls))
-    if type(cls) is not type or "__slots__" in cls.__dict__ or _class_ids(cls) is None:
+    if type(cls) is not type or "__slots__" in cls.__dict__ or len(cls.__bases__) != 1:
         return False
     if type(cls.__dict__.get("__module__")) is not str:  # (cloudpickle would look for it in every module)
         return False
@@ -403,9 +401,9 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     skip = plain | {id(d["__annotate_func__"])} if "__annotate_func__" in d else plain
     if not all(id(v) in skip or _snap(v, w) for v in d.values()):
         return False
-    parts = (type(cls), cls.__name__, cls.__qualname__, *cls.__bases__, *d, *d.values())
-    inherited = cls.__bases__[0].__dict__
-    parts = (*parts, *map(inherited.get, d, _ANY_MISSING))
+    parts = _class_parts(cls)
+    if parts is None:  # (never: one base, looked at above)
+        return False
     w.hold(v for v in parts if id(v) not in own)
     elsewhere = d.get("__module__") != "__main__"  # (its __module__ is in its namespace: compared)
     w.plan.groups.append((weakref.ref(cls, w.drop), _CLASS, tuple(map(id, parts)), elsewhere))

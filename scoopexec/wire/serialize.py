@@ -315,12 +315,7 @@ def dumps_overriding(
         return fh.getvalue()
 
 
-# cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place)
-_BY_VALUE: Any = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-
-
-def _by_value_modules() -> bool:
-    return bool(_BY_VALUE)
+_BY_VALUE: Any = byvalue.BY_VALUE_MODULES  # cloudpickle's registry of modules pickled by value
 
 
 class _OutOfBand(Exception):
@@ -436,7 +431,7 @@ def _pickled_by_name(fn: Any) -> bytes | None:
         data = pickle.dumps(fn, PROTOCOL)
     except Exception:
         return None
-    if b"__main__" in data or _by_value_modules():
+    if b"__main__" in data or _BY_VALUE:
         return None
     if len(_fn_cache) >= _CACHE_MAX:
         _fn_cache.clear()
@@ -1129,7 +1124,7 @@ def _defined_at(fn: Any) -> str:
 
 
 def _submitted_at() -> str:
-    """ ", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
+    """", submitted at FILE:LINE": the innermost frame of the user's code on this stack."""
     found = _user_frame(sys._getframe(1))
     return f", submitted at {found[0].f_code.co_filename}:{found[0].f_lineno}" if found is not None else ""
 
@@ -1365,7 +1360,10 @@ def _failure_exception(status: int, meta: dict[str, Any], what: str = "") -> Bas
         note = ""
         if why:
             by = f" by {what}()" if what else " by the task"
-            note = f"raised{by}; it could not be pickled on the worker, so it arrives as a RemoteError: {why}"
+            note = (
+                f"raised{by}; it could not be pickled on the worker, so it arrives as a "
+                f"RemoteError: {why}"
+            )
         return RemoteError(str(meta.get("type", "?")), message, note=note)
     return RemoteError(str(kind), message)
 
