@@ -55,6 +55,7 @@ while the function is being pickled; the kept pickle then holds what the global 
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import functools
 import itertools
@@ -80,7 +81,11 @@ STRIKES = 3  # kept pickles in a row that changed before their second use: then 
 
 _MISSING = object()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), type(Ellipsis)})
-_NAMED = (types.FunctionType, types.BuiltinFunctionType)  # (and classes): by name, when found under it
+# Python 3.15's sentinel type (PEP 661: dataclasses.MISSING is one): pickled by its __name__.
+_SENTINEL: Any = getattr(builtins, "sentinel", None)
+_FROZENDICT: Any = getattr(builtins, "frozendict", None)  # Python 3.15's (PEP 814): a Field's metadata
+# (and classes): by name, when found under it
+_NAMED = (types.FunctionType, types.BuiltinFunctionType, *[t for t in (_SENTINEL,) if isinstance(t, type)])
 _EXTENSIONS: Any = getattr(copyreg, "_extension_registry", {})  # copyreg.add_extension's
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's, of every function
 # cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place;
@@ -250,7 +255,7 @@ def _unchanged(k: _Kept) -> bool:
         if tuple(map(id, read(obj))) != ids:
             return False
     for obj, module, qualname in k.by_name.values():
-        if obj.__module__ != module or obj.__qualname__ != qualname or not _by_name(obj):
+        if obj.__module__ != module or _qualname(obj) != qualname or not _by_name(obj):
             return False
     cache, mods = linecache.cache, sys.modules
     for name, entry in k.sources:
@@ -440,6 +445,10 @@ def _mapping_items(obj: Any) -> tuple[Any, ...]:
     return (*obj.keys(), *obj.values())
 
 
+def _attribute_items(obj: Any) -> tuple[Any, ...]:
+    return _mapping_items(vars(obj))
+
+
 # What reads the items of a container that may change in place, in the order it pickles them
 # (dataclasses' Field and _DataclassParams, whose state is their slots, are added when seen).
 _READERS: dict[type, Any] = {
@@ -466,6 +475,14 @@ def _dataclass_types() -> None:
         if isinstance(tp, type):
             slots = [s for t in tp.__mro__ for s in getattr(t, "__slots__", ())]
             _READERS[tp] = operator.attrgetter(*slots, *slots[:1])  # (twice the first: a tuple, always)
+    # Two objects of dataclasses whose pickle is their class, by name, and their attributes (none):
+    # the default of a field with a default_factory in __init__ (_HAS_DEFAULT_FACTORY), and from
+    # Python 3.15 a dataclass's __doc__ until first read (an _AutoDocstring; then the text it
+    # makes).  Read as those attributes, they no longer refuse the dataclasses that have them.
+    for name in ("_HAS_DEFAULT_FACTORY_CLASS", "_AutoDocstring"):
+        tp = getattr(dc, name, None)
+        if isinstance(tp, type) and "__slots__" not in tp.__dict__:
+            _READERS[tp] = _attribute_items
     _CONSTANTS = tuple(
         t
         for t in (getattr(dc, n, None) for n in ("_MISSING_TYPE", "_FIELD_BASE", "_KW_ONLY_TYPE"))
@@ -486,7 +503,7 @@ def _snap(value: Any, w: _Walk) -> bool:
         return sys.modules.get(value.__name__) is value
     if tp in _NAMED or isinstance(value, type):
         if _by_name(value):
-            w.plan.by_name[id(value)] = (value, value.__module__, value.__qualname__)
+            w.plan.by_name[id(value)] = (value, value.__module__, _qualname(value))
             return True
         if tp is types.FunctionType:
             return _watch(value, w)
@@ -499,6 +516,8 @@ def _snap(value: Any, w: _Walk) -> bool:
     _dataclass_types()
     if tp is tuple or tp is frozenset:
         items: Any = value
+    elif tp is _FROZENDICT:  # (immutable as a tuple is: its items are walked, not compared again)
+        items = _mapping_items(value)
     elif tp in _READERS:
         read = _READERS[tp]
         try:
@@ -515,11 +534,18 @@ def _snap(value: Any, w: _Walk) -> bool:
     return w.budget >= 0 and all(_snap(v, w) for v in items)
 
 
+def _qualname(obj: Any) -> Any:
+    """The name pickle looks ``obj`` up by in its module: its __qualname__ (a sentinel's __name__)."""
+    if type(obj) is _SENTINEL:
+        return getattr(obj, "__name__", None)
+    return getattr(obj, "__qualname__", None)
+
+
 def _by_name(obj: Any) -> bool:
     """Whether cloudpickle pickles ``obj`` (a function or a class) by name: found under its name in
     an imported module other than ``__main__``."""
     module_name = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
+    qualname = _qualname(obj)
     if type(module_name) is not str or type(qualname) is not str or module_name == "__main__":
         return False
     found: Any = sys.modules.get(module_name)
