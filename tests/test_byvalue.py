@@ -169,6 +169,16 @@ IN_PLACE = {
         "ns['P'].__dataclass_fields__['a'].default = 2; ns['P'].__init__.__defaults__ = (2,)",
     ),
     "attribute": ("def h(x=0):\n    return h.tag + x\nh.tag = 1\n", "ns['h'].tag = 2"),
+    "keyword-default": ("def h(x=0, *, k=1):\n    return k + x\n", "ns['h'].__kwdefaults__['k'] = 2"),
+    "keyword-default-list": (
+        "def h(x=0, *, k=[1]):\n    return k[0] + x\n",
+        "ns['h'].__kwdefaults__['k'][0] = 2",
+    ),
+    "kw-only-dataclass": (
+        "import dataclasses\n@dataclasses.dataclass(kw_only=True)\nclass P:\n    a: int = 1\n"
+        "def h(x=0):\n    return P().a + x\n",
+        "ns['P'].__init__.__kwdefaults__['a'] = 2",
+    ),
     "doc": ("def h(x=0):\n    return len(h.__doc__) + x\nh.__doc__ = ['v1']\n", "ns['h'].__doc__.append(2)"),
 }
 
@@ -215,14 +225,13 @@ def test_a_dataclass_is_kept_and_its_docstring_read_or_its_field_metadata_change
 @pytest.mark.parametrize(
     "extra",
     [
-        "def h(x, *, k={}):\n    return x\n",  # keyword defaults: a dict
         "import collections\nCOUNT = collections.Counter()\ndef h(x):\n    return COUNT[x]\n",  # an object
         "import numpy\nA = numpy.zeros(3)\ndef h(x):\n    return A[x]\n",
         "class S:\n    __slots__ = ('a',)\ndef h(x):\n    return S\n",  # a class with slots
         "import enum\nclass E(enum.Enum):\n    A = 1\ndef h(x):\n    return E.A\n",  # another metaclass
         "DATA = list(range(5000))\ndef h(x):\n    return DATA[x]\n",  # more items than looked at
     ],
-    ids=["dict-kwdefaults", "instance", "array", "slots-class", "enum", "long-list"],
+    ids=["instance", "array", "slots-class", "enum", "long-list"],
 )
 def test_a_function_that_reads_what_is_not_looked_at_is_pickled_each_time(extra):
     ns = _script(extra)
@@ -315,12 +324,19 @@ def test_a_script_sees_each_change_between_submits_of_its_function():
 # What a cold review found (each failed on the first version of byvalue.py).
 
 
-def test_keyword_defaults_are_never_kept_even_an_empty_dict():
+def test_keyword_defaults_emptied_then_filled_in_place_make_a_new_pickle_each_time():
     ns = _script("def h(*, y=None):\n    return y\n")
     h = ns["h"]
     h.__kwdefaults__ = {}
-    _pickled_twice(h)
-    assert byvalue.lookup(h) is None  # (filled in place later, unseen)
+    kept = _pickled_twice(h)
+    assert byvalue.lookup(h) is kept
+    h.__kwdefaults__["y"] = 3  # (filled in place: the same dict)
+    assert byvalue.lookup(h) is None
+    assert cloudpickle.loads(serialize.dumps_function(h))() == 3
+    h.__kwdefaults__ = None  # (rebound: the function's own facts)
+    assert byvalue.lookup(h) is None
+    with pytest.raises(TypeError):
+        cloudpickle.loads(serialize.dumps_function(h))()
 
 
 def test_a_global_rebound_while_the_function_is_pickled_is_not_kept():

@@ -7,27 +7,27 @@ function of an importable module pickles by name once and is then looked up (ser
 cache).  A script that submits its own function in a loop thus submitted 5,000 tasks at about
 14,000 a second, against 100,000 and more for a module's function (issue 17).
 
-The pickle of such a function is the same bytes again as long as everything cloudpickle read
-to make it is the same: the function's code, defaults, closure, names, doc and attributes, and
-the values of the globals its code reads.  Of a value that cannot change in place -- numbers,
-strings, bytes, modules, classes and functions that pickle by name, tuples and frozensets of
-these -- "the same" is "the same object", which an id tells.  A value that can -- a dict, a list,
-a set, dataclasses' fields -- is the same while its items are, compared at each look-up (their
-ids, in the order the pickle takes them).  A function of the script that the function reads (a
-helper) is looked at the same way, its own globals included, and so is a class of the script it
-reads (metaclass ``type``, one base, no ``__slots__``; a plain dataclass too, but not one whose
-methods have keyword-only defaults or whose fields have a ``default_factory``): its namespace,
-its name and base, and its base's values for the same names (a value shared with the base is left
-out of the pickle).  So, from a function's second pickle (the first may be a lambda's made for one
-submit), :func:`prepare` notes before pickling what the pickle is made from, unless some of it
-cannot be looked at (an array, an object, an enum, a class with another metaclass, a descriptor,
-more than MAX_ITEMS items in containers and class namespaces: those functions are pickled at
-every submit, as before, and not looked at again while they live), :func:`keep` keeps the pickle
-if all of it still holds after pickling (another thread may rebind a global meanwhile), and
-:func:`lookup` returns the pickle while all of it holds.  What is looked at is held, so that its
-id stays its own: the script's functions and classes weakly (one that dies drops the pickle),
-the rest strongly, until the function's pickle is made again or the function dies (a container
-held so holds what it holds: a function in a list is alive while the list is held).
+The pickle of such a function is the same bytes again as long as everything cloudpickle read to
+make it is the same: the function's code, defaults, closure, names, doc and attributes, and the
+values of the globals its code reads.  Of a value that cannot change in place -- numbers, strings,
+bytes, modules, classes, functions and sentinels that pickle by name, tuples, frozensets and
+frozendicts of these -- "the same" is "the same object", which an id tells.  A value that can -- a
+dict (keyword-only defaults are one), a list, a set, dataclasses' fields -- is the same while its
+items are, compared at each look-up (their ids, in the order the pickle takes them).  A function of
+the script that the function reads (a helper) is looked at the same way, its own globals included,
+and so is a class of the script it reads (metaclass ``type``, one base, no ``__slots__``; a
+dataclass too): its namespace, its name and base, and its base's values for the same names (a
+value shared with the base is left out of the pickle).  So, from a function's second pickle (the
+first may be a lambda's made for one submit), :func:`prepare` notes before pickling what the
+pickle is made from, unless some of it cannot be looked at (an array, an object, an enum, a class
+with another metaclass, a descriptor, more than MAX_ITEMS items in containers and class
+namespaces: those functions are pickled at every submit, as before, and not looked at again while
+they live), :func:`keep` keeps the pickle if all of it still holds after pickling (another thread
+may rebind a global meanwhile), and :func:`lookup` returns the pickle while all of it holds.  What
+is looked at is held, so that its id stays its own: the script's functions and classes weakly (one
+that dies drops the pickle), the rest strongly, until the function's pickle is made again or the
+function dies (a container held so holds what it holds: a function in a list is alive while the
+list is held).
 
 A class of the script among a task's arguments is pickled with them each time, as before: it
 and its instances are one pickle, and a class sent apart would not share objects with them.
@@ -348,8 +348,8 @@ def _watch(fn: types.FunctionType, w: _Walk) -> bool:
         return True
     w.seen.add(id(fn))
     facts = _facts(fn)
-    if facts is None or fn.__kwdefaults__ is not None or type(fn.__module__) is not str:
-        return False  # (kwdefaults: a dict, which may change in place)
+    if facts is None or type(fn.__module__) is not str:
+        return False
     code = fn.__code__
     name = code.co_filename
     if name and not os.path.isfile(name):  # its source travels with it (serialize._memory_source)
@@ -361,8 +361,10 @@ def _watch(fn: types.FunctionType, w: _Walk) -> bool:
     cells = facts[_FIXED + 2 * len(ann) :]
     # (its attributes: their number is among its facts, so that an empty namespace costs no look)
     attributes = (fn.__dict__,) if fn.__dict__ else ()
-    own = (fn.__defaults__ or (), fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *attributes)
-    own = (*own, *ann, *ann.values(), *cells)
+    # (its keyword-only defaults: a dict, which may change in place, looked at as any dict)
+    kwdefaults = (fn.__kwdefaults__,) if fn.__kwdefaults__ is not None else ()
+    own = (fn.__defaults__ or (), *kwdefaults, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
+    own = (*own, *attributes, *ann, *ann.values(), *cells)
     if not all(_snap(v, w) for v in own):
         return False
     g = fn.__globals__
