@@ -5,15 +5,16 @@
 The benchmarks' submit row maps a function of an importable module (benchmarks/tasks.py), which
 every library pickles by name.  A user's script more often submits a function it defines itself:
 ``__main__.step`` here, which calls a helper and reads a constant of the script, as such
-functions do; or passes instances of its own classes (``Params``, a dataclass of the script,
-here to the module's function).  scoopexec and loky pickle those by value (cloudpickle: the
-code, and the globals it reads, so that a worker sees them as they are at the submit);
-ProcessPoolExecutor by name (its workers are forks of the script, or import it).  Each
-contender runs in a fresh interpreter per round, as this file run as a script, on 2 warm
-workers: ``--tasks`` submits of ``step``, then of the module's ``noop``, then of ``noop`` with a
-``Params`` argument, each batch gathered.  Printed: tasks per second (submit to last result),
-median and spread over rounds, and scoopexec's ratio to each other contender (scoopexec's rate /
-theirs, the median of per-round ratios).
+functions do; ``__main__.configure``, which has keyword-only defaults and builds a dataclass of
+the script whose field has a ``default_factory`` (``Config``); or passes instances of its own
+classes (``Params``, a dataclass of the script, here to the module's function).  scoopexec and
+loky pickle those by value (cloudpickle: the code, and the globals it reads, so that a worker
+sees them as they are at the submit); ProcessPoolExecutor by name (its workers are forks of the
+script, or import it).  Each contender runs in a fresh interpreter per round, as this file run as
+a script, on 2 warm workers: ``--tasks`` submits of ``step``, then of ``configure``, then of the
+module's ``noop``, then of ``noop`` with a ``Params`` argument, each batch gathered.  Printed:
+tasks per second (submit to last result), median and spread over rounds, and scoopexec's ratio to
+each other contender (scoopexec's rate / theirs, the median of per-round ratios).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from benchmarks import as_script  # noqa: E402
 from benchmarks.tasks import noop  # noqa: E402
 
 CONTENDERS = ["scoopexec", "ProcessPoolExecutor", "loky"]
-STEPS = ["script function", "module function", "script dataclass argument"]
+STEPS = [
+    "script function", "script function using a dataclass", "module function", "script dataclass argument",
+]  # fmt: skip
 OFFSET = 3
 
 
@@ -42,6 +45,16 @@ OFFSET = 3
 class Params:
     a: float
     b: int = 2
+
+
+@dataclasses.dataclass
+class Config:
+    size: int
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+def configure(x: int, *, scale: int = 2) -> int:
+    return Config(x * scale).size
 
 
 def helper(x: int) -> int:
@@ -56,11 +69,12 @@ def child(name: str, n: int) -> dict[str, float]:
     """Tasks per second of each step with ``name``'s pool (this process is the script)."""
     ex = as_script.pool(name)
     try:
-        for fn, arg in ((step, 1), (noop, 1), (noop, Params(1.0))):  # warm: workers up, each seen once
+        for fn, arg in ((step, 1), (configure, 1), (noop, 1), (noop, Params(1.0))):  # warm: each seen once
             [f.result() for f in [ex.submit(fn, arg) for i in range(20)]]
         out = {}
         cases = (
             ("script function", step, int, 2 * (n - 1) + OFFSET),
+            ("script function using a dataclass", configure, int, 2 * (n - 1)),
             ("module function", noop, int, None),
             ("script dataclass argument", noop, lambda i: Params(float(i)), Params(float(n - 1))),
         )

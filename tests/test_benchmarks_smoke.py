@@ -100,7 +100,11 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios():
 AS_SCRIPT = {  # benchmarks/as_script.py's: module, its arguments, its rows
     "large_globals": (["--mb", "1"], ["first", "map 200", "20 submits"]),
     "script_functions": (
-        ["--tasks", "50"], ["script function", "module function", "script dataclass argument"],
+        ["--tasks", "50"],
+        [
+            "script function", "script function using a dataclass", "module function",
+            "script dataclass argument",
+        ],  # fmt: skip
     ),
 }
 
