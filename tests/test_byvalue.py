@@ -4,6 +4,7 @@ kept pickles directly, against a pickle made afresh."""
 
 from __future__ import annotations
 
+import builtins
 import gc
 import linecache
 import sys
@@ -190,18 +191,26 @@ def test_what_can_change_in_place_is_looked_at_again_and_a_change_makes_a_new_pi
     h = ns["h"]
     before = _pickled_twice(h)
     assert byvalue.lookup(h) is before  # (kept, its containers' items compared at each look-up)
-    assert cloudpickle.loads(before)() == 1
     exec(change, {"ns": ns})
     assert byvalue.lookup(h) is None
     after = serialize.dumps_function(h)
     assert after == _fresh(h)
+    # Loaded last: loading a script class's pickle in this process sets that class's namespace
+    # from it (cloudpickle's class tracker), which would drop a kept pickle by itself.
+    assert cloudpickle.loads(before)() == 1
     assert cloudpickle.loads(after)() == 2
+
+
+def _kept_or_fresh(fn) -> None:
+    """What lookup() gives now is nothing, or what a fresh pickle would be."""
+    got = byvalue.lookup(fn)
+    assert got is None or got == _fresh(fn)
 
 
 def test_a_dataclass_is_kept_and_its_docstring_read_or_its_field_metadata_changed_makes_a_new_pickle():
     # Python 3.15: the class's __doc__ is dataclasses' _AutoDocstring until first read, a Field's
-    # metadata a frozendict, MISSING a sentinel (pickled by name); earlier, a str, a mappingproxy and
-    # a _MISSING_TYPE.  Each is looked at, so the function is kept on every Python.
+    # default metadata a frozendict, MISSING a sentinel (pickled by name); earlier, a str, a
+    # mappingproxy and a _MISSING_TYPE.  Each is looked at, so the function is kept on every Python.
     extra = (
         "import dataclasses\n@dataclasses.dataclass\nclass P:\n    a: int = 1\n"
         "    b: list = dataclasses.field(default_factory=list, metadata={'unit': ['m']})\n"
@@ -213,13 +222,81 @@ def test_a_dataclass_is_kept_and_its_docstring_read_or_its_field_metadata_change
     assert byvalue.lookup(h) is kept
     assert serialize.dumps_function(h) is kept
     assert kept == _fresh(h)
-    doc = ns["P"].__doc__  # (3.15: replaces the _AutoDocstring with the text it makes)
-    assert doc.startswith("P(")
-    now = serialize.dumps_function(h)
-    assert now == _fresh(h)
+    kept = _pickled_twice(h)  # (_fresh() let go of it)
+    assert byvalue.lookup(h) is kept
+    assert ns["P"].__doc__.startswith("P(")  # (3.15: replaces the _AutoDocstring with the text)
+    _kept_or_fresh(h)  # (3.15: a new pickle, the class's namespace changed; earlier: the same)
+    kept = _pickled_twice(h)
+    assert byvalue.lookup(h) is kept
     ns["P"].__dataclass_fields__["b"].metadata["unit"][0] = "km"  # (a list inside the metadata)
     assert byvalue.lookup(h) is None
     assert cloudpickle.loads(serialize.dumps_function(h))() == (1, "km")
+
+
+def test_the_default_factory_marker_is_looked_at_as_its_class_and_attributes():
+    # dataclasses._HAS_DEFAULT_FACTORY, __init__'s default for a default_factory field, pickles
+    # as its class (by name) and its attributes: a change of either makes a new pickle.
+    import dataclasses
+
+    extra = (
+        "import dataclasses\n@dataclasses.dataclass\nclass P:\n"
+        "    b: list = dataclasses.field(default_factory=list)\n"
+        "def h(x=0):\n    return len(P().b) + x\n"
+    )
+    ns = _script(extra)
+    h = ns["h"]
+    marker = dataclasses._HAS_DEFAULT_FACTORY
+    kind = type(marker)
+    kept = _pickled_twice(h)
+    assert byvalue.lookup(h) is kept
+    try:
+        marker.seen = 1
+        assert byvalue.lookup(h) is None
+        assert serialize.dumps_function(h) == _fresh(h)
+    finally:
+        del marker.seen
+    kept = _pickled_twice(h)
+    assert byvalue.lookup(h) is kept
+
+    class Other(kind):  # (a class of another name: pickled under that one)
+        pass
+
+    try:
+        marker.__class__ = Other
+        assert byvalue.lookup(h) is None
+    finally:
+        marker.__class__ = kind
+    assert cloudpickle.loads(serialize.dumps_function(h))() == 0
+
+
+@pytest.mark.skipif(not hasattr(builtins, "frozendict"), reason="builtins.frozendict: Python 3.15+")
+def test_a_frozendict_is_walked_and_what_it_holds_that_can_change_is_compared():
+    ns = _script("FD = frozendict({'k': [1]})\ndef h(x=0):\n    return FD['k'][0] + x\n")
+    h = ns["h"]
+    kept = _pickled_twice(h)
+    assert byvalue.lookup(h) is kept
+    ns["FD"]["k"][0] = 2  # (the list it holds, in place)
+    assert byvalue.lookup(h) is None
+    assert cloudpickle.loads(serialize.dumps_function(h))() == 2
+
+
+@pytest.mark.skipif(not hasattr(builtins, "sentinel"), reason="builtins.sentinel: Python 3.15+")
+def test_a_sentinel_is_kept_while_its_module_still_has_it_under_its_name():
+    module = types.ModuleType("_scoopexec_test_byvalue_sentinel")
+    module.S = builtins.sentinel("S")
+    module.S.__module__ = module.__name__
+    sys.modules[module.__name__] = module
+    try:
+        ns = _script("import _scoopexec_test_byvalue_sentinel as m\nSENT = m.S\ndef h():\n    return SENT\n")
+        h = ns["h"]
+        kept = _pickled_twice(h)
+        assert byvalue.lookup(h) is kept
+        assert cloudpickle.loads(kept)() is module.S
+        module.S = builtins.sentinel("S")  # (another under its name: the old one no longer pickles)
+        module.S.__module__ = module.__name__
+        assert byvalue.lookup(h) is None
+    finally:
+        del sys.modules[module.__name__]
 
 
 @pytest.mark.parametrize(

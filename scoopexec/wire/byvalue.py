@@ -83,7 +83,7 @@ _MISSING = object()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), type(Ellipsis)})
 # Python 3.15's sentinel type (PEP 661: dataclasses.MISSING is one): pickled by its __name__.
 _SENTINEL: Any = getattr(builtins, "sentinel", None)
-_FROZENDICT: Any = getattr(builtins, "frozendict", None)  # Python 3.15's (PEP 814): a Field's metadata
+_FROZENDICT: Any = getattr(builtins, "frozendict", None)  # 3.15 (PEP 814): a Field's default metadata
 # (and classes): by name, when found under it
 _NAMED = (types.FunctionType, types.BuiltinFunctionType, *[t for t in (_SENTINEL,) if isinstance(t, type)])
 _EXTENSIONS: Any = getattr(copyreg, "_extension_registry", {})  # copyreg.add_extension's
@@ -448,7 +448,9 @@ def _mapping_items(obj: Any) -> tuple[Any, ...]:
 
 
 def _attribute_items(obj: Any) -> tuple[Any, ...]:
-    return _mapping_items(vars(obj))
+    """An object pickled as its class, by name, and its attributes: those (the class walked too,
+    so that it must still be found under its name, and compared, so that its swap is seen)."""
+    return (type(obj), *_mapping_items(vars(obj)))
 
 
 # What reads the items of a container that may change in place, in the order it pickles them
