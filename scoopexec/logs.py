@@ -20,11 +20,13 @@ bare message Python's last-resort handler would print.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import argparse  # (annotations only: a client imports no argparse, 2.4 ms)
 
 __all__ = [
     "LOGGER",

@@ -16,7 +16,6 @@ Any DEALER may ask: the status client does not join the pool.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -294,6 +293,8 @@ def query(endpoint: str, timeout: float = 5.0, key: str | os.PathLike[str] | Non
 
 def status_main(argv: list[str]) -> int:
     """``python -m scoopexec status ADDR``: print a standalone broker's status."""
+    import argparse  # (here: a client that never runs this imports no argparse)
+
     ap = argparse.ArgumentParser(
         prog="python -m scoopexec status",
         description="Show a broker's workers (host, pid, busy or idle, tasks done, last heard from), "

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
@@ -26,7 +25,10 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse  # (annotations only)
 
 import zmq
 

@@ -6,11 +6,12 @@ run_worker_group, which starts N of these.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing.process
 import os
 import signal
 import socket
+import types
+from typing import TYPE_CHECKING, NoReturn
 
 from ..deploy.contract import check_env, local_cpu_count, parser, read_argv
 from ..deploy.local import run_worker_group
@@ -19,12 +20,30 @@ from ..wire.security import read_key_file, read_launch_frame, resolve_credential
 from . import lifeline, limits
 from .worker import Worker
 
-__all__ = ["PARSER", "main"]
+if TYPE_CHECKING:
+    import argparse
 
-# Made once, when this module loads: a pool's template (deploy/forkstart.py) imports it before
-# it forks, so its workers start with the parser built (argparse's set-up of 21 options was half
-# of the CPU a forked worker used before its first task).  parse_args() leaves it as it is.
-PARSER = parser()
+__all__ = ["main"]
+
+
+class _Parser:
+    """The command line's parser, made when first needed: to parse a command line not in a
+    launcher's form, or to say what is wrong with one.  A forked worker reads its launcher's
+    form without it (contract.read_argv), and a client, which imports this module for its
+    template, makes none (argparse's import and 21 options: 4.6 ms of its import)."""
+
+    made: argparse.ArgumentParser | None = None
+
+    def get(self) -> argparse.ArgumentParser:
+        if self.made is None:
+            self.made = parser()
+        return self.made
+
+    def error(self, message: str) -> NoReturn:
+        self.get().error(message)
+
+
+_PARSER = _Parser()
 
 
 def _connect_back(port: int) -> str:
@@ -42,9 +61,9 @@ def _connect_back(port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
-    ap = PARSER
+    ap = _PARSER
     values = read_argv(argv) if argv is not None else None  # (a launcher's form: no argparse)
-    args = argparse.Namespace(**values) if values is not None else ap.parse_args(argv)
+    args = types.SimpleNamespace(**values) if values is not None else ap.get().parse_args(argv)
     if (args.connect is None) == (args.connect_back is None):
         ap.error("give the broker's endpoint: --connect ADDR")
     if args.key and args.key_stdin:
