@@ -19,12 +19,13 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import mainmodule, pools, scoop_compat
 from ..deploy.contract import LaunchOptions, check_env
 from ..deploy.groups import Launchers
 from ..deploy.hosts import Host, local_cpu_count, parse_hosts, plan_hosts
+from ..deploy.slurm_jobs import SlurmJobs
 from ..errors import BrokenScoopExecutor, InitializerError, SerializationError
 from ..mapping import MapMixin
 from ..status import PoolStatus
@@ -41,9 +42,6 @@ from .embedded import EmbeddedSession
 from .future import ScoopFuture, describe_running
 from .remote import RemoteSession
 from .session import Session
-
-if TYPE_CHECKING:
-    from ..deploy.slurm_jobs import SlurmJobs
 
 __all__ = ["ScoopExecutor"]
 
@@ -95,13 +93,6 @@ def _setup(
     setup = worker_setup.encode(initializer, initargs, local=local)
     handed = worker_setup.handed_over(setup)
     return setup, options if handed is None else dataclasses.replace(options, pass_fds=handed[2])
-
-
-def _slurm_jobs(hosts: object, broker: str | None, max_workers: int | None) -> SlurmJobs | None:
-    """``hosts`` if it is a SlurmJobs (SlurmJobs.given's checks); else None.  Its module, with
-    the job pool's, is left unloaded until a SlurmJobs is made: whoever made one loaded it."""
-    module = sys.modules.get("scoopexec.deploy.slurm_jobs")
-    return None if module is None else module.SlurmJobs.given(hosts, broker, max_workers)  # type: ignore[no-any-return]
 
 
 def _embedded(n: int, setup: list[bytes], options: LaunchOptions, **kw: Any) -> EmbeddedSession:
@@ -228,9 +219,10 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             raise RuntimeError("cannot start a scoopexec pool after interpreter shutdown began")
         _refuse_during_worker_bootstrap()
         env = check_env(env)
-        jobs = _slurm_jobs(hosts, broker, max_workers)  # workers in batch jobs, submitted as work comes
-        listed: Any = hosts  # (a SlurmJobs is `jobs`, sized by its own rules)
-        n_local, remote_hosts, n_srun = (0, [], 0) if jobs else plan_hosts(max_workers, listed, hostfile)
+        jobs = SlurmJobs.given(hosts, broker, max_workers)  # workers in batch jobs, submitted as work comes
+        n_local, remote_hosts, n_srun = (
+            plan_hosts(max_workers, hosts, hostfile) if not isinstance(hosts, SlurmJobs) else (0, [], 0)
+        )
         if scoop_compat.active():  # under python -m scoopexec: SCOOP's scoop.SIZE, for the workers
             size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
             env = {**scoop_compat.worker_env(size), **env}
