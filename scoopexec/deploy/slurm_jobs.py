@@ -7,9 +7,6 @@ squeue).  Each job runs one worker group (``python -m scoopexec worker -n N``) t
 joins the pool's broker over TCP with CURVE, its key in a 0600 file under
 ``workdir`` (keys never go on a command line).  Jobs submitted together form one
 job array.
-
-Every client imports this module (``ScoopExecutor`` tells a SlurmJobs among its ``hosts=``
-values): the job pool it starts (deploy/elastic.py, broker/jobs.py) is imported when it starts.
 """
 
 from __future__ import annotations
@@ -21,12 +18,10 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import LaunchError
-
-if TYPE_CHECKING:
-    from .elastic import JobState, PoolHost
+from .elastic import JOB_TAG, JobPool, JobState, PoolHost
 
 __all__ = ["SlurmJobs", "SlurmProvider", "parse_duration", "parse_walltime"]
 
@@ -146,8 +141,6 @@ class SlurmJobs:
             raise ValueError("hosts=SlurmJobs(...) needs the pool's own broker: not with broker=")
         if shutil.which("sbatch") is None:
             raise LaunchError("SLURM jobs", "sbatch is not on PATH", hint="submit from a SLURM login node")
-        from .elastic import JobPool  # (the job pool's machinery: loaded by the pools that use it)
-
         session: PoolHost = host
         pool = JobPool(
             SlurmProvider(self, f"scoopexec-{session.pool_id}"),
@@ -191,8 +184,6 @@ class SlurmProvider:
     def submit(
         self, count: int, argv: Sequence[str], env: Mapping[str, str], cwd: str, outdir: str
     ) -> list[str]:
-        from .elastic import JOB_TAG
-
         self.outdir = outdir
         spec = self.spec
         job = '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"'  # as squeue -r lists the job
@@ -227,8 +218,6 @@ class SlurmProvider:
                 raise
 
     def poll(self) -> dict[str, JobState]:
-        from .elastic import JobState
-
         out = self._run(["squeue", "-h", "-r", f"--name={self.name}", "-o", "%i|%T|%L"])
         jobs: dict[str, JobState] = {}
         for line in out.splitlines():
