@@ -55,6 +55,7 @@ The fork is made hygienic, so that nothing of the client acts in it:
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import logging
 import os
@@ -361,7 +362,7 @@ def _changed_signals() -> list[tuple[int, Any]]:
     if hasattr(signal, "SIGXFSZ"):
         fresh[signal.SIGXFSZ] = signal.SIG_IGN
     changed: list[tuple[int, Any]] = []
-    for sig in _SIGNALS or _valid_signals():
+    for sig in _valid_signals():
         want = fresh.get(sig, signal.SIG_DFL)
         try:
             now = _getsignal(sig)
@@ -372,14 +373,13 @@ def _changed_signals() -> list[tuple[int, Any]]:
     return changed
 
 
-def _valid_signals() -> list[int]:
+@functools.cache
+def _valid_signals() -> tuple[int, ...]:
     """The signals whose handlers can be looked at and set (once: the set is the platform's)."""
     unset = (signal.SIGKILL, signal.SIGSTOP)
-    _SIGNALS.extend(sorted(int(s) for s in signal.valid_signals() if s not in unset))
-    return _SIGNALS
+    return tuple(sorted(int(s) for s in signal.valid_signals() if s not in unset))
 
 
-_SIGNALS: list[int] = []
 # (signal imported _signal; an interpreter without it: signal's own, slower)
 _getsignal: Callable[[int], Any] = getattr(sys.modules.get("_signal"), "getsignal", signal.getsignal)
 

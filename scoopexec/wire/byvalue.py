@@ -85,7 +85,7 @@ _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), type(El
 _SENTINEL: Any = getattr(builtins, "sentinel", None)
 _FROZENDICT: Any = getattr(builtins, "frozendict", None)  # 3.15 (PEP 814): a Field's default metadata
 # (and classes): by name, when found under it
-_NAMED = (types.FunctionType, types.BuiltinFunctionType, *[t for t in (_SENTINEL,) if isinstance(t, type)])
+_NAMED = (types.FunctionType, types.BuiltinFunctionType) + ((_SENTINEL,) if _SENTINEL is not None else ())
 _EXTENSIONS: Any = getattr(copyreg, "_extension_registry", {})  # copyreg.add_extension's
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's, of every function
 # cloudpickle's registry of modules pickled by value (register_pickle_by_value adds to it in place;

@@ -6,12 +6,12 @@ run_worker_group, which starts N of these.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.process
 import os
 import signal
 import socket
 import types
-from typing import TYPE_CHECKING, NoReturn
 
 from ..deploy.contract import check_env, local_cpu_count, parser, read_argv
 from ..deploy.local import run_worker_group
@@ -20,30 +20,13 @@ from ..wire.security import read_key_file, read_launch_frame, resolve_credential
 from . import lifeline, limits
 from .worker import Worker
 
-if TYPE_CHECKING:
-    import argparse
-
 __all__ = ["main"]
 
-
-class _Parser:
-    """The command line's parser, made when first needed: to parse a command line not in a
-    launcher's form, or to say what is wrong with one.  A forked worker reads its launcher's
-    form without it (contract.read_argv), and a client, which imports this module for its
-    template, makes none (argparse's import and 21 options: 4.6 ms of its import)."""
-
-    made: argparse.ArgumentParser | None = None
-
-    def get(self) -> argparse.ArgumentParser:
-        if self.made is None:
-            self.made = parser()
-        return self.made
-
-    def error(self, message: str) -> NoReturn:
-        self.get().error(message)
-
-
-_PARSER = _Parser()
+# The command line's parser, made when first needed: to parse a command line not in a launcher's
+# form, or to say what is wrong with one.  A forked worker reads its launcher's form without it
+# (contract.read_argv), and a client, which imports this module for its template, makes none
+# (argparse's import and 21 options: 4.6 ms of its import).
+_parser = functools.cache(parser)
 
 
 def _connect_back(port: int) -> str:
@@ -61,13 +44,12 @@ def _connect_back(port: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoopexec worker``: join a broker, alone or as a group of N processes."""
-    ap = _PARSER
     values = read_argv(argv) if argv is not None else None  # (a launcher's form: no argparse)
-    args = types.SimpleNamespace(**values) if values is not None else ap.get().parse_args(argv)
+    args = types.SimpleNamespace(**values) if values is not None else _parser().parse_args(argv)
     if (args.connect is None) == (args.connect_back is None):
-        ap.error("give the broker's endpoint: --connect ADDR")
+        _parser().error("give the broker's endpoint: --connect ADDR")
     if args.key and args.key_stdin:
-        ap.error("--key and --key-stdin exclude each other")
+        _parser().error("--key and --key-stdin exclude each other")
     try:
         connect = args.connect or _connect_back(args.connect_back)
         creds = None
@@ -79,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             check_env(env)
         creds = resolve_credentials(connect, creds, "broker endpoint")
     except ValueError as exc:
-        ap.error(str(exc))
+        _parser().error(str(exc))
     n = None
     if args.workers is not None:
         if args.workers == "auto":
@@ -87,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.workers.isdigit() and int(args.workers) >= 1:
             n = int(args.workers)
         else:
-            ap.error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
+            _parser().error(f"-n takes a number of workers >= 1 or 'auto', not {args.workers!r}")
     if n is not None and (n != 1 or args.ready):
         return run_worker_group(args, connect, creds, n, env)
     if (args.max_tasks or args.memory_limit or args.max_lifetime) and args.exit_fd is None:
@@ -100,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lifeline.set_exit_fd(args.exit_fd)  # programs that tasks start must not write on it
         except OSError as exc:
-            ap.error(f"--exit-fd {args.exit_fd}: {exc}")
+            _parser().error(f"--exit-fd {args.exit_fd}: {exc}")
     link = None
     if args.link_fd is not None:
         try:
             link = socket.socket(fileno=args.link_fd)
             link.set_inheritable(False)  # programs that tasks start must not keep it open
         except OSError as exc:
-            ap.error(f"--link-fd {args.link_fd}: {exc}")
+            _parser().error(f"--link-fd {args.link_fd}: {exc}")
         lifeline.note_client(link)
     # What multiprocessing and logging's %(processName)s say in a task: which worker this is, not
     # "MainProcess" (a forked worker had the client's name).
@@ -131,6 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits.install(worker, args.max_tasks, args.memory_limit, args.max_lifetime)
     except ValueError as exc:
-        ap.error(str(exc))
+        _parser().error(str(exc))
     worker.serve()
     return 0
