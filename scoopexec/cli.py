@@ -191,8 +191,8 @@ def keygen_main(argv: list[str]) -> int:
     ap.add_argument("file", metavar="FILE")
     ap.add_argument(
         "--server", metavar="KEY",
-        help="the public key of the broker this key is for (40 characters); with an existing FILE, "
-        "only that is changed",
+        help="the public key of the broker this key is for (40 characters; as --server=KEY when it "
+        "starts with '-'); with an existing FILE, only that is changed",
     )  # fmt: skip
     ap.add_argument("--name", default=None, help="the name after the key (default: USER@HOST)")
     args = ap.parse_args(argv)

@@ -290,8 +290,8 @@ def _keygen(*args: str) -> str:
 
 def test_shared_broker_accepts_only_the_authorized_keys(tmp_path, runtime):
     server = _keygen(str(tmp_path / "broker.key"), "--name", "broker")
-    alice = _keygen(str(tmp_path / "alice.key"), "--server", server, "--name", "alice")
-    bob = _keygen(str(tmp_path / "bob.key"), "--server", server)
+    alice = _keygen(str(tmp_path / "alice.key"), f"--server={server}", "--name", "alice")
+    bob = _keygen(str(tmp_path / "bob.key"), f"--server={server}")
     assert len({server, alice, bob}) == 3
     for f in ("broker.key", "alice.key", "bob.key"):
         assert stat.S_IMODE(os.stat(tmp_path / f).st_mode) == 0o600
@@ -353,7 +353,7 @@ def test_keygen_keeps_an_existing_key(tmp_path):
         capture_output=True, env=_env(), timeout=60, check=False,
     )
     assert r.returncode == 2 and b"exists" in r.stderr
-    assert _keygen(path, "--server", server) == first  # only the broker key is set
+    assert _keygen(path, f"--server={server}") == first  # only the broker key is set
     sock = zmq.Context().socket(zmq.DEALER)
     try:
         with pytest.raises(ValueError, match="no broker key"):
