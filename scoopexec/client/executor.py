@@ -302,6 +302,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             self._session.endpoint, self._max_workers,
             f", recording a timeline to {recorder.path}" if recorder is not None else "",
         )  # fmt: skip
+        # The script's classes its workers inherited, which then travel by reference (a pool whose
+        # workers are forks of this process: wire/mainclasses.py); None: by value.
+        self._names = getattr(self._session, "main_classes", None) or None
         self._pool_id = self._session.pool_id
         pools.register(self._pool_id, self)
         session = self._session
@@ -424,9 +427,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         try:  # (MessageTooLargeError is one: encode_named checks the size, in a look if it can)
             if self._task_timeout is not None:
-                frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs)
+                frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs, self._names)
                 return self._submit_frames(frames, None, serialize.describe(fn))
-            what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size)
+            what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size, self._names)
         except SerializationError as exc:
             return self._submit_frames(None, exc)
         lock = self._shutdown_lock  # (as _submit_frames, inline: on every submit)
@@ -449,7 +452,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         chunk: bool = False,
     ) -> cf.Future[Any]:
         try:
-            frames: list[Any] | None = serialize.encode_task(fn_frame, args, kwargs, item, chunk, what)
+            frames: list[Any] | None = serialize.encode_task(
+                fn_frame, args, kwargs, item, chunk, what, self._names
+            )
             error: Exception | None = None
         except SerializationError as exc:
             frames, error = None, exc

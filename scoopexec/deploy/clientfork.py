@@ -23,7 +23,8 @@ What the workers then see is what a fork gives (ProcessPoolExecutor's, on Linux 
 the main module, which a worker does not import again (mainmodule.inherit()); names the
 script defines or changes after that are not there, as on a fresh worker (cloudpickle sends
 the script's own functions and classes by value, and DEAP's creator classes travel by value
-too: integrations/deap.py; a class made later in another module's namespace by some other
+too: integrations/deap.py; a class of the script the workers inherited goes by reference while
+it is unchanged, wire/mainclasses.py; a class made later in another module's namespace by some other
 registry is found by name, and is not there).  Every descriptor the
 client had open then stays open in the template and its workers until they exit (a pipe
 to a program the client started keeps that program from seeing its end of file while the
@@ -71,6 +72,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import mainmodule
+from ..wire import mainclasses
 from ..worker import lifeline
 from ..worker.main import main as worker_main
 from . import threadlibs
@@ -245,6 +247,7 @@ def fork_template(
     signals = _changed_signals()
     changes = _env_changes(env, environ)
     handled = _handled_loggers()
+    names = mainclasses.Table()  # the script's classes the workers inherit (wire/mainclasses.py)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).
@@ -265,7 +268,7 @@ def fork_template(
     except OSError:
         pid = -1
     if pid == 0:
-        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (pools, signals, changes, handled))
+        _child(ours, theirs, stdin_r, stdin_w, env, cwd, main, (pools, signals, changes, handled), names)
     if collecting:
         gc.enable()
     os.close(stdin_r)
@@ -276,6 +279,7 @@ def fork_template(
         return None
     template = Template(ClientFork(pid, stdin_w), ours, origin="client")
     template.env = env
+    template.main_classes = names
     return template
 
 
@@ -283,10 +287,12 @@ def _child(
     ours: socket.socket, theirs: socket.socket, stdin_r: int, stdin_w: int,
     env: dict[str, str], cwd: str | None, main: dict[str, Any],
     seen: tuple[Pools, list[tuple[int, Any]], tuple[list[str], dict[str, str]], list[logging.Logger]],
+    names: mainclasses.Table,
 ) -> NoReturn:  # fmt: skip
     """The template, forked from the client: leave the client behind, then serve.  ``seen``: what
     the client read of itself just before (its BLAS and OpenMP libraries, its changed signal
-    handlers, what differs in the workers' environment, its loggers with handlers)."""
+    handlers, what differs in the workers' environment, its loggers with handlers); ``names``:
+    the script's classes listed then (its workers' results send them by reference)."""
     pools, signals, (unset, changed), handled = seen
     code = 1
     try:
@@ -309,6 +315,7 @@ def _child(
         if cwd is not None:
             os.chdir(cwd)
         mainmodule.inherit(main)
+        mainclasses.set_active(names)
         code = serve(theirs.detach(), worker_main, collect=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _say(exc.code))

@@ -100,6 +100,8 @@ class Template:
         self.gone = False  # the template exited (or its socket broke): no more news from it
         self._waiters = 0  # threads in wait_for(), which read the socket, alone, while any waits
         self.env: dict[str, str] | None = None  # the workers' environment, if made with it (clientfork)
+        # The script's classes its workers inherited (a fork of the client: wire/mainclasses.Table)
+        self.main_classes: Any = None
 
     @classmethod
     def start(

@@ -29,8 +29,10 @@ that dies drops the pickle), the rest strongly, until the function's pickle is m
 function dies (a container held so holds what it holds: a function in a list is alive while the
 list is held).
 
-A class of the script among a task's arguments is pickled with them each time, as before: it
-and its instances are one pickle, and a class sent apart would not share objects with them.
+A class of the script among a task's arguments is not kept here: it and its instances are one
+pickle.  A pool whose workers are forks of the client sends it by reference while it is as they
+inherited it (wire/mainclasses.py, with :func:`snapshot_class` and :func:`still`); other pools
+pickle it with the arguments each time.
 
 Looked at too, on every look-up:
 * whether what was pickled by name still is (found under its name: not after a reload, a mock's
@@ -71,7 +73,7 @@ import cloudpickle
 
 __all__ = [
     "BY_VALUE_MODULES", "KEEP_MAX", "MAX_FACTS", "MAX_ITEMS", "STRIKES", "clear", "holds", "keep", "lookup",
-    "prepare",
+    "prepare", "snapshot_class", "still",
 ]  # fmt: skip
 
 KEEP_MAX = 1024  # functions whose pickles are kept, at most (past that, all are forgotten)
@@ -192,6 +194,31 @@ def prepare(fn: Any) -> _Kept | None:
     return plan
 
 
+def snapshot_class(cls: type) -> _Kept | None:
+    """What a pickle of the script's class ``cls`` by value would be made from, now (its
+    namespace, and the functions, classes and containers it reads, as :func:`prepare` notes a
+    function's); None when some of it cannot be looked at.  :func:`still` tells whether all of it
+    is unchanged since (wire/mainclasses.py: what a pool's forked workers inherited)."""
+    if type(cls) is not type or _BY_VALUE:
+        return None
+    plan = _Kept(weakref.ref(cls), 0)
+    try:
+        watched = _watch_class(cls, _Walk(plan, None))
+    except Exception:  # (RecursionError, as in prepare)
+        watched = False
+    return plan if watched else None
+
+
+def still(plan: _Kept) -> bool:
+    """Whether everything :func:`snapshot_class` noted in ``plan`` is unchanged.  Unlike a kept
+    pickle's, the modules imported since do not count: they change how a pickle is written, not
+    what the class and what it reads are."""
+    try:
+        return plan.ref() is not None and _same(plan)
+    except Exception:
+        return False
+
+
 def keep(fn: Any, data: bytes, plan: _Kept) -> bool:
     """Keep ``data``, ``fn`` pickled after :func:`prepare` gave ``plan``, if what it was made from
     is still the same (another thread may have rebound a global meanwhile); True when kept."""
@@ -243,7 +270,11 @@ def _holds(k: _Kept) -> bool:
 
 
 def _unchanged(k: _Kept) -> bool:
-    if _BY_VALUE or _world() != k.world:
+    return _world() == k.world and _same(k)
+
+
+def _same(k: _Kept) -> bool:
+    if _BY_VALUE:
         return False
     for ref, names, ids, elsewhere in k.groups:
         obj = ref()

@@ -12,7 +12,9 @@ The standard C pickler is tried first because it is several times faster
 than cloudpickle on plain data; cloudpickle takes over whenever the object
 refers to ``__main__`` (whose top-level names might not exist on a worker)
 or holds something the standard pickler cannot handle (lambdas, closures,
-interactively defined classes).
+interactively defined classes).  The exception is a class of the script that
+the pool's workers inherited, unchanged (a pool forked from the client): it
+travels by reference, in the standard pickler (wire/mainclasses.py).
 
 Code that cloudpickle sends by value keeps its file name and line numbers
 (cloudpickle 3.1 would rename it ``<dynamic-code>``), so that tracebacks on
@@ -52,7 +54,7 @@ import cloudpickle
 
 from .. import errors
 from ..errors import DeserializationError, RemoteError, SerializationError, remote_traceback
-from . import byvalue, fnframes, protocol
+from . import byvalue, fnframes, mainclasses, protocol
 
 PROTOCOL = 5
 OOB_MIN = 64 * 1024  # buffers this large or larger travel as their own frames
@@ -339,28 +341,79 @@ def _pickled(obj: Any, compact: bool, buffers: Callable[[pickle.PickleBuffer], b
     return pickle.dumps(obj, PROTOCOL, buffer_callback=buffers)
 
 
-def dumps(obj: Any, compact: bool = False) -> Frames:
+class _ReferencePickler(pickle.Pickler):
+    """The standard pickler, but the script's classes a pool's workers inherited travel by
+    reference (wire/mainclasses.py)."""
+
+    def __init__(
+        self, fh: Any, names: mainclasses.Table, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
+    ) -> None:
+        super().__init__(fh, PROTOCOL, buffer_callback=buffers)
+        if compact:
+            self.dispatch_table = _scalars
+        self._reference = names.reference
+        self.blobs: list[bytes] = []  # those written: the only "__main__" the pickle may hold
+
+    def reducer_override(self, obj: Any) -> Any:
+        if obj.__class__ is type and obj.__module__ == "__main__":
+            found = self._reference(obj)
+            if found is not None:
+                self.blobs.append(found[1][2])
+                return found
+        return NotImplemented
+
+
+def _by_reference(
+    obj: Any, names: mainclasses.Table, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
+) -> bytes | None:
+    """``obj`` pickled with the script's classes by reference; None when something of the script
+    is still in it by name (a function, a class the table does not list or that changed)."""
+    if compact and _numpy_scalars():
+        _scalars.current()
+    with io.BytesIO() as fh:
+        p = _ReferencePickler(fh, names, compact, buffers)
+        p.dump(obj)
+        data = fh.getvalue()
+    if data.count(b"__main__") != sum(blob.count(b"__main__") for blob in p.blobs):
+        return None
+    return data
+
+
+def dumps(obj: Any, compact: bool = False, names: mainclasses.Table | None = None) -> Frames:
     """Pickle ``obj``; return [pickle, *out-of-band buffers].
 
     ``compact``: NumPy scalars travel compactly (see _Dispatch); for a map's chunks and their
     results, where many items travel together: the pickler it takes costs ~0.6 us more than
     ``pickle.dumps``, more than a small task's whole pickle, so single tasks go without.
+    ``names``: the table of the pool's workers' inherited classes of the script, which then
+    travel by reference (wire/mainclasses.py); else those go by value.
     """
     # On every task and result: no closure to collect buffers until one turns out large, and
     # find(), not ``in`` (bytes.__contains__ first tries the needle as an int: an exception).
     try:
         data = _pickled(obj, compact, _in_band)
     except _OutOfBand:
-        return _dumps_out_of_band(obj, compact)
+        return _dumps_out_of_band(obj, compact, names=names)
     except Exception:
-        pass
-    else:
-        if not _BY_VALUE and data.find(b"__main__") < 0:
+        data = None  # (a class of the script whose name is now another's, say: by reference still)
+    if not _BY_VALUE:
+        if data is not None and data.find(b"__main__") < 0:
             return [data]
+        if names:
+            try:
+                found = _by_reference(obj, names, compact, _in_band)
+            except _OutOfBand:  # (past where the standard pickle failed)
+                return _dumps_out_of_band(obj, compact, names=names)
+            except Exception:
+                found = None
+            if found is not None:
+                return [found]
     return _dumps_out_of_band(obj, compact, cloud=True)
 
 
-def _dumps_out_of_band(obj: Any, compact: bool, cloud: bool = False) -> Frames:
+def _dumps_out_of_band(
+    obj: Any, compact: bool, cloud: bool = False, names: mainclasses.Table | None = None
+) -> Frames:
     """dumps() of what holds a large buffer (it travels as its own frame), or needs cloudpickle."""
     bufs: list[pickle.PickleBuffer] = []
 
@@ -372,12 +425,20 @@ def _dumps_out_of_band(obj: Any, compact: bool, cloud: bool = False) -> Frames:
 
     if not cloud:
         try:
-            data = _pickled(obj, compact, keep)
+            data: bytes | None = _pickled(obj, compact, keep)
         except Exception:
-            pass
-        else:
-            if not _BY_VALUE and data.find(b"__main__") < 0:
+            data = None
+        if not _BY_VALUE:
+            if data is not None and data.find(b"__main__") < 0:
                 return [data, *bufs]
+            if names:
+                bufs.clear()
+                try:
+                    found = _by_reference(obj, names, compact, keep)
+                except Exception:
+                    found = None
+                if found is not None:
+                    return [found, *bufs]
         bufs.clear()
     data = _cloud_dumps(obj, keep)
     return [data, *bufs]
@@ -566,8 +627,13 @@ def _unlimited(fn: Any) -> Any:
     return _unwrapped(fn, _LIMITS, ())
 
 
-def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
-    """Frames of one task: [function, arguments, *buffers].
+def encode_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: mainclasses.Table | None = None,
+) -> Frames:
+    """Frames of one task: [function, arguments, *buffers] (``names``: as dumps()').
 
     Raises SerializationError naming what cannot be pickled, or TypeError for
     a future passed as an argument.
@@ -577,7 +643,7 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         plain = _plain_args(args)
         if plain is not None:
             return [fn_frame, plain]
-    frames = encode_args(args, kwargs, fn)
+    frames = encode_args(args, kwargs, fn, names=names)
     if len(frames) == 1:  # the usual task: a list of exactly two (no spare room: it may wait queued)
         return [fn_frame, frames[0]]
     frames.insert(0, fn_frame)
@@ -588,7 +654,11 @@ _named: dict[Any, tuple[str, bytes, int]] = {}  # fn -> (describe(fn), its frame
 
 
 def encode_named(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = -1
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limit: int = -1,
+    names: mainclasses.Table | None = None,
 ) -> tuple[str, Frames]:
     """(describe(fn), encode_call(fn, args, kwargs)): what a submit() needs, in one call and,
     for a function already sent with plain arguments, one look-up (on every submit).
@@ -609,9 +679,9 @@ def encode_named(
                 if named[2] - 11 + len(plain) <= limit or limit <= 0:  # (the size, without a call)
                     return named[0], [named[1], plain]
                 return named[0], _checked([named[1], plain], limit)
-        what, frames = named[0], encode_call(fn, args, kwargs)
+        what, frames = named[0], encode_call(fn, args, kwargs, names)
     else:
-        what, frames = describe(fn), encode_call(fn, args, kwargs)
+        what, frames = describe(fn), encode_call(fn, args, kwargs, names)
         data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
         if data is not None:  # (cached by dumps_function: it pickles by name)
             if len(_named) >= _CACHE_MAX:
@@ -774,8 +844,9 @@ def encode_args(
     item: int = -1,
     chunk: bool = False,
     what: str = "",
+    names: mainclasses.Table | None = None,
 ) -> Frames:
-    """Pickle a task's arguments.
+    """Pickle a task's arguments (``names``: as dumps()').
 
     For the error message: ``fn`` or ``what`` name the function; ``item`` >= 0
     says they are a map's items from that index on (``chunk``: args[0] is a
@@ -786,7 +857,7 @@ def encode_args(
         if plain is not None:
             return [plain]
     try:
-        return dumps((args, kwargs or None), chunk)
+        return dumps((args, kwargs or None), chunk, names)
     except Exception as exc:
         err = _arguments_error(fn, args, kwargs, exc, item, chunk, what)
         cause = exc if isinstance(err, SerializationError) else None  # a future: the pickling error is noise
@@ -800,6 +871,7 @@ def encode_task(
     item: int = -1,
     chunk: bool = False,
     what: str = "",
+    names: mainclasses.Table | None = None,
 ) -> Frames:
     """``[fn_frame, *encode_args(args, kwargs, ...)]``: the frames of a task whose function is
     pickled already (a map's), in one call (on every item of a map)."""
@@ -807,7 +879,7 @@ def encode_task(
         plain = _plain_args(args)
         if plain is not None:
             return [fn_frame, plain]
-    return [fn_frame, *encode_args(args, kwargs, None, item, chunk, what)]
+    return [fn_frame, *encode_args(args, kwargs, None, item, chunk, what, names)]
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -1219,7 +1291,9 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
                 pass  # beyond 32 bits
         return protocol.OK, [pickle.dumps(value, PROTOCOL)]
     try:
-        return protocol.OK, dumps(value, type(fn) is functools.partial and _is_runner(fn))
+        # (a forked worker's: the script's classes it inherited go back by reference)
+        compact = type(fn) is functools.partial and _is_runner(fn)
+        return protocol.OK, dumps(value, compact, mainclasses.active())
     except Exception as exc:
         tb_text = user_traceback(exc)  # a __reduce__ of the user's that raised, if any
         of = f" of {describe(_user_function(fn))}()" if fn is not None else ""
