@@ -38,6 +38,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -45,9 +46,10 @@ import cloudpickle
 
 from . import byvalue
 
-__all__ = ["MAX_CLASSES", "Table", "active", "load", "set_active"]
+__all__ = ["MAX_CLASSES", "SNAPSHOT_BUDGET", "Table", "active", "load", "set_active"]
 
 MAX_CLASSES = 64  # classes a table lists at most (the first found, in the script's order)
+SNAPSHOT_BUDGET = 0.005  # seconds a pool's start spends noting them at most (the rest go by value)
 _LOADED_MAX = 1024  # classes load() made from blobs, kept at most
 _tracker_id: Any = getattr(cloudpickle.cloudpickle, "_get_or_create_tracker_id", None)
 _slotnames: Any = getattr(copyreg, "_slotnames", None)
@@ -82,7 +84,10 @@ class Table:
                     # (the first pickle of an instance notes its class's __slotnames__ in it: noted
                     # now, for the workers too, else that change would send the class by value)
                     if _slotnames is not None:
-                        _slotnames(value)
+                        try:
+                            _slotnames(value)
+                        except Exception:  # (odd __slots__: pickling the instance would fail too)
+                            pass
         self.index = {id(cls): i for i, cls in enumerate(self.classes)}
         self.plans: list[Any] = [None] * len(self.classes)  # byvalue's snapshot; None: by value
         self.blobs: list[bytes | None] = [None] * len(self.classes)
@@ -94,7 +99,8 @@ class Table:
     def snapshot(self) -> None:
         """Note what each class is made from: in the client, after the fork, before any code of
         the user's runs (what the workers inherited is what is noted)."""
-        self.plans = [byvalue.snapshot_class(cls) for cls in self.classes]
+        end = time.perf_counter() + SNAPSHOT_BUDGET  # (~0.1-0.5 ms a class: a notebook may have many)
+        self.plans = [byvalue.snapshot_class(c) if time.perf_counter() < end else None for c in self.classes]
 
     def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes]] | None:
         """The reduce tuple of ``cls`` by reference, if the table lists it and (in the client) it
