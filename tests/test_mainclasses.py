@@ -172,8 +172,71 @@ def test_a_worker_that_did_not_inherit_the_classes_gets_them_from_the_reference(
     ]
 
 
+def test_a_workers_copy_changed_by_a_pickle_by_value_or_by_a_task_is_set_back_to_the_clients():
+    # (a cold review's cases) A function of the script that reads the class carries it by value,
+    # which sets the worker's copy: once the client's class is as it was again, the worker's copy
+    # must be too.  A task that changes the class in its worker: the next task has the client's.
+    code = HEAD + """
+    from unittest import mock
+
+    def uses_class():
+        return Params(2.0).value()
+
+    def show(p):
+        return p.value()
+
+    def bump(p):
+        type(p).b *= 10
+        return p.value()
+
+    if __name__ == "__main__":
+        with ScoopExecutor(1) as ex:
+            print("before", ex.submit(show, Params(1.0)).result(timeout=60))
+            with mock.patch.object(Params, "value", lambda self: -self.a):
+                print("patched", ex.submit(uses_class).result(timeout=60))
+            print("after", ex.submit(show, Params(1.0)).result(timeout=60))
+            p = Params(1.0)
+            del p.b  # (the class attribute, then: what the task changes)
+            print("bumped", [ex.submit(bump, p).result(timeout=60) for _ in range(3)], Params.b)
+    """
+    assert _lines(run_script(code, timeout=150)) == [
+        "before 4.0", "patched -2.0", "after 4.0", "bumped [22.0, 22.0, 22.0] 2",
+    ]
+
+
+def test_what_the_client_changes_around_the_fork_is_what_the_workers_see():
+    # An at-fork hook of the user's runs in the client after the fork: the class is noted before.
+    code = HEAD + """
+    def show(p):
+        return p.value()
+
+    if __name__ == "__main__":
+        os.register_at_fork(after_in_parent=lambda: WEIGHTS.__setitem__(0, 10.0))
+        with ScoopExecutor(1) as ex:
+            print(Params(1.0).value(), ex.submit(show, Params(1.0)).result(timeout=60))
+    """
+    assert _lines(run_script(code, timeout=150)) == ["22.0 22.0"]
+
+
+def test_a_reducer_registered_after_a_map_applies_to_the_next_maps_chunks():
+    code = HEAD + """
+    import copyreg
+
+    def show(p):
+        return p.b
+
+    if __name__ == "__main__":
+        with ScoopExecutor(1) as ex:
+            print(list(ex.map(show, [Params(1.0, 5)], chunksize=2)))
+            copyreg.pickle(Params, lambda p: (Params, (p.a,)))  # from now on without b
+            one = ex.submit(show, Params(1.0, 5)).result(timeout=60)
+            print(one, list(ex.map(show, [Params(1.0, 5)], chunksize=2)))
+    """
+    assert _lines(run_script(code, timeout=150)) == ["[5]", "2 [2]"]
+
+
 def test_a_reference_of_the_wrong_shape_or_holding_no_class_is_refused():
     with pytest.raises(pickle.UnpicklingError, match="wrong shape"):
-        mainclasses.load("token", 0, b"")  # type: ignore[arg-type]
+        mainclasses.load("token", 0, b"", True)  # type: ignore[arg-type]
     with pytest.raises(pickle.UnpicklingError, match="holds int, not a class"):
-        mainclasses.load(b"unknown token", 0, pickle.dumps(3))
+        mainclasses.load(b"unknown token", 0, pickle.dumps(3), True)

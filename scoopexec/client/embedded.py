@@ -195,12 +195,11 @@ class EmbeddedSession(Session):
         except BaseException:  # (Ctrl-C, or forks that never came): nothing left running
             self._start_failed()
             raise
-        # The script's classes its workers inherited, noted as they are now, before the user's code
-        # runs again (a template forked from us: wire/mainclasses.py); by value otherwise.
-        names = template.main_classes if template is not None and template.origin == "client" else None
-        if names:
-            names.snapshot()
-        self.main_classes = names
+        # The script's classes its workers inherited, as noted just before the fork (a template
+        # forked from us: wire/mainclasses.py); None: they travel by value.
+        self.main_classes = None
+        if template is not None and template.origin == "client":
+            self.main_classes = template.main_classes
 
     def _start_failed(self) -> None:
         """The pool's start failed once its broker was made: stop what runs, free what is held.

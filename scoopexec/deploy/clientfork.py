@@ -247,7 +247,9 @@ def fork_template(
     signals = _changed_signals()
     changes = _env_changes(env, environ)
     handled = _handled_loggers()
-    names = mainclasses.Table()  # the script's classes the workers inherit (wire/mainclasses.py)
+    # The script's classes the workers inherit, listed and noted now (wire/mainclasses.py): nothing
+    # of the user's runs from here to the fork.
+    names = mainclasses.Table()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
     # Else the child would write our buffered output again (it flushes all four when it ends).

@@ -8,21 +8,28 @@ rate, which sends the class by name: its workers are forks of the script.
 
 So are a local pool's workers, when its template is a fork of the client
 (deploy/clientfork.py): each has the script's classes as they were at the pool's construction.
-A :class:`Table`, made just before that fork, lists the script's plain classes then (those of
-metaclass ``type`` bound under their own name in ``__main__``); after the fork, before the pool is
-handed to its user, :meth:`Table.snapshot` notes what each is made from (wire/byvalue.py's walk of
-a class: its namespace, the functions and classes it reads, their globals, the containers among
-them).  A class whose snapshot still holds at a submit is what the workers have, and travels as
-``load(token, index, blob)``: the table's token (random), the class's place in it, and its pickle
-by value, made once (for a worker that did not inherit it: one started by hand, or on another
-host).  A class changed since (a method replaced, a global its methods read rebound, a container
-they read changed in place) travels by value from then on, as before, even if changed back.
+A :class:`Table`, made just before that fork (the client runs one thread then, and the collector
+is off), lists the script's plain classes (those of metaclass ``type`` bound under their own name
+in ``__main__``) and notes what each is made from (wire/byvalue.py's walk of a class: its
+namespace, the functions and classes it reads, their globals, the containers among them).  The
+template and the workers inherit the table, notes included: a fork keeps every object where it
+was, so the notes hold there as here until something changes.
 
-Classes travel by reference in a task's arguments, which the client pickles (serialize.dumps'
-``names``), and in its result, which a forked worker pickles with its pool's table
-(:func:`active`) without that look: the client receives its own class, not a copy (cloudpickle
-made one, or overwrote the client's class with the worker's).  A worker's sub-tasks' arguments
-go by value, as before (a worker does not know what its pool's table noted).
+A class whose notes still hold at a submit is what the workers have, and travels as
+``load(token, index, blob, True)``: the table's token (random), the class's place in it, its
+pickle by value (made once, while the notes hold: for a worker that did not inherit it, one
+started by hand or on another host), and whether the sender looked.  A class changed since (a
+method replaced, a global its methods read rebound, a container they read changed in place)
+travels by value from then on, as before, even if changed back.  A forked worker looks at its own
+copy too, when it loads a class the client looked at: cloudpickle sets a class it receives by
+value over the one it has under the same tracker id (a function of the script that reads the
+class brings it so, as do a share, an initializer, a sub-task's arguments), and a task may
+change the class; a copy that no longer holds its notes is set back from the blob, as a pickle by
+value would set it, and noted again.
+
+A forked worker's results send the classes it inherited by reference too (:func:`active`), unlooked
+at (``False``): the client receives its own class, not a copy (cloudpickle made one, or set the
+client's class from the worker's).  A worker's sub-tasks' arguments go by value, as before.
 
 Before the fork each listed class also gets its cloudpickle tracker id, so that the workers know
 it under that id: a function of the script that reads the class, pickled by value, then finds the
@@ -50,6 +57,7 @@ __all__ = ["MAX_CLASSES", "SNAPSHOT_BUDGET", "Table", "active", "load", "set_act
 
 MAX_CLASSES = 64  # classes a table lists at most (the first found, in the script's order)
 SNAPSHOT_BUDGET = 0.005  # seconds a pool's start spends noting them at most (the rest go by value)
+# (about 0.15-0.3 ms a class: before the fork, so the workers start that much later)
 _LOADED_MAX = 1024  # classes load() made from blobs, kept at most
 _tracker_id: Any = getattr(cloudpickle.cloudpickle, "_get_or_create_tracker_id", None)
 _slotnames: Any = getattr(copyreg, "_slotnames", None)
@@ -66,7 +74,8 @@ class Table:
     __slots__ = ("__weakref__", "blobs", "checks", "classes", "index", "plans", "token")
 
     def __init__(self) -> None:
-        """List the script's classes now (just before the fork that the workers come from)."""
+        """List the script's classes now, and note what each is made from (just before the fork
+        that the workers come from)."""
         self.token = os.urandom(16)
         self.checks = True  # False in a worker: its results' classes go by reference unlooked at
         self.classes: list[type] = []
@@ -89,22 +98,20 @@ class Table:
                         except Exception:  # (odd __slots__: pickling the instance would fail too)
                             pass
         self.index = {id(cls): i for i, cls in enumerate(self.classes)}
-        self.plans: list[Any] = [None] * len(self.classes)  # byvalue's snapshot; None: by value
+        end = time.perf_counter() + SNAPSHOT_BUDGET  # (a notebook may have many)
+        # byvalue's notes of each; None: it goes by value (it cannot be looked at, or changed)
+        self.plans: list[Any] = [
+            byvalue.snapshot_class(cls) if time.perf_counter() < end else None for cls in self.classes
+        ]
         self.blobs: list[bytes | None] = [None] * len(self.classes)
         _tables[self.token] = self
 
     def __bool__(self) -> bool:
         return bool(self.classes)
 
-    def snapshot(self) -> None:
-        """Note what each class is made from: in the client, after the fork, before any code of
-        the user's runs (what the workers inherited is what is noted)."""
-        end = time.perf_counter() + SNAPSHOT_BUDGET  # (~0.1-0.5 ms a class: a notebook may have many)
-        self.plans = [byvalue.snapshot_class(c) if time.perf_counter() < end else None for c in self.classes]
-
-    def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes]] | None:
+    def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
         """The reduce tuple of ``cls`` by reference, if the table lists it and (in the client) it
-        is unchanged since the snapshot; else None (it goes by value)."""
+        is unchanged since it was noted; else None (it goes by value)."""
         i = self.index.get(id(cls))
         if i is None or self.classes[i] is not cls:
             return None
@@ -117,12 +124,25 @@ class Table:
                 return None
         blob = self.blobs[i]
         if blob is None:
+            plan = self.plans[i]
+            if plan is not None and not byvalue.still(plan):
+                if self.checks:
+                    self.plans[i] = None
+                return None  # (changed: the blob must be the class as noted; by value instead)
             blob = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
-            if self.checks and not byvalue.still(self.plans[i]):
-                self.plans[i] = None  # changed while it was pickled
-                return None
+            if plan is not None and not byvalue.still(plan):
+                return None  # changed while it was pickled
             self.blobs[i] = blob
-        return load, (self.token, i, blob)
+        return load, (self.token, i, blob, self.checks)
+
+    def _set_back(self, i: int, blob: bytes) -> None:
+        """This worker's copy of class ``i`` no longer holds its notes: set it from the blob (the
+        class as the client noted it), as a pickle of it by value would, and note it again."""
+        with _lock:
+            plan = self.plans[i]
+            if plan is not None and not byvalue.still(plan):
+                pickle.loads(blob)  # (cloudpickle sets the class known under its tracker id: ours)
+                self.plans[i] = byvalue.snapshot_class(self.classes[i])
 
 
 def set_active(table: Table | None) -> None:
@@ -139,14 +159,19 @@ def active() -> Table | None:
     return _active
 
 
-def load(token: bytes, index: int, blob: bytes) -> type:
+def load(token: bytes, index: int, blob: bytes, looked: bool) -> type:
     """A class sent by reference (Table.reference): the inherited one, or the one its blob makes
     (once per class: cloudpickle's tracker id, which the blob carries, makes it the same class as
-    those pickled by value in the same pool's other pickles)."""
-    if type(token) is not bytes or type(index) is not int or type(blob) is not bytes:
+    those pickled by value in the same pool's other pickles).  ``looked``: the sender (the
+    client) found the class as noted, so this worker's copy must be too."""
+    if (type(token), type(index), type(blob), type(looked)) != (bytes, int, bytes, bool):
         raise pickle.UnpicklingError("a class reference of the wrong shape")
     table = _tables.get(token)
     if table is not None and 0 <= index < len(table.classes):
+        if looked and table is _active:
+            plan = table.plans[index]
+            if plan is not None and not byvalue.still(plan):
+                table._set_back(index, blob)
         return table.classes[index]
     key = (token, index)
     cls = _loaded.get(key)

@@ -368,7 +368,8 @@ def _by_reference(
 ) -> bytes | None:
     """``obj`` pickled with the script's classes by reference; None when something of the script
     is still in it by name (a function, a class the table does not list or that changed)."""
-    if compact and _numpy_scalars():
+    compact = compact and _numpy_scalars()  # (as _pickled: _scalars only while NumPy is loaded)
+    if compact:
         _scalars.current()
     with io.BytesIO() as fh:
         p = _ReferencePickler(fh, names, compact, buffers)
@@ -1319,7 +1320,7 @@ def encode_result(value: Any, where: str = "", fn: Any = None) -> tuple[int, Fra
 def encode_exception(exc: BaseException, tb_text: str) -> tuple[int, Frames]:
     fields = {"type": _qualname(type(exc)), "message": _safe_str(exc)}
     try:
-        data = dumps(exc)
+        data = dumps(exc, names=mainclasses.active())  # (a worker's: as its results)
     except BaseException as error:
         fields["why"] = f"{type(error).__name__}: {_safe_str(error)}"
         return protocol.FAILED, [protocol.dump_json(fields), tb_text.encode("utf-8", "replace")]
