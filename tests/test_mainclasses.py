@@ -68,6 +68,13 @@ def test_arguments_and_results_of_the_scripts_classes_travel_by_reference_and_ar
             print("box", type(box) is Box, type(box.item) is Params, box.item.a)
         with ScoopExecutor(1, task_timeout=60) as ex:
             print("timeout", ex.submit(run, Params(4.0)).result(timeout=60)[:2])
+        with ScoopExecutor(1) as ex:
+            # a worker's first result, from a function that brings the class by value (which sets
+            # the worker's copy): by reference all the same, the client's class left as it is
+            method = Params.value
+            made = ex.submit(lambda a: Params(a), 2.0).result(timeout=60)
+            sent = serialize.encode_args((Params(1.0),), {}, names=ex._names)
+            print("made", type(made) is Params, Params.value is method, by_reference(sent))
     """
     assert _lines(run_script(code, timeout=150)) == [
         "args by reference True",
@@ -76,6 +83,7 @@ def test_arguments_and_results_of_the_scripts_classes_travel_by_reference_and_ar
         "map1 [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]",
         "box True True 5.0",
         "timeout (True, 10.0)",
+        "made True True True",
     ]
 
 
@@ -137,12 +145,17 @@ def test_a_worker_that_did_not_inherit_the_classes_gets_them_from_the_reference(
     code = HEAD + """
     import subprocess, time
 
+    def bump(p):
+        type(p).b += 10  # (the class attribute: the field's default)
+        return type(p).b, os.getpid()
+
     def wait_for(path):
         while not os.path.exists(path):
             time.sleep(0.01)
         return os.getpid()
 
     if __name__ == "__main__":
+        method = Params.value
         with ScoopExecutor(1, bind="tcp://127.0.0.1:0") as ex:
             gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
             own = ex.submit(os.getpid).result(timeout=60)
@@ -157,18 +170,25 @@ def test_a_worker_that_did_not_inherit_the_classes_gets_them_from_the_reference(
                 for i in range(3):
                     f = ex.submit(lambda p: (run(p), os.getpid()), Params(float(i)))
                     out.append(f.result(timeout=60))
+                # (a task's change to the class does not last: by value, each task has the client's)
+                bumped = [ex.submit(bump, Params(1.0)).result(timeout=60) for _ in range(3)]
                 open(gate, "w").close()
                 assert blocker.result(timeout=60) == own
-                print([o[1] == extra.pid for o in out], [o[0][:2] for o in out])
+                on_extra = [o[1] == extra.pid for o in out + bumped]
+                print(on_extra, [o[0][:2] for o in out], [o[0] for o in bumped])
                 print(all(type(o[0][2]) is Params for o in out), [o[0][2].a for o in out])
+                # (its results brought the class back by reference: the client's is as it was)
+                sent = serialize.encode_args((Params(1.0),), {}, names=ex._names)
+                print(Params.value is method, Params.b, by_reference(sent))
             finally:
                 open(gate, "w").close()
                 extra.terminate()
                 extra.wait(30)
     """
     assert _lines(run_script(code, timeout=150)) == [
-        "[True, True, True] [(True, 2.0), (True, 4.0), (True, 6.0)]",
+        "[True, True, True, True, True, True] [(True, 2.0), (True, 4.0), (True, 6.0)] [12, 12, 12]",
         "True [1.0, 2.0, 3.0]",
+        "True 2 True",
     ]
 
 

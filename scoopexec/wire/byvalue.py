@@ -65,6 +65,7 @@ import linecache
 import operator
 import os
 import sys
+import time
 import types
 import weakref
 from typing import Any
@@ -194,16 +195,19 @@ def prepare(fn: Any) -> _Kept | None:
     return plan
 
 
-def snapshot_class(cls: type) -> _Kept | None:
+def snapshot_class(cls: type, deadline: float | None = None) -> _Kept | None:
     """What a pickle of the script's class ``cls`` by value would be made from, now (its
     namespace, and the functions, classes and containers it reads, as :func:`prepare` notes a
-    function's); None when some of it cannot be looked at.  :func:`still` tells whether all of it
-    is unchanged since (wire/mainclasses.py: what a pool's forked workers inherited)."""
+    function's); None when some of it cannot be looked at, or the walk is still going at
+    ``deadline`` (time.perf_counter()).  :func:`still` tells whether all of it is unchanged since
+    (wire/mainclasses.py: what a pool's forked workers inherited)."""
     if type(cls) is not type or _BY_VALUE:
         return None
     plan = _Kept(weakref.ref(cls), 0)
+    walk = _Walk(plan, None)
+    walk.deadline = deadline
     try:
-        watched = _watch_class(cls, _Walk(plan, None))
+        watched = _watch_class(cls, walk)
     except Exception:  # (RecursionError, as in prepare)
         watched = False
     return plan if watched else None
@@ -358,13 +362,17 @@ def _class_parts(cls: type) -> tuple[Any, ...] | None:
 class _Walk:
     """prepare()'s walk through what a pickle is made from, into its plan."""
 
-    __slots__ = ("budget", "drop", "plan", "seen")
+    __slots__ = ("budget", "deadline", "drop", "plan", "seen")
 
     def __init__(self, plan: _Kept, drop: Any) -> None:
         self.plan = plan
         self.drop = drop
         self.seen: set[int] = set()  # functions, classes and containers walked already
         self.budget = MAX_ITEMS  # items of containers left to walk
+        self.deadline: float | None = None  # (time.perf_counter()) past it, the walk gives up
+
+    def late(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def hold(self, values: Any) -> None:
         drop, held = self.drop, self.plan.held
@@ -378,6 +386,8 @@ def _watch(fn: types.FunctionType, w: _Walk) -> bool:
     if id(fn) in w.seen:
         return True
     w.seen.add(id(fn))
+    if w.late():
+        return False
     facts = _facts(fn)
     if facts is None or type(fn.__module__) is not str:
         return False
@@ -419,6 +429,8 @@ def _watch_class(cls: type, w: _Walk) -> bool:
     if id(cls) in w.seen:
         return True
     w.seen.add(id(cls))
+    if w.late():
+        return False
     if type(cls) is not type or "__slots__" in cls.__dict__ or len(cls.__bases__) != 1:
         return False
     if type(cls.__dict__.get("__module__")) is not str:  # (cloudpickle would look for it in every module)

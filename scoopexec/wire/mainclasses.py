@@ -53,7 +53,7 @@ import cloudpickle
 
 from . import byvalue
 
-__all__ = ["MAX_CLASSES", "SNAPSHOT_BUDGET", "Table", "active", "load", "set_active"]
+__all__ = ["MAX_CLASSES", "SNAPSHOT_BUDGET", "Names", "Received", "Table", "active", "load", "set_active"]
 
 MAX_CLASSES = 64  # classes a table lists at most (the first found, in the script's order)
 SNAPSHOT_BUDGET = 0.005  # seconds a pool's start spends noting them at most (the rest go by value)
@@ -68,10 +68,39 @@ _loaded: dict[tuple[bytes, int], type] = {}  # (token, index) -> the class load(
 _lock = threading.Lock()
 
 
+class Received:
+    """In a worker that did not inherit a pool's table (started by hand, on another host): the
+    classes it received by reference, which its results send back the same way (else by value,
+    which would set the client's class from this worker's copy)."""
+
+    __slots__ = ("by_id",)
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple[type, bytes, int, bytes]] = {}  # id -> (class, token, index, blob)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+    def note(self, cls: type, token: bytes, index: int, blob: bytes) -> None:
+        with _lock:
+            if len(self.by_id) >= _LOADED_MAX:
+                self.by_id.clear()
+            self.by_id[id(cls)] = (cls, token, index, blob)
+
+    def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
+        found = self.by_id.get(id(cls))
+        if found is None or found[0] is not cls:
+            return None
+        return load, (found[1], found[2], found[3], False)
+
+
+_received = Received()
+
+
 class Table:
     """The script's classes a pool's forked workers inherit, and what each was made from."""
 
-    __slots__ = ("__weakref__", "blobs", "checks", "classes", "index", "plans", "token")
+    __slots__ = ("__weakref__", "blobs", "changed", "checks", "classes", "index", "plans", "token")
 
     def __init__(self) -> None:
         """List the script's classes now, and note what each is made from (just before the fork
@@ -101,9 +130,10 @@ class Table:
         end = time.perf_counter() + SNAPSHOT_BUDGET  # (a notebook may have many)
         # byvalue's notes of each; None: it goes by value (it cannot be looked at, or changed)
         self.plans: list[Any] = [
-            byvalue.snapshot_class(cls) if time.perf_counter() < end else None for cls in self.classes
+            byvalue.snapshot_class(cls, end) if time.perf_counter() < end else None for cls in self.classes
         ]
         self.blobs: list[bytes | None] = [None] * len(self.classes)
+        self.changed = [False] * len(self.classes)  # in a worker: its copy was found changed once
         _tables[self.token] = self
 
     def __bool__(self) -> bool:
@@ -111,10 +141,12 @@ class Table:
 
     def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
         """The reduce tuple of ``cls`` by reference, if the table lists it and (in the client) it
-        is unchanged since it was noted; else None (it goes by value)."""
+        is unchanged since it was noted; else None (it goes by value).  In a worker (no look):
+        always, its blob made from the class as it is then."""
         i = self.index.get(id(cls))
         if i is None or self.classes[i] is not cls:
             return None
+        blob = self.blobs[i]
         if self.checks:
             plan = self.plans[i]
             if plan is None:
@@ -122,27 +154,26 @@ class Table:
             if not byvalue.still(plan):
                 self.plans[i] = None  # changed: by value from now on
                 return None
-        blob = self.blobs[i]
-        if blob is None:
-            plan = self.plans[i]
-            if plan is not None and not byvalue.still(plan):
-                if self.checks:
-                    self.plans[i] = None
-                return None  # (changed: the blob must be the class as noted; by value instead)
-            blob = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
-            if plan is not None and not byvalue.still(plan):
-                return None  # changed while it was pickled
-            self.blobs[i] = blob
+            if blob is None:
+                blob = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
+                if not byvalue.still(plan):
+                    return None  # changed while it was pickled (the blob must be the class as noted)
+                self.blobs[i] = blob
+        elif blob is None:
+            blob = self.blobs[i] = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
         return load, (self.token, i, blob, self.checks)
 
-    def _set_back(self, i: int, blob: bytes) -> None:
-        """This worker's copy of class ``i`` no longer holds its notes: set it from the blob (the
-        class as the client noted it), as a pickle of it by value would, and note it again."""
-        with _lock:
+    def looked_at(self, i: int, blob: bytes) -> type:
+        """Class ``i``, which the client found as noted, in this worker: its copy, if as noted too;
+        else the class set from the blob, as a pickle of it by value would set it (then at every
+        such load, as a pickle by value at every task: a copy changed once, by a task or by another
+        pickle of the class, is taken to change again)."""
+        if not self.changed[i]:
             plan = self.plans[i]
-            if plan is not None and not byvalue.still(plan):
-                pickle.loads(blob)  # (cloudpickle sets the class known under its tracker id: ours)
-                self.plans[i] = byvalue.snapshot_class(self.classes[i])
+            if plan is not None and byvalue.still(plan):
+                return self.classes[i]
+            self.changed[i] = True
+        return _from_blob(blob)
 
 
 def set_active(table: Table | None) -> None:
@@ -154,34 +185,50 @@ def set_active(table: Table | None) -> None:
     _active = table
 
 
-def active() -> Table | None:
-    """This worker's pool's table, if it inherited one (else None)."""
-    return _active
+def active() -> Names | None:
+    """This worker's pool's table, if it inherited one; else the classes it received by reference,
+    if any; else None."""
+    if _active is not None:
+        return _active
+    return _received if _received else None
 
 
 def load(token: bytes, index: int, blob: bytes, looked: bool) -> type:
     """A class sent by reference (Table.reference): the inherited one, or the one its blob makes
-    (once per class: cloudpickle's tracker id, which the blob carries, makes it the same class as
-    those pickled by value in the same pool's other pickles).  ``looked``: the sender (the
-    client) found the class as noted, so this worker's copy must be too."""
+    (cloudpickle's tracker id, which the blob carries, makes it the same class as those pickled
+    by value in the same pool's other pickles).  ``looked``: the sender (the client) found the
+    class as noted, so this worker's copy must be as noted too (Table.looked_at); a worker that
+    did not inherit it sets it from the blob each time, as a pickle by value does."""
     if (type(token), type(index), type(blob), type(looked)) != (bytes, int, bytes, bool):
         raise pickle.UnpicklingError("a class reference of the wrong shape")
     table = _tables.get(token)
     if table is not None and 0 <= index < len(table.classes):
         if looked and table is _active:
-            plan = table.plans[index]
-            if plan is not None and not byvalue.still(plan):
-                table._set_back(index, blob)
+            return table.looked_at(index, blob)
         return table.classes[index]
-    key = (token, index)
-    cls = _loaded.get(key)
-    if cls is None:
-        made = pickle.loads(blob)
-        if not isinstance(made, type):
-            what = type(made).__name__
-            raise pickle.UnpicklingError(f"a class reference's pickle holds {what}, not a class")
-        with _lock:
-            if len(_loaded) >= _LOADED_MAX:
-                _loaded.clear()
-            cls = _loaded.setdefault(key, made)
+    if looked:
+        cls = _from_blob(blob)
+    else:
+        key = (token, index)  # (a result's, in a process that did not inherit it: made once)
+        found = _loaded.get(key)
+        if found is None:
+            made = _from_blob(blob)
+            with _lock:
+                if len(_loaded) >= _LOADED_MAX:
+                    _loaded.clear()
+                found = _loaded.setdefault(key, made)
+        cls = found
+    if _active is None:
+        _received.note(cls, token, index, blob)
     return cls
+
+
+def _from_blob(blob: bytes) -> type:
+    made = pickle.loads(blob)
+    if not isinstance(made, type):
+        what = type(made).__name__
+        raise pickle.UnpicklingError(f"a class reference's pickle holds {what}, not a class")
+    return made
+
+
+Names = Table | Received  # what serialize.dumps sends the script's classes by reference with

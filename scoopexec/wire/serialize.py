@@ -346,7 +346,7 @@ class _ReferencePickler(pickle.Pickler):
     reference (wire/mainclasses.py)."""
 
     def __init__(
-        self, fh: Any, names: mainclasses.Table, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
+        self, fh: Any, names: mainclasses.Names, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
     ) -> None:
         super().__init__(fh, PROTOCOL, buffer_callback=buffers)
         if compact:
@@ -355,16 +355,24 @@ class _ReferencePickler(pickle.Pickler):
         self.blobs: list[bytes] = []  # those written: the only "__main__" the pickle may hold
 
     def reducer_override(self, obj: Any) -> Any:
-        if obj.__class__ is type and obj.__module__ == "__main__":
+        cls = obj.__class__
+        if cls is type and obj.__module__ == "__main__":
             found = self._reference(obj)
-            if found is not None:
-                self.blobs.append(found[1][2])
-                return found
+            if found is None:
+                raise _ByValue  # (not listed, or changed: cloudpickle's, without finishing this)
+            self.blobs.append(found[1][2])
+            return found
+        if cls is types.FunctionType and obj.__module__ == "__main__":
+            raise _ByValue
         return NotImplemented
 
 
+class _ByValue(Exception):
+    """Something of the script in a pickle by reference that must go by value."""
+
+
 def _by_reference(
-    obj: Any, names: mainclasses.Table, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
+    obj: Any, names: mainclasses.Names, compact: bool, buffers: Callable[[pickle.PickleBuffer], bool]
 ) -> bytes | None:
     """``obj`` pickled with the script's classes by reference; None when something of the script
     is still in it by name (a function, a class the table does not list or that changed)."""
@@ -380,7 +388,7 @@ def _by_reference(
     return data
 
 
-def dumps(obj: Any, compact: bool = False, names: mainclasses.Table | None = None) -> Frames:
+def dumps(obj: Any, compact: bool = False, names: mainclasses.Names | None = None) -> Frames:
     """Pickle ``obj``; return [pickle, *out-of-band buffers].
 
     ``compact``: NumPy scalars travel compactly (see _Dispatch); for a map's chunks and their
@@ -413,7 +421,7 @@ def dumps(obj: Any, compact: bool = False, names: mainclasses.Table | None = Non
 
 
 def _dumps_out_of_band(
-    obj: Any, compact: bool, cloud: bool = False, names: mainclasses.Table | None = None
+    obj: Any, compact: bool, cloud: bool = False, names: mainclasses.Names | None = None
 ) -> Frames:
     """dumps() of what holds a large buffer (it travels as its own frame), or needs cloudpickle."""
     bufs: list[pickle.PickleBuffer] = []
@@ -632,7 +640,7 @@ def encode_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    names: mainclasses.Table | None = None,
+    names: mainclasses.Names | None = None,
 ) -> Frames:
     """Frames of one task: [function, arguments, *buffers] (``names``: as dumps()').
 
@@ -659,7 +667,7 @@ def encode_named(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     limit: int = -1,
-    names: mainclasses.Table | None = None,
+    names: mainclasses.Names | None = None,
 ) -> tuple[str, Frames]:
     """(describe(fn), encode_call(fn, args, kwargs)): what a submit() needs, in one call and,
     for a function already sent with plain arguments, one look-up (on every submit).
@@ -845,7 +853,7 @@ def encode_args(
     item: int = -1,
     chunk: bool = False,
     what: str = "",
-    names: mainclasses.Table | None = None,
+    names: mainclasses.Names | None = None,
 ) -> Frames:
     """Pickle a task's arguments (``names``: as dumps()').
 
@@ -872,7 +880,7 @@ def encode_task(
     item: int = -1,
     chunk: bool = False,
     what: str = "",
-    names: mainclasses.Table | None = None,
+    names: mainclasses.Names | None = None,
 ) -> Frames:
     """``[fn_frame, *encode_args(args, kwargs, ...)]``: the frames of a task whose function is
     pickled already (a map's), in one call (on every item of a map)."""
