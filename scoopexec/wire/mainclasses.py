@@ -24,18 +24,22 @@ travels by value from then on, as before, even if changed back.  A forked worker
 copy too, when it loads a class the client looked at: cloudpickle sets a class it receives by
 value over the one it has under the same tracker id (a function of the script that reads the
 class brings it so, as do a share, an initializer, a sub-task's arguments), and a task may
-change the class; a copy that no longer holds its notes is set back from the blob, as a pickle by
-value would set it, and noted again.
+change the class; a copy that no longer holds its notes is set from the blob, as a pickle by
+value would set it, and from then on at every such load (as a pickle by value sets it at every
+task: a copy that changed once is taken to change again, and is not noted anew).
 
 A forked worker's results send the classes it inherited by reference too (:func:`active`), unlooked
 at (``False``): the client receives its own class, not a copy (cloudpickle made one, or set the
-client's class from the worker's).  A worker's sub-tasks' arguments go by value, as before.
+client's class from the worker's).  So do a worker's that did not inherit them, for the classes
+it received by reference (:class:`Received`).  A worker's sub-tasks' arguments go by value, as
+before.
 
 Before the fork each listed class also gets its cloudpickle tracker id, so that the workers know
 it under that id: a function of the script that reads the class, pickled by value, then finds the
 inherited class rather than making a second one, whose instances the arguments' would not be.
 
-``load`` of a token this process does not know loads the blob, once per class.
+``load`` of a token this process does not know sets the class from the blob: at each load the
+client looked at (as a pickle by value would), once for a result's.
 """
 
 from __future__ import annotations
