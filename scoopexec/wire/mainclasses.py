@@ -24,9 +24,13 @@ travels by value from then on, as before, even if changed back.  A forked worker
 copy too, when it loads a class the client looked at: cloudpickle sets a class it receives by
 value over the one it has under the same tracker id (a function of the script that reads the
 class brings it so, as do a share, an initializer, a sub-task's arguments), and a task may
-change the class; a copy that no longer holds its notes is set from the blob, as a pickle by
-value would set it, and from then on at every such load (as a pickle by value sets it at every
-task: a copy that changed once is taken to change again, and is not noted anew).
+change the class.  A copy whose namespace (or that of a class of the script it reads) is no
+longer as noted is set from the blob, as a pickle by value would set it, and from then on at
+every such load (as a pickle by value sets it at every task: a copy that changed once is taken
+to change again).  That look leaves out what a task changes in place in its worker (a class-level
+dict, a list the methods read) and the globals of the worker's own main module: those changes
+stay in that worker, as in a fork's (ProcessPoolExecutor's), where a pickle by value would bring
+the client's again.
 
 A forked worker's results send the classes it inherited by reference too (:func:`active`), unlooked
 at (``False``): the client receives its own class, not a copy (cloudpickle made one, or set the
@@ -174,7 +178,10 @@ class Table:
         pickle of the class, is taken to change again)."""
         if not self.changed[i]:
             plan = self.plans[i]
-            if plan is not None and byvalue.still(plan):
+            # (the namespaces only, on every task, at about 3 us: what a task changes in place in
+            # this worker, a class-level dict or a list the methods read, or a global of this
+            # worker's own main module it rebinds, is not seen, and stays, as in a fork's)
+            if plan is not None and byvalue.namespaces_still(plan):
                 return self.classes[i]
             self.changed[i] = True
         return _from_blob(blob)
