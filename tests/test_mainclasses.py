@@ -255,6 +255,35 @@ def test_a_reducer_registered_after_a_map_applies_to_the_next_maps_chunks():
     assert _lines(run_script(code, timeout=150)) == ["[5]", "2 [2]"]
 
 
+def test_a_class_set_from_its_reference_keeps_its_file_for_tracebacks():
+    # (a third review's case) Once a worker's copy changed, each reference sets it from the blob:
+    # its methods' code must keep the script's file name, as a pickle by value keeps it.
+    code = HEAD + """
+    import traceback
+
+    @dataclasses.dataclass
+    class Failing:
+        a: float
+
+        def fail(self):
+            raise ValueError(self.a)
+
+    def where(f):
+        try:
+            f.result(timeout=60)
+        except ValueError as e:
+            lines = "".join(traceback.format_exception(e)).splitlines()
+            return [os.path.basename(line.split('"')[1]) for line in lines if line.endswith("in fail")]
+
+    if __name__ == "__main__":
+        with ScoopExecutor(1) as ex:
+            print(where(ex.submit(lambda p: p.fail(), Failing(1.0))))
+            ex.submit(lambda: Failing(0.0).a).result(timeout=60)  # (brings the class by value)
+            print(where(ex.submit(lambda p: p.fail(), Failing(2.0))))
+    """
+    assert _lines(run_script(code, timeout=150)) == ["['script.py']", "['script.py']"]
+
+
 def test_a_reference_of_the_wrong_shape_or_holding_no_class_is_refused():
     with pytest.raises(pickle.UnpicklingError, match="wrong shape"):
         mainclasses.load("token", 0, b"", True)  # type: ignore[arg-type]

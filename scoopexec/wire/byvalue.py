@@ -233,10 +233,11 @@ def namespaces_still(plan: _Kept) -> bool:
     attribute anew), or sets an attribute of it, changes its namespace."""
     try:
         for ref, names, ids, _elsewhere in plan.groups:
-            if names is _CLASS:
-                cls = ref()
-                if cls is None or _class_ids(cls) != ids:
-                    return False
+            obj = ref()
+            if obj is None:
+                return False  # (a method replaced, and gone: its id may be its successor's)
+            if names is _CLASS and _class_ids(obj) != ids:
+                return False
         return True
     except Exception:
         return False

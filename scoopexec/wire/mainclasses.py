@@ -28,7 +28,8 @@ change the class.  A copy whose namespace (or that of a class of the script it r
 longer as noted is set from the blob, as a pickle by value would set it, and from then on at
 every such load (as a pickle by value sets it at every task: a copy that changed once is taken
 to change again).  That look leaves out what a task changes in place in its worker (a class-level
-dict, a list the methods read) and the globals of the worker's own main module: those changes
+dict, a list the methods read, a method's defaults, code or closure, a helper function's) and the
+globals of the worker's own main module: those changes
 stay in that worker, as in a fork's (ProcessPoolExecutor's), where a pickle by value would bring
 the client's again.
 
@@ -95,7 +96,7 @@ class Received:
                 self.by_id.clear()
             self.by_id[id(cls)] = (cls, token, index, blob)
 
-    def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
+    def reference(self, cls: type, dump: Any) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
         found = self.by_id.get(id(cls))
         if found is None or found[0] is not cls:
             return None
@@ -147,10 +148,11 @@ class Table:
     def __bool__(self) -> bool:
         return bool(self.classes)
 
-    def reference(self, cls: type) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
+    def reference(self, cls: type, dump: Any) -> tuple[Any, tuple[bytes, int, bytes, bool]] | None:
         """The reduce tuple of ``cls`` by reference, if the table lists it and (in the client) it
         is unchanged since it was noted; else None (it goes by value).  In a worker (no look):
-        always, its blob made from the class as it is then."""
+        always, its blob made from the class as it is then.  ``dump``: what makes a blob (the
+        serializer's cloudpickle, which keeps the code's file names and a notebook's lines)."""
         i = self.index.get(id(cls))
         if i is None or self.classes[i] is not cls:
             return None
@@ -163,12 +165,12 @@ class Table:
                 self.plans[i] = None  # changed: by value from now on
                 return None
             if blob is None:
-                blob = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
+                blob = dump(cls)
                 if not byvalue.still(plan):
                     return None  # changed while it was pickled (the blob must be the class as noted)
                 self.blobs[i] = blob
         elif blob is None:
-            blob = self.blobs[i] = cloudpickle.dumps(cls, pickle.HIGHEST_PROTOCOL)
+            blob = self.blobs[i] = dump(cls)
         return load, (self.token, i, blob, self.checks)
 
     def looked_at(self, i: int, blob: bytes) -> type:
@@ -179,8 +181,9 @@ class Table:
         if not self.changed[i]:
             plan = self.plans[i]
             # (the namespaces only, on every task, at about 3 us: what a task changes in place in
-            # this worker, a class-level dict or a list the methods read, or a global of this
-            # worker's own main module it rebinds, is not seen, and stays, as in a fork's)
+            # this worker, a class-level dict, a list the methods read, a method's defaults or
+            # code, or a global of this worker's own main module it rebinds, is not seen, and
+            # stays, as in a fork's)
             if plan is not None and byvalue.namespaces_still(plan):
                 return self.classes[i]
             self.changed[i] = True

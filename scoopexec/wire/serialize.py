@@ -351,7 +351,7 @@ class _ReferencePickler(pickle.Pickler):
         super().__init__(fh, PROTOCOL, buffer_callback=buffers)
         if compact:
             self.dispatch_table = _scalars
-        self._reference = names.reference
+        self._reference = functools.partial(names.reference, dump=_cloud_dumps)
         self.blobs: list[bytes] = []  # those written: the only "__main__" the pickle may hold
 
     def reducer_override(self, obj: Any) -> Any:
