@@ -7,11 +7,15 @@ and a worker that did not inherit them (one started by hand) must get them all t
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import linecache
 import pickle
+import time
 
 import pytest
 
-from scoopexec.wire import mainclasses
+from scoopexec.wire import byvalue, mainclasses
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.timeout(180)
@@ -289,3 +293,33 @@ def test_a_reference_of_the_wrong_shape_or_holding_no_class_is_refused():
         mainclasses.load("token", 0, b"", True)  # type: ignore[arg-type]
     with pytest.raises(pickle.UnpicklingError, match="holds int, not a class"):
         mainclasses.load(b"unknown token", 0, pickle.dumps(3), True)
+
+
+def _dataclass():
+    ns: dict = {"__name__": "__main__", "dataclasses": dataclasses}
+    exec("@dataclasses.dataclass\nclass P:\n    a: float\n    def m(self):\n        return self.a\n", ns)
+    return ns["P"]
+
+
+def test_a_walk_past_its_deadline_notes_nothing():
+    cls = _dataclass()
+    assert byvalue.snapshot_class(cls, time.perf_counter() + 10) is not None
+    assert byvalue.snapshot_class(cls, time.perf_counter() - 1) is None
+
+
+def test_the_lines_linecache_holds_do_not_count_in_a_classs_look_but_its_namespace_does():
+    cls = _dataclass()
+    plan = byvalue.snapshot_class(cls)
+    assert plan is not None and byvalue.still(plan) and byvalue.namespaces_still(plan)
+    entry = linecache.cache.get("<string>")
+    linecache.cache["<string>"] = (1, None, ["x\n"], "<string>")  # (as a worker's, given a function)
+    try:
+        assert byvalue.still(plan)
+    finally:
+        if entry is None:
+            linecache.cache.pop("<string>", None)
+        else:
+            linecache.cache["<string>"] = entry
+    cls.m = lambda self: -self.a  # the noted method replaced, and gone
+    gc.collect()
+    assert not byvalue.namespaces_still(plan) and not byvalue.still(plan)

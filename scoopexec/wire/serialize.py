@@ -351,13 +351,13 @@ class _ReferencePickler(pickle.Pickler):
         super().__init__(fh, PROTOCOL, buffer_callback=buffers)
         if compact:
             self.dispatch_table = _scalars
-        self._reference = functools.partial(names.reference, dump=_cloud_dumps)
+        self._names = names
         self.blobs: list[bytes] = []  # those written: the only "__main__" the pickle may hold
 
     def reducer_override(self, obj: Any) -> Any:
         cls = obj.__class__
         if cls is type and obj.__module__ == "__main__":
-            found = self._reference(obj)
+            found = self._names.reference(obj, _cloud_dumps)
             if found is None:
                 raise _ByValue  # (not listed, or changed: cloudpickle's, without finishing this)
             self.blobs.append(found[1][2])
@@ -397,27 +397,47 @@ def dumps(obj: Any, compact: bool = False, names: mainclasses.Names | None = Non
     ``names``: the table of the pool's workers' inherited classes of the script, which then
     travel by reference (wire/mainclasses.py); else those go by value.
     """
-    # On every task and result: no closure to collect buffers until one turns out large, and
-    # find(), not ``in`` (bytes.__contains__ first tries the needle as an int: an exception).
+    # On every task and result: no closure to collect buffers until one turns out large.
     try:
-        data = _pickled(obj, compact, _in_band)
+        data = _standard(obj, compact, names, _in_band)
     except _OutOfBand:
         return _dumps_out_of_band(obj, compact, names=names)
+    if data is not None:
+        return [data]
+    return _dumps_out_of_band(obj, compact, cloud=True)
+
+
+def _standard(
+    obj: Any,
+    compact: bool,
+    names: mainclasses.Names | None,
+    buffers: Callable[[pickle.PickleBuffer], bool],
+    bufs: list[pickle.PickleBuffer] | None = None,
+) -> bytes | None:
+    """The standard pickler's pickle of ``obj``, or with ``names`` the script's classes by
+    reference; None when cloudpickle's is needed.  ``bufs``: what ``buffers`` collected, emptied
+    before a second try.  _OutOfBand (from ``buffers``) goes through."""
+    try:
+        data: bytes | None = _pickled(obj, compact, buffers)
+    except _OutOfBand:
+        raise
     except Exception:
         data = None  # (a class of the script whose name is now another's, say: by reference still)
-    if not _BY_VALUE:
-        if data is not None and data.find(b"__main__") < 0:
-            return [data]
-        if names:
-            try:
-                found = _by_reference(obj, names, compact, _in_band)
-            except _OutOfBand:  # (past where the standard pickle failed)
-                return _dumps_out_of_band(obj, compact, names=names)
-            except Exception:
-                found = None
-            if found is not None:
-                return [found]
-    return _dumps_out_of_band(obj, compact, cloud=True)
+    if _BY_VALUE:
+        return None
+    # (find(), not ``in``: bytes.__contains__ first tries the needle as an int, an exception)
+    if data is not None and data.find(b"__main__") < 0:
+        return data
+    if not names:
+        return None
+    if bufs is not None:
+        bufs.clear()
+    try:
+        return _by_reference(obj, names, compact, buffers)
+    except _OutOfBand:  # (past where the standard pickle failed)
+        raise
+    except Exception:
+        return None
 
 
 def _dumps_out_of_band(
@@ -433,21 +453,9 @@ def _dumps_out_of_band(
         return True  # small: stays inside the pickle
 
     if not cloud:
-        try:
-            data: bytes | None = _pickled(obj, compact, keep)
-        except Exception:
-            data = None
-        if not _BY_VALUE:
-            if data is not None and data.find(b"__main__") < 0:
-                return [data, *bufs]
-            if names:
-                bufs.clear()
-                try:
-                    found = _by_reference(obj, names, compact, keep)
-                except Exception:
-                    found = None
-                if found is not None:
-                    return [found, *bufs]
+        data = _standard(obj, compact, names, keep, bufs)
+        if data is not None:
+            return [data, *bufs]
         bufs.clear()
     data = _cloud_dumps(obj, keep)
     return [data, *bufs]
