@@ -126,9 +126,17 @@ def test_end_of_file_and_garbage_are_reported():
         assert b.receive() == [] and b.eof  # seen on the next read: the fd stays readable
 
     raw, other = socket.socketpair()
-    lk = link.Link(other)
+    lk = link.Link(other, shared=False)
     raw.sendall((0).to_bytes(4, "little"))  # a message of no frames
     with pytest.raises(ProtocolError):
+        lk.receive()
+    raw.close()
+    lk.close()
+
+    raw, other = socket.socketpair()
+    lk = link.Link(other)  # there, no frames is a note about segments: of a kind that is not one
+    raw.sendall((0).to_bytes(4, "little") + (9).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+    with pytest.raises(ProtocolError, match="unknown kind"):
         lk.receive()
     raw.close()
     lk.close()
@@ -145,7 +153,7 @@ def test_end_of_file_and_garbage_are_reported():
 @pytest.mark.timeout(30)
 def test_large_frames_reuse_a_buffer_once_nothing_refers_to_it():
     pool = link.BufferPool(keep=4, idle_bytes=1 << 30, idle_seconds=60)
-    with _pair(pool=pool) as (a, b):
+    with _pair(pool=pool, shared=False) as (a, b):  # (frames of a size sent again: no segments)
         data = os.urandom(2 * link.BIG)
         (first,) = _pump_raw(a, b, [b"h", data])[1:]
         assert bytes(first) == data and isinstance(first, link.BigFrame)

@@ -56,7 +56,7 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import fnframes
 from ..wire import protocol as P
-from ..wire.framing import POOL, WakePipe
+from ..wire.framing import WakePipe
 from ..wire.security import KeyPair
 from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE, check_hello
 from . import scheduling
@@ -563,7 +563,7 @@ class Broker:
         self.send(owner, frames)
 
     def _tick(self, now: float) -> None:
-        POOL.expire()
+        self.links.settle(now)  # (and the process's large receive buffers)
         fnframes.expire(now)  # (frames a client in this process marked lately)
         self.router.reprobe(self.ledger.known)
         led, links = self.ledger, self.links.links  # (the router's peers: not on a link, not LOCAL)

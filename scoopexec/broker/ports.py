@@ -35,7 +35,7 @@ import zmq.utils.z85
 from ..deploy.local import process_state
 from ..errors import ProtocolError
 from ..wire import protocol as P
-from ..wire.framing import PUSH_WAIT, Link, WakePipe
+from ..wire.framing import POOL, PUSH_WAIT, Link, WakePipe
 from ..wire.security import AuthorizedKeys, KeyPair
 from ..wire.validate import frame_limit
 from ..wire.zmqsock import MONITOR_EVENTS, ZMQ_EVENTS, ZMQ_POLLIN, monitor_event, zmq_receive, zmq_send
@@ -669,6 +669,23 @@ class LinkPort:
             since = self._stopped.setdefault(key, now)
             if now - since >= self.heartbeat_timeout:
                 self.close_link(key, f"its process was stopped for {now - since:.1f} s")
+
+    def settle(self, now: float) -> None:
+        """Each link's segments (wire/segments.py): those of its worker the client dropped go
+        back to it, ours free too long are let go of; and the large receive buffers of the
+        process unused too long (wire/framing.py): the broker's tick."""
+        POOL.expire()
+        for key, link in list(self.links.items()):
+            if link.seg is None:
+                continue
+            try:
+                link.settle(now)
+            except OSError:
+                link.eof = True
+                self.dead.append(key)
+                continue
+            if link.wants_write:
+                self.poll.modify(link.fd, POLLIN | select.POLLOUT)
 
     def close_all(self, drain: float) -> None:
         """Close every link, those added since the loop's last turn too (their worker sees end of

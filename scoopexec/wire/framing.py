@@ -37,6 +37,7 @@ which is what ZeroMQ's heartbeats detected on the ipc link.
 
 from __future__ import annotations
 
+import array
 import collections
 import mmap
 import os
@@ -51,11 +52,23 @@ from itertools import accumulate, islice, pairwise
 from typing import Any
 
 from ..errors import ProtocolError
+from .segments import (
+    ANCILLARY,
+    DESCRIPTOR,
+    MAX_FDS,
+    NOTE,
+    SHARED,
+    SHARED_FROM,
+    Segments,
+    available,
+    received_fds,
+)
 
 COUNT = struct.Struct("<I")
 # A peer gone is an EPIPE error, never SIGPIPE (a program may have restored its default action).
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _LENGTHS: dict[int, struct.Struct] = {}
+_CTRUNC = int(getattr(socket, "MSG_CTRUNC", 0))  # (a plain int: an IntFlag's & is Python code)
 BIG = 1 << 20  # frames this large get a buffer of their own, filled in place
 READ_SIZE = 1 << 18
 MAX_FRAMES = 1 << 20
@@ -178,6 +191,10 @@ def _lengths(n: int) -> struct.Struct:
     return st
 
 
+def _rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
 def _view(f: Any) -> memoryview:
     m = memoryview(f)
     if m.ndim != 1 or m.format not in ("B", "b", "c"):
@@ -196,7 +213,7 @@ class Link:
 
     def __init__(
         self, sock: socket.socket, *, blocking_send: bool = False, pool: BufferPool = POOL,
-        max_frame: int = -1,
+        max_frame: int = -1, shared: bool = True,
     ) -> None:  # fmt: skip
         sock.setblocking(False)
         self.max_frame = max_frame  # a longer frame announced is an error, not an allocation (-1: none)
@@ -214,6 +231,7 @@ class Link:
         # first message, and on the broker's side for each worker).
         self._rbuf = mmap.mmap(-1, READ_SIZE)
         self._rview = memoryview(self._rbuf)
+        self._rbufs = [self._rbuf]  # (recvmsg_into's argument, made once)
         self._lens: tuple[int, ...] | None = None
         self._next = 0  # index in _lens of the frame being read
         self._frames: list[Any] = []
@@ -221,17 +239,19 @@ class Link:
         self._big_view: memoryview | None = None
         self._big_fill = 0
         self._out: collections.deque[memoryview] = collections.deque()
+        # Large frames through shared memory (segments.py); both ends of a link must agree.
+        self.seg = Segments() if shared and available() else None
+        self._fds = False  # reads use recvmsg (the other end said EXPECT: segments.py)
 
     # --------------------------------------------------------------- receive
     def receive(self, limit: int = 1000) -> list[list[Any]]:
         """Read what the socket holds now and return the complete messages (sets `eof`)."""
         msgs: list[list[Any]] = []
-        sock = self.sock
         while len(msgs) < limit and not self.eof:
             big = self._big_view
             if big is not None:
                 try:
-                    n = sock.recv_into(big[self._big_fill :])
+                    n = self._recv(big[self._big_fill :])
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -248,7 +268,12 @@ class Link:
                     self._parse(memoryview(b""), msgs)
                 continue
             try:
-                n = sock.recv_into(self._rbuf)
+                if not self._fds:
+                    n = self.sock.recv_into(self._rbuf)
+                else:  # (inlined: the path of every small message)
+                    n, anc, flags, _ = self.sock.recvmsg_into(self._rbufs, ANCILLARY)
+                    if anc or flags:
+                        self._took(anc, flags)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -260,6 +285,25 @@ class Link:
             if n < READ_SIZE and self._big is None:
                 break  # the socket had no more: save a recv that would only say so
         return msgs
+
+    def _recv(self, buf: Any) -> int:
+        if not self._fds:
+            return self.sock.recv_into(buf)
+        # A new segment's descriptor may ride on any bytes now (segments.py): recv_into would drop it.
+        n: int
+        n, anc, flags, _ = self.sock.recvmsg_into([buf], ANCILLARY)
+        if anc or flags:
+            self._took(anc, flags)
+        return n
+
+    def _took(self, anc: list[tuple[int, int, bytes]], flags: int) -> None:
+        """What a recvmsg brought besides bytes: descriptors of new segments, or their loss."""
+        assert self.seg is not None
+        received_fds(anc, self.seg.fds_in)
+        if len(self.seg.fds_in) > 4 * MAX_FDS:
+            raise ProtocolError("descriptors sent on a local link and never used")
+        if flags & _CTRUNC:
+            raise ProtocolError("more descriptors at once than a local link takes")
 
     def _parse(self, data: memoryview, msgs: list[list[Any]]) -> None:
         """Cut messages from what is buffered plus `data` (a view of the read buffer)."""
@@ -282,7 +326,13 @@ class Link:
                 if end - pos < 4:
                     return pos
                 (n,) = COUNT.unpack_from(mv, pos)
-                if not 0 < n <= MAX_FRAMES:
+                if not n:  # a note about segments
+                    used = self._note(mv, pos, end)
+                    if not used:
+                        return pos
+                    pos += used
+                    continue
+                if n > MAX_FRAMES:
                     raise ProtocolError(f"a message of {n} frames on a local link")
                 need = 4 + 8 * n
                 if end - pos < need:
@@ -301,6 +351,16 @@ class Link:
             frames = self._frames
             while i < count:
                 ln = lens[i]
+                if ln >= SHARED:  # in a segment: its descriptor on the wire
+                    if self.seg is None:
+                        raise ProtocolError("a frame in shared memory on a link without them")
+                    if end - pos < DESCRIPTOR.size:
+                        break
+                    desc = mv[pos : pos + DESCRIPTOR.size]
+                    frames.append(self.seg.frame(ln ^ SHARED, desc, self.max_frame))
+                    pos += DESCRIPTOR.size
+                    i += 1
+                    continue
                 if ln >= BIG:
                     if 0 < self.max_frame < ln:
                         raise ProtocolError(f"a frame of {ln} bytes, more than the limit of {self.max_frame}")
@@ -332,28 +392,83 @@ class Link:
             self._frames = []
             self._lens = None
 
+    def _note(self, mv: memoryview, pos: int, end: int) -> int:
+        """Act on the note at `pos`; how many bytes it took (0: not all here yet)."""
+        if self.seg is None:
+            raise ProtocolError("a message of 0 frames on a local link")
+        if end - pos < NOTE.size:
+            return 0
+        kind: int
+        k: int
+        _, kind, k = NOTE.unpack_from(mv, pos)
+        if k > 4096:
+            raise ProtocolError(f"a note about {k} segments on a local link")
+        need = NOTE.size + 4 * k
+        if end - pos < need:
+            return 0
+        self.seg.note(kind, struct.unpack_from(f"<{k}I", mv, pos + NOTE.size))
+        self._fds = self.seg.expecting
+        return need
+
     # ------------------------------------------------------------------ send
     def send(self, frames: Sequence[Any]) -> bool:
         """Send one message; False when part of it waits for the socket (see `wants_write`)."""
         if self.closed:
             raise BrokenPipeError("the link is closed")
         sizes = [len(f) if f.__class__ is bytes else _view(f).nbytes for f in frames]  # (no isinstance call)
+        seg = self.seg
+        if seg is not None and (seg.held or seg.fds_out or max(sizes, default=0) >= SHARED_FROM):
+            return self._send_shared(seg, frames, sizes)
         n = len(frames)
         head = COUNT.pack(n) + _lengths(n).pack(*sizes)
         total = len(head) + sum(sizes)
         if n > 2 and total <= JOIN_BELOW:  # many small frames (a batch of tasks, of results): copied
             frames = [b"".join(frames)]  # into one, cheaper than sendmsg's look at each buffer it is given
-        if not self._out and len(frames) < IOV_MAX:
+        if not self._out and len(frames) < IOV_MAX:  # (the common case, inlined)
             try:
                 sent = self.sock.sendmsg([head, *frames], (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             if sent == total:
                 return True
+            self._queue([memoryview(head), *(_view(f) for f in frames)], sent)
+            return self._wait_out()
+        return self._put(head, frames, total)
+
+    def _send_shared(self, seg: Segments, frames: Sequence[Any], sizes: list[int]) -> bool:
+        """send(), for a message with frames large enough for a segment (segments.py), or
+        when this end holds segments of the other's to look at first."""
+        if seg.held:
+            seg.check_held()  # released before this message: the other end may use them for it
+        if max(sizes, default=0) >= SHARED_FROM:
+            views = [_view(f) if s >= SHARED_FROM else None for f, s in zip(frames, sizes, strict=True)]
+            frames = seg.place(frames, sizes, views, not self._out)
+        n = len(frames)
+        head = seg.notes() + COUNT.pack(n) + _lengths(n).pack(*sizes)
+        total = len(head) + sum(s if s < SHARED else DESCRIPTOR.size for s in sizes)
+        if n > 2 and total <= JOIN_BELOW:
+            frames = [b"".join(frames)]
+        return self._put(head, frames, total)
+
+    def _put(self, head: bytes, frames: Sequence[Any], total: int) -> bool:
+        seg = self.seg
+        if not self._out and len(frames) < IOV_MAX:
+            anc = _rights(seg.fds_out) if seg is not None and seg.fds_out else ()
+            try:
+                sent = self.sock.sendmsg([head, *frames], anc, _NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if anc and sent:
+                seg.sent_fds()  # type: ignore[union-attr]
+            if sent == total:
+                return True
             views = [memoryview(head), *(_view(f) for f in frames)]
             self._queue(views, sent)
         else:
             self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
+        return self._wait_out()
+
+    def _wait_out(self) -> bool:
         if self.blocking_send:
             while not self.flush(1.0):
                 pass
@@ -383,9 +498,13 @@ class Link:
         """
         out = self._out
         poller = None
+        seg = self.seg
         while out:
+            anc = _rights(seg.fds_out) if seg is not None and seg.fds_out else ()
             try:
-                sent = self.sock.sendmsg(list(islice(out, IOV_MAX)), (), _NOSIGNAL)
+                sent = self.sock.sendmsg(list(islice(out, IOV_MAX)), anc, _NOSIGNAL)
+                if anc and sent:
+                    seg.sent_fds()  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
                 if wait <= 0:
                     return False
@@ -405,6 +524,21 @@ class Link:
                     sent = 0
         return True
 
+    def settle(self, now: float | None = None) -> float:
+        """Tell the other end which of its segments this end no longer uses, and let go of
+        our own long free; seconds until one would be let go (-1: none free).  For a
+        worker about to wait, and the broker's tick."""
+        seg = self.seg
+        if seg is None or self.closed or not (seg.held or seg.own or seg.pending):
+            return -1.0  # (the path of every worker about to wait for its next task)
+        if seg.held:
+            seg.check_held()
+        nxt = seg.expire(time.monotonic() if now is None else now)
+        if seg.pending and not self.eof:
+            notes = seg.notes()
+            self._put(notes, (), len(notes))
+        return nxt
+
     def close(self, drain: float = 0.0) -> None:
         """Close; with `drain`, first give what waits that many seconds to leave."""
         if self.closed:
@@ -416,6 +550,8 @@ class Link:
                 pass
         self.closed = True
         self._out.clear()
+        if self.seg is not None:
+            self.seg.close()
         if self._big_view is not None:
             self._big_view.release()
             self._big_view = None

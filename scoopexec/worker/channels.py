@@ -96,6 +96,14 @@ class LinkChannel:
             # to be read: receive() ends this worker, one way or the other.
             pass
 
+    def settle(self) -> float:
+        """Before waiting: hand back the broker's segments this worker no longer uses
+        (wire/segments.py); seconds until one of ours would be let go (-1: none)."""
+        try:
+            return self.link.settle()
+        except OSError:
+            return -1.0  # the broker is gone: receive() says so
+
     def close(self, drain: float = 2.0) -> None:
         self.link.close(drain=max(drain, 2.0))
 

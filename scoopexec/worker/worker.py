@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     import zmq
 
     from ..wire.security import Credentials
+    from .zmqchannel import ZmqChannel
 
 __all__ = ["Worker", "WorkerFuture", "as_completed", "current_worker", "wait"]
 
@@ -284,11 +285,7 @@ class Worker:
                     timeout = -1
                     if waits.timers:  # the earliest first (a heap)
                         timeout = max(0, int((waits.timers[0][0] - time.monotonic()) * 1000) + 1)
-                    if len(POOL):  # large receive buffers kept for reuse: let go of old ones
-                        POOL.expire()
-                        if len(POOL):
-                            wait = int(POOL.idle_seconds * 1000) + 1
-                            timeout = wait if timeout < 0 else min(timeout, wait)
+                    timeout = _let_go(self.chan, timeout)
                     self.alarm.rest()  # the flusher stops watching the channel: this thread does
                     lock.release()
                     try:
@@ -653,6 +650,25 @@ def _take_tasks(msg: P.Message, queue: collections.deque[_Task], held: fnframes.
                 continue
         queue.append(task)
     return missed
+
+
+def _let_go(chan: LinkChannel | ZmqChannel, timeout: int) -> int:
+    """Before the worker waits: large receive buffers unused too long are let go of, the
+    broker's segments this worker no longer uses go back to it, and ours free too long are
+    closed (wire/framing.py, wire/segments.py).  The wait's ``timeout`` (ms, -1: none),
+    shortened to when the next of those would be let go of."""
+    waits = []
+    if len(POOL):
+        POOL.expire()
+        if len(POOL):
+            waits.append(POOL.idle_seconds)
+    left = chan.settle()
+    if left >= 0:
+        waits.append(left)
+    for w in waits:
+        ms = int(w * 1000) + 1
+        timeout = ms if timeout < 0 else min(timeout, ms)
+    return timeout
 
 
 LARGE_UNMARKED = b"\x00"  # fn_avg's key for the large function frames not marked (they share one)

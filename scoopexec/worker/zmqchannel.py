@@ -78,6 +78,10 @@ class ZmqChannel:
     def send(self, frames: list[Any]) -> None:
         zmq_send(self.sock, frames)
 
+    def settle(self) -> float:
+        """Nothing to hand back over ZeroMQ (segments are for local links): -1."""
+        return -1.0
+
     def close(self, drain: float = 0.0) -> None:
         """Close the socket.  ``drain``: this process ends next (os._exit), and ZeroMQ's I/O
         thread with it, which would drop what it has not sent yet (a last result, a BYE: the

@@ -1,0 +1,449 @@
+"""Large frames through shared memory on a local link (framing.Link).
+
+Through a socket, a frame is copied twice: into the kernel, then out of it into the
+receiver's buffer; 64 MiB take 13-16 ms each way here, the socket's own limit.  A frame
+that goes through shared memory is copied once, by its sender, into a segment that both
+ends of the link keep mapped, and the receiver's frame *is* that mapping.
+
+Segments
+--------
+
+A segment is a sealed memfd of exactly one frame's size (sealed: neither end can shrink
+it under the other's mapping, which would be a SIGBUS on the next read).  The end that
+made it owns it; the other end only maps it:
+
+* **sending** a frame of SHARED_FROM bytes or more whose size this link has sent before
+  (a one-off frame goes through the socket: a fresh segment's pages cost twice a fresh
+  anonymous buffer's, 55 against 28 ms for 64 MiB here), the sender copies it into a
+  segment of its own that is *free*, and sends in its place a descriptor ``<II`` (segment
+  id, whether new), its length word marked with SHARED.  A new segment's descriptor
+  travels with ancillary data (SCM_RIGHTS) on the same sendmsg, or on an earlier one;
+  the segment is then *lent*;
+* **receiving** one, the receiver maps the descriptor (the first time) and hands the
+  mapping up as the frame.  Once nothing but its table refers to the mapping (the
+  reference count, as framing.BufferPool does), it tells the owner with a RELEASE note
+  the next time it sends, settles (``settle()``: a worker about to wait, the broker's
+  tick) or expires; the owner may use the segment again;
+* a frame larger than IDLE_BYTES always goes through the socket: its segment could not be
+  kept, and a fresh one costs more than the socket's two copies;
+* the owner keeps at most KEEP segments per link and PROCESS_SEGMENTS in all, and at
+  most IDLE_BYTES of free ones in the whole process, none free for longer than
+  IDLE_SECONDS: one it lets go of, it closes and names in a FORGET note, on which the
+  other end unmaps it too.  With no segment to use, a frame goes through the socket.
+
+A note is a message of zero frames on the link: ``u32 0 | u32 kind | u32 count |
+count x u32 ids``.  Nothing above the link sees notes, descriptors or segments.
+
+Reading with recvmsg
+--------------------
+
+A descriptor sent with SCM_RIGHTS rides on the bytes of its sendmsg, and a reader that
+takes those bytes with recv_into loses it; recvmsg_into costs about 0.4 us more per read,
+on the path of every small message.  So a reader uses recv_into until the other end has
+sent EXPECT, a note that goes at the head of the first message with a frame of SHARED_FROM
+bytes or more (sent through the socket: its size is new).  A sender makes a new segment
+only when it announced EXPECT in an earlier message and nothing of an earlier message
+waits to be sent: its descriptor then rides on the new message's own bytes, which start
+at least one such large frame, read into its own buffer to its exact length, after the
+note.  The read that took the note took at most framing.READ_SIZE bytes, less than that
+frame: the reader saw the note before it reads the descriptor's bytes.  A link that never
+carries a large frame reads with recv_into for good.
+
+A receiver checks what it is given: the descriptor's id (known, or new with a
+descriptor of the right size and seals at hand), at most PEER_SEGMENTS mapped per
+link, notes about segments in the state they name.  Anything else is a ProtocolError.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import mmap
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ProtocolError
+
+__all__ = [
+    "DESCRIPTOR",
+    "SHARED",
+    "SHARED_FROM",
+    "Segments",
+    "SharedFrame",
+    "available",
+    "received_fds",
+    "wanted",
+]
+
+SHARED = 1 << 63  # in a frame's length word: the frame is in a segment; its bytes are a descriptor
+SHARED_FROM = 1 << 20  # frames this large may go through a segment
+DESCRIPTOR = struct.Struct("<II")  # segment id, 1 when the segment is new to the receiver
+NOTE = struct.Struct("<III")  # 0 (no frames), kind, count of ids
+RELEASE, FORGET, EXPECT = 1, 2, 3
+KEEP = 4  # segments one end of a link owns, at most
+PEER_SEGMENTS = 16  # segments of the other end one end maps, at most
+PROCESS_SEGMENTS = 32  # segments a process owns, at most (each holds a descriptor while mapped)
+IDLE_BYTES = 256 << 20  # free segments a process keeps ...
+IDLE_SECONDS = 10.0  # ... and for how long
+MAX_NOTE_IDS = 1024
+MAX_FDS = 8  # new segments in one message, at most (the receiver's ancillary buffer)
+ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4) if hasattr(socket, "CMSG_SPACE") else 0
+SIZES_KEPT = 16  # frame sizes a link remembers having sent
+_SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
+
+
+def available() -> bool:
+    """Whether this platform has what segments need (Linux: memfd, seals, SCM_RIGHTS)."""
+    return (
+        hasattr(os, "memfd_create")
+        and hasattr(os, "MFD_ALLOW_SEALING")
+        and hasattr(fcntl, "F_ADD_SEALS")
+        and all(hasattr(fcntl, s) for s in _SEALS)
+        and hasattr(socket, "SCM_RIGHTS")
+        and hasattr(socket, "CMSG_SPACE")
+    )
+
+
+def wanted() -> bool:
+    """Whether this end sends through segments: ``SCOOPEXEC_SHARED_FRAMES=0`` says no.  It
+    still takes what the other end sends through them, so two ends never disagree."""
+    return os.environ.get("SCOOPEXEC_SHARED_FRAMES", "1").strip() != "0"
+
+
+class SharedFrame(mmap.mmap):
+    """A frame in a segment: a shared, writable mapping of exactly its size."""
+
+    @property
+    def bytes(self) -> bytes:
+        return self[:]
+
+
+def _references(entry: list[Any]) -> int:
+    return sys.getrefcount(entry[0])
+
+
+_UNUSED = _references([object()])  # (measured, as framing._UNUSED is: it differs from 3.14 on)
+
+
+class _Budget:
+    """What the process's segments hold: their number, and the bytes of the free ones."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.segments = 0
+        self.idle = 0
+
+
+_BUDGET = _Budget()
+_ALL: weakref.WeakSet[Segments] = weakref.WeakSet()
+
+
+def received_fds(ancdata: list[tuple[int, int, bytes]], into: deque[int]) -> None:
+    """Append the descriptors that a recvmsg's ancillary data carried to ``into``."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            into.extend(fds)
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _sealed(size: int) -> tuple[int, SharedFrame]:
+    fd = os.memfd_create("scoopexec-frame", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        seals = 0
+        for s in _SEALS:
+            seals |= getattr(fcntl, s)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        return fd, SharedFrame(fd, size, flags=mmap.MAP_SHARED)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class Segments:
+    """One end of a link: the segments it owns, those of the other end it maps, its notes."""
+
+    def __init__(self) -> None:
+        self.own: dict[int, list[Any]] = {}  # id -> [mapping, lent, size, last freed]
+        self.peer: dict[int, list[Any]] = {}  # id -> [mapping]
+        self.held: list[int] = []  # peer segments handed up and not released yet
+        self.fds_in: deque[int] = deque()  # descriptors received, not yet matched to a new id
+        self.fds_out: list[int] = []  # descriptors to attach to the next bytes sent
+        self._notes: list[tuple[int, int]] = []  # (kind, id) to send before the next message
+        self._sizes: OrderedDict[int, None] = OrderedDict()  # sizes sent before (a few)
+        self._next_id = 1
+        self.announced = False  # we sent EXPECT: the other end reads with recvmsg from then on
+        self.expecting = False  # the other end sent EXPECT: descriptors may come with any bytes
+        self.sending = wanted()
+        self.closed = False
+        self.sent_shared = 0  # frames sent through a segment (for tests and benchmarks)
+        self.received_shared = 0
+        _ALL.add(self)
+
+    # ------------------------------------------------------------- sending side
+    def place(
+        self, frames: Sequence[Any], sizes: list[int], views: list[memoryview | None], idle: bool
+    ) -> list[Any]:
+        """The frames to send, with those that go through a segment replaced by their
+        descriptors; ``sizes`` is updated to the length words.  ``views[i]`` is frame i as
+        a byte view, for the frames of SHARED_FROM bytes or more.  ``idle``: nothing of an
+        earlier message waits to be sent, so descriptors sent now ride on this message."""
+        out = list(frames)
+        if not self.sending:
+            return out
+        # A new segment only once the EXPECT of an earlier message is in the kernel (see the
+        # module docstring): this message's bytes are then read with recvmsg.
+        can_make = self.announced and idle
+        new = 0
+        for i, view in enumerate(views):
+            if view is None or sizes[i] > IDLE_BYTES:  # (one too large to keep: fresh pages every time)
+                continue
+            size = sizes[i]
+            seen = size in self._sizes
+            self._sizes[size] = None
+            self._sizes.move_to_end(size)
+            if len(self._sizes) > SIZES_KEPT:
+                self._sizes.popitem(last=False)
+            sid: int | None = self._free(size)
+            fresh = sid is None
+            if sid is None:
+                if not seen and not self.announced:
+                    self._notes.append((EXPECT, 0))
+                    self.announced = True
+                if not seen or not can_make or new == MAX_FDS:  # a size not sent before: the socket
+                    continue
+                sid = self._make(size)
+                if sid is None:
+                    continue
+                new += 1
+            entry = self.own[sid]
+            entry[0][:] = view
+            entry[1] = True
+            out[i] = DESCRIPTOR.pack(sid, fresh)
+            sizes[i] = SHARED | size
+            self.sent_shared += 1
+        return out
+
+    def _free(self, size: int) -> int | None:
+        for sid, entry in self.own.items():
+            if not entry[1] and entry[2] == size:
+                with _BUDGET.lock:
+                    _BUDGET.idle -= size
+                return sid
+        return None
+
+    def _make(self, size: int) -> int | None:
+        """A new segment of ``size`` bytes, lent at once (None: over the limits)."""
+        if len(self.own) >= KEEP:
+            for sid, entry in list(self.own.items()):  # make room: a free one of another size
+                if not entry[1]:
+                    self._drop(sid)
+                    break
+            else:
+                return None
+        with _BUDGET.lock:
+            if _BUDGET.segments >= PROCESS_SEGMENTS:
+                return None
+            _BUDGET.segments += 1
+        try:
+            fd, mapping = _sealed(size)
+        except (OSError, ValueError, OverflowError, MemoryError):
+            with _BUDGET.lock:
+                _BUDGET.segments -= 1
+            return None
+        sid = self._next_id
+        self._next_id += 1
+        self.own[sid] = [mapping, True, size, 0.0]
+        self.fds_out.append(fd)
+        return sid
+
+    def _drop(self, sid: int) -> None:
+        """Let go of a free segment of ours; the other end is told to unmap it."""
+        entry = self.own.pop(sid)
+        with _BUDGET.lock:
+            _BUDGET.segments -= 1
+            _BUDGET.idle -= entry[2]
+        entry[0].close()
+        self._notes.append((FORGET, sid))
+
+    def sent_fds(self) -> None:
+        """The descriptors in fds_out went with bytes the kernel took: close ours."""
+        fds, self.fds_out = self.fds_out, []
+        _close_fds(fds)
+
+    def notes(self) -> bytes:
+        """The notes to send before the next message (b"" when none), then forgotten."""
+        if not self._notes:
+            return b""
+        out = []
+        if (EXPECT, 0) in self._notes:
+            out.append(NOTE.pack(0, EXPECT, 0))
+        for kind in (RELEASE, FORGET):
+            ids = [sid for k, sid in self._notes if k == kind]
+            for start in range(0, len(ids), MAX_NOTE_IDS):
+                part = ids[start : start + MAX_NOTE_IDS]
+                out.append(NOTE.pack(0, kind, len(part)) + struct.pack(f"<{len(part)}I", *part))
+        self._notes.clear()
+        return b"".join(out)
+
+    # ----------------------------------------------------------- receiving side
+    def frame(self, size: int, descriptor: bytes | memoryview, max_frame: int) -> SharedFrame:
+        """The frame a descriptor names (`size`: its length word without SHARED)."""
+        sid, fresh = DESCRIPTOR.unpack(descriptor)
+        if fresh:
+            if sid in self.peer:
+                raise ProtocolError(f"segment {sid} announced again on a local link")
+            if len(self.peer) >= PEER_SEGMENTS:
+                raise ProtocolError(f"more than {PEER_SEGMENTS} segments mapped from a local link")
+            if 0 < max_frame < size:
+                raise ProtocolError(f"a frame of {size} bytes, more than the limit of {max_frame}")
+            if not self.fds_in:
+                raise ProtocolError(f"segment {sid} arrived without its descriptor")
+            fd = self.fds_in.popleft()
+            try:
+                self._check(fd, size)
+                mapping = SharedFrame(fd, size, flags=mmap.MAP_SHARED)
+            except (OSError, ValueError, OverflowError) as exc:
+                raise ProtocolError(f"segment {sid} of {size} bytes cannot be mapped: {exc}") from exc
+            finally:
+                os.close(fd)
+            entry = [mapping]
+            self.peer[sid] = entry
+        else:
+            got = self.peer.get(sid)
+            if got is None:
+                raise ProtocolError(f"segment {sid} is not known on this local link")
+            if len(got[0]) != size:
+                raise ProtocolError(f"segment {sid} holds {len(got[0])} bytes, not {size}")
+            if sid in self.held:
+                raise ProtocolError(f"segment {sid} sent again before it was released")
+            entry = got
+        self.held.append(sid)
+        self.received_shared += 1
+        return entry[0]  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _check(fd: int, size: int) -> None:
+        st = os.fstat(fd)
+        if st.st_size != size:
+            raise ValueError(f"it holds {st.st_size} bytes")
+        need = 0
+        for s in _SEALS[:2]:
+            need |= getattr(fcntl, s)
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & need != need:
+            raise ValueError("it is not sealed against resizing")
+
+    def note(self, kind: int, ids: Sequence[int]) -> None:
+        """Act on a note from the other end."""
+        if kind == RELEASE:
+            now = time.monotonic()
+            for sid in ids:
+                entry = self.own.get(sid)
+                if entry is None or not entry[1]:
+                    raise ProtocolError(f"a release of segment {sid}, which is not lent")
+                entry[1] = False
+                entry[3] = now
+                with _BUDGET.lock:
+                    _BUDGET.idle += entry[2]
+                    over = _BUDGET.idle > IDLE_BYTES
+                if over:
+                    self._drop(sid)
+        elif kind == EXPECT:
+            self.expecting = True
+        elif kind == FORGET:
+            for sid in ids:
+                if sid not in self.peer or sid in self.held:
+                    raise ProtocolError(f"segment {sid} forgotten while not free")
+                mapping = self.peer.pop(sid)[0]
+                try:
+                    mapping.close()
+                except BufferError:  # pragma: no cover - a reference appeared: the GC closes it
+                    pass
+        else:
+            raise ProtocolError(f"a note of unknown kind {kind} on a local link")
+
+    def check_held(self) -> bool:
+        """Note as released the held segments nothing refers to any more; whether any."""
+        peer = self.peer
+        free = [sid for sid in self.held if _references(peer[sid]) <= _UNUSED]
+        if free:
+            self.held = [sid for sid in self.held if sid not in free]
+            self._notes.extend((RELEASE, sid) for sid in free)
+        return bool(free)
+
+    def expire(self, now: float) -> float:
+        """Let go of segments free for longer than IDLE_SECONDS; seconds until the next
+        one would be (-1: none is free)."""
+        nxt = -1.0
+        for sid, entry in list(self.own.items()):
+            if entry[1]:
+                continue
+            left = entry[3] + IDLE_SECONDS - now
+            if left <= 0:
+                self._drop(sid)
+            elif nxt < 0 or left < nxt:
+                nxt = left
+        return nxt
+
+    @property
+    def pending(self) -> bool:
+        """Whether there is a note to send."""
+        return bool(self._notes)
+
+    def close(self) -> None:
+        """The link is closed: let go of everything (frames handed up stay valid)."""
+        if self.closed:
+            return
+        self.closed = True
+        with _BUDGET.lock:
+            _BUDGET.segments -= len(self.own)
+            _BUDGET.idle -= sum(e[2] for e in self.own.values() if not e[1])
+        for entry in self.own.values():
+            try:
+                entry[0].close()
+            except BufferError:  # pragma: no cover
+                pass
+        self.own.clear()
+        self.peer.clear()
+        self.held.clear()
+        _close_fds(self.fds_out)
+        self.fds_out = []
+        _close_fds(self.fds_in)
+        self.fds_in.clear()
+
+
+def _forked() -> None:
+    """In a forked child, the parent's links are not ours: forget their segments."""
+    for seg in list(_ALL):
+        seg.own.clear()
+        seg.peer.clear()
+        seg.held.clear()
+        _close_fds(seg.fds_out)  # (this process's copies)
+        _close_fds(seg.fds_in)
+        seg.fds_out = []
+        seg.fds_in.clear()
+        seg.closed = True
+    _BUDGET.lock = threading.Lock()
+    _BUDGET.segments = 0
+    _BUDGET.idle = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)

@@ -1,0 +1,309 @@
+"""Large frames through shared memory on a local link (wire/segments.py).
+
+Real socketpairs and real memfds in this process for the link's rules (a frame's first
+size through the socket, a held frame never written over, releases, limits, expiry, what a
+receiver refuses), then real pools for what a user sees: arrays that come back right
+however long they are kept, by the client or by a task, and no descriptor left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import socket
+import sys
+import time
+
+import psutil
+import pytest
+
+from scoopexec import ScoopExecutor
+from scoopexec.errors import ProtocolError
+from scoopexec.wire import framing, segments
+
+pytestmark = pytest.mark.skipif(not segments.available(), reason="segments need memfd and SCM_RIGHTS (Linux)")
+
+MIB = 1 << 20
+
+
+@contextlib.contextmanager
+def _pair(**kw):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    la, lb = framing.Link(a, **kw), framing.Link(b, **kw)
+    try:
+        yield la, lb
+    finally:
+        la.close()
+        lb.close()
+
+
+def _one(a: framing.Link, b: framing.Link, frames):
+    """Send `frames` from a, and return the message as b receives it."""
+    a.send(frames)
+    deadline = time.monotonic() + 30
+    while True:
+        msgs = b.receive(1)
+        if msgs:
+            return msgs[0]
+        a.flush()
+        assert time.monotonic() < deadline and not b.eof
+
+
+def _data(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.mark.timeout(60)
+def test_a_size_sent_again_goes_through_a_segment_and_a_held_frame_is_never_written_over():
+    with _pair() as (a, b):
+        first = _one(a, b, [b"h", _data(2 * MIB, 1)])[1]
+        assert isinstance(first, framing.BigFrame) and not isinstance(first, segments.SharedFrame)
+        second = _one(a, b, [b"h", _data(2 * MIB, 2)])[1]
+        assert isinstance(second, segments.SharedFrame) and bytes(second) == _data(2 * MIB, 2)
+        # b still holds `second`: the next frame of that size needs another segment
+        third = _one(a, b, [b"h", _data(2 * MIB, 3)])[1]
+        assert isinstance(third, segments.SharedFrame) and third is not second
+        assert bytes(second) == _data(2 * MIB, 2) and bytes(third) == _data(2 * MIB, 3)
+        assert len(a.seg.own) == 2 and all(e[1] for e in a.seg.own.values())  # both lent
+        del second
+        _one(b, a, [b"reply"])  # b's next message releases what it no longer refers to
+        assert sorted(e[1] for e in a.seg.own.values()) == [False, True]
+        fourth = _one(a, b, [b"h", _data(2 * MIB, 4)])[1]
+        assert len(a.seg.own) == 2  # the released one, used again
+        assert bytes(fourth) == _data(2 * MIB, 4) and bytes(third) == _data(2 * MIB, 3)
+        assert (a.seg.sent_shared, b.seg.received_shared) == (3, 3)
+
+
+@pytest.mark.timeout(60)
+def test_only_a_link_that_carried_a_large_frame_reads_with_recvmsg():
+    # recvmsg costs more than recv_into on every read: a link of small messages never pays it
+    with _pair() as (a, b):
+        for _ in range(3):
+            _one(a, b, [b"small", b"x" * 5000])
+            _one(b, a, [b"small"])
+        assert not (a.seg.expecting or b.seg.expecting or a.seg.announced or b.seg.announced)
+        _one(a, b, [b"h", _data(MIB, 0)])
+        assert b.seg.expecting and a.seg.announced and not a.seg.expecting
+
+
+@pytest.mark.timeout(60)
+def test_two_frames_of_one_new_size_in_one_message_arrive():
+    # the second is of a size "sent before", but the first's EXPECT rides on this same message:
+    # a descriptor sent with it would reach a reader still using recv_into, and be lost
+    with _pair() as (a, b):
+        got = _one(a, b, [_data(MIB, 0), _data(MIB, 1), b"t"])
+        assert [bytes(f) for f in got] == [_data(MIB, 0), _data(MIB, 1), b"t"]
+        got = _one(a, b, [_data(MIB, 2), _data(MIB, 3)])
+        assert [type(f) for f in got] == [segments.SharedFrame] * 2
+        assert [bytes(f) for f in got] == [_data(MIB, 2), _data(MIB, 3)]
+
+
+@pytest.mark.timeout(60)
+def test_frames_held_by_the_receiver_beyond_the_limit_go_through_the_socket():
+    with _pair() as (a, b):
+        kept = [_one(a, b, [_data(MIB, i)])[0] for i in range(segments.KEEP + 3)]
+        shared = [f for f in kept if isinstance(f, segments.SharedFrame)]
+        assert len(shared) == segments.KEEP and len(a.seg.own) == segments.KEEP
+        assert [bytes(f) for f in kept] == [_data(MIB, i) for i in range(segments.KEEP + 3)]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_like_settle_releases_and_idle_segments_are_forgotten_on_both_ends(monkeypatch):
+    with _pair() as (a, b):
+        _one(a, b, [_data(MIB, 0)])
+        got = _one(a, b, [_data(MIB, 1)])[0]
+        assert isinstance(got, segments.SharedFrame)
+        assert b.settle() == -1  # b owns nothing; `got` is still held: nothing to say
+        assert not b.wants_write and b.seg.held
+        del got
+        b.settle()  # as a worker does before it waits
+        assert a.receive() == [] and not a.seg.own[1][1]  # the note arrived: free again
+        monkeypatch.setattr(segments, "IDLE_SECONDS", 0.0)
+        assert a.settle() == -1  # free too long: closed, and b told
+        assert not a.seg.own
+        assert b.receive() == [] and not b.seg.peer
+
+
+@pytest.mark.timeout(60)
+def test_many_messages_both_ways_with_frames_kept_at_random_arrive_intact():
+    rnd = random.Random(7)
+    sizes = [MIB, MIB + 4096, 3 * MIB]
+    with _pair() as (a, b):
+        kept = {id(a): [], id(b): []}  # (frame, the bytes it must hold)
+        for i in range(120):
+            src, dst = (a, b) if rnd.random() < 0.5 else (b, a)
+            data = _data(rnd.choice(sizes), i)
+            msg = _one(src, dst, [b"%d" % i, data, b"t"])
+            assert bytes(msg[1]) == data and bytes(msg[0]) == b"%d" % i
+            mine = kept[id(dst)]
+            mine.append((msg[1], data))
+            del msg
+            rnd.shuffle(mine)
+            del mine[rnd.randrange(0, 4) :]  # keep 0-3 frames, drop the rest
+            for frame, want in kept[id(a)] + kept[id(b)]:
+                assert bytes(frame) == want  # never written over while held
+        assert a.seg.sent_shared + b.seg.sent_shared > 40
+        for s in (a.seg, b.seg):
+            assert len(s.own) <= segments.KEEP and len(s.peer) <= segments.PEER_SEGMENTS
+
+
+def _raw_link():
+    """A link, and a raw socket as its other end, which has said EXPECT (descriptors may come)."""
+    raw, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    lk = framing.Link(other)
+    raw.sendall(segments.NOTE.pack(0, segments.EXPECT, 0))
+    assert lk.receive() == [] and lk.seg.expecting
+    return raw, lk
+
+
+def _descriptor_message(size: int, sid: int, fresh: int) -> bytes:
+    word = (segments.SHARED | size).to_bytes(8, "little")
+    return (1).to_bytes(4, "little") + word + segments.DESCRIPTOR.pack(sid, fresh)
+
+
+def _memfd(size: int, seal: bool) -> int:
+    fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seal:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    return fd
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("unknown", "not known"),
+        ("no descriptor", "without its descriptor"),
+        ("unsealed", "not sealed"),
+        ("wrong size", "holds"),
+        ("release unlent", "not lent"),
+        ("forget held", "forgotten while not free"),
+    ],
+)
+def test_a_receiver_refuses_what_its_peer_could_not_have_sent(case, match):
+    raw, lk = _raw_link()
+    try:
+        if case == "unknown":
+            raw.sendall(_descriptor_message(MIB, 5, 0))
+        elif case == "no descriptor":
+            raw.sendall(_descriptor_message(MIB, 5, 1))
+        elif case in ("unsealed", "wrong size"):
+            fd = _memfd(MIB if case == "unsealed" else 2 * MIB, seal=case == "wrong size")
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
+            raw.sendmsg([_descriptor_message(MIB, 1, 1)], anc)
+            os.close(fd)
+        elif case == "release unlent":
+            raw.sendall(segments.NOTE.pack(0, segments.RELEASE, 1) + (3).to_bytes(4, "little"))
+        else:
+            fd = _memfd(MIB, seal=True)
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
+            raw.sendmsg([_descriptor_message(MIB, 1, 1)], anc)
+            os.close(fd)
+            (_held,) = lk.receive(1)[0]
+            raw.sendall(segments.NOTE.pack(0, segments.FORGET, 1) + (1).to_bytes(4, "little"))
+        with pytest.raises(ProtocolError, match=match):
+            lk.receive()
+    finally:
+        raw.close()
+        lk.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_sender_over_the_process_limit_sends_through_the_socket(monkeypatch):
+    monkeypatch.setattr(segments, "PROCESS_SEGMENTS", segments._BUDGET.segments + 1)
+    with _pair() as (a, b):
+        got = [_one(a, b, [_data(MIB, i)])[0] for i in range(4)]
+        assert [type(f) is segments.SharedFrame for f in got] == [False, True, False, False]
+        assert [bytes(f) for f in got] == [_data(MIB, i) for i in range(4)]
+    assert segments._BUDGET.segments == 0 or segments._BUDGET.segments < segments.PROCESS_SEGMENTS
+
+
+# ------------------------------------------------------------------ pools
+
+
+def keep(a, store=[]):  # noqa: B006 - the worker's module-level list: it keeps the argument
+    store.append(a)
+    return float(a[-1])
+
+
+def echo(a):
+    return a
+
+
+@pytest.mark.timeout(120)
+def test_arrays_kept_by_the_client_and_by_tasks_stay_right():
+    np = pytest.importorskip("numpy")
+    n = 2 * MIB // 8
+    proc = psutil.Process()
+    with ScoopExecutor(2) as ex:
+        fds = proc.num_fds()
+        out = []
+        for i in range(12):  # the client keeps every result: each a segment of its own, or a frame
+            out.append(ex.submit(echo, np.full(n, float(i))).result())
+        for i, r in enumerate(out):
+            assert r.shape == (n,) and r[0] == i and r[-1] == i
+        r = out[3]
+        r[:] = -1.0  # writable, and nobody else's
+        assert all(o[-1] == i for i, o in enumerate(out) if i != 3)
+        del out, r
+        # tasks that keep their argument: the client's segments stay lent, later ones are others
+        kept = [ex.submit(keep, np.full(n, float(i))).result() for i in range(10)]
+        assert kept == [float(i) for i in range(10)]
+        for i in range(6):
+            a = np.full(n, float(i) + 0.5)
+            assert ex.submit(echo, a).result()[-1] == float(i) + 0.5
+        links = ex._session.broker.links.links.values()
+        assert sum(lk.seg.sent_shared for lk in links) > 0 and sum(lk.seg.received_shared for lk in links) > 0
+        assert proc.num_fds() <= fds + 2 * segments.KEEP + 2  # each link owns at most KEEP
+    assert segments._BUDGET.segments == 0
+
+
+def relay(n, i):
+    import numpy as np
+
+    from scoopexec import submit
+
+    return submit(echo, np.full(n, float(i))).result()[-1]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_while_holding_a_segment_costs_a_retry_and_sub_tasks_relay_arrays():
+    np = pytest.importorskip("numpy")
+    n = 2 * MIB // 8
+    with ScoopExecutor(2) as ex:
+        for i in range(4):
+            assert ex.submit(echo, np.full(n, float(i))).result()[-1] == i
+        assert [ex.submit(relay, n, i).result() for i in range(4)] == [0.0, 1.0, 2.0, 3.0]
+        pids = {ex.submit(os.getpid).result() for _ in range(8)}
+        victim = next(iter(pids))
+        os.kill(victim, 9)
+        for i in range(6):
+            assert ex.submit(echo, np.full(n, float(i))).result()[-1] == i
+
+
+@pytest.mark.timeout(30)
+def test_an_end_told_not_to_send_through_segments_still_takes_them(monkeypatch):
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    monkeypatch.setenv("SCOOPEXEC_SHARED_FRAMES", "0")
+    a = framing.Link(a_sock)  # as a worker started with the variable set would
+    monkeypatch.delenv("SCOOPEXEC_SHARED_FRAMES")
+    b = framing.Link(b_sock)
+    try:
+        for _ in range(3):
+            assert type(_one(a, b, [_data(MIB, 0)])[0]) is framing.BigFrame
+        got = [_one(b, a, [_data(MIB, i)])[0] for i in range(3)]
+        assert [type(f) for f in got] == [framing.BigFrame, segments.SharedFrame, segments.SharedFrame]
+        assert [bytes(f) for f in got] == [_data(MIB, i) for i in range(3)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_reader_sees_expect_before_any_descriptor_can_reach_it():
+    # (segments.py, "Reading with recvmsg"): the read that takes the EXPECT note takes at most
+    # READ_SIZE bytes, and at least one frame of SHARED_FROM bytes follows the note
+    assert segments.SHARED_FROM > framing.READ_SIZE
+    assert segments.SHARED >= 1 << 63 and segments.SHARED_FROM >= framing.BIG
