@@ -257,7 +257,8 @@ def test_arrays_kept_by_the_client_and_by_tasks_stay_right():
             assert ex.submit(echo, a).result()[-1] == float(i) + 0.5
         links = ex._session.broker.links.links.values()
         assert sum(lk.seg.sent_shared for lk in links) > 0 and sum(lk.seg.received_shared for lk in links) > 0
-        assert proc.num_fds() <= fds + 2 * segments.KEEP + 2  # each link owns at most KEEP
+        # each end owns at most KEEP per link: the client maps at most that many of each worker's
+        assert proc.num_fds() <= fds + 2 * 2 * segments.FDS_PER_LINK + 2
     assert segments._BUDGET.segments == 0
 
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from ..wire.security import Credentials, encode_frame
+from ..wire.segments import FDS_PER_LINK
 from . import contract, forkstart
 from .contract import GROUP_MARK, describe_returncode, worker_argv
 from .forkstart import ForkedProcess, Template, use_template
@@ -73,10 +74,12 @@ log = logging.getLogger("scoopexec")
 _room_lock = threading.Lock()  # pools starting at once read and raise the limit in turn
 
 
-def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER, extra: int = 0) -> None:
+def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER, extra: int = 0, spare: int = 0) -> None:
     """Make sure this process may open the descriptors ``workers`` more local workers keep here
     (``per_worker`` each: 2 without a link), and ``extra`` more (a new pool's own: POOL_FDS).
-    Linux (it counts /proc/self/fd); elsewhere nothing.
+    ``spare`` each may use as well, and may go without (the mappings of its link's segments
+    before Python 3.13: wire/segments.py): room is made for them when the hard limit allows,
+    never an error.  Linux (it counts /proc/self/fd); elsewhere nothing.
 
     Without this, a pool of one worker per CPU on a machine with hundreds of them (or any pool
     under a low ``ulimit -n``) failed part-way through its start with a bare ``OSError: [Errno
@@ -92,7 +95,8 @@ def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER, extra: int = 0
         except (OSError, ValueError):
             return  # no /proc (not Linux): as before, the start fails where it runs out
         need = open_now + per_worker * workers + extra
-        if soft == resource.RLIM_INFINITY or need + FD_MARGIN <= soft:
+        want = need + spare * workers
+        if soft == resource.RLIM_INFINITY or want + FD_MARGIN <= soft:
             return
         if hard != resource.RLIM_INFINITY and need > hard:
             raise OSError(
@@ -104,7 +108,7 @@ def make_room_for(workers: int, per_worker: int = FDS_PER_WORKER, extra: int = 0
                 "the hard limit (`ulimit -Hn` as root, limits.conf, or a service's LimitNOFILE=) "
                 "and the soft one (`ulimit -n`)",
             )
-        raised = need + FD_MARGIN if hard == resource.RLIM_INFINITY else min(hard, need + FD_MARGIN)
+        raised = want + FD_MARGIN if hard == resource.RLIM_INFINITY else min(hard, want + FD_MARGIN)
         if raised <= soft:
             return  # (within the margin of a hard limit it already reaches)
         try:
@@ -421,7 +425,7 @@ class LocalWorkers:
         too (``wait`` False: once :meth:`confirm` returns)."""
         first = not self.procs and not self.exits  # (a new pool: its own descriptors too)
         per_worker = FDS_PER_WORKER if self.link is not None else FDS_PER_WORKER - 1
-        make_room_for(n, per_worker, POOL_FDS if first else 0)
+        make_room_for(n, per_worker, POOL_FDS if first else 0, FDS_PER_LINK if self.link is not None else 0)
         tags = [self._spawn() for _ in range(n)]
         forked = [p for p in map(self.procs.get, tags) if isinstance(p, ForkedProcess)]
         if not wait:

@@ -74,6 +74,7 @@ from ..errors import ProtocolError
 
 __all__ = [
     "DESCRIPTOR",
+    "FDS_PER_LINK",
     "SHARED",
     "SHARED_FROM",
     "Segments",
@@ -98,6 +99,10 @@ MAX_FDS = 8  # new segments in one message, at most (the receiver's ancillary bu
 ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4) if hasattr(socket, "CMSG_SPACE") else 0
 SIZES_KEPT = 16  # frame sizes a link remembers having sent
 _SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
+# Before 3.13 a mapping of a file keeps a duplicate of its descriptor open for as long as it
+# lives: one per segment an end owns or maps.  From 3.13 it need not (trackfd=False).
+_MAP: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+FDS_PER_LINK = 0 if _MAP else KEEP  # descriptors the mappings of one worker's segments hold here
 
 
 def available() -> bool:
@@ -171,7 +176,7 @@ def _sealed(size: int) -> tuple[int, SharedFrame]:
         for s in _SEALS:
             seals |= getattr(fcntl, s)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        return fd, SharedFrame(fd, size, flags=mmap.MAP_SHARED)
+        return fd, SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP)
     except BaseException:
         os.close(fd)
         raise
@@ -319,7 +324,7 @@ class Segments:
             fd = self.fds_in.popleft()
             try:
                 self._check(fd, size)
-                mapping = SharedFrame(fd, size, flags=mmap.MAP_SHARED)
+                mapping = SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP)
             except (OSError, ValueError, OverflowError) as exc:
                 raise ProtocolError(f"segment {sid} of {size} bytes cannot be mapped: {exc}") from exc
             finally:
