@@ -303,7 +303,10 @@ class Link:
         if len(self.seg.fds_in) > 4 * MAX_FDS:
             raise ProtocolError("descriptors sent on a local link and never used")
         if flags & _CTRUNC:
-            raise ProtocolError("more descriptors at once than a local link takes")
+            raise ProtocolError(
+                "descriptors sent on a local link were lost on the way in (more at once than it "
+                "takes, or this process is out of open files: see `ulimit -n`)"
+            )
 
     def _parse(self, data: memoryview, msgs: list[list[Any]]) -> None:
         """Cut messages from what is buffered plus `data` (a view of the read buffer)."""
@@ -417,7 +420,7 @@ class Link:
             raise BrokenPipeError("the link is closed")
         sizes = [len(f) if f.__class__ is bytes else _view(f).nbytes for f in frames]  # (no isinstance call)
         seg = self.seg
-        if seg is not None and (seg.held or seg.fds_out or max(sizes, default=0) >= SHARED_FROM):
+        if seg is not None and (seg.fds_out or max(sizes, default=0) >= SHARED_FROM):
             return self._send_shared(seg, frames, sizes)
         n = len(frames)
         head = COUNT.pack(n) + _lengths(n).pack(*sizes)
@@ -437,35 +440,51 @@ class Link:
 
     def _send_shared(self, seg: Segments, frames: Sequence[Any], sizes: list[int]) -> bool:
         """send(), for a message with frames large enough for a segment (segments.py), or
-        when this end holds segments of the other's to look at first."""
+        while a new segment's descriptor waits to go.  Until the kernel has the message or it
+        is queued, an exception (an interrupt, a send error) undoes what it did to segments."""
         if seg.held:
             seg.check_held()  # released before this message: the other end may use them for it
-        if max(sizes, default=0) >= SHARED_FROM:
-            views = [_view(f) if s >= SHARED_FROM else None for f, s in zip(frames, sizes, strict=True)]
-            frames = seg.place(frames, sizes, views, not self._out)
-        n = len(frames)
-        head = seg.notes() + COUNT.pack(n) + _lengths(n).pack(*sizes)
-        total = len(head) + sum(s if s < SHARED else DESCRIPTOR.size for s in sizes)
-        if n > 2 and total <= JOIN_BELOW:
-            frames = [b"".join(frames)]
-        return self._put(head, frames, total)
+        try:
+            if max(sizes, default=0) >= SHARED_FROM:
+                views = [_view(f) if s >= SHARED_FROM else None for f, s in zip(frames, sizes, strict=True)]
+                frames = seg.place(frames, sizes, views, not self._out)
+            n = len(frames)
+            head = seg.notes() + COUNT.pack(n) + _lengths(n).pack(*sizes)
+            total = len(head) + sum(s if s < SHARED else DESCRIPTOR.size for s in sizes)
+            if n > 2 and total <= JOIN_BELOW:
+                frames = [b"".join(frames)]
+            return self._put(head, frames, total, seg)
+        except BaseException:
+            seg.undo()  # (nothing left to undo once _put committed)
+            raise
 
-    def _put(self, head: bytes, frames: Sequence[Any], total: int) -> bool:
+    def _put(self, head: bytes, frames: Sequence[Any], total: int, placed: Segments | None = None) -> bool:
+        """Send or queue a message; ``placed``: the segments whose place() made it, told once
+        the message is the kernel's or queued (commit), or that it is not (undo)."""
         seg = self.seg
-        if not self._out and len(frames) < IOV_MAX:
-            anc = _rights(seg.fds_out) if seg is not None and seg.fds_out else ()
-            try:
-                sent = self.sock.sendmsg([head, *frames], anc, _NOSIGNAL)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            if anc and sent:
-                seg.sent_fds()  # type: ignore[union-attr]
-            if sent == total:
-                return True
-            views = [memoryview(head), *(_view(f) for f in frames)]
-            self._queue(views, sent)
-        else:
-            self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
+        try:
+            if not self._out and len(frames) < IOV_MAX:
+                anc = _rights(seg.fds_out) if seg is not None and seg.fds_out else ()
+                try:
+                    sent = self.sock.sendmsg([head, *frames], anc, _NOSIGNAL)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if anc and sent:
+                    seg.sent_fds()  # type: ignore[union-attr]
+                if sent == total:
+                    if placed is not None:
+                        placed.commit()
+                    return True
+                views = [memoryview(head), *(_view(f) for f in frames)]
+                self._queue(views, sent)
+            else:
+                self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
+        except BaseException:
+            if placed is not None:
+                placed.undo()  # (a byte sent would have cut the stream: only before the first)
+            raise
+        if placed is not None:
+            placed.commit()
         return self._wait_out()
 
     def _wait_out(self) -> bool:
@@ -536,7 +555,7 @@ class Link:
         nxt = seg.expire(time.monotonic() if now is None else now)
         if seg.pending and not self.eof:
             notes = seg.notes()
-            self._put(notes, (), len(notes))
+            self._put(notes, (), len(notes), seg)
         return nxt
 
     def close(self, drain: float = 0.0) -> None:

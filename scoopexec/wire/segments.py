@@ -50,8 +50,22 @@ frame: the reader saw the note before it reads the descriptor's bytes.  A link t
 carries a large frame reads with recv_into for good.
 
 A receiver checks what it is given: the descriptor's id (known, or new with a
-descriptor of the right size and seals at hand), at most PEER_SEGMENTS mapped per
-link, notes about segments in the state they name.  Anything else is a ProtocolError.
+descriptor of the right size, seals and inode at hand), at most PEER_SEGMENTS mapped
+per link, notes about segments in the state they name.  Anything else is a ProtocolError.
+
+What can go wrong on the way, and what happens then:
+
+* an exception between place() and the kernel taking the message (an interrupt, a send
+  error) undoes what place() did (``undo``): its new segments are closed with their
+  descriptors, the ones it lent are free again, its notes go with the next message.  A
+  descriptor that strays all the same is skipped: a new segment's descriptor names the
+  memfd's inode, and the receiver takes the received descriptor that has it;
+* a receiver that cannot map a new segment (out of open files before 3.13, or of
+  mappings) copies it instead, and says REFUSE: the owner closes that segment and makes
+  no more on this link (those mapped already go on);
+* a process that forks while it holds segments of the other end (an array it received)
+  would share their pages with the child, not copy them on write: those segments are
+  pinned before the fork (``_pin``) and never handed back while the link lives.
 """
 
 from __future__ import annotations
@@ -86,9 +100,9 @@ __all__ = [
 
 SHARED = 1 << 63  # in a frame's length word: the frame is in a segment; its bytes are a descriptor
 SHARED_FROM = 1 << 20  # frames this large may go through a segment
-DESCRIPTOR = struct.Struct("<II")  # segment id, 1 when the segment is new to the receiver
+DESCRIPTOR = struct.Struct("<IIQ")  # segment id, 1 when new to the receiver, its inode (when new)
 NOTE = struct.Struct("<III")  # 0 (no frames), kind, count of ids
-RELEASE, FORGET, EXPECT = 1, 2, 3
+RELEASE, FORGET, EXPECT, REFUSE = 1, 2, 3, 4
 KEEP = 4  # segments one end of a link owns, at most
 PEER_SEGMENTS = 16  # segments of the other end one end maps, at most
 PROCESS_SEGMENTS = 32  # segments a process owns, at most (each holds a descriptor while mapped)
@@ -168,6 +182,19 @@ def _close_fds(fds: Sequence[int]) -> None:
             pass
 
 
+def _copied(fd: int, size: int) -> SharedFrame:
+    """A private copy of a segment's bytes, for a receiver that cannot map it."""
+    buf = SharedFrame(-1, size)
+    done = 0
+    with memoryview(buf) as view:
+        while done < size:
+            n = os.preadv(fd, [view[done:]], done)
+            if n <= 0:
+                raise OSError(f"a segment ended after {done} of its {size} bytes")
+            done += n
+    return buf
+
+
 def _sealed(size: int) -> tuple[int, SharedFrame]:
     fd = os.memfd_create("scoopexec-frame", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -189,6 +216,7 @@ class Segments:
         self.own: dict[int, list[Any]] = {}  # id -> [mapping, lent, size, last freed]
         self.peer: dict[int, list[Any]] = {}  # id -> [mapping]
         self.held: list[int] = []  # peer segments handed up and not released yet
+        self.pinned: set[int] = set()  # held when this process forked: never released (_pin)
         self.fds_in: deque[int] = deque()  # descriptors received, not yet matched to a new id
         self.fds_out: list[int] = []  # descriptors to attach to the next bytes sent
         self._notes: list[tuple[int, int]] = []  # (kind, id) to send before the next message
@@ -197,6 +225,10 @@ class Segments:
         self.announced = False  # we sent EXPECT: the other end reads with recvmsg from then on
         self.expecting = False  # the other end sent EXPECT: descriptors may come with any bytes
         self.sending = wanted()
+        self.refused = False  # the other end could not map one of ours: make no more
+        self._touched: list[tuple[int, int]] = []  # (id, its new descriptor or -1): see undo()
+        self._taken: list[tuple[int, int]] = []  # notes put in the message being sent
+        self._announcing = False  # that message carries our EXPECT
         self.closed = False
         self.sent_shared = 0  # frames sent through a segment (for tests and benchmarks)
         self.received_shared = 0
@@ -211,11 +243,13 @@ class Segments:
         a byte view, for the frames of SHARED_FROM bytes or more.  ``idle``: nothing of an
         earlier message waits to be sent, so descriptors sent now ride on this message."""
         out = list(frames)
+        self._touched = []
+        self._announcing = False
         if not self.sending:
             return out
         # A new segment only once the EXPECT of an earlier message is in the kernel (see the
         # module docstring): this message's bytes are then read with recvmsg.
-        can_make = self.announced and idle
+        can_make = self.announced and idle and not self.refused
         new = 0
         for i, view in enumerate(views):
             if view is None or sizes[i] > IDLE_BYTES:  # (one too large to keep: fresh pages every time)
@@ -231,17 +265,19 @@ class Segments:
             if sid is None:
                 if not seen and not self.announced:
                     self._notes.append((EXPECT, 0))
-                    self.announced = True
+                    self.announced = self._announcing = True
                 if not seen or not can_make or new == MAX_FDS:  # a size not sent before: the socket
                     continue
                 sid = self._make(size)
                 if sid is None:
                     continue
                 new += 1
+            else:
+                self._touched.append((sid, -1))
             entry = self.own[sid]
-            entry[0][:] = view
             entry[1] = True
-            out[i] = DESCRIPTOR.pack(sid, fresh)
+            entry[0][:] = view
+            out[i] = DESCRIPTOR.pack(sid, fresh, entry[4] if fresh else 0)
             sizes[i] = SHARED | size
             self.sent_shared += 1
         return out
@@ -269,15 +305,51 @@ class Segments:
             _BUDGET.segments += 1
         try:
             fd, mapping = _sealed(size)
+            inode = os.fstat(fd).st_ino
         except (OSError, ValueError, OverflowError, MemoryError):
             with _BUDGET.lock:
                 _BUDGET.segments -= 1
             return None
         sid = self._next_id
         self._next_id += 1
-        self.own[sid] = [mapping, True, size, 0.0]
+        self._touched.append((sid, fd))
+        self.own[sid] = [mapping, True, size, 0.0, inode]
         self.fds_out.append(fd)
         return sid
+
+    def commit(self) -> None:
+        """The message place() and notes() made is in the kernel, or queued to go."""
+        self._touched = []
+        self._taken = []
+        self._announcing = False
+
+    def undo(self) -> None:
+        """The message place() and notes() made was not sent (an exception before the kernel
+        took it: an interrupt, an error): as if never made, so that no descriptor of it rides
+        on a later message, no segment stays lent to nobody, and its notes go with the next."""
+        now = time.monotonic()
+        for sid, fd in reversed(self._touched):
+            entry = self.own.get(sid)
+            if entry is None:
+                continue
+            if fd >= 0:  # made for it: gone again
+                del self.own[sid]
+                with _BUDGET.lock:
+                    _BUDGET.segments -= 1
+                entry[0].close()
+                if fd in self.fds_out:
+                    self.fds_out.remove(fd)
+                    _close_fds([fd])
+            elif entry[1]:
+                entry[1] = False
+                entry[3] = now
+                with _BUDGET.lock:
+                    _BUDGET.idle += entry[2]
+        if self._announcing:
+            self.announced = False
+            self._taken = [n for n in self._taken if n[0] != EXPECT]
+        self._notes[:0] = self._taken
+        self.commit()
 
     def _drop(self, sid: int) -> None:
         """Let go of a free segment of ours; the other end is told to unmap it."""
@@ -300,18 +372,19 @@ class Segments:
         out = []
         if (EXPECT, 0) in self._notes:
             out.append(NOTE.pack(0, EXPECT, 0))
-        for kind in (RELEASE, FORGET):
+        for kind in (RELEASE, FORGET, REFUSE):
             ids = [sid for k, sid in self._notes if k == kind]
             for start in range(0, len(ids), MAX_NOTE_IDS):
                 part = ids[start : start + MAX_NOTE_IDS]
                 out.append(NOTE.pack(0, kind, len(part)) + struct.pack(f"<{len(part)}I", *part))
-        self._notes.clear()
+        self._taken = self._taken + self._notes
+        self._notes = []
         return b"".join(out)
 
     # ----------------------------------------------------------- receiving side
     def frame(self, size: int, descriptor: bytes | memoryview, max_frame: int) -> SharedFrame:
         """The frame a descriptor names (`size`: its length word without SHARED)."""
-        sid, fresh = DESCRIPTOR.unpack(descriptor)
+        sid, fresh, inode = DESCRIPTOR.unpack(descriptor)
         if fresh:
             if sid in self.peer:
                 raise ProtocolError(f"segment {sid} announced again on a local link")
@@ -319,13 +392,16 @@ class Segments:
                 raise ProtocolError(f"more than {PEER_SEGMENTS} segments mapped from a local link")
             if 0 < max_frame < size:
                 raise ProtocolError(f"a frame of {size} bytes, more than the limit of {max_frame}")
-            if not self.fds_in:
-                raise ProtocolError(f"segment {sid} arrived without its descriptor")
-            fd = self.fds_in.popleft()
+            fd = self._descriptor(sid, inode)
             try:
                 self._check(fd, size)
-                mapping = SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP)
-            except (OSError, ValueError, OverflowError) as exc:
+                try:
+                    mapping = SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP)
+                except OSError:  # this process's limits (open files, mappings): a private copy
+                    self._notes.append((REFUSE, sid))
+                    self.received_shared += 1
+                    return _copied(fd, size)
+            except (OSError, ValueError, OverflowError, MemoryError) as exc:
                 raise ProtocolError(f"segment {sid} of {size} bytes cannot be mapped: {exc}") from exc
             finally:
                 os.close(fd)
@@ -337,12 +413,29 @@ class Segments:
                 raise ProtocolError(f"segment {sid} is not known on this local link")
             if len(got[0]) != size:
                 raise ProtocolError(f"segment {sid} holds {len(got[0])} bytes, not {size}")
-            if sid in self.held:
+            if sid in self.held or sid in self.pinned:
                 raise ProtocolError(f"segment {sid} sent again before it was released")
             entry = got
         self.held.append(sid)
         self.received_shared += 1
         return entry[0]  # type: ignore[no-any-return]
+
+    def _descriptor(self, sid: int, inode: int) -> int:
+        """The received descriptor of new segment `sid`: the first whose inode is `inode`.
+        Others before it are strays (of a message its sender never sent): closed."""
+        fds = self.fds_in
+        while fds:
+            fd = fds.popleft()
+            try:
+                if os.fstat(fd).st_ino == inode:
+                    return fd
+            except OSError:
+                pass
+            _close_fds([fd])
+        raise ProtocolError(
+            f"segment {sid} arrived without its descriptor (lost on the way in when this "
+            "process is out of open files: see `ulimit -n`)"
+        )
 
     @staticmethod
     def _check(fd: int, size: int) -> None:
@@ -372,9 +465,19 @@ class Segments:
                     self._drop(sid)
         elif kind == EXPECT:
             self.expecting = True
+        elif kind == REFUSE:  # it copied ours instead of mapping it: ours, free; and make no more
+            for sid in ids:
+                entry = self.own.get(sid)
+                if entry is None or not entry[1]:
+                    raise ProtocolError(f"a refusal of segment {sid}, which is not lent")
+                del self.own[sid]
+                with _BUDGET.lock:
+                    _BUDGET.segments -= 1
+                entry[0].close()
+            self.refused = True
         elif kind == FORGET:
             for sid in ids:
-                if sid not in self.peer or sid in self.held:
+                if sid not in self.peer or sid in self.held or sid in self.pinned:
                     raise ProtocolError(f"segment {sid} forgotten while not free")
                 mapping = self.peer.pop(sid)[0]
                 try:
@@ -386,10 +489,10 @@ class Segments:
 
     def check_held(self) -> bool:
         """Note as released the held segments nothing refers to any more; whether any."""
-        peer = self.peer
-        free = [sid for sid in self.held if _references(peer[sid]) <= _UNUSED]
-        if free:
-            self.held = [sid for sid in self.held if sid not in free]
+        peer, pinned = self.peer, self.pinned
+        free = [sid for sid in self.held if sid not in pinned and _references(peer[sid]) <= _UNUSED]
+        if free or pinned:
+            self.held = [sid for sid in self.held if sid not in free and sid not in pinned]
             self._notes.extend((RELEASE, sid) for sid in free)
         return bool(free)
 
@@ -428,10 +531,19 @@ class Segments:
         self.own.clear()
         self.peer.clear()
         self.held.clear()
+        self.pinned.clear()
         _close_fds(self.fds_out)
         self.fds_out = []
         _close_fds(self.fds_in)
         self.fds_in.clear()
+
+
+def _pin() -> None:
+    """Before this process forks: the child gets the mappings of the segments held now, shared
+    and not copied on write, so they are never handed back (they stay lent to this end until
+    its link closes): the other end would write the next frame into the child's array."""
+    for seg in list(_ALL):
+        seg.pinned.update(seg.held)
 
 
 def _forked() -> None:
@@ -440,6 +552,7 @@ def _forked() -> None:
         seg.own.clear()
         seg.peer.clear()
         seg.held.clear()
+        seg.pinned.clear()
         _close_fds(seg.fds_out)  # (this process's copies)
         _close_fds(seg.fds_in)
         seg.fds_out = []
@@ -451,4 +564,4 @@ def _forked() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
+    os.register_at_fork(before=_pin, after_in_child=_forked)

@@ -47,6 +47,7 @@ from ..errors import ProtocolError
 from ..wire import fnframes, serialize
 from ..wire import protocol as P
 from ..wire.framing import POOL, WakePipe
+from ..wire.segments import SharedFrame
 from ..wire.spin import SPIN, Spin
 from . import lifeline
 from .channels import ForwardLogs, ForwardStream, LinkChannel, Outbox, open_channel
@@ -684,8 +685,12 @@ def _unmark(held: fnframes.Held, sid: int, body: list[Any]) -> tuple[int, bytes]
     key = (sid, head)
     n = len(body[0])
     if n > fnframes.HEAD:
-        POOL.detach(body[0])  # (kept here for good: no more the receive buffers' to re-use)
-        view = memoryview(body[0])[fnframes.HEAD :]
+        frame = body[0]
+        if isinstance(frame, SharedFrame):  # kept for good: a copy, and the broker's segment back
+            frame = bytearray(frame)
+        else:
+            POOL.detach(frame)  # (kept here for good: no more the receive buffers' to re-use)
+        view = memoryview(frame)[fnframes.HEAD :]
         held.add(key, n, view)
     else:
         entry = held.get(key)
