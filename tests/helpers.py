@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -339,3 +341,30 @@ def run_installed(code: str, cwd: object, **env: str) -> subprocess.CompletedPro
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, check=False, timeout=90, env=full, cwd=str(cwd),
     )
+
+
+@contextlib.contextmanager
+def link_pair(**kw):
+    """Two ends of a real socketpair, each a local link (wire/framing.Link), closed after."""
+    from scoopexec.wire.framing import Link
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    la, lb = Link(a, **kw), Link(b, **kw)
+    try:
+        yield la, lb
+    finally:
+        la.close()
+        lb.close()
+
+
+def one_message(a, b, frames, timeout: float = 30.0):
+    """Send ``frames`` from link ``a``; the message as link ``b`` receives it (``a`` may be
+    non-blocking: it is flushed while ``b`` reads)."""
+    a.send(frames)
+    deadline = time.monotonic() + timeout
+    while True:
+        msgs = b.receive(1)
+        if msgs:
+            return msgs[0]
+        a.flush()
+        assert time.monotonic() < deadline and not b.eof, "the message did not arrive"

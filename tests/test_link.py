@@ -26,18 +26,7 @@ from scoopexec import BrokenScoopExecutor, ScoopExecutor, WorkerLostError
 from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing as link
 from tests import faulty
-from tests.helpers import sleep_and_return
-
-
-@contextlib.contextmanager
-def _pair(**kw):
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    la, lb = link.Link(a, **kw), link.Link(b, **kw)
-    try:
-        yield la, lb
-    finally:
-        la.close()
-        lb.close()
+from tests.helpers import link_pair, one_message, sleep_and_return
 
 
 def _pump(sender: link.Link, receiver: link.Link, messages, want: int, timeout: float = 30.0):
@@ -71,14 +60,14 @@ frame = st.one_of(
 @given(st.lists(st.lists(frame, min_size=1, max_size=6), min_size=1, max_size=8))
 @pytest.mark.timeout(120)
 def test_messages_arrive_whole_and_in_order_through_partial_reads_and_writes(messages):
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         assert _pump(a, b, messages, len(messages)) == messages
         assert not a.wants_write
 
 
 @pytest.mark.timeout(60)
 def test_more_frames_than_one_sendmsg_takes():
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         msg = [i.to_bytes(4, "little") * (i % 5) for i in range(3 * link.IOV_MAX + 7)]
         assert _pump(a, b, [msg, [b"after"]], 2) == [msg, [b"after"]]
 
@@ -93,7 +82,7 @@ def test_small_frames_of_every_buffer_kind_arrive_as_their_bytes():
     ints = memoryview(array.array("i", [1, -2, 3]))  # items of four bytes
     msg = [b"head", bytearray(b"ba"), grid, ints, pickle.PickleBuffer(b"pb"), b""]
     want = [b"head", b"ba", bytes(range(12)), array.array("i", [1, -2, 3]).tobytes(), b"pb", b""]
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         assert _pump(a, b, [msg, msg[:2], [b"x" * (link.JOIN_BELOW + 1), b"y", b"z"]], 3) == [
             want, want[:2], [b"x" * (link.JOIN_BELOW + 1), b"y", b"z"]
         ]
@@ -103,7 +92,7 @@ def test_small_frames_of_every_buffer_kind_arrive_as_their_bytes():
 def test_a_blocking_sender_waits_for_a_slow_reader():
     big = os.urandom(8 << 20)
     got: list[list[bytes]] = []
-    with _pair(blocking_send=True) as (a, b):
+    with link_pair(blocking_send=True) as (a, b):
 
         def read_slowly():
             while not got:
@@ -119,7 +108,7 @@ def test_a_blocking_sender_waits_for_a_slow_reader():
 
 @pytest.mark.timeout(30)
 def test_end_of_file_and_garbage_are_reported():
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         a.send([b"last words"])
         a.close()
         assert [bytes(f) for f in b.receive()[0]] == [b"last words"]
@@ -153,15 +142,15 @@ def test_end_of_file_and_garbage_are_reported():
 @pytest.mark.timeout(30)
 def test_large_frames_reuse_a_buffer_once_nothing_refers_to_it():
     pool = link.BufferPool(keep=4, idle_bytes=1 << 30, idle_seconds=60)
-    with _pair(pool=pool, shared=False) as (a, b):  # (frames of a size sent again: no segments)
+    with link_pair(pool=pool, shared=False) as (a, b):  # (frames of a size sent again: no segments)
         data = os.urandom(2 * link.BIG)
-        (first,) = _pump_raw(a, b, [b"h", data])[1:]
+        (first,) = one_message(a, b, [b"h", data])[1:]
         assert bytes(first) == data and isinstance(first, link.BigFrame)
-        (second,) = _pump_raw(a, b, [b"h", data])[1:]
+        (second,) = one_message(a, b, [b"h", data])[1:]
         assert second is not first  # `first` is still held here
         first_id = id(first)
         del first
-        (third,) = _pump_raw(a, b, [b"h", data[::-1]])[1:]
+        (third,) = one_message(a, b, [b"h", data[::-1]])[1:]
         assert id(third) == first_id and bytes(third) == data[::-1]
         assert (pool.reused, pool.allocated) == (1, 2)
         del second, third
@@ -169,17 +158,6 @@ def test_large_frames_reuse_a_buffer_once_nothing_refers_to_it():
         time.sleep(0.01)
         pool.expire()
         assert len(pool) == 0  # unused buffers are let go of
-
-
-def _pump_raw(a, b, frames):
-    a.send(frames)
-    deadline = time.monotonic() + 30
-    while True:
-        msgs = b.receive(1)
-        if msgs:
-            return msgs[0]
-        a.flush()
-        assert time.monotonic() < deadline
 
 
 # ------------------------------------------------------------------ pools over links

@@ -8,7 +8,6 @@ however long they are kept, by the client or by a task, and no descriptor left b
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -25,33 +24,11 @@ import pytest
 from scoopexec import ScoopExecutor
 from scoopexec.errors import ProtocolError
 from scoopexec.wire import framing, segments
+from tests.helpers import link_pair, one_message
 
 pytestmark = pytest.mark.skipif(not segments.available(), reason="segments need memfd and SCM_RIGHTS (Linux)")
 
 MIB = 1 << 20
-
-
-@contextlib.contextmanager
-def _pair(**kw):
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    la, lb = framing.Link(a, **kw), framing.Link(b, **kw)
-    try:
-        yield la, lb
-    finally:
-        la.close()
-        lb.close()
-
-
-def _one(a: framing.Link, b: framing.Link, frames):
-    """Send `frames` from a, and return the message as b receives it."""
-    a.send(frames)
-    deadline = time.monotonic() + 30
-    while True:
-        msgs = b.receive(1)
-        if msgs:
-            return msgs[0]
-        a.flush()
-        assert time.monotonic() < deadline and not b.eof
 
 
 def _data(size: int, seed: int) -> bytes:
@@ -60,23 +37,23 @@ def _data(size: int, seed: int) -> bytes:
 
 @pytest.mark.timeout(60)
 def test_a_size_sent_again_goes_through_a_segment_and_a_held_frame_is_never_written_over():
-    with _pair() as (a, b):
-        first = _one(a, b, [b"h", _data(2 * MIB, 1)])[1]
+    with link_pair() as (a, b):
+        first = one_message(a, b, [b"h", _data(2 * MIB, 1)])[1]
         assert isinstance(first, framing.BigFrame) and not isinstance(first, segments.SharedFrame)
-        second = _one(a, b, [b"h", _data(2 * MIB, 2)])[1]
+        second = one_message(a, b, [b"h", _data(2 * MIB, 2)])[1]
         assert isinstance(second, segments.SharedFrame) and bytes(second) == _data(2 * MIB, 2)
         # b still holds `second`: the next frame of that size needs another segment
-        third = _one(a, b, [b"h", _data(2 * MIB, 3)])[1]
+        third = one_message(a, b, [b"h", _data(2 * MIB, 3)])[1]
         assert isinstance(third, segments.SharedFrame) and third is not second
         assert bytes(second) == _data(2 * MIB, 2) and bytes(third) == _data(2 * MIB, 3)
         assert len(a.seg.own) == 2 and all(e[1] for e in a.seg.own.values())  # both lent
         del second
-        _one(b, a, [b"reply"])  # a small message does not look (it would slow every one)...
+        one_message(b, a, [b"reply"])  # a small message does not look (it would slow every one)...
         assert sorted(e[1] for e in a.seg.own.values()) == [True, True]
         b.settle()  # ...a worker about to wait, or the broker's tick, does
         assert a.receive() == []
         assert sorted(e[1] for e in a.seg.own.values()) == [False, True]
-        fourth = _one(a, b, [b"h", _data(2 * MIB, 4)])[1]
+        fourth = one_message(a, b, [b"h", _data(2 * MIB, 4)])[1]
         assert len(a.seg.own) == 2  # the released one, used again
         assert bytes(fourth) == _data(2 * MIB, 4) and bytes(third) == _data(2 * MIB, 3)
         assert (a.seg.sent_shared, b.seg.received_shared) == (3, 3)
@@ -85,13 +62,13 @@ def test_a_size_sent_again_goes_through_a_segment_and_a_held_frame_is_never_writ
 @pytest.mark.timeout(60)
 def test_only_a_link_that_carried_a_large_frame_reads_with_recvmsg():
     # recvmsg costs more than recv_into on every read: a link of small messages never pays it
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         for _ in range(3):
-            _one(a, b, [b"small", b"x" * 5000])
-            _one(b, a, [b"small"])
+            one_message(a, b, [b"small", b"x" * 5000])
+            one_message(b, a, [b"small"])
         assert not (a.seg.expecting or b.seg.expecting or a.seg.announced or b.seg.announced)
         assert not (a._fds or b._fds)  # both read with recv_into
-        _one(a, b, [b"h", _data(MIB, 0)])
+        one_message(a, b, [b"h", _data(MIB, 0)])
         assert b.seg.expecting and a.seg.announced and not a.seg.expecting
         assert b._fds and not a._fds
 
@@ -100,10 +77,10 @@ def test_only_a_link_that_carried_a_large_frame_reads_with_recvmsg():
 def test_two_frames_of_one_new_size_in_one_message_arrive():
     # the second is of a size "sent before", but the first's EXPECT rides on this same message:
     # a descriptor sent with it would reach a reader still using recv_into, and be lost
-    with _pair() as (a, b):
-        got = _one(a, b, [_data(MIB, 0), _data(MIB, 1), b"t"])
+    with link_pair() as (a, b):
+        got = one_message(a, b, [_data(MIB, 0), _data(MIB, 1), b"t"])
         assert [bytes(f) for f in got] == [_data(MIB, 0), _data(MIB, 1), b"t"]
-        got = _one(a, b, [_data(MIB, 2), _data(MIB, 3)])
+        got = one_message(a, b, [_data(MIB, 2), _data(MIB, 3)])
         assert [type(f) for f in got] == [segments.SharedFrame] * 2
         assert [bytes(f) for f in got] == [_data(MIB, 2), _data(MIB, 3)]
 
@@ -112,7 +89,7 @@ def test_two_frames_of_one_new_size_in_one_message_arrive():
 def test_no_new_segment_while_the_message_announcing_them_waits_to_be_sent():
     # Its EXPECT is queued behind another message: a descriptor sent now would ride on bytes
     # before the note, which the receiver still reads with recv_into, and be lost.
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         # more than the socket holds, in frames too small for segments (so no EXPECT): the rest
         # waits in a's queue
         first = [_data(MIB // 2, k) for k in range(16)]
@@ -127,7 +104,7 @@ def test_no_new_segment_while_the_message_announcing_them_waits_to_be_sent():
             got += [[bytes(f) for f in m] for m in b.receive(10)]
             assert time.monotonic() < deadline and not b.eof
         assert got == [first, [b"1", _data(MIB, 1)], [b"2", _data(MIB, 2)]]
-        third = _one(a, b, [b"3", _data(MIB, 3)])  # now idle, announced: a segment
+        third = one_message(a, b, [b"3", _data(MIB, 3)])  # now idle, announced: a segment
         assert isinstance(third[1], segments.SharedFrame) and bytes(third[1]) == _data(MIB, 3)
 
 
@@ -151,14 +128,14 @@ def test_a_message_that_never_left_leaves_no_descriptor_or_lent_segment_behind()
     a_sock.close()
     a, b = framing.Link(failing), framing.Link(b_sock)
     try:
-        _one(a, b, [_data(MIB, 0)])  # its size's first: the socket, EXPECT
-        held = _one(a, b, [_data(MIB, 1)])[0]  # a segment, held by b
+        one_message(a, b, [_data(MIB, 0)])  # its size's first: the socket, EXPECT
+        held = one_message(a, b, [_data(MIB, 1)])[0]  # a segment, held by b
         failing.fail = 1
         with pytest.raises(OSError, match="No buffer space"):
             a.send([b"lost", _data(MIB, 2)])  # a second segment made, its sendmsg fails
         assert a.seg.fds_out == [] and len(a.seg.own) == 1  # undone
-        assert _one(a, b, [b"small"]) == [b"small"]
-        got = _one(a, b, [_data(MIB, 3)])[0]
+        assert one_message(a, b, [b"small"]) == [b"small"]
+        got = one_message(a, b, [_data(MIB, 3)])[0]
         assert isinstance(got, segments.SharedFrame) and bytes(got) == _data(MIB, 3)
         assert bytes(held) == _data(MIB, 1)
     finally:
@@ -188,8 +165,8 @@ def test_a_stray_descriptor_before_a_new_segment_is_skipped_by_its_inode():
 
 @pytest.mark.timeout(60)
 def test_frames_held_by_the_receiver_beyond_the_limit_go_through_the_socket():
-    with _pair() as (a, b):
-        kept = [_one(a, b, [_data(MIB, i)])[0] for i in range(segments.KEEP + 3)]
+    with link_pair() as (a, b):
+        kept = [one_message(a, b, [_data(MIB, i)])[0] for i in range(segments.KEEP + 3)]
         shared = [f for f in kept if isinstance(f, segments.SharedFrame)]
         assert len(shared) == segments.KEEP and len(a.seg.own) == segments.KEEP
         assert [bytes(f) for f in kept] == [_data(MIB, i) for i in range(segments.KEEP + 3)]
@@ -197,9 +174,9 @@ def test_frames_held_by_the_receiver_beyond_the_limit_go_through_the_socket():
 
 @pytest.mark.timeout(60)
 def test_a_worker_like_settle_releases_and_idle_segments_are_forgotten_on_both_ends(monkeypatch):
-    with _pair() as (a, b):
-        _one(a, b, [_data(MIB, 0)])
-        got = _one(a, b, [_data(MIB, 1)])[0]
+    with link_pair() as (a, b):
+        one_message(a, b, [_data(MIB, 0)])
+        got = one_message(a, b, [_data(MIB, 1)])[0]
         assert isinstance(got, segments.SharedFrame)
         assert b.settle() == -1  # b owns nothing; `got` is still held: nothing to say
         assert not b.wants_write and b.seg.held
@@ -216,12 +193,12 @@ def test_a_worker_like_settle_releases_and_idle_segments_are_forgotten_on_both_e
 def test_many_messages_both_ways_with_frames_kept_at_random_arrive_intact():
     rnd = random.Random(7)
     sizes = [MIB, MIB + 4096, 3 * MIB]
-    with _pair() as (a, b):
+    with link_pair() as (a, b):
         kept = {id(a): [], id(b): []}  # (frame, the bytes it must hold)
         for i in range(120):
             src, dst = (a, b) if rnd.random() < 0.5 else (b, a)
             data = _data(rnd.choice(sizes), i)
-            msg = _one(src, dst, [b"%d" % i, data, b"t"])
+            msg = one_message(src, dst, [b"%d" % i, data, b"t"])
             assert bytes(msg[1]) == data and bytes(msg[0]) == b"%d" % i
             mine = kept[id(dst)]
             mine.append((msg[1], data))
@@ -301,8 +278,8 @@ def test_a_receiver_refuses_what_its_peer_could_not_have_sent(case, match):
 @pytest.mark.timeout(30)
 def test_a_sender_over_the_process_limit_sends_through_the_socket(monkeypatch):
     monkeypatch.setattr(segments, "PROCESS_SEGMENTS", segments._BUDGET.segments + 1)
-    with _pair() as (a, b):
-        got = [_one(a, b, [_data(MIB, i)])[0] for i in range(4)]
+    with link_pair() as (a, b):
+        got = [one_message(a, b, [_data(MIB, i)])[0] for i in range(4)]
         assert [type(f) is segments.SharedFrame for f in got] == [False, True, False, False]
         assert [bytes(f) for f in got] == [_data(MIB, i) for i in range(4)]
     assert segments._BUDGET.segments == 0 or segments._BUDGET.segments < segments.PROCESS_SEGMENTS
@@ -386,8 +363,8 @@ def test_an_end_told_not_to_send_through_segments_still_takes_them(monkeypatch):
     b = framing.Link(b_sock)
     try:
         for _ in range(3):
-            assert type(_one(a, b, [_data(MIB, 0)])[0]) is framing.BigFrame
-        got = [_one(b, a, [_data(MIB, i)])[0] for i in range(3)]
+            assert type(one_message(a, b, [_data(MIB, 0)])[0]) is framing.BigFrame
+        got = [one_message(b, a, [_data(MIB, i)])[0] for i in range(3)]
         assert [type(f) for f in got] == [framing.BigFrame, segments.SharedFrame, segments.SharedFrame]
         assert [bytes(f) for f in got] == [_data(MIB, i) for i in range(3)]
     finally:
