@@ -144,3 +144,33 @@ def test_the_next_single_task_goes_to_the_worker_that_just_ran_one(pool):
         client.sock.send_multipart([P.pack(P.SUBMIT, [(tid, 0, 2)]), b"fn", b"args"])
         run(0.02)
     assert (len(w1.held), len(w2.held)) == (5, 0)
+
+
+def test_a_recall_put_off_by_the_pace_goes_out_without_waiting_for_input(pool):
+    # A burst of submissions on a worker with credit left, an idle worker's credit within the
+    # same pace, then quiet: the loop must look again when the pace allows, not sleep until the
+    # next input or tick (a whole 50 ms task, in the scaling benchmark's sleeps).
+    broker, peer, run = pool
+    client, busy = peer(P.CLIENT), peer(P.WORKER)
+    run(0.05)
+    busy.sock.send_multipart([P.header(P.CREDIT, 0, 3)])
+    client.sock.send_multipart([P.pack(P.SUBMIT, [(t, 0, 2) for t in (1, 2, 3)]), *[b"fn", b"args"] * 3])
+    run(0.1)
+    assert len(busy.held) == 3 and busy.recalls == 0
+    idle = peer(P.WORKER)
+    run(0.05)
+    broker.ledger.next_recall = time.monotonic() + 0.004  # the last look was just now
+    idle.sock.send_multipart([P.header(P.CREDIT, 0, 1)])
+    deadline = time.monotonic() + 5
+    while not broker.ledger.recall_wake:  # its credit taken in, the recall put off
+        broker.step(0.001)
+        assert time.monotonic() < deadline
+    busy.drain()
+    assert busy.recalls == 0
+    broker._next_tick = time.monotonic() + 60  # no tick to rescue it
+    with broker.lock:
+        ms = broker._before_poll(None)
+    assert ms <= 1000 * 0.005 + 1  # the loop's poll: until the recall is due, no longer
+    broker.step()  # with its own timeout
+    busy.drain()
+    assert busy.recalls == 1

@@ -4,6 +4,8 @@ broker/scheduling.py).  The loop around them is tested through real sockets else
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scoopexec.broker import scheduling
@@ -648,3 +650,29 @@ def test_a_cancel_confirm_keeps_a_task_whose_owner_was_told_it_runs():
     assert ledger.cancel_unstarted(C, [1, 2]) == ([2], [1])
     assert [t.tid for t in ledger.tasks.values()] == [1]
     check(ledger)
+
+
+def test_a_recall_put_off_by_the_pace_says_when_the_loop_must_look_again():
+    # Submissions all within one pace on a worker with credit left, then quiet: without this
+    # the loop slept until the next input (that worker's first result), another worker idle.
+    ledger = books()
+    busy = worker(ledger, "busy", 4)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    assert busy.assigned == {1, 2, 3}
+    every = scheduling.RECALL_EVERY
+    assert scheduling.recall(ledger, 100.0) == []  # nobody idle: nothing to ask
+    assert ledger.recall_wake == 0.0
+    worker(ledger, "idle", 1)  # (its HELLO, say, within the same pace)
+    assert scheduling.recall(ledger, 100.0 + every / 4) == []  # within the pace: put off ...
+    assert ledger.recall_wake == 100.0 + every  # ... to the next look
+    assert scheduling.recall_wait(ledger, 50) <= math.ceil(every * 1000)  # the poll waits no longer
+    assert scheduling.recall(ledger, ledger.recall_wake) == [busy]
+    assert ledger.recall_wake == 0.0
+    finish(ledger, busy, 1)  # something moved: asked again, but not within 4 paces of the last ask
+    assert scheduling.recall(ledger, 100.0 + every * 2) == []
+    assert ledger.recall_wake == pytest.approx(100.0 + every * 5)
+    assert scheduling.recall(ledger, ledger.recall_wake) == [busy]
+    ledger.queue.append(99)  # with tasks queued, dispatch serves the idle one: no cut
+    ledger.recall_wake = 1.0
+    assert scheduling.recall_wait(ledger, 50) == 50

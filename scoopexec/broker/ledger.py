@@ -324,6 +324,7 @@ class Ledger:
         self.completed = 0
         self.recent_losses: collections.deque[str] = collections.deque(maxlen=50)
         self.next_recall = 0.0  # scheduling.recall's pace
+        self.recall_wake = 0.0  # when the loop must call it again without input (0: no need)
         self.closing = False  # some client is leaving after an error (drop_unstarted)
         self._rate = 0.0  # completions per second over the last second or so
         self._rate_t = time.monotonic()

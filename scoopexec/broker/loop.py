@@ -242,7 +242,7 @@ class Broker:
             ms = max(0, math.ceil((self._next_tick - time.monotonic()) * 1000))
         if self.supervisor.leaving:
             ms = min(ms, math.ceil(QUICK_REAP * 1000))
-        return 0 if self.router.input_waiting() else ms
+        return 0 if self.router.input_waiting() else scheduling.recall_wait(self.ledger, ms)
 
     def _take_input(self, ready: list[tuple[int, int]]) -> None:
         handlers = self.poll.handlers

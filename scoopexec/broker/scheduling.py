@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Collection
 
 from .ledger import Ledger, Task, WorkerState
 
-__all__ = ["RECALL_EVERY", "dispatch", "mark_running", "recall"]
+__all__ = ["RECALL_EVERY", "dispatch", "mark_running", "recall", "recall_wait"]
 
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
 
@@ -131,11 +132,27 @@ def _mark(tasks: dict[int, Task], fresh: list[Task], claim: Claim) -> int:
     return len(unwanted)
 
 
+def recall_wait(ledger: Ledger, ms: int) -> int:
+    """The loop's poll timeout ``ms``, cut to when a recall put off is due (``recall_wake``)."""
+    if ledger.recall_wake and not ledger.queue and ledger.ready:
+        return max(0, min(ms, math.ceil((ledger.recall_wake - time.monotonic()) * 1000)))
+    return ms
+
+
 def recall(ledger: Ledger, now: float) -> list[WorkerState]:
-    """The workers to send RECALL to now (see the module docstring); at most every RECALL_EVERY s."""
+    """The workers to send RECALL to now (see the module docstring); at most every RECALL_EVERY s.
+
+    A look put off by that pace (or by a worker's own, RECALL_EVERY * 4) sets
+    ``ledger.recall_wake``, the time the loop must look again even if no input comes: a burst
+    of submissions all landing within the pace on a worker that had credit left from short
+    tasks, and then quiet, left another worker idle until the first finished one (50 ms of
+    sleeps, a whole task: issue 17's "long tasks never wait behind a busy worker while
+    another is idle")."""
     if now < ledger.next_recall:
+        ledger.recall_wake = ledger.next_recall
         return []
     ledger.next_recall = now + RECALL_EVERY
+    ledger.recall_wake = 0.0
     workers = ledger.workers
     if not ledger.closing and not any(
         w.credit > 0 and not w.assigned and workers.get(w.key) is w for w in ledger.ready
@@ -144,10 +161,14 @@ def recall(ledger: Ledger, now: float) -> list[WorkerState]:
     out = []
     for w in workers.values():
         # One task assigned is the one it runs (or a parked one): nothing to give.
-        if len(w.assigned) >= 2 and now - w.recalled >= RECALL_EVERY * 4:
+        if len(w.assigned) >= 2:
             mark = (w.sent, w.done)
             if mark == w.recall_mark:
                 continue  # asked already, and nothing moved there since
+            due = w.recalled + RECALL_EVERY * 4
+            if now < due:
+                ledger.recall_wake = min(ledger.recall_wake or due, due)
+                continue
             w.recalled, w.recall_mark = now, mark
             out.append(w)
     return out
