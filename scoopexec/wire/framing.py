@@ -420,7 +420,9 @@ class Link:
             raise BrokenPipeError("the link is closed")
         sizes = [len(f) if f.__class__ is bytes else _view(f).nbytes for f in frames]  # (no isinstance call)
         seg = self.seg
-        if seg is not None and (seg.fds_out or max(sizes, default=0) >= SHARED_FROM):
+        if seg is not None and (
+            seg.fds_out or max(sizes, default=0) >= SHARED_FROM or (seg.held and seg.look())
+        ):  # (held segments looked at, at most every LOOK_EVERY: they go back to their owner)
             return self._send_shared(seg, frames, sizes)
         n = len(frames)
         head = COUNT.pack(n) + _lengths(n).pack(*sizes)
@@ -462,6 +464,8 @@ class Link:
         """Send or queue a message; ``placed``: the segments whose place() made it, told once
         the message is the kernel's or queued (commit), or that it is not (undo)."""
         seg = self.seg
+        sent = 0
+        queued = False
         try:
             if not self._out and len(frames) < IOV_MAX:
                 anc = _rights(seg.fds_out) if seg is not None and seg.fds_out else ()
@@ -479,9 +483,15 @@ class Link:
                 self._queue(views, sent)
             else:
                 self._queue([memoryview(head), *(_view(f) for f in frames)], 0)
+            queued = True
         except BaseException:
             if placed is not None:
-                placed.undo()  # (a byte sent would have cut the stream: only before the first)
+                # Undone only if none of it reached the kernel or the queue; else the other end
+                # has (part of) it: its books stay as sent (a message cut short ends the link).
+                if sent > 0 or queued:
+                    placed.commit()
+                else:
+                    placed.undo()
             raise
         if placed is not None:
             placed.commit()

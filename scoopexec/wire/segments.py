@@ -60,9 +60,13 @@ What can go wrong on the way, and what happens then:
   descriptors, the ones it lent are free again, its notes go with the next message.  A
   descriptor that strays all the same is skipped: a new segment's descriptor names the
   memfd's inode, and the receiver takes the received descriptor that has it;
-* a receiver that cannot map a new segment (out of open files before 3.13, or of
+* a receiver that cannot map a new segment (its descriptor arrived, but the mapping's
+  duplicate of it did not fit under the open-file limit, before 3.13; or out of
   mappings) copies it instead, and says REFUSE: the owner closes that segment and makes
-  no more on this link (those mapped already go on);
+  no more on this link (those mapped already go on).  A receiver with no descriptor to
+  spare at all loses the descriptor in the kernel (MSG_CTRUNC): that is still an error
+  that closes the link, its message saying why (a pool's start makes room for the
+  descriptors its links need: deploy/local.py);
 * a process that forks while it holds segments of the other end (an array it received)
   would share their pages with the child, not copy them on write: those segments are
   pinned before the fork (``_pin``) and never handed back while the link lives.
@@ -163,6 +167,10 @@ class _Budget:
 
 _BUDGET = _Budget()
 _ALL: weakref.WeakSet[Segments] = weakref.WeakSet()
+# Held by check_held() and new links, and by _pin() in whichever thread forks: a segment must
+# not be both handed back and pinned (the owner would send it again while the child holds it).
+_HELD_LOCK = threading.Lock()
+LOOK_EVERY = 0.001  # s between looks at held segments by a sender of small messages (look())
 
 
 def received_fds(ancdata: list[tuple[int, int, bytes]], into: deque[int]) -> None:
@@ -184,7 +192,7 @@ def _close_fds(fds: Sequence[int]) -> None:
 
 def _copied(fd: int, size: int) -> SharedFrame:
     """A private copy of a segment's bytes, for a receiver that cannot map it."""
-    buf = SharedFrame(-1, size)
+    buf = SharedFrame(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (private: see _pin)
     done = 0
     with memoryview(buf) as view:
         while done < size:
@@ -232,7 +240,9 @@ class Segments:
         self.closed = False
         self.sent_shared = 0  # frames sent through a segment (for tests and benchmarks)
         self.received_shared = 0
-        _ALL.add(self)
+        self._next_look = 0.0
+        with _HELD_LOCK:
+            _ALL.add(self)
 
     # ------------------------------------------------------------- sending side
     def place(
@@ -490,11 +500,22 @@ class Segments:
     def check_held(self) -> bool:
         """Note as released the held segments nothing refers to any more; whether any."""
         peer, pinned = self.peer, self.pinned
-        free = [sid for sid in self.held if sid not in pinned and _references(peer[sid]) <= _UNUSED]
-        if free or pinned:
-            self.held = [sid for sid in self.held if sid not in free and sid not in pinned]
-            self._notes.extend((RELEASE, sid) for sid in free)
+        with _HELD_LOCK:
+            free = [sid for sid in self.held if sid not in pinned and _references(peer[sid]) <= _UNUSED]
+            if free or pinned:
+                self.held = [sid for sid in self.held if sid not in free and sid not in pinned]
+        self._notes.extend((RELEASE, sid) for sid in free)
         return bool(free)
+
+    def look(self) -> bool:
+        """check_held(), at most every LOOK_EVERY: for a sender of small messages (a worker's
+        results, the broker's tasks), so that segments go back while only the other end sends
+        large frames, at a cost to no message.  Whether a RELEASE now waits to be sent."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return False
+        self._next_look = now + LOOK_EVERY
+        return self.check_held()
 
     def expire(self, now: float) -> float:
         """Let go of segments free for longer than IDLE_SECONDS; seconds until the next
@@ -542,12 +563,15 @@ def _pin() -> None:
     """Before this process forks: the child gets the mappings of the segments held now, shared
     and not copied on write, so they are never handed back (they stay lent to this end until
     its link closes): the other end would write the next frame into the child's array."""
-    for seg in list(_ALL):
-        seg.pinned.update(seg.held)
+    with _HELD_LOCK:
+        for seg in list(_ALL):
+            seg.pinned.update(seg.held)
 
 
 def _forked() -> None:
     """In a forked child, the parent's links are not ours: forget their segments."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()
     for seg in list(_ALL):
         seg.own.clear()
         seg.peer.clear()
