@@ -72,14 +72,20 @@ def pool():
     ctx.term()
 
 
-def test_a_worker_that_does_not_answer_is_recalled_once_until_something_moves(pool):
-    _, peer, run = pool
+def _three_on_one(peer, run) -> tuple[Peer, Peer]:
+    """A client, and a worker holding its 3 tasks (credit for 3): (client, that worker)."""
     client, busy = peer(P.CLIENT), peer(P.WORKER)
     run(0.05)
     busy.sock.send_multipart([P.header(P.CREDIT, 0, 3)])
     client.sock.send_multipart([P.pack(P.SUBMIT, [(t, 0, 2) for t in (1, 2, 3)]), *[b"fn", b"args"] * 3])
     run(0.1)
     assert len(busy.held) == 3
+    return client, busy
+
+
+def test_a_worker_that_does_not_answer_is_recalled_once_until_something_moves(pool):
+    _, peer, run = pool
+    client, busy = _three_on_one(peer, run)
 
     idle = peer(P.WORKER)
     run(0.05)
@@ -151,12 +157,8 @@ def test_a_recall_put_off_by_the_pace_goes_out_without_waiting_for_input(pool):
     # same pace, then quiet: the loop must look again when the pace allows, not sleep until the
     # next input or tick (a whole 50 ms task, in the scaling benchmark's sleeps).
     broker, peer, run = pool
-    client, busy = peer(P.CLIENT), peer(P.WORKER)
-    run(0.05)
-    busy.sock.send_multipart([P.header(P.CREDIT, 0, 3)])
-    client.sock.send_multipart([P.pack(P.SUBMIT, [(t, 0, 2) for t in (1, 2, 3)]), *[b"fn", b"args"] * 3])
-    run(0.1)
-    assert len(busy.held) == 3 and busy.recalls == 0
+    _, busy = _three_on_one(peer, run)
+    assert busy.recalls == 0
     idle = peer(P.WORKER)
     run(0.05)
     broker.ledger.next_recall = time.monotonic() + 0.004  # the last look was just now

@@ -335,6 +335,33 @@ print(a[0], b[0], c[0], b[1])
     assert after_small == raised  # a smaller pool later does not lower it
 
 
+def test_room_for_segment_descriptors_is_made_when_it_can_be_and_never_refuses_a_pool():
+    # ``spare``: descriptors each worker may use (its link's segment mappings before 3.13) and
+    # may go without: the soft limit is raised for them, but a hard limit too low for them is
+    # not an error when the pool itself fits.
+    code = """
+import resource
+from scoopexec.deploy.local import make_room_for
+N = resource.RLIMIT_NOFILE
+resource.setrlimit(N, (200, 4000))
+make_room_for(50, 3, 0, 0)
+plain = resource.getrlimit(N)[0]
+resource.setrlimit(N, (200, 4000))
+make_room_for(50, 3, 0, 4)
+spared = resource.getrlimit(N)[0]
+resource.setrlimit(N, (200, 260))
+make_room_for(50, 3, 0, 4)  # 150 fit under 260, 350 do not: no error
+capped = resource.getrlimit(N)[0]
+print(plain, spared, capped)
+"""
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    plain, spared, capped = map(int, r.stdout.split())
+    assert spared - plain == 50 * 4  # room for 4 more a worker
+    assert capped == 260  # as far as the hard limit goes
+
+
 def _start_broker(*options):
     addr = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=ROOT)

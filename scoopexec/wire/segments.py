@@ -117,6 +117,8 @@ MAX_FDS = 8  # new segments in one message, at most (the receiver's ancillary bu
 ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4) if hasattr(socket, "CMSG_SPACE") else 0
 SIZES_KEPT = 16  # frame sizes a link remembers having sent
 _SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
+_NO_RESIZE = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)  # what a receiver needs
+_SEALED = _NO_RESIZE | getattr(fcntl, "F_SEAL_SEAL", 0)  # what a sender sets
 # Before 3.13 a mapping of a file keeps a duplicate of its descriptor open for as long as it
 # lives: one per segment an end owns or maps.  From 3.13 it need not (trackfd=False).
 _MAP: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -142,7 +144,8 @@ def wanted() -> bool:
 
 
 class SharedFrame(mmap.mmap):
-    """A frame in a segment: a shared, writable mapping of exactly its size."""
+    """A frame in a segment: a shared, writable mapping of exactly its size (or, for a receiver
+    that could not map it, a private copy: _copied)."""
 
     @property
     def bytes(self) -> bytes:
@@ -203,15 +206,13 @@ def _copied(fd: int, size: int) -> SharedFrame:
     return buf
 
 
-def _sealed(size: int) -> tuple[int, SharedFrame]:
+def _sealed(size: int) -> tuple[int, SharedFrame, int]:
+    """A new sealed memfd of ``size`` bytes: its descriptor, our mapping of it, its inode."""
     fd = os.memfd_create("scoopexec-frame", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
-        seals = 0
-        for s in _SEALS:
-            seals |= getattr(fcntl, s)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        return fd, SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALED)
+        return fd, SharedFrame(fd, size, flags=mmap.MAP_SHARED, **_MAP), os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
         raise
@@ -221,7 +222,7 @@ class Segments:
     """One end of a link: the segments it owns, those of the other end it maps, its notes."""
 
     def __init__(self) -> None:
-        self.own: dict[int, list[Any]] = {}  # id -> [mapping, lent, size, last freed]
+        self.own: dict[int, list[Any]] = {}  # id -> [mapping, lent, size, last freed, inode]
         self.peer: dict[int, list[Any]] = {}  # id -> [mapping]
         self.held: list[int] = []  # peer segments handed up and not released yet
         self.pinned: set[int] = set()  # held when this process forked: never released (_pin)
@@ -314,8 +315,7 @@ class Segments:
                 return None
             _BUDGET.segments += 1
         try:
-            fd, mapping = _sealed(size)
-            inode = os.fstat(fd).st_ino
+            fd, mapping, inode = _sealed(size)
         except (OSError, ValueError, OverflowError, MemoryError):
             with _BUDGET.lock:
                 _BUDGET.segments -= 1
@@ -343,10 +343,7 @@ class Segments:
             if entry is None:
                 continue
             if fd >= 0:  # made for it: gone again
-                del self.own[sid]
-                with _BUDGET.lock:
-                    _BUDGET.segments -= 1
-                entry[0].close()
+                self._discard(sid)
                 if fd in self.fds_out:
                     self.fds_out.remove(fd)
                     _close_fds([fd])
@@ -361,13 +358,19 @@ class Segments:
         self._notes[:0] = self._taken
         self.commit()
 
-    def _drop(self, sid: int) -> None:
-        """Let go of a free segment of ours; the other end is told to unmap it."""
+    def _discard(self, sid: int) -> list[Any]:
+        """Take a segment of ours out of the books, and unmap it here; its entry."""
         entry = self.own.pop(sid)
         with _BUDGET.lock:
             _BUDGET.segments -= 1
-            _BUDGET.idle -= entry[2]
         entry[0].close()
+        return entry
+
+    def _drop(self, sid: int) -> None:
+        """Let go of a free segment of ours; the other end is told to unmap it."""
+        entry = self._discard(sid)
+        with _BUDGET.lock:
+            _BUDGET.idle -= entry[2]
         self._notes.append((FORGET, sid))
 
     def sent_fds(self) -> None:
@@ -452,10 +455,7 @@ class Segments:
         st = os.fstat(fd)
         if st.st_size != size:
             raise ValueError(f"it holds {st.st_size} bytes")
-        need = 0
-        for s in _SEALS[:2]:
-            need |= getattr(fcntl, s)
-        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & need != need:
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _NO_RESIZE != _NO_RESIZE:
             raise ValueError("it is not sealed against resizing")
 
     def note(self, kind: int, ids: Sequence[int]) -> None:
@@ -480,10 +480,7 @@ class Segments:
                 entry = self.own.get(sid)
                 if entry is None or not entry[1]:
                     raise ProtocolError(f"a refusal of segment {sid}, which is not lent")
-                del self.own[sid]
-                with _BUDGET.lock:
-                    _BUDGET.segments -= 1
-                entry[0].close()
+                self._discard(sid)
             self.refused = True
         elif kind == FORGET:
             for sid in ids:
