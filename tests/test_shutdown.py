@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from scoopexec import ScoopExecutor
+from scoopexec.client import interrupts
 from scoopexec.deploy import local
 from tests import helpers
 from tests.conftest import run_script
@@ -360,10 +361,10 @@ def test_ctrl_c_while_a_pool_starts_leaves_nothing_running():
     the template is a fresh interpreter, the start takes longer).  Before, each interrupt left
     the broker's thread, the template and both workers running until the program ended (an
     interrupted cell in a notebook), and the program's exit could fail to join that thread."""
-    out = run_script(_CTRL_C_DURING_START, "5", "20", "40", "70", "100", "140", "200", timeout=180)
+    out = run_script(_CTRL_C_DURING_START, "5", "8", "12", "20", "40", "70", "100", "140", "200", timeout=180)
     lines = out.stdout.decode().splitlines()
     assert out.returncode == 0, out.stderr.decode()[-3000:]
-    assert len(lines) == 8 and lines[-1].startswith("interrupted"), lines
+    assert len(lines) == 10 and lines[-1].startswith("interrupted"), lines
     assert int(lines[-1].split()[1]) >= 1, lines  # (the interrupt came during the start at least once)
     for line in lines[:-1]:
         assert line.endswith("left [] []"), lines
@@ -412,3 +413,125 @@ def test_a_shut_down_pool_runs_nothing_in_its_loop():
     ex.shutdown(wait=True)
     with pytest.raises(RuntimeError, match="shut down"):
         ex._session._in_loop(lambda: None)
+
+
+_CTRL_C_AT_A_MOMENT = """
+import os, signal, sys, threading, time
+import psutil
+from scoopexec import ScoopExecutor
+from scoopexec.deploy import forkstart
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job ignores SIGINT)
+    if sys.argv[1] == "fresh":  # another thread: the template is a fresh interpreter
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+    calls = []
+    def own(signum, frame):
+        calls.append(signum)
+    if sys.argv[2] == "own":
+        signal.signal(signal.SIGINT, own)
+    sent = []
+    def interrupt():
+        if not sent:  # (once)
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+    if sys.argv[3] == "fork":  # the moment the first worker is forked, before the start notes it
+        fork = forkstart.Template.fork
+        def fork_then_interrupt(self, *args):
+            proc = fork(self, *args)
+            interrupt()
+            return proc
+        forkstart.Template.fork = fork_then_interrupt
+    else:  # the moment the broker's thread is launched, before Thread.start() returns
+        name = "_start_joinable_thread"  # (Python 3.13+; before: _start_new_thread)
+        name = name if hasattr(threading, name) else "_start_new_thread"
+        launch = getattr(threading, name)
+        def launch_then_interrupt(*args, **kwargs):
+            out = launch(*args, **kwargs)
+            if getattr(getattr(args[0], "__self__", None), "name", "") == "scoopexec-broker":
+                interrupt()
+            return out
+        setattr(threading, name, launch_then_interrupt)
+    me = psutil.Process()
+    try:
+        with ScoopExecutor(2) as ex:
+            print("made", list(ex.map(abs, [-1, -2])), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    handler = signal.getsignal(signal.SIGINT)
+    named = {own: "own", signal.default_int_handler: "default"}
+    print("handler", named.get(handler, handler))
+    print("calls", calls)
+    deadline = time.monotonic() + 15
+    def left():
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("scoopexec")]
+        return threads, [p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    while any(left()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("left", *left(), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["fork", "thread"])
+@pytest.mark.parametrize("template", ["fresh", "client"])
+def test_ctrl_c_at_the_worst_moment_of_a_start_leaves_nothing_running(template, where):
+    """A SIGINT that lands the moment the template has forked a worker, before the start notes
+    it down, or the moment the broker's thread is launched, before Thread.start() returns (the
+    window where a real Ctrl-C, 2-15 ms into a start, closed the broker under its running thread
+    and left workers running until the program ended, and once hung the start for minutes): the
+    start holds it back until its pieces are all noted, then raises it and stops them all;
+    SIGINT's handler is Python's again."""
+    r = run_script(_CTRL_C_AT_A_MOMENT, template, "default", where, timeout=100)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "interrupted" in out and "made" not in out, out
+    assert "handler default" in out, out
+    assert "left [] []" in out, out
+    assert "Traceback" not in r.stderr.decode(), r.stderr.decode()[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_a_start_calls_the_programs_own_handler_once():
+    """A program with a SIGINT handler of its own (that does not raise): it is called once for
+    the Ctrl-C that came during the start, the pool starts and runs, and the handler stays."""
+    r = run_script(_CTRL_C_AT_A_MOMENT, "client", "own", "fork", timeout=100)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "made [1, 2]" in out and "interrupted" not in out, out
+    assert "handler own" in out and "calls [2]" in out, out
+    assert "left [] []" in out, out
+
+
+@pytest.mark.timeout(30)
+def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        held = interrupts.HeldInterrupt()
+        try:
+            assert interrupts.HeldInterrupt()._old is None  # (one at a time: a second holds nothing)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # (handled meanwhile: held back)
+            with pytest.raises(KeyboardInterrupt):
+                with interrupts.allowed():  # a held interrupt comes as the wait opens
+                    pytest.fail("not reached")
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                with interrupts.allowed():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(10)  # (interrupted at once)
+            assert time.monotonic() - t0 < 5
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            other = []
+            thread = threading.Thread(target=lambda: other.append(interrupts.HeldInterrupt()._old))
+            thread.start()
+            thread.join()
+            assert other == [None]  # (outside the main thread: nothing is held)
+        finally:
+            with pytest.raises(KeyboardInterrupt):
+                held.close()  # the one held back since
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        held.close()  # (twice: nothing more)
+    finally:
+        signal.signal(signal.SIGINT, before)

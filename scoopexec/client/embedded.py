@@ -56,6 +56,7 @@ from ..wire.security import (
     publish_local_key,
 )
 from ..worker import setup as worker_setup
+from . import interrupts
 from .future import ScoopFuture
 from .session import Session, status_timeout
 
@@ -191,7 +192,8 @@ class EmbeddedSession(Session):
             self.thread.start()
             self.loop_ident = self.thread.ident
             # The forks are processes once the pool is made (the broker reads their HELLO meanwhile).
-            local.confirm()
+            with interrupts.allowed():  # (a wait of up to FORK_WAIT s: Ctrl-C may end it)
+                local.confirm()
         except BaseException:  # (Ctrl-C, or forks that never came): nothing left running
             self._start_failed()
             raise

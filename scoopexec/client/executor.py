@@ -37,9 +37,11 @@ from ..worker import setup as worker_setup
 from ..worker.limits import TimeLimit, check_timeout, recycle_flags
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
+from . import interrupts
 from .control import Control
 from .embedded import EmbeddedSession
 from .future import ScoopFuture, describe_running
+from .interrupts import HeldInterrupt
 from .remote import RemoteSession
 from .session import Session
 
@@ -101,6 +103,41 @@ def _embedded(n: int, setup: list[bytes], options: LaunchOptions, **kw: Any) -> 
     except BaseException:
         worker_setup.release(setup)  # what it would have handed over
         raise
+
+
+def _start_session(
+    broker: str | None, n_local: int, n_srun: int, remote_hosts: list[Host], jobs: SlurmJobs | None,
+    setup: list[bytes], options: LaunchOptions, *, given: int | None, default_local: bool,
+    keys: Credentials | None, connect_timeout: float, **kw: Any,
+) -> tuple[Session, int]:  # fmt: skip
+    """A new pool's session, its workers started, and its size: an embedded broker (``broker``
+    None) or a client of ``broker``.  ``given``: max_workers as given; ``default_local``: no hosts
+    named (then ``given`` local workers join a standalone broker).  ``kw``: the embedded
+    session's options (bind, max_retries, max_message_size, trace)."""
+    session: Session
+    if broker is None:
+        session = _embedded(n_local, setup, options, **kw)
+    else:
+        session = RemoteSession(
+            broker, setup, heartbeat=options.heartbeat, heartbeat_timeout=options.heartbeat_timeout,
+            connect_timeout=connect_timeout, keys=keys, max_retries=kw["max_retries"],
+        )  # fmt: skip
+        session.workers = Launchers(None)
+        session.launch_options = options
+        if default_local:
+            n_local = given or 0
+    size = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
+    try:
+        if broker is not None and n_local:
+            session.start_local(n_local)
+        if remote_hosts or n_srun or jobs is not None:
+            with interrupts.allowed():  # (SSH and SLURM starts wait on other hosts)
+                session.add_hosts(remote_hosts, n_srun)
+                size += jobs.start(session) if jobs is not None else 0
+    except BaseException:
+        session.close(wait=True)
+        raise
+    return session, size
 
 
 class ScoopExecutor(Control, MapMixin, cf.Executor):
@@ -261,54 +298,39 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         local = broker is None and bind is None and jobs is None  # and below: every worker on this host
         local = local and not n_srun and all(h.local for h in remote_hosts)
         setup, launch_options = _setup(initializer, tuple(initargs), local, launch_options)
-        self._session: Session
-        if broker is None:
-            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
-            if recorder is not None:
-                recorder.meta.update(argv=list(sys.argv))
-            self._session = _embedded(
-                n_local, setup, launch_options, bind=bind, max_retries=max_retries,
-                max_message_size=max_message_size, trace=recorder,
+        if broker is not None and bind is not None:
+            raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")
+        if broker is None and recorder is not None:
+            recorder.meta.update(argv=list(sys.argv))
+        # From here a Ctrl-C is raised only where what the start made is written down: never
+        # between forking a worker and noting it (interrupts.py)
+        held = HeldInterrupt()
+        try:
+            self._session, self._max_workers = _start_session(
+                broker, n_local, n_srun, remote_hosts, jobs, setup, launch_options,
+                bind=bind, max_retries=max_retries, max_message_size=max_message_size, trace=recorder,
+                keys=keys, connect_timeout=connect_timeout, given=max_workers,
+                default_local=hosts is None and hostfile is None,
             )  # fmt: skip
-        else:
-            if bind is not None:
-                raise ValueError("bind= is for the embedded broker; it cannot be used with broker=")
-            self._max_workers = max_workers or 0
-            self._session = RemoteSession(
-                broker,
-                setup,
-                heartbeat=heartbeat,
-                heartbeat_timeout=heartbeat_timeout,
-                connect_timeout=connect_timeout,
-                keys=keys, max_retries=max_retries,
-            )
-            self._session.workers = Launchers(None)
-            self._session.launch_options = launch_options
-            if hosts is None and hostfile is None:
-                n_local = max_workers or 0
-            self._max_workers = n_local + n_srun + sum(h.slots or 0 for h in remote_hosts)
-            if n_local:
-                self._session.start_local(n_local)
-        if remote_hosts or n_srun or jobs is not None:
-            try:
-                self._session.add_hosts(remote_hosts, n_srun)
-                self._max_workers += jobs.start(self._session) if jobs is not None else 0
-            except BaseException:
-                self._session.close(wait=True)
-                raise
-        log.info(
-            "pool %s: %s at %s, %d worker(s) started%s",
-            self._session.pool_id, "embedded broker" if broker is None else "client of the broker",
-            self._session.endpoint, self._max_workers,
-            f", recording a timeline to {recorder.path}" if recorder is not None else "",
-        )  # fmt: skip
-        # The script's classes its workers inherited, which then travel by reference (a pool whose
-        # workers are forks of this process: wire/mainclasses.py); None: by value.
-        self._names = getattr(self._session, "main_classes", None) or None
-        self._pool_id = self._session.pool_id
-        pools.register(self._pool_id, self)
-        session = self._session
-        self._finalizer = weakref.finalize(self, session.close, False)
+            log.info(
+                "pool %s: %s at %s, %d worker(s) started%s",
+                self._session.pool_id, "embedded broker" if broker is None else "client of the broker",
+                self._session.endpoint, self._max_workers,
+                f", recording a timeline to {recorder.path}" if recorder is not None else "",
+            )  # fmt: skip
+            # The script's classes its workers inherited, which then travel by reference (a pool whose
+            # workers are forks of this process: wire/mainclasses.py); None: by value.
+            self._names = getattr(self._session, "main_classes", None) or None
+            self._pool_id = self._session.pool_id
+            pools.register(self._pool_id, self)
+            session = self._session
+            self._finalizer = weakref.finalize(self, session.close, False)
+            held.close()  # (an interrupt held back comes now)
+        except BaseException:
+            held.close(deliver=False)
+            if getattr(self, "_session", None) is not None:
+                self._session.abort("the pool's start did not finish")
+            raise
 
     # --------------------------------------------------------------- public
     @property

@@ -26,6 +26,7 @@ from ..errors import AuthenticationError, BrokenScoopExecutor, BrokerLostError
 from ..wire import protocol as P
 from ..wire.security import Credentials, is_loopback, resolve_credentials
 from ..wire.zmqsock import MONITOR_EVENTS, HandshakeWatch, dealer, recv_monitor_event, zmq_receive, zmq_send
+from . import interrupts
 from .session import Session
 
 __all__ = ["RemoteSession"]
@@ -76,7 +77,8 @@ class RemoteSession(Session):
         )
         s.connect(endpoint)
         try:
-            self._handshake(connect_timeout)
+            with interrupts.allowed():  # (Ctrl-C while waiting for the broker's answer: at once)
+                self._handshake(connect_timeout)
         except BaseException:
             try:
                 s.disable_monitor()
