@@ -430,11 +430,15 @@ if __name__ == "__main__":
         calls.append(signum)
     if sys.argv[2] == "own":
         signal.signal(signal.SIGINT, own)
+    sig = getattr(signal, "SIG" + (sys.argv[4] if len(sys.argv) > 4 else "INT"))
+    def terminate(signum, frame):  # (as a program run by systemd or SLURM may do)
+        raise SystemExit(143)
+    signal.signal(signal.SIGTERM, terminate)
     sent = []
     def interrupt():
         if not sent:  # (once)
             sent.append(1)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
     if sys.argv[3] == "fork":  # the moment the first worker is forked, before the start notes it
         fork = forkstart.Template.fork
         def fork_then_interrupt(self, *args):
@@ -458,6 +462,8 @@ if __name__ == "__main__":
             print("made", list(ex.map(abs, [-1, -2])), flush=True)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
+    except SystemExit:
+        print("terminated", flush=True)
     handler = signal.getsignal(signal.SIGINT)
     named = {own: "own", signal.default_int_handler: "default"}
     print("handler", named.get(handler, handler))
@@ -492,6 +498,20 @@ def test_ctrl_c_at_the_worst_moment_of_a_start_leaves_nothing_running(template, 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("template", ["fresh", "client"])
+def test_another_signal_that_raises_as_the_brokers_thread_is_launched_leaves_nothing_running(template):
+    """SIGTERM turned into SystemExit by the program, landing inside Thread.start() of the
+    broker's thread (only SIGINT is held back): the start must still see that the thread runs,
+    and not close the broker under it (which left the thread, or the workers, running)."""
+    r = run_script(_CTRL_C_AT_A_MOMENT, template, "default", "thread", "TERM", timeout=100)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "terminated" in out and "made" not in out, out
+    assert "left [] []" in out, out
+    assert "Traceback" not in r.stderr.decode(), r.stderr.decode()[-3000:]
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_during_a_start_calls_the_programs_own_handler_once():
     """A program with a SIGINT handler of its own (that does not raise): it is called once for
     the Ctrl-C that came during the start, the pool starts and runs, and the handler stays."""
@@ -505,33 +525,73 @@ def test_ctrl_c_during_a_start_calls_the_programs_own_handler_once():
 
 @pytest.mark.timeout(30)
 def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
+    def interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # (handled meanwhile, if held back)
+
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         held = interrupts.HeldInterrupt()
-        try:
-            assert interrupts.HeldInterrupt()._old is None  # (one at a time: a second holds nothing)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # (handled meanwhile: held back)
-            with pytest.raises(KeyboardInterrupt):
-                with interrupts.allowed():  # a held interrupt comes as the wait opens
-                    pytest.fail("not reached")
-            t0 = time.monotonic()
-            with pytest.raises(KeyboardInterrupt):
-                with interrupts.allowed():
-                    os.kill(os.getpid(), signal.SIGINT)
-                    time.sleep(10)  # (interrupted at once)
-            assert time.monotonic() - t0 < 5
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            other = []
-            thread = threading.Thread(target=lambda: other.append(interrupts.HeldInterrupt()._old))
-            thread.start()
-            thread.join()
-            assert other == [None]  # (outside the main thread: nothing is held)
-        finally:
-            with pytest.raises(KeyboardInterrupt):
-                held.close()  # the one held back since
+        assert interrupts.HeldInterrupt()._old is None  # (one at a time: a second holds nothing)
+        interrupt()
+        with pytest.raises(KeyboardInterrupt):
+            held.close()  # the one held back, once the start is over
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         held.close()  # (twice: nothing more)
+
+        held = interrupts.HeldInterrupt()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.allowed():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(10)  # (interrupted at once)
+        assert time.monotonic() - t0 < 5
+        # Holding is over once the program's handler raised: the clean-up may be interrupted.
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        held.close()
+
+        held = interrupts.HeldInterrupt()
+        interrupt()
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.allowed():  # a held interrupt comes as the wait opens
+                pytest.fail("not reached")
+        held.close(failed=True)
+
+        held = interrupts.HeldInterrupt()
+        interrupt()
+        held.close(failed=True)  # an exception on its way: Python's handler is not called
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        other = []
+        thread = threading.Thread(target=lambda: other.append(interrupts.HeldInterrupt()._old))
+        thread.start()
+        thread.join()
+        assert other == [None]  # (outside the main thread: nothing is held)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+_FORK_WHILE_HELD = """
+import os, signal, time
+from scoopexec.client import interrupts
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+held = interrupts.HeldInterrupt()
+pid = os.fork()  # (another thread's multiprocessing 'fork' while a pool starts, say)
+if pid == 0:
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        os._exit(1)  # (the interrupt was swallowed)
+    except KeyboardInterrupt:
+        os._exit(0 if interrupts._active is None else 2)
+held.close()
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_made_while_a_start_holds_ctrl_c_gets_the_programs_handler():
+    r = run_script(_FORK_WHILE_HELD, timeout=30)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert r.stdout.decode().split() == ["child", "0"], r.stdout.decode()

@@ -187,6 +187,11 @@ class EmbeddedSession(Session):
         self.broker.trace = trace
         self.leader = Leader(self.broker)
         pools.track(self)
+        # Whether the thread's _run began, or the start gave it up first: a signal handler that
+        # raises inside Thread.start() (SIGTERM's SystemExit, say) leaves a launched thread
+        # whose ident may not be set yet, and the start must not free what it then uses.
+        self._begun: bool | None = None
+        self._begin_lock = threading.Lock()
         try:
             self.thread = threading.Thread(target=self._run, name="scoopexec-broker", daemon=True)
             self.thread.start()
@@ -208,9 +213,12 @@ class EmbeddedSession(Session):
         Before, a Ctrl-C here left the broker's thread, the template and the workers running
         until exit, and exit failed to join a thread that had not started."""
         pools.untrack(self)
-        t = self.thread
-        if t is not None and t.ident is not None:
-            self.abort("the pool's start failed", timeout=10.0)  # (its thread frees the rest)
+        with self._begin_lock:
+            if self._begun is None:
+                self._begun = False  # (a thread launched after all ends at once: see _run)
+        if self._begun:
+            with interrupts.allowed():  # (a wait of up to 10 s: Ctrl-C may cut it short, as before)
+                self.abort("the pool's start failed", timeout=10.0)  # (its thread frees the rest)
             return
         if self.workers is not None:
             self.workers.stop()
@@ -361,6 +369,10 @@ class EmbeddedSession(Session):
         return result
 
     def _run(self) -> None:
+        with self._begin_lock:
+            if self._begun is False:
+                return  # the start gave up before this thread began: it freed everything
+            self._begun = True
         try:
             self.broker.run()
         except BaseException:  # pragma: no cover - a bug in the loop must not hang the client
