@@ -315,10 +315,24 @@ def test_a_forked_child_leaves_its_parents_pool_alone_and_cannot_use_it():
     assert "ended without stopping the pool" not in err, err
 
 
+_LEFT_RUNNING = """
+def left_running(me, within):
+    \"\"\"The pool threads and live child processes still there after up to ``within`` s.\"\"\"
+    def left():
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("scoopexec")]
+        return threads, [p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + within
+    while any(left()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left()
+"""
+
+
 _CTRL_C_DURING_START = """
 import os, signal, sys, threading, time
 import psutil
 from scoopexec import ScoopExecutor
+""" + _LEFT_RUNNING + """
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job ignores SIGINT)
@@ -343,13 +357,7 @@ if __name__ == "__main__":
                 except KeyboardInterrupt:
                     pass
             ex.shutdown(wait=True)
-        deadline = time.monotonic() + 15
-        def left():
-            threads = [t.name for t in threading.enumerate() if t.name.startswith("scoopexec")]
-            return threads, [p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-        while any(left()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        threads, children = left()
+        threads, children = left_running(me, 15)
         print(delay_ms, "left", threads, children, flush=True)
     print("interrupted", interrupted, flush=True)
 """
@@ -420,6 +428,7 @@ import os, signal, sys, threading, time
 import psutil
 from scoopexec import ScoopExecutor
 from scoopexec.deploy import forkstart
+""" + _LEFT_RUNNING + """
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job ignores SIGINT)
@@ -434,11 +443,14 @@ if __name__ == "__main__":
     def terminate(signum, frame):  # (as a program run by systemd or SLURM may do)
         raise SystemExit(143)
     signal.signal(signal.SIGTERM, terminate)
+    times = int(sys.argv[5]) if len(sys.argv) > 5 else 1  # (Ctrl-C pressed again before the first is seen)
     sent = []
     def interrupt():
         if not sent:  # (once)
             sent.append(1)
-            os.kill(os.getpid(), sig)
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+                time.sleep(0.01)
     if sys.argv[3] == "fork":  # the moment the first worker is forked, before the start notes it
         fork = forkstart.Template.fork
         def fork_then_interrupt(self, *args):
@@ -468,18 +480,12 @@ if __name__ == "__main__":
     named = {own: "own", signal.default_int_handler: "default"}
     print("handler", named.get(handler, handler))
     print("calls", calls)
-    deadline = time.monotonic() + 15
-    def left():
-        threads = [t.name for t in threading.enumerate() if t.name.startswith("scoopexec")]
-        return threads, [p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-    while any(left()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    print("left", *left(), flush=True)
+    print("left", *left_running(me, 15), flush=True)
 """
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("where", ["fork", "thread"])
+@pytest.mark.parametrize("where", ["fork", "thread", "fork-twice"])
 @pytest.mark.parametrize("template", ["fresh", "client"])
 def test_ctrl_c_at_the_worst_moment_of_a_start_leaves_nothing_running(template, where):
     """A SIGINT that lands the moment the template has forked a worker, before the start notes
@@ -488,7 +494,8 @@ def test_ctrl_c_at_the_worst_moment_of_a_start_leaves_nothing_running(template, 
     and left workers running until the program ended, and once hung the start for minutes): the
     start holds it back until its pieces are all noted, then raises it and stops them all;
     SIGINT's handler is Python's again."""
-    r = run_script(_CTRL_C_AT_A_MOMENT, template, "default", where, timeout=100)
+    times = "2" if where.endswith("-twice") else "1"  # (the second must not cut the clean-up short)
+    r = run_script(_CTRL_C_AT_A_MOMENT, template, "default", where.split("-")[0], "INT", times, timeout=100)
     out = r.stdout.decode()
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     assert "interrupted" in out and "made" not in out, out
@@ -525,21 +532,29 @@ def test_ctrl_c_during_a_start_calls_the_programs_own_handler_once():
 
 @pytest.mark.timeout(30)
 def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
-    def interrupt():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # (handled meanwhile, if held back)
+    def interrupt(times=1):
+        for _ in range(times):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # (handled meanwhile, if held back)
+
+    def holding():
+        held = interrupts.HeldInterrupt()
+        held.hold()
+        return held
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        held = interrupts.HeldInterrupt()
-        assert interrupts.HeldInterrupt()._old is None  # (one at a time: a second holds nothing)
+        held = holding()
+        second = interrupts.HeldInterrupt()
+        second.hold()  # (one at a time: a second holds nothing)
         interrupt()
+        second.close()
         with pytest.raises(KeyboardInterrupt):
             held.close()  # the one held back, once the start is over
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         held.close()  # (twice: nothing more)
 
-        held = interrupts.HeldInterrupt()
+        held = holding()
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             with interrupts.allowed():
@@ -550,20 +565,42 @@ def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         held.close()
 
-        held = interrupts.HeldInterrupt()
-        interrupt()
+        held = holding()
+        interrupt(2)
         with pytest.raises(KeyboardInterrupt):
             with interrupts.allowed():  # a held interrupt comes as the wait opens
                 pytest.fail("not reached")
-        held.close(failed=True)
+        with interrupts.unheld():  # (holding is over: the second is not raised in the clean-up)
+            time.sleep(0.01)
+        held.close()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-        held = interrupts.HeldInterrupt()
+        held = holding()
         interrupt()
-        held.close(failed=True)  # an exception on its way: Python's handler is not called
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.unheld():  # a clean-up: the program's handler, at once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(10)
+        with pytest.raises(KeyboardInterrupt):
+            held.close()  # and the one held before it, at the end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        calls = []
+
+        def gentle(signum, frame):  # "the first Ctrl-C stops gently, the second at once"
+            calls.append(signum)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGINT, gentle)
+        held = holding()
+        interrupt(2)
+        with pytest.raises(KeyboardInterrupt):
+            held.close()
+        assert calls == [signal.SIGINT]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
         other = []
-        thread = threading.Thread(target=lambda: other.append(interrupts.HeldInterrupt()._old))
+        thread = threading.Thread(target=lambda: other.append(holding()._old))
         thread.start()
         thread.join()
         assert other == [None]  # (outside the main thread: nothing is held)
@@ -577,6 +614,7 @@ from scoopexec.client import interrupts
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 held = interrupts.HeldInterrupt()
+held.hold()
 pid = os.fork()  # (another thread's multiprocessing 'fork' while a pool starts, say)
 if pid == 0:
     try:

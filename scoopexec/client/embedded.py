@@ -212,14 +212,16 @@ class EmbeddedSession(Session):
         """The pool's start failed once its broker was made: stop what runs, free what is held.
         Before, a Ctrl-C here left the broker's thread, the template and the workers running
         until exit, and exit failed to join a thread that had not started."""
-        pools.untrack(self)
         with self._begin_lock:
             if self._begun is None:
                 self._begun = False  # (a thread launched after all ends at once: see _run)
         if self._begun:
-            with interrupts.allowed():  # (a wait of up to 10 s: Ctrl-C may cut it short, as before)
-                self.abort("the pool's start failed", timeout=10.0)  # (its thread frees the rest)
+            # Its thread frees the rest (and untracks the pool: an abort cut short by Ctrl-C, a
+            # wait of up to 10 s, leaves the pool to the exit hook).
+            with interrupts.unheld():
+                self.abort("the pool's start failed", timeout=10.0)
             return
+        pools.untrack(self)
         if self.workers is not None:
             self.workers.stop()
         worker_setup.release(self.setup_frames())

@@ -135,7 +135,7 @@ def _start_session(
                 session.add_hosts(remote_hosts, n_srun)
                 size += jobs.start(session) if jobs is not None else 0
     except BaseException:
-        with interrupts.allowed():  # (a wait of its own: Ctrl-C may cut it short, as before)
+        with interrupts.unheld():  # (a wait of its own: Ctrl-C may cut it short, as before)
             session.close(wait=True)
         raise
     return session, size
@@ -305,9 +305,9 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             recorder.meta.update(argv=list(sys.argv))
         # From here a Ctrl-C is raised only where what the start made is written down: never
         # between forking a worker and noting it (interrupts.py)
-        held: HeldInterrupt | None = None
+        held = HeldInterrupt()
         try:
-            held = HeldInterrupt()
+            held.hold()
             self._session, self._max_workers = _start_session(
                 broker, n_local, n_srun, remote_hosts, jobs, setup, launch_options,
                 bind=bind, max_retries=max_retries, max_message_size=max_message_size, trace=recorder,
@@ -329,10 +329,12 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             self._finalizer = weakref.finalize(self, session.close, False)
             held.close()  # (an interrupt held back comes now)
         except BaseException:
-            if held is not None:
-                held.close(failed=True)
-            if getattr(self, "_session", None) is not None:
-                self._session.abort("the pool's start did not finish")
+            try:
+                if getattr(self, "_session", None) is not None:
+                    with interrupts.unheld():
+                        self._session.abort("the pool's start did not finish")
+            finally:
+                held.close()  # (what was held comes now: a KeyboardInterrupt in place of the error)
             raise
 
     # --------------------------------------------------------------- public

@@ -13,8 +13,9 @@ written down (:meth:`HeldInterrupt.check`), or once the start is over
 (:meth:`HeldInterrupt.close`).  A wait that may last (the template's first forks, a
 standalone broker's answer, an SSH start) is opened with :func:`allowed`: an interrupt then
 goes to the program's handler at once, as before, and the code around that wait knows how to
-undo what it made.  Once the program's handler has raised, holding is over: its handler is
-back, and the clean-up of the interrupted start is interrupted as any code is.
+undo what it made.  Holding is over once the program's handler raised (or set another
+handler).  A clean-up of a start that failed runs :func:`unheld`: a Ctrl-C then goes to the
+program's handler (and may cut it short, as anywhere), and what was held waits for close().
 """
 
 from __future__ import annotations
@@ -27,116 +28,152 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["HeldInterrupt", "allowed"]
+__all__ = ["HeldInterrupt", "allowed", "unheld"]
 
 _active: HeldInterrupt | None = None  # (only the main thread holds: one at a time)
 _MAX_PENDING = 8  # interrupts held back, each handed over in turn (asyncio's second one forces)
 
 
+def _current() -> Any:
+    try:
+        return signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):  # pragma: no cover
+        return None
+
+
+def _swap(handler: Any) -> None:
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # pragma: no cover
+        pass
+
+
 class HeldInterrupt:
-    """Holds SIGINT back from here to :meth:`close` (a no-op outside the main thread, when a
-    start already holds it, or when SIGINT's handler is not a Python function: ignored, or the
-    default of the OS)."""
+    """SIGINT held back from :meth:`hold` to :meth:`close` (nothing is held outside the main
+    thread, while another start holds it, or when SIGINT's handler is not a Python function:
+    ignored, or the default of the OS)."""
 
     def __init__(self) -> None:
-        global _active
-        self._old: Any = None  # the program's handler
+        self._old: Any = None  # the program's handler, while holding
         self._pending: list[tuple[int, FrameType | None]] = []
         self._open = 0
+
+    def hold(self) -> None:
+        global _active
         if threading.current_thread() is not threading.main_thread() or _active is not None:
             return
-        try:
-            old = signal.getsignal(signal.SIGINT)
-            if not callable(old):
-                return
-            self._old = old
-            signal.signal(signal.SIGINT, self._handler)
-        except (ValueError, OSError):  # (not the main interpreter, say)
-            self._old = None
+        old = _current()
+        if not callable(old):
             return
-        _active = self
+        self._old, _active = old, self  # (first: close() puts it back whatever happens next)
+        _swap(self._handler)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._open or len(self._pending) < _MAX_PENDING:
+            self._pending.append((signum, frame))
         if self._open:
-            self._pending.append((signum, frame))
-            self.check()  # a wait that may be interrupted: at once
-        elif len(self._pending) < _MAX_PENDING:
-            self._pending.append((signum, frame))
+            self._hand_over()  # a wait that may be interrupted: at once
 
-    def _swap(self, handler: Any) -> None:
-        try:
-            signal.signal(signal.SIGINT, handler)
-        except (ValueError, OSError):  # pragma: no cover
-            pass
-
-    def check(self) -> None:
-        """Hand the interrupts held back so far to the program's handler.  While it runs, and
-        for good if it raises (KeyboardInterrupt), the handler in place is the program's."""
-        old = self._old
-        while self._pending and old is not None:
-            signum, frame = self._pending.pop(0)
-            self._swap(old)
-            old(signum, frame)  # (raises: holding is over)
-            self._swap(self._handler)  # (it returned: hold on)
-
-    def close(self, failed: bool = False) -> None:
-        """Put the program's handler back, and hand it what was held back.  ``failed``: the
-        start failed, and its exception is on its way: Python's own handler is then not
-        called (it would only replace that exception with a KeyboardInterrupt), a program's
-        is."""
+    def _end(self) -> list[tuple[int, FrameType | None]]:
+        """Holding is over (the handler in place stays); what was held and not handed over."""
         global _active
-        old = self._old
+        rest, self._pending, self._old = self._pending, [], None
         if _active is self:
             _active = None
+        return rest
+
+    def _hand_over(self) -> None:
+        """Hand what was held to the program's handler, in turn, with its handler in place while
+        it runs.  It raised (KeyboardInterrupt), or set another handler: holding is over, and
+        the rest go to the handler in place."""
+        while self._pending and self._old is not None:
+            signum, frame = self._pending.pop(0)
+            old = self._old
+            _swap(old)
+            try:
+                old(signum, frame)
+            except BaseException:
+                self._end()
+                raise
+            if _current() != old:  # ("first Ctrl-C: stop gently; the second: at once", say)
+                _deliver(self._end())
+                return
+            _swap(self._handler)  # (it returned: hold on)
+
+    def close(self) -> None:
+        """Put the program's handler back, then hand it what was held (its KeyboardInterrupt
+        goes in place of any exception on its way, as it would have where it landed)."""
+        old = self._old
         if old is None:
+            self._end()
             return
-        pending, self._pending = self._pending, []
-        self._old = None
-        try:
-            if signal.getsignal(signal.SIGINT) == self._handler:
-                self._swap(old)  # (a handler set meanwhile is left in place)
-        except (ValueError, OSError):  # pragma: no cover
-            pass
-        if failed and old is signal.default_int_handler:
-            return
-        for signum, frame in pending:
-            old(signum, frame)
+        if _current() == self._handler:
+            _swap(old)  # (first: one that lands from here on is the program's at once)
+        _deliver(self._end())  # (a handler set meanwhile by another is left in place)
 
     @contextmanager
     def opened(self) -> Iterator[None]:
         self._open += 1
         try:
-            self.check()
+            self._hand_over()
             yield
         finally:
             self._open -= 1
 
 
+def _deliver(pending: list[tuple[int, FrameType | None]]) -> None:
+    for signum, frame in pending:
+        handler = _current()
+        if callable(handler):
+            handler(signum, frame)
+
+
+def _holding() -> HeldInterrupt | None:
+    held = _active
+    if held is None or held._old is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return held
+
+
 @contextmanager
 def allowed() -> Iterator[None]:
-    """A wait that Ctrl-C may interrupt, inside a start that holds it back (else a no-op)."""
-    held = _active
-    if held is None or threading.current_thread() is not threading.main_thread():
+    """A wait that Ctrl-C may interrupt, inside a start that holds it back (else a no-op): what
+    was held comes as it opens, and what lands during it at once."""
+    held = _holding()
+    if held is None:
         yield
         return
     with held.opened():
         yield
 
 
+@contextmanager
+def unheld() -> Iterator[None]:
+    """The clean-up of a start that failed (else a no-op): the program's handler is in place
+    while it runs, so a Ctrl-C may cut it short, as anywhere; what was held waits for close()."""
+    held = _holding()
+    if held is None:
+        yield
+        return
+    old = held._old
+    _swap(old)
+    try:
+        yield
+    finally:
+        if held._old is old and _current() == old:
+            _swap(held._handler)
+
+
 def _forget_in_child() -> None:
     """A fork made while a start holds SIGINT (another thread's multiprocessing 'fork', say):
     nobody in the child would ever hand it over, so the child gets the program's handler."""
-    global _active
-    held, _active = _active, None
-    if held is None or held._old is None:
+    held = _active
+    if held is None:
         return
-    try:
-        if signal.getsignal(signal.SIGINT) == held._handler:
-            signal.signal(signal.SIGINT, held._old)
-    except (ValueError, OSError):
-        pass
-    held._old = None
-    held._pending = []
+    old = held._old
+    if old is not None and _current() == held._handler:
+        _swap(old)
+    held._end()
 
 
 if hasattr(os, "register_at_fork"):
