@@ -599,6 +599,28 @@ def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
         assert calls == [signal.SIGINT]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
+        # A Ctrl-C that lands as close() puts the program's handler back: nothing stays held.
+        real = signal.signal
+
+        def signal_then_interrupt(signum, handler):
+            prev = real(signum, handler)
+            if handler is signal.default_int_handler:
+                signal.signal = real
+                signal.raise_signal(signal.SIGINT)
+            return prev
+
+        held = holding()
+        signal.signal = signal_then_interrupt
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                held.close()
+        finally:
+            signal.signal = real
+        assert interrupts._active is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        held = holding()
+        assert signal.getsignal(signal.SIGINT) == held._handler  # (the next start holds again)
+        held.close()
+
         other = []
         thread = threading.Thread(target=lambda: other.append(holding()._old))
         thread.start()

@@ -41,11 +41,13 @@ def _current() -> Any:
         return None
 
 
-def _swap(handler: Any) -> None:
+def _swap(handler: Any) -> Any:
+    """Install ``handler``; the one it replaced (a signal pending runs under the handler in place
+    first, inside signal.signal: that handler may have set another meanwhile)."""
     try:
-        signal.signal(signal.SIGINT, handler)
+        return signal.signal(signal.SIGINT, handler)
     except (ValueError, OSError):  # pragma: no cover
-        pass
+        return None
 
 
 class HeldInterrupt:
@@ -60,13 +62,26 @@ class HeldInterrupt:
 
     def hold(self) -> None:
         global _active
-        if threading.current_thread() is not threading.main_thread() or _active is not None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if _active is not None and _current() != _active._handler:
+            _active._end()  # (left by a start whose close() was cut short: nothing holds)
+        if _active is not None:
             return
         old = _current()
         if not callable(old):
             return
         self._old, _active = old, self  # (first: close() puts it back whatever happens next)
-        _swap(self._handler)
+        self._rehold(old)
+
+    def _rehold(self, old: Any) -> None:
+        """Put our handler in place of the program's ``old``; if that one set another meanwhile
+        (a signal pending ran it inside signal.signal), that other stays, holding is over, and
+        what was held goes to it."""
+        prev = _swap(self._handler)
+        if prev is not None and prev != old:
+            _swap(prev)
+            _deliver(self._end())
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self._open or len(self._pending) < _MAX_PENDING:
@@ -89,27 +104,30 @@ class HeldInterrupt:
         while self._pending and self._old is not None:
             signum, frame = self._pending.pop(0)
             old = self._old
-            _swap(old)
             try:
+                _swap(old)
                 old(signum, frame)
+                if _current() != old:  # ("first Ctrl-C: stop gently; the second: at once", say)
+                    _deliver(self._end())
+                    return
+                self._rehold(old)  # (it returned: hold on)
             except BaseException:
                 self._end()
                 raise
-            if _current() != old:  # ("first Ctrl-C: stop gently; the second: at once", say)
-                _deliver(self._end())
-                return
-            _swap(self._handler)  # (it returned: hold on)
 
     def close(self) -> None:
         """Put the program's handler back, then hand it what was held (its KeyboardInterrupt
         goes in place of any exception on its way, as it would have where it landed)."""
+        global _active
         old = self._old
-        if old is None:
-            self._end()
-            return
-        if _current() == self._handler:
-            _swap(old)  # (first: one that lands from here on is the program's at once)
-        _deliver(self._end())  # (a handler set meanwhile by another is left in place)
+        if _active is self:
+            _active = None
+        self._old = None  # (from here our handler, while still in place, only writes down)
+        if old is not None and _current() == self._handler:
+            _swap(old)  # (a handler set meanwhile by another is left in place)
+        pending, self._pending = self._pending, []
+        if old is not None:
+            _deliver(pending)
 
     @contextmanager
     def opened(self) -> Iterator[None]:
@@ -161,7 +179,7 @@ def unheld() -> Iterator[None]:
         yield
     finally:
         if held._old is old and _current() == old:
-            _swap(held._handler)
+            held._rehold(old)
 
 
 def _forget_in_child() -> None:
