@@ -621,6 +621,26 @@ def test_a_held_interrupt_comes_at_close_or_at_once_in_a_wait_that_allows_it():
         assert signal.getsignal(signal.SIGINT) == held._handler  # (the next start holds again)
         held.close()
 
+        # A Ctrl-C pending as hold() puts our handler in: the program's runs first (inside
+        # signal.signal) and sets another, which stays; nothing is held.
+        signal.signal(signal.SIGINT, gentle)
+        calls.clear()
+
+        def interrupt_then_signal(signum, handler):
+            signal.signal = real
+            signal.raise_signal(signal.SIGINT)
+            return real(signum, handler)
+
+        held = interrupts.HeldInterrupt()
+        signal.signal = interrupt_then_signal
+        try:
+            held.hold()
+        finally:
+            signal.signal = real
+        assert calls == [signal.SIGINT] and interrupts._active is None
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        held.close()
+
         other = []
         thread = threading.Thread(target=lambda: other.append(holding()._old))
         thread.start()

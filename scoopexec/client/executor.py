@@ -41,7 +41,6 @@ from . import interrupts
 from .control import Control
 from .embedded import EmbeddedSession
 from .future import ScoopFuture, describe_running
-from .interrupts import HeldInterrupt
 from .remote import RemoteSession
 from .session import Session
 
@@ -305,7 +304,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             recorder.meta.update(argv=list(sys.argv))
         # From here a Ctrl-C is raised only where what the start made is written down: never
         # between forking a worker and noting it (interrupts.py)
-        held = HeldInterrupt()
+        held = interrupts.HeldInterrupt()
         try:
             held.hold()
             self._session, self._max_workers = _start_session(

@@ -8,14 +8,14 @@ interrupted ``ScoopExecutor()`` by the rest of the program, or a broker closed u
 thread.
 
 So while a pool starts in the main thread, SIGINT's handler is ours: it writes the signal
-down, and the start hands it to the program's handler at a point where everything made is
-written down (:meth:`HeldInterrupt.check`), or once the start is over
-(:meth:`HeldInterrupt.close`).  A wait that may last (the template's first forks, a
-standalone broker's answer, an SSH start) is opened with :func:`allowed`: an interrupt then
-goes to the program's handler at once, as before, and the code around that wait knows how to
-undo what it made.  Holding is over once the program's handler raised (or set another
-handler).  A clean-up of a start that failed runs :func:`unheld`: a Ctrl-C then goes to the
-program's handler (and may cut it short, as anywhere), and what was held waits for close().
+down, and the start hands it to the program's handler once the start is over
+(:meth:`HeldInterrupt.close`), when everything it made is written down.  A wait that may
+last (the template's first forks, a standalone broker's answer, an SSH start) is opened with
+:func:`allowed`: an interrupt then goes to the program's handler at once, as before, and the
+code around that wait knows how to undo what it made.  Holding is over once the program's
+handler raised (or set another handler).  A clean-up of a start that failed runs
+:func:`unheld`: a Ctrl-C then goes to the program's handler (and may cut it short, as
+anywhere), and what was held waits for close().
 """
 
 from __future__ import annotations
@@ -62,11 +62,7 @@ class HeldInterrupt:
 
     def hold(self) -> None:
         global _active
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if _active is not None and _current() != _active._handler:
-            _active._end()  # (left by a start whose close() was cut short: nothing holds)
-        if _active is not None:
+        if threading.current_thread() is not threading.main_thread() or _active is not None:
             return
         old = _current()
         if not callable(old):
