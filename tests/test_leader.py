@@ -224,3 +224,65 @@ def test_the_loop_closes_its_sockets_only_once_no_other_thread_is_in_a_turn():
         assert broker.router.sock.closed  # (then it did)
     finally:
         ex.shutdown(wait=True)
+
+
+def _ready_worker(ex: ScoopExecutor) -> None:
+    """Wait until the pool's worker is idle with credit (in the broker's ``ready``)."""
+    assert ex.submit(int, 1).result(timeout=60) == 1
+    deadline = time.monotonic() + 30
+    while not ex._session.broker.ledger.ready:
+        assert time.monotonic() < deadline, "the worker never asked for a task"
+        time.sleep(0.005)
+
+
+def _hold_the_lock(broker, seconds: float) -> threading.Thread:
+    """Hold the loop's lock for ``seconds`` from another thread, as a turn of the loop does."""
+    held = threading.Event()
+
+    def turn() -> None:
+        with broker.lock:
+            held.set()
+            time.sleep(seconds)
+
+    t = threading.Thread(target=turn)
+    t.start()
+    assert held.wait(30)
+    return t
+
+
+def test_a_submit_waits_for_a_turn_to_end_and_dispatches_itself_while_a_worker_waits():
+    """A worker waits for a task while the loop is in a turn (it holds its lock): submit()
+    waits for the turn to end and dispatches the task itself.  Left to the loop, woken for
+    it, the task waited for this thread to let go of the GIL: up to the switch interval
+    (5 ms) while a map submits in a loop, with idle workers (issue 17)."""
+    ex = ScoopExecutor(1)
+    session = ex._session
+    try:
+        _ready_worker(ex)
+        t = _hold_the_lock(session.broker, 0.02)
+        fut = ex.submit(_noop, 2)
+        assert not session.outbox, "the submitting thread left its task to the loop"
+        t.join(30)
+        assert fut.result(timeout=60) == 2
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_a_submit_does_not_wait_long_for_a_turn_that_does_not_end():
+    """The wait for a turn is bounded (TURN_WAIT): a turn that lasts leaves the task to the loop."""
+    from scoopexec.client.embedded import TURN_WAIT
+
+    ex = ScoopExecutor(1)
+    session = ex._session
+    try:
+        _ready_worker(ex)
+        t = _hold_the_lock(session.broker, 2.0)
+        start = time.monotonic()
+        fut = ex.submit(_noop, 3)
+        waited = time.monotonic() - start
+        assert waited < TURN_WAIT + 1.0, f"submit() waited {waited:.2f} s for the loop's turn"
+        assert session.outbox, "the task was dispatched while another thread held the loop's lock"
+        t.join(30)
+        assert fut.result(timeout=60) == 3
+    finally:
+        ex.shutdown(wait=True)

@@ -68,6 +68,8 @@ __all__ = ["EmbeddedSession"]
 
 log = logging.getLogger("scoopexec")
 
+TURN_WAIT = 0.05  # s a submitter waits at most for the broker loop's turn to end (_dispatch_now)
+
 
 class EmbeddedSession(Session):
     """An embedded broker in a thread of this process, and local worker processes."""
@@ -257,7 +259,8 @@ class EmbeddedSession(Session):
     def _kick(self) -> None:
         # Dispatch from this thread while the broker's loop sleeps in poll: the task
         # reaches a worker without first waking the broker thread (a thread hand-off).
-        if not self.wake.pending and not self.broker.dispatch_local_now():
+        broker = self.broker
+        if (not self.wake.pending or broker.ledger.ready) and not self._dispatch_now(broker):
             self.wake.wake()
 
     def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
@@ -266,9 +269,27 @@ class EmbeddedSession(Session):
         fut = ScoopFuture(self, tid, what)
         self.futures[tid] = fut
         self.outbox.append((tid, frames))
-        if not self.wake.pending and not self.broker.dispatch_local_now():
+        broker = self.broker
+        if (not self.wake.pending or broker.ledger.ready) and not self._dispatch_now(broker):
             self.wake.wake()
         return fut
+
+    def _dispatch_now(self, broker: Broker) -> bool:
+        """Dispatch the outbox from this thread (Broker.dispatch_local_now); False: wake the loop.
+
+        While workers wait for tasks (``ledger.ready``: workers with credit), a loop that has
+        been woken, or is in a turn, does not get the tasks left to it: the loop needs this
+        process's GIL, which a thread submitting in a loop (a map's) lets go of only at the
+        switch interval (5 ms), so idle workers got nothing for those 5 ms (issue 17: 64
+        workers on sleeping tasks).  Instead this thread waits for the turn to end, which
+        lets go of the GIL, and then dispatches itself.  With no worker waiting, tasks pile
+        up for the loop's next turn, which takes them in at once.
+        """
+        lock = broker.lock
+        if lock.locked() and broker.ledger.ready and threading.get_ident() != self.loop_ident:
+            if lock.acquire(True, TURN_WAIT):  # (a turn's length: never TURN_WAIT but on a stuck loop)
+                lock.release()
+        return broker.dispatch_local_now()
 
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
         # A thread waiting on a result reads it from its worker's link itself (broker/leader.py);
