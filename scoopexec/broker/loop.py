@@ -282,16 +282,16 @@ class Broker:
         assert self.local is not None
         self.local.client.wake.drain()  # what it queued is taken in every turn (_take_local)
 
-    def dispatch_local_now(self) -> bool:
-        """Dispatch the in-process client's new tasks from its own thread, if the loop sleeps.
-
+    def dispatch_local_now(self, wait: float = 0.0) -> bool:
+        """Dispatch the in-process client's new tasks from its own thread, if the loop sleeps
+        (or ends its turn within ``wait`` s: client/embedded.py, _dispatch_now).
         Saves the round trip's first thread hand-off (wake the loop, which then
         sends).  Holding `lock` while the loop waits in poll is safe for every
         socket: the loop uses none of them then.  False means nothing was done,
         or something was that the loop must be woken for.
         """
         lock = self.lock
-        if not lock.acquire(False):
+        if not lock.acquire(True, wait):
             return False
         try:
             local = self.local

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,8 @@ __all__ = ["EmbeddedSession"]
 
 log = logging.getLogger("scoopexec")
 
-TURN_WAIT = 0.05  # s a submitter waits at most for the broker loop's turn to end (_dispatch_now)
+# s a submitter waits at most for the broker loop's turn to end (_dispatch_now): the stall it saves
+TURN_WAIT = sys.getswitchinterval()
 
 
 class EmbeddedSession(Session):
@@ -256,15 +258,8 @@ class EmbeddedSession(Session):
             fork_only=fork_only,
         )
 
-    def _kick(self) -> None:
-        # Dispatch from this thread while the broker's loop sleeps in poll: the task
-        # reaches a worker without first waking the broker thread (a thread hand-off).
-        broker = self.broker
-        if (not self.wake.pending or broker.ledger.ready) and not self._dispatch_now(broker):
-            self.wake.wake()
-
     def submit(self, frames: list[Any], what: str = "") -> ScoopFuture:
-        # Session.submit with _kick inline: one Python call fewer on every task.
+        """Session.submit, dispatching from this thread when it can (_dispatch_now)."""
         tid = next(self._tids)
         fut = ScoopFuture(self, tid, what)
         self.futures[tid] = fut
@@ -277,18 +272,19 @@ class EmbeddedSession(Session):
     def _dispatch_now(self, broker: Broker) -> bool:
         """Dispatch the outbox from this thread (Broker.dispatch_local_now); False: wake the loop.
 
-        While workers wait for tasks (``ledger.ready``: workers with credit), a loop that has
-        been woken, or is in a turn, does not get the tasks left to it: the loop needs this
-        process's GIL, which a thread submitting in a loop (a map's) lets go of only at the
-        switch interval (5 ms), so idle workers got nothing for those 5 ms (issue 17: 64
-        workers on sleeping tasks).  Instead this thread waits for the turn to end, which
-        lets go of the GIL, and then dispatches itself.  With no worker waiting, tasks pile
-        up for the loop's next turn, which takes them in at once.
+        While the loop sleeps in poll, the task reaches a worker without waking the broker's
+        thread first (a thread hand-off).  While the loop is in a turn (it holds its lock),
+        or has been woken for one, tasks are left to it, to be taken in together, unless
+        workers have room for tasks (``ledger.ready``: workers with credit).  Then this thread
+        waits for the turn to end, and dispatches itself: left to the loop, the tasks waited
+        for the GIL, which a thread submitting in a loop (a map's) lets go of only at the
+        switch interval (5 ms), while idle workers got nothing (issue 17: 64 workers on
+        sleeping tasks).  It waits at most that long too (TURN_WAIT): a turn that lasts
+        longer (a pool closing, a loop short of CPU) gets the tasks, as before.
         """
         lock = broker.lock
         if lock.locked() and broker.ledger.ready and threading.get_ident() != self.loop_ident:
-            if lock.acquire(True, TURN_WAIT):  # (a turn's length: never TURN_WAIT but on a stuck loop)
-                lock.release()
+            return broker.dispatch_local_now(TURN_WAIT)  # (blocked on the lock: the GIL is free)
         return broker.dispatch_local_now()
 
     def lead(self, fut: ScoopFuture, timeout: float | None) -> float | None:
