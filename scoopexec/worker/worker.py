@@ -74,8 +74,9 @@ _current: Worker | None = None  # the worker of this process, when it is one
 # on the way to its start (64 workers starting theirs at once on 2 cores queue behind them).
 ASK_LATER = 0.01
 HELLO_CREDIT = 1  # tasks a worker's HELLO asks for (what an idle worker asks for once welcomed)
-# s: tasks queued here wait behind a task known to run shorter than this (what _prefetch asks
-# for); a task not known, or known to run longer, hands them back to the broker first.  At every
+# s: tasks queued here wait behind a task known to run shorter than this (a worker asks for tasks
+# ahead only while its tasks average less: _prefetch); a task not known, or known to run longer,
+# hands them back to the broker first (and so does one started after a RECALL).  At every
 # start of a task of 0.1 ms or more they used to go back, and came again with the next credit:
 # 2,000 sleeps of 0.5 ms on 2 workers sent 1,996 RETURNs and 3,994 tasks (issue 17).
 HOLD_BEHIND = 0.02
@@ -156,7 +157,7 @@ class Worker:
         self.setups = Setups(self, self._send, self.lock, self._flush_results)
         self.alarm = Alarm(level=link is not None)  # the slice running now, the flusher's wake-ups (pause.py)
         self._inbox: collections.deque[P.Message] = collections.deque()
-        self._recalled = -1  # the slice in which the broker last asked for unstarted tasks back
+        self._recalled, self._recall_armed = -1, False  # the slice of the last RECALL; see _on_recall
         self._foreign: collections.deque[Callable[[], None]] = collections.deque()
         self._wakeup = WakePipe()
         self.granted = 0  # credits the broker holds for us
@@ -353,9 +354,10 @@ class Worker:
 
     def _on_recall(self, msg: P.Message) -> None:
         # Between tasks: the next one starts now, but if it runs long, what is queued
-        # behind it goes back (the broker asks once, not again until something moves).
+        # behind it goes back (the broker asks once, not again until something moves); and
+        # at the next queued task's start, if a parked task resumed first takes that slice.
         if self.queue:
-            self._recalled = self.alarm.slice + 1
+            self._recalled, self._recall_armed = self.alarm.slice + 1, True
 
     def _on_welcome(self, msg: P.Message) -> None:
         info = msg.info
@@ -412,12 +414,12 @@ class Worker:
                     fkey = fkey if len(fkey) < fnframes.MIN_SIZE else LARGE_UNMARKED  # (not a key to keep)
                 est = fn_avg.get(fkey)
                 maybe_long = est is None or est > 0.0001
-                if (est is None or est >= HOLD_BEHIND) and (queue or self.granted):
-                    # Nothing may wait here behind a task that might run long
-                    # while another worker is idle: hand back the unstarted ones.
-                    # (Behind a shorter one they stay: the broker's RECALL moves them
-                    # if another worker goes idle meanwhile; see HOLD_BEHIND.)
+                hand_back = est is None or est >= HOLD_BEHIND or (self._recall_armed and maybe_long)
+                if hand_back and (queue or self.granted):
+                    # Nothing may wait here behind a task that might run long while another
+                    # worker is idle: hand back the unstarted ones (see HOLD_BEHIND, _on_recall).
                     self._give_back()
+                self._recall_armed = False
                 if (self.outbox.results and maybe_long) or self.avg > 0.001:
                     # Finished results (and, for long tasks, the request for
                     # more work) must not wait behind it either.
@@ -730,8 +732,8 @@ def _nothing() -> None:
 
 def _prefetch(avg: float) -> int:
     """Tasks to hold queued (not started), for tasks of ``avg`` s: enough to cover a round trip
-    to the broker.  None while run times are unknown or long, so that a task never waits
-    behind a slow one here while another worker is idle.
+    to the broker.  None while run times are unknown or long; the ones held wait behind a
+    task that runs long only until the broker's RECALL (another worker is idle) moves them.
     """
     if avg <= 0.0 or avg >= HOLD_BEHIND:
         return 0
