@@ -482,7 +482,7 @@ class Worker:
                 inbox.append(msg)  # for the hub, in order, when the task ends
                 self.urgent(msg)
         if recalled:
-            self._recalled = self.alarm.slice
+            self._recalled, self._recall_armed = self.alarm.slice, False  # (answered here)
             back = [(t.btid,) for t in self.queue]
             kept: collections.deque[P.Message] = collections.deque()
             missed = False
