@@ -31,7 +31,8 @@ zero-cost twin of the evaluation (same fitness values), so that the 10 ms
 evaluations do not spend 10 s before the first timed generation; the first timed
 generation therefore includes whatever a library learns or warms up on first use
 of the real evaluation (scoopexec's chunk size).  The random draws all happen in
-the parent with one seed and the fitness values do not depend on the contender, so
+the parent, from one private generator with one seed (DEAP's operators included:
+``_drawing_from``), and the fitness values do not depend on the contender, so
 every contender runs exactly the same evolution: the best fitness and the number
 of evaluations are recorded and must agree.  Figures: generations per second
 (timed generations / their wall time); the JSON keeps every generation's time.
@@ -40,6 +41,7 @@ of evaluations are recorded and must agree.  Figures: generations per second
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -47,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,11 +117,10 @@ MapFn = Callable[..., Iterable[Any]]
 
 def evolve(mapper: MapFn, cost: str, size: dict[str, Any]) -> dict[str, Any]:
     """One GA run with ``toolbox.map = mapper``; the per-generation wall times and the outcome."""
-    rng_state = random.getstate()
-    random.seed(SEED)
-    try:
+    rng = random.Random(SEED)
+    with _drawing_from(rng):
         toolbox = base.Toolbox()
-        toolbox.register("bit", random.randint, 0, 1)
+        toolbox.register("bit", rng.randint, 0, 1)
         toolbox.register("individual", tools.initRepeat, creator.BenchIndividual, toolbox.bit, size["genome"])
         toolbox.register("population", tools.initRepeat, list, toolbox.individual)
         toolbox.register("mate", tools.cxTwoPoint)
@@ -134,11 +135,9 @@ def evolve(mapper: MapFn, cost: str, size: dict[str, Any]) -> dict[str, Any]:
         evaluations = 0
         for gen in range(size["generations"][cost]):
             t = time.perf_counter()
-            # Re-seeded every generation: a library's threads in this process may draw from
-            # `random` too (Ray's and dask's did), and the evolution must not depend on them.
-            random.seed(SEED * 1000 + gen)
+            rng.seed(SEED * 1000 + gen)
             offspring = toolbox.select(pop, len(pop))
-            offspring = _vary(toolbox, offspring)
+            offspring = _vary(toolbox, offspring, rng)
             invalid = [ind for ind in offspring if not ind.fitness.valid]
             for ind, fit in zip(invalid, toolbox.map(toolbox.evaluate, invalid), strict=True):
                 ind.fitness.values = fit
@@ -146,8 +145,6 @@ def evolve(mapper: MapFn, cost: str, size: dict[str, Any]) -> dict[str, Any]:
             gen_times.append(time.perf_counter() - t)
             evaluations += len(invalid)
         best = max(ind.fitness.values[0] for ind in pop)
-    finally:
-        random.setstate(rng_state)
     return {
         "gens_per_s": len(gen_times) / sum(gen_times),
         "gen_times": gen_times,
@@ -156,15 +153,36 @@ def evolve(mapper: MapFn, cost: str, size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _vary(toolbox: base.Toolbox, population: list[Any]) -> list[Any]:
+@contextlib.contextmanager
+def _drawing_from(rng: random.Random) -> Iterator[None]:
+    """DEAP's operators draw from the module ``random`` that their modules imported: make them
+    draw from ``rng`` for the run.  Every draw of the evolution then comes from one private
+    generator, which no library's thread in this process can advance: dask's scheduler, which
+    a LocalCluster runs in the client's process, picks workers with ``random`` while the GA
+    selects and varies, and re-seeding the shared generator every generation did not keep
+    dask's evolutions equal to the others'."""
+    from deap.tools import crossover, mutation, selection
+
+    modules = (crossover, mutation, selection)
+    saved = [m.random for m in modules]
+    for m in modules:
+        m.random = rng
+    try:
+        yield
+    finally:
+        for m, was in zip(modules, saved, strict=True):
+            m.random = was
+
+
+def _vary(toolbox: base.Toolbox, population: list[Any], rng: random.Random) -> list[Any]:
     """DEAP's varAnd, written out: clone, crossover pairs with CXPB, mutate with MUTPB."""
     offspring = [toolbox.clone(ind) for ind in population]
     for i in range(1, len(offspring), 2):
-        if random.random() < CXPB:
+        if rng.random() < CXPB:
             offspring[i - 1], offspring[i] = toolbox.mate(offspring[i - 1], offspring[i])
             del offspring[i - 1].fitness.values, offspring[i].fitness.values
     for i in range(len(offspring)):
-        if random.random() < MUTPB:
+        if rng.random() < MUTPB:
             (offspring[i],) = toolbox.mutate(offspring[i])
             del offspring[i].fitness.values
     return offspring
