@@ -129,6 +129,13 @@ class MapMixin:
 
     _map_keeps_executor = False
 
+    def _submit_is_ours(self) -> bool:
+        """Whether ``submit`` is this package's own.  A subclass that overrides it (to bound,
+        count or wrap what it is given) gets each task of a map through it, as
+        ``Executor.map`` gives them to ``submit`` (ProcessPoolExecutor's chunks too); the
+        package's own maps hand their tasks over pickled already (``_submit_encoded``)."""
+        return _submit_is_ours(self)
+
     def _encode_fn(self, fn: Callable[..., Any], each: bool = False) -> Any:
         """A map's function frame (its chunks send it again and again); ``each``: made for each
         chunk (serialize.encode_function)."""
@@ -262,8 +269,9 @@ class MapMixin:
         else:
             call_fn, source = fn, zipped
         encode_error: Exception | None = None
+        ours = self._submit_is_ours()
         try:
-            fn_frame = self._encode_fn(call_fn)
+            fn_frame = self._encode_fn(call_fn) if ours else None
         except Exception as exc:
             fn_frame, encode_error = None, exc
             if plan is not None:  # name the user's function, not the seeding wrapper
@@ -290,7 +298,10 @@ class MapMixin:
                 f: cf.Future[Any] = cf.Future()
                 f.set_exception(encode_error)
             else:
-                f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
+                if ours:
+                    f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
+                else:
+                    f = ex.submit(call_fn, *args)
                 if seeded and f.done() and not f.cancelled():
                     f = _unseeded_error(f, args, what, item, chunked)
                 if chunked and on_timeout is not RAISE:  # its items after one that ended its worker
@@ -310,6 +321,8 @@ class MapMixin:
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
+            if not ours:
+                return ex.submit(call_fn, chunk[start:])  # type: ignore[no-any-return]
             f: cf.Future[Any] = ex._submit_encoded(fn_frame, (chunk[start:],), {}, what, item + start, True)
             return f
 
@@ -325,7 +338,8 @@ class MapMixin:
             return _with_progress(gen, tracker) if tracker is not None else gen
 
         send: Callable[[tuple[Any, ...]], cf.Future[Any]] = submit
-        if plan is None and tracker is None and on_timeout is RAISE and not chunked and encode_error is None:
+        fast = ours and encode_error is None
+        if fast and plan is None and tracker is None and on_timeout is RAISE and not chunked:
 
             def send(args: tuple[Any, ...]) -> cf.Future[Any]:  # submit(), less what this map has not
                 nonlocal next_item
@@ -701,6 +715,17 @@ def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize:
         raise ValueError("buffersize must be None or > 0")
 
 
+def _submit_is_ours(ex: Any) -> bool:
+    """See MapMixin._submit_is_ours: the class that gives ``ex`` its ``submit`` is one of ours
+    (and no ``submit`` was set on ``ex`` itself)."""
+    if "submit" in getattr(ex, "__dict__", ()):
+        return False
+    for klass in type(ex).__mro__:
+        if "submit" in klass.__dict__:
+            return klass.__module__.split(".", 1)[0] == __name__.split(".", 1)[0]
+    return False
+
+
 def chunk_sender(
     ex: cf.Executor, run: Callable[..., Any], fn: Callable[..., Any], once: bool
 ) -> Callable[[tuple[Any, ...], int], cf.Future[Any]]:
@@ -715,9 +740,9 @@ def chunk_sender(
     executor's task limit applies to each call (``task_timeout``: "a call running longer
     than").  The runner is pickled once (``once``: the map submits every chunk now) or for each
     chunk (a lazy map, whose function may read globals changed meanwhile).  To another
-    executor: submit(), as before.
+    executor, or one whose class overrides submit(): submit(), as before.
     """
-    if not isinstance(ex, MapMixin):
+    if not isinstance(ex, MapMixin) or not ex._submit_is_ours():
         runner = functools.partial(run, fn)
         return lambda args, item: ex.submit(runner, *args)
     limit = getattr(ex, "_task_timeout", None)

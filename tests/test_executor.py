@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import gc
 import itertools
 import threading
@@ -308,3 +309,50 @@ def test_repr_and_properties(executor):
     assert "ScoopExecutor" in repr(executor)
     assert len(executor.worker_pids) == 2
     assert executor.pool_id
+
+
+class _CountingExecutor(ScoopExecutor):
+    """A subclass that overrides submit, as one that bounds or counts what it runs does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls.append(len(args[0]) if isinstance(fn, functools.partial) else 1)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_map_gives_each_task_to_an_overridden_submit():
+    # Executor.map hands every task to submit() (ProcessPoolExecutor's chunks too), and a subclass
+    # that bounds, counts or tags what it runs relies on that.  Our map hands its tasks over
+    # pickled already, past submit(): for a subclass that overrides submit it now goes through it.
+    with _CountingExecutor(2) as ex:
+        assert list(ex.map(mul, range(10), range(10))) == [i * i for i in range(10)]
+        assert ex.calls == [1] * 10
+        ex.calls.clear()
+        assert list(ex.map(mul, range(10), range(10), chunksize=4)) == [i * i for i in range(10)]
+        assert ex.calls == [4, 4, 2]  # the chunks, each a task
+        ex.calls.clear()
+        assert list(ex.map(abs, range(-50, 50), chunksize="auto")) == [abs(i) for i in range(-50, 50)]
+        assert sum(ex.calls) == 100
+        ex.calls.clear()
+        assert list(ex.map(mul, range(6), range(6), seed=3, buffersize=2)) == [i * i for i in range(6)]
+        assert ex.calls == [1] * 6
+
+
+def test_map_honours_a_submit_set_on_the_instance(executor):
+    calls = []
+    own = executor.submit
+
+    def counting(fn, /, *args, **kwargs):
+        calls.append(fn)
+        return own(fn, *args, **kwargs)
+
+    executor.submit = counting
+    try:
+        assert list(executor.map(mul, range(5), range(5))) == [0, 1, 4, 9, 16]
+    finally:
+        del executor.submit
+    assert calls == [mul] * 5
+    assert executor._submit_is_ours()  # and back on the fast path

@@ -805,3 +805,25 @@ def test_a_pools_task_timeout_limits_each_call_of_a_chunk_not_the_chunk():
         assert time.monotonic() - t >= 2.4  # (they ran: not a timing of ours)
         with pytest.raises(TimeoutError, match="task_timeout=1"):
             p.map(functools.partial(sqr, wait=3), [1, 2], chunksize=2)
+
+
+class _CountingExecutor(ScoopExecutor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_pool_on_an_executor_that_overrides_submit_submits_through_it():
+    # Pool's chunks went to the executor pickled already, past an overridden submit().
+    with _CountingExecutor(2) as ex:
+        p = Pool(executor=ex)
+        assert p.map(operator.neg, range(10), chunksize=3) == [-i for i in range(10)]
+        assert ex.submitted == 4
+        assert list(p.imap(operator.neg, range(4), chunksize=2)) == [0, -1, -2, -3]
+        assert ex.submitted == 6
+        p.close()
+        p.join()
