@@ -52,6 +52,7 @@ import multiprocessing.pool
 import operator
 import os
 import queue
+import signal
 import threading
 import time
 import types
@@ -359,16 +360,26 @@ class IMapIterator(_Job):
 
 
 class WorkerProcess:
-    """A local worker process of a Pool, with what code reads of multiprocessing's Process
-    objects in ``Pool._pool``: ``pid``, ``name`` (as ``current_process().name`` in it) and
-    ``is_alive()`` (by its start time too: a pid used again by another process is not it)."""
+    """A local worker process of a Pool, with what code reads of, or does to, multiprocessing's
+    Process objects in ``Pool._pool``: ``pid``, ``name`` (as ``current_process().name`` in it),
+    ``is_alive()`` (by its start time too: a pid used again by another process is not it),
+    ``exitcode`` (None while it runs, -N once signal N ended it, as multiprocessing's),
+    ``join()``, ``terminate()`` and ``kill()``.  A worker that ends is replaced by a new
+    process, as multiprocessing's Pool replaces its own; its tasks run again elsewhere."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.name = f"ScoopWorker-{pid}"
-        self._started = process_start(pid)
+    def __init__(self, proc: Any) -> None:
+        self._proc = proc  # the pool's handle on it: a subprocess.Popen, or a forked worker's
+        self.pid: int = proc.pid
+        self.name = f"ScoopWorker-{self.pid}"
+        self._started = process_start(self.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.poll()  # type: ignore[no-any-return]
 
     def is_alive(self) -> bool:
+        if self._proc.poll() is not None:
+            return False
         if not os.path.isdir("/proc"):  # (not Linux: by pid alone)
             try:
                 os.kill(self.pid, 0)
@@ -379,8 +390,36 @@ class WorkerProcess:
             return True
         return self._started is not None and process_start(self.pid) == self._started
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until it has ended, ``timeout`` s at most (None: no limit)."""
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.exitcode is None:
+            left = 0.02 if deadline is None else min(0.02, deadline - time.monotonic())
+            if left <= 0:
+                return
+            time.sleep(left)
+
+    def terminate(self) -> None:
+        """SIGTERM to it, if it still runs."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to it, if it still runs."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.is_alive():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
     def __repr__(self) -> str:
-        return f"<WorkerProcess name={self.name!r} pid={self.pid}>"
+        code = self.exitcode
+        state = "started" if code is None else f"stopped exitcode={code}"
+        return f"<WorkerProcess name={self.name!r} pid={self.pid} {state}>"
 
 
 class Pool:
@@ -468,7 +507,9 @@ class Pool:
     def _pool(self) -> list[WorkerProcess]:
         """multiprocessing.Pool's private list of its processes, which code reads for their pids
         (CPython's test_make_pool, its len()): here the local worker processes, as they are now."""
-        return [WorkerProcess(pid) for pid in self._executor.worker_pids]
+        launchers = self._executor._session.workers
+        local = launchers.local if launchers is not None else None
+        return [WorkerProcess(proc) for proc in list(local.procs.values())] if local is not None else []
 
     def __repr__(self) -> str:
         return f"<scoopexec.Pool state={self._state} pool_size={getattr(self, '_processes', '?')}>"

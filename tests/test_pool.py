@@ -772,6 +772,28 @@ def test_the_pools_processes_under_multiprocessings_private_name():
     assert not any(p.is_alive() for p in procs)
 
 
+def test_the_pools_processes_end_as_multiprocessings_do_and_are_replaced():
+    # What code written for multiprocessing.Pool does to pool._pool besides reading pids: look at
+    # exitcode (a worker that died), join() it, terminate() or kill() it.
+    with Pool(2) as pool:
+        first, second = pool._pool
+        assert first.exitcode is None and "started" in repr(first)
+        first.join(0.05)  # (still running: returns at the timeout)
+        assert first.is_alive()
+        with pytest.raises(ValueError, match="timeout"):
+            first.join(-1)
+        first.terminate()
+        first.join(30)
+        second.kill()
+        second.join(30)
+        assert (first.exitcode, second.exitcode) == (-15, -9)  # -N: signal N, as multiprocessing says
+        assert not first.is_alive() and not second.is_alive() and "exitcode=-9" in repr(second)
+        second.kill()  # ended already: nothing happens
+        pids = {pid for _, _, pid in pool.map(process_name, range(20), chunksize=1)}
+        assert pids and not pids & {first.pid, second.pid}  # replaced, and the map ran
+        assert {p.pid for p in pool._pool} >= pids
+
+
 def test_an_item_that_cannot_be_pickled_in_a_chunk_is_named_as_map_names_it():
     # Pool's and amap's chunks name the item (its index in the whole map) and the function, as
     # ScoopExecutor.map does; they named the chunk runner's argument, or the user's parameter.
