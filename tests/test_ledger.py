@@ -187,6 +187,28 @@ def test_a_lost_workers_tasks_are_queued_again_then_given_up():
     )
 
 
+def test_a_lost_workers_tasks_go_back_to_the_front_of_the_queue_in_their_first_order():
+    # They went back in reverse: a task that kills its worker (run after an innocent one, whose
+    # result had not gone out yet) was then sent ahead of it every time, and the innocent one
+    # was lost with it again and again, until it exceeded max_retries (test_limits' poison).
+    ledger = books(max_retries=3)
+    w = worker(ledger, "a", 3)
+    submit(ledger, 1, 2, 3)
+    scheduling.dispatch(ledger, everyone)
+    submit(ledger, 4)  # (queued behind them)
+    lost, _ = ledger.lose_worker(w, "killed by the test")
+    assert [t.tid for t, _ in lost] == [1, 2, 3]
+    assert [ledger.tasks[b].tid for b in ledger.queue] == [1, 2, 3, 4]
+    b = worker(ledger, "b", 2)
+    ((_, sent),) = scheduling.dispatch(ledger, everyone)
+    assert [t.tid for t in sent] == [1]  # (a task that lost a worker goes alone: nothing behind it)
+    assert b.credit == 0 and not b.in_ready
+    worker(ledger, "c", 3)
+    ((_, sent),) = scheduling.dispatch(ledger, everyone)
+    assert [t.tid for t in sent] == [2]
+    check(ledger)
+
+
 def test_a_loss_a_task_caused_says_so():
     ledger = books(max_retries=0)
     w = worker(ledger, "a", 1)

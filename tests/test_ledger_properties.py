@@ -16,7 +16,8 @@ started, say HELLO again, say BYE, die.  After every event:
   the client it serves went away, and never two of these; nothing is sent to a peer that is gone;
 * every CANCEL the ledger asks for goes to the live worker holding that task, and to no other;
 * credits: a worker's credit is what it asked for less what it was sent (0 after it handed tasks
-  back), never below 0, and a worker with credit waits in line once.
+  back, or was sent a task that lost a worker before: nothing goes behind that one, which ends
+  its batch), never below 0, and a worker with credit waits in line once.
 
 At the end, workers run whatever is left: then every task has exactly one outcome, none lost.
 """
@@ -266,7 +267,8 @@ class Books(RuleBasedStateMachine):
         for w, batch in scheduling.dispatch(ledger, self.claim):
             assert w.key in self.workers and self.workers[w.key] is w, "tasks sent to a worker that is gone"
             assert 0 < len(batch) <= self.credit[w.key], "more tasks than the worker asked for"
-            self.credit[w.key] -= len(batch)
+            assert not any(t.attempts for t in batch[:-1]), "a task sent behind one that lost a worker"
+            self.credit[w.key] = 0 if batch[-1].attempts else self.credit[w.key] - len(batch)
             for task in batch:
                 m = self.alive[task.btid]
                 assert m.holder is None, f"task {task.btid} sent again while {m.holder!r} holds it"

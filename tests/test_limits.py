@@ -15,7 +15,7 @@ import pytest
 
 import scoopexec
 import scoopexec.errors
-from scoopexec import ScoopExecutor, TaskTimeoutError
+from scoopexec import ScoopExecutor, TaskTimeoutError, WorkerLostError
 from tests.helpers import ignore_interrupts
 from tests.peers import standalone_broker_and_group
 
@@ -401,6 +401,23 @@ def test_poison_task_fails_after_max_retries_naming_it_and_the_run_goes_on():
         while len(ex.worker_pids) != 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_tasks_lost_with_a_poison_task_are_not_lost_with_it_again():
+    # Tasks a killed worker held go back to the queue, the poison task among them, and used to
+    # go out together again: an innocent one queued behind it, or done but not yet reported
+    # before it, was lost with it every time, and failed with WorkerLostError.  A task that lost
+    # a worker before now runs with nothing held behind it, and what is done goes out first.
+    with ScoopExecutor(2, max_retries=1) as ex:
+        assert list(ex.map(poison, range(3))) == [0, 1, 2]  # (its cost known: tasks ahead)
+        for _ in range(3):
+            futs = [ex.submit(poison, i) for i in range(40)]
+            for i, f in enumerate(futs):
+                if i == 3:
+                    with pytest.raises(WorkerLostError, match=r"lost 2 times"):
+                        f.result(timeout=120)
+                else:
+                    assert f.result(timeout=120) == i
 
 
 # ------------------------------------------------ the launcher, status, the timeline

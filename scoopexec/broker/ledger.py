@@ -694,7 +694,7 @@ class Ledger:
         self.recent_losses.append(f"{lost} while running a task" if by_task else lost)
         ended = _ended_by_task(held, task_rc) if by_task and task_rc is not None else ""
         out = []
-        for btid in sorted(w.assigned):
+        for btid in sorted(w.assigned, reverse=True):  # (to the queue's front in their first order)
             task = self.tasks.get(btid)
             if task is None or task.worker != w.key or task.owner == w.key:
                 continue  # (its own sub-task: nobody to report to; forget_peer drops it)
@@ -708,6 +708,7 @@ class Ledger:
             else:
                 self.queue.appendleft(btid)
             out.append((task, given_up))
+        out.reverse()
         w.assigned.clear()
         return out, self.forget_peer(w.key)
 
