@@ -34,7 +34,7 @@ from .progress import MapProgress
 from .wire import serialize
 from .wire.serialize import describe
 from .worker import chunks
-from .worker.limits import OnTimeout, TimeLimit, check_timeout
+from .worker.limits import Limited, OnTimeout, TimeLimit, check_timeout
 
 RAISE: Any = object()  # map(on_timeout=) not given: an item that timed out raises TaskTimeoutError
 _NO_KWARGS: dict[str, Any] = {}  # a map's tasks' keyword arguments (read, never changed)
@@ -270,6 +270,8 @@ class MapMixin:
             call_fn, source = fn, zipped
         encode_error: Exception | None = None
         ours = self._submit_is_ours()
+        # (for an overridden submit: each call is limited already, not the task: executor.submit)
+        theirs = call_fn if limit is None else Limited(call_fn)
         try:
             fn_frame = self._encode_fn(call_fn) if ours else None
         except Exception as exc:
@@ -301,7 +303,7 @@ class MapMixin:
                 if ours:
                     f = ex._submit_encoded(fn_frame, args, {}, what, item, chunked)
                 else:
-                    f = ex.submit(call_fn, *args)
+                    f = ex.submit(theirs, *args)
                 if seeded and f.done() and not f.cancelled():
                     f = _unseeded_error(f, args, what, item, chunked)
                 if chunked and on_timeout is not RAISE:  # its items after one that ended its worker
@@ -318,11 +320,14 @@ class MapMixin:
             return f
 
         def resend(chunk: list[Any], item: int, start: int) -> cf.Future[Any]:
+            # (the rest of a chunk whose worker was ended: in a done-callback, on the thread that
+            # settles futures, so never through an overridden submit, which may block there)
+            nonlocal fn_frame
             ex = executor_ref()
             if ex is None:
                 raise RuntimeError("the executor was garbage-collected during map()")
-            if not ours:
-                return ex.submit(call_fn, chunk[start:])  # type: ignore[no-any-return]
+            if fn_frame is None:
+                fn_frame = ex._encode_fn(call_fn)  # (its chunks went through submit: it pickles)
             f: cf.Future[Any] = ex._submit_encoded(fn_frame, (chunk[start:],), {}, what, item + start, True)
             return f
 
@@ -721,8 +726,10 @@ def _submit_is_ours(ex: Any) -> bool:
     if "submit" in getattr(ex, "__dict__", ()):
         return False
     for klass in type(ex).__mro__:
-        if "submit" in klass.__dict__:
-            return klass.__module__.split(".", 1)[0] == __name__.split(".", 1)[0]
+        own = klass.__dict__.get("submit")
+        if own is not None:  # (by the function's module: `submit = ScoopExecutor.submit` is ours)
+            module = str(getattr(own, "__module__", klass.__module__))
+            return module.split(".", 1)[0] == __name__.split(".", 1)[0]
     return False
 
 
@@ -740,12 +747,13 @@ def chunk_sender(
     executor's task limit applies to each call (``task_timeout``: "a call running longer
     than").  The runner is pickled once (``once``: the map submits every chunk now) or for each
     chunk (a lazy map, whose function may read globals changed meanwhile).  To another
-    executor, or one whose class overrides submit(): submit(), as before.
+    executor: submit(), as before; and to one whose class overrides submit(), through it too,
+    each call limited (Limited: submit() then puts no limit around the whole chunk).
     """
-    if not isinstance(ex, MapMixin) or not ex._submit_is_ours():
-        runner = functools.partial(run, fn)
-        return lambda args, item: ex.submit(runner, *args)
     limit = getattr(ex, "_task_timeout", None)
+    if not isinstance(ex, MapMixin) or not ex._submit_is_ours():
+        runner = functools.partial(run, fn) if limit is None else Limited(run, TimeLimit(fn, limit))
+        return lambda args, item: ex.submit(runner, *args)
     call = functools.partial(run, fn if limit is None else TimeLimit(fn, limit))
     what = describe(fn)
     mixin = ex

@@ -391,10 +391,8 @@ class WorkerProcess:
         return self._started is not None and process_start(self.pid) == self._started
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until it has ended, ``timeout`` s at most (None: no limit)."""
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait until it has ended, ``timeout`` s at most (None: no limit; less than 0: as 0)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while self.exitcode is None:
             left = 0.02 if deadline is None else min(0.02, deadline - time.monotonic())
             if left <= 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
+import threading
 import time
 
 import pytest
@@ -536,3 +537,40 @@ def test_a_worker_recycled_over_zeromq_delivers_its_last_result_before_it_exits(
             assert late == ["late"]
             with open(runs) as f:
                 assert f.read().split() == ["stubborn"]  # not run again elsewhere
+
+
+class _RecordingExecutor(ScoopExecutor):
+    """Overrides submit(), as a subclass that bounds or counts what it runs does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threads = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.threads.append(threading.current_thread().name)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_an_overridden_submit_keeps_each_calls_time_limit():
+    # map's tasks go through a submit() that a subclass overrides; ScoopExecutor.submit's own
+    # limit must then not be put around a whole chunk, nor over the map's own task_timeout.
+    with _RecordingExecutor(2, task_timeout=1) as ex:
+        assert all(list(ex.map(sleeper, [0.4] * 3, chunksize=3)))  # 1.2 s a chunk, 0.4 a call
+        assert all(list(ex.map(sleeper, [1.5], task_timeout=3)))  # the map's limit, not the pool's
+        assert all(list(ex.map(sleeper, [0.4] * 3, chunksize="auto")))
+        pool = scoopexec.Pool(executor=ex)
+        assert all(pool.map(sleeper, [0.4] * 3, chunksize=3))
+        pool.close()
+        pool.join()
+        with pytest.raises(TaskTimeoutError):
+            list(ex.map(sleeper, [0.1, 30], chunksize=2))  # (and a call past it still stops)
+        assert len(ex.threads) >= 5  # (every map went through it: 1 + 1 + 1 or more + 1 + 1)
+
+
+def test_the_rest_of_a_chunk_whose_worker_was_ended_is_not_resent_through_an_overridden_submit():
+    # The rest of a chunk goes again from a done-callback, on the pool's thread that settles
+    # futures: a subclass's submit() may block there (waiting for a slot its results free).
+    with _RecordingExecutor(2) as ex:
+        out = list(ex.map(stubborn, [0, 30, 0], task_timeout=0.5, on_timeout=-1, chunksize=3))
+        assert out[1] == -1 and out[0] != out[2]  # the third ran again, on another process
+        assert ex.threads == [threading.current_thread().name]

@@ -34,7 +34,7 @@ from ..wire import serialize
 from ..wire.security import Credentials, read_key_file, write_key_file
 from ..wire.validate import DEFAULT_MAX_MESSAGE_SIZE
 from ..worker import setup as worker_setup
-from ..worker.limits import TimeLimit, check_timeout, recycle_flags
+from ..worker.limits import Limited, TimeLimit, check_timeout, recycle_flags
 from ..worker.pool import pool_handle
 from ..worker.worker import current_worker
 from . import interrupts
@@ -452,7 +452,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         try:  # (MessageTooLargeError is one: encode_named checks the size, in a look if it can)
-            if self._task_timeout is not None:
+            if self._task_timeout is not None and fn.__class__ is not Limited:  # (a map's: limited)
                 frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs, self._names)
                 return self._submit_frames(frames, None, serialize.describe(fn))
             what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size, self._names)

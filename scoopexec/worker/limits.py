@@ -47,7 +47,7 @@ from . import chunks, lifeline
 from .worker import Worker, current_worker
 
 __all__ = [
-    "GRACE", "OnTimeout", "Recycler", "TimeLimit", "check_timeout", "install", "parse_size",
+    "GRACE", "Limited", "OnTimeout", "Recycler", "TimeLimit", "check_timeout", "install", "parse_size",
     "recycle_flags", "rss",
 ]  # fmt: skip
 
@@ -65,6 +65,14 @@ def check_timeout(value: Any, name: str = "task_timeout") -> float | None:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
     return float(value)
+
+
+class Limited(functools.partial):  # type: ignore[type-arg]
+    """A map's task whose calls carry their own time limit already (TimeLimit around each), for
+    a submit() that a subclass overrides (mapping.py): ScoopExecutor.submit puts none around it,
+    which would limit a whole chunk, or override the map's own ``task_timeout``."""
+
+    __slots__ = ()
 
 
 class TimeLimit:
