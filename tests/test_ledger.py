@@ -199,13 +199,18 @@ def test_a_lost_workers_tasks_go_back_to_the_front_of_the_queue_in_their_first_o
     lost, _ = ledger.lose_worker(w, "killed by the test")
     assert [t.tid for t, _ in lost] == [1, 2, 3]
     assert [ledger.tasks[b].tid for b in ledger.queue] == [1, 2, 3, 4]
-    b = worker(ledger, "b", 2)
+    b = worker(ledger, "b", 3)
     ((_, sent),) = scheduling.dispatch(ledger, everyone)
-    assert [t.tid for t in sent] == [1]  # (a task that lost a worker goes alone: nothing behind it)
-    assert b.credit == 0 and not b.in_ready
-    worker(ledger, "c", 3)
+    assert [t.tid for t in sent] == [1]  # a task that lost a worker goes last, here alone ...
+    assert scheduling.dispatch(ledger, everyone) == []  # ... and nothing goes behind it
+    assert b.credit == 2 and b.in_ready  # (the worker keeps its credit and its place)
+    c = worker(ledger, "c", 3)
     ((_, sent),) = scheduling.dispatch(ledger, everyone)
     assert [t.tid for t in sent] == [2]
+    finish(ledger, b, _btid(ledger, 1))  # task 1 done: b takes tasks again
+    ((w, sent),) = scheduling.dispatch(ledger, everyone)
+    assert w is b and [t.tid for t in sent] == [3]
+    assert c.credit == 2 and scheduling.dispatch(ledger, everyone) == []  # (4 waits: 2 and 3 held)
     check(ledger)
 
 

@@ -16,8 +16,9 @@ started, say HELLO again, say BYE, die.  After every event:
   the client it serves went away, and never two of these; nothing is sent to a peer that is gone;
 * every CANCEL the ledger asks for goes to the live worker holding that task, and to no other;
 * credits: a worker's credit is what it asked for less what it was sent (0 after it handed tasks
-  back, or was sent a task that lost a worker before: nothing goes behind that one, which ends
-  its batch), never below 0, and a worker with credit waits in line once.
+  back), never below 0, and a worker with credit waits in line once;
+* a task that lost a worker before is the last of its batch, and nothing goes to its worker
+  while that worker holds it.
 
 At the end, workers run whatever is left: then every task has exactly one outcome, none lost.
 """
@@ -268,7 +269,11 @@ class Books(RuleBasedStateMachine):
             assert w.key in self.workers and self.workers[w.key] is w, "tasks sent to a worker that is gone"
             assert 0 < len(batch) <= self.credit[w.key], "more tasks than the worker asked for"
             assert not any(t.attempts for t in batch[:-1]), "a task sent behind one that lost a worker"
-            self.credit[w.key] = 0 if batch[-1].attempts else self.credit[w.key] - len(batch)
+            held = [ledger.tasks.get(b) for b in self.held[w.key]]
+            assert not any(t.attempts for t in held if t is not None and t.worker == w.key), (
+                "a task sent to a worker that holds one that lost a worker"
+            )
+            self.credit[w.key] -= len(batch)
             for task in batch:
                 m = self.alive[task.btid]
                 assert m.holder is None, f"task {task.btid} sent again while {m.holder!r} holds it"

@@ -16,10 +16,10 @@
   stuck does not read), and it cost a message every 20 ms per such worker for as long as
   another worker stayed idle.
 * A task that lost a worker before (its function may end its process: a crash, os._exit, the
-  OOM killer) goes last in its batch, and its worker's credit ends with it: nothing more goes
-  there until it asks again, after that task (worker.py hands back, at its start, what waits
-  behind it, and asks for nothing then).  A task lost with it must not be lost with it again
-  (tests/test_limits.py's poison task).
+  OOM killer) goes last in its batch, and nothing more goes to its worker while that worker
+  holds it (``WorkerState.hold``): the worker keeps its credit and its place in line, and is
+  passed over until the task is done, handed back or lost.  A task lost with it must not be
+  lost with it again (tests/test_limits.py's poison task).
 * Workers with credit wait in ``ledger.ready`` once each; those that still have credit
   after their turn go back to the front, in turn: the next single task goes to the worker
   that just ran one (warm; a round trip is faster there).
@@ -61,12 +61,15 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
             w.in_ready = False
             if workers.get(w.key) is not w or w.credit <= 0:  # gone (a new one may have its key)
                 continue
+            if w.hold in w.assigned:  # (see the module docstring: it keeps its credit and place)
+                w.in_ready = True
+                back.append(w)
+                continue
             others: bool | None = None  # another worker idle? (asked when it matters)
             skipped: list[int] = []
             batch: list[Task] = []
             fresh: list[Task] = []  # not marked yet: their owners are asked (claim) first
             want = min(w.credit, share)
-            suspect = False  # the batch ends with a task that lost a worker before
             while want and queue:
                 btid = queue.popleft()
                 task = tasks.get(btid)
@@ -86,8 +89,8 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                     fresh.append(task)
                 batch.append(task)
                 want -= 1
-                if task.lost:  # it may end this worker too: nothing goes behind it (its credit ends)
-                    suspect, want = True, 0
+                if task.lost:  # it lost a worker before, and may end this one too: last
+                    w.hold, want = btid, 0
             if skipped:
                 queue.extendleft(reversed(skipped))
             moved += len(batch)
@@ -95,7 +98,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                 batch = [t for t in batch if t.btid in tasks]
             if batch:
                 ledger.assign(w, batch)
-                w.credit = 0 if suspect else w.credit - len(batch)
+                w.credit -= len(batch)
                 out.append((w, batch))
             if w.credit > 0:
                 w.in_ready = True

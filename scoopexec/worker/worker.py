@@ -414,20 +414,18 @@ class Worker:
                     fkey = fkey if len(fkey) < fnframes.MIN_SIZE else LARGE_UNMARKED  # (not a key to keep)
                 est = fn_avg.get(fkey)
                 maybe_long = est is None or est > 0.0001
-                suspect = task.attempt > 0  # it lost a worker before: it may end this one too
-                long = est is None or est >= HOLD_BEHIND
-                hand_back = suspect or long or (self._recall_armed and maybe_long)
+                hand_back = est is None or est >= HOLD_BEHIND or (self._recall_armed and maybe_long)
                 if hand_back and (queue or self.granted):
-                    # Nothing may wait here behind a task that might run long while another worker
-                    # is idle, or go down with a suspect: hand back the unstarted ones (HOLD_BEHIND).
+                    # Nothing may wait here behind a task that might run long while another
+                    # worker is idle: hand back the unstarted ones (see HOLD_BEHIND, _on_recall).
                     self._give_back()
                 self._recall_armed = False
-                if (self.outbox.results and (maybe_long or suspect)) or self.avg > 0.001:
-                    # Finished results (and, for long tasks, the request for more work, but not
-                    # for a suspect: none may come behind it) must not wait behind it either.
+                if (self.outbox.results and maybe_long) or self.avg > 0.001:
+                    # Finished results (and, for long tasks, the request for
+                    # more work) must not wait behind it either.
                     if self.outbox.results or est is None or est < ASK_LATER:
-                        self._flush(credit=not suspect)
-                    elif not suspect:  # known to run long: start it first, the flusher asks (relieve)
+                        self._flush()
+                    else:  # known to run long: start it first, the flusher asks (relieve)
                         self.ask_later = True
                 r = self.idle_runners.pop() if self.idle_runners else Runner(self._runner_main, parent=hub)
                 r.task = task
