@@ -720,16 +720,20 @@ def check_amap(iterables: tuple[Iterable[Any], ...], chunksize: int, buffersize:
         raise ValueError("buffersize must be None or > 0")
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _submit_is_ours(ex: Any) -> bool:
-    """See MapMixin._submit_is_ours: the class that gives ``ex`` its ``submit`` is one of ours
-    (and no ``submit`` was set on ``ex`` itself)."""
+    """See MapMixin._submit_is_ours: the ``submit`` that ``ex``'s class gives it is a function of
+    this package (by its code's file: functools.wraps copies a module's name onto an override,
+    and ``submit = ScoopExecutor.submit`` is ours), and none was set on ``ex`` itself."""
     if "submit" in getattr(ex, "__dict__", ()):
         return False
     for klass in type(ex).__mro__:
         own = klass.__dict__.get("submit")
-        if own is not None:  # (by the function's module: `submit = ScoopExecutor.submit` is ours)
-            module = str(getattr(own, "__module__", klass.__module__))
-            return module.split(".", 1)[0] == __name__.split(".", 1)[0]
+        if own is not None:
+            code = getattr(own, "__code__", None)
+            return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE)
     return False
 
 
@@ -752,7 +756,9 @@ def chunk_sender(
     """
     limit = getattr(ex, "_task_timeout", None)
     if not isinstance(ex, MapMixin) or not ex._submit_is_ours():
-        runner = functools.partial(run, fn) if limit is None else Limited(run, TimeLimit(fn, limit))
+        runner: Any = functools.partial(run, fn)
+        if limit is not None:
+            runner = Limited(functools.partial(run, TimeLimit(fn, limit)))
         return lambda args, item: ex.submit(runner, *args)
     call = functools.partial(run, fn if limit is None else TimeLimit(fn, limit))
     what = describe(fn)

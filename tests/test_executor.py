@@ -341,6 +341,26 @@ def test_map_gives_each_task_to_an_overridden_submit():
         assert ex.calls == [1] * 6
 
 
+class _WrappedExecutor(ScoopExecutor):
+    calls = 0
+
+    @functools.wraps(ScoopExecutor.submit)  # (copies our module's name onto it)
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class _ReExported(ScoopExecutor):
+    submit = ScoopExecutor.submit  # (ours: the fast path)
+
+
+def test_an_override_decorated_with_functools_wraps_is_still_an_override():
+    with _WrappedExecutor(1) as ex:
+        assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        assert ex.calls == 3
+    assert _ReExported._submit_is_ours(_ReExported.__new__(_ReExported))
+
+
 def test_map_honours_a_submit_set_on_the_instance(executor):
     calls = []
     own = executor.submit

@@ -299,6 +299,14 @@ async def amap(ex, **kw):
     return {r async for r in ex.amap(get, range(40), **kw)}
 
 
+class Counting(ScoopExecutor):
+    calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
 N = 0
 
 
@@ -321,6 +329,20 @@ if __name__ == "__main__":
     for limit in (None, 60):  # one worker's module globals, from chunk to chunk, as in multiprocessing
         with Pool(1, task_timeout=limit) as p:
             print(p.map(count, range(20), chunksize=5))
+    for limit in (None, 60):  # the same through a submit() that a subclass overrides
+        with Counting(2, initializer=init, initargs=("the worker's",), task_timeout=limit) as ex:
+            print(sorted(set(ex.map(get, range(100), chunksize=9))))
+            print(sorted(set(ex.map(get, range(100), chunksize="auto"))))
+            p = Pool(executor=ex)
+            print(sorted(set(p.map(get, range(100)))))
+            p.close()
+            p.join()
+            assert ex.calls > 10
+    with Counting(1, task_timeout=60) as ex:
+        p = Pool(executor=ex)
+        print(p.map(count, range(20), chunksize=5))
+        p.close()
+        p.join()
 """
 
 
@@ -345,6 +367,8 @@ def test_a_pools_maps_in_chunks_see_the_globals_its_initializer_set(tmp_path):
     lines = out.stdout.split("\n")
     assert lines[:12] == ["[\"the worker's\"]"] * 12, out.stdout
     assert lines[12:14] == [str(list(range(1, 21)))] * 2, out.stdout
+    assert lines[14:20] == ["[\"the worker's\"]"] * 6, out.stdout  # (through an overridden submit)
+    assert lines[20] == str(list(range(1, 21))), out.stdout
 
 
 TWO_POOLS = """

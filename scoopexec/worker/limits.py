@@ -67,12 +67,26 @@ def check_timeout(value: Any, name: str = "task_timeout") -> float | None:
     return float(value)
 
 
-class Limited(functools.partial):  # type: ignore[type-arg]
+class Limited:
     """A map's task whose calls carry their own time limit already (TimeLimit around each), for
     a submit() that a subclass overrides (mapping.py): ScoopExecutor.submit puts none around it,
-    which would limit a whole chunk, or override the map's own ``task_timeout``."""
+    which would limit a whole chunk, or override the map's own ``task_timeout``.  Holds the call
+    as ``fn``, as TimeLimit does (serialize.py sees through it)."""
 
-    __slots__ = ()
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Limited, (self.fn,))
+
+    @property
+    def __name__(self) -> str:
+        return str(getattr(self.fn, "__name__", type(self.fn).__name__))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 class TimeLimit:
