@@ -211,6 +211,9 @@ def test_a_lost_workers_tasks_go_back_to_the_front_of_the_queue_in_their_first_o
     ((w, sent),) = scheduling.dispatch(ledger, everyone)
     assert w is b and [t.tid for t in sent] == [3]
     assert c.credit == 2 and scheduling.dispatch(ledger, everyone) == []  # (4 waits: 2 and 3 held)
+    c.hold_until = 0.0  # (HOLD_FOR is over: task 2 may be waiting for sub-tasks only c can run)
+    ((w, sent),) = scheduling.dispatch(ledger, everyone)
+    assert w is c and [t.tid for t in sent] == [4]
     check(ledger)
 
 

@@ -421,6 +421,25 @@ def test_tasks_lost_with_a_poison_task_are_not_lost_with_it_again():
                     assert f.result(timeout=120) == i
 
 
+def dies_once_then_nests(marker: str) -> int:
+    """Kills its worker the first time; run again, it waits for 4 sub-tasks of its own."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)
+        time.sleep(10)
+    futs = [scoopexec.submit(abs, -i) for i in range(4)]
+    return sum(f.result() for f in futs)
+
+
+def test_a_retried_task_that_waits_for_its_sub_tasks_on_a_pool_of_one_worker_ends(tmp_path):
+    # Nothing goes to a worker while it runs a task that lost a worker before (scheduling.py),
+    # but that task's own sub-tasks can run nowhere else here: the hold ends (HOLD_FOR).
+    with ScoopExecutor(1, max_retries=2) as ex:
+        t = time.monotonic()
+        assert ex.submit(dies_once_then_nests, str(tmp_path / "died")).result(timeout=60) == 6
+        assert time.monotonic() - t < 30
+
+
 # ------------------------------------------------ the launcher, status, the timeline
 LAUNCHED = """
 import os, time

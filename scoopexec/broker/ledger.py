@@ -257,8 +257,8 @@ class Peer:
 
 class WorkerState(Peer):
     __slots__ = (
-        "assigned", "credit", "done", "draining", "fns", "hold", "in_ready", "last_seen", "name",
-        "recall_mark", "recalled", "sent", "set_up", "setups", "tag",
+        "assigned", "credit", "done", "draining", "fns", "hold", "hold_until", "in_ready", "last_seen",
+        "name", "recall_mark", "recalled", "sent", "set_up", "setups", "tag",
     )  # fmt: skip
 
     def __init__(self, key: bytes, info: dict[str, Any]) -> None:
@@ -278,6 +278,7 @@ class WorkerState(Peer):
         self.name = str(info.get("name") or key.hex())
         self.fns: Held | None = None  # the large function frames it holds (wire/fnframes.py)
         self.hold = 0  # a task sent to it that lost a worker before: none goes behind it (scheduling)
+        self.hold_until = 0.0  # ... for so long at most (monotonic)
 
     @property
     def where(self) -> str:

@@ -17,9 +17,11 @@
   another worker stayed idle.
 * A task that lost a worker before (its function may end its process: a crash, os._exit, the
   OOM killer) goes last in its batch, and nothing more goes to its worker while that worker
-  holds it (``WorkerState.hold``): the worker keeps its credit and its place in line, and is
-  passed over until the task is done, handed back or lost.  A task lost with it must not be
-  lost with it again (tests/test_limits.py's poison task).
+  holds it (``WorkerState.hold``), HOLD_FOR seconds at most: the worker keeps its credit and its
+  place in line, and is passed over until the task is done, handed back or lost.  A task lost
+  with it must not be lost with it again (tests/test_limits.py's poison task).  At most: the
+  task may park, waiting for sub-tasks that only that worker can run (a pool of one worker);
+  the broker cannot tell, and its loop looks again at every tick.
 * Workers with credit wait in ``ledger.ready`` once each; those that still have credit
   after their turn go back to the front, in turn: the next single task goes to the worker
   that just ran one (warm; a round trip is faster there).
@@ -39,9 +41,10 @@ from collections.abc import Callable, Collection
 
 from .ledger import Ledger, Task, WorkerState
 
-__all__ = ["RECALL_EVERY", "dispatch", "mark_running", "recall", "recall_wait"]
+__all__ = ["HOLD_FOR", "RECALL_EVERY", "dispatch", "mark_running", "recall", "recall_wait"]
 
 RECALL_EVERY = 0.005  # s between looks for idle workers while others hold unstarted tasks
+HOLD_FOR = 1.0  # s at most that a worker running a task that lost a worker before is passed over
 
 Claim = Callable[[list[Task]], Collection[Task]]  # the tasks given, those not wanted
 
@@ -50,6 +53,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
     """Assign queued tasks to ready workers; return the batches to send, in order."""
     queue, ready, tasks, workers = ledger.queue, ledger.ready, ledger.tasks, ledger.workers
     out: list[tuple[WorkerState, list[Task]]] = []
+    now = time.monotonic()
     while queue and ready:
         share = max(1, math.ceil(len(queue) / len(ready)))
         moved = 0  # tasks taken off the queue this round: sent, or dropped as unwanted
@@ -61,7 +65,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
             w.in_ready = False
             if workers.get(w.key) is not w or w.credit <= 0:  # gone (a new one may have its key)
                 continue
-            if w.hold in w.assigned:  # (see the module docstring: it keeps its credit and place)
+            if w.hold in w.assigned and now < w.hold_until:  # (the module docstring: it keeps its place)
                 w.in_ready = True
                 back.append(w)
                 continue
@@ -90,7 +94,7 @@ def dispatch(ledger: Ledger, claim: Claim) -> list[tuple[WorkerState, list[Task]
                 batch.append(task)
                 want -= 1
                 if task.lost:  # it lost a worker before, and may end this one too: last
-                    w.hold, want = btid, 0
+                    w.hold, w.hold_until, want = btid, now + HOLD_FOR, 0
             if skipped:
                 queue.extendleft(reversed(skipped))
             moved += len(batch)
