@@ -271,7 +271,7 @@ class MapMixin:
         encode_error: Exception | None = None
         ours = self._submit_is_ours()
         # (for an overridden submit: each call is limited already, not the task: executor.submit)
-        theirs = call_fn if limit is None else Limited(call_fn)
+        theirs = call_fn if ours or limit is None else Limited(call_fn)
         try:
             fn_frame = self._encode_fn(call_fn) if ours else None
         except Exception as exc:

@@ -506,8 +506,7 @@ class Pool:
         """multiprocessing.Pool's private list of its processes, which code reads for their pids
         (CPython's test_make_pool, its len()): here the local worker processes, as they are now."""
         launchers = self._executor._session.workers
-        local = launchers.local if launchers is not None else None
-        return [WorkerProcess(proc) for proc in list(local.procs.values())] if local is not None else []
+        return [WorkerProcess(proc) for proc in launchers.local_procs] if launchers is not None else []
 
     def __repr__(self) -> str:
         return f"<scoopexec.Pool state={self._state} pool_size={getattr(self, '_processes', '?')}>"

@@ -564,10 +564,13 @@ class _RecordingExecutor(ScoopExecutor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.threads = []
+        self.names = set()
 
     def submit(self, fn, /, *args, **kwargs):
         self.threads.append(threading.current_thread().name)
-        return super().submit(fn, *args, **kwargs)
+        fut = super().submit(fn, *args, **kwargs)
+        self.names.add(fut._what)  # (what messages and the timeline call the task)
+        return fut
 
 
 def test_an_overridden_submit_keeps_each_calls_time_limit():
@@ -584,6 +587,7 @@ def test_an_overridden_submit_keeps_each_calls_time_limit():
         with pytest.raises(TaskTimeoutError):
             list(ex.map(sleeper, [0.1, 30], chunksize=2))  # (and a call past it still stops)
         assert len(ex.threads) >= 5  # (every map went through it: 1 + 1 + 1 or more + 1 + 1)
+        assert ex.names == {"test_limits.sleeper"}  # (named by the user's function, not a wrapper)
 
 
 def test_the_rest_of_a_chunk_whose_worker_was_ended_is_not_resent_through_an_overridden_submit():

@@ -456,8 +456,6 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
                 frames = serialize.encode_call(TimeLimit(fn, self._task_timeout), args, kwargs, self._names)
                 return self._submit_frames(frames, None, serialize.describe(fn))
             what, frames = serialize.encode_named(fn, args, kwargs, self._max_message_size, self._names)
-            if fn.__class__ is Limited:  # (a map's task for an overridden submit: name the user's)
-                what = serialize.describe_user(fn)
         except SerializationError as exc:
             return self._submit_frames(None, exc)
         lock = self._shutdown_lock  # (as _submit_frames, inline: on every submit)

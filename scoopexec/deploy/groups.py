@@ -382,6 +382,11 @@ class Launchers:
     def pids(self) -> list[int]:
         return self.local.pids if self.local is not None else []
 
+    @property
+    def local_procs(self) -> list[Any]:
+        """The local workers' process handles (subprocess.Popen, or forkstart.ForkedProcess)."""
+        return list(self.local.procs.values()) if self.local is not None else []  # (a copy: see pids)
+
     def stop_starting(self) -> None:
         """Start no more local workers, nor replacements (before ending them all: kill_workers())."""
         if self.local is not None:

@@ -698,7 +698,9 @@ def encode_named(
                 return named[0], _checked([named[1], plain], limit)
         what, frames = named[0], encode_call(fn, args, kwargs, names)
     else:
-        what, frames = describe(fn), encode_call(fn, args, kwargs, names)
+        # (a task limit around it, as a map gives an overridden submit: named by the user's function)
+        what = describe_user(fn) if fn.__class__.__module__ in _LIMITS else describe(fn)
+        frames = encode_call(fn, args, kwargs, names)
         data = _fn_cache.get(fn) if fn.__class__ in _CACHEABLE else None
         if data is not None:  # (cached by dumps_function: it pickles by name)
             if len(_named) >= _CACHE_MAX:
