@@ -98,6 +98,12 @@ def get_init_status(_=None):
     return INIT_STATUS
 
 
+def append_and_count(seen, x):
+    """How many items ``seen`` holds once ``x`` is added to it (a list a partial binds)."""
+    seen.append(x)
+    return len(seen)
+
+
 def ones(individual):
     return (sum(individual),)
 

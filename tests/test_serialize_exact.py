@@ -31,10 +31,21 @@ def test_module_functions_are_pickled_once_and_unpickled_once():
     assert S.loads_function(data) is S.loads_function(bytearray(data)) is helpers.mul
 
 
+def _named(p, name):
+    """A partial named as DEAP's Toolbox.register names its aliases (or given some other attribute)."""
+    p.__name__ = name
+    p.__doc__ = None
+    return p
+
+
 @pytest.mark.parametrize(
     "fn",
     [abs, helpers.mul, helpers.MyObject, functools.partial(_run_chunk, helpers.mul),
-     functools.partial(_run_chunk1, abs)],
+     functools.partial(_run_chunk1, abs),
+     # partials that bind only what no task can change (DEAP's toolbox makes one of each function)
+     functools.partial(helpers.mul, 3), functools.partial(helpers.mul, y=(1, "a", None)),
+     _named(functools.partial(helpers.mul), "evaluate"), functools.partial(helpers.mul, abs),
+     functools.partial(_run_chunk, functools.partial(helpers.mul, 2.5))],
 )  # fmt: skip
 def test_functions_classes_and_chunk_runners_are_reused(fn):
     data = S.dumps_function(fn)
@@ -45,7 +56,11 @@ def test_functions_classes_and_chunk_runners_are_reused(fn):
     "fn",
     [
         helpers.Tally(),  # an object with state: each task gets its own copy
-        functools.partial(helpers.mul, 3),  # a partial binding the user's argument
+        functools.partial(helpers.mul, [3]),  # a partial binding what a task may change
+        functools.partial(helpers.mul, (1, [2])),  # ... inside a tuple
+        functools.partial(helpers.mul, helpers.Tally()),  # ... an object with state
+        _named(functools.partial(helpers.mul), [1]),  # ... as an attribute of the partial
+        functools.partial(functools.partial(helpers.mul, [3])),  # ... a partial within
         functools.partial(_run_chunk, helpers.mul, chunk=[]),  # keywords bound
         functools.partial(_run_chunk, helpers.mul, []),  # two arguments bound
         functools.partial(_run_chunk, helpers.Tally()),  # a chunk runner around a stateful object
@@ -314,3 +329,4 @@ def test_plain_arguments_pickle_as_dumps_pickles_them():
     main_cls = type("Local", (), {"__module__": "__main__"})
     frames = S.encode_call(abs, (1, main_cls), {})  # not plain: cloudpickle's path, by value
     assert S.decode_call(frames)[1][1].__name__ == "Local"
+

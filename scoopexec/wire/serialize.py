@@ -34,6 +34,7 @@ import copyreg
 import functools
 import inspect
 import io
+import itertools
 import linecache
 import operator
 import os
@@ -626,17 +627,42 @@ def _unpickle_function(data: Any) -> Any:
 _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType, type)
 
 
-def _reusable(fn: Any) -> bool:
+def _reusable(fn: Any, depth: int = 0) -> bool:
     """Whether the callable of a function frame may be unpickled once and re-used for the same
-    bytes: a plain function (within a task limit: its state is the limit), or a map's chunk
-    runner around one (map()'s, Pool's, amap's: a partial of our own function)."""
+    bytes: a plain function (within a task limit: its state is the limit), a partial of one that
+    binds only values no task can change (DEAP's toolbox.register makes such a partial of every
+    function it is given), or a map's chunk runner around either (map()'s, Pool's, amap's: a
+    partial of our own function)."""
     fn = _unlimited(fn)
     if type(fn) in _REUSABLE:
         return True
-    if type(fn) is functools.partial and not fn.keywords and len(fn.args) == 1:
-        inner = _unlimited(fn.args[0])
-        return getattr(fn.func, "__module__", "") in RUNNER_MODULES and type(inner) in _REUSABLE
-    return False
+    if type(fn) is not functools.partial or depth >= _PARTIAL_DEPTH:
+        return False
+    if getattr(fn.func, "__module__", "") in RUNNER_MODULES:
+        return not fn.keywords and len(fn.args) == 1 and _reusable(fn.args[0], depth + 1)
+    return (
+        _reusable(fn.func, depth + 1)
+        and all(_fixed(a, depth) for a in fn.args)
+        and all(_fixed(v, depth) for v in fn.keywords.values())
+        and all(_fixed(v, depth) for v in vars(fn).values())  # (DEAP's __name__ and __doc__)
+    )
+
+
+_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis)))
+_PARTIAL_DEPTH = 4  # partials within partials looked into, at most
+_FIXED_ITEMS = 64  # items of a tuple or frozenset looked at, at most
+
+
+def _fixed(value: Any, depth: int) -> bool:
+    """Whether a value a partial binds is the same for every task that calls it: an immutable
+    atom, a small tuple or frozenset of such values, or a re-usable callable (_reusable)."""
+    tp = type(value)
+    if tp in _ATOMS:
+        return True
+    if tp is tuple or tp is frozenset:
+        fits = depth < _PARTIAL_DEPTH and len(value) <= _FIXED_ITEMS
+        return fits and all(_fixed(v, depth + 1) for v in value)
+    return _reusable(value, depth + 1)
 
 
 def _unlimited(fn: Any) -> Any:
@@ -817,10 +843,14 @@ def _warn_large(fn: Any, size: int) -> None:
     list), and a copy in each worker (ProcessPoolExecutor's forked workers look it up by name)."""
     if _warned_large.seen(_remembered(fn)):  # (one not weakly referable: said each time)
         return
-    user = _user_function(fn)
+    user = inner = _user_function(fn)
+    for _ in range(_PARTIAL_DEPTH):  # (a partial's function: DEAP's toolbox holds such partials)
+        if type(inner) is not functools.partial:
+            break
+        inner = inner.func
     names = []
-    g = getattr(user, "__globals__", None)
-    code = getattr(user, "__code__", None)
+    g = getattr(inner, "__globals__", None)
+    code = getattr(inner, "__code__", None)
     if isinstance(g, dict) and code is not None:
         sizes = [(_rough_size(g[n]), n) for n in set(global_names(code)) if n in g]
         big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
@@ -844,16 +874,23 @@ def _user_stacklevel() -> int:
     return found[1] if found is not None else 1
 
 
-def _rough_size(value: Any) -> int:
+def _rough_size(value: Any, depth: int = 0) -> int:
+    """About how many bytes ``value`` holds: an array's, a string's, or a container's with what
+    it holds two levels down (estimated from its first items: a list of rows of a data set)."""
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
     if isinstance(value, (bytes, bytearray, str, memoryview)):
         return len(value)
     try:
-        return sys.getsizeof(value)
+        size = sys.getsizeof(value)
     except Exception:
         return 0
+    tp = type(value)
+    if depth < 2 and value and (tp is list or tp is tuple or tp is dict or tp is set or tp is frozenset):
+        items = list(itertools.islice(value.values() if tp is dict else value, 16))
+        size += len(value) * sum(_rough_size(x, depth + 1) for x in items) // len(items)
+    return size
 
 
 def encode_args(
@@ -1281,7 +1318,10 @@ def describe(fn: Any) -> str:
         mod = getattr(fn, "__module__", None)
     except Exception:  # (a proxy whose attributes raise something else than AttributeError)
         name = mod = None
-    if isinstance(name, str):
+    if type(fn) is functools.partial and "__module__" not in vars(fn):
+        # (DEAP names its partials after their alias: "functools.evaluate" says nothing)
+        text = f"partial({describe(fn.func)})"
+    elif isinstance(name, str):
         text = f"{mod}.{name}" if mod and mod != "builtins" else name
     elif isinstance(fn, functools.partial):
         text = f"partial({describe(fn.func)})"
