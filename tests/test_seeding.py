@@ -136,3 +136,16 @@ def test_an_item_that_cannot_be_sent_is_named_as_without_a_seed(executor, chunks
     assert one.startswith(
         "cannot send item 2 (a _thread.lock) of map(abs, ...) to a worker, submitted at X: TypeError: "
     )
+
+
+def test_the_random_modules_own_generators_are_the_workers_not_copies_of_the_clients(executor):
+    # random.random and numpy.random.random are methods of their module's global generator:
+    # pickled by value, every task drew the client's next numbers (ProcessPoolExecutor's do).
+    import functools
+
+    with executor:
+        assert len({executor.submit(random.random).result() for _ in range(6)}) == 6
+        assert len({executor.submit(np.random.random).result() for _ in range(6)}) == 6
+        uniform = functools.partial(random.uniform, 0.0)  # (a DEAP ephemeral constant's kind)
+        seeded = [list(executor.map(uniform, [1.0] * 8, seed=11, chunksize=c)) for c in (1, 3)]
+        assert seeded[0] == seeded[1] == _expected(uniform, 11, [(1.0,)] * 8) and len(set(seeded[0])) == 8

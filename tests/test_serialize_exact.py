@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import pickle
+import random
 import threading
 from concurrent.futures import CancelledError
 
@@ -330,3 +331,25 @@ def test_plain_arguments_pickle_as_dumps_pickles_them():
     frames = S.encode_call(abs, (1, main_cls), {})  # not plain: cloudpickle's path, by value
     assert S.decode_call(frames)[1][1].__name__ == "Local"
 
+
+_EPHEMERAL = functools.partial(random.uniform, -1.0, 1.0)  # what a DEAP primitive set holds
+
+
+def test_a_function_frame_holding_the_random_modules_generator_stays_the_same_bytes():
+    # A script's function (by value) whose globals reach random.uniform: its frame no longer
+    # holds the generator's state, which changed with every draw (workers kept no copy of it).
+    import numpy as np
+
+    def draw():
+        return _EPHEMERAL() + np.random.random()
+
+    draw.__module__ = "__main__"  # (pickled by value, as a script's function)
+    np.random.random()  # (numpy loads numpy.random on first use, and cloudpickle lists it then)
+    before = S._cloud_dumps(draw)
+    random.random(), np.random.random()
+    assert S._cloud_dumps(draw) == before
+    copy = pickle.loads(before)
+    assert copy.__globals__["_EPHEMERAL"].func.__self__ is random.random.__self__
+    assert pickle.loads(S._cloud_dumps(np.random.random)).__self__ is np.random.mtrand._rand
+    other = random.Random(5)  # any other generator travels with its state, as before
+    assert pickle.loads(S._cloud_dumps(other.random))() == random.Random(5).random()

@@ -39,6 +39,7 @@ import linecache
 import operator
 import os
 import pickle
+import random
 import re
 import struct
 import sys
@@ -282,16 +283,58 @@ def _numpy_scalars() -> bool:
     return True
 
 
+def _reduce_generator(gen: Any) -> Any:
+    """A random generator as pickle reduces it, but for the ``random`` module's own and NumPy's
+    legacy global one (_SHARED_GENERATORS), which travel by name.
+
+    ``random.uniform`` and ``numpy.random.random`` are methods of those objects: pickled by
+    value, a task calling one drew from a copy of this process's state as it was when pickled
+    (the same numbers in every task, as ProcessPoolExecutor's do), and the pickle changed with
+    every draw here, so workers could never keep it (a DEAP toolbox whose primitive set has an
+    ephemeral constant, ``partial(random.uniform, -1, 1)``, was sent and unpickled again at each
+    generation).  By name, it draws from its worker's generator, as a task calling
+    ``random.uniform()`` itself does: a seeded map's item from its own stream (seeding.py)."""
+    shared = _SHARED_GENERATORS.get(type(gen))
+    if shared is not None and shared[0] is gen:
+        return shared[1]  # (a name: pickled as a global of the generator's module)
+    return gen.__reduce_ex__(PROTOCOL)
+
+
+# type -> (the module's shared instance, its name in the module of the type); NumPy's once imported
+_SHARED_GENERATORS: dict[type, tuple[Any, str]] = {
+    random.Random: (random.random.__self__, "_inst")  # type: ignore[attr-defined]  # (random._inst)
+}
+_numpy_generator_of: Any = None  # the numpy.random.mtrand module _SHARED_GENERATORS knows
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), and NumPy
-    scalars travel as their Python values (see _Dispatch)."""
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), NumPy scalars
+    travel as their Python values (see _Dispatch), and the shared random generators by name
+    (see _reduce_generator)."""
 
     dispatch_table = ChainMap(
-        {types.CodeType: _reduce_code}, _cloud_scalars, cloudpickle.Pickler.dispatch_table
+        {types.CodeType: _reduce_code, random.Random: _reduce_generator},
+        _cloud_scalars,
+        cloudpickle.Pickler.dispatch_table,
     )
 
 
+def _note_numpy_generator() -> None:
+    """Add NumPy's legacy global RandomState to _SHARED_GENERATORS once numpy.random is loaded."""
+    global _numpy_generator_of
+    mtrand = sys.modules.get("numpy.random.mtrand")
+    if mtrand is None or mtrand is _numpy_generator_of:
+        return
+    _numpy_generator_of = mtrand
+    gen = getattr(mtrand, "_rand", None)
+    if gen is not None and type(gen).__module__ == mtrand.__name__:
+        _SHARED_GENERATORS[type(gen)] = (gen, "_rand")
+        _Pickler.dispatch_table.maps[0][type(gen)] = _reduce_generator
+
+
 def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    if _numpy_generator_of is None:
+        _note_numpy_generator()
     with io.BytesIO() as fh:
         _Pickler(fh, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return fh.getvalue()
