@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -149,3 +150,22 @@ def test_the_random_modules_own_generators_are_the_workers_not_copies_of_the_cli
         uniform = functools.partial(random.uniform, 0.0)  # (a DEAP ephemeral constant's kind)
         seeded = [list(executor.map(uniform, [1.0] * 8, seed=11, chunksize=c)) for c in (1, 3)]
         assert seeded[0] == seeded[1] == _expected(uniform, 11, [(1.0,)] * 8) and len(set(seeded[0])) == 8
+
+
+def pid_and_draw(_):
+    return os.getpid(), float(np.random.random())
+
+
+def test_forked_workers_do_not_share_numpys_global_generator():
+    # random reseeds itself in a fork's child; numpy's legacy global generator does not, and
+    # workers forked from one template drew the same sequences (as ProcessPoolExecutor's do).
+    np.random.random()  # (numpy.random loaded before the workers are forked: they inherit it)
+    with ScoopExecutor(max_workers=2) as ex:
+        ex.submit(pid_and_draw, 0).result()
+        draws = list(ex.map(pid_and_draw, range(200), chunksize=5))
+    by_pid = {}
+    for pid, value in draws:
+        by_pid.setdefault(pid, set()).add(value)
+    assert len(by_pid) == 2, "both workers ran some of the map"
+    first, second = by_pid.values()
+    assert not first & second

@@ -46,7 +46,8 @@ def _named(p, name):
      # partials that bind only what no task can change (DEAP's toolbox makes one of each function)
      functools.partial(helpers.mul, 3), functools.partial(helpers.mul, y=(1, "a", None)),
      _named(functools.partial(helpers.mul), "evaluate"), functools.partial(helpers.mul, abs),
-     functools.partial(_run_chunk, functools.partial(helpers.mul, 2.5))],
+     functools.partial(_run_chunk, functools.partial(helpers.mul, 2.5)), random.random,
+     functools.partial(helpers.mul, random.random), functools.partial(helpers.mul, len)],
 )  # fmt: skip
 def test_functions_classes_and_chunk_runners_are_reused(fn):
     data = S.dumps_function(fn)
@@ -62,6 +63,10 @@ def test_functions_classes_and_chunk_runners_are_reused(fn):
         functools.partial(helpers.mul, helpers.Tally()),  # ... an object with state
         _named(functools.partial(helpers.mul), [1]),  # ... as an attribute of the partial
         functools.partial(functools.partial(helpers.mul, [3])),  # ... a partial within
+        functools.partial(helpers.mul, [].append),  # ... a built-in method of an object with state
+        [].append,  # (the same, as the task's function)
+        functools.partial(helpers.mul, b"x" * 5000),  # a task's data: made for one call
+        functools.partial(helpers.mul, ((tuple(range(64)),) * 64,) * 64),  # more than it looks at
         functools.partial(_run_chunk, helpers.mul, chunk=[]),  # keywords bound
         functools.partial(_run_chunk, helpers.mul, []),  # two arguments bound
         functools.partial(_run_chunk, helpers.Tally()),  # a chunk runner around a stateful object
@@ -345,11 +350,35 @@ def test_a_function_frame_holding_the_random_modules_generator_stays_the_same_by
 
     draw.__module__ = "__main__"  # (pickled by value, as a script's function)
     np.random.random()  # (numpy loads numpy.random on first use, and cloudpickle lists it then)
-    before = S._cloud_dumps(draw)
+    before = S._cloud_dumps(draw, frame=True)
     random.random(), np.random.random()
-    assert S._cloud_dumps(draw) == before
+    assert S._cloud_dumps(draw, frame=True) == before
     copy = pickle.loads(before)
     assert copy.__globals__["_EPHEMERAL"].func.__self__ is random.random.__self__
-    assert pickle.loads(S._cloud_dumps(np.random.random)).__self__ is np.random.mtrand._rand
+    assert pickle.loads(S._cloud_dumps(np.random.random, frame=True)).__self__ is np.random.mtrand._rand
     other = random.Random(5)  # any other generator travels with its state, as before
-    assert pickle.loads(S._cloud_dumps(other.random))() == random.Random(5).random()
+    assert pickle.loads(S._cloud_dumps(other.random, frame=True))() == random.Random(5).random()
+    # arguments are data: what they hold travels as it is
+    assert pickle.loads(S._cloud_dumps(random.random)).__self__ is not random.random.__self__
+
+
+class _Ambiguous:
+    """A global such as a pandas DataFrame: its truth value raises (and here its size too)."""
+
+    def __bool__(self):
+        raise ValueError("the truth value is ambiguous")
+
+    @property
+    def nbytes(self):
+        raise ValueError("no size")
+
+
+_AMBIGUOUS = _Ambiguous()
+
+
+def test_the_large_function_warning_survives_globals_that_raise():
+    def reads():
+        return _AMBIGUOUS
+
+    with pytest.warns(errors.LargeFunctionWarning, match="is pickled by value"):
+        S._warn_large(reads, 10**8)

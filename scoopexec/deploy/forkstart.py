@@ -465,6 +465,9 @@ def _become_worker(
     ``fds``: stdin, then the descriptors the client calls ``names`` in ``argv`` (--exit-fd N).
     """
     os.setsid()
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:  # (random reseeds itself in a fork's child; numpy's legacy global does not)
+        nprandom.seed()  # else every worker forked from this template drew the same numbers
     stdin, rest = fds[0], fds[1:]
     os.dup2(stdin, 0)
     os.close(stdin)

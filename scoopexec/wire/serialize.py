@@ -308,15 +308,19 @@ _numpy_generator_of: Any = None  # the numpy.random.mtrand module _SHARED_GENERA
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), NumPy scalars
-    travel as their Python values (see _Dispatch), and the shared random generators by name
-    (see _reduce_generator)."""
+    """cloudpickle's pickler, but code keeps its file name (see _reduce_code), and NumPy
+    scalars travel as their Python values (see _Dispatch)."""
 
     dispatch_table = ChainMap(
-        {types.CodeType: _reduce_code, random.Random: _reduce_generator},
-        _cloud_scalars,
-        cloudpickle.Pickler.dispatch_table,
+        {types.CodeType: _reduce_code}, _cloud_scalars, cloudpickle.Pickler.dispatch_table
     )
+
+
+class _FramePickler(_Pickler):
+    """_Pickler for function frames: the shared random generators travel by name (see
+    _reduce_generator).  Arguments and results are data: what they hold travels as it is."""
+
+    dispatch_table = ChainMap({random.Random: _reduce_generator}, _Pickler.dispatch_table)
 
 
 def _note_numpy_generator() -> None:
@@ -325,18 +329,24 @@ def _note_numpy_generator() -> None:
     mtrand = sys.modules.get("numpy.random.mtrand")
     if mtrand is None or mtrand is _numpy_generator_of:
         return
-    _numpy_generator_of = mtrand
     gen = getattr(mtrand, "_rand", None)
     if gen is not None and type(gen).__module__ == mtrand.__name__:
         _SHARED_GENERATORS[type(gen)] = (gen, "_rand")
-        _Pickler.dispatch_table.maps[0][type(gen)] = _reduce_generator
+        _FramePickler.dispatch_table.maps[0][type(gen)] = _reduce_generator
+    _numpy_generator_of = mtrand  # (last: a pickle made meanwhile in another thread looks again)
 
 
-def _cloud_dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
-    if _numpy_generator_of is None:
-        _note_numpy_generator()
+def _cloud_dumps(
+    obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None, frame: bool = False
+) -> bytes:
+    """cloudpickle's pickle of ``obj``; ``frame``: a function frame's (_FramePickler)."""
+    pickler: type[_Pickler] = _Pickler
+    if frame:
+        if _numpy_generator_of is None:
+            _note_numpy_generator()
+        pickler = _FramePickler
     with io.BytesIO() as fh:
-        _Pickler(fh, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+        pickler(fh, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return fh.getvalue()
 
 
@@ -573,9 +583,9 @@ def _cloud_parts(obj: Any) -> list[Any]:
             return False
         return True  # small: stays inside the pickle
 
-    data = _cloud_dumps(obj, apart)
+    data = _cloud_dumps(obj, apart, frame=True)
     if len(raws) > fnframes.MAX_BUFFERS:  # (more than a worker takes: in band, as before)
-        return [_cloud_dumps(obj)]
+        return [_cloud_dumps(obj, frame=True)]
     return [fnframes.pack_head(data, raws), data, *raws] if raws else [data]
 
 
@@ -625,8 +635,9 @@ def loads_function(data: bytes | memoryview, scope: int | None = None, key: Any 
     """Unpickle a callable, re-using the object for identical bytes when that is safe.
 
     Functions, built-ins and classes are re-used (a map's chunks send the same
-    bytes again and again); other callables -- objects with state, partials
-    binding arguments -- are unpickled afresh for every task, as each task
+    bytes again and again), and partials of them that bind only small immutable
+    values (_reusable); other callables -- objects with state, partials binding
+    them or a task's data -- are unpickled afresh for every task, as each task
     would see them with any other executor.  ``scope``: re-used only within it (a
     pool whose script functions get its initializer's globals: worker/setup.py).
     ``key``: what stands for the bytes (a large frame's, wire/fnframes.py: set-up
@@ -670,42 +681,65 @@ def _unpickle_function(data: Any) -> Any:
 _REUSABLE = (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType, type)
 
 
-def _reusable(fn: Any, depth: int = 0) -> bool:
+def _reusable(fn: Any, budget: list[int] | None = None) -> bool:
     """Whether the callable of a function frame may be unpickled once and re-used for the same
-    bytes: a plain function (within a task limit: its state is the limit), a partial of one that
-    binds only values no task can change (DEAP's toolbox.register makes such a partial of every
-    function it is given), or a map's chunk runner around either (map()'s, Pool's, amap's: a
-    partial of our own function)."""
+    bytes: a plain function (within a task limit: its state is the limit), a built-in that is a
+    module's (``len``) or a method of a shared generator (``random.random``: _reduce_generator),
+    a partial of one that binds only small values no task can change (DEAP's toolbox.register
+    makes such a partial of every function it is given), or a map's chunk runner around either
+    (map()'s, Pool's, amap's: a partial of our own function).  ``budget``: the values still to
+    look at, shared by the partials within (_FIXED_ITEMS in all)."""
     fn = _unlimited(fn)
-    if type(fn) in _REUSABLE:
-        return True
-    if type(fn) is not functools.partial or depth >= _PARTIAL_DEPTH:
+    tp = type(fn)
+    if tp in _REUSABLE:
+        if tp is not types.BuiltinFunctionType or _module_level(fn):
+            return True
+        shared = _SHARED_GENERATORS.get(type(fn.__self__))  # (a bound method of an object: its state)
+        return shared is not None and shared[0] is fn.__self__
+    if tp is not functools.partial:
+        return False
+    if budget is None:
+        budget = [_FIXED_ITEMS]
+    budget[0] -= 1  # (a partial counts too: partials of partials are not flattened once named)
+    if budget[0] < 0:
         return False
     if getattr(fn.func, "__module__", "") in RUNNER_MODULES:
-        return not fn.keywords and len(fn.args) == 1 and _reusable(fn.args[0], depth + 1)
+        return not fn.keywords and len(fn.args) == 1 and _reusable(fn.args[0], budget)
+    attributes = vars(fn).values()  # (DEAP's __name__ and __doc__: any length)
     return (
-        _reusable(fn.func, depth + 1)
-        and all(_fixed(a, depth) for a in fn.args)
-        and all(_fixed(v, depth) for v in fn.keywords.values())
-        and all(_fixed(v, depth) for v in vars(fn).values())  # (DEAP's __name__ and __doc__)
+        _reusable(fn.func, budget)
+        and _fixed([*fn.args, *fn.keywords.values()], budget)
+        and all(type(v) in _ATOMS or _reusable(v, budget) for v in attributes)
     )
 
 
 _ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis)))
-_PARTIAL_DEPTH = 4  # partials within partials looked into, at most
-_FIXED_ITEMS = 64  # items of a tuple or frozenset looked at, at most
+_FIXED_ITEMS = 64  # values a partial's arguments are made of, looked at, at most (partials within too)
+_FIXED_BYTES = 4096  # bytes of strings among them, at most: a partial around a task's data is made
+# for one call, and a worker keeps nothing of it (a cache of 2,048 of them would hold their data)
 
 
-def _fixed(value: Any, depth: int) -> bool:
-    """Whether a value a partial binds is the same for every task that calls it: an immutable
-    atom, a small tuple or frozenset of such values, or a re-usable callable (_reusable)."""
-    tp = type(value)
-    if tp in _ATOMS:
-        return True
-    if tp is tuple or tp is frozenset:
-        fits = depth < _PARTIAL_DEPTH and len(value) <= _FIXED_ITEMS
-        return fits and all(_fixed(v, depth + 1) for v in value)
-    return _reusable(value, depth + 1)
+def _fixed(values: list[Any], budget: list[int]) -> bool:
+    """Whether the arguments a partial binds are the same for every task that calls it: immutable
+    atoms (strings and bytes _FIXED_BYTES in all), tuples and frozensets of them, or re-usable
+    callables (_reusable); at most ``budget[0]`` values looked at, shared with partials within."""
+    size = 0
+    stack = values
+    while stack:
+        value = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        tp = type(value)
+        if tp is str or tp is bytes:
+            size += len(value)
+            if size > _FIXED_BYTES:
+                return False
+        elif tp is tuple or tp is frozenset:
+            stack.extend(value)
+        elif tp not in _ATOMS and not _reusable(value, budget):
+            return False
+    return True
 
 
 def _unlimited(fn: Any) -> Any:
@@ -887,7 +921,7 @@ def _warn_large(fn: Any, size: int) -> None:
     if _warned_large.seen(_remembered(fn)):  # (one not weakly referable: said each time)
         return
     user = inner = _user_function(fn)
-    for _ in range(_PARTIAL_DEPTH):  # (a partial's function: DEAP's toolbox holds such partials)
+    for _ in range(_DEPTH):  # (a partial's function: DEAP's toolbox holds such partials)
         if type(inner) is not functools.partial:
             break
         inner = inner.func
@@ -895,7 +929,10 @@ def _warn_large(fn: Any, size: int) -> None:
     g = getattr(inner, "__globals__", None)
     code = getattr(inner, "__code__", None)
     if isinstance(g, dict) and code is not None:
-        sizes = [(_rough_size(g[n]), n) for n in set(global_names(code)) if n in g]
+        try:  # (user objects: whatever their __len__ or __bool__ raises must not fail the submit)
+            sizes = [(_rough_size(g[n]), n) for n in set(global_names(code)) if n in g]
+        except Exception:
+            sizes = []
         big = [(b, n) for b, n in sorted(sizes, reverse=True) if b >= LARGE_FUNCTION // 4]
         names = [f"{n} ({b / 1e6:.1f} MB)" for b, n in big[:3]]
     which = f", with the globals it reads: {', '.join(names)}" if names else ""
@@ -930,7 +967,7 @@ def _rough_size(value: Any, depth: int = 0) -> int:
     except Exception:
         return 0
     tp = type(value)
-    if depth < 2 and value and (tp is list or tp is tuple or tp is dict or tp is set or tp is frozenset):
+    if depth < 2 and (tp is list or tp is tuple or tp is dict or tp is set or tp is frozenset) and value:
         items = list(itertools.islice(value.values() if tp is dict else value, 16))
         size += len(value) * sum(_rough_size(x, depth + 1) for x in items) // len(items)
     return size
