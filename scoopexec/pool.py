@@ -426,7 +426,7 @@ class Pool:
     Arguments as multiprocessing's: ``processes`` (workers to start; default
     one per CPU), ``initializer(*initargs)`` run in each worker before its
     first task, ``maxtasksperchild`` (see the module docstring), ``context``
-    (a 'spawn' or 'forkserver' multiprocessing context, or None).  Other
+    (a multiprocessing context, as ScoopExecutor's mp_context, or None).  Other
     keyword arguments go to ``ScoopExecutor`` (``hosts=``, ``broker=``,
     ``env=``, ``trace=`` ...).  ``executor=`` runs on an existing
     ``ScoopExecutor`` instead of starting one: then ``close``/``join`` wait for

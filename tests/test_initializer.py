@@ -217,11 +217,60 @@ def test_process_pool_executor_arguments_in_its_order():
         assert ex.submit(helpers.get_init_status).result(timeout=60) == "positional"
 
 
-def test_mp_context_that_cannot_be_honoured_is_refused():
+@pytest.fixture
+def client_state(monkeypatch):
+    """A module global the client changes at run time: a fork of it sees the change, a fresh
+    interpreter the module's own value."""
+    monkeypatch.setattr(helpers, "INIT_STATUS", "set in the client")
+
+
+def test_a_fork_context_makes_forks_of_the_client_even_while_it_runs_threads(client_state):
+    # ProcessPoolExecutor(mp_context=get_context("fork")): code written for 3.14's forkserver
+    # default passes it to keep fork's inheritance, as do CPython's own fork-mixin tests.
+    import multiprocessing
+    import threading
+
+    fork = multiprocessing.get_context("fork")
+    with ScoopExecutor(1, fork) as ex:
+        assert ex.submit(helpers.get_init_status).result(timeout=60) == "set in the client"
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with ScoopExecutor(1) as ex:  # by default: another thread runs, so a fresh interpreter
+            assert ex.submit(helpers.get_init_status).result(timeout=60) == "uninitialized"
+        with pytest.warns(DeprecationWarning, match=r"is multi-threaded .*mp_context='fork'") as seen:
+            ex = ScoopExecutor(1, fork)
+        with ex:
+            assert ex.submit(helpers.get_init_status).result(timeout=60) == "set in the client"
+        assert seen[0].filename == __file__  # (the line that made the pool)
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"worker_memory_limit": "1G"}, "worker_memory_limit= is set"),
+        ({"env": {"PYTHONPATH": "."}}, "env= sets PYTHONPATH"),
+        ({"python": "/usr/bin/python3-other"}, "is another interpreter"),
+    ],
+)
+def test_a_fork_context_with_an_option_that_needs_fresh_workers_is_refused(options, why):
     import multiprocessing
 
-    with pytest.raises(ValueError, match="'fork' start method cannot be honoured"):
-        ScoopExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    with pytest.raises(ValueError, match=f"'fork' start method cannot be honoured: .*{why}"):
+        ScoopExecutor(1, multiprocessing.get_context("fork"), **options)
+
+
+def test_mp_context_that_cannot_be_honoured_is_refused():
+    class Odd:
+        def get_start_method(self):
+            return "threads"
+
+    with pytest.raises(ValueError, match="'threads' start method cannot be honoured"):
+        ScoopExecutor(1, mp_context=Odd())
     with pytest.raises(TypeError, match="mp_context must be a multiprocessing context"):
         ScoopExecutor(1, mp_context="spawn")
 

@@ -49,10 +49,12 @@ __all__ = ["ScoopExecutor"]
 log = logging.getLogger("scoopexec")
 
 
-def _check_mp_context(ctx: Any) -> bool:
-    """Whether local workers may be forks of this process (deploy/clientfork.py): no mp_context."""
+def _check_mp_context(ctx: Any) -> tuple[bool, bool]:
+    """Whether local workers may be forks of this process (deploy/clientfork.py), and whether they
+    must be: no mp_context (forks while this process runs one thread), a 'fork' context (forks,
+    as multiprocessing's, threads or not), or a 'spawn' or 'forkserver' one (fresh interpreters)."""
     if ctx is None:
-        return True
+        return True, False
     get = getattr(ctx, "get_start_method", None)
     if not callable(get):
         raise TypeError(
@@ -60,13 +62,15 @@ def _check_mp_context(ctx: Any) -> bool:
             f"not {type(ctx).__name__}"
         )
     method = get()
+    if method == "fork":
+        return True, True
     if method not in ("spawn", "forkserver"):
         raise ValueError(
-            f"mp_context with the {method!r} start method cannot be honoured: scoopexec's local workers "
-            "are forks of this process only when it runs a single thread, else fresh interpreters; pass "
-            "multiprocessing.get_context('spawn') for workers that inherit nothing, or leave mp_context out"
+            f"mp_context with the {method!r} start method cannot be honoured: pass "
+            "multiprocessing.get_context('spawn') for workers that inherit nothing, 'fork' for forks "
+            "of this process, or leave mp_context out"
         )
-    return False
+    return False, False
 
 
 def _refusal(link: Session, shut_down: bool) -> Exception:
@@ -160,7 +164,8 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
         max_workers: local worker processes to start (must be > 0).
         mp_context: as ProcessPoolExecutor's: a 'spawn' or 'forkserver' context makes workers that
             inherit nothing (by default they descend from a fork of this process when it runs
-            one thread: deploy/clientfork.py); a 'fork' context is refused (ValueError).
+            one thread: deploy/clientfork.py); a 'fork' context makes them forks of this process
+            even while it runs other threads, as multiprocessing's does (DeprecationWarning).
         initializer, initargs: called as ``initializer(*initargs)`` in every
             worker before its first task of this executor; if it raises, the
             executor is broken (``InitializerError``).  ``initargs`` may hold
@@ -244,7 +249,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
                 raise TypeError("max_workers must be an integer or None")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
-        fork_client = _check_mp_context(mp_context)
+        fork_client, force_fork = _check_mp_context(mp_context)
         if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
             raise ValueError(
                 f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "
@@ -278,6 +283,7 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             launch_timeout=launch_timeout,
             recycle=recycle_flags(max_tasks_per_child, worker_memory_limit, worker_max_lifetime),
             fork_client=fork_client,
+            force_fork=force_fork,
         )
         recorder: TraceRecorder | None = None
         if trace is not None:

@@ -67,6 +67,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -190,21 +191,41 @@ class ClientFork:
 
 def template_for(options: LaunchOptions, n: int) -> Template | None:
     """The template of a new embedded pool of ``n`` local workers, forked from this process,
-    if its workers may be forks of the client and it runs a single thread; else None (the pool
-    starts a fresh template, or its workers by command, as LocalWorkers decides)."""
-    if n < 1 or not use_socketpairs() or start_method() != "fork" or not options.fork_client:
+    if its workers may be forks of the client and it runs a single thread (or ``force_fork``:
+    mp_context='fork', threads or not); else None (the pool starts a fresh template, or its
+    workers by command, as LocalWorkers decides).  ValueError: forks were asked for and another
+    option asks for fresh workers."""
+    if n < 1 or not options.fork_client:
         return None
+    unforkable = _fresh_because(options)
+    if unforkable:
+        if options.force_fork:
+            raise ValueError(
+                f"mp_context with the 'fork' start method cannot be honoured: {unforkable}, which "
+                "needs workers started fresh; leave mp_context out, or pass get_context('spawn')"
+            )
+        return None
+    environ = dict(os.environ)  # (read once: os.environ decodes each name and value it gives)
+    env = limit_threads(worker_env(options.env, environ), n)
+    return fork_template(env, options.cwd if options.keep_cwd else None, environ, options.force_fork)
+
+
+def _fresh_because(options: LaunchOptions) -> str:
+    """What makes the pool's local workers fresh interpreters, if anything ("": they may be forks)."""
+    if not use_socketpairs():
+        return "local workers use the ipc endpoint (SCOOPEXEC_LOCAL_TRANSPORT=zmq, or not Linux)"
+    if start_method() != "fork":
+        return f"SCOOPEXEC_WORKER_START={start_method()} is set"
     if os.path.abspath(options.python) != os.path.abspath(sys.executable):
         # python= another interpreter, or another venv (whose bin/python resolves to the same
         # binary as ours, with another sys.prefix: so the paths are compared as given)
-        return None
+        return f"python={options.python!r} is another interpreter"
     if options.recycle.get("memory_limit"):
-        return None  # a fork's resident memory would count the client's pages
-    if any(name.startswith(STARTUP_VARIABLES) for name in options.env):
-        return None  # env= for the interpreter's start (PYTHONPATH...): only a fresh one reads it
-    environ = dict(os.environ)  # (read once: os.environ decodes each name and value it gives)
-    env = limit_threads(worker_env(options.env, environ), n)
-    return fork_template(env, options.cwd if options.keep_cwd else None, environ)
+        return "worker_memory_limit= is set (a fork's resident memory would count this process's pages)"
+    startup = sorted(name for name in options.env if name.startswith(STARTUP_VARIABLES))
+    if startup:
+        return f"env= sets {', '.join(startup)}, which only an interpreter's start reads"
+    return ""
 
 
 def _env_changes(
@@ -228,15 +249,17 @@ def _handled_loggers() -> list[logging.Logger]:
 
 
 def fork_template(
-    env: dict[str, str], cwd: str | None, environ: dict[str, str] | None = None
+    env: dict[str, str], cwd: str | None, environ: dict[str, str] | None = None, force: bool = False
 ) -> Template | None:
     """The template of a new pool, forked from this process; None when this process runs more
-    than one thread (or cannot fork): then start a fresh one.  ``env``: the workers'
-    environment (``environ``: the copy of os.environ it was made from); ``cwd``: their directory
-    (None: ours)."""
+    than one thread (unless ``force``: mp_context='fork', as multiprocessing forks, with the
+    DeprecationWarning Python gives such a fork) or cannot fork: then start a fresh one.
+    ``env``: the workers' environment (``environ``: the copy of os.environ it was made from);
+    ``cwd``: their directory (None: ours)."""
     if not fork_safe():
         _stop_idle_zmq_collector()
-    if not fork_safe() and not _settles():
+    threaded = not fork_safe() and not _settles()
+    if threaded and not force:
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     main = mainmodule.describe() if mainmodule.executing() else {}
@@ -279,6 +302,18 @@ def fork_template(
         os.close(stdin_w)
         ours.close()
         return None
+    if threaded:  # (said here, the child's pid kept: os.fork's own warning, as an error, loses it)
+        level = 1
+        seen: types.FrameType | None = sys._getframe(0)
+        while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
+            level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
+        warnings.warn(
+            f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
+            "threads); mp_context='fork' forked it for the pool's workers, as multiprocessing's 'fork' "
+            "does: a lock another thread held then stays held in them, which may deadlock them",
+            DeprecationWarning,
+            stacklevel=level,
+        )
     template = Template(ClientFork(pid, stdin_w), ours, origin="client")
     template.env = env
     template.main_classes = names

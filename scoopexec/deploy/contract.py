@@ -232,6 +232,7 @@ class LaunchOptions:
     launch_timeout: float = 60.0  # for launched workers to connect to the broker
     recycle: dict[str, Any] = field(default_factory=dict)  # max_tasks, memory_limit, max_lifetime (OPTIONS)
     fork_client: bool = True  # local workers may descend from a fork of the client (deploy/clientfork.py)
+    force_fork: bool = False  # ... and must, threads or not (mp_context='fork')
     pass_fds: tuple[int, ...] = ()  # the client's descriptors every local worker gets (worker/handover.py)
 
 
