@@ -221,6 +221,24 @@ def test_importable_functions_are_known_by_name_and_bytecode():
     assert J.function_identity(twin) != J.function_identity(jh.square)  # same name, other code
 
 
+def test_a_function_holding_the_random_modules_generator_keeps_its_identity_across_draws():
+    # partial(random.uniform, ...) (a DEAP ephemeral constant) pickled the generator's state,
+    # which every draw changes: a journaled run saw a new function at every generation.
+    import functools
+    import random
+
+    import numpy as np
+
+    for fn in (functools.partial(random.uniform, -1.0, 1.0), np.random.random):
+        before = J.function_identity(fn)
+        random.random(), np.random.random()
+        assert J.function_identity(fn) == before
+    other = random.Random(3)  # any other generator is its state
+    before = J.function_identity(other.random)
+    other.random()
+    assert J.function_identity(other.random) != before
+
+
 # ------------------------------------------------------------------ maps resumed
 @pytest.fixture
 def pool():
