@@ -249,6 +249,29 @@ def test_a_fork_context_makes_forks_of_the_client_even_while_it_runs_threads(cli
         thread.join()
 
 
+def test_a_fork_context_whose_warning_is_an_error_leaves_no_process():
+    import multiprocessing
+    import threading
+    import warnings
+
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(DeprecationWarning, match="is multi-threaded"):
+                ScoopExecutor(1, multiprocessing.get_context("fork"))
+    finally:
+        stop.set()
+        thread.join()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.parametrize(
     ("options", "why"),
     [

@@ -302,21 +302,25 @@ def fork_template(
         os.close(stdin_w)
         ours.close()
         return None
-    if threaded:  # (said here, the child's pid kept: os.fork's own warning, as an error, loses it)
-        level = 1
-        seen: types.FrameType | None = sys._getframe(0)
-        while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
-            level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
-        warnings.warn(
-            f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
-            "threads); mp_context='fork' forked it for the pool's workers, as multiprocessing's 'fork' "
-            "does: a lock another thread held then stays held in them, which may deadlock them",
-            DeprecationWarning,
-            stacklevel=level,
-        )
     template = Template(ClientFork(pid, stdin_w), ours, origin="client")
     template.env = env
     template.main_classes = names
+    if threaded:  # (said here, the template made: os.fork's own warning, as an error, lost the child)
+        try:
+            level = 1
+            seen: types.FrameType | None = sys._getframe(0)
+            while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
+                level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
+            warnings.warn(
+                f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
+                "threads); mp_context='fork' forked it for the pool's workers, as multiprocessing's 'fork' "
+                "does: a lock another thread held then stays held in them, which may deadlock them",
+                DeprecationWarning,
+                stacklevel=level,
+            )
+        except BaseException:  # (an error, as warnings filters may make it: no template is left)
+            template.stop()
+            raise
     return template
 
 
