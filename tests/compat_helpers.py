@@ -108,6 +108,10 @@ def ones(individual):
     return (sum(individual),)
 
 
+def identity(x):
+    return x
+
+
 def typed_sum(individual):
     return (sum(individual), type(individual).__name__, type(individual[0]).__name__)
 

@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 
+import numpy as np
 import pytest
 from deap import algorithms, base, creator, tools
 
@@ -100,6 +101,58 @@ def test_individuals_of_numpy_floats_come_back_with_their_values_and_types(execu
         got = scoop_map(h.typed_sum, pop)
     assert got == list(map(h.typed_sum, pop))
     assert {r[1:] for r in got} == {("TIndividual", "float64")}
+
+
+@pytest.fixture
+def array_classes():
+    creator.create("TArrayFitness", base.Fitness, weights=(-1.0,))
+    creator.create("TArrayIndividual", np.ndarray, fitness=creator.TArrayFitness)
+    yield creator.TArrayIndividual
+    del creator.TArrayIndividual
+    del creator.TArrayFitness
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(30, dtype=np.float64) / 7,
+        np.arange(12, dtype=np.int32).reshape(3, 4),
+        np.array([True, False, True]),
+        np.arange(5, dtype=np.float32)[::2],  # not contiguous
+        np.array([1 + 2j, 3j]),
+        np.array([], dtype=np.int64),  # empty: DEAP's way (list() makes it float64)
+        np.array(["a", "bc"]),  # another kind: DEAP's way
+    ],
+)
+def test_individuals_over_numpy_arrays_travel_as_deaps_own_reduction_rebuilds_them(array_classes, values):
+    # DEAP reduces such an individual to list(individual): every element a NumPy scalar of its
+    # own to pickle (eda/emna with scoop_map took 2.9x the built-in map's time). They travel as
+    # their bytes now, and come back as DEAP's own reduction makes them.
+    ind = array_classes(values)
+    ind.fitness.values = (2.5,)
+    ours = serialize.loads(serialize.dumps([ind], compact=True))[0]
+    theirs = pickle.loads(pickle.dumps(ind))
+    for got in (ours, theirs):
+        assert type(got) is array_classes and got.fitness.values == (2.5,)
+        assert got.fitness is not ind.fitness and got.flags.writeable and got.flags.c_contiguous
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def test_an_individual_over_a_numpy_array_travels_as_its_bytes(array_classes):
+    ind = array_classes(np.arange(1000, dtype=np.float64))
+    data = serialize.dumps([ind], compact=True)[0]
+    assert len(data) < ind.nbytes + 1000  # (a scalar each: 13 bytes an element)
+    assert np.array_equal(serialize.loads([data])[0], ind)
+
+
+def test_a_population_of_numpy_individuals_is_evaluated_as_by_the_built_in_map(executor, array_classes):
+    pop = [array_classes(row) for row in np.random.default_rng(5).standard_normal((200, 30))]
+    with executor:
+        got = scoop_map(h.typed_sum, pop)
+        back = scoop_map(h.identity, pop[:20])
+    assert got == list(map(h.typed_sum, pop))
+    assert all(type(b) is array_classes and np.array_equal(b, p) for b, p in zip(back, pop[:20], strict=True))
 
 
 def test_island_model_nested_maps_on_one_worker(one_worker, onemax_classes):

@@ -190,6 +190,39 @@ def _reduce_list(obj: list[Any]) -> Any:
     return obj.__reduce_ex__(PROTOCOL)
 
 
+def _deap_array(tp: type) -> bool:
+    """Whether ``tp`` is a DEAP creator class over numpy.ndarray, reduced as DEAP reduces them: the
+    class called on ``list(individual)``, then its ``__dict__`` (its fitness)."""
+    reduce = getattr(tp, "__reduce__", None)
+    return (
+        getattr(reduce, "__qualname__", "") == "_numpy_array.__reduce__"
+        and getattr(reduce, "__module__", "") == "deap.creator"
+    )
+
+
+def _reduce_deap_array(obj: Any) -> Any:
+    """A DEAP individual over numpy.ndarray (_deap_array) as its bytes, dtype and shape: DEAP's
+    reduction to ``list(obj)`` pickled every element as a NumPy scalar of its own, ~15 us an
+    individual of 30 floats (DEAP's eda/emna with ``scoop_map``: 2.9x the built-in map's time).
+    Arrays of another kind, of another byte order, or empty (which list() does not rebuild as
+    they were) take DEAP's way."""
+    dtype = obj.dtype
+    if dtype.kind not in "biufc" or not dtype.isnative or obj.ndim == 0 or obj.size == 0:
+        return obj.__reduce__()
+    return rebuild_deap_array, (type(obj), obj.tobytes(), dtype.str, obj.shape), obj.__dict__
+
+
+def rebuild_deap_array(cls: type, raw: bytes, dtype: str, shape: tuple[int, ...]) -> Any:
+    """Unpickle what _reduce_deap_array made: what ``cls(list_of_its_elements)`` makes (a new
+    C-ordered array of that dtype viewed as ``cls``, then DEAP's __init__, which sets a new
+    fitness; the pickle's state replaces it after)."""
+    import numpy  # (the individual's class is numpy's: NumPy is imported already)
+
+    obj: Any = numpy.frombuffer(raw, numpy.dtype(dtype)).reshape(shape).copy().view(cls)
+    cls.__init__(obj, obj)  # type: ignore[misc]
+    return obj
+
+
 def rebuild_scalar_list(cls: type[list[Any]], tp: type, raw: bytes) -> list[Any]:
     """Unpickle what _reduce_list packed: ``cls`` made as the default reduction makes it (no
     ``__init__``), then extended with the scalars (the state is set by the pickle after)."""
@@ -247,6 +280,8 @@ class _Dispatch(dict[type, Any]):
             and not hasattr(tp, "__getnewargs__")
         ):
             found = _reduce_list
+        elif self.copyreg_too and _deap_array(tp):
+            found = _reduce_deap_array
         elif self.copyreg_too and not issubclass(tp, type) and len(self.kept) < _KEPT_MAX:
             found = _default_reduce
         else:
