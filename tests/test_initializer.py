@@ -229,10 +229,13 @@ def test_a_fork_context_makes_forks_of_the_client_even_while_it_runs_threads(cli
     # default passes it to keep fork's inheritance, as do CPython's own fork-mixin tests.
     import multiprocessing
     import threading
+    import warnings
 
     fork = multiprocessing.get_context("fork")
-    with ScoopExecutor(1, fork) as ex:
-        assert ex.submit(helpers.get_init_status).result(timeout=60) == "set in the client"
+    with warnings.catch_warnings():  # (a thread an earlier test left would make it warn)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with ScoopExecutor(1, fork) as ex:
+            assert ex.submit(helpers.get_init_status).result(timeout=60) == "set in the client"
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
@@ -272,18 +275,35 @@ def test_a_fork_context_whose_warning_is_an_error_leaves_no_process():
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_a_fork_context_beside_a_running_pool_keeps_nothing_of_it_open():
+    # The fork for the second pool copies the first one's pipes: its template held the first
+    # template's stdin open, so that template never saw its end of file and was killed after 2 s.
+    import multiprocessing
+
+    with ScoopExecutor(1) as first:
+        assert first.submit(helpers.get_init_status).result(timeout=60) == "uninitialized"
+        template = first._session.workers.local.template
+        with pytest.warns(DeprecationWarning, match="is multi-threaded"):
+            second = ScoopExecutor(1, multiprocessing.get_context("fork"))
+        with second:
+            assert second.submit(helpers.get_init_status).result(timeout=60) == "uninitialized"
+            first.shutdown()
+            assert template.proc.returncode == 0, "the first pool's template ended on its own"
+
+
 @pytest.mark.parametrize(
     ("options", "why"),
     [
         ({"worker_memory_limit": "1G"}, "worker_memory_limit= is set"),
         ({"env": {"PYTHONPATH": "."}}, "env= sets PYTHONPATH"),
         ({"python": "/usr/bin/python3-other"}, "is another interpreter"),
+        ({"broker": "tcp://127.0.0.1:1"}, "with broker=: a standalone broker's local workers start fresh"),
     ],
 )
 def test_a_fork_context_with_an_option_that_needs_fresh_workers_is_refused(options, why):
     import multiprocessing
 
-    with pytest.raises(ValueError, match=f"'fork' start method cannot be honoured: .*{why}"):
+    with pytest.raises(ValueError, match=f"'fork' start method cannot be honoured.*{why}"):
         ScoopExecutor(1, multiprocessing.get_context("fork"), **options)
 
 

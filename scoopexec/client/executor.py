@@ -250,6 +250,11 @@ class ScoopExecutor(Control, MapMixin, cf.Executor):
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
         fork_client, force_fork = _check_mp_context(mp_context)
+        if force_fork and broker is not None:
+            raise ValueError(
+                "mp_context with the 'fork' start method cannot be honoured with broker=: a standalone "
+                "broker's local workers start fresh; leave mp_context out, or pass get_context('spawn')"
+            )
         if heartbeat <= 0 or heartbeat_timeout <= heartbeat:
             raise ValueError(
                 f"need 0 < heartbeat < heartbeat_timeout, got heartbeat={heartbeat!r} and "

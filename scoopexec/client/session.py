@@ -466,6 +466,8 @@ class Session:
             "(create a ScoopExecutor in the child, or start the child with the 'spawn' or "
             "'forkserver' method)"
         )
+        if self.workers is not None:
+            self.workers.forked()
 
     def abort(self, reason: str, timeout: float = 10.0) -> str:
         """Stop now: cancel what has not started, fail what has, stop the workers.

@@ -11,9 +11,11 @@ pool forks its template from the client when the client has one thread at the po
 construction -- the template is made first, before the pool starts its broker thread --
 and falls back to a fresh interpreter otherwise, silently (a log line at debug level):
 a process with a thread of its own (a pool already running, a watcher) gets today's
-template.  The one exception is the pool of a pthreads OpenBLAS (NumPy's starts one as it
-loads), which OpenBLAS itself stops before any fork: a client whose only other threads are
-those is forked too (fork_safe(), deploy/threadlibs.py), and the BLAS and OpenMP libraries
+template, unless its pool was given mp_context=get_context('fork'): then it is forked all
+the same, as multiprocessing forks, with a DeprecationWarning (template_for, fork_template).
+The one exception is the pool of a pthreads OpenBLAS (NumPy's starts one as it loads),
+which OpenBLAS itself stops before any fork: a client whose only other threads are those is
+forked too (fork_safe(), deploy/threadlibs.py), and the BLAS and OpenMP libraries
 the client had loaded get the workers' thread counts in the child.  The template runs
 forkstart.serve(), as the fresh one does; :attr:`forkstart.Template.origin` says which it
 is ("client" or "interpreter").
@@ -262,6 +264,18 @@ def fork_template(
     if threaded and not force:
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
+    if threaded:  # (before anything is made: a filter may make the warning an error)
+        level = 1
+        seen: types.FrameType | None = sys._getframe(0)
+        while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
+            level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
+        warnings.warn(
+            f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
+            "threads); mp_context='fork' forks it for the pool's workers, as multiprocessing's 'fork' "
+            "does: a lock another thread holds then stays held in them, which may deadlock them",
+            DeprecationWarning,
+            stacklevel=level,
+        )
     main = mainmodule.describe() if mainmodule.executing() else {}
     # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread
     # counts: the same mappings there, read here in a fraction of what a fresh fork takes.
@@ -305,22 +319,6 @@ def fork_template(
     template = Template(ClientFork(pid, stdin_w), ours, origin="client")
     template.env = env
     template.main_classes = names
-    if threaded:  # (said here, the template made: os.fork's own warning, as an error, lost the child)
-        try:
-            level = 1
-            seen: types.FrameType | None = sys._getframe(0)
-            while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
-                level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
-            warnings.warn(
-                f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
-                "threads); mp_context='fork' forked it for the pool's workers, as multiprocessing's 'fork' "
-                "does: a lock another thread held then stays held in them, which may deadlock them",
-                DeprecationWarning,
-                stacklevel=level,
-            )
-        except BaseException:  # (an error, as warnings filters may make it: no template is left)
-            template.stop()
-            raise
     return template
 
 

@@ -267,6 +267,11 @@ class Launchers:
         self._lock = threading.Lock()
         self._count = 0
 
+    def forked(self) -> None:
+        """This process is a fork of the pool's (pools._after_fork_in_child): see LocalWorkers.let_go."""
+        if self.local is not None:
+            self.local.let_go()
+
     def next_tag(self, prefix: str) -> str:
         with self._lock:
             self._count += 1

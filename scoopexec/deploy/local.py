@@ -507,6 +507,31 @@ class LocalWorkers:
                 return False
         return bool(self._spawn())
 
+    def let_go(self) -> None:
+        """In a fork of this process (pools._after_fork_in_child): the copies of the pipes whose end
+        of file ends the pool's template and workers, and of the template's control socket, point
+        to /dev/null here.  Else the template (a fork of a process with another pool, under
+        mp_context='fork') or the child of a user's fork held them open, the pool's template never
+        saw its stdin end, and its shutdown waited 2 s before killing it.  The Python objects keep
+        their numbers (a later close by them must not hit a descriptor reused here)."""
+        ends: list[Any] = [p.stdin for p in list(self.procs.values())]
+        if self.template is not None:
+            ends += [self.template.proc.stdin, self.template.sock]
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            for end in ends:
+                try:
+                    fd = end.fileno() if end is not None else -1
+                    if fd >= 0:
+                        os.dup2(null, fd)
+                except (OSError, ValueError):  # (closed already)
+                    pass
+        finally:
+            os.close(null)
+
     def _template_gone(self) -> bool:
         template = self.template
         return template is None or template.gone or template.proc.poll() is not None
