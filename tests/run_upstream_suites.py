@@ -18,8 +18,8 @@ Not part of ``python -m pytest`` (it fetches DEAP's sources and takes minutes);
   own ``test.test_concurrent_futures`` (a module in 3.11, a package from 3.12:
   ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, the
   initializer mixins and ExecutorDeadlockTest) with ScoopExecutor as the
-  executor type, given a 'spawn' context as ProcessPoolExecutor's tests are;
-  and its ``test._test_multiprocessing._TestPool`` (the tests of
+  executor type, each class twice, given a 'spawn' context and a 'fork' one, as
+  ProcessPoolExecutor's tests are (ScoopExecutorTest, ScoopForkExecutorTest, ...); and its ``test._test_multiprocessing._TestPool`` (the tests of
   ``multiprocessing.Pool`` that build their pools with ``self.Pool``) with
   ``scoopexec.Pool`` as the pool.
   Needs the interpreter's ``test`` package (Debian: libpython3.X-testsuite).
@@ -278,17 +278,23 @@ class ScoopSpawnMixin(ExecutorMixin):
     ctx = "spawn"
 
     def get_context(self):
-        return multiprocessing.get_context("spawn")
+        return multiprocessing.get_context(self.ctx)
 
     def create_event(self):  # 3.13+: WaitTests ask for an event that workers can set
         return self.manager.Event()
 
 
-# What upstream's create_executor_tests() does, here (3.11's puts the classes in its own module).
-for tests in (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
-              FailingInitializerMixin, ExecutorDeadlockTest):
-    name = "Scoop" + tests.__name__.removesuffix("Mixin").removesuffix("Tests").removesuffix("Test") + "Test"
-    globals()[name] = type(name, (tests, ScoopSpawnMixin, BaseTestCase), {})
+class ScoopForkMixin(ScoopSpawnMixin):  # as upstream's ProcessPoolForkMixin: workers that inherit
+    ctx = "fork"
+
+
+# What upstream's create_executor_tests() does, here (3.11's puts the classes in its own module):
+# ScoopExecutorTest & co with a 'spawn' context, ScoopForkExecutorTest & co with a 'fork' one.
+for prefix, mixin in (("Scoop", ScoopSpawnMixin), ("ScoopFork", ScoopForkMixin)):
+    for tests in (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
+                  FailingInitializerMixin, ExecutorDeadlockTest):
+        name = prefix + tests.__name__.removesuffix("Mixin").removesuffix("Tests").removesuffix("Test") + "Test"
+        globals()[name] = type(name, (tests, mixin, BaseTestCase), {})
 """
 
 
