@@ -146,6 +146,29 @@ def test_an_individual_over_a_numpy_array_travels_as_its_bytes(array_classes):
     assert np.array_equal(serialize.loads([data])[0], ind)
 
 
+class _OwnReduction(creator._numpy_array if hasattr(creator, "_numpy_array") else np.ndarray):
+    """A base of its own over DEAP's array class, whose __reduce_ex__ is its own to keep."""
+
+    def __reduce_ex__(self, protocol):
+        return _rebuilt_own, (self.tobytes(),)
+
+
+def _rebuilt_own(raw):
+    obj = np.frombuffer(raw).copy().view(creator.TOwnIndividual)
+    obj.rebuilt_by = "its own reduction"
+    return obj
+
+
+def test_an_individual_class_with_its_own_reduce_ex_keeps_it():
+    creator.create("TOwnIndividual", _OwnReduction)
+    try:
+        ind = creator.TOwnIndividual([1.0, 2.0])
+        back = serialize.loads(serialize.dumps([ind], compact=True))[0]
+        assert back.rebuilt_by == "its own reduction" and list(back) == [1.0, 2.0]
+    finally:
+        del creator.TOwnIndividual
+
+
 def test_a_population_of_numpy_individuals_is_evaluated_as_by_the_built_in_map(executor, array_classes):
     pop = [array_classes(row) for row in np.random.default_rng(5).standard_normal((200, 30))]
     with executor:

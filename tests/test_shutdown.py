@@ -675,3 +675,27 @@ def test_a_fork_made_while_a_start_holds_ctrl_c_gets_the_programs_handler():
     r = run_script(_FORK_WHILE_HELD, timeout=30)
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     assert r.stdout.decode().split() == ["child", "0"], r.stdout.decode()
+
+
+def test_a_fork_of_the_client_holds_none_of_the_pools_pipes(executor):
+    # A child of the program's own fork (and a fork context's template) kept the pool's pipes
+    # open: the pool's template never saw its stdin end, and its shutdown waited 2 s to kill it.
+    import warnings
+
+    with executor:
+        executor.submit(abs, -1).result(timeout=60)
+        fd = executor._session.workers.local.template.proc.stdin.fileno()
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (a fork of a process with threads)
+            pid = os.fork()
+        if pid == 0:
+            ok = os.readlink(f"/proc/self/fd/{fd}") == os.devnull and not os.get_inheritable(fd)
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(w)
+        try:
+            assert os.read(r, 1) == b"1"
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)

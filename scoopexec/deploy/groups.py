@@ -26,7 +26,7 @@ from ..wire.security import Credentials, encode_frame
 from . import slurm, ssh
 from .contract import GROUP_MARK, READY_MARK, LaunchOptions, describe_returncode, worker_argv
 from .hosts import Host
-from .local import LocalWorkers
+from .local import LocalWorkers, to_null
 
 if TYPE_CHECKING:
     from .elastic import JobPool
@@ -268,9 +268,11 @@ class Launchers:
         self._count = 0
 
     def forked(self) -> None:
-        """This process is a fork of the pool's (pools._after_fork_in_child): see LocalWorkers.let_go."""
+        """This process is a fork of the pool's (pools._after_fork_in_child): see LocalWorkers.let_go;
+        a remote group's launcher (ssh, srun) too stops its workers when its stdin ends."""
         if self.local is not None:
             self.local.let_go()
+        to_null(group.proc.stdin for group in list(self.groups.values()))
 
     def next_tag(self, prefix: str) -> str:
         with self._lock:

@@ -222,6 +222,25 @@ def limit_threads(env: dict[str, str], workers: int) -> dict[str, str]:
     return env
 
 
+def to_null(ends: Iterable[Any]) -> None:
+    """Point the descriptors of these files and sockets (None, or closed ones: skipped) at
+    /dev/null, close-on-exec as they were: in a fork, what the parent's pool owns (let_go)."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        for end in ends:
+            try:
+                fd = end.fileno() if end is not None else -1
+                if fd >= 0:
+                    os.dup2(null, fd, inheritable=False)
+            except (OSError, ValueError):  # (closed already)
+                pass
+    finally:
+        os.close(null)
+
+
 class LocalWorkers:
     """N worker processes on this machine, replaced when they die.
 
@@ -517,20 +536,7 @@ class LocalWorkers:
         ends: list[Any] = [p.stdin for p in list(self.procs.values())]
         if self.template is not None:
             ends += [self.template.proc.stdin, self.template.sock]
-        try:
-            null = os.open(os.devnull, os.O_RDWR)
-        except OSError:
-            return
-        try:
-            for end in ends:
-                try:
-                    fd = end.fileno() if end is not None else -1
-                    if fd >= 0:
-                        os.dup2(null, fd)
-                except (OSError, ValueError):  # (closed already)
-                    pass
-        finally:
-            os.close(null)
+        to_null(ends)
 
     def _template_gone(self) -> bool:
         template = self.template

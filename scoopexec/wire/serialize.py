@@ -194,9 +194,12 @@ def _deap_array(tp: type) -> bool:
     """Whether ``tp`` is a DEAP creator class over numpy.ndarray, reduced as DEAP reduces them: the
     class called on ``list(individual)``, then its ``__dict__`` (its fitness)."""
     reduce = getattr(tp, "__reduce__", None)
+    np = sys.modules.get("numpy")
     return (
         getattr(reduce, "__qualname__", "") == "_numpy_array.__reduce__"
         and getattr(reduce, "__module__", "") == "deap.creator"
+        and np is not None
+        and getattr(tp, "__reduce_ex__", None) is np.ndarray.__reduce_ex__  # (else it is the class's own)
     )
 
 
