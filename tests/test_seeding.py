@@ -160,7 +160,14 @@ def test_forked_workers_do_not_share_numpys_global_generator():
     # random reseeds itself in a fork's child; numpy's legacy global generator does not, and
     # workers forked from one template drew the same sequences (as ProcessPoolExecutor's do).
     np.random.random()  # (numpy.random loaded before the workers are forked: they inherit it)
-    with ScoopExecutor(max_workers=2) as ex:
+    import multiprocessing
+    import warnings
+
+    with warnings.catch_warnings():  # (forks whatever threads an earlier test left: see the warning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ex = ScoopExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    with ex:
+        assert ex._session.workers.local.template.origin == "client"
         ex.submit(pid_and_draw, 0).result()
         draws = list(ex.map(pid_and_draw, range(200), chunksize=5))
     by_pid = {}
@@ -169,3 +176,32 @@ def test_forked_workers_do_not_share_numpys_global_generator():
     assert len(by_pid) == 2, "both workers ran some of the map"
     first, second = by_pid.values()
     assert not first & second
+
+
+def test_a_worker_forked_while_another_thread_holds_numpys_generator_still_starts():
+    # The reseed takes the generator's lock; a fork made while another thread held it (a
+    # fork context beside a thread that draws) left it held for a thread that is not there.
+    import multiprocessing
+    import threading
+    import warnings
+
+    lock = np.random.mtrand._rand._bit_generator.lock
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            held.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ex = ScoopExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        with ex:
+            assert ex.submit(abs, -3).result(timeout=30) == 3
+    finally:
+        done.set()
+        thread.join()

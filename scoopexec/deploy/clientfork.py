@@ -136,6 +136,14 @@ def _stop_idle_zmq_collector() -> bool:
     return True
 
 
+def _threads() -> int | str:
+    """This process's OS threads (native ones included), or "several" where /proc says nothing."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return "several"
+
+
 def _settles(within: float = 0.05) -> bool:
     """Whether this process comes down to one thread within ``within`` s, when no other Python
     thread is alive: the thread of a pool just shut down has ended, but the OS may list it a
@@ -270,8 +278,8 @@ def fork_template(
         while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
             level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
         warnings.warn(
-            f"This process (pid={os.getpid()}) is multi-threaded ({threading.active_count()} Python "
-            "threads); mp_context='fork' forks it for the pool's workers, as multiprocessing's 'fork' "
+            f"This process (pid={os.getpid()}) is multi-threaded ({_threads()} threads); "
+            "mp_context='fork' forks it for the pool's workers, as multiprocessing's 'fork' "
             "does: a lock another thread holds then stays held in them, which may deadlock them",
             DeprecationWarning,
             stacklevel=level,

@@ -457,6 +457,20 @@ def _request(
     return True
 
 
+def _reseed_numpy() -> None:
+    """NumPy's legacy global generator, reseeded from the OS in a worker (random reseeds itself in
+    a fork's child; numpy's does not: every worker forked from one template drew the same numbers).
+    Not while its lock is held: a template forked (mp_context='fork') while another thread of the
+    client drew holds it for a thread that is not here, and seed() would wait for ever; the worker
+    then draws as a fork of ProcessPoolExecutor's does."""
+    nprandom = sys.modules.get("numpy.random")
+    gen = getattr(getattr(nprandom, "mtrand", None), "_rand", None)
+    lock = getattr(getattr(gen, "_bit_generator", None), "lock", None)
+    if nprandom is not None and lock is not None and lock.acquire(blocking=False):
+        lock.release()
+        nprandom.seed()
+
+
 def _become_worker(
     argv: list[str], names: list[str], fds: list[int], worker_main: Callable[[list[str]], int]
 ) -> int:
@@ -465,9 +479,7 @@ def _become_worker(
     ``fds``: stdin, then the descriptors the client calls ``names`` in ``argv`` (--exit-fd N).
     """
     os.setsid()
-    nprandom = sys.modules.get("numpy.random")
-    if nprandom is not None:  # (random reseeds itself in a fork's child; numpy's legacy global does not)
-        nprandom.seed()  # else every worker forked from this template drew the same numbers
+    _reseed_numpy()
     stdin, rest = fds[0], fds[1:]
     os.dup2(stdin, 0)
     os.close(stdin)

@@ -358,7 +358,7 @@ class _FramePickler(_Pickler):
     """_Pickler for function frames: the shared random generators travel by name (see
     _reduce_generator).  Arguments and results are data: what they hold travels as it is."""
 
-    dispatch_table = ChainMap({random.Random: _reduce_generator}, _Pickler.dispatch_table)
+    dispatch_table = ChainMap({random.Random: _reduce_generator}, *_Pickler.dispatch_table.maps)
 
 
 def _note_numpy_generator() -> None:
@@ -730,7 +730,7 @@ def _reusable(fn: Any, budget: list[int] | None = None) -> bool:
     fn = _unlimited(fn)
     tp = type(fn)
     if tp in _REUSABLE:
-        if tp is not types.BuiltinFunctionType or _module_level(fn):
+        if tp is not types.BuiltinFunctionType or _module_level(fn) or isinstance(fn.__self__, type):
             return True
         shared = _SHARED_GENERATORS.get(type(fn.__self__))  # (a bound method of an object: its state)
         return shared is not None and shared[0] is fn.__self__
