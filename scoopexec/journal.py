@@ -52,7 +52,6 @@ import mmap
 import os
 import pickle
 import struct
-import sys
 import threading
 import time
 import types
@@ -66,6 +65,7 @@ import cloudpickle
 
 from .errors import JournalError
 from .seeding import SeededCall, check_seed
+from .wire import serialize
 
 if TYPE_CHECKING:
     import hashlib
@@ -362,16 +362,10 @@ class _KeyPickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and getattr(obj, "__module__", "") == "__main__":
             return (str, (f"<class __main__.{obj.__qualname__}>",))
-        shared = _SHARED_GENERATORS.get(type(obj).__name__)
-        if shared is not None:  # (by name, as in a function frame: its state changes at every draw)
-            module = sys.modules.get(shared[0])
-            if module is not None and getattr(module, shared[1], None) is obj:
-                return shared[1]
+        name = serialize.shared_generator(obj)
+        if name is not None:  # (by name, as in a function frame: its state changes at every draw)
+            return name
         return super().reducer_override(obj)
-
-
-# type name -> (module, name) of the generators function frames pickle by name (wire/serialize.py)
-_SHARED_GENERATORS = {"Random": ("random", "_inst"), "RandomState": ("numpy.random.mtrand", "_rand")}
 
 
 def _key_dumps(obj: Any) -> bytes:

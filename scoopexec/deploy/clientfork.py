@@ -69,13 +69,12 @@ import sys
 import threading
 import time
 import traceback
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import mainmodule
-from ..wire import mainclasses
+from ..wire import mainclasses, serialize
 from ..worker import lifeline
 from ..worker.main import main as worker_main
 from . import threadlibs
@@ -273,16 +272,12 @@ def fork_template(
         log.debug("a thread besides this one runs: the pool's worker template is a fresh interpreter")
         return None
     if threaded:  # (before anything is made: a filter may make the warning an error)
-        level = 1
-        seen: types.FrameType | None = sys._getframe(0)
-        while seen is not None and seen.f_globals.get("__name__", "").startswith("scoopexec."):
-            level, seen = level + 1, seen.f_back  # (the user's line that made the pool)
         warnings.warn(
             f"This process (pid={os.getpid()}) is multi-threaded ({_threads()} threads); "
             "mp_context='fork' forks it for the pool's workers, as multiprocessing's 'fork' "
             "does: a lock another thread holds then stays held in them, which may deadlock them",
             DeprecationWarning,
-            stacklevel=level,
+            stacklevel=serialize.user_stacklevel(),  # (the user's line that made the pool)
         )
     main = mainmodule.describe() if mainmodule.executing() else {}
     # The libraries mapped here, for the child to give its BLAS and OpenMP the workers' thread

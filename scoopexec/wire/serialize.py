@@ -332,10 +332,17 @@ def _reduce_generator(gen: Any) -> Any:
     ephemeral constant, ``partial(random.uniform, -1, 1)``, was sent and unpickled again at each
     generation).  By name, it draws from its worker's generator, as a task calling
     ``random.uniform()`` itself does: a seeded map's item from its own stream (seeding.py)."""
-    shared = _SHARED_GENERATORS.get(type(gen))
-    if shared is not None and shared[0] is gen:
-        return shared[1]  # (a name: pickled as a global of the generator's module)
-    return gen.__reduce_ex__(PROTOCOL)
+    name = shared_generator(gen)
+    return name if name is not None else gen.__reduce_ex__(PROTOCOL)  # (a name: a global of its module)
+
+
+def shared_generator(obj: Any) -> str | None:
+    """The name of ``obj`` in its module when it is one of the shared generators (random's
+    ``_inst``, NumPy's ``_rand``), else None: what function frames (and journal keys) name."""
+    if _numpy_generator_of is None:
+        _note_numpy_generator()
+    shared = _SHARED_GENERATORS.get(type(obj))
+    return shared[1] if shared is not None and shared[0] is obj else None
 
 
 # type -> (the module's shared instance, its name in the module of the type); NumPy's once imported
@@ -381,7 +388,7 @@ def _cloud_dumps(
     pickler: type[_Pickler] = _Pickler
     if frame:
         if _numpy_generator_of is None:
-            _note_numpy_generator()
+            _note_numpy_generator()  # (its type in _FramePickler's table before the pickle begins)
         pickler = _FramePickler
     with io.BytesIO() as fh:
         pickler(fh, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
@@ -732,8 +739,7 @@ def _reusable(fn: Any, budget: list[int] | None = None) -> bool:
     if tp in _REUSABLE:
         if tp is not types.BuiltinFunctionType or _module_level(fn) or isinstance(fn.__self__, type):
             return True
-        shared = _SHARED_GENERATORS.get(type(fn.__self__))  # (a bound method of an object: its state)
-        return shared is not None and shared[0] is fn.__self__
+        return shared_generator(fn.__self__) is not None  # (a bound method of an object: its state)
     if tp is not functools.partial:
         return False
     if budget is None:
@@ -1360,6 +1366,7 @@ def _unwrapped(fn: Any, wrappers: tuple[str, ...], runners: tuple[str, ...]) -> 
 
 
 user_function = _user_function  # (for the worker: setup.script_globals)
+user_stacklevel = _user_stacklevel  # (for a warning of the pool's start: deploy/clientfork.py)
 
 
 def _defined_at(fn: Any) -> str:
